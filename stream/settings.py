@@ -1,0 +1,144 @@
+"""One typed settings object for every finsent component.
+
+Precedence, lowest to highest: defaults < config file (TOML or YAML, from ``--config`` or
+``FINSENT_CONFIG``) < environment variables ``FINSENT_<FIELD>`` < command-line flags (passed
+as ``overrides`` by the CLI). Secrets are :class:`pydantic.SecretStr` so they never appear in
+``repr``/logs; :meth:`Settings.redacted` is what gets logged.
+
+The fields are flat (``FINSENT_BATCH_MAX``, not ``FINSENT_STREAM__BATCH_MAX``) because that is
+what people type in systemd units and Kubernetes manifests. Each package owns one section below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "finsent"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FINSENT_", extra="ignore", validate_default=True)
+
+    # --- Kafka (every client: producers, the Faust worker, admin) -----------------------------
+    brokers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port")
+    topic_raw: str = "finsent.raw"
+    topic_scored: str = "finsent.scored"
+    topic_dlq: str = "finsent.dlq"
+    topic_alerts: str = "finsent.alerts"
+    partitions: int = Field(4, ge=1, description="partitions for topics finsent creates (the unit of scale-out)")
+    replication_factor: int = Field(1, ge=1)
+    consumer_group: str = "finsent-worker"
+    session_timeout_ms: int = Field(10_000, ge=1000, description="Tansu waits ~half of this on a group join")
+    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+
+    # --- Store (ClickHouse) --------------------------------------------------------------------
+    store: str = Field(
+        f"chdb://{DEFAULT_DATA_DIR / 'chdb'}",
+        description="clickhouse://user:pass@host:9000/db for a server, chdb:///path for the embedded engine",
+    )
+    retention_days: int = Field(0, ge=0, description="TTL on stored items where the server supports it; 0 = keep")
+
+    # --- Model ---------------------------------------------------------------------------------
+    model_dir: str | None = Field(None, description="model directory; default: the model shipped with finsent")
+    model_variant: str = Field("auto", description="auto, fp32, int8 or fp16 (auto: fp16 on CUDA, int8 on CPU)")
+    model_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
+    max_text_chars: int = Field(20_000, ge=100)
+
+    # --- Stream worker -------------------------------------------------------------------------
+    batch_max: int = Field(128, ge=1, description="largest batch the worker scores at once")
+    batch_within_s: float = Field(0.25, gt=0, description="longest wait to fill a batch")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9464, ge=0, le=65535, description="worker /metrics port; 0 = off")
+    max_message_bytes: int = Field(1_000_000, ge=1024)
+
+    # --- Ingest --------------------------------------------------------------------------------
+    ingest_state_dir: str = Field(str(DEFAULT_DATA_DIR / "ingest"), description="dedup store of the ingesters")
+    ingest_user_agent: str = "finsent/0.1 (+https://github.com/finsent/finsent)"
+    http_token: SecretStr | None = Field(None, description="bearer token for `finsent ingest http`")
+
+    # --- Alerts --------------------------------------------------------------------------------
+    alert_window_s: int = Field(60, ge=10, description="tumbling window of the in-stream detector")
+    alertmanager_url: str | None = Field(None, description="post alerts to this Alertmanager (v2 API) when set")
+
+    log_level: str = "INFO"
+
+    @field_validator("brokers")
+    @classmethod
+    def _check_brokers(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        if not parts or not all(re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", p) for p in parts):
+            raise ValueError(f"brokers must be host:port[,host:port...], got {v!r}")
+        return ",".join(parts)
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, v: str) -> str:
+        if not v.startswith(("clickhouse://", "chdb://")):
+            raise ValueError("store must start with clickhouse:// (a server) or chdb:// (embedded)")
+        return v
+
+    @property
+    def broker_list(self) -> list[str]:
+        return self.brokers.split(",")
+
+    def kafka_security(self) -> dict[str, Any]:
+        """kafka-python keyword arguments for SASL/TLS, passed to every client finsent makes."""
+        kw: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.ssl_cafile:
+            kw["ssl_cafile"] = self.ssl_cafile
+        return kw
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log: secrets masked, passwords removed from URLs."""
+        d = self.model_dump()
+        for k, v in d.items():
+            if isinstance(getattr(self, k), SecretStr):
+                d[k] = "***" if v else None
+        d["store"] = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.store)
+        return d
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist (set by --config or FINSENT_CONFIG)")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yml", ".yaml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = tomllib.loads(text)
+    if "finsent" in data and isinstance(data["finsent"], dict):
+        data = data["finsent"]
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings: file < env < overrides. ``None`` overrides are ignored (flag not given)."""
+    config = config or os.environ.get("FINSENT_CONFIG")
+    file_values = _read_file(Path(config)) if config else {}
+    env_names = {f"FINSENT_{name}".upper() for name in Settings.model_fields}
+    # env beats file: drop file values that the environment sets
+    file_values = {k: v for k, v in file_values.items() if f"FINSENT_{k}".upper() not in os.environ}
+    unknown = [k for k in file_values if f"FINSENT_{k}".upper() not in env_names]
+    if unknown:
+        raise ValueError(f"unknown settings in {config}: {', '.join(sorted(unknown))}")
+    values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
+    return Settings(**values)

@@ -1,0 +1,48 @@
+"""The store interface: what the worker, the CLI, the alerting and the demo need from ClickHouse.
+
+Two implementations sit behind it, sharing one schema module (``stream.store.schema``):
+``ClickHouseStore`` (a server over the native protocol, clickhouse-driver) and ``ChdbStore``
+(embedded, in-process ClickHouse). ``open_store(url)`` picks one from the settings URL.
+
+Contract:
+* ``insert_scored`` is idempotent by item id: inserting the same batch twice (a redelivery after
+  a crash between store and offset commit) never makes an item show twice in query results.
+* Every method is blocking; the Faust agent calls them from an executor thread. Implementations
+  must be safe to call from one thread at a time (they hold a lock), not lock-free.
+* Only parameterised SQL reaches the server: values are never formatted into query text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from stream.events import Alert, ScoredItem
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMinute:
+    """Distinct items of one topic in one minute, split by sentiment."""
+
+    minute: datetime
+    topic: str
+    total: int
+    negative: int
+    neutral: int
+    positive: int
+
+
+class Store(Protocol):
+    url_redacted: str
+
+    def ensure_schema(self) -> None: ...
+    def insert_scored(self, items: Sequence[ScoredItem]) -> int: ...
+    def insert_alerts(self, alerts: Sequence[Alert]) -> int: ...
+    def count(self, since: timedelta | None = None) -> dict[str, int]: ...
+    def topic_minutes(self, since: timedelta, until: datetime | None = None) -> list[TopicMinute]: ...
+    def top_negative(self, since: timedelta | None = None, topic: str | None = None, limit: int = 10) -> list[dict[str, Any]]: ...
+    def alerts(self, since: timedelta | None = None) -> list[dict[str, Any]]: ...
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
+    def close(self) -> None: ...
