@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     http_token: SecretStr | None = Field(None, description="bearer token for `finsent ingest http`")
 
     # --- Alerts --------------------------------------------------------------------------------
-    alert_window_s: int = Field(60, ge=10, description="tumbling window of the in-stream detector")
+    alert_window_s: int = Field(60, ge=1, description="tumbling window of the in-stream detector")
     alertmanager_url: str | None = Field(None, description="post alerts to this Alertmanager (v2 API) when set")
 
     log_level: str = "INFO"
