@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -35,9 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="settings file (TOML or YAML)")
     parser.add_argument("--brokers", metavar="HOST:PORT[,..]", help="Kafka bootstrap servers (FINSENT_BROKERS)")
-    parser.add_argument("--store", metavar="URL", help="clickhouse://user:pass@host:9000/db or chdb:///path (FINSENT_STORE)")
+    parser.add_argument(
+        "--store", metavar="URL", help="clickhouse://user:pass@host:9000/db or chdb:///path (FINSENT_STORE)"
+    )
     parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR (FINSENT_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cfg = sub.add_parser(
+        "config", help="print the effective settings (secrets masked) as JSON",
+        description="Print the settings finsent would run with, after file, environment and flags, secrets masked.",
+    )
+    cfg.set_defaults(func=_show_config)
     bench = sub.add_parser("bench", help="benchmarks that print numbers (model, pipeline, alerts)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     for name in COMMAND_MODULES:
@@ -52,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         if hasattr(module, "register_bench"):
             module.register_bench(bench_sub)
     return parser
+
+
+def _show_config(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(settings.redacted(), indent=2, default=str))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

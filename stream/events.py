@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 SCHEMA_VERSION = 1
@@ -41,7 +41,7 @@ class InvalidEvent(ValueError):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def format_time(ts: datetime | None) -> str | None:
@@ -50,7 +50,7 @@ def format_time(ts: datetime | None) -> str | None:
         return None
     if ts.tzinfo is None:
         raise ValueError("naive datetime: finsent timestamps must be timezone-aware")
-    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: Any, name: str) -> datetime:
@@ -59,7 +59,7 @@ def parse_time(value: Any, name: str) -> datetime:
         raise InvalidEvent("bad_type", f"{name} must be an ISO 8601 string")
     if isinstance(value, (int, float)):
         try:
-            return datetime.fromtimestamp(float(value), tz=timezone.utc)
+            return datetime.fromtimestamp(float(value), tz=UTC)
         except (OverflowError, OSError, ValueError) as exc:
             raise InvalidEvent("bad_time", f"{name}: {exc}") from None
     if not isinstance(value, str):
@@ -72,8 +72,8 @@ def parse_time(value: Any, name: str) -> datetime:
     except ValueError:
         raise InvalidEvent("bad_time", f"{name}={value[:40]!r} is not ISO 8601") from None
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
 
 
 def stable_id(*parts: str) -> str:
@@ -311,7 +311,9 @@ def decode_alert(data: bytes | str) -> Alert:
         raise InvalidEvent("bad_alert", str(exc)) from None
 
 
-def dead_letter(payload: bytes | None, reason: str, detail: str, source_topic: str, partition: int, offset: int) -> bytes:
+def dead_letter(
+    payload: bytes | None, reason: str, detail: str, source_topic: str, partition: int, offset: int
+) -> bytes:
     """The JSON body of a ``finsent.dlq`` record: why it was rejected, where it came from, the original bytes."""
     original: str | None
     try:
