@@ -1,0 +1,156 @@
+"""Kafka plumbing shared by every finsent component: topic creation and client factories.
+
+Why one module: every client must get the same SASL/TLS options (``settings.kafka_security()``)
+and the same durability choices (acks=all, retries, idempotent ordering), and topic creation
+must be idempotent so that the worker, the ingesters, the demo and the tests can all call
+``ensure_topics`` at start-up without racing each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class KafkaUnavailable(RuntimeError):
+    """The brokers could not be reached; the message says which and what to do."""
+
+
+def finsent_topics(settings: Settings) -> list[str]:
+    """The topics finsent owns, in pipeline order."""
+    return [settings.topic_raw, settings.topic_scored, settings.topic_dlq, settings.topic_alerts]
+
+
+def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:
+    """A kafka-python admin client, retried until ``timeout_s`` (brokers may still be starting)."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            return KafkaAdminClient(
+                bootstrap_servers=settings.broker_list,
+                client_id="finsent-admin",
+                request_timeout_ms=10_000,
+                **settings.kafka_security(),
+            )
+        except KafkaError as exc:
+            last = exc
+            time.sleep(0.5)
+    raise KafkaUnavailable(
+        f"cannot reach Kafka at {settings.brokers} ({last}); start one with `finsent broker` or set --brokers"
+    )
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, timeout_s: float = 15.0) -> list[str]:
+    """Create the finsent topics that do not exist yet (``settings.partitions`` each); returns those created.
+
+    Existing topics are left as they are (a different partition count is logged, not changed:
+    repartitioning a live topic reorders keys and is an operator decision).
+    """
+    from kafka.errors import TopicAlreadyExistsError
+
+    wanted = list(topics) if topics is not None else finsent_topics(settings)
+    admin = admin_client(settings, timeout_s)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            spec = {
+                t: {"num_partitions": settings.partitions, "replication_factor": settings.replication_factor}
+                for t in missing
+            }
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race: fine
+                admin.create_topics(spec, timeout_ms=int(timeout_s * 1000))
+            admin.wait_for_topics(missing, timeout_ms=int(timeout_s * 1000))
+            log.info("created topics %s with %d partitions", ", ".join(missing), settings.partitions)
+        for desc in admin.describe_topics([t for t in wanted if t in existing]):
+            n = len(desc.get("partitions") or [])
+            if n and n != settings.partitions:
+                log.warning(
+                    "topic %s has %d partitions, settings say %d (left unchanged)", desc.get("name"), n,
+                    settings.partitions,
+                )
+        return missing
+    finally:
+        admin.close()
+
+
+def producer_config(settings: Settings, client_id: str = "finsent-producer") -> dict[str, Any]:
+    """kafka-python producer options: durable (acks=all, retries) yet batched (linger, compression)."""
+    return {
+        "bootstrap_servers": settings.broker_list,
+        "client_id": client_id,
+        "acks": "all",
+        "retries": 10,
+        "retry_backoff_ms": 200,
+        "max_in_flight_requests_per_connection": 1,  # retries must not reorder a partition
+        "linger_ms": 5,
+        "batch_size": 64 * 1024,
+        "compression_type": "gzip",
+        "max_request_size": max(settings.max_message_bytes + 64 * 1024, 1_048_576),
+        "request_timeout_ms": 30_000,
+        **settings.kafka_security(),
+    }
+
+
+def make_producer(settings: Settings, client_id: str = "finsent-producer", **overrides: Any) -> Any:
+    """A kafka-python ``KafkaProducer`` (values and keys are bytes; callers encode)."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaProducer(**{**producer_config(settings, client_id), **overrides})
+    except KafkaError as exc:
+        raise KafkaUnavailable(
+            f"cannot reach Kafka at {settings.brokers}; start one with `finsent broker` or set --brokers"
+        ) from exc
+
+
+def make_consumer(settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any) -> Any:
+    """A kafka-python ``KafkaConsumer`` reading from the start (Tansu end offsets are unreliable)."""
+    from kafka import KafkaConsumer
+
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": settings.broker_list,
+        "group_id": group_id,
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": max(settings.session_timeout_ms // 4, 500),
+        **settings.kafka_security(),
+    }
+    cfg.update(overrides)
+    return KafkaConsumer(*topics, **cfg)
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """``settings.kafka_security()`` translated for aiokafka / Faust (an SSL context instead of a CA path)."""
+    kw: dict[str, Any] = {}
+    sec = settings.kafka_security()
+    if settings.ssl_cafile or settings.security_protocol.endswith("SSL"):
+        import ssl
+
+        kw["ssl_context"] = ssl.create_default_context(cafile=settings.ssl_cafile)
+    kw["security_protocol"] = sec["security_protocol"]
+    if "sasl_mechanism" in sec:
+        kw["sasl_mechanism"] = sec["sasl_mechanism"]
+        kw["sasl_plain_username"] = sec["sasl_plain_username"]
+        kw["sasl_plain_password"] = sec["sasl_plain_password"]
+    return kw
+
+
+def quiet_client_logs(settings: Settings) -> None:
+    """kafka-python/aiokafka log every connection at INFO; keep them at WARNING unless we debug."""
+    if settings.log_level.upper() != "DEBUG":
+        for name in ("kafka", "aiokafka", "faust", "mode"):
+            logging.getLogger(name).setLevel(logging.WARNING)
