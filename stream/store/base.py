@@ -22,6 +22,19 @@ from typing import Any, Protocol
 from stream.events import Alert, ScoredItem
 
 
+class StoreError(RuntimeError):
+    """The store refused a request for a reason retrying will not fix (bad SQL, bad schema, bad URL)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (server down, network error, overload). Retry later.
+
+    The worker catches this, keeps the batch, does NOT commit its offsets and retries the same
+    batch with backoff; because ``insert_scored`` is idempotent by item id, a batch that was in
+    fact written before the error does not show twice. The next call reconnects by itself.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class TopicCounts:
     """Distinct items of one topic in one time bucket (of ``ingested_at``), split by sentiment."""

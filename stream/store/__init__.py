@@ -1,0 +1,139 @@
+"""Where scored items and alerts are kept: ClickHouse, as a server or embedded (chdb).
+
+``open_store(url)`` picks the implementation from the URL:
+
+* ``clickhouse://[user[:password]@]host[:port][/database][?options]`` -- a server over the native
+  protocol (port 9000 by default, 9440 with ``secure=1``; ``clickhouses://`` implies
+  ``secure=1``). Options: ``secure=1``, ``verify=0`` (do not check the TLS certificate),
+  ``ca_certs=/path/ca.pem``, ``connect_timeout=SECONDS``, ``send_receive_timeout=SECONDS``.
+  User and password are percent-decoded (``p%40ss`` is ``p@ss``). Database default: ``finsent``.
+* ``chdb:///absolute/path[?database=name]`` -- embedded engine with its data in that directory.
+  ``chdb://relative/path`` is relative to the current directory and ``chdb://~/x`` expands
+  ``~``; both are resolved to an absolute path at open time. Database default: ``finsent``.
+
+``store.url_redacted`` is the URL without the password, for logs and error messages.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from stream.store.base import Store, StoreError, StoreUnavailable, TopicCounts
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
+
+DEFAULT_DATABASE = "finsent"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _flag(opts: dict[str, str], name: str, default: bool) -> bool:
+    if name not in opts:
+        return default
+    value = opts[name].lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"store URL option {name}={opts[name]!r}: use 1 or 0")
+
+
+def _options(query: str, allowed: set[str]) -> dict[str, str]:
+    opts = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise ValueError(f"unknown store URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    return opts
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("@")[-1]
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+def parse_clickhouse_url(url: str) -> dict[str, Any]:
+    """Keyword arguments of :class:`~stream.store.clickhouse.ClickHouseStore` from a URL."""
+    parts = urlsplit(url)
+    opts = _options(parts.query, {"secure", "verify", "ca_certs", "connect_timeout", "send_receive_timeout"})
+    secure = parts.scheme == "clickhouses" or _flag(opts, "secure", False)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"store URL {redact_url(url)}: {exc}") from None
+    if not parts.hostname:
+        raise ValueError(f"store URL {redact_url(url)} has no host: clickhouse://user:pass@host:9000/db")
+    database = parts.path.strip("/") or DEFAULT_DATABASE
+    kw: dict[str, Any] = {
+        "host": parts.hostname,
+        "port": port or (9440 if secure else 9000),
+        "user": unquote(parts.username) if parts.username else "default",
+        "password": unquote(parts.password) if parts.password else "",
+        "database": database,
+        "secure": secure,
+        "verify": _flag(opts, "verify", True),
+        "ca_certs": opts.get("ca_certs") or None,
+    }
+    for name in ("connect_timeout", "send_receive_timeout"):
+        if name in opts:
+            kw[name] = float(opts[name])
+    kw["url_redacted"] = f"clickhouse://{kw['user']}@{kw['host']}:{kw['port']}/{database}"
+    if secure:
+        kw["url_redacted"] += "?secure=1"
+    return kw
+
+
+def parse_chdb_url(url: str) -> dict[str, Any]:
+    """Keyword arguments of :class:`~stream.store.embedded.ChdbStore` from a URL."""
+    rest = url[len("chdb://") :]
+    path, _, query = rest.partition("?")
+    opts = _options(query, {"database"})
+    if not path:
+        raise ValueError("store URL chdb:// needs a path: chdb:///absolute/path or chdb://relative/path")
+    return {"path": unquote(path), "database": opts.get("database") or DEFAULT_DATABASE}
+
+
+def open_store(url: str, *, retention_days: int = 0) -> Store:
+    """Connect to the store named by ``url`` (see module docs). Does not create the schema:
+    call ``ensure_schema()`` (idempotent) before the first insert.
+
+    A server that is down is not an error here: the driver connects on first use, which raises
+    :class:`StoreUnavailable`.
+    """
+    if url.startswith(("clickhouse://", "clickhouses://")):
+        from stream.store.clickhouse import ClickHouseStore
+
+        return ClickHouseStore(**parse_clickhouse_url(url), retention_days=retention_days)
+    if url.startswith("chdb://"):
+        from stream.store.embedded import ChdbStore
+
+        kw = parse_chdb_url(url)
+        return ChdbStore(kw["path"], kw["database"], retention_days=retention_days)
+    raise ValueError(f"store URL {redact_url(url)!r} must start with clickhouse:// or chdb://")
+
+
+def store_from_settings(settings: Settings) -> Store:
+    """``open_store(settings.store)`` with the settings' retention applied."""
+    return open_store(settings.store, retention_days=settings.retention_days)
+
+
+__all__ = [
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TopicCounts",
+    "open_store",
+    "parse_chdb_url",
+    "parse_clickhouse_url",
+    "redact_url",
+    "store_from_settings",
+]

@@ -1,0 +1,192 @@
+"""``ChdbStore``: ClickHouse embedded in this process (chdb), data in one directory.
+
+Things to know about chdb (4.x, engine 26.x):
+
+* ONE DATA PATH PER PROCESS. chdb runs one embedded server per process; while any session is
+  open on path A, opening path B fails. Several stores on the *same* path share it (each gets
+  its own session). Tests therefore use one session-wide path with a fresh database per test.
+* ONE PROCESS PER PATH. The data directory is locked by the process using it: a second process
+  (e.g. ``finsent query`` while a worker runs on the same path) gets a clear
+  :class:`~stream.store.base.StoreError`. Use a ``clickhouse://`` server when several processes
+  must share the data.
+* chdb reads a ``config.xml`` from the current directory when it starts, like clickhouse-local;
+  do not run finsent from a directory holding a ClickHouse server config.
+
+Parameters are bound by the engine: queries use ClickHouse's ``{name:Type}`` placeholders and the
+values travel separately (``params=``), encoded by :func:`encode_param` in the text form
+ClickHouse's parameter protocol defines (the same form the HTTP interface uses). Inserts send the
+rows as one JSONEachRow document bound to a ``{rows:String}`` parameter and read by the
+``format()`` table function, so no value is ever part of the SQL text.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from stream.store.base import StoreError
+from stream.store.sqlstore import SqlStore
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "\b": "\\b", "\f": "\\f"}
+_QUOTED_ESCAPES = {**_ESCAPES, "'": "\\'"}
+_open_lock = threading.Lock()
+
+
+def _escape(text: str, table: dict[str, str]) -> str:
+    return "".join(table.get(c, c) for c in text)
+
+
+def _quoted(value: Any) -> str:
+    """A value inside an Array/Tuple parameter: ClickHouse's quoted text format."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, datetime):
+        return "'" + _datetime_text(value) + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_quoted(v) for v in value) + "]"
+    return "'" + _escape(str(value), _QUOTED_ESCAPES) + "'"
+
+
+def _datetime_text(value: datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def encode_param(value: Any) -> str:
+    """A Python value as ClickHouse's query-parameter text (escaped format; arrays in quoted form).
+
+    Aware datetimes are sent as UTC ``YYYY-MM-DD hh:mm:ss`` (seconds); bind them to
+    ``DateTime('UTC')``. ``None`` is ``\\N`` (NULL for a Nullable type).
+    """
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, datetime):
+        return _datetime_text(value)
+    if isinstance(value, (list, tuple)):
+        return _quoted(list(value))
+    return _escape(str(value), _ESCAPES)
+
+
+def _base_type(typ: str) -> str:
+    while True:
+        for wrapper in ("Nullable(", "LowCardinality("):
+            if typ.startswith(wrapper) and typ.endswith(")"):
+                typ = typ[len(wrapper) : -1]
+                break
+        else:
+            return typ
+
+
+def _convert(value: Any, typ: str) -> Any:
+    """A JSONCompact value to the Python type clickhouse-driver would return for ``typ``."""
+    if value is None:
+        return None
+    typ = _base_type(typ)
+    if typ.startswith("DateTime") and isinstance(value, str):
+        text = value[:19]
+        ts = datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        if len(value) > 20:  # DateTime64 fraction
+            ts = ts.replace(microsecond=int((value[20:] + "000000")[:6]))
+        return ts
+    if typ == "Date" and isinstance(value, str):
+        return date.fromisoformat(value)
+    if typ.startswith(("UInt", "Int")) and isinstance(value, str):
+        return int(value)
+    if typ.startswith("Float") and isinstance(value, str):
+        return float(value)
+    if typ.startswith("Array(") and isinstance(value, list):
+        inner = typ[len("Array(") : -1]
+        return [_convert(v, inner) for v in value]
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return int(value.timestamp())
+    return value
+
+
+class ChdbStore(SqlStore):
+    """A store on the embedded engine. Create with :func:`stream.store.open_store` (``chdb:///path``)."""
+
+    def __init__(
+        self, path: str | Path, database: str = "finsent", *, retention_days: int = 0, url_redacted: str = ""
+    ) -> None:
+        super().__init__(database, retention_days)
+        self.path = str(Path(path).expanduser().resolve())
+        self.url_redacted = url_redacted or f"chdb://{self.path}?database={database}"
+        Path(self.path).mkdir(parents=True, exist_ok=True)
+        from chdb import session as chdb_session
+
+        with _open_lock:
+            try:
+                self._session = chdb_session.Session(self.path)
+            except RuntimeError as exc:
+                text = str(exc)
+                if "different path" in text:
+                    raise StoreError(
+                        f"chdb can open one data path per process and another one is open: {text.splitlines()[0]} "
+                        "-- close the other store first, or use a clickhouse:// server"
+                    ) from exc
+                if "lock" in text.lower() or "already running" in text:
+                    raise StoreError(
+                        f"chdb data path {self.path} is in use by another process (one process per path): "
+                        "stop that process (e.g. the worker) or use a clickhouse:// server"
+                    ) from exc
+                raise StoreError(f"chdb could not open {self.path}: {text.splitlines()[0]}") from exc
+
+    def _query(self, sql: str, fmt: str, params: dict[str, Any] | None) -> Any:
+        if self._session is None:
+            raise StoreError(f"store {self.url_redacted} is closed")
+        encoded = {k: encode_param(v) for k, v in (params or {}).items()}
+        try:
+            return self._session.query(sql, fmt, params=encoded)
+        except Exception as exc:  # chdb raises ChdbError / RuntimeError with the server message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"chdb ({self.path}) refused the query: {first}") from exc
+
+    def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        res = self._query(sql, "JSONCompact", params)
+        raw = res.bytes() if hasattr(res, "bytes") else bytes(res)
+        if not raw.strip():
+            return []
+        doc = json.loads(raw)
+        types = [m["type"] for m in doc.get("meta", [])]
+        return [tuple(_convert(v, t) for v, t in zip(row, types, strict=True)) for row in doc.get("data", [])]
+
+    def _command(self, sql: str) -> None:
+        self._query(sql, "CSV", None)
+
+    def _insert(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple[Any, ...]]) -> None:
+        names = [name for name, _ in columns]
+        structure = ", ".join(f"{name} {typ}" for name, typ in columns)
+        doc = "\n".join(
+            json.dumps(dict(zip(names, (_json_value(v) for v in row), strict=True)), ensure_ascii=False)
+            for row in rows
+        )
+        # structure is schema text (constants), the data is a bound parameter
+        sql = (
+            f"INSERT INTO {table} ({', '.join(names)}) "
+            f"SELECT {', '.join(names)} FROM format(JSONEachRow, '{structure.replace(chr(39), chr(92) + chr(39))}', "
+            "{rows:String})"
+        )
+        self._query(sql, "CSV", {"rows": doc})
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None

@@ -1,0 +1,385 @@
+"""THE finsent ClickHouse schema: table definitions, row encoding and the queries the store runs.
+
+One schema serves two very different engines: Debian's clickhouse-server 18.16 (2018) and modern
+ClickHouse (chdb 26.x in-process, or any recent server). Everything here is written in the SQL
+subset both understand; what only modern servers have (TTL retention) is added when the server
+reports a version that supports it (:class:`Capabilities`).
+
+Tables (all names are relative to the store's database, ``finsent`` by default)
+-------------------------------------------------------------------------------
+``items`` -- one row per scored item (ReplacingMergeTree(version), ORDER BY id)
+    id             String                    stable item id (``stream.events.stable_id``)
+    source         LowCardinality(String)    feed / account / file the item came from
+    source_type    LowCardinality(String)    'news' or 'social'
+    title          Nullable(String)
+    text           String                    the (possibly truncated) text that was scored
+    url            Nullable(String)
+    author         Nullable(String)
+    tickers        Array(String)             cashtags found in the item
+    truncated      UInt8                     1 when text was cut to max_text_chars
+    published_at   Nullable(DateTime('UTC')) when the source says it was published (seconds)
+    ingested_at    DateTime('UTC')           when finsent first saw it (seconds) -- THE time axis
+    ingested_ms    UInt16                    millisecond part of ingested_at (0..999)
+    sentiment      LowCardinality(String)    'negative' | 'neutral' | 'positive'
+    p_negative     Float32                   classifier probabilities
+    p_neutral      Float32
+    p_positive     Float32
+    topic          LowCardinality(String)    classifier topic label
+    topic_prob     Float32
+    model_version  LowCardinality(String)    version of the model that produced this row
+    scored_at      DateTime('UTC')           when the row was scored (seconds)
+    scored_ms      UInt16                    millisecond part of scored_at
+    version        UInt64                    scored_at in epoch milliseconds (the replacing version)
+    stored_at      DateTime('UTC')           DEFAULT now(): when the store accepted the row
+
+``topic_minute`` -- per-topic per-minute distinct-id counts (AggregatingMergeTree, fed by the
+materialized view ``topic_minute_mv`` on every insert into ``items``)
+    minute    DateTime('UTC')                          toStartOfMinute(ingested_at)
+    topic     LowCardinality(String)
+    items     AggregateFunction(uniqExact, String)      read with uniqExactMerge(items)
+    negative  AggregateFunction(uniqExactIf, String, UInt8)  read with uniqExactIfMerge(negative)
+    neutral   (same)                                    uniqExactIfMerge(neutral)
+    positive  (same)                                    uniqExactIfMerge(positive)
+
+``alerts`` -- one row per alert (ReplacingMergeTree(version), ORDER BY id)
+    id, topic, fired_at, window_start, window_end (DateTime('UTC')), negative, total (UInt32),
+    negative_share, baseline_share, score (Float64), detector, severity (LowCardinality(String)),
+    version UInt64 (fired_at in epoch ms: a re-fired alert replaces the earlier row).
+
+Why these choices
+-----------------
+* Millisecond time without DateTime64 (18.16 has none): a ``DateTime('UTC')`` column (seconds,
+  what every ClickHouse function and Grafana understands, used for partitions, buckets and TTL)
+  plus a ``UInt16`` millisecond column. Exact ms time = ``ingested_at`` + ``ingested_ms``/1000.
+* Idempotent by item id: ``ORDER BY id`` and ``PARTITION BY toYYYYMM(ingested_at)``. A
+  ReplacingMergeTree only collapses rows with equal sorting key *within one partition*, so the
+  partition key is a function of ``ingested_at`` alone, which the ingester sets once per item and
+  which travels inside the message (a redelivered message carries the same value). Neither the
+  topic nor the sentiment is in the key: a re-score may change them and must still replace the row.
+* Re-scoring: a newer model's row has a later ``scored_at`` and so a higher ``version``; queries
+  read ``items FINAL`` and see exactly one row per id, the newest. (Merges collapse duplicates in
+  the background at an unspecified time, so queries must not rely on them: always use FINAL.)
+* ``topic_minute`` is cheap to read for long dashboards, and exact under redelivery (uniqExact of
+  ids), but a materialized view only ever sees inserts: an item re-scored into another topic or
+  sentiment is counted under both labels there. ``Store.topic_counts`` therefore reads
+  ``items FINAL`` (exact under re-scoring); bench/RESULTS.md has the cost of each.
+
+Grafana / ad-hoc SQL examples (database ``finsent``)::
+
+    -- distinct items per topic per minute, split by sentiment, last 6 hours (exact)
+    SELECT toStartOfMinute(ingested_at) AS t, topic, count() AS total,
+           countIf(sentiment = 'negative') AS negative
+    FROM finsent.items FINAL
+    WHERE ingested_at >= now() - 6 * 3600
+    GROUP BY t, topic ORDER BY t
+
+    -- the same from the pre-aggregated table (cheap; see the re-scoring caveat above)
+    SELECT minute AS t, topic, uniqExactMerge(items) AS total, uniqExactIfMerge(negative) AS negative
+    FROM finsent.topic_minute WHERE minute >= now() - 6 * 3600 GROUP BY t, topic ORDER BY t
+
+Query parameters are written ``{name:Type}`` (ClickHouse's own syntax, bound by chdb); the
+clickhouse-driver store rewrites them to the driver's ``%(name)s`` client-side binding, which
+escapes every value itself (18.16 has no server-side parameters). Times are passed as epoch
+seconds (``UInt32``) and converted with ``toDateTime(x, 'UTC')`` so no time zone is ever guessed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from stream.events import Alert, ScoredItem
+
+ITEMS = "items"
+TOPIC_MINUTE = "topic_minute"
+TOPIC_MINUTE_MV = "topic_minute_mv"
+ALERTS = "alerts"
+TABLES = (ITEMS, TOPIC_MINUTE, ALERTS)
+
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+#: (name, type) of ``items`` columns the store writes, in insert order (``stored_at`` is a DEFAULT).
+ITEM_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "String"),
+    ("source", "LowCardinality(String)"),
+    ("source_type", "LowCardinality(String)"),
+    ("title", "Nullable(String)"),
+    ("text", "String"),
+    ("url", "Nullable(String)"),
+    ("author", "Nullable(String)"),
+    ("tickers", "Array(String)"),
+    ("truncated", "UInt8"),
+    ("published_at", "Nullable(DateTime('UTC'))"),
+    ("ingested_at", "DateTime('UTC')"),
+    ("ingested_ms", "UInt16"),
+    ("sentiment", "LowCardinality(String)"),
+    ("p_negative", "Float32"),
+    ("p_neutral", "Float32"),
+    ("p_positive", "Float32"),
+    ("topic", "LowCardinality(String)"),
+    ("topic_prob", "Float32"),
+    ("model_version", "LowCardinality(String)"),
+    ("scored_at", "DateTime('UTC')"),
+    ("scored_ms", "UInt16"),
+    ("version", "UInt64"),
+)
+
+ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "String"),
+    ("topic", "LowCardinality(String)"),
+    ("fired_at", "DateTime('UTC')"),
+    ("window_start", "DateTime('UTC')"),
+    ("window_end", "DateTime('UTC')"),
+    ("negative", "UInt32"),
+    ("total", "UInt32"),
+    ("negative_share", "Float64"),
+    ("baseline_share", "Float64"),
+    ("score", "Float64"),
+    ("detector", "LowCardinality(String)"),
+    ("severity", "LowCardinality(String)"),
+    ("version", "UInt64"),
+)
+
+#: The column each table's TTL (retention) is measured from.
+TTL_COLUMN = {ITEMS: "ingested_at", TOPIC_MINUTE: "minute", ALERTS: "fired_at"}
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the connected server can do, decided from its version once per connection."""
+
+    version: tuple[int, ...]
+
+    @property
+    def ttl(self) -> bool:
+        """Table TTL arrived in ClickHouse 19.6."""
+        return self.version >= (19, 6)
+
+    @property
+    def low_cardinality_is_experimental(self) -> bool:
+        """18.x accepts LowCardinality only with ``allow_experimental_low_cardinality_type=1``."""
+        return self.version < (19, 0)
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(str(p) for p in self.version)
+
+    @classmethod
+    def parse(cls, text: str) -> Capabilities:
+        parts = [int(p) for p in re.findall(r"\d+", text)[:4]]
+        if not parts:
+            raise ValueError(f"cannot read a ClickHouse version from {text!r}")
+        return cls(tuple(parts))
+
+
+def check_database_name(name: str) -> str:
+    """Database names go into DDL as identifiers (they cannot be bound), so only plain names pass."""
+    if not _DB_NAME.fullmatch(name):
+        raise ValueError(f"database name {name!r} must match [A-Za-z_][A-Za-z0-9_]* (at most 64 characters)")
+    return name
+
+
+def _columns_sql(columns: Sequence[tuple[str, str]]) -> str:
+    return ",\n    ".join(f"{name} {typ}" for name, typ in columns)
+
+
+def ttl_expression(table: str, retention_days: int) -> str:
+    return f"{TTL_COLUMN[table]} + toIntervalDay({int(retention_days)})"
+
+
+def _ttl_clause(table: str, caps: Capabilities, retention_days: int) -> str:
+    if caps.ttl and retention_days > 0:
+        return f"\nTTL {ttl_expression(table, retention_days)}"
+    return ""
+
+
+def create_statements(db: str, caps: Capabilities, retention_days: int = 0) -> list[str]:
+    """DDL that creates the database, the three tables and the view; every statement is idempotent."""
+    db = check_database_name(db)
+    sentiments = ("negative", "neutral", "positive")
+    agg_cols = [("minute", "DateTime('UTC')"), ("topic", "LowCardinality(String)"),
+                ("items", "AggregateFunction(uniqExact, String)")]
+    agg_cols += [(s, "AggregateFunction(uniqExactIf, String, UInt8)") for s in sentiments]
+    states = ",\n    ".join(f"uniqExactIfState(id, toUInt8(sentiment = '{s}')) AS {s}" for s in sentiments)
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"""CREATE TABLE IF NOT EXISTS {db}.{ITEMS} (
+    {_columns_sql(ITEM_COLUMNS)},
+    stored_at DateTime('UTC') DEFAULT now()
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(ingested_at)
+ORDER BY id{_ttl_clause(ITEMS, caps, retention_days)}""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.{TOPIC_MINUTE} (
+    {_columns_sql(agg_cols)}
+) ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM(minute)
+ORDER BY (topic, minute){_ttl_clause(TOPIC_MINUTE, caps, retention_days)}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{TOPIC_MINUTE_MV} TO {db}.{TOPIC_MINUTE} AS
+SELECT toStartOfMinute(ingested_at) AS minute, topic,
+    uniqExactState(id) AS items,
+    {states}
+FROM {db}.{ITEMS}
+GROUP BY minute, topic""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.{ALERTS} (
+    {_columns_sql(ALERT_COLUMNS)}
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY id{_ttl_clause(ALERTS, caps, retention_days)}""",
+    ]
+
+
+def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full: dict[str, str]) -> list[str]:
+    """ALTERs that bring existing tables' TTL in line with ``retention_days`` (nothing if already so).
+
+    ``engine_full`` maps table name to ``system.tables.engine_full``. Only run where ``caps.ttl``.
+    """
+    if not caps.ttl:
+        return []
+    out = []
+    for table in TABLES:
+        current = engine_full.get(table, "")
+        has_ttl = " TTL " in f" {current} "
+        if retention_days > 0 and ttl_expression(table, retention_days) not in current:
+            out.append(f"ALTER TABLE {db}.{table} MODIFY TTL {ttl_expression(table, retention_days)}")
+        elif retention_days <= 0 and has_ttl:
+            out.append(f"ALTER TABLE {db}.{table} REMOVE TTL")
+    return out
+
+
+# --- row encoding -------------------------------------------------------------------------------
+
+
+def _split_ms(ts: datetime) -> tuple[datetime, int, int]:
+    """(UTC time truncated to seconds, millisecond part, epoch milliseconds)."""
+    if ts.tzinfo is None:
+        raise ValueError("naive datetime: finsent timestamps must be timezone-aware")
+    ts = ts.astimezone(UTC)
+    whole = ts.replace(microsecond=0)
+    ms = ts.microsecond // 1000
+    return whole, ms, int(whole.timestamp()) * 1000 + ms
+
+
+def _prob(value: Any) -> float:
+    f = float(value)
+    return f if math.isfinite(f) else 0.0
+
+
+def scored_row(s: ScoredItem) -> tuple[Any, ...]:
+    """One ``items`` row (in :data:`ITEM_COLUMNS` order) from a scored item. Datetimes are aware UTC."""
+    it = s.item
+    ingested, ingested_ms, _ = _split_ms(it.ingested_at)
+    scored, scored_ms, version = _split_ms(s.scored_at)
+    published = _split_ms(it.published_at)[0] if it.published_at is not None else None
+    probs = s.sentiment_probs
+    return (
+        it.id,
+        it.source,
+        it.source_type,
+        it.title,
+        it.text,
+        it.url,
+        it.author,
+        list(it.tickers),
+        1 if it.truncated else 0,
+        published,
+        ingested,
+        ingested_ms,
+        s.sentiment,
+        _prob(probs.get("negative", 0.0)),
+        _prob(probs.get("neutral", 0.0)),
+        _prob(probs.get("positive", 0.0)),
+        s.topic,
+        _prob(s.topic_prob),
+        s.model_version,
+        scored,
+        scored_ms,
+        version,
+    )
+
+
+def alert_row(a: Alert) -> tuple[Any, ...]:
+    """One ``alerts`` row (in :data:`ALERT_COLUMNS` order)."""
+    fired, _, version = _split_ms(a.fired_at)
+    return (
+        a.id,
+        a.topic,
+        fired,
+        _split_ms(a.window_start)[0],
+        _split_ms(a.window_end)[0],
+        max(0, int(a.negative)),
+        max(0, int(a.total)),
+        float(a.negative_share),
+        float(a.baseline_share),
+        float(a.score),
+        a.detector,
+        a.severity,
+        version,
+    )
+
+
+# --- queries (``{db}`` is formatted in once; values are always ``{name:Type}`` parameters) -------
+
+SERVER_VERSION = "SELECT version()"
+
+TABLE_ENGINES = "SELECT name, engine_full FROM system.tables WHERE database = {db:String}"
+
+COUNT_FINAL = "SELECT count() FROM {db}.items FINAL WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')"
+COUNT_PHYSICAL = "SELECT count() FROM {db}.items WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')"
+COUNT_UNIQUE = "SELECT uniqExact(id) FROM {db}.items WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')"
+
+# The filter on ingested_at may sit inside FINAL's scan (it is stable per id, so every version of
+# an item is in or out together); filters on labels that a re-score can change (sentiment, topic)
+# must be applied *after* FINAL picked the newest row, hence the subqueries below.
+TOPIC_COUNTS = """
+SELECT toDateTime(intDiv(toUInt32(ingested_at), {bucket:UInt32}) * {bucket:UInt32}, 'UTC') AS bucket,
+       topic,
+       count() AS total,
+       countIf(sentiment = 'negative') AS negative,
+       countIf(sentiment = 'neutral') AS neutral,
+       countIf(sentiment = 'positive') AS positive
+FROM (
+    SELECT ingested_at, topic, sentiment FROM {db}.items FINAL
+    WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC') AND ingested_at < toDateTime({until:UInt32}, 'UTC')
+)
+GROUP BY bucket, topic
+ORDER BY bucket, topic"""
+
+TOPIC_MINUTE_COUNTS = """
+SELECT minute, topic, uniqExactMerge(items) AS total, uniqExactIfMerge(negative) AS negative,
+       uniqExactIfMerge(neutral) AS neutral, uniqExactIfMerge(positive) AS positive
+FROM {db}.topic_minute
+WHERE minute >= toDateTime({since:UInt32}, 'UTC')
+GROUP BY minute, topic
+ORDER BY minute, topic"""
+
+NEGATIVE_COLUMNS = (
+    "id", "ingested_at", "ingested_ms", "topic", "topic_prob", "sentiment", "p_negative", "source",
+    "source_type", "title", "text", "url", "tickers", "model_version",
+)
+
+TOP_NEGATIVE = f"""
+SELECT {", ".join(NEGATIVE_COLUMNS)}
+FROM (
+    SELECT {", ".join(NEGATIVE_COLUMNS)} FROM {{db}}.items FINAL
+    WHERE ingested_at >= toDateTime({{since:UInt32}}, 'UTC')
+)
+WHERE sentiment = 'negative' AND ({{any_topic:UInt8}} = 1 OR topic = {{topic:String}})
+ORDER BY ingested_at DESC, ingested_ms DESC, id
+LIMIT {{limit:UInt32}}"""
+
+ALERT_SELECT_COLUMNS = tuple(name for name, _ in ALERT_COLUMNS if name != "version")
+
+ALERTS_SINCE = f"""
+SELECT {", ".join(ALERT_SELECT_COLUMNS)}
+FROM {{db}}.alerts FINAL
+WHERE fired_at >= toDateTime({{since:UInt32}}, 'UTC')
+ORDER BY fired_at DESC, id"""
+
+
+def render(template: str, db: str) -> str:
+    """Put the (validated) database name into a query template; parameters stay as placeholders."""
+    return template.replace("{db}", check_database_name(db))

@@ -1,0 +1,244 @@
+"""The store logic both engines share; subclasses only say how to run one statement.
+
+``ClickHouseStore`` (server, native protocol) and ``ChdbStore`` (embedded) differ in how a query
+travels and how parameters are bound, not in what is asked: keeping the queries here (and their
+text in :mod:`stream.store.schema`) means the two cannot drift apart, and the tests run the same
+assertions against both.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from stream.events import Alert, ScoredItem, utcnow
+from stream.store import schema
+from stream.store.base import TopicCounts
+
+log = logging.getLogger(__name__)
+
+#: Rows per INSERT statement: big enough to amortise the round trip, small enough to bound memory.
+INSERT_BATCH_ROWS = 10_000
+
+
+def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]
+
+
+def since_epoch(since: timedelta | None, now: datetime | None = None) -> int:
+    """Epoch seconds of ``now - since`` (``None`` = everything, i.e. 0)."""
+    if since is None:
+        return 0
+    if since.total_seconds() < 0:
+        raise ValueError("since must be a positive duration")
+    return max(0, int(((now or utcnow()) - since).timestamp()))
+
+
+def _epoch(ts: datetime) -> int:
+    if ts.tzinfo is None:
+        raise ValueError("naive datetime: finsent timestamps must be timezone-aware")
+    return int(ts.timestamp())
+
+
+def _as_utc(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value
+
+
+class SqlStore:
+    """Everything in the :class:`~stream.store.base.Store` protocol, over three backend hooks.
+
+    Subclasses implement :meth:`_select`, :meth:`_command`, :meth:`_insert` and
+    :meth:`_server_version`. Every public method holds ``self._lock`` for its whole duration:
+    one statement at a time per store object (the worker calls from one executor thread; the
+    lock makes accidental sharing safe rather than fast).
+    """
+
+    url_redacted: str
+
+    def __init__(self, database: str, retention_days: int = 0, insert_batch_rows: int = INSERT_BATCH_ROWS) -> None:
+        self.database = schema.check_database_name(database)
+        self.retention_days = int(retention_days)
+        self.insert_batch_rows = max(1, int(insert_batch_rows))
+        self._lock = threading.RLock()
+        self._caps: schema.Capabilities | None = None
+
+    # --- backend hooks --------------------------------------------------------------------------
+    def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _command(self, sql: str) -> None:
+        raise NotImplementedError
+
+    def _insert(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    # --- helpers ----------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> schema.Capabilities:
+        with self._lock:
+            if self._caps is None:
+                self._caps = schema.Capabilities.parse(str(self._select(schema.SERVER_VERSION)[0][0]))
+            return self._caps
+
+    def _q(self, template: str) -> str:
+        return schema.render(template, self.database)
+
+    # --- Store protocol ---------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create the database, tables and view if missing; align TTL with ``retention_days``.
+
+        Idempotent and cheap: safe to call on every start of every worker.
+        """
+        with self._lock:
+            caps = self.capabilities
+            for stmt in schema.create_statements(self.database, caps, self.retention_days):
+                self._command(stmt)
+            if caps.ttl:
+                engines = dict(self._select(schema.TABLE_ENGINES, {"db": self.database}))
+                for stmt in schema.ttl_statements(self.database, caps, self.retention_days, engines):
+                    log.info("store: %s", stmt)
+                    self._command(stmt)
+            elif self.retention_days > 0:
+                log.warning(
+                    "store: ClickHouse %s has no TTL (19.6+); retention_days=%d is not applied, "
+                    "drop old monthly partitions by hand (ALTER TABLE %s.items DROP PARTITION YYYYMM)",
+                    caps.version_text, self.retention_days, self.database,
+                )
+
+    def insert_scored(self, items: Sequence[ScoredItem]) -> int:
+        """Write scored items in batches of ``insert_batch_rows``; returns the number of rows written.
+
+        Idempotent by id: a redelivered batch adds physical rows that ``FINAL`` collapses, so it
+        never shows twice in any query of this store.
+        """
+        if not items:
+            return 0
+        rows = [schema.scored_row(s) for s in items]
+        with self._lock:
+            for chunk in _chunks(rows, self.insert_batch_rows):
+                self._insert(f"{self.database}.{schema.ITEMS}", schema.ITEM_COLUMNS, chunk)
+        return len(rows)
+
+    def insert_alerts(self, alerts: Sequence[Alert]) -> int:
+        """Write alerts; idempotent by alert id (a re-fired alert replaces its earlier row)."""
+        if not alerts:
+            return 0
+        rows = [schema.alert_row(a) for a in alerts]
+        with self._lock:
+            for chunk in _chunks(rows, self.insert_batch_rows):
+                self._insert(f"{self.database}.{schema.ALERTS}", schema.ALERT_COLUMNS, chunk)
+        return len(rows)
+
+    def count(self, since: timedelta | None = None, physical: bool = False) -> dict[str, int]:
+        """Items ingested in the last ``since`` (all when ``None``), as queries of this store see them.
+
+        * ``rows``: rows a query of ``items FINAL`` returns (what every store query reads),
+        * ``unique_ids``: distinct item ids among all physical rows (``uniqExact(id)``, no FINAL),
+        * ``physical_rows`` (only with ``physical=True``): rows on disk before deduplication,
+          i.e. including redelivered copies that background merges have not collapsed yet.
+
+        ``rows - unique_ids`` is the number of duplicates a query could see: 0 when idempotency
+        holds. ``physical_rows - unique_ids`` shows how many redelivered copies FINAL is hiding.
+        """
+        params = {"since": since_epoch(since)}
+        with self._lock:
+            out = {
+                "rows": int(self._select(self._q(schema.COUNT_FINAL), params)[0][0]),
+                "unique_ids": int(self._select(self._q(schema.COUNT_UNIQUE), params)[0][0]),
+            }
+            if physical:
+                out["physical_rows"] = int(self._select(self._q(schema.COUNT_PHYSICAL), params)[0][0])
+        return out
+
+    def topic_counts(self, since: timedelta, bucket_s: int = 60, until: datetime | None = None) -> list[TopicCounts]:
+        """Distinct items per topic per ``bucket_s`` bucket of ``ingested_at`` in [now-since, until).
+
+        Reads ``items FINAL``: one row per id, the newest version, so counts are exact under
+        redelivery and re-scoring. Buckets are aligned to multiples of ``bucket_s`` since the epoch.
+        """
+        if bucket_s < 1:
+            raise ValueError("bucket_s must be >= 1")
+        now = utcnow()
+        until_ts = _epoch(until) if until is not None else int(now.timestamp()) + 1
+        params = {"since": since_epoch(since, now), "until": until_ts, "bucket": int(bucket_s)}
+        with self._lock:
+            rows = self._select(self._q(schema.TOPIC_COUNTS), params)
+        return [
+            TopicCounts(bucket=_as_utc(b), topic=t, total=int(tot), negative=int(neg), neutral=int(neu),
+                        positive=int(pos))
+            for b, t, tot, neg, neu, pos in rows
+        ]
+
+    def topic_minute_counts(self, since: timedelta) -> list[TopicCounts]:
+        """Per-topic per-minute distinct items from the pre-aggregated ``topic_minute`` table.
+
+        Cheap for long ranges; exact under redelivery but not under re-scoring (see schema docs).
+        """
+        with self._lock:
+            rows = self._select(self._q(schema.TOPIC_MINUTE_COUNTS), {"since": since_epoch(since)})
+        return [
+            TopicCounts(bucket=_as_utc(b), topic=t, total=int(tot), negative=int(neg), neutral=int(neu),
+                        positive=int(pos))
+            for b, t, tot, neg, neu, pos in rows
+        ]
+
+    def top_negative(
+        self, since: timedelta | None = None, topic: str | None = None, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        """The newest items whose current (newest-version) sentiment is negative, newest first."""
+        params = {
+            "since": since_epoch(since),
+            "any_topic": 1 if topic is None else 0,
+            "topic": topic or "",
+            "limit": max(0, int(limit)),
+        }
+        with self._lock:
+            rows = self._select(self._q(schema.TOP_NEGATIVE), params)
+        out = []
+        for row in rows:
+            d = dict(zip(schema.NEGATIVE_COLUMNS, row, strict=True))
+            ms = int(d.pop("ingested_ms"))
+            d["ingested_at"] = _as_utc(d["ingested_at"]) + timedelta(milliseconds=ms)
+            d["tickers"] = list(d["tickers"])
+            d["topic_prob"] = float(d["topic_prob"])
+            d["p_negative"] = float(d["p_negative"])
+            out.append(d)
+        return out
+
+    def alerts(self, since: timedelta | None = None) -> list[dict[str, Any]]:
+        """Alerts fired in the last ``since`` (all when ``None``), newest first, one row per alert id."""
+        with self._lock:
+            rows = self._select(self._q(schema.ALERTS_SINCE), {"since": since_epoch(since)})
+        out = []
+        for row in rows:
+            d = dict(zip(schema.ALERT_SELECT_COLUMNS, row, strict=True))
+            for k in ("fired_at", "window_start", "window_end"):
+                d[k] = _as_utc(d[k])
+            for k in ("negative", "total"):
+                d[k] = int(d[k])
+            out.append(d)
+        return out
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one read query. Parameters are ClickHouse ``{name:Type}`` placeholders on both engines.
+
+        Values are bound by the engine/driver, never formatted into the text. Times come back as
+        aware UTC datetimes for ``DateTime('UTC')`` columns on both engines.
+        """
+        with self._lock:
+            return self._select(sql, params or None)
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,79 @@
+"""Transient failures: a ClickHouse server that goes away must surface as StoreUnavailable, and the
+same store object must work again once the server is back (the worker retries the same batch)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from stream.events import RawItem, ScoredItem, utcnow
+from stream.store import StoreError, StoreUnavailable, open_store
+from tests.fixtures.clickhouse import ClickHouseServer, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _items(n: int) -> list[ScoredItem]:
+    now = utcnow()
+    return [
+        ScoredItem(
+            item=RawItem(id=f"f-{i}", source="s", source_type="social", text=f"t{i}", ingested_at=now),
+            sentiment="negative", sentiment_probs={"negative": 0.9}, topic="macro", topic_prob=0.5,
+            model_version="m1",
+        )
+        for i in range(n)
+    ]
+
+
+def test_server_down_raises_store_unavailable_then_recovers(tmp_path: Path) -> None:
+    server = ClickHouseServer(tmp_path / "throwaway")
+    server.start()
+    store = open_store(server.url("fail_db"))
+    try:
+        store.ensure_schema()
+        batch = _items(50)
+        assert store.insert_scored(batch[:20]) == 20
+        server.stop()
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            store.insert_scored(batch)
+        with pytest.raises(StoreUnavailable):
+            store.count()
+        server.start()  # same ports, same data directory
+        assert store.insert_scored(batch) == 50  # the worker's retry of the same batch: no reconnect call needed
+        assert store.count(timedelta(hours=1), physical=True) == {"rows": 50, "unique_ids": 50, "physical_rows": 70}
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_nothing_listening_is_unavailable_with_redacted_url() -> None:
+    store = open_store(f"clickhouse://default:s3cret@127.0.0.1:{free_port()}/x?connect_timeout=1")
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            store.ensure_schema()
+        assert "s3cret" not in str(info.value) and "s3cret" not in store.url_redacted
+    finally:
+        store.close()
+
+
+def test_wrong_password_is_a_store_error(clickhouse_url: str) -> None:
+    store = open_store(clickhouse_url.replace("clickhouse://default@", "clickhouse://default:wrong@"))
+    try:
+        with pytest.raises(StoreError) as info:
+            store.count()
+        assert not isinstance(info.value, StoreUnavailable)
+    finally:
+        store.close()
+
+
+def test_chdb_refuses_a_second_data_path_clearly(chdb_db_url: str, tmp_path: Path) -> None:
+    first = open_store(chdb_db_url)  # holds the session-wide path open
+    try:
+        first.ensure_schema()
+        with pytest.raises(StoreError, match="one data path per process"):
+            open_store(f"chdb://{tmp_path / 'other'}")
+        assert first.count() == {"rows": 0, "unique_ids": 0}
+    finally:
+        first.close()
