@@ -1,0 +1,476 @@
+"""The scoring worker: a Faust app whose agent turns ``finsent.raw`` into stored, scored rows.
+
+Per batch (``stream.take_events(batch_max, within=batch_within_s)``):
+
+1. decode every message with :func:`stream.events.decode_raw`; a defective one becomes a
+   dead-letter record (reason from :class:`InvalidEvent`) -- the agent never crashes on input;
+2. score the good ones OFF the event loop (a dedicated single-thread executor; onnxruntime
+   releases the GIL so Kafka I/O keeps flowing); a model failure is narrowed to the item(s)
+   that cause it, which are dead-lettered as ``model_error``;
+3. store the scored rows (another single-thread executor), retrying with backoff while the
+   store raises -- the batch is never dropped;
+4. publish the scored items to ``finsent.scored`` and the dead letters to ``finsent.dlq`` and
+   wait for the broker to confirm them;
+5. only then release the batch's offsets for commit.
+
+When does Faust ack? (faust-streaming 0.15.3, ``faust/streams.py``, ``Stream.take``/``take_events``):
+take disables the stream's own acking and acks the buffered events in the ``finally`` after its
+``yield`` -- i.e. when the agent's ``async for`` asks for the NEXT batch, or when the generator
+is closed. "Closed" includes the agent body raising or being cancelled at shutdown: the async
+generator is finalised and its ``finally`` acks a batch that was never stored. An acked offset is
+committed by the consumer's commit timer (``broker_commit_interval``) and at stop. So relying on
+take's ack alone would lose a batch on a crash or a SIGTERM mid-store.
+
+Hence :class:`AckGuard`: before any work, each message of the batch gets one extra reference
+(``Message.incref``). Take's ack then only brings the count back to 1; the final ack -- the
+one that marks the offset safe to commit -- happens in :meth:`AckGuard.release`, called after
+steps 3-4 succeeded. If the worker dies or stops first, the offsets stay uncommitted and the
+batch is redelivered; ``insert_scored`` is idempotent by id, so the redelivery never shows twice.
+The same guard lets step 3-4 of batch N overlap with scoring of batch N+1 (one batch in flight).
+
+The classifier sits in a :class:`ClassifierHolder` so a promoted model can be swapped in
+atomically (hot reload on the roadmap); each batch uses one model version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from stream.events import InvalidEvent, RawItem, ScoredItem, dead_letter, decode_raw, utcnow
+from stream.metrics import worker_metrics
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Backoff between store/publish retries: starts here, doubles, capped.
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 15.0
+
+
+class WorkerStopping(Exception):
+    """Raised inside a retry loop when the worker is shutting down; the batch stays unacked."""
+
+
+class ClassifierHolder:
+    """The classifier in use, swappable atomically (a promoted model replaces it between batches)."""
+
+    def __init__(self, classifier: Any) -> None:
+        self._lock = threading.Lock()
+        self._current = classifier
+
+    @property
+    def current(self) -> Any:
+        return self._current
+
+    def swap(self, new: Any) -> Any:
+        """Install ``new``; batches already being scored finish with the old one. Returns the old one."""
+        with self._lock:
+            old, self._current = self._current, new
+        log.info("classifier swapped: %s -> %s", getattr(old, "version", "?"), getattr(new, "version", "?"))
+        return old
+
+
+@dataclass(slots=True)
+class RawMessage:
+    """What the pipeline needs from one Kafka record."""
+
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    reason: str
+    body: bytes
+    key: bytes | None = None
+
+
+@dataclass
+class WorkerStats:
+    """In-process counters for the demo and the benchmark (Prometheus has the same, for operators)."""
+
+    consumed: int = 0
+    stored: int = 0
+    batches: int = 0
+    dead_lettered: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: recent ingested_at -> stored latencies in seconds (bounded)
+    latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=200_000))
+    inference_s: float = 0.0
+    store_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "consumed": self.consumed,
+                "stored": self.stored,
+                "batches": self.batches,
+                "dead_lettered": dict(self.dead_lettered),
+                "inference_s": self.inference_s,
+                "store_s": self.store_s,
+            }
+
+
+def decode_batch(
+    messages: Sequence[RawMessage], max_bytes: int, max_text_chars: int
+) -> tuple[list[RawItem], list[DeadLetter]]:
+    """Split a batch into valid items and dead letters (one per defective message, with its reason)."""
+    items: list[RawItem] = []
+    dead: list[DeadLetter] = []
+    for m in messages:
+        try:
+            items.append(decode_raw(m.value if m.value is not None else b"", max_bytes, max_text_chars))
+        except InvalidEvent as exc:
+            dead.append(DeadLetter(exc.reason, dead_letter(m.value, exc.reason, exc.detail, m.topic, m.partition,
+                                                           m.offset)))
+    return items, dead
+
+
+def _to_scored(item: RawItem, pred: Any, version: str) -> ScoredItem:
+    if pred.truncated and not item.truncated:
+        item = replace(item, truncated=True)
+    return ScoredItem(
+        item=item,
+        sentiment=pred.sentiment,
+        sentiment_probs=dict(pred.sentiment_probs),
+        topic=pred.topic,
+        topic_prob=float(pred.topic_prob),
+        model_version=version,
+        scored_at=utcnow(),
+    )
+
+
+def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredItem], list[DeadLetter]]:
+    """Score a batch with one classifier; if the batch fails, find and dead-letter the failing item(s).
+
+    Blocking: runs in the model executor.
+    """
+    if not items:
+        return [], []
+    version = str(classifier.version)
+    try:
+        preds = classifier.predict([it.text for it in items])
+        return [_to_scored(it, p, version) for it, p in zip(items, preds, strict=True)], []
+    except Exception:
+        log.exception("classifier failed on a batch of %d; scoring items one by one", len(items))
+    scored: list[ScoredItem] = []
+    dead: list[DeadLetter] = []
+    for it in items:
+        try:
+            (pred,) = classifier.predict([it.text])
+            scored.append(_to_scored(it, pred, version))
+        except Exception as exc:
+            body = dead_letter(it.to_json(), "model_error", f"{type(exc).__name__}: {exc}", "", -1, -1)
+            dead.append(DeadLetter("model_error", body, it.id.encode()))
+    return scored, dead
+
+
+class AckGuard:
+    """Holds one reference on every message of a batch so nothing commits before :meth:`release`.
+
+    See the module docstring for why Faust's own take-acking is not enough.
+    """
+
+    def __init__(self, events: Sequence[Any]) -> None:
+        self.events = list(events)
+        for ev in self.events:
+            ev.message.incref()
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            for ev in self.events:
+                ev.ack()
+
+
+class Scorer:
+    """The per-app pipeline state: model holder, store, executors, metrics, stats."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        holder: ClassifierHolder,
+        store_factory: Callable[[], Any],
+        stats: WorkerStats | None = None,
+    ) -> None:
+        self.settings = settings
+        self.holder = holder
+        self._store_factory = store_factory
+        self.store: Any = None
+        self.stats = stats or WorkerStats()
+        self.metrics = worker_metrics()
+        self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-model")
+        self.store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-store")
+        self.stopping = threading.Event()
+        self.inflight: asyncio.Future[None] | None = None
+        self.scored_topic: Any = None
+        self.dlq_topic: Any = None
+        self.consumer: Any = None
+
+    # -- blocking parts (executor threads) ---------------------------------------------------
+    def _open_store(self) -> Any:
+        if self.store is None:
+            self.store = self._store_factory()
+        return self.store
+
+    def _store_batch(self, scored: list[ScoredItem]) -> float:
+        """Insert with retry until it succeeds or the worker stops; returns seconds spent."""
+        t0 = time.perf_counter()
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                store = self._open_store()
+                if scored:
+                    store.insert_scored(scored)
+                return time.perf_counter() - t0
+            except Exception as exc:
+                from stream.store.base import StoreUnavailable
+
+                self.metrics.store_retries.inc()
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("store unavailable (%s); retrying this batch of %d in %.2fs", exc, len(scored), delay)
+                else:
+                    log.exception("store insert failed; retrying this batch of %d in %.2fs", len(scored), delay)
+                if self.stopping.wait(delay):
+                    raise WorkerStopping("stopped while the store was failing; batch left unacked") from exc
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.model_pool.shutdown(wait=True)
+        self.store_pool.shutdown(wait=True)
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception:  # pragma: no cover - best effort at exit
+                log.exception("closing the store failed")
+
+    # -- the event-loop side ------------------------------------------------------------------
+    async def handle(self, events: Sequence[Any]) -> None:
+        """Process one batch from ``take_events``; returns once it is scored (storing may still run)."""
+        loop = asyncio.get_running_loop()
+        guard = AckGuard(events)
+        messages = [
+            RawMessage(ev.value, ev.message.topic, ev.message.partition, ev.message.offset) for ev in events
+        ]
+        m = self.metrics
+        m.consumed.labels(self.settings.topic_raw).inc(len(messages))
+        m.batch_size.observe(len(messages))
+        items, dead = decode_batch(messages, self.settings.max_message_bytes, self.settings.max_text_chars)
+        classifier = self.holder.current
+        t0 = time.perf_counter()
+        scored, model_dead = await loop.run_in_executor(self.model_pool, score_items, classifier, items)
+        infer_s = time.perf_counter() - t0
+        m.inference_seconds.observe(infer_s)
+        dead.extend(model_dead)
+        with self.stats.lock:
+            self.stats.consumed += len(messages)
+            self.stats.batches += 1
+            self.stats.inference_s += infer_s
+        self._update_lag(messages)
+        # one batch in flight: wait for the previous one's store+publish before starting ours
+        if self.inflight is not None:
+            await asyncio.shield(self.inflight)
+        self.inflight = asyncio.ensure_future(self._finish(guard, scored, dead))
+
+    async def _finish(self, guard: AckGuard, scored: list[ScoredItem], dead: list[DeadLetter]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            store_s = await loop.run_in_executor(self.store_pool, self._store_batch, scored)
+            stored_at = utcnow()
+            await self._publish(scored, dead)
+        except WorkerStopping as exc:
+            log.warning("%s", exc)
+            return
+        m = self.metrics
+        m.store_seconds.observe(store_s)
+        m.stored.inc(len(scored))
+        lat = [(stored_at - s.item.ingested_at).total_seconds() for s in scored]
+        for s, seconds in zip(scored, lat, strict=True):
+            m.scored.labels(s.topic, s.sentiment).inc()
+            m.end_to_end_seconds.observe(max(seconds, 0.0))
+        for d in dead:
+            m.dead_lettered.labels(d.reason).inc()
+        with self.stats.lock:
+            self.stats.stored += len(scored)
+            self.stats.store_s += store_s
+            self.stats.latencies.extend(lat)
+            for d in dead:
+                self.stats.dead_lettered[d.reason] += 1
+        guard.release()
+
+    async def _publish(self, scored: list[ScoredItem], dead: list[DeadLetter]) -> None:
+        """Send scored items and dead letters; wait for the broker's acks (retrying until it answers)."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                futs = [await self.scored_topic.send(key=s.id.encode(), value=s.to_json()) for s in scored]
+                futs += [await self.dlq_topic.send(key=d.key, value=d.body) for d in dead]
+                if futs:
+                    await asyncio.gather(*futs)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("publishing %d scored / %d dead letters failed; retrying in %.2fs", len(scored),
+                              len(dead), delay)
+                if self.stopping.is_set():
+                    raise WorkerStopping("stopped while Kafka was failing; batch left unacked") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def _update_lag(self, messages: Sequence[RawMessage]) -> None:
+        if self.consumer is None:
+            return
+        last: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            last[(msg.topic, msg.partition)] = max(msg.offset, last.get((msg.topic, msg.partition), -1))
+        from faust.types import TP
+
+        for (topic, partition), offset in last.items():
+            try:
+                hw = self.consumer.highwater(TP(topic, partition))
+            except Exception:  # not assigned any more, or the broker did not say
+                continue
+            if hw is not None:
+                self.metrics.consumer_lag.labels(topic, str(partition)).set(max(int(hw) - offset - 1, 0))
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Let the batch in flight finish storing (called when the agent stops)."""
+        if self.inflight is not None and not self.inflight.done():
+            done, _ = await asyncio.wait({self.inflight}, timeout=timeout_s)
+            if not done:
+                log.warning("stopping with a batch still being stored; it stays unacked and will be redelivered")
+                self.stopping.set()
+
+
+def _credentials(settings: Settings) -> Any:
+    """Faust credentials from ``settings.kafka_security()`` (None for PLAINTEXT)."""
+    proto = settings.security_protocol.upper()
+    ssl_context = None
+    if proto.endswith("SSL"):
+        import ssl
+
+        ssl_context = ssl.create_default_context(cafile=settings.ssl_cafile)
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+def load_classifier(settings: Settings) -> Any:
+    from models.runtime import Classifier
+
+    return Classifier.load(settings.model_dir, variant=settings.model_variant, threads=settings.model_threads)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    classifier: Any = None,
+    store: Any = None,
+    app_id: str | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+    commit_interval_s: float = 1.0,
+    stats: WorkerStats | None = None,
+) -> faust.App:
+    """The Faust app with the scoring agent. ``app.finsent`` is its :class:`Scorer`.
+
+    ``classifier``/``store`` may be given (tests, the demo); otherwise the classifier is loaded
+    from the settings now and the store is opened on the first batch (in the store thread).
+    """
+    if classifier is None:
+        classifier = load_classifier(settings)
+    if store is not None:
+        store_factory: Callable[[], Any] = lambda: store  # noqa: E731
+    else:
+        from stream.store import open_store
+
+        def store_factory() -> Any:
+            s = open_store(settings.store)
+            s.ensure_schema()
+            return s
+
+    group = app_id or settings.consumer_group
+    datadir = Path(tempfile.gettempdir()) / f"finsent-faust-{group}"
+    session_s = settings.session_timeout_ms / 1000
+    app = faust.App(
+        group,
+        broker=[f"kafka://{b}" for b in settings.broker_list],
+        broker_credentials=_credentials(settings),
+        loop=loop,
+        value_serializer="raw",
+        key_serializer="raw",
+        autodiscover=False,
+        datadir=str(datadir),
+        store="memory://",
+        web_enabled=False,
+        web_host="127.0.0.1",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session_s,
+        broker_heartbeat_interval=max(session_s / 5, 0.5),
+        broker_commit_interval=commit_interval_s,
+        broker_max_poll_records=max(settings.batch_max * 4, 500),
+        stream_buffer_maxsize=max(settings.batch_max * 8, 1024),
+        producer_acks=-1,
+        producer_linger=0.005,
+        producer_max_request_size=max(settings.max_message_bytes + 64 * 1024, 1_048_576),
+        consumer_max_fetch_size=max(settings.max_message_bytes + 64 * 1024, 4 * 1_048_576),
+    )
+    holder = ClassifierHolder(classifier)
+    scorer = Scorer(settings, holder, store_factory, stats)
+    scorer.scored_topic = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
+    scorer.dlq_topic = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
+    raw_topic = app.topic(settings.topic_raw, key_type=bytes, value_type=bytes, allow_empty=True)
+    app.finsent = scorer  # type: ignore[attr-defined]
+    worker_metrics().model_info.labels(
+        str(getattr(classifier, "version", "?")), str(getattr(classifier, "provider", "?"))
+    ).set(1)
+
+    @app.agent(raw_topic, name="finsent.score", concurrency=1)
+    async def score(stream: faust.StreamT) -> None:
+        scorer.consumer = app.consumer
+        try:
+            async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+                await scorer.handle(events)
+        finally:
+            await scorer.drain()
+
+    _attach_alerts(app, settings)
+    return app
+
+
+def _attach_alerts(app: faust.App, settings: Settings) -> None:
+    """The alerts engineer's hook: an in-stream spike detector on the scored topic, if installed."""
+    import importlib
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("alerts.stream") is None:
+            return
+    except ModuleNotFoundError:  # no alerts package at all
+        return
+    importlib.import_module("alerts.stream").attach(app, settings)
