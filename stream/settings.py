@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     ingest_state_dir: str = Field(str(DEFAULT_DATA_DIR / "ingest"), description="dedup store of the ingesters")
     ingest_user_agent: str = "finsent/0.1 (+https://github.com/finsent/finsent)"
     http_token: SecretStr | None = Field(None, description="bearer token for `finsent ingest http`")
+    ingest_dedup_max_keys: int = Field(2_000_000, ge=1000, description="dedup keys kept on disk (oldest dropped)")
+    ingest_dedup_ttl_days: float = Field(30.0, gt=0, description="dedup keys older than this are forgotten")
+    ingest_fetch_timeout_s: float = Field(20.0, gt=0, description="whole-request timeout of one feed/API fetch")
+    ingest_max_fetch_bytes: int = Field(10_000_000, ge=1024, description="largest feed/API response read")
+    ingest_interval_s: float = Field(300.0, gt=0, description="default poll interval per feed/API source")
+    mastodon_token: SecretStr | None = Field(None, description="optional Mastodon access token (public timelines)")
+    reddit_token: SecretStr | None = Field(None, description="Reddit OAuth bearer token; uses oauth.reddit.com")
 
     # --- Alerts --------------------------------------------------------------------------------
     alert_window_s: int = Field(60, ge=1, description="tumbling window of the in-stream detector")

@@ -1,0 +1,386 @@
+"""Normalisation: the ONE place where every source's raw fields become a :class:`RawItem`.
+
+Feeds, social APIs, replay files and the HTTP push endpoint all call :func:`make_item`, so the
+same story is cleaned, timed, identified and ticker-tagged identically whatever door it came
+through. That is what makes cross-source dedup (same canonical URL -> same id) work, and what
+keeps the classifier from seeing HTML tags or ``&amp;`` that it never saw in training.
+
+Rules (each one is a decision the rest of finsent relies on):
+
+* text and title are cleaned separately (tags stripped, entities decoded, whitespace collapsed)
+  and never concatenated here; the worker decides what to score;
+* times become aware UTC; a missing or unreadable time is ``None``, never a silent "now";
+* ids are stable: canonical URL when there is one (so two feeds carrying one story agree),
+  else the source's own GUID, else a digest of source + title + text;
+* an item with no text after cleaning raises :class:`Skip` (the caller counts it);
+* text longer than ``max_text_chars`` is cut at a word boundary and flagged ``truncated``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import codecs
+import email.utils
+import html
+import re
+import time
+import unicodedata
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from stream.events import MAX_TEXT_CHARS, SOURCE_TYPES, InvalidEvent, RawItem, parse_time, stable_id, utcnow
+
+_UTC = timezone.utc  # noqa: UP017 (finsent supports Python 3.10: no datetime.UTC)
+
+
+class Skip(Exception):
+    """An item that must not be published; ``reason`` is a short code used as a metrics label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK_TAGS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption", "figure",
+        "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre",
+        "section", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul",
+    }
+)
+_DROP_TAGS = frozenset({"script", "style", "noscript", "template", "iframe", "svg", "head"})
+_TAG_RE = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|<!--|<!\[CDATA\[")
+# zero-width and BOM characters that survive copy/paste from web pages
+_INVISIBLE_RE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_WS_RE = re.compile(r"\s+")
+
+
+class _TextExtractor(HTMLParser):
+    """Collect visible text; block elements become spaces so words never glue together."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._drop_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _DROP_TAGS:
+            self._drop_depth += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _BLOCK_TAGS:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _DROP_TAGS:
+            self._drop_depth = max(0, self._drop_depth - 1)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._drop_depth:
+            self.parts.append(data)
+
+
+def strip_html(value: str) -> str:
+    """Visible text of an HTML fragment with entities decoded (no whitespace collapsing)."""
+    value = value.replace("<![CDATA[", "").replace("]]>", "")
+    parser = _TextExtractor()
+    try:
+        parser.feed(value)
+        parser.close()
+    except Exception:  # HTMLParser is lenient; this is belt and braces for pathological input
+        return html.unescape(re.sub(r"<[^>]*>", " ", value))
+    return "".join(parser.parts)
+
+
+def clean_text(value: Any) -> str:
+    """Plain, single-spaced text from whatever a source gave us (HTML, entities, odd whitespace).
+
+    Entities are decoded exactly once for plain text (``AT&amp;T`` -> ``AT&T``); HTML is parsed
+    so tags vanish and block boundaries become spaces.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = decode_bytes(value)
+    text = str(value)
+    if _TAG_RE.search(text):
+        text = strip_html(text)
+    elif "&" in text:
+        text = html.unescape(text)
+    text = unicodedata.normalize("NFC", text)
+    text = _INVISIBLE_RE.sub("", text)
+    text = _CONTROL_RE.sub(" ", text)
+    return _WS_RE.sub(" ", text).strip()  # \s covers NBSP and the other Unicode spaces
+
+
+_XML_DECL_RE = re.compile(rb"""^\s*<\?xml[^>]*encoding\s*=\s*["']([A-Za-z0-9._\-]+)["']""")
+_META_CHARSET_RE = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9._\-]+)""", re.IGNORECASE)
+
+
+def charset_from_content_type(content_type: str | None) -> str | None:
+    if not content_type:
+        return None
+    m = re.search(r"charset\s*=\s*[\"']?([A-Za-z0-9._\-]+)", content_type, re.IGNORECASE)
+    return m.group(1) if m else None
+
+
+def _known(encoding: str | None) -> str | None:
+    if not encoding:
+        return None
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        return None
+
+
+def decode_bytes(data: bytes, content_type: str | None = None) -> str:
+    """Decode bytes honouring the declared encoding: BOM, HTTP charset, XML declaration, <meta>.
+
+    Undeclared bytes are tried as UTF-8 and fall back to Windows-1252 (a superset of Latin-1 for
+    printable text, and what "ISO-8859-1" pages usually really are), so nothing raises.
+    """
+    for bom, enc in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(enc, errors="replace").lstrip("\ufeff")
+    declared = _known(charset_from_content_type(content_type))
+    if declared is None:
+        m = _XML_DECL_RE.match(data[:200]) or _META_CHARSET_RE.search(data[:2048])
+        declared = _known(m.group(1).decode("ascii")) if m else None
+    if declared:
+        if declared in ("latin-1", "iso8859-1"):
+            declared = "cp1252"  # what real "ISO-8859-1" content means (curly quotes in 0x80-0x9f)
+        return data.decode(declared, errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def truncate(text: str, max_chars: int) -> tuple[str, bool]:
+    """Cut at a word boundary (if one is near) so the classifier never sees half a word."""
+    if len(text) <= max_chars:
+        return text, False
+    cut = text[:max_chars]
+    space = cut.rfind(" ", max(0, max_chars - 200))
+    if space > 0:
+        cut = cut[:space]
+    return cut.rstrip(), True
+
+
+# ---------------------------------------------------------------------------------------------
+# Time
+# ---------------------------------------------------------------------------------------------
+
+
+def to_utc(value: Any) -> datetime | None:
+    """Aware UTC datetime from a datetime, struct_time (feedparser: UTC), epoch (s or ms) or string.
+
+    Strings may be ISO 8601 or RFC 822/2822 (what RSS uses). Anything unreadable is ``None``:
+    a wrong "now" would put old stories into the current alert window.
+    """
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=_UTC)).astimezone(_UTC)
+        if isinstance(value, time.struct_time):
+            return datetime.fromtimestamp(calendar.timegm(value), tz=_UTC)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value) / 1000.0 if abs(value) > 1e11 else float(value)  # epoch milliseconds
+            return datetime.fromtimestamp(seconds, tz=_UTC)
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if re.fullmatch(r"\d{9,13}(\.\d+)?", text):
+                return to_utc(float(text))
+            try:
+                return parse_time(text, "published_at")
+            except InvalidEvent:
+                pass
+            try:
+                ts = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                ts = None
+            if ts is not None:
+                return to_utc(ts)
+            import feedparser  # its date parser knows a dozen more formats (W3C-DTF, Korean, Greek...)
+
+            parsed = feedparser.datetimes._parse_date(text)
+            return to_utc(parsed) if parsed else None
+    except (OverflowError, OSError, ValueError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# URLs
+# ---------------------------------------------------------------------------------------------
+
+TRACKING_PARAMS = frozenset(
+    {
+        "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "igshid", "mc_cid", "mc_eid",
+        "_ga", "_gl", "_hsenc", "_hsmi", "mkt_tok", "ocid", "ncid", "cmpid", "guccounter", "guce_referrer",
+        "guce_referrer_sig", "soc_src", "soc_trk", "ref_src", "ref_url", "spm", "share", "s_cid", "smid",
+    }
+)
+
+
+def _is_tracking(key: str) -> bool:
+    k = key.lower()
+    return k.startswith(("utm_", "__hs", "vero_", "pk_", "mtm_")) or k in TRACKING_PARAMS
+
+
+def canonical_url(url: Any) -> str | None:
+    """The URL two sources would agree on: tracking params and fragment gone, host lowercased.
+
+    Only http(s) URLs are kept (``javascript:``, ``mailto:`` and junk give ``None``). Remaining
+    query parameters keep their order; default ports and empty paths are normalised.
+    """
+    if not url or not isinstance(url, str):
+        return None
+    url = url.strip()
+    if url.startswith("//"):
+        url = "https:" + url
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower().rstrip(".")
+    if port and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
+        host = f"{host}:{port}"
+    if parts.username:  # credentials in a shared link are an accident; never keep them
+        pass
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _is_tracking(k)]
+    path = parts.path or "/"
+    return urlunsplit((scheme, host, path, urlencode(query, doseq=True), ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tickers
+# ---------------------------------------------------------------------------------------------
+
+EXCHANGES = (
+    "NASDAQ|NYSE|NYSEARCA|NYSEAMERICAN|NYSEMKT|AMEX|BATS|CBOE|OTC|OTCQX|OTCQB|OTCMKTS|TSX|TSXV|LSE|ASX|HKEX|ETR|XETRA"
+)
+# $AAPL, $BRK.B, $BTC.X ; not $5, $5B, $1.2bn, nor a$AP inside words
+_CASHTAG_RE = re.compile(r"(?<![\w$])\$([A-Z]{1,6}(?:\.[A-Z]{1,2})?)(?![\w.]*\d)(?![a-z])")
+_EXCHANGE_RE = re.compile(rf"\b(?:{EXCHANGES})\s*:\s*([A-Z]{{1,6}}(?:\.[A-Z]{{1,2}})?)\b")
+
+
+def extract_tickers(*texts: str | None, extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """Ticker symbols mentioned as cashtags or exchange-qualified symbols, in first-seen order."""
+    seen: dict[str, None] = {}
+    for sym in extra:
+        if isinstance(sym, str) and (s := sym.strip().lstrip("$").upper()) and re.fullmatch(r"[A-Z0-9.\-]{1,12}", s):
+            seen.setdefault(s, None)
+    for text in texts:
+        if not text:
+            continue
+        for m in _CASHTAG_RE.finditer(text):
+            seen.setdefault(m.group(1), None)
+        for m in _EXCHANGE_RE.finditer(text):
+            seen.setdefault(m.group(1), None)
+    return tuple(seen)
+
+
+# ---------------------------------------------------------------------------------------------
+# The item factory
+# ---------------------------------------------------------------------------------------------
+
+
+def item_id(source: str, *, url: str | None, guid: str | None, title: str, text: str) -> str:
+    """Stable id: canonical URL (cross-source), else the source's GUID, else a content digest."""
+    if url:
+        return stable_id("url", url)
+    if guid:
+        return stable_id("guid", source, guid)
+    return stable_id("content", source, title, text)
+
+
+def make_item(
+    *,
+    source: str,
+    source_type: str,
+    text: Any,
+    title: Any = None,
+    url: Any = None,
+    author: Any = None,
+    published: Any = None,
+    guid: Any = None,
+    item_id_override: str | None = None,
+    tickers: Iterable[str] = (),
+    max_text_chars: int = MAX_TEXT_CHARS,
+    ingested_at: datetime | None = None,
+) -> RawItem:
+    """Build a normalised :class:`RawItem`; raises :class:`Skip` when there is nothing to publish.
+
+    ``item_id_override`` is for sources whose ids are already stable by construction (replay:
+    file name + row; HTTP push: the client's own id).
+    """
+    if source_type not in SOURCE_TYPES:
+        raise Skip("bad_source_type", f"{source_type!r} not in {SOURCE_TYPES}")
+    source = clean_text(source)[:200] or "unknown"
+    body = clean_text(text)
+    head = clean_text(title) or None
+    if not body:
+        raise Skip("empty_text", "no text after cleaning")
+    body, truncated = truncate(body, max_text_chars)
+    if head is not None:
+        head, _ = truncate(head, 1000)
+    canon = canonical_url(url) if url else None
+    guid_s = str(guid).strip() if guid not in (None, "") else None
+    author_s = clean_text(author)[:200] or None
+    if item_id_override is not None:
+        the_id = str(item_id_override).strip()
+        if not the_id or len(the_id) > 256:
+            raise Skip("bad_id", "id must be 1..256 characters")
+    else:
+        the_id = item_id(source, url=canon, guid=guid_s, title=head or "", text=body)
+    return RawItem(
+        id=the_id,
+        source=source,
+        source_type=source_type,  # type: ignore[arg-type]
+        text=body,
+        title=head,
+        url=canon,
+        author=author_s,
+        published_at=to_utc(published),
+        ingested_at=ingested_at or utcnow(),
+        tickers=extract_tickers(head, body, extra=tickers),
+        truncated=truncated,
+    )
+
+
+def dedup_keys(item: RawItem, guid: str | None = None) -> list[str]:
+    """Keys under which an item counts as already seen: its id, its canonical URL, its source GUID."""
+    keys = [f"id:{item.id}"]
+    if item.url:
+        keys.append(f"url:{item.url}")
+    if guid:
+        keys.append(f"guid:{item.source}:{guid}")
+    return keys
+
+
+def to_output(item: RawItem) -> dict[str, Any]:
+    """The JSON shape printed by ``--dry-run`` (the wire format, minus the version tag)."""
+    d = item.to_dict()
+    d.pop("v", None)
+    return d

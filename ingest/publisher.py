@@ -1,0 +1,229 @@
+"""Publish RawItems to ``settings.topic_raw``, keyed by id, and know exactly which were acked.
+
+Durability contract (what the ingesters and the HTTP endpoint promise on top of it):
+
+* every record is sent with acks=all and the producer's own retries; ``publish`` then WAITS for
+  each record's acknowledgement (its future) -- an item counts as published only when acked;
+* records that fail (broker down, leader moving, timeouts) are re-sent with exponential backoff
+  until they are acked or the caller's ``give_up_after_s`` passes (``None``: wait forever, which
+  is right for pollers and replay; the HTTP endpoint uses a bound and answers 503);
+* the record key is the item id, so a re-send after an ambiguous failure lands on the same
+  partition with the same id and the store's idempotent insert absorbs it; dedup state is
+  marked by the caller only for acked items, so nothing is lost and nothing is marked twice.
+
+The kafka-python producer is created lazily and re-created after a failed bootstrap, so an
+ingester can start before the broker and survive a broker restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.events import RawItem
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(RuntimeError):
+    """Some items could not be acked in time; ``acked`` were, ``pending`` were not."""
+
+    def __init__(self, message: str, acked: list[RawItem], pending: list[RawItem]) -> None:
+        super().__init__(message)
+        self.acked = acked
+        self.pending = pending
+
+
+class PublishConfigError(RuntimeError):
+    """The producer cannot be built from the settings (retrying would not help)."""
+
+
+@dataclass
+class PublishResult:
+    acked: list[RawItem] = field(default_factory=list)
+    oversize: list[RawItem] = field(default_factory=list)
+
+
+class Publisher:
+    """Thread-safe wrapper over one KafkaProducer. Use as a context manager or call :meth:`close`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client_id: str = "finsent-ingest",
+        delivery_timeout_s: float = 30.0,
+        ensure_topic: bool = True,
+        backoff_s: tuple[float, float] = (0.5, 15.0),
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.topic_raw
+        self.client_id = client_id
+        self.delivery_timeout_s = delivery_timeout_s
+        self.ensure_topic = ensure_topic
+        self.backoff_s = backoff_s
+        self._producer: Any = None
+        self._topic_ready = False
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- producer lifecycle --------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        from stream.kafka import producer_config
+
+        request_ms = max(1000, min(30_000, int(self.delivery_timeout_s * 1000 / 2)))
+        cfg = producer_config(self.settings, self.client_id)
+        cfg.update(
+            linger_ms=20,
+            request_timeout_ms=request_ms,
+            delivery_timeout_ms=int(self.delivery_timeout_s * 1000),
+            max_block_ms=request_ms,
+            # bootstrap probing must not hang for the default 30 s when the broker is down
+            bootstrap_timeout_ms=request_ms,
+            reconnect_backoff_max_ms=2000,
+        )
+        return cfg
+
+    def _get_producer(self) -> Any:
+        """The producer, created on first use; raises on an unreachable broker (caller retries)."""
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            from kafka.errors import KafkaConfigurationError
+
+            try:
+                producer = KafkaProducer(**self._config())
+            except (KafkaConfigurationError, TypeError, AssertionError) as exc:  # a bug, not an outage
+                raise PublishConfigError(f"bad Kafka producer configuration: {exc}") from exc
+            if self.ensure_topic and not self._topic_ready:  # broker reachable now, so this is quick
+                from stream.kafka import ensure_topics
+
+                try:
+                    ensure_topics(self.settings, [self.topic], timeout_s=min(15.0, self.delivery_timeout_s))
+                except BaseException:
+                    producer.close(timeout=1)
+                    raise
+                self._topic_ready = True
+            self._producer = producer
+            log.info("connected to Kafka %s, publishing to %s", self.settings.brokers, self.topic)
+        return self._producer
+
+    def _drop_producer(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=1)
+            except Exception:  # closing a broken producer must not mask the original error
+                log.debug("error closing producer", exc_info=True)
+            self._producer = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._producer is not None:
+                try:
+                    self._producer.flush(timeout=self.delivery_timeout_s)
+                finally:
+                    self._drop_producer()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _send_round(
+        self, items: Sequence[RawItem], payloads: dict[str, bytes]
+    ) -> tuple[list[RawItem], list[RawItem], str]:
+        """Send once and wait for every future. Returns (acked, failed, last error text)."""
+        try:
+            producer = self._get_producer()
+        except PublishConfigError:
+            raise
+        except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError, KafkaUnavailable...
+            self._drop_producer()
+            return [], list(items), f"cannot connect: {exc}"
+        futures: list[tuple[RawItem, Any]] = []
+        failed: list[RawItem] = []
+        error = ""
+        for i, item in enumerate(items):
+            try:
+                fut = producer.send(self.topic, key=item.id.encode("utf-8"), value=payloads[item.id])
+            except Exception as exc:  # metadata timeout (max_block_ms) and buffer-full errors
+                failed.extend(items[i:])  # the rest would block max_block_ms each: retry them later
+                error = f"send: {exc}"
+                break
+            futures.append((item, fut))
+        try:
+            producer.flush(timeout=self.delivery_timeout_s + 5)
+        except Exception as exc:
+            error = error or f"flush: {exc}"
+        acked: list[RawItem] = []
+        for item, fut in futures:
+            try:
+                fut.get(timeout=self.delivery_timeout_s + 5)
+                acked.append(item)
+            except Exception as exc:
+                failed.append(item)
+                error = f"ack: {exc}"
+        return acked, failed, error
+
+    def publish(
+        self,
+        items: Sequence[RawItem],
+        *,
+        give_up_after_s: float | None = None,
+        on_acked: Callable[[list[RawItem]], None] | None = None,
+    ) -> PublishResult:
+        """Publish ``items`` and return once all are acked (or raise :class:`PublishError`).
+
+        ``on_acked`` is called with each group of newly acked items as soon as they are acked
+        (the caller marks dedup state there, so a later failure of other items never un-marks
+        or re-publishes them).
+        """
+        result = PublishResult()
+        limit = self.settings.max_message_bytes
+        payloads: dict[str, bytes] = {}
+        pending: list[RawItem] = []
+        for item in dict((it.id, it) for it in items).values():  # one record per id per call
+            data = item.to_json()
+            if len(data) > limit:
+                result.oversize.append(item)
+                log.warning("item %s is %d bytes > max_message_bytes=%d; not published", item.id, len(data), limit)
+                continue
+            payloads[item.id] = data
+            pending.append(item)
+        deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
+        delay = self.backoff_s[0]
+        with self._lock:
+            while pending:
+                if self._closed:
+                    raise PublishError("publisher closed", result.acked, pending)
+                acked, pending, error = self._send_round(pending, payloads)
+                if acked:
+                    result.acked.extend(acked)
+                    if on_acked is not None:
+                        on_acked(acked)
+                if not pending:
+                    break
+                now = time.monotonic()
+                if deadline is not None and now + delay > deadline:
+                    raise PublishError(
+                        f"Kafka at {self.settings.brokers} did not ack {len(pending)} item(s): {error}",
+                        result.acked,
+                        pending,
+                    )
+                log.warning(
+                    "Kafka at %s did not ack %d item(s) (%s); retrying in %.1fs",
+                    self.settings.brokers, len(pending), error, delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, self.backoff_s[1])
+        return result
