@@ -35,7 +35,7 @@ def test_server_down_raises_store_unavailable_then_recovers(tmp_path: Path) -> N
         store.ensure_schema()
         batch = _items(50)
         assert store.insert_scored(batch[:20]) == 20
-        server.stop()
+        server.stop(kill=True)  # a crash, not a polite shutdown
         with pytest.raises(StoreUnavailable, match="unreachable"):
             store.insert_scored(batch)
         with pytest.raises(StoreUnavailable):

@@ -15,6 +15,7 @@ reconnects by itself. Everything else is :class:`~stream.store.base.StoreError`.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,13 @@ from clickhouse_driver import errors as ch_errors
 from stream.store import schema
 from stream.store.base import StoreError, StoreUnavailable
 from stream.store.sqlstore import SqlStore
+
+# The driver logs a full traceback at WARNING for every failed connect; during an outage the worker
+# retries with backoff and StoreUnavailable already says what happened, so keep its log quiet
+# unless someone configured it explicitly.
+_driver_log = logging.getLogger("clickhouse_driver")
+if _driver_log.level == logging.NOTSET:
+    _driver_log.setLevel(logging.ERROR)
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):[^{}]+\}")
 
