@@ -30,7 +30,7 @@ def _add_common(p: argparse.ArgumentParser, *, polling: bool) -> None:
     if polling:
         p.add_argument("--once", action="store_true", help="poll every source once, publish, and exit")
         p.add_argument(
-            "--interval", type=float, metavar="S", help="seconds between polls of one source (FINSENT_INGEST_INTERVAL_S)"
+            "--interval", type=float, metavar="S", help="seconds between polls of a source (FINSENT_INGEST_INTERVAL_S)"
         )
         p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
 

@@ -94,7 +94,6 @@ class Publisher:
         """The producer, created on first use; raises on an unreachable broker (caller retries)."""
         if self._producer is None:
             from kafka import KafkaProducer
-
             from kafka.errors import KafkaConfigurationError
 
             try:
