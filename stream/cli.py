@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from stream.settings import Settings, load_settings
 
 #: Packages that add subcommands, in the order they appear in ``--help``.
-COMMAND_MODULES = ("stream.commands", "ingest.cli", "models.cli", "alerts.cli")
+COMMAND_MODULES = ("stream.commands", "stream.store.cli", "ingest.cli", "models.cli", "alerts.cli")
 
 EPILOG = """\
 configuration: every option has an environment variable FINSENT_<NAME> (e.g. FINSENT_BROKERS,

@@ -1,0 +1,234 @@
+"""``finsent bench store``: insert throughput and the cost of deduplicated reads, on both engines.
+
+What it measures, per engine (a private clickhouse-server 18.16 started in a temp dir unless
+``--clickhouse-url`` is given, and chdb in a temp dir unless ``--chdb-path`` is given):
+
+* insert rate (rows/s) of ``insert_scored`` with batches of 1k and 10k realistic rows, into a
+  fresh database each time (what the worker does, end to end through the Python client);
+* then, on a table holding ``--rows`` items of which ``--dup-share`` were inserted twice (a
+  redelivery), the median latency of the ways to count distinct items:
+  ``count() FINAL`` (what the store reads), ``uniqExact(id)`` without FINAL, a plain ``count()``
+  (wrong under duplicates: the floor), ``topic_counts`` (FINAL + GROUP BY, 1-min buckets), and the
+  ``topic_minute`` materialized view (``uniqExactMerge``).
+
+``--write-results`` replaces the "Store" section of bench/RESULTS.md with the tables printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from stream.events import RawItem, ScoredItem, utcnow
+
+WORDS = (
+    "shares", "fell", "after", "the", "company", "cut", "its", "guidance", "amid", "weak", "demand", "and",
+    "rising", "costs", "analysts", "expect", "margins", "to", "recover", "as", "inflation", "eases", "and",
+    "the", "central", "bank", "holds", "rates", "steady",
+)
+TOPICS = ("macro", "earnings", "m&a", "markets", "crypto", "energy", "tech", "banks")
+SENTIMENTS = ("negative", "neutral", "positive")
+
+
+def synthetic_items(n: int, seed: int = 0, spread_s: int = 3600, prefix: str = "b") -> list[ScoredItem]:
+    """``n`` realistic scored items (~150-char texts, 8 topics) ingested over the last ``spread_s`` s."""
+    rng = random.Random(seed)
+    now = utcnow()
+    out = []
+    for i in range(n):
+        s = rng.choice(SENTIMENTS)
+        p = {k: 0.1 for k in SENTIMENTS}
+        p[s] = 0.8
+        out.append(ScoredItem(
+            item=RawItem(
+                id=f"{prefix}{seed}-{i}", source=rng.choice(("reuters", "stocktwits", "sec-8k")),
+                source_type=rng.choice(("news", "social")), text=" ".join(rng.choices(WORDS, k=22)),
+                ingested_at=now - timedelta(milliseconds=rng.randrange(spread_s * 1000)),
+                title=None, url=f"https://example.com/{i}", tickers=("AAPL",) if i % 3 == 0 else (),
+            ),
+            sentiment=s, sentiment_probs=p, topic=rng.choice(TOPICS), topic_prob=0.9, model_version="bench",
+        ))
+    return out
+
+
+def _median_ms(fn: Callable[[], Any], repeat: int) -> float:
+    fn()  # warm-up (caches, first-use compilation)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def read_queries(store: Any) -> dict[str, Callable[[], Any]]:
+    """The ways to count distinct stored items whose latency the bench compares."""
+    db = store.database
+    since = {"s": 0}
+    return {
+        "count() FINAL": lambda: store.query(f"SELECT count() FROM {db}.items FINAL"),
+        "uniqExact(id)": lambda: store.query(f"SELECT uniqExact(id) FROM {db}.items"),
+        "count() (no dedup)": lambda: store.query(f"SELECT count() FROM {db}.items"),
+        "topic_counts (FINAL, 1m)": lambda: store.topic_counts(timedelta(days=1), 60),
+        "topic_minute MV": lambda: store.topic_minute_counts(timedelta(days=1)),
+        "uniqExact per topic+minute": lambda: store.query(
+            f"SELECT toStartOfMinute(ingested_at) AS m, topic, uniqExact(id) FROM {db}.items "
+            "WHERE ingested_at >= toDateTime({s:UInt32}, 'UTC') GROUP BY m, topic", since),
+    }
+
+
+def bench_engine(name: str, url_for: Callable[[str], str], rows: int, dup_share: float, repeat: int,
+                 progress: Callable[[str], None]) -> dict[str, Any]:
+    from stream.store import open_store
+
+    result: dict[str, Any] = {"engine": name, "insert": {}, "read": {}}
+    for batch in (1_000, 10_000):
+        total = max(batch, (rows // batch) * batch)
+        items = synthetic_items(total, seed=batch)
+        store = open_store(url_for(f"bench_ins_{batch}"))
+        try:
+            store.query(f"DROP DATABASE IF EXISTS {store.database}")  # type: ignore[attr-defined]
+            store.ensure_schema()
+            result["version"] = store.capabilities.version_text  # type: ignore[attr-defined]
+            t0 = time.perf_counter()
+            for i in range(0, total, batch):
+                store.insert_scored(items[i : i + batch])
+            elapsed = time.perf_counter() - t0
+            result["insert"][batch] = total / elapsed
+            progress(f"{name}: {total} rows in batches of {batch}: {total / elapsed:,.0f} rows/s")
+            if batch == 10_000:
+                dups = items[: int(total * dup_share)]
+                for i in range(0, len(dups), batch):
+                    store.insert_scored(dups[i : i + batch])  # redelivered copies
+                queries = read_queries(store)
+                result["table_rows"] = store.count(physical=True)  # type: ignore[call-arg]
+                for label, fn in queries.items():
+                    result["read"][label] = _median_ms(fn, repeat)
+                    progress(f"{name}: {label}: {result['read'][label]:.1f} ms")
+        finally:
+            try:
+                store.query(f"DROP DATABASE IF EXISTS {store.database}")  # type: ignore[attr-defined]
+            finally:
+                store.close()
+    return result
+
+
+def hardware() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def markdown(results: list[dict[str, Any]], rows: int, dup_share: float, repeat: int, note: str) -> str:
+    lines = [
+        "## Store",
+        "",
+        f"`finsent bench store --rows {rows} --dup-share {dup_share} --repeat {repeat}` on {hardware()}."
+        + (f" {note}" if note else ""),
+        "",
+        "Insert rate (`insert_scored`, end to end through the Python client, fresh database):",
+        "",
+        "| engine | version | batch 1k rows/s | batch 10k rows/s |",
+        "|---|---|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['engine']} | {r.get('version', '?')} | {r['insert'].get(1000, 0):,.0f} | "
+                     f"{r['insert'].get(10000, 0):,.0f} |")
+    labels = list(results[0]["read"]) if results else []
+    lines += [
+        "",
+        "Reading distinct items, median ms over the table after a redelivery "
+        + ", ".join(f"{r['engine']}: {r['table_rows']}" for r in results) + ":",
+        "",
+        "| query | " + " | ".join(r["engine"] for r in results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(f"{r['read'][label]:.1f}" for r in results) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) the ``## Store`` section of a markdown file, leaving the others alone."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == "## Store"), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]).rstrip("\n") + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new if new.endswith("\n") else new + "\n", encoding="utf-8")
+
+
+def _run(args: argparse.Namespace, settings: Any) -> int:
+    from rich.console import Console
+
+    from stream.store.localserver import ClickHouseServer, ServerNotInstalled
+
+    console = Console(stderr=True)
+    results = []
+    server = None
+    with tempfile.TemporaryDirectory(prefix="finsent-bench-store-") as tmp:
+        try:
+            if "clickhouse" in args.engines:
+                ch_url = args.clickhouse_url
+                if not ch_url:
+                    server = ClickHouseServer(Path(tmp) / "server")
+                    console.print(f"started clickhouse-server in {server.start():.2f}s")
+                    ch_url = server.url()
+                base = ch_url.split("?")[0].rsplit("/", 1)[0] if ch_url.count("/") > 2 else ch_url
+                results.append(bench_engine("clickhouse-server", lambda db: f"{base}/{db}", args.rows,
+                                            args.dup_share, args.repeat, console.print))
+            if "chdb" in args.engines:
+                path = args.chdb_path or str(Path(tmp) / "chdb")
+                results.append(bench_engine("chdb", lambda db: f"chdb://{path}?database={db}", args.rows,
+                                            args.dup_share, args.repeat, console.print))
+        except ServerNotInstalled as exc:
+            console.print(f"[red]{exc}[/red] (or pass --clickhouse-url, or --engines chdb)")
+            return 1
+        finally:
+            if server is not None:
+                server.stop()
+    md = markdown(results, args.rows, args.dup_share, args.repeat, args.note)
+    print(md)
+    if args.write_results:
+        write_section(Path(args.write_results), md)
+        console.print(f"wrote the Store section of {args.write_results}")
+    return 0
+
+
+def register(bench_subparsers: argparse._SubParsersAction) -> None:
+    p = bench_subparsers.add_parser(
+        "store",
+        help="store insert rate and the cost of FINAL vs uniqExact reads (clickhouse-server 18.16 and chdb)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--rows", type=int, default=50_000, help="rows per insert run and in the read table (default 50000)")
+    p.add_argument("--dup-share", type=float, default=0.1, help="share of rows inserted twice (default 0.1)")
+    p.add_argument("--repeat", type=int, default=5, help="timed repetitions per read query (median; default 5)")
+    p.add_argument("--engines", default="clickhouse,chdb", help="comma-separated: clickhouse, chdb (default both)")
+    p.add_argument("--clickhouse-url", default=None, help="use this server instead of starting a private 18.16")
+    p.add_argument("--chdb-path", default=None, help="chdb data directory (default: a temp dir)")
+    p.add_argument("--note", default="", help="free text added to the results (e.g. machine load)")
+    p.add_argument("--write-results", metavar="FILE", default=None,
+                   help="replace the '## Store' section of FILE (e.g. bench/RESULTS.md)")
+    p.set_defaults(func=_run)
