@@ -83,6 +83,96 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- pollers ---------------------------------------------------------------------------------
+
+
+def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings, pipeline, publisher) -> int:
+    """Run polling sources once (``--once``) or until SIGINT/SIGTERM; 0 if at least one succeeded."""
+    import signal
+    import threading
+
+    from ingest.metrics import serve_metrics
+    from ingest.poller import Poller
+
+    if not sources:
+        print("finsent ingest: no sources given", file=sys.stderr)
+        return 2
+    poller = Poller(sources, pipeline, max_workers=min(8, len(sources)))
+    try:
+        if args.once:
+            ok, failed = poller.run_once()
+            log.info("%d source(s) succeeded, %d failed", ok, failed)
+            _summary(produced=pipeline.produced, skipped=pipeline.skipped, sources_ok=ok, sources_failed=failed)
+            return 0 if ok else 1
+        serve_metrics(args.metrics_port, settings.metrics_host)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: poller.stop.set())
+        log.info("polling %d source(s); Ctrl-C to stop", len(sources))
+        poller.run_forever()
+        ok = sum(1 for st in poller.states if st.ok)
+        _summary(produced=pipeline.produced, skipped=pipeline.skipped, sources_ok=ok,
+                 sources_failed=len(poller.states) - ok)
+        return 0 if ok else 1
+    finally:
+        if publisher is not None:
+            publisher.close()
+
+
+def cmd_rss(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.feeds import FeedSource, load_feed_list
+    from ingest.fetch import Fetcher
+
+    interval = args.interval or settings.ingest_interval_s
+    feeds: list[tuple[str, float | None]] = [(u, None) for u in args.urls]
+    for path in args.feeds or []:
+        try:
+            feeds.extend(load_feed_list(path))
+        except (OSError, ValueError) as exc:
+            print(f"finsent ingest rss: {exc}", file=sys.stderr)
+            return 2
+    feeds = list(dict(feeds).items())  # a feed listed twice is polled once
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
+    fetcher = Fetcher.from_settings(settings)
+    sources = [FeedSource(url, fetcher, interval_s=iv or interval) for url, iv in feeds]
+    return run_sources(sources, args, settings, pipeline, publisher)
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def cmd_mastodon(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.fetch import Fetcher
+    from ingest.social.mastodon import MastodonTagSource
+
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
+    fetcher = Fetcher.from_settings(settings)
+    interval = args.interval or min(settings.ingest_interval_s, 60.0)
+    langs = tuple(x for x in (args.language or "").split(",") if x)
+    sources = [
+        MastodonTagSource(args.instance, tag, fetcher, token=_secret(settings.mastodon_token), interval_s=interval,
+                          languages=langs)
+        for tag in dict.fromkeys(args.tags)
+    ]
+    return run_sources(sources, args, settings, pipeline, publisher)
+
+
+def cmd_reddit(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.fetch import Fetcher
+    from ingest.social.reddit import RedditSubredditSource
+
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
+    fetcher = Fetcher.from_settings(settings)
+    interval = args.interval or min(settings.ingest_interval_s, 120.0)
+    sources = [
+        RedditSubredditSource(sub, fetcher, token=_secret(settings.reddit_token), base_url=args.base_url,
+                              interval_s=interval)
+        for sub in dict.fromkeys(args.subreddits)
+    ]
+    return run_sources(sources, args, settings, pipeline, publisher)
+
+
 # -- registration ------------------------------------------------------------------------------
 
 
@@ -127,3 +217,48 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     p.set_defaults(func=cmd_replay)
 
+
+    p = sub.add_parser(
+        "rss",
+        help="poll RSS 2.0 / RSS 1.0 (RDF) / Atom feeds",
+        description="Poll feeds with conditional GET (ETag/Last-Modified), per-feed interval and exponential "
+        "back-off, a whole-request timeout and a size limit; 429/503 Retry-After is honoured. One bad feed "
+        "never stops the others (its error names the URL on stderr and is counted in metrics).",
+        epilog=EPILOG_COMMON,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("urls", nargs="*", metavar="URL", help="feed URLs")
+    p.add_argument("--feeds", action="append", metavar="FILE",
+                   help="OPML file or plain list ('URL [interval_s]' per line, # comments); repeatable")
+    _add_common(p, polling=True)
+    p.set_defaults(func=cmd_rss)
+
+    p = sub.add_parser(
+        "mastodon",
+        help="poll Mastodon hashtag timelines",
+        description="Poll GET /api/v1/timelines/tag/:hashtag on one instance (public, no auth; "
+        "FINSENT_MASTODON_TOKEN is sent as a bearer token when set). Pages forward with min_id and the Link "
+        "header; X-RateLimit-Remaining/Reset and Retry-After are honoured.",
+        epilog=EPILOG_COMMON,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("tags", nargs="+", metavar="TAG", help="hashtags without '#', e.g. stocks investing")
+    p.add_argument("--instance", default="mastodon.social", help="instance host or URL (default mastodon.social)")
+    p.add_argument("--language", metavar="LANGS", help="keep only these languages, comma-separated (e.g. en)")
+    _add_common(p, polling=True)
+    p.set_defaults(func=cmd_mastodon)
+
+    p = sub.add_parser(
+        "reddit",
+        help="poll subreddit listings (/r/<sub>/new.json)",
+        description="Poll /r/<sub>/new.json (public JSON, or oauth.reddit.com with FINSENT_REDDIT_TOKEN). "
+        "Pages with 'after' until the newest post seen before; X-Ratelimit-Remaining/Reset and Retry-After "
+        "are honoured.",
+        epilog=EPILOG_COMMON,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("subreddits", nargs="+", metavar="SUBREDDIT", help="e.g. stocks investing wallstreetbets")
+    p.add_argument("--base-url", metavar="URL", help="API base URL (default www.reddit.com, or oauth.reddit.com "
+                   "with a token)")
+    _add_common(p, polling=True)
+    p.set_defaults(func=cmd_reddit)

@@ -59,6 +59,7 @@ class Pipeline:
         self.max_text_chars = max_text_chars
         self.out = out
         self._out_lock = threading.Lock()
+        self._submit_lock = threading.Lock()
         self.skipped = 0
         self.produced = 0
 
@@ -110,7 +111,14 @@ class Pipeline:
     def submit(
         self, metric_source: str, entries: Sequence[Entry], *, give_up_after_s: float | None = None
     ) -> SubmitResult:
-        """Publish the new entries; marks dedup keys only for acked items. May raise PublishError."""
+        """Publish the new entries; marks dedup keys only for acked items. May raise PublishError.
+
+        Serialised: two threads submitting the same story must not both find it new.
+        """
+        with self._submit_lock:
+            return self._submit(metric_source, entries, give_up_after_s)
+
+    def _submit(self, metric_source: str, entries: Sequence[Entry], give_up_after_s: float | None) -> SubmitResult:
         result = SubmitResult()
         new, dups = self.split_new(entries)
         result.duplicates = [e.item for e in dups]
