@@ -31,13 +31,19 @@ from typing import Any
 from stream.store.base import StoreError
 from stream.store.sqlstore import SqlStore
 
-_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0", "\b": "\\b", "\f": "\\f"}
-_QUOTED_ESCAPES = {**_ESCAPES, "'": "\\'"}
+# (char, escape) pairs, backslash first; applied with chained str.replace, which runs in C and is
+# ~100x faster than a per-character Python loop on multi-megabyte insert documents
+_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"), ("\0", "\\0"), ("\b", "\\b"),
+            ("\f", "\\f"))
+_QUOTED_ESCAPES = (*_ESCAPES, ("'", "\\'"))
 _open_lock = threading.Lock()
 
 
-def _escape(text: str, table: dict[str, str]) -> str:
-    return "".join(table.get(c, c) for c in text)
+def _escape(text: str, pairs: tuple[tuple[str, str], ...]) -> str:
+    for char, escaped in pairs:
+        if char in text:
+            text = text.replace(char, escaped)
+    return text
 
 
 def _quoted(value: Any) -> str:
@@ -173,15 +179,17 @@ class ChdbStore(SqlStore):
     def _insert(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple[Any, ...]]) -> None:
         names = [name for name, _ in columns]
         structure = ", ".join(f"{name} {typ}" for name, typ in columns)
-        doc = "\n".join(
-            json.dumps(dict(zip(names, (_json_value(v) for v in row), strict=True)), ensure_ascii=False)
-            for row in rows
-        )
-        # structure is schema text (constants), the data is a bound parameter
+        # One JSON document per batch, column by column (JSONCompactColumns): a single json.dumps
+        # call instead of one per row, which is where the time went.
+        data = []
+        for (_, typ), col in zip(columns, zip(*rows, strict=True), strict=True):
+            data.append([_json_value(v) for v in col] if "DateTime" in typ else list(col))
+        doc = json.dumps(data, ensure_ascii=False, allow_nan=False)
+        # the structure is schema text (constants); the data is a bound parameter
         sql = (
             f"INSERT INTO {table} ({', '.join(names)}) "
-            f"SELECT {', '.join(names)} FROM format(JSONEachRow, '{structure.replace(chr(39), chr(92) + chr(39))}', "
-            "{rows:String})"
+            f"SELECT {', '.join(names)} FROM format(JSONCompactColumns, "
+            f"'{structure.replace(chr(39), chr(92) + chr(39))}', {{rows:String}})"
         )
         self._query(sql, "CSV", {"rows": doc})
 

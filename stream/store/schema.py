@@ -253,14 +253,21 @@ def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full
 # --- row encoding -------------------------------------------------------------------------------
 
 
-def _split_ms(ts: datetime) -> tuple[datetime, int, int]:
-    """(UTC time truncated to seconds, millisecond part, epoch milliseconds)."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _split_ms(ts: datetime) -> tuple[int, int, int]:
+    """(epoch seconds, millisecond part, epoch milliseconds), in exact integer arithmetic.
+
+    DateTime columns are written as epoch seconds: both clickhouse-driver and chdb's JSON input
+    take them as-is, with no time-zone conversion to get wrong (and no per-value cost).
+    """
     if ts.tzinfo is None:
         raise ValueError("naive datetime: finsent timestamps must be timezone-aware")
-    ts = ts.astimezone(UTC)
-    whole = ts.replace(microsecond=0)
-    ms = ts.microsecond // 1000
-    return whole, ms, int(whole.timestamp()) * 1000 + ms
+    delta = ts - _EPOCH
+    seconds = delta.days * 86_400 + delta.seconds
+    ms = delta.microseconds // 1000
+    return seconds, ms, seconds * 1000 + ms
 
 
 def _prob(value: Any) -> float:
@@ -269,7 +276,7 @@ def _prob(value: Any) -> float:
 
 
 def scored_row(s: ScoredItem) -> tuple[Any, ...]:
-    """One ``items`` row (in :data:`ITEM_COLUMNS` order) from a scored item. Datetimes are aware UTC."""
+    """One ``items`` row (in :data:`ITEM_COLUMNS` order) from a scored item; times as epoch seconds."""
     it = s.item
     ingested, ingested_ms, _ = _split_ms(it.ingested_at)
     scored, scored_ms, version = _split_ms(s.scored_at)
