@@ -1,0 +1,51 @@
+"""The detectors, one import away, and ``make_detector(settings)`` (what the worker and the CLI use).
+
+Example (a calm topic, then a spike)::
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> from stream.settings import Settings
+    >>> det = make_detector(Settings())
+    >>> t0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+    >>> for i in range(120):
+    ...     _ = det.observe(t0 + timedelta(minutes=i), {"earnings": (2, 20)})
+    >>> alerts = []
+    >>> for i in range(120, 130):
+    ...     alerts += det.observe(t0 + timedelta(minutes=i), {"earnings": (12, 20)})
+    >>> alerts[0].topic, alerts[0].severity, det.states()["earnings"].active
+    ('earnings', 'warning', True)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from alerts.base import Counts, Detector, TopicState
+from alerts.cusum import BinomialCusum
+from alerts.ewma_zscore import EwmaZScore
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
+
+DETECTORS = ("ewma_z", "cusum")
+
+
+def make_detector(settings: Settings) -> Detector:
+    """The detector chosen by ``settings.alert_detector``, configured from the Alerts settings."""
+    window_s = settings.alert_window_s
+    halflife = max(1.0, settings.alert_baseline_halflife_s / window_s)
+    common = dict(
+        window_s=window_s,
+        halflife_windows=halflife,
+        min_ratio=settings.alert_min_ratio,
+        min_delta=settings.alert_min_delta,
+        min_volume=settings.alert_min_volume,
+    )
+    if settings.alert_detector == "ewma_z":
+        short = max(1, round(settings.alert_short_s / window_s))
+        return EwmaZScore(short_windows=short, z_threshold=settings.alert_threshold, **common)  # type: ignore[arg-type]
+    if settings.alert_detector == "cusum":
+        return BinomialCusum(threshold=settings.alert_threshold, **common)  # type: ignore[arg-type]
+    raise ValueError(f"alert_detector must be one of {', '.join(DETECTORS)}, got {settings.alert_detector!r}")
+
+
+__all__ = ["BinomialCusum", "Counts", "DETECTORS", "Detector", "EwmaZScore", "TopicState", "make_detector"]

@@ -1,0 +1,131 @@
+"""Binomial z-score of a short sliding window against an EWMA baseline of the same topic.
+
+Per topic: the last ``short_windows`` tumbling windows are summed (``k`` negatives of ``n``
+items); the baseline is the exponentially decayed share of the windows *before* them (so a spike
+never raises its own bar); the score is the quasi-binomial z::
+
+    z = (k - n*p0) / sqrt(p0 * (1 - p0) * sum_i n_i * (1 + (n_i - 1) * rho))
+
+(``rho``: the topic's intra-window correlation, see :class:`alerts.base.Baseline`.)
+
+An alarm needs all four: ``z >= z_threshold`` (surprising), ``k/n >= min_ratio * p0`` and
+``k/n - p0 >= min_delta`` (big enough to matter: a chronically 50 % negative topic cannot
+double, and 1 % -> 3 % is not news), ``n >= min_volume`` (a handful of items is no evidence).
+It clears with hysteresis (``z < z_clear`` or the rise halves) so it does not flap.
+
+Example::
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> det = EwmaZScore(window_s=60)
+    >>> t0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+    >>> for i in range(180):                       # three calm hours, 10 % negative
+    ...     _ = det.observe(t0 + timedelta(minutes=i), {"banking": (2, 20)})
+    >>> alerts = []
+    >>> for i in range(180, 190):                  # the share jumps to 60 % at 20 items/minute
+    ...     alerts += det.observe(t0 + timedelta(minutes=i), {"banking": (12, 20)})
+    >>> [(a.topic, a.severity) for a in alerts][:1]
+    [('banking', 'warning')]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from alerts.base import Baseline, Counts, TopicState, binomial_z, check_counts, decay_for, make_alert
+from stream.events import Alert
+
+
+@dataclass(slots=True)
+class _Topic:
+    state: TopicState
+    baseline: Baseline
+    recent: deque[tuple[int, int]] = field(default_factory=deque)
+
+
+class EwmaZScore:
+    """Sliding-window binomial z-test against an EWMA baseline (see the module docstring)."""
+
+    name = "ewma_z"
+
+    def __init__(
+        self,
+        window_s: int = 60,
+        short_windows: int = 5,
+        halflife_windows: float = 60.0,
+        z_threshold: float = 5.0,
+        z_critical: float = 10.0,
+        min_ratio: float = 2.0,
+        min_delta: float = 0.1,
+        min_volume: int = 30,
+        min_baseline: float = 200.0,
+    ) -> None:
+        if window_s < 1 or short_windows < 1:
+            raise ValueError("window_s and short_windows must be >= 1")
+        self.window_s = window_s
+        self.short_windows = short_windows
+        self.decay = decay_for(halflife_windows)
+        self.z_threshold = z_threshold
+        self.z_clear = z_threshold / 2.0
+        self.z_critical = z_critical
+        self.min_ratio = min_ratio
+        self.min_delta = min_delta
+        self.min_volume = min_volume
+        self.min_baseline = min_baseline
+        self._topics: dict[str, _Topic] = {}
+        self._last_end: datetime | None = None
+
+    def states(self) -> dict[str, TopicState]:
+        return {t: s.state for t, s in self._topics.items()}
+
+    def observe(self, window_end: datetime, counts: Counts) -> list[Alert]:
+        check_counts(counts)
+        if self._last_end is not None and window_end <= self._last_end:
+            raise ValueError(f"windows must arrive in order: {window_end} after {self._last_end}")
+        self._last_end = window_end
+        alerts: list[Alert] = []
+        for topic in set(self._topics) | set(counts):
+            tp = self._topics.get(topic)
+            if tp is None:
+                tp = self._topics[topic] = _Topic(TopicState(topic), Baseline(self.decay))
+            neg, tot = counts.get(topic, (0, 0))
+            tp.recent.append((int(neg), int(tot)))
+            if len(tp.recent) > self.short_windows:
+                old_neg, old_tot = tp.recent.popleft()
+                tp.baseline.update(old_neg, old_tot, learn_noise=not tp.state.active)
+            alert = self._judge(tp, window_end)
+            if alert is not None:
+                alerts.append(alert)
+            if tp.baseline.tot < 1e-3 and not any(t for _, t in tp.recent):
+                del self._topics[topic]  # idle long enough to forget: bounds memory over topic churn
+        return alerts
+
+    def _judge(self, tp: _Topic, window_end: datetime) -> Alert | None:
+        st, base = tp.state, tp.baseline
+        k = sum(n for n, _ in tp.recent)
+        n = sum(t for _, t in tp.recent)
+        share = k / n if n else 0.0
+        p0 = base.share() if base.tot >= self.min_baseline else None
+        st.negative_share, st.baseline_share, st.volume = share, p0, n
+        if p0 is None or n == 0:
+            st.score = 0.0
+            st.active, st.severity, st.since = False, "", None
+            return None
+        spread = sum(t * base.variance_factor(t) for _, t in tp.recent) / n  # beta-binomial widening
+        z = binomial_z(k, n, p0) / spread**0.5
+        st.score = z
+        rise_ok = share >= self.min_ratio * p0 and share - p0 >= self.min_delta
+        was_severity = st.severity if st.active else ""
+        if not st.active:
+            if z >= self.z_threshold and rise_ok and n >= self.min_volume:
+                st.active, st.since = True, window_end
+        elif z < self.z_clear or share - p0 < self.min_delta / 2 or n < self.min_volume / 2:
+            st.active, st.severity, st.since = False, "", None
+            return None
+        if not st.active:
+            return None
+        st.severity = "critical" if z >= self.z_critical and rise_ok else (was_severity or "warning")
+        if st.severity != was_severity:  # a new alarm, or an escalation to critical
+            return make_alert(self.name, st, window_end, self.window_s * len(tp.recent), k, n)
+        return None

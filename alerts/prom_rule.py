@@ -1,0 +1,192 @@
+"""The Prometheus layer: one set of parameters renders the rules file AND models it in Python.
+
+``render_rules(PromRuleParams())`` is what ``deploy/prometheus/finsent-rules.yml`` holds (a test
+checks the file is up to date, ``finsent alerts rules`` rewrites it); ``evaluate`` computes what
+those rules decide over per-minute counts, so the detection benchmark scores the Prometheus rule
+on exactly the series the in-stream detectors see (and a sample is confirmed on a real
+Prometheus by ``tests/test_alerts_bench_prometheus.py``).
+
+The rule mirrors the in-stream z-test without state: the short window's negative count is tested
+against the long window's share (sums divided, never ratios averaged), with the same rise and
+volume floors. Prometheus has no EWMA and no overdispersion estimate, so its z threshold is
+higher (measured: ``finsent bench alerts``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+METRIC = "finsent_items_scored_total"
+ALERT = "FinsentNegativeSentimentSpike"
+DEFAULT_DASHBOARD = "http://localhost:3000/d/finsent-alerts/finsent-alerts"
+
+
+def _seconds(window: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(window) < 2 or window[-1] not in units or not window[:-1].isdigit():
+        raise ValueError(f"window {window!r} must look like 30s, 5m, 1h")
+    return int(window[:-1]) * units[window[-1]]
+
+
+@dataclass(frozen=True, slots=True)
+class PromRuleParams:
+    short: str = "5m"
+    long: str = "1h"
+    z_warning: float = 6.0
+    z_critical: float = 12.0
+    min_ratio: float = 2.0
+    critical_ratio: float = 3.0
+    min_delta: float = 0.1
+    min_volume: int = 30  # items in the short window
+    min_baseline: int = 200  # items in the long window
+    for_: str = "1m"
+    p_floor: float = 0.02
+    dashboard_url: str = DEFAULT_DASHBOARD
+
+    @property
+    def short_s(self) -> int:
+        return _seconds(self.short)
+
+    @property
+    def long_s(self) -> int:
+        return _seconds(self.long)
+
+    def names(self) -> dict[str, str]:
+        s, l = self.short, self.long  # noqa: E741
+        return {
+            "rate_s": f"topic:finsent_items_scored:rate{s}",
+            "neg_rate_s": f"topic:finsent_items_scored_negative:rate{s}",
+            "ratio_s": f"topic:finsent_negative_ratio:ratio{s}",
+            "rate_l": f"topic:finsent_items_scored:rate{l}",
+            "neg_rate_l": f"topic:finsent_items_scored_negative:rate{l}",
+            "ratio_l": f"topic:finsent_negative_ratio:ratio{l}",
+            "z": f"topic:finsent_negative_spike:zscore{s}",
+        }
+
+
+def _alert_expr(p: PromRuleParams, z: float, ratio: float) -> str:
+    n = p.names()
+    return (
+        f"{n['z']} >= {z:g}\n"
+        f"and on (topic) {n['ratio_s']} >= {ratio:g} * {n['ratio_l']}\n"
+        f"and on (topic) ({n['ratio_s']} - {n['ratio_l']}) >= {p.min_delta:g}\n"
+        f"and on (topic) {n['rate_s']} * {p.short_s} >= {p.min_volume}\n"
+        f"and on (topic) {n['rate_l']} * {p.long_s} >= {p.min_baseline}\n"
+    )
+
+
+def _indent(text: str, spaces: int) -> str:
+    pad = " " * spaces
+    return "".join(pad + line + "\n" for line in text.rstrip("\n").split("\n"))
+
+
+def _annotations(p: PromRuleParams) -> str:
+    n = p.names()
+
+    def q(name: str, fmt: str) -> str:
+        return (
+            f'{{{{ with printf `{name}{{topic="%s"}}` $labels.topic | query }}}}'
+            f"{{{{ . | first | value | {fmt} }}}}{{{{ end }}}}"
+        )
+
+    share = q(n["ratio_s"], "humanizePercentage")
+    base = q(n["ratio_l"], "humanizePercentage")
+    volume = (
+        f'{{{{ with printf `{n["rate_s"]}{{topic="%s"}} * {p.short_s}` $labels.topic | query }}}}'
+        f'{{{{ . | first | value | printf "%.0f" }}}}{{{{ end }}}}'
+    )
+    return (
+        f"summary: 'Negative sentiment spike on topic {{{{ $labels.topic }}}}'\n"
+        f"description: >-\n"
+        f"  Topic {{{{ $labels.topic }}}}: {share} negative over the last {p.short}\n"
+        f"  against a {base} baseline over {p.long}, on {volume} items\n"
+        f"  (z = {{{{ $value | printf \"%.1f\" }}}}).\n"
+        f"negative_share: '{share}'\n"
+        f"baseline_share: '{base}'\n"
+        f"volume: '{volume}'\n"
+        f"zscore: '{{{{ $value | printf \"%.2f\" }}}}'\n"
+        f"dashboard: '{p.dashboard_url}?var-topic={{{{ $labels.topic | urlquery }}}}&from=now-1h&to=now'\n"
+    )
+
+
+def render_rules(p: PromRuleParams | None = None) -> str:
+    """The Prometheus rules file (YAML text) for ``p``; Prometheus loads it as is."""
+    p = p or PromRuleParams()
+    n = p.names()
+    sel_all, sel_neg = METRIC, f'{METRIC}{{sentiment="negative"}}'
+    pf, pc = p.p_floor, 1 - p.p_floor
+    z_expr = (
+        f"({n['neg_rate_s']} - {n['rate_s']} * clamp({n['ratio_l']}, {pf:g}, {pc:g})) * {p.short_s}\n"
+        f"/ sqrt({n['rate_s']} * {p.short_s} * clamp({n['ratio_l']}, {pf:g}, {pc:g})"
+        f" * (1 - clamp({n['ratio_l']}, {pf:g}, {pc:g})))\n"
+    )
+    rec = [
+        (n["rate_s"], f"sum by (topic) (rate({sel_all}[{p.short}]))\n"),
+        (n["neg_rate_s"], f"sum by (topic) (rate({sel_neg}[{p.short}]))\n"),
+        (n["ratio_s"], f"{n['neg_rate_s']} / {n['rate_s']}\n"),
+        (n["rate_l"], f"sum by (topic) (rate({sel_all}[{p.long}]))\n"),
+        (n["neg_rate_l"], f"sum by (topic) (rate({sel_neg}[{p.long}]))\n"),
+        (n["ratio_l"], f"{n['neg_rate_l']} / {n['rate_l']}\n"),
+        (n["z"], z_expr),
+    ]
+    out = [
+        "# finsent: negative-sentiment spike detection (Prometheus 2.x rules file, loaded as is).\n",
+        "# GENERATED by `finsent alerts rules` from alerts/prom_rule.py (PromRuleParams); edit there, regenerate.\n",
+        f"# Short window {p.short} (the spike), long window {p.long} (the topic's own baseline). Ratios divide\n",
+        "# summed rates per topic (never averages of ratios), so busy workers/instances weigh by volume.\n",
+        "groups:\n",
+        "  - name: finsent-sentiment-recording\n",
+        "    rules:\n",
+    ]
+    for name, expr in rec:
+        out.append(f"      - record: {name}\n        expr: |\n{_indent(expr, 10)}")
+    out += ["  - name: finsent-sentiment-alerts\n", "    rules:\n"]
+    for severity, z, ratio in (("warning", p.z_warning, p.min_ratio), ("critical", p.z_critical, p.critical_ratio)):
+        out.append(
+            f"      - alert: {ALERT}\n"
+            f"        expr: |\n{_indent(_alert_expr(p, z, ratio), 10)}"
+            f"        for: {p.for_}\n"
+            f"        labels:\n          severity: {severity}\n          source: prometheus\n"
+            f"        annotations:\n{_indent(_annotations(p), 10)}"
+        )
+    return "".join(out)
+
+
+def _window_sums(x: np.ndarray, w: int) -> np.ndarray:
+    """Trailing sums over ``w`` columns (minutes), including the current one."""
+    c = np.cumsum(x, axis=-1, dtype=np.float64)
+    out = c.copy()
+    out[..., w:] = c[..., w:] - c[..., :-w]
+    return out
+
+
+def evaluate(neg: np.ndarray, tot: np.ndarray, p: PromRuleParams | None = None, step_s: int = 60) -> np.ndarray:
+    """Severity the rules give at the end of every step: 0 none, 1 warning, 2 critical (with ``for``).
+
+    ``neg``/``tot`` are per-step counts (topics x steps). ``increase()`` over a window is modelled as
+    the exact sum of the steps in it (Prometheus extrapolates; the ratios are unaffected, the
+    z-score and volume slightly: see the benchmark's Prometheus confirmation).
+    """
+    p = p or PromRuleParams()
+    ws, wl = max(1, p.short_s // step_s), max(1, p.long_s // step_s)
+    ks, ns = _window_sums(neg, ws), _window_sums(tot, ws)
+    kl, nl = _window_sums(neg, wl), _window_sums(tot, wl)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rs = ks / ns
+        rl = kl / nl
+        pl = np.clip(rl, p.p_floor, 1 - p.p_floor)
+        z = (ks - ns * pl) / np.sqrt(ns * pl * (1 - pl))
+    common = (rs - rl >= p.min_delta) & (ns >= p.min_volume) & (nl >= p.min_baseline)
+    warn = common & (z >= p.z_warning) & (rs >= p.min_ratio * rl)
+    crit = common & (z >= p.z_critical) & (rs >= p.critical_ratio * rl)
+    hold = _seconds(p.for_) // step_s if p.for_ != "0s" else 0
+    out = np.zeros(neg.shape, dtype=np.int8)
+    for level, cond in ((1, warn), (2, crit)):
+        ok = cond.copy()
+        for h in range(1, hold + 1):  # `for`: true at this and the previous `hold` evaluations
+            ok[..., h:] &= cond[..., :-h]
+            ok[..., :h] = False
+        out[ok] = level
+    return out
