@@ -33,18 +33,23 @@ def make_detector(settings: Settings) -> Detector:
     """The detector chosen by ``settings.alert_detector``, configured from the Alerts settings."""
     window_s = settings.alert_window_s
     halflife = max(1.0, settings.alert_baseline_halflife_s / window_s)
-    common = dict(
+    common: dict[str, float] = dict(
         window_s=window_s,
         halflife_windows=halflife,
         min_ratio=settings.alert_min_ratio,
         min_delta=settings.alert_min_delta,
         min_volume=settings.alert_min_volume,
     )
+    threshold = settings.alert_threshold  # None: the detector's benchmarked default
     if settings.alert_detector == "ewma_z":
         short = max(1, round(settings.alert_short_s / window_s))
-        return EwmaZScore(short_windows=short, z_threshold=settings.alert_threshold, **common)  # type: ignore[arg-type]
+        if threshold is not None:
+            common["z_threshold"] = threshold
+        return EwmaZScore(short_windows=short, **common)  # type: ignore[arg-type]
     if settings.alert_detector == "cusum":
-        return BinomialCusum(threshold=settings.alert_threshold, **common)  # type: ignore[arg-type]
+        if threshold is not None:
+            common["threshold"] = threshold
+        return BinomialCusum(**common)  # type: ignore[arg-type]
     raise ValueError(f"alert_detector must be one of {', '.join(DETECTORS)}, got {settings.alert_detector!r}")
 
 
