@@ -123,6 +123,16 @@ def test_rescore_by_newer_model_replaces_the_row(store) -> None:
     assert rows == [("m2", "positive")]
 
 
+def test_same_id_reingested_later_the_same_day_is_one_item(store) -> None:
+    day = datetime.fromtimestamp((int(utcnow().timestamp()) // 86400 - 1) * 86400, tz=UTC)  # yesterday 00:00
+    store.insert_scored([make_item("d", ingested_at=day + timedelta(seconds=1), scored_at=day + timedelta(seconds=2))])
+    store.insert_scored([make_item("d", ingested_at=day + timedelta(seconds=50), sentiment="neutral",
+                                   scored_at=day + timedelta(seconds=60))])
+    assert store.count(physical=True) == {"rows": 1, "unique_ids": 1, "physical_rows": 2}
+    [tc] = store.topic_counts(timedelta(days=2), bucket_s=86400)
+    assert (tc.total, tc.neutral, tc.negative) == (1, 1, 0)
+
+
 def test_alerts_are_idempotent_by_id(store) -> None:
     now = utcnow().replace(microsecond=0)
     a = Alert(topic="macro", fired_at=now, window_start=now - timedelta(minutes=1), window_end=now, negative=7,
