@@ -173,6 +173,29 @@ def cmd_reddit(args: argparse.Namespace, settings: Settings) -> int:
     return run_sources(sources, args, settings, pipeline, publisher)
 
 
+def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from ingest.http_push import check_bind, create_app
+
+    token = _secret(settings.http_token)
+    problem = check_bind(args.host, token)
+    if problem:
+        print(f"finsent ingest http: {problem}", file=sys.stderr)
+        return 2
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, delivery_timeout_s=args.publish_timeout)
+    app = create_app(pipeline, token=token, max_body_bytes=args.max_body_bytes, max_items=args.max_items,
+                     publish_timeout_s=args.publish_timeout)
+    log.info("POST http://%s:%d/v1/items (auth: %s); /healthz, /metrics", args.host, args.port,
+             "bearer token" if token else "none, loopback only")
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True)
+    finally:
+        if publisher is not None:
+            publisher.close()
+    return 0
+
+
 # -- registration ------------------------------------------------------------------------------
 
 
@@ -262,3 +285,22 @@ def register(subparsers: Any) -> None:
                    "with a token)")
     _add_common(p, polling=True)
     p.set_defaults(func=cmd_reddit)
+
+    p = sub.add_parser(
+        "http",
+        help="HTTP endpoint: POST /v1/items (JSON object, array or NDJSON)",
+        description="Serve POST /v1/items, GET /healthz and GET /metrics. Items are normalised like every other "
+        "source; the answer is 202 with the ids only after Kafka acknowledged them, 503 when Kafka cannot take "
+        "them in --publish-timeout seconds (nothing is lost: retry), 401 without the bearer token "
+        "(FINSENT_HTTP_TOKEN), 413 for bodies over --max-body-bytes, 400/422 with a reason per bad item.",
+        epilog=EPILOG_COMMON,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=int, default=8088, help="port (default 8088)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N", help="request body limit (1 MB)")
+    p.add_argument("--max-items", type=int, default=1000, metavar="N", help="items per request limit (1000)")
+    p.add_argument("--publish-timeout", type=_positive, default=10.0, metavar="S",
+                   help="seconds to wait for Kafka acks before answering 503 (10)")
+    p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
+    p.set_defaults(func=cmd_http)

@@ -1,0 +1,224 @@
+"""``POST /v1/items``: let scrapers and other systems push items into finsent over HTTP.
+
+Contract (what a client can rely on):
+
+* body: one JSON object, a JSON array of objects, or NDJSON (one object per line); fields
+  ``text`` (required), ``title``, ``url``, ``source`` (default ``http``), ``source_type``
+  (``news``/``social``, default ``news``), ``author``, ``published_at`` (ISO 8601 or epoch),
+  ``tickers`` (list of strings), ``id`` (your stable id; else derived from url/guid/content),
+  ``guid``. The charset of ``Content-Type`` is honoured. Every item goes through the same
+  normaliser as the feeds.
+* ``202`` only after the broker acknowledged every accepted item: ``{"accepted": [ids],
+  "duplicates": [ids], "rejected": [{"index", "reason", "detail"}]}``. Items that are bad are
+  rejected individually (the good ones in the same request are still accepted); when no item
+  is usable the answer is ``400`` (``422`` for a well-formed body with only invalid items).
+* ``503`` (with ``Retry-After``) when Kafka does not ack in time: nothing is lost -- retry the
+  same request; items that were acked before the failure are then reported as duplicates.
+* ``401`` without the bearer token (``settings.http_token``, compared in constant time),
+  ``413`` for a body over the size limit or too many items, ``415`` for a non-JSON content type.
+
+The Kafka producer blocks, so publishing runs in a thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ingest.normalize import Skip, decode_bytes, dedup_keys, make_item
+from ingest.pipeline import Entry, Pipeline
+from ingest.publisher import PublishError
+
+log = logging.getLogger(__name__)
+
+METRIC_SOURCE = "http"
+_FIELDS = {"text", "title", "url", "source", "source_type", "author", "published_at", "tickers", "id", "guid", "v",
+           "ingested_at", "truncated"}
+_JSON_TYPES = ("application/json", "application/x-ndjson", "application/ndjson", "application/jsonl",
+               "application/x-jsonlines", "text/plain", "")
+
+
+class BadBody(ValueError):
+    pass
+
+
+def parse_body(data: bytes, content_type: str | None) -> list[Any]:
+    """The list of decoded JSON values in the body (object, array or NDJSON)."""
+    text = decode_bytes(data, content_type).strip()
+    if not text:
+        raise BadBody("empty body: send a JSON object, a JSON array or NDJSON")
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if "ndjson" not in mime and "jsonl" not in mime:
+        try:
+            value = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            value = None
+            if "\n" not in text:
+                raise BadBody("body is not valid JSON") from None
+        else:
+            return value if isinstance(value, list) else [value]
+    values: list[Any] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append(json.loads(line))
+        except (json.JSONDecodeError, RecursionError):
+            raise BadBody(f"line {n} is not valid JSON (NDJSON needs one object per line)") from None
+    return values
+
+
+def _item_from_json(obj: Any, max_text_chars: int) -> tuple[Entry | None, dict[str, str] | None]:
+    if not isinstance(obj, dict):
+        return None, {"reason": "not_object", "detail": "each item must be a JSON object"}
+    text = obj.get("text")
+    if text is None:
+        return None, {"reason": "missing_field", "detail": "text is required"}
+    for key in ("text", "title", "url", "source", "source_type", "author", "id", "guid"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            return None, {"reason": "bad_type", "detail": f"{key} must be a string"}
+    tickers = obj.get("tickers") or []
+    if not isinstance(tickers, list) or not all(isinstance(t, str) for t in tickers):
+        return None, {"reason": "bad_type", "detail": "tickers must be a list of strings"}
+    published = obj.get("published_at")
+    if published is not None and (isinstance(published, bool) or not isinstance(published, (str, int, float))):
+        return None, {"reason": "bad_type", "detail": "published_at must be ISO 8601 or epoch seconds"}
+    from ingest.normalize import to_utc
+
+    if published not in (None, "") and to_utc(published) is None:
+        return None, {"reason": "bad_time", "detail": f"published_at={str(published)[:40]!r} is not a time"}
+    try:
+        item = make_item(
+            source=obj.get("source") or "http",
+            source_type=obj.get("source_type") or "news",
+            text=text,
+            title=obj.get("title"),
+            url=obj.get("url"),
+            author=obj.get("author"),
+            published=published,
+            guid=obj.get("guid"),
+            item_id_override=obj.get("id"),
+            tickers=tickers,
+            max_text_chars=max_text_chars,
+        )
+    except Skip as exc:
+        return None, {"reason": exc.reason, "detail": exc.detail}
+    return Entry(item, tuple(dedup_keys(item, obj.get("guid")))), None
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(
+    pipeline: Pipeline,
+    *,
+    token: str | None,
+    max_body_bytes: int = 1_000_000,
+    max_items: int = 1000,
+    publish_timeout_s: float = 10.0,
+) -> web.Application:
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="publish")
+    expected = f"Bearer {token}".encode() if token else None
+    metrics = pipeline.metrics
+
+    def problem(status: int, message: str, **extra: Any) -> web.Response:
+        headers = {"WWW-Authenticate": 'Bearer realm="finsent"'} if status == 401 else None
+        return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+    async def post_items(request: web.Request) -> web.Response:
+        if expected is not None:
+            got = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(got, expected):
+                return problem(401, "missing or wrong bearer token (Authorization: Bearer <FINSENT_HTTP_TOKEN>)")
+        if request.content_length is not None and request.content_length > max_body_bytes:
+            return problem(413, f"body is {request.content_length} bytes; the limit is {max_body_bytes}")
+        mime = (request.content_type or "").lower()
+        if mime not in _JSON_TYPES:
+            return problem(415, f"Content-Type {mime!r} not accepted: use application/json or application/x-ndjson")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return problem(413, f"body exceeds the limit of {max_body_bytes} bytes")
+        try:
+            values = parse_body(body, request.headers.get("Content-Type"))
+        except BadBody as exc:
+            metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
+            return problem(400, str(exc))
+        if len(values) > max_items:
+            return problem(413, f"{len(values)} items in one request; the limit is {max_items}")
+        metrics.fetched.labels(METRIC_SOURCE).inc(len(values))
+        entries: list[Entry] = []
+        rejected: list[dict[str, Any]] = []
+        for i, obj in enumerate(values):
+            entry, err = _item_from_json(obj, pipeline.max_text_chars)
+            if err is not None:
+                rejected.append({"index": i, **err})
+                pipeline.count_skipped(METRIC_SOURCE, err["reason"])
+            else:
+                entries.append(entry)  # type: ignore[arg-type]
+        if not entries:
+            status = 422 if values else 400
+            return problem(status, "no valid items", accepted=[], duplicates=[], rejected=rejected)
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(
+                executor, lambda: pipeline.submit(METRIC_SOURCE, entries, give_up_after_s=publish_timeout_s)
+            )
+        except PublishError as exc:
+            log.error("publish failed, answering 503: %s", exc)
+            return web.json_response(
+                {"error": f"Kafka is unavailable ({exc}); nothing was lost, retry the same request",
+                 "published": [i.id for i in exc.acked]},
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+        for item in result.oversize:
+            idx = next(i for i, e in enumerate(entries) if e.item.id == item.id)
+            rejected.append({"index": idx, "reason": "oversize", "detail": "encoded item exceeds max_message_bytes"})
+        return web.json_response(
+            {
+                "accepted": [i.id for i in result.published],
+                "duplicates": [i.id for i in result.duplicates],
+                "rejected": rejected,
+            },
+            status=202,
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "dry_run": pipeline.dry_run})
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def on_cleanup(app: web.Application) -> None:
+        executor.shutdown(wait=True)
+
+    app = web.Application(client_max_size=max_body_bytes)
+    app.router.add_post("/v1/items", post_items)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def check_bind(host: str, token: str | None) -> str | None:
+    """An error message when the endpoint would be open to the network without a token."""
+    if token is None and not _is_loopback(host):
+        return (f"refusing to listen on {host} without a token: set FINSENT_HTTP_TOKEN "
+                "(clients send 'Authorization: Bearer <token>') or bind to 127.0.0.1")
+    return None
