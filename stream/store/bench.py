@@ -122,6 +122,84 @@ def bench_engine(name: str, url_for: Callable[[str], str], rows: int, dup_share:
     return result
 
 
+def bench_rescore(name: str, url: str, rows: int, rescore_share: float, progress: Callable[[str], None]) -> dict:
+    """Which distinct count is *right* after re-scoring: re-score a share of the items with a
+    newer model that flips their sentiment, then count negative items each way."""
+    from stream.events import replace
+    from stream.store import open_store
+
+    items = synthetic_items(rows, seed=7, prefix="r")
+    flip = {"negative": "positive", "neutral": "negative", "positive": "neutral"}
+    later = utcnow() + timedelta(seconds=5)
+    rescored = [
+        replace(s, sentiment=flip[s.sentiment], model_version="bench-v2", scored_at=later)
+        for s in items[: int(rows * rescore_share)]
+    ]
+    truth = sum(1 for s in rescored + items[len(rescored):] if s.sentiment == "negative")
+    store = open_store(url)
+    try:
+        store.query(f"DROP DATABASE IF EXISTS {store.database}")  # type: ignore[attr-defined]
+        store.ensure_schema()
+        store.insert_scored(items)
+        store.insert_scored(rescored)
+        db = store.database  # type: ignore[attr-defined]
+        out = {
+            "truth": truth,
+            "items FINAL (topic_counts)": sum(t.negative for t in store.topic_counts(timedelta(days=1), 3600)),
+            "topic_minute MV": sum(t.negative for t in store.topic_minute_counts(timedelta(days=1))),  # type: ignore[attr-defined]
+            "uniqExactIf(id) no FINAL": int(store.query(
+                f"SELECT uniqExactIf(id, sentiment = 'negative') FROM {db}.items")[0][0]),
+        }
+        progress(f"{name}: negative items after re-scoring {len(rescored)} of {rows}: {out}")
+        return out
+    finally:
+        try:
+            store.query(f"DROP DATABASE IF EXISTS {store.database}")  # type: ignore[attr-defined]
+        finally:
+            store.close()
+
+
+LAYOUT_QUERIES = {
+    "count() FINAL, last 1h": "SELECT count() FROM {t} FINAL WHERE ingested_at >= now() - 3600",
+    "per topic+minute FINAL, last 6h": (
+        "SELECT toStartOfMinute(ingested_at) AS m, topic, count() FROM "
+        "(SELECT ingested_at, topic FROM {t} FINAL WHERE ingested_at >= now() - 21600) GROUP BY m, topic"),
+    "count() FINAL, all 30 days": "SELECT count() FROM {t} FINAL",
+}
+
+
+def bench_key_layout(name: str, url: str, rows: int, repeat: int, progress: Callable[[str], None]) -> dict:
+    """Sorting key ``id`` vs ``(toStartOfDay(ingested_at), id)`` for time-window FINAL queries, on
+    ``rows`` items spread over 30 days (+10% redelivered), generated server-side."""
+    from stream.store import open_store
+
+    store = open_store(url)
+    out: dict[str, dict[str, float]] = {}
+    try:
+        db = store.database  # type: ignore[attr-defined]
+        store.query(f"DROP DATABASE IF EXISTS {db}")
+        store.query(f"CREATE DATABASE {db}")
+        for key in ("id", "(toStartOfDay(ingested_at), id)"):
+            t = f"{db}.layout_{len(out)}"
+            store.query(
+                f"CREATE TABLE {t} (id String, ingested_at DateTime('UTC'), topic String, version UInt64) "
+                f"ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(ingested_at) ORDER BY {key}")
+            for version, n in ((1, rows), (2, rows // 10)):
+                store.query(
+                    f"INSERT INTO {t} SELECT toString(number), "
+                    f"toDateTime(toUInt32(now()) - intDiv(number * 2592000, {int(rows)}), 'UTC'), "
+                    f"toString(number % 8), {version} FROM system.numbers LIMIT {int(n)}")
+            out[key] = {label: _median_ms(lambda q=q, t=t: store.query(q.format(t=t)), repeat)
+                        for label, q in LAYOUT_QUERIES.items()}
+            progress(f"{name}: ORDER BY {key}: {out[key]}")
+        return out
+    finally:
+        try:
+            store.query(f"DROP DATABASE IF EXISTS {store.database}")  # type: ignore[attr-defined]
+        finally:
+            store.close()
+
+
 def hardware() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -134,12 +212,13 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def markdown(results: list[dict[str, Any]], rows: int, dup_share: float, repeat: int, note: str) -> str:
+def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    cmd = (f"finsent bench store --rows {args.rows} --dup-share {args.dup_share} --repeat {args.repeat} "
+           f"--layout-rows {args.layout_rows}")
     lines = [
         "## Store",
         "",
-        f"`finsent bench store --rows {rows} --dup-share {dup_share} --repeat {repeat}` on {hardware()}."
-        + (f" {note}" if note else ""),
+        f"`{cmd}` on {hardware()}." + (f" {args.note}" if args.note else ""),
         "",
         "Insert rate (`insert_scored`, end to end through the Python client, fresh database):",
         "",
@@ -149,17 +228,42 @@ def markdown(results: list[dict[str, Any]], rows: int, dup_share: float, repeat:
     for r in results:
         lines.append(f"| {r['engine']} | {r.get('version', '?')} | {r['insert'].get(1000, 0):,.0f} | "
                      f"{r['insert'].get(10000, 0):,.0f} |")
-    labels = list(results[0]["read"]) if results else []
-    lines += [
-        "",
-        "Reading distinct items, median ms over the table after a redelivery "
-        + ", ".join(f"{r['engine']}: {r['table_rows']}" for r in results) + ":",
-        "",
-        "| query | " + " | ".join(r["engine"] for r in results) + " |",
-        "|---|" + "---:|" * len(results),
-    ]
-    for label in labels:
-        lines.append(f"| {label} | " + " | ".join(f"{r['read'][label]:.1f}" for r in results) + " |")
+    engines = " | ".join(r["engine"] for r in results)
+    if results:
+        tr = results[0]["table_rows"]
+        lines += [
+            "",
+            f"Cost of reading distinct items: median ms, table of {tr['unique_ids']:,} items in "
+            f"{tr['physical_rows']:,} physical rows (a {args.dup_share:.0%} redelivery, not yet merged):",
+            "",
+            f"| query | {engines} |",
+            "|---|" + "---:|" * len(results),
+        ]
+        for label in results[0]["read"]:
+            lines.append(f"| {label} | " + " | ".join(f"{r['read'][label]:.1f}" for r in results) + " |")
+    if results and "rescore" in results[0]:
+        lines += [
+            "",
+            f"Which count is right: negative items after re-scoring {args.rescore_share:.0%} of {args.rows:,} "
+            "items with a newer model that changes their sentiment:",
+            "",
+            f"| count | {engines} |",
+            "|---|" + "---:|" * len(results),
+        ]
+        for label in results[0]["rescore"]:
+            lines.append(f"| {label} | " + " | ".join(f"{r['rescore'][label]:,}" for r in results) + " |")
+    if results and "layout" in results[0]:
+        keys = list(results[0]["layout"])
+        lines += [
+            "",
+            f"Sorting key and time windows: median ms, {args.layout_rows:,} items over 30 days (+10% redelivered):",
+            "",
+            "| query | " + " | ".join(f"{r['engine']} ORDER BY {k}" for r in results for k in keys) + " |",
+            "|---|" + "---:|" * (len(results) * len(keys)),
+        ]
+        for label in LAYOUT_QUERIES:
+            lines.append(f"| {label} | " + " | ".join(f"{r['layout'][k][label]:.1f}" for r in results for k in keys)
+                         + " |")
     lines.append("")
     return "\n".join(lines)
 
@@ -176,6 +280,15 @@ def write_section(path: Path, section: str) -> None:
         new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]).rstrip("\n") + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new if new.endswith("\n") else new + "\n", encoding="utf-8")
+
+
+def _bench_all(name: str, url_for: Callable[[str], str], args: argparse.Namespace,
+               progress: Callable[[str], None]) -> dict[str, Any]:
+    result = bench_engine(name, url_for, args.rows, args.dup_share, args.repeat, progress)
+    result["rescore"] = bench_rescore(name, url_for("bench_rescore"), args.rows, args.rescore_share, progress)
+    if args.layout_rows > 0:
+        result["layout"] = bench_key_layout(name, url_for("bench_layout"), args.layout_rows, args.repeat, progress)
+    return result
 
 
 def _run(args: argparse.Namespace, settings: Any) -> int:
@@ -195,19 +308,17 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
                     console.print(f"started clickhouse-server in {server.start():.2f}s")
                     ch_url = server.url()
                 base = ch_url.split("?")[0].rsplit("/", 1)[0] if ch_url.count("/") > 2 else ch_url
-                results.append(bench_engine("clickhouse-server", lambda db: f"{base}/{db}", args.rows,
-                                            args.dup_share, args.repeat, console.print))
+                results.append(_bench_all("clickhouse-server", lambda db: f"{base}/{db}", args, console.print))
             if "chdb" in args.engines:
                 path = args.chdb_path or str(Path(tmp) / "chdb")
-                results.append(bench_engine("chdb", lambda db: f"chdb://{path}?database={db}", args.rows,
-                                            args.dup_share, args.repeat, console.print))
+                results.append(_bench_all("chdb", lambda db: f"chdb://{path}?database={db}", args, console.print))
         except ServerNotInstalled as exc:
             console.print(f"[red]{exc}[/red] (or pass --clickhouse-url, or --engines chdb)")
             return 1
         finally:
             if server is not None:
                 server.stop()
-    md = markdown(results, args.rows, args.dup_share, args.repeat, args.note)
+    md = markdown(results, args)
     print(md)
     if args.write_results:
         write_section(Path(args.write_results), md)
@@ -224,6 +335,10 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rows", type=int, default=50_000, help="rows per insert run and in the read table (default 50000)")
     p.add_argument("--dup-share", type=float, default=0.1, help="share of rows inserted twice (default 0.1)")
+    p.add_argument("--rescore-share", type=float, default=0.1,
+                   help="share of items re-scored with flipped sentiment in the correctness check (default 0.1)")
+    p.add_argument("--layout-rows", type=int, default=1_000_000,
+                   help="items over 30 days for the sorting-key comparison; 0 skips it (default 1000000)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions per read query (median; default 5)")
     p.add_argument("--engines", default="clickhouse,chdb", help="comma-separated: clickhouse, chdb (default both)")
     p.add_argument("--clickhouse-url", default=None, help="use this server instead of starting a private 18.16")
