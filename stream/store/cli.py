@@ -30,9 +30,9 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(td: timedelta) -> str:
-    """The inverse of :func:`parse_duration` for display: ``7d``, ``2h``, ``90s``."""
+    """A duration for display: ``7d``, ``2h``, ``90s`` (weeks shown as days)."""
     s = int(td.total_seconds())
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         if s and s % _UNIT_S[unit] == 0:
             return f"{s // _UNIT_S[unit]}{unit}"
     return f"{s}s"
