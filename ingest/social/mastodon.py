@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ingest.fetch import Fetcher, FetchError
 from ingest.pipeline import Pipeline
@@ -73,6 +73,15 @@ class MastodonTagSource:
             raise FetchError("bad_content", f"{url}: expected a JSON array of statuses, got {type(data).__name__}")
         return [s for s in data if isinstance(s, dict) and s.get("id")], res.headers
 
+    def _follow(self, link: str) -> str | None:
+        """A pagination link we are willing to follow: same host, with our page size."""
+        parts = urlsplit(link)
+        if parts.netloc.lower() != self.host or parts.scheme not in ("http", "https"):
+            return None
+        query = dict(parse_qsl(parts.query))
+        query.setdefault("limit", str(self.limit))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
     def poll(self, pipeline: Pipeline) -> PollOutcome:
         cursor_key = f"mastodon-min-id:{self.url}"
         cursor = pipeline.dedup.get_cursor(cursor_key)
@@ -91,7 +100,7 @@ class MastodonTagSource:
             if not cursor or len(page) < self.limit or wait:
                 break
             prev = parse_link_header(headers.get("link")).get("prev")
-            url = prev if prev and urlsplit(prev).netloc.lower() == self.host else None
+            url = self._follow(prev) if prev else None
         entries = []
         for s in statuses:
             if s.get("reblog"):

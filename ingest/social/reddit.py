@@ -12,6 +12,7 @@ Without a token the public ``www.reddit.com`` JSON is used; with ``settings.redd
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -19,6 +20,8 @@ from ingest.fetch import Fetcher, FetchError
 from ingest.pipeline import Pipeline
 from ingest.poller import PollOutcome
 from ingest.social.ratelimit import reddit_wait
+
+log = logging.getLogger(__name__)
 
 PUBLIC_BASE = "https://www.reddit.com"
 OAUTH_BASE = "https://oauth.reddit.com"
@@ -73,19 +76,28 @@ class RedditSubredditSource:
         posts: list[dict[str, Any]] = []
         after: str | None = None
         wait: float | None = None
+        # complete = we read everything newer than the cursor; only then may the cursor move,
+        # otherwise a poll cut short by the rate limit would leave a gap that is never read
+        complete = False
         for _ in range(self.max_pages):
             page, after, headers = self._page(after)
             wait = reddit_wait(headers)
-            reached = False
             for p in page:
                 if p.get("name") == seen_name or (
                     seen_created is not None and float(p.get("created_utc") or 0) < seen_created
                 ):
-                    reached = True
+                    complete = True
                     break
                 posts.append(p)
-            if reached or not after or not raw or wait:
+            if complete or not after or not raw:
+                complete = True
                 break
+            if wait:
+                break
+        else:
+            complete = True
+            log.warning("%s: more than %d pages of new posts since the last poll; older ones are skipped",
+                        self.name, self.max_pages)
         entries = []
         for p in posts:
             if p.get("over_18") and not self.include_nsfw:
@@ -108,7 +120,7 @@ class RedditSubredditSource:
                 entries.append(entry)
         pipeline.count_fetched(self.name, len(posts))
         result = pipeline.submit(self.name, entries)
-        if posts:
+        if posts and complete:
             newest = max(posts, key=lambda p: float(p.get("created_utc") or 0))
             pipeline.dedup.set_cursor(
                 cursor_key, json.dumps([newest.get("name"), float(newest.get("created_utc") or 0)])
