@@ -153,6 +153,30 @@ def test_alerts_are_idempotent_by_id(store) -> None:
     assert store.alerts(timedelta(seconds=5)) == got[:1]
 
 
+def test_every_column_round_trips(store) -> None:
+    ingested = datetime(2026, 3, 4, 5, 6, 7, 891_234, tzinfo=UTC)
+    published = datetime(2026, 3, 4, 1, 2, 3, 456_000, tzinfo=UTC)
+    scored = datetime(2026, 3, 4, 5, 6, 9, 5_000, tzinfo=UTC)
+    item = make_item("full", "neutral", "earnings", ingested, model_version="m-7", scored_at=scored,
+                     title="T", url="https://u", author="A", published_at=published, tickers=("AAPL", "MSFT"),
+                     truncated=True, source="rss:x")
+    store.insert_scored([item])
+    [row] = store.query(
+        f"SELECT id, source, source_type, title, text, url, author, tickers, truncated, published_at, ingested_at, "
+        f"ingested_ms, sentiment, p_negative, p_neutral, p_positive, topic, topic_prob, model_version, scored_at, "
+        f"scored_ms, version FROM {store.database}.items FINAL")
+    assert row[:9] == ("item-full", "rss:x", "news", "T", "text full", "https://u", "A", ["AAPL", "MSFT"], 1)
+    assert row[9:12] == (published.replace(microsecond=0), ingested.replace(microsecond=0), 891)
+    assert row[12] == "neutral" and [round(p, 4) for p in row[13:16]] == [0.1, 0.8, 0.1]
+    assert row[16] == "earnings" and round(row[17], 4) == 0.9 and row[18] == "m-7"
+    assert row[19:] == (scored.replace(microsecond=0), 5, int(scored.timestamp()) * 1000 + 5)
+    empty = make_item("none", ingested_at=ingested)  # nullable columns stay NULL
+    store.insert_scored([empty])
+    got = store.query(f"SELECT title, url, author, published_at, tickers FROM {store.database}.items FINAL "
+                      "WHERE id = {id:String}", {"id": "item-none"})
+    assert got == [(None, None, None, None, [])]
+
+
 def test_hostile_strings_round_trip(store) -> None:
     item = make_item(HOSTILE, text=HOSTILE, title=HOSTILE, url="https://x/?q=' OR 1=1", author=HOSTILE,
                      tickers=("AAPL", HOSTILE), topic=HOSTILE, source=HOSTILE)

@@ -3,6 +3,9 @@ same store object must work again once the server is back (the worker retries th
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,3 +80,22 @@ def test_chdb_refuses_a_second_data_path_clearly(chdb_db_url: str, tmp_path: Pat
         assert first.count() == {"rows": 0, "unique_ids": 0}
     finally:
         first.close()
+
+
+def test_chdb_path_held_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    url = f"chdb://{tmp_path / 'held'}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from stream.store import open_store; s = open_store(sys.argv[1]); "
+         "s.ensure_schema(); print('held', flush=True); sys.stdin.read()", url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=repo,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        proc = subprocess.run([sys.executable, "-m", "stream.cli", "--store", url, "query", "count"],
+                              capture_output=True, text=True, env=env, cwd=repo, timeout=60)
+        assert proc.returncode == 1
+        assert "in use by another process" in proc.stderr
+    finally:
+        holder.communicate("", timeout=30)

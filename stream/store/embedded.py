@@ -125,6 +125,26 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _locked_by_another_process(path: str) -> bool:
+    """Whether another process holds the data directory (ClickHouse flocks ``<path>/status``).
+
+    Only asked after opening failed: inside this process a second flock on the file would also
+    fail, but then chdb shares the open engine instead of failing.
+    """
+    import fcntl
+
+    try:
+        with open(Path(path) / "status", "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
 class ChdbStore(SqlStore):
     """A store on the embedded engine. Create with :func:`stream.store.open_store` (``chdb:///path``)."""
 
@@ -147,7 +167,7 @@ class ChdbStore(SqlStore):
                         f"chdb can open one data path per process and another one is open: {text.splitlines()[0]} "
                         "-- close the other store first, or use a clickhouse:// server"
                     ) from exc
-                if "lock" in text.lower() or "already running" in text:
+                if "lock" in text.lower() or "already running" in text or _locked_by_another_process(self.path):
                     raise StoreError(
                         f"chdb data path {self.path} is in use by another process (one process per path): "
                         "stop that process (e.g. the worker) or use a clickhouse:// server"

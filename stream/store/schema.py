@@ -278,6 +278,7 @@ def _split_ms(ts: datetime) -> tuple[int, int, int]:
 
 
 def _prob(value: Any) -> float:
+    """A float the store can hold in every engine: NaN/inf (a model or detector bug) become 0.0."""
     f = float(value)
     return f if math.isfinite(f) else 0.0
 
@@ -326,9 +327,9 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         _split_ms(a.window_end)[0],
         max(0, int(a.negative)),
         max(0, int(a.total)),
-        float(a.negative_share),
-        float(a.baseline_share),
-        float(a.score),
+        _prob(a.negative_share),
+        _prob(a.baseline_share),
+        _prob(a.score),
         a.detector,
         a.severity,
         version,
