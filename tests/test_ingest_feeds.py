@@ -167,3 +167,25 @@ def test_rss_publishes_to_kafka_exactly_once_across_restarts(server, kafka_boots
     assert rally["title"] == "Apple & Nvidia lead a tech rally" and rally["source"] == "rss:127.0.0.1"
     assert rally["text"] == "Shares of $AAPL and (NASDAQ: NVDA) rose 3%…"
     assert rally["tickers"] == ["AAPL", "NVDA"] and rally["published_at"] == "2024-03-04T19:30:00.000Z"
+
+
+def test_run_forever_polls_on_interval_with_304s_and_backs_off_dead_feed(server, tmp_path):
+    import threading
+
+    pipe = _pipeline(tmp_path)
+    good = FeedSource(server.url("/etag"), _fetcher(), interval_s=0.2)
+    dead = FeedSource(server.url("/gone"), _fetcher(), interval_s=0.2)  # 404
+    poller = Poller([good, dead], pipe, max_backoff_s=5)
+    t = threading.Thread(target=poller.run_forever)
+    t.start()
+    time.sleep(2.0)
+    poller.stop.set()
+    t.join(5)
+    assert not t.is_alive()
+    etag_hits = server.hits("/etag")
+    assert len(etag_hits) >= 4  # polled again and again...
+    assert all(h.get("if-none-match") == '"v1"' for h in etag_hits[1:])  # ...with conditional GET
+    assert pipe.produced == 1  # the 304s published nothing new
+    # the dead feed backs off exponentially (0.2, 0.4, 0.8, 1.6 s...): far fewer tries
+    assert 2 <= len(server.hits("/gone")) <= 5 < len(etag_hits)
+    assert pipe.metrics.errors.labels(dead.name, "http_4xx")._value.get() == len(server.hits("/gone"))
