@@ -304,3 +304,9 @@ def register(subparsers: Any) -> None:
                    help="seconds to wait for Kafka acks before answering 503 (10)")
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     p.set_defaults(func=cmd_http)
+
+
+def register_bench(bench_sub: Any) -> None:
+    from ingest.bench import register_bench as _register
+
+    _register(bench_sub)
