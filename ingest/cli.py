@@ -106,8 +106,13 @@ def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings
             return 0 if ok else 1
         serve_metrics(args.metrics_port, settings.metrics_host)
         if threading.current_thread() is threading.main_thread():
+            def stop(*_: Any) -> None:
+                poller.stop.set()
+                if publisher is not None:
+                    publisher.abort()  # a poll stuck waiting for a dead broker gives up (nothing marked)
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: poller.stop.set())
+                signal.signal(sig, stop)
         log.info("polling %d source(s); Ctrl-C to stop", len(sources))
         poller.run_forever()
         ok = sum(1 for st in poller.states if st.ok)

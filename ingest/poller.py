@@ -19,6 +19,7 @@ from typing import Protocol
 
 from ingest.fetch import FetchError
 from ingest.pipeline import Pipeline
+from ingest.publisher import PublishError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,12 @@ class Poller:
             delay = max(self._backoff(state), exc.retry_after or 0.0)
             state.next_due = time.monotonic() + delay * random.uniform(1.0, 1.1)
             log.error("source %s failed (%s): %s; next try in %.0fs", src.url, exc.kind, exc, delay)
+            return
+        except PublishError as exc:  # already counted by the pipeline; nothing was marked as seen
+            state.failures += 1
+            delay = self._backoff(state)
+            state.next_due = time.monotonic() + delay
+            log.error("source %s: items not published (%s); they will be fetched again", src.url, exc)
             return
         except Exception as exc:  # a bug in one source must not stop the others
             metrics.errors.labels(src.name, "internal").inc()

@@ -71,6 +71,7 @@ class Publisher:
         self._topic_ready = False
         self._lock = threading.Lock()
         self._closed = False
+        self._abort = threading.Event()
 
     # -- producer lifecycle --------------------------------------------------------------------
 
@@ -121,12 +122,23 @@ class Publisher:
                 log.debug("error closing producer", exc_info=True)
             self._producer = None
 
+    def abort(self) -> None:
+        """Make a publish that is waiting for an unreachable broker give up now (shutdown signal).
+
+        Its unacked items are reported in the :class:`PublishError` and were never marked as
+        seen, so the next run publishes them again.
+        """
+        self._abort.set()
+
     def close(self) -> None:
+        self._abort.set()
         with self._lock:
             self._closed = True
             if self._producer is not None:
                 try:
                     self._producer.flush(timeout=self.delivery_timeout_s)
+                except Exception as exc:  # only unacked records can be pending, and they were reported
+                    log.warning("closing the Kafka producer: %s", exc)
                 finally:
                     self._drop_producer()
 
@@ -203,8 +215,8 @@ class Publisher:
         delay = self.backoff_s[0]
         with self._lock:
             while pending:
-                if self._closed:
-                    raise PublishError("publisher closed", result.acked, pending)
+                if self._closed or self._abort.is_set():
+                    raise PublishError("publisher closed or aborted", result.acked, pending)
                 acked, pending, error = self._send_round(pending, payloads)
                 if acked:
                     result.acked.extend(acked)
@@ -223,6 +235,7 @@ class Publisher:
                     "Kafka at %s did not ack %d item(s) (%s); retrying in %.1fs",
                     self.settings.brokers, len(pending), error, delay,
                 )
-                time.sleep(delay)
+                if self._abort.wait(delay):
+                    raise PublishError("publisher aborted while waiting for Kafka", result.acked, pending)
                 delay = min(delay * 2, self.backoff_s[1])
         return result
