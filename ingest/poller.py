@@ -101,7 +101,9 @@ class Poller:
         state.ok = True
         delay = max(src.interval_s, outcome.wait_s or 0.0)
         state.next_due = time.monotonic() + delay * random.uniform(0.95, 1.05)
-        log.info("%s: %d fetched, %d published", src.url, outcome.fetched, outcome.published)
+        (log.info if outcome.fetched else log.debug)(
+            "%s: %d fetched, %d published", src.url, outcome.fetched, outcome.published
+        )
 
     def run_once(self) -> tuple[int, int]:
         """Poll every source once (concurrently). Returns (succeeded, failed)."""
