@@ -127,3 +127,30 @@ def test_replay_speedup_follows_original_spacing(tmp_path) -> None:
     stats = replay([path], pipe, speedup=4, progress=False)  # 4 s of original time -> ~1 s
     elapsed = time.monotonic() - t0
     assert stats.produced == 3 and 0.9 <= elapsed < 3
+
+
+def test_replay_honours_encoding_and_says_what_to_do(tmp_path) -> None:
+    from ingest.replay import ReplayInputError
+
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,title\n\"Soci\u00e9t\u00e9 G\u00e9n\u00e9rale \u00e0 Paris\",x\n".encode("latin-1"))
+    with pytest.raises(ReplayInputError, match="--encoding latin-1"):
+        list(iter_file_items(path))
+    (item,) = iter_file_items(path, encoding="latin-1")
+    assert item.text == "Société Générale à Paris"
+    bad = tmp_path / "notext.csv"
+    bad.write_text("body,label\nx,y\n")
+    with pytest.raises(ReplayInputError, match="'text' column"):
+        list(iter_file_items(bad))
+
+
+def test_abort_releases_a_publish_waiting_for_a_dead_broker() -> None:
+    settings = Settings(brokers=f"127.0.0.1:{free_port()}", topic_raw="raw.dead")
+    pub = Publisher(settings, delivery_timeout_s=2, backoff_s=(5.0, 5.0))
+    timer = threading.Timer(1.0, pub.abort)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(PublishError) as exc:
+        pub.publish(_items(3, "abort"))  # would wait forever (no give_up_after_s)
+    assert time.monotonic() - started < 8 and len(exc.value.pending) == 3 and exc.value.acked == []
+    timer.join()
