@@ -201,6 +201,19 @@ def test_hostile_strings_round_trip(store) -> None:
     assert store.top_negative(topic=HOSTILE[:-1]) == []
 
 
+def test_malformed_values_do_not_poison_the_batch(store) -> None:
+    """Valid JSON can carry lone surrogates and absurd years; the batch must still be stored."""
+    odd = make_item("odd", text="broken \ud800 surrogate", title="\udfff", tickers=("\ud83d",),
+                    ingested_at=datetime(1900, 1, 1, tzinfo=UTC), published_at=datetime(2300, 1, 1, tzinfo=UTC))
+    fine = make_item("fine")
+    assert store.insert_scored([odd, fine]) == 2
+    assert store.count() == {"rows": 2, "unique_ids": 2}
+    got = store.query(f"SELECT text, title, tickers, ingested_at, published_at FROM {store.database}.items FINAL "
+                      "WHERE id = {id:String}", {"id": "item-odd"})
+    assert got == [("broken \ufffd surrogate", "\ufffd", ["\ufffd"], datetime(1970, 1, 1, tzinfo=UTC),
+                    datetime.fromtimestamp(2**32 - 1, tz=UTC))]
+
+
 def test_topic_counts_buckets_since_and_until(store) -> None:
     base = datetime.fromtimestamp((int(utcnow().timestamp()) // 600) * 600 - 1200, tz=UTC)  # aligned
     items = [

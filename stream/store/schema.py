@@ -263,18 +263,39 @@ def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+#: DateTime is a UInt32 of epoch seconds: 1970-01-01 .. 2106-02-07.
+MAX_DATETIME_S = 2**32 - 1
+
+
 def _split_ms(ts: datetime) -> tuple[int, int, int]:
     """(epoch seconds, millisecond part, epoch milliseconds), in exact integer arithmetic.
 
     DateTime columns are written as epoch seconds: both clickhouse-driver and chdb's JSON input
-    take them as-is, with no time-zone conversion to get wrong (and no per-value cost).
+    take them as-is, with no time-zone conversion to get wrong (and no per-value cost). Times
+    outside what a DateTime holds are clamped to its range (1970 .. 2106) rather than failing the
+    whole batch: a message with a year-1900 timestamp must not become a poison pill that blocks
+    the worker forever.
     """
     if ts.tzinfo is None:
         raise ValueError("naive datetime: finsent timestamps must be timezone-aware")
     delta = ts - _EPOCH
     seconds = delta.days * 86_400 + delta.seconds
     ms = delta.microseconds // 1000
+    if not 0 <= seconds <= MAX_DATETIME_S:
+        seconds, ms = min(max(seconds, 0), MAX_DATETIME_S), 0
     return seconds, ms, seconds * 1000 + ms
+
+
+def _text(value: str | None) -> str | None:
+    """Text both engines can carry: lone UTF-16 surrogates (valid in JSON escapes, invalid in UTF-8)
+    become U+FFFD instead of failing the batch with UnicodeEncodeError."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
 
 
 def _prob(value: Any) -> float:
@@ -291,25 +312,25 @@ def scored_row(s: ScoredItem) -> tuple[Any, ...]:
     published = _split_ms(it.published_at)[0] if it.published_at is not None else None
     probs = s.sentiment_probs
     return (
-        it.id,
-        it.source,
+        _text(it.id),
+        _text(it.source),
         it.source_type,
-        it.title,
-        it.text,
-        it.url,
-        it.author,
-        list(it.tickers),
+        _text(it.title),
+        _text(it.text),
+        _text(it.url),
+        _text(it.author),
+        [_text(t) for t in it.tickers],
         1 if it.truncated else 0,
         published,
         ingested,
         ingested_ms,
-        s.sentiment,
+        _text(s.sentiment),
         _prob(probs.get("negative", 0.0)),
         _prob(probs.get("neutral", 0.0)),
         _prob(probs.get("positive", 0.0)),
-        s.topic,
+        _text(s.topic),
         _prob(s.topic_prob),
-        s.model_version,
+        _text(s.model_version),
         scored,
         scored_ms,
         version,
@@ -320,18 +341,18 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
     """One ``alerts`` row (in :data:`ALERT_COLUMNS` order)."""
     fired, _, version = _split_ms(a.fired_at)
     return (
-        a.id,
-        a.topic,
+        _text(a.id),
+        _text(a.topic),
         fired,
         _split_ms(a.window_start)[0],
         _split_ms(a.window_end)[0],
-        max(0, int(a.negative)),
-        max(0, int(a.total)),
+        min(max(0, int(a.negative)), 2**32 - 1),
+        min(max(0, int(a.total)), 2**32 - 1),
         _prob(a.negative_share),
         _prob(a.baseline_share),
         _prob(a.score),
-        a.detector,
-        a.severity,
+        _text(a.detector),
+        _text(a.severity),
         version,
     )
 
