@@ -1,0 +1,215 @@
+"""The in-stream spike detector inside the Faust worker: ``attach(app, settings)``.
+
+Topology (two agents and a timer on every worker)::
+
+    finsent.scored --(count agent: per batch, per topic per window)--> finsent.alerts.counts (key = topic)
+    finsent.alerts.counts --(detect agent: sum partial counts)--> open windows --(timer: close)--> detector
+    detector --> finsent.alerts (key = topic), ClickHouse ``alerts`` table, gauges, Alertmanager (optional)
+
+Why an intermediate topic keyed by topic (and not ``stream.group_by``): the scored topic is keyed
+by item id, so one topic's items are spread over every partition and every worker. Each count
+agent pre-aggregates its batch into one small record per (topic, window) -- a 100x smaller
+stream than re-keying every item -- and sends it keyed by the topic name, so the default
+partitioner (murmur2 of the key) sends all of one topic's counts to one partition, owned by one
+worker of the group. That worker alone holds the topic's windows, baseline and alarm state:
+several workers agree because only one of them decides. ``group_by`` would do the same
+re-keying per item through an auto-named repartition topic.
+
+Windows are tumbling, ``settings.alert_window_s`` long, on the items' ``ingested_at`` (the same
+clock as ``store.topic_counts`` and the dashboards). A window is closed by the owner's wall clock
+``grace_s`` after its end; counts arriving later are dropped and counted (``late``).
+
+Delivery: at-least-once. A worker killed between sending partial counts and committing its
+offsets re-sends them, so a window can be over-counted after a crash; the exact, deduplicated
+counts are in ClickHouse (``alerts.runner.AlertRunner`` works from those). After a rebalance the
+new owner of a topic starts its baseline afresh (no alarm until ``min_baseline`` items).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+from alerts.base import Detector, TopicState
+from alerts.detector import make_detector
+from alerts.runner import EPOCH, floor_time
+from alerts.sinks import build_sinks
+from stream.events import Alert, InvalidEvent, decode_scored, utcnow
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def counts_topic_name(settings: Settings) -> str:
+    return f"{settings.topic_alerts}.counts"
+
+
+def window_counts(values: Iterable[bytes | None], window_s: int) -> tuple[dict[tuple[str, int], list[int]], int]:
+    """Partial counts of a batch of ``finsent.scored`` values: {(topic, window start epoch s): [neg, tot]}.
+
+    Undecodable values are skipped and counted (the scorer wrote them, so this means a bug or a
+    foreign producer; the store has the truth).
+    """
+    out: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    bad = 0
+    for v in values:
+        try:
+            item = decode_scored(v or b"")
+        except InvalidEvent:
+            bad += 1
+            continue
+        start = int((item.item.ingested_at - EPOCH).total_seconds() // window_s) * window_s
+        c = out[(item.topic, start)]
+        c[0] += item.sentiment == "negative"
+        c[1] += 1
+    return dict(out), bad
+
+
+class WindowCloser:
+    """Sums partial counts per (window, topic) and releases windows, in order, once closed.
+
+    Every window from the first one opened to the last one closed is released, empty ones too
+    (the detector's baselines decay with time, not with traffic).
+    """
+
+    def __init__(self, window_s: int, grace_s: float, now: datetime | None = None) -> None:
+        self.window_s = window_s
+        self.grace = timedelta(seconds=grace_s)
+        self.open: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+        # the window in progress at start-up is partial: begin with the next one
+        self.next_start = int((floor_time(now or utcnow(), window_s) - EPOCH).total_seconds()) + window_s
+        self.late = 0
+
+    def add(self, topic: str, start: int, neg: int, tot: int) -> None:
+        if start < self.next_start:
+            self.late += tot
+            return
+        c = self.open[start][topic]
+        c[0] += neg
+        c[1] += tot
+
+    def close(self, now: datetime) -> list[tuple[datetime, dict[str, tuple[int, int]]]]:
+        out = []
+        while EPOCH + timedelta(seconds=self.next_start + self.window_s) + self.grace <= now:
+            counts = self.open.pop(self.next_start, {})
+            end = EPOCH + timedelta(seconds=self.next_start + self.window_s)
+            out.append((end, {t: (c[0], c[1]) for t, c in counts.items()}))
+            self.next_start += self.window_s
+        return out
+
+
+class InStreamAlerts:
+    """The detector state of one worker and the blocking outputs (store, sinks) run off the loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        detector: Detector | None = None,
+        store_getter: Callable[[], Any] | None = None,
+        sinks: Sequence[Callable[[Sequence[Alert], dict[str, TopicState]], None]] | None = None,
+        grace_s: float = 2.0,
+    ) -> None:
+        self.settings = settings
+        self.detector = detector or make_detector(settings)
+        self.closer = WindowCloser(self.detector.window_s, grace_s)
+        self.store_getter = store_getter
+        self.sinks = list(sinks) if sinks is not None else None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-alerts")
+        self.alerts: list[Alert] = []  # raised by this worker (bounded: the demo/tests read it)
+        self.bad_values = 0
+
+    def _store(self) -> Any:
+        return self.store_getter() if self.store_getter is not None else None
+
+    def deliver(self, alerts: Sequence[Alert], states: dict[str, TopicState]) -> None:
+        """Blocking: write alerts to the store, then run the sinks (gauges, Alertmanager)."""
+        store = self._store()
+        if alerts and store is not None:
+            try:
+                store.insert_alerts(list(alerts))
+            except Exception:
+                log.exception("could not store %d alert(s); they are still on the alerts topic", len(alerts))
+        if self.sinks is None:
+            self.sinks = build_sinks(self.settings, store)
+        for sink in self.sinks:
+            try:
+                sink(alerts, states)
+            except Exception:
+                log.exception("alert sink %r failed", sink)
+
+    def tick(self, now: datetime) -> tuple[int, list[Alert]]:
+        """Feed the windows closed by ``now`` to the detector: (windows closed, alerts raised)."""
+        new: list[Alert] = []
+        closed = self.closer.close(now)
+        for end, counts in closed:
+            new += self.detector.observe(end, counts)
+        if new:
+            self.alerts = (self.alerts + new)[-1000:]
+        return len(closed), new
+
+
+def attach(app: Any, settings: Settings, **kwargs: Any) -> InStreamAlerts:
+    """Add the count and detect agents and the window timer to the Faust ``app`` (see module doc)."""
+    window_s = settings.alert_window_s
+    state = InStreamAlerts(settings, store_getter=kwargs.pop("store_getter", None) or _scorer_store(app, settings),
+                           **kwargs)
+    scored = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
+    counts = app.topic(counts_topic_name(settings), key_type=bytes, value_type=bytes, internal=True,
+                       partitions=settings.partitions)
+    alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
+    app.finsent_alerts = state
+
+    @app.agent(scored, name="finsent.alerts.count")
+    async def count(stream: Any) -> None:
+        async for values in stream.take(max(settings.batch_max * 4, 256), within=min(1.0, window_s / 4)):
+            partial, bad = window_counts(values, window_s)
+            state.bad_values += bad
+            for (topic, start), (neg, tot) in partial.items():
+                body = json.dumps({"topic": topic, "start": start, "neg": neg, "tot": tot}).encode()
+                await counts.send(key=topic.encode("utf-8"), value=body)
+
+    @app.agent(counts, name="finsent.alerts.detect")
+    async def detect(stream: Any) -> None:
+        async for value in stream:
+            try:
+                c = json.loads(value)
+                state.closer.add(str(c["topic"]), int(c["start"]), int(c["neg"]), int(c["tot"]))
+            except (ValueError, KeyError, TypeError):
+                state.bad_values += 1
+
+    @app.timer(interval=max(0.2, min(1.0, window_s / 4)))
+    async def close_windows() -> None:
+        closed, new = state.tick(utcnow())
+        if not closed:
+            return
+        for a in new:
+            await alerts_topic.send(key=a.topic.encode("utf-8"), value=a.to_json())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(state.pool, state.deliver, new, dict(state.detector.states()))
+
+    return state
+
+
+def _scorer_store(app: Any, settings: Settings) -> Callable[[], Any]:
+    """Share the scoring worker's store (one connection; chdb allows one path per process)."""
+    own: list[Any] = []
+
+    def get() -> Any:
+        scorer = getattr(app, "finsent", None)
+        if scorer is not None and hasattr(scorer, "_open_store"):
+            return scorer._open_store()
+        if not own:
+            from stream.store import open_store
+
+            s = open_store(settings.store)
+            s.ensure_schema()
+            own.append(s)
+        return own[0]
+
+    return get

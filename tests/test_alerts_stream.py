@@ -1,0 +1,127 @@
+"""The in-stream detector inside the real worker (Tansu broker, chdb store), and its pure parts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from alerts.stream import WindowCloser, window_counts
+from stream.events import RawItem, ScoredItem, decode_alert, utcnow
+from stream.kafka import make_producer
+from stream.store import open_store
+
+UTC = timezone.utc  # noqa: UP017
+
+
+def scored(i: int, topic: str, negative: bool, at: datetime) -> ScoredItem:
+    item = RawItem(id=f"{topic}-{i}", source="test", source_type="news", text=f"item {i}", ingested_at=at)
+    probs = {"negative": 0.9, "neutral": 0.05, "positive": 0.05} if negative else {"negative": 0.05,
+                                                                                   "neutral": 0.9, "positive": 0.05}
+    return ScoredItem(item, "negative" if negative else "neutral", probs, topic, 0.9, "test-model", at)
+
+
+def test_window_counts_bucket_by_ingested_at_and_skip_garbage():
+    t = datetime(2026, 1, 5, 9, 0, 30, tzinfo=UTC)
+    values = [scored(0, "a", True, t).to_json(), scored(1, "a", False, t).to_json(),
+              scored(2, "a", True, t + timedelta(seconds=40)).to_json(), scored(3, "b", False, t).to_json(),
+              b"not json", None]
+    counts, bad = window_counts(values, 60)
+    start = int(datetime(2026, 1, 5, 9, 0, tzinfo=UTC).timestamp())
+    assert counts == {("a", start): [1, 2], ("a", start + 60): [1, 1], ("b", start): [0, 1]}
+    assert bad == 2
+
+
+def test_window_closer_releases_every_window_in_order_and_drops_late_counts():
+    t0 = datetime(2026, 1, 5, 9, 0, 10, tzinfo=UTC)
+    closer = WindowCloser(60, grace_s=2, now=t0)  # 9:00 is partial: the first window is 9:01-9:02
+    s = int(datetime(2026, 1, 5, 9, 1, tzinfo=UTC).timestamp())
+    closer.add("a", s - 60, 1, 5)  # the partial window: late
+    closer.add("a", s, 1, 5)
+    closer.add("a", s, 2, 5)  # partial counts from another worker's batch add up
+    closer.add("b", s + 120, 0, 3)
+    assert closer.close(datetime(2026, 1, 5, 9, 2, 1, tzinfo=UTC)) == []  # grace not over
+    out = closer.close(datetime(2026, 1, 5, 9, 4, 5, tzinfo=UTC))
+    assert [(e.strftime("%H:%M"), c) for e, c in out] == [("09:02", {"a": (3, 10)}), ("09:03", {}),
+                                                          ("09:04", {"b": (0, 3)})]
+    closer.add("a", s, 1, 1)
+    assert closer.late == 6
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from models.runtime import Classifier
+    from models.testing import make_tiny_model
+
+    return Classifier.load(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def _gauge(name: str, topic: str) -> float | None:
+    for metric in REGISTRY.collect():
+        for s in metric.samples:
+            if s.name == name and s.labels.get("topic") == topic:
+                return s.value
+    return None
+
+
+@pytest.mark.integration
+def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
+    kafka_bootstrap, chdb_db_url, unique_name, tiny_classifier
+):
+    from stream.worker import WorkerThread
+    from tests.stream_helpers import read_topic, stream_settings, wait_for
+
+    topic_a, topic_b = f"bank{unique_name[:4]}", f"crypto{unique_name[:4]}"
+    s = stream_settings(kafka_bootstrap, chdb_db_url, unique_name, alert_window_s=1, alert_short_s=3,
+                        alert_baseline_halflife_s=20)
+    store = open_store(chdb_db_url)
+    store.ensure_schema()
+    producer = make_producer(s, client_id="test-scored")
+    stop = threading.Event()
+    share = {topic_a: 0.1, topic_b: 0.5}
+
+    def produce() -> None:  # 100 items/s per topic, stamped now, as the scorer would publish them
+        i = 0
+        while not stop.is_set():
+            now = utcnow()
+            for topic, p in list(share.items()):
+                for k in range(10):
+                    producer.send(s.topic_scored, key=f"{i}".encode(),
+                                  value=scored(i, topic, k < round(10 * p), now).to_json())
+                    i += 1
+            producer.flush()
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=produce, daemon=True)
+    try:
+        with WorkerThread(s, classifier=tiny_classifier, store=store) as w:
+            feeder.start()
+            det = w.app.finsent_alerts.detector
+            wait_for(lambda: topic_a in det.states() and det.states()[topic_a].baseline_share is not None, 90,
+                     "the detector to see traffic and build a baseline")
+            time.sleep(3)
+            assert w.app.finsent_alerts.alerts == [], "steady traffic must not alarm"
+            share[topic_a] = 0.6
+            t_spike = time.monotonic()
+            wait_for(lambda: any(a.topic == topic_a for a in w.app.finsent_alerts.alerts), 30, "a spike alert")
+            print(f"\nin-stream detection: {time.monotonic() - t_spike:.1f} s after the spike (1 s windows)")
+            alert = next(a for a in w.app.finsent_alerts.alerts if a.topic == topic_a)
+            assert alert.negative_share > 0.3 and 0.05 < alert.baseline_share < 0.2
+            wait_for(lambda: _gauge("finsent_negative_spike_active", topic_a) in (1.0, 2.0), 10, "the active gauge")
+            assert _gauge("finsent_negative_spike_score", topic_a) >= 5.0
+            assert _gauge("finsent_negative_spike_active", topic_b) == 0.0
+            assert not any(a.topic == topic_b for a in w.app.finsent_alerts.alerts)
+            wait_for(lambda: any(r["topic"] == topic_a for r in store.alerts()), 20, "the alert in the store")
+    finally:
+        stop.set()
+        producer.close()
+    rows = [r for r in store.alerts() if r["topic"] == topic_a]
+    assert rows[0]["detector"] == "ewma_z" and rows[0]["id"] == alert.id
+    published = [decode_alert(r.value) for r in read_topic(s, s.topic_alerts, 1)]
+    assert alert.id in {a.id for a in published}
+    assert all(a.topic == topic_a for a in published)
+    store.close()
