@@ -76,10 +76,20 @@ def _headers(msg: Message | Any) -> dict[str, str]:
 
 
 class _LimitedRedirects(urllib.request.HTTPRedirectHandler):
+    """At most ``max_redirects`` hops, and only to http(s) (urllib would also follow ftp://)."""
+
     def __init__(self, max_redirects: int) -> None:
         super().__init__()
         self.max_redirections = max_redirects
         self.max_repeats = 2
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        from urllib.parse import urljoin, urlsplit
+
+        target = urljoin(req.full_url, newurl)
+        if urlsplit(target).scheme not in ("http", "https"):
+            raise FetchError("redirect", f"{req.full_url} redirects to a non-HTTP URL {target[:100]!r}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class Fetcher:
@@ -115,6 +125,8 @@ class Fetcher:
         accept: str = "*/*",
         headers: dict[str, str] | None = None,
     ) -> FetchResult:
+        if not url.lower().startswith(("http://", "https://")):
+            raise FetchError("bad_url", f"{url!r}: only http:// and https:// URLs are fetched")
         req_headers = {"User-Agent": self.user_agent, "Accept": accept, "Accept-Encoding": "gzip, deflate"}
         if etag:
             req_headers["If-None-Match"] = etag
@@ -139,6 +151,8 @@ class Fetcher:
                                  status=exc.code) from None
             kind = "http_5xx" if exc.code >= 500 else "http_4xx"
             raise FetchError(kind, f"HTTP {exc.code} {exc.reason} from {url}", status=exc.code) from None
+        except FetchError:
+            raise
         except TimeoutError:
             raise FetchError("timeout", f"timed out after {self.timeout_s:.0f}s connecting to {url}") from None
         except urllib.error.URLError as exc:
@@ -164,11 +178,13 @@ class Fetcher:
         elif encoding == "deflate":
             decomp = zlib.decompressobj()
         out = bytearray()
+        # read1 returns after one socket read: a server dripping bytes cannot hold one call open
+        read = getattr(resp, "read1", None) or resp.read
         while True:
             if time.monotonic() > deadline:
                 raise FetchError("timeout", f"{url}: body not received within {self.timeout_s:.0f}s")
             try:
-                chunk = resp.read(64 * 1024)
+                chunk = read(64 * 1024)
             except TimeoutError:
                 raise FetchError("timeout", f"{url}: read timed out") from None
             except OSError as exc:

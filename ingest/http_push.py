@@ -146,7 +146,7 @@ def create_app(
                 return problem(401, "missing or wrong bearer token (Authorization: Bearer <FINSENT_HTTP_TOKEN>)")
         if request.content_length is not None and request.content_length > max_body_bytes:
             return problem(413, f"body is {request.content_length} bytes; the limit is {max_body_bytes}")
-        mime = (request.content_type or "").lower()
+        mime = (request.content_type or "").lower() if "Content-Type" in request.headers else ""
         if mime not in _JSON_TYPES:
             return problem(415, f"Content-Type {mime!r} not accepted: use application/json or application/x-ndjson")
         try:

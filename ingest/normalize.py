@@ -266,8 +266,7 @@ def canonical_url(url: Any) -> str | None:
     host = parts.hostname.lower().rstrip(".")
     if port and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
         host = f"{host}:{port}"
-    if parts.username:  # credentials in a shared link are an accident; never keep them
-        pass
+    # user:password@ is dropped on purpose: credentials in a shared link are an accident
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _is_tracking(k)]
     path = parts.path or "/"
     return urlunsplit((scheme, host, path, urlencode(query, doseq=True), ""))

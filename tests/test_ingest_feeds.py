@@ -189,3 +189,21 @@ def test_run_forever_polls_on_interval_with_304s_and_backs_off_dead_feed(server,
     # the dead feed backs off exponentially (0.2, 0.4, 0.8, 1.6 s...): far fewer tries
     assert 2 <= len(server.hits("/gone")) <= 5 < len(etag_hits)
     assert pipe.metrics.errors.labels(dead.name, "http_4xx")._value.get() == len(server.hits("/gone"))
+
+
+def test_slow_server_times_out_and_redirect_limits(server):
+    def slow(req):
+        time.sleep(1.5)
+        return 200, {"Content-Type": "application/rss+xml"}, b"<rss/>"
+
+    server.routes["/slow"] = slow
+    server.routes["/loop"] = lambda req: (302, {"Location": "/loop"}, b"")
+    server.routes["/to-ftp"] = lambda req: (301, {"Location": "ftp://example.com/feed"}, b"")
+    fetcher = Fetcher(user_agent="t", timeout_s=0.5, max_bytes=1000)
+    for path, kind in (("/slow", "timeout"), ("/loop", "redirect"), ("/to-ftp", "redirect")):
+        with pytest.raises(FetchError) as exc:
+            fetcher.get(server.url(path))
+        assert exc.value.kind == kind, path
+    with pytest.raises(FetchError) as exc:
+        fetcher.get("file:///etc/passwd")
+    assert exc.value.kind == "bad_url"
