@@ -22,6 +22,7 @@ import csv
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -187,8 +188,11 @@ def replay(
     source_type: str = "news",
     encoding: str = "utf-8-sig",
     progress: bool = True,
+    stop: threading.Event | None = None,
 ) -> ReplayStats:
     """Push the files through ``pipeline`` (publish or dry-run), paced; returns produced/skipped.
+
+    ``stop`` (optional) ends the replay early between items: what was handed over is published.
 
     Items are batched (up to ``batch_size``) while they are due, so a fast replay publishes big
     acked batches and a paced one publishes each item when its time comes.
@@ -216,7 +220,7 @@ def replay(
     try:
         for path in paths:
             name = Path(path).name
-            if limit is not None and queued >= limit:
+            if (limit is not None and queued >= limit) or (stop is not None and stop.is_set()):
                 break
 
             def skip(row: int, reason: str, _name: str = name) -> None:
@@ -228,12 +232,16 @@ def replay(
                 path, source=source, source_type=source_type, encoding=encoding,
                 max_text_chars=pipeline.max_text_chars, on_skip=skip,
             ):
-                if limit is not None and queued >= limit:
+                if (limit is not None and queued >= limit) or (stop is not None and stop.is_set()):
                     break
                 wait = pacer.due(rec.item) - time.monotonic()
                 if wait > 0:
                     flush()
-                    time.sleep(wait)
+                    if stop is not None:
+                        if stop.wait(wait):
+                            break
+                    else:
+                        time.sleep(wait)
                 if batch and batch_source != f"replay:{name}":
                     flush()
                 batch_source = f"replay:{name}"
@@ -249,4 +257,29 @@ def replay(
     return stats
 
 
-__all__ = ["ReplayInputError", "ReplayRecord", "ReplayStats", "iter_file_items", "iter_file_records", "replay"]
+def replay_to_kafka(settings, paths: Sequence[str | Path], **kwargs: Any) -> ReplayStats:
+    """Replay files onto ``settings.topic_raw`` and return when every item is acked (the demo's call).
+
+    No dedup state is used (replays must repeat); keyword arguments are those of :func:`replay`
+    (``rate``, ``speedup``, ``limit``, ``stop``, ``source``, ``source_type``, ``encoding``, ``progress``).
+    """
+    from ingest.dedup import DedupStore
+    from ingest.pipeline import Pipeline
+    from ingest.publisher import Publisher
+
+    kwargs.setdefault("progress", False)
+    with Publisher(settings) as publisher:
+        pipeline = Pipeline(publisher=publisher, dedup=DedupStore(None), max_text_chars=settings.max_text_chars,
+                            use_dedup=False)
+        return replay(paths, pipeline, **kwargs)
+
+
+__all__ = [
+    "ReplayInputError",
+    "ReplayRecord",
+    "ReplayStats",
+    "iter_file_items",
+    "iter_file_records",
+    "replay",
+    "replay_to_kafka",
+]

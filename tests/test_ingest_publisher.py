@@ -16,7 +16,7 @@ from ingest.metrics import IngestMetrics
 from ingest.normalize import make_item
 from ingest.pipeline import Pipeline
 from ingest.publisher import Publisher, PublishError
-from ingest.replay import iter_file_items, replay
+from ingest.replay import iter_file_items, replay, replay_to_kafka
 from stream.broker import EmbeddedBroker, free_port
 from stream.settings import Settings
 from tests.test_ingest_support import consume_all
@@ -91,10 +91,7 @@ def test_replay_file_ids_stable_and_published(kafka_bootstrap, unique_name, caps
     first = [i.id for i in iter_file_items(path)]
     assert first == [i.id for i in iter_file_items(path)] and len(set(first)) == len(first)
     settings = Settings(brokers=kafka_bootstrap, topic_raw=f"raw.{unique_name}", partitions=1)
-    pipe = Pipeline(publisher=Publisher(settings), dedup=DedupStore(None), metrics=IngestMetrics(CollectorRegistry()),
-                    use_dedup=False)
-    stats = replay([path], pipe, rate=200, progress=False)
-    pipe.publisher.close()
+    stats = replay_to_kafka(settings, [path], rate=200)
     assert stats.produced == len(first) and stats.skipped == 2
     got = consume_all(kafka_bootstrap, settings.topic_raw, expect=len(first))
     assert sorted(r["id"] for r in got) == sorted(first)
@@ -154,3 +151,15 @@ def test_abort_releases_a_publish_waiting_for_a_dead_broker() -> None:
         pub.publish(_items(3, "abort"))  # would wait forever (no give_up_after_s)
     assert time.monotonic() - started < 8 and len(exc.value.pending) == 3 and exc.value.acked == []
     timer.join()
+
+
+def test_replay_stops_early_on_request(tmp_path) -> None:
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(100)))
+    pipe = Pipeline(publisher=None, dedup=DedupStore(None), metrics=IngestMetrics(CollectorRegistry()),
+                    out=io.StringIO())
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    t0 = time.monotonic()
+    stats = replay([path], pipe, rate=20, progress=False, stop=stop)  # 100 items at 20/s would take 5 s
+    assert time.monotonic() - t0 < 1.5 and 5 <= stats.produced <= 15
