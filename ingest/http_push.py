@@ -46,6 +46,9 @@ _JSON_TYPES = ("application/json", "application/x-ndjson", "application/ndjson",
                "application/x-jsonlines", "text/plain", "")
 
 
+_CONNECT = web.AppKey("connect", asyncio.Future)
+
+
 class BadBody(ValueError):
     pass
 
@@ -199,7 +202,14 @@ def create_app(
         )
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "dry_run": pipeline.dry_run})
+        pub = pipeline.publisher
+        kafka = "dry-run" if pub is None else ("connected" if pub.connected else "not connected")
+        return web.json_response({"status": "ok", "kafka": kafka})
+
+    async def on_startup(app: web.Application) -> None:
+        if pipeline.publisher is not None:  # connect in the background: the first request need not pay
+            loop = asyncio.get_running_loop()
+            app[_CONNECT] = loop.run_in_executor(executor, pipeline.publisher.connect)
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -212,6 +222,7 @@ def create_app(
     app.router.add_post("/v1/items", post_items)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
 

@@ -102,10 +102,16 @@ class Publisher:
             except (KafkaConfigurationError, TypeError, AssertionError) as exc:  # a bug, not an outage
                 raise PublishConfigError(f"bad Kafka producer configuration: {exc}") from exc
             if self.ensure_topic and not self._topic_ready:  # broker reachable now, so this is quick
+                from kafka.errors import AuthorizationError
+
                 from stream.kafka import ensure_topics
 
                 try:
                     ensure_topics(self.settings, [self.topic], timeout_s=min(15.0, self.delivery_timeout_s))
+                except AuthorizationError as exc:
+                    # a locked-down cluster: ingesters may produce but not administer; the topic is
+                    # the operator's job there, so publish anyway (a missing topic fails loudly on send)
+                    log.warning("cannot check/create topic %s (%s); publishing anyway", self.topic, exc)
                 except BaseException:
                     producer.close(timeout=1)
                     raise
@@ -121,6 +127,24 @@ class Publisher:
             except Exception:  # closing a broken producer must not mask the original error
                 log.debug("error closing producer", exc_info=True)
             self._producer = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether a producer is up (it was, at least, at the last publish)."""
+        return self._producer is not None
+
+    def connect(self) -> bool:
+        """Try to connect now (e.g. at service start) instead of on the first publish."""
+        with self._lock:
+            try:
+                self._get_producer()
+                return True
+            except PublishConfigError:
+                raise
+            except Exception as exc:
+                log.warning("Kafka at %s not reachable yet (%s); will retry on publish", self.settings.brokers, exc)
+                self._drop_producer()
+                return False
 
     def abort(self) -> None:
         """Make a publish that is waiting for an unreachable broker give up now (shutdown signal).

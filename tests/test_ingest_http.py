@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -122,7 +123,7 @@ def test_bad_bodies_sizes_and_types(dry_server) -> None:
 def test_healthz_and_metrics(dry_server) -> None:
     dry_server.request("/v1/items", json.dumps({"text": "counted"}).encode())
     status, res, _ = dry_server.request("/healthz")
-    assert status == 200 and res["status"] == "ok"
+    assert status == 200 and res["status"] == "ok" and res["kafka"] == "dry-run"
     status, res, _ = dry_server.request("/metrics")
     assert status == 200 and 'finsent_ingest_items_published_total{source="http"} 1.0' in res["raw"]
 
@@ -138,6 +139,11 @@ def test_202_only_after_ack_then_503_when_broker_gone_and_nothing_lost(kafka_boo
     settings = Settings(brokers=kafka_bootstrap, topic_raw=f"raw.{unique_name}", partitions=2)
     srv = AppThread(create_app(_pipeline(tmp_path / "a", Publisher(settings)), token=TOKEN, publish_timeout_s=10))
     try:
+        for _ in range(50):  # the endpoint connects to Kafka in the background at start-up
+            if srv.request("/healthz")[1]["kafka"] == "connected":
+                break
+            time.sleep(0.1)
+        assert srv.request("/healthz")[1]["kafka"] == "connected"
         items = [{"text": f"pushed {i}", "id": f"push-{unique_name}-{i}"} for i in range(5)]
         status, res, _ = srv.request("/v1/items", json.dumps(items).encode())
         assert status == 202 and sorted(res["accepted"]) == sorted(i["id"] for i in items)
