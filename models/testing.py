@@ -55,17 +55,11 @@ def tiny_tokenizer():  # -> tokenizers.Tokenizer
     return tok
 
 
-def _build(out: Path) -> Path:
-    import torch
+def _tiny_config():
     from transformers import BertConfig
 
-    from models.export import export_model_dir
-    from models.modeling import MultiTaskClassifier, build_encoder
-
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(),
+    return BertConfig(
+        vocab_size=tiny_tokenizer().get_vocab_size(),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -74,6 +68,17 @@ def _build(out: Path) -> Path:
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
+
+
+def _build(out: Path) -> Path:
+    import torch
+
+    from models.export import export_model_dir
+    from models.modeling import MultiTaskClassifier, build_encoder
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = _tiny_config()
     model = MultiTaskClassifier(build_encoder(config), len(SENTIMENT_LABELS), len(TOPIC_LABELS), dropout=0.0)
     # random init gives near-uniform probabilities; a larger head scale makes outputs depend visibly on input
     with torch.no_grad():
@@ -102,4 +107,22 @@ def make_tiny_model(path: str | Path) -> Path:
         for item in _built.iterdir():
             if item.is_file():
                 shutil.copyfile(item, path / item.name)
+    return path
+
+
+def make_tiny_base(path: str | Path) -> Path:
+    """A tiny random *pretrained-style* encoder directory (config + weights + tokenizer.json).
+
+    ``finsent train --base-model DIR`` accepts it in place of MiniLM, so the whole
+    train -> export -> score pipeline can run in a test in seconds.
+    """
+    import torch
+
+    from models.modeling import build_encoder
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    build_encoder(_tiny_config(), "sdpa").save_pretrained(str(path))
+    tiny_tokenizer().save(str(path / "tokenizer.json"))
     return path
