@@ -55,6 +55,26 @@ def _rules(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _dashboards(args: argparse.Namespace, settings: Settings) -> int:
+    from alerts.dashboards import files
+
+    root = Path(args.out)
+    stale = []
+    for rel, text in files().items():
+        path = root / rel
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(str(path))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run `finsent alerts dashboards --out {root}`", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _watch(args: argparse.Namespace, settings: Settings) -> int:
     from alerts.detector import make_detector
     from alerts.runner import AlertRunner
@@ -113,6 +133,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default=str(RULES_PATH), help=f"where to write it ('-' = stdout; default {RULES_PATH})")
     r.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     r.set_defaults(func=_rules)
+    d = sub.add_parser("dashboards", help="write the Grafana dashboards and provisioning files")
+    d.add_argument("--out", default=str(RULES_PATH.parent.parent / "grafana"), help="default: deploy/grafana")
+    d.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
+    d.set_defaults(func=_dashboards)
     w = sub.add_parser("watch", help="run the spike detector over counts stored in ClickHouse, store the alerts")
     w.add_argument("--interval", type=float, default=5.0, help="seconds between polls of the store (default 5)")
     w.add_argument("--once", action="store_true", help="poll once (backfilling the baseline) and exit")

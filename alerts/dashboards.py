@@ -1,0 +1,275 @@
+"""Grafana dashboards and provisioning for finsent, generated here so every query lives in one place.
+
+``finsent alerts dashboards`` writes ``deploy/grafana/``; a test checks the files are current, and
+``tests/test_alerts_grafana.py`` runs every SQL query of the JSON files against the real schema on
+clickhouse-server and chdb (Grafana's ClickHouse-plugin macros substituted) and every PromQL
+expression against a real Prometheus.
+
+Datasources (provisioned with fixed uids so dashboards resolve them):
+``finsent-clickhouse`` (grafana-clickhouse-datasource, native protocol) and ``finsent-prometheus``.
+Template variables: ``database`` (the store's database, default ``finsent``), ``topic`` (multi,
+with All; from the topic_minute table). SQL time buckets use ``intDiv(toUInt32(t), $__interval_s)``
+rather than ``$__timeInterval`` (``toStartOfInterval``) so the queries also run on ClickHouse 18.16.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CH = {"type": "grafana-clickhouse-datasource", "uid": "finsent-clickhouse"}
+PROM = {"type": "prometheus", "uid": "finsent-prometheus"}
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
+TOPIC_IN = "topic IN (${topic:singlequote})"
+
+# ---- SQL (ClickHouse plugin macros: $__timeFilter, $__fromTime, $__toTime, $__interval_s) -------------
+
+SQL_TOPICS = "SELECT DISTINCT topic FROM ${database}.topic_minute ORDER BY topic"
+
+SQL_NEGATIVE_SHARE = """SELECT toDateTime(intDiv(toUInt32(minute), $__interval_s) * $__interval_s, 'UTC') AS time,
+       topic,
+       uniqExactIfMerge(negative) / uniqExactMerge(items) AS negative_share
+FROM ${database}.topic_minute
+WHERE $__timeFilter(minute) AND """ + TOPIC_IN + """
+GROUP BY time, topic
+ORDER BY time, topic"""
+
+SQL_SENTIMENT_COUNTS = """SELECT toDateTime(intDiv(toUInt32(minute), $__interval_s) * $__interval_s, 'UTC') AS time,
+       uniqExactIfMerge(negative) AS negative,
+       uniqExactIfMerge(neutral) AS neutral,
+       uniqExactIfMerge(positive) AS positive
+FROM ${database}.topic_minute
+WHERE $__timeFilter(minute) AND """ + TOPIC_IN + """
+GROUP BY time
+ORDER BY time"""
+
+SQL_HEATMAP = """SELECT toDateTime(intDiv(toUInt32(minute), 3600) * 3600, 'UTC') AS time,
+       topic,
+       round(uniqExactIfMerge(negative) / uniqExactMerge(items), 3) AS negative_share
+FROM ${database}.topic_minute
+WHERE $__timeFilter(minute) AND """ + TOPIC_IN + """
+GROUP BY time, topic
+ORDER BY time, topic"""
+
+SQL_TOP_NEGATIVE = """SELECT ingested_at AS time, topic, ifNull(title, substring(text, 1, 200)) AS headline,
+       round(p_negative, 3) AS p_negative, source, ifNull(url, '') AS url, model_version
+FROM (
+    SELECT ingested_at, topic, title, text, p_negative, source, url, model_version, sentiment
+    FROM ${database}.items FINAL
+    WHERE $__timeFilter(ingested_at) AND """ + TOPIC_IN + """
+)
+WHERE sentiment = 'negative'
+ORDER BY p_negative DESC, time DESC
+LIMIT 50"""
+
+SQL_ALERTS_TABLE = """SELECT fired_at AS time, topic, severity, detector,
+       round(negative_share, 3) AS negative_share, round(baseline_share, 3) AS baseline_share,
+       negative, total, round(score, 2) AS score, window_start, window_end
+FROM ${database}.alerts FINAL
+WHERE $__timeFilter(fired_at) AND """ + TOPIC_IN + """
+ORDER BY fired_at DESC
+LIMIT 200"""
+
+SQL_ALERT_ANNOTATIONS = """SELECT window_start AS time, window_end AS timeEnd,
+       concat(severity, ' spike on ', topic, ': ', toString(round(negative_share * 100, 1)), '% negative vs ',
+              toString(round(baseline_share * 100, 1)), '% baseline (', detector, ')') AS text,
+       topic AS tags
+FROM ${database}.alerts FINAL
+WHERE $__timeFilter(window_start) AND """ + TOPIC_IN + """
+ORDER BY time"""
+
+SQL_STORED_RATE = """SELECT toDateTime(intDiv(toUInt32(minute), $__interval_s) * $__interval_s, 'UTC') AS time,
+       uniqExactMerge(items) / $__interval_s AS items_per_s
+FROM ${database}.topic_minute
+WHERE $__timeFilter(minute)
+GROUP BY time
+ORDER BY time"""
+
+# ---- PromQL (Grafana variables: $topic regex, $__rate_interval) ----------------------------------------
+
+PROM_TOPIC = 'topic=~"$topic"'
+PROMQL: dict[str, str] = {
+    "share_short": f"topic:finsent_negative_ratio:ratio5m{{{PROM_TOPIC}}}",
+    "share_long": f"topic:finsent_negative_ratio:ratio1h{{{PROM_TOPIC}}}",
+    "zscore": f"topic:finsent_negative_spike:zscore5m{{{PROM_TOPIC}}}",
+    "stream_score": f"max by (topic) (finsent_negative_spike_score{{{PROM_TOPIC}}})",
+    "stream_active": f"max by (topic) (finsent_negative_spike_active{{{PROM_TOPIC}}})",
+    "alerts": f'ALERTS{{alertname="FinsentNegativeSentimentSpike", alertstate="firing", {PROM_TOPIC}}}',
+    "scored_rate": f"sum by (topic) (rate(finsent_items_scored_total{{{PROM_TOPIC}}}[$__rate_interval]))",
+    "consumed_rate": "sum(rate(finsent_items_consumed_total[$__rate_interval]))",
+    "stored_rate": "sum(rate(finsent_items_stored_total[$__rate_interval]))",
+    "dead_letter_rate": "sum by (reason) (rate(finsent_items_dead_lettered_total[$__rate_interval]))",
+    "lag": "sum by (topic) (finsent_consumer_lag)",
+    "latency_p50": "histogram_quantile(0.5, sum by (le) (rate(finsent_end_to_end_latency_seconds_bucket"
+                   "[$__rate_interval])))",
+    "latency_p99": "histogram_quantile(0.99, sum by (le) (rate(finsent_end_to_end_latency_seconds_bucket"
+                   "[$__rate_interval])))",
+    "inference_p95": "histogram_quantile(0.95, sum by (le) (rate(finsent_inference_seconds_bucket"
+                     "[$__rate_interval])))",
+    "store_p95": "histogram_quantile(0.95, sum by (le) (rate(finsent_store_seconds_bucket[$__rate_interval])))",
+    "batch_mean": "sum(rate(finsent_batch_size_sum[$__rate_interval])) / sum(rate(finsent_batch_size_count"
+                  "[$__rate_interval]))",
+    "store_retries": "sum(rate(finsent_store_retries_total[$__rate_interval]))",
+}
+
+
+def _sql(sql: str, fmt: str = "timeseries", ref: str = "A") -> dict[str, Any]:
+    return {"datasource": CH, "editorType": "sql", "format": 0 if fmt == "timeseries" else 1, "queryType": fmt,
+            "rawSql": sql, "refId": ref}
+
+
+def _prom(expr: str, legend: str = "{{topic}}", ref: str = "A") -> dict[str, Any]:
+    return {"datasource": PROM, "expr": expr, "legendFormat": legend, "refId": ref}
+
+
+def _panel(pid: int, title: str, kind: str, targets: list[dict[str, Any]], x: int, y: int, w: int = 12, h: int = 8,
+           unit: str | None = None, desc: str = "", **extra: Any) -> dict[str, Any]:
+    p: dict[str, Any] = {"id": pid, "title": title, "type": kind, "description": desc,
+                         "gridPos": {"x": x, "y": y, "w": w, "h": h}, "targets": targets,
+                         "datasource": targets[0]["datasource"],
+                         "fieldConfig": {"defaults": {"unit": unit} if unit else {}, "overrides": []}}
+    p.update(extra)
+    return p
+
+
+def _variables() -> dict[str, Any]:
+    return {"list": [
+        {"name": "database", "label": "database", "type": "custom", "query": "finsent",
+         "current": {"text": "finsent", "value": "finsent"}, "hide": 0,
+         "options": [{"selected": True, "text": "finsent", "value": "finsent"}]},
+        {"name": "topic", "label": "topic", "type": "query", "datasource": CH, "query": SQL_TOPICS,
+         "definition": SQL_TOPICS, "multi": True, "includeAll": True, "refresh": 2, "sort": 1,
+         "current": {"text": ["All"], "value": ["$__all"]}},
+    ]}
+
+
+def _annotations() -> dict[str, Any]:
+    return {"list": [
+        {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True, "hide": True,
+         "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"},
+        {"name": "finsent alerts (ClickHouse)", "datasource": CH, "enable": True, "iconColor": "red",
+         "target": _sql(SQL_ALERT_ANNOTATIONS, "table", "Anno")},
+        {"name": "Prometheus spike alert", "datasource": PROM, "enable": True, "iconColor": "orange",
+         "expr": PROMQL["alerts"], "step": "60s", "titleFormat": "FinsentNegativeSentimentSpike",
+         "tagKeys": "topic,severity", "useValueForTime": False},
+    ]}
+
+
+def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], desc: str) -> dict[str, Any]:
+    return {"uid": uid, "title": title, "description": desc, "tags": ["finsent"], "timezone": "utc",
+            "schemaVersion": 39, "version": 1, "editable": True, "refresh": "30s",
+            "time": {"from": "now-6h", "to": "now"}, "templating": _variables(), "annotations": _annotations(),
+            "links": [{"title": "finsent dashboards", "type": "dashboards", "tags": ["finsent"], "asDropdown": True}],
+            "panels": panels}
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    sentiment = _dashboard("finsent-sentiment", "finsent / sentiment", [
+        _panel(1, "Negative share by topic", "timeseries", [_sql(SQL_NEGATIVE_SHARE)], 0, 0, 24, 9, "percentunit",
+               "Distinct negative items / distinct items per topic and interval (ClickHouse topic_minute)."),
+        _panel(2, "Items by sentiment", "timeseries", [_sql(SQL_SENTIMENT_COUNTS)], 0, 9, 12, 8, "short",
+               "Scored items per interval, stacked by sentiment, for the selected topics.",
+               options={"legend": {"displayMode": "list", "placement": "bottom"}}),
+        _panel(3, "Negative share heatmap (hourly)", "heatmap", [_sql(SQL_HEATMAP, "table")], 12, 9, 12, 8,
+               "percentunit", "Negative share per topic and hour: chronic topics stay warm, spikes light up.",
+               options={"calculate": False, "yAxis": {"unit": "short"}, "color": {"scheme": "Reds", "mode": "scheme"}}),
+        _panel(4, "Top negative items", "table", [_sql(SQL_TOP_NEGATIVE, "table")], 0, 17, 24, 10, None,
+               "The 50 most negative items of the time range; headlines link to the article.",
+               fieldConfig={"defaults": {}, "overrides": [{"matcher": {"id": "byName", "options": "headline"},
+                            "properties": [{"id": "links", "value": [{"title": "open", "url": "${__data.fields.url}",
+                                                                      "targetBlank": True}]}]}]}),
+        _panel(5, "Alerts", "table", [_sql(SQL_ALERTS_TABLE, "table")], 0, 27, 24, 8, None,
+               "Spike alerts stored by the in-stream detector / AlertRunner (ClickHouse alerts table)."),
+    ], "Sentiment per topic over time from ClickHouse; spike alerts as annotations.")
+    alerts = _dashboard("finsent-alerts", "finsent / alerts", [
+        _panel(1, "Negative share: 5m vs 1h baseline (Prometheus)", "timeseries",
+               [_prom(PROMQL["share_short"], "{{topic}} 5m"), _prom(PROMQL["share_long"], "{{topic}} baseline", "B")],
+               0, 0, 12, 9, "percentunit", "The recording rules the FinsentNegativeSentimentSpike alert is built on."),
+        _panel(2, "Spike z-score (Prometheus rule) and in-stream score", "timeseries",
+               [_prom(PROMQL["zscore"], "{{topic}} rule z"), _prom(PROMQL["stream_score"], "{{topic}} stream", "B")],
+               12, 0, 12, 9, "short", "Warning fires at z >= 6 (rule) / 5 (in-stream ewma_z)."),
+        _panel(3, "In-stream alarm state", "state-timeline", [_prom(PROMQL["stream_active"])], 0, 9, 12, 6, None,
+               "finsent_negative_spike_active: 0 calm, 1 warning, 2 critical."),
+        _panel(4, "Items scored per second by topic", "timeseries", [_prom(PROMQL["scored_rate"])], 12, 9, 12, 6,
+               "ops", "Volume: the rule ignores topics below its volume floor."),
+        _panel(5, "Top negative items", "table", [_sql(SQL_TOP_NEGATIVE, "table")], 0, 15, 24, 10, None,
+               "The headlines behind the spike (linked from the alert's dashboard annotation)."),
+        _panel(6, "Alerts", "table", [_sql(SQL_ALERTS_TABLE, "table")], 0, 25, 24, 8, None,
+               "Stored spike alerts for the selected topics."),
+    ], "Where an alert's dashboard link lands: the rule's inputs, the in-stream detector, the headlines.")
+    pipeline = _dashboard("finsent-pipeline", "finsent / pipeline", [
+        _panel(1, "Throughput", "timeseries",
+               [_prom(PROMQL["consumed_rate"], "consumed"), _prom(PROMQL["stored_rate"], "stored", "B"),
+                _sql(SQL_STORED_RATE, "timeseries", "C")], 0, 0, 12, 8, "ops",
+               "Messages consumed and rows stored per second (Prometheus), and stored items/s (ClickHouse)."),
+        _panel(2, "Consumer lag", "timeseries", [_prom(PROMQL["lag"], "{{topic}}")], 12, 0, 12, 8, "short",
+               "Messages behind the end of each consumed topic."),
+        _panel(3, "End-to-end latency (ingested -> stored)", "timeseries",
+               [_prom(PROMQL["latency_p50"], "p50"), _prom(PROMQL["latency_p99"], "p99", "B")], 0, 8, 12, 8, "s"),
+        _panel(4, "Inference and store time per batch (p95)", "timeseries",
+               [_prom(PROMQL["inference_p95"], "inference"), _prom(PROMQL["store_p95"], "store", "B")],
+               12, 8, 12, 8, "s"),
+        _panel(5, "Mean batch size", "timeseries", [_prom(PROMQL["batch_mean"], "batch")], 0, 16, 8, 7, "short"),
+        _panel(6, "Dead letters by reason", "timeseries", [_prom(PROMQL["dead_letter_rate"], "{{reason}}")],
+               8, 16, 8, 7, "ops"),
+        _panel(7, "Store retries", "timeseries", [_prom(PROMQL["store_retries"], "retries")], 16, 16, 8, 7, "ops"),
+    ], "Is the worker keeping up: throughput, lag, latency, batch sizes, dead letters, store retries.")
+    return {"finsent-sentiment.json": sentiment, "finsent-alerts.json": alerts, "finsent-pipeline.json": pipeline}
+
+
+DATASOURCES_YAML = """\
+# Grafana provisioning: the two datasources the finsent dashboards use (fixed uids).
+# The ClickHouse one needs the plugin: grafana-cli plugins install grafana-clickhouse-datasource
+apiVersion: 1
+datasources:
+  - name: finsent ClickHouse
+    uid: finsent-clickhouse
+    type: grafana-clickhouse-datasource
+    jsonData:
+      host: 127.0.0.1
+      port: 9000
+      protocol: native
+      username: default
+      defaultDatabase: finsent
+    secureJsonData:
+      password: $FINSENT_CLICKHOUSE_PASSWORD
+  - name: finsent Prometheus
+    uid: finsent-prometheus
+    type: prometheus
+    access: proxy
+    url: http://127.0.0.1:9090
+    jsonData:
+      timeInterval: 15s
+"""
+
+DASHBOARDS_YAML = """\
+# Grafana provisioning: load the finsent dashboards from this directory's ../../dashboards
+apiVersion: 1
+providers:
+  - name: finsent
+    folder: finsent
+    type: file
+    disableDeletion: false
+    updateIntervalSeconds: 60
+    options:
+      path: /etc/grafana/finsent/dashboards
+"""
+
+
+def files() -> dict[str, str]:
+    """Relative path under deploy/grafana -> content."""
+    out = {f"dashboards/{name}": json.dumps(d, indent=2) + "\n" for name, d in dashboards().items()}
+    out["provisioning/datasources/finsent.yml"] = DATASOURCES_YAML
+    out["provisioning/dashboards/finsent.yml"] = DASHBOARDS_YAML
+    return out
+
+
+def write(root: Path = DEPLOY) -> list[Path]:
+    written = []
+    for rel, text in files().items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
