@@ -139,7 +139,8 @@ class Classifier:
                 ["CUDAExecutionProvider", "CPUExecutionProvider"] if _cuda_available() else ["CPUExecutionProvider"]
             )
         on_cuda = providers[0] == "CUDAExecutionProvider"
-        if variant == "auto":
+        auto_variant = variant == "auto"
+        if auto_variant:
             variant = "fp16" if on_cuda else "int8"
         if variant == "fp16" and not on_cuda:
             log.warning("fp16 variant requested without CUDA: it runs, but slower than fp32/int8 on CPU")
@@ -157,6 +158,14 @@ class Classifier:
         opts.log_severity_level = 3
         session = ort.InferenceSession(str(onnx_path), opts, providers=list(providers))
         provider = session.get_providers()[0]
+        if on_cuda and provider != "CUDAExecutionProvider" and auto_variant:
+            # onnxruntime-gpu lists CUDA even when no GPU is usable; it then falls back to CPU,
+            # where the fp16 graph is slow: use the CPU default instead.
+            log.warning("CUDAExecutionProvider did not start (no usable GPU?); using the int8 variant on CPU")
+            variant = "int8"
+            onnx_path = variant_path(directory, model_file, variant, heads, hidden)
+            session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            provider = session.get_providers()[0]
         cls._check_heads(session, info, directory)
 
         tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))

@@ -221,3 +221,12 @@ def test_export_matches_pytorch_and_records_it(tiny_dir: Path) -> None:
     assert info["max_abs_diff_vs_torch"]["fp32_graph"] < 1e-4
     assert info["max_abs_diff_vs_torch"]["fp16_storage_graph"] < 2e-2
     assert info["weights"] == "fp16-storage"
+
+
+def test_cuda_request_without_usable_gpu_falls_back_to_int8_on_cpu(tiny_dir: Path) -> None:
+    clf = Classifier.load(tiny_dir, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    if clf.provider == "CUDAExecutionProvider":  # a machine with onnxruntime-gpu and a GPU
+        assert clf.variant == "fp16"
+    else:
+        assert (clf.provider, clf.variant) == ("CPUExecutionProvider", "int8")
+    assert len(clf.predict(TEXTS)) == len(TEXTS)
