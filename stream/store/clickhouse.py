@@ -113,6 +113,12 @@ class ClickHouseStore(SqlStore):
             raise StoreError(f"ClickHouse at {self.url_redacted} refused the query: {first}") from exc
         except _UNREACHABLE as exc:
             self._client.disconnect()
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "WRONG_VERSION_NUMBER" in str(exc):
+                # retrying will not fix a TLS set-up mismatch: a StoreError, not "unavailable"
+                raise StoreError(
+                    f"TLS to ClickHouse at {self.url_redacted} failed ({exc}); check secure=1 is right for this "
+                    "port and pass ca_certs=/path/ca.pem (or verify=0 for a self-signed test server)"
+                ) from exc
             raise StoreUnavailable(
                 f"ClickHouse at {self.url_redacted} is unreachable ({type(exc).__name__}: {exc}); "
                 "is the server running? the next call reconnects"

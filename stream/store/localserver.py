@@ -36,9 +36,16 @@ CONFIG_XML = """<?xml version="1.0"?>
   <timezone>UTC</timezone>
   <mark_cache_size>268435456</mark_cache_size>
   <uncompressed_cache_size>268435456</uncompressed_cache_size>
-  <max_concurrent_queries>64</max_concurrent_queries>
+  <max_concurrent_queries>64</max_concurrent_queries>{tls}
 </yandex>
 """
+
+TLS_XML = """
+  <tcp_port_secure>{tls_port}</tcp_port_secure>
+  <openSSL><server><certificateFile>{cert}</certificateFile><privateKeyFile>{key}</privateKeyFile>
+    <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>
+    <cacheSessions>true</cacheSessions><disableProtocols>sslv2,sslv3</disableProtocols>
+    <preferServerCiphers>true</preferServerCiphers></server></openSSL>"""
 
 USERS_XML = """<?xml version="1.0"?>
 <yandex>
@@ -77,7 +84,15 @@ def server_command() -> list[str]:
 class ClickHouseServer:
     """A clickhouse-server process on 127.0.0.1 with all its state under ``root``."""
 
-    def __init__(self, root: Path, tcp_port: int | None = None, http_port: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        tcp_port: int | None = None,
+        http_port: int | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
+        """With ``tls_cert``/``tls_key`` (PEM) the server also speaks TLS on ``self.tls_port``."""
         self.root = Path(root)
         self.tcp_port = tcp_port or free_port()
         self.http_port = http_port or free_port()
@@ -87,7 +102,11 @@ class ClickHouseServer:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         # the config lives in conf/, never in a directory a test may chdir to: chdb reads ./config.xml
         self.config = self.root / "conf" / "config.xml"
-        self.config.write_text(CONFIG_XML.format(root=self.root, tcp_port=self.tcp_port, http_port=self.http_port))
+        self.tls_port = free_port() if tls_cert else None
+        tls = TLS_XML.format(tls_port=self.tls_port, cert=tls_cert, key=tls_key) if tls_cert else ""
+        self.config.write_text(
+            CONFIG_XML.format(root=self.root, tcp_port=self.tcp_port, http_port=self.http_port, tls=tls)
+        )
         (self.root / "users.xml").write_text(USERS_XML)
 
     def url(self, database: str = "finsent_test") -> str:
