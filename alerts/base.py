@@ -68,6 +68,25 @@ def binomial_z(negative: float, total: float, p0: float) -> float:
     return z if k >= expected else -z
 
 
+def risen(share: float, p0: float, min_ratio: float, min_delta: float) -> bool:
+    """Is ``share`` a rise worth an alarm over baseline ``p0``? Odds ratio >= min_ratio and delta >= min_delta.
+
+    Odds, not shares: "2x" cannot apply to a topic at 60 % (it would need 120 %), but 60 % -> 75 %
+    is the same odds ratio as 10 % -> 18 %. At low baselines the two agree (min_delta governs).
+    """
+    if share - p0 < min_delta:
+        return False
+    if share >= 1.0:
+        return True
+    return share / (1.0 - share) >= min_ratio * p0 / (1.0 - p0)
+
+
+def required_share(p0: float, min_ratio: float, min_delta: float) -> float:
+    """The smallest share that :func:`risen` accepts over ``p0``."""
+    odds = min_ratio * p0 / (1.0 - p0)
+    return max(odds / (1.0 + odds), p0 + min_delta)
+
+
 def clamp(x: float, lo: float, hi: float) -> float:
     return lo if x < lo else hi if x > hi else x
 

@@ -2,7 +2,7 @@
 
 Per topic and window with ``k`` negatives of ``n`` items, against baseline share ``p0`` (EWMA of
 earlier windows, as in :mod:`alerts.ewma_zscore`) and the smallest rise worth an alarm
-``p1 = max(min_ratio * p0, p0 + min_delta)``::
+``p1 = max(odds(p0) * min_ratio as a share, p0 + min_delta)``::
 
     S <- max(0, S + (k*log(p1/p0) + (n-k)*log((1-p1)/(1-p0))) / (1 + (n-1)*rho))
 
@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from alerts.base import Baseline, Counts, TopicState, check_counts, clamp, decay_for, make_alert
+from alerts.base import Baseline, Counts, TopicState, check_counts, clamp, decay_for, make_alert, required_share
 from stream.events import Alert
 
 
@@ -115,7 +115,7 @@ class BinomialCusum:
             st.score, st.active, st.severity, st.since, st.volume = 0.0, False, "", None, 0
             return None
         if tot:
-            p1 = clamp(max(self.min_ratio * p0, p0 + self.min_delta), p0 + 1e-6, self.p1_max)
+            p1 = clamp(required_share(p0, self.min_ratio, self.min_delta), p0 + 1e-6, self.p1_max)
             llr = neg * math.log(p1 / p0) + (tot - neg) * math.log((1.0 - p1) / (1.0 - p0))
             tp.s = min(self.cap, max(0.0, tp.s + llr / base.variance_factor(tot)))
         if tp.s == 0.0:

@@ -1,16 +1,18 @@
 """Binomial z-score of a short sliding window against an EWMA baseline of the same topic.
 
 Per topic: the last ``short_windows`` tumbling windows are summed (``k`` negatives of ``n``
-items); the baseline is the exponentially decayed share of the windows *before* them (so a spike
-never raises its own bar); the score is the quasi-binomial z::
+items), and so are the last ``fast_windows`` (a second, faster scale for big jumps); the
+baseline is the exponentially decayed share of the windows *before* them (so a spike never
+raises its own bar); the score is the quasi-binomial z::
 
     z = (k - n*p0) / sqrt(p0 * (1 - p0) * sum_i n_i * (1 + (n_i - 1) * rho))
 
 (``rho``: the topic's intra-window correlation, see :class:`alerts.base.Baseline`.)
 
-An alarm needs all four: ``z >= z_threshold`` (surprising), ``k/n >= min_ratio * p0`` and
-``k/n - p0 >= min_delta`` (big enough to matter: a chronically 50 % negative topic cannot
-double, and 1 % -> 3 % is not news), ``n >= min_volume`` (a handful of items is no evidence).
+An alarm needs, on either scale: ``z >= z_threshold`` (surprising), the odds of a negative
+item up ``min_ratio``-fold and the share up by ``min_delta`` (big enough to matter: a topic
+steady at 50 % never qualifies, 1 % -> 3 % is not news; odds, because a 60 % topic cannot
+double), and ``n >= min_volume`` (a handful of items is no evidence).
 It clears with hysteresis (``z < z_clear`` or the rise halves) so it does not flap.
 
 Example::
@@ -33,7 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from alerts.base import Baseline, Counts, TopicState, binomial_z, check_counts, decay_for, make_alert
+from alerts.base import Baseline, Counts, TopicState, binomial_z, check_counts, decay_for, make_alert, risen
 from stream.events import Alert
 
 
@@ -53,6 +55,7 @@ class EwmaZScore:
         self,
         window_s: int = 60,
         short_windows: int = 5,
+        fast_windows: int = 2,
         halflife_windows: float = 60.0,
         z_threshold: float = 5.0,
         z_critical: float = 10.0,
@@ -65,6 +68,8 @@ class EwmaZScore:
             raise ValueError("window_s and short_windows must be >= 1")
         self.window_s = window_s
         self.short_windows = short_windows
+        #: window counts tested: a fast scale catches big jumps sooner, the short one moderate rises
+        self.scales = tuple(sorted({max(1, min(fast_windows, short_windows)), short_windows}))
         self.decay = decay_for(halflife_windows)
         self.z_threshold = z_threshold
         self.z_clear = z_threshold / 2.0
@@ -101,31 +106,41 @@ class EwmaZScore:
                 del self._topics[topic]  # idle long enough to forget: bounds memory over topic churn
         return alerts
 
+    def _scale(self, tp: _Topic, windows: int, p0: float) -> tuple[float, int, int, bool]:
+        """(z, negatives, items, qualifies) over the last ``windows`` windows."""
+        recent = list(tp.recent)[-windows:]
+        k = sum(n for n, _ in recent)
+        n = sum(t for _, t in recent)
+        if n == 0:
+            return 0.0, 0, 0, False
+        spread = sum(t * tp.baseline.variance_factor(t) for _, t in recent) / n  # beta-binomial widening
+        z = binomial_z(k, n, p0) / spread**0.5
+        ok = z >= self.z_threshold and n >= self.min_volume and risen(k / n, p0, self.min_ratio, self.min_delta)
+        return z, k, n, ok
+
     def _judge(self, tp: _Topic, window_end: datetime) -> Alert | None:
         st, base = tp.state, tp.baseline
-        k = sum(n for n, _ in tp.recent)
-        n = sum(t for _, t in tp.recent)
-        share = k / n if n else 0.0
         p0 = base.share() if base.tot >= self.min_baseline else None
-        st.negative_share, st.baseline_share, st.volume = share, p0, n
-        if p0 is None or n == 0:
-            st.score = 0.0
+        st.baseline_share = p0
+        if p0 is None or not any(t for _, t in tp.recent):
+            st.score, st.negative_share, st.volume = 0.0, 0.0, 0
             st.active, st.severity, st.since = False, "", None
             return None
-        spread = sum(t * base.variance_factor(t) for _, t in tp.recent) / n  # beta-binomial widening
-        z = binomial_z(k, n, p0) / spread**0.5
-        st.score = z
-        rise_ok = share >= self.min_ratio * p0 and share - p0 >= self.min_delta
+        results = [(self._scale(tp, w, p0), w) for w in self.scales]
+        # the scale that speaks loudest: qualifying ones first, then the highest z
+        (z, k, n, ok), w = max(results, key=lambda r: (r[0][3], r[0][0]))
+        st.score, st.negative_share, st.volume = z, k / n if n else 0.0, n
         was_severity = st.severity if st.active else ""
         if not st.active:
-            if z >= self.z_threshold and rise_ok and n >= self.min_volume:
+            if ok:
                 st.active, st.since = True, window_end
-        elif z < self.z_clear or share - p0 < self.min_delta / 2 or n < self.min_volume / 2:
+        elif z < self.z_clear or not risen(k / n if n else 0.0, p0, 1.0, self.min_delta / 2):
             st.active, st.severity, st.since = False, "", None
             return None
         if not st.active:
             return None
-        st.severity = "critical" if z >= self.z_critical and rise_ok else (was_severity or "warning")
+        critical = z >= self.z_critical and risen(k / n, p0, self.min_ratio, self.min_delta)
+        st.severity = "critical" if critical else (was_severity or "warning")
         if st.severity != was_severity:  # a new alarm, or an escalation to critical
-            return make_alert(self.name, st, window_end, self.window_s * len(tp.recent), k, n)
+            return make_alert(self.name, st, window_end, self.window_s * min(w, len(tp.recent)), k, n)
         return None

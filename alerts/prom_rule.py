@@ -7,8 +7,8 @@ on exactly the series the in-stream detectors see (and a sample is confirmed on 
 Prometheus by ``tests/test_alerts_bench_prometheus.py``).
 
 The rule mirrors the in-stream z-test without state: the short window's negative count is tested
-against the long window's share (sums divided, never ratios averaged), with the same rise and
-volume floors. Prometheus has no EWMA and no overdispersion estimate, so its z threshold is
+against the long window's share (sums divided, never ratios averaged), with the same rise (odds
+ratio and share delta) and volume floors. Prometheus has no EWMA and no overdispersion estimate, so its z threshold is
 higher (measured: ``finsent bench alerts``).
 """
 
@@ -70,7 +70,7 @@ def _alert_expr(p: PromRuleParams, z: float, ratio: float) -> str:
     n = p.names()
     return (
         f"{n['z']} >= {z:g}\n"
-        f"and on (topic) {n['ratio_s']} >= {ratio:g} * {n['ratio_l']}\n"
+        f"and on (topic) {n['ratio_s']} / (1 - {n['ratio_s']}) >= {ratio:g} * {n['ratio_l']} / (1 - {n['ratio_l']})\n"
         f"and on (topic) ({n['ratio_s']} - {n['ratio_l']}) >= {p.min_delta:g}\n"
         f"and on (topic) {n['rate_s']} * {p.short_s} >= {p.min_volume}\n"
         f"and on (topic) {n['rate_l']} * {p.long_s} >= {p.min_baseline}\n"
@@ -180,9 +180,10 @@ def evaluate(neg: np.ndarray, tot: np.ndarray, p: PromRuleParams | None = None, 
         rl = kl / nl
         pl = np.clip(rl, p.p_floor, 1 - p.p_floor)
         z = (ks - ns * pl) / np.sqrt(ns * pl * (1 - pl))
+        odds_s, odds_l = rs / (1 - rs), rl / (1 - rl)
     common = (rs - rl >= p.min_delta) & (ns >= p.min_volume) & (nl >= p.min_baseline)
-    warn = common & (z >= p.z_warning) & (rs >= p.min_ratio * rl)
-    crit = common & (z >= p.z_critical) & (rs >= p.critical_ratio * rl)
+    warn = common & (z >= p.z_warning) & (odds_s >= p.min_ratio * odds_l)
+    crit = common & (z >= p.z_critical) & (odds_s >= p.critical_ratio * odds_l)
     hold = _seconds(p.for_) // step_s if p.for_ != "0s" else 0
     out = np.zeros(neg.shape, dtype=np.int8)
     for level, cond in ((1, warn), (2, crit)):

@@ -119,3 +119,13 @@ def test_prometheus_rule_model_fires_after_for_and_not_on_flat_traffic():
     assert sev[0, 119] == 0 and sev[1].max() == 0  # flat 50 % topic never fires
     sev0 = evaluate(neg, tot, PromRuleParams(for_="0s"))
     assert int(np.argmax(sev0[0] > 0)) == first - 1
+
+
+@pytest.mark.parametrize("cls", DETECTORS)
+def test_chronic_topic_jumping_well_above_its_level_alarms(cls):
+    """50 % -> 90 % cannot be a 2x share, but it is a 9x rise in the odds: a real spike."""
+    rng = np.random.default_rng(4)
+    det = cls()
+    assert feed(det, noisy(rng, 240, 0.5, 30)) == []
+    hits = feed(det, noisy(rng, 10, 0.9, 30), start=240)
+    assert hits and hits[0][0] - 240 + 1 <= 5
