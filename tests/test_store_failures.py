@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -99,3 +100,27 @@ def test_chdb_path_held_by_another_process_is_a_clear_error(tmp_path: Path) -> N
         assert "in use by another process" in proc.stderr
     finally:
         holder.communicate("", timeout=30)
+
+
+def test_percent_encoded_password_works_and_is_never_shown(tmp_path: Path) -> None:
+    password = "p@ss:w/rd?&#%"
+    server = ClickHouseServer(tmp_path / "auth", users={"finsent": password})
+    server.start()
+    try:
+        encoded = quote(password, safe="")
+        store = open_store(f"clickhouse://finsent:{encoded}@127.0.0.1:{server.tcp_port}/auth_db")
+        try:
+            store.ensure_schema()
+            assert store.count() == {"rows": 0, "unique_ids": 0}
+            assert encoded not in store.url_redacted and "p@ss" not in store.url_redacted
+        finally:
+            store.close()
+        bad = open_store(f"clickhouse://finsent:nope@127.0.0.1:{server.tcp_port}/auth_db")
+        try:
+            with pytest.raises(StoreError) as info:
+                bad.count()
+            assert not isinstance(info.value, StoreUnavailable) and "nope" not in str(info.value)
+        finally:
+            bad.close()
+    finally:
+        server.stop()

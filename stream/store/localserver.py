@@ -9,6 +9,7 @@ server config must never sit in a directory a finsent process runs from.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 import socket
@@ -51,7 +52,7 @@ USERS_XML = """<?xml version="1.0"?>
 <yandex>
   <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
   <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-    <profile>default</profile><quota>default</quota></default></users>
+    <profile>default</profile><quota>default</quota></default>{extra_users}</users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
     <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
@@ -91,8 +92,10 @@ class ClickHouseServer:
         http_port: int | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        users: dict[str, str] | None = None,
     ) -> None:
-        """With ``tls_cert``/``tls_key`` (PEM) the server also speaks TLS on ``self.tls_port``."""
+        """With ``tls_cert``/``tls_key`` (PEM) the server also speaks TLS on ``self.tls_port``;
+        ``users`` adds loopback-only users with these passwords (stored as SHA-256)."""
         self.root = Path(root)
         self.tcp_port = tcp_port or free_port()
         self.http_port = http_port or free_port()
@@ -107,7 +110,13 @@ class ClickHouseServer:
         self.config.write_text(
             CONFIG_XML.format(root=self.root, tcp_port=self.tcp_port, http_port=self.http_port, tls=tls)
         )
-        (self.root / "users.xml").write_text(USERS_XML)
+        extra = "".join(
+            f"\n    <{name}><password_sha256_hex>{hashlib.sha256(pw.encode()).hexdigest()}</password_sha256_hex>"
+            f"<networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota>"
+            f"</{name}>"
+            for name, pw in (users or {}).items()
+        )
+        (self.root / "users.xml").write_text(USERS_XML.format(extra_users=extra))
 
     def url(self, database: str = "finsent_test") -> str:
         return f"clickhouse://default@127.0.0.1:{self.tcp_port}/{database}"
