@@ -133,6 +133,18 @@ def test_same_id_reingested_later_the_same_day_is_one_item(store) -> None:
     assert (tc.total, tc.neutral, tc.negative) == (1, 1, 0)
 
 
+def test_topic_minute_merges_model_versions_as_a_set_union(store) -> None:
+    t = datetime.fromtimestamp((int(utcnow().timestamp()) // 60 - 2) * 60, tz=UTC) + timedelta(seconds=3)
+    a1 = make_item("a", "negative", ingested_at=t, model_version="m1", scored_at=t + timedelta(seconds=1))
+    b2 = make_item("b", "negative", ingested_at=t, model_version="m2", scored_at=t + timedelta(seconds=1))
+    a2 = make_item("a", "negative", ingested_at=t, model_version="m2", scored_at=t + timedelta(seconds=9))
+    store.insert_scored([a1, b2])
+    store.insert_scored([a2, a1])  # re-score of a by m2 (same label), redelivery of a by m1
+    assert store.topic_minute_counts(timedelta(hours=1)) == [TopicCounts(t.replace(second=0), "macro", 2, 2, 0, 0)]
+    versions = store.query(f"SELECT DISTINCT model_version FROM {store.database}.topic_minute ORDER BY model_version")
+    assert versions == [("m1",), ("m2",)]
+
+
 def test_alerts_are_idempotent_by_id(store) -> None:
     now = utcnow().replace(microsecond=0)
     a = Alert(topic="macro", fired_at=now, window_start=now - timedelta(minutes=1), window_end=now, negative=7,
@@ -147,7 +159,7 @@ def test_alerts_are_idempotent_by_id(store) -> None:
     assert got[0] == {
         "id": a.id, "topic": "macro", "fired_at": now, "window_start": a.window_start, "window_end": now,
         "negative": 7, "total": 10, "negative_share": 0.7, "baseline_share": 0.2, "score": 5.5,
-        "detector": "ewma", "severity": "warning",
+        "detector": "ewma", "severity": "warning", "model_version": "",
     }
     assert got[1]["severity"] == "critical"
     assert store.alerts(timedelta(seconds=5)) == got[:1]

@@ -35,8 +35,11 @@ Tables (all names are relative to the store's database, ``finsent`` by default)
 
 ``topic_minute`` -- per-topic per-minute distinct-id counts (AggregatingMergeTree, fed by the
 materialized view ``topic_minute_mv`` on every insert into ``items``)
-    minute    DateTime('UTC')                          toStartOfMinute(ingested_at)
-    topic     LowCardinality(String)
+    minute         DateTime('UTC')                     toStartOfMinute(ingested_at)
+    topic          LowCardinality(String)
+    model_version  LowCardinality(String)              model that scored the rows counted here; merging
+                                                       states across versions is a set union, so
+                                                       ``GROUP BY minute, topic`` still counts each id once
     items     AggregateFunction(uniqExact, String)      read with uniqExactMerge(items)
     negative  AggregateFunction(uniqExactIf, String, UInt8)  read with uniqExactIfMerge(negative)
     neutral   (same)                                    uniqExactIfMerge(neutral)
@@ -45,6 +48,7 @@ materialized view ``topic_minute_mv`` on every insert into ``items``)
 ``alerts`` -- one row per alert (ReplacingMergeTree(version), ORDER BY id)
     id, topic, fired_at, window_start, window_end (DateTime('UTC')), negative, total (UInt32),
     negative_share, baseline_share, score (Float64), detector, severity (LowCardinality(String)),
+    model_version LowCardinality(String) ('' unless the Alert event carries ``model_version``),
     version UInt64 (fired_at in epoch ms: a re-fired alert replaces the earlier row).
 
 Why these choices
@@ -148,6 +152,7 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("score", "Float64"),
     ("detector", "LowCardinality(String)"),
     ("severity", "LowCardinality(String)"),
+    ("model_version", "LowCardinality(String)"),
     ("version", "UInt64"),
 )
 
@@ -209,7 +214,7 @@ def create_statements(db: str, caps: Capabilities, retention_days: int = 0) -> l
     db = check_database_name(db)
     sentiments = ("negative", "neutral", "positive")
     agg_cols = [("minute", "DateTime('UTC')"), ("topic", "LowCardinality(String)"),
-                ("items", "AggregateFunction(uniqExact, String)")]
+                ("model_version", "LowCardinality(String)"), ("items", "AggregateFunction(uniqExact, String)")]
     agg_cols += [(s, "AggregateFunction(uniqExactIf, String, UInt8)") for s in sentiments]
     states = ",\n    ".join(f"uniqExactIfState(id, toUInt8(sentiment = '{s}')) AS {s}" for s in sentiments)
     return [
@@ -224,13 +229,13 @@ ORDER BY (toStartOfDay(ingested_at), id){_ttl_clause(ITEMS, caps, retention_days
     {_columns_sql(agg_cols)}
 ) ENGINE = AggregatingMergeTree()
 PARTITION BY toYYYYMM(minute)
-ORDER BY (topic, minute){_ttl_clause(TOPIC_MINUTE, caps, retention_days)}""",
+ORDER BY (topic, minute, model_version){_ttl_clause(TOPIC_MINUTE, caps, retention_days)}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{TOPIC_MINUTE_MV} TO {db}.{TOPIC_MINUTE} AS
-SELECT toStartOfMinute(ingested_at) AS minute, topic,
+SELECT toStartOfMinute(ingested_at) AS minute, topic, model_version,
     uniqExactState(id) AS items,
     {states}
 FROM {db}.{ITEMS}
-GROUP BY minute, topic""",
+GROUP BY minute, topic, model_version""",
         f"""CREATE TABLE IF NOT EXISTS {db}.{ALERTS} (
     {_columns_sql(ALERT_COLUMNS)}
 ) ENGINE = ReplacingMergeTree(version)
@@ -353,6 +358,7 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         _prob(a.score),
         _text(a.detector),
         _text(a.severity),
+        _text(str(getattr(a, "model_version", "") or "")),
         version,
     )
 
