@@ -21,8 +21,9 @@ clock as ``store.topic_counts`` and the dashboards). A window is closed by the o
 
 Delivery: at-least-once. A worker killed between sending partial counts and committing its
 offsets re-sends them, so a window can be over-counted after a crash; the exact, deduplicated
-counts are in ClickHouse (``alerts.runner.AlertRunner`` works from those). After a rebalance the
-new owner of a topic starts its baseline afresh (no alarm until ``min_baseline`` items).
+counts are in ClickHouse (``alerts.runner.AlertRunner`` works from those). On start-up the
+detector's baselines are warmed from the counts stored in the last hours (``prime``), so a
+restarted worker is not blind while they re-fill.
 """
 
 from __future__ import annotations
@@ -143,6 +144,35 @@ class InStreamAlerts:
             except Exception:
                 log.exception("alert sink %r failed", sink)
 
+    def prime(self, lookback: timedelta = timedelta(hours=3)) -> int:
+        """Blocking: warm the baselines from counts stored before the first live window.
+
+        A restarted worker would otherwise stay blind until every baseline re-filled. Alerts raised
+        on this history are dropped (they were raised, stored and sent before). Returns windows fed.
+        """
+        store = self._store()
+        if store is None:
+            return 0
+        w = self.detector.window_s
+        until = EPOCH + timedelta(seconds=self.closer.next_start)
+        try:
+            rows = store.topic_counts(since=utcnow() - until + lookback, bucket_s=w, until=until)
+        except Exception:
+            log.exception("could not read stored counts to warm the spike detector; starting cold")
+            return 0
+        by_end: dict[datetime, dict[str, tuple[int, int]]] = defaultdict(dict)
+        for r in rows:
+            by_end[r.bucket + timedelta(seconds=w)][r.topic] = (int(r.negative), int(r.total))
+        if not by_end:
+            return 0
+        end, fed = min(by_end), 0
+        while end <= until:
+            self.detector.observe(end, by_end.get(end, {}))
+            end += timedelta(seconds=w)
+            fed += 1
+        log.info("spike detector warmed on %d stored windows (%d topics)", fed, len(self.detector.states()))
+        return fed
+
     def tick(self, now: datetime) -> tuple[int, list[Alert]]:
         """Feed the windows closed by ``now`` to the detector: (windows closed, alerts raised)."""
         new: list[Alert] = []
@@ -183,14 +213,19 @@ def attach(app: Any, settings: Settings, **kwargs: Any) -> InStreamAlerts:
             except (ValueError, KeyError, TypeError):
                 state.bad_values += 1
 
+    primed: list[bool] = []
+
     @app.timer(interval=max(0.2, min(1.0, window_s / 4)))
     async def close_windows() -> None:
+        loop = asyncio.get_running_loop()
+        if not primed:
+            primed.append(True)
+            await loop.run_in_executor(state.pool, state.prime)
         closed, new = state.tick(utcnow())
         if not closed:
             return
         for a in new:
             await alerts_topic.send(key=a.topic.encode("utf-8"), value=a.to_json())
-        loop = asyncio.get_running_loop()
         await loop.run_in_executor(state.pool, state.deliver, new, dict(state.detector.states()))
 
     return state

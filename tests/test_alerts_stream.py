@@ -125,3 +125,38 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
     assert alert.id in {a.id for a in published}
     assert all(a.topic == topic_a for a in published)
     store.close()
+
+
+class _CountsStore:
+    """A fake store for the pure priming logic: only ``topic_counts``."""
+
+    def __init__(self, rows):
+        self.rows = rows
+        self.calls = []
+
+    def topic_counts(self, since, bucket_s=60, until=None):
+        self.calls.append((since, bucket_s, until))
+        return [r for r in self.rows if r.bucket + timedelta(seconds=bucket_s) <= until]
+
+
+def test_prime_warms_baselines_from_stored_counts_so_a_restart_is_not_blind():
+    from alerts.stream import InStreamAlerts
+    from stream.settings import load_settings
+    from stream.store.base import TopicCounts
+
+    now = utcnow()
+    first = (int(now.timestamp()) // 60 + 1) * 60  # the closer's first live window starts here
+    rows = [TopicCounts(datetime.fromtimestamp(first - 60 * (m + 1), UTC), "banking", 20, 2, 18, 0)
+            for m in range(120)]
+    store = _CountsStore(rows)
+    state = InStreamAlerts(load_settings(), store_getter=lambda: store, sinks=[])
+    state.closer.next_start = first
+    assert state.prime() == 120
+    st = state.detector.states()["banking"]
+    assert st.baseline_share is not None and abs(st.baseline_share - 0.1) < 0.01
+    # the first live windows can alarm at once: 60 % at 20 items/min
+    t = datetime.fromtimestamp(first, UTC)
+    for m in range(4):
+        state.closer.add("banking", first + 60 * m, 12, 20)
+    closed, alerts = state.tick(t + timedelta(minutes=4, seconds=5))
+    assert closed == 4 and [a.topic for a in alerts] == ["banking"]
