@@ -207,8 +207,10 @@ class Scorer:
         holder: ClassifierHolder,
         store_factory: Callable[[], Any],
         stats: WorkerStats | None = None,
+        owns_store: bool = True,
     ) -> None:
         self.settings = settings
+        self.owns_store = owns_store
         self.holder = holder
         self._store_factory = store_factory
         self.store: Any = None
@@ -217,6 +219,8 @@ class Scorer:
         self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-model")
         self.store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-store")
         self.stopping = threading.Event()
+        #: set when the agent stops: a batch in flight may finish, but a failing store is not retried
+        self.draining = threading.Event()
         self.inflight: asyncio.Future[None] | None = None
         self.scored_topic: Any = None
         self.dlq_topic: Any = None
@@ -246,15 +250,16 @@ class Scorer:
                     log.warning("store unavailable (%s); retrying this batch of %d in %.2fs", exc, len(scored), delay)
                 else:
                     log.exception("store insert failed; retrying this batch of %d in %.2fs", len(scored), delay)
-                if self.stopping.wait(delay):
+                if self.draining.wait(delay):  # set when stopping: give up, the batch stays unacked
                     raise WorkerStopping("stopped while the store was failing; batch left unacked") from exc
                 delay = min(delay * 2, RETRY_MAX_S)
 
     def close(self) -> None:
         self.stopping.set()
+        self.draining.set()
         self.model_pool.shutdown(wait=True)
         self.store_pool.shutdown(wait=True)
-        if self.store is not None:
+        if self.store is not None and self.owns_store:
             try:
                 self.store.close()
             except Exception:  # pragma: no cover - best effort at exit
@@ -329,7 +334,7 @@ class Scorer:
             except Exception:
                 log.exception("publishing %d scored / %d dead letters failed; retrying in %.2fs", len(scored),
                               len(dead), delay)
-                if self.stopping.is_set():
+                if self.stopping.is_set() or self.draining.is_set():
                     raise WorkerStopping("stopped while Kafka was failing; batch left unacked") from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
@@ -352,6 +357,7 @@ class Scorer:
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Let the batch in flight finish storing (called when the agent stops)."""
+        self.draining.set()
         if self.inflight is not None and not self.inflight.done():
             done, _ = await asyncio.wait({self.inflight}, timeout=timeout_s)
             if not done:
@@ -403,7 +409,11 @@ def create_app(
     if classifier is None:
         classifier = load_classifier(settings)
     if store is not None:
-        store_factory: Callable[[], Any] = lambda: store  # noqa: E731
+
+        def store_factory() -> Any:
+            store.ensure_schema()
+            return store
+
     else:
         from stream.store import open_store
 
@@ -434,6 +444,9 @@ def create_app(
         broker_heartbeat_interval=max(session_s / 5, 0.5),
         broker_commit_interval=commit_interval_s,
         broker_max_poll_records=max(settings.batch_max * 4, 500),
+        # Faust's wait_empty would wait forever for offsets the AckGuard keeps unacked (a batch whose
+        # store failed): at stop, commit what is acked and leave the rest for redelivery.
+        stream_wait_empty=False,
         stream_buffer_maxsize=max(settings.batch_max * 8, 1024),
         producer_acks=-1,
         producer_linger=0.005,
@@ -441,7 +454,7 @@ def create_app(
         consumer_max_fetch_size=max(settings.max_message_bytes + 64 * 1024, 4 * 1_048_576),
     )
     holder = ClassifierHolder(classifier)
-    scorer = Scorer(settings, holder, store_factory, stats)
+    scorer = Scorer(settings, holder, store_factory, stats, owns_store=store is None)
     scorer.scored_topic = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
     scorer.dlq_topic = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
     raw_topic = app.topic(settings.topic_raw, key_type=bytes, value_type=bytes, allow_empty=True)

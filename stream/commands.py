@@ -18,6 +18,11 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def with_overrides(settings: Settings, **overrides: Any) -> Settings:
+    """A validated copy of ``settings`` with some fields replaced (flags beat env and file)."""
+    return type(settings)(**{**settings.model_dump(), **overrides})
+
+
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
     from stream.broker import BrokerError, EmbeddedBroker
     from stream.kafka import quiet_client_logs
@@ -57,6 +62,30 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
         print("broker stopped", file=sys.stderr)
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "consumer_group": args.group,
+            "batch_max": args.batch_max,
+            "batch_within_s": args.batch_within,
+            "metrics_port": args.metrics_port,
+            "model_dir": args.model_dir,
+        }.items()
+        if v is not None
+    }
+    if overrides:
+        settings = with_overrides(settings, **overrides)
+    from stream.kafka import KafkaUnavailable
+    from stream.worker import run_worker
+
+    try:
+        return run_worker(settings)
+    except KafkaUnavailable as exc:
+        print(f"finsent worker: {exc}", file=sys.stderr)
+        return 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "broker",
@@ -76,3 +105,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="do not create the finsent topics at start-up (default: create raw/scored/dlq/alerts)",
     )
     p.set_defaults(func=_broker)
+
+    w = sub.add_parser(
+        "worker",
+        help="run the scoring worker: raw topic -> classifier -> store + scored topic (a service)",
+        description=(
+            "Consume the raw topic in batches, score each batch with the classifier off the event loop, store "
+            "the rows (idempotent by item id), publish them to the scored topic, and only then commit the "
+            "offsets. Malformed messages go to the dead-letter topic with a reason. Serves Prometheus metrics "
+            "on FINSENT_METRICS_HOST:FINSENT_METRICS_PORT. Run several with the same --group to scale out "
+            "(up to one per partition). Stops cleanly on SIGTERM/Ctrl-C."
+        ),
+    )
+    w.add_argument("--group", help="consumer group id (FINSENT_CONSUMER_GROUP, default finsent-worker)")
+    w.add_argument("--batch-max", type=int, help="largest batch scored at once (FINSENT_BATCH_MAX)")
+    w.add_argument("--batch-within", type=float, metavar="SECONDS", help="longest wait to fill a batch")
+    w.add_argument("--metrics-port", type=int, help="port of /metrics; 0 = off (FINSENT_METRICS_PORT)")
+    w.add_argument("--model-dir", help="model directory (default: the shipped model; FINSENT_MODEL_DIR)")
+    w.set_defaults(func=_worker)

@@ -73,7 +73,8 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, timeo
                 admin.create_topics(spec, timeout_ms=int(timeout_s * 1000))
             admin.wait_for_topics(missing, timeout_ms=int(timeout_s * 1000))
             log.info("created topics %s with %d partitions", ", ".join(missing), settings.partitions)
-        for desc in admin.describe_topics([t for t in wanted if t in existing]):
+        present = [t for t in wanted if t in existing]
+        for desc in admin.describe_topics(present) if present else []:
             n = len(desc.get("partitions") or [])
             if n and n != settings.partitions:
                 log.warning(

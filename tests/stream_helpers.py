@@ -1,0 +1,105 @@
+"""Helpers for the stream tests: settings with fresh topic/group names, producing, reading topics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from stream.events import RawItem, utcnow
+from stream.kafka import ensure_topics, make_consumer, make_producer
+from stream.settings import Settings, load_settings
+
+TEXTS = (
+    "shares of acme jump after record quarterly earnings",
+    "oil prices fall as demand weakens",
+    "bank cuts rates target, analysts see more cuts",
+    "tech stock drops 10 percent after ceo leaves",
+    "gold price rises to a new high",
+)
+
+
+def stream_settings(bootstrap: str, store: str, suffix: str, **kw: Any) -> Settings:
+    """Settings on fresh topics and a fresh consumer group (Tansu quirk: never reuse a group)."""
+    values: dict[str, Any] = {
+        "brokers": bootstrap,
+        "store": store,
+        "topic_raw": f"raw-{suffix}",
+        "topic_scored": f"scored-{suffix}",
+        "topic_dlq": f"dlq-{suffix}",
+        "topic_alerts": f"alerts-{suffix}",
+        "consumer_group": f"g-{suffix}",
+        "partitions": 2,
+        "session_timeout_ms": 6000,
+        "batch_max": 16,
+        "batch_within_s": 0.1,
+        "metrics_port": 0,
+        "max_message_bytes": 4096,
+    }
+    values.update(kw)
+    s = load_settings(**values)
+    ensure_topics(s)
+    return s
+
+
+def make_items(n: int, prefix: str = "it") -> list[RawItem]:
+    now = utcnow()
+    return [
+        RawItem(id=f"{prefix}-{i}", source="test", source_type="news", text=f"{TEXTS[i % len(TEXTS)]} #{i}",
+                ingested_at=now)
+        for i in range(n)
+    ]
+
+
+def produce(settings: Settings, values: Iterable[bytes | None], keys: Iterable[bytes | None] | None = None) -> int:
+    producer = make_producer(settings, client_id="test-producer")
+    n = 0
+    try:
+        vals = list(values)
+        ks = list(keys) if keys is not None else [None] * len(vals)
+        for k, v in zip(ks, vals, strict=True):
+            producer.send(settings.topic_raw, key=k, value=v)
+            n += 1
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    return n
+
+
+def produce_items(settings: Settings, items: Iterable[RawItem]) -> int:
+    items = list(items)
+    return produce(settings, [it.to_json() for it in items], [it.id.encode() for it in items])
+
+
+def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 30.0) -> list[Any]:
+    """Read ``topic`` from the start without a group until ``expect`` records (or a quiet timeout)."""
+    consumer = make_consumer(settings, topic, group_id=None, consumer_timeout_ms=int(timeout_s * 1000))
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=500)
+            for records in batch.values():
+                out.extend(records)
+        # a little longer: extra records (duplicates) would show up here
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend(records)
+    finally:
+        consumer.close()
+    return out
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def reasons(records: Iterable[Any]) -> list[str]:
+    return sorted(json.loads(r.value)["reason"] for r in records)
