@@ -53,8 +53,8 @@ def _as_utc(value: Any) -> Any:
 class SqlStore:
     """Everything in the :class:`~stream.store.base.Store` protocol, over three backend hooks.
 
-    Subclasses implement :meth:`_select`, :meth:`_command`, :meth:`_insert` and
-    :meth:`_server_version`. Every public method holds ``self._lock`` for its whole duration:
+    Subclasses implement :meth:`_select`, :meth:`_command` and :meth:`_insert` (and may
+    override :attr:`capabilities`). Every public method holds ``self._lock`` for its whole duration:
     one statement at a time per store object (the worker calls from one executor thread; the
     lock makes accidental sharing safe rather than fast).
     """
