@@ -66,6 +66,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.rate is not None and args.speedup is not None:
         print("finsent ingest replay: use either --rate or --speedup, not both", file=sys.stderr)
         return 2
+    from ingest.metrics import serve_metrics
+
+    serve_metrics(args.metrics_port, settings.metrics_host)
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, use_dedup=args.dedup)
     try:
         stats = replay(
@@ -242,6 +245,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--source-type", choices=("news", "social"), default="news", help="default source_type (news)")
     p.add_argument("--encoding", default="utf-8-sig", help="file encoding (default utf-8; e.g. latin-1)")
     p.add_argument("--dedup", action="store_true", help="also drop items already published (off: replays repeat)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     p.set_defaults(func=cmd_replay)
 

@@ -55,6 +55,16 @@ def _rows(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any] | Non
     """(row number, row dict or None when unparseable, problem) for CSV or JSONL."""
     suffix = path.suffix.lower()
     with path.open("r", encoding=encoding, newline="") as fh:
+        if suffix == ".json" and fh.read(64).lstrip().startswith("["):  # a JSON array of objects
+            fh.seek(0)
+            try:
+                rows = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise ReplayInputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            for n, obj in enumerate(rows, start=1):
+                yield (n, obj, "") if isinstance(obj, dict) else (n, None, "not a JSON object")
+            return
+        fh.seek(0)
         if suffix in (".jsonl", ".ndjson", ".json"):
             n = 0
             for line in fh:

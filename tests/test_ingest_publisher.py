@@ -163,3 +163,10 @@ def test_replay_stops_early_on_request(tmp_path) -> None:
     t0 = time.monotonic()
     stats = replay([path], pipe, rate=20, progress=False, stop=stop)  # 100 items at 20/s would take 5 s
     assert time.monotonic() - t0 < 1.5 and 5 <= stats.produced <= 15
+
+
+def test_replay_reads_a_json_array_file(tmp_path) -> None:
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps([{"text": "one", "id": "x1"}, 5, {"text": "two $AMD"}]))
+    items = list(iter_file_items(path))
+    assert [i.text for i in items] == ["one", "two $AMD"] and items[0].id == "x1" and items[1].tickers == ("AMD",)
