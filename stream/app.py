@@ -37,12 +37,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,8 @@ class WorkerStats:
     stored: int = 0
     batches: int = 0
     dead_lettered: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: items ingested before this are not sampled for latency (the demo's back-filled history)
+    latency_floor: datetime | None = None
     #: recent ingested_at -> stored latencies in seconds (bounded)
     latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=200_000))
     inference_s: float = 0.0
@@ -225,6 +229,7 @@ class Scorer:
         self.scored_topic: Any = None
         self.dlq_topic: Any = None
         self.consumer: Any = None
+        self.datadir: Path | None = None
 
     # -- blocking parts (executor threads) ---------------------------------------------------
     def _open_store(self) -> Any:
@@ -264,6 +269,8 @@ class Scorer:
                 self.store.close()
             except Exception:  # pragma: no cover - best effort at exit
                 log.exception("closing the store failed")
+        if self.datadir is not None:
+            shutil.rmtree(self.datadir, ignore_errors=True)
 
     # -- the event-loop side ------------------------------------------------------------------
     async def handle(self, events: Sequence[Any]) -> None:
@@ -314,7 +321,11 @@ class Scorer:
         with self.stats.lock:
             self.stats.stored += len(scored)
             self.stats.store_s += store_s
-            self.stats.latencies.extend(lat)
+            floor = self.stats.latency_floor
+            if floor is None:
+                self.stats.latencies.extend(lat)
+            else:
+                self.stats.latencies.extend(x for s, x in zip(scored, lat, strict=True) if s.item.ingested_at >= floor)
             for d in dead:
                 self.stats.dead_lettered[d.reason] += 1
         guard.release()
@@ -400,6 +411,7 @@ def create_app(
     loop: asyncio.AbstractEventLoop | None = None,
     commit_interval_s: float = 1.0,
     stats: WorkerStats | None = None,
+    attach_alerts: bool = True,
 ) -> faust.App:
     """The Faust app with the scoring agent. ``app.finsent`` is its :class:`Scorer`.
 
@@ -423,7 +435,8 @@ def create_app(
             return s
 
     group = app_id or settings.consumer_group
-    datadir = Path(tempfile.gettempdir()) / f"finsent-faust-{group}"
+    # Faust wants a data directory even without tables; a private temp one, removed at close
+    datadir = Path(tempfile.mkdtemp(prefix="finsent-faust-"))
     session_s = settings.session_timeout_ms / 1000
     app = faust.App(
         group,
@@ -458,6 +471,7 @@ def create_app(
     scorer.scored_topic = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
     scorer.dlq_topic = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
     raw_topic = app.topic(settings.topic_raw, key_type=bytes, value_type=bytes, allow_empty=True)
+    scorer.datadir = datadir
     app.finsent = scorer  # type: ignore[attr-defined]
     worker_metrics().model_info.labels(
         str(getattr(classifier, "version", "?")), str(getattr(classifier, "provider", "?"))
@@ -472,7 +486,8 @@ def create_app(
         finally:
             await scorer.drain()
 
-    _attach_alerts(app, settings)
+    if attach_alerts:
+        _attach_alerts(app, settings)
     return app
 
 

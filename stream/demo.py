@@ -1,0 +1,442 @@
+"""``finsent demo``: the whole pipeline on one machine with nothing installed, ending on its own.
+
+What runs (all real parts, in this process unless noted):
+
+* a Tansu broker (child process, in-memory, 127.0.0.1, free port);
+* the scoring worker (the same Faust app as ``finsent worker``, on a background event loop) with
+  the shipped model, storing into a fresh embedded ClickHouse (chdb) directory;
+* a replay of the seed tweets in ``stream/demo_data/tweets.jsonl`` at ``--rate`` items/s, preceded
+  by a short back-filled history (items with past ``ingested_at``) so the detector has a baseline;
+* part-way through, a NEGATIVE SPIKE on one topic: extra tweets labelled negative in the dataset
+  that the model also scores negative and puts in that topic (chosen at start by scoring the pool);
+  plus a few malformed messages that must end on the dead-letter topic;
+* the alert detector (``alerts.runner.AlertRunner``) polling counts FROM THE STORE -- the alert is
+  real detection on stored data, not a scripted message.
+
+A live rich display shows rates, stored rows, per-topic negative shares and alerts; a summary
+JSON (``--summary-json``) records what happened for CI.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import random
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from stream.events import RawItem, format_time, stable_id, utcnow
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEMO_DATA = Path(__file__).parent / "demo_data" / "tweets.jsonl"
+WINDOW_S = 5  # detector window: short, so a demo of a minute or two sees a dozen windows
+HISTORY_S = 240  # back-filled history before "now"
+HISTORY_RATE = 3.0  # items/s of back-filled history
+
+
+def load_tweets(path: Path = DEMO_DATA) -> list[dict[str, Any]]:
+    """The seed tweets (text + dataset label where known)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"demo data {path} is missing; reinstall finsent (it ships with the package)")
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def choose_spike(classifier: Any, tweets: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The spike topic and its texts: negative-labelled tweets the model scores negative, grouped by
+    the topic the model gives them; the biggest group wins (so the spike is one the model can see)."""
+    pool = [t["text"] for t in tweets if t.get("sentiment") == "negative"]
+    preds = classifier.predict(pool)
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for text, p in zip(pool, preds, strict=True):
+        if p.sentiment == "negative":
+            groups[p.topic].append(text)
+    if not groups:  # a model that never says negative: spike with the labelled pool, grouped by topic anyway
+        for text, p in zip(pool, preds, strict=True):
+            groups[p.topic].append(text)
+    topic = max(groups, key=lambda k: len(groups[k]))
+    return topic, groups[topic]
+
+
+MALFORMED: tuple[bytes, ...] = (
+    b"definitely not json",
+    b'{"id": "demo-bad-1", "source": "demo", "source_type": "news"}',
+    b'{"id": "demo-bad-2", "source": "demo", "source_type": "news", "text": "   "}',
+    b'{"id": "demo-bad-3", "source": "demo", "source_type": "tv", "text": "stocks"}',
+)
+
+
+@dataclass
+class DemoState:
+    """Shared between the producer thread and the display loop."""
+
+    produced: int = 0
+    produced_spike: int = 0
+    produced_history: int = 0
+    malformed_sent: int = 0
+    producer_error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class DemoProducer(threading.Thread):
+    """Publishes history, then live background traffic at ``rate``/s, the spike, and a few malformed messages."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tweets: list[dict[str, Any]],
+        spike_texts: list[str],
+        seconds: float,
+        rate: float,
+        spike_window: tuple[float, float],
+        spike_rate: float,
+        state: DemoState,
+        run_id: str,
+        history: bool = True,
+    ) -> None:
+        super().__init__(name="finsent-demo-producer", daemon=True)
+        self.settings = settings
+        self.tweets = tweets
+        self.spike_texts = spike_texts
+        self.seconds = seconds
+        self.rate = rate
+        self.spike_window = spike_window
+        self.spike_rate = spike_rate
+        self.state = state
+        self.run_id = run_id
+        self.history = history
+        self.stop_flag = threading.Event()
+        self._seq = 0
+        self._rng = random.Random(11)
+
+    def _item(self, text: str, ingested_at: datetime, source: str) -> RawItem:
+        self._seq += 1
+        return RawItem(
+            id=stable_id("demo", self.run_id, str(self._seq)),
+            source=source,
+            source_type="social",
+            text=text,
+            ingested_at=ingested_at,
+            author="demo",
+        )
+
+    def _publish(self, publisher: Any, items: list[RawItem]) -> None:
+        if items:
+            publisher.publish(items)
+
+    def run(self) -> None:
+        from stream.kafka import make_producer
+
+        try:
+            publisher = _publisher(self.settings)
+            raw = make_producer(self.settings, client_id="finsent-demo-malformed")
+        except Exception as exc:  # reported by the display loop
+            self.state.producer_error = str(exc)
+            self.state.done.set()
+            return
+        try:
+            bg = list(self.tweets)
+            self._rng.shuffle(bg)
+            bg_i = 0
+            if self.history:
+                now = utcnow()
+                n = int(HISTORY_S * HISTORY_RATE)
+                hist = []
+                for k in range(n):
+                    ts = now - timedelta(seconds=HISTORY_S) + timedelta(seconds=k / HISTORY_RATE)
+                    hist.append(self._item(bg[bg_i % len(bg)]["text"], ts, "demo-history"))
+                    bg_i += 1
+                for j in range(0, len(hist), 200):
+                    self._publish(publisher, hist[j : j + 200])
+                with self.state.lock:
+                    self.state.produced += len(hist)
+                    self.state.produced_history += len(hist)
+            t0 = time.monotonic()
+            tick = 0.1
+            owed_bg = owed_spike = 0.0
+            malformed_at = self.seconds * 0.3
+            while not self.stop_flag.is_set():
+                el = time.monotonic() - t0
+                if el >= self.seconds:
+                    break
+                owed_bg += self.rate * tick
+                if self.spike_window[0] <= el < self.spike_window[1]:
+                    owed_spike += self.spike_rate * tick
+                now = utcnow()
+                batch = []
+                while owed_bg >= 1:
+                    batch.append(self._item(bg[bg_i % len(bg)]["text"], now, "demo"))
+                    bg_i += 1
+                    owed_bg -= 1
+                n_spike = 0
+                while owed_spike >= 1:
+                    batch.append(self._item(self._rng.choice(self.spike_texts), now, "demo-spike"))
+                    owed_spike -= 1
+                    n_spike += 1
+                self._publish(publisher, batch)
+                with self.state.lock:
+                    self.state.produced += len(batch)
+                    self.state.produced_spike += n_spike
+                if el >= malformed_at and not self.state.malformed_sent:
+                    for value in MALFORMED:
+                        raw.send(self.settings.topic_raw, key=b"demo-bad", value=value)
+                    raw.flush(timeout=30)
+                    with self.state.lock:
+                        self.state.malformed_sent = len(MALFORMED)
+                time.sleep(max(0.0, tick - (time.monotonic() - t0 - el)))
+        except Exception as exc:
+            log.exception("demo producer failed")
+            self.state.producer_error = str(exc)
+        finally:
+            publisher.close()
+            raw.close()
+            self.state.done.set()
+
+
+def _publisher(settings: Settings) -> Any:
+    """The ingest package's acked publisher (waits for every record's ack)."""
+    from ingest.publisher import Publisher
+
+    return Publisher(settings, client_id="finsent-demo", ensure_topic=False)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[max(0, min(998, int(q * 1000) - 1))]
+
+
+def _render(
+    state: DemoState, scorer: Any, shares: list[tuple[str, int, float]], alerts: list[Any], elapsed: float,
+    seconds: float, spike_topic: str, spike_window: tuple[float, float], rate_now: float,
+) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    st = scorer.stats.snapshot()
+    phase = "spike on " + spike_topic if spike_window[0] <= elapsed < spike_window[1] else (
+        "after the spike" if elapsed >= spike_window[1] else "calm")
+    head = Table.grid(padding=(0, 3))
+    head.add_row(f"[b]t[/b] {min(elapsed, seconds):5.1f} / {seconds:.0f} s", f"[b]phase[/b] {phase}",
+                 f"[b]rate[/b] {rate_now:6.1f} stored/s")
+    head.add_row(f"[b]produced[/b] {state.produced}", f"[b]stored[/b] {st['stored']}",
+                 f"[b]dead-lettered[/b] {sum(st['dead_lettered'].values())}")
+    tbl = Table(title=f"negative share per topic, last {3 * WINDOW_S}s (stored counts)", expand=False)
+    tbl.add_column("topic")
+    tbl.add_column("items", justify="right")
+    tbl.add_column("negative", justify="right")
+    tbl.add_column("", justify="left")
+    for topic, total, share in shares[:10]:
+        bar = "█" * int(round(share * 20))
+        style = "bold red" if topic == spike_topic and elapsed >= spike_window[0] else ""
+        tbl.add_row(f"[{style}]{topic}[/]" if style else topic, str(total), f"{share:5.0%}", bar)
+    lines = [f"[bold red]ALERT[/] {a.topic}: negative {a.negative_share:.0%} vs baseline {a.baseline_share:.0%} "
+             f"({a.negative}/{a.total}, {a.detector} score {a.score:.1f}, {a.severity}) at {format_time(a.fired_at)}"
+             for a in alerts]
+    return Panel(Group(head, tbl, *(lines or ["[dim]no alerts yet[/dim]"])), title="finsent demo")
+
+
+def _topic_shares(store: Any, since_s: int) -> list[tuple[str, int, float]]:
+    rows = store.topic_counts(since=timedelta(seconds=since_s), bucket_s=since_s)
+    agg: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for r in rows:
+        agg[r.topic][0] += r.negative
+        agg[r.topic][1] += r.total
+    out = [(t, tot, neg / tot if tot else 0.0) for t, (neg, tot) in agg.items()]
+    return sorted(out, key=lambda x: -x[1])
+
+
+def run_demo(
+    settings: Settings,
+    seconds: float = 75.0,
+    rate: float = 40.0,
+    summary_json: str | None = None,
+    model_dir: str | None = None,
+    store_url: str | None = None,
+    history: bool = True,
+) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.live import Live
+
+    from alerts.ewma_zscore import EwmaZScore
+    from alerts.runner import AlertRunner
+    from stream.broker import EmbeddedBroker
+    from stream.kafka import ensure_topics, quiet_client_logs
+    from stream.store import open_store
+    from stream.worker import WorkerThread
+
+    console = Console(stderr=False)
+    quiet_client_logs(settings)
+    if settings.log_level.upper() != "DEBUG":  # log lines would tear the live display
+        logging.getLogger().setLevel(logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="finsent-demo-"))
+    tweets = load_tweets()
+    with console.status("loading the model..."):
+        from models.runtime import Classifier
+
+        classifier = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
+                                     threads=settings.model_threads)
+        spike_topic, spike_texts = choose_spike(classifier, tweets)
+    console.print(f"model {classifier.version} on {classifier.provider}; spike topic: [b]{spike_topic}[/b] "
+                  f"({len(spike_texts)} distinct negative tweets)")
+    spike_window = (seconds * 0.45, seconds * 0.75)
+    spike_rate = max(2.0, rate * 0.3)
+    run_id = stable_id("run", format_time(utcnow()) or "")[:8]
+    state = DemoState()
+    broker = EmbeddedBroker(log_path=tmp / "tansu.log")
+    summary: dict[str, Any] = {}
+    store = None
+    worker = None
+    producer = None
+    try:
+        with console.status("starting the broker..."):
+            broker.start()
+        s = settings.model_copy(update={
+            "brokers": broker.bootstrap,
+            "store": store_url or f"chdb://{tmp / 'chdb'}",
+            "session_timeout_ms": 6000,
+            "partitions": 2,
+            "consumer_group": f"finsent-demo-{run_id}",
+            "metrics_port": 0,
+        })
+        ensure_topics(s)
+        store = open_store(s.store)
+        store.ensure_schema()
+        worker = WorkerThread(s, classifier=classifier, store=store, attach_alerts=False)
+        worker.start()
+        live_start = utcnow()
+        worker.scorer.stats.latency_floor = live_start
+        detector = EwmaZScore(window_s=WINDOW_S, short_windows=2, fast_windows=1, halflife_windows=24,
+                              min_volume=15, min_baseline=40)
+        runner = AlertRunner(store, detector, WINDOW_S, lookback=timedelta(seconds=HISTORY_S + 30), grace_s=1.5)
+        producer = DemoProducer(s, tweets, spike_texts, seconds, rate, spike_window, spike_rate, state, run_id,
+                                history=history)
+        producer.start()
+        t0 = time.monotonic()
+        alerts: list[Any] = []
+        alert_times: list[dict[str, Any]] = []
+        shares: list[tuple[str, int, float]] = []
+        rate_hist: collections.deque[tuple[float, int]] = collections.deque(maxlen=50)
+        last_poll = 0.0
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while True:
+                el = time.monotonic() - t0
+                stored = worker.scorer.stats.snapshot()["stored"]
+                rate_hist.append((el, stored))
+                rate_now = ((rate_hist[-1][1] - rate_hist[0][1]) / (rate_hist[-1][0] - rate_hist[0][0])
+                            if len(rate_hist) > 1 and rate_hist[-1][0] > rate_hist[0][0] else 0.0)
+                if el - last_poll >= 1.0:
+                    last_poll = el
+                    for a in runner.poll():
+                        alerts.append(a)
+                        alert_times.append({"topic": a.topic, "fired_at": format_time(a.fired_at),
+                                            "t_s": round(el, 1), "severity": a.severity,
+                                            "negative_share": a.negative_share, "baseline_share": a.baseline_share})
+                    shares = _topic_shares(store, 3 * WINDOW_S)
+                live.update(_render(state, worker.scorer, shares, alerts, el, seconds, spike_topic, spike_window,
+                                    rate_now))
+                if state.producer_error:
+                    raise RuntimeError(f"demo producer failed: {state.producer_error}")
+                if not worker.alive():
+                    raise RuntimeError(f"scoring worker died: {worker.error}")
+                if state.done.is_set():
+                    st = worker.scorer.stats.snapshot()
+                    drained = st["stored"] >= state.produced and sum(st["dead_lettered"].values()) >= \
+                        state.malformed_sent
+                    if drained or el > seconds + 30:
+                        break
+                time.sleep(0.25)
+            # a last detector pass over the final closed windows
+            time.sleep(1.6)
+            for a in runner.poll():
+                alerts.append(a)
+                alert_times.append({"topic": a.topic, "fired_at": format_time(a.fired_at),
+                                    "t_s": round(time.monotonic() - t0, 1), "severity": a.severity,
+                                    "negative_share": a.negative_share, "baseline_share": a.baseline_share})
+        elapsed = time.monotonic() - t0
+        st = worker.scorer.stats.snapshot()
+        with worker.scorer.stats.lock:
+            lat = list(worker.scorer.stats.latencies)
+        counts = store.count()
+        live_stored = st["stored"] - state.produced_history
+        summary = {
+            "produced": state.produced,
+            "produced_live": state.produced - state.produced_history,
+            "produced_history": state.produced_history,
+            "produced_spike": state.produced_spike,
+            "malformed_sent": state.malformed_sent,
+            "stored": counts["rows"],
+            "stored_unique_ids": counts["unique_ids"],
+            "duplicates_in_store": counts["rows"] - counts["unique_ids"],
+            "lost": max(0, state.produced - counts["unique_ids"]),
+            "dead_lettered": sum(st["dead_lettered"].values()),
+            "dead_lettered_by_reason": st["dead_lettered"],
+            "spike_topic": spike_topic,
+            "spike_window_s": [round(spike_window[0], 1), round(spike_window[1], 1)],
+            "alerts": alert_times,
+            "spike_detected": any(a["topic"] == spike_topic for a in alert_times),
+            "throughput_msgs_per_s": round(live_stored / elapsed, 1) if elapsed > 0 else 0.0,
+            "offered_rate_msgs_per_s": rate + spike_rate * (spike_window[1] - spike_window[0]) / seconds,
+            "latency_ms": {
+                "p50": round((_percentile(lat, 0.50) or 0) * 1000, 1),
+                "p99": round((_percentile(lat, 0.99) or 0) * 1000, 1),
+                "samples": len(lat),
+            },
+            "seconds": round(elapsed, 1),
+            "model_version": classifier.version,
+            "model_provider": classifier.provider,
+        }
+    finally:
+        if producer is not None:
+            producer.stop_flag.set()
+            producer.join(15)
+        if worker is not None:
+            worker.stop()
+        if store is not None:
+            store.close()
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    _print_summary(console, summary)
+    if summary_json:
+        Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def _print_summary(console: Any, summary: dict[str, Any]) -> None:
+    if not summary:
+        return
+    alerts = summary["alerts"]
+    console.print(
+        f"\n[b]done[/b] in {summary['seconds']}s: produced {summary['produced']} "
+        f"({summary['produced_history']} history + {summary['produced_live']} live, "
+        f"{summary['produced_spike']} spike), "
+        f"stored {summary['stored']} (duplicates {summary['duplicates_in_store']}, lost {summary['lost']}), "
+        f"dead-lettered {summary['dead_lettered']} {summary['dead_lettered_by_reason']}"
+    )
+    console.print(
+        f"throughput {summary['throughput_msgs_per_s']} items/s (offered {summary['offered_rate_msgs_per_s']:.1f}); "
+        f"ingest->stored latency p50 {summary['latency_ms']['p50']} ms, p99 {summary['latency_ms']['p99']} ms"
+    )
+    if summary["spike_detected"]:
+        first = next(a for a in alerts if a["topic"] == summary["spike_topic"])
+        console.print(f"[bold green]spike on {summary['spike_topic']} detected[/] at t={first['t_s']}s "
+                      f"(spike began at t={summary['spike_window_s'][0]}s)")
+    else:
+        console.print(f"[bold red]the spike on {summary['spike_topic']} was NOT detected[/]")
+    others = [a for a in alerts if a["topic"] != summary["spike_topic"]]
+    if others:
+        console.print(f"other alerts: {', '.join(a['topic'] for a in others)}")
