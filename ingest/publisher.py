@@ -248,6 +248,11 @@ class Publisher:
                         on_acked(acked)
                 if not pending:
                     break
+                # start the next round from a fresh producer: after expired batches an idempotent
+                # producer can be left in a state it never recovers from, and a restarted broker may
+                # have lost the topic (re-checked on connect)
+                self._drop_producer()
+                self._topic_ready = False
                 now = time.monotonic()
                 if deadline is not None and now + delay > deadline:
                     raise PublishError(

@@ -170,3 +170,24 @@ def test_replay_reads_a_json_array_file(tmp_path) -> None:
     path.write_text(json.dumps([{"text": "one", "id": "x1"}, 5, {"text": "two $AMD"}]))
     items = list(iter_file_items(path))
     assert [i.text for i in items] == ["one", "two $AMD"] and items[0].id == "x1" and items[1].tickers == ("AMD",)
+
+
+def test_broker_restart_mid_stream_nothing_lost(unique_name) -> None:
+    port = free_port()
+    settings = Settings(brokers=f"127.0.0.1:{port}", topic_raw=f"raw.{unique_name}", partitions=1)
+    publisher = Publisher(settings, delivery_timeout_s=3, backoff_s=(0.2, 1.0))
+    before, after = _items(5, "before"), _items(5, "after")
+    broker = EmbeddedBroker(port=port, start_timeout_s=30).start()
+    try:
+        assert len(publisher.publish(before).acked) == 5
+        broker.stop()  # in-memory broker: everything it held is gone, like a crashed cluster
+        restart = threading.Timer(2.0, broker.start)
+        restart.start()
+        res = publisher.publish(after)  # fails while the broker is down, then succeeds on the new one
+        restart.join()
+        assert sorted(i.id for i in res.acked) == sorted(i.id for i in after)
+        publisher.close()
+        got = consume_all(broker.bootstrap, settings.topic_raw, expect=5)
+        assert sorted(r["id"] for r in got) == sorted(i.id for i in after)
+    finally:
+        broker.stop()
