@@ -94,6 +94,20 @@ def test_query_commands_on_chdb(chdb_db_url: str, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.integration
+def test_query_schema_prints_the_ddl_of_this_server(clickhouse_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _cli(capsys, "--store", clickhouse_db_url, "query", "schema")
+    assert rc == 0 and "ClickHouse 18.16" in out and "TTL not supported" in out
+    assert "ReplacingMergeTree(version)" in out and "CREATE MATERIALIZED VIEW IF NOT EXISTS" in out
+    db = clickhouse_db_url.rsplit("/", 1)[1]
+    store = open_store(clickhouse_db_url)
+    try:  # it also created what it printed
+        tables = {t for (t,) in store.query("SELECT name FROM system.tables WHERE database = {d:String}", {"d": db})}
+    finally:
+        store.close()
+    assert tables == {"items", "topic_minute", "topic_minute_mv", "alerts"}
+
+
+@pytest.mark.integration
 def test_query_count_subprocess_on_server(clickhouse_db_url: str) -> None:
     _seed(clickhouse_db_url)
     env = {**os.environ, "FINSENT_STORE": clickhouse_db_url, "PYTHONPATH": str(REPO)}

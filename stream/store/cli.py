@@ -175,6 +175,22 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _schema(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.store import schema
+
+    store = _open(settings)
+    try:
+        caps = store.capabilities  # type: ignore[attr-defined]
+        db = store.database  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    print(f"-- finsent schema for ClickHouse {caps.version_text} ({store.url_redacted}); "
+          f"TTL {'supported' if caps.ttl else 'not supported'}, retention_days={settings.retention_days}")
+    for stmt in schema.create_statements(db, caps, settings.retention_days):
+        print(stmt + ";\n")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "query",
@@ -216,6 +232,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="only alerts fired in the last DURATION (default: all)")
     a.add_argument("--json", action="store_true", help="print a JSON list")
     a.set_defaults(func=_run(_alerts))
+
+    s = sub.add_parser(
+        "schema",
+        help="create the schema if missing and print its DDL for this server",
+        description="Create the tables if missing (idempotent) and print the DDL finsent uses on this server "
+        "version (what a DBA or a Grafana author needs to know). Column meanings: pydoc stream.store.schema.",
+    )
+    s.set_defaults(func=_run(_schema))
 
 
 def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
