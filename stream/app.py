@@ -115,6 +115,9 @@ class WorkerStats:
     latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=200_000))
     inference_s: float = 0.0
     store_s: float = 0.0
+    #: monotonic times of the first batch received and of the last batch stored (throughput benchmarks)
+    first_batch_t: float | None = None
+    last_stored_t: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> dict[str, Any]:
@@ -276,6 +279,8 @@ class Scorer:
     async def handle(self, events: Sequence[Any]) -> None:
         """Process one batch from ``take_events``; returns once it is scored (storing may still run)."""
         loop = asyncio.get_running_loop()
+        if self.stats.first_batch_t is None:
+            self.stats.first_batch_t = time.monotonic()
         guard = AckGuard(events)
         messages = [
             RawMessage(ev.value, ev.message.topic, ev.message.partition, ev.message.offset) for ev in events
@@ -321,6 +326,7 @@ class Scorer:
         with self.stats.lock:
             self.stats.stored += len(scored)
             self.stats.store_s += store_s
+            self.stats.last_stored_t = time.monotonic()
             floor = self.stats.latency_floor
             if floor is None:
                 self.stats.latencies.extend(lat)

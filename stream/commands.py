@@ -165,3 +165,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--no-history", dest="history", action="store_false",
                    help="skip the back-filled history (the detector then has little baseline)")
     d.set_defaults(func=_demo)
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from stream.bench_pipeline import register_bench as _register
+
+    _register(bench_sub)

@@ -1,0 +1,305 @@
+"""``finsent bench pipeline``: is the streaming machinery a tax on the model?
+
+Two rates with the same classifier object, the same batch size, the same texts, on the same
+machine, in one run:
+
+* **model-only**: ``classifier.predict`` over the texts in batches of ``batch_max`` (after a warm-up);
+* **pipeline**: a backlog of the same items on the raw topic of a real broker (embedded Tansu),
+  consumed by the real scoring worker (Faust, decode, model in its executor, store insert,
+  publish to the scored topic, offset commit), from the first batch received to the last one
+  stored.
+
+Their ratio is the efficiency of the pipeline (target >= 0.9). Then latency: items are offered
+at a fixed rate (``--load`` x the measured pipeline capacity, default 0.5) for ``--latency-seconds``
+and each item's ``ingested_at`` -> stored time is taken; p50/p99 are reported (target p99 <= 1 s
+at half capacity). ``--write-results`` replaces the "Pipeline" section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from stream.events import RawItem, stable_id, utcnow
+from stream.settings import Settings
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[max(0, min(998, int(q * 1000) - 1))]
+
+
+def model_only_rate(classifier: Any, texts: list[str], batch: int, repeat: int = 1) -> float:
+    """Items/s of ``classifier.predict`` alone in batches of ``batch`` (best of ``repeat``)."""
+    classifier.predict(texts[: min(len(texts), batch)])  # warm-up
+    best = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), batch):
+            classifier.predict(texts[i : i + batch])
+        best = max(best, len(texts) / (time.perf_counter() - t0))
+    return best
+
+
+def _items(texts: list[str], run: str, prefix: str) -> list[RawItem]:
+    now = utcnow()
+    return [
+        RawItem(id=stable_id("bench", run, prefix, str(i)), source="bench", source_type="social", text=t,
+                ingested_at=now)
+        for i, t in enumerate(texts)
+    ]
+
+
+def _produce(settings: Settings, items: list[RawItem]) -> None:
+    from stream.kafka import make_producer
+
+    producer = make_producer(settings, client_id="finsent-bench")
+    try:
+        for it in items:
+            producer.send(settings.topic_raw, key=it.id.encode(), value=it.to_json())
+        producer.flush(timeout=120)
+    finally:
+        producer.close()
+
+
+def _paced_producer(settings: Settings, texts: list[str], rate: float, seconds: float, run: str,
+                    sent: list[int]) -> threading.Thread:
+    """Publish at ``rate`` items/s for ``seconds``, stamping ``ingested_at`` at send time."""
+    from stream.kafka import make_producer
+
+    def loop() -> None:
+        producer = make_producer(settings, client_id="finsent-bench-paced", linger_ms=0)
+        t0 = time.monotonic()
+        i = 0
+        try:
+            while True:
+                el = time.monotonic() - t0
+                if el >= seconds:
+                    break
+                due = int(el * rate)
+                while i < due:
+                    it = RawItem(id=stable_id("bench-lat", run, str(i)), source="bench", source_type="social",
+                                 text=texts[i % len(texts)], ingested_at=utcnow())
+                    producer.send(settings.topic_raw, key=it.id.encode(), value=it.to_json())
+                    i += 1
+                producer.flush()
+                time.sleep(0.005)
+            producer.flush(timeout=60)
+        finally:
+            producer.close()
+            sent.append(i)
+
+    th = threading.Thread(target=loop, name="finsent-bench-producer", daemon=True)
+    th.start()
+    return th
+
+
+def _wait(cond: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"benchmark timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def run_bench(settings: Settings, items: int, load: float, latency_seconds: float, model_dir: str | None,
+              store_url: str | None, progress: Any = print) -> dict[str, Any]:
+    from models.runtime import Classifier
+    from stream.broker import EmbeddedBroker
+    from stream.demo import load_tweets
+    from stream.kafka import ensure_topics, quiet_client_logs
+    from stream.store import open_store
+    from stream.worker import WorkerThread
+
+    quiet_client_logs(settings)
+    tweets = [t["text"] for t in load_tweets()]
+    texts = [tweets[i % len(tweets)] for i in range(items)]
+    tmp = Path(tempfile.mkdtemp(prefix="finsent-bench-"))
+    run = stable_id("bench", str(time.time()))[:8]
+    progress("loading the model")
+    clf = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
+                          threads=settings.model_threads)
+    batch = settings.batch_max
+    progress(f"model-only: {items} items in batches of {batch}")
+    model_rate = model_only_rate(clf, texts, batch)
+    progress(f"model-only: {model_rate:.1f} items/s")
+    load_before = os.getloadavg()
+    broker = EmbeddedBroker(log_path=tmp / "tansu.log")
+    store = None
+    worker = None
+    try:
+        broker.start()
+        s = settings.model_copy(update={
+            "brokers": broker.bootstrap,
+            "store": store_url or f"chdb://{tmp / 'chdb'}",
+            "session_timeout_ms": 6000,
+            "consumer_group": f"finsent-bench-{run}",
+            "metrics_port": 0,
+        })
+        ensure_topics(s)
+        store = open_store(s.store)
+        store.ensure_schema()
+        progress(f"pipeline: producing a backlog of {items} items")
+        _produce(s, _items(texts, run, "backlog"))
+        worker = WorkerThread(s, classifier=clf, store=store, attach_alerts=False).start()
+        stats = worker.scorer.stats
+        _wait(lambda: stats.snapshot()["stored"] >= items, 60 + items / max(model_rate, 1) * 5, "the backlog")
+        assert stats.first_batch_t is not None and stats.last_stored_t is not None
+        pipe_s = stats.last_stored_t - stats.first_batch_t
+        pipe_rate = items / pipe_s
+        st = stats.snapshot()
+        progress(f"pipeline: {pipe_rate:.1f} items/s ({pipe_rate / model_rate:.0%} of model-only)")
+
+        offered = max(1.0, load * pipe_rate)
+        progress(f"latency: offering {offered:.1f} items/s for {latency_seconds:.0f}s")
+        with stats.lock:
+            stats.latencies.clear()
+        stored_before = stats.snapshot()["stored"]
+        sent: list[int] = []
+        th = _paced_producer(s, tweets, offered, latency_seconds, run, sent)
+        th.join(latency_seconds + 120)
+        _wait(lambda: bool(sent) and stats.snapshot()["stored"] - stored_before >= sent[0], 120, "paced items")
+        with stats.lock:
+            lat = list(stats.latencies)
+        counts = store.count()
+    finally:
+        if worker is not None:
+            worker.stop()
+        if store is not None:
+            store.close()
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "hardware": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                     "load_avg_at_start": [round(x, 2) for x in load_before]},
+        "model": {"version": clf.version, "variant": clf.variant, "provider": clf.provider,
+                  "threads": settings.model_threads},
+        "store": "chdb (embedded)" if store_url is None else store_url.split("://", 1)[0],
+        "broker": "Tansu (embedded, in-memory)",
+        "items": items,
+        "batch_max": batch,
+        "batch_within_s": settings.batch_within_s,
+        "model_only_msgs_per_s": round(model_rate, 1),
+        "pipeline_msgs_per_s": round(pipe_rate, 1),
+        "ratio": round(pipe_rate / model_rate, 3),
+        "pipeline_batches": st["batches"],
+        "pipeline_inference_s": round(st["inference_s"], 3),
+        "pipeline_store_s": round(st["store_s"], 3),
+        "latency": {
+            "offered_msgs_per_s": round(offered, 1),
+            "load_fraction": load,
+            "seconds": latency_seconds,
+            "samples": len(lat),
+            "p50_ms": round(_pct(lat, 0.50) * 1000, 1),
+            "p99_ms": round(_pct(lat, 0.99) * 1000, 1),
+            "max_ms": round(max(lat) * 1000, 1) if lat else None,
+        },
+        "store_rows": counts["rows"],
+        "store_duplicates": counts["rows"] - counts["unique_ids"],
+    }
+
+
+def results_section(r: dict[str, Any], command: str) -> str:
+    hw = r["hardware"]
+    lat = r["latency"]
+    return "\n".join([
+        "## Pipeline",
+        "",
+        f"`{command}` on {hw['cpu']}, {hw['cores']} cores, Python {hw['python']} (load average "
+        f"{hw['load_avg_at_start'][0]} at start: the machine is shared with a training run, so absolute "
+        "numbers are pessimistic; the ratio is what this benchmark is for).",
+        "",
+        f"Model {r['model']['version']} ({r['model']['variant']}, {r['model']['provider']}), batch "
+        f"{r['batch_max']}, {r['items']} items, store {r['store']}, broker {r['broker']}.",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| model-only (predict in batches of {r['batch_max']}) | {r['model_only_msgs_per_s']:,} items/s |",
+        f"| pipeline (Kafka -> Faust -> model -> store -> scored topic, from a backlog) | "
+        f"{r['pipeline_msgs_per_s']:,} items/s |",
+        f"| pipeline / model-only | {r['ratio']:.0%} (target >= 90%) |",
+        f"| offered load for latency | {lat['offered_msgs_per_s']} items/s ({lat['load_fraction']:.0%} of pipeline "
+        f"capacity, {lat['seconds']:.0f} s, {lat['samples']} items) |",
+        f"| ingested_at -> stored p50 | {lat['p50_ms']} ms |",
+        f"| ingested_at -> stored p99 | {lat['p99_ms']} ms (target <= 1000 ms) |",
+        f"| duplicates in the store | {r['store_duplicates']} |",
+        "",
+        "How: the pipeline rate is the number of backlog items over the time from the first batch the worker "
+        "received to the last batch it stored, so it includes decoding, the model in its executor thread, the "
+        "store insert (overlapped with scoring the next batch), publishing to the scored topic and waiting "
+        "for its acks; it excludes the consumer group join. Latency is each item's `ingested_at` (stamped at "
+        "send) to the moment its batch was stored, under a paced producer in the same process.",
+        "",
+    ])
+
+
+def write_section(path: Path, section: str, name: str = "## Pipeline") -> None:
+    """Replace (or append) one ``## `` section of a markdown file, leaving the others alone."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == name), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:])
+    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def bench_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.items < settings.batch_max:
+        print(f"finsent bench pipeline: --items must be at least the batch size ({settings.batch_max})")
+        return 2
+    if not 0 < args.load <= 1:
+        print("finsent bench pipeline: --load must be in (0, 1]")
+        return 2
+    r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store_url)
+    print(json.dumps(r, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+    if args.write_results:
+        cmd = (f"finsent bench pipeline --items {args.items} --load {args.load} "
+               f"--latency-seconds {args.latency_seconds:g}")
+        write_section(Path(args.write_results), results_section(r, cmd))
+        print(f"wrote the Pipeline section of {args.write_results}")
+    return 0
+
+
+def register_bench(bench_sub: Any) -> None:
+    p = bench_sub.add_parser(
+        "pipeline",
+        help="end-to-end rate vs model-only rate, and ingest->stored latency at a fixed load",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--items", type=int, default=3000, help="backlog size for the throughput runs (default 3000)")
+    p.add_argument("--load", type=float, default=0.5, help="offered load for latency, as a fraction of capacity")
+    p.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20)")
+    p.add_argument("--model-dir", help="model directory (default: the shipped model)")
+    p.add_argument("--store-url", help="store to write into (default: a temporary chdb directory)")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON here")
+    p.add_argument("--write-results", metavar="FILE", help="replace the '## Pipeline' section of FILE")
+    p.set_defaults(func=bench_command)
