@@ -1,0 +1,152 @@
+"""Pure logic of the scoring worker (no servers): decoding into dead letters, model-failure narrowing,
+the classifier holder, the ack guard against Faust's real Message refcounting, and the bench's
+RESULTS.md section writer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream.app import AckGuard, ClassifierHolder, RawMessage, decode_batch, score_items
+from stream.events import RawItem, utcnow
+
+
+def _raw(value: bytes | None, offset: int = 0) -> RawMessage:
+    return RawMessage(value, "finsent.raw", 1, offset)
+
+
+def test_decode_batch_splits_good_and_dead_with_reasons_and_origin() -> None:
+    good = RawItem(id="a", source="s", source_type="news", text="stocks up", ingested_at=utcnow()).to_json()
+    msgs = [_raw(good, 0), _raw(b"{nope", 1), _raw(None, 2), _raw(b'{"id":"x"}', 3), _raw(b"\xff", 4)]
+    items, dead = decode_batch(msgs, 10_000, 1000)
+    assert [i.id for i in items] == ["a"]
+    assert [d.reason for d in dead] == ["not_json", "empty_message", "missing_field", "invalid_utf8"]
+    body = json.loads(dead[0].body)
+    assert (body["topic"], body["partition"], body["offset"], body["payload"]) == ("finsent.raw", 1, 1, "{nope")
+    assert json.loads(dead[3].body)["payload_encoding"] == "hex"
+
+
+def test_decode_batch_truncates_long_text_and_rejects_oversize() -> None:
+    long = RawItem(id="l", source="s", source_type="news", text="x" * 500, ingested_at=utcnow()).to_json()
+    items, dead = decode_batch([_raw(long)], 10_000, 100)
+    assert len(items[0].text) == 100 and items[0].truncated and not dead
+    items, dead = decode_batch([_raw(long)], 300, 100)
+    assert not items and dead[0].reason == "oversize"
+
+
+@dataclass
+class _Pred:
+    sentiment: str = "negative"
+    sentiment_probs: dict[str, float] | None = None
+    topic: str = "Markets"
+    topic_prob: float = 0.9
+    truncated: bool = False
+
+
+class _PoisonClassifier:
+    """Fails any batch containing 'boom' (a fake for pure logic: which items get dead-lettered)."""
+
+    version = "fake-1"
+
+    def predict(self, texts: list[str]) -> list[_Pred]:
+        if any("boom" in t for t in texts):
+            raise RuntimeError("kaboom")
+        return [_Pred(sentiment_probs={"negative": 0.8, "neutral": 0.1, "positive": 0.1}, truncated=len(t) > 10)
+                for t in texts]
+
+
+def _item(i: int, text: str) -> RawItem:
+    return RawItem(id=f"i{i}", source="s", source_type="social", text=text, ingested_at=utcnow())
+
+
+def test_score_items_narrows_a_model_failure_to_the_poison_item() -> None:
+    items = [_item(0, "fine"), _item(1, "boom here"), _item(2, "a rather long text")]
+    scored, dead = score_items(_PoisonClassifier(), items)
+    assert [s.id for s in scored] == ["i0", "i2"]
+    assert all(s.model_version == "fake-1" for s in scored)
+    assert scored[1].item.truncated and not scored[0].item.truncated  # the model's truncation flag is kept
+    assert [d.reason for d in dead] == ["model_error"] and dead[0].key == b"i1"
+    assert "kaboom" in json.loads(dead[0].body)["detail"]
+
+
+def test_classifier_holder_swaps_atomically() -> None:
+    a, b = _PoisonClassifier(), _PoisonClassifier()
+    holder = ClassifierHolder(a)
+    assert holder.current is a
+    assert holder.swap(b) is a
+    assert holder.current is b
+
+
+class _Consumer:
+    """Records final acks (what faust.transport.Consumer.ack does when the refcount reaches 0)."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, message: Any) -> bool:
+        self.acked.append(message.offset)
+        return True
+
+
+class _Event:
+    def __init__(self, message: Any, consumer: _Consumer) -> None:
+        self.message = message
+        self._consumer = consumer
+
+    def ack(self) -> bool:
+        return self.message.ack(self._consumer)
+
+
+def test_ack_guard_holds_offsets_until_release_with_faust_refcounting() -> None:
+    from faust.types.tuples import ConsumerMessage
+
+    consumer = _Consumer()
+    msgs = [ConsumerMessage("finsent.raw", 0, off, 0.0, 0, None, b"k", b"v", None) for off in range(3)]
+    for m in msgs:
+        m.incref()  # what Faust's conductor does when it hands the message to our stream
+    events = [_Event(m, consumer) for m in msgs]
+    guard = AckGuard(events)
+    for ev in events:  # take_events' finally: acks after our loop body returns (or on close)
+        ev.ack()
+    assert consumer.acked == []  # not committable: the batch is not stored yet
+    guard.release()
+    assert consumer.acked == [0, 1, 2]
+    guard.release()  # idempotent
+    assert consumer.acked == [0, 1, 2]
+
+
+def test_ack_guard_never_released_keeps_offsets_uncommitted() -> None:
+    from faust.types.tuples import ConsumerMessage
+
+    consumer = _Consumer()
+    m = ConsumerMessage("finsent.raw", 0, 7, 0.0, 0, None, b"k", b"v", None)
+    m.incref()
+    AckGuard([_Event(m, consumer)])
+    _Event(m, consumer).ack()  # the generator's ack on crash/cancel
+    assert consumer.acked == []
+
+
+def test_results_section_replaces_only_its_own_section(tmp_path: Path) -> None:
+    from stream.bench_pipeline import write_section
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Benchmark results\n\n## Store\n\nstore text\n\n## Pipeline\n\nold\n\n## Alerts\n\nalerts text\n")
+    write_section(path, "## Pipeline\n\nnew numbers\n")
+    text = path.read_text()
+    assert "old" not in text and "new numbers" in text
+    assert text.index("## Store") < text.index("## Pipeline") < text.index("## Alerts")
+    assert "store text" in text and "alerts text" in text
+    write_section(tmp_path / "fresh.md", "## Pipeline\n\nx\n")
+    assert (tmp_path / "fresh.md").read_text().startswith("# Benchmark results\n\n## Pipeline")
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_demo_rejects_bad_rate(bad: float, capsys: pytest.CaptureFixture[str]) -> None:
+    from stream.cli import main
+
+    assert main(["demo", "--rate", str(bad)]) == 2
+    assert "--rate must be > 0" in capsys.readouterr().err
