@@ -28,7 +28,7 @@ Example::
     >>> for i in range(180, 190):                  # the share jumps to 30 % (3x) at 20 items/minute
     ...     alerts += det.observe(t0 + timedelta(minutes=i), {"banking": (6, 20)})
     >>> [(a.topic, (a.window_end - t0).seconds // 60 - 180, a.severity) for a in alerts]  # minutes after the jump
-    [('banking', 4, 'warning'), ('banking', 8, 'critical')]
+    [('banking', 6, 'warning')]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class BinomialCusum:
         self,
         window_s: int = 60,
         halflife_windows: float = 60.0,
-        threshold: float = 9.0,
+        threshold: float = 12.0,
         critical: float | None = None,
         min_ratio: float = 2.0,
         min_delta: float = 0.1,
@@ -99,7 +99,8 @@ class BinomialCusum:
                 tp = self._topics[topic] = _Topic(TopicState(topic), Baseline(self.decay))
             neg, tot = (int(x) for x in counts.get(topic, (0, 0)))
             alert = self._step(tp, window_end, neg, tot)
-            tp.baseline.update(neg, tot, learn_noise=not tp.state.active)  # noise: learnt in control only
+            calm = not tp.state.active and tp.s < self.threshold / 2  # noise: learnt in control only
+            tp.baseline.update(neg, tot, learn_noise=calm)
             if alert is not None:
                 alerts.append(alert)
             tp.idle = tp.idle + 1 if tot == 0 else 0

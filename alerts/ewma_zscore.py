@@ -57,8 +57,8 @@ class EwmaZScore:
         short_windows: int = 5,
         fast_windows: int = 2,
         halflife_windows: float = 60.0,
-        z_threshold: float = 5.0,
-        z_critical: float = 10.0,
+        z_threshold: float = 5.5,
+        z_critical: float = 11.0,
         min_ratio: float = 2.0,
         min_delta: float = 0.1,
         min_volume: int = 30,
@@ -98,7 +98,9 @@ class EwmaZScore:
             tp.recent.append((int(neg), int(tot)))
             if len(tp.recent) > self.short_windows:
                 old_neg, old_tot = tp.recent.popleft()
-                tp.baseline.update(old_neg, old_tot, learn_noise=not tp.state.active)
+                # noise is learnt in control only: not while a rise is building (it would teach that spikes are noise)
+                calm = not tp.state.active and tp.state.score < self.z_clear
+                tp.baseline.update(old_neg, old_tot, learn_noise=calm)
             alert = self._judge(tp, window_end)
             if alert is not None:
                 alerts.append(alert)

@@ -8,8 +8,9 @@ Prometheus by ``tests/test_alerts_bench_prometheus.py``).
 
 The rule mirrors the in-stream z-test without state: the short window's negative count is tested
 against the long window's share (sums divided, never ratios averaged), with the same rise (odds
-ratio and share delta) and volume floors. Prometheus has no EWMA and no overdispersion estimate, so its z threshold is
-higher (measured: ``finsent bench alerts``).
+ratio and share delta) and volume floors. Prometheus has no EWMA and no per-topic overdispersion estimate: it widens the
+variance by a fixed intra-minute correlation ``rho`` and uses a higher z threshold (measured:
+``finsent bench alerts``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class PromRuleParams:
     min_baseline: int = 200  # items in the long window
     for_: str = "1m"
     p_floor: float = 0.02
+    #: intra-minute correlation of items (beta-binomial): the variance of a minute of n items is
+    #: n p (1-p) (1 + (n-1) rho). The in-stream detector estimates it per topic; Prometheus uses this.
+    rho: float = 0.02
     dashboard_url: str = DEFAULT_DASHBOARD
 
     @property
@@ -120,7 +124,8 @@ def render_rules(p: PromRuleParams | None = None) -> str:
     z_expr = (
         f"({n['neg_rate_s']} - {n['rate_s']} * clamp({n['ratio_l']}, {pf:g}, {pc:g})) * {p.short_s}\n"
         f"/ sqrt({n['rate_s']} * {p.short_s} * clamp({n['ratio_l']}, {pf:g}, {pc:g})"
-        f" * (1 - clamp({n['ratio_l']}, {pf:g}, {pc:g})))\n"
+        f" * (1 - clamp({n['ratio_l']}, {pf:g}, {pc:g}))\n"
+        f"       * (1 + {p.rho:g} * clamp_min({n['rate_s']} * 60 - 1, 0)))\n"
     )
     rec = [
         (n["rate_s"], f"sum by (topic) (rate({sel_all}[{p.short}]))\n"),
@@ -179,7 +184,8 @@ def evaluate(neg: np.ndarray, tot: np.ndarray, p: PromRuleParams | None = None, 
         rs = ks / ns
         rl = kl / nl
         pl = np.clip(rl, p.p_floor, 1 - p.p_floor)
-        z = (ks - ns * pl) / np.sqrt(ns * pl * (1 - pl))
+        per_min = ns / (ws * step_s / 60.0)
+        z = (ks - ns * pl) / np.sqrt(ns * pl * (1 - pl) * (1 + p.rho * np.maximum(per_min - 1, 0)))
         odds_s, odds_l = rs / (1 - rs), rl / (1 - rl)
     common = (rs - rl >= p.min_delta) & (ns >= p.min_volume) & (nl >= p.min_baseline)
     warn = common & (z >= p.z_warning) & (odds_s >= p.min_ratio * odds_l)

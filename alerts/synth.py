@@ -12,7 +12,8 @@ Realism that matters for false alarms, each modelled on purpose:
 * chronically negative topics (45-60 % negative) that must never alarm on their level.
 
 Spikes multiply a topic's negative share by ``size`` (capped at 95 %) for ``duration`` minutes,
-volume unchanged (the harder case: real spikes usually also raise volume).
+volume unchanged (the harder case: real spikes usually also raise volume). They start in the
+busier part of the day, half on busy topics, 30 % on medium, 20 % on chronically negative ones.
 """
 
 from __future__ import annotations
@@ -108,20 +109,29 @@ def generate(
     share = 1.0 / (1.0 + np.exp(-logit))
     injected: list[Spike] = []
     if spikes:
-        eligible = [i for i, c in enumerate(classes) if c != "quiet"]
-        busy_until = np.full(n_topics, warmup_min)
-        for size, duration in spikes:
-            for _ in range(1000):
-                topic = int(rng.choice(eligible))
-                start = int(rng.integers(busy_until[topic], max(busy_until[topic] + 1, minutes - duration - 60)))
-                # spikes during the day, when someone has enough volume to see them
-                if start + duration + 60 < minutes and season[start] > 0.6 and start >= busy_until[topic]:
+        # half of the spikes on busy topics (where a 5-minute detection is statistically possible),
+        # the rest on medium and chronically negative ones; none on quiet topics (below any floor)
+        pools = [[i for i, c in enumerate(classes) if c == cls] for cls in ("busy", "medium", "chronic")]
+        pools = [pool for pool in pools if pool]
+        weights = np.array([0.5, 0.3, 0.2][: len(pools)])
+        taken: dict[int, list[tuple[int, int]]] = {}
+        order = rng.permutation(len(spikes))  # sizes and durations interleaved, not placed in plan order
+        for j in order:
+            size, duration = spikes[int(j)]
+            for _ in range(2000):
+                pool = pools[int(rng.choice(len(pools), p=weights / weights.sum()))]
+                topic = int(rng.choice(pool))
+                start = int(rng.integers(warmup_min, minutes - duration - 60))
+                lo, hi = start - spike_gap_min, start + duration + spike_gap_min  # spikes never overlap baselines
+                free = all(e <= lo or s0 >= hi for s0, e in taken.get(topic, []))
+                if free and season[start] > 0.6:  # in the busier part of the day
                     break
             else:
                 continue
             share[topic, start : start + duration] = np.minimum(0.95, share[topic, start : start + duration] * size)
-            busy_until[topic] = start + duration + spike_gap_min
+            taken.setdefault(topic, []).append((start, start + duration))
             injected.append(Spike(topic, start, duration, size))
+        injected.sort(key=lambda sp: (sp.topic, sp.start))
     k = concentration
     p = rng.beta(np.maximum(share * k, 1e-3), np.maximum((1 - share) * k, 1e-3))
     neg = rng.binomial(tot, p)

@@ -41,7 +41,7 @@ def test_promtool_unit_tests_pass(promtool):
 @pytest.mark.parametrize(
     "broken",
     [
-        {"min_ratio": 1.0, "min_delta": 0.0},  # no rise floor: the 10 % -> 15 % topic would fire
+        {"min_ratio": 1.0, "min_delta": 0.0},  # no rise floor: the 2 % -> 9 % topic would fire
         {"min_volume": 1},  # no volume floor: the handful-of-items topic would fire
         {"for_": "0s"},  # no `for`: fires a minute early
     ],
