@@ -12,6 +12,7 @@ Contract (what a client can rely on):
   "duplicates": [ids], "rejected": [{"index", "reason", "detail"}]}``. Items that are bad are
   rejected individually (the good ones in the same request are still accepted); when no item
   is usable the answer is ``400`` (``422`` for a well-formed body with only invalid items).
+* concurrent requests are merged into one publish (:class:`Coalescer`), each answered for its own items;
 * ``503`` (with ``Retry-After``) when Kafka does not ack in time: nothing is lost -- retry the
   same request; items that were acked before the failure are then reported as duplicates.
 * ``401`` without the bearer token (``settings.http_token``, compared in constant time),
@@ -23,11 +24,13 @@ The Kafka producer blocks, so publishing runs in a thread pool, never on the eve
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -117,6 +120,69 @@ def _item_from_json(obj: Any, max_text_chars: int) -> tuple[Entry | None, dict[s
     return Entry(item, tuple(dedup_keys(item, obj.get("guid")))), None
 
 
+@dataclass
+class _Outcome:
+    """Which of one batch's items (by object identity) were published / duplicates / oversize."""
+
+    published: set[int] = field(default_factory=set)
+    duplicates: set[int] = field(default_factory=set)
+    oversize: set[int] = field(default_factory=set)
+
+
+class Coalescer:
+    """Merge the items of concurrent requests into one publish (one acked batch, not one per request).
+
+    Requests that arrive while a publish is in flight wait for the next one, so under load the
+    batch grows by itself and at low load nothing waits for a timer. The flush loop runs as its
+    own task so a client that disconnects cannot cancel other clients' publish.
+    """
+
+    def __init__(self, pipeline: Pipeline, executor: ThreadPoolExecutor, publish_timeout_s: float) -> None:
+        self.pipeline = pipeline
+        self.executor = executor
+        self.publish_timeout_s = publish_timeout_s
+        self.pending: list[tuple[list[Entry], asyncio.Future[_Outcome]]] = []
+        self.flushing = False
+        self.flushes = 0
+        self._task: asyncio.Future[None] | None = None  # referenced so it is not garbage-collected
+
+    async def submit(self, entries: list[Entry]) -> _Outcome:
+        fut: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self.pending.append((entries, fut))
+        if not self.flushing:
+            self.flushing = True
+            self._task = asyncio.ensure_future(self._flush_loop())
+        return await asyncio.shield(fut)
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                entries = [e for es, _ in batch for e in es]
+                self.flushes += 1
+                try:
+                    res = await loop.run_in_executor(
+                        self.executor,
+                        functools.partial(
+                            self.pipeline.submit, METRIC_SOURCE, entries, give_up_after_s=self.publish_timeout_s
+                        ),
+                    )
+                except Exception as exc:  # PublishError -> 503; anything else -> 500, for every waiter
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                outcome = _Outcome(
+                    {id(i) for i in res.published}, {id(i) for i in res.duplicates}, {id(i) for i in res.oversize}
+                )
+                for _, f in batch:
+                    if not f.done():
+                        f.set_result(outcome)
+        finally:
+            self.flushing = False
+
+
 def _is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return host == "localhost"
@@ -135,6 +201,7 @@ def create_app(
     publish_timeout_s: float = 10.0,
 ) -> web.Application:
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="publish")
+    coalescer = Coalescer(pipeline, executor, publish_timeout_s)
     expected = f"Bearer {token}".encode() if token else None
     metrics = pipeline.metrics
 
@@ -176,26 +243,24 @@ def create_app(
         if not entries:
             status = 422 if values else 400
             return problem(status, "no valid items", accepted=[], duplicates=[], rejected=rejected)
-        loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(
-                executor, lambda: pipeline.submit(METRIC_SOURCE, entries, give_up_after_s=publish_timeout_s)
-            )
+            outcome = await coalescer.submit(entries)
         except PublishError as exc:
             log.error("publish failed, answering 503: %s", exc)
+            acked = {id(i) for i in exc.acked}
             return web.json_response(
                 {"error": f"Kafka is unavailable ({exc}); nothing was lost, retry the same request",
-                 "published": [i.id for i in exc.acked]},
+                 "published": [e.item.id for e in entries if id(e.item) in acked]},
                 status=503,
                 headers={"Retry-After": "5"},
             )
-        for item in result.oversize:
-            idx = next(i for i, e in enumerate(entries) if e.item.id == item.id)
-            rejected.append({"index": idx, "reason": "oversize", "detail": "encoded item exceeds max_message_bytes"})
+        for idx, e in enumerate(entries):
+            if id(e.item) in outcome.oversize:
+                rejected.append({"index": idx, "reason": "oversize", "detail": "encoded item > max_message_bytes"})
         return web.json_response(
             {
-                "accepted": [i.id for i in result.published],
-                "duplicates": [i.id for i in result.duplicates],
+                "accepted": [e.item.id for e in entries if id(e.item) in outcome.published],
+                "duplicates": [e.item.id for e in entries if id(e.item) in outcome.duplicates],
                 "rejected": rejected,
             },
             status=202,

@@ -170,3 +170,33 @@ def test_202_only_after_ack_then_503_when_broker_gone_and_nothing_lost(kafka_boo
     finally:
         if srv.thread.is_alive():
             srv.close()
+
+
+@pytest.mark.integration
+def test_concurrent_requests_are_coalesced_and_each_answered_for_its_items(kafka_bootstrap, unique_name, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = Settings(brokers=kafka_bootstrap, topic_raw=f"raw.{unique_name}", partitions=2)
+    pub = Publisher(settings)
+    app = create_app(_pipeline(tmp_path, pub), token=TOKEN)
+    srv = AppThread(app)
+    try:
+        def push(n: int) -> tuple[int, dict]:
+            # every request carries its own item and one shared item: exactly one request may publish the latter
+            body = [{"text": f"item {n}", "id": f"c-{unique_name}-{n}"}, {"text": "shared", "id": f"c-{unique_name}-s"}]
+            status, res, _ = srv.request("/v1/items", json.dumps(body).encode())
+            return status, res
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(push, range(40)))
+        assert all(status == 202 for status, _ in results)
+        for n, (_, res) in enumerate(results):
+            assert f"c-{unique_name}-{n}" in res["accepted"]
+        shared = f"c-{unique_name}-s"
+        assert sum(shared in res["accepted"] for _, res in results) == 1
+        assert sum(shared in res["duplicates"] for _, res in results) == 39
+        got = consume_all(kafka_bootstrap, settings.topic_raw, expect=41)
+        assert sorted(r["id"] for r in got) == sorted([f"c-{unique_name}-{n}" for n in range(40)] + [shared])
+    finally:
+        srv.close()
+        pub.close()
