@@ -35,6 +35,7 @@ def alertmanager_config(webhook_url: str) -> str:
     cfg["receivers"][0]["webhook_configs"][0]["url"] = webhook_url
     cfg["route"]["group_wait"] = "0s"
     cfg["route"]["group_interval"] = "1s"
+    cfg["templates"] = [str(DEPLOY / "alertmanager" / t) for t in cfg.get("templates", [])]
     return yaml.safe_dump(cfg)
 
 

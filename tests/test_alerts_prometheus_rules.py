@@ -60,4 +60,8 @@ def test_amtool_check_config(amtool):
     out = subprocess.run([amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
-    assert "1 inhibit rules" in out.stdout
+    assert "1 inhibit rules" in out.stdout and "1 templates" in out.stdout
+    tmpl = DEPLOY / "alertmanager" / "finsent.tmpl"
+    out = subprocess.run([amtool, "template", "render", f"--template.glob={tmpl}",
+                          '--template.text={{ template "finsent.text" . }}'], capture_output=True, text=True)
+    assert out.returncode == 0 and "Dashboard (top negative items of the window)" in out.stdout, out.stderr

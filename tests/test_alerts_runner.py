@@ -69,3 +69,22 @@ def test_runner_raises_the_spike_once_from_stored_counts(engine, request):
 def test_runner_rejects_a_window_mismatch():
     with pytest.raises(ValueError, match="window_s"):
         AlertRunner(store=None, detector=make_detector(load_settings()), window_s=30)  # type: ignore[arg-type]
+
+
+def test_watch_once_prints_and_stores_the_spike(clickhouse_db_url, capsys):
+    from stream.cli import main
+
+    store = open_store(clickhouse_db_url)
+    try:
+        store.ensure_schema()
+        store.insert_scored(_history(utcnow(), minutes=150, spike_last=6))
+    finally:
+        store.close()
+    assert main(["--store", clickhouse_db_url, "alerts", "watch", "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING  banking:" in out and "crypto" not in out
+    store = open_store(clickhouse_db_url)
+    try:
+        assert {r["topic"] for r in store.alerts(since=timedelta(hours=4))} == {"banking"}
+    finally:
+        store.close()
