@@ -181,6 +181,21 @@ def cmd_reddit(args: argparse.Namespace, settings: Settings) -> int:
     return run_sources(sources, args, settings, pipeline, publisher)
 
 
+def cmd_bluesky(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.fetch import Fetcher
+    from ingest.social.bluesky import BlueskySearchSource
+
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
+    fetcher = Fetcher.from_settings(settings)
+    interval = args.interval or min(settings.ingest_interval_s, 120.0)
+    sources = [
+        BlueskySearchSource(q, fetcher, token=_secret(settings.bluesky_token), base_url=args.base_url,
+                            interval_s=interval, language=args.language)
+        for q in dict.fromkeys(args.queries)
+    ]
+    return run_sources(sources, args, settings, pipeline, publisher)
+
+
 def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
@@ -217,7 +232,7 @@ def _positive(value: str) -> float:
 def register(subparsers: Any) -> None:
     ingest = subparsers.add_parser(
         "ingest",
-        help="publish news/social items to Kafka (replay, rss, mastodon, reddit, http)",
+        help="publish news/social items to Kafka (replay, rss, mastodon, reddit, bluesky, http)",
         description="Ingesters: every item is normalised (clean text, UTC times, canonical URL, tickers), "
         "deduplicated and published to the raw topic with acks=all.",
         epilog=EPILOG_COMMON,
@@ -294,6 +309,21 @@ def register(subparsers: Any) -> None:
                    "with a token)")
     _add_common(p, polling=True)
     p.set_defaults(func=cmd_reddit)
+
+    p = sub.add_parser(
+        "bluesky",
+        help="poll Bluesky post search (app.bsky.feed.searchPosts)",
+        description="Poll GET /xrpc/app.bsky.feed.searchPosts?q=...&sort=latest with a 'since' cursor and page "
+        "cursors. The public AppView may require auth for search: set FINSENT_BLUESKY_TOKEN (access JWT) and "
+        "--base-url to your PDS. RateLimit-Remaining/Reset and Retry-After are honoured.",
+        epilog=EPILOG_COMMON,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="search queries, e.g. '$AAPL' '#stocks'")
+    p.add_argument("--base-url", metavar="URL", help="XRPC host (default https://public.api.bsky.app)")
+    p.add_argument("--language", metavar="LANG", help="only posts in this language (e.g. en)")
+    _add_common(p, polling=True)
+    p.set_defaults(func=cmd_bluesky)
 
     p = sub.add_parser(
         "http",

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     ingest_interval_s: float = Field(300.0, gt=0, description="default poll interval per feed/API source")
     mastodon_token: SecretStr | None = Field(None, description="optional Mastodon access token (public timelines)")
     reddit_token: SecretStr | None = Field(None, description="Reddit OAuth bearer token; uses oauth.reddit.com")
+    bluesky_token: SecretStr | None = Field(None, description="Bluesky access JWT for searchPosts (optional)")
 
     # --- Alerts --------------------------------------------------------------------------------
     alert_window_s: int = Field(60, ge=1, description="tumbling window of the in-stream detector")

@@ -214,3 +214,55 @@ def test_social_cli_dry_run_once(server, tmp_path, capsys, monkeypatch) -> None:
     assert main(["ingest", "reddit", "investing", "--base-url", server.base, "--once", "--dry-run"]) == 1
     assert time.monotonic() - t0 < 10  # a 429 fails this run fast; the long-running poller backs off
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["sources_failed"] == 1
+
+
+def _bsky_post(n: int, text: str, created: str, indexed: str | None = None) -> dict:
+    """An app.bsky.feed.defs#postView as searchPosts returns it."""
+    return {
+        "uri": f"at://did:plc:abc{n}/app.bsky.feed.post/3kpost{n}",
+        "cid": f"bafyrei{n}",
+        "author": {"did": f"did:plc:abc{n}", "handle": f"user{n}.bsky.social", "displayName": f"User {n}",
+                   "labels": []},
+        "record": {"$type": "app.bsky.feed.post", "text": text, "createdAt": created, "langs": ["en"]},
+        "replyCount": 0, "repostCount": 0, "likeCount": 1, "quoteCount": 0,
+        "indexedAt": indexed or created,
+        "labels": [],
+    }
+
+
+def test_bluesky_search_since_and_page_cursors(server, tmp_path) -> None:
+    from ingest.social.bluesky import BlueskySearchSource
+
+    calls: list[dict] = []
+
+    def search(req):
+        q = {k: v[0] for k, v in parse_qs(urlsplit(req.path).query).items()}
+        calls.append(q)
+        assert q["q"] == "$NVDA" and q["sort"] == "latest" and req.headers["Authorization"] == "Bearer jwt"
+        if "since" not in q:
+            body = {"cursor": "c1", "hitsTotal": 100, "posts": [
+                _bsky_post(2, "$NVDA to the moon", "2024-03-04T10:00:02Z"),
+                _bsky_post(1, "Selling $NVDA", "2024-03-04T10:00:01Z"),
+            ]}
+        elif q.get("cursor") is None:
+            assert q["since"] == "2024-03-04T10:00:02.000Z"
+            body = {"cursor": "c2", "posts": [
+                _bsky_post(4, "future-dated $NVDA", "2030-01-01T00:00:00Z", "2024-03-04T10:00:04Z"),
+                _bsky_post(3, "", "2024-03-04T10:00:03Z"),
+            ]}
+        else:
+            assert q["cursor"] == "c2"
+            body = {"posts": [_bsky_post(2, "$NVDA to the moon", "2024-03-04T10:00:02Z")]}  # since is inclusive
+        return 200, {"Content-Type": "application/json", "RateLimit-Remaining": "2999"}, json.dumps(body).encode()
+
+    server.routes["/xrpc/app.bsky.feed.searchPosts"] = search
+    pipe, out = _pipeline(tmp_path)
+    src = BlueskySearchSource("$NVDA", _fetcher(), token="jwt", base_url=server.base, limit=2)
+    assert src.poll(pipe).published == 2 and len(calls) == 1  # first run: newest page only
+    first = json.loads(out.getvalue().splitlines()[0])
+    assert first["url"] == "https://bsky.app/profile/user2.bsky.social/post/3kpost2"
+    assert first["tickers"] == ["NVDA"] and first["source"] == "bluesky:$NVDA" and first["source_type"] == "social"
+    second = src.poll(pipe)
+    assert second.fetched == 3 and second.published == 1  # empty text skipped, post 2 a duplicate
+    # the cursor follows indexedAt for the future-dated post, never 2030
+    assert pipe.dedup.get_cursor(f"bluesky-since:{src.url}?q=$NVDA") == "2024-03-04T10:00:04.000Z"
