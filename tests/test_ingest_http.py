@@ -161,12 +161,16 @@ def test_202_only_after_ack_then_503_when_broker_gone_and_nothing_lost(kafka_boo
     try:
         status, res, headers = srv.request("/v1/items", body)
         assert status == 503 and headers.get("Retry-After") and res["published"] == []
-        with EmbeddedBroker(port=port, start_timeout_s=30) as broker:
+        broker = EmbeddedBroker(port=port, start_timeout_s=30).start()
+        try:
             status, res, _ = srv.request("/v1/items", body)  # the client retries the same request
             assert status == 202 and res["accepted"] == [f"keep-{unique_name}"]
             got = consume_all(broker.bootstrap, down.topic_raw, expect=1)
             assert [r["id"] for r in got] == [f"keep-{unique_name}"]
             srv.close()
+            pub.close()
+        finally:
+            broker.stop(timeout_s=1)
     finally:
         if srv.thread.is_alive():
             srv.close()

@@ -71,7 +71,7 @@ def test_broker_down_then_up_nothing_lost_nothing_duplicated(unique_name, tmp_pa
         assert sorted(r["id"] for r in got) == sorted(i.id for i in items)
     finally:
         t.join()
-        broker.stop()
+        broker.stop(timeout_s=1)
 
 
 def test_unreachable_broker_gives_up_when_asked_and_marks_nothing(tmp_path) -> None:
@@ -180,7 +180,7 @@ def test_broker_restart_mid_stream_nothing_lost(unique_name) -> None:
     broker = EmbeddedBroker(port=port, start_timeout_s=30).start()
     try:
         assert len(publisher.publish(before).acked) == 5
-        broker.stop()  # in-memory broker: everything it held is gone, like a crashed cluster
+        broker.stop(timeout_s=1)  # in-memory broker: everything it held is gone, like a crashed cluster
         restart = threading.Timer(2.0, broker.start)
         restart.start()
         res = publisher.publish(after)  # fails while the broker is down, then succeeds on the new one
@@ -190,4 +190,4 @@ def test_broker_restart_mid_stream_nothing_lost(unique_name) -> None:
         got = consume_all(broker.bootstrap, settings.topic_raw, expect=5)
         assert sorted(r["id"] for r in got) == sorted(i.id for i in after)
     finally:
-        broker.stop()
+        broker.stop(timeout_s=1)
