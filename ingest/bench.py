@@ -81,7 +81,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
                 t0 = time.perf_counter()
                 acked = 0
                 for i in range(0, len(items), args.batch):
-                    acked += len(pub.publish(items[i : i + args.batch]).acked)
+                    acked += pub.publish(items[i : i + args.batch])
                 elapsed = time.perf_counter() - t0
             results["publish_items_per_s"] = round(acked / elapsed)
             results["publish_batch"] = args.batch

@@ -143,7 +143,7 @@ class Pipeline:
             result.published = items
             return result
         try:
-            res = self.publisher.publish([e.item for e in new], give_up_after_s=give_up_after_s, on_acked=mark)
+            res = self.publisher.publish_detailed([e.item for e in new], give_up_after_s=give_up_after_s, on_acked=mark)
         except Exception:
             self.metrics.errors.labels(metric_source, "publish").inc()
             raise

@@ -210,7 +210,14 @@ class Publisher:
                 error = f"ack: {exc}"
         return acked, failed, error
 
-    def publish(
+    def publish(self, items: Sequence[RawItem], *, give_up_after_s: float | None = None) -> int:
+        """Publish ``items``; returns how many were acked once all are (or raises :class:`PublishError`).
+
+        Items over ``max_message_bytes`` are not sent (logged; see :meth:`publish_detailed`).
+        """
+        return len(self.publish_detailed(items, give_up_after_s=give_up_after_s).acked)
+
+    def publish_detailed(
         self,
         items: Sequence[RawItem],
         *,

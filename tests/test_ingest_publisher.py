@@ -63,7 +63,7 @@ def test_broker_down_then_up_nothing_lost_nothing_duplicated(unique_name, tmp_pa
     t.start()
     try:
         started = time.monotonic()
-        res = publisher.publish(items, on_acked=lambda xs: acked.extend(x.id for x in xs))
+        res = publisher.publish_detailed(items, on_acked=lambda xs: acked.extend(x.id for x in xs))
         assert time.monotonic() - started >= 2.0  # it really waited for the broker
         assert sorted(acked) == sorted(i.id for i in items) == sorted(i.id for i in res.acked)
         publisher.close()
@@ -179,11 +179,11 @@ def test_broker_restart_mid_stream_nothing_lost(unique_name) -> None:
     before, after = _items(5, "before"), _items(5, "after")
     broker = EmbeddedBroker(port=port, start_timeout_s=30).start()
     try:
-        assert len(publisher.publish(before).acked) == 5
+        assert publisher.publish(before) == 5
         broker.stop(timeout_s=1)  # in-memory broker: everything it held is gone, like a crashed cluster
         restart = threading.Timer(2.0, broker.start)
         restart.start()
-        res = publisher.publish(after)  # fails while the broker is down, then succeeds on the new one
+        res = publisher.publish_detailed(after)  # fails while the broker is down, then succeeds on the new one
         restart.join()
         assert sorted(i.id for i in res.acked) == sorted(i.id for i in after)
         publisher.close()
@@ -191,3 +191,15 @@ def test_broker_restart_mid_stream_nothing_lost(unique_name) -> None:
         assert sorted(r["id"] for r in got) == sorted(i.id for i in after)
     finally:
         broker.stop(timeout_s=1)
+
+
+def test_publish_returns_acked_count_and_never_sends_oversize(kafka_bootstrap, unique_name) -> None:
+    settings = Settings(brokers=kafka_bootstrap, topic_raw=f"raw.{unique_name}", partitions=1, max_message_bytes=1024)
+    small = _items(3, "small")
+    big = make_item(source="test", source_type="news", text="word " * 400, guid="big")
+    with Publisher(settings) as pub:
+        assert pub.publish(small) == 3
+        res = pub.publish_detailed([big, *small])
+        assert [i.id for i in res.oversize] == [big.id] and len(res.acked) == 3
+    got = consume_all(kafka_bootstrap, settings.topic_raw, expect=6)
+    assert big.id not in {r["id"] for r in got} and len(got) == 6  # small ones twice: no dedup in Publisher
