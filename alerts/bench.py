@@ -208,10 +208,18 @@ def plot_timeline(traffic: Traffic, alarms: dict[str, list[Alarm]], path: Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cands = [s for s in traffic.spikes if s.size == 3.0 and s.duration == 15]
-    cands.sort(key=lambda s: -abs(traffic.tot[s.topic, s.start : s.end].mean() - 20))
-    spike = cands[-1] if cands else traffic.spikes[0]
-    lo, hi = max(0, spike.start - 240), min(traffic.minutes, spike.end + 120)
+    # a typical case: of the 3x spikes at >= 15 items/min that ewma_z caught, the one with the median delay
+    hits = {(t, m) for t, m, _ in alarms.get("ewma_z", [])}
+
+    def delay(sp: Spike) -> int | None:
+        ms = [m for t, m in hits if t == sp.topic and sp.start <= m < sp.end + GRACE_MIN]
+        return min(ms) + 1 - sp.start if ms else None
+
+    cands = [sp for sp in traffic.spikes if sp.size == 3.0 and sp.duration >= 15
+             and traffic.tot[sp.topic, sp.start : sp.end].mean() >= 15 and delay(sp) is not None]
+    cands.sort(key=lambda sp: delay(sp) or 0)
+    spike = cands[len(cands) // 2] if cands else traffic.spikes[0]
+    lo, hi = max(0, spike.start - 120), min(traffic.minutes, spike.end + 45)
     neg, tot = traffic.neg[spike.topic], traffic.tot[spike.topic]
     det = EwmaZScore(window_s=window_s)
     name = traffic.topics[spike.topic]
@@ -237,7 +245,8 @@ def plot_timeline(traffic: Traffic, alarms: dict[str, list[Alarm]], path: Path, 
             ax.axvline(m + 1 - spike.start, color=colors.get(det_name, "k"), lw=1.5,
                        label=f"{det_name} alarm (+{m + 1 - spike.start} min)" if i == 0 else None)
     ax2 = ax.twinx()
-    ax2.bar(x, tot[lo:hi], color="tab:gray", alpha=0.2, width=1.0)
+    ax2.bar(x, tot[lo:hi], color="tab:gray", alpha=0.12, width=1.0)
+    ax2.set_ylim(0, 3 * max(1, int(tot[lo:hi].max())))
     ax2.set_ylabel("items / minute")
     ax.set_xlabel("minutes from spike start")
     ax.set_ylabel("negative share")
