@@ -1,8 +1,9 @@
 """``finsent bench ingest``: how fast the ingest path is, stage by stage, on this machine.
 
 Stages, each timed separately so a regression points at its cause:
-normalise (HTML feed-like items -> RawItem), dedup (sqlite lookups + marks per item), and
-publish (items acked by a real broker per second: an embedded Tansu unless ``--use-brokers``).
+normalise (HTML feed-like items -> RawItem), dedup (sqlite lookups + marks per item), publish
+(items acked by a real broker per second: an embedded Tansu unless ``--use-brokers``) and the
+HTTP endpoint (202-answered single-item requests per second from concurrent clients).
 Prints a table on stderr and one JSON line on stdout.
 """
 
@@ -35,6 +36,56 @@ def _raw_fields(n: int) -> list[dict[str, Any]]:
         }
         for i in range(n)
     ]
+
+
+def _bench_http(settings: Settings, requests: int, concurrency: int) -> dict[str, Any]:
+    """POST /v1/items requests/s (one item each, 202 = acked) from ``concurrency`` client threads."""
+    import asyncio
+    import threading
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from ingest.dedup import DedupStore
+    from ingest.http_push import create_app
+    from ingest.metrics import IngestMetrics
+    from ingest.pipeline import Pipeline
+    from ingest.publisher import Publisher
+    from stream.broker import free_port
+
+    pub = Publisher(settings, client_id="finsent-bench-http")
+    pub.connect()
+    app = create_app(Pipeline(publisher=pub, dedup=DedupStore(None), metrics=IngestMetrics(CollectorRegistry())),
+                     token=None)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(app, access_log=None)
+    asyncio.run_coroutine_threadsafe(runner.setup(), loop).result(10)
+    port = free_port()
+    asyncio.run_coroutine_threadsafe(web.TCPSite(runner, "127.0.0.1", port).start(), loop).result(10)
+    stamp = time.time_ns()
+
+    def post(n: int) -> int:
+        body = json.dumps({"text": f"bench push {n}", "id": f"bench-{stamp}-{n}"}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/items", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status
+
+    try:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            statuses = list(pool.map(post, range(requests)))
+        elapsed = time.perf_counter() - t0
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        pub.close()
+    ok = sum(1 for s in statuses if s == 202)
+    return {"http_requests_per_s": round(ok / elapsed), "http_concurrency": concurrency, "http_202": ok}
 
 
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,13 +136,16 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
                 elapsed = time.perf_counter() - t0
             results["publish_items_per_s"] = round(acked / elapsed)
             results["publish_batch"] = args.batch
+            if args.http_requests:
+                results.update(_bench_http(settings, args.http_requests, args.http_concurrency))
             results["broker"] = "embedded tansu" if broker else settings.brokers
         finally:
             if broker is not None:
                 broker.stop()
     print(f"ingest bench ({n} items, batch {args.batch}, {results['broker']}):", file=sys.stderr)
-    for key in ("normalize_items_per_s", "dedup_items_per_s", "publish_items_per_s"):
-        print(f"  {key:<24} {results[key]:>10,}", file=sys.stderr)
+    for key in ("normalize_items_per_s", "dedup_items_per_s", "publish_items_per_s", "http_requests_per_s"):
+        if key in results:
+            print(f"  {key:<24} {results[key]:>10,}", file=sys.stderr)
     print(json.dumps(results))
     return 0
 
@@ -105,5 +159,8 @@ def register_bench(bench_sub: Any) -> None:
     )
     b.add_argument("--items", type=int, default=20_000, help="number of items (default 20000)")
     b.add_argument("--batch", type=int, default=500, help="publish/dedup batch size (default 500)")
+    b.add_argument("--http-requests", type=int, default=1000, metavar="N",
+                   help="POST /v1/items requests for the HTTP stage, one item each (0 = skip; default 1000)")
+    b.add_argument("--http-concurrency", type=int, default=16, metavar="N", help="client threads (default 16)")
     b.add_argument("--use-brokers", action="store_true", help="publish to the configured brokers, not an embedded one")
     b.set_defaults(func=bench_command)
