@@ -160,3 +160,71 @@ def test_prime_warms_baselines_from_stored_counts_so_a_restart_is_not_blind():
         state.closer.add("banking", first + 60 * m, 12, 20)
     closed, alerts = state.tick(t + timedelta(minutes=4, seconds=5))
     assert closed == 4 and [a.topic for a in alerts] == ["banking"]
+
+
+@pytest.mark.integration
+def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
+    kafka_bootstrap, chdb_db_url, unique_name, tiny_classifier
+):
+    """Counts are re-keyed by topic, so each topic has one owner: two workers never both alarm on it."""
+    from kafka.partitioner.default import murmur2
+
+    from stream.worker import WorkerThread
+    from tests.stream_helpers import stream_settings, wait_for
+
+    def partition(name: str) -> int:
+        return (murmur2(name.encode()) & 0x7FFFFFFF) % 2
+
+    names = [f"t{i}{unique_name[:4]}" for i in range(40)]
+    topics = [next(n for n in names if partition(n) == 0), next(n for n in names if partition(n) == 1)]
+    s = stream_settings(kafka_bootstrap, chdb_db_url, unique_name, alert_window_s=1, alert_short_s=3,
+                        alert_baseline_halflife_s=20)
+    store = open_store(chdb_db_url)
+    store.ensure_schema()
+    producer = make_producer(s, client_id="test-scored")
+    stop = threading.Event()
+    share = dict.fromkeys(topics, 0.1)
+
+    def produce() -> None:
+        i = 0
+        while not stop.is_set():
+            now = utcnow()
+            for topic, p in list(share.items()):
+                for k in range(10):
+                    producer.send(s.topic_scored, key=f"{i}".encode(),
+                                  value=scored(i, topic, k < round(10 * p), now).to_json())
+                    i += 1
+            producer.flush()
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=produce, daemon=True)
+    workers: list[WorkerThread] = []
+    try:
+        for _ in range(2):
+            workers.append(WorkerThread(s, classifier=tiny_classifier, store=store).start())
+        feeder.start()
+
+        def owners(topic: str) -> list[int]:
+            return [i for i, w in enumerate(workers)
+                    if (st := w.app.finsent_alerts.detector.states().get(topic)) is not None
+                    and st.baseline_share is not None and st.volume > 0]
+
+        wait_for(lambda: all(len(owners(t)) == 1 for t in topics) and owners(topics[0]) != owners(topics[1]),
+                 120, "each topic owned by exactly one worker, the two by different workers")
+        time.sleep(3)
+        for t in topics:
+            share[t] = 0.6
+
+        def raised(topic: str) -> list[int]:
+            return [i for i, w in enumerate(workers) if any(a.topic == topic for a in w.app.finsent_alerts.alerts)]
+
+        wait_for(lambda: all(raised(t) for t in topics), 30, "both spikes alerted")
+        time.sleep(3)  # a duplicate from the other worker would show up by now
+        assert [raised(t) for t in topics] == [owners(t) for t in topics]
+        assert sorted(i for t in topics for i in raised(t)) == [0, 1]
+    finally:
+        stop.set()
+        for w in workers:
+            w.stop()
+        producer.close()
+        store.close()
