@@ -112,7 +112,7 @@ def confirm_with_prometheus(traffic: Traffic, params: PromRuleParams, n_topics: 
             prom = np.zeros((len(topics), minutes), dtype=bool)
             idx = {name: i for i, name in enumerate(sub.topics)}
             expr = inline_expr(p)
-            chunk = 10_000 // 1  # query_range is limited to 11k points per series
+            chunk = 10_000  # query_range returns at most 11,000 points per series
             for start_m in range(0, minutes, chunk):
                 end_m = min(minutes, start_m + chunk) - 1
                 q = urllib.parse.urlencode({"query": expr, "start": t0 + (start_m + 1) * 60,
