@@ -65,3 +65,15 @@ def test_amtool_check_config(amtool):
     out = subprocess.run([amtool, "template", "render", f"--template.glob={tmpl}",
                           '--template.text={{ template "finsent.text" . }}'], capture_output=True, text=True)
     assert out.returncode == 0 and "Dashboard (top negative items of the window)" in out.stdout, out.stderr
+
+
+def test_python_model_of_the_rule_matches_a_real_prometheus(promtool):
+    """The benchmark scores the rule in Python; a real Prometheus must fire on the same minutes."""
+    from alerts.prom_confirm import confirm_with_prometheus
+    from alerts.synth import generate
+
+    traffic = generate(n_topics=10, days=1.0, seed=3, spikes=[(5.0, 30), (3.0, 30), (5.0, 60)], warmup_min=120)
+    r = confirm_with_prometheus(traffic, prom_params(Settings()), n_topics=3, days=1.0)
+    assert r["firing_minutes_both"] > 0, r["summary"]
+    assert r["python_only"] + r["prometheus_only"] <= 0.05 * r["firing_minutes_both"], r["summary"]
+    assert r["alarm_starts_matched_within_1min"] == r["alarm_starts_python"] > 0, r["summary"]
