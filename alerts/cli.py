@@ -80,9 +80,15 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
     from alerts.runner import AlertRunner
     from alerts.sinks import build_sinks
     from stream.store import open_store
+    from stream.store.base import StoreError
 
-    store = open_store(settings.store)
-    store.ensure_schema()
+    try:
+        store = open_store(settings.store)
+        store.ensure_schema()
+    except StoreError as exc:
+        print(f"finsent alerts watch: cannot use the store {settings.redacted()['store']}: {exc}\n"
+              "check --store / FINSENT_STORE and that the server is up", file=sys.stderr)
+        return 1
     runner = AlertRunner(store, make_detector(settings), settings.alert_window_s, sinks=build_sinks(settings, store))
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -90,7 +96,12 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
         start_http_server(args.metrics_port, addr=settings.metrics_host)
     try:
         while True:
-            for a in runner.poll():
+            try:
+                raised = runner.poll()
+            except StoreError as exc:  # the store is down: keep the detector state, try again
+                log.warning("store unavailable (%s); next try in %.0f s", exc, args.interval)
+                raised = []
+            for a in raised:
                 print(
                     f"{a.fired_at:%H:%M:%S} {a.severity.upper():8} {a.topic}: {a.negative_share:.0%} negative "
                     f"({a.negative}/{a.total}) vs baseline {a.baseline_share:.0%}, score {a.score:.1f}",

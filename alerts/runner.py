@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 
 from alerts.base import Detector, TopicState
 from stream.events import Alert, utcnow
-from stream.store.base import Store
+from stream.store.base import Store, StoreError
 
 log = logging.getLogger(__name__)
 UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+; finsent supports 3.10)
@@ -67,6 +67,7 @@ class AlertRunner:
         self.grace = timedelta(seconds=grace_s)
         self.sinks = list(sinks)
         self.last_end: datetime | None = None  # end of the last window fed to the detector
+        self.unstored: list[Alert] = []  # raised but refused by the store: retried on the next poll
 
     def poll(self, now: datetime | None = None) -> list[Alert]:
         """Process every window closed by ``now``; return (and store) the alerts they raised."""
@@ -93,8 +94,15 @@ class AlertRunner:
             end += w
         self.last_end = closed_end
         if alerts:
-            self.store.insert_alerts(alerts)
             log.info("raised %d alert(s): %s", len(alerts), ", ".join(f"{a.topic}/{a.severity}" for a in alerts))
+        if alerts or self.unstored:
+            batch = self.unstored + alerts
+            try:
+                self.store.insert_alerts(batch)  # idempotent by id: a retry after a partial write is harmless
+                self.unstored = []
+            except StoreError as exc:
+                self.unstored = batch[-10_000:]
+                log.warning("store refused %d alert(s) (%s); retrying on the next poll", len(batch), exc)
         states = self.detector.states()
         for sink in self.sinks:
             try:

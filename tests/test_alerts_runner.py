@@ -88,3 +88,35 @@ def test_watch_once_prints_and_stores_the_spike(clickhouse_db_url, capsys):
         assert {r["topic"] for r in store.alerts(since=timedelta(hours=4))} == {"banking"}
     finally:
         store.close()
+
+
+class _FlakyStore:
+    """A fake for the pure retry logic: counts from a list, insert_alerts fails once."""
+
+    def __init__(self, rows):
+        self.rows, self.inserted, self.fail = rows, [], True
+
+    def topic_counts(self, since, bucket_s=60, until=None):
+        return [r for r in self.rows if r.bucket + timedelta(seconds=bucket_s) <= until]
+
+    def insert_alerts(self, alerts):
+        from stream.store.base import StoreUnavailable
+
+        if self.fail:
+            self.fail = False
+            raise StoreUnavailable("server down")
+        self.inserted += list(alerts)
+        return len(alerts)
+
+
+def test_alerts_refused_by_the_store_are_retried_not_lost():
+    from stream.store.base import TopicCounts
+
+    now = floor_time(utcnow(), 60)
+    rows = [TopicCounts(now - timedelta(minutes=m), "banking", 20, 12 if m <= 5 else 2, 0, 0) for m in range(1, 150)]
+    store = _FlakyStore(rows)
+    runner = AlertRunner(store, make_detector(load_settings()), 60, lookback=timedelta(hours=3))  # type: ignore[arg-type]
+    alerts = runner.poll(now + timedelta(seconds=10))
+    assert alerts and store.inserted == [] and runner.unstored == alerts
+    runner.poll(now + timedelta(seconds=70))  # the next poll retries the refused alerts first
+    assert [a.id for a in store.inserted][: len(alerts)] == [a.id for a in alerts] and runner.unstored == []
