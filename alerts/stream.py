@@ -124,6 +124,7 @@ class InStreamAlerts:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-alerts")
         self.alerts: list[Alert] = []  # raised by this worker (bounded: the demo/tests read it)
         self.bad_values = 0
+        self.unstored: list[Alert] = []
 
     def _store(self) -> Any:
         return self.store_getter() if self.store_getter is not None else None
@@ -131,11 +132,15 @@ class InStreamAlerts:
     def deliver(self, alerts: Sequence[Alert], states: dict[str, TopicState]) -> None:
         """Blocking: write alerts to the store, then run the sinks (gauges, Alertmanager)."""
         store = self._store()
-        if alerts and store is not None:
+        batch = self.unstored + list(alerts)
+        if batch and store is not None:
             try:
-                store.insert_alerts(list(alerts))
+                store.insert_alerts(batch)  # idempotent by id
+                self.unstored = []
             except Exception:
-                log.exception("could not store %d alert(s); they are still on the alerts topic", len(alerts))
+                self.unstored = batch[-10_000:]
+                log.exception("could not store %d alert(s); retrying with the next window (they are on the "
+                              "alerts topic already)", len(batch))
         if self.sinks is None:
             self.sinks = build_sinks(self.settings, store)
         for sink in self.sinks:
