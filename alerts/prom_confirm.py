@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from alerts.prom_rule import PromRuleParams, _alert_expr, evaluate, render_rules
+from alerts.prom_rule import PromRuleParams, alert_expr, evaluate, render_rules
 from alerts.synth import Traffic
 
 HINT = "apt-get install prometheus"
@@ -38,7 +38,7 @@ def inline_expr(p: PromRuleParams, severity: str = "warning") -> str:
     doc = yaml.safe_load(render_rules(p))
     rec = {r["record"]: r["expr"].strip() for r in doc["groups"][0]["rules"]}
     z, ratio = (p.z_warning, p.min_ratio) if severity == "warning" else (p.z_critical, p.critical_ratio)
-    expr = _alert_expr(p, z, ratio).strip()
+    expr = alert_expr(p, z, ratio).strip()
     for _ in range(5):
         for name, body in rec.items():
             expr = re.sub(rf"(?<![\w:]){re.escape(name)}(?![\w:])", f"({body})", expr)

@@ -70,7 +70,7 @@ class PromRuleParams:
         }
 
 
-def _alert_expr(p: PromRuleParams, z: float, ratio: float) -> str:
+def alert_expr(p: PromRuleParams, z: float, ratio: float) -> str:
     n = p.names()
     return (
         f"{n['z']} >= {z:g}\n"
@@ -154,7 +154,7 @@ def render_rules(p: PromRuleParams | None = None) -> str:
     for severity, z, ratio in (("warning", p.z_warning, p.min_ratio), ("critical", p.z_critical, p.critical_ratio)):
         out.append(
             f"      - alert: {ALERT}\n"
-            f"        expr: |\n{_indent(_alert_expr(p, z, ratio), 10)}"
+            f"        expr: |\n{_indent(alert_expr(p, z, ratio), 10)}"
             f"        for: {p.for_}\n"
             f"        labels:\n          severity: {severity}\n          source: prometheus\n"
             f"        annotations:\n{_indent(_annotations(p), 10)}"

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -100,7 +101,7 @@ class AlertmanagerSink:
                 lines = [f"- {_headline(i)}" + (f" <{i['url']}>" if i.get("url") else "") for i in items[:5]]
             except Exception:  # headlines are a courtesy; the alert must still go out
                 log.exception("could not read top negative headlines for %s", st.topic)
-        link = f"{self.dashboard_url}?var-topic={st.topic}&from=now-1h&to=now"
+        link = f"{self.dashboard_url}?var-topic={urllib.parse.quote(st.topic, safe='')}&from=now-1h&to=now"
         base = st.baseline_share or 0.0
         desc = (
             f"Topic {st.topic}: {st.negative_share:.0%} negative on {st.volume} items against a {base:.0%} "

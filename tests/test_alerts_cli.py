@@ -55,3 +55,12 @@ def test_alertmanager_sink_survives_an_unreachable_alertmanager(caplog):
                                   baseline_share=0.1, volume=80)})
     assert "refused 1 alert" in caplog.text
     assert "t" in sink._active  # re-posted next window
+
+
+def test_alertmanager_payload_links_to_the_topic_url_encoded():
+    sink = AlertmanagerSink("http://am", 60, "http://grafana/d/finsent-alerts/finsent-alerts")
+    p = sink.payload(TopicState("Stock Movement & Co", score=9, active=True, severity="warning",
+                                negative_share=0.5, baseline_share=0.1, volume=80))
+    assert p["annotations"]["dashboard"] == ("http://grafana/d/finsent-alerts/finsent-alerts"
+                                             "?var-topic=Stock%20Movement%20%26%20Co&from=now-1h&to=now")
+    assert p["labels"]["topic"] == "Stock Movement & Co" and p["labels"]["source"] == "stream"
