@@ -216,8 +216,8 @@ CONCLUSIONS = """\
 What the store does with this: reads go through `items FINAL` (ReplacingMergeTree on the item id, version =
 `scored_at` in ms). It is the only count above that stays equal to the truth when a newer model re-scores
 items: `uniqExact(id)`-style counting (and the `topic_minute` materialized view built on it) is exact under
-*redelivery* but counts a re-scored item under both its old and new label. Its price is a merge at read time,
-a few times a plain `count()`, which the sorting key keeps small for dashboards: with
+*redelivery* but counts a re-scored item under both its old and new label. Its price is a merge at read time
+(compare `count() FINAL` with `uniqExact(id)` above), which the sorting key keeps small for dashboards: with
 `ORDER BY (toStartOfDay(ingested_at), id)` a time-window query reads only the days it asks for. The
 materialized view stays in the schema as the cheap source for long-range dashboards that can live with the
 re-scoring caveat. `insert_scored` writes batches of up to 10k rows; on both engines 10k-row batches are
