@@ -289,6 +289,22 @@ def test_retention_ttl_applied_only_where_supported(store_url: str) -> None:
         s.close()
 
 
+def test_one_store_shared_by_threads(store) -> None:
+    """The worker's store thread and the in-stream alert agent may share one store object."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = utcnow() - timedelta(seconds=30)
+
+    def work(n: int) -> dict[str, int]:
+        store.insert_scored([make_item(f"{n}-{i}", ingested_at=t0 + timedelta(milliseconds=i)) for i in range(50)])
+        store.top_negative(limit=5)
+        return store.count()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(work, range(8)))
+    assert store.count() == {"rows": 400, "unique_ids": 400}
+
+
 def test_bad_sql_is_a_store_error_not_unavailable(store) -> None:
     from stream.store import StoreUnavailable
 
