@@ -75,6 +75,15 @@ Why these choices
   sentiment is counted under both labels there. ``Store.topic_counts`` therefore reads
   ``items FINAL`` (exact under re-scoring); bench/RESULTS.md has the cost of each.
 
+What Debian's 18.16 lacks, checked against the real server (so this module avoids it)
+--------------------------------------------------------------------------------------
+``DateTime64``, ``now64()``; ``TTL``; ``toStartOfInterval`` (buckets are ``intDiv`` arithmetic);
+server-side ``{name:Type}`` parameters; table ``COMMENT``; ``Map``; ``LowCardinality`` without
+``allow_experimental_low_cardinality_type=1`` (set per query on 18.x). ``FINAL`` on
+ReplacingMergeTree, materialized views ``TO`` a table, ``uniqExactIfState``/``uniqExactIfMerge``,
+``Nullable`` and ``Array`` all work. clickhouse-driver cannot decode ``AggregateFunction`` columns:
+read them through ``...Merge`` functions only.
+
 Grafana / ad-hoc SQL examples (database ``finsent``)::
 
     -- distinct items per topic per minute, split by sentiment, last 6 hours (exact)
