@@ -226,8 +226,15 @@ def _req_str(obj: dict[str, Any], key: str) -> str:
     return value
 
 
-def raw_item_from_dict(obj: dict[str, Any], max_text_chars: int = MAX_TEXT_CHARS) -> RawItem:
-    """Validate a decoded JSON object as a :class:`RawItem`."""
+def raw_item_from_dict(
+    obj: dict[str, Any], max_text_chars: int = MAX_TEXT_CHARS, default_ingested_at: datetime | None = None
+) -> RawItem:
+    """Validate a decoded JSON object as a :class:`RawItem`.
+
+    A message without ``ingested_at`` gets ``default_ingested_at``: the worker passes the Kafka record's
+    timestamp, which is the same on every redelivery, so the stored row (partitioned and sorted by
+    ``ingested_at``) stays the same row and deduplicates. Only without it does "now" fill in.
+    """
     version = obj.get("v", SCHEMA_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION or version < 1:
         raise InvalidEvent("unsupported_version", f"v={version!r}; this worker reads v<={SCHEMA_VERSION}")
@@ -258,15 +265,20 @@ def raw_item_from_dict(obj: dict[str, Any], max_text_chars: int = MAX_TEXT_CHARS
         url=_opt_str(obj, "url"),
         author=_opt_str(obj, "author"),
         published_at=None if published is None else parse_time(published, "published_at"),
-        ingested_at=utcnow() if ingested is None else parse_time(ingested, "ingested_at"),
+        ingested_at=(default_ingested_at or utcnow()) if ingested is None else parse_time(ingested, "ingested_at"),
         tickers=tuple(tickers),
         truncated=truncated,
     )
 
 
-def decode_raw(data: bytes | str, max_bytes: int = MAX_MESSAGE_BYTES, max_text_chars: int = MAX_TEXT_CHARS) -> RawItem:
+def decode_raw(
+    data: bytes | str,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    default_ingested_at: datetime | None = None,
+) -> RawItem:
     """Decode one ``finsent.raw`` message. Raises :class:`InvalidEvent` with a reason on any defect."""
-    return raw_item_from_dict(_load_object(data, max_bytes), max_text_chars)
+    return raw_item_from_dict(_load_object(data, max_bytes), max_text_chars, default_ingested_at)
 
 
 def decode_scored(data: bytes | str, max_bytes: int = MAX_MESSAGE_BYTES) -> ScoredItem:

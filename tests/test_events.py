@@ -103,3 +103,9 @@ def test_dead_letter_keeps_reason_origin_and_bytes() -> None:
     body = json.loads(dead_letter(b"\xff\x00", "invalid_utf8", "bad byte", "finsent.raw", 2, 41))
     assert body["reason"] == "invalid_utf8" and body["partition"] == 2 and body["offset"] == 41
     assert body["payload"] == "ff00" and body["payload_encoding"] == "hex"
+
+
+def test_missing_ingested_at_takes_the_given_default() -> None:
+    payload = b'{"id":"1","source":"s","source_type":"social","text":"x"}'
+    assert decode_raw(payload, default_ingested_at=T0).ingested_at == T0
+    assert decode_raw(payload).ingested_at > T0  # without a default: now
