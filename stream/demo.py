@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 DEMO_DATA = Path(__file__).parent / "demo_data" / "tweets.jsonl"
 WINDOW_S = 5  # detector window: short, so a demo of a minute or two sees a dozen windows
 HISTORY_S = 240  # back-filled history before "now"
-HISTORY_RATE = 3.0  # items/s of back-filled history
+HISTORY_RATE = 1.5  # items/s of back-filled history
+#: the live rate is capped at this share of the model's measured speed, so the spike (+50%) still fits
+MAX_LOAD = 0.4
 
 
 def load_tweets(path: Path = DEMO_DATA) -> list[dict[str, Any]]:
@@ -52,11 +54,15 @@ def load_tweets(path: Path = DEMO_DATA) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def choose_spike(classifier: Any, tweets: list[dict[str, Any]]) -> tuple[str, list[str]]:
+def choose_spike(classifier: Any, tweets: list[dict[str, Any]]) -> tuple[str, list[str], float]:
     """The spike topic and its texts: negative-labelled tweets the model scores negative, grouped by
-    the topic the model gives them; the biggest group wins (so the spike is one the model can see)."""
+    the topic the model gives them; the biggest group wins (so the spike is one the model can see).
+    Also returns the model's speed on them (items/s), which caps the demo's rate."""
     pool = [t["text"] for t in tweets if t.get("sentiment") == "negative"]
+    classifier.predict(pool[:8])  # warm-up
+    t0 = time.perf_counter()
     preds = classifier.predict(pool)
+    speed = len(pool) / max(time.perf_counter() - t0, 1e-6)
     groups: dict[str, list[str]] = collections.defaultdict(list)
     for text, p in zip(pool, preds, strict=True):
         if p.sentiment == "negative":
@@ -65,7 +71,7 @@ def choose_spike(classifier: Any, tweets: list[dict[str, Any]]) -> tuple[str, li
         for text, p in zip(pool, preds, strict=True):
             groups[p.topic].append(text)
     topic = max(groups, key=lambda k: len(groups[k]))
-    return topic, groups[topic]
+    return topic, groups[topic], speed
 
 
 MALFORMED: tuple[bytes, ...] = (
@@ -117,6 +123,8 @@ class DemoProducer(threading.Thread):
         self.run_id = run_id
         self.history = history
         self.stop_flag = threading.Event()
+        #: set by the display loop once the history is stored: the live replay starts then
+        self.live_go = threading.Event()
         self._seq = 0
         self._rng = random.Random(11)
 
@@ -162,6 +170,9 @@ class DemoProducer(threading.Thread):
                 with self.state.lock:
                     self.state.produced += len(hist)
                     self.state.produced_history += len(hist)
+            while not self.live_go.wait(0.2):
+                if self.stop_flag.is_set():
+                    return
             t0 = time.monotonic()
             tick = 0.1
             owed_bg = owed_spike = 0.0
@@ -290,11 +301,15 @@ def run_demo(
 
         classifier = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
                                      threads=settings.model_threads)
-        spike_topic, spike_texts = choose_spike(classifier, tweets)
-    console.print(f"model {classifier.version} on {classifier.provider}; spike topic: [b]{spike_topic}[/b] "
-                  f"({len(spike_texts)} distinct negative tweets)")
+        spike_topic, spike_texts, speed = choose_spike(classifier, tweets)
+    console.print(f"model {classifier.version} on {classifier.provider}, ~{speed:.0f} items/s here; "
+                  f"spike topic: [b]{spike_topic}[/b] ({len(spike_texts)} distinct negative tweets)")
+    if rate > MAX_LOAD * speed:
+        console.print(f"[yellow]--rate {rate:g} is more than this machine scores comfortably; "
+                      f"using {MAX_LOAD * speed:.1f} items/s[/yellow]")
+        rate = max(1.0, MAX_LOAD * speed)
     spike_window = (seconds * 0.45, seconds * 0.75)
-    spike_rate = max(2.0, rate * 0.3)
+    spike_rate = max(4.0, rate * 0.5)
     run_id = stable_id("run", format_time(utcnow()) or "")[:8]
     state = DemoState()
     broker = EmbeddedBroker(log_path=tmp / "tansu.log")
@@ -318,14 +333,30 @@ def run_demo(
         store.ensure_schema()
         worker = WorkerThread(s, classifier=classifier, store=store, attach_alerts=False)
         worker.start()
-        live_start = utcnow()
-        worker.scorer.stats.latency_floor = live_start
-        detector = EwmaZScore(window_s=WINDOW_S, short_windows=2, fast_windows=1, halflife_windows=24,
-                              min_volume=15, min_baseline=40)
-        runner = AlertRunner(store, detector, WINDOW_S, lookback=timedelta(seconds=HISTORY_S + 30), grace_s=1.5)
+        detector = EwmaZScore(window_s=WINDOW_S, short_windows=2, fast_windows=1, halflife_windows=48,
+                              min_volume=15, min_baseline=10)
+        runner = AlertRunner(store, detector, WINDOW_S, lookback=timedelta(seconds=HISTORY_S + 30), grace_s=6.0)
         producer = DemoProducer(s, tweets, spike_texts, seconds, rate, spike_window, spike_rate, state, run_id,
                                 history=history)
         producer.start()
+        if history:
+            with console.status("") as status:
+                deadline = time.monotonic() + 300
+                while True:
+                    done_hist = worker.scorer.stats.snapshot()["stored"]
+                    status.update(f"scoring {HISTORY_S // 60} minutes of back-filled history: "
+                                  f"{done_hist}/{state.produced_history or '?'} stored")
+                    if state.producer_error:
+                        raise RuntimeError(f"demo producer failed: {state.producer_error}")
+                    if state.produced_history and done_hist >= state.produced_history:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the history was not scored in 5 minutes: is the machine very busy?")
+                    time.sleep(0.2)
+        with worker.scorer.stats.lock:  # latency is reported for live items only
+            worker.scorer.stats.latency_floor = utcnow()
+            worker.scorer.stats.latencies.clear()
+        producer.live_go.set()
         t0 = time.monotonic()
         alerts: list[Any] = []
         alert_times: list[dict[str, Any]] = []
@@ -361,7 +392,7 @@ def run_demo(
                         break
                 time.sleep(0.25)
             # a last detector pass over the final closed windows
-            time.sleep(1.6)
+            time.sleep(6.1)
             for a in runner.poll():
                 alerts.append(a)
                 alert_times.append({"topic": a.topic, "fired_at": format_time(a.fired_at),
@@ -386,6 +417,8 @@ def run_demo(
             "dead_lettered": sum(st["dead_lettered"].values()),
             "dead_lettered_by_reason": st["dead_lettered"],
             "spike_topic": spike_topic,
+            "rate_msgs_per_s": round(rate, 1),
+            "model_items_per_s": round(speed, 1),
             "spike_window_s": [round(spike_window[0], 1), round(spike_window[1], 1)],
             "alerts": alert_times,
             "spike_detected": any(a["topic"] == spike_topic for a in alert_times),
@@ -397,6 +430,8 @@ def run_demo(
                 "samples": len(lat),
             },
             "seconds": round(elapsed, 1),
+            "worker": {"batches": st["batches"], "inference_s": round(st["inference_s"], 2),
+                       "store_s": round(st["store_s"], 2)},
             "model_version": classifier.version,
             "model_provider": classifier.provider,
         }
