@@ -264,6 +264,7 @@ class Scorer:
         self.dlq_topic: Any = None
         self.consumer: Any = None
         self.datadir: Path | None = None
+        self.last_offsets: dict[tuple[str, int], int] = {}
 
     # -- blocking parts (executor threads) ---------------------------------------------------
     def _open_store(self) -> Any:
@@ -388,20 +389,31 @@ class Scorer:
                 delay = min(delay * 2, RETRY_MAX_S)
 
     def _update_lag(self, messages: Sequence[RawMessage]) -> None:
+        """Remember the last offset seen per partition, then refresh the lag gauge."""
+        for msg in messages:
+            key = (msg.topic, msg.partition)
+            if msg.offset > self.last_offsets.get(key, -1):
+                self.last_offsets[key] = msg.offset
+        self.refresh_lag()
+
+    def refresh_lag(self) -> None:
+        """``highwater - last offset seen - 1`` per partition (also run by a timer, so it shows when idle).
+
+        The highwater comes from fetch responses; Tansu's can be stale for multi-record batches,
+        which is why this is clamped at 0 and only an operator's gauge, never used for decisions.
+        """
         if self.consumer is None:
             return
-        last: dict[tuple[str, int], int] = {}
-        for msg in messages:
-            last[(msg.topic, msg.partition)] = max(msg.offset, last.get((msg.topic, msg.partition), -1))
         from faust.types import TP
 
-        for (topic, partition), offset in last.items():
+        for (topic, partition), offset in list(self.last_offsets.items()):
             try:
                 hw = self.consumer.highwater(TP(topic, partition))
             except Exception:  # not assigned any more, or the broker did not say
-                continue
-            if hw is not None:
-                self.metrics.consumer_lag.labels(topic, str(partition)).set(max(int(hw) - offset - 1, 0))
+                hw = None
+            if hw is None:
+                hw = offset + 1
+            self.metrics.consumer_lag.labels(topic, str(partition)).set(max(int(hw) - offset - 1, 0))
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Let the batch in flight finish storing (called when the agent stops)."""
@@ -515,6 +527,10 @@ def create_app(
     worker_metrics().model_info.labels(
         str(getattr(classifier, "version", "?")), str(getattr(classifier, "provider", "?"))
     ).set(1)
+
+    @app.timer(interval=5.0)
+    async def refresh_lag() -> None:
+        scorer.refresh_lag()
 
     @app.agent(raw_topic, name="finsent.score", concurrency=1)
     async def score(stream: faust.StreamT) -> None:

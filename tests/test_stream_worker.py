@@ -215,6 +215,7 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "finsent_items_scored_total{" in body
         assert "finsent_end_to_end_latency_seconds_bucket" in body
+        assert "finsent_consumer_lag{" in body and "finsent_items_consumed_total{" in body
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
