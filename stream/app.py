@@ -260,6 +260,7 @@ class Scorer:
         #: set when the agent stops: a batch in flight may finish, but a failing store is not retried
         self.draining = threading.Event()
         self.inflight: asyncio.Future[None] | None = None
+        self.scoring: asyncio.Future[None] | None = None
         self.scored_topic: Any = None
         self.dlq_topic: Any = None
         self.consumer: Any = None
@@ -309,8 +310,12 @@ class Scorer:
 
     # -- the event-loop side ------------------------------------------------------------------
     async def handle(self, events: Sequence[Any]) -> None:
-        """Process one batch from ``take_events``; returns once it is scored (storing may still run)."""
-        loop = asyncio.get_running_loop()
+        """Take one batch from ``take_events`` and return at once, so Faust refills its buffer meanwhile.
+
+        Three stages overlap, each bounded to one batch: take filling batch N+2, the model scoring
+        N+1, the store/publish of N. The AckGuard keeps every offset uncommitted until its batch
+        is stored, whatever take does with its own acks when this returns.
+        """
         if self.stats.first_batch_t is None:
             self.stats.first_batch_t = time.monotonic()
         guard = AckGuard(events)
@@ -320,19 +325,32 @@ class Scorer:
         m = self.metrics
         m.consumed.labels(self.settings.topic_raw).inc(len(messages))
         m.batch_size.observe(len(messages))
+        self._update_lag(messages)
+        if self.scoring is not None:  # one batch in the model at a time
+            await asyncio.shield(self.scoring)
+        self.scoring = asyncio.ensure_future(self._score(guard, messages))
+
+    def _decode_and_score(self, classifier: Any, messages: list[RawMessage]) -> tuple[
+            list[ScoredItem], list[DeadLetter], float]:
+        """Model thread: decode, then score (JSON parsing stays off the event loop too)."""
         items, dead = decode_batch(messages, self.settings.max_message_bytes, self.settings.max_text_chars)
-        classifier = self.holder.current
         t0 = time.perf_counter()
-        scored, model_dead = await loop.run_in_executor(self.model_pool, score_items, classifier, items)
-        infer_s = time.perf_counter() - t0
-        m.inference_seconds.observe(infer_s)
+        scored, model_dead = score_items(classifier, items)
         dead.extend(model_dead)
+        return scored, dead, time.perf_counter() - t0
+
+    async def _score(self, guard: AckGuard, messages: list[RawMessage]) -> None:
+        loop = asyncio.get_running_loop()
+        classifier = self.holder.current  # one model version per batch
+        scored, dead, infer_s = await loop.run_in_executor(
+            self.model_pool, self._decode_and_score, classifier, messages
+        )
+        self.metrics.inference_seconds.observe(infer_s)
         with self.stats.lock:
             self.stats.consumed += len(messages)
             self.stats.batches += 1
             self.stats.inference_s += infer_s
-        self._update_lag(messages)
-        # one batch in flight: wait for the previous one's store+publish before starting ours
+        # one batch in the store at a time, in order
         if self.inflight is not None:
             await asyncio.shield(self.inflight)
         self.inflight = asyncio.ensure_future(self._finish(guard, scored, dead))
@@ -418,8 +436,11 @@ class Scorer:
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Let the batch in flight finish storing (called when the agent stops)."""
         self.draining.set()
+        deadline = time.monotonic() + timeout_s
+        if self.scoring is not None and not self.scoring.done():
+            await asyncio.wait({self.scoring}, timeout=timeout_s)
         if self.inflight is not None and not self.inflight.done():
-            done, _ = await asyncio.wait({self.inflight}, timeout=timeout_s)
+            done, _ = await asyncio.wait({self.inflight}, timeout=max(0.1, deadline - time.monotonic()))
             if not done:
                 log.warning("stopping with a batch still being stored; it stays unacked and will be redelivered")
                 self.stopping.set()

@@ -1,7 +1,8 @@
 """``finsent bench pipeline``: is the streaming machinery a tax on the model?
 
 Two rates with the same classifier object, the same batch size, the same texts, on the same
-machine, in one run:
+machine, in one run, measured in interleaved rounds (a model-only pass, then as many new items
+through the pipeline) so that load drift on a shared machine affects both sides alike:
 
 * **model-only**: ``classifier.predict`` over the texts in batches of ``batch_max`` (after a warm-up);
 * **pipeline**: a backlog of the same items on the raw topic of a real broker (embedded Tansu),
@@ -126,7 +127,7 @@ def _wait(cond: Any, timeout_s: float, what: str) -> None:
 
 
 def run_bench(settings: Settings, items: int, load: float, latency_seconds: float, model_dir: str | None,
-              store_url: str | None, progress: Any = print) -> dict[str, Any]:
+              store_url: str | None, progress: Any = print, rounds: int = 3) -> dict[str, Any]:
     from models.runtime import Classifier
     from stream.broker import EmbeddedBroker
     from stream.demo import load_tweets
@@ -139,16 +140,15 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
     texts = [tweets[i % len(tweets)] for i in range(items)]
     tmp = Path(tempfile.mkdtemp(prefix="finsent-bench-"))
     run = stable_id("bench", str(time.time()))[:8]
+    model_only: list[float] = []
+    pipeline: list[float] = []
     progress("loading the model")
     clf = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
                           threads=settings.model_threads)
     batch = settings.batch_max
-    # model-only is measured before AND after the pipeline run (half the texts each) and averaged, so a
-    # machine whose load drifts (shared CPUs) biases neither side
-    half = max(batch, (items // 2) // batch * batch)
-    progress(f"model-only (before): {half} items in batches of {batch}")
-    model_before = model_only_rate(clf, texts[:half], batch)
-    progress(f"model-only (before): {model_before:.1f} items/s")
+    # Rounds: model-only on a chunk, then the pipeline on a chunk of the same size, repeated. On a machine
+    # whose load drifts (shared CPUs) interleaving keeps the drift out of the ratio.
+    chunk = max(batch, (items // rounds) // batch * batch)
     load_before = os.getloadavg()
     broker = EmbeddedBroker(log_path=tmp / "tansu.log")
     store = None
@@ -165,20 +165,35 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
         ensure_topics(s)
         store = open_store(s.store)
         store.ensure_schema()
-        progress(f"pipeline: producing a backlog of {items} items")
-        _produce(s, _items(texts, run, "backlog"))
         worker = WorkerThread(s, classifier=clf, store=store, attach_alerts=False).start()
         stats = worker.scorer.stats
-        _wait(lambda: stats.snapshot()["stored"] >= items, 60 + items / max(model_before, 1) * 5, "the backlog")
-        assert stats.first_batch_t is not None and stats.last_stored_t is not None
-        pipe_s = stats.last_stored_t - stats.first_batch_t
-        pipe_rate = items / pipe_s
+        progress("warm-up: one batch through the pipeline (group join, model, store)")
+        _produce(s, _items(texts[:batch], run, "warmup"))
+        _wait(lambda: stats.snapshot()["stored"] >= batch, 120 + batch, "the warm-up batch")
+        clf.predict(texts[:batch])  # model warm-up in this thread too
+        model_t = pipe_t = 0.0
+        for r in range(rounds):
+            part = texts[r * chunk : (r + 1) * chunk] or texts[:chunk]
+            t0 = time.perf_counter()
+            for i in range(0, len(part), batch):
+                clf.predict(part[i : i + batch])
+            dt = time.perf_counter() - t0
+            model_t += dt
+            model_only.append(len(part) / dt)
+            target = stats.snapshot()["stored"] + len(part)
+            stats.first_batch_t = None
+            _produce(s, _items(part, run, f"round{r}"))
+            _wait(lambda target=target: stats.snapshot()["stored"] >= target, 120 + len(part), f"round {r}")
+            assert stats.first_batch_t is not None and stats.last_stored_t is not None
+            pt = stats.last_stored_t - stats.first_batch_t
+            pipe_t += pt
+            pipeline.append(len(part) / pt)
+            progress(f"round {r + 1}/{rounds}: model-only {model_only[-1]:.1f} items/s, "
+                     f"pipeline {pipeline[-1]:.1f} items/s")
+        model_rate = rounds * chunk / model_t
+        pipe_rate = rounds * chunk / pipe_t
         st = stats.snapshot()
-        progress(f"pipeline: {pipe_rate:.1f} items/s")
-        progress(f"model-only (after): {half} items in batches of {batch}")
-        model_after = model_only_rate(clf, texts[-half:], batch)
-        model_rate = (model_before + model_after) / 2
-        progress(f"model-only (after): {model_after:.1f} items/s; pipeline/model-only {pipe_rate / model_rate:.0%}")
+        progress(f"pipeline/model-only {pipe_rate / model_rate:.0%}")
 
         offered = max(1.0, load * pipe_rate)
         progress(f"latency: offering {offered:.1f} items/s for {latency_seconds:.0f}s")
@@ -210,10 +225,13 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
         "batch_max": batch,
         "batch_within_s": settings.batch_within_s,
         "model_only_msgs_per_s": round(model_rate, 1),
-        "model_only_before_after_msgs_per_s": [round(model_before, 1), round(model_after, 1)],
+        "rounds": rounds,
+        "items_per_round": chunk,
+        "model_only_per_round_msgs_per_s": [round(x, 1) for x in model_only],
+        "pipeline_per_round_msgs_per_s": [round(x, 1) for x in pipeline],
         "pipeline_msgs_per_s": round(pipe_rate, 1),
         "ratio": round(pipe_rate / model_rate, 3),
-        "pipeline_batches": st["batches"],
+        "pipeline_batches": st["batches"],  # includes the warm-up batch
         "pipeline_inference_s": round(st["inference_s"], 3),
         "pipeline_store_s": round(st["store_s"], 3),
         "latency": {
@@ -245,11 +263,11 @@ def results_section(r: dict[str, Any], command: str) -> str:
         "",
         "| measure | value |",
         "|---|---:|",
-        f"| model-only (predict in batches of {r['batch_max']}; mean of before/after "
-        f"{r['model_only_before_after_msgs_per_s'][0]} / {r['model_only_before_after_msgs_per_s'][1]}) | "
+        f"| model-only (predict in batches of {r['batch_max']}; per round "
+        f"{', '.join(str(x) for x in r['model_only_per_round_msgs_per_s'])}) | "
         f"{r['model_only_msgs_per_s']:,} items/s |",
-        f"| pipeline (Kafka -> Faust -> model -> store -> scored topic, from a backlog) | "
-        f"{r['pipeline_msgs_per_s']:,} items/s |",
+        f"| pipeline (Kafka -> Faust -> model -> store -> scored topic, from a backlog; per round "
+        f"{', '.join(str(x) for x in r['pipeline_per_round_msgs_per_s'])}) | {r['pipeline_msgs_per_s']:,} items/s |",
         f"| pipeline / model-only | {r['ratio']:.0%} (target >= 90%) |",
         f"| offered load for latency | {lat['offered_msgs_per_s']} items/s ({lat['load_fraction']:.0%} of pipeline "
         f"capacity, {lat['seconds']:.0f} s, {lat['samples']} items) |",
@@ -257,8 +275,10 @@ def results_section(r: dict[str, Any], command: str) -> str:
         f"| ingested_at -> stored p99 | {lat['p99_ms']} ms (target <= 1000 ms) |",
         f"| duplicates in the store | {r['store_duplicates']} |",
         "",
-        "How: the pipeline rate is the number of backlog items over the time from the first batch the worker "
-        "received to the last batch it stored, so it includes decoding, the model in its executor thread, the "
+        f"How: {r['rounds']} rounds of {r['items_per_round']} items, each a model-only pass then the same "
+        "number of new items through the pipeline (interleaved so that load drift on a shared machine hits both "
+        "sides); rates are total items over total time. A round's pipeline time runs from the first batch the "
+        "worker received to the last batch it stored, so it includes decoding, the model in its executor thread, the "
         "store insert (overlapped with scoring the next batch), publishing to the scored topic and waiting "
         "for its acks; it excludes the consumer group join. Latency is each item's `ingested_at` (stamped at "
         "send) to the moment its batch was stored, under a paced producer in the same process.",
@@ -286,12 +306,16 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if not 0 < args.load <= 1:
         print("finsent bench pipeline: --load must be in (0, 1]")
         return 2
-    r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store_url)
+    if args.rounds < 1:
+        print("finsent bench pipeline: --rounds must be >= 1")
+        return 2
+    r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store_url,
+                  rounds=args.rounds)
     print(json.dumps(r, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
     if args.write_results:
-        cmd = (f"finsent bench pipeline --items {args.items} --load {args.load} "
+        cmd = (f"finsent bench pipeline --items {args.items} --rounds {args.rounds} --load {args.load} "
                f"--latency-seconds {args.latency_seconds:g}")
         write_section(Path(args.write_results), results_section(r, cmd))
         print(f"wrote the Pipeline section of {args.write_results}")
@@ -305,7 +329,8 @@ def register_bench(bench_sub: Any) -> None:
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--items", type=int, default=3000, help="backlog size for the throughput runs (default 3000)")
+    p.add_argument("--items", type=int, default=1536, help="items through each side, over all rounds (default 1536)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved model-only/pipeline rounds (default 3)")
     p.add_argument("--load", type=float, default=0.5, help="offered load for latency, as a fraction of capacity")
     p.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20)")
     p.add_argument("--model-dir", help="model directory (default: the shipped model)")
