@@ -248,7 +248,7 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
     }
 
 
-def results_section(r: dict[str, Any], command: str) -> str:
+def results_section(r: dict[str, Any], command: str, note: str | None = None) -> str:
     hw = r["hardware"]
     lat = r["latency"]
     return "\n".join([
@@ -259,7 +259,8 @@ def results_section(r: dict[str, Any], command: str) -> str:
         "numbers are pessimistic; the ratio is what this benchmark is for).",
         "",
         f"Model {r['model']['version']} ({r['model']['variant']}, {r['model']['provider']}), batch "
-        f"{r['batch_max']}, {r['items']} items, store {r['store']}, broker {r['broker']}.",
+        f"{r['batch_max']}, {r['items']} items, store {r['store']}, broker {r['broker']}."
+        + (f" {note}" if note else ""),
         "",
         "| measure | value |",
         "|---|---:|",
@@ -317,7 +318,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.write_results:
         cmd = (f"finsent bench pipeline --items {args.items} --rounds {args.rounds} --load {args.load} "
                f"--latency-seconds {args.latency_seconds:g}")
-        write_section(Path(args.write_results), results_section(r, cmd))
+        write_section(Path(args.write_results), results_section(r, cmd, args.note))
         print(f"wrote the Pipeline section of {args.write_results}")
     return 0
 
@@ -337,4 +338,5 @@ def register_bench(bench_sub: Any) -> None:
     p.add_argument("--store-url", help="store to write into (default: a temporary chdb directory)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON here")
     p.add_argument("--write-results", metavar="FILE", help="replace the '## Pipeline' section of FILE")
+    p.add_argument("--note", help="a sentence added to the RESULTS.md section (e.g. which model this was)")
     p.set_defaults(func=bench_command)
