@@ -224,3 +224,62 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
         if proc.poll() is None:
             proc.kill()
         store.close()
+
+
+def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
+    kafka_bootstrap: str, clickhouse_db_url: str, unique_name: str, tiny_classifier: Any
+) -> None:
+    """kill -9 of `finsent worker` while it is storing; a restart in the same group finishes the job.
+
+    Whatever was stored but not yet committed when the process died is redelivered to the new
+    worker and stored again; queries must still see every item exactly once.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name, batch_max=8, batch_within_s=0.05)
+    n = 400
+    produce_items(s, make_items(n, "kill"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_STORE": s.store,
+        "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_SESSION_TIMEOUT_MS": "6000",
+        "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
+        "FINSENT_METRICS_PORT": "0",
+    }
+    cmd = [sys.executable, "-m", "stream.cli", "worker", "--group", s.consumer_group, "--batch-max", "8",
+           "--batch-within", "0.05"]
+    store = open_store(clickhouse_db_url)
+    store.ensure_schema()
+    try:
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: store.count()["rows"] >= 40 or first.poll() is not None, 90, "the first rows")
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        partial = store.count()["rows"]
+        assert 0 < partial < n, f"kill came too late to test anything: {partial} of {n} stored"
+        second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: store.count()["rows"] >= n or second.poll() is not None, 120, "all rows after restart")
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=60) == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+        counts = store.count(physical=True)
+        assert counts["rows"] == n and counts["unique_ids"] == n
+        assert counts["physical_rows"] >= n
+    finally:
+        store.close()
