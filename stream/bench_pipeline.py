@@ -310,8 +310,14 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.rounds < 1:
         print("finsent bench pipeline: --rounds must be >= 1")
         return 2
-    r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store_url,
-                  rounds=args.rounds)
+    from stream.commands import _startup_errors
+
+    try:
+        r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store_url,
+                      rounds=args.rounds)
+    except _startup_errors() as exc:
+        print(f"finsent bench pipeline: {exc}")
+        return 1
     print(json.dumps(r, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")

@@ -18,6 +18,15 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def _startup_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "cannot start" (missing model, broker, store): one clear line, no traceback."""
+    from stream.broker import BrokerError
+    from stream.kafka import KafkaUnavailable
+    from stream.store.base import StoreError
+
+    return (FileNotFoundError, BrokerError, KafkaUnavailable, StoreError)
+
+
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:
     """A validated copy of ``settings`` with some fields replaced (flags beat env and file)."""
     return type(settings)(**{**settings.model_dump(), **overrides})
@@ -76,12 +85,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     }
     if overrides:
         settings = with_overrides(settings, **overrides)
-    from stream.kafka import KafkaUnavailable
     from stream.worker import run_worker
 
     try:
         return run_worker(settings)
-    except KafkaUnavailable as exc:
+    except _startup_errors() as exc:
         print(f"finsent worker: {exc}", file=sys.stderr)
         return 1
 
@@ -95,15 +103,19 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.rate <= 0:
         print("finsent demo: --rate must be > 0", file=sys.stderr)
         return 2
-    summary = run_demo(
-        settings,
-        seconds=args.seconds,
-        rate=args.rate,
-        summary_json=args.summary_json,
-        model_dir=args.model_dir,
-        store_url=args.store_url,
-        history=args.history,
-    )
+    try:
+        summary = run_demo(
+            settings,
+            seconds=args.seconds,
+            rate=args.rate,
+            summary_json=args.summary_json,
+            model_dir=args.model_dir,
+            store_url=args.store_url,
+            history=args.history,
+        )
+    except _startup_errors() as exc:
+        print(f"finsent demo: {exc}", file=sys.stderr)
+        return 1
     ok = summary.get("spike_detected") and summary.get("duplicates_in_store") == 0 and summary.get("lost") == 0
     return 0 if ok else 1
 

@@ -150,3 +150,11 @@ def test_demo_rejects_bad_rate(bad: float, capsys: pytest.CaptureFixture[str]) -
 
     assert main(["demo", "--rate", str(bad)]) == 2
     assert "--rate must be > 0" in capsys.readouterr().err
+
+
+def test_demo_without_a_model_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stream.cli import main
+
+    assert main(["demo", "--model-dir", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("finsent demo: model directory") and "Traceback" not in err
