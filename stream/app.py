@@ -26,7 +26,9 @@ Hence :class:`AckGuard`: before any work, each message of the batch gets one ext
 one that marks the offset safe to commit -- happens in :meth:`AckGuard.release`, called after
 steps 3-4 succeeded. If the worker dies or stops first, the offsets stay uncommitted and the
 batch is redelivered; ``insert_scored`` is idempotent by id, so the redelivery never shows twice.
-The same guard lets step 3-4 of batch N overlap with scoring of batch N+1 (one batch in flight).
+The same guard lets the stages overlap, one batch each: Faust fills batch N+2 while the model
+scores N+1 and the store/publish of N runs (the agent body returns as soon as a batch is handed
+to the model). Queues are bounded: at most three batches are held in memory.
 
 The classifier sits in a :class:`ClassifierHolder` so a promoted model can be swapped in
 atomically (hot reload on the roadmap); each batch uses one model version.
