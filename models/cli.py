@@ -113,7 +113,8 @@ def register_bench(bench_sub: Any) -> None:
         "--checkpoint", type=Path, help="PyTorch checkpoint (RUN/best) for the eager row; default: base encoder"
     )
     b.add_argument("--batch-sizes", default="1,32,128", help="comma-separated batch sizes")
-    b.add_argument("--seconds", type=_positive_float, default=4.0, help="minimum timed seconds per row")
+    b.add_argument("--seconds", type=_positive_float, default=2.0, help="minimum timed seconds per measurement")
+    b.add_argument("--repeats", type=int, default=3, help="measurements per row (interleaved); the median is reported")
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager rows")
     b.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: all cores)")
     b.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON here")
@@ -211,7 +212,13 @@ def bench_command(args: argparse.Namespace, settings: Any) -> int:
         print("finsent bench model: --batch-sizes must be positive integers, e.g. 1,32,128", file=sys.stderr)
         return 2
     out = run_bench(
-        args.model or settings.model_dir, sizes, args.seconds, args.checkpoint, not args.no_torch, args.threads
+        args.model or settings.model_dir,
+        sizes,
+        args.seconds,
+        args.checkpoint,
+        not args.no_torch,
+        args.threads,
+        repeats=max(1, args.repeats),
     )
     print(json.dumps({"device": out["device"], "load_average_1m": out["load_average_1m"]}))
     _write_json(args.json_out, out)

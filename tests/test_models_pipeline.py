@@ -214,7 +214,7 @@ def test_train_without_data_is_a_clear_error(tmp_path: Path, capsys: pytest.Capt
 def test_bench_model_reports_every_runtime_and_batch_size(tiny_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     rc = main(
-        ["bench", "model", "--model", str(tiny_dir), "--batch-sizes", "1,32", "--seconds", "0.05",
+        ["bench", "model", "--model", str(tiny_dir), "--batch-sizes", "1,32", "--seconds", "0.05", "--repeats", "1",
          "--no-torch", "--json", str(out)]
     )  # fmt: skip
     assert rc == 0
