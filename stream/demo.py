@@ -43,7 +43,7 @@ WINDOW_S = 5  # detector window: short, so a demo of a minute or two sees a doze
 HISTORY_S = 240  # back-filled history before "now"
 HISTORY_RATE = 1.5  # items/s of back-filled history
 #: the live rate is capped at this share of the model's measured speed, so the spike (+50%) still fits
-MAX_LOAD = 0.4
+MAX_LOAD = 0.3
 
 
 def load_tweets(path: Path = DEMO_DATA) -> list[dict[str, Any]]:
@@ -363,14 +363,14 @@ def run_demo(
         shares: list[tuple[str, int, float]] = []
         rate_hist: collections.deque[tuple[float, int]] = collections.deque(maxlen=50)
         last_poll = 0.0
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
             while True:
                 el = time.monotonic() - t0
                 stored = worker.scorer.stats.snapshot()["stored"]
                 rate_hist.append((el, stored))
                 rate_now = ((rate_hist[-1][1] - rate_hist[0][1]) / (rate_hist[-1][0] - rate_hist[0][0])
                             if len(rate_hist) > 1 and rate_hist[-1][0] > rate_hist[0][0] else 0.0)
-                if el - last_poll >= 1.0:
+                if el - last_poll >= 2.0:
                     last_poll = el
                     for a in runner.poll():
                         alerts.append(a)

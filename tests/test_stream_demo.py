@@ -46,3 +46,15 @@ def test_demo_runs_end_to_end_and_writes_summary(tmp_path: Path) -> None:
     # the worker thread and the producer are gone
     assert not any(t.is_alive() and t.name in ("finsent-worker", "finsent-demo-producer")
                    for t in threading.enumerate() if t.name not in threads_before)
+
+
+def test_demo_detects_the_injected_spike_with_the_shipped_model(tmp_path: Path) -> None:
+    """The acceptance test of `finsent demo`: the shipped model, a real detector on stored counts."""
+    from stream.demo import run_demo
+
+    summary = run_demo(load_settings(metrics_port=0), seconds=60, rate=40, summary_json=str(tmp_path / "s.json"))
+    assert summary["spike_detected"], summary["alerts"]
+    first = next(a for a in summary["alerts"] if a["topic"] == summary["spike_topic"])
+    assert first["t_s"] >= summary["spike_window_s"][0]  # fired by the spike, not before it
+    assert summary["duplicates_in_store"] == 0 and summary["lost"] == 0
+    assert summary["stored"] == summary["produced"]
