@@ -354,7 +354,8 @@ def run_demo(
                         raise RuntimeError("the history was not scored in 5 minutes: is the machine very busy?")
                     time.sleep(0.2)
         with worker.scorer.stats.lock:  # latency is reported for live items only
-            worker.scorer.stats.latency_floor = utcnow()
+            now = utcnow()  # events carry millisecond timestamps: floor to the millisecond
+            worker.scorer.stats.latency_floor = now.replace(microsecond=now.microsecond // 1000 * 1000)
             worker.scorer.stats.latencies.clear()
         producer.live_go.set()
         t0 = time.monotonic()
