@@ -230,3 +230,24 @@ def test_cuda_request_without_usable_gpu_falls_back_to_int8_on_cpu(tiny_dir: Pat
     else:
         assert (clf.provider, clf.variant) == ("CPUExecutionProvider", "int8")
     assert len(clf.predict(TEXTS)) == len(TEXTS)
+
+
+def test_fp16_storage_round_trips_exactly(tiny_dir: Path, tmp_path: Path) -> None:
+    """expand_weights restores float32 initializers with the stored values: same outputs, no casts left."""
+    import onnx
+    import onnxruntime as ort
+
+    from models.variants import expand_weights, is_compact
+
+    stored = onnx.load(str(tiny_dir / "model.onnx"))
+    assert is_compact(tiny_dir / "model.onnx")
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in stored.graph.initializer)
+    expanded = expand_weights(tiny_dir / "model.onnx")
+    assert not any(i.data_type == onnx.TensorProto.FLOAT16 for i in expanded.graph.initializer)
+    assert not any(n.name.startswith("unpack_") for n in expanded.graph.node)
+    onnx.save_model(expanded, str(tmp_path / "expanded.onnx"))
+    feed = {"input_ids": np.array([[2, 10, 20, 30, 3]], dtype=np.int64), "attention_mask": np.ones((1, 5), np.int64)}
+    a = ort.InferenceSession(str(tiny_dir / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)
+    b = ort.InferenceSession(str(tmp_path / "expanded.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)
+    for x, y in zip(a, b, strict=True):
+        assert np.allclose(x, y, atol=1e-6)
