@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,9 @@ class RawMessage:
     topic: str
     partition: int
     offset: int
+    #: the record's Kafka timestamp (epoch seconds): the ``ingested_at`` of an item that lacks one,
+    #: so a redelivered record decodes to the same stored row
+    timestamp: float | None = None
 
 
 @dataclass(slots=True)
@@ -173,7 +176,10 @@ def decode_batch(
     dead: list[DeadLetter] = []
     for m in messages:
         try:
-            items.append(decode_raw(m.value if m.value is not None else b"", max_bytes, max_text_chars))
+            default_ts = datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None
+            items.append(
+                decode_raw(m.value if m.value is not None else b"", max_bytes, max_text_chars, default_ts)
+            )
         except InvalidEvent as exc:
             dead.append(DeadLetter(exc.reason, dead_letter(m.value, exc.reason, exc.detail, m.topic, m.partition,
                                                            m.offset)))
@@ -322,7 +328,8 @@ class Scorer:
             self.stats.first_batch_t = time.monotonic()
         guard = AckGuard(events)
         messages = [
-            RawMessage(ev.value, ev.message.topic, ev.message.partition, ev.message.offset) for ev in events
+            RawMessage(ev.value, ev.message.topic, ev.message.partition, ev.message.offset, ev.message.timestamp)
+            for ev in events
         ]
         m = self.metrics
         m.consumed.labels(self.settings.topic_raw).inc(len(messages))
@@ -499,10 +506,10 @@ def create_app(
             return store
 
     else:
-        from stream.store import open_store
+        from stream.store import store_from_settings
 
         def store_factory() -> Any:
-            s = open_store(settings.store)
+            s = store_from_settings(settings)
             s.ensure_schema()
             return s
 

@@ -158,3 +158,15 @@ def test_demo_without_a_model_is_one_clear_error(tmp_path: Path, capsys: pytest.
     assert main(["demo", "--model-dir", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("finsent demo: model directory") and "Traceback" not in err
+
+
+def test_item_without_ingested_at_takes_the_record_timestamp() -> None:
+    """A redelivered record must decode to the same row: its Kafka timestamp stands in for ingested_at."""
+    from stream.app import RawMessage, decode_batch
+
+    body = b'{"id":"r1","source":"s","source_type":"social","text":"stocks slide"}'
+    msg = RawMessage(body, "finsent.raw", 0, 7, 1_790_000_000.25)
+    first, _ = decode_batch([msg], 1_000_000, 20_000)
+    again, _ = decode_batch([msg], 1_000_000, 20_000)
+    assert first[0].ingested_at == again[0].ingested_at
+    assert first[0].ingested_at.timestamp() == 1_790_000_000.25
