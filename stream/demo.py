@@ -89,6 +89,8 @@ class DemoState:
     produced: int = 0
     produced_spike: int = 0
     produced_history: int = 0
+    #: the newest back-filled history timestamp: live items are the ones ingested after it
+    history_last: datetime | None = None
     malformed_sent: int = 0
     producer_error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -170,6 +172,7 @@ class DemoProducer(threading.Thread):
                 with self.state.lock:
                     self.state.produced += len(hist)
                     self.state.produced_history += len(hist)
+                    self.state.history_last = hist[-1].ingested_at if hist else None
             while not self.live_go.wait(0.2):
                 if self.stop_flag.is_set():
                     return
@@ -354,8 +357,10 @@ def run_demo(
                         raise RuntimeError("the history was not scored in 5 minutes: is the machine very busy?")
                     time.sleep(0.2)
         with worker.scorer.stats.lock:  # latency is reported for live items only
-            now = utcnow()  # events carry millisecond timestamps: floor to the millisecond
-            worker.scorer.stats.latency_floor = now.replace(microsecond=now.microsecond // 1000 * 1000)
+            # The floor is just past the newest history item, not "now": the wall clock may step back a
+            # little (NTP) between here and the producer thread, which once dropped a live item's sample.
+            last = state.history_last
+            worker.scorer.stats.latency_floor = last + timedelta(milliseconds=1) if last is not None else None
             worker.scorer.stats.latencies.clear()
         producer.live_go.set()
         t0 = time.monotonic()
