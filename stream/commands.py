@@ -112,6 +112,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
             model_dir=args.model_dir,
             store_url=args.store_url,
             history=args.history,
+            plot=args.plot,
         )
     except _startup_errors() as exc:
         print(f"finsent demo: {exc}", file=sys.stderr)
@@ -172,6 +173,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--seconds", type=float, default=75.0, help="length of the live replay (default 75)")
     d.add_argument("--rate", type=float, default=40.0, help="background items per second (default 40)")
     d.add_argument("--summary-json", metavar="PATH", help="write the run's summary (counts, alerts, latency) here")
+    d.add_argument("--plot", metavar="PNG",
+                   help="write a timeline of per-topic negative share, volume and alerts here (needs matplotlib)")
     d.add_argument("--model-dir", help="model directory (default: the shipped model)")
     d.add_argument("--store-url", help="keep results in this store instead of a temporary chdb directory")
     d.add_argument("--no-history", dest="history", action="store_false",

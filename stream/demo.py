@@ -282,6 +282,7 @@ def run_demo(
     model_dir: str | None = None,
     store_url: str | None = None,
     history: bool = True,
+    plot: str | None = None,
 ) -> dict[str, Any]:
     from rich.console import Console
     from rich.live import Live
@@ -441,6 +442,16 @@ def run_demo(
             "model_version": classifier.version,
             "model_provider": classifier.provider,
         }
+        if plot:
+            try:
+                from stream.plots import plot_store_timeline
+
+                summary["plot"] = str(plot_store_timeline(
+                    store, plot, since=timedelta(seconds=elapsed + HISTORY_S + 120), bucket_s=WINDOW_S,
+                    alerts=alerts, highlight=spike_topic,
+                ))
+            except (ImportError, ValueError) as exc:
+                summary["plot_error"] = str(exc)
     finally:
         if producer is not None:
             producer.stop_flag.set()
@@ -481,3 +492,7 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
     others = [a for a in alerts if a["topic"] != summary["spike_topic"]]
     if others:
         console.print(f"other alerts: {', '.join(a['topic'] for a in others)}")
+    if summary.get("plot"):
+        console.print(f"timeline written to {summary['plot']}")
+    elif summary.get("plot_error"):
+        console.print(f"[yellow]no timeline: {summary['plot_error']}[/]")
