@@ -35,11 +35,13 @@ def plot_timeline(
     highlight: str | None = None,
     top: int = 6,
     title: str = "finsent: negative share per topic",
+    min_items: int = 3,
 ) -> Path:
     """Write a PNG of per-topic negative share (lines) and volume (bars); return its path.
 
     Shows the ``top`` busiest topics plus ``highlight`` (e.g. the demo's spike topic) and every topic
-    that has an alert. Raises ValueError when there is nothing to draw.
+    that has an alert. A bucket with fewer than ``min_items`` items of a topic leaves a gap in that topic's
+    line: a share of 1 out of 1 is noise, not sentiment. Raises ValueError when there is nothing to draw.
     """
     if not counts:
         raise ValueError("no stored counts in that time range: nothing to plot")
@@ -57,7 +59,7 @@ def plot_timeline(
     for topic in shown:
         cs = sorted(by_topic[topic], key=lambda c: c.bucket)
         xs = [c.bucket for c in cs]
-        ys = [c.negative / c.total if c.total else 0.0 for c in cs]
+        ys = [c.negative / c.total if c.total >= max(1, min_items) else float("nan") for c in cs]
         strong = topic == highlight or any(a.topic == topic for a in alerts)
         ax.plot(xs, ys, marker="o", ms=3, lw=2.4 if strong else 1.0, alpha=1.0 if strong else 0.6, label=topic)
     totals: dict[datetime, int] = defaultdict(int)
