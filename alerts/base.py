@@ -91,6 +91,18 @@ def clamp(x: float, lo: float, hi: float) -> float:
     return lo if x < lo else hi if x > hi else x
 
 
+def check_window(counts: Counts, window_end: datetime, last_end: datetime | None) -> datetime:
+    """Validate one window for a detector's ``observe``: sane counts, strictly after the last window.
+
+    Returns ``window_end``, the detector's new ``_last_end``. Shared by every detector so the input rules
+    are the same whichever one runs.
+    """
+    check_counts(counts)
+    if last_end is not None and window_end <= last_end:
+        raise ValueError(f"windows must arrive in order: {window_end} after {last_end}")
+    return window_end
+
+
 def check_counts(counts: Counts) -> None:
     """Reject impossible counts early with a message that names the topic (bad input -> clear error)."""
     for topic, (neg, tot) in counts.items():

@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from alerts.base import Baseline, Counts, TopicState, check_counts, clamp, decay_for, make_alert, required_share
+from alerts.base import Baseline, Counts, TopicState, check_window, clamp, decay_for, make_alert, required_share
 from stream.events import Alert
 
 
@@ -88,10 +88,7 @@ class BinomialCusum:
         return {t: s.state for t, s in self._topics.items()}
 
     def observe(self, window_end: datetime, counts: Counts) -> list[Alert]:
-        check_counts(counts)
-        if self._last_end is not None and window_end <= self._last_end:
-            raise ValueError(f"windows must arrive in order: {window_end} after {self._last_end}")
-        self._last_end = window_end
+        self._last_end = check_window(counts, window_end, self._last_end)
         alerts: list[Alert] = []
         for topic in set(self._topics) | set(counts):
             tp = self._topics.get(topic)

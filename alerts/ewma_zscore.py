@@ -35,7 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from alerts.base import Baseline, Counts, TopicState, binomial_z, check_counts, decay_for, make_alert, risen
+from alerts.base import Baseline, Counts, TopicState, binomial_z, check_window, decay_for, make_alert, risen
 from stream.events import Alert
 
 
@@ -85,10 +85,7 @@ class EwmaZScore:
         return {t: s.state for t, s in self._topics.items()}
 
     def observe(self, window_end: datetime, counts: Counts) -> list[Alert]:
-        check_counts(counts)
-        if self._last_end is not None and window_end <= self._last_end:
-            raise ValueError(f"windows must arrive in order: {window_end} after {self._last_end}")
-        self._last_end = window_end
+        self._last_end = check_window(counts, window_end, self._last_end)
         alerts: list[Alert] = []
         for topic in set(self._topics) | set(counts):
             tp = self._topics.get(topic)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -367,7 +367,6 @@ __all__ = [
     "format_time",
     "parse_time",
     "raw_item_from_dict",
-    "replace",
     "stable_id",
     "utcnow",
 ]

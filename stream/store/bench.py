@@ -125,7 +125,8 @@ def bench_engine(name: str, url_for: Callable[[str], str], rows: int, dup_share:
 def bench_rescore(name: str, url: str, rows: int, rescore_share: float, progress: Callable[[str], None]) -> dict:
     """Which distinct count is *right* after re-scoring: re-score a share of the items with a
     newer model that flips their sentiment, then count negative items each way."""
-    from stream.events import replace
+    from dataclasses import replace
+
     from stream.store import open_store
 
     items = synthetic_items(rows, seed=7, prefix="r")
