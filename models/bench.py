@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from models.textprep import prepare_all
+
 log = logging.getLogger(__name__)
 SEED_DIR = Path(__file__).resolve().parent / "seed"
 
@@ -71,7 +73,7 @@ def _time_it(fn: Callable[[Sequence[str]], Any], texts: Sequence[str], batch: in
 
 
 def _torch_predictor(
-    checkpoint: Path | None, tokenizer_file: Path, max_length: int, threads: int
+    checkpoint: Path | None, tokenizer_file: Path, max_length: int, threads: int, steps: tuple[str, ...] = ()
 ) -> Callable[[Sequence[str], int], Any]:
     import torch
     from tokenizers import Tokenizer
@@ -92,7 +94,7 @@ def _torch_predictor(
     tok.enable_truncation(max_length)
 
     def run(texts: Sequence[str], batch: int) -> None:
-        encs = tok.encode_batch(list(texts))
+        encs = tok.encode_batch(prepare_all(texts, steps))  # the same text preparation as the runtime
         order = np.argsort([len(e.ids) for e in encs], kind="stable")
         with torch.inference_mode():
             for s in range(0, len(order), batch):
@@ -136,11 +138,11 @@ def run_bench(
     variants = [("ort-fp32", "fp32"), ("ort-int8", "int8")]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         variants.append(("ort-fp16", "fp16"))
-    max_length, tokenizer_file = 128, Path()
+    max_length, tokenizer_file, steps = 128, Path(), ()
     for runtime, variant in variants:
         for b in batch_sizes:
             clf = Classifier.load(model_dir, variant=variant, threads=threads, batch_size=b)
-            max_length = clf.info.max_length
+            max_length, steps = clf.info.max_length, clf.preprocess
             tokenizer_file = clf.model_dir / "tokenizer.json"
             rows.append(
                 ({"runtime": runtime, "provider": clf.provider, "batch_size": b, "sorted": b > 1}, clf.predict, b)
@@ -159,7 +161,7 @@ def run_bench(
         import torch
 
         provider = "cuda" if torch.cuda.is_available() else "cpu"
-        torch_run = _torch_predictor(checkpoint, tokenizer_file, max_length, threads)
+        torch_run = _torch_predictor(checkpoint, tokenizer_file, max_length, threads, steps)
         for b in batch_sizes:
             rows.append(
                 (

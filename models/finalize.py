@@ -17,6 +17,7 @@ from typing import Any
 
 from models.data import LabelledSet, Splits, make_splits
 from models.modeldir import ModelInfo
+from models.textprep import check_steps
 
 log = logging.getLogger(__name__)
 INFERENCE_MAX_LENGTH = 128
@@ -46,6 +47,7 @@ def finalize(
     run_dir, model_dir = Path(run_dir), Path(model_dir)
     model, meta = load_checkpoint(run_dir / "best", attn_implementation="eager")
     cfg = meta["config"]
+    steps = check_steps(cfg.get("preprocess", []))  # runs from before models.textprep used raw text
     tok = load_tokenizer(cfg.get("base_model"))
     splits: Splits = make_splits({k: Path(v) for k, v in cfg["data"].items()}, cfg["split_seed"])
     if limit:
@@ -63,6 +65,7 @@ def finalize(
             "base_model": base_name,
             "num_heads": int(enc_cfg.num_attention_heads),
             "hidden_size": int(enc_cfg.hidden_size),
+            "preprocess": list(steps),
         },
     )
     report = export_model_dir(model, tok, model_dir, info)
@@ -74,7 +77,7 @@ def finalize(
     test: dict[str, dict[str, Any]] = {}
     preds: dict[str, dict[str, list[str]]] = {}
     t0 = time.monotonic()
-    torch_scores = score_sets(model, load_tokenizer(cfg.get("base_model")), splits.test, max_length)
+    torch_scores = score_sets(model, load_tokenizer(cfg.get("base_model")), splits.test, max_length, steps)
     test["pytorch"] = {k: {kk: v[kk] for kk in ("n", "accuracy", "macro_f1")} for k, v in torch_scores.items()}
     log.info("pytorch test scores in %.0fs: %s", time.monotonic() - t0, test["pytorch"])
     if variants is None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from models.data import SPLIT_SEED, LabelledSet, Splits, default_paths, make_splits
 from models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from models.textprep import DEFAULT_STEPS, check_steps, prepare_all
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -57,6 +58,8 @@ class TrainConfig:
     threads: int = 0
     topic_weight_power: float = 0.5
     max_examples: int = 0  # >0: subsample each training set (smoke tests)
+    preprocess: list[str] = field(default_factory=lambda: list(DEFAULT_STEPS))  # models.textprep steps
+    init_from: str | None = None  # a checkpoint directory (RUN/best) to continue from instead of the base weights
 
 
 def _device():
@@ -91,10 +94,12 @@ def _encode(tok: Any, texts: list[str], max_length: int) -> list[list[int]]:
     return [e.ids for e in tok.encode_batch(texts)]
 
 
-def _examples(sets: dict[str, LabelledSet], tok: Any, max_length: int) -> list[tuple[list[int], int, int]]:
+def _examples(
+    sets: dict[str, LabelledSet], tok: Any, max_length: int, steps: tuple[str, ...] = ()
+) -> list[tuple[list[int], int, int]]:
     out = []
     for ds in sets.values():
-        ids = _encode(tok, ds.texts, max_length)
+        ids = _encode(tok, prepare_all(ds.texts, steps), max_length)
         for x, y in zip(ids, ds.labels, strict=True):
             if ds.task == "sentiment":
                 out.append((x, SENTIMENT_LABELS.index(y), IGNORE))
@@ -131,12 +136,14 @@ def _collate(examples: list, batch: list[int], pad_id: int = 0):
     return ids, mask, sent, topic
 
 
-def predict_torch(model: Any, tok: Any, texts: list[str], max_length: int = 128, batch_size: int = 64):
+def predict_torch(
+    model: Any, tok: Any, texts: list[str], max_length: int = 128, batch_size: int = 64, steps: tuple[str, ...] = ()
+):
     """Argmax predictions of both heads (input order), length-sorted batches, no grad."""
     import torch
 
     device = next(model.parameters()).device
-    ids = _encode(tok, texts, max_length)
+    ids = _encode(tok, prepare_all(texts, steps), max_length)
     order = np.argsort([len(x) for x in ids], kind="stable")
     s_pred = np.zeros(len(texts), dtype=np.int64)
     t_pred = np.zeros(len(texts), dtype=np.int64)
@@ -152,13 +159,15 @@ def predict_torch(model: Any, tok: Any, texts: list[str], max_length: int = 128,
     return s_pred, t_pred
 
 
-def score_sets(model: Any, tok: Any, sets: dict[str, LabelledSet], max_length: int = 128) -> dict[str, dict]:
+def score_sets(
+    model: Any, tok: Any, sets: dict[str, LabelledSet], max_length: int = 128, steps: tuple[str, ...] = ()
+) -> dict[str, dict]:
     """Accuracy, macro-F1 and predictions for each set (its own head)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     out = {}
     for name, ds in sets.items():
-        s_pred, t_pred = predict_torch(model, tok, ds.texts, max_length)
+        s_pred, t_pred = predict_torch(model, tok, ds.texts, max_length, steps=steps)
         labels = SENTIMENT_LABELS if ds.task == "sentiment" else TOPIC_LABELS
         pred = [labels[i] for i in (s_pred if ds.task == "sentiment" else t_pred)]
         out[name] = {
@@ -189,11 +198,10 @@ def train(cfg: TrainConfig) -> Path:
     import torch
     from tqdm import tqdm
 
-    from models.modeling import MultiTaskClassifier, load_pretrained_encoder, save_checkpoint
+    from models.modeling import MultiTaskClassifier, load_checkpoint, load_pretrained_encoder, save_checkpoint
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -214,13 +222,22 @@ def train(cfg: TrainConfig) -> Path:
             {k: LabelledSet(v.name, v.task, v.texts[:64], v.labels[:64]) for k, v in splits.val.items()},
             {k: LabelledSet(v.name, v.task, v.texts[:64], v.labels[:64]) for k, v in splits.test.items()},
         )
+    steps = check_steps(cfg.preprocess)
+    if cfg.init_from:
+        model, init_meta = load_checkpoint(Path(cfg.init_from), attn_implementation="sdpa")
+        if list(init_meta["sentiment"]) != list(SENTIMENT_LABELS) or list(init_meta["topic"]) != list(TOPIC_LABELS):
+            raise ValueError(f"{cfg.init_from}: its label lists differ from this finsent's; start from the base model")
+        cfg.base_model = init_meta["config"].get("base_model")  # its tokenizer
+        log.info("continuing from checkpoint %s (step %s of its run)", cfg.init_from, init_meta.get("step"))
+        model = model.to(device)
+    else:
+        model = MultiTaskClassifier(
+            load_pretrained_encoder(cfg.base_model, "sdpa"), len(SENTIMENT_LABELS), len(TOPIC_LABELS)
+        ).to(device)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
     tok = load_tokenizer(cfg.base_model)
-    examples = _examples(train_sets, tok, cfg.max_length)
-    log.info("training examples: %s", {k: len(v) for k, v in train_sets.items()})
-
-    model = MultiTaskClassifier(
-        load_pretrained_encoder(cfg.base_model, "sdpa"), len(SENTIMENT_LABELS), len(TOPIC_LABELS)
-    ).to(device)
+    examples = _examples(train_sets, tok, cfg.max_length, steps)
+    log.info("training examples: %s (text preparation: %s)", {k: len(v) for k, v in train_sets.items()}, steps)
     head_params = list(model.sentiment_head.parameters()) + list(model.topic_head.parameters())
     enc_decay = [p for n, p in model.encoder.named_parameters() if p.ndim >= 2]
     enc_no_decay = [p for n, p in model.encoder.named_parameters() if p.ndim < 2]
@@ -276,7 +293,7 @@ def train(cfg: TrainConfig) -> Path:
             last = progress >= 1.0
             if step % eval_every == 0 or last:
                 t0 = time.monotonic()
-                scores = score_sets(model, tok, splits.val)
+                scores = score_sets(model, tok, splits.val, steps=steps)
                 eval_time += time.monotonic() - t0
                 mean_f1 = float(np.mean([v["macro_f1"] for v in scores.values()]))
                 row = {

@@ -200,7 +200,22 @@ def test_train_exports_a_loadable_model_with_card_and_metrics(tmp_path: Path) ->
     assert "CC BY-NC-SA 3.0" in card and "| topic | int8 |" in card
     clf = Classifier.load(model_out)
     assert clf.version == metrics["model_version"]
+    assert clf.preprocess == ("strip_urls",)  # trained without links, so served without them
     assert len(clf.predict(["oil falls"])) == 1
+
+    # continue from the checkpoint (what a retrain on new data does): starts from its weights, not the base
+    run2, model2 = tmp_path / "run2", tmp_path / "model2"
+    rc = main(
+        [
+            "train", "--fpb", str(fpb), "--tfns", str(tfns), "--topic", str(topic), "--init-from", str(run / "best"),
+            "--out", str(run2), "--model-out", str(model2), "--epochs", "1", "--batch-size", "16",
+            "--eval-every", "1", "--budget-minutes", "5", "--threads", "1", "--keep-urls",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    cfg2 = json.loads((run2 / "config.json").read_text())
+    assert cfg2["init_from"] == str(run / "best") and cfg2["base_model"] == str(base) and cfg2["preprocess"] == []
+    assert Classifier.load(model2).preprocess == ()
 
 
 def test_train_without_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
