@@ -158,6 +158,12 @@ class Baseline:
     not fit either, because the excess grows with the window's volume. ``rho`` is estimated by
     moments from in-control windows (decayed sums, winsorised so one real spike cannot teach the
     detector that spikes are noise), starting from a small prior.
+
+    The moment sums forget slowly (``noise_decay`` per window: 0.999 is a ~700-window half-life,
+    about 12 h of 1-minute windows). One window's squared residual is a very noisy estimate of
+    its variance, and with a ~70-window memory (0.99, the first version) the per-topic ``rho``
+    wandered between 0 and twice its value (5th-95th percentile on the benchmark's traffic): the
+    hours when it sat near 0 treated every busy minute as binomial and made the false alarms.
     """
 
     decay: float
@@ -165,9 +171,13 @@ class Baseline:
     rho_max: float = 0.2
     neg: float = 0.0
     tot: float = 0.0
+    #: decayed sums of n and n^2 with the *squared* weights: the baseline share's own sampling variance
+    sq_tot: float = 0.0
+    sq_tot2: float = 0.0
     rho_num: float = 0.02 * 900.0  # prior: rho = 0.02 with the weight of one 100-item window
     rho_den: float = 900.0
     windows: int = 0
+    noise_decay: float = 0.999
 
     def share(self) -> float | None:
         if self.tot <= 0:
@@ -178,6 +188,18 @@ class Baseline:
     def rho(self) -> float:
         return clamp(self.rho_num / self.rho_den, 0.0, self.rho_max)
 
+    def logit_variance(self) -> float:
+        """Sampling variance of the baseline share, in logit units (delta method).
+
+        The share is a weighted mean of windows: ``Var = p (1-p) sum w_j^2 n_j (1 + (n_j-1) rho) / (sum w_j n_j)^2``,
+        divided by ``(p (1-p))^2`` for logit units. Large for a quiet topic, small for a busy one.
+        """
+        p = self.share()
+        if p is None or self.tot <= 0:
+            return 0.0
+        spread = self.sq_tot + self.rho * max(0.0, self.sq_tot2 - self.sq_tot)
+        return spread / (self.tot * self.tot * p * (1.0 - p))
+
     def variance_factor(self, n: int) -> float:
         """How much wider than binomial the count of a window of ``n`` items is."""
         return 1.0 + max(0, n - 1) * self.rho
@@ -187,10 +209,14 @@ class Baseline:
         if learn_noise and p0 is not None and tot >= 2 and self.tot >= 50:
             v = tot * p0 * (1.0 - p0)
             r2 = min(25.0, (neg - tot * p0) ** 2 / v)  # winsorised
-            self.rho_num = 0.99 * self.rho_num + 0.01 * (r2 - 1.0) * v
-            self.rho_den = 0.99 * self.rho_den + 0.01 * (tot - 1) * v
+            keep = self.noise_decay
+            self.rho_num = keep * self.rho_num + (r2 - 1.0) * v
+            self.rho_den = keep * self.rho_den + (tot - 1) * v
         self.neg = self.neg * self.decay + neg
         self.tot = self.tot * self.decay + tot
+        d2 = self.decay * self.decay
+        self.sq_tot = self.sq_tot * d2 + tot
+        self.sq_tot2 = self.sq_tot2 * d2 + tot * tot
         self.windows += 1
 
 

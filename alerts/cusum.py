@@ -28,7 +28,7 @@ Example::
     >>> for i in range(180, 190):                  # the share jumps to 30 % (3x) at 20 items/minute
     ...     alerts += det.observe(t0 + timedelta(minutes=i), {"banking": (6, 20)})
     >>> [(a.topic, (a.window_end - t0).seconds // 60 - 180, a.severity) for a in alerts]  # minutes after the jump
-    [('banking', 6, 'warning')]
+    [('banking', 5, 'warning'), ('banking', 9, 'critical')]
 """
 
 from __future__ import annotations
@@ -138,4 +138,3 @@ class BinomialCusum:
             span = self.window_s * max(1, tp.run_windows)
             return make_alert(self.name, st, window_end, span, tp.run_neg, tp.run_tot)
         return None
-

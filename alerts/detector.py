@@ -45,7 +45,7 @@ def make_detector(settings: Settings) -> Detector:
         short = max(1, round(settings.alert_short_s / window_s))
         if threshold is not None:
             common["z_threshold"] = threshold
-        return EwmaZScore(short_windows=short, **common)  # type: ignore[arg-type]
+        return EwmaZScore(short_windows=short, drift_var=settings.alert_drift_var, **common)  # type: ignore[arg-type]
     if settings.alert_detector == "cusum":
         if threshold is not None:
             common["threshold"] = threshold

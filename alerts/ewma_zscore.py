@@ -5,9 +5,17 @@ items), and so are the last ``fast_windows`` (a second, faster scale for big jum
 baseline is the exponentially decayed share of the windows *before* them (so a spike never
 raises its own bar); the score is the quasi-binomial z::
 
-    z = (k - n*p0) / sqrt(p0 * (1 - p0) * sum_i n_i * (1 + (n_i - 1) * rho))
+    z = signed-root binomial LR z of (k, n, p0) / sqrt(spread)
+    spread = sum_i n_i * (1 + (n_i - 1) * rho) / n  +  n * p0 * (1 - p0) * (v_base + drift_var)
 
-(``rho``: the topic's intra-window correlation, see :class:`alerts.base.Baseline`.)
+(``rho``: the topic's intra-window correlation, see :class:`alerts.base.Baseline`.) The second
+term is the baseline's own error, common to every item of the window and so growing with ``n``:
+``v_base`` is the EWMA's sampling variance in logit units (large on a quiet topic, small on a busy
+one: the volume-adaptive part) and ``drift_var`` how far a topic's level moves, in logit units
+squared, between the baseline's centre of mass (~1.5 h back) and now. Without it the busiest
+topics made the false alarms whenever their share drifted; with it (``drift_var = 0.02``, i.e.
+~0.14 in logit) the threshold could come down from 5.5 to 5.0 with no false alarm on three
+benchmark seeds (``bench/RESULTS.md``, Alerts).
 
 An alarm needs, on either scale: ``z >= z_threshold`` (surprising), the odds of a negative
 item up ``min_ratio``-fold and the share up by ``min_delta`` (big enough to matter: a topic
@@ -57,12 +65,14 @@ class EwmaZScore:
         short_windows: int = 5,
         fast_windows: int = 2,
         halflife_windows: float = 60.0,
-        z_threshold: float = 5.5,
+        z_threshold: float = 5.0,
         z_critical: float = 11.0,
         min_ratio: float = 2.0,
         min_delta: float = 0.1,
         min_volume: int = 30,
         min_baseline: float = 200.0,
+        drift_var: float = 0.02,
+        noise_decay: float = 0.999,
     ) -> None:
         if window_s < 1 or short_windows < 1:
             raise ValueError("window_s and short_windows must be >= 1")
@@ -78,6 +88,10 @@ class EwmaZScore:
         self.min_delta = min_delta
         self.min_volume = min_volume
         self.min_baseline = min_baseline
+        if drift_var < 0 or not 0.0 < noise_decay < 1.0:
+            raise ValueError("drift_var must be >= 0 and noise_decay in (0, 1)")
+        self.drift_var = drift_var
+        self.noise_decay = noise_decay
         self._topics: dict[str, _Topic] = {}
         self._last_end: datetime | None = None
 
@@ -90,7 +104,7 @@ class EwmaZScore:
         for topic in set(self._topics) | set(counts):
             tp = self._topics.get(topic)
             if tp is None:
-                tp = self._topics[topic] = _Topic(TopicState(topic), Baseline(self.decay))
+                tp = self._topics[topic] = _Topic(TopicState(topic), Baseline(self.decay, noise_decay=self.noise_decay))
             neg, tot = counts.get(topic, (0, 0))
             tp.recent.append((int(neg), int(tot)))
             if len(tp.recent) > self.short_windows:
@@ -112,7 +126,10 @@ class EwmaZScore:
         n = sum(t for _, t in recent)
         if n == 0:
             return 0.0, 0, 0, False
-        spread = sum(t * tp.baseline.variance_factor(t) for _, t in recent) / n  # beta-binomial widening
+        base = tp.baseline
+        spread = sum(t * base.variance_factor(t) for _, t in recent) / n  # beta-binomial widening
+        # the baseline is an estimate of a level that has moved since: its error is common to the whole window
+        spread += n * p0 * (1.0 - p0) * (base.logit_variance() + self.drift_var)
         z = binomial_z(k, n, p0) / spread**0.5
         ok = z >= self.z_threshold and n >= self.min_volume and risen(k / n, p0, self.min_ratio, self.min_delta)
         return z, k, n, ok

@@ -80,9 +80,12 @@ class Settings(BaseSettings):
     alertmanager_url: str | None = Field(None, description="post alerts to this Alertmanager (v2 API) when set")
     # defaults measured by `finsent bench alerts` (bench/RESULTS.md, Alerts)
     alert_detector: str = Field("ewma_z", description="in-stream detector: ewma_z (z-test) or cusum")
-    alert_threshold: float | None = Field(None, gt=0, description="alarm at z (ewma_z, default 5.5) or LLR (cusum, 12)")
+    alert_threshold: float | None = Field(None, gt=0, description="alarm at z (ewma_z, default 5.0) or LLR (cusum, 12)")
     alert_short_s: int = Field(300, ge=1, description="ewma_z: the recent window tested against the baseline")
     alert_baseline_halflife_s: int = Field(3600, ge=1, description="half-life of a topic's EWMA baseline share")
+    alert_drift_var: float = Field(
+        0.02, ge=0.0, description="ewma_z: variance (logit units) of a topic's drift away from its baseline; widens z"
+    )
     alert_min_ratio: float = Field(2.0, ge=1.0, description="negative share must reach this multiple of baseline")
     alert_min_delta: float = Field(0.1, ge=0.0, le=1.0, description="and exceed the baseline by this much")
     alert_min_volume: int = Field(30, ge=1, description="items in the tested window below which nothing alarms")

@@ -129,3 +129,65 @@ def test_chronic_topic_jumping_well_above_its_level_alarms(cls):
     assert feed(det, noisy(rng, 240, 0.5, 30)) == []
     hits = feed(det, noisy(rng, 10, 0.9, 30), start=240)
     assert hits and hits[0][0] - 240 + 1 <= 5
+
+
+def betabinomial(rng, minutes, share, rate, concentration=60.0):
+    """Overdispersed minutes: each minute's share ~ Beta around ``share`` (intra-minute rho = 1/(c+1))."""
+    tot = rng.poisson(rate, minutes)
+    p = rng.beta(share * concentration, (1 - share) * concentration, minutes)
+    return list(zip(rng.binomial(tot, p).tolist(), tot.tolist(), strict=True))
+
+
+def test_baseline_overdispersion_estimate_is_stable_over_hours():
+    """rho is learnt from a long memory: it must not wander to 0 (which made busy minutes look binomial)."""
+    from alerts.base import Baseline, decay_for
+
+    rng = np.random.default_rng(7)
+    base = Baseline(decay_for(60.0))
+    rhos = []
+    for i, (neg, tot) in enumerate(betabinomial(rng, 3000, 0.15, 30)):
+        base.update(neg, tot)
+        if i >= 600:
+            rhos.append(base.rho)
+    lo, hi = np.percentile(rhos, [5, 95])
+    true = 1 / 61
+    assert 0.5 * true < lo and hi < 1.6 * true, (lo, hi)
+
+
+def test_baseline_logit_variance_matches_the_weighted_mean_formula():
+    from alerts.base import Baseline, decay_for
+
+    d = decay_for(60.0)
+    base = Baseline(d)
+    for _ in range(2000):
+        base.update(4, 40, learn_noise=False)
+    p, n, rho = base.share(), 40, base.rho
+    # steady state of sum d^2j n vf / (sum d^j n)^2, in logit units: (1-d)/(1+d) * vf / (n p (1-p))
+    expected = (1 - d) / (1 + d) * (1 + (n - 1) * rho) / (n * p * (1 - p))
+    assert base.logit_variance() == pytest.approx(expected, rel=1e-6)
+    assert Baseline(d).logit_variance() == 0.0
+
+
+def test_ewma_z_score_includes_the_baselines_own_error():
+    """z = LR z / sqrt(window spread + n p0 (1-p0) (baseline sampling variance + drift_var))."""
+    series = [(6, 60)] * 300 + [(13, 60)] * 5  # 10 % for five hours, then 21.7 % for five minutes
+    scores = {}
+    for drift in (0.0, 0.02):
+        det = EwmaZScore(drift_var=drift, z_threshold=50)
+        feed(det, series)
+        tp = det._topics["banking"]
+        p0, base = tp.state.baseline_share, tp.baseline
+        k, n = 65, 300
+        spread = 1 + (60 - 1) * base.rho + n * p0 * (1 - p0) * (base.logit_variance() + drift)
+        assert tp.state.score == pytest.approx(binomial_z(k, n, p0) / spread**0.5, rel=1e-9)
+        scores[drift] = tp.state.score
+    # the drift term matters most where the window is big: here it takes z from ~6 to ~4.5
+    assert scores[0.0] > 5.5 and scores[0.02] < 5.0
+
+
+def test_ewma_z_is_quiet_on_overdispersed_busy_traffic_and_catches_a_5x_rise():
+    rng = np.random.default_rng(11)
+    det = EwmaZScore()
+    assert feed(det, betabinomial(rng, 24 * 60, 0.1, 40)) == []  # a day of busy, bursty, calm traffic
+    hits = feed(det, betabinomial(rng, 10, 0.5, 40), start=24 * 60)
+    assert hits and hits[0][0] - 24 * 60 + 1 <= 3
