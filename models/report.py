@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,24 @@ def _per_class_table(per_class: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _lineage(cfg: dict[str, Any]) -> list[str]:
+    """Card lines for a run that continued from an earlier checkpoint (``finsent train --init-from``)."""
+    parent = cfg.get("init_from")
+    if not parent:
+        return []
+    line = f"- Continued from the checkpoint `{parent}`."
+    meta_file = Path(parent) / "meta.json"
+    if meta_file.is_file():
+        pmeta = json.loads(meta_file.read_text(encoding="utf-8"))
+        minutes = float(pmeta.get("val", {}).get("elapsed_s", 0.0)) / 60
+        line = line[:-1] + (
+            f" (epoch {pmeta.get('epoch', 0):.2f} of its own run, {minutes:.1f} min on {pmeta.get('hardware', '?')}, "
+            f"text preparation {pmeta.get('config', {}).get('preprocess') or 'none'}); the numbers below are this "
+            "run's, on top of it."
+        )
+    return [line]
+
+
 def model_card(meta: dict[str, Any]) -> str:
     """The model directory's README.md from the metrics the finaliser collected."""
     cfg = meta["config"]
@@ -81,6 +100,12 @@ def model_card(meta: dict[str, Any]) -> str:
         "- Mean pooling over tokens, dropout 0.1, one linear head per task; both trained together (mixed batches).",
         f"- Tokens: at most {meta['max_length']} at inference ({cfg['max_length']} in training); longer text "
         "is truncated and flagged.",
+        "- Text preparation before tokenising, in training and at inference alike: "
+        + (
+            "links removed (`strip_urls`, models/textprep.py; a t.co link is ~12 tokens of noise)."
+            if "strip_urls" in cfg.get("preprocess", [])
+            else "none (raw text)."
+        ),
         f"- Stored as one ONNX graph (opset {meta['onnx_opset']}) with float16-stored weights; the runtime derives "
         "fp32, int8 (CPU) and fp16 (GPU) variants at first load.",
         f"- ONNX vs PyTorch, max |logit difference|: fp32 graph {meta['max_abs_diff']['fp32_graph']:.2e}, "
@@ -109,6 +134,7 @@ def model_card(meta: dict[str, Any]) -> str:
         "## Training",
         "",
         f"- Hardware: {meta['hardware']}",
+        *_lineage(cfg),
         f"- Time: {meta['train_seconds'] / 60:.1f} min; {meta['steps']} steps of batch {cfg['batch_size']} "
         f"(best checkpoint: step {meta['best_step']}, epoch {meta['best_epoch']:.2f}).",
         f"- AdamW, lr {cfg['lr']} (encoder) / {cfg['head_lr']} (heads), weight decay {cfg['weight_decay']}, "
