@@ -19,7 +19,22 @@ from pathlib import Path
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+#: the checked-in rules file of a source checkout (what the tests compare against)
 RULES_PATH = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "finsent-rules.yml"
+
+
+def deploy_dir(package_root: Path | None = None) -> Path:
+    """Where ``finsent alerts rules|dashboards`` write by default.
+
+    In a source checkout (``pyproject.toml`` and ``deploy/`` next to the packages, editable installs
+    included) that is the repository's ``deploy/``, so regenerating updates the checked-in files. An
+    installed wheel has neither next to it (its parent is ``site-packages``): then ``./deploy`` under
+    the current directory, never a path inside the Python installation.
+    """
+    root = package_root if package_root is not None else Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "deploy").is_dir():
+        return root / "deploy"
+    return Path("deploy")
 
 
 def prom_params(settings: Settings):  # -> PromRuleParams (lazy import keeps --help fast)
@@ -86,8 +101,11 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
         store = open_store(settings.store)
         store.ensure_schema()
     except StoreError as exc:
-        print(f"finsent alerts watch: cannot use the store {settings.redacted()['store']}: {exc}\n"
-              "check --store / FINSENT_STORE and that the server is up", file=sys.stderr)
+        print(
+            f"finsent alerts watch: cannot use the store {settings.redacted()['store']}: {exc}\n"
+            "check --store / FINSENT_STORE and that the server is up",
+            file=sys.stderr,
+        )
         return 1
     runner = AlertRunner(store, make_detector(settings), settings.alert_window_s, sinks=build_sinks(settings, store))
     if args.metrics_port:
@@ -118,7 +136,11 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from alerts.bench import dump, format_table, plot_timeline, run_bench
 
     report, spiky, alarms = run_bench(
-        topics=args.topics, days=args.days, clean_days=args.clean_days, reps=args.reps, seed=args.seed,
+        topics=args.topics,
+        days=args.days,
+        clean_days=args.clean_days,
+        reps=args.reps,
+        seed=args.seed,
         prom=prom_params(settings),
     )
     if args.promtool_sample:
@@ -141,11 +163,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("alerts", help="negative-sentiment spike alerting (rules, detector over the store)")
     sub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
     r = sub.add_parser("rules", help="write the Prometheus rules file from the Alerts settings")
-    r.add_argument("--out", default=str(RULES_PATH), help=f"where to write it ('-' = stdout; default {RULES_PATH})")
+    rules_default = deploy_dir() / "prometheus" / "finsent-rules.yml"
+    r.add_argument("--out", default=str(rules_default), help=f"'-' = stdout; default {rules_default}")
     r.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     r.set_defaults(func=_rules)
     d = sub.add_parser("dashboards", help="write the Grafana dashboards and provisioning files")
-    d.add_argument("--out", default=str(RULES_PATH.parent.parent / "grafana"), help="default: deploy/grafana")
+    d.add_argument("--out", default=str(deploy_dir() / "grafana"), help=f"default: {deploy_dir() / 'grafana'}")
     d.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
     d.set_defaults(func=_dashboards)
     w = sub.add_parser("watch", help="run the spike detector over counts stored in ClickHouse, store the alerts")
@@ -171,6 +194,9 @@ def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--clean-days", type=float, default=14.0, help="days of the run without spikes (default 14)")
     b.add_argument("--reps", type=int, default=6, help="spikes per (size, duration) pair (default 6)")
     b.add_argument("--seed", type=int, default=1)
-    b.add_argument("--promtool-sample", action="store_true",
-                   help="also confirm the Python model of the rule on a real Prometheus (backfilled sample)")
+    b.add_argument(
+        "--promtool-sample",
+        action="store_true",
+        help="also confirm the Python model of the rule on a real Prometheus (backfilled sample)",
+    )
     b.set_defaults(func=_bench)

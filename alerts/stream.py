@@ -139,8 +139,10 @@ class InStreamAlerts:
                 self.unstored = []
             except Exception:
                 self.unstored = batch[-10_000:]
-                log.exception("could not store %d alert(s); retrying with the next window (they are on the "
-                              "alerts topic already)", len(batch))
+                log.exception(
+                    "could not store %d alert(s); retrying with the next window (they are on the alerts topic already)",
+                    len(batch),
+                )
         if self.sinks is None:
             self.sinks = build_sinks(self.settings, store)
         for sink in self.sinks:
@@ -192,11 +194,13 @@ class InStreamAlerts:
 def attach(app: Any, settings: Settings, **kwargs: Any) -> InStreamAlerts:
     """Add the count and detect agents and the window timer to the Faust ``app`` (see module doc)."""
     window_s = settings.alert_window_s
-    state = InStreamAlerts(settings, store_getter=kwargs.pop("store_getter", None) or _scorer_store(app, settings),
-                           **kwargs)
+    state = InStreamAlerts(
+        settings, store_getter=kwargs.pop("store_getter", None) or _scorer_store(app, settings), **kwargs
+    )
     scored = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
-    counts = app.topic(counts_topic_name(settings), key_type=bytes, value_type=bytes, internal=True,
-                       partitions=settings.partitions)
+    counts = app.topic(
+        counts_topic_name(settings), key_type=bytes, value_type=bytes, internal=True, partitions=settings.partitions
+    )
     alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
     app.finsent_alerts = state
 
@@ -242,8 +246,8 @@ def _scorer_store(app: Any, settings: Settings) -> Callable[[], Any]:
 
     def get() -> Any:
         scorer = getattr(app, "finsent", None)
-        if scorer is not None and hasattr(scorer, "_open_store"):
-            return scorer._open_store()
+        if scorer is not None and hasattr(scorer, "open_store"):
+            return scorer.open_store()
         if not own:
             from stream.store import open_store
 

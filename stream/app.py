@@ -177,12 +177,11 @@ def decode_batch(
     for m in messages:
         try:
             default_ts = datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None
-            items.append(
-                decode_raw(m.value if m.value is not None else b"", max_bytes, max_text_chars, default_ts)
-            )
+            items.append(decode_raw(m.value if m.value is not None else b"", max_bytes, max_text_chars, default_ts))
         except InvalidEvent as exc:
-            dead.append(DeadLetter(exc.reason, dead_letter(m.value, exc.reason, exc.detail, m.topic, m.partition,
-                                                           m.offset)))
+            dead.append(
+                DeadLetter(exc.reason, dead_letter(m.value, exc.reason, exc.detail, m.topic, m.partition, m.offset))
+            )
     return items, dead
 
 
@@ -276,7 +275,8 @@ class Scorer:
         self.last_offsets: dict[tuple[str, int], int] = {}
 
     # -- blocking parts (executor threads) ---------------------------------------------------
-    def _open_store(self) -> Any:
+    def open_store(self) -> Any:
+        """The worker's store, opened on first use; the alert agent shares it (one connection per process)."""
         if self.store is None:
             self.store = self._store_factory()
         return self.store
@@ -287,7 +287,7 @@ class Scorer:
         delay = RETRY_FIRST_S
         while True:
             try:
-                store = self._open_store()
+                store = self.open_store()
                 if scored:
                     store.insert_scored(scored)
                 return time.perf_counter() - t0
@@ -339,8 +339,9 @@ class Scorer:
             await asyncio.shield(self.scoring)
         self.scoring = asyncio.ensure_future(self._score(guard, messages))
 
-    def _decode_and_score(self, classifier: Any, messages: list[RawMessage]) -> tuple[
-            list[ScoredItem], list[DeadLetter], float]:
+    def _decode_and_score(
+        self, classifier: Any, messages: list[RawMessage]
+    ) -> tuple[list[ScoredItem], list[DeadLetter], float]:
         """Model thread: decode, then score (JSON parsing stays off the event loop too)."""
         items, dead = decode_batch(messages, self.settings.max_message_bytes, self.settings.max_text_chars)
         t0 = time.perf_counter()
@@ -408,8 +409,9 @@ class Scorer:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("publishing %d scored / %d dead letters failed; retrying in %.2fs", len(scored),
-                              len(dead), delay)
+                log.exception(
+                    "publishing %d scored / %d dead letters failed; retrying in %.2fs", len(scored), len(dead), delay
+                )
                 if self.stopping.is_set() or self.draining.is_set():
                     raise WorkerStopping("stopped while Kafka was failing; batch left unacked") from None
                 await asyncio.sleep(delay)

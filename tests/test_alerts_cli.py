@@ -16,6 +16,18 @@ def test_rules_and_dashboards_check_pass_on_the_shipped_files(capsys):
     assert main(["alerts", "dashboards", "--check"]) == 0
 
 
+def test_default_outputs_are_the_checkouts_deploy_dir_else_the_current_directory(tmp_path):
+    from pathlib import Path
+
+    from alerts.cli import RULES_PATH, deploy_dir
+
+    assert deploy_dir() == RULES_PATH.parent.parent  # this source checkout
+    assert deploy_dir(tmp_path) == Path("deploy")  # an installed wheel: site-packages has no pyproject/deploy
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "deploy").mkdir()
+    assert deploy_dir(tmp_path) == tmp_path / "deploy"
+
+
 def test_rules_check_fails_on_a_stale_file(tmp_path, capsys):
     stale = tmp_path / "rules.yml"
     stale.write_text("groups: []\n")
@@ -27,8 +39,24 @@ def test_rules_check_fails_on_a_stale_file(tmp_path, capsys):
 
 def test_bench_alerts_writes_json_and_png(tmp_path, capsys):
     out, png = tmp_path / "alerts.json", tmp_path / "alerts.png"
-    rc = main(["bench", "alerts", "--topics", "10", "--days", "2", "--clean-days", "1", "--reps", "1",
-               "--json", str(out), "--png", str(png)])
+    rc = main(
+        [
+            "bench",
+            "alerts",
+            "--topics",
+            "10",
+            "--days",
+            "2",
+            "--clean-days",
+            "1",
+            "--reps",
+            "1",
+            "--json",
+            str(out),
+            "--png",
+            str(png),
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     assert set(report["detectors"]) == {"ewma_z", "cusum", "prometheus_rule"}
@@ -51,16 +79,32 @@ def test_gauge_sink_mirrors_states_and_forgets_topics():
 def test_alertmanager_sink_survives_an_unreachable_alertmanager(caplog):
     sink = AlertmanagerSink(f"http://127.0.0.1:{free_port()}", 60, "http://grafana/d/x/y", timeout_s=1)
     with caplog.at_level(logging.WARNING):
-        sink([], {"t": TopicState("t", score=9, active=True, severity="warning", negative_share=0.5,
-                                  baseline_share=0.1, volume=80)})
+        sink(
+            [],
+            {
+                "t": TopicState(
+                    "t", score=9, active=True, severity="warning", negative_share=0.5, baseline_share=0.1, volume=80
+                )
+            },
+        )
     assert "refused 1 alert" in caplog.text
     assert "t" in sink._active  # re-posted next window
 
 
 def test_alertmanager_payload_links_to_the_topic_url_encoded():
     sink = AlertmanagerSink("http://am", 60, "http://grafana/d/finsent-alerts/finsent-alerts")
-    p = sink.payload(TopicState("Stock Movement & Co", score=9, active=True, severity="warning",
-                                negative_share=0.5, baseline_share=0.1, volume=80))
-    assert p["annotations"]["dashboard"] == ("http://grafana/d/finsent-alerts/finsent-alerts"
-                                             "?var-topic=Stock%20Movement%20%26%20Co&from=now-1h&to=now")
+    p = sink.payload(
+        TopicState(
+            "Stock Movement & Co",
+            score=9,
+            active=True,
+            severity="warning",
+            negative_share=0.5,
+            baseline_share=0.1,
+            volume=80,
+        )
+    )
+    assert p["annotations"]["dashboard"] == (
+        "http://grafana/d/finsent-alerts/finsent-alerts?var-topic=Stock%20Movement%20%26%20Co&from=now-1h&to=now"
+    )
     assert p["labels"]["topic"] == "Stock Movement & Co" and p["labels"]["source"] == "stream"

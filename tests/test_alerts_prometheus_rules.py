@@ -28,8 +28,9 @@ def test_rules_file_is_what_the_default_settings_generate():
 def test_promtool_check_rules_and_config(promtool):
     out = subprocess.run([promtool, "check", "rules", str(RULES_PATH)], capture_output=True, text=True)
     assert out.returncode == 0 and "SUCCESS: 9 rules found" in out.stdout, out.stdout + out.stderr
-    out = subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -43,7 +44,7 @@ def test_promtool_unit_tests_pass(promtool):
     [
         {"min_ratio": 1.0, "min_delta": 0.0},  # no rise floor: the 2 % -> 9 % topic would fire
         {"min_volume": 1},  # no volume floor: the handful-of-items topic would fire
-        {"for_": "0s"},  # no `for`: fires a minute early
+        {"z_warning": 3.0},  # no significance floor: the 3x rise on 50 items (z ~ 3.5) would fire
     ],
 )
 def test_promtool_unit_tests_catch_a_broken_rule(promtool, tmp_path, broken):
@@ -51,19 +52,24 @@ def test_promtool_unit_tests_catch_a_broken_rule(promtool, tmp_path, broken):
     (tmp_path / "tests").mkdir()
     shutil.copy(RULE_TESTS, tmp_path / "tests" / RULE_TESTS.name)
     (tmp_path / "finsent-rules.yml").write_text(render_rules(replace(prom_params(Settings()), **broken)))
-    out = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests" / RULE_TESTS.name)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "tests" / RULE_TESTS.name)], capture_output=True, text=True
+    )
     assert out.returncode != 0 and "FAILED" in out.stdout + out.stderr
 
 
 def test_amtool_check_config(amtool):
-    out = subprocess.run([amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
     assert "1 inhibit rules" in out.stdout and "1 templates" in out.stdout
     tmpl = DEPLOY / "alertmanager" / "finsent.tmpl"
-    out = subprocess.run([amtool, "template", "render", f"--template.glob={tmpl}",
-                          '--template.text={{ template "finsent.text" . }}'], capture_output=True, text=True)
+    out = subprocess.run(
+        [amtool, "template", "render", f"--template.glob={tmpl}", '--template.text={{ template "finsent.text" . }}'],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and "Dashboard (top negative items of the window)" in out.stdout, out.stderr
 
 
