@@ -60,8 +60,10 @@ def _openmetrics(traffic: Traffic, topics: list[int], t0: float) -> str:
             ts = t0 + m * 60 + 15 * (k + 1)
             for (t, s), q in parts.items():
                 cum[(t, s)] += q[k]
-                lines.append(f'finsent_items_scored_total{{topic="{traffic.topics[t]}",sentiment="{s}",'
-                             f'instance="bench",job="finsent-worker"}} {cum[(t, s)]} {ts:.0f}')
+                lines.append(
+                    f'finsent_items_scored_total{{topic="{traffic.topics[t]}",sentiment="{s}",'
+                    f'instance="bench",job="finsent-worker"}} {cum[(t, s)]} {ts:.0f}'
+                )
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
 
@@ -77,8 +79,9 @@ def _get(url: str) -> Any:
         return json.loads(r.read())
 
 
-def confirm_with_prometheus(traffic: Traffic, params: PromRuleParams, n_topics: int = 6,
-                            days: float = 2.0) -> dict[str, Any]:
+def confirm_with_prometheus(
+    traffic: Traffic, params: PromRuleParams, n_topics: int = 6, days: float = 2.0
+) -> dict[str, Any]:
     """Compare firing minutes of the real Prometheus vs the Python model on a sample of topics."""
     for b in ("prometheus", "promtool"):
         if shutil.which(b) is None:
@@ -86,21 +89,38 @@ def confirm_with_prometheus(traffic: Traffic, params: PromRuleParams, n_topics: 
     spiked = sorted({s.topic for s in traffic.spikes if s.start < days * 1440 - 60})
     topics = spiked[:n_topics]
     minutes = int(days * 1440)
-    sub = Traffic([traffic.topics[t] for t in topics], [traffic.classes[t] for t in topics],
-                  traffic.neg[topics, :minutes], traffic.tot[topics, :minutes], traffic.share[topics, :minutes], [])
+    sub = Traffic(
+        [traffic.topics[t] for t in topics],
+        [traffic.classes[t] for t in topics],
+        traffic.neg[topics, :minutes],
+        traffic.tot[topics, :minutes],
+        traffic.share[topics, :minutes],
+        [],
+    )
     t0 = 1767571200.0  # 2026-01-05T00:00:00Z, minute 0 of the benchmark
-    p = replace(params, for_="0s")  # `for` is applied to both sides identically below
+    p = replace(params, for_="0s", keep_firing_for="0s")  # the raw expression on both sides, no alert state
     with tempfile.TemporaryDirectory(prefix="finsent-promconfirm-") as tmp:
         d = Path(tmp)
         (d / "in.om").write_text(_openmetrics(sub, list(range(len(topics))), t0))
-        subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(d / "in.om"), str(d / "data")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(d / "in.om"), str(d / "data")],
+            check=True,
+            capture_output=True,
+        )
         (d / "prometheus.yml").write_text("global: {scrape_interval: 15s}\n")
         port = _free_port()
         proc = subprocess.Popen(
-            ["prometheus", f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=100y",
-             "--query.lookback-delta=5m"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "prometheus",
+                f"--config.file={d / 'prometheus.yml'}",
+                f"--storage.tsdb.path={d / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=100y",
+                "--query.lookback-delta=5m",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             for _ in range(300):
@@ -115,8 +135,9 @@ def confirm_with_prometheus(traffic: Traffic, params: PromRuleParams, n_topics: 
             chunk = 10_000  # query_range returns at most 11,000 points per series
             for start_m in range(0, minutes, chunk):
                 end_m = min(minutes, start_m + chunk) - 1
-                q = urllib.parse.urlencode({"query": expr, "start": t0 + (start_m + 1) * 60,
-                                            "end": t0 + (end_m + 1) * 60, "step": 60})
+                q = urllib.parse.urlencode(
+                    {"query": expr, "start": t0 + (start_m + 1) * 60, "end": t0 + (end_m + 1) * 60, "step": 60}
+                )
                 body = _get(f"{base}/api/v1/query_range?{q}")
                 if body["status"] != "success":
                     raise RuntimeError(f"query_range failed: {body}")
@@ -132,10 +153,20 @@ def confirm_with_prometheus(traffic: Traffic, params: PromRuleParams, n_topics: 
     edges_py = {(i, m) for i, m in zip(*np.nonzero(py[:, 1:] & ~py[:, :-1]), strict=True)}
     edges_prom = {(i, m) for i, m in zip(*np.nonzero(prom[:, 1:] & ~prom[:, :-1]), strict=True)}
     near = sum(1 for (i, m) in edges_py if any((i, m + k) in edges_prom for k in (-1, 0, 1)))
-    summary = (f"{len(topics)} topics x {days:g} days at 15 s scrapes: firing minutes both {both}, Python only "
-               f"{only_py}, Prometheus only {only_prom}; alarm starts Python {len(edges_py)}, Prometheus "
-               f"{len(edges_prom)}, matched within 1 min {near}")
-    return {"topics": sub.topics, "days": days, "firing_minutes_both": both, "python_only": only_py,
-            "prometheus_only": only_prom, "alarm_starts_python": len(edges_py),
-            "alarm_starts_prometheus": len(edges_prom), "alarm_starts_matched_within_1min": near,
-            "expression": expr, "summary": summary}
+    summary = (
+        f"{len(topics)} topics x {days:g} days at 15 s scrapes: firing minutes both {both}, Python only "
+        f"{only_py}, Prometheus only {only_prom}; alarm starts Python {len(edges_py)}, Prometheus "
+        f"{len(edges_prom)}, matched within 1 min {near}"
+    )
+    return {
+        "topics": sub.topics,
+        "days": days,
+        "firing_minutes_both": both,
+        "python_only": only_py,
+        "prometheus_only": only_prom,
+        "alarm_starts_python": len(edges_py),
+        "alarm_starts_prometheus": len(edges_prom),
+        "alarm_starts_matched_within_1min": near,
+        "expression": expr,
+        "summary": summary,
+    }

@@ -48,6 +48,9 @@ class PromRuleParams:
     min_baseline: int = 200  # items in the long window
     #: 0s: the deviance z already demands the evidence; `for: 1m` cost a minute on every detection (bench)
     for_: str = "0s"
+    #: an alert stays firing this long after its condition last held: a spike whose z dips under the
+    #: threshold for a minute (or whose baseline hour starts absorbing it) is one alert, not several
+    keep_firing_for: str = "5m"
     p_floor: float = 0.02
     #: intra-minute correlation of items (beta-binomial): the variance of a minute of n items is
     #: n p (1-p) (1 + (n-1) rho). The in-stream detector estimates it per topic; Prometheus uses this.
@@ -165,11 +168,13 @@ def render_rules(p: PromRuleParams | None = None) -> str:
     for name, expr in rec:
         out.append(f"      - record: {name}\n        expr: |\n{_indent(expr, 10)}")
     out += ["  - name: finsent-sentiment-alerts\n", "    rules:\n"]
+    keep = f"        keep_firing_for: {p.keep_firing_for}\n" if _seconds(p.keep_firing_for) else ""
     for severity, z, ratio in (("warning", p.z_warning, p.min_ratio), ("critical", p.z_critical, p.critical_ratio)):
         out.append(
             f"      - alert: {ALERT}\n"
             f"        expr: |\n{_indent(alert_expr(p, z, ratio), 10)}"
             f"        for: {p.for_}\n"
+            f"{keep}"
             f"        labels:\n          severity: {severity}\n          source: prometheus\n"
             f"        annotations:\n{_indent(_annotations(p), 10)}"
         )
@@ -215,12 +220,16 @@ def evaluate(neg: np.ndarray, tot: np.ndarray, p: PromRuleParams | None = None, 
     common = (rs - rl >= p.min_delta) & (ns >= p.min_volume) & (nl >= p.min_baseline)
     warn = common & (z >= p.z_warning) & (odds_s >= p.min_ratio * odds_l)
     crit = common & (z >= p.z_critical) & (odds_s >= p.critical_ratio * odds_l)
-    hold = _seconds(p.for_) // step_s if p.for_ != "0s" else 0
+    hold = _seconds(p.for_) // step_s
+    keep = _seconds(p.keep_firing_for) // step_s
     out = np.zeros(neg.shape, dtype=np.int8)
     for level, cond in ((1, warn), (2, crit)):
         ok = cond.copy()
         for h in range(1, hold + 1):  # `for`: true at this and the previous `hold` evaluations
             ok[..., h:] &= cond[..., :-h]
             ok[..., :h] = False
-        out[ok] = level
+        firing = ok.copy()
+        for h in range(1, keep + 1):  # `keep_firing_for`: still firing `keep` evaluations after the last `ok`
+            firing[..., h:] |= ok[..., :-h]
+        out[firing] = level
     return out

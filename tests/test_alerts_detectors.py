@@ -191,3 +191,14 @@ def test_ewma_z_is_quiet_on_overdispersed_busy_traffic_and_catches_a_5x_rise():
     assert feed(det, betabinomial(rng, 24 * 60, 0.1, 40)) == []  # a day of busy, bursty, calm traffic
     hits = feed(det, betabinomial(rng, 10, 0.5, 40), start=24 * 60)
     assert hits and hits[0][0] - 24 * 60 + 1 <= 3
+
+
+def test_prometheus_rule_model_keeps_firing_for_five_minutes_after_the_condition_ends():
+    neg = np.array([[2] * 120 + [12] * 10 + [2] * 40])
+    tot = np.array([[20] * 170])
+    held = evaluate(neg, tot, PromRuleParams())
+    bare = evaluate(neg, tot, PromRuleParams(keep_firing_for="0s"))
+    last_bare, last_held = int(np.nonzero(bare[0])[0].max()), int(np.nonzero(held[0])[0].max())
+    assert last_held == last_bare + 5  # as Prometheus: resolved on the 6th evaluation without the condition
+    assert int(np.argmax(held[0] > 0)) == int(np.argmax(bare[0] > 0))  # the start is unchanged
+    assert (held[0] >= bare[0]).all()  # keeping never drops a firing minute

@@ -44,7 +44,8 @@ def test_promtool_unit_tests_pass(promtool):
     [
         {"min_ratio": 1.0, "min_delta": 0.0},  # no rise floor: the 2 % -> 9 % topic would fire
         {"min_volume": 1},  # no volume floor: the handful-of-items topic would fire
-        {"z_warning": 3.0},  # no significance floor: the 3x rise on 50 items (z ~ 3.5) would fire
+        {"z_warning": 3.0},  # no significance floor: fires before the evidence is there
+        {"keep_firing_for": "0s"},  # no keep_firing_for: the critical alert drops out while the spike lasts
     ],
 )
 def test_promtool_unit_tests_catch_a_broken_rule(promtool, tmp_path, broken):
