@@ -337,8 +337,10 @@ def run_demo(
         store.ensure_schema()
         worker = WorkerThread(s, classifier=classifier, store=store, attach_alerts=False)
         worker.start()
+        # drift_var=0: the production default allows for a topic's level moving over the hour behind a
+        # 1-hour baseline; the demo's baseline spans four minutes of replayed tweets, which do not drift
         detector = EwmaZScore(window_s=WINDOW_S, short_windows=2, fast_windows=1, halflife_windows=48,
-                              min_volume=15, min_baseline=10)
+                              min_volume=15, min_baseline=10, drift_var=0.0)
         runner = AlertRunner(store, detector, WINDOW_S, lookback=timedelta(seconds=HISTORY_S + 30), grace_s=6.0)
         producer = DemoProducer(s, tweets, spike_texts, seconds, rate, spike_window, spike_rate, state, run_id,
                                 history=history)
