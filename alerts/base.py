@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from stream.events import Alert, format_time, stable_id, utcnow
+from finsent.core.events import Alert, format_time, stable_id, utcnow
 
 Counts = Mapping[str, tuple[int, int]]
 

@@ -4,7 +4,7 @@
 * ``finsent alerts watch``  -- run the detector over counts stored in ClickHouse (no Kafka, no
   Prometheus needed), storing alerts and optionally exporting gauges / posting to Alertmanager.
 * ``finsent bench alerts``  -- detection delay and false alarms of every detector (see
-  :mod:`alerts.bench`), as JSON, a markdown table and a PNG timeline.
+  :mod:`finsent.bench.alerts`), as JSON, a markdown table and a PNG timeline.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from stream.settings import Settings
+from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
 #: the checked-in rules file of a source checkout (what the tests compare against)
@@ -38,7 +38,7 @@ def deploy_dir(package_root: Path | None = None) -> Path:
 
 
 def prom_params(settings: Settings):  # -> PromRuleParams (lazy import keeps --help fast)
-    from alerts.prom_rule import PromRuleParams
+    from finsent.alerts.prom_rule import PromRuleParams
 
     return replace(
         PromRuleParams(),
@@ -50,7 +50,7 @@ def prom_params(settings: Settings):  # -> PromRuleParams (lazy import keeps --h
 
 
 def _rules(args: argparse.Namespace, settings: Settings) -> int:
-    from alerts.prom_rule import render_rules
+    from finsent.alerts.prom_rule import render_rules
 
     text = render_rules(prom_params(settings))
     out = Path(args.out)
@@ -71,7 +71,7 @@ def _rules(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dashboards(args: argparse.Namespace, settings: Settings) -> int:
-    from alerts.dashboards import files
+    from finsent.alerts.dashboards import files
 
     root = Path(args.out)
     stale = []
@@ -91,27 +91,23 @@ def _dashboards(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _watch(args: argparse.Namespace, settings: Settings) -> int:
-    from alerts.detector import make_detector
-    from alerts.runner import AlertRunner
-    from alerts.sinks import build_sinks
-    from stream.store import open_store
-    from stream.store.base import StoreError
+    from finsent.alerts.detector import make_detector
+    from finsent.alerts.runner import AlertRunner
+    from finsent.alerts.sinks import build_sinks
+    from finsent.core.errors import StoreError
+    from finsent.stream.store import open_store
 
+    store = open_store(settings.store)
     try:
-        store = open_store(settings.store)
         store.ensure_schema()
-    except StoreError as exc:
-        print(
-            f"finsent alerts watch: cannot use the store {settings.redacted()['store']}: {exc}\n"
-            "check --store / FINSENT_STORE and that the server is up",
-            file=sys.stderr,
-        )
-        return 1
+    except StoreError:
+        store.close()
+        raise
     runner = AlertRunner(store, make_detector(settings), settings.alert_window_s, sinks=build_sinks(settings, store))
     if args.metrics_port:
-        from prometheus_client import start_http_server
+        from finsent.stream.metrics import serve_metrics
 
-        start_http_server(args.metrics_port, addr=settings.metrics_host)
+        serve_metrics(settings.metrics_host, args.metrics_port)
     try:
         while True:
             try:
@@ -132,33 +128,6 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
 
 
-def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from alerts.bench import dump, format_table, plot_timeline, run_bench
-
-    report, spiky, alarms = run_bench(
-        topics=args.topics,
-        days=args.days,
-        clean_days=args.clean_days,
-        reps=args.reps,
-        seed=args.seed,
-        prom=prom_params(settings),
-    )
-    if args.promtool_sample:
-        from alerts.prom_confirm import confirm_with_prometheus
-
-        report["prometheus_confirmation"] = confirm_with_prometheus(spiky, prom_params(settings))
-    print(format_table(report))
-    if "prometheus_confirmation" in report:
-        print("prometheus confirmation:", report["prometheus_confirmation"]["summary"])
-    if args.json:
-        dump(report, Path(args.json))
-        print(f"wrote {args.json}")
-    if args.png:
-        plot_timeline(spiky, alarms, Path(args.png))
-        print(f"wrote {args.png}")
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("alerts", help="negative-sentiment spike alerting (rules, detector over the store)")
     sub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
@@ -176,27 +145,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--once", action="store_true", help="poll once (backfilling the baseline) and exit")
     w.add_argument("--metrics-port", type=int, default=0, help="serve the spike gauges on this port (0 = off)")
     w.set_defaults(func=_watch)
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    b = bench_subparsers.add_parser(
-        "alerts",
-        help="detection delay and false alarms of the spike detectors on synthetic traffic",
-        description="Replays synthetic days of per-topic scored traffic (daily seasonality, bursts, drift, "
-        "chronically negative and quiet topics) with injected negative-share spikes, through every in-stream "
-        "detector and the Prometheus rule, and reports detection delay per spike size and false alarms per "
-        "100 topic-days.",
-    )
-    b.add_argument("--json", metavar="OUT", help="write the full report as JSON here")
-    b.add_argument("--png", metavar="OUT", help="plot one topic's timeline around a 3x spike here")
-    b.add_argument("--topics", type=int, default=50, help="topics per run (default 50)")
-    b.add_argument("--days", type=float, default=7.0, help="days of the run with spikes (default 7)")
-    b.add_argument("--clean-days", type=float, default=14.0, help="days of the run without spikes (default 14)")
-    b.add_argument("--reps", type=int, default=6, help="spikes per (size, duration) pair (default 6)")
-    b.add_argument("--seed", type=int, default=1)
-    b.add_argument(
-        "--promtool-sample",
-        action="store_true",
-        help="also confirm the Python model of the rule on a real Prometheus (backfilled sample)",
-    )
-    b.set_defaults(func=_bench)

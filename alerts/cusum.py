@@ -1,7 +1,7 @@
 """Binomial CUSUM: accumulate the log-likelihood ratio "risen share" vs "baseline share".
 
 Per topic and window with ``k`` negatives of ``n`` items, against baseline share ``p0`` (EWMA of
-earlier windows, as in :mod:`alerts.ewma_zscore`) and the smallest rise worth an alarm
+earlier windows, as in :mod:`finsent.alerts.ewma_z`) and the smallest rise worth an alarm
 ``p1 = max(odds(p0) * min_ratio as a share, p0 + min_delta)``::
 
     S <- max(0, S + (k*log(p1/p0) + (n-k)*log((1-p1)/(1-p0))) / (1 + (n-1)*rho))
@@ -37,8 +37,8 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from alerts.base import Baseline, Counts, TopicState, check_window, clamp, decay_for, make_alert, required_share
-from stream.events import Alert
+from finsent.alerts.base import Baseline, Counts, TopicState, check_window, clamp, decay_for, make_alert, required_share
+from finsent.core.events import Alert
 
 
 @dataclass(slots=True)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from alerts.base import Counts, Detector, TopicState
-from alerts.cusum import BinomialCusum
-from alerts.ewma_zscore import EwmaZScore
+from finsent.alerts.base import Counts, Detector, TopicState
+from finsent.alerts.cusum import BinomialCusum
+from finsent.alerts.ewma_z import EwmaZ
 
 if TYPE_CHECKING:
-    from stream.settings import Settings
+    from finsent.core.settings import Settings
 
 DETECTORS = ("ewma_z", "cusum")
 
@@ -45,7 +45,7 @@ def make_detector(settings: Settings) -> Detector:
         short = max(1, round(settings.alert_short_s / window_s))
         if threshold is not None:
             common["z_threshold"] = threshold
-        return EwmaZScore(short_windows=short, drift_var=settings.alert_drift_var, **common)  # type: ignore[arg-type]
+        return EwmaZ(short_windows=short, drift_var=settings.alert_drift_var, **common)  # type: ignore[arg-type]
     if settings.alert_detector == "cusum":
         if threshold is not None:
             common["threshold"] = threshold
@@ -53,4 +53,4 @@ def make_detector(settings: Settings) -> Detector:
     raise ValueError(f"alert_detector must be one of {', '.join(DETECTORS)}, got {settings.alert_detector!r}")
 
 
-__all__ = ["BinomialCusum", "Counts", "DETECTORS", "Detector", "EwmaZScore", "TopicState", "make_detector"]
+__all__ = ["BinomialCusum", "Counts", "DETECTORS", "Detector", "EwmaZ", "TopicState", "make_detector"]

@@ -7,9 +7,9 @@ so they are exact (deduplicated by item id) whatever the number of workers.
 
 Example::
 
-    from stream.store import open_store
-    from alerts.detector import make_detector
-    from alerts.runner import AlertRunner
+    from finsent.stream.store import open_store
+    from finsent.alerts.detector import make_detector
+    from finsent.alerts.runner import AlertRunner
 
     runner = AlertRunner(open_store(settings.store), make_detector(settings), settings.alert_window_s)
     while True:
@@ -28,9 +28,9 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
-from alerts.base import Detector, TopicState
-from stream.events import Alert, utcnow
-from stream.store.base import Store, StoreError
+from finsent.alerts.base import Detector, TopicState
+from finsent.core.events import Alert, utcnow
+from finsent.core.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+; finsent supports 3.10)

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from alerts.base import TopicState
-from stream.events import Alert, format_time, utcnow
+from finsent.alerts.base import TopicState
+from finsent.core.events import Alert, format_time, utcnow
 
 log = logging.getLogger(__name__)
 ALERTNAME = "FinsentNegativeSentimentSpike"

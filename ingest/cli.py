@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from typing import Any
 
-from stream.settings import Settings
+from finsent.core.errors import ConfigError
+from finsent.core.settings import Settings
 
 log = logging.getLogger("ingest")
 
@@ -37,14 +37,14 @@ def _add_common(p: argparse.ArgumentParser, *, polling: bool) -> None:
 
 def build_pipeline(settings: Settings, *, dry_run: bool, use_dedup: bool = True, delivery_timeout_s: float = 30.0):
     """(pipeline, publisher or None): the dedup state is persisted only when really publishing."""
-    from ingest.dedup import DedupStore
-    from ingest.pipeline import Pipeline
-    from ingest.publisher import Publisher
+    from finsent.ingest.dedup import DedupStore
+    from finsent.ingest.pipeline import Pipeline
+    from finsent.ingest.publisher import Publisher
 
     if dry_run:
         return Pipeline(publisher=None, dedup=DedupStore(None), max_text_chars=settings.max_text_chars,
                         use_dedup=use_dedup), None
-    from stream.kafka import quiet_client_logs
+    from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)
     publisher = Publisher(settings, delivery_timeout_s=delivery_timeout_s)
@@ -61,14 +61,12 @@ def _summary(**fields: Any) -> None:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.replay import ReplayInputError, replay
+    from finsent.ingest.replay import replay
+    from finsent.stream.metrics import serve_metrics
 
     if args.rate is not None and args.speedup is not None:
-        print("finsent ingest replay: use either --rate or --speedup, not both", file=sys.stderr)
-        return 2
-    from ingest.metrics import serve_metrics
-
-    serve_metrics(args.metrics_port, settings.metrics_host)
+        raise ConfigError("finsent ingest replay: use either --rate or --speedup, not both")
+    serve_metrics(settings.metrics_host, args.metrics_port)
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, use_dedup=args.dedup)
     try:
         stats = replay(
@@ -76,9 +74,6 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             source=args.source, source_type=args.source_type, encoding=args.encoding,
             progress=not args.dry_run,
         )
-    except ReplayInputError as exc:
-        print(f"finsent ingest replay: {exc}", file=sys.stderr)
-        return 2
     finally:
         if publisher is not None:
             publisher.close()
@@ -94,12 +89,11 @@ def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings
     import signal
     import threading
 
-    from ingest.metrics import serve_metrics
-    from ingest.poller import Poller
+    from finsent.ingest.poller import Poller
+    from finsent.stream.metrics import serve_metrics
 
     if not sources:
-        print("finsent ingest: no sources given", file=sys.stderr)
-        return 2
+        raise ConfigError("finsent ingest: no sources given", hint="name feeds, tags or subreddits; see --help")
     poller = Poller(sources, pipeline, max_workers=min(8, len(sources)))
     try:
         if args.once:
@@ -107,7 +101,7 @@ def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings
             log.info("%d source(s) succeeded, %d failed", ok, failed)
             _summary(produced=pipeline.produced, skipped=pipeline.skipped, sources_ok=ok, sources_failed=failed)
             return 0 if ok else 1
-        serve_metrics(args.metrics_port, settings.metrics_host)
+        serve_metrics(settings.metrics_host, args.metrics_port)
         if threading.current_thread() is threading.main_thread():
             def stop(*_: Any) -> None:
                 poller.stop.set()
@@ -128,8 +122,8 @@ def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings
 
 
 def cmd_rss(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.feeds import FeedSource, load_feed_list
-    from ingest.fetch import Fetcher
+    from finsent.ingest.feeds import FeedSource, load_feed_list
+    from finsent.ingest.fetch import Fetcher
 
     interval = args.interval or settings.ingest_interval_s
     feeds: list[tuple[str, float | None]] = [(u, None) for u in args.urls]
@@ -137,8 +131,7 @@ def cmd_rss(args: argparse.Namespace, settings: Settings) -> int:
         try:
             feeds.extend(load_feed_list(path))
         except (OSError, ValueError) as exc:
-            print(f"finsent ingest rss: {exc}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"finsent ingest rss: {exc}", hint="a feed list has one URL per line") from None
     feeds = list(dict(feeds).items())  # a feed listed twice is polled once
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
     fetcher = Fetcher.from_settings(settings)
@@ -151,8 +144,8 @@ def _secret(value: Any) -> str | None:
 
 
 def cmd_mastodon(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.fetch import Fetcher
-    from ingest.social.mastodon import MastodonTagSource
+    from finsent.ingest.fetch import Fetcher
+    from finsent.ingest.social.mastodon import MastodonTagSource
 
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
     fetcher = Fetcher.from_settings(settings)
@@ -167,8 +160,8 @@ def cmd_mastodon(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reddit(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.fetch import Fetcher
-    from ingest.social.reddit import RedditSubredditSource
+    from finsent.ingest.fetch import Fetcher
+    from finsent.ingest.social.reddit import RedditSubredditSource
 
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
     fetcher = Fetcher.from_settings(settings)
@@ -182,8 +175,8 @@ def cmd_reddit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bluesky(args: argparse.Namespace, settings: Settings) -> int:
-    from ingest.fetch import Fetcher
-    from ingest.social.bluesky import BlueskySearchSource
+    from finsent.ingest.fetch import Fetcher
+    from finsent.ingest.social.bluesky import BlueskySearchSource
 
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
     fetcher = Fetcher.from_settings(settings)
@@ -199,13 +192,12 @@ def cmd_bluesky(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
-    from ingest.http_push import check_bind, create_app
+    from finsent.ingest.http_push import check_bind, create_app
 
     token = _secret(settings.http_token)
     problem = check_bind(args.host, token)
     if problem:
-        print(f"finsent ingest http: {problem}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"finsent ingest http: {problem}")
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, delivery_timeout_s=args.publish_timeout)
     app = create_app(pipeline, token=token, max_body_bytes=args.max_body_bytes, max_items=args.max_items,
                      publish_timeout_s=args.publish_timeout)
@@ -344,8 +336,3 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     p.set_defaults(func=cmd_http)
 
-
-def register_bench(bench_sub: Any) -> None:
-    from ingest.bench import register_bench as _register
-
-    _register(bench_sub)

@@ -1,4 +1,4 @@
-"""RSS 2.0, RSS 1.0 (RDF) and Atom feeds: fetched by :mod:`ingest.fetch`, parsed by feedparser.
+"""RSS 2.0, RSS 1.0 (RDF) and Atom feeds: fetched by :mod:`finsent.ingest.fetch`, parsed by feedparser.
 
 We fetch the bytes ourselves (conditional GET, deadline, size limit, Retry-After) and hand them
 to feedparser together with the response headers, so feedparser applies the HTTP charset and
@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 import feedparser
 
-from ingest.fetch import Fetcher, FetchError
-from ingest.pipeline import Pipeline
-from ingest.poller import PollOutcome
+from finsent.ingest.fetch import Fetcher, FetchError
+from finsent.ingest.pipeline import Pipeline
+from finsent.ingest.poller import PollOutcome
 
 log = logging.getLogger(__name__)
 

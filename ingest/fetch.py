@@ -19,14 +19,16 @@ from datetime import datetime, timezone
 from email.message import Message
 from typing import Any
 
+from finsent.core.errors import FinsentError
+
 MAX_RETRY_AFTER_S = 6 * 3600.0
 
 
-class FetchError(Exception):
+class FetchError(FinsentError):
     """A failed fetch. ``kind``: timeout, network, too_large, http_4xx, http_5xx, rate_limited, not_a_feed..."""
 
     def __init__(self, kind: str, message: str, *, status: int | None = None, retry_after: float | None = None):
-        super().__init__(message)
+        super().__init__(message, hint="check the URL and the network; the poller retries with backoff")
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
@@ -204,6 +206,6 @@ class Fetcher:
 
 def utc_from_header(value: str | None) -> datetime | None:
     """An ISO 8601 reset time header (Mastodon X-RateLimit-Reset) as aware UTC."""
-    from ingest.normalize import to_utc
+    from finsent.ingest.normalize import to_utc
 
     return to_utc(value) if value else None

@@ -36,9 +36,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ingest.normalize import Skip, decode_bytes, dedup_keys, make_item
-from ingest.pipeline import Entry, Pipeline
-from ingest.publisher import PublishError
+from finsent.ingest.normalize import Skip, decode_bytes, dedup_keys, make_item
+from finsent.ingest.pipeline import Entry, Pipeline
+from finsent.ingest.publisher import PublishError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _item_from_json(obj: Any, max_text_chars: int) -> tuple[Entry | None, dict[s
     published = obj.get("published_at")
     if published is not None and (isinstance(published, bool) or not isinstance(published, (str, int, float))):
         return None, {"reason": "bad_type", "detail": "published_at must be ISO 8601 or epoch seconds"}
-    from ingest.normalize import to_utc
+    from finsent.ingest.normalize import to_utc
 
     if published not in (None, "") and to_utc(published) is None:
         return None, {"reason": "bad_time", "detail": f"published_at={str(published)[:40]!r} is not a time"}

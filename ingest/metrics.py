@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,3 @@ def default_metrics() -> IngestMetrics:
         _default = IngestMetrics()
     return _default
 
-
-def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
-    """Expose /metrics on ``host:port`` in a daemon thread; ``None``/0 = off."""
-    if port:
-        start_http_server(port, addr=host)
-        log.info("metrics on http://%s:%d/metrics", host, port)

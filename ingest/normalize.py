@@ -31,7 +31,7 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from stream.events import MAX_TEXT_CHARS, SOURCE_TYPES, InvalidEvent, RawItem, parse_time, stable_id, utcnow
+from finsent.core.events import MAX_TEXT_CHARS, SOURCE_TYPES, InvalidEvent, RawItem, parse_time, stable_id, utcnow
 
 _UTC = timezone.utc  # noqa: UP017 (finsent supports Python 3.10: no datetime.UTC)
 

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ingest.dedup import DedupStore
-from ingest.metrics import IngestMetrics, default_metrics
-from ingest.normalize import Skip, dedup_keys, make_item, to_output
-from ingest.publisher import Publisher
-from stream.events import RawItem
+from finsent.core.events import RawItem
+from finsent.ingest.dedup import DedupStore
+from finsent.ingest.metrics import IngestMetrics, default_metrics
+from finsent.ingest.normalize import Skip, dedup_keys, make_item, to_output
+from finsent.ingest.publisher import Publisher
 
 log = logging.getLogger(__name__)
 

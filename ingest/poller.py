@@ -17,9 +17,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
-from ingest.fetch import FetchError
-from ingest.pipeline import Pipeline
-from ingest.publisher import PublishError
+from finsent.ingest.fetch import FetchError
+from finsent.ingest.pipeline import Pipeline
+from finsent.ingest.publisher import PublishError
 
 log = logging.getLogger(__name__)
 

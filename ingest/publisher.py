@@ -24,13 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.events import RawItem
-from stream.settings import Settings
+from finsent.core.errors import ConfigError, KafkaError
+from finsent.core.events import RawItem
+from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class PublishError(RuntimeError):
+class PublishError(KafkaError):
     """Some items could not be acked in time; ``acked`` were, ``pending`` were not."""
 
     def __init__(self, message: str, acked: list[RawItem], pending: list[RawItem]) -> None:
@@ -39,7 +40,7 @@ class PublishError(RuntimeError):
         self.pending = pending
 
 
-class PublishConfigError(RuntimeError):
+class PublishConfigError(ConfigError):
     """The producer cannot be built from the settings (retrying would not help)."""
 
 
@@ -76,7 +77,7 @@ class Publisher:
     # -- producer lifecycle --------------------------------------------------------------------
 
     def _config(self) -> dict[str, Any]:
-        from stream.kafka import producer_config
+        from finsent.stream.kafka import producer_config
 
         request_ms = max(1000, min(30_000, int(self.delivery_timeout_s * 1000 / 2)))
         cfg = producer_config(self.settings, self.client_id)
@@ -104,7 +105,7 @@ class Publisher:
             if self.ensure_topic and not self._topic_ready:  # broker reachable now, so this is quick
                 from kafka.errors import AuthorizationError
 
-                from stream.kafka import ensure_topics
+                from finsent.stream.kafka import ensure_topics
 
                 try:
                     ensure_topics(self.settings, [self.topic], timeout_s=min(15.0, self.delivery_timeout_s))

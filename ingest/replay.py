@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.normalize import Skip, make_item
-from stream.events import MAX_TEXT_CHARS, RawItem, stable_id
+from finsent.core.errors import InputError
+from finsent.core.events import MAX_TEXT_CHARS, RawItem, stable_id
+from finsent.ingest.normalize import Skip, make_item
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ReplayRecord:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class ReplayInputError(ValueError):
+class ReplayInputError(InputError):
     """The file cannot be replayed (missing ``text`` column, unreadable encoding...)."""
 
 
@@ -209,7 +210,7 @@ def replay(
     """
     from tqdm import tqdm
 
-    from ingest.pipeline import Entry
+    from finsent.ingest.pipeline import Entry
 
     stats = ReplayStats()
     pacer = _Pacer(rate, speedup)
@@ -273,9 +274,9 @@ def replay_to_kafka(settings, paths: Sequence[str | Path], **kwargs: Any) -> Rep
     No dedup state is used (replays must repeat); keyword arguments are those of :func:`replay`
     (``rate``, ``speedup``, ``limit``, ``stop``, ``source``, ``source_type``, ``encoding``, ``progress``).
     """
-    from ingest.dedup import DedupStore
-    from ingest.pipeline import Pipeline
-    from ingest.publisher import Publisher
+    from finsent.ingest.dedup import DedupStore
+    from finsent.ingest.pipeline import Pipeline
+    from finsent.ingest.publisher import Publisher
 
     kwargs.setdefault("progress", False)
     with Publisher(settings) as publisher:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models import SHIPPED_MODEL_NAME
+from finsent.models import SHIPPED_MODEL_NAME
 
 
 def _positive_float(v: str) -> float:
@@ -23,7 +23,7 @@ def _positive_float(v: str) -> float:
 
 
 def register(sub: Any) -> None:
-    from models.data import DEFAULT_SETS, default_data_dir
+    from finsent.models.data import DEFAULT_SETS, default_data_dir
 
     p = sub.add_parser(
         "train",
@@ -113,25 +113,6 @@ def register(sub: Any) -> None:
     e.set_defaults(func=eval_command)
 
 
-def register_bench(bench_sub: Any) -> None:
-    b = bench_sub.add_parser(
-        "model",
-        help="classifier throughput (sentences/s): PyTorch eager vs ONNX fp32/int8 (+fp16 on CUDA)",
-        description="Sentences/s on the seed texts at several batch sizes, all runtimes in one run.",
-    )
-    b.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
-    b.add_argument(
-        "--checkpoint", type=Path, help="PyTorch checkpoint (RUN/best) for the eager row; default: base encoder"
-    )
-    b.add_argument("--batch-sizes", default="1,32,128", help="comma-separated batch sizes")
-    b.add_argument("--seconds", type=_positive_float, default=2.0, help="minimum timed seconds per measurement")
-    b.add_argument("--repeats", type=int, default=3, help="measurements per row (interleaved); the median is reported")
-    b.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager rows")
-    b.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: all cores)")
-    b.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON here")
-    b.set_defaults(func=bench_command)
-
-
 def _write_json(path: Path | None, obj: Any) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,12 +120,12 @@ def _write_json(path: Path | None, obj: Any) -> None:
 
 
 def train_command(args: argparse.Namespace, settings: Any) -> int:
-    from models.data import default_paths
-    from models.finalize import finalize
-    from models.textprep import DEFAULT_STEPS
+    from finsent.models.data import default_paths
+    from finsent.models.finalize import finalize
+    from finsent.models.textprep import DEFAULT_STEPS
 
     try:
-        from models.train import TrainConfig, train
+        from finsent.models.train import TrainConfig, train
     except ImportError as exc:
         print(f"finsent train needs the training extra ({exc.name} missing): pip install -e .[train]", file=sys.stderr)
         return 2
@@ -197,8 +178,8 @@ def _print_eval(out: dict[str, Any]) -> None:
 
 
 def eval_command(args: argparse.Namespace, settings: Any) -> int:
-    from models.evaluate import evaluate_files
-    from models.runtime import Classifier
+    from finsent.models.evaluate import evaluate_files
+    from finsent.models.runtime import Classifier
 
     try:
         clf = Classifier.load(
@@ -211,29 +192,5 @@ def eval_command(args: argparse.Namespace, settings: Any) -> int:
         print(f"finsent eval: {exc}", file=sys.stderr)
         return 2
     _print_eval(out)
-    _write_json(args.json_out, out)
-    return 0
-
-
-def bench_command(args: argparse.Namespace, settings: Any) -> int:
-    from models.bench import run_bench
-
-    try:
-        sizes = tuple(int(x) for x in args.batch_sizes.split(",") if x.strip())
-        if not sizes or min(sizes) < 1:
-            raise ValueError
-    except ValueError:
-        print("finsent bench model: --batch-sizes must be positive integers, e.g. 1,32,128", file=sys.stderr)
-        return 2
-    out = run_bench(
-        args.model or settings.model_dir,
-        sizes,
-        args.seconds,
-        args.checkpoint,
-        not args.no_torch,
-        args.threads,
-        repeats=max(1, args.repeats),
-    )
-    print(json.dumps({"device": out["device"], "load_average_1m": out["load_average_1m"]}))
     _write_json(args.json_out, out)
     return 0

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
 
 SPLIT_SEED = 13
 DEFAULT_SETS: dict[str, str] = {

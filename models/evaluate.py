@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.data import LabelledSet, read_labelled_csv
+from finsent.models.data import LabelledSet, read_labelled_csv
 
 
 def score(truth: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from models.modeldir import (
+from finsent.models.modeldir import (
     CARD_FILE,
     INPUT_NAMES,
     LABELS_FILE,
@@ -32,7 +32,7 @@ from models.modeldir import (
     TOKENIZER_FILE,
     ModelInfo,
 )
-from models.variants import compact_weights, file_digest
+from finsent.models.variants import compact_weights, file_digest
 
 log = logging.getLogger(__name__)
 

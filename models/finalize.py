@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.data import LabelledSet, Splits, make_splits
-from models.modeldir import ModelInfo
-from models.textprep import check_steps
+from finsent.models.data import LabelledSet, Splits, make_splits
+from finsent.models.modeldir import ModelInfo
+from finsent.models.textprep import check_steps
 
 log = logging.getLogger(__name__)
 INFERENCE_MAX_LENGTH = 128
@@ -37,12 +37,12 @@ def finalize(
     """Export ``run_dir/best`` into ``model_dir`` and score it; ``limit`` > 0 caps each test set (smoke runs)."""
     import torch
 
-    from models.evaluate import evaluate_set
-    from models.export import export_model_dir, write_json
-    from models.modeling import load_checkpoint
-    from models.report import confusion_png, model_card, text_report
-    from models.runtime import Classifier
-    from models.train import load_tokenizer, score_sets
+    from finsent.models.evaluate import evaluate_set
+    from finsent.models.export import export_model_dir, write_json
+    from finsent.models.modeling import load_checkpoint
+    from finsent.models.report import confusion_png, model_card, text_report
+    from finsent.models.runtime import Classifier
+    from finsent.models.train import load_tokenizer, score_sets
 
     run_dir, model_dir = Path(run_dir), Path(model_dir)
     model, meta = load_checkpoint(run_dir / "best", attn_implementation="eager")

@@ -10,7 +10,6 @@ A model directory holds::
     tokenizer.json   a Hugging Face ``tokenizers`` file (WordPiece, [CLS] ... [SEP]).
     labels.json      {"format": 1, "model_version", "max_length", "sentiment": [...], "topic": [...]}
     README.md        the model card (data, licences, metrics, training time, hardware).
-    cache/           derived variants (not committed; rebuilt when model.onnx changes).
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from finsent.core.errors import ModelError
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -55,15 +56,15 @@ class ModelInfo:
 
 
 def check_model_dir(model_dir: Path) -> None:
-    """Raise ``FileNotFoundError`` naming the first missing file and what to do about it."""
+    """Raise :class:`ModelError` naming the first missing file and what to do about it."""
     if not model_dir.is_dir():
-        raise FileNotFoundError(
+        raise ModelError(
             f"model directory {model_dir} does not exist: pass a directory written by `finsent train` "
             "(or omit --model / FINSENT_MODEL_DIR to use the shipped model)"
         )
     for name in REQUIRED_FILES:
         if not (model_dir / name).is_file():
-            raise FileNotFoundError(
+            raise ModelError(
                 f"model directory {model_dir} is missing {name}: a model directory needs "
                 f"{', '.join(REQUIRED_FILES)}; re-export it with `finsent train --export-only CHECKPOINT` "
                 "or restore the file (git checkout models/shipped for the shipped model)"

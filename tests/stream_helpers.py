@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from stream.events import RawItem, utcnow
-from stream.kafka import ensure_topics, make_consumer, make_producer
-from stream.settings import Settings, load_settings
+from finsent.core.events import RawItem, utcnow
+from finsent.core.settings import Settings, load_settings
+from finsent.stream.kafka import ensure_topics, make_consumer, make_producer
 
 TEXTS = (
     "shares of acme jump after record quarterly earnings",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
-from alerts.base import TopicState
-from alerts.sinks import AlertmanagerSink, GaugeSink
-from stream.cli import main
+from finsent.alerts.base import TopicState
+from finsent.alerts.sinks import AlertmanagerSink, GaugeSink
+from finsent.cli import main
 from tests.fixtures.prom import free_port
 
 
@@ -19,7 +19,7 @@ def test_rules_and_dashboards_check_pass_on_the_shipped_files(capsys):
 def test_default_outputs_are_the_checkouts_deploy_dir_else_the_current_directory(tmp_path):
     from pathlib import Path
 
-    from alerts.cli import RULES_PATH, deploy_dir
+    from finsent.alerts.cli import RULES_PATH, deploy_dir
 
     assert deploy_dir() == RULES_PATH.parent.parent  # this source checkout
     assert deploy_dir(tmp_path) == Path("deploy")  # an installed wheel: site-packages has no pyproject/deploy

@@ -7,15 +7,15 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from alerts.base import binomial_z
-from alerts.cusum import BinomialCusum
-from alerts.detector import make_detector
-from alerts.ewma_zscore import EwmaZScore
-from alerts.prom_rule import PromRuleParams, evaluate
-from stream.settings import load_settings
+from finsent.alerts.base import binomial_z
+from finsent.alerts.cusum import BinomialCusum
+from finsent.alerts.detector import make_detector
+from finsent.alerts.ewma_z import EwmaZ
+from finsent.alerts.prom_rule import PromRuleParams, evaluate
+from finsent.core.settings import load_settings
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)  # noqa: UP017
-DETECTORS = [EwmaZScore, BinomialCusum]
+DETECTORS = [EwmaZ, BinomialCusum]
 
 
 def feed(det, series, topic="banking", start=0):
@@ -104,7 +104,7 @@ def test_make_detector_reads_the_settings():
     det = make_detector(load_settings(alert_detector="cusum", alert_threshold=7.5, alert_min_volume=11))
     assert isinstance(det, BinomialCusum) and det.threshold == 7.5 and det.min_volume == 11
     det = make_detector(load_settings(alert_short_s=180, alert_window_s=60, alert_drift_var=0.05))
-    assert isinstance(det, EwmaZScore) and det.short_windows == 3 and det.drift_var == 0.05
+    assert isinstance(det, EwmaZ) and det.short_windows == 3 and det.drift_var == 0.05
     with pytest.raises(ValueError, match="alert_detector"):
         make_detector(load_settings(alert_detector="magic"))
 
@@ -140,7 +140,7 @@ def betabinomial(rng, minutes, share, rate, concentration=60.0):
 
 def test_baseline_overdispersion_estimate_is_stable_over_hours():
     """rho is learnt from a long memory: it must not wander to 0 (which made busy minutes look binomial)."""
-    from alerts.base import Baseline, decay_for
+    from finsent.alerts.base import Baseline, decay_for
 
     rng = np.random.default_rng(7)
     base = Baseline(decay_for(60.0))
@@ -155,7 +155,7 @@ def test_baseline_overdispersion_estimate_is_stable_over_hours():
 
 
 def test_baseline_logit_variance_matches_the_weighted_mean_formula():
-    from alerts.base import Baseline, decay_for
+    from finsent.alerts.base import Baseline, decay_for
 
     d = decay_for(60.0)
     base = Baseline(d)
@@ -173,7 +173,7 @@ def test_ewma_z_score_includes_the_baselines_own_error():
     series = [(6, 60)] * 300 + [(13, 60)] * 5  # 10 % for five hours, then 21.7 % for five minutes
     scores = {}
     for drift in (0.0, 0.02):
-        det = EwmaZScore(drift_var=drift, z_threshold=50)
+        det = EwmaZ(drift_var=drift, z_threshold=50)
         feed(det, series)
         tp = det._topics["banking"]
         p0, base = tp.state.baseline_share, tp.baseline
@@ -187,7 +187,7 @@ def test_ewma_z_score_includes_the_baselines_own_error():
 
 def test_ewma_z_is_quiet_on_overdispersed_busy_traffic_and_catches_a_5x_rise():
     rng = np.random.default_rng(11)
-    det = EwmaZScore()
+    det = EwmaZ()
     assert feed(det, betabinomial(rng, 24 * 60, 0.1, 40)) == []  # a day of busy, bursty, calm traffic
     hits = feed(det, betabinomial(rng, 10, 0.5, 40), start=24 * 60)
     assert hits and hits[0][0] - 24 * 60 + 1 <= 3

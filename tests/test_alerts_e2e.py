@@ -19,10 +19,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from alerts.base import TopicState
-from alerts.prom_rule import PromRuleParams, render_rules
-from alerts.sinks import AlertmanagerSink
-from stream.events import utcnow
+from finsent.alerts.base import TopicState
+from finsent.alerts.prom_rule import PromRuleParams, render_rules
+from finsent.alerts.sinks import AlertmanagerSink
+from finsent.core.events import utcnow
 from tests.fixtures.prom import free_port
 
 pytestmark = pytest.mark.integration

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from prometheus_client import start_http_server
 
-from alerts.cli import RULES_PATH
-from alerts.dashboards import DEPLOY, files
-from stream.events import Alert, RawItem, ScoredItem, utcnow
-from stream.store import open_store
+from finsent.alerts.cli import RULES_PATH
+from finsent.alerts.dashboards import DEPLOY, files
+from finsent.core.events import Alert, RawItem, ScoredItem, utcnow
+from finsent.stream.store import open_store
 from tests.fixtures.prom import free_port
 
 DASHBOARDS = sorted((DEPLOY / "dashboards").glob("*.json"))
@@ -113,7 +113,7 @@ def test_every_dashboard_sql_query_runs_on_the_real_schema(engine, request):
             assert results[sql], f"{engine}: {name} returned no rows:\n{q}"
     finally:
         store.close()
-    from alerts import dashboards as d
+    from finsent.alerts import dashboards as d
 
     shares = {(r[0], r[1]): r[2] for r in results[d.SQL_NEGATIVE_SHARE]}
     assert all(0.0 <= v <= 1.0 for v in shares.values())
@@ -131,8 +131,8 @@ def test_every_dashboard_sql_query_runs_on_the_real_schema(engine, request):
 
 @pytest.mark.integration
 def test_every_dashboard_promql_expression_runs_on_prometheus(prometheus_factory):
-    from alerts.sinks import spike_gauges
-    from stream.metrics import worker_metrics
+    from finsent.alerts.sinks import spike_gauges
+    from finsent.stream.metrics import worker_metrics
 
     m = worker_metrics()
     score, active = spike_gauges()
@@ -168,7 +168,7 @@ scrape_configs:
     must_have_data = {"share_short", "stream_score", "stream_active", "scored_rate", "consumed_rate",
                       "stored_rate", "dead_letter_rate", "lag", "latency_p50", "latency_p99", "inference_p95",
                       "store_p95", "batch_mean"}
-    from alerts.dashboards import PROMQL
+    from finsent.alerts.dashboards import PROMQL
 
     by_expr = {v: k for k, v in PROMQL.items()}
     for name, expr in promql_queries():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from alerts.cli import RULES_PATH, prom_params
-from alerts.prom_rule import render_rules
-from stream.settings import Settings
+from finsent.alerts.cli import RULES_PATH, prom_params
+from finsent.alerts.prom_rule import render_rules
+from finsent.core.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULE_TESTS = DEPLOY / "prometheus" / "tests" / "finsent-rules.test.yml"
@@ -76,8 +76,8 @@ def test_amtool_check_config(amtool):
 
 def test_python_model_of_the_rule_matches_a_real_prometheus(promtool):
     """The benchmark scores the rule in Python; a real Prometheus must fire on the same minutes."""
-    from alerts.prom_confirm import confirm_with_prometheus
-    from alerts.synth import generate
+    from finsent.bench.prom_confirm import confirm_with_prometheus
+    from finsent.bench.synth import generate
 
     traffic = generate(n_topics=10, days=1.0, seed=3, spikes=[(5.0, 30), (3.0, 30), (5.0, 60)], warmup_min=120)
     r = confirm_with_prometheus(traffic, prom_params(Settings()), n_topics=3, days=1.0)

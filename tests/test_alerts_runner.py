@@ -7,11 +7,11 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from alerts.detector import make_detector
-from alerts.runner import AlertRunner, floor_time
-from stream.events import RawItem, ScoredItem, utcnow
-from stream.settings import load_settings
-from stream.store import open_store
+from finsent.alerts.detector import make_detector
+from finsent.alerts.runner import AlertRunner, floor_time
+from finsent.core.events import RawItem, ScoredItem, utcnow
+from finsent.core.settings import load_settings
+from finsent.stream.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def test_runner_rejects_a_window_mismatch():
 
 
 def test_watch_once_prints_and_stores_the_spike(clickhouse_db_url, capsys):
-    from stream.cli import main
+    from finsent.cli import main
 
     store = open_store(clickhouse_db_url)
     try:
@@ -100,7 +100,7 @@ class _FlakyStore:
         return [r for r in self.rows if r.bucket + timedelta(seconds=bucket_s) <= until]
 
     def insert_alerts(self, alerts):
-        from stream.store.base import StoreUnavailable
+        from finsent.core.store import StoreUnavailable
 
         if self.fail:
             self.fail = False
@@ -110,7 +110,7 @@ class _FlakyStore:
 
 
 def test_alerts_refused_by_the_store_are_retried_not_lost():
-    from stream.store.base import TopicCounts
+    from finsent.core.store import TopicCounts
 
     now = floor_time(utcnow(), 60)
     rows = [TopicCounts(now - timedelta(minutes=m), "banking", 20, 12 if m <= 5 else 2, 0, 0) for m in range(1, 150)]

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from alerts.stream import WindowCloser, window_counts
-from stream.events import RawItem, ScoredItem, decode_alert, utcnow
-from stream.kafka import make_producer
-from stream.store import open_store
+from finsent.alerts.agent import WindowCloser, window_counts
+from finsent.core.events import RawItem, ScoredItem, decode_alert, utcnow
+from finsent.stream.kafka import make_producer
+from finsent.stream.store import open_store
 
 UTC = timezone.utc  # noqa: UP017
 
@@ -54,8 +54,8 @@ def test_window_closer_releases_every_window_in_order_and_drops_late_counts():
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from models.runtime import Classifier
-    from models.testing import make_tiny_model
+    from finsent.models.runtime import Classifier
+    from finsent.models.testing import make_tiny_model
 
     return Classifier.load(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -72,7 +72,7 @@ def _gauge(name: str, topic: str) -> float | None:
 def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
     kafka_bootstrap, chdb_db_url, unique_name, tiny_classifier
 ):
-    from stream.worker import WorkerThread
+    from finsent.stream.service import WorkerThread
     from tests.stream_helpers import read_topic, stream_settings, wait_for
 
     topic_a, topic_b = f"bank{unique_name[:4]}", f"crypto{unique_name[:4]}"
@@ -141,9 +141,9 @@ class _CountsStore:
 
 
 def test_prime_warms_baselines_from_stored_counts_so_a_restart_is_not_blind():
-    from alerts.stream import InStreamAlerts
-    from stream.settings import load_settings
-    from stream.store.base import TopicCounts
+    from finsent.alerts.agent import InStreamAlerts
+    from finsent.core.settings import load_settings
+    from finsent.core.store import TopicCounts
 
     now = utcnow()
     first = (int(now.timestamp()) // 60 + 1) * 60  # the closer's first live window starts here
@@ -170,7 +170,7 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
     """Counts are re-keyed by topic, so each topic has one owner: two workers never both alarm on it."""
     from kafka.partitioner.default import murmur2
 
-    from stream.worker import WorkerThread
+    from finsent.stream.service import WorkerThread
     from tests.stream_helpers import stream_settings, wait_for
 
     def partition(name: str) -> int:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stream.events import (
+from finsent.core.events import (
     Alert,
     InvalidEvent,
     RawItem,

@@ -7,9 +7,9 @@ import json
 
 from prometheus_client import CollectorRegistry
 
-from ingest.dedup import DedupStore
-from ingest.metrics import IngestMetrics
-from ingest.pipeline import Pipeline
+from finsent.ingest.dedup import DedupStore
+from finsent.ingest.metrics import IngestMetrics
+from finsent.ingest.pipeline import Pipeline
 
 
 def test_keys_survive_a_restart(tmp_path) -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest.dedup import DedupStore
-from ingest.feeds import FeedSource, load_feed_list
-from ingest.fetch import Fetcher, FetchError, parse_retry_after
-from ingest.metrics import IngestMetrics
-from ingest.pipeline import Pipeline
-from ingest.poller import Poller
+from finsent.ingest.dedup import DedupStore
+from finsent.ingest.feeds import FeedSource, load_feed_list
+from finsent.ingest.fetch import Fetcher, FetchError, parse_retry_after
+from finsent.ingest.metrics import IngestMetrics
+from finsent.ingest.pipeline import Pipeline
+from finsent.ingest.poller import Poller
 from tests.test_ingest_support import LocalHTTP, consume_all
 
 DATA = Path(__file__).parent / "data" / "ingest"
@@ -61,7 +61,7 @@ def _pipeline(tmp_path, out=None, publisher=None) -> Pipeline:
 
 
 def test_rss_cli_once_dry_run_one_bad_feed_does_not_stop_others(server, tmp_path, capsys, caplog, monkeypatch):
-    from stream.cli import main
+    from finsent.cli import main
 
     monkeypatch.setenv("FINSENT_INGEST_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("FINSENT_INGEST_MAX_FETCH_BYTES", "200000")
@@ -146,8 +146,8 @@ def test_feed_list_parsing(tmp_path):
 
 @pytest.mark.integration
 def test_rss_publishes_to_kafka_exactly_once_across_restarts(server, kafka_bootstrap, unique_name, tmp_path):
-    from ingest.publisher import Publisher
-    from stream.settings import Settings
+    from finsent.core.settings import Settings
+    from finsent.ingest.publisher import Publisher
 
     settings = Settings(brokers=kafka_bootstrap, topic_raw=f"raw.{unique_name}", partitions=2)
     urls = [server.url("/feed_a.xml"), server.url("/feed_b.atom")]

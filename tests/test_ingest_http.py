@@ -13,13 +13,13 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ingest.dedup import DedupStore
-from ingest.http_push import check_bind, create_app, parse_body
-from ingest.metrics import IngestMetrics
-from ingest.pipeline import Pipeline
-from ingest.publisher import Publisher
-from stream.broker import EmbeddedBroker, free_port
-from stream.settings import Settings
+from finsent.core.settings import Settings
+from finsent.ingest.dedup import DedupStore
+from finsent.ingest.http_push import check_bind, create_app, parse_body
+from finsent.ingest.metrics import IngestMetrics
+from finsent.ingest.pipeline import Pipeline
+from finsent.ingest.publisher import Publisher
+from finsent.stream.broker import EmbeddedBroker, free_port
 from tests.test_ingest_support import consume_all
 
 TOKEN = "s3cret-token"

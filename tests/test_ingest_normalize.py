@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from ingest.normalize import (
+from finsent.ingest.normalize import (
     Skip,
     canonical_url,
     clean_text,

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest.dedup import DedupStore
-from ingest.metrics import IngestMetrics
-from ingest.normalize import make_item
-from ingest.pipeline import Pipeline
-from ingest.publisher import Publisher, PublishError
-from ingest.replay import iter_file_items, replay, replay_to_kafka
-from stream.broker import EmbeddedBroker, free_port
-from stream.settings import Settings
+from finsent.core.settings import Settings
+from finsent.ingest.dedup import DedupStore
+from finsent.ingest.metrics import IngestMetrics
+from finsent.ingest.normalize import make_item
+from finsent.ingest.pipeline import Pipeline
+from finsent.ingest.publisher import Publisher, PublishError
+from finsent.ingest.replay import iter_file_items, replay, replay_to_kafka
+from finsent.stream.broker import EmbeddedBroker, free_port
 from tests.test_ingest_support import consume_all
 
 pytestmark = pytest.mark.integration
@@ -98,7 +98,7 @@ def test_replay_file_ids_stable_and_published(kafka_bootstrap, unique_name, caps
 
 
 def test_replay_cli_dry_run_prints_items_and_one_summary(tmp_path, capsys, monkeypatch) -> None:
-    from stream.cli import main
+    from finsent.cli import main
 
     monkeypatch.setenv("FINSENT_INGEST_STATE_DIR", str(tmp_path))
     rc = main(["ingest", "replay", str(DATA / "replay.csv"), str(DATA / "replay.jsonl"), "--dry-run", "--limit", "6"])
@@ -127,7 +127,7 @@ def test_replay_speedup_follows_original_spacing(tmp_path) -> None:
 
 
 def test_replay_honours_encoding_and_says_what_to_do(tmp_path) -> None:
-    from ingest.replay import ReplayInputError
+    from finsent.ingest.replay import ReplayInputError
 
     path = tmp_path / "latin.csv"
     path.write_bytes("text,title\n\"Soci\u00e9t\u00e9 G\u00e9n\u00e9rale \u00e0 Paris\",x\n".encode("latin-1"))

@@ -11,12 +11,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest.dedup import DedupStore
-from ingest.fetch import Fetcher, FetchError
-from ingest.metrics import IngestMetrics
-from ingest.pipeline import Pipeline
-from ingest.social.mastodon import MastodonTagSource, parse_link_header
-from ingest.social.reddit import RedditSubredditSource
+from finsent.ingest.dedup import DedupStore
+from finsent.ingest.fetch import Fetcher, FetchError
+from finsent.ingest.metrics import IngestMetrics
+from finsent.ingest.pipeline import Pipeline
+from finsent.ingest.social.mastodon import MastodonTagSource, parse_link_header
+from finsent.ingest.social.reddit import RedditSubredditSource
 from tests.test_ingest_support import LocalHTTP
 
 UTC = timezone.utc  # noqa: UP017
@@ -201,7 +201,7 @@ def test_reddit_after_paging_stops_at_seen_and_honours_ratelimit(server, tmp_pat
 
 
 def test_social_cli_dry_run_once(server, tmp_path, capsys, monkeypatch) -> None:
-    from stream.cli import main
+    from finsent.cli import main
 
     server.routes["/api/v1/timelines/tag/markets"] = lambda req: (
         200, {"Content-Type": "application/json"}, json.dumps([_status(1, "<p>Hello $SPY</p>")]).encode())
@@ -231,7 +231,7 @@ def _bsky_post(n: int, text: str, created: str, indexed: str | None = None) -> d
 
 
 def test_bluesky_search_since_and_page_cursors(server, tmp_path) -> None:
-    from ingest.social.bluesky import BlueskySearchSource
+    from finsent.ingest.social.bluesky import BlueskySearchSource
 
     calls: list[dict] = []
 

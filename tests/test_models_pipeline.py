@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.data import (
+from finsent.cli import main
+from finsent.models.data import (
     SPLIT_SEED,
     LabelledSet,
     dedupe,
@@ -19,11 +20,10 @@ from models.data import (
     read_labelled_csv,
     split_set,
 )
-from models.evaluate import evaluate_files, score
-from models.labels import SENTIMENT_LABELS, TOPIC_LABELS
-from models.runtime import Classifier
-from models.testing import make_tiny_base, make_tiny_model
-from stream.cli import main
+from finsent.models.evaluate import evaluate_files, score
+from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.models.runtime import Classifier
+from finsent.models.testing import make_tiny_base, make_tiny_model
 
 SEED_DIR = Path(__file__).resolve().parents[1] / "models" / "seed"
 WORDS = [
@@ -246,9 +246,9 @@ def test_bench_model_reports_every_runtime_and_batch_size(tiny_dir: Path, tmp_pa
 def test_bench_pytorch_rows_use_the_checkpoint(tmp_path: Path) -> None:
     import torch
 
-    from models.bench import run_bench
-    from models.modeling import MultiTaskClassifier, build_encoder, save_checkpoint
-    from models.testing import _tiny_config
+    from finsent.bench.model import run_bench
+    from finsent.models.modeling import MultiTaskClassifier, build_encoder, save_checkpoint
+    from finsent.models.testing import _tiny_config
 
     model = MultiTaskClassifier(build_encoder(_tiny_config()), len(SENTIMENT_LABELS), len(TOPIC_LABELS))
     torch.manual_seed(0)

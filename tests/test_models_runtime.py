@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.labels import SENTIMENT_LABELS, TOPIC_LABELS
-from models.runtime import Classifier, Prediction
-from models.testing import TINY_MAX_LENGTH, make_tiny_model
+from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+from finsent.models.runtime import Classifier, Prediction
+from finsent.models.testing import TINY_MAX_LENGTH, make_tiny_model
 
 TEXTS = [
     "Shares of Acme jump 12% after earnings beat estimates",
@@ -243,7 +243,7 @@ def test_fp16_storage_round_trips_exactly(tiny_dir: Path, tmp_path: Path) -> Non
     import onnx
     import onnxruntime as ort
 
-    from models.variants import expand_weights, is_compact
+    from finsent.models.variants import expand_weights, is_compact
 
     stored = onnx.load(str(tiny_dir / "model.onnx"))
     assert is_compact(tiny_dir / "model.onnx")

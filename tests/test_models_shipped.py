@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models import shipped_model_dir
-from models.runtime import Classifier
+from finsent.models import shipped_model_dir
+from finsent.models.runtime import Classifier
 
 OBVIOUS = [
     # (text, sentiment, topic or None)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from models.runtime import Classifier
-from models.testing import make_tiny_model
-from models.textprep import STRIP_URLS, check_steps, prepare, strip_urls
+from finsent.models.runtime import Classifier
+from finsent.models.testing import make_tiny_model
+from finsent.models.textprep import STRIP_URLS, check_steps, prepare, strip_urls
 
 
 @pytest.mark.parametrize(

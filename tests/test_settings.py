@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.settings import load_settings
+from finsent.core.settings import load_settings
 
 
 def test_precedence_file_env_flags(tmp_path, monkeypatch) -> None:
@@ -52,7 +52,7 @@ def test_secrets_redacted(monkeypatch) -> None:
 def test_cli_config_command_and_errors(capsys, monkeypatch) -> None:
     import json
 
-    from stream.cli import main
+    from finsent.cli import main
 
     monkeypatch.setenv("FINSENT_SASL_PASSWORD", "hunter2")
     assert main(["--brokers", "bad", "config"]) == 2

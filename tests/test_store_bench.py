@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream.store.bench import synthetic_items, write_section
+from finsent.bench.store import synthetic_items, write_section
 
 
 def test_write_section_replaces_only_the_store_section(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from stream.cli import main
-from stream.events import Alert, utcnow
-from stream.store import open_store
-from stream.store.cli import format_duration, parse_duration
+from finsent.cli import main
+from finsent.core.events import Alert, utcnow
+from finsent.stream.store import open_store
+from finsent.stream.store.cli import format_duration, parse_duration
 from tests.fixtures.clickhouse import free_port
 from tests.test_store_engines import make_item
 
@@ -111,7 +111,7 @@ def test_query_schema_prints_the_ddl_of_this_server(clickhouse_db_url: str, caps
 def test_query_count_subprocess_on_server(clickhouse_db_url: str) -> None:
     _seed(clickhouse_db_url)
     env = {**os.environ, "FINSENT_STORE": clickhouse_db_url, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "stream.cli", "query", "count", "--json"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "finsent.cli", "query", "count", "--json"], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"rows": 13, "unique_ids": 13}

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stream.events import Alert, RawItem, ScoredItem, utcnow
-from stream.store import StoreError, open_store
-from stream.store.base import TopicCounts
+from finsent.core.events import Alert, RawItem, ScoredItem, utcnow
+from finsent.core.store import TopicCounts
+from finsent.stream.store import StoreError, open_store
 
 pytestmark = pytest.mark.integration
 
@@ -306,7 +306,7 @@ def test_one_store_shared_by_threads(store) -> None:
 
 
 def test_bad_sql_is_a_store_error_not_unavailable(store) -> None:
-    from stream.store import StoreUnavailable
+    from finsent.stream.store import StoreUnavailable
 
     with pytest.raises(StoreError) as info:
         store.query("SELECT no_such_column FROM system.one")

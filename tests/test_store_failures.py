@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import pytest
 
-from stream.events import RawItem, ScoredItem, utcnow
-from stream.store import StoreError, StoreUnavailable, open_store
+from finsent.core.events import RawItem, ScoredItem, utcnow
+from finsent.stream.store import StoreError, StoreUnavailable, open_store
 from tests.fixtures.clickhouse import ClickHouseServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -94,7 +94,7 @@ def test_chdb_path_held_by_another_process_is_a_clear_error(tmp_path: Path) -> N
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        proc = subprocess.run([sys.executable, "-m", "stream.cli", "--store", url, "query", "count"],
+        proc = subprocess.run([sys.executable, "-m", "finsent.cli", "--store", url, "query", "count"],
                               capture_output=True, text=True, env=env, cwd=repo, timeout=60)
         assert proc.returncode == 1
         assert "in use by another process" in proc.stderr

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.store import StoreError, StoreUnavailable, open_store
-from stream.store.localserver import ClickHouseServer
+from finsent.bench.clickhouse_server import ClickHouseServer
+from finsent.stream.store import StoreError, StoreUnavailable, open_store
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from stream.store import parse_chdb_url, parse_clickhouse_url, redact_url
-from stream.store.clickhouse import to_driver_placeholders
-from stream.store.embedded import encode_param
-from stream.store.schema import Capabilities, check_database_name, create_statements
+from finsent.stream.store import parse_chdb_url, parse_clickhouse_url, redact_url
+from finsent.stream.store.clickhouse import to_driver_placeholders
+from finsent.stream.store.embedded import encode_param
+from finsent.stream.store.schema import Capabilities, check_database_name, create_statements
 
 
 def test_clickhouse_url_full() -> None:

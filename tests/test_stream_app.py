@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from stream.app import AckGuard, ClassifierHolder, RawMessage, decode_batch, score_items
-from stream.events import RawItem, utcnow
+from finsent.core.events import RawItem, utcnow
+from finsent.stream.worker import AckGuard, ClassifierHolder, RawMessage, decode_batch, score_items
 
 
 def _raw(value: bytes | None, offset: int = 0) -> RawMessage:
@@ -131,7 +131,7 @@ def test_ack_guard_never_released_keeps_offsets_uncommitted() -> None:
 
 
 def test_results_section_replaces_only_its_own_section(tmp_path: Path) -> None:
-    from stream.bench_pipeline import write_section
+    from finsent.bench.pipeline import write_section
 
     path = tmp_path / "RESULTS.md"
     path.write_text("# Benchmark results\n\n## Store\n\nstore text\n\n## Pipeline\n\nold\n\n## Alerts\n\nalerts text\n")
@@ -146,14 +146,14 @@ def test_results_section_replaces_only_its_own_section(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [0, -1])
 def test_demo_rejects_bad_rate(bad: float, capsys: pytest.CaptureFixture[str]) -> None:
-    from stream.cli import main
+    from finsent.cli import main
 
     assert main(["demo", "--rate", str(bad)]) == 2
     assert "--rate must be > 0" in capsys.readouterr().err
 
 
 def test_demo_without_a_model_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from stream.cli import main
+    from finsent.cli import main
 
     assert main(["demo", "--model-dir", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
@@ -162,7 +162,7 @@ def test_demo_without_a_model_is_one_clear_error(tmp_path: Path, capsys: pytest.
 
 def test_item_without_ingested_at_takes_the_record_timestamp() -> None:
     """A redelivered record must decode to the same row: its Kafka timestamp stands in for ingested_at."""
-    from stream.app import RawMessage, decode_batch
+    from finsent.stream.worker import RawMessage, decode_batch
 
     body = b'{"id":"r1","source":"s","source_type":"social","text":"stocks slide"}'
     msg = RawMessage(body, "finsent.raw", 0, 7, 1_790_000_000.25)

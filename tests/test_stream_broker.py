@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import BrokerError, EmbeddedBroker, free_port
-from stream.kafka import ensure_topics, make_consumer, make_producer
-from stream.settings import load_settings
+from finsent.core.settings import load_settings
+from finsent.stream.broker import BrokerError, EmbeddedBroker, free_port
+from finsent.stream.kafka import ensure_topics, make_consumer, make_producer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_ensure_topics_creates_once_with_partitions(kafka_bootstrap: str, unique
     created = ensure_topics(s)
     assert sorted(created) == sorted([s.topic_raw, s.topic_scored, s.topic_dlq, s.topic_alerts])
     assert ensure_topics(s) == []  # idempotent
-    from stream.kafka import admin_client
+    from finsent.stream.kafka import admin_client
 
     admin = admin_client(s)
     try:
@@ -71,7 +71,7 @@ def test_finsent_broker_command_stops_cleanly_on_sigterm() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "broker", "--port", str(port)],
+        [sys.executable, "-m", "finsent.cli", "broker", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

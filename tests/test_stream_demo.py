@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from stream.settings import load_settings
+from finsent.core.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_end_to_end_and_writes_summary(tmp_path: Path) -> None:
-    from models.testing import make_tiny_model
-    from stream.demo import run_demo
+    from finsent.demo import run_demo
+    from finsent.models.testing import make_tiny_model
 
     model = make_tiny_model(tmp_path / "model")
     out = tmp_path / "summary.json"
@@ -50,7 +50,7 @@ def test_demo_runs_end_to_end_and_writes_summary(tmp_path: Path) -> None:
 
 def test_demo_detects_the_injected_spike_with_the_shipped_model(tmp_path: Path) -> None:
     """The acceptance test of `finsent demo`: the shipped model, a real detector on stored counts."""
-    from stream.demo import run_demo
+    from finsent.demo import run_demo
 
     summary = run_demo(load_settings(metrics_port=0), seconds=60, rate=40, summary_json=str(tmp_path / "s.json"))
     assert summary["spike_detected"], summary["alerts"]

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from stream.events import Alert, RawItem, ScoredItem, utcnow
-from stream.plots import plot_store_timeline, plot_timeline
-from stream.store import open_store
+from finsent.core.events import Alert, RawItem, ScoredItem, utcnow
+from finsent.plots import plot_store_timeline, plot_timeline
+from finsent.stream.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from stream.events import decode_scored
-from stream.store import open_store
-from stream.store.base import StoreUnavailable
-from stream.worker import WorkerThread
+from finsent.core.events import decode_scored
+from finsent.core.store import StoreUnavailable
+from finsent.stream.service import WorkerThread
+from finsent.stream.store import open_store
 from tests.stream_helpers import make_items, produce, produce_items, read_topic, reasons, stream_settings, wait_for
 
 pytestmark = pytest.mark.integration
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from models.runtime import Classifier
-    from models.testing import make_tiny_model
+    from finsent.models.runtime import Classifier
+    from finsent.models.testing import make_tiny_model
 
     return Classifier.load(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -185,7 +185,7 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
     import sys
     import urllib.request
 
-    from stream.broker import free_port
+    from finsent.stream.broker import free_port
 
     s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name)
     port = free_port()
@@ -204,7 +204,7 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
         "FINSENT_METRICS_PORT": str(port),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "worker", "--group", s.consumer_group, "--batch-within", "0.1"],
+        [sys.executable, "-m", "finsent.cli", "worker", "--group", s.consumer_group, "--batch-within", "0.1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     store = open_store(clickhouse_db_url)
@@ -255,7 +255,7 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
         "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
         "FINSENT_METRICS_PORT": "0",
     }
-    cmd = [sys.executable, "-m", "stream.cli", "worker", "--group", s.consumer_group, "--batch-max", "8",
+    cmd = [sys.executable, "-m", "finsent.cli", "worker", "--group", s.consumer_group, "--batch-max", "8",
            "--batch-within", "0.05"]
     store = open_store(clickhouse_db_url)
     store.ensure_schema()

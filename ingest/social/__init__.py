@@ -1,5 +1,5 @@
 """Social media sources: public APIs polled in their documented request/response shapes.
 
-* :mod:`ingest.social.mastodon` -- hashtag timelines (``GET /api/v1/timelines/tag/:hashtag``)
-* :mod:`ingest.social.reddit` -- subreddit listings (``/r/<sub>/new.json``)
+* :mod:`finsent.ingest.social.mastodon` -- hashtag timelines (``GET /api/v1/timelines/tag/:hashtag``)
+* :mod:`finsent.ingest.social.reddit` -- subreddit listings (``/r/<sub>/new.json``)
 """

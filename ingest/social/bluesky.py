@@ -18,11 +18,11 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from ingest.fetch import Fetcher, FetchError
-from ingest.normalize import to_utc
-from ingest.pipeline import Pipeline
-from ingest.poller import PollOutcome
-from stream.events import format_time
+from finsent.core.events import format_time
+from finsent.ingest.fetch import Fetcher, FetchError
+from finsent.ingest.normalize import to_utc
+from finsent.ingest.pipeline import Pipeline
+from finsent.ingest.poller import PollOutcome
 
 PUBLIC_BASE = "https://public.api.bsky.app"
 

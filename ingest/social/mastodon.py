@@ -15,10 +15,10 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from ingest.fetch import Fetcher, FetchError
-from ingest.pipeline import Pipeline
-from ingest.poller import PollOutcome
-from ingest.social.ratelimit import mastodon_wait
+from finsent.ingest.fetch import Fetcher, FetchError
+from finsent.ingest.pipeline import Pipeline
+from finsent.ingest.poller import PollOutcome
+from finsent.ingest.social.ratelimit import mastodon_wait
 
 _LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?([a-zA-Z]+)"?')
 

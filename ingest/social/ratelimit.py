@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ingest.normalize import to_utc
+from finsent.ingest.normalize import to_utc
 
 
 def _float(value: str | None) -> float | None:

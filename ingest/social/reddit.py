@@ -16,10 +16,10 @@ import logging
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ingest.fetch import Fetcher, FetchError
-from ingest.pipeline import Pipeline
-from ingest.poller import PollOutcome
-from ingest.social.ratelimit import reddit_wait
+from finsent.ingest.fetch import Fetcher, FetchError
+from finsent.ingest.pipeline import Pipeline
+from finsent.ingest.poller import PollOutcome
+from finsent.ingest.social.ratelimit import reddit_wait
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from stream.store.base import Store, StoreError, StoreUnavailable, TopicCounts
+from finsent.core.errors import ConfigError, StoreError, StoreUnavailable
+from finsent.core.store import Store, TopicCounts
 
 if TYPE_CHECKING:
-    from stream.settings import Settings
+    from finsent.core.settings import Settings
 
 DEFAULT_DATABASE = "finsent"
 _TRUE = {"1", "true", "yes", "on"}
@@ -37,14 +38,14 @@ def _flag(opts: dict[str, str], name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ValueError(f"store URL option {name}={opts[name]!r}: use 1 or 0")
+    raise ConfigError(f"store URL option {name}={opts[name]!r}: use 1 or 0")
 
 
 def _options(query: str, allowed: set[str]) -> dict[str, str]:
     opts = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     unknown = sorted(set(opts) - allowed)
     if unknown:
-        raise ValueError(f"unknown store URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"unknown store URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
     return opts
 
 
@@ -69,9 +70,9 @@ def parse_clickhouse_url(url: str) -> dict[str, Any]:
     try:
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"store URL {redact_url(url)}: {exc}") from None
+        raise ConfigError(f"store URL {redact_url(url)}: {exc}") from None
     if not parts.hostname:
-        raise ValueError(f"store URL {redact_url(url)} has no host: clickhouse://user:pass@host:9000/db")
+        raise ConfigError(f"store URL {redact_url(url)} has no host: clickhouse://user:pass@host:9000/db")
     database = parts.path.strip("/") or DEFAULT_DATABASE
     kw: dict[str, Any] = {
         "host": parts.hostname,
@@ -98,7 +99,7 @@ def parse_chdb_url(url: str) -> dict[str, Any]:
     path, _, query = rest.partition("?")
     opts = _options(query, {"database"})
     if not path:
-        raise ValueError("store URL chdb:// needs a path: chdb:///absolute/path or chdb://relative/path")
+        raise ConfigError("store URL chdb:// needs a path: chdb:///absolute/path or chdb://relative/path")
     return {"path": unquote(path), "database": opts.get("database") or DEFAULT_DATABASE}
 
 
@@ -110,15 +111,15 @@ def open_store(url: str, *, retention_days: int = 0) -> Store:
     :class:`StoreUnavailable`.
     """
     if url.startswith(("clickhouse://", "clickhouses://")):
-        from stream.store.clickhouse import ClickHouseStore
+        from finsent.stream.store.clickhouse import ClickHouseStore
 
         return ClickHouseStore(**parse_clickhouse_url(url), retention_days=retention_days)
     if url.startswith("chdb://"):
-        from stream.store.embedded import ChdbStore
+        from finsent.stream.store.embedded import ChdbStore
 
         kw = parse_chdb_url(url)
         return ChdbStore(kw["path"], kw["database"], retention_days=retention_days)
-    raise ValueError(f"store URL {redact_url(url)!r} must start with clickhouse:// or chdb://")
+    raise ConfigError(f"store URL {redact_url(url)!r} must start with clickhouse:// or chdb://")
 
 
 def store_from_settings(settings: Settings) -> Store:

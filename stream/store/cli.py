@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from stream.settings import Settings
+from finsent.core.settings import Settings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -53,7 +52,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _open(settings: Settings):  # type: ignore[no-untyped-def]
-    from stream.store import store_from_settings
+    from finsent.stream.store import store_from_settings
 
     store = store_from_settings(settings)
     try:
@@ -62,27 +61,6 @@ def _open(settings: Settings):  # type: ignore[no-untyped-def]
         store.close()
         raise
     return store
-
-
-def _run(handler):  # type: ignore[no-untyped-def]
-    """Turn store errors into one clear line and exit code 1 (2 for bad configuration)."""
-
-    def wrapped(args: argparse.Namespace, settings: Settings) -> int:
-        from stream.store import StoreError, StoreUnavailable, redact_url
-
-        try:
-            return handler(args, settings)
-        except StoreUnavailable as exc:
-            print(f"finsent query: store unavailable: {exc}", file=sys.stderr)
-            return 1
-        except StoreError as exc:
-            print(f"finsent query: {exc}", file=sys.stderr)
-            return 1
-        except ValueError as exc:
-            print(f"finsent query: bad store setting ({redact_url(settings.store)}): {exc}", file=sys.stderr)
-            return 2
-
-    return wrapped
 
 
 def _count(args: argparse.Namespace, settings: Settings) -> int:
@@ -176,7 +154,7 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _schema(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.store import schema
+    from finsent.stream.store import schema
 
     store = _open(settings)
     try:
@@ -213,7 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="only items ingested in the last DURATION (default: all)")
     c.add_argument("--physical", action="store_true", help="also report physical_rows (before deduplication)")
     c.add_argument("--json", action="store_true", help='print {"rows": N, "unique_ids": N} as JSON')
-    c.set_defaults(func=_run(_count))
+    c.set_defaults(func=_count)
 
     t = sub.add_parser(
         "top",
@@ -225,13 +203,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--topic", default=None, help="only this topic (exact label)")
     t.add_argument("--limit", type=int, default=10, help="newest negative items to show (default: 10)")
     t.add_argument("--json", action="store_true", help="print JSON: {since_s, topic, topics: [...], negative: [...]}")
-    t.set_defaults(func=_run(_top))
+    t.set_defaults(func=_top)
 
     a = sub.add_parser("alerts", help="alerts stored by the detectors", description="Stored alerts, newest first.")
     a.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
                    help="only alerts fired in the last DURATION (default: all)")
     a.add_argument("--json", action="store_true", help="print a JSON list")
-    a.set_defaults(func=_run(_alerts))
+    a.set_defaults(func=_alerts)
 
     s = sub.add_parser(
         "schema",
@@ -239,10 +217,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Create the tables if missing (idempotent) and print the DDL finsent uses on this server "
         "version (what a DBA or a Grafana author needs to know). Column meanings: pydoc stream.store.schema.",
     )
-    s.set_defaults(func=_run(_schema))
-
-
-def register_bench(bench_subparsers: argparse._SubParsersAction) -> None:
-    from stream.store.bench import register as register_store_bench
-
-    register_store_bench(bench_subparsers)
+    s.set_defaults(func=_schema)

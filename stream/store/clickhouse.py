@@ -1,6 +1,6 @@
 """``ClickHouseStore``: a ClickHouse server over the native protocol (clickhouse-driver).
 
-Works with servers from Debian's 18.16 to current releases (see :mod:`stream.store.schema`).
+Works with servers from Debian's 18.16 to current releases (see :mod:`finsent.stream.store.schema`).
 
 Parameters: the driver binds ``%(name)s`` placeholders client-side, escaping each value itself
 (the 18.16 server has no server-side query parameters). Store queries are written once with
@@ -23,9 +23,9 @@ from typing import Any
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from stream.store import schema
-from stream.store.base import StoreError, StoreUnavailable
-from stream.store.sqlstore import SqlStore
+from finsent.core.store import StoreError, StoreUnavailable
+from finsent.stream.store import schema
+from finsent.stream.store.sqlstore import SqlStore
 
 # The driver logs a full traceback at WARNING for every failed connect; during an outage the worker
 # retries with backoff and StoreUnavailable already says what happened, so keep its log quiet

@@ -28,8 +28,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from stream.store.base import StoreError
-from stream.store.sqlstore import SqlStore
+from finsent.core.store import StoreError
+from finsent.stream.store.sqlstore import SqlStore
 
 # (char, escape) pairs, backslash first; applied with chained str.replace, which runs in C and is
 # ~100x faster than a per-character Python loop on multi-megabyte insert documents

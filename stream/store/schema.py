@@ -112,7 +112,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from stream.events import Alert, ScoredItem
+from finsent.core.events import Alert, ScoredItem
 
 ITEMS = "items"
 TOPIC_MINUTE = "topic_minute"

@@ -2,7 +2,7 @@
 
 ``ClickHouseStore`` (server, native protocol) and ``ChdbStore`` (embedded) differ in how a query
 travels and how parameters are bound, not in what is asked: keeping the queries here (and their
-text in :mod:`stream.store.schema`) means the two cannot drift apart, and the tests run the same
+text in :mod:`finsent.stream.store.schema`) means the two cannot drift apart, and the tests run the same
 assertions against both.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stream.events import Alert, ScoredItem, utcnow
-from stream.store import schema
-from stream.store.base import TopicCounts
+from finsent.core.events import Alert, ScoredItem, utcnow
+from finsent.core.store import TopicCounts
+from finsent.stream.store import schema
 
 log = logging.getLogger(__name__)
 

@@ -23,33 +23,15 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from stream.events import RawItem, stable_id, utcnow
-from stream.settings import Settings
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=1000, method="inclusive")[max(0, min(998, int(q * 1000) - 1))]
+from finsent.bench.common import cpu_name, percentile, write_section
+from finsent.core.events import RawItem, stable_id, utcnow
+from finsent.core.settings import Settings
 
 
 def model_only_rate(classifier: Any, texts: list[str], batch: int, repeat: int = 1) -> float:
@@ -74,7 +56,7 @@ def _items(texts: list[str], run: str, prefix: str) -> list[RawItem]:
 
 
 def _produce(settings: Settings, items: list[RawItem]) -> None:
-    from stream.kafka import make_producer
+    from finsent.stream.kafka import make_producer
 
     producer = make_producer(settings, client_id="finsent-bench")
     try:
@@ -88,7 +70,7 @@ def _produce(settings: Settings, items: list[RawItem]) -> None:
 def _paced_producer(settings: Settings, texts: list[str], rate: float, seconds: float, run: str,
                     sent: list[int]) -> threading.Thread:
     """Publish at ``rate`` items/s for ``seconds``, stamping ``ingested_at`` at send time."""
-    from stream.kafka import make_producer
+    from finsent.stream.kafka import make_producer
 
     def loop() -> None:
         producer = make_producer(settings, client_id="finsent-bench-paced", linger_ms=0)
@@ -128,12 +110,12 @@ def _wait(cond: Any, timeout_s: float, what: str) -> None:
 
 def run_bench(settings: Settings, items: int, load: float, latency_seconds: float, model_dir: str | None,
               store_url: str | None, progress: Any = print, rounds: int = 3) -> dict[str, Any]:
-    from models.runtime import Classifier
-    from stream.broker import EmbeddedBroker
-    from stream.demo import load_tweets
-    from stream.kafka import ensure_topics, quiet_client_logs
-    from stream.store import open_store
-    from stream.worker import WorkerThread
+    from finsent.demo import load_tweets
+    from finsent.models.runtime import Classifier
+    from finsent.stream.broker import EmbeddedBroker
+    from finsent.stream.kafka import ensure_topics, quiet_client_logs
+    from finsent.stream.service import WorkerThread
+    from finsent.stream.store import open_store
 
     quiet_client_logs(settings)
     tweets = [t["text"] for t in load_tweets()]
@@ -215,7 +197,7 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "hardware": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "hardware": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                      "load_avg_at_start": [round(x, 2) for x in load_before]},
         "model": {"version": clf.version, "variant": clf.variant, "provider": clf.provider,
                   "threads": settings.model_threads},
@@ -239,8 +221,8 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
             "load_fraction": load,
             "seconds": latency_seconds,
             "samples": len(lat),
-            "p50_ms": round(_pct(lat, 0.50) * 1000, 1),
-            "p99_ms": round(_pct(lat, 0.99) * 1000, 1),
+            "p50_ms": round(percentile(lat, 0.50) * 1000, 1),
+            "p99_ms": round(percentile(lat, 0.99) * 1000, 1),
             "max_ms": round(max(lat) * 1000, 1) if lat else None,
         },
         "store_rows": counts["rows"],
@@ -287,18 +269,6 @@ def results_section(r: dict[str, Any], command: str, note: str | None = None) ->
     ])
 
 
-def write_section(path: Path, section: str, name: str = "## Pipeline") -> None:
-    """Replace (or append) one ``## `` section of a markdown file, leaving the others alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == name), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:])
-    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-
 
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.items < settings.batch_max:
@@ -310,26 +280,20 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.rounds < 1:
         print("finsent bench pipeline: --rounds must be >= 1")
         return 2
-    from stream.commands import _startup_errors
-
-    try:
-        r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store_url,
-                      rounds=args.rounds)
-    except _startup_errors() as exc:
-        print(f"finsent bench pipeline: {exc}")
-        return 1
+    r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store_url,
+                  rounds=args.rounds)
     print(json.dumps(r, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
     if args.write_results:
         cmd = (f"finsent bench pipeline --items {args.items} --rounds {args.rounds} --load {args.load} "
                f"--latency-seconds {args.latency_seconds:g}")
-        write_section(Path(args.write_results), results_section(r, cmd, args.note))
+        write_section(Path(args.write_results), results_section(r, cmd, args.note), "## Pipeline")
         print(f"wrote the Pipeline section of {args.write_results}")
     return 0
 
 
-def register_bench(bench_sub: Any) -> None:
+def register(bench_sub: Any) -> None:
     p = bench_sub.add_parser(
         "pipeline",
         help="end-to-end rate vs model-only rate, and ingest->stored latency at a fixed load",

@@ -1,6 +1,6 @@
 """The store interface: what the worker, the CLI, the alerting and the demo need from ClickHouse.
 
-Two implementations sit behind it, sharing one schema module (``stream.store.schema``):
+Two implementations sit behind it (in :mod:`finsent.stream.store`), sharing one schema module:
 ``ClickHouseStore`` (a server over the native protocol, clickhouse-driver) and ``ChdbStore``
 (embedded, in-process ClickHouse). ``open_store(url)`` picks one from the settings URL.
 
@@ -19,20 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from stream.events import Alert, ScoredItem
-
-
-class StoreError(RuntimeError):
-    """The store refused a request for a reason retrying will not fix (bad SQL, bad schema, bad URL)."""
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached right now (server down, network error, overload). Retry later.
-
-    The worker catches this, keeps the batch, does NOT commit its offsets and retries the same
-    batch with backoff; because ``insert_scored`` is idempotent by item id, a batch that was in
-    fact written before the error does not show twice. The next call reconnects by itself.
-    """
+from finsent.core.errors import StoreError, StoreUnavailable
+from finsent.core.events import Alert, ScoredItem
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +33,9 @@ class TopicCounts:
     negative: int
     neutral: int
     positive: int
+
+
+__all__ = ["Store", "StoreError", "StoreUnavailable", "TopicCounts"]
 
 
 class Store(Protocol):

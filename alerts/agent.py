@@ -37,12 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from alerts.base import Detector, TopicState
-from alerts.detector import make_detector
-from alerts.runner import EPOCH, floor_time
-from alerts.sinks import build_sinks
-from stream.events import Alert, InvalidEvent, decode_scored, utcnow
-from stream.settings import Settings
+from finsent.alerts.base import Detector, TopicState
+from finsent.alerts.detector import make_detector
+from finsent.alerts.runner import EPOCH, floor_time
+from finsent.alerts.sinks import build_sinks
+from finsent.core.events import Alert, InvalidEvent, decode_scored, utcnow
+from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _scorer_store(app: Any, settings: Settings) -> Callable[[], Any]:
         if scorer is not None and hasattr(scorer, "open_store"):
             return scorer.open_store()
         if not own:
-            from stream.store import open_store
+            from finsent.stream.store import open_store
 
             s = open_store(settings.store)
             s.ensure_schema()

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from stream.events import Alert
-from stream.store.base import Store, TopicCounts
+from finsent.core.events import Alert
+from finsent.core.store import Store, TopicCounts
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib is optional

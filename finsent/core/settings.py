@@ -11,16 +11,36 @@ what people type in systemd units and Kubernetes manifests. Each package owns on
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from finsent.core.errors import ConfigError
+from finsent.core.events import MAX_MESSAGE_BYTES, MAX_TEXT_CHARS
+
+log = logging.getLogger(__name__)
+
 DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "finsent"
+
+ModelVariant = Literal["auto", "fp32", "int8", "fp16"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"]
+AlertDetectorName = Literal["ewma_z", "cusum"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def default_cache_dir() -> Path:
+    """``$FINSENT_CACHE_DIR``, else ``$XDG_CACHE_HOME/finsent``, else ``~/.cache/finsent``: derived model variants."""
+    if os.environ.get("FINSENT_CACHE_DIR"):
+        return Path(os.environ["FINSENT_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finsent"
 
 
 class Settings(BaseSettings):
@@ -36,8 +56,8 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     consumer_group: str = "finsent-worker"
     session_timeout_ms: int = Field(10_000, ge=1000, description="Tansu waits ~half of this on a group join")
-    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
-    sasl_mechanism: str | None = None
+    security_protocol: SecurityProtocol = Field("PLAINTEXT", description="Kafka security protocol")
+    sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
@@ -51,16 +71,19 @@ class Settings(BaseSettings):
 
     # --- Model ---------------------------------------------------------------------------------
     model_dir: str | None = Field(None, description="model directory; default: the model shipped with finsent")
-    model_variant: str = Field("auto", description="auto, fp32, int8 or fp16 (auto: fp16 on CUDA, int8 on CPU)")
+    model_variant: ModelVariant = Field("auto", description="auto: fp16 on CUDA, int8 on CPU")
     model_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
-    max_text_chars: int = Field(20_000, ge=100)
+    cache_dir: str = Field(
+        default_factory=lambda: str(default_cache_dir()), description="derived model variants are cached here"
+    )
+    max_text_chars: int = Field(MAX_TEXT_CHARS, ge=100)
 
     # --- Stream worker -------------------------------------------------------------------------
     batch_max: int = Field(128, ge=1, description="largest batch the worker scores at once")
     batch_within_s: float = Field(0.25, gt=0, description="longest wait to fill a batch")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535, description="worker /metrics port; 0 = off")
-    max_message_bytes: int = Field(1_000_000, ge=1024)
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024)
 
     # --- Ingest --------------------------------------------------------------------------------
     ingest_state_dir: str = Field(str(DEFAULT_DATA_DIR / "ingest"), description="dedup store of the ingesters")
@@ -79,7 +102,7 @@ class Settings(BaseSettings):
     alert_window_s: int = Field(60, ge=1, description="tumbling window of the in-stream detector")
     alertmanager_url: str | None = Field(None, description="post alerts to this Alertmanager (v2 API) when set")
     # defaults measured by `finsent bench alerts` (bench/RESULTS.md, Alerts)
-    alert_detector: str = Field("ewma_z", description="in-stream detector: ewma_z (z-test) or cusum")
+    alert_detector: AlertDetectorName = Field("ewma_z", description="in-stream detector: ewma_z (z-test) or cusum")
     alert_threshold: float | None = Field(None, gt=0, description="alarm at z (ewma_z, default 5.0) or LLR (cusum, 12)")
     alert_short_s: int = Field(300, ge=1, description="ewma_z: the recent window tested against the baseline")
     alert_baseline_halflife_s: int = Field(3600, ge=1, description="half-life of a topic's EWMA baseline share")
@@ -93,7 +116,12 @@ class Settings(BaseSettings):
         "http://localhost:3000/d/finsent-alerts/finsent-alerts", description="Grafana dashboard linked from alerts"
     )
 
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+
+    @field_validator("log_level", "security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
 
     @field_validator("brokers")
     @classmethod
@@ -114,17 +142,6 @@ class Settings(BaseSettings):
     def broker_list(self) -> list[str]:
         return self.brokers.split(",")
 
-    def kafka_security(self) -> dict[str, Any]:
-        """kafka-python keyword arguments for SASL/TLS, passed to every client finsent makes."""
-        kw: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            kw["sasl_mechanism"] = self.sasl_mechanism
-            kw["sasl_plain_username"] = self.sasl_username
-            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
-        if self.ssl_cafile:
-            kw["ssl_cafile"] = self.ssl_cafile
-        return kw
-
     def redacted(self) -> dict[str, Any]:
         """Settings safe to log: secrets masked, passwords removed from URLs."""
         d = self.model_dump()
@@ -137,30 +154,75 @@ class Settings(BaseSettings):
 
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist (set by --config or FINSENT_CONFIG)")
+        raise ConfigError(f"config file {path} does not exist", hint="fix --config or FINSENT_CONFIG")
     text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yml", ".yaml"):
-        import yaml
+    try:
+        if path.suffix in (".yml", ".yaml"):
+            import yaml
 
-        data = yaml.safe_load(text) or {}
-    else:
-        data = tomllib.loads(text)
-    if "finsent" in data and isinstance(data["finsent"], dict):
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}", hint="fix the line named") from None
+    except Exception as exc:  # yaml.YAMLError: the mark says where
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {path}: invalid YAML{where}: {problem}", hint="fix the line named") from None
+    if isinstance(data, dict) and isinstance(data.get("finsent"), dict):
         data = data["finsent"]
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of settings")
+        raise ConfigError(f"config file {path} must hold a mapping of settings (name: value)")
     return data
 
 
+def _env_name(field: str) -> str:
+    return f"FINSENT_{field}".upper()
+
+
+#: FINSENT_* variables that are not settings but are read elsewhere (so they are not "unknown").
+OTHER_ENV = frozenset({"FINSENT_CONFIG", "FINSENT_CACHE_DIR"})
+
+
+def _explain(exc: ValidationError, file_keys: set[str], path: str | None) -> str:
+    """Pydantic's errors as ``FINSENT_BATCH_MAX=0: Input should be ...``, one clause each, no URL."""
+    parts = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        where = f"{field} in {path}" if field in file_keys and path else _env_name(field)
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) or value is None else f"={value!r}"
+        msg = err["msg"]
+        if err.get("type") == "literal_error":
+            msg = "must be one of " + msg.split("Input should be ", 1)[-1]
+        parts.append(f"{where}{shown}: {msg}")
+    return "; ".join(parts)
+
+
 def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Build the settings: file < env < overrides. ``None`` overrides are ignored (flag not given)."""
+    """Build the settings: file < env < overrides. ``None`` overrides are ignored (flag not given).
+
+    Raises :class:`ConfigError` naming the variable (or the file and key) of every bad value. An
+    environment variable ``FINSENT_*`` that is no setting is warned about (a typo would otherwise
+    be silently ignored).
+    """
     config = config or os.environ.get("FINSENT_CONFIG")
     file_values = _read_file(Path(config)) if config else {}
-    env_names = {f"FINSENT_{name}".upper() for name in Settings.model_fields}
-    # env beats file: drop file values that the environment sets
-    file_values = {k: v for k, v in file_values.items() if f"FINSENT_{k}".upper() not in os.environ}
-    unknown = [k for k in file_values if f"FINSENT_{k}".upper() not in env_names]
+    env_names = {_env_name(name) for name in Settings.model_fields}
+    unknown_env = sorted(k for k in os.environ if k.startswith("FINSENT_") and k not in env_names | OTHER_ENV)
+    for name in unknown_env:
+        close = difflib.get_close_matches(name, sorted(env_names), n=1)
+        log.warning("unknown setting %s is ignored%s", name, f" (did you mean {close[0]}?)" if close else "")
+    unknown = [k for k in file_values if _env_name(k) not in env_names]
     if unknown:
-        raise ValueError(f"unknown settings in {config}: {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"unknown settings in {config}: {', '.join(sorted(unknown))}", hint="`finsent config` lists the names"
+        )
+    # env beats file: drop file values that the environment sets
+    file_values = {k: v for k, v in file_values.items() if _env_name(k) not in os.environ}
     values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, set(file_values), str(config) if config else None)) from None

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from finsent.core.errors import InputError
+
 SCHEMA_VERSION = 1
 #: Largest encoded message the worker accepts; larger ones are dead-lettered as ``oversize``.
 MAX_MESSAGE_BYTES = 1_000_000
@@ -31,7 +33,15 @@ SOURCE_TYPES: tuple[str, ...] = ("news", "social")
 SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
 
 
-class InvalidEvent(ValueError):
+#: Every reason a dead letter can carry: the decoder's (:class:`InvalidEvent`), then the worker's
+#: catch-alls for a message that broke the decoder or the model in a way nobody foresaw.
+DEAD_LETTER_REASONS: tuple[str, ...] = (
+    "empty_message", "oversize", "invalid_utf8", "not_json", "not_object", "unsupported_version", "missing_field",
+    "bad_type", "bad_id", "bad_source_type", "empty_text", "bad_time", "decode_error", "model_error",
+)
+
+
+class InvalidEvent(InputError):
     """A message that cannot become an event. ``reason`` is a short machine-readable code."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

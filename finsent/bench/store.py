@@ -17,8 +17,6 @@ What it measures, per engine (a private clickhouse-server 18.16 started in a tem
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import tempfile
@@ -28,7 +26,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from stream.events import RawItem, ScoredItem, utcnow
+from finsent.bench.common import hardware, write_section
+from finsent.core.events import RawItem, ScoredItem, utcnow
 
 WORDS = (
     "shares", "fell", "after", "the", "company", "cut", "its", "guidance", "amid", "weak", "demand", "and",
@@ -88,7 +87,7 @@ def read_queries(store: Any) -> dict[str, Callable[[], Any]]:
 
 def bench_engine(name: str, url_for: Callable[[str], str], rows: int, dup_share: float, repeat: int,
                  progress: Callable[[str], None]) -> dict[str, Any]:
-    from stream.store import open_store
+    from finsent.stream.store import open_store
 
     result: dict[str, Any] = {"engine": name, "insert": {}, "read": {}}
     for batch in (1_000, 10_000):
@@ -127,7 +126,7 @@ def bench_rescore(name: str, url: str, rows: int, rescore_share: float, progress
     newer model that flips their sentiment, then count negative items each way."""
     from dataclasses import replace
 
-    from stream.store import open_store
+    from finsent.stream.store import open_store
 
     items = synthetic_items(rows, seed=7, prefix="r")
     flip = {"negative": "positive", "neutral": "negative", "positive": "neutral"}
@@ -172,7 +171,7 @@ LAYOUT_QUERIES = {
 def bench_key_layout(name: str, url: str, rows: int, repeat: int, progress: Callable[[str], None]) -> dict:
     """Sorting key ``id`` vs ``(toStartOfDay(ingested_at), id)`` for time-window FINAL queries, on
     ``rows`` items spread over 30 days (+10% redelivered), generated server-side."""
-    from stream.store import open_store
+    from finsent.stream.store import open_store
 
     store = open_store(url)
     out: dict[str, dict[str, float]] = {}
@@ -200,17 +199,6 @@ def bench_key_layout(name: str, url: str, rows: int, repeat: int, progress: Call
         finally:
             store.close()
 
-
-def hardware() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 CONCLUSIONS = """\
@@ -281,19 +269,6 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## Store`` section of a markdown file, leaving the others alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == "## Store"), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]).rstrip("\n") + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new if new.endswith("\n") else new + "\n", encoding="utf-8")
-
 
 def _bench_all(name: str, url_for: Callable[[str], str], args: argparse.Namespace,
                progress: Callable[[str], None]) -> dict[str, Any]:
@@ -307,7 +282,7 @@ def _bench_all(name: str, url_for: Callable[[str], str], args: argparse.Namespac
 def _run(args: argparse.Namespace, settings: Any) -> int:
     from rich.console import Console
 
-    from stream.store.localserver import ClickHouseServer, ServerNotInstalled
+    from finsent.bench.clickhouse_server import ClickHouseServer, ServerNotInstalled
 
     console = Console(stderr=True)
     results = []
@@ -334,7 +309,7 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
     md = markdown(results, args)
     print(md)
     if args.write_results:
-        write_section(Path(args.write_results), md)
+        write_section(Path(args.write_results), md, "## Store")
         console.print(f"wrote the Store section of {args.write_results}")
     return 0
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+from finsent.stream.broker import free_port
 
 INSTALL_HINT = "clickhouse-server is not installed: run `apt-get install clickhouse-server` (Debian/Ubuntu)"
 
@@ -62,11 +63,6 @@ USERS_XML = """<?xml version="1.0"?>
 class ServerNotInstalled(FileNotFoundError):
     """No clickhouse-server binary on this machine."""
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_command() -> list[str]:

@@ -26,7 +26,7 @@ It clears with hysteresis (``z < z_clear`` or the rise halves) so it does not fl
 Example::
 
     >>> from datetime import datetime, timedelta, timezone
-    >>> det = EwmaZScore(window_s=60)
+    >>> det = EwmaZ(window_s=60)
     >>> t0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
     >>> for i in range(180):                       # three calm hours, 10 % negative
     ...     _ = det.observe(t0 + timedelta(minutes=i), {"banking": (2, 20)})
@@ -43,8 +43,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from alerts.base import Baseline, Counts, TopicState, binomial_z, check_window, decay_for, make_alert, risen
-from stream.events import Alert
+from finsent.alerts.base import Baseline, Counts, TopicState, binomial_z, check_window, decay_for, make_alert, risen
+from finsent.core.events import Alert
 
 
 @dataclass(slots=True)
@@ -54,7 +54,7 @@ class _Topic:
     recent: deque[tuple[int, int]] = field(default_factory=deque)
 
 
-class EwmaZScore:
+class EwmaZ:
     """Sliding-window binomial z-test against an EWMA baseline (see the module docstring)."""
 
     name = "ewma_z"

@@ -24,7 +24,6 @@ import json
 import logging
 import random
 import shutil
-import statistics
 import tempfile
 import threading
 import time
@@ -33,8 +32,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from stream.events import RawItem, format_time, stable_id, utcnow
-from stream.settings import Settings
+from finsent.bench.common import percentile
+from finsent.core.events import RawItem, format_time, stable_id, utcnow
+from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class DemoProducer(threading.Thread):
             publisher.publish(items)
 
     def run(self) -> None:
-        from stream.kafka import make_producer
+        from finsent.stream.kafka import make_producer
 
         try:
             publisher = _publisher(self.settings)
@@ -220,17 +220,13 @@ class DemoProducer(threading.Thread):
 
 def _publisher(settings: Settings) -> Any:
     """The ingest package's acked publisher (waits for every record's ack)."""
-    from ingest.publisher import Publisher
+    from finsent.ingest.publisher import Publisher
 
     return Publisher(settings, client_id="finsent-demo", ensure_topic=False)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=1000, method="inclusive")[max(0, min(998, int(q * 1000) - 1))]
+    return percentile(values, q) if values else None
 
 
 def _render(
@@ -287,12 +283,12 @@ def run_demo(
     from rich.console import Console
     from rich.live import Live
 
-    from alerts.ewma_zscore import EwmaZScore
-    from alerts.runner import AlertRunner
-    from stream.broker import EmbeddedBroker
-    from stream.kafka import ensure_topics, quiet_client_logs
-    from stream.store import open_store
-    from stream.worker import WorkerThread
+    from finsent.alerts.ewma_z import EwmaZ
+    from finsent.alerts.runner import AlertRunner
+    from finsent.stream.broker import EmbeddedBroker
+    from finsent.stream.kafka import ensure_topics, quiet_client_logs
+    from finsent.stream.service import WorkerThread
+    from finsent.stream.store import open_store
 
     console = Console(stderr=False)
     quiet_client_logs(settings)
@@ -301,7 +297,7 @@ def run_demo(
     tmp = Path(tempfile.mkdtemp(prefix="finsent-demo-"))
     tweets = load_tweets()
     with console.status("loading the model..."):
-        from models.runtime import Classifier
+        from finsent.models.runtime import Classifier
 
         classifier = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
                                      threads=settings.model_threads)
@@ -339,7 +335,7 @@ def run_demo(
         worker.start()
         # drift_var=0: the production default allows for a topic's level moving over the hour behind a
         # 1-hour baseline; the demo's baseline spans four minutes of replayed tweets, which do not drift
-        detector = EwmaZScore(window_s=WINDOW_S, short_windows=2, fast_windows=1, halflife_windows=48,
+        detector = EwmaZ(window_s=WINDOW_S, short_windows=2, fast_windows=1, halflife_windows=48,
                               min_volume=15, min_baseline=10, drift_var=0.0)
         runner = AlertRunner(store, detector, WINDOW_S, lookback=timedelta(seconds=HISTORY_S + 30), grace_s=6.0)
         producer = DemoProducer(s, tweets, spike_texts, seconds, rate, spike_window, spike_rate, state, run_id,
@@ -446,7 +442,7 @@ def run_demo(
         }
         if plot:
             try:
-                from stream.plots import plot_store_timeline
+                from finsent.plots import plot_store_timeline
 
                 summary["plot"] = str(plot_store_timeline(
                     store, plot, since=timedelta(seconds=elapsed + HISTORY_S + 120), bucket_s=WINDOW_S,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from alerts.prom_rule import PromRuleParams, alert_expr, evaluate, render_rules
-from alerts.synth import Traffic
+from finsent.alerts.prom_rule import PromRuleParams, alert_expr, evaluate, render_rules
+from finsent.bench.synth import Traffic
+from finsent.stream.broker import free_port
 
 HINT = "apt-get install prometheus"
 
@@ -68,11 +68,6 @@ def _openmetrics(traffic: Traffic, topics: list[int], t0: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=60) as r:
@@ -108,7 +103,7 @@ def confirm_with_prometheus(
             capture_output=True,
         )
         (d / "prometheus.yml").write_text("global: {scrape_interval: 15s}\n")
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [
                 "prometheus",

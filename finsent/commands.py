@@ -1,7 +1,9 @@
-"""``finsent`` subcommands owned by the stream package: ``broker``, ``worker``, ``demo``, ``bench pipeline``.
+"""The ``finsent`` commands that wire stages together: ``broker``, ``worker`` (with the alert agent), ``demo``.
 
-Handlers import their heavy modules lazily so that ``finsent --help`` stays fast and a
-missing optional part never breaks unrelated subcommands.
+They belong to the composition root because each joins several stages: the worker is the
+stream stage plus the in-stream detector of the alerts stage, handed to it here. Handlers
+import their heavy modules lazily so that ``finsent --help`` stays fast. Errors are raised,
+never printed: :func:`finsent.cli.main` is the one place that turns them into a line and a code.
 """
 
 from __future__ import annotations
@@ -13,18 +15,10 @@ import sys
 import threading
 from typing import Any
 
-from stream.settings import Settings
+from finsent.core.errors import BrokerError, ConfigError
+from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _startup_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "cannot start" (missing model, broker, store): one clear line, no traceback."""
-    from stream.broker import BrokerError
-    from stream.kafka import KafkaUnavailable
-    from stream.store.base import StoreError
-
-    return (FileNotFoundError, BrokerError, KafkaUnavailable, StoreError)
 
 
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:
@@ -33,8 +27,8 @@ def with_overrides(settings: Settings, **overrides: Any) -> Settings:
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.broker import BrokerError, EmbeddedBroker
-    from stream.kafka import quiet_client_logs
+    from finsent.stream.broker import EmbeddedBroker
+    from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)
     broker = EmbeddedBroker(args.host, args.port)
@@ -45,14 +39,10 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    try:
-        broker.start()
-    except BrokerError as exc:
-        print(f"finsent broker: {exc}", file=sys.stderr)
-        return 1
+    broker.start()
     try:
         if args.create_topics:
-            from stream.kafka import ensure_topics
+            from finsent.stream.kafka import ensure_topics
 
             ensure_topics(settings.model_copy(update={"brokers": broker.bootstrap}))
         print(
@@ -63,8 +53,7 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
         )
         while not stop.wait(0.5):
             if not broker.running():
-                print(f"finsent broker: Tansu exited unexpectedly; see {broker.log_path}", file=sys.stderr)
-                return 1
+                raise BrokerError(f"Tansu exited unexpectedly; see {broker.log_path}")
         return 0
     finally:
         broker.stop()
@@ -85,38 +74,29 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     }
     if overrides:
         settings = with_overrides(settings, **overrides)
-    from stream.worker import run_worker
+    from finsent.alerts.agent import attach
+    from finsent.stream.service import run_worker
 
-    try:
-        return run_worker(settings)
-    except _startup_errors() as exc:
-        print(f"finsent worker: {exc}", file=sys.stderr)
-        return 1
+    return run_worker(settings, extensions=[attach])
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.demo import run_demo
+    from finsent.demo import run_demo
 
     if args.seconds < 20:
-        print("finsent demo: --seconds must be at least 20 (the detector needs a few windows)", file=sys.stderr)
-        return 2
+        raise ConfigError("finsent demo: --seconds must be at least 20", hint="the detector needs a few windows")
     if args.rate <= 0:
-        print("finsent demo: --rate must be > 0", file=sys.stderr)
-        return 2
-    try:
-        summary = run_demo(
-            settings,
-            seconds=args.seconds,
-            rate=args.rate,
-            summary_json=args.summary_json,
-            model_dir=args.model_dir,
-            store_url=args.store_url,
-            history=args.history,
-            plot=args.plot,
-        )
-    except _startup_errors() as exc:
-        print(f"finsent demo: {exc}", file=sys.stderr)
-        return 1
+        raise ConfigError("finsent demo: --rate must be > 0", hint="e.g. --rate 40")
+    summary = run_demo(
+        settings,
+        seconds=args.seconds,
+        rate=args.rate,
+        summary_json=args.summary_json,
+        model_dir=args.model_dir,
+        store_url=args.store_url,
+        history=args.history,
+        plot=args.plot,
+    )
     ok = summary.get("spike_detected") and summary.get("duplicates_in_store") == 0 and summary.get("lost") == 0
     return 0 if ok else 1
 
@@ -180,9 +160,3 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--no-history", dest="history", action="store_false",
                    help="skip the back-filled history (the detector then has little baseline)")
     d.set_defaults(func=_demo)
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from stream.bench_pipeline import register_bench as _register
-
-    _register(bench_sub)

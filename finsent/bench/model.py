@@ -11,9 +11,11 @@ buys. All rows come from one process so their ratios hold; other load on the mac
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
-import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,14 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from models.textprep import prepare_all
+from finsent.bench.common import cpu_name
+from finsent.models.textprep import prepare_all
 
 log = logging.getLogger(__name__)
 SEED_DIR = Path(__file__).resolve().parent / "seed"
 
 
 def seed_texts() -> list[str]:
-    from models.data import read_labelled_csv
+    from finsent.models.data import read_labelled_csv
 
     texts: list[str] = []
     for name in ("sentiment.csv", "topic.csv"):
@@ -39,15 +42,7 @@ def seed_texts() -> list[str]:
 def device_description() -> str:
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    desc = f"CPU: {cpu}, {os.cpu_count()} cores"
+    desc = f"CPU: {cpu_name()}, {os.cpu_count()} cores"
     if "CUDAExecutionProvider" in ort.get_available_providers():
         desc += "; GPU: CUDA available to onnxruntime"
     else:
@@ -78,8 +73,8 @@ def _torch_predictor(
     import torch
     from tokenizers import Tokenizer
 
-    from models.labels import SENTIMENT_LABELS, TOPIC_LABELS
-    from models.modeling import MultiTaskClassifier, load_checkpoint, load_pretrained_encoder
+    from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+    from finsent.models.modeling import MultiTaskClassifier, load_checkpoint, load_pretrained_encoder
 
     if threads:
         torch.set_num_threads(threads)
@@ -127,7 +122,7 @@ def run_bench(
     """
     import onnxruntime as ort
 
-    from models.runtime import Classifier
+    from finsent.models.runtime import Classifier
 
     texts = seed_texts()
     rng = np.random.default_rng(13)
@@ -197,3 +192,53 @@ def run_bench(
         "load_average_1m": [load_before, load_after],
         "results": results,
     }
+
+
+def _positive_float(v: str) -> float:
+    x = float(v)
+    if x <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return x
+
+
+def bench_command(args: argparse.Namespace, settings: Any) -> int:
+    try:
+        sizes = tuple(int(x) for x in args.batch_sizes.split(",") if x.strip())
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        print("finsent bench model: --batch-sizes must be positive integers, e.g. 1,32,128", file=sys.stderr)
+        return 2
+    out = run_bench(
+        args.model or settings.model_dir,
+        sizes,
+        args.seconds,
+        args.checkpoint,
+        not args.no_torch,
+        args.threads,
+        repeats=max(1, args.repeats),
+    )
+    print(json.dumps({"device": out["device"], "load_average_1m": out["load_average_1m"]}))
+    if args.json_out is not None:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+def register(bench_sub: Any) -> None:
+    b = bench_sub.add_parser(
+        "model",
+        help="classifier throughput (sentences/s): PyTorch eager vs ONNX fp32/int8 (+fp16 on CUDA)",
+        description="Sentences/s on the seed texts at several batch sizes, all runtimes in one run.",
+    )
+    b.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    b.add_argument(
+        "--checkpoint", type=Path, help="PyTorch checkpoint (RUN/best) for the eager row; default: base encoder"
+    )
+    b.add_argument("--batch-sizes", default="1,32,128", help="comma-separated batch sizes")
+    b.add_argument("--seconds", type=_positive_float, default=2.0, help="minimum timed seconds per measurement")
+    b.add_argument("--repeats", type=int, default=3, help="measurements per row (interleaved); the median is reported")
+    b.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager rows")
+    b.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: all cores)")
+    b.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON here")
+    b.set_defaults(func=bench_command)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stream.settings import Settings
+from finsent.core.settings import Settings
 
 
 def _raw_fields(n: int) -> list[dict[str, Any]]:
@@ -48,12 +48,12 @@ def _bench_http(settings: Settings, requests: int, concurrency: int) -> dict[str
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
-    from ingest.dedup import DedupStore
-    from ingest.http_push import create_app
-    from ingest.metrics import IngestMetrics
-    from ingest.pipeline import Pipeline
-    from ingest.publisher import Publisher
-    from stream.broker import free_port
+    from finsent.ingest.dedup import DedupStore
+    from finsent.ingest.http_push import create_app
+    from finsent.ingest.metrics import IngestMetrics
+    from finsent.ingest.pipeline import Pipeline
+    from finsent.ingest.publisher import Publisher
+    from finsent.stream.broker import free_port
 
     pub = Publisher(settings, client_id="finsent-bench-http")
     pub.connect()
@@ -91,11 +91,11 @@ def _bench_http(settings: Settings, requests: int, concurrency: int) -> dict[str
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     from prometheus_client import CollectorRegistry
 
-    from ingest.dedup import DedupStore
-    from ingest.metrics import IngestMetrics
-    from ingest.pipeline import Pipeline
-    from ingest.publisher import Publisher
-    from stream.kafka import quiet_client_logs
+    from finsent.ingest.dedup import DedupStore
+    from finsent.ingest.metrics import IngestMetrics
+    from finsent.ingest.pipeline import Pipeline
+    from finsent.ingest.publisher import Publisher
+    from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)
     n = args.items
@@ -120,7 +120,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
 
         broker = None
         if not args.use_brokers:
-            from stream.broker import EmbeddedBroker
+            from finsent.stream.broker import EmbeddedBroker
 
             broker = EmbeddedBroker(start_timeout_s=30).start()
             settings = settings.model_copy(update={"brokers": broker.bootstrap})
@@ -150,7 +150,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def register_bench(bench_sub: Any) -> None:
+def register(bench_sub: Any) -> None:
     b = bench_sub.add_parser(
         "ingest",
         help="ingest throughput: normalise, dedup (sqlite) and acked publish items/s",

@@ -1,0 +1,21 @@
+"""Benchmarks that print numbers: ``finsent bench model|pipeline|store|ingest|alerts``.
+
+They live here, in the composition root, because each wires several stages together (a broker,
+the worker, a store, synthetic traffic) the way the demo does; no stage imports them. The
+helpers they share (hardware description, percentiles, RESULTS.md sections) are in
+:mod:`finsent.bench.common`; the synthetic alert traffic in :mod:`finsent.bench.synth`; a
+throw-away local ClickHouse server in :mod:`finsent.bench.clickhouse_server` (the store
+benchmark and the tests both start one).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add every ``finsent bench ...`` subcommand (each module imports its heavy parts lazily)."""
+    from finsent.bench import alerts, ingest, model, pipeline, store
+
+    for module in (model, pipeline, store, ingest, alerts):
+        module.register(bench_sub)

@@ -1,0 +1,136 @@
+"""The ``finsent`` console entry point, and the one error boundary.
+
+This is the composition root: it imports each stage's ``register(subparsers)`` explicitly (no
+discovery by name), adds the commands that wire stages together (``worker`` with the alert
+agent, ``demo``, ``bench``), loads the one settings object, and runs a handler
+``handler(args, settings) -> int``.
+
+Every :class:`~finsent.core.errors.FinsentError` that reaches :func:`main` becomes one line on
+stderr, ``finsent: error: <what> (hint: <what to do>)``, and its family's exit code (listed in
+``finsent --help``). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from finsent import __version__
+from finsent.core.errors import EXIT_CODES, FinsentError
+from finsent.core.settings import Settings, load_settings
+
+EPILOG = """\
+configuration: every setting has an environment variable FINSENT_<NAME> (e.g. FINSENT_BROKERS,
+FINSENT_STORE) and may be set in a TOML/YAML file given by --config or FINSENT_CONFIG; flags
+beat the environment, which beats the file. `finsent config` prints what is in force.
+The global flags (--config, --brokers, --store, --log-level) may also follow the subcommand.
+
+examples:
+  finsent demo                                   the whole pipeline locally, about two minutes
+  finsent broker --port 9092                     an embedded Kafka-compatible broker (development)
+  finsent worker --metrics-port 9464             the scoring worker, as a service
+  finsent ingest replay tweets.csv               publish a CSV/JSONL file to the raw topic
+  finsent query top --since 1h                   per-topic counts and the newest negative items
+  finsent --store clickhouse://u:p@ch:9000/finsent query count
+
+exit codes:
+""" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in sorted(EXIT_CODES.items()))
+
+#: The flags every subcommand accepts too (``finsent query count --store X``).
+GLOBAL_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("--config", "FILE", "settings file, TOML or YAML (FINSENT_CONFIG)"),
+    ("--brokers", "HOST:PORT[,..]", "Kafka bootstrap servers (FINSENT_BROKERS)"),
+    ("--store", "URL", "clickhouse://user:pass@host:9000/db or chdb:///path (FINSENT_STORE)"),
+    ("--log-level", "LEVEL", "DEBUG, INFO, WARNING or ERROR (FINSENT_LOG_LEVEL)"),
+)
+
+
+def _add_globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    group = parser.add_argument_group("global options") if not top else parser
+    for flag, metavar, help_text in GLOBAL_FLAGS:
+        # below the top level the default is SUPPRESS, so a flag given before the subcommand is not reset
+        kwargs = {} if top else {"default": argparse.SUPPRESS}
+        group.add_argument(flag, metavar=metavar, help=help_text, **kwargs)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                out.append(child)
+                out.extend(_subparsers(child))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from finsent import bench, commands
+    from finsent.alerts import cli as alerts_cli
+    from finsent.ingest import cli as ingest_cli
+    from finsent.models import cli as models_cli
+    from finsent.stream.store import cli as store_cli
+
+    parser = argparse.ArgumentParser(
+        prog="finsent",
+        description="Streaming financial sentiment monitor (Kafka -> Faust -> ONNX classifier -> ClickHouse).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"finsent {__version__}")
+    _add_globals(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cfg = sub.add_parser(
+        "config", help="print the effective settings (secrets masked) as JSON",
+        description="Print the settings finsent would run with, after file, environment and flags, secrets masked.",
+    )
+    cfg.set_defaults(func=_show_config)
+    commands.register(sub)
+    store_cli.register(sub)
+    ingest_cli.register(sub)
+    models_cli.register(sub)
+    alerts_cli.register(sub)
+    bench_parser = sub.add_parser(
+        "bench",
+        help="benchmarks that print numbers (model, pipeline, store, ingest, alerts)",
+        description="Benchmarks that print numbers; bench/RESULTS.md records them with the hardware and the load. "
+        "Each has its own --help.",
+    )
+    bench.register(bench_parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True))
+    for child in _subparsers(parser):
+        _add_globals(child, top=False)
+    return parser
+
+
+def _show_config(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(settings.redacted(), indent=2, default=str))
+    return 0
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``finsent`` command; returns its exit code (see ``finsent --help``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config, brokers=args.brokers, store=args.store, log_level=args.log_level)
+        _configure_logging(settings)
+        return int(args.func(args, settings) or 0)
+    except FinsentError as exc:
+        print(f"finsent: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
