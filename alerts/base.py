@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from finsent.core.events import Alert, format_time, stable_id, utcnow
 
@@ -45,6 +45,53 @@ class Detector(Protocol):
 
     def observe(self, window_end: datetime, counts: Counts) -> list[Alert]: ...
     def states(self) -> dict[str, TopicState]: ...
+
+
+class WindowedDetector:
+    """What every detector shares: per-topic state, one window at a time, idle topics forgotten.
+
+    A subclass says how to start a topic (:meth:`_new_topic`, an object with a ``state``
+    :class:`TopicState`), how one window of ``(negatives, items)`` moves it (:meth:`_step`,
+    returning a new or escalated alert), and when an idle topic may be forgotten
+    (:meth:`_forgettable`; that bounds memory over topic churn). Windows must come in order:
+    :func:`check_window` refuses one that goes back in time or malformed counts.
+    """
+
+    name: str = ""
+
+    def __init__(self, window_s: int) -> None:
+        if window_s < 1:
+            raise ValueError("window_s must be >= 1")
+        self.window_s = window_s
+        self._topics: dict[str, Any] = {}
+        self._last_end: datetime | None = None
+
+    def states(self) -> dict[str, TopicState]:
+        return {t: s.state for t, s in self._topics.items()}
+
+    def observe(self, window_end: datetime, counts: Counts) -> list[Alert]:
+        self._last_end = check_window(counts, window_end, self._last_end)
+        alerts: list[Alert] = []
+        for topic in set(self._topics) | set(counts):
+            tp = self._topics.get(topic)
+            if tp is None:
+                tp = self._topics[topic] = self._new_topic(topic)
+            neg, tot = (int(x) for x in counts.get(topic, (0, 0)))
+            alert = self._step(tp, window_end, neg, tot)
+            if alert is not None:
+                alerts.append(alert)
+            if self._forgettable(tp):
+                del self._topics[topic]
+        return alerts
+
+    def _new_topic(self, topic: str) -> Any:
+        raise NotImplementedError
+
+    def _step(self, tp: Any, window_end: datetime, neg: int, tot: int) -> Alert | None:
+        raise NotImplementedError
+
+    def _forgettable(self, tp: Any) -> bool:
+        raise NotImplementedError
 
 
 def binomial_z(negative: float, total: float, p0: float) -> float:

@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from finsent.alerts.base import Baseline, Counts, TopicState, check_window, clamp, decay_for, make_alert, required_share
+from finsent.alerts.base import Baseline, TopicState, WindowedDetector, clamp, decay_for, make_alert, required_share
 from finsent.core.events import Alert
 
 
@@ -52,7 +52,7 @@ class _Topic:
     idle: int = 0
 
 
-class BinomialCusum:
+class BinomialCusum(WindowedDetector):
     """One-sided binomial CUSUM against an EWMA baseline (see the module docstring)."""
 
     name = "cusum"
@@ -69,9 +69,9 @@ class BinomialCusum:
         min_baseline: float = 200.0,
         p1_max: float = 0.95,
     ) -> None:
-        if window_s < 1 or threshold <= 0:
-            raise ValueError("window_s must be >= 1 and threshold > 0")
-        self.window_s = window_s
+        if threshold <= 0:
+            raise ValueError("threshold must be > 0")
+        super().__init__(window_s)
         self.decay = decay_for(halflife_windows)
         self.threshold = threshold
         self.cap = 2.0 * threshold
@@ -81,31 +81,21 @@ class BinomialCusum:
         self.min_volume = min_volume
         self.min_baseline = min_baseline
         self.p1_max = p1_max
-        self._topics: dict[str, _Topic] = {}
-        self._last_end: datetime | None = None
 
-    def states(self) -> dict[str, TopicState]:
-        return {t: s.state for t, s in self._topics.items()}
+    def _new_topic(self, topic: str) -> _Topic:
+        return _Topic(TopicState(topic), Baseline(self.decay))
 
-    def observe(self, window_end: datetime, counts: Counts) -> list[Alert]:
-        self._last_end = check_window(counts, window_end, self._last_end)
-        alerts: list[Alert] = []
-        for topic in set(self._topics) | set(counts):
-            tp = self._topics.get(topic)
-            if tp is None:
-                tp = self._topics[topic] = _Topic(TopicState(topic), Baseline(self.decay))
-            neg, tot = (int(x) for x in counts.get(topic, (0, 0)))
-            alert = self._step(tp, window_end, neg, tot)
-            calm = not tp.state.active and tp.s < self.threshold / 2  # noise: learnt in control only
-            tp.baseline.update(neg, tot, learn_noise=calm)
-            if alert is not None:
-                alerts.append(alert)
-            tp.idle = tp.idle + 1 if tot == 0 else 0
-            if tp.baseline.tot < 1e-3 and tp.s == 0.0:
-                del self._topics[topic]  # idle long enough to forget: bounds memory over topic churn
-        return alerts
+    def _forgettable(self, tp: _Topic) -> bool:
+        return tp.baseline.tot < 1e-3 and tp.s == 0.0
 
     def _step(self, tp: _Topic, window_end: datetime, neg: int, tot: int) -> Alert | None:
+        alert = self._score(tp, window_end, neg, tot)
+        calm = not tp.state.active and tp.s < self.threshold / 2  # noise: learnt in control only
+        tp.baseline.update(neg, tot, learn_noise=calm)
+        tp.idle = tp.idle + 1 if tot == 0 else 0
+        return alert
+
+    def _score(self, tp: _Topic, window_end: datetime, neg: int, tot: int) -> Alert | None:
         st, base = tp.state, tp.baseline
         p0 = base.share() if base.tot >= self.min_baseline else None
         st.baseline_share = p0

@@ -100,7 +100,7 @@ PROMQL: dict[str, str] = {
     "consumed_rate": "sum(rate(finsent_items_consumed_total[$__rate_interval]))",
     "stored_rate": "sum(rate(finsent_items_stored_total[$__rate_interval]))",
     "dead_letter_rate": "sum by (reason) (rate(finsent_items_dead_lettered_total[$__rate_interval]))",
-    "lag": "sum by (topic) (finsent_consumer_lag)",
+    "lag": "sum by (kafka_topic) (finsent_consumer_lag_messages)",
     "latency_p50": "histogram_quantile(0.5, sum by (le) (rate(finsent_end_to_end_latency_seconds_bucket"
                    "[$__rate_interval])))",
     "latency_p99": "histogram_quantile(0.99, sum by (le) (rate(finsent_end_to_end_latency_seconds_bucket"
@@ -203,7 +203,7 @@ def dashboards() -> dict[str, dict[str, Any]]:
                [_prom(PROMQL["consumed_rate"], "consumed"), _prom(PROMQL["stored_rate"], "stored", "B"),
                 _sql(SQL_STORED_RATE, "timeseries", "C")], 0, 0, 12, 8, "ops",
                "Messages consumed and rows stored per second (Prometheus), and stored items/s (ClickHouse)."),
-        _panel(2, "Consumer lag", "timeseries", [_prom(PROMQL["lag"], "{{topic}}")], 12, 0, 12, 8, "short",
+        _panel(2, "Consumer lag", "timeseries", [_prom(PROMQL["lag"], "{{kafka_topic}}")], 12, 0, 12, 8, "short",
                "Messages behind the end of each consumed topic."),
         _panel(3, "End-to-end latency (ingested -> stored)", "timeseries",
                [_prom(PROMQL["latency_p50"], "p50"), _prom(PROMQL["latency_p99"], "p99", "B")], 0, 8, 12, 8, "s"),

@@ -3,7 +3,7 @@
 Example (a calm topic, then a spike)::
 
     >>> from datetime import datetime, timedelta, timezone
-    >>> from stream.settings import Settings
+    >>> from finsent.core.settings import Settings
     >>> det = make_detector(Settings())
     >>> t0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
     >>> for i in range(120):
@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from finsent.alerts.base import Counts, Detector, TopicState
+from finsent.alerts.base import Counts, Detector, TopicState, WindowedDetector
 from finsent.alerts.cusum import BinomialCusum
 from finsent.alerts.ewma_z import EwmaZ
 
 if TYPE_CHECKING:
     from finsent.core.settings import Settings
 
-DETECTORS = ("ewma_z", "cusum")
+#: every detector, by the name ``FINSENT_ALERT_DETECTOR`` takes; tests/test_alerts_contract.py runs its checks on each
+REGISTRY: dict[str, type[WindowedDetector]] = {EwmaZ.name: EwmaZ, BinomialCusum.name: BinomialCusum}
+DETECTORS = tuple(REGISTRY)
 
 
 def make_detector(settings: Settings) -> Detector:
@@ -53,4 +55,7 @@ def make_detector(settings: Settings) -> Detector:
     raise ValueError(f"alert_detector must be one of {', '.join(DETECTORS)}, got {settings.alert_detector!r}")
 
 
-__all__ = ["BinomialCusum", "Counts", "DETECTORS", "Detector", "EwmaZ", "TopicState", "make_detector"]
+__all__ = [
+    "BinomialCusum", "Counts", "DETECTORS", "Detector", "EwmaZ", "REGISTRY", "TopicState", "WindowedDetector",
+    "make_detector",
+]

@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from finsent.alerts.base import Baseline, Counts, TopicState, binomial_z, check_window, decay_for, make_alert, risen
+from finsent.alerts.base import Baseline, TopicState, WindowedDetector, binomial_z, decay_for, make_alert, risen
 from finsent.core.events import Alert
 
 
@@ -54,7 +54,7 @@ class _Topic:
     recent: deque[tuple[int, int]] = field(default_factory=deque)
 
 
-class EwmaZ:
+class EwmaZ(WindowedDetector):
     """Sliding-window binomial z-test against an EWMA baseline (see the module docstring)."""
 
     name = "ewma_z"
@@ -74,9 +74,9 @@ class EwmaZ:
         drift_var: float = 0.02,
         noise_decay: float = 0.999,
     ) -> None:
-        if window_s < 1 or short_windows < 1:
-            raise ValueError("window_s and short_windows must be >= 1")
-        self.window_s = window_s
+        if short_windows < 1:
+            raise ValueError("short_windows must be >= 1")
+        super().__init__(window_s)
         self.short_windows = short_windows
         #: window counts tested: a fast scale catches big jumps sooner, the short one moderate rises
         self.scales = tuple(sorted({max(1, min(fast_windows, short_windows)), short_windows}))
@@ -92,32 +92,21 @@ class EwmaZ:
             raise ValueError("drift_var must be >= 0 and noise_decay in (0, 1)")
         self.drift_var = drift_var
         self.noise_decay = noise_decay
-        self._topics: dict[str, _Topic] = {}
-        self._last_end: datetime | None = None
 
-    def states(self) -> dict[str, TopicState]:
-        return {t: s.state for t, s in self._topics.items()}
+    def _new_topic(self, topic: str) -> _Topic:
+        return _Topic(TopicState(topic), Baseline(self.decay, noise_decay=self.noise_decay))
 
-    def observe(self, window_end: datetime, counts: Counts) -> list[Alert]:
-        self._last_end = check_window(counts, window_end, self._last_end)
-        alerts: list[Alert] = []
-        for topic in set(self._topics) | set(counts):
-            tp = self._topics.get(topic)
-            if tp is None:
-                tp = self._topics[topic] = _Topic(TopicState(topic), Baseline(self.decay, noise_decay=self.noise_decay))
-            neg, tot = counts.get(topic, (0, 0))
-            tp.recent.append((int(neg), int(tot)))
-            if len(tp.recent) > self.short_windows:
-                old_neg, old_tot = tp.recent.popleft()
-                # noise is learnt in control only: not while a rise is building (it would teach that spikes are noise)
-                calm = not tp.state.active and tp.state.score < self.z_clear
-                tp.baseline.update(old_neg, old_tot, learn_noise=calm)
-            alert = self._judge(tp, window_end)
-            if alert is not None:
-                alerts.append(alert)
-            if tp.baseline.tot < 1e-3 and not any(t for _, t in tp.recent):
-                del self._topics[topic]  # idle long enough to forget: bounds memory over topic churn
-        return alerts
+    def _forgettable(self, tp: _Topic) -> bool:
+        return tp.baseline.tot < 1e-3 and not any(t for _, t in tp.recent)
+
+    def _step(self, tp: _Topic, window_end: datetime, neg: int, tot: int) -> Alert | None:
+        tp.recent.append((neg, tot))
+        if len(tp.recent) > self.short_windows:
+            old_neg, old_tot = tp.recent.popleft()
+            # noise is learnt in control only: not while a rise is building (it would teach that spikes are noise)
+            calm = not tp.state.active and tp.state.score < self.z_clear
+            tp.baseline.update(old_neg, old_tot, learn_noise=calm)
+        return self._judge(tp, window_end)
 
     def _scale(self, tp: _Topic, windows: int, p0: float) -> tuple[float, int, int, bool]:
         """(z, negatives, items, qualifies) over the last ``windows`` windows."""

@@ -181,16 +181,13 @@ def eval_command(args: argparse.Namespace, settings: Any) -> int:
     from finsent.models.evaluate import evaluate_files
     from finsent.models.runtime import Classifier
 
-    try:
-        clf = Classifier.load(
-            args.model or settings.model_dir,
-            variant=args.variant or settings.model_variant,
-            threads=settings.model_threads,
-        )
-        out = evaluate_files(clf, args.csv)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"finsent eval: {exc}", file=sys.stderr)
-        return 2
+    clf = Classifier.load(
+        args.model or settings.model_dir,
+        variant=args.variant or settings.model_variant,
+        threads=settings.model_threads,
+        cache_dir=settings.cache_dir,
+    )
+    out = evaluate_files(clf, args.csv)
     _print_eval(out)
     _write_json(args.json_out, out)
     return 0

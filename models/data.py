@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from finsent.core.errors import InputError
 from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
 
 SPLIT_SEED = 13
@@ -59,19 +60,19 @@ def default_data_dir() -> Path:
 def detect_task(columns: Iterable[str], path: Path) -> str:
     cols = [c.strip().lower() for c in columns]
     if "text" not in cols:
-        raise ValueError(f"{path}: no 'text' column (columns: {', '.join(cols)}); expected text,label or text,topic")
+        raise InputError(f"{path}: no 'text' column (columns: {', '.join(cols)}); expected text,label or text,topic")
     if "label" in cols:
         return "sentiment"
     if "topic" in cols:
         return "topic"
-    raise ValueError(f"{path}: columns {', '.join(cols)}: expected text,label (sentiment) or text,topic (topic)")
+    raise InputError(f"{path}: columns {', '.join(cols)}: expected text,label (sentiment) or text,topic (topic)")
 
 
 def read_labelled_csv(path: str | os.PathLike[str], name: str | None = None) -> LabelledSet:
     """Read a CSV with a header; rows with empty text are skipped, unknown labels are an error."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: give a CSV with columns text,label or text,topic")
+        raise InputError(f"{path} does not exist: give a CSV with columns text,label or text,topic")
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         task = detect_task(reader.fieldnames or [], path)
@@ -88,7 +89,7 @@ def read_labelled_csv(path: str | os.PathLike[str], name: str | None = None) -> 
             if task == "sentiment":
                 label = label.lower()
             if label not in allowed:
-                raise ValueError(f"{path}:{lineno}: {key} {label!r} is not one of {sorted(allowed)}")
+                raise InputError(f"{path}:{lineno}: {key} {label!r} is not one of {sorted(allowed)}")
             texts.append(text)
             labels.append(label)
     return LabelledSet(name or path.stem, task, texts, labels)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from finsent.core.errors import InputError
 from finsent.models.data import LabelledSet, read_labelled_csv
 
 
@@ -51,7 +52,7 @@ def evaluate_files(clf: Any, paths: Sequence[str | Path]) -> dict[str, Any]:
     for path in paths:
         ds = read_labelled_csv(path)
         if not len(ds):
-            raise ValueError(f"{path}: no rows with text")
+            raise InputError(f"{path}: no rows with text")
         r = evaluate_set(clf, ds)
         r.pop("pred")
         results.append({"path": str(path), **r})

@@ -477,7 +477,9 @@ class Scorer:
 def load_classifier(settings: Settings) -> Any:
     from finsent.models.runtime import Classifier
 
-    return Classifier.load(settings.model_dir, variant=settings.model_variant, threads=settings.model_threads)
+    return Classifier.load(
+        settings.model_dir, variant=settings.model_variant, threads=settings.model_threads, cache_dir=settings.cache_dir
+    )
 
 
 def create_app(

@@ -12,6 +12,7 @@ from finsent.alerts.cusum import BinomialCusum
 from finsent.alerts.detector import make_detector
 from finsent.alerts.ewma_z import EwmaZ
 from finsent.alerts.prom_rule import PromRuleParams, evaluate
+from finsent.core.errors import ConfigError
 from finsent.core.settings import load_settings
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)  # noqa: UP017
@@ -105,7 +106,7 @@ def test_make_detector_reads_the_settings():
     assert isinstance(det, BinomialCusum) and det.threshold == 7.5 and det.min_volume == 11
     det = make_detector(load_settings(alert_short_s=180, alert_window_s=60, alert_drift_var=0.05))
     assert isinstance(det, EwmaZ) and det.short_windows == 3 and det.drift_var == 0.05
-    with pytest.raises(ValueError, match="alert_detector"):
+    with pytest.raises(ConfigError, match="FINSENT_ALERT_DETECTOR.*ewma_z"):
         make_detector(load_settings(alert_detector="magic"))
 
 

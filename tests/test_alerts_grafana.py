@@ -163,7 +163,7 @@ scrape_configs:
         m.inference_seconds.observe(0.02)
         m.store_seconds.observe(0.01)
         m.end_to_end_seconds.observe(0.3)
-        m.consumer_lag.labels(topic="finsent.raw", partition="0").set(5)
+        m.consumer_lag.labels(kafka_topic="finsent.raw", partition="0").set(5)
         time.sleep(0.5)
     must_have_data = {"share_short", "stream_score", "stream_active", "scored_rate", "consumed_rate",
                       "stored_rate", "dead_letter_rate", "lag", "latency_p50", "latency_p99", "inference_p95",

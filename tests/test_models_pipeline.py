@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from finsent.cli import main
+from finsent.core.errors import InputError, ModelError
 from finsent.models.data import (
     SPLIT_SEED,
     LabelledSet,
@@ -89,7 +90,7 @@ def test_read_csv_normalises_and_rejects_unknown_labels(tmp_path: Path) -> None:
     bad = _write(tmp_path / "t.csv", ("text", "topic"), [("a", "Earnings"), ("b", "Sports")])
     with pytest.raises(ValueError, match=r"t.csv:3: topic 'Sports' is not one of"):
         read_labelled_csv(bad)
-    with pytest.raises(FileNotFoundError, match="text,label or text,topic"):
+    with pytest.raises(InputError, match="does not exist.*text,label or text,topic"):
         read_labelled_csv(tmp_path / "missing.csv")
 
 
@@ -159,10 +160,11 @@ def test_eval_command_writes_json(tiny_dir: Path, tmp_path: Path, capsys: pytest
 
 def test_eval_command_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = _write(tmp_path / "bad.csv", ("text", "score"), [("x", "1")])
-    assert main(["eval", str(bad), "--model", str(make_tiny_model(tmp_path / "m"))]) == 2
+    assert main(["eval", str(bad), "--model", str(make_tiny_model(tmp_path / "m"))]) == InputError.exit_code
     assert "expected text,label" in capsys.readouterr().err
-    assert main(["eval", str(SEED_DIR / "topic.csv"), "--model", str(tmp_path / "none")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", str(SEED_DIR / "topic.csv"), "--model", str(tmp_path / "none")]) == ModelError.exit_code
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1
 
 
 # --- train end to end ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from finsent.core.errors import ModelError
 from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
 from finsent.models.runtime import Classifier, Prediction
 from finsent.models.testing import TINY_MAX_LENGTH, make_tiny_model
@@ -132,12 +133,12 @@ def test_concurrent_calls_from_threads_match_sequential(clf: Classifier) -> None
 def test_missing_file_names_the_file(tiny_dir: Path, tmp_path: Path, missing: str) -> None:
     d = _copy(tiny_dir, tmp_path / "m")
     (d / missing).unlink()
-    with pytest.raises(FileNotFoundError, match=f"missing {missing}"):
+    with pytest.raises(ModelError, match=f"missing {missing}"):
         Classifier.load(d)
 
 
 def test_missing_directory_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist.*finsent train"):
+    with pytest.raises(ModelError, match="does not exist.*finsent train"):
         Classifier.load(tmp_path / "nope")
 
 
@@ -146,7 +147,7 @@ def test_labels_not_matching_heads_is_a_value_error(tiny_dir: Path, tmp_path: Pa
     info = json.loads((d / "labels.json").read_text())
     info["topic"] = info["topic"][:-1]
     (d / "labels.json").write_text(json.dumps(info))
-    with pytest.raises(ValueError, match="19 topic labels but the model's topic head outputs 20"):
+    with pytest.raises(ModelError, match="19 topic labels but the model's topic head outputs 20"):
         Classifier.load(d, variant="fp32")
 
 
@@ -163,7 +164,7 @@ def test_labels_not_matching_heads_is_a_value_error(tiny_dir: Path, tmp_path: Pa
 def test_malformed_labels_json(tiny_dir: Path, tmp_path: Path, content: str, match: str) -> None:
     d = _copy(tiny_dir, tmp_path / "m")
     (d / "labels.json").write_text(content)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ModelError, match=match):
         Classifier.load(d)
 
 
@@ -174,19 +175,22 @@ def test_unknown_variant_is_rejected(tiny_dir: Path) -> None:
 
 def test_variants_are_derived_once_cached_and_agree(tiny_dir: Path, tmp_path: Path) -> None:
     d = _copy(tiny_dir, tmp_path / "m")
-    fp32 = Classifier.load(d, variant="fp32")
-    int8 = Classifier.load(d, variant="int8")
-    auto = Classifier.load(d)  # CPU here: auto means int8
-    fp16 = Classifier.load(d, variant="fp16")
+    cache = tmp_path / "cache"
+    fp32 = Classifier.load(d, variant="fp32", cache_dir=cache)
+    int8 = Classifier.load(d, variant="int8", cache_dir=cache)
+    auto = Classifier.load(d, cache_dir=cache)  # CPU here: auto means int8
+    fp16 = Classifier.load(d, variant="fp16", cache_dir=cache)
+    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in tiny_dir.iterdir())  # model dir untouched
+    (root,) = (cache / "models").iterdir()  # one directory per stored graph's digest
     assert (fp32.variant, int8.variant, auto.variant, fp16.variant) == ("fp32", "int8", "int8", "fp16")
-    cached = sorted(p.name.split(".")[1] for p in (d / "cache").glob("model.*.onnx"))
+    cached = sorted(p.name.split(".")[1] for p in root.glob("model.*.onnx"))
     assert cached == ["fp16", "fp32", "int8r2"]  # the int8 recipe is in the name: a new recipe never runs a stale file
-    mtimes = {p: p.stat().st_mtime_ns for p in (d / "cache").iterdir()}
-    Classifier.load(d, variant="int8")
-    assert {p: p.stat().st_mtime_ns for p in (d / "cache").iterdir()} == mtimes  # not derived again
+    mtimes = {p: p.stat().st_mtime_ns for p in root.iterdir()}
+    Classifier.load(d, variant="int8", cache_dir=cache)
+    assert {p: p.stat().st_mtime_ns for p in root.iterdir()} == mtimes  # not derived again
     import onnx
 
-    int8_graph = onnx.load(str(next((d / "cache").glob("model.int8r*.onnx"))))
+    int8_graph = onnx.load(str(next(root.glob("model.int8r*.onnx"))))
     ops = {n.op_type for n in int8_graph.graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops, ops
     # the feed-forward down-projections stay fp32 (their outlier activations quantise worst)
@@ -194,7 +198,7 @@ def test_variants_are_derived_once_cached_and_agree(tiny_dir: Path, tmp_path: Pa
         n for n in int8_graph.graph.node if n.name.endswith("/output/dense/MatMul") and "/attention/" not in n.name
     ]
     assert ffn_out and all(n.op_type == "MatMul" for n in ffn_out)
-    fp16_graph = onnx.load(str(next((d / "cache").glob("model.fp16.*.onnx"))))
+    fp16_graph = onnx.load(str(next(root.glob("model.fp16.*.onnx"))))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16_graph.graph.initializer)
     ref = fp32.predict(TEXTS)
     for other, tol in ((fp16, 0.02), (int8, 0.3)):  # the tiny model's weights are random and scaled up
@@ -212,13 +216,14 @@ def test_changed_model_file_gets_new_variants(tiny_dir: Path, tmp_path: Path) ->
     import onnx
 
     d = _copy(tiny_dir, tmp_path / "m")
-    Classifier.load(d, variant="fp32")
-    before = {p.name for p in (d / "cache").glob("*.onnx")}
+    cache = tmp_path / "cache"
+    Classifier.load(d, variant="fp32", cache_dir=cache)
+    before = {p.name for p in cache.glob("models/*/*.onnx")}
     model = onnx.load(str(d / "model.onnx"))
     model.doc_string = "re-exported"
     onnx.save_model(model, str(d / "model.onnx"))
-    Classifier.load(d, variant="fp32")
-    after = {p.name for p in (d / "cache").glob("*.onnx")}
+    Classifier.load(d, variant="fp32", cache_dir=cache)
+    after = {p.name for p in cache.glob("models/*/*.onnx")}
     assert len(after - before) == 1
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from finsent.core.errors import ConfigError, ModelError
 from finsent.core.events import RawItem, utcnow
 from finsent.stream.worker import AckGuard, ClassifierHolder, RawMessage, decode_batch, score_items
 
@@ -130,34 +131,20 @@ def test_ack_guard_never_released_keeps_offsets_uncommitted() -> None:
     assert consumer.acked == []
 
 
-def test_results_section_replaces_only_its_own_section(tmp_path: Path) -> None:
-    from finsent.bench.pipeline import write_section
-
-    path = tmp_path / "RESULTS.md"
-    path.write_text("# Benchmark results\n\n## Store\n\nstore text\n\n## Pipeline\n\nold\n\n## Alerts\n\nalerts text\n")
-    write_section(path, "## Pipeline\n\nnew numbers\n")
-    text = path.read_text()
-    assert "old" not in text and "new numbers" in text
-    assert text.index("## Store") < text.index("## Pipeline") < text.index("## Alerts")
-    assert "store text" in text and "alerts text" in text
-    write_section(tmp_path / "fresh.md", "## Pipeline\n\nx\n")
-    assert (tmp_path / "fresh.md").read_text().startswith("# Benchmark results\n\n## Pipeline")
-
-
 @pytest.mark.parametrize("bad", [0, -1])
 def test_demo_rejects_bad_rate(bad: float, capsys: pytest.CaptureFixture[str]) -> None:
     from finsent.cli import main
 
-    assert main(["demo", "--rate", str(bad)]) == 2
+    assert main(["demo", "--rate", str(bad)]) == ConfigError.exit_code
     assert "--rate must be > 0" in capsys.readouterr().err
 
 
 def test_demo_without_a_model_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from finsent.cli import main
 
-    assert main(["demo", "--model-dir", str(tmp_path / "missing")]) == 1
+    assert main(["demo", "--model-dir", str(tmp_path / "missing")]) == ModelError.exit_code
     err = capsys.readouterr().err
-    assert err.startswith("finsent demo: model directory") and "Traceback" not in err
+    assert err.startswith("finsent: error: model directory") and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_item_without_ingested_at_takes_the_record_timestamp() -> None:

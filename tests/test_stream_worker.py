@@ -183,7 +183,8 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
     import signal
     import subprocess
     import sys
-    import urllib.request
+    import urllib.error
+import urllib.request
 
     from finsent.stream.broker import free_port
 
@@ -215,7 +216,13 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "finsent_items_scored_total{" in body
         assert "finsent_end_to_end_latency_seconds_bucket" in body
-        assert "finsent_consumer_lag{" in body and "finsent_items_consumed_total{" in body
+        assert "finsent_consumer_lag_messages{" in body and 'finsent_items_consumed_total{kafka_topic=' in body
+        assert 'finsent_items_dead_lettered_total{reason="decode_error"} 0.0' in body
+        for path, status in (("/healthz", 200), ("/readyz", 200)):
+            assert urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status == status
+        with pytest.raises(urllib.error.HTTPError) as nope:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/anything-else", timeout=5)
+        assert nope.value.code == 404
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out

@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+import finsent.models
 from finsent.bench.common import cpu_name
 from finsent.models.textprep import prepare_all
 
 log = logging.getLogger(__name__)
-SEED_DIR = Path(__file__).resolve().parent / "seed"
+SEED_DIR = Path(finsent.models.__file__).resolve().parent / "seed"
 
 
 def seed_texts() -> list[str]:

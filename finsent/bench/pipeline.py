@@ -126,7 +126,7 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
     pipeline: list[float] = []
     progress("loading the model")
     clf = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
-                          threads=settings.model_threads)
+                          threads=settings.model_threads, cache_dir=settings.cache_dir)
     batch = settings.batch_max
     # Rounds: model-only on a chunk, then the pipeline on a chunk of the same size, repeated. On a machine
     # whose load drifts (shared CPUs) interleaving keeps the drift out of the ratio.
