@@ -29,8 +29,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 from finsent.alerts.base import Detector, TopicState
+from finsent.core.errors import StoreError
 from finsent.core.events import Alert, utcnow
-from finsent.core.store import Store, StoreError
+from finsent.core.store import Store
 
 log = logging.getLogger(__name__)
 UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+; finsent supports 3.10)

@@ -100,7 +100,7 @@ class _FlakyStore:
         return [r for r in self.rows if r.bucket + timedelta(seconds=bucket_s) <= until]
 
     def insert_alerts(self, alerts):
-        from finsent.core.store import StoreUnavailable
+        from finsent.core.errors import StoreUnavailable
 
         if self.fail:
             self.fail = False

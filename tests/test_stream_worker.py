@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from finsent.core.errors import StoreUnavailable
 from finsent.core.events import decode_scored
-from finsent.core.store import StoreUnavailable
 from finsent.stream.service import WorkerThread
 from finsent.stream.store import open_store
 from tests.stream_helpers import make_items, produce, produce_items, read_topic, reasons, stream_settings, wait_for
@@ -184,7 +184,7 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
     import subprocess
     import sys
     import urllib.error
-import urllib.request
+    import urllib.request
 
     from finsent.stream.broker import free_port
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from finsent.core.errors import StoreError, StoreUnavailable
 from finsent.core.events import Alert, ScoredItem
 
 
@@ -35,7 +34,7 @@ class TopicCounts:
     positive: int
 
 
-__all__ = ["Store", "StoreError", "StoreUnavailable", "TopicCounts"]
+__all__ = ["Store", "TopicCounts"]
 
 
 class Store(Protocol):

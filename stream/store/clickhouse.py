@@ -23,7 +23,7 @@ from typing import Any
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from finsent.core.store import StoreError, StoreUnavailable
+from finsent.core.errors import StoreError, StoreUnavailable
 from finsent.stream.store import schema
 from finsent.stream.store.sqlstore import SqlStore
 

@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from finsent.core.store import StoreError
+from finsent.core.errors import StoreError
 from finsent.stream.store.sqlstore import SqlStore
 
 # (char, escape) pairs, backslash first; applied with chained str.replace, which runs in C and is
