@@ -34,7 +34,7 @@ from finsent.core.events import Alert, utcnow
 from finsent.core.store import Store
 
 log = logging.getLogger(__name__)
-UTC = timezone.utc  # noqa: UP017 (datetime.UTC is 3.11+; finsent supports 3.10)
+UTC = timezone.utc  # noqa: UP017 - the name the rest of this module uses
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Called after every poll with the new alerts and every topic's state (gauges, Kafka, Alertmanager).

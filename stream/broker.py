@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -124,7 +125,10 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the broker in order
-            preexec_fn=_die_with_parent,  # a SIGKILLed parent must not leave Tansu holding its port
+            # A SIGKILLed parent must not leave Tansu holding its port. Linux sends PDEATHSIG when the
+            # *thread* that forked exits, so only a broker started from the main thread asks for it
+            # (`finsent broker` does; a helper thread that starts one and ends would kill it at once).
+            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
