@@ -155,7 +155,7 @@ scrape_configs:
             m.scored.labels(topic=topic, sentiment="neutral").inc(8)
             score.labels(topic=topic).set(1.5)
             active.labels(topic=topic).set(0)
-        m.consumed.labels(topic="finsent.raw").inc(20)
+        m.consumed.labels(kafka_topic="finsent.raw").inc(20)
         m.stored.inc(20)
         m.dead_lettered.labels(reason="not_json").inc()
         m.store_retries.inc(0)

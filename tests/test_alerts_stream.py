@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from finsent.alerts.agent import WindowCloser, window_counts
+from finsent.alerts.agent import WindowCloser, attach, window_counts
 from finsent.core.events import RawItem, ScoredItem, decode_alert, utcnow
 from finsent.stream.kafka import make_producer
 from finsent.stream.store import open_store
@@ -98,7 +98,7 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
 
     feeder = threading.Thread(target=produce, daemon=True)
     try:
-        with WorkerThread(s, classifier=tiny_classifier, store=store) as w:
+        with WorkerThread(s, classifier=tiny_classifier, store=store, extensions=[attach]) as w:
             feeder.start()
             det = w.app.finsent_alerts.detector
             wait_for(lambda: topic_a in det.states() and det.states()[topic_a].baseline_share is not None, 90,
@@ -202,7 +202,7 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
     workers: list[WorkerThread] = []
     try:
         for _ in range(2):
-            workers.append(WorkerThread(s, classifier=tiny_classifier, store=store).start())
+            workers.append(WorkerThread(s, classifier=tiny_classifier, store=store, extensions=[attach]).start())
         feeder.start()
 
         def owners(topic: str) -> list[int]:

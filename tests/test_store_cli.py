@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from finsent.cli import main
+from finsent.core.errors import StoreUnavailable
 from finsent.core.events import Alert, utcnow
 from finsent.stream.store import open_store
 from finsent.stream.store.cli import format_duration, parse_duration
@@ -118,11 +119,11 @@ def test_query_count_subprocess_on_server(clickhouse_db_url: str) -> None:
 
 
 @pytest.mark.integration
-def test_query_unavailable_store_exits_1_without_password(capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_unavailable_store_is_one_line_without_password(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"clickhouse://default:hunter2@127.0.0.1:{free_port()}/db?connect_timeout=1"
     rc, out, err = _cli(capsys, "--store", url, "query", "count", "--json")
-    assert rc == 1 and out == ""
-    assert "store unavailable" in err and "hunter2" not in err
+    assert rc == StoreUnavailable.exit_code and out == ""
+    assert err.startswith("finsent: error: ") and err.count("\n") == 1 and "hunter2" not in err
 
 
 def test_query_bad_duration_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -88,7 +88,7 @@ def test_chdb_path_held_by_another_process_is_a_clear_error(tmp_path: Path) -> N
     env = {**os.environ, "PYTHONPATH": str(repo)}
     url = f"chdb://{tmp_path / 'held'}"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from stream.store import open_store; s = open_store(sys.argv[1]); "
+        [sys.executable, "-c", "import sys; from finsent.stream.store import open_store; s = open_store(sys.argv[1]); "
          "s.ensure_schema(); print('held', flush=True); sys.stdin.read()", url],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=repo,
     )
@@ -96,8 +96,8 @@ def test_chdb_path_held_by_another_process_is_a_clear_error(tmp_path: Path) -> N
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         proc = subprocess.run([sys.executable, "-m", "finsent.cli", "--store", url, "query", "count"],
                               capture_output=True, text=True, env=env, cwd=repo, timeout=60)
-        assert proc.returncode == 1
-        assert "in use by another process" in proc.stderr
+        assert proc.returncode == StoreError.exit_code
+        assert "in use by another process" in proc.stderr and proc.stderr.count("\n") == 1
     finally:
         holder.communicate("", timeout=30)
 

@@ -169,8 +169,8 @@ class ChdbStore(SqlStore):
                     ) from exc
                 if "lock" in text.lower() or "already running" in text or _locked_by_another_process(self.path):
                     raise StoreError(
-                        f"chdb data path {self.path} is in use by another process (one process per path): "
-                        "stop that process (e.g. the worker) or use a clickhouse:// server"
+                        f"chdb data path {self.path} is in use by another process (one process per path)",
+                        hint="stop that process (e.g. the worker) or use a clickhouse:// server",
                     ) from exc
                 raise StoreError(f"chdb could not open {self.path}: {text.splitlines()[0]}") from exc
 
