@@ -147,7 +147,7 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
         ensure_topics(s)
         store = open_store(s.store)
         store.ensure_schema()
-        worker = WorkerThread(s, classifier=clf, store=store, attach_alerts=False).start()
+        worker = WorkerThread(s, classifier=clf, store=store).start()
         stats = worker.scorer.stats
         progress("warm-up: one batch through the pipeline (group join, model, store)")
         _produce(s, _items(texts[:batch], run, "warmup"))
