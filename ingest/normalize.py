@@ -31,7 +31,17 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from finsent.core.events import MAX_TEXT_CHARS, SOURCE_TYPES, InvalidEvent, RawItem, parse_time, stable_id, utcnow
+from finsent.core.events import (
+    MAX_TEXT_CHARS,
+    SOURCE_TYPES,
+    InvalidEvent,
+    RawItem,
+    clean_unicode,
+    is_valid_unicode,
+    parse_time,
+    stable_id,
+    utcnow,
+)
 
 _UTC = timezone.utc  # noqa: UP017 (finsent supports Python 3.10: no datetime.UTC)
 
@@ -116,6 +126,8 @@ def clean_text(value: Any) -> str:
     if isinstance(value, bytes):
         value = decode_bytes(value)
     text = str(value)
+    if not is_valid_unicode(text):  # a lone surrogate (from a JSON escape) could never be encoded for Kafka
+        text = clean_unicode(text)
     if _TAG_RE.search(text):
         text = strip_html(text)
     elif "&" in text:
@@ -351,6 +363,8 @@ def make_item(
         the_id = str(item_id_override).strip()
         if not the_id or len(the_id) > 256:
             raise Skip("bad_id", "id must be 1..256 characters")
+        if not is_valid_unicode(the_id):
+            raise Skip("bad_id", "id is not valid Unicode (a lone UTF-16 surrogate)")
     else:
         the_id = item_id(source, url=canon, guid=guid_s, title=head or "", text=body)
     return RawItem(

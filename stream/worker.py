@@ -131,6 +131,8 @@ class RawMessage:
     #: the record's Kafka timestamp (epoch seconds): the ``ingested_at`` of an item that lacks one,
     #: so a redelivered record decodes to the same stored row
     timestamp: float | None = None
+    #: the record's key, carried onto its dead letter
+    key: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -174,7 +176,12 @@ class WorkerStats:
 def decode_batch(
     messages: Sequence[RawMessage], max_bytes: int, max_text_chars: int
 ) -> tuple[list[RawItem], list[DeadLetter]]:
-    """Split a batch into valid items and dead letters (one per defective message, with its reason)."""
+    """Split a batch into valid items and dead letters (one per defective message, with its reason).
+
+    The rule, not a list: whatever one message contains, it becomes an item or a dead letter.
+    A defect the decoder knows has its own reason; anything else that goes wrong while decoding
+    one message is ``decode_error`` with the exception's type, and the rest of the batch goes on.
+    """
     items: list[RawItem] = []
     dead: list[DeadLetter] = []
     for m in messages:
@@ -182,9 +189,12 @@ def decode_batch(
             default_ts = datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None
             items.append(decode_raw(m.value if m.value is not None else b"", max_bytes, max_text_chars, default_ts))
         except InvalidEvent as exc:
-            dead.append(
-                DeadLetter(exc.reason, dead_letter(m.value, exc.reason, exc.detail, m.topic, m.partition, m.offset))
-            )
+            reason, detail = exc.reason, exc.detail
+        except Exception as exc:  # noqa: BLE001 - one message must never stop the worker
+            reason, detail = "decode_error", f"{type(exc).__name__}: {exc}"
+        else:
+            continue
+        dead.append(DeadLetter(reason, dead_letter(m.value, reason, detail, m.topic, m.partition, m.offset), m.key))
     return items, dead
 
 
@@ -345,7 +355,8 @@ class Scorer:
             self.stats.first_batch_t = time.monotonic()
         guard = AckGuard(events)
         messages = [
-            RawMessage(ev.value, ev.message.topic, ev.message.partition, ev.message.offset, ev.message.timestamp)
+            RawMessage(ev.value, ev.message.topic, ev.message.partition, ev.message.offset, ev.message.timestamp,
+                       ev.key if isinstance(ev.key, bytes) else None)
             for ev in events
         ]
         m = self.metrics

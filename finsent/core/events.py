@@ -50,6 +50,22 @@ class InvalidEvent(InputError):
         self.detail = detail
 
 
+def is_valid_unicode(text: str) -> bool:
+    """True when ``text`` encodes as UTF-8 (no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def clean_unicode(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (valid pairs are joined)."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -110,6 +126,19 @@ class RawItem:
     published_at: datetime | None = None
     tickers: tuple[str, ...] = ()
     truncated: bool = False
+
+    def __post_init__(self) -> None:
+        # Whatever is stored must be publishable: every string is valid Unicode (a lone UTF-16
+        # surrogate, legal in a JSON escape, cannot be encoded as UTF-8). Text is cleaned (U+FFFD);
+        # an id is refused, because a cleaned id could collide with another item's.
+        if not is_valid_unicode(self.id):
+            raise InvalidEvent("bad_id", "id is not valid Unicode (a lone UTF-16 surrogate)")
+        for name in ("source", "text", "title", "url", "author"):
+            value = getattr(self, name)
+            if value is not None and not is_valid_unicode(value):
+                object.__setattr__(self, name, clean_unicode(value))
+        if not all(is_valid_unicode(t) for t in self.tickers):
+            object.__setattr__(self, "tickers", tuple(clean_unicode(t) for t in self.tickers))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -211,8 +240,8 @@ def _load_object(data: bytes | str, max_bytes: int) -> dict[str, Any]:
         raise InvalidEvent("invalid_utf8", str(exc)) from None
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidEvent("not_json", str(exc)[:200]) from None
+    except (ValueError, RecursionError) as exc:  # ValueError also: an integer of more than 4,300 digits
+        raise InvalidEvent("not_json", f"{type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", f"top-level JSON is {type(obj).__name__}")
     return obj
@@ -258,7 +287,9 @@ def raw_item_from_dict(
     text = _req_str(obj, "text")
     if not text.strip():
         raise InvalidEvent("empty_text")
-    truncated = bool(obj.get("truncated", False))
+    truncated = obj.get("truncated", False)
+    if not isinstance(truncated, bool):  # bool("no") is True: only JSON true/false mean anything here
+        raise InvalidEvent("bad_type", "truncated must be true or false")
     if len(text) > max_text_chars:
         text, truncated = text[:max_text_chars], True
     tickers = obj.get("tickers") or []
@@ -357,7 +388,8 @@ def dead_letter(
         "payload_encoding": encoding,
         "failed_at": format_time(utcnow()),
     }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # ASCII-escaped: a detail quoting a lone surrogate still makes a valid UTF-8 body
+    return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 __all__ = [
@@ -374,6 +406,8 @@ __all__ = [
     "decode_alert",
     "decode_raw",
     "decode_scored",
+    "clean_unicode",
+    "is_valid_unicode",
     "format_time",
     "parse_time",
     "raw_item_from_dict",
