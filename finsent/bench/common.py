@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 from pathlib import Path
 
@@ -56,3 +57,12 @@ def write_section(path: Path, section: str, name: str) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:])
     path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def plain_help(doc: str | None) -> str | None:
+    """A module docstring's body for ``--help``: without its first line and without reST markup."""
+    if not doc:
+        return None
+    body = doc.split("\n\n", 1)[1] if "\n\n" in doc else doc
+    body = re.sub(r":\w+:`~?([^`]+)`", r"\1", body)
+    return body.replace("``", "").replace("**", "")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finsent.bench.common import cpu_name, percentile, write_section
+from finsent.bench.common import cpu_name, percentile, plain_help, write_section
 from finsent.core.events import RawItem, stable_id, utcnow
 from finsent.core.settings import Settings
 
@@ -297,7 +297,7 @@ def register(bench_sub: Any) -> None:
     p = bench_sub.add_parser(
         "pipeline",
         help="end-to-end rate vs model-only rate, and ingest->stored latency at a fixed load",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=plain_help(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--items", type=int, default=1536, help="items through each side, over all rounds (default 1536)")

@@ -26,7 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from finsent.bench.common import hardware, write_section
+from finsent.bench.common import hardware, plain_help, write_section
 from finsent.core.events import RawItem, ScoredItem, utcnow
 
 WORDS = (
@@ -318,7 +318,7 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     p = bench_subparsers.add_parser(
         "store",
         help="store insert rate and the cost of FINAL vs uniqExact reads (clickhouse-server 18.16 and chdb)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        description=plain_help(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--rows", type=int, default=50_000, help="rows per insert run and in the read table (default 50000)")
