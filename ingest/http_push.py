@@ -24,7 +24,6 @@ The Kafka producer blocks, so publishing runs in a thread pool, never on the eve
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import ipaddress
 import json
@@ -36,7 +35,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from finsent.ingest.normalize import Skip, decode_bytes, dedup_keys, make_item
+from finsent.ingest.normalize import Skip, decode_bytes, dedup_keys, known_text_encoding, make_item
 from finsent.ingest.pipeline import Entry, Pipeline
 from finsent.ingest.publisher import PublishError
 
@@ -65,7 +64,7 @@ def parse_body(data: bytes, content_type: str | None) -> list[Any]:
     if "ndjson" not in mime and "jsonl" not in mime:
         try:
             value = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError also: an integer of more than 4,300 digits
             value = None
             if "\n" not in text:
                 raise BadBody("body is not valid JSON") from None
@@ -77,7 +76,7 @@ def parse_body(data: bytes, content_type: str | None) -> list[Any]:
             continue
         try:
             values.append(json.loads(line))
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             raise BadBody(f"line {n} is not valid JSON (NDJSON needs one object per line)") from None
     return values
 
@@ -117,6 +116,8 @@ def _item_from_json(obj: Any, max_text_chars: int) -> tuple[Entry | None, dict[s
         )
     except Skip as exc:
         return None, {"reason": exc.reason, "detail": exc.detail}
+    except Exception as exc:  # noqa: BLE001 - one bad item gets its own verdict, never the request a 500
+        return None, {"reason": "bad_item", "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}
     return Entry(item, tuple(dedup_keys(item, obj.get("guid")))), None
 
 
@@ -127,6 +128,7 @@ class _Outcome:
     published: set[int] = field(default_factory=set)
     duplicates: set[int] = field(default_factory=set)
     oversize: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
 
 
 class Coalescer:
@@ -136,6 +138,32 @@ class Coalescer:
     batch grows by itself and at low load nothing waits for a timer. The flush loop runs as its
     own task so a client that disconnects cannot cancel other clients' publish.
     """
+
+    def _publish(self, entries: list[Entry]) -> Any:
+        return self.pipeline.submit(METRIC_SOURCE, entries, give_up_after_s=self.publish_timeout_s)
+
+    def _publish_isolated(self, entries: list[Entry]) -> tuple[Any, set[int]]:
+        """After an unforeseen failure: publish item by item, so only the item(s) that fail are refused.
+
+        Returns the merged result and the ``id()`` of every item that could not be published. A
+        :class:`PublishError` (Kafka down) is not an item's fault and propagates.
+        """
+        from finsent.ingest.pipeline import SubmitResult
+
+        merged, failed = SubmitResult(), set()
+        for e in entries:
+            try:
+                res = self._publish([e])
+            except PublishError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("item %r could not be published; refused on its own", e.item.id)
+                failed.add(id(e.item))
+                continue
+            merged.published.extend(res.published)
+            merged.duplicates.extend(res.duplicates)
+            merged.oversize.extend(res.oversize)
+        return merged, failed
 
     def __init__(self, pipeline: Pipeline, executor: ThreadPoolExecutor, publish_timeout_s: float) -> None:
         self.pipeline = pipeline
@@ -161,20 +189,25 @@ class Coalescer:
                 batch, self.pending = self.pending, []
                 entries = [e for es, _ in batch for e in es]
                 self.flushes += 1
+                failed: set[int] = set()
                 try:
-                    res = await loop.run_in_executor(
-                        self.executor,
-                        functools.partial(
-                            self.pipeline.submit, METRIC_SOURCE, entries, give_up_after_s=self.publish_timeout_s
-                        ),
-                    )
-                except Exception as exc:  # PublishError -> 503; anything else -> 500, for every waiter
+                    res = await loop.run_in_executor(self.executor, self._publish, entries)
+                except PublishError as exc:  # Kafka did not ack in time: every waiter answers 503, nothing lost
                     for _, f in batch:
                         if not f.done():
                             f.set_exception(exc)
                     continue
+                except Exception:  # noqa: BLE001 - one client's item must not fail the others' requests
+                    try:
+                        res, failed = await loop.run_in_executor(self.executor, self._publish_isolated, entries)
+                    except PublishError as exc:
+                        for _, f in batch:
+                            if not f.done():
+                                f.set_exception(exc)
+                        continue
                 outcome = _Outcome(
-                    {id(i) for i in res.published}, {id(i) for i in res.duplicates}, {id(i) for i in res.oversize}
+                    {id(i) for i in res.published}, {id(i) for i in res.duplicates}, {id(i) for i in res.oversize},
+                    failed,
                 )
                 for _, f in batch:
                     if not f.done():
@@ -219,6 +252,9 @@ def create_app(
         mime = (request.content_type or "").lower() if "Content-Type" in request.headers else ""
         if mime not in _JSON_TYPES:
             return problem(415, f"Content-Type {mime!r} not accepted: use application/json or application/x-ndjson")
+        charset = request.charset
+        if charset and known_text_encoding(charset) is None:
+            return problem(415, f"charset {charset!r} is not a text encoding finsent can read: use utf-8")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -232,6 +268,7 @@ def create_app(
             return problem(413, f"{len(values)} items in one request; the limit is {max_items}")
         metrics.fetched.labels(METRIC_SOURCE).inc(len(values))
         entries: list[Entry] = []
+        positions: list[int] = []  # each entry's index in the request
         rejected: list[dict[str, Any]] = []
         for i, obj in enumerate(values):
             entry, err = _item_from_json(obj, pipeline.max_text_chars)
@@ -240,6 +277,7 @@ def create_app(
                 pipeline.count_skipped(METRIC_SOURCE, err["reason"])
             else:
                 entries.append(entry)  # type: ignore[arg-type]
+                positions.append(i)
         if not entries:
             status = 422 if values else 400
             return problem(status, "no valid items", accepted=[], duplicates=[], rejected=rejected)
@@ -254,9 +292,11 @@ def create_app(
                 status=503,
                 headers={"Retry-After": "5"},
             )
-        for idx, e in enumerate(entries):
+        for idx, e in zip(positions, entries, strict=True):
             if id(e.item) in outcome.oversize:
                 rejected.append({"index": idx, "reason": "oversize", "detail": "encoded item > max_message_bytes"})
+            elif id(e.item) in outcome.failed:
+                rejected.append({"index": idx, "reason": "unpublishable", "detail": "see the endpoint's log"})
         return web.json_response(
             {
                 "accepted": [e.item.id for e in entries if id(e.item) in outcome.published],

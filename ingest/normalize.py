@@ -149,13 +149,22 @@ def charset_from_content_type(content_type: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def _known(encoding: str | None) -> str | None:
+def known_text_encoding(encoding: str | None) -> str | None:
+    """The codec name of a declared charset, or None when Python has no such TEXT encoding.
+
+    ``rot13`` and ``base64`` are codecs but not text encodings (``bytes.decode`` refuses them),
+    so they count as unknown: a declared charset we cannot honour is never a crash.
+    """
     if not encoding:
         return None
     try:
-        return codecs.lookup(encoding).name
-    except LookupError:
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError):
         return None
+    return info.name if getattr(info, "_is_text_encoding", True) else None
+
+
+_known = known_text_encoding
 
 
 def decode_bytes(data: bytes, content_type: str | None = None) -> str:
