@@ -47,10 +47,6 @@ from finsent.core.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def counts_topic_name(settings: Settings) -> str:
-    return f"{settings.topic_alerts}.counts"
-
-
 def window_counts(values: Iterable[bytes | None], window_s: int) -> tuple[dict[tuple[str, int], list[int]], int]:
     """Partial counts of a batch of ``finsent.scored`` values: {(topic, window start epoch s): [neg, tot]}.
 
@@ -199,7 +195,7 @@ def attach(app: Any, settings: Settings, **kwargs: Any) -> InStreamAlerts:
     )
     scored = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
     counts = app.topic(
-        counts_topic_name(settings), key_type=bytes, value_type=bytes, internal=True, partitions=settings.partitions
+        settings.topic_alert_counts, key_type=bytes, value_type=bytes, internal=True, partitions=settings.partitions
     )
     alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
     app.finsent_alerts = state

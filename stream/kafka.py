@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def finsent_topics(settings: Settings) -> list[str]:
-    """The topics finsent owns, in pipeline order."""
-    return [settings.topic_raw, settings.topic_scored, settings.topic_dlq, settings.topic_alerts]
+    """The topics finsent owns, in pipeline order: every one is (re)declared at start (a memory-only broker that
+    restarted has none of them, and a consumer committing to a missing topic floods its log)."""
+    return [settings.topic_raw, settings.topic_scored, settings.topic_dlq, settings.topic_alerts,
+            settings.topic_alert_counts]
 
 
 def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:

@@ -12,7 +12,8 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from finsent.core.settings import Settings
 from finsent.ingest.http_push import create_app
@@ -64,8 +65,10 @@ _bodies = st.one_of(
     st.lists(_values, max_size=5).map(lambda vs: "\n".join(json.dumps(v) for v in vs).encode()),
     st.binary(max_size=300),
 )
-_ctypes = st.sampled_from(["application/json", "application/x-ndjson", "text/plain", "application/json; charset=latin-1",
-                           "application/json; charset=utf-16", "application/json; charset=rot13", "image/png", ""])
+_ctypes = st.sampled_from([
+    "application/json", "application/x-ndjson", "text/plain", "application/json; charset=latin-1",
+    "application/json; charset=utf-16", "application/json; charset=rot13", "image/png", "",
+])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         return v
 
     @property
+    def topic_alert_counts(self) -> str:
+        """The in-stream detector's internal topic of per-window counts (declared with the others)."""
+        return f"{self.topic_alerts}.counts"
+
+    @property
     def broker_list(self) -> list[str]:
         return self.brokers.split(",")
 
