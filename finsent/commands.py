@@ -81,19 +81,27 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from finsent.demo import run_demo
+    from finsent.demo import MIN_DEMO_SECONDS, WINDOW_S, run_demo
 
-    if args.seconds < 20:
-        raise ConfigError("finsent demo: --seconds must be at least 20", hint="the detector needs a few windows")
+    if args.seconds < MIN_DEMO_SECONDS:
+        raise ConfigError(
+            f"finsent demo: --seconds {args.seconds:g} is too short to see a spike",
+            hint=f"use at least {MIN_DEMO_SECONDS:g}: the spike runs for 30% of the replay, in {WINDOW_S} s windows",
+        )
     if args.rate <= 0:
         raise ConfigError("finsent demo: --rate must be > 0", hint="e.g. --rate 40")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401 - checked before a two-minute run, not after it
+        except ImportError:
+            raise ConfigError("finsent demo --plot needs matplotlib", hint="pip install matplotlib") from None
     summary = run_demo(
         settings,
         seconds=args.seconds,
         rate=args.rate,
         summary_json=args.summary_json,
         model_dir=args.model_dir,
-        store_url=args.store_url,
+        store_url=args.store,  # the global --store: keep the results there instead of a temporary chdb
         history=args.history,
         plot=args.plot,
     )
@@ -141,22 +149,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     d = sub.add_parser(
         "demo",
-        help="run everything locally for a minute: broker, worker, replay with a negative spike, alert",
+        help="run everything locally for about two minutes: broker, worker, replay with a negative spike, alert",
         description=(
             "Start an embedded broker and the scoring worker with the shipped model and a fresh embedded "
-            "ClickHouse (chdb), replay the bundled seed tweets (after a few minutes of back-filled history) at "
-            "--rate items/s, inject a negative spike on one topic part-way through plus a few malformed "
-            "messages, and detect the spike from the stored counts. Shows live progress and ends on its own. "
-            "Exit code 0 when the spike was detected and nothing was lost or duplicated."
+            "ClickHouse (chdb), score four minutes of back-filled history, then replay the bundled seed tweets "
+            "live for --seconds (default 75) at --rate items/s, inject a negative spike on one topic for 30% of "
+            "the replay plus a few malformed messages, and detect the spike from the stored counts. Shows live "
+            "progress and ends on its own, about two minutes in all. Exit code 0 when the spike was detected and "
+            "nothing was lost or duplicated.\n\n"
+            "examples:\n"
+            "  finsent demo\n"
+            "  finsent demo --seconds 120 --plot timeline.png --summary-json run.json\n"
+            "  finsent demo --store chdb:///tmp/demo-store    keep the scored items afterwards"
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d.add_argument("--seconds", type=float, default=75.0, help="length of the live replay (default 75)")
+    d.add_argument("--seconds", type=float, default=75.0,
+                   help="length of the live replay in seconds, after the history (default 75, at least 40)")
     d.add_argument("--rate", type=float, default=40.0, help="background items per second (default 40)")
     d.add_argument("--summary-json", metavar="PATH", help="write the run's summary (counts, alerts, latency) here")
     d.add_argument("--plot", metavar="PNG",
                    help="write a timeline of per-topic negative share, volume and alerts here (needs matplotlib)")
     d.add_argument("--model-dir", help="model directory (default: the shipped model)")
-    d.add_argument("--store-url", help="keep results in this store instead of a temporary chdb directory")
     d.add_argument("--no-history", dest="history", action="store_false",
                    help="skip the back-filled history (the detector then has little baseline)")
     d.set_defaults(func=_demo)

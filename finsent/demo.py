@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DEMO_DATA = Path(__file__).parent / "demo_data" / "tweets.jsonl"
 WINDOW_S = 5  # detector window: short, so a demo of a minute or two sees a dozen windows
+#: the spike lasts 30% of the live replay: below this it spans too few closed windows to be confirmed
+MIN_DEMO_SECONDS = 40.0
 HISTORY_S = 240  # back-filled history before "now"
 HISTORY_RATE = 1.5  # items/s of back-filled history
 #: the live rate is capped at this share of the model's measured speed, so the spike (+50%) still fits

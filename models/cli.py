@@ -103,11 +103,11 @@ def register(sub: Any) -> None:
         help="score a model on labelled CSVs (accuracy, macro-F1, per class)",
         description=(
             "Each CSV's task follows from its columns: text,label -> sentiment, text,topic -> topic. "
-            "Scores the ONNX model through the runtime (the shipped model unless --model)."
+            "Scores the ONNX model through the runtime (the shipped model unless --model-dir)."
         ),
     )
     e.add_argument("csv", nargs="+", type=Path, help="labelled CSV files")
-    e.add_argument("--model", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
+    e.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
     e.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
     e.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON here")
     e.set_defaults(func=eval_command)
@@ -182,7 +182,7 @@ def eval_command(args: argparse.Namespace, settings: Any) -> int:
     from finsent.models.runtime import Classifier
 
     clf = Classifier.load(
-        args.model or settings.model_dir,
+        args.model_dir or settings.model_dir,
         variant=args.variant or settings.model_variant,
         threads=settings.model_threads,
         cache_dir=settings.cache_dir,

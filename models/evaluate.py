@@ -7,6 +7,7 @@ i.e. the exact ONNX graph and tokenizer that production uses, not PyTorch.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,32 @@ from finsent.models.data import LabelledSet, read_labelled_csv
 
 
 def score(truth: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
-    """accuracy, macro-F1 over ``labels`` and sklearn's per-class precision/recall/F1/support."""
-    from sklearn.metrics import accuracy_score, classification_report, f1_score
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support, without scikit-learn.
 
-    present = [lab for lab in labels if lab in set(truth) or lab in set(pred)]
-    report = classification_report(truth, pred, labels=present, output_dict=True, zero_division=0)
-    per_class = {
-        lab: {k: (int(v) if k == "support" else round(float(v), 4)) for k, v in report[lab].items()} for lab in present
-    }
+    The definitions are scikit-learn's (``zero_division=0``; macro over the labels present in the
+    truth or the predictions), so ``finsent eval`` works on the runtime install and agrees with
+    the trainer; tests/test_models_pipeline.py checks the two agree.
+    """
+    if len(truth) != len(pred):
+        raise ValueError(f"{len(truth)} true labels but {len(pred)} predictions")
+    seen = set(truth) | set(pred)
+    present = [lab for lab in labels if lab in seen]
+    true_n = Counter(truth)
+    pred_n = Counter(pred)
+    hits = Counter(t for t, p in zip(truth, pred, strict=True) if t == p)
+    per_class: dict[str, dict[str, float | int]] = {}
+    f1s: list[float] = []
+    for lab in present:
+        precision = hits[lab] / pred_n[lab] if pred_n[lab] else 0.0
+        recall = hits[lab] / true_n[lab] if true_n[lab] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        f1s.append(f1)
+        per_class[lab] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1-score": round(f1, 4),
+                          "support": true_n[lab]}
     return {
         "n": len(truth),
-        "accuracy": float(accuracy_score(truth, pred)),
-        "macro_f1": float(f1_score(truth, pred, labels=present, average="macro", zero_division=0)),
+        "accuracy": sum(hits.values()) / len(truth) if truth else 0.0,
+        "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0,
         "per_class": per_class,
     }
 

@@ -150,7 +150,8 @@ def test_evaluate_files_on_seed_data(tiny_dir: Path) -> None:
 
 def test_eval_command_writes_json(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval.json"
-    rc = main(["eval", str(SEED_DIR / "topic.csv"), "--model", str(tiny_dir), "--variant", "fp32", "--json", str(out)])
+    rc = main(["eval", str(SEED_DIR / "topic.csv"), "--model-dir", str(tiny_dir), "--variant", "fp32",
+               "--json", str(out)])
     assert rc == 0
     body = json.loads(out.read_text())
     assert set(body) >= {"model_version", "results"}
@@ -160,9 +161,9 @@ def test_eval_command_writes_json(tiny_dir: Path, tmp_path: Path, capsys: pytest
 
 def test_eval_command_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = _write(tmp_path / "bad.csv", ("text", "score"), [("x", "1")])
-    assert main(["eval", str(bad), "--model", str(make_tiny_model(tmp_path / "m"))]) == InputError.exit_code
+    assert main(["eval", str(bad), "--model-dir", str(make_tiny_model(tmp_path / "m"))]) == InputError.exit_code
     assert "expected text,label" in capsys.readouterr().err
-    assert main(["eval", str(SEED_DIR / "topic.csv"), "--model", str(tmp_path / "none")]) == ModelError.exit_code
+    assert main(["eval", str(SEED_DIR / "topic.csv"), "--model-dir", str(tmp_path / "none")]) == ModelError.exit_code
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
 
@@ -231,7 +232,7 @@ def test_train_without_data_is_a_clear_error(tmp_path: Path, capsys: pytest.Capt
 def test_bench_model_reports_every_runtime_and_batch_size(tiny_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     rc = main(
-        ["bench", "model", "--model", str(tiny_dir), "--batch-sizes", "1,32", "--seconds", "0.05", "--repeats", "1",
+        ["bench", "model", "--model-dir", str(tiny_dir), "--batch-sizes", "1,32", "--seconds", "0.05", "--repeats", "1",
          "--no-torch", "--json", str(out)]
     )  # fmt: skip
     assert rc == 0
@@ -262,3 +263,44 @@ def test_bench_pytorch_rows_use_the_checkpoint(tmp_path: Path) -> None:
 def test_bench_rejects_bad_batch_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "model", "--batch-sizes", "0,x"]) == 2
     assert "positive integers" in capsys.readouterr().err
+
+
+def test_eval_metrics_need_no_sklearn_and_agree_with_it() -> None:
+    import random
+    import sys
+
+    from finsent.models.evaluate import score
+
+    labels = ["negative", "neutral", "positive", "never"]
+    rng = random.Random(3)
+    truth = [rng.choice(labels[:3]) for _ in range(500)]
+    pred = [t if rng.random() < 0.7 else rng.choice(labels) for t in truth]
+    blocked = sys.modules.get("sklearn", None)
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # any import of it now fails
+    try:
+        ours = score(truth, pred, labels)
+    finally:
+        if blocked is None:
+            del sys.modules["sklearn"]
+        else:
+            sys.modules["sklearn"] = blocked
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+    present = [lab for lab in labels if lab in set(truth) | set(pred)]
+    assert ours["accuracy"] == pytest.approx(accuracy_score(truth, pred))
+    assert ours["macro_f1"] == pytest.approx(f1_score(truth, pred, labels=present, average="macro", zero_division=0))
+    ref = classification_report(truth, pred, labels=present, output_dict=True, zero_division=0)
+    for lab in present:
+        assert ours["per_class"][lab]["f1-score"] == pytest.approx(ref[lab]["f1-score"], abs=1e-4)
+        assert ours["per_class"][lab]["support"] == ref[lab]["support"]
+
+
+def test_bench_model_without_torch_skips_the_eager_rows_and_says_so(tiny_dir: Path, monkeypatch) -> None:
+    import sys
+
+    from finsent.bench.model import run_bench
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails, as on the runtime install
+    out = run_bench(tiny_dir, (4,), 0.02, threads=1, repeats=1)
+    assert [r["runtime"] for r in out["results"]] == ["ort-fp32", "ort-int8"]
+    assert out["skipped"] and "torch is not installed" in out["skipped"][0]

@@ -153,8 +153,15 @@ def run_bench(
             rows.append(
                 ({"runtime": runtime, "provider": clf32.provider, "batch_size": 32, "sorted": False}, unsorted, 32)
             )
+    skipped: list[str] = []
     if include_torch:
-        import torch
+        try:
+            import torch
+        except ImportError:
+            include_torch = False
+            skipped.append("pytorch-eager: torch is not installed (pip install torch==2.13.0 for the eager rows)")
+            log.warning("%s", skipped[-1])
+    if include_torch:
 
         provider = "cuda" if torch.cuda.is_available() else "cpu"
         torch_run = _torch_predictor(checkpoint, tokenizer_file, max_length, threads, steps)
@@ -191,6 +198,7 @@ def run_bench(
         "n_texts": len(texts),
         "repeats": repeats,
         "load_average_1m": [load_before, load_after],
+        "skipped": skipped,
         "results": results,
     }
 
@@ -211,7 +219,7 @@ def bench_command(args: argparse.Namespace, settings: Any) -> int:
         print("finsent bench model: --batch-sizes must be positive integers, e.g. 1,32,128", file=sys.stderr)
         return 2
     out = run_bench(
-        args.model or settings.model_dir,
+        args.model_dir or settings.model_dir,
         sizes,
         args.seconds,
         args.checkpoint,
@@ -219,7 +227,7 @@ def bench_command(args: argparse.Namespace, settings: Any) -> int:
         args.threads,
         repeats=max(1, args.repeats),
     )
-    print(json.dumps({"device": out["device"], "load_average_1m": out["load_average_1m"]}))
+    print(json.dumps({"device": out["device"], "load_average_1m": out["load_average_1m"], "skipped": out["skipped"]}))
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -232,7 +240,7 @@ def register(bench_sub: Any) -> None:
         help="classifier throughput (sentences/s): PyTorch eager vs ONNX fp32/int8 (+fp16 on CUDA)",
         description="Sentences/s on the seed texts at several batch sizes, all runtimes in one run.",
     )
-    b.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    b.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model)")
     b.add_argument(
         "--checkpoint", type=Path, help="PyTorch checkpoint (RUN/best) for the eager row; default: base encoder"
     )

@@ -280,7 +280,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.rounds < 1:
         print("finsent bench pipeline: --rounds must be >= 1")
         return 2
-    r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store_url,
+    r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store,
                   rounds=args.rounds)
     print(json.dumps(r, indent=2))
     if args.json:
@@ -305,7 +305,6 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--load", type=float, default=0.5, help="offered load for latency, as a fraction of capacity")
     p.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20)")
     p.add_argument("--model-dir", help="model directory (default: the shipped model)")
-    p.add_argument("--store-url", help="store to write into (default: a temporary chdb directory)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON here")
     p.add_argument("--write-results", metavar="FILE", help="replace the '## Pipeline' section of FILE")
     p.add_argument("--note", help="a sentence added to the RESULTS.md section (e.g. which model this was)")
