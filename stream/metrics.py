@@ -14,11 +14,14 @@ topic; ``topic`` is always the news topic the model predicted.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -112,10 +115,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     registry: CollectorRegistry = REGISTRY
     ready: Callable[[], tuple[bool, str]] | None = None
+    routes: dict[str, Callable[[dict[str, str]], tuple[int, Any]]] = {}
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        path, _, query = self.path.partition("?")
+        if path in self.routes:
+            params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+            try:
+                status, body = self.routes[path](params)
+            except Exception as exc:  # noqa: BLE001 - a failed query is an answer, not a dead server thread
+                log.exception("%s failed", path)
+                status, body = 503, {"error": f"{type(exc).__name__}: {exc}"}
+            self._reply(status, (json.dumps(body, ensure_ascii=False) + "\n").encode(), "application/json")
+        elif path == "/metrics":
             accept = self.headers.get("Accept", "")
             encoder, content_type = choose_encoder(accept)
             self._reply(200, encoder(self.registry), content_type)
@@ -125,7 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
             ok, why = self.ready() if self.ready is not None else (True, "ready")
             self._reply(200 if ok else 503, (why + "\n").encode())
         else:
-            self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+            known = ", ".join(["/metrics", "/healthz", "/readyz", *sorted(self.routes)])
+            self._reply(404, f"not found: try {known}\n".encode())
 
     def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
         self.send_response(status)
@@ -143,17 +156,22 @@ def serve_metrics(
     port: int,
     registry: CollectorRegistry | None = None,
     ready: Callable[[], tuple[bool, str]] | None = None,
+    routes: dict[str, Callable[[dict[str, str]], tuple[int, Any]]] | None = None,
 ) -> ThreadingHTTPServer | None:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` in a daemon thread (port 0 = off).
 
-    ``ready`` answers ``/readyz``: ``(True, why)`` or ``(False, why)``. Every long-running command
+    ``ready`` answers ``/readyz``: ``(True, why)`` or ``(False, why)``. ``routes`` are read-only JSON
+    endpoints (path -> ``handler(query params) -> (status, body)``): the worker's query API. Every long-running command
     (worker, ingesters, push endpoint, ``alerts watch``) serves its metrics through this one function.
     Raises :class:`ConfigError` when the port cannot be bound.
     """
     if not port:
         return None
-    handler = type("MetricsHandler", (_Handler,), {"registry": registry or REGISTRY, "ready": staticmethod(ready)
-                                                    if ready else None})
+    handler = type("MetricsHandler", (_Handler,), {
+        "registry": registry or REGISTRY,
+        "ready": staticmethod(ready) if ready else None,
+        "routes": dict(routes or {}),
+    })
     try:
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as exc:

@@ -117,7 +117,11 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
     def ready() -> tuple[bool, str]:
         return scorer_ref[0].readiness() if scorer_ref else (False, "starting")
 
-    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready)  # a taken port fails first
+    from finsent.stream.store.cli import api_handlers
+
+    # the read-only query API: `finsent query` uses it when this worker holds an embedded store
+    routes = api_handlers(lambda: scorer_ref[0].store if scorer_ref else None)
+    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes)
     ensure_topics(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

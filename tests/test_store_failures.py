@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
+from finsent.core.errors import StoreInUse
 from finsent.core.events import RawItem, ScoredItem, utcnow
 from finsent.stream.store import StoreError, StoreUnavailable, open_store
 from tests.fixtures.clickhouse import ClickHouseServer, free_port
@@ -96,7 +97,7 @@ def test_chdb_path_held_by_another_process_is_a_clear_error(tmp_path: Path) -> N
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         proc = subprocess.run([sys.executable, "-m", "finsent.cli", "--store", url, "query", "count"],
                               capture_output=True, text=True, env=env, cwd=repo, timeout=60)
-        assert proc.returncode == StoreError.exit_code
+        assert proc.returncode == StoreInUse.exit_code
         # chdb's C++ side prints its own "Code: 76" line to stderr first; finsent's is the last, and one
         assert "Traceback" not in proc.stderr
         assert proc.stderr.splitlines()[-1].startswith("finsent: error: chdb data path")

@@ -290,3 +290,69 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
         assert counts["physical_rows"] >= n
     finally:
         store.close()
+
+
+def test_query_while_the_worker_holds_the_embedded_store(
+    kafka_bootstrap: str, tmp_path: Path, unique_name: str, tiny_classifier: Any
+) -> None:
+    """chdb allows one process per data path: `finsent query` then reads through the running worker's API."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from finsent.stream.broker import free_port
+
+    store_url = f"chdb://{tmp_path / 'held'}"
+    s = stream_settings(kafka_bootstrap, store_url, unique_name)
+    port = free_port()
+    produce_items(s, make_items(9, "held"))
+    env = {
+        **os.environ,
+        "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": store_url, "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_SESSION_TIMEOUT_MS": "6000", "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
+        "FINSENT_METRICS_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finsent", "worker", "--group", s.consumer_group, "--batch-within", "0.1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+    def query(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "finsent", "query", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    def stored() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/count", timeout=5) as r:
+                return int(json.loads(r.read())["rows"])
+        except OSError:
+            return -1
+
+    try:
+        wait_for(lambda: stored() == 9 or proc.poll() is not None, 90, "9 rows stored by `finsent worker`")
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        count = query("count", "--json")
+        assert count.returncode == 0, count.stderr
+        assert json.loads(count.stdout) == {"rows": 9, "unique_ids": 9}
+        top = query("top", "--since", "1h", "--json")
+        assert top.returncode == 0, top.stderr
+        body = json.loads(top.stdout)
+        assert sum(t["total"] for t in body["topics"]) == 9 and body["since_s"] == 3600
+        human = query("top", "--since", "1h", "--topic", "NO-SUCH-TOPIC")
+        assert human.returncode == 0 and "no items on topic 'NO-SUCH-TOPIC'" in human.stdout
+        alerts = query("alerts")
+        assert alerts.returncode == 0 and "no alerts stored" in alerts.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # the worker is gone: the store is free again and the same query reads it directly
+    after = query("count", "--json")
+    assert after.returncode == 0 and json.loads(after.stdout) == {"rows": 9, "unique_ids": 9}

@@ -21,6 +21,7 @@ __all__ = [
     "KafkaUnavailable",
     "ModelError",
     "StoreError",
+    "StoreInUse",
     "StoreUnavailable",
     "EXIT_CODES",
 ]
@@ -98,6 +99,13 @@ class StoreUnavailable(StoreError):
 
     exit_code = 8
     hint = "is the ClickHouse server up? With the embedded store, is another finsent process holding it?"
+
+
+class StoreInUse(StoreUnavailable):
+    """The embedded store's data path is held by another process (chdb: one process per path).
+
+    ``finsent query`` then asks the running worker's read-only API instead (see ``finsent worker``).
+    """
 
 
 #: exit code -> meaning, for ``finsent --help`` and the docs (2 is argparse's usage error, 130 Ctrl-C).

@@ -11,9 +11,11 @@ import argparse
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from finsent.core.errors import StoreInUse
 from finsent.core.settings import Settings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -63,20 +65,7 @@ def _open(settings: Settings):  # type: ignore[no-untyped-def]
     return store
 
 
-def _count(args: argparse.Namespace, settings: Settings) -> int:
-    store = _open(settings)
-    try:
-        counts = store.count(args.since, physical=args.physical)  # type: ignore[call-arg]
-    finally:
-        store.close()
-    if args.json:
-        _print_json(counts)
-        return 0
-    window = f"last {format_duration(args.since)}" if args.since else "all time"
-    print(f"{store.url_redacted} ({window}): {counts['rows']} items, {counts['unique_ids']} unique ids"
-          + (f", {counts['physical_rows']} physical rows" if "physical_rows" in counts else "")
-          + f", {counts['rows'] - counts['unique_ids']} duplicates")
-    return 0
+# -- reports: the same JSON from the store or from a running worker's read-only API ---------------
 
 
 def topic_totals(store: Any, since: timedelta) -> list[dict[str, Any]]:
@@ -92,61 +81,183 @@ def topic_totals(store: Any, since: timedelta) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (-r["negative"], -r["total"], r["topic"]))
 
 
-def _top(args: argparse.Namespace, settings: Settings) -> int:
-    store = _open(settings)
+def count_report(store: Any, since: timedelta | None = None, physical: bool = False) -> dict[str, Any]:
+    return dict(store.count(since, physical=physical))
+
+
+def top_report(store: Any, since: timedelta, topic: str | None = None, limit: int = 10) -> dict[str, Any]:
+    """Per-topic totals and the newest negative items; ``topic`` matches a stored topic case-insensitively."""
+    topics = topic_totals(store, since)
+    if topic:
+        matches = [t for t in topics if t["topic"].casefold() == topic.casefold()]
+        topic = matches[0]["topic"] if matches else topic
+        topics = matches
+    items = store.top_negative(since, topic, limit)
+    return {"since_s": int(since.total_seconds()), "topic": topic, "topics": topics, "negative": items}
+
+
+def alerts_report(store: Any, since: timedelta | None = None) -> list[dict[str, Any]]:
+    return list(store.alerts(since))
+
+
+def series_report(store: Any, since: timedelta, bucket_s: int = 60) -> list[dict[str, Any]]:
+    """Per-topic counts per time bucket (what dashboards and plots draw)."""
+    return [
+        {"bucket": tc.bucket, "topic": tc.topic, "total": tc.total, "negative": tc.negative, "neutral": tc.neutral,
+         "positive": tc.positive}
+        for tc in store.topic_counts(since, bucket_s=bucket_s)
+    ]
+
+
+def _seconds(params: dict[str, str], name: str) -> timedelta | None:
+    return timedelta(seconds=float(params[name])) if params.get(name) else None
+
+
+#: the worker's read-only API (``GET /v1/<name>?since=SECONDS&...``): each answers a report's JSON
+API_ROUTES: dict[str, Callable[[Any, dict[str, str]], Any]] = {
+    "/v1/count": lambda st, q: count_report(st, _seconds(q, "since"), q.get("physical") == "1"),
+    "/v1/top": lambda st, q: top_report(st, _seconds(q, "since") or timedelta(hours=1), q.get("topic") or None,
+                                        int(q.get("limit") or 10)),
+    "/v1/alerts": lambda st, q: alerts_report(st, _seconds(q, "since")),
+    "/v1/series": lambda st, q: series_report(st, _seconds(q, "since") or timedelta(hours=1),
+                                              int(q.get("bucket_s") or 60)),
+}
+
+
+def api_handlers(store_getter: Callable[[], Any]) -> dict[str, Callable[[dict[str, str]], tuple[int, Any]]]:
+    """The routes a running worker serves next to ``/metrics``, reading through its own store."""
+
+    def handler(fn: Callable[[Any, dict[str, str]], Any]) -> Callable[[dict[str, str]], tuple[int, Any]]:
+        def run(params: dict[str, str]) -> tuple[int, Any]:
+            store = store_getter()
+            if store is None:
+                return 503, {"error": "the worker has not opened its store yet; retry in a few seconds"}
+            try:
+                return 200, _jsonable(fn(store, params))
+            except (ValueError, KeyError) as exc:
+                return 400, {"error": f"bad query parameter: {exc}"}
+        return run
+
+    return {path: handler(fn) for path, fn in API_ROUTES.items()}
+
+
+def _from_worker(settings: Settings, path: str, params: dict[str, Any], cause: Exception) -> Any:
+    """Ask the worker that holds the embedded store (its API is on FINSENT_METRICS_HOST:PORT)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "") else settings.metrics_host
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    url = f"http://{host}:{settings.metrics_port}{path}?{query}"
     try:
-        topics = topic_totals(store, args.since)
-        if args.topic:
-            topics = [t for t in topics if t["topic"] == args.topic]
-        items = store.top_negative(args.since, args.topic, args.limit)
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        raise StoreInUse(
+            f"{cause}; and no worker answered at {url.split('?')[0]} ({getattr(exc, 'reason', exc)})",
+            hint="query while the worker runs through its API (FINSENT_METRICS_PORT must match the worker's), "
+                 "or stop the process that holds the store",
+        ) from None
+
+
+def report(settings: Settings, name: str, **params: Any) -> tuple[Any, str]:
+    """(a report's JSON-ready data, where it came from): the store, or the running worker that holds it."""
+    from finsent.stream.store import store_from_settings
+
+    store = None
+    try:
+        store = store_from_settings(settings)
+        store.ensure_schema()
+    except StoreInUse as exc:
+        if store is not None:
+            store.close()
+        wire = {k: (int(v.total_seconds()) if isinstance(v, timedelta) else (1 if v is True else v))
+                for k, v in params.items() if v not in (None, False)}
+        return _from_worker(settings, f"/v1/{name}", wire, exc), "the worker holding the store"
+    except Exception:
+        if store is not None:
+            store.close()
+        raise
+    try:
+        fn = {"count": count_report, "top": top_report, "alerts": alerts_report, "series": series_report}[name]
+        return _jsonable(fn(store, **params)), store.url_redacted
     finally:
         store.close()
+
+
+def _ts(value: Any) -> str:
+    """A timestamp for a table: the JSON's ISO string, shown as ``YYYY-mm-dd HH:MM:SS``."""
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    return text.replace("T", " ")[:19]
+
+
+def _count(args: argparse.Namespace, settings: Settings) -> int:
+    counts, where = report(settings, "count", since=args.since, physical=args.physical)
     if args.json:
-        _print_json({"since_s": int(args.since.total_seconds()), "topic": args.topic, "topics": topics,
-                     "negative": items})
+        _print_json(counts)
+        return 0
+    window = f"last {format_duration(args.since)}" if args.since else "all time"
+    print(f"{where} ({window}): {counts['rows']} items, {counts['unique_ids']} unique ids"
+          + (f", {counts['physical_rows']} physical rows" if "physical_rows" in counts else "")
+          + f", {counts['rows'] - counts['unique_ids']} duplicates")
+    return 0
+
+
+def _top(args: argparse.Namespace, settings: Settings) -> int:
+    data, where = report(settings, "top", since=args.since, topic=args.topic, limit=args.limit)
+    if args.json:
+        _print_json(data)
         return 0
     from rich.console import Console
     from rich.table import Table
 
+    topics, items = data["topics"], data["negative"]
     console = Console()
+    if not topics:
+        what = f"no items on topic {args.topic!r} (matched case-insensitively)" if args.topic else "no items"
+        console.print(f"{what} in the last {format_duration(args.since)} ({where})")
+        return 0
     t = Table(title=f"Items per topic, last {format_duration(args.since)}", title_justify="left")
-    for col, just in (("topic", "left"), ("total", "right"), ("negative", "right"), ("neutral", "right"),
-                      ("positive", "right"), ("neg share", "right")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for col, just in (("topic", "left"), ("total", "right"), ("neg", "right"), ("neu", "right"),
+                      ("pos", "right"), ("neg %", "right")):
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     for r in topics:
         t.add_row(r["topic"], str(r["total"]), str(r["negative"]), str(r["neutral"]), str(r["positive"]),
                   f"{r['negative_share']:.0%}")
     console.print(t)
-    n = Table(title=f"Newest negative items{' in ' + args.topic if args.topic else ''}", title_justify="left")
-    for col in ("ingested (UTC)", "topic", "p(neg)", "source", "text"):
-        n.add_column(col, overflow="fold" if col == "text" else "ellipsis")
+    if not items:
+        console.print("no negative items in the window")
+        return 0
+    n = Table(title=f"Newest negative items{' in ' + data['topic'] if data['topic'] else ''}", title_justify="left")
+    n.add_column("ingested (UTC)", no_wrap=True)
+    n.add_column("topic", overflow="fold", max_width=16)
+    n.add_column("p(neg)", justify="right", no_wrap=True)
+    n.add_column("text", overflow="fold", ratio=1)
     for it in items:
         text = (it.get("title") or it["text"]).replace("\n", " ")
-        n.add_row(it["ingested_at"].strftime("%Y-%m-%d %H:%M:%S"), it["topic"], f"{it['p_negative']:.2f}",
-                  it["source"], text[:160])
+        n.add_row(_ts(it["ingested_at"]), it["topic"], f"{it['p_negative']:.2f}", f"{text[:160]} [{it['source']}]")
     console.print(n)
-    if not topics:
-        console.print(f"[dim]nothing stored in the last {format_duration(args.since)} ({store.url_redacted})[/dim]")
     return 0
 
 
 def _alerts(args: argparse.Namespace, settings: Settings) -> int:
-    store = _open(settings)
-    try:
-        rows = store.alerts(args.since)
-    finally:
-        store.close()
+    rows, where = report(settings, "alerts", since=args.since)
     if args.json:
         _print_json(rows)
         return 0
     from rich.console import Console
     from rich.table import Table
 
+    if not rows:
+        window = f"in the last {format_duration(args.since)}" if args.since else "stored"
+        Console().print(f"no alerts {window} ({where})")
+        return 0
     t = Table(title=f"Alerts, last {format_duration(args.since)}" if args.since else "Alerts", title_justify="left")
-    for col in ("fired (UTC)", "topic", "severity", "negative/total", "share", "baseline", "score", "detector"):
-        t.add_column(col)
+    for col in ("fired (UTC)", "topic", "severity", "neg/total", "share", "base", "score", "detector"):
+        t.add_column(col, overflow="fold")
     for a in rows:
-        t.add_row(a["fired_at"].strftime("%Y-%m-%d %H:%M:%S"), a["topic"], a["severity"],
+        t.add_row(_ts(a["fired_at"]), a["topic"], a["severity"],
                   f"{a['negative']}/{a['total']}", f"{a['negative_share']:.0%}", f"{a['baseline_share']:.0%}",
                   f"{a['score']:.2f}", a["detector"])
     Console().print(t)
@@ -200,7 +311,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--since", type=parse_duration, default=timedelta(hours=1), metavar="DURATION",
                    help="window of ingestion time (default: 1h)")
-    t.add_argument("--topic", default=None, help="only this topic (exact label)")
+    t.add_argument("--topic", default=None, help="only this topic (matched case-insensitively)")
     t.add_argument("--limit", type=int, default=10, help="newest negative items to show (default: 10)")
     t.add_argument("--json", action="store_true", help="print JSON: {since_s, topic, topics: [...], negative: [...]}")
     t.set_defaults(func=_top)

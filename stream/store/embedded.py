@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from finsent.core.errors import StoreError
+from finsent.core.errors import StoreError, StoreInUse
 from finsent.stream.store.sqlstore import SqlStore
 
 # (char, escape) pairs, backslash first; applied with chained str.replace, which runs in C and is
@@ -168,7 +168,7 @@ class ChdbStore(SqlStore):
                         "-- close the other store first, or use a clickhouse:// server"
                     ) from exc
                 if "lock" in text.lower() or "already running" in text or _locked_by_another_process(self.path):
-                    raise StoreError(
+                    raise StoreInUse(
                         f"chdb data path {self.path} is in use by another process (one process per path)",
                         hint="stop that process (e.g. the worker) or use a clickhouse:// server",
                     ) from exc
