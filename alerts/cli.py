@@ -49,10 +49,23 @@ def prom_params(settings: Settings):  # -> PromRuleParams (lazy import keeps --h
     )
 
 
-def _rules(args: argparse.Namespace, settings: Settings) -> int:
+def ops_params(settings: Settings):  # -> OpsRuleParams: constant thresholds, the settings' Grafana
+    from finsent.alerts.prom_rule import PIPELINE_DASHBOARD_PATH, OpsRuleParams
+
+    url = settings.alert_dashboard_url
+    base = url.split("/d/", 1)[0] if "/d/" in url else url.rstrip("/")
+    return replace(OpsRuleParams(), dashboard_url=base + PIPELINE_DASHBOARD_PATH)
+
+
+def rules_text(settings: Settings) -> str:
+    """What ``finsent alerts rules`` writes: the spike rules and the operational ones."""
     from finsent.alerts.prom_rule import render_rules
 
-    text = render_rules(prom_params(settings))
+    return render_rules(prom_params(settings), ops_params(settings))
+
+
+def _rules(args: argparse.Namespace, settings: Settings) -> int:
+    text = rules_text(settings)
     out = Path(args.out)
     if args.check:
         current = out.read_text(encoding="utf-8") if out.is_file() else ""
@@ -128,19 +141,76 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
 
 
+RULES_DESCRIPTION = """\
+Write the Prometheus rules file: the negative-sentiment spike rule (from the Alerts settings:
+FINSENT_ALERT_MIN_RATIO, FINSENT_ALERT_MIN_DELTA, FINSENT_ALERT_MIN_VOLUME, FINSENT_ALERT_DASHBOARD_URL)
+and the operational alerts on job="finsent-worker": worker down or not scraped, consumer lag growing,
+dead-letter share above 5 %, store retries for 5 minutes, a worker without a model. Each alert has a
+severity label and summary, description and runbook annotations. The file is generated: edit
+alerts/prom_rule.py or the settings, never the file; --check (e.g. in CI) fails when it is stale.
+
+examples:
+  finsent alerts rules                       # rewrite deploy/prometheus/finsent-rules.yml
+  finsent alerts rules --check               # exit 1 if the checked-in file is out of date
+  finsent alerts rules --out - | less        # print it
+  promtool check rules deploy/prometheus/finsent-rules.yml
+  promtool test rules deploy/prometheus/tests/*.test.yml
+"""
+
+DASHBOARDS_DESCRIPTION = """\
+Write the Grafana dashboards (finsent / sentiment, finsent / alerts, finsent / pipeline) and the
+provisioning files for their ClickHouse and Prometheus data sources, under --out. Point Grafana's
+provisioning directory at OUT/provisioning; the alert annotations link to these dashboards.
+--check fails when a written file would differ.
+
+examples:
+  finsent alerts dashboards                  # rewrite deploy/grafana/
+  finsent alerts dashboards --check          # exit 1 if a file is out of date
+  finsent alerts dashboards --out /etc/grafana/finsent
+"""
+
+WATCH_DESCRIPTION = """\
+Run the in-stream spike detector (FINSENT_ALERT_DETECTOR) over the per-minute counts already stored
+in ClickHouse (FINSENT_STORE): no Kafka and no Prometheus needed. Alerts are printed and stored; with
+FINSENT_ALERTMANAGER_URL set they are also posted to Alertmanager (source="stream"), and
+--metrics-port serves the detector's score and state per topic as Prometheus gauges.
+
+examples:
+  finsent alerts watch --once                # one poll (backfills the baseline), print alerts, exit
+  finsent alerts watch --interval 10 --metrics-port 9465
+  FINSENT_ALERTMANAGER_URL=http://127.0.0.1:9093 finsent alerts watch
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("alerts", help="negative-sentiment spike alerting (rules, detector over the store)")
     sub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
-    r = sub.add_parser("rules", help="write the Prometheus rules file from the Alerts settings")
+    r = sub.add_parser(
+        "rules",
+        help="write the Prometheus rules file (spike and operational alerts)",
+        description=RULES_DESCRIPTION,
+        formatter_class=raw,
+    )
     rules_default = deploy_dir() / "prometheus" / "finsent-rules.yml"
     r.add_argument("--out", default=str(rules_default), help=f"'-' = stdout; default {rules_default}")
     r.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     r.set_defaults(func=_rules)
-    d = sub.add_parser("dashboards", help="write the Grafana dashboards and provisioning files")
+    d = sub.add_parser(
+        "dashboards",
+        help="write the Grafana dashboards and provisioning files",
+        description=DASHBOARDS_DESCRIPTION,
+        formatter_class=raw,
+    )
     d.add_argument("--out", default=str(deploy_dir() / "grafana"), help=f"default: {deploy_dir() / 'grafana'}")
     d.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
     d.set_defaults(func=_dashboards)
-    w = sub.add_parser("watch", help="run the spike detector over counts stored in ClickHouse, store the alerts")
+    w = sub.add_parser(
+        "watch",
+        help="run the spike detector over counts stored in ClickHouse, store the alerts",
+        description=WATCH_DESCRIPTION,
+        formatter_class=raw,
+    )
     w.add_argument("--interval", type=float, default=5.0, help="seconds between polls of the store (default 5)")
     w.add_argument("--once", action="store_true", help="poll once (backfilling the baseline) and exit")
     w.add_argument("--metrics-port", type=int, default=0, help="serve the spike gauges on this port (0 = off)")

@@ -1,10 +1,11 @@
 """The Prometheus layer: one set of parameters renders the rules file AND models it in Python.
 
-``render_rules(PromRuleParams())`` is what ``deploy/prometheus/finsent-rules.yml`` holds (a test
-checks the file is up to date, ``finsent alerts rules`` rewrites it); ``evaluate`` computes what
-those rules decide over per-minute counts, so the detection benchmark scores the Prometheus rule
-on exactly the series the in-stream detectors see (and a sample is confirmed on a real
-Prometheus by ``tests/test_alerts_bench_prometheus.py``).
+``render_rules(PromRuleParams(), OpsRuleParams())`` is what ``deploy/prometheus/finsent-rules.yml``
+holds (a test checks the file is up to date, ``finsent alerts rules`` rewrites it; without
+``ops`` only the spike groups are rendered, as the benchmark and the end-to-end test load them);
+``evaluate`` computes what those rules decide over per-minute counts, so the detection benchmark
+scores the Prometheus rule on exactly the series the in-stream detectors see (and a sample is
+confirmed on a real Prometheus by ``tests/test_alerts_bench_prometheus.py``).
 
 The rule mirrors the in-stream z-test without state: the short window's negative count is tested
 against the long window's share (sums divided, never ratios averaged), with the same rise (odds
@@ -15,10 +16,32 @@ alarms on the benchmark). Prometheus has no EWMA and no per-topic overdispersion
 variance is widened by a fixed intra-minute correlation ``rho`` and by the long window's own
 sampling error (``n_short * vf_long / n_long``: large when the baseline hour was thin), and the
 z threshold is higher than the in-stream one (measured: ``finsent bench alerts``).
+
+Operational rules (``OpsRuleParams``, rendered after the spike groups by ``render_rules(p, ops)``;
+``finsent alerts rules`` always passes both) watch the worker itself, on ``job="finsent-worker"``:
+
+* ``FinsentWorkerDown`` (critical): ``up == 0`` for 2m; ``FinsentWorkerNotScraped`` (critical):
+  ``absent(up{job="finsent-worker"})`` for 5m (the job lost every target, or was never configured).
+* ``FinsentConsumerLagGrowing`` (warning): a Kafka topic's lag, summed over partitions and workers,
+  above 1000 messages AND its least-squares slope over 10m positive, for 5m (a backlog being worked
+  off, or a small one, stays quiet).
+* ``FinsentDeadLetterRateHigh`` (warning): over 10m, dead letters / consumed messages > 5 %, on at
+  least 100 consumed messages, for 5m.
+* ``FinsentStoreFailing`` (critical): a worker's store retries counter increased in every 2m window
+  for 5m (the worker retries at most 15 s apart while the store fails: one blip never fires).
+* ``FinsentModelNotServing`` (critical): a scraped worker (``up == 1``) without
+  ``finsent_model_info == 1``, for 5m (a worker still loading its model at start-up stays quiet).
+
+Those thresholds are constants (the defaults of ``OpsRuleParams``), not settings: they describe the
+worker's health, not the news. Only the dashboard linked from them is settings-derived (the
+pipeline dashboard next to ``alert_dashboard_url``). Each carries ``severity``, ``source=prometheus``
+and ``category=ops`` labels (Alertmanager routes on ``category``) and ``summary``, ``description``
+(what to check next), ``runbook`` (the steps, in order) and ``dashboard`` annotations.
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +49,9 @@ import numpy as np
 METRIC = "finsent_items_scored_total"
 ALERT = "FinsentNegativeSentimentSpike"
 DEFAULT_DASHBOARD = "http://localhost:3000/d/finsent-alerts/finsent-alerts"
+PIPELINE_DASHBOARD_PATH = "/d/finsent-pipeline/finsent-pipeline"  # alerts/dashboards.py, uid finsent-pipeline
+DEFAULT_PIPELINE_DASHBOARD = "http://localhost:3000" + PIPELINE_DASHBOARD_PATH
+WORKER_JOB = "finsent-worker"
 
 
 def _seconds(window: str) -> int:
@@ -123,8 +149,208 @@ def _annotations(p: PromRuleParams) -> str:
     )
 
 
-def render_rules(p: PromRuleParams | None = None) -> str:
-    """The Prometheus rules file (YAML text) for ``p``; Prometheus loads it as is."""
+@dataclass(frozen=True, slots=True)
+class OpsRuleParams:
+    """Thresholds of the operational rules (constants; see the module docstring)."""
+
+    job: str = WORKER_JOB
+    #: a target failing its scrapes this long (a restart takes seconds; 2m is 8 missed 15 s scrapes)
+    down_for: str = "2m"
+    #: no target at all in the job this long
+    absent_for: str = "5m"
+    #: messages behind, summed per Kafka topic: about 8 full batches at the default batch_max (128);
+    #: a burst the workers absorb stays under it, or drains (slope < 0) and never fires
+    lag_threshold: int = 1000
+    lag_window: str = "10m"
+    lag_for: str = "5m"
+    #: dead letters / consumed over the window: poison input or a failing model, not a stray message
+    dead_letter_share: float = 0.05
+    dead_letter_window: str = "10m"
+    dead_letter_min_volume: int = 100  # consumed messages in the window: 5 of 20 is no rate
+    dead_letter_for: str = "5m"
+    #: the worker retries a failing batch at most 15 s apart (stream/worker.py RETRY_MAX_S): every 2m
+    #: window of a failing store holds retries, a single failed insert leaves them for 2m only
+    store_window: str = "2m"
+    store_for: str = "5m"
+    #: metrics are served before the model is loaded: 5m covers a start-up, not a worker without one
+    model_for: str = "5m"
+    dashboard_url: str = DEFAULT_PIPELINE_DASHBOARD
+
+
+@dataclass(frozen=True, slots=True)
+class OpsAlert:
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    runbook: str
+
+
+def _q(text: str) -> str:
+    """A YAML single-quoted scalar."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _folded(key: str, text: str) -> str:
+    """A YAML folded scalar (``>-``): the lines are joined with single spaces again on loading."""
+    lines = textwrap.wrap(" ".join(text.split()), 100, break_long_words=False, break_on_hyphens=False)
+    return f"{key}: >-\n" + _indent("\n".join(lines), 2)
+
+
+def ops_alerts(o: OpsRuleParams | None = None) -> list[OpsAlert]:
+    """The operational alerts, in the order they are rendered."""
+    o = o or OpsRuleParams()
+    job = f'job="{o.job}"'
+    lw, dw, sw = _seconds(o.lag_window), _seconds(o.dead_letter_window), _seconds(o.store_window)
+    assert lw and dw and sw, "windows must be positive"
+    dl = f"finsent_items_dead_lettered_total{{{job}}}"
+    consumed = f"finsent_items_consumed_total{{{job}}}"
+    lag = f"finsent_consumer_lag_messages{{{job}}}"
+    slope = (
+        "{{ with printf `sum(deriv(finsent_consumer_lag_messages{job=%q,kafka_topic=%q}[" + o.lag_window + "])) * 60`"
+        ' $labels.job $labels.kafka_topic | query }}{{ . | first | value | printf "%+.0f" }}{{ end }}'
+    )
+    reasons = (
+        "{{ range $i, $s := printf "
+        "`sort_desc(topk(3, sum by (reason) (increase(finsent_items_dead_lettered_total{job=%q}["
+        + o.dead_letter_window
+        + "])) > 0))` $labels.job | query }}"
+        '{{ if $i }}, {{ end }}{{ $s.Labels.reason }} ({{ $s.Value | printf "%.0f" }}){{ end }}'
+    )
+    volume = (
+        "{{ with printf `sum(increase(finsent_items_consumed_total{job=%q}[" + o.dead_letter_window + "]))`"
+        ' $labels.job | query }}{{ . | first | value | printf "%.0f" }}{{ end }}'
+    )
+    return [
+        OpsAlert(
+            "FinsentWorkerDown",
+            f"up{{{job}}} == 0\n",
+            o.down_for,
+            "critical",
+            "finsent worker {{ $labels.instance }} is down (its /metrics scrape fails)",
+            f"Prometheus has failed to scrape {{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) for {o.down_for}."
+            " Its partitions go to the other workers of the consumer group once the group rebalances; if it was the"
+            " only worker nothing is scored and no spike can be detected. Check whether the process is running and"
+            " whether its metrics port answers.",
+            "1. systemctl status / kubectl get pods for the worker on {{ $labels.instance }}."
+            " 2. curl http://{{ $labels.instance }}/healthz (alive) and /readyz (model, consumer group, store)."
+            " 3. Read the worker's last log lines: a ConfigError (metrics port taken, bad settings) exits at start."
+            " 4. If the host is up but the port is not reachable from Prometheus, check the firewall and"
+            " FINSENT_METRICS_HOST.",
+        ),
+        OpsAlert(
+            "FinsentWorkerNotScraped",
+            f"absent(up{{{job}}})\n",
+            o.absent_for,
+            "critical",
+            f"No finsent worker is scraped (job {o.job} has no targets)",
+            f"Prometheus has had no target in job {o.job} for {o.absent_for}: the scrape job is missing from"
+            " prometheus.yml, or service discovery finds no worker. Nothing about the workers is known, so no other"
+            " worker alert can fire. Check the Prometheus configuration and its targets page.",
+            f"1. Open Prometheus /targets: is the {o.job} job listed, with which targets?"
+            " 2. promtool check config prometheus.yml; the job name must be exactly"
+            f" {o.job} (the rules select on it)."
+            " 3. With service discovery: check the labels/annotations the workers must carry."
+            " 4. If the workers were scaled to zero on purpose, silence this alert in Alertmanager.",
+        ),
+        OpsAlert(
+            "FinsentConsumerLagGrowing",
+            f"sum by (job, kafka_topic) ({lag}) > {o.lag_threshold}\n"
+            f"and on (job, kafka_topic) sum by (job, kafka_topic) (deriv({lag}[{o.lag_window}])) > 0\n",
+            o.lag_for,
+            "warning",
+            "finsent workers fall behind on Kafka topic {{ $labels.kafka_topic }}",
+            'The workers are {{ $value | printf "%.0f" }} messages behind on {{ $labels.kafka_topic }}'
+            f" (threshold {o.lag_threshold}) and the lag is still rising ({slope} messages/min over the last"
+            f" {o.lag_window}): items arrive faster than they are scored and stored, so spike alerts come late."
+            " Check whether the store is slow or failing, whether inference got slower, or whether the input rate"
+            " jumped.",
+            "1. Pipeline dashboard: consumed vs stored rate, inference and store p95 per batch, batch size."
+            " 2. A FinsentStoreFailing alert too: fix the store first (the lag is its symptom)."
+            " 3. Inference p95 up: check the model variant (int8/fp16) and the CPU/GPU load of the workers."
+            " 4. Input rate up (finsent_ingest_items_published_total): add workers, up to the topic's partition"
+            " count (FINSENT_PARTITIONS), or raise FINSENT_BATCH_MAX.",
+        ),
+        OpsAlert(
+            "FinsentDeadLetterRateHigh",
+            f"sum by (job) (rate({dl}[{o.dead_letter_window}]))\n"
+            f"  / sum by (job) (rate({consumed}[{o.dead_letter_window}])) > {o.dead_letter_share:g}\n"
+            f"and on (job) sum by (job) (increase({consumed}[{o.dead_letter_window}])) >= {o.dead_letter_min_volume}\n",
+            o.dead_letter_for,
+            "warning",
+            "{{ $value | humanizePercentage }} of consumed messages are dead-lettered",
+            "{{ $value | humanizePercentage }} of the " + volume + " messages consumed by job {{ $labels.job }}"
+            f" over the last {o.dead_letter_window} went to the dead-letter topic"
+            f" (threshold {o.dead_letter_share:.0%}); top reasons: {reasons}."
+            " Those items are never scored: the sentiment shares, and the spike alerts, miss them."
+            " Check which producer sends them (decoding reasons) or the model (model_error).",
+            "1. Read a few dead letters: kafka console consumer on the dead-letter topic (FINSENT_TOPIC_DLQ);"
+            " each carries its reason and the original key."
+            " 2. not_json, invalid_utf8, missing_field, bad_*: a producer writes the wrong format to the raw topic"
+            " (compare its source with finsent_ingest_items_published_total by source)."
+            " 3. oversize: raise FINSENT_MAX_MESSAGE_BYTES or fix the producer."
+            " 4. model_error: the worker logs carry the traceback; check the model files and the accelerator.",
+        ),
+        OpsAlert(
+            "FinsentStoreFailing",
+            f"sum by (job, instance) (increase(finsent_store_retries_total{{{job}}}[{o.store_window}])) > 0\n",
+            o.store_for,
+            "critical",
+            "finsent worker {{ $labels.instance }} cannot store its batches",
+            f"Worker {{{{ $labels.instance }}}} has been retrying failed store inserts for {o.store_for}"
+            ' ({{ $value | printf "%.0f" }} retries in the last ' + o.store_window + "): scored items are not"
+            " written, the batch stays unacknowledged and the consumer lag grows. Check that ClickHouse is up and"
+            " reachable, its disk, and the worker's store credentials.",
+            "1. curl http://{{ $labels.instance }}/readyz: it names the last store error."
+            " 2. The worker log: 'store unavailable' (connection) or 'store insert failed' (a traceback)."
+            " 3. ClickHouse: SELECT 1 against the server in FINSENT_STORE, free disk, system.errors, too many parts."
+            " 4. Nothing is lost while it retries: once the store answers the batch is written and the lag drains.",
+        ),
+        OpsAlert(
+            "FinsentModelNotServing",
+            f"(up{{{job}}} == 1)\nunless on (job, instance) (finsent_model_info{{{job}}} == 1)\n",
+            o.model_for,
+            "critical",
+            "finsent worker {{ $labels.instance }} is up without a model",
+            f"Worker {{{{ $labels.instance }}}} answers its scrapes but has not reported finsent_model_info = 1 for"
+            f" {o.model_for}: it is not scoring (a model that failed to load, or a process in this job that is not"
+            " a worker). Check the worker's log and its model directory.",
+            "1. curl http://{{ $labels.instance }}/readyz: 'no model loaded' confirms it."
+            " 2. The worker log around start-up: the model load error (missing files, FINSENT_MODEL_DIR, variant)."
+            " 3. Is the target really a worker? Only `finsent worker` processes belong in job " + o.job + "."
+            " 4. Restart the worker once the model directory is fixed.",
+        ),
+    ]
+
+
+def _render_ops(o: OpsRuleParams) -> str:
+    out = ["  - name: finsent-ops-alerts\n", "    rules:\n"]
+    for a in ops_alerts(o):
+        ann = (
+            f"summary: {_q(a.summary)}\n"
+            + _folded("description", a.description)
+            + _folded("runbook", a.runbook)
+            + f"dashboard: {_q(o.dashboard_url)}\n"
+        )
+        out.append(
+            f"      - alert: {a.name}\n"
+            f"        expr: |\n{_indent(a.expr, 10)}"
+            f"        for: {a.for_}\n"
+            f"        labels:\n          severity: {a.severity}\n"
+            "          source: prometheus\n          category: ops\n"
+            f"        annotations:\n{_indent(ann, 10)}"
+        )
+    return "".join(out)
+
+
+def render_rules(p: PromRuleParams | None = None, ops: OpsRuleParams | None = None) -> str:
+    """The Prometheus rules file (YAML text) for ``p``; Prometheus loads it as is.
+
+    With ``ops`` the operational alerts follow the spike groups (``finsent alerts rules`` and the
+    shipped file); without, only the spike groups (the benchmark and the end-to-end test).
+    """
     p = p or PromRuleParams()
     n = p.names()
     sel_all, sel_neg = METRIC, f'{METRIC}{{sentiment="negative"}}'
@@ -161,6 +387,14 @@ def render_rules(p: PromRuleParams | None = None) -> str:
         f"# arrive in clusters (beta-binomial, intra-minute correlation {p.rho:g}) and for the baseline's own\n",
         "# sampling error; the rise is an odds ratio plus a share delta. Thresholds: `finsent bench alerts`\n",
         "# (bench/RESULTS.md, Alerts).\n",
+        *(
+            [
+                f"# Then the worker's health (group finsent-ops-alerts, job={ops.job}): down or not scraped,\n",
+                "# consumer lag growing, dead-letter share, store retries, no model; thresholds: OpsRuleParams.\n",
+            ]
+            if ops
+            else []
+        ),
         "groups:\n",
         "  - name: finsent-sentiment-recording\n",
         "    rules:\n",
@@ -178,6 +412,8 @@ def render_rules(p: PromRuleParams | None = None) -> str:
             f"        labels:\n          severity: {severity}\n          source: prometheus\n"
             f"        annotations:\n{_indent(_annotations(p), 10)}"
         )
+    if ops is not None:
+        out.append(_render_ops(ops))
     return "".join(out)
 
 

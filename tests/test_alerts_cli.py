@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from finsent.alerts.base import TopicState
 from finsent.alerts.sinks import AlertmanagerSink, GaugeSink
 from finsent.cli import main
@@ -108,3 +110,20 @@ def test_alertmanager_payload_links_to_the_topic_url_encoded():
         "http://grafana/d/finsent-alerts/finsent-alerts?var-topic=Stock%20Movement%20%26%20Co&from=now-1h&to=now"
     )
     assert p["labels"]["topic"] == "Stock Movement & Co" and p["labels"]["source"] == "stream"
+
+
+def test_alerts_actions_describe_themselves_with_examples(capsys):
+    for action, example in (
+        ("rules", "finsent alerts rules --check"),
+        ("dashboards", "finsent alerts dashboards --check"),
+        ("watch", "finsent alerts watch --once"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["alerts", action, "--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert "\nexamples:\n" in out, out
+        # RawDescriptionHelpFormatter: every example stays on its own line
+        assert any(line.strip().startswith(example) for line in out.splitlines()), out
+        for markup in ("``", ":mod:", ":func:", ":class:"):
+            assert markup not in out, f"alerts {action} --help shows reST markup {markup!r}"

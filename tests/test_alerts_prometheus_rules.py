@@ -1,4 +1,7 @@
-"""The Prometheus rules file: generated from the settings, valid, and unit-tested with promtool."""
+"""The Prometheus rules file: generated from the settings, valid, and unit-tested with promtool.
+
+The operational alerts of the same file: tests/test_alerts_ops_rules.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from finsent.alerts.cli import RULES_PATH, prom_params
+from finsent.alerts.cli import RULES_PATH, ops_params, prom_params, rules_text
 from finsent.alerts.prom_rule import render_rules
 from finsent.core.settings import Settings
 
@@ -20,14 +23,15 @@ pytestmark = pytest.mark.integration
 
 
 def test_rules_file_is_what_the_default_settings_generate():
-    assert RULES_PATH.read_text(encoding="utf-8") == render_rules(prom_params(Settings())), (
+    assert RULES_PATH.read_text(encoding="utf-8") == rules_text(Settings()), (
         "deploy/prometheus/finsent-rules.yml is stale: run `finsent alerts rules`"
     )
 
 
 def test_promtool_check_rules_and_config(promtool):
     out = subprocess.run([promtool, "check", "rules", str(RULES_PATH)], capture_output=True, text=True)
-    assert out.returncode == 0 and "SUCCESS: 9 rules found" in out.stdout, out.stdout + out.stderr
+    # 7 recording rules, the spike alert at 2 severities, 6 operational alerts
+    assert out.returncode == 0 and "SUCCESS: 15 rules found" in out.stdout, out.stdout + out.stderr
     out = subprocess.run(
         [promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")], capture_output=True, text=True
     )
@@ -52,7 +56,8 @@ def test_promtool_unit_tests_catch_a_broken_rule(promtool, tmp_path, broken):
     """The unit tests are not vacuous: weakening any guard of the rule makes them fail."""
     (tmp_path / "tests").mkdir()
     shutil.copy(RULE_TESTS, tmp_path / "tests" / RULE_TESTS.name)
-    (tmp_path / "finsent-rules.yml").write_text(render_rules(replace(prom_params(Settings()), **broken)))
+    rules = render_rules(replace(prom_params(Settings()), **broken), ops_params(Settings()))
+    (tmp_path / "finsent-rules.yml").write_text(rules)
     out = subprocess.run(
         [promtool, "test", "rules", str(tmp_path / "tests" / RULE_TESTS.name)], capture_output=True, text=True
     )
@@ -64,7 +69,7 @@ def test_amtool_check_config(amtool):
         [amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")], capture_output=True, text=True
     )
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
-    assert "1 inhibit rules" in out.stdout and "1 templates" in out.stdout
+    assert "2 inhibit rules" in out.stdout and "2 receivers" in out.stdout and "1 templates" in out.stdout
     tmpl = DEPLOY / "alertmanager" / "finsent.tmpl"
     out = subprocess.run(
         [amtool, "template", "render", f"--template.glob={tmpl}", '--template.text={{ template "finsent.text" . }}'],
