@@ -3,7 +3,10 @@
 Every subcommand goes through the same pipeline (normalise -> dedup -> publish with acks ->
 mark), writes logs to stderr and, with ``--dry-run``, prints the normalised items as JSON lines
 on stdout instead of publishing. Exit status: 0 when at least one source succeeded, 1 when all
-failed, 2 on bad arguments or input.
+failed, 2 on bad arguments, 4 on a file that cannot be replayed, 6 when Kafka did not
+acknowledge within ``--publish-timeout`` (``FINSENT_PUBLISH_TIMEOUT_S``; what was acknowledged
+before stays published and is what ``produced`` counts; the rest is not marked as seen).
+A long-running poller does not exit on a failed publish: that poll fails and is retried.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from finsent.core.errors import ConfigError
 from finsent.core.settings import Settings
+from finsent.ingest.publisher import PublishError
 
 log = logging.getLogger("ingest")
 
@@ -25,8 +29,16 @@ lives in FINSENT_INGEST_STATE_DIR and is written only after the broker acknowled
 """
 
 
+def _add_publish_timeout(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--publish-timeout", type=_positive, metavar="SECONDS",
+        help=f"seconds to wait for Kafka to acknowledge before {what} (default FINSENT_PUBLISH_TIMEOUT_S, 30)",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser, *, polling: bool) -> None:
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
+    _add_publish_timeout(p, "that poll fails and is retried later; with --once, exit status 6")
     if polling:
         p.add_argument("--once", action="store_true", help="poll every source once, publish, and exit")
         p.add_argument(
@@ -35,11 +47,22 @@ def _add_common(p: argparse.ArgumentParser, *, polling: bool) -> None:
         p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
 
 
-def build_pipeline(settings: Settings, *, dry_run: bool, use_dedup: bool = True, delivery_timeout_s: float = 30.0):
-    """(pipeline, publisher or None): the dedup state is persisted only when really publishing."""
+def publish_timeout(args: argparse.Namespace, settings: Settings) -> float:
+    """``--publish-timeout`` when given, else ``settings.publish_timeout_s``."""
+    return getattr(args, "publish_timeout", None) or settings.publish_timeout_s
+
+
+def build_pipeline(
+    settings: Settings, *, dry_run: bool, use_dedup: bool = True, publish_timeout_s: float | None = None
+):
+    """(pipeline, publisher or None): the dedup state is persisted only when really publishing.
+
+    Every publish waits at most ``publish_timeout_s`` (default ``settings.publish_timeout_s``)
+    for the acks, then raises :class:`PublishError`.
+    """
     from finsent.ingest.dedup import DedupStore
     from finsent.ingest.pipeline import Pipeline
-    from finsent.ingest.publisher import Publisher
+    from finsent.ingest.publisher import Publisher, quiet_kafka_logs
 
     if dry_run:
         return Pipeline(publisher=None, dedup=DedupStore(None), max_text_chars=settings.max_text_chars,
@@ -47,7 +70,9 @@ def build_pipeline(settings: Settings, *, dry_run: bool, use_dedup: bool = True,
     from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)
-    publisher = Publisher(settings, delivery_timeout_s=delivery_timeout_s)
+    quiet_kafka_logs(settings)
+    timeout = publish_timeout_s or settings.publish_timeout_s
+    publisher = Publisher(settings, delivery_timeout_s=min(30.0, timeout), publish_timeout_s=timeout)
     dedup = DedupStore.from_settings(settings) if use_dedup else DedupStore(None)
     return Pipeline(publisher=publisher, dedup=dedup, max_text_chars=settings.max_text_chars,
                     use_dedup=use_dedup), publisher
@@ -57,27 +82,40 @@ def _summary(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
+def _gave_up(exc: PublishError, acked_total: int) -> PublishError:
+    """The error for the CLI boundary: the publisher's message plus what this run got acked in all."""
+    return PublishError(
+        f"{exc}; {acked_total} item(s) acknowledged before that (counted as produced)",
+        exc.acked, exc.pending,
+    )
+
+
 # -- replay ------------------------------------------------------------------------------------
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from finsent.ingest.replay import replay
+    from finsent.ingest.replay import ReplayStats, replay
     from finsent.stream.metrics import serve_metrics
 
     if args.rate is not None and args.speedup is not None:
         raise ConfigError("finsent ingest replay: use either --rate or --speedup, not both")
     serve_metrics(settings.metrics_host, args.metrics_port)
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, use_dedup=args.dedup)
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, use_dedup=args.dedup,
+                                         publish_timeout_s=publish_timeout(args, settings))
+    stats = ReplayStats()
     try:
-        stats = replay(
+        replay(
             args.paths, pipeline, rate=args.rate, speedup=args.speedup, limit=args.limit,
             source=args.source, source_type=args.source_type, encoding=args.encoding,
-            progress=not args.dry_run,
+            progress=not args.dry_run, stats=stats,
         )
+    except PublishError as exc:
+        _summary(produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows, unacked=len(exc.pending))
+        raise _gave_up(exc, stats.produced) from None
     finally:
         if publisher is not None:
             publisher.close()
-    _summary(produced=stats.produced, skipped=stats.skipped)
+    _summary(produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows)
     return 0
 
 
@@ -100,6 +138,9 @@ def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings
             ok, failed = poller.run_once()
             log.info("%d source(s) succeeded, %d failed", ok, failed)
             _summary(produced=pipeline.produced, skipped=pipeline.skipped, sources_ok=ok, sources_failed=failed)
+            unpublished = [st.publish_error for st in poller.states if st.publish_error is not None]
+            if unpublished:  # fetched but not acked: not marked, so the next run fetches them again
+                raise _gave_up(unpublished[0], pipeline.produced)
             return 0 if ok else 1
         serve_metrics(settings.metrics_host, args.metrics_port)
         if threading.current_thread() is threading.main_thread():
@@ -133,7 +174,8 @@ def cmd_rss(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"finsent ingest rss: {exc}", hint="a feed list has one URL per line") from None
     feeds = list(dict(feeds).items())  # a feed listed twice is polled once
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run,
+                                         publish_timeout_s=publish_timeout(args, settings))
     fetcher = Fetcher.from_settings(settings)
     sources = [FeedSource(url, fetcher, interval_s=iv or interval) for url, iv in feeds]
     return run_sources(sources, args, settings, pipeline, publisher)
@@ -147,7 +189,8 @@ def cmd_mastodon(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.fetch import Fetcher
     from finsent.ingest.social.mastodon import MastodonTagSource
 
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run,
+                                         publish_timeout_s=publish_timeout(args, settings))
     fetcher = Fetcher.from_settings(settings)
     interval = args.interval or min(settings.ingest_interval_s, 60.0)
     langs = tuple(x for x in (args.language or "").split(",") if x)
@@ -163,7 +206,8 @@ def cmd_reddit(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.fetch import Fetcher
     from finsent.ingest.social.reddit import RedditSubredditSource
 
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run,
+                                         publish_timeout_s=publish_timeout(args, settings))
     fetcher = Fetcher.from_settings(settings)
     interval = args.interval or min(settings.ingest_interval_s, 120.0)
     sources = [
@@ -178,7 +222,8 @@ def cmd_bluesky(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.fetch import Fetcher
     from finsent.ingest.social.bluesky import BlueskySearchSource
 
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run)
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run,
+                                         publish_timeout_s=publish_timeout(args, settings))
     fetcher = Fetcher.from_settings(settings)
     interval = args.interval or min(settings.ingest_interval_s, 120.0)
     sources = [
@@ -198,9 +243,10 @@ def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
     problem = check_bind(args.host, token)
     if problem:
         raise ConfigError(f"finsent ingest http: {problem}")
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, delivery_timeout_s=args.publish_timeout)
+    timeout = publish_timeout(args, settings)
+    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, publish_timeout_s=timeout)
     app = create_app(pipeline, token=token, max_body_bytes=args.max_body_bytes, max_items=args.max_items,
-                     publish_timeout_s=args.publish_timeout)
+                     publish_timeout_s=timeout)
     log.info("POST http://%s:%d/v1/items (auth: %s); /healthz, /metrics", args.host, args.port,
              "bearer token" if token else "none, loopback only")
     try:
@@ -237,8 +283,11 @@ def register(subparsers: Any) -> None:
         help="replay CSV/JSONL files (demo, backfill, benchmarks)",
         description="Replay CSV (header with a 'text' column; title, url, published_at, source, source_type, "
         "author, tickers, id used when present) or JSONL files onto the raw topic. Ids are stable: "
-        "stable_id('replay', file name, row, text) unless an 'id' column exists. Ends by printing one JSON "
-        'line {"produced": N, "skipped": M} on stdout.',
+        "stable_id('replay', file name, row, text) unless an 'id' column exists. Each bad row is logged as "
+        "FILE:LINE: skipped: REASON (not_json, empty_text, bad_time, unterminated_quote...). Ends by printing one "
+        'JSON line {"produced": N, "skipped": M, "bad_rows": [{"file", "line", "reason", "detail"}, ...]} on '
+        "stdout (the first 100 bad rows; produced counts only what Kafka acknowledged). Exit status 6 when Kafka "
+        "does not acknowledge within --publish-timeout.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="CSV or JSONL (.jsonl/.ndjson) files")
     pace = p.add_mutually_exclusive_group()
@@ -254,6 +303,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dedup", action="store_true", help="also drop items already published (off: replays repeat)")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
+    _add_publish_timeout(p, "giving up with exit status 6")
     p.set_defaults(func=cmd_replay)
 
 
@@ -331,8 +381,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=8088, help="port (default 8088)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N", help="request body limit (1 MB)")
     p.add_argument("--max-items", type=int, default=1000, metavar="N", help="items per request limit (1000)")
-    p.add_argument("--publish-timeout", type=_positive, default=10.0, metavar="S",
-                   help="seconds to wait for Kafka acks before answering 503 (10)")
+    _add_publish_timeout(p, "answering 503")
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     p.set_defaults(func=cmd_http)
 

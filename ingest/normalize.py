@@ -9,7 +9,9 @@ Rules (each one is a decision the rest of finsent relies on):
 
 * text and title are cleaned separately (tags stripped, entities decoded, whitespace collapsed)
   and never concatenated here; the worker decides what to score;
-* times become aware UTC; a missing or unreadable time is ``None``, never a silent "now";
+* times become aware UTC; a missing or unreadable time is ``None``, never a silent "now"; an
+  impossible one (2024-02-30, month 13, 25:00) is never rolled over into a real one: ``None``
+  too, or with ``strict_time`` (replay) a :class:`Skip` ``bad_time``;
 * ids are stable: canonical URL when there is one (so two feeds carrying one story agree),
   else the source's own GUID, else a digest of source + title + text;
 * an item with no text after cleaning raises :class:`Skip` (the caller counts it);
@@ -206,11 +208,64 @@ def truncate(text: str, max_chars: int) -> tuple[str, bool]:
 # ---------------------------------------------------------------------------------------------
 
 
-def to_utc(value: Any) -> datetime | None:
+class ImpossibleTime(ValueError):
+    """A time written in a known format whose fields do not exist (2024-02-30, month 13, 25:00),
+    or an epoch outside what a datetime can hold."""
+
+
+# ISO 8601 shapes (extended 2024-02-30T10:00, basic 20240230T1000; also 2024/02/30, 2024.02.30) whose
+# fields are checked before feedparser sees them: its parsers go through timegm/gmtime and so roll
+# 2024-02-30 over to March 1 (and it reads 2024/03/01 as December 1)
+_ISO_EXTENDED_RE = re.compile(
+    r"(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?:[T ]\s*(\d{1,2}):(\d{1,2})(?::(\d{1,2}))?)?"
+)
+_ISO_BASIC_RE = re.compile(
+    r"(\d{4})(\d{2})(\d{2})(?:T?(\d{2})(\d{2})(\d{2})?)?(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE
+)
+
+
+def _impossible_fields(y: int, mo: int, d: int, h: int | None, mi: int | None, sec: int | None) -> str | None:
+    """Why these calendar/clock fields name no instant (None when they do; 24:00 and :60 pass)."""
+    try:
+        datetime(y, mo, d)
+    except ValueError as exc:  # "month must be in 1..12", "day is out of range for month", year 0
+        return str(exc)
+    if h is None:
+        return None
+    if not (h <= 23 or (h == 24 and mi == 0 and not sec)):
+        return f"hour {h} is out of range"
+    if mi is not None and mi > 59:
+        return f"minute {mi} is out of range"
+    if sec is not None and sec > 60:  # 60: a leap second
+        return f"second {sec} is out of range"
+    return None
+
+
+def _impossible_string(text: str) -> str | None:
+    """Why an ISO-8601-shaped or RFC-822 string names a date that does not exist, else None."""
+    m = _ISO_EXTENDED_RE.match(text)
+    if m:
+        f = [int(g) if g is not None else None for g in m.groups()[:1] + m.groups()[2:]]
+        return _impossible_fields(f[0], f[1], f[2], f[3], f[4], f[5])  # type: ignore[arg-type]
+    m = _ISO_BASIC_RE.fullmatch(text)
+    if m:
+        f = [int(g) if g is not None else None for g in m.groups()]
+        return _impossible_fields(f[0], f[1], f[2], f[3], f[4], f[5])  # type: ignore[arg-type]
+    parsed = email.utils.parsedate_tz(text)
+    if parsed is not None:
+        y, mo, d, h, mi, sec = parsed[:6]
+        return _impossible_fields(y, mo, d, h, mi, sec)
+    return None
+
+
+def to_utc(value: Any, *, strict: bool = False) -> datetime | None:
     """Aware UTC datetime from a datetime, struct_time (feedparser: UTC), epoch (s or ms) or string.
 
     Strings may be ISO 8601 or RFC 822/2822 (what RSS uses). Anything unreadable is ``None``:
-    a wrong "now" would put old stories into the current alert window.
+    a wrong "now" would put old stories into the current alert window. A date that does not
+    exist (2024-02-30, 2024-13-01, 25:00) is never rolled over into one that does: it is
+    ``None`` as well, or with ``strict=True`` raises :class:`ImpossibleTime` (replay reports the
+    row as ``bad_time``); so is an epoch no datetime can hold.
     """
     if value is None or value == "":
         return None
@@ -221,17 +276,34 @@ def to_utc(value: Any) -> datetime | None:
             return datetime.fromtimestamp(calendar.timegm(value), tz=_UTC)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             seconds = float(value) / 1000.0 if abs(value) > 1e11 else float(value)  # epoch milliseconds
-            return datetime.fromtimestamp(seconds, tz=_UTC)
+            try:
+                return datetime.fromtimestamp(seconds, tz=_UTC)
+            except (OverflowError, OSError, ValueError) as exc:
+                if strict:
+                    raise ImpossibleTime(f"epoch {value!r} is out of range ({exc})") from None
+                return None
         if isinstance(value, str):
             text = value.strip()
             if not text:
                 return None
             if re.fullmatch(r"\d{9,13}(\.\d+)?", text):
-                return to_utc(float(text))
+                return to_utc(float(text), strict=strict)
             try:
                 return parse_time(text, "published_at")
             except InvalidEvent:
                 pass
+            problem = _impossible_string(text)
+            if problem is not None:
+                if strict:
+                    raise ImpossibleTime(f"{text[:40]!r}: {problem}")
+                return None
+            m = _ISO_EXTENDED_RE.match(text)
+            if m and m.group(2) != "-":  # 2024/03/01 10:00: ISO with other separators (feedparser misreads it)
+                iso = f"{int(m.group(1)):04d}-{int(m.group(3)):02d}-{int(m.group(4)):02d}"
+                try:
+                    return parse_time(iso + text[m.end(4):], "published_at")
+                except InvalidEvent:
+                    return None
             try:
                 ts = email.utils.parsedate_to_datetime(text)
             except (TypeError, ValueError, IndexError):
@@ -242,6 +314,8 @@ def to_utc(value: Any) -> datetime | None:
 
             parsed = feedparser.datetimes._parse_date(text)
             return to_utc(parsed) if parsed else None
+    except ImpossibleTime:
+        raise
     except (OverflowError, OSError, ValueError):
         return None
     return None
@@ -349,11 +423,13 @@ def make_item(
     tickers: Iterable[str] = (),
     max_text_chars: int = MAX_TEXT_CHARS,
     ingested_at: datetime | None = None,
+    strict_time: bool = False,
 ) -> RawItem:
     """Build a normalised :class:`RawItem`; raises :class:`Skip` when there is nothing to publish.
 
     ``item_id_override`` is for sources whose ids are already stable by construction (replay:
-    file name + row; HTTP push: the client's own id).
+    file name + row; HTTP push: the client's own id). ``strict_time``: a ``published`` that
+    names no real instant (2024-02-30) is ``Skip("bad_time")`` instead of ``published_at=None``.
     """
     if source_type not in SOURCE_TYPES:
         raise Skip("bad_source_type", f"{source_type!r} not in {SOURCE_TYPES}")
@@ -376,6 +452,10 @@ def make_item(
             raise Skip("bad_id", "id is not valid Unicode (a lone UTF-16 surrogate)")
     else:
         the_id = item_id(source, url=canon, guid=guid_s, title=head or "", text=body)
+    try:
+        published_at = to_utc(published, strict=strict_time)
+    except ImpossibleTime as exc:
+        raise Skip("bad_time", str(exc)) from None
     return RawItem(
         id=the_id,
         source=source,
@@ -384,7 +464,7 @@ def make_item(
         title=head,
         url=canon,
         author=author_s,
-        published_at=to_utc(published),
+        published_at=published_at,
         ingested_at=ingested_at or utcnow(),
         tickers=extract_tickers(head, body, extra=tickers),
         truncated=truncated,

@@ -4,6 +4,10 @@ Each source is independent: one failing feed backs off exponentially (or as long
 server's ``Retry-After`` / rate-limit reset says) while the others keep their schedule, and
 its error is logged on stderr naming the URL and counted in metrics. Fetches run in a small
 thread pool because they are blocking network I/O; publishing is serialised by the pipeline.
+
+A publish that Kafka did not acknowledge in time (the publisher's bounded wait) fails that poll
+like a fetch error: nothing was marked as seen, so the items are fetched again next time. The
+last such error of a source is kept (``_State.publish_error``) so ``--once`` can exit with it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class _State:
     next_due: float = 0.0
     failures: int = 0
     ok: bool = False
+    publish_error: PublishError | None = None  # the last poll's, if its items were not acked
 
 
 class Poller:
@@ -83,6 +88,7 @@ class Poller:
             log.error("source %s failed (%s): %s; next try in %.0fs", src.url, exc.kind, exc, delay)
             return
         except PublishError as exc:  # already counted by the pipeline; nothing was marked as seen
+            state.publish_error = exc
             state.failures += 1
             delay = self._backoff(state)
             state.next_due = time.monotonic() + delay
@@ -99,6 +105,7 @@ class Poller:
             metrics.fetch_seconds.labels(src.name).observe(time.monotonic() - started)
         state.failures = 0
         state.ok = True
+        state.publish_error = None
         delay = max(src.interval_s, outcome.wait_s or 0.0)
         state.next_due = time.monotonic() + delay * random.uniform(0.95, 1.05)
         (log.info if outcome.fetched else log.debug)(

@@ -5,8 +5,12 @@ Durability contract (what the ingesters and the HTTP endpoint promise on top of 
 * every record is sent with acks=all and the producer's own retries; ``publish`` then WAITS for
   each record's acknowledgement (its future) -- an item counts as published only when acked;
 * records that fail (broker down, leader moving, timeouts) are re-sent with exponential backoff
-  until they are acked or the caller's ``give_up_after_s`` passes (``None``: wait forever, which
-  is right for pollers and replay; the HTTP endpoint uses a bound and answers 503);
+  until they are acked or the wait runs out: the call's ``give_up_after_s``, else the publisher's
+  ``publish_timeout_s`` (default ``settings.publish_timeout_s``, ``FINSENT_PUBLISH_TIMEOUT_S``;
+  ``None`` waits forever). Every wait inside a round (bootstrap, topic check, flush, acks) is cut
+  to what is left, so the bound holds. Then :class:`PublishError` says which items were acked
+  and which were not; the CLI turns it into one line and exit status 6, the HTTP endpoint into
+  a 503, a poller into a failed poll that is retried later;
 * the record key is the item id, so a re-send after an ambiguous failure lands on the same
   partition with the same id and the store's idempotent insert absorbs it; dedup state is
   marked by the caller only for acked items, so nothing is lost and nothing is marked twice.
@@ -18,6 +22,7 @@ ingester can start before the broker and survive a broker restart.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,8 +39,15 @@ log = logging.getLogger(__name__)
 class PublishError(KafkaError):
     """Some items could not be acked in time; ``acked`` were, ``pending`` were not."""
 
-    def __init__(self, message: str, acked: list[RawItem], pending: list[RawItem]) -> None:
-        super().__init__(message)
+    hint = (
+        "start a broker with `finsent broker` or point --brokers / FINSENT_BROKERS at yours; "
+        "--publish-timeout / FINSENT_PUBLISH_TIMEOUT_S waits longer for a slow one"
+    )
+
+    def __init__(
+        self, message: str, acked: list[RawItem], pending: list[RawItem], *, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
         self.acked = acked
         self.pending = pending
 
@@ -50,8 +62,66 @@ class PublishResult:
     oversize: list[RawItem] = field(default_factory=list)
 
 
+_FROM_SETTINGS: Any = object()
+
+
+class _RateLimit(logging.Filter):
+    """Lets one record per (logger, message template) through every ``interval_s``; CRITICAL always."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.suppressed = 0
+        self._last: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.CRITICAL:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self.suppressed += 1
+                return False
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[key] = now
+        return True
+
+
+class _ToRoot(logging.Handler):
+    """Hands records on to the root logger's handlers (after this handler's filters)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
+
+
+def quiet_kafka_logs(settings: Settings, interval_s: float = 60.0) -> None:
+    """kafka-python logs every failed reconnect (four WARNING/ERROR lines each, every ~2 s) while a
+    broker is down; the publisher's own messages already say so. Keep its records at WARNING and
+    above and let each distinct message through once a minute. Nothing changes at DEBUG.
+    """
+    if settings.log_level.upper() == "DEBUG":
+        return
+    kafka_log = logging.getLogger("kafka")
+    if any(isinstance(h, _ToRoot) for h in kafka_log.handlers):
+        return
+    if kafka_log.level < logging.WARNING:
+        kafka_log.setLevel(logging.WARNING)
+    handler = _ToRoot()
+    handler.addFilter(_RateLimit(interval_s))
+    kafka_log.addHandler(handler)
+    kafka_log.propagate = False  # the records reach the root handlers through the filter only
+
+
 class Publisher:
-    """Thread-safe wrapper over one KafkaProducer. Use as a context manager or call :meth:`close`."""
+    """Thread-safe wrapper over one KafkaProducer. Use as a context manager or call :meth:`close`.
+
+    ``publish_timeout_s`` bounds every publish that does not pass its own ``give_up_after_s``
+    (default: ``settings.publish_timeout_s``; ``None``: wait for the broker forever).
+    """
 
     def __init__(
         self,
@@ -61,11 +131,15 @@ class Publisher:
         delivery_timeout_s: float = 30.0,
         ensure_topic: bool = True,
         backoff_s: tuple[float, float] = (0.5, 15.0),
+        publish_timeout_s: float | None = _FROM_SETTINGS,
     ) -> None:
         self.settings = settings
         self.topic = settings.topic_raw
         self.client_id = client_id
         self.delivery_timeout_s = delivery_timeout_s
+        self.publish_timeout_s: float | None = (
+            settings.publish_timeout_s if publish_timeout_s is _FROM_SETTINGS else publish_timeout_s
+        )
         self.ensure_topic = ensure_topic
         self.backoff_s = backoff_s
         self._producer: Any = None
@@ -76,30 +150,34 @@ class Publisher:
 
     # -- producer lifecycle --------------------------------------------------------------------
 
-    def _config(self) -> dict[str, Any]:
+    def _config(self, budget_s: float | None = None) -> dict[str, Any]:
+        """Producer options; ``budget_s`` (what is left of a bounded publish) caps the bootstrap wait."""
         from finsent.stream.kafka import producer_config
 
+        linger_ms = 20
         request_ms = max(1000, min(30_000, int(self.delivery_timeout_s * 1000 / 2)))
+        bootstrap_ms = request_ms if budget_s is None else max(500, min(request_ms, int(budget_s * 1000)))
         cfg = producer_config(self.settings, self.client_id)
         cfg.update(
-            linger_ms=20,
+            linger_ms=linger_ms,
             request_timeout_ms=request_ms,
-            delivery_timeout_ms=int(self.delivery_timeout_s * 1000),
+            # kafka-python wants delivery >= request + linger
+            delivery_timeout_ms=max(int(self.delivery_timeout_s * 1000), request_ms + linger_ms),
             max_block_ms=request_ms,
             # bootstrap probing must not hang for the default 30 s when the broker is down
-            bootstrap_timeout_ms=request_ms,
+            bootstrap_timeout_ms=bootstrap_ms,
             reconnect_backoff_max_ms=2000,
         )
         return cfg
 
-    def _get_producer(self) -> Any:
+    def _get_producer(self, budget_s: float | None = None) -> Any:
         """The producer, created on first use; raises on an unreachable broker (caller retries)."""
         if self._producer is None:
             from kafka import KafkaProducer
             from kafka.errors import KafkaConfigurationError
 
             try:
-                producer = KafkaProducer(**self._config())
+                producer = KafkaProducer(**self._config(budget_s))
             except (KafkaConfigurationError, TypeError, AssertionError) as exc:  # a bug, not an outage
                 raise PublishConfigError(f"bad Kafka producer configuration: {exc}") from exc
             if self.ensure_topic and not self._topic_ready:  # broker reachable now, so this is quick
@@ -107,8 +185,11 @@ class Publisher:
 
                 from finsent.stream.kafka import ensure_topics
 
+                topic_s = min(15.0, self.delivery_timeout_s)
+                if budget_s is not None:
+                    topic_s = max(0.5, min(topic_s, budget_s))
                 try:
-                    ensure_topics(self.settings, [self.topic], timeout_s=min(15.0, self.delivery_timeout_s))
+                    ensure_topics(self.settings, [self.topic], timeout_s=topic_s)
                 except AuthorizationError as exc:
                     # a locked-down cluster: ingesters may produce but not administer; the topic is
                     # the operator's job there, so publish anyway (a missing topic fails loudly on send)
@@ -176,11 +257,19 @@ class Publisher:
     # -- publishing ----------------------------------------------------------------------------
 
     def _send_round(
-        self, items: Sequence[RawItem], payloads: dict[str, bytes]
+        self, items: Sequence[RawItem], payloads: dict[str, bytes], deadline: float = math.inf
     ) -> tuple[list[RawItem], list[RawItem], str]:
-        """Send once and wait for every future. Returns (acked, failed, last error text)."""
+        """Send once and wait for every future, never past ``deadline`` (monotonic).
+
+        Returns (acked, failed, last error text). A record whose ack did not come in time is
+        "failed" even if the broker acks it later: it is re-sent (same key and id) or reported.
+        """
+
+        def left(cap: float) -> float:
+            return max(0.05, min(cap, deadline - time.monotonic()))
+
         try:
-            producer = self._get_producer()
+            producer = self._get_producer(None if deadline == math.inf else left(math.inf))
         except PublishConfigError:
             raise
         except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError, KafkaUnavailable...
@@ -198,13 +287,13 @@ class Publisher:
                 break
             futures.append((item, fut))
         try:
-            producer.flush(timeout=self.delivery_timeout_s + 5)
+            producer.flush(timeout=left(self.delivery_timeout_s + 5))
         except Exception as exc:
             error = error or f"flush: {exc}"
         acked: list[RawItem] = []
         for item, fut in futures:
             try:
-                fut.get(timeout=self.delivery_timeout_s + 5)
+                fut.get(timeout=left(self.delivery_timeout_s + 5))
                 acked.append(item)
             except Exception as exc:
                 failed.append(item)
@@ -227,6 +316,7 @@ class Publisher:
     ) -> PublishResult:
         """Publish ``items`` and return once all are acked (or raise :class:`PublishError`).
 
+        ``give_up_after_s``: how long to keep trying (default: :attr:`publish_timeout_s`).
         ``on_acked`` is called with each group of newly acked items as soon as they are acked
         (the caller marks dedup state there, so a later failure of other items never un-marks
         or re-publishes them).
@@ -243,13 +333,14 @@ class Publisher:
                 continue
             payloads[item.id] = data
             pending.append(item)
-        deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
+        bound = self.publish_timeout_s if give_up_after_s is None else give_up_after_s
+        deadline = math.inf if bound is None else time.monotonic() + bound
         delay = self.backoff_s[0]
         with self._lock:
             while pending:
                 if self._closed or self._abort.is_set():
                     raise PublishError("publisher closed or aborted", result.acked, pending)
-                acked, pending, error = self._send_round(pending, payloads)
+                acked, pending, error = self._send_round(pending, payloads, deadline)
                 if acked:
                     result.acked.extend(acked)
                     if on_acked is not None:
@@ -262,9 +353,10 @@ class Publisher:
                 self._drop_producer()
                 self._topic_ready = False
                 now = time.monotonic()
-                if deadline is not None and now + delay > deadline:
+                if now + delay > deadline:
                     raise PublishError(
-                        f"Kafka at {self.settings.brokers} did not ack {len(pending)} item(s): {error}",
+                        f"Kafka at {self.settings.brokers} did not acknowledge {len(pending)} item(s) within "
+                        f"{bound:g} s ({error})",
                         result.acked,
                         pending,
                     )

@@ -14,6 +14,16 @@ checkouts; the text is included because many datasets are all called ``train.csv
 different files with the same name must not collide, while replaying the same file twice gives
 the same ids (the store's idempotent insert then keeps one row each). Replay does not consult
 the dedup state by default for the same reason: a demo must be repeatable.
+
+Bad rows are reported, never silently merged or repaired: each one is a :class:`BadRow` with the
+file's physical line number where the row starts and a reason code (``not_json``,
+``not_object``, ``empty_text``, ``bad_time``, ``bad_type``, ``bad_id``, ``unterminated_quote``,
+``csv_error``...); :func:`replay` logs a WARNING ``file:line: skipped: reason (detail)`` for each
+(the first :data:`MAX_BAD_ROWS`) and lists them in :attr:`ReplayStats.bad_rows`. A time that
+names no real instant (2024-02-30) is ``bad_time``, not rolled over. A CSV quote that is never
+closed would make the csv module read the rest of the file as one field: that row is reported
+as ``unterminated_quote`` at the line where the quote opened, and reading resumes on the line
+after it (so one stray quote costs one row, not the rest of the file).
 """
 
 from __future__ import annotations
@@ -21,13 +31,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from finsent.core.errors import InputError
 from finsent.core.events import MAX_TEXT_CHARS, RawItem, stable_id
@@ -37,6 +48,11 @@ log = logging.getLogger(__name__)
 
 _TIME_COLUMNS = ("published_at", "published", "created_at", "date", "time", "timestamp")
 _KNOWN = {"text", "title", "url", "source", "source_type", "author", "tickers", "id", *_TIME_COLUMNS}
+
+#: the largest CSV field read (the csv module's field_size_limit while replaying)
+CSV_FIELD_LIMIT = 16 * 1024 * 1024
+#: bad rows listed in the summary and logged one by one at WARNING (the rest are counted, at DEBUG)
+MAX_BAD_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -52,42 +68,230 @@ class ReplayInputError(InputError):
     """The file cannot be replayed (missing ``text`` column, unreadable encoding...)."""
 
 
-def _rows(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """(row number, row dict or None when unparseable, problem) for CSV or JSONL."""
+@dataclass(frozen=True)
+class BadRow:
+    """A row that was not replayed: file NAME, physical line where it starts (1-based), why."""
+
+    file: str
+    line: int
+    reason: str  # a short code, also the metrics label
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"file": self.file, "line": self.line, "reason": self.reason}
+        if self.detail:
+            d["detail"] = self.detail
+        return d
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: skipped: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+class _Row(NamedTuple):
+    n: int  # data row number (part of the id)
+    line: int  # physical line where the row starts
+    data: dict[str, Any] | None  # None: unusable, see reason
+    reason: str = ""
+    detail: str = ""
+
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _not_object(obj: Any) -> str:
+    return "a JSON null" if obj is None else f"{_JSON_TYPES.get(type(obj), 'not an object')}, not an object"
+
+
+def _json_array(path: Path, text: str) -> list[tuple[int, Any]]:
+    """(line, element) of a JSON array file; the whole file is checked before any row is used."""
+    decoder = json.JSONDecoder()
+    ws = re.compile(r"\s*")
+    out: list[tuple[int, Any]] = []
+    line, counted = 1, 0
+
+    def line_at(pos: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, pos)
+        counted = pos
+        return line
+
+    def fail(pos: int, what: str) -> ReplayInputError:
+        return ReplayInputError(f"{path}:{line_at(pos)}: not valid JSON ({what})")
+
+    i = ws.match(text, text.index("[") + 1).end()
+    if text.startswith("]", i):
+        i = ws.match(text, i + 1).end()
+    else:
+        while True:
+            try:
+                obj, end = decoder.raw_decode(text, i)
+            except json.JSONDecodeError as exc:
+                raise ReplayInputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+            out.append((line_at(i), obj))
+            i = ws.match(text, end).end()
+            if text.startswith(",", i):
+                i = ws.match(text, i + 1).end()
+                continue
+            if text.startswith("]", i):
+                i = ws.match(text, i + 1).end()
+                break
+            raise fail(i, "expected ',' or ']' after an element")
+    if i != len(text):
+        raise fail(i, "extra data after the array")
+    return out
+
+
+class _Lines:
+    """A text file's physical lines for the csv module, numbered; keeps those of the current record.
+
+    ``hit_end`` says the csv module asked for more input while reading this record and got EOF:
+    a record that is complete ends at its newline without that, so this one ended inside a
+    quoted field. Lines can be pushed back to be read again (resuming after a bad record).
+    """
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = iter(fh)
+        self._pushed: list[tuple[int, str]] = []  # a stack: the next line to hand out is last
+        self._read = 0
+        self.record: list[tuple[int, str]] = []
+        self.hit_end = False
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self._pushed:
+            no, text = self._pushed.pop()
+        else:
+            try:
+                text = next(self._fh)
+            except StopIteration:
+                self.hit_end = True
+                raise
+            self._read += 1
+            no = self._read
+        self.record.append((no, text))
+        return text
+
+    def start_record(self) -> None:
+        self.record = []
+        self.hit_end = False
+
+    def push_back(self, lines: list[tuple[int, str]]) -> None:
+        self._pushed.extend(reversed(lines))
+
+    def first_line(self) -> int:
+        """Where the current record starts (blank lines the csv module skipped do not count)."""
+        for no, text in self.record:
+            if text.strip():
+                return no
+        return self.record[0][0] if self.record else self._read + 1
+
+
+def _unclosed_quote(record: list[tuple[int, str]]) -> int | None:
+    """Index in ``record`` of the line where a quote opened that is never closed (excel dialect), else None.
+
+    Mirrors the csv module's non-strict parser: a quote opens a quoted field only at the start of
+    a field, ``""`` inside one is a literal quote, and a quote inside an unquoted field is text.
+    """
+    start, in_field, quoted, quote_seen = 0, 1, 2, 3
+    state, opened = start, None
+    for idx, (_, text) in enumerate(record):
+        for ch in text:
+            if state == start:
+                if ch == '"':
+                    state, opened = quoted, idx
+                elif ch not in ",\r\n":
+                    state = in_field
+            elif state == in_field:
+                if ch in ",\r\n":
+                    state = start
+            elif state == quoted:
+                if ch == '"':
+                    state = quote_seen
+            else:  # a quote inside a quoted field: doubled, or the end of the field
+                if ch == '"':
+                    state = quoted
+                else:
+                    state = start if ch in ",\r\n" else in_field
+                    opened = None
+    return opened if state == quoted else None
+
+
+def _csv_rows(path: Path, fh: Any) -> Iterator[_Row]:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    lines = _Lines(fh)
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise ReplayInputError(f"{path}:1: unreadable CSV header ({exc})") from None
+    if lines.hit_end and (idx := _unclosed_quote(lines.record)) is not None:
+        raise ReplayInputError(f"{path}:{lines.record[idx][0]}: the CSV header has a quote that is never closed")
+    fieldnames = [(f or "").strip().lower() for f in header or ()]
+    if "text" not in fieldnames:
+        raise ReplayInputError(f"{path}: CSV needs a header with a 'text' column (got {header})")
+    n = 0
+    while True:
+        lines.start_record()
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over the size limit: an unclosed quote, usually
+            n += 1
+            idx = _unclosed_quote(lines.record)
+            line = lines.record[idx][0] if idx is not None else lines.first_line()
+            if idx is not None:
+                lines.push_back(lines.record[idx + 1 :])
+            yield _Row(n, line, None, "csv_error", str(exc))
+            continue
+        if not values:  # a blank line (the csv module's empty row), as DictReader skips it
+            continue
+        n += 1
+        if lines.hit_end and (idx := _unclosed_quote(lines.record)) is not None:
+            rest = lines.record[idx + 1 :]
+            lines.push_back(rest)
+            yield _Row(n, lines.record[idx][0], None, "unterminated_quote",
+                       f"a quote opened on this line is never closed; the {len(rest)} line(s) after it are "
+                       "read again as rows")
+            continue
+        row = dict(zip(fieldnames, values, strict=False))  # extra values dropped, missing ones None
+        for name in fieldnames[len(values):]:
+            row.setdefault(name, None)
+        yield _Row(n, lines.first_line(), row)
+
+
+def _rows(path: Path, encoding: str) -> Iterator[_Row]:
+    """Every row of a CSV, JSONL or JSON-array file, with its line; unusable ones with a reason."""
     suffix = path.suffix.lower()
     with path.open("r", encoding=encoding, newline="") as fh:
         if suffix == ".json" and fh.read(64).lstrip().startswith("["):  # a JSON array of objects
             fh.seek(0)
-            try:
-                rows = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise ReplayInputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-            for n, obj in enumerate(rows, start=1):
-                yield (n, obj, "") if isinstance(obj, dict) else (n, None, "not a JSON object")
+            for n, (line, obj) in enumerate(_json_array(path, fh.read()), start=1):
+                if isinstance(obj, dict):
+                    yield _Row(n, line, obj)
+                else:
+                    yield _Row(n, line, None, "not_object", _not_object(obj))
             return
         fh.seek(0)
         if suffix in (".jsonl", ".ndjson", ".json"):
             n = 0
-            for line in fh:
+            for line_no, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
                 n += 1
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield n, None, f"not JSON ({exc.msg})"
+                    yield _Row(n, line_no, None, "not_json", f"{exc.msg} at column {exc.colno}")
                     continue
                 if not isinstance(obj, dict):
-                    yield n, None, "not a JSON object"
+                    yield _Row(n, line_no, None, "not_object", _not_object(obj))
                     continue
-                yield n, obj, ""
+                yield _Row(n, line_no, obj)
             return
-        csv.field_size_limit(16 * 1024 * 1024)
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "text" not in [f.strip().lower() for f in reader.fieldnames]:
-            raise ReplayInputError(f"{path}: CSV needs a header with a 'text' column (got {reader.fieldnames})")
-        for n, row in enumerate(reader, start=1):
-            yield n, {(k or "").strip().lower(): v for k, v in row.items() if k is not None}, ""
+        yield from _csv_rows(path, fh)
 
 
 def _first(row: dict[str, Any], names: Sequence[str]) -> Any:
@@ -105,18 +309,29 @@ def iter_file_records(
     source_type: str = "news",
     encoding: str = "utf-8-sig",
     max_text_chars: int = MAX_TEXT_CHARS,
-    on_skip=None,
+    on_skip: Callable[[int, str], None] | None = None,
+    on_bad_row: Callable[[BadRow], None] | None = None,
 ) -> Iterator[ReplayRecord]:
-    """Normalised records of one file, in file order. Unusable rows go to ``on_skip(row, reason)``."""
+    """Normalised records of one file, in file order.
+
+    Unusable rows go to ``on_bad_row(BadRow)`` (line, reason code, detail) and to
+    ``on_skip(row number, reason code)``.
+    """
     p = Path(path)
     if not p.is_file():
         raise ReplayInputError(f"{p}: no such file")
     default_source = source or f"replay:{p.name}"
+
+    def bad(n: int, line: int, reason: str, detail: str) -> None:
+        if on_bad_row:
+            on_bad_row(BadRow(p.name, line, reason, detail))
+        if on_skip:
+            on_skip(n, reason)
+
     try:
-        for n, row, problem in _rows(p, encoding):
+        for n, line, row, problem, detail in _rows(p, encoding):
             if row is None:
-                if on_skip:
-                    on_skip(n, problem)
+                bad(n, line, problem, detail)
                 continue
             text = row.get("text")
             tickers = row.get("tickers") or ()
@@ -139,10 +354,10 @@ def iter_file_records(
                     tickers=tickers if isinstance(tickers, (list, tuple)) else (),
                     item_id_override=str(rid),
                     max_text_chars=max_text_chars,
+                    strict_time=True,
                 )
             except Skip as exc:
-                if on_skip:
-                    on_skip(n, exc.reason)
+                bad(n, line, exc.reason, exc.detail)
                 continue
             yield ReplayRecord(n, item, {k: v for k, v in row.items() if k not in _KNOWN})
     except UnicodeDecodeError as exc:
@@ -157,8 +372,12 @@ def iter_file_items(path: str | Path, **kwargs: Any) -> Iterator[RawItem]:
 
 @dataclass
 class ReplayStats:
+    """``produced``: items the broker acknowledged (or printed, dry-run); ``skipped``: bad rows,
+    of which the first :data:`MAX_BAD_ROWS` are in ``bad_rows`` (dicts: file, line, reason, detail)."""
+
     produced: int = 0
     skipped: int = 0
+    bad_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Pacer:
@@ -200,10 +419,13 @@ def replay(
     encoding: str = "utf-8-sig",
     progress: bool = True,
     stop: threading.Event | None = None,
+    stats: ReplayStats | None = None,
 ) -> ReplayStats:
-    """Push the files through ``pipeline`` (publish or dry-run), paced; returns produced/skipped.
+    """Push the files through ``pipeline`` (publish or dry-run), paced; returns produced/skipped/bad rows.
 
     ``stop`` (optional) ends the replay early between items: what was handed over is published.
+    ``stats`` (optional) is filled in place, so a caller still has the counts when a publish
+    fails (:class:`~finsent.ingest.publisher.PublishError`): ``produced`` counts acked items only.
 
     Items are batched (up to ``batch_size``) while they are due, so a fast replay publishes big
     acked batches and a paced one publishes each item when its time comes.
@@ -212,7 +434,7 @@ def replay(
 
     from finsent.ingest.pipeline import Entry
 
-    stats = ReplayStats()
+    stats = stats if stats is not None else ReplayStats()
     pacer = _Pacer(rate, speedup)
     produced_before = pipeline.produced
     queued = 0  # items handed to the pipeline (for --limit)
@@ -234,14 +456,9 @@ def replay(
             if (limit is not None and queued >= limit) or (stop is not None and stop.is_set()):
                 break
 
-            def skip(row: int, reason: str, _name: str = name) -> None:
-                stats.skipped += 1
-                pipeline.count_skipped(f"replay:{_name}", reason)
-                log.debug("%s row %d skipped: %s", _name, row, reason)
-
             for rec in iter_file_records(
                 path, source=source, source_type=source_type, encoding=encoding,
-                max_text_chars=pipeline.max_text_chars, on_skip=skip,
+                max_text_chars=pipeline.max_text_chars, on_bad_row=lambda b: _report(b, stats, pipeline),
             ):
                 if (limit is not None and queued >= limit) or (stop is not None and stop.is_set()):
                     break
@@ -268,6 +485,19 @@ def replay(
     return stats
 
 
+def _report(bad: BadRow, stats: ReplayStats, pipeline: Any) -> None:
+    stats.skipped += 1
+    pipeline.count_skipped(f"replay:{bad.file}", bad.reason)
+    if len(stats.bad_rows) < MAX_BAD_ROWS:
+        stats.bad_rows.append(bad.to_dict())
+    if stats.skipped <= MAX_BAD_ROWS:
+        log.warning("%s", bad)
+        if stats.skipped == MAX_BAD_ROWS:
+            log.warning("%d bad rows so far: further ones are logged at DEBUG and counted in 'skipped'", MAX_BAD_ROWS)
+    else:
+        log.debug("%s", bad)
+
+
 def replay_to_kafka(settings, paths: Sequence[str | Path], **kwargs: Any) -> ReplayStats:
     """Replay files onto ``settings.topic_raw`` and return when every item is acked (the demo's call).
 
@@ -286,6 +516,8 @@ def replay_to_kafka(settings, paths: Sequence[str | Path], **kwargs: Any) -> Rep
 
 
 __all__ = [
+    "MAX_BAD_ROWS",
+    "BadRow",
     "ReplayInputError",
     "ReplayRecord",
     "ReplayStats",

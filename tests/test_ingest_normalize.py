@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from finsent.ingest.normalize import (
+    ImpossibleTime,
     Skip,
     canonical_url,
     clean_text,
@@ -92,3 +93,27 @@ def test_make_item_skips_empty_and_truncates_oversize() -> None:
     it = make_item(source="s", source_type="news", text=long, max_text_chars=103)
     assert it.truncated and len(it.text) <= 103 and it.text.endswith("word")
     assert truncate("abc", 10) == ("abc", False)
+
+
+def test_impossible_dates_are_never_rolled_over() -> None:
+    impossible = ["2024-02-30", "2023-02-29T10:00:00Z", "2024-13-01", "2024-04-31 10:00", "2024-02-28T25:00:00Z",
+                  "2024-02-28T23:61:00Z", "Fri, 30 Feb 2024 15:00:00 +0100", "20240230", "2024/02/30",
+                  "99999999999999"]
+    for text in impossible:  # feedparser used to turn these into real dates (2024-02-30 -> 2024-03-01)
+        assert to_utc(text) is None, text
+        with pytest.raises(ImpossibleTime):
+            to_utc(text, strict=True)
+    with pytest.raises(ImpossibleTime):
+        to_utc(1e20, strict=True)
+    assert to_utc("2024-02-29") == datetime(2024, 2, 29, tzinfo=UTC)  # a leap day is real
+    assert to_utc("2024-02-28T24:00:00Z") == datetime(2024, 2, 29, tzinfo=UTC)  # ISO end of day
+    assert to_utc("2024/03/01 10:00", strict=True) == datetime(2024, 3, 1, 10, tzinfo=UTC)  # was read as Dec 1
+    assert to_utc("20240301T101500Z", strict=True) == datetime(2024, 3, 1, 10, 15, tzinfo=UTC)
+    assert to_utc("not a date", strict=True) is None  # unreadable stays null, strict or not
+
+
+def test_make_item_strict_time_skips_impossible_dates_as_bad_time() -> None:
+    with pytest.raises(Skip) as exc:
+        make_item(source="s", source_type="news", text="t", published="2024-02-30", strict_time=True)
+    assert exc.value.reason == "bad_time" and "day is out of range" in exc.value.detail
+    assert make_item(source="s", source_type="news", text="t", published="2024-02-30").published_at is None

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,15 +15,16 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from finsent.core.errors import ConfigError
 from finsent.core.settings import Settings
 from finsent.ingest.dedup import DedupStore
 from finsent.ingest.metrics import IngestMetrics
 from finsent.ingest.normalize import make_item
 from finsent.ingest.pipeline import Pipeline
 from finsent.ingest.publisher import Publisher, PublishError
-from finsent.ingest.replay import iter_file_items, replay, replay_to_kafka
+from finsent.ingest.replay import ReplayStats, iter_file_items, replay, replay_to_kafka
 from finsent.stream.broker import EmbeddedBroker, free_port
-from tests.test_ingest_support import consume_all
+from tests.test_ingest_support import LocalHTTP, consume_all
 
 pytestmark = pytest.mark.integration
 DATA = Path(__file__).parent / "data" / "ingest"
@@ -105,7 +110,15 @@ def test_replay_cli_dry_run_prints_items_and_one_summary(tmp_path, capsys, monke
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     items, summary = lines[:-1], lines[-1]
-    assert summary == {"produced": 6, "skipped": 3}  # 2 empty CSV rows + 1 non-JSON line
+    assert summary == {  # 2 empty CSV rows + 1 non-JSON line, each with its line
+        "produced": 6,
+        "skipped": 3,
+        "bad_rows": [
+            {"file": "replay.csv", "line": 4, "reason": "empty_text", "detail": "no text after cleaning"},
+            {"file": "replay.csv", "line": 5, "reason": "empty_text", "detail": "no text after cleaning"},
+            {"file": "replay.jsonl", "line": 3, "reason": "not_json", "detail": "Expecting value at column 1"},
+        ],
+    }
     assert len(items) == 6
     first = items[0]
     assert first["title"] == "Apple results" and first["tickers"] == ["AAPL"]
@@ -148,7 +161,7 @@ def test_abort_releases_a_publish_waiting_for_a_dead_broker() -> None:
     timer.start()
     started = time.monotonic()
     with pytest.raises(PublishError) as exc:
-        pub.publish(_items(3, "abort"))  # would wait forever (no give_up_after_s)
+        pub.publish(_items(3, "abort"))  # would wait the whole publish_timeout_s (30 s)
     assert time.monotonic() - started < 8 and len(exc.value.pending) == 3 and exc.value.acked == []
     timer.join()
 
@@ -203,3 +216,123 @@ def test_publish_returns_acked_count_and_never_sends_oversize(kafka_bootstrap, u
         assert [i.id for i in res.oversize] == [big.id] and len(res.acked) == 3
     got = consume_all(kafka_bootstrap, settings.topic_raw, expect=6)
     assert big.id not in {r["id"] for r in got} and len(got) == 6  # small ones twice: no dedup in Publisher
+
+
+# -- bounded publish wait ------------------------------------------------------------------------
+
+
+def test_replay_cli_without_a_broker_gives_up_with_one_line_and_exit_6(tmp_path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"text": f"row {i} $AAPL"}) + "\n" for i in range(5)))
+    env = {**os.environ, "FINSENT_INGEST_STATE_DIR": str(tmp_path / "state"), "FINSENT_LOG_LEVEL": "INFO"}
+    env.pop("FINSENT_PUBLISH_TIMEOUT_S", None)
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsent", "ingest", "replay", str(path), "--brokers", f"127.0.0.1:{port}",
+         "--publish-timeout", "3"],
+        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+    )
+    elapsed = time.monotonic() - started
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 6, proc.stderr
+    assert elapsed < 15
+    assert err and err[-1].startswith("finsent: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(err) < 10, proc.stderr  # kafka-python's reconnect chatter is rate-limited
+    last = err[-1]
+    assert f"127.0.0.1:{port}" in last and "within 3 s" in last and "0 item(s) acknowledged before" in last
+    assert "FINSENT_BROKERS" in last and "finsent broker" in last
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["produced"] == 0 and summary["unacked"] == 5  # nothing unacked counted as produced
+
+
+def test_every_publishing_ingest_command_has_publish_timeout_defaulting_to_the_setting(monkeypatch) -> None:
+    from finsent.cli import build_parser
+    from finsent.core.settings import load_settings
+    from finsent.ingest.cli import build_pipeline, publish_timeout
+
+    monkeypatch.setenv("FINSENT_PUBLISH_TIMEOUT_S", "7.5")
+    settings = load_settings()
+    assert settings.publish_timeout_s == 7.5
+    parser = build_parser()
+    commands = {"replay": ["f.csv"], "rss": ["http://x/feed"], "mastodon": ["stocks"], "reddit": ["stocks"],
+                "bluesky": ["$AAPL"], "http": []}
+    for command, extra in commands.items():
+        args = parser.parse_args(["ingest", command, *extra])
+        assert publish_timeout(args, settings) == 7.5, command
+        args = parser.parse_args(["ingest", command, *extra, "--publish-timeout", "2"])
+        assert publish_timeout(args, settings) == 2.0, command
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ingest", "replay", "f.csv", "--publish-timeout", "0"])
+    _, publisher = build_pipeline(settings, dry_run=False, use_dedup=False)
+    assert publisher.publish_timeout_s == 7.5 and publisher.delivery_timeout_s == 7.5
+    assert Publisher(settings).publish_timeout_s == 7.5  # the library default is the setting too
+    publisher.close()
+    with pytest.raises(ConfigError, match="FINSENT_PUBLISH_TIMEOUT_S"):
+        load_settings(publish_timeout_s=0)
+
+
+def test_replay_broker_dies_midway_counts_only_acked_and_marks_only_acked(unique_name, tmp_path) -> None:
+    broker = EmbeddedBroker(port=free_port(), start_timeout_s=30).start()
+    settings = Settings(brokers=broker.bootstrap, topic_raw=f"raw.{unique_name}", partitions=1)
+    files = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"text": f"{name} row {i}"}) + "\n" for i in range(5)))
+        files.append(path)
+    ids_a, ids_b = ([i.id for i in iter_file_items(f)] for f in files)
+    on_broker: list[str] = []
+    dedup = DedupStore(tmp_path / "d.sqlite3")
+    publisher = Publisher(settings, delivery_timeout_s=2, backoff_s=(0.2, 0.5), publish_timeout_s=3)
+
+    class BrokerDiesAfterFirstFile(Pipeline):
+        def submit(self, *args, **kwargs):
+            res = super().submit(*args, **kwargs)
+            if self.produced == 5 and broker.proc is not None:  # file a is acked: read it back, then kill
+                on_broker.extend(r["id"] for r in consume_all(broker.bootstrap, settings.topic_raw, expect=5))
+                broker.stop(timeout_s=1)
+            return res
+
+    pipe = BrokerDiesAfterFirstFile(publisher=publisher, dedup=dedup, metrics=IngestMetrics(CollectorRegistry()))
+    stats = ReplayStats()
+    try:
+        started = time.monotonic()
+        with pytest.raises(PublishError) as exc:
+            replay(files, pipe, progress=False, stats=stats)
+        assert time.monotonic() - started < 20  # bounded (3 s after the broker died), not forever
+    finally:
+        publisher.close()
+        broker.stop(timeout_s=1)
+    assert sorted(on_broker) == sorted(ids_a)  # what was acked is really on the broker
+    assert stats.produced == pipe.produced == 5  # and only that is counted
+    assert sorted(i.id for i in exc.value.pending) == sorted(ids_b) and exc.value.acked == []
+    assert dedup.known(f"id:{i}" for i in ids_a + ids_b) == {f"id:{i}" for i in ids_a}  # b is not marked
+
+
+def test_rss_once_without_a_broker_gives_up_with_exit_6_and_marks_nothing(tmp_path) -> None:
+    srv = LocalHTTP()
+    srv.static("/a.xml", (DATA / "feed_a.xml").read_bytes())
+    env = {**os.environ, "FINSENT_INGEST_STATE_DIR": str(tmp_path / "state")}
+    port = free_port()
+    try:
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "finsent", "ingest", "rss", srv.url("/a.xml"), "--once",
+             "--brokers", f"127.0.0.1:{port}", "--publish-timeout", "2"],
+            capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+        )
+    finally:
+        srv.close()
+    assert proc.returncode == 6, proc.stderr
+    assert time.monotonic() - started < 15 and "Traceback" not in proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("finsent: error: ") and f"127.0.0.1:{port}" in err[-1] and len(err) < 12, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["produced"] == 0 and summary["sources_failed"] == 1
+    # nothing was acked, so nothing is marked (no key, no feed cursor): the next run fetches them again
+    db = tmp_path / "state" / "dedup.sqlite3"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM seen").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM cursors").fetchone() == (0,)

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     ingest_fetch_timeout_s: float = Field(20.0, gt=0, description="whole-request timeout of one feed/API fetch")
     ingest_max_fetch_bytes: int = Field(10_000_000, ge=1024, description="largest feed/API response read")
     ingest_interval_s: float = Field(300.0, gt=0, description="default poll interval per feed/API source")
+    publish_timeout_s: float = Field(
+        30.0, gt=0, description="how long an ingester waits for Kafka to acknowledge before it gives up"
+    )
     mastodon_token: SecretStr | None = Field(None, description="optional Mastodon access token (public timelines)")
     reddit_token: SecretStr | None = Field(None, description="Reddit OAuth bearer token; uses oauth.reddit.com")
     bluesky_token: SecretStr | None = Field(None, description="Bluesky access JWT for searchPosts (optional)")
