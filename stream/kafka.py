@@ -172,8 +172,84 @@ def faust_credentials(settings: Settings) -> Any:
     return None
 
 
-def quiet_client_logs(settings: Settings) -> None:
-    """kafka-python/aiokafka log every connection at INFO; keep them at WARNING unless we debug."""
-    if settings.log_level.upper() != "DEBUG":
-        for name in ("kafka", "aiokafka", "faust", "mode"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+class KafkaHealth:
+    """Whether Kafka answers, as the client libraries' own complaints tell it: one finsent line per change.
+
+    aiokafka logs an ERROR for every failed connection attempt (about 55 a second once a broker
+    is gone). :class:`ClientLogLimiter` lets one of each kind through per ``every_s`` and tells
+    this object; finsent then says once that Kafka is lost, and once that it is back when the
+    complaints have stopped for ``quiet_s`` (checked by :meth:`tick`, which the worker runs on a timer).
+    """
+
+    def __init__(self, brokers: str, quiet_s: float = 10.0) -> None:
+        self.brokers = brokers
+        self.quiet_s = quiet_s
+        self.lost_since: float | None = None
+        self.last_error = 0.0
+
+    def error(self) -> None:
+        now = time.monotonic()
+        self.last_error = now
+        if self.lost_since is None:
+            self.lost_since = now
+            log.warning("lost contact with Kafka at %s; retrying (client errors are rate-limited)", self.brokers)
+
+    def tick(self) -> None:
+        if self.lost_since is not None and time.monotonic() - self.last_error >= self.quiet_s:
+            log.warning("Kafka at %s answers again after %.0f s", self.brokers, time.monotonic() - self.lost_since)
+            self.lost_since = None
+
+
+class ClientLogLimiter(logging.Filter):
+    """Let one record per (logger, message template) through every ``every_s``; count the rest.
+
+    Installed on the root logger's handlers for the kafka-python, aiokafka, faust and mode loggers
+    (and their children), so a dead broker costs a line every few seconds, not dozens a second.
+    Records of ERROR and above feed :class:`KafkaHealth`.
+    """
+
+    def __init__(self, health: KafkaHealth | None = None, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.health = health
+        self.every_s = every_s
+        self._last: dict[tuple[str, str], float] = {}
+        self.suppressed = 0
+        #: set by a stop that Kafka cut off: the client libraries' records say nothing new then
+        self.stopping = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(_CLIENT_LOGGERS):
+            return True
+        if self.stopping:
+            self.suppressed += 1
+            return False
+        if record.levelno >= logging.ERROR and self.health is not None:
+            self.health.error()
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < self.every_s:
+            self.suppressed += 1
+            return False
+        self._last[key] = now
+        return True
+
+
+_CLIENT_LOGGERS = ("kafka", "aiokafka", "faust", "mode")
+
+
+def quiet_client_logs(settings: Settings, health: KafkaHealth | None = None) -> ClientLogLimiter | None:
+    """Client libraries at WARNING and above, each kind of complaint once per 30 s (all of it with DEBUG).
+
+    Returns the limiter installed (None with DEBUG), whose ``health`` learns of Kafka errors.
+    """
+    if settings.log_level.upper() == "DEBUG":
+        return None
+    limiter = ClientLogLimiter(health)
+    for name in _CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # on the handlers: a logger's own filters do not see its children's records (aiokafka.conn, ...)
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, ClientLogLimiter)]:
+            handler.removeFilter(old)
+        handler.addFilter(limiter)
+    return limiter

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,8 +24,18 @@ from finsent.core.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def _serve(app: Any, stop: asyncio.Event) -> None:
-    """Start the app, wait for ``stop`` (or for the app to crash), stop the app."""
+#: How long stopping may take, in every state (Kafka gone included): well inside Kubernetes' 30 s grace.
+STOP_TIMEOUT_S = 6.0
+
+
+async def _serve(app: Any, stop: asyncio.Event, stop_timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Start the app, wait for ``stop`` (or for the app to crash), stop the app within ``stop_timeout_s``.
+
+    A stop that Kafka cannot complete (no broker to commit to) is cut off: what was committed
+    stays committed, the batches after it are redelivered to whoever consumes next, and the
+    store's dedup makes that safe. The store is always closed. Returns False when the stop was cut off.
+    """
+    clean = True
     await app.start()
     try:
         while not stop.is_set():
@@ -30,8 +43,40 @@ async def _serve(app: Any, stop: asyncio.Event) -> None:
                 raise RuntimeError(f"the Faust app stopped on its own: {app.crash_reason!r}")
             await asyncio.sleep(0.2)
     finally:
-        await app.stop()
-        app.finsent.close()
+        app.finsent.draining.set()  # a batch waiting on a failing store or broker gives up at once
+        limiter = getattr(app, "finsent_log_limiter", None)
+        if limiter is not None and getattr(app, "finsent_kafka_lost", lambda: False)():
+            limiter.stopping = True  # stopping without Kafka: the clients' complaints say nothing new
+        try:
+            await asyncio.wait_for(app.stop(), timeout=stop_timeout_s)
+        except TimeoutError:
+            clean = False
+            log.warning("Kafka did not let the worker stop in %.0f s; stopped without a final commit "
+                        "(uncommitted batches are redelivered, and stored once)", stop_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - stopping must end, whatever the client library raises
+            clean = False
+            log.warning("stopping the Faust app failed (%s: %s); the store is closed all the same",
+                        type(exc).__name__, exc)
+        finally:
+            app.finsent.close()
+    return clean
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop, timeout_s: float = 0.5) -> None:
+    """Cancel the tasks a cut-off stop left behind, so the loop closes without 'Task was destroyed' noise."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the cancelled client tasks' last words
+    loop.run_until_complete(asyncio.wait(pending, timeout=timeout_s))
+
+
+async def _watch_health(health: Any) -> None:
+    while True:
+        await asyncio.sleep(2.0)
+        health.tick()
 
 
 class WorkerThread:
@@ -107,11 +152,12 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
 
     ``extensions`` add agents to the app (the composition root passes the in-stream alert detector).
     """
-    from finsent.stream.kafka import ensure_topics, quiet_client_logs
+    from finsent.stream.kafka import KafkaHealth, ensure_topics, quiet_client_logs
     from finsent.stream.metrics import serve_metrics
     from finsent.stream.worker import create_app
 
-    quiet_client_logs(settings)
+    health = KafkaHealth(settings.brokers)
+    limiter = quiet_client_logs(settings, health)
     scorer_ref: list[Any] = []
 
     def ready() -> tuple[bool, str]:
@@ -129,6 +175,8 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings, loop=loop, extensions=extensions)
+    app.finsent_log_limiter = limiter
+    app.finsent_kafka_lost = lambda: health.lost_since is not None
     scorer = app.finsent
     scorer_ref.append(scorer)
     clf = scorer.holder.current
@@ -137,17 +185,50 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
         settings.consumer_group, settings.topic_raw, getattr(clf, "version", "?"), getattr(clf, "provider", "?"),
         settings.redacted()["store"], settings.batch_max, settings.batch_within_s,
     )
+    health_timer = loop.create_task(_watch_health(health))
+    default_hook = threading.excepthook
+
+    def quiet_stop(args: Any) -> None:
+        # Faust's consumer thread, cut off while Kafka is gone, dies of a CancelledError: one line, no traceback
+        if stop.is_set():
+            log.warning("%s ended during shutdown: %s", getattr(args.thread, "name", "a thread"),
+                        args.exc_type.__name__)
+        else:
+            default_hook(args)
+
+    threading.excepthook = quiet_stop
+    clean = True
     try:
-        loop.run_until_complete(_serve(app, stop))
+        clean = loop.run_until_complete(_serve(app, stop))
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1
     finally:
+        health_timer.cancel()
+        _cancel_leftovers(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        threading.excepthook = default_hook
         if server is not None:
             server.shutdown()
     st = scorer.stats.snapshot()
     log.info("worker stopped: consumed %d, stored %d, dead-lettered %s", st["consumed"], st["stored"],
              st["dead_lettered"])
+    if not clean or _lingering_threads(timeout_s=1.0):
+        # Faust's consumer thread may still wait on a dead broker, and it is not a daemon: the store is
+        # closed and the log flushed, so end the process now rather than hang past the grace period.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
+
+
+def _lingering_threads(timeout_s: float) -> list[threading.Thread]:
+    """Non-daemon threads still alive after ``timeout_s`` (they would keep the process from exiting)."""
+    deadline = time.monotonic() + timeout_s
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for t in others:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return [t for t in others if t.is_alive()]

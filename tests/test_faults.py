@@ -1,0 +1,82 @@
+"""Faults with real processes: what the worker does when Kafka goes away under it.
+
+Each scenario runs `finsent worker` as a subprocess against its own Tansu broker (so killing
+the broker disturbs no other test) and checks what an operator sees: one finsent line when
+Kafka is lost, client errors rate-limited, and SIGTERM obeyed within 10 s with no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finsent.stream.broker import EmbeddedBroker, free_port
+from tests.stream_helpers import make_items, produce_items, stream_settings, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from finsent.models.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
+    return subprocess.Popen([sys.executable, "-m", "finsent", "worker", "--batch-within", "0.1"], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def test_broker_killed_under_a_running_worker_then_sigterm(tmp_path: Path, tiny_model_dir: Path,
+                                                          unique_name: str) -> None:
+    broker = EmbeddedBroker(port=free_port()).start()
+    store_url = f"chdb://{tmp_path / 'store'}"
+    s = stream_settings(broker.bootstrap, store_url, unique_name)
+    port = free_port()
+    env = {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": store_url, "FINSENT_TOPIC_RAW": s.topic_raw,
+           "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
+           "FINSENT_TOPIC_ALERTS": s.topic_alerts, "FINSENT_SESSION_TIMEOUT_MS": "6000",
+           "FINSENT_MODEL_DIR": str(tiny_model_dir), "FINSENT_METRICS_PORT": str(port)}
+    log = tmp_path / "worker.log"
+    produce_items(s, make_items(10, "before"))
+    proc = _worker(env, log)
+    try:
+        import json
+        import urllib.request
+
+        def stored() -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/count", timeout=5) as r:
+                    return int(json.loads(r.read())["rows"])
+            except OSError:
+                return -1
+
+        wait_for(lambda: stored() == 10 or proc.poll() is not None, 90, "10 rows stored before the fault")
+        assert broker.proc is not None
+        broker.proc.kill()  # the broker dies: no goodbye, like a crashed node
+        broker.proc.wait()
+        time.sleep(12)  # long enough for aiokafka's ~55 errors a second to have flooded the log before
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        broker.stop()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert took <= 10.0, f"SIGTERM took {took:.1f} s"
+    assert "Traceback" not in text and "Task was destroyed" not in text, text[-3000:]
+    assert text.count("lost contact with Kafka at") == 1
+    errors = [ln for ln in text.splitlines() if " ERROR " in ln]
+    assert len(errors) <= 20, f"{len(errors)} ERROR lines in 12 s without a broker"
+    assert "worker stopped: consumed 10, stored 10" in text
