@@ -62,15 +62,14 @@ def build_pipeline(
     """
     from finsent.ingest.dedup import DedupStore
     from finsent.ingest.pipeline import Pipeline
-    from finsent.ingest.publisher import Publisher, quiet_kafka_logs
+    from finsent.ingest.publisher import Publisher
 
     if dry_run:
         return Pipeline(publisher=None, dedup=DedupStore(None), max_text_chars=settings.max_text_chars,
                         use_dedup=use_dedup), None
     from finsent.stream.kafka import quiet_client_logs
 
-    quiet_client_logs(settings)
-    quiet_kafka_logs(settings)
+    quiet_client_logs(settings)  # kafka-python: WARNING and above, each kind of complaint once per 30 s
     timeout = publish_timeout_s or settings.publish_timeout_s
     publisher = Publisher(settings, delivery_timeout_s=min(30.0, timeout), publish_timeout_s=timeout)
     dedup = DedupStore.from_settings(settings) if use_dedup else DedupStore(None)

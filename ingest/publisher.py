@@ -65,57 +65,6 @@ class PublishResult:
 _FROM_SETTINGS: Any = object()
 
 
-class _RateLimit(logging.Filter):
-    """Lets one record per (logger, message template) through every ``interval_s``; CRITICAL always."""
-
-    def __init__(self, interval_s: float) -> None:
-        super().__init__()
-        self.interval_s = interval_s
-        self.suppressed = 0
-        self._last: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.CRITICAL:
-            return True
-        key = (record.name, str(record.msg))
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval_s:
-                self.suppressed += 1
-                return False
-            if len(self._last) > 1000:
-                self._last.clear()
-            self._last[key] = now
-        return True
-
-
-class _ToRoot(logging.Handler):
-    """Hands records on to the root logger's handlers (after this handler's filters)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        logging.getLogger().handle(record)
-
-
-def quiet_kafka_logs(settings: Settings, interval_s: float = 60.0) -> None:
-    """kafka-python logs every failed reconnect (four WARNING/ERROR lines each, every ~2 s) while a
-    broker is down; the publisher's own messages already say so. Keep its records at WARNING and
-    above and let each distinct message through once a minute. Nothing changes at DEBUG.
-    """
-    if settings.log_level.upper() == "DEBUG":
-        return
-    kafka_log = logging.getLogger("kafka")
-    if any(isinstance(h, _ToRoot) for h in kafka_log.handlers):
-        return
-    if kafka_log.level < logging.WARNING:
-        kafka_log.setLevel(logging.WARNING)
-    handler = _ToRoot()
-    handler.addFilter(_RateLimit(interval_s))
-    kafka_log.addHandler(handler)
-    kafka_log.propagate = False  # the records reach the root handlers through the filter only
-
-
 class Publisher:
     """Thread-safe wrapper over one KafkaProducer. Use as a context manager or call :meth:`close`.
 
