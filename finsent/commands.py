@@ -53,7 +53,7 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
         )
         while not stop.wait(0.5):
             if not broker.running():
-                raise BrokerError(f"Tansu exited unexpectedly; see {broker.log_path}")
+                raise BrokerError(f"Tansu exited unexpectedly: {broker.log_tail(500).strip()}")
         return 0
     finally:
         broker.stop()

@@ -82,6 +82,7 @@ class EmbeddedBroker:
         self.start_timeout_s = start_timeout_s
         self._log_path = Path(log_path) if log_path else None
         self._log_file = None
+        self._own_log = False
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,6 +116,7 @@ class EmbeddedBroker:
             fd, name = tempfile.mkstemp(prefix="finsent-tansu-", suffix=".log")
             os.close(fd)
             self._log_path = Path(name)
+            self._own_log = True
         self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         log.info("starting Tansu broker on %s (log: %s)", self.bootstrap, self._log_path)
@@ -134,19 +136,19 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             code = self.proc.poll()
             if code is not None:
-                tail = self._tail()
+                tail = self.log_tail()
                 self.stop()
                 raise BrokerError(f"Tansu exited with code {code} while starting: {tail.strip()[-500:]}")
             if _port_open(self.host, self.port):
                 return self
             time.sleep(0.05)
-        tail = self._tail()
+        tail = self.log_tail()
         self.stop()
         raise BrokerError(
             f"Tansu did not accept connections on {self.bootstrap} in {self.start_timeout_s}s: {tail.strip()[-500:]}"
         )
 
-    def _tail(self, n: int = 2000) -> str:
+    def log_tail(self, n: int = 2000) -> str:
         try:
             return self._log_path.read_bytes()[-n:].decode("utf-8", "replace") if self._log_path else ""
         except OSError:
@@ -177,6 +179,9 @@ class EmbeddedBroker:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        if self._own_log and self._log_path is not None:  # a temp log of ours: nothing left behind in /tmp
+            self._log_path.unlink(missing_ok=True)
+            self._log_path = None
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

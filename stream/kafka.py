@@ -36,10 +36,12 @@ def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
+            left_ms = max(1000, int((deadline - time.monotonic()) * 1000))
             return KafkaAdminClient(
                 bootstrap_servers=settings.broker_list,
                 client_id="finsent-admin",
-                request_timeout_ms=10_000,
+                request_timeout_ms=min(10_000, left_ms),
+                bootstrap_timeout_ms=left_ms,  # the whole wait is timeout_s, not 30 s per attempt
                 **kafka_security(settings),
             )
         except KafkaError as exc:

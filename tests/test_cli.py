@@ -107,3 +107,14 @@ def test_bad_setting_in_the_environment_is_one_line() -> None:
     assert proc.returncode == ConfigError.exit_code
     assert proc.stderr == ("finsent: error: FINSENT_ALERT_DETECTOR='foo': must be one of 'ewma_z' or 'cusum' "
                            "(hint: run `finsent config` to see the settings in force; `finsent --help` lists them)\n")
+
+
+def test_worker_without_a_broker_gives_up_in_about_15_s_with_one_line() -> None:
+    import time
+
+    t0 = time.monotonic()
+    proc = _run("worker", "--brokers", "127.0.0.1:1", "--metrics-port", "0", timeout=90)
+    took = time.monotonic() - t0
+    assert proc.returncode == 6, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("finsent: error: cannot reach Kafka at 127.0.0.1:1")
+    assert "Traceback" not in proc.stderr and took < 25, f"gave up after {took:.1f} s"

@@ -11,6 +11,7 @@ messages that stopped the worker before: a 5,000-digit integer, ``"\\ud800"`` in
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import pytest
@@ -134,7 +135,9 @@ def test_poison_interleaved_with_good_items_through_a_real_worker(
     from finsent.stream.store import open_store
 
     classifier = Classifier.load(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
-    generated = [_messages.example() for _ in range(60)]  # hypothesis as a generator: a fresh corpus each run
+    with warnings.catch_warnings():  # hypothesis as a generator: a fresh corpus each run
+        warnings.simplefilter("ignore")
+        generated = [_messages.example() for _ in range(60)]
     poison = FIXED + generated
     s = stream_settings(kafka_bootstrap, chdb_db_url, unique_name)
     good = make_items(40, "good")

@@ -97,3 +97,11 @@ def test_finsent_broker_command_stops_cleanly_on_sigterm() -> None:
             time.sleep(0.2)
     else:
         pytest.fail("port still in use after `finsent broker` exited")
+
+
+def test_a_broker_leaves_no_temp_log_behind() -> None:
+    broker = EmbeddedBroker().start()
+    log = broker.log_path
+    assert log is not None and log.is_file()
+    broker.stop()
+    assert not log.exists()
