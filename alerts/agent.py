@@ -153,15 +153,16 @@ class InStreamAlerts:
         A restarted worker would otherwise stay blind until every baseline re-filled. Alerts raised
         on this history are dropped (they were raised, stored and sent before). Returns windows fed.
         """
-        store = self._store()
-        if store is None:
-            return 0
         w = self.detector.window_s
         until = EPOCH + timedelta(seconds=self.closer.next_start)
         try:
+            store = self._store()  # opening it may fail too (store down): start cold, never crash the app
+            if store is None:
+                return 0
             rows = store.topic_counts(since=utcnow() - until + lookback, bucket_s=w, until=until)
-        except Exception:
-            log.exception("could not read stored counts to warm the spike detector; starting cold")
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not read stored counts to warm the spike detector (%s); starting cold",
+                        " ".join(str(exc).split())[:300])
             return 0
         by_end: dict[datetime, dict[str, tuple[int, int]]] = defaultdict(dict)
         for r in rows:

@@ -175,6 +175,14 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings, loop=loop, extensions=extensions)
+    # a store that is down at start is one clear line (StoreUnavailable, exit 8), not a crashing agent;
+    # once running, the worker keeps its batches and retries a store that goes away
+    try:
+        app.finsent.open_store()
+    except BaseException:
+        app.finsent.close()
+        loop.close()
+        raise
     app.finsent_log_limiter = limiter
     app.finsent_kafka_lost = lambda: health.lost_since is not None
     scorer = app.finsent

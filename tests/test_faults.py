@@ -80,3 +80,18 @@ def test_broker_killed_under_a_running_worker_then_sigterm(tmp_path: Path, tiny_
     errors = [ln for ln in text.splitlines() if " ERROR " in ln]
     assert len(errors) <= 20, f"{len(errors)} ERROR lines in 12 s without a broker"
     assert "worker stopped: consumed 10, stored 10" in text
+
+
+def test_worker_started_with_the_store_down_is_one_line(kafka_bootstrap: str, tiny_model_dir: Path,
+                                                       unique_name: str) -> None:
+    from finsent.core.errors import StoreUnavailable
+
+    s = stream_settings(kafka_bootstrap, "chdb:///unused", unique_name)
+    env = {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_TOPIC_RAW": s.topic_raw,
+           "FINSENT_STORE": f"clickhouse://default@127.0.0.1:{free_port()}/x?connect_timeout=1",
+           "FINSENT_MODEL_DIR": str(tiny_model_dir), "FINSENT_METRICS_PORT": "0"}
+    proc = subprocess.run([sys.executable, "-m", "finsent", "worker"], env=env, capture_output=True, text=True,
+                          timeout=90)
+    assert proc.returncode == StoreUnavailable.exit_code, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("finsent: error: ClickHouse at clickhouse://default@127.0.0.1")
