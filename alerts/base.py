@@ -3,7 +3,7 @@
 A detector is fed *closed* tumbling windows in time order: ``observe(window_end, counts)`` where
 ``counts`` maps topic -> ``(negative, total)`` items of that window. Topics absent from ``counts``
 had no items in the window (they are still advanced, so sliding sums and baselines stay aligned
-to time rather than to traffic). It returns the :class:`~stream.events.Alert` objects that *start*
+to time rather than to traffic). It returns the :class:`~finsent.core.events.Alert` objects that *start*
 (or escalate from warning to critical) at this window; the ongoing state of every topic is in
 ``states()`` (what the gauges export and what the Alertmanager notifier re-posts while active).
 

@@ -1,7 +1,7 @@
 """Where detector output goes besides the store: Prometheus gauges, Alertmanager, Kafka.
 
 Every sink is a callable ``sink(new_alerts, states)`` run after each batch of windows (see
-``AlertRunner`` and ``alerts.stream``). They are independent and best-effort: the alert is
+``AlertRunner`` and ``finsent.alerts.agent``). They are independent and best-effort: the alert is
 already in ClickHouse when they run, and a sink that fails is logged, not retried forever.
 """
 

@@ -5,12 +5,12 @@ What runs (all real parts, in this process unless noted):
 * a Tansu broker (child process, in-memory, 127.0.0.1, free port);
 * the scoring worker (the same Faust app as ``finsent worker``, on a background event loop) with
   the shipped model, storing into a fresh embedded ClickHouse (chdb) directory;
-* a replay of the seed tweets in ``stream/demo_data/tweets.jsonl`` at ``--rate`` items/s, preceded
+* a replay of the seed tweets in ``finsent/demo_data/tweets.jsonl`` at ``--rate`` items/s, preceded
   by a short back-filled history (items with past ``ingested_at``) so the detector has a baseline;
 * part-way through, a NEGATIVE SPIKE on one topic: extra tweets labelled negative in the dataset
   that the model also scores negative and puts in that topic (chosen at start by scoring the pool);
   plus a few malformed messages that must end on the dead-letter topic;
-* the alert detector (``alerts.runner.AlertRunner``) polling counts FROM THE STORE -- the alert is
+* the alert detector (``finsent.alerts.runner.AlertRunner``) polling counts FROM THE STORE -- the alert is
   real detection on stored data, not a scripted message.
 
 A live rich display shows rates, stored rows, per-topic negative shares and alerts; a summary
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from finsent.bench.common import percentile
+from finsent.core.errors import FinsentError, InputError, KafkaError
 from finsent.core.events import RawItem, format_time, stable_id, utcnow
 from finsent.core.settings import Settings
 
@@ -51,7 +52,7 @@ MAX_LOAD = 0.3
 def load_tweets(path: Path = DEMO_DATA) -> list[dict[str, Any]]:
     """The seed tweets (text + dataset label where known)."""
     if not path.is_file():
-        raise FileNotFoundError(f"demo data {path} is missing; reinstall finsent (it ships with the package)")
+        raise InputError(f"demo data {path} is missing", hint="reinstall finsent: it ships with the package")
     with path.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
@@ -376,11 +377,12 @@ def run_demo(
                     status.update(f"scoring {HISTORY_S // 60} minutes of back-filled history: "
                                   f"{done_hist}/{state.produced_history or '?'} stored")
                     if state.producer_error:
-                        raise RuntimeError(f"demo producer failed: {state.producer_error}")
+                        raise KafkaError(f"demo producer failed: {state.producer_error}")
                     if state.produced_history and done_hist >= state.produced_history:
                         break
                     if time.monotonic() > deadline:
-                        raise RuntimeError("the history was not scored in 5 minutes: is the machine very busy?")
+                        raise FinsentError("the history was not scored in 5 minutes",
+                                           hint="is the machine very busy? try again when it is quieter")
                     time.sleep(0.2)
         with worker.scorer.stats.lock:  # latency is reported for live items only
             # The floor is just past the newest history item, not "now": the wall clock may step back a
@@ -413,9 +415,10 @@ def run_demo(
                 live.update(_render(state, worker.scorer, shares, alerts, el, seconds, spike_topic, spike_window,
                                     rate_now))
                 if state.producer_error:
-                    raise RuntimeError(f"demo producer failed: {state.producer_error}")
+                    raise KafkaError(f"demo producer failed: {state.producer_error}")
                 if not worker.alive():
-                    raise RuntimeError(f"scoring worker died: {worker.error}")
+                    raise FinsentError(f"scoring worker died: {worker.error}",
+                                       hint="run with --log-level DEBUG to see why")
                 if state.done.is_set():
                     st = worker.scorer.stats.snapshot()
                     drained = st["stored"] >= state.produced and sum(st["dead_lettered"].values()) >= \

@@ -2,7 +2,7 @@
 
 Per batch (``stream.take_events(batch_max, within=batch_within_s)``):
 
-1. decode every message with :func:`stream.events.decode_raw`; a defective one becomes a
+1. decode every message with :func:`finsent.core.events.decode_raw`; a defective one becomes a
    dead-letter record (reason from :class:`InvalidEvent`) -- the agent never crashes on input;
 2. score the good ones OFF the event loop (a dedicated single-thread executor; onnxruntime
    releases the GIL so Kafka I/O keeps flowing); a model failure is narrowed to the item(s)

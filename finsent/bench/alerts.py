@@ -1,6 +1,6 @@
 """``finsent bench alerts``: detection delay and false alarms of every detector on the same traffic.
 
-Two synthetic runs (``alerts.synth``): a *spike* run with injected rises of several sizes and
+Two synthetic runs (``finsent.bench.synth``): a *spike* run with injected rises of several sizes and
 durations, and a longer *clean* run with none. Every detector -- the in-stream ones fed minute
 windows exactly as ``AlertRunner``/the Faust agent feed them, and the Prometheus rule modelled
 by ``alerts.prom_rule.evaluate`` -- sees the same counts. An alarm (a rising edge, any severity)

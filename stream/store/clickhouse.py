@@ -9,8 +9,8 @@ form. Values are never formatted into SQL by this module.
 
 Failures: anything that means "the server is not reachable or not coping right now" (connection
 refused, socket timeout, server restarting, overload codes) is raised as
-:class:`~stream.store.base.StoreUnavailable`; the connection is dropped and the next call
-reconnects by itself. Everything else is :class:`~stream.store.base.StoreError`.
+:class:`~finsent.core.errors.StoreUnavailable`; the connection is dropped and the next call
+reconnects by itself. Everything else is :class:`~finsent.core.errors.StoreError`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Things to know about chdb (4.x, engine 26.x):
   its own session). Tests therefore use one session-wide path with a fresh database per test.
 * ONE PROCESS PER PATH. The data directory is locked by the process using it: a second process
   (e.g. ``finsent query`` while a worker runs on the same path) gets a clear
-  :class:`~stream.store.base.StoreError`. Use a ``clickhouse://`` server when several processes
+  :class:`~finsent.core.errors.StoreError`. Use a ``clickhouse://`` server when several processes
   must share the data.
 * chdb reads a ``config.xml`` from the current directory when it starts, like clickhouse-local;
   do not run finsent from a directory holding a ClickHouse server config.

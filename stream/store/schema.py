@@ -9,7 +9,7 @@ Tables (all names are relative to the store's database, ``finsent`` by default)
 -------------------------------------------------------------------------------
 ``items`` -- one row per scored item
 (ReplacingMergeTree(version), PARTITION BY toYYYYMM(ingested_at), ORDER BY (toStartOfDay(ingested_at), id))
-    id             String                    stable item id (``stream.events.stable_id``)
+    id             String                    stable item id (``finsent.core.events.stable_id``)
     source         LowCardinality(String)    feed / account / file the item came from
     source_type    LowCardinality(String)    'news' or 'social'
     title          Nullable(String)

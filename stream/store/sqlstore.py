@@ -51,7 +51,7 @@ def _as_utc(value: Any) -> Any:
 
 
 class SqlStore:
-    """Everything in the :class:`~stream.store.base.Store` protocol, over three backend hooks.
+    """Everything in the :class:`~finsent.core.store.Store` protocol, over three backend hooks.
 
     Subclasses implement :meth:`_select`, :meth:`_command` and :meth:`_insert` (and may
     override :attr:`capabilities`). Every public method holds ``self._lock`` for its whole duration:
