@@ -78,6 +78,25 @@ class Settings(BaseSettings):
     )
     max_text_chars: int = Field(MAX_TEXT_CHARS, ge=100)
 
+    # --- Model registry and retraining (finsent.models.registry, finsent retrain) ----------------
+    registry: str | None = Field(
+        str(DEFAULT_DATA_DIR / "registry"),
+        description="model registry directory (versions + production/candidate aliases); empty = none",
+    )
+    reload_interval_s: float = Field(30.0, gt=0, description="how often a worker polls the production alias")
+    gate_tolerance: float = Field(
+        0.005, ge=0.0, le=1.0, description="promotion gate: largest allowed macro-F1 drop on any frozen task"
+    )
+    gate_min_gain: float = Field(
+        0.0, ge=0.0, le=1.0, description="promotion gate: some frozen task must gain more than this (macro-F1)"
+    )
+    gate_int8_max_drop: float = Field(
+        0.005, ge=0.0, le=1.0, description="promotion gate: int8 may trail the candidate's fp32 by at most this"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="log each retrain to this MLflow tracking URI (e.g. sqlite:///mlflow.db); needs mlflow"
+    )
+
     # --- Stream worker -------------------------------------------------------------------------
     batch_max: int = Field(128, ge=1, description="largest batch the worker scores at once")
     batch_within_s: float = Field(0.25, gt=0, description="longest wait to fill a batch")

@@ -1,0 +1,375 @@
+"""The model registry: immutable model versions in a directory, and two aliases that point at them.
+
+Why a plain directory: it works on a laptop, on a mounted volume shared by a Kubernetes CronJob and
+the workers, and needs no server. Everything a reader needs is a rename away from consistent:
+
+    ROOT/versions/<version>/   one immutable model directory per version: the files
+                               ``Classifier.load`` reads, ``README.md`` (card), ``metrics.json`` and
+                               ``registry.json`` {version, parent, created_at, data_fingerprint, gate, source}
+    ROOT/aliases.json          {"production": v|null, "candidate": v|null, "history": [{alias, version, at, by}]},
+                               replaced atomically (temp file in ROOT, fsync, os.replace)
+    ROOT/.lock                 fcntl.flock'ed by every writer (register, alias moves)
+    ROOT/.staging/             half-written versions; a version appears under versions/ only by one
+                               os.rename of a complete, fsync'ed directory
+    ROOT/frozen/               the frozen evaluation set (:mod:`finsent.models.frozen`)
+
+Readers (the worker's hot reload, ``finsent models list``) take no lock: they read aliases.json (always
+a complete file) and version directories (always complete). A writer killed at any point leaves at
+most a directory in ``.staging/``, which the next writer removes.
+
+Version names are ``v0001-<8 hex of the model graph digest>``: sortable by number, numbered under the
+lock so two concurrent registrations never get the same name. The version name is written into the
+copy's ``labels.json`` (``model_version``), so ``Classifier.load(mv.path).version == mv.version`` and
+every row the worker stores names the registry version that scored it; the model's own export name is
+kept there as ``export_version``.
+
+This module is below the store in the layers: it never writes the ``model_versions`` table. The
+command layer mirrors the registry into the store after each change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from finsent.core.errors import InputError, ModelError
+from finsent.models.modeldir import LABELS_FILE, MODEL_FILE, check_model_dir
+
+VERSIONS_DIR = "versions"
+ALIASES_FILE = "aliases.json"
+LOCK_FILE = ".lock"
+STAGING_DIR = ".staging"
+FROZEN_DIR = "frozen"
+META_FILE = "registry.json"
+METRICS_FILE = "metrics.json"
+ALIASES: tuple[str, ...] = ("production", "candidate")
+_VERSION_RE = re.compile(r"^v(\d{4,})-([0-9a-f]{8})$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version: its name, its (immutable) model directory and its ``registry.json``."""
+
+    version: str
+    path: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        m = _VERSION_RE.match(self.version)
+        return int(m.group(1)) if m else 0
+
+    @property
+    def parent(self) -> str | None:
+        return self.meta.get("parent")
+
+    @property
+    def gate(self) -> dict[str, Any] | None:
+        return self.meta.get("gate")
+
+    def metrics(self) -> dict[str, Any]:
+        """The version's ``metrics.json`` ({} when it has none)."""
+        path = self.path / METRICS_FILE
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` so readers see the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Registry:
+    """A registry rooted at ``root`` (need not exist for reading: an absent registry has no versions)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser()
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r})"
+
+    # --- paths ---------------------------------------------------------------------------------
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / VERSIONS_DIR
+
+    @property
+    def aliases_path(self) -> Path:
+        return self.root / ALIASES_FILE
+
+    @property
+    def frozen_dir(self) -> Path:
+        return self.root / FROZEN_DIR
+
+    # --- read side (no lock) -------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.versions_dir.is_dir()
+
+    def _load(self, path: Path) -> ModelVersion | None:
+        try:
+            meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return ModelVersion(path.name, path, meta if isinstance(meta, dict) else {})
+
+    def versions(self) -> list[ModelVersion]:
+        """Every complete version, oldest first."""
+        if not self.versions_dir.is_dir():
+            return []
+        out = []
+        for child in self.versions_dir.iterdir():
+            if child.is_dir() and _VERSION_RE.match(child.name):
+                mv = self._load(child)
+                if mv is not None:
+                    out.append(mv)
+        return sorted(out, key=lambda mv: (mv.number, mv.version))
+
+    def get(self, version: str) -> ModelVersion:
+        """The version named ``version``; :class:`InputError` when there is none."""
+        if not _VERSION_RE.match(version or ""):
+            raise InputError(
+                f"{version!r} is not a registry version name (they look like v0003-1a2b3c4d)",
+                hint=f"`finsent models list` shows the versions in {self.root}",
+            )
+        mv = self._load(self.versions_dir / version)
+        if mv is None:
+            raise InputError(
+                f"no version {version} in the registry {self.root}",
+                hint="`finsent models list` shows the registered versions",
+            )
+        return mv
+
+    def aliases(self) -> dict[str, Any]:
+        """The parsed aliases.json: {"production", "candidate", "history"} (empty aliases when absent)."""
+        data: dict[str, Any] = {}
+        try:
+            loaded = json.loads(self.aliases_path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                data = loaded
+        except FileNotFoundError:
+            pass
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(
+                f"{self.aliases_path} cannot be read ({exc})",
+                hint="it is only ever replaced whole; restore it from the history of another copy or re-promote",
+            ) from None
+        out: dict[str, Any] = {a: data.get(a) for a in ALIASES}
+        out["history"] = list(data.get("history") or [])
+        return out
+
+    def resolve(self, alias: str) -> ModelVersion | None:
+        """The version ``alias`` points at, or None (no registry, alias unset, or version missing)."""
+        if alias not in ALIASES:
+            raise ValueError(f"unknown alias {alias!r}: one of {', '.join(ALIASES)}")
+        version = self.aliases().get(alias)
+        if not version:
+            return None
+        return self._load(self.versions_dir / version)
+
+    # --- write side (under the lock) -----------------------------------------------------------
+    def _ensure(self) -> None:
+        for d in (self.root, self.versions_dir, self.root / STAGING_DIR):
+            d.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The writers' lock (fcntl.flock on ROOT/.lock, released by the kernel if the holder dies)."""
+        self._ensure()
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _next_number(self) -> int:
+        numbers = [0]
+        if self.versions_dir.is_dir():
+            for child in self.versions_dir.iterdir():
+                m = _VERSION_RE.match(child.name)
+                if m:
+                    numbers.append(int(m.group(1)))
+        return max(numbers) + 1
+
+    def register(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        parent: str | None = None,
+        source: str = "register",
+        data_fingerprint: str | None = None,
+        gate: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        card: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Copy ``model_dir`` in as a new immutable version; returns it. Moves no alias.
+
+        The copy is made in ``.staging/`` (outside the lock, it is the slow part), then under the lock
+        the version is numbered, its name written into ``labels.json`` and ``registry.json``, the tree
+        fsync'ed and renamed into ``versions/`` in one step.
+        """
+        from finsent.models.variants import file_digest
+
+        src = Path(model_dir)
+        check_model_dir(src)
+        self._ensure()
+        stage = self.root / STAGING_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        try:
+            shutil.copytree(src, stage, ignore=shutil.ignore_patterns("cache", ".*"))
+            labels_path = stage / LABELS_FILE
+            labels = json.loads(labels_path.read_text(encoding="utf-8"))
+            digest = file_digest(stage / MODEL_FILE, 8)
+            if card is not None:
+                (stage / "README.md").write_text(card, encoding="utf-8")
+            if metrics is not None:
+                (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
+                                                  encoding="utf-8")
+            with self.lock():
+                self._clean_staging_others(stage)
+                if parent is not None:
+                    self.get(parent)
+                version = f"v{self._next_number():04d}-{digest}"
+                labels.setdefault("export_version", labels.get("model_version"))
+                labels["model_version"] = version
+                labels_path.write_text(json.dumps(labels, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                meta = {
+                    "version": version,
+                    "parent": parent,
+                    "created_at": now_iso(),
+                    "data_fingerprint": data_fingerprint,
+                    "gate": gate,
+                    "source": source,
+                    "export_version": labels["export_version"],
+                    "model_digest": file_digest(stage / MODEL_FILE, 16),
+                    **(extra or {}),
+                }
+                (stage / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+                _fsync_tree(stage)
+                final = self.versions_dir / version
+                os.rename(stage, final)
+                fsync_dir(self.versions_dir)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return ModelVersion(version, final, meta)
+
+    def _clean_staging_others(self, mine: Path) -> None:
+        staging = self.root / STAGING_DIR
+        for child in staging.iterdir():
+            if child == mine:
+                continue
+            pid = child.name.split("-", 1)[0]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                shutil.rmtree(child, ignore_errors=True)
+
+    def set_alias(self, alias: str, version: str | None, by: str = "finsent") -> dict[str, Any]:
+        """Point ``alias`` at ``version`` (None clears it), recorded in the history; returns the new aliases."""
+        with self.lock():
+            return self._set_alias_locked(alias, version, by, "set")
+
+    def _set_alias_locked(self, alias: str, version: str | None, by: str, action: str) -> dict[str, Any]:
+        if alias not in ALIASES:
+            raise InputError(f"unknown alias {alias!r}", hint=f"aliases are {', '.join(ALIASES)}")
+        if version is not None:
+            self.get(version)
+        data = self.aliases()
+        data[alias] = version
+        data["history"].append({"alias": alias, "version": version, "at": now_iso(), "by": by, "action": action})
+        atomic_write_json(self.aliases_path, data)
+        return data
+
+    @staticmethod
+    def production_stack(history: list[dict[str, Any]]) -> list[str]:
+        """Replay the history: a production move pushes its version, a rollback pops one."""
+        stack: list[str] = []
+        for h in history:
+            if h.get("alias") != "production":
+                continue
+            if h.get("action") == "rollback":
+                if stack:
+                    stack.pop()
+            elif h.get("version") and (not stack or stack[-1] != h["version"]):
+                stack.append(h["version"])
+        return stack
+
+    def rollback(self, by: str = "finsent") -> tuple[str | None, str]:
+        """Move production back to the production before the current one; returns (from, to).
+
+        Rollbacks undo promotions like a stack: promote A, promote B, promote C, rollback (-> B),
+        rollback (-> A); a second rollback does not flip back to C.
+        """
+        with self.lock():
+            data = self.aliases()
+            current = data.get("production")
+            stack = self.production_stack(data["history"])
+            if len(stack) < 2:
+                raise InputError(
+                    f"production ({current or 'unset'}) has no earlier production version to roll back to",
+                    hint="`finsent models promote VERSION` sets production to any registered version",
+                )
+            target = stack[-2]
+            self._set_alias_locked("production", target, by, "rollback")
+            return current, target
+
+
+__all__ = ["ALIASES", "ModelVersion", "Registry", "atomic_write_json"]
