@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         description="clickhouse://user:pass@host:9000/db for a server, chdb:///path for the embedded engine",
     )
     retention_days: int = Field(0, ge=0, description="TTL on stored items where the server supports it; 0 = keep")
+    clickhouse_cluster: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="cluster name (remote_servers): ON CLUSTER DDL, Replicated *_local tables, Distributed tables",
+    )
 
     # --- Model ---------------------------------------------------------------------------------
     model_dir: str | None = Field(None, description="model directory; default: the model shipped with finsent")

@@ -103,17 +103,22 @@ def parse_chdb_url(url: str) -> dict[str, Any]:
     return {"path": unquote(path), "database": opts.get("database") or DEFAULT_DATABASE}
 
 
-def open_store(url: str, *, retention_days: int = 0) -> Store:
+def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None) -> Store:
     """Connect to the store named by ``url`` (see module docs). Does not create the schema:
     call ``ensure_schema()`` (idempotent) before the first insert.
 
+    ``cluster`` (a server's ``remote_servers`` name) switches the schema to cluster mode (ON CLUSTER,
+    Replicated local tables, Distributed tables; see :mod:`finsent.stream.store.schema`).
     A server that is down is not an error here: the driver connects on first use, which raises
     :class:`StoreUnavailable`.
     """
     if url.startswith(("clickhouse://", "clickhouses://")):
         from finsent.stream.store.clickhouse import ClickHouseStore
 
-        return ClickHouseStore(**parse_clickhouse_url(url), retention_days=retention_days)
+        return ClickHouseStore(**parse_clickhouse_url(url), retention_days=retention_days, cluster=cluster)
+    if cluster:
+        raise ConfigError(f"FINSENT_CLICKHOUSE_CLUSTER={cluster} needs a clickhouse:// server store, not "
+                          f"{redact_url(url)}", hint="unset FINSENT_CLICKHOUSE_CLUSTER for the embedded store")
     if url.startswith("chdb://"):
         from finsent.stream.store.embedded import ChdbStore
 
@@ -123,8 +128,8 @@ def open_store(url: str, *, retention_days: int = 0) -> Store:
 
 
 def store_from_settings(settings: Settings) -> Store:
-    """``open_store(settings.store)`` with the settings' retention applied."""
-    return open_store(settings.store, retention_days=settings.retention_days)
+    """``open_store(settings.store)`` with the settings' retention and cluster applied."""
+    return open_store(settings.store, retention_days=settings.retention_days, cluster=settings.clickhouse_cluster)
 
 
 __all__ = [

@@ -275,7 +275,7 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     print(f"-- finsent schema for ClickHouse {caps.version_text} ({store.url_redacted}); "
           f"TTL {'supported' if caps.ttl else 'not supported'}, retention_days={settings.retention_days}")
-    for stmt in schema.create_statements(db, caps, settings.retention_days):
+    for stmt in schema.create_statements(db, caps, settings.retention_days, settings.clickhouse_cluster):
         print(stmt + ";\n")
     return 0
 

@@ -85,8 +85,9 @@ class ClickHouseStore(SqlStore):
         send_receive_timeout: float = 60.0,
         retention_days: int = 0,
         url_redacted: str = "",
+        cluster: str | None = None,
     ) -> None:
-        super().__init__(database, retention_days)
+        super().__init__(database, retention_days, cluster=cluster)
         self.url_redacted = url_redacted or f"clickhouse://{user}@{host}:{port}/{database}"
         kw: dict[str, Any] = {"secure": secure, "verify": verify}
         if ca_certs:
@@ -135,6 +136,10 @@ class ClickHouseStore(SqlStore):
         self._caps = schema.Capabilities.parse(str(version))
         if self._caps.low_cardinality_is_experimental:
             self._client.settings["allow_experimental_low_cardinality_type"] = 1
+        if self.cluster:
+            # a Distributed insert returns once the shards have the rows, not when they are queued
+            # locally: the worker commits offsets only after that (schema docstring, "Cluster mode")
+            self._client.settings["insert_distributed_sync"] = 1
         self._settings_ready = True
 
     def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:

@@ -75,6 +75,30 @@ Why these choices
   sentiment is counted under both labels there. ``Store.topic_counts`` therefore reads
   ``items FINAL`` (exact under re-scoring); bench/RESULTS.md has the cost of each.
 
+Adding a table
+--------------
+Declare it once with :func:`declare_table` (a :class:`TableSpec`: name, columns, engine, order,
+partition, TTL column, shard key) and, for a materialized view, :func:`declare_view`. The
+single-node DDL, the cluster DDL, TTL and ``tests/test_store_cluster.py`` all iterate over
+:data:`TABLE_SPECS` / :data:`VIEW_SPECS`, so a declared table needs no further work for a cluster.
+
+Cluster mode (``FINSENT_CLICKHOUSE_CLUSTER=name``, a cluster of the servers' ``remote_servers``)
+--------------------------------------------------------------------------------------------------
+Every statement gets ``ON CLUSTER name``. Each table ``t`` becomes ``t_local`` on every node with
+the Replicated variant of its engine (``ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/
+<db>/t', '{replica}', version)``; each server fills ``{shard}``/``{replica}`` from its ``macros``)
+plus ``t`` = ``Distributed(name, <db>, t_local, <shard key>)``, so every insert and query above
+keeps its table names. A materialized view reads and writes the *local* tables on each node.
+Why the shard key is ``cityHash64(id)``: ReplacingMergeTree (and FINAL) collapse versions of a row
+only within one table on one node, and a Distributed ``FINAL`` query runs FINAL on each shard
+separately. If the shard were chosen at random (``rand()``), a redelivered or re-scored item
+could land on the other shard and be counted twice forever. Hashing the id sends every version
+of an item to the same shard, where FINAL sees them all; so a shard key must depend only on
+columns of the table's ORDER BY (the dedup identity). Replicas of one shard hold the same rows
+(``internal_replication`` true: the Distributed table writes one replica, replication does the
+rest). The store inserts with ``insert_distributed_sync=1`` in cluster mode, so a batch counts as
+stored (and its offsets are committed) only once its shards have it.
+
 What Debian's 18.16 lacks, checked against the real server (so this module avoids it)
 --------------------------------------------------------------------------------------
 ``DateTime64``, ``now64()``; ``TTL``; ``toStartOfInterval`` (buckets are ``intDiv`` arithmetic);
@@ -165,10 +189,6 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("version", "UInt64"),
 )
 
-#: The column each table's TTL (retention) is measured from.
-TTL_COLUMN = {ITEMS: "ingested_at", TOPIC_MINUTE: "minute", ALERTS: "fired_at"}
-
-
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What the connected server can do, decided from its version once per connection."""
@@ -204,70 +224,199 @@ def check_database_name(name: str) -> str:
     return name
 
 
+def check_cluster_name(name: str) -> str:
+    """Cluster names go into DDL as identifiers too (``ON CLUSTER name``, ``Distributed(name, ...)``)."""
+    if not _DB_NAME.fullmatch(name):
+        raise ValueError(f"cluster name {name!r} must match [A-Za-z_][A-Za-z0-9_]* (at most 64 characters)")
+    return name
+
+
 def _columns_sql(columns: Sequence[tuple[str, str]]) -> str:
     return ",\n    ".join(f"{name} {typ}" for name, typ in columns)
 
 
+# --- table specs: every table is declared ONCE, single-node and cluster DDL are generated from it ---
+
+#: In cluster mode the data lives in ``<name>_local`` on every node; ``<name>`` is the Distributed table.
+LOCAL_SUFFIX = "_local"
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """One MergeTree-family table: what single-node DDL, cluster DDL and the tests are generated from.
+
+    ``columns`` are (name, type) in insert order; ``default_columns`` are (name, "Type DEFAULT expr")
+    columns the store never writes. ``engine`` is written as on one node (``ReplacingMergeTree(version)``,
+    ``AggregatingMergeTree()``, ``MergeTree()``); cluster mode makes it ``Replicated<engine>``.
+    ``shard_key`` picks the shard of a row inserted through the Distributed table: it must depend only
+    on columns of ``order_by`` (see "Cluster mode" in the module docstring).
+    """
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    engine: str
+    order_by: str
+    partition_by: str | None = None
+    ttl_column: str | None = None
+    shard_key: str = "cityHash64(id)"
+    default_columns: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def local_name(self) -> str:
+        return self.name + LOCAL_SUFFIX
+
+    @property
+    def all_columns(self) -> tuple[tuple[str, str], ...]:
+        return self.columns + self.default_columns
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSpec:
+    """A materialized view ``source`` -> ``target`` (table names); ``select`` reads ``{source}``.
+
+    In cluster mode it reads and writes the LOCAL tables of each node: a row inserted through the
+    Distributed ``source`` lands in one shard's ``<source>_local``, the view fires on that node and
+    writes that node's ``<target>_local``; reading the Distributed ``target`` merges all shards.
+    """
+
+    name: str
+    source: str
+    target: str
+    select: str
+
+
+#: Every table and view of the schema, in creation order. Add a table with :func:`declare_table`
+#: and it gets single-node DDL, cluster DDL, TTL and the DDL tests without further work.
+TABLE_SPECS: dict[str, TableSpec] = {}
+VIEW_SPECS: dict[str, ViewSpec] = {}
+
+
+def declare_table(spec: TableSpec) -> TableSpec:
+    if spec.name in TABLE_SPECS:
+        raise ValueError(f"table {spec.name} is declared twice")
+    TABLE_SPECS[spec.name] = spec
+    return spec
+
+
+def declare_view(spec: ViewSpec) -> ViewSpec:
+    if spec.name in VIEW_SPECS or spec.source not in TABLE_SPECS or spec.target not in TABLE_SPECS:
+        raise ValueError(f"view {spec.name}: declared twice, or its source/target table is not declared")
+    VIEW_SPECS[spec.name] = spec
+    return spec
+
+
+_SENTIMENTS = ("negative", "neutral", "positive")
+
+declare_table(TableSpec(
+    ITEMS, ITEM_COLUMNS, "ReplacingMergeTree(version)", order_by="(toStartOfDay(ingested_at), id)",
+    partition_by="toYYYYMM(ingested_at)", ttl_column="ingested_at",
+    default_columns=(("stored_at", "DateTime('UTC') DEFAULT now()"),),
+))
+declare_table(TableSpec(
+    TOPIC_MINUTE,
+    (("minute", "DateTime('UTC')"), ("topic", "LowCardinality(String)"), ("model_version", "LowCardinality(String)"),
+     ("items", "AggregateFunction(uniqExact, String)"),
+     *((s, "AggregateFunction(uniqExactIf, String, UInt8)") for s in _SENTIMENTS)),
+    "AggregatingMergeTree()", order_by="(topic, minute, model_version)", partition_by="toYYYYMM(minute)",
+    # written only by the view, on each node; a key is given so the Distributed table accepts inserts too
+    ttl_column="minute", shard_key="cityHash64(topic)",
+))
+declare_view(ViewSpec(
+    TOPIC_MINUTE_MV, source=ITEMS, target=TOPIC_MINUTE,
+    select="""SELECT toStartOfMinute(ingested_at) AS minute, topic, model_version,
+    uniqExactState(id) AS items,
+    """ + ",\n    ".join(f"uniqExactIfState(id, toUInt8(sentiment = '{s}')) AS {s}" for s in _SENTIMENTS) + """
+FROM {source}
+GROUP BY minute, topic, model_version""",
+))
+declare_table(TableSpec(
+    ALERTS, ALERT_COLUMNS, "ReplacingMergeTree(version)", order_by="id", partition_by="toYYYYMM(window_start)",
+    ttl_column="fired_at",
+))
+
+
 def ttl_expression(table: str, retention_days: int) -> str:
-    return f"{TTL_COLUMN[table]} + toIntervalDay({int(retention_days)})"
+    return f"{TABLE_SPECS[table].ttl_column} + toIntervalDay({int(retention_days)})"
 
 
-def _ttl_clause(table: str, caps: Capabilities, retention_days: int) -> str:
-    if caps.ttl and retention_days > 0:
-        return f"\nTTL {ttl_expression(table, retention_days)}"
+def _ttl_clause(spec: TableSpec, caps: Capabilities, retention_days: int) -> str:
+    if caps.ttl and retention_days > 0 and spec.ttl_column:
+        return f"\nTTL {ttl_expression(spec.name, retention_days)}"
     return ""
 
 
-def create_statements(db: str, caps: Capabilities, retention_days: int = 0) -> list[str]:
-    """DDL that creates the database, the three tables and the view; every statement is idempotent."""
+def _on_cluster(cluster: str | None) -> str:
+    return f" ON CLUSTER {check_cluster_name(cluster)}" if cluster else ""
+
+
+def replicated_engine(spec: TableSpec, db: str) -> str:
+    """``ReplacingMergeTree(version)`` -> ``ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/items',
+    '{replica}', version)``: one ZooKeeper path per shard and table; each node fills the macros from its config."""
+    name, _, args = spec.engine.partition("(")
+    args = args.rstrip(")").strip()
+    path = f"'/clickhouse/tables/{{shard}}/{db}/{spec.name}', '{{replica}}'"
+    return f"Replicated{name}({path}{', ' + args if args else ''})"
+
+
+def table_statements(spec: TableSpec, db: str, caps: Capabilities, retention_days: int = 0,
+                     cluster: str | None = None) -> list[str]:
+    """One table's DDL: the table itself, or (cluster) the replicated local table and the Distributed one."""
+    name = spec.local_name if cluster else spec.name
+    engine = replicated_engine(spec, db) if cluster else spec.engine
+    partition = f"\nPARTITION BY {spec.partition_by}" if spec.partition_by else ""
+    out = [f"""CREATE TABLE IF NOT EXISTS {db}.{name}{_on_cluster(cluster)} (
+    {_columns_sql(spec.all_columns)}
+) ENGINE = {engine}{partition}
+ORDER BY {spec.order_by}{_ttl_clause(spec, caps, retention_days)}"""]
+    if cluster:
+        out.append(f"""CREATE TABLE IF NOT EXISTS {db}.{spec.name}{_on_cluster(cluster)} (
+    {_columns_sql(spec.all_columns)}
+) ENGINE = Distributed({cluster}, {db}, {spec.local_name}, {spec.shard_key})""")
+    return out
+
+
+def view_statement(view: ViewSpec, db: str, cluster: str | None = None) -> str:
+    suffix = LOCAL_SUFFIX if cluster else ""
+    select = view.select.replace("{source}", f"{db}.{view.source}{suffix}")
+    return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view.name}{_on_cluster(cluster)} "
+            f"TO {db}.{view.target}{suffix} AS\n{select}")
+
+
+def create_statements(db: str, caps: Capabilities, retention_days: int = 0, cluster: str | None = None) -> list[str]:
+    """DDL that creates the database, every declared table and view; every statement is idempotent.
+
+    With ``cluster`` every statement is ``ON CLUSTER cluster`` and each table becomes a replicated
+    ``<name>_local`` plus a Distributed ``<name>`` over it (module docstring, "Cluster mode").
+    """
     db = check_database_name(db)
-    sentiments = ("negative", "neutral", "positive")
-    agg_cols = [("minute", "DateTime('UTC')"), ("topic", "LowCardinality(String)"),
-                ("model_version", "LowCardinality(String)"), ("items", "AggregateFunction(uniqExact, String)")]
-    agg_cols += [(s, "AggregateFunction(uniqExactIf, String, UInt8)") for s in sentiments]
-    states = ",\n    ".join(f"uniqExactIfState(id, toUInt8(sentiment = '{s}')) AS {s}" for s in sentiments)
-    return [
-        f"CREATE DATABASE IF NOT EXISTS {db}",
-        f"""CREATE TABLE IF NOT EXISTS {db}.{ITEMS} (
-    {_columns_sql(ITEM_COLUMNS)},
-    stored_at DateTime('UTC') DEFAULT now()
-) ENGINE = ReplacingMergeTree(version)
-PARTITION BY toYYYYMM(ingested_at)
-ORDER BY (toStartOfDay(ingested_at), id){_ttl_clause(ITEMS, caps, retention_days)}""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.{TOPIC_MINUTE} (
-    {_columns_sql(agg_cols)}
-) ENGINE = AggregatingMergeTree()
-PARTITION BY toYYYYMM(minute)
-ORDER BY (topic, minute, model_version){_ttl_clause(TOPIC_MINUTE, caps, retention_days)}""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{TOPIC_MINUTE_MV} TO {db}.{TOPIC_MINUTE} AS
-SELECT toStartOfMinute(ingested_at) AS minute, topic, model_version,
-    uniqExactState(id) AS items,
-    {states}
-FROM {db}.{ITEMS}
-GROUP BY minute, topic, model_version""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.{ALERTS} (
-    {_columns_sql(ALERT_COLUMNS)}
-) ENGINE = ReplacingMergeTree(version)
-PARTITION BY toYYYYMM(window_start)
-ORDER BY id{_ttl_clause(ALERTS, caps, retention_days)}""",
-    ]
+    out = [f"CREATE DATABASE IF NOT EXISTS {db}{_on_cluster(cluster)}"]
+    for spec in TABLE_SPECS.values():
+        out += table_statements(spec, db, caps, retention_days, cluster)
+    out += [view_statement(view, db, cluster) for view in VIEW_SPECS.values()]
+    return out
 
 
-def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full: dict[str, str]) -> list[str]:
+def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full: dict[str, str],
+                   cluster: str | None = None) -> list[str]:
     """ALTERs that bring existing tables' TTL in line with ``retention_days`` (nothing if already so).
 
     ``engine_full`` maps table name to ``system.tables.engine_full``. Only run where ``caps.ttl``.
+    In cluster mode the TTL lives on the local tables and is altered ``ON CLUSTER``.
     """
     if not caps.ttl:
         return []
     out = []
-    for table in TABLES:
+    for spec in TABLE_SPECS.values():
+        if not spec.ttl_column:
+            continue
+        table = spec.local_name if cluster else spec.name
         current = engine_full.get(table, "")
         has_ttl = " TTL " in f" {current} "
-        if retention_days > 0 and ttl_expression(table, retention_days) not in current:
-            out.append(f"ALTER TABLE {db}.{table} MODIFY TTL {ttl_expression(table, retention_days)}")
+        if retention_days > 0 and ttl_expression(spec.name, retention_days) not in current:
+            out.append(f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} MODIFY TTL "
+                       f"{ttl_expression(spec.name, retention_days)}")
         elif retention_days <= 0 and has_ttl:
-            out.append(f"ALTER TABLE {db}.{table} REMOVE TTL")
+            out.append(f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} REMOVE TTL")
     return out
 
 

@@ -61,8 +61,11 @@ class SqlStore:
 
     url_redacted: str
 
-    def __init__(self, database: str, retention_days: int = 0, insert_batch_rows: int = INSERT_BATCH_ROWS) -> None:
+    def __init__(self, database: str, retention_days: int = 0, insert_batch_rows: int = INSERT_BATCH_ROWS,
+                 cluster: str | None = None) -> None:
         self.database = schema.check_database_name(database)
+        #: cluster mode (schema module docstring): ON CLUSTER DDL, Distributed tables over *_local ones
+        self.cluster = schema.check_cluster_name(cluster) if cluster else None
         self.retention_days = int(retention_days)
         self.insert_batch_rows = max(1, int(insert_batch_rows))
         self._lock = threading.RLock()
@@ -97,11 +100,11 @@ class SqlStore:
         """
         with self._lock:
             caps = self.capabilities
-            for stmt in schema.create_statements(self.database, caps, self.retention_days):
+            for stmt in schema.create_statements(self.database, caps, self.retention_days, self.cluster):
                 self._command(stmt)
             if caps.ttl:
                 engines = dict(self._select(schema.TABLE_ENGINES, {"db": self.database}))
-                for stmt in schema.ttl_statements(self.database, caps, self.retention_days, engines):
+                for stmt in schema.ttl_statements(self.database, caps, self.retention_days, engines, self.cluster):
                     log.info("store: %s", stmt)
                     self._command(stmt)
             elif self.retention_days > 0:
