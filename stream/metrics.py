@@ -49,6 +49,8 @@ class WorkerMetrics:
     end_to_end_seconds: Histogram
     consumer_lag: Gauge
     model_info: Gauge
+    reloads: Counter
+    reload_failures: Counter
 
 
 _lock = threading.Lock()
@@ -102,8 +104,13 @@ def _create(reg: CollectorRegistry) -> WorkerMetrics:
             "finsent_consumer_lag_messages", "Messages behind the partition end, per partition",
             ["kafka_topic", "partition"], registry=reg,
         ),
-        model_info=Gauge("finsent_model_info", "The model serving now (value 1)", ["version", "provider"],
-                         registry=reg),
+        model_info=Gauge("finsent_model_info", "The model serving now (value 1; one series, replaced on a hot reload)",
+                         ["version", "provider"], registry=reg),
+        reloads=Counter("finsent_model_reloads", "Hot reloads: a new production version swapped in", registry=reg),
+        reload_failures=Counter(
+            "finsent_model_reload_failures",
+            "Production versions that failed to load on a hot reload (the old model kept serving)", registry=reg,
+        ),
     )
     for reason in DEAD_LETTER_REASONS:  # dashboards and alerts see 0, not "no data", before the first one
         m.dead_lettered.labels(reason)

@@ -31,7 +31,8 @@ scores N+1 and the store/publish of N runs (the agent body returns as soon as a 
 to the model). Queues are bounded: at most three batches are held in memory.
 
 The classifier sits in a :class:`ClassifierHolder` so a promoted model can be swapped in
-atomically (hot reload on the roadmap); each batch uses one model version.
+atomically: with a model registry the app follows its production alias (:mod:`finsent.stream.reload`);
+``_score`` reads ``holder.current`` once per batch, so each batch uses one model version.
 """
 
 from __future__ import annotations
@@ -290,6 +291,8 @@ class Scorer:
         #: set by the consumer group's first assignment (``/readyz``)
         self.joined = False
         self.store_error: str | None = None
+        #: the production-alias follower (hot reload), when the app follows a registry
+        self.follower: Any = None
 
     def readiness(self) -> tuple[bool, str]:
         """``/readyz``: joined the consumer group, model loaded, store reachable (as last seen)."""
@@ -333,6 +336,8 @@ class Scorer:
     def close(self) -> None:
         self.stopping.set()
         self.draining.set()
+        if self.follower is not None:
+            self.follower.close()
         self.model_pool.shutdown(wait=True)
         self.store_pool.shutdown(wait=True)
         if self.store is not None and self.owns_store:
@@ -486,10 +491,13 @@ class Scorer:
 
 
 def load_classifier(settings: Settings) -> Any:
+    """The model a worker starts with: the registry's production version, else FINSENT_MODEL_DIR."""
     from finsent.models.runtime import Classifier
+    from finsent.stream.reload import startup_model_dir
 
     return Classifier.load(
-        settings.model_dir, variant=settings.model_variant, threads=settings.model_threads, cache_dir=settings.cache_dir
+        startup_model_dir(settings), variant=settings.model_variant, threads=settings.model_threads,
+        cache_dir=settings.cache_dir,
     )
 
 
@@ -508,11 +516,14 @@ def create_app(
     """The Faust app with the scoring agent. ``app.finsent`` is its :class:`Scorer`.
 
     ``classifier``/``store`` may be given (tests, the demo); otherwise the classifier is loaded
-    from the settings now and the store is opened on the first batch (in the store thread).
+    from the settings now (registry production first) and the store is opened on the first batch (in
+    the store thread). An app that loaded its own model follows the registry's production alias (hot
+    reload, :mod:`finsent.stream.reload`); one given a classifier keeps it.
     ``extensions`` are called with the app and the settings to add agents of their own (the
     in-stream alert detector); ``registry`` is where the worker's metrics live (default: the
     process-wide one that ``/metrics`` serves).
     """
+    follow_registry = classifier is None
     if classifier is None:
         classifier = load_classifier(settings)
     if store is not None:
@@ -573,6 +584,11 @@ def create_app(
     scorer.metrics.model_info.labels(
         str(getattr(classifier, "version", "?")), str(getattr(classifier, "provider", "?"))
     ).set(1)
+
+    if follow_registry:
+        from finsent.stream.reload import attach as follow_production
+
+        follow_production(app, scorer, settings)
 
     @app.on_partitions_assigned.connect
     async def _joined(sender: Any, assigned: Any, **kwargs: Any) -> None:

@@ -85,9 +85,13 @@ class Settings(BaseSettings):
     # --- Model registry and retraining (finsent.models.registry, finsent retrain) ----------------
     registry: str | None = Field(
         str(DEFAULT_DATA_DIR / "registry"),
-        description="model registry directory (versions + production/candidate aliases); empty = none",
+        description="model registry directory (versions + production/candidate aliases); empty = none. When its "
+        "production alias is set, workers and `finsent rescore` use that version and FINSENT_MODEL_DIR is only the "
+        "fallback (a worker also follows the alias: hot reload); empty pins FINSENT_MODEL_DIR",
     )
-    reload_interval_s: float = Field(30.0, gt=0, description="how often a worker polls the production alias")
+    reload_interval_s: float = Field(
+        30.0, gt=0, description="how often a worker polls the production alias (hot reload between batches)"
+    )
     gate_tolerance: float = Field(
         0.005, ge=0.0, le=1.0, description="promotion gate: largest allowed macro-F1 drop on any frozen task"
     )

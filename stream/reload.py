@@ -1,0 +1,176 @@
+"""Which model a worker (or ``finsent rescore``) uses, and hot reload: following the registry's production alias.
+
+Why poll: the registry is a directory (:mod:`finsent.models.registry`), possibly on a mounted volume, and
+its aliases move by one atomic rename of ``aliases.json``. Reading that small file every
+``FINSENT_RELOAD_INTERVAL_S`` (like Triton's ``--model-control-mode=poll``) needs no notification
+channel, works the same on every filesystem, and costs nothing measurable.
+
+Which model a worker starts with (:func:`startup_model_dir`): the registry's production version when
+``FINSENT_REGISTRY`` is set and its production alias is set; otherwise ``FINSENT_MODEL_DIR`` (or the
+shipped model). So the registry wins; an empty ``FINSENT_REGISTRY`` pins ``FINSENT_MODEL_DIR``.
+
+How a swap happens (:class:`ModelFollower`): on a poll that finds production at another version than the
+one serving, the new version is loaded and warmed (one inference, so the first real batch does not pay
+for session start-up) in the follower's own thread -- never on the event loop, never in the model
+thread that scores batches -- and then installed with :meth:`ClassifierHolder.swap`. The scorer reads
+``holder.current`` once per batch and scores the whole batch with that object, which also stamps its
+``model_version`` on every row, so a batch never mixes versions: batches taken before the swap finish
+with the old model, the next one uses the new. ``/readyz`` only asks whether *a* model is loaded, so it
+stays ready throughout. ``finsent models rollback`` moves the alias back, and the follower swaps back
+the same way.
+
+A version that fails to load (missing files, a corrupt graph, a ``model_version`` that does not match
+the registry's name) leaves the old model serving: one ERROR line per bad version (not one per poll),
+``finsent_model_reload_failures_total`` counts it, and the follower does not retry that version until
+the alias points elsewhere and comes back. ``finsent_model_info`` always shows the version in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from finsent.core.errors import ModelError
+from finsent.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The text a freshly loaded model scores once before it serves (any text works; this one tokenises).
+WARM_UP_TEXT = "shares rise after record quarterly earnings"
+
+
+def registry_of(settings: Settings) -> Any:
+    """The settings' :class:`~finsent.models.registry.Registry`, or None when ``FINSENT_REGISTRY`` is empty."""
+    if not settings.registry:
+        return None
+    from finsent.models.registry import Registry
+
+    return Registry(Path(settings.registry))
+
+
+def production_version(settings: Settings) -> Any:
+    """The registry's production :class:`~finsent.models.registry.ModelVersion`, or None (no registry / unset)."""
+    registry = registry_of(settings)
+    return registry.resolve("production") if registry is not None else None
+
+
+def startup_model_dir(settings: Settings) -> str | None:
+    """The model directory a worker loads at start: production from the registry, else FINSENT_MODEL_DIR."""
+    mv = production_version(settings)
+    if mv is not None:
+        log.info("registry %s: production is %s", settings.registry, mv.version)
+        return str(mv.path)
+    return settings.model_dir
+
+
+def load_model(path: str | Path | None, settings: Settings, expect_version: str | None = None) -> Any:
+    """Load and warm a classifier; :class:`ModelError` for anything that makes it unusable.
+
+    ``expect_version``: the registry's name for it, which the loaded model must report (a directory
+    whose labels.json says otherwise is not the version the alias names).
+    """
+    from finsent.models.runtime import Classifier
+
+    try:
+        clf = Classifier.load(path, variant=settings.model_variant, threads=settings.model_threads,
+                              cache_dir=settings.cache_dir)
+        if expect_version is not None and clf.version != expect_version:
+            raise ModelError(f"{path} reports model_version {clf.version!r}, not {expect_version!r}")
+        clf.predict([WARM_UP_TEXT])
+    except ModelError:
+        raise
+    except Exception as exc:  # onnxruntime, tokenizers, OSError: all mean "this directory cannot serve"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{path}: {type(exc).__name__}: {first[:300]}") from exc
+    return clf
+
+
+class ModelFollower:
+    """Polls the production alias and swaps the holder's classifier when it moves (see the module docstring)."""
+
+    def __init__(self, settings: Settings, holder: Any, metrics: Any, registry: Any) -> None:
+        self.settings = settings
+        self.holder = holder
+        self.metrics = metrics
+        self.registry = registry
+        #: versions that failed to load, not retried while the alias stays on them
+        self.failed: set[str] = set()
+        self.stopping = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-reload")
+        #: (version, "swapped" | "failed") per change seen, in order (tests, the log)
+        self.events: list[tuple[str, str]] = []
+
+    def check(self) -> str | None:
+        """One poll (blocking: runs in the follower's thread). Returns the version swapped in, if any."""
+        try:
+            mv = self.registry.resolve("production")
+        except Exception as exc:  # an unreadable aliases.json must not stop the worker
+            log.warning("model registry %s: cannot read the production alias (%s)", self.registry.root, exc)
+            return None
+        current = self.holder.current
+        serving = str(getattr(current, "version", ""))
+        if mv is None or mv.version == serving:
+            if mv is not None:
+                self.failed.discard(mv.version)  # back on a good version: a later retry of a bad one logs again
+            return None
+        if mv.version in self.failed:
+            return None
+        try:
+            clf = load_model(mv.path, self.settings, expect_version=mv.version)
+        except ModelError as exc:
+            self.failed.add(mv.version)
+            self.events.append((mv.version, "failed"))
+            self.metrics.reload_failures.inc()
+            log.error("model reload: production moved to %s but it cannot be loaded, still serving %s: %s",
+                      mv.version, serving, exc.one_line())
+            return None
+        if self.stopping.is_set():
+            return None
+        self.holder.swap(clf)
+        self.failed.clear()
+        self.events.append((mv.version, "swapped"))
+        self.metrics.reloads.inc()
+        set_model_info(self.metrics, clf, previous=current)
+        log.info("model reload: now serving %s (was %s)", mv.version, serving)
+        return mv.version
+
+    async def poll(self) -> None:
+        """The timer body: run :meth:`check` in the follower's thread, off the event loop."""
+        if self.stopping.is_set():
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.pool, self.check)
+        except RuntimeError:  # the pool is shut down: the worker is stopping
+            return
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def set_model_info(metrics: Any, clf: Any, previous: Any = None) -> None:
+    """``finsent_model_info{version, provider} 1`` for the model in use; the previous one's series removed."""
+    if previous is not None:
+        with contextlib.suppress(KeyError):
+            metrics.model_info.remove(str(getattr(previous, "version", "?")), str(getattr(previous, "provider", "?")))
+    metrics.model_info.labels(str(getattr(clf, "version", "?")), str(getattr(clf, "provider", "?"))).set(1)
+
+
+def attach(app: Any, scorer: Any, settings: Settings) -> ModelFollower | None:
+    """Follow the production alias in ``app`` (a Faust timer every ``reload_interval_s``); None without a registry."""
+    registry = registry_of(settings)
+    if registry is None:
+        return None
+    follower = ModelFollower(settings, scorer.holder, scorer.metrics, registry)
+    scorer.follower = follower
+
+    @app.timer(interval=settings.reload_interval_s, name="finsent.reload")
+    async def follow_production() -> None:
+        await follower.poll()
+
+    return follower
