@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 from typing import Any
 
 from finsent.core.errors import ConfigError
@@ -26,6 +27,17 @@ EPILOG_COMMON = """\
 dedup: items already published (same canonical URL, source GUID or id) are dropped; the state
 lives in FINSENT_INGEST_STATE_DIR and is written only after the broker acknowledged the item.
 --dry-run prints normalised items as JSON lines on stdout and publishes nothing.
+"""
+
+EPILOG_SERVICE = """\
+health: with --metrics-port, GET /healthz answers 200 while the process runs, and GET /readyz
+answers 200 when ready: the Kafka producer's last contact succeeded (it connected and fetched
+metadata, or its last publish was acknowledged) and the service is not stopping; else 503 with
+the reason. A dry run is always ready.
+SIGTERM/SIGINT: no new work starts, the publish in flight gets 5 s to be acknowledged, what is
+not is handed back (not counted as produced, not marked as seen: sent again next run), exit 0
+within 10 s in every state, the broker gone included.
+
 """
 
 
@@ -94,27 +106,33 @@ def _gave_up(exc: PublishError, acked_total: int) -> PublishError:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.replay import ReplayStats, replay
+    from finsent.ingest.service import Stopper, readiness
     from finsent.stream.metrics import serve_metrics
 
     if args.rate is not None and args.speedup is not None:
         raise ConfigError("finsent ingest replay: use either --rate or --speedup, not both")
-    serve_metrics(settings.metrics_host, args.metrics_port)
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, use_dedup=args.dedup,
                                          publish_timeout_s=publish_timeout(args, settings))
+    stopper = Stopper(publisher)
+    stopper.install()  # SIGTERM: no new items, the publish in flight is drained, summary, exit
+    serve_metrics(settings.metrics_host, args.metrics_port, ready=readiness(publisher, stopper))
     stats = ReplayStats()
     try:
         replay(
             args.paths, pipeline, rate=args.rate, speedup=args.speedup, limit=args.limit,
             source=args.source, source_type=args.source_type, encoding=args.encoding,
-            progress=not args.dry_run, stats=stats,
+            progress=not args.dry_run, stats=stats, stop=stopper.event,
         )
     except PublishError as exc:
-        _summary(produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows, unacked=len(exc.pending))
+        stopped = {"stopped": stopper.signal_name} if stopper.stopped else {}
+        _summary(produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows, unacked=len(exc.pending),
+                 **stopped)
         raise _gave_up(exc, stats.produced) from None
     finally:
         if publisher is not None:
             publisher.close()
-    _summary(produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows)
+    stopped = {"stopped": stopper.signal_name} if stopper.stopped else {}
+    _summary(produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows, **stopped)
     return 0
 
 
@@ -122,11 +140,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings, pipeline, publisher) -> int:
-    """Run polling sources once (``--once``) or until SIGINT/SIGTERM; 0 if at least one succeeded."""
-    import signal
-    import threading
+    """Run polling sources once (``--once``) or until SIGINT/SIGTERM; 0 if at least one succeeded.
 
+    SIGTERM: no poll starts, the publish in flight is drained (:mod:`finsent.ingest.service`), exit 0.
+    """
     from finsent.ingest.poller import Poller
+    from finsent.ingest.service import DRAIN_GRACE_S, Stopper, keep_connecting, readiness
     from finsent.stream.metrics import serve_metrics
 
     if not sources:
@@ -141,21 +160,17 @@ def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings
             if unpublished:  # fetched but not acked: not marked, so the next run fetches them again
                 raise _gave_up(unpublished[0], pipeline.produced)
             return 0 if ok else 1
-        serve_metrics(settings.metrics_host, args.metrics_port)
-        if threading.current_thread() is threading.main_thread():
-            def stop(*_: Any) -> None:
-                poller.stop.set()
-                if publisher is not None:
-                    publisher.abort()  # a poll stuck waiting for a dead broker gives up (nothing marked)
-
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, stop)
+        stopper = Stopper(publisher)
+        poller.stop = stopper.event
+        stopper.install()
+        serve_metrics(settings.metrics_host, args.metrics_port, ready=readiness(publisher, stopper))
+        keep_connecting(publisher, stopper.event)
         log.info("polling %d source(s); Ctrl-C to stop", len(sources))
-        poller.run_forever()
+        poller.run_forever(stop_grace_s=DRAIN_GRACE_S + 1.0)
         ok = sum(1 for st in poller.states if st.ok)
         _summary(produced=pipeline.produced, skipped=pipeline.skipped, sources_ok=ok,
-                 sources_failed=len(poller.states) - ok)
-        return 0 if ok else 1
+                 sources_failed=len(poller.states) - ok, stopped=stopper.signal_name)
+        return 0 if ok or stopper.stopped else 1  # a service asked to stop has stopped, not failed
     finally:
         if publisher is not None:
             publisher.close()
@@ -234,9 +249,11 @@ def cmd_bluesky(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
+    import asyncio
 
-    from finsent.ingest.http_push import check_bind, create_app
+    from finsent.ingest.http_push import check_bind, create_app, serve_app
+    from finsent.ingest.service import DRAIN_GRACE_S, Stopper, keep_connecting, readiness
+    from finsent.stream.metrics import serve_metrics
 
     token = _secret(settings.http_token)
     problem = check_bind(args.host, token)
@@ -244,15 +261,37 @@ def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"finsent ingest http: {problem}")
     timeout = publish_timeout(args, settings)
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, publish_timeout_s=timeout)
+    stopper = Stopper(publisher)
+    ready = readiness(publisher, stopper)
     app = create_app(pipeline, token=token, max_body_bytes=args.max_body_bytes, max_items=args.max_items,
-                     publish_timeout_s=timeout)
-    log.info("POST http://%s:%d/v1/items (auth: %s); /healthz, /metrics", args.host, args.port,
-             "bearer token" if token else "none, loopback only")
+                     publish_timeout_s=timeout, body_timeout_s=args.body_timeout or settings.http_body_timeout_s,
+                     ready=ready)
+    serve_metrics(settings.metrics_host, args.metrics_port, ready=ready)
+    keep_connecting(publisher, stopper.event)
+
+    def started(port: int) -> None:
+        log.info("POST http://%s:%d/v1/items (auth: %s); /healthz, /readyz, /metrics", args.host, port,
+                 "bearer token" if token else "none, loopback only")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda s=sig: (stopper(s), stop.set()))
+        await serve_app(
+            app, args.host, args.port, stop=stop, metrics=pipeline.metrics,
+            max_connections=args.max_connections or settings.http_max_connections,
+            header_timeout_s=args.header_timeout or settings.http_header_timeout_s,
+            shutdown_timeout_s=DRAIN_GRACE_S + 1.0, started=started,
+        )
+
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True)
+        asyncio.run(main())
     finally:
+        stopper.event.set()
         if publisher is not None:
             publisher.close()
+    log.info("stopped: %d item(s) acknowledged by Kafka", pipeline.produced)
     return 0
 
 
@@ -287,6 +326,18 @@ def register(subparsers: Any) -> None:
         'JSON line {"produced": N, "skipped": M, "bad_rows": [{"file", "line", "reason", "detail"}, ...]} on '
         "stdout (the first 100 bad rows; produced counts only what Kafka acknowledged). Exit status 6 when Kafka "
         "does not acknowledge within --publish-timeout.",
+        epilog="""\
+health: with --metrics-port, /healthz (alive) and /readyz (200 when the producer's last contact
+with Kafka succeeded: connected with metadata, or last publish acknowledged; 503 otherwise).
+SIGTERM/SIGINT: no new rows are read, what was read gets 5 s to be acknowledged, the summary
+line says "stopped": "SIGTERM"; exit 0 when all of it was acknowledged, 6 when some was handed
+back unacknowledged (not counted in produced). Always within 10 s.
+
+examples:
+  finsent ingest replay finsent/demo_data/seed.csv --rate 50
+  finsent ingest replay news.jsonl --brokers kafka:9092 --publish-timeout 60 --metrics-port 9470
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="CSV or JSONL (.jsonl/.ndjson) files")
     pace = p.add_mutually_exclusive_group()
@@ -300,7 +351,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--source-type", choices=("news", "social"), default="news", help="default source_type (news)")
     p.add_argument("--encoding", default="utf-8-sig", help="file encoding (default utf-8; e.g. latin-1)")
     p.add_argument("--dedup", action="store_true", help="also drop items already published (off: replays repeat)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve /metrics, /healthz and /readyz on this port (FINSENT_METRICS_HOST)")
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     _add_publish_timeout(p, "giving up with exit status 6")
     p.set_defaults(func=cmd_replay)
@@ -312,7 +364,11 @@ def register(subparsers: Any) -> None:
         description="Poll feeds with conditional GET (ETag/Last-Modified), per-feed interval and exponential "
         "back-off, a whole-request timeout and a size limit; 429/503 Retry-After is honoured. One bad feed "
         "never stops the others (its error names the URL on stderr and is counted in metrics).",
-        epilog=EPILOG_COMMON,
+        epilog=EPILOG_COMMON + EPILOG_SERVICE + "".join((
+            "examples:\n",
+            "  finsent ingest rss https://feeds.example.com/markets.xml --interval 300 --metrics-port 9471\n",
+            "  finsent ingest rss --feeds ingest/data/feeds.example.txt --once --dry-run\n",
+        )),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("urls", nargs="*", metavar="URL", help="feed URLs")
@@ -327,7 +383,10 @@ def register(subparsers: Any) -> None:
         description="Poll GET /api/v1/timelines/tag/:hashtag on one instance (public, no auth; "
         "FINSENT_MASTODON_TOKEN is sent as a bearer token when set). Pages forward with min_id and the Link "
         "header; X-RateLimit-Remaining/Reset and Retry-After are honoured.",
-        epilog=EPILOG_COMMON,
+        epilog=EPILOG_COMMON + EPILOG_SERVICE + "".join((
+            "examples:\n",
+            "  finsent ingest mastodon stocks investing --instance mastodon.social --language en --metrics-port 9472\n",
+        )),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("tags", nargs="+", metavar="TAG", help="hashtags without '#', e.g. stocks investing")
@@ -342,7 +401,10 @@ def register(subparsers: Any) -> None:
         description="Poll /r/<sub>/new.json (public JSON, or oauth.reddit.com with FINSENT_REDDIT_TOKEN). "
         "Pages with 'after' until the newest post seen before; X-Ratelimit-Remaining/Reset and Retry-After "
         "are honoured.",
-        epilog=EPILOG_COMMON,
+        epilog=EPILOG_COMMON + EPILOG_SERVICE + "".join((
+            "examples:\n",
+            "  finsent ingest reddit stocks investing --interval 120 --metrics-port 9473\n",
+        )),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("subreddits", nargs="+", metavar="SUBREDDIT", help="e.g. stocks investing wallstreetbets")
@@ -357,7 +419,10 @@ def register(subparsers: Any) -> None:
         description="Poll GET /xrpc/app.bsky.feed.searchPosts?q=...&sort=latest with a 'since' cursor and page "
         "cursors. The public AppView may require auth for search: set FINSENT_BLUESKY_TOKEN (access JWT) and "
         "--base-url to your PDS. RateLimit-Remaining/Reset and Retry-After are honoured.",
-        epilog=EPILOG_COMMON,
+        epilog=EPILOG_COMMON + EPILOG_SERVICE + "".join((
+            "examples:\n",
+            "  FINSENT_BLUESKY_TOKEN=... finsent ingest bluesky '$AAPL' '#stocks' --metrics-port 9474\n",
+        )),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("queries", nargs="+", metavar="QUERY", help="search queries, e.g. '$AAPL' '#stocks'")
@@ -369,17 +434,44 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser(
         "http",
         help="HTTP endpoint: POST /v1/items (JSON object, array or NDJSON)",
-        description="Serve POST /v1/items, GET /healthz and GET /metrics. Items are normalised like every other "
-        "source; the answer is 202 with the ids only after Kafka acknowledged them, 503 when Kafka cannot take "
-        "them in --publish-timeout seconds (nothing is lost: retry), 401 without the bearer token "
-        "(FINSENT_HTTP_TOKEN), 413 for bodies over --max-body-bytes, 400/422 with a reason per bad item.",
-        epilog=EPILOG_COMMON,
+        description="Serve POST /v1/items, GET /healthz, /readyz and /metrics. Items are normalised like every "
+        "other source; the answer is 202 with the ids only after Kafka acknowledged them, 503 when Kafka cannot "
+        "take them in --publish-timeout seconds (nothing is lost: retry), 401 without the bearer token "
+        "(FINSENT_HTTP_TOKEN), 413 for bodies over --max-body-bytes, 400/422 with a reason per bad item, 408 "
+        "for a body slower than --body-timeout.",
+        epilog="""\
+bad clients: a connection that has not sent complete request headers --header-timeout seconds
+after it connected (or after its previous response; also the idle keep-alive limit) is closed;
+a body that has not arrived --body-timeout seconds after its headers gets 408 and the connection
+is closed; beyond --max-connections open connections a new one gets 503 + Retry-After at once.
+health: /healthz answers 200 while the process runs; /readyz answers 200 when ready: the Kafka
+producer's last contact succeeded (connected with metadata, or last publish acknowledged) and
+the endpoint is accepting requests; else 503 with the reason. Neither needs the token.
+/metrics needs the bearer token when FINSENT_HTTP_TOKEN is set; --metrics-port serves /metrics,
+/healthz and /readyz without it on FINSENT_METRICS_HOST (127.0.0.1 by default) for Prometheus.
+SIGTERM/SIGINT: the port closes, idle connections are closed, requests in flight are answered
+(202, or 503 when their publish is not acknowledged within 5 s: nothing lost, the client
+retries), exit 0 within 10 s in every state.
+
+examples:
+  finsent ingest http --port 8088
+  FINSENT_HTTP_TOKEN=$(cat /run/secrets/push) finsent ingest http --host 0.0.0.0 --metrics-port 9475
+  curl -X POST -H 'Content-Type: application/json' -d '{"text": "ACME beats estimates"}' localhost:8088/v1/items
+""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
     p.add_argument("--port", type=int, default=8088, help="port (default 8088)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N", help="request body limit (1 MB)")
     p.add_argument("--max-items", type=int, default=1000, metavar="N", help="items per request limit (1000)")
+    p.add_argument("--header-timeout", type=_positive, metavar="SECONDS",
+                   help="complete request headers within this (FINSENT_HTTP_HEADER_TIMEOUT_S, 10)")
+    p.add_argument("--body-timeout", type=_positive, metavar="SECONDS",
+                   help="complete request body within this after the headers (FINSENT_HTTP_BODY_TIMEOUT_S, 30)")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help="open connections at most; more get 503 (FINSENT_HTTP_MAX_CONNECTIONS, 1000)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="also serve /metrics, /healthz, /readyz without the token on this port (loopback)")
     _add_publish_timeout(p, "answering 503")
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     p.set_defaults(func=cmd_http)

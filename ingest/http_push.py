@@ -18,6 +18,24 @@ Contract (what a client can rely on):
 * ``401`` without the bearer token (``settings.http_token``, compared in constant time),
   ``413`` for a body over the size limit or too many items, ``415`` for a non-JSON content type.
 
+Bad clients (:func:`serve`), because an endpoint on a network meets them:
+
+* **slow headers**: a connection must complete its request headers within ``header_timeout_s`` of
+  connecting (or of its previous response) -- aiohttp's keep-alive timer, which also closes idle
+  keep-alive connections -- else it is closed without an answer;
+* **slow bodies**: the body must arrive within ``body_timeout_s`` of the headers, else ``408`` and
+  the connection is closed (at most :data:`LINGER_S` later); aiohttp itself has no body timeout,
+  so the handler reads under ``asyncio.timeout``;
+* **too many connections**: beyond ``max_connections`` open connections a new one is answered
+  ``503`` + ``Retry-After`` at once and closed, without reading its request, so a slowloris
+  flood cannot take the memory or the file descriptors of the good clients.
+
+Health: ``/healthz`` (alive) and ``/readyz`` (Kafka reachable as last seen, see
+:mod:`finsent.ingest.service`, and accepting requests) never need the token; they say no more
+than "ok"/"ready". ``/metrics`` needs the token when one is set (Prometheus sends it with
+``authorization: {credentials_file: ...}``); ``--metrics-port`` serves ``/metrics``,
+``/healthz`` and ``/readyz`` without it on ``FINSENT_METRICS_HOST`` (loopback by default).
+
 The Kafka producer blocks, so publishing runs in a thread pool, never on the event loop.
 """
 
@@ -28,6 +46,7 @@ import hmac
 import ipaddress
 import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +68,9 @@ _JSON_TYPES = ("application/json", "application/x-ndjson", "application/ndjson",
 
 
 _CONNECT = web.AppKey("connect", asyncio.Future)
+
+#: after a 408 the rest of a slow body is read and dropped for at most this long, then the connection closes
+LINGER_S = 2.0
 
 
 class BadBody(ValueError):
@@ -232,7 +254,10 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     max_items: int = 1000,
     publish_timeout_s: float = 10.0,
+    body_timeout_s: float = 30.0,
+    ready: Callable[[], tuple[bool, str]] | None = None,
 ) -> web.Application:
+    """The push endpoint's routes. ``ready`` answers ``/readyz`` (default: the publisher's readiness)."""
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="publish")
     coalescer = Coalescer(pipeline, executor, publish_timeout_s)
     expected = f"Bearer {token}".encode() if token else None
@@ -242,11 +267,15 @@ def create_app(
         headers = {"WWW-Authenticate": 'Bearer realm="finsent"'} if status == 401 else None
         return web.json_response({"error": message, **extra}, status=status, headers=headers)
 
+    def authorized(request: web.Request) -> bool:
+        if expected is None:
+            return True
+        got = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        return hmac.compare_digest(got, expected)
+
     async def post_items(request: web.Request) -> web.Response:
-        if expected is not None:
-            got = request.headers.get("Authorization", "").encode("utf-8", "replace")
-            if not hmac.compare_digest(got, expected):
-                return problem(401, "missing or wrong bearer token (Authorization: Bearer <FINSENT_HTTP_TOKEN>)")
+        if not authorized(request):
+            return problem(401, "missing or wrong bearer token (Authorization: Bearer <FINSENT_HTTP_TOKEN>)")
         if request.content_length is not None and request.content_length > max_body_bytes:
             return problem(413, f"body is {request.content_length} bytes; the limit is {max_body_bytes}")
         mime = (request.content_type or "").lower() if "Content-Type" in request.headers else ""
@@ -256,9 +285,15 @@ def create_app(
         if charset and known_text_encoding(charset) is None:
             return problem(415, f"charset {charset!r} is not a text encoding finsent can read: use utf-8")
         try:
-            body = await request.read()
+            async with asyncio.timeout(body_timeout_s):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return problem(413, f"body exceeds the limit of {max_body_bytes} bytes")
+        except TimeoutError:
+            metrics.errors.labels(METRIC_SOURCE, "body_timeout").inc()
+            resp = problem(408, f"request body not received within {body_timeout_s:g} s")
+            resp.force_close()
+            return resp
         try:
             values = parse_body(body, request.headers.get("Content-Type"))
         except BadBody as exc:
@@ -311,12 +346,22 @@ def create_app(
         kafka = "dry-run" if pub is None else ("connected" if pub.connected else "not connected")
         return web.json_response({"status": "ok", "kafka": kafka})
 
+    from finsent.ingest.service import readiness
+
+    is_ready = ready or readiness(pipeline.publisher)
+
+    async def readyz(request: web.Request) -> web.Response:
+        ok, why = is_ready()
+        return web.json_response({"ready": ok, "why": why}, status=200 if ok else 503)
+
     async def on_startup(app: web.Application) -> None:
         if pipeline.publisher is not None:  # connect in the background: the first request need not pay
             loop = asyncio.get_running_loop()
             app[_CONNECT] = loop.run_in_executor(executor, pipeline.publisher.connect)
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
+        if not authorized(request):  # a token-protected endpoint does not show its traffic to strangers
+            return problem(401, "/metrics needs the bearer token here; or scrape --metrics-port (loopback)")
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -326,6 +371,7 @@ def create_app(
     app = web.Application(client_max_size=max_body_bytes)
     app.router.add_post("/v1/items", post_items)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
@@ -338,3 +384,129 @@ def check_bind(host: str, token: str | None) -> str | None:
         return (f"refusing to listen on {host} without a token: set FINSENT_HTTP_TOKEN "
                 "(clients send 'Authorization: Bearer <token>') or bind to 127.0.0.1")
     return None
+
+
+# -- serving: connection cap, header timeout, SIGTERM drain ----------------------------------------
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted by :class:`_CappedFactory` while it is open."""
+
+    def __init__(self, inner: Any, owner: _CappedFactory) -> None:
+        self.inner = inner
+        self.owner = owner
+
+    def connection_made(self, transport: Any) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.open -= 1
+        self.inner.connection_lost(exc)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: ``503`` at once, then closed (its request is never read)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        body = json.dumps({"error": f"too many connections (the limit is {self.limit}); retry later"}).encode()
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        if transport.can_write_eof():
+            transport.write_eof()
+        # read (and drop) what the client still sends for a moment, so the close is a FIN, not a reset
+        self._timer = asyncio.get_running_loop().call_later(1.0, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the client is done too: close now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _CappedFactory:
+    """Protocol factory over aiohttp's server: at most ``limit`` connections open at once."""
+
+    def __init__(self, server: Any, limit: int, metrics: Any) -> None:
+        self.server = server
+        self.limit = limit
+        self.metrics = metrics
+        self.open = 0
+        self.refused = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open >= self.limit:
+            self.refused += 1
+            self.metrics.errors.labels(METRIC_SOURCE, "too_many_connections").inc()
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("%d connection(s) refused so far: %d open is the limit (--max-connections)",
+                            self.refused, self.limit)
+            return _Refused(self.limit)
+        self.open += 1
+        return _Counted(self.server(), self)
+
+
+async def serve_app(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    stop: asyncio.Event,
+    metrics: Any,
+    max_connections: int = 1000,
+    header_timeout_s: float = 10.0,
+    shutdown_timeout_s: float = 6.0,
+    started: Callable[[int], None] | None = None,
+) -> None:
+    """Serve ``app`` on ``host:port`` until ``stop`` is set, then stop within about ``shutdown_timeout_s``.
+
+    Stopping: the listening socket closes first (no new connections), idle and half-sent
+    connections are closed, requests in flight get ``shutdown_timeout_s`` to be answered (their
+    publish is drained by the publisher, so they end with 202 or 503), then the app cleans up.
+    ``started(port)`` is called once listening (the port actually bound).
+    """
+    from finsent.core.errors import ConfigError
+
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout_s,
+        keepalive_timeout=header_timeout_s, lingering_time=LINGER_S,
+    )
+    await runner.setup()
+    try:
+        factory = _CappedFactory(runner.server, max_connections, metrics)
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(factory, host, port, reuse_address=True, backlog=512)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                              hint="pick a free --port, or stop what holds it") from None
+        bound = server.sockets[0].getsockname()[1] if server.sockets else port
+        if started is not None:
+            started(bound)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+    finally:
+        await runner.cleanup()

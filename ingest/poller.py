@@ -8,6 +8,12 @@ thread pool because they are blocking network I/O; publishing is serialised by t
 A publish that Kafka did not acknowledge in time (the publisher's bounded wait) fails that poll
 like a fetch error: nothing was marked as seen, so the items are fetched again next time. The
 last such error of a source is kept (``_State.publish_error``) so ``--once`` can exit with it.
+
+Stopping (:meth:`Poller.run_forever` after :attr:`Poller.stop`): no poll starts any more, polls in
+flight get ``stop_grace_s`` to finish (their publish is drained by the publisher within its own
+grace), and a poll still running after that -- a fetch from a slow server -- is abandoned: it has
+published nothing and moved no cursor, so the next run fetches the same items. That is why the
+long-running loop runs each poll in a daemon thread, not a pool the interpreter would wait for.
 """
 
 from __future__ import annotations
@@ -119,24 +125,44 @@ class Poller:
         ok = sum(1 for s in self.states if s.ok and s.failures == 0)
         return ok, len(self.states) - ok
 
-    def run_forever(self) -> None:
-        """Poll each source when due until :attr:`stop` is set (SIGINT/SIGTERM in the CLI)."""
+    def _start(self, state: _State) -> Future[None]:
+        """Run one poll in a daemon thread (abandoned, not waited for, when a stop outlasts its grace)."""
+        fut: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                self._poll_one(state)
+            except BaseException as exc:  # noqa: BLE001 - _poll_one catches everything; this is belt and braces
+                fut.set_exception(exc)
+            else:
+                fut.set_result(None)
+
+        threading.Thread(target=run, name=f"poll-{state.source.name}", daemon=True).start()
+        return fut
+
+    def run_forever(self, stop_grace_s: float = 6.0) -> None:
+        """Poll each source when due until :attr:`stop` is set (SIGINT/SIGTERM in the CLI).
+
+        Then waits at most ``stop_grace_s`` for the polls in flight; the rest are abandoned.
+        """
         running: dict[Future[None], _State] = {}
-        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="poll") as pool:
-            while not self.stop.is_set():
-                now = time.monotonic()
-                busy = set(running.values())
-                for st in self.states:
-                    if st not in busy and st.next_due <= now and len(running) < self.max_workers:
-                        running[pool.submit(self._poll_one, st)] = st
-                idle = [s.next_due for s in self.states if s not in set(running.values())]
-                timeout = max(0.05, min(idle) - time.monotonic()) if idle else 1.0
-                timeout = min(timeout, 1.0)
-                if running:
-                    done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        running.pop(fut)
-                else:
-                    self.stop.wait(timeout)
-            for fut in list(running):
-                fut.result()
+        while not self.stop.is_set():
+            now = time.monotonic()
+            busy = set(running.values())
+            for st in self.states:
+                if st not in busy and st.next_due <= now and len(running) < self.max_workers:
+                    running[self._start(st)] = st
+            idle = [s.next_due for s in self.states if s not in set(running.values())]
+            timeout = max(0.05, min(idle) - time.monotonic()) if idle else 1.0
+            timeout = min(timeout, 1.0)
+            if running:
+                done, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    running.pop(fut)
+            else:
+                self.stop.wait(timeout)
+        if running:
+            _, late = wait(list(running), timeout=stop_grace_s)
+            for fut in late:
+                log.warning("stopping: abandoned the poll of %s still in flight (nothing of it was published)",
+                            running[fut].source.url)

@@ -17,6 +17,14 @@ Durability contract (what the ingesters and the HTTP endpoint promise on top of 
 
 The kafka-python producer is created lazily and re-created after a failed bootstrap, so an
 ingester can start before the broker and survive a broker restart.
+
+Stopping (SIGTERM) is :meth:`Publisher.drain`: the publish in flight gets a short grace to collect
+its acks, then hands back what is still unacked (in the :class:`PublishError`, not counted, not
+marked as seen) instead of waiting out the publish timeout. Every wait inside a round is sliced
+(at most :data:`WAIT_SLICE_S`) and each bootstrap attempt capped (:data:`BOOTSTRAP_CAP_S`), so a
+drain is obeyed within about a second even against a broker that is gone. Readiness
+(``/readyz``) is :meth:`Publisher.ready`: the last contact with the broker (a connect, or a
+round of acks) succeeded.
 """
 
 from __future__ import annotations
@@ -64,6 +72,11 @@ class PublishResult:
 
 _FROM_SETTINGS: Any = object()
 
+#: longest single blocking wait inside a publish round: a drain or abort is noticed this quickly
+WAIT_SLICE_S = 0.2
+#: longest bootstrap attempt (connect + first metadata); failed attempts are retried with back-off
+BOOTSTRAP_CAP_S = 3.0
+
 
 class Publisher:
     """Thread-safe wrapper over one KafkaProducer. Use as a context manager or call :meth:`close`.
@@ -96,6 +109,9 @@ class Publisher:
         self._lock = threading.Lock()
         self._closed = False
         self._abort = threading.Event()
+        self._stop_at = math.inf  # monotonic time after which no wait goes on (drain/abort)
+        self._wake = threading.Event()  # cuts a back-off sleep short (drain/abort)
+        self._contact: tuple[bool, str] = (False, "not connected to Kafka yet")
 
     # -- producer lifecycle --------------------------------------------------------------------
 
@@ -105,7 +121,9 @@ class Publisher:
 
         linger_ms = 20
         request_ms = max(1000, min(30_000, int(self.delivery_timeout_s * 1000 / 2)))
-        bootstrap_ms = request_ms if budget_s is None else max(500, min(request_ms, int(budget_s * 1000)))
+        bootstrap_ms = min(request_ms, int(BOOTSTRAP_CAP_S * 1000))
+        if budget_s is not None:
+            bootstrap_ms = max(200, min(bootstrap_ms, int(budget_s * 1000)))
         cfg = producer_config(self.settings, self.client_id)
         cfg.update(
             linger_ms=linger_ms,
@@ -134,7 +152,7 @@ class Publisher:
 
                 from finsent.stream.kafka import ensure_topics
 
-                topic_s = min(15.0, self.delivery_timeout_s)
+                topic_s = min(5.0, self.delivery_timeout_s)
                 if budget_s is not None:
                     topic_s = max(0.5, min(topic_s, budget_s))
                 try:
@@ -148,21 +166,39 @@ class Publisher:
                     raise
                 self._topic_ready = True
             self._producer = producer
+            self._contact = (True, f"connected to Kafka at {self.settings.brokers}")
             log.info("connected to Kafka %s, publishing to %s", self.settings.brokers, self.topic)
         return self._producer
 
-    def _drop_producer(self) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=1)
-            except Exception:  # closing a broken producer must not mask the original error
-                log.debug("error closing producer", exc_info=True)
-            self._producer = None
+    def _drop_producer(self, timeout_s: float = 1.0) -> None:
+        """Close the producer; what it could not deliver in ``timeout_s`` is failed, not sent later."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=max(0.0, timeout_s))
+        except Exception:  # closing a broken producer must not mask the original error
+            log.debug("error closing producer", exc_info=True)
+            sender = getattr(producer, "_sender", None)  # kafka-python: close() gave up in its flush
+            if sender is not None:
+                try:
+                    sender.force_close()  # the buffered records fail; nothing goes out after we said "unacked"
+                except Exception:  # noqa: BLE001
+                    log.debug("error force-closing the producer", exc_info=True)
 
     @property
     def connected(self) -> bool:
         """Whether a producer is up (it was, at least, at the last publish)."""
         return self._producer is not None
+
+    def ready(self) -> tuple[bool, str]:
+        """``/readyz`` of an ingester: the last contact with Kafka (connect or acked round) succeeded.
+
+        False before the first connect, after a round that got no acks, and once draining.
+        """
+        if self._closed or self._abort.is_set() or self.draining:
+            return False, "stopping"
+        return self._contact
 
     def connect(self) -> bool:
         """Try to connect now (e.g. at service start) instead of on the first publish."""
@@ -173,29 +209,48 @@ class Publisher:
             except PublishConfigError:
                 raise
             except Exception as exc:
+                self._contact = (False, f"Kafka at {self.settings.brokers} not reachable: {exc}")
                 log.warning("Kafka at %s not reachable yet (%s); will retry on publish", self.settings.brokers, exc)
                 self._drop_producer()
                 return False
 
+    def drain(self, grace_s: float) -> None:
+        """Shutdown: the publish in flight may wait ``grace_s`` more for its acks, then gives up.
+
+        No new round starts. What is unacked then is handed back in the :class:`PublishError`
+        (never counted as produced, never marked as seen), so the next run publishes it again.
+        """
+        self._stop_at = min(self._stop_at, time.monotonic() + max(0.0, grace_s))
+        self._wake.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._stop_at != math.inf
+
+    def _stopping(self, pending: Sequence[RawItem], error: str) -> str:
+        return f"stopping: {len(pending)} item(s) not acknowledged by Kafka ({error or 'no time left'}); handed back"
+
     def abort(self) -> None:
-        """Make a publish that is waiting for an unreachable broker give up now (shutdown signal).
+        """Make a publish give up now, in flight or waiting for an unreachable broker.
 
         Its unacked items are reported in the :class:`PublishError` and were never marked as
         seen, so the next run publishes them again.
         """
         self._abort.set()
+        self.drain(0.0)
 
     def close(self) -> None:
+        """Flush and close: within the drain grace when draining, else within the delivery timeout."""
         self._abort.set()
+        self._wake.set()
         with self._lock:
             self._closed = True
             if self._producer is not None:
-                try:
-                    self._producer.flush(timeout=self.delivery_timeout_s)
-                except Exception as exc:  # only unacked records can be pending, and they were reported
-                    log.warning("closing the Kafka producer: %s", exc)
-                finally:
-                    self._drop_producer()
+                if self._stop_at == math.inf:
+                    wait_s = self.delivery_timeout_s
+                else:
+                    wait_s = min(self.delivery_timeout_s, max(0.0, self._stop_at - time.monotonic()))
+                self._drop_producer(timeout_s=wait_s)
 
     def __enter__(self) -> Publisher:
         return self
@@ -208,21 +263,27 @@ class Publisher:
     def _send_round(
         self, items: Sequence[RawItem], payloads: dict[str, bytes], deadline: float = math.inf
     ) -> tuple[list[RawItem], list[RawItem], str]:
-        """Send once and wait for every future, never past ``deadline`` (monotonic).
+        """Send once and wait for every future, never past ``deadline`` (monotonic) or a drain.
 
         Returns (acked, failed, last error text). A record whose ack did not come in time is
         "failed" even if the broker acks it later: it is re-sent (same key and id) or reported.
+        Waits are sliced (:data:`WAIT_SLICE_S`) so a drain that starts mid-round is obeyed at once.
         """
+        from kafka.errors import KafkaTimeoutError
 
-        def left(cap: float) -> float:
-            return max(0.05, min(cap, deadline - time.monotonic()))
+        def end() -> float:
+            return min(deadline, self._stop_at)
 
+        budget = None if end() == math.inf else max(0.0, end() - time.monotonic())
+        if budget is not None and budget <= 0:
+            return [], list(items), "gave up before connecting"
         try:
-            producer = self._get_producer(None if deadline == math.inf else left(math.inf))
+            producer = self._get_producer(budget)
         except PublishConfigError:
             raise
         except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError, KafkaUnavailable...
             self._drop_producer()
+            self._contact = (False, f"Kafka at {self.settings.brokers} not reachable: {exc}")
             return [], list(items), f"cannot connect: {exc}"
         futures: list[tuple[RawItem, Any]] = []
         failed: list[RawItem] = []
@@ -235,18 +296,31 @@ class Publisher:
                 error = f"send: {exc}"
                 break
             futures.append((item, fut))
-        try:
-            producer.flush(timeout=left(self.delivery_timeout_s + 5))
-        except Exception as exc:
-            error = error or f"flush: {exc}"
+        round_end = time.monotonic() + self.delivery_timeout_s + 5
+        while any(not fut.is_done for _, fut in futures):
+            left = min(round_end, end()) - time.monotonic()
+            if left <= 0:
+                error = error or "no acknowledgement in time"
+                break
+            try:
+                producer.flush(timeout=min(WAIT_SLICE_S, left))
+            except KafkaTimeoutError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - whatever flush raises, the futures say what was acked
+                error = error or f"flush: {exc}"
+                break
         acked: list[RawItem] = []
         for item, fut in futures:
-            try:
-                fut.get(timeout=left(self.delivery_timeout_s + 5))
+            if fut.succeeded():
                 acked.append(item)
-            except Exception as exc:
+            else:
                 failed.append(item)
-                error = f"ack: {exc}"
+                if fut.is_done:
+                    error = f"ack: {fut.exception}"
+        if acked and not failed:
+            self._contact = (True, f"connected to Kafka at {self.settings.brokers}; last publish acknowledged")
+        elif failed:
+            self._contact = (False, f"Kafka at {self.settings.brokers} did not acknowledge: {error}")
         return acked, failed, error
 
     def publish(self, items: Sequence[RawItem], *, give_up_after_s: float | None = None) -> int:
@@ -289,6 +363,8 @@ class Publisher:
             while pending:
                 if self._closed or self._abort.is_set():
                     raise PublishError("publisher closed or aborted", result.acked, pending)
+                if time.monotonic() >= self._stop_at:
+                    raise PublishError(self._stopping(pending, "not sent"), result.acked, pending)
                 acked, pending, error = self._send_round(pending, payloads, deadline)
                 if acked:
                     result.acked.extend(acked)
@@ -298,10 +374,15 @@ class Publisher:
                     break
                 # start the next round from a fresh producer: after expired batches an idempotent
                 # producer can be left in a state it never recovers from, and a restarted broker may
-                # have lost the topic (re-checked on connect)
-                self._drop_producer()
+                # have lost the topic (re-checked on connect). Its unacked records are failed, not sent
+                # later behind our back.
+                self._drop_producer(timeout_s=0.0)
                 self._topic_ready = False
+                if self._closed or self._abort.is_set():
+                    raise PublishError(self._stopping(pending, error), result.acked, pending)
                 now = time.monotonic()
+                if now + delay > self._stop_at:
+                    raise PublishError(self._stopping(pending, error), result.acked, pending)
                 if now + delay > deadline:
                     raise PublishError(
                         f"Kafka at {self.settings.brokers} did not acknowledge {len(pending)} item(s) within "
@@ -313,7 +394,7 @@ class Publisher:
                     "Kafka at %s did not ack %d item(s) (%s); retrying in %.1fs",
                     self.settings.brokers, len(pending), error, delay,
                 )
-                if self._abort.wait(delay):
+                if self._wake.wait(delay) and self._abort.is_set():
                     raise PublishError("publisher aborted while waiting for Kafka", result.acked, pending)
                 delay = min(delay * 2, self.backoff_s[1])
         return result

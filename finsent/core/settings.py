@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     ingest_state_dir: str = Field(str(DEFAULT_DATA_DIR / "ingest"), description="dedup store of the ingesters")
     ingest_user_agent: str = "finsent/0.1 (+https://github.com/finsent/finsent)"
     http_token: SecretStr | None = Field(None, description="bearer token for `finsent ingest http`")
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="push endpoint: request headers complete within this (also keep-alive idle)"
+    )
+    http_body_timeout_s: float = Field(30.0, gt=0, le=3600, description="push endpoint: body complete within this")
+    http_max_connections: int = Field(
+        1000, ge=1, le=100_000, description="push endpoint: open connections at most; more get 503 at once"
+    )
     ingest_dedup_max_keys: int = Field(2_000_000, ge=1000, description="dedup keys kept on disk (oldest dropped)")
     ingest_dedup_ttl_days: float = Field(30.0, gt=0, description="dedup keys older than this are forgotten")
     ingest_fetch_timeout_s: float = Field(20.0, gt=0, description="whole-request timeout of one feed/API fetch")
