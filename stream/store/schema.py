@@ -98,6 +98,9 @@ columns of the table's ORDER BY (the dedup identity). Replicas of one shard hold
 (``internal_replication`` true: the Distributed table writes one replica, replication does the
 rest). The store inserts with ``insert_distributed_sync=1`` in cluster mode, so a batch counts as
 stored (and its offsets are committed) only once its shards have it.
+On 18.x the servers' default profile must set ``allow_experimental_low_cardinality_type=1``:
+``ON CLUSTER`` DDL runs in each server's DDL worker, which does not see the client's settings.
+Checked for real on ZooKeeper + two 18.16 shards (``tests/test_store_cluster_live.py``).
 
 What Debian's 18.16 lacks, checked against the real server (so this module avoids it)
 --------------------------------------------------------------------------------------
