@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     from finsent.ingest import cli as ingest_cli
     from finsent.models import cli as models_cli
     from finsent.stream.store import cli as store_cli
+    from finsent.stream.store import labels_cli
 
     parser = argparse.ArgumentParser(
         prog="finsent",
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_cli.register(sub)
     models_cli.register(sub)
     alerts_cli.register(sub)
+    labels_cli.register(sub)
     bench_parser = sub.add_parser(
         "bench",
         help="benchmarks that print numbers (model, pipeline, store, ingest, alerts)",

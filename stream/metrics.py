@@ -48,6 +48,7 @@ class WorkerMetrics:
     store_seconds: Histogram
     end_to_end_seconds: Histogram
     consumer_lag: Gauge
+    partition_resets: Counter
     model_info: Gauge
     reloads: Counter
     reload_failures: Counter
@@ -101,8 +102,13 @@ def _create(reg: CollectorRegistry) -> WorkerMetrics:
             buckets=LATENCY_BUCKETS, registry=reg,
         ),
         consumer_lag=Gauge(
-            "finsent_consumer_lag_messages", "Messages behind the partition end, per partition",
+            "finsent_consumer_lag_messages", "Messages in the partition not yet stored (log end - next to store)",
             ["kafka_topic", "partition"], registry=reg,
+        ),
+        partition_resets=Counter(
+            "finsent_partition_resets",
+            "Partitions read again from the earliest offset because their log ended below the worker's position "
+            "(the broker lost it)", registry=reg,
         ),
         model_info=Gauge("finsent_model_info", "The model serving now (value 1; one series, replaced on a hot reload)",
                          ["version", "provider"], registry=reg),

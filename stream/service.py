@@ -73,10 +73,22 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop, timeout_s: float = 0.5) -
     loop.run_until_complete(asyncio.wait(pending, timeout=timeout_s))
 
 
-async def _watch_health(health: Any) -> None:
+async def _watch_health(health: Any, redeclare: Callable[[], Any] | None = None) -> None:
+    """Tick :class:`KafkaHealth`; while Kafka complains, and once when it is back, run ``redeclare``.
+
+    Re-declaring is rate-limited by the worker (once per 10 s). It runs *while* the clients still
+    complain because a restarted broker that lacks a topic makes them complain forever (every commit
+    of the alert counts topic fails), so "quiet again" alone would never come.
+    """
     while True:
         await asyncio.sleep(2.0)
+        was_lost = health.lost_since is not None
         health.tick()
+        if was_lost and redeclare is not None:
+            try:
+                await redeclare()
+            except Exception as exc:  # best effort; the publish path re-declares again on failure
+                log.debug("re-declaring topics after Kafka came back failed: %s", exc)
 
 
 class WorkerThread:
@@ -193,7 +205,8 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
         settings.consumer_group, settings.topic_raw, getattr(clf, "version", "?"), getattr(clf, "provider", "?"),
         settings.redacted()["store"], settings.batch_max, settings.batch_within_s,
     )
-    health_timer = loop.create_task(_watch_health(health))
+    # a broker that lost its topics (memory-only, restarted) gets every one of ours back, internal ones too
+    health_timer = loop.create_task(_watch_health(health, scorer._redeclare_topics))
     default_hook = threading.excepthook
 
     def quiet_stop(args: Any) -> None:

@@ -73,6 +73,10 @@ RETRY_MAX_S = 15.0
 #: 100 ms. An idle consumer then sends ~10 small fetches/s, which costs nothing worth measuring.
 FETCH_MAX_WAIT_MS = 100
 
+#: How often the lag gauge is refreshed and partitions are checked for a log that ends below the
+#: worker's position (a reset takes two checks in a row, so about twice this after the broker is back).
+POSITION_CHECK_S = 3.0
+
 
 def _install_fetch_wait_hook() -> None:
     """Let an app choose its consumer's ``fetch_max_wait_ms`` (``app.finsent_fetch_max_wait_ms``).
@@ -287,7 +291,12 @@ class Scorer:
         self.dlq_topic: Any = None
         self.consumer: Any = None
         self.datadir: Path | None = None
+        #: per (topic, partition): the last offset taken from Kafka, and the last one stored (lag, resets)
         self.last_offsets: dict[tuple[str, int], int] = {}
+        self.stored_offsets: dict[tuple[str, int], int] = {}
+        #: partitions whose log end was seen below the worker's position at the previous check
+        self.behind: dict[tuple[str, int], int] = {}
+        self._redeclared_at = -1e9
         #: set by the consumer group's first assignment (``/readyz``)
         self.joined = False
         self.store_error: str | None = None
@@ -428,6 +437,10 @@ class Scorer:
             for d in dead:
                 self.stats.dead_lettered[d.reason] += 1
         guard.release()
+        for ev in guard.events:
+            key = (ev.message.topic, ev.message.partition)
+            if ev.message.offset > self.stored_offsets.get(key, -1):
+                self.stored_offsets[key] = ev.message.offset
 
     async def _publish(self, scored: list[ScoredItem], dead: list[DeadLetter]) -> None:
         """Send scored items and dead letters; wait for the broker's acks (retrying until it answers)."""
@@ -437,18 +450,43 @@ class Scorer:
                 futs = [await self.scored_topic.send(key=s.id.encode(), value=s.to_json()) for s in scored]
                 futs += [await self.dlq_topic.send(key=d.key, value=d.body) for d in dead]
                 if futs:
-                    await asyncio.gather(*futs)
+                    # every outcome is collected, so no failed future is left "never retrieved" in the log
+                    results = await asyncio.gather(*futs, return_exceptions=True)
+                    failed = [r for r in results if isinstance(r, BaseException)]
+                    if failed:
+                        raise failed[0]
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception(
-                    "publishing %d scored / %d dead letters failed; retrying in %.2fs", len(scored), len(dead), delay
+            except Exception as exc:
+                log.warning(
+                    "publishing %d scored / %d dead letters failed (%s: %s); re-declaring the topics, retrying in "
+                    "%.2fs", len(scored), len(dead), type(exc).__name__, " ".join(str(exc).split())[:200], delay,
                 )
                 if self.stopping.is_set() or self.draining.is_set():
                     raise WorkerStopping("stopped while Kafka was failing; batch left unacked") from None
+                await self._redeclare_topics()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _redeclare_topics(self) -> None:
+        """(Re)create every topic the worker uses, at most once per 10 s, off the event loop.
+
+        A broker that lost its topics (a memory-only broker restarted) re-creates only those that
+        clients auto-create, with default settings, and not Faust's internal ones: the alert counts
+        topic then fails every commit. Best effort: a broker that is still down is retried later.
+        """
+        now = time.monotonic()
+        if now - self._redeclared_at < 10.0:
+            return
+        self._redeclared_at = now
+        from finsent.stream.kafka import ensure_topics
+
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(None, ensure_topics, self.settings, None, 5.0), 8.0)
+        except Exception as exc:  # the broker is still away; the next failure tries again
+            log.debug("re-declaring topics failed: %s", exc)
 
     def _update_lag(self, messages: Sequence[RawMessage]) -> None:
         """Remember the last offset seen per partition, then refresh the lag gauge."""
@@ -459,23 +497,92 @@ class Scorer:
         self.refresh_lag()
 
     def refresh_lag(self) -> None:
-        """``highwater - last offset seen - 1`` per partition (also run by a timer, so it shows when idle).
+        """``log end - next offset to store`` per partition (also run by a timer, so it shows when idle).
 
-        The highwater comes from fetch responses; Tansu's can be stale for multi-record batches,
-        which is why this is clamped at 0 and only an operator's gauge, never used for decisions.
+        Measured from the last *stored* offset, not the last one taken: during a store outage the
+        worker stops taking (backpressure) and the lag keeps growing with the log, which is the
+        moment an operator needs it true. The log end is the fetch responses' highwater; Tansu's
+        can lag a multi-record batch behind, which is why this is clamped at 0 and only an
+        operator's gauge, never used for decisions (see :meth:`check_positions` for the one that is).
         """
         if self.consumer is None:
             return
         from faust.types import TP
 
-        for (topic, partition), offset in list(self.last_offsets.items()):
+        for (topic, partition), seen in list(self.last_offsets.items()):
             try:
                 hw = self.consumer.highwater(TP(topic, partition))
             except Exception:  # not assigned any more, or the broker did not say
                 hw = None
-            if hw is None:
-                hw = offset + 1
-            self.metrics.consumer_lag.labels(topic, str(partition)).set(max(int(hw) - offset - 1, 0))
+            done = self.stored_offsets.get((topic, partition), -1)
+            end = int(hw) if hw is not None else seen + 1
+            self.metrics.consumer_lag.labels(topic, str(partition)).set(max(end - done - 1, 0))
+
+    def forget_partitions(self, tps: Any) -> None:
+        """A rebalance revoked ``tps``: their offsets are another worker's business now."""
+        for tp in tps:
+            key = (tp.topic, tp.partition)
+            for table in (self.last_offsets, self.stored_offsets, self.behind):
+                table.pop(key, None)
+
+    async def check_positions(self) -> list[tuple[str, int]]:
+        """Start a partition again from its earliest offset when its log ends below the worker's position.
+
+        That happens when the broker lost the log: a restart of a memory-only broker (the embedded
+        Tansu), a topic deleted and re-created, or an unclean leader election. Faust would otherwise
+        drop every new record below its old read offset, silently (defect seen with 971 of 3,000
+        items never stored). Re-reading from the earliest offset is safe because the store dedups
+        by item id. The evidence must hold at two checks in a row, with the position unchanged, so a
+        highwater that is briefly stale never triggers a re-read. Returns the partitions reset.
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return []
+        from faust.types import TP
+
+        reset: list[tuple[str, int]] = []
+        for key, seen in list(self.last_offsets.items()):
+            try:
+                hw = consumer.highwater(TP(*key))
+            except Exception:
+                hw = None
+            if hw is None or int(hw) >= seen + 1:
+                self.behind.pop(key, None)
+                continue
+            if self.behind.get(key) != seen:
+                self.behind[key] = seen  # first sighting: look again at the next check
+                continue
+            log.warning(
+                "partition log behind the worker's position: %s[%d] ends at offset %d, the worker is at %d; "
+                "the broker lost this log (a memory-only broker restarted, or the topic was re-created). "
+                "Reading it again from the earliest offset (the store keeps each item once)",
+                key[0], key[1], int(hw), seen + 1,
+            )
+            await self._restart_partition(TP(*key))
+            for table in (self.last_offsets, self.stored_offsets, self.behind):
+                table.pop(key, None)
+            reset.append(key)
+        if reset:
+            self.metrics.partition_resets.inc(len(reset))
+            await self._redeclare_topics()
+        return reset
+
+    async def _restart_partition(self, tp: Any) -> None:
+        """Seek ``tp`` to offset 0 and clear Faust's bookkeeping of it (read/committed offsets, acks, gaps).
+
+        Faust ignores acks below the committed offset it remembers and drops records below its
+        read offset, so both must go; the fields are faust-streaming 0.15's (``transport/consumer.py``).
+        """
+        consumer = self.consumer
+        for name in ("_committed_offset", "_read_offset"):
+            table = getattr(consumer, name, None)
+            if table is not None:
+                table[tp] = None
+        for name in ("_acked", "_acked_index", "_gap"):
+            table = getattr(consumer, name, None)
+            if table is not None:
+                table.pop(tp, None)
+        await consumer.seek(tp, 0)
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Let the batch in flight finish storing (called when the agent stops)."""
@@ -594,9 +701,15 @@ def create_app(
     async def _joined(sender: Any, assigned: Any, **kwargs: Any) -> None:
         scorer.joined = True
 
-    @app.timer(interval=5.0)
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        scorer.forget_partitions(revoked)
+
+    @app.timer(interval=POSITION_CHECK_S)
     async def refresh_lag() -> None:
         scorer.refresh_lag()
+        if scorer.joined:
+            await scorer.check_positions()
 
     @app.agent(raw_topic, name="finsent.score", concurrency=1)
     async def score(stream: faust.StreamT) -> None:

@@ -32,7 +32,33 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
     return subprocess.Popen([sys.executable, "-m", "finsent", "worker", "--batch-within", "0.1"], env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+                            stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+
+def _worker_env(s: Any, store_url: str, model_dir: Path, metrics_port: int, **extra: str) -> dict[str, str]:
+    """The environment of a `finsent worker` subprocess on the topics and group of ``s``."""
+    return {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": store_url, "FINSENT_TOPIC_RAW": s.topic_raw,
+            "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
+            "FINSENT_TOPIC_ALERTS": s.topic_alerts, "FINSENT_CONSUMER_GROUP": s.consumer_group,
+            "FINSENT_PARTITIONS": str(s.partitions), "FINSENT_SESSION_TIMEOUT_MS": "6000",
+            "FINSENT_MODEL_DIR": str(model_dir), "FINSENT_METRICS_PORT": str(metrics_port), **extra}
+
+
+def _api(port: int, path: str) -> Any:
+    """GET the worker's read-only JSON API (None while it does not answer)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def _stored(port: int) -> int:
+    body = _api(port, "/v1/count")
+    return -1 if body is None else int(body["rows"])
 
 
 def test_broker_killed_under_a_running_worker_then_sigterm(tmp_path: Path, tiny_model_dir: Path,
@@ -95,3 +121,56 @@ def test_worker_started_with_the_store_down_is_one_line(kafka_bootstrap: str, ti
     assert proc.returncode == StoreUnavailable.exit_code, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("finsent: error: ClickHouse at clickhouse://default@127.0.0.1")
+
+
+def test_broker_restart_under_a_running_worker_loses_nothing(tmp_path: Path, tiny_model_dir: Path,
+                                                            unique_name: str) -> None:
+    """Tansu is memory-only: after a restart on the same port every partition starts again at offset 0.
+
+    The worker's positions (and Faust's read offsets) are then ahead of the new logs. It must notice
+    (a log end below its position), start those partitions again from the earliest offset, re-declare
+    every topic it uses (the alert counts topic included), and store every item produced after the restart.
+    """
+    port = free_port()
+    broker = EmbeddedBroker(port=port).start()
+    store_url = f"chdb://{tmp_path / 'store'}"
+    s = stream_settings(broker.bootstrap, store_url, unique_name, partitions=2)
+    mport = free_port()
+    env = _worker_env(s, store_url, tiny_model_dir, mport)
+    log = tmp_path / "worker.log"
+    produce_items(s, make_items(60, "before"))
+    proc = _worker(env, log)
+    try:
+        wait_for(lambda: _stored(mport) == 60 or proc.poll() is not None, 90, "60 rows stored before the restart")
+        assert broker.proc is not None
+        broker.proc.kill()
+        broker.proc.wait()
+        broker.stop()
+        time.sleep(2)
+        broker = EmbeddedBroker(port=port).start()  # same port, empty memory: every log starts at 0 again
+        stream_settings(broker.bootstrap, store_url, unique_name, partitions=2)  # the ingest side re-declares raw
+        produce_items(s, make_items(40, "after"))  # fewer than before: every new offset is below the old positions
+        wait_for(lambda: _stored(mport) >= 100 or proc.poll() is not None, 90, "the 40 items sent after the restart")
+        time.sleep(3)  # anything stored twice would show now
+        count = _api(mport, "/v1/count")
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+        try:
+            topics = set(admin.list_topics())
+        finally:
+            admin.close()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        broker.stop()
+    text = log.read_text()
+    assert count["rows"] == 100, (count, text[-3000:])
+    assert count.get("unique", 100) == 100, count
+    assert s.topic_alert_counts in topics, topics
+    assert proc.returncode == 0 and took <= 10.0, (proc.returncode, took, text[-3000:])
+    assert "Traceback" not in text, text[-3000:]

@@ -105,7 +105,10 @@ def test_query_schema_prints_the_ddl_of_this_server(clickhouse_db_url: str, caps
         tables = {t for (t,) in store.query("SELECT name FROM system.tables WHERE database = {d:String}", {"d": db})}
     finally:
         store.close()
-    assert tables == {"items", "topic_minute", "topic_minute_mv", "alerts"}
+    from finsent.stream.store import schema
+
+    assert tables == set(schema.TABLE_SPECS) | set(schema.VIEW_SPECS)  # every declared table and view
+    assert {"items", "topic_minute", "topic_minute_mv", "alerts", "labels"} <= tables
 
 
 @pytest.mark.integration

@@ -15,11 +15,11 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from finsent.core.events import Alert, ScoredItem
+from finsent.core.events import Alert, ScoredItem, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,31 @@ class TopicCounts:
     positive: int
 
 
-__all__ = ["Store", "TopicCounts"]
+#: The tasks a human label can correct (the two heads of the classifier).
+LABEL_TASKS: tuple[str, ...] = ("sentiment", "topic")
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """One human correction: item ``id``'s ``task`` label is ``label`` (was ``old_label``, '' if unknown).
+
+    ``text`` is the text labelled (copied from the stored item, or given with it for text that was
+    never stored), so training never depends on the item still being in ``items``. The store keeps
+    the newest correction per (task, id): re-importing the same file changes nothing.
+    """
+
+    id: str
+    task: str
+    label: str
+    text: str = ""
+    old_label: str = ""
+    by: str = ""
+    at: datetime = field(default_factory=utcnow)
+    note: str = ""
+    origin: str = ""
+
+
+__all__ = ["LABEL_TASKS", "Label", "Store", "TopicCounts"]
 
 
 class Store(Protocol):
@@ -52,4 +76,16 @@ class Store(Protocol):
     ) -> list[dict[str, Any]]: ...
     def alerts(self, since: timedelta | None = None) -> list[dict[str, Any]]: ...
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
+    # human labels (finsent label ...) and what the annotators and the drift report read
+    def insert_labels(self, labels: Sequence[Label]) -> int: ...
+    def labels(self, task: str | None = None, ids: Sequence[str] | None = None) -> list[Label]: ...
+    def items_by_id(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def label_queue(
+        self, limit: int, since: timedelta | None = None, task: str = "sentiment", strategy: str = "uncertain",
+        seed: int = 0,
+    ) -> list[dict[str, Any]]: ...
+    def model_version_counts(self, since: datetime, until: datetime) -> list[tuple[str, int]]: ...
+    def prediction_stats(
+        self, since: datetime, split: datetime, until: datetime, model_version: str, low_confidence: float
+    ) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...

@@ -15,13 +15,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from finsent.core.events import Alert, ScoredItem, utcnow
-from finsent.core.store import TopicCounts
+from finsent.core.store import LABEL_TASKS, Label, TopicCounts
 from finsent.stream.store import schema
 
 log = logging.getLogger(__name__)
 
 #: Rows per INSERT statement: big enough to amortise the round trip, small enough to bound memory.
 INSERT_BATCH_ROWS = 10_000
+#: Ids per lookup query: the 18.16 driver binds them into the SQL text (max_query_size is 256 KiB).
+ID_LOOKUP_CHUNK = 2_000
 
 
 def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -227,6 +229,99 @@ class SqlStore:
                 d[k] = int(d[k])
             out.append(d)
         return out
+
+    # --- human labels, the annotation queue, drift ------------------------------------------------
+    def insert_labels(self, labels: Sequence[Label]) -> int:
+        """Write corrections; the newest per (task, id) is what :meth:`labels` returns afterwards."""
+        if not labels:
+            return 0
+        bad = sorted({lbl.task for lbl in labels} - set(LABEL_TASKS))
+        if bad:
+            raise ValueError(f"label task(s) {', '.join(bad)}: use one of {', '.join(LABEL_TASKS)}")
+        rows = [schema.label_row(lbl) for lbl in labels]
+        with self._lock:
+            for chunk in _chunks(rows, self.insert_batch_rows):
+                self._insert(f"{self.database}.{schema.LABELS}", schema.LABEL_COLUMNS, chunk)
+        return len(rows)
+
+    def labels(self, task: str | None = None, ids: Sequence[str] | None = None) -> list[Label]:
+        """The current label of every (task, id) -- what training reads -- ordered by task and id.
+
+        ``task`` keeps one task; ``ids`` only those item ids (for the CLI's idempotency check).
+        """
+        with self._lock:
+            if ids is not None:
+                rows = [r for chunk in _chunks(list(dict.fromkeys(ids)), ID_LOOKUP_CHUNK)
+                        for r in self._select(self._q(schema.LABELS_FOR_IDS), {"ids": list(chunk)})]
+            else:
+                rows = self._select(self._q(schema.LABELS_CURRENT), {"any_task": 1 if task is None else 0,
+                                                                      "task": task or ""})
+        out = []
+        for row in rows:
+            d = dict(zip(schema.LABEL_SELECT, row, strict=True))
+            if task is not None and d["task"] != task:
+                continue
+            at = _as_utc(d["labelled_at"]) + timedelta(milliseconds=int(d["labelled_ms"]))
+            out.append(Label(id=d["id"], task=d["task"], label=d["label"], text=d["text"], old_label=d["old_label"],
+                             by=d["labelled_by"], at=at, note=d["note"], origin=d["origin"]))
+        return sorted(out, key=lambda lbl: (lbl.task, lbl.id))
+
+    def items_by_id(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The current row (id, sentiment, topic, text, model_version) of each stored id; unknown ids are absent."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for chunk in _chunks(list(dict.fromkeys(ids)), ID_LOOKUP_CHUNK):
+                for row in self._select(self._q(schema.ITEMS_BY_ID), {"ids": list(chunk)}):
+                    out[row[0]] = dict(zip(("id", "sentiment", "topic", "text", "model_version"), row, strict=True))
+        return out
+
+    def label_queue(
+        self, limit: int, since: timedelta | None = None, task: str = "sentiment", strategy: str = "uncertain",
+        seed: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Stored items (ingested in the last ``since``) that have no ``task`` label, most in need first.
+
+        ``uncertain``: least confident first, uncertainty = 1 - the top probability of the task's head
+        (``priority`` in each row; ties by id). ``random``: a sample ordered by a hash of the id and
+        ``seed``, the same on every run and engine for the same seed and store.
+        """
+        if (strategy, task) not in schema.QUEUE_ORDER:
+            raise ValueError(f"queue strategy {strategy!r} / task {task!r}: use uncertain|random and sentiment|topic")
+        params: dict[str, Any] = {"since": since_epoch(since), "task": task, "limit": max(0, int(limit))}
+        if strategy == "random":
+            params["seed"] = str(int(seed))
+        with self._lock:
+            rows = self._select(self._q(schema.label_queue_query(strategy, task)), params)
+        out = []
+        for row in rows:
+            d = dict(zip((*schema.QUEUE_COLUMNS, "priority"), row, strict=True))
+            d["ingested_at"] = _as_utc(d["ingested_at"])
+            for k in ("p_negative", "p_neutral", "p_positive", "topic_prob"):
+                d[k] = round(float(d[k]), 6)
+            d["priority"] = round(float(d["priority"]), 6) if strategy == "uncertain" else int(d["priority"])
+            out.append(d)
+        return out
+
+    def model_version_counts(self, since: datetime, until: datetime) -> list[tuple[str, int]]:
+        """(model_version, items) of the items ingested in [since, until), as they are scored now; most first."""
+        with self._lock:
+            rows = self._select(self._q(schema.MODEL_VERSION_COUNTS), {"since": _epoch(since), "until": _epoch(until)})
+        return [(str(v), int(n)) for v, n in rows]
+
+    def prediction_stats(
+        self, since: datetime, split: datetime, until: datetime, model_version: str, low_confidence: float
+    ) -> list[dict[str, Any]]:
+        """Counts of ``model_version``'s current predictions per (period, sentiment, topic).
+
+        ``recent`` is True for [split, until) and False for [since, split); ``confidence`` sums the top
+        sentiment probabilities, ``low`` counts those below ``low_confidence``.
+        """
+        params = {"since": _epoch(since), "split": _epoch(split), "until": _epoch(until), "version": model_version,
+                  "low": float(low_confidence)}
+        with self._lock:
+            rows = self._select(self._q(schema.PREDICTION_STATS), params)
+        return [{"recent": bool(int(r)), "sentiment": s, "topic": t, "n": int(n), "confidence": float(c),
+                 "low": int(lo)} for r, s, t, n, c, lo in rows]
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one read query. Parameters are ClickHouse ``{name:Type}`` placeholders on both engines.
