@@ -36,7 +36,7 @@ def _no_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(params=["clickhouse", "chdb"])
-def store_url(request: pytest.FixtureRequest) -> str:
+def store_url(request: pytest.FixtureRequest) -> str:  # as in test_store_engines: both engines, a fresh database
     return request.getfixturevalue(f"{request.param}_db_url")
 
 
@@ -160,7 +160,8 @@ def test_import_ids_reports_bad_rows_last_duplicate_wins_and_reimport_changes_no
                                                                     (7, "empty_id")]
     assert report["error_count"] == 3
     assert report["duplicates"] == [{"line": 3, "replaced_by": 8, "id": "item-2", "task": "sentiment"}]
-    assert f"{path}:4: not imported: unknown_id" in caplog.text and f"{path}:5: not imported: unknown_label" in caplog.text
+    assert f"{path}:4: not imported: unknown_id" in caplog.text
+    assert f"{path}:5: not imported: unknown_label" in caplog.text
     assert f"{path}:3: sentiment of item-2 given again on line 8" in caplog.text
     assert err.strip().splitlines()[-1].startswith(f"finsent: error: {path}: 3 row(s) not imported")
     got = {(r.id, r.task): (r.label, r.old_label, r.by, r.origin) for r in store.labels()}
