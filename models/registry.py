@@ -260,12 +260,17 @@ class Registry:
         metrics: dict[str, Any] | None = None,
         card: str | None = None,
         extra: dict[str, Any] | None = None,
-    ) -> ModelVersion:
-        """Copy ``model_dir`` in as a new immutable version; returns it. Moves no alias.
+        aliases: tuple[str, ...] = (),
+        by: str = "finsent",
+        only_if_empty: bool = False,
+    ) -> ModelVersion | None:
+        """Copy ``model_dir`` in as a new immutable version and point ``aliases`` at it; returns it.
 
         The copy is made in ``.staging/`` (outside the lock, it is the slow part), then under the lock
         the version is numbered, its name written into ``labels.json`` and ``registry.json``, the tree
-        fsync'ed and renamed into ``versions/`` in one step.
+        fsync'ed and renamed into ``versions/`` in one step, and the aliases moved. With
+        ``only_if_empty`` nothing is registered (None is returned) when the registry already has a
+        version: how the first version is created exactly once by concurrent retrains.
         """
         from finsent.models.variants import file_digest
 
@@ -285,6 +290,9 @@ class Registry:
                                                   encoding="utf-8")
             with self.lock():
                 self._clean_staging_others(stage)
+                if only_if_empty and self.versions():
+                    shutil.rmtree(stage, ignore_errors=True)
+                    return None
                 if parent is not None:
                     self.get(parent)
                 version = f"v{self._next_number():04d}-{digest}"
@@ -308,6 +316,8 @@ class Registry:
                 final = self.versions_dir / version
                 os.rename(stage, final)
                 fsync_dir(self.versions_dir)
+                for alias in aliases:
+                    self._set_alias_locked(alias, version, by, "register")
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
@@ -322,10 +332,10 @@ class Registry:
             if not pid.isdigit() or not _pid_alive(int(pid)):
                 shutil.rmtree(child, ignore_errors=True)
 
-    def set_alias(self, alias: str, version: str | None, by: str = "finsent") -> dict[str, Any]:
+    def set_alias(self, alias: str, version: str | None, by: str = "finsent", action: str = "set") -> dict[str, Any]:
         """Point ``alias`` at ``version`` (None clears it), recorded in the history; returns the new aliases."""
         with self.lock():
-            return self._set_alias_locked(alias, version, by, "set")
+            return self._set_alias_locked(alias, version, by, action)
 
     def _set_alias_locked(self, alias: str, version: str | None, by: str, action: str) -> dict[str, Any]:
         if alias not in ALIASES:

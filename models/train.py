@@ -60,6 +60,7 @@ class TrainConfig:
     max_examples: int = 0  # >0: subsample each training set (smoke tests)
     preprocess: list[str] = field(default_factory=lambda: list(DEFAULT_STEPS))  # models.textprep steps
     init_from: str | None = None  # a checkpoint directory (RUN/best) to continue from instead of the base weights
+    max_steps: int = 0  # >0: stop after this many optimiser steps (the schedule decays to zero by then)
 
 
 def _device():
@@ -196,9 +197,8 @@ def _topic_weights(train: dict[str, LabelledSet], power: float):
 def train(cfg: TrainConfig) -> Path:
     """Train, keep the best checkpoint in ``out_dir/best``, write ``out_dir/history.json``. Returns out_dir."""
     import torch
-    from tqdm import tqdm
 
-    from finsent.models.modeling import MultiTaskClassifier, load_checkpoint, load_pretrained_encoder, save_checkpoint
+    from finsent.models.modeling import MultiTaskClassifier, load_checkpoint, load_pretrained_encoder
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +222,7 @@ def train(cfg: TrainConfig) -> Path:
             {k: LabelledSet(v.name, v.task, v.texts[:64], v.labels[:64]) for k, v in splits.val.items()},
             {k: LabelledSet(v.name, v.task, v.texts[:64], v.labels[:64]) for k, v in splits.test.items()},
         )
-    steps = check_steps(cfg.preprocess)
+    check_steps(cfg.preprocess)
     if cfg.init_from:
         model, init_meta = load_checkpoint(Path(cfg.init_from), attn_implementation="sdpa")
         if list(init_meta["sentiment"]) != list(SENTIMENT_LABELS) or list(init_meta["topic"]) != list(TOPIC_LABELS):
@@ -236,6 +236,26 @@ def train(cfg: TrainConfig) -> Path:
         ).to(device)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
     tok = load_tokenizer(cfg.base_model)
+    fit(model, tok, train_sets, splits.val, cfg, out)
+    return out
+
+
+def fit(
+    model: Any, tok: Any, train_sets: dict[str, LabelledSet], val_sets: dict[str, LabelledSet], cfg: TrainConfig,
+    out: Path,
+) -> dict[str, Any]:
+    """The training loop (shared by ``finsent train`` and ``finsent retrain``): best checkpoint in ``out/best``.
+
+    Returns the summary also written to ``out/train_summary.json``.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from finsent.models.modeling import save_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    steps = check_steps(cfg.preprocess)
     examples = _examples(train_sets, tok, cfg.max_length, steps)
     log.info("training examples: %s (text preparation: %s)", {k: len(v) for k, v in train_sets.items()}, steps)
     head_params = list(model.sentiment_head.parameters()) + list(model.topic_head.parameters())
@@ -254,6 +274,8 @@ def train(cfg: TrainConfig) -> Path:
     )
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = max(1, int(steps_per_epoch * cfg.epochs))
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
     warmup_steps = max(1, int(total_steps * cfg.warmup))
     eval_every = max(1, int(steps_per_epoch * cfg.eval_every))
     budget_s = cfg.budget_minutes * 60
@@ -293,7 +315,7 @@ def train(cfg: TrainConfig) -> Path:
             last = progress >= 1.0
             if step % eval_every == 0 or last:
                 t0 = time.monotonic()
-                scores = score_sets(model, tok, splits.val, steps=steps)
+                scores = score_sets(model, tok, val_sets, steps=steps)
                 eval_time += time.monotonic() - t0
                 mean_f1 = float(np.mean([v["macro_f1"] for v in scores.values()]))
                 row = {
@@ -334,4 +356,4 @@ def train(cfg: TrainConfig) -> Path:
     summary = {"best_step": best_step, "best_val_mean_macro_f1": best, "steps": step, "train_seconds": round(total, 1)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log.info("training done: %s", summary)
-    return out
+    return summary

@@ -1,0 +1,384 @@
+"""``finsent retrain``'s core: fine-tune, export, evaluate on the frozen set, register, gate.
+
+One call, :func:`retrain`, does the whole scheduled job:
+
+1. An empty registry first gets the current model (the shipped one, or ``FINSENT_MODEL_DIR``) as its
+   first version and production, and the frozen evaluation set (:mod:`finsent.models.frozen`).
+2. The model starts from the production version (its ONNX weights rebuilt in PyTorch by
+   :mod:`finsent.models.onnx_weights`) or, with ``from_base``, from the pretrained encoder.
+3. Training data: every configured CSV's train split plus the human labels outside the frozen 20%,
+   with every frozen text removed; early stopping on the CSVs' validation split. The loop is
+   :func:`finsent.models.train.fit` (CUDA when present, a tqdm progress bar), stopped by
+   ``max_minutes`` (the learning rate decays to zero by then) or ``max_steps``.
+4. Export through :func:`finsent.models.export.export_model_dir` (the same code path as
+   ``finsent train``), then score production fp32 and the candidate's fp32 and int8 ONNX variants
+   on the frozen set, through the runtime classifier that serves them.
+5. Register the result as ``candidate`` with its metrics, card and the gate decision
+   (:mod:`finsent.models.gate`); a passing candidate also becomes ``production``.
+
+Human labels come in as :class:`~finsent.models.frozen.HumanLabel` values: this module is below the
+store, so the command layer reads the ``labels`` table and passes them in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from finsent.core.errors import InputError, ModelError
+from finsent.models.data import LabelledSet, Splits, default_paths, make_splits
+from finsent.models.frozen import (
+    HumanLabel,
+    exclude,
+    fingerprint,
+    keys_of,
+    labels_as_sets,
+    read_frozen,
+    split_labels,
+    write_frozen,
+)
+from finsent.models.gate import decide, summary_lines
+from finsent.models.modeldir import TOKENIZER_FILE, ModelInfo, read_model_info
+from finsent.models.registry import ModelVersion, Registry, now_iso
+
+log = logging.getLogger(__name__)
+SEED_DIR = Path(__file__).resolve().parent / "seed"
+VAL_CAP = 500  # validation texts per set: early stopping on CPU must not cost more than training
+
+
+@dataclass
+class RetrainOptions:
+    data: dict[str, str] = field(default_factory=dict)  # set name -> CSV; empty: default_data()
+    max_minutes: float = 60.0
+    max_steps: int | None = None  # None: as many as the time allows; 0: no training (export the start model)
+    from_base: bool = False
+    base_model: str | None = None  # --from-base encoder directory; None: the MiniLM wheel
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float | None = None  # None: 5e-5 from production, 1e-4 from the base encoder
+    head_lr: float | None = None
+    seed: int = 13
+    threads: int = 0
+    tolerance: float = 0.005
+    min_gain: float = 0.0
+    int8_max_drop: float = 0.005
+    cache_dir: str | None = None
+    by: str = "finsent retrain"
+    initial_model: str | None = None  # the first version of an empty registry; None: the shipped model
+    work_dir: str | None = None  # keep the run (checkpoint, history) here; None: a temp dir, removed
+
+
+def default_data() -> dict[str, str]:
+    """The three public sets under ../shared/data (or FINSENT_DATA_DIR) when present, the seed data otherwise."""
+    paths = default_paths()
+    if all(p.is_file() for p in paths.values()):
+        return {k: str(v) for k, v in paths.items()}
+    return {"seed_sentiment": str(SEED_DIR / "sentiment.csv"), "seed_topic": str(SEED_DIR / "topic.csv")}
+
+
+def data_from_paths(paths: Sequence[str | Path]) -> dict[str, str]:
+    """``--data a.csv b.csv``: each CSV a set named after its file (stem), made unique."""
+    out: dict[str, str] = {}
+    for p in paths:
+        name = Path(p).stem
+        n = 2
+        while name in out:
+            name, n = f"{Path(p).stem}_{n}", n + 1
+        out[name] = str(p)
+    return out
+
+
+def ensure_first_version(registry: Registry, model_dir: str | Path | None, by: str) -> ModelVersion | None:
+    """Register ``model_dir`` (default: the shipped model) as v0001 + production if the registry is empty."""
+    from finsent.models import shipped_model_dir
+
+    if registry.versions():
+        return None
+    src = Path(model_dir) if model_dir else shipped_model_dir()
+    return registry.register(src, source=f"initial ({src})", aliases=("production",), by=by, only_if_empty=True)
+
+
+def ensure_frozen(registry: Registry, splits: Splits, data: dict[str, str]) -> tuple[dict[str, LabelledSet], dict]:
+    """The registry's frozen slices, written from ``splits.test`` the first time (under the lock)."""
+    found = read_frozen(registry.frozen_dir)
+    if found is not None:
+        return found
+    with registry.lock():
+        found = read_frozen(registry.frozen_dir)
+        if found is not None:
+            return found
+        manifest = write_frozen(registry.frozen_dir, dict(splits.test), data, now_iso())
+        log.info("frozen evaluation set created: %s", manifest["sets"])
+    found = read_frozen(registry.frozen_dir)
+    assert found is not None
+    return found
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    train: dict[str, LabelledSet]
+    val: dict[str, LabelledSet]
+    frozen: dict[str, LabelledSet]  # stored slices + the frozen share of the human labels
+    frozen_fingerprint: str
+    data_fingerprint: str
+
+
+def training_data(registry: Registry, data: dict[str, str], labels: Sequence[HumanLabel]) -> TrainingData:
+    """Split the CSVs, fix (or read) the frozen set, and remove every frozen text from training and validation."""
+    for name, path in data.items():
+        if not Path(path).is_file():
+            raise InputError(f"training set {name}: {path} does not exist",
+                             hint="give CSVs with --data (text,label or text,topic) or set FINSENT_DATA_DIR")
+    splits = make_splits({k: Path(v) for k, v in data.items()})
+    stored, _manifest = ensure_frozen(registry, splits, data)
+    label_train, label_frozen = split_labels(labels)
+    frozen = {**stored, **labels_as_sets(label_frozen)}
+    held = keys_of(frozen.values())
+    train = {k: exclude(v, held) for k, v in splits.train.items()}
+    for name, ds in labels_as_sets(label_train).items():
+        train[name] = exclude(ds, held)
+    val = {k: _cap(exclude(v, held), VAL_CAP) for k, v in splits.val.items()}
+    train = {k: v for k, v in train.items() if len(v)}
+    val = {k: v for k, v in val.items() if len(v)}
+    if not train:
+        raise InputError("no training data left after removing the frozen evaluation set",
+                         hint="give more labelled CSVs with --data")
+    return TrainingData(train, val, frozen, fingerprint(frozen), fingerprint(train))
+
+
+def _cap(ds: LabelledSet, n: int) -> LabelledSet:
+    return LabelledSet(ds.name, ds.task, ds.texts[:n], ds.labels[:n])
+
+
+def _start_model(production: ModelVersion | None, opts: RetrainOptions, attn: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, extra labels.json keys) to fine-tune: production's weights or the base encoder."""
+    from tokenizers import Tokenizer
+
+    from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+    from finsent.models.modeling import MultiTaskClassifier, load_pretrained_encoder
+    from finsent.models.onnx_weights import load_from_onnx
+    from finsent.models.train import load_tokenizer
+
+    if opts.from_base or production is None:
+        model = MultiTaskClassifier(load_pretrained_encoder(opts.base_model, attn), len(SENTIMENT_LABELS),
+                                    len(TOPIC_LABELS))
+        base_name = opts.base_model or "sentence-transformers/all-MiniLM-L6-v2"
+        return model, load_tokenizer(opts.base_model), {"base_model": base_name, "preprocess": ["strip_urls"]}
+    info = read_model_info(production.path)
+    if list(info.sentiment) != list(SENTIMENT_LABELS) or list(info.topic) != list(TOPIC_LABELS):
+        raise ModelError(f"production {production.version} has other label lists than this finsent",
+                         hint="retrain with --from-base")
+    model = load_from_onnx(production.path, attn)
+    tok = Tokenizer.from_file(str(production.path / TOKENIZER_FILE))
+    tok.no_padding()
+    tok.no_truncation()
+    extra = {k: info.extra[k] for k in ("base_model", "preprocess") if k in info.extra}
+    return model, tok, extra
+
+
+def _seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate_dir(model_dir: Path, variant: str, sets: dict[str, LabelledSet], cache_dir: str | None) -> dict:
+    """Scores of one ONNX variant on every set (the runtime classifier; no per-text predictions kept)."""
+    from finsent.models.evaluate import evaluate_set
+    from finsent.models.runtime import Classifier
+
+    clf = Classifier.load(model_dir, variant=variant, cache_dir=cache_dir)
+    out = {}
+    for name, ds in sets.items():
+        r = evaluate_set(clf, ds)
+        r.pop("pred")
+        out[name] = r
+    return out
+
+
+def retrain(
+    registry: Registry,
+    opts: RetrainOptions,
+    labels: Sequence[HumanLabel] = (),
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run one retrain; returns the ``--json`` result {"version", "parent", "promoted", "gate", "metrics", ...}."""
+    import torch
+
+    from finsent.models.export import export_model_dir
+    from finsent.models.modeling import load_checkpoint
+    from finsent.models.train import TrainConfig, fit, hardware
+
+    started = time.monotonic()
+    first = ensure_first_version(registry, opts.initial_model, opts.by)
+    if first is not None:
+        progress(f"registry {registry.root}: registered {first.version} ({first.meta['source']}) as production")
+    production = registry.resolve("production")
+    if production is None and not opts.from_base:
+        raise ModelError(f"registry {registry.root} has no production version to fine-tune",
+                         hint="`finsent models promote VERSION` sets one, or retrain with --from-base")
+    data = opts.data or default_data()
+    td = training_data(registry, data, labels)
+    progress(f"training sets (frozen texts removed): {', '.join(f'{k} {len(v)}' for k, v in td.train.items())}; "
+             f"frozen set {td.frozen_fingerprint}: {', '.join(f'{k} {len(v)}' for k, v in td.frozen.items())}")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    _seed_all(opts.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    start_from = "base encoder" if opts.from_base or production is None else production.version
+    progress(f"fine-tuning from {start_from} on {device} ({hardware()})")
+    work = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="finsent-retrain-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        # eager attention exports cleanly (finalize does the same); sdpa trains faster
+        model, tok, extra = _start_model(production, opts, "eager" if opts.max_steps == 0 else "sdpa")
+        warm = not (opts.from_base or production is None)
+        cfg = TrainConfig(
+            out_dir=str(work / "run"),
+            data=data,
+            base_model=opts.base_model if not warm else None,
+            seed=opts.seed,
+            epochs=opts.epochs,
+            batch_size=opts.batch_size,
+            lr=opts.lr or (5e-5 if warm else 1e-4),
+            head_lr=opts.head_lr or (5e-4 if warm else 1e-3),
+            max_length=min(96, int(model.encoder.config.max_position_embeddings) - 2),
+            budget_minutes=opts.max_minutes,
+            threads=opts.threads,
+            preprocess=list(extra.get("preprocess", [])),
+            max_steps=opts.max_steps or 0,
+        )
+        summary: dict[str, Any] = {"steps": 0, "train_seconds": 0.0}
+        if opts.max_steps == 0:
+            progress("--max-steps 0: no training, the start model is exported as it is")
+            export_model = model
+        else:
+            model.to(device)
+            summary = fit(model, tok, td.train, td.val, cfg, work / "run")
+            export_model, _meta = load_checkpoint(work / "run" / "best", attn_implementation="eager")
+        export_model = export_model.to("cpu").eval()
+        enc = export_model.encoder.config
+        info = ModelInfo(
+            f"finsent-retrain-{datetime.now(UTC).strftime('%Y%m%d')}-auto",
+            tuple(read_model_info(production.path).sentiment) if production else _labels()[0],
+            tuple(read_model_info(production.path).topic) if production else _labels()[1],
+            min(128, int(enc.max_position_embeddings) - 2),
+            {**extra, "num_heads": int(enc.num_attention_heads), "hidden_size": int(enc.hidden_size)},
+        )
+        out_dir = work / "model"
+        report = export_model_dir(export_model, tok, out_dir, info)
+        progress(f"exported {report.model_version}; scoring the frozen set")
+        cand_fp32 = evaluate_dir(out_dir, "fp32", td.frozen, opts.cache_dir)
+        cand_int8 = evaluate_dir(out_dir, "int8", td.frozen, opts.cache_dir)
+        prod_fp32 = evaluate_dir(production.path, "fp32", td.frozen, opts.cache_dir) if production else None
+        gate = decide(prod_fp32, cand_fp32, cand_int8, tolerance=opts.tolerance, min_gain=opts.min_gain,
+                      int8_max_drop=opts.int8_max_drop)
+        gate["frozen_fingerprint"] = td.frozen_fingerprint
+        minutes = (time.monotonic() - started) / 60
+        metrics = {
+            "frozen": {"candidate_fp32": cand_fp32, "candidate_int8": cand_int8, "production_fp32": prod_fp32},
+            "frozen_fingerprint": td.frozen_fingerprint,
+            "train": {**summary, "sizes": {k: len(v) for k, v in td.train.items()},
+                      "val_sizes": {k: len(v) for k, v in td.val.items()}, "device": str(device),
+                      "hardware": hardware(), "start": start_from, "config": asdict(cfg)},
+            "human_labels": {"total": len(labels), "frozen": sum(len(v) for k, v in td.frozen.items()
+                                                                  if k.startswith("labels_"))},
+            "max_abs_diff_vs_torch": {"fp32_graph": report.max_abs_diff_fp32,
+                                      "fp16_storage_graph": report.max_abs_diff_stored},
+        }
+        promote = gate["decision"] == "promote"
+        parent = production.version if production else None
+        card = retrain_card(report.model_version, parent, start_from, gate, metrics, minutes)
+        mv = registry.register(
+            out_dir, parent=parent, source="retrain", data_fingerprint=td.data_fingerprint, gate=gate,
+            metrics=metrics, card=card, aliases=("candidate", "production") if promote else ("candidate",),
+            by=opts.by,
+        )
+        assert mv is not None
+    finally:
+        if not opts.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    for line in summary_lines(gate):
+        progress(line.replace("**", ""))
+    progress(f"registered {mv.version} as candidate" + (" and production" if promote else " (production stays "
+                                                                                        f"{parent})"))
+    return {
+        "version": mv.version,
+        "parent": parent,
+        "promoted": promote,
+        "gate": gate,
+        "metrics": {name: {"candidate": cand_fp32[name]["macro_f1"],
+                           "production": prod_fp32[name]["macro_f1"] if prod_fp32 else None,
+                           "candidate_int8": cand_int8[name]["macro_f1"],
+                           "candidate_accuracy": cand_fp32[name]["accuracy"]}
+                    for name in cand_fp32},
+        "minutes": round((time.monotonic() - started) / 60, 2),
+        "steps": summary.get("steps", 0),
+        "frozen_fingerprint": td.frozen_fingerprint,
+        "data_fingerprint": td.data_fingerprint,
+    }
+
+
+def _labels() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+
+    return tuple(SENTIMENT_LABELS), tuple(TOPIC_LABELS)
+
+
+def retrain_card(export_version: str, parent: str | None, start: str, gate: dict[str, Any],
+                 metrics: dict[str, Any], minutes: float) -> str:
+    """The model card (README.md) of a retrained version: lineage, data, the gate and its numbers."""
+    tr = metrics["train"]
+    cfg = tr["config"]
+    cap = f", at most {cfg['max_steps']} steps" if cfg["max_steps"] else ""
+    lines = [
+        f"# finsent retrain ({export_version})",
+        "",
+        "finsent's classifier (one encoder, a sentiment head and a topic head, ONNX), fine-tuned by "
+        "`finsent retrain`. The registry version name is in `labels.json` (`model_version`) and `registry.json`.",
+        "",
+        "## Lineage and training",
+        "",
+        f"- Parent (production when it was trained): {parent or 'none'}; started from: {start}.",
+        f"- Hardware: {tr['hardware']} ({tr['device']}).",
+        f"- {tr.get('steps', 0)} steps of batch {cfg['batch_size']} in {tr.get('train_seconds', 0.0) / 60:.1f} min "
+        f"(budget {cfg['budget_minutes']} min{cap}"
+        f"); lr {cfg['lr']} encoder / {cfg['head_lr']} heads; whole retrain {minutes:.1f} min.",
+        "- Training texts per set (every frozen text removed): "
+        + ", ".join(f"{k} {v}" for k, v in tr["sizes"].items()) + ".",
+        f"- Human labels: {metrics['human_labels']['total']} in total, {metrics['human_labels']['frozen']} of them "
+        "in the frozen set (a fixed hash-selected 20%), the rest trained on.",
+        "",
+        "## Promotion gate (frozen evaluation set " + gate.get("frozen_fingerprint", "") + ")",
+        "",
+        *summary_lines(gate),
+        "",
+        "## Frozen-set metrics",
+        "",
+        "| set | model | n | accuracy | macro-F1 |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for key, label in (("production_fp32", "production fp32"), ("candidate_fp32", "candidate fp32"),
+                       ("candidate_int8", "candidate int8")):
+        for name, r in (metrics["frozen"].get(key) or {}).items():
+            lines.append(f"| {name} | {label} | {r['n']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |")
+    lines += ["", "Licence: trained on the configured sets; with Financial PhraseBank (CC BY-NC-SA 3.0) in them the "
+              "weights are for non-commercial use.", ""]
+    return "\n".join(lines)
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

