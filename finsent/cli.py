@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from finsent.alerts import cli as alerts_cli
     from finsent.ingest import cli as ingest_cli
     from finsent.models import cli as models_cli
+    from finsent.stream import registry_cli
     from finsent.stream.store import cli as store_cli
     from finsent.stream.store import labels_cli
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(func=_show_config)
     commands.register(sub)
     store_cli.register(sub)
+    registry_cli.register(sub)
     ingest_cli.register(sub)
     models_cli.register(sub)
     alerts_cli.register(sub)

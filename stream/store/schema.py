@@ -826,3 +826,46 @@ FROM (
 WHERE model_version = {{version:String}}
 GROUP BY recent, s, t
 ORDER BY recent, s, t"""
+
+
+# --- the model registry's mirror (``finsent models ...``, ``finsent retrain``) -----------------
+#
+# ``model_versions`` mirrors the registry directory (finsent.models.registry), which stays the source
+# of truth: one row per version, rewritten whole after every registry change with a newer ``synced``
+# (epoch ms), so ``FINAL`` shows each version's latest aliases and a store that missed a change catches
+# up with the next one. Small (people and schedules write it): no partition, no TTL.
+
+MODEL_VERSIONS = "model_versions"
+
+#: (name, type) of ``model_versions`` columns, in insert order.
+MODEL_VERSION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("version", "String"),  # v0003-1a2b3c4d
+    ("parent", "String"),  # the production it was fine-tuned from ('' for the first)
+    ("created_at", "DateTime('UTC')"),
+    ("source", "String"),  # 'retrain', 'register (path)', 'initial (path)'
+    ("data_fingerprint", "String"),
+    ("gate_decision", "String"),  # 'promote' | 'reject' | '' (registered by hand)
+    ("gate", "String"),  # the gate's JSON: per frozen set numbers, reasons, thresholds
+    ("metrics", "String"),  # frozen-set metrics JSON
+    ("aliases", "Array(String)"),  # ['production'], ['candidate'], both or none, as of `synced`
+    ("export_version", "String"),  # the name the exporter gave the model before registration
+    ("registry", "String"),  # the registry directory
+    ("synced", "UInt64"),  # epoch ms of the sync that wrote the row: the newest wins
+)
+declare_table(TableSpec(MODEL_VERSIONS, MODEL_VERSION_COLUMNS, "ReplacingMergeTree(synced)", order_by="version",
+                        shard_key="cityHash64(version)"))
+
+MODEL_VERSIONS_SELECT = f"""
+SELECT {", ".join(name for name, _ in MODEL_VERSION_COLUMNS)} FROM {{db}}.model_versions FINAL
+ORDER BY version"""
+
+
+def model_version_row(row: dict[str, Any], synced: datetime) -> tuple[Any, ...]:
+    """One ``model_versions`` row (:data:`MODEL_VERSION_COLUMNS` order) from a registry mirror dict."""
+    try:
+        created = datetime.fromisoformat(row.get("created_at") or "").astimezone(UTC)
+    except ValueError:
+        created = synced
+    values = {**row, "created_at": _split_ms(created)[0], "synced": _split_ms(synced)[2]}
+    return tuple(values[name] if name in ("created_at", "synced", "aliases") else _text(str(values.get(name) or ""))
+                 for name, _ in MODEL_VERSION_COLUMNS)

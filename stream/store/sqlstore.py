@@ -323,6 +323,23 @@ class SqlStore:
         return [{"recent": bool(int(r)), "sentiment": s, "topic": t, "n": int(n), "confidence": float(c),
                  "low": int(lo)} for r, s, t, n, c, lo in rows]
 
+    # --- the model registry's mirror (finsent models / retrain) ----------------------------------
+    def sync_model_versions(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Rewrite ``model_versions`` from the registry's rows (one per version; newest sync wins)."""
+        synced = datetime.now(UTC)
+        encoded = [schema.model_version_row(r, synced) for r in rows]
+        with self._lock:
+            for chunk in _chunks(encoded, self.insert_batch_rows):
+                self._insert(f"{self.database}.{schema.MODEL_VERSIONS}", schema.MODEL_VERSION_COLUMNS, chunk)
+        return len(encoded)
+
+    def model_versions(self) -> list[dict[str, Any]]:
+        """The mirrored registry: one dict per version (latest sync), ordered by version."""
+        with self._lock:
+            rows = self._select(self._q(schema.MODEL_VERSIONS_SELECT))
+        names = [name for name, _ in schema.MODEL_VERSION_COLUMNS]
+        return [{**dict(zip(names, row, strict=True)), "aliases": list(row[names.index("aliases")])} for row in rows]
+
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one read query. Parameters are ClickHouse ``{name:Type}`` placeholders on both engines.
 
