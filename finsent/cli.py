@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from finsent.alerts import cli as alerts_cli
     from finsent.ingest import cli as ingest_cli
     from finsent.models import cli as models_cli
+    from finsent.stream import rescore as rescore_cli
     from finsent.stream import registry_cli
     from finsent.stream.store import cli as store_cli
     from finsent.stream.store import labels_cli
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_cli.register(sub)
     models_cli.register(sub)
     alerts_cli.register(sub)
+    rescore_cli.register(sub)
     labels_cli.register(sub)
     bench_parser = sub.add_parser(
         "bench",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from finsent.core.errors import StoreInUse
+from finsent.core.errors import InputError, StoreInUse
 from finsent.core.settings import Settings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -109,6 +109,19 @@ def series_report(store: Any, since: timedelta, bucket_s: int = 60) -> list[dict
     ]
 
 
+def compare_report(store: Any, a: str, b: str, since: timedelta | None = None) -> dict[str, Any]:
+    """Per-topic negative share of the same items under versions ``a`` and ``b`` (the ``scores`` history).
+
+    Only items scored by both versions count; a row's topic is the one version ``a`` gave them, so
+    both shares of a row are over the same items (``topic_changed``: how many ``b`` moved elsewhere).
+    """
+    rows = store.compare_versions(a, b, since)
+    topics = [{**r, "negative_share_a": round(r["negative_a"] / r["items"], 4) if r["items"] else 0.0,
+               "negative_share_b": round(r["negative_b"] / r["items"], 4) if r["items"] else 0.0} for r in rows]
+    return {"a": a, "b": b, "since_s": int(since.total_seconds()) if since else None,
+            "items": sum(r["items"] for r in rows), "topics": topics, "versions": store.score_versions(since)}
+
+
 def _seconds(params: dict[str, str], name: str) -> timedelta | None:
     return timedelta(seconds=float(params[name])) if params.get(name) else None
 
@@ -121,6 +134,7 @@ API_ROUTES: dict[str, Callable[[Any, dict[str, str]], Any]] = {
     "/v1/alerts": lambda st, q: alerts_report(st, _seconds(q, "since")),
     "/v1/series": lambda st, q: series_report(st, _seconds(q, "since") or timedelta(hours=1),
                                               int(q.get("bucket_s") or 60)),
+    "/v1/compare": lambda st, q: compare_report(st, q["a"], q["b"], _seconds(q, "since")),
 }
 
 
@@ -180,7 +194,8 @@ def report(settings: Settings, name: str, **params: Any) -> tuple[Any, str]:
             store.close()
         raise
     try:
-        fn = {"count": count_report, "top": top_report, "alerts": alerts_report, "series": series_report}[name]
+        fn = {"count": count_report, "top": top_report, "alerts": alerts_report, "series": series_report,
+              "compare": compare_report}[name]
         return _jsonable(fn(store, **params)), store.url_redacted
     finally:
         store.close()
@@ -264,6 +279,37 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace, settings: Settings) -> int:
+    a, b = args.versions
+    if a == b:
+        raise InputError(f"--versions {a} {a}: compare needs two different versions",
+                         hint="`finsent models list` shows the versions")
+    data, where = report(settings, "compare", a=a, b=b, since=args.since)
+    if args.json:
+        _print_json(data)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not data["items"]:
+        known = ", ".join(f"{v} ({n})" for v, n in data["versions"].items()) or "none"
+        console.print(f"no items scored by both {a} and {b} ({where}); versions in the score history: {known}. "
+                      "`finsent rescore --version V` scores stored items with another version")
+        return 0
+    t = Table(title=f"Negative share of the same {data['items']} items: {a} vs {b}", title_justify="left")
+    for col, just in (("topic (as A)", "left"), ("items", "right"), ("neg % A", "right"), ("neg % B", "right"),
+                      ("change", "right"), ("topic moved", "right")):
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for r in data["topics"]:
+        delta = r["negative_share_b"] - r["negative_share_a"]
+        t.add_row(r["topic"], str(r["items"]), f"{r['negative_share_a']:.1%}", f"{r['negative_share_b']:.1%}",
+                  f"{delta:+.1%}", str(r["topic_changed"]))
+    console.print(t)
+    console.print(f"{data['items']} items compared (scored by both versions)")
+    return 0
+
+
 def _schema(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.stream.store import schema
 
@@ -321,6 +367,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="only alerts fired in the last DURATION (default: all)")
     a.add_argument("--json", action="store_true", help="print a JSON list")
     a.set_defaults(func=_alerts)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="per-topic negative share of the same items under two model versions",
+        description=(
+            "Join the score history (the scores table) of two model versions on the same item ids and show, per "
+            "topic (as version A assigned it), the negative share under A and under B and the number of items "
+            "compared. Items get a second version's score from `finsent rescore` or from a worker that "
+            "hot-reloaded while they were redelivered.\n\n"
+            "examples:\n"
+            "  finsent query compare --versions v0001-1a2b3c4d v0002-5e6f7a8b\n"
+            "  finsent query compare --versions v0001-1a2b3c4d v0002-5e6f7a8b --since 7d --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmp.add_argument("--versions", nargs=2, required=True, metavar=("A", "B"), help="the two model versions")
+    cmp.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
+                     help="only items ingested in the last DURATION (default: all)")
+    cmp.add_argument("--json", action="store_true",
+                     help="print JSON: {a, b, since_s, items, topics: [...], versions: {version: items}}")
+    cmp.set_defaults(func=_compare)
 
     s = sub.add_parser(
         "schema",

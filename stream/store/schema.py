@@ -45,6 +45,12 @@ materialized view ``topic_minute_mv`` on every insert into ``items``)
     neutral   (same)                                    uniqExactIfMerge(neutral)
     positive  (same)                                    uniqExactIfMerge(positive)
 
+``scores`` -- the score history: one row per (item, model version) (ReplacingMergeTree(version),
+PARTITION BY toYYYYMM(ingested_at), ORDER BY (toStartOfDay(ingested_at), id, model_version)), fed by
+the materialized view ``scores_mv`` on every insert into ``items``
+    id, ingested_at, model_version, sentiment, p_negative, p_neutral, p_positive, topic, topic_prob,
+    scored_at, version    (the same meaning as in ``items``; no text)
+
 ``alerts`` -- one row per alert (ReplacingMergeTree(version), ORDER BY id)
     id, topic, fired_at, window_start, window_end (DateTime('UTC')), negative, total (UInt32),
     negative_share, baseline_share, score (Float64), detector, severity (LowCardinality(String)),
@@ -82,6 +88,20 @@ Why these choices
 * Re-scoring: a newer model's row has a later ``scored_at`` and so a higher ``version``; queries
   read ``items FINAL`` and see exactly one row per id, the newest. (Merges collapse duplicates in
   the background at an unspecified time, so queries must not rely on them: always use FINAL.)
+* Re-scoring history (``finsent rescore``, ``finsent query compare``): ``items`` keeps only the
+  newest score of an item, which is what every default query must see; comparing two model
+  versions on the same items needs both scores, so they are kept in ``scores``, keyed by
+  (id, model_version). It is written by a materialized view on ``items``, i.e. by the worker and
+  by ``rescore`` alike without either knowing: no second INSERT on the worker's hot path, and
+  the history is complete for everything stored after the table exists. The cost is one narrow
+  row per stored row (id, times, probabilities, labels; ~40 bytes before compression, no text)
+  written by the server. The alternatives were worse for one of the two needs: a history written
+  only by ``rescore`` would hold nothing about items the worker scored with a hot-reloaded
+  version; keeping old versions as extra rows in ``items`` (model_version in the key) would make
+  every default query pick the newest per id with ``argMax`` instead of ``FINAL``. Rows stored
+  before ``scores`` existed have no history: ``rescore`` writes each item's old score into
+  ``scores`` before it replaces it (idempotent), so a compare of "before vs after" always works.
+  ``scores`` follows the same retention (TTL) as ``items``.
 * ``topic_minute`` is cheap to read for long dashboards, and exact under redelivery (uniqExact of
   ids), but a materialized view only ever sees inserts: an item re-scored into another topic or
   sentiment is counted under both labels there. ``Store.topic_counts`` therefore reads
@@ -159,6 +179,8 @@ ITEMS = "items"
 TOPIC_MINUTE = "topic_minute"
 TOPIC_MINUTE_MV = "topic_minute_mv"
 ALERTS = "alerts"
+SCORES = "scores"
+SCORES_MV = "scores_mv"
 TABLES = (ITEMS, TOPIC_MINUTE, ALERTS)
 
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -349,6 +371,22 @@ GROUP BY minute, topic, model_version""",
 declare_table(TableSpec(
     ALERTS, ALERT_COLUMNS, "ReplacingMergeTree(version)", order_by="id", partition_by="toYYYYMM(window_start)",
     ttl_column="fired_at",
+))
+
+#: (name, type) of ``scores`` columns: the score part of an ``items`` row plus what locates the item.
+SCORE_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (name, dict(ITEM_COLUMNS)[name]) for name in (
+        "id", "ingested_at", "model_version", "sentiment", "p_negative", "p_neutral", "p_positive", "topic",
+        "topic_prob", "scored_at", "version",
+    )
+)
+declare_table(TableSpec(
+    SCORES, SCORE_COLUMNS, "ReplacingMergeTree(version)", order_by="(toStartOfDay(ingested_at), id, model_version)",
+    partition_by="toYYYYMM(ingested_at)", ttl_column="ingested_at",
+))
+declare_view(ViewSpec(
+    SCORES_MV, source=ITEMS, target=SCORES,
+    select=f"SELECT {', '.join(name for name, _ in SCORE_COLUMNS)}\nFROM {{source}}",
 ))
 
 
@@ -869,3 +907,69 @@ def model_version_row(row: dict[str, Any], synced: datetime) -> tuple[Any, ...]:
     values = {**row, "created_at": _split_ms(created)[0], "synced": _split_ms(synced)[2]}
     return tuple(values[name] if name in ("created_at", "synced", "aliases") else _text(str(values.get(name) or ""))
                  for name, _ in MODEL_VERSION_COLUMNS)
+
+
+# --- re-scoring and the score history (``finsent rescore``, ``finsent query compare``) -----------
+
+ITEM_NAMES = tuple(name for name, _ in ITEM_COLUMNS)
+
+# One page of the items a re-score walks, in (ingested_at, id) order after the cursor. The scan is
+# bounded by a time slice [lo, hi) (the sorting key's day prefix keeps it to the days asked for),
+# so a page costs one slice, not the whole window. The topic filter applies after FINAL picked the
+# newest row (the topic is a label a re-score can change).
+RESCORE_PAGE = f"""
+SELECT {", ".join(ITEM_NAMES)}
+FROM (
+    SELECT {", ".join(ITEM_NAMES)} FROM {{db}}.items FINAL
+    WHERE ingested_at >= toDateTime({{lo:UInt32}}, 'UTC') AND ingested_at < toDateTime({{hi:UInt32}}, 'UTC')
+      AND (ingested_at > toDateTime({{after_at:UInt32}}, 'UTC')
+           OR (ingested_at = toDateTime({{after_at:UInt32}}, 'UTC') AND id > {{after_id:String}}))
+)
+WHERE {{any_topic:UInt8}} = 1 OR topic = {{topic:String}}
+ORDER BY ingested_at, id
+LIMIT {{limit:UInt32}}"""
+
+RESCORE_TOTAL = """
+SELECT count() FROM (
+    SELECT topic FROM {db}.items FINAL
+    WHERE ingested_at >= toDateTime({lo:UInt32}, 'UTC') AND ingested_at < toDateTime({hi:UInt32}, 'UTC')
+)
+WHERE {any_topic:UInt8} = 1 OR topic = {topic:String}"""
+
+# Per-topic negative share of the SAME items under versions a and b: only ids scored by both count,
+# and each row is a topic as version a assigned it, so both shares of a row cover the same items
+# (topic_changed: how many of them version b put in another topic). One GROUP BY, no JOIN: 18.16's
+# JOINs need an explicit strictness and are slow on big right-hand sides.
+COMPARE_VERSIONS = """
+SELECT topic_a AS topic, count() AS items,
+       countIf(sentiment_a = 'negative') AS negative_a,
+       countIf(sentiment_b = 'negative') AS negative_b,
+       countIf(topic_b != topic_a) AS topic_changed
+FROM (
+    SELECT toStartOfDay(ingested_at) AS day, id,
+           anyIf(toString(topic), model_version = {a:String}) AS topic_a,
+           anyIf(toString(sentiment), model_version = {a:String}) AS sentiment_a,
+           anyIf(toString(topic), model_version = {b:String}) AS topic_b,
+           anyIf(toString(sentiment), model_version = {b:String}) AS sentiment_b,
+           uniqExact(model_version) AS versions
+    FROM {db}.scores FINAL
+    WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')
+      AND (model_version = {a:String} OR model_version = {b:String})
+    GROUP BY day, id
+    HAVING versions = 2
+)
+GROUP BY topic
+ORDER BY items DESC, topic"""
+
+# How many items each model version has scored (the history), to say which versions exist.
+SCORE_VERSIONS = """
+SELECT toString(model_version) AS v, count() AS n FROM {db}.scores FINAL
+WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')
+GROUP BY v ORDER BY v"""
+
+
+def score_history_row(item_row: Sequence[Any]) -> tuple[Any, ...]:
+    """The ``scores`` row (in :data:`SCORE_COLUMNS` order) of an ``items`` row as read back
+    (:data:`ITEM_NAMES` order): how ``rescore`` records an item's old score before replacing it."""
+    d = dict(zip(ITEM_NAMES, item_row, strict=True))
+    return tuple(_split_ms(v)[0] if isinstance(v, datetime) else v for v in (d[name] for name, _ in SCORE_COLUMNS))

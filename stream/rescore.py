@@ -1,0 +1,286 @@
+"""``finsent rescore``: score stored items again with another model version, in batches, resumably.
+
+What it does: walks the items ingested in the window (newest score per id, ``items FINAL``), in
+(ingested_at, id) order, one page of ``--batch-size`` at a time; records each item's old score in
+the ``scores`` history (for items stored before that table existed; idempotent otherwise), scores
+the page with the target model (:func:`finsent.stream.worker.score_items`, as the worker does) and
+inserts the new rows. A new row has a later ``scored_at`` and so replaces the old one in every
+default query (``items`` is a ReplacingMergeTree on that version); the ``scores_mv`` view adds it to
+the history, where ``finsent query compare`` finds both versions. Schema: :mod:`finsent.stream.store.schema`.
+
+Target model: ``--version V`` from the registry, else the registry's production version, else
+``FINSENT_MODEL_DIR`` (the shipped model when unset); without a registry ``--version`` must name the
+version FINSENT_MODEL_DIR holds.
+
+Resuming is automatic. After every page the cursor -- the (ingested_at, id) of its last item, the
+window it was started with, counts -- is written atomically to a checkpoint file under
+``FINSENT_CACHE_DIR/rescore/``, named by what identifies the job (store, database, ``--since``,
+``--topic``, target version). The same command run again after an interruption (Ctrl-C, a kill, a
+crash, ``--max-batches``) continues after the last finished page with the same window, and says so;
+``--restart`` starts over. A finished job's checkpoint is kept (``done``) and the next run starts a
+new job with a fresh window. A page stored but not yet checkpointed when the process died is scored
+again on resume: harmless, the newer row replaces the older one.
+
+Why it does not get in the worker's way: on a ``clickhouse://`` server it is one more client, inserting
+rows for items the worker no longer touches (items ingested after the job started are outside its
+window). The embedded engine (chdb) allows one process per data directory, so while a worker holds it
+``rescore`` stops at once with one line (exit 8) saying to stop the worker or use a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from finsent.core.errors import ConfigError, StoreInUse
+from finsent.core.events import RawItem, utcnow
+from finsent.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How much ingestion time one page query may scan (the sorting key's day prefix prunes the rest).
+SLICE_S = 3600
+DEFAULT_BATCH = 256
+
+
+@dataclass
+class Checkpoint:
+    """A re-score job's progress, as written to its checkpoint file."""
+
+    key: str
+    store: str
+    since: str
+    topic: str | None
+    version: str
+    lo: int  # window [lo, hi) of ingested_at, epoch seconds, fixed when the job started
+    hi: int
+    after_at: int = 0  # cursor: the last finished item (ingested_at seconds, id)
+    after_id: str = ""
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    batches: int = 0
+    started_at: str = ""
+    finished: bool = False
+
+    def save(self, path: Path) -> None:
+        from finsent.models.registry import atomic_write_json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint | None:
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def job_key(store_url: str, database: str, since: timedelta, topic: str | None, version: str) -> str:
+    text = json.dumps([store_url, database, int(since.total_seconds()), topic, version])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def checkpoint_path(settings: Settings, key: str) -> Path:
+    return Path(settings.cache_dir).expanduser() / "rescore" / f"{key}.json"
+
+
+def target_model(settings: Settings, version: str | None) -> Any:
+    """The classifier to re-score with (see the module docstring for the order)."""
+    from finsent.stream.reload import load_model, registry_of
+
+    registry = registry_of(settings)
+    if version is not None and registry is not None and registry.exists():
+        mv = registry.get(version)  # InputError naming the registry when there is no such version
+        return load_model(mv.path, settings, expect_version=mv.version)
+    if version is None and registry is not None:
+        mv = registry.resolve("production")
+        if mv is not None:
+            return load_model(mv.path, settings, expect_version=mv.version)
+    clf = load_model(settings.model_dir, settings)
+    if version is not None and clf.version != version:
+        raise ConfigError(
+            f"--version {version}: there is no registry at {settings.registry or '(none)'} and the model in "
+            f"FINSENT_MODEL_DIR is {clf.version}",
+            hint="set FINSENT_REGISTRY to the registry that holds the version, or FINSENT_MODEL_DIR to its directory",
+        )
+    return clf
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _raw_item(d: dict[str, Any]) -> RawItem:
+    """The stored item behind an ``items`` row (ingested_at to the millisecond, so the row replaces its own)."""
+    return RawItem(
+        id=d["id"], source=d["source"], source_type=d["source_type"], text=d["text"],
+        ingested_at=_utc(d["ingested_at"]) + timedelta(milliseconds=int(d["ingested_ms"])),
+        title=d["title"], url=d["url"], author=d["author"],
+        published_at=_utc(d["published_at"]) if d["published_at"] is not None else None,
+        tickers=tuple(d["tickers"]), truncated=bool(d["truncated"]),
+    )
+
+
+class Progress:
+    """One line on stderr per ``every_s`` (and a last one): done/total, rate, target version."""
+
+    def __init__(self, out: TextIO | None, every_s: float = 2.0) -> None:
+        self.out, self.every_s = out, every_s
+        self.t0 = self.last = time.monotonic()
+        self.start_done = 0
+
+    def show(self, ck: Checkpoint, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.out is None or (not final and now - self.last < self.every_s):
+            return
+        self.last = now
+        rate = (ck.done - self.start_done) / max(now - self.t0, 1e-9)
+        pct = f" ({100 * ck.done / ck.total:.1f}%)" if ck.total else ""
+        print(f"rescore: {ck.done}/{ck.total} items{pct} with {ck.version}, {rate:.0f} items/s, "
+              f"{ck.batches} batches, {ck.failed} failed", file=self.out, flush=True)
+
+
+def rescore(
+    settings: Settings,
+    since: timedelta,
+    *,
+    topic: str | None = None,
+    version: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    restart: bool = False,
+    max_batches: int | None = None,
+    progress: TextIO | None = sys.stderr,
+    classifier: Any = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
+    """Run (or resume) one re-score job; returns its summary. ``classifier`` overrides the target model."""
+    from finsent.stream.store import schema, store_from_settings
+    from finsent.stream.worker import score_items
+
+    try:
+        store = store_from_settings(settings)
+    except StoreInUse as exc:
+        raise StoreInUse(
+            f"rescore cannot open the store: {exc}",
+            hint="the embedded store (chdb) allows one process per data path: stop the worker while re-scoring, "
+                 "or run the store as a clickhouse:// server, which both can use at once",
+        ) from None
+    try:
+        store.ensure_schema()
+        clf = classifier if classifier is not None else target_model(settings, version)
+        target = str(clf.version)
+        key = job_key(store.url_redacted, store.database, since, topic, target)
+        path = checkpoint_path(settings, key)
+        ck = None if restart else Checkpoint.load(path)
+        resumed = ck is not None and not ck.finished
+        if not resumed:
+            hi = int(utcnow().timestamp()) + 1
+            lo = max(0, hi - 1 - int(since.total_seconds()))
+            ck = Checkpoint(key, store.url_redacted, f"{int(since.total_seconds())}s", topic, target, lo, hi,
+                            total=store.rescore_total(lo, hi, topic), started_at=utcnow().isoformat())
+            ck.save(path)
+        assert ck is not None
+        if resumed and progress is not None:
+            print(f"rescore: resuming the job started {ck.started_at} ({ck.done}/{ck.total} done, after "
+                  f"{datetime.fromtimestamp(ck.after_at, UTC):%Y-%m-%d %H:%M:%S} {ck.after_id}); --restart starts over",
+                  file=progress, flush=True)
+        bar = Progress(progress)
+        bar.start_done = ck.done
+        t0 = time.monotonic()
+        run_batches = 0
+        slice_lo = max(ck.lo, ck.after_at)
+        while slice_lo < ck.hi and not stop():
+            if max_batches is not None and run_batches >= max_batches:
+                break
+            slice_hi = min(slice_lo + SLICE_S, ck.hi)
+            rows = store.rescore_page(slice_lo, slice_hi, (ck.after_at, ck.after_id), topic, batch_size)
+            if len(rows) < batch_size:
+                slice_lo = slice_hi  # this slice has nothing after this page
+            if not rows:
+                continue
+            dicts = [dict(zip(schema.ITEM_NAMES, r, strict=True)) for r in rows]
+            store.insert_score_history([schema.score_history_row(r) for r in rows])
+            scored, dead = score_items(clf, [_raw_item(d) for d in dicts])
+            store.insert_scored(scored)
+            ck.after_at, ck.after_id = int(_utc(dicts[-1]["ingested_at"]).timestamp()), str(dicts[-1]["id"])
+            ck.done += len(scored)
+            ck.failed += len(dead)
+            ck.batches += 1
+            run_batches += 1
+            ck.save(path)
+            bar.show(ck)
+        ck.finished = slice_lo >= ck.hi
+        ck.save(path)
+        bar.show(ck, final=True)
+        return {**asdict(ck), "resumed": resumed, "batches_this_run": run_batches, "checkpoint": str(path),
+                "seconds": round(time.monotonic() - t0, 3)}
+    finally:
+        store.close()
+
+
+def _handler(args: argparse.Namespace, settings: Settings) -> int:
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.append(signum)  # finish the page in hand, checkpoint it, stop
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = rescore(settings, args.since, topic=args.topic, version=args.version, batch_size=args.batch_size,
+                          restart=args.restart, max_batches=args.max_batches, stop=lambda: bool(stopping))
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        state = "done" if summary["finished"] else "stopped; run the same command again to resume"
+        print(f"rescored {summary['done']} of {summary['total']} items with {summary['version']} "
+              f"({summary['failed']} failed, {summary['batches_this_run']} batches this run): {state}")
+    return 130 if stopping else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from finsent.stream.store.cli import parse_duration
+
+    p = sub.add_parser(
+        "rescore",
+        help="score stored items again with the production model or --version V (resumable)",
+        description=(
+            "Re-score the items ingested in the last DURATION with the registry's production version, with "
+            "--version V, or with FINSENT_MODEL_DIR when there is no registry. Default queries then see the new "
+            "score; `finsent query compare --versions A B` shows both. Works in batches with a progress line on "
+            "stderr and a checkpoint after each batch: run the same command again after an interruption and it "
+            "resumes where it stopped (--restart starts over). Needs the store to itself when it is chdb (stop "
+            "the worker); a clickhouse:// server is shared with the running worker.\n\n"
+            "examples:\n"
+            "  finsent rescore --since 7d\n"
+            "  finsent rescore --since 24h --topic Earnings --version v0003-1a2b3c4d\n"
+            "  finsent rescore --since 30d --max-batches 100     a bounded slice now, the rest later"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--since", type=parse_duration, required=True, metavar="DURATION",
+                   help="items ingested in the last DURATION (30m, 24h, 7d)")
+    p.add_argument("--topic", default=None, help="only items whose current topic is this one")
+    p.add_argument("--version", default=None, help="registry version to score with (default: production)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"items per batch (default {DEFAULT_BATCH})")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after N batches (resume later)")
+    p.add_argument("--restart", action="store_true", help="ignore an unfinished checkpoint and start over")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_handler)
+
+
+__all__ = ["Checkpoint", "job_key", "register", "rescore", "target_model"]
