@@ -154,11 +154,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, f"not found: try {known}\n".encode())
 
     def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the scraper gave up (its timeout) before the answer: nothing to report, no traceback
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not news
         pass
