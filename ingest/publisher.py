@@ -139,6 +139,8 @@ class Publisher:
 
     def _get_producer(self, budget_s: float | None = None) -> Any:
         """The producer, created on first use; raises on an unreachable broker (caller retries)."""
+        if self.draining:  # a stop is under way: no connect may outlast its grace
+            budget_s = max(0.0, min(math.inf if budget_s is None else budget_s, self._stop_at - time.monotonic()))
         if self._producer is None:
             from kafka import KafkaProducer
             from kafka.errors import KafkaConfigurationError
@@ -200,9 +202,16 @@ class Publisher:
             return False, "stopping"
         return self._contact
 
-    def connect(self) -> bool:
-        """Try to connect now (e.g. at service start) instead of on the first publish."""
+    def connect(self, *, quiet: bool = False) -> bool:
+        """Try to connect now (e.g. at service start) instead of on the first publish.
+
+        Never while stopping. ``quiet``: a failure is logged at DEBUG (a periodic retry), not WARNING.
+        """
+        if self._closed or self.draining:
+            return False
         with self._lock:
+            if self._closed or self.draining:
+                return False
             try:
                 self._get_producer()
                 return True
@@ -210,7 +219,8 @@ class Publisher:
                 raise
             except Exception as exc:
                 self._contact = (False, f"Kafka at {self.settings.brokers} not reachable: {exc}")
-                log.warning("Kafka at %s not reachable yet (%s); will retry on publish", self.settings.brokers, exc)
+                (log.debug if quiet else log.warning)(
+                    "Kafka at %s not reachable yet (%s); will retry on publish", self.settings.brokers, exc)
                 self._drop_producer()
                 return False
 
@@ -243,14 +253,21 @@ class Publisher:
         """Flush and close: within the drain grace when draining, else within the delivery timeout."""
         self._abort.set()
         self._wake.set()
-        with self._lock:
-            self._closed = True
+        self._closed = True
+        draining = self.draining
+        # a connect attempt in another thread holds the lock for at most one bootstrap (BOOTSTRAP_CAP_S)
+        wait_s = max(self.delivery_timeout_s, BOOTSTRAP_CAP_S) if not draining else max(
+            0.0, self._stop_at - time.monotonic()) + BOOTSTRAP_CAP_S
+        if not self._lock.acquire(timeout=wait_s):
+            log.warning("closing the Kafka producer: still busy after %.0f s; left to the exit", wait_s)
+            return
+        try:
             if self._producer is not None:
-                if self._stop_at == math.inf:
-                    wait_s = self.delivery_timeout_s
-                else:
-                    wait_s = min(self.delivery_timeout_s, max(0.0, self._stop_at - time.monotonic()))
-                self._drop_producer(timeout_s=wait_s)
+                flush_s = self.delivery_timeout_s if not draining else min(
+                    self.delivery_timeout_s, max(0.0, self._stop_at - time.monotonic()))
+                self._drop_producer(timeout_s=flush_s)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Publisher:
         return self

@@ -86,13 +86,15 @@ def keep_connecting(publisher: Any | None, stop: threading.Event, every_s: float
         return
 
     def loop() -> None:
+        first = True
         while not stop.is_set():
             ok, _ = publisher.ready()
             if not ok and not publisher.draining:
                 try:
-                    publisher.connect()
+                    publisher.connect(quiet=not first)
                 except Exception as exc:  # noqa: BLE001 - a config error surfaces on the first publish
                     log.debug("connect attempt failed: %s", exc)
+            first = False
             if stop.wait(every_s):
                 return
 

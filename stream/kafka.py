@@ -27,6 +27,17 @@ def finsent_topics(settings: Settings) -> list[str]:
             settings.topic_alert_counts]
 
 
+def admin_config(settings: Settings, timeout_ms: int = 15_000) -> dict[str, Any]:
+    """kafka-python admin client options (SASL/TLS included) for one attempt of at most ``timeout_ms``."""
+    return {
+        "bootstrap_servers": settings.broker_list,
+        "client_id": "finsent-admin",
+        "request_timeout_ms": min(10_000, timeout_ms),
+        "bootstrap_timeout_ms": timeout_ms,  # the whole wait is timeout_s, not 30 s per attempt
+        **kafka_security(settings),
+    }
+
+
 def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:
     """A kafka-python admin client, retried until ``timeout_s`` (brokers may still be starting)."""
     from kafka.admin import KafkaAdminClient
@@ -37,13 +48,7 @@ def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:
     while time.monotonic() < deadline:
         try:
             left_ms = max(1000, int((deadline - time.monotonic()) * 1000))
-            return KafkaAdminClient(
-                bootstrap_servers=settings.broker_list,
-                client_id="finsent-admin",
-                request_timeout_ms=min(10_000, left_ms),
-                bootstrap_timeout_ms=left_ms,  # the whole wait is timeout_s, not 30 s per attempt
-                **kafka_security(settings),
-            )
+            return KafkaAdminClient(**admin_config(settings, left_ms))
         except KafkaError as exc:
             last = exc
             time.sleep(0.5)
@@ -233,6 +238,10 @@ class ClientLogLimiter(logging.Filter):
             self.suppressed += 1
             return False
         self._last[key] = now
+        if record.exc_info and record.exc_info[1] is not None:  # a client's own stack trace is no news to a user
+            exc = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", ()
+            record.exc_info, record.exc_text = None, None
         return True
 
 
