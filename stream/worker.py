@@ -164,6 +164,8 @@ class WorkerStats:
     #: monotonic times of the first batch received and of the last batch stored (throughput benchmarks)
     first_batch_t: float | None = None
     last_stored_t: float | None = None
+    #: the model versions found on each scored batch's rows, in scoring order (hot reload: always one; bounded)
+    batch_versions: collections.deque[frozenset[str]] = field(default_factory=lambda: collections.deque(maxlen=100_000))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> dict[str, Any]:
@@ -402,6 +404,8 @@ class Scorer:
             self.stats.consumed += len(messages)
             self.stats.batches += 1
             self.stats.inference_s += infer_s
+            if scored:
+                self.stats.batch_versions.append(frozenset(s.model_version for s in scored))
         # one batch in the store at a time, in order
         if self.inflight is not None:
             await asyncio.shield(self.inflight)
