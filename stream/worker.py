@@ -62,9 +62,19 @@ from finsent.stream.metrics import worker_metrics
 
 log = logging.getLogger(__name__)
 
-#: Backoff between store/publish retries: starts here, doubles, capped.
+#: Backoff between store/publish retries: starts here, doubles, capped. The cap is how long a worker
+#: may sit idle after its store or broker is back (the issue measured up to 15 s with a 15 s cap),
+#: traded against one failed attempt per cap per worker while it is down: at 4 s that is a connection
+#: attempt every 4 s, nothing for either server, and at most 4 s of extra recovery time.
 RETRY_FIRST_S = 0.25
-RETRY_MAX_S = 15.0
+RETRY_MAX_S = 4.0
+
+#: Scored batches that may wait while the store is busy; the next insert takes all of them that fit
+#: in STORE_GROUP_ROWS rows. Each insert makes a new part on ClickHouse and chdb, a fixed cost that
+#: dominates small inserts, so a backlog is written in a few large ones; an idle worker still stores
+#: each batch at once (bench/RESULTS.md "Plumbing").
+MAX_WAITING_BATCHES = 8
+STORE_GROUP_ROWS = 2048
 
 
 #: How long a fetch may wait at the broker for data. faust-streaming hard-codes 1500 ms; that is harmless
@@ -205,7 +215,7 @@ def decode_batch(
     return items, dead
 
 
-def _to_scored(item: RawItem, pred: Any, version: str) -> ScoredItem:
+def _to_scored(item: RawItem, pred: Any, version: str, scored_at: datetime | None = None) -> ScoredItem:
     if pred.truncated and not item.truncated:
         item = replace(item, truncated=True)
     return ScoredItem(
@@ -215,7 +225,7 @@ def _to_scored(item: RawItem, pred: Any, version: str) -> ScoredItem:
         topic=pred.topic,
         topic_prob=float(pred.topic_prob),
         model_version=version,
-        scored_at=utcnow(),
+        scored_at=scored_at or utcnow(),
     )
 
 
@@ -229,7 +239,8 @@ def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredI
     version = str(classifier.version)
     try:
         preds = classifier.predict([it.text for it in items])
-        return [_to_scored(it, p, version) for it, p in zip(items, preds, strict=True)], []
+        scored_at = utcnow()  # one clock read per batch: the batch was scored at one moment
+        return [_to_scored(it, p, version, scored_at) for it, p in zip(items, preds, strict=True)], []
     except Exception:
         log.exception("classifier failed on a batch of %d; scoring items one by one", len(items))
     scored: list[ScoredItem] = []
@@ -242,6 +253,17 @@ def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredI
             body = dead_letter(it.to_json(), "model_error", f"{type(exc).__name__}: {exc}", "", -1, -1)
             dead.append(DeadLetter("model_error", body, it.id.encode()))
     return scored, dead
+
+
+@dataclass(slots=True)
+class ScoredBatch:
+    """One batch taken from Kafka, scored, waiting to be stored and published."""
+
+    guard: AckGuard
+    scored: list[ScoredItem]
+    dead: list[DeadLetter]
+    #: (key, value) of each scored item's ``finsent.scored`` message, encoded in the model thread
+    payloads: list[tuple[bytes, bytes]]
 
 
 class AckGuard:
@@ -287,8 +309,12 @@ class Scorer:
         self.stopping = threading.Event()
         #: set when the agent stops: a batch in flight may finish, but a failing store is not retried
         self.draining = threading.Event()
+        #: the store/publish stage (``_finish_waiting``) while it runs, and the batch being scored
         self.inflight: asyncio.Future[None] | None = None
         self.scoring: asyncio.Future[None] | None = None
+        #: scored batches waiting for the store, oldest first (at most MAX_WAITING_BATCHES)
+        self._waiting: collections.deque[ScoredBatch] = collections.deque()
+        self._space = asyncio.Event()
         self.scored_topic: Any = None
         self.dlq_topic: Any = None
         self.consumer: Any = None
@@ -385,18 +411,20 @@ class Scorer:
 
     def _decode_and_score(
         self, classifier: Any, messages: list[RawMessage]
-    ) -> tuple[list[ScoredItem], list[DeadLetter], float]:
-        """Model thread: decode, then score (JSON parsing stays off the event loop too)."""
+    ) -> tuple[list[ScoredItem], list[DeadLetter], list[tuple[bytes, bytes]], float]:
+        """Model thread: decode, score, and encode the scored topic's messages (none of it on the event loop)."""
         items, dead = decode_batch(messages, self.settings.max_message_bytes, self.settings.max_text_chars)
         t0 = time.perf_counter()
         scored, model_dead = score_items(classifier, items)
+        infer_s = time.perf_counter() - t0
         dead.extend(model_dead)
-        return scored, dead, time.perf_counter() - t0
+        payloads = [(s.id.encode(), s.to_json()) for s in scored]
+        return scored, dead, payloads, infer_s
 
     async def _score(self, guard: AckGuard, messages: list[RawMessage]) -> None:
         loop = asyncio.get_running_loop()
         classifier = self.holder.current  # one model version per batch
-        scored, dead, infer_s = await loop.run_in_executor(
+        scored, dead, payloads, infer_s = await loop.run_in_executor(
             self.model_pool, self._decode_and_score, classifier, messages
         )
         self.metrics.inference_seconds.observe(infer_s)
@@ -406,29 +434,75 @@ class Scorer:
             self.stats.inference_s += infer_s
             if scored:
                 self.stats.batch_versions.append(frozenset(s.model_version for s in scored))
-        # one batch in the store at a time, in order
-        if self.inflight is not None:
-            await asyncio.shield(self.inflight)
-        self.inflight = asyncio.ensure_future(self._finish(guard, scored, dead))
+        while len(self._waiting) >= MAX_WAITING_BATCHES:  # backpressure: the store is behind
+            self._space.clear()
+            await self._space.wait()
+        self._waiting.append(ScoredBatch(guard, scored, dead, payloads))
+        if self.inflight is None or self.inflight.done():
+            self.inflight = asyncio.ensure_future(self._finish_waiting())
 
-    async def _finish(self, guard: AckGuard, scored: list[ScoredItem], dead: list[DeadLetter]) -> None:
+    def _take_group(self) -> list[ScoredBatch]:
+        """The oldest waiting batch and those after it, while they fit in one insert of STORE_GROUP_ROWS."""
+        group = [self._waiting.popleft()]
+        rows = len(group[0].scored)
+        while self._waiting and rows + len(self._waiting[0].scored) <= STORE_GROUP_ROWS:
+            rows += len(self._waiting[0].scored)
+            group.append(self._waiting.popleft())
+        self._space.set()
+        return group
+
+    async def _finish_waiting(self) -> None:
+        """Store the waiting batches in order, a group per insert; publish each group while the next is stored.
+
+        Ends when nothing waits and nothing is being published (``_score`` starts it again), so the
+        check "is a finisher running" in ``_score`` never misses a batch.
+        """
         loop = asyncio.get_running_loop()
-        try:
-            store_s = await loop.run_in_executor(self.store_pool, self._store_batch, scored)
+        publishing: asyncio.Future[None] | None = None
+        while True:
+            if not self._waiting:
+                if publishing is None:
+                    return
+                await publishing  # then look again: batches may have arrived meanwhile
+                publishing = None
+                continue
+            group = self._take_group()
+            scored = [s for b in group for s in b.scored]
+            try:
+                store_s = await loop.run_in_executor(self.store_pool, self._store_batch, scored)
+            except WorkerStopping as exc:
+                log.warning("%s", exc)  # this group and those waiting stay unacked: redelivered later
+                self._waiting.clear()
+                self._space.set()
+                continue
             stored_at = utcnow()
-            await self._publish(scored, dead)
+            if publishing is not None:  # groups are published (and acked) in order
+                await publishing
+            publishing = asyncio.ensure_future(self._publish_group(group, scored, store_s, stored_at))
+
+    async def _publish_group(
+        self, group: list[ScoredBatch], scored: list[ScoredItem], store_s: float, stored_at: datetime
+    ) -> None:
+        """Publish a stored group, count it, and only then release its offsets for commit."""
+        dead = [d for b in group for d in b.dead]
+        try:
+            await self._publish([p for b in group for p in b.payloads], dead)
         except WorkerStopping as exc:
             log.warning("%s", exc)
             return
         m = self.metrics
         m.store_seconds.observe(store_s)
         m.stored.inc(len(scored))
+        # one increment per label set, not per item
+        for (topic, sentiment), n in collections.Counter((s.topic, s.sentiment) for s in scored).items():
+            m.scored.labels(topic, sentiment).inc(n)
+        reasons = collections.Counter(d.reason for d in dead)
+        for reason, n in reasons.items():
+            m.dead_lettered.labels(reason).inc(n)
         lat = [(stored_at - s.item.ingested_at).total_seconds() for s in scored]
-        for s, seconds in zip(scored, lat, strict=True):
-            m.scored.labels(s.topic, s.sentiment).inc()
-            m.end_to_end_seconds.observe(max(seconds, 0.0))
-        for d in dead:
-            m.dead_lettered.labels(d.reason).inc()
+        observe = m.end_to_end_seconds.observe
+        for seconds in lat:
+            observe(seconds if seconds > 0.0 else 0.0)
         with self.stats.lock:
             self.stats.stored += len(scored)
             self.stats.store_s += store_s
@@ -438,21 +512,28 @@ class Scorer:
                 self.stats.latencies.extend(lat)
             else:
                 self.stats.latencies.extend(x for s, x in zip(scored, lat, strict=True) if s.item.ingested_at >= floor)
-            for d in dead:
-                self.stats.dead_lettered[d.reason] += 1
-        guard.release()
-        for ev in guard.events:
-            key = (ev.message.topic, ev.message.partition)
-            if ev.message.offset > self.stored_offsets.get(key, -1):
-                self.stored_offsets[key] = ev.message.offset
+            self.stats.dead_lettered.update(reasons)
+        for b in group:
+            b.guard.release()
+            for ev in b.guard.events:
+                key = (ev.message.topic, ev.message.partition)
+                if ev.message.offset > self.stored_offsets.get(key, -1):
+                    self.stored_offsets[key] = ev.message.offset
 
-    async def _publish(self, scored: list[ScoredItem], dead: list[DeadLetter]) -> None:
-        """Send scored items and dead letters; wait for the broker's acks (retrying until it answers)."""
+    async def _publish(self, payloads: list[tuple[bytes, bytes]], dead: list[DeadLetter]) -> None:
+        """Send the scored items' messages and the dead letters; wait for the broker's acks (retrying until it answers).
+
+        Straight to the app's producer, all sends first and one wait for every ack: ``Topic.send``
+        per item (Faust's channel, message and callback objects for each) cost more than encoding them.
+        """
         delay = RETRY_FIRST_S
         while True:
             try:
-                futs = [await self.scored_topic.send(key=s.id.encode(), value=s.to_json()) for s in scored]
-                futs += [await self.dlq_topic.send(key=d.key, value=d.body) for d in dead]
+                producer = await self.scored_topic.app.maybe_start_producer()
+                send = producer.send
+                scored_name, dlq_name = self.scored_topic.get_topic_name(), self.dlq_topic.get_topic_name()
+                futs = [await send(scored_name, k, v, None, None, None) for k, v in payloads]
+                futs += [await send(dlq_name, d.key, d.body, None, None, None) for d in dead]
                 if futs:
                     # every outcome is collected, so no failed future is left "never retrieved" in the log
                     results = await asyncio.gather(*futs, return_exceptions=True)
@@ -465,7 +546,7 @@ class Scorer:
             except Exception as exc:
                 log.warning(
                     "publishing %d scored / %d dead letters failed (%s: %s); re-declaring the topics, retrying in "
-                    "%.2fs", len(scored), len(dead), type(exc).__name__, " ".join(str(exc).split())[:200], delay,
+                    "%.2fs", len(payloads), len(dead), type(exc).__name__, " ".join(str(exc).split())[:200], delay,
                 )
                 if self.stopping.is_set() or self.draining.is_set():
                     raise WorkerStopping("stopped while Kafka was failing; batch left unacked") from None

@@ -233,6 +233,7 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
         store.close()
 
 
+@pytest.mark.faults
 def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     kafka_bootstrap: str, clickhouse_db_url: str, unique_name: str, tiny_classifier: Any
 ) -> None:
