@@ -15,6 +15,7 @@ test model (finsent.models.testing), one onnxruntime thread per worker on this 2
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -118,3 +119,32 @@ def test_three_workers_share_six_partitions_and_store_each_item_once_across_a_st
     assert all(v and v > 0 for v in per_worker.values()), per_worker
     # what the workers say they stored covers every item (more only where a batch was redelivered)
     assert sum(w.final_counts()[1] for w in workers) >= len(produced)  # type: ignore[index]
+
+
+def test_worker_processes_get_the_very_settings_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finsent.bench.worker_pool import settings_env
+    from finsent.core.settings import load_settings
+
+    s = load_settings(brokers="10.0.0.1:9092,10.0.0.2:9092", partitions=6, clickhouse_cluster="prod",
+                      http_token="s3cret", batch_within_s=0.05, model_dir="/m")
+    for k in [k for k in os.environ if k.startswith("FINSENT_")]:
+        monkeypatch.delenv(k)
+    for k, v in settings_env(s).items():
+        monkeypatch.setenv(k, v)
+    assert load_settings() == s
+
+
+def test_bench_worker_counts_and_results_rows() -> None:
+    from finsent.bench.scaleout import parse_worker_counts, results_section
+
+    assert parse_worker_counts("1,2") == [1, 2] and parse_worker_counts("3") == [3]
+    for bad in ("0", "", "1,-2"):
+        with pytest.raises(ValueError):
+            parse_worker_counts(bad)
+    run = {"workers": 2, "model_threads_per_worker": 1, "partitions": 4, "items": 600, "total_items_per_s": 24.5,
+           "per_worker_items_per_s": [12.0, 12.5], "per_worker_items": [294, 306], "exact": True, "store_rows": 664,
+           "store_unique_ids": 664, "load_avg_start": (7.1, 6.0, 5.0), "load_avg_end": (7.9, 6.1, 5.0)}
+    text = results_section({"hardware": {"cpu": "cpu", "cores": 2}, "broker": "b", "store": "s", "model_dir": "m",
+                            "batch_max": 128, "runs": [run]}, "finsent bench pipeline --workers 2")
+    assert text.startswith("## Scale-out\n")
+    assert "| 2 | 1 | 600 | 24.5 | 12.0, 12.5 | 294, 306 | yes (664 rows, 664 ids) | 7.1 / 7.9 |" in text

@@ -270,6 +270,26 @@ def results_section(r: dict[str, Any], command: str, note: str | None = None) ->
 
 
 
+def scaleout_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``--workers``: N worker processes in one group (finsent.bench.scaleout)."""
+    from finsent.bench.scaleout import parse_worker_counts, results_section, run_scaleout
+
+    try:
+        counts = parse_worker_counts(args.workers)
+    except ValueError as exc:
+        print(f"finsent bench pipeline: {exc}")
+        return 2
+    r = run_scaleout(settings, counts, args.items, args.model_dir, args.store)
+    print(json.dumps(r, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+    if args.write_results:
+        cmd = f"finsent bench pipeline --workers {args.workers} --items {args.items}"
+        write_section(Path(args.write_results), results_section(r, cmd, args.note), "## Scale-out")
+        print(f"wrote the Scale-out section of {args.write_results}")
+    return 0
+
+
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.items < settings.batch_max:
         print(f"finsent bench pipeline: --items must be at least the batch size ({settings.batch_max})")
@@ -280,6 +300,8 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.rounds < 1:
         print("finsent bench pipeline: --rounds must be >= 1")
         return 2
+    if args.workers:
+        return scaleout_command(args, settings)
     r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store,
                   rounds=args.rounds)
     print(json.dumps(r, indent=2))
@@ -308,4 +330,7 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--json", metavar="OUT", help="write the results as JSON here")
     p.add_argument("--write-results", metavar="FILE", help="replace the '## Pipeline' section of FILE")
     p.add_argument("--note", help="a sentence added to the RESULTS.md section (e.g. which model this was)")
+    p.add_argument("--workers", metavar="N[,M...]",
+                   help="run N finsent worker processes in one consumer group (clickhouse-server store) and report "
+                        "total and per-worker throughput; 1,2 runs N=1 then N=2")
     p.set_defaults(func=bench_command)
