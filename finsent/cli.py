@@ -69,10 +69,11 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 def build_parser() -> argparse.ArgumentParser:
     from finsent import bench, commands
     from finsent.alerts import cli as alerts_cli
+    from finsent.alerts import drift_cli
     from finsent.ingest import cli as ingest_cli
     from finsent.models import cli as models_cli
-    from finsent.stream import rescore as rescore_cli
     from finsent.stream import registry_cli
+    from finsent.stream import rescore as rescore_cli
     from finsent.stream.store import cli as store_cli
     from finsent.stream.store import labels_cli
 
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts_cli.register(sub)
     rescore_cli.register(sub)
     labels_cli.register(sub)
+    drift_cli.register(sub)
     bench_parser = sub.add_parser(
         "bench",
         help="benchmarks that print numbers (model, pipeline, store, ingest, alerts)",

@@ -75,9 +75,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if overrides:
         settings = with_overrides(settings, **overrides)
     from finsent.alerts.agent import attach
+    from finsent.alerts.drift_agent import attach as attach_drift
     from finsent.stream.service import run_worker
 
-    return run_worker(settings, extensions=[attach])
+    return run_worker(settings, extensions=[attach, attach_drift])
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

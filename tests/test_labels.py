@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -293,25 +294,38 @@ def test_random_queue_is_reproducible_for_a_seed(store, store_url, capsys, tmp_p
 # --- the embedded store held by a worker ----------------------------------------------------------
 
 
-def test_label_commands_while_another_process_holds_the_chdb_store(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FINSENT_REGISTRY": ""}
-    url = f"chdb://{tmp_path / 'held'}"
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "FINSENT_REGISTRY": ""}
+
+
+@contextmanager
+def chdb_held_by_another_process(url: str) -> Iterator[None]:
+    """A second process that opens the chdb store at ``url`` and keeps it, as a running worker does."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from finsent.stream.store import open_store; s = open_store(sys.argv[1]); "
          "s.ensure_schema(); print('held', flush=True); sys.stdin.read()", url],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV, cwd=REPO,
     )
-    csv_path = write_csv(tmp_path / "l.csv", [["id", "sentiment"], ["item-1", "negative"]])
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.communicate("", timeout=30)
+
+
+def finsent_subprocess(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "finsent.cli", *argv], capture_output=True, text=True, env=ENV,
+                          cwd=REPO, timeout=60)
+
+
+def test_label_commands_while_another_process_holds_the_chdb_store(tmp_path: Path) -> None:
+    url = f"chdb://{tmp_path / 'held'}"
+    csv_path = write_csv(tmp_path / "l.csv", [["id", "sentiment"], ["item-1", "negative"]])
+    with chdb_held_by_another_process(url):
         for argv in (["item-1", "--sentiment", "negative"], ["import", csv_path],
                      ["queue", "--n", "5", "--csv", str(tmp_path / "q.csv")]):
-            proc = subprocess.run([sys.executable, "-m", "finsent.cli", "--store", url, "label", *argv],
-                                  capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+            proc = finsent_subprocess("--store", url, "label", *argv)
             last = proc.stderr.splitlines()[-1]
             assert proc.returncode == StoreInUse.exit_code, proc.stderr
             assert "Traceback" not in proc.stderr
             assert last.startswith("finsent: error: finsent label ") and "in use by another process" in last
             assert "API is read-only" in last
-    finally:
-        holder.communicate("", timeout=30)

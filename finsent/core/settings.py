@@ -153,6 +153,24 @@ class Settings(BaseSettings):
         "http://localhost:3000/d/finsent-alerts/finsent-alerts", description="Grafana dashboard linked from alerts"
     )
 
+    # --- Drift (finsent drift, the worker's finsent_drift_* gauges; finsent.alerts.drift) ----------
+    drift_interval_s: float = Field(300.0, ge=0, description="how often a worker recomputes the drift gauges; 0 = off")
+    drift_window_s: int = Field(86_400, ge=60, description="drift: the recent period compared (default 24h)")
+    drift_reference_s: int = Field(7 * 86_400, ge=60, description="drift: the reference period just before it (7d)")
+    drift_psi_threshold: float = Field(
+        0.25, gt=0, description="retrain advised when a task's label PSI reaches this (0.1 moderate, 0.25 large)"
+    )
+    drift_confidence_drop: float = Field(
+        0.05, ge=0, le=1, description="retrain advised when mean confidence fell by this much vs the reference"
+    )
+    drift_low_confidence: float = Field(
+        0.5, gt=0, le=1, description="an item is low-confidence when its top sentiment probability is below this"
+    )
+    drift_low_confidence_rise: float = Field(
+        0.1, ge=0, le=1, description="retrain advised when the low-confidence share rose by this vs the reference"
+    )
+    drift_min_items: int = Field(200, ge=1, description="drift: fewest items in each period for a verdict")
+
     log_level: LogLevel = "INFO"
 
     @field_validator("log_level", "security_protocol", "sasl_mechanism", mode="before")

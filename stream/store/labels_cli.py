@@ -110,7 +110,8 @@ def canonical_label(task: str, value: str, valid: dict[str, tuple[str, ...]]) ->
 
 
 @contextmanager
-def opened_store(settings: Settings, what: str) -> Iterator[Any]:
+def opened_store(settings: Settings, what: str, hint: str = _WORKER_HINT) -> Iterator[Any]:
+    """The store with its schema, closed afterwards; "in use" (chdb held by a worker) says ``hint``."""
     from finsent.stream.store import store_from_settings
 
     store = None
@@ -120,7 +121,7 @@ def opened_store(settings: Settings, what: str) -> Iterator[Any]:
     except StoreInUse as exc:
         if store is not None:
             store.close()
-        raise StoreInUse(f"finsent label {what}: {exc}", hint=_WORKER_HINT) from None
+        raise StoreInUse(f"finsent {what}: {exc}", hint=hint) from None
     except Exception:
         if store is not None:
             store.close()
@@ -147,7 +148,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
                          hint="give --sentiment LABEL and/or --topic LABEL")
     valid = valid_labels(settings)
     labels = {task: canonical_label(task, value, valid) for task, value in wanted.items()}
-    with opened_store(settings, item_id) as store:
+    with opened_store(settings, f"label {item_id}") as store:
         item = store.items_by_id([item_id]).get(item_id)
         if item is None:
             raise InputError(
@@ -290,7 +291,7 @@ def import_labels(store: Any, path: str, valid: dict[str, tuple[str, ...]], by: 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     valid = valid_labels(settings)
-    with opened_store(settings, "import") as store:
+    with opened_store(settings, "label import") as store:
         report = import_labels(store, args.csv, valid, args.by or default_user())
     print(json.dumps(report, ensure_ascii=False), flush=True)
     if report["error_count"]:
@@ -325,7 +326,7 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     if args.n < 1:
         raise InputError("finsent label queue: --n must be at least 1", hint="e.g. --n 200")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    with opened_store(settings, "queue") as store:
+    with opened_store(settings, "label queue") as store:
         rows = queue_rows(store, args.n, args.strategy, args.task, args.since, seed)
     out = sys.stdout if args.csv == "-" else None
     try:
