@@ -8,7 +8,8 @@ expression against a real Prometheus.
 Datasources (provisioned with fixed uids so dashboards resolve them):
 ``finsent-clickhouse`` (grafana-clickhouse-datasource, native protocol) and ``finsent-prometheus``.
 Template variables: ``database`` (the store's database, default ``finsent``), ``topic`` (multi,
-with All; from the topic_minute table). SQL time buckets use ``intDiv(toUInt32(t), $__interval_s)``
+with All; from the topic_minute table), ``version_a`` / ``version_b`` (model versions from the score
+history, for the "same items under two versions" panel). SQL time buckets use ``intDiv(toUInt32(t), $__interval_s)``
 rather than ``$__timeInterval`` (``toStartOfInterval``) so the queries also run on ClickHouse 18.16.
 """
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from finsent.stream.store import schema
 
 CH = {"type": "grafana-clickhouse-datasource", "uid": "finsent-clickhouse"}
 PROM = {"type": "prometheus", "uid": "finsent-prometheus"}
@@ -86,6 +89,19 @@ WHERE $__timeFilter(minute)
 GROUP BY time
 ORDER BY time"""
 
+SQL_VERSIONS = "SELECT DISTINCT toString(model_version) AS v FROM ${database}.scores ORDER BY v"
+
+# `finsent query compare` as a panel: the store's own query (one definition), Grafana's time filter,
+# variables and topic selection around it
+SQL_COMPARE = """SELECT topic, items, negative_a / items AS negative_share_a, negative_b / items AS negative_share_b
+FROM (""" + (schema.COMPARE_VERSIONS.strip()
+             .replace("{db}", "${database}")
+             .replace("{a:String}", "${version_a:singlequote}").replace("{b:String}", "${version_b:singlequote}")
+             .replace("ingested_at >= toDateTime({since:UInt32}, 'UTC')", "$__timeFilter(ingested_at)")) + """
+)
+WHERE """ + TOPIC_IN + """
+ORDER BY items DESC, topic"""
+
 # ---- PromQL (Grafana variables: $topic regex, $__rate_interval) ----------------------------------------
 
 PROM_TOPIC = 'topic=~"$topic"'
@@ -133,7 +149,7 @@ def _panel(pid: int, title: str, kind: str, targets: list[dict[str, Any]], x: in
     return p
 
 
-def _variables() -> dict[str, Any]:
+def _variables(versions: bool = False) -> dict[str, Any]:
     return {"list": [
         {"name": "database", "label": "database", "type": "custom", "query": "finsent",
          "current": {"text": "finsent", "value": "finsent"}, "hide": 0,
@@ -141,6 +157,9 @@ def _variables() -> dict[str, Any]:
         {"name": "topic", "label": "topic", "type": "query", "datasource": CH, "query": SQL_TOPICS,
          "definition": SQL_TOPICS, "multi": True, "includeAll": True, "refresh": 2, "sort": 1,
          "current": {"text": ["All"], "value": ["$__all"]}},
+        *({"name": name, "label": label, "type": "query", "datasource": CH, "query": SQL_VERSIONS,
+           "definition": SQL_VERSIONS, "multi": False, "includeAll": False, "refresh": 2, "sort": 1}
+          for name, label in (("version_a", "model A"), ("version_b", "model B")) if versions),
     ]}
 
 
@@ -156,10 +175,10 @@ def _annotations() -> dict[str, Any]:
     ]}
 
 
-def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], desc: str) -> dict[str, Any]:
+def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], desc: str, versions: bool = False) -> dict[str, Any]:
     return {"uid": uid, "title": title, "description": desc, "tags": ["finsent"], "timezone": "utc",
             "schemaVersion": 39, "version": 1, "editable": True, "refresh": "30s",
-            "time": {"from": "now-6h", "to": "now"}, "templating": _variables(), "annotations": _annotations(),
+            "time": {"from": "now-6h", "to": "now"}, "templating": _variables(versions), "annotations": _annotations(),
             "links": [{"title": "finsent dashboards", "type": "dashboards", "tags": ["finsent"], "asDropdown": True}],
             "panels": panels}
 
@@ -181,7 +200,13 @@ def dashboards() -> dict[str, dict[str, Any]]:
                                                                       "targetBlank": True}]}]}]}),
         _panel(5, "Alerts", "table", [_sql(SQL_ALERTS_TABLE, "table")], 0, 27, 24, 8, None,
                "Spike alerts stored by the in-stream detector / AlertRunner (ClickHouse alerts table)."),
-    ], "Sentiment per topic over time from ClickHouse; spike alerts as annotations.")
+        _panel(6, "Negative share of the same items: model A vs model B", "barchart", [_sql(SQL_COMPARE, "table")],
+               0, 35, 24, 9, "percentunit",
+               "Items scored by both versions (finsent rescore, the scores history), per topic as model A assigned "
+               "them: the negative share under A and under B. Pick the versions in the model A / model B variables; "
+               "the same numbers as `finsent query compare --versions A B`.",
+               options={"xField": "topic", "orientation": "horizontal", "legend": {"displayMode": "list"}}),
+    ], "Sentiment per topic over time from ClickHouse; spike alerts as annotations.", versions=True)
     alerts = _dashboard("finsent-alerts", "finsent / alerts", [
         _panel(1, "Negative share: 5m vs 1h baseline (Prometheus)", "timeseries",
                [_prom(PROMQL["share_short"], "{{topic}} 5m"), _prom(PROMQL["share_long"], "{{topic}} baseline", "B")],

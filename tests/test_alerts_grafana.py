@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,9 +47,12 @@ def promql_queries() -> list[tuple[str, str]]:
             for i, t in enumerate(_targets(json.loads(p.read_text()))) if "expr" in t]
 
 
-def expand_sql(sql: str, db: str, frm: datetime, to: datetime, interval_s: int, topics: list[str]) -> str:
+def expand_sql(sql: str, db: str, frm: datetime, to: datetime, interval_s: int, topics: list[str],
+               versions: tuple[str, str] = ("m1", "m2")) -> str:
     """Grafana's variable interpolation, then the ClickHouse plugin's macros (pkg/macros in the plugin)."""
     sql = sql.replace("${database}", db).replace("$database", db)
+    for name, value in zip(("version_a", "version_b"), versions, strict=True):
+        sql = sql.replace("${" + name + ":singlequote}", "'" + value.replace("'", "\\'") + "'")
     sql = sql.replace("${topic:singlequote}", ",".join("'" + t.replace("'", "\\'") + "'" for t in topics))
     f, t = int(frm.timestamp()), int(to.timestamp())
     sql = re.sub(r"\$__timeFilter\(([^)]+)\)", lambda m: f"{m[1]} >= toDateTime({f}) AND {m[1]} <= toDateTime({t})",
@@ -88,6 +92,8 @@ def _seed(store) -> dict[str, Any]:
                 items.append(ScoredItem(raw, "negative" if negative else "neutral", probs, topic, 0.9, "m1", at))
                 i += 1
     store.insert_scored(items)
+    # the first 100 items re-scored by a model m2 with the same verdicts (the compare panel's two versions)
+    store.insert_scored([replace(it, model_version="m2", scored_at=now) for it in items[:100]])
     alert = Alert(topic="banking", fired_at=now - timedelta(minutes=3), window_start=now - timedelta(minutes=8),
                   window_end=now - timedelta(minutes=3), negative=30, total=50, negative_share=0.6,
                   baseline_share=0.1, score=9.1, detector="ewma_z", severity="warning")
@@ -127,6 +133,14 @@ def test_every_dashboard_sql_query_runs_on_the_real_schema(engine, request):
     assert results[d.SQL_ALERTS_TABLE][0][1:4] == ("banking", "warning", "ewma_z")
     counts = results[d.SQL_SENTIMENT_COUNTS]
     assert sum(r[1] + r[2] + r[3] for r in counts) == len(seeded["items"])
+    assert {r[0] for r in results[d.SQL_VERSIONS]} == {"m1", "m2"}
+    compared = {r[0]: r[1:] for r in results[d.SQL_COMPARE]}  # topic -> (items, share under m1, share under m2)
+    rescored = seeded["items"][:100]
+    for topic in ("banking", "crypto"):
+        mine = [it for it in rescored if it.topic == topic]
+        share = sum(it.sentiment == "negative" for it in mine) / len(mine)
+        assert compared[topic][0] == len(mine) and compared[topic][1] == pytest.approx(share)
+        assert compared[topic][2] == pytest.approx(share)  # same verdicts under m2
 
 
 @pytest.mark.integration
