@@ -55,8 +55,14 @@ WHERE $__timeFilter(minute) AND """ + TOPIC_IN + """
 GROUP BY time, topic
 ORDER BY time, topic"""
 
+#: ``url`` is shown (and becomes the headline's link) only when it is http(s): a stored item is untrusted
+#: input, and a ``javascript:`` or ``data:`` link in a dashboard would run in the viewer's browser.
+#: Grafana's table renders cell text as text (no HTML), so the headline itself needs no escaping here.
 SQL_TOP_NEGATIVE = """SELECT ingested_at AS time, topic, ifNull(title, substring(text, 1, 200)) AS headline,
-       round(p_negative, 3) AS p_negative, source, ifNull(url, '') AS url, model_version
+       round(p_negative, 3) AS p_negative, source,
+       if(match(ifNull(url, ''), '^[Hh][Tt][Tt][Pp][Ss]?://[^[:space:]]') AND NOT match(ifNull(url, ''), '[[:space:]]'),
+          ifNull(url, ''), '') AS url,
+       model_version
 FROM (
     SELECT ingested_at, topic, title, text, p_negative, source, url, model_version, sentiment
     FROM ${database}.items FINAL

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
 import urllib.error
 import urllib.parse
@@ -62,9 +63,23 @@ class GaugeSink:
         self._seen = set(states)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+
+
 def _headline(item: dict[str, Any]) -> str:
-    text = (item.get("title") or item.get("text") or "").strip().replace("\n", " ")
+    """One line of untrusted headline text: control and bidi-override characters become spaces, capped.
+
+    Markup is escaped where it is rendered (deploy/alertmanager/finsent.tmpl escapes ``& < >`` for chat
+    receivers; HTML e-mail escapes by itself), so the annotation keeps the text as it was published.
+    """
+    text = " ".join(_CONTROL.sub(" ", item.get("title") or item.get("text") or "").split())
     return text[:140] + ("..." if len(text) > 140 else "")
+
+
+def _link(item: dict[str, Any]) -> str:
+    """`` (url)`` for an http(s) URL without spaces; nothing for any other scheme (``javascript:``...)."""
+    url = str(item.get("url") or "")
+    return f" ({url})" if re.fullmatch(r"(?i)https?://\S+", url) and len(url) <= 2000 else ""
 
 
 class AlertmanagerSink:
@@ -98,7 +113,7 @@ class AlertmanagerSink:
         if self.headlines is not None:
             try:
                 items = self.headlines(st.topic, timedelta(seconds=max(self.window_s * 5, 300)))
-                lines = [f"- {_headline(i)}" + (f" <{i['url']}>" if i.get("url") else "") for i in items[:5]]
+                lines = [f"- {_headline(i)}{_link(i)}" for i in items[:5]]
             except Exception:  # headlines are a courtesy; the alert must still go out
                 log.exception("could not read top negative headlines for %s", st.topic)
         link = f"{self.dashboard_url}?var-topic={urllib.parse.quote(st.topic, safe='')}&from=now-1h&to=now"
