@@ -300,6 +300,15 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.rounds < 1:
         print("finsent bench pipeline: --rounds must be >= 1")
         return 2
+    if args.plumbing:
+        from finsent.bench.plumbing import run_plumbing
+
+        r = run_plumbing(settings, args.items, args.rounds, args.load, args.latency_seconds, args.store,
+                         clickhouse_server=args.clickhouse_server)
+        print(json.dumps(r, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+        return 0
     if args.workers:
         return scaleout_command(args, settings)
     r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store,
@@ -330,6 +339,10 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--json", metavar="OUT", help="write the results as JSON here")
     p.add_argument("--write-results", metavar="FILE", help="replace the '## Pipeline' section of FILE")
     p.add_argument("--note", help="a sentence added to the RESULTS.md section (e.g. which model this was)")
+    p.add_argument("--plumbing", action="store_true",
+                   help="the pipeline with a classifier that costs nothing: the plumbing's own rate and CPU per item")
+    p.add_argument("--clickhouse-server", action="store_true",
+                   help="with --plumbing: store in a private clickhouse-server on loopback instead of embedded chdb")
     p.add_argument("--workers", metavar="N[,M...]",
                    help="run N finsent worker processes in one consumer group (clickhouse-server store) and report "
                         "total and per-worker throughput; 1,2 runs N=1 then N=2")

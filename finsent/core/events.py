@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -141,7 +141,9 @@ class RawItem:
             object.__setattr__(self, "tickers", tuple(clean_unicode(t) for t in self.tickers))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # getattr per field, not dataclasses.asdict: asdict deep-copies every value (all immutable here),
+        # which was the largest single cost of publishing a scored item (bench/RESULTS.md "Plumbing")
+        d = {name: getattr(self, name) for name in _RAW_FIELDS}
         d["tickers"] = list(self.tickers)
         d["published_at"] = format_time(self.published_at)
         d["ingested_at"] = format_time(self.ingested_at)
@@ -150,6 +152,9 @@ class RawItem:
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+_RAW_FIELDS = tuple(f.name for f in fields(RawItem))
 
 
 @dataclass(frozen=True, slots=True)
