@@ -9,8 +9,9 @@ Per batch (``stream.take_events(batch_max, within=batch_within_s)``):
    that cause it, which are dead-lettered as ``model_error``;
 3. store the scored rows (another single-thread executor), retrying with backoff while the
    store raises -- the batch is never dropped;
-4. publish the scored items to ``finsent.scored`` and the dead letters to ``finsent.dlq`` and
-   wait for the broker to confirm them;
+4. publish the scored items to ``finsent.scored`` (encoded in the model thread) and the dead
+   letters to ``finsent.dlq`` through the app's producer, all sends first, then wait for the
+   broker to confirm every one;
 5. only then release the batch's offsets for commit.
 
 When does Faust ack? (faust-streaming 0.15.3, ``faust/streams.py``, ``Stream.take``/``take_events``):
@@ -26,9 +27,14 @@ Hence :class:`AckGuard`: before any work, each message of the batch gets one ext
 one that marks the offset safe to commit -- happens in :meth:`AckGuard.release`, called after
 steps 3-4 succeeded. If the worker dies or stops first, the offsets stay uncommitted and the
 batch is redelivered; ``insert_scored`` is idempotent by id, so the redelivery never shows twice.
-The same guard lets the stages overlap, one batch each: Faust fills batch N+2 while the model
-scores N+1 and the store/publish of N runs (the agent body returns as soon as a batch is handed
-to the model). Queues are bounded: at most three batches are held in memory.
+The same guard lets the stages overlap: Faust fills the next batch while the model scores one
+(the agent body returns as soon as a batch is handed to the model), the store inserts a group of
+scored batches while the group before it is published. Batches that finish scoring while the
+store is busy wait (at most ``MAX_WAITING_BATCHES``) and go into the store together, in order, as
+one insert: a backlog is written in few large inserts, an idle worker stores each batch at once.
+Memory is bounded: the waiting batches, the group being stored, the group being published, the
+batch being scored, and Faust's own buffers. Stored comes before published, per group, and a
+group is released (acked) only after both, in order.
 
 The classifier sits in a :class:`ClassifierHolder` so a promoted model can be swapped in
 atomically: with a model registry the app follows its production alias (:mod:`finsent.stream.reload`);
