@@ -119,13 +119,20 @@ def _subset(ds: LabelledSet, idx: Iterable[int]) -> LabelledSet:
 
 
 def split_set(ds: LabelledSet, seed: int = SPLIT_SEED, val: float = 0.1, test: float = 0.1):
-    """Stratified train/val/test split with a fixed seed: ``(train, val, test)``."""
+    """Stratified train/val/test split with a fixed seed: ``(train, val, test)``.
+
+    A set with a class of one member cannot be stratified; it is split the same way without it.
+    """
     from sklearn.model_selection import train_test_split
 
-    idx = list(range(len(ds)))
-    rest, test_idx = train_test_split(idx, test_size=test, random_state=seed, stratify=ds.labels)
-    rest_labels = [ds.labels[i] for i in rest]
-    train_idx, val_idx = train_test_split(rest, test_size=val / (1 - test), random_state=seed, stratify=rest_labels)
+    def cut(idx: list[int], size: float) -> tuple[list[int], list[int]]:
+        try:
+            return train_test_split(idx, test_size=size, random_state=seed, stratify=[ds.labels[i] for i in idx])
+        except ValueError:  # a class with a single member (small user or seed sets): the same cut, unstratified
+            return train_test_split(idx, test_size=size, random_state=seed)
+
+    rest, test_idx = cut(list(range(len(ds))), test)
+    train_idx, val_idx = cut(rest, val / (1 - test))
     return _subset(ds, sorted(train_idx)), _subset(ds, sorted(val_idx)), _subset(ds, sorted(test_idx))
 
 

@@ -68,8 +68,16 @@ def mirror_rows(registry: Any) -> list[dict[str, Any]]:
 
 
 def sync_mirror(registry: Any, settings: Settings) -> bool:
-    """Rewrite the store's ``model_versions`` from the registry; False (and a line on stderr) if it failed."""
+    """Rewrite the store's ``model_versions`` from the registry (and MLflow's aliases when MLflow is on).
+
+    False (and a line on stderr) if the store could not be written.
+    """
     from finsent.stream.store import store_from_settings
+
+    if settings.mlflow_tracking_uri:
+        from finsent.models.mlflow_log import sync_aliases
+
+        sync_aliases(settings.mlflow_tracking_uri, registry, settings.mlflow_model_name)
 
     try:
         store = store_from_settings(settings)
@@ -230,7 +238,7 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     if settings.mlflow_tracking_uri:
         from finsent.models.mlflow_log import log_retrain
 
-        result["mlflow"] = log_retrain(settings.mlflow_tracking_uri, registry, result)
+        result["mlflow"] = log_retrain(settings.mlflow_tracking_uri, registry, result, settings.mlflow_model_name)
         print(f"MLflow: run {result['mlflow']['run_id']}, registered model "
               f"{result['mlflow']['model_name']} version {result['mlflow']['model_version']}")
     if args.json_out:

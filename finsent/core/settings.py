@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     model_dir: str | None = Field(None, description="model directory; default: the model shipped with finsent")
     model_variant: ModelVariant = Field("auto", description="auto: fp16 on CUDA, int8 on CPU")
     model_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
+    model_cache_size: int = Field(
+        0, ge=0, le=1_000_000,
+        description="recent predictions kept for repeated texts (re-posts, syndicated headlines); 0 = off",
+    )
+    model_spinning: bool = Field(
+        False, description="let onnxruntime's threads spin-wait between operators (faster only on idle cores)"
+    )
     cache_dir: str = Field(
         default_factory=lambda: str(default_cache_dir()), description="derived model variants are cached here"
     )
@@ -104,6 +111,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None, description="log each retrain to this MLflow tracking URI (e.g. sqlite:///mlflow.db); needs mlflow"
     )
+    mlflow_model_name: str = Field("finsent", min_length=1, description="MLflow registered model of the versions")
 
     # --- Stream worker -------------------------------------------------------------------------
     batch_max: int = Field(128, ge=1, description="largest batch the worker scores at once")
