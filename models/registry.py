@@ -15,7 +15,8 @@ the workers, and needs no server. Everything a reader needs is a rename away fro
 
 Readers (the worker's hot reload, ``finsent models list``) take no lock: they read aliases.json (always
 a complete file) and version directories (always complete). A writer killed at any point leaves at
-most a directory in ``.staging/``, which the next writer removes.
+most a directory in ``.staging/`` (named pid-host-random), which the next writer removes: at once when
+the pid is dead on the same host, after 6 hours when it came from another host sharing the volume.
 
 Version names are ``v0001-<8 hex of the model graph digest>``: sortable by number, numbered under the
 lock so two concurrent registrations never get the same name. The version name is written into the
@@ -35,7 +36,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,6 +57,8 @@ FROZEN_DIR = "frozen"
 META_FILE = "registry.json"
 METRICS_FILE = "metrics.json"
 ALIASES: tuple[str, ...] = ("production", "candidate")
+STALE_STAGING_S = 6 * 3600
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 _VERSION_RE = re.compile(r"^v(\d{4,})-([0-9a-f]{8})$")
 
 
@@ -277,7 +282,7 @@ class Registry:
         src = Path(model_dir)
         check_model_dir(src)
         self._ensure()
-        stage = self.root / STAGING_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        stage = self.root / STAGING_DIR / f"{os.getpid()}-{_HOST}-{uuid.uuid4().hex[:12]}"
         try:
             shutil.copytree(src, stage, ignore=shutil.ignore_patterns("cache", ".*"))
             labels_path = stage / LABELS_FILE
@@ -324,12 +329,22 @@ class Registry:
         return ModelVersion(version, final, meta)
 
     def _clean_staging_others(self, mine: Path) -> None:
+        """Remove what dead writers left in ``.staging/``: on this host by pid, from other hosts (a shared
+        volume, where a pid says nothing) once it is older than any registration takes."""
         staging = self.root / STAGING_DIR
         for child in staging.iterdir():
             if child == mine:
                 continue
-            pid = child.name.split("-", 1)[0]
-            if not pid.isdigit() or not _pid_alive(int(pid)):
+            pid, _, rest = child.name.partition("-")
+            host = rest.rpartition("-")[0]
+            if host == _HOST and pid.isdigit():
+                dead = not _pid_alive(int(pid))
+            else:
+                try:
+                    dead = time.time() - child.stat().st_mtime > STALE_STAGING_S
+                except FileNotFoundError:
+                    continue
+            if dead:
                 shutil.rmtree(child, ignore_errors=True)
 
     def set_alias(self, alias: str, version: str | None, by: str = "finsent", action: str = "set") -> dict[str, Any]:

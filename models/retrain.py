@@ -52,6 +52,8 @@ from finsent.models.registry import ModelVersion, Registry, now_iso
 
 log = logging.getLogger(__name__)
 SEED_DIR = Path(__file__).resolve().parent / "seed"
+_CHATTY_LOGGERS = ("fusion_utils", "fusion_base", "onnx_model", "onnx_model_bert", "fusion_skiplayernorm",
+                   "fusion_embedlayer", "fusion_attention", "fusion_gelu", "fusion_options", "optimizer")
 VAL_CAP = 500  # validation texts per set: early stopping on CPU must not cost more than training
 
 
@@ -222,6 +224,8 @@ def retrain(
     from finsent.models.train import TrainConfig, fit, hardware
 
     started = time.monotonic()
+    for name in _CHATTY_LOGGERS:  # onnxruntime's graph optimiser logs every fusion at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     first = ensure_first_version(registry, opts.initial_model, opts.by)
     if first is not None:
         progress(f"registry {registry.root}: registered {first.version} ({first.meta['source']}) as production")
