@@ -158,7 +158,12 @@ def training_data(registry: Registry, data: dict[str, str], labels: Sequence[Hum
 
 
 def _cap(ds: LabelledSet, n: int) -> LabelledSet:
-    return LabelledSet(ds.name, ds.task, ds.texts[:n], ds.labels[:n])
+    """A fixed random ``n`` of ``ds`` (not the first ``n``: a split keeps file order, and files may be sorted
+    by label, so the head of one can hold only a few classes)."""
+    if len(ds) <= n:
+        return ds
+    keep = sorted(random.Random(len(ds)).sample(range(len(ds)), n))
+    return LabelledSet(ds.name, ds.task, [ds.texts[i] for i in keep], [ds.labels[i] for i in keep])
 
 
 def _start_model(production: ModelVersion | None, opts: RetrainOptions, attn: str) -> tuple[Any, Any, dict[str, Any]]:

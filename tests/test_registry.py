@@ -293,3 +293,14 @@ def test_sigkill_during_registration_never_leaves_a_broken_version(tiny: Path, t
     _complete(reg)
     numbers = [v.number for v in reg.versions()]
     assert numbers == sorted(set(numbers))
+
+
+def test_validation_cap_samples_the_whole_set_not_its_head() -> None:
+    from finsent.models.data import LabelledSet
+    from finsent.models.retrain import _cap
+
+    labels = [lab for lab in ("a", "b", "c", "d") for _ in range(500)]  # a file sorted by label
+    ds = LabelledSet("s", "topic", [f"t{i}" for i in range(len(labels))], labels)
+    capped = _cap(ds, 100)
+    assert len(capped) == 100 and set(capped.labels) == {"a", "b", "c", "d"}
+    assert _cap(ds, 100) == capped  # fixed
