@@ -186,6 +186,7 @@ def eval_command(args: argparse.Namespace, settings: Any) -> int:
         variant=args.variant or settings.model_variant,
         threads=settings.model_threads,
         cache_dir=settings.cache_dir,
+        spinning=settings.model_spinning,
     )
     out = evaluate_files(clf, args.csv)
     _print_eval(out)

@@ -20,6 +20,14 @@ Behaviour that callers rely on:
   would be indistinguishable from a real one in the store (the stream worker already
   dead-letters such items as ``empty_text`` before they get here). Emoji-only or non-English
   text is scored like any other text (mostly ``[UNK]`` tokens; expect a low-confidence result).
+* **Threads.** onnxruntime's intra-op pool does not spin-wait by default here
+  (``session.intra_op.allow_spinning=0``, ``spinning=True`` / FINSENT_MODEL_SPINNING to turn it back on):
+  on two shared cores an idle-spinning pool thread takes CPU from the worker's event loop, the broker and
+  the store, and from every other session in the process (measured: bench/RESULTS.md, "Model").
+* **Repeated texts** (re-posts, syndicated headlines) can be answered from an LRU cache of recent
+  predictions (``text_cache_size``, FINSENT_MODEL_CACHE_SIZE; 0 = off, the default), keyed by the prepared
+  text with runs of spaces/tabs/newlines collapsed -- a key only when the tokenizer gives such texts the
+  same tokens (probed at load), so a cached answer is one the model gives for that text.
 * **Provider.** CUDAExecutionProvider when onnxruntime-gpu sees a GPU, CPU otherwise; the choice
   is logged and exposed as ``Classifier.provider``. ``variant="auto"`` means fp16 on CUDA and
   int8 on CPU.
@@ -27,9 +35,12 @@ Behaviour that callers rely on:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +82,62 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+_WHITESPACE = re.compile(r"[ \t\n\r]+")
+
+
+class TextCache:
+    """A thread-safe LRU of recent predictions, keyed by text. ``capacity`` 0 stores nothing."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError("text cache size must be >= 0")
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[str, Prediction] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Prediction | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key: str, value: Prediction) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def session_options(threads: int = 0, spinning: bool = False) -> object:
+    """The onnxruntime session options every finsent session uses (measured choices, bench/RESULTS.md "Model").
+
+    All graph optimisations (EXTENDED measured no faster), sequential execution with one inter-op
+    thread (the graph is one chain), ``threads`` intra-op threads (0 = onnxruntime's default, all
+    cores), and no spin-waiting unless ``spinning``.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = max(0, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    return opts
+
+
 def _cuda_available() -> bool:
     import onnxruntime as ort
 
@@ -90,6 +157,7 @@ class Classifier:
         provider: str,
         batch_size: int = 32,
         max_chars: int = DEFAULT_MAX_CHARS,
+        text_cache_size: int = 0,
     ) -> None:
         self._session = session
         self._tokenizer = tokenizer
@@ -106,6 +174,8 @@ class Classifier:
         self._pad_id = int(tokenizer.token_to_id("[PAD]") or 0)  # type: ignore[attr-defined]
         self._input_names = [i.name for i in session.get_inputs()]  # type: ignore[attr-defined]
         self.preprocess: tuple[str, ...] = check_steps(info.extra.get("preprocess", ()))
+        self.text_cache = TextCache(text_cache_size)
+        self._collapse_spaces = self._spaces_are_insignificant()
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -119,6 +189,8 @@ class Classifier:
         max_chars: int = DEFAULT_MAX_CHARS,
         providers: Sequence[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        text_cache_size: int = 0,
+        spinning: bool = False,
     ) -> Classifier:
         """Load a model directory (``None``: the shipped model) as an onnxruntime session.
 
@@ -126,6 +198,8 @@ class Classifier:
         derived from the stored graph on first use and cached (see :mod:`finsent.models.variants`).
         ``threads``: onnxruntime intra-op threads, 0 = onnxruntime's default (all cores).
         ``cache_dir``: where derived variants are kept (default ``$XDG_CACHE_HOME/finsent``).
+        ``text_cache_size``: recent predictions kept for repeated texts (0 = no cache).
+        ``spinning``: let onnxruntime's pool threads spin-wait between operators (off: see the module doc).
         Raises :class:`~finsent.core.errors.ModelError` for a directory that cannot be used.
         """
         import onnxruntime as ort
@@ -163,11 +237,7 @@ class Classifier:
         else:  # a plain fp32 graph (e.g. exported by hand): use it as is for fp32, derive the others
             onnx_path = model_file if variant == "fp32" else variant_path(cache, model_file, variant, heads, hidden)
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = max(0, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts = session_options(threads, spinning)
         session = ort.InferenceSession(str(onnx_path), opts, providers=list(providers))
         provider = session.get_providers()[0]
         if on_cuda and provider != "CUDAExecutionProvider" and auto_variant:
@@ -191,7 +261,7 @@ class Classifier:
             provider,
             directory,
         )
-        return cls(session, tokenizer, info, directory, variant, provider, batch_size, max_chars)
+        return cls(session, tokenizer, info, directory, variant, provider, batch_size, max_chars, text_cache_size)
 
     @staticmethod
     def _check_heads(session: object, info: ModelInfo, directory: Path) -> None:
@@ -227,11 +297,45 @@ class Classifier:
             flags.append(too_long)
         return cut, flags
 
+    def _spaces_are_insignificant(self) -> bool:
+        """Whether runs of spaces/tabs/newlines tokenise like one space (true for BERT's WordPiece)."""
+        probe = ("Acme  shares\tjump\n 5%  ", "Acme shares jump 5%")
+        a, b = self._tokenizer.encode_batch(list(probe))  # type: ignore[attr-defined]
+        return bool(a.ids == b.ids)
+
+    def cache_key(self, prepared: str) -> str:
+        return _WHITESPACE.sub(" ", prepared).strip() if self._collapse_spaces else prepared
+
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         """Classify ``texts``; the result is in the same order. Thread-safe."""
-        prepared, truncated = self._prepare(texts)
+        prepared, too_long = self._prepare(texts)
         if not prepared:
             return []
+        cache = self.text_cache
+        if cache.capacity == 0:
+            out = self._score(prepared)
+        else:
+            keys = [self.cache_key(t) for t in prepared]
+            found: dict[str, Prediction] = {}
+            todo: dict[str, str] = {}  # key -> the text to score, once per key even if repeated in this call
+            for key, text in zip(keys, prepared, strict=True):
+                if key in found or key in todo:
+                    continue
+                hit = cache.get(key)
+                if hit is None:
+                    todo[key] = text
+                else:
+                    found[key] = hit
+            if todo:
+                for key, pred in zip(todo, self._score(list(todo.values())), strict=True):
+                    cache.put(key, pred)
+                    found[key] = pred
+            out = [found[k] for k in keys]
+        return [dataclasses.replace(p, truncated=True) if cut and not p.truncated else p
+                for p, cut in zip(out, too_long, strict=True)]
+
+    def _score(self, prepared: list[str]) -> list[Prediction]:
+        """Run the model on prepared texts; ``truncated`` says whether the token limit cut a text."""
         with self._encode_lock:
             encodings = self._tokenizer.encode_batch(prepared, add_special_tokens=True)  # type: ignore[attr-defined]
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
@@ -271,7 +375,7 @@ class Classifier:
                     },
                     topic=self.topic_labels[int(t_best[i])],
                     topic_prob=float(topic_probs[i, t_best[i]]),
-                    truncated=truncated[i] or bool(enc.overflowing),
+                    truncated=bool(enc.overflowing),
                 )
             )
         return out
@@ -287,4 +391,4 @@ class Classifier:
         return f"Classifier(version={self.version!r}, variant={self.variant!r}, provider={self.provider!r})"
 
 
-__all__ = ["Classifier", "Prediction", "VARIANT_CHOICES"]
+__all__ = ["Classifier", "Prediction", "TextCache", "VARIANT_CHOICES", "session_options"]

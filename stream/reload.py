@@ -78,7 +78,8 @@ def load_model(path: str | Path | None, settings: Settings, expect_version: str 
 
     try:
         clf = Classifier.load(path, variant=settings.model_variant, threads=settings.model_threads,
-                              cache_dir=settings.cache_dir)
+                              cache_dir=settings.cache_dir, text_cache_size=settings.model_cache_size,
+                              spinning=settings.model_spinning)
         if expect_version is not None and clf.version != expect_version:
             raise ModelError(f"{path} reports model_version {clf.version!r}, not {expect_version!r}")
         clf.predict([WARM_UP_TEXT])

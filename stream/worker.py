@@ -695,7 +695,7 @@ def load_classifier(settings: Settings) -> Any:
 
     return Classifier.load(
         startup_model_dir(settings), variant=settings.model_variant, threads=settings.model_threads,
-        cache_dir=settings.cache_dir,
+        cache_dir=settings.cache_dir, text_cache_size=settings.model_cache_size, spinning=settings.model_spinning,
     )
 
 
