@@ -15,6 +15,7 @@ from finsent.core.settings import load_settings
 from finsent.models.labels import SENTIMENT_LABELS
 from finsent.models.runtime import Classifier, Prediction, TextCache, session_options
 from finsent.models.testing import make_tiny_model
+from finsent.models.textprep import prepare_all
 from tests.test_models_runtime import TEXTS
 
 
@@ -147,3 +148,26 @@ def test_a_negative_cache_size_is_a_config_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("FINSENT_MODEL_CACHE_SIZE", "-1")
     with pytest.raises(ConfigError, match="FINSENT_MODEL_CACHE_SIZE"):
         load_settings()
+
+
+def test_bench_summary_compares_int8_batch_32_with_eager_and_the_ceiling() -> None:
+    from finsent.bench.model import summarise
+
+    def row(runtime: str, sps: float, **extra: object) -> dict[str, object]:
+        return {"runtime": runtime, "batch_size": 32, "sorted": True, "sentences_per_s": sps, **extra}
+
+    results = [row("ort-int8", 999.0, spinning=True), row("ort-int8", 340.0), row("pytorch-eager", 100.0),
+               {**row("ort-int8", 50.0), "sorted": False}]  # fmt: skip
+    got = summarise(results)
+    assert (got["int8_b32"], got["int8_vs_eager_b32"]) == (340.0, 3.4)  # the spinning and unsorted rows are not it
+    assert got["int8_ceiling_fraction"] == [0.4, 0.57]  # 340 of 850 and of 600 sentences/s
+
+
+def test_bench_counts_repeated_seed_texts_with_the_runtime_key(tiny: tuple[Path, Classifier]) -> None:
+    from finsent.bench.model import seed_cache_hit_rate, seed_texts
+
+    clf = tiny[1]
+    keys = [clf.cache_key(t) for t in prepare_all(seed_texts(), clf.preprocess)]
+    assert seed_cache_hit_rate(clf) == pytest.approx(1 - len(set(keys)) / len(keys))
+    assert seed_cache_hit_rate(clf) < 0.05  # the seed files hold a few repeats at most
+    assert seed_cache_hit_rate(clf, size=1) <= seed_cache_hit_rate(clf)

@@ -5,8 +5,13 @@ and processed in batches of that size after sorting by token length (what the ru
 the worker passes it a batch), except batch 1. PyTorch eager uses the same architecture and the
 same length-sorted batches; without ``--checkpoint`` it runs the base encoder with untrained
 heads, which costs exactly as much compute as the fine-tuned weights (speed does not depend on
-weight values). One extra row measures int8 at batch 32 *without* sorting, to show what sorting
-buys. All rows come from one process so their ratios hold; other load on the machine is recorded.
+weight values). Extra rows measure int8 at batch 32 *without* sorting, to show what sorting
+buys, and with onnxruntime's pool threads spin-waiting (the old default), to show what that costs.
+All rows come from one process so their ratios hold; other load on the machine is recorded.
+
+No row uses the runtime's text cache: the timed passes repeat the same texts, which a cache
+would answer without the model. The cache's hit rate on the seed texts (each text once, in file
+order) is reported instead, with the runtime's own key.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from finsent.bench.common import cpu_name
 from finsent.models.textprep import prepare_all
 
 log = logging.getLogger(__name__)
+#: sentences/s that two cores can reach at best, from issue 15's FLOP count (MiniLM-L6, ~23 tokens): int8 range
+INT8_CEILING = (600.0, 850.0)
 SEED_DIR = Path(finsent.models.__file__).resolve().parent / "seed"
 
 
@@ -38,6 +45,35 @@ def seed_texts() -> list[str]:
     for name in ("sentiment.csv", "topic.csv"):
         texts += read_labelled_csv(SEED_DIR / name).texts
     return texts
+
+
+def seed_cache_hit_rate(clf: object, size: int = 4096) -> float:
+    """Share of the seed texts, in file order, that an LRU of ``size`` recent texts would answer."""
+    from finsent.models.runtime import TextCache
+
+    cache, stub = TextCache(size), object()
+    for text in prepare_all(seed_texts(), clf.preprocess):  # type: ignore[attr-defined]
+        key = clf.cache_key(text)  # type: ignore[attr-defined]
+        if cache.get(key) is None:
+            cache.put(key, stub)  # type: ignore[arg-type]
+    return cache.hits / max(1, cache.hits + cache.misses)
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """int8 batch 32 (sorted) against PyTorch eager batch 32 and against the int8 ceiling."""
+
+    def rate(runtime: str) -> float | None:
+        for r in results:
+            if r["runtime"] == runtime and r["batch_size"] == 32 and r["sorted"] and not r.get("spinning"):
+                return float(r["sentences_per_s"])
+        return None
+
+    int8, eager = rate("ort-int8"), rate("pytorch-eager")
+    out: dict[str, Any] = {"int8_b32": int8, "eager_b32": eager}
+    if int8 is not None:
+        out["int8_vs_eager_b32"] = round(int8 / eager, 2) if eager else None
+        out["int8_ceiling_fraction"] = [round(int8 / c, 2) for c in reversed(INT8_CEILING)]
+    return out
 
 
 def device_description() -> str:
@@ -130,6 +166,7 @@ def run_bench(
     texts = [texts[i] for i in rng.permutation(len(texts))[:n_texts]]
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows: list[tuple[dict[str, Any], Callable[[Sequence[str]], Any], int]] = []
+    hit_rate: float | None = None
 
     variants = [("ort-fp32", "fp32"), ("ort-int8", "int8")]
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -137,14 +174,14 @@ def run_bench(
     max_length, tokenizer_file, steps = 128, Path(), ()
     for runtime, variant in variants:
         for b in batch_sizes:
-            clf = Classifier.load(model_dir, variant=variant, threads=threads, batch_size=b)
+            clf = Classifier.load(model_dir, variant=variant, threads=threads, batch_size=b, text_cache_size=0)
             max_length, steps = clf.info.max_length, clf.preprocess
             tokenizer_file = clf.model_dir / "tokenizer.json"
             rows.append(
                 ({"runtime": runtime, "provider": clf.provider, "batch_size": b, "sorted": b > 1}, clf.predict, b)
             )
         if variant == "int8" and 32 in batch_sizes:
-            clf32 = Classifier.load(model_dir, variant=variant, threads=threads, batch_size=32)
+            clf32 = Classifier.load(model_dir, variant=variant, threads=threads, batch_size=32, text_cache_size=0)
 
             def unsorted(ts: Sequence[str], clf: Classifier = clf32) -> None:
                 for s in range(0, len(ts), 32):
@@ -153,6 +190,15 @@ def run_bench(
             rows.append(
                 ({"runtime": runtime, "provider": clf32.provider, "batch_size": 32, "sorted": False}, unsorted, 32)
             )
+            spin = Classifier.load(model_dir, variant=variant, threads=threads, batch_size=32, spinning=True)
+            rows.append(
+                (
+                    {"runtime": runtime, "provider": spin.provider, "batch_size": 32, "sorted": True, "spinning": True},
+                    spin.predict,
+                    32,
+                )
+            )
+            hit_rate = seed_cache_hit_rate(clf32)
     skipped: list[str] = []
     if include_torch:
         try:
@@ -187,8 +233,9 @@ def run_bench(
             "best_sentences_per_s": round(max(got), 1),
         }
         results.append(out)
+        spin = " spinning" if out.get("spinning") else ""
         print(
-            f"{out['runtime']:14s} {out['provider']:22s} batch {b:4d} sorted={str(out['sorted']):5s}: "
+            f"{out['runtime']:14s} {out['provider']:22s} batch {b:4d} sorted={str(out['sorted']):5s}{spin}: "
             f"median {out['sentences_per_s']:8.1f}  best {out['best_sentences_per_s']:8.1f} sentences/s",
             flush=True,
         )
@@ -199,6 +246,8 @@ def run_bench(
         "repeats": repeats,
         "load_average_1m": [load_before, load_after],
         "skipped": skipped,
+        "seed_text_cache_hit_rate": hit_rate,
+        "summary": summarise(results),
         "results": results,
     }
 
@@ -227,7 +276,8 @@ def bench_command(args: argparse.Namespace, settings: Any) -> int:
         args.threads,
         repeats=max(1, args.repeats),
     )
-    print(json.dumps({"device": out["device"], "load_average_1m": out["load_average_1m"], "skipped": out["skipped"]}))
+    keys = ("device", "load_average_1m", "skipped", "seed_text_cache_hit_rate", "summary")
+    print(json.dumps({k: out[k] for k in keys}))
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
