@@ -31,12 +31,13 @@ WARMUP_ITEMS = 64
 
 def _one(settings: Settings, n: int, texts: list[str], partitions: int, store_url: str, tmp: Path, run: str,
          progress: Any) -> dict[str, Any]:
+    """One run with ``n`` workers; ``run`` names its topics, group and log files (unique per run)."""
     from finsent.bench.pipeline import _items, _produce
     from finsent.bench.worker_pool import WorkerProcess, wait_until
     from finsent.stream.kafka import ensure_topics
     from finsent.stream.store import open_store
 
-    suffix = f"{run}-n{n}"
+    suffix = run
     threads = settings.model_threads or max(1, (os.cpu_count() or 1) // n)
     s = settings.model_copy(update={
         "store": store_url, "topic_raw": f"bench-raw-{suffix}", "topic_scored": f"bench-scored-{suffix}",
@@ -128,9 +129,9 @@ def run_scaleout(settings: Settings, worker_counts: list[int], items: int, model
         if server is not None:
             server.start()
         base = settings.model_copy(update={"brokers": broker.bootstrap, "model_dir": model_dir or settings.model_dir})
-        for n in worker_counts:
-            url = store_url or server.url(f"bench_scaleout_{run}_n{n}")  # type: ignore[union-attr]
-            rows.append(_one(base, n, texts, partitions, url, tmp, run, progress))
+        for i, n in enumerate(worker_counts):
+            url = store_url or server.url(f"bench_scaleout_{run}_{i}")  # type: ignore[union-attr]
+            rows.append(_one(base, n, texts, partitions, url, tmp, f"{run}-{i}-n{n}", progress))
             r = rows[-1]
             progress(f"N={n}: {r['total_items_per_s']} items/s total, per worker {r['per_worker_items_per_s']}, "
                      f"exact={r['exact']}")
