@@ -101,3 +101,21 @@ def test_retrain_rejects_bad_budgets(flag: str, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["retrain", flag, "-1"])
     assert flag in capsys.readouterr().err
+
+
+def test_retrain_from_base_starts_from_the_encoder_not_production(tmp_path: Path, monkeypatch) -> None:
+    from finsent.models.testing import make_tiny_base
+
+    base = make_tiny_base(tmp_path / "base")
+    sent, topic = synthetic_sets(tmp_path / "data")
+    monkeypatch.setenv("FINSENT_REGISTRY", str(tmp_path / "reg"))
+    monkeypatch.setenv("FINSENT_MODEL_DIR", str(make_tiny_model(tmp_path / "tiny")))
+    monkeypatch.setenv("FINSENT_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "r.json"
+    assert main(["retrain", "--from-base", "--base-model", str(base), "--data", str(sent), str(topic),
+                 "--max-steps", "5", *FAST, "--no-labels", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    mv = Registry(tmp_path / "reg").get(r["version"])
+    assert mv.metrics()["train"]["start"] == "base encoder" and r["steps"] == 5
+    assert r["parent"].startswith("v0001-")  # judged against production all the same
+    assert json.loads((mv.path / "labels.json").read_text())["base_model"] == str(base)
