@@ -146,6 +146,29 @@ def test_models_commands_and_the_model_versions_mirror(tiny: Path, tmp_path: Pat
     assert rows[rejected.version]["parent"] == v2 and json.loads(rows[rejected.version]["gate"])["decision"] == "reject"
 
 
+@pytest.mark.parametrize("engine", ["clickhouse", "chdb"])
+def test_model_versions_mirror_on_both_engines(engine: str, tiny: Path, tmp_path: Path, request) -> None:
+    from finsent.stream.registry_cli import mirror_rows
+    from finsent.stream.store import open_store
+
+    reg = Registry(tmp_path / "reg")
+    v1 = reg.register(tiny, aliases=("production",))
+    v2 = reg.register(tiny, parent=v1.version, gate={"decision": "reject", "reasons": ["x"]}, aliases=("candidate",))
+    store = open_store(request.getfixturevalue(f"{engine}_db_url"))
+    try:
+        store.ensure_schema()
+        assert store.sync_model_versions(mirror_rows(reg)) == 2  # type: ignore[attr-defined]
+        reg.set_alias("production", v2.version)
+        store.sync_model_versions(mirror_rows(reg))  # type: ignore[attr-defined]
+        rows = store.model_versions()  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    assert [r["version"] for r in rows] == [v1.version, v2.version]  # one row per version, the newest sync
+    assert rows[0]["aliases"] == [] and rows[1]["aliases"] == ["production", "candidate"]
+    assert rows[1]["parent"] == v1.version and rows[1]["gate_decision"] == "reject"
+    assert rows[0]["created_at"].year >= 2026 and rows[1]["registry"] == str(reg.root)
+
+
 def test_an_unreachable_store_does_not_block_a_registry_change(tiny: Path, tmp_path: Path, monkeypatch,
                                                                capsys) -> None:
     monkeypatch.setenv("FINSENT_REGISTRY", str(tmp_path / "reg"))
