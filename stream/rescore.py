@@ -1,12 +1,12 @@
 """``finsent rescore``: score stored items again with another model version, in batches, resumably.
 
 What it does: walks the items ingested in the window (newest score per id, ``items FINAL``), in
-(ingested_at, id) order, one page of ``--batch-size`` at a time; records each item's old score in
-the ``scores`` history (for items stored before that table existed; idempotent otherwise), scores
-the page with the target model (:func:`finsent.stream.worker.score_items`, as the worker does) and
-inserts the new rows. A new row has a later ``scored_at`` and so replaces the old one in every
-default query (``items`` is a ReplacingMergeTree on that version); the ``scores_mv`` view adds it to
-the history, where ``finsent query compare`` finds both versions. Schema: :mod:`finsent.stream.store.schema`.
+(ingested_at, id) order, one page of ``--batch-size`` at a time; scores the page with the target
+model (:func:`finsent.stream.worker.score_items`, as the worker does), inserts the new rows into
+``items`` and both the old and the new score into the ``scores`` history. A new row has a later
+``scored_at`` and so replaces the old one in every default query (``items`` is a ReplacingMergeTree
+on that version); ``finsent query compare`` finds both versions in ``scores`` (why the history is
+written here and not by the worker: :mod:`finsent.stream.store.schema`).
 
 Target model: ``--version V`` from the registry, else the registry's production version, else
 ``FINSENT_MODEL_DIR`` (the shipped model when unset); without a registry ``--version`` must name the
@@ -211,8 +211,11 @@ def rescore(
             if not rows:
                 continue
             dicts = [dict(zip(schema.ITEM_NAMES, r, strict=True)) for r in rows]
-            store.insert_score_history([schema.score_history_row(r) for r in rows])
             scored, dead = score_items(clf, [_raw_item(d) for d in dicts])
+            # the history first: if the process dies between the two inserts, the page is done again on
+            # resume and its old scores are still the ones in items (written after, they would be the new)
+            store.insert_score_history([schema.score_history_row(r) for r in rows]
+                                       + [schema.score_row(x) for x in scored])
             store.insert_scored(scored)
             ck.after_at, ck.after_id = int(_utc(dicts[-1]["ingested_at"]).timestamp()), str(dicts[-1]["id"])
             ck.done += len(scored)

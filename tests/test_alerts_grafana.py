@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 from finsent.alerts.cli import RULES_PATH
 from finsent.alerts.dashboards import DEPLOY, files
 from finsent.core.events import Alert, RawItem, ScoredItem, utcnow
-from finsent.stream.store import open_store
+from finsent.stream.store import open_store, schema
 from tests.fixtures.prom import free_port
 
 DASHBOARDS = sorted((DEPLOY / "dashboards").glob("*.json"))
@@ -92,8 +92,11 @@ def _seed(store) -> dict[str, Any]:
                 items.append(ScoredItem(raw, "negative" if negative else "neutral", probs, topic, 0.9, "m1", at))
                 i += 1
     store.insert_scored(items)
-    # the first 100 items re-scored by a model m2 with the same verdicts (the compare panel's two versions)
-    store.insert_scored([replace(it, model_version="m2", scored_at=now) for it in items[:100]])
+    # the first 100 items re-scored by a model m2 with the same verdicts, as `finsent rescore` writes them
+    # (the new rows, and both scores in the history: the compare panel's two versions)
+    rescored = [replace(it, model_version="m2", scored_at=now) for it in items[:100]]
+    store.insert_score_history([schema.score_row(x) for x in items[:100] + rescored])
+    store.insert_scored(rescored)
     alert = Alert(topic="banking", fired_at=now - timedelta(minutes=3), window_start=now - timedelta(minutes=8),
                   window_end=now - timedelta(minutes=3), negative=30, total=50, negative_share=0.6,
                   baseline_share=0.1, score=9.1, detector="ewma_z", severity="warning")

@@ -355,8 +355,8 @@ class SqlStore:
             return int(self._select(self._q(schema.RESCORE_TOTAL), params)[0][0])
 
     def insert_score_history(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Write ``scores`` rows (:data:`schema.SCORE_COLUMNS` order) directly: old scores of rows stored
-        before the history existed (the view records every later insert into ``items`` by itself)."""
+        """Write ``scores`` rows (:data:`schema.SCORE_COLUMNS` order): the score history ``rescore`` keeps
+        (an item's score before and after); idempotent per (id, model_version)."""
         with self._lock:
             for chunk in _chunks(rows, self.insert_batch_rows):
                 self._insert(f"{self.database}.{schema.SCORES}", schema.SCORE_COLUMNS, chunk)
