@@ -204,12 +204,20 @@ def rescore(
         while slice_lo < ck.hi and not stop():
             if max_batches is not None and run_batches >= max_batches:
                 break
-            slice_hi = min(slice_lo + SLICE_S, ck.hi)
-            rows = store.rescore_page(slice_lo, slice_hi, (ck.after_at, ck.after_id), topic, batch_size)
-            if len(rows) < batch_size:
-                slice_lo = slice_hi  # this slice has nothing after this page
+            # fill one page, slice by slice: only the window's last page is short
+            rows: list[tuple[Any, ...]] = []
+            after = (ck.after_at, ck.after_id)
+            while len(rows) < batch_size and slice_lo < ck.hi:
+                slice_hi = min(slice_lo + SLICE_S, ck.hi)
+                got = store.rescore_page(slice_lo, slice_hi, after, topic, batch_size - len(rows))
+                rows += got
+                if got:
+                    last = dict(zip(schema.ITEM_NAMES, got[-1], strict=True))
+                    after = (int(_utc(last["ingested_at"]).timestamp()), str(last["id"]))
+                if len(rows) < batch_size:
+                    slice_lo = slice_hi  # this slice has nothing after the cursor
             if not rows:
-                continue
+                break
             dicts = [dict(zip(schema.ITEM_NAMES, r, strict=True)) for r in rows]
             scored, dead = score_items(clf, [_raw_item(d) for d in dicts])
             # the history first: if the process dies between the two inserts, the page is done again on

@@ -24,11 +24,13 @@ from finsent.core.events import RawItem, utcnow
 from finsent.core.settings import load_settings
 from finsent.stream.rescore import rescore
 from finsent.stream.store import open_store
-from finsent.stream.store.cli import compare_report, top_report
+from finsent.stream.store.cli import api_handlers, compare_report, top_report
 from finsent.stream.worker import score_items
 
 pytestmark = pytest.mark.integration
 
+#: the items span 3 h 16 min, so a re-score walks several of its one-hour slices
+WINDOW = timedelta(hours=4)
 WORDS = ("shares", "jump", "fall", "profit", "loss", "bank", "oil", "gold", "rates", "cut", "record", "weak",
          "strong", "deal", "ipo", "dividend", "bonds", "yield", "drop", "beat")
 
@@ -60,7 +62,7 @@ def _items(n: int, prefix: str) -> list[RawItem]:
     now = utcnow()
     return [RawItem(id=f"{prefix}-{i:03d}", source="test", source_type="news",
                     text=" ".join(WORDS[(i * k) % len(WORDS)] for k in (1, 3, 7, 11)) + f" {i}",
-                    ingested_at=now - timedelta(minutes=i % 50, milliseconds=i))
+                    ingested_at=now - timedelta(minutes=(i % 50) * 4, milliseconds=i))
             for i in range(n)]
 
 
@@ -71,7 +73,8 @@ def _stored_by_a(store: Any, versions: dict[str, Any], n: int, prefix: str) -> d
     assert not dead
     store.insert_scored(scored_a)
     scored_b, _ = score_items(versions["clf_b"], raw)
-    return {"a": {s.id: (s.sentiment, s.topic) for s in scored_a}, "b": {s.id: (s.sentiment, s.topic) for s in scored_b}}
+    return {"a": {s.id: (s.sentiment, s.topic) for s in scored_a},
+            "b": {s.id: (s.sentiment, s.topic) for s in scored_b}}
 
 
 def _current(store: Any) -> dict[str, tuple[str, str, str, int]]:
@@ -99,7 +102,7 @@ def test_rescore_replaces_the_latest_score_and_compare_shows_both(store_url: str
         store.ensure_schema()
         truth = _stored_by_a(store, versions, 60, "r")
         assert {v[0] for v in _current(store).values()} == {a}
-        summary = rescore(_settings(store_url, versions, tmp_path), timedelta(hours=1), batch_size=16,
+        summary = rescore(_settings(store_url, versions, tmp_path), WINDOW, batch_size=16,
                           progress=None)
         assert summary["version"] == b and summary["finished"] and not summary["resumed"]
         assert summary["total"] == 60 and summary["done"] == 60 and summary["batches_this_run"] == 4
@@ -108,14 +111,14 @@ def test_rescore_replaces_the_latest_score_and_compare_shows_both(store_url: str
         assert store.count() == {"rows": 60, "unique_ids": 60}
         current = _current(store)
         assert {k: v[:3] for k, v in current.items()} == {i: (b, *truth["b"][i]) for i in truth["b"]}
-        top = top_report(store, timedelta(hours=1), limit=1000)
+        top = top_report(store, WINDOW, limit=1000)
         assert sum(t["total"] for t in top["topics"]) == 60
         negative_b = {i for i, (s, _) in truth["b"].items() if s == "negative"}
         assert negative_b and {it["id"] for it in top["negative"]} == negative_b
         assert {it["model_version"] for it in top["negative"]} == {b}
 
         # the history: both versions of the same 60 items, per topic as A assigned them
-        report = compare_report(store, a, b, timedelta(hours=1))
+        report = compare_report(store, a, b, WINDOW)
         assert report["items"] == 60 and report["versions"] == {a: 60, b: 60}
         by_topic = {r["topic"]: r for r in report["topics"]}
         want: dict[str, Counter[str]] = {}
@@ -132,9 +135,12 @@ def test_rescore_replaces_the_latest_score_and_compare_shows_both(store_url: str
             assert r["topic_changed"] == 0  # labels reversed, topic head untouched
         assert sum(r["negative_a"] for r in report["topics"]) != sum(r["negative_b"] for r in report["topics"])
         # the reversed direction is the mirror image; an unknown version compares nothing
-        back = compare_report(store, b, a, timedelta(hours=1))
+        back = compare_report(store, b, a, WINDOW)
         assert sum(r["negative_a"] for r in back["topics"]) == sum(r["negative_b"] for r in report["topics"])
         assert compare_report(store, a, "v9999-00000000")["items"] == 0
+        # the same report through the read-only API a worker holding a chdb store serves (`finsent query` uses it)
+        status, body = api_handlers(lambda: store)["/v1/compare"]({"a": a, "b": b, "since": str(4 * 3600)})
+        assert status == 200 and body == json.loads(json.dumps(report))
     finally:
         store.close()
 
@@ -162,20 +168,20 @@ def test_resume_after_an_interruption_does_not_redo_finished_batches(store_url: 
         store.ensure_schema()
         truth = _stored_by_a(store, versions, 50, "k")
         # 1) a bounded run: two batches of 8, then it stops and says so
-        first = rescore(settings, timedelta(hours=1), batch_size=8, max_batches=2, progress=None)
+        first = rescore(settings, WINDOW, batch_size=8, max_batches=2, progress=None)
         assert (first["done"], first["batches_this_run"], first["finished"]) == (16, 2, False)
         after_first = _current(store)
         done_first = {i for i, v in after_first.items() if v[0] == b}
         assert len(done_first) == 16
         # 2) killed during its second batch (the first one is stored and checkpointed)
         with pytest.raises(KeyboardInterrupt):
-            rescore(settings, timedelta(hours=1), batch_size=8, progress=None,
+            rescore(settings, WINDOW, batch_size=8, progress=None,
                     classifier=CrashingClassifier(versions["clf_b"], crash_on=2))
         after_crash = _current(store)
         done_crash = {i for i, v in after_crash.items() if v[0] == b}
         assert len(done_crash) == 24 and done_first < done_crash
         # 3) the same command again: resumes after the last checkpointed batch
-        last = rescore(settings, timedelta(hours=1), batch_size=8, progress=None)
+        last = rescore(settings, WINDOW, batch_size=8, progress=None)
         assert last["resumed"] and last["finished"] and last["done"] == 50
         assert last["batches_this_run"] == 4  # 26 items left: 8 + 8 + 8 + 2
         final = _current(store)
@@ -185,7 +191,7 @@ def test_resume_after_an_interruption_does_not_redo_finished_batches(store_url: 
         assert all(final[i][3] == after_crash[i][3] for i in done_crash)
         assert store.count() == {"rows": 50, "unique_ids": 50}
         # a finished job is not resumed: the next run is a new job over a new window
-        again = rescore(settings, timedelta(hours=1), batch_size=64, progress=None)
+        again = rescore(settings, WINDOW, batch_size=64, progress=None)
         assert not again["resumed"] and again["done"] == 50 and again["batches_this_run"] == 1
     finally:
         store.close()
@@ -199,7 +205,7 @@ def test_topic_filter_rescores_only_that_topic(store_url: str, versions: dict[st
         truth = _stored_by_a(store, versions, 40, "t")
         topic, n = Counter(t for _, t in truth["a"].values()).most_common(1)[0]
         assert n < 40
-        summary = rescore(_settings(store_url, versions, tmp_path), timedelta(hours=1), topic=topic, batch_size=7,
+        summary = rescore(_settings(store_url, versions, tmp_path), WINDOW, topic=topic, batch_size=7,
                           progress=None)
         assert summary["total"] == n and summary["done"] == n
         current = _current(store)
@@ -228,14 +234,14 @@ def test_rescore_and_compare_commands(clickhouse_db_url: str, versions: dict[str
         _stored_by_a(store, versions, 30, "c")
         env = _env(clickhouse_db_url, versions, tmp_path)
         # a version the registry does not have: one line, exit 4
-        bad = _finsent(env, "rescore", "--since", "1h", "--version", "v0099-00000000")
+        bad = _finsent(env, "rescore", "--since", "4h", "--version", "v0099-00000000")
         assert bad.returncode == 4 and bad.stderr.strip().splitlines()[-1].startswith("finsent: error: no version")
-        out = _finsent(env, "rescore", "--since", "1h", "--version", b, "--batch-size", "8", "--json")
+        out = _finsent(env, "rescore", "--since", "4h", "--version", b, "--batch-size", "8", "--json")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["done"] == 30
         assert "rescore: 30/30 items (100.0%)" in out.stderr  # the progress line
         assert {v[0] for v in _current(store).values()} == {b}
-        cmp = _finsent(env, "query", "compare", "--versions", a, b, "--since", "1h", "--json")
+        cmp = _finsent(env, "query", "compare", "--versions", a, b, "--since", "4h", "--json")
         assert cmp.returncode == 0, cmp.stderr
         body = json.loads(cmp.stdout)
         assert body["items"] == 30 and sum(t["items"] for t in body["topics"]) == 30
@@ -253,7 +259,7 @@ def test_rescore_on_a_chdb_store_held_by_another_process(chdb_db_url: str, versi
     store = open_store(chdb_db_url)
     try:
         store.ensure_schema()
-        out = _finsent(_env(chdb_db_url, versions, tmp_path), "rescore", "--since", "1h")
+        out = _finsent(_env(chdb_db_url, versions, tmp_path), "rescore", "--since", "4h")
     finally:
         store.close()
     assert out.returncode == 8, out.stderr[-2000:]
