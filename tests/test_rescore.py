@@ -266,3 +266,18 @@ def test_rescore_on_a_chdb_store_held_by_another_process(chdb_db_url: str, versi
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("finsent: error: rescore cannot open the store") and "stop the worker" in last
+
+
+def test_target_model_without_a_registry_is_the_model_dir(tmp_path: Path) -> None:
+    """No registry: FINSENT_MODEL_DIR is the target, and --version must name the version it holds."""
+    from finsent.core.errors import ConfigError
+    from finsent.models.testing import make_tiny_model
+    from finsent.stream.rescore import target_model
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    settings = load_settings(registry="", model_dir=str(tiny), cache_dir=str(tmp_path / "cache"))
+    held = json.loads((tiny / "labels.json").read_text())["model_version"]
+    assert target_model(settings, None).version == held
+    assert target_model(settings, held).version == held
+    with pytest.raises(ConfigError, match=f"the model in FINSENT_MODEL_DIR is {held}"):
+        target_model(settings, "v0007-00000000")
