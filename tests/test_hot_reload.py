@@ -97,7 +97,7 @@ def test_worker_follows_production_through_promote_corrupt_version_and_rollback(
     try:
         with WorkerThread(s, store=store, registry=metrics, stats=stats) as w:
             scorer = w.scorer
-            assert scorer.holder.current.version == a  # production beats FINSENT_MODEL_DIR (the tiny model unregistered)
+            assert scorer.holder.current.version == a  # production beats FINSENT_MODEL_DIR (unregistered tiny)
 
             def watch_readiness() -> None:  # /readyz must stay ready through every swap
                 while not watching.is_set():
