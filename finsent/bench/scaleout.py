@@ -178,10 +178,9 @@ def results_section(r: dict[str, Any], command: str, note: str | None = None) ->
         "How: the total rate is the backlog over the time from the first to the last row stored (each worker's "
         "`finsent_items_stored_total`, polled every 50 ms); a worker's rate is its rows over that same window, so "
         "the per-worker rates add up to the total. `exact`: `count() FINAL` == `uniqExact(id)` == items published "
-        "(warm-up included). On 2 cores the model is the bottleneck: a second worker adds a second consumer, model "
-        "session and store connection, not more CPU, so the total can only grow where one worker left cores idle "
-        "(its stages waiting on each other); on a machine with more cores per worker it grows with N up to the "
-        "partition count.",
+        "(warm-up included). A second worker adds a consumer, a model session and a store connection, not CPU: the "
+        "total grows where one worker left cores idle (its stages waiting on each other) and, with more cores, up to "
+        "the partition count.",
         "",
     ]
     return "\n".join(lines)
