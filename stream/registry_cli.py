@@ -113,12 +113,23 @@ def _describe(mv: Any, aliases: dict[str, Any]) -> dict[str, Any]:
 
 
 def _register(args: argparse.Namespace, settings: Settings) -> int:
+    """Register MODEL_DIR; an empty registry first gets the served model (shipped or FINSENT_MODEL_DIR) as
+    v0001 + production, so the registry starts from what runs and MODEL_DIR waits for a promote."""
+    from finsent.models.modeldir import MODEL_FILE, check_model_dir
+    from finsent.models.retrain import ensure_first_version
+    from finsent.models.variants import file_digest
+
     registry = registry_from_settings(settings)
-    first = not registry.versions()
-    mv = registry.register(args.model_dir, source=f"register ({args.model_dir})", by=_who(),
-                           aliases=("production",) if first else ())
+    check_model_dir(args.model_dir)
+    first = ensure_first_version(registry, settings.model_dir, _who())
+    if first is not None:
+        print(f"registered {first.version} ({first.meta['source']}) as production (first version)")
+        if file_digest(first.path / MODEL_FILE, 16) == file_digest(args.model_dir / MODEL_FILE, 16):
+            sync_mirror(registry, settings)
+            return 0
+    mv = registry.register(args.model_dir, source=f"register ({args.model_dir})", by=_who())
     assert mv is not None
-    print(f"registered {mv.version} from {args.model_dir}" + (" as production (first version)" if first else ""))
+    print(f"registered {mv.version} from {args.model_dir} (`finsent models promote {mv.version}` serves it)")
     sync_mirror(registry, settings)
     return 0
 
@@ -279,8 +290,9 @@ def register(sub: Any) -> None:
     msub = m.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     p = msub.add_parser(
         "register", help="copy a model directory into the registry as a new version",
-        description="Copy MODEL_DIR (written by finsent train) into the registry as a new immutable version. "
-        "The first version of an empty registry becomes production; later ones move no alias.",
+        description="Copy MODEL_DIR (written by finsent train) into the registry as a new immutable version; it "
+        "moves no alias. An empty registry first gets the model served now (the shipped one, or FINSENT_MODEL_DIR) "
+        "as its first version and production.",
         formatter_class=_RAW,
         epilog="examples:\n  finsent models register runs/finsent-minilm/model\n"
         "  FINSENT_REGISTRY=/srv/finsent/registry finsent models register models/shipped/finsent-minilm",

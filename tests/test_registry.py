@@ -99,7 +99,8 @@ def test_models_commands_and_the_model_versions_mirror(tiny: Path, tmp_path: Pat
                                                       monkeypatch, capsys) -> None:
     monkeypatch.setenv("FINSENT_REGISTRY", str(tmp_path / "reg"))
     monkeypatch.setenv("FINSENT_STORE", chdb_db_url)
-    assert main(["models", "register", str(tiny)]) == 0
+    monkeypatch.setenv("FINSENT_MODEL_DIR", str(tiny))  # the served model: the registry's first version
+    assert main(["models", "register", str(tiny)]) == 0  # the same model: registered once
     assert "as production (first version)" in capsys.readouterr().out
     assert main(["models", "register", str(tiny)]) == 0
     reg = Registry(tmp_path / "reg")
@@ -173,10 +174,15 @@ def test_an_unreachable_store_does_not_block_a_registry_change(tiny: Path, tmp_p
                                                                capsys) -> None:
     monkeypatch.setenv("FINSENT_REGISTRY", str(tmp_path / "reg"))
     monkeypatch.setenv("FINSENT_STORE", "clickhouse://default@127.0.0.1:1/finsent")  # nothing listens on port 1
+    monkeypatch.delenv("FINSENT_MODEL_DIR", raising=False)
     assert main(["models", "register", str(tiny)]) == 0
     captured = capsys.readouterr()
     assert "model_versions table was not updated" in captured.err and "Traceback" not in captured.err
-    assert len(Registry(tmp_path / "reg").versions()) == 1
+    # an empty registry starts from the shipped model (production); the registered one waits for a promote
+    reg = Registry(tmp_path / "reg")
+    first, second = reg.versions()
+    assert first.meta["export_version"].startswith("finsent-minilm-") and reg.resolve("production") == first
+    assert second.meta["export_version"].startswith("tiny-random-") and reg.resolve("candidate") is None
 
 
 # --- frozen set and gate -------------------------------------------------------------------------
