@@ -309,3 +309,15 @@ def test_commands_are_accepted_by_the_cli() -> None:
             except SystemExit as exc:
                 raise AssertionError(f"{obj['metadata']['name']}/{c['name']}: finsent {c['args']} rejected") from exc
             assert args.command == c["args"][0]
+
+
+def test_operations_section_names_real_settings_and_files() -> None:
+    """README "## Operations" points at files that exist and at FINSENT_* variables finsent reads."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Operations\n", 1)[1].split("\n## ", 1)[0]
+    settings = {f"FINSENT_{name.upper()}" for name in Settings.model_fields} | {"FINSENT_CONFIG", "FINSENT_WORKERS"}
+    named = set(re.findall(r"FINSENT_[A-Z_]+[A-Z]", section))
+    assert named and named <= settings, f"not settings: {named - settings}"
+    paths = set(re.findall(r"`(deploy/[^`\s]+)`", section))
+    assert paths and all((ROOT / p.rstrip("/")).exists() for p in paths), [p for p in paths if not (ROOT / p).exists()]
+    assert "<!-- sizing: measured by the lead -->" in section
