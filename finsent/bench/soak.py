@@ -1,0 +1,391 @@
+"""``finsent bench soak``: does a worker stay correct and flat over a long run?
+
+A real ``finsent worker`` process (the service a user runs) against the embedded Tansu broker and
+its embedded chdb store, fed at a fixed fraction (default 80%) of its capacity measured at the
+start of the same run, for ``--minutes``. Every ``--sample-s`` the benchmark records the worker's
+resident memory (``/proc/<pid>/status`` VmRSS), the rows stored (the worker's ``/v1/count``), the
+items acknowledged by the broker, the dead letters and the store retries (its ``/metrics``).
+
+Latency is exact per item: a consumer of the scored topic takes ``receive time - ingested_at``
+(the scored topic is written after the row is stored, so this bounds ingest -> stored from above).
+
+At the end the producer stops, the backlog drains, and the run passes only if the rows stored
+equal the items the broker acknowledged (``stored == produced``, each id once) and no item was
+dead-lettered. ``--png`` plots RSS and throughput over time; ``--json`` writes every sample;
+``--write-results`` replaces the "Soak" section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finsent.bench.common import hardware, load_average, percentile, plain_help, write_section
+from finsent.core.errors import FinsentError
+from finsent.core.events import RawItem, stable_id, utcnow
+from finsent.core.settings import Settings
+
+
+class SoakFailed(FinsentError):
+    """The soak's end condition did not hold (rows lost, doubled, or dead-lettered)."""
+
+    exit_code = 1
+
+
+@dataclass
+class Counters:
+    """What the producer and the scored-topic reader saw, shared with the sampler."""
+
+    acked: int = 0
+    failed: int = 0
+    latencies: list[float] = field(default_factory=list)
+    scored_seen: int = 0
+    scored_ids: set[str] = field(default_factory=set)
+    #: only items ingested from this epoch second on are the soak's (the capacity backlog came before)
+    since: float = float("inf")
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.read().decode()
+    except OSError:
+        return None
+
+
+def _metric(text: str | None, name: str) -> float:
+    if not text:
+        return float("nan")
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name + " ")
+               or ln.startswith(name + "{"))
+
+
+def _stored(port: int) -> tuple[int, int]:
+    body = _get(f"http://127.0.0.1:{port}/v1/count")
+    if body is None:
+        return -1, -1
+    d = json.loads(body)
+    return int(d["rows"]), int(d.get("unique_ids", d["rows"]))
+
+
+def _producer(settings: Settings, texts: list[str], rate: float, run: str, stop: threading.Event,
+              c: Counters, prefix: str) -> threading.Thread:
+    """Publish at ``rate`` items/s until ``stop``; count what the broker acknowledged."""
+    from finsent.stream.kafka import make_producer
+
+    def ok(_: Any) -> None:
+        with c.lock:
+            c.acked += 1
+
+    def bad(_: Any) -> None:
+        with c.lock:
+            c.failed += 1
+
+    def loop() -> None:
+        producer = make_producer(settings, client_id="finsent-soak", linger_ms=5)
+        t0 = time.monotonic()
+        i = 0
+        try:
+            while not stop.is_set():
+                due = int((time.monotonic() - t0) * rate)
+                while i < due:
+                    it = RawItem(id=stable_id("soak", run, prefix, str(i)), source="soak", source_type="social",
+                                 text=texts[i % len(texts)], ingested_at=utcnow())
+                    producer.send(settings.topic_raw, key=it.id.encode(), value=it.to_json()).add_callback(
+                        ok).add_errback(bad)
+                    i += 1
+                time.sleep(0.01)
+            producer.flush(timeout=60)
+        finally:
+            producer.close()
+
+    th = threading.Thread(target=loop, name="finsent-soak-producer", daemon=True)
+    th.start()
+    return th
+
+
+def _scored_reader(settings: Settings, stop: threading.Event, c: Counters) -> threading.Thread:
+    """Read the scored topic: per-item latency (now - ingested_at) and duplicates on the topic."""
+    from datetime import datetime
+
+    from finsent.stream.kafka import make_consumer
+
+    def loop() -> None:
+        consumer = make_consumer(settings, settings.topic_scored, group_id=None, auto_offset_reset="latest")
+        try:
+            while not stop.is_set():
+                for records in consumer.poll(timeout_ms=500).values():
+                    now = time.time()
+                    for r in records:
+                        try:
+                            d = json.loads(r.value)
+                            ing = d.get("ingested_at") or (d.get("item") or {}).get("ingested_at")
+                            t = datetime.fromisoformat(str(ing).replace("Z", "+00:00")).timestamp()
+                            sid = str(d.get("id") or (d.get("item") or {}).get("id"))
+                        except (ValueError, TypeError, AttributeError):
+                            continue
+                        if t < c.since:
+                            continue
+                        with c.lock:
+                            c.scored_seen += 1
+                            c.scored_ids.add(sid)
+                            c.latencies.append(max(now - t, 0.0))
+        finally:
+            consumer.close()
+
+    th = threading.Thread(target=loop, name="finsent-soak-reader", daemon=True)
+    th.start()
+    return th
+
+
+def _wait(cond: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: float, capacity_items: int,
+             model_dir: str | None, progress: Any = print) -> dict[str, Any]:
+    from finsent.demo import load_tweets
+    from finsent.stream.broker import EmbeddedBroker, free_port
+    from finsent.stream.kafka import ensure_topics, quiet_client_logs
+
+    quiet_client_logs(settings)
+    texts = [t["text"] for t in load_tweets()]
+    tmp = Path(tempfile.mkdtemp(prefix="finsent-soak-"))
+    run = stable_id("soak", str(time.time()))[:8]
+    broker = EmbeddedBroker(log_path=tmp / "tansu.log").start()
+    mport = free_port()
+    s = settings.model_copy(update={"brokers": broker.bootstrap, "store": f"chdb://{tmp / 'chdb'}",
+                                    "consumer_group": f"finsent-soak-{run}", "metrics_port": mport,
+                                    "session_timeout_ms": 6000})
+    env = {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": s.store,
+           "FINSENT_CONSUMER_GROUP": s.consumer_group, "FINSENT_METRICS_PORT": str(mport),
+           "FINSENT_TOPIC_RAW": s.topic_raw, "FINSENT_TOPIC_SCORED": s.topic_scored,
+           "FINSENT_TOPIC_DLQ": s.topic_dlq, "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+           "FINSENT_SESSION_TIMEOUT_MS": "6000"}
+    if model_dir or s.model_dir:
+        env["FINSENT_MODEL_DIR"] = str(model_dir or s.model_dir)
+    log_path = tmp / "worker.log"
+    proc: subprocess.Popen[bytes] | None = None
+    c = Counters()
+    samples: list[dict[str, float]] = []
+    stop_produce = threading.Event()
+    stop_read = threading.Event()
+    load_start = load_average()
+    try:
+        ensure_topics(s)
+        with log_path.open("ab") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "finsent", "worker"], env=env, stdout=log_file,
+                                    stderr=subprocess.STDOUT)
+        progress(f"worker pid {proc.pid}; waiting for it to serve its API")
+        if not _wait(lambda: _stored(mport)[0] >= 0, 120):
+            raise SoakFailed("the worker did not start", hint=f"see {log_path}")
+        # capacity: a backlog through the worker, timed from the first row stored to the last
+        progress(f"capacity: a backlog of {capacity_items} items")
+        backlog = Counters()
+        stop_b = threading.Event()
+        th = _producer(s, texts, 1e9, run, stop_b, backlog, "cap")
+        _wait(lambda: backlog.acked >= capacity_items, 120)
+        stop_b.set()
+        th.join(60)
+        _wait(lambda: _stored(mport)[0] > 0, 120)
+        t0, n0 = time.monotonic(), _stored(mport)[0]
+        _wait(lambda: _stored(mport)[0] >= backlog.acked, 600)
+        n1 = _stored(mport)[0]
+        capacity = (n1 - n0) / max(time.monotonic() - t0, 1e-6)
+        rate = max(1.0, fraction * capacity)
+        progress(f"capacity {capacity:.1f} items/s; offering {rate:.1f} items/s ({fraction:.0%}) for {minutes} min")
+        base_rows = n1
+        reader = _scored_reader(s, stop_read, c)
+        time.sleep(1.0)
+        c.since = time.time() - 0.001
+        producer = _producer(s, texts, rate, run, stop_produce, c, "soak")
+        t_start = time.monotonic()
+        next_sample = t_start
+        last_rows, last_t = base_rows, t_start
+        while time.monotonic() - t_start < minutes * 60:
+            if proc.poll() is not None:
+                raise SoakFailed(f"the worker exited with {proc.returncode} during the soak", hint=f"see {log_path}")
+            now = time.monotonic()
+            if now >= next_sample:
+                rows, _ = _stored(mport)
+                metrics = _get(f"http://127.0.0.1:{mport}/metrics")
+                with c.lock:
+                    acked = c.acked
+                sample = {"t_s": round(now - t_start, 1), "rss_mb": round(_rss_mb(proc.pid), 1),
+                          "stored": rows - base_rows, "acked": acked,
+                          "stored_per_s": round((rows - last_rows) / max(now - last_t, 1e-6), 1),
+                          "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total"),
+                          "store_retries": _metric(metrics, "finsent_store_retries_total"),
+                          "lag": _metric(metrics, "finsent_consumer_lag_messages")}
+                samples.append(sample)
+                last_rows, last_t = rows, now
+                progress(f"{sample['t_s'] / 60:5.1f} min: RSS {sample['rss_mb']:.0f} MB, stored {sample['stored']}"
+                         f" / acked {acked}, {sample['stored_per_s']:.0f} items/s, lag {sample['lag']:.0f}")
+                next_sample += sample_s
+            time.sleep(0.5)
+        stop_produce.set()
+        producer.join(120)
+        progress(f"draining: {c.acked} acknowledged")
+        drained = _wait(lambda: _stored(mport)[0] - base_rows >= c.acked, 300)
+        time.sleep(3)
+        rows, unique = _stored(mport)
+        metrics = _get(f"http://127.0.0.1:{mport}/metrics")
+        stop_read.set()
+        reader.join(10)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        stop_produce.set()
+        stop_read.set()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        worker_log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    lat = c.latencies
+    rss = [x["rss_mb"] for x in samples]
+    third = max(1, len(rss) // 3)
+    result = {
+        "hardware": hardware(),
+        "load_avg_start": load_start,
+        "load_avg_end": load_average(),
+        "minutes": minutes,
+        "capacity_items_per_s": round(capacity, 1),
+        "offered_items_per_s": round(rate, 1),
+        "fraction": fraction,
+        "produced_acked": c.acked,
+        "produce_failed": c.failed,
+        "stored": rows - base_rows,
+        "stored_unique": unique - base_rows,
+        "drained": drained,
+        "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total"),
+        "store_retries": _metric(metrics, "finsent_store_retries_total"),
+        "worker_errors_logged": sum(" ERROR " in ln for ln in worker_log.splitlines()),
+        "tracebacks_logged": worker_log.count("Traceback"),
+        "scored_topic_records": c.scored_seen,
+        "scored_topic_duplicates": c.scored_seen - len(c.scored_ids),
+        "throughput_items_per_s": round((rows - base_rows) / (minutes * 60), 1),
+        "latency_ms": {"p50": round(percentile(lat, 0.5) * 1000, 1), "p99": round(percentile(lat, 0.99) * 1000, 1),
+                       "max": round(max(lat) * 1000, 1) if lat else None, "samples": len(lat)},
+        "rss_mb": {"first_third_mean": round(sum(rss[:third]) / third, 1) if rss else None,
+                   "last_third_mean": round(sum(rss[-third:]) / third, 1) if rss else None,
+                   "max": max(rss) if rss else None},
+        "samples": samples,
+    }
+    result["passed"] = bool(drained and result["stored"] == c.acked and result["stored_unique"] == c.acked
+                            and not result["dead_lettered"])
+    return result
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t_s"] / 60 for s in result["samples"]]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    ax1.plot(t, [s["rss_mb"] for s in result["samples"]], color="tab:blue")
+    ax1.set_ylabel("worker RSS (MB)")
+    ax1.set_ylim(bottom=0)
+    ax1.set_title(f"finsent soak: {result['minutes']:g} min at {result['offered_items_per_s']:.0f} items/s "
+                  f"({result['fraction']:.0%} of {result['capacity_items_per_s']:.0f}); stored {result['stored']} "
+                  f"of {result['produced_acked']} acked")
+    ax2.plot(t, [s["stored_per_s"] for s in result["samples"]], color="tab:green", label="stored items/s")
+    ax2.axhline(result["offered_items_per_s"], color="grey", linestyle="--", label="offered")
+    ax2.set_ylabel("items/s")
+    ax2.set_xlabel("minutes")
+    ax2.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def results_section(r: dict[str, Any], command: str) -> str:
+    la0, la1 = r["load_avg_start"], r["load_avg_end"]
+    busy = " (busy machine)" if max((la0 or (0,))[0], (la1 or (0,))[0]) > 1.0 else ""
+    lat, rss = r["latency_ms"], r["rss_mb"]
+    return "\n".join([
+        "## Soak", "",
+        f"`{command}` on {r['hardware']}; load average at start {la0}, at end {la1}{busy}.", "",
+        "| | |", "|---|---|",
+        f"| capacity (backlog through the worker, same run) | {r['capacity_items_per_s']} items/s |",
+        f"| offered | {r['offered_items_per_s']} items/s ({r['fraction']:.0%}) for {r['minutes']:g} min |",
+        f"| acknowledged by the broker / stored / distinct ids | {r['produced_acked']} / {r['stored']} / "
+        f"{r['stored_unique']} |",
+        f"| dead-lettered / store retries / worker ERROR lines / tracebacks | {r['dead_lettered']:g} / "
+        f"{r['store_retries']:g} / {r['worker_errors_logged']} / {r['tracebacks_logged']} |",
+        f"| latency ingest -> scored topic (after the store), p50 / p99 / max | {lat['p50']} / {lat['p99']} / "
+        f"{lat['max']} ms ({lat['samples']} items) |",
+        f"| worker RSS, mean of first third / last third / max | {rss['first_third_mean']} / "
+        f"{rss['last_third_mean']} / {rss['max']} MB |",
+        f"| duplicates on the scored topic | {r['scored_topic_duplicates']} |",
+        f"| result | {'PASS' if r['passed'] else 'FAIL'}: stored == produced, each once |", "",
+        "![soak](soak.png)", "",
+    ])
+
+
+def soak_command(args: argparse.Namespace, settings: Settings) -> int:
+    r = run_soak(settings, args.minutes, args.fraction, args.sample_s, args.capacity_items, args.model_dir,
+                 progress=lambda m: print(f"soak: {m}", file=sys.stderr, flush=True))
+    if args.png:
+        plot(r, Path(args.png))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+    if args.write_results:
+        write_section(Path(args.write_results), results_section(r, " ".join(["finsent", *sys.argv[1:]])), "Soak")
+    summary = {k: v for k, v in r.items() if k != "samples"}
+    print(json.dumps(summary, indent=2))
+    if not r["passed"]:
+        raise SoakFailed(f"soak failed: {r['stored']} stored ({r['stored_unique']} distinct) of "
+                         f"{r['produced_acked']} acknowledged, {r['dead_lettered']:g} dead-lettered",
+                         hint="see the worker's log above and `finsent bench soak --help`")
+    return 0
+
+
+def register(bench_sub: Any) -> None:
+    p = bench_sub.add_parser(
+        "soak", help="a long run at 80%% of capacity: throughput, latency, RSS over time, stored == produced",
+        description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  finsent bench soak --minutes 30 --png bench/soak.png --json bench/soak.json "
+               "--write-results bench/RESULTS.md\n  finsent bench soak --minutes 2 --fraction 0.5",
+    )
+    p.add_argument("--minutes", type=float, default=30.0, help="length of the paced run (default 30)")
+    p.add_argument("--fraction", type=float, default=0.8, help="offered load as a fraction of capacity (0.8)")
+    p.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples (default 10)")
+    p.add_argument("--capacity-items", type=int, default=2000, help="backlog used to measure capacity (2000)")
+    p.add_argument("--model-dir", help="model directory (default: the shipped model)")
+    p.add_argument("--png", metavar="OUT", help="plot RSS and throughput over time to this PNG")
+    p.add_argument("--json", metavar="OUT", help="write the results, with every sample, as JSON here")
+    p.add_argument("--write-results", metavar="FILE", help="replace the '## Soak' section of FILE")
+    p.set_defaults(func=soak_command)
