@@ -767,6 +767,8 @@ def create_app(
         stream_buffer_maxsize=max(settings.batch_max * 8, 1024),
         producer_acks=-1,
         producer_linger=0.005,
+        # a stored group is sent in one burst: a few large record batches per partition instead of one per 16 KB
+        producer_max_batch_size=512 * 1024,
         producer_max_request_size=max(settings.max_message_bytes + 64 * 1024, 1_048_576),
         consumer_max_fetch_size=max(settings.max_message_bytes + 64 * 1024, 4 * 1_048_576),
     )
