@@ -13,13 +13,14 @@ from finsent.models.testing import make_tiny_model
 from tests.retrain_helpers import synthetic_sets
 
 
-def test_retrain_is_logged_and_registered_in_mlflow_with_the_aliases(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_retrain_is_logged_and_registered_in_mlflow_with_the_aliases(tmp_path: Path, chdb_db_url: str, monkeypatch,
+                                                                     capsys) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)  # mlflow's default artifact root is relative to the working directory
     monkeypatch.setenv("FINSENT_REGISTRY", str(tmp_path / "reg"))
-    monkeypatch.setenv("FINSENT_STORE", f"chdb://{tmp_path / 'chdb'}")
+    monkeypatch.setenv("FINSENT_STORE", chdb_db_url)
     monkeypatch.setenv("FINSENT_MODEL_DIR", str(make_tiny_model(tmp_path / "tiny")))
     monkeypatch.setenv("FINSENT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("FINSENT_MLFLOW_TRACKING_URI", uri)

@@ -88,8 +88,9 @@ def test_retrain_promotes_a_better_candidate_rejects_a_worse_one_and_rolls_back(
     assert rows[r1["version"]]["gate_decision"] == "promote" and rows[r2["version"]]["gate_decision"] == "reject"
 
 
-def test_retrain_with_missing_data_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_retrain_with_missing_data_is_one_line(tmp_path: Path, chdb_db_url: str, monkeypatch, capsys) -> None:
     monkeypatch.setenv("FINSENT_REGISTRY", str(tmp_path / "reg"))
+    monkeypatch.setenv("FINSENT_STORE", chdb_db_url)
     monkeypatch.setenv("FINSENT_MODEL_DIR", str(make_tiny_model(tmp_path / "tiny")))
     assert main(["retrain", "--data", str(tmp_path / "nope.csv"), "--no-labels"]) == 4
     err = capsys.readouterr().err
@@ -103,12 +104,14 @@ def test_retrain_rejects_bad_budgets(flag: str, capsys) -> None:
     assert flag in capsys.readouterr().err
 
 
-def test_retrain_from_base_starts_from_the_encoder_not_production(tmp_path: Path, monkeypatch) -> None:
+def test_retrain_from_base_starts_from_the_encoder_not_production(tmp_path: Path, chdb_db_url: str,
+                                                                   monkeypatch) -> None:
     from finsent.models.testing import make_tiny_base
 
     base = make_tiny_base(tmp_path / "base")
     sent, topic = synthetic_sets(tmp_path / "data")
     monkeypatch.setenv("FINSENT_REGISTRY", str(tmp_path / "reg"))
+    monkeypatch.setenv("FINSENT_STORE", chdb_db_url)
     monkeypatch.setenv("FINSENT_MODEL_DIR", str(make_tiny_model(tmp_path / "tiny")))
     monkeypatch.setenv("FINSENT_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "r.json"
@@ -119,3 +122,31 @@ def test_retrain_from_base_starts_from_the_encoder_not_production(tmp_path: Path
     assert mv.metrics()["train"]["start"] == "base encoder" and r["steps"] == 5
     assert r["parent"].startswith("v0001-")  # judged against production all the same
     assert json.loads((mv.path / "labels.json").read_text())["base_model"] == str(base)
+
+
+def test_two_retrains_at_once_on_an_empty_registry(tmp_path: Path) -> None:
+    """Real processes: exactly one first version and one frozen set, two distinct complete candidates."""
+    import os
+    import subprocess
+    import sys
+
+    sent, topic = synthetic_sets(tmp_path / "data")
+    env = {**os.environ, "FINSENT_REGISTRY": str(tmp_path / "reg"), "FINSENT_CACHE_DIR": str(tmp_path / "cache"),
+           "FINSENT_MODEL_DIR": str(make_tiny_model(tmp_path / "tiny")), "FINSENT_LOG_LEVEL": "WARNING",
+           # one chdb path per process: the second retrain's mirror update finds it in use, warns, and carries on
+           "FINSENT_STORE": f"chdb://{tmp_path / 'chdb'}"}
+    cmd = [sys.executable, "-m", "finsent", "retrain", "--data", str(sent), str(topic), "--max-steps", "0",
+           "--no-labels", "--json"]
+    procs = [subprocess.Popen([*cmd, str(tmp_path / f"r{i}.json")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    results = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2)]
+    reg = Registry(tmp_path / "reg")
+    versions = [mv.version for mv in reg.versions()]
+    assert len(versions) == 3 and versions[0].startswith("v0001-")
+    assert sorted(r["version"] for r in results) == versions[1:]
+    assert {r["parent"] for r in results} == {versions[0]}
+    assert results[0]["frozen_fingerprint"] == results[1]["frozen_fingerprint"]
+    assert reg.resolve("production").version == versions[0]  # both are production's own weights: rejected
+    assert not list((reg.root / ".staging").iterdir())
