@@ -7,11 +7,11 @@ same figures as ``finsent_drift_*`` gauges (:mod:`finsent.alerts.drift_agent`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from finsent.core.errors import InputError
+from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 from finsent.stream.store.cli import parse_duration
 
@@ -59,16 +59,9 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
         report = drift_report(store, settings, window=args.window, reference=args.reference,
                               model_version=args.model_version)
     doc = report.to_json()
-    if args.json == "-":
-        print(json.dumps(doc, ensure_ascii=False))
+    emit_json(args.json, doc)
+    if to_stdout(args.json):
         return 0
-    if args.json:
-        try:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(doc, f, ensure_ascii=False, indent=2)
-                f.write("\n")
-        except OSError as exc:
-            raise InputError(f"cannot write {args.json}: {exc.strerror or exc}", hint="check the path") from None
     print(render_text(doc))
     sys.stdout.flush()
     return 0
@@ -99,6 +92,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--reference", type=parse_duration, default=None, metavar="DURATION",
                    help="the period before the window it is compared with (default FINSENT_DRIFT_REFERENCE_S, 7d)")
     p.add_argument("--model-version", metavar="V", help="judge this model version instead of the production one")
-    p.add_argument("--json", metavar="OUT", help="also write the report as JSON to OUT (- : only JSON, on stdout)")
+    add_json_option(p, "the report")
     p.set_defaults(func=cmd_drift)
 

@@ -7,11 +7,11 @@ and the stream worker do not pay for them (they come with ``pip install finsent[
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.models import SHIPPED_MODEL_NAME
 
 
@@ -109,14 +109,8 @@ def register(sub: Any) -> None:
     e.add_argument("csv", nargs="+", type=Path, help="labelled CSV files")
     e.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
     e.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
-    e.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON here")
+    add_json_option(e, "the metrics", dest="json_out")
     e.set_defaults(func=eval_command)
-
-
-def _write_json(path: Path | None, obj: Any) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def train_command(args: argparse.Namespace, settings: Any) -> int:
@@ -189,6 +183,7 @@ def eval_command(args: argparse.Namespace, settings: Any) -> int:
         spinning=settings.model_spinning,
     )
     out = evaluate_files(clf, args.csv)
-    _print_eval(out)
-    _write_json(args.json_out, out)
+    if not to_stdout(args.json_out):
+        _print_eval(out)
+    emit_json(args.json_out, out)
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from finsent.core.errors import ConfigError, FinsentError, InputError
+from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,10 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     aliases = registry.aliases()
     rows = [_describe(mv, aliases) for mv in registry.versions()]
     if args.json:
-        print(json.dumps({"registry": str(registry.root), "production": aliases["production"],
-                          "candidate": aliases["candidate"], "versions": rows}, indent=2))
-        return 0
+        emit_json(args.json, {"registry": str(registry.root), "production": aliases["production"],
+                              "candidate": aliases["candidate"], "versions": rows})
+        if to_stdout(args.json):
+            return 0
     if not rows:
         print(f"registry {registry.root} has no versions (`finsent models register MODEL_DIR` or `finsent retrain`)")
         return 0
@@ -159,8 +161,9 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     mv = registry.get(args.version)
     d = _describe(mv, registry.aliases())
     if args.json:
-        print(json.dumps({**d, "meta": mv.meta, "metrics": mv.metrics()}, indent=2, ensure_ascii=False))
-        return 0
+        emit_json(args.json, {**d, "meta": mv.meta, "metrics": mv.metrics()})
+        if to_stdout(args.json):
+            return 0
     for key in ("version", "aliases", "parent", "created_at", "source", "export_version", "data_fingerprint", "path"):
         value = d[key]
         print(f"{key:17} {', '.join(value) if isinstance(value, list) else value if value else '-'}")
@@ -216,7 +219,7 @@ def human_labels(settings: Settings) -> list[Any]:
 
 
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
-    from finsent.models.retrain import RetrainOptions, data_from_paths, retrain, write_result
+    from finsent.models.retrain import RetrainOptions, data_from_paths, retrain
 
     registry = registry_from_settings(settings)
     labels = [] if args.no_labels else human_labels(settings)
@@ -252,8 +255,7 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
         result["mlflow"] = log_retrain(settings.mlflow_tracking_uri, registry, result, settings.mlflow_model_name)
         print(f"MLflow: run {result['mlflow']['run_id']}, registered model "
               f"{result['mlflow']['model_name']} version {result['mlflow']['model_version']}")
-    if args.json_out:
-        write_result(args.json_out, result)
+    emit_json(args.json_out, result)
     sync_mirror(registry, settings)
     print(f"retrain: {result['version']} {'promoted to production' if result['promoted'] else 'rejected by the gate'}"
           f" in {result['minutes']:.1f} min")
@@ -305,7 +307,7 @@ def register(sub: Any) -> None:
         description="Every version, oldest first, with its aliases, parent, gate decision and origin.",
         formatter_class=_RAW, epilog="examples:\n  finsent models list\n  finsent models list --json",
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_option(p, "the versions and aliases")
     p.set_defaults(func=_list)
     p = msub.add_parser(
         "show", help="one version: lineage, data fingerprint, gate decision and numbers",
@@ -314,7 +316,7 @@ def register(sub: Any) -> None:
         "  finsent models show v0002-1a2b3c4d --json",
     )
     p.add_argument("version", metavar="VERSION")
-    p.add_argument("--json", action="store_true", help="print JSON (registry.json and metrics.json)")
+    add_json_option(p, "registry.json and metrics.json")
     p.set_defaults(func=_show)
     p = msub.add_parser(
         "promote", help="point production at a version",
@@ -355,7 +357,7 @@ def register(sub: Any) -> None:
     r.add_argument("--from-base", action="store_true", help="start from the pretrained encoder, not production")
     r.add_argument("--data", nargs="+", metavar="CSV", help="labelled CSVs (text,label or text,topic); default: "
                    "../shared/data (FINSENT_DATA_DIR) when present, else the seed data")
-    r.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="write the result as JSON here")
+    add_json_option(r, '{"version", "parent", "promoted", "gate", "metrics", "minutes"}', dest="json_out")
     r.add_argument("--no-labels", action="store_true", help="do not read human labels from the store")
     r.add_argument("--epochs", type=_positive_float, default=2.0, help="at most this many epochs")
     r.add_argument("--batch-size", type=int, default=32)

@@ -44,6 +44,7 @@ from typing import Any, TextIO
 
 from finsent.core.errors import ConfigError, StoreInUse
 from finsent.core.events import RawItem, utcnow
+from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -254,9 +255,8 @@ def _handler(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if args.json:
-        print(json.dumps(summary))
-    else:
+    emit_json(args.json, summary)
+    if not to_stdout(args.json):
         state = "done" if summary["finished"] else "stopped; run the same command again to resume"
         print(f"rescored {summary['done']} of {summary['total']} items with {summary['version']} "
               f"({summary['failed']} failed, {summary['batches_this_run']} batches this run): {state}")
@@ -290,7 +290,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"items per batch (default {DEFAULT_BATCH})")
     p.add_argument("--max-batches", type=int, default=None, help="stop after N batches (resume later)")
     p.add_argument("--restart", action="store_true", help="ignore an unfinished checkpoint and start over")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json_option(p, "the summary")
     p.set_defaults(func=_handler)
 
 

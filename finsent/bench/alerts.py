@@ -12,7 +12,6 @@ the end of the window in which the alarm was raised.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -30,6 +29,7 @@ from finsent.alerts.cusum import BinomialCusum
 from finsent.alerts.ewma_z import EwmaZ
 from finsent.alerts.prom_rule import PromRuleParams, evaluate
 from finsent.bench.synth import Spike, Traffic, generate
+from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 
 #: Monday 2026-01-05 00:00 UTC: minute 0 of every synthetic run.
@@ -286,11 +286,6 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def dump(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-
-
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.alerts.cli import prom_params
 
@@ -306,11 +301,12 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
         from finsent.bench.prom_confirm import confirm_with_prometheus
 
         report["prometheus_confirmation"] = confirm_with_prometheus(spiky, prom_params(settings))
-    print(format_table(report))
-    if "prometheus_confirmation" in report:
-        print("prometheus confirmation:", report["prometheus_confirmation"]["summary"])
-    if args.json:
-        dump(report, Path(args.json))
+    if not to_stdout(args.json):
+        print(format_table(report))
+        if "prometheus_confirmation" in report:
+            print("prometheus confirmation:", report["prometheus_confirmation"]["summary"])
+    emit_json(args.json, report)
+    if args.json and not to_stdout(args.json):
         print(f"wrote {args.json}")
     if args.png:
         plot_timeline(spiky, alarms, Path(args.png))
@@ -327,7 +323,7 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         "detector and the Prometheus rule, and reports detection delay per spike size and false alarms per "
         "100 topic-days.",
     )
-    b.add_argument("--json", metavar="OUT", help="write the full report as JSON here")
+    add_json_option(b, "the full report")
     b.add_argument("--png", metavar="OUT", help="plot one topic's timeline around a 3x spike here")
     b.add_argument("--topics", type=int, default=50, help="topics per run (default 50)")
     b.add_argument("--days", type=float, default=7.0, help="days of the run with spikes (default 7)")

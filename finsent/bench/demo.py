@@ -22,6 +22,7 @@ from typing import Any
 
 from finsent.bench.common import hardware, load_average
 from finsent.core.errors import ConfigError
+from finsent.core.jsonout import add_json_option, emit_json
 from finsent.core.settings import Settings
 
 
@@ -93,8 +94,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("finsent bench demo: --runs must be >= 1")
     report = run_bench(args.runs, args.seconds, args.busy_core, progress=lambda line: print(line, file=sys.stderr))
     print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    emit_json(args.json, report)
     return 0
 
 
@@ -110,5 +110,5 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--runs", type=int, default=20, help="demo runs (default 20)")
     p.add_argument("--seconds", type=float, default=75.0, help="--seconds of each demo run (default 75)")
     p.add_argument("--busy-core", action="store_true", help="keep one core busy with a CPU burner meanwhile")
-    p.add_argument("--json", metavar="OUT", help="write every run's row and the totals here")
+    add_json_option(p, "every run's row and the totals")
     p.set_defaults(func=bench_command)

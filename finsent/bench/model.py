@@ -30,6 +30,7 @@ import numpy as np
 
 import finsent.models
 from finsent.bench.common import cpu_name
+from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.models.textprep import prepare_all
 
 log = logging.getLogger(__name__)
@@ -277,10 +278,9 @@ def bench_command(args: argparse.Namespace, settings: Any) -> int:
         repeats=max(1, args.repeats),
     )
     keys = ("device", "load_average_1m", "skipped", "seed_text_cache_hit_rate", "summary")
-    print(json.dumps({k: out[k] for k in keys}))
-    if args.json_out is not None:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if not to_stdout(args.json_out):
+        print(json.dumps({k: out[k] for k in keys}))
+    emit_json(args.json_out, out)
     return 0
 
 
@@ -299,5 +299,5 @@ def register(bench_sub: Any) -> None:
     b.add_argument("--repeats", type=int, default=3, help="measurements per row (interleaved); the median is reported")
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager rows")
     b.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: all cores)")
-    b.add_argument("--json", type=Path, dest="json_out", help="write the results as JSON here")
+    add_json_option(b, "the results", dest="json_out")
     b.set_defaults(func=bench_command)

@@ -31,6 +31,7 @@ from typing import Any
 
 from finsent.bench.common import cpu_name, percentile, plain_help, write_section
 from finsent.core.events import RawItem, stable_id, utcnow
+from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 
 
@@ -281,8 +282,8 @@ def scaleout_command(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     r = run_scaleout(settings, counts, args.items, args.model_dir, args.store)
     print(json.dumps(r, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+    if not to_stdout(args.json):
+        emit_json(args.json, r)
     if args.write_results:
         cmd = f"finsent bench pipeline --workers {args.workers} --items {args.items}"
         write_section(Path(args.write_results), results_section(r, cmd, args.note), "## Scale-out")
@@ -306,16 +307,16 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
         r = run_plumbing(settings, args.items, args.rounds, args.load, args.latency_seconds, args.store,
                          clickhouse_server=args.clickhouse_server)
         print(json.dumps(r, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+        if not to_stdout(args.json):
+            emit_json(args.json, r)
         return 0
     if args.workers:
         return scaleout_command(args, settings)
     r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store,
                   rounds=args.rounds)
     print(json.dumps(r, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+    if not to_stdout(args.json):
+        emit_json(args.json, r)
     if args.write_results:
         cmd = (f"finsent bench pipeline --items {args.items} --rounds {args.rounds} --load {args.load} "
                f"--latency-seconds {args.latency_seconds:g}")
@@ -336,7 +337,7 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--load", type=float, default=0.5, help="offered load for latency, as a fraction of capacity")
     p.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20)")
     p.add_argument("--model-dir", help="model directory (default: the shipped model)")
-    p.add_argument("--json", metavar="OUT", help="write the results as JSON here")
+    add_json_option(p, "the results (also printed)")
     p.add_argument("--write-results", metavar="FILE", help="replace the '## Pipeline' section of FILE")
     p.add_argument("--note", help="a sentence added to the RESULTS.md section (e.g. which model this was)")
     p.add_argument("--plumbing", action="store_true",

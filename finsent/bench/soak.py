@@ -35,6 +35,7 @@ from typing import Any
 from finsent.bench.common import hardware, load_average, percentile, plain_help, write_section
 from finsent.core.errors import FinsentError
 from finsent.core.events import RawItem, stable_id, utcnow
+from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 
 
@@ -360,12 +361,11 @@ def soak_command(args: argparse.Namespace, settings: Settings) -> int:
                  progress=lambda m: print(f"soak: {m}", file=sys.stderr, flush=True))
     if args.png:
         plot(r, Path(args.png))
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
+    emit_json(args.json, r)
     if args.write_results:
         write_section(Path(args.write_results), results_section(r, " ".join(["finsent", *sys.argv[1:]])), "Soak")
-    summary = {k: v for k, v in r.items() if k != "samples"}
-    print(json.dumps(summary, indent=2))
+    if not to_stdout(args.json):
+        print(json.dumps({k: v for k, v in r.items() if k != "samples"}, indent=2))
     if not r["passed"]:
         raise SoakFailed(f"soak failed: {r['stored']} stored ({r['stored_unique']} distinct) of "
                          f"{r['produced_acked']} acknowledged, {r['dead_lettered']:g} dead-lettered",
@@ -386,6 +386,6 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--capacity-items", type=int, default=2000, help="backlog used to measure capacity (2000)")
     p.add_argument("--model-dir", help="model directory (default: the shipped model)")
     p.add_argument("--png", metavar="OUT", help="plot RSS and throughput over time to this PNG")
-    p.add_argument("--json", metavar="OUT", help="write the results, with every sample, as JSON here")
+    add_json_option(p, "the results, with every sample")
     p.add_argument("--write-results", metavar="FILE", help="replace the '## Soak' section of FILE")
     p.set_defaults(func=soak_command)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from finsent.core.errors import InputError, StoreInUse
+from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -47,10 +48,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(_jsonable(obj), ensure_ascii=False, sort_keys=False))
 
 
 def _open(settings: Settings):  # type: ignore[no-untyped-def]
@@ -210,8 +207,9 @@ def _ts(value: Any) -> str:
 def _count(args: argparse.Namespace, settings: Settings) -> int:
     counts, where = report(settings, "count", since=args.since, physical=args.physical)
     if args.json:
-        _print_json(counts)
-        return 0
+        emit_json(args.json, _jsonable(counts))
+        if to_stdout(args.json):
+            return 0
     window = f"last {format_duration(args.since)}" if args.since else "all time"
     print(f"{where} ({window}): {counts['rows']} items, {counts['unique_ids']} unique ids"
           + (f", {counts['physical_rows']} physical rows" if "physical_rows" in counts else "")
@@ -222,8 +220,9 @@ def _count(args: argparse.Namespace, settings: Settings) -> int:
 def _top(args: argparse.Namespace, settings: Settings) -> int:
     data, where = report(settings, "top", since=args.since, topic=args.topic, limit=args.limit)
     if args.json:
-        _print_json(data)
-        return 0
+        emit_json(args.json, _jsonable(data))
+        if to_stdout(args.json):
+            return 0
     from rich.console import Console
     from rich.table import Table
 
@@ -259,8 +258,9 @@ def _top(args: argparse.Namespace, settings: Settings) -> int:
 def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     rows, where = report(settings, "alerts", since=args.since)
     if args.json:
-        _print_json(rows)
-        return 0
+        emit_json(args.json, _jsonable(rows))
+        if to_stdout(args.json):
+            return 0
     from rich.console import Console
     from rich.table import Table
 
@@ -286,8 +286,9 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
                          hint="`finsent models list` shows the versions")
     data, where = report(settings, "compare", a=a, b=b, since=args.since)
     if args.json:
-        _print_json(data)
-        return 0
+        emit_json(args.json, _jsonable(data))
+        if to_stdout(args.json):
+            return 0
     from rich.console import Console
     from rich.table import Table
 
@@ -347,7 +348,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
                    help="only items ingested in the last DURATION (default: all)")
     c.add_argument("--physical", action="store_true", help="also report physical_rows (before deduplication)")
-    c.add_argument("--json", action="store_true", help='print {"rows": N, "unique_ids": N} as JSON')
+    add_json_option(c, '{"rows": N, "unique_ids": N}')
     c.set_defaults(func=_count)
 
     t = sub.add_parser(
@@ -359,13 +360,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="window of ingestion time (default: 1h)")
     t.add_argument("--topic", default=None, help="only this topic (matched case-insensitively)")
     t.add_argument("--limit", type=int, default=10, help="newest negative items to show (default: 10)")
-    t.add_argument("--json", action="store_true", help="print JSON: {since_s, topic, topics: [...], negative: [...]}")
+    add_json_option(t, "{since_s, topic, topics: [...], negative: [...]}")
     t.set_defaults(func=_top)
 
     a = sub.add_parser("alerts", help="alerts stored by the detectors", description="Stored alerts, newest first.")
     a.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
                    help="only alerts fired in the last DURATION (default: all)")
-    a.add_argument("--json", action="store_true", help="print a JSON list")
+    add_json_option(a, "the alerts (a list)")
     a.set_defaults(func=_alerts)
 
     cmp = sub.add_parser(
@@ -385,8 +386,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.add_argument("--versions", nargs=2, required=True, metavar=("A", "B"), help="the two model versions")
     cmp.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
                      help="only items ingested in the last DURATION (default: all)")
-    cmp.add_argument("--json", action="store_true",
-                     help="print JSON: {a, b, since_s, items, topics: [...], versions: {version: items}}")
+    add_json_option(cmp, "{a, b, since_s, items, topics: [...], versions: {version: items}}")
     cmp.set_defaults(func=_compare)
 
     s = sub.add_parser(
