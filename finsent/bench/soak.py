@@ -93,8 +93,8 @@ def _stored(port: int) -> tuple[int, int]:
 
 
 def _producer(settings: Settings, texts: list[str], rate: float, run: str, stop: threading.Event,
-              c: Counters, prefix: str) -> threading.Thread:
-    """Publish at ``rate`` items/s until ``stop``; count what the broker acknowledged."""
+              c: Counters, prefix: str, limit: int | None = None) -> threading.Thread:
+    """Publish at ``rate`` items/s until ``stop`` (or ``limit`` items); count what the broker acknowledged."""
     from finsent.stream.kafka import make_producer
 
     def ok(_: Any) -> None:
@@ -112,6 +112,10 @@ def _producer(settings: Settings, texts: list[str], rate: float, run: str, stop:
         try:
             while not stop.is_set():
                 due = int((time.monotonic() - t0) * rate)
+                if limit is not None:
+                    due = min(due, limit)
+                    if i >= limit:
+                        break
                 while i < due:
                     it = RawItem(id=stable_id("soak", run, prefix, str(i)), source="soak", source_type="social",
                                  text=texts[i % len(texts)], ingested_at=utcnow())
@@ -212,10 +216,8 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
         progress(f"capacity: a backlog of {capacity_items} items")
         backlog = Counters()
         stop_b = threading.Event()
-        th = _producer(s, texts, 1e9, run, stop_b, backlog, "cap")
-        _wait(lambda: backlog.acked >= capacity_items, 120)
-        stop_b.set()
-        th.join(60)
+        th = _producer(s, texts, 1e9, run, stop_b, backlog, "cap", limit=capacity_items)
+        th.join(120)
         _wait(lambda: _stored(mport)[0] > 0, 120)
         t0, n0 = time.monotonic(), _stored(mport)[0]
         _wait(lambda: _stored(mport)[0] >= backlog.acked, 600)
