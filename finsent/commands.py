@@ -138,8 +138,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "the rows (idempotent by item id), publish them to the scored topic, and only then commit the "
             "offsets. Malformed messages go to the dead-letter topic with a reason. Serves Prometheus metrics "
             "on FINSENT_METRICS_HOST:FINSENT_METRICS_PORT. Run several with the same --group to scale out "
-            "(up to one per partition). Stops cleanly on SIGTERM/Ctrl-C."
+            "(up to one per partition). Stops cleanly on SIGTERM/Ctrl-C within 10 s. Next to /metrics it serves "
+            "/healthz (alive), /readyz (joined the group, model loaded, store reachable) and a read-only JSON "
+            "API (/v1/count, /v1/top, /v1/alerts, /v1/series) that `finsent query` uses while this worker "
+            "holds an embedded store. With FINSENT_REGISTRY set it follows the registry's production model "
+            "(hot reload every FINSENT_RELOAD_INTERVAL_S)."
         ),
+        epilog=(
+            "examples:\n"
+            "  finsent worker                                  embedded chdb store, broker on 127.0.0.1:9092\n"
+            "  finsent worker --metrics-port 9465              a second worker: same group, shares the partitions\n"
+            "  FINSENT_STORE=clickhouse://finsent:PW@ch:9000/finsent FINSENT_BROKERS=k1:9092,k2:9092 finsent worker\n"
+            "  curl -s localhost:9464/readyz; curl -s 'localhost:9464/v1/count?since=3600'"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     w.add_argument("--group", help="consumer group id (FINSENT_CONSUMER_GROUP, default finsent-worker)")
     w.add_argument("--batch-max", type=int, help="largest batch scored at once (FINSENT_BATCH_MAX)")

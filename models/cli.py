@@ -65,20 +65,25 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--export-only", action="store_true", help="skip training: export and score the run's best checkpoint"
     )
-    p.add_argument("--epochs", type=_positive_float, default=2.5)
+    p.add_argument("--epochs", type=_positive_float, default=2.5,
+                   help="passes over the training split at most (fractions allowed); early stopping and "
+                        "--budget-minutes may end sooner")
     p.add_argument(
         "--budget-minutes",
         type=_positive_float,
         default=60.0,
         help="training-time budget; the learning rate decays to reach zero within it",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="examples per optimiser step, mixed from all tasks (memory grows with it)")
     p.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
     p.add_argument("--head-lr", type=float, default=1e-3, help="heads learning rate")
     p.add_argument("--max-length", type=int, default=96, help="token limit in training")
     p.add_argument("--eval-every", type=_positive_float, default=0.5, help="validation every N epochs")
     p.add_argument("--patience", type=int, default=3, help="stop after N validations without improvement")
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--seed", type=int, default=13,
+                   help="seeds the splits, the sampling order and the head initialisation: same seed + data = "
+                        "same model")
     p.add_argument(
         "--base-model",
         type=Path,

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -688,6 +689,28 @@ class Scorer:
                 self.stopping.set()
 
 
+def faust_datadir(cache_dir: Path) -> Path:
+    """A private data directory for one Faust app, under ``<cache_dir>/faust/<pid>-*``; removed at close.
+
+    Faust wants one even without tables. They used to be ``finsent-faust-*`` temp directories, left
+    behind by every worker that was SIGKILLed; now they live in the one documented cache directory,
+    and each new app first removes those of processes that no longer exist.
+    """
+    base = cache_dir / "faust"
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its process is gone: nobody will clean it up but us
+            shutil.rmtree(old, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
+
+
 def load_classifier(settings: Settings) -> Any:
     """The model a worker starts with: the registry's production version, else FINSENT_MODEL_DIR."""
     from finsent.models.runtime import Classifier
@@ -739,8 +762,7 @@ def create_app(
             return s
 
     group = app_id or settings.consumer_group
-    # Faust wants a data directory even without tables; a private temp one, removed at close
-    datadir = Path(tempfile.mkdtemp(prefix="finsent-faust-"))
+    datadir = faust_datadir(Path(settings.cache_dir))
     session_s = settings.session_timeout_ms / 1000
     app = faust.App(
         group,

@@ -97,3 +97,21 @@ def test_lag_counts_from_the_last_stored_offset() -> None:
         assert scorer.metrics.consumer_lag.labels("raw", "0")._value.get() == 1700
     finally:
         scorer.close()
+
+
+def test_faust_data_directories_live_under_the_cache_dir_and_dead_ones_are_removed(tmp_path) -> None:  # noqa: ANN001
+    import os
+    import subprocess
+    import sys
+
+    from finsent.stream.worker import faust_datadir
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / "faust" / f"{gone.stdout.strip()}-abc"
+    dead.mkdir(parents=True)
+    (dead / "leftover").write_text("x")
+    alive = tmp_path / "faust" / f"{os.getppid()}-def"  # a live process (our parent)
+    alive.mkdir()
+    mine = faust_datadir(tmp_path)
+    assert mine.parent == tmp_path / "faust" and mine.name.startswith(f"{os.getpid()}-")
+    assert not dead.exists() and alive.exists()

@@ -85,7 +85,8 @@ class Settings(BaseSettings):
         False, description="let onnxruntime's threads spin-wait between operators (faster only on idle cores)"
     )
     cache_dir: str = Field(
-        default_factory=lambda: str(default_cache_dir()), description="derived model variants are cached here"
+        default_factory=lambda: str(default_cache_dir()),
+        description="derived model variants, and each running worker's Faust data directory (faust/<pid>-*)"
     )
     max_text_chars: int = Field(MAX_TEXT_CHARS, ge=100)
 
