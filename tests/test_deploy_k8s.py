@@ -175,8 +175,8 @@ def test_probes_hit_healthz_and_readyz_on_the_served_port(name: str) -> None:
         live, ready = c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]
         assert live["path"] == "/healthz" and _port_number(c, live["port"]) == port, c["name"]
         assert _port_number(c, ready["port"]) == port
-        # the push endpoint has /healthz only; everything else has /readyz (group joined, model, store)
-        assert ready["path"] == ("/healthz" if c["args"][:2] == ["ingest", "http"] else "/readyz"), c["name"]
+        # ready = group joined, model, store (worker); producer's last contact with Kafka succeeded (ingesters)
+        assert ready["path"] == "/readyz", c["name"]
         if "startupProbe" in c:
             assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
 
