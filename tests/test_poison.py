@@ -126,6 +126,7 @@ def test_a_model_failure_dead_letters_only_its_item_with_the_key() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.faults
 def test_poison_interleaved_with_good_items_through_a_real_worker(
     kafka_bootstrap: str, chdb_db_url: str, unique_name: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
