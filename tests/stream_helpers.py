@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -103,3 +104,43 @@ def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 def reasons(records: Iterable[Any]) -> list[str]:
     return sorted(json.loads(r.value)["reason"] for r in records)
+
+
+class Feeder(threading.Thread):
+    """Produces items ``<prefix>-N`` to the raw topic in small bursts until stopped (traffic during a test)."""
+
+    def __init__(self, settings: Settings, prefix: str = "feed") -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.prefix = prefix
+        self.produced: list[str] = []
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        producer = make_producer(self.settings, client_id=f"{self.prefix}-feeder")
+        try:
+            i = 0
+            while not self.stopping.is_set():
+                ids = []
+                for _ in range(6):
+                    item = RawItem(id=f"{self.prefix}-{i}", source="test", source_type="news",
+                                   text=f"{TEXTS[i % len(TEXTS)]} #{i}", ingested_at=utcnow())
+                    producer.send(self.settings.topic_raw, key=item.id.encode(), value=item.to_json())
+                    ids.append(item.id)
+                    i += 1
+                producer.flush(timeout=30)
+                self.produced.extend(ids)
+                time.sleep(0.05)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            producer.close()
+
+    def finish(self, timeout_s: float = 30.0) -> list[str]:
+        """Stop producing; the ids produced (and acknowledged), or the producer's error."""
+        self.stopping.set()
+        self.join(timeout_s)
+        if self.error is not None:
+            raise AssertionError(f"the feeder failed: {self.error!r}")
+        return list(self.produced)

@@ -15,48 +15,16 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from finsent.core.events import RawItem, utcnow
-from finsent.stream.kafka import make_producer
 from finsent.stream.service import WorkerThread
 from finsent.stream.store import open_store
 from finsent.stream.worker import WorkerStats
-from tests.stream_helpers import TEXTS, stream_settings, wait_for
+from tests.stream_helpers import Feeder, stream_settings, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-class Feeder(threading.Thread):
-    """Produces items to the raw topic in small bursts until stopped (items flow through every swap)."""
-
-    def __init__(self, settings: Any) -> None:
-        super().__init__(daemon=True)
-        self.settings = settings
-        self.produced: list[str] = []
-        self.stopping = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        producer = make_producer(self.settings, client_id="hot-reload-feeder")
-        try:
-            i = 0
-            while not self.stopping.is_set():
-                for _ in range(6):
-                    item = RawItem(id=f"hot-{i}", source="test", source_type="news",
-                                   text=f"{TEXTS[i % len(TEXTS)]} #{i}", ingested_at=utcnow())
-                    producer.send(self.settings.topic_raw, key=item.id.encode(), value=item.to_json())
-                    i += 1
-                producer.flush(timeout=30)
-                self.produced.extend(f"hot-{k}" for k in range(len(self.produced), i))
-                time.sleep(0.05)
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-        finally:
-            producer.close()
 
 
 def _counter(reg: CollectorRegistry, name: str) -> float:
@@ -83,7 +51,7 @@ def test_worker_follows_production_through_promote_corrupt_version_and_rollback(
     store = open_store(chdb_db_url)
     store.ensure_schema()
     stats = WorkerStats()
-    feeder = Feeder(s)
+    feeder = Feeder(s, "hot")
     not_ready: list[str] = []
     watching = threading.Event()
     caplog.set_level(logging.INFO, logger="finsent.stream.reload")
@@ -131,10 +99,7 @@ def test_worker_follows_production_through_promote_corrupt_version_and_rollback(
             wait_for(lambda: scorer.holder.current.version == a, 30, "the rollback to A")
             served_a = stored_with(a)
             wait_for(lambda: stored_with(a) >= served_a + 40, 60, "40 more items scored by A after the rollback")
-            feeder.stopping.set()
-            feeder.join(30)
-            assert feeder.error is None, feeder.error
-            n = len(feeder.produced)
+            n = len(feeder.finish())
             wait_for(lambda: store.count()["rows"] >= n, 90, f"all {n} produced items stored")
             watching.set()
         counts = store.count()

@@ -281,3 +281,36 @@ def test_target_model_without_a_registry_is_the_model_dir(tmp_path: Path) -> Non
     assert target_model(settings, held).version == held
     with pytest.raises(ConfigError, match=f"the model in FINSENT_MODEL_DIR is {held}"):
         target_model(settings, "v0007-00000000")
+
+
+def test_rescore_beside_a_running_worker_on_a_server(kafka_bootstrap: str, clickhouse_db_url: str, unique_name: str,
+                                                     versions: dict[str, Any], tmp_path: Path) -> None:
+    """On clickhouse-server the worker keeps storing new items while rescore rewrites the stored ones."""
+    from finsent.stream.service import WorkerThread
+    from tests.stream_helpers import Feeder, stream_settings, wait_for
+
+    a, b = versions["a"], versions["b"]
+    s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name, registry=str(versions["registry"].root),
+                        model_variant="fp32", cache_dir=str(tmp_path / "cache"), batch_within_s=0.05)
+    store, worker_store = open_store(clickhouse_db_url), open_store(clickhouse_db_url)
+    try:
+        store.ensure_schema()
+        old = _stored_by_a(store, versions, 300, "old")  # what the worker had stored before
+        feeder = Feeder(s, "new")
+        with WorkerThread(s, classifier=versions["clf_a"], store=worker_store) as w:
+            feeder.start()
+            wait_for(lambda: w.scorer.stats.snapshot()["stored"] >= 20, 60, "the worker storing new items")
+            before = w.scorer.stats.snapshot()["stored"]
+            summary = rescore(s, WINDOW, batch_size=4, progress=None)  # 75 batches: long enough to overlap
+            during = w.scorer.stats.snapshot()["stored"] - before
+            produced = feeder.finish()
+            wait_for(lambda: store.count()["rows"] >= 300 + len(produced), 60, "every new item stored")
+        assert summary["done"] >= 300 and during > 0  # the worker kept storing while rescore ran
+        counts = store.count()
+        assert counts == {"rows": 300 + len(produced), "unique_ids": 300 + len(produced)}
+        current = _current(store)
+        assert all(current[i][0] == b for i in old["a"])  # every old item re-scored
+        assert {current[i][0] for i in produced} <= {a, b}  # new ones: the worker's A, or B if the window caught them
+    finally:
+        worker_store.close()
+        store.close()
