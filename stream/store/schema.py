@@ -63,12 +63,6 @@ no partition, no TTL; written by ``finsent label``, read by training and the ann
     labelled_by, labelled_at DateTime('UTC') + labelled_ms UInt16, note, origin ('cli' | 'import:<file>'),
     version UInt64 (labelled_at in epoch ms). Why this design: see "human labels" near the end of this module.
 
-``labels`` -- human corrections, the newest per (task, id) (ReplacingMergeTree(version), ORDER BY (task, id),
-no partition, no TTL; written by ``finsent label``, read by training and the annotation queue)
-    id, task ('sentiment' | 'topic'), label (the human's), old_label (the model's, '' if unknown), text,
-    labelled_by, labelled_at DateTime('UTC') + labelled_ms UInt16, note, origin ('cli' | 'import:<file>'),
-    version UInt64 (labelled_at in epoch ms). Why this design: see "human labels" near the end of this module.
-
 Why these choices
 -----------------
 * Millisecond time without DateTime64 (18.16 has none): a ``DateTime('UTC')`` column (seconds,
@@ -173,7 +167,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from finsent.core.events import Alert, ScoredItem
-from finsent.core.store import Label
 from finsent.core.store import Label
 
 ITEMS = "items"
@@ -636,117 +629,75 @@ def render(template: str, db: str) -> str:
     return template.replace("{db}", check_database_name(db))
 
 
-# --- human labels (``finsent label ...``), the annotation queue and the drift report -------------
-#
-# ``labels`` keeps the NEWEST correction per (task, id): ReplacingMergeTree(version) with
-# version = labelled_at in epoch ms, ORDER BY (task, id), no partition (a small table: people
-# write it) and no TTL (labels outlive the items they were made on; that is why the text is
-# copied in). Why not an append-only log: training wants exactly one label per item and task, and
-# an annotator who corrects a correction means the later one; ``labels FINAL`` gives that without
-# argMax in every reader. Re-importing a file is idempotent twice over: the CLI skips rows whose
-# label and note equal the stored ones (nothing is written), and a row written again would only
-# replace its own (task, id). The earlier corrections of an item are not kept.
+# --- re-scoring and the score history (``finsent rescore``, ``finsent query compare``) -----------
 
-LABELS = "labels"
+ITEM_NAMES = tuple(name for name, _ in ITEM_COLUMNS)
 
-#: (name, type) of ``labels`` columns, in insert order.
-LABEL_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("id", "String"),  # the item id, or stable_id(text) for text that is not in the store
-    ("task", "LowCardinality(String)"),  # 'sentiment' | 'topic'
-    ("label", "String"),  # the human's label (the new one)
-    ("old_label", "String"),  # what the model had said ('' when the item is not in the store)
-    ("text", "String"),
-    ("labelled_by", "LowCardinality(String)"),
-    ("labelled_at", "DateTime('UTC')"),
-    ("labelled_ms", "UInt16"),
-    ("note", "String"),
-    ("origin", "LowCardinality(String)"),  # 'cli' or 'import:<file name>'
-    ("version", "UInt64"),  # labelled_at in epoch ms: the newest correction wins
-)
-declare_table(TableSpec(LABELS, LABEL_COLUMNS, "ReplacingMergeTree(version)", order_by="(task, id)"))
-
-
-def label_row(lbl: Label) -> tuple[Any, ...]:
-    """One ``labels`` row (in :data:`LABEL_COLUMNS` order)."""
-    at, ms, version = _split_ms(lbl.at)
-    return (_text(lbl.id), lbl.task, _text(lbl.label), _text(lbl.old_label), _text(lbl.text), _text(lbl.by), at, ms,
-            _text(lbl.note), _text(lbl.origin), version)
-
-
-LABEL_SELECT = ("id", "task", "label", "text", "labelled_by", "labelled_at", "labelled_ms", "old_label", "note",
-                "origin")
-
-LABELS_CURRENT = f"""
-SELECT {", ".join(LABEL_SELECT)} FROM {{db}}.labels FINAL
-WHERE ({{any_task:UInt8}} = 1 OR task = {{task:String}})
-ORDER BY task, id"""
-
-# has() and not IN: an Array parameter works the same on 18.16 (client-side) and chdb (bound)
-LABELS_FOR_IDS = f"""
-SELECT {", ".join(LABEL_SELECT)} FROM {{db}}.labels FINAL
-WHERE has({{ids:Array(String)}}, id)
-ORDER BY task, id"""
-
-ITEMS_BY_ID = """
-SELECT id, sentiment, topic, text, model_version FROM {db}.items FINAL
-WHERE has({ids:Array(String)}, id)"""
-
-QUEUE_COLUMNS = (
-    "id", "ingested_at", "source", "title", "text", "sentiment", "p_negative", "p_neutral", "p_positive", "topic",
-    "topic_prob", "model_version",
-)
-
-#: how the queue orders candidates (constants chosen by name, never user text):
-#: least confidence of the task's head (1 - its top probability; for topic only the top one is
-#: stored, so a margin is not available for both), or a seeded hash (reproducible random sample)
-QUEUE_ORDER = {
-    ("uncertain", "sentiment"): "1 - greatest(p_negative, greatest(p_neutral, p_positive))",
-    ("uncertain", "topic"): "1 - topic_prob",
-    ("random", "sentiment"): "sipHash64(concat({seed:String}, id))",
-    ("random", "topic"): "sipHash64(concat({seed:String}, id))",
-}
-
-
-def label_queue_query(strategy: str, task: str) -> str:
-    """Items in the window not yet labelled for ``task``, most in need of an annotator first."""
-    order = QUEUE_ORDER[(strategy, task)]
-    return f"""
-SELECT {", ".join(QUEUE_COLUMNS)}, {order} AS priority
+# One page of the items a re-score walks, in (ingested_at, id) order after the cursor. The scan is
+# bounded by a time slice [lo, hi) (the sorting key's day prefix keeps it to the days asked for),
+# so a page costs one slice, not the whole window. The topic filter applies after FINAL picked the
+# newest row (the topic is a label a re-score can change).
+RESCORE_PAGE = f"""
+SELECT {", ".join(ITEM_NAMES)}
 FROM (
-    SELECT {", ".join(QUEUE_COLUMNS)} FROM {{db}}.items FINAL
-    WHERE ingested_at >= toDateTime({{since:UInt32}}, 'UTC')
+    SELECT {", ".join(ITEM_NAMES)} FROM {{db}}.items FINAL
+    WHERE ingested_at >= toDateTime({{lo:UInt32}}, 'UTC') AND ingested_at < toDateTime({{hi:UInt32}}, 'UTC')
+      AND (ingested_at > toDateTime({{after_at:UInt32}}, 'UTC')
+           OR (ingested_at = toDateTime({{after_at:UInt32}}, 'UTC') AND id > {{after_id:String}}))
 )
-WHERE id NOT IN (SELECT id FROM {{db}}.labels FINAL WHERE task = {{task:String}})
-ORDER BY priority DESC, id
+WHERE {{any_topic:UInt8}} = 1 OR topic = {{topic:String}}
+ORDER BY ingested_at, id
 LIMIT {{limit:UInt32}}"""
 
-
-# The drift report: the model versions that scored the window, then one pass over both periods
-# (reference [since, split), window [split, until)) for one version, grouped by labels. The
-# version filter applies after FINAL (a re-score changes it). Confidence = the top sentiment
-# probability of an item.
-_CONFIDENCE = "greatest(p_negative, greatest(p_neutral, p_positive))"
-
-MODEL_VERSION_COUNTS = """
-SELECT toString(model_version) AS v, count() AS n
-FROM (
-    SELECT model_version FROM {db}.items FINAL
-    WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC') AND ingested_at < toDateTime({until:UInt32}, 'UTC')
+RESCORE_TOTAL = """
+SELECT count() FROM (
+    SELECT topic FROM {db}.items FINAL
+    WHERE ingested_at >= toDateTime({lo:UInt32}, 'UTC') AND ingested_at < toDateTime({hi:UInt32}, 'UTC')
 )
-GROUP BY v
-ORDER BY n DESC, v"""
+WHERE {any_topic:UInt8} = 1 OR topic = {topic:String}"""
 
-PREDICTION_STATS = f"""
-SELECT toUInt8(ingested_at >= toDateTime({{split:UInt32}}, 'UTC')) AS recent, toString(sentiment) AS s,
-       toString(topic) AS t, count() AS n, sum({_CONFIDENCE}) AS confidence,
-       countIf({_CONFIDENCE} < {{low:Float64}}) AS low
+# Per-topic negative share of the SAME items under versions a and b: only ids scored by both count,
+# and each row is a topic as version a assigned it, so both shares of a row cover the same items
+# (topic_changed: how many of them version b put in another topic). One GROUP BY, no JOIN: 18.16's
+# JOINs need an explicit strictness and are slow on big right-hand sides.
+COMPARE_VERSIONS = """
+SELECT topic_a AS topic, count() AS items,
+       countIf(sentiment_a = 'negative') AS negative_a,
+       countIf(sentiment_b = 'negative') AS negative_b,
+       countIf(topic_b != topic_a) AS topic_changed
 FROM (
-    SELECT ingested_at, sentiment, topic, p_negative, p_neutral, p_positive, model_version FROM {{db}}.items FINAL
-    WHERE ingested_at >= toDateTime({{since:UInt32}}, 'UTC') AND ingested_at < toDateTime({{until:UInt32}}, 'UTC')
+    SELECT toStartOfDay(ingested_at) AS day, id,
+           anyIf(toString(topic), model_version = {a:String}) AS topic_a,
+           anyIf(toString(sentiment), model_version = {a:String}) AS sentiment_a,
+           anyIf(toString(topic), model_version = {b:String}) AS topic_b,
+           anyIf(toString(sentiment), model_version = {b:String}) AS sentiment_b,
+           uniqExact(model_version) AS versions
+    FROM {db}.scores FINAL
+    WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')
+      AND (model_version = {a:String} OR model_version = {b:String})
+    GROUP BY day, id
+    HAVING versions = 2
 )
-WHERE model_version = {{version:String}}
-GROUP BY recent, s, t
-ORDER BY recent, s, t"""
+GROUP BY topic
+ORDER BY items DESC, topic"""
+
+# How many items each model version has scored (the history), to say which versions exist.
+SCORE_VERSIONS = """
+SELECT toString(model_version) AS v, count() AS n FROM {db}.scores FINAL
+WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')
+GROUP BY v ORDER BY v"""
+
+
+def score_history_row(item_row: Sequence[Any]) -> tuple[Any, ...]:
+    """The ``scores`` row (in :data:`SCORE_COLUMNS` order) of an ``items`` row (:data:`ITEM_NAMES` order),
+    as read back (times as datetimes) or as :func:`scored_row` encodes it: how ``rescore`` records scores."""
+    d = dict(zip(ITEM_NAMES, item_row, strict=True))
+    return tuple(_split_ms(v)[0] if isinstance(v, datetime) else v for v in (d[name] for name, _ in SCORE_COLUMNS))
+
+
+def score_row(s: ScoredItem) -> tuple[Any, ...]:
+    """The ``scores`` row of a scored item."""
+    return score_history_row(scored_row(s))
 
 
 # --- human labels (``finsent label ...``), the annotation queue and the drift report -------------
@@ -903,74 +854,3 @@ def model_version_row(row: dict[str, Any], synced: datetime) -> tuple[Any, ...]:
     values = {**row, "created_at": _split_ms(created)[0], "synced": _split_ms(synced)[2]}
     return tuple(values[name] if name in ("created_at", "synced", "aliases") else _text(str(values.get(name) or ""))
                  for name, _ in MODEL_VERSION_COLUMNS)
-
-
-# --- re-scoring and the score history (``finsent rescore``, ``finsent query compare``) -----------
-
-ITEM_NAMES = tuple(name for name, _ in ITEM_COLUMNS)
-
-# One page of the items a re-score walks, in (ingested_at, id) order after the cursor. The scan is
-# bounded by a time slice [lo, hi) (the sorting key's day prefix keeps it to the days asked for),
-# so a page costs one slice, not the whole window. The topic filter applies after FINAL picked the
-# newest row (the topic is a label a re-score can change).
-RESCORE_PAGE = f"""
-SELECT {", ".join(ITEM_NAMES)}
-FROM (
-    SELECT {", ".join(ITEM_NAMES)} FROM {{db}}.items FINAL
-    WHERE ingested_at >= toDateTime({{lo:UInt32}}, 'UTC') AND ingested_at < toDateTime({{hi:UInt32}}, 'UTC')
-      AND (ingested_at > toDateTime({{after_at:UInt32}}, 'UTC')
-           OR (ingested_at = toDateTime({{after_at:UInt32}}, 'UTC') AND id > {{after_id:String}}))
-)
-WHERE {{any_topic:UInt8}} = 1 OR topic = {{topic:String}}
-ORDER BY ingested_at, id
-LIMIT {{limit:UInt32}}"""
-
-RESCORE_TOTAL = """
-SELECT count() FROM (
-    SELECT topic FROM {db}.items FINAL
-    WHERE ingested_at >= toDateTime({lo:UInt32}, 'UTC') AND ingested_at < toDateTime({hi:UInt32}, 'UTC')
-)
-WHERE {any_topic:UInt8} = 1 OR topic = {topic:String}"""
-
-# Per-topic negative share of the SAME items under versions a and b: only ids scored by both count,
-# and each row is a topic as version a assigned it, so both shares of a row cover the same items
-# (topic_changed: how many of them version b put in another topic). One GROUP BY, no JOIN: 18.16's
-# JOINs need an explicit strictness and are slow on big right-hand sides.
-COMPARE_VERSIONS = """
-SELECT topic_a AS topic, count() AS items,
-       countIf(sentiment_a = 'negative') AS negative_a,
-       countIf(sentiment_b = 'negative') AS negative_b,
-       countIf(topic_b != topic_a) AS topic_changed
-FROM (
-    SELECT toStartOfDay(ingested_at) AS day, id,
-           anyIf(toString(topic), model_version = {a:String}) AS topic_a,
-           anyIf(toString(sentiment), model_version = {a:String}) AS sentiment_a,
-           anyIf(toString(topic), model_version = {b:String}) AS topic_b,
-           anyIf(toString(sentiment), model_version = {b:String}) AS sentiment_b,
-           uniqExact(model_version) AS versions
-    FROM {db}.scores FINAL
-    WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')
-      AND (model_version = {a:String} OR model_version = {b:String})
-    GROUP BY day, id
-    HAVING versions = 2
-)
-GROUP BY topic
-ORDER BY items DESC, topic"""
-
-# How many items each model version has scored (the history), to say which versions exist.
-SCORE_VERSIONS = """
-SELECT toString(model_version) AS v, count() AS n FROM {db}.scores FINAL
-WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')
-GROUP BY v ORDER BY v"""
-
-
-def score_history_row(item_row: Sequence[Any]) -> tuple[Any, ...]:
-    """The ``scores`` row (in :data:`SCORE_COLUMNS` order) of an ``items`` row (:data:`ITEM_NAMES` order),
-    as read back (times as datetimes) or as :func:`scored_row` encodes it: how ``rescore`` records scores."""
-    d = dict(zip(ITEM_NAMES, item_row, strict=True))
-    return tuple(_split_ms(v)[0] if isinstance(v, datetime) else v for v in (d[name] for name, _ in SCORE_COLUMNS))
-
-
-def score_row(s: ScoredItem) -> tuple[Any, ...]:
-    """The ``scores`` row of a scored item."""
-    return score_history_row(scored_row(s))

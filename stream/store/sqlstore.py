@@ -230,6 +230,42 @@ class SqlStore:
             out.append(d)
         return out
 
+    # --- re-scoring and the score history (finsent.stream.rescore, ``finsent query compare``) ----------
+    def rescore_page(self, lo: int, hi: int, after: tuple[int, str], topic: str | None, limit: int) -> list[tuple]:
+        """Up to ``limit`` newest-version ``items`` rows (:data:`schema.ITEM_NAMES` order) ingested in
+        [lo, hi) (epoch seconds) after the cursor ``after`` = (ingested_at seconds, id), in that order."""
+        params = {"lo": int(lo), "hi": int(hi), "after_at": int(after[0]), "after_id": after[1],
+                  "any_topic": 1 if topic is None else 0, "topic": topic or "", "limit": max(1, int(limit))}
+        with self._lock:
+            return self._select(self._q(schema.RESCORE_PAGE), params)
+
+    def rescore_total(self, lo: int, hi: int, topic: str | None) -> int:
+        params = {"lo": int(lo), "hi": int(hi), "any_topic": 1 if topic is None else 0, "topic": topic or ""}
+        with self._lock:
+            return int(self._select(self._q(schema.RESCORE_TOTAL), params)[0][0])
+
+    def insert_score_history(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Write ``scores`` rows (:data:`schema.SCORE_COLUMNS` order): the score history ``rescore`` keeps
+        (an item's score before and after); idempotent per (id, model_version)."""
+        with self._lock:
+            for chunk in _chunks(rows, self.insert_batch_rows):
+                self._insert(f"{self.database}.{schema.SCORES}", schema.SCORE_COLUMNS, chunk)
+        return len(rows)
+
+    def compare_versions(self, a: str, b: str, since: timedelta | None = None) -> list[dict[str, Any]]:
+        """Per topic (as version ``a`` assigned it): items scored by both versions, negatives under each."""
+        params = {"a": a, "b": b, "since": since_epoch(since)}
+        with self._lock:
+            rows = self._select(self._q(schema.COMPARE_VERSIONS), params)
+        return [{"topic": t, "items": int(n), "negative_a": int(na), "negative_b": int(nb),
+                 "topic_changed": int(tc)} for t, n, na, nb, tc in rows]
+
+    def score_versions(self, since: timedelta | None = None) -> dict[str, int]:
+        """Items in the score history per model version."""
+        with self._lock:
+            rows = self._select(self._q(schema.SCORE_VERSIONS), {"since": since_epoch(since)})
+        return {str(v): int(n) for v, n in rows}
+
     # --- human labels, the annotation queue, drift ------------------------------------------------
     def insert_labels(self, labels: Sequence[Label]) -> int:
         """Write corrections; the newest per (task, id) is what :meth:`labels` returns afterwards."""
@@ -339,42 +375,6 @@ class SqlStore:
             rows = self._select(self._q(schema.MODEL_VERSIONS_SELECT))
         names = [name for name, _ in schema.MODEL_VERSION_COLUMNS]
         return [{**dict(zip(names, row, strict=True)), "aliases": list(row[names.index("aliases")])} for row in rows]
-
-    # --- re-scoring and the score history (finsent.stream.rescore, ``finsent query compare``) ----------
-    def rescore_page(self, lo: int, hi: int, after: tuple[int, str], topic: str | None, limit: int) -> list[tuple]:
-        """Up to ``limit`` newest-version ``items`` rows (:data:`schema.ITEM_NAMES` order) ingested in
-        [lo, hi) (epoch seconds) after the cursor ``after`` = (ingested_at seconds, id), in that order."""
-        params = {"lo": int(lo), "hi": int(hi), "after_at": int(after[0]), "after_id": after[1],
-                  "any_topic": 1 if topic is None else 0, "topic": topic or "", "limit": max(1, int(limit))}
-        with self._lock:
-            return self._select(self._q(schema.RESCORE_PAGE), params)
-
-    def rescore_total(self, lo: int, hi: int, topic: str | None) -> int:
-        params = {"lo": int(lo), "hi": int(hi), "any_topic": 1 if topic is None else 0, "topic": topic or ""}
-        with self._lock:
-            return int(self._select(self._q(schema.RESCORE_TOTAL), params)[0][0])
-
-    def insert_score_history(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Write ``scores`` rows (:data:`schema.SCORE_COLUMNS` order): the score history ``rescore`` keeps
-        (an item's score before and after); idempotent per (id, model_version)."""
-        with self._lock:
-            for chunk in _chunks(rows, self.insert_batch_rows):
-                self._insert(f"{self.database}.{schema.SCORES}", schema.SCORE_COLUMNS, chunk)
-        return len(rows)
-
-    def compare_versions(self, a: str, b: str, since: timedelta | None = None) -> list[dict[str, Any]]:
-        """Per topic (as version ``a`` assigned it): items scored by both versions, negatives under each."""
-        params = {"a": a, "b": b, "since": since_epoch(since)}
-        with self._lock:
-            rows = self._select(self._q(schema.COMPARE_VERSIONS), params)
-        return [{"topic": t, "items": int(n), "negative_a": int(na), "negative_b": int(nb),
-                 "topic_changed": int(tc)} for t, n, na, nb, tc in rows]
-
-    def score_versions(self, since: timedelta | None = None) -> dict[str, int]:
-        """Items in the score history per model version."""
-        with self._lock:
-            rows = self._select(self._q(schema.SCORE_VERSIONS), {"since": since_epoch(since)})
-        return {str(v): int(n) for v, n in rows}
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one read query. Parameters are ClickHouse ``{name:Type}`` placeholders on both engines.
