@@ -159,7 +159,7 @@ def test_in_stream_detector_posts_to_alertmanager_with_headlines(alertmanager_fa
                                "severity": "warning", "source": "stream"}
     desc = alert["annotations"]["description"]
     assert "60% negative on 100 items against a 10% baseline" in desc
-    assert "- Bank X misses estimates, shares plunge <https://news.example/x>" in desc
+    assert "- Bank X misses estimates, shares plunge (https://news.example/x)" in desc
     assert "- Regulator opens probe into Bank Y lending" in desc
     assert alert["annotations"]["dashboard"].startswith("http://grafana.example/d/finsent-alerts/finsent-alerts?var-topic=banking")
     # the topic clears: the sink resolves it at once
