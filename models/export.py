@@ -109,12 +109,14 @@ def export_model_dir(
     card: str | None = None,
     check_texts: Sequence[str] = _CHECK_TEXTS,
     extra_files: dict[str, Path] | None = None,
+    int8_rows: tuple[str, ...] = (),
 ) -> ExportReport:
     """Write ``model.onnx`` (fp16 storage), ``tokenizer.json``, ``labels.json`` and the card into ``out_dir``.
 
     ``tokenizer`` is a ``tokenizers.Tokenizer``. ``info.model_version`` gets the first 8 hex chars of
     the ONNX file's digest appended when it ends with ``-auto``, so two different weight files never
     share a version string. Any derived variants cached in ``out_dir/cache`` are removed.
+    ``int8_rows``: initializers stored as int8 rows (see :func:`~finsent.models.variants.compact_weights`).
     """
     import torch
 
@@ -130,7 +132,7 @@ def export_model_dir(
         raw = Path(tmp) / "raw.onnx"
         export_onnx(model, raw, feed)
         diff_fp32 = _max_diff(raw, feed, ref)
-        compact_weights(raw, out_dir / MODEL_FILE)
+        compact_weights(raw, out_dir / MODEL_FILE, int8_rows)
     diff_stored = _max_diff(out_dir / MODEL_FILE, feed, ref)
     log.info("ONNX vs PyTorch max |logit diff|: fp32 graph %.2e, fp16-storage graph %.2e", diff_fp32, diff_stored)
     version = info.model_version
@@ -140,7 +142,7 @@ def export_model_dir(
     extra.update(
         {
             "onnx_opset": OPSET,
-            "weights": "fp16-storage",
+            "weights": "fp16-storage" + (f", int8 rows: {', '.join(int8_rows)}" if int8_rows else ""),
             "max_abs_diff_vs_torch": {"fp32_graph": diff_fp32, "fp16_storage_graph": diff_stored},
         }
     )

@@ -27,14 +27,49 @@ def _head(ds: LabelledSet, n: int) -> LabelledSet:
     return LabelledSet(ds.name, ds.task, ds.texts[:n], ds.labels[:n])
 
 
+def encoder_layers(model_file: Path) -> int:
+    """Encoder layers of an exported graph: one feed-forward down-projection per layer."""
+    import onnx
+
+    from finsent.models.variants import _ffn_output_matmuls
+
+    return len(_ffn_output_matmuls(onnx.load(str(model_file))))
+
+
+def teacher_summary(teacher_dir: Path, test: dict[str, LabelledSet], variants: tuple[str, ...]) -> dict[str, Any]:
+    """What a distilled model's card says of its teacher: version, layers, and its scores on the student's
+    test split, each runtime variant scored here (same texts, same code) rather than read from its card."""
+    from finsent.models.evaluate import evaluate_set
+    from finsent.models.modeldir import read_model_info
+    from finsent.models.runtime import Classifier
+
+    scores: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        clf = Classifier.load(teacher_dir, variant=variant)
+        scores[variant] = {}
+        for set_name, ds in test.items():
+            r = evaluate_set(clf, ds)
+            scores[variant][set_name] = {k: r[k] for k in ("n", "accuracy", "macro_f1")}
+    return {
+        "dir": str(teacher_dir),
+        "model_version": read_model_info(teacher_dir).model_version,
+        "layers": encoder_layers(teacher_dir / "model.onnx"),
+        "test": scores,
+    }
+
+
 def finalize(
     run_dir: Path,
     model_dir: Path,
     name: str = "finsent-minilm",
     variants: tuple[str, ...] | None = None,
     limit: int = 0,
+    int8_rows: tuple[str, ...] = (),
 ) -> dict:
-    """Export ``run_dir/best`` into ``model_dir`` and score it; ``limit`` > 0 caps each test set (smoke runs)."""
+    """Export ``run_dir/best`` into ``model_dir`` and score it; ``limit`` > 0 caps each test set (smoke runs).
+
+    ``int8_rows``: initializers stored as int8 rows (the distilled student's word embeddings).
+    """
     import torch
 
     from finsent.models.evaluate import evaluate_set
@@ -55,6 +90,10 @@ def finalize(
     enc_cfg = model.encoder.config
     stamp = datetime.now(UTC).strftime("%Y%m%d")
     base_name = cfg.get("base_model") or "sentence-transformers/all-MiniLM-L6-v2"
+    if cfg.get("teacher"):  # a student: its "base" is the teacher it was distilled from, by version (no local path)
+        from finsent.models.modeldir import read_model_info
+
+        base_name = f"distilled from {read_model_info(Path(cfg['teacher'])).model_version}"
     max_length = min(INFERENCE_MAX_LENGTH, int(enc_cfg.max_position_embeddings) - 2)
     info = ModelInfo(
         f"{name}-{stamp}-auto",
@@ -68,7 +107,7 @@ def finalize(
             "preprocess": list(steps),
         },
     )
-    report = export_model_dir(model, tok, model_dir, info)
+    report = export_model_dir(model, tok, model_dir, info, int8_rows=int8_rows)
     log.info("exported %s (%.1f MB)", report.model_version, report.onnx_bytes / 1e6)
 
     summary = (
@@ -139,7 +178,11 @@ def finalize(
         "agreement": agreement,
         "reference_variant": "fp32",
         "history": json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else [],
+        "layers": int(enc_cfg.num_hidden_layers),
+        "int8_rows": list(int8_rows),
     }
+    if cfg.get("teacher"):
+        card_meta["teacher"] = teacher_summary(Path(cfg["teacher"]), splits.test, variants)
     write_json(model_dir / "metrics.json", card_meta)
     (model_dir / "README.md").write_text(model_card(card_meta), encoding="utf-8")
     print("\n".join(reports))

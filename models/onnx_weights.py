@@ -38,10 +38,11 @@ def onnx_state_dict(model_file: Path) -> dict[str, np.ndarray]:
     (query, key, value, attention output, intermediate, output), each followed by the Add of its
     bias, and its LayerNormalization nodes in order (embeddings, then two per layer).
     """
-    import onnx
     from onnx import numpy_helper
 
-    graph = onnx.load(str(model_file)).graph
+    from finsent.models.variants import expand_weights
+
+    graph = expand_weights(model_file).graph  # float16- and int8-row-stored weights back to float32
     arrays = {init.name: numpy_helper.to_array(init).astype(np.float32) for init in graph.initializer}
     # a tensor's initialiser through Cast nodes (fp16 storage casts back to float32 in the graph)
     source: dict[str, str] = {name: name for name in arrays}

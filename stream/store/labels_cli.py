@@ -71,10 +71,10 @@ def default_user() -> str:
 
 def valid_labels(settings: Settings) -> dict[str, tuple[str, ...]]:
     """The label names of each task: the production model's (registry), else the configured/shipped model's."""
-    from finsent.models import shipped_model_dir
+    from finsent.models import resolve_model_dir
     from finsent.models.modeldir import read_model_info
 
-    model_dir = Path(settings.model_dir) if settings.model_dir else shipped_model_dir()
+    model_dir = resolve_model_dir(settings.model_dir)
     if settings.registry:
         from finsent.models.registry import Registry
 
