@@ -17,6 +17,7 @@ import logging
 import signal
 from typing import Any
 
+from finsent.core.argtypes import positive_float
 from finsent.core.errors import ConfigError
 from finsent.core.settings import Settings
 from finsent.ingest.publisher import PublishError
@@ -43,7 +44,7 @@ within 10 s in every state, the broker gone included.
 
 def _add_publish_timeout(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
-        "--publish-timeout", type=_positive, metavar="SECONDS",
+        "--publish-timeout", type=positive_float, metavar="SECONDS",
         help=f"seconds to wait for Kafka to acknowledge before {what} (default FINSENT_PUBLISH_TIMEOUT_S, 30)",
     )
 
@@ -298,11 +299,6 @@ def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
 # -- registration ------------------------------------------------------------------------------
 
 
-def _positive(value: str) -> float:
-    v = float(value)
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return v
 
 
 def register(subparsers: Any) -> None:
@@ -341,9 +337,10 @@ examples:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="CSV or JSONL (.jsonl/.ndjson) files")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_positive, metavar="N", help="items per second (default: as fast as possible)")
+    pace.add_argument("--rate", type=positive_float, metavar="N",
+                      help="items per second (default: as fast as possible)")
     pace.add_argument(
-        "--speedup", type=_positive, metavar="X",
+        "--speedup", type=positive_float, metavar="X",
         help="follow the rows' published_at spacing, X times faster (rows without a time go immediately)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="stop after N items")
@@ -464,9 +461,9 @@ examples:
     p.add_argument("--port", type=int, default=8088, help="port (default 8088)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N", help="request body limit (1 MB)")
     p.add_argument("--max-items", type=int, default=1000, metavar="N", help="items per request limit (1000)")
-    p.add_argument("--header-timeout", type=_positive, metavar="SECONDS",
+    p.add_argument("--header-timeout", type=positive_float, metavar="SECONDS",
                    help="complete request headers within this (FINSENT_HTTP_HEADER_TIMEOUT_S, 10)")
-    p.add_argument("--body-timeout", type=_positive, metavar="SECONDS",
+    p.add_argument("--body-timeout", type=positive_float, metavar="SECONDS",
                    help="complete request body within this after the headers (FINSENT_HTTP_BODY_TIMEOUT_S, 30)")
     p.add_argument("--max-connections", type=int, metavar="N",
                    help="open connections at most; more get 503 (FINSENT_HTTP_MAX_CONNECTIONS, 1000)")

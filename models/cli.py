@@ -11,15 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from finsent.core.argtypes import positive_float
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.models import SHIPPED_MODEL_NAME
-
-
-def _positive_float(v: str) -> float:
-    x = float(v)
-    if x <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return x
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -97,12 +91,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--export-only", action="store_true", help="skip training: export and score the run's best checkpoint"
     )
-    p.add_argument("--epochs", type=_positive_float, default=2.5,
+    p.add_argument("--epochs", type=positive_float, default=2.5,
                    help="passes over the training split at most (fractions allowed); early stopping and "
                         "--budget-minutes may end sooner")
     p.add_argument(
         "--budget-minutes",
-        type=_positive_float,
+        type=positive_float,
         default=60.0,
         help="training-time budget; the learning rate decays to reach zero within it",
     )
@@ -111,7 +105,7 @@ def register(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
     p.add_argument("--head-lr", type=float, default=1e-3, help="heads learning rate")
     p.add_argument("--max-length", type=int, default=96, help="token limit in training")
-    p.add_argument("--eval-every", type=_positive_float, default=0.5, help="validation every N epochs")
+    p.add_argument("--eval-every", type=positive_float, default=0.5, help="validation every N epochs")
     p.add_argument("--patience", type=int, default=3, help="stop after N validations without improvement")
     p.add_argument("--seed", type=int, default=13,
                    help="seeds the splits, the sampling order and the head initialisation: same seed + data = "
@@ -162,14 +156,14 @@ def register(sub: Any) -> None:
     d.add_argument("--model-out", type=Path, help="model directory to write (default RUN/model)")
     d.add_argument("--name", default=f"{SHIPPED_MODEL_NAME}-l3", help="model name, the version's prefix")
     d.add_argument("--export-only", action="store_true", help="skip training: export and score RUN/best")
-    d.add_argument("--epochs", type=_positive_float, default=3.0, help="passes over the training split at most")
-    d.add_argument("--budget-minutes", type=_positive_float, default=60.0, help="training-time budget")
+    d.add_argument("--epochs", type=positive_float, default=3.0, help="passes over the training split at most")
+    d.add_argument("--budget-minutes", type=positive_float, default=60.0, help="training-time budget")
     d.add_argument("--alpha", type=float, default=0.7, help="weight of the soft-label loss (1 - alpha: gold labels)")
-    d.add_argument("--temperature", type=_positive_float, default=2.0, help="softmax temperature of both sides")
+    d.add_argument("--temperature", type=positive_float, default=2.0, help="softmax temperature of both sides")
     d.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
     d.add_argument("--head-lr", type=float, default=3e-4, help="heads learning rate (they start trained)")
     d.add_argument("--batch-size", type=int, default=32, help="examples per optimiser step")
-    d.add_argument("--eval-every", type=_positive_float, default=0.5, help="validation every N epochs")
+    d.add_argument("--eval-every", type=positive_float, default=0.5, help="validation every N epochs")
     d.add_argument("--patience", type=int, default=3, help="stop after N validations without improvement")
     d.add_argument("--seed", type=int, default=13, help="seeds the splits and the sampling order")
     d.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")

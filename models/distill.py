@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from finsent.models.data import LabelledSet, make_splits
-from finsent.models.train import TrainConfig, _collate, encode_examples, fit, hardware, load_tokenizer
+from finsent.models.train import TrainConfig, _collate, encode_examples, fit, hardware, load_tokenizer, start_run
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +83,12 @@ def teacher_logits(teacher: Any, examples: list, batch_size: int = 128) -> tuple
 
 def distill(cfg: TrainConfig) -> Path:
     """Train the student into ``cfg.out_dir`` (best checkpoint in ``best/``); returns the run directory."""
-    import torch
-
     from finsent.models.onnx_weights import load_from_onnx
     from finsent.models.textprep import check_steps
 
     if not cfg.teacher:
         raise ValueError("distillation needs cfg.teacher, a model directory")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    out, splits = start_run(cfg)
     teacher_dir = Path(cfg.teacher)
     teacher = load_from_onnx(teacher_dir, "sdpa")
     layers = tuple(cfg.student_layers) or DEFAULT_LAYERS
@@ -107,19 +97,12 @@ def distill(cfg: TrainConfig) -> Path:
     student = student_from_teacher(teacher, layers)
     log.info("distilling %s (%d layers) into layers %s on %s", teacher_dir, teacher.encoder.config.num_hidden_layers,
              list(layers), hardware())
-    splits = make_splits({k: Path(v) for k, v in cfg.data.items()}, cfg.split_seed)
-    train_sets: dict[str, LabelledSet] = splits.train
-    if cfg.max_examples:
-        train_sets = {k: LabelledSet(v.name, v.task, v.texts[: cfg.max_examples], v.labels[: cfg.max_examples])
-                      for k, v in train_sets.items()}
-    val_sets = splits.val if not cfg.max_examples else {
-        k: LabelledSet(v.name, v.task, v.texts[:64], v.labels[:64]) for k, v in splits.val.items()
-    }
+    train_sets = splits.train
     tok = load_tokenizer(cfg.base_model)
     examples = encode_examples(train_sets, tok, cfg.max_length, check_steps(cfg.preprocess))
     soft = teacher_logits(teacher, examples)
     log.info("teacher logits for %d training texts", len(examples))
     del teacher
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
-    fit(student, tok, train_sets, val_sets, cfg, out, soft=soft)
+    fit(student, tok, train_sets, splits.val, cfg, out, soft=soft)
     return out

@@ -200,11 +200,10 @@ def _topic_weights(train: dict[str, LabelledSet], power: float):
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train, keep the best checkpoint in ``out_dir/best``, write ``out_dir/history.json``. Returns out_dir."""
+def start_run(cfg: TrainConfig) -> tuple[Path, Splits]:
+    """What every training run does first: its directory, the seeds, torch's threads, and the splits
+    (capped by ``cfg.max_examples`` for smoke runs: that many training texts per set, 64 val/test)."""
     import torch
-
-    from finsent.models.modeling import MultiTaskClassifier, load_checkpoint, load_pretrained_encoder
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,21 +212,26 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device()
-    log.info("training on %s (%s)", device, hardware())
-
     splits: Splits = make_splits({k: Path(v) for k, v in cfg.data.items()}, cfg.split_seed)
-    train_sets = splits.train
     if cfg.max_examples:
-        train_sets = {
-            k: LabelledSet(v.name, v.task, v.texts[: cfg.max_examples], v.labels[: cfg.max_examples])
-            for k, v in train_sets.items()
-        }
         splits = Splits(
-            train_sets,
+            {k: LabelledSet(v.name, v.task, v.texts[: cfg.max_examples], v.labels[: cfg.max_examples])
+             for k, v in splits.train.items()},
             {k: LabelledSet(v.name, v.task, v.texts[:64], v.labels[:64]) for k, v in splits.val.items()},
             {k: LabelledSet(v.name, v.task, v.texts[:64], v.labels[:64]) for k, v in splits.test.items()},
         )
+    return out, splits
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, keep the best checkpoint in ``out_dir/best``, write ``out_dir/history.json``. Returns out_dir."""
+
+    from finsent.models.modeling import MultiTaskClassifier, load_checkpoint, load_pretrained_encoder
+
+    out, splits = start_run(cfg)
+    train_sets = splits.train
+    device = _device()
+    log.info("training on %s (%s)", device, hardware())
     check_steps(cfg.preprocess)
     if cfg.init_from:
         model, init_meta = load_checkpoint(Path(cfg.init_from), attn_implementation="sdpa")

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from finsent.core.argtypes import positive_float
 from finsent.core.errors import ConfigError, FinsentError, InputError
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
@@ -272,11 +273,6 @@ def _nonneg_int(v: str) -> int:
     return x
 
 
-def _positive_float(v: str) -> float:
-    x = float(v)
-    if x <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return x
 
 
 def register(sub: Any) -> None:
@@ -349,7 +345,7 @@ def register(sub: Any) -> None:
         "  finsent retrain --from-base --data fpb.csv tweets.csv topics.csv\n"
         "  FINSENT_MLFLOW_TRACKING_URI=sqlite:///mlflow.db finsent retrain --max-steps 500",
     )
-    r.add_argument("--max-minutes", type=_positive_float, default=60.0,
+    r.add_argument("--max-minutes", type=positive_float, default=60.0,
                    help="training-time budget in minutes (the learning rate reaches zero by then; export and "
                    "evaluation come on top)")
     r.add_argument("--max-steps", type=_nonneg_int, help="stop after N optimiser steps (0: no training, "
@@ -359,7 +355,7 @@ def register(sub: Any) -> None:
                    "../shared/data (FINSENT_DATA_DIR) when present, else the seed data")
     add_json_option(r, '{"version", "parent", "promoted", "gate", "metrics", "minutes"}', dest="json_out")
     r.add_argument("--no-labels", action="store_true", help="do not read human labels from the store")
-    r.add_argument("--epochs", type=_positive_float, default=2.0, help="at most this many epochs")
+    r.add_argument("--epochs", type=positive_float, default=2.0, help="at most this many epochs")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--lr", type=float, help="encoder learning rate (default 5e-5 from production, 1e-4 from base)")
     r.add_argument("--head-lr", type=float, help="heads learning rate (default 10x --lr)")

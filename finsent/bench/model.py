@@ -30,6 +30,7 @@ import numpy as np
 
 import finsent.models
 from finsent.bench.common import cpu_name
+from finsent.core.argtypes import positive_float
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.models.textprep import prepare_all
 
@@ -253,11 +254,6 @@ def run_bench(
     }
 
 
-def _positive_float(v: str) -> float:
-    x = float(v)
-    if x <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return x
 
 
 def bench_command(args: argparse.Namespace, settings: Any) -> int:
@@ -295,7 +291,7 @@ def register(bench_sub: Any) -> None:
         "--checkpoint", type=Path, help="PyTorch checkpoint (RUN/best) for the eager row; default: base encoder"
     )
     b.add_argument("--batch-sizes", default="1,32,128", help="comma-separated batch sizes")
-    b.add_argument("--seconds", type=_positive_float, default=2.0, help="minimum timed seconds per measurement")
+    b.add_argument("--seconds", type=positive_float, default=2.0, help="minimum timed seconds per measurement")
     b.add_argument("--repeats", type=int, default=3, help="measurements per row (interleaved); the median is reported")
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager rows")
     b.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: all cores)")
