@@ -35,6 +35,14 @@ def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
                             stdout=log.open("a"), stderr=subprocess.STDOUT)
 
 
+def _sigterm(proc: subprocess.Popen[Any]) -> float:
+    """SIGTERM the worker and wait for it; the seconds it took to exit."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    return time.monotonic() - t0
+
+
 def _worker_env(s: Any, store_url: str, model_dir: Path, metrics_port: int, **extra: str) -> dict[str, str]:
     """The environment of a `finsent worker` subprocess on the topics and group of ``s``."""
     return {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": store_url, "FINSENT_TOPIC_RAW": s.topic_raw,
@@ -67,10 +75,7 @@ def test_broker_killed_under_a_running_worker_then_sigterm(tmp_path: Path, tiny_
     store_url = f"chdb://{tmp_path / 'store'}"
     s = stream_settings(broker.bootstrap, store_url, unique_name)
     port = free_port()
-    env = {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": store_url, "FINSENT_TOPIC_RAW": s.topic_raw,
-           "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
-           "FINSENT_TOPIC_ALERTS": s.topic_alerts, "FINSENT_SESSION_TIMEOUT_MS": "6000",
-           "FINSENT_MODEL_DIR": str(tiny_model_dir), "FINSENT_METRICS_PORT": str(port)}
+    env = _worker_env(s, store_url, tiny_model_dir, port)
     log = tmp_path / "worker.log"
     produce_items(s, make_items(10, "before"))
     proc = _worker(env, log)
@@ -90,10 +95,7 @@ def test_broker_killed_under_a_running_worker_then_sigterm(tmp_path: Path, tiny_
         broker.proc.kill()  # the broker dies: no goodbye, like a crashed node
         broker.proc.wait()
         time.sleep(12)  # long enough for aiokafka's ~55 errors a second to have flooded the log before
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        took = time.monotonic() - t0
+        took = _sigterm(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -160,10 +162,7 @@ def test_broker_restart_under_a_running_worker_loses_nothing(tmp_path: Path, tin
             topics = set(admin.list_topics())
         finally:
             admin.close()
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        took = time.monotonic() - t0
+        took = _sigterm(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
