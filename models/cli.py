@@ -141,8 +141,8 @@ def register(sub: Any) -> None:
         epilog=(
             "examples:\n"
             "  finsent distill                                   # shipped model -> 3-layer student in runs/\n"
-            "  finsent distill --layers 0,2,4 --epochs 3 --model-out models/shipped/finsent-minilm-l3\n"
-            "  FINSENT_MODEL_DIR=finsent-minilm-l3 finsent run  # score with the shipped student"
+            "  finsent distill --layers 0,2,4 --epochs 6 --alpha 0.9 --budget-minutes 90\n"
+            "  FINSENT_MODEL_DIR=runs/finsent-minilm-l3/model finsent worker   # score with the student"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

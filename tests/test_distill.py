@@ -118,9 +118,11 @@ def test_distill_rejects_bad_layers_and_missing_data_in_one_line(tmp_path: Path,
 
 
 def test_a_shipped_model_is_chosen_by_name_and_a_path_still_wins(tmp_path: Path, monkeypatch) -> None:
+    name = SHIPPED_MODELS[0]
     assert resolve_model_dir(None) == shipped_model_dir()
-    assert resolve_model_dir(SHIPPED_MODELS[1]) == shipped_model_dir(SHIPPED_MODELS[1])
     monkeypatch.chdir(tmp_path)
-    (tmp_path / SHIPPED_MODELS[1]).mkdir()
-    assert resolve_model_dir(SHIPPED_MODELS[1]) == Path(SHIPPED_MODELS[1])  # an existing path wins
+    assert resolve_model_dir(name) == shipped_model_dir(name)
+    assert all((shipped_model_dir(n) / "model.onnx").is_file() for n in SHIPPED_MODELS)
+    (tmp_path / name).mkdir()
+    assert resolve_model_dir(name) == Path(name)  # an existing path wins
     assert resolve_model_dir(tmp_path / "x") == tmp_path / "x"
