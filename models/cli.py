@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,34 @@ def _layers(v: str) -> list[int]:
     if not out or out != sorted(set(out)) or out[0] < 0:
         raise argparse.ArgumentTypeError("distinct increasing layer indices >= 0, e.g. 0,2,4")
     return out
+
+
+def _needs_train_extra(command: str, exc: ImportError) -> int:
+    print(f"finsent {command} needs the training extra ({exc.name} missing): pip install -e .[train]",
+          file=sys.stderr)
+    return 2
+
+
+def _train_then_export(args: argparse.Namespace, command: str, run: Callable[[dict[str, str]], None],
+                       **finalize_kw: Any) -> int:
+    """``finsent train`` and ``distill``: run on the data flags' CSVs (unless --export-only), then export
+    and score RUN/best into the model directory."""
+    from finsent.models.finalize import finalize
+
+    run_dir: Path = args.out
+    model_out = args.model_out or run_dir / "model"
+    if not args.export_only:
+        data = _data_paths(args, command)
+        if data is None:
+            return 2
+        run(data)
+    elif not (run_dir / "best").is_dir():
+        print(f"finsent {command} --export-only: {run_dir / 'best'} does not exist; run finsent {command} first",
+              file=sys.stderr)
+        return 2
+    meta = finalize(run_dir, model_out, **finalize_kw)
+    print(f"model directory: {model_out} ({meta['model_version']})")
+    return 0
 
 
 def register(sub: Any) -> None:
@@ -186,22 +215,16 @@ def register(sub: Any) -> None:
 
 
 def train_command(args: argparse.Namespace, settings: Any) -> int:
-    from finsent.models.finalize import finalize
     from finsent.models.textprep import DEFAULT_STEPS
 
     try:
         from finsent.models.train import TrainConfig, train
     except ImportError as exc:
-        print(f"finsent train needs the training extra ({exc.name} missing): pip install -e .[train]", file=sys.stderr)
-        return 2
-    run_dir: Path = args.out
-    model_out = args.model_out or run_dir / "model"
-    if not args.export_only:
-        data = _data_paths(args, "train")
-        if data is None:
-            return 2
+        return _needs_train_extra("train", exc)
+
+    def run(data: dict[str, str]) -> None:
         cfg = TrainConfig(
-            out_dir=str(run_dir),
+            out_dir=str(args.out),
             data=data,
             seed=args.seed,
             epochs=args.epochs,
@@ -218,48 +241,33 @@ def train_command(args: argparse.Namespace, settings: Any) -> int:
             preprocess=[] if args.keep_urls else list(DEFAULT_STEPS),
         )
         train(cfg)
-    elif not (run_dir / "best").is_dir():
-        print(f"finsent train --export-only: {run_dir / 'best'} does not exist; train first", file=sys.stderr)
-        return 2
-    meta = finalize(run_dir, model_out)
-    print(f"model directory: {model_out} ({meta['model_version']})")
-    return 0
+
+    return _train_then_export(args, "train", run)
 
 
 def distill_command(args: argparse.Namespace, settings: Any) -> int:
     from finsent.models import resolve_model_dir
-    from finsent.models.finalize import finalize
     from finsent.models.textprep import DEFAULT_STEPS
 
     try:
         from finsent.models.distill import WORD_EMBEDDINGS, distill
         from finsent.models.train import TrainConfig
     except ImportError as exc:
-        print(f"finsent distill needs the training extra ({exc.name} missing): pip install -e .[train]",
-              file=sys.stderr)
-        return 2
-    run_dir: Path = args.out
-    model_out = args.model_out or run_dir / "model"
-    if not args.export_only:
-        data = _data_paths(args, "distill")
-        if data is None:
-            return 2
+        return _needs_train_extra("distill", exc)
+
+    def run(data: dict[str, str]) -> None:
         teacher = resolve_model_dir(args.teacher or settings.model_dir)
         cfg = TrainConfig(
-            out_dir=str(run_dir), data=data, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+            out_dir=str(args.out), data=data, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, head_lr=args.head_lr, budget_minutes=args.budget_minutes, eval_every=args.eval_every,
             patience=args.patience, threads=args.threads, max_examples=args.max_examples,
             preprocess=list(DEFAULT_STEPS), teacher=str(teacher), student_layers=list(args.layers or []),
             distill_alpha=args.alpha, temperature=args.temperature,
         )
         distill(cfg)
-    elif not (run_dir / "best").is_dir():
-        print(f"finsent distill --export-only: {run_dir / 'best'} does not exist; distill first", file=sys.stderr)
-        return 2
-    meta = finalize(run_dir, model_out, name=args.name, limit=64 if args.max_examples else 0,
-                    int8_rows=(WORD_EMBEDDINGS,))
-    print(f"model directory: {model_out} ({meta['model_version']})")
-    return 0
+
+    return _train_then_export(args, "distill", run, name=args.name, limit=64 if args.max_examples else 0,
+                              int8_rows=(WORD_EMBEDDINGS,))
 
 
 def _print_eval(out: dict[str, Any]) -> None:

@@ -31,9 +31,9 @@ def encoder_layers(model_file: Path) -> int:
     """Encoder layers of an exported graph: one feed-forward down-projection per layer."""
     import onnx
 
-    from finsent.models.variants import _ffn_output_matmuls
+    from finsent.models.variants import ffn_output_matmuls
 
-    return len(_ffn_output_matmuls(onnx.load(str(model_file))))
+    return len(ffn_output_matmuls(onnx.load(str(model_file))))
 
 
 def teacher_summary(teacher_dir: Path, test: dict[str, LabelledSet], variants: tuple[str, ...]) -> dict[str, Any]:

@@ -204,7 +204,7 @@ INT8_RECIPE = 3
 FP32_FFN_LAYERS: tuple[int, ...] = (0,)
 
 
-def _ffn_output_matmuls(model: onnx.ModelProto, layers: tuple[int, ...] | None = None) -> list[str]:
+def ffn_output_matmuls(model: onnx.ModelProto, layers: tuple[int, ...] | None = None) -> list[str]:
     """The feed-forward down-projections (``layer.N/output/dense``), of ``layers`` only when given."""
     names = [
         n.name
@@ -235,7 +235,7 @@ def derive_int8(src: Path, dst: Path) -> None:
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmpdir:
         plain = Path(tmpdir) / "plain.onnx"
         fp32_model = expand_weights(src)
-        keep_fp32 = _ffn_output_matmuls(fp32_model, FP32_FFN_LAYERS)
+        keep_fp32 = ffn_output_matmuls(fp32_model, FP32_FFN_LAYERS)
         onnx.save_model(fp32_model, str(plain))
         tmp = Path(tmpdir) / "int8.onnx"
         # onnxruntime's quantiser logs a "consider pre-processing" warning on the root logger; we measured

@@ -115,6 +115,8 @@ def test_distill_rejects_bad_layers_and_missing_data_in_one_line(tmp_path: Path,
     assert rc == 2
     err = capsys.readouterr().err
     assert "missing data file" in err and "--data-dir" in err
+    assert main(["distill", "--export-only", "--out", str(tmp_path / "never-run")]) == 2
+    assert "run finsent distill first" in capsys.readouterr().err
 
 
 def test_a_shipped_model_is_chosen_by_name_and_a_path_still_wins(tmp_path: Path, monkeypatch) -> None:
