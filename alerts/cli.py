@@ -145,9 +145,10 @@ RULES_DESCRIPTION = """\
 Write the Prometheus rules file: the negative-sentiment spike rule (from the Alerts settings:
 FINSENT_ALERT_MIN_RATIO, FINSENT_ALERT_MIN_DELTA, FINSENT_ALERT_MIN_VOLUME, FINSENT_ALERT_DASHBOARD_URL)
 and the operational alerts on job="finsent-worker": worker down or not scraped, consumer lag growing,
-dead-letter share above 5 %, store retries for 5 minutes, a worker without a model. Each alert has a
-severity label and summary, description and runbook annotations. The file is generated: edit
-alerts/prom_rule.py or the settings, never the file; --check (e.g. in CI) fails when it is stale.
+dead-letter share above 5 %, store retries for 5 minutes, a worker without a model, a promoted model
+that a worker cannot load. Each alert has a severity label and summary, description and runbook
+annotations. The file is generated: edit alerts/prom_rule.py or the settings, never the file; --check
+(e.g. in CI) fails when it is stale.
 
 examples:
   finsent alerts rules                       # rewrite deploy/prometheus/finsent-rules.yml

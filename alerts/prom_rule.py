@@ -174,6 +174,10 @@ class OpsRuleParams:
     store_for: str = "5m"
     #: metrics are served before the model is loaded: 5m covers a start-up, not a worker without one
     model_for: str = "5m"
+    #: a promoted model that a worker cannot load is tried once per version (stream/reload.py), so the
+    #: counter steps once: the alert holds for this window after the step, then resolves on its own
+    reload_window: str = "1h"
+    reload_for: str = "1m"
     dashboard_url: str = DEFAULT_PIPELINE_DASHBOARD
 
 
@@ -203,8 +207,8 @@ def ops_alerts(o: OpsRuleParams | None = None) -> list[OpsAlert]:
     """The operational alerts, in the order they are rendered."""
     o = o or OpsRuleParams()
     job = f'job="{o.job}"'
-    lw, dw, sw = _seconds(o.lag_window), _seconds(o.dead_letter_window), _seconds(o.store_window)
-    assert lw and dw and sw, "windows must be positive"
+    windows = (o.lag_window, o.dead_letter_window, o.store_window, o.reload_window)
+    assert all(_seconds(w) for w in windows), "windows must be positive"
     dl = f"finsent_items_dead_lettered_total{{{job}}}"
     consumed = f"finsent_items_consumed_total{{{job}}}"
     lag = f"finsent_consumer_lag_messages{{{job}}}"
@@ -321,6 +325,25 @@ def ops_alerts(o: OpsRuleParams | None = None) -> list[OpsAlert]:
             " 2. The worker log around start-up: the model load error (missing files, FINSENT_MODEL_DIR, variant)."
             " 3. Is the target really a worker? Only `finsent worker` processes belong in job " + o.job + "."
             " 4. Restart the worker once the model directory is fixed.",
+        ),
+        OpsAlert(
+            "FinsentModelReloadFailed",
+            f"sum by (job, instance) (increase(finsent_model_reload_failures_total{{{job}}}[{o.reload_window}])) > 0\n",
+            o.reload_for,
+            "warning",
+            "finsent worker {{ $labels.instance }} cannot load the promoted model",
+            "The model registry's production alias moved to a version that worker {{ $labels.instance }} failed to"
+            " load, so it still scores with "
+            "{{ with printf `finsent_model_info{job=%q,instance=%q} == 1` $labels.job $labels.instance | query }}"
+            "{{ (. | first).Labels.version }}{{ else }}its previous model{{ end }}"
+            f" (a failure in the last {o.reload_window}). Workers that did load it score with the new one, so the"
+            " fleet may be split between two versions. It does not retry that version. Check the promoted"
+            " model's files and the worker's log.",
+            "1. The worker log: 'model reload: production moved to ... but it cannot be loaded' names the"
+            " version and the error. 2. finsent models list: which version is production, and its path."
+            " 3. Fix the model files (model.onnx, tokenizer.json, labels.json) or move production back with"
+            " finsent models rollback. 4. A worker tries a version again only after the alias has left it and"
+            " come back, or after a restart.",
         ),
     ]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from finsent.models.train import TrainConfig, _collate, encode_examples, fit, hardware, load_tokenizer, start_run
+from finsent.models.train import TrainConfig, encode_examples, fit, hardware, load_tokenizer, logits_torch, start_run
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +65,8 @@ def student_from_teacher(teacher: Any, layers: tuple[int, ...]) -> Any:
 
 
 def teacher_logits(teacher: Any, examples: list, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's (sentiment, topic) logits for every example, in order (length-sorted batches, no grad)."""
-    import torch
-
-    order = np.argsort([len(x[0]) for x in examples], kind="stable")
-    sent = np.zeros((len(examples), teacher.sentiment_head.out_features), dtype=np.float32)
-    topic = np.zeros((len(examples), teacher.topic_head.out_features), dtype=np.float32)
-    teacher.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size].tolist()
-            ids, mask, _, _ = _collate(examples, idx)
-            s, t = teacher(ids, mask)
-            sent[idx], topic[idx] = s.numpy(), t.numpy()
-    return sent, topic
+    """The teacher's (sentiment, topic) logits for every example, in order."""
+    return logits_torch(teacher, [x[0] for x in examples], batch_size)
 
 
 def distill(cfg: TrainConfig) -> Path:

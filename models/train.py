@@ -143,27 +143,30 @@ def _collate(examples: list, batch: list[int], pad_id: int = 0):
     return ids, mask, sent, topic
 
 
-def predict_torch(
-    model: Any, tok: Any, texts: list[str], max_length: int = 128, batch_size: int = 64, steps: tuple[str, ...] = ()
-):
-    """Argmax predictions of both heads (input order), length-sorted batches, no grad."""
+def logits_torch(model: Any, ids: list, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Both heads' logits for token id lists, in input order: length-sorted batches, no grad."""
     import torch
 
     device = next(model.parameters()).device
-    ids = _encode(tok, prepare_all(texts, steps), max_length)
     order = np.argsort([len(x) for x in ids], kind="stable")
-    s_pred = np.zeros(len(texts), dtype=np.int64)
-    t_pred = np.zeros(len(texts), dtype=np.int64)
+    sent = np.zeros((len(ids), model.sentiment_head.out_features), dtype=np.float32)
+    topic = np.zeros((len(ids), model.topic_head.out_features), dtype=np.float32)
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            ex = [(ids[i], 0, 0) for i in idx]
-            b_ids, b_mask, _, _ = _collate(ex, list(range(len(ex))))
+            b_ids, b_mask, _, _ = _collate([(ids[i], 0, 0) for i in idx], list(range(len(idx))))
             s, t = model(b_ids.to(device), b_mask.to(device))
-            s_pred[idx] = s.argmax(1).cpu().numpy()
-            t_pred[idx] = t.argmax(1).cpu().numpy()
-    return s_pred, t_pred
+            sent[idx], topic[idx] = s.float().cpu().numpy(), t.float().cpu().numpy()
+    return sent, topic
+
+
+def predict_torch(
+    model: Any, tok: Any, texts: list[str], max_length: int = 128, batch_size: int = 64, steps: tuple[str, ...] = ()
+):
+    """Argmax predictions of both heads (input order)."""
+    s, t = logits_torch(model, _encode(tok, prepare_all(texts, steps), max_length), batch_size)
+    return s.argmax(1), t.argmax(1)
 
 
 def score_sets(

@@ -64,6 +64,7 @@ from prometheus_client import CollectorRegistry
 from finsent.core.errors import StoreUnavailable
 from finsent.core.events import InvalidEvent, RawItem, ScoredItem, dead_letter, decode_raw, utcnow
 from finsent.core.settings import Settings
+from finsent.stream import faust_tuning
 from finsent.stream.kafka import faust_credentials
 from finsent.stream.metrics import worker_metrics
 
@@ -84,39 +85,9 @@ MAX_WAITING_BATCHES = 8
 STORE_GROUP_ROWS = 2048
 
 
-#: How long a fetch may wait at the broker for data. faust-streaming hard-codes 1500 ms; that is harmless
-#: with Kafka (a fetch returns as soon as data arrives) but Tansu answers a fetch only when the wait is
-#: over, which measured as ~300 ms median / 600+ ms worst added delivery delay at 1500 ms versus ~10 ms at
-#: 100 ms. An idle consumer then sends ~10 small fetches/s, which costs nothing worth measuring.
-FETCH_MAX_WAIT_MS = 100
-
 #: How often the lag gauge is refreshed and partitions are checked for a log that ends below the
 #: worker's position (a reset takes two checks in a row, so about twice this after the broker is back).
 POSITION_CHECK_S = 3.0
-
-
-def _install_fetch_wait_hook() -> None:
-    """Let an app choose its consumer's ``fetch_max_wait_ms`` (``app.finsent_fetch_max_wait_ms``).
-
-    faust-streaming 0.15.3 passes a literal 1500 to ``AIOKafkaConsumer``; we set aiokafka's
-    attribute on the consumer it built, before ``start()`` creates the fetcher that reads it.
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    cls = driver.AIOKafkaConsumerThread
-    if getattr(cls, "_finsent_fetch_hook", False):
-        return
-    original = cls._create_consumer
-
-    def _create_consumer(self: Any, loop: asyncio.AbstractEventLoop) -> Any:
-        consumer = original(self, loop)
-        wait = getattr(self.app, "finsent_fetch_max_wait_ms", None)
-        if wait is not None and hasattr(consumer, "_fetch_max_wait_ms"):
-            consumer._fetch_max_wait_ms = int(wait)
-        return consumer
-
-    cls._create_consumer = _create_consumer  # type: ignore[method-assign]
-    cls._finsent_fetch_hook = True  # type: ignore[attr-defined]
 
 
 class WorkerStopping(Exception):
@@ -776,6 +747,7 @@ def create_app(
         store="memory://",
         web_enabled=False,
         web_host="127.0.0.1",
+        monitor=faust_tuning.LeanMonitor(),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
@@ -801,8 +773,7 @@ def create_app(
     raw_topic = app.topic(settings.topic_raw, key_type=bytes, value_type=bytes, allow_empty=True)
     scorer.datadir = datadir
     app.finsent = scorer  # type: ignore[attr-defined]
-    _install_fetch_wait_hook()
-    app.finsent_fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # type: ignore[attr-defined]
+    faust_tuning.install(app)
     scorer.metrics.model_info.labels(
         str(getattr(classifier, "version", "?")), str(getattr(classifier, "provider", "?"))
     ).set(1)

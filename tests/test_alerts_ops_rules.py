@@ -31,6 +31,7 @@ OPS_ALERTS = {
     "FinsentDeadLetterRateHigh": "warning",
     "FinsentStoreFailing": "critical",
     "FinsentModelNotServing": "critical",
+    "FinsentModelReloadFailed": "warning",
 }
 
 pytestmark = pytest.mark.integration
@@ -94,6 +95,8 @@ def test_promtool_ops_unit_tests_pass(promtool):
         {"dead_letter_min_volume": 10},  # 25 of 50 messages fire
         {"store_for": "1m"},  # one failed insert, retried once, fires
         {"model_for": "2m"},  # a worker that loads its model in 3 minutes fires
+        {"reload_window": "30m"},  # a failed reload is forgotten before the operator is told for long
+        {"reload_for": "0s"},  # fires at the failure's first evaluation
     ],
 )
 def test_promtool_ops_unit_tests_catch_a_broken_rule(promtool, tmp_path, broken):

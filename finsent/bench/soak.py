@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from finsent.bench.common import hardware, load_average, percentile, plain_help, write_section
+from finsent.bench.worker_pool import WorkerProcess
 from finsent.core.errors import FinsentError
 from finsent.core.events import RawItem, stable_id, utcnow
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
@@ -178,7 +176,7 @@ def _wait(cond: Any, timeout_s: float) -> bool:
 def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: float, capacity_items: int,
              model_dir: str | None, progress: Any = print) -> dict[str, Any]:
     from finsent.demo import load_tweets
-    from finsent.stream.broker import EmbeddedBroker, free_port
+    from finsent.stream.broker import EmbeddedBroker
     from finsent.stream.kafka import ensure_topics, quiet_client_logs
 
     quiet_client_logs(settings)
@@ -186,19 +184,14 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
     tmp = Path(tempfile.mkdtemp(prefix="finsent-soak-"))
     run = stable_id("soak", str(time.time()))[:8]
     broker = EmbeddedBroker(log_path=tmp / "tansu.log").start()
-    mport = free_port()
-    s = settings.model_copy(update={"brokers": broker.bootstrap, "store": f"chdb://{tmp / 'chdb'}",
-                                    "consumer_group": f"finsent-soak-{run}", "metrics_port": mport,
-                                    "session_timeout_ms": 6000})
-    env = {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": s.store,
-           "FINSENT_CONSUMER_GROUP": s.consumer_group, "FINSENT_METRICS_PORT": str(mport),
-           "FINSENT_TOPIC_RAW": s.topic_raw, "FINSENT_TOPIC_SCORED": s.topic_scored,
-           "FINSENT_TOPIC_DLQ": s.topic_dlq, "FINSENT_TOPIC_ALERTS": s.topic_alerts,
-           "FINSENT_SESSION_TIMEOUT_MS": "6000"}
-    if model_dir or s.model_dir:
-        env["FINSENT_MODEL_DIR"] = str(model_dir or s.model_dir)
+    update: dict[str, Any] = {"brokers": broker.bootstrap, "store": f"chdb://{tmp / 'chdb'}",
+                              "consumer_group": f"finsent-soak-{run}", "session_timeout_ms": 6000}
+    if model_dir:
+        update["model_dir"] = model_dir
+    s = settings.model_copy(update=update)
     log_path = tmp / "worker.log"
-    proc: subprocess.Popen[bytes] | None = None
+    worker = WorkerProcess(s, log_path, "soak")
+    mport = worker.port
     c = Counters()
     samples: list[dict[str, float]] = []
     stop_produce = threading.Event()
@@ -206,9 +199,8 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
     load_start = load_average()
     try:
         ensure_topics(s)
-        with log_path.open("ab") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "finsent", "worker"], env=env, stdout=log_file,
-                                    stderr=subprocess.STDOUT)
+        proc = worker.start().proc
+        assert proc is not None
         progress(f"worker pid {proc.pid}; waiting for it to serve its API")
         if not _wait(lambda: _stored(mport)[0] >= 0, 120):
             raise SoakFailed("the worker did not start", hint=f"see {log_path}")
@@ -234,8 +226,8 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
         next_sample = t_start
         last_rows, last_t = base_rows, t_start
         while time.monotonic() - t_start < minutes * 60:
-            if proc.poll() is not None:
-                raise SoakFailed(f"the worker exited with {proc.returncode} during the soak", hint=f"see {log_path}")
+            if not worker.alive():
+                raise SoakFailed(f"the worker exited with {worker.returncode} during the soak", hint=f"see {log_path}")
             now = time.monotonic()
             if now >= next_sample:
                 rows, _ = _stored(mport)
@@ -263,14 +255,12 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
         metrics = _get(f"http://127.0.0.1:{mport}/metrics")
         stop_read.set()
         reader.join(10)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        worker.stop(30)
     finally:
         stop_produce.set()
         stop_read.set()
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        worker_log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        worker.kill()
+        worker_log = worker.log_text()
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     lat = c.latencies
