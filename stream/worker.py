@@ -67,6 +67,7 @@ from finsent.core.settings import Settings
 from finsent.stream import faust_tuning
 from finsent.stream.kafka import faust_credentials
 from finsent.stream.metrics import worker_metrics
+from finsent.stream.publish import Record, key_hash, send_batches
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,8 @@ class ScoredBatch:
     guard: AckGuard
     scored: list[ScoredItem]
     dead: list[DeadLetter]
-    #: (key, value) of each scored item's ``finsent.scored`` message, encoded in the model thread
-    payloads: list[tuple[bytes, bytes]]
+    #: (key, value, key hash) of each scored item's ``finsent.scored`` message, made in the model thread
+    payloads: list[Record]
 
 
 class AckGuard:
@@ -396,7 +397,7 @@ class Scorer:
         scored, model_dead = score_items(classifier, items)
         infer_s = time.perf_counter() - t0
         dead.extend(model_dead)
-        payloads = [(s.id.encode(), s.to_json()) for s in scored]
+        payloads = [(key, s.to_json(), key_hash(key)) for s in scored for key in (s.id.encode(),)]
         return scored, dead, payloads, infer_s
 
     async def _score(self, guard: AckGuard, messages: list[RawMessage]) -> None:
@@ -498,20 +499,21 @@ class Scorer:
                 if ev.message.offset > self.stored_offsets.get(key, -1):
                     self.stored_offsets[key] = ev.message.offset
 
-    async def _publish(self, payloads: list[tuple[bytes, bytes]], dead: list[DeadLetter]) -> None:
+    async def _publish(self, payloads: list[Record], dead: list[DeadLetter]) -> None:
         """Send the scored items' messages and the dead letters; wait for the broker's acks (retrying until it answers).
 
-        Straight to the app's producer, all sends first and one wait for every ack: ``Topic.send``
-        per item (Faust's channel, message and callback objects for each) cost more than encoding them.
+        Whole record batches per partition through the app's aiokafka producer
+        (:func:`finsent.stream.publish.send_batches`), then one wait for every batch's ack:
+        ``Topic.send`` or ``producer.send`` per item cost more than encoding the items.
         """
         delay = RETRY_FIRST_S
         while True:
             try:
                 producer = await self.scored_topic.app.maybe_start_producer()
-                send = producer.send
+                aio = producer._ensure_producer()  # faust-streaming's aiokafka producer (tests/test_faust_tuning.py)
                 scored_name, dlq_name = self.scored_topic.get_topic_name(), self.dlq_topic.get_topic_name()
-                futs = [await send(scored_name, k, v, None, None, None) for k, v in payloads]
-                futs += [await send(dlq_name, d.key, d.body, None, None, None) for d in dead]
+                futs = await send_batches(aio, scored_name, payloads)
+                futs += await send_batches(aio, dlq_name, [(d.key, d.body, key_hash(d.key)) for d in dead])
                 if futs:
                     # every outcome is collected, so no failed future is left "never retrieved" in the log
                     results = await asyncio.gather(*futs, return_exceptions=True)

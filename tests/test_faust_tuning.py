@@ -193,3 +193,11 @@ def test_lean_monitor_keeps_no_per_record_state() -> None:
     m.on_message_in(None, 1, None)
     m.on_message_out(None, 1, None)
     assert m.messages_received_total == 0 and m.events_total == 0
+
+
+def test_the_worker_publishes_through_faust_streamings_aiokafka_producer() -> None:
+    """``Scorer._publish`` takes aiokafka's producer from Faust's (``_ensure_producer``) for whole batches."""
+    from faust.transport.drivers.aiokafka import Producer
+
+    src = inspect.getsource(Producer._ensure_producer)
+    assert "-> aiokafka.AIOKafkaProducer" in src and "return self._producer" in src
