@@ -282,6 +282,8 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
         "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total"),
         "store_retries": _metric(metrics, "finsent_store_retries_total"),
         "worker_errors_logged": sum(" ERROR " in ln for ln in worker_log.splitlines()),
+        # the log goes with the temporary directory: keep the first error lines for the report
+        "worker_error_lines": [ln[:300] for ln in worker_log.splitlines() if " ERROR " in ln][:10],
         "tracebacks_logged": worker_log.count("Traceback"),
         "scored_topic_records": c.scored_seen,
         "scored_topic_duplicates": c.scored_seen - len(c.scored_ids),
