@@ -10,8 +10,8 @@ Per batch (``stream.take_events(batch_max, within=batch_within_s)``):
 3. store the scored rows (another single-thread executor), retrying with backoff while the
    store raises -- the batch is never dropped;
 4. publish the scored items to ``finsent.scored`` (encoded in the model thread) and the dead
-   letters to ``finsent.dlq`` through the app's producer, all sends first, then wait for the
-   broker to confirm every one;
+   letters to ``finsent.dlq`` as whole record batches per partition (:mod:`finsent.stream.publish`),
+   then wait for the broker to confirm every batch;
 5. only then release the batch's offsets for commit.
 
 When does Faust ack? (faust-streaming 0.15.3, ``faust/streams.py``, ``Stream.take``/``take_events``):
@@ -397,7 +397,8 @@ class Scorer:
         scored, model_dead = score_items(classifier, items)
         infer_s = time.perf_counter() - t0
         dead.extend(model_dead)
-        payloads = [(key, s.to_json(), key_hash(key)) for s in scored for key in (s.id.encode(),)]
+        keys = [s.id.encode() for s in scored]
+        payloads = [(k, s.to_json(), key_hash(k)) for k, s in zip(keys, scored, strict=True)]
         return scored, dead, payloads, infer_s
 
     async def _score(self, guard: AckGuard, messages: list[RawMessage]) -> None:
