@@ -188,6 +188,45 @@ class InStreamAlerts:
         return len(closed), new
 
 
+async def send_confirmed(topic: Any, records: Sequence[tuple[bytes, bytes]], what: str,
+                         first_delay_s: float = 0.25, max_delay_s: float = 4.0) -> None:
+    """Send ``records`` (key, value) and wait for the broker to confirm each; resend the failed ones until it does.
+
+    A Faust ``send`` returns before the broker answers: a record lost in a broker restart would
+    otherwise vanish (its batch of ``finsent.scored`` is acked by the next take), and its failed
+    future would end as "exception was never retrieved" in the log. Resending keeps the counts
+    at-least-once, as the module promises.
+    """
+    delay = first_delay_s
+    todo = list(records)
+    while todo:
+        failed: set[int] = set()
+        error: BaseException | None = None
+        futures: list[tuple[int, Any]] = []
+        for i, (key, value) in enumerate(todo):
+            try:
+                futures.append((i, await topic.send(key=key, value=value)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the producer is down: resend below
+                failed.add(i)
+                error = exc
+        results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+        for (i, _), res in zip(futures, results, strict=True):
+            if isinstance(res, asyncio.CancelledError):
+                raise res
+            if isinstance(res, BaseException):
+                failed.add(i)
+                error = res
+        if not failed:
+            return
+        log.warning("%d of %d %s not confirmed by the broker (%s: %s); resending in %.2fs", len(failed), len(todo),
+                    what, type(error).__name__, " ".join(str(error).split())[:200], delay)
+        todo = [rec for i, rec in enumerate(todo) if i in failed]  # in their first order
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay_s)
+
+
 def attach(app: Any, settings: Settings, **kwargs: Any) -> InStreamAlerts:
     """Add the count and detect agents and the window timer to the Faust ``app`` (see module doc)."""
     window_s = settings.alert_window_s
@@ -206,9 +245,11 @@ def attach(app: Any, settings: Settings, **kwargs: Any) -> InStreamAlerts:
         async for values in stream.take(max(settings.batch_max * 4, 256), within=min(1.0, window_s / 4)):
             partial, bad = window_counts(values, window_s)
             state.bad_values += bad
-            for (topic, start), (neg, tot) in partial.items():
-                body = json.dumps({"topic": topic, "start": start, "neg": neg, "tot": tot}).encode()
-                await counts.send(key=topic.encode("utf-8"), value=body)
+            records = [
+                (topic.encode("utf-8"), json.dumps({"topic": topic, "start": start, "neg": neg, "tot": tot}).encode())
+                for (topic, start), (neg, tot) in partial.items()
+            ]
+            await send_confirmed(counts, records, "partial counts")  # before take acks this batch
 
     @app.agent(counts, name="finsent.alerts.detect")
     async def detect(stream: Any) -> None:
@@ -230,8 +271,7 @@ def attach(app: Any, settings: Settings, **kwargs: Any) -> InStreamAlerts:
         closed, new = state.tick(utcnow())
         if not closed:
             return
-        for a in new:
-            await alerts_topic.send(key=a.topic.encode("utf-8"), value=a.to_json())
+        await send_confirmed(alerts_topic, [(a.topic.encode("utf-8"), a.to_json()) for a in new], "alerts")
         await loop.run_in_executor(state.pool, state.deliver, new, dict(state.detector.states()))
 
     return state

@@ -1,6 +1,7 @@
 """The scoring worker: a Faust app whose agent turns ``finsent.raw`` into stored, scored rows.
 
-Per batch (``stream.take_events(batch_max, within=batch_within_s)``):
+Per batch (``stream.take_events(batch_max, within=batch_within_s)``; batches taken while the model
+is busy are scored together in its next call, :meth:`Scorer.handle`):
 
 1. decode every message with :func:`finsent.core.events.decode_raw`; a defective one becomes a
    dead-letter record (reason from :class:`InvalidEvent`) -- the agent never crashes on input;
@@ -257,6 +258,18 @@ class AckGuard:
             ev.message.incref()
         self.released = False
 
+    @classmethod
+    def join(cls, guards: Sequence[AckGuard]) -> AckGuard:
+        """One guard over several taken batches (scored together); it takes over their references."""
+        if len(guards) == 1:
+            return guards[0]
+        joined = cls.__new__(cls)
+        joined.events = [ev for g in guards for ev in g.events]
+        joined.released = False
+        for g in guards:
+            g.released = True  # their references now belong to ``joined``: released once, by it
+        return joined
+
     def release(self) -> None:
         if not self.released:
             self.released = True
@@ -291,6 +304,9 @@ class Scorer:
         #: the store/publish stage (``_finish_waiting``) while it runs, and the batch being scored
         self.inflight: asyncio.Future[None] | None = None
         self.scoring: asyncio.Future[None] | None = None
+        #: batches taken while the model was busy, oldest first: the model's next call scores them together
+        self._pending: list[tuple[AckGuard, list[RawMessage]]] = []
+        self._pending_n = 0
         #: scored batches waiting for the store, oldest first (at most MAX_WAITING_BATCHES)
         self._waiting: collections.deque[ScoredBatch] = collections.deque()
         self._space = asyncio.Event()
@@ -368,9 +384,13 @@ class Scorer:
     async def handle(self, events: Sequence[Any]) -> None:
         """Take one batch from ``take_events`` and return at once, so Faust refills its buffer meanwhile.
 
-        Three stages overlap, each bounded to one batch: take filling batch N+2, the model scoring
-        N+1, the store/publish of N. The AckGuard keeps every offset uncommitted until its batch
-        is stored, whatever take does with its own acks when this returns.
+        Continuous batching: an idle model scores the batch now; a busy one finds it, with every
+        other batch taken meanwhile, when it finishes, and scores them in one call (at most
+        ``batch_max`` messages). So a message waits for the take window and at most one model call
+        before its own, and the model's batches grow with the load instead of with a fixed wait.
+        Three stages overlap, each bounded to about one batch: take filling the next, the model
+        scoring one, the store/publish of the one before. The AckGuard keeps every offset
+        uncommitted until its batch is stored, whatever take does with its own acks when this returns.
         """
         if self.stats.first_batch_t is None:
             self.stats.first_batch_t = time.monotonic()
@@ -384,8 +404,24 @@ class Scorer:
         m.consumed.labels(self.settings.topic_raw).inc(len(messages))
         m.batch_size.observe(len(messages))
         self._update_lag(messages)
-        if self.scoring is not None:  # one batch in the model at a time
-            await asyncio.shield(self.scoring)
+        self._pending.append((guard, messages))
+        self._pending_n += len(messages)
+        if self.scoring is None or self.scoring.done():
+            self._start_scoring()
+        elif self._pending_n >= self.settings.batch_max:  # backpressure: a model call's worth waits, no more
+            await asyncio.shield(self.scoring)  # its end starts the next call, with what is pending
+
+    def _start_scoring(self) -> None:
+        """Hand the oldest pending batches, up to ``batch_max`` messages (at least one batch), to the model."""
+        take = 1
+        n = len(self._pending[0][1])
+        while take < len(self._pending) and n + len(self._pending[take][1]) <= self.settings.batch_max:
+            n += len(self._pending[take][1])
+            take += 1
+        chunks, self._pending = self._pending[:take], self._pending[take:]
+        self._pending_n -= n
+        guard = AckGuard.join([g for g, _ in chunks])
+        messages = chunks[0][1] if take == 1 else [m for _, ms in chunks for m in ms]
         self.scoring = asyncio.ensure_future(self._score(guard, messages))
 
     def _decode_and_score(
@@ -420,6 +456,8 @@ class Scorer:
         self._waiting.append(ScoredBatch(guard, scored, dead, payloads))
         if self.inflight is None or self.inflight.done():
             self.inflight = asyncio.ensure_future(self._finish_waiting())
+        if self._pending:  # taken while this batch was in the model: the model's next call
+            self._start_scoring()
 
     def _take_group(self) -> list[ScoredBatch]:
         """The oldest waiting batch and those after it, while they fit in one insert of STORE_GROUP_ROWS."""
@@ -654,8 +692,12 @@ class Scorer:
         """Let the batch in flight finish storing (called when the agent stops)."""
         self.draining.set()
         deadline = time.monotonic() + timeout_s
-        if self.scoring is not None and not self.scoring.done():
-            await asyncio.wait({self.scoring}, timeout=timeout_s)
+        while time.monotonic() < deadline:  # the batch in the model, then those taken while it was busy
+            if self._pending and (self.scoring is None or self.scoring.done()):
+                self._start_scoring()
+            if self.scoring is None or self.scoring.done():
+                break
+            await asyncio.wait({self.scoring}, timeout=max(0.1, deadline - time.monotonic()))
         if self.inflight is not None and not self.inflight.done():
             done, _ = await asyncio.wait({self.inflight}, timeout=max(0.1, deadline - time.monotonic()))
             if not done:

@@ -229,3 +229,40 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
             w.stop()
         producer.close()
         store.close()
+
+
+class _FlakyTopic:
+    """Faust-like ``send``: returns a future the broker settles; fails the first attempt of chosen keys."""
+
+    def __init__(self, fail_once: set[bytes], raise_once: set[bytes]) -> None:
+        self.fail_once, self.raise_once = set(fail_once), set(raise_once)
+        self.confirmed: list[bytes] = []
+        self.attempts: list[bytes] = []
+
+    async def send(self, key: bytes, value: bytes) -> Any:
+        import asyncio
+
+        self.attempts.append(key)
+        if key in self.raise_once:
+            self.raise_once.discard(key)
+            raise ConnectionError("producer not connected")
+        fut = asyncio.get_running_loop().create_future()
+        if key in self.fail_once:
+            self.fail_once.discard(key)
+            fut.set_exception(RuntimeError("UnknownError"))
+        else:
+            self.confirmed.append(key)
+            fut.set_result(None)
+        return fut
+
+
+def test_send_confirmed_resends_until_the_broker_confirms_every_record() -> None:
+    import asyncio
+
+    from finsent.alerts.agent import send_confirmed
+
+    topic = _FlakyTopic(fail_once={b"b"}, raise_once={b"c"})
+    records = [(k, b"v") for k in (b"a", b"b", b"c", b"d")]
+    asyncio.run(send_confirmed(topic, records, "partial counts", first_delay_s=0.01))
+    assert sorted(topic.confirmed) == [b"a", b"b", b"c", b"d"]  # each once: only the failed ones were resent
+    assert topic.attempts == [b"a", b"b", b"c", b"d", b"b", b"c"]

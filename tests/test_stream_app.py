@@ -157,3 +157,110 @@ def test_item_without_ingested_at_takes_the_record_timestamp() -> None:
     again, _ = decode_batch([msg], 1_000_000, 20_000)
     assert first[0].ingested_at == again[0].ingested_at
     assert first[0].ingested_at.timestamp() == 1_790_000_000.25
+
+
+class _GatedClassifier:
+    """Blocks in predict until released, recording each call's texts (continuous-batching logic)."""
+
+    version = "gated-1"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def predict(self, texts: list[str]) -> list[_Pred]:
+        self.calls.append(list(texts))
+        self.entered.set()
+        self.gate.wait(10)
+        return [_Pred(sentiment_probs={"negative": 0.8, "neutral": 0.1, "positive": 0.1}) for _ in texts]
+
+
+class _ListStore:
+    def __init__(self) -> None:
+        self.inserts: list[list[str]] = []
+
+    def ensure_schema(self) -> None:
+        pass
+
+    def insert_scored(self, rows: list[Any]) -> None:
+        self.inserts.append([r.id for r in rows])
+
+    def close(self) -> None:
+        pass
+
+
+class _ValueEvent(_Event):
+    def __init__(self, message: Any, consumer: _Consumer) -> None:
+        super().__init__(message, consumer)
+        self.value = message.value
+        self.key = message.key
+
+
+def test_batches_taken_while_the_model_is_busy_are_scored_together_up_to_batch_max() -> None:
+    import asyncio
+
+    from faust.types.tuples import ConsumerMessage
+    from prometheus_client import CollectorRegistry
+
+    from finsent.core.settings import Settings
+    from finsent.stream.worker import Scorer
+
+    consumer = _Consumer()
+    clf = _GatedClassifier()
+    store = _ListStore()
+    scorer = Scorer(Settings(batch_max=10), ClassifierHolder(clf), lambda: store, registry=CollectorRegistry())
+    published: list[list[bytes]] = []
+
+    async def publish(payloads: list[Any], dead: list[Any]) -> None:
+        published.append([k for k, _, _ in payloads])
+
+    scorer._publish = publish  # type: ignore[method-assign]  # the broker is not this test's subject
+    offset = 0
+
+    def batch(n: int) -> list[_ValueEvent]:
+        nonlocal offset
+        events = []
+        for _ in range(n):
+            value = RawItem(id=f"m{offset}", source="s", source_type="news", text="stocks up",
+                            ingested_at=utcnow()).to_json()
+            m = ConsumerMessage("finsent.raw", 0, offset, 0.0, 0, None, f"m{offset}".encode(), value, None)
+            m.incref()
+            events.append(_ValueEvent(m, consumer))
+            offset += 1
+        return events
+
+    async def take(n: int) -> None:
+        events = batch(n)
+        await scorer.handle(events)
+        for ev in events:  # take_events acks the batch when the agent asks for the next one
+            ev.ack()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        await take(3)  # the model is idle: scored at once
+        await loop.run_in_executor(None, clf.entered.wait, 5)
+        await asyncio.wait_for(take(4), 1)  # busy model: pending, handle returns at once
+        await asyncio.wait_for(take(5), 1)
+        assert [len(c) for c in clf.calls] == [3]
+        fourth = asyncio.ensure_future(take(2))  # 11 pending >= batch_max: waits for the model
+        await asyncio.sleep(0.05)
+        assert not fourth.done()
+        assert consumer.acked == []  # nothing released before it is stored and published
+        clf.gate.set()
+        await asyncio.wait_for(fourth, 5)
+        await scorer.drain(5)
+
+    try:
+        asyncio.run(run())
+    finally:
+        scorer.close()
+    # calls: the first batch alone; the next two together (9); the last (adding it would make 11 > 10)
+    assert [len(c) for c in clf.calls] == [3, 9, 2]
+    ids = [f"m{i}" for i in range(14)]
+    assert [i for rows in store.inserts for i in rows] == ids  # every item stored once, in take order
+    assert [k.decode() for keys in published for k in keys] == ids
+    assert consumer.acked == list(range(14))  # each offset released once, in order
+    assert scorer.stats.consumed == 14 and scorer.stats.stored == 14
