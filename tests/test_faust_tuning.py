@@ -187,12 +187,23 @@ def test_install_routes_wait_first_and_is_idempotent() -> None:
     assert app.finsent_fetch_max_wait_ms == faust_tuning.FETCH_MAX_WAIT_MS
 
 
-def test_lean_monitor_keeps_no_per_record_state() -> None:
+def test_lean_monitor_keeps_no_per_record_state_but_the_liveness_time() -> None:
+    import time
+
     m = LeanMonitor()
-    assert m.on_stream_event_in(None, 1, None, None) is None
+    before = time.monotonic()
+    assert m.on_stream_event_in("tp", 1, None, None) is None
     m.on_message_in(None, 1, None)
     m.on_message_out(None, 1, None)
     assert m.messages_received_total == 0 and m.events_total == 0
+    assert m.stream_inbound_time["tp"] >= before  # Faust's "stream has not started processing" check
+
+
+def test_faust_liveness_check_still_reads_the_monitors_stream_inbound_time() -> None:
+    """Without ``stream_inbound_time`` Faust logs a false ERROR every 30 s per lagging partition."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert "monitor.stream_inbound_time.get(tp)" in inspect.getsource(AIOKafkaConsumerThread.verify_event_path)
 
 
 def test_the_worker_publishes_through_faust_streamings_aiokafka_producer() -> None:
