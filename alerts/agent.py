@@ -43,6 +43,7 @@ from finsent.alerts.runner import EPOCH, floor_time
 from finsent.alerts.sinks import build_sinks
 from finsent.core.events import Alert, InvalidEvent, decode_scored, utcnow
 from finsent.core.settings import Settings
+from finsent.stream.worker import RETRY_FIRST_S, RETRY_MAX_S
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +190,13 @@ class InStreamAlerts:
 
 
 async def send_confirmed(topic: Any, records: Sequence[tuple[bytes, bytes]], what: str,
-                         first_delay_s: float = 0.25, max_delay_s: float = 4.0) -> None:
+                         first_delay_s: float = RETRY_FIRST_S, max_delay_s: float = RETRY_MAX_S) -> None:
     """Send ``records`` (key, value) and wait for the broker to confirm each; resend the failed ones until it does.
 
     A Faust ``send`` returns before the broker answers: a record lost in a broker restart would
     otherwise vanish (its batch of ``finsent.scored`` is acked by the next take), and its failed
     future would end as "exception was never retrieved" in the log. Resending keeps the counts
-    at-least-once, as the module promises.
+    at-least-once, as the module promises. The backoff is the worker's own for its store and publish.
     """
     delay = first_delay_s
     todo = list(records)

@@ -168,7 +168,7 @@ class OpsRuleParams:
     dead_letter_window: str = "10m"
     dead_letter_min_volume: int = 100  # consumed messages in the window: 5 of 20 is no rate
     dead_letter_for: str = "5m"
-    #: the worker retries a failing batch at most 15 s apart (stream/worker.py RETRY_MAX_S): every 2m
+    #: the worker retries a failing batch at most 4 s apart (stream/worker.py RETRY_MAX_S): every 2m
     #: window of a failing store holds retries, a single failed insert leaves them for 2m only
     store_window: str = "2m"
     store_for: str = "5m"

@@ -164,17 +164,22 @@ class _GatedClassifier:
 
     version = "gated-1"
 
-    def __init__(self) -> None:
+    def __init__(self, later_calls_s: float = 0.0) -> None:
         import threading
 
         self.calls: list[list[str]] = []
         self.gate = threading.Event()
         self.entered = threading.Event()
+        self.later_calls_s = later_calls_s
 
     def predict(self, texts: list[str]) -> list[_Pred]:
+        import time
+
         self.calls.append(list(texts))
         self.entered.set()
         self.gate.wait(10)
+        if len(self.calls) > 1:
+            time.sleep(self.later_calls_s)
         return [_Pred(sentiment_probs={"negative": 0.8, "neutral": 0.1, "positive": 0.1}) for _ in texts]
 
 
@@ -199,7 +204,10 @@ class _ValueEvent(_Event):
         self.key = message.key
 
 
-def test_batches_taken_while_the_model_is_busy_are_scored_together_up_to_batch_max() -> None:
+def _gated_scorer(
+    batch_max: int, later_calls_s: float = 0.0
+) -> tuple[Any, _GatedClassifier, _ListStore, _Consumer, list[list[bytes]], Any]:
+    """A Scorer with a gated classifier, a list store and a recorded publish; ``take(n)`` hands it n messages."""
     import asyncio
 
     from faust.types.tuples import ConsumerMessage
@@ -209,9 +217,9 @@ def test_batches_taken_while_the_model_is_busy_are_scored_together_up_to_batch_m
     from finsent.stream.worker import Scorer
 
     consumer = _Consumer()
-    clf = _GatedClassifier()
+    clf = _GatedClassifier(later_calls_s)
     store = _ListStore()
-    scorer = Scorer(Settings(batch_max=10), ClassifierHolder(clf), lambda: store, registry=CollectorRegistry())
+    scorer = Scorer(Settings(batch_max=batch_max), ClassifierHolder(clf), lambda: store, registry=CollectorRegistry())
     published: list[list[bytes]] = []
 
     async def publish(payloads: list[Any], dead: list[Any]) -> None:
@@ -220,23 +228,28 @@ def test_batches_taken_while_the_model_is_busy_are_scored_together_up_to_batch_m
     scorer._publish = publish  # type: ignore[method-assign]  # the broker is not this test's subject
     offset = 0
 
-    def batch(n: int) -> list[_ValueEvent]:
+    async def take(n: int) -> None:
         nonlocal offset
         events = []
         for _ in range(n):
             value = RawItem(id=f"m{offset}", source="s", source_type="news", text="stocks up",
                             ingested_at=utcnow()).to_json()
             m = ConsumerMessage("finsent.raw", 0, offset, 0.0, 0, None, f"m{offset}".encode(), value, None)
-            m.incref()
+            m.incref()  # what Faust's conductor does
             events.append(_ValueEvent(m, consumer))
             offset += 1
-        return events
-
-    async def take(n: int) -> None:
-        events = batch(n)
         await scorer.handle(events)
         for ev in events:  # take_events acks the batch when the agent asks for the next one
             ev.ack()
+        await asyncio.sleep(0)
+
+    return scorer, clf, store, consumer, published, take
+
+
+def test_batches_taken_while_the_model_is_busy_are_scored_together_up_to_batch_max() -> None:
+    import asyncio
+
+    scorer, clf, store, consumer, published, take = _gated_scorer(batch_max=10)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -264,3 +277,29 @@ def test_batches_taken_while_the_model_is_busy_are_scored_together_up_to_batch_m
     assert [k.decode() for keys in published for k in keys] == ids
     assert consumer.acked == list(range(14))  # each offset released once, in order
     assert scorer.stats.consumed == 14 and scorer.stats.stored == 14
+
+
+def test_drain_at_stop_also_scores_and_stores_the_batches_pending_behind_the_model() -> None:
+    import asyncio
+
+    # the pending batch's model call is slow: the first batch is stored long before it is scored
+    scorer, clf, store, consumer, published, take = _gated_scorer(batch_max=10, later_calls_s=0.3)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        await take(3)
+        await loop.run_in_executor(None, clf.entered.wait, 5)
+        await take(4)  # pending behind the busy model when the agent stops
+        draining = asyncio.ensure_future(scorer.drain(5))
+        await asyncio.sleep(0.05)
+        clf.gate.set()
+        await draining
+        # drain has returned: what it let through is stored, published and released, nothing more to come
+        assert [i for rows in store.inserts for i in rows] == [f"m{i}" for i in range(7)]
+        assert consumer.acked == list(range(7))
+
+    try:
+        asyncio.run(run())
+    finally:
+        scorer.close()
+    assert [len(c) for c in clf.calls] == [3, 4]
