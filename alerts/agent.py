@@ -193,7 +193,7 @@ async def send_confirmed(topic: Any, records: Sequence[tuple[bytes, bytes]], wha
                          first_delay_s: float = RETRY_FIRST_S, max_delay_s: float = RETRY_MAX_S) -> None:
     """Send ``records`` (key, value) and wait for the broker to confirm each; resend the failed ones until it does.
 
-    A Faust ``send`` returns before the broker answers: a record lost in a broker restart would
+    Faust's ``send`` returns before the broker answers: a record lost in a broker restart would
     otherwise vanish (its batch of ``finsent.scored`` is acked by the next take), and its failed
     future would end as "exception was never retrieved" in the log. Resending keeps the counts
     at-least-once, as the module promises. The backoff is the worker's own for its store and publish.
@@ -206,7 +206,11 @@ async def send_confirmed(topic: Any, records: Sequence[tuple[bytes, bytes]], wha
         futures: list[tuple[int, Any]] = []
         for i, (key, value) in enumerate(todo):
             try:
-                futures.append((i, await topic.send(key=key, value=value)))
+                # our own FutureMessage, awaited below: ``Topic.send`` returns the producer's future and leaves
+                # Faust's FutureMessage unread, which a failed send logs as "exception was never retrieved"
+                message = topic.as_future_message(key=key, value=value)
+                await topic.publish_message(message)
+                futures.append((i, message))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the producer is down: resend below
