@@ -189,6 +189,12 @@ class InStreamAlerts:
         return len(closed), new
 
 
+def _retrieve(future: Any) -> None:
+    """Read a settled future's outcome, so that one a stop left unawaited is not logged as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 async def send_confirmed(topic: Any, records: Sequence[tuple[bytes, bytes]], what: str,
                          first_delay_s: float = RETRY_FIRST_S, max_delay_s: float = RETRY_MAX_S) -> None:
     """Send ``records`` (key, value) and wait for the broker to confirm each; resend the failed ones until it does.
@@ -210,13 +216,16 @@ async def send_confirmed(topic: Any, records: Sequence[tuple[bytes, bytes]], wha
                 # Faust's FutureMessage unread, which a failed send logs as "exception was never retrieved"
                 message = topic.as_future_message(key=key, value=value)
                 await topic.publish_message(message)
+                message.add_done_callback(_retrieve)  # read even when a stop leaves it unawaited
                 futures.append((i, message))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the producer is down: resend below
                 failed.add(i)
                 error = exc
-        results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+        # shielded: a stop that cancels this wait must not cancel Faust's FutureMessage, whose producer callback
+        # settles it later (``set_result`` on a cancelled future raises InvalidStateError inside the event loop)
+        results = await asyncio.gather(*(asyncio.shield(f) for _, f in futures), return_exceptions=True)
         for (i, _), res in zip(futures, results, strict=True):
             if isinstance(res, asyncio.CancelledError):
                 raise res

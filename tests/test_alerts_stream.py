@@ -272,3 +272,38 @@ def test_send_confirmed_resends_until_the_broker_confirms_every_record() -> None
     asyncio.run(send_confirmed(topic, records, "partial counts", first_delay_s=0.01))
     assert sorted(topic.confirmed) == [b"a", b"b", b"c", b"d"]  # each once: only the failed ones were resent
     assert topic.attempts == [b"a", b"b", b"c", b"d", b"b", b"c"]
+
+
+def test_send_confirmed_cancelled_by_a_stop_leaves_the_broker_free_to_settle_the_message() -> None:
+    """A stop cancels the agent while it waits for the broker; the producer's callback settles the
+    FutureMessage later. Cancelling it with the agent made Faust's ``set_result`` raise InvalidStateError
+    inside the event loop (the scale-out test's stop, in CI)."""
+    import asyncio
+
+    from finsent.alerts.agent import send_confirmed
+
+    class _SlowTopic(_FlakyTopic):
+        async def publish_message(self, message: Any) -> Any:
+            self.attempts.append(message.key)
+            self.pending = message  # the broker answers later
+            return message
+
+    async def main() -> list[dict]:
+        loop_errors: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+        topic = _SlowTopic(set(), set())
+        task = asyncio.create_task(send_confirmed(topic, [(b"a", b"v")], "alerts"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not topic.pending.cancelled()
+        topic.pending.set_exception(RuntimeError("broker gone"))  # what Faust's _on_published does later
+        del topic.pending
+        import gc
+
+        gc.collect()
+        await asyncio.sleep(0)
+        return loop_errors
+
+    assert asyncio.run(main()) == []
