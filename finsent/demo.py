@@ -328,7 +328,7 @@ def run_demo(
         from finsent.models.runtime import Classifier
 
         classifier = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
-                                     threads=settings.model_threads, cache_dir=settings.cache_dir)
+                                     threads=settings.call_threads, cache_dir=settings.cache_dir)
         spike_topic, spike_texts, speed = choose_spike(classifier, tweets)
     console.print(f"model {classifier.version} on {classifier.provider}, ~{speed:.0f} items/s here; "
                   f"spike topic: [b]{spike_topic}[/b] ({len(spike_texts)} distinct negative tweets)")

@@ -77,7 +77,7 @@ def load_model(path: str | Path | None, settings: Settings, expect_version: str 
     from finsent.models.runtime import Classifier
 
     try:
-        clf = Classifier.load(path, variant=settings.model_variant, threads=settings.model_threads,
+        clf = Classifier.load(path, variant=settings.model_variant, threads=settings.call_threads,
                               cache_dir=settings.cache_dir, text_cache_size=settings.model_cache_size,
                               spinning=settings.model_spinning)
         if expect_version is not None and clf.version != expect_version:

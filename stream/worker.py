@@ -5,9 +5,10 @@ is busy are scored together in its next call, :meth:`Scorer.handle`):
 
 1. decode every message with :func:`finsent.core.events.decode_raw`; a defective one becomes a
    dead-letter record (reason from :class:`InvalidEvent`) -- the agent never crashes on input;
-2. score the good ones OFF the event loop (a dedicated single-thread executor; onnxruntime
-   releases the GIL so Kafka I/O keeps flowing); a model failure is narrowed to the item(s)
-   that cause it, which are dead-lettered as ``model_error``;
+2. score the good ones OFF the event loop (a model executor running up to ``model_calls`` batches
+   at once, each with ``Settings.call_threads`` onnxruntime threads; onnxruntime releases the GIL
+   so Kafka I/O keeps flowing); a model failure is narrowed to the item(s) that cause it, which
+   are dead-lettered as ``model_error``;
 3. store the scored rows (another single-thread executor), retrying with backoff while the
    store raises -- the batch is never dropped;
 4. publish the scored items to ``finsent.scored`` (encoded in the model thread) and the dead
@@ -296,14 +297,18 @@ class Scorer:
         self.store: Any = None
         self.stats = stats or WorkerStats()
         self.metrics = worker_metrics(registry)
-        self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-model")
+        self.model_pool = ThreadPoolExecutor(max_workers=settings.model_calls, thread_name_prefix="finsent-model")
         self.store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-store")
         self.stopping = threading.Event()
         #: set when the agent stops: a batch in flight may finish, but a failing store is not retried
         self.draining = threading.Event()
-        #: the store/publish stage (``_finish_waiting``) while it runs, and the batch being scored
+        #: the store/publish stage (``_finish_waiting``) while it runs, and the model calls running (at most
+        #: ``model_calls``)
         self.inflight: asyncio.Future[None] | None = None
-        self.scoring: asyncio.Future[None] | None = None
+        self.scoring: set[asyncio.Future[None]] = set()
+        #: set when the newest model call has handed its batch to the store stage: the next call waits for
+        #: it, so that batches reach the store in take order whichever call finishes first
+        self._handed: asyncio.Future[None] | None = None
         #: batches taken while the model was busy, oldest first: the model's next call scores them together
         self._pending: list[tuple[AckGuard, list[RawMessage]]] = []
         self._pending_n = 0
@@ -406,10 +411,11 @@ class Scorer:
         self._update_lag(messages)
         self._pending.append((guard, messages))
         self._pending_n += len(messages)
-        if self.scoring is None or self.scoring.done():
+        if len(self.scoring) < self.settings.model_calls:
             self._start_scoring()
         elif self._pending_n >= self.settings.batch_max:  # backpressure: a model call's worth waits, no more
-            await asyncio.shield(self.scoring)  # its end starts the next call, with what is pending
+            # the first call to end starts the next, with what is pending (asyncio.wait cancels nothing)
+            await asyncio.wait(self.scoring, return_when=asyncio.FIRST_COMPLETED)
 
     def _start_scoring(self) -> None:
         """Hand the oldest pending batches, up to ``batch_max`` messages (at least one batch), to the model."""
@@ -422,7 +428,10 @@ class Scorer:
         self._pending_n -= n
         guard = AckGuard.join([g for g, _ in chunks])
         messages = chunks[0][1] if take == 1 else [m for _, ms in chunks for m in ms]
-        self.scoring = asyncio.ensure_future(self._score(guard, messages))
+        before, self._handed = self._handed, asyncio.get_running_loop().create_future()
+        call = asyncio.ensure_future(self._score(guard, messages, before, self._handed))
+        self.scoring.add(call)
+        call.add_done_callback(self.scoring.discard)
 
     def _decode_and_score(
         self, classifier: Any, messages: list[RawMessage]
@@ -437,12 +446,27 @@ class Scorer:
         payloads = [(k, s.to_json(), key_hash(k)) for k, s in zip(keys, scored, strict=True)]
         return scored, dead, payloads, infer_s
 
-    async def _score(self, guard: AckGuard, messages: list[RawMessage]) -> None:
+    async def _score(self, guard: AckGuard, messages: list[RawMessage], before: asyncio.Future[None] | None,
+                     handed: asyncio.Future[None]) -> None:
+        """One model call: score ``messages``, then, after the call started before it, hand them to the store stage."""
+        try:
+            await self._score_in_order(guard, messages, before)
+        finally:
+            if not handed.done():
+                handed.set_result(None)
+            self.scoring.discard(asyncio.current_task())  # type: ignore[arg-type]
+        while self._pending and len(self.scoring) < self.settings.model_calls:
+            self._start_scoring()  # taken while the model was busy: the model's next call(s)
+
+    async def _score_in_order(self, guard: AckGuard, messages: list[RawMessage],
+                              before: asyncio.Future[None] | None) -> None:
         loop = asyncio.get_running_loop()
         classifier = self.holder.current  # one model version per batch
         scored, dead, payloads, infer_s = await loop.run_in_executor(
             self.model_pool, self._decode_and_score, classifier, messages
         )
+        if before is not None:
+            await asyncio.shield(before)  # the batch taken before this one goes to the store first
         self.metrics.inference_seconds.observe(infer_s)
         with self.stats.lock:
             self.stats.consumed += len(messages)
@@ -456,8 +480,6 @@ class Scorer:
         self._waiting.append(ScoredBatch(guard, scored, dead, payloads))
         if self.inflight is None or self.inflight.done():
             self.inflight = asyncio.ensure_future(self._finish_waiting())
-        if self._pending:  # taken while this batch was in the model: the model's next call
-            self._start_scoring()
 
     def _take_group(self) -> list[ScoredBatch]:
         """The oldest waiting batch and those after it, while they fit in one insert of STORE_GROUP_ROWS."""
@@ -692,12 +714,13 @@ class Scorer:
         """Let the batch in flight finish storing (called when the agent stops)."""
         self.draining.set()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:  # the batch in the model, then those taken while it was busy
-            if self._pending and (self.scoring is None or self.scoring.done()):
+        while time.monotonic() < deadline:  # the batches in the model, then those taken while it was busy
+            while self._pending and len(self.scoring) < self.settings.model_calls:
                 self._start_scoring()
-            if self.scoring is None or self.scoring.done():
+            if not self.scoring:
                 break
-            await asyncio.wait({self.scoring}, timeout=max(0.1, deadline - time.monotonic()))
+            await asyncio.wait(set(self.scoring), timeout=max(0.1, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
         if self.inflight is not None and not self.inflight.done():
             done, _ = await asyncio.wait({self.inflight}, timeout=max(0.1, deadline - time.monotonic()))
             if not done:
@@ -733,7 +756,7 @@ def load_classifier(settings: Settings) -> Any:
     from finsent.stream.reload import startup_model_dir
 
     return Classifier.load(
-        startup_model_dir(settings), variant=settings.model_variant, threads=settings.model_threads,
+        startup_model_dir(settings), variant=settings.model_variant, threads=settings.call_threads,
         cache_dir=settings.cache_dir, text_cache_size=settings.model_cache_size, spinning=settings.model_spinning,
     )
 

@@ -5,6 +5,8 @@ RESULTS.md section writer."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,8 +207,8 @@ class _ValueEvent(_Event):
 
 
 def _gated_scorer(
-    batch_max: int, later_calls_s: float = 0.0
-) -> tuple[Any, _GatedClassifier, _ListStore, _Consumer, list[list[bytes]], Any]:
+    batch_max: int, later_calls_s: float = 0.0, model_calls: int = 1, clf: Any = None
+) -> tuple[Any, Any, _ListStore, _Consumer, list[list[bytes]], Any]:
     """A Scorer with a gated classifier, a list store and a recorded publish; ``take(n)`` hands it n messages."""
     import asyncio
 
@@ -217,9 +219,10 @@ def _gated_scorer(
     from finsent.stream.worker import Scorer
 
     consumer = _Consumer()
-    clf = _GatedClassifier(later_calls_s)
+    clf = clf or _GatedClassifier(later_calls_s)
     store = _ListStore()
-    scorer = Scorer(Settings(batch_max=batch_max), ClassifierHolder(clf), lambda: store, registry=CollectorRegistry())
+    scorer = Scorer(Settings(batch_max=batch_max, model_calls=model_calls), ClassifierHolder(clf), lambda: store,
+                    registry=CollectorRegistry())
     published: list[list[bytes]] = []
 
     async def publish(payloads: list[Any], dead: list[Any]) -> None:
@@ -303,3 +306,60 @@ def test_drain_at_stop_also_scores_and_stores_the_batches_pending_behind_the_mod
     finally:
         scorer.close()
     assert [len(c) for c in clf.calls] == [3, 4]
+
+
+class _PerCallGates:
+    """A classifier whose n-th call blocks until ``gates[n]`` is set: the test decides which call ends first."""
+
+    version = "gated-2"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.gates = [threading.Event() for _ in range(8)]
+        self.started = [threading.Event() for _ in range(8)]
+        self._lock = threading.Lock()
+
+    def predict(self, texts: list[str]) -> list[_Pred]:
+        with self._lock:
+            n = len(self.calls)
+            self.calls.append(list(texts))
+        self.started[n].set()
+        self.gates[n].wait(10)
+        return [_Pred(sentiment_probs={"negative": 0.8, "neutral": 0.1, "positive": 0.1}) for _ in texts]
+
+
+def test_two_model_calls_run_at_once_and_their_batches_are_stored_and_released_in_take_order() -> None:
+    import asyncio
+
+    clf = _PerCallGates()
+    scorer, _, store, consumer, published, take = _gated_scorer(batch_max=10, model_calls=2, clf=clf)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        await take(3)  # call 0
+        await take(4)  # call 1, at the same time: a second model call was free
+        await loop.run_in_executor(None, clf.started[1].wait, 5)
+        assert clf.started[0].is_set() and [len(c) for c in clf.calls] == [3, 4]
+        await asyncio.wait_for(take(5), 1)  # both calls busy: pending, handle returns at once
+        waiting = asyncio.ensure_future(take(6))  # 11 pending >= batch_max: backpressure
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        clf.gates[1].set()  # the later call ends first ...
+        await loop.run_in_executor(None, time.sleep, 0.2)
+        assert store.inserts == [] and consumer.acked == []  # ... and waits for the earlier one
+        for g in clf.gates:
+            g.set()
+        await asyncio.wait_for(waiting, 5)
+        await scorer.drain(5)
+
+    try:
+        asyncio.run(run())
+    finally:
+        scorer.close()
+    assert sorted(len(c) for c in clf.calls[:2]) == [3, 4] and sum(len(c) for c in clf.calls) == 18
+    assert max(len(c) for c in clf.calls) <= 10
+    ids = [f"m{i}" for i in range(18)]
+    assert [i for rows in store.inserts for i in rows] == ids  # stored once each, in take order
+    assert [k.decode() for keys in published for k in keys] == ids
+    assert consumer.acked == list(range(18))  # released once each, in order
+    assert scorer.stats.consumed == 18 and scorer.stats.stored == 18

@@ -38,7 +38,7 @@ def _one(settings: Settings, n: int, texts: list[str], partitions: int, store_ur
     from finsent.stream.store import open_store
 
     suffix = run
-    threads = settings.model_threads or max(1, (os.cpu_count() or 1) // n)
+    threads = settings.model_threads or max(1, (os.cpu_count() or 1) // (n * settings.model_calls))
     s = settings.model_copy(update={
         "store": store_url, "topic_raw": f"bench-raw-{suffix}", "topic_scored": f"bench-scored-{suffix}",
         "topic_dlq": f"bench-dlq-{suffix}", "topic_alerts": f"bench-alerts-{suffix}",

@@ -76,7 +76,15 @@ class Settings(BaseSettings):
     # --- Model ---------------------------------------------------------------------------------
     model_dir: str | None = Field(None, description="model directory; default: the model shipped with finsent")
     model_variant: ModelVariant = Field("auto", description="auto: fp16 on CUDA, int8 on CPU")
-    model_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = all cores")
+    model_threads: int = Field(
+        0, ge=0,
+        description="onnxruntime intra-op threads per model call; 0 = the cores shared out among the model_calls",
+    )
+    model_calls: int = Field(
+        2, ge=1, le=16,
+        description="model calls a worker runs at once, each on its own batch (one call's Python overlaps the other's "
+                    "onnxruntime run; on CPU two single-thread calls beat one two-thread call: bench/RESULTS.md)",
+    )
     model_cache_size: int = Field(
         0, ge=0, le=1_000_000,
         description="recent predictions kept for repeated texts (re-posts, syndicated headlines); 0 = off",
@@ -206,6 +214,15 @@ class Settings(BaseSettings):
     def topic_alert_counts(self) -> str:
         """The in-stream detector's internal topic of per-window counts (declared with the others)."""
         return f"{self.topic_alerts}.counts"
+
+    @property
+    def call_threads(self) -> int:
+        """onnxruntime intra-op threads of each of the worker's ``model_calls``: ``model_threads``, else the
+        cores this process may use shared out (at least one each)."""
+        if self.model_threads:
+            return self.model_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.model_calls)
 
     @property
     def broker_list(self) -> list[str]:
