@@ -85,6 +85,8 @@ RETRY_MAX_S = 4.0
 #: dominates small inserts, so a backlog is written in a few large ones; an idle worker still stores
 #: each batch at once (bench/RESULTS.md "Plumbing").
 MAX_WAITING_BATCHES = 8
+#: Smallest piece of a batch split across free model calls (smaller pieces cost more model time per item).
+SPLIT_MIN_ITEMS = 16
 STORE_GROUP_ROWS = 2048
 
 
@@ -258,6 +260,8 @@ class AckGuard:
         for ev in self.events:
             ev.message.incref()
         self.released = False
+        #: how many pieces (model calls) the batch was scored in: each releases once, the last one acks
+        self.pieces = 1
 
     @classmethod
     def join(cls, guards: Sequence[AckGuard]) -> AckGuard:
@@ -271,11 +275,26 @@ class AckGuard:
             g.released = True  # their references now belong to ``joined``: released once, by it
         return joined
 
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            for ev in self.events:
-                ev.ack()
+    def split(self, pieces: int) -> AckGuard:
+        """The batch goes to the model in ``pieces`` calls: ack only once every piece has been released.
+
+        A piece whose store failed at a stop is never released, so its messages are never acked,
+        even when a later piece was stored: the whole batch is redelivered.
+        """
+        self.pieces = pieces
+        return self
+
+    def release(self) -> bool:
+        """Release one piece; ack every message when the last piece is released. True when this call acked."""
+        if self.released:
+            return False
+        self.pieces -= 1
+        if self.pieces > 0:
+            return False
+        self.released = True
+        for ev in self.events:
+            ev.ack()
+        return True
 
 
 class Scorer:
@@ -418,7 +437,12 @@ class Scorer:
             await asyncio.wait(self.scoring, return_when=asyncio.FIRST_COMPLETED)
 
     def _start_scoring(self) -> None:
-        """Hand the oldest pending batches, up to ``batch_max`` messages (at least one batch), to the model."""
+        """Hand the oldest pending batches, up to ``batch_max`` messages (at least one batch), to the model.
+
+        With more than one model call free they are cut into that many pieces (of at least
+        SPLIT_MIN_ITEMS), scored at once: an idle worker scores a take on every core, in about the time
+        of one piece, without onnxruntime's per-operator thread synchronisation.
+        """
         take = 1
         n = len(self._pending[0][1])
         while take < len(self._pending) and n + len(self._pending[take][1]) <= self.settings.batch_max:
@@ -428,10 +452,16 @@ class Scorer:
         self._pending_n -= n
         guard = AckGuard.join([g for g, _ in chunks])
         messages = chunks[0][1] if take == 1 else [m for _, ms in chunks for m in ms]
-        before, self._handed = self._handed, asyncio.get_running_loop().create_future()
-        call = asyncio.ensure_future(self._score(guard, messages, before, self._handed))
-        self.scoring.add(call)
-        call.add_done_callback(self.scoring.discard)
+        pieces = max(1, min(self.settings.model_calls - len(self.scoring), len(messages) // SPLIT_MIN_ITEMS))
+        size = -(-len(messages) // pieces)
+        parts = [messages[i : i + size] for i in range(0, len(messages), size)]
+        guard.split(len(parts))
+        loop = asyncio.get_running_loop()
+        for part in parts:
+            before, self._handed = self._handed, loop.create_future()
+            call = asyncio.ensure_future(self._score(guard, part, before, self._handed))
+            self.scoring.add(call)
+            call.add_done_callback(self.scoring.discard)
 
     def _decode_and_score(
         self, classifier: Any, messages: list[RawMessage]
@@ -554,7 +584,8 @@ class Scorer:
                 self.stats.latencies.extend(x for s, x in zip(scored, lat, strict=True) if s.item.ingested_at >= floor)
             self.stats.dead_lettered.update(reasons)
         for b in group:
-            b.guard.release()
+            if not b.guard.release():
+                continue  # a piece of a batch split across model calls; its last piece acks the batch
             for ev in b.guard.events:
                 key = (ev.message.topic, ev.message.partition)
                 if ev.message.offset > self.stored_offsets.get(key, -1):

@@ -363,3 +363,60 @@ def test_two_model_calls_run_at_once_and_their_batches_are_stored_and_released_i
     assert [k.decode() for keys in published for k in keys] == ids
     assert consumer.acked == list(range(18))  # released once each, in order
     assert scorer.stats.consumed == 18 and scorer.stats.stored == 18
+
+
+def test_an_idle_worker_splits_a_batch_across_its_free_model_calls_and_acks_it_when_every_piece_is_stored() -> None:
+    import asyncio
+
+    from finsent.stream.worker import SPLIT_MIN_ITEMS
+
+    clf = _PerCallGates()
+    scorer, _, store, consumer, published, take = _gated_scorer(batch_max=64, model_calls=2, clf=clf)
+    n = 2 * SPLIT_MIN_ITEMS + 3
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        await take(n)  # both calls free: two pieces, scored at once
+        await loop.run_in_executor(None, clf.started[1].wait, 5)
+        assert [len(c) for c in clf.calls] == [SPLIT_MIN_ITEMS + 2, SPLIT_MIN_ITEMS + 1]
+        clf.gates[0].set()  # the first piece is stored and published while the second is in the model
+        for _ in range(100):
+            if published:
+                break
+            await asyncio.sleep(0.02)
+        assert [len(rows) for rows in store.inserts] == [SPLIT_MIN_ITEMS + 2] and len(published) == 1
+        assert consumer.acked == []  # not one offset of the batch before its last piece is stored
+        clf.gates[1].set()
+        await take(SPLIT_MIN_ITEMS * 2 - 1)  # too small for two pieces of SPLIT_MIN_ITEMS: one call
+        for g in clf.gates:
+            g.set()
+        await scorer.drain(5)
+
+    try:
+        asyncio.run(run())
+    finally:
+        scorer.close()
+    assert [len(c) for c in clf.calls][2:] == [SPLIT_MIN_ITEMS * 2 - 1]
+    total = n + SPLIT_MIN_ITEMS * 2 - 1
+    ids = [f"m{i}" for i in range(total)]
+    assert [i for rows in store.inserts for i in rows] == ids
+    assert [k.decode() for keys in published for k in keys] == ids
+    assert consumer.acked == list(range(total))  # each once, in order, after both pieces were published
+
+
+def test_a_split_guard_acks_only_when_every_piece_is_released() -> None:
+    from faust.types.tuples import ConsumerMessage
+
+    consumer = _Consumer()
+    msgs = [ConsumerMessage("finsent.raw", 0, off, 0.0, 0, None, b"k", b"v", None) for off in range(4)]
+    for m in msgs:
+        m.incref()
+    events = [_Event(m, consumer) for m in msgs]
+    guard = AckGuard(events).split(3)
+    for ev in events:
+        ev.ack()  # take's own ack
+    assert guard.release() is False and guard.release() is False
+    assert consumer.acked == []  # a piece not released (its store failed at a stop) keeps the batch unacked
+    assert guard.release() is True
+    assert consumer.acked == [0, 1, 2, 3]
+    assert guard.release() is False and consumer.acked == [0, 1, 2, 3]
