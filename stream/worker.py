@@ -262,6 +262,9 @@ class AckGuard:
         self.released = False
         #: how many pieces (model calls) the batch was scored in: each releases once, the last one acks
         self.pieces = 1
+        #: pieces still in the model: an idle store stage starts only when the last one is scored, so an
+        #: idle worker still writes a split batch in one insert
+        self.unscored = 1
 
     @classmethod
     def join(cls, guards: Sequence[AckGuard]) -> AckGuard:
@@ -281,7 +284,7 @@ class AckGuard:
         A piece whose store failed at a stop is never released, so its messages are never acked,
         even when a later piece was stored: the whole batch is redelivered.
         """
-        self.pieces = pieces
+        self.pieces = self.unscored = pieces
         return self
 
     def release(self) -> bool:
@@ -441,7 +444,8 @@ class Scorer:
 
         With more than one model call free they are cut into that many pieces (of at least
         SPLIT_MIN_ITEMS), scored at once: an idle worker scores a take on every core, in about the time
-        of one piece, without onnxruntime's per-operator thread synchronisation.
+        of one piece, without onnxruntime's per-operator thread synchronisation. An idle store stage waits
+        for the last piece, so the pieces still go into one insert.
         """
         take = 1
         n = len(self._pending[0][1])
@@ -508,7 +512,8 @@ class Scorer:
             self._space.clear()
             await self._space.wait()
         self._waiting.append(ScoredBatch(guard, scored, dead, payloads))
-        if self.inflight is None or self.inflight.done():
+        guard.unscored -= 1
+        if guard.unscored <= 0 and (self.inflight is None or self.inflight.done()):
             self.inflight = asyncio.ensure_future(self._finish_waiting())
 
     def _take_group(self) -> list[ScoredBatch]:

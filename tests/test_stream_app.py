@@ -379,14 +379,15 @@ def test_an_idle_worker_splits_a_batch_across_its_free_model_calls_and_acks_it_w
         await take(n)  # both calls free: two pieces, scored at once
         await loop.run_in_executor(None, clf.started[1].wait, 5)
         assert [len(c) for c in clf.calls] == [SPLIT_MIN_ITEMS + 2, SPLIT_MIN_ITEMS + 1]
-        clf.gates[0].set()  # the first piece is stored and published while the second is in the model
+        clf.gates[0].set()  # the first piece is scored; the idle store waits for its sibling (one insert)
+        await loop.run_in_executor(None, time.sleep, 0.2)
+        assert store.inserts == [] and consumer.acked == []
+        clf.gates[1].set()
         for _ in range(100):
-            if published:
+            if consumer.acked:
                 break
             await asyncio.sleep(0.02)
-        assert [len(rows) for rows in store.inserts] == [SPLIT_MIN_ITEMS + 2] and len(published) == 1
-        assert consumer.acked == []  # not one offset of the batch before its last piece is stored
-        clf.gates[1].set()
+        assert [len(rows) for rows in store.inserts] == [n]  # both pieces in one insert
         await take(SPLIT_MIN_ITEMS * 2 - 1)  # too small for two pieces of SPLIT_MIN_ITEMS: one call
         for g in clf.gates:
             g.set()
