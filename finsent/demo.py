@@ -62,7 +62,9 @@ MIN_SPIKE_TEXTS = 5
 MIN_TOPIC_SHARE = 0.05
 
 
-def choose_spike(classifier: Any, tweets: list[dict[str, Any]], sample: int = 800) -> tuple[str, list[str], float]:
+def choose_spike(
+    classifier: Any, tweets: list[dict[str, Any]], sample: int = 800, calls: int = 1
+) -> tuple[str, list[str], float]:
     """The spike topic and its texts, chosen so that the spike stands out on any machine.
 
     Candidates are the topics the model gives to negative-labelled tweets it also scores negative
@@ -70,14 +72,23 @@ def choose_spike(classifier: Any, tweets: list[dict[str, Any]], sample: int = 80
     background traffic, the one whose background is LEAST negative wins: a spike on a topic that is
     already 40 % negative can at most double it, one on a 7 % topic rises tenfold, which the detector
     confirms within a couple of windows even when a busy machine caps the demo's rate. Also returns
-    the model's speed (items/s), which caps the demo's rate.
+    the model's speed (items/s), which caps the demo's rate: measured with ``calls`` model calls at
+    once, as the worker runs them (``Settings.model_calls``).
     """
     pool = [t["text"] for t in tweets if t.get("sentiment") == "negative"]
     rest = [t["text"] for t in tweets if t.get("sentiment") != "negative"]
     background = random.Random(7).sample(rest, min(sample, len(rest))) + pool
     classifier.predict(pool[:8])  # warm-up
     t0 = time.perf_counter()
-    preds = classifier.predict(background)
+    if calls > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        size = -(-len(background) // calls)
+        with ThreadPoolExecutor(max_workers=calls) as pool_ex:
+            parts = pool_ex.map(classifier.predict, [background[i : i + size] for i in range(0, len(background), size)])
+            preds = [p for part in parts for p in part]
+    else:
+        preds = classifier.predict(background)
     speed = len(background) / max(time.perf_counter() - t0, 1e-6)
     volume: collections.Counter[str] = collections.Counter()
     negative: collections.Counter[str] = collections.Counter()
@@ -329,7 +340,7 @@ def run_demo(
 
         classifier = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
                                      threads=settings.call_threads, cache_dir=settings.cache_dir)
-        spike_topic, spike_texts, speed = choose_spike(classifier, tweets)
+        spike_topic, spike_texts, speed = choose_spike(classifier, tweets, calls=settings.model_calls)
     console.print(f"model {classifier.version} on {classifier.provider}, ~{speed:.0f} items/s here; "
                   f"spike topic: [b]{spike_topic}[/b] ({len(spike_texts)} distinct negative tweets)")
     if rate > MAX_LOAD * speed:
