@@ -90,7 +90,18 @@ def test_broker_killed_under_a_running_worker_then_sigterm(tmp_path: Path, tiny_
             except OSError:
                 return -1
 
-        wait_for(lambda: stored() == 10 or proc.poll() is not None, 90, "10 rows stored before the fault")
+        def done() -> float:
+            """The worker's own count: stored AND published (a row in the store is not yet a finished batch)."""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                return -1.0
+            return next((float(ln.split()[-1]) for ln in text.splitlines()
+                         if ln.startswith("finsent_items_stored_total ")), -1.0)
+
+        wait_for(lambda: (stored() == 10 and done() == 10) or proc.poll() is not None, 90,
+                 "10 rows stored and published before the fault")
         assert broker.proc is not None
         broker.proc.kill()  # the broker dies: no goodbye, like a crashed node
         broker.proc.wait()
