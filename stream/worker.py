@@ -509,6 +509,8 @@ class Scorer:
             if scored:
                 self.stats.batch_versions.append(frozenset(s.model_version for s in scored))
         while len(self._waiting) >= MAX_WAITING_BATCHES:  # backpressure: the store is behind
+            if self.inflight is None or self.inflight.done():  # pieces of a split batch, waiting for a sibling
+                self.inflight = asyncio.ensure_future(self._finish_waiting())
             self._space.clear()
             await self._space.wait()
         self._waiting.append(ScoredBatch(guard, scored, dead, payloads))

@@ -315,8 +315,8 @@ class _PerCallGates:
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
-        self.gates = [threading.Event() for _ in range(8)]
-        self.started = [threading.Event() for _ in range(8)]
+        self.gates = [threading.Event() for _ in range(16)]
+        self.started = [threading.Event() for _ in range(16)]
         self._lock = threading.Lock()
 
     def predict(self, texts: list[str]) -> list[_Pred]:
@@ -421,3 +421,30 @@ def test_a_split_guard_acks_only_when_every_piece_is_released() -> None:
     assert guard.release() is True
     assert consumer.acked == [0, 1, 2, 3]
     assert guard.release() is False and consumer.acked == [0, 1, 2, 3]
+
+
+def test_a_batch_split_into_more_pieces_than_the_store_queue_holds_is_still_stored() -> None:
+    """More unstored pieces of one batch than MAX_WAITING_BATCHES: the store stage must start anyway
+    (it waits for a batch's last piece only while there is room), or the later pieces wait forever."""
+    import asyncio
+
+    from finsent.stream.worker import MAX_WAITING_BATCHES, SPLIT_MIN_ITEMS
+
+    clf = _PerCallGates()
+    pieces = MAX_WAITING_BATCHES + 4
+    n = pieces * SPLIT_MIN_ITEMS
+    scorer, _, store, consumer, published, take = _gated_scorer(batch_max=n, model_calls=pieces, clf=clf)
+    for g in clf.gates:
+        g.set()
+
+    async def run() -> None:
+        await take(n)
+        await scorer.drain(5)
+
+    try:
+        asyncio.run(run())
+    finally:
+        scorer.close()
+    assert len(clf.calls) == pieces
+    assert [i for rows in store.inserts for i in rows] == [f"m{i}" for i in range(n)]
+    assert consumer.acked == list(range(n))
