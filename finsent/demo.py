@@ -80,15 +80,10 @@ def choose_spike(
     background = random.Random(7).sample(rest, min(sample, len(rest))) + pool
     classifier.predict(pool[:8])  # warm-up
     t0 = time.perf_counter()
-    if calls > 1:
-        from concurrent.futures import ThreadPoolExecutor
+    from finsent.models.runtime import predict_at_once
 
-        size = -(-len(background) // calls)
-        with ThreadPoolExecutor(max_workers=calls) as pool_ex:
-            parts = pool_ex.map(classifier.predict, [background[i : i + size] for i in range(0, len(background), size)])
-            preds = [p for part in parts for p in part]
-    else:
-        preds = classifier.predict(background)
+    size = -(-len(background) // calls)
+    preds = predict_at_once(classifier, [background[i : i + size] for i in range(0, len(background), size)], calls)
     speed = len(background) / max(time.perf_counter() - t0, 1e-6)
     volume: collections.Counter[str] = collections.Counter()
     negative: collections.Counter[str] = collections.Counter()

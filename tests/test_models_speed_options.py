@@ -171,3 +171,26 @@ def test_bench_counts_repeated_seed_texts_with_the_runtime_key(tiny: tuple[Path,
     assert seed_cache_hit_rate(clf) == pytest.approx(1 - len(set(keys)) / len(keys))
     assert seed_cache_hit_rate(clf) < 0.05  # the seed files hold a few repeats at most
     assert seed_cache_hit_rate(clf, size=1) <= seed_cache_hit_rate(clf)
+
+
+def test_predict_at_once_keeps_the_input_order_across_concurrent_calls() -> None:
+    import threading
+    import time
+
+    from finsent.models.runtime import predict_at_once
+
+    class _Echo:
+        def __init__(self) -> None:
+            self.threads: set[int] = set()
+
+        def predict(self, texts: list[str]) -> list[str]:
+            self.threads.add(threading.get_ident())
+            time.sleep(0.05 if texts[0] == "a0" else 0.0)  # the first batch ends last
+            return list(texts)
+
+    clf = _Echo()
+    batches = [[f"{c}{i}" for i in range(3)] for c in "abcd"]
+    out = predict_at_once(clf, batches, calls=2)  # type: ignore[arg-type]
+    assert out == [t for b in batches for t in b]
+    assert len(clf.threads) == 2
+    assert predict_at_once(clf, batches, calls=1) == out  # type: ignore[arg-type]

@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +166,8 @@ def run_bench(
     """
     import onnxruntime as ort
 
-    from finsent.models.runtime import Classifier
+    from finsent.core.settings import usable_cores
+    from finsent.models.runtime import Classifier, predict_at_once
 
     texts = seed_texts()
     rng = np.random.default_rng(13)
@@ -209,13 +209,11 @@ def run_bench(
             hit_rate = seed_cache_hit_rate(clf32)
             # the worker's default (Settings.model_calls = 2): two batches of 32 at once, half the cores each
             n_calls = 2
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            per_call = max(1, (threads or cores) // n_calls)
+            per_call = max(1, (threads or usable_cores()) // n_calls)
             par = Classifier.load(model_dir, variant=variant, threads=per_call, batch_size=32, text_cache_size=0)
-            pool = ThreadPoolExecutor(max_workers=n_calls, thread_name_prefix="bench-calls")
 
-            def at_once(ts: Sequence[str], clf: Classifier = par, pool: ThreadPoolExecutor = pool) -> None:
-                list(pool.map(clf.predict, [ts[s : s + 32] for s in range(0, len(ts), 32)]))
+            def at_once(ts: Sequence[str], clf: Classifier = par, calls: int = n_calls) -> None:
+                predict_at_once(clf, [ts[s : s + 32] for s in range(0, len(ts), 32)], calls)
 
             rows.append(
                 (

@@ -42,16 +42,10 @@ def model_only_seconds(classifier: Any, texts: list[str], batch: int, calls: int
     The worker runs up to ``model_calls`` batches at once (``Settings.model_calls``), so the model-only
     side does the same: the ratio then measures the plumbing, not a different way of running the model.
     """
-    batches = [texts[i : i + batch] for i in range(0, len(texts), batch)]
-    t0 = time.perf_counter()
-    if calls <= 1:
-        for part in batches:
-            classifier.predict(part)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
+    from finsent.models.runtime import predict_at_once
 
-        with ThreadPoolExecutor(max_workers=calls, thread_name_prefix="bench-model") as pool:
-            list(pool.map(classifier.predict, batches))
+    t0 = time.perf_counter()
+    predict_at_once(classifier, [texts[i : i + batch] for i in range(0, len(texts), batch)], calls)
     return time.perf_counter() - t0
 
 

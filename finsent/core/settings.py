@@ -219,10 +219,7 @@ class Settings(BaseSettings):
     def call_threads(self) -> int:
         """onnxruntime intra-op threads of each of the worker's ``model_calls``: ``model_threads``, else the
         cores this process may use shared out (at least one each)."""
-        if self.model_threads:
-            return self.model_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // self.model_calls)
+        return self.model_threads or max(1, usable_cores() // self.model_calls)
 
     @property
     def broker_list(self) -> list[str]:
@@ -236,6 +233,11 @@ class Settings(BaseSettings):
                 d[k] = "***" if v else None
         d["store"] = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.store)
         return d
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a container's cpuset), not the host's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _read_file(path: Path) -> dict[str, Any]:
