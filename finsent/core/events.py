@@ -33,6 +33,39 @@ SOURCE_TYPES: tuple[str, ...] = ("news", "social")
 SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
 
 
+@dataclass(frozen=True, slots=True)
+class EntityMention:
+    """One entity an item is about, with how the item treats it (one row per (item, entity)).
+
+    The agreed output shape of the entity layer: the model finds the span and its sentiment, the
+    linker (``finsent.models.linking``) fills ``entity_id``/``name``, and relevance comes from where and
+    how often the entity appears. Offsets are character offsets into the text that was scored
+    (``title + "\\n\\n" + text`` when the item has a title), ``end`` exclusive, so
+    ``scored_text[start:end] == text`` always holds.
+    """
+
+    #: the surface text as it appears in the scored text
+    text: str
+    start: int
+    end: int
+    #: negative / neutral / positive (:data:`SENTIMENTS`)
+    sentiment: str
+    sentiment_probs: dict[str, float]
+    #: canonical id when linked (e.g. ``"AAPL"`` for a US listing, ``"X:BTC"`` for crypto), else ``None``
+    entity_id: str | None
+    #: canonical name when linked, else the normalised surface name (the key of an unlinked entity)
+    name: str
+    #: 0-100, from position (headline, first mention) and count
+    relevance: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text, "start": self.start, "end": self.end, "sentiment": self.sentiment,
+            "sentiment_probs": {k: round(float(v), 6) for k, v in self.sentiment_probs.items()},
+            "entity_id": self.entity_id, "name": self.name, "relevance": int(self.relevance),
+        }
+
+
 #: Every reason a dead letter can carry: the decoder's (:class:`InvalidEvent`), then the worker's
 #: catch-alls for a message that broke the decoder or the model in a way nobody foresaw.
 DEAD_LETTER_REASONS: tuple[str, ...] = (
