@@ -5,11 +5,23 @@ do to us -- a whole-request deadline (not just a per-read socket timeout), a byt
 body *after* decompression (gzip bombs), a bounded number of redirects, conditional GET
 (ETag / Last-Modified -> 304), and 429/503 ``Retry-After`` turned into a back-off the poller
 honours. Every failure is a :class:`FetchError` whose ``kind`` is a metrics label.
+
+The deadline covers the whole request -- connect, TLS, status line and headers, body, and every
+redirect hop -- not only the body: a per-read socket timeout alone lets a server that drips one
+header byte a second hold a poll (and its pool slot) forever. Each request gets a
+:class:`_Watchdog`: every connection it opens is created with ``min(socket timeout, time left)``
+and registered with it, and when the deadline passes a timer shuts those sockets down, so the
+blocked ``recv`` in the polling thread returns at once and the fetch fails as ``timeout``. (Name
+resolution is the one step it cannot abort; the system resolver bounds it by its own timeouts.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import http.client
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +29,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import Message
-from typing import Any
+from typing import Any, NoReturn
 
 from finsent.core.errors import FinsentError
 
@@ -94,6 +106,95 @@ class _LimitedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Watchdog:
+    """Aborts one request's sockets when its deadline passes (see the module docstring).
+
+    It keeps a ``dup`` of each socket: ``shutdown`` on the duplicate descriptor ends the shared
+    connection even after ``ssl`` has detached the original socket object, and owning the
+    descriptor means a late timer can never shut down an unrelated socket that reused its number.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.fired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout_s, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    @staticmethod
+    def _abort(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # already closed by its connection: nothing to abort
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def register(self, sock: socket.socket) -> None:
+        dup = sock.dup()
+        with self._lock:
+            self._socks.append(dup)
+            if self.fired:  # the deadline passed while this socket was connecting
+                self._abort(dup)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for s in self._socks:
+                self._abort(s)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for s in self._socks:
+                s.close()
+            self._socks.clear()
+
+
+def _watched_connection(base: type[http.client.HTTPConnection], watch: _Watchdog) -> Any:
+    """An ``http.client`` connection factory whose sockets connect within, and obey, ``watch``."""
+
+    def factory(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+        conn = base(host, **kwargs)
+        create = conn._create_connection  # type: ignore[attr-defined]
+
+        def create_watched(address: Any, timeout: Any = None, source_address: Any = None) -> socket.socket:
+            left = watch.remaining()
+            if left <= 0 or watch.fired:
+                raise TimeoutError("the fetch deadline passed before connecting (e.g. during redirects)")
+            if isinstance(timeout, (int, float)):
+                left = min(left, float(timeout))
+            sock = create(address, left, source_address)
+            watch.register(sock)
+            return sock
+
+        conn._create_connection = create_watched  # type: ignore[attr-defined]
+        return conn
+
+    return factory
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watch: _Watchdog) -> None:
+        super().__init__()
+        self._watch = watch
+
+    def http_open(self, req):  # type: ignore[no-untyped-def]
+        return self.do_open(_watched_connection(http.client.HTTPConnection, self._watch), req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watch: _Watchdog) -> None:
+        super().__init__()
+        self._watch = watch
+
+    def https_open(self, req):  # type: ignore[no-untyped-def]
+        return self.do_open(_watched_connection(http.client.HTTPSConnection, self._watch), req,
+                            context=self._context)
+
+
 class Fetcher:
     """GET with conditional headers, deadline, size limit, gzip and bounded redirects."""
 
@@ -108,7 +209,7 @@ class Fetcher:
         self.user_agent = user_agent
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
-        self._opener = urllib.request.build_opener(_LimitedRedirects(max_redirects))
+        self.max_redirects = max_redirects
 
     @classmethod
     def from_settings(cls, settings) -> Fetcher:
@@ -136,9 +237,39 @@ class Fetcher:
             req_headers["If-Modified-Since"] = last_modified
         req_headers.update(headers or {})
         request = urllib.request.Request(url, headers=req_headers, method="GET")
-        deadline = time.monotonic() + self.timeout_s
+        watch = _Watchdog(self.timeout_s)
         try:
-            resp = self._opener.open(request, timeout=self.timeout_s)
+            result = self._fetch(request, url, watch)
+        except FetchError as exc:
+            if watch.fired and exc.kind != "timeout":
+                self._timed_out(url, exc)
+            raise
+        except (ValueError, OSError, http.client.HTTPException) as exc:
+            # OSError: connection reset...; HTTPException: a garbled status line or headers
+            if watch.fired:
+                self._timed_out(url, exc)
+            raise FetchError("network", f"cannot fetch {url}: {type(exc).__name__}: {exc}") from None
+        finally:
+            watch.close()
+        if watch.fired:  # the sockets were shut down under a read: what we have may be cut short
+            self._timed_out(url, None)
+        return result
+
+    def _timed_out(self, url: str, cause: BaseException | None) -> NoReturn:
+        raise FetchError(
+            "timeout",
+            f"{url}: no complete response within {self.timeout_s:g}s "
+            "(the deadline covers connect, headers, body and redirects together)",
+        ) from cause
+
+    def _fetch(self, request: urllib.request.Request, url: str, watch: _Watchdog) -> FetchResult:
+        # one opener per request: its handlers carry this request's watchdog (a handler shared between
+        # threads would follow a redirect through another request's opener)
+        opener = urllib.request.build_opener(
+            _LimitedRedirects(self.max_redirects), _WatchedHTTPHandler(watch), _WatchedHTTPSHandler(watch)
+        )
+        try:
+            resp = opener.open(request, timeout=self.timeout_s)
         except urllib.error.HTTPError as exc:
             hdrs = _headers(exc.headers)
             exc.close()
@@ -156,17 +287,15 @@ class Fetcher:
         except FetchError:
             raise
         except TimeoutError:
-            raise FetchError("timeout", f"timed out after {self.timeout_s:.0f}s connecting to {url}") from None
+            raise FetchError("timeout", f"timed out after {self.timeout_s:g}s connecting to {url}") from None
         except urllib.error.URLError as exc:
             reason = exc.reason
-            if isinstance(reason, TimeoutError):
+            if isinstance(reason, TimeoutError) or watch.fired:
                 raise FetchError("timeout", f"timed out connecting to {url}") from None
             raise FetchError("network", f"cannot fetch {url}: {reason}") from None
-        except (ValueError, OSError) as exc:  # bad URL, connection reset...
-            raise FetchError("network", f"cannot fetch {url}: {exc}") from None
         with resp:
             hdrs = _headers(resp.headers)
-            body = self._read(resp, url, hdrs, deadline)
+            body = self._read(resp, url, hdrs, watch.deadline)
             return FetchResult(url=resp.geturl() or url, status=resp.status, body=body, headers=hdrs)
 
     def _read(self, resp: Any, url: str, hdrs: dict[str, str], deadline: float) -> bytes:
