@@ -17,6 +17,12 @@ Contract (what a client can rely on):
   same request; items that were acked before the failure are then reported as duplicates.
 * ``401`` without the bearer token (``settings.http_token``, compared in constant time),
   ``413`` for a body over the size limit or too many items, ``415`` for a non-JSON content type.
+  These refusals are answered from the headers alone and close the connection: an unread body is
+  never drained, so an unauthenticated request costs the server its headers and nothing more.
+* ``Content-Encoding``: ``identity`` or ``gzip`` (``415`` for any other). The server never inflates in
+  its parser (``auto_decompress=False``): a gzip body is inflated only after the token is checked, in a
+  worker thread, and only up to the body limit (``max_body_bytes`` applies to the inflated body;
+  past it ``413``), so a gzip bomb neither stalls the event loop nor grows memory.
 
 Bad clients (:func:`serve`), because an endpoint on a network meets them:
 
@@ -46,6 +52,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,6 +82,41 @@ LINGER_S = 2.0
 
 class BadBody(ValueError):
     pass
+
+
+class BodyTooLarge(ValueError):
+    pass
+
+
+#: Content-Encodings the door accepts. gzip only: it is what HTTP clients send, and one decoder is one
+#: thing to bound. deflate, br, zstd and chains of encodings are refused with 415 before the body is read.
+ACCEPTED_ENCODINGS = ("identity", "gzip", "x-gzip")
+
+
+def inflate_gzip(data: bytes, limit: int) -> bytes:
+    """The gzip body ``data`` inflated, refusing to produce more than ``limit`` bytes.
+
+    Called after authentication and off the event loop (a gzip bomb costs this thread at most
+    ``limit`` bytes of output, never the loop). Several concatenated gzip members are one body
+    (RFC 1952). Raises :class:`BodyTooLarge` past ``limit`` and :class:`BadBody` on corrupt data.
+    """
+    out: list[bytes] = []
+    size = 0
+    rest = data
+    try:
+        while rest:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            chunk = d.decompress(rest, limit - size + 1)
+            size += len(chunk)
+            out.append(chunk)
+            if size > limit or d.unconsumed_tail:
+                raise BodyTooLarge(f"gzip body inflates to more than {limit} bytes (the body limit)")
+            if not d.eof:
+                raise BadBody("gzip body is truncated")
+            rest = d.unused_data.lstrip(b"\0")
+    except zlib.error as exc:
+        raise BadBody(f"gzip body is corrupt ({exc})") from None
+    return b"".join(out)
 
 
 def parse_body(data: bytes, content_type: str | None) -> list[Any]:
@@ -259,6 +301,8 @@ def create_app(
 ) -> web.Application:
     """The push endpoint's routes. ``ready`` answers ``/readyz`` (default: the publisher's readiness)."""
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="publish")
+    #: one thread: authenticated gzip bodies are inflated one at a time, off the event loop
+    inflate_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inflate")
     coalescer = Coalescer(pipeline, executor, publish_timeout_s)
     expected = f"Bearer {token}".encode() if token else None
     metrics = pipeline.metrics
@@ -273,27 +317,47 @@ def create_app(
         got = request.headers.get("Authorization", "").encode("utf-8", "replace")
         return hmac.compare_digest(got, expected)
 
+    def refuse(status: int, message: str, **extra: Any) -> web.Response:
+        """An answer given before the body is read: the connection closes after it, so the unread body
+        is never drained (a refused request costs its headers, not its body)."""
+        resp = problem(status, message, **extra)
+        resp.force_close()
+        return resp
+
     async def post_items(request: web.Request) -> web.Response:
         if not authorized(request):
-            return problem(401, "missing or wrong bearer token (Authorization: Bearer <FINSENT_HTTP_TOKEN>)")
+            return refuse(401, "missing or wrong bearer token (Authorization: Bearer <FINSENT_HTTP_TOKEN>)")
         if request.content_length is not None and request.content_length > max_body_bytes:
-            return problem(413, f"body is {request.content_length} bytes; the limit is {max_body_bytes}")
+            return refuse(413, f"body is {request.content_length} bytes; the limit is {max_body_bytes}")
         mime = (request.content_type or "").lower() if "Content-Type" in request.headers else ""
         if mime not in _JSON_TYPES:
-            return problem(415, f"Content-Type {mime!r} not accepted: use application/json or application/x-ndjson")
+            return refuse(415, f"Content-Type {mime!r} not accepted: use application/json or application/x-ndjson")
         charset = request.charset
         if charset and known_text_encoding(charset) is None:
-            return problem(415, f"charset {charset!r} is not a text encoding finsent can read: use utf-8")
+            return refuse(415, f"charset {charset!r} is not a text encoding finsent can read: use utf-8")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+        if encoding not in ACCEPTED_ENCODINGS:
+            return refuse(415, f"Content-Encoding {encoding!r} not accepted: send the body as is or gzip it")
         try:
             async with asyncio.timeout(body_timeout_s):
-                body = await request.read()
+                body = await request.read()  # raw bytes: the server does not inflate (auto_decompress=False)
         except web.HTTPRequestEntityTooLarge:
-            return problem(413, f"body exceeds the limit of {max_body_bytes} bytes")
+            return refuse(413, f"body exceeds the limit of {max_body_bytes} bytes")
         except TimeoutError:
             metrics.errors.labels(METRIC_SOURCE, "body_timeout").inc()
             resp = problem(408, f"request body not received within {body_timeout_s:g} s")
             resp.force_close()
             return resp
+        if encoding != "identity":
+            try:  # after authentication, in a worker thread, bounded: the loop never inflates
+                body = await asyncio.get_running_loop().run_in_executor(
+                    inflate_executor, inflate_gzip, body, max_body_bytes)
+            except BodyTooLarge as exc:
+                metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
+                return problem(413, str(exc))
+            except BadBody as exc:
+                metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
+                return problem(400, str(exc))
         try:
             values = parse_body(body, request.headers.get("Content-Type"))
         except BadBody as exc:
@@ -367,6 +431,7 @@ def create_app(
 
     async def on_cleanup(app: web.Application) -> None:
         executor.shutdown(wait=True)
+        inflate_executor.shutdown(wait=True)
 
     app = web.Application(client_max_size=max_body_bytes)
     app.router.add_post("/v1/items", post_items)
@@ -491,6 +556,9 @@ async def serve_app(
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout_s,
         keepalive_timeout=header_timeout_s, lingering_time=LINGER_S,
+        # aiohttp would inflate gzip/deflate bodies in its parser, on the event loop, before the handler
+        # has checked the token -- and again while draining a refused body. The handler inflates instead.
+        auto_decompress=False,
     )
     await runner.setup()
     try:
