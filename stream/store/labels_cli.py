@@ -21,6 +21,22 @@ Defined behaviour of an import (each rule is tested in ``tests/test_labels.py``)
   twice changes nothing the second time (``unchanged`` counts them). See the ``labels`` table in
   :mod:`finsent.stream.store.schema` for why the store keeps the newest correction per (task, id).
 
+Spreadsheet formulas (CSV injection, OWASP): the queue's cells hold text from any feed, and analysts
+open the file in a spreadsheet, which runs a cell that starts with ``= + - @``, a tab or a carriage
+return as a formula (``=HYPERLINK(...)``, ``=cmd|' /C calc'!A0``). The export therefore prefixes such a
+cell with a single quote ``'`` (the spreadsheet shows the text, runs nothing), and the import removes
+that quote again. So that the quote is removed exactly when the export added it, the rule is a
+bijection on strings: a cell is escaped when it is zero or more quotes followed by a formula
+character (``= + - @``, tab, CR), and unescaped when it is one or more quotes followed by one. A
+text that really begins with ``'=`` is exported as ``''=`` and imported as ``'=`` again; ``'tis`` is
+left alone both ways. (A
+spreadsheet that saves the file drops its own quote: the import then reads the unquoted text, also
+right.) Hand-written import files follow the same rule: a leading ``'`` before a formula character is
+read as this escape.
+
+Many bad rows are summarised: the first :data:`MAX_LOGGED` are logged one line each, then one line
+with the count of the rest (the JSON summary lists up to :data:`MAX_REPORTED`).
+
 The embedded store (chdb) is held by one process: while a worker runs on it these commands fail with
 the store's one-line "in use" error. ``finsent query`` falls back to the worker's API, but that API is
 read-only, so corrections cannot travel through it.
@@ -34,6 +50,7 @@ import getpass
 import json
 import logging
 import random
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,7 +72,10 @@ QUEUE_CSV_COLUMNS = (
     "id", "sentiment", "topic", "text", "title", "source", "ingested_at", "predicted_sentiment", "p_negative",
     "p_neutral", "p_positive", "predicted_topic", "topic_prob", "uncertainty", "model_version",
 )
-MAX_REPORTED = 100  # rows listed in the JSON summary (all are logged)
+MAX_REPORTED = 100  # rows listed in the JSON summary
+MAX_LOGGED = 10  # bad or duplicate rows logged one line each; the rest are counted in one line
+_FORMULA_RE = re.compile(r"'*[=+\-@\t\r]")  # what the export escapes (see the module docstring)
+_ESCAPED_RE = re.compile(r"'+[=+\-@\t\r]")  # what the import unescapes: exactly the escaped cells
 _WORKER_HINT = (
     "labels are written to the store, and the running worker's API is read-only: stop the worker for a "
     "moment, or run the pipeline on a clickhouse:// server that several processes can share"
@@ -130,6 +150,16 @@ def opened_store(settings: Settings, what: str, hint: str = _WORKER_HINT) -> Ite
         yield store
     finally:
         store.close()
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet shows as text and never runs as a formula (``'`` prefix; see the module docstring)."""
+    return "'" + value if isinstance(value, str) and _FORMULA_RE.match(value) else value
+
+
+def csv_uncell(value: str) -> str:
+    """The inverse of :func:`csv_cell`: ``csv_uncell(csv_cell(s)) == s`` for every string ``s``."""
+    return value[1:] if _ESCAPED_RE.match(value) else value
 
 
 def _changed(new: Label, stored: dict[tuple[str, str], Label]) -> bool:
@@ -219,7 +249,7 @@ def _read_rows(path: str, default_by: str, report: dict[str, Any]) -> tuple[str,
         try:
             for rec in reader:
                 report["rows"] += 1
-                cell = {key: str(rec.get(col) or "") if col else "" for key, col in cols.items()}
+                cell = {key: csv_uncell(str(rec.get(col) or "")) if col else "" for key, col in cols.items()}
                 labels = {task: cell[task].strip() for task in LABEL_TASKS if cell.get(task, "").strip()}
                 rows.append(_Row(reader.line_num, cell.get("id", "").strip(), cell["text"], labels,
                                  cell["by"].strip() or default_by, cell["note"].strip()))
@@ -230,7 +260,8 @@ def _read_rows(path: str, default_by: str, report: dict[str, Any]) -> tuple[str,
 
 
 def _error(report: dict[str, Any], path: str, line: int, reason: str, detail: str) -> None:
-    log.warning("%s:%d: not imported: %s: %s", path, line, reason, detail)
+    if report["error_count"] < MAX_LOGGED:
+        log.warning("%s:%d: not imported: %s: %s", path, line, reason, detail)
     report["error_count"] += 1
     if len(report["errors"]) < MAX_REPORTED:
         report["errors"].append({"line": line, "reason": reason, "detail": detail})
@@ -269,8 +300,9 @@ def import_labels(store: Any, path: str, valid: dict[str, tuple[str, ...]], by: 
             earlier = latest.get((task, row.id))
             if earlier is not None:
                 report["duplicate_count"] += 1
-                log.warning("%s:%d: %s of %s given again on line %d: the later one wins", path, earlier[0].line,
-                            task, row.id, row.line)
+                if report["duplicate_count"] <= MAX_LOGGED:
+                        log.warning("%s:%d: %s of %s given again on line %d: the later one wins", path,
+                                earlier[0].line, task, row.id, row.line)
                 if len(report["duplicates"]) < MAX_REPORTED:
                     report["duplicates"].append({"line": earlier[0].line, "replaced_by": row.line, "id": row.id,
                                                  "task": task})
@@ -286,6 +318,13 @@ def import_labels(store: Any, path: str, valid: dict[str, tuple[str, ...]], by: 
     report["imported"] = store.insert_labels(todo)
     report["unchanged"] = len(new) - len(todo)
     report["errors"].sort(key=lambda e: e["line"])
+    if report["error_count"] > MAX_LOGGED:
+        log.warning("%s: %d more row(s) not imported, not logged one by one (%d in all; the JSON summary lists "
+                    "the first %d)", path, report["error_count"] - MAX_LOGGED, report["error_count"],
+                    min(report["error_count"], MAX_REPORTED))
+    if report["duplicate_count"] > MAX_LOGGED:
+        log.warning("%s: %d more repeated (id, task) row(s), not logged one by one (%d in all)", path,
+                    report["duplicate_count"] - MAX_LOGGED, report["duplicate_count"])
     return report
 
 
@@ -336,7 +375,7 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     try:
         writer = csv.DictWriter(f, fieldnames=QUEUE_CSV_COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     finally:
         if out is None:
             f.close()
