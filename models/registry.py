@@ -8,6 +8,8 @@ the workers, and needs no server. Everything a reader needs is a rename away fro
                                ``registry.json`` {version, parent, created_at, data_fingerprint, gate, source}
     ROOT/aliases.json          {"production": v|null, "candidate": v|null, "history": [{alias, version, at, by}]},
                                replaced atomically (temp file in ROOT, fsync, os.replace)
+    ROOT/aliases.json.last-good  the last aliases.json known good (written with it, refreshed by good reads):
+                               what readers use when aliases.json is corrupt (:meth:`Registry.aliases`)
     ROOT/.lock                 fcntl.flock'ed by every writer (register, alias moves)
     ROOT/.staging/             half-written versions; a version appears under versions/ only by one
                                os.rename of a complete, fsync'ed directory
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -49,8 +52,11 @@ from typing import Any
 from finsent.core.errors import InputError, ModelError
 from finsent.models.modeldir import LABELS_FILE, MODEL_FILE, check_model_dir
 
+log = logging.getLogger(__name__)
+
 VERSIONS_DIR = "versions"
 ALIASES_FILE = "aliases.json"
+LAST_GOOD_FILE = "aliases.json.last-good"
 LOCK_FILE = ".lock"
 STAGING_DIR = ".staging"
 FROZEN_DIR = "frozen"
@@ -104,12 +110,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` so readers see the old file or the new one, never a part."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part
+    (temp file in the same directory, fsync, os.replace, fsync of the directory)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -118,6 +125,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` so readers see the old file or the new one, never a part."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _fsync_tree(path: Path) -> None:
@@ -141,11 +153,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _parse_aliases(raw: bytes) -> dict[str, Any]:
+    """aliases.json's object; ValueError naming what is wrong with it."""
+    try:
+        loaded = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"is not valid JSON ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"holds a JSON {type(loaded).__name__}, not an object")
+    for alias in ALIASES:
+        if loaded.get(alias) is not None and not isinstance(loaded.get(alias), str):
+            raise ValueError(f"has a {alias} alias that is not a version name: {loaded.get(alias)!r}")
+    if not isinstance(loaded.get("history") or [], list):
+        raise ValueError("has a history that is not a list")
+    return loaded
+
+
+def _shape(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {a: data.get(a) for a in ALIASES}
+    out["history"] = list(data.get("history") or [])
+    return out
+
+
+#: corrupt-aliases problems already logged by this process (one ERROR line each, not one per poll)
+_reported: set[str] = set()
+
+
 class Registry:
     """A registry rooted at ``root`` (need not exist for reading: an absent registry has no versions)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser()
+        #: why the last read of aliases.json had to use the last good copy (None: it read fine)
+        self.corrupt: str | None = None
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
@@ -201,23 +241,53 @@ class Registry:
             )
         return mv
 
+    @property
+    def last_good_path(self) -> Path:
+        return self.root / LAST_GOOD_FILE
+
     def aliases(self) -> dict[str, Any]:
-        """The parsed aliases.json: {"production", "candidate", "history"} (empty aliases when absent)."""
-        data: dict[str, Any] = {}
+        """The parsed aliases.json: {"production", "candidate", "history"} (empty aliases when absent).
+
+        A corrupt aliases.json (not JSON, not an object, unreadable) is read from ``aliases.json.last-good``
+        instead, with one ERROR line, and :attr:`corrupt` says why; only when that copy is unusable too is
+        it a :class:`ModelError`. Why: a starting worker that cannot read the aliases used to exit 5, which
+        systemd does not restart, so one bad file became a fleet outage at the next reboot. Each good read
+        refreshes the copy (best effort: workers may mount the registry read-only); every write writes both.
+        """
         try:
-            loaded = json.loads(self.aliases_path.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                data = loaded
+            raw = self.aliases_path.read_bytes()
         except FileNotFoundError:
-            pass
-        except (OSError, json.JSONDecodeError) as exc:
+            self.corrupt = None
+            return _shape({})
+        except OSError as exc:
+            return self._last_good(f"cannot be read ({exc.strerror or exc})")
+        try:
+            data = _parse_aliases(raw)
+        except ValueError as exc:
+            return self._last_good(str(exc))
+        self.corrupt = None
+        _reported.discard(str(self.aliases_path))
+        with contextlib.suppress(OSError):  # a read-only mount, a full disk: the copy is a convenience
+            if not self.last_good_path.is_file() or self.last_good_path.read_bytes() != raw:
+                atomic_write_bytes(self.last_good_path, raw)
+        return _shape(data)
+
+    def _last_good(self, why: str) -> dict[str, Any]:
+        self.corrupt = f"{self.aliases_path} {why}"
+        try:
+            data = _parse_aliases(self.last_good_path.read_bytes())
+        except (OSError, ValueError) as exc:
             raise ModelError(
-                f"{self.aliases_path} cannot be read ({exc})",
-                hint="it is only ever replaced whole; restore it from the history of another copy or re-promote",
+                f"{self.corrupt}, and its last good copy {self.last_good_path.name} cannot be used either "
+                f"({getattr(exc, 'strerror', None) or exc})",
+                hint="it is only ever replaced whole; restore it from a backup or another copy, or re-promote "
+                     "with `finsent models promote VERSION` (workers start on FINSENT_MODEL_DIR meanwhile)",
             ) from None
-        out: dict[str, Any] = {a: data.get(a) for a in ALIASES}
-        out["history"] = list(data.get("history") or [])
-        return out
+        if self.corrupt not in _reported:  # once per distinct problem per process, not once per poll
+            _reported.add(self.corrupt)
+            log.error("model registry: %s; using its last good copy %s (production %s). Restore aliases.json or "
+                      "re-promote to repair it", self.corrupt, self.last_good_path.name, data.get("production"))
+        return _shape(data)
 
     def resolve(self, alias: str) -> ModelVersion | None:
         """The version ``alias`` points at, or None (no registry, alias unset, or version missing)."""
@@ -277,10 +347,14 @@ class Registry:
         ``only_if_empty`` nothing is registered (None is returned) when the registry already has a
         version: how the first version is created exactly once by concurrent retrains.
         """
+        from finsent.models.runtime import check_serving_contract, warm_up_max_length
         from finsent.models.variants import file_digest
 
         src = Path(model_dir)
         check_model_dir(src)
+        # a version that would blind the alerts is refused here, not found in production
+        if check_serving_contract(src) is None:
+            warm_up_max_length(src)  # positions not readable from the graph: try its longest input
         self._ensure()
         stage = self.root / STAGING_DIR / f"{os.getpid()}-{_HOST}-{uuid.uuid4().hex[:12]}"
         try:
@@ -361,6 +435,8 @@ class Registry:
         data[alias] = version
         data["history"].append({"alias": alias, "version": version, "at": now_iso(), "by": by, "action": action})
         atomic_write_json(self.aliases_path, data)
+        atomic_write_json(self.last_good_path, data)
+        self.corrupt = None
         return data
 
     @staticmethod
@@ -397,4 +473,4 @@ class Registry:
             return current, target
 
 
-__all__ = ["ALIASES", "ModelVersion", "Registry", "atomic_write_json"]
+__all__ = ["ALIASES", "ModelVersion", "Registry", "atomic_write_bytes", "atomic_write_json"]

@@ -411,4 +411,92 @@ class Classifier:
         return f"Classifier(version={self.version!r}, variant={self.variant!r}, provider={self.provider!r})"
 
 
-__all__ = ["Classifier", "Prediction", "TextCache", "VARIANT_CHOICES", "session_options"]
+# --- what a model must satisfy to serve the stream (registry register, worker load and hot reload) ------
+
+#: The sentiment labels the store, the metrics and the alert rules count by name: a model that names them
+#: otherwise (``bearish``/``bullish``) would be served and stored, and no alert would ever see a negative.
+SERVING_SENTIMENTS: frozenset[str] = frozenset({"negative", "neutral", "positive"})
+
+
+def position_limit(model_file: Path) -> int | None:
+    """The graph's position-embedding rows (the longest input it can take), from its initializers'
+    shapes; None when the graph has no recognisable position table."""
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    for init in graph.initializer:
+        if "position_embeddings" in init.name and len(init.dims) == 2:
+            return int(init.dims[0])
+    return None
+
+
+def check_serving_contract(model_dir: str | os.PathLike[str], info: ModelInfo | None = None) -> int | None:
+    """Raise :class:`ModelError` when ``model_dir`` would blind the alerts if served; returns the graph's
+    positions (None: not readable from the graph or labels.json, so only :func:`warm_up_max_length` can tell).
+
+    Checked without running the model: sentiment labels exactly {negative, neutral, positive} (any order:
+    everything maps them by name), a non-empty topic set, and ``max_length`` within the graph's
+    position embeddings (read from ``labels.json``'s ``max_position_embeddings`` when the graph has no
+    recognisable table). A graph too short for ``max_length`` passes a short warm-up and then fails on
+    every long item; :func:`max_length_text` is the warm-up that catches what this cannot see.
+    """
+    directory = Path(model_dir)
+    check_model_dir(directory)
+    if info is None:
+        try:
+            info = read_model_info(directory)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+    labels = set(info.sentiment)
+    if labels != SERVING_SENTIMENTS or len(info.sentiment) != len(SERVING_SENTIMENTS):
+        raise ModelError(
+            f"{directory}: sentiment labels {list(info.sentiment)} are not exactly "
+            f"{sorted(SERVING_SENTIMENTS)}: the store, the metrics and the alert rules count these names, so "
+            "this model would hide every negative item",
+            hint="re-export the model with the labels negative, neutral, positive (order does not matter)",
+        )
+    if not info.topic:
+        raise ModelError(f"{directory}: the model has no topic labels", hint="re-export the model directory")
+    try:
+        limit = position_limit(directory / MODEL_FILE)
+    except Exception as exc:  # noqa: BLE001 - an unreadable graph is the loader's error to report
+        raise ModelError(f"{directory / MODEL_FILE} cannot be read as an ONNX graph: {exc}") from None
+    if limit is None and isinstance(info.extra.get("max_position_embeddings"), int):
+        limit = int(info.extra["max_position_embeddings"])
+    if limit is not None and info.max_length > limit:
+        raise ModelError(
+            f"{directory}: labels.json sets max_length {info.max_length} but the graph has {limit} positions: "
+            "every item longer than that would fail to score (dead-lettered)",
+            hint=f"set max_length <= {limit} in labels.json, or export the model with more positions",
+        )
+    return limit
+
+
+def warm_up_max_length(model_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> None:
+    """Load ``model_dir`` (fp32, one thread) and score a text at its maximum length; :class:`ModelError` if
+    that fails. For graphs whose positions :func:`check_serving_contract` cannot read."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="finsent-warm-up-") as tmp:
+        try:
+            clf = Classifier.load(model_dir, variant="fp32", threads=1, cache_dir=cache_dir or tmp)
+            clf.predict([max_length_text(clf.info.max_length)])
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime's errors: the graph cannot take max_length tokens
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(
+                f"{model_dir}: scoring a text at its max_length fails ({type(exc).__name__}: {first[:200]}): "
+                "every item that long would be dead-lettered",
+                hint="lower max_length in labels.json to the graph's positions, or re-export the model",
+            ) from None
+
+
+def max_length_text(max_length: int) -> str:
+    """A text that tokenises to at least ``max_length`` tokens (one-character words, well under
+    ``DEFAULT_MAX_CHARS``): the warm-up that proves the graph takes its longest input."""
+    return " ".join(["a"] * (max_length + 8))
+
+
+__all__ = ["Classifier", "Prediction", "SERVING_SENTIMENTS", "TextCache", "VARIANT_CHOICES", "check_serving_contract",
+           "max_length_text", "session_options", "warm_up_max_length"]

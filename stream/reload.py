@@ -20,9 +20,13 @@ stays ready throughout. ``finsent models rollback`` moves the alias back, and th
 the same way.
 
 A version that fails to load (missing files, a corrupt graph, a ``model_version`` that does not match
-the registry's name) leaves the old model serving: one ERROR line per bad version (not one per poll),
-``finsent_model_reload_failures_total`` counts it, and the follower does not retry that version until
-the alias points elsewhere and comes back. ``finsent_model_info`` always shows the version in use.
+the registry's name) or may not serve (sentiment labels other than negative/neutral/positive, a
+``max_length`` beyond the graph's positions, a warm-up at the maximum length that fails:
+:func:`~finsent.models.runtime.check_serving_contract`) leaves the old model serving: one ERROR line
+per bad version (not one per poll), ``finsent_model_reload_failures_total`` counts it, and the follower
+does not retry that version until the alias points elsewhere and comes back. ``finsent_model_info``
+always shows the version in use. A corrupt ``aliases.json`` is read from its last good copy; when
+neither can be read, the worker keeps its model, logs one ERROR and sets ``finsent_model_registry_corrupt``.
 """
 
 from __future__ import annotations
@@ -59,13 +63,47 @@ def production_version(settings: Settings) -> Any:
     return registry.resolve("production") if registry is not None else None
 
 
-def startup_model_dir(settings: Settings) -> str | None:
-    """The model directory a worker loads at start: production from the registry, else FINSENT_MODEL_DIR."""
-    mv = production_version(settings)
-    if mv is not None:
-        log.info("registry %s: production is %s", settings.registry, mv.version)
-        return str(mv.path)
-    return settings.model_dir
+def note_registry_state(registry: Any, metrics: Any = None) -> None:
+    """``finsent_model_registry_corrupt``: 1 while the registry's aliases.json cannot be read, else 0."""
+    if metrics is None:
+        from finsent.stream.metrics import worker_metrics
+
+        metrics = worker_metrics()
+    metrics.registry_corrupt.set(1 if getattr(registry, "corrupt", None) else 0)
+
+
+def startup_model_dir(settings: Settings, metrics: Any = None) -> str | None:
+    """The model directory a worker loads at start: production from the registry, else FINSENT_MODEL_DIR.
+
+    Never a reason not to start: a corrupt aliases.json is read from its last good copy (the registry
+    logs that), and when neither can be read, or production names a version that may not serve
+    (:func:`~finsent.models.runtime.check_serving_contract`), the worker starts on FINSENT_MODEL_DIR
+    with an ERROR line, ``finsent_model_registry_corrupt`` says so, and hot reload keeps polling.
+    """
+    registry = registry_of(settings)
+    if registry is None:
+        return settings.model_dir
+    from finsent.models.runtime import check_serving_contract, warm_up_max_length
+
+    try:
+        mv = registry.resolve("production")
+    except ModelError as exc:
+        registry.corrupt = registry.corrupt or str(exc)
+        log.error("model registry %s unreadable at start (%s); starting on the model directory %s instead",
+                  registry.root, exc.one_line(), settings.model_dir or "(the shipped model)")
+        mv = None
+    note_registry_state(registry, metrics)
+    if mv is None:
+        return settings.model_dir
+    try:
+        if check_serving_contract(mv.path) is None:
+            warm_up_max_length(mv.path, settings.cache_dir)
+    except ModelError as exc:
+        log.error("registry %s: production %s may not serve (%s); starting on the model directory %s instead",
+                  settings.registry, mv.version, exc.one_line(), settings.model_dir or "(the shipped model)")
+        return settings.model_dir
+    log.info("registry %s: production is %s", settings.registry, mv.version)
+    return str(mv.path)
 
 
 def load_model(path: str | Path | None, settings: Settings, expect_version: str | None = None) -> Any:
@@ -74,15 +112,19 @@ def load_model(path: str | Path | None, settings: Settings, expect_version: str 
     ``expect_version``: the registry's name for it, which the loaded model must report (a directory
     whose labels.json says otherwise is not the version the alias names).
     """
-    from finsent.models.runtime import Classifier
+    from finsent.models.runtime import Classifier, check_serving_contract, max_length_text
 
     try:
+        if path is not None:
+            check_serving_contract(path)
         clf = Classifier.load(path, variant=settings.model_variant, threads=settings.call_threads,
                               cache_dir=settings.cache_dir, text_cache_size=settings.model_cache_size,
                               spinning=settings.model_spinning)
         if expect_version is not None and clf.version != expect_version:
             raise ModelError(f"{path} reports model_version {clf.version!r}, not {expect_version!r}")
-        clf.predict([WARM_UP_TEXT])
+        # a short text and one at the model's maximum length: a graph with fewer positions than max_length
+        # fails here, not on every long item after the swap
+        clf.predict([WARM_UP_TEXT, max_length_text(clf.info.max_length)])
     except ModelError:
         raise
     except Exception as exc:  # onnxruntime, tokenizers, OSError: all mean "this directory cannot serve"
@@ -105,14 +147,24 @@ class ModelFollower:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-reload")
         #: (version, "swapped" | "failed") per change seen, in order (tests, the log)
         self.events: list[tuple[str, str]] = []
+        #: why the production alias could not be read at the last poll (None: it could)
+        self.unreadable: str | None = None
 
     def check(self) -> str | None:
         """One poll (blocking: runs in the follower's thread). Returns the version swapped in, if any."""
         try:
             mv = self.registry.resolve("production")
-        except Exception as exc:  # an unreadable aliases.json must not stop the worker
-            log.warning("model registry %s: cannot read the production alias (%s)", self.registry.root, exc)
+        except Exception as exc:  # an unreadable aliases.json (and no good copy) must not stop the worker
+            why = exc.one_line() if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+            self.registry.corrupt = self.registry.corrupt or why
+            note_registry_state(self.registry, self.metrics)
+            if why != self.unreadable:  # one line per problem, not one per poll
+                log.error("model registry %s: cannot read the production alias (%s); still serving %s",
+                          self.registry.root, why, getattr(self.holder.current, "version", "?"))
+            self.unreadable = why
             return None
+        self.unreadable = None
+        note_registry_state(self.registry, self.metrics)
         current = self.holder.current
         serving = str(getattr(current, "version", ""))
         if mv is None or mv.version == serving:

@@ -179,7 +179,8 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
 
     # the read-only query API: `finsent query` uses it when this worker holds an embedded store
     routes = api_handlers(lambda: scorer_ref[0].store if scorer_ref else None)
-    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes, api_token=token)
     ensure_topics(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

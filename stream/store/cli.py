@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from finsent.core.argtypes import DURATION_HELP, parse_duration, positive_int
 from finsent.core.errors import InputError, StoreInUse
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30s``, ``15m``, ``2h``, ``7d``, ``1w`` (argparse ``type=``)."""
-    m = _DURATION.match(text)
-    if not m or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 15m, 2h, 7d or 1w")
-    return timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2).lower()])
 
 
 def format_duration(td: timedelta) -> str:
@@ -161,8 +152,10 @@ def _from_worker(settings: Settings, path: str, params: dict[str, Any], cause: E
     host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "") else settings.metrics_host
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
     url = f"http://{host}:{settings.metrics_port}{path}?{query}"
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=30) as resp:
             return json.loads(resp.read())
     except (OSError, ValueError) as exc:
         raise StoreInUse(
@@ -331,7 +324,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "query",
         help="read the store: item counts, newest negative items, alerts",
-        description="Read what finsent stored (FINSENT_STORE / --store). DURATION is like 30s, 15m, 2h, 7d, 1w.",
+        description=f"Read what finsent stored (FINSENT_STORE / --store). DURATION is {DURATION_HELP}.",
     )
     sub = p.add_subparsers(dest="query_command", metavar="QUERY", required=True)
 
@@ -359,7 +352,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--since", type=parse_duration, default=timedelta(hours=1), metavar="DURATION",
                    help="window of ingestion time (default: 1h)")
     t.add_argument("--topic", default=None, help="only this topic (matched case-insensitively)")
-    t.add_argument("--limit", type=int, default=10, help="newest negative items to show (default: 10)")
+    t.add_argument("--limit", type=positive_int, default=10, help="newest negative items to show, >= 1 (default: 10)")
     add_json_option(t, "{since_s, topic, topics: [...], negative: [...]}")
     t.set_defaults(func=_top)
 
