@@ -21,6 +21,7 @@ from typing import Any
 
 from finsent.alerts.base import TopicState
 from finsent.core.events import Alert, format_time, utcnow
+from finsent.core.redact import redact_url
 
 log = logging.getLogger(__name__)
 ALERTNAME = "FinsentNegativeSentimentSpike"
@@ -165,7 +166,7 @@ class AlertmanagerSink:
                 resp.read()
         except (urllib.error.URLError, OSError) as exc:
             log.warning("Alertmanager at %s refused %d alert(s): %s (will re-post next window)",
-                        self.url, len(body), exc)
+                        redact_url(self.url), len(body), exc)
 
 
 def build_sinks(settings: Any, store: Any = None) -> list[Callable[[Sequence[Alert], dict[str, TopicState]], None]]:

@@ -11,7 +11,8 @@
   ``chdb://relative/path`` is relative to the current directory and ``chdb://~/x`` expands
   ``~``; both are resolved to an absolute path at open time. Database default: ``finsent``.
 
-``store.url_redacted`` is the URL without the password, for logs and error messages.
+``store.url_redacted`` is the URL without the password, for logs and error messages; :func:`redact_url` is
+:mod:`finsent.core.redact`'s, the one redaction of every URL finsent prints.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from finsent.core.errors import ConfigError, StoreError, StoreUnavailable
+from finsent.core.redact import redact_url  # the one redaction (re-exported: callers import it from here)
 from finsent.core.store import Store, TopicCounts
 
 if TYPE_CHECKING:
@@ -47,19 +49,6 @@ def _options(query: str, allowed: set[str]) -> dict[str, str]:
     if unknown:
         raise ConfigError(f"unknown store URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
     return opts
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url.split("@")[-1]
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
 def parse_clickhouse_url(url: str) -> dict[str, Any]:
