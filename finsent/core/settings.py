@@ -12,6 +12,7 @@ what people type in systemd units and Kubernetes manifests. Each package owns on
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finsent.core.errors import ConfigError
 from finsent.core.events import MAX_MESSAGE_BYTES, MAX_TEXT_CHARS
+from finsent.core.redact import redact_url
 from finsent.core.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,9 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(0.25, gt=0, description="longest wait to fill a batch")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9464, ge=0, le=65535, description="worker /metrics port; 0 = off")
+    api_token: SecretStr | None = Field(
+        None, description="bearer token of the worker's data API (/v1/*); unset = that API answers on loopback only"
+    )
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024)
 
     # --- Ingest --------------------------------------------------------------------------------
@@ -243,12 +248,99 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist", hint="fix --config or FINSENT_CONFIG")
-    text = path.read_text(encoding="utf-8")
+#: how to fix a value that does not load; it never points at `finsent config`, which fails the same way
+FIX_HINT = "fix the value named; a flag beats the environment, which beats the file"
+FILE_HINT = "fix --config or FINSENT_CONFIG"
+
+
+def _file_format(path: Path, text: str) -> str:
+    """``TOML``, ``JSON`` or ``YAML``: by the extension (``.toml``, ``.json``, ``.yaml``/``.yml``); a file
+    with no or another extension (compose mounts ``/run/secrets/finsent``) by its first line that is not a
+    comment: ``{`` is JSON, ``[table]`` or ``name = value`` is TOML, anything else YAML."""
+    suffix = path.suffix.lower()
+    if suffix in (".toml", ".json"):
+        return suffix[1:].upper()
+    if suffix in (".yaml", ".yml"):
+        return "YAML"
+    first = next((line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")),
+                 "")
+    if first.startswith("{"):
+        return "JSON"
+    if re.fullmatch(r"\[[\w.\"' -]+\]", first) or re.match(r"""^("[^"]*"|'[^']*'|[\w-]+)\s*=""", first):
+        return "TOML"
+    return "YAML"
+
+
+def _key_lines(text: str, fmt: str) -> dict[str, int]:
+    """Setting name -> the line of the file that sets it (first one), so that errors and warnings name it.
+
+    YAML from the parser's marks; TOML and JSON by matching ``name =`` / ``"name":`` lines (their
+    parsers keep no positions), top level or under ``[finsent]`` / ``"finsent": {``.
+    """
+    lines: dict[str, int] = {}
+    if fmt == "YAML":
+        import yaml
+
+        try:
+            node = yaml.compose(text)
+        except yaml.YAMLError:
+            return lines
+        if isinstance(node, yaml.MappingNode):
+            pairs = node.value
+            inner = next((v for k, v in pairs if getattr(k, "value", None) == "finsent"
+                          and isinstance(v, yaml.MappingNode)), None)
+            for key, _ in inner.value if inner is not None else pairs:
+                lines.setdefault(str(key.value), key.start_mark.line + 1)
+        return lines
+    if fmt == "TOML":
+        table: str | None = None
+        for number, line in enumerate(text.splitlines(), 1):
+            head = re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line)
+            if head:
+                table = head.group(1).strip("\"'")
+                continue
+            m = re.match(r"""^\s*(?:"([^"]+)"|'([^']+)'|([\w-]+))\s*=""", line)
+            if m and table in (None, "finsent"):
+                lines.setdefault(next(g for g in m.groups() if g is not None), number)
+        return lines
+    for m in re.finditer(r'"((?:[^"\\]|\\.)*)"\s*:', text):  # JSON
+        lines.setdefault(m.group(1), text.count("\n", 0, m.start()) + 1)
+    return lines
+
+
+class _File:
+    """A settings file read: its values, format and the line of each name (for messages)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.values: dict[str, Any] = {}
+        self.lines: dict[str, int] = {}
+        self.format = "TOML"
+
+    def where(self, key: str) -> str:
+        line = self.lines.get(key)
+        return f"{self.path}, line {line}" if line else f"{self.path}"
+
+
+def _read_file(path: Path) -> _File:
+    """Parse a settings file by its format (see :func:`_file_format`); every failure is a :class:`ConfigError`
+    that names the file and, where the parser knows it, the line."""
+    out = _File(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist", hint=FILE_HINT)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, not a file", hint=FILE_HINT)
     try:
-        if path.suffix in (".yml", ".yaml"):
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})", hint=FILE_HINT) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}", hint=FILE_HINT) from None
+    out.format = fmt = _file_format(path, text)
+    try:
+        if fmt == "JSON":
+            data = json.loads(text) if text.strip() else {}
+        elif fmt == "YAML":
             import yaml
 
             data = yaml.safe_load(text) or {}
@@ -256,6 +348,11 @@ def _read_file(path: Path) -> dict[str, Any]:
             data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: invalid TOML: {exc}", hint="fix the line named") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                          hint="fix the line named") from None
+    except (ValueError, RecursionError) as exc:  # json/toml: nesting too deep, a number too long
+        raise ConfigError(f"config file {path}: invalid {fmt}: {exc}", hint="fix the file") from None
     except Exception as exc:  # yaml.YAMLError: the mark says where
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -264,8 +361,11 @@ def _read_file(path: Path) -> dict[str, Any]:
     if isinstance(data, dict) and isinstance(data.get("finsent"), dict):
         data = data["finsent"]
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings (name: value)")
-    return data
+        raise ConfigError(f"config file {path} must hold a mapping of settings (name: value), not "
+                          f"{type(data).__name__}", hint=FILE_HINT)
+    out.values = {str(k): v for k, v in data.items()}
+    out.lines = _key_lines(text, fmt)
+    return out
 
 
 def _env_name(field: str) -> str:
@@ -276,44 +376,58 @@ def _env_name(field: str) -> str:
 OTHER_ENV = frozenset({"FINSENT_CONFIG", "FINSENT_CACHE_DIR"})
 
 
-def _explain(exc: ValidationError, file_keys: set[str], path: str | None) -> str:
-    """Pydantic's errors as ``FINSENT_BATCH_MAX=0: Input should be ...``, one clause each, no URL."""
+def _explain(exc: ValidationError, file: _File | None, file_keys: set[str]) -> str:
+    """Pydantic's errors as ``FINSENT_BATCH_MAX=0: Input should be ...`` (or, for a value from the settings
+    file, ``config file FILE, line N: batch_max=0: ...``), one clause each, no URL."""
     parts = []
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "?"
-        where = f"{field} in {path}" if field in file_keys and path else _env_name(field)
+        from_file = file is not None and field in file_keys
         value = err.get("input")
         shown = "" if isinstance(value, dict) or value is None else f"={value!r}"
         msg = err["msg"]
         if err.get("type") == "literal_error":
             msg = "must be one of " + msg.split("Input should be ", 1)[-1]
-        parts.append(f"{where}{shown}: {msg}")
+        if from_file and file is not None:
+            parts.append(f"config file {file.where(field)}: {field}{shown}: {msg}")
+        else:
+            parts.append(f"{_env_name(field)}{shown}: {msg}")
     return "; ".join(parts)
+
+
+def _warn_unknown(name: str, known: list[str], where: str) -> None:
+    close = difflib.get_close_matches(name, known, n=1)
+    log.warning("%sunknown setting %s is ignored%s", where, name, f" (did you mean {close[0]}?)" if close else "")
 
 
 def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build the settings: file < env < overrides. ``None`` overrides are ignored (flag not given).
 
-    Raises :class:`ConfigError` naming the variable (or the file and key) of every bad value. An
-    environment variable ``FINSENT_*`` that is no setting is warned about (a typo would otherwise
-    be silently ignored).
+    Raises :class:`ConfigError` naming the variable (or the file, line and key) of every bad value.
+    One rule for names that are no setting, in the environment (``FINSENT_*``) and in the file alike:
+    a warning with the closest real name, and the value is ignored (a typo is seen, a variable meant
+    for another version does not stop the process).
     """
     config = config or os.environ.get("FINSENT_CONFIG")
-    file_values = _read_file(Path(config)) if config else {}
+    file = _read_file(Path(config)) if config else None
     env_names = {_env_name(name) for name in Settings.model_fields}
     unknown_env = sorted(k for k in os.environ if k.startswith("FINSENT_") and k not in env_names | OTHER_ENV)
     for name in unknown_env:
-        close = difflib.get_close_matches(name, sorted(env_names), n=1)
-        log.warning("unknown setting %s is ignored%s", name, f" (did you mean {close[0]}?)" if close else "")
-    unknown = [k for k in file_values if _env_name(k) not in env_names]
-    if unknown:
-        raise ConfigError(
-            f"unknown settings in {config}: {', '.join(sorted(unknown))}", hint="`finsent config` lists the names"
-        )
+        _warn_unknown(name, sorted(env_names), "")
+    file_values: dict[str, Any] = {}
+    if file is not None:
+        for key, value in file.values.items():
+            if key.lower() in Settings.model_fields:  # names are case-insensitive, as in the environment
+                file_values[key.lower()] = value
+                if key != key.lower() and key in file.lines:
+                    file.lines.setdefault(key.lower(), file.lines[key])
+            else:
+                _warn_unknown(key, sorted(Settings.model_fields), f"config file {file.where(key)}: ")
     # env beats file: drop file values that the environment sets
     file_values = {k: v for k, v in file_values.items() if _env_name(k) not in os.environ}
     values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return Settings(**values)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, set(file_values), str(config) if config else None)) from None
+        from_flags = {k for k, v in overrides.items() if v is not None}
+        raise ConfigError(_explain(exc, file, set(file_values) - from_flags), hint=FIX_HINT) from None
