@@ -63,7 +63,7 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry
 
-from finsent.core.errors import StoreUnavailable
+from finsent.core.errors import StoreDiskFull, StoreUnavailable
 from finsent.core.events import InvalidEvent, RawItem, ScoredItem, dead_letter, decode_raw, utcnow
 from finsent.core.settings import Settings
 from finsent.stream import faust_tuning
@@ -350,6 +350,8 @@ class Scorer:
         #: set by the consumer group's first assignment (``/readyz``)
         self.joined = False
         self.store_error: str | None = None
+        #: what the last store failure was, in /readyz's words: "disk full", "unreachable" or "failing"
+        self.store_error_kind = "unreachable"
         #: the production-alias follower (hot reload), when the app follows a registry
         self.follower: Any = None
 
@@ -360,7 +362,7 @@ class Scorer:
         if not self.joined:
             return False, "not yet joined the consumer group"
         if self.store_error is not None:
-            return False, f"store unreachable: {self.store_error}"
+            return False, f"store {self.store_error_kind}: {self.store_error}"
         return True, "ready"
 
     # -- blocking parts (executor threads) ---------------------------------------------------
@@ -383,8 +385,13 @@ class Scorer:
                 return time.perf_counter() - t0
             except Exception as exc:
                 self.store_error = " ".join(str(exc).split())[:200] or type(exc).__name__
+                self.store_error_kind = ("disk full" if isinstance(exc, StoreDiskFull) else
+                                         "unreachable" if isinstance(exc, StoreUnavailable) else "failing")
                 self.metrics.store_retries.inc()
-                if isinstance(exc, StoreUnavailable):
+                if isinstance(exc, StoreDiskFull):
+                    log.error("store disk full (%s); batch of %d kept unacknowledged, retrying in %.2fs",
+                              exc, len(scored), delay)
+                elif isinstance(exc, StoreUnavailable):
                     log.warning("store unavailable (%s); retrying this batch of %d in %.2fs", exc, len(scored), delay)
                 else:
                     log.exception("store insert failed; retrying this batch of %d in %.2fs", len(scored), delay)

@@ -108,6 +108,17 @@ class StoreInUse(StoreUnavailable):
     """
 
 
+class StoreDiskFull(StoreUnavailable):
+    """The store's disk is full: a write did not happen. Retry once space is freed.
+
+    Raised by every insert on every engine whose write did not land (ClickHouse's
+    ``NOT_ENOUGH_SPACE``, ``No space left on device``, or fewer rows written than sent): the worker
+    keeps the batch unacknowledged and retries it, and ``/readyz`` says "disk full", not "unreachable".
+    """
+
+    hint = "free space on the store's disk (or grow its volume); the worker retries the same batch by itself"
+
+
 #: exit code -> meaning, for ``finsent --help`` and the docs (2 is argparse's usage error, 130 Ctrl-C).
 EXIT_CODES: dict[int, str] = {
     1: "failed (any other finsent error)",

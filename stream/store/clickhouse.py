@@ -23,9 +23,9 @@ from typing import Any
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from finsent.core.errors import StoreError, StoreUnavailable
+from finsent.core.errors import StoreDiskFull, StoreError, StoreUnavailable
 from finsent.stream.store import schema
-from finsent.stream.store.sqlstore import SqlStore
+from finsent.stream.store.sqlstore import SqlStore, check_written, is_disk_full
 
 # The driver logs a full traceback at WARNING for every failed connect; during an outage the worker
 # retries with backoff and StoreUnavailable already says what happened, so keep its log quiet
@@ -108,6 +108,8 @@ class ClickHouseStore(SqlStore):
             return self._client.execute(sql, params, **kw)
         except ch_errors.ServerException as exc:
             first = (exc.message or str(exc)).strip().splitlines()[0]
+            if exc.code == 243 or is_disk_full(exc.message or str(exc)):  # NOT_ENOUGH_SPACE, ENOSPC
+                raise StoreDiskFull(f"ClickHouse at {self.url_redacted}: disk full, nothing written: {first}") from exc
             if exc.code in TRANSIENT_CODES:
                 self._client.disconnect()
                 raise StoreUnavailable(f"ClickHouse at {self.url_redacted} is overloaded or failing: {first}") from exc
@@ -154,7 +156,10 @@ class ClickHouseStore(SqlStore):
         names = ", ".join(name for name, _ in columns)
         # columnar: one list per column, the layout the native protocol sends (faster than row tuples)
         data = [list(col) for col in zip(*rows, strict=True)]
-        self._run(f"INSERT INTO {table} ({names}) VALUES", data, columnar=True)
+        written = self._run(f"INSERT INTO {table} ({names}) VALUES", data, columnar=True)
+        # the driver returns the number of rows it sent and the server acknowledged (an int)
+        check_written(f"ClickHouse at {self.url_redacted}", table, len(rows),
+                      written if isinstance(written, int) else None)
 
     @property
     def capabilities(self) -> schema.Capabilities:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from finsent.core.errors import StoreDiskFull
 from finsent.core.events import Alert, ScoredItem, utcnow
 from finsent.core.store import LABEL_TASKS, Label, TopicCounts
 from finsent.stream.store import schema
@@ -50,6 +51,26 @@ def _as_utc(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return value
+
+
+#: What a ClickHouse error says when the disk is full (server and chdb word it the same way).
+_DISK_FULL_MARKERS = ("NOT_ENOUGH_SPACE", "No space left on device", "Cannot reserve", "not enough space")
+
+
+def is_disk_full(text: str) -> bool:
+    """Whether a ClickHouse error message says the write failed for want of disk space."""
+    return any(marker in text for marker in _DISK_FULL_MARKERS)
+
+
+def check_written(where: str, table: str, sent: int, written: int | None) -> None:
+    """Raise :class:`StoreDiskFull` when the engine reports fewer rows written than were sent.
+
+    ``written`` counts every row the INSERT wrote, views included, so it may exceed ``sent``;
+    ``None`` means the engine did not say (then its exception is the only evidence).
+    """
+    if written is not None and written < sent:
+        raise StoreDiskFull(
+            f"{where}: insert into {table} wrote {written} of {sent} rows; is the store's disk full?")
 
 
 class SqlStore:
