@@ -26,7 +26,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from finsent.core.errors import ConfigError
 from finsent.core.events import MAX_MESSAGE_BYTES, MAX_TEXT_CHARS
 from finsent.core.redact import redact_url
-from finsent.core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
