@@ -86,8 +86,7 @@ def test_an_unauthenticated_gzip_flood_does_not_stall_an_authorised_client(door)
     """4 clients send 40 gzip bombs (64 MiB each inflated) without a token for the length of the flood.
 
     Asserted: every bomb is answered 401 within 1 s; the authorised client's /healthz p50 stays under 100 ms
-    and its worst under 1 s (before the fix: p50 3.7 s, 6 requests in 20 s); and the endpoint's
-    RSS stays bounded (it never holds an inflated body).
+    and its worst under 1 s (before the fix: p50 3.7 s, 6 requests in 20 s).
     """
     _, port = door
     bomb = _bomb()
