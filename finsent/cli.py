@@ -19,7 +19,8 @@ import sys
 from collections.abc import Sequence
 
 from finsent import __version__
-from finsent.core.errors import EXIT_CODES, FinsentError
+from finsent.core.argtypes import NEGATIVE_VALUE
+from finsent.core.errors import EXIT_CODES, FinsentError, Interrupted, error_line
 from finsent.core.settings import Settings, load_settings
 
 EPILOG = """\
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(bench_parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True))
     for child in _subparsers(parser):
         _add_globals(child, top=False)
+    for each in (parser, *_subparsers(parser)):
+        # `--since -1h` reaches the DURATION type, which says durations are positive, instead of argparse's
+        # "expected one argument" (no finsent flag looks like -1h, so nothing is shadowed)
+        each._negative_number_matcher = NEGATIVE_VALUE
     return parser
 
 
@@ -125,19 +130,35 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """``finsent ingest replay`` for the namespace argparse produced: the words that chose the handler."""
+    words = [getattr(args, name, None) for name in ("command", "ingest_command", "query_command", "bench_command")]
+    return " ".join(["finsent", *(str(w) for w in words if w)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``finsent`` command; returns its exit code (see ``finsent --help``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one ``finsent`` command; returns its exit code (see ``finsent --help``).
+
+    The one error boundary: a :class:`FinsentError` is one line and its family's code, and Ctrl-C is
+    one rule for every command (exit 130 and one line): a handler that stops on SIGINT by itself
+    raises :class:`Interrupted` saying what it did and how to resume; any other command is cut by
+    ``KeyboardInterrupt`` and gets the general line here.
+    """
+    args: argparse.Namespace | None = None
     try:
+        args = build_parser().parse_args(argv)
         settings = load_settings(args.config, brokers=args.brokers, store=args.store, log_level=args.log_level)
         _configure_logging(settings)
         return int(args.func(args, settings) or 0)
     except FinsentError as exc:
-        print(f"finsent: error: {exc.one_line()}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        what = f"`{_command_name(args)}`" if args is not None else "finsent"
+        stopped = Interrupted(f"{what} stopped by Ctrl-C before it finished",
+                              hint="run the same command again; what it wrote before the stop is kept")
+        print(error_line(stopped), file=sys.stderr, flush=True)
+        return stopped.exit_code
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def test_bad_setting_in_the_environment_is_one_line() -> None:
     proc = _run("alerts", "watch", "--once", env={"FINSENT_ALERT_DETECTOR": "foo"})
     assert proc.returncode == ConfigError.exit_code
     assert proc.stderr == ("finsent: error: FINSENT_ALERT_DETECTOR='foo': must be one of 'ewma_z' or 'cusum' "
-                           "(hint: run `finsent config` to see the settings in force; `finsent --help` lists them)\n")
+                           "(hint: fix the value named; a flag beats the environment, which beats the file)\n")
 
 
 def test_worker_without_a_broker_gives_up_in_about_15_s_with_one_line() -> None:

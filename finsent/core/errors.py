@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "FinsentError",
     "InputError",
+    "Interrupted",
     "KafkaError",
     "KafkaUnavailable",
     "ModelError",
@@ -24,6 +25,7 @@ __all__ = [
     "StoreInUse",
     "StoreUnavailable",
     "EXIT_CODES",
+    "error_line",
 ]
 
 
@@ -131,3 +133,23 @@ EXIT_CODES: dict[int, str] = {
     StoreUnavailable.exit_code: "store unreachable",
     130: "interrupted",
 }
+
+
+class Interrupted(FinsentError):
+    """Ctrl-C (SIGINT) stopped a command before it finished: exit 130, like a shell's 128 + SIGINT.
+
+    Why one class: every command follows the same rule, so ``cmd && next`` never carries on after
+    an interrupted ``cmd``. The message says what was done before the stop, the hint how to resume.
+    SIGTERM is different: a service asked to stop (systemd, Kubernetes) has stopped, not failed.
+    """
+
+    exit_code = 130
+    hint = "run the same command again"
+
+
+def error_line(exc: FinsentError) -> str:
+    """The one stderr line the command line prints for ``exc``: ``finsent: error: ...`` or
+    ``finsent: interrupted: ...``. Shared so that a process that must end with ``os._exit`` prints
+    the same line as :func:`finsent.cli.main`."""
+    kind = "interrupted" if isinstance(exc, Interrupted) else "error"
+    return f"finsent: {kind}: {exc.one_line()}"

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from finsent.core.settings import Settings
 
 DEFAULT_DATABASE = "finsent"
+#: what to do about a bad store URL (the generic "run `finsent config`" would only show the same URL)
+URL_HINT = "set --store / FINSENT_STORE to clickhouse://user:pass@host:9000/db or chdb:///path/to/dir"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -40,14 +42,15 @@ def _flag(opts: dict[str, str], name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ConfigError(f"store URL option {name}={opts[name]!r}: use 1 or 0")
+    raise ConfigError(f"store URL option {name}={opts[name]!r}: use 1 or 0", hint=URL_HINT)
 
 
 def _options(query: str, allowed: set[str]) -> dict[str, str]:
     opts = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     unknown = sorted(set(opts) - allowed)
     if unknown:
-        raise ConfigError(f"unknown store URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"unknown store URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}",
+                          hint=URL_HINT)
     return opts
 
 
@@ -59,9 +62,10 @@ def parse_clickhouse_url(url: str) -> dict[str, Any]:
     try:
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"store URL {redact_url(url)}: {exc}") from None
+        raise ConfigError(f"store URL {redact_url(url)}: {exc}", hint=URL_HINT) from None
     if not parts.hostname:
-        raise ConfigError(f"store URL {redact_url(url)} has no host: clickhouse://user:pass@host:9000/db")
+        raise ConfigError(f"store URL {redact_url(url)} has no host: clickhouse://user:pass@host:9000/db",
+                          hint=URL_HINT)
     database = parts.path.strip("/") or DEFAULT_DATABASE
     kw: dict[str, Any] = {
         "host": parts.hostname,
@@ -75,7 +79,13 @@ def parse_clickhouse_url(url: str) -> dict[str, Any]:
     }
     for name in ("connect_timeout", "send_receive_timeout"):
         if name in opts:
-            kw[name] = float(opts[name])
+            try:
+                kw[name] = float(opts[name])
+            except ValueError:
+                kw[name] = float("nan")
+            if not 0 < kw[name] <= 3600:
+                raise ConfigError(f"store URL option {name}={opts[name]!r}: use seconds, more than 0 and at most 3600",
+                                  hint=URL_HINT)
     kw["url_redacted"] = f"clickhouse://{kw['user']}@{kw['host']}:{kw['port']}/{database}"
     if secure:
         kw["url_redacted"] += "?secure=1"
@@ -88,7 +98,8 @@ def parse_chdb_url(url: str) -> dict[str, Any]:
     path, _, query = rest.partition("?")
     opts = _options(query, {"database"})
     if not path:
-        raise ConfigError("store URL chdb:// needs a path: chdb:///absolute/path or chdb://relative/path")
+        raise ConfigError("store URL chdb:// needs a path: chdb:///absolute/path or chdb://relative/path",
+                          hint=URL_HINT)
     return {"path": unquote(path), "database": opts.get("database") or DEFAULT_DATABASE}
 
 
@@ -104,7 +115,13 @@ def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None)
     if url.startswith(("clickhouse://", "clickhouses://")):
         from finsent.stream.store.clickhouse import ClickHouseStore
 
-        return ClickHouseStore(**parse_clickhouse_url(url), retention_days=retention_days, cluster=cluster)
+        try:
+            kw = parse_clickhouse_url(url)
+        except ConfigError:
+            raise
+        except ValueError as exc:  # urlsplit: "Invalid IPv6 URL", a port out of range...
+            raise ConfigError(f"store URL {redact_url(url)}: {exc}", hint=URL_HINT) from None
+        return ClickHouseStore(**kw, retention_days=retention_days, cluster=cluster)
     if cluster:
         raise ConfigError(f"FINSENT_CLICKHOUSE_CLUSTER={cluster} needs a clickhouse:// server store, not "
                           f"{redact_url(url)}", hint="unset FINSENT_CLICKHOUSE_CLUSTER for the embedded store")
@@ -113,7 +130,7 @@ def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None)
 
         kw = parse_chdb_url(url)
         return ChdbStore(kw["path"], kw["database"], retention_days=retention_days)
-    raise ConfigError(f"store URL {redact_url(url)!r} must start with clickhouse:// or chdb://")
+    raise ConfigError(f"store URL {redact_url(url)!r} must start with clickhouse:// or chdb://", hint=URL_HINT)
 
 
 def store_from_settings(settings: Settings) -> Store:

@@ -112,7 +112,8 @@ class ClickHouseStore(SqlStore):
                 raise StoreDiskFull(f"ClickHouse at {self.url_redacted}: disk full, nothing written: {first}") from exc
             if exc.code in TRANSIENT_CODES:
                 self._client.disconnect()
-                raise StoreUnavailable(f"ClickHouse at {self.url_redacted} is overloaded or failing: {first}") from exc
+                raise StoreUnavailable(f"ClickHouse at {self.url_redacted} is overloaded or failing: {first}",
+                                       hint="try again shortly (a running worker retries by itself)") from exc
             raise StoreError(f"ClickHouse at {self.url_redacted} refused the query: {first}") from exc
         except _UNREACHABLE as exc:
             self._client.disconnect()
@@ -123,8 +124,9 @@ class ClickHouseStore(SqlStore):
                     "port and pass ca_certs=/path/ca.pem (or verify=0 for a self-signed test server)"
                 ) from exc
             raise StoreUnavailable(
-                f"ClickHouse at {self.url_redacted} is unreachable ({type(exc).__name__}: {exc}); "
-                "is the server running? the next call reconnects"
+                f"ClickHouse at {self.url_redacted} is unreachable ({type(exc).__name__}: {exc})",
+                hint="is the ClickHouse server running, and are host and port in --store / FINSENT_STORE right? "
+                "(a running worker keeps its batches and retries by itself)",
             ) from exc
         except ch_errors.Error as exc:
             self._client.disconnect()

@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from finsent.core.errors import StoreDiskFull, StoreError, StoreInUse
+from finsent.core.errors import ConfigError, StoreDiskFull, StoreError, StoreInUse
 from finsent.stream.store.sqlstore import SqlStore, check_written, is_disk_full
 
 # (char, escape) pairs, backslash first; applied with chained str.replace, which runs in C and is
@@ -146,6 +146,93 @@ def _locked_by_another_process(path: str) -> bool:
     return False
 
 
+def _lock_holder(path: str) -> int | None:
+    """The id of another process that holds the data directory's lock, from ``/proc/locks`` (Linux).
+
+    Asked before opening, so that a path in use is one clear line without chdb printing its own
+    ``Cannot lock file`` error first. ``None`` when nobody else holds it or it cannot be told
+    (no ``/proc``): then the open itself decides, with chdb's output caught.
+    """
+    import os
+
+    try:
+        st = os.stat(Path(path) / "status")
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode and fields[4].isdigit():
+            pid = int(fields[4])
+            if pid != os.getpid():
+                return pid
+    return None
+
+
+def _prepare_dir(path: str) -> None:
+    """Create the data directory, or raise :class:`ConfigError` saying why it cannot be one (exit 3,
+    like every other bad store URL): a file, a path under a file, a place that cannot be written."""
+    import os
+
+    how = "point --store / FINSENT_STORE at a directory you can write: chdb:///path/to/dir (created if missing)"
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"chdb data path {path} is a file, not a directory", hint=how)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        above = next((str(p) for p in target.parents if p.exists() and not p.is_dir()), None)
+        raise ConfigError(f"chdb data path {path} is under {above or 'a file'}, which is a file, not a directory",
+                          hint=how) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create the chdb data directory {path}: {exc.strerror or exc}", hint=how) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"chdb data directory {path} is not writable by this user", hint=how)
+
+
+class _QuietStderr:
+    """Redirect file descriptor 2 to a temporary file around a chdb call, then put back what was not chdb's.
+
+    chdb's engine writes its own errors (``Code: 76. DB::Exception: Cannot lock file ...``) straight
+    to stderr before Python sees an exception; finsent reports the error itself in one line, so that
+    text is kept here (``text``) for the message and not shown. Lines of other origin are written back.
+    """
+
+    def __enter__(self) -> _QuietStderr:
+        import os
+        import sys
+        import tempfile
+
+        self.text = ""
+        try:
+            sys.stderr.flush()
+            self._file = tempfile.TemporaryFile()
+            self._saved = os.dup(2)
+            os.dup2(self._file.fileno(), 2)
+        except (OSError, ValueError):  # no fd 2 (a daemon): nothing to hide
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+        import re
+        import sys
+
+        if self._saved is None:
+            return
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
+        other = [line for line in self.text.splitlines()
+                 if line.strip() and not re.match(r"\s*(Code: \d+\.|.*DB::Exception)", line)]
+        if other:
+            print("\n".join(other), file=sys.stderr, flush=True)
+
+
 class ChdbStore(SqlStore):
     """A store on the embedded engine. Create with :func:`stream.store.open_store` (``chdb:///path``)."""
 
@@ -153,27 +240,42 @@ class ChdbStore(SqlStore):
         self, path: str | Path, database: str = "finsent", *, retention_days: int = 0, url_redacted: str = ""
     ) -> None:
         super().__init__(database, retention_days)
-        self.path = str(Path(path).expanduser().resolve())
+        try:
+            self.path = str(Path(path).expanduser().resolve())
+        except (OSError, RuntimeError, ValueError) as exc:  # ~nosuchuser, a symlink loop, a NUL byte
+            raise ConfigError(f"chdb data path {str(path)!r} cannot be used: {exc}",
+                              hint="use chdb:///absolute/path or chdb://relative/path") from None
         self.url_redacted = url_redacted or f"chdb://{self.path}?database={database}"
-        Path(self.path).mkdir(parents=True, exist_ok=True)
+        self._session = None
+        _prepare_dir(self.path)
         from chdb import session as chdb_session
 
+        def in_use(holder: int | None) -> StoreInUse:
+            who = f"process {holder}" if holder else "another process"
+            return StoreInUse(f"chdb data path {self.path} is in use by {who} (one process per path)",
+                              hint="stop that process (e.g. the worker) or use a clickhouse:// server")
+
         with _open_lock:
+            holder = _lock_holder(self.path)
+            if holder is not None:
+                raise in_use(holder)
+            quiet = _QuietStderr()
             try:
-                self._session = chdb_session.Session(self.path)
+                with quiet:
+                    self._session = chdb_session.Session(self.path)
             except RuntimeError as exc:
-                text = str(exc)
+                text = f"{exc}\n{quiet.text}"
                 if "different path" in text:
                     raise StoreError(
-                        f"chdb can open one data path per process and another one is open: {text.splitlines()[0]} "
+                        f"chdb can open one data path per process and another one is open: {str(exc).splitlines()[0]} "
                         "-- close the other store first, or use a clickhouse:// server"
                     ) from exc
                 if "lock" in text.lower() or "already running" in text or _locked_by_another_process(self.path):
-                    raise StoreInUse(
-                        f"chdb data path {self.path} is in use by another process (one process per path)",
-                        hint="stop that process (e.g. the worker) or use a clickhouse:// server",
-                    ) from exc
-                raise StoreError(f"chdb could not open {self.path}: {text.splitlines()[0]}") from exc
+                    raise in_use(None) from exc
+                if "Permission denied" in text or "Read-only file system" in text:
+                    raise ConfigError(f"chdb cannot write its data directory {self.path}",
+                                      hint="use a directory this user can write") from exc
+                raise StoreError(f"chdb could not open {self.path}: {str(exc).splitlines()[0]}") from exc
 
     def _query(self, sql: str, fmt: str, params: dict[str, Any] | None) -> Any:
         if self._session is None:
