@@ -162,8 +162,10 @@ class GuardedHTTPServer(ThreadingHTTPServer):
     Why: the plain :class:`ThreadingHTTPServer` keeps a thread per connection for as long as the
     client likes: 1,000 half-sent requests held 1,000 threads for good (issue 22). Here
 
-    * at most ``max_connections`` connections are open; one beyond that gets a 503 line and is
-      closed at once, without a thread (so threads <= the cap, whatever arrives);
+    * at most ``max_connections`` connections are open. A new one beyond that cap takes the place of the
+      oldest connection that is still sending its request headers (that one is cut), so half-sent
+      requests can never lock a good client out; when every open connection is being answered, the new
+      one gets a 503 line and is closed at once, without a thread. Threads stay <= the cap whatever arrives;
     * the request line and headers must be complete within ``header_timeout_s`` of the request's
       start (a *total* deadline, enforced by a reaper thread that shuts the socket, so a client
       sending one byte every few seconds is cut too); the same limit is the keep-alive idle limit
@@ -184,8 +186,10 @@ class GuardedHTTPServer(ThreadingHTTPServer):
         self._open: dict[socket.socket, float | None] = {}
         self._open_lock = threading.Lock()
         self._closing = threading.Event()
-        #: connections refused at the cap, and cut at their header deadline (tests, the log)
+        #: connections refused at the cap (every one busy answering), cut to make room for a new one while
+        #: still sending headers, and cut at their header deadline (tests, the log)
         self.refused = 0
+        self.evicted = 0
         self.timed_out = 0
         super().__init__(address, handler)
         threading.Thread(target=self._reap, name="finsent-http-reaper", daemon=True).start()
@@ -195,10 +199,22 @@ class GuardedHTTPServer(ThreadingHTTPServer):
         return len(self._open)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        evict = None
         with self._open_lock:
             full = len(self._open) >= self.max_connections or self._closing.is_set()
+            if full and not self._closing.is_set():
+                # the cap is reached: make room by cutting the oldest connection still sending its headers
+                # (a slow or half-sent request), so that a flood of those never locks out a good client
+                waiting = [(deadline, id(c), c) for c, deadline in self._open.items() if deadline is not None]
+                if waiting:
+                    evict = min(waiting)[2]
+                    del self._open[evict]
+                    full = False
             if not full:
                 self._open[request] = time.monotonic() + self.header_timeout_s
+        if evict is not None:
+            self.evicted += 1
+            _cut(evict)
         if full:
             self.refused += 1
             try:
