@@ -16,6 +16,14 @@ Behaviour that callers rely on:
   model was trained with, as listed in its ``labels.json``.
 * **Long text** is cut to ``max_chars`` characters before tokenising and to the model's
   ``max_length`` tokens; such predictions carry ``truncated=True``.
+* **Title and body** (``predict(texts, titles=...)``): an item with a title is scored as
+  ``title + "\n\n" + text`` (:func:`scored_text`), so the headline, what a reader sees first, is always inside
+  the model's token window and a bland first paragraph no longer outvotes it; the entities' offsets are
+  into that same string.
+* **Entities** (``Prediction.entities``): the entity linker (:mod:`finsent.models.linking`) runs over each
+  scored text (up to ``max_chars``, not only the model's token window) after the model; it is not cached with
+  the prediction, because two texts that share a cache key can differ in their offsets. ``entities=False`` at
+  load turns it off.
 * **Bad input.** A non-string raises ``TypeError`` and an empty or whitespace-only string raises
   ``ValueError``, both naming the index: there is nothing to classify, and a made-up "neutral"
   would be indistinguishable from a real one in the store (the stream worker already
@@ -49,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from finsent.core.errors import ModelError
+from finsent.core.events import EntityMention
 from finsent.models.batching import CPU_CALL_OVERHEAD_TOKENS, length_batches
 from finsent.models.modeldir import (
     INPUT_NAMES,
@@ -76,6 +85,18 @@ class Prediction:
     topic: str
     topic_prob: float
     truncated: bool
+    #: who the text is about (one per entity, most relevant first); offsets into :func:`scored_text`
+    entities: tuple[EntityMention, ...] = ()
+
+
+def scored_text(text: str, title: str | None = None) -> tuple[str, int]:
+    """The string a titled item is scored as, and the title's length in it (0: no title).
+
+    ``title + "\\n\\n" + text`` when the title has any non-space character, else ``text`` unchanged.
+    """
+    if title is None or not title.strip():
+        return text, 0
+    return f"{title}\n\n{text}", len(title)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -171,8 +192,10 @@ class Classifier:
         batch_size: int = 32,
         max_chars: int = DEFAULT_MAX_CHARS,
         text_cache_size: int = 0,
+        linker: object | None = None,
     ) -> None:
         self._session = session
+        self.linker = linker
         self._tokenizer = tokenizer
         self._encode_lock = threading.Lock()
         self.info = info
@@ -204,6 +227,7 @@ class Classifier:
         cache_dir: str | os.PathLike[str] | None = None,
         text_cache_size: int = 0,
         spinning: bool = False,
+        entities: bool = True,
     ) -> Classifier:
         """Load a model directory (``None``: the shipped model) as an onnxruntime session.
 
@@ -213,6 +237,7 @@ class Classifier:
         ``cache_dir``: where derived variants are kept (default ``$XDG_CACHE_HOME/finsent``).
         ``text_cache_size``: recent predictions kept for repeated texts (0 = no cache).
         ``spinning``: let onnxruntime's pool threads spin-wait between operators (off: see the module doc).
+        ``entities``: link entities into ``Prediction.entities`` (the shipped table + ``FINSENT_ENTITIES_FILE``).
         Raises :class:`~finsent.core.errors.ModelError` for a directory that cannot be used.
         """
         import onnxruntime as ort
@@ -274,7 +299,13 @@ class Classifier:
             provider,
             directory,
         )
-        return cls(session, tokenizer, info, directory, variant, provider, batch_size, max_chars, text_cache_size)
+        linker = None
+        if entities:
+            from finsent.models.linking import default_linker
+
+            linker = default_linker()
+        return cls(session, tokenizer, info, directory, variant, provider, batch_size, max_chars, text_cache_size,
+                   linker)
 
     @staticmethod
     def _check_heads(session: object, info: ModelInfo, directory: Path) -> None:
@@ -319,8 +350,15 @@ class Classifier:
     def cache_key(self, prepared: str) -> str:
         return _WHITESPACE.sub(" ", prepared).strip() if self._collapse_spaces else prepared
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        """Classify ``texts``; the result is in the same order. Thread-safe."""
+    def predict(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Classify ``texts`` (each with its ``titles[i]``, if given); the result is in the same order. Thread-safe."""
+        title_lens: list[int] = []
+        if titles is not None:
+            if isinstance(texts, str) or len(titles) != len(texts):
+                raise ValueError(f"{len(titles)} titles for {len(texts)} texts: give one title (or None) per text")
+            pairs = [scored_text(t, h) if isinstance(t, str) and (h is None or isinstance(h, str)) else (t, 0)
+                     for t, h in zip(texts, titles, strict=True)]
+            texts, title_lens = [p[0] for p in pairs], [p[1] for p in pairs]
         prepared, too_long = self._prepare(texts)
         if not prepared:
             return []
@@ -344,8 +382,13 @@ class Classifier:
                     cache.put(key, pred)
                     found[key] = pred
             out = [found[k] for k in keys]
-        return [dataclasses.replace(p, truncated=True) if cut and not p.truncated else p
-                for p, cut in zip(out, too_long, strict=True)]
+        out = [dataclasses.replace(p, truncated=True) if cut and not p.truncated else p
+               for p, cut in zip(out, too_long, strict=True)]
+        if self.linker is not None:
+            link = self.linker.extract_entities  # type: ignore[attr-defined]
+            out = [dataclasses.replace(p, entities=tuple(link(t[: self.max_chars], title_lens[i] if title_lens else 0)))
+                   for i, (p, t) in enumerate(zip(out, texts, strict=True))]
+        return out
 
     def _batches(self, sorted_lengths: np.ndarray) -> list[tuple[int, int]]:
         """Batches of at most ``batch_size``: least padding + calls on CPU, full batches on a GPU."""
