@@ -444,7 +444,13 @@ class Classifier:
         return out
 
     def predict_proba(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Full probability matrices (sentiment [n, S], topic [n, T]) in input order; for evaluation."""
+        """Sentiment probabilities and topic *indices*, in input order; for evaluation.
+
+        Returns ``(sentiment, topic)``: ``sentiment`` is a float32 matrix [n, S] of probabilities in
+        :attr:`sentiment_labels` order; ``topic`` is an int64 vector [n] of the chosen topic's index into
+        :attr:`topic_labels`, not a probability matrix: it is built from :meth:`predict`, whose
+        :class:`Prediction` keeps only the chosen topic's probability (``topic_prob``).
+        """
         preds = self.predict(texts)
         s = np.array([[p.sentiment_probs[lab] for lab in self.sentiment_labels] for p in preds], dtype=np.float32)
         t_idx = np.array([self.topic_labels.index(p.topic) for p in preds], dtype=np.int64)
