@@ -169,27 +169,79 @@ def known_text_encoding(encoding: str | None) -> str | None:
 _known = known_text_encoding
 
 
-def decode_bytes(data: bytes, content_type: str | None = None) -> str:
+class UndecodableBytes(ValueError):
+    """Bytes that are not valid in their declared (or the default, UTF-8) charset; ``offset`` is the first bad byte.
+
+    Raised by :func:`decode_bytes` with ``strict=True`` (JSON bodies: RFC 8259 says JSON is UTF-8, and a
+    client whose one item has a bad byte must hear about it, not get the whole request re-read in another
+    charset). The message names the offset and the byte, so the client can find it.
+    """
+
+    def __init__(self, encoding: str, offset: int, bad: bytes) -> None:
+        super().__init__(
+            f"byte 0x{bad[:1].hex()} at offset {offset} is not valid {encoding}: send the body as valid "
+            f"{encoding}{' (RFC 8259: JSON is UTF-8)' if encoding == 'utf-8' else ''}; nothing of it was accepted"
+        )
+        self.encoding = encoding
+        self.offset = offset
+
+
+def _cp1252_bytes(exc: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: only the bytes that are not UTF-8 are read as Windows-1252 (each on its own)."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    bad = exc.object[exc.start:exc.end]
+    return bad.decode("cp1252", errors="replace"), exc.end
+
+
+def _latin1_bytes(exc: UnicodeError) -> tuple[str, int]:
+    """Decode error handler for "ISO-8859-1" read as cp1252: the 5 bytes cp1252 leaves undefined are Latin-1."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return exc.object[exc.start:exc.end].decode("latin-1"), exc.end
+
+
+codecs.register_error("finsent-cp1252-bytes", _cp1252_bytes)
+codecs.register_error("finsent-latin1-bytes", _latin1_bytes)
+
+
+def decode_bytes(data: bytes, content_type: str | None = None, *, strict: bool = False) -> str:
     """Decode bytes honouring the declared encoding: BOM, HTTP charset, XML declaration, <meta>.
 
-    Undeclared bytes are tried as UTF-8 and fall back to Windows-1252 (a superset of Latin-1 for
-    printable text, and what "ISO-8859-1" pages usually really are), so nothing raises.
+    Undeclared bytes are UTF-8. Text that *is* good UTF-8 is never re-decoded: the old fallback read the
+    whole input as Windows-1252 when one byte was bad, which turned every other valid character of it into
+    mojibake (``Société`` -> ``SociÃ©tÃ©``, in other items of the same push request). Now:
+
+    * ``strict=False`` (loose text: a field given as bytes): only the bytes that are not UTF-8 are read as
+      Windows-1252, one by one (``caf\\xe9`` is still ``café``); a declared charset decodes with U+FFFD for
+      what it cannot read. Nothing raises.
+    * ``strict=True`` (a JSON body, :mod:`finsent.ingest.http_push`): a byte that is not valid in the
+      declared charset (UTF-8 when none is declared) raises :class:`UndecodableBytes` naming its offset,
+      so the request is refused with 400 instead of being stored garbled.
+
+    A declared ``ISO-8859-1`` is read as Windows-1252 (what such content really is: curly quotes in
+    0x80-0x9f), the 5 bytes cp1252 leaves undefined as Latin-1, so it never fails.
     """
+    errors = "strict" if strict else "replace"
+    start = 0
+    encoding = None
     for bom, enc in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
-            return data.decode(enc, errors="replace").lstrip("\ufeff")
-    declared = _known(charset_from_content_type(content_type))
-    if declared is None:
-        m = _XML_DECL_RE.match(data[:200]) or _META_CHARSET_RE.search(data[:2048])
-        declared = _known(m.group(1).decode("ascii")) if m else None
-    if declared:
-        if declared in ("latin-1", "iso8859-1"):
-            declared = "cp1252"  # what real "ISO-8859-1" content means (curly quotes in 0x80-0x9f)
-        return data.decode(declared, errors="replace")
+            encoding, start = enc, (len(bom) if enc == "utf-8" else 0)
+            break
+    if encoding is None:
+        encoding = _known(charset_from_content_type(content_type))
+        if encoding is None:
+            m = _XML_DECL_RE.match(data[:200]) or _META_CHARSET_RE.search(data[:2048])
+            encoding = _known(m.group(1).decode("ascii")) if m else None
+        if encoding in ("latin-1", "iso8859-1"):
+            encoding, errors = "cp1252", "finsent-latin1-bytes"  # see the docstring
+        elif encoding is None:
+            encoding, errors = "utf-8", "strict" if strict else "finsent-cp1252-bytes"
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+        return data[start:].decode(encoding, errors=errors).lstrip("\ufeff")
+    except UnicodeDecodeError as exc:  # strict only
+        raise UndecodableBytes(encoding, start + exc.start, exc.object[exc.start:exc.end]) from None
 
 
 def truncate(text: str, max_chars: int) -> tuple[str, bool]:
@@ -258,7 +310,28 @@ def _impossible_string(text: str) -> str | None:
     return None
 
 
+#: the instants the store can hold: ClickHouse's DateTime is a UInt32 of epoch seconds (1970-01-01 .. 2106-02-07)
+MIN_TIME = datetime(1970, 1, 1, tzinfo=_UTC)
+MAX_TIME = datetime.fromtimestamp(2**32 - 1, tz=_UTC)
+
+
 def to_utc(value: Any, *, strict: bool = False) -> datetime | None:
+    """:func:`_to_utc`, and a time the store cannot hold (before 1970, after 2106-02-07) is not a time.
+
+    The store would otherwise clamp it silently to 1970 or 2106 (a wrong time looks right); here it
+    is ``None``, or with ``strict=True`` :class:`ImpossibleTime` with the reason (push and replay reject
+    the item as ``bad_time``).
+    """
+    ts = _to_utc(value, strict=strict)
+    if ts is not None and not MIN_TIME <= ts <= MAX_TIME:
+        if strict:
+            raise ImpossibleTime(f"{str(value)[:40]!r} is {ts.isoformat()}, outside what the store can hold "
+                                 "(1970-01-01 .. 2106-02-07 UTC); send a real publication time or none")
+        return None
+    return ts
+
+
+def _to_utc(value: Any, *, strict: bool = False) -> datetime | None:
     """Aware UTC datetime from a datetime, struct_time (feedparser: UTC), epoch (s or ms) or string.
 
     Strings may be ISO 8601 or RFC 822/2822 (what RSS uses). Anything unreadable is ``None``:
@@ -287,7 +360,7 @@ def to_utc(value: Any, *, strict: bool = False) -> datetime | None:
             if not text:
                 return None
             if re.fullmatch(r"\d{9,13}(\.\d+)?", text):
-                return to_utc(float(text), strict=strict)
+                return _to_utc(float(text), strict=strict)
             try:
                 return parse_time(text, "published_at")
             except InvalidEvent:
@@ -309,11 +382,11 @@ def to_utc(value: Any, *, strict: bool = False) -> datetime | None:
             except (TypeError, ValueError, IndexError):
                 ts = None
             if ts is not None:
-                return to_utc(ts)
+                return _to_utc(ts)
             import feedparser  # its date parser knows a dozen more formats (W3C-DTF, Korean, Greek...)
 
             parsed = feedparser.datetimes._parse_date(text)
-            return to_utc(parsed) if parsed else None
+            return _to_utc(parsed) if parsed else None
     except ImpossibleTime:
         raise
     except (OverflowError, OSError, ValueError):
@@ -445,7 +518,10 @@ def make_item(
     guid_s = str(guid).strip() if guid not in (None, "") else None
     author_s = clean_text(author)[:200] or None
     if item_id_override is not None:
-        the_id = str(item_id_override).strip()
+        the_id = str(item_id_override)
+        if the_id != the_id.strip():  # stripping would make " a" and "a" one item: refuse, say why
+            raise Skip("bad_id", f"id {the_id[:60]!r} has leading or trailing whitespace; send it without: ids "
+                       "are used as given, so ' a' and 'a' would be two different items")
         if not the_id or len(the_id) > 256:
             raise Skip("bad_id", "id must be 1..256 characters")
         if not is_valid_unicode(the_id):

@@ -23,7 +23,9 @@ file's physical line number where the row starts and a reason code (``not_json``
 names no real instant (2024-02-30) is ``bad_time``, not rolled over. A CSV quote that is never
 closed would make the csv module read the rest of the file as one field: that row is reported
 as ``unterminated_quote`` at the line where the quote opened, and reading resumes on the line
-after it (so one stray quote costs one row, not the rest of the file).
+after it (so one stray quote costs one row, not the rest of the file). So is a quote left open that a
+stray quote on a later line closes (``"abc`` ... ``gh"i``: the lines between would silently become one
+field); see :func:`_stray_quote` for the one case that cannot be told from a real multi-line field.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ _KNOWN = {"text", "title", "url", "source", "source_type", "author", "tickers", 
 CSV_FIELD_LIMIT = 16 * 1024 * 1024
 #: bad rows listed in the summary and logged one by one at WARNING (the rest are counted, at DEBUG)
 MAX_BAD_ROWS = 100
+#: seconds between progress lines on stderr when there is no terminal for the bar (a pod, a pipe, a log file)
+PROGRESS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,41 @@ def _unclosed_quote(record: list[tuple[int, str]]) -> int | None:
     return opened if state == quoted else None
 
 
+def _stray_quote(record: list[tuple[int, str]]) -> int | None:
+    """Index of the line where a quoted field opened that a *stray* quote closed on a later line, else None.
+
+    A quote left open on one row is closed by the next quote in the file, and the csv module then reads
+    every line in between as one field: rows silently merged. When the closing quote is followed by
+    text (``gh"i``) rather than a delimiter or the end of the line, no well-formed CSV wrote it: that is
+    the stray-quote signature. (A stray quote that happens to sit just before a delimiter or a line end
+    cannot be told from a real multi-line field; that case is read as one.)
+    """
+    start, in_field, quoted, quote_seen = 0, 1, 2, 3
+    state, opened, closed_at = start, 0, 0
+    for idx, (_, text) in enumerate(record):
+        for ch in text:
+            if state == start:
+                if ch == '"':
+                    state, opened = quoted, idx
+                elif ch not in ",\r\n":
+                    state = in_field
+            elif state == in_field:
+                if ch in ",\r\n":
+                    state = start
+            elif state == quoted:
+                if ch == '"':
+                    state, closed_at = quote_seen, idx
+            elif ch == '"':
+                state = quoted
+            elif ch in ",\r\n":
+                state = start
+            else:  # text right after a closing quote
+                if closed_at > opened:
+                    return opened
+                state = in_field
+    return None
+
+
 def _csv_rows(path: Path, fh: Any) -> Iterator[_Row]:
     csv.field_size_limit(CSV_FIELD_LIMIT)
     lines = _Lines(fh)
@@ -255,6 +294,13 @@ def _csv_rows(path: Path, fh: Any) -> Iterator[_Row]:
             yield _Row(n, lines.record[idx][0], None, "unterminated_quote",
                        f"a quote opened on this line is never closed; the {len(rest)} line(s) after it are "
                        "read again as rows")
+            continue
+        if len(lines.record) > 1 and (idx := _stray_quote(lines.record)) is not None:
+            rest = lines.record[idx + 1 :]
+            lines.push_back(rest)
+            yield _Row(n, lines.record[idx][0], None, "unterminated_quote",
+                       f"a quote opened on this line is closed only by a stray quote {len(rest)} line(s) later; "
+                       "those lines are read again as rows")
             continue
         row = dict(zip(fieldnames, values, strict=False))  # extra values dropped, missing ones None
         for name in fieldnames[len(values):]:
@@ -429,6 +475,9 @@ def replay(
 
     Items are batched (up to ``batch_size``) while they are due, so a fast replay publishes big
     acked batches and a paced one publishes each item when its time comes.
+
+    ``progress``: a bar on a terminal; elsewhere (a pod's log, a pipe) a line on stderr every
+    :data:`PROGRESS_EVERY_S` seconds and one at the end: ``replay: R rows read, P published, B bad``.
     """
     from tqdm import tqdm
 
@@ -441,6 +490,26 @@ def replay(
     bar = tqdm(total=limit, unit="item", file=sys.stderr, disable=not progress or None, desc="replay")
     batch: list[Entry] = []
     batch_source = ""
+    # without a terminal tqdm draws nothing: then one line every PROGRESS_EVERY_S (rows read, published, bad)
+    lines = progress and bar.disable
+    last_line = time.monotonic()
+
+    def show(final: bool = False) -> None:
+        nonlocal last_line
+        now = time.monotonic()
+        if not progress or (not final and now - last_line < PROGRESS_EVERY_S):
+            return
+        last_line = now
+        read, published = queued + stats.skipped, pipeline.produced - produced_before
+        if lines:
+            print(f"replay: {read} rows read, {published} published, {stats.skipped} bad"
+                  + (" (done)" if final else ""), file=sys.stderr, flush=True)
+        else:
+            bar.set_postfix(read=read, bad=stats.skipped, refresh=False)
+
+    def on_bad_row(bad: BadRow) -> None:
+        _report(bad, stats, pipeline)
+        show()
 
     def flush() -> None:
         nonlocal batch
@@ -458,7 +527,7 @@ def replay(
 
             for rec in iter_file_records(
                 path, source=source, source_type=source_type, encoding=encoding,
-                max_text_chars=pipeline.max_text_chars, on_bad_row=lambda b: _report(b, stats, pipeline),
+                max_text_chars=pipeline.max_text_chars, on_bad_row=on_bad_row,
             ):
                 if (limit is not None and queued >= limit) or (stop is not None and stop.is_set()):
                     break
@@ -478,7 +547,9 @@ def replay(
                 queued += 1
                 if len(batch) >= batch_size:
                     flush()
+                show()
             flush()
+        show(final=True)
     finally:
         bar.close()
         stats.produced = pipeline.produced - produced_before
@@ -517,6 +588,7 @@ def replay_to_kafka(settings, paths: Sequence[str | Path], **kwargs: Any) -> Rep
 
 __all__ = [
     "MAX_BAD_ROWS",
+    "PROGRESS_EVERY_S",
     "BadRow",
     "ReplayInputError",
     "ReplayRecord",

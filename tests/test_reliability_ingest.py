@@ -167,3 +167,90 @@ def test_eight_slow_feeds_do_not_starve_a_good_feed(slow_server, tmp_path, caplo
     logged = [r for r in caplog.records if "failed (timeout)" in r.getMessage()]
     assert len(logged) == sum(timeouts)  # ...and logged once
     assert slow_server.connections >= 8
+
+
+# --- item 10: one bad byte must not corrupt the other items of a request ----------------------------
+
+GOOD = "Société Générale … €5 dividend"
+MOJIBAKE = ("Ã©", "â€¦", "â‚¬")  # what cp1252 makes of é, … and € when it re-reads their UTF-8 bytes
+
+
+def _no_mojibake(text: str) -> bool:
+    return not any(m in text for m in MOJIBAKE)
+
+
+def test_decode_bytes_never_re_decodes_good_text() -> None:
+    from finsent.ingest.normalize import UndecodableBytes, decode_bytes
+
+    good = GOOD.encode()
+    body = good + b" \xff " + good  # one byte that is not UTF-8 between two good texts
+    text = decode_bytes(body)  # loose text: only the bad byte is read as Windows-1252
+    assert text == f"{GOOD} \u00ff {GOOD}" and _no_mojibake(text)
+    assert decode_bytes(b"caf\xe9") == "café"  # a Latin-1 field given as bytes still reads
+    with pytest.raises(UndecodableBytes) as exc:
+        decode_bytes(body, "application/json", strict=True)  # a JSON body: refused, with the offset
+    assert exc.value.offset == len(good) + 1 and f"offset {len(good) + 1}" in str(exc.value)
+    with pytest.raises(UndecodableBytes) as exc:
+        decode_bytes(b"\xef\xbb\xbf" + good + b"\xc3(", strict=True)  # the offset counts the BOM too
+    assert exc.value.offset == 3 + len(good)
+    # a declared charset is still honoured, strictly too (ISO-8859-1 read as cp1252, its 5 holes as Latin-1)
+    assert decode_bytes("Café €".encode("cp1252"), "application/json; charset=ISO-8859-1", strict=True) == "Café €"
+    assert decode_bytes(b"a\x81b", "application/json; charset=latin-1", strict=True) == "a\x81b"
+
+
+# --- minors: stray CSV quotes, replay progress, ids with whitespace, years the store cannot hold ------------
+
+
+def test_a_stray_quote_that_closes_an_open_one_lines_later_is_a_bad_row_not_merged_rows(tmp_path) -> None:
+    from finsent.ingest.replay import iter_file_records
+
+    path = tmp_path / "stray.csv"
+    path.write_text('id,text\n1,"abc\n2,def\n3,gh"i\n4,ok\n5,"a real\nmulti-line field"\n')
+    bad: list = []
+    got = [(r.item.id, r.item.text) for r in iter_file_records(path, on_bad_row=bad.append)]
+    assert [(b.line, b.reason) for b in bad] == [(2, "unterminated_quote")]
+    # before: [("1", "abc 2,def 3,ghi"), ("4", "ok"), ...]: three rows silently merged into one
+    assert got == [("2", "def"), ("3", 'gh"i'), ("4", "ok"), ("5", "a real multi-line field")]
+
+
+def test_replay_prints_progress_lines_without_a_terminal(tmp_path, capsys, monkeypatch) -> None:
+    from finsent.ingest import replay as replay_mod
+
+    monkeypatch.setattr(replay_mod, "PROGRESS_EVERY_S", 0.0)
+    path = tmp_path / "rows.csv"
+    path.write_text("text,published_at\n" + "".join(f"row {i},2024-01-01T00:00:00Z\n" for i in range(20))
+                    + "bad,2024-02-30\n")
+    stats = replay_mod.replay([path], _pipeline(tmp_path), progress=True)
+    assert (stats.produced, stats.skipped) == (20, 1)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("replay: ")]
+    assert len(lines) >= 3  # one per row here (every 0 s); every 5 s by default
+    assert lines[-1] == "replay: 21 rows read, 20 published, 1 bad (done)"
+
+
+def test_ids_with_surrounding_whitespace_are_refused_not_stripped(tmp_path) -> None:
+    from finsent.ingest.normalize import Skip, make_item
+    from finsent.ingest.replay import iter_file_records
+
+    assert make_item(source="s", source_type="news", text="t", item_id_override="a").id == "a"
+    for bad_id in (" a", "a ", "a\n", "\ta"):
+        with pytest.raises(Skip) as exc:
+            make_item(source="s", source_type="news", text="t", item_id_override=bad_id)
+        assert exc.value.reason == "bad_id" and "whitespace" in exc.value.detail
+    path = tmp_path / "ids.jsonl"
+    path.write_text('{"id": "x1", "text": "one"}\n{"id": "x1 ", "text": "two"}\n')
+    bad: list = []
+    assert [r.item.id for r in iter_file_records(path, on_bad_row=bad.append)] == ["x1"]  # two ids, not one
+    assert [(b.line, b.reason) for b in bad] == [(2, "bad_id")]
+
+
+def test_times_the_store_cannot_hold_are_refused_with_a_reason_not_clamped(tmp_path) -> None:
+    from finsent.ingest.normalize import Skip, make_item, to_utc
+
+    for when in ("2106-02-07T06:28:16Z", "2300-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "1900-01-01",
+                 "Sat, 01 Jan 2200 00:00:00 GMT", 5_000_000_000):
+        assert to_utc(when) is None, when  # feeds: an unknown time, never 1970 or 2106
+        with pytest.raises(Skip) as exc:  # replay (strict): the row is refused with the reason
+            make_item(source="s", source_type="news", text="t", published=when, strict_time=True)
+        assert exc.value.reason == "bad_time" and "1970-01-01 .. 2106-02-07" in exc.value.detail, when
+    for when in ("1970-01-01T00:00:00Z", "2106-02-07T06:28:15Z", "2024-05-01T12:00:00Z"):
+        assert to_utc(when) is not None and to_utc(when, strict=True) is not None
