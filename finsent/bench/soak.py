@@ -9,6 +9,12 @@ items acknowledged by the broker, the dead letters and the store retries (its ``
 Latency is exact per item: a consumer of the scored topic takes ``receive time - ingested_at``
 (the scored topic is written after the row is stored, so this bounds ingest -> stored from above).
 
+Faults, on request (issue 22's "prove it"): ``--disk-full-at MIN`` puts the store on a tmpfs of its
+own (needs root), fills it completely at that minute and frees it ``--disk-full-s`` later;
+``--kill9-at MIN`` kills the worker with SIGKILL at that minute and starts it again at once. The
+producer never stops, so both happen under load; the report says what ``/readyz`` answered while the
+disk was full and how long the worker took to be ready again.
+
 At the end the producer stops, the backlog drains, and the run passes only if the rows stored
 equal the items the broker acknowledged (``stored == produced``, each id once) and no item was
 dead-lettered. ``--png`` plots RSS and throughput over time; ``--json`` writes every sample;
@@ -24,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +87,44 @@ def _metric(text: str | None, name: str) -> float:
         return float("nan")
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name + " ")
                or ln.startswith(name + "{"))
+
+
+def _fill_disk(disk: Path) -> Path:
+    """Write a filler file on ``disk`` until the disk is full (ENOSPC); returns it."""
+    filler = disk / "filler.bin"
+    block = b"\xa5" * (1 << 20)
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(block)
+        except OSError:
+            pass
+    return filler
+
+
+def _mount_tmpfs(path: Path, size_mb: int) -> None:
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        raise FinsentError("--disk-full-at needs root (it mounts a tmpfs for the store)",
+                           hint="run as root, or leave out --disk-full-at")
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise FinsentError(f"cannot mount a tmpfs at {path}: {done.stderr.strip()}",
+                           hint="leave out --disk-full-at on this machine")
+
+
+def _readyz(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.read().decode().strip()
+    except urllib.error.HTTPError as exc:
+        return exc.read().decode(errors="replace").strip()
+    except OSError as exc:
+        return f"unreachable ({exc})"
 
 
 def _stored(port: int) -> tuple[int, int]:
@@ -174,7 +219,8 @@ def _wait(cond: Any, timeout_s: float) -> bool:
 
 
 def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: float, capacity_items: int,
-             model_dir: str | None, progress: Any = print) -> dict[str, Any]:
+             model_dir: str | None, progress: Any = print, *, disk_full_at: float | None = None,
+             disk_full_s: float = 60.0, kill9_at: float | None = None, disk_mb: int = 2048) -> dict[str, Any]:
     from finsent.demo import load_tweets
     from finsent.stream.broker import EmbeddedBroker
     from finsent.stream.kafka import ensure_topics, quiet_client_logs
@@ -184,7 +230,11 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
     tmp = Path(tempfile.mkdtemp(prefix="finsent-soak-"))
     run = stable_id("soak", str(time.time()))[:8]
     broker = EmbeddedBroker(log_path=tmp / "tansu.log").start()
-    update: dict[str, Any] = {"brokers": broker.bootstrap, "store": f"chdb://{tmp / 'chdb'}",
+    store_dir = tmp / "chdb"
+    if disk_full_at is not None:
+        _mount_tmpfs(tmp / "disk", disk_mb)
+        store_dir = tmp / "disk" / "chdb"
+    update: dict[str, Any] = {"brokers": broker.bootstrap, "store": f"chdb://{store_dir}",
                               "consumer_group": f"finsent-soak-{run}", "session_timeout_ms": 6000}
     if model_dir:
         update["model_dir"] = model_dir
@@ -197,6 +247,12 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
     stop_produce = threading.Event()
     stop_read = threading.Event()
     load_start = load_average()
+    faults: list[dict[str, Any]] = []
+    #: counters of worker processes that were killed (a restarted worker's /metrics start at 0)
+    before_kill = {"dead_lettered": 0.0, "store_retries": 0.0}
+    filler: Path | None = None
+    full_since = 0.0
+    restarted_at: float | None = None
     try:
         ensure_topics(s)
         proc = worker.start().proc
@@ -229,8 +285,44 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
             if not worker.alive():
                 raise SoakFailed(f"the worker exited with {worker.returncode} during the soak", hint=f"see {log_path}")
             now = time.monotonic()
+            at_min = (now - t_start) / 60
+            if disk_full_at is not None and filler is None and not faults_done(faults, "disk_full") \
+                    and at_min >= disk_full_at:
+                filler = _fill_disk(tmp / "disk")
+                full_since = now
+                faults.append({"kind": "disk_full", "at_s": round(now - t_start, 1), "readyz_while_full": []})
+                progress(f"{at_min:5.1f} min: FAULT the store's disk is full")
+            if filler is not None:
+                said = _readyz(mport)
+                seen = faults[-1]["readyz_while_full"]
+                if said not in seen and len(seen) < 5:
+                    seen.append(said)
+                if now - full_since >= disk_full_s:
+                    filler.unlink()
+                    filler = None
+                    faults[-1]["freed_at_s"] = round(now - t_start, 1)
+                    progress(f"{at_min:5.1f} min: FAULT cleared: space freed")
+            if kill9_at is not None and not faults_done(faults, "kill9") and at_min >= kill9_at:
+                metrics = _get(f"http://127.0.0.1:{mport}/metrics")
+                before_kill["dead_lettered"] += _metric(metrics, "finsent_items_dead_lettered_total") or 0.0
+                before_kill["store_retries"] += _metric(metrics, "finsent_store_retries_total") or 0.0
+                assert worker.proc is not None
+                worker.proc.kill()
+                worker.proc.wait(30)
+                worker.start()
+                proc = worker.proc
+                restarted_at = now
+                faults.append({"kind": "kill9", "at_s": round(now - t_start, 1)})
+                progress(f"{at_min:5.1f} min: FAULT worker killed with SIGKILL and started again")
+            if restarted_at is not None and worker.ready():
+                kill = next(f for f in faults if f["kind"] == "kill9")
+                kill["ready_again_after_s"] = round(now - restarted_at, 1)
+                restarted_at = None
             if now >= next_sample:
                 rows, _ = _stored(mport)
+                if rows < 0:  # restarting, or the API is busy: sample next time
+                    time.sleep(0.5)
+                    continue
                 metrics = _get(f"http://127.0.0.1:{mport}/metrics")
                 with c.lock:
                     acked = c.acked
@@ -262,6 +354,10 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
         worker.kill()
         worker_log = worker.log_text()
         broker.stop()
+        if disk_full_at is not None:
+            import subprocess
+
+            subprocess.run(["umount", "-l", str(tmp / "disk")], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     lat = c.latencies
     rss = [x["rss_mb"] for x in samples]
@@ -279,8 +375,9 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
         "stored": rows - base_rows,
         "stored_unique": unique - base_rows,
         "drained": drained,
-        "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total"),
-        "store_retries": _metric(metrics, "finsent_store_retries_total"),
+        "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total") + before_kill["dead_lettered"],
+        "store_retries": _metric(metrics, "finsent_store_retries_total") + before_kill["store_retries"],
+        "faults": faults,
         "worker_errors_logged": sum(" ERROR " in ln for ln in worker_log.splitlines()),
         # the log goes with the temporary directory: keep the first error lines for the report
         "worker_error_lines": [ln[:300] for ln in worker_log.splitlines() if " ERROR " in ln][:10],
@@ -298,6 +395,10 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
     result["passed"] = bool(drained and result["stored"] == c.acked and result["stored_unique"] == c.acked
                             and not result["dead_lettered"])
     return result
+
+
+def faults_done(faults: list[dict[str, Any]], kind: str) -> bool:
+    return any(f["kind"] == kind for f in faults)
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
@@ -344,7 +445,10 @@ def results_section(r: dict[str, Any], command: str) -> str:
         f"{lat['max']} ms ({lat['samples']} items) |",
         f"| worker RSS, mean of first third / last third / max | {rss['first_third_mean']} / "
         f"{rss['last_third_mean']} / {rss['max']} MB |",
-        f"| duplicates on the scored topic | {r['scored_topic_duplicates']} |",
+        f"| duplicates on the scored topic (at-least-once; the store is exact) | {r['scored_topic_duplicates']} |",
+        *[f"| fault: {f['kind']} at {f['at_s']} s | " + ", ".join(f"{k} {v}" for k, v in f.items()
+                                                            if k not in ("kind", "at_s")) + " |"
+          for f in r.get("faults", [])],
         f"| result | {'PASS' if r['passed'] else 'FAIL'}: stored == produced, each once |", "",
         "![soak](soak.png)", "",
     ])
@@ -352,7 +456,8 @@ def results_section(r: dict[str, Any], command: str) -> str:
 
 def soak_command(args: argparse.Namespace, settings: Settings) -> int:
     r = run_soak(settings, args.minutes, args.fraction, args.sample_s, args.capacity_items, args.model_dir,
-                 progress=lambda m: print(f"soak: {m}", file=sys.stderr, flush=True))
+                 progress=lambda m: print(f"soak: {m}", file=sys.stderr, flush=True),
+                 disk_full_at=args.disk_full_at, disk_full_s=args.disk_full_s, kill9_at=args.kill9_at)
     if args.png:
         plot(r, Path(args.png))
     emit_json(args.json, r)
@@ -372,13 +477,19 @@ def register(bench_sub: Any) -> None:
         "soak", help="a long run at 80%% of capacity: throughput, latency, RSS over time, stored == produced",
         description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  finsent bench soak --minutes 30 --png bench/soak.png --json bench/soak.json "
-               "--write-results bench/RESULTS.md\n  finsent bench soak --minutes 2 --fraction 0.5",
+               "--write-results bench/RESULTS.md\n  finsent bench soak --minutes 2 --fraction 0.5\n"
+               "  finsent bench soak --minutes 30 --disk-full-at 10 --disk-full-s 60 --kill9-at 20   (as root)",
     )
     p.add_argument("--minutes", type=float, default=30.0, help="length of the paced run (default 30)")
     p.add_argument("--fraction", type=float, default=0.8, help="offered load as a fraction of capacity (0.8)")
     p.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples (default 10)")
     p.add_argument("--capacity-items", type=int, default=2000, help="backlog used to measure capacity (2000)")
     p.add_argument("--model-dir", help="model directory (default: the shipped model)")
+    p.add_argument("--disk-full-at", type=float, metavar="MIN",
+                   help="fill the store's disk (its own tmpfs; needs root) at this minute of the run")
+    p.add_argument("--disk-full-s", type=float, default=60.0, metavar="S",
+                   help="seconds the disk stays full before the filler is deleted (default 60)")
+    p.add_argument("--kill9-at", type=float, metavar="MIN", help="SIGKILL the worker at this minute, then restart it")
     p.add_argument("--png", metavar="OUT", help="plot RSS and throughput over time to this PNG")
     add_json_option(p, "the results, with every sample")
     p.add_argument("--write-results", metavar="FILE", help="replace the '## Soak' section of FILE")
