@@ -241,7 +241,7 @@ class Fetcher:
         try:
             result = self._fetch(request, url, watch)
         except FetchError as exc:
-            if watch.fired and exc.kind != "timeout":
+            if watch.fired:  # whatever broke when the sockets were shut down, the cause is the deadline
                 self._timed_out(url, exc)
             raise
         except (ValueError, OSError, http.client.HTTPException) as exc:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -108,6 +111,19 @@ def test_slow_headers_time_out_within_the_whole_request_deadline(slow_server) ->
     while slow_server.open and time.monotonic() < until:
         time.sleep(0.1)
     assert slow_server.open == 0
+
+
+@pytest.mark.faults
+def test_rss_once_against_a_slow_header_feed_ends_at_its_deadline(slow_server, tmp_path) -> None:
+    """The probe's case as a real process: `finsent ingest rss --once` was still running at 150 s."""
+    env = {**os.environ, "FINSENT_INGEST_FETCH_TIMEOUT_S": "2", "FINSENT_INGEST_STATE_DIR": str(tmp_path)}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "finsent", "ingest", "rss", "--once", "--dry-run", slow_server.url()],
+                          env=env, capture_output=True, text=True, timeout=90)
+    took = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the one source failed
+    assert "failed (timeout)" in proc.stderr and "no complete response within 2s" in proc.stderr
+    assert took < 2 + 2 + 15, f"took {took:.1f}s"  # deadline + 2 s + the interpreter's start on a busy machine
 
 
 @pytest.mark.faults
