@@ -13,7 +13,12 @@ Rules (each one is a decision the rest of finsent relies on):
   impossible one (2024-02-30, month 13, 25:00) is never rolled over into a real one: ``None``
   too, or with ``strict_time`` (replay) a :class:`Skip` ``bad_time``;
 * ids are stable: canonical URL when there is one (so two feeds carrying one story agree),
-  else the source's own GUID, else a digest of source + title + text;
+  else the source's own GUID, else a digest of source + title + text. An id the source gives
+  (a push client's, replay's id column) is used exactly as given: one with leading or trailing
+  whitespace is ``Skip("bad_id")``, because stripping it would make two producer ids one item;
+* a time the store cannot hold (before 1970, after 2106-02-07) is not a time: ``None``, or with
+  ``strict_time`` ``Skip("bad_time")``; the store would clamp it silently;
+* bytes are decoded by :func:`decode_bytes`, which never re-reads good UTF-8 in another charset;
 * an item with no text after cleaning raises :class:`Skip` (the caller counts it);
 * text longer than ``max_text_chars`` is cut at a word boundary and flagged ``truncated``.
 """

@@ -9,6 +9,11 @@ A publish that Kafka did not acknowledge in time (the publisher's bounded wait) 
 like a fetch error: nothing was marked as seen, so the items are fetched again next time. The
 last such error of a source is kept (``_State.publish_error``) so ``--once`` can exit with it.
 
+A poll cannot hold its slot past the fetch deadline: :class:`~finsent.ingest.fetch.Fetcher` bounds the
+whole request (connect, headers, body, redirects), so a feed that drips its headers fails as
+``timeout`` -- logged, counted in ``finsent_ingest_errors_total{kind="timeout"}``, backed off -- and
+the slot goes to the next due source (eight such feeds no longer starve the good ones).
+
 Stopping (:meth:`Poller.run_forever` after :attr:`Poller.stop`): no poll starts any more, polls in
 flight get ``stop_grace_s`` to finish (their publish is drained by the publisher within its own
 grace), and a poll still running after that -- a fetch from a slow server -- is abandoned: it has

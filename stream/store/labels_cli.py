@@ -481,6 +481,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "Write the stored items that most need an annotator as a CSV ready for `finsent label import`: "
             "empty sentiment and topic columns to fill in, then context (text, the model's predictions, "
             "probabilities, uncertainty) that the import ignores. Items already labelled for --task are left out. "
+            "A cell a spreadsheet would run as a formula (starting with = + - @, tab or CR) is written with a "
+            "leading ' (shown as text, never run); `label import` removes it again. "
             "uncertain: least confident first, uncertainty = 1 - the top probability of the task's head (for "
             "topic only the top probability is stored, so a margin is not offered). random: a reproducible "
             "sample for --seed (a baseline to measure active learning against). Prints a JSON summary.\n\n"
