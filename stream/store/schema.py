@@ -8,7 +8,7 @@ reports a version that supports it (:class:`Capabilities`).
 Tables (all names are relative to the store's database, ``finsent`` by default)
 -------------------------------------------------------------------------------
 ``items`` -- one row per scored item
-(ReplacingMergeTree(version), PARTITION BY toYYYYMM(ingested_at), ORDER BY (toStartOfDay(ingested_at), id))
+(ReplacingMergeTree(version), no PARTITION BY, ORDER BY id; TTL on ingested_at where the server has TTL)
     id             String                    stable item id (``finsent.core.events.stable_id``)
     source         LowCardinality(String)    feed / account / file the item came from
     source_type    LowCardinality(String)    'news' or 'social'
@@ -68,17 +68,21 @@ Why these choices
 * Millisecond time without DateTime64 (18.16 has none): a ``DateTime('UTC')`` column (seconds,
   what every ClickHouse function and Grafana understands, used for partitions, buckets and TTL)
   plus a ``UInt16`` millisecond column. Exact ms time = ``ingested_at`` + ``ingested_ms``/1000.
-* Idempotent by item id: a ReplacingMergeTree only collapses rows with equal sorting key *within
-  one partition*, so both keys are functions of the id and of ``ingested_at`` alone. The ingester
-  sets ``ingested_at`` once per item and it travels inside the message, so a redelivered message
-  carries the same value. Neither the topic nor the sentiment is in the key: a re-score may change
-  them and must still replace the row. Only the *day* of ``ingested_at`` is in the sorting key, so
-  the same id arriving again with another ``ingested_at`` on the same UTC day still collapses;
-  across days (or months, for the partition) it would not.
-* Why the day prefix in the sorting key: time-window queries (``WHERE ingested_at >= ...``) then
-  read only the days they ask for instead of whole monthly partitions: ``count() FINAL`` of the
-  last hour over 1M items spread over 30 days took 14-28x less time than with ``ORDER BY id`` on
-  both engines in our runs (``finsent bench store``, bench/RESULTS.md "Store").
+* Idempotent by item id, whatever the days: a ReplacingMergeTree only collapses rows with equal
+  sorting key *within one partition*, so ``items`` is sorted by ``id`` alone and has ONE partition.
+  The same id arriving on several days (a replay re-run tomorrow, a client retry across midnight,
+  two push replicas with per-pod dedup state) is one row under ``FINAL``: the one with the highest
+  ``version``, i.e. the last scored, with that arrival's ``ingested_at``. Neither the topic nor the
+  sentiment is in the key: a re-score may change them and must still replace the row. Retention
+  does not need time partitions: a TTL on ``ingested_at`` deletes rows in merges (19.6+; on 18.16,
+  ``ALTER TABLE items DELETE WHERE ingested_at < ...`` by hand).
+* What that costs, and why it is paid: until issue 22 the key was ``(toStartOfDay(ingested_at), id)``
+  with monthly partitions, which let time-window queries (``WHERE ingested_at >= ...``) read only the
+  days they ask for (``count() FINAL`` of the last hour over 1M items in 30 days took 14-28x less time
+  than with ``ORDER BY id``, bench/RESULTS.md "Store") -- but it stored an item arriving on three days
+  three times (``/v1/count`` said 11 rows for 9 ids). Correct counts come first; a window query now
+  reads the whole table. A database created with the old layout is detected at start and a WARNING
+  gives the statements that rebuild it (:func:`layout_warnings`).
 * Re-scoring: a newer model's row has a later ``scored_at`` and so a higher ``version``; queries
   read ``items FINAL`` and see exactly one row per id, the newest. (Merges collapse duplicates in
   the background at an unspecified time, so queries must not rely on them: always use FINAL.)
@@ -159,15 +163,18 @@ seconds (``UInt32``) and converted with ``toDateTime(x, 'UTC')`` so no time zone
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from finsent.core.events import Alert, ScoredItem
 from finsent.core.store import Label
+
+log = logging.getLogger(__name__)
 
 ITEMS = "items"
 TOPIC_MINUTE = "topic_minute"
@@ -339,9 +346,9 @@ def declare_view(spec: ViewSpec) -> ViewSpec:
 
 _SENTIMENTS = ("negative", "neutral", "positive")
 
+# ORDER BY id and no partition: FINAL collapses an id whatever the days it arrived on (module docstring)
 declare_table(TableSpec(
-    ITEMS, ITEM_COLUMNS, "ReplacingMergeTree(version)", order_by="(toStartOfDay(ingested_at), id)",
-    partition_by="toYYYYMM(ingested_at)", ttl_column="ingested_at",
+    ITEMS, ITEM_COLUMNS, "ReplacingMergeTree(version)", order_by="id", partition_by=None, ttl_column="ingested_at",
     default_columns=(("stored_at", "DateTime('UTC') DEFAULT now()"),),
 ))
 declare_table(TableSpec(
@@ -447,6 +454,8 @@ def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full
     ``engine_full`` maps table name to ``system.tables.engine_full``. Only run where ``caps.ttl``.
     In cluster mode the TTL lives on the local tables and is altered ``ON CLUSTER``.
     """
+    for warning in layout_warnings(db, engine_full, cluster):
+        log.warning("store: %s", warning)
     if not caps.ttl:
         return []
     out = []
@@ -462,6 +471,40 @@ def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full
         elif retention_days <= 0 and has_ttl:
             out.append(f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} REMOVE TTL")
     return out
+
+
+#: What an ``items`` table created before issue 22 has in its ``engine_full``: a day prefix in the sorting
+#: key and/or monthly partitions, so FINAL collapses an id only within one day or month.
+_OLD_ITEMS_LAYOUT = re.compile(r"toStartOfDay\(ingested_at\)|PARTITION BY toYYYYMM\(ingested_at\)")
+
+
+def layout_warnings(db: str, engine_full: dict[str, str], cluster: str | None = None) -> list[str]:
+    """Warnings for tables whose layout in the database is not the declared one, with the statements that
+    rebuild them; ``engine_full`` maps table name to ``system.tables.engine_full``.
+
+    Today: an ``items`` table from before issue 22 (day-prefixed key, monthly partitions) stores an item
+    that arrives on two days twice. Rebuilding copies every row, so it is left to the operator (with the
+    writers stopped), not done at start.
+    """
+    table = ITEMS + (LOCAL_SUFFIX if cluster else "")
+    current = engine_full.get(table, "")
+    if not _OLD_ITEMS_LAYOUT.search(current):
+        return []
+    spec = TABLE_SPECS[ITEMS]
+    if cluster:
+        how = (f"on each shard, rebuild {db}.{table} as {replicated_engine(spec, db).replace(ITEMS, ITEMS + '_v2')} "
+               f"ORDER BY {spec.order_by} (no PARTITION BY), copy the rows, and swap the names; see the statements "
+               "for one node")
+    else:
+        create = " ".join(table_statements(replace(spec, name=ITEMS + "_v2"), db, Capabilities((18, 16)))[0].split())
+        how = ("with the workers stopped run: "
+               f"{create}; "
+               f"INSERT INTO {db}.items_v2 SELECT * FROM {db}.items; "
+               f"DROP TABLE {db}.{TOPIC_MINUTE_MV}; "
+               f"RENAME TABLE {db}.items TO {db}.items_old, {db}.items_v2 TO {db}.items; "
+               f"then start a worker (it re-creates {TOPIC_MINUTE_MV} and the TTL) and DROP TABLE {db}.items_old")
+    return [f"{db}.{table} has the layout from before issue 22 ({current[:160]}): an item that arrives on two "
+            f"days (or months) is stored, and counted, twice. To rebuild it {how}"]
 
 
 # --- row encoding -------------------------------------------------------------------------------
@@ -575,9 +618,10 @@ COUNT_FINAL = "SELECT count() FROM {db}.items FINAL WHERE ingested_at >= toDateT
 COUNT_PHYSICAL = "SELECT count() FROM {db}.items WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')"
 COUNT_UNIQUE = "SELECT uniqExact(id) FROM {db}.items WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')"
 
-# The filter on ingested_at may sit inside FINAL's scan (it is stable per id, so every version of
-# an item is in or out together); filters on labels that a re-score can change (sentiment, topic)
-# must be applied *after* FINAL picked the newest row, hence the subqueries below.
+# A filter on ingested_at next to FINAL sees at most one row per id either way (an id that arrived
+# on several days has one row per arrival before FINAL; whichever are in the window, FINAL keeps one),
+# so counts never double; filters on labels that a re-score can change (sentiment, topic) must be
+# applied *after* FINAL picked the newest row, hence the subqueries below.
 TOPIC_COUNTS = """
 SELECT toDateTime(intDiv(toUInt32(ingested_at), {bucket:UInt32}) * {bucket:UInt32}, 'UTC') AS bucket,
        topic,
@@ -633,9 +677,8 @@ def render(template: str, db: str) -> str:
 
 ITEM_NAMES = tuple(name for name, _ in ITEM_COLUMNS)
 
-# One page of the items a re-score walks, in (ingested_at, id) order after the cursor. The scan is
-# bounded by a time slice [lo, hi) (the sorting key's day prefix keeps it to the days asked for),
-# so a page costs one slice, not the whole window. The topic filter applies after FINAL picked the
+# One page of the items a re-score walks, in (ingested_at, id) order after the cursor, within a
+# time slice [lo, hi). The topic filter applies after FINAL picked the
 # newest row (the topic is a label a re-score can change).
 RESCORE_PAGE = f"""
 SELECT {", ".join(ITEM_NAMES)}
