@@ -1,4 +1,4 @@
-"""``finsent train``, ``finsent eval`` and ``finsent bench model``.
+"""``finsent train``, ``finsent distill``, ``finsent eval`` and ``finsent score``.
 
 torch, transformers and scikit-learn are imported inside the handlers, so ``finsent --help``
 and the stream worker do not pay for them (they come with ``pip install finsent[train]``).
@@ -201,17 +201,62 @@ def register(sub: Any) -> None:
 
     e = sub.add_parser(
         "eval",
-        help="score a model on labelled CSVs (accuracy, macro-F1, per class)",
+        help="score a model on labelled CSVs (accuracy, macro-F1, per class) or FinEntity JSON (entity spans)",
         description=(
             "Each CSV's task follows from its columns: text,label -> sentiment, text,topic -> topic. "
+            "A .json file in FinEntity's format (a list of {content, annotations: [{start, end, value, label}]}) is "
+            "scored for entities: span precision/recall/F1 and span+sentiment micro-F1, matched per paragraph on "
+            "the normalised surface text (value; about 3% of FinEntity's start/end offsets are shifted), plus the "
+            "share of gold spans the linker maps to an entity. "
             "Scores the ONNX model through the runtime (the shipped model unless --model-dir)."
         ),
+        epilog=(
+            "examples:\n"
+            "  finsent eval data/fpb.csv data/topic.csv\n"
+            "  finsent eval finentity/train.json --json metrics.json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("csv", nargs="+", type=Path, help="labelled CSV files")
+    e.add_argument("csv", nargs="+", type=Path, help="labelled CSV files, or FinEntity-format .json files")
     e.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
     e.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
     add_json_option(e, "the metrics", dest="json_out")
     e.set_defaults(func=eval_command)
+
+    sc = sub.add_parser(
+        "score",
+        help="score CSV, JSONL or stdin lines offline: one JSON line per input (sentiment, topic, entities)",
+        description=(
+            "Score texts with the model and the entity linker, without Kafka or a store, through the same "
+            "Classifier.predict as the worker. Inputs: CSV with a 'text' column (optional 'title', 'id'), JSON "
+            "lines with the same keys, or plain text with one input per line (stdin's default). Output on "
+            "stdout: one JSON line per input, in input order: id, sentiment, sentiment_probs, topic, topic_prob, "
+            "truncated, entities (each: text, start, end, sentiment, sentiment_probs, entity_id, name, "
+            "relevance). An item with a title is scored as title + blank line + text, and entity offsets index "
+            "that string. Rows without an id get FILE:ROW (stdin:ROW). A bad row becomes "
+            '{"id", "error": REASON, "detail", "file", "line"} in its place (not_json, not_object, bad_type, '
+            "empty_text, csv_error) and the run goes on; the exit status is 4 only when no row could be "
+            "scored. Progress goes to stderr every 2 s on long inputs (--quiet: none)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  finsent score news.csv > scored.jsonl\n"
+            "  finsent score a.jsonl b.csv --model-dir runs/finsent-minilm/model\n"
+            "  echo 'Tesla shares crash 15% after Q3 deliveries miss' | finsent score\n"
+            "  cat items.jsonl | finsent score - --format jsonl | jq -c '.entities[] | [.entity_id, .sentiment]'\n"
+            "  FINSENT_ENTITIES_FILE=watchlist.csv finsent score headlines.txt   # your own entities and aliases"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sc.add_argument("paths", nargs="*", metavar="PATH", default=["-"],
+                    help="CSV (.csv), JSON lines (.jsonl, .ndjson, .json) or text files; - or none: stdin")
+    sc.add_argument("--format", choices=("auto", "csv", "jsonl", "text"), default="auto",
+                    help="input format (auto: by file suffix; stdin and other suffixes: text)")
+    sc.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
+    sc.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
+    sc.add_argument("--no-entities", action="store_true", help="skip entity linking (entities: [])")
+    sc.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    sc.set_defaults(func=score_command)
 
 
 def train_command(args: argparse.Namespace, settings: Any) -> int:
@@ -273,11 +318,17 @@ def distill_command(args: argparse.Namespace, settings: Any) -> int:
 def _print_eval(out: dict[str, Any]) -> None:
     print(f"model {out['model_version']} ({out['variant']}, {out['provider']})")
     for r in out["results"]:
+        if r["task"] == "entities":
+            sp, ss = r["span"], r["span_sentiment"]
+            print(f"  {r['path']}: entities  n={r['n']:5d} spans={r['gold_spans']} span P/R/F1="
+                  f"{sp['precision']:.4f}/{sp['recall']:.4f}/{sp['f1']:.4f} span+sentiment F1={ss['f1']:.4f}"
+                  + (f" linked={r['linked']:.4f}" if "linked" in r else ""))
+            continue
         print(f"  {r['path']}: {r['task']:9s} n={r['n']:5d} accuracy={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f}")
 
 
 def eval_command(args: argparse.Namespace, settings: Any) -> int:
-    from finsent.models.evaluate import evaluate_files
+    from finsent.models.evaluate import evaluate_files, evaluate_finentity, is_finentity_file
     from finsent.models.runtime import Classifier
 
     clf = Classifier.load(
@@ -287,8 +338,37 @@ def eval_command(args: argparse.Namespace, settings: Any) -> int:
         cache_dir=settings.cache_dir,
         spinning=settings.model_spinning,
     )
-    out = evaluate_files(clf, args.csv)
+    entity_files = [p for p in args.csv if is_finentity_file(p)]
+    csv_files = [p for p in args.csv if p not in entity_files]
+    out = evaluate_files(clf, csv_files) if csv_files else {
+        "model_version": clf.version, "variant": clf.variant, "provider": clf.provider, "results": []}
+    by_path = {r["path"]: r for r in out["results"]}
+    for p in entity_files:
+        by_path[str(p)] = {"path": str(p), **evaluate_finentity(clf, p)}
+    out["results"] = [by_path[str(p)] for p in args.csv]  # in the order given
     if not to_stdout(args.json_out):
         _print_eval(out)
     emit_json(args.json_out, out)
+    return 0
+
+
+def score_command(args: argparse.Namespace, settings: Any) -> int:
+    from finsent.core.errors import InputError
+    from finsent.models.runtime import Classifier
+    from finsent.models.score import read_rows, score_rows
+
+    clf = Classifier.load(
+        args.model_dir or settings.model_dir,
+        variant=args.variant or settings.model_variant,
+        threads=settings.model_threads,
+        cache_dir=settings.cache_dir,
+        spinning=settings.model_spinning,
+        entities=not args.no_entities,
+    )
+    stats = score_rows(clf, read_rows(args.paths, args.format), sys.stdout, None if args.quiet else sys.stderr)
+    if not args.quiet and stats.seconds >= 2.0:
+        print(f"finsent score: {stats.scored} scored, {stats.bad} bad rows in {stats.seconds:.1f} s", file=sys.stderr)
+    if stats.scored == 0 and stats.bad:
+        raise InputError(f"no row could be scored ({stats.bad} bad rows; each has an error line on stdout)",
+                         hint="check the error reasons; CSV needs a 'text' column, JSONL a 'text' key")
     return 0
