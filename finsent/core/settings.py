@@ -372,7 +372,7 @@ def _env_name(field: str) -> str:
 
 
 #: FINSENT_* variables that are not settings but are read elsewhere (so they are not "unknown").
-OTHER_ENV = frozenset({"FINSENT_CONFIG", "FINSENT_CACHE_DIR"})
+OTHER_ENV = frozenset({"FINSENT_CONFIG", "FINSENT_CACHE_DIR", "FINSENT_ENTITIES_FILE"})  # the last: models.linking
 
 
 def _explain(exc: ValidationError, file: _File | None, file_keys: set[str]) -> str:
