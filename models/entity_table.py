@@ -6,7 +6,8 @@ sources (``edgartools`` pulls pandas, httpx, lxml...) never become runtime depen
 
 Sources, in priority order (an alias or symbol claimed by an earlier source is not taken by a later one):
 
-1. the hand-curated crypto assets and central banks below (ids ``X:BTC``, ``CB:FED``);
+1. the hand-curated crypto assets, central banks and other names below (ids ``X:BTC``, ``CB:FED``, ``PRIV:FTX``,
+   ``IDX:SPX``, ``CMD:BRENT``, ``ORG:OPEC``);
 2. ``pytickersymbols`` (MIT): about 1,840 companies of 20 US, European and Japanese indices, with Yahoo/Google
    symbols, ISINs and key people;
 3. the SEC's ``company_tickers`` table (US government work, public domain) as bundled in ``edgartools`` (MIT):
@@ -32,7 +33,6 @@ import gzip
 import json
 import re
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,54 @@ CRYPTO: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
     ("X:SUI", "Sui", ("Sui Network",), (), ("SUI",)),
 )
 
+#: Other names financial news is about that no listing table holds: private and non-US firms (notably the crypto
+#: firms whose collapses the entity alerts must catch), market indices, commodities and organisations.
+#: (id, name, kind, aliases, symbols)
+OTHERS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("PRIV:FTX", "FTX", "private", ("FTX", "FTX.com", "FTX Trading", "FTX US"), ()),
+    ("PRIV:ALAMEDA", "Alameda Research", "private", ("Alameda Research", "Alameda"), ()),
+    ("PRIV:BINANCE", "Binance", "private", ("Binance", "Binance.US", "Binance US"), ()),
+    ("PRIV:CELSIUS", "Celsius Network", "private", ("Celsius Network", "Celsius"), ("CEL",)),
+    ("PRIV:GENESIS", "Genesis Global", "private", ("Genesis Global", "Genesis Global Trading", "Genesis Trading",
+                                                   "Genesis Global Capital", "Genesis"), ()),
+    ("PRIV:DCG", "Digital Currency Group", "private", ("Digital Currency Group", "DCG"), ()),
+    ("PRIV:BLOCKFI", "BlockFi", "private", ("BlockFi",), ()),
+    ("PRIV:VOYAGER", "Voyager Digital", "private", ("Voyager Digital", "Voyager"), ()),
+    ("PRIV:3AC", "Three Arrows Capital", "private", ("Three Arrows Capital", "Three Arrows", "3AC"), ()),
+    ("PRIV:TORNADO", "Tornado Cash", "private", ("Tornado Cash",), ()),
+    ("PRIV:KRAKEN", "Kraken", "private", ("Kraken",), ()),
+    ("PRIV:GEMINI", "Gemini", "private", ("Gemini exchange", "Gemini Trust", "Gemini Earn"), ()),
+    ("PRIV:CRYPTOCOM", "Crypto.com", "private", ("Crypto.com",), ("CRO",)),
+    ("PRIV:CIRCLE", "Circle", "private", ("Circle Internet Financial",), ()),
+    ("PRIV:OPENAI", "OpenAI", "private", ("OpenAI",), ()),
+    ("PRIV:SPACEX", "SpaceX", "private", ("SpaceX",), ()),
+    ("PRIV:TWITTER", "Twitter", "private", ("Twitter", "X Corp"), ()),
+    ("005930.KS", "Samsung Electronics", "company", ("Samsung Electronics", "Samsung"), ()),
+    ("0700.HK", "Tencent", "company", ("Tencent", "Tencent Holdings"), ()),
+    ("IDX:SPX", "S&P 500", "index", ("S&P 500", "S&P500", "Standard & Poor's 500", "SPX"), ()),
+    ("IDX:DJI", "Dow Jones Industrial Average", "index", ("Dow Jones Industrial Average", "Dow Jones", "DJIA"), ()),
+    ("IDX:IXIC", "Nasdaq Composite", "index", ("Nasdaq Composite", "Nasdaq Composite Index", "IXIC"), ()),
+    ("IDX:NDX", "Nasdaq 100", "index", ("Nasdaq 100", "Nasdaq-100", "NDX"), ()),
+    ("IDX:RUT", "Russell 2000", "index", ("Russell 2000",), ()),
+    ("IDX:STOXX600", "STOXX Europe 600", "index", ("STOXX 600", "STOXX Europe 600", "pan-European STOXX 600"), ()),
+    ("IDX:FTSE100", "FTSE 100", "index", ("FTSE 100", "FTSE"), ()),
+    ("IDX:DAX", "DAX", "index", ("DAX",), ()),
+    ("IDX:N225", "Nikkei 225", "index", ("Nikkei 225", "Nikkei"), ()),
+    ("IDX:HSI", "Hang Seng", "index", ("Hang Seng", "Hang Seng Index"), ()),
+    ("IDX:VIX", "VIX", "index", ("VIX", "Cboe Volatility Index"), ()),
+    ("IDX:SOX", "Philadelphia Semiconductor Index", "index", ("Philadelphia Semiconductor Index",
+                                                               "Philadelphia SE Semiconductor Index"), ()),
+    ("CMD:BRENT", "Brent crude", "commodity", ("Brent", "Brent crude", "Brent crude futures"), ()),
+    ("CMD:WTI", "West Texas Intermediate", "commodity", ("West Texas Intermediate", "WTI",
+                                                          "U.S. West Texas Intermediate"), ()),
+    ("ORG:OPEC", "OPEC", "organisation", ("OPEC", "OPEC+"), ()),
+    ("ORG:SEC", "US Securities and Exchange Commission", "regulator", ("Securities and Exchange Commission",
+                                                                       "U.S. Securities and Exchange Commission"),
+     ()),
+    ("ORG:IMF", "International Monetary Fund", "organisation", ("International Monetary Fund", "IMF"), ()),
+    ("ORG:USTREASURY", "US Treasury", "government", ("U.S. Treasury", "US Treasury", "Treasury Department"), ()),
+)
+
 #: (id, name, aliases; acronyms are matched case-sensitively as written)
 CENTRAL_BANKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("CB:FED", "Federal Reserve", ("Federal Reserve", "Fed", "FOMC", "Federal Open Market Committee",
@@ -164,6 +212,14 @@ EXTRA_ALIASES: dict[str, tuple[str, ...]] = {
     "AMD": ("AMD", "Advanced Micro Devices"),
     "BLK": ("BlackRock",),
     "XOM": ("Exxon", "ExxonMobil", "Exxon Mobil"),
+    "F": ("Ford",),
+    "DIS": ("Disney",),
+    "RTX": ("Raytheon", "Raytheon Technologies"),
+    "JEF": ("Jefferies",),
+    "CG": ("Carlyle",),
+    "MU": ("Micron",),
+    "WMT": ("Walmart", "Wal-Mart"),
+    "KO": ("Coca-Cola", "Coke"),
     "CVX": ("Chevron",),
     "SHEL": ("Shell",),
     "V": ("Visa",),
@@ -237,7 +293,7 @@ class _Table:
         self.common_top = common_top
 
     def add(self, ent: dict[str, Any], aliases: Iterable[str], symbols: Iterable[str], curated: bool,
-            loose: frozenset[str] = frozenset()) -> None:
+            loose: frozenset[str] = frozenset(), strong: frozenset[str] = frozenset()) -> None:
         """Add an entity unless its id is taken; ``curated``: a well-known name (index member, hand list);
         ``loose``: aliases made by dropping filler words ("Partners Group" -> "Partners"), weak when common."""
         eid = ent["id"]
@@ -252,7 +308,7 @@ class _Table:
                 continue  # owned by an entity added before this one
             self.alias_owner[key] = eid
             kept_aliases.append(alias)
-            if " " not in key and (not curated or key in self.common_top or key in FINANCE_WORDS
+            if " " not in key and alias not in strong and (not curated or key in self.common_top or key in FINANCE_WORDS
                                    or (alias in loose and key in self.common_all) or _AMOUNT.fullmatch(key)):
                 weak.append(alias)
         kept_symbols: list[str] = []
@@ -333,6 +389,9 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
     for eid, name, aliases in CENTRAL_BANKS:
         table.add({"id": eid, "name": name, "kind": "central_bank"}, (name, *aliases), (), curated=True)
         table.entities[eid].pop("weak", None)  # curated acronyms: matched case-sensitively by the linker
+    for eid, name, kind, aliases, symbols in OTHERS:
+        table.add({"id": eid, "name": name, "kind": kind}, (name, *aliases), symbols, curated=True)
+        table.entities[eid].pop("weak", None)  # hand-picked: each alias was chosen to stand alone
 
     sec = _sec_rows(find_sec_parquet())
     by_ticker = {norm_symbol(r["ticker"]): r for r in sec if r.get("ticker")}
@@ -389,7 +448,8 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
         table.add({"id": eid, "name": strip_legal(name) or name, "kind": "company", "tickers": tickers,
                    "isin": list(dict.fromkeys(c.get("isins") or [])), "cik": cik,
                    "people": _people(meta.get("key_people"))},
-                  aliases, [eid, *symbols], curated=True, loose=frozenset(loose))
+                  aliases, [eid, *symbols], curated=True, loose=frozenset(loose),
+                  strong=frozenset(EXTRA_ALIASES.get(eid, ())))
 
     # SEC: the rest of the US universe, one entity per CIK, id = its first (largest) ticker
     for cik, rows in sec_by_cik.items():
@@ -402,16 +462,17 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
             if r.get("exchange"):
                 tickers.setdefault(r["exchange"].upper(), norm_symbol(r["ticker"]))
         table.add({"id": first, "name": strip_legal(name) or name, "kind": "company", "tickers": tickers, "cik": cik},
-                  [strip_legal(name), name], [r["ticker"] for r in rows], curated=False)
+                  [strip_legal(name), name, *EXTRA_ALIASES.get(first, ())], [r["ticker"] for r in rows], curated=False,
+                  strong=frozenset(EXTRA_ALIASES.get(first, ())))
 
     header = {
         "format": FORMAT,
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "entities": len(table.entities),
         "aliases": len(table.alias_owner),
         "symbols": len(table.symbol_owner),
         "sources": {
-            "curated": "finsent (Apache-2.0): crypto assets and central banks",
+            "curated": "finsent (Apache-2.0): crypto assets, central banks, private firms, indices, commodities, "
+                       "organisations, short press names",
             "pytickersymbols": f"pytickersymbols {version('pytickersymbols')} (MIT)",
             "sec": f"SEC company_tickers (US government work, public domain) via edgartools {version('edgartools')} "
                    "(MIT)",

@@ -53,6 +53,7 @@ import logging
 import os
 import re
 import threading
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,9 +113,17 @@ def norm_symbol(symbol: str) -> str:
     return re.sub(r"[-/ ](?=[A-Z0-9]{1,2}$)", ".", s)
 
 
+def fold(token: str) -> str:
+    """A token as the matcher compares it: casefolded, accents dropped ("Nestlé" and "Nestle" meet)."""
+    t = token.casefold()
+    if t.isascii():
+        return t
+    return "".join(c for c in unicodedata.normalize("NFKD", t) if not unicodedata.combining(c))
+
+
 def alias_key(text: str) -> str:
-    """The matcher's key for a name: casefolded word tokens joined by one space ("AT&T" -> "at t")."""
-    return " ".join(t.casefold() for t in _TOKEN.findall(text))
+    """The matcher's key for a name: folded word tokens joined by one space ("AT&T" -> "at t")."""
+    return " ".join(fold(t) for t in _TOKEN.findall(text))
 
 
 def normalise_name(surface: str) -> str:
@@ -301,7 +310,7 @@ class Linker:
         return out
 
     def _phrase_matches(self, text: str) -> list[tuple[int, int, _Phrase]]:
-        toks = [(m.start(), m.end(), m.group().casefold()) for m in _TOKEN.finditer(text)]
+        toks = [(m.start(), m.end(), fold(m.group())) for m in _TOKEN.finditer(text)]
         out: list[tuple[int, int, _Phrase]] = []
         i, n = 0, len(toks)
         first = self._first

@@ -15,6 +15,7 @@ import pytest
 from finsent.models.entity_table import (
     CENTRAL_BANKS,
     CRYPTO,
+    OTHERS,
     TABLE_FILE,
     _people,
     build,
@@ -73,6 +74,8 @@ def test_shipped_table_invariants() -> None:
         assert by_id[eid]["kind"] == "crypto"
     for eid, *_ in CENTRAL_BANKS:
         assert by_id[eid]["kind"] == "central_bank"
+    for eid, _, kind, *_ in OTHERS:
+        assert by_id[eid]["kind"] == kind and "weak" not in by_id[eid]
     for r in rows:
         assert r.get("aliases") or r.get("symbols"), r
         assert set(r.get("weak", ())) <= set(r.get("aliases", ())), r

@@ -72,6 +72,10 @@ def _links(linker: Linker, text: str) -> list[tuple[str, str]]:
     ("ECB signals a pause", "ECB", "CB:ECB"),
     ("BoE and BoJ diverge", "BoE", "CB:BOE"),
     ("People's Bank of China cuts", "People's Bank of China", "CB:PBOC"),
+    ("FTX collapses", "FTX", "PRIV:FTX"),
+    ("Genesis files for bankruptcy", "Genesis", "PRIV:GENESIS"),
+    ("S&P 500 futures slip", "S&P 500", "IDX:SPX"),
+    ("Nestle cuts prices", "Nestle", "NESN.SW"),  # accents folded
 ])
 def test_surface_links_to_entity(linker: Linker, text: str, surface: str, entity: str) -> None:
     assert (surface, entity) in _links(linker, text)
@@ -118,10 +122,11 @@ def test_normalise_name(surface: str, key: str) -> None:
 
 
 def test_link_span_linked_and_unlinked(linker: Linker) -> None:
-    text = "FTX Trading Ltd. owes Apple Inc. and $TSLA money"
-    assert linker.link_span(text, 0, 16) == (None, "ftx trading")
-    assert linker.link_span(text, 22, 32) == ("AAPL", "Apple")
-    assert linker.link_span(text, 37, 42) == ("TSLA", "Tesla")
+    text = "Zyxo Trading Ltd. owes Apple Inc. and $TSLA money"
+    assert linker.link_span(text, 0, 17) == (None, "zyxo trading")
+    assert linker.link_span(text, 23, 33) == ("AAPL", "Apple")
+    assert linker.link_span(text, 38, 43) == ("TSLA", "Tesla")
+    assert linker.link_span("FTX Trading Ltd.", 0, 16) == ("PRIV:FTX", "FTX")
 
 
 def test_relevance_formula() -> None:
@@ -135,18 +140,18 @@ def test_relevance_formula() -> None:
 
 
 def test_extract_entities_merges_model_spans_and_gazetteer(linker: Linker) -> None:
-    title = "Apple beats, FTX collapses"
+    title = "Apple beats, Zyx collapses"
     text, tlen = scored_text("Later on, Microsoft said little. Apple again. Apple.", title)
     probs_neg = {"negative": 0.9, "neutral": 0.05, "positive": 0.05}
     probs_pos = {"negative": 0.1, "neutral": 0.1, "positive": 0.8}
     spans = [(13, 16, "negative", probs_neg), (0, 5, "positive", probs_pos)]
     out = linker.extract_entities(text, tlen, spans)
     by = {m.name: m for m in out}
-    assert set(by) == {"Apple", "ftx", "Microsoft"}
-    apple, ftx, msft = by["Apple"], by["ftx"], by["Microsoft"]
+    assert set(by) == {"Apple", "zyx", "Microsoft"}
+    apple, zyx, msft = by["Apple"], by["zyx"], by["Microsoft"]
     assert (apple.entity_id, apple.sentiment, apple.sentiment_probs, apple.relevance) == ("AAPL", "positive",
                                                                                           probs_pos, 100)
-    assert (ftx.entity_id, ftx.text, ftx.sentiment, ftx.relevance) == (None, "FTX", "negative", 100)
+    assert (zyx.entity_id, zyx.text, zyx.sentiment, zyx.relevance) == (None, "Zyx", "negative", 100)
     assert msft.entity_id == "MSFT" and msft.sentiment == "neutral" and msft.sentiment_probs == NEUTRAL_PROBS
     assert msft.relevance < 100
     assert [m.relevance for m in out] == sorted((m.relevance for m in out), reverse=True)

@@ -139,7 +139,7 @@ def test_eval_finentity_json(tiny_dir: Path, tmp_path: Path, capsys: pytest.Capt
         {"content": "Apple beats while Microsoft lags.",
          "annotations": [{"start": 0, "end": 5, "value": "Apple", "label": "Positive"},
                          {"start": 20, "end": 29, "value": "Microsoft", "label": "Negative"}]},  # shifted offsets
-        {"content": "FTX collapses.", "annotations": [{"start": 0, "end": 3, "value": "FTX", "label": "Negative"}]},
+        {"content": "Zyx collapses.", "annotations": [{"start": 0, "end": 3, "value": "Zyx", "label": "Negative"}]},
     ]
     f = tmp_path / "fe.json"
     f.write_text(json.dumps(paras), encoding="utf-8")
