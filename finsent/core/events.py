@@ -242,6 +242,12 @@ class Alert:
     detector: str
     severity: str = "warning"
     id: str = ""
+    #: ``"topic"`` (a topic's spike) or ``"entity"`` (one named entity's negative surge; ``topic`` is then ``""``)
+    kind: str = "topic"
+    entity_id: str | None = None
+    entity_name: str | None = None
+    #: what an entity alert shows a reader (counts, index, top headlines with links); ``None`` on topic alerts
+    evidence: dict[str, Any] | None = field(default=None, hash=False)  # a dict: not hashed
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -291,6 +297,15 @@ def _opt_str(obj: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidEvent("bad_type", f"{key} must be a string or null")
+    return value
+
+
+def _opt_dict(obj: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidEvent("bad_type", f"{key} must be an object or null")
     return value
 
 
@@ -397,6 +412,11 @@ def decode_alert(data: bytes | str) -> Alert:
             detector=_req_str(obj, "detector"),
             severity=str(obj.get("severity", "warning")),
             id=str(obj.get("id", "")),
+            # absent in payloads from before entity alerts: they decode as topic alerts
+            kind=str(obj.get("kind") or "topic"),
+            entity_id=_opt_str(obj, "entity_id"),
+            entity_name=_opt_str(obj, "entity_name"),
+            evidence=_opt_dict(obj, "evidence"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidEvent("bad_alert", str(exc)) from None
