@@ -194,7 +194,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=raw,
     )
     rules_default = deploy_dir() / "prometheus" / "finsent-rules.yml"
-    r.add_argument("--out", default=str(rules_default), help=f"'-' = stdout; default {rules_default}")
+    r.add_argument("--out", default=str(rules_default),
+                   help="'-' = stdout; default: deploy/prometheus/finsent-rules.yml of the source checkout "
+                        "(./deploy/... when finsent is installed from a wheel)")
     r.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     r.set_defaults(func=_rules)
     d = sub.add_parser(
@@ -203,7 +205,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DASHBOARDS_DESCRIPTION,
         formatter_class=raw,
     )
-    d.add_argument("--out", default=str(deploy_dir() / "grafana"), help=f"default: {deploy_dir() / 'grafana'}")
+    d.add_argument("--out", default=str(deploy_dir() / "grafana"),
+                   help="default: deploy/grafana of the source checkout (./deploy/grafana when installed from a wheel)")
     d.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
     d.set_defaults(func=_dashboards)
     w = sub.add_parser(

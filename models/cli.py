@@ -18,13 +18,16 @@ from finsent.models import SHIPPED_MODEL_NAME
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from finsent.models.data import DEFAULT_SETS, default_data_dir
+    from finsent.models.data import DEFAULT_SETS
 
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=default_data_dir(),
-        help=f"folder holding {', '.join(DEFAULT_SETS.values())} ($FINSENT_DATA_DIR)",
+        # resolved when the command runs (models.data.default_data_dir): the help shows the rule, not the
+        # resolved path, which for an installed package is a site-packages path nobody keeps data in
+        default=argparse.SUPPRESS,
+        help=f"folder holding {', '.join(DEFAULT_SETS.values())} "
+             "(default: $FINSENT_DATA_DIR, else ../shared/data next to the finsent checkout)",
     )
     p.add_argument("--fpb", type=Path, help="sentiment CSV (text,label) used instead of the Financial PhraseBank file")
     p.add_argument("--tfns", type=Path, help="sentiment CSV (text,label) used instead of Twitter Financial News")
@@ -40,7 +43,7 @@ def _data_paths(args: argparse.Namespace, command: str) -> dict[str, str] | None
     """The training CSVs the data flags name, or None after printing which are missing."""
     from finsent.models.data import default_paths
 
-    data = default_paths(args.data_dir)
+    data = default_paths(getattr(args, "data_dir", None))  # None: $FINSENT_DATA_DIR or the checkout's
     for key in ("fpb", "tfns", "topic"):
         if getattr(args, key):
             data[key] = getattr(args, key)
