@@ -318,10 +318,14 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     b = bench_subparsers.add_parser(
         "alerts",
         help="detection delay and false alarms of the spike detectors on synthetic traffic",
-        description="Replays synthetic days of per-topic scored traffic (daily seasonality, bursts, drift, "
-        "chronically negative and quiet topics) with injected negative-share spikes, through every in-stream "
-        "detector and the Prometheus rule, and reports detection delay per spike size and false alarms per "
+        description="Replays synthetic days of per-topic scored traffic (daily seasonality, bursts, drift,\n"
+        "chronically negative and quiet topics) with injected negative-share spikes, through every in-stream\n"
+        "detector and the Prometheus rule, and reports detection delay per spike size and false alarms per\n"
         "100 topic-days.",
+        epilog="examples:\n"
+               "  finsent bench alerts --topics 10 --days 1 --clean-days 1      a quick look\n"
+               "  finsent bench alerts --reps 10 --promtool-sample --json alerts.json --png alerts_timeline.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_json_option(b, "the full report")
     b.add_argument("--png", metavar="OUT", help="plot one topic's timeline around a 3x spike here")

@@ -154,8 +154,12 @@ def register(bench_sub: Any) -> None:
     b = bench_sub.add_parser(
         "ingest",
         help="ingest throughput: normalise, dedup (sqlite) and acked publish items/s",
-        description="Items/s of each ingest stage on synthetic feed-like items. Publishing goes to an embedded "
+        description="Items/s of each ingest stage on synthetic feed-like items. Publishing goes to an embedded\n"
         "Tansu broker unless --use-brokers (then --brokers / FINSENT_BROKERS).",
+        epilog="examples:\n"
+               "  finsent bench ingest --items 20000 --http-requests 3000\n"
+               "  finsent bench ingest --http-requests 0 --use-brokers --brokers kafka-1:9092   against a real Kafka",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("--items", type=int, default=20_000, help="number of items (default 20000)")
     b.add_argument("--batch", type=int, default=500, help="publish/dedup batch size (default 500)")

@@ -309,6 +309,11 @@ def register(bench_sub: Any) -> None:
         "model",
         help="classifier throughput (sentences/s): PyTorch eager vs ONNX fp32/int8 (+fp16 on CUDA)",
         description="Sentences/s on the seed texts at several batch sizes, all runtimes in one run.",
+        epilog="examples:\n"
+               "  finsent bench model                                  every runtime at batch 1, 32, 128 on all cores\n"
+               "  finsent bench model --threads 2 --repeats 3 --json model.json\n"
+               "  finsent bench model --no-torch --batch-sizes 32 --model-dir runs/finsent-minilm-l3/model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model)")
     b.add_argument(

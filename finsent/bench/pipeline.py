@@ -329,6 +329,10 @@ def register(bench_sub: Any) -> None:
         "pipeline",
         help="end-to-end rate vs model-only rate, and ingest->stored latency at a fixed load",
         description=plain_help(__doc__),
+        epilog="examples:\n"
+               "  finsent bench pipeline --items 3072 --rounds 3 --latency-seconds 30    rate, ratio, latency\n"
+               "  finsent bench pipeline --plumbing --items 30000 --rounds 3 --latency-seconds 20\n"
+               "  finsent bench pipeline --workers 1,2 --items 1920                       one worker, then two",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--items", type=int, default=1536, help="items through each side, over all rounds (default 1536)")

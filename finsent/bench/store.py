@@ -319,6 +319,9 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         "store",
         help="store insert rate and the cost of FINAL vs uniqExact reads (clickhouse-server 18.16 and chdb)",
         description=plain_help(__doc__),
+        epilog="examples:\n"
+               "  finsent bench store --engines chdb --rows 20000 --layout-rows 0      quick, embedded store only\n"
+               "  finsent bench store --rows 50000 --dup-share 0.1 --repeat 7 --write-results bench/RESULTS.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--rows", type=int, default=50_000, help="rows per insert run and in the read table (default 50000)")
