@@ -308,8 +308,11 @@ class _Table:
                 continue  # owned by an entity added before this one
             self.alias_owner[key] = eid
             kept_aliases.append(alias)
-            if " " not in key and alias not in strong and (not curated or key in self.common_top or key in FINANCE_WORDS
-                                   or (alias in loose and key in self.common_all) or _AMOUNT.fullmatch(key)):
+            if not curated and alias not in strong and all(t in self.common_all for t in key.split(" ")):
+                weak.append(alias)  # an SEC-only name of common words only: "First National", "Global Partners"
+            elif " " not in key and alias not in strong and (
+                    not curated or key in self.common_top or key in FINANCE_WORDS
+                    or (alias in loose and key in self.common_all) or _AMOUNT.fullmatch(key)):
                 weak.append(alias)
         kept_symbols: list[str] = []
         for sym in symbols:
