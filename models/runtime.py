@@ -386,8 +386,10 @@ class Classifier:
                for p, cut in zip(out, too_long, strict=True)]
         if self.linker is not None:
             link = self.linker.extract_entities  # type: ignore[attr-defined]
-            out = [dataclasses.replace(p, entities=tuple(link(t[: self.max_chars], title_lens[i] if title_lens else 0)))
-                   for i, (p, t) in enumerate(zip(out, texts, strict=True))]
+            for i, t in enumerate(texts):
+                found = link(t[: self.max_chars], title_lens[i] if title_lens else 0)
+                if found:  # a text without entities keeps its (possibly cached) Prediction object
+                    out[i] = dataclasses.replace(out[i], entities=tuple(found))
         return out
 
     def _batches(self, sorted_lengths: np.ndarray) -> list[tuple[int, int]]:
