@@ -280,3 +280,12 @@ def test_prediction_entities_offsets_and_cache(tmp_path: Path, clf: Classifier) 
             assert t[m.start:m.end] == "Apple" and m.entity_id == "AAPL"
     off = Classifier.load(clf.model_dir, variant="fp32", threads=1, entities=False)
     assert off.predict(texts)[0].entities == ()
+
+
+def test_entity_after_the_token_window_is_still_found(clf: Classifier) -> None:
+    text = "profit " * 300 + "then Tesla recalls cars"  # far past the tiny model's 64 tokens
+    (p,) = clf.predict([text])
+    assert p.truncated
+    (m,) = p.entities
+    assert (m.entity_id, text[m.start:m.end], m.sentiment) == ("TSLA", "Tesla", "neutral")
+    assert m.relevance < 100
