@@ -15,7 +15,7 @@ import argparse
 
 def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add every ``finsent bench ...`` subcommand (each module imports its heavy parts lazily)."""
-    from finsent.bench import alerts, demo, ingest, model, pipeline, results, soak, store
+    from finsent.bench import alerts, demo, entities, ingest, model, pipeline, results, soak, store
 
-    for module in (model, pipeline, store, ingest, alerts, demo, soak, results):
+    for module in (model, pipeline, store, ingest, alerts, demo, soak, entities, results):
         module.register(bench_sub)
