@@ -327,6 +327,9 @@ class _Table:
         if weak:
             ent["weak"] = weak
         ent["symbols"] = kept_symbols
+        words = [sym for sym in kept_symbols if sym.isalpha() and (len(sym) == 1 or sym.lower() in self.common_all)]
+        if words and ent.get("kind") == "company":
+            ent["word_symbols"] = words  # "ALL", "KEY", "A": a bare one must also stand in brackets
         self.entities[eid] = {k: v for k, v in ent.items() if v not in (None, [], {}, "")}
 
 

@@ -13,7 +13,9 @@ matching is dictionary look-ups over the text's word tokens (longest alias first
 * cashtags: ``$AAPL``, ``$BRK.B``; exchange-qualified symbols: ``NASDAQ:AAPL``, ``LON:NXT``; Reuters/Yahoo
   symbols ``AAPL.O``, ``7203.T``, ``ABN.AS``; class shares in any spelling, ``BRK.B``, ``BRK-B``, ``BRK/B``;
 * a **bare** upper-case ticker only when the item backs it: a cashtag or exchange-qualified symbol of the same
-  entity, or one of its (non-weak) names or key people, anywhere in the item. 43 of 59 common English words are
+  entity, or one of its (non-weak) names or key people, anywhere in the item; a ticker that is itself an English
+  word ("ALL", "KEY", "A") must in addition stand in brackets ("Allstate (ALL)"), since "ALL of it" in an item
+  about Allstate is still the word. 43 of 59 common English words are
   live US tickers (A, ON, ARE, GO, CAN, ALL, NOW, IT, KEY, CASH...), so an unbacked "IT" or "NOW" links nothing.
   The few crypto symbols that are not words (BTC, ETH, XRP, USDT...) stand alone.
 
@@ -103,6 +105,7 @@ _SUFFIXED = re.compile(r"(?<![\w$.:/-])([A-Z0-9]{1,6})([./-])([A-Z]{1,2})(?![\w]
 #: Reuters exchange suffixes of US listings ("AAPL.O" is Apple on Nasdaq)
 _US_RIC = frozenset({"O", "OQ", "N", "K", "P", "A"})
 _BARE = re.compile(r"(?<![\w$.:/-])([A-Z]{1,5})(?![\w]|[.:/-]\w)")
+_BRACKETED = re.compile(r"[(\[<][A-Z]+[)\]>.]")
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
 _COLLAPSE = re.compile(r"[\W_]+")
 
@@ -174,6 +177,7 @@ class Linker:
         self._symbols: dict[str, str] = {}
         self._exchange: dict[tuple[str, str], str] = {}
         self._bare_ok: set[str] = set()
+        self._word_symbols: set[str] = set()  # tickers that are English words: bare only in brackets
         for ent in entities:
             self.add(ent)
 
@@ -204,6 +208,8 @@ class Linker:
                 self._symbols[key] = eid  # a US listing's ticker stands for itself (a local one needs "FRA:")
         for sym in ent.get("bare") or ():
             self._bare_ok.add(norm_symbol(sym))
+        for sym in ent.get("word_symbols") or ():
+            self._word_symbols.add(norm_symbol(sym))
 
     def _add_phrase(self, alias: str, eid: str, kind: str, override: bool) -> None:
         key = alias_key(alias)
@@ -299,6 +305,8 @@ class Linker:
             sym = m.group(1)
             eid = self._symbols.get(sym)
             if eid and (eid in backing or sym in self._bare_ok):
+                if sym in self._word_symbols and not _BRACKETED.match(text[m.start() - 1:m.end() + 1]):
+                    continue  # "ALL of it" stays a word even in an item about Allstate; "(ALL)" is the ticker
                 cands.append(Match(m.start(), m.end(), eid, "ticker"))
         cands.sort(key=lambda c: (c.start, -(c.end - c.start)))
         out: list[Match] = []

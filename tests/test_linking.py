@@ -99,7 +99,10 @@ def test_unbacked_words_link_nothing(linker: Linker, text: str) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("KeyCorp (KEY) cuts its outlook", [("KeyCorp", "KEY"), ("KEY", "KEY")]),
     ("ON Semiconductor (ON) beats", [("ON Semiconductor", "ON"), ("ON", "ON")]),
-    ("$KEY: KEY falls", [("$KEY", "KEY"), ("KEY", "KEY")]),
+    ("$KEY: KEY falls", [("$KEY", "KEY")]),  # KEY is a word: bare, only in brackets
+    ("A shares and ALL of it; Allstate (ALL) rises", [("Allstate", "ALL"), ("ALL", "ALL")]),
+    ("Agilent Technologies (A) up", [("Agilent Technologies", "A"), ("A", "A")]),
+    ("Apple (AAPL) and AAPL again", [("Apple", "AAPL"), ("AAPL", "AAPL"), ("AAPL", "AAPL")]),
     ("Tim Cook says AAPL will grow", [("AAPL", "AAPL")]),  # a key person backs the ticker, is no mention itself
     ("Next plc: Next lifts guidance", [("Next plc", "NXT.L"), ("Next", "NXT.L")]),
     ("Microsoft (MSFT) and IT spending", [("Microsoft", "MSFT"), ("MSFT", "MSFT")]),
