@@ -68,6 +68,7 @@ from finsent.core.events import InvalidEvent, RawItem, ScoredItem, dead_letter, 
 from finsent.core.settings import Settings
 from finsent.stream import faust_tuning
 from finsent.stream.kafka import faust_credentials
+from finsent.stream.lag import LagMeter
 from finsent.stream.metrics import worker_metrics
 from finsent.stream.publish import Record, key_hash, send_batches
 
@@ -346,6 +347,8 @@ class Scorer:
         self.stored_offsets: dict[tuple[str, int], int] = {}
         #: partitions whose log end was seen below the worker's position at the previous check
         self.behind: dict[tuple[str, int], int] = {}
+        #: the lag gauge from fresh end offsets (the highwater goes stale under backpressure)
+        self.lag = LagMeter(self.metrics.consumer_lag, [settings.topic_raw])
         self._redeclared_at = -1e9
         #: set by the consumer group's first assignment (``/readyz``)
         self.joined = False
@@ -672,9 +675,10 @@ class Scorer:
 
         Measured from the last *stored* offset, not the last one taken: during a store outage the
         worker stops taking (backpressure) and the lag keeps growing with the log, which is the
-        moment an operator needs it true. The log end is the fetch responses' highwater; Tansu's
-        can lag a multi-record batch behind, which is why this is clamped at 0 and only an
-        operator's gauge, never used for decisions (see :meth:`check_positions` for the one that is).
+        moment an operator needs it true. The log end is the larger of the fetch responses' highwater
+        and the last end offset asked of the broker (:mod:`finsent.stream.lag`: the highwater freezes
+        when backpressure stops fetching); it is clamped at 0 and only an operator's gauge, never
+        used for decisions (see :meth:`check_positions` for the one that is).
         """
         if self.consumer is None:
             return
@@ -686,7 +690,7 @@ class Scorer:
             except Exception:  # not assigned any more, or the broker did not say
                 hw = None
             done = self.stored_offsets.get((topic, partition), -1)
-            end = int(hw) if hw is not None else seen + 1
+            end = max(int(hw) if hw is not None else seen + 1, self.lag.end_of(topic, partition))
             self.metrics.consumer_lag.labels(topic, str(partition)).set(max(end - done - 1, 0))
 
     def forget_partitions(self, tps: Any) -> None:
@@ -695,6 +699,7 @@ class Scorer:
             key = (tp.topic, tp.partition)
             for table in (self.last_offsets, self.stored_offsets, self.behind):
                 table.pop(key, None)
+            self.lag.forget(key)
 
     async def check_positions(self) -> list[tuple[str, int]]:
         """Start a partition again from its earliest offset when its log ends below the worker's position.
@@ -906,6 +911,8 @@ def create_app(
 
     @app.timer(interval=POSITION_CHECK_S)
     async def refresh_lag() -> None:
+        if scorer.joined:
+            await scorer.lag.refresh(scorer.consumer, scorer.stored_offsets)
         scorer.refresh_lag()
         if scorer.joined:
             await scorer.check_positions()
