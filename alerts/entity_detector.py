@@ -10,7 +10,9 @@ minus ``lateness_s`` (default 1 h) -- passes its end; only then is it counted an
 within the lateness updates its bucket; one that arrives later (its bucket already closed) is counted in
 :attr:`EntityDetector.late` and otherwise **ignored**: a closed bucket never changes, so an alert once raised
 stays raised, and a replay gives the alerts a live run gave. :meth:`EntityDetector.flush` closes every open
-bucket (the end of a backtest). The same mention (item id) twice in one bucket counts once.
+bucket (the end of a backtest). The same mention (item id) twice in one bucket counts once. The watermark only
+moves forward, so an event time far in the future would make every later mention "late": times beyond a small
+clock skew must be refused before they reach the detector (the event-time stage of issue 26 does that).
 
 **Per entity and bucket** (:class:`BucketStats`, handed to ``on_bucket`` for the entity series): buzz (every
 mention), counts by sentiment, novel mentions (novelty >= ``novel_min``, default 100: the first telling of a
