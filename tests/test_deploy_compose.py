@@ -238,3 +238,16 @@ def test_published_ports_default_to_loopback(model: dict) -> None:
             assert host_ip == "127.0.0.1", f"{name} published beyond loopback by default: {port}"
     assert not model["services"]["kafka"].get("ports") and not model["services"]["clickhouse"].get("ports")
     json.dumps(model)  # the rendered model is plain data
+
+
+def test_workers_data_api_token_comes_from_the_settings_secret(model: dict) -> None:
+    """Issue 22, item 6: the workers listen on 0.0.0.0 for Prometheus, so the secret settings file carries the
+    data API's token (a placeholder), and no worker port is published."""
+    from finsent.core.settings import Settings
+
+    worker = model["services"]["worker"]
+    assert worker["environment"]["FINSENT_METRICS_HOST"] == "0.0.0.0" and "ports" not in worker
+    assert "FINSENT_API_TOKEN" not in worker["environment"], "a token literal in compose.yaml"
+    values = yaml.safe_load((SECRETS / "finsent.yaml.example").read_text())
+    assert values["api_token"] == "CHANGE-ME"
+    assert Settings(**values).api_token is not None

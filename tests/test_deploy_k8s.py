@@ -321,3 +321,36 @@ def test_operations_section_names_real_settings_and_files() -> None:
     assert paths and all((ROOT / p.rstrip("/")).exists() for p in paths), [p for p in paths if not (ROOT / p).exists()]
     sizing = (ROOT / "docs" / "sizing.md").read_text(encoding="utf-8")
     assert "items/s" in sizing and "TODO" not in sizing, sizing[:500]
+
+
+def test_workers_data_api_needs_the_token_from_the_secret() -> None:
+    """Issue 22, item 6: workers listen on 0.0.0.0 (Prometheus), so their /v1/* data API must get its token."""
+    config = find(BASE, "ConfigMap", "finsent-config")["data"]
+    assert config["FINSENT_METRICS_HOST"] == "0.0.0.0"
+    secret = find(BASE, "Secret", "finsent-secrets")
+    for name in ("finsent-worker", "finsent-worker-gpu"):
+        (c,) = pod_spec(find(GPU, "Deployment", name))["containers"]
+        (token,) = [e for e in c["env"] if e["name"] == "FINSENT_API_TOKEN"]
+        ref = token["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "finsent-secrets" and "CHANGE-ME" in secret["stringData"][ref["key"]], name
+        assert "value" not in token, "a token literal in a manifest"
+
+
+def test_worker_network_policy_lets_in_only_monitoring_and_labelled_api_clients() -> None:
+    policy = find(GPU, "NetworkPolicy", "finsent-worker")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    selected = {o["metadata"]["name"] for o in GPU if o["kind"] == "Deployment"
+                and selector.items() <= pod_spec_labels(o).items()}
+    assert selected == {"finsent-worker", "finsent-worker-gpu"}, selected
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    config = find(BASE, "ConfigMap", "finsent-config")["data"]
+    (c,) = pod_spec(find(BASE, "Deployment", "finsent-worker"))["containers"]
+    port = _served_port(c, config)
+    rules = policy["spec"]["ingress"]
+    assert len(rules) == 2
+    for rule in rules:  # no rule without peers (that would admit everyone), no other port
+        assert rule["from"] and [(p["port"], p["protocol"]) for p in rule["ports"]] == [(port, "TCP")]
+    metrics, api = rules
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    for peer in api["from"]:  # every API peer is a pod that carries the client label
+        assert peer["podSelector"]["matchLabels"] == {"finsent.io/api-client": "true"}, peer

@@ -303,3 +303,15 @@ def test_healthcheck_script() -> None:
     gone = subprocess.run([*script, "--wait", "1", f"http://127.0.0.1:{port}/healthz"], capture_output=True,
                           text=True, timeout=30)
     assert gone.returncode == 1 and "refused" in gone.stderr.lower()
+
+
+def test_secrets_example_carries_the_workers_data_api_token() -> None:
+    """Issue 22, item 6: workers listen on 0.0.0.0 (finsent.env.example), so the secret settings carry api_token."""
+    from finsent.core.settings import Settings
+
+    env = (UNITS / "finsent.env.example").read_text()
+    assert re.search(r"^FINSENT_METRICS_HOST=0\.0\.0\.0$", env, flags=re.MULTILINE)
+    assert "FINSENT_API_TOKEN" not in env, "the token belongs in secrets.yaml (mode 0600), not the env file"
+    values = yaml.safe_load((UNITS / "secrets.yaml.example").read_text())
+    assert values["api_token"] == "CHANGE-ME"
+    assert Settings(**values).api_token is not None
