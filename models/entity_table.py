@@ -144,7 +144,8 @@ OTHERS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("0700.HK", "Tencent", "company", ("Tencent", "Tencent Holdings"), ()),
     ("IDX:SPX", "S&P 500", "index", ("S&P 500", "S&P500", "Standard & Poor's 500", "SPX"), ()),
     ("IDX:DJI", "Dow Jones Industrial Average", "index", ("Dow Jones Industrial Average", "Dow Jones", "DJIA"), ()),
-    ("IDX:IXIC", "Nasdaq Composite", "index", ("Nasdaq Composite", "Nasdaq Composite Index", "IXIC"), ()),
+    ("IDX:IXIC", "Nasdaq Composite", "index", ("Nasdaq Composite", "Nasdaq Composite Index", "IXIC",
+                                                        "Nasdaq"), ()),  # "the Nasdaq" is the index in market news
     ("IDX:NDX", "Nasdaq 100", "index", ("Nasdaq 100", "Nasdaq-100", "NDX"), ()),
     ("IDX:RUT", "Russell 2000", "index", ("Russell 2000",), ()),
     ("IDX:STOXX600", "STOXX Europe 600", "index", ("STOXX 600", "STOXX Europe 600", "pan-European STOXX 600"), ()),

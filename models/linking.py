@@ -348,6 +348,9 @@ class Linker:
                 i += 1
                 continue
             k, phrase = hit
+            if k - i > 1 and all(t[2].isdigit() for t in toks[i:k]):
+                i += 1  # "1.1" in "$1.1 billion" is a number, not the alias "1&1"
+                continue
             start, end = toks[i][0], toks[k - 1][1]
             # take a following legal suffix into the surface: "Apple Inc.", "Coinbase, Inc."
             if k < n and toks[k][2] in _EXTEND_SUFFIXES and re.fullmatch(r",? ", text[end:toks[k][0]]) \

@@ -75,6 +75,8 @@ def _links(linker: Linker, text: str) -> list[tuple[str, str]]:
     ("FTX collapses", "FTX", "PRIV:FTX"),
     ("Genesis files for bankruptcy", "Genesis", "PRIV:GENESIS"),
     ("S&P 500 futures slip", "S&P 500", "IDX:SPX"),
+    ("the Nasdaq fell 2%", "Nasdaq", "IDX:IXIC"),  # the index, in market news; Nasdaq Inc is $NDAQ
+    ("$NDAQ rises", "$NDAQ", "NDAQ"),
     ("Nestle cuts prices", "Nestle", "NESN.SW"),  # accents folded
 ])
 def test_surface_links_to_entity(linker: Linker, text: str, surface: str, entity: str) -> None:
@@ -91,6 +93,7 @@ def test_surface_links_to_entity(linker: Linker, text: str, surface: str, entity
     "Next week markets open", "Match day for the league", "Crypto winter deepens", "Bullish sentiment returns",
     # a local non-US ticker needs its exchange
     "APC rises",
+    "a loss of $1.1 billion",  # a number, not the alias "1&1"
 ])
 def test_unbacked_words_link_nothing(linker: Linker, text: str) -> None:
     assert _links(linker, text) == []
