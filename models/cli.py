@@ -99,6 +99,13 @@ def _train_then_export(args: argparse.Namespace, command: str, run: Callable[[di
     return 0
 
 
+def _wrap(text: str) -> str:
+    """A description for a RawDescriptionHelpFormatter parser (kept raw for its examples epilog), wrapped."""
+    import textwrap
+
+    return textwrap.fill(text, width=100)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "train",
@@ -217,7 +224,7 @@ def register(sub: Any) -> None:
     e = sub.add_parser(
         "eval",
         help="score a model on labelled CSVs (accuracy, macro-F1, per class) or FinEntity JSON (entity spans)",
-        description=(
+        description=_wrap(
             "Each CSV's task follows from its columns: text,label -> sentiment, text,topic -> topic. "
             "A .json file in FinEntity's format (a list of {content, annotations: [{start, end, value, label}]}) is "
             "scored for entities: span precision/recall/F1 and span+sentiment micro-F1, matched per paragraph on "
@@ -241,7 +248,7 @@ def register(sub: Any) -> None:
     sc = sub.add_parser(
         "score",
         help="score CSV, JSONL or stdin lines offline: one JSON line per input (sentiment, topic, entities)",
-        description=(
+        description=_wrap(
             "Score texts with the model and the entity linker, without Kafka or a store, through the same "
             "Classifier.predict as the worker. Inputs: CSV with a 'text' column (optional 'title', 'id'), JSON "
             "lines with the same keys, or plain text with one input per line (stdin's default). Output on "
