@@ -178,7 +178,9 @@ def test_a_mention_later_than_the_lateness_is_counted_and_ignored() -> None:
 def test_same_alerts_whatever_the_arrival_order_within_the_lateness() -> None:
     ms = (history("~a", 3, 5, sentiment="neutral") + burst("~a", T0 + timedelta(days=3, hours=2), 14, 120)
           + burst("~b", T0 + timedelta(days=2, hours=7), 10, 45) + history("~c", 3, 40, sentiment="positive")
-          + burst("~c", T0 + timedelta(days=2, hours=1), 9, 30) + burst("~a", T0 + timedelta(days=3), 3, 30))
+          + burst("~c", T0 + timedelta(days=2, hours=1), 9, 30) + burst("~a", T0 + timedelta(days=3), 3, 30)
+          # two names surging in the same hour: their alerts come out in one order whatever arrived first
+          + burst("~d", T0 + timedelta(days=1, hours=4), 10, 50) + burst("~e", T0 + timedelta(days=1, hours=4), 10, 50))
     ms.sort(key=lambda m: m.at)
     reference = [a.to_dict() for a in run(EntityDetector(lateness_s=1800), ms)]
     assert reference
@@ -255,3 +257,18 @@ def test_entity_fields_round_trip_and_bad_ones_are_refused() -> None:
     for bad in ({"evidence": [1]}, {"entity_id": 5}):
         with pytest.raises(InvalidEvent):
             decode_alert(json.dumps(OLD_ALERT | bad))
+
+
+# -- the offline benchmark's input (finsent bench entities) ------------------------------------------------------
+def test_the_bench_reads_news_in_published_order_and_skips_rows_it_cannot_time(tmp_path: Path) -> None:
+    from finsent.bench.entities import fallback_entities, read_news
+
+    p = tmp_path / "news.csv"
+    p.write_text("published_at,source,text,url\n2023-01-20T09:00:00Z,Decrypt,Genesis files,u2\n"
+                 "07/12/2026 09:30,X,unreadable time,u\n2023-01-20T08:00:00Z,CoinDesk,$COIN falls as Genesis Global "
+                 "Capital files,u1\n2023-01-20T10:00:00Z,X,,u\n", encoding="utf-8")
+    rows, skipped = read_news(p)
+    assert [r.url for r in rows] == ["u1", "u2"] and skipped == 2
+    ents = fallback_entities(rows[0].title)
+    assert {(e.entity_id, e.name) for e in ents} == {("COIN", "COIN"), (None, "genesis global capital")}
+    assert all(rows[0].title[e.start:e.end] == e.text for e in ents)

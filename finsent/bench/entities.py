@@ -67,7 +67,7 @@ def read_news(path: Path) -> tuple[list[NewsRow], int]:
 
 
 _CASHTAG = re.compile(r"\$([A-Z]{2,6})\b")
-_CAPS = re.compile(r"\b([A-Z][\w.&-]*(?:\s+[A-Z][\w.&-]*){0,2})")
+_CAPS = re.compile(r"(?<![$\w])([A-Z][\w.&-]*(?:\s+[A-Z][\w.&-]*){0,2})")
 
 
 def fallback_entities(text: str) -> list[EntityMention]:
