@@ -295,3 +295,31 @@ def test_entity_after_the_token_window_is_still_found(clf: Classifier) -> None:
     (m,) = p.entities
     assert (m.entity_id, text[m.start:m.end], m.sentiment) == ("TSLA", "Tesla", "neutral")
     assert m.relevance < 100
+
+
+_prep_parts = st.sampled_from(["https://t.co/abc", "www.x.com/y", " ", "  ", "\n", "\t \n", "Apple", "é🚀", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.one_of(_prep_parts, _noise), max_size=10))
+def test_prepared_index_map_matches_textprep(parts: list[str]) -> None:
+    from finsent.models.linking import prepared_index_map
+    from finsent.models.textprep import DEFAULT_STEPS, prepare
+
+    text = "".join(parts)
+    prepared, index = prepared_index_map(text, DEFAULT_STEPS)
+    assert prepared == prepare(text, DEFAULT_STEPS)
+    assert len(index) == len(prepared) and index == sorted(set(index))
+    for i, c in zip(index, prepared, strict=True):
+        assert text[i] == c or (c == " " and (text[i].isspace() or text[i] in "hHwW"))
+    assert prepared_index_map(text, ()) == (text, list(range(len(text))))
+
+
+def test_prepared_index_map_maps_a_model_span_back() -> None:
+    from finsent.models.linking import prepared_index_map
+
+    text = "See https://t.co/x   Apple  rises"
+    prepared, m = prepared_index_map(text, ("strip_urls",))
+    assert prepared == "See Apple rises"
+    s, e = prepared.index("Apple"), prepared.index("Apple") + 5
+    assert text[m[s]:m[e - 1] + 1] == "Apple"
