@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     for child in _subparsers(parser):
         _add_globals(child, top=False)
     for each in (parser, *_subparsers(parser)):
+        each.set_defaults(finsent_prog=each.prog)  # the leaf's wins: "finsent alerts watch", for messages
         # `--since -1h` reaches the DURATION type, which says durations are positive, instead of argparse's
         # "expected one argument" (no finsent flag looks like -1h, so nothing is shadowed)
         each._negative_number_matcher = NEGATIVE_VALUE
@@ -128,12 +129,6 @@ def _configure_logging(settings: Settings) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-
-
-def _command_name(args: argparse.Namespace) -> str:
-    """``finsent ingest replay`` for the namespace argparse produced: the words that chose the handler."""
-    words = [getattr(args, name, None) for name in ("command", "ingest_command", "query_command", "bench_command")]
-    return " ".join(["finsent", *(str(w) for w in words if w)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error_line(exc), file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        what = f"`{_command_name(args)}`" if args is not None else "finsent"
+        what = f"`{getattr(args, 'finsent_prog', 'finsent')}`" if args is not None else "finsent"
         stopped = Interrupted(f"{what} stopped by Ctrl-C before it finished",
                               hint="run the same command again; what it wrote before the stop is kept")
         print(error_line(stopped), file=sys.stderr, flush=True)

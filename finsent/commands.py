@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
 from typing import Any
 
-from finsent.core.errors import BrokerError, ConfigError
+from finsent.core.argtypes import port, positive_float, positive_int, token_problem
+from finsent.core.errors import BrokerError, ConfigError, Interrupted
 from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,10 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
     quiet_client_logs(settings)
     broker = EmbeddedBroker(args.host, args.port)
     stop = threading.Event()
+    signals: list[int] = []
 
     def _on_signal(signum: int, frame: Any) -> None:
+        signals.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
@@ -54,10 +58,13 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
         while not stop.wait(0.5):
             if not broker.running():
                 raise BrokerError(f"Tansu exited unexpectedly: {broker.log_tail(500).strip()}")
-        return 0
     finally:
         broker.stop()
-        print("broker stopped", file=sys.stderr)
+    if signals and signals[0] == signal.SIGINT:
+        raise Interrupted("broker stopped by Ctrl-C; its topics were in memory and are gone",
+                          hint="start it again with `finsent broker`; workers and ingesters reconnect by themselves")
+    print("broker stopped", file=sys.stderr)
+    return 0
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,6 +81,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     }
     if overrides:
         settings = with_overrides(settings, **overrides)
+    api_token = getattr(settings, "api_token", None)
+    problem = token_problem(api_token.get_secret_value() if api_token is not None else None, "FINSENT_API_TOKEN")
+    if problem:
+        raise ConfigError(f"finsent worker: {problem}", hint="or unset it: the data API then answers on loopback only")
     from finsent.alerts.agent import attach
     from finsent.alerts.drift_agent import attach as attach_drift
     from finsent.stream.service import run_worker
@@ -84,6 +95,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.demo import MIN_DEMO_SECONDS, WINDOW_S, run_demo
 
+    if not math.isfinite(args.seconds) or not math.isfinite(args.rate):
+        raise ConfigError("finsent demo: --seconds and --rate must be finite numbers",
+                          hint="e.g. --seconds 75 --rate 40")
     if args.seconds < MIN_DEMO_SECONDS:
         raise ConfigError(
             f"finsent demo: --seconds {args.seconds:g} is too short to see a spike",
@@ -121,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092; 0 = any free port)")
+    p.add_argument("--port", type=port, default=9092, help="port to listen on (default 9092; 0 = any free port)")
     p.add_argument(
         "--no-create-topics",
         dest="create_topics",
@@ -154,9 +168,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     w.add_argument("--group", help="consumer group id (FINSENT_CONSUMER_GROUP, default finsent-worker)")
-    w.add_argument("--batch-max", type=int, help="largest batch scored at once (FINSENT_BATCH_MAX)")
-    w.add_argument("--batch-within", type=float, metavar="SECONDS", help="longest wait to fill a batch")
-    w.add_argument("--metrics-port", type=int, help="port of /metrics; 0 = off (FINSENT_METRICS_PORT)")
+    w.add_argument("--batch-max", type=positive_int, help="largest batch scored at once (FINSENT_BATCH_MAX)")
+    w.add_argument("--batch-within", type=positive_float, metavar="SECONDS", help="longest wait to fill a batch")
+    w.add_argument("--metrics-port", type=port, help="port of /metrics; 0 = off (FINSENT_METRICS_PORT)")
     w.add_argument("--model-dir", help="model directory (default: the shipped model; FINSENT_MODEL_DIR)")
     w.set_defaults(func=_worker)
 

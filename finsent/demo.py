@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from finsent.bench.common import percentile
-from finsent.core.errors import FinsentError, InputError, KafkaError
+from finsent.core.errors import FinsentError, InputError, Interrupted, KafkaError
 from finsent.core.events import RawItem, format_time, stable_id, utcnow
 from finsent.core.settings import Settings
 
@@ -351,6 +351,8 @@ def run_demo(
     store = None
     worker = None
     producer = None
+    started = time.monotonic()
+    interrupted = False
     try:
         with console.status("starting the broker..."):
             broker.start()
@@ -486,6 +488,9 @@ def run_demo(
                 ))
             except (ImportError, ValueError) as exc:
                 summary["plot_error"] = str(exc)
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C: stop everything below first, then say what was done (exit 130)
+        console.print("[yellow]Ctrl-C: stopping the demo...[/]")
     finally:
         if producer is not None:
             producer.stop_flag.set()
@@ -496,6 +501,15 @@ def run_demo(
             store.close()
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    if interrupted:
+        stored = worker.scorer.stats.snapshot()["stored"] if worker is not None else 0
+        kept = (f"the scored items are kept in {store_url}" if store_url
+                else "its broker and temporary store were removed")
+        raise Interrupted(
+            f"demo stopped by Ctrl-C after {time.monotonic() - started:.0f} s, before its summary: "
+            f"{state.produced:,} item(s) produced, {stored:,} stored; {kept}",
+            hint="run `finsent demo` again: it starts from scratch (--seconds 40 is the shortest run)",
+        )
     _print_summary(console, summary)
     if summary_json:
         Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -15,10 +15,11 @@ import argparse
 import json
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
-from finsent.core.argtypes import positive_float
-from finsent.core.errors import ConfigError
+from finsent.core.argtypes import port, positive_float, positive_int
+from finsent.core.errors import ConfigError, InputError, Interrupted
 from finsent.core.settings import Settings
 from finsent.ingest.publisher import PublishError
 
@@ -36,8 +37,9 @@ answers 200 when ready: the Kafka producer's last contact succeeded (it connecte
 metadata, or its last publish was acknowledged) and the service is not stopping; else 503 with
 the reason. A dry run is always ready.
 SIGTERM/SIGINT: no new work starts, the publish in flight gets 5 s to be acknowledged, what is
-not is handed back (not counted as produced, not marked as seen: sent again next run), exit 0
-within 10 s in every state, the broker gone included.
+not is handed back (not counted as produced, not marked as seen: sent again next run), all
+within 10 s in every state, the broker gone included. SIGTERM (a service manager) exits 0;
+Ctrl-C (SIGINT) exits 130 with one line saying what was published and how to go on.
 
 """
 
@@ -55,9 +57,10 @@ def _add_common(p: argparse.ArgumentParser, *, polling: bool) -> None:
     if polling:
         p.add_argument("--once", action="store_true", help="poll every source once, publish, and exit")
         p.add_argument(
-            "--interval", type=float, metavar="S", help="seconds between polls of a source (FINSENT_INGEST_INTERVAL_S)"
+            "--interval", type=positive_float, metavar="S",
+            help="seconds between polls of a source (FINSENT_INGEST_INTERVAL_S)",
         )
-        p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
+        p.add_argument("--metrics-port", type=port, metavar="PORT", help="serve Prometheus /metrics on this port")
 
 
 def publish_timeout(args: argparse.Namespace, settings: Settings) -> float:
@@ -112,6 +115,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.rate is not None and args.speedup is not None:
         raise ConfigError("finsent ingest replay: use either --rate or --speedup, not both")
+    for path in args.paths:  # before connecting to Kafka: a wrong path is the likeliest mistake
+        if Path(path).is_dir():
+            raise InputError(f"{path} is a directory, not a file",
+                             hint=f"name the files in it, e.g. {Path(path) / '*.csv'}")
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such file", hint="check the path; replay takes CSV and JSONL files")
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, use_dedup=args.dedup,
                                          publish_timeout_s=publish_timeout(args, settings))
     stopper = Stopper(publisher)
@@ -128,13 +137,29 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         stopped = {"stopped": stopper.signal_name} if stopper.stopped else {}
         _summary(produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows, unacked=len(exc.pending),
                  **stopped)
+        if stopper.signal_name == "SIGINT":
+            raise _replay_interrupted(stats.produced, len(exc.pending), args.dry_run) from None
         raise _gave_up(exc, stats.produced) from None
     finally:
         if publisher is not None:
             publisher.close()
     stopped = {"stopped": stopper.signal_name} if stopper.stopped else {}
     _summary(produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows, **stopped)
+    if stopper.signal_name == "SIGINT":
+        raise _replay_interrupted(stats.produced, 0, args.dry_run)
     return 0
+
+
+def _replay_interrupted(produced: int, unacked: int, dry_run: bool) -> Interrupted:
+    """Ctrl-C during a replay: what Kafka acknowledged, and why running it again is safe."""
+    if dry_run:
+        return Interrupted(f"replay stopped by Ctrl-C after printing {produced:,} item(s) (dry run)")
+    handed_back = f"; {unacked:,} handed back unacknowledged" if unacked else ""
+    return Interrupted(
+        f"replay stopped by Ctrl-C: {produced:,} item(s) published (acknowledged by Kafka){handed_back}",
+        hint="rerun the same command to resume: ids are stable, so a row published twice is stored once "
+        "(add --dedup to skip the rows already published)",
+    )
 
 
 # -- pollers ---------------------------------------------------------------------------------
@@ -171,6 +196,10 @@ def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings
         ok = sum(1 for st in poller.states if st.ok)
         _summary(produced=pipeline.produced, skipped=pipeline.skipped, sources_ok=ok,
                  sources_failed=len(poller.states) - ok, stopped=stopper.signal_name)
+        if stopper.signal_name == "SIGINT":
+            raise Interrupted(f"polling stopped by Ctrl-C: {pipeline.produced:,} item(s) published from "
+                              f"{len(poller.states)} source(s)",
+                              hint="run the same command again: items already published are skipped (dedup)")
         return 0 if ok or stopper.stopped else 1  # a service asked to stop has stopped, not failed
     finally:
         if publisher is not None:
@@ -292,6 +321,9 @@ def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
         stopper.event.set()
         if publisher is not None:
             publisher.close()
+    if stopper.signal_name == "SIGINT":
+        raise Interrupted(f"push endpoint stopped by Ctrl-C: {pipeline.produced:,} item(s) acknowledged by Kafka",
+                          hint="start it again; clients retry what got 503, nothing acknowledged is lost")
     log.info("stopped: %d item(s) acknowledged by Kafka", pipeline.produced)
     return 0
 
@@ -327,7 +359,8 @@ health: with --metrics-port, /healthz (alive) and /readyz (200 when the producer
 with Kafka succeeded: connected with metadata, or last publish acknowledged; 503 otherwise).
 SIGTERM/SIGINT: no new rows are read, what was read gets 5 s to be acknowledged, the summary
 line says "stopped": "SIGTERM"; exit 0 when all of it was acknowledged, 6 when some was handed
-back unacknowledged (not counted in produced). Always within 10 s.
+back unacknowledged (not counted in produced). Always within 10 s. Ctrl-C (SIGINT) stops the
+same way and exits 130 with one line on stderr: how many were published and how to resume.
 
 examples:
   finsent ingest replay finsent/demo_data/seed.csv --rate 50
@@ -343,12 +376,12 @@ examples:
         "--speedup", type=positive_float, metavar="X",
         help="follow the rows' published_at spacing, X times faster (rows without a time go immediately)",
     )
-    p.add_argument("--limit", type=int, metavar="N", help="stop after N items")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="stop after N items")
     p.add_argument("--source", metavar="NAME", help="source of rows without a 'source' column (default replay:<file>)")
     p.add_argument("--source-type", choices=("news", "social"), default="news", help="default source_type (news)")
     p.add_argument("--encoding", default="utf-8-sig", help="file encoding (default utf-8; e.g. latin-1)")
     p.add_argument("--dedup", action="store_true", help="also drop items already published (off: replays repeat)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
+    p.add_argument("--metrics-port", type=port, metavar="PORT",
                    help="serve /metrics, /healthz and /readyz on this port (FINSENT_METRICS_HOST)")
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     _add_publish_timeout(p, "giving up with exit status 6")
@@ -448,7 +481,7 @@ the endpoint is accepting requests; else 503 with the reason. Neither needs the 
 /healthz and /readyz without it on FINSENT_METRICS_HOST (127.0.0.1 by default) for Prometheus.
 SIGTERM/SIGINT: the port closes, idle connections are closed, requests in flight are answered
 (202, or 503 when their publish is not acknowledged within 5 s: nothing lost, the client
-retries), exit 0 within 10 s in every state.
+retries), within 10 s in every state; exit 0 on SIGTERM, 130 on Ctrl-C (with one line).
 
 examples:
   finsent ingest http --port 8088
@@ -458,16 +491,17 @@ examples:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
-    p.add_argument("--port", type=int, default=8088, help="port (default 8088)")
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N", help="request body limit (1 MB)")
-    p.add_argument("--max-items", type=int, default=1000, metavar="N", help="items per request limit (1000)")
+    p.add_argument("--port", type=port, default=8088, help="port (default 8088)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=1_000_000, metavar="N",
+                   help="request body limit (1 MB)")
+    p.add_argument("--max-items", type=positive_int, default=1000, metavar="N", help="items per request limit (1000)")
     p.add_argument("--header-timeout", type=positive_float, metavar="SECONDS",
                    help="complete request headers within this (FINSENT_HTTP_HEADER_TIMEOUT_S, 10)")
     p.add_argument("--body-timeout", type=positive_float, metavar="SECONDS",
                    help="complete request body within this after the headers (FINSENT_HTTP_BODY_TIMEOUT_S, 30)")
-    p.add_argument("--max-connections", type=int, metavar="N",
+    p.add_argument("--max-connections", type=positive_int, metavar="N",
                    help="open connections at most; more get 503 (FINSENT_HTTP_MAX_CONNECTIONS, 1000)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
+    p.add_argument("--metrics-port", type=port, metavar="PORT",
                    help="also serve /metrics, /healthz, /readyz without the token on this port (loopback)")
     _add_publish_timeout(p, "answering 503")
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")

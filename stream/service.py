@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from finsent.core.errors import Interrupted, error_line
 from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,9 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
+    signals: list[int] = []  # the first one decides the exit: SIGTERM 0 (a service stopped), Ctrl-C 130
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda s=sig: (signals.append(s), stop.set()))
     app = create_app(settings, loop=loop, extensions=extensions)
     # a store that is down at start is one clear line (StoreUnavailable, exit 8), not a crashing agent;
     # once running, the worker keeps its batches and retries a store that goes away
@@ -236,14 +238,25 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
     st = scorer.stats.snapshot()
     log.info("worker stopped: consumed %d, stored %d, dead-lettered %s", st["consumed"], st["stored"],
              st["dead_lettered"])
+    interrupted = None
+    if signals and signals[0] == signal.SIGINT:
+        interrupted = Interrupted(
+            f"worker stopped by Ctrl-C: stored {st['stored']:,} item(s), dead-lettered "
+            f"{sum(st['dead_lettered'].values()):,}; offsets are committed up to what was stored",
+            hint="run the same command again: it goes on from the committed offsets (ids dedup in the store)",
+        )
     if not clean or _lingering_threads(timeout_s=1.0):
         # Faust's consumer thread may still wait on a dead broker, and it is not a daemon: the store is
         # closed and the log flushed, so end the process now rather than hang past the grace period.
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stdout.flush()
+        if interrupted is not None:
+            print(error_line(interrupted), file=sys.stderr)
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(interrupted.exit_code if interrupted is not None else 0)
+    if interrupted is not None:
+        raise interrupted
     return 0
 
 
