@@ -75,16 +75,21 @@ def note_registry_state(registry: Any, metrics: Any = None) -> None:
 def startup_model_dir(settings: Settings, metrics: Any = None) -> str | None:
     """The model directory a worker loads at start: production from the registry, else FINSENT_MODEL_DIR.
 
-    Never a reason not to start: a corrupt aliases.json is read from its last good copy (the registry
-    logs that), and when neither can be read, or production names a version that may not serve
-    (:func:`~finsent.models.runtime.check_serving_contract`), the worker starts on FINSENT_MODEL_DIR
-    with an ERROR line, ``finsent_model_registry_corrupt`` says so, and hot reload keeps polling.
+    The registry is never a reason not to start: a corrupt aliases.json is read from its last good copy
+    (the registry logs that), and when neither can be read, or production names a version that may not
+    serve (:func:`~finsent.models.runtime.check_serving_contract`), the worker starts on FINSENT_MODEL_DIR
+    with an ERROR line, ``finsent_model_registry_corrupt`` says so, and hot reload keeps polling. A
+    FINSENT_MODEL_DIR that may not serve is a :class:`ModelError` (exit 5): there is nothing to fall back to.
     """
+    from finsent.models.runtime import check_serving_contract, warm_up_max_length
+
+    if settings.model_dir:  # the fallback must be servable too: a model that blinds the alerts is exit 5, not served
+        from finsent.models import resolve_model_dir
+
+        check_serving_contract(resolve_model_dir(settings.model_dir))
     registry = registry_of(settings)
     if registry is None:
         return settings.model_dir
-    from finsent.models.runtime import check_serving_contract, warm_up_max_length
-
     try:
         mv = registry.resolve("production")
     except ModelError as exc:
