@@ -210,6 +210,7 @@ def _to_scored(item: RawItem, pred: Any, version: str, scored_at: datetime | Non
         topic_prob=float(pred.topic_prob),
         model_version=version,
         scored_at=scored_at or utcnow(),
+        entities=tuple(getattr(pred, "entities", ()) or ()),
     )
 
 
@@ -222,7 +223,10 @@ def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredI
         return [], []
     version = str(classifier.version)
     try:
-        preds = classifier.predict([it.text for it in items])
+        # the headline is what a reader sees first: scored together with the text (models.runtime.scored_text)
+        titles = [it.title for it in items]
+        texts = [it.text for it in items]
+        preds = classifier.predict(texts, titles=titles) if any(titles) else classifier.predict(texts)
         scored_at = utcnow()  # one clock read per batch: the batch was scored at one moment
         return [_to_scored(it, p, version, scored_at) for it, p in zip(items, preds, strict=True)], []
     except Exception:
@@ -231,7 +235,8 @@ def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredI
     dead: list[DeadLetter] = []
     for it in items:
         try:
-            (pred,) = classifier.predict([it.text])
+            (pred,) = (classifier.predict([it.text], titles=[it.title]) if it.title
+                       else classifier.predict([it.text]))
             scored.append(_to_scored(it, pred, version))
         except Exception as exc:
             body = dead_letter(it.to_json(), "model_error", f"{type(exc).__name__}: {exc}", "", -1, -1)

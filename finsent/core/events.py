@@ -201,6 +201,8 @@ class ScoredItem:
     topic_prob: float
     model_version: str
     scored_at: datetime = field(default_factory=utcnow)
+    #: who the item is about and how it treats each of them (one per distinct entity; see EntityMention)
+    entities: tuple[EntityMention, ...] = ()
 
     @property
     def id(self) -> str:
@@ -219,6 +221,7 @@ class ScoredItem:
             topic_prob=round(float(self.topic_prob), 6),
             model_version=self.model_version,
             scored_at=format_time(self.scored_at),
+            entities=[e.to_dict() for e in self.entities],
         )
         return d
 
@@ -393,7 +396,30 @@ def decode_scored(data: bytes | str, max_bytes: int = MAX_MESSAGE_BYTES) -> Scor
         topic_prob=float(topic_prob),
         model_version=_req_str(obj, "model_version"),
         scored_at=parse_time(_req_str(obj, "scored_at"), "scored_at"),
+        entities=_entities(obj.get("entities")),
     )
+
+
+def _entities(value: Any) -> tuple[EntityMention, ...]:
+    """The ``entities`` of a scored message; absent (a message from before entities) is none."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidEvent("bad_type", "entities must be a list")
+    out: list[EntityMention] = []
+    for e in value:
+        if not isinstance(e, dict):
+            raise InvalidEvent("bad_type", "each entity must be an object")
+        try:
+            probs = e.get("sentiment_probs") or {}
+            out.append(EntityMention(
+                text=str(e["text"]), start=int(e["start"]), end=int(e["end"]), sentiment=str(e["sentiment"]),
+                sentiment_probs={str(k): float(v) for k, v in probs.items()},
+                entity_id=None if e.get("entity_id") is None else str(e["entity_id"]), name=str(e["name"]),
+                relevance=int(e.get("relevance") or 0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidEvent("bad_type", f"bad entity: {type(exc).__name__}: {exc}") from None
+    return tuple(out)
 
 
 def decode_alert(data: bytes | str) -> Alert:
