@@ -236,11 +236,17 @@ def test_worker_process_token_and_sigterm_with_300_half_open_connections(tmp_pat
         wait_for(lambda: proc.poll() is not None or _get_or_none(port, "/healthz") == 200, 120, "the worker's /healthz")
         assert proc.poll() is None, log.read_text()[-3000:]
         assert _get(port, "/v1/count")[0] == 401
-        wait_for(lambda: _get(port, "/v1/count", token=token)[0] == 200, 60, "the API with the token")
+        wait_for(lambda: _get_or_none(port, "/v1/count", token) == 200, 60, "the API with the token")
+        assert proc.poll() is None, log.read_text()[-3000:]
         # `finsent query` asks the worker holding the embedded store, with the token from its settings
         out = subprocess.run([sys.executable, "-m", "finsent", "query", "count", "--json"], env=env,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr[-2000:]
+        no_token = {k: v for k, v in env.items() if k != "FINSENT_API_TOKEN"}
+        out = subprocess.run([sys.executable, "-m", "finsent", "query", "count", "--json"], env=no_token,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and "refused its data API (HTTP 401)" in out.stderr, out.stderr[-2000:]
+        assert "set FINSENT_API_TOKEN" in out.stderr and "Traceback" not in out.stderr
         for _ in range(300):
             c = socket.create_connection(("127.0.0.1", port), timeout=5)
             c.sendall(HALF_SENT)
@@ -261,8 +267,8 @@ def test_worker_process_token_and_sigterm_with_300_half_open_connections(tmp_pat
     print(f"SIGTERM of a worker holding 300 half-open connections: exit 0 in {took:.1f} s")
 
 
-def _get_or_none(port: int, path: str) -> int | None:
+def _get_or_none(port: int, path: str, token: str | None = None) -> int | None:
     try:
-        return _get(port, path, timeout=2)[0]
+        return _get(port, path, token=token, timeout=2)[0]
     except OSError:
         return None

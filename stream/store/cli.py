@@ -157,6 +157,14 @@ def _from_worker(settings: Settings, path: str, params: dict[str, Any], cause: E
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403):
+            raise StoreInUse(f"{cause}; and the worker at {url.split('?')[0]} answered HTTP {exc.code}",
+                             hint="see the worker's log") from None
+        raise StoreInUse(
+            f"{cause}; and the worker at {url.split('?')[0]} refused its data API (HTTP {exc.code})",
+            hint="set FINSENT_API_TOKEN to the worker's token" + ("" if token else " (none is set here)"),
+        ) from None
     except (OSError, ValueError) as exc:
         raise StoreInUse(
             f"{cause}; and no worker answered at {url.split('?')[0]} ({getattr(exc, 'reason', exc)})",
