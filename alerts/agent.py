@@ -1,4 +1,4 @@
-"""The in-stream spike detector inside the Faust worker: ``attach(app, settings)``.
+"""The in-stream spike detector inside the Faust worker: ``attach(app, context)``.
 
 Topology (two agents and a timer on every worker)::
 
@@ -43,6 +43,7 @@ from finsent.alerts.runner import EPOCH, floor_time
 from finsent.alerts.sinks import build_sinks
 from finsent.core.events import Alert, InvalidEvent, decode_scored, utcnow
 from finsent.core.settings import Settings
+from finsent.stream.context import WorkerContext
 from finsent.stream.worker import RETRY_FIRST_S, RETRY_MAX_S
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,10 @@ class InStreamAlerts:
         self.alerts: list[Alert] = []  # raised by this worker (bounded: the demo/tests read it)
         self.bad_values = 0
         self.unstored: list[Alert] = []
+
+    def close(self) -> None:
+        """The worker is closing: start no other delivery (one in progress ends in its thread)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _store(self) -> Any:
         return self.store_getter() if self.store_getter is not None else None
@@ -241,18 +246,21 @@ async def send_confirmed(topic: Any, records: Sequence[tuple[bytes, bytes]], wha
         delay = min(delay * 2, max_delay_s)
 
 
-def attach(app: Any, settings: Settings, **kwargs: Any) -> InStreamAlerts:
-    """Add the count and detect agents and the window timer to the Faust ``app`` (see module doc)."""
+def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> InStreamAlerts:
+    """Add the count and detect agents and the window timer to the Faust ``app`` (see module doc).
+
+    The alerts share the worker's store (``ctx.store``: one connection; chdb allows one path per
+    process). Registered as extension ``"alerts"`` (``ctx.extensions.get("alerts")``).
+    """
+    settings = ctx.settings
     window_s = settings.alert_window_s
-    state = InStreamAlerts(
-        settings, store_getter=kwargs.pop("store_getter", None) or _scorer_store(app, settings), **kwargs
-    )
+    state = InStreamAlerts(settings, store_getter=kwargs.pop("store_getter", None) or ctx.store.get, **kwargs)
     scored = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
     counts = app.topic(
         settings.topic_alert_counts, key_type=bytes, value_type=bytes, internal=True, partitions=settings.partitions
     )
     alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
-    app.finsent_alerts = state
+    ctx.extensions.register("alerts", state, close=state.close)
 
     @app.agent(scored, name="finsent.alerts.count")
     async def count(stream: Any) -> None:
@@ -290,21 +298,3 @@ def attach(app: Any, settings: Settings, **kwargs: Any) -> InStreamAlerts:
 
     return state
 
-
-def _scorer_store(app: Any, settings: Settings) -> Callable[[], Any]:
-    """Share the scoring worker's store (one connection; chdb allows one path per process)."""
-    own: list[Any] = []
-
-    def get() -> Any:
-        scorer = getattr(app, "finsent", None)
-        if scorer is not None and hasattr(scorer, "open_store"):
-            return scorer.open_store()
-        if not own:
-            from finsent.stream.store import open_store
-
-            s = open_store(settings.store)
-            s.ensure_schema()
-            own.append(s)
-        return own[0]
-
-    return get

@@ -1,4 +1,4 @@
-"""The drift figures as Prometheus gauges, recomputed by every worker on a timer: ``attach(app, settings)``.
+"""The drift figures as Prometheus gauges, recomputed by every worker on a timer: ``attach(app, context)``.
 
 Gauges (default registry, on the worker's ``/metrics``), the figures of :func:`finsent.alerts.drift.drift_report`:
 
@@ -33,6 +33,7 @@ from typing import Any
 
 from finsent.alerts.drift import TASKS, DriftReport, drift_report
 from finsent.core.settings import Settings
+from finsent.stream.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,14 @@ class DriftMonitor:
         return report
 
 
-def _store_getter(app: Any, settings: Settings) -> Callable[[], Any]:
+def _store_getter(ctx: WorkerContext) -> Callable[[], Any]:
     """chdb: the scoring worker's own store (one process per path); a server: a connection of our own."""
+    settings = ctx.settings
+    if settings.store.startswith("chdb://"):
+        return ctx.store.get
     own: list[Any] = []
 
     def get() -> Any:
-        scorer = getattr(app, "finsent", None)
-        if settings.store.startswith("chdb://") and scorer is not None and hasattr(scorer, "open_store"):
-            return scorer.open_store()
         if not own:
             from finsent.stream.store import store_from_settings
 
@@ -121,13 +122,17 @@ def _store_getter(app: Any, settings: Settings) -> Callable[[], Any]:
     return get
 
 
-def attach(app: Any, settings: Settings, store_getter: Callable[[], Any] | None = None) -> DriftMonitor | None:
-    """Add the drift timer to the Faust ``app`` (``app.finsent_drift``); nothing when FINSENT_DRIFT_INTERVAL_S=0."""
+def attach(app: Any, ctx: WorkerContext, store_getter: Callable[[], Any] | None = None) -> DriftMonitor | None:
+    """Add the drift timer to the Faust ``app``; nothing when FINSENT_DRIFT_INTERVAL_S=0.
+
+    Registered as extension ``"drift"`` (``ctx.extensions.get("drift")``).
+    """
+    settings = ctx.settings
     if settings.drift_interval_s <= 0:
         return None
-    monitor = DriftMonitor(settings, store_getter or _store_getter(app, settings))
-    app.finsent_drift = monitor
+    monitor = DriftMonitor(settings, store_getter or _store_getter(ctx))
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-drift")
+    ctx.extensions.register("drift", monitor, close=lambda: pool.shutdown(wait=False, cancel_futures=True))
     due = [0.0]  # monotonic time of the next recomputation; the first is due at the first tick
 
     @app.timer(interval=min(TICK_S, settings.drift_interval_s))

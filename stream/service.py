@@ -17,10 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finsent.core.errors import Interrupted, error_line
 from finsent.core.settings import Settings
+
+if TYPE_CHECKING:
+    from finsent.stream.context import Extension, WorkerContext
+    from finsent.stream.worker import Scorer, ScoringWorker
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +33,17 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 6.0
 
 
-async def _serve(app: Any, stop: asyncio.Event, stop_timeout_s: float = STOP_TIMEOUT_S) -> bool:
+async def _serve(worker: ScoringWorker, stop: asyncio.Event, stop_timeout_s: float = STOP_TIMEOUT_S,
+                 on_stopping: Callable[[], Any] | None = None) -> bool:
     """Start the app, wait for ``stop`` (or for the app to crash), stop the app within ``stop_timeout_s``.
 
     A stop that Kafka cannot complete (no broker to commit to) is cut off: what was committed
     stays committed, the batches after it are redelivered to whoever consumes next, and the
     store's dedup makes that safe. The store is always closed. Returns False when the stop was cut off.
+    ``on_stopping`` runs when the stop begins (the command's log policy).
     """
     clean = True
+    app = worker.app
     await app.start()
     try:
         while not stop.is_set():
@@ -44,10 +51,9 @@ async def _serve(app: Any, stop: asyncio.Event, stop_timeout_s: float = STOP_TIM
                 raise RuntimeError(f"the Faust app stopped on its own: {app.crash_reason!r}")
             await asyncio.sleep(0.2)
     finally:
-        app.finsent.draining.set()  # a batch waiting on a failing store or broker gives up at once
-        limiter = getattr(app, "finsent_log_limiter", None)
-        if limiter is not None and getattr(app, "finsent_kafka_lost", lambda: False)():
-            limiter.stopping = True  # stopping without Kafka: the clients' complaints say nothing new
+        worker.scorer.draining.set()  # a batch waiting on a failing store or broker gives up at once
+        if on_stopping is not None:
+            on_stopping()
         try:
             await asyncio.wait_for(app.stop(), timeout=stop_timeout_s)
         except TimeoutError:
@@ -59,7 +65,7 @@ async def _serve(app: Any, stop: asyncio.Event, stop_timeout_s: float = STOP_TIM
             log.warning("stopping the Faust app failed (%s: %s); the store is closed all the same",
                         type(exc).__name__, exc)
         finally:
-            app.finsent.close()
+            worker.close()
     return clean
 
 
@@ -96,13 +102,14 @@ class WorkerThread:
     """The scoring app on its own event loop in a daemon thread.
 
     ``start()`` returns once the app is started (the consumer group join continues in the
-    background); ``stop()`` stops it cleanly. ``app.finsent`` (the Scorer) holds stats and the store.
+    background); ``stop()`` stops it cleanly. :attr:`scorer` holds stats and the store; :attr:`context`
+    is what the extensions were given (``w.context.extensions.get("alerts")``).
     """
 
     def __init__(self, settings: Settings, **create_kwargs: Any) -> None:
         self.settings = settings
         self.create_kwargs = create_kwargs
-        self.app: Any = None
+        self.worker: ScoringWorker | None = None
         self.error: BaseException | None = None
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,15 +117,15 @@ class WorkerThread:
         self._thread = threading.Thread(target=self._run, name="finsent-worker", daemon=True)
 
     def _run(self) -> None:
-        from finsent.stream.worker import create_app
+        from finsent.stream.worker import create_worker
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
         try:
             self._stop = asyncio.Event()
-            self.app = create_app(self.settings, loop=loop, **self.create_kwargs)
-            task = loop.create_task(_serve(self.app, self._stop))
+            self.worker = create_worker(self.settings, loop=loop, **self.create_kwargs)
+            task = loop.create_task(_serve(self.worker, self._stop))
             loop.call_soon(self._ready.set)
             loop.run_until_complete(task)
         except BaseException as exc:  # reported by start()/stop()
@@ -140,8 +147,19 @@ class WorkerThread:
         return self
 
     @property
-    def scorer(self) -> Any:
-        return self.app.finsent
+    def app(self) -> Any:
+        """The Faust app (None before :meth:`start`)."""
+        return self.worker.app if self.worker is not None else None
+
+    @property
+    def scorer(self) -> Scorer:
+        assert self.worker is not None, "start() the worker first"
+        return self.worker.scorer
+
+    @property
+    def context(self) -> WorkerContext:
+        assert self.worker is not None, "start() the worker first"
+        return self.worker.context
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -160,14 +178,14 @@ class WorkerThread:
         self.stop()
 
 
-def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings], Any]] = ()) -> int:
+def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     """``finsent worker``: run until SIGINT/SIGTERM, then stop cleanly. Returns the exit code.
 
     ``extensions`` add agents to the app (the composition root passes the in-stream alert detector).
     """
     from finsent.stream.kafka import KafkaHealth, ensure_topics, quiet_client_logs
     from finsent.stream.metrics import serve_metrics
-    from finsent.stream.worker import create_app
+    from finsent.stream.worker import create_worker
 
     health = KafkaHealth(settings.brokers)
     limiter = quiet_client_logs(settings, health)
@@ -189,18 +207,20 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
     signals: list[int] = []  # the first one decides the exit: SIGTERM 0 (a service stopped), Ctrl-C 130
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda s=sig: (signals.append(s), stop.set()))
-    app = create_app(settings, loop=loop, extensions=extensions)
+    worker = create_worker(settings, loop=loop, extensions=extensions)
+    scorer = worker.scorer
     # a store that is down at start is one clear line (StoreUnavailable, exit 8), not a crashing agent;
     # once running, the worker keeps its batches and retries a store that goes away
     try:
-        app.finsent.open_store()
+        worker.context.store.get()
     except BaseException:
-        app.finsent.close()
+        worker.close()
         loop.close()
         raise
-    app.finsent_log_limiter = limiter
-    app.finsent_kafka_lost = lambda: health.lost_since is not None
-    scorer = app.finsent
+
+    def quiet_kafka_at_stop() -> None:
+        if limiter is not None and health.lost_since is not None:
+            limiter.stopping = True  # stopping without Kafka: the clients' complaints say nothing new
     scorer_ref.append(scorer)
     clf = scorer.holder.current
     log.info(
@@ -223,7 +243,7 @@ def run_worker(settings: Settings, extensions: Sequence[Callable[[Any, Settings]
     threading.excepthook = quiet_stop
     clean = True
     try:
-        clean = loop.run_until_complete(_serve(app, stop))
+        clean = loop.run_until_complete(_serve(worker, stop, on_stopping=quiet_kafka_at_stop))
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1

@@ -55,8 +55,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +64,30 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from finsent.core.errors import StoreDiskFull, StoreUnavailable
-from finsent.core.events import InvalidEvent, RawItem, ScoredItem, dead_letter, decode_raw, utcnow
+from finsent.core.events import ScoredItem, utcnow
 from finsent.core.settings import Settings
 from finsent.stream import faust_tuning
+from finsent.stream.context import Extension, Extensions, SharedStore, WorkerContext
 from finsent.stream.kafka import faust_credentials
 from finsent.stream.lag import LagMeter
 from finsent.stream.metrics import worker_metrics
+from finsent.stream.pipeline.health import Health
+from finsent.stream.pipeline.scoring import (
+    ClassifierHolder,
+    DeadLetter,
+    RawMessage,
+    _to_scored,
+    decode_and_score,
+    decode_batch,
+    score_items,
+)
 from finsent.stream.publish import Record, key_hash, send_batches
+
+__all__ = [  # the names other modules and the tests import from here
+    "MAX_WAITING_BATCHES", "RETRY_FIRST_S", "RETRY_MAX_S", "SPLIT_MIN_ITEMS", "AckGuard", "ClassifierHolder",
+    "DeadLetter", "RawMessage", "ScoringWorker", "Scorer", "WorkerStats", "_to_scored", "create_app", "create_worker",
+    "decode_batch", "faust_datadir", "load_classifier", "score_items",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,47 +115,6 @@ POSITION_CHECK_S = 3.0
 
 class WorkerStopping(Exception):
     """Raised inside a retry loop when the worker is shutting down; the batch stays unacked."""
-
-
-class ClassifierHolder:
-    """The classifier in use, swappable atomically (a promoted model replaces it between batches)."""
-
-    def __init__(self, classifier: Any) -> None:
-        self._lock = threading.Lock()
-        self._current = classifier
-
-    @property
-    def current(self) -> Any:
-        return self._current
-
-    def swap(self, new: Any) -> Any:
-        """Install ``new``; batches already being scored finish with the old one. Returns the old one."""
-        with self._lock:
-            old, self._current = self._current, new
-        log.info("classifier swapped: %s -> %s", getattr(old, "version", "?"), getattr(new, "version", "?"))
-        return old
-
-
-@dataclass(slots=True)
-class RawMessage:
-    """What the pipeline needs from one Kafka record."""
-
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    #: the record's Kafka timestamp (epoch seconds): the ``ingested_at`` of an item that lacks one,
-    #: so a redelivered record decodes to the same stored row
-    timestamp: float | None = None
-    #: the record's key, carried onto its dead letter
-    key: bytes | None = None
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    reason: str
-    body: bytes
-    key: bytes | None = None
 
 
 @dataclass
@@ -172,76 +148,6 @@ class WorkerStats:
                 "inference_s": self.inference_s,
                 "store_s": self.store_s,
             }
-
-
-def decode_batch(
-    messages: Sequence[RawMessage], max_bytes: int, max_text_chars: int
-) -> tuple[list[RawItem], list[DeadLetter]]:
-    """Split a batch into valid items and dead letters (one per defective message, with its reason).
-
-    The rule, not a list: whatever one message contains, it becomes an item or a dead letter.
-    A defect the decoder knows has its own reason; anything else that goes wrong while decoding
-    one message is ``decode_error`` with the exception's type, and the rest of the batch goes on.
-    """
-    items: list[RawItem] = []
-    dead: list[DeadLetter] = []
-    for m in messages:
-        try:
-            default_ts = datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None
-            items.append(decode_raw(m.value if m.value is not None else b"", max_bytes, max_text_chars, default_ts))
-        except InvalidEvent as exc:
-            reason, detail = exc.reason, exc.detail
-        except Exception as exc:  # noqa: BLE001 - one message must never stop the worker
-            reason, detail = "decode_error", f"{type(exc).__name__}: {exc}"
-        else:
-            continue
-        dead.append(DeadLetter(reason, dead_letter(m.value, reason, detail, m.topic, m.partition, m.offset), m.key))
-    return items, dead
-
-
-def _to_scored(item: RawItem, pred: Any, version: str, scored_at: datetime | None = None) -> ScoredItem:
-    if pred.truncated and not item.truncated:
-        item = replace(item, truncated=True)
-    return ScoredItem(
-        item=item,
-        sentiment=pred.sentiment,
-        sentiment_probs=dict(pred.sentiment_probs),
-        topic=pred.topic,
-        topic_prob=float(pred.topic_prob),
-        model_version=version,
-        scored_at=scored_at or utcnow(),
-        entities=tuple(getattr(pred, "entities", ()) or ()),
-    )
-
-
-def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredItem], list[DeadLetter]]:
-    """Score a batch with one classifier; if the batch fails, find and dead-letter the failing item(s).
-
-    Blocking: runs in the model executor.
-    """
-    if not items:
-        return [], []
-    version = str(classifier.version)
-    try:
-        # the headline is what a reader sees first: scored together with the text (models.runtime.scored_text)
-        titles = [it.title for it in items]
-        texts = [it.text for it in items]
-        preds = classifier.predict(texts, titles=titles) if any(titles) else classifier.predict(texts)
-        scored_at = utcnow()  # one clock read per batch: the batch was scored at one moment
-        return [_to_scored(it, p, version, scored_at) for it, p in zip(items, preds, strict=True)], []
-    except Exception:
-        log.exception("classifier failed on a batch of %d; scoring items one by one", len(items))
-    scored: list[ScoredItem] = []
-    dead: list[DeadLetter] = []
-    for it in items:
-        try:
-            (pred,) = (classifier.predict([it.text], titles=[it.title]) if it.title
-                       else classifier.predict([it.text]))
-            scored.append(_to_scored(it, pred, version))
-        except Exception as exc:
-            body = dead_letter(it.to_json(), "model_error", f"{type(exc).__name__}: {exc}", "", -1, -1)
-            dead.append(DeadLetter("model_error", body, it.id.encode()))
-    return scored, dead
 
 
 @dataclass(slots=True)
@@ -319,12 +225,14 @@ class Scorer:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
-        self.owns_store = owns_store
         self.holder = holder
-        self._store_factory = store_factory
-        self.store: Any = None
+        self.shared_store = SharedStore(store_factory, owned=owns_store)
         self.stats = stats or WorkerStats()
         self.metrics = worker_metrics(registry)
+        self.extensions = Extensions()
+        self.health = Health(holder, self.extensions.ready_checks)
+        #: what the extensions get (the alert agent, the drift timer): no attributes on the Faust app
+        self.context = WorkerContext(settings, self.shared_store, self.metrics, self.health, holder, self.extensions)
         self.model_pool = ThreadPoolExecutor(max_workers=settings.model_calls, thread_name_prefix="finsent-model")
         self.store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-store")
         self.stopping = threading.Event()
@@ -355,30 +263,38 @@ class Scorer:
         #: the lag gauge from fresh end offsets (the highwater goes stale under backpressure)
         self.lag = LagMeter(self.metrics.consumer_lag, [settings.topic_raw])
         self._redeclared_at = -1e9
-        #: set by the consumer group's first assignment (``/readyz``)
-        self.joined = False
-        self.store_error: str | None = None
-        #: what the last store failure was, in /readyz's words: "disk full", "unreachable" or "failing"
-        self.store_error_kind = "unreachable"
         #: the production-alias follower (hot reload), when the app follows a registry
         self.follower: Any = None
 
+    @property
+    def joined(self) -> bool:
+        return self.health.joined
+
+    @joined.setter
+    def joined(self, value: bool) -> None:
+        self.health.joined = value
+
+    @property
+    def store_error(self) -> str | None:
+        return self.health.store_error
+
+    @store_error.setter
+    def store_error(self, value: str | None) -> None:
+        self.health.store_error = value
+
+    @property
+    def store(self) -> Any:
+        """The store if it is open (None before the first batch)."""
+        return self.shared_store.current
+
     def readiness(self) -> tuple[bool, str]:
-        """``/readyz``: joined the consumer group, model loaded, store reachable (as last seen)."""
-        if self.holder.current is None:
-            return False, "no model loaded"
-        if not self.joined:
-            return False, "not yet joined the consumer group"
-        if self.store_error is not None:
-            return False, f"store {self.store_error_kind}: {self.store_error}"
-        return True, "ready"
+        """``/readyz`` (:class:`~finsent.stream.pipeline.health.Health`)."""
+        return self.health.readiness()
 
     # -- blocking parts (executor threads) ---------------------------------------------------
     def open_store(self) -> Any:
-        """The worker's store, opened on first use; the alert agent shares it (one connection per process)."""
-        if self.store is None:
-            self.store = self._store_factory()
-        return self.store
+        """The worker's store, opened on first use; the extensions share it (``context.store``)."""
+        return self.shared_store.get()
 
     def _store_batch(self, scored: list[ScoredItem]) -> float:
         """Insert with retry until it succeeds or the worker stops; returns seconds spent."""
@@ -389,12 +305,10 @@ class Scorer:
                 store = self.open_store()
                 if scored:
                     store.insert_scored(scored)
-                self.store_error = None
+                self.health.store_ok()
                 return time.perf_counter() - t0
             except Exception as exc:
-                self.store_error = " ".join(str(exc).split())[:200] or type(exc).__name__
-                self.store_error_kind = ("disk full" if isinstance(exc, StoreDiskFull) else
-                                         "unreachable" if isinstance(exc, StoreUnavailable) else "failing")
+                self.health.store_failed(exc)
                 self.metrics.store_retries.inc()
                 if isinstance(exc, StoreDiskFull):
                     log.error("store disk full (%s); batch of %d kept unacknowledged, retrying in %.2fs",
@@ -412,13 +326,10 @@ class Scorer:
         self.draining.set()
         if self.follower is not None:
             self.follower.close()
+        self.extensions.close()
         self.model_pool.shutdown(wait=True)
         self.store_pool.shutdown(wait=True)
-        if self.store is not None and self.owns_store:
-            try:
-                self.store.close()
-            except Exception:  # pragma: no cover - best effort at exit
-                log.exception("closing the store failed")
+        self.shared_store.close()
         if self.datadir is not None:
             shutil.rmtree(self.datadir, ignore_errors=True)
 
@@ -482,19 +393,6 @@ class Scorer:
             self.scoring.add(call)
             call.add_done_callback(self.scoring.discard)
 
-    def _decode_and_score(
-        self, classifier: Any, messages: list[RawMessage]
-    ) -> tuple[list[ScoredItem], list[DeadLetter], list[tuple[bytes, bytes]], float]:
-        """Model thread: decode, score, and encode the scored topic's messages (none of it on the event loop)."""
-        items, dead = decode_batch(messages, self.settings.max_message_bytes, self.settings.max_text_chars)
-        t0 = time.perf_counter()
-        scored, model_dead = score_items(classifier, items)
-        infer_s = time.perf_counter() - t0
-        dead.extend(model_dead)
-        keys = [s.id.encode() for s in scored]
-        payloads = [(k, s.to_json(), key_hash(k)) for k, s in zip(keys, scored, strict=True)]
-        return scored, dead, payloads, infer_s
-
     async def _score(self, guard: AckGuard, messages: list[RawMessage], before: asyncio.Future[None] | None,
                      handed: asyncio.Future[None]) -> None:
         """One model call: score ``messages``, then, after the call started before it, hand them to the store stage."""
@@ -512,7 +410,8 @@ class Scorer:
         loop = asyncio.get_running_loop()
         classifier = self.holder.current  # one model version per batch
         scored, dead, payloads, infer_s = await loop.run_in_executor(
-            self.model_pool, self._decode_and_score, classifier, messages
+            self.model_pool, decode_and_score, classifier, messages, self.settings.max_message_bytes,
+            self.settings.max_text_chars,
         )
         if before is not None:
             await asyncio.shield(before)  # the batch taken before this one goes to the store first
@@ -816,7 +715,25 @@ def load_classifier(settings: Settings) -> Any:
     )
 
 
-def create_app(
+@dataclass(frozen=True)
+class ScoringWorker:
+    """One scoring worker: the Faust app (the edge), its pipeline (:class:`Scorer`) and the extensions' context."""
+
+    app: faust.App
+    scorer: Scorer
+    context: WorkerContext
+
+    def close(self) -> None:
+        """Close the extensions, the pipeline's executors and the store (after the app stopped)."""
+        self.scorer.close()
+
+
+def create_app(settings: Settings, **kwargs: Any) -> faust.App:
+    """The Faust app of :func:`create_worker` (for callers that only look at its configuration)."""
+    return create_worker(settings, **kwargs).app
+
+
+def create_worker(
     settings: Settings,
     *,
     classifier: Any = None,
@@ -825,18 +742,18 @@ def create_app(
     loop: asyncio.AbstractEventLoop | None = None,
     commit_interval_s: float = 1.0,
     stats: WorkerStats | None = None,
-    extensions: Sequence[Callable[[faust.App, Settings], Any]] = (),
+    extensions: Sequence[Extension] = (),
     registry: CollectorRegistry | None = None,
-) -> faust.App:
-    """The Faust app with the scoring agent. ``app.finsent`` is its :class:`Scorer`.
+) -> ScoringWorker:
+    """The Faust app with the scoring agent, its :class:`Scorer` and the :class:`WorkerContext` of its extensions.
 
     ``classifier``/``store`` may be given (tests, the demo); otherwise the classifier is loaded
     from the settings now (registry production first) and the store is opened on the first batch (in
     the store thread). An app that loaded its own model follows the registry's production alias (hot
     reload, :mod:`finsent.stream.reload`); one given a classifier keeps it.
-    ``extensions`` are called with the app and the settings to add agents of their own (the
-    in-stream alert detector); ``registry`` is where the worker's metrics live (default: the
-    process-wide one that ``/metrics`` serves).
+    ``extensions`` are called with the app and the :class:`~finsent.stream.context.WorkerContext` to add
+    agents of their own (the in-stream alert detector, the drift timer); ``registry`` is where the
+    worker's metrics live (default: the process-wide one that ``/metrics`` serves).
     """
     follow_registry = classifier is None
     if classifier is None:
@@ -895,7 +812,6 @@ def create_app(
     scorer.dlq_topic = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes)
     raw_topic = app.topic(settings.topic_raw, key_type=bytes, value_type=bytes, allow_empty=True)
     scorer.datadir = datadir
-    app.finsent = scorer  # type: ignore[attr-defined]
     faust_tuning.install(app)
     scorer.metrics.model_info.labels(
         str(getattr(classifier, "version", "?")), str(getattr(classifier, "provider", "?"))
@@ -932,6 +848,6 @@ def create_app(
             await scorer.drain()
 
     for extend in extensions:  # e.g. finsent.alerts.agent.attach: the composition root decides, not this module
-        extend(app, settings)
-    return app
+        extend(app, scorer.context)
+    return ScoringWorker(app, scorer, scorer.context)
 

@@ -100,22 +100,22 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
     try:
         with WorkerThread(s, classifier=tiny_classifier, store=store, extensions=[attach]) as w:
             feeder.start()
-            det = w.app.finsent_alerts.detector
+            det = w.context.extensions.get("alerts").detector
             wait_for(lambda: topic_a in det.states() and det.states()[topic_a].baseline_share is not None, 90,
                      "the detector to see traffic and build a baseline")
             time.sleep(3)
-            assert w.app.finsent_alerts.alerts == [], "steady traffic must not alarm"
+            assert w.context.extensions.get("alerts").alerts == [], "steady traffic must not alarm"
             share[topic_a] = 0.6
             t_spike = time.monotonic()
-            wait_for(lambda: any(a.topic == topic_a for a in w.app.finsent_alerts.alerts), 30, "a spike alert")
+            wait_for(lambda: any(a.topic == topic_a for a in w.context.extensions.get("alerts").alerts), 30, "a spike alert")
             print(f"\nin-stream detection: {time.monotonic() - t_spike:.1f} s after the spike (1 s windows)")
-            alert = next(a for a in w.app.finsent_alerts.alerts if a.topic == topic_a)
+            alert = next(a for a in w.context.extensions.get("alerts").alerts if a.topic == topic_a)
             # the alerting window may straddle the onset (10% -> 60%): at least twice the baseline
             assert alert.negative_share > 0.2 and 0.05 < alert.baseline_share < 0.2
             wait_for(lambda: _gauge("finsent_negative_spike_active", topic_a) in (1.0, 2.0), 10, "the active gauge")
             assert _gauge("finsent_negative_spike_score", topic_a) >= 5.0
             assert _gauge("finsent_negative_spike_active", topic_b) == 0.0
-            assert not any(a.topic == topic_b for a in w.app.finsent_alerts.alerts)
+            assert not any(a.topic == topic_b for a in w.context.extensions.get("alerts").alerts)
             wait_for(lambda: any(r["topic"] == topic_a for r in store.alerts()), 20, "the alert in the store")
         rows = [r for r in store.alerts() if r["topic"] == topic_a]
         assert rows[0]["detector"] == "ewma_z" and rows[0]["id"] == alert.id
@@ -207,7 +207,7 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
 
         def owners(topic: str) -> list[int]:
             return [i for i, w in enumerate(workers)
-                    if (st := w.app.finsent_alerts.detector.states().get(topic)) is not None
+                    if (st := w.context.extensions.get("alerts").detector.states().get(topic)) is not None
                     and st.baseline_share is not None and st.volume > 0]
 
         wait_for(lambda: all(len(owners(t)) == 1 for t in topics) and owners(topics[0]) != owners(topics[1]),
@@ -217,7 +217,7 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
             share[t] = 0.6
 
         def raised(topic: str) -> list[int]:
-            return [i for i, w in enumerate(workers) if any(a.topic == topic for a in w.app.finsent_alerts.alerts)]
+            return [i for i, w in enumerate(workers) if any(a.topic == topic for a in w.context.extensions.get("alerts").alerts)]
 
         wait_for(lambda: all(raised(t) for t in topics), 30, "both spikes alerted")
         time.sleep(3)  # a duplicate from the other worker would show up by now

@@ -282,7 +282,7 @@ def test_a_running_worker_recomputes_the_drift_gauges_on_its_timer(
     try:
         seed_store(store)
         with WorkerThread(s, classifier=tiny_classifier, store=store, extensions=[attach]) as w:
-            monitor = w.app.finsent_drift
+            monitor = w.context.extensions.get("drift")
             wait_for(lambda: monitor.runs >= 1, 60, "the first drift recomputation")
             assert gauge("finsent_drift_retrain_advised") == 1.0
             produce_items(s, make_items(20, prefix=unique_name))  # items keep flowing meanwhile
