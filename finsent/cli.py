@@ -7,7 +7,8 @@ agent, ``demo``, ``bench``), loads the one settings object, and runs a handler
 
 Every :class:`~finsent.core.errors.FinsentError` that reaches :func:`main` becomes one line on
 stderr, ``finsent: error: <what> (hint: <what to do>)``, and its family's exit code (listed in
-``finsent --help``). Anything else is a bug and keeps its traceback.
+``finsent --help``); so does an ``OSError`` about a path (a name too long, no permission: the user's
+input, exit 4), and Ctrl-C is exit 130 with one line. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 
 from finsent import __version__
 from finsent.core.argtypes import NEGATIVE_VALUE
-from finsent.core.errors import EXIT_CODES, FinsentError, Interrupted, error_line
+from finsent.core.errors import EXIT_CODES, FinsentError, InputError, Interrupted, error_line
 from finsent.core.settings import Settings, load_settings
 
 EPILOG = """\
@@ -148,6 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FinsentError as exc:
         print(error_line(exc), file=sys.stderr, flush=True)
         return exc.exit_code
+    except OSError as exc:
+        if exc.filename is None or isinstance(exc, ConnectionError):
+            raise  # not about a path the user gave: a bug, keep the traceback
+        # a path from the command line or the settings that the system refuses (too long, no permission, a
+        # directory where a file goes...): the user's input, so one line like any InputError, not a traceback
+        logging.getLogger("finsent").debug("file error", exc_info=True)
+        name = str(exc.filename)
+        failed = InputError(f"{name[:200] + '...' if len(name) > 200 else name}: {exc.strerror or exc}",
+                            hint="check the path given (--log-level DEBUG shows where it was used)")
+        print(error_line(failed), file=sys.stderr, flush=True)
+        return failed.exit_code
     except KeyboardInterrupt:
         what = f"`{getattr(args, 'finsent_prog', 'finsent')}`" if args is not None else "finsent"
         stopped = Interrupted(f"{what} stopped by Ctrl-C before it finished",

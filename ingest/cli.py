@@ -116,10 +116,14 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.rate is not None and args.speedup is not None:
         raise ConfigError("finsent ingest replay: use either --rate or --speedup, not both")
     for path in args.paths:  # before connecting to Kafka: a wrong path is the likeliest mistake
-        if Path(path).is_dir():
+        try:
+            is_dir, is_file = Path(path).is_dir(), Path(path).is_file()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+            raise InputError(f"{path[:200]}: cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+        if is_dir:
             raise InputError(f"{path} is a directory, not a file",
                              hint=f"name the files in it, e.g. {Path(path) / '*.csv'}")
-        if not Path(path).is_file():
+        if not is_file:
             raise InputError(f"{path}: no such file", hint="check the path; replay takes CSV and JSONL files")
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, use_dedup=args.dedup,
                                          publish_timeout_s=publish_timeout(args, settings))

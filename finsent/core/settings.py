@@ -325,9 +325,14 @@ def _read_file(path: Path) -> _File:
     """Parse a settings file by its format (see :func:`_file_format`); every failure is a :class:`ConfigError`
     that names the file and, where the parser knows it, the line."""
     out = _File(path)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # a name too long
+        raise ConfigError(f"config file {str(path)[:200]} cannot be read: {exc.strerror or exc}",
+                          hint=FILE_HINT) from None
+    if not exists:
         raise ConfigError(f"config file {path} does not exist", hint=FILE_HINT)
-    if path.is_dir():
+    if is_dir:
         raise ConfigError(f"config file {path} is a directory, not a file", hint=FILE_HINT)
     try:
         text = path.read_text(encoding="utf-8")

@@ -178,9 +178,9 @@ def _prepare_dir(path: str) -> None:
 
     how = "point --store / FINSENT_STORE at a directory you can write: chdb:///path/to/dir (created if missing)"
     target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise ConfigError(f"chdb data path {path} is a file, not a directory", hint=how)
     try:
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"chdb data path {path} is a file, not a directory", hint=how)
         target.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         above = next((str(p) for p in target.parents if p.exists() and not p.is_dir()), None)
