@@ -91,11 +91,12 @@ def test_a_thousand_half_sent_requests_hold_at_most_cap_threads_and_are_closed(s
             socks.append(s)
             if i % 50 == 0:
                 peak = max(peak, _handler_threads() - before)
-        time.sleep(0.3)
         peak = max(peak, _handler_threads() - before)
         assert server.open_connections <= cap
-        assert peak <= cap + 8, f"{peak} handler threads for a cap of {cap}"  # + the few just cut, ending
-        assert _handler_threads() - before <= cap
+        # at most the cap, plus the threads of connections just cut that are still ending (a few ms each,
+        # longer on a loaded machine); then the cap itself
+        assert peak <= cap + 16, f"{peak} handler threads for a cap of {cap}"
+        wait_for(lambda: _handler_threads() - before <= cap, 3, f"at most {cap} handler threads")
         # a good request answers meanwhile (it takes the place of the oldest half-sent one)
         t0 = time.monotonic()
         status, body = _get(port, "/healthz")

@@ -74,7 +74,7 @@ def test_ttl_retention_still_works_without_time_partitions(chdb_db_url: str) -> 
     try:
         [(engine_full,)] = store.query("SELECT engine_full FROM system.tables WHERE database = {db:String} "
                                        "AND name = 'items'", {"db": store.database})
-        assert "TTL ingested_at + toIntervalDay(30)" in engine_full
+        assert f"TTL {schema.ttl_expression(schema.ITEMS, 30)}" in engine_full
         old, now = utcnow() - timedelta(days=100), utcnow() - timedelta(seconds=5)
         store.insert_scored([make_item("gone", ingested_at=old, scored_at=old),
                              make_item("back", ingested_at=old, scored_at=old)])
