@@ -98,10 +98,11 @@ def test_chdb_path_held_by_another_process_is_a_clear_error(tmp_path: Path) -> N
         proc = subprocess.run([sys.executable, "-m", "finsent.cli", "--store", url, "query", "count"],
                               capture_output=True, text=True, env=env, cwd=repo, timeout=60)
         assert proc.returncode == StoreInUse.exit_code
-        # chdb's C++ side prints its own "Code: 76" line to stderr first; finsent's is the last, and one
-        assert "Traceback" not in proc.stderr
-        assert proc.stderr.splitlines()[-1].startswith("finsent: error: chdb data path")
-        assert "in use by another process" in proc.stderr
+        # one line, finsent's: chdb's own "Code: 76 ... Cannot lock file" no longer reaches the user (issue 25)
+        assert "Traceback" not in proc.stderr and "Code: 76" not in proc.stderr
+        assert len(proc.stderr.splitlines()) == 1
+        assert proc.stderr.startswith("finsent: error: chdb data path")
+        assert f"in use by process {holder.pid}" in proc.stderr
     finally:
         holder.communicate("", timeout=30)
 
