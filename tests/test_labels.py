@@ -327,5 +327,5 @@ def test_label_commands_while_another_process_holds_the_chdb_store(tmp_path: Pat
             last = proc.stderr.splitlines()[-1]
             assert proc.returncode == StoreInUse.exit_code, proc.stderr
             assert "Traceback" not in proc.stderr
-            assert last.startswith("finsent: error: finsent label ") and "in use by another process" in last
+            assert last.startswith("finsent: error: finsent label ") and "in use by process" in last
             assert "API is read-only" in last
