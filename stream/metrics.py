@@ -165,11 +165,13 @@ class GuardedHTTPServer(ThreadingHTTPServer):
     * at most ``max_connections`` connections are open. A new one beyond that cap takes the place of the
       oldest connection that is still sending its request headers (that one is cut), so half-sent
       requests can never lock a good client out; when every open connection is being answered, the new
-      one gets a 503 line and is closed at once, without a thread. Threads stay <= the cap whatever arrives;
+      one gets a 503 line and is closed at once, without a thread. Handler threads stay <= the cap whatever
+      arrives (plus, for a moment, those of connections just cut, which end at once);
     * the request line and headers must be complete within ``header_timeout_s`` of the request's
       start (a *total* deadline, enforced by a reaper thread that shuts the socket, so a client
-      sending one byte every few seconds is cut too); the same limit is the keep-alive idle limit
-      and each socket read/write's timeout (a client that stops reading the answer is dropped);
+      sending one byte every few seconds is cut too); the same limit is each socket read's and
+      write's timeout (a client that stops reading the answer is dropped). The handler speaks
+      HTTP/1.0, one request per connection, so no connection idles between requests;
     * :meth:`shutdown` also closes every open connection, so stopping never waits for a client.
     """
 
