@@ -160,6 +160,8 @@ def test_alerts_are_idempotent_by_id(store) -> None:
         "id": a.id, "topic": "macro", "fired_at": now, "window_start": a.window_start, "window_end": now,
         "negative": 7, "total": 10, "negative_share": 0.7, "baseline_share": 0.2, "score": 5.5,
         "detector": "ewma", "severity": "warning", "model_version": "",
+        # issue 26: every alert says its kind; entity fields are None on topic alerts; `at` is the window's end
+        "kind": "topic", "entity_id": None, "entity_name": None, "evidence": None, "at": now, "sentiment": "negative",
     }
     assert got[1]["severity"] == "critical"
     assert store.alerts(timedelta(seconds=5)) == got[:1]
@@ -272,7 +274,7 @@ def test_retention_ttl_applied_only_where_supported(store_url: str) -> None:
         engines = dict(s.query("SELECT name, engine_full FROM system.tables WHERE database = {db:String}",
                                {"db": s.database}))
         if s.capabilities.ttl:
-            assert "TTL ingested_at + toIntervalDay(3)" in engines["items"]
+            assert "TTL event_time + toIntervalDay(3)" in engines["items"]  # retention on event time (#26)
             assert "TTL fired_at + toIntervalDay(3)" in engines["alerts"]
         else:
             assert s.capabilities.version < (19, 6)

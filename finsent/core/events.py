@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from finsent.core.errors import InputError
@@ -133,6 +133,19 @@ def parse_time(value: Any, name: str) -> datetime:
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     return ts.astimezone(UTC)
+
+
+#: How far ahead of this host's clock an item's time may be (clock skew between hosts): beyond it the item is
+#: refused as ``bad_time``. Event time (``published_at``, else ``ingested_at``) drives the entity detector's
+#: watermark, which only moves forward: one item dated next year would make every later item "late".
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+
+
+def _not_future(ts: datetime | None, name: str) -> None:
+    if ts is not None and ts > utcnow() + MAX_FUTURE_SKEW:
+        raise InvalidEvent("bad_time", f"{name}={format_time(ts)} is more than "
+                           f"{int(MAX_FUTURE_SKEW.total_seconds() // 60)} min in the future; fix the source's clock "
+                           "or its time zone")
 
 
 def stable_id(*parts: str) -> str:
@@ -353,6 +366,10 @@ def raw_item_from_dict(
         raise InvalidEvent("bad_type", "tickers must be a list of strings")
     published = obj.get("published_at")
     ingested = obj.get("ingested_at")
+    published_at = None if published is None else parse_time(published, "published_at")
+    ingested_at = (default_ingested_at or utcnow()) if ingested is None else parse_time(ingested, "ingested_at")
+    _not_future(published_at, "published_at")
+    _not_future(ingested_at, "ingested_at")
     return RawItem(
         id=item_id,
         source=source,
@@ -361,8 +378,8 @@ def raw_item_from_dict(
         title=_opt_str(obj, "title"),
         url=_opt_str(obj, "url"),
         author=_opt_str(obj, "author"),
-        published_at=None if published is None else parse_time(published, "published_at"),
-        ingested_at=(default_ingested_at or utcnow()) if ingested is None else parse_time(ingested, "ingested_at"),
+        published_at=published_at,
+        ingested_at=ingested_at,
         tickers=tuple(tickers),
         truncated=truncated,
     )
@@ -480,6 +497,7 @@ __all__ = [
     "Alert",
     "InvalidEvent",
     "MAX_MESSAGE_BYTES",
+    "MAX_FUTURE_SKEW",
     "MAX_TEXT_CHARS",
     "RawItem",
     "SCHEMA_VERSION",

@@ -8,7 +8,7 @@ reports a version that supports it (:class:`Capabilities`).
 Tables (all names are relative to the store's database, ``finsent`` by default)
 -------------------------------------------------------------------------------
 ``items`` -- one row per scored item
-(ReplacingMergeTree(version), no PARTITION BY, ORDER BY id; TTL on ingested_at where the server has TTL)
+(ReplacingMergeTree(version), no PARTITION BY, ORDER BY id; TTL on event_time where the server has TTL)
     id             String                    stable item id (``finsent.core.events.stable_id``)
     source         LowCardinality(String)    feed / account / file the item came from
     source_type    LowCardinality(String)    'news' or 'social'
@@ -19,7 +19,7 @@ Tables (all names are relative to the store's database, ``finsent`` by default)
     tickers        Array(String)             cashtags found in the item
     truncated      UInt8                     1 when text was cut to max_text_chars
     published_at   Nullable(DateTime('UTC')) when the source says it was published (seconds)
-    ingested_at    DateTime('UTC')           when finsent first saw it (seconds) -- THE time axis
+    ingested_at    DateTime('UTC')           when finsent first saw it (seconds): counts, rescore and drift windows
     ingested_ms    UInt16                    millisecond part of ingested_at (0..999)
     sentiment      LowCardinality(String)    'negative' | 'neutral' | 'positive'
     p_negative     Float32                   classifier probabilities
@@ -32,6 +32,25 @@ Tables (all names are relative to the store's database, ``finsent`` by default)
     scored_ms      UInt16                    millisecond part of scored_at
     version        UInt64                    scored_at in epoch milliseconds (the replacing version)
     stored_at      DateTime('UTC')           DEFAULT now(): when the store accepted the row
+    event_time     DateTime('UTC')           DEFAULT ifNull(published_at, ingested_at) -- THE time axis (issue 26)
+                                             of series, top lists, listings, entity queries, the backtest and
+                                             retention: a replay of last month lands in last month.
+
+Event time (issue 26). The store computes it at insert; nothing is trusted blindly before that: the worker's
+decoder refuses an item whose ``published_at`` or ``ingested_at`` is more than 5 minutes ahead of its clock
+(dead letter ``bad_time``, :data:`finsent.core.events.MAX_FUTURE_SKEW`), and a ``published_at`` the ingesters
+cannot read is kept as null (event time falls back to ingested_at; ``finsent.ingest.normalize.to_utc``), while one
+that names no real instant is refused as ``bad_time`` by push and replay. Lateness: the store takes any late row
+into its bucket (queries re-read ``items FINAL``); what counts as too late for an alert is the entity detector's
+``lateness_s`` (``finsent.alerts.entity_detector``, 1 h by default: a bucket is tested once the newest event
+time is an hour past its end; a mention arriving later is stored and shown by every query, but the detector
+counts it only as ``late`` and never re-tests a closed bucket, so an alert once raised stays as it was). ``count`` (and
+``query count``), ``rescore``, the label queue and drift still select on ``ingested_at``: they are about what
+finsent received, not when it happened. ``topic_minute`` stays on ingestion minutes (a materialized view
+cannot be changed in place); ``Store.topic_counts`` reads ``items`` on event time.
+
+``mentions`` -- one row per (item, entity): see :mod:`finsent.stream.store.mentions` (declared there, into this
+schema). Tables created by an older finsent get new declared columns at start (:func:`missing_column_statements`).
 
 ``topic_minute`` -- per-topic per-minute distinct-id counts (AggregatingMergeTree, fed by the
 materialized view ``topic_minute_mv`` on every insert into ``items``)
@@ -166,6 +185,7 @@ seconds (``UInt32``) and converted with ``toDateTime(x, 'UTC')`` so no time zone
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -228,6 +248,11 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("detector", "LowCardinality(String)"),
     ("severity", "LowCardinality(String)"),
     ("model_version", "LowCardinality(String)"),
+    # issue 26: entity alerts (kind 'entity', topic ''); evidence is the alert's evidence dict as JSON ('' if none)
+    ("kind", "LowCardinality(String)"),
+    ("entity_id", "String"),
+    ("entity_name", "String"),
+    ("evidence", "String"),
     ("version", "UInt64"),
 )
 
@@ -349,10 +374,15 @@ def declare_view(spec: ViewSpec) -> ViewSpec:
 
 _SENTIMENTS = ("negative", "neutral", "positive")
 
+#: THE time axis of items (issue 26): when the source says it was published, else when finsent first saw it.
+#: Computed by the store at insert (a DEFAULT, so the worker's insert is unchanged and an ``items`` table from
+#: before issue 26 gets the column with ``ALTER TABLE ... ADD COLUMN``, computed for its old rows too).
+EVENT_TIME_DEFAULT = "DateTime('UTC') DEFAULT ifNull(published_at, ingested_at)"
+
 # ORDER BY id and no partition: FINAL collapses an id whatever the days it arrived on (module docstring)
 declare_table(TableSpec(
-    ITEMS, ITEM_COLUMNS, "ReplacingMergeTree(version)", order_by="id", partition_by=None, ttl_column="ingested_at",
-    default_columns=(("stored_at", "DateTime('UTC') DEFAULT now()"),),
+    ITEMS, ITEM_COLUMNS, "ReplacingMergeTree(version)", order_by="id", partition_by=None, ttl_column="event_time",
+    default_columns=(("stored_at", "DateTime('UTC') DEFAULT now()"), ("event_time", EVENT_TIME_DEFAULT)),
 ))
 declare_table(TableSpec(
     TOPIC_MINUTE,
@@ -473,6 +503,23 @@ def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full
                        f"{ttl_expression(spec.name, retention_days)}")
         elif retention_days <= 0 and has_ttl:
             out.append(f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} REMOVE TTL")
+    return out
+
+
+def missing_column_statements(db: str, existing: dict[str, set[str]], cluster: str | None = None) -> list[str]:
+    """``ALTER TABLE ... ADD COLUMN`` for every declared column a table created by an older finsent lacks
+    (``existing`` maps table name to its column names, from ``system.columns``; absent tables are skipped:
+    ``CREATE`` made them whole). Old rows read the column's DEFAULT (``event_time``) or the type's zero.
+    18.16 has ``ADD COLUMN`` but not ``IF NOT EXISTS`` on it, hence the check against ``system.columns``."""
+    out = []
+    for spec in TABLE_SPECS.values():
+        names = [spec.local_name, spec.name] if cluster else [spec.name]
+        for table in names:
+            have = existing.get(table)
+            if have is None:
+                continue
+            out += [f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} ADD COLUMN {name} {typ}"
+                    for name, typ in spec.all_columns if name not in have]
     return out
 
 
@@ -607,6 +654,10 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         _text(a.detector),
         _text(a.severity),
         _text(str(getattr(a, "model_version", "") or "")),
+        _text(a.kind or "topic"),
+        _text(a.entity_id or ""),
+        _text(a.entity_name or ""),
+        _text(json.dumps(a.evidence, ensure_ascii=False, default=str, allow_nan=False) if a.evidence else ""),
         version,
     )
 
@@ -616,6 +667,7 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
 SERVER_VERSION = "SELECT version()"
 
 TABLE_ENGINES = "SELECT name, engine_full FROM system.tables WHERE database = {db:String}"
+TABLE_COLUMNS = "SELECT table, name FROM system.columns WHERE database = {db:String}"
 
 COUNT_FINAL = "SELECT count() FROM {db}.items FINAL WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')"
 COUNT_PHYSICAL = "SELECT count() FROM {db}.items WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC')"
@@ -625,16 +677,17 @@ COUNT_UNIQUE = "SELECT uniqExact(id) FROM {db}.items WHERE ingested_at >= toDate
 # on several days has one row per arrival before FINAL; whichever are in the window, FINAL keeps one),
 # so counts never double; filters on labels that a re-score can change (sentiment, topic) must be
 # applied *after* FINAL picked the newest row, hence the subqueries below.
+# Series and top lists are on EVENT time (issue 26): a replay of last month lands in last month's buckets.
 TOPIC_COUNTS = """
-SELECT toDateTime(intDiv(toUInt32(ingested_at), {bucket:UInt32}) * {bucket:UInt32}, 'UTC') AS bucket,
+SELECT toDateTime(intDiv(toUInt32(event_time), {bucket:UInt32}) * {bucket:UInt32}, 'UTC') AS bucket,
        topic,
        count() AS total,
        countIf(sentiment = 'negative') AS negative,
        countIf(sentiment = 'neutral') AS neutral,
        countIf(sentiment = 'positive') AS positive
 FROM (
-    SELECT ingested_at, topic, sentiment FROM {db}.items FINAL
-    WHERE ingested_at >= toDateTime({since:UInt32}, 'UTC') AND ingested_at < toDateTime({until:UInt32}, 'UTC')
+    SELECT event_time, topic, sentiment FROM {db}.items FINAL
+    WHERE event_time >= toDateTime({since:UInt32}, 'UTC') AND event_time < toDateTime({until:UInt32}, 'UTC')
 )
 GROUP BY bucket, topic
 ORDER BY bucket, topic"""
@@ -648,7 +701,7 @@ GROUP BY minute, topic
 ORDER BY minute, topic"""
 
 NEGATIVE_COLUMNS = (
-    "id", "ingested_at", "ingested_ms", "topic", "topic_prob", "sentiment", "p_negative", "source",
+    "id", "event_time", "ingested_at", "ingested_ms", "topic", "topic_prob", "sentiment", "p_negative", "source",
     "source_type", "title", "text", "url", "tickers", "model_version",
 )
 
@@ -656,10 +709,10 @@ TOP_NEGATIVE = f"""
 SELECT {", ".join(NEGATIVE_COLUMNS)}
 FROM (
     SELECT {", ".join(NEGATIVE_COLUMNS)} FROM {{db}}.items FINAL
-    WHERE ingested_at >= toDateTime({{since:UInt32}}, 'UTC')
+    WHERE event_time >= toDateTime({{since:UInt32}}, 'UTC')
 )
 WHERE sentiment = 'negative' AND ({{any_topic:UInt8}} = 1 OR topic = {{topic:String}})
-ORDER BY ingested_at DESC, ingested_ms DESC, id
+ORDER BY event_time DESC, ingested_at DESC, ingested_ms DESC, id
 LIMIT {{limit:UInt32}}"""
 
 ALERT_SELECT_COLUMNS = tuple(name for name, _ in ALERT_COLUMNS if name != "version")
@@ -900,3 +953,9 @@ def model_version_row(row: dict[str, Any], synced: datetime) -> tuple[Any, ...]:
     values = {**row, "created_at": _split_ms(created)[0], "synced": _split_ms(synced)[2]}
     return tuple(values[name] if name in ("created_at", "synced", "aliases") else _text(str(values.get(name) or ""))
                  for name, _ in MODEL_VERSION_COLUMNS)
+
+
+# --- feature modules that declare their own tables into this schema (issue 23's direction) -------------------
+# imported last: each calls declare_table() above, so create_statements, the cluster DDL, TTL and the column
+# migration include their tables
+from finsent.stream.store import mentions as _mentions  # noqa: E402,F401  (registers ``mentions``)

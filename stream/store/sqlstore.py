@@ -8,6 +8,7 @@ assertions against both.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 from finsent.core.errors import StoreDiskFull
 from finsent.core.events import Alert, ScoredItem, utcnow
 from finsent.core.store import LABEL_TASKS, Label, TopicCounts
-from finsent.stream.store import schema
+from finsent.stream.store import mentions, schema
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,16 @@ def _epoch(ts: datetime) -> int:
     if ts.tzinfo is None:
         raise ValueError("naive datetime: finsent timestamps must be timezone-aware")
     return int(ts.timestamp())
+
+
+def _series_row(d: dict[str, Any]) -> dict[str, Any]:
+    """Counts as ints, net sentiment rounded, a bucket as an aware datetime."""
+    for k in ("buzz", "negative", "neutral", "positive", "novel", "novel_negative", "sources"):
+        d[k] = int(d[k])
+    d["net_sentiment"] = round(float(d["net_sentiment"]), 4)
+    if "bucket" in d:
+        d["bucket"] = _as_utc(d["bucket"])
+    return d
 
 
 def _as_utc(value: Any) -> Any:
@@ -125,6 +136,13 @@ class SqlStore:
             caps = self.capabilities
             for stmt in schema.create_statements(self.database, caps, self.retention_days, self.cluster):
                 self._command(stmt)
+            # columns a newer finsent declares on a table an older one created (items.event_time, alerts.kind...)
+            existing: dict[str, set[str]] = {}
+            for table, column in self._select(schema.TABLE_COLUMNS, {"db": self.database}):
+                existing.setdefault(str(table), set()).add(str(column))
+            for stmt in schema.missing_column_statements(self.database, existing, self.cluster):
+                log.info("store: %s", stmt)
+                self._command(stmt)
             if caps.ttl:
                 engines = dict(self._select(schema.TABLE_ENGINES, {"db": self.database}))
                 for stmt in schema.ttl_statements(self.database, caps, self.retention_days, engines, self.cluster):
@@ -137,18 +155,35 @@ class SqlStore:
                     caps.version_text, self.retention_days, self.database,
                 )
 
-    def insert_scored(self, items: Sequence[ScoredItem]) -> int:
-        """Write scored items in batches of ``insert_batch_rows``; returns the number of rows written.
+    def insert_scored(
+        self, items: Sequence[ScoredItem], *, replace_mentions: bool = False,
+        stories: dict[str, dict[str, tuple[int, str]]] | None = None,
+    ) -> int:
+        """Write scored items and their mentions (one row per (item, entity)); returns the number of items.
 
-        Idempotent by id: a redelivered batch adds physical rows that ``FINAL`` collapses, so it
-        never shows twice in any query of this store.
+        Items in batches of ``insert_batch_rows``, then their mentions, each a verified insert (``_insert``
+        raises unless every row was written), in this one call: the worker commits offsets only after it
+        returns, so a batch is stored whole or redelivered whole (kill -9 included). Idempotent by item id
+        and by (item id, entity key): a redelivered batch adds physical rows that ``FINAL`` collapses.
+        ``replace_mentions`` (``finsent rescore``): entities stored for these items that the new score no longer
+        finds get a tombstone. ``stories`` maps item id -> entity key -> (novelty, cluster id) where the caller
+        computed them (default: novel, no cluster; see :mod:`finsent.stream.store.mentions`).
         """
         if not items:
             return 0
         rows = [schema.scored_row(s) for s in items]
         with self._lock:
+            old: dict[str, set[str]] = {}
+            if replace_mentions:
+                for chunk in _chunks(list(dict.fromkeys(s.id for s in items)), ID_LOOKUP_CHUNK):
+                    for item_id, key in self._select(self._q(mentions.KEYS_FOR_ITEMS), {"ids": list(chunk)}):
+                        old.setdefault(str(item_id), set()).add(str(key))
+            mention_rows = [r for s in items
+                            for r in mentions.mention_rows(s, (stories or {}).get(s.id), old.get(s.id, ()))]
             for chunk in _chunks(rows, self.insert_batch_rows):
                 self._insert(f"{self.database}.{schema.ITEMS}", schema.ITEM_COLUMNS, chunk)
+            for chunk in _chunks(mention_rows, self.insert_batch_rows):
+                self._insert(f"{self.database}.{mentions.MENTIONS}", mentions.MENTION_COLUMNS, chunk)
         return len(rows)
 
     def insert_alerts(self, alerts: Sequence[Alert]) -> int:
@@ -229,6 +264,7 @@ class SqlStore:
         out = []
         for row in rows:
             d = dict(zip(schema.NEGATIVE_COLUMNS, row, strict=True))
+            d["event_time"] = _as_utc(d["event_time"])
             ms = int(d.pop("ingested_ms"))
             d["ingested_at"] = _as_utc(d["ingested_at"]) + timedelta(milliseconds=ms)
             d["tickers"] = list(d["tickers"])
@@ -237,19 +273,131 @@ class SqlStore:
             out.append(d)
         return out
 
-    def alerts(self, since: timedelta | None = None) -> list[dict[str, Any]]:
-        """Alerts fired in the last ``since`` (all when ``None``), newest first, one row per alert id."""
+    def alerts(self, since: timedelta | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        """Alerts fired in the last ``since`` (all when ``None``), newest first, one row per alert id.
+
+        ``kind``: only ``"entity"`` or only ``"topic"`` alerts. Each row also has ``at`` (the event time of the
+        detection: the window's end), ``sentiment`` (``"negative"``: every detector watches negative news),
+        ``entity_id``/``entity_name`` (None on topic alerts), ``topic`` (None on entity alerts) and
+        ``evidence`` (a dict, None when the alert carries none). Alerts stored before issue 26 are topic alerts.
+        """
+        if kind not in (None, "entity", "topic"):
+            raise ValueError(f"alert kind {kind!r}: use entity or topic")
         with self._lock:
             rows = self._select(self._q(schema.ALERTS_SINCE), {"since": since_epoch(since)})
         out = []
         for row in rows:
             d = dict(zip(schema.ALERT_SELECT_COLUMNS, row, strict=True))
+            d["kind"] = str(d.get("kind") or "topic")
+            if kind is not None and d["kind"] != kind:
+                continue
             for k in ("fired_at", "window_start", "window_end"):
                 d[k] = _as_utc(d[k])
             for k in ("negative", "total"):
                 d[k] = int(d[k])
+            d["at"] = d["window_end"]
+            d["sentiment"] = "negative"
+            entity = d["kind"] == "entity"
+            d["entity_id"] = (d.get("entity_id") or None) if entity else None
+            d["entity_name"] = (d.get("entity_name") or None) if entity else None
+            d["topic"] = None if entity else d["topic"]
+            try:
+                d["evidence"] = json.loads(d["evidence"]) if d.get("evidence") else None
+            except ValueError:
+                d["evidence"] = {"unreadable": str(d["evidence"])[:200]}
             out.append(d)
         return out
+
+    # --- entities: mentions, series, top lists, listings (issue 26; queries in stream/store/mentions.py) ---
+    def _window(self, since: timedelta | datetime | None, until: datetime | None) -> dict[str, int]:
+        now = utcnow()
+        lo = _epoch(since) if isinstance(since, datetime) else since_epoch(since, now)
+        hi = _epoch(until) if until is not None else min(int(now.timestamp()) + 1 + 300, schema.MAX_DATETIME_S)
+        return {"since": lo, "until": hi}
+
+    def entity_exists(self, key: str) -> bool:
+        """Whether any current mention carries this stored entity key."""
+        with self._lock:
+            return int(self._select(self._q(mentions.KEY_EXISTS), {"key": key})[0][0]) > 0
+
+    def entity_series(self, key: str, since: timedelta | datetime | None = None, until: datetime | None = None,
+                      bucket_s: int = 3600) -> list[dict[str, Any]]:
+        """One entity's mentions per ``bucket_s`` bucket of event time: buzz (all), counts by sentiment,
+        novel and novel negative counts (as stored), relevance-weighted net sentiment, distinct sources."""
+        if bucket_s < 1:
+            raise ValueError("bucket_s must be >= 1")
+        params = {**self._window(since, until), "key": key, "bucket": int(bucket_s)}
+        with self._lock:
+            rows = self._select(self._q(mentions.ENTITY_SERIES), params)
+        return [_series_row(dict(zip(mentions.SERIES_FIELDS, r, strict=True))) for r in rows]
+
+    def top_entities(self, since: timedelta | datetime | None = None, until: datetime | None = None,
+                     limit: int = 20, sentiment: str | None = None) -> list[dict[str, Any]]:
+        """The most mentioned entities in the window (most buzz first, ties by key), with their counts;
+        ``sentiment`` counts only mentions of that sentiment (``negative``: the most talked-down names)."""
+        params = {**self._window(since, until), "limit": max(1, int(limit)), "any_sentiment": int(sentiment is None),
+                  "sentiment": sentiment or ""}
+        with self._lock:
+            rows = self._select(self._q(mentions.TOP_ENTITIES), params)
+        out = []
+        for r in rows:
+            d = _series_row(dict(zip(mentions.TOP_FIELDS, r, strict=True)))
+            d["entity_id"] = d["entity_id"] or None
+            out.append(d)
+        return out
+
+    def entity_stories(self, key: str, since: timedelta | datetime | None = None, until: datetime | None = None,
+                       limit: int = 10) -> list[dict[str, Any]]:
+        """The entity's most relevant stories in the window (relevance, then newest), with title and url."""
+        params = {**self._window(since, until), "key": key, "limit": max(1, int(limit))}
+        with self._lock:
+            rows = [dict(zip(mentions.STORY_FIELDS, r, strict=True))
+                    for r in self._select(self._q(mentions.ENTITY_STORIES), params)]
+            heads = {r[0]: r for r in self._select(self._q(mentions.ITEM_HEADLINES),
+                                                   {"ids": [d["item_id"] for d in rows]})} if rows else {}
+        for d in rows:
+            _, title, text, url = heads.get(d["item_id"], (None, None, "", None))
+            d.update(event_time=_as_utc(d["event_time"]), relevance=int(d["relevance"]), novelty=int(d["novelty"]),
+                     entity_id=d["entity_id"] or None, title=title or (text or "")[:200], url=url)
+        return rows
+
+    def list_items(self, since: timedelta | datetime | None = None, until: datetime | None = None, *,
+                   entity_key: str | None = None, topic: str | None = None, sentiment: str | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        """Stored items, newest event time first, filtered by entity (a stored key), topic and item sentiment."""
+        params = {**self._window(since, until), "any_entity": int(entity_key is None), "key": entity_key or "",
+                  "any_topic": int(topic is None), "topic": topic or "", "any_sentiment": int(sentiment is None),
+                  "sentiment": sentiment or "", "limit": max(1, int(limit))}
+        with self._lock:
+            rows = self._select(self._q(mentions.ITEMS_LIST), params)
+        out = []
+        for r in rows:
+            d = dict(zip(mentions.LIST_FIELDS, r, strict=True))
+            for k in ("event_time", "published_at", "ingested_at"):
+                d[k] = _as_utc(d[k]) if d[k] is not None else None
+            d["tickers"] = list(d["tickers"])
+            for k in ("p_negative", "p_neutral", "p_positive", "topic_prob"):
+                d[k] = round(float(d[k]), 6)
+            out.append(d)
+        return out
+
+    def mention_history(self, since: datetime, until: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(items, mentions) with event time in [since, until), oldest first: what the backtest replays."""
+        params = {"since": _epoch(since), "until": _epoch(until)}
+        with self._lock:
+            items = [dict(zip(mentions.ITEM_HISTORY_FIELDS, r, strict=True))
+                     for r in self._select(self._q(mentions.ITEM_HISTORY), params)]
+            ments = [dict(zip(mentions.HISTORY_FIELDS, r, strict=True))
+                     for r in self._select(self._q(mentions.MENTION_HISTORY), params)]
+        for d in items:
+            d["event_time"] = _as_utc(d["event_time"])
+        for d in ments:
+            d["event_time"] = _as_utc(d["event_time"])
+            d["entity_id"] = d["entity_id"] or None
+            d["relevance"] = int(d["relevance"])
+            for k in ("p_negative", "p_neutral", "p_positive"):
+                d[k] = float(d[k])
+        return items, ments
 
     # --- re-scoring and the score history (finsent.stream.rescore, ``finsent query compare``) ----------
     def rescore_page(self, lo: int, hi: int, after: tuple[int, str], topic: str | None, limit: int) -> list[tuple]:
