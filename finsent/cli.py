@@ -26,9 +26,12 @@ from finsent.core.settings import Settings, load_settings
 
 EPILOG = """\
 configuration: every setting has an environment variable FINSENT_<NAME> (e.g. FINSENT_BROKERS,
-FINSENT_STORE) and may be set in a TOML/YAML file given by --config or FINSENT_CONFIG; flags
-beat the environment, which beats the file. `finsent config` prints what is in force.
+FINSENT_STORE) and may be set in a TOML, YAML or JSON file (by its extension) given by --config
+or FINSENT_CONFIG; flags beat the environment, which beats the file. Unknown names are warned
+about with the closest real one. `finsent config` prints what is in force.
 The global flags (--config, --brokers, --store, --log-level) may also follow the subcommand.
+DURATION values are positive and count back from now: 30s, 15m, 2h, 7d, 1w.
+Ctrl-C stops any command with exit 130 and one line saying what was done and how to resume.
 
 examples:
   finsent demo                                   the whole pipeline locally, about two minutes
@@ -43,7 +46,7 @@ exit codes:
 
 #: The flags every subcommand accepts too (``finsent query count --store X``).
 GLOBAL_FLAGS: tuple[tuple[str, str, str], ...] = (
-    ("--config", "FILE", "settings file, TOML or YAML (FINSENT_CONFIG)"),
+    ("--config", "FILE", "settings file, TOML, YAML or JSON by its extension (FINSENT_CONFIG)"),
     ("--brokers", "HOST:PORT[,..]", "Kafka bootstrap servers (FINSENT_BROKERS)"),
     ("--store", "URL", "clickhouse://user:pass@host:9000/db or chdb:///path (FINSENT_STORE)"),
     ("--log-level", "LEVEL", "DEBUG, INFO, WARNING or ERROR (FINSENT_LOG_LEVEL)"),
