@@ -3,7 +3,9 @@
 What it does: walks the items ingested in the window (newest score per id, ``items FINAL``), in
 (ingested_at, id) order, one page of ``--batch-size`` at a time; scores the page with the target
 model (:func:`finsent.stream.worker.score_items`, as the worker does), inserts the new rows into
-``items`` and both the old and the new score into the ``scores`` history. A new row has a later
+``items`` (with the items' mentions, one row per (item, entity): entities the new score no longer finds
+get a tombstone, :mod:`finsent.stream.store.mentions`) and both the old and the new score into the
+``scores`` history. A new row has a later
 ``scored_at`` and so replaces the old one in every default query (``items`` is a ReplacingMergeTree
 on that version); ``finsent query compare`` finds both versions in ``scores`` (why the history is
 written here and not by the worker: :mod:`finsent.stream.store.schema`).
@@ -225,7 +227,8 @@ def rescore(
             # resume and its old scores are still the ones in items (written after, they would be the new)
             store.insert_score_history([schema.score_history_row(r) for r in rows]
                                        + [schema.score_row(x) for x in scored])
-            store.insert_scored(scored)
+            # the items and their mentions: an entity the new score no longer finds gets a tombstone (#26)
+            store.insert_scored(scored, replace_mentions=True)
             ck.after_at, ck.after_id = int(_utc(dicts[-1]["ingested_at"]).timestamp()), str(dicts[-1]["id"])
             ck.done += len(scored)
             ck.failed += len(dead)

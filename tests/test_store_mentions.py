@@ -196,3 +196,47 @@ def test_old_tables_get_new_columns(store) -> None:
     assert store.query(f"SELECT event_time FROM {db}.items FINAL")[0][0].astimezone(UTC) == datetime(
         2022, 11, 9, tzinfo=UTC)
     store.ensure_schema()  # idempotent: nothing left to add
+
+
+class _Pred:
+    def __init__(self, entities: tuple[EntityMention, ...]) -> None:
+        self.sentiment, self.sentiment_probs, self.topic, self.topic_prob = "positive", POS, "markets", 0.8
+        self.truncated, self.entities = False, entities
+
+
+class _NamesClassifier:
+    """A stand-in model for the rescore wiring: every capitalised word of the text is a positive entity."""
+
+    version = "m2"
+
+    def predict(self, texts: list[str], titles: list[str | None] | None = None) -> list[_Pred]:
+        return [_Pred(tuple(ent(w, "positive") for w in t.split() if w[:1].isupper())) for t in texts]
+
+
+@pytest.mark.parametrize("engine", ["clickhouse", "chdb"])
+def test_finsent_rescore_rewrites_mentions(engine: str, request: pytest.FixtureRequest, tmp_path) -> None:
+    from finsent.core.settings import load_settings
+    from finsent.stream.rescore import rescore
+
+    url = request.getfixturevalue(f"{engine}_db_url")
+    store = open_store(url)
+    try:
+        store.ensure_schema()
+        now = utcnow() - timedelta(minutes=5)
+        old = [scored(1, (ent("FTX"), ent("Genesis")), ingested_at=now, scored_at=now),
+               scored(2, (ent("Celsius"),), ingested_at=now, scored_at=now)]
+        old = [ScoredItem(item=RawItem(id=s.id, source="feed", source_type="news", text=text, ingested_at=now),
+                          sentiment="negative", sentiment_probs=NEG, topic="crypto", topic_prob=0.9,
+                          model_version="m1", scored_at=now, entities=s.entities)
+               for s, text in zip(old, ["Genesis files while Voyager waits", "nothing named here"], strict=True)]
+        store.insert_scored(old)
+        settings = load_settings(store=url, cache_dir=str(tmp_path / "cache"))
+        result = rescore(settings, timedelta(hours=1), classifier=_NamesClassifier(), progress=None)
+        assert result["done"] == 2
+        rows = _mentions(store)
+        # FTX and Celsius are no longer found (tombstoned), Genesis is rewritten positive, Voyager is new
+        assert [(r[0], r[1], r[2]) for r in rows] == [("it-1", "name:genesis", "positive"),
+                                                       ("it-1", "name:voyager", "positive")]
+        assert {e["entity_key"] for e in store.top_entities(timedelta(days=1))} == {"name:genesis", "name:voyager"}
+    finally:
+        store.close()
