@@ -218,6 +218,23 @@ def _wait(cond: Any, timeout_s: float) -> bool:
     return False
 
 
+def _drain(stored: Any, target: int, stall_s: float, cap_s: float) -> bool:
+    """Wait until ``stored() >= target``: as long as the count keeps growing (a loaded machine drains a
+    long backlog slowly), giving up only after ``stall_s`` without progress or ``cap_s`` in all."""
+    t0 = last_t = time.monotonic()
+    last = stored()
+    while time.monotonic() - t0 < cap_s:
+        now_n = stored()
+        if now_n >= target:
+            return True
+        if now_n > last:
+            last, last_t = now_n, time.monotonic()
+        elif time.monotonic() - last_t > stall_s:
+            return False
+        time.sleep(1.0)
+    return False
+
+
 def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: float, capacity_items: int,
              model_dir: str | None, progress: Any = print, *, disk_full_at: float | None = None,
              disk_full_s: float = 60.0, kill9_at: float | None = None, disk_mb: int = 2048) -> dict[str, Any]:
@@ -341,7 +358,7 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
         stop_produce.set()
         producer.join(120)
         progress(f"draining: {c.acked} acknowledged")
-        drained = _wait(lambda: _stored(mport)[0] - base_rows >= c.acked, 300)
+        drained = _drain(lambda: _stored(mport)[0] - base_rows, c.acked, stall_s=120, cap_s=3600)
         time.sleep(3)
         rows, unique = _stored(mport)
         metrics = _get(f"http://127.0.0.1:{mport}/metrics")
