@@ -61,7 +61,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from finsent.ingest.normalize import Skip, decode_bytes, dedup_keys, known_text_encoding, make_item
+from finsent.ingest.normalize import Skip, UndecodableBytes, decode_bytes, dedup_keys, known_text_encoding, make_item
 from finsent.ingest.pipeline import Entry, Pipeline
 from finsent.ingest.publisher import PublishError
 
@@ -121,7 +121,10 @@ def inflate_gzip(data: bytes, limit: int) -> bytes:
 
 def parse_body(data: bytes, content_type: str | None) -> list[Any]:
     """The list of decoded JSON values in the body (object, array or NDJSON)."""
-    text = decode_bytes(data, content_type).strip()
+    try:  # strict: a byte not valid in the charset (UTF-8 for JSON) is a 400 naming its offset, never a re-decode
+        text = decode_bytes(data, content_type, strict=True).strip()
+    except UndecodableBytes as exc:
+        raise BadBody(str(exc)) from None
     if not text:
         raise BadBody("empty body: send a JSON object, a JSON array or NDJSON")
     mime = (content_type or "").split(";", 1)[0].strip().lower()

@@ -10,6 +10,7 @@ feed in a pool full of slow feeds is still polled at least 3 times in 8 s.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import socket
@@ -217,6 +218,66 @@ def test_decode_bytes_never_re_decodes_good_text() -> None:
     # a declared charset is still honoured, strictly too (ISO-8859-1 read as cp1252, its 5 holes as Latin-1)
     assert decode_bytes("Café €".encode("cp1252"), "application/json; charset=ISO-8859-1", strict=True) == "Café €"
     assert decode_bytes(b"a\x81b", "application/json; charset=latin-1", strict=True) == "a\x81b"
+
+
+def _mixed_body() -> tuple[bytes, int]:
+    """A JSON array: a good item, then an item whose text has one raw byte that is not UTF-8; and its offset."""
+    head = json.dumps([{"text": GOOD, "id": "good-1"}], ensure_ascii=False)[:-1].encode() + b', {"text": "bad '
+    return head + b'\xff byte", "id": "bad-1"}]', len(head)
+
+
+@pytest.mark.faults
+def test_push_with_one_bad_byte_is_refused_with_its_offset_and_stores_nothing(tmp_path) -> None:
+    from finsent.ingest.http_push import create_app
+    from tests.test_ingest_http import TOKEN, AppThread
+
+    out = tmp_path / "out.jsonl"
+    pipe = Pipeline(publisher=None, dedup=DedupStore(tmp_path / "d.sqlite3"),
+                    metrics=IngestMetrics(CollectorRegistry()), out=open(out, "w"))  # noqa: SIM115
+    srv = AppThread(create_app(pipe, token=TOKEN, max_body_bytes=20_000, max_items=50))
+    try:
+        body, offset = _mixed_body()
+        for ctype in ("application/json", "application/json; charset=utf-8", "application/x-ndjson"):
+            payload = body if "ndjson" not in ctype else body[1:-1].replace(b"}, {", b"}\n{")
+            at = payload.index(b"\xff")
+            assert at == (offset if "ndjson" not in ctype else offset - 2)
+            status, res, _ = srv.request("/v1/items", payload, ctype=ctype)
+            assert status == 400, (ctype, status, res)
+            assert f"offset {at}" in res["error"] and "0xff" in res["error"], res
+        status, res, _ = srv.request("/v1/items", json.dumps([{"text": GOOD, "id": "good-1"}]).encode())
+        assert status == 202 and res["accepted"] == ["good-1"]
+    finally:
+        srv.close()
+        pipe.out.close()
+    printed = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(p["id"], p["text"]) for p in printed] == [("good-1", GOOD)]  # published once, exactly, no mojibake
+
+
+@pytest.mark.integration
+@pytest.mark.faults
+def test_push_with_one_bad_byte_never_reaches_kafka_garbled(kafka_bootstrap, unique_name, tmp_path) -> None:
+    """Through a real broker: what is on finsent.raw after a good request and a request with one bad byte."""
+    from finsent.core.settings import Settings
+    from finsent.ingest.http_push import create_app
+    from finsent.ingest.publisher import Publisher
+    from tests.test_ingest_http import TOKEN, AppThread
+    from tests.test_ingest_support import consume_all
+
+    settings = Settings(brokers=kafka_bootstrap, topic_raw=f"raw.{unique_name}", partitions=1)
+    pipe = Pipeline(publisher=Publisher(settings), dedup=DedupStore(tmp_path / "d.sqlite3"),
+                    metrics=IngestMetrics(CollectorRegistry()))
+    srv = AppThread(create_app(pipe, token=TOKEN, publish_timeout_s=10))
+    try:
+        body, offset = _mixed_body()
+        status, res, _ = srv.request("/v1/items", body)
+        assert status == 400 and f"offset {offset}" in res["error"]
+        status, res, _ = srv.request("/v1/items", json.dumps([{"text": GOOD, "id": f"ok-{unique_name}"}]).encode())
+        assert status == 202
+        got = consume_all(kafka_bootstrap, settings.topic_raw, expect=1)
+    finally:
+        srv.close()
+        pipe.publisher.close()
+    assert [(r["id"], r["text"]) for r in got] == [(f"ok-{unique_name}", GOOD)]
 
 
 # --- minors: stray CSV quotes, replay progress, ids with whitespace, years the store cannot hold ------------
