@@ -6,8 +6,8 @@ Contract (what a client can rely on):
   ``text`` (required), ``title``, ``url``, ``source`` (default ``http``), ``source_type``
   (``news``/``social``, default ``news``), ``author``, ``published_at`` (ISO 8601 or epoch),
   ``tickers`` (list of strings), ``id`` (your stable id; else derived from url/guid/content),
-  ``guid``. The charset of ``Content-Type`` is honoured. Every item goes through the same
-  normaliser as the feeds.
+  ``guid``. The charset of ``Content-Type`` is honoured (UTF-8 if none); a body not valid in it is
+  ``400`` naming the offset of the first bad byte. Every item goes through the same normaliser as the feeds.
 * ``202`` only after the broker acknowledged every accepted item: ``{"accepted": [ids],
   "duplicates": [ids], "rejected": [{"index", "reason", "detail"}]}``. Items that are bad are
   rejected individually (the good ones in the same request are still accepted); when no item
