@@ -1,6 +1,7 @@
 """Export a trained :class:`~models.modeling.MultiTaskClassifier` to a model directory.
 
-One ONNX graph with both heads' logits out and dynamic batch/sequence axes, written with the
+One ONNX graph with both heads' logits out (and ``token_logits`` [batch, sequence, tags] for a model
+with an entity head, :mod:`finsent.models.entity_head`) and dynamic batch/sequence axes, written with the
 legacy TorchScript exporter (``dynamo=False``: it handled this model where the dynamo path and
 ``quant_pre_process`` did not). The exported graph is run through onnxruntime on real text and
 compared with PyTorch; the maximum absolute logit difference (fp32 graph and fp16-storage graph)
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from finsent.models.entity_head import TOKEN_OUTPUT
 from finsent.models.modeldir import (
     CARD_FILE,
     INPUT_NAMES,
@@ -69,21 +71,29 @@ def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, 
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def output_names(model: Any) -> tuple[str, ...]:
+    """The graph's outputs: both item heads' logits, plus ``token_logits`` for a model with an entity head."""
+    return (*OUTPUT_NAMES, TOKEN_OUTPUT) if getattr(model, "token_head", None) is not None else OUTPUT_NAMES
+
+
 def export_onnx(model: Any, path: Path, example: dict[str, np.ndarray]) -> None:
     """torch -> ONNX (legacy exporter, opset 17, dynamic batch and sequence axes)."""
     import torch
 
     model.eval()
     args = (torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"]))
+    names = output_names(model)
     dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
     dynamic.update({name: {0: "batch"} for name in OUTPUT_NAMES})
+    if TOKEN_OUTPUT in names:
+        dynamic[TOKEN_OUTPUT] = {0: "batch", 1: "sequence"}
     with torch.no_grad():
         torch.onnx.export(
             model,
             args,
             str(path),
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(names),
             dynamic_axes=dynamic,
             opset_version=OPSET,
             do_constant_folding=True,
@@ -97,7 +107,8 @@ def _max_diff(onnx_path: Path, feed: dict[str, np.ndarray], reference: Sequence[
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    outs = sess.run(list(OUTPUT_NAMES), feed)
+    names = (*OUTPUT_NAMES, TOKEN_OUTPUT)[: len(reference)]
+    outs = sess.run(list(names), feed)
     return float(max(np.abs(o - r).max() for o, r in zip(outs, reference, strict=True)))
 
 
@@ -139,6 +150,12 @@ def export_model_dir(
     if version.endswith("-auto"):
         version = version[: -len("auto")] + file_digest(out_dir / MODEL_FILE, 8)
     extra = dict(info.extra)
+    if getattr(model, "token_head", None) is not None:
+        from finsent.models.entity_head import TAGS
+
+        if model.token_head.out_features != len(TAGS):
+            raise ValueError(f"token head has {model.token_head.out_features} outputs; TAGS has {len(TAGS)}")
+        extra.update({"token_tags": list(TAGS), **model.token_config()})
     extra.update(
         {
             "onnx_opset": OPSET,

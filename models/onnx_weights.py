@@ -57,6 +57,11 @@ def onnx_state_dict(model_file: Path) -> dict[str, np.ndarray]:
         node for node in graph.node
         if node.op_type == "MatMul" and any(source.get(i, "").startswith("onnx::") for i in node.input)
     ]  # fmt: skip
+    # an entity head's tag layer (models.entity_head) is a MatMul outside the encoder, named after its module
+    for node in [m for m in matmuls if m.name.startswith(("/token_out/", "/token_proj/"))]:
+        matmuls.remove(node)
+        weight = next(source[i] for i in node.input if source.get(i, "").startswith("onnx::"))
+        out[node.name.split("/")[1] + ".weight"] = arrays[weight].T.copy()
     if not matmuls or len(matmuls) % len(_LINEAR):
         raise ValueError(f"{model_file}: {len(matmuls)} weight MatMuls; expected {len(_LINEAR)} per encoder layer")
     layers = len(matmuls) // len(_LINEAR)
@@ -103,7 +108,7 @@ def load_from_onnx(model_dir: Path, attn_implementation: str = "sdpa") -> Any:
     """The :class:`~finsent.models.modeling.MultiTaskClassifier` whose export is ``model_dir`` (eval mode)."""
     import torch
 
-    from finsent.models.modeling import MultiTaskClassifier, build_encoder
+    from finsent.models.modeling import MultiTaskClassifier, build_encoder, token_kwargs
 
     info = read_model_info(model_dir)
     state = onnx_state_dict(model_dir / MODEL_FILE)
@@ -111,7 +116,8 @@ def load_from_onnx(model_dir: Path, attn_implementation: str = "sdpa") -> Any:
     if not heads:
         raise ValueError(f"{model_dir}: labels.json lacks num_heads; cannot rebuild the encoder")
     config = encoder_config(state, heads)
-    model = MultiTaskClassifier(build_encoder(config, attn_implementation), len(info.sentiment), len(info.topic))
+    model = MultiTaskClassifier(build_encoder(config, attn_implementation), len(info.sentiment), len(info.topic),
+                                **token_kwargs(info.extra))  # a three-head version keeps its entity head
     tensors = {k: torch.from_numpy(v) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     # the pooler is unused (mean pooling), so it is not in the graph; buffers are not parameters

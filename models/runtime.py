@@ -59,6 +59,7 @@ import numpy as np
 from finsent.core.errors import ModelError
 from finsent.core.events import EntityMention
 from finsent.models.batching import CPU_CALL_OVERHEAD_TOKENS, length_batches
+from finsent.models.entity_head import TOKEN_OUTPUT, Span, decode_spans, map_spans, prepare_with_map
 from finsent.models.modeldir import (
     INPUT_NAMES,
     MODEL_FILE,
@@ -212,6 +213,13 @@ class Classifier:
         self.preprocess: tuple[str, ...] = check_steps(info.extra.get("preprocess", ()))
         self.text_cache = TextCache(text_cache_size)
         self._collapse_spaces = self._spaces_are_insignificant()
+        # an entity head (models.entity_head) is used when the graph has its output and labels.json its tags;
+        # a two-head model (older versions, registries) loads and runs as before
+        outputs = {o.name for o in session.get_outputs()}  # type: ignore[attr-defined]
+        self.token_tags: tuple[str, ...] = tuple(info.extra.get("token_tags", ()))
+        self._outputs = list(OUTPUT_NAMES)
+        if self.token_tags and TOKEN_OUTPUT in outputs:
+            self._outputs.append(TOKEN_OUTPUT)
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -348,7 +356,9 @@ class Classifier:
         return bool(a.ids == b.ids)
 
     def cache_key(self, prepared: str) -> str:
-        return _WHITESPACE.sub(" ", prepared).strip() if self._collapse_spaces else prepared
+        # with an entity head the cached answer holds character offsets: only the exact same text may share it
+        collapse = self._collapse_spaces and TOKEN_OUTPUT not in self._outputs
+        return _WHITESPACE.sub(" ", prepared).strip() if collapse else prepared
 
     def predict(self, texts: Sequence[str], titles: Sequence[str | None] | None = None) -> list[Prediction]:
         """Classify ``texts`` (each with its ``titles[i]``, if given); the result is in the same order. Thread-safe."""
@@ -384,10 +394,17 @@ class Classifier:
             out = [found[k] for k in keys]
         out = [dataclasses.replace(p, truncated=True) if cut and not p.truncated else p
                for p, cut in zip(out, too_long, strict=True)]
+        model_spans: list[list[Span] | None] = [None] * len(out)
+        if TOKEN_OUTPUT in self._outputs:  # _score parked the entity head's spans (prepared-text offsets) here
+            for i, t in enumerate(texts):
+                spans, out[i] = list(out[i].entities), dataclasses.replace(out[i], entities=())
+                text, where = prepare_with_map(t[: self.max_chars], self.preprocess)
+                if spans and text == prepared[i]:
+                    model_spans[i] = map_spans(spans, where)  # type: ignore[arg-type]
         if self.linker is not None:
             link = self.linker.extract_entities  # type: ignore[attr-defined]
             for i, t in enumerate(texts):
-                found = link(t[: self.max_chars], title_lens[i] if title_lens else 0)
+                found = link(t[: self.max_chars], title_lens[i] if title_lens else 0, model_spans[i])
                 if found:  # a text without entities keeps its (possibly cached) Prediction object
                     out[i] = dataclasses.replace(out[i], entities=tuple(found))
         return out
@@ -405,6 +422,7 @@ class Classifier:
             encodings = self._tokenizer.encode_batch(prepared, add_special_tokens=True)  # type: ignore[attr-defined]
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(lengths, kind="stable")
+        spans: list[list[Span]] = [[] for _ in prepared]
         sent_probs = np.empty((len(prepared), len(self.sentiment_labels)), dtype=np.float32)
         topic_probs = np.empty((len(prepared), len(self.topic_labels)), dtype=np.float32)
         for start, end in self._batches(lengths[order]):
@@ -420,7 +438,12 @@ class Classifier:
             feed = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in self._input_names:
                 feed["token_type_ids"] = np.zeros_like(ids)
-            s_logits, t_logits = self._session.run(list(OUTPUT_NAMES), feed)  # type: ignore[attr-defined]
+            s_logits, t_logits, *tokens = self._session.run(self._outputs, feed)  # type: ignore[attr-defined]
+            for row, j in enumerate(idx):  # the entity head: spans over the prepared text
+                if tokens:
+                    enc = encodings[j]
+                    spans[j] = decode_spans(tokens[0][row, : len(enc.ids)], enc.offsets, enc.special_tokens_mask,
+                                            prepared[j])
             if s_logits.shape[1] != len(self.sentiment_labels) or t_logits.shape[1] != len(self.topic_labels):
                 raise ValueError(
                     f"{self.model_dir}: head sizes {s_logits.shape[1]}/{t_logits.shape[1]} do not match labels.json "
@@ -441,6 +464,8 @@ class Classifier:
                     topic=self.topic_labels[int(t_best[i])],
                     topic_prob=float(topic_probs[i, t_best[i]]),
                     truncated=bool(enc.overflowing),
+                    # internal until predict(): the entity head's raw spans, which predict() links or drops
+                    entities=tuple(spans[i]),  # type: ignore[arg-type]
                 )
             )
         return out

@@ -243,6 +243,19 @@ def quantize_rows(model: onnx.ModelProto, exclude: Collection[str] = ()) -> onnx
     """
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
+    # the exporter writes a weight that two layers share (an entity branch's copied layer) once, the second use
+    # through an Identity node: read such weights straight from the initializer so both uses are quantised
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits}
+    if alias:
+        for n in graph.node:
+            for k, name in enumerate(n.input):
+                if name in alias:
+                    n.input[k] = alias[name]
+        kept_nodes = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+        if any(o.name in alias for o in graph.output):
+            kept_nodes = list(graph.node)  # a graph output must keep its producer
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
     consts = [
         numpy_helper.from_array(np.array(128, np.uint8), "rowq/zero_point"),
         numpy_helper.from_array(np.array(1e-12, np.float32), "rowq/eps"),
@@ -307,7 +320,8 @@ def quantize_rows(model: onnx.ModelProto, exclude: Collection[str] = ()) -> onnx
         new_inits = consts + new_inits
     del graph.node[:]
     graph.node.extend(nodes)
-    kept = [i for i in graph.initializer if i.name not in replaced] + new_inits
+    still_used = {name for n in nodes for name in n.input}  # e.g. a weight shared with a node left in fp32
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in still_used] + new_inits
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return model

@@ -1,0 +1,259 @@
+"""The entity head's data and decoding: FinEntity paragraphs -> BIO tags with polarity -> character spans.
+
+The token head tags every WordPiece token with one of :data:`TAGS` (``O``, ``B-NEG``, ``I-NEG``, ``B-NEU``,
+``I-NEU``, ``B-POS``, ``I-POS``): a span and its sentiment in one label, the scheme FinEntity's own FinBERT-CRF
+baseline uses (0.84 micro-F1), and one that costs one linear layer over tokens the encoder has already computed,
+so the hot path keeps one forward pass per batch.
+
+Only ``numpy`` is imported at module level: the runtime decodes spans with :func:`decode_spans` (no torch).
+
+* **Data** (:func:`read_finentity_spans`): FinEntity's ``start``/``end`` are shifted by a few characters on about
+  3% of spans while ``value`` is right, so each span is realigned to the occurrence of ``value`` nearest
+  ``start`` (:func:`realign`); a span whose ``value`` is nowhere in the paragraph is dropped and counted.
+* **Split** (:func:`finentity_split`): a fixed 80/20 split of the paragraphs by seed; the 20% is never trained
+  on and is what the model card's entity figures are measured on.
+* **Text preparation** (:func:`prepare_with_map`): the runtime scores prepared text (links stripped, spaces
+  squeezed); the map from prepared to original characters puts spans back on the caller's text.
+* **Decoding** (:func:`decode_spans`): a span starts at a ``B-`` tag (or an ``I-`` tag after ``O``, the lenient
+  reading) and runs over the following ``I-`` tokens and WordPiece continuations; its sentiment probabilities are
+  the mean over its tokens of each polarity's B+I probability. Character offsets come from the tokenizer's
+  offset mapping, so they index the scored text exactly (non-ASCII and emoji included). Text cut by the
+  model's token limit has no tokens, so an entity there is not found; an entity cut in the middle by the
+  limit ends at the last token the model saw.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from finsent.models.textprep import STRIP_URLS
+
+#: token tags, in the token head's output order
+TAGS: tuple[str, ...] = ("O", "B-NEG", "I-NEG", "B-NEU", "I-NEU", "B-POS", "I-POS")
+#: polarity code in a tag -> the sentiment label the rest of finsent uses
+POLARITY: dict[str, str] = {"NEG": "negative", "NEU": "neutral", "POS": "positive"}
+SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
+#: FinEntity's labels -> polarity codes
+FINENTITY_LABELS: dict[str, str] = {"negative": "NEG", "neutral": "NEU", "positive": "POS"}
+#: name of the token head's output in the ONNX graph ([batch, sequence, len(TAGS)] logits)
+TOKEN_OUTPUT = "token_logits"
+SPLIT_SEED = 13
+IGNORE = -100
+
+#: (start, end, sentiment, probabilities): what :func:`finsent.models.linking.extract_entities` takes
+Span = tuple[int, int, str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class EntityParagraph:
+    text: str
+    #: (start, end, sentiment) character spans into ``text``, realigned to ``value``
+    spans: tuple[tuple[int, int, str], ...]
+
+
+def realign(text: str, value: str, start: int, window: int = 40) -> int:
+    """Where ``value`` starts in ``text``: ``start`` if it is there, else the occurrence nearest ``start``
+    (searched within ``window`` characters first, then anywhere); -1 when ``value`` does not occur."""
+    if text[start : start + len(value)] == value:
+        return start
+    found = [m.start() for m in re.finditer(re.escape(value), text)]
+    if not found:
+        return -1
+    near = [f for f in found if abs(f - start) <= window]
+    return min(near or found, key=lambda f: abs(f - start))
+
+
+def read_finentity_spans(path: str | Path) -> tuple[list[EntityParagraph], dict[str, int]]:
+    """FinEntity-format paragraphs with realigned spans, and counts (``shifted``, ``dropped``, ``spans``)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    out: list[EntityParagraph] = []
+    stats = {"spans": 0, "shifted": 0, "dropped": 0, "overlapping": 0}
+    for para in data:
+        text = para["content"]
+        spans: list[tuple[int, int, str]] = []
+        for ann in para.get("annotations", []):
+            value, label = ann["value"], str(ann["label"]).strip().lower()
+            if label not in FINENTITY_LABELS or not value.strip():
+                stats["dropped"] += 1
+                continue
+            stats["spans"] += 1
+            start = realign(text, value, int(ann.get("start", 0)))
+            if start < 0:
+                stats["dropped"] += 1
+                continue
+            if start != ann.get("start"):
+                stats["shifted"] += 1
+            spans.append((start, start + len(value), POLARITY[FINENTITY_LABELS[label]]))
+        spans.sort()
+        kept: list[tuple[int, int, str]] = []
+        for s in spans:  # an overlapping or repeated annotation keeps the first
+            if kept and s[0] < kept[-1][1]:
+                stats["overlapping"] += 1
+                continue
+            kept.append(s)
+        out.append(EntityParagraph(text, tuple(kept)))
+    return out, stats
+
+
+def finentity_split(paragraphs: Sequence[EntityParagraph], seed: int = SPLIT_SEED, test: float = 0.2):
+    """``(train, test)``: a fixed shuffle of the paragraphs by ``seed``; the last ``test`` share is held out."""
+    idx = list(range(len(paragraphs)))
+    random.Random(seed).shuffle(idx)
+    n_test = int(round(len(idx) * test))
+    held = set(idx[:n_test])
+    return ([p for i, p in enumerate(paragraphs) if i not in held], [p for i, p in enumerate(paragraphs) if i in held])
+
+
+def token_tags(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int, str]],
+               special: Sequence[int]) -> list[int]:
+    """The tag index of each token: special tokens get :data:`IGNORE`, tokens inside a span ``B-``/``I-``."""
+    code = {v: k for k, v in POLARITY.items()}
+    tags = [IGNORE if sp else 0 for sp in special]
+    for s, e, sentiment in spans:
+        first = True
+        for i, (a, b) in enumerate(offsets):
+            if special[i] or b <= s or a >= e:
+                continue
+            tags[i] = TAGS.index(("B-" if first else "I-") + code[sentiment])
+            first = False
+    return tags
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def decode_spans(logits: np.ndarray, offsets: Sequence[tuple[int, int]], special: Sequence[int],
+                 text: str) -> list[Span]:
+    """Character spans ``(start, end, sentiment, probs)`` from one text's token logits ``[tokens, len(TAGS)]``.
+
+    ``offsets``/``special``: the tokenizer's offset mapping and special-token mask for the same tokens;
+    spans index ``text``, the string that was tokenised.
+    """
+    probs = _softmax(np.asarray(logits, dtype=np.float32))
+    best = probs.argmax(axis=-1)
+    spans: list[Span] = []
+    cur: list[int] = []
+
+    def close() -> None:
+        if not cur:
+            return
+        p = probs[cur]
+        pol = np.stack([p[:, 1] + p[:, 2], p[:, 3] + p[:, 4], p[:, 5] + p[:, 6]], axis=1).mean(axis=0)
+        pol = pol / pol.sum()
+        start, end = offsets[cur[0]][0], offsets[cur[-1]][1]
+        if end > start and text[start:end].strip():
+            label = SENTIMENTS[int(pol.argmax())]
+            spans.append((int(start), int(end), label, {k: float(v) for k, v in zip(SENTIMENTS, pol, strict=True)}))
+        cur.clear()
+
+    for i, tag in enumerate(best):
+        if special[i]:
+            close()
+            continue
+        name = TAGS[int(tag)]
+        continuation = bool(cur) and offsets[i][0] == offsets[cur[-1]][1] and name != "O"
+        if name == "O":
+            close()
+        elif name.startswith("B-") and not continuation:
+            close()
+            cur.append(i)
+        else:  # I- tag, or a B- tag glued to the previous word piece: extend (or start, leniently)
+            cur.append(i)
+    close()
+    return spans
+
+
+def prepare_with_map(text: str, steps: Sequence[str]) -> tuple[str, list[int]]:
+    """The runtime's text preparation (:func:`finsent.models.textprep.prepare`) plus, for each character of the
+    result, its index in ``text`` (one past the end: ``len(text)``), so spans map back to the caller's string."""
+    if STRIP_URLS not in steps:
+        return text, list(range(len(text) + 1))
+    from finsent.models.textprep import _URL, strip_urls
+
+    chars: list[str] = []
+    where: list[int] = []
+    pos = 0
+    for m in _URL.finditer(text):
+        chars += list(text[pos : m.start()]) + [" "]
+        where += list(range(pos, m.start())) + [m.start()]
+        pos = m.end()
+    chars += list(text[pos:])
+    where += list(range(pos, len(text)))
+    # squeeze runs of 2+ whitespace characters to one space, then strip (strip_urls' rules)
+    out_c: list[str] = []
+    out_w: list[int] = []
+    i = 0
+    while i < len(chars):
+        if chars[i].isspace():
+            j = i
+            while j < len(chars) and chars[j].isspace():
+                j += 1
+            if j - i >= 2:
+                out_c.append(" ")
+                out_w.append(where[i])
+            else:
+                out_c.append(chars[i])
+                out_w.append(where[i])
+            i = j
+        else:
+            out_c.append(chars[i])
+            out_w.append(where[i])
+            i += 1
+    lo, hi = 0, len(out_c)
+    while lo < hi and out_c[lo].isspace():
+        lo += 1
+    while hi > lo and out_c[hi - 1].isspace():
+        hi -= 1
+    prepared = "".join(out_c[lo:hi])
+    if prepared != strip_urls(text):  # a text that is nothing but links is kept as is
+        return text, list(range(len(text) + 1))
+    return prepared, out_w[lo:hi] + [len(text)]
+
+
+def map_spans(spans: Sequence[Span], where: Sequence[int]) -> list[Span]:
+    """Spans over a prepared text -> spans over the original text (``where`` from :func:`prepare_with_map`)."""
+    out = []
+    for s, e, label, probs in spans:
+        out.append((where[s], where[e - 1] + 1, label, probs))
+    return out
+
+
+def span_f1(gold: Sequence[EntityParagraph], predicted: Sequence[Sequence[Span]]) -> dict[str, dict[str, float]]:
+    """Span and span+sentiment micro P/R/F1, matched per paragraph on the normalised surface text (the rule of
+    ``finsent eval`` on FinEntity files: :func:`finsent.models.linking.normalise_name`)."""
+    from finsent.models.linking import normalise_name
+
+    span = [0, 0, 0]
+    full = [0, 0, 0]
+    for para, pred in zip(gold, predicted, strict=True):
+        g = {(normalise_name(para.text[s:e]), lab) for s, e, lab in para.spans}
+        p = {(normalise_name(para.text[s:e]), lab) for s, e, lab, _ in pred}
+        gs, ps = {x for x, _ in g}, {x for x, _ in p}
+        for c, a, b in ((span, gs, ps), (full, g, p)):
+            c[0] += len(a & b)
+            c[1] += len(b - a)
+            c[2] += len(a - b)
+
+    def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+        pr = tp / (tp + fp) if tp + fp else 0.0
+        rc = tp / (tp + fn) if tp + fn else 0.0
+        return {"precision": round(pr, 4), "recall": round(rc, 4), "f1": round(2 * pr * rc / (pr + rc), 4)
+                if pr + rc else 0.0, "tp": tp, "fp": fp, "fn": fn}
+
+    return {"span": prf(*span), "span_sentiment": prf(*full)}
+
+
+__all__ = [
+    "FINENTITY_LABELS", "IGNORE", "POLARITY", "SENTIMENTS", "SPLIT_SEED", "Span", "TAGS", "TOKEN_OUTPUT",
+    "EntityParagraph", "decode_spans", "finentity_split", "map_spans", "prepare_with_map", "read_finentity_spans",
+    "realign", "span_f1", "token_tags",
+]

@@ -1,0 +1,241 @@
+"""The entity head (issue 24): FinEntity realignment, BIO tags <-> character spans, the three-head graph
+through the shipping exporter and runtime, and old two-head models still loading.
+
+The wiring uses tiny random models; spans are forced by setting the token head's bias, so what is checked is
+the plumbing (offsets back onto the caller's text through link stripping, non-ASCII, emoji and truncation),
+not the trained head's quality (bench/RESULTS.md, "Entity head").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finsent.models.entity_head import (
+    IGNORE,
+    TAGS,
+    TOKEN_OUTPUT,
+    EntityParagraph,
+    decode_spans,
+    finentity_split,
+    map_spans,
+    prepare_with_map,
+    read_finentity_spans,
+    realign,
+    span_f1,
+    token_tags,
+)
+from finsent.models.runtime import Classifier
+from finsent.models.testing import TINY_MAX_LENGTH, make_tiny_model, tiny_tokenizer
+from finsent.models.textprep import strip_urls
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+def test_realign_moves_a_shifted_span_onto_its_value() -> None:
+    text = "Acme rose while Widget Corp fell and Acme hired."
+    assert realign(text, "Widget Corp", 16) == 16  # already right
+    assert realign(text, "Widget Corp", 13) == 16  # shifted by 3
+    assert realign(text, "Acme", 30) == 37  # the nearest of two occurrences
+    assert realign(text, "Zeta", 5) == -1
+
+
+def test_read_finentity_realigns_and_counts(tmp_path: Path) -> None:
+    text = "Acme rose while Widget Corp fell."
+    data = [{"content": text, "annotations": [
+        {"start": 0, "end": 4, "value": "Acme", "label": "Positive"},
+        {"start": 14, "end": 25, "value": "Widget Corp", "label": "Negative"},  # shifted by 2
+        {"start": 0, "end": 4, "value": "Nowhere", "label": "Neutral"},  # not in the text
+    ]}]
+    path = tmp_path / "fe.json"
+    path.write_text(json.dumps(data))
+    paras, stats = read_finentity_spans(path)
+    assert paras[0].spans == ((0, 4, "positive"), (16, 27, "negative"))
+    assert stats == {"spans": 3, "shifted": 1, "dropped": 1, "overlapping": 0}
+
+
+def test_split_is_fixed_and_disjoint() -> None:
+    paras = [EntityParagraph(f"text {i}", ()) for i in range(50)]
+    a_train, a_test = finentity_split(paras)
+    b_train, b_test = finentity_split(paras)
+    assert [p.text for p in a_test] == [p.text for p in b_test] and len(a_test) == 10
+    assert not {p.text for p in a_train} & {p.text for p in a_test}
+
+
+# --- tags <-> spans ----------------------------------------------------------------------------------------
+
+TEXTS = [
+    "acme shares rise but widget corp falls",
+    "Société Générale rises 5% 🚀 after Crédit Agricole deal",
+    "  oil   up\t\tgold down  https://t.co/AbC123 and bonds https://example.com/x?y=1 rise ",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_gold_tags_decode_back_to_the_same_spans(text: str) -> None:
+    """Oracle logits from the gold tags give back exactly the gold character spans, emoji and accents included."""
+    tok = tiny_tokenizer()
+    words = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
+    gold = [(words[0][0], words[0][1], "positive"), (words[-2][0], words[-1][1], "negative")]
+    enc = tok.encode(text)
+    tags = token_tags(enc.offsets, gold, enc.special_tokens_mask)
+    assert tags[0] == IGNORE and tags[-1] == IGNORE  # [CLS], [SEP]
+    logits = np.full((len(tags), len(TAGS)), -9.0, dtype=np.float32)
+    for i, t in enumerate(tags):
+        logits[i, max(t, 0)] = 9.0
+    spans = decode_spans(logits, enc.offsets, enc.special_tokens_mask, text)
+    assert [(s, e, lab) for s, e, lab, _ in spans] == gold
+    assert all(abs(sum(p.values()) - 1) < 1e-5 for *_, p in spans)
+
+
+def test_span_f1_matches_on_normalised_surface_and_sentiment() -> None:
+    gold = [EntityParagraph("Acme Inc. rose, Widget fell", ((0, 9, "positive"), (16, 22, "negative")))]
+    pred = [[(0, 4, "positive", {}), (16, 22, "neutral", {})]]  # "Acme" == "Acme Inc." once normalised
+    r = span_f1(gold, pred)
+    assert r["span"]["f1"] == 1.0
+    assert r["span_sentiment"]["tp"] == 1 and r["span_sentiment"]["fp"] == 1 and r["span_sentiment"]["fn"] == 1
+
+
+@pytest.mark.parametrize("text", [*TEXTS, "https://t.co/x", "plain text", "a  b", "x https://t.co/y"])
+def test_prepare_with_map_is_the_runtime_preparation_and_maps_back(text: str) -> None:
+    prepared, where = prepare_with_map(text, ("strip_urls",))
+    assert prepared == strip_urls(text)
+    assert len(where) == len(prepared) + 1
+    for i, ch in enumerate(prepared):
+        assert ch == text[where[i]] or (ch == " " and text[where[i]].isspace()) or text[where[i]:].startswith(
+            ("http", "www")), (i, ch)
+    for m in __import__("re").finditer(r"[A-Za-z]+", prepared):
+        (s, e, *_), = map_spans([(m.start(), m.end(), "neutral", {})], where)
+        assert text[s:e] == m.group()
+
+
+# --- the three-head graph through exporter and runtime ---------------------------------------------------
+
+
+def _three_head(out: Path, tag: str = "B-NEG", layers: tuple[int, ...] = (1, -1)) -> Path:
+    """A tiny three-head model whose token head says ``tag`` for every token (bias), exported for real."""
+    import torch
+
+    from finsent.models.export import export_model_dir
+    from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
+    from finsent.models.modeldir import ModelInfo
+    from finsent.models.modeling import MultiTaskClassifier, build_encoder
+    from finsent.models.testing import _tiny_config
+
+    torch.manual_seed(0)
+    model = MultiTaskClassifier(build_encoder(_tiny_config()), len(SENTIMENT_LABELS), len(TOPIC_LABELS), dropout=0.0,
+                                n_token_tags=len(TAGS), token_layers=layers, token_hidden=16)
+    with torch.no_grad():
+        model.token_conv.weight.zero_()
+        model.token_head.weight.zero_()
+        model.token_head.bias.fill_(-5.0)
+        model.token_head.bias[TAGS.index(tag)] = 5.0
+    info = ModelInfo("tiny-ent-auto", SENTIMENT_LABELS, TOPIC_LABELS, TINY_MAX_LENGTH,
+                     {"base_model": "random (tests only)", "num_heads": 2, "hidden_size": 32,
+                      "preprocess": ["strip_urls"]})
+    export_model_dir(model, tiny_tokenizer(), out, info, card="# tiny three-head model\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def three_head_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _three_head(tmp_path_factory.mktemp("ent"))
+
+
+def test_export_writes_token_logits_and_tags(three_head_dir: Path) -> None:
+    import onnx
+
+    graph = onnx.load(str(three_head_dir / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["sentiment_logits", "topic_logits", TOKEN_OUTPUT]
+    labels = json.loads((three_head_dir / "labels.json").read_text())
+    assert labels["token_tags"] == list(TAGS) and labels["token_layers"] == [1, -1] and labels["token_hidden"] == 16
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_runtime_spans_point_into_the_callers_text(three_head_dir: Path, tmp_path: Path, variant: str) -> None:
+    """Every word becomes a negative model span; offsets index the text as given (links, spaces, accents, emoji)."""
+    clf = Classifier.load(three_head_dir, variant=variant, cache_dir=tmp_path)
+    assert TOKEN_OUTPUT in clf._outputs
+    for text, pred in zip(TEXTS, clf.predict(TEXTS), strict=True):
+        assert pred.entities, text
+        for m in pred.entities:
+            assert text[m.start:m.end] == m.text and m.text.strip() == m.text and "http" not in m.text
+            if m.entity_id is None:  # unlinked: the model's own span and sentiment
+                assert m.sentiment == "negative" and m.sentiment_probs["negative"] > 0.99
+
+
+def test_titles_shift_spans_into_the_scored_text(three_head_dir: Path, tmp_path: Path) -> None:
+    clf = Classifier.load(three_head_dir, variant="fp32", cache_dir=tmp_path)
+    (pred,) = clf.predict(["gold falls"], titles=["oil rises"])
+    scored = "oil rises\n\ngold falls"
+    assert {scored[m.start:m.end] for m in pred.entities} >= {"oil", "gold"}
+
+
+def test_truncated_text_has_spans_only_inside_the_token_window(three_head_dir: Path, tmp_path: Path) -> None:
+    clf = Classifier.load(three_head_dir, variant="fp32", cache_dir=tmp_path)
+    text = " ".join(f"w{i}" for i in range(200))  # far beyond the tiny model's 64 tokens
+    (pred,) = clf.predict([text])
+    assert pred.truncated
+    assert pred.entities and max(m.end for m in pred.entities) < len(text) // 2
+    assert all(text[m.start:m.end] == m.text for m in pred.entities)
+
+
+def test_no_entity_tag_gives_no_model_spans(tmp_path: Path) -> None:
+    d = _three_head(tmp_path / "o", tag="O", layers=(-1,))
+    clf = Classifier.load(d, variant="fp32", cache_dir=tmp_path / "c")
+    (pred,) = clf.predict(["widget corp falls after oil drops"])
+    assert all(m.entity_id is not None for m in pred.entities)  # only gazetteer matches remain, if any
+
+
+def test_three_head_int8_is_batch_independent_spans_included(three_head_dir: Path, tmp_path: Path) -> None:
+    clf = Classifier.load(three_head_dir, variant="int8", cache_dir=tmp_path)
+    texts = TEXTS * 4 + ["oil " * n for n in range(1, 12)]
+    alone = [clf.predict([t])[0] for t in texts]
+    together = clf.predict(texts)
+    for a, b in zip(alone, together, strict=True):
+        key = [(m.start, m.end, m.sentiment) for m in a.entities]
+        assert key == [(m.start, m.end, m.sentiment) for m in b.entities]
+        assert max(abs(a.sentiment_probs[k] - b.sentiment_probs[k]) for k in a.sentiment_probs) < 1e-4
+
+
+def test_two_head_models_still_load_and_score(tmp_path: Path) -> None:
+    d = make_tiny_model(tmp_path / "two")
+    clf = Classifier.load(d, variant="fp32", cache_dir=tmp_path / "c")
+    assert TOKEN_OUTPUT not in clf._outputs and clf.token_tags == ()
+    (pred,) = clf.predict(["widget corp falls"])
+    assert pred.sentiment in ("negative", "neutral", "positive")
+    assert all(m.entity_id is not None for m in pred.entities)  # gazetteer only: no model spans
+
+
+def test_train_entity_head_keeps_the_item_heads_exactly(tmp_path: Path) -> None:
+    """The shipping training path on the tiny model: a three-head directory whose item outputs equal the parent's."""
+    from finsent.models.train import EntityConfig, train_entity_head
+
+    rows = []
+    for i in range(12):
+        text = f"widget corp shares rise {i} while acme falls after the deal"
+        rows.append({"content": text, "annotations": [
+            {"start": 0, "end": 11, "value": "widget corp", "label": "Positive"},
+            {"start": text.index("acme") + 1, "end": 0, "value": "acme", "label": "Negative"},  # shifted start
+        ]})
+    data = tmp_path / "fe.json"
+    data.write_text(json.dumps(rows))
+    parent = make_tiny_model(tmp_path / "parent")
+    out = tmp_path / "three"
+    m = train_entity_head(EntityConfig(str(parent), str(out), str(data), token_layers=(1, -1), token_proj=16,
+                                       token_hidden=16, epochs=3, lr=1e-2))
+    assert m["finentity"]["stats"]["shifted"] == 12 and m["finentity"]["held_out"] == 2
+    assert {"span", "span_sentiment"} <= set(m["held_out"]) and len(m["history"]) == 3
+    texts = ["widget corp shares rise", "acme falls after the deal", "oil up"]
+    a = Classifier.load(parent, variant="fp32", cache_dir=tmp_path / "c", entities=False).predict(texts)
+    b = Classifier.load(out, variant="fp32", cache_dir=tmp_path / "c", entities=False).predict(texts)
+    for x, y in zip(a, b, strict=True):
+        assert (x.sentiment, x.topic) == (y.sentiment, y.topic)
+        assert max(abs(x.sentiment_probs[k] - y.sentiment_probs[k]) for k in x.sentiment_probs) < 1e-4
+    from finsent.models.onnx_weights import load_from_onnx
+
+    rebuilt = load_from_onnx(out)  # a registry version with an entity head can be rebuilt for retraining
+    assert rebuilt.token_head is not None and rebuilt.token_config()["token_proj"] == 16
