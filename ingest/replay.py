@@ -55,6 +55,13 @@ _KNOWN = {"text", "title", "url", "source", "source_type", "author", "tickers", 
 CSV_FIELD_LIMIT = 16 * 1024 * 1024
 #: bad rows listed in the summary and logged one by one at WARNING (the rest are counted, at DEBUG)
 MAX_BAD_ROWS = 100
+#: Longest JSON line read (characters). An item's text is cut at 20,000 characters and a message may
+#: not exceed 1 MB, so a longer line cannot be a usable row: it is a bad row (``too_long``), skipped
+#: in chunks without ever being held whole (a 50 MB line took the replay to 975 MB before).
+MAX_LINE_CHARS = 4 * 1024 * 1024
+#: Largest JSON-array file accepted. An array is parsed whole (so it is checked before any row is
+#: used), which costs several times its size in memory; larger files must be JSON lines.
+MAX_JSON_ARRAY_BYTES = 32 * 1024 * 1024
 #: seconds between progress lines on stderr when there is no terminal for the bar (a pod, a pipe, a log file)
 PROGRESS_EVERY_S = 5.0
 
@@ -308,11 +315,33 @@ def _csv_rows(path: Path, fh: Any) -> Iterator[_Row]:
         yield _Row(n, lines.first_line(), row)
 
 
+def _bounded_lines(fh: Any, limit: int) -> Iterator[str | None]:
+    """The file's lines, each read with at most ``limit`` characters held; ``None`` for a longer line,
+    whose rest is skipped in chunks of ``limit``."""
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith("\n"):
+            yield line
+            continue
+        while True:  # the rest of the long line, a chunk at a time
+            rest = fh.readline(limit)
+            if not rest or rest.endswith("\n"):
+                break
+        yield None
+
+
 def _rows(path: Path, encoding: str) -> Iterator[_Row]:
     """Every row of a CSV, JSONL or JSON-array file, with its line; unusable ones with a reason."""
     suffix = path.suffix.lower()
     with path.open("r", encoding=encoding, newline="") as fh:
         if suffix == ".json" and fh.read(64).lstrip().startswith("["):  # a JSON array of objects
+            size = path.stat().st_size
+            if size > MAX_JSON_ARRAY_BYTES:
+                raise ReplayInputError(
+                    f"{path} is a JSON array of {size / 2**20:.0f} MiB; arrays over {MAX_JSON_ARRAY_BYTES >> 20} MiB "
+                    "are not read whole", hint=f"convert it to JSON lines: jq -c '.[]' {path} > {path.stem}.jsonl")
             fh.seek(0)
             for n, (line, obj) in enumerate(_json_array(path, fh.read()), start=1):
                 if isinstance(obj, dict):
@@ -323,7 +352,12 @@ def _rows(path: Path, encoding: str) -> Iterator[_Row]:
         fh.seek(0)
         if suffix in (".jsonl", ".ndjson", ".json"):
             n = 0
-            for line_no, line in enumerate(fh, start=1):
+            for line_no, line in enumerate(_bounded_lines(fh, MAX_LINE_CHARS), start=1):
+                if line is None:
+                    n += 1
+                    yield _Row(n, line_no, None, "too_long",
+                               f"line longer than {MAX_LINE_CHARS:,} characters (no item is that long)")
+                    continue
                 if not line.strip():
                     continue
                 n += 1
