@@ -14,6 +14,7 @@ a test that imported ``stream`` by its folder name would load a second copy of e
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +30,17 @@ BARE_NAMES = ("stream", "models", "ingest", "alerts")
 
 pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.clickhouse", "tests.fixtures.clickhouse_cluster",
                   "tests.fixtures.prom"]
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (CI's timeout, a developer's kill) stops the run like Ctrl-C: pytest then tears every fixture
+    down, so the servers the tests started (Tansu, clickhouse-server, prometheus...) stop with it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 
 def _bare_modules() -> list[str]:
