@@ -321,7 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path, _, query = self.path.partition("?")
-        if path in self.routes:
+        route = path if path in self.routes else self._prefix_route(path)
+        if route is not None:
             denied = self._api_denied()
             if denied is not None:
                 status, why = denied
@@ -329,8 +330,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(status, (json.dumps({"error": why}) + "\n").encode(), "application/json", extra)
                 return
             params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+            if route != path:  # /v1/entity/{id}: the rest of the path is the {id} parameter
+                params["{id}"] = urllib.parse.unquote(path[len(route):])
             try:
-                status, body = self.routes[path](params)
+                status, body = self.routes[route](params)
             except (ValueError, OverflowError, KeyError) as exc:  # since=inf, 1e20, a missing name: the caller's
                 status, body = 400, {"error": f"bad query parameter: {type(exc).__name__}: {exc}"}
             except Exception as exc:  # noqa: BLE001 - a failed query is an answer, not a dead server thread
@@ -349,6 +352,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             known = ", ".join([*_PROBE_PATHS, *sorted(self.routes)])
             self._reply(404, f"not found: try {known}\n".encode())
+
+    def _prefix_route(self, path: str) -> str | None:
+        """The route a templated path belongs to: routes ending in ``/`` (``/v1/entity/``) take one more path
+        segment (``/v1/entity/AAPL``, ``/v1/entity/name%3Aftx``)."""
+        for route in self.routes:
+            if route.endswith("/") and path.startswith(route) and len(path) > len(route):
+                return route
+        return None
 
     def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
                headers: dict[str, str] | None = None) -> None:

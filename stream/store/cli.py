@@ -3,19 +3,34 @@
 Tables for people (rich), ``--json`` for scripts and the demo. Every command works against the
 store in ``settings.store`` (``--store URL`` / ``FINSENT_STORE``) and creates the schema if the
 store is empty, so a fresh store answers with zeros instead of "table does not exist".
+
+Entities (issue 26): ``query entity NAME|TICKER|ID``, ``query top --by entity``, ``query items`` (listing and
+CSV export) and ``query alerts --kind entity|topic`` read the ``mentions`` and ``items`` tables on event time.
+
+The worker's data API serves the same reports (:data:`API_ROUTES`; every parameter of every route is in
+:data:`API_PARAMS`, served at ``GET /v1``): ``/v1/count``, ``/v1/top``, ``/v1/alerts`` (``kind``),
+``/v1/series``, ``/v1/compare``, ``/v1/entities`` (``since``, ``until``, ``limit``, ``sentiment``),
+``/v1/entity/{id}`` (``since``, ``until``, ``bucket_s``, ``limit``), ``/v1/items`` (``since``, ``until``,
+``entity``, ``topic``, ``sentiment``, ``limit``). Durations are written the CLI's way (``30d``; bare seconds are
+still read); ``since``/``until`` of the entity routes also take ISO 8601 times. An unknown parameter, a bad
+duration or a limit below 1 is a 400 that names the route's parameters.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from finsent.core.argtypes import DURATION_HELP, parse_duration, positive_int
+from finsent.core.argtypes import DURATION_HELP, MAX_DURATION_S, parse_duration, positive_int
 from finsent.core.errors import InputError, StoreInUse
+from finsent.core.events import SENTIMENTS, format_time, utcnow
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 
@@ -84,8 +99,84 @@ def top_report(store: Any, since: timedelta, topic: str | None = None, limit: in
     return {"since_s": int(since.total_seconds()), "topic": topic, "topics": topics, "negative": items}
 
 
-def alerts_report(store: Any, since: timedelta | None = None) -> list[dict[str, Any]]:
-    return list(store.alerts(since))
+def alerts_report(store: Any, since: timedelta | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+    """Every stored alert (``kind``: only entity or only topic alerts), newest first: ``kind``, ``entity_id`` and
+    ``entity_name`` (entity alerts), ``topic`` (topic alerts), ``at`` (event time of the detection),
+    ``sentiment`` (``negative``), ``evidence``, and the detector's counts."""
+    return list(store.alerts(since, kind=kind)) if kind else list(store.alerts(since))
+
+
+# -- entities (issue 26): the stored mentions, resolved through the linker -------------------------------------
+
+#: the window an entity, the top list and the items listing read when no --since is given
+DEFAULT_ENTITY_WINDOW = timedelta(days=7)
+
+
+def resolve_entity(store: Any, text: str) -> dict[str, Any]:
+    """The stored entity key a user's NAME, TICKER or ID means: a stored key as written (``AAPL``, ``X:BTC``,
+    ``name:ftx``), else what the linker makes of it (``Apple``, ``$AAPL``, ``NASDAQ:AAPL`` -> ``AAPL``), else the
+    unlinked name's key (``Zorblax Capital Ltd.`` -> ``name:zorblax capital``); a linked id with no mentions
+    falls back to the name's key when that one has some."""
+    from finsent.models.linking import default_linker
+    from finsent.stream.store.mentions import NAME_PREFIX, entity_key
+
+    query = text.strip()
+    if not query:
+        raise ValueError("entity: give a name, ticker or id")
+    if query.startswith(NAME_PREFIX) or store.entity_exists(query):
+        key = query
+        eid, name = (None, query[len(NAME_PREFIX):]) if query.startswith(NAME_PREFIX) else (query, query)
+    else:
+        eid, name = default_linker().link_span(query, 0, len(query))
+        key = entity_key(eid, name)
+        unlinked = entity_key(None, query)
+        # mentions stored before the linker knew the name (an older table, a user file added later) keep the
+        # name's key: use it when the linked id has no mentions and the name has
+        if eid and not store.entity_exists(key) and store.entity_exists(unlinked):
+            key, eid, name = unlinked, None, unlinked[len(NAME_PREFIX):]
+    return {"query": text, "entity_key": key, "entity_id": eid, "name": name}
+
+
+def _window_args(since: timedelta | datetime | None, until: datetime | None) -> dict[str, Any]:
+    return {"since": since if since is not None else DEFAULT_ENTITY_WINDOW, "until": until}
+
+
+def entity_report(store: Any, entity: str, since: timedelta | datetime | None = None, until: datetime | None = None,
+                  bucket_s: int = 3600, limit: int = 10) -> dict[str, Any]:
+    """One entity: how it was resolved, its series per bucket of event time, totals and its top stories."""
+    who = resolve_entity(store, entity)
+    win = _window_args(since, until)
+    series = store.entity_series(who["entity_key"], win["since"], win["until"], bucket_s=bucket_s)
+    totals = {k: sum(b[k] for b in series) for k in ("buzz", "negative", "neutral", "positive", "novel",
+                                                     "novel_negative")}
+    stories = store.entity_stories(who["entity_key"], win["since"], win["until"], limit=limit)
+    if stories and who["entity_id"] is None and stories[0].get("entity_id"):
+        who["entity_id"] = stories[0]["entity_id"]
+    if stories:
+        who["name"] = stories[0]["name"]
+    return {**who, "bucket_s": bucket_s, "totals": totals, "series": series, "stories": stories}
+
+
+def top_entities_report(store: Any, since: timedelta | datetime | None = None, until: datetime | None = None,
+                        limit: int = 20, sentiment: str | None = None) -> dict[str, Any]:
+    """The most mentioned entities in the window with their counts and net sentiment."""
+    win = _window_args(since, until)
+    return {"by": "entity", "sentiment": sentiment,
+            "entities": store.top_entities(win["since"], win["until"], limit=limit, sentiment=sentiment)}
+
+
+def items_report(store: Any, since: timedelta | datetime | None = None, until: datetime | None = None,
+                 entity: str | None = None, topic: str | None = None, sentiment: str | None = None,
+                 limit: int = 100) -> dict[str, Any]:
+    """Stored items, newest event time first, filtered by entity (resolved like ``query entity``), topic and
+    item sentiment."""
+    if sentiment is not None and sentiment not in SENTIMENTS:
+        raise ValueError(f"sentiment {sentiment!r}: use one of {', '.join(SENTIMENTS)}")
+    who = resolve_entity(store, entity) if entity else None
+    win = _window_args(since, until)
+    items = store.list_items(win["since"], win["until"], entity_key=who["entity_key"] if who else None,
+                             topic=topic, sentiment=sentiment, limit=limit)
+    return {"entity": who, "topic": topic, "sentiment": sentiment, "items": items}
 
 
 def series_report(store: Any, since: timedelta, bucket_s: int = 60) -> list[dict[str, Any]]:
@@ -110,37 +201,159 @@ def compare_report(store: Any, a: str, b: str, since: timedelta | None = None) -
             "items": sum(r["items"] for r in rows), "topics": topics, "versions": store.score_versions(since)}
 
 
-def _seconds(params: dict[str, str], name: str) -> timedelta | None:
-    return timedelta(seconds=float(params[name])) if params.get(name) else None
+def _api_duration(value: str, name: str) -> timedelta:
+    """A duration the CLI's way (``30d``, ``2h``); bare seconds (``3600``) are still read, as older clients and
+    ``finsent query`` delegating to a worker send them."""
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+        if not 0 < seconds <= MAX_DURATION_S:
+            raise ValueError(f"{name}={value!r}: seconds must be more than 0 and at most 100 years")
+        return timedelta(seconds=seconds)
+    try:
+        return parse_duration(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
-#: the worker's read-only API (``GET /v1/<name>?since=SECONDS&...``): each answers a report's JSON
-API_ROUTES: dict[str, Callable[[Any, dict[str, str]], Any]] = {
-    "/v1/count": lambda st, q: count_report(st, _seconds(q, "since"), q.get("physical") == "1"),
-    "/v1/top": lambda st, q: top_report(st, _seconds(q, "since") or timedelta(hours=1), q.get("topic") or None,
-                                        int(q.get("limit") or 10)),
-    "/v1/alerts": lambda st, q: alerts_report(st, _seconds(q, "since")),
-    "/v1/series": lambda st, q: series_report(st, _seconds(q, "since") or timedelta(hours=1),
-                                              int(q.get("bucket_s") or 60)),
-    "/v1/compare": lambda st, q: compare_report(st, q["a"], q["b"], _seconds(q, "since")),
+def _api_time(value: str, name: str) -> timedelta | datetime:
+    """A duration back from now (``30d``) or an ISO 8601 time (``2023-01-19``, ``2023-01-19T22:00:00Z``)."""
+    return _api_duration(value, name) if not _looks_like_date(value) else _iso_time(value, name)
+
+
+def _looks_like_date(value: str) -> bool:
+    return bool(re.match(r"^\s*\d{4}-\d{2}-\d{2}", value))
+
+
+def _iso_time(value: str, name: str) -> datetime:
+    from finsent.core.events import InvalidEvent, parse_time
+
+    try:
+        return parse_time(value, name)
+    except InvalidEvent as exc:
+        raise ValueError(f"{name}: {value[:40]!r} is not an ISO 8601 time such as 2023-01-19T22:00:00Z "
+                         f"({exc.reason})") from None
+
+
+def _opt(params: dict[str, str], name: str, conv: Callable[[str, str], Any]) -> Any:
+    return conv(params[name], name) if params.get(name) else None
+
+
+def _limit(params: dict[str, str], default: int, name: str = "limit") -> int:
+    text = params.get(name)
+    if not text:
+        return default
+    try:
+        v = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a whole number") from None
+    if not 1 <= v <= 100_000:
+        raise ValueError(f"{name}={text!r}: use a whole number from 1 to 100000")
+    return v
+
+
+def _choice(params: dict[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    value = params.get(name) or None
+    if value is not None and value not in choices:
+        raise ValueError(f"{name}={value!r}: use one of {', '.join(choices)}")
+    return value
+
+
+def _until(params: dict[str, str]) -> datetime | None:
+    value = _opt(params, "until", _api_time)
+    return utcnow() - value if isinstance(value, timedelta) else value
+
+
+_SINCE = "window start: a duration back from now (30s, 15m, 2h, 7d, 1w; bare seconds also read) or an ISO 8601 time"
+_UNTIL = "window end: a duration back from now or an ISO 8601 time (default: now)"
+
+#: every parameter of every route of the worker's data API, with what it means (served at ``GET /v1``; an
+#: unknown parameter is refused with 400 and this list)
+API_PARAMS: dict[str, dict[str, str]] = {
+    "/v1/count": {"since": "only items ingested in the last DURATION (default: all)",
+                  "physical": "1: also physical_rows (before deduplication)"},
+    "/v1/top": {"since": "window of event time, a duration (default 1h)", "topic": "only this topic",
+                "limit": "newest negative items, 1..100000 (default 10)"},
+    "/v1/alerts": {"since": "only alerts fired in the last DURATION (default: all)",
+                   "kind": "entity or topic (default: both)"},
+    "/v1/series": {"since": "window of event time, a duration (default 1h)", "bucket_s": "bucket seconds (default 60)"},
+    "/v1/compare": {"a": "model version A (required)", "b": "model version B (required)",
+                    "since": "only items ingested in the last DURATION"},
+    "/v1/entities": {"since": _SINCE + " (default 7d)", "until": _UNTIL, "limit": "entities, 1..100000 (default 20)",
+                     "sentiment": "count only negative, neutral or positive mentions"},
+    "/v1/entity/{id}": {"{id}": "the entity: a stored id (AAPL, X:BTC), name:<name>, a ticker or a name "
+                                "(resolved by the linker; URL-encode it)",
+                        "since": _SINCE + " (default 7d)", "until": _UNTIL,
+                        "bucket_s": "series bucket in seconds (default 3600)",
+                        "limit": "top stories, 1..100000 (default 10)"},
+    "/v1/items": {"since": _SINCE + " (default 7d)", "until": _UNTIL,
+                  "entity": "only items mentioning this entity (as /v1/entity/{id})", "topic": "only this topic",
+                  "sentiment": "only items of this sentiment: negative, neutral or positive",
+                  "limit": "items, newest event time first, 1..100000 (default 100)"},
 }
 
 
-def api_handlers(store_getter: Callable[[], Any]) -> dict[str, Callable[[dict[str, str]], tuple[int, Any]]]:
-    """The routes a running worker serves next to ``/metrics``, reading through its own store."""
+def _bucket(params: dict[str, str], default: int) -> int:
+    return _limit(params, default, "bucket_s")
 
-    def handler(fn: Callable[[Any, dict[str, str]], Any]) -> Callable[[dict[str, str]], tuple[int, Any]]:
+
+#: the worker's read-only API (``GET /v1/<name>?since=30d&...``, parameters in :data:`API_PARAMS`): each answers
+#: the JSON of the ``finsent query`` report of the same name
+API_ROUTES: dict[str, Callable[[Any, dict[str, str]], Any]] = {
+    "/v1/count": lambda st, q: count_report(st, _opt(q, "since", _api_duration), q.get("physical") == "1"),
+    "/v1/top": lambda st, q: top_report(st, _opt(q, "since", _api_duration) or timedelta(hours=1),
+                                        q.get("topic") or None, _limit(q, 10)),
+    "/v1/alerts": lambda st, q: alerts_report(st, _opt(q, "since", _api_duration),
+                                              _choice(q, "kind", ("entity", "topic"))),
+    "/v1/series": lambda st, q: series_report(st, _opt(q, "since", _api_duration) or timedelta(hours=1),
+                                              _bucket(q, 60)),
+    "/v1/compare": lambda st, q: compare_report(st, q["a"], q["b"], _opt(q, "since", _api_duration)),
+    "/v1/entities": lambda st, q: top_entities_report(st, _opt(q, "since", _api_time), _until(q), _limit(q, 20),
+                                                      _choice(q, "sentiment", SENTIMENTS)),
+    "/v1/entity/{id}": lambda st, q: entity_report(st, q.get("{id}", ""), _opt(q, "since", _api_time), _until(q),
+                                                   _bucket(q, 3600), _limit(q, 10)),
+    "/v1/items": lambda st, q: items_report(st, _opt(q, "since", _api_time), _until(q), q.get("entity") or None,
+                                            q.get("topic") or None, _choice(q, "sentiment", SENTIMENTS),
+                                            _limit(q, 100)),
+}
+
+
+def api_help() -> dict[str, Any]:
+    """``GET /v1``: every route and its parameters (what the 400 of an unknown parameter points to)."""
+    return {"routes": API_PARAMS, "durations": DURATION_HELP + " (bare seconds are also read)",
+            "auth": "Authorization: Bearer <FINSENT_API_TOKEN> (required beyond loopback)"}
+
+
+def api_handlers(store_getter: Callable[[], Any]) -> dict[str, Callable[[dict[str, str]], tuple[int, Any]]]:
+    """The routes a running worker serves next to ``/metrics``, reading through its own store.
+
+    A path template ``/v1/entity/{id}`` is served as the prefix ``/v1/entity/``: the server
+    (:mod:`finsent.stream.metrics`) passes the rest of the path as the ``{id}`` parameter. A parameter the route
+    does not know is refused with 400 and the route's parameters, so a typo (``?limt=5``) never silently reads
+    a default.
+    """
+
+    def handler(path: str, fn: Callable[[Any, dict[str, str]], Any]) -> Callable[[dict[str, str]], tuple[int, Any]]:
+        known = API_PARAMS[path]
+
         def run(params: dict[str, str]) -> tuple[int, Any]:
+            unknown = sorted(set(params) - set(known))
+            if unknown:
+                return 400, {"error": f"unknown query parameter(s) {', '.join(unknown)} for {path}; known: "
+                                      f"{', '.join(k for k in known if k != '{id}') or 'none'}",
+                             "parameters": known}
             store = store_getter()
             if store is None:
                 return 503, {"error": "the worker has not opened its store yet; retry in a few seconds"}
             try:
                 return 200, _jsonable(fn(store, params))
             except (ValueError, KeyError) as exc:
-                return 400, {"error": f"bad query parameter: {exc}"}
+                return 400, {"error": f"bad query parameter: {exc}", "parameters": known}
         return run
 
-    return {path: handler(fn) for path, fn in API_ROUTES.items()}
+    routes = {path.replace("{id}", ""): handler(path, fn) for path, fn in API_ROUTES.items()}
+    routes["/v1"] = lambda params: (200, api_help())
+    return routes
 
 
 def _from_worker(settings: Settings, path: str, params: dict[str, Any], cause: Exception) -> Any:
@@ -184,16 +397,23 @@ def report(settings: Settings, name: str, **params: Any) -> tuple[Any, str]:
     except StoreInUse as exc:
         if store is not None:
             store.close()
-        wire = {k: (int(v.total_seconds()) if isinstance(v, timedelta) else (1 if v is True else v))
+        wire = {k: (int(v.total_seconds()) if isinstance(v, timedelta) else
+                    format_time(v) if isinstance(v, datetime) else (1 if v is True else v))
                 for k, v in params.items() if v not in (None, False)}
-        return _from_worker(settings, f"/v1/{name}", wire, exc), "the worker holding the store"
+        path = f"/v1/{name}"
+        if name == "entity":  # /v1/entity/{id}
+            import urllib.parse
+
+            path = f"/v1/entity/{urllib.parse.quote(str(wire.pop('entity')), safe='')}"
+        return _from_worker(settings, path, wire, exc), "the worker holding the store"
     except Exception:
         if store is not None:
             store.close()
         raise
     try:
         fn = {"count": count_report, "top": top_report, "alerts": alerts_report, "series": series_report,
-              "compare": compare_report}[name]
+              "compare": compare_report, "entities": top_entities_report, "entity": entity_report,
+              "items": items_report}[name]
         return _jsonable(fn(store, **params)), store.url_redacted
     finally:
         store.close()
@@ -219,6 +439,8 @@ def _count(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _top(args: argparse.Namespace, settings: Settings) -> int:
+    if args.by == "entity":
+        return _top_entities(args, settings)
     data, where = report(settings, "top", since=args.since, topic=args.topic, limit=args.limit)
     if args.json:
         emit_json(args.json, _jsonable(data))
@@ -256,8 +478,137 @@ def _top(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def time_or_duration(text: str) -> timedelta | datetime:
+    """argparse type of ``--since``/``--until`` on entity commands: a duration back from now (``30d``) or an ISO
+    8601 time (``2023-01-19``, ``2023-01-19T22:00:00Z``), so a backtest or a listing can name past days."""
+    if _looks_like_date(text):
+        try:
+            return _iso_time(text, "time")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_duration(text)
+
+
+def _until_arg(value: timedelta | datetime | None) -> datetime | None:
+    return utcnow() - value if isinstance(value, timedelta) else value
+
+
+def _window_text(since: Any, until: Any) -> str:
+    start = f"last {format_duration(since)}" if isinstance(since, timedelta) else f"since {_ts(since)}"
+    return start + (f" until {_ts(until)}" if until is not None else "")
+
+
+def _top_entities(args: argparse.Namespace, settings: Settings) -> int:
+    data, where = report(settings, "entities", since=args.since, until=None, limit=args.limit,
+                         sentiment=args.sentiment)
+    if args.json:
+        emit_json(args.json, _jsonable(data))
+        if to_stdout(args.json):
+            return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = data["entities"]
+    if not rows:
+        Console().print(f"no entity mentions in the last {format_duration(args.since)} ({where})")
+        return 0
+    t = Table(title=f"Most mentioned entities, last {format_duration(args.since)}", title_justify="left")
+    for col, just in (("entity", "left"), ("key", "left"), ("buzz", "right"), ("neg", "right"), ("neu", "right"),
+                      ("pos", "right"), ("net", "right"), ("sources", "right")):
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        t.add_row(r["name"], r["entity_key"], str(r["buzz"]), str(r["negative"]), str(r["neutral"]),
+                  str(r["positive"]), f"{r['net_sentiment']:+.2f}", str(r["sources"]))
+    Console().print(t)
+    return 0
+
+
+def _entity(args: argparse.Namespace, settings: Settings) -> int:
+    data, where = report(settings, "entity", entity=args.entity, since=args.since, until=_until_arg(args.until),
+                         bucket_s=int(args.bucket.total_seconds()), limit=args.limit)
+    if args.json:
+        emit_json(args.json, _jsonable(data))
+        if to_stdout(args.json):
+            return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    who = f"{data['name']} ({data['entity_key']})"
+    window = _window_text(args.since, _until_arg(args.until))
+    if not data["series"]:
+        console.print(f"no mentions of {who} in the {window} ({where}); `finsent query top --by entity --since 30d` "
+                      "lists the entities that have some")
+        return 0
+    tot = data["totals"]
+    console.print(f"{who}, {window}: {tot['buzz']} mentions, {tot['negative']} negative, {tot['neutral']} neutral, "
+                  f"{tot['positive']} positive")
+    t = Table(title=f"Per {format_duration(args.bucket)} of event time", title_justify="left")
+    for col in ("bucket (UTC)", "buzz", "neg", "neu", "pos", "net", "sources"):
+        t.add_column(col, justify="left" if col.startswith("bucket") else "right")
+    for b in data["series"]:
+        t.add_row(_ts(b["bucket"]), str(b["buzz"]), str(b["negative"]), str(b["neutral"]), str(b["positive"]),
+                  f"{b['net_sentiment']:+.2f}", str(b["sources"]))
+    console.print(t)
+    n = Table(title="Top stories (most relevant, newest first)", title_justify="left")
+    for col in ("event time (UTC)", "sentiment", "rel", "source", "title"):
+        n.add_column(col, overflow="fold")
+    for st in data["stories"]:
+        n.add_row(_ts(st["event_time"]), st["sentiment"], str(st["relevance"]), st["source"],
+                  f"{(st['title'] or '')[:140]}" + (f" {st['url']}" if st.get("url") else ""))
+    console.print(n)
+    return 0
+
+
+#: CSV columns of ``query items --csv`` (tickers joined with spaces)
+ITEM_CSV_COLUMNS = ("id", "event_time", "published_at", "ingested_at", "source", "source_type", "sentiment",
+                    "p_negative", "p_neutral", "p_positive", "topic", "topic_prob", "model_version", "title", "text",
+                    "url", "tickers")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: a leading = + - @ gets a quote (CSV formula injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _items(args: argparse.Namespace, settings: Settings) -> int:
+    data, where = report(settings, "items", since=args.since, until=_until_arg(args.until), entity=args.entity,
+                         topic=args.topic, sentiment=args.sentiment, limit=args.limit)
+    if args.csv:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(ITEM_CSV_COLUMNS)
+        for it in data["items"]:
+            it = {**it, "tickers": " ".join(it["tickers"])}
+            w.writerow([_csv_cell(it.get(c)) if it.get(c) is not None else "" for c in ITEM_CSV_COLUMNS])
+        return 0
+    if args.json:
+        emit_json(args.json, _jsonable(data))
+        if to_stdout(args.json):
+            return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    items = data["items"]
+    filters = ", ".join(f"{k} {v}" for k, v in (("entity", (data["entity"] or {}).get("entity_key")),
+                                                ("topic", args.topic), ("sentiment", args.sentiment)) if v)
+    if not items:
+        Console().print(f"no items{' with ' + filters if filters else ''} in the "
+                        f"{_window_text(args.since, args.until)} ({where})")
+        return 0
+    t = Table(title=f"Items, newest event time first{' (' + filters + ')' if filters else ''}", title_justify="left")
+    for col in ("event time (UTC)", "sentiment", "topic", "source", "text"):
+        t.add_column(col, overflow="fold")
+    for it in items:
+        text = (it.get("title") or it["text"]).replace("\n", " ")
+        t.add_row(_ts(it["event_time"]), it["sentiment"], it["topic"], it["source"], text[:160])
+    Console().print(t)
+    return 0
+
+
 def _alerts(args: argparse.Namespace, settings: Settings) -> int:
-    rows, where = report(settings, "alerts", since=args.since)
+    rows, where = report(settings, "alerts", since=args.since, kind=args.kind)
     if args.json:
         emit_json(args.json, _jsonable(rows))
         if to_stdout(args.json):
@@ -270,10 +621,11 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
         Console().print(f"no alerts {window} ({where})")
         return 0
     t = Table(title=f"Alerts, last {format_duration(args.since)}" if args.since else "Alerts", title_justify="left")
-    for col in ("fired (UTC)", "topic", "severity", "neg/total", "share", "base", "score", "detector"):
+    for col in ("at (UTC)", "topic / entity", "severity", "neg/total", "share", "base", "score", "detector"):
         t.add_column(col, overflow="fold")
     for a in rows:
-        t.add_row(_ts(a["fired_at"]), a["topic"], a["severity"],
+        what = a["topic"] if a.get("kind", "topic") == "topic" else f"{a['entity_name']} ({a['entity_id'] or '-'})"
+        t.add_row(_ts(a.get("at") or a["fired_at"]), what, a["severity"],
                   f"{a['negative']}/{a['total']}", f"{a['negative_share']:.0%}", f"{a['baseline_share']:.0%}",
                   f"{a['score']:.2f}", a["detector"])
     Console().print(t)
@@ -360,13 +712,78 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--since", type=parse_duration, default=timedelta(hours=1), metavar="DURATION",
                    help="window of ingestion time (default: 1h)")
     t.add_argument("--topic", default=None, help="only this topic (matched case-insensitively)")
-    t.add_argument("--limit", type=positive_int, default=10, help="newest negative items to show, >= 1 (default: 10)")
-    add_json_option(t, "{since_s, topic, topics: [...], negative: [...]}")
+    t.add_argument("--limit", type=positive_int, default=10,
+                   help="newest negative items (or entities with --by entity) to show, >= 1 (default: 10)")
+    t.add_argument("--by", choices=("topic", "entity"), default="topic",
+                   help="topic: per-topic counts and newest negative items (default); entity: the most mentioned "
+                        "entities with their sentiment counts and relevance-weighted net sentiment")
+    t.add_argument("--sentiment", choices=SENTIMENTS, default=None,
+                   help="with --by entity: rank by mentions of this sentiment only (negative: most talked down)")
+    add_json_option(t, "{since_s, topic, topics: [...], negative: [...]} (--by entity: {by, entities: [...]})")
     t.set_defaults(func=_top)
 
-    a = sub.add_parser("alerts", help="alerts stored by the detectors", description="Stored alerts, newest first.")
+    e = sub.add_parser(
+        "entity",
+        help="one entity: series per bucket of event time, totals, top stories",
+        description=(
+            "What the stored news says about one entity, on event time (published_at, else ingested_at): mentions "
+            "per bucket by sentiment, relevance-weighted net sentiment (-1..1), distinct sources, and its most "
+            "relevant stories with links. ENTITY is a stored id (AAPL, X:BTC), a ticker or cashtag ($AAPL, "
+            "NASDAQ:AAPL), a name the linker knows (Apple) or any other name (FTX: an unlinked entity, keyed "
+            "name:ftx). The alert index (-log10 p of the negative surge) is `finsent alerts backtest`'s.\n\n"
+            "examples:\n"
+            "  finsent query entity AAPL --since 30d\n"
+            "  finsent query entity 'FTX' --since 2022-11-01 --until 2022-11-30 --bucket 1d --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("entity", metavar="NAME|TICKER|ID", help="the entity (resolved with the linker)")
+    e.add_argument("--since", type=time_or_duration, default=DEFAULT_ENTITY_WINDOW, metavar="WHEN",
+                   help=f"window start: {DURATION_HELP}, or an ISO 8601 time (default: 7d)")
+    e.add_argument("--until", type=time_or_duration, default=None, metavar="WHEN",
+                   help="window end: a duration back from now or an ISO 8601 time (default: now)")
+    e.add_argument("--bucket", type=parse_duration, default=timedelta(hours=1), metavar="DURATION",
+                   help="series bucket (default: 1h)")
+    e.add_argument("--limit", type=positive_int, default=10, help="top stories to show, >= 1 (default: 10)")
+    add_json_option(e, "{query, entity_key, entity_id, name, bucket_s, totals, series: [...], stories: [...]}")
+    e.set_defaults(func=_entity)
+
+    i = sub.add_parser(
+        "items",
+        help="list or export stored items (filter by entity, topic, sentiment, time)",
+        description=(
+            "Stored items, newest event time first (event time: published_at, else ingested_at), each with its "
+            "current score. --entity keeps the items that mention an entity (resolved like `query entity`); "
+            "--sentiment filters on the item's sentiment. --csv writes every column as CSV on stdout (a cell "
+            "starting with = + - @ is prefixed with ' so a spreadsheet does not run it).\n\n"
+            "examples:\n"
+            "  finsent query items --entity AAPL --sentiment negative --since 7d\n"
+            "  finsent query items --topic earnings --since 2023-01-01 --until 2023-01-31 --limit 5000 --csv > jan.csv"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    i.add_argument("--entity", default=None, metavar="NAME|TICKER|ID", help="only items mentioning this entity")
+    i.add_argument("--topic", default=None, help="only this topic (exact)")
+    i.add_argument("--sentiment", choices=SENTIMENTS, default=None, help="only items of this sentiment")
+    i.add_argument("--since", type=time_or_duration, default=DEFAULT_ENTITY_WINDOW, metavar="WHEN",
+                   help=f"window start: {DURATION_HELP}, or an ISO 8601 time (default: 7d)")
+    i.add_argument("--until", type=time_or_duration, default=None, metavar="WHEN",
+                   help="window end: a duration back from now or an ISO 8601 time (default: now)")
+    i.add_argument("--limit", type=positive_int, default=100, help="items to list, >= 1 (default: 100)")
+    out = i.add_mutually_exclusive_group()
+    add_json_option(out, "{entity, topic, sentiment, items: [...]}")
+    out.add_argument("--csv", action="store_true", help="the items as CSV on stdout (for a spreadsheet)")
+    i.set_defaults(func=_items)
+
+    a = sub.add_parser(
+        "alerts", help="alerts stored by the detectors (topic and entity alerts)",
+        description="Stored alerts, newest first. --json gives each alert's kind (entity or topic), entity_id and "
+                    "entity_name (entity alerts), topic (topic alerts), at (the event time of the detection, ISO "
+                    "8601 UTC), sentiment (negative) and evidence (counts, index, top headlines with links), with "
+                    "the detector's numbers.")
     a.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
                    help="only alerts fired in the last DURATION (default: all)")
+    a.add_argument("--kind", choices=("entity", "topic"), default=None, help="only entity or only topic alerts")
     add_json_option(a, "the alerts (a list)")
     a.set_defaults(func=_alerts)
 
