@@ -34,7 +34,7 @@ DURATION values are positive and count back from now: 30s, 15m, 2h, 7d, 1w.
 Ctrl-C stops any command with exit 130 and one line saying what was done and how to resume.
 
 examples:
-  finsent demo                                   the whole pipeline locally, about two minutes
+  finsent demo                                   the whole pipeline locally, with a spike and its alert
   finsent broker --port 9092                     an embedded Kafka-compatible broker (development)
   finsent worker --metrics-port 9464             the scoring worker, as a service
   finsent ingest replay tweets.csv               publish a CSV/JSONL file to the raw topic
@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser(
         "config", help="print the effective settings (secrets masked) as JSON",
         description="Print the settings finsent would run with, after file, environment and flags, secrets masked.",
+        epilog="examples:\n"
+               "  finsent config                                      what a command started here runs with\n"
+               "  finsent --config /etc/finsent/finsent.yaml config   check a settings file before deploying it\n"
+               "  FINSENT_BATCH_WITHIN_S=0.05 finsent config          see an environment variable take effect",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cfg.set_defaults(func=_show_config)
     commands.register(sub)

