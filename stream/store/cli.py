@@ -692,11 +692,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "count",
         help="stored items: rows and unique ids",
         description=(
-            "Count stored items ingested in the window. rows: items a query sees (items FINAL, one row per id); "
-            "unique_ids: distinct ids among all physical rows. rows - unique_ids is the number of duplicates a "
-            "query could see, 0 when storage is idempotent. --physical adds physical_rows: rows on disk "
-            "including redelivered copies that FINAL hides until background merges remove them."
+            "Count stored items ingested in the window. rows: items a query sees (items FINAL, one row per id);\n"
+            "unique_ids: distinct ids among all physical rows. rows - unique_ids is the number of duplicates a\n"
+            "query could see, 0 when storage is idempotent. --physical adds physical_rows: rows on disk\n"
+            "including redelivered copies that FINAL hides until background merges remove them.\n\n"
+            "examples:\n"
+            "  finsent query count\n"
+            "  finsent query count --since 1h --json\n"
+            "  finsent query count --physical --store clickhouse://u:p@ch:9000/finsent"
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
                    help="only items ingested in the last DURATION (default: all)")
@@ -707,7 +712,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "top",
         help="per-topic counts and the newest negative items",
-        description="Per-topic distinct item counts by sentiment and the newest items whose sentiment is negative.",
+        description=(
+            "Per-topic distinct item counts by sentiment and the newest items whose sentiment is negative.\n\n"
+            "examples:\n"
+            "  finsent query top --since 1h\n"
+            "  finsent query top --since 1d --topic Earnings --limit 20\n"
+            "  finsent query top --by entity --sentiment negative --since 7d --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("--since", type=parse_duration, default=timedelta(hours=1), metavar="DURATION",
                    help="window of ingestion time (default: 1h)")
@@ -777,10 +789,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     a = sub.add_parser(
         "alerts", help="alerts stored by the detectors (topic and entity alerts)",
-        description="Stored alerts, newest first. --json gives each alert's kind (entity or topic), entity_id and "
-                    "entity_name (entity alerts), topic (topic alerts), at (the event time of the detection, ISO "
-                    "8601 UTC), sentiment (negative) and evidence (counts, index, top headlines with links), with "
-                    "the detector's numbers.")
+        description="Stored alerts, newest first. --json gives each alert's kind (entity or topic), entity_id and\n"
+                    "entity_name (entity alerts), topic (topic alerts), at (the event time of the detection, ISO\n"
+                    "8601 UTC), sentiment (negative) and evidence (counts, index, top headlines with links), with\n"
+                    "the detector's numbers.\n\n"
+                    "examples:\n"
+                    "  finsent query alerts --since 1d\n"
+                    "  finsent query alerts --kind entity --since 7d --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
                    help="only alerts fired in the last DURATION (default: all)")
     a.add_argument("--kind", choices=("entity", "topic"), default=None, help="only entity or only topic alerts")
@@ -810,7 +826,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "schema",
         help="create the schema if missing and print its DDL for this server",
-        description="Create the tables if missing (idempotent) and print the DDL finsent uses on this server "
-        "version (what a DBA or a Grafana author needs to know). Column meanings: pydoc stream.store.schema.",
+        description="Create the tables if missing (idempotent) and print the DDL finsent uses on this server\n"
+        "version (what a DBA or a Grafana author needs to know). Column meanings: pydoc finsent.stream.store.schema.\n\n"
+        "examples:\n"
+        "  finsent query schema\n"
+        "  finsent query schema --store clickhouse://u:p@ch:9000/finsent > finsent-ddl.sql",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.set_defaults(func=_schema)
