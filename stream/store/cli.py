@@ -827,7 +827,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "schema",
         help="create the schema if missing and print its DDL for this server",
         description="Create the tables if missing (idempotent) and print the DDL finsent uses on this server\n"
-        "version (what a DBA or a Grafana author needs to know). Column meanings: pydoc finsent.stream.store.schema.\n\n"
+        "version (what a DBA or a Grafana author needs to know).\n"
+        "Column meanings: pydoc finsent.stream.store.schema.\n\n"
         "examples:\n"
         "  finsent query schema\n"
         "  finsent query schema --store clickhouse://u:p@ch:9000/finsent > finsent-ddl.sql",
