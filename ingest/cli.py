@@ -291,8 +291,8 @@ def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
 
     token = _secret(settings.http_token)
     problem = check_bind(args.host, token)
-    if problem:
-        raise ConfigError(f"finsent ingest http: {problem}")
+    if problem:  # the message says what to set
+        raise ConfigError(f"finsent ingest http: {problem}", hint="")
     timeout = publish_timeout(args, settings)
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, publish_timeout_s=timeout)
     stopper = Stopper(publisher)

@@ -418,8 +418,10 @@ def create_app(
     is_ready = ready or readiness(pipeline.publisher)
 
     async def readyz(request: web.Request) -> web.Response:
-        ok, why = is_ready()
-        return web.json_response({"ready": ok, "why": why}, status=200 if ok else 503)
+        # open to anyone who can reach the port: ready or not, nothing more (the reason names the broker's
+        # address); the loopback --metrics-port /readyz gives the reason to the operator
+        ok, _why = is_ready()
+        return web.json_response({"ready": ok, "status": "ready" if ok else "not ready"}, status=200 if ok else 503)
 
     async def on_startup(app: web.Application) -> None:
         if pipeline.publisher is not None:  # connect in the background: the first request need not pay
@@ -447,11 +449,15 @@ def create_app(
 
 
 def check_bind(host: str, token: str | None) -> str | None:
-    """An error message when the endpoint would be open to the network without a token."""
+    """An error message when the endpoint would be open to the network without a token, or guarded by one
+    that is no secret: a template's placeholder (``CHANGE-ME``...) or fewer than 16 characters
+    (:func:`finsent.core.argtypes.token_problem`), on any address."""
+    from finsent.core.argtypes import token_problem
+
     if token is None and not _is_loopback(host):
         return (f"refusing to listen on {host} without a token: set FINSENT_HTTP_TOKEN "
                 "(clients send 'Authorization: Bearer <token>') or bind to 127.0.0.1")
-    return None
+    return token_problem(token, "FINSENT_HTTP_TOKEN")
 
 
 # -- serving: connection cap, header timeout, SIGTERM drain ----------------------------------------

@@ -289,3 +289,50 @@ def test_store_error_codes_are_documented() -> None:
     from finsent.core.errors import EXIT_CODES
 
     assert {ConfigError.exit_code, StoreError.exit_code, StoreUnavailable.exit_code, 130} <= set(EXIT_CODES)
+
+
+# -- the push endpoint: no broker address on the open /readyz, no placeholder token ------------------
+
+
+@pytest.mark.parametrize("token", ["CHANGE-ME", "changeme", "svc-token"])
+def test_the_push_endpoint_refuses_a_placeholder_or_short_token_at_start(token: str) -> None:
+    for host in ("127.0.0.1", "0.0.0.0"):
+        line = one_error_line(run("ingest", "http", "--host", host, "--port", str(free_port()), "--dry-run",
+                                  FINSENT_HTTP_TOKEN=token), ConfigError.exit_code)
+        assert line.startswith("finsent: error: finsent ingest http: FINSENT_HTTP_TOKEN is ")
+        assert token not in line or "placeholder" in line  # a short real token is never echoed
+
+
+def test_the_open_readyz_of_the_push_endpoint_says_only_ready_or_not(tmp_path: Path, kafka_bootstrap: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    def readyz(port: int) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return -1, ""
+
+    dead = f"127.0.0.1:{free_port()}"
+    for brokers, want in ((dead, 503), (kafka_bootstrap, 200)):
+        port = free_port()
+        full = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
+        full.update(PYTHONPATH=str(REPO), FINSENT_BROKERS=brokers, FINSENT_INGEST_STATE_DIR=str(tmp_path / "s"),
+                    FINSENT_HTTP_TOKEN="a-real-token-0123456789")
+        proc = subprocess.Popen([sys.executable, "-m", "finsent", "ingest", "http", "--port", str(port)], env=full,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            status, body = readyz(port)
+            while status != want and time.monotonic() < deadline:
+                time.sleep(0.2)
+                status, body = readyz(port)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        assert status == want, body
+        assert json.loads(body) == {"ready": want == 200, "status": "ready" if want == 200 else "not ready"}
+        assert brokers not in body and "Kafka" not in body and "127.0.0.1" not in body

@@ -130,7 +130,10 @@ def test_healthz_and_metrics(dry_server) -> None:
 
 def test_bind_without_token_only_on_loopback() -> None:
     assert check_bind("127.0.0.1", None) is None
-    assert check_bind("0.0.0.0", None) and check_bind("0.0.0.0", "t") is None
+    assert check_bind("0.0.0.0", None) and check_bind("0.0.0.0", "a-real-token-0123456789") is None
+    # a token that is no secret is refused on any address (issue 25): a placeholder, or under 16 characters
+    assert "placeholder" in (check_bind("127.0.0.1", "CHANGE-ME") or "")
+    assert "at least 16" in (check_bind("0.0.0.0", "short-token") or "")
     assert parse_body(b'[{"a":1},{"b":2}]', "application/json") == [{"a": 1}, {"b": 2}]
 
 
