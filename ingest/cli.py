@@ -478,9 +478,12 @@ bad clients: a connection that has not sent complete request headers --header-ti
 after it connected (or after its previous response; also the idle keep-alive limit) is closed;
 a body that has not arrived --body-timeout seconds after its headers gets 408 and the connection
 is closed; beyond --max-connections open connections a new one gets 503 + Retry-After at once.
-health: /healthz answers 200 while the process runs; /readyz answers 200 when ready: the Kafka
-producer's last contact succeeded (connected with metadata, or last publish acknowledged) and
-the endpoint is accepting requests; else 503 with the reason. Neither needs the token.
+health: /healthz answers 200 while the process runs; /readyz answers 200 {"ready": true} when
+ready: the Kafka producer's last contact succeeded (connected with metadata, or last publish
+acknowledged) and the endpoint is accepting requests; else 503 {"ready": false}. Neither needs
+the token, so neither says more (the --metrics-port /readyz, on loopback, gives the reason).
+FINSENT_HTTP_TOKEN must be a real secret: a template placeholder (CHANGE-ME...) or a token under
+16 characters is refused at start.
 /metrics needs the bearer token when FINSENT_HTTP_TOKEN is set; --metrics-port serves /metrics,
 /healthz and /readyz without it on FINSENT_METRICS_HOST (127.0.0.1 by default) for Prometheus.
 SIGTERM/SIGINT: the port closes, idle connections are closed, requests in flight are answered
