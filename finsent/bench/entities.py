@@ -264,9 +264,14 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:  # type: ign
     b = bench_subparsers.add_parser(
         "entities",
         help="story clusters, novelty and entity alerts on real timestamped news (offline)",
-        description="Links each headline's entities, scores it with the shipped model, clusters near-duplicate "
-        "stories, scores novelty and runs the entity detector on event time; prints the duplicate share, "
+        description="Links each headline's entities, scores it with the shipped model, clusters near-duplicate\n"
+        "stories, scores novelty and runs the entity detector on event time; prints the duplicate share,\n"
         "a sample of clusters and every alert with its first headlines.",
+        epilog="examples:\n"
+               "  finsent bench entities                                   the shared crypto news\n"
+               "  finsent bench entities --json entities.json --plot plots/\n"
+               "  finsent bench entities --data news.csv --watchlist watch.csv --watch-mode wider",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_json_option(b, "the full report")
     b.add_argument("--data", default=str(DEFAULT_DATA), help="news CSV: published_at,source,text,url")
