@@ -367,7 +367,7 @@ back unacknowledged (not counted in produced). Always within 10 s. Ctrl-C (SIGIN
 same way and exits 130 with one line on stderr: how many were published and how to resume.
 
 examples:
-  finsent ingest replay finsent/demo_data/seed.csv --rate 50
+  finsent ingest replay finsent/demo_data/tweets.jsonl --rate 50     the demo's tweets, from a checkout
   finsent ingest replay news.jsonl --brokers kafka:9092 --publish-timeout 60 --metrics-port 9470
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
