@@ -240,3 +240,19 @@ def test_finsent_rescore_rewrites_mentions(engine: str, request: pytest.FixtureR
         assert {e["entity_key"] for e in store.top_entities(timedelta(days=1))} == {"name:genesis", "name:voyager"}
     finally:
         store.close()
+
+
+def test_cluster_ddl_and_migration_cover_mentions() -> None:
+    caps = schema.Capabilities((18, 16))
+    stmts = schema.create_statements("db", caps, 0, "c1")
+    local = [s for s in stmts if "db.mentions_local ON CLUSTER c1" in s]
+    dist = [s for s in stmts if "db.mentions ON CLUSTER c1" in s]
+    assert len(local) == 1 and "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/mentions'" in local[0]
+    assert "ORDER BY (entity_key, item_id)" in local[0] and "PARTITION BY" not in local[0]
+    assert len(dist) == 1 and "Distributed(c1, db, mentions_local, cityHash64(item_id))" in dist[0]
+    # an items table from before issue 26, on a cluster: the column is added to the local and Distributed tables
+    old = {name for name, _ in schema.TABLE_SPECS["items"].all_columns} - {"event_time"}
+    got = schema.missing_column_statements("db", {"items_local": old, "items": old}, "c1")
+    assert got == [f"ALTER TABLE db.{t} ON CLUSTER c1 ADD COLUMN event_time {schema.EVENT_TIME_DEFAULT}"
+                   for t in ("items_local", "items")]
+    assert schema.missing_column_statements("db", {}, None) == []  # nothing exists yet: CREATE makes it whole

@@ -683,8 +683,9 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "query",
-        help="read the store: item counts, newest negative items, alerts",
-        description=f"Read what finsent stored (FINSENT_STORE / --store). DURATION is {DURATION_HELP}.",
+        help="read the store: counts, entities, items, newest negative items, alerts",
+        description=f"Read what finsent stored (FINSENT_STORE / --store). DURATION is {DURATION_HELP}. Series, "
+                    "top lists and listings are on event time (published_at, else ingested_at).",
     )
     sub = p.add_subparsers(dest="query_command", metavar="QUERY", required=True)
 
