@@ -24,7 +24,7 @@ def finsent_topics(settings: Settings) -> list[str]:
     """The topics finsent owns, in pipeline order: every one is (re)declared at start (a memory-only broker that
     restarted has none of them, and a consumer committing to a missing topic floods its log)."""
     return [settings.topic_raw, settings.topic_scored, settings.topic_dlq, settings.topic_alerts,
-            settings.topic_alert_counts]
+            settings.topic_alert_counts, settings.topic_entity_counts]
 
 
 def admin_config(settings: Settings, timeout_ms: int = 15_000) -> dict[str, Any]:

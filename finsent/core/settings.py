@@ -175,6 +175,22 @@ class Settings(BaseSettings):
         "http://localhost:3000/d/finsent-alerts/finsent-alerts", description="Grafana dashboard linked from alerts"
     )
 
+    # --- Entity alerts (finsent.alerts.entity_agent runs finsent.alerts.entity_detector in the worker) -------
+    entity_alerts: bool = Field(True, description="run the per-entity negative-surge detector in the worker")
+    entity_bucket_s: int = Field(3600, ge=1, description="entity detector: bucket of event time")
+    entity_window_buckets: int = Field(6, ge=1, description="entity detector: buckets tested against the baseline")
+    entity_lateness_s: int = Field(
+        3600, ge=0, description="entity detector: how far behind the newest event time a mention may still count"
+    )
+    entity_cooldown_s: int = Field(86_400, ge=0, description="entity alerts: quiet time before a name re-arms")
+    entity_watchlist: str | None = Field(None, description="watchlist file (CSV or JSON lines), reloaded on change")
+    entity_watch_mode: Literal["only", "wider"] = Field(
+        "wider", description="with a watchlist: alert on listed names only, or on all with stricter bars off it"
+    )
+    entity_dashboard_url: str = Field(
+        "http://localhost:3000/d/finsent-entities/finsent-entities", description="Grafana dashboard linked from alerts"
+    )
+
     # --- Drift (finsent drift, the worker's finsent_drift_* gauges; finsent.alerts.drift) ----------
     drift_interval_s: float = Field(300.0, ge=0, description="how often a worker recomputes the drift gauges; 0 = off")
     drift_window_s: int = Field(86_400, ge=60, description="drift: the recent period compared (default 24h)")
@@ -219,6 +235,11 @@ class Settings(BaseSettings):
     def topic_alert_counts(self) -> str:
         """The in-stream detector's internal topic of per-window counts (declared with the others)."""
         return f"{self.topic_alerts}.counts"
+
+    @property
+    def topic_entity_counts(self) -> str:
+        """The entity agent's internal topic of mentions re-keyed by entity (declared with the others)."""
+        return f"{self.topic_alerts}.entity_counts"
 
     @property
     def call_threads(self) -> int:

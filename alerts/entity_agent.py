@@ -1,0 +1,554 @@
+"""Live entity alerts inside the Faust worker: ``attach(app, context)`` (issue 26).
+
+Topology (two agents and a timer on every worker, next to the topic alert agent of :mod:`finsent.alerts.agent`)::
+
+    finsent.scored --(mention agent: per batch, mentions grouped by entity)--> finsent.alerts.entity_counts
+                                                                                (key = entity key)
+    finsent.alerts.entity_counts --(detect agent)--> reorder buffer (event time) --> novelty --> EntityDetector
+    EntityDetector --> finsent.alerts (key = entity key), store ``insert_alerts``, gauges, Alertmanager (optional)
+
+**Why re-key by entity.** ``finsent.scored`` is keyed by item id, so one name's items are spread over every
+partition and every worker. The mention agent sends each batch's mentions grouped per entity, keyed by the
+entity key (``AAPL``, ``~genesis``: :func:`~finsent.alerts.entity_detector.entity_key`); the default
+partitioner sends one key to one partition, owned by one worker of the group. That worker alone holds the
+entity's buckets, baseline, novelty chains and episode: several workers agree because one of them decides,
+exactly as the topic counts are re-keyed by topic. A record carries the mentions themselves (item id, event
+time, sentiment, relevance, source, title, link and the first 1,000 characters of text), not bare counts: the
+detector counts an item once per bucket (redeliveries), its alerts quote headlines, and novelty needs the text.
+
+**Event time, in order.** The owner keeps mentions in a reorder buffer until the watermark, less
+``entity_lateness_s``, passes the end of their bucket, then releases them sorted by (event time, item id): story
+clusters and novelty (:mod:`finsent.alerts.novelty`) are computed in event-time order whatever order the
+partitions were read in -- which is what the backtest does over stored items -- and only then fed to the
+detector. The watermark is the event time *every* scored partition has reached: after each batch a mention
+agent sends, to every partition of the entity counts topic (:func:`watermark_keys`), the newest event time it
+has read on each scored partition, and the owner takes the oldest of them. So a backlog read one partition
+ahead of another (a replay, a worker joining late) makes nothing late, and 1 or 3 workers release the same
+mentions in the same order. A partition that has not moved for :data:`IDLE_S` stops holding the watermark back;
+when none moves (a finished replay, a quiet night) the newest event time moves on with the wall clock, so the
+last buckets close ``lateness + bucket`` after their end. A mention whose bucket was already released is
+*late*: counted in ``finsent_entity_mentions_late_total`` and ignored (a released bucket never changes, so an
+alert stays raised).
+
+**Delivery.** At-least-once, as the topic agent: the mention agent waits for the broker to confirm its records
+(:func:`finsent.alerts.agent.send_confirmed`) before its batch of ``finsent.scored`` is acknowledged, and the
+detect agent confirms an alert on the alerts topic before it takes the next record. A redelivered mention is
+counted once (the detector's per-bucket item set; novelty returns its first answer), and an alert's id is
+stable per (entity, episode start), so the store, which inserts alerts idempotently by id, keeps one row.
+Not covered: a worker restart loses the in-memory baselines and episodes (the prior judges names again until
+they refill); the exact mentions are in the store for the backtest.
+
+**Prometheus.** Thousands of names must not become thousands of label values: only aggregates
+(``finsent_entity_mentions_total{sentiment}``, ``finsent_entities_tracked``, ``finsent_entity_alerts_total``,
+``finsent_entities_alerting``) and the names in an episode *now* (``finsent_entity_alert_active{entity,
+entity_id}``, at most :data:`MAX_ALERTING_LABELS`, removed when the episode ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from finsent.alerts.agent import send_confirmed
+from finsent.alerts.entity_detector import EntityDetector, EntityState, Mention, Thresholds, entity_key
+from finsent.alerts.novelty import Novelty
+from finsent.alerts.runner import EPOCH
+from finsent.alerts.sinks import AlertmanagerSink, _headline, _link
+from finsent.core.events import SENTIMENTS, Alert, InvalidEvent, decode_scored, format_time, parse_time, utcnow
+from finsent.core.settings import Settings
+from finsent.stream.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+ALERTNAME = "FinsentEntityNegativeSurge"
+#: the most entity label sets ``finsent_entity_alert_active`` holds (the highest index wins a place)
+MAX_ALERTING_LABELS = 50
+#: mentions per record on the entity counts topic (each at most ~3.5 kB: far below Kafka's 1 MB)
+MENTIONS_PER_RECORD = 50
+TEXT_CHARS = 1000
+#: an input (scored partition) whose newest event time has not moved for this long no longer holds the watermark
+IDLE_S = 30.0
+
+
+# --- the mention side (every worker, on its share of finsent.scored) ---------------------------------------------
+def entity_records(
+    values: Iterable[bytes | None], partitions: Iterable[int] | None = None,
+) -> tuple[list[tuple[bytes, bytes]], int, int, dict[int, datetime]]:
+    """A batch of ``finsent.scored`` values as (key, value) records keyed by entity.
+
+    Returns (records, mentions, bad values, the newest event time per scored partition) -- ``partitions`` gives
+    each value's partition (the watermark records of :func:`watermark_records`). Undecodable values are skipped
+    and counted (the scorer wrote them: a bug or a foreign producer); mentions without a name are skipped (no
+    key to own them).
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    newest: dict[int, datetime] = {}
+    bad = n = 0
+    parts = iter(partitions) if partitions is not None else None
+    for v in values:
+        part = next(parts, None) if parts is not None else None
+        try:
+            s = decode_scored(v or b"")
+        except InvalidEvent:
+            bad += 1
+            continue
+        it = s.item
+        event_time = it.published_at or it.ingested_at
+        if part is not None and (part not in newest or event_time > newest[part]):
+            newest[part] = event_time
+        at = format_time(event_time)
+        seen: set[str] = set()
+        for e in s.entities:
+            if not e.name.strip():
+                continue
+            key = entity_key(e.entity_id, e.name)
+            if key in seen:
+                continue  # one mention per (item, entity)
+            seen.add(key)
+            g = groups.setdefault(key, {"key": key, "id": e.entity_id, "name": e.name, "m": []})
+            g["m"].append([it.id, at, e.sentiment, int(e.relevance), it.source, (it.title or "")[:300], it.url,
+                           it.text[:TEXT_CHARS]])
+            n += 1
+    records = []
+    for key, g in groups.items():
+        ms = g["m"]
+        for i in range(0, len(ms), MENTIONS_PER_RECORD):
+            body = {**g, "m": ms[i:i + MENTIONS_PER_RECORD]}
+            records.append((key.encode("utf-8"), json.dumps(body, ensure_ascii=False).encode("utf-8")))
+    return records, n, bad, newest
+
+
+def watermark_keys(partitions: int) -> list[bytes]:
+    """One key per partition of the entity counts topic, found so that the default partitioner (murmur2 of the
+    key, as Kafka's Java client and aiokafka compute it) puts key ``i`` on partition ``i``. The leading NUL keeps
+    them apart from every entity key."""
+    from kafka.partitioner.default import murmur2
+
+    keys: list[bytes] = []
+    for i in range(partitions):
+        j = 0
+        while (murmur2(f"\x00wm{j}".encode()) & 0x7FFFFFFF) % partitions != i:
+            j += 1
+        keys.append(f"\x00wm{j}".encode())
+    return keys
+
+
+def watermark_records(keys: Sequence[bytes], newest: dict[int, datetime]) -> list[tuple[bytes, bytes]]:
+    """The sender's newest event time per scored partition, sent to every partition of the entity counts topic."""
+    if not newest:
+        return []
+    body = json.dumps({"wm": {str(p): format_time(t) for p, t in sorted(newest.items())}}).encode()
+    return [(k, body) for k in keys]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A mention waiting in the reorder buffer, with the text novelty needs (dropped once it is released)."""
+
+    mention: Mention
+    text: str
+
+
+def decode_record(value: bytes | str) -> list[Pending] | dict[str, datetime]:
+    """The mentions of one entity counts record, or a watermark record's {scored partition: newest event time};
+    ValueError (KeyError/TypeError too) on a malformed one."""
+    obj = json.loads(value)
+    if "wm" in obj:
+        try:
+            return {str(p): parse_time(t, "wm") for p, t in dict(obj["wm"]).items()}
+        except InvalidEvent as exc:
+            raise ValueError(str(exc)) from None
+    key, eid, name = str(obj["key"]), obj.get("id"), str(obj["name"])
+    if not key:
+        raise ValueError("empty entity key")
+    out = []
+    for item_id, at, sentiment, relevance, source, title, url, text in obj["m"]:
+        try:
+            ts = parse_time(at, "at")
+        except InvalidEvent as exc:
+            raise ValueError(str(exc)) from None
+        if sentiment not in SENTIMENTS:
+            raise ValueError(f"sentiment {sentiment!r} not in {SENTIMENTS}")
+        m = Mention(str(item_id), ts, key, None if eid is None else str(eid), name, str(sentiment), int(relevance),
+                    100, str(source), str(title or ""), None if url is None else str(url))
+        out.append(Pending(m, str(text or "")))
+    return out
+
+
+# --- the owner side ---------------------------------------------------------------------------------------------
+def make_entity_detector(settings: Settings, on_bucket: Callable[[Any], None] | None = None) -> EntityDetector:
+    """The detector the settings describe (watchlist loaded now: a broken file is a ConfigError naming its line)."""
+    watchlist = None
+    mode = "all"
+    if settings.entity_watchlist:
+        from finsent.alerts.watchlist import Watchlist
+
+        watchlist = Watchlist(settings.entity_watchlist)
+        mode = settings.entity_watch_mode
+    return EntityDetector(
+        bucket_s=settings.entity_bucket_s, window_buckets=settings.entity_window_buckets,
+        lateness_s=settings.entity_lateness_s, cooldown_s=settings.entity_cooldown_s, thresholds=Thresholds(),
+        watchlist=watchlist, watch_mode=mode, on_bucket=on_bucket,
+    )
+
+
+class EntityAlerts:
+    """One worker's entity state: the reorder buffer, novelty, the detector, and the blocking outputs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        detector: EntityDetector | None = None,
+        store_getter: Callable[[], Any] | None = None,
+        sinks: Sequence[Callable[[Sequence[Alert], dict[str, EntityState]], None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        idle_s: float = IDLE_S,
+        partitions: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.detector = detector or make_entity_detector(settings)
+        self.novelty = Novelty()
+        self.store_getter = store_getter
+        self.sinks = list(sinks) if sinks is not None else None
+        self.clock = clock
+        self.metrics = entity_metrics()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-entity-alerts")
+        self.lateness = timedelta(seconds=settings.entity_lateness_s)
+        self.bucket_s = self.detector.bucket_s
+        self.pending: list[Pending] = []
+        self.released_upto: datetime | None = None  # mentions before this were released: later ones are late
+        #: the newest event time per input ("<entity counts partition>/<scored partition>", from watermark
+        #: records; "" = the mentions themselves) and the clock reading when it last moved forward
+        self.inputs: dict[str, tuple[datetime | None, float]] = {}
+        self.idle_s = idle_s
+        #: the scored topic's partitions (each one's watermark is awaited); None: the mentions drive it alone
+        self.partitions = partitions
+        self.alerts: list[Alert] = []  # raised by this worker (bounded: tests and the demo read it)
+        self.unstored: list[Alert] = []
+        self.bad_values = 0
+        self.late = 0
+        self.mentions = 0
+
+    def close(self) -> None:
+        """The worker is closing: start no other delivery (one in progress ends in its thread)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- input -------------------------------------------------------------------------------------
+    def offer(self, pending: Iterable[Pending]) -> list[Alert]:
+        """Buffer mentions; returns the alerts of the buckets the watermark now closes."""
+        newest: datetime | None = None
+        for p in pending:
+            m = p.mention
+            if self.released_upto is not None and m.at < self.released_upto:
+                self.late += 1
+                self.metrics.late.inc()
+                continue
+            self.pending.append(p)
+            self.mentions += 1
+            self.metrics.mentions.labels(sentiment=m.sentiment).inc()
+            newest = m.at if newest is None or m.at > newest else newest
+        if newest is not None:
+            self._advance_input("", newest)
+        return self.tick()
+
+    def offer_watermark(self, newest: dict[str, datetime], via: int = 0) -> list[Alert]:
+        """A sender's newest event time per scored partition, read from partition ``via`` of the entity counts
+        topic; returns the alerts of the buckets now closed.
+
+        Kept per (``via``, scored partition): a watermark is ordered after the mentions it covers only within one
+        partition of the entity counts topic, and one worker may own several of them.
+        """
+        if self.partitions and not any(k.startswith(f"{via}/") for k in self.inputs):
+            now = self.clock()  # every scored partition holds the watermark until heard from
+            self.inputs.update({f"{via}/{i}": (None, now) for i in range(self.partitions)})
+        for part, at in newest.items():
+            self._advance_input(f"{via}/{part}", at)
+        return self.tick()
+
+    def _advance_input(self, name: str, at: datetime) -> None:
+        old = self.inputs.get(name)
+        if old is None or old[0] is None or at > old[0]:
+            self.inputs[name] = (at, self.clock())
+
+    def watermark(self) -> datetime | None:
+        """The event time every input has reached: the oldest of the inputs that moved in the last ``idle_s``
+        (None while one of them was never heard from); when none moved (a finished replay, a quiet night), the
+        newest event time moving on with the wall clock. Inputs are the scored partitions when watermark records
+        arrive, else the mentions themselves."""
+        parts = {k: v for k, v in self.inputs.items() if k}
+        if not parts and not self.partitions:
+            parts = self.inputs
+        if not parts:
+            return None
+        now = self.clock()
+        active = [at for at, moved in parts.values() if now - moved < self.idle_s]
+        if active:
+            return None if any(at is None for at in active) else min(at for at in active if at is not None)
+        known = [(at, moved) for at, moved in parts.values() if at is not None]
+        if not known:
+            return None
+        newest = max(at for at, _ in known)
+        return newest + timedelta(seconds=max(0.0, now - max(moved for _, moved in known)))
+
+    def tick(self) -> list[Alert]:
+        """Release what the watermark passed (the timer calls this: quiet streams close their buckets too)."""
+        upto = self.watermark()
+        return self._release(upto) if upto is not None else []
+
+    def _release(self, upto: datetime) -> list[Alert]:
+        wm = int(((upto - self.lateness) - EPOCH).total_seconds() // self.bucket_s) * self.bucket_s
+        cut = EPOCH + timedelta(seconds=wm)  # buckets that end at or before the watermark close
+        if self.released_upto is not None and cut <= self.released_upto:
+            return []
+        ready = sorted((p for p in self.pending if p.mention.at < cut),
+                       key=lambda p: (p.mention.at, p.mention.item_id, p.mention.key))
+        self.pending = [p for p in self.pending if p.mention.at >= cut]
+        new: list[Alert] = []
+        for p in ready:
+            m = p.mention
+            story = self.novelty.observe(m.item_id, m.at, m.source, m.title, p.text, [m.key])
+            new += self.detector.add(replace(m, novelty=story.novelty[m.key]))
+        new += self.detector.advance(upto)
+        self.released_upto = cut
+        if new:
+            self.alerts = (self.alerts + new)[-1000:]
+            for a in new:
+                self.metrics.alerts.labels(severity=a.severity).inc()
+        self.metrics.tracked.set(len(self.detector))
+        return new
+
+    # -- output (blocking: run off the event loop) ---------------------------------------------------
+    def _store(self) -> Any:
+        return self.store_getter() if self.store_getter is not None else None
+
+    def deliver(self, alerts: Sequence[Alert], states: dict[str, EntityState]) -> None:
+        """Write alerts to the store (idempotent by id; kept and retried when it is down), then run the sinks."""
+        store = None
+        try:
+            store = self._store()
+        except Exception:  # noqa: BLE001 - a store that cannot open is retried with the next delivery
+            log.exception("could not open the store for entity alerts")
+        batch = self.unstored + list(alerts)
+        if batch and store is not None:
+            try:
+                store.insert_alerts(batch)
+                self.unstored = []
+            except Exception:  # noqa: BLE001
+                self.unstored = batch[-10_000:]
+                log.exception("could not store %d entity alert(s); retrying with the next delivery (they are on "
+                              "the alerts topic already)", len(batch))
+        elif batch:
+            self.unstored = batch[-10_000:]
+        if self.sinks is None:
+            self.sinks = build_entity_sinks(self.settings)
+        for sink in self.sinks:
+            try:
+                sink(alerts, states)
+            except Exception:  # noqa: BLE001 - one sink failing must not stop the others
+                log.exception("entity alert sink %r failed", sink)
+
+
+# --- Prometheus: aggregates, and the names alerting now only ----------------------------------------------------
+@dataclass(frozen=True)
+class EntityMetrics:
+    mentions: Any
+    late: Any
+    tracked: Any
+    alerts: Any
+    alerting: Any
+    active: Any
+
+
+_metrics_lock = threading.Lock()
+_metrics: EntityMetrics | None = None
+
+
+def entity_metrics() -> EntityMetrics:
+    """The entity metrics in the default registry (created once per process: several workers in a test share them)."""
+    global _metrics
+    with _metrics_lock:
+        if _metrics is None:
+            from prometheus_client import Counter, Gauge
+
+            _metrics = EntityMetrics(
+                mentions=Counter("finsent_entity_mentions", "Entity mentions counted by the entity detector",
+                                 ["sentiment"]),
+                late=Counter("finsent_entity_mentions_late", "Entity mentions ignored: their event-time bucket "
+                             "had closed (later than FINSENT_ENTITY_LATENESS_S)"),
+                tracked=Gauge("finsent_entities_tracked", "Entities whose baseline this worker holds"),
+                alerts=Counter("finsent_entity_alerts", "Entity alerts raised (one per episode)", ["severity"]),
+                alerting=Gauge("finsent_entities_alerting", "Entities in an alert episode on this worker"),
+                active=Gauge("finsent_entity_alert_active", "1 (2 when critical) while an entity is in an alert "
+                             f"episode; at most {MAX_ALERTING_LABELS} names, removed when it ends",
+                             ["entity", "entity_id"]),
+            )
+        return _metrics
+
+
+def _label(text: str | None) -> str:
+    return " ".join((text or "").split())[:100]
+
+
+class EntityGaugeSink:
+    """``finsent_entity_alert_active`` for the (at most 50) entities in an episode; labels removed when it ends."""
+
+    def __init__(self, limit: int = MAX_ALERTING_LABELS) -> None:
+        self.metrics = entity_metrics()
+        self.limit = limit
+        self.severity: dict[str, str] = {}
+        self._labels: dict[str, tuple[str, str]] = {}
+
+    def __call__(self, alerts: Sequence[Alert], states: dict[str, EntityState]) -> None:
+        for a in alerts:
+            self.severity[str((a.evidence or {}).get("entity_key") or a.entity_id or a.entity_name)] = a.severity
+        self.metrics.alerting.set(len(states))
+        shown = sorted(states.values(), key=lambda st: (-st.index, st.key))[: self.limit]
+        now: dict[str, tuple[str, str]] = {}
+        for st in shown:
+            labels = (_label(st.name), _label(st.entity_id))
+            now[st.key] = labels
+            self.metrics.active.labels(*labels).set(2 if self.severity.get(st.key) == "critical" else 1)
+        for key, labels in self._labels.items():
+            if key not in now or now[key] != labels:
+                with contextlib.suppress(KeyError):
+                    self.metrics.active.remove(*labels)
+        self._labels = now
+        self.severity = {k: v for k, v in self.severity.items() if k in states}
+
+
+class EntityAlertmanagerSink(AlertmanagerSink):
+    """Entity episodes on Alertmanager: posted while active (re-posted every ``repost_s``), resolved when over."""
+
+    def __init__(self, url: str, bucket_s: int, dashboard_url: str, repost_s: float = 60.0,
+                 timeout_s: float = 5.0) -> None:
+        super().__init__(url, bucket_s, dashboard_url, None, timeout_s)
+        self.repost_s = repost_s
+        self._alert: dict[str, Alert] = {}
+        self._posted = 0.0
+
+    def entity_payload(self, a: Alert, ends_in_s: float) -> dict[str, Any]:
+        ev = a.evidence or {}
+        name = a.entity_name or ""
+        link = (f"{self.dashboard_url}?var-entity={urllib.parse.quote(str(ev.get('entity_key') or name), safe='')}"
+                f"&from={int(a.window_start.timestamp() * 1000)}&to=now")
+        lines = [f"- {_headline(h)}{_link(h)}" for h in ev.get("headlines", [])[:5]]
+        desc = (f"{name}{f' ({a.entity_id})' if a.entity_id else ''}: {a.negative} novel negative stories from "
+                f"{len(ev.get('sources', []))} sources between {format_time(a.window_start)} and "
+                f"{format_time(a.window_end)} (expected {ev.get('expected_novel_negative', 0)}; index {a.score:.1f}; "
+                f"buzz {ev.get('buzz', 0)}).")
+        if lines:
+            desc += "\nTop negative headlines:\n" + "\n".join(lines)
+        now = utcnow()
+        return {
+            "labels": {"alertname": ALERTNAME, "entity": _label(name), "entity_id": _label(a.entity_id),
+                       "severity": a.severity, "source": "stream", "kind": "entity"},
+            "annotations": {"summary": f"Negative news surge about {name}", "description": desc,
+                            "index": f"{a.score:.2f}", "negative": str(a.negative), "dashboard": link},
+            "startsAt": format_time(a.fired_at),
+            "endsAt": format_time(now + timedelta(seconds=ends_in_s)),
+            "generatorURL": link,
+        }
+
+    def __call__(self, alerts: Sequence[Alert], states: dict[str, EntityState]) -> None:  # type: ignore[override]
+        for a in alerts:
+            self._alert[str((a.evidence or {}).get("entity_key") or a.entity_id or a.entity_name)] = a
+        body = [self.entity_payload(a, 0) for k, a in list(self._alert.items()) if k not in states]
+        self._alert = {k: a for k, a in self._alert.items() if k in states}
+        if alerts or body or time.monotonic() - self._posted >= self.repost_s:
+            body += [self.entity_payload(a, 3 * self.repost_s) for a in self._alert.values()]
+            if body:
+                self._posted = time.monotonic()
+                self.post(body)
+
+
+def build_entity_sinks(settings: Settings) -> list[Callable[[Sequence[Alert], dict[str, EntityState]], None]]:
+    """Gauges always; Alertmanager when ``settings.alertmanager_url`` is set."""
+    sinks: list[Callable[[Sequence[Alert], dict[str, EntityState]], None]] = [EntityGaugeSink()]
+    if settings.alertmanager_url:
+        sinks.append(EntityAlertmanagerSink(settings.alertmanager_url, settings.entity_bucket_s,
+                                            settings.entity_dashboard_url))
+    return sinks
+
+
+def _alert_key(a: Alert) -> bytes:
+    return str((a.evidence or {}).get("entity_key") or a.entity_id or a.entity_name or "").encode("utf-8")
+
+
+def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
+    """Add the mention and detect agents and the watermark timer to the Faust ``app`` (see the module doc).
+
+    Registered as extension ``"entity_alerts"``; nothing is added when ``FINSENT_ENTITY_ALERTS`` is off.
+    """
+    settings = ctx.settings
+    if not settings.entity_alerts:
+        return None
+    kwargs.setdefault("partitions", settings.partitions)
+    state = EntityAlerts(settings, store_getter=kwargs.pop("store_getter", None) or ctx.store.get, **kwargs)
+    scored = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
+    counts = app.topic(settings.topic_entity_counts, key_type=bytes, value_type=bytes, internal=True,
+                       partitions=settings.partitions)
+    alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
+    ctx.extensions.register("entity_alerts", state, close=state.close)
+    loop_lock = asyncio.Lock()  # the detect agent and the timer take turns on the detector and the outputs
+
+    async def publish(new: list[Alert]) -> None:
+        await send_confirmed(alerts_topic, [(_alert_key(a), a.to_json()) for a in new], "entity alerts")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(state.pool, state.deliver, new, dict(state.detector.states()))
+
+    wm_keys = watermark_keys(settings.partitions)
+
+    @app.agent(scored, name="finsent.entities.mentions")
+    async def mentions(stream: Any) -> None:
+        seen: dict[int, datetime] = {}  # newest event time per scored partition this worker has read
+        async for events in stream.take_events(max(settings.batch_max * 4, 256), within=1.0):
+            records, _, bad, newest = entity_records((e.value for e in events), (e.message.partition for e in events))
+            state.bad_values += bad
+            for part, at in newest.items():
+                seen[part] = max(at, seen.get(part, at))
+            await send_confirmed(counts, records, "entity mentions")  # before take acks this batch
+            # after the mentions are confirmed: a watermark never overtakes the mentions it covers
+            await send_confirmed(counts, watermark_records(wm_keys, seen), "entity watermarks")
+
+    @app.agent(counts, name="finsent.entities.detect")
+    async def detect(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                decoded = decode_record(event.value)
+            except (ValueError, KeyError, TypeError):
+                state.bad_values += 1
+                continue
+            async with loop_lock:
+                if isinstance(decoded, dict):
+                    new = state.offer_watermark(decoded, event.message.partition)
+                else:
+                    new = state.offer(decoded)
+                if new:
+                    await publish(new)  # confirmed before the next record is taken (and this one acked)
+
+    last_sink = [0.0]
+
+    @app.timer(interval=1.0)
+    async def watermark() -> None:
+        async with loop_lock:
+            new = state.tick()
+            if new or time.monotonic() - last_sink[0] >= 5.0:
+                last_sink[0] = time.monotonic()
+                await publish(new)
+
+    return state
+
+
+__all__ = ["ALERTNAME", "EntityAlertmanagerSink", "EntityAlerts", "EntityGaugeSink", "MAX_ALERTING_LABELS",
+           "Pending", "attach", "build_entity_sinks", "decode_record", "entity_metrics", "entity_records",
+           "make_entity_detector", "watermark_keys", "watermark_records"]
