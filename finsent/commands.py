@@ -161,14 +161,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "on FINSENT_METRICS_HOST:FINSENT_METRICS_PORT. Run several with the same --group to scale out "
             "(up to one per partition). Stops cleanly on SIGTERM/Ctrl-C within 10 s. Next to /metrics it serves "
             "/healthz (alive), /readyz (joined the group, model loaded, store reachable) and a read-only JSON "
-            "API (/v1/count, /v1/top, /v1/alerts, /v1/series) that `finsent query` uses while this worker "
-            "holds an embedded store. With FINSENT_REGISTRY set it follows the registry's production model "
+            "API (/v1/count, /v1/top, /v1/alerts, /v1/series). While it holds an embedded (chdb) store, it "
+            "records itself in the data directory and every other command (label, drift, rescore, alerts, "
+            "query) goes through it (POST /v1/store/call) by itself; a second worker needs a clickhouse:// "
+            "store, as in the examples. With FINSENT_REGISTRY set it follows the registry's production model "
             "(hot reload every FINSENT_RELOAD_INTERVAL_S)."
         ),
         epilog=(
             "examples:\n"
             "  finsent worker                                  embedded chdb store, broker on 127.0.0.1:9092\n"
-            "  finsent worker --metrics-port 9465              a second worker: same group, shares the partitions\n"
+            "  finsent label queue --n 20 --csv q.csv          while it runs: other commands go through it\n"
+            "  two workers in one group share one ClickHouse server (an embedded store holds one worker):\n"
+            "  FINSENT_STORE=clickhouse://default@127.0.0.1:9000/finsent finsent worker\n"
+            "  FINSENT_STORE=clickhouse://default@127.0.0.1:9000/finsent finsent worker --metrics-port 9465\n"
             "  FINSENT_STORE=clickhouse://finsent:PW@ch:9000/finsent FINSENT_BROKERS=k1:9092,k2:9092 finsent worker\n"
             "  curl -s localhost:9464/readyz; curl -s 'localhost:9464/v1/count?since=3600'"
         ),

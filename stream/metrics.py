@@ -289,6 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry = REGISTRY
     ready: Callable[[], tuple[bool, str]] | None = None
     routes: dict[str, Callable[[dict[str, str]], tuple[int, Any]]] = {}
+    #: POST routes of the data API (the worker's store calls): path -> handler(body) -> (status, JSON bytes)
+    post_routes: dict[str, Callable[[bytes], tuple[int, bytes]]] = {}
     api_token: bytes | None = None
     loopback: bool = True
     server: GuardedHTTPServer
@@ -353,6 +355,37 @@ class _Handler(BaseHTTPRequestHandler):
             known = ", ".join([*_PROBE_PATHS, *sorted(self.routes)])
             self._reply(404, f"not found: try {known}\n".encode())
 
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        """A data API POST route (same protection as GET routes); the body has a Content-Length and a limit."""
+        from finsent.stream.store.owner import MAX_CALL_BYTES
+
+        route = self.post_routes.get(self.path.partition("?")[0])
+        if route is None:
+            self._reply(404, f"not found: POST serves {', '.join(sorted(self.post_routes)) or 'nothing'}\n".encode())
+            return
+        denied = self._api_denied()
+        if denied is not None:
+            extra = {"WWW-Authenticate": 'Bearer realm="finsent"'} if denied[0] == 401 else {}
+            self._reply(denied[0], (json.dumps({"error": denied[1]}) + "\n").encode(), "application/json", extra)
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or "-1")
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_CALL_BYTES:
+            self._reply(413 if length > 0 else 411, json.dumps(
+                {"error": f"send a Content-Length of at most {MAX_CALL_BYTES} bytes"}).encode(), "application/json")
+            return
+        try:
+            status, body = route(self.rfile.read(length))
+        except OSError:
+            self.close_connection = True
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed call is an answer, not a dead server thread
+            log.exception("POST %s failed", self.path)
+            status, body = 503, json.dumps({"error": f"{type(exc).__name__}: {exc}", "type": "StoreError"}).encode()
+        self._reply(status, body, "application/json")
+
     def _prefix_route(self, path: str) -> str | None:
         """The route a templated path belongs to: routes ending in ``/`` (``/v1/entity/``) take one more path
         segment (``/v1/entity/AAPL``, ``/v1/entity/name%3Aftx``)."""
@@ -386,6 +419,7 @@ def serve_metrics(
     routes: dict[str, Callable[[dict[str, str]], tuple[int, Any]]] | None = None,
     *,
     api_token: str | None = None,
+    post_routes: dict[str, Callable[[bytes], tuple[int, bytes]]] | None = None,
     max_connections: int = MAX_CONNECTIONS,
     header_timeout_s: float = HEADER_TIMEOUT_S,
 ) -> GuardedHTTPServer | None:
@@ -395,7 +429,9 @@ def serve_metrics(
     endpoints (path -> ``handler(query params) -> (status, body)``): the worker's data API, which
     answers only with ``Authorization: Bearer <api_token>`` when a token is given; without one it
     answers on a loopback address only (403 elsewhere, saying to set FINSENT_API_TOKEN), because it
-    serves stored item texts. ``max_connections`` and ``header_timeout_s``: see :class:`GuardedHTTPServer`.
+    serves stored item texts. ``post_routes`` (path -> ``handler(body) -> (status, JSON bytes)``) are
+    protected the same way (the worker's ``POST /v1/store/call``).
+    ``max_connections`` and ``header_timeout_s``: see :class:`GuardedHTTPServer`.
     Every long-running command (worker, ingesters, push endpoint, ``alerts watch``) serves its
     metrics through this one function. Raises :class:`ConfigError` when the port cannot be bound.
     """
@@ -405,6 +441,7 @@ def serve_metrics(
         "registry": registry or REGISTRY,
         "ready": staticmethod(ready) if ready else None,
         "routes": dict(routes or {}),
+        "post_routes": dict(post_routes or {}),
         "api_token": api_token.encode() if api_token else None,
     })
     try:

@@ -114,6 +114,8 @@ class WorkerThread:
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        # a stop asked before the app exists (Ctrl-C while start() waits) must still stop it once it does
+        self._stop_asked = threading.Event()
         self._thread = threading.Thread(target=self._run, name="finsent-worker", daemon=True)
 
     def _run(self) -> None:
@@ -125,6 +127,8 @@ class WorkerThread:
         try:
             self._stop = asyncio.Event()
             self.worker = create_worker(self.settings, loop=loop, **self.create_kwargs)
+            if self._stop_asked.is_set():
+                self._stop.set()
             task = loop.create_task(_serve(self.worker, self._stop))
             loop.call_soon(self._ready.set)
             loop.run_until_complete(task)
@@ -165,6 +169,7 @@ class WorkerThread:
         return self._thread.is_alive()
 
     def stop(self, timeout_s: float = 60.0) -> None:
+        self._stop_asked.set()
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout_s)
@@ -194,12 +199,15 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     def ready() -> tuple[bool, str]:
         return scorer_ref[0].readiness() if scorer_ref else (False, "starting")
 
+    from finsent.stream.store import owner
     from finsent.stream.store.cli import api_handlers
 
-    # the read-only query API: `finsent query` uses it when this worker holds an embedded store
+    owner.mark_worker(settings.store)  # an embedded store another worker holds: one line, before binding a port
+    # the read-only query API, and the store calls other commands make while this worker holds an embedded store
     routes = api_handlers(lambda: scorer_ref[0].store if scorer_ref else None)
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes, api_token=token)
+    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes, api_token=token,
+                           post_routes=owner.call_routes(lambda: scorer_ref[0].store if scorer_ref else None))
     ensure_topics(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -212,7 +220,7 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     # a store that is down at start is one clear line (StoreUnavailable, exit 8), not a crashing agent;
     # once running, the worker keeps its batches and retries a store that goes away
     try:
-        worker.context.store.get()
+        owned = owner.record(worker.context.store.get(), server, token)  # found by other commands (owner.py)
     except BaseException:
         worker.close()
         loop.close()
@@ -253,6 +261,8 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         threading.excepthook = default_hook
+        if owned is not None:
+            owned.remove()
         if server is not None:
             server.shutdown()
     st = scorer.stats.snapshot()

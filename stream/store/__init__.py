@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from finsent.core.errors import ConfigError, StoreError, StoreUnavailable
+from finsent.core.errors import ConfigError, StoreError, StoreInUse, StoreUnavailable
 from finsent.core.redact import redact_url  # the one redaction (re-exported: callers import it from here)
 from finsent.core.store import Store, TopicCounts
 
@@ -103,7 +103,8 @@ def parse_chdb_url(url: str) -> dict[str, Any]:
     return {"path": unquote(path), "database": opts.get("database") or DEFAULT_DATABASE}
 
 
-def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None) -> Store:
+def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None,
+               api_token: str | None = None) -> Store:
     """Connect to the store named by ``url`` (see module docs). Does not create the schema:
     call ``ensure_schema()`` (idempotent) before the first insert.
 
@@ -111,6 +112,9 @@ def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None)
     Replicated local tables, Distributed tables; see :mod:`finsent.stream.store.schema`).
     A server that is down is not an error here: the driver connects on first use, which raises
     :class:`StoreUnavailable`.
+
+    An embedded store held by a running worker is reached through that worker
+    (:class:`~finsent.stream.store.remote.RemoteStore`, with ``api_token`` or FINSENT_API_TOKEN).
     """
     if url.startswith(("clickhouse://", "clickhouses://")):
         from finsent.stream.store.clickhouse import ClickHouseStore
@@ -129,13 +133,20 @@ def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None)
         from finsent.stream.store.embedded import ChdbStore
 
         kw = parse_chdb_url(url)
-        return ChdbStore(kw["path"], kw["database"], retention_days=retention_days)
+        try:
+            return ChdbStore(kw["path"], kw["database"], retention_days=retention_days)
+        except StoreInUse as exc:  # held by a worker: its calls go through it (stream/store/owner.py)
+            from finsent.stream.store.remote import through_owner
+
+            return through_owner(kw["path"], kw["database"], exc, api_token=api_token)
     raise ConfigError(f"store URL {redact_url(url)!r} must start with clickhouse:// or chdb://", hint=URL_HINT)
 
 
 def store_from_settings(settings: Settings) -> Store:
     """``open_store(settings.store)`` with the settings' retention and cluster applied."""
-    return open_store(settings.store, retention_days=settings.retention_days, cluster=settings.clickhouse_cluster)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return open_store(settings.store, retention_days=settings.retention_days, cluster=settings.clickhouse_cluster,
+                      api_token=token)
 
 
 __all__ = [
