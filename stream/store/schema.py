@@ -657,7 +657,8 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         _text(a.kind or "topic"),
         _text(a.entity_id or ""),
         _text(a.entity_name or ""),
-        _text(json.dumps(a.evidence, ensure_ascii=False, default=str, allow_nan=False) if a.evidence else ""),
+        # default=str and NaN allowed: an odd value in the evidence must not fail the batch (Python reads NaN back)
+        _text(json.dumps(a.evidence, ensure_ascii=False, default=str) if a.evidence else ""),
         version,
     )
 
