@@ -37,10 +37,13 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finsent.core.errors import ModelError
 from finsent.core.settings import Settings
+
+if TYPE_CHECKING:
+    from finsent.stream.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -219,13 +222,17 @@ def set_model_info(metrics: Any, clf: Any, previous: Any = None) -> None:
     metrics.model_info.labels(str(getattr(clf, "version", "?")), str(getattr(clf, "provider", "?"))).set(1)
 
 
-def attach(app: Any, scorer: Any, settings: Settings) -> ModelFollower | None:
-    """Follow the production alias in ``app`` (a Faust timer every ``reload_interval_s``); None without a registry."""
+def attach(app: Any, ctx: WorkerContext) -> ModelFollower | None:
+    """Follow the production alias in ``app`` (a Faust timer every ``reload_interval_s``); None without a registry.
+
+    An extension like any other: registered as ``"reload"``, closed with the worker.
+    """
+    settings = ctx.settings
     registry = registry_of(settings)
     if registry is None:
         return None
-    follower = ModelFollower(settings, scorer.holder, scorer.metrics, registry)
-    scorer.follower = follower
+    follower = ModelFollower(settings, ctx.classifier, ctx.metrics, registry)
+    ctx.extensions.register("reload", follower, close=follower.close)
 
     @app.timer(interval=settings.reload_interval_s, name="finsent.reload")
     async def follow_production() -> None:

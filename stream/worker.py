@@ -158,8 +158,6 @@ class Scorer:
         self.consumer: Any = None
         self.datadir: Path | None = None
         self._redeclared_at = -1e9
-        #: the production-alias follower (hot reload), when the app follows a registry
-        self.follower: Any = None
 
     def bind(self, edge: faust_adapter.FaustEdge) -> None:
         """Publish through ``edge`` (the Faust app's producer)."""
@@ -252,8 +250,6 @@ class Scorer:
     def close(self) -> None:
         self.stopping.set()
         self.draining.set()
-        if self.follower is not None:
-            self.follower.close()
         self.extensions.close()
         self.scheduler.close()
         self.store_stage.close()
@@ -471,7 +467,7 @@ def create_worker(
     if follow_registry:
         from finsent.stream.reload import attach as follow_production
 
-        follow_production(app, scorer, settings)
+        follow_production(app, scorer.context)
     faust_adapter.run_scorer(app, scorer, settings)
     for extend in extensions:  # e.g. finsent.alerts.agent.attach: the composition root decides, not this module
         extend(app, scorer.context)

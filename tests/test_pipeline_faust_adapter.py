@@ -1,26 +1,25 @@
-"""The worker's adjustments to faust-streaming (``finsent.stream.faust_tuning``).
+"""The Faust adapter (``finsent.stream.faust_adapter``): what it changes, for its own app only, pinned by behaviour.
 
 The delivery fast path must behave exactly as mode's ``wait_first`` race it short-cuts, so each
 scenario below runs against both and compares what the caller and the queue see: a delivery that
 finishes at once, one that yields a bare turn of the loop, one that waits for space and gets it,
 one that waits and is overtaken by a suspension (the rebalance case), one cancelled from outside,
-and deliveries that raise before and after waiting. Then: the Faust code the hook relies on is
-still the code it was written for (a guard for the day the pins move).
+and deliveries that raise before and after waiting. Then: the worker's app really uses the
+adapter's consumer (fast path, fetch wait) and producer, and nothing of Faust or aiokafka is
+changed for any other app in the process (no class is patched).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from faust.transport.consumer import Consumer
 from mode import Service
 
-from finsent.stream import faust_tuning
-from finsent.stream.faust_tuning import LeanMonitor, fast_wait_first
+from finsent.stream.faust_adapter import FETCH_MAX_WAIT_MS, LeanMonitor, fast_wait_first
 
 
 class _Consumer(Service):
@@ -167,24 +166,95 @@ def test_other_wait_first_calls_go_to_mode_unchanged() -> None:
     assert res.results == [True] and not res.stopped
 
 
-def test_faust_still_delivers_records_the_way_the_hook_expects() -> None:
-    """If a faust-streaming upgrade changes these lines, the fast path would silently stop applying."""
-    src = inspect.getsource(Consumer._drain_messages)
-    assert "await self.wait_first(" in src and "callback(message), self.suspend_flow.wait()" in src
-    assert "self.suspend_flow = Event()" in inspect.getsource(Consumer.__init__)
-    assert "from asyncio import Event" in inspect.getsource(inspect.getmodule(Consumer))
+def _app(tmp_path: Path) -> Any:
+    from finsent.core.settings import Settings
+    from finsent.stream.faust_adapter import make_app
+
+    s = Settings(brokers="127.0.0.1:1", store=f"chdb://{tmp_path / 'store'}")
+    return make_app(s, "finsent-adapter-test", tmp_path, None, 1.0)
 
 
-def test_install_routes_wait_first_and_is_idempotent() -> None:
-    class App:
-        pass
+def test_the_worker_app_delivers_through_the_fast_path_and_no_faust_class_is_changed(tmp_path: Path) -> None:
+    """The worker's own consumer takes the fast path (no task per record); Faust's classes stay mode's."""
+    import faust
+    from faust.transport.drivers import aiokafka as faust_aiokafka
 
-    app = App()
-    faust_tuning.install(app)
-    first = Consumer.wait_first
-    faust_tuning.install(app)
-    assert Consumer.wait_first is first and "fast_wait_first" in inspect.getsource(first)
-    assert app.finsent_fetch_max_wait_ms == faust_tuning.FETCH_MAX_WAIT_MS
+    app = _app(tmp_path)
+    other = faust.App("finsent-other-app", broker="kafka://127.0.0.1:1", autodiscover=False,
+                      datadir=str(tmp_path / "other"), web_enabled=False)
+
+    async def run(consumer: Any) -> int:
+        q: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        factory = loop.get_task_factory()
+        created = 0
+
+        def counting(loop: Any, coro: Any, **kw: Any) -> asyncio.Task:
+            nonlocal created
+            created += 1
+            return asyncio.Task(coro, loop=loop, **kw) if factory is None else factory(loop, coro, **kw)
+
+        loop.set_task_factory(counting)
+        try:
+            for i in range(20):
+                await consumer.wait_first(_deliver(q, str(i), []), consumer.suspend_flow.wait())
+        finally:
+            loop.set_task_factory(factory)
+        assert q.qsize() == 20
+        return created
+
+    assert asyncio.run(run(app.consumer)) == 0
+    # nothing process-wide: another app in the process gets Faust's own consumer, whose wait_first is mode's race
+    assert type(other.consumer) is faust_aiokafka.Consumer
+    assert faust_aiokafka.Consumer.wait_first is Service.wait_first
+    assert faust_aiokafka.AIOKafkaConsumerThread._create_consumer.__module__ == "faust.transport.drivers.aiokafka"
+
+
+def test_the_worker_app_asks_the_broker_to_answer_fetches_within_the_short_wait(tmp_path: Path) -> None:
+    """The aiokafka consumer the worker's app builds waits FETCH_MAX_WAIT_MS at the broker, a stock one 1500 ms."""
+    import faust
+
+    app = _app(tmp_path)
+    other = faust.App("finsent-other-app", broker="kafka://127.0.0.1:1", autodiscover=False,
+                      datadir=str(tmp_path / "other"), web_enabled=False)
+
+    async def build(a: Any) -> int:
+        consumer = a.consumer._thread._create_worker_consumer(a.transport)
+        try:
+            return consumer._fetch_max_wait_ms  # what aiokafka's fetcher is built with at start()
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(build(app)) == FETCH_MAX_WAIT_MS == 100
+    assert asyncio.run(build(other)) == 1500
+
+
+@pytest.mark.integration
+def test_the_edge_sends_whole_record_batches_that_the_broker_confirms(kafka_bootstrap: str, unique_name: str,
+                                                                     tmp_path: Path) -> None:
+    """The publish stage's ``send``: record batches through the app's producer, keyed as Kafka's partitioner."""
+    from finsent.stream.faust_adapter import FaustEdge, make_app
+    from finsent.stream.kafka import ensure_topics
+    from finsent.stream.publish import key_hash
+    from tests.stream_helpers import read_topic, stream_settings
+
+    s = stream_settings(kafka_bootstrap, f"chdb://{tmp_path / 'store'}", unique_name)
+    ensure_topics(s)
+    keys = [f"k{i}".encode() for i in range(30)]
+
+    async def run() -> None:
+        app = make_app(s, f"{unique_name}-edge", tmp_path, None, 1.0)
+        await app.producer.start()
+        try:
+            futs = await FaustEdge(app).send(s.topic_scored, [(k, b"v" + k, key_hash(k)) for k in keys])
+            assert 1 <= len(futs) <= s.partitions  # one record batch per partition, not one send per record
+            await asyncio.gather(*futs)
+        finally:
+            await app.producer.stop()
+
+    asyncio.run(run())
+    got = read_topic(s, s.topic_scored, expect=len(keys))
+    assert sorted(r.key for r in got) == sorted(keys) and all(r.value == b"v" + r.key for r in got)
 
 
 def test_lean_monitor_keeps_no_per_record_state_but_the_liveness_time() -> None:
@@ -198,17 +268,3 @@ def test_lean_monitor_keeps_no_per_record_state_but_the_liveness_time() -> None:
     assert m.messages_received_total == 0 and m.events_total == 0
     assert m.stream_inbound_time["tp"] >= before  # Faust's "stream has not started processing" check
 
-
-def test_faust_liveness_check_still_reads_the_monitors_stream_inbound_time() -> None:
-    """Without ``stream_inbound_time`` Faust logs a false ERROR every 30 s per lagging partition."""
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    assert "monitor.stream_inbound_time.get(tp)" in inspect.getsource(AIOKafkaConsumerThread.verify_event_path)
-
-
-def test_the_worker_publishes_through_faust_streamings_aiokafka_producer() -> None:
-    """``Scorer._publish`` takes aiokafka's producer from Faust's (``_ensure_producer``) for whole batches."""
-    from faust.transport.drivers.aiokafka import Producer
-
-    src = inspect.getsource(Producer._ensure_producer)
-    assert "-> aiokafka.AIOKafkaProducer" in src and "return self._producer" in src
