@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from finsent.core.argtypes import port, positive_float
 from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -285,9 +286,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=WATCH_DESCRIPTION,
         formatter_class=raw,
     )
-    w.add_argument("--interval", type=float, default=5.0, help="seconds between polls of the store (default 5)")
+    w.add_argument("--interval", type=positive_float, default=5.0,
+                   help="seconds between polls of the store (default 5)")
     w.add_argument("--once", action="store_true", help="poll once (backfilling the baseline) and exit")
-    w.add_argument("--metrics-port", type=int, default=0, help="serve the spike gauges on this port (0 = off)")
+    w.add_argument("--metrics-port", type=port, default=0, help="serve the spike gauges on this port (0 = off)")
     w.set_defaults(func=_watch)
     from finsent.core.jsonout import add_json_option
     from finsent.stream.store.cli import time_or_duration
