@@ -76,19 +76,26 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop, timeout_s: float = 0.5) -
         return
     for task in pending:
         task.cancel()
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the cancelled client tasks' last words
-    loop.run_until_complete(asyncio.wait(pending, timeout=timeout_s))
+    asyncio_log = logging.getLogger("asyncio")
+    level = asyncio_log.level
+    asyncio_log.setLevel(logging.CRITICAL)  # the cancelled client tasks' last words, for these few lines only
+    try:
+        loop.run_until_complete(asyncio.wait(pending, timeout=timeout_s))
+    finally:
+        asyncio_log.setLevel(level)
 
 
-async def _watch_health(health: Any, redeclare: Callable[[], Any] | None = None) -> None:
-    """Tick :class:`KafkaHealth`; while Kafka complains, and once when it is back, run ``redeclare``.
+async def _watch_health(health: Any, probe: Callable[[], Any], redeclare: Callable[[], Any] | None = None) -> None:
+    """Ask Kafka every 2 s (``probe``: a metadata request of the app's own client) and tick :class:`KafkaHealth`.
 
-    Re-declaring is rate-limited by the worker (once per 10 s). It runs *while* the clients still
-    complain because a restarted broker that lacks a topic makes them complain forever (every commit
-    of the alert counts topic fails), so "quiet again" alone would never come.
+    A failed answer is the evidence (not the client libraries' log records); "back" is a quiet
+    ``quiet_s`` without one. While Kafka is lost, and once when it is back, run ``redeclare``
+    (rate-limited by the worker, once per 10 s): a restarted memory-only broker lacks our topics.
     """
     while True:
         await asyncio.sleep(2.0)
+        if await probe() is False:
+            health.error()
         was_lost = health.lost_since is not None
         health.tick()
         if was_lost and redeclare is not None:
@@ -114,8 +121,6 @@ class WorkerThread:
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        # a stop asked before the app exists (Ctrl-C while start() waits) must still stop it once it does
-        self._stop_asked = threading.Event()
         self._thread = threading.Thread(target=self._run, name="finsent-worker", daemon=True)
 
     def _run(self) -> None:
@@ -127,8 +132,6 @@ class WorkerThread:
         try:
             self._stop = asyncio.Event()
             self.worker = create_worker(self.settings, loop=loop, **self.create_kwargs)
-            if self._stop_asked.is_set():
-                self._stop.set()
             task = loop.create_task(_serve(self.worker, self._stop))
             loop.call_soon(self._ready.set)
             loop.run_until_complete(task)
@@ -169,7 +172,6 @@ class WorkerThread:
         return self._thread.is_alive()
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        self._stop_asked.set()
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout_s)
@@ -188,26 +190,24 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
 
     ``extensions`` add agents to the app (the composition root passes the in-stream alert detector).
     """
+    from finsent.stream import faust_adapter
     from finsent.stream.kafka import KafkaHealth, ensure_topics, quiet_client_logs
     from finsent.stream.metrics import serve_metrics
     from finsent.stream.worker import create_worker
 
     health = KafkaHealth(settings.brokers)
-    limiter = quiet_client_logs(settings, health)
+    limiter = quiet_client_logs(settings)  # rate limits the clients' lines; Kafka's health is probed below
     scorer_ref: list[Any] = []
 
     def ready() -> tuple[bool, str]:
         return scorer_ref[0].readiness() if scorer_ref else (False, "starting")
 
-    from finsent.stream.store import owner
     from finsent.stream.store.cli import api_handlers
 
-    owner.mark_worker(settings.store)  # an embedded store another worker holds: one line, before binding a port
-    # the read-only query API, and the store calls other commands make while this worker holds an embedded store
+    # the read-only query API: `finsent query` uses it when this worker holds an embedded store
     routes = api_handlers(lambda: scorer_ref[0].store if scorer_ref else None)
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes, api_token=token,
-                           post_routes=owner.call_routes(lambda: scorer_ref[0].store if scorer_ref else None))
+    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes, api_token=token)
     ensure_topics(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -220,7 +220,7 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     # a store that is down at start is one clear line (StoreUnavailable, exit 8), not a crashing agent;
     # once running, the worker keeps its batches and retries a store that goes away
     try:
-        owned = owner.record(worker.context.store.get(), server, token)  # found by other commands (owner.py)
+        worker.context.store.get()
     except BaseException:
         worker.close()
         loop.close()
@@ -237,7 +237,8 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         settings.redacted()["store"], settings.batch_max, settings.batch_within_s,
     )
     # a broker that lost its topics (memory-only, restarted) gets every one of ours back, internal ones too
-    health_timer = loop.create_task(_watch_health(health, scorer._redeclare_topics))
+    health_timer = loop.create_task(
+        _watch_health(health, lambda: faust_adapter.kafka_answers(worker.app), scorer._redeclare_topics))
     default_hook = threading.excepthook
 
     def quiet_stop(args: Any) -> None:
@@ -261,8 +262,6 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         threading.excepthook = default_hook
-        if owned is not None:
-            owned.remove()
         if server is not None:
             server.shutdown()
     st = scorer.stats.snapshot()
