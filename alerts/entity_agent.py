@@ -64,6 +64,7 @@ from finsent.alerts.entity_detector import EntityDetector, EntityState, Mention,
 from finsent.alerts.novelty import Novelty
 from finsent.alerts.runner import EPOCH
 from finsent.alerts.sinks import AlertmanagerSink, _headline, _link
+from finsent.alerts.watchlist import Watchlist
 from finsent.core.events import SENTIMENTS, Alert, InvalidEvent, decode_scored, format_time, parse_time, utcnow
 from finsent.core.settings import Settings
 from finsent.stream.context import WorkerContext
@@ -78,6 +79,9 @@ MENTIONS_PER_RECORD = 50
 TEXT_CHARS = 1000
 #: an input (scored partition) whose newest event time has not moved for this long no longer holds the watermark
 IDLE_S = 30.0
+#: a scored partition never heard from holds it this long (a loaded worker may take a while to read its first
+#: batch; a partition with no traffic at all must not hold it forever)
+UNHEARD_S = 300.0
 
 
 # --- the mention side (every worker, on its share of finsent.scored) ---------------------------------------------
@@ -186,112 +190,84 @@ def decode_record(value: bytes | str) -> list[Pending] | dict[str, datetime]:
 
 
 # --- the owner side ---------------------------------------------------------------------------------------------
-def make_entity_detector(settings: Settings, on_bucket: Callable[[Any], None] | None = None) -> EntityDetector:
-    """The detector the settings describe (watchlist loaded now: a broken file is a ConfigError naming its line)."""
-    watchlist = None
-    mode = "all"
-    if settings.entity_watchlist:
-        from finsent.alerts.watchlist import Watchlist
-
-        watchlist = Watchlist(settings.entity_watchlist)
-        mode = settings.entity_watch_mode
+def make_entity_detector(settings: Settings, on_bucket: Callable[[Any], None] | None = None,
+                         watchlist: Watchlist | None = None) -> EntityDetector:
+    """The detector the settings describe (``watchlist``: the loaded ``settings.entity_watchlist``, if any)."""
     return EntityDetector(
         bucket_s=settings.entity_bucket_s, window_buckets=settings.entity_window_buckets,
         lateness_s=settings.entity_lateness_s, cooldown_s=settings.entity_cooldown_s, thresholds=Thresholds(),
-        watchlist=watchlist, watch_mode=mode, on_bucket=on_bucket,
+        watchlist=watchlist, watch_mode=settings.entity_watch_mode if watchlist is not None else "all",
+        on_bucket=on_bucket,
     )
 
 
-class EntityAlerts:
-    """One worker's entity state: the reorder buffer, novelty, the detector, and the blocking outputs."""
+class EntityUnit:
+    """What one partition of the entity counts topic owns: its reorder buffer, watermark, novelty and detector.
 
-    def __init__(
-        self,
-        settings: Settings,
-        detector: EntityDetector | None = None,
-        store_getter: Callable[[], Any] | None = None,
-        sinks: Sequence[Callable[[Sequence[Alert], dict[str, EntityState]], None]] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        idle_s: float = IDLE_S,
-        partitions: int | None = None,
-    ) -> None:
-        self.settings = settings
-        self.detector = detector or make_entity_detector(settings)
+    The partition, not the worker, is the unit: a worker may own several, and a watermark is ordered after the
+    mentions it covers only within one partition. Which worker owns a partition changes nothing in what its
+    unit computes, so 1 or 3 workers raise the same alerts.
+    """
+
+    def __init__(self, owner: EntityAlerts, via: int, detector: EntityDetector) -> None:
+        self.owner = owner
+        self.via = via
+        self.detector = detector
         self.novelty = Novelty()
-        self.store_getter = store_getter
-        self.sinks = list(sinks) if sinks is not None else None
-        self.clock = clock
-        self.metrics = entity_metrics()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-entity-alerts")
-        self.lateness = timedelta(seconds=settings.entity_lateness_s)
-        self.bucket_s = self.detector.bucket_s
         self.pending: list[Pending] = []
         self.released_upto: datetime | None = None  # mentions before this were released: later ones are late
-        #: the newest event time per input ("<entity counts partition>/<scored partition>", from watermark
-        #: records; "" = the mentions themselves) and the clock reading when it last moved forward
+        #: the newest event time per input (a scored partition, from watermark records; "" = the mentions
+        #: themselves) and the clock reading when it last moved forward (None: never heard from)
         self.inputs: dict[str, tuple[datetime | None, float]] = {}
-        self.idle_s = idle_s
-        #: the scored topic's partitions (each one's watermark is awaited); None: the mentions drive it alone
-        self.partitions = partitions
-        self.alerts: list[Alert] = []  # raised by this worker (bounded: tests and the demo read it)
-        self.unstored: list[Alert] = []
-        self.bad_values = 0
-        self.late = 0
-        self.mentions = 0
 
-    def close(self) -> None:
-        """The worker is closing: start no other delivery (one in progress ends in its thread)."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-    # -- input -------------------------------------------------------------------------------------
     def offer(self, pending: Iterable[Pending]) -> list[Alert]:
-        """Buffer mentions; returns the alerts of the buckets the watermark now closes."""
+        o = self.owner
         newest: datetime | None = None
         for p in pending:
             m = p.mention
             if self.released_upto is not None and m.at < self.released_upto:
-                self.late += 1
-                self.metrics.late.inc()
+                o.late += 1
+                o.metrics.late.inc()
+                if o.late & (o.late - 1) == 0:  # the 1st, 2nd, 4th, 8th...: visible, never a flood
+                    log.warning("mention of %s in item %s at %s came after its bucket closed (released up to %s; "
+                                "FINSENT_ENTITY_LATENESS_S=%d): ignored (%d late so far)", m.key, m.item_id,
+                                format_time(m.at), format_time(self.released_upto), o.settings.entity_lateness_s,
+                                o.late)
                 continue
             self.pending.append(p)
-            self.mentions += 1
-            self.metrics.mentions.labels(sentiment=m.sentiment).inc()
+            o.mentions += 1
+            o.metrics.mentions.labels(sentiment=m.sentiment).inc()
             newest = m.at if newest is None or m.at > newest else newest
         if newest is not None:
             self._advance_input("", newest)
         return self.tick()
 
-    def offer_watermark(self, newest: dict[str, datetime], via: int = 0) -> list[Alert]:
-        """A sender's newest event time per scored partition, read from partition ``via`` of the entity counts
-        topic; returns the alerts of the buckets now closed.
-
-        Kept per (``via``, scored partition): a watermark is ordered after the mentions it covers only within one
-        partition of the entity counts topic, and one worker may own several of them.
-        """
-        if self.partitions and not any(k.startswith(f"{via}/") for k in self.inputs):
-            now = self.clock()  # every scored partition holds the watermark until heard from
-            self.inputs.update({f"{via}/{i}": (None, now) for i in range(self.partitions)})
+    def offer_watermark(self, newest: dict[str, datetime]) -> list[Alert]:
+        if self.owner.partitions and not any(k for k in self.inputs):
+            now = self.owner.clock()  # every scored partition holds the watermark until heard from
+            self.inputs.update({str(i): (None, now) for i in range(self.owner.partitions)})
         for part, at in newest.items():
-            self._advance_input(f"{via}/{part}", at)
+            self._advance_input(part, at)
         return self.tick()
 
     def _advance_input(self, name: str, at: datetime) -> None:
         old = self.inputs.get(name)
         if old is None or old[0] is None or at > old[0]:
-            self.inputs[name] = (at, self.clock())
+            self.inputs[name] = (at, self.owner.clock())
 
     def watermark(self) -> datetime | None:
         """The event time every input has reached: the oldest of the inputs that moved in the last ``idle_s``
-        (None while one of them was never heard from); when none moved (a finished replay, a quiet night), the
-        newest event time moving on with the wall clock. Inputs are the scored partitions when watermark records
-        arrive, else the mentions themselves."""
+        (None while one was never heard from, for at most ``unheard_s``); when none moved (a finished replay, a
+        quiet night), the newest event time moving on with the wall clock. Inputs are the scored partitions when
+        watermark records arrive, else the mentions themselves."""
+        o = self.owner
         parts = {k: v for k, v in self.inputs.items() if k}
-        if not parts and not self.partitions:
+        if not parts and not o.partitions:
             parts = self.inputs
         if not parts:
             return None
-        now = self.clock()
-        active = [at for at, moved in parts.values() if now - moved < self.idle_s]
+        now = o.clock()
+        active = [at for at, moved in parts.values() if now - moved < (o.idle_s if at else o.unheard_s)]
         if active:
             return None if any(at is None for at in active) else min(at for at in active if at is not None)
         known = [(at, moved) for at, moved in parts.values() if at is not None]
@@ -301,12 +277,12 @@ class EntityAlerts:
         return newest + timedelta(seconds=max(0.0, now - max(moved for _, moved in known)))
 
     def tick(self) -> list[Alert]:
-        """Release what the watermark passed (the timer calls this: quiet streams close their buckets too)."""
         upto = self.watermark()
         return self._release(upto) if upto is not None else []
 
     def _release(self, upto: datetime) -> list[Alert]:
-        wm = int(((upto - self.lateness) - EPOCH).total_seconds() // self.bucket_s) * self.bucket_s
+        bucket_s = self.detector.bucket_s
+        wm = int(((upto - self.owner.lateness) - EPOCH).total_seconds() // bucket_s) * bucket_s
         cut = EPOCH + timedelta(seconds=wm)  # buckets that end at or before the watermark close
         if self.released_upto is not None and cut <= self.released_upto:
             return []
@@ -320,11 +296,77 @@ class EntityAlerts:
             new += self.detector.add(replace(m, novelty=story.novelty[m.key]))
         new += self.detector.advance(upto)
         self.released_upto = cut
+        return new
+
+
+class EntityAlerts:
+    """One worker's entity state: a unit per owned partition of the entity counts topic, and the outputs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store_getter: Callable[[], Any] | None = None,
+        sinks: Sequence[Callable[[Sequence[Alert], dict[str, EntityState]], None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        idle_s: float = IDLE_S,
+        unheard_s: float = UNHEARD_S,
+        partitions: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.watchlist = None
+        if settings.entity_watchlist:
+            from finsent.alerts.watchlist import Watchlist
+
+            self.watchlist = Watchlist(settings.entity_watchlist)  # a broken file: ConfigError naming the line
+        self.units: dict[int, EntityUnit] = {}
+        self.store_getter = store_getter
+        self.sinks = list(sinks) if sinks is not None else None
+        self.clock = clock
+        self.metrics = entity_metrics()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-entity-alerts")
+        self.lateness = timedelta(seconds=settings.entity_lateness_s)
+        self.idle_s = idle_s
+        self.unheard_s = unheard_s
+        #: the scored topic's partitions (each one's watermark is awaited); None: the mentions drive it alone
+        self.partitions = partitions
+        self.alerts: list[Alert] = []  # raised by this worker (bounded: tests and the demo read it)
+        self.unstored: list[Alert] = []
+        self.bad_values = 0
+        self.late = 0
+        self.mentions = 0
+
+    def unit(self, via: int) -> EntityUnit:
+        u = self.units.get(via)
+        if u is None:
+            u = self.units[via] = EntityUnit(self, via, make_entity_detector(self.settings, watchlist=self.watchlist))
+        return u
+
+    def close(self) -> None:
+        """The worker is closing: start no other delivery (one in progress ends in its thread)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def offer(self, pending: Iterable[Pending], via: int = 0) -> list[Alert]:
+        """Buffer mentions read from partition ``via``; returns the alerts of the buckets its watermark closes."""
+        return self._raised(self.unit(via).offer(pending))
+
+    def offer_watermark(self, newest: dict[str, datetime], via: int = 0) -> list[Alert]:
+        """A sender's newest event time per scored partition, read from partition ``via``; returns new alerts."""
+        return self._raised(self.unit(via).offer_watermark(newest))
+
+    def tick(self) -> list[Alert]:
+        """Release what each watermark passed (the timer calls this: quiet streams close their buckets too)."""
+        return self._raised([a for u in list(self.units.values()) for a in u.tick()])
+
+    def states(self) -> dict[str, EntityState]:
+        """The entities in an alert episode now, over every unit."""
+        return {k: st for u in self.units.values() for k, st in u.detector.states().items()}
+
+    def _raised(self, new: list[Alert]) -> list[Alert]:
         if new:
             self.alerts = (self.alerts + new)[-1000:]
             for a in new:
                 self.metrics.alerts.labels(severity=a.severity).inc()
-        self.metrics.tracked.set(len(self.detector))
+        self.metrics.tracked.set(sum(len(u.detector) for u in self.units.values()))
         return new
 
     # -- output (blocking: run off the event loop) ---------------------------------------------------
@@ -504,7 +546,7 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
     async def publish(new: list[Alert]) -> None:
         await send_confirmed(alerts_topic, [(_alert_key(a), a.to_json()) for a in new], "entity alerts")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(state.pool, state.deliver, new, dict(state.detector.states()))
+        await loop.run_in_executor(state.pool, state.deliver, new, state.states())
 
     wm_keys = watermark_keys(settings.partitions)
 
@@ -529,10 +571,8 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
                 state.bad_values += 1
                 continue
             async with loop_lock:
-                if isinstance(decoded, dict):
-                    new = state.offer_watermark(decoded, event.message.partition)
-                else:
-                    new = state.offer(decoded)
+                via = event.message.partition
+                new = state.offer_watermark(decoded, via) if isinstance(decoded, dict) else state.offer(decoded, via)
                 if new:
                     await publish(new)  # confirmed before the next record is taken (and this one acked)
 
@@ -549,6 +589,8 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
     return state
 
 
-__all__ = ["ALERTNAME", "EntityAlertmanagerSink", "EntityAlerts", "EntityGaugeSink", "MAX_ALERTING_LABELS",
-           "Pending", "attach", "build_entity_sinks", "decode_record", "entity_metrics", "entity_records",
-           "make_entity_detector", "watermark_keys", "watermark_records"]
+__all__ = [
+    "ALERTNAME", "EntityAlertmanagerSink", "EntityAlerts", "EntityGaugeSink", "EntityUnit", "MAX_ALERTING_LABELS",
+    "Pending", "attach", "build_entity_sinks", "decode_record", "entity_metrics", "entity_records",
+    "make_entity_detector", "watermark_keys", "watermark_records",
+]

@@ -50,6 +50,9 @@ METRIC = "finsent_items_scored_total"
 ALERT = "FinsentNegativeSentimentSpike"
 DEFAULT_DASHBOARD = "http://localhost:3000/d/finsent-alerts/finsent-alerts"
 PIPELINE_DASHBOARD_PATH = "/d/finsent-pipeline/finsent-pipeline"  # alerts/dashboards.py, uid finsent-pipeline
+ENTITY_DASHBOARD_PATH = "/d/finsent-entities/finsent-entities"  # alerts/dashboards.py, uid finsent-entities
+ENTITY_ALERT = "FinsentEntityNegativeSurge"  # the worker posts the same name (alerts/entity_agent.py)
+ENTITY_METRIC = "finsent_entity_alert_active"
 DEFAULT_PIPELINE_DASHBOARD = "http://localhost:3000" + PIPELINE_DASHBOARD_PATH
 WORKER_JOB = "finsent-worker"
 
@@ -368,6 +371,33 @@ def _render_ops(o: OpsRuleParams) -> str:
     return "".join(out)
 
 
+def _render_entity(o: OpsRuleParams) -> str:
+    """The entity group: a name in an alert episode on any worker (``finsent_entity_alert_active``, at most 50
+    label sets: the worker exports the alerting names only). The worker posts the same alert to Alertmanager
+    itself when ``FINSENT_ALERTMANAGER_URL`` is set (``source=stream``); this rule is the path without it."""
+    base = o.dashboard_url.removesuffix(PIPELINE_DASHBOARD_PATH)
+    dash = f"{base}{ENTITY_DASHBOARD_PATH}?var-entity={{{{ $labels.entity_id | urlquery }}}}&from=now-24h&to=now"
+    out = ["  - name: finsent-entity-alerts\n", "    rules:\n"]
+    for severity, cond in (("warning", "> 0"), ("critical", ">= 2")):
+        expr = f"max by (entity, entity_id) ({ENTITY_METRIC}) {cond}\n"
+        ann = (
+            "summary: 'Negative news surge about {{ $labels.entity }}'\n"
+            + _folded("description", "Novel negative stories about {{ $labels.entity }} ({{ $labels.entity_id }})"
+                      " from several sources surged against the name's own baseline (finsent entity detector,"
+                      " event time). The stored alert has the window, counts, index and top headlines with links:"
+                      " finsent query alerts --json.")
+            + f"dashboard: {_q(dash)}\n"
+        )
+        out.append(
+            f"      - alert: {ENTITY_ALERT}\n"
+            f"        expr: |\n{_indent(expr, 10)}"
+            "        for: 0s\n"
+            f"        labels:\n          severity: {severity}\n          source: prometheus\n          kind: entity\n"
+            f"        annotations:\n{_indent(ann, 10)}"
+        )
+    return "".join(out)
+
+
 def render_rules(p: PromRuleParams | None = None, ops: OpsRuleParams | None = None) -> str:
     """The Prometheus rules file (YAML text) for ``p``; Prometheus loads it as is.
 
@@ -414,6 +444,7 @@ def render_rules(p: PromRuleParams | None = None, ops: OpsRuleParams | None = No
             [
                 f"# Then the worker's health (group finsent-ops-alerts, job={ops.job}): down or not scraped,\n",
                 "# consumer lag growing, dead-letter share, store retries, no model; thresholds: OpsRuleParams.\n",
+                "# Before them, entity alerts: a name in an alert episode (finsent_entity_alert_active).\n",
             ]
             if ops
             else []
@@ -436,6 +467,7 @@ def render_rules(p: PromRuleParams | None = None, ops: OpsRuleParams | None = No
             f"        annotations:\n{_indent(_annotations(p), 10)}"
         )
     if ops is not None:
+        out.append(_render_entity(ops))
         out.append(_render_ops(ops))
     return "".join(out)
 

@@ -87,9 +87,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"finsent worker: {problem}", hint="or unset it: the data API then answers on loopback only")
     from finsent.alerts.agent import attach
     from finsent.alerts.drift_agent import attach as attach_drift
+    from finsent.alerts.entity_agent import attach as attach_entities
     from finsent.stream.service import run_worker
 
-    return run_worker(settings, extensions=[attach, attach_drift])
+    # the entity agent adds nothing when FINSENT_ENTITY_ALERTS is off
+    return run_worker(settings, extensions=[attach, attach_drift, attach_entities])
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

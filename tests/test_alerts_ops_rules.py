@@ -23,6 +23,7 @@ from finsent.core.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 OPS_TESTS = DEPLOY / "prometheus" / "tests" / "finsent-ops-rules.test.yml"
+ENTITY_TESTS = DEPLOY / "prometheus" / "tests" / "finsent-entity-rules.test.yml"
 AM_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 OPS_ALERTS = {
     "FinsentWorkerDown": "critical",
@@ -77,6 +78,32 @@ def test_thresholds_are_constants_the_dashboard_follows_the_settings():
     s = Settings(alert_dashboard_url="https://grafana.example.com/d/finsent-alerts/finsent-alerts")
     assert ops_params(s).dashboard_url == "https://grafana.example.com/d/finsent-pipeline/finsent-pipeline"
     assert [a.name for a in ops_alerts()] == list(OPS_ALERTS)
+
+
+def test_shipped_rules_alert_on_entities_in_an_episode_by_name_labels_only():
+    doc = yaml.safe_load(RULES_PATH.read_text(encoding="utf-8"))
+    rules = {g["name"]: g["rules"] for g in doc["groups"]}["finsent-entity-alerts"]
+    assert [(r["alert"], r["labels"]["severity"]) for r in rules] == [
+        ("FinsentEntityNegativeSurge", "warning"), ("FinsentEntityNegativeSurge", "critical")]
+    assert all("finsent_entity_alert_active" in r["expr"] and "by (entity, entity_id)" in r["expr"] for r in rules)
+
+
+@pytest.mark.parametrize("broken", [None, "> 5", "absent"])
+def test_promtool_entity_unit_tests_pass_and_catch_a_broken_rule(promtool, tmp_path, broken):
+    rules = RULES_PATH.read_text(encoding="utf-8")
+    if broken == "> 5":  # a threshold no episode reaches: the alert never fires
+        rules = rules.replace("(finsent_entity_alert_active) > 0", "(finsent_entity_alert_active) > 5")
+    elif broken == "absent":  # the rule dropped by the generator
+        rules = rules.replace("FinsentEntityNegativeSurge", "FinsentSomethingElse")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "finsent-rules.yml").write_text(rules, encoding="utf-8")
+    (tmp_path / "tests" / ENTITY_TESTS.name).write_text(ENTITY_TESTS.read_text(encoding="utf-8"), encoding="utf-8")
+    out = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests" / ENTITY_TESTS.name)],
+                         capture_output=True, text=True)
+    if broken is None:
+        assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+    else:
+        assert out.returncode != 0, out.stdout
 
 
 def test_promtool_ops_unit_tests_pass(promtool):

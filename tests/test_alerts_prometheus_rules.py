@@ -31,7 +31,7 @@ def test_rules_file_is_what_the_default_settings_generate():
 def test_promtool_check_rules_and_config(promtool):
     out = subprocess.run([promtool, "check", "rules", str(RULES_PATH)], capture_output=True, text=True)
     # 7 recording rules, the spike alert at 2 severities, 7 operational alerts
-    assert out.returncode == 0 and "SUCCESS: 16 rules found" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "SUCCESS: 18 rules found" in out.stdout, out.stdout + out.stderr
     out = subprocess.run(
         [promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")], capture_output=True, text=True
     )

@@ -58,7 +58,7 @@ SOURCES = ["Reuters", "Bloomberg", "CNBC", "MarketWatch"]
 
 def _scored(item_id: str, at: datetime, eid: str, sentiment: str, title: str, source: str) -> ScoredItem:
     name, word = COMPANIES[eid]
-    text = f"{title}. More details in the full story."
+    text = f"{title}."
     probs = {"negative": 0.05, "neutral": 0.05, "positive": 0.05, sentiment: 0.9}
     mention = EntityMention(word, 0, len(word), sentiment, probs, eid, name, 90)
     item = RawItem(id=item_id, source=source, source_type="news", text=text, title=title,
@@ -183,7 +183,7 @@ def test_the_watermark_waits_for_every_partition_so_a_backlog_read_unevenly_make
         return out
 
     got = feed(0, items[0::2])  # the whole of partition 0 first: partition 1 holds the watermark
-    assert got == [] and state.released_upto is None
+    assert got == [] and state.unit(0).released_upto is None
     got += feed(1, items[1::2])
     assert state.late == 0 and [a.entity_id for a in got] == ["JPM"]
     from kafka.partitioner.default import murmur2
@@ -237,7 +237,7 @@ def test_a_watchlist_limits_the_alerts_and_is_reloaded_without_a_restart(tmp_pat
     state = EntityAlerts(_settings(entity_watchlist=str(wl), entity_watch_mode="only"), sinks=[])
     assert state.offer(_pending(_values(items))) == []  # JPMorgan is not watched
     wl.write_text("entity\nAAPL\nJPM\n", encoding="utf-8")
-    state.detector.watchlist.maybe_reload(force=True)
+    state.watchlist.maybe_reload(force=True)
     state2 = EntityAlerts(_settings(entity_watchlist=str(wl), entity_watch_mode="only"), sinks=[])
     assert [a.entity_id for a in state2.offer(_pending(_values(items)))] == ["JPM"]
 
