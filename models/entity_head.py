@@ -138,8 +138,11 @@ def decode_spans(logits: np.ndarray, offsets: Sequence[tuple[int, int]], special
     ``offsets``/``special``: the tokenizer's offset mapping and special-token mask for the same tokens;
     spans index ``text``, the string that was tokenised.
     """
-    probs = _softmax(np.asarray(logits, dtype=np.float32))
-    best = probs.argmax(axis=-1)
+    logits = np.asarray(logits, dtype=np.float32)
+    best = logits.argmax(axis=-1)
+    if not best.any():  # every token "O": most texts, and the hot path
+        return []
+    probs = _softmax(logits)
     spans: list[Span] = []
     cur: list[int] = []
 
@@ -155,11 +158,11 @@ def decode_spans(logits: np.ndarray, offsets: Sequence[tuple[int, int]], special
             spans.append((int(start), int(end), label, {k: float(v) for k, v in zip(SENTIMENTS, pol, strict=True)}))
         cur.clear()
 
-    for i, tag in enumerate(best):
-        if special[i]:
+    for i, tag in enumerate(best.tolist()):
+        if special[i] or (tag == 0 and not cur):
             close()
             continue
-        name = TAGS[int(tag)]
+        name = TAGS[tag]
         continuation = bool(cur) and offsets[i][0] == offsets[cur[-1]][1] and name != "O"
         if name == "O":
             close()
@@ -178,6 +181,9 @@ def prepare_with_map(text: str, steps: Sequence[str]) -> tuple[str, list[int]]:
     if STRIP_URLS not in steps:
         return text, list(range(len(text) + 1))
     from finsent.models.textprep import _URL, strip_urls
+
+    if text == strip_urls(text):  # nothing to strip or squeeze: the identity (cheap, and common)
+        return text, list(range(len(text) + 1))
 
     chars: list[str] = []
     where: list[int] = []

@@ -398,9 +398,10 @@ class Classifier:
         if TOKEN_OUTPUT in self._outputs:  # _score parked the entity head's spans (prepared-text offsets) here
             for i, t in enumerate(texts):
                 spans, out[i] = list(out[i].entities), dataclasses.replace(out[i], entities=())
-                text, where = prepare_with_map(t[: self.max_chars], self.preprocess)
-                if spans and text == prepared[i]:
-                    model_spans[i] = map_spans(spans, where)  # type: ignore[arg-type]
+                if spans:
+                    text, where = prepare_with_map(t[: self.max_chars], self.preprocess)
+                    if text == prepared[i]:
+                        model_spans[i] = map_spans(spans, where)  # type: ignore[arg-type]
         if self.linker is not None:
             link = self.linker.extract_entities  # type: ignore[attr-defined]
             for i, t in enumerate(texts):

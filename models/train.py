@@ -491,6 +491,8 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
     # the model kept is the last epoch's: the held-out 20% only watches (choosing the epoch on it would make
     # its figure optimistic; 147 paragraphs leave no room for a third split)
     for epoch in range(cfg.epochs):
+        for group in opt.param_groups:  # linear decay to zero: the last epoch, the one kept, is a settled one
+            group["lr"] = cfg.lr * (1 - epoch / cfg.epochs)
         model.train()
         model.encoder.eval()
         order = list(range(len(train_x)))
