@@ -202,12 +202,15 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     def ready() -> tuple[bool, str]:
         return scorer_ref[0].readiness() if scorer_ref else (False, "starting")
 
+    from finsent.stream.store import owner
     from finsent.stream.store.cli import api_handlers
 
-    # the read-only query API: `finsent query` uses it when this worker holds an embedded store
+    owner.mark_worker(settings.store)  # an embedded store another worker holds: one line, before binding a port
+    # the read-only query API, and the store calls other commands make while this worker holds an embedded store
     routes = api_handlers(lambda: scorer_ref[0].store if scorer_ref else None)
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes, api_token=token)
+    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes, api_token=token,
+                           post_routes=owner.call_routes(lambda: scorer_ref[0].store if scorer_ref else None))
     ensure_topics(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -220,7 +223,7 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     # a store that is down at start is one clear line (StoreUnavailable, exit 8), not a crashing agent;
     # once running, the worker keeps its batches and retries a store that goes away
     try:
-        worker.context.store.get()
+        owned = owner.record(worker.context.store.get(), server, token)  # found by other commands (owner.py)
     except BaseException:
         worker.close()
         loop.close()
@@ -262,6 +265,8 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         threading.excepthook = default_hook
+        if owned is not None:
+            owned.remove()
         if server is not None:
             server.shutdown()
     st = scorer.stats.snapshot()
