@@ -108,6 +108,79 @@ FROM (""" + (schema.COMPARE_VERSIONS.strip()
 WHERE """ + TOPIC_IN + """
 ORDER BY items DESC, topic"""
 
+# ---- entities (issue 26): the mentions table, one row per (item, entity); FINAL first, then deleted = 0 ----------
+#: the ``entity`` variable holds a stored entity key (``AAPL``, ``name:genesis``): the most mentioned names first
+ENTITY_IS = "entity_key = ${entity:singlequote}"
+SQL_ENTITIES = """SELECT entity_key FROM ${database}.mentions GROUP BY entity_key ORDER BY count() DESC, entity_key
+LIMIT 1000"""
+
+_ENTITY_MENTIONS = """(
+    SELECT event_time, sentiment, relevance, novelty, source, deleted
+    FROM ${database}.mentions FINAL
+    WHERE """ + ENTITY_IS + """ AND $__timeFilter(event_time)
+)
+WHERE deleted = 0"""
+
+SQL_ENTITY_SERIES = """SELECT toDateTime(intDiv(toUInt32(event_time), $__interval_s) * $__interval_s, 'UTC') AS time,
+       countIf(sentiment = 'negative') AS negative,
+       countIf(sentiment = 'neutral') AS neutral,
+       countIf(sentiment = 'positive') AS positive
+FROM """ + _ENTITY_MENTIONS + """
+GROUP BY time
+ORDER BY time"""
+
+SQL_ENTITY_NET = """SELECT toDateTime(intDiv(toUInt32(event_time), $__interval_s) * $__interval_s, 'UTC') AS time,
+       sum(relevance * ((sentiment = 'positive') - (sentiment = 'negative'))) / greatest(sum(relevance), 1)
+           AS net_sentiment
+FROM """ + _ENTITY_MENTIONS + """
+GROUP BY time
+ORDER BY time"""
+
+SQL_ENTITY_BUZZ = """SELECT toDateTime(intDiv(toUInt32(event_time), $__interval_s) * $__interval_s, 'UTC') AS time,
+       count() AS buzz,
+       countIf(novelty >= 100) AS novel,
+       uniqExact(source) AS sources
+FROM """ + _ENTITY_MENTIONS + """
+GROUP BY time
+ORDER BY time"""
+
+SQL_ENTITY_STORIES = """SELECT event_time AS time, ifNull(title, substring(text, 1, 200)) AS headline, sentiment,
+       source,
+       if(match(ifNull(url, ''), '^[Hh][Tt][Tt][Pp][Ss]?://[^[:space:]]') AND NOT match(ifNull(url, ''), '[[:space:]]'),
+          ifNull(url, ''), '') AS url
+FROM ${database}.items FINAL
+WHERE $__timeFilter(event_time) AND id IN (
+    SELECT item_id FROM (SELECT item_id, deleted FROM ${database}.mentions FINAL WHERE """ + ENTITY_IS + """)
+    WHERE deleted = 0
+)
+ORDER BY time DESC
+LIMIT 50"""
+
+_ENTITY_ALERT_COLUMNS = """fired_at AS time, entity_name, entity_id, severity, negative AS novel_negative,
+       total AS novel, round(score, 2) AS idx, window_start, window_end"""
+
+SQL_ENTITY_ALERTS = """SELECT """ + _ENTITY_ALERT_COLUMNS + """
+FROM ${database}.alerts FINAL
+WHERE $__timeFilter(fired_at) AND kind = 'entity'
+  AND (entity_id = ${entity:singlequote} OR concat('name:', entity_name) = ${entity:singlequote})
+ORDER BY fired_at DESC
+LIMIT 200"""
+
+SQL_ENTITY_ALERT_ANNOTATIONS = """SELECT window_start AS time, window_end AS timeEnd,
+       concat(severity, ' negative surge about ', entity_name, ': ', toString(negative),
+              ' novel negative stories, index ', toString(round(score, 1))) AS text,
+       entity_name AS tags
+FROM ${database}.alerts FINAL
+WHERE $__timeFilter(window_start) AND kind = 'entity'
+  AND (entity_id = ${entity:singlequote} OR concat('name:', entity_name) = ${entity:singlequote})
+ORDER BY time"""
+
+SQL_ALL_ENTITY_ALERTS = """SELECT """ + _ENTITY_ALERT_COLUMNS + """
+FROM ${database}.alerts FINAL
+WHERE $__timeFilter(fired_at) AND kind = 'entity'
+ORDER BY fired_at DESC
+LIMIT 200"""
+
 # ---- PromQL (Grafana variables: $topic regex, $__rate_interval) ----------------------------------------
 
 PROM_TOPIC = 'topic=~"$topic"'
@@ -133,6 +206,11 @@ PROMQL: dict[str, str] = {
     "batch_mean": "sum(rate(finsent_batch_size_sum[$__rate_interval])) / sum(rate(finsent_batch_size_count"
                   "[$__rate_interval]))",
     "store_retries": "sum(rate(finsent_store_retries_total[$__rate_interval]))",
+    # entities: aggregates only, and the (at most 50) names in an alert episode now (alerts/entity_agent.py)
+    "entity_mentions_rate": "sum by (sentiment) (rate(finsent_entity_mentions_total[$__rate_interval]))",
+    "entities_tracked": "sum(finsent_entities_tracked)",
+    "entity_alerting": "max by (entity, entity_id) (finsent_entity_alert_active)",
+    "entity_alerts_rate": "sum by (severity) (increase(finsent_entity_alerts_total[1h]))",
 }
 
 
@@ -228,6 +306,20 @@ def dashboards() -> dict[str, dict[str, Any]]:
                "The headlines behind the spike (linked from the alert's dashboard annotation)."),
         _panel(6, "Alerts", "table", [_sql(SQL_ALERTS_TABLE, "table")], 0, 25, 24, 8, None,
                "Stored spike alerts for the selected topics."),
+        _panel(7, "Entity alerts", "table", [_sql(SQL_ALL_ENTITY_ALERTS, "table")], 0, 33, 24, 8, None,
+               "Stored entity alerts (a negative-news surge about one name); open one in the finsent / entities "
+               "dashboard.",
+               fieldConfig={"defaults": {}, "overrides": [{"matcher": {"id": "byName", "options": "entity_name"},
+                            "properties": [{"id": "links", "value": [{"title": "entity dashboard", "url":
+                                            "/d/finsent-entities/finsent-entities?var-entity=${__data.fields.entity_id}"
+                                            }]}]}]}),
+        _panel(8, "Entities alerting now", "table", [_prom(PROMQL["entity_alerting"], "{{entity}}")], 0, 41, 12, 7,
+               None, "finsent_entity_alert_active: the names in an alert episode (1 warning, 2 critical)."),
+        _panel(9, "Entity mentions and alerts", "timeseries",
+               [_prom(PROMQL["entity_mentions_rate"], "{{sentiment}} mentions/s"),
+                _prom(PROMQL["entity_alerts_rate"], "{{severity}} alerts (1h)", "B"),
+                _prom(PROMQL["entities_tracked"], "entities tracked", "C")], 12, 41, 12, 7, "short",
+               "Aggregates only: thousands of names never become label values."),
     ], "Where an alert's dashboard link lands: the rule's inputs, the in-stream detector, the headlines.")
     pipeline = _dashboard("finsent-pipeline", "finsent / pipeline", [
         _panel(1, "Throughput", "timeseries",
@@ -246,7 +338,73 @@ def dashboards() -> dict[str, dict[str, Any]]:
                8, 16, 8, 7, "ops"),
         _panel(7, "Store retries", "timeseries", [_prom(PROMQL["store_retries"], "retries")], 16, 16, 8, 7, "ops"),
     ], "Is the worker keeping up: throughput, lag, latency, batch sizes, dead letters, store retries.")
-    return {"finsent-sentiment.json": sentiment, "finsent-alerts.json": alerts, "finsent-pipeline.json": pipeline}
+    return {"finsent-sentiment.json": sentiment, "finsent-alerts.json": alerts, "finsent-pipeline.json": pipeline,
+            "finsent-entities.json": entity_dashboard()}
+
+
+#: the entity dashboard's datasources are inputs (``${DS_...}``): it can be imported into any Grafana as well as
+#: provisioned, where the two datasource variables of the same names resolve them to the provisioned uids
+CH_IN = {"type": CH["type"], "uid": "${DS_CLICKHOUSE}"}
+PROM_IN = {"type": PROM["type"], "uid": "${DS_PROMETHEUS}"}
+
+
+def _inputs(target: dict[str, Any]) -> dict[str, Any]:
+    return {**target, "datasource": CH_IN if target["datasource"] is CH else PROM_IN}
+
+
+def entity_dashboard() -> dict[str, Any]:
+    """One entity: mentions by sentiment, net sentiment, buzz and novel stories, top stories, its alerts."""
+    def sql(q: str, fmt: str = "timeseries", ref: str = "A") -> dict[str, Any]:
+        return _inputs(_sql(q, fmt, ref))
+
+    panels = [
+        _panel(1, "Mentions by sentiment", "timeseries", [sql(SQL_ENTITY_SERIES)], 0, 0, 12, 8, "short",
+               "Mentions of the entity per interval of event time (published, else ingested), by the sentiment "
+               "toward it (mentions table)."),
+        _panel(2, "Net sentiment (relevance-weighted)", "timeseries", [sql(SQL_ENTITY_NET)], 12, 0, 12, 8, None,
+               "sum(relevance x (positive - negative)) / sum(relevance), in [-1, 1]."),
+        _panel(3, "Buzz, novel stories, sources", "timeseries", [sql(SQL_ENTITY_BUZZ)], 0, 8, 12, 8, "short",
+               "Buzz counts every mention; novel counts first tellings (novelty 100) where novelty was stored; the "
+               "entity detector tests novel negatives against the name's own baseline."),
+        _panel(4, "Alerts about this entity", "table", [sql(SQL_ENTITY_ALERTS, "table")], 12, 8, 12, 8, None,
+               "Stored entity alerts: window, novel negative and novel counts, index (surprise against the "
+               "baseline). Top headlines with links: finsent query alerts --json."),
+        _panel(5, "Top stories", "table", [sql(SQL_ENTITY_STORIES, "table")], 0, 16, 24, 10, None,
+               "The newest stories mentioning the entity; headlines link to the article.",
+               fieldConfig={"defaults": {}, "overrides": [{"matcher": {"id": "byName", "options": "headline"},
+                            "properties": [{"id": "links", "value": [{"title": "open", "url": "${__data.fields.url}",
+                                                                      "targetBlank": True}]}]}]}),
+        _panel(6, "Entities alerting now (all workers)", "table", [_inputs(_prom(PROMQL["entity_alerting"],
+               "{{entity}}"))], 0, 26, 12, 7, None,
+               "finsent_entity_alert_active: the names in an alert episode (1 warning, 2 critical; at most 50)."),
+        _panel(7, "Entity mentions per second", "timeseries", [_inputs(_prom(PROMQL["entity_mentions_rate"],
+               "{{sentiment}}"))], 12, 26, 12, 7, "ops", "Every entity together (no per-name series in Prometheus)."),
+    ]
+    dash = _dashboard("finsent-entities", "finsent / entities", panels,
+                      "One entity over event time: mentions, net sentiment, buzz, top stories and its alerts.")
+    dash["time"] = {"from": "now-7d", "to": "now"}
+    dash["__inputs"] = [
+        {"name": "DS_CLICKHOUSE", "label": "ClickHouse", "description": "the finsent store", "type": "datasource",
+         "pluginId": CH["type"], "pluginName": "ClickHouse"},
+        {"name": "DS_PROMETHEUS", "label": "Prometheus", "description": "scrapes the finsent workers",
+         "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"},
+    ]
+    dash["templating"] = {"list": [
+        {"name": "DS_CLICKHOUSE", "label": "ClickHouse", "type": "datasource", "query": CH["type"], "hide": 0,
+         "current": {"text": "finsent ClickHouse", "value": CH["uid"]}},
+        {"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource", "query": "prometheus", "hide": 0,
+         "current": {"text": "finsent Prometheus", "value": PROM["uid"]}},
+        _variables()["list"][0],  # database
+        {"name": "entity", "label": "entity", "type": "query", "datasource": CH_IN, "query": SQL_ENTITIES,
+         "definition": SQL_ENTITIES, "multi": False, "includeAll": False, "refresh": 2, "sort": 0},
+    ]}
+    dash["annotations"] = {"list": [
+        {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True, "hide": True,
+         "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"},
+        {"name": "entity alerts (ClickHouse)", "datasource": CH_IN, "enable": True, "iconColor": "red",
+         "target": sql(SQL_ENTITY_ALERT_ANNOTATIONS, "table", "Anno")},
+    ]}
+    return dash
 
 
 DATASOURCES_YAML = """\

@@ -21,7 +21,7 @@ from prometheus_client import start_http_server
 
 from finsent.alerts.cli import RULES_PATH
 from finsent.alerts.dashboards import DEPLOY, files
-from finsent.core.events import Alert, RawItem, ScoredItem, utcnow
+from finsent.core.events import Alert, EntityMention, RawItem, ScoredItem, utcnow
 from finsent.stream.store import open_store, schema
 from tests.fixtures.prom import free_port
 
@@ -48,9 +48,10 @@ def promql_queries() -> list[tuple[str, str]]:
 
 
 def expand_sql(sql: str, db: str, frm: datetime, to: datetime, interval_s: int, topics: list[str],
-               versions: tuple[str, str] = ("m1", "m2")) -> str:
+               versions: tuple[str, str] = ("m1", "m2"), entity: str = "JPM") -> str:
     """Grafana's variable interpolation, then the ClickHouse plugin's macros (pkg/macros in the plugin)."""
     sql = sql.replace("${database}", db).replace("$database", db)
+    sql = sql.replace("${entity:singlequote}", "'" + entity.replace("'", "\\'") + "'")
     for name, value in zip(("version_a", "version_b"), versions, strict=True):
         sql = sql.replace("${" + name + ":singlequote}", "'" + value.replace("'", "\\'") + "'")
     sql = sql.replace("${topic:singlequote}", ",".join("'" + t.replace("'", "\\'") + "'" for t in topics))
@@ -66,7 +67,8 @@ def expand_sql(sql: str, db: str, frm: datetime, to: datetime, interval_s: int, 
 def test_dashboards_and_provisioning_are_current():
     for rel, text in files().items():
         assert (DEPLOY / rel).read_text(encoding="utf-8") == text, f"{rel} is stale: run `finsent alerts dashboards`"
-    assert {p.name for p in DASHBOARDS} == {"finsent-sentiment.json", "finsent-alerts.json", "finsent-pipeline.json"}
+    assert {p.name for p in DASHBOARDS} == {"finsent-sentiment.json", "finsent-alerts.json", "finsent-pipeline.json",
+                                            "finsent-entities.json"}
     assert len(sql_queries()) >= 10 and len(promql_queries()) >= 15
 
 
@@ -74,6 +76,23 @@ def test_alert_dashboard_link_points_at_a_shipped_dashboard():
     uids = {json.loads(p.read_text())["uid"] for p in DASHBOARDS}
     links = set(re.findall(r"/d/([\w-]+)/", RULES_PATH.read_text()))
     assert links and links <= uids
+
+
+def test_entity_dashboard_uses_datasource_inputs_and_an_entity_variable():
+    dash = json.loads((DEPLOY / "dashboards" / "finsent-entities.json").read_text())
+    assert {i["name"] for i in dash["__inputs"]} == {"DS_CLICKHOUSE", "DS_PROMETHEUS"}
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["DS_CLICKHOUSE"]["type"] == variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["entity"]["type"] == "query"
+    uids = {t["datasource"]["uid"] for t in _targets(dash)}
+    assert uids == {"${DS_CLICKHOUSE}", "${DS_PROMETHEUS}"}, uids  # no fixed uid: importable anywhere
+    assert all("${entity:singlequote}" in t["rawSql"] for p in dash["panels"] for t in p["targets"]
+               if "rawSql" in t)
+    titles = {p["title"] for p in dash["panels"]}
+    assert {"Mentions by sentiment", "Buzz, novel stories, sources", "Top stories",
+            "Alerts about this entity"} <= titles
+    alerts = json.loads((DEPLOY / "dashboards" / "finsent-alerts.json").read_text())
+    assert {"Entity alerts", "Entities alerting now"} <= {p["title"] for p in alerts["panels"]}
 
 
 def _seed(store) -> dict[str, Any]:
@@ -89,7 +108,11 @@ def _seed(store) -> dict[str, Any]:
                               url=f"https://news.example/{i}" if k % 2 else None)
                 probs = {"negative": 0.9 if negative else 0.05, "neutral": 0.05 if negative else 0.9,
                          "positive": 0.05}
-                items.append(ScoredItem(raw, "negative" if negative else "neutral", probs, topic, 0.9, "m1", at))
+                # banking stories are about JPMorgan (the entity dashboard's mentions), with the item's sentiment
+                ents = (EntityMention("JPMorgan", 0, 8, "negative" if negative else "neutral", probs, "JPM",
+                                      "JPMorgan Chase", 90),) if topic == "banking" else ()
+                items.append(ScoredItem(raw, "negative" if negative else "neutral", probs, topic, 0.9, "m1", at,
+                                        ents))
                 i += 1
     store.insert_scored(items)
     # the first 100 items re-scored by a model m2 with the same verdicts, as `finsent rescore` writes them
@@ -100,7 +123,11 @@ def _seed(store) -> dict[str, Any]:
     alert = Alert(topic="banking", fired_at=now - timedelta(minutes=3), window_start=now - timedelta(minutes=8),
                   window_end=now - timedelta(minutes=3), negative=30, total=50, negative_share=0.6,
                   baseline_share=0.1, score=9.1, detector="ewma_z", severity="warning")
-    store.insert_alerts([alert])
+    entity_alert = Alert(topic="", fired_at=now - timedelta(minutes=2), window_start=now - timedelta(minutes=20),
+                         window_end=now - timedelta(minutes=2), negative=12, total=20, negative_share=0.6,
+                         baseline_share=0.0, score=7.9, detector="entity_surge", kind="entity", entity_id="JPM",
+                         entity_name="JPMorgan Chase", evidence={"sources": ["a", "b"], "headlines": []})
+    store.insert_alerts([alert, entity_alert])
     return {"now": now, "items": items, "alert": alert}
 
 
@@ -137,6 +164,19 @@ def test_every_dashboard_sql_query_runs_on_the_real_schema(engine, request):
     counts = results[d.SQL_SENTIMENT_COUNTS]
     assert sum(r[1] + r[2] + r[3] for r in counts) == len(seeded["items"])
     assert {r[0] for r in results[d.SQL_VERSIONS]} == {"m1", "m2"}
+    # the entity dashboard: JPMorgan's mentions are the banking items, by their sentiment
+    banking = [it for it in seeded["items"] if it.topic == "banking"]
+    series = results[d.SQL_ENTITY_SERIES]
+    assert sum(r[1] for r in series) == sum(it.sentiment == "negative" for it in banking)
+    assert sum(r[1] + r[2] + r[3] for r in series) == len(banking)
+    assert sum(r[1] for r in results[d.SQL_ENTITY_BUZZ]) == len(banking)
+    assert all(-1.0 <= r[1] < 0 for r in results[d.SQL_ENTITY_NET])  # more negative than positive
+    assert [r[0] for r in results[d.SQL_ENTITIES]] == ["JPM"]
+    stories = results[d.SQL_ENTITY_STORIES]
+    assert len(stories) == 50 and all("banking" in r[1] for r in stories)
+    assert results[d.SQL_ENTITY_ALERTS][0][1:4] == ("JPMorgan Chase", "JPM", "warning")
+    assert results[d.SQL_ALL_ENTITY_ALERTS][0][1] == "JPMorgan Chase"
+    assert "negative surge about JPMorgan Chase" in results[d.SQL_ENTITY_ALERT_ANNOTATIONS][0][2]
     compared = {r[0]: r[1:] for r in results[d.SQL_COMPARE]}  # topic -> (items, share under m1, share under m2)
     rescored = seeded["items"][:100]
     for topic in ("banking", "crypto"):
@@ -153,6 +193,9 @@ def test_every_dashboard_promql_expression_runs_on_prometheus(prometheus_factory
 
     m = worker_metrics()
     score, active = spike_gauges()
+    from finsent.alerts.entity_agent import entity_metrics
+
+    em = entity_metrics()
     port = free_port()
     start_http_server(port, addr="127.0.0.1")  # the default registry, as `finsent worker` serves it
     prom = prometheus_factory(
@@ -181,10 +224,14 @@ scrape_configs:
         m.store_seconds.observe(0.01)
         m.end_to_end_seconds.observe(0.3)
         m.consumer_lag.labels(kafka_topic="finsent.raw", partition="0").set(5)
+        em.mentions.labels(sentiment="negative").inc(3)
+        em.tracked.set(40)
+        em.active.labels("JPMorgan Chase", "JPM").set(1)
+        em.alerts.labels(severity="warning").inc(0)
         time.sleep(0.5)
     must_have_data = {"share_short", "stream_score", "stream_active", "scored_rate", "consumed_rate",
                       "stored_rate", "dead_letter_rate", "lag", "latency_p50", "latency_p99", "inference_p95",
-                      "store_p95", "batch_mean"}
+                      "store_p95", "batch_mean", "entity_mentions_rate", "entities_tracked", "entity_alerting"}
     from finsent.alerts.dashboards import PROMQL
 
     by_expr = {v: k for k, v in PROMQL.items()}
