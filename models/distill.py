@@ -51,6 +51,8 @@ def student_from_teacher(teacher: Any, layers: tuple[int, ...]) -> Any:
     )
     state = {}
     for name, tensor in teacher.state_dict().items():
+        if name.startswith(("token_proj.", "token_conv.", "token_out.")):
+            continue  # a teacher's entity head reads layers a student lacks: the student has the two item heads
         if name.startswith(_LAYER_PREFIX):
             src, rest = name[len(_LAYER_PREFIX) :].split(".", 1)
             if int(src) not in layers:
