@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import os
 import re
 import shlex
 import shutil
@@ -315,3 +316,55 @@ def test_secrets_example_carries_the_workers_data_api_token() -> None:
     values = yaml.safe_load((UNITS / "secrets.yaml.example").read_text())
     assert values["api_token"] == "CHANGE-ME"
     assert Settings(**values).api_token is not None
+
+
+#: ``KEY=value``, and ``#KEY=value``: an example assignment the operator uncomments as it stands
+_ENV_ASSIGNMENT = re.compile(r"^#?\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+def systemd_env_file(text: str, *, uncommented: bool = True) -> dict[str, str]:
+    """The variables of an EnvironmentFile= as systemd reads them: a value is everything after the first
+    ``=`` on its line (an inline ``# comment`` stays part of it), less surrounding whitespace and one pair
+    of enclosing quotes. With ``uncommented``, the ``#KEY=value`` examples count too: an operator enables
+    them by deleting the ``#``, so they must be valid as they stand."""
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or (stripped[0] in "#;" and not uncommented):
+            continue
+        match = _ENV_ASSIGNMENT.match(stripped)
+        if match is None or (stripped[0] == ";"):
+            continue
+        key, value = match.group(1), match.group(2).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key] = value
+    return env
+
+
+def test_env_file_parser_keeps_an_inline_comment_in_the_value() -> None:
+    """The parser below reads files as systemd does, so it sees the bug issue 25 reported (exit 3)."""
+    env = systemd_env_file("#FINSENT_MODEL_THREADS=1   # per model call\n# just prose: a=b\nFINSENT_LOG_LEVEL=INFO\n")
+    assert env == {"FINSENT_MODEL_THREADS": "1   # per model call", "FINSENT_LOG_LEVEL": "INFO"}
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in UNITS.glob("*.env.example")))
+def test_env_examples_have_no_inline_comments_and_finsent_accepts_every_value(
+        example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25: ``FINSENT_MODEL_THREADS=1 # per model call`` reached finsent as '1 # per model call' and the
+    worker exited 3. Every value of every shipped env example (commented-out examples too) goes through
+    finsent's own settings parser, with nothing else FINSENT_* set, and every FINSENT_* name is a setting."""
+    from finsent.core.settings import OTHER_ENV, Settings, load_settings
+
+    env = systemd_env_file((UNITS / example).read_text())
+    assert env, f"{example}: no assignments found"
+    for key, value in env.items():
+        assert "#" not in value, f"{example}: {key}={value!r}: systemd keeps the comment as part of the value"
+    finsent_env = {k: v for k, v in env.items() if k.startswith("FINSENT_")}
+    known = {f"FINSENT_{name}".upper() for name in Settings.model_fields} | OTHER_ENV
+    assert set(finsent_env) <= known, f"{example}: not a finsent setting: {sorted(set(finsent_env) - known)}"
+    for key in [k for k in os.environ if k.startswith("FINSENT_")]:
+        monkeypatch.delenv(key)
+    for key, value in finsent_env.items():
+        monkeypatch.setenv(key, value)
+    load_settings()  # raises ConfigError naming the variable on a bad value
