@@ -214,8 +214,13 @@ def test_prometheus_loads_our_rules_and_scrapes_every_worker(model: dict, promto
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert jobs["finsent-worker"]["dns_sd_configs"][0]["names"] == ["worker"]  # every replica, by DNS
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    # issue 25: every rule file we ship is loaded (the drift rules were not), from a file mounted there
+    shipped = {p.name for p in (DEPLOY / "prometheus").glob("finsent-*rules.yml")}
+    assert {Path(r).name for r in config["rule_files"]} == shipped
     # promtool with the rules where the container has them (paths rewritten into a temp dir)
-    shutil.copy(binds["/etc/prometheus/finsent-rules.yml"], tmp_path / "finsent-rules.yml")
+    for rule_file in config["rule_files"]:
+        assert binds[rule_file] == DEPLOY / "prometheus" / Path(rule_file).name, rule_file
+        shutil.copy(binds[rule_file], tmp_path / Path(rule_file).name)
     config["rule_files"] = [str(tmp_path / Path(r).name) for r in config["rule_files"]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     res = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
@@ -251,3 +256,39 @@ def test_workers_data_api_token_comes_from_the_settings_secret(model: dict) -> N
     values = yaml.safe_load((SECRETS / "finsent.yaml.example").read_text())
     assert values["api_token"] == "CHANGE-ME"
     assert Settings(**values).api_token is not None
+
+
+def _metrics_port(svc: dict) -> int:
+    """The port where a finsent service serves /metrics without a token: --metrics-port, else the
+    FINSENT_METRICS_PORT it is given (a worker)."""
+    command = svc["command"]
+    if "--metrics-port" in command:
+        return int(command[command.index("--metrics-port") + 1])
+    return int(svc["environment"]["FINSENT_METRICS_PORT"])
+
+
+def test_prometheus_scrapes_every_finsent_service_where_metrics_need_no_token(model: dict) -> None:
+    """Issue 25: the push endpoint was scraped on its public port, whose /metrics answers 401 without the
+    bearer token, so the target was always down. Each long-running finsent service is a target on its
+    --metrics-port (open, on the compose network), and none on an `ingest http --port`."""
+    prom = model["services"]["prometheus"]
+    binds = {v["target"]: Path(v["source"]) for v in mounts(prom) if v["type"] == "bind"}
+    config = yaml.safe_load(binds["/etc/prometheus/prometheus.yml"].read_text())
+    targets: set[tuple[str, int]] = set()
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, port = target.rpartition(":")
+                targets.add((host, int(port)))
+        for dns in job.get("dns_sd_configs", []):
+            targets.update((name, int(dns["port"])) for name in dns["names"])
+        assert "authorization" not in job, "no token copy: finsent's /metrics ports need none"
+    long_running = {n for n in FINSENT_SERVICES if "profiles" not in model["services"][n]}
+    for name in long_running:
+        svc = model["services"][name]
+        assert (name, _metrics_port(svc)) in targets, f"{name} is not scraped on its metrics port"
+        assert svc["environment"]["FINSENT_METRICS_HOST"] == "0.0.0.0", name
+        command = svc["command"]
+        if command[:2] == ["ingest", "http"]:
+            assert (name, int(command[command.index("--port") + 1])) not in targets, "the token-guarded port"
+    assert {host for host, _ in targets} == long_running | {"127.0.0.1"}
