@@ -116,3 +116,19 @@ def test_shipped_model_scores_do_not_depend_on_the_batch(shipped_default: Classi
 
 def test_shipped_model_scores_do_not_depend_on_padding(shipped_default: Classifier) -> None:
     _check_padding_independence(shipped_default, _seed_texts(20))
+
+
+def test_shipped_model_entities_do_not_depend_on_the_batch() -> None:
+    """The entity head's spans and per-entity probabilities too (the shipped model has one: token_logits)."""
+    clf = Classifier.load()
+    texts = _seed_texts(96)
+    alone = [clf.predict([t])[0] for t in texts]
+    order = list(range(len(texts)))
+    random.Random(3).shuffle(order)
+    batched = _in_batches(clf, texts, order)
+    assert any(m.entity_id is None for p in alone for m in p.entities), "no model-only span: is the head there?"
+    for text, a, b in zip(texts, alone, batched, strict=True):
+        assert [(m.start, m.end, m.sentiment, m.entity_id) for m in a.entities] == \
+            [(m.start, m.end, m.sentiment, m.entity_id) for m in b.entities], text
+        for x, y in zip(a.entities, b.entities, strict=True):
+            assert max(abs(x.sentiment_probs[k] - y.sentiment_probs[k]) for k in x.sentiment_probs) < TOL, text
