@@ -228,12 +228,17 @@ def test_push_endpoint_service_and_network_policy() -> None:
     svc = find(BASE, "Service", "finsent-push")
     assert svc["spec"]["selector"].items() <= labels.items()
     (container,) = pod_spec(push)["containers"]
-    assert svc["spec"]["ports"][0]["port"] == _served_port(container, {})
+    args = container["args"]
+    http_port, metrics_port = int(args[args.index("--port") + 1]), _served_port(container, {})
+    assert svc["spec"]["ports"][0]["port"] == http_port and [p["port"] for p in svc["spec"]["ports"]] == [8088]
     policy = find(BASE, "NetworkPolicy", "finsent-push")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    (rule,) = policy["spec"]["ingress"]
-    assert rule["from"] and [p["port"] for p in rule["ports"]] == [8088]
+    clients, monitoring = policy["spec"]["ingress"]
+    assert clients["from"] and [p["port"] for p in clients["ports"]] == [http_port]
+    # the token-free metrics port: Prometheus (monitoring namespace) only
+    assert monitoring["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert [p["port"] for p in monitoring["ports"]] == [metrics_port] != [http_port]
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     assert "--host" in container["args"] and container["args"][container["args"].index("--host") + 1] == "0.0.0.0"
 
@@ -354,3 +359,43 @@ def test_worker_network_policy_lets_in_only_monitoring_and_labelled_api_clients(
     assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     for peer in api["from"]:  # every API peer is a pod that carries the client label
         assert peer["podSelector"]["matchLabels"] == {"finsent.io/api-client": "true"}, peer
+
+
+def _annotation_scrape_targets(obj: dict) -> set[int]:
+    """The ports Prometheus scrapes in a pod under the usual annotation-driven job (Prometheus' example
+    kubernetes-pods job, the Helm chart's): role pod gives a target per declared container port; keep pods
+    with prometheus.io/scrape=true; prometheus.io/port, when set, rewrites every target's port (so the
+    targets collapse to that one port)."""
+    meta = obj["spec"]["template"]["metadata"]
+    annotations = meta.get("annotations", {})
+    if annotations.get("prometheus.io/scrape") != "true":
+        return set()
+    declared = {p["containerPort"] for c in pod_spec(obj)["containers"] for p in c.get("ports", [])}
+    if "prometheus.io/port" in annotations:
+        return {int(annotations["prometheus.io/port"])}
+    return declared
+
+
+def _token_free_metrics_ports(obj: dict, config: dict[str, str]) -> set[int]:
+    """Where each container serves /metrics without a token: --metrics-port, else FINSENT_METRICS_PORT (a
+    worker). The push endpoint's --port /metrics needs its bearer token (401 to Prometheus)."""
+    ports = set()
+    for c in pod_spec(obj)["containers"]:
+        args = c.get("args", [])
+        ports.add(int(args[args.index("--metrics-port") + 1]) if "--metrics-port" in args
+                  else int(config["FINSENT_METRICS_PORT"]))
+    return ports
+
+
+@pytest.mark.parametrize("name", ["finsent-worker", "finsent-worker-gpu", "finsent-ingest", "finsent-push"])
+def test_prometheus_scrapes_every_metrics_port_and_no_token_guarded_one(name: str) -> None:
+    """Issue 25: the push pod was scraped on 8088 (its /metrics needs the token: always down) and the ingest
+    pod runs two pollers (9464, 9465) but prometheus.io/port named only 9464. Every token-free metrics port
+    of every pod is a target, no other port is, and the metrics host is not loopback."""
+    config = find(BASE, "ConfigMap", "finsent-config")["data"]
+    assert config["FINSENT_METRICS_HOST"] == "0.0.0.0"
+    deployment = find(GPU, "Deployment", name)
+    served = _token_free_metrics_ports(deployment, config)
+    assert _annotation_scrape_targets(deployment) == served, name
+    for c in pod_spec(deployment)["containers"]:  # each one is declared, so role pod finds it
+        assert served & {p["containerPort"] for p in c["ports"]}, c["name"]
