@@ -185,8 +185,11 @@ def test_remote_store_reads_and_writes_like_the_owner(served: tuple[Any, Any]) -
     assert remote.top_negative(timedelta(hours=1), limit=3) == store.top_negative(timedelta(hours=1), limit=3)
     assert remote.topic_counts(timedelta(hours=1)) == store.topic_counts(timedelta(hours=1))
     assert remote.query("SELECT count() FROM {db:Identifier}.items FINAL", {"db": store.database}) == [(5,)]
-    with pytest.raises(StoreError, match="read statement"):
-        remote.query(f"DROP DATABASE {store.database}")
+    for sql in (f"DROP DATABASE {store.database}", f"SELECT 1; DROP DATABASE {store.database}",
+                f"/* x */ INSERT INTO {store.database}.labels SELECT * FROM {store.database}.labels"):
+        with pytest.raises(StoreError, match="read statement"):
+            remote.query(sql)
+    assert remote.query("-- a comment\nSELECT 1;") == [(1,)]
     with pytest.raises(StoreError, match="refused the query"):  # the owner's own error, its class kept
         remote.query("SELECT no_such_column FROM system.one")
     with pytest.raises(AttributeError):

@@ -158,7 +158,9 @@ def _check_call(method: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         raise StoreError(f"store method {method!r} is not served; served: {', '.join(sorted(METHODS))}")
     if method == "query":
         sql = args[0] if args else kwargs.get("sql")
-        if not isinstance(sql, str) or not _READ_SQL.match(sql):
+        # one statement: a ';' followed by more text could carry a second, writing one (values are bound parameters,
+        # so a query never needs a literal ';')
+        if not isinstance(sql, str) or not _READ_SQL.match(sql) or sql.strip().rstrip(";").count(";"):
             raise StoreError("store call query takes one read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)")
 
 
