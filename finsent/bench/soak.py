@@ -436,7 +436,15 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax2.axhline(result["offered_items_per_s"], color="grey", linestyle="--", label="offered")
     ax2.set_ylabel("items/s")
     ax2.set_xlabel("minutes")
-    ax2.legend(loc="lower right")
+    for f in result.get("faults", []):  # the injected faults, on both panels
+        start = f["at_s"] / 60
+        for ax in (ax1, ax2):
+            if f["kind"] == "disk_full":
+                ax.axvspan(start, f.get("freed_at_s", f["at_s"]) / 60, color="tab:red", alpha=0.15,
+                           label="store disk full" if ax is ax2 else None)
+            else:
+                ax.axvline(start, color="tab:red", linestyle=":", label="worker killed (-9)" if ax is ax2 else None)
+    ax2.legend(loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
