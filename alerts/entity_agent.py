@@ -16,27 +16,29 @@ exactly as the topic counts are re-keyed by topic. A record carries the mentions
 time, sentiment, relevance, source, title, link and the first 1,000 characters of text), not bare counts: the
 detector counts an item once per bucket (redeliveries), its alerts quote headlines, and novelty needs the text.
 
-**Event time, in order.** The owner keeps mentions in a reorder buffer until the watermark, less
-``entity_lateness_s``, passes the end of their bucket, then releases them sorted by (event time, item id): story
-clusters and novelty (:mod:`finsent.alerts.novelty`) are computed in event-time order whatever order the
-partitions were read in -- which is what the backtest does over stored items -- and only then fed to the
-detector. The watermark is the event time *every* scored partition has reached: after each batch a mention
-agent sends, to every partition of the entity counts topic (:func:`watermark_keys`), the newest event time it
-has read on each scored partition, and the owner takes the oldest of them. So a backlog read one partition
-ahead of another (a replay, a worker joining late) makes nothing late, and 1 or 3 workers release the same
-mentions in the same order. A partition that has not moved for :data:`IDLE_S` stops holding the watermark back;
-when none moves (a finished replay, a quiet night) the newest event time moves on with the wall clock, so the
-last buckets close ``lateness + bucket`` after their end. A mention whose bucket was already released is
-*late*: counted in ``finsent_entity_mentions_late_total`` and ignored (a released bucket never changes, so an
-alert stays raised).
+**Event time, in order.** Each partition of the entity counts topic has its own unit (:class:`EntityUnit`: buffer,
+watermark, novelty, detector), whichever worker owns it. A unit keeps mentions in a reorder buffer until the
+watermark, less ``entity_lateness_s``, passes the end of their bucket, then releases them sorted by (event time,
+item id): story clusters and novelty (:mod:`finsent.alerts.novelty`) are computed in event-time order whatever
+order the partitions were read in -- which is what the backtest does over stored items -- and only then fed to the
+detector. The watermark is the event time *every* scored partition has reached: after each batch a mention agent
+sends, to every partition of the entity counts topic (:func:`watermark_keys`), the newest event time it has read on
+each scored partition, and the owner takes the oldest of them. So a backlog read one partition ahead of another (a
+replay, a worker joining late) makes nothing late, and 1 or 3 workers release the same mentions in the same order.
+A partition that has not moved for :data:`IDLE_S` stops holding the watermark back; when none moves (a finished
+replay, a quiet night) the newest event time moves on with the wall clock, so the last buckets close ``lateness +
+bucket`` after their end. A mention whose bucket was already released is *late*: counted in
+``finsent_entity_mentions_late_total`` and ignored (a released bucket never changes, so an alert stays raised).
 
 **Delivery.** At-least-once, as the topic agent: the mention agent waits for the broker to confirm its records
 (:func:`finsent.alerts.agent.send_confirmed`) before its batch of ``finsent.scored`` is acknowledged, and the
 detect agent confirms an alert on the alerts topic before it takes the next record. A redelivered mention is
 counted once (the detector's per-bucket item set; novelty returns its first answer), and an alert's id is
 stable per (entity, episode start), so the store, which inserts alerts idempotently by id, keeps one row.
-Not covered: a worker restart loses the in-memory baselines and episodes (the prior judges names again until
-they refill); the exact mentions are in the store for the backtest.
+Story clusters are formed among the items a unit sees (those mentioning its entities); a single-process backtest
+clusters all items, so the two can differ only when a story about one name is a near-duplicate of a story about
+another that links two of the first name's stories. Not covered: a worker restart loses the in-memory baselines
+and episodes (the prior judges names again until they refill); the exact mentions are in the store for the backtest.
 
 **Prometheus.** Thousands of names must not become thousands of label values: only aggregates
 (``finsent_entity_mentions_total{sentiment}``, ``finsent_entities_tracked``, ``finsent_entity_alerts_total``,
