@@ -348,7 +348,7 @@ def test_env_file_parser_keeps_an_inline_comment_in_the_value() -> None:
     assert env == {"FINSENT_MODEL_THREADS": "1   # per model call", "FINSENT_LOG_LEVEL": "INFO"}
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in UNITS.glob("*.env.example")))
+@pytest.mark.parametrize("example", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy").rglob("*.env.example")))
 def test_env_examples_have_no_inline_comments_and_finsent_accepts_every_value(
         example: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 25: ``FINSENT_MODEL_THREADS=1 # per model call`` reached finsent as '1 # per model call' and the
@@ -356,7 +356,7 @@ def test_env_examples_have_no_inline_comments_and_finsent_accepts_every_value(
     finsent's own settings parser, with nothing else FINSENT_* set, and every FINSENT_* name is a setting."""
     from finsent.core.settings import OTHER_ENV, Settings, load_settings
 
-    env = systemd_env_file((UNITS / example).read_text())
+    env = systemd_env_file((ROOT / example).read_text())
     assert env, f"{example}: no assignments found"
     for key, value in env.items():
         assert "#" not in value, f"{example}: {key}={value!r}: systemd keeps the comment as part of the value"
