@@ -107,7 +107,8 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
             assert w.context.extensions.get("alerts").alerts == [], "steady traffic must not alarm"
             share[topic_a] = 0.6
             t_spike = time.monotonic()
-            wait_for(lambda: any(a.topic == topic_a for a in w.context.extensions.get("alerts").alerts), 30, "a spike alert")
+            wait_for(lambda: any(a.topic == topic_a for a in w.context.extensions.get("alerts").alerts), 30,
+                     "a spike alert")
             print(f"\nin-stream detection: {time.monotonic() - t_spike:.1f} s after the spike (1 s windows)")
             alert = next(a for a in w.context.extensions.get("alerts").alerts if a.topic == topic_a)
             # the alerting window may straddle the onset (10% -> 60%): at least twice the baseline
@@ -217,7 +218,8 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
             share[t] = 0.6
 
         def raised(topic: str) -> list[int]:
-            return [i for i, w in enumerate(workers) if any(a.topic == topic for a in w.context.extensions.get("alerts").alerts)]
+            return [i for i, w in enumerate(workers)
+                    if any(a.topic == topic for a in w.context.extensions.get("alerts").alerts)]
 
         wait_for(lambda: all(raised(t) for t in topics), 30, "both spikes alerted")
         time.sleep(3)  # a duplicate from the other worker would show up by now
