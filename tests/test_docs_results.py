@@ -24,7 +24,7 @@ from finsent.core.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_JSON = ROOT / "bench" / "results.json"
 #: the documents that include the generated table
-WITH_TABLE = ("README.md", "docs/sizing.md")
+WITH_TABLE = ("README.md", "docs/sizing.md", "bench/RESULTS.md")
 #: the documents no hand-written figure may appear in (outside the generated table)
 PROSE = ("README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")))
 
@@ -42,6 +42,11 @@ def test_the_table_in_the_document_is_what_the_command_renders(name: str) -> Non
 def test_no_measured_figure_is_written_by_hand(name: str) -> None:
     strays = results.stray_figures((ROOT / name).read_text(encoding="utf-8"))
     assert not strays, f"{name}: move these into bench/results.json and refer to the table: {strays}"
+
+
+def test_results_page_points_at_the_archive() -> None:
+    page = (ROOT / "bench" / "RESULTS.md").read_text(encoding="utf-8")
+    assert "ARCHIVE.md" in page and (ROOT / "bench" / "ARCHIVE.md").is_file()
 
 
 def test_the_docs_include_the_table_and_the_three_pages_exist() -> None:
