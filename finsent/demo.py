@@ -47,6 +47,15 @@ HISTORY_S = 240  # back-filled history before "now"
 HISTORY_RATE = 1.5  # items/s of back-filled history
 #: the live rate is capped at this share of the model's measured speed, so the spike (+50%) still fits
 MAX_LOAD = 0.3
+#: the spike is negative news about one named company, from several outlets (the entity detector wants
+#: corroboration), mixed into the normal news about others; the linker maps the name to this id
+SPIKE_ENTITY = "JPMorgan"
+SPIKE_ENTITY_ID = "JPM"
+SPIKE_SOURCES = ("demo-wire", "demo-news", "demo-social")
+#: how the spike's stories are told about the company (a tweet merely prefixed with the name is neutral toward it)
+SPIKE_HEADLINES = (f"{SPIKE_ENTITY} shares tumble: ", f"{SPIKE_ENTITY} slumps as ")
+#: distinct negative stories in the spike (repeats of one story count once: novelty)
+SPIKE_STORIES = 30
 
 
 def load_tweets(path: Path = DEMO_DATA) -> list[dict[str, Any]]:
@@ -229,7 +238,8 @@ class DemoProducer(threading.Thread):
                     owed_bg -= 1
                 n_spike = 0
                 while owed_spike >= 1:
-                    batch.append(self._item(self._rng.choice(self.spike_texts), now, "demo-spike"))
+                    text = SPIKE_HEADLINES[n_spike % 2] + self._rng.choice(self.spike_texts)
+                    batch.append(self._item(text, now, SPIKE_SOURCES[n_spike % len(SPIKE_SOURCES)]))
                     owed_spike -= 1
                     n_spike += 1
                 self._publish(publisher, batch)
@@ -266,13 +276,14 @@ def _percentile(values: list[float], q: float) -> float | None:
 def _render(
     state: DemoState, scorer: Any, shares: list[tuple[str, int, float]], alerts: list[Any], elapsed: float,
     seconds: float, spike_topic: str, spike_window: tuple[float, float], rate_now: float,
+    entity_alerts: list[Any] = (),  # type: ignore[assignment]
 ) -> Any:
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
 
     st = scorer.stats.snapshot()
-    phase = "spike on " + spike_topic if spike_window[0] <= elapsed < spike_window[1] else (
+    phase = f"negative news about {SPIKE_ENTITY}" if spike_window[0] <= elapsed < spike_window[1] else (
         "after the spike" if elapsed >= spike_window[1] else "calm")
     head = Table.grid(padding=(0, 3))
     head.add_row(f"[b]t[/b] {min(elapsed, seconds):5.1f} / {seconds:.0f} s", f"[b]phase[/b] {phase}",
@@ -291,6 +302,9 @@ def _render(
     lines = [f"[bold red]ALERT[/] {a.topic}: negative {a.negative_share:.0%} vs baseline {a.baseline_share:.0%} "
              f"({a.negative}/{a.total}, {a.detector} score {a.score:.1f}, {a.severity}) at {format_time(a.fired_at)}"
              for a in alerts]
+    lines = [f"[bold red]ALERT[/] entity [b]{a.entity_name}[/b] ({a.entity_id}): {a.negative} novel negative stories "
+             f"from {len((a.evidence or {}).get('sources', []))} sources, index {a.score:.1f} ({a.severity}), window "
+             f"{format_time(a.window_start)} - {format_time(a.window_end)}" for a in entity_alerts] + lines
     return Panel(Group(head, tbl, *(lines or ["[dim]no alerts yet[/dim]"])), title="finsent demo")
 
 
@@ -336,8 +350,12 @@ def run_demo(
         classifier = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
                                      threads=settings.call_threads, cache_dir=settings.cache_dir)
         spike_topic, spike_texts, speed = choose_spike(classifier, tweets, calls=settings.model_calls)
+    # the spike's stories: the topic's negative tweets first, then other negative ones, each told about the company
+    more = [t["text"] for t in tweets if t.get("sentiment") == "negative" and t["text"] not in spike_texts]
+    spike_texts = (spike_texts + random.Random(5).sample(more, min(len(more), SPIKE_STORIES)))[:SPIKE_STORIES]
     console.print(f"model {classifier.version} on {classifier.provider}, ~{speed:.0f} items/s here; "
-                  f"spike topic: [b]{spike_topic}[/b] ({len(spike_texts)} distinct negative tweets)")
+                  f"spike: negative news about [b]{SPIKE_ENTITY}[/b] ({len(spike_texts)} distinct stories, "
+                  f"mostly on topic {spike_topic})")
     if rate > MAX_LOAD * speed:
         console.print(f"[yellow]--rate {rate:g} is more than this machine scores comfortably; "
                       f"using {MAX_LOAD * speed:.1f} items/s[/yellow]")
@@ -363,12 +381,22 @@ def run_demo(
             "partitions": 2,
             "consumer_group": f"finsent-demo-{run_id}",
             "metrics_port": 0,
+            # the entity detector on the demo's clock: 5 s buckets, 30 s windows, 5 s lateness, one alert per run
+            "entity_alerts": True,
+            "entity_bucket_s": WINDOW_S,
+            "entity_window_buckets": 6,
+            "entity_lateness_s": WINDOW_S,
+            "entity_cooldown_s": 3600,
+            "entity_watchlist": None,
         })
         ensure_topics(s)
         store = open_store(s.store)
         store.ensure_schema()
-        worker = WorkerThread(s, classifier=classifier, store=store)
+        from finsent.alerts.entity_agent import attach as attach_entities
+
+        worker = WorkerThread(s, classifier=classifier, store=store, extensions=[attach_entities])
         worker.start()
+        entities = worker.context.extensions.get("entity_alerts")
         # drift_var=0: the production default allows for a topic's level moving over the hour behind a
         # 1-hour baseline; the demo's baseline spans four minutes of replayed tweets, which do not drift
         detector = EwmaZ(window_s=WINDOW_S, short_windows=2, fast_windows=1, halflife_windows=48,
@@ -421,7 +449,7 @@ def run_demo(
                                             "negative_share": a.negative_share, "baseline_share": a.baseline_share})
                     shares = _topic_shares(store, 3 * WINDOW_S)
                 live.update(_render(state, worker.scorer, shares, alerts, el, seconds, spike_topic, spike_window,
-                                    rate_now))
+                                    rate_now, list(entities.alerts)))
                 if state.producer_error:
                     raise KafkaError(f"demo producer failed: {state.producer_error}")
                 if not worker.alive():
@@ -442,6 +470,10 @@ def run_demo(
                                     "t_s": round(time.monotonic() - t0, 1), "severity": a.severity,
                                     "negative_share": a.negative_share, "baseline_share": a.baseline_share})
         elapsed = time.monotonic() - t0
+        entity_alerts = [{"entity_id": a.entity_id, "entity_name": a.entity_name, "at": format_time(a.fired_at),
+                          "t_s": round(elapsed - (utcnow() - a.fired_at).total_seconds(), 1),
+                          "severity": a.severity, "novel_negative": a.negative, "index": a.score,
+                          "sources": (a.evidence or {}).get("sources", [])} for a in entities.alerts]
         st = worker.scorer.stats.snapshot()
         with worker.scorer.stats.lock:
             lat = list(worker.scorer.stats.latencies)
@@ -464,7 +496,13 @@ def run_demo(
             "model_items_per_s": round(speed, 1),
             "spike_window_s": [round(spike_window[0], 1), round(spike_window[1], 1)],
             "alerts": alert_times,
-            "spike_detected": any(a["topic"] == spike_topic for a in alert_times),
+            "spike_entity": SPIKE_ENTITY_ID,
+            "entity_alerts": entity_alerts,
+            "entity_mentions": entities.mentions,
+            "entity_mentions_late": entities.late,
+            # the demo's alert: negative news about the company, caught by the entity detector
+            "spike_detected": any(a["entity_id"] == SPIKE_ENTITY_ID for a in entity_alerts),
+            "topic_spike_detected": any(a["topic"] == spike_topic for a in alert_times),
             "throughput_msgs_per_s": round(live_stored / elapsed, 1) if elapsed > 0 else 0.0,
             "offered_rate_msgs_per_s": rate + spike_rate * (spike_window[1] - spike_window[0]) / seconds,
             "latency_ms": {
@@ -532,14 +570,18 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
         f"ingest->stored latency p50 {summary['latency_ms']['p50']} ms, p99 {summary['latency_ms']['p99']} ms"
     )
     if summary["spike_detected"]:
-        first = next(a for a in alerts if a["topic"] == summary["spike_topic"])
-        console.print(f"[bold green]spike on {summary['spike_topic']} detected[/] at t={first['t_s']}s "
+        first = next(a for a in summary["entity_alerts"] if a["entity_id"] == summary["spike_entity"])
+        console.print(f"[bold green]negative news about {first['entity_name']} detected[/] at t={first['t_s']}s: "
+                      f"{first['novel_negative']} novel negative stories from {len(first['sources'])} sources "
                       f"(spike began at t={summary['spike_window_s'][0]}s)")
     else:
-        console.print(f"[bold red]the spike on {summary['spike_topic']} was NOT detected[/]")
+        console.print(f"[bold red]the negative news about {SPIKE_ENTITY} was NOT detected[/]")
+    if summary["topic_spike_detected"]:
+        console.print(f"topic alert on {summary['spike_topic']} too")
     others = [a for a in alerts if a["topic"] != summary["spike_topic"]]
+    others += [a for a in summary["entity_alerts"] if a["entity_id"] != summary["spike_entity"]]
     if others:
-        console.print(f"other alerts: {', '.join(a['topic'] for a in others)}")
+        console.print(f"other alerts: {', '.join(a.get('topic') or a.get('entity_name') or '' for a in others)}")
     if summary.get("plot"):
         console.print(f"timeline written to {summary['plot']}")
     elif summary.get("plot_error"):
