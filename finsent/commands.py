@@ -194,9 +194,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description=(
             "Start an embedded broker and the scoring worker with the shipped model and a fresh embedded "
             "ClickHouse (chdb), score four minutes of back-filled history, then replay the bundled seed tweets "
-            "live for --seconds (default 75) at --rate items/s, inject a negative spike on one topic for 30% of "
-            "the replay plus a few malformed messages, and detect the spike from the stored counts. Shows live "
-            "progress and ends on its own, about two minutes in all. Exit code 0 when the spike was detected and "
+            "live for --seconds (default 75) at --rate items/s, inject negative news about one named company "
+            "(JPMorgan, from several outlets) for 30% of the replay plus a few malformed messages, and detect it: "
+            "the worker's entity alert names the company (topic spike alerts from the stored counts stay). Shows live "
+            "progress and ends on its own, about two minutes in all. Exit code 0 when the entity alert was raised and "
             "nothing was lost or duplicated.\n\n"
             "examples:\n"
             "  finsent demo\n"
