@@ -539,8 +539,9 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
     kwargs.setdefault("partitions", settings.partitions)
     state = EntityAlerts(settings, store_getter=kwargs.pop("store_getter", None) or ctx.store.get, **kwargs)
     scored = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
-    counts = app.topic(settings.topic_entity_counts, key_type=bytes, value_type=bytes, internal=True,
-                       partitions=settings.partitions)
+    # declared by ensure_topics with the other finsent topics (stream.kafka.finsent_topics: at start and after a
+    # broker restart), not by Faust: one more internal topic created at start-up delayed the app's start
+    counts = app.topic(settings.topic_entity_counts, key_type=bytes, value_type=bytes)
     alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
     ctx.extensions.register("entity_alerts", state, close=state.close)
     loop_lock = asyncio.Lock()  # the detect agent and the timer take turns on the detector and the outputs
