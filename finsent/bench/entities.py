@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from finsent.alerts.backtest import plot_timelines
 from finsent.core.errors import InputError
 from finsent.core.events import EntityMention, format_time, parse_time
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
@@ -176,56 +177,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "total_s": round(time.perf_counter() - t_start, 1),
     }
     if args.plot:
-        report["plots"] = plot_alerts(Path(args.plot), alerts, series)
+        report["plots"] = plot_timelines(Path(args.plot), alerts, series)
     return report
-
-
-def plot_alerts(out_dir: Path, alerts: list[Any], series: dict[str, list[Any]]) -> list[str]:
-    """One PNG per alerted entity: hourly buzz, novel negatives and the index, alerts marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    by_key: dict[str, list[Any]] = defaultdict(list)
-    for a in alerts:
-        by_key[(a.evidence or {}).get("entity_key", a.entity_name)].append(a)
-    written = []
-    for key, alist in sorted(by_key.items()):
-        pts = series.get(key, [])
-        if not pts:
-            continue
-        fig, ax = plt.subplots(figsize=(11, 3.6))
-        days: dict[Any, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for p in pts:  # hourly bars would be invisible over two months: daily sums
-            d = p.start.replace(hour=0, minute=0, second=0, microsecond=0)
-            days[d][0] += p.buzz
-            days[d][1] += p.novel_negative
-        dx = sorted(days)
-        ax.bar(dx, [days[d][0] for d in dx], width=0.8, align="edge", color="#bbbbbb", label="buzz (mentions / day)")
-        ax.bar(dx, [days[d][1] for d in dx], width=0.8, align="edge", color="#d62728",
-               label="novel negative / day")
-        ax2 = ax.twinx()
-        # dots, not a line: buckets without a mention have no index, a line would invent one between them
-        ax2.plot([p.start for p in pts], [p.index for p in pts], ls="none", color="#1f77b4", marker=".", ms=4,
-                 label="index of the window ending that hour (-log10 p)")
-        ax2.set_ylabel("index")
-        for a in alist:
-            ax.axvline(a.window_end, color="black", ls="--", lw=1)
-        name = alist[0].entity_name or key
-        ax.set_title(f"{name}: {len(alist)} alert(s), first at {format_time(alist[0].window_end)}")
-        ax.set_ylabel("mentions per day")
-        h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        path = out_dir / (re.sub(r"[^\w.-]+", "_", key).strip("_") + ".png")
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(str(path))
-    return written
 
 
 def print_report(r: dict[str, Any]) -> None:
