@@ -43,6 +43,15 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 
+@pytest.fixture(autouse=True)
+def _sigterm_still_stops_the_run():
+    """Tests that run a worker in this process let Faust/mode install their own SIGTERM handler; put ours
+    back after each test, so a SIGTERM later in the run still stops it cleanly."""
+    yield
+    if signal.getsignal(signal.SIGTERM) is not _stop_on_sigterm:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+
 def _bare_modules() -> list[str]:
     return sorted(m for m in sys.modules if m.split(".")[0] in BARE_NAMES)
 

@@ -1,5 +1,6 @@
 """The test suite stops cleanly on SIGTERM: exit 2 (interrupted) within seconds, and the real servers its
-fixtures started are gone (before, SIGTERM killed pytest at once and left a Tansu broker running)."""
+fixtures started are gone (before, SIGTERM killed pytest at once and left a Tansu broker running) -- also
+after an earlier test let an in-process worker install its own SIGTERM handler."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def _children(root):
         out += kids
         todo += kids
     return out
+
+def test_a_worker_in_process_takes_sigterm():
+    import signal
+    signal.signal(signal.SIGTERM, lambda *a: None)  # what mode/Faust do for an in-process worker
 
 def test_holds_a_broker(kafka_bootstrap, tmp_path):
     Path(os.environ["PIDS_FILE"]).write_text(" ".join(map(str, _children(os.getpid()))))
