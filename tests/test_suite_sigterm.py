@@ -60,6 +60,7 @@ def test_sigterm_stops_the_run_and_its_servers(tmp_path: Path) -> None:
     inner = Path(__file__).parent / "_sigterm_inner_test.py"
     inner.write_text(_INNER)
     pids_file = tmp_path / "pids"
+    proc: subprocess.Popen[str] | None = None
     try:
         env = {k: v for k, v in os.environ.items() if k != "FINSENT_TEST_BROKERS"}
         env["PIDS_FILE"] = str(pids_file)
@@ -74,10 +75,16 @@ def test_sigterm_stops_the_run_and_its_servers(tmp_path: Path) -> None:
         assert kids, "the broker fixture started no process"
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            out = "pytest ignored SIGTERM for 60 s"
         took = time.monotonic() - t0
     finally:
         inner.unlink(missing_ok=True)
+        if proc is not None and proc.poll() is None:  # never leave the inner run behind, whatever failed
+            proc.kill()
+            proc.wait(10)
     assert proc.returncode == 2, out[-2000:]  # pytest's "interrupted"
     assert took < 30, took
     time.sleep(1)
