@@ -53,10 +53,11 @@ def test_replaying_a_50_mb_line_stays_small(tmp_path: Path) -> None:
         f.write(json.dumps({"id": "g1", "text": "Acme shares rise"}) + "\n")
         f.write('{"id": "huge", "text": "' + "z" * (50 * 1024 * 1024) + '"}\n')
         f.write(json.dumps({"id": "g2", "text": "Acme shares fall"}) + "\n")
-    # the child reports its own peak RSS at exit (RUSAGE_CHILDREN would mix in every earlier child)
-    code = ("import atexit, resource, sys\n"
-            "atexit.register(lambda: print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-            "file=sys.stderr))\n"
+    # the child reports its own peak RSS at exit: VmHWM of its own memory map. (ru_maxrss would not do: Linux
+    # carries it across exec, so a child forked from a big pytest process starts with the parent's peak.)
+    code = ("import atexit, re, sys\n"
+            "atexit.register(lambda: print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', "
+            "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
             "from finsent.cli import main\n"
             f"sys.exit(main(['ingest', 'replay', {str(path)!r}, '--dry-run']))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
