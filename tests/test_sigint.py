@@ -207,7 +207,7 @@ def test_worker_ctrl_c_exits_130_saying_what_was_stored(tmp_path, kafka_bootstra
 def test_demo_ctrl_c_exits_130_saying_what_it_did(tmp_path) -> None:
     run = Finsent(["demo", "--seconds", "40"], tmp_path)
     try:
-        run.wait_for(lambda: "spike topic" in run.stdout, 240, "the model loaded")
+        run.wait_for(lambda: "spike: negative news about" in run.stdout, 240, "the model loaded")
         time.sleep(3.0)
         line = run.ctrl_c(timeout_s=60)
     finally:
