@@ -264,7 +264,6 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         _cancel_leftovers(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-        threading.excepthook = default_hook
         if owned is not None:
             owned.remove()
         if server is not None:
@@ -279,7 +278,12 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
             f"{sum(st['dead_lettered'].values()):,}; offsets are committed up to what was stored",
             hint="run the same command again: it goes on from the committed offsets (ids dedup in the store)",
         )
-    if not clean or _lingering_threads(timeout_s=1.0):
+    # Faust's consumer thread may end only now, after the loop closed (its goodbye to the closed loop raises):
+    # the quiet hook stays until the threads have had their second to end
+    lingering = not clean or _lingering_threads(timeout_s=1.0)
+    if not lingering:  # (a process about to os._exit keeps the quiet hook to the end)
+        threading.excepthook = default_hook
+    if lingering:
         # Faust's consumer thread may still wait on a dead broker, and it is not a daemon: the store is
         # closed and the log flushed, so end the process now rather than hang past the grace period.
         for handler in logging.getLogger().handlers:
