@@ -199,47 +199,11 @@ class _Lines:
         return self.record[0][0] if self.record else self._read + 1
 
 
-def _unclosed_quote(record: list[tuple[int, str]]) -> int | None:
-    """Index in ``record`` of the line where a quote opened that is never closed (excel dialect), else None.
-
-    Mirrors the csv module's non-strict parser: a quote opens a quoted field only at the start of
-    a field, ``""`` inside one is a literal quote, and a quote inside an unquoted field is text.
-    """
+def _quote_scan(record: list[tuple[int, str]]) -> tuple[int | None, int | None]:
+    """One pass of the csv module's non-strict quoting rules over a record's lines: ``(unclosed, stray)``,
+    the line indexes that :func:`_unclosed_quote` and :func:`_stray_quote` report (None when absent)."""
     start, in_field, quoted, quote_seen = 0, 1, 2, 3
-    state, opened = start, None
-    for idx, (_, text) in enumerate(record):
-        for ch in text:
-            if state == start:
-                if ch == '"':
-                    state, opened = quoted, idx
-                elif ch not in ",\r\n":
-                    state = in_field
-            elif state == in_field:
-                if ch in ",\r\n":
-                    state = start
-            elif state == quoted:
-                if ch == '"':
-                    state = quote_seen
-            else:  # a quote inside a quoted field: doubled, or the end of the field
-                if ch == '"':
-                    state = quoted
-                else:
-                    state = start if ch in ",\r\n" else in_field
-                    opened = None
-    return opened if state == quoted else None
-
-
-def _stray_quote(record: list[tuple[int, str]]) -> int | None:
-    """Index of the line where a quoted field opened that a *stray* quote closed on a later line, else None.
-
-    A quote left open on one row is closed by the next quote in the file, and the csv module then reads
-    every line in between as one field: rows silently merged. When the closing quote is followed by
-    text (``gh"i``) rather than a delimiter or the end of the line, no well-formed CSV wrote it: that is
-    the stray-quote signature. (A stray quote that happens to sit just before a delimiter or a line end
-    cannot be told from a real multi-line field; that case is read as one.)
-    """
-    start, in_field, quoted, quote_seen = 0, 1, 2, 3
-    state, opened, closed_at = start, 0, 0
+    state, opened, closed_at, stray = start, 0, 0, None
     for idx, (_, text) in enumerate(record):
         for ch in text:
             if state == start:
@@ -253,15 +217,36 @@ def _stray_quote(record: list[tuple[int, str]]) -> int | None:
             elif state == quoted:
                 if ch == '"':
                     state, closed_at = quote_seen, idx
-            elif ch == '"':
+            elif ch == '"':  # a quote inside a quoted field: doubled
                 state = quoted
             elif ch in ",\r\n":
                 state = start
             else:  # text right after a closing quote
-                if closed_at > opened:
-                    return opened
+                if stray is None and closed_at > opened:
+                    stray = opened
                 state = in_field
-    return None
+    return (opened if state == quoted else None), stray
+
+
+def _unclosed_quote(record: list[tuple[int, str]]) -> int | None:
+    """Index in ``record`` of the line where a quote opened that is never closed (excel dialect), else None.
+
+    Mirrors the csv module's non-strict parser: a quote opens a quoted field only at the start of
+    a field, ``""`` inside one is a literal quote, and a quote inside an unquoted field is text.
+    """
+    return _quote_scan(record)[0]
+
+
+def _stray_quote(record: list[tuple[int, str]]) -> int | None:
+    """Index of the line where a quoted field opened that a *stray* quote closed on a later line, else None.
+
+    A quote left open on one row is closed by the next quote in the file, and the csv module then reads
+    every line in between as one field: rows silently merged. When the closing quote is followed by
+    text (``gh"i``) rather than a delimiter or the end of the line, no well-formed CSV wrote it: that is
+    the stray-quote signature. (A stray quote that happens to sit just before a delimiter or a line end
+    cannot be told from a real multi-line field; that case is read as one.)
+    """
+    return _quote_scan(record)[1]
 
 
 def _csv_rows(path: Path, fh: Any) -> Iterator[_Row]:

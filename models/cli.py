@@ -349,17 +349,19 @@ def _print_eval(out: dict[str, Any]) -> None:
         print(f"  {r['path']}: {r['task']:9s} n={r['n']:5d} accuracy={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f}")
 
 
-def eval_command(args: argparse.Namespace, settings: Any) -> int:
-    from finsent.models.evaluate import evaluate_files, evaluate_finentity, is_finentity_file
+def _load_classifier(args: argparse.Namespace, settings: Any, **kw: Any) -> Any:
+    """The classifier ``eval`` and ``score`` use: ``--model-dir``/``--variant`` over the settings."""
     from finsent.models.runtime import Classifier
 
-    clf = Classifier.load(
-        args.model_dir or settings.model_dir,
-        variant=args.variant or settings.model_variant,
-        threads=settings.model_threads,
-        cache_dir=settings.cache_dir,
-        spinning=settings.model_spinning,
-    )
+    return Classifier.load(args.model_dir or settings.model_dir, variant=args.variant or settings.model_variant,
+                           threads=settings.model_threads, cache_dir=settings.cache_dir,
+                           spinning=settings.model_spinning, **kw)
+
+
+def eval_command(args: argparse.Namespace, settings: Any) -> int:
+    from finsent.models.evaluate import evaluate_files, evaluate_finentity, is_finentity_file
+
+    clf = _load_classifier(args, settings)
     entity_files = [p for p in args.csv if is_finentity_file(p)]
     csv_files = [p for p in args.csv if p not in entity_files]
     out = evaluate_files(clf, csv_files) if csv_files else {
@@ -376,17 +378,9 @@ def eval_command(args: argparse.Namespace, settings: Any) -> int:
 
 def score_command(args: argparse.Namespace, settings: Any) -> int:
     from finsent.core.errors import InputError
-    from finsent.models.runtime import Classifier
     from finsent.models.score import read_rows, score_rows
 
-    clf = Classifier.load(
-        args.model_dir or settings.model_dir,
-        variant=args.variant or settings.model_variant,
-        threads=settings.model_threads,
-        cache_dir=settings.cache_dir,
-        spinning=settings.model_spinning,
-        entities=not args.no_entities,
-    )
+    clf = _load_classifier(args, settings, entities=not args.no_entities)
     stats = score_rows(clf, read_rows(args.paths, args.format), sys.stdout, None if args.quiet else sys.stderr)
     if not args.quiet and stats.seconds >= 2.0:
         print(f"finsent score: {stats.scored} scored, {stats.bad} bad rows in {stats.seconds:.1f} s", file=sys.stderr)
