@@ -167,8 +167,10 @@ class InStreamAlerts:
                 return 0
             rows = store.topic_counts(since=utcnow() - until + lookback, bucket_s=w, until=until)
         except Exception as exc:  # noqa: BLE001
-            log.warning("could not read stored counts to warm the spike detector (%s); starting cold",
-                        " ".join(str(exc).split())[:300])
+            log.warning(
+                "could not read stored counts to warm the spike detector (%s); starting cold",
+                " ".join(str(exc).split())[:300],
+            )
             return 0
         by_end: dict[datetime, dict[str, tuple[int, int]]] = defaultdict(dict)
         for r in rows:
@@ -200,8 +202,13 @@ def _retrieve(future: Any) -> None:
         future.exception()
 
 
-async def send_confirmed(topic: Any, records: Sequence[tuple[bytes, bytes]], what: str,
-                         first_delay_s: float = RETRY_FIRST_S, max_delay_s: float = RETRY_MAX_S) -> None:
+async def send_confirmed(
+    topic: Any,
+    records: Sequence[tuple[bytes, bytes]],
+    what: str,
+    first_delay_s: float = RETRY_FIRST_S,
+    max_delay_s: float = RETRY_MAX_S,
+) -> None:
     """Send ``records`` (key, value) and wait for the broker to confirm each; resend the failed ones until it does.
 
     Faust's ``send`` returns before the broker answers: a record lost in a broker restart would
@@ -239,8 +246,15 @@ async def send_confirmed(topic: Any, records: Sequence[tuple[bytes, bytes]], wha
                 error = res
         if not failed:
             return
-        log.warning("%d of %d %s not confirmed by the broker (%s: %s); resending in %.2fs", len(failed), len(todo),
-                    what, type(error).__name__, " ".join(str(error).split())[:200], delay)
+        log.warning(
+            "%d of %d %s not confirmed by the broker (%s: %s); resending in %.2fs",
+            len(failed),
+            len(todo),
+            what,
+            type(error).__name__,
+            " ".join(str(error).split())[:200],
+            delay,
+        )
         todo = [rec for i, rec in enumerate(todo) if i in failed]  # in their first order
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay_s)
@@ -297,4 +311,3 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> InStreamAlerts:
         await loop.run_in_executor(state.pool, state.deliver, new, dict(state.detector.states()))
 
     return state
-

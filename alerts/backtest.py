@@ -67,8 +67,24 @@ def scored_mentions(items: Iterable[ScoredItem]) -> list[Pending]:
             if key in seen:
                 continue
             seen.add(key)
-            out.append(Pending(Mention(it.id, at, key, e.entity_id, e.name, e.sentiment, int(e.relevance), 100,
-                                       it.source, (it.title or "")[:300], it.url), (it.text or "")[:TEXT_CHARS]))
+            out.append(
+                Pending(
+                    Mention(
+                        it.id,
+                        at,
+                        key,
+                        e.entity_id,
+                        e.name,
+                        e.sentiment,
+                        int(e.relevance),
+                        100,
+                        it.source,
+                        (it.title or "")[:300],
+                        it.url,
+                    ),
+                    (it.text or "")[:TEXT_CHARS],
+                )
+            )
     return out
 
 
@@ -82,9 +98,24 @@ def stored_mentions(store: Any, since: datetime, until: datetime) -> list[Pendin
         if it is None:  # a mention whose item is outside the window (an item re-stored with another time)
             continue
         eid, name = m["entity_id"], m["name"]
-        out.append(Pending(Mention(m["item_id"], m["event_time"], entity_key(eid, name), eid, name, m["sentiment"],
-                                   m["relevance"], 100, it["source"], (it["title"] or "")[:300], it["url"]),
-                           (it["text"] or "")[:TEXT_CHARS]))
+        out.append(
+            Pending(
+                Mention(
+                    m["item_id"],
+                    m["event_time"],
+                    entity_key(eid, name),
+                    eid,
+                    name,
+                    m["sentiment"],
+                    m["relevance"],
+                    100,
+                    it["source"],
+                    (it["title"] or "")[:300],
+                    it["url"],
+                ),
+                (it["text"] or "")[:TEXT_CHARS],
+            )
+        )
     return out
 
 
@@ -101,15 +132,28 @@ def run(pending: Sequence[Pending], detector: EntityDetector, novelty: Novelty |
 
 def alert_json(a: Alert) -> dict[str, Any]:
     """An alert as ``finsent query alerts --json`` shows it (kind, entity, ``at`` = event time of the detection)."""
-    return {"kind": a.kind, "entity_id": a.entity_id, "entity_name": a.entity_name,
-            "topic": a.topic if a.kind == "topic" else None, "at": format_time(a.window_end), "sentiment": "negative",
-            "severity": a.severity, "score": a.score, "negative": a.negative, "total": a.total,
-            "window_start": format_time(a.window_start), "window_end": format_time(a.window_end), "id": a.id,
-            "detector": a.detector, "evidence": a.evidence}
+    return {
+        "kind": a.kind,
+        "entity_id": a.entity_id,
+        "entity_name": a.entity_name,
+        "topic": a.topic if a.kind == "topic" else None,
+        "at": format_time(a.window_end),
+        "sentiment": "negative",
+        "severity": a.severity,
+        "score": a.score,
+        "negative": a.negative,
+        "total": a.total,
+        "window_start": format_time(a.window_start),
+        "window_end": format_time(a.window_end),
+        "id": a.id,
+        "detector": a.detector,
+        "evidence": a.evidence,
+    }
 
 
-def backtest(store: Any, detector: EntityDetector, since: datetime, until: datetime,
-             plot_dir: Path | None = None) -> dict[str, Any]:
+def backtest(
+    store: Any, detector: EntityDetector, since: datetime, until: datetime, plot_dir: Path | None = None
+) -> dict[str, Any]:
     """Run the detector over the stored window; the report ``finsent alerts backtest --json`` prints."""
     series: dict[str, list[BucketStats]] = defaultdict(list)
     previous = detector.on_bucket
@@ -117,8 +161,11 @@ def backtest(store: Any, detector: EntityDetector, since: datetime, until: datet
     pending = stored_mentions(store, since, until)
     alerts = run(pending, detector)
     report: dict[str, Any] = {
-        "since": format_time(since), "until": format_time(until), "mentions": len(pending),
-        "items": len({p.mention.item_id for p in pending}), "entities": len({p.mention.key for p in pending}),
+        "since": format_time(since),
+        "until": format_time(until),
+        "mentions": len(pending),
+        "items": len({p.mention.item_id for p in pending}),
+        "entities": len({p.mention.key for p in pending}),
         "alerts": [alert_json(a) for a in alerts],
     }
     if plot_dir is not None:
@@ -152,13 +199,21 @@ def plot_timelines(out_dir: Path, alerts: Sequence[Alert], series: dict[str, lis
         ax.bar(dx, [days[d][0] for d in dx], width=0.8, align="edge", color="#bbbbbb", label="mentions / day")
         ax.bar(dx, [days[d][1] for d in dx], width=0.8, align="edge", color="#d62728", label="novel negative / day")
         ax2 = ax.twinx()
-        ax2.plot([p.start for p in pts], [p.index for p in pts], ls="none", marker=".", ms=4, color="#1f77b4",
-                 label="index (-log10 p)")
+        ax2.plot(
+            [p.start for p in pts],
+            [p.index for p in pts],
+            ls="none",
+            marker=".",
+            ms=4,
+            color="#1f77b4",
+            label="index (-log10 p)",
+        )
         ax2.set_ylabel("index")
         for a in alist:
             ax.axvline(a.window_end, color="black", ls="--", lw=1)
-        ax.set_title(f"{alist[0].entity_name or key}: {len(alist)} alert(s), first at "
-                     f"{format_time(alist[0].window_end)}")
+        ax.set_title(
+            f"{alist[0].entity_name or key}: {len(alist)} alert(s), first at {format_time(alist[0].window_end)}"
+        )
         ax.set_ylabel("mentions per day")
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
@@ -172,13 +227,23 @@ def plot_timelines(out_dir: Path, alerts: Sequence[Alert], series: dict[str, lis
     return written
 
 
-def default_window(since: timedelta | datetime | None, until: timedelta | datetime | None,
-                   now: datetime) -> tuple[datetime, datetime]:
+def default_window(
+    since: timedelta | datetime | None, until: timedelta | datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
     """[since, until) as times: durations count back from ``now``; defaults 30 days back and now."""
     lo = now - since if isinstance(since, timedelta) else since or now - timedelta(days=30)
     hi = now - until if isinstance(until, timedelta) else until or now + timedelta(minutes=5)
     return lo, hi
 
 
-__all__ = ["Pending", "TEXT_CHARS", "alert_json", "backtest", "default_window", "plot_timelines", "run",
-           "scored_mentions", "stored_mentions"]
+__all__ = [
+    "Pending",
+    "TEXT_CHARS",
+    "alert_json",
+    "backtest",
+    "default_window",
+    "plot_timelines",
+    "run",
+    "scored_mentions",
+    "stored_mentions",
+]

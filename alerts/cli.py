@@ -158,7 +158,8 @@ def make_backtest_detector(settings: Settings, watchlist: str | None = None, wat
         window_buckets=int(getattr(settings, "entity_window_buckets", 6)),
         lateness_s=int(getattr(settings, "entity_lateness_s", 3600)),
         cooldown_s=int(getattr(settings, "entity_cooldown_s", 86_400)),
-        watchlist=wl, watch_mode=watch_mode if wl is not None else "all",
+        watchlist=wl,
+        watch_mode=watch_mode if wl is not None else "all",
     )
 
 
@@ -171,8 +172,10 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
 
     since, until = default_window(args.since, args.until, utcnow())
     if until <= since:
-        raise InputError(f"--until {format_time(until)} is not after --since {format_time(since)}",
-                         hint="give a window that ends after it starts, e.g. --since 2023-01-01 --until 2023-02-01")
+        raise InputError(
+            f"--until {format_time(until)} is not after --since {format_time(since)}",
+            hint="give a window that ends after it starts, e.g. --since 2023-01-01 --until 2023-02-01",
+        )
     detector = make_backtest_detector(settings, args.watchlist, args.watch_mode)
     store = store_from_settings(settings)
     try:
@@ -184,15 +187,19 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
         emit_json(args.json, report)
         if to_stdout(args.json):
             return 0
-    print(f"backtest {report['since']} .. {report['until']}: {report['mentions']} mentions of "
-          f"{report['entities']} entities in {report['items']} items, {len(report['alerts'])} alert(s)")
+    print(
+        f"backtest {report['since']} .. {report['until']}: {report['mentions']} mentions of "
+        f"{report['entities']} entities in {report['items']} items, {len(report['alerts'])} alert(s)"
+    )
     for a in report["alerts"]:
         ev = a["evidence"] or {}
         heads = ev.get("headlines") or []
         first = f" | {heads[0]['title']}" + (f" <{heads[0]['url']}>" if heads[0].get("url") else "") if heads else ""
-        print(f"{a['at']} {a['severity'].upper():8} {a['entity_name']} ({a['entity_id'] or '-'}): "
-              f"{a['negative']} novel negative of {a['total']} novel, index {a['score']:.1f}, "
-              f"sources {', '.join(ev.get('sources') or [])}{first}")
+        print(
+            f"{a['at']} {a['severity'].upper():8} {a['entity_name']} ({a['entity_id'] or '-'}): "
+            f"{a['negative']} novel negative of {a['total']} novel, index {a['score']:.1f}, "
+            f"sources {', '.join(ev.get('sources') or [])}{first}"
+        )
     for path in report.get("plots", []):
         print(f"plot: {path}")
     return 0
@@ -265,9 +272,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=raw,
     )
     rules_default = deploy_dir() / "prometheus" / "finsent-rules.yml"
-    r.add_argument("--out", default=str(rules_default),
-                   help="'-' = stdout; default: deploy/prometheus/finsent-rules.yml of the source checkout "
-                        "(./deploy/... when finsent is installed from a wheel)")
+    r.add_argument(
+        "--out",
+        default=str(rules_default),
+        help="'-' = stdout; default: deploy/prometheus/finsent-rules.yml of the source checkout "
+        "(./deploy/... when finsent is installed from a wheel)",
+    )
     r.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
     r.set_defaults(func=_rules)
     d = sub.add_parser(
@@ -276,8 +286,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DASHBOARDS_DESCRIPTION,
         formatter_class=raw,
     )
-    d.add_argument("--out", default=str(deploy_dir() / "grafana"),
-                   help="default: deploy/grafana of the source checkout (./deploy/grafana when installed from a wheel)")
+    d.add_argument(
+        "--out",
+        default=str(deploy_dir() / "grafana"),
+        help="default: deploy/grafana of the source checkout (./deploy/grafana when installed from a wheel)",
+    )
     d.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
     d.set_defaults(func=_dashboards)
     w = sub.add_parser(
@@ -286,8 +299,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=WATCH_DESCRIPTION,
         formatter_class=raw,
     )
-    w.add_argument("--interval", type=positive_float, default=5.0,
-                   help="seconds between polls of the store (default 5)")
+    w.add_argument(
+        "--interval", type=positive_float, default=5.0, help="seconds between polls of the store (default 5)"
+    )
     w.add_argument("--once", action="store_true", help="poll once (backfilling the baseline) and exit")
     w.add_argument("--metrics-port", type=port, default=0, help="serve the spike gauges on this port (0 = off)")
     w.set_defaults(func=_watch)
@@ -300,15 +314,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=BACKTEST_DESCRIPTION,
         formatter_class=raw,
     )
-    b.add_argument("--since", type=time_or_duration, default=None, metavar="WHEN",
-                   help="window start: a duration back from now or an ISO 8601 time (default: 30d)")
-    b.add_argument("--until", type=time_or_duration, default=None, metavar="WHEN",
-                   help="window end: a duration back from now or an ISO 8601 time (default: now)")
-    b.add_argument("--watchlist", default=None, metavar="FILE",
-                   help="entities to watch (CSV or JSON lines: ids, tickers or names, optional thresholds)")
-    b.add_argument("--watch-mode", choices=("only", "wider"), default="only",
-                   help="with --watchlist: only its entities (default), or every entity with stricter thresholds "
-                        "for those not on it")
+    b.add_argument(
+        "--since",
+        type=time_or_duration,
+        default=None,
+        metavar="WHEN",
+        help="window start: a duration back from now or an ISO 8601 time (default: 30d)",
+    )
+    b.add_argument(
+        "--until",
+        type=time_or_duration,
+        default=None,
+        metavar="WHEN",
+        help="window end: a duration back from now or an ISO 8601 time (default: now)",
+    )
+    b.add_argument(
+        "--watchlist",
+        default=None,
+        metavar="FILE",
+        help="entities to watch (CSV or JSON lines: ids, tickers or names, optional thresholds)",
+    )
+    b.add_argument(
+        "--watch-mode",
+        choices=("only", "wider"),
+        default="only",
+        help="with --watchlist: only its entities (default), or every entity with stricter thresholds "
+        "for those not on it",
+    )
     b.add_argument("--plot", default=None, metavar="DIR", help="write one timeline PNG per alerted entity to DIR")
     add_json_option(b, "{since, until, mentions, items, entities, alerts: [...], plots: [...]}")
     b.set_defaults(func=_backtest)

@@ -56,6 +56,13 @@ def make_detector(settings: Settings) -> Detector:
 
 
 __all__ = [
-    "BinomialCusum", "Counts", "DETECTORS", "Detector", "EwmaZ", "REGISTRY", "TopicState", "WindowedDetector",
+    "BinomialCusum",
+    "Counts",
+    "DETECTORS",
+    "Detector",
+    "EwmaZ",
+    "REGISTRY",
+    "TopicState",
+    "WindowedDetector",
     "make_detector",
 ]

@@ -108,8 +108,11 @@ class PeriodStats:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "start": format_time(self.start), "end": format_time(self.end), "items": self.items,
-            "mean_confidence": _round(self.mean_confidence), "low_confidence_ratio": _round(self.low_ratio),
+            "start": format_time(self.start),
+            "end": format_time(self.end),
+            "items": self.items,
+            "mean_confidence": _round(self.mean_confidence),
+            "low_confidence_ratio": _round(self.low_ratio),
             **{task: {k: round(v, 4) for k, v in sorted(shares(self.labels[task]).items())} for task in TASKS},
         }
 
@@ -124,9 +127,13 @@ class DriftThresholds:
 
     @classmethod
     def from_settings(cls, s: Settings) -> DriftThresholds:
-        return cls(psi=s.drift_psi_threshold, confidence_drop=s.drift_confidence_drop,
-                   low_confidence=s.drift_low_confidence, low_confidence_rise=s.drift_low_confidence_rise,
-                   min_items=s.drift_min_items)
+        return cls(
+            psi=s.drift_psi_threshold,
+            confidence_drop=s.drift_confidence_drop,
+            low_confidence=s.drift_low_confidence,
+            low_confidence_rise=s.drift_low_confidence_rise,
+            min_items=s.drift_min_items,
+        )
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
@@ -160,23 +167,37 @@ class DriftReport:
     def to_json(self) -> dict[str, Any]:
         t = self.thresholds
         return {
-            "model_version": self.model_version, "version_source": self.version_source,
-            "window": self.window.to_json(), "reference": self.reference.to_json(),
+            "model_version": self.model_version,
+            "version_source": self.version_source,
+            "window": self.window.to_json(),
+            "reference": self.reference.to_json(),
             "psi": {k: _round(v) for k, v in self.psi.items()},
             "psi_band": {k: psi_band(v) for k, v in self.psi.items()},
             "confidence_shift": _round(self.confidence_shift),
             "low_confidence_ratio": _round(self.low_confidence_ratio),
             "low_confidence_shift": _round(self.low_confidence_shift),
-            "enough_data": self.enough_data, "retrain_advised": self.retrain_advised,
-            "reasons": self.reasons, "notes": self.notes,
-            "thresholds": {"psi": t.psi, "confidence_drop": t.confidence_drop, "low_confidence": t.low_confidence,
-                           "low_confidence_rise": t.low_confidence_rise, "min_items": t.min_items},
+            "enough_data": self.enough_data,
+            "retrain_advised": self.retrain_advised,
+            "reasons": self.reasons,
+            "notes": self.notes,
+            "thresholds": {
+                "psi": t.psi,
+                "confidence_drop": t.confidence_drop,
+                "low_confidence": t.low_confidence,
+                "low_confidence_rise": t.low_confidence_rise,
+                "min_items": t.min_items,
+            },
             "versions_in_window": [{"model_version": v, "items": n} for v, n in self.versions_in_window],
         }
 
 
-def compare(reference: PeriodStats, window: PeriodStats, thresholds: DriftThresholds,
-            model_version: str | None = None, version_source: str = "") -> DriftReport:
+def compare(
+    reference: PeriodStats,
+    window: PeriodStats,
+    thresholds: DriftThresholds,
+    model_version: str | None = None,
+    version_source: str = "",
+) -> DriftReport:
     """The figures and the advice for two periods of one model's predictions (pure; no store)."""
     t = thresholds
     scores = {task: psi(reference.labels[task], window.labels[task]) for task in TASKS}
@@ -186,8 +207,10 @@ def compare(reference: PeriodStats, window: PeriodStats, thresholds: DriftThresh
     reasons: list[str] = []
     notes: list[str] = []
     if not enough:
-        notes.append(f"too few items for a verdict: window {window.items}, reference {reference.items} "
-                     f"(at least {t.min_items} each, FINSENT_DRIFT_MIN_ITEMS)")
+        notes.append(
+            f"too few items for a verdict: window {window.items}, reference {reference.items} "
+            f"(at least {t.min_items} each, FINSENT_DRIFT_MIN_ITEMS)"
+        )
     else:
         for task, value in scores.items():
             if value is not None and value >= t.psi:
@@ -195,14 +218,30 @@ def compare(reference: PeriodStats, window: PeriodStats, thresholds: DriftThresh
             elif value is not None and value >= PSI_MODERATE:
                 notes.append(f"{task} PSI {value:.3f}: a moderate shift (0.1-0.25), worth watching")
         if conf_shift is not None and -conf_shift >= t.confidence_drop:
-            reasons.append(f"mean confidence fell by {-conf_shift:.3f} (from {reference.mean_confidence:.3f} to "
-                           f"{window.mean_confidence:.3f}) >= {t.confidence_drop:g}")
+            reasons.append(
+                f"mean confidence fell by {-conf_shift:.3f} (from {reference.mean_confidence:.3f} to "
+                f"{window.mean_confidence:.3f}) >= {t.confidence_drop:g}"
+            )
         if low_shift is not None and low_shift >= t.low_confidence_rise:
-            reasons.append(f"the share of low-confidence items (top probability < {t.low_confidence:g}) rose from "
-                           f"{reference.low_ratio:.1%} to {window.low_ratio:.1%} (+{low_shift:.3f} >= "
-                           f"{t.low_confidence_rise:g})")
-    return DriftReport(model_version, version_source, window, reference, t, scores, conf_shift, low_shift, enough,
-                       bool(reasons), reasons, notes)
+            reasons.append(
+                f"the share of low-confidence items (top probability < {t.low_confidence:g}) rose from "
+                f"{reference.low_ratio:.1%} to {window.low_ratio:.1%} (+{low_shift:.3f} >= "
+                f"{t.low_confidence_rise:g})"
+            )
+    return DriftReport(
+        model_version,
+        version_source,
+        window,
+        reference,
+        t,
+        scores,
+        conf_shift,
+        low_shift,
+        enough,
+        bool(reasons),
+        reasons,
+        notes,
+    )
 
 
 # --- from the store -------------------------------------------------------------------------------
@@ -218,9 +257,14 @@ def production_version(settings: Settings) -> str | None:
     return mv.version if mv is not None else None
 
 
-def drift_report(store: Any, settings: Settings, window: timedelta | None = None,
-                 reference: timedelta | None = None, model_version: str | None = None,
-                 now: datetime | None = None) -> DriftReport:
+def drift_report(
+    store: Any,
+    settings: Settings,
+    window: timedelta | None = None,
+    reference: timedelta | None = None,
+    model_version: str | None = None,
+    now: datetime | None = None,
+) -> DriftReport:
     """Read both periods of the judged model's predictions from ``store`` and :func:`compare` them."""
     now = now or utcnow()
     window = window or timedelta(seconds=settings.drift_window_s)
@@ -236,11 +280,12 @@ def drift_report(store: Any, settings: Settings, window: timedelta | None = None
     ref, win = PeriodStats(start, split), PeriodStats(split, now)
     if model_version is not None:
         for row in store.prediction_stats(start, split, until, model_version, thresholds.low_confidence):
-            (win if row["recent"] else ref).add(row["sentiment"], row["topic"], row["n"], row["confidence"],
-                                                 row["low"])
+            (win if row["recent"] else ref).add(row["sentiment"], row["topic"], row["n"], row["confidence"], row["low"])
     report = compare(ref, win, thresholds, model_version, source)
     report.versions_in_window = versions
     if model_version is not None and versions and model_version not in dict(versions):
-        report.notes.append(f"no item in the window is scored by {model_version}; the window's versions: "
-                            + ", ".join(f"{v} ({n})" for v, n in versions[:5]))
+        report.notes.append(
+            f"no item in the window is scored by {model_version}; the window's versions: "
+            + ", ".join(f"{v} ({n})" for v, n in versions[:5])
+        )
     return report

@@ -51,12 +51,20 @@ def drift_gauges() -> dict[str, Any]:
             from prometheus_client import Gauge
 
             _gauges.update(
-                psi=Gauge("finsent_drift_psi", "PSI of the task's predicted label distribution, recent window vs "
-                          "the reference period before it (0.1 moderate, 0.25 large)", ["task"]),
-                confidence_shift=Gauge("finsent_drift_confidence_shift", "Mean top sentiment probability, window "
-                                       "minus reference (negative: the model got less sure)"),
-                low_ratio=Gauge("finsent_drift_low_confidence_ratio", "Share of the window's items whose top "
-                                "sentiment probability is below FINSENT_DRIFT_LOW_CONFIDENCE"),
+                psi=Gauge(
+                    "finsent_drift_psi",
+                    "PSI of the task's predicted label distribution, recent window vs "
+                    "the reference period before it (0.1 moderate, 0.25 large)",
+                    ["task"],
+                ),
+                confidence_shift=Gauge(
+                    "finsent_drift_confidence_shift",
+                    "Mean top sentiment probability, window minus reference (negative: the model got less sure)",
+                ),
+                low_ratio=Gauge(
+                    "finsent_drift_low_confidence_ratio",
+                    "Share of the window's items whose top sentiment probability is below FINSENT_DRIFT_LOW_CONFIDENCE",
+                ),
                 advised=Gauge("finsent_drift_retrain_advised", "1 when the drift report advises a retrain"),
             )
         return _gauges
@@ -85,9 +93,12 @@ class DriftMonitor:
             self.failures += 1
             if not self._failing:
                 self._failing = True
-                log.warning("drift: could not recompute the drift figures (%s); the gauges keep their last "
-                            "values, retrying every %gs (logged once)", " ".join(str(exc).split())[:300],
-                            self.settings.drift_interval_s)
+                log.warning(
+                    "drift: could not recompute the drift figures (%s); the gauges keep their last "
+                    "values, retrying every %gs (logged once)",
+                    " ".join(str(exc).split())[:300],
+                    self.settings.drift_interval_s,
+                )
             return None
         if self._failing:
             self._failing = False

@@ -37,8 +37,10 @@ def render_text(doc: dict[str, Any]) -> str:
     ]
     for task, value in doc["psi"].items():
         lines.append(f"PSI {task:<9} {_fmt(value)}  ({doc['psi_band'][task]})")
-    lines.append(f"confidence shift {_fmt(doc['confidence_shift'], '+.3f')}, low-confidence share shift "
-                 f"{_fmt(doc['low_confidence_shift'], '+.3f')}")
+    lines.append(
+        f"confidence shift {_fmt(doc['confidence_shift'], '+.3f')}, low-confidence share shift "
+        f"{_fmt(doc['low_confidence_shift'], '+.3f')}"
+    )
     if doc["retrain_advised"]:
         lines.append("retrain advised: " + "; ".join(doc["reasons"]))
     elif doc["enough_data"]:
@@ -56,8 +58,9 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     if args.model_version is not None and not args.model_version.strip():
         raise InputError("finsent drift: --model-version is empty", hint="`finsent models list` shows the versions")
     with opened_store(settings, "drift", hint=_WORKER_HINT) as store:
-        report = drift_report(store, settings, window=args.window, reference=args.reference,
-                              model_version=args.model_version)
+        report = drift_report(
+            store, settings, window=args.window, reference=args.reference, model_version=args.model_version
+        )
     doc = report.to_json()
     emit_json(args.json, doc)
     if to_stdout(args.json):
@@ -87,11 +90,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--window", type=parse_duration, default=None, metavar="DURATION",
-                   help="the recent period (default FINSENT_DRIFT_WINDOW_S, 24h)")
-    p.add_argument("--reference", type=parse_duration, default=None, metavar="DURATION",
-                   help="the period before the window it is compared with (default FINSENT_DRIFT_REFERENCE_S, 7d)")
+    p.add_argument(
+        "--window",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="the recent period (default FINSENT_DRIFT_WINDOW_S, 24h)",
+    )
+    p.add_argument(
+        "--reference",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="the period before the window it is compared with (default FINSENT_DRIFT_REFERENCE_S, 7d)",
+    )
     p.add_argument("--model-version", metavar="V", help="judge this model version instead of the production one")
     add_json_option(p, "the report")
     p.set_defaults(func=cmd_drift)
-

@@ -88,7 +88,8 @@ UNHEARD_S = 300.0
 
 # --- the mention side (every worker, on its share of finsent.scored) ---------------------------------------------
 def entity_records(
-    values: Iterable[bytes | None], partitions: Iterable[int] | None = None,
+    values: Iterable[bytes | None],
+    partitions: Iterable[int] | None = None,
 ) -> tuple[list[tuple[bytes, bytes]], int, int, dict[int, datetime]]:
     """A batch of ``finsent.scored`` values as (key, value) records keyed by entity.
 
@@ -122,14 +123,24 @@ def entity_records(
                 continue  # one mention per (item, entity)
             seen.add(key)
             g = groups.setdefault(key, {"key": key, "id": e.entity_id, "name": e.name, "m": []})
-            g["m"].append([it.id, at, e.sentiment, int(e.relevance), it.source, (it.title or "")[:300], it.url,
-                           it.text[:TEXT_CHARS]])
+            g["m"].append(
+                [
+                    it.id,
+                    at,
+                    e.sentiment,
+                    int(e.relevance),
+                    it.source,
+                    (it.title or "")[:300],
+                    it.url,
+                    it.text[:TEXT_CHARS],
+                ]
+            )
             n += 1
     records = []
     for key, g in groups.items():
         ms = g["m"]
         for i in range(0, len(ms), MENTIONS_PER_RECORD):
-            body = {**g, "m": ms[i:i + MENTIONS_PER_RECORD]}
+            body = {**g, "m": ms[i : i + MENTIONS_PER_RECORD]}
             records.append((key.encode("utf-8"), json.dumps(body, ensure_ascii=False).encode("utf-8")))
     return records, n, bad, newest
 
@@ -185,20 +196,36 @@ def decode_record(value: bytes | str) -> list[Pending] | dict[str, datetime]:
             raise ValueError(str(exc)) from None
         if sentiment not in SENTIMENTS:
             raise ValueError(f"sentiment {sentiment!r} not in {SENTIMENTS}")
-        m = Mention(str(item_id), ts, key, None if eid is None else str(eid), name, str(sentiment), int(relevance),
-                    100, str(source), str(title or ""), None if url is None else str(url))
+        m = Mention(
+            str(item_id),
+            ts,
+            key,
+            None if eid is None else str(eid),
+            name,
+            str(sentiment),
+            int(relevance),
+            100,
+            str(source),
+            str(title or ""),
+            None if url is None else str(url),
+        )
         out.append(Pending(m, str(text or "")))
     return out
 
 
 # --- the owner side ---------------------------------------------------------------------------------------------
-def make_entity_detector(settings: Settings, on_bucket: Callable[[Any], None] | None = None,
-                         watchlist: Watchlist | None = None) -> EntityDetector:
+def make_entity_detector(
+    settings: Settings, on_bucket: Callable[[Any], None] | None = None, watchlist: Watchlist | None = None
+) -> EntityDetector:
     """The detector the settings describe (``watchlist``: the loaded ``settings.entity_watchlist``, if any)."""
     return EntityDetector(
-        bucket_s=settings.entity_bucket_s, window_buckets=settings.entity_window_buckets,
-        lateness_s=settings.entity_lateness_s, cooldown_s=settings.entity_cooldown_s, thresholds=Thresholds(),
-        watchlist=watchlist, watch_mode=settings.entity_watch_mode if watchlist is not None else "all",
+        bucket_s=settings.entity_bucket_s,
+        window_buckets=settings.entity_window_buckets,
+        lateness_s=settings.entity_lateness_s,
+        cooldown_s=settings.entity_cooldown_s,
+        thresholds=Thresholds(),
+        watchlist=watchlist,
+        watch_mode=settings.entity_watch_mode if watchlist is not None else "all",
         on_bucket=on_bucket,
     )
 
@@ -231,10 +258,16 @@ class EntityUnit:
                 o.late += 1
                 o.metrics.late.inc()
                 if o.late & (o.late - 1) == 0:  # the 1st, 2nd, 4th, 8th...: visible, never a flood
-                    log.warning("mention of %s in item %s at %s came after its bucket closed (released up to %s; "
-                                "FINSENT_ENTITY_LATENESS_S=%d): ignored (%d late so far)", m.key, m.item_id,
-                                format_time(m.at), format_time(self.released_upto), o.settings.entity_lateness_s,
-                                o.late)
+                    log.warning(
+                        "mention of %s in item %s at %s came after its bucket closed (released up to %s; "
+                        "FINSENT_ENTITY_LATENESS_S=%d): ignored (%d late so far)",
+                        m.key,
+                        m.item_id,
+                        format_time(m.at),
+                        format_time(self.released_upto),
+                        o.settings.entity_lateness_s,
+                        o.late,
+                    )
                 continue
             self.pending.append(p)
             o.mentions += 1
@@ -288,8 +321,10 @@ class EntityUnit:
         cut = EPOCH + timedelta(seconds=wm)  # buckets that end at or before the watermark close
         if self.released_upto is not None and cut <= self.released_upto:
             return []
-        ready = sorted((p for p in self.pending if p.mention.at < cut),
-                       key=lambda p: (p.mention.at, p.mention.item_id, p.mention.key))
+        ready = sorted(
+            (p for p in self.pending if p.mention.at < cut),
+            key=lambda p: (p.mention.at, p.mention.item_id, p.mention.key),
+        )
         self.pending = [p for p in self.pending if p.mention.at >= cut]
         new: list[Alert] = []
         for p in ready:
@@ -389,8 +424,11 @@ class EntityAlerts:
                 self.unstored = []
             except Exception:  # noqa: BLE001
                 self.unstored = batch[-10_000:]
-                log.exception("could not store %d entity alert(s); retrying with the next delivery (they are on "
-                              "the alerts topic already)", len(batch))
+                log.exception(
+                    "could not store %d entity alert(s); retrying with the next delivery (they are on "
+                    "the alerts topic already)",
+                    len(batch),
+                )
         elif batch:
             self.unstored = batch[-10_000:]
         if self.sinks is None:
@@ -425,16 +463,23 @@ def entity_metrics() -> EntityMetrics:
             from prometheus_client import Counter, Gauge
 
             _metrics = EntityMetrics(
-                mentions=Counter("finsent_entity_mentions", "Entity mentions counted by the entity detector",
-                                 ["sentiment"]),
-                late=Counter("finsent_entity_mentions_late", "Entity mentions ignored: their event-time bucket "
-                             "had closed (later than FINSENT_ENTITY_LATENESS_S)"),
+                mentions=Counter(
+                    "finsent_entity_mentions", "Entity mentions counted by the entity detector", ["sentiment"]
+                ),
+                late=Counter(
+                    "finsent_entity_mentions_late",
+                    "Entity mentions ignored: their event-time bucket "
+                    "had closed (later than FINSENT_ENTITY_LATENESS_S)",
+                ),
                 tracked=Gauge("finsent_entities_tracked", "Entities whose baseline this worker holds"),
                 alerts=Counter("finsent_entity_alerts", "Entity alerts raised (one per episode)", ["severity"]),
                 alerting=Gauge("finsent_entities_alerting", "Entities in an alert episode on this worker"),
-                active=Gauge("finsent_entity_alert_active", "1 (2 when critical) while an entity is in an alert "
-                             f"episode; at most {MAX_ALERTING_LABELS} names, removed when it ends",
-                             ["entity", "entity_id"]),
+                active=Gauge(
+                    "finsent_entity_alert_active",
+                    "1 (2 when critical) while an entity is in an alert "
+                    f"episode; at most {MAX_ALERTING_LABELS} names, removed when it ends",
+                    ["entity", "entity_id"],
+                ),
             )
         return _metrics
 
@@ -473,8 +518,9 @@ class EntityGaugeSink:
 class EntityAlertmanagerSink(AlertmanagerSink):
     """Entity episodes on Alertmanager: posted while active (re-posted every ``repost_s``), resolved when over."""
 
-    def __init__(self, url: str, bucket_s: int, dashboard_url: str, repost_s: float = 60.0,
-                 timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, bucket_s: int, dashboard_url: str, repost_s: float = 60.0, timeout_s: float = 5.0
+    ) -> None:
         super().__init__(url, bucket_s, dashboard_url, None, timeout_s)
         self.repost_s = repost_s
         self._alert: dict[str, Alert] = {}
@@ -483,21 +529,36 @@ class EntityAlertmanagerSink(AlertmanagerSink):
     def entity_payload(self, a: Alert, ends_in_s: float) -> dict[str, Any]:
         ev = a.evidence or {}
         name = a.entity_name or ""
-        link = (f"{self.dashboard_url}?var-entity={urllib.parse.quote(str(ev.get('entity_key') or name), safe='')}"
-                f"&from={int(a.window_start.timestamp() * 1000)}&to=now")
+        link = (
+            f"{self.dashboard_url}?var-entity={urllib.parse.quote(str(ev.get('entity_key') or name), safe='')}"
+            f"&from={int(a.window_start.timestamp() * 1000)}&to=now"
+        )
         lines = [f"- {_headline(h)}{_link(h)}" for h in ev.get("headlines", [])[:5]]
-        desc = (f"{name}{f' ({a.entity_id})' if a.entity_id else ''}: {a.negative} novel negative stories from "
-                f"{len(ev.get('sources', []))} sources between {format_time(a.window_start)} and "
-                f"{format_time(a.window_end)} (expected {ev.get('expected_novel_negative', 0)}; index {a.score:.1f}; "
-                f"buzz {ev.get('buzz', 0)}).")
+        desc = (
+            f"{name}{f' ({a.entity_id})' if a.entity_id else ''}: {a.negative} novel negative stories from "
+            f"{len(ev.get('sources', []))} sources between {format_time(a.window_start)} and "
+            f"{format_time(a.window_end)} (expected {ev.get('expected_novel_negative', 0)}; index {a.score:.1f}; "
+            f"buzz {ev.get('buzz', 0)})."
+        )
         if lines:
             desc += "\nTop negative headlines:\n" + "\n".join(lines)
         now = utcnow()
         return {
-            "labels": {"alertname": ALERTNAME, "entity": _label(name), "entity_id": _label(a.entity_id),
-                       "severity": a.severity, "source": "stream", "kind": "entity"},
-            "annotations": {"summary": f"Negative news surge about {name}", "description": desc,
-                            "index": f"{a.score:.2f}", "negative": str(a.negative), "dashboard": link},
+            "labels": {
+                "alertname": ALERTNAME,
+                "entity": _label(name),
+                "entity_id": _label(a.entity_id),
+                "severity": a.severity,
+                "source": "stream",
+                "kind": "entity",
+            },
+            "annotations": {
+                "summary": f"Negative news surge about {name}",
+                "description": desc,
+                "index": f"{a.score:.2f}",
+                "negative": str(a.negative),
+                "dashboard": link,
+            },
             "startsAt": format_time(a.fired_at),
             "endsAt": format_time(now + timedelta(seconds=ends_in_s)),
             "generatorURL": link,
@@ -519,8 +580,9 @@ def build_entity_sinks(settings: Settings) -> list[Callable[[Sequence[Alert], di
     """Gauges always; Alertmanager when ``settings.alertmanager_url`` is set."""
     sinks: list[Callable[[Sequence[Alert], dict[str, EntityState]], None]] = [EntityGaugeSink()]
     if settings.alertmanager_url:
-        sinks.append(EntityAlertmanagerSink(settings.alertmanager_url, settings.entity_bucket_s,
-                                            settings.entity_dashboard_url))
+        sinks.append(
+            EntityAlertmanagerSink(settings.alertmanager_url, settings.entity_bucket_s, settings.entity_dashboard_url)
+        )
     return sinks
 
 
@@ -593,7 +655,19 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
 
 
 __all__ = [
-    "ALERTNAME", "EntityAlertmanagerSink", "EntityAlerts", "EntityGaugeSink", "EntityUnit", "MAX_ALERTING_LABELS",
-    "Pending", "attach", "build_entity_sinks", "decode_record", "entity_metrics", "entity_records",
-    "make_entity_detector", "watermark_keys", "watermark_records",
+    "ALERTNAME",
+    "EntityAlertmanagerSink",
+    "EntityAlerts",
+    "EntityGaugeSink",
+    "EntityUnit",
+    "MAX_ALERTING_LABELS",
+    "Pending",
+    "attach",
+    "build_entity_sinks",
+    "decode_record",
+    "entity_metrics",
+    "entity_records",
+    "make_entity_detector",
+    "watermark_keys",
+    "watermark_records",
 ]

@@ -102,8 +102,19 @@ class Mention:
         cls, m: EntityMention, item_id: str, at: datetime, source: str, title: str, url: str | None, novelty: int
     ) -> Mention:
         """The detector's record for one :class:`~finsent.core.events.EntityMention` of an item."""
-        return cls(item_id, at, entity_key(m.entity_id, m.name), m.entity_id, m.name, m.sentiment, int(m.relevance),
-                   int(novelty), source, title, url)
+        return cls(
+            item_id,
+            at,
+            entity_key(m.entity_id, m.name),
+            m.entity_id,
+            m.name,
+            m.sentiment,
+            int(m.relevance),
+            int(novelty),
+            source,
+            title,
+            url,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +130,11 @@ class Thresholds:
     def stricter(self, factor: float) -> Thresholds:
         """Every bar raised by ``factor`` (shares capped at 0.95): the bar for names off a watchlist."""
         return Thresholds(
-            score=self.score * factor, min_novel_negative=math.ceil(self.min_novel_negative * factor),
+            score=self.score * factor,
+            min_novel_negative=math.ceil(self.min_novel_negative * factor),
             min_sources=max(self.min_sources, math.ceil(self.min_sources * factor)),
-            min_ratio=self.min_ratio * factor, min_negative_share=min(0.95, self.min_negative_share * factor),
+            min_ratio=self.min_ratio * factor,
+            min_negative_share=min(0.95, self.min_negative_share * factor),
         )
 
 
@@ -272,8 +285,9 @@ class EntityDetector:
         if m.at.tzinfo is None:
             raise ValueError(f"mention of {m.key!r} in item {m.item_id!r}: event time must be timezone-aware")
         if m.sentiment not in SENTIMENTS:
-            raise ValueError(f"mention of {m.key!r} in item {m.item_id!r}: sentiment {m.sentiment!r} not in "
-                             f"{SENTIMENTS}")
+            raise ValueError(
+                f"mention of {m.key!r} in item {m.item_id!r}: sentiment {m.sentiment!r} not in {SENTIMENTS}"
+            )
         if not m.key:
             raise ValueError(f"mention in item {m.item_id!r} has an empty entity key")
         idx = self._bucket(m.at)
@@ -384,7 +398,7 @@ class EntityDetector:
         e.state.last_seen = b.start
         b.net_sentiment = round(b._rel_net / b._rel_sum, 6) if b._rel_sum > 0 else 0.0
         b.headlines.sort(key=lambda m: (-m.relevance, -m.novelty, m.at, m.item_id))
-        del b.headlines[self.top_headlines:]
+        del b.headlines[self.top_headlines :]
         first = idx - self.window_buckets + 1
         while e.window and e.window[0].start < self._bucket_start(first):
             old = e.window.popleft()
@@ -411,8 +425,12 @@ class EntityDetector:
             return None
         sources = set().union(*(w.sources for w in e.window))
         hot = (
-            index >= th.score and k >= th.min_novel_negative and len(sources) >= th.min_sources
-            and k >= th.min_ratio * expected and novel > 0 and k / novel >= th.min_negative_share
+            index >= th.score
+            and k >= th.min_novel_negative
+            and len(sources) >= th.min_sources
+            and k >= th.min_ratio * expected
+            and novel > 0
+            and k / novel >= th.min_negative_share
         )
         if not hot:
             return None
@@ -433,12 +451,21 @@ class EntityDetector:
         return replace(self.thresholds, **entry.overrides) if entry.overrides else self.thresholds
 
     def _alert(
-        self, e: _Entity, th: Thresholds, start: datetime, end: datetime, k: float, novel: float, expected: float,
-        index: float, sources: list[str],
+        self,
+        e: _Entity,
+        th: Thresholds,
+        start: datetime,
+        end: datetime,
+        k: float,
+        novel: float,
+        expected: float,
+        index: float,
+        sources: list[str],
     ) -> Alert:
         window = list(e.window)
-        heads = sorted((m for w in window for m in w.headlines),
-                       key=lambda m: (-m.relevance, -m.novelty, m.at, m.item_id))[: self.top_headlines]
+        heads = sorted(
+            (m for w in window for m in w.headlines), key=lambda m: (-m.relevance, -m.novelty, m.at, m.item_id)
+        )[: self.top_headlines]
         rel_sum = sum(w._rel_sum for w in window)
         evidence: dict[str, Any] = {
             "entity_key": e.state.key,
@@ -453,19 +480,35 @@ class EntityDetector:
             "net_sentiment": round(sum(w._rel_net for w in window) / rel_sum, 4) if rel_sum else 0.0,
             "sources": sources,
             "headlines": [
-                {"title": m.title, "url": m.url, "source": m.source, "at": format_time(m.at), "relevance": m.relevance,
-                 "novelty": m.novelty}
+                {
+                    "title": m.title,
+                    "url": m.url,
+                    "source": m.source,
+                    "at": format_time(m.at),
+                    "relevance": m.relevance,
+                    "novelty": m.novelty,
+                }
                 for m in heads
             ],
         }
         severity = "critical" if index >= 2.0 * th.score else "warning"
         return Alert(
-            topic="", fired_at=end, window_start=start, window_end=end, negative=int(round(k)),
-            total=int(round(novel)), negative_share=round(k / novel, 6) if novel else 0.0,
+            topic="",
+            fired_at=end,
+            window_start=start,
+            window_end=end,
+            negative=int(round(k)),
+            total=int(round(novel)),
+            negative_share=round(k / novel, 6) if novel else 0.0,
             baseline_share=round(e.base_k / e.base_novel, 6) if e.base_novel > 0 else 0.0,
-            score=round(index, 4), detector=self.name,
-            severity=severity, id=stable_id("alert", self.name, e.state.key, format_time(start) or ""),
-            kind="entity", entity_id=e.state.entity_id, entity_name=e.state.name, evidence=evidence,
+            score=round(index, 4),
+            detector=self.name,
+            severity=severity,
+            id=stable_id("alert", self.name, e.state.key, format_time(start) or ""),
+            kind="entity",
+            entity_id=e.state.entity_id,
+            entity_name=e.state.name,
+            evidence=evidence,
         )
 
     # -- what the gauges and the API read ---------------------------------------------------------
@@ -473,7 +516,8 @@ class EntityDetector:
         """The entities in an episode now (only those: thousands of names must not become label values)."""
         now = self._closed_upto or 0
         return {
-            k: e.state for k, e in self._entities.items()
+            k: e.state
+            for k, e in self._entities.items()
             if e.state.active and e.last_hot is not None and now - 1 - e.last_hot <= self.cooldown_buckets
         }
 
@@ -481,5 +525,13 @@ class EntityDetector:
         return len(self._entities)
 
 
-__all__ = ["BucketStats", "DETECTOR_NAME", "EntityDetector", "EntityState", "Mention", "Thresholds", "entity_key",
-           "nb_surprise"]
+__all__ = [
+    "BucketStats",
+    "DETECTOR_NAME",
+    "EntityDetector",
+    "EntityState",
+    "Mention",
+    "Thresholds",
+    "entity_key",
+    "nb_surprise",
+]

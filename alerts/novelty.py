@@ -178,7 +178,7 @@ class StoryClusterer:
         with np.errstate(over="ignore"):
             sig = ((np.outer(hv, self._a) + self._b) >> np.uint64(32)).min(axis=0).astype(np.uint32)
         r = self.rows
-        return tuple(bytes([i]) + sig[i * r:(i + 1) * r].tobytes() for i in range(self.bands))
+        return tuple(bytes([i]) + sig[i * r : (i + 1) * r].tobytes() for i in range(self.bands))
 
     def assign(self, item_id: str, at: datetime, title: str | None, text: str, source: str = "") -> str:
         """The cluster id of this item: the id of the first item of its cluster (its own id if it is new)."""
@@ -316,6 +316,13 @@ class Novelty:
 
 
 __all__ = [
-    "Novelty", "NoveltyTracker", "STOP_WORDS", "Story", "StoryClusterer", "jaccard", "normalise", "novelty_value",
+    "Novelty",
+    "NoveltyTracker",
+    "STOP_WORDS",
+    "Story",
+    "StoryClusterer",
+    "jaccard",
+    "normalise",
+    "novelty_value",
     "shingles",
 ]

@@ -382,10 +382,13 @@ def _render_entity(o: OpsRuleParams) -> str:
         expr = f"max by (entity, entity_id) ({ENTITY_METRIC}) {cond}\n"
         ann = (
             "summary: 'Negative news surge about {{ $labels.entity }}'\n"
-            + _folded("description", "Novel negative stories about {{ $labels.entity }} ({{ $labels.entity_id }})"
-                      " from several sources surged against the name's own baseline (finsent entity detector,"
-                      " event time). The stored alert has the window, counts, index and top headlines with links:"
-                      " finsent query alerts --json.")
+            + _folded(
+                "description",
+                "Novel negative stories about {{ $labels.entity }} ({{ $labels.entity_id }})"
+                " from several sources surged against the name's own baseline (finsent entity detector,"
+                " event time). The stored alert has the window, counts, index and top headlines with links:"
+                " finsent query alerts --json.",
+            )
             + f"dashboard: {_q(dash)}\n"
         )
         out.append(

@@ -38,10 +38,14 @@ def spike_gauges() -> tuple[Any, Any]:
             from prometheus_client import Gauge
 
             _gauges = (
-                Gauge("finsent_negative_spike_score", "In-stream spike detector score per topic (z or CUSUM)",
-                      ["topic"]),
-                Gauge("finsent_negative_spike_active", "1 while the in-stream detector holds a spike alarm "
-                      "on the topic (2 when critical)", ["topic"]),
+                Gauge(
+                    "finsent_negative_spike_score", "In-stream spike detector score per topic (z or CUSUM)", ["topic"]
+                ),
+                Gauge(
+                    "finsent_negative_spike_active",
+                    "1 while the in-stream detector holds a spike alarm on the topic (2 when critical)",
+                    ["topic"],
+                ),
             )
         return _gauges
 
@@ -126,8 +130,12 @@ class AlertmanagerSink:
         if lines:
             desc += "\nTop negative headlines:\n" + "\n".join(lines)
         return {
-            "labels": {"alertname": ALERTNAME, "topic": st.topic, "severity": st.severity or "warning",
-                       "source": "stream"},
+            "labels": {
+                "alertname": ALERTNAME,
+                "topic": st.topic,
+                "severity": st.severity or "warning",
+                "source": "stream",
+            },
             "annotations": {
                 "summary": f"Negative sentiment spike on topic {st.topic}",
                 "description": desc,
@@ -165,8 +173,12 @@ class AlertmanagerSink:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 resp.read()
         except (urllib.error.URLError, OSError) as exc:
-            log.warning("Alertmanager at %s refused %d alert(s): %s (will re-post next window)",
-                        redact_url(self.url), len(body), exc)
+            log.warning(
+                "Alertmanager at %s refused %d alert(s): %s (will re-post next window)",
+                redact_url(self.url),
+                len(body),
+                exc,
+            )
 
 
 def build_sinks(settings: Any, store: Any = None) -> list[Callable[[Sequence[Alert], dict[str, TopicState]], None]]:
@@ -175,10 +187,13 @@ def build_sinks(settings: Any, store: Any = None) -> list[Callable[[Sequence[Ale
     if settings.alertmanager_url:
         headlines = None
         if store is not None:
+
             def headlines(topic: str, since: timedelta) -> list[dict[str, Any]]:
                 return store.top_negative(since=since, topic=topic, limit=5)
+
         sinks.append(
-            AlertmanagerSink(settings.alertmanager_url, settings.alert_window_s, settings.alert_dashboard_url,
-                             headlines)
+            AlertmanagerSink(
+                settings.alertmanager_url, settings.alert_window_s, settings.alert_dashboard_url, headlines
+            )
         )
     return sinks

@@ -43,7 +43,11 @@ log = logging.getLogger(__name__)
 ENTITY_COLUMNS = ("entity", "id", "ticker", "name")
 #: the per-entity threshold columns, with the type each must parse as
 THRESHOLD_COLUMNS: dict[str, type] = {
-    "score": float, "min_novel_negative": float, "min_sources": int, "min_ratio": float, "min_negative_share": float,
+    "score": float,
+    "min_novel_negative": float,
+    "min_sources": int,
+    "min_ratio": float,
+    "min_negative_share": float,
 }
 
 
@@ -102,8 +106,10 @@ def _entry(path: Path, no: int, obj: dict[str, Any]) -> WatchEntry:
     obj = {str(k).strip().casefold(): v for k, v in obj.items()}
     unknown = sorted(set(obj) - set(ENTITY_COLUMNS) - set(THRESHOLD_COLUMNS))
     if unknown:
-        raise ConfigError(f"{path}:{no}: unknown column(s) {', '.join(unknown)}",
-                          hint=f"use one of {', '.join(ENTITY_COLUMNS)} and {', '.join(THRESHOLD_COLUMNS)}")
+        raise ConfigError(
+            f"{path}:{no}: unknown column(s) {', '.join(unknown)}",
+            hint=f"use one of {', '.join(ENTITY_COLUMNS)} and {', '.join(THRESHOLD_COLUMNS)}",
+        )
     entity = next((obj[c] for c in ENTITY_COLUMNS if isinstance(obj.get(c), str) and obj[c].strip()), None)
     if entity is None:
         raise ConfigError(f"{path}:{no}: no entity", hint=f"give one of the columns {', '.join(ENTITY_COLUMNS)}")
@@ -117,8 +123,10 @@ def _entry(path: Path, no: int, obj: dict[str, Any]) -> WatchEntry:
         except (TypeError, ValueError):
             raise ConfigError(f"{path}:{no}: {col}={value!r} is not a {kind.__name__}") from None
         if isinstance(value, bool) or parsed < 0 or (col == "min_negative_share" and parsed > 1):
-            raise ConfigError(f"{path}:{no}: {col}={value!r} is out of range",
-                              hint="thresholds are >= 0; min_negative_share is a share in [0, 1]")
+            raise ConfigError(
+                f"{path}:{no}: {col}={value!r} is out of range",
+                hint="thresholds are >= 0; min_negative_share is a share in [0, 1]",
+            )
         overrides[col] = parsed
     return WatchEntry(entity.strip(), overrides, no)
 

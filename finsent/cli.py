@@ -92,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_globals(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cfg = sub.add_parser(
-        "config", help="print the effective settings (secrets masked) as JSON",
+        "config",
+        help="print the effective settings (secrets masked) as JSON",
         description="Print the settings finsent would run with, after file, environment and flags, secrets masked.",
         epilog="examples:\n"
-               "  finsent config                                      what a command started here runs with\n"
-               "  finsent --config /etc/finsent/finsent.yaml config   check a settings file before deploying it\n"
-               "  FINSENT_BATCH_WITHIN_S=0.05 finsent config          see an environment variable take effect",
+        "  finsent config                                      what a command started here runs with\n"
+        "  finsent --config /etc/finsent/finsent.yaml config   check a settings file before deploying it\n"
+        "  FINSENT_BATCH_WITHIN_S=0.05 finsent config          see an environment variable take effect",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cfg.set_defaults(func=_show_config)
@@ -164,14 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # directory where a file goes...): the user's input, so one line like any InputError, not a traceback
         logging.getLogger("finsent").debug("file error", exc_info=True)
         name = str(exc.filename)
-        failed = InputError(f"{name[:200] + '...' if len(name) > 200 else name}: {exc.strerror or exc}",
-                            hint="check the path given (--log-level DEBUG shows where it was used)")
+        failed = InputError(
+            f"{name[:200] + '...' if len(name) > 200 else name}: {exc.strerror or exc}",
+            hint="check the path given (--log-level DEBUG shows where it was used)",
+        )
         print(error_line(failed), file=sys.stderr, flush=True)
         return failed.exit_code
     except KeyboardInterrupt:
         what = f"`{getattr(args, 'finsent_prog', 'finsent')}`" if args is not None else "finsent"
-        stopped = Interrupted(f"{what} stopped by Ctrl-C before it finished",
-                              hint="run the same command again; what it wrote before the stop is kept")
+        stopped = Interrupted(
+            f"{what} stopped by Ctrl-C before it finished",
+            hint="run the same command again; what it wrote before the stop is kept",
+        )
         print(error_line(stopped), file=sys.stderr, flush=True)
         return stopped.exit_code
 

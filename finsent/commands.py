@@ -61,8 +61,10 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         broker.stop()
     if signals and signals[0] == signal.SIGINT:
-        raise Interrupted("broker stopped by Ctrl-C; its topics were in memory and are gone",
-                          hint="start it again with `finsent broker`; workers and ingesters reconnect by themselves")
+        raise Interrupted(
+            "broker stopped by Ctrl-C; its topics were in memory and are gone",
+            hint="start it again with `finsent broker`; workers and ingesters reconnect by themselves",
+        )
     print("broker stopped", file=sys.stderr)
     return 0
 
@@ -98,8 +100,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.demo import MIN_DEMO_SECONDS, WINDOW_S, run_demo
 
     if not math.isfinite(args.seconds) or not math.isfinite(args.rate):
-        raise ConfigError("finsent demo: --seconds and --rate must be finite numbers",
-                          hint="e.g. --seconds 75 --rate 40")
+        raise ConfigError(
+            "finsent demo: --seconds and --rate must be finite numbers", hint="e.g. --seconds 75 --rate 40"
+        )
     if args.seconds < MIN_DEMO_SECONDS:
         raise ConfigError(
             f"finsent demo: --seconds {args.seconds:g} is too short to see a spike",
@@ -206,13 +209,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d.add_argument("--seconds", type=float, default=75.0,
-                   help="length of the live replay in seconds, after the history (default 75, at least 40)")
+    d.add_argument(
+        "--seconds",
+        type=float,
+        default=75.0,
+        help="length of the live replay in seconds, after the history (default 75, at least 40)",
+    )
     d.add_argument("--rate", type=float, default=40.0, help="background items per second (default 40)")
     d.add_argument("--summary-json", metavar="PATH", help="write the run's summary (counts, alerts, latency) here")
-    d.add_argument("--plot", metavar="PNG",
-                   help="write a timeline of per-topic negative share, volume and alerts here (needs matplotlib)")
+    d.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="write a timeline of per-topic negative share, volume and alerts here (needs matplotlib)",
+    )
     d.add_argument("--model-dir", help="model directory (default: the shipped model)")
-    d.add_argument("--no-history", dest="history", action="store_false",
-                   help="skip the back-filled history (the detector then has little baseline)")
+    d.add_argument(
+        "--no-history",
+        dest="history",
+        action="store_false",
+        help="skip the back-filled history (the detector then has little baseline)",
+    )
     d.set_defaults(func=_demo)

@@ -274,8 +274,15 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def _render(
-    state: DemoState, scorer: Any, shares: list[tuple[str, int, float]], alerts: list[Any], elapsed: float,
-    seconds: float, spike_topic: str, spike_window: tuple[float, float], rate_now: float,
+    state: DemoState,
+    scorer: Any,
+    shares: list[tuple[str, int, float]],
+    alerts: list[Any],
+    elapsed: float,
+    seconds: float,
+    spike_topic: str,
+    spike_window: tuple[float, float],
+    rate_now: float,
     entity_alerts: list[Any] = (),  # type: ignore[assignment]
 ) -> Any:
     from rich.console import Group
@@ -283,13 +290,22 @@ def _render(
     from rich.table import Table
 
     st = scorer.stats.snapshot()
-    phase = f"negative news about {SPIKE_ENTITY}" if spike_window[0] <= elapsed < spike_window[1] else (
-        "after the spike" if elapsed >= spike_window[1] else "calm")
+    phase = (
+        f"negative news about {SPIKE_ENTITY}"
+        if spike_window[0] <= elapsed < spike_window[1]
+        else ("after the spike" if elapsed >= spike_window[1] else "calm")
+    )
     head = Table.grid(padding=(0, 3))
-    head.add_row(f"[b]t[/b] {min(elapsed, seconds):5.1f} / {seconds:.0f} s", f"[b]phase[/b] {phase}",
-                 f"[b]rate[/b] {rate_now:6.1f} stored/s")
-    head.add_row(f"[b]produced[/b] {state.produced}", f"[b]stored[/b] {st['stored']}",
-                 f"[b]dead-lettered[/b] {sum(st['dead_lettered'].values())}")
+    head.add_row(
+        f"[b]t[/b] {min(elapsed, seconds):5.1f} / {seconds:.0f} s",
+        f"[b]phase[/b] {phase}",
+        f"[b]rate[/b] {rate_now:6.1f} stored/s",
+    )
+    head.add_row(
+        f"[b]produced[/b] {state.produced}",
+        f"[b]stored[/b] {st['stored']}",
+        f"[b]dead-lettered[/b] {sum(st['dead_lettered'].values())}",
+    )
     tbl = Table(title=f"negative share per topic, last {3 * WINDOW_S}s (stored counts)", expand=False)
     tbl.add_column("topic")
     tbl.add_column("items", justify="right")
@@ -299,12 +315,17 @@ def _render(
         bar = "█" * int(round(share * 20))
         style = "bold red" if topic == spike_topic and elapsed >= spike_window[0] else ""
         tbl.add_row(f"[{style}]{topic}[/]" if style else topic, str(total), f"{share:5.0%}", bar)
-    lines = [f"[bold red]ALERT[/] {a.topic}: negative {a.negative_share:.0%} vs baseline {a.baseline_share:.0%} "
-             f"({a.negative}/{a.total}, {a.detector} score {a.score:.1f}, {a.severity}) at {format_time(a.fired_at)}"
-             for a in alerts]
-    lines = [f"[bold red]ALERT[/] entity [b]{a.entity_name}[/b] ({a.entity_id}): {a.negative} novel negative stories "
-             f"from {len((a.evidence or {}).get('sources', []))} sources, index {a.score:.1f} ({a.severity}), window "
-             f"{format_time(a.window_start)} - {format_time(a.window_end)}" for a in entity_alerts] + lines
+    lines = [
+        f"[bold red]ALERT[/] {a.topic}: negative {a.negative_share:.0%} vs baseline {a.baseline_share:.0%} "
+        f"({a.negative}/{a.total}, {a.detector} score {a.score:.1f}, {a.severity}) at {format_time(a.fired_at)}"
+        for a in alerts
+    ]
+    lines = [
+        f"[bold red]ALERT[/] entity [b]{a.entity_name}[/b] ({a.entity_id}): {a.negative} novel negative stories "
+        f"from {len((a.evidence or {}).get('sources', []))} sources, index {a.score:.1f} ({a.severity}), window "
+        f"{format_time(a.window_start)} - {format_time(a.window_end)}"
+        for a in entity_alerts
+    ] + lines
     return Panel(Group(head, tbl, *(lines or ["[dim]no alerts yet[/dim]"])), title="finsent demo")
 
 
@@ -347,18 +368,26 @@ def run_demo(
     with console.status("loading the model..."):
         from finsent.models.runtime import Classifier
 
-        classifier = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
-                                     threads=settings.call_threads, cache_dir=settings.cache_dir)
+        classifier = Classifier.load(
+            model_dir or settings.model_dir,
+            variant=settings.model_variant,
+            threads=settings.call_threads,
+            cache_dir=settings.cache_dir,
+        )
         spike_topic, spike_texts, speed = choose_spike(classifier, tweets, calls=settings.model_calls)
     # the spike's stories: the topic's negative tweets first, then other negative ones, each told about the company
     more = [t["text"] for t in tweets if t.get("sentiment") == "negative" and t["text"] not in spike_texts]
     spike_texts = (spike_texts + random.Random(5).sample(more, min(len(more), SPIKE_STORIES)))[:SPIKE_STORIES]
-    console.print(f"model {classifier.version} on {classifier.provider}, ~{speed:.0f} items/s here; "
-                  f"spike: negative news about [b]{SPIKE_ENTITY}[/b] ({len(spike_texts)} distinct stories, "
-                  f"mostly on topic {spike_topic})")
+    console.print(
+        f"model {classifier.version} on {classifier.provider}, ~{speed:.0f} items/s here; "
+        f"spike: negative news about [b]{SPIKE_ENTITY}[/b] ({len(spike_texts)} distinct stories, "
+        f"mostly on topic {spike_topic})"
+    )
     if rate > MAX_LOAD * speed:
-        console.print(f"[yellow]--rate {rate:g} is more than this machine scores comfortably; "
-                      f"using {MAX_LOAD * speed:.1f} items/s[/yellow]")
+        console.print(
+            f"[yellow]--rate {rate:g} is more than this machine scores comfortably; "
+            f"using {MAX_LOAD * speed:.1f} items/s[/yellow]"
+        )
         rate = max(1.0, MAX_LOAD * speed)
     spike_window = (seconds * 0.45, seconds * 0.75)
     spike_rate = max(4.0, rate * 0.5)
@@ -374,21 +403,23 @@ def run_demo(
     try:
         with console.status("starting the broker..."):
             broker.start()
-        s = settings.model_copy(update={
-            "brokers": broker.bootstrap,
-            "store": store_url or f"chdb://{tmp / 'chdb'}",
-            "session_timeout_ms": 6000,
-            "partitions": 2,
-            "consumer_group": f"finsent-demo-{run_id}",
-            "metrics_port": 0,
-            # the entity detector on the demo's clock: 5 s buckets, 30 s windows, 5 s lateness, one alert per run
-            "entity_alerts": True,
-            "entity_bucket_s": WINDOW_S,
-            "entity_window_buckets": 6,
-            "entity_lateness_s": WINDOW_S,
-            "entity_cooldown_s": 3600,
-            "entity_watchlist": None,
-        })
+        s = settings.model_copy(
+            update={
+                "brokers": broker.bootstrap,
+                "store": store_url or f"chdb://{tmp / 'chdb'}",
+                "session_timeout_ms": 6000,
+                "partitions": 2,
+                "consumer_group": f"finsent-demo-{run_id}",
+                "metrics_port": 0,
+                # the entity detector on the demo's clock: 5 s buckets, 30 s windows, 5 s lateness, one alert per run
+                "entity_alerts": True,
+                "entity_bucket_s": WINDOW_S,
+                "entity_window_buckets": 6,
+                "entity_lateness_s": WINDOW_S,
+                "entity_cooldown_s": 3600,
+                "entity_watchlist": None,
+            }
+        )
         ensure_topics(s)
         store = open_store(s.store)
         store.ensure_schema()
@@ -399,26 +430,38 @@ def run_demo(
         entities = worker.context.extensions.get("entity_alerts")
         # drift_var=0: the production default allows for a topic's level moving over the hour behind a
         # 1-hour baseline; the demo's baseline spans four minutes of replayed tweets, which do not drift
-        detector = EwmaZ(window_s=WINDOW_S, short_windows=2, fast_windows=1, halflife_windows=48,
-                              min_volume=15, min_baseline=10, drift_var=0.0)
+        detector = EwmaZ(
+            window_s=WINDOW_S,
+            short_windows=2,
+            fast_windows=1,
+            halflife_windows=48,
+            min_volume=15,
+            min_baseline=10,
+            drift_var=0.0,
+        )
         runner = AlertRunner(store, detector, WINDOW_S, lookback=timedelta(seconds=HISTORY_S + 30), grace_s=6.0)
-        producer = DemoProducer(s, tweets, spike_texts, seconds, rate, spike_window, spike_rate, state, run_id,
-                                history=history)
+        producer = DemoProducer(
+            s, tweets, spike_texts, seconds, rate, spike_window, spike_rate, state, run_id, history=history
+        )
         producer.start()
         if history:
             with console.status("") as status:
                 deadline = time.monotonic() + 300
                 while True:
                     done_hist = worker.scorer.stats.snapshot()["stored"]
-                    status.update(f"scoring {HISTORY_S // 60} minutes of back-filled history: "
-                                  f"{done_hist}/{state.produced_history or '?'} stored")
+                    status.update(
+                        f"scoring {HISTORY_S // 60} minutes of back-filled history: "
+                        f"{done_hist}/{state.produced_history or '?'} stored"
+                    )
                     if state.producer_error:
                         raise KafkaError(f"demo producer failed: {state.producer_error}")
                     if state.produced_history and done_hist >= state.produced_history:
                         break
                     if time.monotonic() > deadline:
-                        raise FinsentError("the history was not scored in 5 minutes",
-                                           hint="is the machine very busy? try again when it is quieter")
+                        raise FinsentError(
+                            "the history was not scored in 5 minutes",
+                            hint="is the machine very busy? try again when it is quieter",
+                        )
                     time.sleep(0.2)
         with worker.scorer.stats.lock:  # latency is reported for live items only
             # The floor is just past the newest history item, not "now": the wall clock may step back a
@@ -438,27 +481,51 @@ def run_demo(
                 el = time.monotonic() - t0
                 stored = worker.scorer.stats.snapshot()["stored"]
                 rate_hist.append((el, stored))
-                rate_now = ((rate_hist[-1][1] - rate_hist[0][1]) / (rate_hist[-1][0] - rate_hist[0][0])
-                            if len(rate_hist) > 1 and rate_hist[-1][0] > rate_hist[0][0] else 0.0)
+                rate_now = (
+                    (rate_hist[-1][1] - rate_hist[0][1]) / (rate_hist[-1][0] - rate_hist[0][0])
+                    if len(rate_hist) > 1 and rate_hist[-1][0] > rate_hist[0][0]
+                    else 0.0
+                )
                 if el - last_poll >= 2.0:
                     last_poll = el
                     for a in runner.poll():
                         alerts.append(a)
-                        alert_times.append({"topic": a.topic, "fired_at": format_time(a.fired_at),
-                                            "t_s": round(el, 1), "severity": a.severity,
-                                            "negative_share": a.negative_share, "baseline_share": a.baseline_share})
+                        alert_times.append(
+                            {
+                                "topic": a.topic,
+                                "fired_at": format_time(a.fired_at),
+                                "t_s": round(el, 1),
+                                "severity": a.severity,
+                                "negative_share": a.negative_share,
+                                "baseline_share": a.baseline_share,
+                            }
+                        )
                     shares = _topic_shares(store, 3 * WINDOW_S)
-                live.update(_render(state, worker.scorer, shares, alerts, el, seconds, spike_topic, spike_window,
-                                    rate_now, list(entities.alerts)))
+                live.update(
+                    _render(
+                        state,
+                        worker.scorer,
+                        shares,
+                        alerts,
+                        el,
+                        seconds,
+                        spike_topic,
+                        spike_window,
+                        rate_now,
+                        list(entities.alerts),
+                    )
+                )
                 if state.producer_error:
                     raise KafkaError(f"demo producer failed: {state.producer_error}")
                 if not worker.alive():
-                    raise FinsentError(f"scoring worker died: {worker.error}",
-                                       hint="run with --log-level DEBUG to see why")
+                    raise FinsentError(
+                        f"scoring worker died: {worker.error}", hint="run with --log-level DEBUG to see why"
+                    )
                 if state.done.is_set():
                     st = worker.scorer.stats.snapshot()
-                    drained = st["stored"] >= state.produced and sum(st["dead_lettered"].values()) >= \
-                        state.malformed_sent
+                    drained = (
+                        st["stored"] >= state.produced and sum(st["dead_lettered"].values()) >= state.malformed_sent
+                    )
                     if drained or el > seconds + 30:
                         break
                 time.sleep(0.25)
@@ -466,14 +533,30 @@ def run_demo(
             time.sleep(6.1)
             for a in runner.poll():
                 alerts.append(a)
-                alert_times.append({"topic": a.topic, "fired_at": format_time(a.fired_at),
-                                    "t_s": round(time.monotonic() - t0, 1), "severity": a.severity,
-                                    "negative_share": a.negative_share, "baseline_share": a.baseline_share})
+                alert_times.append(
+                    {
+                        "topic": a.topic,
+                        "fired_at": format_time(a.fired_at),
+                        "t_s": round(time.monotonic() - t0, 1),
+                        "severity": a.severity,
+                        "negative_share": a.negative_share,
+                        "baseline_share": a.baseline_share,
+                    }
+                )
         elapsed = time.monotonic() - t0
-        entity_alerts = [{"entity_id": a.entity_id, "entity_name": a.entity_name, "at": format_time(a.fired_at),
-                          "t_s": round(elapsed - (utcnow() - a.fired_at).total_seconds(), 1),
-                          "severity": a.severity, "novel_negative": a.negative, "index": a.score,
-                          "sources": (a.evidence or {}).get("sources", [])} for a in entities.alerts]
+        entity_alerts = [
+            {
+                "entity_id": a.entity_id,
+                "entity_name": a.entity_name,
+                "at": format_time(a.fired_at),
+                "t_s": round(elapsed - (utcnow() - a.fired_at).total_seconds(), 1),
+                "severity": a.severity,
+                "novel_negative": a.negative,
+                "index": a.score,
+                "sources": (a.evidence or {}).get("sources", []),
+            }
+            for a in entities.alerts
+        ]
         st = worker.scorer.stats.snapshot()
         with worker.scorer.stats.lock:
             lat = list(worker.scorer.stats.latencies)
@@ -511,8 +594,11 @@ def run_demo(
                 "samples": len(lat),
             },
             "seconds": round(elapsed, 1),
-            "worker": {"batches": st["batches"], "inference_s": round(st["inference_s"], 2),
-                       "store_s": round(st["store_s"], 2)},
+            "worker": {
+                "batches": st["batches"],
+                "inference_s": round(st["inference_s"], 2),
+                "store_s": round(st["store_s"], 2),
+            },
             "model_version": classifier.version,
             "model_provider": classifier.provider,
         }
@@ -520,10 +606,16 @@ def run_demo(
             try:
                 from finsent.plots import plot_store_timeline
 
-                summary["plot"] = str(plot_store_timeline(
-                    store, plot, since=timedelta(seconds=elapsed + HISTORY_S + 120), bucket_s=WINDOW_S,
-                    alerts=alerts, highlight=spike_topic,
-                ))
+                summary["plot"] = str(
+                    plot_store_timeline(
+                        store,
+                        plot,
+                        since=timedelta(seconds=elapsed + HISTORY_S + 120),
+                        bucket_s=WINDOW_S,
+                        alerts=alerts,
+                        highlight=spike_topic,
+                    )
+                )
             except (ImportError, ValueError) as exc:
                 summary["plot_error"] = str(exc)
     except KeyboardInterrupt:
@@ -541,8 +633,9 @@ def run_demo(
         shutil.rmtree(tmp, ignore_errors=True)
     if interrupted:
         stored = worker.scorer.stats.snapshot()["stored"] if worker is not None else 0
-        kept = (f"the scored items are kept in {store_url}" if store_url
-                else "its broker and temporary store were removed")
+        kept = (
+            f"the scored items are kept in {store_url}" if store_url else "its broker and temporary store were removed"
+        )
         raise Interrupted(
             f"demo stopped by Ctrl-C after {time.monotonic() - started:.0f} s, before its summary: "
             f"{state.produced:,} item(s) produced, {stored:,} stored; {kept}",
@@ -571,9 +664,11 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
     )
     if summary["spike_detected"]:
         first = next(a for a in summary["entity_alerts"] if a["entity_id"] == summary["spike_entity"])
-        console.print(f"[bold green]negative news about {first['entity_name']} detected[/] at t={first['t_s']}s: "
-                      f"{first['novel_negative']} novel negative stories from {len(first['sources'])} sources "
-                      f"(spike began at t={summary['spike_window_s'][0]}s)")
+        console.print(
+            f"[bold green]negative news about {first['entity_name']} detected[/] at t={first['t_s']}s: "
+            f"{first['novel_negative']} novel negative stories from {len(first['sources'])} sources "
+            f"(spike began at t={summary['spike_window_s'][0]}s)"
+        )
     else:
         console.print(f"[bold red]the negative news about {SPIKE_ENTITY} was NOT detected[/]")
     if summary["topic_spike_detected"]:

@@ -71,8 +71,9 @@ def plot_timeline(
     for a in alerts:
         for axis in (ax, axv):
             axis.axvline(a.fired_at, color="crimson", ls="--", lw=1.2)
-        ax.annotate(f"alert: {a.topic}", (a.fired_at, 0.97), rotation=90, va="top", ha="right",
-                    fontsize=8, color="crimson")
+        ax.annotate(
+            f"alert: {a.topic}", (a.fired_at, 0.97), rotation=90, va="top", ha="right", fontsize=8, color="crimson"
+        )
     ax.set_ylim(0, 1)
     ax.set_ylabel("negative share")
     ax.set_title(title)
@@ -89,7 +90,11 @@ def plot_timeline(
 
 
 def plot_store_timeline(
-    store: Store, out: str | Path, since: timedelta, bucket_s: int = 60, alerts: Sequence[Alert] = (),
+    store: Store,
+    out: str | Path,
+    since: timedelta,
+    bucket_s: int = 60,
+    alerts: Sequence[Alert] = (),
     highlight: str | None = None,
 ) -> Path:
     """``plot_timeline`` over what the store holds for the last ``since``."""

@@ -46,7 +46,9 @@ Ctrl-C (SIGINT) exits 130 with one line saying what was published and how to go 
 
 def _add_publish_timeout(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
-        "--publish-timeout", type=positive_float, metavar="SECONDS",
+        "--publish-timeout",
+        type=positive_float,
+        metavar="SECONDS",
         help=f"seconds to wait for Kafka to acknowledge before {what} (default FINSENT_PUBLISH_TIMEOUT_S, 30)",
     )
 
@@ -57,7 +59,9 @@ def _add_common(p: argparse.ArgumentParser, *, polling: bool) -> None:
     if polling:
         p.add_argument("--once", action="store_true", help="poll every source once, publish, and exit")
         p.add_argument(
-            "--interval", type=positive_float, metavar="S",
+            "--interval",
+            type=positive_float,
+            metavar="S",
             help="seconds between polls of a source (FINSENT_INGEST_INTERVAL_S)",
         )
         p.add_argument("--metrics-port", type=port, metavar="PORT", help="serve Prometheus /metrics on this port")
@@ -81,16 +85,18 @@ def build_pipeline(
     from finsent.ingest.publisher import Publisher
 
     if dry_run:
-        return Pipeline(publisher=None, dedup=DedupStore(None), max_text_chars=settings.max_text_chars,
-                        use_dedup=use_dedup), None
+        return Pipeline(
+            publisher=None, dedup=DedupStore(None), max_text_chars=settings.max_text_chars, use_dedup=use_dedup
+        ), None
     from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)  # kafka-python: WARNING and above, each kind of complaint once per 30 s
     timeout = publish_timeout_s or settings.publish_timeout_s
     publisher = Publisher(settings, delivery_timeout_s=min(30.0, timeout), publish_timeout_s=timeout)
     dedup = DedupStore.from_settings(settings) if use_dedup else DedupStore(None)
-    return Pipeline(publisher=publisher, dedup=dedup, max_text_chars=settings.max_text_chars,
-                    use_dedup=use_dedup), publisher
+    return Pipeline(
+        publisher=publisher, dedup=dedup, max_text_chars=settings.max_text_chars, use_dedup=use_dedup
+    ), publisher
 
 
 def _summary(**fields: Any) -> None:
@@ -101,7 +107,8 @@ def _gave_up(exc: PublishError, acked_total: int) -> PublishError:
     """The error for the CLI boundary: the publisher's message plus what this run got acked in all."""
     return PublishError(
         f"{exc}; {acked_total} item(s) acknowledged before that (counted as produced)",
-        exc.acked, exc.pending,
+        exc.acked,
+        exc.pending,
     )
 
 
@@ -121,26 +128,37 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, ValueError) as exc:  # a name too long, a NUL byte
             raise InputError(f"{path[:200]}: cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
         if is_dir:
-            raise InputError(f"{path} is a directory, not a file",
-                             hint=f"name the files in it, e.g. {Path(path) / '*.csv'}")
+            raise InputError(
+                f"{path} is a directory, not a file", hint=f"name the files in it, e.g. {Path(path) / '*.csv'}"
+            )
         if not is_file:
             raise InputError(f"{path}: no such file", hint="check the path; replay takes CSV and JSONL files")
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, use_dedup=args.dedup,
-                                         publish_timeout_s=publish_timeout(args, settings))
+    pipeline, publisher = build_pipeline(
+        settings, dry_run=args.dry_run, use_dedup=args.dedup, publish_timeout_s=publish_timeout(args, settings)
+    )
     stopper = Stopper(publisher)
     stopper.install()  # SIGTERM: no new items, the publish in flight is drained, summary, exit
     serve_metrics(settings.metrics_host, args.metrics_port, ready=readiness(publisher, stopper))
     stats = ReplayStats()
     try:
         replay(
-            args.paths, pipeline, rate=args.rate, speedup=args.speedup, limit=args.limit,
-            source=args.source, source_type=args.source_type, encoding=args.encoding,
-            progress=not args.dry_run, stats=stats, stop=stopper.event,
+            args.paths,
+            pipeline,
+            rate=args.rate,
+            speedup=args.speedup,
+            limit=args.limit,
+            source=args.source,
+            source_type=args.source_type,
+            encoding=args.encoding,
+            progress=not args.dry_run,
+            stats=stats,
+            stop=stopper.event,
         )
     except PublishError as exc:
         stopped = {"stopped": stopper.signal_name} if stopper.stopped else {}
-        _summary(produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows, unacked=len(exc.pending),
-                 **stopped)
+        _summary(
+            produced=stats.produced, skipped=stats.skipped, bad_rows=stats.bad_rows, unacked=len(exc.pending), **stopped
+        )
         if stopper.signal_name == "SIGINT":
             raise _replay_interrupted(stats.produced, len(exc.pending), args.dry_run) from None
         raise _gave_up(exc, stats.produced) from None
@@ -198,12 +216,19 @@ def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings
         log.info("polling %d source(s); Ctrl-C to stop", len(sources))
         poller.run_forever(stop_grace_s=DRAIN_GRACE_S + 1.0)
         ok = sum(1 for st in poller.states if st.ok)
-        _summary(produced=pipeline.produced, skipped=pipeline.skipped, sources_ok=ok,
-                 sources_failed=len(poller.states) - ok, stopped=stopper.signal_name)
+        _summary(
+            produced=pipeline.produced,
+            skipped=pipeline.skipped,
+            sources_ok=ok,
+            sources_failed=len(poller.states) - ok,
+            stopped=stopper.signal_name,
+        )
         if stopper.signal_name == "SIGINT":
-            raise Interrupted(f"polling stopped by Ctrl-C: {pipeline.produced:,} item(s) published from "
-                              f"{len(poller.states)} source(s)",
-                              hint="run the same command again: items already published are skipped (dedup)")
+            raise Interrupted(
+                f"polling stopped by Ctrl-C: {pipeline.produced:,} item(s) published from "
+                f"{len(poller.states)} source(s)",
+                hint="run the same command again: items already published are skipped (dedup)",
+            )
         return 0 if ok or stopper.stopped else 1  # a service asked to stop has stopped, not failed
     finally:
         if publisher is not None:
@@ -222,8 +247,9 @@ def cmd_rss(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"finsent ingest rss: {exc}", hint="a feed list has one URL per line") from None
     feeds = list(dict(feeds).items())  # a feed listed twice is polled once
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run,
-                                         publish_timeout_s=publish_timeout(args, settings))
+    pipeline, publisher = build_pipeline(
+        settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
+    )
     fetcher = Fetcher.from_settings(settings)
     sources = [FeedSource(url, fetcher, interval_s=iv or interval) for url, iv in feeds]
     return run_sources(sources, args, settings, pipeline, publisher)
@@ -237,14 +263,16 @@ def cmd_mastodon(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.fetch import Fetcher
     from finsent.ingest.social.mastodon import MastodonTagSource
 
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run,
-                                         publish_timeout_s=publish_timeout(args, settings))
+    pipeline, publisher = build_pipeline(
+        settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
+    )
     fetcher = Fetcher.from_settings(settings)
     interval = args.interval or min(settings.ingest_interval_s, 60.0)
     langs = tuple(x for x in (args.language or "").split(",") if x)
     sources = [
-        MastodonTagSource(args.instance, tag, fetcher, token=_secret(settings.mastodon_token), interval_s=interval,
-                          languages=langs)
+        MastodonTagSource(
+            args.instance, tag, fetcher, token=_secret(settings.mastodon_token), interval_s=interval, languages=langs
+        )
         for tag in dict.fromkeys(args.tags)
     ]
     return run_sources(sources, args, settings, pipeline, publisher)
@@ -254,13 +282,15 @@ def cmd_reddit(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.fetch import Fetcher
     from finsent.ingest.social.reddit import RedditSubredditSource
 
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run,
-                                         publish_timeout_s=publish_timeout(args, settings))
+    pipeline, publisher = build_pipeline(
+        settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
+    )
     fetcher = Fetcher.from_settings(settings)
     interval = args.interval or min(settings.ingest_interval_s, 120.0)
     sources = [
-        RedditSubredditSource(sub, fetcher, token=_secret(settings.reddit_token), base_url=args.base_url,
-                              interval_s=interval)
+        RedditSubredditSource(
+            sub, fetcher, token=_secret(settings.reddit_token), base_url=args.base_url, interval_s=interval
+        )
         for sub in dict.fromkeys(args.subreddits)
     ]
     return run_sources(sources, args, settings, pipeline, publisher)
@@ -270,13 +300,20 @@ def cmd_bluesky(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.fetch import Fetcher
     from finsent.ingest.social.bluesky import BlueskySearchSource
 
-    pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run,
-                                         publish_timeout_s=publish_timeout(args, settings))
+    pipeline, publisher = build_pipeline(
+        settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
+    )
     fetcher = Fetcher.from_settings(settings)
     interval = args.interval or min(settings.ingest_interval_s, 120.0)
     sources = [
-        BlueskySearchSource(q, fetcher, token=_secret(settings.bluesky_token), base_url=args.base_url,
-                            interval_s=interval, language=args.language)
+        BlueskySearchSource(
+            q,
+            fetcher,
+            token=_secret(settings.bluesky_token),
+            base_url=args.base_url,
+            interval_s=interval,
+            language=args.language,
+        )
         for q in dict.fromkeys(args.queries)
     ]
     return run_sources(sources, args, settings, pipeline, publisher)
@@ -297,15 +334,25 @@ def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
     pipeline, publisher = build_pipeline(settings, dry_run=args.dry_run, publish_timeout_s=timeout)
     stopper = Stopper(publisher)
     ready = readiness(publisher, stopper)
-    app = create_app(pipeline, token=token, max_body_bytes=args.max_body_bytes, max_items=args.max_items,
-                     publish_timeout_s=timeout, body_timeout_s=args.body_timeout or settings.http_body_timeout_s,
-                     ready=ready)
+    app = create_app(
+        pipeline,
+        token=token,
+        max_body_bytes=args.max_body_bytes,
+        max_items=args.max_items,
+        publish_timeout_s=timeout,
+        body_timeout_s=args.body_timeout or settings.http_body_timeout_s,
+        ready=ready,
+    )
     serve_metrics(settings.metrics_host, args.metrics_port, ready=ready)
     keep_connecting(publisher, stopper.event)
 
     def started(port: int) -> None:
-        log.info("POST http://%s:%d/v1/items (auth: %s); /healthz, /readyz, /metrics", args.host, port,
-                 "bearer token" if token else "none, loopback only")
+        log.info(
+            "POST http://%s:%d/v1/items (auth: %s); /healthz, /readyz, /metrics",
+            args.host,
+            port,
+            "bearer token" if token else "none, loopback only",
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -313,10 +360,15 @@ def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda s=sig: (stopper(s), stop.set()))
         await serve_app(
-            app, args.host, args.port, stop=stop, metrics=pipeline.metrics,
+            app,
+            args.host,
+            args.port,
+            stop=stop,
+            metrics=pipeline.metrics,
             max_connections=args.max_connections or settings.http_max_connections,
             header_timeout_s=args.header_timeout or settings.http_header_timeout_s,
-            shutdown_timeout_s=DRAIN_GRACE_S + 1.0, started=started,
+            shutdown_timeout_s=DRAIN_GRACE_S + 1.0,
+            started=started,
         )
 
     try:
@@ -326,15 +378,15 @@ def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
         if publisher is not None:
             publisher.close()
     if stopper.signal_name == "SIGINT":
-        raise Interrupted(f"push endpoint stopped by Ctrl-C: {pipeline.produced:,} item(s) acknowledged by Kafka",
-                          hint="start it again; clients retry what got 503, nothing acknowledged is lost")
+        raise Interrupted(
+            f"push endpoint stopped by Ctrl-C: {pipeline.produced:,} item(s) acknowledged by Kafka",
+            hint="start it again; clients retry what got 503, nothing acknowledged is lost",
+        )
     log.info("stopped: %d item(s) acknowledged by Kafka", pipeline.produced)
     return 0
 
 
 # -- registration ------------------------------------------------------------------------------
-
-
 
 
 def register(subparsers: Any) -> None:
@@ -374,10 +426,13 @@ examples:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="CSV or JSONL (.jsonl/.ndjson) files")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=positive_float, metavar="N",
-                      help="items per second (default: as fast as possible)")
     pace.add_argument(
-        "--speedup", type=positive_float, metavar="X",
+        "--rate", type=positive_float, metavar="N", help="items per second (default: as fast as possible)"
+    )
+    pace.add_argument(
+        "--speedup",
+        type=positive_float,
+        metavar="X",
         help="follow the rows' published_at spacing, X times faster (rows without a time go immediately)",
     )
     p.add_argument("--limit", type=positive_int, metavar="N", help="stop after N items")
@@ -385,12 +440,15 @@ examples:
     p.add_argument("--source-type", choices=("news", "social"), default="news", help="default source_type (news)")
     p.add_argument("--encoding", default="utf-8-sig", help="file encoding (default utf-8; e.g. latin-1)")
     p.add_argument("--dedup", action="store_true", help="also drop items already published (off: replays repeat)")
-    p.add_argument("--metrics-port", type=port, metavar="PORT",
-                   help="serve /metrics, /healthz and /readyz on this port (FINSENT_METRICS_HOST)")
+    p.add_argument(
+        "--metrics-port",
+        type=port,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port (FINSENT_METRICS_HOST)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     _add_publish_timeout(p, "giving up with exit status 6")
     p.set_defaults(func=cmd_replay)
-
 
     p = sub.add_parser(
         "rss",
@@ -398,16 +456,24 @@ examples:
         description="Poll feeds with conditional GET (ETag/Last-Modified), per-feed interval and exponential "
         "back-off, a whole-request timeout and a size limit; 429/503 Retry-After is honoured. One bad feed "
         "never stops the others (its error names the URL on stderr and is counted in metrics).",
-        epilog=EPILOG_COMMON + EPILOG_SERVICE + "".join((
-            "examples:\n",
-            "  finsent ingest rss https://feeds.example.com/markets.xml --interval 300 --metrics-port 9471\n",
-            "  finsent ingest rss --feeds ingest/data/feeds.example.txt --once --dry-run\n",
-        )),
+        epilog=EPILOG_COMMON
+        + EPILOG_SERVICE
+        + "".join(
+            (
+                "examples:\n",
+                "  finsent ingest rss https://feeds.example.com/markets.xml --interval 300 --metrics-port 9471\n",
+                "  finsent ingest rss --feeds ingest/data/feeds.example.txt --once --dry-run\n",
+            )
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("urls", nargs="*", metavar="URL", help="feed URLs")
-    p.add_argument("--feeds", action="append", metavar="FILE",
-                   help="OPML file or plain list ('URL [interval_s]' per line, # comments); repeatable")
+    p.add_argument(
+        "--feeds",
+        action="append",
+        metavar="FILE",
+        help="OPML file or plain list ('URL [interval_s]' per line, # comments); repeatable",
+    )
     _add_common(p, polling=True)
     p.set_defaults(func=cmd_rss)
 
@@ -417,10 +483,15 @@ examples:
         description="Poll GET /api/v1/timelines/tag/:hashtag on one instance (public, no auth; "
         "FINSENT_MASTODON_TOKEN is sent as a bearer token when set). Pages forward with min_id and the Link "
         "header; X-RateLimit-Remaining/Reset and Retry-After are honoured.",
-        epilog=EPILOG_COMMON + EPILOG_SERVICE + "".join((
-            "examples:\n",
-            "  finsent ingest mastodon stocks investing --instance mastodon.social --language en --metrics-port 9472\n",
-        )),
+        epilog=EPILOG_COMMON
+        + EPILOG_SERVICE
+        + "".join(
+            (
+                "examples:\n",
+                "  finsent ingest mastodon stocks investing --instance mastodon.social --language en "
+                "--metrics-port 9472\n",
+            )
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("tags", nargs="+", metavar="TAG", help="hashtags without '#', e.g. stocks investing")
@@ -435,15 +506,20 @@ examples:
         description="Poll /r/<sub>/new.json (public JSON, or oauth.reddit.com with FINSENT_REDDIT_TOKEN). "
         "Pages with 'after' until the newest post seen before; X-Ratelimit-Remaining/Reset and Retry-After "
         "are honoured.",
-        epilog=EPILOG_COMMON + EPILOG_SERVICE + "".join((
-            "examples:\n",
-            "  finsent ingest reddit stocks investing --interval 120 --metrics-port 9473\n",
-        )),
+        epilog=EPILOG_COMMON
+        + EPILOG_SERVICE
+        + "".join(
+            (
+                "examples:\n",
+                "  finsent ingest reddit stocks investing --interval 120 --metrics-port 9473\n",
+            )
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("subreddits", nargs="+", metavar="SUBREDDIT", help="e.g. stocks investing wallstreetbets")
-    p.add_argument("--base-url", metavar="URL", help="API base URL (default www.reddit.com, or oauth.reddit.com "
-                   "with a token)")
+    p.add_argument(
+        "--base-url", metavar="URL", help="API base URL (default www.reddit.com, or oauth.reddit.com with a token)"
+    )
     _add_common(p, polling=True)
     p.set_defaults(func=cmd_reddit)
 
@@ -453,10 +529,14 @@ examples:
         description="Poll GET /xrpc/app.bsky.feed.searchPosts?q=...&sort=latest with a 'since' cursor and page "
         "cursors. The public AppView may require auth for search: set FINSENT_BLUESKY_TOKEN (access JWT) and "
         "--base-url to your PDS. RateLimit-Remaining/Reset and Retry-After are honoured.",
-        epilog=EPILOG_COMMON + EPILOG_SERVICE + "".join((
-            "examples:\n",
-            "  FINSENT_BLUESKY_TOKEN=... finsent ingest bluesky '$AAPL' '#stocks' --metrics-port 9474\n",
-        )),
+        epilog=EPILOG_COMMON
+        + EPILOG_SERVICE
+        + "".join(
+            (
+                "examples:\n",
+                "  FINSENT_BLUESKY_TOKEN=... finsent ingest bluesky '$AAPL' '#stocks' --metrics-port 9474\n",
+            )
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("queries", nargs="+", metavar="QUERY", help="search queries, e.g. '$AAPL' '#stocks'")
@@ -499,18 +579,34 @@ examples:
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
     p.add_argument("--port", type=port, default=8088, help="port (default 8088)")
-    p.add_argument("--max-body-bytes", type=positive_int, default=1_000_000, metavar="N",
-                   help="request body limit (1 MB)")
+    p.add_argument(
+        "--max-body-bytes", type=positive_int, default=1_000_000, metavar="N", help="request body limit (1 MB)"
+    )
     p.add_argument("--max-items", type=positive_int, default=1000, metavar="N", help="items per request limit (1000)")
-    p.add_argument("--header-timeout", type=positive_float, metavar="SECONDS",
-                   help="complete request headers within this (FINSENT_HTTP_HEADER_TIMEOUT_S, 10)")
-    p.add_argument("--body-timeout", type=positive_float, metavar="SECONDS",
-                   help="complete request body within this after the headers (FINSENT_HTTP_BODY_TIMEOUT_S, 30)")
-    p.add_argument("--max-connections", type=positive_int, metavar="N",
-                   help="open connections at most; more get 503 (FINSENT_HTTP_MAX_CONNECTIONS, 1000)")
-    p.add_argument("--metrics-port", type=port, metavar="PORT",
-                   help="also serve /metrics, /healthz, /readyz without the token on this port (loopback)")
+    p.add_argument(
+        "--header-timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="complete request headers within this (FINSENT_HTTP_HEADER_TIMEOUT_S, 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="complete request body within this after the headers (FINSENT_HTTP_BODY_TIMEOUT_S, 30)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=positive_int,
+        metavar="N",
+        help="open connections at most; more get 503 (FINSENT_HTTP_MAX_CONNECTIONS, 1000)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=port,
+        metavar="PORT",
+        help="also serve /metrics, /healthz, /readyz without the token on this port (loopback)",
+    )
     _add_publish_timeout(p, "answering 503")
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
     p.set_defaults(func=cmd_http)
-

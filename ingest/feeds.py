@@ -125,8 +125,12 @@ class FeedSource:
         parsed = self.parse(res.body, res.headers, res.url)
         if parsed.get("bozo") and not isinstance(parsed.get("bozo_exception"), feedparser.CharacterEncodingOverride):
             pipeline.metrics.errors.labels(self.name, "malformed").inc()
-            log.warning("%s: malformed feed (%s); %d entries recovered", self.url, parsed.get("bozo_exception"),
-                        len(parsed.entries))
+            log.warning(
+                "%s: malformed feed (%s); %d entries recovered",
+                self.url,
+                parsed.get("bozo_exception"),
+                len(parsed.entries),
+            )
         entries = []
         for e in parsed.entries:
             body = ""

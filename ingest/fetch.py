@@ -191,8 +191,7 @@ class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
         self._watch = watch
 
     def https_open(self, req):  # type: ignore[no-untyped-def]
-        return self.do_open(_watched_connection(http.client.HTTPSConnection, self._watch), req,
-                            context=self._context)
+        return self.do_open(_watched_connection(http.client.HTTPSConnection, self._watch), req, context=self._context)
 
 
 class Fetcher:
@@ -280,8 +279,9 @@ class Fetcher:
                 kind = "rate_limited" if exc.code == 429 else "http_5xx"
                 raise FetchError(kind, f"HTTP {exc.code} from {url}", status=exc.code, retry_after=retry) from None
             if 300 <= exc.code < 400:
-                raise FetchError("redirect", f"HTTP {exc.code} from {url}: too many or bad redirects",
-                                 status=exc.code) from None
+                raise FetchError(
+                    "redirect", f"HTTP {exc.code} from {url}: too many or bad redirects", status=exc.code
+                ) from None
             kind = "http_5xx" if exc.code >= 500 else "http_4xx"
             raise FetchError(kind, f"HTTP {exc.code} {exc.reason} from {url}", status=exc.code) from None
         except FetchError:

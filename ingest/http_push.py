@@ -68,10 +68,30 @@ from finsent.ingest.publisher import PublishError
 log = logging.getLogger(__name__)
 
 METRIC_SOURCE = "http"
-_FIELDS = {"text", "title", "url", "source", "source_type", "author", "published_at", "tickers", "id", "guid", "v",
-           "ingested_at", "truncated"}
-_JSON_TYPES = ("application/json", "application/x-ndjson", "application/ndjson", "application/jsonl",
-               "application/x-jsonlines", "text/plain", "")
+_FIELDS = {
+    "text",
+    "title",
+    "url",
+    "source",
+    "source_type",
+    "author",
+    "published_at",
+    "tickers",
+    "id",
+    "guid",
+    "v",
+    "ingested_at",
+    "truncated",
+}
+_JSON_TYPES = (
+    "application/json",
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "text/plain",
+    "",
+)
 
 
 _CONNECT = web.AppKey("connect", asyncio.Future)
@@ -273,7 +293,9 @@ class Coalescer:
                                 f.set_exception(exc)
                         continue
                 outcome = _Outcome(
-                    {id(i) for i in res.published}, {id(i) for i in res.duplicates}, {id(i) for i in res.oversize},
+                    {id(i) for i in res.published},
+                    {id(i) for i in res.duplicates},
+                    {id(i) for i in res.oversize},
                     failed,
                 )
                 for _, f in batch:
@@ -354,7 +376,8 @@ def create_app(
         if encoding != "identity":
             try:  # after authentication, in a worker thread, bounded: the loop never inflates
                 body = await asyncio.get_running_loop().run_in_executor(
-                    inflate_executor, inflate_gzip, body, max_body_bytes)
+                    inflate_executor, inflate_gzip, body, max_body_bytes
+                )
             except BodyTooLarge as exc:
                 metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
                 return problem(413, str(exc))
@@ -389,8 +412,10 @@ def create_app(
             log.error("publish failed, answering 503: %s", exc)
             acked = {id(i) for i in exc.acked}
             return web.json_response(
-                {"error": f"Kafka is unavailable ({exc}); nothing was lost, retry the same request",
-                 "published": [e.item.id for e in entries if id(e.item) in acked]},
+                {
+                    "error": f"Kafka is unavailable ({exc}); nothing was lost, retry the same request",
+                    "published": [e.item.id for e in entries if id(e.item) in acked],
+                },
                 status=503,
                 headers={"Retry-After": "5"},
             )
@@ -455,8 +480,10 @@ def check_bind(host: str, token: str | None) -> str | None:
     from finsent.core.argtypes import token_problem
 
     if token is None and not _is_loopback(host):
-        return (f"refusing to listen on {host} without a token: set FINSENT_HTTP_TOKEN "
-                "(clients send 'Authorization: Bearer <token>') or bind to 127.0.0.1")
+        return (
+            f"refusing to listen on {host} without a token: set FINSENT_HTTP_TOKEN "
+            "(clients send 'Authorization: Bearer <token>') or bind to 127.0.0.1"
+        )
     return token_problem(token, "FINSENT_HTTP_TOKEN")
 
 
@@ -534,8 +561,11 @@ class _CappedFactory:
             self.refused += 1
             self.metrics.errors.labels(METRIC_SOURCE, "too_many_connections").inc()
             if self.refused == 1 or self.refused % 1000 == 0:
-                log.warning("%d connection(s) refused so far: %d open is the limit (--max-connections)",
-                            self.refused, self.limit)
+                log.warning(
+                    "%d connection(s) refused so far: %d open is the limit (--max-connections)",
+                    self.refused,
+                    self.limit,
+                )
             return _Refused(self.limit)
         self.open += 1
         return _Counted(self.server(), self)
@@ -563,8 +593,12 @@ async def serve_app(
     from finsent.core.errors import ConfigError
 
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout_s,
-        keepalive_timeout=header_timeout_s, lingering_time=LINGER_S,
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout_s,
+        keepalive_timeout=header_timeout_s,
+        lingering_time=LINGER_S,
         # aiohttp would inflate gzip/deflate bodies in its parser, on the event loop, before the handler
         # has checked the token -- and again while draining a refused body. The handler inflates instead.
         auto_decompress=False,
@@ -576,8 +610,10 @@ async def serve_app(
         try:
             server = await loop.create_server(factory, host, port, reuse_address=True, backlog=512)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                              hint="pick a free --port, or stop what holds it") from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                hint="pick a free --port, or stop what holds it",
+            ) from None
         bound = server.sockets[0].getsockname()[1] if server.sockets else port
         if started is not None:
             started(bound)

@@ -28,7 +28,9 @@ class IngestMetrics:
             "finsent_ingest_duplicates", "items dropped as already published (GUID/URL/id)", ["source"], registry=reg
         )
         self.skipped = Counter(
-            "finsent_ingest_items_skipped", "items not publishable (empty text, bad fields)", ["source", "reason"],
+            "finsent_ingest_items_skipped",
+            "items not publishable (empty text, bad fields)",
+            ["source", "reason"],
             registry=reg,
         )
         self.truncated = Counter(
@@ -38,7 +40,10 @@ class IngestMetrics:
             "finsent_ingest_errors", "failed fetches/publishes by kind", ["source", "kind"], registry=reg
         )
         self.fetch_seconds = Histogram(
-            "finsent_ingest_fetch_seconds", "latency of one fetch of a source", ["source"], registry=reg,
+            "finsent_ingest_fetch_seconds",
+            "latency of one fetch of a source",
+            ["source"],
+            registry=reg,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
         )
 
@@ -52,4 +57,3 @@ def default_metrics() -> IngestMetrics:
     if _default is None:
         _default = IngestMetrics()
     return _default
-

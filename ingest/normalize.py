@@ -68,9 +68,41 @@ class Skip(Exception):
 
 _BLOCK_TAGS = frozenset(
     {
-        "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption", "figure",
-        "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre",
-        "section", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul",
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "br",
+        "dd",
+        "div",
+        "dl",
+        "dt",
+        "figcaption",
+        "figure",
+        "footer",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "header",
+        "hr",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "table",
+        "tbody",
+        "td",
+        "tfoot",
+        "th",
+        "thead",
+        "tr",
+        "ul",
     }
 )
 _DROP_TAGS = frozenset({"script", "style", "noscript", "template", "iframe", "svg", "head"})
@@ -195,7 +227,7 @@ def _cp1252_bytes(exc: UnicodeError) -> tuple[str, int]:
     """Decode error handler: only the bytes that are not UTF-8 are read as Windows-1252 (each on its own)."""
     if not isinstance(exc, UnicodeDecodeError):
         raise exc
-    bad = exc.object[exc.start:exc.end]
+    bad = exc.object[exc.start : exc.end]
     return bad.decode("cp1252", errors="replace"), exc.end
 
 
@@ -203,7 +235,7 @@ def _latin1_bytes(exc: UnicodeError) -> tuple[str, int]:
     """Decode error handler for "ISO-8859-1" read as cp1252: the 5 bytes cp1252 leaves undefined are Latin-1."""
     if not isinstance(exc, UnicodeDecodeError):
         raise exc
-    return exc.object[exc.start:exc.end].decode("latin-1"), exc.end
+    return exc.object[exc.start : exc.end].decode("latin-1"), exc.end
 
 
 codecs.register_error("finsent-cp1252-bytes", _cp1252_bytes)
@@ -246,7 +278,7 @@ def decode_bytes(data: bytes, content_type: str | None = None, *, strict: bool =
     try:
         return data[start:].decode(encoding, errors=errors).lstrip("\ufeff")
     except UnicodeDecodeError as exc:  # strict only
-        raise UndecodableBytes(encoding, start + exc.start, exc.object[exc.start:exc.end]) from None
+        raise UndecodableBytes(encoding, start + exc.start, exc.object[exc.start : exc.end]) from None
 
 
 def truncate(text: str, max_chars: int) -> tuple[str, bool]:
@@ -273,9 +305,7 @@ class ImpossibleTime(ValueError):
 # ISO 8601 shapes (extended 2024-02-30T10:00, basic 20240230T1000; also 2024/02/30, 2024.02.30) whose
 # fields are checked before feedparser sees them: its parsers go through timegm/gmtime and so roll
 # 2024-02-30 over to March 1 (and it reads 2024/03/01 as December 1)
-_ISO_EXTENDED_RE = re.compile(
-    r"(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?:[T ]\s*(\d{1,2}):(\d{1,2})(?::(\d{1,2}))?)?"
-)
+_ISO_EXTENDED_RE = re.compile(r"(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?:[T ]\s*(\d{1,2}):(\d{1,2})(?::(\d{1,2}))?)?")
 _ISO_BASIC_RE = re.compile(
     r"(\d{4})(\d{2})(\d{2})(?:T?(\d{2})(\d{2})(\d{2})?)?(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE
 )
@@ -330,8 +360,10 @@ def to_utc(value: Any, *, strict: bool = False) -> datetime | None:
     ts = _to_utc(value, strict=strict)
     if ts is not None and not MIN_TIME <= ts <= MAX_TIME:
         if strict:
-            raise ImpossibleTime(f"{str(value)[:40]!r} is {ts.isoformat()}, outside what the store can hold "
-                                 "(1970-01-01 .. 2106-02-07 UTC); send a real publication time or none")
+            raise ImpossibleTime(
+                f"{str(value)[:40]!r} is {ts.isoformat()}, outside what the store can hold "
+                "(1970-01-01 .. 2106-02-07 UTC); send a real publication time or none"
+            )
         return None
     return ts
 
@@ -379,7 +411,7 @@ def _to_utc(value: Any, *, strict: bool = False) -> datetime | None:
             if m and m.group(2) != "-":  # 2024/03/01 10:00: ISO with other separators (feedparser misreads it)
                 iso = f"{int(m.group(1)):04d}-{int(m.group(3)):02d}-{int(m.group(4)):02d}"
                 try:
-                    return parse_time(iso + text[m.end(4):], "published_at")
+                    return parse_time(iso + text[m.end(4) :], "published_at")
                 except InvalidEvent:
                     return None
             try:
@@ -405,9 +437,36 @@ def _to_utc(value: Any, *, strict: bool = False) -> datetime | None:
 
 TRACKING_PARAMS = frozenset(
     {
-        "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "igshid", "mc_cid", "mc_eid",
-        "_ga", "_gl", "_hsenc", "_hsmi", "mkt_tok", "ocid", "ncid", "cmpid", "guccounter", "guce_referrer",
-        "guce_referrer_sig", "soc_src", "soc_trk", "ref_src", "ref_url", "spm", "share", "s_cid", "smid",
+        "fbclid",
+        "gclid",
+        "dclid",
+        "gbraid",
+        "wbraid",
+        "msclkid",
+        "yclid",
+        "twclid",
+        "igshid",
+        "mc_cid",
+        "mc_eid",
+        "_ga",
+        "_gl",
+        "_hsenc",
+        "_hsmi",
+        "mkt_tok",
+        "ocid",
+        "ncid",
+        "cmpid",
+        "guccounter",
+        "guce_referrer",
+        "guce_referrer_sig",
+        "soc_src",
+        "soc_trk",
+        "ref_src",
+        "ref_url",
+        "spm",
+        "share",
+        "s_cid",
+        "smid",
     }
 )
 
@@ -525,8 +584,11 @@ def make_item(
     if item_id_override is not None:
         the_id = str(item_id_override)
         if the_id != the_id.strip():  # stripping would make " a" and "a" one item: refuse, say why
-            raise Skip("bad_id", f"id {the_id[:60]!r} has leading or trailing whitespace; send it without: ids "
-                       "are used as given, so ' a' and 'a' would be two different items")
+            raise Skip(
+                "bad_id",
+                f"id {the_id[:60]!r} has leading or trailing whitespace; send it without: ids "
+                "are used as given, so ' a' and 'a' would be two different items",
+            )
         if not the_id or len(the_id) > 256:
             raise Skip("bad_id", "id must be 1..256 characters")
         if not is_valid_unicode(the_id):

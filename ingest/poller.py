@@ -185,5 +185,7 @@ class Poller:
         if running:
             _, late = wait(list(running), timeout=stop_grace_s)
             for fut in late:
-                log.warning("stopping: abandoned the poll of %s still in flight (nothing of it was published)",
-                            running[fut].source.url)
+                log.warning(
+                    "stopping: abandoned the poll of %s still in flight (nothing of it was published)",
+                    running[fut].source.url,
+                )

@@ -52,9 +52,7 @@ class PublishError(KafkaError):
         "--publish-timeout / FINSENT_PUBLISH_TIMEOUT_S waits longer for a slow one"
     )
 
-    def __init__(
-        self, message: str, acked: list[RawItem], pending: list[RawItem], *, hint: str | None = None
-    ) -> None:
+    def __init__(self, message: str, acked: list[RawItem], pending: list[RawItem], *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.acked = acked
         self.pending = pending
@@ -220,7 +218,8 @@ class Publisher:
             except Exception as exc:
                 self._contact = (False, f"Kafka at {self.settings.brokers} not reachable: {exc}")
                 (log.debug if quiet else log.warning)(
-                    "Kafka at %s not reachable yet (%s); will retry on publish", self.settings.brokers, exc)
+                    "Kafka at %s not reachable yet (%s); will retry on publish", self.settings.brokers, exc
+                )
                 self._drop_producer()
                 return False
 
@@ -256,15 +255,21 @@ class Publisher:
         self._closed = True
         draining = self.draining
         # a connect attempt in another thread holds the lock for at most one bootstrap (BOOTSTRAP_CAP_S)
-        wait_s = max(self.delivery_timeout_s, BOOTSTRAP_CAP_S) if not draining else max(
-            0.0, self._stop_at - time.monotonic()) + BOOTSTRAP_CAP_S
+        wait_s = (
+            max(self.delivery_timeout_s, BOOTSTRAP_CAP_S)
+            if not draining
+            else max(0.0, self._stop_at - time.monotonic()) + BOOTSTRAP_CAP_S
+        )
         if not self._lock.acquire(timeout=wait_s):
             log.warning("closing the Kafka producer: still busy after %.0f s; left to the exit", wait_s)
             return
         try:
             if self._producer is not None:
-                flush_s = self.delivery_timeout_s if not draining else min(
-                    self.delivery_timeout_s, max(0.0, self._stop_at - time.monotonic()))
+                flush_s = (
+                    self.delivery_timeout_s
+                    if not draining
+                    else min(self.delivery_timeout_s, max(0.0, self._stop_at - time.monotonic()))
+                )
                 self._drop_producer(timeout_s=flush_s)
         finally:
             self._lock.release()
@@ -409,7 +414,10 @@ class Publisher:
                     )
                 log.warning(
                     "Kafka at %s did not ack %d item(s) (%s); retrying in %.1fs",
-                    self.settings.brokers, len(pending), error, delay,
+                    self.settings.brokers,
+                    len(pending),
+                    error,
+                    delay,
                 )
                 if self._wake.wait(delay) and self._abort.is_set():
                     raise PublishError("publisher aborted while waiting for Kafka", result.acked, pending)

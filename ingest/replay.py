@@ -283,19 +283,28 @@ def _csv_rows(path: Path, fh: Any) -> Iterator[_Row]:
         if lines.hit_end and (idx := _unclosed_quote(lines.record)) is not None:
             rest = lines.record[idx + 1 :]
             lines.push_back(rest)
-            yield _Row(n, lines.record[idx][0], None, "unterminated_quote",
-                       f"a quote opened on this line is never closed; the {len(rest)} line(s) after it are "
-                       "read again as rows")
+            yield _Row(
+                n,
+                lines.record[idx][0],
+                None,
+                "unterminated_quote",
+                f"a quote opened on this line is never closed; the {len(rest)} line(s) after it are read again as rows",
+            )
             continue
         if len(lines.record) > 1 and (idx := _stray_quote(lines.record)) is not None:
             rest = lines.record[idx + 1 :]
             lines.push_back(rest)
-            yield _Row(n, lines.record[idx][0], None, "unterminated_quote",
-                       f"a quote opened on this line is closed only by a stray quote {len(rest)} line(s) later; "
-                       "those lines are read again as rows")
+            yield _Row(
+                n,
+                lines.record[idx][0],
+                None,
+                "unterminated_quote",
+                f"a quote opened on this line is closed only by a stray quote {len(rest)} line(s) later; "
+                "those lines are read again as rows",
+            )
             continue
         row = dict(zip(fieldnames, values, strict=False))  # extra values dropped, missing ones None
-        for name in fieldnames[len(values):]:
+        for name in fieldnames[len(values) :]:
             row.setdefault(name, None)
         yield _Row(n, lines.first_line(), row)
 
@@ -326,7 +335,9 @@ def _rows(path: Path, encoding: str) -> Iterator[_Row]:
             if size > MAX_JSON_ARRAY_BYTES:
                 raise ReplayInputError(
                     f"{path} is a JSON array of {size / 2**20:.0f} MiB; arrays over {MAX_JSON_ARRAY_BYTES >> 20} MiB "
-                    "are not read whole", hint=f"convert it to JSON lines: jq -c '.[]' {path} > {path.stem}.jsonl")
+                    "are not read whole",
+                    hint=f"convert it to JSON lines: jq -c '.[]' {path} > {path.stem}.jsonl",
+                )
             fh.seek(0)
             for n, (line, obj) in enumerate(_json_array(path, fh.read()), start=1):
                 if isinstance(obj, dict):
@@ -340,8 +351,13 @@ def _rows(path: Path, encoding: str) -> Iterator[_Row]:
             for line_no, line in enumerate(_bounded_lines(fh, MAX_LINE_CHARS), start=1):
                 if line is None:
                     n += 1
-                    yield _Row(n, line_no, None, "too_long",
-                               f"line longer than {MAX_LINE_CHARS:,} characters (no item is that long)")
+                    yield _Row(
+                        n,
+                        line_no,
+                        None,
+                        "too_long",
+                        f"line longer than {MAX_LINE_CHARS:,} characters (no item is that long)",
+                    )
                     continue
                 if not line.strip():
                     continue
@@ -521,8 +537,11 @@ def replay(
         last_line = now
         read, published = queued + stats.skipped, pipeline.produced - produced_before
         if lines:
-            print(f"replay: {read} rows read, {published} published, {stats.skipped} bad"
-                  + (" (done)" if final else ""), file=sys.stderr, flush=True)
+            print(
+                f"replay: {read} rows read, {published} published, {stats.skipped} bad" + (" (done)" if final else ""),
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             bar.set_postfix(read=read, bad=stats.skipped, refresh=False)
 
@@ -545,8 +564,12 @@ def replay(
                 break
 
             for rec in iter_file_records(
-                path, source=source, source_type=source_type, encoding=encoding,
-                max_text_chars=pipeline.max_text_chars, on_bad_row=on_bad_row,
+                path,
+                source=source,
+                source_type=source_type,
+                encoding=encoding,
+                max_text_chars=pipeline.max_text_chars,
+                on_bad_row=on_bad_row,
             ):
                 if (limit is not None and queued >= limit) or (stop is not None and stop.is_set()):
                     break
@@ -600,8 +623,9 @@ def replay_to_kafka(settings, paths: Sequence[str | Path], **kwargs: Any) -> Rep
 
     kwargs.setdefault("progress", False)
     with Publisher(settings) as publisher:
-        pipeline = Pipeline(publisher=publisher, dedup=DedupStore(None), max_text_chars=settings.max_text_chars,
-                            use_dedup=False)
+        pipeline = Pipeline(
+            publisher=publisher, dedup=DedupStore(None), max_text_chars=settings.max_text_chars, use_dedup=False
+        )
         return replay(paths, pipeline, **kwargs)
 
 

@@ -46,8 +46,9 @@ class Stopper:
         self.event.set()
         if first:
             self.signal_name = signal.Signals(signum).name if signum else "stop"
-            log.info("%s: stopping; the publish in flight gets %.0f s to be acknowledged", self.signal_name,
-                     self.grace_s)
+            log.info(
+                "%s: stopping; the publish in flight gets %.0f s to be acknowledged", self.signal_name, self.grace_s
+            )
         if self.publisher is not None:
             self.publisher.drain(self.grace_s if first else 0.0)  # a second signal: give up at once
 
@@ -64,8 +65,9 @@ class Stopper:
         return self.event.is_set()
 
 
-def readiness(publisher: Any | None, stopper: Stopper | None = None,
-              accepting: Callable[[], bool] | None = None) -> Callable[[], tuple[bool, str]]:
+def readiness(
+    publisher: Any | None, stopper: Stopper | None = None, accepting: Callable[[], bool] | None = None
+) -> Callable[[], tuple[bool, str]]:
     """The ``/readyz`` answer of an ingester: ``(ready, why)``."""
 
     def ready() -> tuple[bool, str]:

@@ -31,7 +31,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         # resolved path, which for an installed package is a site-packages path nobody keeps data in
         default=argparse.SUPPRESS,
         help=f"folder holding {', '.join(DEFAULT_SETS.values())} "
-             "(default: $FINSENT_DATA_DIR, else ../shared/data next to the finsent checkout)",
+        "(default: $FINSENT_DATA_DIR, else ../shared/data next to the finsent checkout)",
     )
     p.add_argument("--fpb", type=Path, help="sentiment CSV (text,label) used instead of the Financial PhraseBank file")
     p.add_argument("--tfns", type=Path, help="sentiment CSV (text,label) used instead of Twitter Financial News")
@@ -55,8 +55,10 @@ def _data_paths(args: argparse.Namespace, command: str) -> dict[str, str] | None
         data.pop("fpb")
     missing = [str(p) for p in data.values() if not Path(p).is_file()]
     if missing:
-        print(f"finsent {command}: missing data file(s): {', '.join(missing)}; give --data-dir or the CSV flags",
-              file=sys.stderr)
+        print(
+            f"finsent {command}: missing data file(s): {', '.join(missing)}; give --data-dir or the CSV flags",
+            file=sys.stderr,
+        )
         return None
     return {k: str(v) for k, v in data.items()}
 
@@ -72,13 +74,13 @@ def _layers(v: str) -> list[int]:
 
 
 def _needs_train_extra(command: str, exc: ImportError) -> int:
-    print(f"finsent {command} needs the training extra ({exc.name} missing): pip install -e .[train]",
-          file=sys.stderr)
+    print(f"finsent {command} needs the training extra ({exc.name} missing): pip install -e .[train]", file=sys.stderr)
     return 2
 
 
-def _train_then_export(args: argparse.Namespace, command: str, run: Callable[[dict[str, str]], None],
-                       **finalize_kw: Any) -> int:
+def _train_then_export(
+    args: argparse.Namespace, command: str, run: Callable[[dict[str, str]], None], **finalize_kw: Any
+) -> int:
     """``finsent train`` and ``distill``: run on the data flags' CSVs (unless --export-only), then export
     and score RUN/best into the model directory."""
     from finsent.models.finalize import finalize
@@ -91,8 +93,10 @@ def _train_then_export(args: argparse.Namespace, command: str, run: Callable[[di
             return 2
         run(data)
     elif not (run_dir / "best").is_dir():
-        print(f"finsent {command} --export-only: {run_dir / 'best'} does not exist; run finsent {command} first",
-              file=sys.stderr)
+        print(
+            f"finsent {command} --export-only: {run_dir / 'best'} does not exist; run finsent {command} first",
+            file=sys.stderr,
+        )
         return 2
     meta = finalize(run_dir, model_out, **finalize_kw)
     print(f"model directory: {model_out} ({meta['model_version']})")
@@ -142,25 +146,36 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--export-only", action="store_true", help="skip training: export and score the run's best checkpoint"
     )
-    p.add_argument("--epochs", type=positive_float, default=2.5,
-                   help="passes over the training split at most (fractions allowed); early stopping and "
-                        "--budget-minutes may end sooner")
+    p.add_argument(
+        "--epochs",
+        type=positive_float,
+        default=2.5,
+        help="passes over the training split at most (fractions allowed); early stopping and "
+        "--budget-minutes may end sooner",
+    )
     p.add_argument(
         "--budget-minutes",
         type=positive_float,
         default=60.0,
         help="training-time budget; the learning rate decays to reach zero within it",
     )
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="examples per optimiser step, mixed from all tasks (memory grows with it)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="examples per optimiser step, mixed from all tasks (memory grows with it)",
+    )
     p.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
     p.add_argument("--head-lr", type=float, default=1e-3, help="heads learning rate")
     p.add_argument("--max-length", type=int, default=96, help="token limit in training")
     p.add_argument("--eval-every", type=positive_float, default=0.5, help="validation every N epochs")
     p.add_argument("--patience", type=int, default=3, help="stop after N validations without improvement")
-    p.add_argument("--seed", type=int, default=13,
-                   help="seeds the splits, the sampling order and the head initialisation: same seed + data = "
-                        "same model")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=13,
+        help="seeds the splits, the sampling order and the head initialisation: same seed + data = same model",
+    )
     p.add_argument(
         "--base-model",
         type=Path,
@@ -198,12 +213,18 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_data_args(d)
-    d.add_argument("--teacher", type=Path,
-                   help="teacher model directory (default: FINSENT_MODEL_DIR, else the shipped model)")
-    d.add_argument("--layers", type=_layers, default=None,
-                   help="teacher layers the student keeps, comma-separated (default 0,2,4)")
-    d.add_argument("--out", type=Path, default=Path("runs") / f"{SHIPPED_MODEL_NAME}-l3",
-                   help="run directory: checkpoint, history, reports (default runs/finsent-minilm-l3)")
+    d.add_argument(
+        "--teacher", type=Path, help="teacher model directory (default: FINSENT_MODEL_DIR, else the shipped model)"
+    )
+    d.add_argument(
+        "--layers", type=_layers, default=None, help="teacher layers the student keeps, comma-separated (default 0,2,4)"
+    )
+    d.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs") / f"{SHIPPED_MODEL_NAME}-l3",
+        help="run directory: checkpoint, history, reports (default runs/finsent-minilm-l3)",
+    )
     d.add_argument("--model-out", type=Path, help="model directory to write (default RUN/model)")
     d.add_argument("--name", default=f"{SHIPPED_MODEL_NAME}-l3", help="model name, the version's prefix")
     d.add_argument("--export-only", action="store_true", help="skip training: export and score RUN/best")
@@ -270,10 +291,19 @@ def register(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sc.add_argument("paths", nargs="*", metavar="PATH", default=["-"],
-                    help="CSV (.csv), JSON lines (.jsonl, .ndjson, .json) or text files; - or none: stdin")
-    sc.add_argument("--format", choices=("auto", "csv", "jsonl", "text"), default="auto",
-                    help="input format (auto: by file suffix; stdin and other suffixes: text)")
+    sc.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        default=["-"],
+        help="CSV (.csv), JSON lines (.jsonl, .ndjson, .json) or text files; - or none: stdin",
+    )
+    sc.add_argument(
+        "--format",
+        choices=("auto", "csv", "jsonl", "text"),
+        default="auto",
+        help="input format (auto: by file suffix; stdin and other suffixes: text)",
+    )
     sc.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
     sc.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
     sc.add_argument("--no-entities", action="store_true", help="skip entity linking (entities: [])")
@@ -325,16 +355,29 @@ def distill_command(args: argparse.Namespace, settings: Any) -> int:
     def run(data: dict[str, str]) -> None:
         teacher = resolve_model_dir(args.teacher or settings.model_dir)
         cfg = TrainConfig(
-            out_dir=str(args.out), data=data, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, head_lr=args.head_lr, budget_minutes=args.budget_minutes, eval_every=args.eval_every,
-            patience=args.patience, threads=args.threads, max_examples=args.max_examples,
-            preprocess=list(DEFAULT_STEPS), teacher=str(teacher), student_layers=list(args.layers or []),
-            distill_alpha=args.alpha, temperature=args.temperature,
+            out_dir=str(args.out),
+            data=data,
+            seed=args.seed,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            head_lr=args.head_lr,
+            budget_minutes=args.budget_minutes,
+            eval_every=args.eval_every,
+            patience=args.patience,
+            threads=args.threads,
+            max_examples=args.max_examples,
+            preprocess=list(DEFAULT_STEPS),
+            teacher=str(teacher),
+            student_layers=list(args.layers or []),
+            distill_alpha=args.alpha,
+            temperature=args.temperature,
         )
         distill(cfg)
 
-    return _train_then_export(args, "distill", run, name=args.name, limit=64 if args.max_examples else 0,
-                              int8_rows=(WORD_EMBEDDINGS,))
+    return _train_then_export(
+        args, "distill", run, name=args.name, limit=64 if args.max_examples else 0, int8_rows=(WORD_EMBEDDINGS,)
+    )
 
 
 def _print_eval(out: dict[str, Any]) -> None:
@@ -342,9 +385,11 @@ def _print_eval(out: dict[str, Any]) -> None:
     for r in out["results"]:
         if r["task"] == "entities":
             sp, ss = r["span"], r["span_sentiment"]
-            print(f"  {r['path']}: entities  n={r['n']:5d} spans={r['gold_spans']} span P/R/F1="
-                  f"{sp['precision']:.4f}/{sp['recall']:.4f}/{sp['f1']:.4f} span+sentiment F1={ss['f1']:.4f}"
-                  + (f" linked={r['linked']:.4f}" if "linked" in r else ""))
+            print(
+                f"  {r['path']}: entities  n={r['n']:5d} spans={r['gold_spans']} span P/R/F1="
+                f"{sp['precision']:.4f}/{sp['recall']:.4f}/{sp['f1']:.4f} span+sentiment F1={ss['f1']:.4f}"
+                + (f" linked={r['linked']:.4f}" if "linked" in r else "")
+            )
             continue
         print(f"  {r['path']}: {r['task']:9s} n={r['n']:5d} accuracy={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f}")
 
@@ -353,9 +398,14 @@ def _load_classifier(args: argparse.Namespace, settings: Any, **kw: Any) -> Any:
     """The classifier ``eval`` and ``score`` use: ``--model-dir``/``--variant`` over the settings."""
     from finsent.models.runtime import Classifier
 
-    return Classifier.load(args.model_dir or settings.model_dir, variant=args.variant or settings.model_variant,
-                           threads=settings.model_threads, cache_dir=settings.cache_dir,
-                           spinning=settings.model_spinning, **kw)
+    return Classifier.load(
+        args.model_dir or settings.model_dir,
+        variant=args.variant or settings.model_variant,
+        threads=settings.model_threads,
+        cache_dir=settings.cache_dir,
+        spinning=settings.model_spinning,
+        **kw,
+    )
 
 
 def eval_command(args: argparse.Namespace, settings: Any) -> int:
@@ -364,8 +414,11 @@ def eval_command(args: argparse.Namespace, settings: Any) -> int:
     clf = _load_classifier(args, settings)
     entity_files = [p for p in args.csv if is_finentity_file(p)]
     csv_files = [p for p in args.csv if p not in entity_files]
-    out = evaluate_files(clf, csv_files) if csv_files else {
-        "model_version": clf.version, "variant": clf.variant, "provider": clf.provider, "results": []}
+    out = (
+        evaluate_files(clf, csv_files)
+        if csv_files
+        else {"model_version": clf.version, "variant": clf.variant, "provider": clf.provider, "results": []}
+    )
     by_path = {r["path"]: r for r in out["results"]}
     for p in entity_files:
         by_path[str(p)] = {"path": str(p), **evaluate_finentity(clf, p)}
@@ -385,6 +438,8 @@ def score_command(args: argparse.Namespace, settings: Any) -> int:
     if not args.quiet and stats.seconds >= 2.0:
         print(f"finsent score: {stats.scored} scored, {stats.bad} bad rows in {stats.seconds:.1f} s", file=sys.stderr)
     if stats.scored == 0 and stats.bad:
-        raise InputError(f"no row could be scored ({stats.bad} bad rows; each has an error line on stdout)",
-                         hint="check the error reasons; CSV needs a 'text' column, JSONL a 'text' key")
+        raise InputError(
+            f"no row could be scored ({stats.bad} bad rows; each has an error line on stdout)",
+            hint="check the error reasons; CSV needs a 'text' column, JSONL a 'text' key",
+        )
     return 0

@@ -85,8 +85,13 @@ def distill(cfg: TrainConfig) -> Path:
     cfg.student_layers = list(layers)
     cfg.base_model = str(teacher_dir)  # its tokenizer.json: the student reads text exactly as the teacher
     student = student_from_teacher(teacher, layers)
-    log.info("distilling %s (%d layers) into layers %s on %s", teacher_dir, teacher.encoder.config.num_hidden_layers,
-             list(layers), hardware())
+    log.info(
+        "distilling %s (%d layers) into layers %s on %s",
+        teacher_dir,
+        teacher.encoder.config.num_hidden_layers,
+        list(layers),
+        hardware(),
+    )
     train_sets = splits.train
     tok = load_tokenizer(cfg.base_model)
     examples = encode_examples(train_sets, tok, cfg.max_length, check_steps(cfg.preprocess))

@@ -111,8 +111,9 @@ def finentity_split(paragraphs: Sequence[EntityParagraph], seed: int = SPLIT_SEE
     return ([p for i, p in enumerate(paragraphs) if i not in held], [p for i, p in enumerate(paragraphs) if i in held])
 
 
-def token_tags(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int, str]],
-               special: Sequence[int]) -> list[int]:
+def token_tags(
+    offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int, str]], special: Sequence[int]
+) -> list[int]:
     """The tag index of each token: special tokens get :data:`IGNORE`, tokens inside a span ``B-``/``I-``."""
     code = {v: k for k, v in POLARITY.items()}
     tags = [IGNORE if sp else 0 for sp in special]
@@ -131,8 +132,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def decode_spans(logits: np.ndarray, offsets: Sequence[tuple[int, int]], special: Sequence[int],
-                 text: str) -> list[Span]:
+def decode_spans(
+    logits: np.ndarray, offsets: Sequence[tuple[int, int]], special: Sequence[int], text: str
+) -> list[Span]:
     """Character spans ``(start, end, sentiment, probs)`` from one text's token logits ``[tokens, len(TAGS)]``.
 
     ``offsets``/``special``: the tokenizer's offset mapping and special-token mask for the same tokens;
@@ -252,14 +254,34 @@ def span_f1(gold: Sequence[EntityParagraph], predicted: Sequence[Sequence[Span]]
     def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
         pr = tp / (tp + fp) if tp + fp else 0.0
         rc = tp / (tp + fn) if tp + fn else 0.0
-        return {"precision": round(pr, 4), "recall": round(rc, 4), "f1": round(2 * pr * rc / (pr + rc), 4)
-                if pr + rc else 0.0, "tp": tp, "fp": fp, "fn": fn}
+        return {
+            "precision": round(pr, 4),
+            "recall": round(rc, 4),
+            "f1": round(2 * pr * rc / (pr + rc), 4) if pr + rc else 0.0,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+        }
 
     return {"span": prf(*span), "span_sentiment": prf(*full)}
 
 
 __all__ = [
-    "FINENTITY_LABELS", "IGNORE", "POLARITY", "SENTIMENTS", "SPLIT_SEED", "Span", "TAGS", "TOKEN_OUTPUT",
-    "EntityParagraph", "decode_spans", "finentity_split", "map_spans", "prepare_with_map", "read_finentity_spans",
-    "realign", "span_f1", "token_tags",
+    "FINENTITY_LABELS",
+    "IGNORE",
+    "POLARITY",
+    "SENTIMENTS",
+    "SPLIT_SEED",
+    "Span",
+    "TAGS",
+    "TOKEN_OUTPUT",
+    "EntityParagraph",
+    "decode_spans",
+    "finentity_split",
+    "map_spans",
+    "prepare_with_map",
+    "read_finentity_spans",
+    "realign",
+    "span_f1",
+    "token_tags",
 ]

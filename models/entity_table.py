@@ -47,28 +47,141 @@ CURATED_COMMON_RANK = 2000
 #: Kept here (not in the linker) only for building; the linker has its own copy for unlinked names.
 LEGAL_SUFFIXES: frozenset[str] = frozenset(
     [
-        "inc", "incorporated", "corp", "corporation", "co", "company", "cos", "ltd", "limited", "plc", "llc", "lp",
-        "llp", "ag", "se", "sa", "nv", "bv", "spa", "ab", "asa", "oyj", "kgaa", "gmbh", "holdings", "holding", "group",
-        "com", "the", "adr", "ads", "reit", "trust", "na", "sab", "cv", "de"
+        "inc",
+        "incorporated",
+        "corp",
+        "corporation",
+        "co",
+        "company",
+        "cos",
+        "ltd",
+        "limited",
+        "plc",
+        "llc",
+        "lp",
+        "llp",
+        "ag",
+        "se",
+        "sa",
+        "nv",
+        "bv",
+        "spa",
+        "ab",
+        "asa",
+        "oyj",
+        "kgaa",
+        "gmbh",
+        "holdings",
+        "holding",
+        "group",
+        "com",
+        "the",
+        "adr",
+        "ads",
+        "reit",
+        "trust",
+        "na",
+        "sab",
+        "cv",
+        "de",
     ]
 )
 
 #: the legal forms alone (no filler such as "group", "holdings", "trust")
 LEGAL_ONLY: frozenset[str] = frozenset(
     [
-        "inc", "incorporated", "corp", "corporation", "co", "cos", "ltd", "limited", "plc", "llc", "lp", "llp", "ag",
-        "se", "sa", "nv", "bv", "spa", "ab", "asa", "oyj", "kgaa", "gmbh", "sab", "cv", "de", "na"
+        "inc",
+        "incorporated",
+        "corp",
+        "corporation",
+        "co",
+        "cos",
+        "ltd",
+        "limited",
+        "plc",
+        "llc",
+        "lp",
+        "llp",
+        "ag",
+        "se",
+        "sa",
+        "nv",
+        "bv",
+        "spa",
+        "ab",
+        "asa",
+        "oyj",
+        "kgaa",
+        "gmbh",
+        "sab",
+        "cv",
+        "de",
+        "na",
     ]
 )
 #: single words of financial news that index members' short names collide with: always weak
 FINANCE_WORDS: frozenset[str] = frozenset(
     [
-        "crypto", "bullish", "bearish", "investor", "investors", "partners", "capital", "markets", "market", "trading",
-        "exchange", "finance", "financial", "digital", "blockchain", "token", "tokens", "coin", "coins", "nft", "nfts",
-        "defi", "web3", "metaverse", "fintech", "bank", "banks", "energy", "gold", "silver", "oil", "gas", "bond",
-        "bonds", "stock", "stocks", "equity", "fund", "funds", "trust", "holdings", "global", "international",
-        "american", "national", "general", "pool", "first", "united", "standard", "premier", "pioneer", "summit",
-        "frontier", "ally", "progressive", "travelers", "principal", "citizens", "regions"
+        "crypto",
+        "bullish",
+        "bearish",
+        "investor",
+        "investors",
+        "partners",
+        "capital",
+        "markets",
+        "market",
+        "trading",
+        "exchange",
+        "finance",
+        "financial",
+        "digital",
+        "blockchain",
+        "token",
+        "tokens",
+        "coin",
+        "coins",
+        "nft",
+        "nfts",
+        "defi",
+        "web3",
+        "metaverse",
+        "fintech",
+        "bank",
+        "banks",
+        "energy",
+        "gold",
+        "silver",
+        "oil",
+        "gas",
+        "bond",
+        "bonds",
+        "stock",
+        "stocks",
+        "equity",
+        "fund",
+        "funds",
+        "trust",
+        "holdings",
+        "global",
+        "international",
+        "american",
+        "national",
+        "general",
+        "pool",
+        "first",
+        "united",
+        "standard",
+        "premier",
+        "pioneer",
+        "summit",
+        "frontier",
+        "ally",
+        "progressive",
+        "travelers",
+        "principal",
+        "citizens",
+        "regions",
     ]
 )
 _AMOUNT = re.compile(r"\d+(?:k|m|b|bn|mm)")
@@ -126,8 +239,13 @@ OTHERS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("PRIV:ALAMEDA", "Alameda Research", "private", ("Alameda Research", "Alameda"), ()),
     ("PRIV:BINANCE", "Binance", "private", ("Binance", "Binance.US", "Binance US"), ()),
     ("PRIV:CELSIUS", "Celsius Network", "private", ("Celsius Network", "Celsius"), ("CEL",)),
-    ("PRIV:GENESIS", "Genesis Global", "private", ("Genesis Global", "Genesis Global Trading", "Genesis Trading",
-                                                   "Genesis Global Capital", "Genesis"), ()),
+    (
+        "PRIV:GENESIS",
+        "Genesis Global",
+        "private",
+        ("Genesis Global", "Genesis Global Trading", "Genesis Trading", "Genesis Global Capital", "Genesis"),
+        (),
+    ),
     ("PRIV:DCG", "Digital Currency Group", "private", ("Digital Currency Group", "DCG"), ()),
     ("PRIV:BLOCKFI", "BlockFi", "private", ("BlockFi",), ()),
     ("PRIV:VOYAGER", "Voyager Digital", "private", ("Voyager Digital", "Voyager"), ()),
@@ -144,8 +262,13 @@ OTHERS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("0700.HK", "Tencent", "company", ("Tencent", "Tencent Holdings"), ()),
     ("IDX:SPX", "S&P 500", "index", ("S&P 500", "S&P500", "Standard & Poor's 500", "SPX"), ()),
     ("IDX:DJI", "Dow Jones Industrial Average", "index", ("Dow Jones Industrial Average", "Dow Jones", "DJIA"), ()),
-    ("IDX:IXIC", "Nasdaq Composite", "index", ("Nasdaq Composite", "Nasdaq Composite Index", "IXIC",
-                                                        "Nasdaq"), ()),  # "the Nasdaq" is the index in market news
+    (
+        "IDX:IXIC",
+        "Nasdaq Composite",
+        "index",
+        ("Nasdaq Composite", "Nasdaq Composite Index", "IXIC", "Nasdaq"),
+        (),
+    ),  # "the Nasdaq" is the index in market news
     ("IDX:NDX", "Nasdaq 100", "index", ("Nasdaq 100", "Nasdaq-100", "NDX"), ()),
     ("IDX:RUT", "Russell 2000", "index", ("Russell 2000",), ()),
     ("IDX:STOXX600", "STOXX Europe 600", "index", ("STOXX 600", "STOXX Europe 600", "pan-European STOXX 600"), ()),
@@ -154,23 +277,48 @@ OTHERS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("IDX:N225", "Nikkei 225", "index", ("Nikkei 225", "Nikkei"), ()),
     ("IDX:HSI", "Hang Seng", "index", ("Hang Seng", "Hang Seng Index"), ()),
     ("IDX:VIX", "VIX", "index", ("VIX", "Cboe Volatility Index"), ()),
-    ("IDX:SOX", "Philadelphia Semiconductor Index", "index", ("Philadelphia Semiconductor Index",
-                                                               "Philadelphia SE Semiconductor Index"), ()),
+    (
+        "IDX:SOX",
+        "Philadelphia Semiconductor Index",
+        "index",
+        ("Philadelphia Semiconductor Index", "Philadelphia SE Semiconductor Index"),
+        (),
+    ),
     ("CMD:BRENT", "Brent crude", "commodity", ("Brent", "Brent crude", "Brent crude futures"), ()),
-    ("CMD:WTI", "West Texas Intermediate", "commodity", ("West Texas Intermediate", "WTI",
-                                                          "U.S. West Texas Intermediate"), ()),
+    (
+        "CMD:WTI",
+        "West Texas Intermediate",
+        "commodity",
+        ("West Texas Intermediate", "WTI", "U.S. West Texas Intermediate"),
+        (),
+    ),
     ("ORG:OPEC", "OPEC", "organisation", ("OPEC", "OPEC+"), ()),
-    ("ORG:SEC", "US Securities and Exchange Commission", "regulator", ("Securities and Exchange Commission",
-                                                                       "U.S. Securities and Exchange Commission"),
-     ()),
+    (
+        "ORG:SEC",
+        "US Securities and Exchange Commission",
+        "regulator",
+        ("Securities and Exchange Commission", "U.S. Securities and Exchange Commission"),
+        (),
+    ),
     ("ORG:IMF", "International Monetary Fund", "organisation", ("International Monetary Fund", "IMF"), ()),
     ("ORG:USTREASURY", "US Treasury", "government", ("U.S. Treasury", "US Treasury", "Treasury Department"), ()),
 )
 
 #: (id, name, aliases; acronyms are matched case-sensitively as written)
 CENTRAL_BANKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("CB:FED", "Federal Reserve", ("Federal Reserve", "Fed", "FOMC", "Federal Open Market Committee",
-                                  "Federal Reserve Board", "US Federal Reserve", "U.S. Federal Reserve")),
+    (
+        "CB:FED",
+        "Federal Reserve",
+        (
+            "Federal Reserve",
+            "Fed",
+            "FOMC",
+            "Federal Open Market Committee",
+            "Federal Reserve Board",
+            "US Federal Reserve",
+            "U.S. Federal Reserve",
+        ),
+    ),
     ("CB:ECB", "European Central Bank", ("European Central Bank", "ECB")),
     ("CB:BOE", "Bank of England", ("Bank of England", "BoE", "BOE")),
     ("CB:BOJ", "Bank of Japan", ("Bank of Japan", "BoJ", "BOJ")),
@@ -186,8 +334,11 @@ CENTRAL_BANKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("CB:BCB", "Banco Central do Brasil", ("Banco Central do Brasil", "Central Bank of Brazil")),
     ("CB:CBR", "Bank of Russia", ("Bank of Russia", "Central Bank of Russia")),
     ("CB:BOK", "Bank of Korea", ("Bank of Korea",)),
-    ("CB:CBRT", "Central Bank of the Republic of Turkey", ("Central Bank of Turkey", "Turkish central bank",
-                                                           "Central Bank of the Republic of Turkey", "CBRT")),
+    (
+        "CB:CBRT",
+        "Central Bank of the Republic of Turkey",
+        ("Central Bank of Turkey", "Turkish central bank", "Central Bank of the Republic of Turkey", "CBRT"),
+    ),
     ("CB:BANXICO", "Banco de Mexico", ("Banxico", "Banco de Mexico", "Bank of Mexico")),
     ("CB:SARB", "South African Reserve Bank", ("South African Reserve Bank", "SARB")),
     ("CB:HKMA", "Hong Kong Monetary Authority", ("Hong Kong Monetary Authority", "HKMA")),
@@ -249,8 +400,9 @@ def strip_legal(name: str, legal_only: bool = False) -> str:
     cleaned = _STATE.sub("", _PAREN.sub("", name)).strip(" ,.&")
     words = cleaned.split()
     suffixes = LEGAL_ONLY if legal_only else LEGAL_SUFFIXES
-    while len(words) > 1 and (tokens(words[-1]) == [] or " ".join(tokens(words[-1])) in suffixes
-                              or words[-1] in {"&", "+"}):
+    while len(words) > 1 and (
+        tokens(words[-1]) == [] or " ".join(tokens(words[-1])) in suffixes or words[-1] in {"&", "+"}
+    ):
         words.pop()
     if len(words) > 1 and words[0].casefold() == "the":
         words = words[1:]
@@ -262,8 +414,17 @@ def display_name(name: str) -> str:
     cleaned = _STATE.sub("", name).strip(" ,")
     if cleaned.upper() != cleaned or len(cleaned) <= 4:
         return cleaned
-    small = {"OF": "of", "AND": "and", "THE": "the", "FOR": "for", "INC": "Inc", "CORP": "Corp", "CO": "Co",
-             "LTD": "Ltd", "COM": "Com"}
+    small = {
+        "OF": "of",
+        "AND": "and",
+        "THE": "the",
+        "FOR": "for",
+        "INC": "Inc",
+        "CORP": "Corp",
+        "CO": "Co",
+        "LTD": "Ltd",
+        "COM": "Com",
+    }
     out = [small.get(w) or (w if len(w) <= 3 or not w.isalpha() else w.capitalize()) for w in cleaned.split()]
     if out:
         out[0] = out[0][0].upper() + out[0][1:]
@@ -293,8 +454,15 @@ class _Table:
         self.common_all = common_all
         self.common_top = common_top
 
-    def add(self, ent: dict[str, Any], aliases: Iterable[str], symbols: Iterable[str], curated: bool,
-            loose: frozenset[str] = frozenset(), strong: frozenset[str] = frozenset()) -> None:
+    def add(
+        self,
+        ent: dict[str, Any],
+        aliases: Iterable[str],
+        symbols: Iterable[str],
+        curated: bool,
+        loose: frozenset[str] = frozenset(),
+        strong: frozenset[str] = frozenset(),
+    ) -> None:
         """Add an entity unless its id is taken; ``curated``: a well-known name (index member, hand list);
         ``loose``: aliases made by dropping filler words ("Partners Group" -> "Partners"), weak when common."""
         eid = ent["id"]
@@ -311,9 +479,17 @@ class _Table:
             kept_aliases.append(alias)
             if not curated and alias not in strong and all(t in self.common_all for t in key.split(" ")):
                 weak.append(alias)  # an SEC-only name of common words only: "First National", "Global Partners"
-            elif " " not in key and alias not in strong and (
-                    not curated or key in self.common_top or key in FINANCE_WORDS
-                    or (alias in loose and key in self.common_all) or _AMOUNT.fullmatch(key)):
+            elif (
+                " " not in key
+                and alias not in strong
+                and (
+                    not curated
+                    or key in self.common_top
+                    or key in FINANCE_WORDS
+                    or (alias in loose and key in self.common_all)
+                    or _AMOUNT.fullmatch(key)
+                )
+            ):
                 weak.append(alias)
         kept_symbols: list[str] = []
         for sym in symbols:
@@ -336,8 +512,11 @@ class _Table:
 
 def _common_words(tokenizer_json: Path) -> tuple[set[str], set[str]]:
     vocab = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]
-    words = [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1])
-             if w.isascii() and w.isalpha() and len(w) > 1 and not w.startswith("##")]
+    words = [
+        w
+        for w, _ in sorted(vocab.items(), key=lambda kv: kv[1])
+        if w.isascii() and w.isalpha() and len(w) > 1 and not w.startswith("##")
+    ]
     return set(words), set(words[:CURATED_COMMON_RANK])
 
 
@@ -391,8 +570,12 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
     table = _Table(common_all, common_top)
 
     for eid, name, aliases, bare, backed in CRYPTO:
-        table.add({"id": eid, "name": name, "kind": "crypto", "bare": list(bare)}, (name, *aliases),
-                  (*bare, *backed), curated=True)
+        table.add(
+            {"id": eid, "name": name, "kind": "crypto", "bare": list(bare)},
+            (name, *aliases),
+            (*bare, *backed),
+            curated=True,
+        )
     for eid, name, aliases in CENTRAL_BANKS:
         table.add({"id": eid, "name": name, "kind": "central_bank"}, (name, *aliases), (), curated=True)
         table.entities[eid].pop("weak", None)  # curated acronyms: matched case-sensitively by the linker
@@ -452,11 +635,22 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
             if alias_key_of(sec_short) not in {alias_key_of(a) for a in aliases}:
                 aliases.append(sec_short)
                 loose.add(sec_short)
-        table.add({"id": eid, "name": strip_legal(name) or name, "kind": "company", "tickers": tickers,
-                   "isin": list(dict.fromkeys(c.get("isins") or [])), "cik": cik,
-                   "people": _people(meta.get("key_people"))},
-                  aliases, [eid, *symbols], curated=True, loose=frozenset(loose),
-                  strong=frozenset(EXTRA_ALIASES.get(eid, ())))
+        table.add(
+            {
+                "id": eid,
+                "name": strip_legal(name) or name,
+                "kind": "company",
+                "tickers": tickers,
+                "isin": list(dict.fromkeys(c.get("isins") or [])),
+                "cik": cik,
+                "people": _people(meta.get("key_people")),
+            },
+            aliases,
+            [eid, *symbols],
+            curated=True,
+            loose=frozenset(loose),
+            strong=frozenset(EXTRA_ALIASES.get(eid, ())),
+        )
 
     # SEC: the rest of the US universe, one entity per CIK, id = its first (largest) ticker
     for cik, rows in sec_by_cik.items():
@@ -468,9 +662,13 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
         for r in rows:
             if r.get("exchange"):
                 tickers.setdefault(r["exchange"].upper(), norm_symbol(r["ticker"]))
-        table.add({"id": first, "name": strip_legal(name) or name, "kind": "company", "tickers": tickers, "cik": cik},
-                  [strip_legal(name), name, *EXTRA_ALIASES.get(first, ())], [r["ticker"] for r in rows], curated=False,
-                  strong=frozenset(EXTRA_ALIASES.get(first, ())))
+        table.add(
+            {"id": first, "name": strip_legal(name) or name, "kind": "company", "tickers": tickers, "cik": cik},
+            [strip_legal(name), name, *EXTRA_ALIASES.get(first, ())],
+            [r["ticker"] for r in rows],
+            curated=False,
+            strong=frozenset(EXTRA_ALIASES.get(first, ())),
+        )
 
     header = {
         "format": FORMAT,
@@ -479,10 +677,10 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
         "symbols": len(table.symbol_owner),
         "sources": {
             "curated": "finsent (Apache-2.0): crypto assets, central banks, private firms, indices, commodities, "
-                       "organisations, short press names",
+            "organisations, short press names",
             "pytickersymbols": f"pytickersymbols {version('pytickersymbols')} (MIT)",
             "sec": f"SEC company_tickers (US government work, public domain) via edgartools {version('edgartools')} "
-                   "(MIT)",
+            "(MIT)",
         },
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -503,18 +701,26 @@ def read_table(path: Path = TABLE_FILE) -> tuple[dict[str, Any], list[dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m finsent.models.entity_table",
-                                description="Build the shipped entity table (needs pip install -e .[entities-build])")
+    p = argparse.ArgumentParser(
+        prog="python -m finsent.models.entity_table",
+        description="Build the shipped entity table (needs pip install -e .[entities-build])",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="read pytickersymbols and the SEC table, write the gzip JSON lines table")
     b.add_argument("--out", type=Path, default=TABLE_FILE, help=f"default {TABLE_FILE}")
-    b.add_argument("--tokenizer", type=Path, help="tokenizer.json whose vocabulary defines common words "
-                                                  "(default: the shipped model's)")
+    b.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="tokenizer.json whose vocabulary defines common words (default: the shipped model's)",
+    )
     args = p.parse_args(argv)
     header = build(args.out, args.tokenizer)
     size = args.out.stat().st_size
-    print(f"{args.out}: {header['entities']} entities, {header['aliases']} aliases, {header['symbols']} symbols, "
-          f"{size / 1e6:.2f} MB", file=sys.stderr)
+    print(
+        f"{args.out}: {header['entities']} entities, {header['aliases']} aliases, {header['symbols']} symbols, "
+        f"{size / 1e6:.2f} MB",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -37,8 +37,12 @@ def score(truth: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> d
         recall = hits[lab] / true_n[lab] if true_n[lab] else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         f1s.append(f1)
-        per_class[lab] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1-score": round(f1, 4),
-                          "support": true_n[lab]}
+        per_class[lab] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1-score": round(f1, 4),
+            "support": true_n[lab],
+        }
     return {
         "n": len(truth),
         "accuracy": sum(hits.values()) / len(truth) if truth else 0.0,
@@ -102,8 +106,10 @@ def read_finentity(path: str | Path) -> list[tuple[str, list[tuple[str, str]]]]:
     try:
         data = json.loads(p.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
-        raise InputError(f"{p}: not a readable JSON file ({exc})",
-                         hint='FinEntity format: [{"content": ..., "annotations": [{"value", "label"}]}]') from None
+        raise InputError(
+            f"{p}: not a readable JSON file ({exc})",
+            hint='FinEntity format: [{"content": ..., "annotations": [{"value", "label"}]}]',
+        ) from None
     if not isinstance(data, list):
         raise InputError(f"{p}: FinEntity format is a JSON list of paragraphs", hint="see finsent eval --help")
     out: list[tuple[str, list[tuple[str, str]]]] = []
@@ -111,13 +117,17 @@ def read_finentity(path: str | Path) -> list[tuple[str, list[tuple[str, str]]]]:
         content = para.get("content") if isinstance(para, dict) else None
         anns = para.get("annotations", []) if isinstance(para, dict) else None
         if not isinstance(content, str) or not content.strip() or not isinstance(anns, list):
-            raise InputError(f"{p}: paragraph {i} lacks a text 'content' or an 'annotations' list",
-                             hint='each item is {"content": str, "annotations": [{"value", "label", ...}]}')
+            raise InputError(
+                f"{p}: paragraph {i} lacks a text 'content' or an 'annotations' list",
+                hint='each item is {"content": str, "annotations": [{"value", "label", ...}]}',
+            )
         spans = []
         for a in anns:
             if not isinstance(a, dict) or not isinstance(a.get("value"), str) or not isinstance(a.get("label"), str):
-                raise InputError(f"{p}: paragraph {i} has an annotation without a string value and label",
-                                 hint="each annotation needs value (the span text) and label (sentiment)")
+                raise InputError(
+                    f"{p}: paragraph {i} has an annotation without a string value and label",
+                    hint="each annotation needs value (the span text) and label (sentiment)",
+                )
             spans.append((a["value"], a["label"].strip().lower()))
         out.append((content, spans))
     return out
@@ -127,8 +137,14 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "tp": tp, "fp": fp,
-            "fn": fn}
+    return {
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
 
 
 def predicted_spans(clf: Any, text: str, pred: Any) -> set[tuple[str, str]]:
@@ -143,7 +159,7 @@ def predicted_spans(clf: Any, text: str, pred: Any) -> set[tuple[str, str]]:
         for occ in linker.find(text):
             m = by_key.get(occ.entity_id)
             if m is not None:
-                out.add((normalise_name(text[occ.start:occ.end]), m.sentiment))
+                out.add((normalise_name(text[occ.start : occ.end]), m.sentiment))
     return out
 
 
@@ -185,8 +201,10 @@ def evaluate_finentity(clf: Any, path: str | Path) -> dict[str, Any]:
                 gold_spans += 1
                 start = content.find(value)
                 end = start + len(value)
-                if start >= 0 and (any(f.start < end and start < f.end for f in found)
-                                   or linker.link_span(content, start, end)[0] is not None):
+                if start >= 0 and (
+                    any(f.start < end and start < f.end for f in found)
+                    or linker.link_span(content, start, end)[0] is not None
+                ):
                     linked += 1
     out: dict[str, Any] = {
         "task": "entities",

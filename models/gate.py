@@ -38,24 +38,32 @@ def decide(
     for name, cand in candidate_fp32.items():
         if not cand.get("n"):
             continue
-        row: dict[str, Any] = {"task": cand.get("task"), "n": cand["n"], "candidate_macro_f1": cand["macro_f1"],
-                               "candidate_accuracy": cand["accuracy"]}
+        row: dict[str, Any] = {
+            "task": cand.get("task"),
+            "n": cand["n"],
+            "candidate_macro_f1": cand["macro_f1"],
+            "candidate_accuracy": cand["accuracy"],
+        }
         q = candidate_int8.get(name)
         if q is not None:
             drop = cand["accuracy"] - q["accuracy"]
             row.update(int8_accuracy=q["accuracy"], int8_macro_f1=q["macro_f1"], int8_accuracy_drop=drop)
             if drop > int8_max_drop + 1e-12:
                 failed = True
-                reasons.append(f"{name}: int8 accuracy {q['accuracy']:.4f} trails fp32 {cand['accuracy']:.4f} "
-                               f"by {drop:.4f} > {int8_max_drop}")
+                reasons.append(
+                    f"{name}: int8 accuracy {q['accuracy']:.4f} trails fp32 {cand['accuracy']:.4f} "
+                    f"by {drop:.4f} > {int8_max_drop}"
+                )
         prod = (production or {}).get(name)
         if prod is not None:
             delta = cand["macro_f1"] - prod["macro_f1"]
             row.update(production_macro_f1=prod["macro_f1"], production_accuracy=prod["accuracy"], delta=delta)
             if delta < -tolerance - 1e-12:
                 failed = True
-                reasons.append(f"{name}: macro-F1 {cand['macro_f1']:.4f} vs production {prod['macro_f1']:.4f} "
-                               f"({delta:+.4f}) is worse by more than the tolerance {tolerance}")
+                reasons.append(
+                    f"{name}: macro-F1 {cand['macro_f1']:.4f} vs production {prod['macro_f1']:.4f} "
+                    f"({delta:+.4f}) is worse by more than the tolerance {tolerance}"
+                )
             elif delta > min_gain:
                 gained.append(name)
         sets[name] = row
@@ -92,7 +100,10 @@ def summary_lines(gate: dict[str, Any]) -> list[str]:
         drop = f"{r['int8_accuracy_drop']:+.4f}" if "int8_accuracy_drop" in r else "-"
         lines.append(f"| {name} | {r['task']} | {r['n']} | {prod} | {r['candidate_macro_f1']:.4f} | {delta} | {drop} |")
     t = gate["thresholds"]
-    lines += ["", f"thresholds: tolerance {t['tolerance']}, min gain {t['min_gain']}, "
-                  f"int8 max drop {t['int8_max_drop']}", ""]
+    lines += [
+        "",
+        f"thresholds: tolerance {t['tolerance']}, min gain {t['min_gain']}, int8 max drop {t['int8_max_drop']}",
+        "",
+    ]
     lines += [f"- {r}" for r in gate["reasons"]]
     return lines

@@ -76,9 +76,34 @@ NEUTRAL_PROBS: dict[str, float] = {"negative": 0.0, "neutral": 1.0, "positive": 
 
 LEGAL_SUFFIXES: frozenset[str] = frozenset(
     [
-        "inc", "incorporated", "corp", "corporation", "co", "company", "cos", "ltd", "limited", "plc", "llc", "lp",
-        "llp", "ag", "se", "sa", "nv", "bv", "spa", "ab", "asa", "oyj", "kgaa", "gmbh", "holdings", "holding", "group",
-        "com"
+        "inc",
+        "incorporated",
+        "corp",
+        "corporation",
+        "co",
+        "company",
+        "cos",
+        "ltd",
+        "limited",
+        "plc",
+        "llc",
+        "lp",
+        "llp",
+        "ag",
+        "se",
+        "sa",
+        "nv",
+        "bv",
+        "spa",
+        "ab",
+        "asa",
+        "oyj",
+        "kgaa",
+        "gmbh",
+        "holdings",
+        "holding",
+        "group",
+        "com",
     ]
 )
 #: suffix words a name match is extended over ("Apple" + " Inc." -> the surface "Apple Inc.")
@@ -89,10 +114,31 @@ _TOKEN = re.compile(r"[^\W_]+")
 _GAP_OK = re.compile(r"[\s.&'’+-]{1,3}")
 _CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,5}(?:[./-][A-Za-z0-9]{1,2})?)(?![\w])")
 _EXCHANGES = {
-    "NASDAQ": "NASDAQ", "NYSE": "NYSE", "NYSEARCA": "NYSEARCA", "NYSEAMERICAN": "NYSEAMERICAN", "AMEX": "NYSEAMERICAN",
-    "CBOE": "CBOE", "BATS": "CBOE", "OTC": "OTC", "OTCMKTS": "OTCMKTS", "LON": "LON", "LSE": "LON", "FRA": "FRA",
-    "ETR": "ETR", "XETRA": "ETR", "EPA": "EPA", "AMS": "AMS", "EBR": "EBR", "BIT": "BIT", "BME": "BME",
-    "TYO": "TYO", "TSE": "TYO", "SWX": "SWX", "STO": "STO", "HEL": "HEL", "ELI": "ELI",
+    "NASDAQ": "NASDAQ",
+    "NYSE": "NYSE",
+    "NYSEARCA": "NYSEARCA",
+    "NYSEAMERICAN": "NYSEAMERICAN",
+    "AMEX": "NYSEAMERICAN",
+    "CBOE": "CBOE",
+    "BATS": "CBOE",
+    "OTC": "OTC",
+    "OTCMKTS": "OTCMKTS",
+    "LON": "LON",
+    "LSE": "LON",
+    "FRA": "FRA",
+    "ETR": "ETR",
+    "XETRA": "ETR",
+    "EPA": "EPA",
+    "AMS": "AMS",
+    "EBR": "EBR",
+    "BIT": "BIT",
+    "BME": "BME",
+    "TYO": "TYO",
+    "TSE": "TYO",
+    "SWX": "SWX",
+    "STO": "STO",
+    "HEL": "HEL",
+    "ELI": "ELI",
 }
 _US_EXCHANGES = frozenset({"NASDAQ", "NYSE", "NYSEARCA", "NYSEAMERICAN", "CBOE", "OTC", "OTCMKTS"})
 _EXCHANGE_SYMBOL = re.compile(
@@ -239,8 +285,10 @@ class Linker:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             header = json.loads(fh.readline())
             if header.get("format") != TABLE_FORMAT:
-                raise ConfigError(f"{path}: entity table format {header.get('format')!r}, this finsent reads "
-                                  f"{TABLE_FORMAT}", hint="rebuild it: python -m finsent.models.entity_table build")
+                raise ConfigError(
+                    f"{path}: entity table format {header.get('format')!r}, this finsent reads {TABLE_FORMAT}",
+                    hint="rebuild it: python -m finsent.models.entity_table build",
+                )
             return cls(json.loads(line) for line in fh if line.strip())
 
     def add_user_file(self, path: str | os.PathLike[str]) -> int:
@@ -252,16 +300,19 @@ class Linker:
         try:
             raw = p.read_text(encoding="utf-8-sig")
         except OSError as exc:
-            raise ConfigError(f"{ENTITIES_FILE_ENV}={p}: cannot read it ({exc.strerror or exc})",
-                              hint="point it at a JSON lines or CSV file of id,name,aliases,tickers") from None
+            raise ConfigError(
+                f"{ENTITIES_FILE_ENV}={p}: cannot read it ({exc.strerror or exc})",
+                hint="point it at a JSON lines or CSV file of id,name,aliases,tickers",
+            ) from None
         rows = list(_user_rows(p, raw))
         for line, row in rows:
             try:
                 self.add(row, override=True)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                raise ConfigError(f"{p}:{line}: not an entity ({exc})",
-                                  hint="each row needs an id; aliases and tickers are lists or '|'-separated") \
-                    from None
+                raise ConfigError(
+                    f"{p}:{line}: not an entity ({exc})",
+                    hint="each row needs an id; aliases and tickers are lists or '|'-separated",
+                ) from None
         return len(rows)
 
     # -- matching ----------------------------------------------------------------------------------
@@ -305,7 +356,7 @@ class Linker:
             sym = m.group(1)
             eid = self._symbols.get(sym)
             if eid and (eid in backing or sym in self._bare_ok):
-                if sym in self._word_symbols and not _BRACKETED.match(text[m.start() - 1:m.end() + 1]):
+                if sym in self._word_symbols and not _BRACKETED.match(text[m.start() - 1 : m.end() + 1]):
                     continue  # "ALL of it" stays a word even in an item about Allstate; "(ALL)" is the ticker
                 cands.append(Match(m.start(), m.end(), eid, "ticker"))
         cands.sort(key=lambda c: (c.start, -(c.end - c.start)))
@@ -337,7 +388,7 @@ class Linker:
                 entries = phrases.get(" ".join(t[2] for t in toks[i:k]))
                 if not entries:
                     continue
-                surface = text[toks[i][0]:toks[k - 1][1]]
+                surface = text[toks[i][0] : toks[k - 1][1]]
                 for e in entries:
                     if e.exact is None or surface in e.exact:
                         hit = (k, e)
@@ -353,11 +404,16 @@ class Linker:
                 continue
             start, end = toks[i][0], toks[k - 1][1]
             # take a following legal suffix into the surface: "Apple Inc.", "Coinbase, Inc."
-            if k < n and toks[k][2] in _EXTEND_SUFFIXES and re.fullmatch(r",? ", text[end:toks[k][0]]) \
-                    and text[toks[k][0]].isupper() and not re.match(r"[\w-]", text[toks[k][1]:toks[k][1] + 1]):
+            if (
+                k < n
+                and toks[k][2] in _EXTEND_SUFFIXES
+                and re.fullmatch(r",? ", text[end : toks[k][0]])
+                and text[toks[k][0]].isupper()
+                and not re.match(r"[\w-]", text[toks[k][1] : toks[k][1] + 1])
+            ):
                 end = toks[k][1]
                 k += 1
-            if end < len(text) and text[end] == "." and text[toks[k - 1][0]:end].casefold() in _EXTEND_SUFFIXES:
+            if end < len(text) and text[end] == "." and text[toks[k - 1][0] : end].casefold() in _EXTEND_SUFFIXES:
                 end += 1
             out.append((start, end, phrase))
             i = k
@@ -432,10 +488,18 @@ class Linker:
                 label, probs = "neutral", dict(NEUTRAL_PROBS)
             elif label not in SENTIMENTS:
                 label = max(probs, key=probs.__getitem__) if probs else "neutral"
-            out.append(EntityMention(
-                text=scored_text[s:e], start=s, end=e, sentiment=label, sentiment_probs=probs, entity_id=eid,
-                name=name, relevance=relevance(occ[0][0], len(occ), lead_end, len(scored_text)),
-            ))
+            out.append(
+                EntityMention(
+                    text=scored_text[s:e],
+                    start=s,
+                    end=e,
+                    sentiment=label,
+                    sentiment_probs=probs,
+                    entity_id=eid,
+                    name=name,
+                    relevance=relevance(occ[0][0], len(occ), lead_end, len(scored_text)),
+                )
+            )
         out.sort(key=lambda m: (-m.relevance, m.start))
         return out
 
@@ -455,7 +519,7 @@ def prepared_index_map(text: str, steps: Sequence[str]) -> tuple[str, list[int]]
     chars: list[tuple[str, int]] = []
     pos = 0
     for m in _URL.finditer(text):
-        chars.extend((c, i) for i, c in enumerate(text[pos:m.start()], start=pos))
+        chars.extend((c, i) for i, c in enumerate(text[pos : m.start()], start=pos))
         chars.append((" ", m.start()))
         pos = m.end()
     chars.extend((c, i) for i, c in enumerate(text[pos:], start=pos))
@@ -515,20 +579,25 @@ def _user_rows(path: Path, raw: str) -> Iterable[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})",
-                                  hint="one JSON object per line: {\"id\", \"name\", \"aliases\", \"tickers\"}") \
-                    from None
+                raise ConfigError(
+                    f"{path}:{n}: not JSON ({exc.msg})",
+                    hint='one JSON object per line: {"id", "name", "aliases", "tickers"}',
+                ) from None
             if not isinstance(obj, dict):
                 raise ConfigError(f"{path}:{n}: not a JSON object", hint="one object per line")
             yield n, _user_entity(path, n, obj)
         return
     reader = csv.DictReader(io.StringIO(raw))
     if not reader.fieldnames or "id" not in [f.strip().lower() for f in reader.fieldnames]:
-        raise ConfigError(f"{path}: a CSV of entities needs a header with an 'id' column",
-                          hint="id,name,aliases,tickers (aliases and tickers '|'-separated)")
+        raise ConfigError(
+            f"{path}: a CSV of entities needs a header with an 'id' column",
+            hint="id,name,aliases,tickers (aliases and tickers '|'-separated)",
+        )
     for row in reader:
-        yield reader.line_num, _user_entity(path, reader.line_num,
-                                            {(k or "").strip().lower(): v for k, v in row.items()})
+        yield (
+            reader.line_num,
+            _user_entity(path, reader.line_num, {(k or "").strip().lower(): v for k, v in row.items()}),
+        )
 
 
 def _user_entity(path: Path, line: int, obj: dict[str, Any]) -> dict[str, Any]:
@@ -547,9 +616,15 @@ def _user_entity(path: Path, line: int, obj: dict[str, Any]) -> dict[str, Any]:
                 ticker_map[ex.strip().upper()] = tick.strip()
             else:
                 symbols.append(t)
-    return {"id": eid, "name": str(obj.get("name") or eid).strip(), "kind": obj.get("kind") or "user",
-            "aliases": _split_list(obj.get("aliases")), "symbols": symbols, "tickers": ticker_map,
-            "people": _split_list(obj.get("people"))}
+    return {
+        "id": eid,
+        "name": str(obj.get("name") or eid).strip(),
+        "kind": obj.get("kind") or "user",
+        "aliases": _split_list(obj.get("aliases")),
+        "symbols": symbols,
+        "tickers": ticker_map,
+        "people": _split_list(obj.get("people")),
+    }
 
 
 _DEFAULT: dict[str | None, Linker] = {}
@@ -580,7 +655,18 @@ def extract_entities(
 
 
 __all__ = [
-    "ENTITIES_FILE_ENV", "LEAD_MAX_CHARS", "Linker", "Match", "NEUTRAL_PROBS", "TABLE_FILE", "alias_key",
-    "default_linker", "extract_entities", "lead_length", "norm_symbol", "normalise_name", "prepared_index_map",
+    "ENTITIES_FILE_ENV",
+    "LEAD_MAX_CHARS",
+    "Linker",
+    "Match",
+    "NEUTRAL_PROBS",
+    "TABLE_FILE",
+    "alias_key",
+    "default_linker",
+    "extract_entities",
+    "lead_length",
+    "norm_symbol",
+    "normalise_name",
+    "prepared_index_map",
     "relevance",
 ]

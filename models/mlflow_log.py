@@ -57,13 +57,29 @@ def log_retrain(uri: str, registry: Registry, result: dict[str, Any], model_name
     metrics = mv.metrics()
     train = metrics.get("train", {})
     with mlflow.start_run(experiment_id=exp_id, run_name=mv.version) as run:
-        mlflow.log_params(_flat_params({**train.get("config", {}), "parent": result.get("parent"),
-                                        "start": train.get("start"), "device": train.get("device")}))
-        mlflow.set_tags({VERSION_TAG: mv.version, "gate": result["gate"]["decision"],
-                         "frozen_fingerprint": result.get("frozen_fingerprint", ""),
-                         "data_fingerprint": result.get("data_fingerprint", "")})
-        values: dict[str, float] = {"minutes": float(result["minutes"]), "steps": float(result.get("steps", 0)),
-                                    "promoted": float(result["promoted"])}
+        mlflow.log_params(
+            _flat_params(
+                {
+                    **train.get("config", {}),
+                    "parent": result.get("parent"),
+                    "start": train.get("start"),
+                    "device": train.get("device"),
+                }
+            )
+        )
+        mlflow.set_tags(
+            {
+                VERSION_TAG: mv.version,
+                "gate": result["gate"]["decision"],
+                "frozen_fingerprint": result.get("frozen_fingerprint", ""),
+                "data_fingerprint": result.get("data_fingerprint", ""),
+            }
+        )
+        values: dict[str, float] = {
+            "minutes": float(result["minutes"]),
+            "steps": float(result.get("steps", 0)),
+            "promoted": float(result["promoted"]),
+        }
         for name, m in result["metrics"].items():
             values[f"{name}_macro_f1"] = float(m["candidate"])
             values[f"{name}_int8_macro_f1"] = float(m["candidate_int8"])

@@ -87,10 +87,12 @@ class MultiTaskClassifier(nn.Module):
 
     def token_config(self) -> dict[str, Any]:
         """What rebuilds the token head (stored in checkpoints and ``labels.json``)."""
-        return {"token_layers": list(self.token_layers),
-                "token_hidden": self.token_conv.out_channels if self.token_conv is not None else 0,
-                "token_kernel": self.token_conv.kernel_size[0] if self.token_conv is not None else 0,
-                "token_proj": self.token_proj.out_features if self.token_proj is not None else 0}
+        return {
+            "token_layers": list(self.token_layers),
+            "token_hidden": self.token_conv.out_channels if self.token_conv is not None else 0,
+            "token_kernel": self.token_conv.kernel_size[0] if self.token_conv is not None else 0,
+            "token_proj": self.token_proj.out_features if self.token_proj is not None else 0,
+        }
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         want_states = self.token_out is not None and self.token_layers != (-1,)
@@ -123,9 +125,13 @@ def token_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
     meta or ``labels.json``); none for a two-head model."""
     if not meta.get("token_tags"):
         return {}
-    return {"n_token_tags": len(meta["token_tags"]), "token_layers": tuple(meta.get("token_layers", (-1,))),
-            "token_hidden": int(meta.get("token_hidden", 0)), "token_kernel": int(meta.get("token_kernel", 3)),
-            "token_proj": int(meta.get("token_proj", 0))}
+    return {
+        "n_token_tags": len(meta["token_tags"]),
+        "token_layers": tuple(meta.get("token_layers", (-1,))),
+        "token_hidden": int(meta.get("token_hidden", 0)),
+        "token_kernel": int(meta.get("token_kernel", 3)),
+        "token_proj": int(meta.get("token_proj", 0)),
+    }
 
 
 def build_encoder(config: Any, attn_implementation: str = "eager") -> nn.Module:

@@ -25,8 +25,14 @@ _FP16 = "__fp16"
 _LAYER_RE = re.compile(r"^encoder\.encoder\.layer\.(\d+)\.")
 
 
-_LINEAR = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-           "intermediate.dense", "output.dense")
+_LINEAR = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
 
 
 def onnx_state_dict(model_file: Path) -> dict[str, np.ndarray]:
@@ -76,8 +82,9 @@ def onnx_state_dict(model_file: Path) -> dict[str, np.ndarray]:
         out[prefix + ".bias"] = arrays[bias]
     norms = [node for node in graph.node if node.op_type == "LayerNormalization"]
     names = ["encoder.embeddings.LayerNorm"] + [
-        f"encoder.encoder.layer.{i}.{part}" for i in range(layers) for part in ("attention.output.LayerNorm",
-                                                                                 "output.LayerNorm")
+        f"encoder.encoder.layer.{i}.{part}"
+        for i in range(layers)
+        for part in ("attention.output.LayerNorm", "output.LayerNorm")
     ]
     if len(norms) != len(names):
         raise ValueError(f"{model_file}: {len(norms)} LayerNormalization nodes; expected {len(names)}")
@@ -116,8 +123,9 @@ def load_from_onnx(model_dir: Path, attn_implementation: str = "sdpa") -> Any:
     if not heads:
         raise ValueError(f"{model_dir}: labels.json lacks num_heads; cannot rebuild the encoder")
     config = encoder_config(state, heads)
-    model = MultiTaskClassifier(build_encoder(config, attn_implementation), len(info.sentiment), len(info.topic),
-                                **token_kwargs(info.extra))  # a three-head version keeps its entity head
+    model = MultiTaskClassifier(
+        build_encoder(config, attn_implementation), len(info.sentiment), len(info.topic), **token_kwargs(info.extra)
+    )  # a three-head version keeps its entity head
     tensors = {k: torch.from_numpy(v) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     # the pooler is unused (mean pooling), so it is not in the graph; buffers are not parameters

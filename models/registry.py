@@ -281,12 +281,17 @@ class Registry:
                 f"{self.corrupt}, and its last good copy {self.last_good_path.name} cannot be used either "
                 f"({getattr(exc, 'strerror', None) or exc})",
                 hint="it is only ever replaced whole; restore it from a backup or another copy, or re-promote "
-                     "with `finsent models promote VERSION` (workers start on FINSENT_MODEL_DIR meanwhile)",
+                "with `finsent models promote VERSION` (workers start on FINSENT_MODEL_DIR meanwhile)",
             ) from None
         if self.corrupt not in _reported:  # once per distinct problem per process, not once per poll
             _reported.add(self.corrupt)
-            log.error("model registry: %s; using its last good copy %s (production %s). Restore aliases.json or "
-                      "re-promote to repair it", self.corrupt, self.last_good_path.name, data.get("production"))
+            log.error(
+                "model registry: %s; using its last good copy %s (production %s). Restore aliases.json or "
+                "re-promote to repair it",
+                self.corrupt,
+                self.last_good_path.name,
+                data.get("production"),
+            )
         return _shape(data)
 
     def resolve(self, alias: str) -> ModelVersion | None:
@@ -365,8 +370,9 @@ class Registry:
             if card is not None:
                 (stage / "README.md").write_text(card, encoding="utf-8")
             if metrics is not None:
-                (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
-                                                  encoding="utf-8")
+                (stage / METRICS_FILE).write_text(
+                    json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+                )
             with self.lock():
                 self._clean_staging_others(stage)
                 if only_if_empty and self.versions():
@@ -389,8 +395,7 @@ class Registry:
                     "model_digest": file_digest(stage / MODEL_FILE, 16),
                     **(extra or {}),
                 }
-                (stage / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n",
-                                               encoding="utf-8")
+                (stage / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
                 _fsync_tree(stage)
                 final = self.versions_dir / version
                 os.rename(stage, final)

@@ -90,9 +90,12 @@ def _distilled(meta: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         f"- Loss: (1 - a) x gold cross-entropy + a x T^2 x KL(teacher || student) on both heads for every text, "
         f"a = {cfg.get('distill_alpha')}, T = {cfg.get('temperature')} (the teacher's logits computed once).",
     ] + (
-        ["- Word embeddings stored as int8 with one scale per row (the rest float16), to keep every shipped "
-         "model within the repository's 80 MB; the numbers below include that rounding."]
-        if meta.get("int8_rows") else []
+        [
+            "- Word embeddings stored as int8 with one scale per row (the rest float16), to keep every shipped "
+            "model within the repository's 80 MB; the numbers below include that rounding."
+        ]
+        if meta.get("int8_rows")
+        else []
     )
 
 
@@ -173,14 +176,21 @@ def model_card(meta: dict[str, Any]) -> str:
         for name, r in sets.items():
             lines.append(f"| {name} | {variant} | {r['n']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |")
     if meta.get("teacher", {}).get("test"):
-        lines += ["", "Against the teacher, same test split (points = 100 x difference; student minus teacher):", "",
-                  "| set | variant | accuracy | macro-F1 |", "| --- | --- | ---: | ---: |"]
+        lines += [
+            "",
+            "Against the teacher, same test split (points = 100 x difference; student minus teacher):",
+            "",
+            "| set | variant | accuracy | macro-F1 |",
+            "| --- | --- | ---: | ---: |",
+        ]
         for variant, sets in meta["test"].items():
             for name, r in sets.items():
                 t = meta["teacher"]["test"].get(variant, {}).get(name)
                 if t:
-                    lines.append(f"| {name} | {variant} | {100 * (r['accuracy'] - t['accuracy']):+.2f} | "
-                                 f"{100 * (r['macro_f1'] - t['macro_f1']):+.2f} |")
+                    lines.append(
+                        f"| {name} | {variant} | {100 * (r['accuracy'] - t['accuracy']):+.2f} | "
+                        f"{100 * (r['macro_f1'] - t['macro_f1']):+.2f} |"
+                    )
     if "agreement" in meta:
         lines += ["", "Agreement of each variant's labels with fp32 on all test texts:", ""]
         for variant, a in meta["agreement"].items():

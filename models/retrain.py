@@ -52,8 +52,18 @@ from finsent.models.registry import ModelVersion, Registry, now_iso
 
 log = logging.getLogger(__name__)
 SEED_DIR = Path(__file__).resolve().parent / "seed"
-_CHATTY_LOGGERS = ("fusion_utils", "fusion_base", "onnx_model", "onnx_model_bert", "fusion_skiplayernorm",
-                   "fusion_embedlayer", "fusion_attention", "fusion_gelu", "fusion_options", "optimizer")
+_CHATTY_LOGGERS = (
+    "fusion_utils",
+    "fusion_base",
+    "onnx_model",
+    "onnx_model_bert",
+    "fusion_skiplayernorm",
+    "fusion_embedlayer",
+    "fusion_attention",
+    "fusion_gelu",
+    "fusion_options",
+    "optimizer",
+)
 VAL_CAP = 500  # validation texts per set: early stopping on CPU must not cost more than training
 
 
@@ -138,8 +148,10 @@ def training_data(registry: Registry, data: dict[str, str], labels: Sequence[Hum
     """Split the CSVs, fix (or read) the frozen set, and remove every frozen text from training and validation."""
     for name, path in data.items():
         if not Path(path).is_file():
-            raise InputError(f"training set {name}: {path} does not exist",
-                             hint="give CSVs with --data (text,label or text,topic) or set FINSENT_DATA_DIR")
+            raise InputError(
+                f"training set {name}: {path} does not exist",
+                hint="give CSVs with --data (text,label or text,topic) or set FINSENT_DATA_DIR",
+            )
     splits = make_splits({k: Path(v) for k, v in data.items()})
     stored, _manifest = ensure_frozen(registry, splits, data)
     label_train, label_frozen = split_labels(labels)
@@ -152,8 +164,9 @@ def training_data(registry: Registry, data: dict[str, str], labels: Sequence[Hum
     train = {k: v for k, v in train.items() if len(v)}
     val = {k: v for k, v in val.items() if len(v)}
     if not train:
-        raise InputError("no training data left after removing the frozen evaluation set",
-                         hint="give more labelled CSVs with --data")
+        raise InputError(
+            "no training data left after removing the frozen evaluation set", hint="give more labelled CSVs with --data"
+        )
     return TrainingData(train, val, frozen, fingerprint(frozen), fingerprint(train))
 
 
@@ -176,14 +189,16 @@ def _start_model(production: ModelVersion | None, opts: RetrainOptions, attn: st
     from finsent.models.train import load_tokenizer
 
     if opts.from_base or production is None:
-        model = MultiTaskClassifier(load_pretrained_encoder(opts.base_model, attn), len(SENTIMENT_LABELS),
-                                    len(TOPIC_LABELS))
+        model = MultiTaskClassifier(
+            load_pretrained_encoder(opts.base_model, attn), len(SENTIMENT_LABELS), len(TOPIC_LABELS)
+        )
         base_name = opts.base_model or "sentence-transformers/all-MiniLM-L6-v2"
         return model, load_tokenizer(opts.base_model), {"base_model": base_name, "preprocess": ["strip_urls"]}
     info = read_model_info(production.path)
     if list(info.sentiment) != list(SENTIMENT_LABELS) or list(info.topic) != list(TOPIC_LABELS):
-        raise ModelError(f"production {production.version} has other label lists than this finsent",
-                         hint="retrain with --from-base")
+        raise ModelError(
+            f"production {production.version} has other label lists than this finsent", hint="retrain with --from-base"
+        )
     model = load_from_onnx(production.path, attn)
     tok = Tokenizer.from_file(str(production.path / TOKENIZER_FILE))
     tok.no_padding()
@@ -236,12 +251,16 @@ def retrain(
         progress(f"registry {registry.root}: registered {first.version} ({first.meta['source']}) as production")
     production = registry.resolve("production")
     if production is None and not opts.from_base:
-        raise ModelError(f"registry {registry.root} has no production version to fine-tune",
-                         hint="`finsent models promote VERSION` sets one, or retrain with --from-base")
+        raise ModelError(
+            f"registry {registry.root} has no production version to fine-tune",
+            hint="`finsent models promote VERSION` sets one, or retrain with --from-base",
+        )
     data = opts.data or default_data()
     td = training_data(registry, data, labels)
-    progress(f"training sets (frozen texts removed): {', '.join(f'{k} {len(v)}' for k, v in td.train.items())}; "
-             f"frozen set {td.frozen_fingerprint}: {', '.join(f'{k} {len(v)}' for k, v in td.frozen.items())}")
+    progress(
+        f"training sets (frozen texts removed): {', '.join(f'{k} {len(v)}' for k, v in td.train.items())}; "
+        f"frozen set {td.frozen_fingerprint}: {', '.join(f'{k} {len(v)}' for k, v in td.frozen.items())}"
+    )
     if opts.threads:
         torch.set_num_threads(opts.threads)
     _seed_all(opts.seed)
@@ -292,27 +311,49 @@ def retrain(
         cand_fp32 = evaluate_dir(out_dir, "fp32", td.frozen, opts.cache_dir)
         cand_int8 = evaluate_dir(out_dir, "int8", td.frozen, opts.cache_dir)
         prod_fp32 = evaluate_dir(production.path, "fp32", td.frozen, opts.cache_dir) if production else None
-        gate = decide(prod_fp32, cand_fp32, cand_int8, tolerance=opts.tolerance, min_gain=opts.min_gain,
-                      int8_max_drop=opts.int8_max_drop)
+        gate = decide(
+            prod_fp32,
+            cand_fp32,
+            cand_int8,
+            tolerance=opts.tolerance,
+            min_gain=opts.min_gain,
+            int8_max_drop=opts.int8_max_drop,
+        )
         gate["frozen_fingerprint"] = td.frozen_fingerprint
         minutes = (time.monotonic() - started) / 60
         metrics = {
             "frozen": {"candidate_fp32": cand_fp32, "candidate_int8": cand_int8, "production_fp32": prod_fp32},
             "frozen_fingerprint": td.frozen_fingerprint,
-            "train": {**summary, "sizes": {k: len(v) for k, v in td.train.items()},
-                      "val_sizes": {k: len(v) for k, v in td.val.items()}, "device": str(device),
-                      "hardware": hardware(), "start": start_from, "config": asdict(cfg)},
-            "human_labels": {"total": len(labels), "frozen": sum(len(v) for k, v in td.frozen.items()
-                                                                  if k.startswith("labels_"))},
-            "max_abs_diff_vs_torch": {"fp32_graph": report.max_abs_diff_fp32,
-                                      "fp16_storage_graph": report.max_abs_diff_stored},
+            "train": {
+                **summary,
+                "sizes": {k: len(v) for k, v in td.train.items()},
+                "val_sizes": {k: len(v) for k, v in td.val.items()},
+                "device": str(device),
+                "hardware": hardware(),
+                "start": start_from,
+                "config": asdict(cfg),
+            },
+            "human_labels": {
+                "total": len(labels),
+                "frozen": sum(len(v) for k, v in td.frozen.items() if k.startswith("labels_")),
+            },
+            "max_abs_diff_vs_torch": {
+                "fp32_graph": report.max_abs_diff_fp32,
+                "fp16_storage_graph": report.max_abs_diff_stored,
+            },
         }
         promote = gate["decision"] == "promote"
         parent = production.version if production else None
         card = retrain_card(report.model_version, parent, start_from, gate, metrics, minutes)
         mv = registry.register(
-            out_dir, parent=parent, source="retrain", data_fingerprint=td.data_fingerprint, gate=gate,
-            metrics=metrics, card=card, aliases=("candidate", "production") if promote else ("candidate",),
+            out_dir,
+            parent=parent,
+            source="retrain",
+            data_fingerprint=td.data_fingerprint,
+            gate=gate,
+            metrics=metrics,
+            card=card,
+            aliases=("candidate", "production") if promote else ("candidate",),
             by=opts.by,
         )
         assert mv is not None
@@ -321,18 +362,23 @@ def retrain(
             shutil.rmtree(work, ignore_errors=True)
     for line in summary_lines(gate):
         progress(line.replace("**", ""))
-    progress(f"registered {mv.version} as candidate" + (" and production" if promote else " (production stays "
-                                                                                        f"{parent})"))
+    progress(
+        f"registered {mv.version} as candidate" + (" and production" if promote else f" (production stays {parent})")
+    )
     return {
         "version": mv.version,
         "parent": parent,
         "promoted": promote,
         "gate": gate,
-        "metrics": {name: {"candidate": cand_fp32[name]["macro_f1"],
-                           "production": prod_fp32[name]["macro_f1"] if prod_fp32 else None,
-                           "candidate_int8": cand_int8[name]["macro_f1"],
-                           "candidate_accuracy": cand_fp32[name]["accuracy"]}
-                    for name in cand_fp32},
+        "metrics": {
+            name: {
+                "candidate": cand_fp32[name]["macro_f1"],
+                "production": prod_fp32[name]["macro_f1"] if prod_fp32 else None,
+                "candidate_int8": cand_int8[name]["macro_f1"],
+                "candidate_accuracy": cand_fp32[name]["accuracy"],
+            }
+            for name in cand_fp32
+        },
         "minutes": round((time.monotonic() - started) / 60, 2),
         "steps": summary.get("steps", 0),
         "frozen_fingerprint": td.frozen_fingerprint,
@@ -346,8 +392,9 @@ def _labels() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(SENTIMENT_LABELS), tuple(TOPIC_LABELS)
 
 
-def retrain_card(export_version: str, parent: str | None, start: str, gate: dict[str, Any],
-                 metrics: dict[str, Any], minutes: float) -> str:
+def retrain_card(
+    export_version: str, parent: str | None, start: str, gate: dict[str, Any], metrics: dict[str, Any], minutes: float
+) -> str:
     """The model card (README.md) of a retrained version: lineage, data, the gate and its numbers."""
     tr = metrics["train"]
     cfg = tr["config"]
@@ -366,7 +413,8 @@ def retrain_card(export_version: str, parent: str | None, start: str, gate: dict
         f"(budget {cfg['budget_minutes']} min{cap}"
         f"); lr {cfg['lr']} encoder / {cfg['head_lr']} heads; whole retrain {minutes:.1f} min.",
         "- Training texts per set (every frozen text removed): "
-        + ", ".join(f"{k} {v}" for k, v in tr["sizes"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in tr["sizes"].items())
+        + ".",
         f"- Human labels: {metrics['human_labels']['total']} in total, {metrics['human_labels']['frozen']} of them "
         "in the frozen set (a fixed hash-selected 20%), the rest trained on.",
         "",
@@ -379,12 +427,19 @@ def retrain_card(export_version: str, parent: str | None, start: str, gate: dict
         "| set | model | n | accuracy | macro-F1 |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
-    for key, label in (("production_fp32", "production fp32"), ("candidate_fp32", "candidate fp32"),
-                       ("candidate_int8", "candidate int8")):
+    for key, label in (
+        ("production_fp32", "production fp32"),
+        ("candidate_fp32", "candidate fp32"),
+        ("candidate_int8", "candidate int8"),
+    ):
         for name, r in (metrics["frozen"].get(key) or {}).items():
             lines.append(f"| {name} | {label} | {r['n']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |")
-    lines += ["", "Licence: trained on the configured sets; with Financial PhraseBank (CC BY-NC-SA 3.0) in them the "
-              "weights are for non-commercial use.", ""]
+    lines += [
+        "",
+        "Licence: trained on the configured sets; with Financial PhraseBank (CC BY-NC-SA 3.0) in them the "
+        "weights are for non-commercial use.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -312,8 +312,9 @@ class Classifier:
             from finsent.models.linking import default_linker
 
             linker = default_linker()
-        return cls(session, tokenizer, info, directory, variant, provider, batch_size, max_chars, text_cache_size,
-                   linker)
+        return cls(
+            session, tokenizer, info, directory, variant, provider, batch_size, max_chars, text_cache_size, linker
+        )
 
     @staticmethod
     def _check_heads(session: object, info: ModelInfo, directory: Path) -> None:
@@ -366,8 +367,10 @@ class Classifier:
         if titles is not None:
             if isinstance(texts, str) or len(titles) != len(texts):
                 raise ValueError(f"{len(titles)} titles for {len(texts)} texts: give one title (or None) per text")
-            pairs = [scored_text(t, h) if isinstance(t, str) and (h is None or isinstance(h, str)) else (t, 0)
-                     for t, h in zip(texts, titles, strict=True)]
+            pairs = [
+                scored_text(t, h) if isinstance(t, str) and (h is None or isinstance(h, str)) else (t, 0)
+                for t, h in zip(texts, titles, strict=True)
+            ]
             texts, title_lens = [p[0] for p in pairs], [p[1] for p in pairs]
         prepared, too_long = self._prepare(texts)
         if not prepared:
@@ -392,8 +395,10 @@ class Classifier:
                     cache.put(key, pred)
                     found[key] = pred
             out = [found[k] for k in keys]
-        out = [dataclasses.replace(p, truncated=True) if cut and not p.truncated else p
-               for p, cut in zip(out, too_long, strict=True)]
+        out = [
+            dataclasses.replace(p, truncated=True) if cut and not p.truncated else p
+            for p, cut in zip(out, too_long, strict=True)
+        ]
         model_spans: list[list[Span] | None] = [None] * len(out)
         if TOKEN_OUTPUT in self._outputs:  # _score parked the entity head's spans (prepared-text offsets) here
             for i, t in enumerate(texts):
@@ -443,8 +448,9 @@ class Classifier:
             for row, j in enumerate(idx):  # the entity head: spans over the prepared text
                 if tokens:
                     enc = encodings[j]
-                    spans[j] = decode_spans(tokens[0][row, : len(enc.ids)], enc.offsets, enc.special_tokens_mask,
-                                            prepared[j])
+                    spans[j] = decode_spans(
+                        tokens[0][row, : len(enc.ids)], enc.offsets, enc.special_tokens_mask, prepared[j]
+                    )
             if s_logits.shape[1] != len(self.sentiment_labels) or t_logits.shape[1] != len(self.topic_labels):
                 raise ValueError(
                     f"{self.model_dir}: head sizes {s_logits.shape[1]}/{t_logits.shape[1]} do not match labels.json "
@@ -575,5 +581,14 @@ def max_length_text(max_length: int) -> str:
     return " ".join(["a"] * (max_length + 8))
 
 
-__all__ = ["Classifier", "Prediction", "SERVING_SENTIMENTS", "TextCache", "VARIANT_CHOICES", "check_serving_contract",
-           "max_length_text", "session_options", "warm_up_max_length"]
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "SERVING_SENTIMENTS",
+    "TextCache",
+    "VARIANT_CHOICES",
+    "check_serving_contract",
+    "max_length_text",
+    "session_options",
+    "warm_up_max_length",
+]

@@ -80,12 +80,13 @@ def _csv_rows(name: str, fh: TextIO) -> Iterator[Row]:
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        raise InputError(f"{name}:1: unreadable CSV header ({exc})", hint="the first line names the columns") \
-            from None
+        raise InputError(f"{name}:1: unreadable CSV header ({exc})", hint="the first line names the columns") from None
     fields = [(h or "").strip().lower() for h in header or ()]
     if "text" not in fields:
-        raise InputError(f"{name}: CSV needs a header with a 'text' column (got {header})",
-                         hint="columns: text, optionally title and id")
+        raise InputError(
+            f"{name}: CSV needs a header with a 'text' column (got {header})",
+            hint="columns: text, optionally title and id",
+        )
     n = 0
     while True:
         start = reader.line_num + 1
@@ -152,8 +153,10 @@ def read_rows(paths: Iterable[str], fmt: str = "auto", stdin: TextIO | None = No
         try:
             fh = path.open("r", encoding="utf-8-sig", errors="replace", newline="")
         except OSError as exc:
-            raise InputError(f"{path}: cannot read it ({exc.strerror or exc})",
-                             hint="give an existing CSV, JSONL or text file, or - for stdin") from None
+            raise InputError(
+                f"{path}: cannot read it ({exc.strerror or exc})",
+                hint="give an existing CSV, JSONL or text file, or - for stdin",
+            ) from None
         with fh:
             yield from reader(path.name, fh)
 
@@ -178,8 +181,9 @@ class ScoreStats:
     seconds: float = 0.0
 
 
-def score_rows(classifier: Any, rows: Iterable[Row], out: TextIO, progress: TextIO | None = None,
-               chunk: int = CHUNK) -> ScoreStats:
+def score_rows(
+    classifier: Any, rows: Iterable[Row], out: TextIO, progress: TextIO | None = None, chunk: int = CHUNK
+) -> ScoreStats:
     """Score ``rows`` in chunks and write one JSON line each to ``out``, in input order."""
     stats = ScoreStats()
     t0 = last = time.monotonic()
@@ -217,8 +221,11 @@ def score_rows(classifier: Any, rows: Iterable[Row], out: TextIO, progress: Text
             if progress is not None and now - last >= PROGRESS_EVERY_S:
                 last = now
                 done = stats.scored + stats.bad
-                print(f"finsent score: {done} rows ({stats.bad} bad), {done / (now - t0):.0f} rows/s",
-                      file=progress, flush=True)
+                print(
+                    f"finsent score: {done} rows ({stats.bad} bad), {done / (now - t0):.0f} rows/s",
+                    file=progress,
+                    flush=True,
+                )
     flush()
     stats.seconds = time.monotonic() - t0
     return stats

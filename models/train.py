@@ -219,8 +219,10 @@ def start_run(cfg: TrainConfig) -> tuple[Path, Splits]:
     splits: Splits = make_splits({k: Path(v) for k, v in cfg.data.items()}, cfg.split_seed)
     if cfg.max_examples:
         splits = Splits(
-            {k: LabelledSet(v.name, v.task, v.texts[: cfg.max_examples], v.labels[: cfg.max_examples])
-             for k, v in splits.train.items()},
+            {
+                k: LabelledSet(v.name, v.task, v.texts[: cfg.max_examples], v.labels[: cfg.max_examples])
+                for k, v in splits.train.items()
+            },
             {k: LabelledSet(v.name, v.task, v.texts[:64], v.labels[:64]) for k, v in splits.val.items()},
             {k: LabelledSet(v.name, v.task, v.texts[:64], v.labels[:64]) for k, v in splits.test.items()},
         )
@@ -258,15 +260,25 @@ def _kd_loss(student: Any, teacher: Any, temperature: float) -> Any:
     """KL(teacher || student) of the temperature-softened distributions, scaled by T^2 (gradient size kept)."""
     import torch.nn.functional as F
 
-    return F.kl_div(
-        F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
-        reduction="batchmean", log_target=True,
-    ) * temperature**2
+    return (
+        F.kl_div(
+            F.log_softmax(student / temperature, dim=-1),
+            F.log_softmax(teacher / temperature, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temperature**2
+    )
 
 
 def fit(
-    model: Any, tok: Any, train_sets: dict[str, LabelledSet], val_sets: dict[str, LabelledSet], cfg: TrainConfig,
-    out: Path, soft: tuple[np.ndarray, np.ndarray] | None = None,
+    model: Any,
+    tok: Any,
+    train_sets: dict[str, LabelledSet],
+    val_sets: dict[str, LabelledSet],
+    cfg: TrainConfig,
+    out: Path,
+    soft: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The training loop (shared by ``finsent train``, ``retrain`` and ``distill``): best checkpoint in ``out/best``.
 
@@ -444,9 +456,16 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
     info = read_model_info(src)
     steps = check_steps(info.extra.get("preprocess", ()))
     base = load_from_onnx(src, attn_implementation="eager")
-    model = MultiTaskClassifier(base.encoder, len(info.sentiment), len(info.topic), n_token_tags=len(eh.TAGS),
-                                token_layers=tuple(cfg.token_layers), token_hidden=cfg.token_hidden,
-                                token_kernel=cfg.token_kernel, token_proj=cfg.token_proj)
+    model = MultiTaskClassifier(
+        base.encoder,
+        len(info.sentiment),
+        len(info.topic),
+        n_token_tags=len(eh.TAGS),
+        token_layers=tuple(cfg.token_layers),
+        token_hidden=cfg.token_hidden,
+        token_kernel=cfg.token_kernel,
+        token_proj=cfg.token_proj,
+    )
     model.sentiment_head.load_state_dict(base.sentiment_head.state_dict())
     model.topic_head.load_state_dict(base.topic_head.state_dict())
     for p in [*model.encoder.parameters(), *model.sentiment_head.parameters(), *model.topic_head.parameters()]:
@@ -476,8 +495,15 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
                 states = tuple(h if i in keep else None for i, h in enumerate(full.hidden_states))
                 hs = SimpleNamespace(last_hidden_state=full.last_hidden_state, hidden_states=states)
                 tags = eh.token_tags(enc.offsets, para.spans, enc.special_tokens_mask)
-                out.append({"enc": hs, "y": torch.tensor(tags), "offsets": enc.offsets,
-                            "special": enc.special_tokens_mask, "mask": torch.ones(1, len(enc.ids), 1)})
+                out.append(
+                    {
+                        "enc": hs,
+                        "y": torch.tensor(tags),
+                        "offsets": enc.offsets,
+                        "special": enc.special_tokens_mask,
+                        "mask": torch.ones(1, len(enc.ids), 1),
+                    }
+                )
         return out
 
     t0 = time.monotonic()
@@ -500,19 +526,26 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
         total = 0.0
         for j in range(0, len(order), cfg.batch_size):
             part = order[j : j + cfg.batch_size]
-            loss = sum(loss_fn(model.token_logits(train_x[i]["enc"], train_x[i]["mask"])[0], train_x[i]["y"])
-                       for i in part) / len(part)
+            loss = sum(
+                loss_fn(model.token_logits(train_x[i]["enc"], train_x[i]["mask"])[0], train_x[i]["y"]) for i in part
+            ) / len(part)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(part)
         model.eval()
         with torch.inference_mode():
-            pred = [eh.decode_spans(model.token_logits(x["enc"], x["mask"])[0].numpy(), x["offsets"], x["special"],
-                                    p.text) for x, p in zip(test_x, test_p, strict=True)]
+            pred = [
+                eh.decode_spans(model.token_logits(x["enc"], x["mask"])[0].numpy(), x["offsets"], x["special"], p.text)
+                for x, p in zip(test_x, test_p, strict=True)
+            ]
         f1 = eh.span_f1(test_p, pred)
-        row = {"epoch": epoch + 1, "loss": round(total / len(order), 4), **{k: v["f1"] for k, v in f1.items()},
-               "elapsed_s": round(time.monotonic() - t0, 1)}
+        row = {
+            "epoch": epoch + 1,
+            "loss": round(total / len(order), 4),
+            **{k: v["f1"] for k, v in f1.items()},
+            "elapsed_s": round(time.monotonic() - t0, 1),
+        }
         history.append(row)
         log.info("entity head epoch %d: %s", epoch + 1, row)
         final = f1
@@ -522,12 +555,20 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
     extra = {k: v for k, v in info.extra.items() if k not in ("onnx_opset", "weights", "max_abs_diff_vs_torch")}
     extra["entity_head"] = {"data": "FinEntity, Tang et al. 2023 (ODC-BY 1.0)", "parent": info.model_version}
     card = (src / "README.md").read_text(encoding="utf-8") if (src / "README.md").is_file() else None
-    report = export_model_dir(model, tok, out_dir, ModelInfo(version, info.sentiment, info.topic, info.max_length,
-                                                            extra), card=card)
-    metrics = {"model_version": report.model_version, "parent": info.model_version, "config": asdict(cfg),
-               "finentity": {"stats": stats, "train": len(train_p), "held_out": len(test_p)},
-               "held_out": final, "history": history, "train_seconds": round(time.monotonic() - t0, 1),
-               "hardware": hardware(), "onnx_vs_torch": report.max_abs_diff_stored}
+    report = export_model_dir(
+        model, tok, out_dir, ModelInfo(version, info.sentiment, info.topic, info.max_length, extra), card=card
+    )
+    metrics = {
+        "model_version": report.model_version,
+        "parent": info.model_version,
+        "config": asdict(cfg),
+        "finentity": {"stats": stats, "train": len(train_p), "held_out": len(test_p)},
+        "held_out": final,
+        "history": history,
+        "train_seconds": round(time.monotonic() - t0, 1),
+        "hardware": hardware(),
+        "onnx_vs_torch": report.max_abs_diff_stored,
+    }
     write_json(out_dir / "entity_metrics.json", metrics)
     return metrics
 
@@ -553,8 +594,10 @@ def entity_main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m finsent.models.train",
-                                description="Add the entity (token) head to a trained finsent model directory.")
+    p = argparse.ArgumentParser(
+        prog="python -m finsent.models.train",
+        description="Add the entity (token) head to a trained finsent model directory.",
+    )
     p.add_argument("model_dir", help="a trained two-head model directory, e.g. models/shipped/finsent-minilm")
     p.add_argument("out_dir", help="where the three-head model directory is written")
     p.add_argument("finentity", help="FinEntity-format JSON, e.g. ../shared/data/finentity/train.json")
@@ -567,10 +610,19 @@ def entity_main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=d.threads)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    m = train_entity_head(EntityConfig(a.model_dir, a.out_dir, a.finentity,
-                                       token_layers=tuple(int(x) for x in a.token_layers.split(",")),
-                                       token_proj=a.token_proj, token_hidden=a.token_hidden, epochs=a.epochs,
-                                       lr=a.lr, threads=a.threads))
+    m = train_entity_head(
+        EntityConfig(
+            a.model_dir,
+            a.out_dir,
+            a.finentity,
+            token_layers=tuple(int(x) for x in a.token_layers.split(",")),
+            token_proj=a.token_proj,
+            token_hidden=a.token_hidden,
+            epochs=a.epochs,
+            lr=a.lr,
+            threads=a.threads,
+        )
+    )
     print(json.dumps({k: m[k] for k in ("model_version", "held_out", "train_seconds")}, indent=2))
     return 0
 

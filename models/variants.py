@@ -94,10 +94,16 @@ def compact_weights(src: Path, dst: Path, int8_rows: Collection[str] = ()) -> No
                 numpy_helper.from_array(scale.astype(np.float32), name=init.name + _SCALE_SUFFIX),
             ]
             casts += [
-                helper.make_node("Cast", [init.name + _INT8_SUFFIX], [init.name + "__int8f"], to=TensorProto.FLOAT,
-                                 name="unpack_" + init.name),
-                helper.make_node("Mul", [init.name + "__int8f", init.name + _SCALE_SUFFIX], [init.name],
-                                 name="scale_" + init.name),
+                helper.make_node(
+                    "Cast",
+                    [init.name + _INT8_SUFFIX],
+                    [init.name + "__int8f"],
+                    to=TensorProto.FLOAT,
+                    name="unpack_" + init.name,
+                ),
+                helper.make_node(
+                    "Mul", [init.name + "__int8f", init.name + _SCALE_SUFFIX], [init.name], name="scale_" + init.name
+                ),
             ]
         elif init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= _COMPACT_MIN_ELEMENTS:
             arr = numpy_helper.to_array(init).astype(np.float16)
@@ -135,8 +141,12 @@ def expand_weights(src: Path) -> onnx.ModelProto:
         and node.input[0] in inits
     }  # fmt: skip
     for node in graph.node:
-        if node.op_type == "Mul" and node.input[0] in int8_casts and node.input[1].endswith(_SCALE_SUFFIX) \
-                and node.input[1] in inits:
+        if (
+            node.op_type == "Mul"
+            and node.input[0] in int8_casts
+            and node.input[1].endswith(_SCALE_SUFFIX)
+            and node.input[1] in inits
+        ):
             cast = int8_casts[node.input[0]]
             q = numpy_helper.to_array(inits[cast.input[0]]).astype(np.float32)
             scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)

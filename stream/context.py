@@ -90,8 +90,9 @@ class Extensions:
     def __init__(self) -> None:
         self._items: dict[str, _Registered] = {}
 
-    def register(self, name: str, value: T, *, ready: ReadyCheck | None = None,
-                 close: Callable[[], Any] | None = None) -> T:
+    def register(
+        self, name: str, value: T, *, ready: ReadyCheck | None = None, close: Callable[[], Any] | None = None
+    ) -> T:
         """Register extension ``name``'s state; ``ready`` joins ``/readyz``, ``close`` runs when the worker closes.
 
         Returns ``value``, so an ``attach`` can end with ``return ctx.extensions.register(...)``.

@@ -196,8 +196,9 @@ class ScoringApp(faust.App):
         return _Transport(self.conf.broker_producer, self)
 
 
-def make_app(settings: Settings, app_id: str, datadir: Path, loop: asyncio.AbstractEventLoop | None,
-             commit_interval_s: float) -> faust.App:
+def make_app(
+    settings: Settings, app_id: str, datadir: Path, loop: asyncio.AbstractEventLoop | None, commit_interval_s: float
+) -> faust.App:
     """The Faust app, configured for the scoring worker (why each setting: the comments)."""
     session_s = settings.session_timeout_ms / 1000
     return ScoringApp(

@@ -23,8 +23,14 @@ log = logging.getLogger(__name__)
 def finsent_topics(settings: Settings) -> list[str]:
     """The topics finsent owns, in pipeline order: every one is (re)declared at start (a memory-only broker that
     restarted has none of them, and a consumer committing to a missing topic floods its log)."""
-    return [settings.topic_raw, settings.topic_scored, settings.topic_dlq, settings.topic_alerts,
-            settings.topic_alert_counts, settings.topic_entity_counts]
+    return [
+        settings.topic_raw,
+        settings.topic_scored,
+        settings.topic_dlq,
+        settings.topic_alerts,
+        settings.topic_alert_counts,
+        settings.topic_entity_counts,
+    ]
 
 
 def admin_config(settings: Settings, timeout_ms: int = 15_000) -> dict[str, Any]:
@@ -84,7 +90,9 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, timeo
             n = len(desc.get("partitions") or [])
             if n and n != settings.partitions:
                 log.warning(
-                    "topic %s has %d partitions, settings say %d (left unchanged)", desc.get("name"), n,
+                    "topic %s has %d partitions, settings say %d (left unchanged)",
+                    desc.get("name"),
+                    n,
                     settings.partitions,
                 )
         return missing

@@ -36,8 +36,9 @@ LAG_TIMEOUT_S = 5.0
 class LagMeter:
     """Sets ``gauge{kafka_topic, partition}`` from fresh log ends; the worker calls :meth:`refresh` from a timer."""
 
-    def __init__(self, gauge: Any, topics: Collection[str], interval_s: float = LAG_INTERVAL_S,
-                 timeout_s: float = LAG_TIMEOUT_S) -> None:
+    def __init__(
+        self, gauge: Any, topics: Collection[str], interval_s: float = LAG_INTERVAL_S, timeout_s: float = LAG_TIMEOUT_S
+    ) -> None:
         self.gauge = gauge
         #: the topics measured (the raw topic; not Faust's internal ones the consumer is also assigned)
         self.topics = frozenset(topics)

@@ -83,8 +83,10 @@ def _create(reg: CollectorRegistry) -> WorkerMetrics:
     m = WorkerMetrics(
         consumed=Counter("finsent_items_consumed", "Messages read from a Kafka topic", ["kafka_topic"], registry=reg),
         scored=Counter(
-            "finsent_items_scored", "Items scored and stored, by predicted topic and sentiment",
-            ["topic", "sentiment"], registry=reg,
+            "finsent_items_scored",
+            "Items scored and stored, by predicted topic and sentiment",
+            ["topic", "sentiment"],
+            registry=reg,
         ),
         dead_lettered=Counter(
             "finsent_items_dead_lettered", "Messages sent to the dead-letter topic", ["reason"], registry=reg
@@ -93,41 +95,51 @@ def _create(reg: CollectorRegistry) -> WorkerMetrics:
         store_retries=Counter(
             "finsent_store_retries", "Batch store attempts that failed and were retried", registry=reg
         ),
-        batch_size=Histogram(
-            "finsent_batch_size", "Messages per scored batch", buckets=BATCH_BUCKETS, registry=reg
-        ),
+        batch_size=Histogram("finsent_batch_size", "Messages per scored batch", buckets=BATCH_BUCKETS, registry=reg),
         inference_seconds=Histogram(
             "finsent_inference_seconds", "Classifier time per batch", buckets=INFERENCE_BUCKETS, registry=reg
         ),
         store_seconds=Histogram(
-            "finsent_store_seconds", "Store insert time per batch (incl. retries)", buckets=LATENCY_BUCKETS,
+            "finsent_store_seconds",
+            "Store insert time per batch (incl. retries)",
+            buckets=LATENCY_BUCKETS,
             registry=reg,
         ),
         end_to_end_seconds=Histogram(
             "finsent_end_to_end_latency_seconds",
             "From an item's ingested_at to the moment its row was stored",
-            buckets=LATENCY_BUCKETS, registry=reg,
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
         ),
         consumer_lag=Gauge(
-            "finsent_consumer_lag_messages", "Messages in the partition not yet stored (log end - next to store)",
-            ["kafka_topic", "partition"], registry=reg,
+            "finsent_consumer_lag_messages",
+            "Messages in the partition not yet stored (log end - next to store)",
+            ["kafka_topic", "partition"],
+            registry=reg,
         ),
         partition_resets=Counter(
             "finsent_partition_resets",
             "Partitions read again from the earliest offset because their log ended below the worker's position "
-            "(the broker lost it)", registry=reg,
+            "(the broker lost it)",
+            registry=reg,
         ),
-        model_info=Gauge("finsent_model_info", "The model serving now (value 1; one series, replaced on a hot reload)",
-                         ["version", "provider"], registry=reg),
+        model_info=Gauge(
+            "finsent_model_info",
+            "The model serving now (value 1; one series, replaced on a hot reload)",
+            ["version", "provider"],
+            registry=reg,
+        ),
         reloads=Counter("finsent_model_reloads", "Hot reloads: a new production version swapped in", registry=reg),
         reload_failures=Counter(
             "finsent_model_reload_failures",
-            "Production versions that failed to load on a hot reload (the old model kept serving)", registry=reg,
+            "Production versions that failed to load on a hot reload (the old model kept serving)",
+            registry=reg,
         ),
         registry_corrupt=Gauge(
             "finsent_model_registry_corrupt",
             "1 while the model registry's aliases.json cannot be read (the worker runs on aliases.json.last-good "
-            "or on FINSENT_MODEL_DIR); 0 when it reads fine", registry=reg,
+            "or on FINSENT_MODEL_DIR); 0 when it reads fine",
+            registry=reg,
         ),
     )
     for reason in DEAD_LETTER_REASONS:  # dashboards and alerts see 0, not "no data", before the first one
@@ -142,8 +154,12 @@ MAX_CONNECTIONS = 256
 _REAP_EVERY_S = 0.25
 _PROBE_PATHS = ("/metrics", "/healthz", "/readyz")
 _TOO_MANY_BODY = b"too many open connections; retry in a moment\n"
-_TOO_MANY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
-             + str(len(_TOO_MANY_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + _TOO_MANY_BODY)
+_TOO_MANY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
+    + str(len(_TOO_MANY_BODY)).encode()
+    + b"\r\nConnection: close\r\n\r\n"
+    + _TOO_MANY_BODY
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -178,8 +194,13 @@ class GuardedHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # a burst of connects is accepted (and refused past the cap) rather than SYN-queued
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 max_connections: int = MAX_CONNECTIONS, header_timeout_s: float = HEADER_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int = MAX_CONNECTIONS,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
+    ) -> None:
         if max_connections < 1 or header_timeout_s <= 0:
             raise ValueError("max_connections must be >= 1 and header_timeout_s > 0")
         self.max_connections = max_connections
@@ -313,9 +334,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.api_token is None:
             if self.loopback:
                 return None
-            return 403, ("the data API is off: this worker listens beyond loopback and FINSENT_API_TOKEN is not "
-                         "set; set FINSENT_API_TOKEN (clients send Authorization: Bearer <token>) or bind "
-                         "FINSENT_METRICS_HOST to 127.0.0.1")
+            return 403, (
+                "the data API is off: this worker listens beyond loopback and FINSENT_API_TOKEN is not "
+                "set; set FINSENT_API_TOKEN (clients send Authorization: Bearer <token>) or bind "
+                "FINSENT_METRICS_HOST to 127.0.0.1"
+            )
         scheme, _, given = (self.headers.get("Authorization") or "").strip().partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.api_token):
             return None
@@ -333,7 +356,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
             if route != path:  # /v1/entity/{id}: the rest of the path is the {id} parameter
-                params["{id}"] = urllib.parse.unquote(path[len(route):])
+                params["{id}"] = urllib.parse.unquote(path[len(route) :])
             try:
                 status, body = self.routes[route](params)
             except (ValueError, OverflowError, KeyError) as exc:  # since=inf, 1e20, a missing name: the caller's
@@ -373,8 +396,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if not 0 <= length <= MAX_CALL_BYTES:
-            self._reply(413 if length > 0 else 411, json.dumps(
-                {"error": f"send a Content-Length of at most {MAX_CALL_BYTES} bytes"}).encode(), "application/json")
+            self._reply(
+                413 if length > 0 else 411,
+                json.dumps({"error": f"send a Content-Length of at most {MAX_CALL_BYTES} bytes"}).encode(),
+                "application/json",
+            )
             return
         try:
             status, body = route(self.rfile.read(length))
@@ -394,8 +420,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return route
         return None
 
-    def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-               headers: dict[str, str] | None = None) -> None:
+    def _reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -437,13 +468,17 @@ def serve_metrics(
     """
     if not port:
         return None
-    handler = type("MetricsHandler", (_Handler,), {
-        "registry": registry or REGISTRY,
-        "ready": staticmethod(ready) if ready else None,
-        "routes": dict(routes or {}),
-        "post_routes": dict(post_routes or {}),
-        "api_token": api_token.encode() if api_token else None,
-    })
+    handler = type(
+        "MetricsHandler",
+        (_Handler,),
+        {
+            "registry": registry or REGISTRY,
+            "ready": staticmethod(ready) if ready else None,
+            "routes": dict(routes or {}),
+            "post_routes": dict(post_routes or {}),
+            "api_token": api_token.encode() if api_token else None,
+        },
+    )
     try:
         server = GuardedHTTPServer((host, port), handler, max_connections, header_timeout_s)
     except OSError as exc:
@@ -455,6 +490,10 @@ def serve_metrics(
     threading.Thread(target=server.serve_forever, name="finsent-metrics", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
     if routes and not api_token and not handler.loopback:
-        log.warning("the data API (%s) answers 403 on %s: set FINSENT_API_TOKEN to serve it beyond loopback "
-                    "(/metrics, /healthz and /readyz stay open)", ", ".join(sorted(routes)), host)
+        log.warning(
+            "the data API (%s) answers 403 on %s: set FINSENT_API_TOKEN to serve it beyond loopback "
+            "(/metrics, /healthz and /readyz stay open)",
+            ", ".join(sorted(routes)),
+            host,
+        )
     return server

@@ -53,19 +53,21 @@ def mirror_rows(registry: Any) -> list[dict[str, Any]]:
     rows = []
     for mv in registry.versions():
         gate = mv.meta.get("gate") or {}
-        rows.append({
-            "version": mv.version,
-            "parent": mv.meta.get("parent") or "",
-            "created_at": mv.meta.get("created_at", ""),
-            "source": mv.meta.get("source", ""),
-            "data_fingerprint": mv.meta.get("data_fingerprint") or "",
-            "gate_decision": gate.get("decision", ""),
-            "gate": json.dumps(gate, ensure_ascii=False, sort_keys=True),
-            "metrics": json.dumps(mv.metrics().get("frozen") or {}, ensure_ascii=False, sort_keys=True),
-            "aliases": [a for a in ("production", "candidate") if aliases.get(a) == mv.version],
-            "export_version": mv.meta.get("export_version") or "",
-            "registry": str(registry.root),
-        })
+        rows.append(
+            {
+                "version": mv.version,
+                "parent": mv.meta.get("parent") or "",
+                "created_at": mv.meta.get("created_at", ""),
+                "source": mv.meta.get("source", ""),
+                "data_fingerprint": mv.meta.get("data_fingerprint") or "",
+                "gate_decision": gate.get("decision", ""),
+                "gate": json.dumps(gate, ensure_ascii=False, sort_keys=True),
+                "metrics": json.dumps(mv.metrics().get("frozen") or {}, ensure_ascii=False, sort_keys=True),
+                "aliases": [a for a in ("production", "candidate") if aliases.get(a) == mv.version],
+                "export_version": mv.meta.get("export_version") or "",
+                "registry": str(registry.root),
+            }
+        )
     return rows
 
 
@@ -90,8 +92,11 @@ def sync_mirror(registry: Any, settings: Settings) -> bool:
             store.close()
         return True
     except FinsentError as exc:
-        print(f"finsent: warning: the store's model_versions table was not updated ({exc.one_line()}); "
-              "the next `finsent models` command rewrites it whole", file=sys.stderr)
+        print(
+            f"finsent: warning: the store's model_versions table was not updated ({exc.one_line()}); "
+            "the next `finsent models` command rewrites it whole",
+            file=sys.stderr,
+        )
         return False
 
 
@@ -141,8 +146,15 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     aliases = registry.aliases()
     rows = [_describe(mv, aliases) for mv in registry.versions()]
     if args.json:
-        emit_json(args.json, {"registry": str(registry.root), "production": aliases["production"],
-                              "candidate": aliases["candidate"], "versions": rows})
+        emit_json(
+            args.json,
+            {
+                "registry": str(registry.root),
+                "production": aliases["production"],
+                "candidate": aliases["candidate"],
+                "versions": rows,
+            },
+        )
         if to_stdout(args.json):
             return 0
     if not rows:
@@ -150,8 +162,10 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"{'version':16} {'aliases':22} {'parent':16} {'gate':8} {'created (UTC)':25} source")
     for r in rows:
-        print(f"{r['version']:16} {','.join(r['aliases']) or '-':22} {r['parent'] or '-':16} {r['gate'] or '-':8} "
-              f"{r['created_at'] or '-':25} {r['source'] or ''}")
+        print(
+            f"{r['version']:16} {','.join(r['aliases']) or '-':22} {r['parent'] or '-':16} {r['gate'] or '-':8} "
+            f"{r['created_at'] or '-':25} {r['source'] or ''}"
+        )
     return 0
 
 
@@ -188,8 +202,10 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
         )
     before = registry.aliases().get("production")
     registry.set_alias("production", mv.version, by=_who(), action="promote")
-    print(f"production: {before or 'unset'} -> {mv.version}" + (" (forced past the gate)" if args.force and
-                                                                gate.get("decision") == "reject" else ""))
+    print(
+        f"production: {before or 'unset'} -> {mv.version}"
+        + (" (forced past the gate)" if args.force and gate.get("decision") == "reject" else "")
+    )
     sync_mirror(registry, settings)
     return 0
 
@@ -247,19 +263,24 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     try:
         import torch  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"finsent retrain needs the training extra ({exc.name} is missing)",
-                          hint="pip install -e .[train]") from None
+        raise ConfigError(
+            f"finsent retrain needs the training extra ({exc.name} is missing)", hint="pip install -e .[train]"
+        ) from None
     result = retrain(registry, opts, labels, progress=lambda line: print(line, flush=True))
     if settings.mlflow_tracking_uri:
         from finsent.models.mlflow_log import log_retrain
 
         result["mlflow"] = log_retrain(settings.mlflow_tracking_uri, registry, result, settings.mlflow_model_name)
-        print(f"MLflow: run {result['mlflow']['run_id']}, registered model "
-              f"{result['mlflow']['model_name']} version {result['mlflow']['model_version']}")
+        print(
+            f"MLflow: run {result['mlflow']['run_id']}, registered model "
+            f"{result['mlflow']['model_name']} version {result['mlflow']['model_version']}"
+        )
     emit_json(args.json_out, result)
     sync_mirror(registry, settings)
-    print(f"retrain: {result['version']} {'promoted to production' if result['promoted'] else 'rejected by the gate'}"
-          f" in {result['minutes']:.1f} min")
+    print(
+        f"retrain: {result['version']} {'promoted to production' if result['promoted'] else 'rejected by the gate'}"
+        f" in {result['minutes']:.1f} min"
+    )
     return 0
 
 
@@ -271,8 +292,6 @@ def _nonneg_int(v: str) -> int:
     if x < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return x
-
-
 
 
 def register(sub: Any) -> None:
@@ -287,7 +306,8 @@ def register(sub: Any) -> None:
     )
     msub = m.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     p = msub.add_parser(
-        "register", help="copy a model directory into the registry as a new version",
+        "register",
+        help="copy a model directory into the registry as a new version",
         description="Copy MODEL_DIR (written by finsent train) into the registry as a new immutable version; it "
         "moves no alias. An empty registry first gets the model served now (the shipped one, or FINSENT_MODEL_DIR) "
         "as its first version and production.",
@@ -295,40 +315,47 @@ def register(sub: Any) -> None:
         epilog="examples:\n  finsent models register runs/finsent-minilm/model\n"
         "  FINSENT_REGISTRY=/srv/finsent/registry finsent models register models/shipped/finsent-minilm",
     )
-    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="a model directory (model.onnx, tokenizer.json, "
-                   "labels.json)")
+    p.add_argument(
+        "model_dir", type=Path, metavar="MODEL_DIR", help="a model directory (model.onnx, tokenizer.json, labels.json)"
+    )
     p.set_defaults(func=_register)
     p = msub.add_parser(
-        "list", help="the registered versions and the aliases",
+        "list",
+        help="the registered versions and the aliases",
         description="Every version, oldest first, with its aliases, parent, gate decision and origin.",
-        formatter_class=_RAW, epilog="examples:\n  finsent models list\n  finsent models list --json",
+        formatter_class=_RAW,
+        epilog="examples:\n  finsent models list\n  finsent models list --json",
     )
     add_json_option(p, "the versions and aliases")
     p.set_defaults(func=_list)
     p = msub.add_parser(
-        "show", help="one version: lineage, data fingerprint, gate decision and numbers",
+        "show",
+        help="one version: lineage, data fingerprint, gate decision and numbers",
         description="One version's registry.json, with its gate decision and frozen-set numbers.",
-        formatter_class=_RAW, epilog="examples:\n  finsent models show v0002-1a2b3c4d\n"
-        "  finsent models show v0002-1a2b3c4d --json",
+        formatter_class=_RAW,
+        epilog="examples:\n  finsent models show v0002-1a2b3c4d\n  finsent models show v0002-1a2b3c4d --json",
     )
     p.add_argument("version", metavar="VERSION")
     add_json_option(p, "registry.json and metrics.json")
     p.set_defaults(func=_show)
     p = msub.add_parser(
-        "promote", help="point production at a version",
+        "promote",
+        help="point production at a version",
         description="Move the production alias to VERSION (atomically; running workers follow it). A version "
         "the promotion gate rejected needs --force.",
-        formatter_class=_RAW, epilog="examples:\n  finsent models promote v0002-1a2b3c4d\n"
-        "  finsent models promote v0003-5e6f7a8b --force",
+        formatter_class=_RAW,
+        epilog="examples:\n  finsent models promote v0002-1a2b3c4d\n  finsent models promote v0003-5e6f7a8b --force",
     )
     p.add_argument("version", metavar="VERSION")
     p.add_argument("--force", action="store_true", help="promote even a version the gate rejected")
     p.set_defaults(func=_promote)
     p = msub.add_parser(
-        "rollback", help="move production back to the version before it",
+        "rollback",
+        help="move production back to the version before it",
         description="Undo the last production move: production goes back to the version that was production "
         "before it. Repeated rollbacks walk further back.",
-        formatter_class=_RAW, epilog="examples:\n  finsent models rollback",
+        formatter_class=_RAW,
+        epilog="examples:\n  finsent models rollback",
     )
     p.set_defaults(func=_rollback)
 
@@ -345,14 +372,26 @@ def register(sub: Any) -> None:
         "  finsent retrain --from-base --data fpb.csv tweets.csv topics.csv\n"
         "  FINSENT_MLFLOW_TRACKING_URI=sqlite:///mlflow.db finsent retrain --max-steps 500",
     )
-    r.add_argument("--max-minutes", type=positive_float, default=60.0,
-                   help="training-time budget in minutes (the learning rate reaches zero by then; export and "
-                   "evaluation come on top)")
-    r.add_argument("--max-steps", type=_nonneg_int, help="stop after N optimiser steps (0: no training, "
-                   "export the start model as it is)")
+    r.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        default=60.0,
+        help="training-time budget in minutes (the learning rate reaches zero by then; export and "
+        "evaluation come on top)",
+    )
+    r.add_argument(
+        "--max-steps",
+        type=_nonneg_int,
+        help="stop after N optimiser steps (0: no training, export the start model as it is)",
+    )
     r.add_argument("--from-base", action="store_true", help="start from the pretrained encoder, not production")
-    r.add_argument("--data", nargs="+", metavar="CSV", help="labelled CSVs (text,label or text,topic); default: "
-                   "../shared/data (FINSENT_DATA_DIR) when present, else the seed data")
+    r.add_argument(
+        "--data",
+        nargs="+",
+        metavar="CSV",
+        help="labelled CSVs (text,label or text,topic); default: "
+        "../shared/data (FINSENT_DATA_DIR) when present, else the seed data",
+    )
     add_json_option(r, '{"version", "parent", "promoted", "gate", "metrics", "minutes"}', dest="json_out")
     r.add_argument("--no-labels", action="store_true", help="do not read human labels from the store")
     r.add_argument("--epochs", type=positive_float, default=2.0, help="at most this many epochs")

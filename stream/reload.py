@@ -97,8 +97,12 @@ def startup_model_dir(settings: Settings, metrics: Any = None) -> str | None:
         mv = registry.resolve("production")
     except ModelError as exc:
         registry.corrupt = registry.corrupt or str(exc)
-        log.error("model registry %s unreadable at start (%s); starting on the model directory %s instead",
-                  registry.root, exc.one_line(), settings.model_dir or "(the shipped model)")
+        log.error(
+            "model registry %s unreadable at start (%s); starting on the model directory %s instead",
+            registry.root,
+            exc.one_line(),
+            settings.model_dir or "(the shipped model)",
+        )
         mv = None
     note_registry_state(registry, metrics)
     if mv is None:
@@ -107,8 +111,13 @@ def startup_model_dir(settings: Settings, metrics: Any = None) -> str | None:
         if check_serving_contract(mv.path) is None:
             warm_up_max_length(mv.path, settings.cache_dir)
     except ModelError as exc:
-        log.error("registry %s: production %s may not serve (%s); starting on the model directory %s instead",
-                  settings.registry, mv.version, exc.one_line(), settings.model_dir or "(the shipped model)")
+        log.error(
+            "registry %s: production %s may not serve (%s); starting on the model directory %s instead",
+            settings.registry,
+            mv.version,
+            exc.one_line(),
+            settings.model_dir or "(the shipped model)",
+        )
         return settings.model_dir
     log.info("registry %s: production is %s", settings.registry, mv.version)
     return str(mv.path)
@@ -125,9 +134,14 @@ def load_model(path: str | Path | None, settings: Settings, expect_version: str 
     try:
         if path is not None:
             check_serving_contract(path)
-        clf = Classifier.load(path, variant=settings.model_variant, threads=settings.call_threads,
-                              cache_dir=settings.cache_dir, text_cache_size=settings.model_cache_size,
-                              spinning=settings.model_spinning)
+        clf = Classifier.load(
+            path,
+            variant=settings.model_variant,
+            threads=settings.call_threads,
+            cache_dir=settings.cache_dir,
+            text_cache_size=settings.model_cache_size,
+            spinning=settings.model_spinning,
+        )
         if expect_version is not None and clf.version != expect_version:
             raise ModelError(f"{path} reports model_version {clf.version!r}, not {expect_version!r}")
         # a short text and one at the model's maximum length: a graph with fewer positions than max_length
@@ -167,8 +181,12 @@ class ModelFollower:
             self.registry.corrupt = self.registry.corrupt or why
             note_registry_state(self.registry, self.metrics)
             if why != self.unreadable:  # one line per problem, not one per poll
-                log.error("model registry %s: cannot read the production alias (%s); still serving %s",
-                          self.registry.root, why, getattr(self.holder.current, "version", "?"))
+                log.error(
+                    "model registry %s: cannot read the production alias (%s); still serving %s",
+                    self.registry.root,
+                    why,
+                    getattr(self.holder.current, "version", "?"),
+                )
             self.unreadable = why
             return None
         self.unreadable = None
@@ -187,8 +205,12 @@ class ModelFollower:
             self.failed.add(mv.version)
             self.events.append((mv.version, "failed"))
             self.metrics.reload_failures.inc()
-            log.error("model reload: production moved to %s but it cannot be loaded, still serving %s: %s",
-                      mv.version, serving, exc.one_line())
+            log.error(
+                "model reload: production moved to %s but it cannot be loaded, still serving %s: %s",
+                mv.version,
+                serving,
+                exc.one_line(),
+            )
             return None
         if self.stopping.is_set():
             return None

@@ -128,11 +128,17 @@ def _utc(ts: datetime) -> datetime:
 def _raw_item(d: dict[str, Any]) -> RawItem:
     """The stored item behind an ``items`` row (ingested_at to the millisecond, so the row replaces its own)."""
     return RawItem(
-        id=d["id"], source=d["source"], source_type=d["source_type"], text=d["text"],
+        id=d["id"],
+        source=d["source"],
+        source_type=d["source_type"],
+        text=d["text"],
         ingested_at=_utc(d["ingested_at"]) + timedelta(milliseconds=int(d["ingested_ms"])),
-        title=d["title"], url=d["url"], author=d["author"],
+        title=d["title"],
+        url=d["url"],
+        author=d["author"],
         published_at=_utc(d["published_at"]) if d["published_at"] is not None else None,
-        tickers=tuple(d["tickers"]), truncated=bool(d["truncated"]),
+        tickers=tuple(d["tickers"]),
+        truncated=bool(d["truncated"]),
     )
 
 
@@ -151,8 +157,12 @@ class Progress:
         self.last = now
         rate = (ck.done - self.start_done) / max(now - self.t0, 1e-9)
         pct = f" ({100 * ck.done / ck.total:.1f}%)" if ck.total else ""
-        print(f"rescore: {ck.done}/{ck.total} items{pct} with {ck.version}, {rate:.0f} items/s, "
-              f"{ck.batches} batches, {ck.failed} failed", file=self.out, flush=True)
+        print(
+            f"rescore: {ck.done}/{ck.total} items{pct} with {ck.version}, {rate:.0f} items/s, "
+            f"{ck.batches} batches, {ck.failed} failed",
+            file=self.out,
+            flush=True,
+        )
 
 
 def rescore(
@@ -178,7 +188,7 @@ def rescore(
         raise StoreInUse(
             f"rescore cannot open the store: {exc}",
             hint="the embedded store (chdb) allows one process per data path: stop the worker while re-scoring, "
-                 "or run the store as a clickhouse:// server, which both can use at once",
+            "or run the store as a clickhouse:// server, which both can use at once",
         ) from None
     try:
         store.ensure_schema()
@@ -191,14 +201,26 @@ def rescore(
         if not resumed:
             hi = int(utcnow().timestamp()) + 1
             lo = max(0, hi - 1 - int(since.total_seconds()))
-            ck = Checkpoint(key, store.url_redacted, f"{int(since.total_seconds())}s", topic, target, lo, hi,
-                            total=store.rescore_total(lo, hi, topic), started_at=utcnow().isoformat())
+            ck = Checkpoint(
+                key,
+                store.url_redacted,
+                f"{int(since.total_seconds())}s",
+                topic,
+                target,
+                lo,
+                hi,
+                total=store.rescore_total(lo, hi, topic),
+                started_at=utcnow().isoformat(),
+            )
             ck.save(path)
         assert ck is not None
         if resumed and progress is not None:
-            print(f"rescore: resuming the job started {ck.started_at} ({ck.done}/{ck.total} done, after "
-                  f"{datetime.fromtimestamp(ck.after_at, UTC):%Y-%m-%d %H:%M:%S} {ck.after_id}); --restart starts over",
-                  file=progress, flush=True)
+            print(
+                f"rescore: resuming the job started {ck.started_at} ({ck.done}/{ck.total} done, after "
+                f"{datetime.fromtimestamp(ck.after_at, UTC):%Y-%m-%d %H:%M:%S} {ck.after_id}); --restart starts over",
+                file=progress,
+                flush=True,
+            )
         bar = Progress(progress)
         bar.start_done = ck.done
         t0 = time.monotonic()
@@ -225,8 +247,9 @@ def rescore(
             scored, dead = score_items(clf, [_raw_item(d) for d in dicts])
             # the history first: if the process dies between the two inserts, the page is done again on
             # resume and its old scores are still the ones in items (written after, they would be the new)
-            store.insert_score_history([schema.score_history_row(r) for r in rows]
-                                       + [schema.score_row(x) for x in scored])
+            store.insert_score_history(
+                [schema.score_history_row(r) for r in rows] + [schema.score_row(x) for x in scored]
+            )
             # the items and their mentions: an entity the new score no longer finds gets a tombstone (#26)
             store.insert_scored(scored, replace_mentions=True)
             ck.after_at, ck.after_id = int(_utc(dicts[-1]["ingested_at"]).timestamp()), str(dicts[-1]["id"])
@@ -239,8 +262,13 @@ def rescore(
         ck.finished = slice_lo >= ck.hi
         ck.save(path)
         bar.show(ck, final=True)
-        return {**asdict(ck), "resumed": resumed, "batches_this_run": run_batches, "checkpoint": str(path),
-                "seconds": round(time.monotonic() - t0, 3)}
+        return {
+            **asdict(ck),
+            "resumed": resumed,
+            "batches_this_run": run_batches,
+            "checkpoint": str(path),
+            "seconds": round(time.monotonic() - t0, 3),
+        }
     finally:
         store.close()
 
@@ -253,16 +281,26 @@ def _handler(args: argparse.Namespace, settings: Settings) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = rescore(settings, args.since, topic=args.topic, version=args.version, batch_size=args.batch_size,
-                          restart=args.restart, max_batches=args.max_batches, stop=lambda: bool(stopping))
+        summary = rescore(
+            settings,
+            args.since,
+            topic=args.topic,
+            version=args.version,
+            batch_size=args.batch_size,
+            restart=args.restart,
+            max_batches=args.max_batches,
+            stop=lambda: bool(stopping),
+        )
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     emit_json(args.json, summary)
     if not to_stdout(args.json):
         state = "done" if summary["finished"] else "stopped; run the same command again to resume"
-        print(f"rescored {summary['done']} of {summary['total']} items with {summary['version']} "
-              f"({summary['failed']} failed, {summary['batches_this_run']} batches this run): {state}")
+        print(
+            f"rescored {summary['done']} of {summary['total']} items with {summary['version']} "
+            f"({summary['failed']} failed, {summary['batches_this_run']} batches this run): {state}"
+        )
     return 130 if stopping else 0
 
 
@@ -286,8 +324,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--since", type=parse_duration, required=True, metavar="DURATION",
-                   help="items ingested in the last DURATION (30m, 24h, 7d)")
+    p.add_argument(
+        "--since",
+        type=parse_duration,
+        required=True,
+        metavar="DURATION",
+        help="items ingested in the last DURATION (30m, 24h, 7d)",
+    )
     p.add_argument("--topic", default=None, help="only items whose current topic is this one")
     p.add_argument("--version", default=None, help="registry version to score with (default: production)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"items per batch (default {DEFAULT_BATCH})")

@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 6.0
 
 
-async def _serve(worker: ScoringWorker, stop: asyncio.Event, stop_timeout_s: float = STOP_TIMEOUT_S,
-                 on_stopping: Callable[[], Any] | None = None) -> bool:
+async def _serve(
+    worker: ScoringWorker,
+    stop: asyncio.Event,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+    on_stopping: Callable[[], Any] | None = None,
+) -> bool:
     """Start the app, wait for ``stop`` (or for the app to crash), stop the app within ``stop_timeout_s``.
 
     A stop that Kafka cannot complete (no broker to commit to) is cut off: what was committed
@@ -58,12 +62,16 @@ async def _serve(worker: ScoringWorker, stop: asyncio.Event, stop_timeout_s: flo
             await asyncio.wait_for(app.stop(), timeout=stop_timeout_s)
         except TimeoutError:
             clean = False
-            log.warning("Kafka did not let the worker stop in %.0f s; stopped without a final commit "
-                        "(uncommitted batches are redelivered, and stored once)", stop_timeout_s)
+            log.warning(
+                "Kafka did not let the worker stop in %.0f s; stopped without a final commit "
+                "(uncommitted batches are redelivered, and stored once)",
+                stop_timeout_s,
+            )
         except Exception as exc:  # noqa: BLE001 - stopping must end, whatever the client library raises
             clean = False
-            log.warning("stopping the Faust app failed (%s: %s); the store is closed all the same",
-                        type(exc).__name__, exc)
+            log.warning(
+                "stopping the Faust app failed (%s: %s); the store is closed all the same", type(exc).__name__, exc
+            )
         finally:
             worker.close()
     return clean
@@ -209,8 +217,14 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     # the read-only query API, and the store calls other commands make while this worker holds an embedded store
     routes = api_handlers(lambda: scorer_ref[0].store if scorer_ref else None)
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    server = serve_metrics(settings.metrics_host, settings.metrics_port, ready=ready, routes=routes, api_token=token,
-                           post_routes=owner.call_routes(lambda: scorer_ref[0].store if scorer_ref else None))
+    server = serve_metrics(
+        settings.metrics_host,
+        settings.metrics_port,
+        ready=ready,
+        routes=routes,
+        api_token=token,
+        post_routes=owner.call_routes(lambda: scorer_ref[0].store if scorer_ref else None),
+    )
     ensure_topics(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -232,23 +246,31 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     def quiet_kafka_at_stop() -> None:
         if limiter is not None and health.lost_since is not None:
             limiter.stopping = True  # stopping without Kafka: the clients' complaints say nothing new
+
     scorer_ref.append(scorer)
     clf = scorer.holder.current
     log.info(
         "worker %s: %s -> model %s (%s) -> %s; batch %d / %.2fs",
-        settings.consumer_group, settings.topic_raw, getattr(clf, "version", "?"), getattr(clf, "provider", "?"),
-        settings.redacted()["store"], settings.batch_max, settings.batch_within_s,
+        settings.consumer_group,
+        settings.topic_raw,
+        getattr(clf, "version", "?"),
+        getattr(clf, "provider", "?"),
+        settings.redacted()["store"],
+        settings.batch_max,
+        settings.batch_within_s,
     )
     # a broker that lost its topics (memory-only, restarted) gets every one of ours back, internal ones too
     health_timer = loop.create_task(
-        _watch_health(health, lambda: faust_adapter.kafka_answers(worker.app), scorer._redeclare_topics))
+        _watch_health(health, lambda: faust_adapter.kafka_answers(worker.app), scorer._redeclare_topics)
+    )
     default_hook = threading.excepthook
 
     def quiet_stop(args: Any) -> None:
         # Faust's consumer thread, cut off while Kafka is gone, dies of a CancelledError: one line, no traceback
         if stop.is_set():
-            log.warning("%s ended during shutdown: %s", getattr(args.thread, "name", "a thread"),
-                        args.exc_type.__name__)
+            log.warning(
+                "%s ended during shutdown: %s", getattr(args.thread, "name", "a thread"), args.exc_type.__name__
+            )
         else:
             default_hook(args)
 
@@ -269,8 +291,9 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         if server is not None:
             server.shutdown()
     st = scorer.stats.snapshot()
-    log.info("worker stopped: consumed %d, stored %d, dead-lettered %s", st["consumed"], st["stored"],
-             st["dead_lettered"])
+    log.info(
+        "worker stopped: consumed %d, stored %d, dead-lettered %s", st["consumed"], st["stored"], st["dead_lettered"]
+    )
     interrupted = None
     if signals and signals[0] == signal.SIGINT:
         interrupted = Interrupted(

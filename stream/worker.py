@@ -76,9 +76,26 @@ from finsent.stream.pipeline.store_stage import (
 from finsent.stream.publish import Record
 
 __all__ = [  # the names other modules and the tests import from here
-    "MAX_WAITING_BATCHES", "RETRY_FIRST_S", "RETRY_MAX_S", "SPLIT_MIN_ITEMS", "STORE_GROUP_ROWS", "AckGuard",
-    "ClassifierHolder", "DeadLetter", "RawMessage", "Scorer", "ScoringWorker", "WorkerStats", "WorkerStopping",
-    "_to_scored", "create_app", "create_worker", "decode_batch", "faust_datadir", "load_classifier", "score_items",
+    "MAX_WAITING_BATCHES",
+    "RETRY_FIRST_S",
+    "RETRY_MAX_S",
+    "SPLIT_MIN_ITEMS",
+    "STORE_GROUP_ROWS",
+    "AckGuard",
+    "ClassifierHolder",
+    "DeadLetter",
+    "RawMessage",
+    "Scorer",
+    "ScoringWorker",
+    "WorkerStats",
+    "WorkerStopping",
+    "_to_scored",
+    "create_app",
+    "create_worker",
+    "decode_batch",
+    "faust_datadir",
+    "load_classifier",
+    "score_items",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,9 +163,9 @@ class Scorer:
         #: what the extensions get (the alert agent, the drift timer): no attributes on the Faust app
         self.context = WorkerContext(settings, self.shared_store, self.metrics, self.health, holder, self.extensions)
         self.scheduler: BatchScheduler[RawMessage, Scored] = BatchScheduler(
-            settings.batch_max, settings.model_calls, self._score, self._scored)
-        self.store_stage = StoreStage(self.shared_store, self.health, self.metrics.store_retries, self.draining,
-                                      stages)
+            settings.batch_max, settings.model_calls, self._score, self._scored
+        )
+        self.store_stage = StoreStage(self.shared_store, self.health, self.metrics.store_retries, self.draining, stages)
         #: set by :meth:`bind` (the Faust edge); a test may hand :meth:`_publish` its own
         self.publisher: PublishStage | None = None
         self.positions = Positions()
@@ -161,8 +178,14 @@ class Scorer:
 
     def bind(self, edge: faust_adapter.FaustEdge) -> None:
         """Publish through ``edge`` (the Faust app's producer)."""
-        self.publisher = PublishStage(edge.send, self.settings.topic_scored, self.settings.topic_dlq,
-                                      self._redeclare_topics, self.stopping, self.draining)
+        self.publisher = PublishStage(
+            edge.send,
+            self.settings.topic_scored,
+            self.settings.topic_dlq,
+            self._redeclare_topics,
+            self.stopping,
+            self.draining,
+        )
 
     # -- the hot path, in the order a batch goes --------------------------------------------
     async def handle(self, events: Sequence[Any]) -> None:
@@ -179,8 +202,9 @@ class Scorer:
 
     def _score(self, messages: list[RawMessage]) -> Scored:
         """Model thread: decode, score with the classifier in use (one version per call), encode the records."""
-        return decode_and_score(self.holder.current, messages, self.settings.max_message_bytes,
-                                self.settings.max_text_chars)
+        return decode_and_score(
+            self.holder.current, messages, self.settings.max_message_bytes, self.settings.max_text_chars
+        )
 
     async def _scored(self, guard: AckGuard, messages: list[RawMessage], result: Scored) -> None:
         """A model call's result, in take order: count it, then queue it for the store (may wait: backpressure)."""
@@ -194,8 +218,9 @@ class Scorer:
                 self.stats.batch_versions.append(frozenset(s.model_version for s in scored))
         await self.store_stage.put(ScoredBatch(guard, scored, dead, payloads), self._finish)
 
-    async def _finish(self, group: list[ScoredBatch], scored: list[ScoredItem], store_s: float,
-                      stored_at: datetime) -> None:
+    async def _finish(
+        self, group: list[ScoredBatch], scored: list[ScoredItem], store_s: float, stored_at: datetime
+    ) -> None:
         """A stored group: publish it, count it, and only then release its offsets for commit."""
         dead = [d for b in group for d in b.dead]
         try:
@@ -336,7 +361,10 @@ class Scorer:
                 "partition log behind the worker's position: %s[%d] ends at offset %d, the worker is at %d; "
                 "the broker lost this log (a memory-only broker restarted, or the topic was re-created). "
                 "Reading it again from the earliest offset (the store keeps each item once)",
-                key[0], key[1], end, position,
+                key[0],
+                key[1],
+                end,
+                position,
             )
             await faust_adapter.restart_partition(consumer, key)
             self.positions.forget(key)
@@ -364,6 +392,8 @@ class Scorer:
             await asyncio.wait_for(loop.run_in_executor(None, ensure_topics, self.settings, None, 5.0), 8.0)
         except Exception as exc:  # the broker is still away; the next failure tries again
             log.debug("re-declaring topics failed: %s", exc)
+
+
 def faust_datadir(cache_dir: Path) -> Path:
     """A private data directory for one Faust app, under ``<cache_dir>/faust/<pid>-*``; removed at close.
 
@@ -392,8 +422,12 @@ def load_classifier(settings: Settings) -> Any:
     from finsent.stream.reload import startup_model_dir
 
     return Classifier.load(
-        startup_model_dir(settings), variant=settings.model_variant, threads=settings.call_threads,
-        cache_dir=settings.cache_dir, text_cache_size=settings.model_cache_size, spinning=settings.model_spinning,
+        startup_model_dir(settings),
+        variant=settings.model_variant,
+        threads=settings.call_threads,
+        cache_dir=settings.cache_dir,
+        text_cache_size=settings.model_cache_size,
+        spinning=settings.model_spinning,
     )
 
 
@@ -456,8 +490,15 @@ def create_worker(
             s.ensure_schema()
             return s
 
-    scorer = Scorer(settings, ClassifierHolder(classifier), store_factory, stats, owns_store=store is None,
-                    registry=registry, stages=stages)
+    scorer = Scorer(
+        settings,
+        ClassifierHolder(classifier),
+        store_factory,
+        stats,
+        owns_store=store is None,
+        registry=registry,
+        stages=stages,
+    )
     scorer.datadir = faust_datadir(Path(settings.cache_dir))
     app = faust_adapter.make_app(settings, app_id or settings.consumer_group, scorer.datadir, loop, commit_interval_s)
     scorer.bind(faust_adapter.FaustEdge(app))

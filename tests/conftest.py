@@ -28,8 +28,12 @@ os.environ.setdefault("FINSENT_CACHE_DIR", str(Path(tempfile.gettempdir()) / "fi
 #: the folder names that setuptools maps onto finsent.<name>; never importable on their own
 BARE_NAMES = ("stream", "models", "ingest", "alerts")
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.clickhouse", "tests.fixtures.clickhouse_cluster",
-                  "tests.fixtures.prom"]
+pytest_plugins = [
+    "tests.fixtures.kafka",
+    "tests.fixtures.clickhouse",
+    "tests.fixtures.clickhouse_cluster",
+    "tests.fixtures.prom",
+]
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

@@ -47,8 +47,9 @@ def stream_settings(bootstrap: str, store: str, suffix: str, **kw: Any) -> Setti
 def make_items(n: int, prefix: str = "it") -> list[RawItem]:
     now = utcnow()
     return [
-        RawItem(id=f"{prefix}-{i}", source="test", source_type="news", text=f"{TEXTS[i % len(TEXTS)]} #{i}",
-                ingested_at=now)
+        RawItem(
+            id=f"{prefix}-{i}", source="test", source_type="news", text=f"{TEXTS[i % len(TEXTS)]} #{i}", ingested_at=now
+        )
         for i in range(n)
     ]
 
@@ -124,8 +125,13 @@ class Feeder(threading.Thread):
             while not self.stopping.is_set():
                 ids = []
                 for _ in range(6):
-                    item = RawItem(id=f"{self.prefix}-{i}", source="test", source_type="news",
-                                   text=f"{TEXTS[i % len(TEXTS)]} #{i}", ingested_at=utcnow())
+                    item = RawItem(
+                        id=f"{self.prefix}-{i}",
+                        source="test",
+                        source_type="news",
+                        text=f"{TEXTS[i % len(TEXTS)]} #{i}",
+                        ingested_at=utcnow(),
+                    )
                     producer.send(self.settings.topic_raw, key=item.id.encode(), value=item.to_json())
                     ids.append(item.id)
                     i += 1

@@ -84,7 +84,7 @@ def test_spike_reaches_the_webhook_through_prometheus_and_alertmanager(
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
 rule_files: [finsent-rules.yml]
 alerting:
-  alertmanagers: [{{static_configs: [{{targets: ["{am.url.removeprefix('http://')}"]}}]}}]
+  alertmanagers: [{{static_configs: [{{targets: ["{am.url.removeprefix("http://")}"]}}]}}]
 scrape_configs:
   - job_name: finsent-worker
     static_configs: [{{targets: ["127.0.0.1:{metrics_port}"]}}]
@@ -107,8 +107,7 @@ scrape_configs:
         traffic.set_share("banking", 0.6)
 
         def firing_banking(body):
-            return body["status"] == "firing" and any(
-                a["labels"].get("topic") == "banking" for a in body["alerts"])
+            return body["status"] == "firing" and any(a["labels"].get("topic") == "banking" for a in body["alerts"])
 
         arrived, body = webhook_receiver.wait_for(firing_banking, timeout_s=30)
         latency = arrived - spike_at
@@ -144,24 +143,40 @@ def test_in_stream_detector_posts_to_alertmanager_with_headlines(alertmanager_fa
 
     def headlines(topic, since):
         assert topic == "banking"
-        return [{"title": "Bank X misses estimates, shares plunge", "url": "https://news.example/x"},
-                {"title": None, "text": "Regulator opens probe into Bank Y lending"}]
+        return [
+            {"title": "Bank X misses estimates, shares plunge", "url": "https://news.example/x"},
+            {"title": None, "text": "Regulator opens probe into Bank Y lending"},
+        ]
 
     sink = AlertmanagerSink(am.url, 60, "http://grafana.example/d/finsent-alerts/finsent-alerts", headlines)
-    st = TopicState("banking", score=9.5, active=True, severity="warning", negative_share=0.6,
-                    baseline_share=0.1, volume=100, since=utcnow())
+    st = TopicState(
+        "banking",
+        score=9.5,
+        active=True,
+        severity="warning",
+        negative_share=0.6,
+        baseline_share=0.1,
+        volume=100,
+        since=utcnow(),
+    )
     t0 = time.monotonic()
     sink([], {"banking": st, "crypto": TopicState("crypto", score=0.3)})
     arrived, body = webhook_receiver.wait_for(lambda b: b["status"] == "firing", timeout_s=10)
     print(f"\nin-stream post -> webhook: {arrived - t0:.2f} s")
     (alert,) = body["alerts"]
-    assert alert["labels"] == {"alertname": "FinsentNegativeSentimentSpike", "topic": "banking",
-                               "severity": "warning", "source": "stream"}
+    assert alert["labels"] == {
+        "alertname": "FinsentNegativeSentimentSpike",
+        "topic": "banking",
+        "severity": "warning",
+        "source": "stream",
+    }
     desc = alert["annotations"]["description"]
     assert "60% negative on 100 items against a 10% baseline" in desc
     assert "- Bank X misses estimates, shares plunge (https://news.example/x)" in desc
     assert "- Regulator opens probe into Bank Y lending" in desc
-    assert alert["annotations"]["dashboard"].startswith("http://grafana.example/d/finsent-alerts/finsent-alerts?var-topic=banking")
+    assert alert["annotations"]["dashboard"].startswith(
+        "http://grafana.example/d/finsent-alerts/finsent-alerts?var-topic=banking"
+    )
     # the topic clears: the sink resolves it at once
     st.active = False
     sink([], {"banking": st})

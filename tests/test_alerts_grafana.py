@@ -32,23 +32,42 @@ def _targets(dash: dict[str, Any]) -> list[dict[str, Any]]:
     out = [t for p in dash["panels"] for t in p["targets"]]
     out += [a["target"] for a in dash["annotations"]["list"] if "target" in a]
     out += [{"expr": a["expr"], "datasource": a["datasource"]} for a in dash["annotations"]["list"] if "expr" in a]
-    out += [{"rawSql": v["query"], "datasource": v["datasource"]} for v in dash["templating"]["list"]
-            if v.get("type") == "query"]
+    out += [
+        {"rawSql": v["query"], "datasource": v["datasource"]}
+        for v in dash["templating"]["list"]
+        if v.get("type") == "query"
+    ]
     return out
 
 
 def sql_queries() -> list[tuple[str, str]]:
-    return [(f"{p.stem}:{i}", t["rawSql"]) for p in DASHBOARDS
-            for i, t in enumerate(_targets(json.loads(p.read_text()))) if "rawSql" in t]
+    return [
+        (f"{p.stem}:{i}", t["rawSql"])
+        for p in DASHBOARDS
+        for i, t in enumerate(_targets(json.loads(p.read_text())))
+        if "rawSql" in t
+    ]
 
 
 def promql_queries() -> list[tuple[str, str]]:
-    return [(f"{p.stem}:{i}", t["expr"]) for p in DASHBOARDS
-            for i, t in enumerate(_targets(json.loads(p.read_text()))) if "expr" in t]
+    return [
+        (f"{p.stem}:{i}", t["expr"])
+        for p in DASHBOARDS
+        for i, t in enumerate(_targets(json.loads(p.read_text())))
+        if "expr" in t
+    ]
 
 
-def expand_sql(sql: str, db: str, frm: datetime, to: datetime, interval_s: int, topics: list[str],
-               versions: tuple[str, str] = ("m1", "m2"), entity: str = "JPM") -> str:
+def expand_sql(
+    sql: str,
+    db: str,
+    frm: datetime,
+    to: datetime,
+    interval_s: int,
+    topics: list[str],
+    versions: tuple[str, str] = ("m1", "m2"),
+    entity: str = "JPM",
+) -> str:
     """Grafana's variable interpolation, then the ClickHouse plugin's macros (pkg/macros in the plugin)."""
     sql = sql.replace("${database}", db).replace("$database", db)
     sql = sql.replace("${entity:singlequote}", "'" + entity.replace("'", "\\'") + "'")
@@ -56,8 +75,9 @@ def expand_sql(sql: str, db: str, frm: datetime, to: datetime, interval_s: int, 
         sql = sql.replace("${" + name + ":singlequote}", "'" + value.replace("'", "\\'") + "'")
     sql = sql.replace("${topic:singlequote}", ",".join("'" + t.replace("'", "\\'") + "'" for t in topics))
     f, t = int(frm.timestamp()), int(to.timestamp())
-    sql = re.sub(r"\$__timeFilter\(([^)]+)\)", lambda m: f"{m[1]} >= toDateTime({f}) AND {m[1]} <= toDateTime({t})",
-                 sql)
+    sql = re.sub(
+        r"\$__timeFilter\(([^)]+)\)", lambda m: f"{m[1]} >= toDateTime({f}) AND {m[1]} <= toDateTime({t})", sql
+    )
     sql = sql.replace("$__fromTime", f"toDateTime({f})").replace("$__toTime", f"toDateTime({t})")
     sql = sql.replace("$__interval_s", str(max(1, interval_s)))
     assert "$" not in sql, f"unexpanded macro or variable in: {sql}"
@@ -67,8 +87,12 @@ def expand_sql(sql: str, db: str, frm: datetime, to: datetime, interval_s: int, 
 def test_dashboards_and_provisioning_are_current():
     for rel, text in files().items():
         assert (DEPLOY / rel).read_text(encoding="utf-8") == text, f"{rel} is stale: run `finsent alerts dashboards`"
-    assert {p.name for p in DASHBOARDS} == {"finsent-sentiment.json", "finsent-alerts.json", "finsent-pipeline.json",
-                                            "finsent-entities.json"}
+    assert {p.name for p in DASHBOARDS} == {
+        "finsent-sentiment.json",
+        "finsent-alerts.json",
+        "finsent-pipeline.json",
+        "finsent-entities.json",
+    }
     assert len(sql_queries()) >= 10 and len(promql_queries()) >= 15
 
 
@@ -86,11 +110,14 @@ def test_entity_dashboard_uses_datasource_inputs_and_an_entity_variable():
     assert variables["entity"]["type"] == "query"
     uids = {t["datasource"]["uid"] for t in _targets(dash)}
     assert uids == {"${DS_CLICKHOUSE}", "${DS_PROMETHEUS}"}, uids  # no fixed uid: importable anywhere
-    assert all("${entity:singlequote}" in t["rawSql"] for p in dash["panels"] for t in p["targets"]
-               if "rawSql" in t)
+    assert all("${entity:singlequote}" in t["rawSql"] for p in dash["panels"] for t in p["targets"] if "rawSql" in t)
     titles = {p["title"] for p in dash["panels"]}
-    assert {"Mentions by sentiment", "Buzz, novel stories, sources", "Top stories",
-            "Alerts about this entity"} <= titles
+    assert {
+        "Mentions by sentiment",
+        "Buzz, novel stories, sources",
+        "Top stories",
+        "Alerts about this entity",
+    } <= titles
     alerts = json.loads((DEPLOY / "dashboards" / "finsent-alerts.json").read_text())
     assert {"Entity alerts", "Entities alerting now"} <= {p["title"] for p in alerts["panels"]}
 
@@ -103,16 +130,27 @@ def _seed(store) -> dict[str, Any]:
         for topic, neg in (("banking", 6 if m >= 25 else 1), ("crypto", 5)):
             for k in range(10):
                 negative = k < neg
-                raw = RawItem(id=f"g{i}", source="test", source_type="news", text=f"{topic} story {i}",
-                              title=None if k == 9 else f"{topic} headline {i}", ingested_at=at,
-                              url=f"https://news.example/{i}" if k % 2 else None)
-                probs = {"negative": 0.9 if negative else 0.05, "neutral": 0.05 if negative else 0.9,
-                         "positive": 0.05}
+                raw = RawItem(
+                    id=f"g{i}",
+                    source="test",
+                    source_type="news",
+                    text=f"{topic} story {i}",
+                    title=None if k == 9 else f"{topic} headline {i}",
+                    ingested_at=at,
+                    url=f"https://news.example/{i}" if k % 2 else None,
+                )
+                probs = {"negative": 0.9 if negative else 0.05, "neutral": 0.05 if negative else 0.9, "positive": 0.05}
                 # banking stories are about JPMorgan (the entity dashboard's mentions), with the item's sentiment
-                ents = (EntityMention("JPMorgan", 0, 8, "negative" if negative else "neutral", probs, "JPM",
-                                      "JPMorgan Chase", 90),) if topic == "banking" else ()
-                items.append(ScoredItem(raw, "negative" if negative else "neutral", probs, topic, 0.9, "m1", at,
-                                        ents))
+                ents = (
+                    (
+                        EntityMention(
+                            "JPMorgan", 0, 8, "negative" if negative else "neutral", probs, "JPM", "JPMorgan Chase", 90
+                        ),
+                    )
+                    if topic == "banking"
+                    else ()
+                )
+                items.append(ScoredItem(raw, "negative" if negative else "neutral", probs, topic, 0.9, "m1", at, ents))
                 i += 1
     store.insert_scored(items)
     # the first 100 items re-scored by a model m2 with the same verdicts, as `finsent rescore` writes them
@@ -120,13 +158,35 @@ def _seed(store) -> dict[str, Any]:
     rescored = [replace(it, model_version="m2", scored_at=now) for it in items[:100]]
     store.insert_score_history([schema.score_row(x) for x in items[:100] + rescored])
     store.insert_scored(rescored)
-    alert = Alert(topic="banking", fired_at=now - timedelta(minutes=3), window_start=now - timedelta(minutes=8),
-                  window_end=now - timedelta(minutes=3), negative=30, total=50, negative_share=0.6,
-                  baseline_share=0.1, score=9.1, detector="ewma_z", severity="warning")
-    entity_alert = Alert(topic="", fired_at=now - timedelta(minutes=2), window_start=now - timedelta(minutes=20),
-                         window_end=now - timedelta(minutes=2), negative=12, total=20, negative_share=0.6,
-                         baseline_share=0.0, score=7.9, detector="entity_surge", kind="entity", entity_id="JPM",
-                         entity_name="JPMorgan Chase", evidence={"sources": ["a", "b"], "headlines": []})
+    alert = Alert(
+        topic="banking",
+        fired_at=now - timedelta(minutes=3),
+        window_start=now - timedelta(minutes=8),
+        window_end=now - timedelta(minutes=3),
+        negative=30,
+        total=50,
+        negative_share=0.6,
+        baseline_share=0.1,
+        score=9.1,
+        detector="ewma_z",
+        severity="warning",
+    )
+    entity_alert = Alert(
+        topic="",
+        fired_at=now - timedelta(minutes=2),
+        window_start=now - timedelta(minutes=20),
+        window_end=now - timedelta(minutes=2),
+        negative=12,
+        total=20,
+        negative_share=0.6,
+        baseline_share=0.0,
+        score=7.9,
+        detector="entity_surge",
+        kind="entity",
+        entity_id="JPM",
+        entity_name="JPMorgan Chase",
+        evidence={"sources": ["a", "b"], "headlines": []},
+    )
     store.insert_alerts([alert, entity_alert])
     return {"now": now, "items": items, "alert": alert}
 
@@ -143,8 +203,7 @@ def test_every_dashboard_sql_query_runs_on_the_real_schema(engine, request):
         now = seeded["now"]
         results = {}
         for name, sql in sql_queries():
-            q = expand_sql(sql, db, now - timedelta(hours=1), now + timedelta(minutes=1), 300,
-                           ["banking", "crypto"])
+            q = expand_sql(sql, db, now - timedelta(hours=1), now + timedelta(minutes=1), 300, ["banking", "crypto"])
             results[sql] = store.query(q)
             assert results[sql], f"{engine}: {name} returned no rows:\n{q}"
     finally:
@@ -229,9 +288,24 @@ scrape_configs:
         em.active.labels("JPMorgan Chase", "JPM").set(1)
         em.alerts.labels(severity="warning").inc(0)
         time.sleep(0.5)
-    must_have_data = {"share_short", "stream_score", "stream_active", "scored_rate", "consumed_rate",
-                      "stored_rate", "dead_letter_rate", "lag", "latency_p50", "latency_p99", "inference_p95",
-                      "store_p95", "batch_mean", "entity_mentions_rate", "entities_tracked", "entity_alerting"}
+    must_have_data = {
+        "share_short",
+        "stream_score",
+        "stream_active",
+        "scored_rate",
+        "consumed_rate",
+        "stored_rate",
+        "dead_letter_rate",
+        "lag",
+        "latency_p50",
+        "latency_p99",
+        "inference_p95",
+        "store_p95",
+        "batch_mean",
+        "entity_mentions_rate",
+        "entities_tracked",
+        "entity_alerting",
+    }
     from finsent.alerts.dashboards import PROMQL
 
     by_expr = {v: k for k, v in PROMQL.items()}
@@ -249,11 +323,18 @@ scrape_configs:
 
 def test_expand_sql_matches_the_plugin_macros():
     frm, to = datetime.fromtimestamp(1_700_000_000).astimezone(), datetime.fromtimestamp(1_700_003_600).astimezone()
-    out = expand_sql("SELECT $__interval_s FROM ${database}.t WHERE $__timeFilter(ts) AND topic IN "
-                     "(${topic:singlequote}) AND x > $__fromTime", "db1", frm, to, 60, ["a", "b"])
-    assert out == ("SELECT 60 FROM db1.t WHERE ts >= toDateTime(1700000000) AND ts <= toDateTime(1700003600) "
-                   "AND topic IN ('a','b') AND x > toDateTime(1700000000)")
+    out = expand_sql(
+        "SELECT $__interval_s FROM ${database}.t WHERE $__timeFilter(ts) AND topic IN "
+        "(${topic:singlequote}) AND x > $__fromTime",
+        "db1",
+        frm,
+        to,
+        60,
+        ["a", "b"],
+    )
+    assert out == (
+        "SELECT 60 FROM db1.t WHERE ts >= toDateTime(1700000000) AND ts <= toDateTime(1700003600) "
+        "AND topic IN ('a','b') AND x > toDateTime(1700000000)"
+    )
     with pytest.raises(AssertionError, match="unexpanded"):
         expand_sql("SELECT $__unknown", "db", frm, to, 60, [])
-
-

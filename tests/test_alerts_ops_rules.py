@@ -84,7 +84,9 @@ def test_shipped_rules_alert_on_entities_in_an_episode_by_name_labels_only():
     doc = yaml.safe_load(RULES_PATH.read_text(encoding="utf-8"))
     rules = {g["name"]: g["rules"] for g in doc["groups"]}["finsent-entity-alerts"]
     assert [(r["alert"], r["labels"]["severity"]) for r in rules] == [
-        ("FinsentEntityNegativeSurge", "warning"), ("FinsentEntityNegativeSurge", "critical")]
+        ("FinsentEntityNegativeSurge", "warning"),
+        ("FinsentEntityNegativeSurge", "critical"),
+    ]
     assert all("finsent_entity_alert_active" in r["expr"] and "by (entity, entity_id)" in r["expr"] for r in rules)
 
 
@@ -98,8 +100,9 @@ def test_promtool_entity_unit_tests_pass_and_catch_a_broken_rule(promtool, tmp_p
     (tmp_path / "tests").mkdir()
     (tmp_path / "finsent-rules.yml").write_text(rules, encoding="utf-8")
     (tmp_path / "tests" / ENTITY_TESTS.name).write_text(ENTITY_TESTS.read_text(encoding="utf-8"), encoding="utf-8")
-    out = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests" / ENTITY_TESTS.name)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "tests" / ENTITY_TESTS.name)], capture_output=True, text=True
+    )
     if broken is None:
         assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
     else:

@@ -17,11 +17,24 @@ pytestmark = pytest.mark.integration
 
 
 def _item(i: int, topic: str, negative: bool, at) -> ScoredItem:
-    raw = RawItem(id=f"{topic}-{i}", source="test", source_type="news", text=f"{topic} headline {i}",
-                  title=f"{topic} headline {i}", ingested_at=at)
+    raw = RawItem(
+        id=f"{topic}-{i}",
+        source="test",
+        source_type="news",
+        text=f"{topic} headline {i}",
+        title=f"{topic} headline {i}",
+        ingested_at=at,
+    )
     sent = "negative" if negative else "neutral"
-    return ScoredItem(raw, sent, {"negative": 0.9 if negative else 0.05, "neutral": 0.1, "positive": 0.0},
-                      topic, 0.9, "test-model", at)
+    return ScoredItem(
+        raw,
+        sent,
+        {"negative": 0.9 if negative else 0.05, "neutral": 0.1, "positive": 0.0},
+        topic,
+        0.9,
+        "test-model",
+        at,
+    )
 
 
 def _history(now, minutes: int, spike_last: int) -> list[ScoredItem]:

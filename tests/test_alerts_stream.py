@@ -20,16 +20,24 @@ UTC = timezone.utc  # noqa: UP017
 
 def scored(i: int, topic: str, negative: bool, at: datetime) -> ScoredItem:
     item = RawItem(id=f"{topic}-{i}", source="test", source_type="news", text=f"item {i}", ingested_at=at)
-    probs = {"negative": 0.9, "neutral": 0.05, "positive": 0.05} if negative else {"negative": 0.05,
-                                                                                   "neutral": 0.9, "positive": 0.05}
+    probs = (
+        {"negative": 0.9, "neutral": 0.05, "positive": 0.05}
+        if negative
+        else {"negative": 0.05, "neutral": 0.9, "positive": 0.05}
+    )
     return ScoredItem(item, "negative" if negative else "neutral", probs, topic, 0.9, "test-model", at)
 
 
 def test_window_counts_bucket_by_ingested_at_and_skip_garbage():
     t = datetime(2026, 1, 5, 9, 0, 30, tzinfo=UTC)
-    values = [scored(0, "a", True, t).to_json(), scored(1, "a", False, t).to_json(),
-              scored(2, "a", True, t + timedelta(seconds=40)).to_json(), scored(3, "b", False, t).to_json(),
-              b"not json", None]
+    values = [
+        scored(0, "a", True, t).to_json(),
+        scored(1, "a", False, t).to_json(),
+        scored(2, "a", True, t + timedelta(seconds=40)).to_json(),
+        scored(3, "b", False, t).to_json(),
+        b"not json",
+        None,
+    ]
     counts, bad = window_counts(values, 60)
     start = int(datetime(2026, 1, 5, 9, 0, tzinfo=UTC).timestamp())
     assert counts == {("a", start): [1, 2], ("a", start + 60): [1, 1], ("b", start): [0, 1]}
@@ -46,8 +54,11 @@ def test_window_closer_releases_every_window_in_order_and_drops_late_counts():
     closer.add("b", s + 120, 0, 3)
     assert closer.close(datetime(2026, 1, 5, 9, 2, 1, tzinfo=UTC)) == []  # grace not over
     out = closer.close(datetime(2026, 1, 5, 9, 4, 5, tzinfo=UTC))
-    assert [(e.strftime("%H:%M"), c) for e, c in out] == [("09:02", {"a": (3, 10)}), ("09:03", {}),
-                                                          ("09:04", {"b": (0, 3)})]
+    assert [(e.strftime("%H:%M"), c) for e, c in out] == [
+        ("09:02", {"a": (3, 10)}),
+        ("09:03", {}),
+        ("09:04", {"b": (0, 3)}),
+    ]
     closer.add("a", s, 1, 1)
     assert closer.late == 6
 
@@ -76,8 +87,9 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
     from tests.stream_helpers import read_topic, stream_settings, wait_for
 
     topic_a, topic_b = f"bank{unique_name[:4]}", f"crypto{unique_name[:4]}"
-    s = stream_settings(kafka_bootstrap, chdb_db_url, unique_name, alert_window_s=1, alert_short_s=3,
-                        alert_baseline_halflife_s=20)
+    s = stream_settings(
+        kafka_bootstrap, chdb_db_url, unique_name, alert_window_s=1, alert_short_s=3, alert_baseline_halflife_s=20
+    )
     store = open_store(chdb_db_url)
     store.ensure_schema()
     producer = make_producer(s, client_id="test-scored")
@@ -90,8 +102,9 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
             now = utcnow()
             for topic, p in list(share.items()):
                 for k in range(10):
-                    producer.send(s.topic_scored, key=f"{i}".encode(),
-                                  value=scored(i, topic, k < round(10 * p), now).to_json())
+                    producer.send(
+                        s.topic_scored, key=f"{i}".encode(), value=scored(i, topic, k < round(10 * p), now).to_json()
+                    )
                     i += 1
             producer.flush()
             time.sleep(0.1)
@@ -101,14 +114,18 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
         with WorkerThread(s, classifier=tiny_classifier, store=store, extensions=[attach]) as w:
             feeder.start()
             det = w.context.extensions.get("alerts").detector
-            wait_for(lambda: topic_a in det.states() and det.states()[topic_a].baseline_share is not None, 90,
-                     "the detector to see traffic and build a baseline")
+            wait_for(
+                lambda: topic_a in det.states() and det.states()[topic_a].baseline_share is not None,
+                90,
+                "the detector to see traffic and build a baseline",
+            )
             time.sleep(3)
             assert w.context.extensions.get("alerts").alerts == [], "steady traffic must not alarm"
             share[topic_a] = 0.6
             t_spike = time.monotonic()
-            wait_for(lambda: any(a.topic == topic_a for a in w.context.extensions.get("alerts").alerts), 30,
-                     "a spike alert")
+            wait_for(
+                lambda: any(a.topic == topic_a for a in w.context.extensions.get("alerts").alerts), 30, "a spike alert"
+            )
             print(f"\nin-stream detection: {time.monotonic() - t_spike:.1f} s after the spike (1 s windows)")
             alert = next(a for a in w.context.extensions.get("alerts").alerts if a.topic == topic_a)
             # the alerting window may straddle the onset (10% -> 60%): at least twice the baseline
@@ -148,8 +165,7 @@ def test_prime_warms_baselines_from_stored_counts_so_a_restart_is_not_blind():
 
     now = utcnow()
     first = (int(now.timestamp()) // 60 + 1) * 60  # the closer's first live window starts here
-    rows = [TopicCounts(datetime.fromtimestamp(first - 60 * (m + 1), UTC), "banking", 20, 2, 18, 0)
-            for m in range(120)]
+    rows = [TopicCounts(datetime.fromtimestamp(first - 60 * (m + 1), UTC), "banking", 20, 2, 18, 0) for m in range(120)]
     store = _CountsStore(rows)
     state = InStreamAlerts(load_settings(), store_getter=lambda: store, sinks=[])
     state.closer.next_start = first
@@ -179,8 +195,9 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
 
     names = [f"t{i}{unique_name[:4]}" for i in range(40)]
     topics = [next(n for n in names if partition(n) == 0), next(n for n in names if partition(n) == 1)]
-    s = stream_settings(kafka_bootstrap, chdb_db_url, unique_name, alert_window_s=1, alert_short_s=3,
-                        alert_baseline_halflife_s=20)
+    s = stream_settings(
+        kafka_bootstrap, chdb_db_url, unique_name, alert_window_s=1, alert_short_s=3, alert_baseline_halflife_s=20
+    )
     store = open_store(chdb_db_url)
     store.ensure_schema()
     producer = make_producer(s, client_id="test-scored")
@@ -193,8 +210,9 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
             now = utcnow()
             for topic, p in list(share.items()):
                 for k in range(10):
-                    producer.send(s.topic_scored, key=f"{i}".encode(),
-                                  value=scored(i, topic, k < round(10 * p), now).to_json())
+                    producer.send(
+                        s.topic_scored, key=f"{i}".encode(), value=scored(i, topic, k < round(10 * p), now).to_json()
+                    )
                     i += 1
             producer.flush()
             time.sleep(0.1)
@@ -207,19 +225,29 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
         feeder.start()
 
         def owners(topic: str) -> list[int]:
-            return [i for i, w in enumerate(workers)
-                    if (st := w.context.extensions.get("alerts").detector.states().get(topic)) is not None
-                    and st.baseline_share is not None and st.volume > 0]
+            return [
+                i
+                for i, w in enumerate(workers)
+                if (st := w.context.extensions.get("alerts").detector.states().get(topic)) is not None
+                and st.baseline_share is not None
+                and st.volume > 0
+            ]
 
-        wait_for(lambda: all(len(owners(t)) == 1 for t in topics) and owners(topics[0]) != owners(topics[1]),
-                 120, "each topic owned by exactly one worker, the two by different workers")
+        wait_for(
+            lambda: all(len(owners(t)) == 1 for t in topics) and owners(topics[0]) != owners(topics[1]),
+            120,
+            "each topic owned by exactly one worker, the two by different workers",
+        )
         time.sleep(3)
         for t in topics:
             share[t] = 0.6
 
         def raised(topic: str) -> list[int]:
-            return [i for i, w in enumerate(workers)
-                    if any(a.topic == topic for a in w.context.extensions.get("alerts").alerts)]
+            return [
+                i
+                for i, w in enumerate(workers)
+                if any(a.topic == topic for a in w.context.extensions.get("alerts").alerts)
+            ]
 
         wait_for(lambda: all(raised(t) for t in topics), 30, "both spikes alerted")
         time.sleep(3)  # a duplicate from the other worker would show up by now

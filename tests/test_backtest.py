@@ -23,9 +23,11 @@ from finsent.stream.store import open_store
 
 pytestmark = pytest.mark.integration
 
-PROBS = {"negative": {"negative": 0.9, "neutral": 0.05, "positive": 0.05},
-         "neutral": {"negative": 0.1, "neutral": 0.8, "positive": 0.1},
-         "positive": {"negative": 0.05, "neutral": 0.05, "positive": 0.9}}
+PROBS = {
+    "negative": {"negative": 0.9, "neutral": 0.05, "positive": 0.05},
+    "neutral": {"negative": 0.1, "neutral": 0.8, "positive": 0.1},
+    "positive": {"negative": 0.05, "neutral": 0.05, "positive": 0.9},
+}
 T0 = datetime(2023, 1, 10, tzinfo=UTC)
 SOURCES = ("CoinDesk", "Decrypt", "Cointelegraph", "The Block")
 SURGE_DAY = T0 + timedelta(days=9, hours=18)
@@ -44,12 +46,19 @@ def history() -> list[ScoredItem]:
         nonlocal n
         n += 1
         sentiment = ents[0].sentiment
-        raw = RawItem(id=f"h-{n:04d}", source=source, source_type="news", text=f"{title}. More on this story {n}.",
-                      title=title, url=f"https://news.example/{n}",
-                      ingested_at=at + timedelta(seconds=rnd.randint(5, 600), milliseconds=rnd.randint(0, 999)),
-                      published_at=at if published else None)
-        out.append(ScoredItem(raw, sentiment, PROBS[sentiment], "crypto", 0.9, "m1",
-                              datetime(2023, 2, 1, tzinfo=UTC), ents))
+        raw = RawItem(
+            id=f"h-{n:04d}",
+            source=source,
+            source_type="news",
+            text=f"{title}. More on this story {n}.",
+            title=title,
+            url=f"https://news.example/{n}",
+            ingested_at=at + timedelta(seconds=rnd.randint(5, 600), milliseconds=rnd.randint(0, 999)),
+            published_at=at if published else None,
+        )
+        out.append(
+            ScoredItem(raw, sentiment, PROBS[sentiment], "crypto", 0.9, "m1", datetime(2023, 2, 1, tzinfo=UTC), ents)
+        )
 
     words = ["rally", "earnings", "guidance", "product", "hearing", "merger", "outlook", "probe", "upgrade", "launch"]
     for day in range(10):
@@ -57,16 +66,31 @@ def history() -> list[ScoredItem]:
             at = T0 + timedelta(days=day, hours=rnd.randint(0, 23), minutes=rnd.randint(0, 59))
             who = rnd.choice([("Apple", "AAPL"), ("Bitcoin", "X:BTC"), ("Coinbase", "COIN")])
             sentiment = rnd.choice(["positive", "positive", "neutral", "negative"])
-            add(at, f"{who[0]} {rnd.choice(words)} {rnd.choice(words)} day {day} no {k}",
-                (_ent(who[0], who[1], sentiment),), rnd.choice(SOURCES), published=rnd.random() > 0.2)
+            add(
+                at,
+                f"{who[0]} {rnd.choice(words)} {rnd.choice(words)} day {day} no {k}",
+                (_ent(who[0], who[1], sentiment),),
+                rnd.choice(SOURCES),
+                published=rnd.random() > 0.2,
+            )
         if day < 9 and rnd.random() < 0.5:
-            add(T0 + timedelta(days=day, hours=10), f"Genesis lending desk update {day}",
-                (_ent("Genesis", None, "neutral"),), "CoinDesk")
+            add(
+                T0 + timedelta(days=day, hours=10),
+                f"Genesis lending desk update {day}",
+                (_ent("Genesis", None, "neutral"),),
+                "CoinDesk",
+            )
     # the surge: distinct negative stories about Genesis from several outlets, plus retellings of the first
-    stories = ["Genesis halts withdrawals citing market turmoil", "Genesis owes creditors more than 3 billion",
-               "Genesis parent DCG faces lawsuit from Gemini", "Genesis lays off 30 percent of staff",
-               "Genesis weighs bankruptcy filing as talks stall", "Genesis misses payment deadline to Gemini Earn",
-               "SEC charges Genesis over unregistered offering", "Genesis creditors form committee"]
+    stories = [
+        "Genesis halts withdrawals citing market turmoil",
+        "Genesis owes creditors more than 3 billion",
+        "Genesis parent DCG faces lawsuit from Gemini",
+        "Genesis lays off 30 percent of staff",
+        "Genesis weighs bankruptcy filing as talks stall",
+        "Genesis misses payment deadline to Gemini Earn",
+        "SEC charges Genesis over unregistered offering",
+        "Genesis creditors form committee",
+    ]
     for i, title in enumerate(stories):
         at = SURGE_DAY + timedelta(minutes=17 * i)
         add(at, title, (_ent("Genesis", None, "negative"), _ent("Bitcoin", "X:BTC", "neutral", 30)), SOURCES[i % 4])
@@ -88,9 +112,9 @@ def test_the_direct_run_catches_the_surge_on_its_day() -> None:
 
 
 @pytest.mark.parametrize("engine", ["clickhouse", "chdb"])
-def test_backtest_of_the_stored_history_equals_the_direct_run(engine: str, request: pytest.FixtureRequest,
-                                                             capsys: pytest.CaptureFixture[str],
-                                                             tmp_path: Path) -> None:
+def test_backtest_of_the_stored_history_equals_the_direct_run(
+    engine: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     url = request.getfixturevalue(f"{engine}_db_url")
     items = history()
     store = open_store(url)
@@ -100,14 +124,27 @@ def test_backtest_of_the_stored_history_equals_the_direct_run(engine: str, reque
         shuffled = items[:]
         rnd.shuffle(shuffled)  # arrival order is not event order: the store and the backtest put it right
         for i in range(0, len(shuffled), 25):
-            store.insert_scored(shuffled[i:i + 25])
+            store.insert_scored(shuffled[i : i + 25])
         store.insert_scored(shuffled[:40])  # a redelivered batch
     finally:
         store.close()
     direct = [alert_json(a) for a in run(scored_mentions(items), _detector())]
     assert direct, "the fixture must raise an alert, or equality proves nothing"
-    rc = main(["--store", url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01",
-               "--json", "--plot", str(tmp_path / "plots")])
+    rc = main(
+        [
+            "--store",
+            url,
+            "alerts",
+            "backtest",
+            "--since",
+            "2023-01-01",
+            "--until",
+            "2023-02-01",
+            "--json",
+            "--plot",
+            str(tmp_path / "plots"),
+        ]
+    )
     out = capsys.readouterr().out
     report = json.loads(out)
     assert rc == 0
@@ -117,8 +154,21 @@ def test_backtest_of_the_stored_history_equals_the_direct_run(engine: str, reque
     # a watchlist without Genesis: no alert; the people's output names the entity and its first headline
     wl = tmp_path / "watch.csv"
     wl.write_text("entity\nAAPL\n")
-    rc = main(["--store", url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01",
-               "--watchlist", str(wl), "--json"])
+    rc = main(
+        [
+            "--store",
+            url,
+            "alerts",
+            "backtest",
+            "--since",
+            "2023-01-01",
+            "--until",
+            "2023-02-01",
+            "--watchlist",
+            str(wl),
+            "--json",
+        ]
+    )
     assert json.loads(capsys.readouterr().out)["alerts"] == []
     rc = main(["--store", url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01"])
     text = capsys.readouterr().out
@@ -138,8 +188,9 @@ def test_backtest_window_must_end_after_it_starts(chdb_db_url: str, capsys: pyte
 
 
 @pytest.mark.parametrize("engine", ["chdb"])
-def test_live_entity_stage_and_backtest_raise_the_same_alerts(engine: str, request: pytest.FixtureRequest,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_live_entity_stage_and_backtest_raise_the_same_alerts(
+    engine: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The worker's entity stage (finsent.alerts.entity_agent: records keyed by entity, reorder buffer, novelty,
     detector) fed the scored messages, and the backtest over the same items stored: the same alerts."""
     from finsent.alerts.entity_agent import EntityAlerts, decode_record, entity_records
@@ -150,7 +201,7 @@ def test_live_entity_stage_and_backtest_raise_the_same_alerts(engine: str, reque
     live = EntityAlerts(load_settings(), sinks=[], clock=lambda: clock[0])
     got = []
     for i in range(0, len(items), 25):
-        records, _, _, _ = entity_records([s.to_json() for s in items[i:i + 25]])
+        records, _, _, _ = entity_records([s.to_json() for s in items[i : i + 25]])
         got += live.offer([p for _, v in records for p in decode_record(v)])
         clock[0] += 1.0
     clock[0] += 30 * 86400.0  # a quiet month: the watermark moves on with the clock and closes every bucket
@@ -164,7 +215,6 @@ def test_live_entity_stage_and_backtest_raise_the_same_alerts(engine: str, reque
         store.insert_scored(items)
     finally:
         store.close()
-    assert main(["--store", url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01",
-                 "--json"]) == 0
+    assert main(["--store", url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01", "--json"]) == 0
     backtested = json.loads(capsys.readouterr().out)["alerts"]
     assert backtested == json.loads(json.dumps([alert_json(a) for a in got]))

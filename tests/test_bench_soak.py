@@ -18,9 +18,28 @@ def test_short_soak_stores_every_acknowledged_item_once_and_plots(tmp_path: Path
     model = make_tiny_model(tmp_path / "model")
     out, png = tmp_path / "soak.json", tmp_path / "soak.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "finsent", "bench", "soak", "--minutes", "0.3", "--sample-s", "3",
-         "--capacity-items", "300", "--model-dir", str(model), "--json", str(out), "--png", str(png)],
-        capture_output=True, text=True, timeout=400,
+        [
+            sys.executable,
+            "-m",
+            "finsent",
+            "bench",
+            "soak",
+            "--minutes",
+            "0.3",
+            "--sample-s",
+            "3",
+            "--capacity-items",
+            "300",
+            "--model-dir",
+            str(model),
+            "--json",
+            str(out),
+            "--png",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())

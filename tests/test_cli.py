@@ -36,8 +36,18 @@ COMMANDS = _commands(build_parser())
 
 
 def test_every_command_is_reached() -> None:
-    assert {c[0] for c in COMMANDS if c} >= {"demo", "worker", "broker", "query", "ingest", "train", "eval",
-                                            "alerts", "bench", "config"}
+    assert {c[0] for c in COMMANDS if c} >= {
+        "demo",
+        "worker",
+        "broker",
+        "query",
+        "ingest",
+        "train",
+        "eval",
+        "alerts",
+        "bench",
+        "config",
+    }
     assert ("bench", "pipeline") in COMMANDS and ("ingest", "replay") in COMMANDS
 
 
@@ -69,15 +79,24 @@ def test_global_flags_work_after_the_subcommand(tmp_path: Path, capsys) -> None:
 
 
 def test_every_error_family_has_its_own_exit_code() -> None:
-    families = [c for c in vars(__import__("finsent.core.errors", fromlist=["x"])).values()
-                if isinstance(c, type) and issubclass(c, FinsentError) and c is not FinsentError]
+    families = [
+        c
+        for c in vars(__import__("finsent.core.errors", fromlist=["x"])).values()
+        if isinstance(c, type) and issubclass(c, FinsentError) and c is not FinsentError
+    ]
     codes = {c.exit_code for c in families} | {1}
     assert codes <= set(EXIT_CODES) and ConfigError.exit_code != BrokerError.exit_code != 1
 
 
 def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "finsent", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "finsent", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def test_worker_with_its_metrics_port_taken_is_one_line() -> None:
@@ -105,8 +124,10 @@ def test_broker_that_fails_to_start_is_one_line(tmp_path: Path) -> None:
 def test_bad_setting_in_the_environment_is_one_line() -> None:
     proc = _run("alerts", "watch", "--once", env={"FINSENT_ALERT_DETECTOR": "foo"})
     assert proc.returncode == ConfigError.exit_code
-    assert proc.stderr == ("finsent: error: FINSENT_ALERT_DETECTOR='foo': must be one of 'ewma_z' or 'cusum' "
-                           "(hint: fix the value named; a flag beats the environment, which beats the file)\n")
+    assert proc.stderr == (
+        "finsent: error: FINSENT_ALERT_DETECTOR='foo': must be one of 'ewma_z' or 'cusum' "
+        "(hint: fix the value named; a flag beats the environment, which beats the file)\n"
+    )
 
 
 def test_worker_without_a_broker_gives_up_in_about_15_s_with_one_line() -> None:

@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 def run(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
     full.update(PYTHONPATH=str(REPO), FINSENT_REGISTRY="", **env)
-    return subprocess.run([sys.executable, "-m", "finsent", *args], capture_output=True, text=True, env=full,
-                          cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "finsent", *args], capture_output=True, text=True, env=full, cwd=cwd, timeout=120
+    )
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str], code: int) -> str:
@@ -48,8 +49,12 @@ def one_error_line(proc: subprocess.CompletedProcess[str], code: int) -> str:
 def test_a_chdb_path_that_cannot_be_a_directory_is_one_line_and_exit_3(tmp_path: Path, where: str) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
-    path = {"file": str(afile), "under_file": str(afile / "sub"), "proc": "/proc/forbidden",
-            "sys": "/sys/finsent-forbidden"}[where]
+    path = {
+        "file": str(afile),
+        "under_file": str(afile / "sub"),
+        "proc": "/proc/forbidden",
+        "sys": "/sys/finsent-forbidden",
+    }[where]
     line = one_error_line(run("--store", f"chdb://{path}", "query", "count"), ConfigError.exit_code)
     assert path in line and "hint: point --store / FINSENT_STORE at a directory you can write" in line
     if where == "file":
@@ -58,9 +63,18 @@ def test_a_chdb_path_that_cannot_be_a_directory_is_one_line_and_exit_3(tmp_path:
         assert f"is under {afile}, which is a file" in line
 
 
-@pytest.mark.parametrize("url", ["clickhouse://[::1/db", "clickhouse://h:99999/db", "clickhouse:///db",
-                                 "clickhouse://h/db?connect_timeout=soon", "clickhouse://h/db?bogus=1", "chdb://",
-                                 "chdb://~no-such-user-here/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "clickhouse://[::1/db",
+        "clickhouse://h:99999/db",
+        "clickhouse:///db",
+        "clickhouse://h/db?connect_timeout=soon",
+        "clickhouse://h/db?bogus=1",
+        "chdb://",
+        "chdb://~no-such-user-here/x",
+    ],
+)
 def test_bad_store_urls_are_one_line_and_exit_3(url: str) -> None:
     line = one_error_line(run("--store", url, "query", "count"), ConfigError.exit_code)
     assert "finsent config" not in line  # it would print the same URL
@@ -108,8 +122,13 @@ def test_when_the_lock_holder_cannot_be_told_chdb_output_is_still_caught(tmp_pat
             print(type(exc).__name__, exc)
     """)
     try:
-        proc = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -131,8 +150,11 @@ def test_a_json_config_is_parsed_as_json(tmp_path: Path) -> None:
 
 def test_a_config_without_extension_is_read_by_its_content(tmp_path: Path) -> None:
     """compose mounts its YAML settings file at /run/secrets/finsent, with no extension."""
-    for name, text in (("yaml-secret", "finsent:\n  batch_max: 9\n"), ("toml-secret", "batch_max = 9\n"),
-                       ("json-secret", '{"batch_max": 9}')):
+    for name, text in (
+        ("yaml-secret", "finsent:\n  batch_max: 9\n"),
+        ("toml-secret", "batch_max = 9\n"),
+        ("json-secret", '{"batch_max": 9}'),
+    ):
         (tmp_path / name).write_text(text)
         proc = run("config", FINSENT_CONFIG=str(tmp_path / name))
         assert proc.returncode == 0 and json.loads(proc.stdout)["batch_max"] == 9, (name, proc.stderr)
@@ -156,8 +178,11 @@ def test_a_bad_value_in_a_file_names_the_file_and_the_line(tmp_path: Path, name:
 
 @pytest.mark.parametrize(
     ("name", "text", "line"),
-    [("c.toml", 'brokers = "k:9092"\nbatch_maxx = 3\n', 2), ("c.json", '{"brokers": "k:9092",\n "batch_maxx": 3}', 2),
-     ("c.yaml", "brokers: k:9092\nbatch_maxx: 3\n", 2)],
+    [
+        ("c.toml", 'brokers = "k:9092"\nbatch_maxx = 3\n', 2),
+        ("c.json", '{"brokers": "k:9092",\n "batch_maxx": 3}', 2),
+        ("c.yaml", "brokers: k:9092\nbatch_maxx: 3\n", 2),
+    ],
 )
 def test_an_unknown_key_in_a_file_is_warned_with_a_suggestion_like_an_unknown_variable(
     tmp_path: Path, name: str, text: str, line: int
@@ -167,8 +192,10 @@ def test_an_unknown_key_in_a_file_is_warned_with_a_suggestion_like_an_unknown_va
     proc = run("--config", str(cfg), "config", FINSENT_BATCHMAX="4")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["batch_max"] == 128  # neither was taken
-    assert f"config file {cfg}, line {line}: unknown setting batch_maxx is ignored (did you mean batch_max?)" \
+    assert (
+        f"config file {cfg}, line {line}: unknown setting batch_maxx is ignored (did you mean batch_max?)"
         in proc.stderr
+    )
     assert "unknown setting FINSENT_BATCHMAX is ignored (did you mean FINSENT_BATCH_MAX?)" in proc.stderr
 
 
@@ -183,8 +210,9 @@ def test_an_unknown_key_in_a_file_is_warned_with_a_suggestion_like_an_unknown_va
         ("int-key.yaml", b"1: 2\n", None),
     ],
 )
-def test_unusable_config_files_are_one_line(tmp_path: Path, name: str, content: bytes | None,
-                                            expected: str | None) -> None:
+def test_unusable_config_files_are_one_line(
+    tmp_path: Path, name: str, content: bytes | None, expected: str | None
+) -> None:
     cfg = tmp_path / name
     if content is None:
         cfg.mkdir()
@@ -252,8 +280,10 @@ def test_a_settings_error_does_not_send_the_user_to_finsent_config() -> None:
 
 def test_an_unreachable_server_gets_a_server_hint_not_the_embedded_one() -> None:
     port = free_port()  # nothing listens there
-    line = one_error_line(run("--store", f"clickhouse://127.0.0.1:{port}/db?connect_timeout=2", "query", "count"),
-                          StoreUnavailable.exit_code)
+    line = one_error_line(
+        run("--store", f"clickhouse://127.0.0.1:{port}/db?connect_timeout=2", "query", "count"),
+        StoreUnavailable.exit_code,
+    )
     assert "is unreachable" in line and "is the ClickHouse server running" in line
     assert "next call reconnects" not in line and "embedded" not in line
 
@@ -261,8 +291,22 @@ def test_an_unreachable_server_gets_a_server_hint_not_the_embedded_one() -> None
 # -- tokens ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("token", ["CHANGE-ME", "changeme", "change_me", "Change-Me-Now", "token", "secret",
-                                   "password", "xxx", "xxxxxxxxxxxxxxxxxxxxxxxx", "short-random", "a1b2c3"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "CHANGE-ME",
+        "changeme",
+        "change_me",
+        "Change-Me-Now",
+        "token",
+        "secret",
+        "password",
+        "xxx",
+        "xxxxxxxxxxxxxxxxxxxxxxxx",
+        "short-random",
+        "a1b2c3",
+    ],
+)
 def test_placeholder_and_short_tokens_are_refused(token: str) -> None:
     problem = token_problem(token, "FINSENT_HTTP_TOKEN")
     assert problem is not None and problem.startswith("FINSENT_HTTP_TOKEN is ") and "openssl rand" in problem
@@ -297,8 +341,10 @@ def test_store_error_codes_are_documented() -> None:
 @pytest.mark.parametrize("token", ["CHANGE-ME", "changeme", "svc-token"])
 def test_the_push_endpoint_refuses_a_placeholder_or_short_token_at_start(token: str) -> None:
     for host in ("127.0.0.1", "0.0.0.0"):
-        line = one_error_line(run("ingest", "http", "--host", host, "--port", str(free_port()), "--dry-run",
-                                  FINSENT_HTTP_TOKEN=token), ConfigError.exit_code)
+        line = one_error_line(
+            run("ingest", "http", "--host", host, "--port", str(free_port()), "--dry-run", FINSENT_HTTP_TOKEN=token),
+            ConfigError.exit_code,
+        )
         assert line.startswith("finsent: error: finsent ingest http: FINSENT_HTTP_TOKEN is ")
         assert token not in line or "placeholder" in line  # a short real token is never echoed
 
@@ -320,10 +366,18 @@ def test_the_open_readyz_of_the_push_endpoint_says_only_ready_or_not(tmp_path: P
     for brokers, want in ((dead, 503), (kafka_bootstrap, 200)):
         port = free_port()
         full = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-        full.update(PYTHONPATH=str(REPO), FINSENT_BROKERS=brokers, FINSENT_INGEST_STATE_DIR=str(tmp_path / "s"),
-                    FINSENT_HTTP_TOKEN="a-real-token-0123456789")
-        proc = subprocess.Popen([sys.executable, "-m", "finsent", "ingest", "http", "--port", str(port)], env=full,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        full.update(
+            PYTHONPATH=str(REPO),
+            FINSENT_BROKERS=brokers,
+            FINSENT_INGEST_STATE_DIR=str(tmp_path / "s"),
+            FINSENT_HTTP_TOKEN="a-real-token-0123456789",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "finsent", "ingest", "http", "--port", str(port)],
+            env=full,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 60
             status, body = readyz(port)

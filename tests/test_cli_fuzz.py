@@ -36,14 +36,29 @@ from finsent.stream.broker import free_port
 REPO = Path(__file__).resolve().parent.parent
 ALLOWED = {0, 2, *EXIT_CODES}
 #: leaf commands (or their first words) that start a server or long work: parse checks only
-LONG = {("broker",), ("worker",), ("demo",), ("train",), ("distill",), ("retrain",), ("eval",), ("score",),
-        ("rescore",), ("bench",), ("ingest", "rss"), ("ingest", "mastodon"), ("ingest", "reddit"),
-        ("ingest", "bluesky"), ("ingest", "http")}
+LONG = {
+    ("broker",),
+    ("worker",),
+    ("demo",),
+    ("train",),
+    ("distill",),
+    ("retrain",),
+    ("eval",),
+    ("score",),
+    ("rescore",),
+    ("bench",),
+    ("ingest", "rss"),
+    ("ingest", "mastodon"),
+    ("ingest", "reddit"),
+    ("ingest", "bluesky"),
+    ("ingest", "http"),
+}
 STOP = "--finsent-fuzz-stops-here"  # an unknown flag: argparse exits 2 after converting every value
 
 
-def _leaves(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...],
-                                                                                            argparse.ArgumentParser]]:
+def _leaves(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         yield prefix, parser
@@ -71,22 +86,47 @@ def pools(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     good_json = tmp / "good.json"
     good_json.write_text(json.dumps({"batch_max": 3, "store": "chdb:///proc/forbidden"}))
     configs = {
-        "bad_value.toml": "batch_max = 0\n", "unknown.yaml": "batchmax: 3\n", "broken.json": '{"a": ',
-        "list.yaml": "- 1\n", "noext": "store: 5\n", "deep.json": "[" * 5000 + "]" * 5000,
+        "bad_value.toml": "batch_max = 0\n",
+        "unknown.yaml": "batchmax: 3\n",
+        "broken.json": '{"a": ',
+        "list.yaml": "- 1\n",
+        "noext": "store: 5\n",
+        "deep.json": "[" * 5000 + "]" * 5000,
     }
     for name, text in configs.items():
         (tmp / name).write_text(text)
     closed = free_port()
     return {
-        "path": [str(tmp / "missing.csv"), str(tmp / "adir"), str(afile), str(afile / "under"), "/proc/forbidden",
-                 "", "-", str(tmp / "new-out.txt"), str(good_json), "ünïcödé ✓.csv", "a" * 300],
-        "store": ["chdb:///proc/forbidden", f"chdb://{afile}", f"chdb://{afile}/sub", "chdb://", "chdb://~nobody-x/y",
-                  "clickhouse://[::1/db", "clickhouse://h:99999/db", "clickhouse:///db", "postgres://x/y",
-                  f"clickhouse://127.0.0.1:{closed}/db?connect_timeout=1&send_receive_timeout=1",
-                  f"clickhouse://u:p%40ss@127.0.0.1:{closed}/db?connect_timeout=soon", f"chdb://{tmp / 'adir'}?x=1",
-                  f"chdb://{tmp / ('n' * 300)}"],
-        "config": [str(tmp / name) for name in configs] + [str(good_json), str(tmp / "missing.toml"), str(tmp),
-                                                           "c" * 300 + ".toml"],
+        "path": [
+            str(tmp / "missing.csv"),
+            str(tmp / "adir"),
+            str(afile),
+            str(afile / "under"),
+            "/proc/forbidden",
+            "",
+            "-",
+            str(tmp / "new-out.txt"),
+            str(good_json),
+            "ünïcödé ✓.csv",
+            "a" * 300,
+        ],
+        "store": [
+            "chdb:///proc/forbidden",
+            f"chdb://{afile}",
+            f"chdb://{afile}/sub",
+            "chdb://",
+            "chdb://~nobody-x/y",
+            "clickhouse://[::1/db",
+            "clickhouse://h:99999/db",
+            "clickhouse:///db",
+            "postgres://x/y",
+            f"clickhouse://127.0.0.1:{closed}/db?connect_timeout=1&send_receive_timeout=1",
+            f"clickhouse://u:p%40ss@127.0.0.1:{closed}/db?connect_timeout=soon",
+            f"chdb://{tmp / 'adir'}?x=1",
+            f"chdb://{tmp / ('n' * 300)}",
+        ],
+        "config": [str(tmp / name) for name in configs]
+        + [str(good_json), str(tmp / "missing.toml"), str(tmp), "c" * 300 + ".toml"],
         "brokers": ["bad", f"127.0.0.1:{closed}", "a:1,b", "", "h:99999999"],
         "log_level": ["debug", "bogus", "WARNING"],
     }
@@ -103,7 +143,7 @@ def _number_text() -> st.SearchStrategy[str]:
 
 def _any_number_text() -> st.SearchStrategy[str]:
     return st.one_of(
-        st.integers(-10**6, 10**6).map(str),
+        st.integers(-(10**6), 10**6).map(str),
         st.floats(allow_nan=True, allow_infinity=True).map(str),
         st.sampled_from(["0", "-0", "1", "nan", "inf", "-inf", "1e400", "9" * 40, "0x10", "", " 3", "abc", "1_000"]),
     )
@@ -131,8 +171,10 @@ def _value(action: argparse.Action, pools: dict[str, list[str]]) -> st.SearchStr
         return _number_text()
     if name == "parse_duration":
         return _duration_text()
-    pathish = name == "Path" or any(w in action.dest for w in ("path", "dir", "csv", "file", "out", "json", "png",
-                                                                "plot", "data", "feeds", "model", "teacher"))
+    pathish = name == "Path" or any(
+        w in action.dest
+        for w in ("path", "dir", "csv", "file", "out", "json", "png", "plot", "data", "feeds", "model", "teacher")
+    )
     if pathish:
         return st.one_of(st.sampled_from(pools["path"]), TEXT)
     return st.one_of(TEXT, _number_text(), st.sampled_from(pools["path"]))
@@ -195,9 +237,12 @@ def test_every_leaf_command_is_fuzzed() -> None:
     assert len(paths) >= 30
 
 
-@settings(max_examples=400, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=st.data())
 def test_no_argv_ends_in_a_traceback(data: st.DataObject, pools, fuzz_env, capsys) -> None:
     argv = data.draw(argvs(pools), label="argv")
@@ -215,14 +260,19 @@ def test_no_argv_ends_in_a_traceback(data: st.DataObject, pools, fuzz_env, capsy
     assert code in (0, 1, 2) or len(lines) == 1, f"{argv}: exit {code} without its finsent line:\n{err[-2000:]}"
 
 
-@settings(max_examples=6, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=6,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_a_sample_as_real_processes(data: st.DataObject, pools, fuzz_env) -> None:
     """The same argv as a real process: what a shell sees (exit status, stderr), chdb's fd-2 output included."""
     argv = data.draw(argvs(pools), label="argv")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "finsent", *argv], capture_output=True, text=True, env=env,
-                          timeout=60, cwd=fuzz_env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsent", *argv], capture_output=True, text=True, env=env, timeout=60, cwd=fuzz_env
+    )
     assert proc.returncode in ALLOWED, f"exit {proc.returncode} for {argv}:\n{proc.stderr[-2000:]}"
     assert "Traceback" not in proc.stderr and "DB::Exception" not in proc.stderr, f"{argv}:\n{proc.stderr[-3000:]}"

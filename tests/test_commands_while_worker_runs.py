@@ -39,8 +39,9 @@ CHDB_NOISE = ("Code: 76", "DB::Exception", "Cannot lock file", "Traceback")
 class Running:
     """The worker under test, its store URL and data path, the env commands run with, its feeder."""
 
-    def __init__(self, proc: subprocess.Popen[Any], url: str, path: Path, env: dict[str, str], log: Path,
-                 feeder: Feeder) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[Any], url: str, path: Path, env: dict[str, str], log: Path, feeder: Feeder
+    ) -> None:
         self.proc, self.url, self.path, self.env, self.log, self.feeder = proc, url, path, env, log, feeder
 
     def store(self) -> Any:
@@ -48,8 +49,14 @@ class Running:
         return open_store(self.url)
 
     def run(self, *argv: str, timeout_s: float = 180.0) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "finsent", *argv], env=self.env, capture_output=True,
-                              text=True, timeout=timeout_s, cwd=self.path.parent)
+        proc = subprocess.run(
+            [sys.executable, "-m", "finsent", *argv],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=self.path.parent,
+        )
         for noise in CHDB_NOISE:
             assert noise not in proc.stderr, f"finsent {' '.join(argv)} printed {noise!r}:\n{proc.stderr[-3000:]}"
         return proc
@@ -64,17 +71,32 @@ def running(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     path = base / "data"
     url = f"chdb://{path}"
     s = stream_settings(kafka_bootstrap, url, f"ww{os.getpid()}", partitions=2)
-    common = {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": url, "FINSENT_TOPIC_RAW": s.topic_raw,
-              "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
-              "FINSENT_TOPIC_ALERTS": s.topic_alerts, "FINSENT_CONSUMER_GROUP": s.consumer_group,
-              "FINSENT_PARTITIONS": "2", "FINSENT_SESSION_TIMEOUT_MS": "6000", "FINSENT_MODEL_DIR": str(model_dir),
-              "FINSENT_BATCH_MAX": "16", "FINSENT_BATCH_WITHIN_S": "0.05", "FINSENT_CACHE_DIR": str(base / "cache")}
+    common = {
+        **os.environ,
+        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_STORE": url,
+        "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_CONSUMER_GROUP": s.consumer_group,
+        "FINSENT_PARTITIONS": "2",
+        "FINSENT_SESSION_TIMEOUT_MS": "6000",
+        "FINSENT_MODEL_DIR": str(model_dir),
+        "FINSENT_BATCH_MAX": "16",
+        "FINSENT_BATCH_WITHIN_S": "0.05",
+        "FINSENT_CACHE_DIR": str(base / "cache"),
+    }
     common.pop("FINSENT_API_TOKEN", None)
     worker_port = free_port()
     log = base / "worker.log"
-    proc = subprocess.Popen([sys.executable, "-m", "finsent", "worker"],
-                            env={**common, "FINSENT_METRICS_PORT": str(worker_port)},
-                            stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=base)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finsent", "worker"],
+        env={**common, "FINSENT_METRICS_PORT": str(worker_port)},
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        cwd=base,
+    )
     feeder = Feeder(s, prefix="ww")
     r = Running(proc, url, path, {**common, "FINSENT_METRICS_PORT": str(free_port())}, log, feeder)
     try:
@@ -93,20 +115,57 @@ def running(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
         now = utcnow()
         # two hours old: outside `rescore --since 1h`, whose tiny model finds no entity (it would tombstone it)
         then = now - timedelta(hours=2)
-        item = RawItem(id="ww-apple", source="test", source_type="news", ingested_at=then,
-                       text="Apple shares slump on weak iPhone sales", title="Apple slumps",
-                       published_at=then - timedelta(minutes=2))
+        item = RawItem(
+            id="ww-apple",
+            source="test",
+            source_type="news",
+            ingested_at=then,
+            text="Apple shares slump on weak iPhone sales",
+            title="Apple slumps",
+            published_at=then - timedelta(minutes=2),
+        )
         scored_text = "Apple slumps\n\n" + item.text
-        mention = EntityMention(text="Apple", start=0, end=5, sentiment="negative",
-                                sentiment_probs={"negative": 0.9, "neutral": 0.05, "positive": 0.05},
-                                entity_id="AAPL", name="Apple Inc.", relevance=95)
+        mention = EntityMention(
+            text="Apple",
+            start=0,
+            end=5,
+            sentiment="negative",
+            sentiment_probs={"negative": 0.9, "neutral": 0.05, "positive": 0.05},
+            entity_id="AAPL",
+            name="Apple Inc.",
+            relevance=95,
+        )
         assert scored_text[0:5] == "Apple"
-        store.insert_scored([ScoredItem(item=item, sentiment="negative", topic="Stock Commentary",
-                                        sentiment_probs={"negative": 0.9, "neutral": 0.05, "positive": 0.05},
-                                        topic_prob=0.8, model_version="v-test", entities=(mention,))])
-        store.insert_alerts([Alert(topic="Stock Commentary", fired_at=now, window_start=now - timedelta(minutes=5),
-                                   window_end=now, negative=9, total=10, negative_share=0.9, baseline_share=0.2,
-                                   score=4.2, detector="ewma", id="ww-alert-1")])
+        store.insert_scored(
+            [
+                ScoredItem(
+                    item=item,
+                    sentiment="negative",
+                    topic="Stock Commentary",
+                    sentiment_probs={"negative": 0.9, "neutral": 0.05, "positive": 0.05},
+                    topic_prob=0.8,
+                    model_version="v-test",
+                    entities=(mention,),
+                )
+            ]
+        )
+        store.insert_alerts(
+            [
+                Alert(
+                    topic="Stock Commentary",
+                    fired_at=now,
+                    window_start=now - timedelta(minutes=5),
+                    window_end=now,
+                    negative=9,
+                    total=10,
+                    negative_share=0.9,
+                    baseline_share=0.2,
+                    score=4.2,
+                    detector="ewma",
+                    id="ww-alert-1",
+                )
+            ]
+        )
         yield r
     finally:
         feeder.stopping.set()
@@ -171,13 +230,18 @@ def test_rescore_through_the_worker_is_exactly_once(running: Running) -> None:
     summary = json.loads(proc.stdout)
     assert summary["finished"] and summary["failed"] == 0 and summary["done"] >= summary["total"] > 0, summary
     window = {"db": "finsent", "lo": summary["lo"], "hi": summary["hi"], "v": summary["version"]}
-    in_window = store.query("SELECT count() FROM {db:Identifier}.items FINAL WHERE ingested_at >= "
-                            "toDateTime({lo:UInt32}, 'UTC') AND ingested_at < toDateTime({hi:UInt32}, 'UTC')",
-                            window)[0][0]
+    in_window = store.query(
+        "SELECT count() FROM {db:Identifier}.items FINAL WHERE ingested_at >= "
+        "toDateTime({lo:UInt32}, 'UTC') AND ingested_at < toDateTime({hi:UInt32}, 'UTC')",
+        window,
+    )[0][0]
     assert summary["done"] <= in_window, (summary, in_window)
-    rescored = store.query("SELECT count(), uniqExact(id) FROM {db:Identifier}.scores FINAL WHERE model_version = "
-                           "{v:String} AND ingested_at >= toDateTime({lo:UInt32}, 'UTC') AND ingested_at < "
-                           "toDateTime({hi:UInt32}, 'UTC')", window)[0]
+    rescored = store.query(
+        "SELECT count(), uniqExact(id) FROM {db:Identifier}.scores FINAL WHERE model_version = "
+        "{v:String} AND ingested_at >= toDateTime({lo:UInt32}, 'UTC') AND ingested_at < "
+        "toDateTime({hi:UInt32}, 'UTC')",
+        window,
+    )[0]
     assert rescored[0] == rescored[1] >= summary["done"], (rescored, summary)
     counts = store.count()
     assert counts["rows"] == counts["unique_ids"], counts
@@ -191,16 +255,25 @@ def test_alerts_watch_once_and_backtest(running: Running) -> None:
     assert isinstance(json.loads(proc.stdout), dict)
 
 
-@pytest.mark.parametrize("argv, expect", [
-    (("query", "count", "--json"), "rows"),
-    (("query", "top", "--since", "1h", "--json"), '"total"'),
-    (("query", "items", "--since", "1h", "--limit", "20", "--json"), '"ww-'),
-    (("query", "items", "--entity", "AAPL", "--since", "1d", "--json"), "ww-apple"),
-    (("query", "entity", "AAPL", "--since", "1d", "--json"), "Apple slumps"),
-    (("query", "top", "--by", "entity", "--since", "1d", "--json"), "AAPL"),
-    (("query", "alerts", "--since", "1h", "--json"), "ww-alert-1"),
-    (("query", "schema",), "CREATE TABLE"),
-])
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (("query", "count", "--json"), "rows"),
+        (("query", "top", "--since", "1h", "--json"), '"total"'),
+        (("query", "items", "--since", "1h", "--limit", "20", "--json"), '"ww-'),
+        (("query", "items", "--entity", "AAPL", "--since", "1d", "--json"), "ww-apple"),
+        (("query", "entity", "AAPL", "--since", "1d", "--json"), "Apple slumps"),
+        (("query", "top", "--by", "entity", "--since", "1d", "--json"), "AAPL"),
+        (("query", "alerts", "--since", "1h", "--json"), "ww-alert-1"),
+        (
+            (
+                "query",
+                "schema",
+            ),
+            "CREATE TABLE",
+        ),
+    ],
+)
 def test_queries(running: Running, argv: tuple[str, ...], expect: str) -> None:
     proc = running.run(*argv)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -213,7 +286,8 @@ def test_a_second_worker_on_the_same_path_gets_one_line(running: Running) -> Non
     lines = [ln for ln in proc.stderr.splitlines() if "held by worker" in ln]
     assert lines and lines[-1].endswith(
         f"the embedded store at {running.path.resolve()} is held by worker pid {running.proc.pid}; a second worker "
-        "needs a clickhouse:// store -- see `finsent worker --help`"), proc.stderr[-2000:]
+        "needs a clickhouse:// store -- see `finsent worker --help`"
+    ), proc.stderr[-2000:]
     assert running.proc.poll() is None  # the first one runs on
 
 

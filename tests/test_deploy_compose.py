@@ -31,8 +31,9 @@ def render(**env: str) -> dict:
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose is missing: apt-get install docker-compose (.ci/setup does)"
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), **env}
-    res = subprocess.run([exe, "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=clean,
-                         cwd=DEPLOY, timeout=60)
+    res = subprocess.run(
+        [exe, "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=clean, cwd=DEPLOY, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     return yaml.safe_load(res.stdout)
 
@@ -58,8 +59,12 @@ def test_docker_compose_rejects_a_broken_file(tmp_path: Path) -> None:
     """The validation means something: an unknown service key fails `config`."""
     bad = tmp_path / "compose.yaml"
     bad.write_text(COMPOSE.read_text().replace("stop_grace_period: 20s", "stop_grace_periods: 20s", 1))
-    res = subprocess.run([shutil.which("docker-compose") or "docker-compose", "-f", str(bad), "config"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [shutil.which("docker-compose") or "docker-compose", "-f", str(bad), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode != 0 and "stop_grace_periods" in res.stderr
 
 
@@ -91,8 +96,12 @@ def test_data_lives_on_named_volumes_and_binds_are_read_only(model: dict) -> Non
             else:
                 assert vol["type"] == "bind" and vol.get("read_only"), f"{name}: writable bind mount {vol}"
                 assert Path(vol["source"]).exists(), f"{name}: {vol['source']} does not exist"
-    for stateful, path in {"kafka": "/var/lib/kafka/data", "clickhouse": "/var/lib/clickhouse",
-                           "prometheus": "/prometheus", "grafana": "/var/lib/grafana"}.items():
+    for stateful, path in {
+        "kafka": "/var/lib/kafka/data",
+        "clickhouse": "/var/lib/clickhouse",
+        "prometheus": "/prometheus",
+        "grafana": "/var/lib/grafana",
+    }.items():
         assert any(v["type"] == "volume" and v["target"] == path for v in mounts(model["services"][stateful]))
 
 
@@ -125,8 +134,9 @@ def test_no_password_in_the_files(model: dict) -> None:
             assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", str(value)), f"{name}: credentials in {key}"
     text = "\n".join(p.read_text() for p in [COMPOSE, *DEPLOY.glob("compose/**/*.y*ml")])
     assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), "a URL with a password in the compose files"
-    assert not re.search(r"(?i)(password|token)[ \t]*[:=][ \t]*['\"]?[A-Za-z0-9]{4,}", text.replace("__FILE", "")), \
+    assert not re.search(r"(?i)(password|token)[ \t]*[:=][ \t]*['\"]?[A-Za-z0-9]{4,}", text.replace("__FILE", "")), (
         "a literal password or token"
+    )
     for example in SECRETS.glob("*.example"):
         assert "CHANGE-ME" in example.read_text(), f"{example.name}: must hold a placeholder, not a real value"
 
@@ -223,8 +233,9 @@ def test_prometheus_loads_our_rules_and_scrapes_every_worker(model: dict, promto
         shutil.copy(binds[rule_file], tmp_path / Path(rule_file).name)
     config["rule_files"] = [str(tmp_path / Path(r).name) for r in config["rule_files"]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    res = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -175,6 +175,7 @@ def test_healthcheck_command_probes_healthz(dockerfile: Path) -> None:
         server.server_close()
     down = subprocess.run(cmd, env={"FINSENT_METRICS_PORT": str(port)}, capture_output=True, timeout=30)
     assert down.returncode != 0
-    other = subprocess.run(cmd, env={"FINSENT_METRICS_PORT": "1", "HEALTH_PORT": str(port)}, capture_output=True,
-                           timeout=30)
+    other = subprocess.run(
+        cmd, env={"FINSENT_METRICS_PORT": "1", "HEALTH_PORT": str(port)}, capture_output=True, timeout=30
+    )
     assert other.returncode != 0 and b"Connection refused" in other.stderr

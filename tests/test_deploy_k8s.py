@@ -43,8 +43,11 @@ def merge(base: Any, patch: Any) -> Any:
         for key, value in patch.items():
             out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
         return out
-    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i
-                                                                    for i in base + patch):
+    if (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and all(isinstance(i, dict) and "name" in i for i in base + patch)
+    ):
         out = [dict(i) for i in base]
         for item in patch:
             at = next((n for n, b in enumerate(out) if b["name"] == item["name"]), None)
@@ -93,8 +96,11 @@ def _all_manifest_files() -> list[Path]:
     return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
 
 
-@pytest.mark.parametrize("obj", [o for o in GPU if o["apiVersion"] != "keda.sh/v1alpha1"],
-                         ids=lambda o: f"{o['kind']}/{o['metadata']['name']}")
+@pytest.mark.parametrize(
+    "obj",
+    [o for o in GPU if o["apiVersion"] != "keda.sh/v1alpha1"],
+    ids=lambda o: f"{o['kind']}/{o['metadata']['name']}",
+)
 def test_every_manifest_validates_against_the_api_schema(obj: dict) -> None:
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -275,11 +281,17 @@ def test_registry_volume_is_shared_read_only_by_workers_and_written_by_retrain()
     pvc = find(BASE, "PersistentVolumeClaim", "finsent-registry")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     registry = find(BASE, "ConfigMap", "finsent-config")["data"]["FINSENT_REGISTRY"]
-    for name, kind, read_only in (("finsent-worker", "Deployment", True), ("finsent-worker-gpu", "Deployment", True),
-                                  ("finsent-retrain", "CronJob", False)):
+    for name, kind, read_only in (
+        ("finsent-worker", "Deployment", True),
+        ("finsent-worker-gpu", "Deployment", True),
+        ("finsent-retrain", "CronJob", False),
+    ):
         spec = pod_spec(find(GPU, kind, name))
-        vol = next(v["name"] for v in spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName")
-                   == "finsent-registry")
+        vol = next(
+            v["name"]
+            for v in spec["volumes"]
+            if v.get("persistentVolumeClaim", {}).get("claimName") == "finsent-registry"
+        )
         (mount,) = [m for c in spec["containers"] for m in c["volumeMounts"] if m["name"] == vol]
         assert mount["mountPath"] == registry and bool(mount.get("readOnly")) is read_only, name
 
@@ -344,8 +356,11 @@ def test_workers_data_api_needs_the_token_from_the_secret() -> None:
 def test_worker_network_policy_lets_in_only_monitoring_and_labelled_api_clients() -> None:
     policy = find(GPU, "NetworkPolicy", "finsent-worker")
     selector = policy["spec"]["podSelector"]["matchLabels"]
-    selected = {o["metadata"]["name"] for o in GPU if o["kind"] == "Deployment"
-                and selector.items() <= pod_spec_labels(o).items()}
+    selected = {
+        o["metadata"]["name"]
+        for o in GPU
+        if o["kind"] == "Deployment" and selector.items() <= pod_spec_labels(o).items()
+    }
     assert selected == {"finsent-worker", "finsent-worker-gpu"}, selected
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     config = find(BASE, "ConfigMap", "finsent-config")["data"]
@@ -382,8 +397,11 @@ def _token_free_metrics_ports(obj: dict, config: dict[str, str]) -> set[int]:
     ports = set()
     for c in pod_spec(obj)["containers"]:
         args = c.get("args", [])
-        ports.add(int(args[args.index("--metrics-port") + 1]) if "--metrics-port" in args
-                  else int(config["FINSENT_METRICS_PORT"]))
+        ports.add(
+            int(args[args.index("--metrics-port") + 1])
+            if "--metrics-port" in args
+            else int(config["FINSENT_METRICS_PORT"])
+        )
     return ports
 
 

@@ -40,8 +40,13 @@ class _Process:
     def __init__(self, args: list[str], tmp: Path, env: dict[str, str]) -> None:
         self.log = tmp / f"{args[1]}-{time.monotonic_ns()}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")} | env
-        self.proc = subprocess.Popen([sys.executable, "-m", "finsent", *args], env=full_env, cwd=tmp,
-                                     stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "finsent", *args],
+            env=full_env,
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -59,7 +64,7 @@ def worker_like_metrics() -> Iterator[int]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
-            body = b"# TYPE finsent_model_info gauge\nfinsent_model_info{version=\"test\"} 1\n"
+            body = b'# TYPE finsent_model_info gauge\nfinsent_model_info{version="test"} 1\n'
             self.send_response(200 if self.path == "/metrics" else 404)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
@@ -107,19 +112,27 @@ def _targets(prom: Any) -> list[dict[str, Any]]:
     return prom.get_json("/api/v1/targets?state=active")["data"]["activeTargets"]
 
 
-def test_every_compose_scrape_target_is_up(model: dict, prometheus_factory, kafka_bootstrap: str,
-                                           unique_name: str, worker_like_metrics: int, tmp_path: Path) -> None:
+def test_every_compose_scrape_target_is_up(
+    model: dict, prometheus_factory, kafka_bootstrap: str, unique_name: str, worker_like_metrics: int, tmp_path: Path
+) -> None:
     services = model["services"]
     prom_svc = services["prometheus"]
     binds = {v["target"]: Path(v["source"]) for v in mounts(prom_svc) if v["type"] == "bind"}
     config = yaml.safe_load(binds["/etc/prometheus/prometheus.yml"].read_text())
 
     # where each (service, compose port) is served on this machine
-    local: dict[tuple[str, int], int] = {("worker", int(services["worker"]["environment"]["FINSENT_METRICS_PORT"])):
-                                         worker_like_metrics}
+    local: dict[tuple[str, int], int] = {
+        ("worker", int(services["worker"]["environment"]["FINSENT_METRICS_PORT"])): worker_like_metrics
+    }
     dead_port = free_port()  # nothing listens: feeds and the Mastodon instance fail fast, offline
-    env = {"FINSENT_BROKERS": kafka_bootstrap, "FINSENT_TOPIC_RAW": f"raw.{unique_name}", "FINSENT_PARTITIONS": "2",
-           "FINSENT_HTTP_TOKEN": TOKEN, "FINSENT_METRICS_HOST": "127.0.0.1", "FINSENT_LOG_LEVEL": "INFO"}
+    env = {
+        "FINSENT_BROKERS": kafka_bootstrap,
+        "FINSENT_TOPIC_RAW": f"raw.{unique_name}",
+        "FINSENT_PARTITIONS": "2",
+        "FINSENT_HTTP_TOKEN": TOKEN,
+        "FINSENT_METRICS_HOST": "127.0.0.1",
+        "FINSENT_LOG_LEVEL": "INFO",
+    }
     processes: list[_Process] = []
     try:
         for name, svc in sorted(services.items()):
@@ -166,8 +179,10 @@ def test_every_compose_scrape_target_is_up(model: dict, prometheus_factory, kafk
             if time.monotonic() > deadline:
                 report = {k: (t["health"], t["lastError"]) for k, t in seen.items()}
                 logs = "\n".join(f"{p.proc.args[3:5]}: {p.log.read_text()[-800:]}" for p in processes)
-                pytest.fail(f"targets not all up: expected {sorted(expected)}, got {report}\n"
-                            f"{prom.log.read_text()[-1500:]}\n{logs}")
+                pytest.fail(
+                    f"targets not all up: expected {sorted(expected)}, got {report}\n"
+                    f"{prom.log.read_text()[-1500:]}\n{logs}"
+                )
             time.sleep(0.5)
         # the rules loaded too (the drift rules among them), without errors
         groups = prom.get_json("/api/v1/rules")["data"]["groups"]
@@ -181,4 +196,3 @@ def test_every_compose_scrape_target_is_up(model: dict, prometheus_factory, kafk
 @pytest.fixture(scope="module")
 def model() -> dict:
     return render()
-

@@ -47,8 +47,13 @@ INSTANCES = {
     "finsent.target": "finsent.target",
 }
 #: values for the variables the units expand, as their env files would set them
-EXAMPLE_ENV = {"METRICS_PORT": "9480", "HTTP_HOST": "127.0.0.1", "HTTP_PORT": "8088",
-               "FEEDS_FILE": "/etc/finsent/feeds.opml", "EXTRA_ARGS": ""}
+EXAMPLE_ENV = {
+    "METRICS_PORT": "9480",
+    "HTTP_HOST": "127.0.0.1",
+    "HTTP_PORT": "8088",
+    "FEEDS_FILE": "/etc/finsent/feeds.opml",
+    "EXTRA_ARGS": "",
+}
 
 
 def _example_env(unit: str) -> dict[str, str]:
@@ -89,8 +94,9 @@ def parse_unit(path: Path) -> dict[str, list[tuple[str, str]]]:
 def effective(unit: str) -> dict[str, dict[str, str]]:
     """The unit with the shared drop-in applied (last assignment wins; enough for single-valued keys)."""
     merged: dict[str, dict[str, str]] = {}
-    for part in (DROPIN, UNITS / unit) if unit.startswith("finsent-") and unit.endswith(".service") \
-            else (UNITS / unit,):
+    for part in (
+        (DROPIN, UNITS / unit) if unit.startswith("finsent-") and unit.endswith(".service") else (UNITS / unit,)
+    ):
         for section, pairs in parse_unit(part).items():
             merged.setdefault(section, {}).update(dict(pairs))
     return merged
@@ -117,8 +123,9 @@ def unit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _verify(unit_dir: Path, *units: str) -> subprocess.CompletedProcess[str]:
     env = {"SYSTEMD_UNIT_PATH": f"{unit_dir}:", "PATH": "/usr/bin:/bin", "SYSTEMD_LOG_COLOR": "0"}
-    return subprocess.run([_analyze(), "verify", *units], cwd=unit_dir, env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [_analyze(), "verify", *units], cwd=unit_dir, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_every_unit_file_is_checked() -> None:
@@ -136,8 +143,11 @@ def test_verify_reports_a_broken_unit(unit_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(unit_dir, broken)
     unit = broken / "finsent-ingest-rss.service"
-    unit.write_text(unit.read_text().replace("TimeoutStopSec=", "TimeoutStopSecs=")
-                    .replace(f"{VENV_BIN}/finsent", "/nonexistent/finsent"))
+    unit.write_text(
+        unit.read_text()
+        .replace("TimeoutStopSec=", "TimeoutStopSecs=")
+        .replace(f"{VENV_BIN}/finsent", "/nonexistent/finsent")
+    )
     res = _verify(broken, "finsent-ingest-rss.service")
     out = res.stdout + res.stderr
     assert "Unknown key 'TimeoutStopSecs'" in out and "/nonexistent/finsent" in out
@@ -148,8 +158,14 @@ def test_sandbox_exposure_is_low(unit_dir: Path, unit: str) -> None:
     """systemd's own score of the sandbox: 2.5 or less of 10 ('OK'; an unhardened service scores 9.6)."""
     name = INSTANCES[unit]
     env = {"SYSTEMD_UNIT_PATH": f"{unit_dir}:", "PATH": "/usr/bin:/bin", "SYSTEMD_LOG_COLOR": "0"}
-    res = subprocess.run([_analyze(), "security", "--offline=true", "--threshold=25", "--no-pager", name],
-                         cwd=unit_dir, env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [_analyze(), "security", "--offline=true", "--threshold=25", "--no-pager", name],
+        cwd=unit_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     level = re.search(r"Overall exposure level for \S+: ([\d.]+)", res.stdout)
     assert res.returncode == 0 and level is not None, res.stdout[-2000:] + res.stderr
     assert float(level.group(1)) <= 2.5
@@ -158,9 +174,16 @@ def test_sandbox_exposure_is_low(unit_dir: Path, unit: str) -> None:
 @pytest.mark.parametrize("unit", _services())
 def test_hardening_restart_and_limits(unit: str) -> None:
     svc = effective(unit)["Service"]
-    for key, want in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-                      "PrivateTmp": "yes", "SystemCallFilter": "@system-service", "CapabilityBoundingSet": "",
-                      "StateDirectory": None, "CacheDirectory": "finsent"}.items():
+    for key, want in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "SystemCallFilter": "@system-service",
+        "CapabilityBoundingSet": "",
+        "StateDirectory": None,
+        "CacheDirectory": "finsent",
+    }.items():
         assert key in svc, f"{unit}: no {key}="
         if want is not None:
             assert svc[key] == want, f"{unit}: {key}={svc[key]}"
@@ -248,7 +271,7 @@ def _retrain_argv_of_cron() -> list[str]:
     fields = line.split(None, 6)
     assert len(fields) == 7, "cron.d line: 5 time fields, a user, a command"
     cmd = shlex.split(fields[6].split(">>")[0])
-    return fields[:6] + cmd[cmd.index("/opt/finsent/bin/finsent") + 1:]
+    return fields[:6] + cmd[cmd.index("/opt/finsent/bin/finsent") + 1 :]
 
 
 def test_the_three_schedules_agree() -> None:
@@ -301,8 +324,9 @@ def test_healthcheck_script() -> None:
     finally:
         server.shutdown()
         server.server_close()
-    gone = subprocess.run([*script, "--wait", "1", f"http://127.0.0.1:{port}/healthz"], capture_output=True,
-                          text=True, timeout=30)
+    gone = subprocess.run(
+        [*script, "--wait", "1", f"http://127.0.0.1:{port}/healthz"], capture_output=True, text=True, timeout=30
+    )
     assert gone.returncode == 1 and "refused" in gone.stderr.lower()
 
 
@@ -350,7 +374,8 @@ def test_env_file_parser_keeps_an_inline_comment_in_the_value() -> None:
 
 @pytest.mark.parametrize("example", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy").rglob("*.env.example")))
 def test_env_examples_have_no_inline_comments_and_finsent_accepts_every_value(
-        example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    example: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 25: ``FINSENT_MODEL_THREADS=1 # per model call`` reached finsent as '1 # per model call' and the
     worker exited 3. Every value of every shipped env example (commented-out examples too) goes through
     finsent's own settings parser, with nothing else FINSENT_* set, and every FINSENT_* name is a setting."""

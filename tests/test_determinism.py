@@ -128,7 +128,8 @@ def test_shipped_model_entities_do_not_depend_on_the_batch() -> None:
     batched = _in_batches(clf, texts, order)
     assert any(m.entity_id is None for p in alone for m in p.entities), "no model-only span: is the head there?"
     for text, a, b in zip(texts, alone, batched, strict=True):
-        assert [(m.start, m.end, m.sentiment, m.entity_id) for m in a.entities] == \
-            [(m.start, m.end, m.sentiment, m.entity_id) for m in b.entities], text
+        assert [(m.start, m.end, m.sentiment, m.entity_id) for m in a.entities] == [
+            (m.start, m.end, m.sentiment, m.entity_id) for m in b.entities
+        ], text
         for x, y in zip(a.entities, b.entities, strict=True):
             assert max(abs(x.sentiment_probs[k] - y.sentiment_probs[k]) for k in x.sentiment_probs) < TOL, text

@@ -86,9 +86,32 @@ def test_distill_command_writes_a_smaller_model_with_a_card_against_its_teacher(
     tiny = make_tiny_model(tmp_path / "tiny")
     sent, topic = synthetic_sets(tmp_path / "data")
     out, model_out = tmp_path / "run", tmp_path / "student"
-    rc = main(["distill", "--teacher", str(tiny), "--layers", "1", "--no-fpb", "--tfns", str(sent),
-               "--topic", str(topic), "--out", str(out), "--model-out", str(model_out), "--epochs", "1",
-               "--eval-every", "0.5", "--threads", "1", "--name", "tiny-l1"])
+    rc = main(
+        [
+            "distill",
+            "--teacher",
+            str(tiny),
+            "--layers",
+            "1",
+            "--no-fpb",
+            "--tfns",
+            str(sent),
+            "--topic",
+            str(topic),
+            "--out",
+            str(out),
+            "--model-out",
+            str(model_out),
+            "--epochs",
+            "1",
+            "--eval-every",
+            "0.5",
+            "--threads",
+            "1",
+            "--name",
+            "tiny-l1",
+        ]
+    )
     assert rc == 0
     meta = json.loads((model_out / "metrics.json").read_text())
     assert meta["layers"] == 1 and meta["config"]["student_layers"] == [1]

@@ -55,26 +55,32 @@ def test_the_docs_include_the_table_and_the_three_pages_exist() -> None:
         assert f"docs/{page}.md" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("text", [
-    "the int8 model scores 107.6 sentences/s on both cores",
-    "p50 404 ms, p99 646 ms",
-    "ingest -> stored at half load: p99 <= 500 ms",
-    "(1,144-1,181 against 629-1,019 sentences/s at batch 128)",
-    "so one core scores about **300 items/s** when idle",
-    "ClickHouse 18.16 inserts: 35k rows/s",
-    "the push endpoint answered 458 requests/s",
-    "4,608–6,011 items/s",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the int8 model scores 107.6 sentences/s on both cores",
+        "p50 404 ms, p99 646 ms",
+        "ingest -> stored at half load: p99 <= 500 ms",
+        "(1,144-1,181 against 629-1,019 sentences/s at batch 128)",
+        "so one core scores about **300 items/s** when idle",
+        "ClickHouse 18.16 inserts: 35k rows/s",
+        "the push endpoint answered 458 requests/s",
+        "4,608–6,011 items/s",
+    ],
+)
 def test_the_figure_pattern_finds_the_figures_the_issue_found(text: str) -> None:
     assert results.stray_figures(text), text
 
 
-@pytest.mark.parametrize("text", [
-    "a rate in items/s (`--rate`)",
-    "`FINSENT_BATCH_WITHIN_S=0.05` trades latency for inserts",
-    "the worker's p99 latency is in the table",
-    "up to 20 inserts a second per worker",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a rate in items/s (`--rate`)",
+        "`FINSENT_BATCH_WITHIN_S=0.05` trades latency for inserts",
+        "the worker's p99 latency is in the table",
+        "up to 20 inserts a second per worker",
+    ],
+)
 def test_the_figure_pattern_leaves_prose_alone(text: str) -> None:
     assert results.stray_figures(text) == []
 
@@ -127,20 +133,25 @@ def test_every_figure_says_how_where_and_when_it_was_measured() -> None:
 def test_values_are_rendered_as_runs_parts_or_one_number() -> None:
     base = dict(id="x", what="w", unit="ms", command="c", cpu="cpu", load="l", date="2026-12-02", source="s")
     assert results.format_value(results.Figure(value=[526, 491, 503], **base)) == "491–526 ms (3 runs)"
-    assert results.format_value(results.Figure(value=[0.85, 0.854], decimals=3, values="parts",
-                                               **{**base, "unit": ""})) == "0.850 / 0.854"
+    assert (
+        results.format_value(results.Figure(value=[0.85, 0.854], decimals=3, values="parts", **{**base, "unit": ""}))
+        == "0.850 / 0.854"
+    )
     assert results.format_value(results.Figure(value=62397, **{**base, "unit": "rows/s"})) == "62,397 rows/s"
     assert results.format_value(results.Figure(value=3.74, decimals=2, **{**base, "unit": "x"})) == "3.74x"
 
 
-@pytest.mark.parametrize("change, says", [
-    (lambda f: f.pop("unit"), "missing ['unit']"),
-    (lambda f: f.update(value=True), "value must be a number"),
-    (lambda f: f.update(value=[]), "value must be a number"),
-    (lambda f: f.update(what="a | b"), "what must be one line"),
-    (lambda f: f.update(typo=1), "unknown ['typo']"),
-    (lambda f: f.update(values="both"), "values must be"),
-])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda f: f.pop("unit"), "missing ['unit']"),
+        (lambda f: f.update(value=True), "value must be a number"),
+        (lambda f: f.update(value=[]), "value must be a number"),
+        (lambda f: f.update(what="a | b"), "what must be one line"),
+        (lambda f: f.update(typo=1), "unknown ['typo']"),
+        (lambda f: f.update(values="both"), "values must be"),
+    ],
+)
 def test_a_malformed_figure_is_one_clear_error(tmp_path: Path, change, says: str) -> None:  # noqa: ANN001
     data = json.loads(RESULTS_JSON.read_text(encoding="utf-8"))
     change(data["figures"][1])

@@ -58,8 +58,14 @@ def test_psi_of_known_distributions() -> None:
     assert EPSILON == 1e-4
     assert psi({"a": 100}, {"a": 50, "b": 50}) == pytest.approx(0.5 * math.log(2) + (0.5 - 1e-4) * math.log(5000))
     assert psi({}, {"a": 1}) is None and psi({"a": 1}, {}) is None
-    assert [psi_band(x) for x in (None, 0.05, 0.1, 0.2, 0.25, 3.0)] == ["n/a", "stable", "moderate", "moderate",
-                                                                         "large", "large"]
+    assert [psi_band(x) for x in (None, 0.05, 0.1, 0.2, 0.25, 3.0)] == [
+        "n/a",
+        "stable",
+        "moderate",
+        "moderate",
+        "large",
+        "large",
+    ]
 
 
 def period(items: dict[tuple[str, str], int], confidence: float = 0.9, low: int = 0) -> PeriodStats:
@@ -84,8 +90,9 @@ def test_a_moved_topic_distribution_advises_a_retrain_with_its_numbers() -> None
     moved = {("negative", "Macro"): 100, ("neutral", "Crypto"): 150, ("positive", "Earnings"): 150}
     r = compare(period(STEADY), period(moved), DriftThresholds())
     assert r.retrain_advised and r.psi["sentiment"] == 0.0
-    assert r.psi["topic"] == pytest.approx(by_hand({"Macro": 250, "Earnings": 150},
-                                                   {"Macro": 100, "Crypto": 150, "Earnings": 150}))
+    assert r.psi["topic"] == pytest.approx(
+        by_hand({"Macro": 250, "Earnings": 150}, {"Macro": 100, "Crypto": 150, "Earnings": 150})
+    )
     assert r.reasons == [f"the topic label distribution moved: PSI {r.psi['topic']:.3f} >= 0.25"]
     assert compare(period(STEADY), period(moved), DriftThresholds(psi=10.0)).retrain_advised is False
 
@@ -116,8 +123,9 @@ def test_too_few_items_is_no_verdict() -> None:
     moved = {("negative", "Crypto"): 50}
     r = compare(period(STEADY), period(moved), DriftThresholds(min_items=100))
     assert not r.enough_data and not r.retrain_advised and r.psi["topic"] > 1  # computed, not acted on
-    assert r.notes == ["too few items for a verdict: window 50, reference 400 (at least 100 each, "
-                       "FINSENT_DRIFT_MIN_ITEMS)"]
+    assert r.notes == [
+        "too few items for a verdict: window 50, reference 400 (at least 100 each, FINSENT_DRIFT_MIN_ITEMS)"
+    ]
 
 
 # --- on real stores -----------------------------------------------------------------------------------
@@ -139,23 +147,33 @@ def store(store_url: str) -> Iterator[Any]:
 def item(i: int, sentiment: str, topic: str, top: float, age: timedelta, version: str = "m1") -> ScoredItem:
     rest = round((1 - top) / 2, 6)
     probs = {s: (top if s == sentiment else rest) for s in ("negative", "neutral", "positive")}
-    raw = RawItem(id=f"{version}-{i}", source="test-feed", source_type="news", text=f"text {i}",
-                  ingested_at=utcnow() - age)
+    raw = RawItem(
+        id=f"{version}-{i}", source="test-feed", source_type="news", text=f"text {i}", ingested_at=utcnow() - age
+    )
     return ScoredItem(raw, sentiment, probs, topic, 0.8, version, utcnow())
 
 
-REF_MIX = [("negative", "Macro")] * 3 + [("neutral", "Macro")] * 2 + [("neutral", "Earnings")] * 2 + \
-    [("positive", "Earnings")] * 3
-WIN_MIX = [("negative", "Macro")] * 5 + [("negative", "Markets")] * 1 + [("neutral", "Markets")] * 2 + \
-    [("positive", "Earnings")] * 2
+REF_MIX = (
+    [("negative", "Macro")] * 3
+    + [("neutral", "Macro")] * 2
+    + [("neutral", "Earnings")] * 2
+    + [("positive", "Earnings")] * 3
+)
+WIN_MIX = (
+    [("negative", "Macro")] * 5
+    + [("negative", "Markets")] * 1
+    + [("neutral", "Markets")] * 2
+    + [("positive", "Earnings")] * 2
+)
 
 
 def seed_store(store: Any) -> None:
     """m1: a steady, confident reference two days back; a window an hour back with another mix and half
     of its items unsure; m2 scored fewer items in the window; one m1 item older than the reference."""
     rows = [item(i, *REF_MIX[i % 10], 0.9, timedelta(days=2, minutes=i)) for i in range(300)]
-    rows += [item(1000 + i, *WIN_MIX[i % 10], 0.45 if i % 2 else 0.9, timedelta(minutes=60 + i % 50))
-             for i in range(300)]
+    rows += [
+        item(1000 + i, *WIN_MIX[i % 10], 0.45 if i % 2 else 0.9, timedelta(minutes=60 + i % 50)) for i in range(300)
+    ]
     rows += [item(i, "positive", "IPO", 0.99, timedelta(minutes=30), version="m2") for i in range(100)]
     rows.append(item(9999, "positive", "IPO", 0.99, timedelta(days=10)))
     store.insert_scored(rows)
@@ -186,8 +204,11 @@ def test_drift_command_on_a_real_store(store, store_url, capsys, tmp_path: Path,
     assert (doc["low_confidence_ratio"], doc["reference"]["low_confidence_ratio"]) == (0.5, 0.0)
     assert doc["retrain_advised"] is True and doc["enough_data"] is True
     assert [r.split(":")[0].split(" (")[0] for r in doc["reasons"]] == [
-        "the sentiment label distribution moved", "the topic label distribution moved",
-        "mean confidence fell by 0.225", "the share of low-confidence items"]
+        "the sentiment label distribution moved",
+        "the topic label distribution moved",
+        "mean confidence fell by 0.225",
+        "the share of low-confidence items",
+    ]
     assert "retrain advised: the sentiment label distribution moved: PSI" in text
     assert "model m1 (most common in the window)" in text and "window " in text
 
@@ -200,8 +221,7 @@ def test_drift_command_on_a_real_store(store, store_url, capsys, tmp_path: Path,
 
 
 @pytest.mark.integration
-def test_drift_judges_the_registry_production_version(store, store_url, capsys, tmp_path: Path,
-                                                      monkeypatch) -> None:
+def test_drift_judges_the_registry_production_version(store, store_url, capsys, tmp_path: Path, monkeypatch) -> None:
     # the registry's on-disk layout (models.registry): a version directory and aliases.json
     root = tmp_path / "registry"
     (root / "versions" / "v0002-0123abcd").mkdir(parents=True)
@@ -215,8 +235,9 @@ def test_drift_judges_the_registry_production_version(store, store_url, capsys, 
     assert doc["window"]["items"] == 0 and not doc["retrain_advised"]
     note = "no item in the window is scored by v0002-0123abcd; the window's versions: m1 (300), m2 (100)"
     assert note in doc["notes"]
-    store.insert_scored([item(i, "neutral", "Macro", 0.9, timedelta(minutes=5), version="v0002-0123abcd")
-                         for i in range(10)])
+    store.insert_scored(
+        [item(i, "neutral", "Macro", 0.9, timedelta(minutes=5), version="v0002-0123abcd") for i in range(10)]
+    )
     rc = main(["--store", store_url, "drift", "--json", "-"])
     doc = json.loads(capsys.readouterr().out)
     assert doc["model_version"] == "v0002-0123abcd" and doc["window"]["items"] == 10
@@ -238,8 +259,9 @@ def test_monitor_sets_the_gauges_and_logs_a_failing_store_once(chdb_db_url: str,
         with caplog.at_level(logging.INFO, logger="finsent.alerts.drift_agent"):
             assert [broken.refresh() for _ in range(3)] == [None, None, None]
             assert broken.failures == 3
-            assert [r.message for r in caplog.records].count(next(
-                r.message for r in caplog.records if "could not recompute" in r.message)) == 1
+            assert [r.message for r in caplog.records].count(
+                next(r.message for r in caplog.records if "could not recompute" in r.message)
+            ) == 1
             assert "store is down" in caplog.text
             broken.store_getter = lambda: store
             report = broken.refresh()
@@ -314,8 +336,10 @@ DRIFT_TESTS = DEPLOY / "prometheus" / "tests" / "finsent-drift-rules.test.yml"
 def test_drift_rule_is_valid_loaded_by_prometheus_yml_and_passes_its_unit_tests(promtool) -> None:
     import yaml
 
-    assert "finsent-drift-rules.yml" in yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())[
-        "rule_files"]
+    assert (
+        "finsent-drift-rules.yml"
+        in yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["rule_files"]
+    )
     (rule,) = yaml.safe_load(DRIFT_RULES.read_text())["groups"][0]["rules"]
     assert rule["labels"] == {"severity": "warning", "source": "prometheus", "category": "ops"}
     assert set(rule["annotations"]) == {"summary", "description", "runbook", "dashboard"}
@@ -325,26 +349,33 @@ def test_drift_rule_is_valid_loaded_by_prometheus_yml_and_passes_its_unit_tests(
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("old, new", [
-    ("\n        for: 30m\n", "\n        for: 10m\n"),  # advice that comes and goes would alert
-    ('retrain_advised{job="finsent-worker"}', "retrain_advised"),  # another job's gauges would alert
-    ("== 1", ">= 0"),  # a report without advice would alert
-    ("max by (job)", "max by (job, instance)"),  # one alert per worker instead of one per job
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("\n        for: 30m\n", "\n        for: 10m\n"),  # advice that comes and goes would alert
+        ('retrain_advised{job="finsent-worker"}', "retrain_advised"),  # another job's gauges would alert
+        ("== 1", ">= 0"),  # a report without advice would alert
+        ("max by (job)", "max by (job, instance)"),  # one alert per worker instead of one per job
+    ],
+)
 def test_drift_rule_unit_tests_catch_a_broken_rule(promtool, tmp_path: Path, old: str, new: str) -> None:
     (tmp_path / "tests").mkdir()
     text = DRIFT_RULES.read_text()
     assert text.count(old) == 1
     (tmp_path / DRIFT_RULES.name).write_text(text.replace(old, new, 1))
     (tmp_path / "tests" / DRIFT_TESTS.name).write_text(DRIFT_TESTS.read_text())
-    out = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests" / DRIFT_TESTS.name)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "tests" / DRIFT_TESTS.name)], capture_output=True, text=True
+    )
     assert out.returncode != 0 and "FAILED" in out.stdout + out.stderr, out.stdout
 
 
 def test_drift_alert_goes_to_the_ops_receiver(amtool) -> None:
     config = DEPLOY / "alertmanager" / "alertmanager.yml"
     labels = ["alertname=FinsentModelDriftRetrainAdvised", "severity=warning", "category=ops", "job=finsent-worker"]
-    out = subprocess.run([amtool, "config", "routes", "test", f"--config.file={config}",
-                          "--verify.receivers=finsent-ops", *labels], capture_output=True, text=True)
+    out = subprocess.run(
+        [amtool, "config", "routes", "test", f"--config.file={config}", "--verify.receivers=finsent-ops", *labels],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "finsent-ops", out.stdout + out.stderr

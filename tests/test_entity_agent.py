@@ -37,22 +37,40 @@ COMPANIES = {  # entity id -> (name, words of its normal news)
     "PFE": ("Pfizer", "Pfizer"),
     "MSFT": ("Microsoft", "Microsoft"),
 }
-NORMAL = ["opens a new office in {city}", "names a new head of {unit}", "hosts an investor day in {city}",
-          "expands its {unit} team", "reports steady demand for {unit}", "signs a supply deal in {city}",
-          "launches a {unit} product", "holds its annual meeting in {city}"]
+NORMAL = [
+    "opens a new office in {city}",
+    "names a new head of {unit}",
+    "hosts an investor day in {city}",
+    "expands its {unit} team",
+    "reports steady demand for {unit}",
+    "signs a supply deal in {city}",
+    "launches a {unit} product",
+    "holds its annual meeting in {city}",
+]
 CITIES = ["Boston", "Denver", "Austin", "Dublin", "Tokyo", "Madrid", "Oslo", "Lima", "Cairo", "Perth", "Seoul"]
 UNITS = ["payments", "research", "logistics", "retail", "cloud", "marketing", "design", "security", "audit"]
 # 60 negative JPMorgan headlines: 12 different stories, each retold 5 times (retellings cluster, as they should)
 BAD_STORIES = [
-    "regulators open a probe into its London trading desk", "prosecutors subpoena mortgage records",
-    "a whistleblower alleges fraud at the wealth unit", "auditors flag hidden derivatives losses",
-    "senators demand answers over client data breach", "credit rating cut to negative outlook",
-    "fined two billion dollars for sanctions violations", "chief risk officer resigns abruptly",
-    "outage freezes millions of customer accounts", "lawsuit claims rigged currency benchmarks",
-    "quarterly profit plunges on bad loan charges", "bond traders suspended amid spoofing inquiry",
+    "regulators open a probe into its London trading desk",
+    "prosecutors subpoena mortgage records",
+    "a whistleblower alleges fraud at the wealth unit",
+    "auditors flag hidden derivatives losses",
+    "senators demand answers over client data breach",
+    "credit rating cut to negative outlook",
+    "fined two billion dollars for sanctions violations",
+    "chief risk officer resigns abruptly",
+    "outage freezes millions of customer accounts",
+    "lawsuit claims rigged currency benchmarks",
+    "quarterly profit plunges on bad loan charges",
+    "bond traders suspended amid spoofing inquiry",
 ]
-RETOLD = ["JPMorgan: {s}", "JPMorgan {s}, sources say", "Report: JPMorgan {s}", "JPMorgan {s} as shares slump",
-          "Breaking - JPMorgan {s}"]
+RETOLD = [
+    "JPMorgan: {s}",
+    "JPMorgan {s}, sources say",
+    "Report: JPMorgan {s}",
+    "JPMorgan {s} as shares slump",
+    "Breaking - JPMorgan {s}",
+]
 SOURCES = ["Reuters", "Bloomberg", "CNBC", "MarketWatch"]
 
 
@@ -61,8 +79,16 @@ def _scored(item_id: str, at: datetime, eid: str, sentiment: str, title: str, so
     text = f"{title}."
     probs = {"negative": 0.05, "neutral": 0.05, "positive": 0.05, sentiment: 0.9}
     mention = EntityMention(word, 0, len(word), sentiment, probs, eid, name, 90)
-    item = RawItem(id=item_id, source=source, source_type="news", text=text, title=title,
-                   url=f"https://news.example/{item_id}", ingested_at=utcnow(), published_at=at)
+    item = RawItem(
+        id=item_id,
+        source=source,
+        source_type="news",
+        text=text,
+        title=title,
+        url=f"https://news.example/{item_id}",
+        ingested_at=utcnow(),
+        published_at=at,
+    )
     return ScoredItem(item, sentiment, probs, "banking", 0.9, "test-model", utcnow(), (mention,))
 
 
@@ -76,8 +102,9 @@ def replay_items(start: datetime, hours: int = 10, burst_hour: int = 6) -> list[
                 n += 1
                 at = start + timedelta(hours=h, minutes=15 * q + j)
                 word = COMPANIES[eid][1]
-                title = f"{word} " + NORMAL[n % len(NORMAL)].format(city=CITIES[n % len(CITIES)],
-                                                                    unit=UNITS[n % len(UNITS)])
+                title = f"{word} " + NORMAL[n % len(NORMAL)].format(
+                    city=CITIES[n % len(CITIES)], unit=UNITS[n % len(UNITS)]
+                )
                 sentiment = "negative" if n % 12 == 0 else ("positive" if n % 2 else "neutral")
                 out.append(_scored(f"n{n}", at, eid, sentiment, f"{title} ({n})", SOURCES[n % 4]))
         if h == burst_hour:
@@ -109,24 +136,30 @@ def _pending(values: list[bytes]) -> list[Pending]:
 def test_entity_records_key_by_entity_one_mention_per_item_and_skip_garbage() -> None:
     t = _start()
     a = _scored("a", t, "JPM", "negative", "JPMorgan falls", "Reuters")
-    twice = ScoredItem(a.item, a.sentiment, a.sentiment_probs, a.topic, a.topic_prob, a.model_version, a.scored_at,
-                       a.entities * 2)
+    twice = ScoredItem(
+        a.item, a.sentiment, a.sentiment_probs, a.topic, a.topic_prob, a.model_version, a.scored_at, a.entities * 2
+    )
     b = _scored("b", t + timedelta(minutes=1), "AAPL", "positive", "Apple rises", "CNBC")
     records, n, bad, newest = entity_records([twice.to_json(), b"not json", None, b.to_json()], [0, 1, 1, 1])
     assert bad == 2 and n == 2 and newest == {0: t, 1: t + timedelta(minutes=1)}
     assert sorted(k for k, _ in records) == [b"AAPL", b"JPM"]
     jpm = decode_record(dict(records)[b"JPM"])
-    assert [(p.mention.item_id, p.mention.key, p.mention.sentiment, p.mention.source, p.mention.url) for p in jpm] \
-        == [("a", "JPM", "negative", "Reuters", "https://news.example/a")]
+    assert [(p.mention.item_id, p.mention.key, p.mention.sentiment, p.mention.source, p.mention.url) for p in jpm] == [
+        ("a", "JPM", "negative", "Reuters", "https://news.example/a")
+    ]
     assert jpm[0].mention.at == t and "JPMorgan falls" in jpm[0].text
 
 
-@pytest.mark.parametrize("bad", [b"{}", b'{"key": "", "name": "x", "m": []}',
-                                 b'{"key": "K", "name": "x", "m": [["i", "2024-01-01T00:00:00Z", "angry", 1, "s", '
-                                 b'"t", null, ""]]}',
-                                 b'{"key": "K", "name": "x", "m": [["i", "yesterday", "negative", 1, "s", "t", null, '
-                                 b'""]]}',
-                                 b'{"key": "K", "name": "x", "m": [["too", "short"]]}'])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"{}",
+        b'{"key": "", "name": "x", "m": []}',
+        b'{"key": "K", "name": "x", "m": [["i", "2024-01-01T00:00:00Z", "angry", 1, "s", "t", null, ""]]}',
+        b'{"key": "K", "name": "x", "m": [["i", "yesterday", "negative", 1, "s", "t", null, ""]]}',
+        b'{"key": "K", "name": "x", "m": [["too", "short"]]}',
+    ],
+)
 def test_a_malformed_entity_record_is_a_value_error_not_a_crash(bad: bytes) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
         decode_record(bad)
@@ -158,7 +191,7 @@ def test_the_reorder_buffer_gives_the_same_alerts_whatever_the_arrival_order_wit
     state = EntityAlerts(_settings(), sinks=[])
     got = []
     for i in range(0, len(mixed), 25):
-        got += state.offer(_pending(_values(mixed[i:i + 25])))
+        got += state.offer(_pending(_values(mixed[i : i + 25])))
     assert [a.to_dict() for a in got] == [a.to_dict() for a in expect] and len(got) == 1
     # a redelivered batch changes nothing; a mention older than the lateness is late, counted and ignored
     again = state.offer(_pending(_values(items[-30:])))
@@ -196,8 +229,10 @@ def test_a_quiet_stream_closes_its_buckets_on_the_wall_clock() -> None:
     clock = [0.0]
     state = EntityAlerts(_settings(entity_lateness_s=60, entity_bucket_s=60), sinks=[], clock=lambda: clock[0])
     t0 = _start()
-    burst = [_scored(f"jpm{k}", t0 + timedelta(seconds=k), "JPM", "negative",
-                     f"JPMorgan: {BAD_STORIES[k]}", SOURCES[k % 4]) for k in range(12)]
+    burst = [
+        _scored(f"jpm{k}", t0 + timedelta(seconds=k), "JPM", "negative", f"JPMorgan: {BAD_STORIES[k]}", SOURCES[k % 4])
+        for k in range(12)
+    ]
     assert state.offer(_pending(_values(burst))) == []
     clock[0] = 100.0  # the bucket ends at t0+60, the watermark needs 60 s more: still open
     assert state.tick() == []
@@ -262,7 +297,7 @@ def publish_replay(settings: Any, items: list[ScoredItem], chunk: int = 6, pause
     producer = make_producer(settings, client_id="test-entity-replay")
     try:
         for i in range(0, len(items), chunk):
-            for s in items[i:i + chunk]:
+            for s in items[i : i + chunk]:
                 producer.send(settings.topic_scored, key=s.id.encode(), value=s.to_json())
             producer.flush()
             time.sleep(pause_s)
@@ -305,8 +340,9 @@ def test_worker_raises_one_entity_alert_naming_the_company_and_sends_it_to_every
             assert [(a.entity_id, a.entity_name) for a in state.alerts] == [("JPM", "JPMorgan Chase")]
             alert = state.alerts[0]
             wait_for(lambda: any(r["id"] == alert.id for r in store.alerts()), 20, "the alert in the store")
-            wait_for(lambda: _sample("finsent_entity_alert_active", {"entity_id": "JPM"}) == 1.0, 10,
-                     "the alerting gauge")
+            wait_for(
+                lambda: _sample("finsent_entity_alert_active", {"entity_id": "JPM"}) == 1.0, 10, "the alerting gauge"
+            )
             assert (_sample("finsent_entity_mentions_total", {"sentiment": "negative"}) or 0) >= 60
         row = next(r for r in store.alerts() if r["id"] == alert.id)
         assert row["kind"] == "entity" and row["entity_id"] == "JPM" and row["entity_name"] == "JPMorgan Chase"
@@ -324,6 +360,3 @@ def test_attach_adds_nothing_when_entity_alerts_are_off() -> None:
     ctx = WorkerContext.__new__(WorkerContext)
     object.__setattr__(ctx, "settings", load_settings(entity_alerts=False))
     assert attach(object(), ctx) is None
-
-
-

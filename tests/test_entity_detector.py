@@ -25,17 +25,37 @@ SOURCES = ("CoinDesk", "Decrypt", "Cointelegraph", "U.Today")
 _seq = iter(range(10**9))
 
 
-def burst(key: str, start: datetime, n: int, minutes: float = 60.0, sentiment: str = "negative",
-          sources: tuple[str, ...] = SOURCES, novelty: int = 100, relevance: int = 100,
-          entity_id: str | None = None) -> list[Mention]:
+def burst(
+    key: str,
+    start: datetime,
+    n: int,
+    minutes: float = 60.0,
+    sentiment: str = "negative",
+    sources: tuple[str, ...] = SOURCES,
+    novelty: int = 100,
+    relevance: int = 100,
+    entity_id: str | None = None,
+) -> list[Mention]:
     """``n`` mentions of ``key`` spread evenly over ``minutes`` from ``start``."""
     name = key.lstrip("~")
     out = []
     for i in range(n):
         j = next(_seq)
-        out.append(Mention(f"it{j}", start + timedelta(minutes=minutes * i / max(n, 1)), key, entity_id, name,
-                           sentiment, relevance, novelty, sources[i % len(sources)], f"{name} story {j}",
-                           f"https://news.example/{j}"))
+        out.append(
+            Mention(
+                f"it{j}",
+                start + timedelta(minutes=minutes * i / max(n, 1)),
+                key,
+                entity_id,
+                name,
+                sentiment,
+                relevance,
+                novelty,
+                sources[i % len(sources)],
+                f"{name} story {j}",
+                f"https://news.example/{j}",
+            )
+        )
     return out
 
 
@@ -69,8 +89,12 @@ def test_the_baseline_is_the_entitys_own_level() -> None:
     """A name always in negative news (3 an hour) does not fire at 3 an hour; a quiet name does, at the same count."""
     det = EntityDetector()
     steady = history("~ftx", 8, 72)
-    alerts = run(det, steady + burst("~quiet", T0 + timedelta(days=7, hours=12), 18, 6 * 60)
-                 + history("~quiet", 7, 1, sentiment="neutral"))
+    alerts = run(
+        det,
+        steady
+        + burst("~quiet", T0 + timedelta(days=7, hours=12), 18, 6 * 60)
+        + history("~quiet", 7, 1, sentiment="neutral"),
+    )
     late = [a for a in alerts if a.window_end > T0 + timedelta(days=3)]  # after FTX's own history has built up
     assert [a.entity_name for a in late] == ["quiet"]
     det2 = EntityDetector()
@@ -129,8 +153,11 @@ def _watch(tmp_path: Path, text: str, name: str = "watch.csv") -> Watchlist:
 
 def test_watchlist_only_mode_alerts_on_listed_names_only(tmp_path: Path) -> None:
     wl = _watch(tmp_path, "entity\nGenesis Global Ltd.\nX:BTC\n")
-    ms = (burst("~genesis global", T0, 12, 60) + burst("~celsius", T0, 12, 60)
-          + burst("X:BTC", T0, 12, 60, entity_id="X:BTC"))
+    ms = (
+        burst("~genesis global", T0, 12, 60)
+        + burst("~celsius", T0, 12, 60)
+        + burst("X:BTC", T0, 12, 60, entity_id="X:BTC")
+    )
     alerts = run(EntityDetector(watchlist=wl, watch_mode="only"), ms)
     assert sorted(a.evidence["entity_key"] for a in alerts if a.evidence) == ["X:BTC", "~genesis global"]
 
@@ -148,8 +175,9 @@ def test_watchlist_per_entity_thresholds(tmp_path: Path) -> None:
     wl = _watch(tmp_path, "entity,min_novel_negative,min_sources\ngenesis,2,1\n")
     ms = burst("~genesis", T0, 3, 30, sources=("Solo",))
     assert run(EntityDetector(), ms) == []
-    lower_score = _watch(tmp_path, '{"name": "genesis", "min_novel_negative": 2, "min_sources": 1, "score": 1}\n',
-                         "w.jsonl")
+    lower_score = _watch(
+        tmp_path, '{"name": "genesis", "min_novel_negative": 2, "min_sources": 1, "score": 1}\n', "w.jsonl"
+    )
     assert len(run(EntityDetector(watchlist=lower_score, watch_mode="wider"), ms)) == 1
     assert run(EntityDetector(watchlist=wl, watch_mode="wider"), ms) == []  # the prior's score still holds
 
@@ -176,11 +204,17 @@ def test_a_mention_later_than_the_lateness_is_counted_and_ignored() -> None:
 
 
 def test_same_alerts_whatever_the_arrival_order_within_the_lateness() -> None:
-    ms = (history("~a", 3, 5, sentiment="neutral") + burst("~a", T0 + timedelta(days=3, hours=2), 14, 120)
-          + burst("~b", T0 + timedelta(days=2, hours=7), 10, 45) + history("~c", 3, 40, sentiment="positive")
-          + burst("~c", T0 + timedelta(days=2, hours=1), 9, 30) + burst("~a", T0 + timedelta(days=3), 3, 30)
-          # two names surging in the same hour: their alerts come out in one order whatever arrived first
-          + burst("~d", T0 + timedelta(days=1, hours=4), 10, 50) + burst("~e", T0 + timedelta(days=1, hours=4), 10, 50))
+    ms = (
+        history("~a", 3, 5, sentiment="neutral")
+        + burst("~a", T0 + timedelta(days=3, hours=2), 14, 120)
+        + burst("~b", T0 + timedelta(days=2, hours=7), 10, 45)
+        + history("~c", 3, 40, sentiment="positive")
+        + burst("~c", T0 + timedelta(days=2, hours=1), 9, 30)
+        + burst("~a", T0 + timedelta(days=3), 3, 30)
+        # two names surging in the same hour: their alerts come out in one order whatever arrived first
+        + burst("~d", T0 + timedelta(days=1, hours=4), 10, 50)
+        + burst("~e", T0 + timedelta(days=1, hours=4), 10, 50)
+    )
     ms.sort(key=lambda m: m.at)
     reference = [a.to_dict() for a in run(EntityDetector(lateness_s=1800), ms)]
     assert reference
@@ -220,9 +254,16 @@ def test_bad_mentions_and_settings_are_refused_with_a_reason() -> None:
 
 
 def test_a_mention_is_built_from_the_entity_layers_shape() -> None:
-    em = EntityMention(text="Genesis", start=0, end=7, sentiment="negative",
-                       sentiment_probs={"negative": 0.9, "neutral": 0.05, "positive": 0.05}, entity_id=None,
-                       name="genesis", relevance=100)
+    em = EntityMention(
+        text="Genesis",
+        start=0,
+        end=7,
+        sentiment="negative",
+        sentiment_probs={"negative": 0.9, "neutral": 0.05, "positive": 0.05},
+        entity_id=None,
+        name="genesis",
+        relevance=100,
+    )
     m = Mention.of(em, "i1", T0, "CoinDesk", "Genesis halts withdrawals", "https://x", 75)
     assert (m.key, m.sentiment, m.relevance, m.novelty) == ("~genesis", "negative", 100, 75)
     assert entity_key("AAPL", "Apple") == "AAPL"
@@ -236,16 +277,32 @@ def test_the_index_is_the_negative_binomial_tail(k: int, mean: float, r: float) 
 
 # -- the Alert event: entity fields, old payloads ---------------------------------------------------------------
 OLD_ALERT = {  # an alert as finsent wrote it before entity alerts (no kind, entity_id, entity_name, evidence)
-    "topic": "Energy | Oil", "fired_at": "2026-01-05T09:00:00.000Z", "window_start": "2026-01-05T08:55:00.000Z",
-    "window_end": "2026-01-05T09:00:00.000Z", "negative": 30, "total": 40, "negative_share": 0.75,
-    "baseline_share": 0.1, "score": 9.5, "detector": "ewma_z", "severity": "warning", "id": "abc", "v": 1,
+    "topic": "Energy | Oil",
+    "fired_at": "2026-01-05T09:00:00.000Z",
+    "window_start": "2026-01-05T08:55:00.000Z",
+    "window_end": "2026-01-05T09:00:00.000Z",
+    "negative": 30,
+    "total": 40,
+    "negative_share": 0.75,
+    "baseline_share": 0.1,
+    "score": 9.5,
+    "detector": "ewma_z",
+    "severity": "warning",
+    "id": "abc",
+    "v": 1,
 }
 
 
 def test_alerts_from_before_entity_alerts_still_decode_as_topic_alerts() -> None:
     a = decode_alert(json.dumps(OLD_ALERT))
     assert (a.kind, a.entity_id, a.entity_name, a.evidence, a.topic, a.id) == (
-        "topic", None, None, None, "Energy | Oil", "abc")
+        "topic",
+        None,
+        None,
+        None,
+        "Energy | Oil",
+        "abc",
+    )
     assert {k: v for k, v in a.to_dict().items() if k in OLD_ALERT} == OLD_ALERT
     hash(a)  # still usable in sets
 
@@ -264,11 +321,14 @@ def test_the_bench_reads_news_in_published_order_and_skips_rows_it_cannot_time(t
     from finsent.bench.entities import fallback_entities, read_news
 
     p = tmp_path / "news.csv"
-    p.write_text("published_at,source,text,url\n2023-01-20T09:00:00Z,Decrypt,Genesis files,u2\n"
-                 "07/12/2026 09:30,X,unreadable time,u\n2023-01-20T08:00:00Z,CoinDesk,$COIN falls as Genesis Global "
-                 "Capital files,u1\n2023-01-20T10:00:00Z,X,,u\n", encoding="utf-8")
+    p.write_text(
+        "published_at,source,text,url\n2023-01-20T09:00:00Z,Decrypt,Genesis files,u2\n"
+        "07/12/2026 09:30,X,unreadable time,u\n2023-01-20T08:00:00Z,CoinDesk,$COIN falls as Genesis Global "
+        "Capital files,u1\n2023-01-20T10:00:00Z,X,,u\n",
+        encoding="utf-8",
+    )
     rows, skipped = read_news(p)
     assert [r.url for r in rows] == ["u1", "u2"] and skipped == 2
     ents = fallback_entities(rows[0].title)
     assert {(e.entity_id, e.name) for e in ents} == {("COIN", "COIN"), (None, "genesis global capital")}
-    assert all(rows[0].title[e.start:e.end] == e.text for e in ents)
+    assert all(rows[0].title[e.start : e.end] == e.text for e in ents)

@@ -45,11 +45,16 @@ def test_realign_moves_a_shifted_span_onto_its_value() -> None:
 
 def test_read_finentity_realigns_and_counts(tmp_path: Path) -> None:
     text = "Acme rose while Widget Corp fell."
-    data = [{"content": text, "annotations": [
-        {"start": 0, "end": 4, "value": "Acme", "label": "Positive"},
-        {"start": 14, "end": 25, "value": "Widget Corp", "label": "Negative"},  # shifted by 2
-        {"start": 0, "end": 4, "value": "Nowhere", "label": "Neutral"},  # not in the text
-    ]}]
+    data = [
+        {
+            "content": text,
+            "annotations": [
+                {"start": 0, "end": 4, "value": "Acme", "label": "Positive"},
+                {"start": 14, "end": 25, "value": "Widget Corp", "label": "Negative"},  # shifted by 2
+                {"start": 0, "end": 4, "value": "Nowhere", "label": "Neutral"},  # not in the text
+            ],
+        }
+    ]
     path = tmp_path / "fe.json"
     path.write_text(json.dumps(data))
     paras, stats = read_finentity_spans(path)
@@ -105,10 +110,13 @@ def test_prepare_with_map_is_the_runtime_preparation_and_maps_back(text: str) ->
     assert prepared == strip_urls(text)
     assert len(where) == len(prepared) + 1
     for i, ch in enumerate(prepared):
-        assert ch == text[where[i]] or (ch == " " and text[where[i]].isspace()) or text[where[i]:].startswith(
-            ("http", "www")), (i, ch)
+        assert (
+            ch == text[where[i]]
+            or (ch == " " and text[where[i]].isspace())
+            or text[where[i] :].startswith(("http", "www"))
+        ), (i, ch)
     for m in __import__("re").finditer(r"[A-Za-z]+", prepared):
-        (s, e, *_), = map_spans([(m.start(), m.end(), "neutral", {})], where)
+        ((s, e, *_),) = map_spans([(m.start(), m.end(), "neutral", {})], where)
         assert text[s:e] == m.group()
 
 
@@ -126,16 +134,27 @@ def _three_head(out: Path, tag: str = "B-NEG", layers: tuple[int, ...] = (1, -1)
     from finsent.models.testing import _tiny_config
 
     torch.manual_seed(0)
-    model = MultiTaskClassifier(build_encoder(_tiny_config()), len(SENTIMENT_LABELS), len(TOPIC_LABELS), dropout=0.0,
-                                n_token_tags=len(TAGS), token_layers=layers, token_hidden=16)
+    model = MultiTaskClassifier(
+        build_encoder(_tiny_config()),
+        len(SENTIMENT_LABELS),
+        len(TOPIC_LABELS),
+        dropout=0.0,
+        n_token_tags=len(TAGS),
+        token_layers=layers,
+        token_hidden=16,
+    )
     with torch.no_grad():
         model.token_conv.weight.zero_()
         model.token_head.weight.zero_()
         model.token_head.bias.fill_(-5.0)
         model.token_head.bias[TAGS.index(tag)] = 5.0
-    info = ModelInfo("tiny-ent-auto", SENTIMENT_LABELS, TOPIC_LABELS, TINY_MAX_LENGTH,
-                     {"base_model": "random (tests only)", "num_heads": 2, "hidden_size": 32,
-                      "preprocess": ["strip_urls"]})
+    info = ModelInfo(
+        "tiny-ent-auto",
+        SENTIMENT_LABELS,
+        TOPIC_LABELS,
+        TINY_MAX_LENGTH,
+        {"base_model": "random (tests only)", "num_heads": 2, "hidden_size": 32, "preprocess": ["strip_urls"]},
+    )
     export_model_dir(model, tiny_tokenizer(), out, info, card="# tiny three-head model\n")
     return out
 
@@ -162,7 +181,7 @@ def test_runtime_spans_point_into_the_callers_text(three_head_dir: Path, tmp_pat
     for text, pred in zip(TEXTS, clf.predict(TEXTS), strict=True):
         assert pred.entities, text
         for m in pred.entities:
-            assert text[m.start:m.end] == m.text and m.text.strip() == m.text and "http" not in m.text
+            assert text[m.start : m.end] == m.text and m.text.strip() == m.text and "http" not in m.text
             if m.entity_id is None:  # unlinked: the model's own span and sentiment
                 assert m.sentiment == "negative" and m.sentiment_probs["negative"] > 0.99
 
@@ -171,7 +190,7 @@ def test_titles_shift_spans_into_the_scored_text(three_head_dir: Path, tmp_path:
     clf = Classifier.load(three_head_dir, variant="fp32", cache_dir=tmp_path)
     (pred,) = clf.predict(["gold falls"], titles=["oil rises"])
     scored = "oil rises\n\ngold falls"
-    assert {scored[m.start:m.end] for m in pred.entities} >= {"oil", "gold"}
+    assert {scored[m.start : m.end] for m in pred.entities} >= {"oil", "gold"}
 
 
 def test_truncated_text_has_spans_only_inside_the_token_window(three_head_dir: Path, tmp_path: Path) -> None:
@@ -180,7 +199,7 @@ def test_truncated_text_has_spans_only_inside_the_token_window(three_head_dir: P
     (pred,) = clf.predict([text])
     assert pred.truncated
     assert pred.entities and max(m.end for m in pred.entities) < len(text) // 2
-    assert all(text[m.start:m.end] == m.text for m in pred.entities)
+    assert all(text[m.start : m.end] == m.text for m in pred.entities)
 
 
 def test_no_entity_tag_gives_no_model_spans(tmp_path: Path) -> None:
@@ -217,16 +236,24 @@ def test_train_entity_head_keeps_the_item_heads_exactly(tmp_path: Path) -> None:
     rows = []
     for i in range(12):
         text = f"widget corp shares rise {i} while acme falls after the deal"
-        rows.append({"content": text, "annotations": [
-            {"start": 0, "end": 11, "value": "widget corp", "label": "Positive"},
-            {"start": text.index("acme") + 1, "end": 0, "value": "acme", "label": "Negative"},  # shifted start
-        ]})
+        rows.append(
+            {
+                "content": text,
+                "annotations": [
+                    {"start": 0, "end": 11, "value": "widget corp", "label": "Positive"},
+                    {"start": text.index("acme") + 1, "end": 0, "value": "acme", "label": "Negative"},  # shifted start
+                ],
+            }
+        )
     data = tmp_path / "fe.json"
     data.write_text(json.dumps(rows))
     parent = make_tiny_model(tmp_path / "parent")
     out = tmp_path / "three"
-    m = train_entity_head(EntityConfig(str(parent), str(out), str(data), token_layers=(1, -1), token_proj=16,
-                                       token_hidden=16, epochs=3, lr=1e-2))
+    m = train_entity_head(
+        EntityConfig(
+            str(parent), str(out), str(data), token_layers=(1, -1), token_proj=16, token_hidden=16, epochs=3, lr=1e-2
+        )
+    )
     assert m["finentity"]["stats"]["shifted"] == 12 and m["finentity"]["held_out"] == 2
     assert {"span", "span_sentiment"} <= set(m["held_out"]) and len(m["history"]) == 3
     texts = ["widget corp shares rise", "acme falls after the deal", "oil up"]

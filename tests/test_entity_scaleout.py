@@ -23,12 +23,20 @@ from tests.test_entity_agent import BAD_STORIES, SOURCES, _scored, _start, publi
 
 pytestmark = pytest.mark.integration
 
-PFIZER_STORIES = ["recalls two million vaccine doses over contamination", "factory fire halts production in Belgium",
-                  "drug regulator widens safety investigation", "quarterly sales miss forecasts by a wide margin",
-                  "chief financial officer departs suddenly", "late stage cancer trial fails endpoint",
-                  "union strike spreads to Irish plants", "price caps erode margins further",
-                  "patent lawsuit loss opens door to generics", "shareholders sue over misleading trial data",
-                  "insurers drop coverage for its obesity pill", "supply chain outage delays key antibiotic"]
+PFIZER_STORIES = [
+    "recalls two million vaccine doses over contamination",
+    "factory fire halts production in Belgium",
+    "drug regulator widens safety investigation",
+    "quarterly sales miss forecasts by a wide margin",
+    "chief financial officer departs suddenly",
+    "late stage cancer trial fails endpoint",
+    "union strike spreads to Irish plants",
+    "price caps erode margins further",
+    "patent lawsuit loss opens door to generics",
+    "shareholders sue over misleading trial data",
+    "insurers drop coverage for its obesity pill",
+    "supply chain outage delays key antibiotic",
+]
 
 
 def two_surges() -> list[ScoredItem]:
@@ -70,8 +78,9 @@ def run_replay(n_workers: int, settings: Any, store: Any, classifier: Any, items
 
         def settled() -> bool:
             owned = [[_assigned(w, t) for w in workers] for t in topics]
-            return all(sorted(p for ps in o for p in ps) == list(range(settings.partitions)) for o in owned) and \
-                all(o_ for o in owned for o_ in o)
+            return all(sorted(p for ps in o for p in ps) == list(range(settings.partitions)) for o in owned) and all(
+                o_ for o in owned for o_ in o
+            )
 
         wait_for(settled, 120, f"{n_workers} worker(s) owning every partition")
         time.sleep(2)
@@ -102,10 +111,20 @@ def test_three_workers_raise_the_same_entity_alerts_as_one_worker_each_from_exac
     store = open_store(chdb_db_url)
     store.ensure_schema()
     try:
-        one = run_replay(1, stream_settings(kafka_bootstrap, chdb_db_url, unique_name + "a", partitions=3,
-                                            entity_lateness_s=7200), store, tiny_classifier, items)
-        three = run_replay(3, stream_settings(kafka_bootstrap, chdb_db_url, unique_name + "b", partitions=3,
-                                              entity_lateness_s=7200), store, tiny_classifier, items)
+        one = run_replay(
+            1,
+            stream_settings(kafka_bootstrap, chdb_db_url, unique_name + "a", partitions=3, entity_lateness_s=7200),
+            store,
+            tiny_classifier,
+            items,
+        )
+        three = run_replay(
+            3,
+            stream_settings(kafka_bootstrap, chdb_db_url, unique_name + "b", partitions=3, entity_lateness_s=7200),
+            store,
+            tiny_classifier,
+            items,
+        )
     finally:
         store.close()
     single = sorted((a.to_dict() for a in one[0]), key=lambda d: d["id"])

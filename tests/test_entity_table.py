@@ -26,17 +26,20 @@ from finsent.models.entity_table import (
 )
 
 
-@pytest.mark.parametrize(("name", "short"), [
-    ("Apple Inc.", "Apple"),
-    ("MICROSOFT CORP", "MICROSOFT"),
-    ("JPMorgan Chase & Co.", "JPMorgan Chase"),
-    ("Voyager Technologies, Inc./DE", "Voyager Technologies"),
-    ("Ferguson Enterprises Inc. /DE/", "Ferguson Enterprises"),
-    ("Alphabet Inc. (Class A)", "Alphabet"),
-    ("The Goldman Sachs Group, Inc.", "Goldman Sachs"),
-    ("Shell plc", "Shell"),
-    ("Inc.", "Inc"),
-])
+@pytest.mark.parametrize(
+    ("name", "short"),
+    [
+        ("Apple Inc.", "Apple"),
+        ("MICROSOFT CORP", "MICROSOFT"),
+        ("JPMorgan Chase & Co.", "JPMorgan Chase"),
+        ("Voyager Technologies, Inc./DE", "Voyager Technologies"),
+        ("Ferguson Enterprises Inc. /DE/", "Ferguson Enterprises"),
+        ("Alphabet Inc. (Class A)", "Alphabet"),
+        ("The Goldman Sachs Group, Inc.", "Goldman Sachs"),
+        ("Shell plc", "Shell"),
+        ("Inc.", "Inc"),
+    ],
+)
 def test_strip_legal(name: str, short: str) -> None:
     assert strip_legal(name) == short
 
@@ -46,10 +49,18 @@ def test_strip_legal_only_keeps_filler() -> None:
     assert strip_legal("Partners Group AG") == "Partners"
 
 
-@pytest.mark.parametrize(("symbol", "norm"), [
-    ("BRK-B", "BRK.B"), ("BRK/B", "BRK.B"), ("brk.b", "BRK.B"), ("$AAPL", "AAPL"), ("7203.T", "7203.T"),
-    ("PCG-PD", "PCG.PD"), ("AAPL", "AAPL"),
-])
+@pytest.mark.parametrize(
+    ("symbol", "norm"),
+    [
+        ("BRK-B", "BRK.B"),
+        ("BRK/B", "BRK.B"),
+        ("brk.b", "BRK.B"),
+        ("$AAPL", "AAPL"),
+        ("7203.T", "7203.T"),
+        ("PCG-PD", "PCG.PD"),
+        ("AAPL", "AAPL"),
+    ],
+)
 def test_norm_symbol(symbol: str, norm: str) -> None:
     assert norm_symbol(symbol) == norm
 
@@ -58,7 +69,10 @@ def test_display_name_and_people() -> None:
     assert display_name("BANK OF AMERICA CORP") == "Bank of America Corp"
     assert display_name("Apple Inc.") == "Apple Inc."
     assert _people("Tim Cook (CEO) Kevan Parekh ( CFO ), Sir Andrew Mackenzie (chairman) 2024 (year)") == [
-        "Tim Cook", "Kevan Parekh", "Andrew Mackenzie"]
+        "Tim Cook",
+        "Kevan Parekh",
+        "Andrew Mackenzie",
+    ]
     assert _people(None) == []
 
 
@@ -89,8 +103,10 @@ def test_rebuild_equals_shipped(tmp_path: Path) -> None:
     pytest.importorskip("edgar")
     header, rows = read_table(TABLE_FILE)
     for pkg in ("pytickersymbols", "edgartools"):
-        if importlib.metadata.version(pkg) not in header["sources"]["pytickersymbols" if pkg == "pytickersymbols"
-                                                                    else "sec"]:
+        if (
+            importlib.metadata.version(pkg)
+            not in header["sources"]["pytickersymbols" if pkg == "pytickersymbols" else "sec"]
+        ):
             pytest.skip(f"installed {pkg} is not the version the shipped table was built from")
     out = tmp_path / "entities.jsonl.gz"
     built = build(out)

@@ -73,13 +73,17 @@ def test_a_replay_of_history_lands_in_history(store, tmp_path: Path) -> None:
     csv_file.write_text(
         "published_at,source,title,text\n"
         "2022-11-08T10:00:00Z,CoinDesk,FTX halts withdrawals,FTX halts withdrawals\n"
-        "\"Wed, 09 Nov 2022 15:30:00 GMT\",Decrypt,FTX deal collapses,FTX deal collapses\n"
+        '"Wed, 09 Nov 2022 15:30:00 GMT",Decrypt,FTX deal collapses,FTX deal collapses\n'
         "07/12/2026 09:30,Blog,FTX unreadable date,FTX unreadable date\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     # the path every replayed item takes: the file's normaliser, the broker's JSON, the worker's decoder
     items = [decode_raw(rec.item.to_json()) for rec in iter_file_records(csv_file)]
-    assert [i.published_at for i in items] == [datetime(2022, 11, 8, 10, tzinfo=UTC),
-                                               datetime(2022, 11, 9, 15, 30, tzinfo=UTC), None]
+    assert [i.published_at for i in items] == [
+        datetime(2022, 11, 8, 10, tzinfo=UTC),
+        datetime(2022, 11, 9, 15, 30, tzinfo=UTC),
+        None,
+    ]
     store.insert_scored([_score(i) for i in items])
     nov = (datetime(2022, 11, 1, tzinfo=UTC), datetime(2022, 12, 1, tzinfo=UTC))
     assert [i["title"] for i in store.list_items(*nov)] == ["FTX deal collapses", "FTX halts withdrawals"]
@@ -90,8 +94,7 @@ def test_a_replay_of_history_lands_in_history(store, tmp_path: Path) -> None:
     series = store.entity_series("name:ftx", nov[0], nov[1], bucket_s=86400)
     assert [(b["bucket"].day, b["buzz"]) for b in series] == [(8, 1), (9, 1)]
     counts = store.topic_counts(timedelta(days=2000), bucket_s=86400)
-    assert sorted((c.bucket.date().isoformat(), c.total) for c in counts)[:2] == [("2022-11-08", 1),
-                                                                                   ("2022-11-09", 1)]
+    assert sorted((c.bucket.date().isoformat(), c.total) for c in counts)[:2] == [("2022-11-08", 1), ("2022-11-09", 1)]
     assert store.top_negative(timedelta(hours=1))[0]["title"] == "FTX unreadable date"
 
 
@@ -100,16 +103,16 @@ def test_late_and_out_of_order_items(store) -> None:
     base = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
 
     def raw(i: int, at: datetime) -> RawItem:
-        return RawItem(id=f"late-{i}", source="s", source_type="news", text=f"FTX story {i}", ingested_at=utcnow(),
-                       published_at=at)
+        return RawItem(
+            id=f"late-{i}", source="s", source_type="news", text=f"FTX story {i}", ingested_at=utcnow(), published_at=at
+        )
 
     on_time = [raw(1, base + timedelta(hours=3, minutes=5)), raw(2, base + timedelta(hours=4, minutes=1))]
     late = [raw(3, base + timedelta(minutes=30)), raw(4, base + timedelta(hours=3, minutes=50))]
     store.insert_scored([_score(r) for r in on_time])
     store.insert_scored([_score(r) for r in reversed(late)])  # later, and out of order
     series = store.entity_series("name:ftx", timedelta(hours=6), bucket_s=3600)
-    assert [(int((b["bucket"] - base).total_seconds() // 3600), b["buzz"]) for b in series] == [(0, 1), (3, 2),
-                                                                                                  (4, 1)]
+    assert [(int((b["bucket"] - base).total_seconds() // 3600), b["buzz"]) for b in series] == [(0, 1), (3, 2), (4, 1)]
     # the detector (lateness 1 h) fed in arrival order: item 4 is within the lateness of the newest time (4:01),
     # item 3 is 3.5 h behind it, its bucket already closed: stored and shown above, but counted as late
     det = EntityDetector(bucket_s=3600, lateness_s=3600)

@@ -38,8 +38,13 @@ def test_raw_round_trip_keeps_every_field() -> None:
 
 def test_scored_round_trip() -> None:
     scored = ScoredItem(
-        item=_raw(), sentiment="negative", sentiment_probs={"negative": 0.8, "neutral": 0.15, "positive": 0.05},
-        topic="Earnings", topic_prob=0.9, model_version="m1", scored_at=T0,
+        item=_raw(),
+        sentiment="negative",
+        sentiment_probs={"negative": 0.8, "neutral": 0.15, "positive": 0.05},
+        topic="Earnings",
+        topic_prob=0.9,
+        model_version="m1",
+        scored_at=T0,
     )
     back = decode_scored(scored.to_json())
     assert back == scored
@@ -47,12 +52,32 @@ def test_scored_round_trip() -> None:
 
 
 def test_alert_round_trip_and_stable_id() -> None:
-    a = Alert(topic="Energy | Oil", fired_at=T0, window_start=T0, window_end=T0, negative=30, total=40,
-              negative_share=0.75, baseline_share=0.1, score=9.5, detector="ewma")
+    a = Alert(
+        topic="Energy | Oil",
+        fired_at=T0,
+        window_start=T0,
+        window_end=T0,
+        negative=30,
+        total=40,
+        negative_share=0.75,
+        baseline_share=0.1,
+        score=9.5,
+        detector="ewma",
+    )
     assert decode_alert(a.to_json()) == a
     assert len(a.id) == 24
-    b = Alert(topic="Energy | Oil", fired_at=T0.replace(hour=9), window_start=T0, window_end=T0, negative=1,
-              total=2, negative_share=0.5, baseline_share=0.1, score=1.0, detector="ewma")
+    b = Alert(
+        topic="Energy | Oil",
+        fired_at=T0.replace(hour=9),
+        window_start=T0,
+        window_end=T0,
+        negative=1,
+        total=2,
+        negative_share=0.5,
+        baseline_share=0.1,
+        score=1.0,
+        detector="ewma",
+    )
     assert a.id == b.id  # same detector, topic and window -> same alert id (idempotent store)
 
 

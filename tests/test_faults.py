@@ -31,8 +31,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
-    return subprocess.Popen([sys.executable, "-m", "finsent", "worker", "--batch-within", "0.1"], env=env,
-                            stdout=log.open("a"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "finsent", "worker", "--batch-within", "0.1"],
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _sigterm(proc: subprocess.Popen[Any]) -> float:
@@ -45,11 +49,21 @@ def _sigterm(proc: subprocess.Popen[Any]) -> float:
 
 def _worker_env(s: Any, store_url: str, model_dir: Path, metrics_port: int, **extra: str) -> dict[str, str]:
     """The environment of a `finsent worker` subprocess on the topics and group of ``s``."""
-    return {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": store_url, "FINSENT_TOPIC_RAW": s.topic_raw,
-            "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
-            "FINSENT_TOPIC_ALERTS": s.topic_alerts, "FINSENT_CONSUMER_GROUP": s.consumer_group,
-            "FINSENT_PARTITIONS": str(s.partitions), "FINSENT_SESSION_TIMEOUT_MS": "6000",
-            "FINSENT_MODEL_DIR": str(model_dir), "FINSENT_METRICS_PORT": str(metrics_port), **extra}
+    return {
+        **os.environ,
+        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_STORE": store_url,
+        "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_CONSUMER_GROUP": s.consumer_group,
+        "FINSENT_PARTITIONS": str(s.partitions),
+        "FINSENT_SESSION_TIMEOUT_MS": "6000",
+        "FINSENT_MODEL_DIR": str(model_dir),
+        "FINSENT_METRICS_PORT": str(metrics_port),
+        **extra,
+    }
 
 
 def _api(port: int, path: str) -> Any:
@@ -69,8 +83,9 @@ def _stored(port: int) -> int:
     return -1 if body is None else int(body["rows"])
 
 
-def test_broker_killed_under_a_running_worker_then_sigterm(tmp_path: Path, tiny_model_dir: Path,
-                                                          unique_name: str) -> None:
+def test_broker_killed_under_a_running_worker_then_sigterm(
+    tmp_path: Path, tiny_model_dir: Path, unique_name: str
+) -> None:
     broker = EmbeddedBroker(port=free_port()).start()
     store_url = f"chdb://{tmp_path / 'store'}"
     s = stream_settings(broker.bootstrap, store_url, unique_name)
@@ -97,11 +112,16 @@ def test_broker_killed_under_a_running_worker_then_sigterm(tmp_path: Path, tiny_
                     text = r.read().decode()
             except OSError:
                 return -1.0
-            return next((float(ln.split()[-1]) for ln in text.splitlines()
-                         if ln.startswith("finsent_items_stored_total ")), -1.0)
+            return next(
+                (float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("finsent_items_stored_total ")),
+                -1.0,
+            )
 
-        wait_for(lambda: (stored() == 10 and done() == 10) or proc.poll() is not None, 90,
-                 "10 rows stored and published before the fault")
+        wait_for(
+            lambda: (stored() == 10 and done() == 10) or proc.poll() is not None,
+            90,
+            "10 rows stored and published before the fault",
+        )
         assert broker.proc is not None
         broker.proc.kill()  # the broker dies: no goodbye, like a crashed node
         broker.proc.wait()
@@ -121,23 +141,31 @@ def test_broker_killed_under_a_running_worker_then_sigterm(tmp_path: Path, tiny_
     assert "worker stopped: consumed 10, stored 10" in text
 
 
-def test_worker_started_with_the_store_down_is_one_line(kafka_bootstrap: str, tiny_model_dir: Path,
-                                                       unique_name: str) -> None:
+def test_worker_started_with_the_store_down_is_one_line(
+    kafka_bootstrap: str, tiny_model_dir: Path, unique_name: str
+) -> None:
     from finsent.core.errors import StoreUnavailable
 
     s = stream_settings(kafka_bootstrap, "chdb:///unused", unique_name)
-    env = {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_TOPIC_RAW": s.topic_raw,
-           "FINSENT_STORE": f"clickhouse://default@127.0.0.1:{free_port()}/x?connect_timeout=1",
-           "FINSENT_MODEL_DIR": str(tiny_model_dir), "FINSENT_METRICS_PORT": "0"}
-    proc = subprocess.run([sys.executable, "-m", "finsent", "worker"], env=env, capture_output=True, text=True,
-                          timeout=90)
+    env = {
+        **os.environ,
+        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_STORE": f"clickhouse://default@127.0.0.1:{free_port()}/x?connect_timeout=1",
+        "FINSENT_MODEL_DIR": str(tiny_model_dir),
+        "FINSENT_METRICS_PORT": "0",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsent", "worker"], env=env, capture_output=True, text=True, timeout=90
+    )
     assert proc.returncode == StoreUnavailable.exit_code, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("finsent: error: ClickHouse at clickhouse://default@127.0.0.1")
 
 
-def test_broker_restart_under_a_running_worker_loses_nothing(tmp_path: Path, tiny_model_dir: Path,
-                                                            unique_name: str) -> None:
+def test_broker_restart_under_a_running_worker_loses_nothing(
+    tmp_path: Path, tiny_model_dir: Path, unique_name: str
+) -> None:
     """Tansu is memory-only: after a restart on the same port every partition starts again at offset 0.
 
     The worker's positions (and Faust's read offsets) are then ahead of the new logs. It must notice

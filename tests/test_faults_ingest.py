@@ -47,19 +47,29 @@ def _published(port: int) -> float:
     code, text = get(f"http://127.0.0.1:{port}/metrics")
     if code != 200:
         return 0.0
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-               if ln.startswith("finsent_ingest_items_published_total{"))
+    return sum(
+        float(ln.rsplit(" ", 1)[1])
+        for ln in text.splitlines()
+        if ln.startswith("finsent_ingest_items_published_total{")
+    )
 
 
-def test_broker_restart_under_a_replay_resends_everything_unacknowledged(own_broker: EmbeddedBroker,  # noqa: F811
-                                                                         unique_name: str, tmp_path: Path) -> None:
+def test_broker_restart_under_a_replay_resends_everything_unacknowledged(
+    own_broker: EmbeddedBroker,  # noqa: F811
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
     n = 1500
     topic = f"raw.{unique_name}"
     path = tmp_path / "rows.jsonl"
     ids = write_rows(path, n, unique_name)
     mport = free_port()
-    ing = Ingester(["replay", str(path), "--rate", "150", "--publish-timeout", "90", "--metrics-port", str(mport)],
-                   tmp_path, own_broker.bootstrap, topic)
+    ing = Ingester(
+        ["replay", str(path), "--rate", "150", "--publish-timeout", "90", "--metrics-port", str(mport)],
+        tmp_path,
+        own_broker.bootstrap,
+        topic,
+    )
     try:
         wait_until(lambda: _published(mport) >= 300, 90, "300 rows acknowledged by the first broker", ing)
         ing.proc.send_signal(signal.SIGSTOP)  # freeze the replay: the old broker's content is now final
@@ -82,8 +92,10 @@ def test_broker_restart_under_a_replay_resends_everything_unacknowledged(own_bro
     assert summary["produced"] == n and "unacked" not in summary  # every row acknowledged in the end
     on_new = [r["id"] for r in consume_all(own_broker.bootstrap, topic, expect=n - len(set(on_old)), timeout_s=40)]
     dups = [i for i, c in Counter(on_new).items() if c > 1]
-    print(f"old broker held {len(set(on_old))}, new broker {len(on_new)} ({len(dups)} duplicated); "
-          f"replay finished {took:.1f} s after the restart")
+    print(
+        f"old broker held {len(set(on_old))}, new broker {len(on_new)} ({len(dups)} duplicated); "
+        f"replay finished {took:.1f} s after the restart"
+    )
     missing = set(ids) - set(on_old) - set(on_new)
     assert not missing, f"{len(missing)} rows neither on the old nor on the new broker (lost): {sorted(missing)[:5]}"
     assert set(on_new) <= set(ids) and set(on_old) <= set(ids)
@@ -93,8 +105,10 @@ def test_broker_restart_under_a_replay_resends_everything_unacknowledged(own_bro
 
 def _slow_body(port: int) -> str:
     """Headers with Content-Length 500 and a body that never completes: the status line the server sends."""
-    head = (f"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {TOKEN}"
-            "\r\nContent-Length: 500\r\n\r\n").encode()
+    head = (
+        f"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {TOKEN}"
+        "\r\nContent-Length: 500\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(head + b'[{"text": "never ends')
         data = b""
@@ -106,8 +120,11 @@ def _slow_body(port: int) -> str:
     return data.split(b"\r\n", 1)[0].decode(errors="replace")
 
 
-def test_push_endpoint_under_bad_clients_and_kafka_down(own_broker: EmbeddedBroker, unique_name: str,  # noqa: F811
-                                                         tmp_path: Path) -> None:
+def test_push_endpoint_under_bad_clients_and_kafka_down(
+    own_broker: EmbeddedBroker,  # noqa: F811
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
     topic = f"raw.{unique_name}"
     ing, port = _http(tmp_path, own_broker.bootstrap, topic, "--body-timeout", "2", "--publish-timeout", "4")
     wait_until(lambda: status_of(f"http://127.0.0.1:{port}/readyz") == 200, 60, "/readyz", ing)
@@ -132,8 +149,13 @@ def test_push_endpoint_under_bad_clients_and_kafka_down(own_broker: EmbeddedBrok
     good = [f"g-{unique_name}-{i}" for i in range(200)]
     jobs: list[tuple[str, Any]] = [("good", g) for g in good]
     for i in range(3):
-        jobs += [("surrogate_id", str(i)), ("surrogate_text", f"st-{unique_name}-{i}"), ("huge_int", i),
-                 ("rot13", i), ("slow", i)]
+        jobs += [
+            ("surrogate_id", str(i)),
+            ("surrogate_text", f"st-{unique_name}-{i}"),
+            ("huge_int", i),
+            ("rot13", i),
+            ("slow", i),
+        ]
     order = jobs[::2] + jobs[1::2]  # bad ones interleaved with good ones
     with ThreadPoolExecutor(48) as pool:
         results = list(pool.map(one, order))
@@ -150,8 +172,9 @@ def test_push_endpoint_under_bad_clients_and_kafka_down(own_broker: EmbeddedBrok
     kill_broker(own_broker)  # Kafka down: 503 + Retry-After for each, never a 500
     down = [f"d-{unique_name}-{i}" for i in range(20)]
     with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(lambda i: post(port, json.dumps({"text": "kafka is down", "id": i}).encode(), TOKEN),
-                                down))
+        answers = list(
+            pool.map(lambda i: post(port, json.dumps({"text": "kafka is down", "id": i}).encode(), TOKEN), down)
+        )
     assert [s for s, _ in answers] == [503] * 20, answers[:3]
     assert all(b["published"] == [] and "retry" in b["error"] for _, b in answers)
     wait_until(lambda: status_of(f"http://127.0.0.1:{port}/readyz") == 503, 30, "/readyz 503 without Kafka", ing)

@@ -43,12 +43,15 @@ def _bomb() -> bytes:
     return b"".join(parts)
 
 
-def _raw_post(port: int, body: bytes, *, token: str | None, encoding: str = "gzip",
-              timeout: float = 30.0) -> tuple[int, float]:
+def _raw_post(
+    port: int, body: bytes, *, token: str | None, encoding: str = "gzip", timeout: float = 30.0
+) -> tuple[int, float]:
     """POST over a raw socket; returns (status, seconds to the status line)."""
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    head = (f"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}"
-            f"\r\n{auth}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}"
+        f"\r\n{auth}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         # the server may answer and close before the whole body is sent: that is the point
@@ -72,8 +75,9 @@ def _raw_post(port: int, body: bytes, *, token: str | None, encoding: str = "gzi
 def door(tmp_path: Path):
     """``finsent ingest http`` in dry run (no broker), token set, default 1 MB body limit."""
     port = free_port()
-    ing = Ingester(["http", "--port", str(port), "--dry-run"], tmp_path, "127.0.0.1:1", "raw.gzip",
-                   FINSENT_HTTP_TOKEN=TOKEN)
+    ing = Ingester(
+        ["http", "--port", str(port), "--dry-run"], tmp_path, "127.0.0.1:1", "raw.gzip", FINSENT_HTTP_TOKEN=TOKEN
+    )
     try:
         wait_until(lambda: status_of(f"http://127.0.0.1:{port}/healthz") == 200, 60, "the endpoint", ing)
         yield ing, port

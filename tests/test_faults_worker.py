@@ -43,17 +43,28 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(s: Any, model_dir: Path, metrics_port: int = 0) -> dict[str, str]:
-    return {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": s.store, "FINSENT_TOPIC_RAW": s.topic_raw,
-            "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
-            "FINSENT_TOPIC_ALERTS": s.topic_alerts, "FINSENT_CONSUMER_GROUP": s.consumer_group,
-            "FINSENT_PARTITIONS": str(s.partitions), "FINSENT_SESSION_TIMEOUT_MS": "6000",
-            "FINSENT_MODEL_DIR": str(model_dir), "FINSENT_METRICS_PORT": str(metrics_port),
-            "FINSENT_BATCH_MAX": "16", "FINSENT_BATCH_WITHIN_S": "0.05"}
+    return {
+        **os.environ,
+        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_STORE": s.store,
+        "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_CONSUMER_GROUP": s.consumer_group,
+        "FINSENT_PARTITIONS": str(s.partitions),
+        "FINSENT_SESSION_TIMEOUT_MS": "6000",
+        "FINSENT_MODEL_DIR": str(model_dir),
+        "FINSENT_METRICS_PORT": str(metrics_port),
+        "FINSENT_BATCH_MAX": "16",
+        "FINSENT_BATCH_WITHIN_S": "0.05",
+    }
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
-    return subprocess.Popen([sys.executable, "-m", "finsent", "worker"], env=env, stdout=log.open("a"),
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "finsent", "worker"], env=env, stdout=log.open("a"), stderr=subprocess.STDOUT
+    )
 
 
 def _trickle(s: Any, prefix: str, n: int, per_s: float) -> threading.Thread:
@@ -63,7 +74,7 @@ def _trickle(s: Any, prefix: str, n: int, per_s: float) -> threading.Thread:
 
     def run() -> None:
         for i in range(0, n, chunk):
-            produce_items(s, items[i:i + chunk])
+            produce_items(s, items[i : i + chunk])
             time.sleep(chunk / per_s)
 
     t = threading.Thread(target=run, daemon=True)
@@ -93,8 +104,9 @@ def _stop_all(*procs: subprocess.Popen[Any]) -> None:
             p.kill()
 
 
-def test_one_of_two_workers_killed_while_items_flow(kafka_bootstrap: str, clickhouse_db_url: str, unique_name: str,
-                                                    tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_one_of_two_workers_killed_while_items_flow(
+    kafka_bootstrap: str, clickhouse_db_url: str, unique_name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name, partitions=4)
     n = 900
     env = _env(s, tiny_model_dir)
@@ -118,8 +130,9 @@ def test_one_of_two_workers_killed_while_items_flow(kafka_bootstrap: str, clickh
     assert b.returncode == 0, (tmp_path / "b.log").read_text()[-3000:]
 
 
-def test_clickhouse_stopped_for_30_s_then_back_on_the_same_data(kafka_bootstrap: str, unique_name: str,
-                                                               tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_clickhouse_stopped_for_30_s_then_back_on_the_same_data(
+    kafka_bootstrap: str, unique_name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     server = ClickHouseServer(tmp_path / "ch")
     server.start()
     url = server.url("finsent_fault") + "?connect_timeout=2&send_receive_timeout=10"
@@ -185,8 +198,9 @@ class SlowStore:
         pass
 
 
-def test_a_slow_store_holds_back_the_consumer_with_bounded_memory(kafka_bootstrap: str, chdb_db_url: str,
-                                                                  unique_name: str, tiny_model_dir: Path) -> None:
+def test_a_slow_store_holds_back_the_consumer_with_bounded_memory(
+    kafka_bootstrap: str, chdb_db_url: str, unique_name: str, tiny_model_dir: Path
+) -> None:
     from finsent.models.runtime import Classifier
     from finsent.stream.service import WorkerThread
 

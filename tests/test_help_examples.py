@@ -84,15 +84,18 @@ def test_every_leaf_command_has_examples_that_run_it(name: str) -> None:
             try:
                 args = PARSER.parse_args(argv)
             except SystemExit:
-                pytest.fail(f"`{name} --help`: the example `finsent {shlex.join(argv)}` does not parse: "
-                            f"{err.getvalue().strip()}")
+                pytest.fail(
+                    f"`{name} --help`: the example `finsent {shlex.join(argv)}` does not parse: "
+                    f"{err.getvalue().strip()}"
+                )
         if args.func is not handler:
             continue  # an example may show a related command (e.g. the worker that uses a distilled model)
         for word in argv:
             if word.startswith(REPO_DIRS):
                 assert (ROOT / word).exists(), f"`{name} --help`: the example names {word}, which does not exist"
     assert any(PARSER.parse_args(argv).func is handler for argv in examples), (
-        f"`{name} --help`: no example runs {name} itself")
+        f"`{name} --help`: no example runs {name} itself"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(LEAVES))
@@ -101,16 +104,20 @@ def test_help_points_at_modules_that_exist_and_paths_nobody_resolved(name: str) 
     for module in re.findall(r"pydoc\s+([\w.]+\w)", text):
         # finsent's modules are imported as finsent.* (the folders are not packages of their own)
         assert module.startswith("finsent.") and importlib.util.find_spec(module), (
-            f"`{name} --help` points pydoc at {module}, which is not a finsent module")
+            f"`{name} --help` points pydoc at {module}, which is not a finsent module"
+        )
     assert "site-packages" not in text and str(ROOT.parent) not in text, (
-        f"`{name} --help` shows a path resolved on this machine: state the rule instead")
+        f"`{name} --help` shows a path resolved on this machine: state the rule instead"
+    )
 
 
 def test_the_example_reader_reads_the_shapes_help_texts_use() -> None:
-    text = ("usage: x\n\nexamples:\n"
-            "  finsent demo                                   the whole pipeline\n"
-            "  FINSENT_MODEL_DIR=runs/m/model finsent worker   # score with it\n"
-            "  finsent alerts rules --out - | less\n"
-            "  pip install matplotlib\n"
-            "exit codes:\n  finsent not an example\n")
+    text = (
+        "usage: x\n\nexamples:\n"
+        "  finsent demo                                   the whole pipeline\n"
+        "  FINSENT_MODEL_DIR=runs/m/model finsent worker   # score with it\n"
+        "  finsent alerts rules --out - | less\n"
+        "  pip install matplotlib\n"
+        "exit codes:\n  finsent not an example\n"
+    )
     assert example_commands(text) == [["demo"], ["worker"], ["alerts", "rules", "--out", "-"]]

@@ -45,8 +45,16 @@ def test_worker_follows_production_through_promote_corrupt_version_and_rollback(
     reg = Registry(tmp_path / "registry")
     a, b = reg.register(tiny).version, reg.register(tiny).version  # the same model under two versions
     reg.set_alias("production", a)
-    s = stream_settings(kafka_bootstrap, chdb_db_url, unique_name, registry=str(reg.root), reload_interval_s=0.3,
-                        model_dir=str(tiny), batch_max=16, batch_within_s=0.05)
+    s = stream_settings(
+        kafka_bootstrap,
+        chdb_db_url,
+        unique_name,
+        registry=str(reg.root),
+        reload_interval_s=0.3,
+        model_dir=str(tiny),
+        batch_max=16,
+        batch_within_s=0.05,
+    )
     metrics = CollectorRegistry()
     store = open_store(chdb_db_url)
     store.ensure_schema()
@@ -58,8 +66,9 @@ def test_worker_follows_production_through_promote_corrupt_version_and_rollback(
 
     def stored_with(version: str) -> int:
         """Rows of ``version`` in the store (one query; the test reads while the worker writes)."""
-        rows = store.query(f"SELECT count() FROM {store.database}.items FINAL WHERE model_version = {{v:String}}",
-                           {"v": version})
+        rows = store.query(
+            f"SELECT count() FROM {store.database}.items FINAL WHERE model_version = {{v:String}}", {"v": version}
+        )
         return int(rows[0][0])
 
     try:
@@ -103,8 +112,9 @@ def test_worker_follows_production_through_promote_corrupt_version_and_rollback(
             wait_for(lambda: store.count()["rows"] >= n, 90, f"all {n} produced items stored")
             watching.set()
         counts = store.count()
-        rows = store.query(f"SELECT toString(model_version), count() FROM {store.database}.items FINAL "
-                           "GROUP BY model_version")
+        rows = store.query(
+            f"SELECT toString(model_version), count() FROM {store.database}.items FINAL GROUP BY model_version"
+        )
     finally:
         watching.set()
         feeder.stopping.set()

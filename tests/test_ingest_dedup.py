@@ -45,12 +45,15 @@ def _pipeline(tmp_path, out) -> Pipeline:
 def test_pipeline_drops_same_story_from_two_sources_and_in_batch(tmp_path) -> None:
     out = io.StringIO()
     p = _pipeline(tmp_path, out)
-    a = p.normalize("rss:a", source="rss:a", source_type="news", text="Fed hikes", url="https://n.com/x?utm_source=a",
-                    guid="a-1")
-    b = p.normalize("rss:b", source="rss:b", source_type="news", text="Fed hikes rates", url="https://N.com/x#c",
-                    guid="b-9")
-    a_again = p.normalize("rss:a", source="rss:a", source_type="news", text="Fed hikes",
-                          url="https://n.com/x-updated", guid="a-1")
+    a = p.normalize(
+        "rss:a", source="rss:a", source_type="news", text="Fed hikes", url="https://n.com/x?utm_source=a", guid="a-1"
+    )
+    b = p.normalize(
+        "rss:b", source="rss:b", source_type="news", text="Fed hikes rates", url="https://N.com/x#c", guid="b-9"
+    )
+    a_again = p.normalize(
+        "rss:a", source="rss:a", source_type="news", text="Fed hikes", url="https://n.com/x-updated", guid="a-1"
+    )
     assert a and b and a_again
     res = p.submit("rss:a", [a, b])
     assert [i.id for i in res.published] == [a.item.id] and len(res.duplicates) == 1

@@ -56,8 +56,12 @@ def _fetcher(max_bytes: int = 200_000) -> Fetcher:
 def _pipeline(tmp_path, out=None, publisher=None) -> Pipeline:
     import io
 
-    return Pipeline(publisher=publisher, dedup=DedupStore(tmp_path / "d.sqlite3"),
-                    metrics=IngestMetrics(CollectorRegistry()), out=out or io.StringIO())
+    return Pipeline(
+        publisher=publisher,
+        dedup=DedupStore(tmp_path / "d.sqlite3"),
+        metrics=IngestMetrics(CollectorRegistry()),
+        out=out or io.StringIO(),
+    )
 
 
 def test_rss_cli_once_dry_run_one_bad_feed_does_not_stop_others(server, tmp_path, capsys, caplog, monkeypatch):
@@ -68,10 +72,25 @@ def test_rss_cli_once_dry_run_one_bad_feed_does_not_stop_others(server, tmp_path
     listfile = tmp_path / "feeds.txt"
     listfile.write_text(f"# my feeds\n{server.url('/feed_b.atom')} 60\n{server.url('/not_a_feed.html')}\n")
     opml = tmp_path / "feeds.opml"
-    opml.write_text(f'<opml version="2.0"><body><outline text="x" xmlUrl="{server.url("/moved")}"/>'
-                    f'<outline xmlUrl="{server.url("/feed_latin1.xml")}"/></body></opml>')
-    rc = main(["ingest", "rss", server.url("/feed_a.xml"), server.url("/huge"), server.url("/feed_malformed.xml"),
-               "--feeds", str(listfile), "--feeds", str(opml), "--once", "--dry-run"])
+    opml.write_text(
+        f'<opml version="2.0"><body><outline text="x" xmlUrl="{server.url("/moved")}"/>'
+        f'<outline xmlUrl="{server.url("/feed_latin1.xml")}"/></body></opml>'
+    )
+    rc = main(
+        [
+            "ingest",
+            "rss",
+            server.url("/feed_a.xml"),
+            server.url("/huge"),
+            server.url("/feed_malformed.xml"),
+            "--feeds",
+            str(listfile),
+            "--feeds",
+            str(opml),
+            "--once",
+            "--dry-run",
+        ]
+    )
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     summary = lines[-1]

@@ -43,13 +43,24 @@ class AppThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
-    def request(self, path: str, body: bytes | None = None, *, token: str | None = TOKEN,
-                ctype: str = "application/json", method: str | None = None) -> tuple[int, dict, dict]:
+    def request(
+        self,
+        path: str,
+        body: bytes | None = None,
+        *,
+        token: str | None = TOKEN,
+        ctype: str = "application/json",
+        method: str | None = None,
+    ) -> tuple[int, dict, dict]:
         headers = {"Content-Type": ctype}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, headers=headers,
-                                     method=method or ("POST" if body is not None else "GET"))
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=body,
+            headers=headers,
+            method=method or ("POST" if body is not None else "GET"),
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 raw, status, hdrs = resp.read(), resp.status, dict(resp.headers)
@@ -62,8 +73,12 @@ class AppThread:
 
 
 def _pipeline(tmp_path, publisher=None) -> Pipeline:
-    return Pipeline(publisher=publisher, dedup=DedupStore(tmp_path / "d.sqlite3"),
-                    metrics=IngestMetrics(CollectorRegistry()), out=open(tmp_path / "out.jsonl", "w"))  # noqa: SIM115
+    return Pipeline(
+        publisher=publisher,
+        dedup=DedupStore(tmp_path / "d.sqlite3"),
+        metrics=IngestMetrics(CollectorRegistry()),
+        out=open(tmp_path / "out.jsonl", "w"),
+    )  # noqa: SIM115
 
 
 @pytest.fixture
@@ -188,6 +203,7 @@ def test_concurrent_requests_are_coalesced_and_each_answered_for_its_items(kafka
     app = create_app(_pipeline(tmp_path, pub), token=TOKEN)
     srv = AppThread(app)
     try:
+
         def push(n: int) -> tuple[int, dict]:
             # every request carries its own item and one shared item: exactly one request may publish the latter
             body = [{"text": f"item {n}", "id": f"c-{unique_name}-{n}"}, {"text": "shared", "id": f"c-{unique_name}-s"}]

@@ -26,8 +26,9 @@ ALLOWED = {202, 400, 413, 415, 422}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = AppThread(create_app(_pipeline(tmp_path_factory.mktemp("dry")), token=TOKEN, max_body_bytes=50_000,
-                               max_items=50))
+    srv = AppThread(
+        create_app(_pipeline(tmp_path_factory.mktemp("dry")), token=TOKEN, max_body_bytes=50_000, max_items=50)
+    )
     yield srv
     srv.close()
 
@@ -55,9 +56,14 @@ def test_messages_that_broke_the_endpoint(server, body: bytes, ctype: str, statu
 
 _values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(
-        st.sampled_from(["text", "id", "title", "url", "source", "source_type", "published_at", "tickers", "x"]),
-        kids, max_size=5),
+    lambda kids: (
+        st.lists(kids, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["text", "id", "title", "url", "source", "source_type", "published_at", "tickers", "x"]),
+            kids,
+            max_size=5,
+        )
+    ),
     max_leaves=10,
 )
 _bodies = st.one_of(
@@ -65,14 +71,23 @@ _bodies = st.one_of(
     st.lists(_values, max_size=5).map(lambda vs: "\n".join(json.dumps(v) for v in vs).encode()),
     st.binary(max_size=300),
 )
-_ctypes = st.sampled_from([
-    "application/json", "application/x-ndjson", "text/plain", "application/json; charset=latin-1",
-    "application/json; charset=utf-16", "application/json; charset=rot13", "image/png", "",
-])
+_ctypes = st.sampled_from(
+    [
+        "application/json",
+        "application/x-ndjson",
+        "text/plain",
+        "application/json; charset=latin-1",
+        "application/json; charset=utf-16",
+        "application/json; charset=rot13",
+        "image/png",
+        "",
+    ]
+)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(_bodies, _ctypes)
 def test_any_body_gets_a_verdict_not_a_500(server, body: bytes, ctype: str) -> None:
     status, res, _ = server.request("/v1/items", body, ctype=ctype)

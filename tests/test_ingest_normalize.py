@@ -96,9 +96,18 @@ def test_make_item_skips_empty_and_truncates_oversize() -> None:
 
 
 def test_impossible_dates_are_never_rolled_over() -> None:
-    impossible = ["2024-02-30", "2023-02-29T10:00:00Z", "2024-13-01", "2024-04-31 10:00", "2024-02-28T25:00:00Z",
-                  "2024-02-28T23:61:00Z", "Fri, 30 Feb 2024 15:00:00 +0100", "20240230", "2024/02/30",
-                  "99999999999999"]
+    impossible = [
+        "2024-02-30",
+        "2023-02-29T10:00:00Z",
+        "2024-13-01",
+        "2024-04-31 10:00",
+        "2024-02-28T25:00:00Z",
+        "2024-02-28T23:61:00Z",
+        "Fri, 30 Feb 2024 15:00:00 +0100",
+        "20240230",
+        "2024/02/30",
+        "99999999999999",
+    ]
     for text in impossible:  # feedparser used to turn these into real dates (2024-02-30 -> 2024-03-01)
         assert to_utc(text) is None, text
         with pytest.raises(ImpossibleTime):

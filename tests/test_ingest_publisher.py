@@ -31,8 +31,9 @@ DATA = Path(__file__).parent / "data" / "ingest"
 
 
 def _items(n: int, prefix: str = "p"):
-    return [make_item(source="test", source_type="news", text=f"{prefix} item {i}", guid=f"{prefix}{i}")
-            for i in range(n)]
+    return [
+        make_item(source="test", source_type="news", text=f"{prefix} item {i}", guid=f"{prefix}{i}") for i in range(n)
+    ]
 
 
 def test_publish_waits_for_acks_and_consumes_back_exactly_once(kafka_bootstrap, unique_name, tmp_path) -> None:
@@ -40,8 +41,10 @@ def test_publish_waits_for_acks_and_consumes_back_exactly_once(kafka_bootstrap, 
     items = _items(50)
     dedup = DedupStore(tmp_path / "d.sqlite3")
     pipe = Pipeline(publisher=Publisher(settings), dedup=dedup, metrics=IngestMetrics(CollectorRegistry()))
-    entries = [pipe.normalize("test", source="test", source_type="news", text=i.text, guid=f"p{n}")
-               for n, i in enumerate(items)]
+    entries = [
+        pipe.normalize("test", source="test", source_type="news", text=i.text, guid=f"p{n}")
+        for n, i in enumerate(items)
+    ]
     res = pipe.submit("test", entries)
     assert len(res.published) == 50
     res2 = pipe.submit("test", entries)  # the second time everything is a duplicate
@@ -82,8 +85,11 @@ def test_broker_down_then_up_nothing_lost_nothing_duplicated(unique_name, tmp_pa
 def test_unreachable_broker_gives_up_when_asked_and_marks_nothing(tmp_path) -> None:
     settings = Settings(brokers=f"127.0.0.1:{free_port()}", topic_raw="raw.nowhere")
     dedup = DedupStore(tmp_path / "d.sqlite3")
-    pipe = Pipeline(publisher=Publisher(settings, delivery_timeout_s=2, backoff_s=(0.2, 0.5)), dedup=dedup,
-                    metrics=IngestMetrics(CollectorRegistry()))
+    pipe = Pipeline(
+        publisher=Publisher(settings, delivery_timeout_s=2, backoff_s=(0.2, 0.5)),
+        dedup=dedup,
+        metrics=IngestMetrics(CollectorRegistry()),
+    )
     entry = pipe.normalize("t", source="t", source_type="news", text="hello", url="https://e.com/1")
     with pytest.raises(PublishError) as exc:
         pipe.submit("t", [entry], give_up_after_s=3)
@@ -129,10 +135,13 @@ def test_replay_cli_dry_run_prints_items_and_one_summary(tmp_path, capsys, monke
 
 def test_replay_speedup_follows_original_spacing(tmp_path) -> None:
     path = tmp_path / "timed.jsonl"
-    path.write_text("\n".join(json.dumps({"text": f"t{i}", "published_at": f"2024-01-01T00:00:{i * 2:02d}Z"})
-                              for i in range(3)) + "\n")
-    pipe = Pipeline(publisher=None, dedup=DedupStore(None), metrics=IngestMetrics(CollectorRegistry()),
-                    out=io.StringIO())
+    path.write_text(
+        "\n".join(json.dumps({"text": f"t{i}", "published_at": f"2024-01-01T00:00:{i * 2:02d}Z"}) for i in range(3))
+        + "\n"
+    )
+    pipe = Pipeline(
+        publisher=None, dedup=DedupStore(None), metrics=IngestMetrics(CollectorRegistry()), out=io.StringIO()
+    )
     t0 = time.monotonic()
     stats = replay([path], pipe, speedup=4, progress=False)  # 4 s of original time -> ~1 s
     elapsed = time.monotonic() - t0
@@ -143,7 +152,7 @@ def test_replay_honours_encoding_and_says_what_to_do(tmp_path) -> None:
     from finsent.ingest.replay import ReplayInputError
 
     path = tmp_path / "latin.csv"
-    path.write_bytes("text,title\n\"Soci\u00e9t\u00e9 G\u00e9n\u00e9rale \u00e0 Paris\",x\n".encode("latin-1"))
+    path.write_bytes('text,title\n"Soci\u00e9t\u00e9 G\u00e9n\u00e9rale \u00e0 Paris",x\n'.encode("latin-1"))
     with pytest.raises(ReplayInputError, match="--encoding latin-1"):
         list(iter_file_items(path))
     (item,) = iter_file_items(path, encoding="latin-1")
@@ -169,8 +178,9 @@ def test_abort_releases_a_publish_waiting_for_a_dead_broker() -> None:
 def test_replay_stops_early_on_request(tmp_path) -> None:
     path = tmp_path / "many.jsonl"
     path.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(100)))
-    pipe = Pipeline(publisher=None, dedup=DedupStore(None), metrics=IngestMetrics(CollectorRegistry()),
-                    out=io.StringIO())
+    pipe = Pipeline(
+        publisher=None, dedup=DedupStore(None), metrics=IngestMetrics(CollectorRegistry()), out=io.StringIO()
+    )
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
     t0 = time.monotonic()
@@ -229,9 +239,23 @@ def test_replay_cli_without_a_broker_gives_up_with_one_line_and_exit_6(tmp_path)
     port = free_port()  # nothing listens there
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "finsent", "ingest", "replay", str(path), "--brokers", f"127.0.0.1:{port}",
-         "--publish-timeout", "3"],
-        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "finsent",
+            "ingest",
+            "replay",
+            str(path),
+            "--brokers",
+            f"127.0.0.1:{port}",
+            "--publish-timeout",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
     )
     elapsed = time.monotonic() - started
     err = proc.stderr.strip().splitlines()
@@ -256,8 +280,14 @@ def test_every_publishing_ingest_command_has_publish_timeout_defaulting_to_the_s
     settings = load_settings()
     assert settings.publish_timeout_s == 7.5
     parser = build_parser()
-    commands = {"replay": ["f.csv"], "rss": ["http://x/feed"], "mastodon": ["stocks"], "reddit": ["stocks"],
-                "bluesky": ["$AAPL"], "http": []}
+    commands = {
+        "replay": ["f.csv"],
+        "rss": ["http://x/feed"],
+        "mastodon": ["stocks"],
+        "reddit": ["stocks"],
+        "bluesky": ["$AAPL"],
+        "http": [],
+    }
     for command, extra in commands.items():
         args = parser.parse_args(["ingest", command, *extra])
         assert publish_timeout(args, settings) == 7.5, command
@@ -318,9 +348,24 @@ def test_rss_once_without_a_broker_gives_up_with_exit_6_and_marks_nothing(tmp_pa
     try:
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "finsent", "ingest", "rss", srv.url("/a.xml"), "--once",
-             "--brokers", f"127.0.0.1:{port}", "--publish-timeout", "2"],
-            capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "finsent",
+                "ingest",
+                "rss",
+                srv.url("/a.xml"),
+                "--once",
+                "--brokers",
+                f"127.0.0.1:{port}",
+                "--publish-timeout",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=tmp_path,
         )
     finally:
         srv.close()

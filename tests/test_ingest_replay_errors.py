@@ -60,8 +60,10 @@ def test_csv_ids_and_row_numbers_unchanged_for_good_files(tmp_path) -> None:
     path.write_text('text,label\none,a\n\n"two\nlines",b\nthree "quoted" word,c\n')
     recs = list(iter_file_records(path))
     assert [r.row for r in recs] == [1, 2, 3]  # blank lines are not rows, as with csv.DictReader
-    assert [r.item.id for r in recs] == [stable_id("replay", "good.csv", str(n), t)
-                                         for n, t in ((1, "one"), (2, "two\nlines"), (3, 'three "quoted" word'))]
+    assert [r.item.id for r in recs] == [
+        stable_id("replay", "good.csv", str(n), t)
+        for n, t in ((1, "one"), (2, "two\nlines"), (3, 'three "quoted" word'))
+    ]
     assert recs[2].extras == {"label": "c"}
 
 
@@ -89,15 +91,24 @@ def test_jsonl_bad_lines_have_line_numbers_and_reasons(tmp_path, caplog) -> None
         "\n"  # blank lines count as lines, not as rows
         "not json at all\n"
         "[1, 2]\n"
-        + json.dumps({"text": ""}) + "\n"
-        + json.dumps({"text": "bad date", "published_at": "2024-02-30T10:00:00Z"}) + "\n"
-        + json.dumps({"text": "good date", "published_at": "2024-02-29T10:00:00Z"}) + "\n"
-        + json.dumps({"text": 5}) + "\n"
+        + json.dumps({"text": ""})
+        + "\n"
+        + json.dumps({"text": "bad date", "published_at": "2024-02-30T10:00:00Z"})
+        + "\n"
+        + json.dumps({"text": "good date", "published_at": "2024-02-29T10:00:00Z"})
+        + "\n"
+        + json.dumps({"text": 5})
+        + "\n"
     )
     with caplog.at_level(logging.WARNING, logger="finsent.ingest.replay"):
         stats, items = _dry_run([path])
     assert [(b["line"], b["reason"]) for b in stats.bad_rows] == [
-        (3, "not_json"), (4, "not_object"), (5, "empty_text"), (6, "bad_time"), (8, "bad_type")]
+        (3, "not_json"),
+        (4, "not_object"),
+        (5, "empty_text"),
+        (6, "bad_time"),
+        (8, "bad_type"),
+    ]
     assert stats.skipped == 5 and stats.produced == 2
     assert [i["text"] for i in items] == ["fine", "good date"]
     assert items[1]["published_at"] == "2024-02-29T10:00:00.000Z"

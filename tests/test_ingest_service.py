@@ -45,11 +45,20 @@ class Ingester:
         self.err_path = tmp / f"ingest-{args[0]}-{time.monotonic_ns()}.err"
         self.out_path = self.err_path.with_suffix(".out")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-        full_env.update(FINSENT_BROKERS=brokers, FINSENT_TOPIC_RAW=topic, FINSENT_PARTITIONS="2",
-                        FINSENT_INGEST_STATE_DIR=str(tmp / "state"), FINSENT_LOG_LEVEL="INFO", **env)
+        full_env.update(
+            FINSENT_BROKERS=brokers,
+            FINSENT_TOPIC_RAW=topic,
+            FINSENT_PARTITIONS="2",
+            FINSENT_INGEST_STATE_DIR=str(tmp / "state"),
+            FINSENT_LOG_LEVEL="INFO",
+            **env,
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "finsent", "ingest", *args], env=full_env, cwd=tmp,
-            stdout=self.out_path.open("w"), stderr=self.err_path.open("w"),
+            [sys.executable, "-m", "finsent", "ingest", *args],
+            env=full_env,
+            cwd=tmp,
+            stdout=self.out_path.open("w"),
+            stderr=self.err_path.open("w"),
         )
         self.took: float | None = None
 
@@ -100,8 +109,9 @@ def get(url: str, token: str | None = None, timeout: float = 5.0) -> tuple[int, 
         return -1, str(exc)
 
 
-def post(port: int, body: bytes, token: str | None = None, ctype: str = "application/json",
-         timeout: float = 60.0) -> tuple[int, dict[str, Any]]:
+def post(
+    port: int, body: bytes, token: str | None = None, ctype: str = "application/json", timeout: float = 60.0
+) -> tuple[int, dict[str, Any]]:
     headers = {"Content-Type": ctype, **({"Authorization": f"Bearer {token}"} if token else {})}
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/items", data=body, headers=headers, method="POST")
     try:
@@ -121,8 +131,9 @@ def wait_until(cond, timeout_s: float, what: str, proc: Ingester | None = None) 
         if cond():
             return
         if proc is not None and proc.proc.poll() is not None:
-            raise AssertionError(f"the ingester exited ({proc.proc.returncode}) waiting for {what}:\n"
-                                 f"{proc.stderr[-3000:]}")
+            raise AssertionError(
+                f"the ingester exited ({proc.proc.returncode}) waiting for {what}:\n{proc.stderr[-3000:]}"
+            )
         time.sleep(0.1)
     detail = f"\n{proc.stderr[-3000:]}" if proc is not None else ""
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{detail}")
@@ -166,12 +177,15 @@ def feed_server() -> Iterator[LocalHTTP]:
 # -- pollers -------------------------------------------------------------------------------------
 
 
-def test_rss_poller_health_ready_then_sigterm_while_idle(kafka_bootstrap, unique_name, tmp_path,
-                                                        feed_server) -> None:
+def test_rss_poller_health_ready_then_sigterm_while_idle(kafka_bootstrap, unique_name, tmp_path, feed_server) -> None:
     port = free_port()
     topic = f"raw.{unique_name}"
-    ing = Ingester(["rss", feed_server.url("/a.xml"), "--interval", "3600", "--metrics-port", str(port)],
-                   tmp_path, kafka_bootstrap, topic)
+    ing = Ingester(
+        ["rss", feed_server.url("/a.xml"), "--interval", "3600", "--metrics-port", str(port)],
+        tmp_path,
+        kafka_bootstrap,
+        topic,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: status_of(f"{base}/healthz") == 200, 60, "/healthz", ing)
@@ -189,12 +203,24 @@ def test_rss_poller_health_ready_then_sigterm_while_idle(kafka_bootstrap, unique
     assert len(got) == summary["produced"]  # what it counted is on the topic, nothing more
 
 
-def test_rss_poller_not_ready_without_broker_and_sigterm_mid_publish_to_a_dead_broker(tmp_path,
-                                                                                     feed_server) -> None:
+def test_rss_poller_not_ready_without_broker_and_sigterm_mid_publish_to_a_dead_broker(tmp_path, feed_server) -> None:
     port = free_port()
     dead = f"127.0.0.1:{free_port()}"  # nothing listens: the broker is gone
-    ing = Ingester(["rss", feed_server.url("/a.xml"), "--interval", "3600", "--metrics-port", str(port),
-                    "--publish-timeout", "120"], tmp_path, dead, "raw.dead")
+    ing = Ingester(
+        [
+            "rss",
+            feed_server.url("/a.xml"),
+            "--interval",
+            "3600",
+            "--metrics-port",
+            str(port),
+            "--publish-timeout",
+            "120",
+        ],
+        tmp_path,
+        dead,
+        "raw.dead",
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: status_of(f"{base}/healthz") == 200, 60, "/healthz", ing)
@@ -213,21 +239,27 @@ def test_rss_poller_not_ready_without_broker_and_sigterm_mid_publish_to_a_dead_b
 # -- replay --------------------------------------------------------------------------------------
 
 
-def test_replay_sigterm_while_publishing_counts_exactly_what_is_on_the_topic(kafka_bootstrap, unique_name,
-                                                                            tmp_path) -> None:
+def test_replay_sigterm_while_publishing_counts_exactly_what_is_on_the_topic(
+    kafka_bootstrap, unique_name, tmp_path
+) -> None:
     topic = f"raw.{unique_name}"
     path = tmp_path / "rows.jsonl"
     ids = write_rows(path, 3000, unique_name)
     port = free_port()
-    ing = Ingester(["replay", str(path), "--rate", "150", "--metrics-port", str(port)], tmp_path, kafka_bootstrap,
-                   topic)
+    ing = Ingester(
+        ["replay", str(path), "--rate", "150", "--metrics-port", str(port)], tmp_path, kafka_bootstrap, topic
+    )
     try:
+
         def published() -> float:
             code, text = get(f"http://127.0.0.1:{port}/metrics")
             if code != 200:
                 return 0.0
-            return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-                       if ln.startswith("finsent_ingest_items_published_total{"))
+            return sum(
+                float(ln.rsplit(" ", 1)[1])
+                for ln in text.splitlines()
+                if ln.startswith("finsent_ingest_items_published_total{")
+            )
 
         wait_until(lambda: published() >= 100, 90, "100 items acknowledged", ing)
         assert status_of(f"http://127.0.0.1:{port}/readyz") == 200
@@ -244,12 +276,17 @@ def test_replay_sigterm_while_publishing_counts_exactly_what_is_on_the_topic(kaf
     assert set(on_topic) <= set(ids)
 
 
-def test_replay_sigterm_while_the_broker_is_gone_hands_back_and_exits_within_bound(own_broker, unique_name,
-                                                                                  tmp_path) -> None:
+def test_replay_sigterm_while_the_broker_is_gone_hands_back_and_exits_within_bound(
+    own_broker, unique_name, tmp_path
+) -> None:
     path = tmp_path / "rows.jsonl"
     write_rows(path, 2000, unique_name)
-    ing = Ingester(["replay", str(path), "--rate", "100", "--publish-timeout", "120"], tmp_path,
-                   own_broker.bootstrap, f"raw.{unique_name}")
+    ing = Ingester(
+        ["replay", str(path), "--rate", "100", "--publish-timeout", "120"],
+        tmp_path,
+        own_broker.bootstrap,
+        f"raw.{unique_name}",
+    )
     try:
         wait_until(lambda: "connected to Kafka" in ing.stderr, 60, "connected", ing)
         time.sleep(1.0)
@@ -350,8 +387,10 @@ def _slow_headers(port: int, out: dict[str, float], key: str, gap_s: float = 0.2
 
 def _slow_body(port: int, out: dict[str, Any], key: str) -> None:
     """Complete headers announcing 1000 bytes, then a trickle that never completes the body."""
-    head = (f"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {TOKEN}"
-            "\r\nContent-Length: 1000\r\n\r\n").encode()
+    head = (
+        f"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {TOKEN}"
+        "\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(head + b'{"text": "')
@@ -376,8 +415,18 @@ def _slow_body(port: int, out: dict[str, Any], key: str) -> None:
 
 def test_http_slowloris_headers_and_bodies_are_cut_while_good_clients_are_served(tmp_path) -> None:
     header_s, body_s = 2.0, 2.0
-    ing, port = _http(tmp_path, "127.0.0.1:9", "raw.dry", "--dry-run", "--header-timeout", str(header_s),
-                      "--body-timeout", str(body_s), "--max-connections", "50")
+    ing, port = _http(
+        tmp_path,
+        "127.0.0.1:9",
+        "raw.dry",
+        "--dry-run",
+        "--header-timeout",
+        str(header_s),
+        "--body-timeout",
+        str(body_s),
+        "--max-connections",
+        "50",
+    )
     heads: dict[str, float] = {}
     bodies: dict[str, Any] = {}
     try:
@@ -406,8 +455,9 @@ def test_http_slowloris_headers_and_bodies_are_cut_while_good_clients_are_served
 
 def test_http_connections_beyond_the_cap_get_503_and_others_are_served_again(tmp_path) -> None:
     cap = 8
-    ing, port = _http(tmp_path, "127.0.0.1:9", "raw.dry", "--dry-run", "--header-timeout", "3",
-                      "--max-connections", str(cap))
+    ing, port = _http(
+        tmp_path, "127.0.0.1:9", "raw.dry", "--dry-run", "--header-timeout", "3", "--max-connections", str(cap)
+    )
     held: list[socket.socket] = []
     try:
         for _ in range(cap):  # idle connections that send nothing: each holds a slot
@@ -417,7 +467,7 @@ def test_http_connections_beyond_the_cap_get_503_and_others_are_served_again(tmp
             extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             answer = extra.recv(4096)
         assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After" in answer and b"too many" in answer, answer
-        assert 'too_many_connections' in ing.stderr or "refused" in ing.stderr
+        assert "too_many_connections" in ing.stderr or "refused" in ing.stderr
         for s in held:  # the server closes the idle ones after the header timeout
             s.settimeout(10)
             assert s.recv(10) == b""

@@ -63,8 +63,9 @@ def server():
 
 def _pipeline(tmp_path) -> tuple[Pipeline, io.StringIO]:
     out = io.StringIO()
-    return Pipeline(publisher=None, dedup=DedupStore(tmp_path / "d.sqlite3"),
-                    metrics=IngestMetrics(CollectorRegistry()), out=out), out
+    return Pipeline(
+        publisher=None, dedup=DedupStore(tmp_path / "d.sqlite3"), metrics=IngestMetrics(CollectorRegistry()), out=out
+    ), out
 
 
 def _fetcher() -> Fetcher:
@@ -80,17 +81,22 @@ def test_mastodon_min_id_paging_link_headers_and_rate_limit(server, tmp_path) ->
         assert q["limit"] == ["2"]
         min_id = q.get("min_id", [None])[0]
         base = server.url(path)
-        headers = {"Content-Type": "application/json; charset=utf-8", "X-RateLimit-Limit": "300",
-                   "X-RateLimit-Remaining": "299"}
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "X-RateLimit-Limit": "300",
+            "X-RateLimit-Remaining": "299",
+        }
         if min_id is None:
-            page = [_status(103, f"<p>Buying more {TAG} $AAPL &amp; chill</p>"),
-                    _status(102, "<p>Earlier post</p>")]
+            page = [_status(103, f"<p>Buying more {TAG} $AAPL &amp; chill</p>"), _status(102, "<p>Earlier post</p>")]
         elif min_id == "103":
-            page = [_status(105, "<p>Media only</p>".replace("Media only", "")),
-                    _status(104, f"<p>{TAG} <br>Rates up, (NYSE: JPM) down</p>", spoiler_text="markets")]
+            page = [
+                _status(105, "<p>Media only</p>".replace("Media only", "")),
+                _status(104, f"<p>{TAG} <br>Rates up, (NYSE: JPM) down</p>", spoiler_text="markets"),
+            ]
         elif min_id == "105":
-            page = [_status(106, "<p>Boosted</p>", reblog=_status(90, "<p>orig</p>")),
-                    ]
+            page = [
+                _status(106, "<p>Boosted</p>", reblog=_status(90, "<p>orig</p>")),
+            ]
             page.append(_status(107, "<p>Auf Deutsch</p>", language="de"))
             headers.update({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset})
         else:
@@ -128,23 +134,38 @@ def test_mastodon_min_id_paging_link_headers_and_rate_limit(server, tmp_path) ->
 
 
 def test_mastodon_error_body_is_an_error(server, tmp_path) -> None:
-    server.routes["/api/v1/timelines/tag/x"] = lambda req: (200, {"Content-Type": "application/json"},
-                                                            b'{"error": "Record not found"}')
+    server.routes["/api/v1/timelines/tag/x"] = lambda req: (
+        200,
+        {"Content-Type": "application/json"},
+        b'{"error": "Record not found"}',
+    )
     pipe, _ = _pipeline(tmp_path)
     with pytest.raises(FetchError) as exc:
         MastodonTagSource(server.base, "x", _fetcher()).poll(pipe)
     assert exc.value.kind == "bad_content"
     assert parse_link_header('<https://a/x?max_id=1>; rel="next", <https://a/x?min_id=9>; rel="prev"') == {
-        "next": "https://a/x?max_id=1", "prev": "https://a/x?min_id=9"}
+        "next": "https://a/x?max_id=1",
+        "prev": "https://a/x?min_id=9",
+    }
 
 
 def _post(n: int, **over) -> dict:
     """A Reddit Listing child of kind t3 (link/self post)."""
     d = {
-        "id": f"p{n}", "name": f"t3_p{n}", "title": f"Post {n} about $NVDA", "selftext": f"Body of post {n}",
-        "permalink": f"/r/stocks/comments/p{n}/post_{n}/", "url": f"https://www.reddit.com/r/stocks/comments/p{n}/",
-        "created_utc": 1709560000.0 + n * 60, "author": f"user{n}", "subreddit": "stocks", "over_18": False,
-        "stickied": False, "score": 10, "num_comments": 2, "is_self": True,
+        "id": f"p{n}",
+        "name": f"t3_p{n}",
+        "title": f"Post {n} about $NVDA",
+        "selftext": f"Body of post {n}",
+        "permalink": f"/r/stocks/comments/p{n}/post_{n}/",
+        "url": f"https://www.reddit.com/r/stocks/comments/p{n}/",
+        "created_utc": 1709560000.0 + n * 60,
+        "author": f"user{n}",
+        "subreddit": "stocks",
+        "over_18": False,
+        "stickied": False,
+        "score": 10,
+        "num_comments": 2,
+        "is_self": True,
     }
     d.update(over)
     return {"kind": "t3", "data": d}
@@ -160,10 +181,20 @@ def test_reddit_after_paging_stops_at_seen_and_honours_ratelimit(server, tmp_pat
         q = parse_qs(urlsplit(req.path).query)
         assert q["limit"] == ["2"] and q["raw_json"] == ["1"]
         children, after = pages[q.get("after", [None])[0]]
-        body = {"kind": "Listing", "data": {"after": after, "dist": len(children), "modhash": "", "before": None,
-                                             "children": children}}
-        return 200, {"Content-Type": "application/json", "X-Ratelimit-Used": "1", "X-Ratelimit-Remaining": "99.0",
-                     "X-Ratelimit-Reset": "420"}, json.dumps(body).encode()
+        body = {
+            "kind": "Listing",
+            "data": {"after": after, "dist": len(children), "modhash": "", "before": None, "children": children},
+        }
+        return (
+            200,
+            {
+                "Content-Type": "application/json",
+                "X-Ratelimit-Used": "1",
+                "X-Ratelimit-Remaining": "99.0",
+                "X-Ratelimit-Reset": "420",
+            },
+            json.dumps(body).encode(),
+        )
 
     server.routes["/r/stocks/new.json"] = listing
     pipe, out = _pipeline(tmp_path)
@@ -204,7 +235,10 @@ def test_social_cli_dry_run_once(server, tmp_path, capsys, monkeypatch) -> None:
     from finsent.cli import main
 
     server.routes["/api/v1/timelines/tag/markets"] = lambda req: (
-        200, {"Content-Type": "application/json"}, json.dumps([_status(1, "<p>Hello $SPY</p>")]).encode())
+        200,
+        {"Content-Type": "application/json"},
+        json.dumps([_status(1, "<p>Hello $SPY</p>")]).encode(),
+    )
     server.routes["/r/investing/new.json"] = lambda req: (429, {"Retry-After": "30"}, b"Too Many Requests")
     monkeypatch.setenv("FINSENT_INGEST_STATE_DIR", str(tmp_path))
     assert main(["ingest", "mastodon", "markets", "--instance", server.base, "--once", "--dry-run"]) == 0
@@ -221,10 +255,17 @@ def _bsky_post(n: int, text: str, created: str, indexed: str | None = None) -> d
     return {
         "uri": f"at://did:plc:abc{n}/app.bsky.feed.post/3kpost{n}",
         "cid": f"bafyrei{n}",
-        "author": {"did": f"did:plc:abc{n}", "handle": f"user{n}.bsky.social", "displayName": f"User {n}",
-                   "labels": []},
+        "author": {
+            "did": f"did:plc:abc{n}",
+            "handle": f"user{n}.bsky.social",
+            "displayName": f"User {n}",
+            "labels": [],
+        },
         "record": {"$type": "app.bsky.feed.post", "text": text, "createdAt": created, "langs": ["en"]},
-        "replyCount": 0, "repostCount": 0, "likeCount": 1, "quoteCount": 0,
+        "replyCount": 0,
+        "repostCount": 0,
+        "likeCount": 1,
+        "quoteCount": 0,
         "indexedAt": indexed or created,
         "labels": [],
     }
@@ -240,16 +281,23 @@ def test_bluesky_search_since_and_page_cursors(server, tmp_path) -> None:
         calls.append(q)
         assert q["q"] == "$NVDA" and q["sort"] == "latest" and req.headers["Authorization"] == "Bearer jwt"
         if "since" not in q:
-            body = {"cursor": "c1", "hitsTotal": 100, "posts": [
-                _bsky_post(2, "$NVDA to the moon", "2024-03-04T10:00:02Z"),
-                _bsky_post(1, "Selling $NVDA", "2024-03-04T10:00:01Z"),
-            ]}
+            body = {
+                "cursor": "c1",
+                "hitsTotal": 100,
+                "posts": [
+                    _bsky_post(2, "$NVDA to the moon", "2024-03-04T10:00:02Z"),
+                    _bsky_post(1, "Selling $NVDA", "2024-03-04T10:00:01Z"),
+                ],
+            }
         elif q.get("cursor") is None:
             assert q["since"] == "2024-03-04T10:00:02.000Z"
-            body = {"cursor": "c2", "posts": [
-                _bsky_post(4, "future-dated $NVDA", "2030-01-01T00:00:00Z", "2024-03-04T10:00:04Z"),
-                _bsky_post(3, "", "2024-03-04T10:00:03Z"),
-            ]}
+            body = {
+                "cursor": "c2",
+                "posts": [
+                    _bsky_post(4, "future-dated $NVDA", "2030-01-01T00:00:00Z", "2024-03-04T10:00:04Z"),
+                    _bsky_post(3, "", "2024-03-04T10:00:03Z"),
+                ],
+            }
         else:
             assert q["cursor"] == "c2"
             body = {"posts": [_bsky_post(2, "$NVDA to the moon", "2024-03-04T10:00:02Z")]}  # since is inclusive

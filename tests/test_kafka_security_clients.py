@@ -40,9 +40,26 @@ def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test CA")
     d = tmp_path_factory.mktemp("ca")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"),
-                    "-out", str(d / "ca.pem"), "-days", "2", "-subj", f"/CN={CA_CN}"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(d / "ca.key"),
+            "-out",
+            str(d / "ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={CA_CN}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return d / "ca.pem"
 
 
@@ -51,18 +68,22 @@ def _settings(case: str, ca_file: Path, tmp_path: Path) -> Settings:
     sasl = c["sasl_mechanism"] is not None
     return Settings(
         brokers=f"127.0.0.1:{free_port()}",  # nothing listens: no client may need a broker to be built
-        security_protocol=c["security_protocol"], sasl_mechanism=c["sasl_mechanism"],
-        sasl_username="finsent-user" if sasl else None, sasl_password="s3cret-pw" if sasl else None,
+        security_protocol=c["security_protocol"],
+        sasl_mechanism=c["sasl_mechanism"],
+        sasl_username="finsent-user" if sasl else None,
+        sasl_password="s3cret-pw" if sasl else None,
         ssl_cafile=str(ca_file) if c["security_protocol"].endswith("SSL") else None,
-        store=f"chdb://{tmp_path / 'store'}", metrics_port=0,
+        store=f"chdb://{tmp_path / 'store'}",
+        metrics_port=0,
     )
 
 
 def _expect_kafka_python(s: Settings) -> dict[str, Any]:
     want: dict[str, Any] = {"security_protocol": s.security_protocol}
     if s.sasl_mechanism:
-        want.update(sasl_mechanism=s.sasl_mechanism, sasl_plain_username="finsent-user",
-                    sasl_plain_password="s3cret-pw")
+        want.update(
+            sasl_mechanism=s.sasl_mechanism, sasl_plain_username="finsent-user", sasl_plain_password="s3cret-pw"
+        )
     if s.ssl_cafile:
         want["ssl_cafile"] = s.ssl_cafile
     return want
@@ -78,7 +99,10 @@ def _assert_aiokafka(client: Any, s: Settings, who: str) -> None:
     assert client._security_protocol == s.security_protocol, who
     if s.sasl_mechanism:
         assert (client._sasl_mechanism, client._sasl_plain_username, client._sasl_plain_password) == (
-            s.sasl_mechanism, "finsent-user", "s3cret-pw"), who
+            s.sasl_mechanism,
+            "finsent-user",
+            "s3cret-pw",
+        ), who
     if s.security_protocol.endswith("SSL"):
         ctx = client._ssl_context
         assert ctx is not None, f"{who}: no TLS context"
@@ -125,8 +149,7 @@ def test_kafka_python_clients_receive_the_security_settings(case: str, ca_file: 
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_faust_worker_and_alert_output_receive_the_security_settings(case: str, ca_file: Path,
-                                                                     tmp_path: Path) -> None:
+def test_faust_worker_and_alert_output_receive_the_security_settings(case: str, ca_file: Path, tmp_path: Path) -> None:
     from finsent.stream.worker import create_app
 
     s = _settings(case, ca_file, tmp_path)

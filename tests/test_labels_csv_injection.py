@@ -121,8 +121,14 @@ def test_queue_exports_attacker_texts_as_text_and_import_reads_them_back(store, 
     assert {lbl.id: lbl.text for lbl in store.labels()} == by_id
 
     # text that is not stored (text,label columns): the id is the hash of the unescaped text
-    path = write_csv(tmp_path / "new.csv", [["text", "label"], *[[csv_cell(t), "negative"] for t in ATTACKS[:3]],
-                                            [csv_cell("'=really begins with a quote"), "neutral"]])
+    path = write_csv(
+        tmp_path / "new.csv",
+        [
+            ["text", "label"],
+            *[[csv_cell(t), "negative"] for t in ATTACKS[:3]],
+            [csv_cell("'=really begins with a quote"), "neutral"],
+        ],
+    )
     rc, out, _ = cli(capsys, store_url, "label", "import", path)
     assert rc == 0 and json.loads(out)["imported"] == 4
     texts = {lbl.id: lbl.text for lbl in store.labels()}
@@ -134,8 +140,10 @@ def test_queue_exports_attacker_texts_as_text_and_import_reads_them_back(store, 
 def test_many_bad_rows_are_summarised_not_logged_one_by_one(store, store_url, capsys, caplog, tmp_path) -> None:
     store.insert_scored([scored(1, 0.7, 0.2)])
     bad = 5000
-    path = write_csv(tmp_path / "bad.csv", [["id", "sentiment"], ["item-1", "negative"],
-                                            *[[f"nope-{i}", "negative"] for i in range(bad)]])
+    path = write_csv(
+        tmp_path / "bad.csv",
+        [["id", "sentiment"], ["item-1", "negative"], *[[f"nope-{i}", "negative"] for i in range(bad)]],
+    )
     caplog.set_level(logging.WARNING, logger="finsent.stream.store.labels_cli")
     rc, out, err = cli(capsys, store_url, "label", "import", path)
     report = json.loads(out)

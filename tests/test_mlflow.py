@@ -13,8 +13,9 @@ from finsent.models.testing import make_tiny_model
 from tests.retrain_helpers import synthetic_sets
 
 
-def test_retrain_is_logged_and_registered_in_mlflow_with_the_aliases(tmp_path: Path, chdb_db_url: str, monkeypatch,
-                                                                     capsys) -> None:
+def test_retrain_is_logged_and_registered_in_mlflow_with_the_aliases(
+    tmp_path: Path, chdb_db_url: str, monkeypatch, capsys
+) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -41,7 +42,8 @@ def test_retrain_is_logged_and_registered_in_mlflow_with_the_aliases(tmp_path: P
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"README.md", "model"} <= artifacts
     assert {"model/model.onnx", "model/labels.json", "model/registry.json"} <= {
-        a.path for a in client.list_artifacts(run.info.run_id, "model")}
+        a.path for a in client.list_artifacts(run.info.run_id, "model")
+    }
     model = client.get_registered_model("finsent")
     assert model.aliases == {"candidate": int(result["mlflow"]["model_version"])}  # production (v0001) is not in MLflow
     mv = client.get_model_version("finsent", result["mlflow"]["model_version"])

@@ -150,8 +150,9 @@ def test_evaluate_files_on_seed_data(tiny_dir: Path) -> None:
 
 def test_eval_command_writes_json(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval.json"
-    rc = main(["eval", str(SEED_DIR / "topic.csv"), "--model-dir", str(tiny_dir), "--variant", "fp32",
-               "--json", str(out)])
+    rc = main(
+        ["eval", str(SEED_DIR / "topic.csv"), "--model-dir", str(tiny_dir), "--variant", "fp32", "--json", str(out)]
+    )
     assert rc == 0
     body = json.loads(out.read_text())
     assert set(body) >= {"model_version", "results"}

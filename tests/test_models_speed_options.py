@@ -41,8 +41,10 @@ def _cached(tiny_dir: Path, size: int) -> tuple[Classifier, list[int]]:
 
 
 def _close(a: Prediction, b: Prediction) -> bool:
-    return a.sentiment == b.sentiment and a.topic == b.topic and all(
-        abs(a.sentiment_probs[k] - b.sentiment_probs[k]) < 1e-4 for k in SENTIMENT_LABELS
+    return (
+        a.sentiment == b.sentiment
+        and a.topic == b.topic
+        and all(abs(a.sentiment_probs[k] - b.sentiment_probs[k]) < 1e-4 for k in SENTIMENT_LABELS)
     )
 
 

@@ -27,8 +27,9 @@ T0 = datetime(2023, 1, 19, 20, 0, tzinfo=UTC)
 def _clusters(items: list[tuple[str, str, str | None, str]], **kw: float) -> dict[str, str]:
     """items: (id, source, title, text), one minute apart; returns id -> cluster id."""
     c = StoryClusterer(**kw)  # type: ignore[arg-type]
-    return {i: c.assign(i, T0 + timedelta(minutes=n), title, text, src) for n, (i, src, title, text) in
-            enumerate(items)}
+    return {
+        i: c.assign(i, T0 + timedelta(minutes=n), title, text, src) for n, (i, src, title, text) in enumerate(items)
+    }
 
 
 SAME_STORY = [  # one event, told by five outlets
@@ -58,15 +59,21 @@ def test_different_stories_do_not_cluster_even_about_the_same_name() -> None:
 
 
 def test_a_story_with_a_body_clusters_with_its_copy_not_with_another_body() -> None:
-    body = ("Genesis Global Capital filed for Chapter 11 bankruptcy protection in New York late on Thursday, "
-            "listing more than 100,000 creditors. The lender froze withdrawals in November after FTX collapsed.")
-    other = ("Coinbase will lay off 950 employees, about a fifth of its staff, chief executive Brian Armstrong "
-             "wrote in a blog post on Tuesday, as the exchange braces for a long downturn in trading.")
-    ids = _clusters([
-        ("a", "CoinDesk", "Genesis files for bankruptcy", body),
-        ("b", "Decrypt", "Genesis Global Capital seeks Chapter 11 protection", body + " Shares of DCG fell."),
-        ("c", "Cointelegraph", "Coinbase layoffs", other),
-    ])
+    body = (
+        "Genesis Global Capital filed for Chapter 11 bankruptcy protection in New York late on Thursday, "
+        "listing more than 100,000 creditors. The lender froze withdrawals in November after FTX collapsed."
+    )
+    other = (
+        "Coinbase will lay off 950 employees, about a fifth of its staff, chief executive Brian Armstrong "
+        "wrote in a blog post on Tuesday, as the exchange braces for a long downturn in trading."
+    )
+    ids = _clusters(
+        [
+            ("a", "CoinDesk", "Genesis files for bankruptcy", body),
+            ("b", "Decrypt", "Genesis Global Capital seeks Chapter 11 protection", body + " Shares of DCG fell."),
+            ("c", "Cointelegraph", "Coinbase layoffs", other),
+        ]
+    )
     assert ids == {"a": "a", "b": "a", "c": "c"}
 
 
@@ -125,20 +132,23 @@ def test_normalisation_removes_bylines_case_punctuation_and_attribution() -> Non
     assert normalise("SEC Sues Genesis, Gemini - Reuters", "", "Reuters") == ["sec", "sue", "genesi", "gemini"]
     assert normalise("Reuters: SEC sues Genesis and Gemini", "", "Reuters") == ["sec", "sue", "genesi", "gemini"]
     assert normalise("SEC sues Genesis, Gemini, says report", "", "x") == ["sec", "sue", "genesi", "gemini"]
-    assert jaccard(shingles(normalise("bitcoin price rises", "")), shingles(normalise("bitcoin price falls", ""))) < .5
+    assert jaccard(shingles(normalise("bitcoin price rises", "")), shingles(normalise("bitcoin price falls", ""))) < 0.5
 
 
 def test_same_input_same_clusters_in_another_process() -> None:
     """Hashes are keyed blake2b and a fixed seed, never Python's salted hash(): a restart clusters the same."""
-    code = ("from datetime import datetime, timezone;from finsent.alerts.novelty import StoryClusterer;"
-            "c=StoryClusterer();t=datetime(2023,1,1,tzinfo=timezone.utc);"
-            "print(c._band_keys(frozenset([1, 2, 3]))[0].hex(), [c.assign(i, t, x, '') for i, x in "
-            "[('a','Genesis files for bankruptcy'),('b','Genesis filed for bankruptcy'),('c','Bitcoin rises')]])")
+    code = (
+        "from datetime import datetime, timezone;from finsent.alerts.novelty import StoryClusterer;"
+        "c=StoryClusterer();t=datetime(2023,1,1,tzinfo=timezone.utc);"
+        "print(c._band_keys(frozenset([1, 2, 3]))[0].hex(), [c.assign(i, t, x, '') for i, x in "
+        "[('a','Genesis files for bankruptcy'),('b','Genesis filed for bankruptcy'),('c','Bitcoin rises')]])"
+    )
     outs = set()
     for seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
-        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                check=True).stdout)
+        outs.add(
+            subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        )
     assert len(outs) == 1 and "['a', 'a', 'c']" in outs.pop()
 
 
@@ -159,20 +169,25 @@ HEADLINES = [
     "Kraken settles with SEC",
 ]
 FORMS = ["{h}", "{h} - {s}", "{s}: {h}", "({s}) {h}", "{h} | {s}", "{h}, says analyst"]
-WORD = st.text(alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters=".&'"),
-               min_size=1, max_size=10)
+WORD = st.text(
+    alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters=".&'"), min_size=1, max_size=10
+)
 SOURCE = st.lists(WORD, min_size=1, max_size=5).map(" ".join)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    tellings=st.lists(st.tuples(st.integers(0, len(HEADLINES) - 1), st.integers(0, len(FORMS) - 1),
-                                st.integers(0, 3)), min_size=2, max_size=14),
+    tellings=st.lists(
+        st.tuples(st.integers(0, len(HEADLINES) - 1), st.integers(0, len(FORMS) - 1), st.integers(0, 3)),
+        min_size=2,
+        max_size=14,
+    ),
     names=st.lists(SOURCE, min_size=4, max_size=4, unique_by=str.casefold),
     renamed=st.lists(SOURCE, min_size=4, max_size=4, unique_by=str.casefold),
 )
-def test_renaming_sources_never_splits_a_cluster(tellings: list[tuple[int, int, int]], names: list[str],
-                                                 renamed: list[str]) -> None:
+def test_renaming_sources_never_splits_a_cluster(
+    tellings: list[tuple[int, int, int]], names: list[str], renamed: list[str]
+) -> None:
     def run(sources: list[str]) -> list[str]:
         c = StoryClusterer()
         return [

@@ -94,7 +94,13 @@ def test_readiness_orders_model_group_store_then_the_extensions() -> None:
 def test_the_context_is_frozen() -> None:
     holder = ClassifierHolder(object())
     ext = Extensions()
-    ctx = WorkerContext(Settings(), SharedStore(_Store), worker_metrics(CollectorRegistry()),
-                        Health(holder, ext.ready_checks), holder, ext)
+    ctx = WorkerContext(
+        Settings(),
+        SharedStore(_Store),
+        worker_metrics(CollectorRegistry()),
+        Health(holder, ext.ready_checks),
+        holder,
+        ext,
+    )
     with pytest.raises(AttributeError):
         ctx.store = SharedStore(_Store)  # type: ignore[misc]

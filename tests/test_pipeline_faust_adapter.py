@@ -91,8 +91,12 @@ async def _scenario(wait_first: Callable, name: str) -> dict[str, Any]:
     try:
         async with asyncio.timeout(10):  # a fast path that never returns fails here instead of hanging
             res = await call
-        outcome: Any = ("returned", res.stopped, [r for r in res.results if r is not True],
-                        any(r is True for r in res.results))
+        outcome: Any = (
+            "returned",
+            res.stopped,
+            [r for r in res.results if r is not True],
+            any(r is True for r in res.results),
+        )
     except asyncio.CancelledError:
         outcome = ("cancelled",)
     except ValueError as exc:
@@ -108,8 +112,16 @@ async def _scenario(wait_first: Callable, name: str) -> dict[str, Any]:
     return {"outcome": outcome, "seen": seen, "queue": queue, "tasks_left": len(leftover)}
 
 
-SCENARIOS = ["at_once", "bare_yield", "waits_then_space", "waits_then_suspended", "cancelled_while_waiting",
-             "raises_at_once", "raises_after_wait", "already_suspended"]
+SCENARIOS = [
+    "at_once",
+    "bare_yield",
+    "waits_then_space",
+    "waits_then_suspended",
+    "cancelled_while_waiting",
+    "raises_at_once",
+    "raises_after_wait",
+    "already_suspended",
+]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -180,8 +192,13 @@ def test_the_worker_app_delivers_through_the_fast_path_and_no_faust_class_is_cha
     from faust.transport.drivers import aiokafka as faust_aiokafka
 
     app = _app(tmp_path)
-    other = faust.App("finsent-other-app", broker="kafka://127.0.0.1:1", autodiscover=False,
-                      datadir=str(tmp_path / "other"), web_enabled=False)
+    other = faust.App(
+        "finsent-other-app",
+        broker="kafka://127.0.0.1:1",
+        autodiscover=False,
+        datadir=str(tmp_path / "other"),
+        web_enabled=False,
+    )
 
     async def run(consumer: Any) -> int:
         q: asyncio.Queue = asyncio.Queue()
@@ -215,8 +232,13 @@ def test_the_worker_app_asks_the_broker_to_answer_fetches_within_the_short_wait(
     import faust
 
     app = _app(tmp_path)
-    other = faust.App("finsent-other-app", broker="kafka://127.0.0.1:1", autodiscover=False,
-                      datadir=str(tmp_path / "other"), web_enabled=False)
+    other = faust.App(
+        "finsent-other-app",
+        broker="kafka://127.0.0.1:1",
+        autodiscover=False,
+        datadir=str(tmp_path / "other"),
+        web_enabled=False,
+    )
 
     async def build(a: Any) -> int:
         consumer = a.consumer._thread._create_worker_consumer(a.transport)
@@ -230,8 +252,9 @@ def test_the_worker_app_asks_the_broker_to_answer_fetches_within_the_short_wait(
 
 
 @pytest.mark.integration
-def test_the_edge_sends_whole_record_batches_that_the_broker_confirms(kafka_bootstrap: str, unique_name: str,
-                                                                     tmp_path: Path) -> None:
+def test_the_edge_sends_whole_record_batches_that_the_broker_confirms(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
     """The publish stage's ``send``: record batches through the app's producer, keyed as Kafka's partitioner."""
     from finsent.stream.faust_adapter import FaustEdge, make_app
     from finsent.stream.kafka import ensure_topics
@@ -267,4 +290,3 @@ def test_lean_monitor_keeps_no_per_record_state_but_the_liveness_time() -> None:
     m.on_message_out(None, 1, None)
     assert m.messages_received_total == 0 and m.events_total == 0
     assert m.stream_inbound_time["tp"] >= before  # Faust's "stream has not started processing" check
-

@@ -40,19 +40,32 @@ FIXED: list[bytes] = [
 ]
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30), st.floats(allow_nan=True),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True),
     st.text(alphabet=st.characters(codec=None, categories=None), max_size=40),
     st.sampled_from(["2024-01-02T03:04:05Z", "2024-02-30", "yesterday", "1e308", "", "\ud800", "9" * 400]),
 )
-_json = st.recursive(_scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
-                                                                                           max_size=4), max_leaves=12)
+_json = st.recursive(
+    _scalars,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12,
+)
 _fields = st.fixed_dictionaries(
     {},
     optional={
-        "id": st.one_of(st.text(max_size=300), _scalars), "source": st.one_of(st.text(max_size=20), _scalars),
-        "source_type": st.sampled_from(["news", "social", "other", 3, None]), "text": st.one_of(st.text(), _json),
-        "title": _scalars, "url": _scalars, "author": _scalars, "published_at": _scalars, "ingested_at": _scalars,
-        "tickers": st.one_of(st.lists(st.text(max_size=6), max_size=3), _json), "truncated": _scalars,
+        "id": st.one_of(st.text(max_size=300), _scalars),
+        "source": st.one_of(st.text(max_size=20), _scalars),
+        "source_type": st.sampled_from(["news", "social", "other", 3, None]),
+        "text": st.one_of(st.text(), _json),
+        "title": _scalars,
+        "url": _scalars,
+        "author": _scalars,
+        "published_at": _scalars,
+        "ingested_at": _scalars,
+        "tickers": st.one_of(st.lists(st.text(max_size=6), max_size=3), _json),
+        "truncated": _scalars,
         "v": st.one_of(st.just(SCHEMA_VERSION), _scalars),
     },
 )
@@ -110,8 +123,10 @@ class _Exploding:
             raise TypeError("tokenizer refused the text")
         from finsent.models.runtime import Prediction
 
-        return [Prediction("neutral", {"negative": 0.1, "neutral": 0.8, "positive": 0.1}, "Macro", 0.9, False)
-                for _ in texts]
+        return [
+            Prediction("neutral", {"negative": 0.1, "neutral": 0.8, "positive": 0.1}, "Macro", 0.9, False)
+            for _ in texts
+        ]
 
 
 def test_a_model_failure_dead_letters_only_its_item_with_the_key() -> None:
@@ -151,9 +166,14 @@ def test_poison_interleaved_with_good_items_through_a_real_worker(
     store = open_store(chdb_db_url)
     try:
         with WorkerThread(s, classifier=classifier, store=store) as w:
-            wait_for(lambda: w.scorer.stats.snapshot()["stored"] >= 40 + len(valid)
-                     and sum(w.scorer.stats.snapshot()["dead_lettered"].values()) >= len(invalid), 90,
-                     "every good item stored and every poison message dead-lettered")
+            wait_for(
+                lambda: (
+                    w.scorer.stats.snapshot()["stored"] >= 40 + len(valid)
+                    and sum(w.scorer.stats.snapshot()["dead_lettered"].values()) >= len(invalid)
+                ),
+                90,
+                "every good item stored and every poison message dead-lettered",
+            )
             assert w.alive()
         counts = store.count()
         assert counts["rows"] == counts["unique_ids"] == len({it.id for it in good} | {it.id for it in valid})

@@ -12,10 +12,32 @@ from pathlib import Path
 import finsent
 
 PUBLIC = [
-    "Alert", "BinomialCusum", "BrokerError", "Classifier", "ConfigError", "Detector", "EntityMention", "EwmaZ",
-    "FinsentError", "InputError", "InvalidEvent", "KafkaError", "KafkaUnavailable", "ModelError", "Prediction",
-    "RawItem", "ScoredItem", "Settings", "Store", "StoreError", "StoreUnavailable", "TopicCounts", "__version__",
-    "decode_raw", "decode_scored", "load_settings",
+    "Alert",
+    "BinomialCusum",
+    "BrokerError",
+    "Classifier",
+    "ConfigError",
+    "Detector",
+    "EntityMention",
+    "EwmaZ",
+    "FinsentError",
+    "InputError",
+    "InvalidEvent",
+    "KafkaError",
+    "KafkaUnavailable",
+    "ModelError",
+    "Prediction",
+    "RawItem",
+    "ScoredItem",
+    "Settings",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TopicCounts",
+    "__version__",
+    "decode_raw",
+    "decode_scored",
+    "load_settings",
 ]
 
 

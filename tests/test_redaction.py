@@ -45,9 +45,23 @@ def test_a_password_with_url_delimiters_is_hidden_whole(user: str, pw: str, temp
 
 
 @settings(max_examples=200, deadline=None)
-@given(token=st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=30),
-       name=st.sampled_from(["token", "access_token", "password", "client_secret", "api_key", "apikey", "sig",
-                             "X-Amz-Signature", "auth", "sessionid"]))
+@given(
+    token=st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=30),
+    name=st.sampled_from(
+        [
+            "token",
+            "access_token",
+            "password",
+            "client_secret",
+            "api_key",
+            "apikey",
+            "sig",
+            "X-Amz-Signature",
+            "auth",
+            "sessionid",
+        ]
+    ),
+)
 def test_secret_query_values_are_masked_and_the_rest_kept(token: str, name: str) -> None:
     secret = MARK + token
     url = f"https://am.example.com:9093/api/v2?team=ops&{name}={secret}&page=2"
@@ -62,9 +76,15 @@ def test_examples_from_the_probe() -> None:
     assert redact_url("clickhouse://u:pa/ss@h:9000/db") == "clickhouse://u:***@h:9000/db"
     assert redact_url("http://admin:hunter2@am:9093") == "http://admin:***@am:9093"
     # nothing secret: unchanged, byte for byte
-    for url in ("clickhouse://h:9000/db", "chdb:///var/lib/finsent?database=x", "sqlite:///mlflow.db",
-                "http://localhost:3000/d/finsent-alerts/finsent-alerts", "https://ci-bot@git.example.com/x",
-                "http://host/x?team=a%20b&page=2", "not a url"):
+    for url in (
+        "clickhouse://h:9000/db",
+        "chdb:///var/lib/finsent?database=x",
+        "sqlite:///mlflow.db",
+        "http://localhost:3000/d/finsent-alerts/finsent-alerts",
+        "https://ci-bot@git.example.com/x",
+        "http://host/x?team=a%20b&page=2",
+        "not a url",
+    ):
         assert redact_url(url) == url
 
 

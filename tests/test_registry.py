@@ -95,8 +95,9 @@ def test_rollback_walks_back_through_promotions(tiny: Path, tmp_path: Path) -> N
 # --- the CLI and the store mirror ----------------------------------------------------------------
 
 
-def test_models_commands_and_the_model_versions_mirror(tiny: Path, tmp_path: Path, chdb_db_url: str,
-                                                      monkeypatch, capsys) -> None:
+def test_models_commands_and_the_model_versions_mirror(
+    tiny: Path, tmp_path: Path, chdb_db_url: str, monkeypatch, capsys
+) -> None:
     monkeypatch.setenv("FINSENT_REGISTRY", str(tmp_path / "reg"))
     monkeypatch.setenv("FINSENT_STORE", chdb_db_url)
     monkeypatch.setenv("FINSENT_MODEL_DIR", str(tiny))  # the served model: the registry's first version
@@ -105,9 +106,18 @@ def test_models_commands_and_the_model_versions_mirror(tiny: Path, tmp_path: Pat
     assert main(["models", "register", str(tiny)]) == 0
     reg = Registry(tmp_path / "reg")
     v1, v2 = (mv.version for mv in reg.versions())
-    rejected = reg.register(tiny, parent=v2, source="retrain", gate={
-        "decision": "reject", "reasons": ["sent: macro-F1 0.5 vs production 0.6 (-0.1) is worse"], "sets": {},
-        "thresholds": {"tolerance": 0.005, "min_gain": 0.0, "int8_max_drop": 0.005}}, aliases=("candidate",))
+    rejected = reg.register(
+        tiny,
+        parent=v2,
+        source="retrain",
+        gate={
+            "decision": "reject",
+            "reasons": ["sent: macro-F1 0.5 vs production 0.6 (-0.1) is worse"],
+            "sets": {},
+            "thresholds": {"tolerance": 0.005, "min_gain": 0.0, "int8_max_drop": 0.005},
+        },
+        aliases=("candidate",),
+    )
     capsys.readouterr()
 
     assert main(["models", "list", "--json"]) == 0
@@ -170,8 +180,7 @@ def test_model_versions_mirror_on_both_engines(engine: str, tiny: Path, tmp_path
     assert rows[0]["created_at"].year >= 2026 and rows[1]["registry"] == str(reg.root)
 
 
-def test_an_unreachable_store_does_not_block_a_registry_change(tiny: Path, tmp_path: Path, monkeypatch,
-                                                               capsys) -> None:
+def test_an_unreachable_store_does_not_block_a_registry_change(tiny: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("FINSENT_REGISTRY", str(tmp_path / "reg"))
     monkeypatch.setenv("FINSENT_STORE", "clickhouse://default@127.0.0.1:1/finsent")  # nothing listens on port 1
     monkeypatch.delenv("FINSENT_MODEL_DIR", raising=False)
@@ -276,8 +285,12 @@ for i in range(int(sys.argv[3])):
 
 
 def _spawn(reg: Path, model: Path, n: int, who: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", _REGISTER_LOOP, str(reg), str(model), str(n), who],
-                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-c", _REGISTER_LOOP, str(reg), str(model), str(n), who],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def test_two_processes_registering_at_once_get_distinct_complete_versions(tiny: Path, tmp_path: Path) -> None:

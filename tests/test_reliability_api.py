@@ -40,10 +40,12 @@ def _handler_threads() -> int:
     return sum(1 for t in threading.enumerate() if "process_request_thread" in t.name)
 
 
-def _get(port: int, path: str, token: str | None = None, host: str = "127.0.0.1",
-         timeout: float = 5.0) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://{host}:{port}{path}",
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+def _get(
+    port: int, path: str, token: str | None = None, host: str = "127.0.0.1", timeout: float = 5.0
+) -> tuple[int, str]:
+    req = urllib.request.Request(
+        f"http://{host}:{port}{path}", headers={"Authorization": f"Bearer {token}"} if token else {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode()
@@ -150,8 +152,11 @@ def test_past_the_cap_with_every_connection_busy_a_new_one_gets_503_at_once(serv
     try:
         for t in busy:
             t.start()
-        wait_for(lambda: server.open_connections == 4 and all(d is None for d in server._open.values()), 5,
-                 "4 requests being answered")
+        wait_for(
+            lambda: server.open_connections == 4 and all(d is None for d in server._open.values()),
+            5,
+            "4 requests being answered",
+        )
         t0 = time.monotonic()
         status, body = _get(port, "/healthz")
         assert status == 503 and "too many open connections" in body
@@ -214,8 +219,9 @@ def test_bad_query_parameters_are_400_not_503(serve, chdb_db_url: str, caplog: p
 
 @pytest.mark.integration
 @pytest.mark.faults
-def test_worker_process_token_and_sigterm_with_300_half_open_connections(tmp_path: Path, kafka_bootstrap: str,
-                                                                         unique_name: str) -> None:
+def test_worker_process_token_and_sigterm_with_300_half_open_connections(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
     from finsent.models.testing import make_tiny_model
 
     tiny = make_tiny_model(tmp_path / "tiny")
@@ -223,15 +229,27 @@ def test_worker_process_token_and_sigterm_with_300_half_open_connections(tmp_pat
     s = stream_settings(kafka_bootstrap, store_url, unique_name)
     port = free_port()
     token = secrets.token_hex(20)
-    env = {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": store_url, "FINSENT_TOPIC_RAW": s.topic_raw,
-           "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
-           "FINSENT_TOPIC_ALERTS": s.topic_alerts, "FINSENT_CONSUMER_GROUP": s.consumer_group,
-           "FINSENT_PARTITIONS": "1", "FINSENT_MODEL_DIR": str(tiny), "FINSENT_METRICS_PORT": str(port),
-           "FINSENT_METRICS_HOST": "0.0.0.0", "FINSENT_API_TOKEN": token, "FINSENT_REGISTRY": "",
-           "FINSENT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_STORE": store_url,
+        "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_CONSUMER_GROUP": s.consumer_group,
+        "FINSENT_PARTITIONS": "1",
+        "FINSENT_MODEL_DIR": str(tiny),
+        "FINSENT_METRICS_PORT": str(port),
+        "FINSENT_METRICS_HOST": "0.0.0.0",
+        "FINSENT_API_TOKEN": token,
+        "FINSENT_REGISTRY": "",
+        "FINSENT_CACHE_DIR": str(tmp_path / "cache"),
+    }
     log = tmp_path / "worker.log"
-    proc = subprocess.Popen([sys.executable, "-m", "finsent", "worker"], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finsent", "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
     socks: list[socket.socket] = []
     try:
         wait_for(lambda: proc.poll() is not None or _get_or_none(port, "/healthz") == 200, 120, "the worker's /healthz")
@@ -240,12 +258,22 @@ def test_worker_process_token_and_sigterm_with_300_half_open_connections(tmp_pat
         wait_for(lambda: _get_or_none(port, "/v1/count", token) == 200, 60, "the API with the token")
         assert proc.poll() is None, log.read_text()[-3000:]
         # `finsent query` asks the worker holding the embedded store, with the token from its settings
-        out = subprocess.run([sys.executable, "-m", "finsent", "query", "count", "--json"], env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "finsent", "query", "count", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         no_token = {k: v for k, v in env.items() if k != "FINSENT_API_TOKEN"}
-        out = subprocess.run([sys.executable, "-m", "finsent", "query", "count", "--json"], env=no_token,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "finsent", "query", "count", "--json"],
+            env=no_token,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode != 0 and "refused its data API (HTTP 401)" in out.stderr, out.stderr[-2000:]
         assert "set FINSENT_API_TOKEN" in out.stderr and "Traceback" not in out.stderr
         for _ in range(300):

@@ -93,8 +93,12 @@ def slow_server():
 
 
 def _pipeline(tmp_path: Path) -> Pipeline:
-    return Pipeline(publisher=None, dedup=DedupStore(tmp_path / "d.sqlite3"),
-                    metrics=IngestMetrics(CollectorRegistry()), out=io.StringIO())
+    return Pipeline(
+        publisher=None,
+        dedup=DedupStore(tmp_path / "d.sqlite3"),
+        metrics=IngestMetrics(CollectorRegistry()),
+        out=io.StringIO(),
+    )
 
 
 @pytest.mark.faults
@@ -119,8 +123,13 @@ def test_rss_once_against_a_slow_header_feed_ends_at_its_deadline(slow_server, t
     """The probe's case as a real process: `finsent ingest rss --once` was still running at 150 s."""
     env = {**os.environ, "FINSENT_INGEST_FETCH_TIMEOUT_S": "2", "FINSENT_INGEST_STATE_DIR": str(tmp_path)}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "finsent", "ingest", "rss", "--once", "--dry-run", slow_server.url()],
-                          env=env, capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsent", "ingest", "rss", "--once", "--dry-run", slow_server.url()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     took = time.monotonic() - started
     assert proc.returncode == 1, proc.stderr[-2000:]  # the one source failed
     assert "failed (timeout)" in proc.stderr and "no complete response within 2s" in proc.stderr
@@ -232,8 +241,12 @@ def test_push_with_one_bad_byte_is_refused_with_its_offset_and_stores_nothing(tm
     from tests.test_ingest_http import TOKEN, AppThread
 
     out = tmp_path / "out.jsonl"
-    pipe = Pipeline(publisher=None, dedup=DedupStore(tmp_path / "d.sqlite3"),
-                    metrics=IngestMetrics(CollectorRegistry()), out=open(out, "w"))  # noqa: SIM115
+    pipe = Pipeline(
+        publisher=None,
+        dedup=DedupStore(tmp_path / "d.sqlite3"),
+        metrics=IngestMetrics(CollectorRegistry()),
+        out=open(out, "w"),  # noqa: SIM115
+    )
     srv = AppThread(create_app(pipe, token=TOKEN, max_body_bytes=20_000, max_items=50))
     try:
         body, offset = _mixed_body()
@@ -264,8 +277,11 @@ def test_push_with_one_bad_byte_never_reaches_kafka_garbled(kafka_bootstrap, uni
     from tests.test_ingest_support import consume_all
 
     settings = Settings(brokers=kafka_bootstrap, topic_raw=f"raw.{unique_name}", partitions=1)
-    pipe = Pipeline(publisher=Publisher(settings), dedup=DedupStore(tmp_path / "d.sqlite3"),
-                    metrics=IngestMetrics(CollectorRegistry()))
+    pipe = Pipeline(
+        publisher=Publisher(settings),
+        dedup=DedupStore(tmp_path / "d.sqlite3"),
+        metrics=IngestMetrics(CollectorRegistry()),
+    )
     srv = AppThread(create_app(pipe, token=TOKEN, publish_timeout_s=10))
     try:
         body, offset = _mixed_body()
@@ -300,8 +316,9 @@ def test_replay_prints_progress_lines_without_a_terminal(tmp_path, capsys, monke
 
     monkeypatch.setattr(replay_mod, "PROGRESS_EVERY_S", 0.0)
     path = tmp_path / "rows.csv"
-    path.write_text("text,published_at\n" + "".join(f"row {i},2024-01-01T00:00:00Z\n" for i in range(20))
-                    + "bad,2024-02-30\n")
+    path.write_text(
+        "text,published_at\n" + "".join(f"row {i},2024-01-01T00:00:00Z\n" for i in range(20)) + "bad,2024-02-30\n"
+    )
     stats = replay_mod.replay([path], _pipeline(tmp_path), progress=True)
     assert (stats.produced, stats.skipped) == (20, 1)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("replay: ")]
@@ -328,8 +345,14 @@ def test_ids_with_surrounding_whitespace_are_refused_not_stripped(tmp_path) -> N
 def test_times_the_store_cannot_hold_are_refused_with_a_reason_not_clamped(tmp_path) -> None:
     from finsent.ingest.normalize import Skip, make_item, to_utc
 
-    for when in ("2106-02-07T06:28:16Z", "2300-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "1900-01-01",
-                 "Sat, 01 Jan 2200 00:00:00 GMT", 5_000_000_000):
+    for when in (
+        "2106-02-07T06:28:16Z",
+        "2300-01-01T00:00:00Z",
+        "1969-12-31T23:59:59Z",
+        "1900-01-01",
+        "Sat, 01 Jan 2200 00:00:00 GMT",
+        5_000_000_000,
+    ):
         assert to_utc(when) is None, when  # feeds: an unknown time, never 1970 or 2106
         with pytest.raises(Skip) as exc:  # replay (strict): the row is refused with the reason
             make_item(source="s", source_type="news", text="t", published=when, strict_time=True)

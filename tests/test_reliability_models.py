@@ -77,8 +77,13 @@ def _hidden_positions(src: Path, dest: Path, max_length: int) -> Path:
 
 
 def _settings(tmp_path: Path, registry: Path | None, model_dir: Path) -> Any:
-    return load_settings(store=f"chdb://{tmp_path / 'store'}", registry=str(registry or ""), model_dir=str(model_dir),
-                         cache_dir=str(tmp_path / "cache"), metrics_port=0)
+    return load_settings(
+        store=f"chdb://{tmp_path / 'store'}",
+        registry=str(registry or ""),
+        model_dir=str(model_dir),
+        cache_dir=str(tmp_path / "cache"),
+        metrics_port=0,
+    )
 
 
 # --- item 7: register ------------------------------------------------------------------------------------
@@ -246,8 +251,9 @@ def test_startup_survives_a_corrupt_aliases_file(tiny: Path, tmp_path: Path, cap
 
 @pytest.mark.integration
 @pytest.mark.faults
-def test_worker_process_starts_on_a_corrupt_registry(tiny: Path, tmp_path: Path, kafka_bootstrap: str,
-                                                     unique_name: str) -> None:
+def test_worker_process_starts_on_a_corrupt_registry(
+    tiny: Path, tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
     """A real `finsent worker` whose registry's aliases.json and its copy are both corrupt: it starts on the
     model directory (no exit 5), says so in one ERROR line, and /metrics shows the registry as corrupt."""
     from finsent.stream.broker import free_port
@@ -259,14 +265,25 @@ def test_worker_process_starts_on_a_corrupt_registry(tiny: Path, tmp_path: Path,
     store_url = f"chdb://{tmp_path / 'store'}"
     s = stream_settings(kafka_bootstrap, store_url, unique_name)
     port = free_port()
-    env = {**os.environ, "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": store_url, "FINSENT_TOPIC_RAW": s.topic_raw,
-           "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
-           "FINSENT_TOPIC_ALERTS": s.topic_alerts, "FINSENT_CONSUMER_GROUP": s.consumer_group,
-           "FINSENT_PARTITIONS": "1", "FINSENT_MODEL_DIR": str(tiny), "FINSENT_METRICS_PORT": str(port),
-           "FINSENT_REGISTRY": str(reg.root), "FINSENT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_STORE": store_url,
+        "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_CONSUMER_GROUP": s.consumer_group,
+        "FINSENT_PARTITIONS": "1",
+        "FINSENT_MODEL_DIR": str(tiny),
+        "FINSENT_METRICS_PORT": str(port),
+        "FINSENT_REGISTRY": str(reg.root),
+        "FINSENT_CACHE_DIR": str(tmp_path / "cache"),
+    }
     log = tmp_path / "worker.log"
-    proc = subprocess.Popen([sys.executable, "-m", "finsent", "worker"], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finsent", "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
 
     def metrics() -> str:
         try:

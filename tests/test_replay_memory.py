@@ -18,10 +18,12 @@ from finsent.ingest.replay import ReplayInputError
 def test_a_line_over_the_limit_is_one_bad_row_and_the_rest_flows(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(replay, "MAX_LINE_CHARS", 1000)
     path = tmp_path / "in.jsonl"
-    lines = [json.dumps({"id": "a", "text": "Acme rises"}),
-             json.dumps({"id": "long", "text": "x" * 5000}),
-             json.dumps({"id": "b", "text": "Acme falls"}),
-             json.dumps({"id": "exact", "text": "y" * (1000 - 30)})]
+    lines = [
+        json.dumps({"id": "a", "text": "Acme rises"}),
+        json.dumps({"id": "long", "text": "x" * 5000}),
+        json.dumps({"id": "b", "text": "Acme falls"}),
+        json.dumps({"id": "exact", "text": "y" * (1000 - 30)}),
+    ]
     path.write_text("\n".join(lines) + "\n")
     got = list(replay._rows(path, "utf-8"))
     assert [(r.line, r.reason or None) for r in got] == [(1, None), (2, "too_long"), (3, None), (4, None)]
@@ -55,14 +57,21 @@ def test_replaying_a_50_mb_line_stays_small(tmp_path: Path) -> None:
         f.write(json.dumps({"id": "g2", "text": "Acme shares fall"}) + "\n")
     # the child reports its own peak RSS at exit: VmHWM of its own memory map. (ru_maxrss would not do: Linux
     # carries it across exec, so a child forked from a big pytest process starts with the parent's peak.)
-    code = ("import atexit, re, sys\n"
-            "atexit.register(lambda: print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', "
-            "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
-            "from finsent.cli import main\n"
-            f"sys.exit(main(['ingest', 'replay', {str(path)!r}, '--dry-run']))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env={"PATH": "/usr/bin:/bin", "FINSENT_INGEST_STATE_DIR": str(tmp_path / "state"),
-                              "HOME": str(tmp_path)})
+    code = (
+        "import atexit, re, sys\n"
+        "atexit.register(lambda: print('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', "
+        "open('/proc/self/status').read()).group(1), file=sys.stderr))\n"
+        "from finsent.cli import main\n"
+        f"sys.exit(main(['ingest', 'replay', {str(path)!r}, '--dry-run']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "FINSENT_INGEST_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path)},
+    )
     peak_mb = int(out.stderr.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024
     assert out.returncode == 0, out.stderr[-2000:]
     docs = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]

@@ -31,8 +31,28 @@ pytestmark = pytest.mark.integration
 
 #: the items span 3 h 16 min, so a re-score walks several of its one-hour slices
 WINDOW = timedelta(hours=4)
-WORDS = ("shares", "jump", "fall", "profit", "loss", "bank", "oil", "gold", "rates", "cut", "record", "weak",
-         "strong", "deal", "ipo", "dividend", "bonds", "yield", "drop", "beat")
+WORDS = (
+    "shares",
+    "jump",
+    "fall",
+    "profit",
+    "loss",
+    "bank",
+    "oil",
+    "gold",
+    "rates",
+    "cut",
+    "record",
+    "weak",
+    "strong",
+    "deal",
+    "ipo",
+    "dividend",
+    "bonds",
+    "yield",
+    "drop",
+    "beat",
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +74,27 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     reg.set_alias("production", b.version)
     # fp32: int8's dynamic quantisation scales activations per batch, so its verdicts on near-ties
     # depend on which items share a batch; the truth here is computed in other batches than rescore's
-    return {"registry": reg, "a": a.version, "b": b.version, "clf_a": Classifier.load(a.path, variant="fp32"),
-            "clf_b": Classifier.load(b.path, variant="fp32")}
+    return {
+        "registry": reg,
+        "a": a.version,
+        "b": b.version,
+        "clf_a": Classifier.load(a.path, variant="fp32"),
+        "clf_b": Classifier.load(b.path, variant="fp32"),
+    }
 
 
 def _items(n: int, prefix: str) -> list[RawItem]:
     now = utcnow()
-    return [RawItem(id=f"{prefix}-{i:03d}", source="test", source_type="news",
-                    text=" ".join(WORDS[(i * k) % len(WORDS)] for k in (1, 3, 7, 11)) + f" {i}",
-                    ingested_at=now - timedelta(minutes=(i % 50) * 4, milliseconds=i))
-            for i in range(n)]
+    return [
+        RawItem(
+            id=f"{prefix}-{i:03d}",
+            source="test",
+            source_type="news",
+            text=" ".join(WORDS[(i * k) % len(WORDS)] for k in (1, 3, 7, 11)) + f" {i}",
+            ingested_at=now - timedelta(minutes=(i % 50) * 4, milliseconds=i),
+        )
+        for i in range(n)
+    ]
 
 
 def _stored_by_a(store: Any, versions: dict[str, Any], n: int, prefix: str) -> dict[str, Any]:
@@ -73,20 +104,25 @@ def _stored_by_a(store: Any, versions: dict[str, Any], n: int, prefix: str) -> d
     assert not dead
     store.insert_scored(scored_a)
     scored_b, _ = score_items(versions["clf_b"], raw)
-    return {"a": {s.id: (s.sentiment, s.topic) for s in scored_a},
-            "b": {s.id: (s.sentiment, s.topic) for s in scored_b}}
+    return {
+        "a": {s.id: (s.sentiment, s.topic) for s in scored_a},
+        "b": {s.id: (s.sentiment, s.topic) for s in scored_b},
+    }
 
 
 def _current(store: Any) -> dict[str, tuple[str, str, str, int]]:
     """id -> (model_version, sentiment, topic, version) of every row a default query sees."""
-    rows = store.query(f"SELECT id, toString(model_version), toString(sentiment), toString(topic), version "
-                       f"FROM {store.database}.items FINAL")
+    rows = store.query(
+        f"SELECT id, toString(model_version), toString(sentiment), toString(topic), version "
+        f"FROM {store.database}.items FINAL"
+    )
     return {r[0]: (r[1], r[2], r[3], int(r[4])) for r in rows}
 
 
 def _settings(url: str, versions: dict[str, Any], tmp_path: Path) -> Any:
-    return load_settings(store=url, registry=str(versions["registry"].root), cache_dir=str(tmp_path / "cache"),
-                         model_variant="fp32")
+    return load_settings(
+        store=url, registry=str(versions["registry"].root), cache_dir=str(tmp_path / "cache"), model_variant="fp32"
+    )
 
 
 @pytest.fixture(params=["chdb", "clickhouse"])
@@ -94,16 +130,16 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("chdb_db_url" if request.param == "chdb" else "clickhouse_db_url")
 
 
-def test_rescore_replaces_the_latest_score_and_compare_shows_both(store_url: str, versions: dict[str, Any],
-                                                                   tmp_path: Path) -> None:
+def test_rescore_replaces_the_latest_score_and_compare_shows_both(
+    store_url: str, versions: dict[str, Any], tmp_path: Path
+) -> None:
     a, b = versions["a"], versions["b"]
     store = open_store(store_url)
     try:
         store.ensure_schema()
         truth = _stored_by_a(store, versions, 60, "r")
         assert {v[0] for v in _current(store).values()} == {a}
-        summary = rescore(_settings(store_url, versions, tmp_path), WINDOW, batch_size=16,
-                          progress=None)
+        summary = rescore(_settings(store_url, versions, tmp_path), WINDOW, batch_size=16, progress=None)
         assert summary["version"] == b and summary["finished"] and not summary["resumed"]
         assert summary["total"] == 60 and summary["done"] == 60 and summary["batches_this_run"] == 4
 
@@ -159,8 +195,9 @@ class CrashingClassifier:
         return self.inner.predict(texts)
 
 
-def test_resume_after_an_interruption_does_not_redo_finished_batches(store_url: str, versions: dict[str, Any],
-                                                                     tmp_path: Path) -> None:
+def test_resume_after_an_interruption_does_not_redo_finished_batches(
+    store_url: str, versions: dict[str, Any], tmp_path: Path
+) -> None:
     b = versions["b"]
     settings = _settings(store_url, versions, tmp_path)
     store = open_store(store_url)
@@ -175,8 +212,13 @@ def test_resume_after_an_interruption_does_not_redo_finished_batches(store_url: 
         assert len(done_first) == 16
         # 2) killed during its second batch (the first one is stored and checkpointed)
         with pytest.raises(KeyboardInterrupt):
-            rescore(settings, WINDOW, batch_size=8, progress=None,
-                    classifier=CrashingClassifier(versions["clf_b"], crash_on=2))
+            rescore(
+                settings,
+                WINDOW,
+                batch_size=8,
+                progress=None,
+                classifier=CrashingClassifier(versions["clf_b"], crash_on=2),
+            )
         after_crash = _current(store)
         done_crash = {i for i, v in after_crash.items() if v[0] == b}
         assert len(done_crash) == 24 and done_first < done_crash
@@ -205,8 +247,7 @@ def test_topic_filter_rescores_only_that_topic(store_url: str, versions: dict[st
         truth = _stored_by_a(store, versions, 40, "t")
         topic, n = Counter(t for _, t in truth["a"].values()).most_common(1)[0]
         assert n < 40
-        summary = rescore(_settings(store_url, versions, tmp_path), WINDOW, topic=topic, batch_size=7,
-                          progress=None)
+        summary = rescore(_settings(store_url, versions, tmp_path), WINDOW, topic=topic, batch_size=7, progress=None)
         assert summary["total"] == n and summary["done"] == n
         current = _current(store)
         assert {i for i, v in current.items() if v[0] == b} == {i for i, (_, t) in truth["a"].items() if t == topic}
@@ -217,13 +258,20 @@ def test_topic_filter_rescores_only_that_topic(store_url: str, versions: dict[st
 
 
 def _env(url: str, versions: dict[str, Any], tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "FINSENT_STORE": url, "FINSENT_REGISTRY": str(versions["registry"].root),
-            "FINSENT_CACHE_DIR": str(tmp_path / "cache"), "FINSENT_METRICS_PORT": "0", "FINSENT_MODEL_VARIANT": "fp32"}
+    return {
+        **os.environ,
+        "FINSENT_STORE": url,
+        "FINSENT_REGISTRY": str(versions["registry"].root),
+        "FINSENT_CACHE_DIR": str(tmp_path / "cache"),
+        "FINSENT_METRICS_PORT": "0",
+        "FINSENT_MODEL_VARIANT": "fp32",
+    }
 
 
 def _finsent(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "finsent", *args], env=env, capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "finsent", *args], env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 def test_rescore_and_compare_commands(clickhouse_db_url: str, versions: dict[str, Any], tmp_path: Path) -> None:
@@ -253,8 +301,9 @@ def test_rescore_and_compare_commands(clickhouse_db_url: str, versions: dict[str
         store.close()
 
 
-def test_rescore_on_a_chdb_store_held_by_another_process(chdb_db_url: str, versions: dict[str, Any],
-                                                         tmp_path: Path) -> None:
+def test_rescore_on_a_chdb_store_held_by_another_process(
+    chdb_db_url: str, versions: dict[str, Any], tmp_path: Path
+) -> None:
     """chdb is one process per data path: while this process (standing in for the worker) holds it, one line."""
     store = open_store(chdb_db_url)
     try:
@@ -283,15 +332,23 @@ def test_target_model_without_a_registry_is_the_model_dir(tmp_path: Path) -> Non
         target_model(settings, "v0007-00000000")
 
 
-def test_rescore_beside_a_running_worker_on_a_server(kafka_bootstrap: str, clickhouse_db_url: str, unique_name: str,
-                                                     versions: dict[str, Any], tmp_path: Path) -> None:
+def test_rescore_beside_a_running_worker_on_a_server(
+    kafka_bootstrap: str, clickhouse_db_url: str, unique_name: str, versions: dict[str, Any], tmp_path: Path
+) -> None:
     """On clickhouse-server the worker keeps storing new items while rescore rewrites the stored ones."""
     from finsent.stream.service import WorkerThread
     from tests.stream_helpers import Feeder, stream_settings, wait_for
 
     a, b = versions["a"], versions["b"]
-    s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name, registry=str(versions["registry"].root),
-                        model_variant="fp32", cache_dir=str(tmp_path / "cache"), batch_within_s=0.05)
+    s = stream_settings(
+        kafka_bootstrap,
+        clickhouse_db_url,
+        unique_name,
+        registry=str(versions["registry"].root),
+        model_variant="fp32",
+        cache_dir=str(tmp_path / "cache"),
+        batch_within_s=0.05,
+    )
     store, worker_store = open_store(clickhouse_db_url), open_store(clickhouse_db_url)
     try:
         store.ensure_schema()

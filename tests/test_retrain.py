@@ -36,8 +36,12 @@ def test_retrain_promotes_a_better_candidate_rejects_a_worse_one_and_rolls_back(
     try:
         store.ensure_schema()
         human = synthetic_rows("sentiment", 20, 7)
-        store.insert_labels([Label(f"h{i}", "sentiment", lab, text=f"human {text}", by="analyst")
-                             for i, (text, lab) in enumerate(human)])
+        store.insert_labels(
+            [
+                Label(f"h{i}", "sentiment", lab, text=f"human {text}", by="analyst")
+                for i, (text, lab) in enumerate(human)
+            ]
+        )
     finally:
         store.close()
 
@@ -62,11 +66,16 @@ def test_retrain_promotes_a_better_candidate_rejects_a_worse_one_and_rolls_back(
     assert "gate decision: promote" in printed and "promoted to production" in printed
 
     # corrupted labels (every sentiment rotated): the candidate gets worse on the frozen set and is rejected
-    bad = write_csv(tmp_path / "data" / "sent_bad.csv", "sentiment",
-                    [(t, ROTATE[y]) for t, y in synthetic_rows("sentiment", 60, 1)])
+    bad = write_csv(
+        tmp_path / "data" / "sent_bad.csv", "sentiment", [(t, ROTATE[y]) for t, y in synthetic_rows("sentiment", 60, 1)]
+    )
     out2 = tmp_path / "r2.json"
-    assert main(["retrain", "--data", str(bad), str(topic), "--max-steps", "30", *FAST, "--no-labels",
-                 "--json", str(out2)]) == 0
+    assert (
+        main(
+            ["retrain", "--data", str(bad), str(topic), "--max-steps", "30", *FAST, "--no-labels", "--json", str(out2)]
+        )
+        == 0
+    )
     r2 = json.loads(out2.read_text())
     assert r2["promoted"] is False and r2["gate"]["decision"] == "reject" and r2["parent"] == r1["version"]
     assert any("sent:" in reason and "tolerance" in reason for reason in r2["gate"]["reasons"])
@@ -104,8 +113,9 @@ def test_retrain_rejects_bad_budgets(flag: str, capsys) -> None:
     assert flag in capsys.readouterr().err
 
 
-def test_retrain_from_base_starts_from_the_encoder_not_production(tmp_path: Path, chdb_db_url: str,
-                                                                   monkeypatch) -> None:
+def test_retrain_from_base_starts_from_the_encoder_not_production(
+    tmp_path: Path, chdb_db_url: str, monkeypatch
+) -> None:
     from finsent.models.testing import make_tiny_base
 
     base = make_tiny_base(tmp_path / "base")
@@ -115,8 +125,26 @@ def test_retrain_from_base_starts_from_the_encoder_not_production(tmp_path: Path
     monkeypatch.setenv("FINSENT_MODEL_DIR", str(make_tiny_model(tmp_path / "tiny")))
     monkeypatch.setenv("FINSENT_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "r.json"
-    assert main(["retrain", "--from-base", "--base-model", str(base), "--data", str(sent), str(topic),
-                 "--max-steps", "5", *FAST, "--no-labels", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "retrain",
+                "--from-base",
+                "--base-model",
+                str(base),
+                "--data",
+                str(sent),
+                str(topic),
+                "--max-steps",
+                "5",
+                *FAST,
+                "--no-labels",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     mv = Registry(tmp_path / "reg").get(r["version"])
     assert mv.metrics()["train"]["start"] == "base encoder" and r["steps"] == 5
@@ -131,14 +159,34 @@ def test_two_retrains_at_once_on_an_empty_registry(tmp_path: Path) -> None:
     import sys
 
     sent, topic = synthetic_sets(tmp_path / "data")
-    env = {**os.environ, "FINSENT_REGISTRY": str(tmp_path / "reg"), "FINSENT_CACHE_DIR": str(tmp_path / "cache"),
-           "FINSENT_MODEL_DIR": str(make_tiny_model(tmp_path / "tiny")), "FINSENT_LOG_LEVEL": "WARNING",
-           # one chdb path per process: the second retrain's mirror update finds it in use, warns, and carries on
-           "FINSENT_STORE": f"chdb://{tmp_path / 'chdb'}"}
-    cmd = [sys.executable, "-m", "finsent", "retrain", "--data", str(sent), str(topic), "--max-steps", "0",
-           "--no-labels", "--json"]
-    procs = [subprocess.Popen([*cmd, str(tmp_path / f"r{i}.json")], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    env = {
+        **os.environ,
+        "FINSENT_REGISTRY": str(tmp_path / "reg"),
+        "FINSENT_CACHE_DIR": str(tmp_path / "cache"),
+        "FINSENT_MODEL_DIR": str(make_tiny_model(tmp_path / "tiny")),
+        "FINSENT_LOG_LEVEL": "WARNING",
+        # one chdb path per process: the second retrain's mirror update finds it in use, warns, and carries on
+        "FINSENT_STORE": f"chdb://{tmp_path / 'chdb'}",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "finsent",
+        "retrain",
+        "--data",
+        str(sent),
+        str(topic),
+        "--max-steps",
+        "0",
+        "--no-labels",
+        "--json",
+    ]
+    procs = [
+        subprocess.Popen(
+            [*cmd, str(tmp_path / f"r{i}.json")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     results = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2)]

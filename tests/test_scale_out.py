@@ -69,10 +69,21 @@ class Traffic:
 
 
 def test_three_workers_share_six_partitions_and_store_each_item_once_across_a_stop_and_a_join(
-    kafka_bootstrap: str, clickhouse_db_url: str, tiny_model_dir: Path, tmp_path: Path, unique_name: str,
+    kafka_bootstrap: str,
+    clickhouse_db_url: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    unique_name: str,
 ) -> None:
-    s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name, partitions=6,
-                        model_dir=str(tiny_model_dir), model_threads=1, batch_max=32)
+    s = stream_settings(
+        kafka_bootstrap,
+        clickhouse_db_url,
+        unique_name,
+        partitions=6,
+        model_dir=str(tiny_model_dir),
+        model_threads=1,
+        batch_max=32,
+    )
     store = open_store(s.store)
     store.ensure_schema()  # once, as a deployment's first start does; each worker's own run is then a no-op
     workers = [WorkerProcess(s, tmp_path / f"w{i}.log", name=f"worker {i}") for i in range(4)]
@@ -125,8 +136,14 @@ def test_worker_processes_get_the_very_settings_through_the_environment(monkeypa
     from finsent.bench.worker_pool import settings_env
     from finsent.core.settings import load_settings
 
-    s = load_settings(brokers="10.0.0.1:9092,10.0.0.2:9092", partitions=6, clickhouse_cluster="prod",
-                      http_token="s3cret", batch_within_s=0.05, model_dir="/m")
+    s = load_settings(
+        brokers="10.0.0.1:9092,10.0.0.2:9092",
+        partitions=6,
+        clickhouse_cluster="prod",
+        http_token="s3cret",
+        batch_within_s=0.05,
+        model_dir="/m",
+    )
     for k in [k for k in os.environ if k.startswith("FINSENT_")]:
         monkeypatch.delenv(k)
     for k, v in settings_env(s).items():
@@ -141,10 +158,30 @@ def test_bench_worker_counts_and_results_rows() -> None:
     for bad in ("0", "", "1,-2"):
         with pytest.raises(ValueError):
             parse_worker_counts(bad)
-    run = {"workers": 2, "model_threads_per_worker": 1, "partitions": 4, "items": 600, "total_items_per_s": 24.5,
-           "per_worker_items_per_s": [12.0, 12.5], "per_worker_items": [294, 306], "exact": True, "store_rows": 664,
-           "store_unique_ids": 664, "load_avg_start": (7.1, 6.0, 5.0), "load_avg_end": (7.9, 6.1, 5.0)}
-    text = results_section({"hardware": {"cpu": "cpu", "cores": 2}, "broker": "b", "store": "s", "model_dir": "m",
-                            "batch_max": 128, "runs": [run]}, "finsent bench pipeline --workers 2")
+    run = {
+        "workers": 2,
+        "model_threads_per_worker": 1,
+        "partitions": 4,
+        "items": 600,
+        "total_items_per_s": 24.5,
+        "per_worker_items_per_s": [12.0, 12.5],
+        "per_worker_items": [294, 306],
+        "exact": True,
+        "store_rows": 664,
+        "store_unique_ids": 664,
+        "load_avg_start": (7.1, 6.0, 5.0),
+        "load_avg_end": (7.9, 6.1, 5.0),
+    }
+    text = results_section(
+        {
+            "hardware": {"cpu": "cpu", "cores": 2},
+            "broker": "b",
+            "store": "s",
+            "model_dir": "m",
+            "batch_max": 128,
+            "runs": [run],
+        },
+        "finsent bench pipeline --workers 2",
+    )
     assert text.startswith("## Scale-out\n")
     assert "| 2 | 1 | 600 | 24.5 | 12.0, 12.5 | 294, 306 | yes (664 rows, 664 ids) | 7.1 / 7.9 |" in text

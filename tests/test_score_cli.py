@@ -47,12 +47,21 @@ def test_csv_with_titles_ids_and_bad_rows(tiny_dir: Path, tmp_path: Path, capsys
     first = out[0]
     assert set(first) == {"id", "sentiment", "sentiment_probs", "topic", "topic_prob", "truncated", "entities"}
     (tesla,) = first["entities"]
-    assert tesla == {"text": "Tesla", "start": 0, "end": 5, "sentiment": "neutral",
-                     "sentiment_probs": {"negative": 0.0, "neutral": 1.0, "positive": 0.0},
-                     "entity_id": "TSLA", "name": "Tesla", "relevance": 100}
+    assert tesla == {
+        "text": "Tesla",
+        "start": 0,
+        "end": 5,
+        "sentiment": "neutral",
+        "sentiment_probs": {"negative": 0.0, "neutral": 1.0, "positive": 0.0},
+        "entity_id": "TSLA",
+        "name": "Tesla",
+        "relevance": 100,
+    }
     scored = "Apple (AAPL) and $MSFT rise"
-    assert {(e["entity_id"], scored[e["start"]:e["end"]]) for e in out[2]["entities"]} == {
-        ("AAPL", "Apple"), ("MSFT", "$MSFT")}
+    assert {(e["entity_id"], scored[e["start"] : e["end"]]) for e in out[2]["entities"]} == {
+        ("AAPL", "Apple"),
+        ("MSFT", "$MSFT"),
+    }
     assert [e["entity_id"] for e in out[3]["entities"]] == ["X:BTC"]
 
 
@@ -74,13 +83,16 @@ def test_same_scores_as_the_classifier(tiny_dir: Path, tmp_path: Path, capsys: p
 
 def test_jsonl_bad_rows_keep_order(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "mixed.jsonl"
-    f.write_text('{"text": "oil falls"}\n'
-                 "not json\n"
-                 "\n"
-                 '["a", "list"]\n'
-                 '{"text": 5}\n'
-                 '{"text": "ok", "title": 3}\n'
-                 '{"id": "z", "text": "Apple rises"}\n', encoding="utf-8")
+    f.write_text(
+        '{"text": "oil falls"}\n'
+        "not json\n"
+        "\n"
+        '["a", "list"]\n'
+        '{"text": 5}\n'
+        '{"text": "ok", "title": 3}\n'
+        '{"id": "z", "text": "Apple rises"}\n',
+        encoding="utf-8",
+    )
     rc, out, _ = _score(tiny_dir, capsys, str(f))
     assert rc == 0
     assert [o.get("error") for o in out] == [None, "not_json", "not_object", "bad_type", "bad_type", None]
@@ -88,19 +100,21 @@ def test_jsonl_bad_rows_keep_order(tiny_dir: Path, tmp_path: Path, capsys: pytes
     assert out[-1]["id"] == "z" and out[-1]["entities"][0]["entity_id"] == "AAPL"
 
 
-def test_stdin_text_lines_in_process(tiny_dir: Path, capsys: pytest.CaptureFixture[str],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stdin_text_lines_in_process(
+    tiny_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("Ünïcödé Nestlé 📉 falls\n\n$BRK.B up\n"))
     rc, out, _ = _score(tiny_dir, capsys)
     assert rc == 0
     assert [o["id"] for o in out] == ["stdin:1", "stdin:2"]
     e = out[0]["entities"][0]
-    assert "Ünïcödé Nestlé 📉 falls"[e["start"]:e["end"]] == "Nestlé"
+    assert "Ünïcödé Nestlé 📉 falls"[e["start"] : e["end"]] == "Nestlé"
     assert out[1]["entities"][0]["entity_id"] == "BRK.B"
 
 
-def test_total_failure_exits_4_and_missing_file(tiny_dir: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_total_failure_exits_4_and_missing_file(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     f = tmp_path / "bad.jsonl"
     f.write_text("nope\n{}\n", encoding="utf-8")
     rc, out, err = _score(tiny_dir, capsys, str(f))
@@ -121,24 +135,43 @@ def test_total_failure_exits_4_and_missing_file(tiny_dir: Path, tmp_path: Path,
 def test_stdin_pipe_subprocess(tiny_dir: Path) -> None:
     env = {**os.environ, "FINSENT_CACHE_DIR": str(tiny_dir.parent / "cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "finsent", "score", "-", "--format", "jsonl", "--model-dir", str(tiny_dir),
-         "--variant", "fp32"],
+        [
+            sys.executable,
+            "-m",
+            "finsent",
+            "score",
+            "-",
+            "--format",
+            "jsonl",
+            "--model-dir",
+            str(tiny_dir),
+            "--variant",
+            "fp32",
+        ],
         input=b'{"id": "x", "title": "Bitcoin slides", "text": "ETH too"}\n{bad\n',
-        capture_output=True, timeout=120, env=env,
+        capture_output=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr.decode()
     out = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     assert [o["id"] for o in out] == ["x", "stdin:2"] and out[1]["error"] == "not_json"
     scored = "Bitcoin slides\n\nETH too"
-    assert [(e["entity_id"], scored[e["start"]:e["end"]]) for e in out[0]["entities"]] == [
-        ("X:BTC", "Bitcoin"), ("X:ETH", "ETH")]
+    assert [(e["entity_id"], scored[e["start"] : e["end"]]) for e in out[0]["entities"]] == [
+        ("X:BTC", "Bitcoin"),
+        ("X:ETH", "ETH"),
+    ]
 
 
 def test_eval_finentity_json(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     paras = [
-        {"content": "Apple beats while Microsoft lags.",
-         "annotations": [{"start": 0, "end": 5, "value": "Apple", "label": "Positive"},
-                         {"start": 20, "end": 29, "value": "Microsoft", "label": "Negative"}]},  # shifted offsets
+        {
+            "content": "Apple beats while Microsoft lags.",
+            "annotations": [
+                {"start": 0, "end": 5, "value": "Apple", "label": "Positive"},
+                {"start": 20, "end": 29, "value": "Microsoft", "label": "Negative"},
+            ],
+        },  # shifted offsets
         {"content": "Zyx collapses.", "annotations": [{"start": 0, "end": 3, "value": "Zyx", "label": "Negative"}]},
     ]
     f = tmp_path / "fe.json"

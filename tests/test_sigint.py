@@ -37,12 +37,21 @@ class Finsent:
         stem = tmp / f"finsent-{args[0]}-{time.monotonic_ns()}"
         self.out_path, self.err_path = stem.with_suffix(".out"), stem.with_suffix(".err")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-        full_env.update(FINSENT_INGEST_STATE_DIR=str(tmp / "state"), FINSENT_CACHE_DIR=str(tmp / "cache"),
-                        FINSENT_REGISTRY="", **env)
+        full_env.update(
+            FINSENT_INGEST_STATE_DIR=str(tmp / "state"),
+            FINSENT_CACHE_DIR=str(tmp / "cache"),
+            FINSENT_REGISTRY="",
+            **env,
+        )
         if "FINSENT_CACHE_DIR" in os.environ:  # the derived model variants: reuse the session's cache
             full_env["FINSENT_CACHE_DIR"] = os.environ["FINSENT_CACHE_DIR"]
-        self.proc = subprocess.Popen([sys.executable, "-m", "finsent", *args], env=full_env, cwd=tmp,
-                                     stdout=self.out_path.open("w"), stderr=self.err_path.open("w"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "finsent", *args],
+            env=full_env,
+            cwd=tmp,
+            stdout=self.out_path.open("w"),
+            stderr=self.err_path.open("w"),
+        )
 
     @property
     def stdout(self) -> str:
@@ -69,8 +78,9 @@ class Finsent:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"still running {timeout_s} s after Ctrl-C:\n{self.stdout[-2000:]}\n"
-                                 f"{self.stderr[-3000:]}") from None
+            raise AssertionError(
+                f"still running {timeout_s} s after Ctrl-C:\n{self.stdout[-2000:]}\n{self.stderr[-3000:]}"
+            ) from None
         err = self.stderr
         assert self.proc.returncode == INTERRUPTED, err[-3000:]
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
@@ -104,14 +114,21 @@ def _summary(out: str) -> dict[str, Any]:
 
 def test_replay_ctrl_c_exits_130_saying_how_many_were_published(tmp_path, kafka_bootstrap, unique_name) -> None:
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"id": f"r{i}", "text": f"row {i}: acme shares move"}) + "\n"
-                            for i in range(5000)))
-    run = Finsent(["ingest", "replay", str(rows), "--rate", "40"], tmp_path, FINSENT_BROKERS=kafka_bootstrap,
-                  FINSENT_TOPIC_RAW=f"raw.{unique_name}", FINSENT_PARTITIONS="1")
+    rows.write_text(
+        "".join(json.dumps({"id": f"r{i}", "text": f"row {i}: acme shares move"}) + "\n" for i in range(5000))
+    )
+    run = Finsent(
+        ["ingest", "replay", str(rows), "--rate", "40"],
+        tmp_path,
+        FINSENT_BROKERS=kafka_bootstrap,
+        FINSENT_TOPIC_RAW=f"raw.{unique_name}",
+        FINSENT_PARTITIONS="1",
+    )
     try:
         # the progress line on stderr (every 5 s without a terminal) counts what was published: wait for some
-        run.wait_for(lambda: re.search(r"rows read, [1-9]\d* published", run.stderr) is not None, 60,
-                     "some rows published")
+        run.wait_for(
+            lambda: re.search(r"rows read, [1-9]\d* published", run.stderr) is not None, 60, "some rows published"
+        )
         line = run.ctrl_c()
     finally:
         run.kill()
@@ -126,8 +143,9 @@ def test_replay_of_a_directory_says_it_is_a_directory(tmp_path) -> None:
     run = Finsent(["ingest", "replay", str(tmp_path)], tmp_path)
     run.proc.wait(60)
     assert run.proc.returncode == 4, run.stderr
-    assert run.stderr.strip() == (f"finsent: error: {tmp_path} is a directory, not a file "
-                                  f"(hint: name the files in it, e.g. {tmp_path / '*.csv'})")
+    assert run.stderr.strip() == (
+        f"finsent: error: {tmp_path} is a directory, not a file (hint: name the files in it, e.g. {tmp_path / '*.csv'})"
+    )
 
 
 def test_poller_ctrl_c_exits_130(tmp_path) -> None:
@@ -189,11 +207,19 @@ def test_worker_ctrl_c_exits_130_saying_what_was_stored(tmp_path, kafka_bootstra
 
     model = make_tiny_model(tmp_path / "model")
     port = free_port()
-    env = {"FINSENT_BROKERS": kafka_bootstrap, "FINSENT_STORE": f"chdb://{tmp_path / 'store'}",
-           "FINSENT_TOPIC_RAW": f"raw.{unique_name}", "FINSENT_TOPIC_SCORED": f"scored.{unique_name}",
-           "FINSENT_TOPIC_DLQ": f"dlq.{unique_name}", "FINSENT_TOPIC_ALERTS": f"alerts.{unique_name}",
-           "FINSENT_PARTITIONS": "1", "FINSENT_SESSION_TIMEOUT_MS": "6000", "FINSENT_MODEL_DIR": str(model),
-           "FINSENT_METRICS_PORT": str(port), "FINSENT_DRIFT_INTERVAL_S": "0"}
+    env = {
+        "FINSENT_BROKERS": kafka_bootstrap,
+        "FINSENT_STORE": f"chdb://{tmp_path / 'store'}",
+        "FINSENT_TOPIC_RAW": f"raw.{unique_name}",
+        "FINSENT_TOPIC_SCORED": f"scored.{unique_name}",
+        "FINSENT_TOPIC_DLQ": f"dlq.{unique_name}",
+        "FINSENT_TOPIC_ALERTS": f"alerts.{unique_name}",
+        "FINSENT_PARTITIONS": "1",
+        "FINSENT_SESSION_TIMEOUT_MS": "6000",
+        "FINSENT_MODEL_DIR": str(model),
+        "FINSENT_METRICS_PORT": str(port),
+        "FINSENT_DRIFT_INTERVAL_S": "0",
+    }
     run = Finsent(["worker", "--group", f"g.{unique_name}"], tmp_path, **env)
     try:
         run.wait_for(lambda: _status(f"http://127.0.0.1:{port}/readyz") == 200, 120, "the worker ready")

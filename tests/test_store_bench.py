@@ -10,8 +10,9 @@ from finsent.bench.store import synthetic_items
 
 def test_write_section_replaces_only_the_store_section(tmp_path: Path) -> None:
     p = tmp_path / "RESULTS.md"
-    p.write_text("# Benchmark results\n\n## Model\n\nmodel numbers\n\n## Store\n\nold store\n\n"
-                 "## Alerts\n\nalert numbers\n")
+    p.write_text(
+        "# Benchmark results\n\n## Model\n\nmodel numbers\n\n## Store\n\nold store\n\n## Alerts\n\nalert numbers\n"
+    )
     write_section(p, "## Store\n\nnew store numbers\n", "## Store")
     text = p.read_text()
     assert "old store" not in text and "new store numbers" in text

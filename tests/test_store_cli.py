@@ -38,8 +38,12 @@ def test_parse_duration() -> None:
 
 def _seed(url: str) -> list:
     t0 = utcnow() - timedelta(minutes=2)
-    batch = [make_item(i, ("negative", "neutral", "positive")[i % 3], ("macro", "earnings")[i % 2],
-                       t0 + timedelta(seconds=i)) for i in range(12)]
+    batch = [
+        make_item(
+            i, ("negative", "neutral", "positive")[i % 3], ("macro", "earnings")[i % 2], t0 + timedelta(seconds=i)
+        )
+        for i in range(12)
+    ]
     batch.append(make_item("old", "negative", "macro", utcnow() - timedelta(days=3)))
     store = open_store(url)
     try:
@@ -47,9 +51,23 @@ def _seed(url: str) -> list:
         store.insert_scored(batch)
         store.insert_scored(batch)  # redelivered
         now = utcnow()
-        store.insert_alerts([Alert(topic="macro", fired_at=now, window_start=now - timedelta(minutes=1), window_end=now,
-                                   negative=3, total=4, negative_share=0.75, baseline_share=0.2, score=4.0,
-                                   detector="ewma")] * 2)
+        store.insert_alerts(
+            [
+                Alert(
+                    topic="macro",
+                    fired_at=now,
+                    window_start=now - timedelta(minutes=1),
+                    window_end=now,
+                    negative=3,
+                    total=4,
+                    negative_share=0.75,
+                    baseline_share=0.2,
+                    score=4.0,
+                    detector="ewma",
+                )
+            ]
+            * 2
+        )
     finally:
         store.close()
     return batch
@@ -115,8 +133,14 @@ def test_query_schema_prints_the_ddl_of_this_server(clickhouse_db_url: str, caps
 def test_query_count_subprocess_on_server(clickhouse_db_url: str) -> None:
     _seed(clickhouse_db_url)
     env = {**os.environ, "FINSENT_STORE": clickhouse_db_url, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "finsent.cli", "query", "count", "--json"], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsent.cli", "query", "count", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"rows": 13, "unique_ids": 13}
 

@@ -37,12 +37,20 @@ def cluster_db(clickhouse_cluster: Cluster) -> Iterator[str]:
 
 
 def _scored(sentiment: str, prefix: str = "c") -> list[ScoredItem]:
-    return [ScoredItem(item=it, sentiment=sentiment, sentiment_probs={sentiment: 1.0}, topic=f"t{i % 3}",
-                       topic_prob=0.9, model_version="m1") for i, it in enumerate(make_items(N, prefix))]
+    return [
+        ScoredItem(
+            item=it,
+            sentiment=sentiment,
+            sentiment_probs={sentiment: 1.0},
+            topic=f"t{i % 3}",
+            topic_prob=0.9,
+            model_version="m1",
+        )
+        for i, it in enumerate(make_items(N, prefix))
+    ]
 
 
-def test_schema_on_cluster_and_each_id_stored_once_across_shards(clickhouse_cluster: Cluster,
-                                                                  cluster_db: str) -> None:
+def test_schema_on_cluster_and_each_id_stored_once_across_shards(clickhouse_cluster: Cluster, cluster_db: str) -> None:
     store = open_store(clickhouse_cluster.url(cluster_db), cluster=clickhouse_cluster.name)
     try:
         store.ensure_schema()
@@ -51,13 +59,29 @@ def test_schema_on_cluster_and_each_id_stored_once_across_shards(clickhouse_clus
         store.insert_scored(first)
         store.insert_scored(first[:300])  # a redelivered batch
         later = utcnow() + timedelta(seconds=1)
-        rescored = [replace(s, sentiment="negative", sentiment_probs={"negative": 1.0}, scored_at=later)
-                    for s in first[:100]]
+        rescored = [
+            replace(s, sentiment="negative", sentiment_probs={"negative": 1.0}, scored_at=later) for s in first[:100]
+        ]
         store.insert_scored(rescored)  # a newer model's verdict on 100 of them
         now = utcnow()
-        store.insert_alerts([Alert(id="a1", topic="t0", fired_at=now, window_start=now - timedelta(minutes=1),
-                                   window_end=now, negative=5, total=10, negative_share=0.5, baseline_share=0.1,
-                                   score=6.0, detector="ewma_z", severity="warning")])
+        store.insert_alerts(
+            [
+                Alert(
+                    id="a1",
+                    topic="t0",
+                    fired_at=now,
+                    window_start=now - timedelta(minutes=1),
+                    window_end=now,
+                    negative=5,
+                    total=10,
+                    negative_share=0.5,
+                    baseline_share=0.1,
+                    score=6.0,
+                    detector="ewma_z",
+                    severity="warning",
+                )
+            ]
+        )
 
         counts = store.count(physical=True)
         assert counts == {"rows": N, "unique_ids": N, "physical_rows": N + 300 + 100}

@@ -46,8 +46,17 @@ def test_one_id_on_three_days_and_months_is_one_row(store) -> None:
     arrivals = _days_apart()
     assert len({(t.year, t.month) for t in arrivals}) == 3 and len({t.date() for t in arrivals}) == 3
     for k, at in enumerate(arrivals):  # a replay re-run, a retry across midnight, another push replica
-        store.insert_scored([make_item("x", sentiment=("negative", "neutral", "positive")[k], topic="macro",
-                                       ingested_at=at, scored_at=at + timedelta(seconds=1))])
+        store.insert_scored(
+            [
+                make_item(
+                    "x",
+                    sentiment=("negative", "neutral", "positive")[k],
+                    topic="macro",
+                    ingested_at=at,
+                    scored_at=at + timedelta(seconds=1),
+                )
+            ]
+        )
     store.insert_scored([make_item("y", ingested_at=arrivals[-1])])
     assert store.count(physical=True) == {"rows": 2, "unique_ids": 2, "physical_rows": 4}
     assert store.count(since=timedelta(days=40)) == {"rows": 2, "unique_ids": 2}
@@ -61,8 +70,9 @@ def test_one_id_on_three_days_and_months_is_one_row(store) -> None:
 
 
 def test_items_layout_is_one_partition_sorted_by_id(store) -> None:
-    [(engine_full,)] = store.query("SELECT engine_full FROM system.tables WHERE database = {db:String} "
-                                   "AND name = 'items'", {"db": store.database})
+    [(engine_full,)] = store.query(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'items'", {"db": store.database}
+    )
     assert "ORDER BY id" in engine_full and "PARTITION BY" not in engine_full, engine_full
     assert schema.layout_warnings(store.database, {"items": engine_full}) == []
 
@@ -72,14 +82,21 @@ def test_ttl_retention_still_works_without_time_partitions(chdb_db_url: str) -> 
     store = open_store(chdb_db_url, retention_days=30)
     store.ensure_schema()
     try:
-        [(engine_full,)] = store.query("SELECT engine_full FROM system.tables WHERE database = {db:String} "
-                                       "AND name = 'items'", {"db": store.database})
+        [(engine_full,)] = store.query(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'items'",
+            {"db": store.database},
+        )
         assert f"TTL {schema.ttl_expression(schema.ITEMS, 30)}" in engine_full
         old, now = utcnow() - timedelta(days=100), utcnow() - timedelta(seconds=5)
-        store.insert_scored([make_item("gone", ingested_at=old, scored_at=old),
-                             make_item("back", ingested_at=old, scored_at=old)])
-        store.insert_scored([make_item("back", ingested_at=now, sentiment="neutral", scored_at=now),
-                             make_item("fresh", ingested_at=now, scored_at=now)])
+        store.insert_scored(
+            [make_item("gone", ingested_at=old, scored_at=old), make_item("back", ingested_at=old, scored_at=old)]
+        )
+        store.insert_scored(
+            [
+                make_item("back", ingested_at=now, sentiment="neutral", scored_at=now),
+                make_item("fresh", ingested_at=now, scored_at=now),
+            ]
+        )
         store.query(f"OPTIMIZE TABLE {store.database}.items FINAL")
         assert store.count(physical=True) == {"rows": 2, "unique_ids": 2, "physical_rows": 2}
         rows = store.query(f"SELECT id, sentiment FROM {store.database}.items ORDER BY id")
@@ -94,15 +111,19 @@ def test_a_database_of_the_old_layout_is_warned_about_and_the_statements_rebuild
     store = open_store(store_url)
     try:
         caps, db = store.capabilities, store.database
-        old = replace(schema.TABLE_SPECS[schema.ITEMS], order_by="(toStartOfDay(ingested_at), id)",
-                      partition_by="toYYYYMM(ingested_at)")
+        old = replace(
+            schema.TABLE_SPECS[schema.ITEMS],
+            order_by="(toStartOfDay(ingested_at), id)",
+            partition_by="toYYYYMM(ingested_at)",
+        )
         store.query(f"CREATE DATABASE IF NOT EXISTS {db}")
         for stmt in schema.table_statements(old, db, caps):
             store.query(stmt)
         caplog.set_level(logging.WARNING, logger="finsent.stream.store.schema")
         store.ensure_schema()
-        [(engine_full,)] = store.query("SELECT engine_full FROM system.tables WHERE database = {db:String} "
-                                       "AND name = 'items'", {"db": db})
+        [(engine_full,)] = store.query(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'items'", {"db": db}
+        )
         [warning] = schema.layout_warnings(db, {"items": engine_full})
         if caps.ttl:  # the store checks the layout where it reads engine_full (servers with TTL: chdb here)
             assert any("layout from before issue 22" in r.getMessage() for r in caplog.records)
@@ -132,12 +153,14 @@ def test_cluster_ddl_collapses_an_id_across_days_on_its_shard(clickhouse_cluster
     store = open_store(clickhouse_cluster.url(db), cluster=clickhouse_cluster.name)
     try:
         store.ensure_schema()
-        [(engine_full,)] = store.query("SELECT engine_full FROM system.tables WHERE database = {db:String} "
-                                       "AND name = 'items_local'", {"db": db})
+        [(engine_full,)] = store.query(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'items_local'", {"db": db}
+        )
         assert "ORDER BY id" in engine_full and "PARTITION BY" not in engine_full
         for k, at in enumerate(_days_apart()):
-            store.insert_scored([make_item(f"c{i}", ingested_at=at, scored_at=at + timedelta(seconds=k))
-                                 for i in range(20)])
+            store.insert_scored(
+                [make_item(f"c{i}", ingested_at=at, scored_at=at + timedelta(seconds=k)) for i in range(20)]
+            )
         assert store.count(physical=True) == {"rows": 20, "unique_ids": 20, "physical_rows": 60}
     finally:
         store.query(f"DROP DATABASE IF EXISTS {db} ON CLUSTER {clickhouse_cluster.name}")

@@ -25,7 +25,10 @@ def _items(n: int) -> list[ScoredItem]:
     return [
         ScoredItem(
             item=RawItem(id=f"f-{i}", source="s", source_type="social", text=f"t{i}", ingested_at=now),
-            sentiment="negative", sentiment_probs={"negative": 0.9}, topic="macro", topic_prob=0.5,
+            sentiment="negative",
+            sentiment_probs={"negative": 0.9},
+            topic="macro",
+            topic_prob=0.5,
             model_version="m1",
         )
         for i in range(n)
@@ -89,14 +92,29 @@ def test_chdb_path_held_by_another_process_is_a_clear_error(tmp_path: Path) -> N
     env = {**os.environ, "PYTHONPATH": str(repo)}
     url = f"chdb://{tmp_path / 'held'}"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from finsent.stream.store import open_store; s = open_store(sys.argv[1]); "
-         "s.ensure_schema(); print('held', flush=True); sys.stdin.read()", url],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=repo,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from finsent.stream.store import open_store; s = open_store(sys.argv[1]); "
+            "s.ensure_schema(); print('held', flush=True); sys.stdin.read()",
+            url,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=repo,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        proc = subprocess.run([sys.executable, "-m", "finsent.cli", "--store", url, "query", "count"],
-                              capture_output=True, text=True, env=env, cwd=repo, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "finsent.cli", "--store", url, "query", "count"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=repo,
+            timeout=60,
+        )
         assert proc.returncode == StoreInUse.exit_code
         # one line, finsent's: chdb's own "Code: 76 ... Cannot lock file" no longer reaches the user (issue 25)
         assert "Traceback" not in proc.stderr and "Code: 76" not in proc.stderr

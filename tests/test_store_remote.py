@@ -34,23 +34,58 @@ TOKEN = "remote-store-test-token-0123456789"
 
 def _scored(i: int, text: str = "acme shares fall") -> ScoredItem:
     now = utcnow()
-    item = RawItem(id=f"r-{i}", source="test", source_type="news", text=f"{text} #{i}", ingested_at=now,
-                   title="Acme", published_at=now - timedelta(minutes=1), tickers=("ACME",))
-    mention = EntityMention(text="Acme", start=0, end=4, sentiment="negative",
-                            sentiment_probs={"negative": 0.8, "neutral": 0.1, "positive": 0.1}, entity_id="ACME",
-                            name="Acme Corp", relevance=90)
-    return ScoredItem(item=item, sentiment="negative", sentiment_probs={"negative": 0.8, "neutral": 0.1,
-                                                                          "positive": 0.1},
-                      topic="markets", topic_prob=0.9, model_version="v-test", entities=(mention,))
+    item = RawItem(
+        id=f"r-{i}",
+        source="test",
+        source_type="news",
+        text=f"{text} #{i}",
+        ingested_at=now,
+        title="Acme",
+        published_at=now - timedelta(minutes=1),
+        tickers=("ACME",),
+    )
+    mention = EntityMention(
+        text="Acme",
+        start=0,
+        end=4,
+        sentiment="negative",
+        sentiment_probs={"negative": 0.8, "neutral": 0.1, "positive": 0.1},
+        entity_id="ACME",
+        name="Acme Corp",
+        relevance=90,
+    )
+    return ScoredItem(
+        item=item,
+        sentiment="negative",
+        sentiment_probs={"negative": 0.8, "neutral": 0.1, "positive": 0.1},
+        topic="markets",
+        topic_prob=0.9,
+        model_version="v-test",
+        entities=(mention,),
+    )
 
 
 # --- codec ----------------------------------------------------------------------------------------------
 
+
 def test_codec_round_trips_every_type_a_store_call_carries() -> None:
     now = datetime(2026, 12, 7, 14, 3, 5, 123456, tzinfo=UTC)
-    alert = Alert(topic="markets", fired_at=now, window_start=now - timedelta(minutes=5), window_end=now,
-                  negative=7, total=9, negative_share=0.7, baseline_share=0.2, score=3.5, detector="ewma",
-                  kind="entity", entity_id="ACME", entity_name="Acme", evidence={"items": ["a", "b"], "n": 2})
+    alert = Alert(
+        topic="markets",
+        fired_at=now,
+        window_start=now - timedelta(minutes=5),
+        window_end=now,
+        negative=7,
+        total=9,
+        negative_share=0.7,
+        baseline_share=0.2,
+        score=3.5,
+        detector="ewma",
+        kind="entity",
+        entity_id="ACME",
+        entity_name="Acme",
+        evidence={"items": ["a", "b"], "n": 2},
+    )
     value = {
         "items": [_scored(1), _scored(2)],
         "labels": (Label(id="x", task="sentiment", label="negative", text="t", at=now),),
@@ -73,14 +108,17 @@ def test_codec_round_trips_every_type_a_store_call_carries() -> None:
     assert back["naive"].tzinfo is None and back["alert"].fired_at.tzinfo is not None
 
 
-@pytest.mark.parametrize("doc, why", [
-    ({"__t": "dc", "c": "Popen", "f": {"args": ["sh"]}}, "cannot build"),
-    ({"__t": "dc", "c": "Settings", "f": {}}, "cannot build"),
-    ({"__t": "pickle", "v": "gASVAA=="}, "unknown tag"),
-    ({"__t": "dt", "v": "yesterday"}, "malformed"),
-    ({"__t": "tuple", "v": "abc"}, "JSON array"),
-    ({"__t": "dc", "c": "Label", "f": {"nope": 1}}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "doc, why",
+    [
+        ({"__t": "dc", "c": "Popen", "f": {"args": ["sh"]}}, "cannot build"),
+        ({"__t": "dc", "c": "Settings", "f": {}}, "cannot build"),
+        ({"__t": "pickle", "v": "gASVAA=="}, "unknown tag"),
+        ({"__t": "dt", "v": "yesterday"}, "malformed"),
+        ({"__t": "tuple", "v": "abc"}, "JSON array"),
+        ({"__t": "dc", "c": "Label", "f": {"nope": 1}}, "malformed"),
+    ],
+)
 def test_codec_builds_only_what_it_lists(doc: dict[str, Any], why: str) -> None:
     with pytest.raises(rpc_codec.CodecError, match=why):
         rpc_codec.decode(doc)
@@ -100,6 +138,7 @@ def test_codec_refuses_to_carry_a_type_it_would_not_build() -> None:
 
 
 # --- the owner file -------------------------------------------------------------------------------------
+
 
 class _Server:
     server_address = ("127.0.0.1", 9999)
@@ -132,8 +171,10 @@ def test_a_second_worker_on_a_recorded_path_gets_one_line(tmp_path: Path, monkey
         with pytest.raises(StoreInUse) as err:
             owner.mark_worker(f"chdb://{tmp_path}")
         line = err.value.one_line()
-        assert line == (f"the embedded store at {tmp_path.resolve()} is held by worker pid {other.pid}; a second "
-                        "worker needs a clickhouse:// store -- see `finsent worker --help`"), line
+        assert line == (
+            f"the embedded store at {tmp_path.resolve()} is held by worker pid {other.pid}; a second "
+            "worker needs a clickhouse:// store -- see `finsent worker --help`"
+        ), line
         owner.mark_worker("clickhouse://default@127.0.0.1:9000/x")  # a server store: nothing to check
     finally:
         other.kill()
@@ -142,13 +183,15 @@ def test_a_second_worker_on_a_recorded_path_gets_one_line(tmp_path: Path, monkey
 
 # --- RemoteStore over a real server on a real chdb store ------------------------------------------------
 
+
 @pytest.fixture
 def served(chdb_db_url: str) -> Iterator[tuple[Any, Any]]:
     """(the owner's store, the API server) with the store call route, token required."""
     store = open_store(chdb_db_url)
     store.ensure_schema()
-    server = serve_metrics("127.0.0.1", _free_port(), routes={}, api_token=TOKEN,
-                           post_routes=owner.call_routes(lambda: store))
+    server = serve_metrics(
+        "127.0.0.1", _free_port(), routes={}, api_token=TOKEN, post_routes=owner.call_routes(lambda: store)
+    )
     assert server is not None
     try:
         yield store, server
@@ -185,8 +228,11 @@ def test_remote_store_reads_and_writes_like_the_owner(served: tuple[Any, Any]) -
     assert remote.top_negative(timedelta(hours=1), limit=3) == store.top_negative(timedelta(hours=1), limit=3)
     assert remote.topic_counts(timedelta(hours=1)) == store.topic_counts(timedelta(hours=1))
     assert remote.query("SELECT count() FROM {db:Identifier}.items FINAL", {"db": store.database}) == [(5,)]
-    for sql in (f"DROP DATABASE {store.database}", f"SELECT 1; DROP DATABASE {store.database}",
-                f"/* x */ INSERT INTO {store.database}.labels SELECT * FROM {store.database}.labels"):
+    for sql in (
+        f"DROP DATABASE {store.database}",
+        f"SELECT 1; DROP DATABASE {store.database}",
+        f"/* x */ INSERT INTO {store.database}.labels SELECT * FROM {store.database}.labels",
+    ):
         with pytest.raises(StoreError, match="read statement"):
             remote.query(sql)
     assert remote.query("-- a comment\nSELECT 1;") == [(1,)]
@@ -228,8 +274,12 @@ def test_a_worker_that_does_not_answer_is_one_line_with_what_to_do(tmp_path: Pat
 
 def _post(server: Any, doc: dict[str, Any], token: str | None) -> tuple[int, dict[str, Any]]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    req = urllib.request.Request(f"http://127.0.0.1:{server.server_address[1]}{owner.CALL_PATH}",
-                                 data=json.dumps(doc).encode(), headers=headers, method="POST")
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.server_address[1]}{owner.CALL_PATH}",
+        data=json.dumps(doc).encode(),
+        headers=headers,
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())

@@ -13,7 +13,9 @@ from finsent.stream.store.schema import Capabilities, check_database_name, creat
 
 
 def test_clickhouse_url_full() -> None:
-    kw = parse_clickhouse_url("clickhouse://alice:p%40ss%3Aw@ch.example:9440/market?secure=1&verify=0&connect_timeout=2")
+    kw = parse_clickhouse_url(
+        "clickhouse://alice:p%40ss%3Aw@ch.example:9440/market?secure=1&verify=0&connect_timeout=2"
+    )
     assert kw["host"] == "ch.example" and kw["port"] == 9440 and kw["database"] == "market"
     assert kw["user"] == "alice" and kw["password"] == "p@ss:w"
     assert kw["secure"] is True and kw["verify"] is False and kw["connect_timeout"] == 2.0
@@ -23,12 +25,20 @@ def test_clickhouse_url_full() -> None:
 def test_clickhouse_url_defaults() -> None:
     kw = parse_clickhouse_url("clickhouse://localhost")
     assert (kw["host"], kw["port"], kw["user"], kw["password"], kw["database"], kw["secure"]) == (
-        "localhost", 9000, "default", "", "finsent", False)
+        "localhost",
+        9000,
+        "default",
+        "",
+        "finsent",
+        False,
+    )
     assert parse_clickhouse_url("clickhouse://h?secure=1")["port"] == 9440
 
 
-@pytest.mark.parametrize("url", ["clickhouse://h/db?bogus=1", "clickhouse://h?secure=maybe", "clickhouse:///db",
-                                 "clickhouse://h/bad-name;drop"])
+@pytest.mark.parametrize(
+    "url",
+    ["clickhouse://h/db?bogus=1", "clickhouse://h?secure=maybe", "clickhouse:///db", "clickhouse://h/bad-name;drop"],
+)
 def test_clickhouse_url_errors(url: str) -> None:
     with pytest.raises(ValueError):
         kw = parse_clickhouse_url(url)

@@ -58,8 +58,10 @@ class _PoisonClassifier:
     def predict(self, texts: list[str]) -> list[_Pred]:
         if any("boom" in t for t in texts):
             raise RuntimeError("kaboom")
-        return [_Pred(sentiment_probs={"negative": 0.8, "neutral": 0.1, "positive": 0.1}, truncated=len(t) > 10)
-                for t in texts]
+        return [
+            _Pred(sentiment_probs={"negative": 0.8, "neutral": 0.1, "positive": 0.1}, truncated=len(t) > 10)
+            for t in texts
+        ]
 
 
 def _item(i: int, text: str) -> RawItem:
@@ -221,8 +223,12 @@ def _gated_scorer(
     consumer = _Consumer()
     clf = clf or _GatedClassifier(later_calls_s)
     store = _ListStore()
-    scorer = Scorer(Settings(batch_max=batch_max, model_calls=model_calls), ClassifierHolder(clf), lambda: store,
-                    registry=CollectorRegistry())
+    scorer = Scorer(
+        Settings(batch_max=batch_max, model_calls=model_calls),
+        ClassifierHolder(clf),
+        lambda: store,
+        registry=CollectorRegistry(),
+    )
     published: list[list[bytes]] = []
 
     async def publish(payloads: list[Any], dead: list[Any]) -> None:
@@ -235,8 +241,9 @@ def _gated_scorer(
         nonlocal offset
         events = []
         for _ in range(n):
-            value = RawItem(id=f"m{offset}", source="s", source_type="news", text="stocks up",
-                            ingested_at=utcnow()).to_json()
+            value = RawItem(
+                id=f"m{offset}", source="s", source_type="news", text="stocks up", ingested_at=utcnow()
+            ).to_json()
             m = ConsumerMessage("finsent.raw", 0, offset, 0.0, 0, None, f"m{offset}".encode(), value, None)
             m.incref()  # what Faust's conductor does
             events.append(_ValueEvent(m, consumer))

@@ -29,8 +29,9 @@ def test_ensure_topics_creates_once_with_partitions(kafka_bootstrap: str, unique
         topic_alerts=f"alerts-{unique_name}",
     )
     created = ensure_topics(s)
-    assert sorted(created) == sorted([s.topic_raw, s.topic_scored, s.topic_dlq, s.topic_alerts, s.topic_alert_counts,
-                                           s.topic_entity_counts])
+    assert sorted(created) == sorted(
+        [s.topic_raw, s.topic_scored, s.topic_dlq, s.topic_alerts, s.topic_alert_counts, s.topic_entity_counts]
+    )
     assert ensure_topics(s) == []  # idempotent
     from finsent.stream.kafka import admin_client
 

@@ -31,8 +31,17 @@ def test_demo_runs_end_to_end_and_writes_summary(tmp_path: Path) -> None:
     )
     on_disk = json.loads(out.read_text())
     assert on_disk == json.loads(json.dumps(summary))
-    for key in ("produced", "stored", "duplicates_in_store", "dead_lettered", "spike_topic", "alerts", "entity_alerts",
-                "throughput_msgs_per_s", "latency_ms"):
+    for key in (
+        "produced",
+        "stored",
+        "duplicates_in_store",
+        "dead_lettered",
+        "spike_topic",
+        "alerts",
+        "entity_alerts",
+        "throughput_msgs_per_s",
+        "latency_ms",
+    ):
         assert key in summary
     assert summary["produced"] > summary["produced_history"] > 0
     assert summary["produced_spike"] > 0
@@ -44,8 +53,11 @@ def test_demo_runs_end_to_end_and_writes_summary(tmp_path: Path) -> None:
     assert summary["latency_ms"]["p50"] > 0 and summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"]
     assert summary["throughput_msgs_per_s"] > 0
     # the worker thread and the producer are gone
-    assert not any(t.is_alive() and t.name in ("finsent-worker", "finsent-demo-producer")
-                   for t in threading.enumerate() if t.name not in threads_before)
+    assert not any(
+        t.is_alive() and t.name in ("finsent-worker", "finsent-demo-producer")
+        for t in threading.enumerate()
+        if t.name not in threads_before
+    )
 
 
 def test_demo_detects_the_injected_spike_with_the_shipped_model(tmp_path: Path) -> None:

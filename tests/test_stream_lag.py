@@ -44,17 +44,31 @@ def _single_record_tail(s, n: int) -> None:  # noqa: ANN001 - Settings
 
 
 def _lag(reg: CollectorRegistry, topic: str) -> float:
-    return sum(s.value for m in reg.collect() if m.name == "finsent_consumer_lag_messages"
-               for s in m.samples if s.labels.get("kafka_topic") == topic)
+    return sum(
+        s.value
+        for m in reg.collect()
+        if m.name == "finsent_consumer_lag_messages"
+        for s in m.samples
+        if s.labels.get("kafka_topic") == topic
+    )
 
 
-def test_lag_gauge_counts_a_backlog_the_worker_does_not_fetch(kafka_bootstrap: str, chdb_db_url: str,
-                                                              unique_name: str, tmp_path: Path) -> None:
+def test_lag_gauge_counts_a_backlog_the_worker_does_not_fetch(
+    kafka_bootstrap: str, chdb_db_url: str, unique_name: str, tmp_path: Path
+) -> None:
     from finsent.models.testing import make_tiny_model
 
     tiny = make_tiny_model(tmp_path / "tiny")
-    s = stream_settings(kafka_bootstrap, chdb_db_url, unique_name, partitions=2, model_dir=str(tiny), registry="",
-                        batch_max=32, batch_within_s=0.05)
+    s = stream_settings(
+        kafka_bootstrap,
+        chdb_db_url,
+        unique_name,
+        partitions=2,
+        model_dir=str(tiny),
+        registry="",
+        batch_max=32,
+        batch_within_s=0.05,
+    )
     metrics = CollectorRegistry()
     store = open_store(chdb_db_url)
     store.ensure_schema()
@@ -79,8 +93,10 @@ def test_lag_gauge_counts_a_backlog_the_worker_does_not_fetch(kafka_bootstrap: s
             refreshes = scorer.lag.refreshes
             wait_for(lambda: scorer.lag.refreshes >= refreshes + 2, 4 * LAG_INTERVAL_S, "two lag refreshes")
             lag = _lag(metrics, s.topic_raw)
-            stale = sum(max((consumer.highwater(tp) or 0) - scorer.stored_offsets.get((tp.topic, tp.partition), -1)
-                            - 1, 0) for tp in tps)
+            stale = sum(
+                max((consumer.highwater(tp) or 0) - scorer.stored_offsets.get((tp.topic, tp.partition), -1) - 1, 0)
+                for tp in tps
+            )
             assert stats.snapshot()["stored"] == 40  # nothing of the backlog was taken
             assert abs(lag - N) <= 0.05 * N, f"lag gauge {lag} for a backlog of {N} (stale highwater said {stale})"
             loop.call_soon_threadsafe(consumer.resume_partitions, tps)

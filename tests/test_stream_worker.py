@@ -61,9 +61,14 @@ def test_items_stored_once_published_and_malformed_dead_lettered(
     store = open_store(store_url)
     try:
         with WorkerThread(s, classifier=tiny_classifier, store=store) as w:
-            wait_for(lambda: w.scorer.stats.snapshot()["stored"] >= 50
-                     and sum(w.scorer.stats.snapshot()["dead_lettered"].values()) >= len(MALFORMED), 60,
-                     "50 stored items and all dead letters")
+            wait_for(
+                lambda: (
+                    w.scorer.stats.snapshot()["stored"] >= 50
+                    and sum(w.scorer.stats.snapshot()["dead_lettered"].values()) >= len(MALFORMED)
+                ),
+                60,
+                "50 stored items and all dead letters",
+            )
         counts = store.count()
         assert counts == {"rows": 50, "unique_ids": 50}
         ids = {r[0] for r in store.query(f"SELECT id FROM {store.database}.items FINAL")}  # type: ignore[attr-defined]
@@ -206,7 +211,10 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "finsent.cli", "worker", "--group", s.consumer_group, "--batch-within", "0.1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     store = open_store(clickhouse_db_url)
     store.ensure_schema()
@@ -216,7 +224,7 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "finsent_items_scored_total{" in body
         assert "finsent_end_to_end_latency_seconds_bucket" in body
-        assert "finsent_consumer_lag_messages{" in body and 'finsent_items_consumed_total{kafka_topic=' in body
+        assert "finsent_consumer_lag_messages{" in body and "finsent_items_consumed_total{kafka_topic=" in body
         assert 'finsent_items_dead_lettered_total{reason="decode_error"} 0.0' in body
         for path, status in (("/healthz", 200), ("/readyz", 200)):
             assert urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status == status
@@ -263,8 +271,18 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
         "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
         "FINSENT_METRICS_PORT": "0",
     }
-    cmd = [sys.executable, "-m", "finsent.cli", "worker", "--group", s.consumer_group, "--batch-max", "8",
-           "--batch-within", "0.05"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "finsent.cli",
+        "worker",
+        "--group",
+        s.consumer_group,
+        "--batch-max",
+        "8",
+        "--batch-within",
+        "0.05",
+    ]
     store = open_store(clickhouse_db_url)
     store.ensure_schema()
     try:
@@ -311,20 +329,28 @@ def test_query_while_the_worker_holds_the_embedded_store(
     produce_items(s, make_items(9, "held"))
     env = {
         **os.environ,
-        "FINSENT_BROKERS": s.brokers, "FINSENT_STORE": store_url, "FINSENT_TOPIC_RAW": s.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.topic_scored, "FINSENT_TOPIC_DLQ": s.topic_dlq,
+        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_STORE": store_url,
+        "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.topic_dlq,
         "FINSENT_TOPIC_ALERTS": s.topic_alerts,
-        "FINSENT_SESSION_TIMEOUT_MS": "6000", "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
+        "FINSENT_SESSION_TIMEOUT_MS": "6000",
+        "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
         "FINSENT_METRICS_PORT": str(port),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "finsent", "worker", "--group", s.consumer_group, "--batch-within", "0.1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
     def query(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "finsent", "query", *args], env=env, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "finsent", "query", *args], env=env, capture_output=True, text=True, timeout=60
+        )
 
     def stored() -> int:
         try:

@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-_INNER = '''
+_INNER = """
 import os, time
 from pathlib import Path
 
@@ -42,7 +42,7 @@ def test_a_worker_in_process_takes_sigterm():
 def test_holds_a_broker(kafka_bootstrap, tmp_path):
     Path(os.environ["PIDS_FILE"]).write_text(" ".join(map(str, _children(os.getpid()))))
     time.sleep(120)
-'''
+"""
 
 
 def _alive(pid: int) -> bool:
@@ -64,9 +64,14 @@ def test_sigterm_stops_the_run_and_its_servers(tmp_path: Path) -> None:
     try:
         env = {k: v for k, v in os.environ.items() if k != "FINSENT_TEST_BROKERS"}
         env["PIDS_FILE"] = str(pids_file)
-        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(inner)],
-                                cwd=Path(__file__).parent.parent, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(inner)],
+            cwd=Path(__file__).parent.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 90
         while not (pids_file.exists() and pids_file.read_text()) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""

@@ -51,10 +51,14 @@ def test_csv_and_json_lines_carry_per_entity_thresholds(tmp_path: Path) -> None:
     csv_file = _write(tmp_path / "w.csv", "ticker,score,min_sources,min_negative_share\nAAPL,6,3,\nTSLA,,,0.5\n")
     entries = load_entries(csv_file)
     assert [(e.entity, e.overrides) for e in entries] == [
-        ("AAPL", {"score": 6.0, "min_sources": 3}), ("TSLA", {"min_negative_share": 0.5})]
+        ("AAPL", {"score": 6.0, "min_sources": 3}),
+        ("TSLA", {"min_negative_share": 0.5}),
+    ]
     jl = _write(tmp_path / "w", '\n{"name": "Genesis", "min_novel_negative": 3}\n# comment\n{"id": "X:BTC"}\n')
     assert [(e.entity, e.overrides, e.line) for e in load_entries(jl)] == [
-        ("Genesis", {"min_novel_negative": 3.0}, 2), ("X:BTC", {}, 4)]
+        ("Genesis", {"min_novel_negative": 3.0}, 2),
+        ("X:BTC", {}, 4),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -188,7 +188,7 @@ def run_bench(
             elapsed = time.perf_counter() - t
             alarms_spiky[name] = a_sp
             summary = summarize(score(a_sp, spiky), score(a_cl, clean), spiky, clean)
-            windows = (spiky.minutes * topics + clean.minutes * topics)
+            windows = spiky.minutes * topics + clean.minutes * topics
             summary["topic_windows_per_s"] = round(windows / elapsed)
             report["detectors"][name] = summary
     t = time.perf_counter()
@@ -197,9 +197,7 @@ def run_bench(
     summary = summarize(score(a_sp, spiky), score(a_cl, clean), spiky, clean)
     summary["topic_windows_per_s"] = round((spiky.minutes + clean.minutes) * topics / (time.perf_counter() - t))
     report["detectors"]["prometheus_rule"] = summary
-    report["spikes"] = {
-        name: score(a, spiky)["spikes"] for name, a in alarms_spiky.items()
-    }
+    report["spikes"] = {name: score(a, spiky)["spikes"] for name, a in alarms_spiky.items()}
     return report, spiky, alarms_spiky
 
 
@@ -217,8 +215,14 @@ def plot_timeline(traffic: Traffic, alarms: dict[str, list[Alarm]], path: Path, 
         ms = [m for t, m in hits if t == sp.topic and sp.start <= m < sp.end + GRACE_MIN]
         return min(ms) + 1 - sp.start if ms else None
 
-    cands = [sp for sp in traffic.spikes if sp.size == 3.0 and sp.duration >= 15
-             and traffic.tot[sp.topic, sp.start : sp.end].mean() >= 15 and delay(sp) is not None]
+    cands = [
+        sp
+        for sp in traffic.spikes
+        if sp.size == 3.0
+        and sp.duration >= 15
+        and traffic.tot[sp.topic, sp.start : sp.end].mean() >= 15
+        and delay(sp) is not None
+    ]
     cands.sort(key=lambda sp: delay(sp) or 0)
     spike = cands[len(cands) // 2] if cands else traffic.spikes[0]
     lo, hi = max(0, spike.start - 120), min(traffic.minutes, spike.end + 45)
@@ -244,8 +248,12 @@ def plot_timeline(traffic: Traffic, alarms: dict[str, list[Alarm]], path: Path, 
     for det_name, al in alarms.items():
         hits = [m for t, m, _ in al if t == spike.topic and lo <= m < hi]
         for i, m in enumerate(hits):
-            ax.axvline(m + 1 - spike.start, color=colors.get(det_name, "k"), lw=1.5,
-                       label=f"{det_name} alarm (+{m + 1 - spike.start} min)" if i == 0 else None)
+            ax.axvline(
+                m + 1 - spike.start,
+                color=colors.get(det_name, "k"),
+                lw=1.5,
+                label=f"{det_name} alarm (+{m + 1 - spike.start} min)" if i == 0 else None,
+            )
     ax2 = ax.twinx()
     ax2.bar(x, tot[lo:hi], color="tab:gray", alpha=0.12, width=1.0)
     ax2.set_ylim(0, 3 * max(1, int(tot[lo:hi].max())))
@@ -253,8 +261,10 @@ def plot_timeline(traffic: Traffic, alarms: dict[str, list[Alarm]], path: Path, 
     ax.set_xlabel("minutes from spike start")
     ax.set_ylabel("negative share")
     ax.set_ylim(0, 1)
-    ax.set_title(f"topic {name}: {tot[spike.start:spike.end].mean():.0f} items/min, "
-                 f"{spike.size:g}x negative-share spike for {spike.duration} min")
+    ax.set_title(
+        f"topic {name}: {tot[spike.start : spike.end].mean():.0f} items/min, "
+        f"{spike.size:g}x negative-share spike for {spike.duration} min"
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,13 +286,18 @@ def format_table(report: dict[str, Any]) -> str:
                 f"| {name} | {r['size']:g}x | >= {r['min_items_per_min']:g} | {r['spikes']} | {r['detected']} | "
                 f"{r['median_delay_min']} | {r['p90_delay_min']} | {r['within_5_min']} |"
             )
-    lines += ["", "| detector | all spikes detected (any volume) | false alarms | topic-days | per 100 topic-days |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| detector | all spikes detected (any volume) | false alarms | topic-days | per 100 topic-days |",
+        "|---|---|---|---|---|",
+    ]
     for name, d in report["detectors"].items():
-        det = "; ".join(f"{r['size']:g}x {r['detected']}/{r['spikes']}" for r in d["by_size"]
-                        if r["min_items_per_min"] == 0.0)
-        lines.append(f"| {name} | {det} | {d['false_alarms']} | {d['topic_days']} | "
-                     f"{d['false_alarms_per_100_topic_days']} |")
+        det = "; ".join(
+            f"{r['size']:g}x {r['detected']}/{r['spikes']}" for r in d["by_size"] if r["min_items_per_min"] == 0.0
+        )
+        lines.append(
+            f"| {name} | {det} | {d['false_alarms']} | {d['topic_days']} | {d['false_alarms_per_100_topic_days']} |"
+        )
     return "\n".join(lines)
 
 
@@ -323,8 +338,8 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         "detector and the Prometheus rule, and reports detection delay per spike size and false alarms per\n"
         "100 topic-days.",
         epilog="examples:\n"
-               "  finsent bench alerts --topics 10 --days 1 --clean-days 1      a quick look\n"
-               "  finsent bench alerts --reps 10 --promtool-sample --json alerts.json --png alerts_timeline.png",
+        "  finsent bench alerts --topics 10 --days 1 --clean-days 1      a quick look\n"
+        "  finsent bench alerts --reps 10 --promtool-sample --json alerts.json --png alerts_timeline.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_json_option(b, "the full report")

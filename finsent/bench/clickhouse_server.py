@@ -64,7 +64,6 @@ class ServerNotInstalled(FileNotFoundError):
     """No clickhouse-server binary on this machine."""
 
 
-
 def server_command() -> list[str]:
     """How to run the server binary: ``clickhouse-server`` or ``clickhouse server``."""
     for name in ("clickhouse-server", "/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server"):

@@ -36,8 +36,7 @@ def _burn(seconds: float) -> None:  # pragma: no cover - runs in a child process
 def run_bench(runs: int, seconds: float, busy_core: bool, progress: Any = print) -> dict[str, Any]:
     burner = None
     if busy_core:
-        burner = multiprocessing.get_context("spawn").Process(target=_burn, args=(runs * (seconds + 120),),
-                                                              daemon=True)
+        burner = multiprocessing.get_context("spawn").Process(target=_burn, args=(runs * (seconds + 120),), daemon=True)
         burner.start()
     load_before = load_average()
     results: list[dict[str, Any]] = []
@@ -48,7 +47,9 @@ def run_bench(runs: int, seconds: float, busy_core: bool, progress: Any = print)
                 t0 = time.monotonic()
                 proc = subprocess.run(
                     [sys.executable, "-m", "finsent", "demo", "--seconds", f"{seconds:g}", "--summary-json", str(out)],
-                    capture_output=True, text=True, timeout=seconds + 600,
+                    capture_output=True,
+                    text=True,
+                    timeout=seconds + 600,
                 )
                 summary = json.loads(out.read_text()) if out.is_file() else {}
                 spike_start = (summary.get("spike_window_s") or [None])[0]

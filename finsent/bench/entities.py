@@ -76,8 +76,9 @@ def fallback_entities(text: str) -> list[EntityMention]:
     out: dict[str, EntityMention] = {}
     neutral = {"negative": 0.0, "neutral": 1.0, "positive": 0.0}
     for m in _CASHTAG.finditer(text):
-        out.setdefault(m.group(1), EntityMention(m.group(0), m.start(), m.end(), "neutral", neutral, m.group(1),
-                                                 m.group(1), 100))
+        out.setdefault(
+            m.group(1), EntityMention(m.group(0), m.start(), m.end(), "neutral", neutral, m.group(1), m.group(1), 100)
+        )
     for m in _CAPS.finditer(text):
         if m.start() == 0:
             continue
@@ -104,7 +105,7 @@ def score_sentiment(texts: list[str]) -> list[tuple[str, dict[str, float]]]:
         clf = Classifier.load()
     out: list[tuple[str, dict[str, float]]] = []
     for i in range(0, len(texts), 256):
-        out += [(p.sentiment, p.sentiment_probs) for p in clf.predict(texts[i:i + 256])]
+        out += [(p.sentiment, p.sentiment_probs) for p in clf.predict(texts[i : i + 256])]
     return out
 
 
@@ -121,15 +122,24 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     sentiments = score_sentiment([r.title for r in rows])
     score_s = time.perf_counter() - t0
-    thresholds = Thresholds(score=args.score, min_novel_negative=args.min_novel_negative,
-                            min_sources=args.min_sources, min_ratio=args.min_ratio,
-                            min_negative_share=args.min_negative_share)
+    thresholds = Thresholds(
+        score=args.score,
+        min_novel_negative=args.min_novel_negative,
+        min_sources=args.min_sources,
+        min_ratio=args.min_ratio,
+        min_negative_share=args.min_negative_share,
+    )
     series: dict[str, list[BucketStats]] = defaultdict(list)
     watchlist = Watchlist(args.watchlist) if args.watchlist else None
     det = EntityDetector(
-        bucket_s=args.bucket_s, window_buckets=args.window_buckets, cooldown_s=args.cooldown_s,
-        prior_rate=args.prior_rate, thresholds=thresholds, watchlist=watchlist,
-        watch_mode=args.watch_mode if watchlist else "all", on_bucket=lambda b: series[b.key].append(b),
+        bucket_s=args.bucket_s,
+        window_buckets=args.window_buckets,
+        cooldown_s=args.cooldown_s,
+        prior_rate=args.prior_rate,
+        thresholds=thresholds,
+        watchlist=watchlist,
+        watch_mode=args.watch_mode if watchlist else "all",
+        on_bucket=lambda b: series[b.key].append(b),
     )
     novelty = Novelty(StoryClusterer(threshold=args.cluster_threshold))
     clusters: dict[str, list[NewsRow]] = defaultdict(list)
@@ -140,15 +150,30 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     for row, (sentiment, _) in zip(rows, sentiments, strict=True):
         ents = link(row.title)
         with_entities += bool(ents)
-        story = novelty.observe(row.item_id, row.at, row.source, row.title, "", [e.entity_id or "~" + e.name
-                                                                               for e in ents])
+        story = novelty.observe(
+            row.item_id, row.at, row.source, row.title, "", [e.entity_id or "~" + e.name for e in ents]
+        )
         clusters[story.cluster_id].append(row)
         for e in ents:
             opinion = e.sentiment if max(e.sentiment_probs.values(), default=1.0) < 1.0 else sentiment
-            m = Mention.of(e, row.item_id, row.at, row.source, row.title, row.url,
-                           story.novelty[e.entity_id or "~" + e.name])
-            alerts += det.add(Mention(m.item_id, m.at, m.key, m.entity_id, m.name, opinion, m.relevance, m.novelty,
-                                      m.source, m.title, m.url))
+            m = Mention.of(
+                e, row.item_id, row.at, row.source, row.title, row.url, story.novelty[e.entity_id or "~" + e.name]
+            )
+            alerts += det.add(
+                Mention(
+                    m.item_id,
+                    m.at,
+                    m.key,
+                    m.entity_id,
+                    m.name,
+                    opinion,
+                    m.relevance,
+                    m.novelty,
+                    m.source,
+                    m.title,
+                    m.url,
+                )
+            )
             mentions += 1
     alerts += det.flush()
     loop_s = time.perf_counter() - t1
@@ -156,22 +181,35 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     multi = sorted((v for v in clusters.values() if len(v) > 1), key=lambda v: (-len(v), v[0].at))
     sent_counts = Counter(s for s, _ in sentiments)
     report: dict[str, Any] = {
-        "data": str(args.data), "items": len(rows), "skipped": skipped, "items_with_entities": with_entities,
-        "mentions": mentions, "sentiment": dict(sent_counts), "score_s": round(score_s, 1),
+        "data": str(args.data),
+        "items": len(rows),
+        "skipped": skipped,
+        "items_with_entities": with_entities,
+        "mentions": mentions,
+        "sentiment": dict(sent_counts),
+        "score_s": round(score_s, 1),
         "link_novelty_detect_s": round(loop_s, 2),
-        "duplicate_items": dup_items, "duplicate_share": round(dup_items / len(rows), 4),
-        "clusters_with_copies": len(multi), "late_ignored": det.late,
+        "duplicate_items": dup_items,
+        "duplicate_share": round(dup_items / len(rows), 4),
+        "clusters_with_copies": len(multi),
+        "late_ignored": det.late,
         "thresholds": asdict(thresholds),
         "cluster_sample": [
             {"size": len(v), "headlines": [f"{format_time(r.at)} {r.source}: {r.title}" for r in v[:4]]}
             for v in multi[: args.sample_clusters]
         ],
         "alerts": [
-            {"at": format_time(a.window_end), "entity_id": a.entity_id, "entity_name": a.entity_name,
-             "score": a.score, "novel_negative": a.negative, "novel": a.total,
-             "expected": (a.evidence or {}).get("expected_novel_negative"),
-             "sources": (a.evidence or {}).get("sources"),
-             "headlines": [h["title"] for h in (a.evidence or {}).get("headlines", [])[:3]]}
+            {
+                "at": format_time(a.window_end),
+                "entity_id": a.entity_id,
+                "entity_name": a.entity_name,
+                "score": a.score,
+                "novel_negative": a.negative,
+                "novel": a.total,
+                "expected": (a.evidence or {}).get("expected_novel_negative"),
+                "sources": (a.evidence or {}).get("sources"),
+                "headlines": [h["title"] for h in (a.evidence or {}).get("headlines", [])[:3]],
+            }
             for a in alerts
         ],
         "total_s": round(time.perf_counter() - t_start, 1),
@@ -183,18 +221,24 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_report(r: dict[str, Any]) -> None:
     out = sys.stdout
-    out.write(f"{r['items']} items ({r['skipped']} skipped), {r['items_with_entities']} with entities, "
-              f"{r['mentions']} mentions; sentiment {r['sentiment']}; scored in {r['score_s']} s; linking + novelty + "
-              f"detector in {r['link_novelty_detect_s']} s\n")
-    out.write(f"duplicate share: {r['duplicate_share']:.1%} ({r['duplicate_items']} items are copies, in "
-              f"{r['clusters_with_copies']} clusters)\n")
+    out.write(
+        f"{r['items']} items ({r['skipped']} skipped), {r['items_with_entities']} with entities, "
+        f"{r['mentions']} mentions; sentiment {r['sentiment']}; scored in {r['score_s']} s; linking + novelty + "
+        f"detector in {r['link_novelty_detect_s']} s\n"
+    )
+    out.write(
+        f"duplicate share: {r['duplicate_share']:.1%} ({r['duplicate_items']} items are copies, in "
+        f"{r['clusters_with_copies']} clusters)\n"
+    )
     for c in r["cluster_sample"]:
         out.write(f"  cluster of {c['size']}:\n" + "".join(f"    {h}\n" for h in c["headlines"]))
     out.write(f"{len(r['alerts'])} entity alerts (late mentions ignored: {r['late_ignored']}):\n")
     for a in r["alerts"]:
-        out.write(f"  {a['at'][:16]}  {a['entity_name']} [{a['entity_id'] or 'unlinked'}]  index {a['score']:.1f}  "
-                  f"novel neg {a['novel_negative']}/{a['novel']} (expected {a['expected']}) "
-                  f"from {len(a['sources'] or [])} sources\n")
+        out.write(
+            f"  {a['at'][:16]}  {a['entity_name']} [{a['entity_id'] or 'unlinked'}]  index {a['score']:.1f}  "
+            f"novel neg {a['novel_negative']}/{a['novel']} (expected {a['expected']}) "
+            f"from {len(a['sources'] or [])} sources\n"
+        )
         for h in a["headlines"]:
             out.write(f"      - {h}\n")
     for p in r.get("plots", []):
@@ -221,9 +265,9 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:  # type: ign
         "stories, scores novelty and runs the entity detector on event time; prints the duplicate share,\n"
         "a sample of clusters and every alert with its first headlines.",
         epilog="examples:\n"
-               "  finsent bench entities                                   the shared crypto news\n"
-               "  finsent bench entities --json entities.json --plot plots/\n"
-               "  finsent bench entities --data news.csv --watchlist watch.csv --watch-mode wider",
+        "  finsent bench entities                                   the shared crypto news\n"
+        "  finsent bench entities --json entities.json --plot plots/\n"
+        "  finsent bench entities --data news.csv --watchlist watch.csv --watch-mode wider",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_json_option(b, "the full report")

@@ -57,8 +57,9 @@ def _bench_http(settings: Settings, requests: int, concurrency: int) -> dict[str
 
     pub = Publisher(settings, client_id="finsent-bench-http")
     pub.connect()
-    app = create_app(Pipeline(publisher=pub, dedup=DedupStore(None), metrics=IngestMetrics(CollectorRegistry())),
-                     token=None)
+    app = create_app(
+        Pipeline(publisher=pub, dedup=DedupStore(None), metrics=IngestMetrics(CollectorRegistry())), token=None
+    )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -70,8 +71,9 @@ def _bench_http(settings: Settings, requests: int, concurrency: int) -> dict[str
 
     def post(n: int) -> int:
         body = json.dumps({"text": f"bench push {n}", "id": f"bench-{stamp}-{n}"}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/items", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/items", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status
 
@@ -100,8 +102,11 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     quiet_client_logs(settings)
     n = args.items
     fields = _raw_fields(n)
-    results: dict[str, Any] = {"items": n, "cpu": platform.processor() or platform.machine(),
-                               "python": platform.python_version()}
+    results: dict[str, Any] = {
+        "items": n,
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
     metrics = IngestMetrics(CollectorRegistry())
     with tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline(publisher=None, dedup=DedupStore(Path(tmp) / "d.sqlite3"), metrics=metrics)
@@ -157,14 +162,19 @@ def register(bench_sub: Any) -> None:
         description="Items/s of each ingest stage on synthetic feed-like items. Publishing goes to an embedded\n"
         "Tansu broker unless --use-brokers (then --brokers / FINSENT_BROKERS).",
         epilog="examples:\n"
-               "  finsent bench ingest --items 20000 --http-requests 3000\n"
-               "  finsent bench ingest --http-requests 0 --use-brokers --brokers kafka-1:9092   against a real Kafka",
+        "  finsent bench ingest --items 20000 --http-requests 3000\n"
+        "  finsent bench ingest --http-requests 0 --use-brokers --brokers kafka-1:9092   against a real Kafka",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("--items", type=int, default=20_000, help="number of items (default 20000)")
     b.add_argument("--batch", type=int, default=500, help="publish/dedup batch size (default 500)")
-    b.add_argument("--http-requests", type=int, default=1000, metavar="N",
-                   help="POST /v1/items requests for the HTTP stage, one item each (0 = skip; default 1000)")
+    b.add_argument(
+        "--http-requests",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="POST /v1/items requests for the HTTP stage, one item each (0 = skip; default 1000)",
+    )
     b.add_argument("--http-concurrency", type=int, default=16, metavar="N", help="client threads (default 16)")
     b.add_argument("--use-brokers", action="store_true", help="publish to the configured brokers, not an embedded one")
     b.set_defaults(func=bench_command)

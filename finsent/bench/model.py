@@ -66,8 +66,13 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     def rate(runtime: str) -> float | None:
         for r in results:
-            if (r["runtime"] == runtime and r["batch_size"] == 32 and r["sorted"] and not r.get("spinning")
-                    and not r.get("calls")):
+            if (
+                r["runtime"] == runtime
+                and r["batch_size"] == 32
+                and r["sorted"]
+                and not r.get("spinning")
+                and not r.get("calls")
+            ):
                 return float(r["sentences_per_s"])
         return None
 
@@ -217,8 +222,14 @@ def run_bench(
 
             rows.append(
                 (
-                    {"runtime": runtime, "provider": par.provider, "batch_size": 32, "sorted": True,
-                     "calls": n_calls, "threads_per_call": per_call},
+                    {
+                        "runtime": runtime,
+                        "provider": par.provider,
+                        "batch_size": 32,
+                        "sorted": True,
+                        "calls": n_calls,
+                        "threads_per_call": per_call,
+                    },
                     at_once,
                     32,
                 )
@@ -232,7 +243,6 @@ def run_bench(
             skipped.append("pytorch-eager: torch is not installed (pip install torch==2.13.0 for the eager rows)")
             log.warning("%s", skipped[-1])
     if include_torch:
-
         provider = "cuda" if torch.cuda.is_available() else "cpu"
         torch_run = _torch_predictor(checkpoint, tokenizer_file, max_length, threads, steps)
         for b in batch_sizes:
@@ -278,8 +288,6 @@ def run_bench(
     }
 
 
-
-
 def bench_command(args: argparse.Namespace, settings: Any) -> int:
     try:
         sizes = tuple(int(x) for x in args.batch_sizes.split(",") if x.strip())
@@ -310,9 +318,9 @@ def register(bench_sub: Any) -> None:
         help="classifier throughput (sentences/s): PyTorch eager vs ONNX fp32/int8 (+fp16 on CUDA)",
         description="Sentences/s on the seed texts at several batch sizes, all runtimes in one run.",
         epilog="examples:\n"
-               "  finsent bench model                                  every runtime at batch 1, 32, 128 on all cores\n"
-               "  finsent bench model --threads 2 --repeats 3 --json model.json\n"
-               "  finsent bench model --no-torch --batch-sizes 32 --model-dir runs/finsent-minilm-l3/model",
+        "  finsent bench model                                  every runtime at batch 1, 32, 128 on all cores\n"
+        "  finsent bench model --threads 2 --repeats 3 --json model.json\n"
+        "  finsent bench model --no-torch --batch-sizes 32 --model-dir runs/finsent-minilm-l3/model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model)")

@@ -52,8 +52,9 @@ def model_only_seconds(classifier: Any, texts: list[str], batch: int, calls: int
 def _items(texts: list[str], run: str, prefix: str) -> list[RawItem]:
     now = utcnow()
     return [
-        RawItem(id=stable_id("bench", run, prefix, str(i)), source="bench", source_type="social", text=t,
-                ingested_at=now)
+        RawItem(
+            id=stable_id("bench", run, prefix, str(i)), source="bench", source_type="social", text=t, ingested_at=now
+        )
         for i, t in enumerate(texts)
     ]
 
@@ -70,8 +71,9 @@ def _produce(settings: Settings, items: list[RawItem]) -> None:
         producer.close()
 
 
-def _paced_producer(settings: Settings, texts: list[str], rate: float, seconds: float, run: str,
-                    sent: list[int]) -> threading.Thread:
+def _paced_producer(
+    settings: Settings, texts: list[str], rate: float, seconds: float, run: str, sent: list[int]
+) -> threading.Thread:
     """Publish at ``rate`` items/s for ``seconds``, stamping ``ingested_at`` at send time."""
     from finsent.stream.kafka import make_producer
 
@@ -86,8 +88,13 @@ def _paced_producer(settings: Settings, texts: list[str], rate: float, seconds: 
                     break
                 due = int(el * rate)
                 while i < due:
-                    it = RawItem(id=stable_id("bench-lat", run, str(i)), source="bench", source_type="social",
-                                 text=texts[i % len(texts)], ingested_at=utcnow())
+                    it = RawItem(
+                        id=stable_id("bench-lat", run, str(i)),
+                        source="bench",
+                        source_type="social",
+                        text=texts[i % len(texts)],
+                        ingested_at=utcnow(),
+                    )
                     producer.send(settings.topic_raw, key=it.id.encode(), value=it.to_json())
                     i += 1
                 producer.flush()
@@ -111,8 +118,16 @@ def _wait(cond: Any, timeout_s: float, what: str) -> None:
     raise TimeoutError(f"benchmark timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def run_bench(settings: Settings, items: int, load: float, latency_seconds: float, model_dir: str | None,
-              store_url: str | None, progress: Any = print, rounds: int = 3) -> dict[str, Any]:
+def run_bench(
+    settings: Settings,
+    items: int,
+    load: float,
+    latency_seconds: float,
+    model_dir: str | None,
+    store_url: str | None,
+    progress: Any = print,
+    rounds: int = 3,
+) -> dict[str, Any]:
     from finsent.demo import load_tweets
     from finsent.models.runtime import Classifier
     from finsent.stream.broker import EmbeddedBroker
@@ -128,8 +143,12 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
     model_only: list[float] = []
     pipeline: list[float] = []
     progress("loading the model")
-    clf = Classifier.load(model_dir or settings.model_dir, variant=settings.model_variant,
-                          threads=settings.call_threads, cache_dir=settings.cache_dir)
+    clf = Classifier.load(
+        model_dir or settings.model_dir,
+        variant=settings.model_variant,
+        threads=settings.call_threads,
+        cache_dir=settings.cache_dir,
+    )
     batch = settings.batch_max
     # Rounds: model-only on a chunk, then the pipeline on a chunk of the same size, repeated. On a machine
     # whose load drifts (shared CPUs) interleaving keeps the drift out of the ratio.
@@ -140,13 +159,15 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
     worker = None
     try:
         broker.start()
-        s = settings.model_copy(update={
-            "brokers": broker.bootstrap,
-            "store": store_url or f"chdb://{tmp / 'chdb'}",
-            "session_timeout_ms": 6000,
-            "consumer_group": f"finsent-bench-{run}",
-            "metrics_port": 0,
-        })
+        s = settings.model_copy(
+            update={
+                "brokers": broker.bootstrap,
+                "store": store_url or f"chdb://{tmp / 'chdb'}",
+                "session_timeout_ms": 6000,
+                "consumer_group": f"finsent-bench-{run}",
+                "metrics_port": 0,
+            }
+        )
         ensure_topics(s)
         store = open_store(s.store)
         store.ensure_schema()
@@ -170,8 +191,9 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
             pt = stats.last_stored_t - stats.first_batch_t
             pipe_t += pt
             pipeline.append(len(part) / pt)
-            progress(f"round {r + 1}/{rounds}: model-only {model_only[-1]:.1f} items/s, "
-                     f"pipeline {pipeline[-1]:.1f} items/s")
+            progress(
+                f"round {r + 1}/{rounds}: model-only {model_only[-1]:.1f} items/s, pipeline {pipeline[-1]:.1f} items/s"
+            )
         model_rate = rounds * chunk / model_t
         pipe_rate = rounds * chunk / pipe_t
         st = stats.snapshot()
@@ -197,10 +219,19 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "hardware": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-                     "load_avg_at_start": [round(x, 2) for x in load_before]},
-        "model": {"version": clf.version, "variant": clf.variant, "provider": clf.provider,
-                  "threads_per_call": settings.call_threads, "calls": settings.model_calls},
+        "hardware": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_start": [round(x, 2) for x in load_before],
+        },
+        "model": {
+            "version": clf.version,
+            "variant": clf.variant,
+            "provider": clf.provider,
+            "threads_per_call": settings.call_threads,
+            "calls": settings.model_calls,
+        },
         "store": "chdb (embedded)" if store_url is None else store_url.split("://", 1)[0],
         "broker": "Tansu (embedded, in-memory)",
         "items": items,
@@ -233,41 +264,44 @@ def run_bench(settings: Settings, items: int, load: float, latency_seconds: floa
 def results_section(r: dict[str, Any], command: str, note: str | None = None) -> str:
     hw = r["hardware"]
     lat = r["latency"]
-    return "\n".join([
-        "## Pipeline",
-        "",
-        f"`{command}` on {hw['cpu']}, {hw['cores']} cores, Python {hw['python']} (load average "
-        f"{hw['load_avg_at_start'][0]} at start: the machine is shared with a training run, so absolute "
-        "numbers are pessimistic; the ratio is what this benchmark is for).",
-        "",
-        f"Model {r['model']['version']} ({r['model']['variant']}, {r['model']['provider']}), batch "
-        f"{r['batch_max']}, {r['items']} items, store {r['store']}, broker {r['broker']}."
-        + (f" {note}" if note else ""),
-        "",
-        "| measure | value |",
-        "|---|---:|",
-        f"| model-only (predict in batches of {r['batch_max']}, {r['model'].get('calls', 1)} at a time; per round "
-        f"{', '.join(str(x) for x in r['model_only_per_round_msgs_per_s'])}) | "
-        f"{r['model_only_msgs_per_s']:,} items/s |",
-        f"| pipeline (Kafka -> Faust -> model -> store -> scored topic, from a backlog; per round "
-        f"{', '.join(str(x) for x in r['pipeline_per_round_msgs_per_s'])}) | {r['pipeline_msgs_per_s']:,} items/s |",
-        f"| pipeline / model-only | {r['ratio']:.0%} (target >= 95%) |",
-        f"| offered load for latency | {lat['offered_msgs_per_s']} items/s ({lat['load_fraction']:.0%} of pipeline "
-        f"capacity, {lat['seconds']:.0f} s, {lat['samples']} items) |",
-        f"| ingested_at -> stored p50 | {lat['p50_ms']} ms |",
-        f"| ingested_at -> stored p99 | {lat['p99_ms']} ms (target <= 500 ms) |",
-        f"| duplicates in the store | {r['store_duplicates']} |",
-        "",
-        f"How: {r['rounds']} rounds of {r['items_per_round']} items, each a model-only pass then the same "
-        "number of new items through the pipeline (interleaved so that load drift on a shared machine hits both "
-        "sides); rates are total items over total time. A round's pipeline time runs from the first batch the "
-        "worker received to the last batch it stored, so it includes decoding, the model in its executor thread, the "
-        "store insert (overlapped with scoring the next batch), publishing to the scored topic and waiting "
-        "for its acks; it excludes the consumer group join. Latency is each item's `ingested_at` (stamped at "
-        "send) to the moment its batch was stored, under a paced producer in the same process.",
-        "",
-    ])
-
+    return "\n".join(
+        [
+            "## Pipeline",
+            "",
+            f"`{command}` on {hw['cpu']}, {hw['cores']} cores, Python {hw['python']} (load average "
+            f"{hw['load_avg_at_start'][0]} at start: the machine is shared with a training run, so absolute "
+            "numbers are pessimistic; the ratio is what this benchmark is for).",
+            "",
+            f"Model {r['model']['version']} ({r['model']['variant']}, {r['model']['provider']}), batch "
+            f"{r['batch_max']}, {r['items']} items, store {r['store']}, broker {r['broker']}."
+            + (f" {note}" if note else ""),
+            "",
+            "| measure | value |",
+            "|---|---:|",
+            f"| model-only (predict in batches of {r['batch_max']}, {r['model'].get('calls', 1)} at a time; per round "
+            f"{', '.join(str(x) for x in r['model_only_per_round_msgs_per_s'])}) | "
+            f"{r['model_only_msgs_per_s']:,} items/s |",
+            f"| pipeline (Kafka -> Faust -> model -> store -> scored topic, from a backlog; per round "
+            f"{', '.join(str(x) for x in r['pipeline_per_round_msgs_per_s'])}) | "
+            f"{r['pipeline_msgs_per_s']:,} items/s |",
+            f"| pipeline / model-only | {r['ratio']:.0%} (target >= 95%) |",
+            f"| offered load for latency | {lat['offered_msgs_per_s']} items/s ({lat['load_fraction']:.0%} of pipeline "
+            f"capacity, {lat['seconds']:.0f} s, {lat['samples']} items) |",
+            f"| ingested_at -> stored p50 | {lat['p50_ms']} ms |",
+            f"| ingested_at -> stored p99 | {lat['p99_ms']} ms (target <= 500 ms) |",
+            f"| duplicates in the store | {r['store_duplicates']} |",
+            "",
+            f"How: {r['rounds']} rounds of {r['items_per_round']} items, each a model-only pass then the same "
+            "number of new items through the pipeline (interleaved so that load drift on a shared machine hits both "
+            "sides); rates are total items over total time. A round's pipeline time runs from the first batch the "
+            "worker received to the last batch it stored, so it includes decoding, the model in its executor "
+            "thread, the store insert (overlapped with scoring the next batch), publishing to the scored topic "
+            "and waiting for its acks; it excludes the consumer group join. Latency is each item's "
+            "`ingested_at` (stamped at send) to the moment its batch was stored, under a paced producer "
+            "in the same process.",
+            "",
+        ]
+    )
 
 
 def scaleout_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -303,22 +337,30 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.plumbing:
         from finsent.bench.plumbing import run_plumbing
 
-        r = run_plumbing(settings, args.items, args.rounds, args.load, args.latency_seconds, args.store,
-                         clickhouse_server=args.clickhouse_server)
+        r = run_plumbing(
+            settings,
+            args.items,
+            args.rounds,
+            args.load,
+            args.latency_seconds,
+            args.store,
+            clickhouse_server=args.clickhouse_server,
+        )
         print(json.dumps(r, indent=2))
         if not to_stdout(args.json):
             emit_json(args.json, r)
         return 0
     if args.workers:
         return scaleout_command(args, settings)
-    r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store,
-                  rounds=args.rounds)
+    r = run_bench(settings, args.items, args.load, args.latency_seconds, args.model_dir, args.store, rounds=args.rounds)
     print(json.dumps(r, indent=2))
     if not to_stdout(args.json):
         emit_json(args.json, r)
     if args.write_results:
-        cmd = (f"finsent bench pipeline --items {args.items} --rounds {args.rounds} --load {args.load} "
-               f"--latency-seconds {args.latency_seconds:g}")
+        cmd = (
+            f"finsent bench pipeline --items {args.items} --rounds {args.rounds} --load {args.load} "
+            f"--latency-seconds {args.latency_seconds:g}"
+        )
         write_section(Path(args.write_results), results_section(r, cmd, args.note), "## Pipeline")
         print(f"wrote the Pipeline section of {args.write_results}")
     return 0
@@ -330,9 +372,9 @@ def register(bench_sub: Any) -> None:
         help="end-to-end rate vs model-only rate, and ingest->stored latency at a fixed load",
         description=plain_help(__doc__),
         epilog="examples:\n"
-               "  finsent bench pipeline --items 3072 --rounds 3 --latency-seconds 30    rate, ratio, latency\n"
-               "  finsent bench pipeline --plumbing --items 30000 --rounds 3 --latency-seconds 20\n"
-               "  finsent bench pipeline --workers 1,2 --items 1920                       one worker, then two",
+        "  finsent bench pipeline --items 3072 --rounds 3 --latency-seconds 30    rate, ratio, latency\n"
+        "  finsent bench pipeline --plumbing --items 30000 --rounds 3 --latency-seconds 20\n"
+        "  finsent bench pipeline --workers 1,2 --items 1920                       one worker, then two",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--items", type=int, default=1536, help="items through each side, over all rounds (default 1536)")
@@ -343,11 +385,20 @@ def register(bench_sub: Any) -> None:
     add_json_option(p, "the results (also printed)")
     p.add_argument("--write-results", metavar="FILE", help="replace the '## Pipeline' section of FILE")
     p.add_argument("--note", help="a sentence added to the RESULTS.md section (e.g. which model this was)")
-    p.add_argument("--plumbing", action="store_true",
-                   help="the pipeline with a classifier that costs nothing: the plumbing's own rate and CPU per item")
-    p.add_argument("--clickhouse-server", action="store_true",
-                   help="with --plumbing: store in a private clickhouse-server on loopback instead of embedded chdb")
-    p.add_argument("--workers", metavar="N[,M...]",
-                   help="run N finsent worker processes in one consumer group (clickhouse-server store) and report "
-                        "total and per-worker throughput; 1,2 runs N=1 then N=2")
+    p.add_argument(
+        "--plumbing",
+        action="store_true",
+        help="the pipeline with a classifier that costs nothing: the plumbing's own rate and CPU per item",
+    )
+    p.add_argument(
+        "--clickhouse-server",
+        action="store_true",
+        help="with --plumbing: store in a private clickhouse-server on loopback instead of embedded chdb",
+    )
+    p.add_argument(
+        "--workers",
+        metavar="N[,M...]",
+        help="run N finsent worker processes in one consumer group (clickhouse-server store) and report "
+        "total and per-worker throughput; 1,2 runs N=1 then N=2",
+    )
     p.set_defaults(func=bench_command)

@@ -89,8 +89,12 @@ class CpuSample:
         return cls(total - native, native, _pid_cpu(broker_pid), _pid_cpu(server_pid))
 
     def minus(self, other: CpuSample) -> CpuSample:
-        return CpuSample(self.python_threads - other.python_threads, self.native_threads - other.native_threads,
-                         self.broker - other.broker, self.server - other.server)
+        return CpuSample(
+            self.python_threads - other.python_threads,
+            self.native_threads - other.native_threads,
+            self.broker - other.broker,
+            self.server - other.server,
+        )
 
 
 def _pid_cpu(pid: int | None) -> float:
@@ -103,8 +107,15 @@ def _pid_cpu(pid: int | None) -> float:
 
 
 def _round(
-    settings: Settings, clf: Any, store: Any, texts: list[str], run: str, prefix: str,
-    broker_pid: int | None, server_pid: int | None, poll_s: float = 0.005,
+    settings: Settings,
+    clf: Any,
+    store: Any,
+    texts: list[str],
+    run: str,
+    prefix: str,
+    broker_pid: int | None,
+    server_pid: int | None,
+    poll_s: float = 0.005,
 ) -> dict[str, Any]:
     """One backlog through a fresh worker: items/s and CPU per item over the first-batch..last-stored window."""
     from finsent.bench.pipeline import _items, _produce
@@ -147,8 +158,9 @@ def _round(
     }
 
 
-def _latency(settings: Settings, clf: Any, store: Any, texts: list[str], rate: float, seconds: float,
-             run: str) -> dict[str, Any]:
+def _latency(
+    settings: Settings, clf: Any, store: Any, texts: list[str], rate: float, seconds: float, run: str
+) -> dict[str, Any]:
     """ingested_at -> stored under a paced producer, on a worker that has already joined its group."""
     from finsent.bench.pipeline import _paced_producer, _wait
     from finsent.stream.service import WorkerThread
@@ -165,8 +177,7 @@ def _latency(settings: Settings, clf: Any, store: Any, texts: list[str], rate: f
         sent: list[int] = []
         th = _paced_producer(settings, texts, rate, seconds, run, sent)
         th.join(seconds + 120)
-        _wait(lambda: bool(sent) and scorer.stats.snapshot()["stored"] - stored_before >= sent[0], 120,
-              "paced items")
+        _wait(lambda: bool(sent) and scorer.stats.snapshot()["stored"] - stored_before >= sent[0], 120, "paced items")
         with scorer.stats.lock:
             lat = list(scorer.stats.latencies)
     finally:
@@ -181,8 +192,16 @@ def _latency(settings: Settings, clf: Any, store: Any, texts: list[str], rate: f
     }
 
 
-def run_plumbing(settings: Settings, items: int, rounds: int, load: float, latency_seconds: float,
-                 store_url: str | None, clickhouse_server: bool = False, progress: Any = print) -> dict[str, Any]:
+def run_plumbing(
+    settings: Settings,
+    items: int,
+    rounds: int,
+    load: float,
+    latency_seconds: float,
+    store_url: str | None,
+    clickhouse_server: bool = False,
+    progress: Any = print,
+) -> dict[str, Any]:
     """``--plumbing``: ``rounds`` backlogs of ``items/rounds`` through a fresh worker each, then latency."""
     from finsent.demo import load_tweets
     from finsent.stream.broker import EmbeddedBroker
@@ -208,27 +227,39 @@ def run_plumbing(settings: Settings, items: int, rounds: int, load: float, laten
             server = ClickHouseServer(tmp / "server")
             server.start()
             store_url = server.url("finsent_bench")
-        s = settings.model_copy(update={
-            "brokers": broker.bootstrap,
-            "store": store_url or f"chdb://{tmp / 'chdb'}",
-            "session_timeout_ms": 6000,
-            "consumer_group": f"finsent-bench-plumbing-{run}",
-            "metrics_port": 0,
-        })
+        s = settings.model_copy(
+            update={
+                "brokers": broker.bootstrap,
+                "store": store_url or f"chdb://{tmp / 'chdb'}",
+                "session_timeout_ms": 6000,
+                "consumer_group": f"finsent-bench-plumbing-{run}",
+                "metrics_port": 0,
+            }
+        )
         ensure_topics(s)
         store = open_store(s.store)
         store.ensure_schema()
         broker_pid = broker.proc.pid if broker.proc is not None else None
         server_pid = server.proc.pid if server is not None and server.proc is not None else None
         progress("warm-up: a small backlog through the pipeline (group join, store)")
-        _round(s, clf, store, [tweets[i % len(tweets)] for i in range(4 * s.batch_max)], run, "warmup",
-               broker_pid, server_pid)
+        _round(
+            s,
+            clf,
+            store,
+            [tweets[i % len(tweets)] for i in range(4 * s.batch_max)],
+            run,
+            "warmup",
+            broker_pid,
+            server_pid,
+        )
         for r in range(rounds):
             texts = [tweets[(r * per_round + i) % len(tweets)] for i in range(per_round)]
             res = _round(s, clf, store, texts, run, f"round{r}", broker_pid, server_pid)
             results.append(res)
-            progress(f"round {r + 1}/{rounds}: {res['msgs_per_s']:.0f} items/s, "
-                     f"{res['cpu_ms_per_item']['total']:.3f} ms CPU per item ({res['cpu_ms_per_item']})")
+            progress(
+                f"round {r + 1}/{rounds}: {res['msgs_per_s']:.0f} items/s, "
+                f"{res['cpu_ms_per_item']['total']:.3f} ms CPU per item ({res['cpu_ms_per_item']})"
+            )
         total_items = sum(x["items"] for x in results)
         rate = total_items / sum(x["seconds"] for x in results)
         latency = None
@@ -248,12 +279,16 @@ def run_plumbing(settings: Settings, items: int, rounds: int, load: float, laten
     keys = results[0]["cpu_ms_per_item"].keys()
     cpu = {k: round(sum(x["cpu_ms_per_item"][k] * x["items"] for x in results) / total_items, 4) for k in keys}
     return {
-        "hardware": {"cpu": cpu_name(), "cores": os.cpu_count(),
-                     "load_avg_at_start": [round(x, 2) for x in load_before],
-                     "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "hardware": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "load_avg_at_start": [round(x, 2) for x in load_before],
+            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "classifier": "constant (plumbing only)",
-        "store": "chdb (embedded)" if not (store_url or clickhouse_server) else
-                 ("clickhouse-server (private, loopback)" if clickhouse_server else store_url.split("://", 1)[0]),
+        "store": "chdb (embedded)"
+        if not (store_url or clickhouse_server)
+        else ("clickhouse-server (private, loopback)" if clickhouse_server else store_url.split("://", 1)[0]),
         "broker": "Tansu (embedded, in-memory)",
         "batch_max": settings.batch_max,
         "batch_within_s": settings.batch_within_s,

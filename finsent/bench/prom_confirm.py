@@ -68,7 +68,6 @@ def _openmetrics(traffic: Traffic, topics: list[int], t0: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=60) as r:
         return json.loads(r.read())

@@ -71,13 +71,14 @@ def load_figures(path: Path) -> list[Figure]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{path} does not exist",
-                         hint="run from a finsent checkout, or pass --file PATH/TO/bench/results.json") from None
+        raise InputError(
+            f"{path} does not exist", hint="run from a finsent checkout, or pass --file PATH/TO/bench/results.json"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path} cannot be read as JSON: {exc}", hint="fix the file (it is kept in git)") from None
     raw = data.get("figures") if isinstance(data, dict) else None
     if not isinstance(raw, list) or not raw:
-        raise InputError(f"{path} has no \"figures\" list", hint="see the \"about\" key of bench/results.json")
+        raise InputError(f'{path} has no "figures" list', hint='see the "about" key of bench/results.json')
     out: list[Figure] = []
     seen: set[str] = set()
     for i, item in enumerate(raw):
@@ -87,29 +88,48 @@ def load_figures(path: Path) -> list[Figure]:
         missing = [k for k in REQUIRED_KEYS if k not in item]
         unknown = sorted(set(item) - set(REQUIRED_KEYS) - {"decimals", "values"})
         if missing or unknown:
-            raise InputError(f"{where} ({item.get('id', '?')}): missing {missing}, unknown {unknown}",
-                             hint=f"a figure has the keys {', '.join(REQUIRED_KEYS)} (+ decimals, values)")
+            raise InputError(
+                f"{where} ({item.get('id', '?')}): missing {missing}, unknown {unknown}",
+                hint=f"a figure has the keys {', '.join(REQUIRED_KEYS)} (+ decimals, values)",
+            )
         value = item["value"]
         numbers = value if isinstance(value, list) else [value]
         if not numbers or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
-            raise InputError(f"{where} ({item['id']}): value must be a number or a non-empty list of numbers",
-                             hint="one number, or one per run")
+            raise InputError(
+                f"{where} ({item['id']}): value must be a number or a non-empty list of numbers",
+                hint="one number, or one per run",
+            )
         for key in ("id", "what", "unit", "command", "cpu", "load", "date", "source"):
             text = item[key]
             if not isinstance(text, str) or (key != "unit" and not text.strip()) or "|" in text or "\n" in text:
-                raise InputError(f"{where} ({item.get('id')}): {key} must be one line of text without '|'",
-                                 hint="the table is markdown: a '|' or a newline would break its row")
+                raise InputError(
+                    f"{where} ({item.get('id')}): {key} must be one line of text without '|'",
+                    hint="the table is markdown: a '|' or a newline would break its row",
+                )
         if item["id"] in seen:
             raise InputError(f"{where}: id {item['id']!r} is used twice", hint="give each figure its own id")
         seen.add(item["id"])
         decimals = item.get("decimals")
         if decimals is not None and (not isinstance(decimals, int) or isinstance(decimals, bool) or decimals < 0):
-            raise InputError(f"{where} ({item['id']}): decimals must be an integer >= 0", hint="e.g. \"decimals\": 1")
+            raise InputError(f"{where} ({item['id']}): decimals must be an integer >= 0", hint='e.g. "decimals": 1')
         values = item.get("values", "runs")
         if values not in ("runs", "parts"):
-            raise InputError(f"{where} ({item['id']}): values must be \"runs\" or \"parts\"", hint="default: runs")
-        out.append(Figure(item["id"], item["what"], value, item["unit"], item["command"], item["cpu"], item["load"],
-                          item["date"], item["source"], decimals, values))
+            raise InputError(f'{where} ({item["id"]}): values must be "runs" or "parts"', hint="default: runs")
+        out.append(
+            Figure(
+                item["id"],
+                item["what"],
+                value,
+                item["unit"],
+                item["command"],
+                item["cpu"],
+                item["load"],
+                item["date"],
+                item["source"],
+                decimals,
+                values,
+            )
+        )
     return out
 
 
@@ -132,8 +152,10 @@ def format_value(fig: Figure) -> str:
 
 def render_table(figures: list[Figure]) -> str:
     """The markdown table (no markers), one row per figure, in the file's order."""
-    rows = ["| what | value | command | CPU | load (1 min, start → end) | date |",
-            "| --- | ---: | --- | --- | --- | --- |"]
+    rows = [
+        "| what | value | command | CPU | load (1 min, start → end) | date |",
+        "| --- | ---: | --- | --- | --- | --- |",
+    ]
     for f in figures:
         command = f.command if f.command.startswith("(") else f"`{f.command}`"  # "(probe ...)" is prose
         rows.append(f"| {f.what} | {format_value(f)} | {command} | {f.cpu} | {f.load} | {f.date} |")
@@ -142,15 +164,17 @@ def render_table(figures: list[Figure]) -> str:
 
 def render_block(figures: list[Figure], source: str = "bench/results.json") -> str:
     """The table between the markers, with the line that says where it comes from and how to regenerate it."""
-    return (f"{BEGIN}\n<!-- generated by `finsent bench results` from {source}: edit that file, not this table -->\n"
-            f"{render_table(figures)}{END}")
+    return (
+        f"{BEGIN}\n<!-- generated by `finsent bench results` from {source}: edit that file, not this table -->\n"
+        f"{render_table(figures)}{END}"
+    )
 
 
 def extract_block(text: str) -> str | None:
     """The generated block of ``text`` (markers included), or None when it has none."""
     start = text.find(BEGIN)
     end = text.find(END, start + 1) if start >= 0 else -1
-    return text[start:end + len(END)] if start >= 0 and end >= 0 else None
+    return text[start : end + len(END)] if start >= 0 and end >= 0 else None
 
 
 def outside_block(text: str) -> str:
@@ -168,8 +192,10 @@ def replace_block(text: str, block: str, name: str = "the file") -> str:
     """``text`` with its generated block replaced by ``block``; :class:`InputError` when it has no markers."""
     old = extract_block(text)
     if old is None:
-        raise InputError(f"{name} has no {BEGIN} ... {END} block",
-                         hint="add the two marker lines where the table belongs, then run --write again")
+        raise InputError(
+            f"{name} has no {BEGIN} ... {END} block",
+            hint="add the two marker lines where the table belongs, then run --write again",
+        )
     return text.replace(old, block)
 
 
@@ -197,12 +223,16 @@ def results_command(args: argparse.Namespace, settings: Settings) -> int:
             stale.append(str(target))
         strays = stray_figures(new)
         if strays:
-            print(f"{target}: figures written by hand outside the generated table: {'; '.join(strays)}",
-                  file=sys.stderr)
+            print(
+                f"{target}: figures written by hand outside the generated table: {'; '.join(strays)}", file=sys.stderr
+            )
             stale.append(str(target))
     if stale:
-        print(f"out of date: {', '.join(dict.fromkeys(stale))} (run `finsent bench results --write FILE`, and move "
-              "hand-written figures into bench/results.json)", file=sys.stderr)
+        print(
+            f"out of date: {', '.join(dict.fromkeys(stale))} (run `finsent bench results --write FILE`, and move "
+            "hand-written figures into bench/results.json)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -212,18 +242,22 @@ def register(bench_sub: Any) -> None:
         "results",
         help="the current-results table, generated from bench/results.json (print, --write, --check)",
         description="Render bench/results.json (every figure with its value, unit, command, CPU, load and date) as "
-                    "the markdown table that README.md, docs/sizing.md and bench/RESULTS.md include between "
-                    f"{BEGIN} and {END}. bench/ARCHIVE.md describes each run in full.",
+        "the markdown table that README.md, docs/sizing.md and bench/RESULTS.md include between "
+        f"{BEGIN} and {END}. bench/ARCHIVE.md describes each run in full.",
         epilog="examples:\n"
-               "  finsent bench results                          print the table\n"
-               "  finsent bench results --write README.md docs/sizing.md bench/RESULTS.md\n"
-               "  finsent bench results --check README.md        exit 1 if its table is stale or a figure is "
-               "hand-written",
+        "  finsent bench results                          print the table\n"
+        "  finsent bench results --write README.md docs/sizing.md bench/RESULTS.md\n"
+        "  finsent bench results --check README.md        exit 1 if its table is stale or a figure is "
+        "hand-written",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--file", metavar="PATH", help="the figures (default: bench/results.json of this checkout)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", nargs="+", metavar="FILE", help="replace the generated block of each FILE")
-    mode.add_argument("--check", nargs="+", metavar="FILE",
-                      help="exit 1 when a FILE's block differs from the table, or a figure stands outside it")
+    mode.add_argument(
+        "--check",
+        nargs="+",
+        metavar="FILE",
+        help="exit 1 when a FILE's block differs from the table, or a figure stands outside it",
+    )
     p.set_defaults(func=results_command)

@@ -29,8 +29,9 @@ from finsent.core.settings import Settings
 WARMUP_ITEMS = 64
 
 
-def _one(settings: Settings, n: int, texts: list[str], partitions: int, store_url: str, tmp: Path, run: str,
-         progress: Any) -> dict[str, Any]:
+def _one(
+    settings: Settings, n: int, texts: list[str], partitions: int, store_url: str, tmp: Path, run: str, progress: Any
+) -> dict[str, Any]:
     """One run with ``n`` workers; ``run`` names its topics, group and log files (unique per run)."""
     from finsent.bench.pipeline import _items, _produce
     from finsent.bench.worker_pool import WorkerProcess, wait_until
@@ -39,12 +40,20 @@ def _one(settings: Settings, n: int, texts: list[str], partitions: int, store_ur
 
     suffix = run
     threads = settings.model_threads or max(1, (os.cpu_count() or 1) // (n * settings.model_calls))
-    s = settings.model_copy(update={
-        "store": store_url, "topic_raw": f"bench-raw-{suffix}", "topic_scored": f"bench-scored-{suffix}",
-        "topic_dlq": f"bench-dlq-{suffix}", "topic_alerts": f"bench-alerts-{suffix}",
-        "consumer_group": f"bench-{suffix}", "partitions": partitions, "session_timeout_ms": 6000,
-        "model_threads": threads, "log_level": "WARNING",
-    })
+    s = settings.model_copy(
+        update={
+            "store": store_url,
+            "topic_raw": f"bench-raw-{suffix}",
+            "topic_scored": f"bench-scored-{suffix}",
+            "topic_dlq": f"bench-dlq-{suffix}",
+            "topic_alerts": f"bench-alerts-{suffix}",
+            "consumer_group": f"bench-{suffix}",
+            "partitions": partitions,
+            "session_timeout_ms": 6000,
+            "model_threads": threads,
+            "log_level": "WARNING",
+        }
+    )
     ensure_topics(s)
     store = open_store(s.store, cluster=s.clickhouse_cluster)
     store.ensure_schema()
@@ -108,8 +117,14 @@ def _one(settings: Settings, n: int, texts: list[str], partitions: int, store_ur
     }
 
 
-def run_scaleout(settings: Settings, worker_counts: list[int], items: int, model_dir: str | None,
-                 store_url: str | None, progress: Any = print) -> dict[str, Any]:
+def run_scaleout(
+    settings: Settings,
+    worker_counts: list[int],
+    items: int,
+    model_dir: str | None,
+    store_url: str | None,
+    progress: Any = print,
+) -> dict[str, Any]:
     from finsent.bench.clickhouse_server import ClickHouseServer
     from finsent.demo import load_tweets
     from finsent.stream.broker import EmbeddedBroker
@@ -133,8 +148,10 @@ def run_scaleout(settings: Settings, worker_counts: list[int], items: int, model
             url = store_url or server.url(f"bench_scaleout_{run}_{i}")  # type: ignore[union-attr]
             rows.append(_one(base, n, texts, partitions, url, tmp, f"{run}-{i}-n{n}", progress))
             r = rows[-1]
-            progress(f"N={n}: {r['total_items_per_s']} items/s total, per worker {r['per_worker_items_per_s']}, "
-                     f"exact={r['exact']}")
+            progress(
+                f"N={n}: {r['total_items_per_s']} items/s total, per worker {r['per_worker_items_per_s']}, "
+                f"exact={r['exact']}"
+            )
     finally:
         if server is not None:
             server.stop()

@@ -85,8 +85,11 @@ def _get(url: str) -> str | None:
 def _metric(text: str | None, name: str) -> float:
     if not text:
         return float("nan")
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name + " ")
-               or ln.startswith(name + "{"))
+    return sum(
+        float(ln.rsplit(" ", 1)[1])
+        for ln in text.splitlines()
+        if ln.startswith(name + " ") or ln.startswith(name + "{")
+    )
 
 
 def _fill_disk(disk: Path) -> Path:
@@ -107,14 +110,18 @@ def _mount_tmpfs(path: Path, size_mb: int) -> None:
     import subprocess
 
     if os.geteuid() != 0:
-        raise FinsentError("--disk-full-at needs root (it mounts a tmpfs for the store)",
-                           hint="run as root, or leave out --disk-full-at")
+        raise FinsentError(
+            "--disk-full-at needs root (it mounts a tmpfs for the store)",
+            hint="run as root, or leave out --disk-full-at",
+        )
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        raise FinsentError(f"cannot mount a tmpfs at {path}: {done.stderr.strip()}",
-                           hint="leave out --disk-full-at on this machine")
+        raise FinsentError(
+            f"cannot mount a tmpfs at {path}: {done.stderr.strip()}", hint="leave out --disk-full-at on this machine"
+        )
 
 
 def _readyz(port: int) -> str:
@@ -135,8 +142,16 @@ def _stored(port: int) -> tuple[int, int]:
     return int(d["rows"]), int(d.get("unique_ids", d["rows"]))
 
 
-def _producer(settings: Settings, texts: list[str], rate: float, run: str, stop: threading.Event,
-              c: Counters, prefix: str, limit: int | None = None) -> threading.Thread:
+def _producer(
+    settings: Settings,
+    texts: list[str],
+    rate: float,
+    run: str,
+    stop: threading.Event,
+    c: Counters,
+    prefix: str,
+    limit: int | None = None,
+) -> threading.Thread:
     """Publish at ``rate`` items/s until ``stop`` (or ``limit`` items); count what the broker acknowledged."""
     from finsent.stream.kafka import make_producer
 
@@ -160,10 +175,16 @@ def _producer(settings: Settings, texts: list[str], rate: float, run: str, stop:
                     if i >= limit:
                         break
                 while i < due:
-                    it = RawItem(id=stable_id("soak", run, prefix, str(i)), source="soak", source_type="social",
-                                 text=texts[i % len(texts)], ingested_at=utcnow())
+                    it = RawItem(
+                        id=stable_id("soak", run, prefix, str(i)),
+                        source="soak",
+                        source_type="social",
+                        text=texts[i % len(texts)],
+                        ingested_at=utcnow(),
+                    )
                     producer.send(settings.topic_raw, key=it.id.encode(), value=it.to_json()).add_callback(
-                        ok).add_errback(bad)
+                        ok
+                    ).add_errback(bad)
                     i += 1
                 time.sleep(0.01)
             producer.flush(timeout=60)
@@ -235,9 +256,20 @@ def _drain(stored: Any, target: int, stall_s: float, cap_s: float) -> bool:
     return False
 
 
-def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: float, capacity_items: int,
-             model_dir: str | None, progress: Any = print, *, disk_full_at: float | None = None,
-             disk_full_s: float = 60.0, kill9_at: float | None = None, disk_mb: int = 2048) -> dict[str, Any]:
+def run_soak(
+    settings: Settings,
+    minutes: float,
+    fraction: float,
+    sample_s: float,
+    capacity_items: int,
+    model_dir: str | None,
+    progress: Any = print,
+    *,
+    disk_full_at: float | None = None,
+    disk_full_s: float = 60.0,
+    kill9_at: float | None = None,
+    disk_mb: int = 2048,
+) -> dict[str, Any]:
     from finsent.demo import load_tweets
     from finsent.stream.broker import EmbeddedBroker
     from finsent.stream.kafka import ensure_topics, quiet_client_logs
@@ -251,8 +283,12 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
     if disk_full_at is not None:
         _mount_tmpfs(tmp / "disk", disk_mb)
         store_dir = tmp / "disk" / "chdb"
-    update: dict[str, Any] = {"brokers": broker.bootstrap, "store": f"chdb://{store_dir}",
-                              "consumer_group": f"finsent-soak-{run}", "session_timeout_ms": 6000}
+    update: dict[str, Any] = {
+        "brokers": broker.bootstrap,
+        "store": f"chdb://{store_dir}",
+        "consumer_group": f"finsent-soak-{run}",
+        "session_timeout_ms": 6000,
+    }
     if model_dir:
         update["model_dir"] = model_dir
     s = settings.model_copy(update=update)
@@ -303,8 +339,12 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
                 raise SoakFailed(f"the worker exited with {worker.returncode} during the soak", hint=f"see {log_path}")
             now = time.monotonic()
             at_min = (now - t_start) / 60
-            if disk_full_at is not None and filler is None and not faults_done(faults, "disk_full") \
-                    and at_min >= disk_full_at:
+            if (
+                disk_full_at is not None
+                and filler is None
+                and not faults_done(faults, "disk_full")
+                and at_min >= disk_full_at
+            ):
                 filler = _fill_disk(tmp / "disk")
                 full_since = now
                 faults.append({"kind": "disk_full", "at_s": round(now - t_start, 1), "readyz_while_full": []})
@@ -343,16 +383,22 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
                 metrics = _get(f"http://127.0.0.1:{mport}/metrics")
                 with c.lock:
                     acked = c.acked
-                sample = {"t_s": round(now - t_start, 1), "rss_mb": round(_rss_mb(proc.pid), 1),
-                          "stored": rows - base_rows, "acked": acked,
-                          "stored_per_s": round((rows - last_rows) / max(now - last_t, 1e-6), 1),
-                          "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total"),
-                          "store_retries": _metric(metrics, "finsent_store_retries_total"),
-                          "lag": _metric(metrics, "finsent_consumer_lag_messages")}
+                sample = {
+                    "t_s": round(now - t_start, 1),
+                    "rss_mb": round(_rss_mb(proc.pid), 1),
+                    "stored": rows - base_rows,
+                    "acked": acked,
+                    "stored_per_s": round((rows - last_rows) / max(now - last_t, 1e-6), 1),
+                    "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total"),
+                    "store_retries": _metric(metrics, "finsent_store_retries_total"),
+                    "lag": _metric(metrics, "finsent_consumer_lag_messages"),
+                }
                 samples.append(sample)
                 last_rows, last_t = rows, now
-                progress(f"{sample['t_s'] / 60:5.1f} min: RSS {sample['rss_mb']:.0f} MB, stored {sample['stored']}"
-                         f" / acked {acked}, {sample['stored_per_s']:.0f} items/s, lag {sample['lag']:.0f}")
+                progress(
+                    f"{sample['t_s'] / 60:5.1f} min: RSS {sample['rss_mb']:.0f} MB, stored {sample['stored']}"
+                    f" / acked {acked}, {sample['stored_per_s']:.0f} items/s, lag {sample['lag']:.0f}"
+                )
                 next_sample += sample_s
             time.sleep(0.5)
         stop_produce.set()
@@ -402,15 +448,22 @@ def run_soak(settings: Settings, minutes: float, fraction: float, sample_s: floa
         "scored_topic_records": c.scored_seen,
         "scored_topic_duplicates": c.scored_seen - len(c.scored_ids),
         "throughput_items_per_s": round((rows - base_rows) / (minutes * 60), 1),
-        "latency_ms": {"p50": round(percentile(lat, 0.5) * 1000, 1), "p99": round(percentile(lat, 0.99) * 1000, 1),
-                       "max": round(max(lat) * 1000, 1) if lat else None, "samples": len(lat)},
-        "rss_mb": {"first_third_mean": round(sum(rss[:third]) / third, 1) if rss else None,
-                   "last_third_mean": round(sum(rss[-third:]) / third, 1) if rss else None,
-                   "max": max(rss) if rss else None},
+        "latency_ms": {
+            "p50": round(percentile(lat, 0.5) * 1000, 1),
+            "p99": round(percentile(lat, 0.99) * 1000, 1),
+            "max": round(max(lat) * 1000, 1) if lat else None,
+            "samples": len(lat),
+        },
+        "rss_mb": {
+            "first_third_mean": round(sum(rss[:third]) / third, 1) if rss else None,
+            "last_third_mean": round(sum(rss[-third:]) / third, 1) if rss else None,
+            "max": max(rss) if rss else None,
+        },
         "samples": samples,
     }
-    result["passed"] = bool(drained and result["stored"] == c.acked and result["stored_unique"] == c.acked
-                            and not result["dead_lettered"])
+    result["passed"] = bool(
+        drained and result["stored"] == c.acked and result["stored_unique"] == c.acked and not result["dead_lettered"]
+    )
     return result
 
 
@@ -429,9 +482,11 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax1.plot(t, [s["rss_mb"] for s in result["samples"]], color="tab:blue")
     ax1.set_ylabel("worker RSS (MB)")
     ax1.set_ylim(bottom=0)
-    ax1.set_title(f"finsent soak: {result['minutes']:g} min at {result['offered_items_per_s']:.0f} items/s "
-                  f"({result['fraction']:.0%} of {result['capacity_items_per_s']:.0f}); stored {result['stored']} "
-                  f"of {result['produced_acked']} acked")
+    ax1.set_title(
+        f"finsent soak: {result['minutes']:g} min at {result['offered_items_per_s']:.0f} items/s "
+        f"({result['fraction']:.0%} of {result['capacity_items_per_s']:.0f}); stored {result['stored']} "
+        f"of {result['produced_acked']} acked"
+    )
     ax2.plot(t, [s["stored_per_s"] for s in result["samples"]], color="tab:green", label="stored items/s")
     ax2.axhline(result["offered_items_per_s"], color="grey", linestyle="--", label="offered")
     ax2.set_ylabel("items/s")
@@ -440,8 +495,13 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         start = f["at_s"] / 60
         for ax in (ax1, ax2):
             if f["kind"] == "disk_full":
-                ax.axvspan(start, f.get("freed_at_s", f["at_s"]) / 60, color="tab:red", alpha=0.15,
-                           label="store disk full" if ax is ax2 else None)
+                ax.axvspan(
+                    start,
+                    f.get("freed_at_s", f["at_s"]) / 60,
+                    color="tab:red",
+                    alpha=0.15,
+                    label="store disk full" if ax is ax2 else None,
+                )
             else:
                 ax.axvline(start, color="tab:red", linestyle=":", label="worker killed (-9)" if ax is ax2 else None)
     ax2.legend(loc="upper right")
@@ -456,33 +516,52 @@ def results_section(r: dict[str, Any], command: str) -> str:
     la0, la1 = r["load_avg_start"], r["load_avg_end"]
     busy = " (busy machine)" if max((la0 or (0,))[0], (la1 or (0,))[0]) > 1.0 else ""
     lat, rss = r["latency_ms"], r["rss_mb"]
-    return "\n".join([
-        "## Soak", "",
-        f"`{command}` on {r['hardware']}; load average at start {la0}, at end {la1}{busy}.", "",
-        "| | |", "|---|---|",
-        f"| capacity (backlog through the worker, same run) | {r['capacity_items_per_s']} items/s |",
-        f"| offered | {r['offered_items_per_s']} items/s ({r['fraction']:.0%}) for {r['minutes']:g} min |",
-        f"| acknowledged by the broker / stored / distinct ids | {r['produced_acked']} / {r['stored']} / "
-        f"{r['stored_unique']} |",
-        f"| dead-lettered / store retries / worker ERROR lines / tracebacks | {r['dead_lettered']:g} / "
-        f"{r['store_retries']:g} / {r['worker_errors_logged']} / {r['tracebacks_logged']} |",
-        f"| latency ingest -> scored topic (after the store), p50 / p99 / max | {lat['p50']} / {lat['p99']} / "
-        f"{lat['max']} ms ({lat['samples']} items) |",
-        f"| worker RSS, mean of first third / last third / max | {rss['first_third_mean']} / "
-        f"{rss['last_third_mean']} / {rss['max']} MB |",
-        f"| duplicates on the scored topic (at-least-once; the store is exact) | {r['scored_topic_duplicates']} |",
-        *[f"| fault: {f['kind']} at {f['at_s']} s | " + ", ".join(f"{k} {v}" for k, v in f.items()
-                                                            if k not in ("kind", "at_s")) + " |"
-          for f in r.get("faults", [])],
-        f"| result | {'PASS' if r['passed'] else 'FAIL'}: stored == produced, each once |", "",
-        "![soak](soak.png)", "",
-    ])
+    return "\n".join(
+        [
+            "## Soak",
+            "",
+            f"`{command}` on {r['hardware']}; load average at start {la0}, at end {la1}{busy}.",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| capacity (backlog through the worker, same run) | {r['capacity_items_per_s']} items/s |",
+            f"| offered | {r['offered_items_per_s']} items/s ({r['fraction']:.0%}) for {r['minutes']:g} min |",
+            f"| acknowledged by the broker / stored / distinct ids | {r['produced_acked']} / {r['stored']} / "
+            f"{r['stored_unique']} |",
+            f"| dead-lettered / store retries / worker ERROR lines / tracebacks | {r['dead_lettered']:g} / "
+            f"{r['store_retries']:g} / {r['worker_errors_logged']} / {r['tracebacks_logged']} |",
+            f"| latency ingest -> scored topic (after the store), p50 / p99 / max | {lat['p50']} / {lat['p99']} / "
+            f"{lat['max']} ms ({lat['samples']} items) |",
+            f"| worker RSS, mean of first third / last third / max | {rss['first_third_mean']} / "
+            f"{rss['last_third_mean']} / {rss['max']} MB |",
+            f"| duplicates on the scored topic (at-least-once; the store is exact) | {r['scored_topic_duplicates']} |",
+            *[
+                f"| fault: {f['kind']} at {f['at_s']} s | "
+                + ", ".join(f"{k} {v}" for k, v in f.items() if k not in ("kind", "at_s"))
+                + " |"
+                for f in r.get("faults", [])
+            ],
+            f"| result | {'PASS' if r['passed'] else 'FAIL'}: stored == produced, each once |",
+            "",
+            "![soak](soak.png)",
+            "",
+        ]
+    )
 
 
 def soak_command(args: argparse.Namespace, settings: Settings) -> int:
-    r = run_soak(settings, args.minutes, args.fraction, args.sample_s, args.capacity_items, args.model_dir,
-                 progress=lambda m: print(f"soak: {m}", file=sys.stderr, flush=True),
-                 disk_full_at=args.disk_full_at, disk_full_s=args.disk_full_s, kill9_at=args.kill9_at)
+    r = run_soak(
+        settings,
+        args.minutes,
+        args.fraction,
+        args.sample_s,
+        args.capacity_items,
+        args.model_dir,
+        progress=lambda m: print(f"soak: {m}", file=sys.stderr, flush=True),
+        disk_full_at=args.disk_full_at,
+        disk_full_s=args.disk_full_s,
+        kill9_at=args.kill9_at,
+    )
     if args.png:
         plot(r, Path(args.png))
     emit_json(args.json, r)
@@ -491,29 +570,42 @@ def soak_command(args: argparse.Namespace, settings: Settings) -> int:
     if not to_stdout(args.json):
         print(json.dumps({k: v for k, v in r.items() if k != "samples"}, indent=2))
     if not r["passed"]:
-        raise SoakFailed(f"soak failed: {r['stored']} stored ({r['stored_unique']} distinct) of "
-                         f"{r['produced_acked']} acknowledged, {r['dead_lettered']:g} dead-lettered",
-                         hint="see the worker's log above and `finsent bench soak --help`")
+        raise SoakFailed(
+            f"soak failed: {r['stored']} stored ({r['stored_unique']} distinct) of "
+            f"{r['produced_acked']} acknowledged, {r['dead_lettered']:g} dead-lettered",
+            hint="see the worker's log above and `finsent bench soak --help`",
+        )
     return 0
 
 
 def register(bench_sub: Any) -> None:
     p = bench_sub.add_parser(
-        "soak", help="a long run at 80%% of capacity: throughput, latency, RSS over time, stored == produced",
-        description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
+        "soak",
+        help="a long run at 80%% of capacity: throughput, latency, RSS over time, stored == produced",
+        description=plain_help(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  finsent bench soak --minutes 30 --png bench/soak.png --json bench/soak.json "
-               "--write-results bench/RESULTS.md\n  finsent bench soak --minutes 2 --fraction 0.5\n"
-               "  finsent bench soak --minutes 30 --disk-full-at 10 --disk-full-s 60 --kill9-at 20   (as root)",
+        "--write-results bench/RESULTS.md\n  finsent bench soak --minutes 2 --fraction 0.5\n"
+        "  finsent bench soak --minutes 30 --disk-full-at 10 --disk-full-s 60 --kill9-at 20   (as root)",
     )
     p.add_argument("--minutes", type=float, default=30.0, help="length of the paced run (default 30)")
     p.add_argument("--fraction", type=float, default=0.8, help="offered load as a fraction of capacity (0.8)")
     p.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples (default 10)")
     p.add_argument("--capacity-items", type=int, default=2000, help="backlog used to measure capacity (2000)")
     p.add_argument("--model-dir", help="model directory (default: the shipped model)")
-    p.add_argument("--disk-full-at", type=float, metavar="MIN",
-                   help="fill the store's disk (its own tmpfs; needs root) at this minute of the run")
-    p.add_argument("--disk-full-s", type=float, default=60.0, metavar="S",
-                   help="seconds the disk stays full before the filler is deleted (default 60)")
+    p.add_argument(
+        "--disk-full-at",
+        type=float,
+        metavar="MIN",
+        help="fill the store's disk (its own tmpfs; needs root) at this minute of the run",
+    )
+    p.add_argument(
+        "--disk-full-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds the disk stays full before the filler is deleted (default 60)",
+    )
     p.add_argument("--kill9-at", type=float, metavar="MIN", help="SIGKILL the worker at this minute, then restart it")
     p.add_argument("--png", metavar="OUT", help="plot RSS and throughput over time to this PNG")
     add_json_option(p, "the results, with every sample")

@@ -30,9 +30,35 @@ from finsent.bench.common import hardware, plain_help, write_section
 from finsent.core.events import RawItem, ScoredItem, utcnow
 
 WORDS = (
-    "shares", "fell", "after", "the", "company", "cut", "its", "guidance", "amid", "weak", "demand", "and",
-    "rising", "costs", "analysts", "expect", "margins", "to", "recover", "as", "inflation", "eases", "and",
-    "the", "central", "bank", "holds", "rates", "steady",
+    "shares",
+    "fell",
+    "after",
+    "the",
+    "company",
+    "cut",
+    "its",
+    "guidance",
+    "amid",
+    "weak",
+    "demand",
+    "and",
+    "rising",
+    "costs",
+    "analysts",
+    "expect",
+    "margins",
+    "to",
+    "recover",
+    "as",
+    "inflation",
+    "eases",
+    "and",
+    "the",
+    "central",
+    "bank",
+    "holds",
+    "rates",
+    "steady",
 )
 TOPICS = ("macro", "earnings", "m&a", "markets", "crypto", "energy", "tech", "banks")
 SENTIMENTS = ("negative", "neutral", "positive")
@@ -47,15 +73,25 @@ def synthetic_items(n: int, seed: int = 0, spread_s: int = 3600, prefix: str = "
         s = rng.choice(SENTIMENTS)
         p = {k: 0.1 for k in SENTIMENTS}
         p[s] = 0.8
-        out.append(ScoredItem(
-            item=RawItem(
-                id=f"{prefix}{seed}-{i}", source=rng.choice(("reuters", "stocktwits", "sec-8k")),
-                source_type=rng.choice(("news", "social")), text=" ".join(rng.choices(WORDS, k=22)),
-                ingested_at=now - timedelta(milliseconds=rng.randrange(spread_s * 1000)),
-                title=None, url=f"https://example.com/{i}", tickers=("AAPL",) if i % 3 == 0 else (),
-            ),
-            sentiment=s, sentiment_probs=p, topic=rng.choice(TOPICS), topic_prob=0.9, model_version="bench",
-        ))
+        out.append(
+            ScoredItem(
+                item=RawItem(
+                    id=f"{prefix}{seed}-{i}",
+                    source=rng.choice(("reuters", "stocktwits", "sec-8k")),
+                    source_type=rng.choice(("news", "social")),
+                    text=" ".join(rng.choices(WORDS, k=22)),
+                    ingested_at=now - timedelta(milliseconds=rng.randrange(spread_s * 1000)),
+                    title=None,
+                    url=f"https://example.com/{i}",
+                    tickers=("AAPL",) if i % 3 == 0 else (),
+                ),
+                sentiment=s,
+                sentiment_probs=p,
+                topic=rng.choice(TOPICS),
+                topic_prob=0.9,
+                model_version="bench",
+            )
+        )
     return out
 
 
@@ -81,12 +117,15 @@ def read_queries(store: Any) -> dict[str, Callable[[], Any]]:
         "topic_minute MV": lambda: store.topic_minute_counts(timedelta(days=1)),
         "uniqExact per topic+minute": lambda: store.query(
             f"SELECT toStartOfMinute(ingested_at) AS m, topic, uniqExact(id) FROM {db}.items "
-            "WHERE ingested_at >= toDateTime({s:UInt32}, 'UTC') GROUP BY m, topic", since),
+            "WHERE ingested_at >= toDateTime({s:UInt32}, 'UTC') GROUP BY m, topic",
+            since,
+        ),
     }
 
 
-def bench_engine(name: str, url_for: Callable[[str], str], rows: int, dup_share: float, repeat: int,
-                 progress: Callable[[str], None]) -> dict[str, Any]:
+def bench_engine(
+    name: str, url_for: Callable[[str], str], rows: int, dup_share: float, repeat: int, progress: Callable[[str], None]
+) -> dict[str, Any]:
     from finsent.stream.store import open_store
 
     result: dict[str, Any] = {"engine": name, "insert": {}, "read": {}}
@@ -135,7 +174,7 @@ def bench_rescore(name: str, url: str, rows: int, rescore_share: float, progress
         replace(s, sentiment=flip[s.sentiment], model_version="bench-v2", scored_at=later)
         for s in items[: int(rows * rescore_share)]
     ]
-    truth = sum(1 for s in rescored + items[len(rescored):] if s.sentiment == "negative")
+    truth = sum(1 for s in rescored + items[len(rescored) :] if s.sentiment == "negative")
     store = open_store(url)
     try:
         store.query(f"DROP DATABASE IF EXISTS {store.database}")  # type: ignore[attr-defined]
@@ -147,8 +186,9 @@ def bench_rescore(name: str, url: str, rows: int, rescore_share: float, progress
             "truth": truth,
             "items FINAL (topic_counts)": sum(t.negative for t in store.topic_counts(timedelta(days=1), 3600)),
             "topic_minute MV": sum(t.negative for t in store.topic_minute_counts(timedelta(days=1))),  # type: ignore[attr-defined]
-            "uniqExactIf(id) no FINAL": int(store.query(
-                f"SELECT uniqExactIf(id, sentiment = 'negative') FROM {db}.items")[0][0]),
+            "uniqExactIf(id) no FINAL": int(
+                store.query(f"SELECT uniqExactIf(id, sentiment = 'negative') FROM {db}.items")[0][0]
+            ),
         }
         progress(f"{name}: negative items after re-scoring {len(rescored)} of {rows}: {out}")
         return out
@@ -163,7 +203,8 @@ LAYOUT_QUERIES = {
     "count() FINAL, last 1h": "SELECT count() FROM {t} FINAL WHERE ingested_at >= now() - 3600",
     "per topic+minute FINAL, last 6h": (
         "SELECT toStartOfMinute(ingested_at) AS m, topic, count() FROM "
-        "(SELECT ingested_at, topic FROM {t} FINAL WHERE ingested_at >= now() - 21600) GROUP BY m, topic"),
+        "(SELECT ingested_at, topic FROM {t} FINAL WHERE ingested_at >= now() - 21600) GROUP BY m, topic"
+    ),
     "count() FINAL, all 30 days": "SELECT count() FROM {t} FINAL",
 }
 
@@ -183,14 +224,18 @@ def bench_key_layout(name: str, url: str, rows: int, repeat: int, progress: Call
             t = f"{db}.layout_{len(out)}"
             store.query(
                 f"CREATE TABLE {t} (id String, ingested_at DateTime('UTC'), topic String, version UInt64) "
-                f"ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(ingested_at) ORDER BY {key}")
+                f"ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(ingested_at) ORDER BY {key}"
+            )
             for version, n in ((1, rows), (2, rows // 10)):
                 store.query(
                     f"INSERT INTO {t} SELECT toString(number), "
                     f"toDateTime(toUInt32(now()) - intDiv(number * 2592000, {int(rows)}), 'UTC'), "
-                    f"toString(number % 8), {version} FROM system.numbers LIMIT {int(n)}")
-            out[key] = {label: _median_ms(lambda q=q, t=t: store.query(q.format(t=t)), repeat)
-                        for label, q in LAYOUT_QUERIES.items()}
+                    f"toString(number % 8), {version} FROM system.numbers LIMIT {int(n)}"
+                )
+            out[key] = {
+                label: _median_ms(lambda q=q, t=t: store.query(q.format(t=t)), repeat)
+                for label, q in LAYOUT_QUERIES.items()
+            }
             progress(f"{name}: ORDER BY {key}: {out[key]}")
         return out
     finally:
@@ -198,7 +243,6 @@ def bench_key_layout(name: str, url: str, rows: int, repeat: int, progress: Call
             store.query(f"DROP DATABASE IF EXISTS {store.database}")  # type: ignore[attr-defined]
         finally:
             store.close()
-
 
 
 CONCLUSIONS = """\
@@ -214,8 +258,10 @@ clearly faster per row than 1k-row batches (per-statement overhead and one new p
 
 
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    cmd = (f"finsent bench store --rows {args.rows} --dup-share {args.dup_share} --repeat {args.repeat} "
-           f"--layout-rows {args.layout_rows}")
+    cmd = (
+        f"finsent bench store --rows {args.rows} --dup-share {args.dup_share} --repeat {args.repeat} "
+        f"--layout-rows {args.layout_rows}"
+    )
     lines = [
         "## Store",
         "",
@@ -227,8 +273,10 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "|---|---|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['engine']} | {r.get('version', '?')} | {r['insert'].get(1000, 0):,.0f} | "
-                     f"{r['insert'].get(10000, 0):,.0f} |")
+        lines.append(
+            f"| {r['engine']} | {r.get('version', '?')} | {r['insert'].get(1000, 0):,.0f} | "
+            f"{r['insert'].get(10000, 0):,.0f} |"
+        )
     engines = " | ".join(r["engine"] for r in results)
     if results:
         tr = results[0]["table_rows"]
@@ -263,15 +311,16 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             "|---|" + "---:|" * (len(results) * len(keys)),
         ]
         for label in LAYOUT_QUERIES:
-            lines.append(f"| {label} | " + " | ".join(f"{r['layout'][k][label]:.1f}" for r in results for k in keys)
-                         + " |")
+            lines.append(
+                f"| {label} | " + " | ".join(f"{r['layout'][k][label]:.1f}" for r in results for k in keys) + " |"
+            )
     lines += ["", CONCLUSIONS, ""]
     return "\n".join(lines)
 
 
-
-def _bench_all(name: str, url_for: Callable[[str], str], args: argparse.Namespace,
-               progress: Callable[[str], None]) -> dict[str, Any]:
+def _bench_all(
+    name: str, url_for: Callable[[str], str], args: argparse.Namespace, progress: Callable[[str], None]
+) -> dict[str, Any]:
     result = bench_engine(name, url_for, args.rows, args.dup_share, args.repeat, progress)
     result["rescore"] = bench_rescore(name, url_for("bench_rescore"), args.rows, args.rescore_share, progress)
     if args.layout_rows > 0:
@@ -320,21 +369,33 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         help="store insert rate and the cost of FINAL vs uniqExact reads (clickhouse-server 18.16 and chdb)",
         description=plain_help(__doc__),
         epilog="examples:\n"
-               "  finsent bench store --engines chdb --rows 20000 --layout-rows 0      quick, embedded store only\n"
-               "  finsent bench store --rows 50000 --dup-share 0.1 --repeat 7 --write-results bench/RESULTS.md",
+        "  finsent bench store --engines chdb --rows 20000 --layout-rows 0      quick, embedded store only\n"
+        "  finsent bench store --rows 50000 --dup-share 0.1 --repeat 7 --write-results bench/RESULTS.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--rows", type=int, default=50_000, help="rows per insert run and in the read table (default 50000)")
     p.add_argument("--dup-share", type=float, default=0.1, help="share of rows inserted twice (default 0.1)")
-    p.add_argument("--rescore-share", type=float, default=0.1,
-                   help="share of items re-scored with flipped sentiment in the correctness check (default 0.1)")
-    p.add_argument("--layout-rows", type=int, default=1_000_000,
-                   help="items over 30 days for the sorting-key comparison; 0 skips it (default 1000000)")
+    p.add_argument(
+        "--rescore-share",
+        type=float,
+        default=0.1,
+        help="share of items re-scored with flipped sentiment in the correctness check (default 0.1)",
+    )
+    p.add_argument(
+        "--layout-rows",
+        type=int,
+        default=1_000_000,
+        help="items over 30 days for the sorting-key comparison; 0 skips it (default 1000000)",
+    )
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions per read query (median; default 5)")
     p.add_argument("--engines", default="clickhouse,chdb", help="comma-separated: clickhouse, chdb (default both)")
     p.add_argument("--clickhouse-url", default=None, help="use this server instead of starting a private 18.16")
     p.add_argument("--chdb-path", default=None, help="chdb data directory (default: a temp dir)")
     p.add_argument("--note", default="", help="free text added to the results (e.g. machine load)")
-    p.add_argument("--write-results", metavar="FILE", default=None,
-                   help="replace the '## Store' section of FILE (e.g. bench/RESULTS.md)")
+    p.add_argument(
+        "--write-results",
+        metavar="FILE",
+        default=None,
+        help="replace the '## Store' section of FILE (e.g. bench/RESULTS.md)",
+    )
     p.set_defaults(func=_run)

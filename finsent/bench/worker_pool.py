@@ -51,14 +51,20 @@ class WorkerProcess:
         self.port = free_port()
         self.log_path = Path(log_path)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_") or k == "FINSENT_CACHE_DIR"}
-        self.env.update(settings_env(settings.model_copy(update={"metrics_port": self.port,
-                                                                 "metrics_host": "127.0.0.1"})))
+        self.env.update(
+            settings_env(settings.model_copy(update={"metrics_port": self.port, "metrics_host": "127.0.0.1"}))
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "finsent", "worker"], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "finsent", "worker"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def _get(self, path: str) -> tuple[int, str]:
@@ -121,8 +127,9 @@ class WorkerProcess:
         return (int(found[-1][0]), int(found[-1][1])) if found else None
 
 
-def wait_until(cond: Callable[[], bool], timeout_s: float, what: str, procs: Sequence[WorkerProcess] = (),
-               poll_s: float = 0.2) -> None:
+def wait_until(
+    cond: Callable[[], bool], timeout_s: float, what: str, procs: Sequence[WorkerProcess] = (), poll_s: float = 0.2
+) -> None:
     """Poll ``cond`` until true; fail early (with the log tail) if one of ``procs`` died."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -130,7 +137,8 @@ def wait_until(cond: Callable[[], bool], timeout_s: float, what: str, procs: Seq
             return
         for p in procs:
             if p.proc is not None and p.proc.poll() is not None and p.returncode != 0:
-                raise RuntimeError(f"{p.name} exited with {p.returncode} while waiting for {what}:\n"
-                                   f"{p.log_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{p.name} exited with {p.returncode} while waiting for {what}:\n{p.log_text()[-3000:]}"
+                )
         time.sleep(poll_s)
     raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")

@@ -80,8 +80,9 @@ def parse_duration(text: str) -> timedelta:
         )
     m = _DURATION.match(text)
     if not m or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 15m, 2h, 7d or 1w "
-                                         "(positive, counted back from now)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 30s, 15m, 2h, 7d or 1w (positive, counted back from now)"
+        )
     seconds = float(m.group(1)) * _UNIT_S[m.group(2).lower()]
     if seconds > MAX_DURATION_S:
         raise argparse.ArgumentTypeError(f"{text!r} is longer than 100 years")
@@ -90,11 +91,36 @@ def parse_duration(text: str) -> timedelta:
 
 #: values that templates and examples use in place of a secret; refused as tokens (compared lower-case,
 #: with '-' and '_' removed, so CHANGE-ME, change_me and ChangeMe are all caught)
-PLACEHOLDER_TOKENS = frozenset({
-    "changeme", "changemenow", "replaceme", "token", "secret", "password", "passwd", "xxx", "xxxx", "todo",
-    "placeholder", "example", "default", "test", "admin", "none", "null", "yourtoken", "mytoken", "apitoken",
-    "token123", "secret123", "password123", "123456", "12345678", "1234567890",
-})
+PLACEHOLDER_TOKENS = frozenset(
+    {
+        "changeme",
+        "changemenow",
+        "replaceme",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "xxx",
+        "xxxx",
+        "todo",
+        "placeholder",
+        "example",
+        "default",
+        "test",
+        "admin",
+        "none",
+        "null",
+        "yourtoken",
+        "mytoken",
+        "apitoken",
+        "token123",
+        "secret123",
+        "password123",
+        "123456",
+        "12345678",
+        "1234567890",
+    }
+)
 #: the shortest token accepted: 16 characters (``openssl rand -hex 16`` gives 32)
 MIN_TOKEN_CHARS = 16
 
@@ -110,8 +136,9 @@ def token_problem(token: str | None, variable: str) -> str | None:
         return None
     folded = re.sub(r"[-_\s.]", "", token.strip().lower())
     how = f"set {variable} to a random secret, e.g. $(openssl rand -hex 24)"
-    if folded in PLACEHOLDER_TOKENS or any(folded.startswith(p) and len(folded) <= len(p) + 4
-                                           for p in ("changeme", "replaceme", "yourtoken")):
+    if folded in PLACEHOLDER_TOKENS or any(
+        folded.startswith(p) and len(folded) <= len(p) + 4 for p in ("changeme", "replaceme", "yourtoken")
+    ):
         return f"{variable} is the placeholder {token.strip()!r}, not a secret: {how}"
     if len(set(folded)) <= 1 and token.strip():
         return f"{variable} is one character repeated, not a secret: {how}"

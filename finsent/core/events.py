@@ -60,17 +60,34 @@ class EntityMention:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "text": self.text, "start": self.start, "end": self.end, "sentiment": self.sentiment,
+            "text": self.text,
+            "start": self.start,
+            "end": self.end,
+            "sentiment": self.sentiment,
             "sentiment_probs": {k: round(float(v), 6) for k, v in self.sentiment_probs.items()},
-            "entity_id": self.entity_id, "name": self.name, "relevance": int(self.relevance),
+            "entity_id": self.entity_id,
+            "name": self.name,
+            "relevance": int(self.relevance),
         }
 
 
 #: Every reason a dead letter can carry: the decoder's (:class:`InvalidEvent`), then the worker's
 #: catch-alls for a message that broke the decoder or the model in a way nobody foresaw.
 DEAD_LETTER_REASONS: tuple[str, ...] = (
-    "empty_message", "oversize", "invalid_utf8", "not_json", "not_object", "unsupported_version", "missing_field",
-    "bad_type", "bad_id", "bad_source_type", "empty_text", "bad_time", "decode_error", "model_error",
+    "empty_message",
+    "oversize",
+    "invalid_utf8",
+    "not_json",
+    "not_object",
+    "unsupported_version",
+    "missing_field",
+    "bad_type",
+    "bad_id",
+    "bad_source_type",
+    "empty_text",
+    "bad_time",
+    "decode_error",
+    "model_error",
 )
 
 
@@ -143,9 +160,12 @@ MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 def _not_future(ts: datetime | None, name: str) -> None:
     if ts is not None and ts > utcnow() + MAX_FUTURE_SKEW:
-        raise InvalidEvent("bad_time", f"{name}={format_time(ts)} is more than "
-                           f"{int(MAX_FUTURE_SKEW.total_seconds() // 60)} min in the future; fix the source's clock "
-                           "or its time zone")
+        raise InvalidEvent(
+            "bad_time",
+            f"{name}={format_time(ts)} is more than "
+            f"{int(MAX_FUTURE_SKEW.total_seconds() // 60)} min in the future; fix the source's clock "
+            "or its time zone",
+        )
 
 
 def stable_id(*parts: str) -> str:
@@ -429,11 +449,18 @@ def _entities(value: Any) -> tuple[EntityMention, ...]:
             raise InvalidEvent("bad_type", "each entity must be an object")
         try:
             probs = e.get("sentiment_probs") or {}
-            out.append(EntityMention(
-                text=str(e["text"]), start=int(e["start"]), end=int(e["end"]), sentiment=str(e["sentiment"]),
-                sentiment_probs={str(k): float(v) for k, v in probs.items()},
-                entity_id=None if e.get("entity_id") is None else str(e["entity_id"]), name=str(e["name"]),
-                relevance=int(e.get("relevance") or 0)))
+            out.append(
+                EntityMention(
+                    text=str(e["text"]),
+                    start=int(e["start"]),
+                    end=int(e["end"]),
+                    sentiment=str(e["sentiment"]),
+                    sentiment_probs={str(k): float(v) for k, v in probs.items()},
+                    entity_id=None if e.get("entity_id") is None else str(e["entity_id"]),
+                    name=str(e["name"]),
+                    relevance=int(e.get("relevance") or 0),
+                )
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidEvent("bad_type", f"bad entity: {type(exc).__name__}: {exc}") from None
     return tuple(out)

@@ -22,7 +22,12 @@ STDOUT = "-"
 def add_json_option(parser: argparse.ArgumentParser | Any, what: str = "the result", dest: str = "json") -> None:
     """Add ``--json [OUT]`` (dest ``dest``: None, ``"-"`` for stdout, or a path)."""
     parser.add_argument(
-        "--json", nargs="?", const=STDOUT, default=None, metavar="OUT", dest=dest,
+        "--json",
+        nargs="?",
+        const=STDOUT,
+        default=None,
+        metavar="OUT",
+        dest=dest,
         help=f"{what} as JSON: on stdout with a bare --json (or --json -), else written to OUT",
     )
 
@@ -45,5 +50,6 @@ def emit_json(target: str | Path | None, obj: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}", hint="check the path and its permissions") \
-            from None
+        raise InputError(
+            f"cannot write {path}: {exc.strerror or exc}", hint="check the path and its permissions"
+        ) from None

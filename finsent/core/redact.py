@@ -89,7 +89,7 @@ def redact_url(url: str) -> str:
     at = _credentials_end(rest, netloc)
     shown = ""
     if at is not None:
-        userinfo, rest = rest[:at], rest[at + 1:]
+        userinfo, rest = rest[:at], rest[at + 1 :]
         user, colon, _password = userinfo.partition(":")
         if not colon:
             shown = f"{userinfo}@"  # a user name alone: no password to hide
@@ -98,5 +98,5 @@ def redact_url(url: str) -> str:
         else:
             shown = f"{user}:{MASK}@"
     host_end = re.search(r"[/?#]", rest)
-    hostport, tail = (rest[: host_end.start()], rest[host_end.start():]) if host_end else (rest, "")
+    hostport, tail = (rest[: host_end.start()], rest[host_end.start() :]) if host_end else (rest, "")
     return f"{scheme}://{shown}{hostport}{_redact_tail(tail)}"

@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     )
     retention_days: int = Field(0, ge=0, description="TTL on stored items where the server supports it; 0 = keep")
     clickhouse_cluster: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
         description="cluster name (remote_servers): ON CLUSTER DDL, Replicated *_local tables, Distributed tables",
     )
 
@@ -79,16 +80,21 @@ class Settings(BaseSettings):
     model_dir: str | None = Field(None, description="model directory; default: the model shipped with finsent")
     model_variant: ModelVariant = Field("auto", description="auto: fp16 on CUDA, int8 on CPU")
     model_threads: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="onnxruntime intra-op threads per model call; 0 = the cores shared out among the model_calls",
     )
     model_calls: int = Field(
-        2, ge=1, le=16,
+        2,
+        ge=1,
+        le=16,
         description="model calls a worker runs at once, each on its own batch (one call's Python overlaps the other's "
-                    "onnxruntime run; on CPU two single-thread calls beat one two-thread call: bench/RESULTS.md)",
+        "onnxruntime run; on CPU two single-thread calls beat one two-thread call: bench/RESULTS.md)",
     )
     model_cache_size: int = Field(
-        0, ge=0, le=1_000_000,
+        0,
+        ge=0,
+        le=1_000_000,
         description="recent predictions kept for repeated texts (re-posts, syndicated headlines); 0 = off",
     )
     model_spinning: bool = Field(
@@ -96,7 +102,7 @@ class Settings(BaseSettings):
     )
     cache_dir: str = Field(
         default_factory=lambda: str(default_cache_dir()),
-        description="derived model variants, and each running worker's Faust data directory (faust/<pid>-*)"
+        description="derived model variants, and each running worker's Faust data directory (faust/<pid>-*)",
     )
     max_text_chars: int = Field(MAX_TEXT_CHARS, ge=100)
 
@@ -282,8 +288,7 @@ def _file_format(path: Path, text: str) -> str:
         return suffix[1:].upper()
     if suffix in (".yaml", ".yml"):
         return "YAML"
-    first = next((line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")),
-                 "")
+    first = next((line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
     if first.startswith("{"):
         return "JSON"
     if re.fullmatch(r"\[[\w.\"' -]+\]", first) or re.match(r"""^("[^"]*"|'[^']*'|[\w-]+)\s*=""", first):
@@ -307,8 +312,10 @@ def _key_lines(text: str, fmt: str) -> dict[str, int]:
             return lines
         if isinstance(node, yaml.MappingNode):
             pairs = node.value
-            inner = next((v for k, v in pairs if getattr(k, "value", None) == "finsent"
-                          and isinstance(v, yaml.MappingNode)), None)
+            inner = next(
+                (v for k, v in pairs if getattr(k, "value", None) == "finsent" and isinstance(v, yaml.MappingNode)),
+                None,
+            )
             for key, _ in inner.value if inner is not None else pairs:
                 lines.setdefault(str(key.value), key.start_mark.line + 1)
         return lines
@@ -349,8 +356,9 @@ def _read_file(path: Path) -> _File:
     try:
         exists, is_dir = path.exists(), path.is_dir()
     except OSError as exc:  # a name too long
-        raise ConfigError(f"config file {str(path)[:200]} cannot be read: {exc.strerror or exc}",
-                          hint=FILE_HINT) from None
+        raise ConfigError(
+            f"config file {str(path)[:200]} cannot be read: {exc.strerror or exc}", hint=FILE_HINT
+        ) from None
     if not exists:
         raise ConfigError(f"config file {path} does not exist", hint=FILE_HINT)
     if is_dir:
@@ -374,8 +382,10 @@ def _read_file(path: Path) -> _File:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: invalid TOML: {exc}", hint="fix the line named") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-                          hint="fix the line named") from None
+        raise ConfigError(
+            f"config file {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            hint="fix the line named",
+        ) from None
     except (ValueError, RecursionError) as exc:  # json/toml: nesting too deep, a number too long
         raise ConfigError(f"config file {path}: invalid {fmt}: {exc}", hint="fix the file") from None
     except Exception as exc:  # yaml.YAMLError: the mark says where
@@ -386,8 +396,10 @@ def _read_file(path: Path) -> _File:
     if isinstance(data, dict) and isinstance(data.get("finsent"), dict):
         data = data["finsent"]
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings (name: value), not "
-                          f"{type(data).__name__}", hint=FILE_HINT)
+        raise ConfigError(
+            f"config file {path} must hold a mapping of settings (name: value), not {type(data).__name__}",
+            hint=FILE_HINT,
+        )
     out.values = {str(k): v for k, v in data.items()}
     out.lines = _key_lines(text, fmt)
     return out

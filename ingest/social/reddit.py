@@ -65,14 +65,17 @@ class RedditSubredditSource:
         if not isinstance(data, dict) or data.get("kind") != "Listing" or not isinstance(data.get("data"), dict):
             raise FetchError("bad_content", f"{url}: expected a Listing")
         listing = data["data"]
-        posts = [c["data"] for c in listing.get("children") or []
-                 if isinstance(c, dict) and c.get("kind") == "t3" and isinstance(c.get("data"), dict)]
+        posts = [
+            c["data"]
+            for c in listing.get("children") or []
+            if isinstance(c, dict) and c.get("kind") == "t3" and isinstance(c.get("data"), dict)
+        ]
         return posts, listing.get("after"), res.headers
 
     def poll(self, pipeline: Pipeline) -> PollOutcome:
         cursor_key = f"reddit-newest:{self.url}"
         raw = pipeline.dedup.get_cursor(cursor_key)
-        seen_name, seen_created = (json.loads(raw) if raw else (None, None))
+        seen_name, seen_created = json.loads(raw) if raw else (None, None)
         posts: list[dict[str, Any]] = []
         after: str | None = None
         wait: float | None = None
@@ -96,8 +99,11 @@ class RedditSubredditSource:
                 break
         else:
             complete = True
-            log.warning("%s: more than %d pages of new posts since the last poll; older ones are skipped",
-                        self.name, self.max_pages)
+            log.warning(
+                "%s: more than %d pages of new posts since the last poll; older ones are skipped",
+                self.name,
+                self.max_pages,
+            )
         entries = []
         for p in posts:
             if p.get("over_18") and not self.include_nsfw:

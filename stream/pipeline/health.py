@@ -33,8 +33,13 @@ class Health:
     def store_failed(self, exc: BaseException) -> None:
         """The store stage saw ``exc``: remember it in the probe's words (a full disk is not an outage)."""
         self.store_error = " ".join(str(exc).split())[:200] or type(exc).__name__
-        self.store_error_kind = ("disk full" if isinstance(exc, StoreDiskFull) else
-                                 "unreachable" if isinstance(exc, StoreUnavailable) else "failing")
+        self.store_error_kind = (
+            "disk full"
+            if isinstance(exc, StoreDiskFull)
+            else "unreachable"
+            if isinstance(exc, StoreUnavailable)
+            else "failing"
+        )
 
     def store_ok(self) -> None:
         self.store_error = None

@@ -30,8 +30,15 @@ Send = Callable[[str, Sequence[Record]], Awaitable[list[Any]]]
 class PublishStage:
     """Sends scored items to ``scored_topic`` and dead letters to ``dlq_topic``; retries until confirmed."""
 
-    def __init__(self, send: Send, scored_topic: str, dlq_topic: str, redeclare: Callable[[], Awaitable[None]],
-                 stopping: threading.Event, draining: threading.Event) -> None:
+    def __init__(
+        self,
+        send: Send,
+        scored_topic: str,
+        dlq_topic: str,
+        redeclare: Callable[[], Awaitable[None]],
+        stopping: threading.Event,
+        draining: threading.Event,
+    ) -> None:
         self._send = send
         self.scored_topic = scored_topic
         self.dlq_topic = dlq_topic
@@ -58,7 +65,12 @@ class PublishStage:
             except Exception as exc:
                 log.warning(
                     "publishing %d scored / %d dead letters failed (%s: %s); re-declaring the topics, retrying in "
-                    "%.2fs", len(payloads), len(dead), type(exc).__name__, " ".join(str(exc).split())[:200], delay,
+                    "%.2fs",
+                    len(payloads),
+                    len(dead),
+                    type(exc).__name__,
+                    " ".join(str(exc).split())[:200],
+                    delay,
                 )
                 if self._stopping.is_set() or self._draining.is_set():
                     raise WorkerStopping("stopped while Kafka was failing; batch left unacked") from None

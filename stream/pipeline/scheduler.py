@@ -40,8 +40,13 @@ R = TypeVar("R")
 class BatchScheduler(Generic[M, R]):
     """Continuous batching of taken batches over at most ``model_calls`` concurrent calls of ``work``."""
 
-    def __init__(self, batch_max: int, model_calls: int, work: Callable[[list[M]], R],
-                 deliver: Callable[[AckGuard, list[M], R], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        batch_max: int,
+        model_calls: int,
+        work: Callable[[list[M]], R],
+        deliver: Callable[[AckGuard, list[M], R], Awaitable[None]],
+    ) -> None:
         self.batch_max = batch_max
         self.model_calls = model_calls
         self._work = work
@@ -92,8 +97,9 @@ class BatchScheduler(Generic[M, R]):
             self.scoring.add(call)
             call.add_done_callback(self.scoring.discard)
 
-    async def _call(self, guard: AckGuard, messages: list[M], before: asyncio.Future[None] | None,
-                    handed: asyncio.Future[None]) -> None:
+    async def _call(
+        self, guard: AckGuard, messages: list[M], before: asyncio.Future[None] | None, handed: asyncio.Future[None]
+    ) -> None:
         """One model call: ``work`` off the loop, then, after the call started before it, ``deliver``."""
         try:
             result = await asyncio.get_running_loop().run_in_executor(self.pool, self._work, messages)
@@ -114,9 +120,9 @@ class BatchScheduler(Generic[M, R]):
                 self._start()
             if not self.scoring:
                 break
-            await asyncio.wait(set(self.scoring), timeout=max(0.1, deadline - now()),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                set(self.scoring), timeout=max(0.1, deadline - now()), return_when=asyncio.FIRST_COMPLETED
+            )
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-

@@ -59,8 +59,14 @@ class RawMessage:
 def raw_messages(events: Sequence[Any]) -> list[RawMessage]:
     """What the pipeline needs of each consumed event (Faust's ``Event``: value, key, message position)."""
     return [
-        RawMessage(ev.value, ev.message.topic, ev.message.partition, ev.message.offset, ev.message.timestamp,
-                   ev.key if isinstance(ev.key, bytes) else None)
+        RawMessage(
+            ev.value,
+            ev.message.topic,
+            ev.message.partition,
+            ev.message.offset,
+            ev.message.timestamp,
+            ev.key if isinstance(ev.key, bytes) else None,
+        )
         for ev in events
     ]
 
@@ -72,7 +78,6 @@ class DeadLetter:
     reason: str
     body: bytes
     key: bytes | None = None
-
 
 
 def decode_batch(
@@ -136,8 +141,7 @@ def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredI
     dead: list[DeadLetter] = []
     for it in items:
         try:
-            (pred,) = (classifier.predict([it.text], titles=[it.title]) if it.title
-                       else classifier.predict([it.text]))
+            (pred,) = classifier.predict([it.text], titles=[it.title]) if it.title else classifier.predict([it.text])
             scored.append(_to_scored(it, pred, version))
         except Exception as exc:
             body = dead_letter(it.to_json(), "model_error", f"{type(exc).__name__}: {exc}", "", -1, -1)

@@ -73,8 +73,9 @@ AfterStore = Callable[[list[ScoredBatch], list[ScoredItem], float, datetime], Aw
 class StoreStage:
     """Groups scored batches into inserts, retries the store, applies backpressure (see module doc)."""
 
-    def __init__(self, store: Any, health: Health, retries: Any, draining: threading.Event,
-                 stages: Sequence[Stage] = ()) -> None:
+    def __init__(
+        self, store: Any, health: Health, retries: Any, draining: threading.Event, stages: Sequence[Stage] = ()
+    ) -> None:
         #: a :class:`~finsent.stream.context.SharedStore` (``get()`` opens on first use)
         self.store = store
         self.health = health
@@ -106,8 +107,12 @@ class StoreStage:
                 self.health.store_failed(exc)
                 self._retries.inc()
                 if isinstance(exc, StoreDiskFull):
-                    log.error("store disk full (%s); batch of %d kept unacknowledged, retrying in %.2fs",
-                              exc, len(scored), delay)
+                    log.error(
+                        "store disk full (%s); batch of %d kept unacknowledged, retrying in %.2fs",
+                        exc,
+                        len(scored),
+                        delay,
+                    )
                 elif isinstance(exc, StoreUnavailable):
                     log.warning("store unavailable (%s); retrying this batch of %d in %.2fs", exc, len(scored), delay)
                 else:

@@ -49,8 +49,9 @@ def _options(query: str, allowed: set[str]) -> dict[str, str]:
     opts = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     unknown = sorted(set(opts) - allowed)
     if unknown:
-        raise ConfigError(f"unknown store URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}",
-                          hint=URL_HINT)
+        raise ConfigError(
+            f"unknown store URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}", hint=URL_HINT
+        )
     return opts
 
 
@@ -64,8 +65,9 @@ def parse_clickhouse_url(url: str) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(f"store URL {redact_url(url)}: {exc}", hint=URL_HINT) from None
     if not parts.hostname:
-        raise ConfigError(f"store URL {redact_url(url)} has no host: clickhouse://user:pass@host:9000/db",
-                          hint=URL_HINT)
+        raise ConfigError(
+            f"store URL {redact_url(url)} has no host: clickhouse://user:pass@host:9000/db", hint=URL_HINT
+        )
     database = parts.path.strip("/") or DEFAULT_DATABASE
     kw: dict[str, Any] = {
         "host": parts.hostname,
@@ -84,8 +86,9 @@ def parse_clickhouse_url(url: str) -> dict[str, Any]:
             except ValueError:
                 kw[name] = float("nan")
             if not 0 < kw[name] <= 3600:
-                raise ConfigError(f"store URL option {name}={opts[name]!r}: use seconds, more than 0 and at most 3600",
-                                  hint=URL_HINT)
+                raise ConfigError(
+                    f"store URL option {name}={opts[name]!r}: use seconds, more than 0 and at most 3600", hint=URL_HINT
+                )
     kw["url_redacted"] = f"clickhouse://{kw['user']}@{kw['host']}:{kw['port']}/{database}"
     if secure:
         kw["url_redacted"] += "?secure=1"
@@ -98,13 +101,13 @@ def parse_chdb_url(url: str) -> dict[str, Any]:
     path, _, query = rest.partition("?")
     opts = _options(query, {"database"})
     if not path:
-        raise ConfigError("store URL chdb:// needs a path: chdb:///absolute/path or chdb://relative/path",
-                          hint=URL_HINT)
+        raise ConfigError(
+            "store URL chdb:// needs a path: chdb:///absolute/path or chdb://relative/path", hint=URL_HINT
+        )
     return {"path": unquote(path), "database": opts.get("database") or DEFAULT_DATABASE}
 
 
-def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None,
-               api_token: str | None = None) -> Store:
+def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None, api_token: str | None = None) -> Store:
     """Connect to the store named by ``url`` (see module docs). Does not create the schema:
     call ``ensure_schema()`` (idempotent) before the first insert.
 
@@ -127,8 +130,10 @@ def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None,
             raise ConfigError(f"store URL {redact_url(url)}: {exc}", hint=URL_HINT) from None
         return ClickHouseStore(**kw, retention_days=retention_days, cluster=cluster)
     if cluster:
-        raise ConfigError(f"FINSENT_CLICKHOUSE_CLUSTER={cluster} needs a clickhouse:// server store, not "
-                          f"{redact_url(url)}", hint="unset FINSENT_CLICKHOUSE_CLUSTER for the embedded store")
+        raise ConfigError(
+            f"FINSENT_CLICKHOUSE_CLUSTER={cluster} needs a clickhouse:// server store, not {redact_url(url)}",
+            hint="unset FINSENT_CLICKHOUSE_CLUSTER for the embedded store",
+        )
     if url.startswith("chdb://"):
         from finsent.stream.store.embedded import ChdbStore
 
@@ -145,8 +150,9 @@ def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None,
 def store_from_settings(settings: Settings) -> Store:
     """``open_store(settings.store)`` with the settings' retention and cluster applied."""
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    return open_store(settings.store, retention_days=settings.retention_days, cluster=settings.clickhouse_cluster,
-                      api_token=token)
+    return open_store(
+        settings.store, retention_days=settings.retention_days, cluster=settings.clickhouse_cluster, api_token=token
+    )
 
 
 __all__ = [

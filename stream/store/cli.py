@@ -79,8 +79,10 @@ def topic_totals(store: Any, since: timedelta) -> list[dict[str, Any]]:
         t = totals[tc.topic]
         for k in ("total", "negative", "neutral", "positive"):
             t[k] += getattr(tc, k)
-    rows = [{"topic": topic, **t, "negative_share": round(t["negative"] / t["total"], 4) if t["total"] else 0.0}
-            for topic, t in totals.items()]
+    rows = [
+        {"topic": topic, **t, "negative_share": round(t["negative"] / t["total"], 4) if t["total"] else 0.0}
+        for topic, t in totals.items()
+    ]
     return sorted(rows, key=lambda r: (-r["negative"], -r["total"], r["topic"]))
 
 
@@ -125,7 +127,7 @@ def resolve_entity(store: Any, text: str) -> dict[str, Any]:
         raise ValueError("entity: give a name, ticker or id")
     if query.startswith(NAME_PREFIX) or store.entity_exists(query):
         key = query
-        eid, name = (None, query[len(NAME_PREFIX):]) if query.startswith(NAME_PREFIX) else (query, query)
+        eid, name = (None, query[len(NAME_PREFIX) :]) if query.startswith(NAME_PREFIX) else (query, query)
     else:
         eid, name = default_linker().link_span(query, 0, len(query))
         key = entity_key(eid, name)
@@ -133,7 +135,7 @@ def resolve_entity(store: Any, text: str) -> dict[str, Any]:
         # mentions stored before the linker knew the name (an older table, a user file added later) keep the
         # name's key: use it when the linked id has no mentions and the name has
         if eid and not store.entity_exists(key) and store.entity_exists(unlinked):
-            key, eid, name = unlinked, None, unlinked[len(NAME_PREFIX):]
+            key, eid, name = unlinked, None, unlinked[len(NAME_PREFIX) :]
     return {"query": text, "entity_key": key, "entity_id": eid, "name": name}
 
 
@@ -141,14 +143,21 @@ def _window_args(since: timedelta | datetime | None, until: datetime | None) -> 
     return {"since": since if since is not None else DEFAULT_ENTITY_WINDOW, "until": until}
 
 
-def entity_report(store: Any, entity: str, since: timedelta | datetime | None = None, until: datetime | None = None,
-                  bucket_s: int = 3600, limit: int = 10) -> dict[str, Any]:
+def entity_report(
+    store: Any,
+    entity: str,
+    since: timedelta | datetime | None = None,
+    until: datetime | None = None,
+    bucket_s: int = 3600,
+    limit: int = 10,
+) -> dict[str, Any]:
     """One entity: how it was resolved, its series per bucket of event time, totals and its top stories."""
     who = resolve_entity(store, entity)
     win = _window_args(since, until)
     series = store.entity_series(who["entity_key"], win["since"], win["until"], bucket_s=bucket_s)
-    totals = {k: sum(b[k] for b in series) for k in ("buzz", "negative", "neutral", "positive", "novel",
-                                                     "novel_negative")}
+    totals = {
+        k: sum(b[k] for b in series) for k in ("buzz", "negative", "neutral", "positive", "novel", "novel_negative")
+    }
     stories = store.entity_stories(who["entity_key"], win["since"], win["until"], limit=limit)
     if stories and who["entity_id"] is None and stories[0].get("entity_id"):
         who["entity_id"] = stories[0]["entity_id"]
@@ -157,33 +166,59 @@ def entity_report(store: Any, entity: str, since: timedelta | datetime | None = 
     return {**who, "bucket_s": bucket_s, "totals": totals, "series": series, "stories": stories}
 
 
-def top_entities_report(store: Any, since: timedelta | datetime | None = None, until: datetime | None = None,
-                        limit: int = 20, sentiment: str | None = None) -> dict[str, Any]:
+def top_entities_report(
+    store: Any,
+    since: timedelta | datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 20,
+    sentiment: str | None = None,
+) -> dict[str, Any]:
     """The most mentioned entities in the window with their counts and net sentiment."""
     win = _window_args(since, until)
-    return {"by": "entity", "sentiment": sentiment,
-            "entities": store.top_entities(win["since"], win["until"], limit=limit, sentiment=sentiment)}
+    return {
+        "by": "entity",
+        "sentiment": sentiment,
+        "entities": store.top_entities(win["since"], win["until"], limit=limit, sentiment=sentiment),
+    }
 
 
-def items_report(store: Any, since: timedelta | datetime | None = None, until: datetime | None = None,
-                 entity: str | None = None, topic: str | None = None, sentiment: str | None = None,
-                 limit: int = 100) -> dict[str, Any]:
+def items_report(
+    store: Any,
+    since: timedelta | datetime | None = None,
+    until: datetime | None = None,
+    entity: str | None = None,
+    topic: str | None = None,
+    sentiment: str | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
     """Stored items, newest event time first, filtered by entity (resolved like ``query entity``), topic and
     item sentiment."""
     if sentiment is not None and sentiment not in SENTIMENTS:
         raise ValueError(f"sentiment {sentiment!r}: use one of {', '.join(SENTIMENTS)}")
     who = resolve_entity(store, entity) if entity else None
     win = _window_args(since, until)
-    items = store.list_items(win["since"], win["until"], entity_key=who["entity_key"] if who else None,
-                             topic=topic, sentiment=sentiment, limit=limit)
+    items = store.list_items(
+        win["since"],
+        win["until"],
+        entity_key=who["entity_key"] if who else None,
+        topic=topic,
+        sentiment=sentiment,
+        limit=limit,
+    )
     return {"entity": who, "topic": topic, "sentiment": sentiment, "items": items}
 
 
 def series_report(store: Any, since: timedelta, bucket_s: int = 60) -> list[dict[str, Any]]:
     """Per-topic counts per time bucket (what dashboards and plots draw)."""
     return [
-        {"bucket": tc.bucket, "topic": tc.topic, "total": tc.total, "negative": tc.negative, "neutral": tc.neutral,
-         "positive": tc.positive}
+        {
+            "bucket": tc.bucket,
+            "topic": tc.topic,
+            "total": tc.total,
+            "negative": tc.negative,
+            "neutral": tc.neutral,
+            "positive": tc.positive,
+        }
         for tc in store.topic_counts(since, bucket_s=bucket_s)
     ]
 
@@ -195,10 +230,22 @@ def compare_report(store: Any, a: str, b: str, since: timedelta | None = None) -
     both shares of a row are over the same items (``topic_changed``: how many ``b`` moved elsewhere).
     """
     rows = store.compare_versions(a, b, since)
-    topics = [{**r, "negative_share_a": round(r["negative_a"] / r["items"], 4) if r["items"] else 0.0,
-               "negative_share_b": round(r["negative_b"] / r["items"], 4) if r["items"] else 0.0} for r in rows]
-    return {"a": a, "b": b, "since_s": int(since.total_seconds()) if since else None,
-            "items": sum(r["items"] for r in rows), "topics": topics, "versions": store.score_versions(since)}
+    topics = [
+        {
+            **r,
+            "negative_share_a": round(r["negative_a"] / r["items"], 4) if r["items"] else 0.0,
+            "negative_share_b": round(r["negative_b"] / r["items"], 4) if r["items"] else 0.0,
+        }
+        for r in rows
+    ]
+    return {
+        "a": a,
+        "b": b,
+        "since_s": int(since.total_seconds()) if since else None,
+        "items": sum(r["items"] for r in rows),
+        "topics": topics,
+        "versions": store.score_versions(since),
+    }
 
 
 def _api_duration(value: str, name: str) -> timedelta:
@@ -231,8 +278,9 @@ def _iso_time(value: str, name: str) -> datetime:
     try:
         return parse_time(value, name)
     except InvalidEvent as exc:
-        raise ValueError(f"{name}: {value[:40]!r} is not an ISO 8601 time such as 2023-01-19T22:00:00Z "
-                         f"({exc.reason})") from None
+        raise ValueError(
+            f"{name}: {value[:40]!r} is not an ISO 8601 time such as 2023-01-19T22:00:00Z ({exc.reason})"
+        ) from None
 
 
 def _opt(params: dict[str, str], name: str, conv: Callable[[str, str], Any]) -> Any:
@@ -270,26 +318,47 @@ _UNTIL = "window end: a duration back from now or an ISO 8601 time (default: now
 #: every parameter of every route of the worker's data API, with what it means (served at ``GET /v1``; an
 #: unknown parameter is refused with 400 and this list)
 API_PARAMS: dict[str, dict[str, str]] = {
-    "/v1/count": {"since": "only items ingested in the last DURATION (default: all)",
-                  "physical": "1: also physical_rows (before deduplication)"},
-    "/v1/top": {"since": "window of event time, a duration (default 1h)", "topic": "only this topic",
-                "limit": "newest negative items, 1..100000 (default 10)"},
-    "/v1/alerts": {"since": "only alerts fired in the last DURATION (default: all)",
-                   "kind": "entity or topic (default: both)"},
+    "/v1/count": {
+        "since": "only items ingested in the last DURATION (default: all)",
+        "physical": "1: also physical_rows (before deduplication)",
+    },
+    "/v1/top": {
+        "since": "window of event time, a duration (default 1h)",
+        "topic": "only this topic",
+        "limit": "newest negative items, 1..100000 (default 10)",
+    },
+    "/v1/alerts": {
+        "since": "only alerts fired in the last DURATION (default: all)",
+        "kind": "entity or topic (default: both)",
+    },
     "/v1/series": {"since": "window of event time, a duration (default 1h)", "bucket_s": "bucket seconds (default 60)"},
-    "/v1/compare": {"a": "model version A (required)", "b": "model version B (required)",
-                    "since": "only items ingested in the last DURATION"},
-    "/v1/entities": {"since": _SINCE + " (default 7d)", "until": _UNTIL, "limit": "entities, 1..100000 (default 20)",
-                     "sentiment": "count only negative, neutral or positive mentions"},
-    "/v1/entity/{id}": {"{id}": "the entity: a stored id (AAPL, X:BTC), name:<name>, a ticker or a name "
-                                "(resolved by the linker; URL-encode it)",
-                        "since": _SINCE + " (default 7d)", "until": _UNTIL,
-                        "bucket_s": "series bucket in seconds (default 3600)",
-                        "limit": "top stories, 1..100000 (default 10)"},
-    "/v1/items": {"since": _SINCE + " (default 7d)", "until": _UNTIL,
-                  "entity": "only items mentioning this entity (as /v1/entity/{id})", "topic": "only this topic",
-                  "sentiment": "only items of this sentiment: negative, neutral or positive",
-                  "limit": "items, newest event time first, 1..100000 (default 100)"},
+    "/v1/compare": {
+        "a": "model version A (required)",
+        "b": "model version B (required)",
+        "since": "only items ingested in the last DURATION",
+    },
+    "/v1/entities": {
+        "since": _SINCE + " (default 7d)",
+        "until": _UNTIL,
+        "limit": "entities, 1..100000 (default 20)",
+        "sentiment": "count only negative, neutral or positive mentions",
+    },
+    "/v1/entity/{id}": {
+        "{id}": "the entity: a stored id (AAPL, X:BTC), name:<name>, a ticker or a name "
+        "(resolved by the linker; URL-encode it)",
+        "since": _SINCE + " (default 7d)",
+        "until": _UNTIL,
+        "bucket_s": "series bucket in seconds (default 3600)",
+        "limit": "top stories, 1..100000 (default 10)",
+    },
+    "/v1/items": {
+        "since": _SINCE + " (default 7d)",
+        "until": _UNTIL,
+        "entity": "only items mentioning this entity (as /v1/entity/{id})",
+        "topic": "only this topic",
+        "sentiment": "only items of this sentiment: negative, neutral or positive",
+        "limit": "items, newest event time first, 1..100000 (default 100)",
+    },
 }
 
 
@@ -301,27 +370,41 @@ def _bucket(params: dict[str, str], default: int) -> int:
 #: the JSON of the ``finsent query`` report of the same name
 API_ROUTES: dict[str, Callable[[Any, dict[str, str]], Any]] = {
     "/v1/count": lambda st, q: count_report(st, _opt(q, "since", _api_duration), q.get("physical") == "1"),
-    "/v1/top": lambda st, q: top_report(st, _opt(q, "since", _api_duration) or timedelta(hours=1),
-                                        q.get("topic") or None, _limit(q, 10)),
-    "/v1/alerts": lambda st, q: alerts_report(st, _opt(q, "since", _api_duration),
-                                              _choice(q, "kind", ("entity", "topic"))),
-    "/v1/series": lambda st, q: series_report(st, _opt(q, "since", _api_duration) or timedelta(hours=1),
-                                              _bucket(q, 60)),
+    "/v1/top": lambda st, q: top_report(
+        st, _opt(q, "since", _api_duration) or timedelta(hours=1), q.get("topic") or None, _limit(q, 10)
+    ),
+    "/v1/alerts": lambda st, q: alerts_report(
+        st, _opt(q, "since", _api_duration), _choice(q, "kind", ("entity", "topic"))
+    ),
+    "/v1/series": lambda st, q: series_report(
+        st, _opt(q, "since", _api_duration) or timedelta(hours=1), _bucket(q, 60)
+    ),
     "/v1/compare": lambda st, q: compare_report(st, q["a"], q["b"], _opt(q, "since", _api_duration)),
-    "/v1/entities": lambda st, q: top_entities_report(st, _opt(q, "since", _api_time), _until(q), _limit(q, 20),
-                                                      _choice(q, "sentiment", SENTIMENTS)),
-    "/v1/entity/{id}": lambda st, q: entity_report(st, q.get("{id}", ""), _opt(q, "since", _api_time), _until(q),
-                                                   _bucket(q, 3600), _limit(q, 10)),
-    "/v1/items": lambda st, q: items_report(st, _opt(q, "since", _api_time), _until(q), q.get("entity") or None,
-                                            q.get("topic") or None, _choice(q, "sentiment", SENTIMENTS),
-                                            _limit(q, 100)),
+    "/v1/entities": lambda st, q: top_entities_report(
+        st, _opt(q, "since", _api_time), _until(q), _limit(q, 20), _choice(q, "sentiment", SENTIMENTS)
+    ),
+    "/v1/entity/{id}": lambda st, q: entity_report(
+        st, q.get("{id}", ""), _opt(q, "since", _api_time), _until(q), _bucket(q, 3600), _limit(q, 10)
+    ),
+    "/v1/items": lambda st, q: items_report(
+        st,
+        _opt(q, "since", _api_time),
+        _until(q),
+        q.get("entity") or None,
+        q.get("topic") or None,
+        _choice(q, "sentiment", SENTIMENTS),
+        _limit(q, 100),
+    ),
 }
 
 
 def api_help() -> dict[str, Any]:
     """``GET /v1``: every route and its parameters (what the 400 of an unknown parameter points to)."""
-    return {"routes": API_PARAMS, "durations": DURATION_HELP + " (bare seconds are also read)",
-            "auth": "Authorization: Bearer <FINSENT_API_TOKEN> (required beyond loopback)"}
+    return {
+        "routes": API_PARAMS,
+        "durations": DURATION_HELP + " (bare seconds are also read)",
+        "auth": "Authorization: Bearer <FINSENT_API_TOKEN> (required beyond loopback)",
+    }
 
 
 def api_handlers(store_getter: Callable[[], Any]) -> dict[str, Callable[[dict[str, str]], tuple[int, Any]]]:
@@ -339,9 +422,11 @@ def api_handlers(store_getter: Callable[[], Any]) -> dict[str, Callable[[dict[st
         def run(params: dict[str, str]) -> tuple[int, Any]:
             unknown = sorted(set(params) - set(known))
             if unknown:
-                return 400, {"error": f"unknown query parameter(s) {', '.join(unknown)} for {path}; known: "
-                                      f"{', '.join(k for k in known if k != '{id}') or 'none'}",
-                             "parameters": known}
+                return 400, {
+                    "error": f"unknown query parameter(s) {', '.join(unknown)} for {path}; known: "
+                    f"{', '.join(k for k in known if k != '{id}') or 'none'}",
+                    "parameters": known,
+                }
             store = store_getter()
             if store is None:
                 return 503, {"error": "the worker has not opened its store yet; retry in a few seconds"}
@@ -349,6 +434,7 @@ def api_handlers(store_getter: Callable[[], Any]) -> dict[str, Callable[[dict[st
                 return 200, _jsonable(fn(store, params))
             except (ValueError, KeyError) as exc:
                 return 400, {"error": f"bad query parameter: {exc}", "parameters": known}
+
         return run
 
     routes = {path.replace("{id}", ""): handler(path, fn) for path, fn in API_ROUTES.items()}
@@ -372,8 +458,9 @@ def _from_worker(settings: Settings, path: str, params: dict[str, Any], cause: E
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         if exc.code not in (401, 403):
-            raise StoreInUse(f"{cause}; and the worker at {url.split('?')[0]} answered HTTP {exc.code}",
-                             hint="see the worker's log") from None
+            raise StoreInUse(
+                f"{cause}; and the worker at {url.split('?')[0]} answered HTTP {exc.code}", hint="see the worker's log"
+            ) from None
         raise StoreInUse(
             f"{cause}; and the worker at {url.split('?')[0]} refused its data API (HTTP {exc.code})",
             hint="set FINSENT_API_TOKEN to the worker's token" + ("" if token else " (none is set here)"),
@@ -382,7 +469,7 @@ def _from_worker(settings: Settings, path: str, params: dict[str, Any], cause: E
         raise StoreInUse(
             f"{cause}; and no worker answered at {url.split('?')[0]} ({getattr(exc, 'reason', exc)})",
             hint="query while the worker runs through its API (FINSENT_METRICS_PORT must match the worker's), "
-                 "or stop the process that holds the store",
+            "or stop the process that holds the store",
         ) from None
 
 
@@ -397,9 +484,17 @@ def report(settings: Settings, name: str, **params: Any) -> tuple[Any, str]:
     except StoreInUse as exc:
         if store is not None:
             store.close()
-        wire = {k: (int(v.total_seconds()) if isinstance(v, timedelta) else
-                    format_time(v) if isinstance(v, datetime) else (1 if v is True else v))
-                for k, v in params.items() if v not in (None, False)}
+        wire = {
+            k: (
+                int(v.total_seconds())
+                if isinstance(v, timedelta)
+                else format_time(v)
+                if isinstance(v, datetime)
+                else (1 if v is True else v)
+            )
+            for k, v in params.items()
+            if v not in (None, False)
+        }
         path = f"/v1/{name}"
         if name == "entity":  # /v1/entity/{id}
             import urllib.parse
@@ -411,9 +506,16 @@ def report(settings: Settings, name: str, **params: Any) -> tuple[Any, str]:
             store.close()
         raise
     try:
-        fn = {"count": count_report, "top": top_report, "alerts": alerts_report, "series": series_report,
-              "compare": compare_report, "entities": top_entities_report, "entity": entity_report,
-              "items": items_report}[name]
+        fn = {
+            "count": count_report,
+            "top": top_report,
+            "alerts": alerts_report,
+            "series": series_report,
+            "compare": compare_report,
+            "entities": top_entities_report,
+            "entity": entity_report,
+            "items": items_report,
+        }[name]
         return _jsonable(fn(store, **params)), store.url_redacted
     finally:
         store.close()
@@ -432,9 +534,11 @@ def _count(args: argparse.Namespace, settings: Settings) -> int:
         if to_stdout(args.json):
             return 0
     window = f"last {format_duration(args.since)}" if args.since else "all time"
-    print(f"{where} ({window}): {counts['rows']} items, {counts['unique_ids']} unique ids"
-          + (f", {counts['physical_rows']} physical rows" if "physical_rows" in counts else "")
-          + f", {counts['rows'] - counts['unique_ids']} duplicates")
+    print(
+        f"{where} ({window}): {counts['rows']} items, {counts['unique_ids']} unique ids"
+        + (f", {counts['physical_rows']} physical rows" if "physical_rows" in counts else "")
+        + f", {counts['rows'] - counts['unique_ids']} duplicates"
+    )
     return 0
 
 
@@ -456,12 +560,24 @@ def _top(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"{what} in the last {format_duration(args.since)} ({where})")
         return 0
     t = Table(title=f"Items per topic, last {format_duration(args.since)}", title_justify="left")
-    for col, just in (("topic", "left"), ("total", "right"), ("neg", "right"), ("neu", "right"),
-                      ("pos", "right"), ("neg %", "right")):
+    for col, just in (
+        ("topic", "left"),
+        ("total", "right"),
+        ("neg", "right"),
+        ("neu", "right"),
+        ("pos", "right"),
+        ("neg %", "right"),
+    ):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     for r in topics:
-        t.add_row(r["topic"], str(r["total"]), str(r["negative"]), str(r["neutral"]), str(r["positive"]),
-                  f"{r['negative_share']:.0%}")
+        t.add_row(
+            r["topic"],
+            str(r["total"]),
+            str(r["negative"]),
+            str(r["neutral"]),
+            str(r["positive"]),
+            f"{r['negative_share']:.0%}",
+        )
     console.print(t)
     if not items:
         console.print("no negative items in the window")
@@ -499,8 +615,7 @@ def _window_text(since: Any, until: Any) -> str:
 
 
 def _top_entities(args: argparse.Namespace, settings: Settings) -> int:
-    data, where = report(settings, "entities", since=args.since, until=None, limit=args.limit,
-                         sentiment=args.sentiment)
+    data, where = report(settings, "entities", since=args.since, until=None, limit=args.limit, sentiment=args.sentiment)
     if args.json:
         emit_json(args.json, _jsonable(data))
         if to_stdout(args.json):
@@ -513,19 +628,42 @@ def _top_entities(args: argparse.Namespace, settings: Settings) -> int:
         Console().print(f"no entity mentions in the last {format_duration(args.since)} ({where})")
         return 0
     t = Table(title=f"Most mentioned entities, last {format_duration(args.since)}", title_justify="left")
-    for col, just in (("entity", "left"), ("key", "left"), ("buzz", "right"), ("neg", "right"), ("neu", "right"),
-                      ("pos", "right"), ("net", "right"), ("sources", "right")):
+    for col, just in (
+        ("entity", "left"),
+        ("key", "left"),
+        ("buzz", "right"),
+        ("neg", "right"),
+        ("neu", "right"),
+        ("pos", "right"),
+        ("net", "right"),
+        ("sources", "right"),
+    ):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     for r in rows:
-        t.add_row(r["name"], r["entity_key"], str(r["buzz"]), str(r["negative"]), str(r["neutral"]),
-                  str(r["positive"]), f"{r['net_sentiment']:+.2f}", str(r["sources"]))
+        t.add_row(
+            r["name"],
+            r["entity_key"],
+            str(r["buzz"]),
+            str(r["negative"]),
+            str(r["neutral"]),
+            str(r["positive"]),
+            f"{r['net_sentiment']:+.2f}",
+            str(r["sources"]),
+        )
     Console().print(t)
     return 0
 
 
 def _entity(args: argparse.Namespace, settings: Settings) -> int:
-    data, where = report(settings, "entity", entity=args.entity, since=args.since, until=_until_arg(args.until),
-                         bucket_s=int(args.bucket.total_seconds()), limit=args.limit)
+    data, where = report(
+        settings,
+        "entity",
+        entity=args.entity,
+        since=args.since,
+        until=_until_arg(args.until),
+        bucket_s=int(args.bucket.total_seconds()),
+        limit=args.limit,
+    )
     if args.json:
         emit_json(args.json, _jsonable(data))
         if to_stdout(args.json):
@@ -537,33 +675,65 @@ def _entity(args: argparse.Namespace, settings: Settings) -> int:
     who = f"{data['name']} ({data['entity_key']})"
     window = _window_text(args.since, _until_arg(args.until))
     if not data["series"]:
-        console.print(f"no mentions of {who} in the {window} ({where}); `finsent query top --by entity --since 30d` "
-                      "lists the entities that have some")
+        console.print(
+            f"no mentions of {who} in the {window} ({where}); `finsent query top --by entity --since 30d` "
+            "lists the entities that have some"
+        )
         return 0
     tot = data["totals"]
-    console.print(f"{who}, {window}: {tot['buzz']} mentions, {tot['negative']} negative, {tot['neutral']} neutral, "
-                  f"{tot['positive']} positive")
+    console.print(
+        f"{who}, {window}: {tot['buzz']} mentions, {tot['negative']} negative, {tot['neutral']} neutral, "
+        f"{tot['positive']} positive"
+    )
     t = Table(title=f"Per {format_duration(args.bucket)} of event time", title_justify="left")
     for col in ("bucket (UTC)", "buzz", "neg", "neu", "pos", "net", "sources"):
         t.add_column(col, justify="left" if col.startswith("bucket") else "right")
     for b in data["series"]:
-        t.add_row(_ts(b["bucket"]), str(b["buzz"]), str(b["negative"]), str(b["neutral"]), str(b["positive"]),
-                  f"{b['net_sentiment']:+.2f}", str(b["sources"]))
+        t.add_row(
+            _ts(b["bucket"]),
+            str(b["buzz"]),
+            str(b["negative"]),
+            str(b["neutral"]),
+            str(b["positive"]),
+            f"{b['net_sentiment']:+.2f}",
+            str(b["sources"]),
+        )
     console.print(t)
     n = Table(title="Top stories (most relevant, newest first)", title_justify="left")
     for col in ("event time (UTC)", "sentiment", "rel", "source", "title"):
         n.add_column(col, overflow="fold")
     for st in data["stories"]:
-        n.add_row(_ts(st["event_time"]), st["sentiment"], str(st["relevance"]), st["source"],
-                  f"{(st['title'] or '')[:140]}" + (f" {st['url']}" if st.get("url") else ""))
+        n.add_row(
+            _ts(st["event_time"]),
+            st["sentiment"],
+            str(st["relevance"]),
+            st["source"],
+            f"{(st['title'] or '')[:140]}" + (f" {st['url']}" if st.get("url") else ""),
+        )
     console.print(n)
     return 0
 
 
 #: CSV columns of ``query items --csv`` (tickers joined with spaces)
-ITEM_CSV_COLUMNS = ("id", "event_time", "published_at", "ingested_at", "source", "source_type", "sentiment",
-                    "p_negative", "p_neutral", "p_positive", "topic", "topic_prob", "model_version", "title", "text",
-                    "url", "tickers")
+ITEM_CSV_COLUMNS = (
+    "id",
+    "event_time",
+    "published_at",
+    "ingested_at",
+    "source",
+    "source_type",
+    "sentiment",
+    "p_negative",
+    "p_neutral",
+    "p_positive",
+    "topic",
+    "topic_prob",
+    "model_version",
+    "title",
+    "text",
+    "url",
+    "tickers",
+)
 
 
 def _csv_cell(value: Any) -> Any:
@@ -574,8 +744,16 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _items(args: argparse.Namespace, settings: Settings) -> int:
-    data, where = report(settings, "items", since=args.since, until=_until_arg(args.until), entity=args.entity,
-                         topic=args.topic, sentiment=args.sentiment, limit=args.limit)
+    data, where = report(
+        settings,
+        "items",
+        since=args.since,
+        until=_until_arg(args.until),
+        entity=args.entity,
+        topic=args.topic,
+        sentiment=args.sentiment,
+        limit=args.limit,
+    )
     if args.csv:
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(ITEM_CSV_COLUMNS)
@@ -591,11 +769,19 @@ def _items(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
 
     items = data["items"]
-    filters = ", ".join(f"{k} {v}" for k, v in (("entity", (data["entity"] or {}).get("entity_key")),
-                                                ("topic", args.topic), ("sentiment", args.sentiment)) if v)
+    filters = ", ".join(
+        f"{k} {v}"
+        for k, v in (
+            ("entity", (data["entity"] or {}).get("entity_key")),
+            ("topic", args.topic),
+            ("sentiment", args.sentiment),
+        )
+        if v
+    )
     if not items:
-        Console().print(f"no items{' with ' + filters if filters else ''} in the "
-                        f"{_window_text(args.since, args.until)} ({where})")
+        Console().print(
+            f"no items{' with ' + filters if filters else ''} in the {_window_text(args.since, args.until)} ({where})"
+        )
         return 0
     t = Table(title=f"Items, newest event time first{' (' + filters + ')' if filters else ''}", title_justify="left")
     for col in ("event time (UTC)", "sentiment", "topic", "source", "text"):
@@ -625,9 +811,16 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
         t.add_column(col, overflow="fold")
     for a in rows:
         what = a["topic"] if a.get("kind", "topic") == "topic" else f"{a['entity_name']} ({a['entity_id'] or '-'})"
-        t.add_row(_ts(a.get("at") or a["fired_at"]), what, a["severity"],
-                  f"{a['negative']}/{a['total']}", f"{a['negative_share']:.0%}", f"{a['baseline_share']:.0%}",
-                  f"{a['score']:.2f}", a["detector"])
+        t.add_row(
+            _ts(a.get("at") or a["fired_at"]),
+            what,
+            a["severity"],
+            f"{a['negative']}/{a['total']}",
+            f"{a['negative_share']:.0%}",
+            f"{a['baseline_share']:.0%}",
+            f"{a['score']:.2f}",
+            a["detector"],
+        )
     Console().print(t)
     return 0
 
@@ -635,8 +828,9 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
 def _compare(args: argparse.Namespace, settings: Settings) -> int:
     a, b = args.versions
     if a == b:
-        raise InputError(f"--versions {a} {a}: compare needs two different versions",
-                         hint="`finsent models list` shows the versions")
+        raise InputError(
+            f"--versions {a} {a}: compare needs two different versions", hint="`finsent models list` shows the versions"
+        )
     data, where = report(settings, "compare", a=a, b=b, since=args.since)
     if args.json:
         emit_json(args.json, _jsonable(data))
@@ -648,17 +842,31 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
     console = Console()
     if not data["items"]:
         known = ", ".join(f"{v} ({n})" for v, n in data["versions"].items()) or "none"
-        console.print(f"no items scored by both {a} and {b} ({where}); versions in the score history: {known}. "
-                      "`finsent rescore --version V` scores stored items with another version")
+        console.print(
+            f"no items scored by both {a} and {b} ({where}); versions in the score history: {known}. "
+            "`finsent rescore --version V` scores stored items with another version"
+        )
         return 0
     t = Table(title=f"Negative share of the same {data['items']} items: {a} vs {b}", title_justify="left")
-    for col, just in (("topic (as A)", "left"), ("items", "right"), ("neg % A", "right"), ("neg % B", "right"),
-                      ("change", "right"), ("topic moved", "right")):
+    for col, just in (
+        ("topic (as A)", "left"),
+        ("items", "right"),
+        ("neg % A", "right"),
+        ("neg % B", "right"),
+        ("change", "right"),
+        ("topic moved", "right"),
+    ):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     for r in data["topics"]:
         delta = r["negative_share_b"] - r["negative_share_a"]
-        t.add_row(r["topic"], str(r["items"]), f"{r['negative_share_a']:.1%}", f"{r['negative_share_b']:.1%}",
-                  f"{delta:+.1%}", str(r["topic_changed"]))
+        t.add_row(
+            r["topic"],
+            str(r["items"]),
+            f"{r['negative_share_a']:.1%}",
+            f"{r['negative_share_b']:.1%}",
+            f"{delta:+.1%}",
+            str(r["topic_changed"]),
+        )
     console.print(t)
     console.print(f"{data['items']} items compared (scored by both versions)")
     return 0
@@ -673,8 +881,10 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
         db = store.database  # type: ignore[attr-defined]
     finally:
         store.close()
-    print(f"-- finsent schema for ClickHouse {caps.version_text} ({store.url_redacted}); "
-          f"TTL {'supported' if caps.ttl else 'not supported'}, retention_days={settings.retention_days}")
+    print(
+        f"-- finsent schema for ClickHouse {caps.version_text} ({store.url_redacted}); "
+        f"TTL {'supported' if caps.ttl else 'not supported'}, retention_days={settings.retention_days}"
+    )
     for stmt in schema.create_statements(db, caps, settings.retention_days, settings.clickhouse_cluster):
         print(stmt + ";\n")
     return 0
@@ -685,7 +895,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "query",
         help="read the store: counts, entities, items, newest negative items, alerts",
         description=f"Read what finsent stored (FINSENT_STORE / --store). DURATION is {DURATION_HELP}. Series, "
-                    "top lists and listings are on event time (published_at, else ingested_at).",
+        "top lists and listings are on event time (published_at, else ingested_at).",
     )
     sub = p.add_subparsers(dest="query_command", metavar="QUERY", required=True)
 
@@ -704,8 +914,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
-                   help="only items ingested in the last DURATION (default: all)")
+    c.add_argument(
+        "--since",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="only items ingested in the last DURATION (default: all)",
+    )
     c.add_argument("--physical", action="store_true", help="also report physical_rows (before deduplication)")
     add_json_option(c, '{"rows": N, "unique_ids": N}')
     c.set_defaults(func=_count)
@@ -722,16 +937,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("--since", type=parse_duration, default=timedelta(hours=1), metavar="DURATION",
-                   help="window of ingestion time (default: 1h)")
+    t.add_argument(
+        "--since",
+        type=parse_duration,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="window of ingestion time (default: 1h)",
+    )
     t.add_argument("--topic", default=None, help="only this topic (matched case-insensitively)")
-    t.add_argument("--limit", type=positive_int, default=10,
-                   help="newest negative items (or entities with --by entity) to show, >= 1 (default: 10)")
-    t.add_argument("--by", choices=("topic", "entity"), default="topic",
-                   help="topic: per-topic counts and newest negative items (default); entity: the most mentioned "
-                        "entities with their sentiment counts and relevance-weighted net sentiment")
-    t.add_argument("--sentiment", choices=SENTIMENTS, default=None,
-                   help="with --by entity: rank by mentions of this sentiment only (negative: most talked down)")
+    t.add_argument(
+        "--limit",
+        type=positive_int,
+        default=10,
+        help="newest negative items (or entities with --by entity) to show, >= 1 (default: 10)",
+    )
+    t.add_argument(
+        "--by",
+        choices=("topic", "entity"),
+        default="topic",
+        help="topic: per-topic counts and newest negative items (default); entity: the most mentioned "
+        "entities with their sentiment counts and relevance-weighted net sentiment",
+    )
+    t.add_argument(
+        "--sentiment",
+        choices=SENTIMENTS,
+        default=None,
+        help="with --by entity: rank by mentions of this sentiment only (negative: most talked down)",
+    )
     add_json_option(t, "{since_s, topic, topics: [...], negative: [...]} (--by entity: {by, entities: [...]})")
     t.set_defaults(func=_top)
 
@@ -751,12 +983,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("entity", metavar="NAME|TICKER|ID", help="the entity (resolved with the linker)")
-    e.add_argument("--since", type=time_or_duration, default=DEFAULT_ENTITY_WINDOW, metavar="WHEN",
-                   help=f"window start: {DURATION_HELP}, or an ISO 8601 time (default: 7d)")
-    e.add_argument("--until", type=time_or_duration, default=None, metavar="WHEN",
-                   help="window end: a duration back from now or an ISO 8601 time (default: now)")
-    e.add_argument("--bucket", type=parse_duration, default=timedelta(hours=1), metavar="DURATION",
-                   help="series bucket (default: 1h)")
+    e.add_argument(
+        "--since",
+        type=time_or_duration,
+        default=DEFAULT_ENTITY_WINDOW,
+        metavar="WHEN",
+        help=f"window start: {DURATION_HELP}, or an ISO 8601 time (default: 7d)",
+    )
+    e.add_argument(
+        "--until",
+        type=time_or_duration,
+        default=None,
+        metavar="WHEN",
+        help="window end: a duration back from now or an ISO 8601 time (default: now)",
+    )
+    e.add_argument(
+        "--bucket",
+        type=parse_duration,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="series bucket (default: 1h)",
+    )
     e.add_argument("--limit", type=positive_int, default=10, help="top stories to show, >= 1 (default: 10)")
     add_json_option(e, "{query, entity_key, entity_id, name, bucket_s, totals, series: [...], stories: [...]}")
     e.set_defaults(func=_entity)
@@ -778,10 +1025,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--entity", default=None, metavar="NAME|TICKER|ID", help="only items mentioning this entity")
     i.add_argument("--topic", default=None, help="only this topic (exact)")
     i.add_argument("--sentiment", choices=SENTIMENTS, default=None, help="only items of this sentiment")
-    i.add_argument("--since", type=time_or_duration, default=DEFAULT_ENTITY_WINDOW, metavar="WHEN",
-                   help=f"window start: {DURATION_HELP}, or an ISO 8601 time (default: 7d)")
-    i.add_argument("--until", type=time_or_duration, default=None, metavar="WHEN",
-                   help="window end: a duration back from now or an ISO 8601 time (default: now)")
+    i.add_argument(
+        "--since",
+        type=time_or_duration,
+        default=DEFAULT_ENTITY_WINDOW,
+        metavar="WHEN",
+        help=f"window start: {DURATION_HELP}, or an ISO 8601 time (default: 7d)",
+    )
+    i.add_argument(
+        "--until",
+        type=time_or_duration,
+        default=None,
+        metavar="WHEN",
+        help="window end: a duration back from now or an ISO 8601 time (default: now)",
+    )
     i.add_argument("--limit", type=positive_int, default=100, help="items to list, >= 1 (default: 100)")
     out = i.add_mutually_exclusive_group()
     add_json_option(out, "{entity, topic, sentiment, items: [...]}")
@@ -789,17 +1046,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_items)
 
     a = sub.add_parser(
-        "alerts", help="alerts stored by the detectors (topic and entity alerts)",
+        "alerts",
+        help="alerts stored by the detectors (topic and entity alerts)",
         description="Stored alerts, newest first. --json gives each alert's kind (entity or topic), entity_id and\n"
-                    "entity_name (entity alerts), topic (topic alerts), at (the event time of the detection, ISO\n"
-                    "8601 UTC), sentiment (negative) and evidence (counts, index, top headlines with links), with\n"
-                    "the detector's numbers.\n\n"
-                    "examples:\n"
-                    "  finsent query alerts --since 1d\n"
-                    "  finsent query alerts --kind entity --since 7d --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
-                   help="only alerts fired in the last DURATION (default: all)")
+        "entity_name (entity alerts), topic (topic alerts), at (the event time of the detection, ISO\n"
+        "8601 UTC), sentiment (negative) and evidence (counts, index, top headlines with links), with\n"
+        "the detector's numbers.\n\n"
+        "examples:\n"
+        "  finsent query alerts --since 1d\n"
+        "  finsent query alerts --kind entity --since 7d --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a.add_argument(
+        "--since",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="only alerts fired in the last DURATION (default: all)",
+    )
     a.add_argument("--kind", choices=("entity", "topic"), default=None, help="only entity or only topic alerts")
     add_json_option(a, "the alerts (a list)")
     a.set_defaults(func=_alerts)
@@ -819,8 +1083,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cmp.add_argument("--versions", nargs=2, required=True, metavar=("A", "B"), help="the two model versions")
-    cmp.add_argument("--since", type=parse_duration, default=None, metavar="DURATION",
-                     help="only items ingested in the last DURATION (default: all)")
+    cmp.add_argument(
+        "--since",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="only items ingested in the last DURATION (default: all)",
+    )
     add_json_option(cmp, "{a, b, since_s, items, topics: [...], versions: {version: items}}")
     cmp.set_defaults(func=_compare)
 

@@ -37,19 +37,21 @@ if _driver_log.level == logging.NOTSET:
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):[^{}]+\}")
 
 #: Server error codes that mean "try again later", not "your request is wrong".
-TRANSIENT_CODES = frozenset({
-    159,  # TIMEOUT_EXCEEDED
-    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
-    203,  # NO_FREE_CONNECTION
-    209,  # SOCKET_TIMEOUT
-    210,  # NETWORK_ERROR
-    241,  # MEMORY_LIMIT_EXCEEDED
-    242,  # TABLE_IS_READ_ONLY (replica lost ZooKeeper)
-    252,  # TOO_MANY_PARTS (inserts faster than merges: back off)
-    319,  # UNKNOWN_STATUS_OF_INSERT
-    425,  # SYSTEM_ERROR
-    999,  # KEEPER_EXCEPTION
-})
+TRANSIENT_CODES = frozenset(
+    {
+        159,  # TIMEOUT_EXCEEDED
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY (replica lost ZooKeeper)
+        252,  # TOO_MANY_PARTS (inserts faster than merges: back off)
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        425,  # SYSTEM_ERROR
+        999,  # KEEPER_EXCEPTION
+    }
+)
 
 
 _UNREACHABLE = (
@@ -95,9 +97,16 @@ class ClickHouseStore(SqlStore):
         # Connect to the always-present ``default`` database and qualify every table with ours,
         # so that ensure_schema can create the database on a fresh server.
         self._client = Client(
-            host=host, port=port, user=user, password=password, database="default",
-            connect_timeout=connect_timeout, send_receive_timeout=send_receive_timeout,
-            sync_request_timeout=min(5.0, send_receive_timeout), client_name="finsent", **kw,
+            host=host,
+            port=port,
+            user=user,
+            password=password,
+            database="default",
+            connect_timeout=connect_timeout,
+            send_receive_timeout=send_receive_timeout,
+            sync_request_timeout=min(5.0, send_receive_timeout),
+            client_name="finsent",
+            **kw,
         )
         self._settings_ready = False
 
@@ -112,8 +121,10 @@ class ClickHouseStore(SqlStore):
                 raise StoreDiskFull(f"ClickHouse at {self.url_redacted}: disk full, nothing written: {first}") from exc
             if exc.code in TRANSIENT_CODES:
                 self._client.disconnect()
-                raise StoreUnavailable(f"ClickHouse at {self.url_redacted} is overloaded or failing: {first}",
-                                       hint="try again shortly (a running worker retries by itself)") from exc
+                raise StoreUnavailable(
+                    f"ClickHouse at {self.url_redacted} is overloaded or failing: {first}",
+                    hint="try again shortly (a running worker retries by itself)",
+                ) from exc
             raise StoreError(f"ClickHouse at {self.url_redacted} refused the query: {first}") from exc
         except _UNREACHABLE as exc:
             self._client.disconnect()
@@ -160,8 +171,9 @@ class ClickHouseStore(SqlStore):
         data = [list(col) for col in zip(*rows, strict=True)]
         written = self._run(f"INSERT INTO {table} ({names}) VALUES", data, columnar=True)
         # the driver returns the number of rows it sent and the server acknowledged (an int)
-        check_written(f"ClickHouse at {self.url_redacted}", table, len(rows),
-                      written if isinstance(written, int) else None)
+        check_written(
+            f"ClickHouse at {self.url_redacted}", table, len(rows), written if isinstance(written, int) else None
+        )
 
     @property
     def capabilities(self) -> schema.Capabilities:

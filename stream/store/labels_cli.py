@@ -69,8 +69,21 @@ log = logging.getLogger(__name__)
 
 #: queue CSV: the columns ``label import`` reads first, then context for the annotator (ignored on import)
 QUEUE_CSV_COLUMNS = (
-    "id", "sentiment", "topic", "text", "title", "source", "ingested_at", "predicted_sentiment", "p_negative",
-    "p_neutral", "p_positive", "predicted_topic", "topic_prob", "uncertainty", "model_version",
+    "id",
+    "sentiment",
+    "topic",
+    "text",
+    "title",
+    "source",
+    "ingested_at",
+    "predicted_sentiment",
+    "p_negative",
+    "p_neutral",
+    "p_positive",
+    "predicted_topic",
+    "topic_prob",
+    "uncertainty",
+    "model_version",
 )
 MAX_REPORTED = 100  # rows listed in the JSON summary
 MAX_LOGGED = 10  # bad or duplicate rows logged one line each; the rest are counted in one line
@@ -101,8 +114,9 @@ def valid_labels(settings: Settings) -> dict[str, tuple[str, ...]]:
         try:
             prod = Registry(settings.registry).resolve("production")
         except Exception as exc:  # noqa: BLE001 - an unreadable registry must not stop a correction
-            log.warning("cannot read the registry %s (%s); labels are checked against %s",
-                        settings.registry, exc, model_dir)
+            log.warning(
+                "cannot read the registry %s (%s); labels are checked against %s", settings.registry, exc, model_dir
+            )
             prod = None
         if prod is not None:
             model_dir = prod.path
@@ -111,8 +125,9 @@ def valid_labels(settings: Settings) -> dict[str, tuple[str, ...]]:
     except (OSError, ValueError) as exc:
         from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
 
-        log.warning("cannot read %s/labels.json (%s); checking labels against finsent's default label sets",
-                    model_dir, exc)
+        log.warning(
+            "cannot read %s/labels.json (%s); checking labels against finsent's default label sets", model_dir, exc
+        )
         return {"sentiment": SENTIMENT_LABELS, "topic": TOPIC_LABELS}
     return {"sentiment": info.sentiment, "topic": info.topic}
 
@@ -174,8 +189,9 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     item_id = args.item_id
     wanted = {task: getattr(args, task) for task in LABEL_TASKS if getattr(args, task) is not None}
     if not wanted:
-        raise InputError(f"finsent label {item_id}: nothing to record",
-                         hint="give --sentiment LABEL and/or --topic LABEL")
+        raise InputError(
+            f"finsent label {item_id}: nothing to record", hint="give --sentiment LABEL and/or --topic LABEL"
+        )
     valid = valid_labels(settings)
     labels = {task: canonical_label(task, value, valid) for task, value in wanted.items()}
     with opened_store(settings, f"label {item_id}") as store:
@@ -187,13 +203,26 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
                 "for text that is not stored use `finsent label import` with text,label columns",
             )
         stored = {(lbl.task, lbl.id): lbl for lbl in store.labels(ids=[item_id])}
-        new = [Label(id=item_id, task=task, label=label, text=item["text"], old_label=str(item[task]),
-                     by=args.by or default_user(), note=args.note or "", origin="cli")
-               for task, label in labels.items()]
+        new = [
+            Label(
+                id=item_id,
+                task=task,
+                label=label,
+                text=item["text"],
+                old_label=str(item[task]),
+                by=args.by or default_user(),
+                note=args.note or "",
+                origin="cli",
+            )
+            for task, label in labels.items()
+        ]
         todo = [lbl for lbl in new if _changed(lbl, stored)]
         store.insert_labels(todo)
-    parts = [f"{lbl.task} {lbl.label} (model said {lbl.old_label or '?'})"
-             + ("" if lbl in todo else ", unchanged: already labelled so") for lbl in new]
+    parts = [
+        f"{lbl.task} {lbl.label} (model said {lbl.old_label or '?'})"
+        + ("" if lbl in todo else ", unchanged: already labelled so")
+        for lbl in new
+    ]
     print(f"{item_id}: {'; '.join(parts)}; by {new[0].by}")
     return 0
 
@@ -216,8 +245,10 @@ def _columns(header: list[str], path: str) -> tuple[str, dict[str, str]]:
     names = {h.strip().lower(): h for h in header}
     mode = "id" if "id" in names else "text" if "text" in names else ""
     if not mode:
-        raise InputError(f"{path}: the header needs an id column (stored items) or a text column (new text)",
-                         hint="columns id,sentiment,topic or text,label or text,topic; the first row is the header")
+        raise InputError(
+            f"{path}: the header needs an id column (stored items) or a text column (new text)",
+            hint="columns id,sentiment,topic or text,label or text,topic; the first row is the header",
+        )
     tasks: dict[str, str] = {}
     for column in ("sentiment", "label"):
         if column in names and "sentiment" not in tasks:
@@ -225,10 +256,17 @@ def _columns(header: list[str], path: str) -> tuple[str, dict[str, str]]:
     if "topic" in names:
         tasks["topic"] = names["topic"]
     if not tasks:
-        raise InputError(f"{path}: no label column in the header ({', '.join(header)})",
-                         hint="add a sentiment (or label) column and/or a topic column")
-    return mode, {**tasks, **({"id": names["id"]} if mode == "id" else {}), "text": names.get("text", ""),
-                  "by": names.get("by", ""), "note": names.get("note", "")}
+        raise InputError(
+            f"{path}: no label column in the header ({', '.join(header)})",
+            hint="add a sentiment (or label) column and/or a topic column",
+        )
+    return mode, {
+        **tasks,
+        **({"id": names["id"]} if mode == "id" else {}),
+        "text": names.get("text", ""),
+        "by": names.get("by", ""),
+        "note": names.get("note", ""),
+    }
 
 
 def _read_rows(path: str, default_by: str, report: dict[str, Any]) -> tuple[str, list[_Row]]:
@@ -251,11 +289,21 @@ def _read_rows(path: str, default_by: str, report: dict[str, Any]) -> tuple[str,
                 report["rows"] += 1
                 cell = {key: csv_uncell(str(rec.get(col) or "")) if col else "" for key, col in cols.items()}
                 labels = {task: cell[task].strip() for task in LABEL_TASKS if cell.get(task, "").strip()}
-                rows.append(_Row(reader.line_num, cell.get("id", "").strip(), cell["text"], labels,
-                                 cell["by"].strip() or default_by, cell["note"].strip()))
+                rows.append(
+                    _Row(
+                        reader.line_num,
+                        cell.get("id", "").strip(),
+                        cell["text"],
+                        labels,
+                        cell["by"].strip() or default_by,
+                        cell["note"].strip(),
+                    )
+                )
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}:{reader.line_num}: not a readable CSV row ({exc})",
-                             hint="fix that line (or save the file as UTF-8) and import again") from None
+            raise InputError(
+                f"{path}:{reader.line_num}: not a readable CSV row ({exc})",
+                hint="fix that line (or save the file as UTF-8) and import again",
+            ) from None
     return mode, rows
 
 
@@ -269,8 +317,17 @@ def _error(report: dict[str, Any], path: str, line: int, reason: str, detail: st
 
 def import_labels(store: Any, path: str, valid: dict[str, tuple[str, ...]], by: str) -> dict[str, Any]:
     """Read, check and store one CSV of labels; returns the summary (see the module docstring)."""
-    report: dict[str, Any] = {"file": path, "rows": 0, "imported": 0, "unchanged": 0, "empty": 0,
-                              "duplicates": [], "duplicate_count": 0, "errors": [], "error_count": 0}
+    report: dict[str, Any] = {
+        "file": path,
+        "rows": 0,
+        "imported": 0,
+        "unchanged": 0,
+        "empty": 0,
+        "duplicates": [],
+        "duplicate_count": 0,
+        "errors": [],
+        "error_count": 0,
+    }
     mode, rows = _read_rows(path, by, report)
     checked: list[tuple[_Row, dict[str, str]]] = []
     for row in rows:
@@ -301,30 +358,55 @@ def import_labels(store: Any, path: str, valid: dict[str, tuple[str, ...]], by: 
             if earlier is not None:
                 report["duplicate_count"] += 1
                 if report["duplicate_count"] <= MAX_LOGGED:
-                        log.warning("%s:%d: %s of %s given again on line %d: the later one wins", path,
-                                earlier[0].line, task, row.id, row.line)
+                    log.warning(
+                        "%s:%d: %s of %s given again on line %d: the later one wins",
+                        path,
+                        earlier[0].line,
+                        task,
+                        row.id,
+                        row.line,
+                    )
                 if len(report["duplicates"]) < MAX_REPORTED:
-                    report["duplicates"].append({"line": earlier[0].line, "replaced_by": row.line, "id": row.id,
-                                                 "task": task})
+                    report["duplicates"].append(
+                        {"line": earlier[0].line, "replaced_by": row.line, "id": row.id, "task": task}
+                    )
             latest[(task, row.id)] = (row, label)
     origin = f"import:{Path(path).name}"[:200]
     new = []
     for (task, item_id), (row, label) in latest.items():
         item = items.get(item_id)
-        new.append(Label(id=item_id, task=task, label=label, text=item["text"] if item else row.text.strip(),
-                         old_label=str(item[task]) if item else "", by=row.by, note=row.note, origin=origin))
+        new.append(
+            Label(
+                id=item_id,
+                task=task,
+                label=label,
+                text=item["text"] if item else row.text.strip(),
+                old_label=str(item[task]) if item else "",
+                by=row.by,
+                note=row.note,
+                origin=origin,
+            )
+        )
     stored = {(lbl.task, lbl.id): lbl for lbl in store.labels(ids=list({lbl.id for lbl in new}))} if new else {}
     todo = [lbl for lbl in new if _changed(lbl, stored)]
     report["imported"] = store.insert_labels(todo)
     report["unchanged"] = len(new) - len(todo)
     report["errors"].sort(key=lambda e: e["line"])
     if report["error_count"] > MAX_LOGGED:
-        log.warning("%s: %d more row(s) not imported, not logged one by one (%d in all; the JSON summary lists "
-                    "the first %d)", path, report["error_count"] - MAX_LOGGED, report["error_count"],
-                    min(report["error_count"], MAX_REPORTED))
+        log.warning(
+            "%s: %d more row(s) not imported, not logged one by one (%d in all; the JSON summary lists the first %d)",
+            path,
+            report["error_count"] - MAX_LOGGED,
+            report["error_count"],
+            min(report["error_count"], MAX_REPORTED),
+        )
     if report["duplicate_count"] > MAX_LOGGED:
-        log.warning("%s: %d more repeated (id, task) row(s), not logged one by one (%d in all)", path,
-                    report["duplicate_count"] - MAX_LOGGED, report["duplicate_count"])
+        log.warning(
+            "%s: %d more repeated (id, task) row(s), not logged one by one (%d in all)",
+            path,
+            report["duplicate_count"] - MAX_LOGGED,
+            report["duplicate_count"],
+        )
     return report
 
 
@@ -352,13 +434,26 @@ def _uncertainty(row: dict[str, Any], task: str) -> float:
 
 def queue_rows(store: Any, n: int, strategy: str, task: str, since: timedelta | None, seed: int) -> list[dict]:
     rows = store.label_queue(n, since=since, task=task, strategy=strategy, seed=seed)
-    return [{
-        "id": r["id"], "sentiment": "", "topic": "", "text": r["text"], "title": r["title"] or "",
-        "source": r["source"], "ingested_at": r["ingested_at"].isoformat().replace("+00:00", "Z"),
-        "predicted_sentiment": r["sentiment"], "p_negative": r["p_negative"], "p_neutral": r["p_neutral"],
-        "p_positive": r["p_positive"], "predicted_topic": r["topic"], "topic_prob": r["topic_prob"],
-        "uncertainty": _uncertainty(r, task), "model_version": r["model_version"],
-    } for r in rows]
+    return [
+        {
+            "id": r["id"],
+            "sentiment": "",
+            "topic": "",
+            "text": r["text"],
+            "title": r["title"] or "",
+            "source": r["source"],
+            "ingested_at": r["ingested_at"].isoformat().replace("+00:00", "Z"),
+            "predicted_sentiment": r["sentiment"],
+            "p_negative": r["p_negative"],
+            "p_neutral": r["p_neutral"],
+            "p_positive": r["p_positive"],
+            "predicted_topic": r["topic"],
+            "topic_prob": r["topic_prob"],
+            "uncertainty": _uncertainty(r, task),
+            "model_version": r["model_version"],
+        }
+        for r in rows
+    ]
 
 
 def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
@@ -379,9 +474,14 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if out is None:
             f.close()
-    summary = {"written": len(rows), "csv": args.csv, "strategy": args.strategy, "task": args.task,
-               "since_s": int(args.since.total_seconds()) if args.since else None,
-               **({"seed": seed} if args.strategy == "random" else {})}
+    summary = {
+        "written": len(rows),
+        "csv": args.csv,
+        "strategy": args.strategy,
+        "task": args.task,
+        "since_s": int(args.since.total_seconds()) if args.since else None,
+        **({"seed": seed} if args.strategy == "random" else {}),
+    }
     print(json.dumps(summary), file=sys.stderr if out is not None else sys.stdout, flush=True)
     return 0
 
@@ -494,12 +594,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     q.add_argument("--n", type=int, required=True, metavar="N", help="how many items")
-    q.add_argument("--strategy", choices=("uncertain", "random"), default="uncertain",
-                   help="uncertain (default): least confident first; random: a seeded sample")
-    q.add_argument("--task", choices=LABEL_TASKS, default="sentiment",
-                   help="whose confidence ranks the items, and which labels exclude an item (default sentiment)")
-    q.add_argument("--since", type=parse_duration, default=timedelta(days=7), metavar="DURATION",
-                   help=f"only items ingested in the last DURATION (default {format_duration(timedelta(days=7))})")
+    q.add_argument(
+        "--strategy",
+        choices=("uncertain", "random"),
+        default="uncertain",
+        help="uncertain (default): least confident first; random: a seeded sample",
+    )
+    q.add_argument(
+        "--task",
+        choices=LABEL_TASKS,
+        default="sentiment",
+        help="whose confidence ranks the items, and which labels exclude an item (default sentiment)",
+    )
+    q.add_argument(
+        "--since",
+        type=parse_duration,
+        default=timedelta(days=7),
+        metavar="DURATION",
+        help=f"only items ingested in the last DURATION (default {format_duration(timedelta(days=7))})",
+    )
     q.add_argument("--seed", type=int, help="random strategy: the seed (default: a new one, printed)")
     q.add_argument("--csv", required=True, metavar="OUT", help="where to write the CSV (- for stdout)")
     q.set_defaults(func=cmd_queue)

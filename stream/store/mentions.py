@@ -79,10 +79,17 @@ MENTION_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 MENTION_NAMES = tuple(name for name, _ in MENTION_COLUMNS)
 
-schema.declare_table(schema.TableSpec(
-    MENTIONS, MENTION_COLUMNS, "ReplacingMergeTree(version)", order_by="(entity_key, item_id)", partition_by=None,
-    ttl_column="event_time", shard_key="cityHash64(item_id)",
-))
+schema.declare_table(
+    schema.TableSpec(
+        MENTIONS,
+        MENTION_COLUMNS,
+        "ReplacingMergeTree(version)",
+        order_by="(entity_key, item_id)",
+        partition_by=None,
+        ttl_column="event_time",
+        shard_key="cityHash64(item_id)",
+    )
+)
 
 
 def entity_key(entity_id: str | None, name: str) -> str:
@@ -94,7 +101,7 @@ def entity_key(entity_id: str | None, name: str) -> str:
 
 def detector_key(stored_key: str) -> str:
     """The entity detector's key (``~name`` for unlinked) of a stored key."""
-    return "~" + stored_key[len(NAME_PREFIX):] if stored_key.startswith(NAME_PREFIX) else stored_key
+    return "~" + stored_key[len(NAME_PREFIX) :] if stored_key.startswith(NAME_PREFIX) else stored_key
 
 
 def event_time_of(s: ScoredItem) -> Any:
@@ -112,7 +119,9 @@ def _mentions_by_key(entities: Iterable[EntityMention]) -> dict[str, EntityMenti
 
 
 def mention_rows(
-    s: ScoredItem, stories: Mapping[str, tuple[int, str]] | None = None, old_keys: Iterable[str] = (),
+    s: ScoredItem,
+    stories: Mapping[str, tuple[int, str]] | None = None,
+    old_keys: Iterable[str] = (),
 ) -> list[tuple[Any, ...]]:
     """The ``mentions`` rows (:data:`MENTION_COLUMNS` order) of one scored item.
 
@@ -129,17 +138,46 @@ def mention_rows(
     for key, e in found.items():
         novelty, cluster = (stories or {}).get(key, (DEFAULT_NOVELTY, ""))
         p = e.sentiment_probs
-        rows.append((
-            schema._text(it.id), schema._text(key), schema._text(e.entity_id or ""), schema._text(e.name),
-            schema._text(e.text), schema._text(e.sentiment), schema._prob(p.get("negative", 0.0)),
-            schema._prob(p.get("neutral", 0.0)), schema._prob(p.get("positive", 0.0)),
-            min(100, max(0, int(e.relevance))), min(100, max(0, int(novelty))), schema._text(cluster),
-            *common, 0, version,
-        ))
+        rows.append(
+            (
+                schema._text(it.id),
+                schema._text(key),
+                schema._text(e.entity_id or ""),
+                schema._text(e.name),
+                schema._text(e.text),
+                schema._text(e.sentiment),
+                schema._prob(p.get("negative", 0.0)),
+                schema._prob(p.get("neutral", 0.0)),
+                schema._prob(p.get("positive", 0.0)),
+                min(100, max(0, int(e.relevance))),
+                min(100, max(0, int(novelty))),
+                schema._text(cluster),
+                *common,
+                0,
+                version,
+            )
+        )
     for key in sorted(set(old_keys) - set(found)):
-        name = key[len(NAME_PREFIX):] if key.startswith(NAME_PREFIX) else ""
-        rows.append((schema._text(it.id), schema._text(key), "" if name else key, name, "", "neutral", 0.0, 0.0,
-                     0.0, 0, 0, "", *common, 1, version))
+        name = key[len(NAME_PREFIX) :] if key.startswith(NAME_PREFIX) else ""
+        rows.append(
+            (
+                schema._text(it.id),
+                schema._text(key),
+                "" if name else key,
+                name,
+                "",
+                "neutral",
+                0.0,
+                0.0,
+                0.0,
+                0,
+                0,
+                "",
+                *common,
+                1,
+                version,
+            )
+        )
     return rows
 
 
@@ -157,8 +195,10 @@ _ALL_WINDOW = """
 
 # relevance-weighted net sentiment in [-1, 1]: sum(rel * (pos - neg)) / sum(rel), labels as +1/0/-1 (as the
 # entity detector's series); 0 where every mention has relevance 0
-_NET = ("if(sum(relevance) = 0, 0, sum(relevance * multiIf(sentiment = 'positive', 1, sentiment = 'negative', "
-        "-1, 0)) / sum(relevance))")
+_NET = (
+    "if(sum(relevance) = 0, 0, sum(relevance * multiIf(sentiment = 'positive', 1, sentiment = 'negative', "
+    "-1, 0)) / sum(relevance))"
+)
 _COUNTS = f"""count() AS buzz,
        countIf(sentiment = 'negative') AS negative,
        countIf(sentiment = 'neutral') AS neutral,
@@ -167,8 +207,17 @@ _COUNTS = f"""count() AS buzz,
        countIf(novelty >= 100 AND sentiment = 'negative') AS novel_negative,
        {_NET} AS net_sentiment,
        uniqExact(source) AS sources"""
-SERIES_FIELDS = ("bucket", "buzz", "negative", "neutral", "positive", "novel", "novel_negative", "net_sentiment",
-                 "sources")
+SERIES_FIELDS = (
+    "bucket",
+    "buzz",
+    "negative",
+    "neutral",
+    "positive",
+    "novel",
+    "novel_negative",
+    "net_sentiment",
+    "sources",
+)
 
 ENTITY_SERIES = f"""
 SELECT toDateTime(intDiv(toUInt32(event_time), {{bucket:UInt32}}) * {{bucket:UInt32}}, 'UTC') AS bucket,
@@ -179,8 +228,19 @@ WHERE deleted = 0
 GROUP BY bucket
 ORDER BY bucket"""
 
-TOP_FIELDS = ("entity_key", "entity_id", "name", "buzz", "negative", "neutral", "positive", "novel",
-              "novel_negative", "net_sentiment", "sources")
+TOP_FIELDS = (
+    "entity_key",
+    "entity_id",
+    "name",
+    "buzz",
+    "negative",
+    "neutral",
+    "positive",
+    "novel",
+    "novel_negative",
+    "net_sentiment",
+    "sources",
+)
 
 TOP_ENTITIES = f"""
 SELECT entity_key, min(entity_id) AS entity_id, min(name) AS name,
@@ -196,8 +256,9 @@ STORY_FIELDS = ("item_id", "event_time", "sentiment", "relevance", "novelty", "s
 
 ENTITY_STORIES = f"""
 SELECT item_id, event_time, sentiment, relevance, novelty, source, name, entity_id
-FROM ({_ENTITY_WINDOW.format(
-    cols="item_id, event_time, sentiment, relevance, novelty, source, name, entity_id, deleted")}
+FROM ({
+    _ENTITY_WINDOW.format(cols="item_id, event_time, sentiment, relevance, novelty, source, name, entity_id, deleted")
+}
 )
 WHERE deleted = 0
 ORDER BY relevance DESC, event_time DESC, item_id
@@ -213,8 +274,19 @@ SELECT item_id, entity_key FROM (
     SELECT item_id, entity_key, deleted FROM {db}.mentions FINAL WHERE has({ids:Array(String)}, item_id)
 ) WHERE deleted = 0"""
 
-HISTORY_FIELDS = ("item_id", "entity_key", "entity_id", "name", "surface", "sentiment", "p_negative", "p_neutral",
-                  "p_positive", "relevance", "event_time")
+HISTORY_FIELDS = (
+    "item_id",
+    "entity_key",
+    "entity_id",
+    "name",
+    "surface",
+    "sentiment",
+    "p_negative",
+    "p_neutral",
+    "p_positive",
+    "relevance",
+    "event_time",
+)
 
 #: every current mention in [since, until) of event time, for the backtest (grouped by item there)
 MENTION_HISTORY = f"""
@@ -229,17 +301,50 @@ ITEMS_OF_ENTITY = """(SELECT item_id FROM (
         SELECT item_id, deleted FROM {db}.mentions FINAL WHERE entity_key = {key:String}) WHERE deleted = 0)"""
 
 __all__ = [
-    "DEFAULT_NOVELTY", "ENTITY_SERIES", "ENTITY_STORIES", "HISTORY_FIELDS", "ITEMS_OF_ENTITY", "KEYS_FOR_ITEMS",
-    "KEY_EXISTS", "MENTIONS", "MENTION_COLUMNS", "MENTION_HISTORY", "MENTION_NAMES", "NAME_PREFIX", "SERIES_FIELDS",
-    "STORY_FIELDS", "TOP_ENTITIES", "TOP_FIELDS", "detector_key", "entity_key", "event_time_of", "mention_rows",
+    "DEFAULT_NOVELTY",
+    "ENTITY_SERIES",
+    "ENTITY_STORIES",
+    "HISTORY_FIELDS",
+    "ITEMS_OF_ENTITY",
+    "KEYS_FOR_ITEMS",
+    "KEY_EXISTS",
+    "MENTIONS",
+    "MENTION_COLUMNS",
+    "MENTION_HISTORY",
+    "MENTION_NAMES",
+    "NAME_PREFIX",
+    "SERIES_FIELDS",
+    "STORY_FIELDS",
+    "TOP_ENTITIES",
+    "TOP_FIELDS",
+    "detector_key",
+    "entity_key",
+    "event_time_of",
+    "mention_rows",
 ]
 
 
 # --- items listing and the backtest's read (items, on event time) -------------------------------------------
 
-LIST_FIELDS = ("id", "event_time", "published_at", "ingested_at", "source", "source_type", "title", "text", "url",
-               "tickers", "sentiment", "p_negative", "p_neutral", "p_positive", "topic", "topic_prob",
-               "model_version")
+LIST_FIELDS = (
+    "id",
+    "event_time",
+    "published_at",
+    "ingested_at",
+    "source",
+    "source_type",
+    "title",
+    "text",
+    "url",
+    "tickers",
+    "sentiment",
+    "p_negative",
+    "p_neutral",
+    "p_positive",
+    "topic",
+    "topic_prob",
+    "model_version",
+)
 
 #: newest first; the entity filter reads the entity's key range of ``mentions``; topic and sentiment apply after
 #: FINAL picked the newest score (a re-score can change both)

@@ -40,17 +40,43 @@ MAX_CALL_BYTES = 64 * 1024 * 1024
 #: Store methods a command may run through the owner: the Store protocol and the SqlStore queries the
 #: commands call (reads, and the idempotent verified writes). ``close`` is the caller's own; DDL other
 #: than the idempotent ``ensure_schema`` is not here, and ``query`` takes read statements only.
-METHODS: frozenset[str] = frozenset({
-    # Store protocol
-    "ensure_schema", "insert_scored", "insert_alerts", "count", "topic_counts", "top_negative", "alerts", "query",
-    "insert_labels", "labels", "items_by_id", "label_queue", "model_version_counts", "prediction_stats",
-    # SqlStore: entities, listings, rescore, registry mirror
-    "topic_minute_counts", "entity_exists", "entity_series", "top_entities", "entity_stories", "list_items",
-    "mention_history", "rescore_page", "rescore_total", "insert_score_history", "compare_versions",
-    "score_versions", "sync_model_versions", "model_versions",
-})
-_READ_SQL = re.compile(r"^\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(select|with|show|describe|desc|explain|exists)\b",
-                       re.IGNORECASE | re.DOTALL)
+METHODS: frozenset[str] = frozenset(
+    {
+        # Store protocol
+        "ensure_schema",
+        "insert_scored",
+        "insert_alerts",
+        "count",
+        "topic_counts",
+        "top_negative",
+        "alerts",
+        "query",
+        "insert_labels",
+        "labels",
+        "items_by_id",
+        "label_queue",
+        "model_version_counts",
+        "prediction_stats",
+        # SqlStore: entities, listings, rescore, registry mirror
+        "topic_minute_counts",
+        "entity_exists",
+        "entity_series",
+        "top_entities",
+        "entity_stories",
+        "list_items",
+        "mention_history",
+        "rescore_page",
+        "rescore_total",
+        "insert_score_history",
+        "compare_versions",
+        "score_versions",
+        "sync_model_versions",
+        "model_versions",
+    }
+)
+_READ_SQL = re.compile(
+    r"^\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(select|with|show|describe|desc|explain|exists)\b", re.IGNORECASE | re.DOTALL
+)
 
 _is_worker = False
 _NOT_OPEN = "the worker has not opened its store yet; retry in a few seconds"
@@ -79,8 +105,10 @@ def mark_worker(store_url: str | None = None) -> None:
 
 def second_worker_line(path: str, pid: int | None) -> str:
     who = f"worker pid {pid}" if pid else "another process"
-    return (f"the embedded store at {path} is held by {who}; a second worker needs a clickhouse:// store "
-            "-- see `finsent worker --help`")
+    return (
+        f"the embedded store at {path} is held by {who}; a second worker needs a clickhouse:// store "
+        "-- see `finsent worker --help`"
+    )
 
 
 def is_worker() -> bool:
@@ -140,8 +168,14 @@ def record(store: Any, server: Any, token: str | None) -> OwnerRecord | None:
     host, port = None, None
     if server is not None:
         host, port = str(server.server_address[0]), int(server.server_address[1])
-    rec = {"pid": os.getpid(), "host": host, "port": port, "token": bool(token),
-           "database": getattr(store, "database", None), "path": str(data_path)}
+    rec = {
+        "pid": os.getpid(),
+        "host": host,
+        "port": port,
+        "token": bool(token),
+        "database": getattr(store, "database", None),
+        "path": str(data_path),
+    }
     target = owner_path(data_path)
     tmp = target.with_name(f".{OWNER_FILE}.{os.getpid()}")
     try:
@@ -200,9 +234,17 @@ def call_route(store_getter: Callable[[], Any]) -> Callable[[bytes], tuple[int, 
                 store = target(req.get("database"))
                 if store is None:
                     return 503, _error(_NOT_OPEN, "StoreUnavailable")
-                return 200, rpc_codec.dumps({"result": {
-                    "database": store.database, "url_redacted": store.url_redacted, "pid": os.getpid(),
-                    "version_text": store.capabilities.version_text, "retention_days": store.retention_days}})
+                return 200, rpc_codec.dumps(
+                    {
+                        "result": {
+                            "database": store.database,
+                            "url_redacted": store.url_redacted,
+                            "pid": os.getpid(),
+                            "version_text": store.capabilities.version_text,
+                            "retention_days": store.retention_days,
+                        }
+                    }
+                )
             _check_call(method, list(args), kwargs)
         except (FinsentError, TypeError) as exc:
             return 400, _error(str(exc), type(exc).__name__)
@@ -229,5 +271,16 @@ def _error(message: str, kind: str, hint: str | None = None) -> bytes:
     return json.dumps({"error": message, "type": kind, "hint": hint}, ensure_ascii=False).encode()
 
 
-__all__ = ["CALL_PATH", "METHODS", "OWNER_FILE", "OwnerRecord", "call_route", "call_routes", "is_worker", "mark_worker",
-           "pid_alive", "read_owner", "record"]
+__all__ = [
+    "CALL_PATH",
+    "METHODS",
+    "OWNER_FILE",
+    "OwnerRecord",
+    "call_route",
+    "call_routes",
+    "is_worker",
+    "mark_worker",
+    "pid_alive",
+    "read_owner",
+    "record",
+]

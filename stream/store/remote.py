@@ -45,8 +45,9 @@ def api_base(host: str | None, port: int) -> str:
 class RemoteStore:
     """A Store whose calls run in the worker (pid ``owner["pid"]``) that holds ``path``'s embedded store."""
 
-    def __init__(self, path: str, database: str, owner: dict[str, Any], *, token: str | None = None,
-                 timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, path: str, database: str, owner: dict[str, Any], *, token: str | None = None, timeout_s: float = 300.0
+    ) -> None:
         self.path = path
         self.pid = int(owner["pid"])
         self.owner = owner
@@ -54,14 +55,18 @@ class RemoteStore:
         self._token = token
         self.timeout_s = timeout_s
         if not owner.get("port"):
-            raise StoreInUse(f"the embedded store at {path} is held by worker pid {self.pid}, which serves no API "
-                             "(FINSENT_METRICS_PORT=0)",
-                             hint="run that worker with FINSENT_METRICS_PORT set (default 9464), or stop it "
-                                  f"(kill -TERM {self.pid}) while this command runs")
+            raise StoreInUse(
+                f"the embedded store at {path} is held by worker pid {self.pid}, which serves no API "
+                "(FINSENT_METRICS_PORT=0)",
+                hint="run that worker with FINSENT_METRICS_PORT set (default 9464), or stop it "
+                f"(kill -TERM {self.pid}) while this command runs",
+            )
         if owner.get("token") and not token:
-            raise StoreInUse(f"the embedded store at {path} is held by worker pid {self.pid}, whose API needs a "
-                             "token, and FINSENT_API_TOKEN is not set here",
-                             hint="set FINSENT_API_TOKEN to the worker's token")
+            raise StoreInUse(
+                f"the embedded store at {path} is held by worker pid {self.pid}, whose API needs a "
+                "token, and FINSENT_API_TOKEN is not set here",
+                hint="set FINSENT_API_TOKEN to the worker's token",
+            )
         self.base = api_base(owner.get("host"), int(owner["port"]))
         info = self._call("__describe__")
         self.url_redacted: str = f"{info['url_redacted']} (through worker pid {self.pid})"
@@ -96,29 +101,43 @@ class RemoteStore:
                 answer = {}
             message = answer.get("error") if isinstance(answer, dict) else None
             if exc.code in (401, 403):
-                raise StoreInUse(f"{self._who()}, whose API refused this command (HTTP {exc.code}: {message})",
-                                 hint="set FINSENT_API_TOKEN to the worker's token") from None
+                raise StoreInUse(
+                    f"{self._who()}, whose API refused this command (HTTP {exc.code}: {message})",
+                    hint="set FINSENT_API_TOKEN to the worker's token",
+                ) from None
             if exc.code == 404:
-                raise StoreInUse(f"{self._who()}, whose API has no {CALL_PATH} (an older finsent)",
-                                 hint=f"restart that worker with this finsent, or stop it (kill -TERM {self.pid}) "
-                                      "while this command runs") from None
+                raise StoreInUse(
+                    f"{self._who()}, whose API has no {CALL_PATH} (an older finsent)",
+                    hint=f"restart that worker with this finsent, or stop it (kill -TERM {self.pid}) "
+                    "while this command runs",
+                ) from None
             cls = _ERRORS.get(str(answer.get("type") if isinstance(answer, dict) else ""), errors.StoreError)
-            raise cls(f"{message or f'HTTP {exc.code}'} (in worker pid {self.pid})",
-                      hint=answer.get("hint") if isinstance(answer, dict) else None) from None
+            raise cls(
+                f"{message or f'HTTP {exc.code}'} (in worker pid {self.pid})",
+                hint=answer.get("hint") if isinstance(answer, dict) else None,
+            ) from None
         except (OSError, ValueError) as exc:  # refused, reset, timed out
             reason = getattr(exc, "reason", None) or exc
-            after = (" -- the write may or may not have happened; running the command again is safe "
-                     "(the store's writes are idempotent)") if write else ""
-            raise StoreInUse(f"{self._who()}, whose API at {self.base} did not answer ({reason}){after}",
-                             hint=f"check that worker's log; if it is stuck, stop it (kill -TERM {self.pid}) and "
-                                  "run this command again") from None
+            after = (
+                (
+                    " -- the write may or may not have happened; running the command again is safe "
+                    "(the store's writes are idempotent)"
+                )
+                if write
+                else ""
+            )
+            raise StoreInUse(
+                f"{self._who()}, whose API at {self.base} did not answer ({reason}){after}",
+                hint=f"check that worker's log; if it is stuck, stop it (kill -TERM {self.pid}) and "
+                "run this command again",
+            ) from None
         answer = rpc_codec.loads(raw)
         return answer["result"]
 
     def _insert(self, method: str, rows: Sequence[Any], **kwargs: Any) -> int:
         total = 0
         for i in range(0, len(rows), CHUNK_ROWS):
-            total += int(self._call(method, list(rows[i:i + CHUNK_ROWS]), **kwargs) or 0)
+            total += int(self._call(method, list(rows[i : i + CHUNK_ROWS]), **kwargs) or 0)
         return total
 
     def insert_scored(self, items: Sequence[Any], **kwargs: Any) -> int:
@@ -138,6 +157,7 @@ class RemoteStore:
 
     def __getattr__(self, name: str) -> Any:
         if name in METHODS:
+
             def call(*args: Any, **kwargs: Any) -> Any:
                 return self._call(name, *args, **kwargs)
 
@@ -179,8 +199,7 @@ def through_owner(path: str, database: str, cause: Exception, *, api_token: str 
         raise cause
     token = api_token if api_token is not None else (os.environ.get("FINSENT_API_TOKEN") or None)
     store = RemoteStore(resolved, database, owner, token=token)
-    logging.getLogger("finsent.stream.store").info("using the running worker (pid %d) that holds the store",
-                                                   store.pid)
+    logging.getLogger("finsent.stream.store").info("using the running worker (pid %d) that holds the store", store.pid)
     return store
 
 

@@ -25,8 +25,9 @@ from finsent.core.events import Alert, EntityMention, RawItem, ScoredItem
 from finsent.core.store import Label, TopicCounts
 
 #: the dataclasses :func:`decode` may build, by name: the core values the Store methods take and give
-CLASSES: dict[str, type] = {cls.__name__: cls for cls in (Alert, EntityMention, Label, RawItem, ScoredItem,
-                                                          TopicCounts)}
+CLASSES: dict[str, type] = {
+    cls.__name__: cls for cls in (Alert, EntityMention, Label, RawItem, ScoredItem, TopicCounts)
+}
 _TAG = "__t"
 
 

@@ -256,6 +256,7 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("version", "UInt64"),
 )
 
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What the connected server can do, decided from its version once per connection."""
@@ -380,43 +381,87 @@ _SENTIMENTS = ("negative", "neutral", "positive")
 EVENT_TIME_DEFAULT = "DateTime('UTC') DEFAULT ifNull(published_at, ingested_at)"
 
 # ORDER BY id and no partition: FINAL collapses an id whatever the days it arrived on (module docstring)
-declare_table(TableSpec(
-    ITEMS, ITEM_COLUMNS, "ReplacingMergeTree(version)", order_by="id", partition_by=None, ttl_column="event_time",
-    default_columns=(("stored_at", "DateTime('UTC') DEFAULT now()"), ("event_time", EVENT_TIME_DEFAULT)),
-))
-declare_table(TableSpec(
-    TOPIC_MINUTE,
-    (("minute", "DateTime('UTC')"), ("topic", "LowCardinality(String)"), ("model_version", "LowCardinality(String)"),
-     ("items", "AggregateFunction(uniqExact, String)"),
-     *((s, "AggregateFunction(uniqExactIf, String, UInt8)") for s in _SENTIMENTS)),
-    "AggregatingMergeTree()", order_by="(topic, minute, model_version)", partition_by="toYYYYMM(minute)",
-    # written only by the view, on each node; a key is given so the Distributed table accepts inserts too
-    ttl_column="minute", shard_key="cityHash64(topic)",
-))
-declare_view(ViewSpec(
-    TOPIC_MINUTE_MV, source=ITEMS, target=TOPIC_MINUTE,
-    select="""SELECT toStartOfMinute(ingested_at) AS minute, topic, model_version,
+declare_table(
+    TableSpec(
+        ITEMS,
+        ITEM_COLUMNS,
+        "ReplacingMergeTree(version)",
+        order_by="id",
+        partition_by=None,
+        ttl_column="event_time",
+        default_columns=(("stored_at", "DateTime('UTC') DEFAULT now()"), ("event_time", EVENT_TIME_DEFAULT)),
+    )
+)
+declare_table(
+    TableSpec(
+        TOPIC_MINUTE,
+        (
+            ("minute", "DateTime('UTC')"),
+            ("topic", "LowCardinality(String)"),
+            ("model_version", "LowCardinality(String)"),
+            ("items", "AggregateFunction(uniqExact, String)"),
+            *((s, "AggregateFunction(uniqExactIf, String, UInt8)") for s in _SENTIMENTS),
+        ),
+        "AggregatingMergeTree()",
+        order_by="(topic, minute, model_version)",
+        partition_by="toYYYYMM(minute)",
+        # written only by the view, on each node; a key is given so the Distributed table accepts inserts too
+        ttl_column="minute",
+        shard_key="cityHash64(topic)",
+    )
+)
+declare_view(
+    ViewSpec(
+        TOPIC_MINUTE_MV,
+        source=ITEMS,
+        target=TOPIC_MINUTE,
+        select="""SELECT toStartOfMinute(ingested_at) AS minute, topic, model_version,
     uniqExactState(id) AS items,
-    """ + ",\n    ".join(f"uniqExactIfState(id, toUInt8(sentiment = '{s}')) AS {s}" for s in _SENTIMENTS) + """
+    """
+        + ",\n    ".join(f"uniqExactIfState(id, toUInt8(sentiment = '{s}')) AS {s}" for s in _SENTIMENTS)
+        + """
 FROM {source}
 GROUP BY minute, topic, model_version""",
-))
-declare_table(TableSpec(
-    ALERTS, ALERT_COLUMNS, "ReplacingMergeTree(version)", order_by="id", partition_by="toYYYYMM(window_start)",
-    ttl_column="fired_at",
-))
+    )
+)
+declare_table(
+    TableSpec(
+        ALERTS,
+        ALERT_COLUMNS,
+        "ReplacingMergeTree(version)",
+        order_by="id",
+        partition_by="toYYYYMM(window_start)",
+        ttl_column="fired_at",
+    )
+)
 
 #: (name, type) of ``scores`` columns: the score part of an ``items`` row plus what locates the item.
 SCORE_COLUMNS: tuple[tuple[str, str], ...] = tuple(
-    (name, dict(ITEM_COLUMNS)[name]) for name in (
-        "id", "ingested_at", "model_version", "sentiment", "p_negative", "p_neutral", "p_positive", "topic",
-        "topic_prob", "scored_at", "version",
+    (name, dict(ITEM_COLUMNS)[name])
+    for name in (
+        "id",
+        "ingested_at",
+        "model_version",
+        "sentiment",
+        "p_negative",
+        "p_neutral",
+        "p_positive",
+        "topic",
+        "topic_prob",
+        "scored_at",
+        "version",
     )
 )
-declare_table(TableSpec(
-    SCORES, SCORE_COLUMNS, "ReplacingMergeTree(version)", order_by="(toStartOfDay(ingested_at), id, model_version)",
-    partition_by="toYYYYMM(ingested_at)", ttl_column="ingested_at",
-))
+declare_table(
+    TableSpec(
+        SCORES,
+        SCORE_COLUMNS,
+        "ReplacingMergeTree(version)",
+        order_by="(toStartOfDay(ingested_at), id, model_version)",
+        partition_by="toYYYYMM(ingested_at)",
+        ttl_column="ingested_at",
+    )
+)
 
 
 def ttl_expression(table: str, retention_days: int) -> str:
@@ -442,16 +487,19 @@ def replicated_engine(spec: TableSpec, db: str) -> str:
     return f"Replicated{name}({path}{', ' + args if args else ''})"
 
 
-def table_statements(spec: TableSpec, db: str, caps: Capabilities, retention_days: int = 0,
-                     cluster: str | None = None) -> list[str]:
+def table_statements(
+    spec: TableSpec, db: str, caps: Capabilities, retention_days: int = 0, cluster: str | None = None
+) -> list[str]:
     """One table's DDL: the table itself, or (cluster) the replicated local table and the Distributed one."""
     name = spec.local_name if cluster else spec.name
     engine = replicated_engine(spec, db) if cluster else spec.engine
     partition = f"\nPARTITION BY {spec.partition_by}" if spec.partition_by else ""
-    out = [f"""CREATE TABLE IF NOT EXISTS {db}.{name}{_on_cluster(cluster)} (
+    out = [
+        f"""CREATE TABLE IF NOT EXISTS {db}.{name}{_on_cluster(cluster)} (
     {_columns_sql(spec.all_columns)}
 ) ENGINE = {engine}{partition}
-ORDER BY {spec.order_by}{_ttl_clause(spec, caps, retention_days)}"""]
+ORDER BY {spec.order_by}{_ttl_clause(spec, caps, retention_days)}"""
+    ]
     if cluster:
         out.append(f"""CREATE TABLE IF NOT EXISTS {db}.{spec.name}{_on_cluster(cluster)} (
     {_columns_sql(spec.all_columns)}
@@ -462,8 +510,10 @@ ORDER BY {spec.order_by}{_ttl_clause(spec, caps, retention_days)}"""]
 def view_statement(view: ViewSpec, db: str, cluster: str | None = None) -> str:
     suffix = LOCAL_SUFFIX if cluster else ""
     select = view.select.replace("{source}", f"{db}.{view.source}{suffix}")
-    return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view.name}{_on_cluster(cluster)} "
-            f"TO {db}.{view.target}{suffix} AS\n{select}")
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view.name}{_on_cluster(cluster)} "
+        f"TO {db}.{view.target}{suffix} AS\n{select}"
+    )
 
 
 def create_statements(db: str, caps: Capabilities, retention_days: int = 0, cluster: str | None = None) -> list[str]:
@@ -480,8 +530,9 @@ def create_statements(db: str, caps: Capabilities, retention_days: int = 0, clus
     return out
 
 
-def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full: dict[str, str],
-                   cluster: str | None = None) -> list[str]:
+def ttl_statements(
+    db: str, caps: Capabilities, retention_days: int, engine_full: dict[str, str], cluster: str | None = None
+) -> list[str]:
     """ALTERs that bring existing tables' TTL in line with ``retention_days`` (nothing if already so).
 
     ``engine_full`` maps table name to ``system.tables.engine_full``. Only run where ``caps.ttl``.
@@ -499,8 +550,9 @@ def ttl_statements(db: str, caps: Capabilities, retention_days: int, engine_full
         current = engine_full.get(table, "")
         has_ttl = " TTL " in f" {current} "
         if retention_days > 0 and ttl_expression(spec.name, retention_days) not in current:
-            out.append(f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} MODIFY TTL "
-                       f"{ttl_expression(spec.name, retention_days)}")
+            out.append(
+                f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} MODIFY TTL {ttl_expression(spec.name, retention_days)}"
+            )
         elif retention_days <= 0 and has_ttl:
             out.append(f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} REMOVE TTL")
     return out
@@ -518,8 +570,11 @@ def missing_column_statements(db: str, existing: dict[str, set[str]], cluster: s
             have = existing.get(table)
             if have is None:
                 continue
-            out += [f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} ADD COLUMN {name} {typ}"
-                    for name, typ in spec.all_columns if name not in have]
+            out += [
+                f"ALTER TABLE {db}.{table}{_on_cluster(cluster)} ADD COLUMN {name} {typ}"
+                for name, typ in spec.all_columns
+                if name not in have
+            ]
     return out
 
 
@@ -542,19 +597,25 @@ def layout_warnings(db: str, engine_full: dict[str, str], cluster: str | None = 
         return []
     spec = TABLE_SPECS[ITEMS]
     if cluster:
-        how = (f"on each shard, rebuild {db}.{table} as {replicated_engine(spec, db).replace(ITEMS, ITEMS + '_v2')} "
-               f"ORDER BY {spec.order_by} (no PARTITION BY), copy the rows, and swap the names; see the statements "
-               "for one node")
+        how = (
+            f"on each shard, rebuild {db}.{table} as {replicated_engine(spec, db).replace(ITEMS, ITEMS + '_v2')} "
+            f"ORDER BY {spec.order_by} (no PARTITION BY), copy the rows, and swap the names; see the statements "
+            "for one node"
+        )
     else:
         create = " ".join(table_statements(replace(spec, name=ITEMS + "_v2"), db, Capabilities((18, 16)))[0].split())
-        how = ("with the workers stopped run: "
-               f"{create}; "
-               f"INSERT INTO {db}.items_v2 SELECT * FROM {db}.items; "
-               f"DROP TABLE {db}.{TOPIC_MINUTE_MV}; "
-               f"RENAME TABLE {db}.items TO {db}.items_old, {db}.items_v2 TO {db}.items; "
-               f"then start a worker (it re-creates {TOPIC_MINUTE_MV} and the TTL) and DROP TABLE {db}.items_old")
-    return [f"{db}.{table} has the layout from before issue 22 ({current[:160]}): an item that arrives on two "
-            f"days (or months) is stored, and counted, twice. To rebuild it {how}"]
+        how = (
+            "with the workers stopped run: "
+            f"{create}; "
+            f"INSERT INTO {db}.items_v2 SELECT * FROM {db}.items; "
+            f"DROP TABLE {db}.{TOPIC_MINUTE_MV}; "
+            f"RENAME TABLE {db}.items TO {db}.items_old, {db}.items_v2 TO {db}.items; "
+            f"then start a worker (it re-creates {TOPIC_MINUTE_MV} and the TTL) and DROP TABLE {db}.items_old"
+        )
+    return [
+        f"{db}.{table} has the layout from before issue 22 ({current[:160]}): an item that arrives on two "
+        f"days (or months) is stored, and counted, twice. To rebuild it {how}"
+    ]
 
 
 # --- row encoding -------------------------------------------------------------------------------
@@ -702,8 +763,21 @@ GROUP BY minute, topic
 ORDER BY minute, topic"""
 
 NEGATIVE_COLUMNS = (
-    "id", "event_time", "ingested_at", "ingested_ms", "topic", "topic_prob", "sentiment", "p_negative", "source",
-    "source_type", "title", "text", "url", "tickers", "model_version",
+    "id",
+    "event_time",
+    "ingested_at",
+    "ingested_ms",
+    "topic",
+    "topic_prob",
+    "sentiment",
+    "p_negative",
+    "source",
+    "source_type",
+    "title",
+    "text",
+    "url",
+    "tickers",
+    "model_version",
 )
 
 TOP_NEGATIVE = f"""
@@ -833,12 +907,33 @@ declare_table(TableSpec(LABELS, LABEL_COLUMNS, "ReplacingMergeTree(version)", or
 def label_row(lbl: Label) -> tuple[Any, ...]:
     """One ``labels`` row (in :data:`LABEL_COLUMNS` order)."""
     at, ms, version = _split_ms(lbl.at)
-    return (_text(lbl.id), lbl.task, _text(lbl.label), _text(lbl.old_label), _text(lbl.text), _text(lbl.by), at, ms,
-            _text(lbl.note), _text(lbl.origin), version)
+    return (
+        _text(lbl.id),
+        lbl.task,
+        _text(lbl.label),
+        _text(lbl.old_label),
+        _text(lbl.text),
+        _text(lbl.by),
+        at,
+        ms,
+        _text(lbl.note),
+        _text(lbl.origin),
+        version,
+    )
 
 
-LABEL_SELECT = ("id", "task", "label", "text", "labelled_by", "labelled_at", "labelled_ms", "old_label", "note",
-                "origin")
+LABEL_SELECT = (
+    "id",
+    "task",
+    "label",
+    "text",
+    "labelled_by",
+    "labelled_at",
+    "labelled_ms",
+    "old_label",
+    "note",
+    "origin",
+)
 
 LABELS_CURRENT = f"""
 SELECT {", ".join(LABEL_SELECT)} FROM {{db}}.labels FINAL
@@ -856,8 +951,18 @@ SELECT id, sentiment, topic, text, model_version FROM {db}.items FINAL
 WHERE has({ids:Array(String)}, id)"""
 
 QUEUE_COLUMNS = (
-    "id", "ingested_at", "source", "title", "text", "sentiment", "p_negative", "p_neutral", "p_positive", "topic",
-    "topic_prob", "model_version",
+    "id",
+    "ingested_at",
+    "source",
+    "title",
+    "text",
+    "sentiment",
+    "p_negative",
+    "p_neutral",
+    "p_positive",
+    "topic",
+    "topic_prob",
+    "model_version",
 )
 
 #: how the queue orders candidates (constants chosen by name, never user text):
@@ -937,8 +1042,15 @@ MODEL_VERSION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("registry", "String"),  # the registry directory
     ("synced", "UInt64"),  # epoch ms of the sync that wrote the row: the newest wins
 )
-declare_table(TableSpec(MODEL_VERSIONS, MODEL_VERSION_COLUMNS, "ReplacingMergeTree(synced)", order_by="version",
-                        shard_key="cityHash64(version)"))
+declare_table(
+    TableSpec(
+        MODEL_VERSIONS,
+        MODEL_VERSION_COLUMNS,
+        "ReplacingMergeTree(synced)",
+        order_by="version",
+        shard_key="cityHash64(version)",
+    )
+)
 
 MODEL_VERSIONS_SELECT = f"""
 SELECT {", ".join(name for name, _ in MODEL_VERSION_COLUMNS)} FROM {{db}}.model_versions FINAL
@@ -952,8 +1064,10 @@ def model_version_row(row: dict[str, Any], synced: datetime) -> tuple[Any, ...]:
     except ValueError:
         created = synced
     values = {**row, "created_at": _split_ms(created)[0], "synced": _split_ms(synced)[2]}
-    return tuple(values[name] if name in ("created_at", "synced", "aliases") else _text(str(values.get(name) or ""))
-                 for name, _ in MODEL_VERSION_COLUMNS)
+    return tuple(
+        values[name] if name in ("created_at", "synced", "aliases") else _text(str(values.get(name) or ""))
+        for name, _ in MODEL_VERSION_COLUMNS
+    )
 
 
 # --- feature modules that declare their own tables into this schema (issue 23's direction) -------------------

@@ -80,8 +80,7 @@ def check_written(where: str, table: str, sent: int, written: int | None) -> Non
     ``None`` means the engine did not say (then its exception is the only evidence).
     """
     if written is not None and written < sent:
-        raise StoreDiskFull(
-            f"{where}: insert into {table} wrote {written} of {sent} rows; is the store's disk full?")
+        raise StoreDiskFull(f"{where}: insert into {table} wrote {written} of {sent} rows; is the store's disk full?")
 
 
 class SqlStore:
@@ -95,8 +94,13 @@ class SqlStore:
 
     url_redacted: str
 
-    def __init__(self, database: str, retention_days: int = 0, insert_batch_rows: int = INSERT_BATCH_ROWS,
-                 cluster: str | None = None) -> None:
+    def __init__(
+        self,
+        database: str,
+        retention_days: int = 0,
+        insert_batch_rows: int = INSERT_BATCH_ROWS,
+        cluster: str | None = None,
+    ) -> None:
         self.database = schema.check_database_name(database)
         #: cluster mode (schema module docstring): ON CLUSTER DDL, Distributed tables over *_local ones
         self.cluster = schema.check_cluster_name(cluster) if cluster else None
@@ -152,11 +156,16 @@ class SqlStore:
                 log.warning(
                     "store: ClickHouse %s has no TTL (19.6+); retention_days=%d is not applied, "
                     "drop old monthly partitions by hand (ALTER TABLE %s.items DROP PARTITION YYYYMM)",
-                    caps.version_text, self.retention_days, self.database,
+                    caps.version_text,
+                    self.retention_days,
+                    self.database,
                 )
 
     def insert_scored(
-        self, items: Sequence[ScoredItem], *, replace_mentions: bool = False,
+        self,
+        items: Sequence[ScoredItem],
+        *,
+        replace_mentions: bool = False,
         stories: dict[str, dict[str, tuple[int, str]]] | None = None,
     ) -> int:
         """Write scored items and their mentions (one row per (item, entity)); returns the number of items.
@@ -178,8 +187,9 @@ class SqlStore:
                 for chunk in _chunks(list(dict.fromkeys(s.id for s in items)), ID_LOOKUP_CHUNK):
                     for item_id, key in self._select(self._q(mentions.KEYS_FOR_ITEMS), {"ids": list(chunk)}):
                         old.setdefault(str(item_id), set()).add(str(key))
-            mention_rows = [r for s in items
-                            for r in mentions.mention_rows(s, (stories or {}).get(s.id), old.get(s.id, ()))]
+            mention_rows = [
+                r for s in items for r in mentions.mention_rows(s, (stories or {}).get(s.id), old.get(s.id, ()))
+            ]
             for chunk in _chunks(rows, self.insert_batch_rows):
                 self._insert(f"{self.database}.{schema.ITEMS}", schema.ITEM_COLUMNS, chunk)
             for chunk in _chunks(mention_rows, self.insert_batch_rows):
@@ -231,8 +241,9 @@ class SqlStore:
         with self._lock:
             rows = self._select(self._q(schema.TOPIC_COUNTS), params)
         return [
-            TopicCounts(bucket=_as_utc(b), topic=t, total=int(tot), negative=int(neg), neutral=int(neu),
-                        positive=int(pos))
+            TopicCounts(
+                bucket=_as_utc(b), topic=t, total=int(tot), negative=int(neg), neutral=int(neu), positive=int(pos)
+            )
             for b, t, tot, neg, neu, pos in rows
         ]
 
@@ -244,8 +255,9 @@ class SqlStore:
         with self._lock:
             rows = self._select(self._q(schema.TOPIC_MINUTE_COUNTS), {"since": since_epoch(since)})
         return [
-            TopicCounts(bucket=_as_utc(b), topic=t, total=int(tot), negative=int(neg), neutral=int(neu),
-                        positive=int(pos))
+            TopicCounts(
+                bucket=_as_utc(b), topic=t, total=int(tot), negative=int(neg), neutral=int(neu), positive=int(pos)
+            )
             for b, t, tot, neg, neu, pos in rows
         ]
 
@@ -320,8 +332,9 @@ class SqlStore:
         with self._lock:
             return int(self._select(self._q(mentions.KEY_EXISTS), {"key": key})[0][0]) > 0
 
-    def entity_series(self, key: str, since: timedelta | datetime | None = None, until: datetime | None = None,
-                      bucket_s: int = 3600) -> list[dict[str, Any]]:
+    def entity_series(
+        self, key: str, since: timedelta | datetime | None = None, until: datetime | None = None, bucket_s: int = 3600
+    ) -> list[dict[str, Any]]:
         """One entity's mentions per ``bucket_s`` bucket of event time: buzz (all), counts by sentiment,
         novel and novel negative counts (as stored), relevance-weighted net sentiment, distinct sources."""
         if bucket_s < 1:
@@ -331,12 +344,21 @@ class SqlStore:
             rows = self._select(self._q(mentions.ENTITY_SERIES), params)
         return [_series_row(dict(zip(mentions.SERIES_FIELDS, r, strict=True))) for r in rows]
 
-    def top_entities(self, since: timedelta | datetime | None = None, until: datetime | None = None,
-                     limit: int = 20, sentiment: str | None = None) -> list[dict[str, Any]]:
+    def top_entities(
+        self,
+        since: timedelta | datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 20,
+        sentiment: str | None = None,
+    ) -> list[dict[str, Any]]:
         """The most mentioned entities in the window (most buzz first, ties by key), with their counts;
         ``sentiment`` counts only mentions of that sentiment (``negative``: the most talked-down names)."""
-        params = {**self._window(since, until), "limit": max(1, int(limit)), "any_sentiment": int(sentiment is None),
-                  "sentiment": sentiment or ""}
+        params = {
+            **self._window(since, until),
+            "limit": max(1, int(limit)),
+            "any_sentiment": int(sentiment is None),
+            "sentiment": sentiment or "",
+        }
         with self._lock:
             rows = self._select(self._q(mentions.TOP_ENTITIES), params)
         out = []
@@ -346,28 +368,54 @@ class SqlStore:
             out.append(d)
         return out
 
-    def entity_stories(self, key: str, since: timedelta | datetime | None = None, until: datetime | None = None,
-                       limit: int = 10) -> list[dict[str, Any]]:
+    def entity_stories(
+        self, key: str, since: timedelta | datetime | None = None, until: datetime | None = None, limit: int = 10
+    ) -> list[dict[str, Any]]:
         """The entity's most relevant stories in the window (relevance, then newest), with title and url."""
         params = {**self._window(since, until), "key": key, "limit": max(1, int(limit))}
         with self._lock:
-            rows = [dict(zip(mentions.STORY_FIELDS, r, strict=True))
-                    for r in self._select(self._q(mentions.ENTITY_STORIES), params)]
-            heads = {r[0]: r for r in self._select(self._q(mentions.ITEM_HEADLINES),
-                                                   {"ids": [d["item_id"] for d in rows]})} if rows else {}
+            rows = [
+                dict(zip(mentions.STORY_FIELDS, r, strict=True))
+                for r in self._select(self._q(mentions.ENTITY_STORIES), params)
+            ]
+            heads = (
+                {r[0]: r for r in self._select(self._q(mentions.ITEM_HEADLINES), {"ids": [d["item_id"] for d in rows]})}
+                if rows
+                else {}
+            )
         for d in rows:
             _, title, text, url = heads.get(d["item_id"], (None, None, "", None))
-            d.update(event_time=_as_utc(d["event_time"]), relevance=int(d["relevance"]), novelty=int(d["novelty"]),
-                     entity_id=d["entity_id"] or None, title=title or (text or "")[:200], url=url)
+            d.update(
+                event_time=_as_utc(d["event_time"]),
+                relevance=int(d["relevance"]),
+                novelty=int(d["novelty"]),
+                entity_id=d["entity_id"] or None,
+                title=title or (text or "")[:200],
+                url=url,
+            )
         return rows
 
-    def list_items(self, since: timedelta | datetime | None = None, until: datetime | None = None, *,
-                   entity_key: str | None = None, topic: str | None = None, sentiment: str | None = None,
-                   limit: int = 100) -> list[dict[str, Any]]:
+    def list_items(
+        self,
+        since: timedelta | datetime | None = None,
+        until: datetime | None = None,
+        *,
+        entity_key: str | None = None,
+        topic: str | None = None,
+        sentiment: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
         """Stored items, newest event time first, filtered by entity (a stored key), topic and item sentiment."""
-        params = {**self._window(since, until), "any_entity": int(entity_key is None), "key": entity_key or "",
-                  "any_topic": int(topic is None), "topic": topic or "", "any_sentiment": int(sentiment is None),
-                  "sentiment": sentiment or "", "limit": max(1, int(limit))}
+        params = {
+            **self._window(since, until),
+            "any_entity": int(entity_key is None),
+            "key": entity_key or "",
+            "any_topic": int(topic is None),
+            "topic": topic or "",
+            "any_sentiment": int(sentiment is None),
+            "sentiment": sentiment or "",
+            "limit": max(1, int(limit)),
+        }
         with self._lock:
             rows = self._select(self._q(mentions.ITEMS_LIST), params)
         out = []
@@ -385,10 +433,14 @@ class SqlStore:
         """(items, mentions) with event time in [since, until), oldest first: what the backtest replays."""
         params = {"since": _epoch(since), "until": _epoch(until)}
         with self._lock:
-            items = [dict(zip(mentions.ITEM_HISTORY_FIELDS, r, strict=True))
-                     for r in self._select(self._q(mentions.ITEM_HISTORY), params)]
-            ments = [dict(zip(mentions.HISTORY_FIELDS, r, strict=True))
-                     for r in self._select(self._q(mentions.MENTION_HISTORY), params)]
+            items = [
+                dict(zip(mentions.ITEM_HISTORY_FIELDS, r, strict=True))
+                for r in self._select(self._q(mentions.ITEM_HISTORY), params)
+            ]
+            ments = [
+                dict(zip(mentions.HISTORY_FIELDS, r, strict=True))
+                for r in self._select(self._q(mentions.MENTION_HISTORY), params)
+            ]
         for d in items:
             d["event_time"] = _as_utc(d["event_time"])
         for d in ments:
@@ -403,8 +455,15 @@ class SqlStore:
     def rescore_page(self, lo: int, hi: int, after: tuple[int, str], topic: str | None, limit: int) -> list[tuple]:
         """Up to ``limit`` newest-version ``items`` rows (:data:`schema.ITEM_NAMES` order) ingested in
         [lo, hi) (epoch seconds) after the cursor ``after`` = (ingested_at seconds, id), in that order."""
-        params = {"lo": int(lo), "hi": int(hi), "after_at": int(after[0]), "after_id": after[1],
-                  "any_topic": 1 if topic is None else 0, "topic": topic or "", "limit": max(1, int(limit))}
+        params = {
+            "lo": int(lo),
+            "hi": int(hi),
+            "after_at": int(after[0]),
+            "after_id": after[1],
+            "any_topic": 1 if topic is None else 0,
+            "topic": topic or "",
+            "limit": max(1, int(limit)),
+        }
         with self._lock:
             return self._select(self._q(schema.RESCORE_PAGE), params)
 
@@ -426,8 +485,10 @@ class SqlStore:
         params = {"a": a, "b": b, "since": since_epoch(since)}
         with self._lock:
             rows = self._select(self._q(schema.COMPARE_VERSIONS), params)
-        return [{"topic": t, "items": int(n), "negative_a": int(na), "negative_b": int(nb),
-                 "topic_changed": int(tc)} for t, n, na, nb, tc in rows]
+        return [
+            {"topic": t, "items": int(n), "negative_a": int(na), "negative_b": int(nb), "topic_changed": int(tc)}
+            for t, n, na, nb, tc in rows
+        ]
 
     def score_versions(self, since: timedelta | None = None) -> dict[str, int]:
         """Items in the score history per model version."""
@@ -456,19 +517,34 @@ class SqlStore:
         """
         with self._lock:
             if ids is not None:
-                rows = [r for chunk in _chunks(list(dict.fromkeys(ids)), ID_LOOKUP_CHUNK)
-                        for r in self._select(self._q(schema.LABELS_FOR_IDS), {"ids": list(chunk)})]
+                rows = [
+                    r
+                    for chunk in _chunks(list(dict.fromkeys(ids)), ID_LOOKUP_CHUNK)
+                    for r in self._select(self._q(schema.LABELS_FOR_IDS), {"ids": list(chunk)})
+                ]
             else:
-                rows = self._select(self._q(schema.LABELS_CURRENT), {"any_task": 1 if task is None else 0,
-                                                                      "task": task or ""})
+                rows = self._select(
+                    self._q(schema.LABELS_CURRENT), {"any_task": 1 if task is None else 0, "task": task or ""}
+                )
         out = []
         for row in rows:
             d = dict(zip(schema.LABEL_SELECT, row, strict=True))
             if task is not None and d["task"] != task:
                 continue
             at = _as_utc(d["labelled_at"]) + timedelta(milliseconds=int(d["labelled_ms"]))
-            out.append(Label(id=d["id"], task=d["task"], label=d["label"], text=d["text"], old_label=d["old_label"],
-                             by=d["labelled_by"], at=at, note=d["note"], origin=d["origin"]))
+            out.append(
+                Label(
+                    id=d["id"],
+                    task=d["task"],
+                    label=d["label"],
+                    text=d["text"],
+                    old_label=d["old_label"],
+                    by=d["labelled_by"],
+                    at=at,
+                    note=d["note"],
+                    origin=d["origin"],
+                )
+            )
         return sorted(out, key=lambda lbl: (lbl.task, lbl.id))
 
     def items_by_id(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -481,7 +557,11 @@ class SqlStore:
         return out
 
     def label_queue(
-        self, limit: int, since: timedelta | None = None, task: str = "sentiment", strategy: str = "uncertain",
+        self,
+        limit: int,
+        since: timedelta | None = None,
+        task: str = "sentiment",
+        strategy: str = "uncertain",
         seed: int = 0,
     ) -> list[dict[str, Any]]:
         """Stored items (ingested in the last ``since``) that have no ``task`` label, most in need first.
@@ -521,12 +601,19 @@ class SqlStore:
         ``recent`` is True for [split, until) and False for [since, split); ``confidence`` sums the top
         sentiment probabilities, ``low`` counts those below ``low_confidence``.
         """
-        params = {"since": _epoch(since), "split": _epoch(split), "until": _epoch(until), "version": model_version,
-                  "low": float(low_confidence)}
+        params = {
+            "since": _epoch(since),
+            "split": _epoch(split),
+            "until": _epoch(until),
+            "version": model_version,
+            "low": float(low_confidence),
+        }
         with self._lock:
             rows = self._select(self._q(schema.PREDICTION_STATS), params)
-        return [{"recent": bool(int(r)), "sentiment": s, "topic": t, "n": int(n), "confidence": float(c),
-                 "low": int(lo)} for r, s, t, n, c, lo in rows]
+        return [
+            {"recent": bool(int(r)), "sentiment": s, "topic": t, "n": int(n), "confidence": float(c), "low": int(lo)}
+            for r, s, t, n, c, lo in rows
+        ]
 
     # --- the model registry's mirror (finsent models / retrain) ----------------------------------
     def sync_model_versions(self, rows: Sequence[dict[str, Any]]) -> int:
