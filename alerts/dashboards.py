@@ -1,7 +1,7 @@
 """Grafana dashboards and provisioning for finsent, generated here so every query lives in one place.
 
 ``finsent alerts dashboards`` writes ``deploy/grafana/``; a test checks the files are current, and
-``tests/test_alerts_grafana.py`` runs every SQL query of the JSON files against the real schema on
+``tests/alerts/test_alerts_grafana.py`` runs every SQL query of the JSON files against the real schema on
 clickhouse-server and chdb (Grafana's ClickHouse-plugin macros substituted) and every PromQL
 expression against a real Prometheus.
 

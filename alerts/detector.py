@@ -26,7 +26,8 @@ from finsent.alerts.ewma_z import EwmaZ
 if TYPE_CHECKING:
     from finsent.core.settings import Settings
 
-#: every detector, by the name ``FINSENT_ALERT_DETECTOR`` takes; tests/test_alerts_contract.py runs its checks on each
+#: every detector, by the name ``FINSENT_ALERT_DETECTOR`` takes;
+#: tests/alerts/test_alerts_contract.py runs its checks on each
 REGISTRY: dict[str, type[WindowedDetector]] = {EwmaZ.name: EwmaZ, BinomialCusum.name: BinomialCusum}
 DETECTORS = tuple(REGISTRY)
 

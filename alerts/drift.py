@@ -2,7 +2,7 @@
 
 ``finsent drift`` and the worker's ``finsent_drift_*`` gauges (:mod:`finsent.alerts.drift_agent`)
 both call :func:`drift_report`; everything below it is pure arithmetic on counts, unit-tested on
-fake distributions (``tests/test_drift.py``).
+fake distributions (``tests/alerts/test_drift.py``).
 
 Periods, on the items' ``ingested_at`` (the store's time axis): the *window* is the last
 ``--window`` (default 24h), the *reference* the ``--reference`` (default 7d) just before it.

@@ -25,7 +25,7 @@ Example::
     from finsent import RawItem, load_settings
     settings = load_settings()          # FINSENT_* environment, optional file
 
-``__all__`` is the public API, pinned by ``tests/test_public_api.py``; the package ships
+``__all__`` is the public API, pinned by ``tests/core/test_public_api.py``; the package ships
 ``py.typed`` (PEP 561), so type checkers read its hints.
 """
 

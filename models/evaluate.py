@@ -21,7 +21,7 @@ def score(truth: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> d
 
     The definitions are scikit-learn's (``zero_division=0``; macro over the labels present in the
     truth or the predictions), so ``finsent eval`` works on the runtime install and agrees with
-    the trainer; tests/test_models_pipeline.py checks the two agree.
+    the trainer; tests/models/test_models_pipeline.py checks the two agree.
     """
     if len(truth) != len(pred):
         raise ValueError(f"{len(truth)} true labels but {len(pred)} predictions")

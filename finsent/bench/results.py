@@ -8,7 +8,7 @@ from its source. The lab notebook that explains each run is bench/ARCHIVE.md.
 
 To record a new measurement: edit the figure in bench/results.json, then
 ``finsent bench results --write README.md docs/sizing.md bench/RESULTS.md``; ``--check`` does the
-same comparison the tests do (tests/test_docs_results.py).
+same comparison the tests do (tests/bench/test_docs_results.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Three commands, scriptable:
 * ``finsent label queue --n N --csv OUT`` -- the stored items most in need of an annotator (active
   learning), written as a CSV that ``label import`` reads back once its label columns are filled in.
 
-Defined behaviour of an import (each rule is tested in ``tests/test_labels.py``):
+Defined behaviour of an import (each rule is tested in ``tests/models/test_labels.py``):
 
 * a row naming an id that is not stored, an unknown label (matched case-insensitively against the
   model's ``labels.json``), or an empty id/text is reported with its line number and not imported;

@@ -132,7 +132,7 @@ Adding a table
 --------------
 Declare it once with :func:`declare_table` (a :class:`TableSpec`: name, columns, engine, order,
 partition, TTL column, shard key) and, for a materialized view, :func:`declare_view`. The
-single-node DDL, the cluster DDL, TTL and ``tests/test_store_cluster.py`` all iterate over
+single-node DDL, the cluster DDL, TTL and ``tests/stream/store/test_store_cluster.py`` all iterate over
 :data:`TABLE_SPECS` / :data:`VIEW_SPECS`, so a declared table needs no further work for a cluster.
 
 Cluster mode (``FINSENT_CLICKHOUSE_CLUSTER=name``, a cluster of the servers' ``remote_servers``)
@@ -153,7 +153,7 @@ rest). The store inserts with ``insert_distributed_sync=1`` in cluster mode, so 
 stored (and its offsets are committed) only once its shards have it.
 On 18.x the servers' default profile must set ``allow_experimental_low_cardinality_type=1``:
 ``ON CLUSTER`` DDL runs in each server's DDL worker, which does not see the client's settings.
-Checked for real on ZooKeeper + two 18.16 shards (``tests/test_store_cluster_live.py``).
+Checked for real on ZooKeeper + two 18.16 shards (``tests/stream/store/test_store_cluster_live.py``).
 
 What Debian's 18.16 lacks, checked against the real server (so this module avoids it)
 --------------------------------------------------------------------------------------
