@@ -5,10 +5,14 @@
 clickhouse-server and chdb (Grafana's ClickHouse-plugin macros substituted) and every PromQL
 expression against a real Prometheus.
 
-Datasources (provisioned with fixed uids so dashboards resolve them):
-``finsent-clickhouse`` (grafana-clickhouse-datasource, native protocol) and ``finsent-prometheus``.
-Template variables: ``database`` (the store's database, default ``finsent``), ``topic`` (multi,
-with All; from the topic_minute table), ``version_a`` / ``version_b`` (model versions from the score
+Datasources: every panel, annotation and query variable names its datasource through an input,
+``${DS_CLICKHOUSE}`` (grafana-clickhouse-datasource, native protocol) or ``${DS_PROMETHEUS}``, declared in
+``__inputs``, so each file can be imported into any Grafana (Dashboards > Import asks which datasource to use). When
+provisioned instead, two datasource variables of the same names resolve the inputs to the provisioned uids
+``finsent-clickhouse`` and ``finsent-prometheus``.
+
+Template variables: ``database`` (the store's database, default ``finsent``), ``topic`` (multi, with All; from the
+topic_minute table), ``version_a`` / ``version_b`` (model versions from the score
 history, for the "same items under two versions" panel). SQL time buckets use ``intDiv(toUInt32(t), $__interval_s)``
 rather than ``$__timeInterval`` (``toStartOfInterval``) so the queries also run on ClickHouse 18.16.
 """
@@ -21,8 +25,12 @@ from typing import Any
 
 from finsent.stream.store import schema
 
-CH = {"type": "grafana-clickhouse-datasource", "uid": "finsent-clickhouse"}
-PROM = {"type": "prometheus", "uid": "finsent-prometheus"}
+#: the provisioned datasources' uids (provisioning/datasources/finsent.yml, deploy/compose/grafana/datasources.yml)
+CH_UID, PROM_UID = "finsent-clickhouse", "finsent-prometheus"
+#: what a panel names: an input, never a fixed uid (a fixed uid breaks every panel in a Grafana without it)
+CH = {"type": "grafana-clickhouse-datasource", "uid": "${DS_CLICKHOUSE}"}
+PROM = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+MIXED = {"type": "datasource", "uid": "-- Mixed --"}
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
 TOPIC_IN = "topic IN (${topic:singlequote})"
 
@@ -309,16 +317,64 @@ def _panel(
         "description": desc,
         "gridPos": {"x": x, "y": y, "w": w, "h": h},
         "targets": targets,
-        "datasource": targets[0]["datasource"],
+        # one datasource for the panel, or Grafana's Mixed when the targets differ (else all would go to the first)
+        "datasource": targets[0]["datasource"] if len({t["datasource"]["uid"] for t in targets}) == 1 else MIXED,
         "fieldConfig": {"defaults": {"unit": unit} if unit else {}, "overrides": []},
     }
     p.update(extra)
     return p
 
 
+def _datasource_variables() -> list[dict[str, Any]]:
+    """The provisioned case: variables named like the inputs resolve ``${DS_...}`` to the provisioned uids.
+
+    On import Grafana replaces every ``${DS_...}`` with the datasource the user picked, so these are then unused.
+    """
+    return [
+        {
+            "name": "DS_CLICKHOUSE",
+            "label": "ClickHouse",
+            "type": "datasource",
+            "query": CH["type"],
+            "hide": 0,
+            "current": {"text": "finsent ClickHouse", "value": CH_UID},
+        },
+        {
+            "name": "DS_PROMETHEUS",
+            "label": "Prometheus",
+            "type": "datasource",
+            "query": PROM["type"],
+            "hide": 0,
+            "current": {"text": "finsent Prometheus", "value": PROM_UID},
+        },
+    ]
+
+
+#: what Grafana's import form asks for: one datasource per input
+INPUTS = [
+    {
+        "name": "DS_CLICKHOUSE",
+        "label": "ClickHouse",
+        "description": "the finsent store",
+        "type": "datasource",
+        "pluginId": CH["type"],
+        "pluginName": "ClickHouse",
+    },
+    {
+        "name": "DS_PROMETHEUS",
+        "label": "Prometheus",
+        "description": "scrapes the finsent services",
+        "type": "datasource",
+        "pluginId": PROM["type"],
+        "pluginName": "Prometheus",
+    },
+]
+
+
 def _variables(versions: bool = False) -> dict[str, Any]:
     return {
         "list": [
+            *_datasource_variables(),
             {
                 "name": "database",
                 "label": "database",
@@ -397,6 +453,13 @@ def _annotations() -> dict[str, Any]:
 
 def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], desc: str, versions: bool = False) -> dict[str, Any]:
     return {
+        "__inputs": INPUTS,
+        # what the import form checks is installed: both datasource plugins and every panel type used
+        "__requires": [
+            {"type": "datasource", "id": CH["type"], "name": "ClickHouse", "version": ""},
+            {"type": "datasource", "id": PROM["type"], "name": "Prometheus", "version": ""},
+            *({"type": "panel", "id": k, "name": k, "version": ""} for k in sorted({p["type"] for p in panels})),
+        ],
         "uid": uid,
         "title": title,
         "description": desc,
@@ -732,21 +795,10 @@ def dashboards() -> dict[str, dict[str, Any]]:
     }
 
 
-#: the entity dashboard's datasources are inputs (``${DS_...}``): it can be imported into any Grafana as well as
-#: provisioned, where the two datasource variables of the same names resolve them to the provisioned uids
-CH_IN = {"type": CH["type"], "uid": "${DS_CLICKHOUSE}"}
-PROM_IN = {"type": PROM["type"], "uid": "${DS_PROMETHEUS}"}
-
-
-def _inputs(target: dict[str, Any]) -> dict[str, Any]:
-    return {**target, "datasource": CH_IN if target["datasource"] is CH else PROM_IN}
-
-
 def entity_dashboard() -> dict[str, Any]:
     """One entity: mentions by sentiment, net sentiment, buzz and novel stories, top stories, its alerts."""
 
-    def sql(q: str, fmt: str = "timeseries", ref: str = "A") -> dict[str, Any]:
-        return _inputs(_sql(q, fmt, ref))
+    sql = _sql
 
     panels = [
         _panel(
@@ -830,7 +882,7 @@ def entity_dashboard() -> dict[str, Any]:
             6,
             "Entities alerting now (all workers)",
             "table",
-            [_inputs(_prom(PROMQL["entity_alerting"], "{{entity}}"))],
+            [_prom(PROMQL["entity_alerting"], "{{entity}}")],
             0,
             26,
             12,
@@ -842,7 +894,7 @@ def entity_dashboard() -> dict[str, Any]:
             7,
             "Entity mentions per second",
             "timeseries",
-            [_inputs(_prom(PROMQL["entity_mentions_rate"], "{{sentiment}}"))],
+            [_prom(PROMQL["entity_mentions_rate"], "{{sentiment}}")],
             12,
             26,
             12,
@@ -858,48 +910,15 @@ def entity_dashboard() -> dict[str, Any]:
         "One entity over event time: mentions, net sentiment, buzz, top stories and its alerts.",
     )
     dash["time"] = {"from": "now-7d", "to": "now"}
-    dash["__inputs"] = [
-        {
-            "name": "DS_CLICKHOUSE",
-            "label": "ClickHouse",
-            "description": "the finsent store",
-            "type": "datasource",
-            "pluginId": CH["type"],
-            "pluginName": "ClickHouse",
-        },
-        {
-            "name": "DS_PROMETHEUS",
-            "label": "Prometheus",
-            "description": "scrapes the finsent workers",
-            "type": "datasource",
-            "pluginId": "prometheus",
-            "pluginName": "Prometheus",
-        },
-    ]
     dash["templating"] = {
         "list": [
-            {
-                "name": "DS_CLICKHOUSE",
-                "label": "ClickHouse",
-                "type": "datasource",
-                "query": CH["type"],
-                "hide": 0,
-                "current": {"text": "finsent ClickHouse", "value": CH["uid"]},
-            },
-            {
-                "name": "DS_PROMETHEUS",
-                "label": "Prometheus",
-                "type": "datasource",
-                "query": "prometheus",
-                "hide": 0,
-                "current": {"text": "finsent Prometheus", "value": PROM["uid"]},
-            },
-            _variables()["list"][0],  # database
+            *_datasource_variables(),
+            next(v for v in _variables()["list"] if v["name"] == "database"),
             {
                 "name": "entity",
                 "label": "entity",
                 "type": "query",
-                "datasource": CH_IN,
+                "datasource": CH,
                 "query": SQL_ENTITIES,
                 "definition": SQL_ENTITIES,
                 "multi": False,
@@ -922,7 +941,7 @@ def entity_dashboard() -> dict[str, Any]:
             },
             {
                 "name": "entity alerts (ClickHouse)",
-                "datasource": CH_IN,
+                "datasource": CH,
                 "enable": True,
                 "iconColor": "red",
                 "target": sql(SQL_ENTITY_ALERT_ANNOTATIONS, "table", "Anno"),

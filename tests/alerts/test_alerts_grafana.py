@@ -122,6 +122,98 @@ def test_entity_dashboard_uses_datasource_inputs_and_an_entity_variable():
     assert {"Entity alerts", "Entities alerting now"} <= {p["title"] for p in alerts["panels"]}
 
 
+_INPUT_REF = re.compile(r"\$\{(DS_\w+)\}")
+
+
+def grafana_import(dash: dict[str, Any], chosen: dict[str, str]) -> dict[str, Any]:
+    """What Grafana's Dashboards > Import does with an exported dashboard (its dashboard-import template evaluator).
+
+    Every ``__inputs`` entry must be given a value (the form refuses otherwise); each ``${NAME}`` of a declared input is
+    replaced in every string of the JSON; other ``${...}`` (dashboard variables such as ``${topic:singlequote}``) are
+    left for the dashboard to resolve; ``__inputs`` and ``__requires`` are dropped.
+    """
+    inputs = {i["name"]: i for i in dash["__inputs"]}
+    missing = set(inputs) - set(chosen)
+    if missing:
+        raise ValueError(f"the import form needs a datasource for {sorted(missing)}")
+    values = {"${" + name + "}": chosen[name] for name in inputs}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return re.sub(r"\$\{[^}]+\}", lambda m: values.get(m[0], m[0]), node)
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items() if k not in ("__inputs", "__requires")}
+        return node
+
+    return walk(json.loads(json.dumps(dash)))
+
+
+def _datasource_refs(dash: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """Every place a datasource is named: panels, their targets, annotations, query variables."""
+    refs = []
+    for p in dash["panels"]:
+        refs.append((f"panel {p['title']!r}", p["datasource"]))
+        refs += [(f"panel {p['title']!r} target {t['refId']}", t["datasource"]) for t in p["targets"]]
+    refs += [(f"annotation {a['name']!r}", a["datasource"]) for a in dash["annotations"]["list"] if "builtIn" not in a]
+    refs += [(f"variable {v['name']}", v["datasource"]) for v in dash["templating"]["list"] if v["type"] == "query"]
+    return refs
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_every_dashboard_names_its_datasources_through_inputs_and_imports(path):
+    """Importable into any Grafana: no fixed uid in any panel, target, annotation or query variable."""
+    from finsent.alerts.dashboards import CH_UID, PROM_UID
+
+    dash = json.loads(path.read_text())
+    declared = {i["name"]: i["pluginId"] for i in dash["__inputs"]}
+    assert declared == {"DS_CLICKHOUSE": "grafana-clickhouse-datasource", "DS_PROMETHEUS": "prometheus"}
+    want = {"grafana-clickhouse-datasource": "${DS_CLICKHOUSE}", "prometheus": "${DS_PROMETHEUS}"}
+    refs = _datasource_refs(dash)
+    assert len(refs) >= 2 * len(dash["panels"])
+    for where, ds in refs:
+        if ds == {"type": "datasource", "uid": "-- Mixed --"}:  # a panel whose targets use both
+            assert where.startswith("panel ") and "target" not in where
+            continue
+        assert ds["uid"] == want[ds["type"]], f"{path.name}: {where} names {ds}"
+    used = set(_INPUT_REF.findall(path.read_text()))
+    assert used <= set(declared), f"{path.name} uses undeclared inputs {used - set(declared)}"
+    # mixed panels: each target still goes to an input of its own type
+    for p in dash["panels"]:
+        if p["datasource"]["uid"] == "-- Mixed --":
+            assert len({t["datasource"]["uid"] for t in p["targets"]}) > 1
+    # provisioned (no import): the datasource variables of the inputs' names resolve to the provisioned uids
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["DS_CLICKHOUSE"]["type"] == variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_CLICKHOUSE"]["current"]["value"] == CH_UID
+    assert variables["DS_PROMETHEUS"]["current"]["value"] == PROM_UID
+    # imported into a Grafana whose datasources have other uids: every reference lands on the chosen ones
+    with pytest.raises(ValueError, match="DS_PROMETHEUS"):
+        grafana_import(dash, {"DS_CLICKHOUSE": "ch-7f3a"})
+    imported = grafana_import(dash, {"DS_CLICKHOUSE": "ch-7f3a", "DS_PROMETHEUS": "prom-91bc"})
+    text = json.dumps(imported)
+    assert "${DS_" not in text and "__inputs" not in text
+    for where, ds in _datasource_refs(imported):
+        assert ds["uid"] in ("ch-7f3a", "prom-91bc", "-- Mixed --"), f"{path.name}: {where} -> {ds}"
+    # the dashboard variables the queries need survive the import untouched
+    assert text.count("${database}") == path.read_text().count("${database}") > 0
+    assert imported["uid"] == dash["uid"] and [p["id"] for p in imported["panels"]] == [p["id"] for p in dash["panels"]]
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])  # ids unique: Grafana keys panels by id
+
+
+def test_provisioned_datasource_uids_match_the_dashboards():
+    """The provisioned case resolves the inputs through fixed uids: both datasources files must carry them."""
+    from finsent.alerts.dashboards import CH_UID, PROM_UID
+
+    for f in (
+        DEPLOY / "provisioning" / "datasources" / "finsent.yml",
+        DEPLOY.parent / "compose/grafana/datasources.yml",
+    ):
+        uids = re.findall(r"^\s+uid: (\S+)$", f.read_text(), re.M)
+        assert sorted(uids) == sorted([CH_UID, PROM_UID]), f
+
+
 def _seed(store) -> dict[str, Any]:
     now = utcnow()
     items, i = [], 0
