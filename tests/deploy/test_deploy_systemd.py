@@ -30,6 +30,7 @@ from finsent.stream.service import STOP_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
+PROM = ROOT / "deploy" / "prometheus"
 DROPIN = UNITS / "finsent-.service.d" / "10-hardening.conf"
 CRON = ROOT / "deploy" / "schedule" / "finsent-retrain.cron"
 CRONJOB = ROOT / "deploy" / "k8s" / "base" / "retrain-cronjob.yaml"
@@ -57,8 +58,12 @@ EXAMPLE_ENV = {
 
 
 def _example_env(unit: str) -> dict[str, str]:
-    """The variables a unit expands: the defaults above, then the shipped example env file of that unit."""
+    """The variables a unit expands: the defaults above, the unit's own ``Environment=`` assignments, then the
+    shipped example env file of that unit (the order systemd applies them: EnvironmentFile= wins)."""
     env = dict(EXAMPLE_ENV)
+    for key, value in parse_unit(UNITS / unit).get("Service", []):
+        if key == "Environment":
+            env.update(a.partition("=")[::2] for a in shlex.split(value))
     if unit == "finsent-ingest-social@.service":  # its env file is required: the example must work
         for line in (UNITS / "ingest-mastodon.env.example").read_text().splitlines():
             if line and not line.startswith("#"):
