@@ -210,7 +210,16 @@ def test_grafana_provisions_our_dashboards_with_their_datasources(model: dict) -
     assert provider["providers"][0]["options"]["path"] == "/etc/grafana/finsent/dashboards"
     sources = yaml.safe_load(binds["/etc/grafana/provisioning/datasources/finsent.yml"].read_text())["datasources"]
     uids = {d["uid"] for d in sources}
-    used = {uid for p in dashboards.glob("*.json") for uid in _datasource_uids(json.loads(p.read_text()))}
+    used: set[str] = set()
+    for p in dashboards.glob("*.json"):
+        dash = json.loads(p.read_text())
+        used |= _datasource_uids(dash)
+        # panels name ${DS_...} inputs (importable anywhere); provisioned, the datasource variables of those
+        # names resolve them: their current values must be provisioned uids
+        variables = {v["name"]: v for v in dash["templating"]["list"] if v["type"] == "datasource"}
+        for name in set(re.findall(r"\$\{(DS_\w+)\}", p.read_text())):
+            assert name in variables, f"{p.name}: ${{{name}}} resolves to nothing when provisioned"
+            used.add(variables[name]["current"]["value"])
     assert used and used <= uids
     ch = next(d for d in sources if d["type"] == "grafana-clickhouse-datasource")
     assert ch["jsonData"]["host"] == "clickhouse" and ch["secureJsonData"]["password"].startswith("$__file{/run/")
