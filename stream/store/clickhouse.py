@@ -24,7 +24,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from finsent.core.errors import StoreDiskFull, StoreError, StoreUnavailable
-from finsent.stream.store import schema
+from finsent.stream.store.schema import ddl
 from finsent.stream.store.sqlstore import SqlStore, check_written, is_disk_full
 
 # The driver logs a full traceback at WARNING for every failed connect; during an outage the worker
@@ -147,8 +147,8 @@ class ClickHouseStore(SqlStore):
         """On first contact read the server version and switch on what old servers need."""
         if self._settings_ready:
             return
-        version = self._client.execute(schema.SERVER_VERSION)[0][0]
-        self._caps = schema.Capabilities.parse(str(version))
+        version = self._client.execute(ddl.SERVER_VERSION)[0][0]
+        self._caps = ddl.Capabilities.parse(str(version))
         if self._caps.low_cardinality_is_experimental:
             self._client.settings["allow_experimental_low_cardinality_type"] = 1
         if self.cluster:
@@ -176,10 +176,10 @@ class ClickHouseStore(SqlStore):
         )
 
     @property
-    def capabilities(self) -> schema.Capabilities:
+    def capabilities(self) -> ddl.Capabilities:
         with self._lock:
             if self._caps is None:
-                self._run(schema.SERVER_VERSION)
+                self._run(ddl.SERVER_VERSION)
             assert self._caps is not None
             return self._caps
 

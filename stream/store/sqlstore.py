@@ -2,8 +2,8 @@
 
 ``ClickHouseStore`` (server, native protocol) and ``ChdbStore`` (embedded) differ in how a query
 travels and how parameters are bound, not in what is asked: keeping the queries here (and their
-text in :mod:`finsent.stream.store.schema`) means the two cannot drift apart, and the tests run the same
-assertions against both.
+text in the per-feature modules of :mod:`finsent.stream.store.schema`) means the two cannot drift apart, and the
+tests run the same assertions against both.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from typing import Any
 from finsent.core.errors import StoreDiskFull
 from finsent.core.events import Alert, ScoredItem, utcnow
 from finsent.core.store import LABEL_TASKS, Label, TopicCounts
-from finsent.stream.store import mentions, schema
+from finsent.stream.store.schema import alerts as alert_sql
+from finsent.stream.store.schema import ddl
+from finsent.stream.store.schema import drift as drift_sql
+from finsent.stream.store.schema import items as item_sql
+from finsent.stream.store.schema import labels as label_sql
+from finsent.stream.store.schema import mentions as mention_sql
+from finsent.stream.store.schema import registry as registry_sql
+from finsent.stream.store.schema import rows as encoding
+from finsent.stream.store.schema import scores as score_sql
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +109,13 @@ class SqlStore:
         insert_batch_rows: int = INSERT_BATCH_ROWS,
         cluster: str | None = None,
     ) -> None:
-        self.database = schema.check_database_name(database)
+        self.database = ddl.check_database_name(database)
         #: cluster mode (schema module docstring): ON CLUSTER DDL, Distributed tables over *_local ones
-        self.cluster = schema.check_cluster_name(cluster) if cluster else None
+        self.cluster = ddl.check_cluster_name(cluster) if cluster else None
         self.retention_days = int(retention_days)
         self.insert_batch_rows = max(1, int(insert_batch_rows))
         self._lock = threading.RLock()
-        self._caps: schema.Capabilities | None = None
+        self._caps: ddl.Capabilities | None = None
 
     # --- backend hooks --------------------------------------------------------------------------
     def _select(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
@@ -121,14 +129,14 @@ class SqlStore:
 
     # --- helpers ----------------------------------------------------------------------------------
     @property
-    def capabilities(self) -> schema.Capabilities:
+    def capabilities(self) -> ddl.Capabilities:
         with self._lock:
             if self._caps is None:
-                self._caps = schema.Capabilities.parse(str(self._select(schema.SERVER_VERSION)[0][0]))
+                self._caps = ddl.Capabilities.parse(str(self._select(ddl.SERVER_VERSION)[0][0]))
             return self._caps
 
     def _q(self, template: str) -> str:
-        return schema.render(template, self.database)
+        return ddl.render(template, self.database)
 
     # --- Store protocol ---------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -138,18 +146,18 @@ class SqlStore:
         """
         with self._lock:
             caps = self.capabilities
-            for stmt in schema.create_statements(self.database, caps, self.retention_days, self.cluster):
+            for stmt in ddl.create_statements(self.database, caps, self.retention_days, self.cluster):
                 self._command(stmt)
             # columns a newer finsent declares on a table an older one created (items.event_time, alerts.kind...)
             existing: dict[str, set[str]] = {}
-            for table, column in self._select(schema.TABLE_COLUMNS, {"db": self.database}):
+            for table, column in self._select(ddl.TABLE_COLUMNS, {"db": self.database}):
                 existing.setdefault(str(table), set()).add(str(column))
-            for stmt in schema.missing_column_statements(self.database, existing, self.cluster):
+            for stmt in ddl.missing_column_statements(self.database, existing, self.cluster):
                 log.info("store: %s", stmt)
                 self._command(stmt)
             if caps.ttl:
-                engines = dict(self._select(schema.TABLE_ENGINES, {"db": self.database}))
-                for stmt in schema.ttl_statements(self.database, caps, self.retention_days, engines, self.cluster):
+                engines = dict(self._select(ddl.TABLE_ENGINES, {"db": self.database}))
+                for stmt in ddl.ttl_statements(self.database, caps, self.retention_days, engines, self.cluster):
                     log.info("store: %s", stmt)
                     self._command(stmt)
             elif self.retention_days > 0:
@@ -176,34 +184,34 @@ class SqlStore:
         and by (item id, entity key): a redelivered batch adds physical rows that ``FINAL`` collapses.
         ``replace_mentions`` (``finsent rescore``): entities stored for these items that the new score no longer
         finds get a tombstone. ``stories`` maps item id -> entity key -> (novelty, cluster id) where the caller
-        computed them (default: novel, no cluster; see :mod:`finsent.stream.store.mentions`).
+        computed them (default: novel, no cluster; see ``mentions`` in :mod:`finsent.stream.store.schema.ddl`).
         """
         if not items:
             return 0
-        rows = [schema.scored_row(s) for s in items]
+        rows = [encoding.scored_row(s) for s in items]
         with self._lock:
             old: dict[str, set[str]] = {}
             if replace_mentions:
                 for chunk in _chunks(list(dict.fromkeys(s.id for s in items)), ID_LOOKUP_CHUNK):
-                    for item_id, key in self._select(self._q(mentions.KEYS_FOR_ITEMS), {"ids": list(chunk)}):
+                    for item_id, key in self._select(self._q(mention_sql.KEYS_FOR_ITEMS), {"ids": list(chunk)}):
                         old.setdefault(str(item_id), set()).add(str(key))
             mention_rows = [
-                r for s in items for r in mentions.mention_rows(s, (stories or {}).get(s.id), old.get(s.id, ()))
+                r for s in items for r in encoding.mention_rows(s, (stories or {}).get(s.id), old.get(s.id, ()))
             ]
             for chunk in _chunks(rows, self.insert_batch_rows):
-                self._insert(f"{self.database}.{schema.ITEMS}", schema.ITEM_COLUMNS, chunk)
+                self._insert(f"{self.database}.{ddl.ITEMS}", encoding.ITEM_COLUMNS, chunk)
             for chunk in _chunks(mention_rows, self.insert_batch_rows):
-                self._insert(f"{self.database}.{mentions.MENTIONS}", mentions.MENTION_COLUMNS, chunk)
+                self._insert(f"{self.database}.{ddl.MENTIONS}", encoding.MENTION_COLUMNS, chunk)
         return len(rows)
 
     def insert_alerts(self, alerts: Sequence[Alert]) -> int:
         """Write alerts; idempotent by alert id (a re-fired alert replaces its earlier row)."""
         if not alerts:
             return 0
-        rows = [schema.alert_row(a) for a in alerts]
+        rows = [encoding.alert_row(a) for a in alerts]
         with self._lock:
             for chunk in _chunks(rows, self.insert_batch_rows):
-                self._insert(f"{self.database}.{schema.ALERTS}", schema.ALERT_COLUMNS, chunk)
+                self._insert(f"{self.database}.{ddl.ALERTS}", encoding.ALERT_COLUMNS, chunk)
         return len(rows)
 
     def count(self, since: timedelta | None = None, physical: bool = False) -> dict[str, int]:
@@ -220,11 +228,11 @@ class SqlStore:
         params = {"since": since_epoch(since)}
         with self._lock:
             out = {
-                "rows": int(self._select(self._q(schema.COUNT_FINAL), params)[0][0]),
-                "unique_ids": int(self._select(self._q(schema.COUNT_UNIQUE), params)[0][0]),
+                "rows": int(self._select(self._q(item_sql.COUNT_FINAL), params)[0][0]),
+                "unique_ids": int(self._select(self._q(item_sql.COUNT_UNIQUE), params)[0][0]),
             }
             if physical:
-                out["physical_rows"] = int(self._select(self._q(schema.COUNT_PHYSICAL), params)[0][0])
+                out["physical_rows"] = int(self._select(self._q(item_sql.COUNT_PHYSICAL), params)[0][0])
         return out
 
     def topic_counts(self, since: timedelta, bucket_s: int = 60, until: datetime | None = None) -> list[TopicCounts]:
@@ -239,7 +247,7 @@ class SqlStore:
         until_ts = _epoch(until) if until is not None else int(now.timestamp()) + 1
         params = {"since": since_epoch(since, now), "until": until_ts, "bucket": int(bucket_s)}
         with self._lock:
-            rows = self._select(self._q(schema.TOPIC_COUNTS), params)
+            rows = self._select(self._q(item_sql.TOPIC_COUNTS), params)
         return [
             TopicCounts(
                 bucket=_as_utc(b), topic=t, total=int(tot), negative=int(neg), neutral=int(neu), positive=int(pos)
@@ -253,7 +261,7 @@ class SqlStore:
         Cheap for long ranges; exact under redelivery but not under re-scoring (see schema docs).
         """
         with self._lock:
-            rows = self._select(self._q(schema.TOPIC_MINUTE_COUNTS), {"since": since_epoch(since)})
+            rows = self._select(self._q(item_sql.TOPIC_MINUTE_COUNTS), {"since": since_epoch(since)})
         return [
             TopicCounts(
                 bucket=_as_utc(b), topic=t, total=int(tot), negative=int(neg), neutral=int(neu), positive=int(pos)
@@ -272,10 +280,10 @@ class SqlStore:
             "limit": max(0, int(limit)),
         }
         with self._lock:
-            rows = self._select(self._q(schema.TOP_NEGATIVE), params)
+            rows = self._select(self._q(item_sql.TOP_NEGATIVE), params)
         out = []
         for row in rows:
-            d = dict(zip(schema.NEGATIVE_COLUMNS, row, strict=True))
+            d = dict(zip(item_sql.NEGATIVE_COLUMNS, row, strict=True))
             d["event_time"] = _as_utc(d["event_time"])
             ms = int(d.pop("ingested_ms"))
             d["ingested_at"] = _as_utc(d["ingested_at"]) + timedelta(milliseconds=ms)
@@ -296,10 +304,10 @@ class SqlStore:
         if kind not in (None, "entity", "topic"):
             raise ValueError(f"alert kind {kind!r}: use entity or topic")
         with self._lock:
-            rows = self._select(self._q(schema.ALERTS_SINCE), {"since": since_epoch(since)})
+            rows = self._select(self._q(alert_sql.ALERTS_SINCE), {"since": since_epoch(since)})
         out = []
         for row in rows:
-            d = dict(zip(schema.ALERT_SELECT_COLUMNS, row, strict=True))
+            d = dict(zip(alert_sql.ALERT_SELECT_COLUMNS, row, strict=True))
             d["kind"] = str(d.get("kind") or "topic")
             if kind is not None and d["kind"] != kind:
                 continue
@@ -320,17 +328,17 @@ class SqlStore:
             out.append(d)
         return out
 
-    # --- entities: mentions, series, top lists, listings (issue 26; queries in stream/store/mentions.py) ---
+    # --- entities: mentions, series, top lists, listings (issue 26; queries in stream/store/schema/mentions.py) ---
     def _window(self, since: timedelta | datetime | None, until: datetime | None) -> dict[str, int]:
         now = utcnow()
         lo = _epoch(since) if isinstance(since, datetime) else since_epoch(since, now)
-        hi = _epoch(until) if until is not None else min(int(now.timestamp()) + 1 + 300, schema.MAX_DATETIME_S)
+        hi = _epoch(until) if until is not None else min(int(now.timestamp()) + 1 + 300, encoding.MAX_DATETIME_S)
         return {"since": lo, "until": hi}
 
     def entity_exists(self, key: str) -> bool:
         """Whether any current mention carries this stored entity key."""
         with self._lock:
-            return int(self._select(self._q(mentions.KEY_EXISTS), {"key": key})[0][0]) > 0
+            return int(self._select(self._q(mention_sql.KEY_EXISTS), {"key": key})[0][0]) > 0
 
     def entity_series(
         self, key: str, since: timedelta | datetime | None = None, until: datetime | None = None, bucket_s: int = 3600
@@ -341,8 +349,8 @@ class SqlStore:
             raise ValueError("bucket_s must be >= 1")
         params = {**self._window(since, until), "key": key, "bucket": int(bucket_s)}
         with self._lock:
-            rows = self._select(self._q(mentions.ENTITY_SERIES), params)
-        return [_series_row(dict(zip(mentions.SERIES_FIELDS, r, strict=True))) for r in rows]
+            rows = self._select(self._q(mention_sql.ENTITY_SERIES), params)
+        return [_series_row(dict(zip(mention_sql.SERIES_FIELDS, r, strict=True))) for r in rows]
 
     def top_entities(
         self,
@@ -360,10 +368,10 @@ class SqlStore:
             "sentiment": sentiment or "",
         }
         with self._lock:
-            rows = self._select(self._q(mentions.TOP_ENTITIES), params)
+            rows = self._select(self._q(mention_sql.TOP_ENTITIES), params)
         out = []
         for r in rows:
-            d = _series_row(dict(zip(mentions.TOP_FIELDS, r, strict=True)))
+            d = _series_row(dict(zip(mention_sql.TOP_FIELDS, r, strict=True)))
             d["entity_id"] = d["entity_id"] or None
             out.append(d)
         return out
@@ -375,11 +383,11 @@ class SqlStore:
         params = {**self._window(since, until), "key": key, "limit": max(1, int(limit))}
         with self._lock:
             rows = [
-                dict(zip(mentions.STORY_FIELDS, r, strict=True))
-                for r in self._select(self._q(mentions.ENTITY_STORIES), params)
+                dict(zip(mention_sql.STORY_FIELDS, r, strict=True))
+                for r in self._select(self._q(mention_sql.ENTITY_STORIES), params)
             ]
             heads = (
-                {r[0]: r for r in self._select(self._q(mentions.ITEM_HEADLINES), {"ids": [d["item_id"] for d in rows]})}
+                {r[0]: r for r in self._select(self._q(item_sql.ITEM_HEADLINES), {"ids": [d["item_id"] for d in rows]})}
                 if rows
                 else {}
             )
@@ -417,10 +425,10 @@ class SqlStore:
             "limit": max(1, int(limit)),
         }
         with self._lock:
-            rows = self._select(self._q(mentions.ITEMS_LIST), params)
+            rows = self._select(self._q(item_sql.ITEMS_LIST), params)
         out = []
         for r in rows:
-            d = dict(zip(mentions.LIST_FIELDS, r, strict=True))
+            d = dict(zip(item_sql.LIST_FIELDS, r, strict=True))
             for k in ("event_time", "published_at", "ingested_at"):
                 d[k] = _as_utc(d[k]) if d[k] is not None else None
             d["tickers"] = list(d["tickers"])
@@ -434,12 +442,12 @@ class SqlStore:
         params = {"since": _epoch(since), "until": _epoch(until)}
         with self._lock:
             items = [
-                dict(zip(mentions.ITEM_HISTORY_FIELDS, r, strict=True))
-                for r in self._select(self._q(mentions.ITEM_HISTORY), params)
+                dict(zip(item_sql.ITEM_HISTORY_FIELDS, r, strict=True))
+                for r in self._select(self._q(item_sql.ITEM_HISTORY), params)
             ]
             ments = [
-                dict(zip(mentions.HISTORY_FIELDS, r, strict=True))
-                for r in self._select(self._q(mentions.MENTION_HISTORY), params)
+                dict(zip(mention_sql.HISTORY_FIELDS, r, strict=True))
+                for r in self._select(self._q(mention_sql.MENTION_HISTORY), params)
             ]
         for d in items:
             d["event_time"] = _as_utc(d["event_time"])
@@ -453,7 +461,7 @@ class SqlStore:
 
     # --- re-scoring and the score history (finsent.stream.rescore, ``finsent query compare``) ----------
     def rescore_page(self, lo: int, hi: int, after: tuple[int, str], topic: str | None, limit: int) -> list[tuple]:
-        """Up to ``limit`` newest-version ``items`` rows (:data:`schema.ITEM_NAMES` order) ingested in
+        """Up to ``limit`` newest-version ``items`` rows (:data:`encoding.ITEM_NAMES` order) ingested in
         [lo, hi) (epoch seconds) after the cursor ``after`` = (ingested_at seconds, id), in that order."""
         params = {
             "lo": int(lo),
@@ -465,26 +473,26 @@ class SqlStore:
             "limit": max(1, int(limit)),
         }
         with self._lock:
-            return self._select(self._q(schema.RESCORE_PAGE), params)
+            return self._select(self._q(score_sql.RESCORE_PAGE), params)
 
     def rescore_total(self, lo: int, hi: int, topic: str | None) -> int:
         params = {"lo": int(lo), "hi": int(hi), "any_topic": 1 if topic is None else 0, "topic": topic or ""}
         with self._lock:
-            return int(self._select(self._q(schema.RESCORE_TOTAL), params)[0][0])
+            return int(self._select(self._q(score_sql.RESCORE_TOTAL), params)[0][0])
 
     def insert_score_history(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Write ``scores`` rows (:data:`schema.SCORE_COLUMNS` order): the score history ``rescore`` keeps
+        """Write ``scores`` rows (:data:`encoding.SCORE_COLUMNS` order): the score history ``rescore`` keeps
         (an item's score before and after); idempotent per (id, model_version)."""
         with self._lock:
             for chunk in _chunks(rows, self.insert_batch_rows):
-                self._insert(f"{self.database}.{schema.SCORES}", schema.SCORE_COLUMNS, chunk)
+                self._insert(f"{self.database}.{ddl.SCORES}", encoding.SCORE_COLUMNS, chunk)
         return len(rows)
 
     def compare_versions(self, a: str, b: str, since: timedelta | None = None) -> list[dict[str, Any]]:
         """Per topic (as version ``a`` assigned it): items scored by both versions, negatives under each."""
         params = {"a": a, "b": b, "since": since_epoch(since)}
         with self._lock:
-            rows = self._select(self._q(schema.COMPARE_VERSIONS), params)
+            rows = self._select(self._q(score_sql.COMPARE_VERSIONS), params)
         return [
             {"topic": t, "items": int(n), "negative_a": int(na), "negative_b": int(nb), "topic_changed": int(tc)}
             for t, n, na, nb, tc in rows
@@ -493,7 +501,7 @@ class SqlStore:
     def score_versions(self, since: timedelta | None = None) -> dict[str, int]:
         """Items in the score history per model version."""
         with self._lock:
-            rows = self._select(self._q(schema.SCORE_VERSIONS), {"since": since_epoch(since)})
+            rows = self._select(self._q(score_sql.SCORE_VERSIONS), {"since": since_epoch(since)})
         return {str(v): int(n) for v, n in rows}
 
     # --- human labels, the annotation queue, drift ------------------------------------------------
@@ -504,10 +512,10 @@ class SqlStore:
         bad = sorted({lbl.task for lbl in labels} - set(LABEL_TASKS))
         if bad:
             raise ValueError(f"label task(s) {', '.join(bad)}: use one of {', '.join(LABEL_TASKS)}")
-        rows = [schema.label_row(lbl) for lbl in labels]
+        rows = [encoding.label_row(lbl) for lbl in labels]
         with self._lock:
             for chunk in _chunks(rows, self.insert_batch_rows):
-                self._insert(f"{self.database}.{schema.LABELS}", schema.LABEL_COLUMNS, chunk)
+                self._insert(f"{self.database}.{ddl.LABELS}", encoding.LABEL_COLUMNS, chunk)
         return len(rows)
 
     def labels(self, task: str | None = None, ids: Sequence[str] | None = None) -> list[Label]:
@@ -520,15 +528,15 @@ class SqlStore:
                 rows = [
                     r
                     for chunk in _chunks(list(dict.fromkeys(ids)), ID_LOOKUP_CHUNK)
-                    for r in self._select(self._q(schema.LABELS_FOR_IDS), {"ids": list(chunk)})
+                    for r in self._select(self._q(label_sql.LABELS_FOR_IDS), {"ids": list(chunk)})
                 ]
             else:
                 rows = self._select(
-                    self._q(schema.LABELS_CURRENT), {"any_task": 1 if task is None else 0, "task": task or ""}
+                    self._q(label_sql.LABELS_CURRENT), {"any_task": 1 if task is None else 0, "task": task or ""}
                 )
         out = []
         for row in rows:
-            d = dict(zip(schema.LABEL_SELECT, row, strict=True))
+            d = dict(zip(label_sql.LABEL_SELECT, row, strict=True))
             if task is not None and d["task"] != task:
                 continue
             at = _as_utc(d["labelled_at"]) + timedelta(milliseconds=int(d["labelled_ms"]))
@@ -552,7 +560,7 @@ class SqlStore:
         out: dict[str, dict[str, Any]] = {}
         with self._lock:
             for chunk in _chunks(list(dict.fromkeys(ids)), ID_LOOKUP_CHUNK):
-                for row in self._select(self._q(schema.ITEMS_BY_ID), {"ids": list(chunk)}):
+                for row in self._select(self._q(item_sql.ITEMS_BY_ID), {"ids": list(chunk)}):
                     out[row[0]] = dict(zip(("id", "sentiment", "topic", "text", "model_version"), row, strict=True))
         return out
 
@@ -570,16 +578,16 @@ class SqlStore:
         (``priority`` in each row; ties by id). ``random``: a sample ordered by a hash of the id and
         ``seed``, the same on every run and engine for the same seed and store.
         """
-        if (strategy, task) not in schema.QUEUE_ORDER:
+        if (strategy, task) not in label_sql.QUEUE_ORDER:
             raise ValueError(f"queue strategy {strategy!r} / task {task!r}: use uncertain|random and sentiment|topic")
         params: dict[str, Any] = {"since": since_epoch(since), "task": task, "limit": max(0, int(limit))}
         if strategy == "random":
             params["seed"] = str(int(seed))
         with self._lock:
-            rows = self._select(self._q(schema.label_queue_query(strategy, task)), params)
+            rows = self._select(self._q(label_sql.label_queue_query(strategy, task)), params)
         out = []
         for row in rows:
-            d = dict(zip((*schema.QUEUE_COLUMNS, "priority"), row, strict=True))
+            d = dict(zip((*label_sql.QUEUE_COLUMNS, "priority"), row, strict=True))
             d["ingested_at"] = _as_utc(d["ingested_at"])
             for k in ("p_negative", "p_neutral", "p_positive", "topic_prob"):
                 d[k] = round(float(d[k]), 6)
@@ -590,7 +598,9 @@ class SqlStore:
     def model_version_counts(self, since: datetime, until: datetime) -> list[tuple[str, int]]:
         """(model_version, items) of the items ingested in [since, until), as they are scored now; most first."""
         with self._lock:
-            rows = self._select(self._q(schema.MODEL_VERSION_COUNTS), {"since": _epoch(since), "until": _epoch(until)})
+            rows = self._select(
+                self._q(drift_sql.MODEL_VERSION_COUNTS), {"since": _epoch(since), "until": _epoch(until)}
+            )
         return [(str(v), int(n)) for v, n in rows]
 
     def prediction_stats(
@@ -609,7 +619,7 @@ class SqlStore:
             "low": float(low_confidence),
         }
         with self._lock:
-            rows = self._select(self._q(schema.PREDICTION_STATS), params)
+            rows = self._select(self._q(drift_sql.PREDICTION_STATS), params)
         return [
             {"recent": bool(int(r)), "sentiment": s, "topic": t, "n": int(n), "confidence": float(c), "low": int(lo)}
             for r, s, t, n, c, lo in rows
@@ -619,17 +629,17 @@ class SqlStore:
     def sync_model_versions(self, rows: Sequence[dict[str, Any]]) -> int:
         """Rewrite ``model_versions`` from the registry's rows (one per version; newest sync wins)."""
         synced = datetime.now(UTC)
-        encoded = [schema.model_version_row(r, synced) for r in rows]
+        encoded = [encoding.model_version_row(r, synced) for r in rows]
         with self._lock:
             for chunk in _chunks(encoded, self.insert_batch_rows):
-                self._insert(f"{self.database}.{schema.MODEL_VERSIONS}", schema.MODEL_VERSION_COLUMNS, chunk)
+                self._insert(f"{self.database}.{ddl.MODEL_VERSIONS}", encoding.MODEL_VERSION_COLUMNS, chunk)
         return len(encoded)
 
     def model_versions(self) -> list[dict[str, Any]]:
         """The mirrored registry: one dict per version (latest sync), ordered by version."""
         with self._lock:
-            rows = self._select(self._q(schema.MODEL_VERSIONS_SELECT))
-        names = [name for name, _ in schema.MODEL_VERSION_COLUMNS]
+            rows = self._select(self._q(registry_sql.MODEL_VERSIONS_SELECT))
+        names = [name for name, _ in encoding.MODEL_VERSION_COLUMNS]
         return [{**dict(zip(names, row, strict=True)), "aliases": list(row[names.index("aliases")])} for row in rows]
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:

@@ -14,7 +14,7 @@ import pytest
 
 from finsent.core.events import EntityMention, RawItem, ScoredItem, utcnow
 from finsent.stream.store import open_store, schema
-from finsent.stream.store.mentions import entity_key
+from finsent.stream.store.schema.rows import entity_key
 
 pytestmark = pytest.mark.integration
 
