@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import SecretStr
 
@@ -33,8 +32,7 @@ _STOPPED = re.compile(r"worker stopped: consumed (\d+), stored (\d+)")
 def settings_env(settings: Settings) -> dict[str, str]:
     """Every setting as its ``FINSENT_<NAME>`` variable (secrets included: the child needs them)."""
     env = {}
-    for name in Settings.model_fields:
-        value: Any = getattr(settings, name)
+    for name, value in settings.flat().items():
         if value is None:
             continue
         if isinstance(value, SecretStr):

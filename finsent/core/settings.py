@@ -1,12 +1,30 @@
-"""One typed settings object for every finsent component.
+"""Typed settings for every finsent component, in one section per stage.
 
-Precedence, lowest to highest: defaults < config file (TOML or YAML, from ``--config`` or
-``FINSENT_CONFIG``) < environment variables ``FINSENT_<FIELD>`` < command-line flags (passed
-as ``overrides`` by the CLI). Secrets are :class:`pydantic.SecretStr` so they never appear in
+``Settings`` is composed of sections, one per stage: ``settings.kafka`` (:class:`KafkaSettings`: every
+Kafka client), ``settings.storage`` (:class:`StoreSettings`: ClickHouse), ``settings.model``
+(:class:`ModelSettings`: the classifier), ``settings.model_registry`` (:class:`RegistrySettings`: versions,
+hot reload, the promotion gate, MLflow), ``settings.worker`` (:class:`WorkerSettings`: batching, /metrics,
+the data API), ``settings.ingest`` (:class:`IngestSettings`), ``settings.alerts`` (:class:`AlertSettings`),
+``settings.entities`` (:class:`EntitySettings`) and ``settings.drift`` (:class:`DriftSettings`); ``log_level``
+is the process's own. A stage takes only its section (the Kafka client builders take a ``KafkaSettings``, not
+the Grafana URLs and Mastodon tokens too), the same way aiokafka and httpx take one config object per
+client. Sections are frozen; :meth:`Settings.model_copy` takes flat names (``update={"brokers": ...}``).
+
+Precedence, lowest to highest: defaults < config file (TOML, YAML or JSON, from ``--config`` or
+``FINSENT_CONFIG``) < environment variables ``FINSENT_<FIELD>`` < command-line flags (passed as
+``overrides`` by the CLI). Secrets are :class:`pydantic.SecretStr` so they never appear in
 ``repr``/logs; :meth:`Settings.redacted` is what gets logged.
 
-The fields are flat (``FINSENT_BATCH_MAX``, not ``FINSENT_STREAM__BATCH_MAX``) because that is
-what people type in systemd units and Kubernetes manifests. Each package owns one section below.
+The names stay flat (``FINSENT_BATCH_MAX``, not ``FINSENT_WORKER__BATCH_MAX``) because that is what people
+type in systemd units and Kubernetes manifests: every field name is unique across the sections, so a flat
+name (variable, file key, flag) belongs to exactly one section. A settings file may use the flat names or
+section tables (``[kafka]`` / ``kafka:`` with the same names inside). The section attributes are named so
+that none equals a field name (``storage`` holds ``store``, ``model_registry`` holds ``registry``).
+
+TRANSITIONAL: ``settings.<field>`` (flat attribute access, e.g. ``settings.brokers``) still works through
+:meth:`Settings.__getattr__`, which forwards to the owning section, so that callers move to
+``settings.<section>.<field>`` file by file (issue 23). New code uses the section form; the forwarding goes
+once no caller uses it.
 """
 
 from __future__ import annotations
@@ -17,11 +35,13 @@ import logging
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from finsent.core.errors import ConfigError
 from finsent.core.events import MAX_MESSAGE_BYTES, MAX_TEXT_CHARS
@@ -45,26 +65,95 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finsent"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FINSENT_", extra="ignore", validate_default=True)
+def _upper(v: Any) -> Any:
+    """Kafka's choices and log levels are case-insensitive where Kafka's own tools are."""
+    return v.upper() if isinstance(v, str) else v
 
-    # --- Kafka (every client: producers, the Faust worker, admin) -----------------------------
+
+def _redact_values(model: BaseModel) -> dict[str, Any]:
+    """``model``'s values safe to log: secrets masked, and every URL-valued setting (any string with ``://``:
+    the store, Alertmanager, MLflow...) through the one :func:`~finsent.core.redact.redact_url`."""
+    d = model.model_dump()
+    for k, v in d.items():
+        if isinstance(getattr(model, k), SecretStr):
+            d[k] = "***" if v else None
+        elif isinstance(v, str) and "://" in v:
+            d[k] = redact_url(v)
+    return d
+
+
+class _Section(BaseModel):
+    """One stage's settings: frozen (a stage cannot change another's view), unknown names refused (the
+    loader has already warned about and dropped them, so one here is a caller's bug)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    #: the section's title in ``finsent config`` and docs/configuration.md
+    title: ClassVar[str] = ""
+
+    def redacted(self) -> dict[str, Any]:
+        """This section's values, safe to log (see :meth:`Settings.redacted`)."""
+        return _redact_values(self)
+
+
+class KafkaSettings(_Section):
+    """Every Kafka client: producers, the Faust worker, admin."""
+
+    title: ClassVar[str] = "Kafka (every client: producers, the Faust worker, admin)"
+
     brokers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port")
-    topic_raw: str = "finsent.raw"
-    topic_scored: str = "finsent.scored"
-    topic_dlq: str = "finsent.dlq"
-    topic_alerts: str = "finsent.alerts"
+    topic_raw: str = Field("finsent.raw", description="topic of the ingested items (keyed by item id)")
+    topic_scored: str = Field("finsent.scored", description="topic of the scored items")
+    topic_dlq: str = Field("finsent.dlq", description="dead letters: records that could not be decoded, with a reason")
+    topic_alerts: str = Field(
+        "finsent.alerts", description="alerts; also the prefix of the detectors' internal count topics"
+    )
     partitions: int = Field(4, ge=1, description="partitions for topics finsent creates (the unit of scale-out)")
-    replication_factor: int = Field(1, ge=1)
-    consumer_group: str = "finsent-worker"
+    replication_factor: int = Field(1, ge=1, description="replicas of each topic finsent creates")
+    consumer_group: str = Field("finsent-worker", description="the workers' Kafka consumer group")
     session_timeout_ms: int = Field(10_000, ge=1000, description="Tansu waits ~half of this on a group join")
     security_protocol: SecurityProtocol = Field("PLAINTEXT", description="Kafka security protocol")
-    sasl_mechanism: SaslMechanism | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: str | None = None
+    sasl_mechanism: SaslMechanism | None = Field(None, description="SASL mechanism (with SASL_*)")
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(None, description="SASL password")
+    ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates")
+    max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES, ge=1024, description="largest Kafka record finsent produces or accepts"
+    )
 
-    # --- Store (ClickHouse) --------------------------------------------------------------------
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_choices(cls, v: Any) -> Any:
+        return _upper(v)
+
+    @field_validator("brokers")
+    @classmethod
+    def _check_brokers(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        if not parts or not all(re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", p) for p in parts):
+            raise ValueError(f"brokers must be host:port[,host:port...], got {v!r}")
+        return ",".join(parts)
+
+    @property
+    def topic_alert_counts(self) -> str:
+        """The in-stream detector's internal topic of per-window counts (declared with the others)."""
+        return f"{self.topic_alerts}.counts"
+
+    @property
+    def topic_entity_counts(self) -> str:
+        """The entity agent's internal topic of mentions re-keyed by entity (declared with the others)."""
+        return f"{self.topic_alerts}.entity_counts"
+
+    @property
+    def broker_list(self) -> list[str]:
+        return self.brokers.split(",")
+
+
+class StoreSettings(_Section):
+    """The ClickHouse store (a server or the embedded chdb)."""
+
+    title: ClassVar[str] = "Store (ClickHouse)"
+
     store: str = Field(
         f"chdb://{DEFAULT_DATA_DIR / 'chdb'}",
         description="clickhouse://user:pass@host:9000/db for a server, chdb:///path for the embedded engine",
@@ -76,7 +165,19 @@ class Settings(BaseSettings):
         description="cluster name (remote_servers): ON CLUSTER DDL, Replicated *_local tables, Distributed tables",
     )
 
-    # --- Model ---------------------------------------------------------------------------------
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, v: str) -> str:
+        if not v.startswith(("clickhouse://", "chdb://")):
+            raise ValueError("store must start with clickhouse:// (a server) or chdb:// (embedded)")
+        return v
+
+
+class ModelSettings(_Section):
+    """The classifier: which model, which variant, and how it runs."""
+
+    title: ClassVar[str] = "Model (the classifier)"
+
     model_dir: str | None = Field(None, description="model directory; default: the model shipped with finsent")
     model_variant: ModelVariant = Field("auto", description="auto: fp16 on CUDA, int8 on CPU")
     model_threads: int = Field(
@@ -102,11 +203,22 @@ class Settings(BaseSettings):
     )
     cache_dir: str = Field(
         default_factory=lambda: str(default_cache_dir()),
-        description="derived model variants, and each running worker's Faust data directory (faust/<pid>-*)",
+        description="derived model variants, and each running worker's Faust data directory (faust/PID-*)",
     )
-    max_text_chars: int = Field(MAX_TEXT_CHARS, ge=100)
+    max_text_chars: int = Field(MAX_TEXT_CHARS, ge=100, description="text longer than this is cut before scoring")
 
-    # --- Model registry and retraining (finsent.models.registry, finsent retrain) ----------------
+    @property
+    def call_threads(self) -> int:
+        """onnxruntime intra-op threads of each of the worker's ``model_calls``: ``model_threads``, else the
+        cores this process may use shared out (at least one each)."""
+        return self.model_threads or max(1, usable_cores() // self.model_calls)
+
+
+class RegistrySettings(_Section):
+    """Model versions: the registry, the workers' hot reload, the promotion gate, MLflow."""
+
+    title: ClassVar[str] = "Model registry and retraining (finsent.models.registry, finsent retrain)"
+
     registry: str | None = Field(
         str(DEFAULT_DATA_DIR / "registry"),
         description="model registry directory (versions + production/candidate aliases); empty = none. When its "
@@ -130,19 +242,30 @@ class Settings(BaseSettings):
     )
     mlflow_model_name: str = Field("finsent", min_length=1, description="MLflow registered model of the versions")
 
-    # --- Stream worker -------------------------------------------------------------------------
+
+class WorkerSettings(_Section):
+    """The stream worker: batching, its /metrics /healthz /readyz endpoint and data API."""
+
+    title: ClassVar[str] = "Stream worker"
+
     batch_max: int = Field(128, ge=1, description="largest batch the worker scores at once")
     batch_within_s: float = Field(0.25, gt=0, description="longest wait to fill a batch")
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = Field("127.0.0.1", description="address of /metrics, /healthz, /readyz and the data API")
     metrics_port: int = Field(9464, ge=0, le=65535, description="worker /metrics port; 0 = off")
     api_token: SecretStr | None = Field(
         None, description="bearer token of the worker's data API (/v1/*); unset = that API answers on loopback only"
     )
-    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024)
 
-    # --- Ingest --------------------------------------------------------------------------------
+
+class IngestSettings(_Section):
+    """The ingesters: feeds, social APIs, file replay, the HTTP push endpoint, dedup, publishing."""
+
+    title: ClassVar[str] = "Ingest"
+
     ingest_state_dir: str = Field(str(DEFAULT_DATA_DIR / "ingest"), description="dedup store of the ingesters")
-    ingest_user_agent: str = "finsent/0.1 (+https://github.com/finsent/finsent)"
+    ingest_user_agent: str = Field(
+        "finsent/0.1 (+https://github.com/finsent/finsent)", description="User-Agent of feed and API fetches"
+    )
     http_token: SecretStr | None = Field(None, description="bearer token for `finsent ingest http`")
     http_header_timeout_s: float = Field(
         10.0, gt=0, le=3600, description="push endpoint: request headers complete within this (also keep-alive idle)"
@@ -163,7 +286,12 @@ class Settings(BaseSettings):
     reddit_token: SecretStr | None = Field(None, description="Reddit OAuth bearer token; uses oauth.reddit.com")
     bluesky_token: SecretStr | None = Field(None, description="Bluesky access JWT for searchPosts (optional)")
 
-    # --- Alerts --------------------------------------------------------------------------------
+
+class AlertSettings(_Section):
+    """The per-topic spike detector in the worker, and where alerts go."""
+
+    title: ClassVar[str] = "Alerts (the in-stream topic detector)"
+
     alert_window_s: int = Field(60, ge=1, description="tumbling window of the in-stream detector")
     alertmanager_url: str | None = Field(None, description="post alerts to this Alertmanager (v2 API) when set")
     # defaults measured by `finsent bench alerts` (bench/RESULTS.md, Alerts)
@@ -181,7 +309,12 @@ class Settings(BaseSettings):
         "http://localhost:3000/d/finsent-alerts/finsent-alerts", description="Grafana dashboard linked from alerts"
     )
 
-    # --- Entity alerts (finsent.alerts.entity_agent runs finsent.alerts.entity_detector in the worker) -------
+
+class EntitySettings(_Section):
+    """Entity alerts: finsent.alerts.entity_agent runs finsent.alerts.entity_detector in the worker."""
+
+    title: ClassVar[str] = "Entity alerts (the per-entity detector in the worker)"
+
     entity_alerts: bool = Field(True, description="run the per-entity negative-surge detector in the worker")
     entity_bucket_s: int = Field(3600, ge=1, description="entity detector: bucket of event time")
     entity_window_buckets: int = Field(6, ge=1, description="entity detector: buckets tested against the baseline")
@@ -197,7 +330,12 @@ class Settings(BaseSettings):
         "http://localhost:3000/d/finsent-entities/finsent-entities", description="Grafana dashboard linked from alerts"
     )
 
-    # --- Drift (finsent drift, the worker's finsent_drift_* gauges; finsent.alerts.drift) ----------
+
+class DriftSettings(_Section):
+    """Drift: finsent drift, the worker's finsent_drift_* gauges (finsent.alerts.drift)."""
+
+    title: ClassVar[str] = "Drift (finsent drift, the worker's finsent_drift_* gauges)"
+
     drift_interval_s: float = Field(300.0, ge=0, description="how often a worker recomputes the drift gauges; 0 = off")
     drift_window_s: int = Field(86_400, ge=60, description="drift: the recent period compared (default 24h)")
     drift_reference_s: int = Field(7 * 86_400, ge=60, description="drift: the reference period just before it (7d)")
@@ -215,58 +353,179 @@ class Settings(BaseSettings):
     )
     drift_min_items: int = Field(200, ge=1, description="drift: fewest items in each period for a verdict")
 
-    log_level: LogLevel = "INFO"
 
-    @field_validator("log_level", "security_protocol", "sasl_mechanism", mode="before")
+#: section attribute of :class:`Settings` -> its model, in the order ``finsent config`` prints them
+SECTIONS: dict[str, type[_Section]] = {
+    "kafka": KafkaSettings,
+    "storage": StoreSettings,
+    "model": ModelSettings,
+    "model_registry": RegistrySettings,
+    "worker": WorkerSettings,
+    "ingest": IngestSettings,
+    "alerts": AlertSettings,
+    "entities": EntitySettings,
+    "drift": DriftSettings,
+}
+
+#: flat setting name (``FINSENT_<NAME>``, file key, flag) -> the section attribute that holds it
+SECTION_OF: dict[str, str] = {name: section for section, model in SECTIONS.items() for name in model.model_fields}
+
+#: everything the transitional flat access forwards: the fields and the sections' derived properties
+_FORWARDED: dict[str, str] = {
+    **SECTION_OF,
+    **{
+        name: section
+        for section, model in SECTIONS.items()
+        for name, member in vars(model).items()
+        if isinstance(member, property)
+    },
+}
+
+
+class _FlatEnv(PydanticBaseSettingsSource):
+    """``FINSENT_<FIELD>`` variables (names case-insensitive, as before), each put into its field's section."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False  # unused: __call__ reads the environment once for every field
+
+    def __call__(self) -> dict[str, Any]:
+        env = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith("FINSENT_")}
+        out: dict[str, Any] = {}
+        for name in Settings.flat_fields():
+            value = env.get(_env_name(name))
+            if value is None:
+                continue
+            section = SECTION_OF.get(name)
+            if section is None:
+                out[name] = value
+            else:
+                out.setdefault(section, {})[name] = value
+        return out
+
+
+def _group(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat names put into their sections: ``{"brokers": x}`` -> ``{"kafka": {"brokers": x}}``. A flat name
+    beats the same name inside a section mapping given alongside it (flags are flat and beat the rest)."""
+    out: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECTION_OF:
+            flat[key] = value
+        else:
+            out[key] = value
+    for key, value in flat.items():
+        section = SECTION_OF[key]
+        current = out.get(section)
+        if isinstance(current, BaseModel):
+            current = current.model_dump()
+        elif isinstance(current, Mapping):
+            current = dict(current)
+        else:
+            current = {}  # absent (or not a mapping: then the flat names are what there is)
+        current[key] = value
+        out[section] = current
+    return out
+
+
+class Settings(BaseSettings):
+    """Every setting, one section per stage (see the module docstring)."""
+
+    model_config = SettingsConfigDict(env_prefix="FINSENT_", extra="ignore", validate_default=True, frozen=True)
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    storage: StoreSettings = Field(default_factory=StoreSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    model_registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    entities: EntitySettings = Field(default_factory=EntitySettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+
+    log_level: LogLevel = Field("INFO", description="log level of every finsent process")
+
+    @field_validator("log_level", mode="before")
     @classmethod
-    def _upper(cls, v: Any) -> Any:
-        return v.upper() if isinstance(v, str) else v
+    def _upper_level(cls, v: Any) -> Any:
+        return _upper(v)
 
-    @field_validator("brokers")
     @classmethod
-    def _check_brokers(cls, v: str) -> str:
-        parts = [p.strip() for p in v.split(",") if p.strip()]
-        if not parts or not all(re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", p) for p in parts):
-            raise ValueError(f"brokers must be host:port[,host:port...], got {v!r}")
-        return ",".join(parts)
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments beat ``FINSENT_*`` variables; the variables keep their flat names."""
+        return init_settings, _FlatEnv(settings_cls)
 
-    @field_validator("store")
+    @model_validator(mode="before")
     @classmethod
-    def _check_store(cls, v: str) -> str:
-        if not v.startswith(("clickhouse://", "chdb://")):
-            raise ValueError("store must start with clickhouse:// (a server) or chdb:// (embedded)")
-        return v
+    def _flat_names(cls, data: Any) -> Any:
+        """``Settings(brokers=...)`` and ``Settings(kafka={...})`` alike: flat names go to their section."""
+        return _group(data) if isinstance(data, Mapping) else data
 
-    @property
-    def topic_alert_counts(self) -> str:
-        """The in-stream detector's internal topic of per-window counts (declared with the others)."""
-        return f"{self.topic_alerts}.counts"
+    @classmethod
+    def flat_fields(cls) -> dict[str, FieldInfo]:
+        """Every setting by its flat name (``FINSENT_<NAME>`` upper-cased), in section order."""
+        out: dict[str, FieldInfo] = {}
+        for model in SECTIONS.values():
+            out.update(model.model_fields)
+        out["log_level"] = cls.model_fields["log_level"]
+        return out
 
-    @property
-    def topic_entity_counts(self) -> str:
-        """The entity agent's internal topic of mentions re-keyed by entity (declared with the others)."""
-        return f"{self.topic_alerts}.entity_counts"
+    def flat(self) -> dict[str, Any]:
+        """Every value by its flat name (what ``FINSENT_<NAME>`` would say), secrets as :class:`SecretStr`."""
+        out: dict[str, Any] = {}
+        for section in SECTIONS:
+            part = getattr(self, section)
+            out.update({name: getattr(part, name) for name in type(part).model_fields})
+        out["log_level"] = self.log_level
+        return out
 
-    @property
-    def call_threads(self) -> int:
-        """onnxruntime intra-op threads of each of the worker's ``model_calls``: ``model_threads``, else the
-        cores this process may use shared out (at least one each)."""
-        return self.model_threads or max(1, usable_cores() // self.model_calls)
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """A copy with some values replaced; ``update`` takes flat names (``{"brokers": x}``) or whole sections.
+        Like pydantic's, the new values are not validated (use :func:`load_settings` or ``Settings(...)``)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        top: dict[str, Any] = {k: v for k, v in update.items() if k not in SECTION_OF}
+        per_section: dict[str, dict[str, Any]] = {}
+        for key, value in update.items():
+            if key in SECTION_OF:
+                per_section.setdefault(SECTION_OF[key], {})[key] = value
+        for section, values in per_section.items():
+            base = top.get(section, getattr(self, section))
+            top[section] = base.model_copy(update=values)
+        return super().model_copy(update=top, deep=deep)
 
-    @property
-    def broker_list(self) -> list[str]:
-        return self.brokers.split(",")
+    def __getattr__(self, name: str) -> Any:
+        """TRANSITIONAL: ``settings.brokers`` forwards to ``settings.kafka.brokers`` (see the module docstring)."""
+        section = _FORWARDED.get(name)
+        if section is not None:
+            return getattr(getattr(self, section), name)
+        return super().__getattr__(name)  # type: ignore[misc]
 
     def redacted(self) -> dict[str, Any]:
-        """Settings safe to log: secrets masked, and every URL-valued setting (any string with ``://``: the
-        store, Alertmanager, MLflow...) through the one :func:`~finsent.core.redact.redact_url`."""
-        d = self.model_dump()
-        for k, v in d.items():
-            if isinstance(getattr(self, k), SecretStr):
-                d[k] = "***" if v else None
-            elif isinstance(v, str) and "://" in v:
-                d[k] = redact_url(v)
-        return d
+        """Settings safe to log, grouped by section (``{"kafka": {"brokers": ...}, ...}``, what ``finsent
+        config`` prints): secrets masked, and every URL-valued setting (any string with ``://``: the store,
+        Alertmanager, MLflow...) through the one :func:`~finsent.core.redact.redact_url`. TRANSITIONAL: a
+        flat key (``redacted()["store"]``) still finds its section's value."""
+        out = _Redacted({section: getattr(self, section).redacted() for section in SECTIONS})
+        out["log_level"] = self.log_level
+        return out
+
+
+class _Redacted(dict[str, Any]):
+    """TRANSITIONAL: :meth:`Settings.redacted`'s grouped dict, where a flat key still finds its section's value
+    (callers written for the flat settings); it serialises grouped, as a plain dict."""
+
+    def __missing__(self, key: str) -> Any:
+        section = SECTION_OF.get(key)
+        if section is None or section not in self:
+            raise KeyError(key)
+        return self[section][key]
 
 
 def usable_cores() -> int:
@@ -299,8 +558,9 @@ def _file_format(path: Path, text: str) -> str:
 def _key_lines(text: str, fmt: str) -> dict[str, int]:
     """Setting name -> the line of the file that sets it (first one), so that errors and warnings name it.
 
-    YAML from the parser's marks; TOML and JSON by matching ``name =`` / ``"name":`` lines (their
-    parsers keep no positions), top level or under ``[finsent]`` / ``"finsent": {``.
+    Names are flat; a name inside a section table is keyed ``section.name`` as well as ``name``, and the
+    table's own line by ``section``. YAML from the parser's marks; TOML and JSON by matching ``name =`` /
+    ``"name":`` lines (their parsers keep no positions), top level or under ``[finsent]`` / ``"finsent": {``.
     """
     lines: dict[str, int] = {}
     if fmt == "YAML":
@@ -316,19 +576,32 @@ def _key_lines(text: str, fmt: str) -> dict[str, int]:
                 (v for k, v in pairs if getattr(k, "value", None) == "finsent" and isinstance(v, yaml.MappingNode)),
                 None,
             )
-            for key, _ in inner.value if inner is not None else pairs:
+            for key, value in inner.value if inner is not None else pairs:
                 lines.setdefault(str(key.value), key.start_mark.line + 1)
+                if str(key.value).lower() in SECTIONS and isinstance(value, yaml.MappingNode):
+                    for sub, _ in value.value:
+                        lines.setdefault(f"{str(key.value).lower()}.{sub.value}", sub.start_mark.line + 1)
+                        lines.setdefault(str(sub.value), sub.start_mark.line + 1)
         return lines
     if fmt == "TOML":
         table: str | None = None
         for number, line in enumerate(text.splitlines(), 1):
             head = re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line)
             if head:
-                table = head.group(1).strip("\"'")
+                table = head.group(1).strip("\"'").lower()
+                table = table.removeprefix("finsent.") if table != "finsent" else table
+                if table in SECTIONS:
+                    lines.setdefault(table, number)
                 continue
             m = re.match(r"""^\s*(?:"([^"]+)"|'([^']+)'|([\w-]+))\s*=""", line)
-            if m and table in (None, "finsent"):
-                lines.setdefault(next(g for g in m.groups() if g is not None), number)
+            if not m:
+                continue
+            name = next(g for g in m.groups() if g is not None)
+            if table in (None, "finsent"):
+                lines.setdefault(name, number)
+            elif table in SECTIONS:
+                lines.setdefault(f"{table}.{name}", number)
+                lines.setdefault(name, number)
         return lines
     for m in re.finditer(r'"((?:[^"\\]|\\.)*)"\s*:', text):  # JSON
         lines.setdefault(m.group(1), text.count("\n", 0, m.start()) + 1)
@@ -415,10 +688,12 @@ OTHER_ENV = frozenset({"FINSENT_CONFIG", "FINSENT_CACHE_DIR", "FINSENT_ENTITIES_
 
 def _explain(exc: ValidationError, file: _File | None, file_keys: set[str]) -> str:
     """Pydantic's errors as ``FINSENT_BATCH_MAX=0: Input should be ...`` (or, for a value from the settings
-    file, ``config file FILE, line N: batch_max=0: ...``), one clause each, no URL."""
+    file, ``config file FILE, line N: batch_max=0: ...``), one clause each, no URL. An error inside a
+    section (``loc`` ``("worker", "batch_max")``) is named by the setting's flat name."""
     parts = []
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
+        loc = [str(p) for p in err["loc"]]
+        field = loc[1] if len(loc) > 1 and loc[0] in SECTIONS else (loc[0] if loc else "?")
         from_file = file is not None and field in file_keys
         value = err.get("input")
         shown = "" if isinstance(value, dict) or value is None else f"={value!r}"
@@ -432,13 +707,66 @@ def _explain(exc: ValidationError, file: _File | None, file_keys: set[str]) -> s
     return "; ".join(parts)
 
 
-def _warn_unknown(name: str, known: list[str], where: str) -> None:
+def _warn_unknown(name: str, known: list[str], where: str, shown: str | None = None) -> None:
     close = difflib.get_close_matches(name, known, n=1)
-    log.warning("%sunknown setting %s is ignored%s", where, name, f" (did you mean {close[0]}?)" if close else "")
+    log.warning(
+        "%sunknown setting %s is ignored%s", where, shown or name, f" (did you mean {close[0]}?)" if close else ""
+    )
+
+
+def _file_settings(file: _File) -> dict[str, Any]:
+    """The file's values by flat name: top-level names, and names inside section tables (``[kafka]``).
+
+    Unknown names are warned about (with the closest real name) and dropped; a name in another section's
+    table is read all the same, with a warning naming its section; a name set twice is an error.
+    """
+    known = sorted(Settings.flat_fields())
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def take(key: str, value: Any, table: str | None) -> None:
+        name = key.lower()  # names are case-insensitive, as in the environment
+        where_key = f"{table}.{key}" if table else key
+        if name not in known:
+            _warn_unknown(key, known, f"config file {file.where(where_key)}: ", shown=where_key)
+            return
+        if name in values:
+            raise ConfigError(
+                f"config file {file.where(where_key)}: {name} is set twice (also as {origin[name]})",
+                hint="keep one of the two",
+            )
+        if table is not None and SECTION_OF.get(name) != table:
+            home = SECTION_OF.get(name)
+            log.warning(
+                "config file %s: %s belongs %s; read all the same",
+                file.where(where_key),
+                name,
+                f"in [{home}]" if home else "at the top level",
+            )
+        values[name] = value
+        origin[name] = where_key
+        line = file.lines.get(where_key) or file.lines.get(key)
+        if line is not None:
+            file.lines[name] = line  # messages name the flat, lower-case name
+
+    for key, value in file.values.items():
+        if key.lower() in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"config file {file.where(key)}: {key} must be a table of settings ({key}: name: value), "
+                    f"not {type(value).__name__}",
+                    hint=FILE_HINT,
+                )
+            for sub, sub_value in value.items():
+                take(str(sub), sub_value, key.lower())
+        else:
+            take(key, value, None)
+    return values
 
 
 def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build the settings: file < env < overrides. ``None`` overrides are ignored (flag not given).
+    Overrides take flat names (``brokers=...``), as flags do.
 
     Raises :class:`ConfigError` naming the variable (or the file, line and key) of every bad value.
     One rule for names that are no setting, in the environment (``FINSENT_*``) and in the file alike:
@@ -447,19 +775,11 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
     """
     config = config or os.environ.get("FINSENT_CONFIG")
     file = _read_file(Path(config)) if config else None
-    env_names = {_env_name(name) for name in Settings.model_fields}
+    env_names = {_env_name(name) for name in Settings.flat_fields()}
     unknown_env = sorted(k for k in os.environ if k.startswith("FINSENT_") and k not in env_names | OTHER_ENV)
     for name in unknown_env:
         _warn_unknown(name, sorted(env_names), "")
-    file_values: dict[str, Any] = {}
-    if file is not None:
-        for key, value in file.values.items():
-            if key.lower() in Settings.model_fields:  # names are case-insensitive, as in the environment
-                file_values[key.lower()] = value
-                if key != key.lower() and key in file.lines:
-                    file.lines.setdefault(key.lower(), file.lines[key])
-            else:
-                _warn_unknown(key, sorted(Settings.model_fields), f"config file {file.where(key)}: ")
+    file_values = _file_settings(file) if file is not None else {}
     # env beats file: drop file values that the environment sets
     file_values = {k: v for k, v in file_values.items() if _env_name(k) not in os.environ}
     values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}

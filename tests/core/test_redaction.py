@@ -99,9 +99,10 @@ def test_settings_redacted_hides_every_url_setting(pw: str, monkeypatch: pytest.
     s = load_settings(None, store=f"clickhouse://probe:{secret}@db:9000/finsent")
     red = s.redacted()
     assert MARK not in json.dumps(red, default=str)
-    assert red["store"] == "clickhouse://probe:***@db:9000/finsent"  # the worker's start line prints this value
-    assert red["alertmanager_url"] == "https://am:***@alertmanager:9093"
-    assert red["mlflow_tracking_uri"] == "https://ml:***@mlflow:5000/?token=***"
+    # the worker's start line prints this value
+    assert red["storage"]["store"] == "clickhouse://probe:***@db:9000/finsent"
+    assert red["alerts"]["alertmanager_url"] == "https://am:***@alertmanager:9093"
+    assert red["model_registry"]["mlflow_tracking_uri"] == "https://ml:***@mlflow:5000/?token=***"
     assert s.store.endswith("@db:9000/finsent") and MARK in s.store  # the setting itself is untouched
 
 
@@ -117,6 +118,6 @@ def test_finsent_config_prints_no_password(pw: str, monkeypatch: pytest.MonkeyPa
     out = capsys.readouterr().out
     assert MARK not in out and pw not in out.replace("***", "")
     shown = json.loads(out)
-    assert shown["store"] == "clickhouse://probe:***@db:9000/finsent"
-    assert shown["alertmanager_url"] == "http://am:***@127.0.0.1:9093"
-    assert shown["mlflow_tracking_uri"] == "http://ml:***@127.0.0.1:5000?password=***"
+    assert shown["storage"]["store"] == "clickhouse://probe:***@db:9000/finsent"
+    assert shown["alerts"]["alertmanager_url"] == "http://am:***@127.0.0.1:9093"
+    assert shown["model_registry"]["mlflow_tracking_uri"] == "http://ml:***@127.0.0.1:5000?password=***"

@@ -297,7 +297,7 @@ def test_registry_volume_is_shared_read_only_by_workers_and_written_by_retrain()
 
 
 def test_config_names_real_settings_and_the_secret_is_a_settings_file() -> None:
-    settings = {f"FINSENT_{name.upper()}" for name in Settings.model_fields}
+    settings = {f"FINSENT_{name.upper()}" for name in Settings.flat_fields()}
     config = find(BASE, "ConfigMap", "finsent-config")["data"]
     assert set(config) <= settings, f"keys no finsent setting reads: {set(config) - settings}"
     for obj in _workloads(GPU):
@@ -305,7 +305,7 @@ def test_config_names_real_settings_and_the_secret_is_a_settings_file() -> None:
             assert {e["name"] for e in c.get("env", [])} <= settings | {"FINSENT_CONFIG", "FINSENT_CACHE_DIR"}
     secret = find(BASE, "Secret", "finsent-secrets")
     values = yaml.safe_load(secret["stringData"]["finsent.yaml"])
-    assert set(values) <= set(Settings.model_fields) and "store" in values
+    assert set(values) <= set(Settings.flat_fields()) and "store" in values
     assert all("CHANGE-ME" in str(v) for v in values.values()), "the Secret is a documented placeholder"
     Settings(**values)  # a valid settings file once the placeholders are replaced
     for obj in _workloads(GPU):
@@ -331,7 +331,7 @@ def test_commands_are_accepted_by_the_cli() -> None:
 def test_operations_section_names_real_settings_and_files() -> None:
     """docs/operations.md points at files that exist and at FINSENT_* variables finsent reads."""
     section = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
-    settings = {f"FINSENT_{name.upper()}" for name in Settings.model_fields} | {"FINSENT_CONFIG", "FINSENT_WORKERS"}
+    settings = {f"FINSENT_{name.upper()}" for name in Settings.flat_fields()} | {"FINSENT_CONFIG", "FINSENT_WORKERS"}
     named = set(re.findall(r"FINSENT_[A-Z_]+[A-Z]", section))
     assert named and named <= settings, f"not settings: {named - settings}"
     paths = set(re.findall(r"`(deploy/[^`\s]+)`", section))
