@@ -37,8 +37,19 @@ counted once (the detector's per-bucket item set; novelty returns its first answ
 stable per (entity, episode start), so the store, which inserts alerts idempotently by id, keeps one row.
 Story clusters are formed among the items a unit sees (those mentioning its entities); a single-process backtest
 clusters all items, so the two can differ only when a story about one name is a near-duplicate of a story about
-another that links two of the first name's stories. Not covered: a worker restart loses the in-memory baselines
-and episodes (the prior judges names again until they refill); the exact mentions are in the store for the backtest.
+another that links two of the first name's stories.
+
+**Restart.** A unit starts from the store, not cold (:meth:`EntityAlerts.restore`, before its partition's first
+record): the stored mentions of its entities over :meth:`~finsent.alerts.entity_detector.EntityDetector.history_s`
+(four baseline half-lives: four weeks of 1 h buckets) of event time up to the newest stored one, replayed in
+(event time, item id, entity key) order through novelty and the detector as the backtest does
+(:func:`finsent.alerts.backtest.stored_mentions`: both engines). Buckets the watermark (the newest stored event
+time) had closed are closed again; younger mentions wait in the reorder buffer as if just read. Without this a
+restarted worker judged every name by the prior alone: a name always in bad news alerted again, and an episode in
+progress alerted twice. Alerts raised by the replay are not sent again, except those of an episode still in
+progress whose id is not in the store (the worker stopped between closing the bucket and delivering it). A
+mention the replay counted and the broker redelivers is counted once (the bucket's item set, or the restored ids
+for buckets already closed). A store that cannot be read leaves the unit cold, with a warning.
 
 **Prometheus.** Thousands of names must not become thousands of label values: only aggregates
 (``finsent_entity_mentions_total{sentiment}``, ``finsent_entities_tracked``, ``finsent_entity_alerts_total``,
@@ -84,6 +95,8 @@ IDLE_S = 30.0
 #: a scored partition never heard from holds it this long (a loaded worker may take a while to read its first
 #: batch; a partition with no traffic at all must not hold it forever)
 UNHEARD_S = 300.0
+#: a restore's read of the store serves the other partitions restored within this many seconds
+RESTORE_REUSE_S = 120.0
 
 
 # --- the mention side (every worker, on its share of finsent.scored) ---------------------------------------------
@@ -245,6 +258,8 @@ class EntityUnit:
         self.novelty = Novelty()
         self.pending: list[Pending] = []
         self.released_upto: datetime | None = None  # mentions before this were released: later ones are late
+        #: (item id, entity key) of the mentions a restore counted in closed buckets: redelivered, not late
+        self.restored: set[tuple[str, str]] = set()
         #: the newest event time per input (a scored partition, from watermark records; "" = the mentions
         #: themselves) and the clock reading when it last moved forward (None: never heard from)
         self.inputs: dict[str, tuple[datetime | None, float]] = {}
@@ -255,6 +270,9 @@ class EntityUnit:
         for p in pending:
             m = p.mention
             if self.released_upto is not None and m.at < self.released_upto:
+                if (m.item_id, m.key) in self.restored:
+                    o.redelivered += 1  # counted by the restore from the store: the broker redelivered it
+                    continue
                 o.late += 1
                 o.metrics.late.inc()
                 if o.late & (o.late - 1) == 0:  # the 1st, 2nd, 4th, 8th...: visible, never a flood
@@ -371,12 +389,109 @@ class EntityAlerts:
         self.bad_values = 0
         self.late = 0
         self.mentions = 0
+        self.restored_units = 0
+        self.redelivered = 0  # mentions a restore had counted, read again from the broker (ignored, not late)
+        self._restore_cache: tuple[float, datetime | None, dict[int, list[Pending]]] | None = None
 
     def unit(self, via: int) -> EntityUnit:
         u = self.units.get(via)
         if u is None:
             u = self.units[via] = EntityUnit(self, via, make_entity_detector(self.settings, watchlist=self.watchlist))
         return u
+
+    def partition_of(self, key: str) -> int:
+        """The entity counts partition that owns ``key`` (the default partitioner: murmur2 of the key, as
+        :func:`watermark_keys`)."""
+        from kafka.partitioner.default import murmur2
+
+        return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % max(1, self.partitions or self.settings.partitions)
+
+    def _history(self, lookback_s: int) -> tuple[datetime | None, dict[int, list[Pending]]]:
+        """The stored mentions of the last ``lookback_s`` of event time up to the newest stored one, by owning
+        partition; read once and kept :data:`RESTORE_REUSE_S` (the partitions a worker gets at start restore
+        from one read)."""
+        cached = self._restore_cache
+        if cached is not None and self.clock() - cached[0] < RESTORE_REUSE_S:
+            return cached[1], cached[2]
+        from finsent.alerts.backtest import stored_mentions
+
+        store = self._store()
+        if store is None:
+            return None, {}
+        rows = store.query(f"SELECT max(event_time) FROM {store.database}.mentions")
+        newest = rows[0][0] if rows and rows[0] else None
+        if not isinstance(newest, datetime) or newest.timestamp() <= 0:
+            self._restore_cache = (self.clock(), None, {})
+            return None, {}
+        newest = min(newest, utcnow() + timedelta(minutes=5))
+        by_part: dict[int, list[Pending]] = {}
+        for p in stored_mentions(store, newest - timedelta(seconds=lookback_s), newest + timedelta(seconds=1)):
+            by_part.setdefault(self.partition_of(p.mention.key), []).append(Pending(p.mention, p.text))
+        self._restore_cache = (self.clock(), newest, by_part)
+        return newest, by_part
+
+    def restore(self, via: int) -> list[Alert]:
+        """Build partition ``via``'s unit from the stored mentions (see the module doc, *Restart*); returns the
+        alerts of episodes in progress that the store does not hold (to be sent). Blocking: run off the loop."""
+        if via in self.units:
+            return []
+        u = self.unit(via)
+        if self.store_getter is None:
+            return []
+        t0 = time.monotonic()
+        try:
+            newest, by_part = self._history(u.detector.history_s())
+        except Exception as exc:  # noqa: BLE001 - a store that cannot be read must not stop the worker
+            log.warning(
+                "entity partition %d starts cold: its baselines could not be read from the store (%s); names are "
+                "judged by the prior until their history refills (check the store, then restart the worker)",
+                via,
+                exc,
+            )
+            return []
+        mine = by_part.pop(via, [])
+        if newest is None or not mine:
+            return []
+        bucket_s = u.detector.bucket_s
+        wm = int(((newest - self.lateness) - EPOCH).total_seconds() // bucket_s) * bucket_s
+        cut = EPOCH + timedelta(seconds=wm)
+        raised: list[Alert] = []
+        for p in sorted(mine, key=lambda p: (p.mention.at, p.mention.item_id, p.mention.key)):
+            m = p.mention
+            if m.at >= cut:
+                u.pending.append(p)  # an open bucket: released by the live watermark, with what arrives next
+                continue
+            story = u.novelty.observe(m.item_id, m.at, m.source, m.title, p.text, [m.key])
+            raised += u.detector.add(replace(m, novelty=story.novelty[m.key]))
+            u.restored.add((m.item_id, m.key))
+        raised += u.detector.advance(newest)
+        u.released_upto = cut
+        active = u.detector.states()
+        resend = [a for a in raised if str((a.evidence or {}).get("entity_key")) in active]
+        if resend:
+            store = self._store()
+            ids = [a.id for a in resend]
+            stored = {
+                r[0]
+                for r in store.query(
+                    f"SELECT DISTINCT id FROM {store.database}.alerts WHERE has({{ids:Array(String)}}, id)",
+                    {"ids": ids},
+                )
+            }
+            resend = [a for a in resend if a.id not in stored]
+        self.restored_units += 1
+        log.info(
+            "entity partition %d restored from the store in %.1f s: %d mentions up to %s, %d entities, %d in an "
+            "episode, %d alert(s) not delivered before the restart sent now",
+            via,
+            time.monotonic() - t0,
+            len(mine),
+            format_time(newest),
+            len(u.detector),
+            len(active),
+            len(resend),
+        )
+        return resend
 
     def close(self) -> None:
         """The worker is closing: start no other delivery (one in progress ends in its thread)."""
@@ -637,6 +752,11 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
                 continue
             async with loop_lock:
                 via = event.message.partition
+                if via not in state.units:  # first record of this partition: start from the store, not cold
+                    loop = asyncio.get_running_loop()
+                    resend = await loop.run_in_executor(state.pool, state.restore, via)
+                    if resend:
+                        await publish(state._raised(resend))
                 new = state.offer_watermark(decoded, via) if isinstance(decoded, dict) else state.offer(decoded, via)
                 if new:
                     await publish(new)  # confirmed before the next record is taken (and this one acked)

@@ -252,6 +252,7 @@ class EntityDetector:
         self.window_buckets = window_buckets
         self.lateness = timedelta(seconds=lateness_s)
         self.cooldown_buckets = math.ceil(cooldown_s / bucket_s)
+        self.halflife_buckets = halflife_buckets
         self.decay = 0.5 ** (1.0 / halflife_buckets)
         self.prior_k = prior_rate * prior_buckets
         self.prior_n = prior_buckets
@@ -523,6 +524,15 @@ class EntityDetector:
 
     def __len__(self) -> int:
         return len(self._entities)
+
+    def history_s(self, halflives: float = 4.0) -> int:
+        """Seconds of event time whose mentions rebuild this detector's state (a restarted worker replays them).
+
+        ``halflives`` half-lives of the baseline (4: the older rest weighs 1/16), at least the window plus the
+        cool-down (so an episode in progress is known), at most ``forget_after_s`` (older names are forgotten).
+        """
+        buckets = max(self.window_buckets + self.cooldown_buckets, math.ceil(halflives * self.halflife_buckets))
+        return min(buckets, self.forget_buckets) * self.bucket_s
 
 
 __all__ = [
