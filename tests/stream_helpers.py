@@ -10,6 +10,7 @@ from typing import Any
 
 from finsent.core.events import RawItem, utcnow
 from finsent.core.settings import Settings, load_settings
+from finsent.core.wait import WaitTimeout, wait_until
 from finsent.stream.kafka import ensure_topics, make_consumer, make_producer
 
 TEXTS = (
@@ -94,13 +95,13 @@ def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 3
     return out
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+def wait_for(cond: Callable[[], object], timeout_s: float, what: str) -> None:
+    """:func:`finsent.core.wait.wait_until`, with a timeout as an AssertionError: a failed check in the test's
+    report, and three tests catch it to add what they saw (the worker's log, the mentions counted)."""
+    try:
+        wait_until(cond, timeout_s, 0.2, what=what)
+    except WaitTimeout as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def reasons(records: Iterable[Any]) -> list[str]:

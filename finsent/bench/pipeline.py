@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from finsent.bench.common import cpu_name, percentile, plain_help, write_section
 from finsent.core.events import RawItem, stable_id, utcnow
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
+from finsent.core.wait import wait_until
 
 
 def model_only_seconds(classifier: Any, texts: list[str], batch: int, calls: int = 1) -> float:
@@ -109,13 +108,54 @@ def _paced_producer(
     return th
 
 
-def _wait(cond: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"benchmark timed out after {timeout_s:.0f}s waiting for {what}")
+def _rounds(
+    s: Settings, clf: Any, stats: Any, texts: list[str], chunk: int, rounds: int, run: str, progress: Any
+) -> dict[str, Any]:
+    """The interleaved rounds: a model-only pass over a chunk, then the same number of new items through the
+    pipeline; per-round rates and the overall rates (total items over total time) of both sides."""
+    batch = s.batch_max
+    model_only: list[float] = []
+    pipeline: list[float] = []
+    model_t = pipe_t = 0.0
+    done = 0  # items through each side: the last round is short when --items is not rounds x chunk
+    for r in range(rounds):
+        part = texts[r * chunk : (r + 1) * chunk] or texts[:chunk]
+        done += len(part)
+        dt = model_only_seconds(clf, part, batch, s.model_calls)
+        model_t += dt
+        model_only.append(len(part) / dt)
+        target = stats.snapshot()["stored"] + len(part)
+        stats.first_batch_t = None
+        _produce(s, _items(part, run, f"round{r}"))
+        wait_until(lambda target=target: stats.snapshot()["stored"] >= target, 120 + len(part), 0.05, what=f"round {r}")
+        assert stats.first_batch_t is not None and stats.last_stored_t is not None
+        pt = stats.last_stored_t - stats.first_batch_t
+        pipe_t += pt
+        pipeline.append(len(part) / pt)
+        progress(
+            f"round {r + 1}/{rounds}: model-only {model_only[-1]:.1f} items/s, pipeline {pipeline[-1]:.1f} items/s"
+        )
+    return {
+        "model_only": model_only,
+        "pipeline": pipeline,
+        "model_rate": done / model_t,
+        "pipe_rate": done / pipe_t,
+    }
+
+
+def _paced_latencies(s: Settings, stats: Any, texts: list[str], rate: float, seconds: float, run: str) -> list[float]:
+    """ingested_at -> stored of every item a paced producer offers at ``rate`` for ``seconds``."""
+    with stats.lock:
+        stats.latencies.clear()
+    stored_before = stats.snapshot()["stored"]
+    sent: list[int] = []
+    th = _paced_producer(s, texts, rate, seconds, run, sent)
+    th.join(seconds + 120)
+    wait_until(
+        lambda: bool(sent) and stats.snapshot()["stored"] - stored_before >= sent[0], 120, 0.05, what="paced items"
+    )
+    with stats.lock:
+        return list(stats.latencies)
 
 
 def run_bench(
@@ -130,18 +170,12 @@ def run_bench(
 ) -> dict[str, Any]:
     from finsent.demo import load_tweets
     from finsent.models.runtime import Classifier
-    from finsent.stream.broker import EmbeddedBroker
-    from finsent.stream.kafka import ensure_topics, quiet_client_logs
-    from finsent.stream.service import WorkerThread
-    from finsent.stream.store import open_store
+    from finsent.stack import LocalStack
+    from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)
     tweets = [t["text"] for t in load_tweets()]
     texts = [tweets[i % len(tweets)] for i in range(items)]
-    tmp = Path(tempfile.mkdtemp(prefix="finsent-bench-"))
-    run = stable_id("bench", str(time.time()))[:8]
-    model_only: list[float] = []
-    pipeline: list[float] = []
     progress("loading the model")
     clf = Classifier.load(
         model_dir or settings.model_dir,
@@ -154,70 +188,22 @@ def run_bench(
     # whose load drifts (shared CPUs) interleaving keeps the drift out of the ratio.
     chunk = max(batch, (items // rounds) // batch * batch)
     load_before = os.getloadavg()
-    broker = EmbeddedBroker(log_path=tmp / "tansu.log")
-    store = None
-    worker = None
-    try:
-        broker.start()
-        s = settings.model_copy(
-            update={
-                "brokers": broker.bootstrap,
-                "store": store_url or f"chdb://{tmp / 'chdb'}",
-                "session_timeout_ms": 6000,
-                "consumer_group": f"finsent-bench-{run}",
-                "metrics_port": 0,
-            }
-        )
-        ensure_topics(s)
-        store = open_store(s.store)
-        store.ensure_schema()
-        worker = WorkerThread(s, classifier=clf, store=store).start()
-        stats = worker.scorer.stats
+    with LocalStack(settings, name="finsent-bench", store=store_url) as stack:
+        run = stack.run_id
+        s = stack.settings
+        stats = stack.start_worker(classifier=clf).scorer.stats
         progress("warm-up: one batch through the pipeline (group join, model, store)")
         _produce(s, _items(texts[:batch], run, "warmup"))
-        _wait(lambda: stats.snapshot()["stored"] >= batch, 120 + batch, "the warm-up batch")
+        wait_until(lambda: stats.snapshot()["stored"] >= batch, 120 + batch, 0.05, what="the warm-up batch")
         model_only_seconds(clf, texts[: batch * settings.model_calls], batch, settings.model_calls)  # warm-up here too
-        model_t = pipe_t = 0.0
-        for r in range(rounds):
-            part = texts[r * chunk : (r + 1) * chunk] or texts[:chunk]
-            dt = model_only_seconds(clf, part, batch, settings.model_calls)
-            model_t += dt
-            model_only.append(len(part) / dt)
-            target = stats.snapshot()["stored"] + len(part)
-            stats.first_batch_t = None
-            _produce(s, _items(part, run, f"round{r}"))
-            _wait(lambda target=target: stats.snapshot()["stored"] >= target, 120 + len(part), f"round {r}")
-            assert stats.first_batch_t is not None and stats.last_stored_t is not None
-            pt = stats.last_stored_t - stats.first_batch_t
-            pipe_t += pt
-            pipeline.append(len(part) / pt)
-            progress(
-                f"round {r + 1}/{rounds}: model-only {model_only[-1]:.1f} items/s, pipeline {pipeline[-1]:.1f} items/s"
-            )
-        model_rate = rounds * chunk / model_t
-        pipe_rate = rounds * chunk / pipe_t
+        rates = _rounds(s, clf, stats, texts, chunk, rounds, run, progress)
+        model_rate, pipe_rate = rates["model_rate"], rates["pipe_rate"]
         st = stats.snapshot()
         progress(f"pipeline/model-only {pipe_rate / model_rate:.0%}")
-
         offered = max(1.0, load * pipe_rate)
         progress(f"latency: offering {offered:.1f} items/s for {latency_seconds:.0f}s")
-        with stats.lock:
-            stats.latencies.clear()
-        stored_before = stats.snapshot()["stored"]
-        sent: list[int] = []
-        th = _paced_producer(s, tweets, offered, latency_seconds, run, sent)
-        th.join(latency_seconds + 120)
-        _wait(lambda: bool(sent) and stats.snapshot()["stored"] - stored_before >= sent[0], 120, "paced items")
-        with stats.lock:
-            lat = list(stats.latencies)
-        counts = store.count()
-    finally:
-        if worker is not None:
-            worker.stop()
-        if store is not None:
-            store.close()
-        broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        lat = _paced_latencies(s, stats, tweets, offered, latency_seconds, run)
+        counts = stack.store.count()
     return {
         "hardware": {
             "cpu": cpu_name(),
@@ -240,8 +226,8 @@ def run_bench(
         "model_only_msgs_per_s": round(model_rate, 1),
         "rounds": rounds,
         "items_per_round": chunk,
-        "model_only_per_round_msgs_per_s": [round(x, 1) for x in model_only],
-        "pipeline_per_round_msgs_per_s": [round(x, 1) for x in pipeline],
+        "model_only_per_round_msgs_per_s": [round(x, 1) for x in rates["model_only"]],
+        "pipeline_per_round_msgs_per_s": [round(x, 1) for x in rates["pipeline"]],
         "pipeline_msgs_per_s": round(pipe_rate, 1),
         "ratio": round(pipe_rate / model_rate, 3),
         "pipeline_batches": st["batches"],  # includes the warm-up batch

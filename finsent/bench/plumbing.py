@@ -20,18 +20,19 @@ main thread polls every few milliseconds to find the window's ends; its own CPU 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finsent.bench.common import cpu_name, percentile
-from finsent.core.events import stable_id, utcnow
+from finsent.core.events import utcnow
 from finsent.core.settings import Settings
+from finsent.core.wait import wait_until
 from finsent.models.runtime import Prediction
+
+if TYPE_CHECKING:
+    from finsent.stack import LocalStack
 
 #: What every text gets: a valid prediction with the labels the alert rules know.
 CONSTANT_PREDICTION = Prediction(
@@ -107,35 +108,21 @@ def _pid_cpu(pid: int | None) -> float:
 
 
 def _round(
-    settings: Settings,
-    clf: Any,
-    store: Any,
-    texts: list[str],
-    run: str,
-    prefix: str,
-    broker_pid: int | None,
-    server_pid: int | None,
-    poll_s: float = 0.005,
+    stack: LocalStack, clf: Any, texts: list[str], run: str, prefix: str, poll_s: float = 0.005
 ) -> dict[str, Any]:
     """One backlog through a fresh worker: items/s and CPU per item over the first-batch..last-stored window."""
     from finsent.bench.pipeline import _items, _produce
-    from finsent.stream.service import WorkerThread
 
-    _produce(settings, _items(texts, run, prefix))
-    worker = WorkerThread(settings, classifier=clf, store=store).start()
+    _produce(stack.settings, _items(texts, run, prefix))
+    worker = stack.start_worker(classifier=clf)
     try:
         stats = worker.scorer.stats
-        deadline = time.monotonic() + 120
-        while stats.first_batch_t is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("benchmark timed out waiting for the worker's first batch")
-            time.sleep(poll_s)
-        cpu0 = CpuSample.take(broker_pid, server_pid)
-        while stats.stored < len(texts):
-            if time.monotonic() > deadline + len(texts) / 100:
-                raise TimeoutError(f"benchmark timed out: {stats.stored} of {len(texts)} stored")
-            time.sleep(poll_s)
-        cpu = CpuSample.take(broker_pid, server_pid).minus(cpu0)
+        t0 = time.monotonic()
+        wait_until(lambda: stats.first_batch_t is not None, 120, poll_s, what="the worker's first batch")
+        cpu0 = CpuSample.take(stack.broker_pid, stack.server_pid)
+        left = 120 - (time.monotonic() - t0) + len(texts) / 100
+        wait_until(lambda: stats.stored >= len(texts), left, poll_s, what=f"{len(texts)} items stored")
+        cpu = CpuSample.take(stack.broker_pid, stack.server_pid).minus(cpu0)
         assert stats.last_stored_t is not None
         window = stats.last_stored_t - stats.first_batch_t
         snap = stats.snapshot()
@@ -158,28 +145,17 @@ def _round(
     }
 
 
-def _latency(
-    settings: Settings, clf: Any, store: Any, texts: list[str], rate: float, seconds: float, run: str
-) -> dict[str, Any]:
+def _latency(stack: LocalStack, clf: Any, texts: list[str], rate: float, seconds: float, run: str) -> dict[str, Any]:
     """ingested_at -> stored under a paced producer, on a worker that has already joined its group."""
-    from finsent.bench.pipeline import _paced_producer, _wait
-    from finsent.stream.service import WorkerThread
+    from finsent.bench.pipeline import _paced_latencies
 
-    worker = WorkerThread(settings, classifier=clf, store=store).start()
+    worker = stack.start_worker(classifier=clf)
     try:
         scorer = worker.scorer
-        _wait(lambda: scorer.joined, 60, "the consumer group join")
+        wait_until(lambda: scorer.joined, 60, 0.05, what="the consumer group join")
         time.sleep(1.0)  # the first fetches after the join
-        with scorer.stats.lock:
-            scorer.stats.latencies.clear()
         scorer.stats.latency_floor = utcnow()
-        stored_before = scorer.stats.snapshot()["stored"]
-        sent: list[int] = []
-        th = _paced_producer(settings, texts, rate, seconds, run, sent)
-        th.join(seconds + 120)
-        _wait(lambda: bool(sent) and scorer.stats.snapshot()["stored"] - stored_before >= sent[0], 120, "paced items")
-        with scorer.stats.lock:
-            lat = list(scorer.stats.latencies)
+        lat = _paced_latencies(stack.settings, scorer.stats, texts, rate, seconds, run)
     finally:
         worker.stop()
     return {
@@ -204,57 +180,24 @@ def run_plumbing(
 ) -> dict[str, Any]:
     """``--plumbing``: ``rounds`` backlogs of ``items/rounds`` through a fresh worker each, then latency."""
     from finsent.demo import load_tweets
-    from finsent.stream.broker import EmbeddedBroker
-    from finsent.stream.kafka import ensure_topics, quiet_client_logs
-    from finsent.stream.store import open_store
+    from finsent.stack import LocalStack
+    from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)
     tweets = [t["text"] for t in load_tweets()]
     per_round = max(settings.batch_max, items // rounds)
-    tmp = Path(tempfile.mkdtemp(prefix="finsent-bench-plumbing-"))
-    run = stable_id("bench-plumbing", str(time.time()))[:8]
     clf = ConstantClassifier()
-    broker = EmbeddedBroker(log_path=tmp / "tansu.log")
-    server: Any = None
-    store: Any = None
     load_before = os.getloadavg()
     results: list[dict[str, Any]] = []
-    try:
-        broker.start()
-        if clickhouse_server:
-            from finsent.bench.clickhouse_server import ClickHouseServer
-
-            server = ClickHouseServer(tmp / "server")
-            server.start()
-            store_url = server.url("finsent_bench")
-        s = settings.model_copy(
-            update={
-                "brokers": broker.bootstrap,
-                "store": store_url or f"chdb://{tmp / 'chdb'}",
-                "session_timeout_ms": 6000,
-                "consumer_group": f"finsent-bench-plumbing-{run}",
-                "metrics_port": 0,
-            }
-        )
-        ensure_topics(s)
-        store = open_store(s.store)
-        store.ensure_schema()
-        broker_pid = broker.proc.pid if broker.proc is not None else None
-        server_pid = server.proc.pid if server is not None and server.proc is not None else None
+    with LocalStack(
+        settings, name="finsent-bench-plumbing", store=store_url, clickhouse_server=clickhouse_server
+    ) as stack:
+        run = stack.run_id
         progress("warm-up: a small backlog through the pipeline (group join, store)")
-        _round(
-            s,
-            clf,
-            store,
-            [tweets[i % len(tweets)] for i in range(4 * s.batch_max)],
-            run,
-            "warmup",
-            broker_pid,
-            server_pid,
-        )
+        _round(stack, clf, [tweets[i % len(tweets)] for i in range(4 * settings.batch_max)], run, "warmup")
         for r in range(rounds):
             texts = [tweets[(r * per_round + i) % len(tweets)] for i in range(per_round)]
-            res = _round(s, clf, store, texts, run, f"round{r}", broker_pid, server_pid)
+            res = _round(stack, clf, texts, run, f"round{r}")
             results.append(res)
             progress(
                 f"round {r + 1}/{rounds}: {res['msgs_per_s']:.0f} items/s, "
@@ -266,16 +209,9 @@ def run_plumbing(
         if latency_seconds > 0:
             offered = max(1.0, load * rate)
             progress(f"latency: offering {offered:.0f} items/s for {latency_seconds:.0f}s")
-            latency = _latency(s, clf, store, tweets, offered, latency_seconds, run)
+            latency = _latency(stack, clf, tweets, offered, latency_seconds, run)
             latency["load_fraction"] = load
-        counts = store.count()
-    finally:
-        if store is not None:
-            store.close()
-        if server is not None:
-            server.stop()
-        broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        counts = stack.store.count()
     keys = results[0]["cpu_ms_per_item"].keys()
     cpu = {k: round(sum(x["cpu_ms_per_item"][k] * x["items"] for x in results) / total_items, 4) for k in keys}
     return {

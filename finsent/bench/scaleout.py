@@ -17,28 +17,30 @@ connection, exactly as N systemd units or N pods would.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finsent.bench.common import cpu_name, load_average
-from finsent.core.events import stable_id
 from finsent.core.settings import Settings
+from finsent.core.wait import wait_until
+
+if TYPE_CHECKING:
+    from finsent.stack import LocalStack
 
 WARMUP_ITEMS = 64
 
 
 def _one(
-    settings: Settings, n: int, texts: list[str], partitions: int, store_url: str, tmp: Path, run: str, progress: Any
+    stack: LocalStack, n: int, texts: list[str], partitions: int, store_url: str, run: str, progress: Any
 ) -> dict[str, Any]:
     """One run with ``n`` workers; ``run`` names its topics, group and log files (unique per run)."""
     from finsent.bench.pipeline import _items, _produce
-    from finsent.bench.worker_pool import WorkerProcess, wait_until
+    from finsent.bench.worker_pool import exited
     from finsent.stream.kafka import ensure_topics
     from finsent.stream.store import open_store
 
     suffix = run
+    settings = stack.settings
     threads = settings.model_threads or max(1, (os.cpu_count() or 1) // (n * settings.model_calls))
     s = settings.model_copy(
         update={
@@ -55,18 +57,21 @@ def _one(
         }
     )
     ensure_topics(s)
-    store = open_store(s.store, cluster=s.clickhouse_cluster)
+    store = open_store(s.store, cluster=s.clickhouse_cluster)  # this N's own database, closed below
     store.ensure_schema()
-    workers = [WorkerProcess(s, tmp / f"worker-{suffix}-{i}.log", name=f"worker {i}") for i in range(n)]
     load_start = load_average()
+    workers = []
     try:
-        for w in workers:
-            w.start()
+        for i in range(n):
+            workers.append(stack.start_worker_process(f"worker {i}", settings=s, log_name=f"worker-{suffix}-{i}.log"))
         progress(f"N={n}: starting {n} worker(s), {threads} model thread(s) each")
-        wait_until(lambda: all(w.ready() for w in workers), 180, f"{n} workers ready", workers)
+        dead = exited(workers)
+        wait_until(lambda: all(w.ready() for w in workers), 180, what=f"{n} workers ready", check=dead)
         _produce(s, _items(texts[:WARMUP_ITEMS], suffix, "warmup"))
         # the workers' own counters, not the store: a row is in the store a moment before its worker counts it
-        wait_until(lambda: sum(w.stored() or 0 for w in workers) >= WARMUP_ITEMS, 180, "the warm-up items", workers)
+        wait_until(
+            lambda: sum(w.stored() or 0 for w in workers) >= WARMUP_ITEMS, 180, what="the warm-up items", check=dead
+        )
         base = [w.stored() or 0 for w in workers]
         backlog = _items(texts, suffix, "backlog")
         progress(f"N={n}: publishing {len(backlog)} items")
@@ -88,7 +93,7 @@ def _one(
                     last = t
                     done[i] = v
             time.sleep(0.05)
-        wait_until(lambda: store.count()["rows"] >= WARMUP_ITEMS + len(backlog), 60, "every item in the store")
+        wait_until(lambda: store.count()["rows"] >= WARMUP_ITEMS + len(backlog), 60, what="every item in the store")
         counts = store.count(physical=True)
     finally:
         stop_s = [w.stop() for w in workers]
@@ -125,40 +130,36 @@ def run_scaleout(
     store_url: str | None,
     progress: Any = print,
 ) -> dict[str, Any]:
-    from finsent.bench.clickhouse_server import ClickHouseServer
     from finsent.demo import load_tweets
-    from finsent.stream.broker import EmbeddedBroker
+    from finsent.stack import LocalStack
     from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)
     tweets = [t["text"] for t in load_tweets()]
     texts = [tweets[i % len(tweets)] for i in range(items)]
-    tmp = Path(tempfile.mkdtemp(prefix="finsent-bench-scaleout-"))
-    run = stable_id("scaleout", str(time.time()))[:8]
     partitions = max(settings.partitions, max(worker_counts))
-    broker = EmbeddedBroker(log_path=tmp / "tansu.log")
-    server = None if store_url else ClickHouseServer(tmp / "clickhouse")
     rows = []
-    try:
-        broker.start()
-        if server is not None:
-            server.start()
-        base = settings.model_copy(update={"brokers": broker.bootstrap, "model_dir": model_dir or settings.model_dir})
+    # the topics, group and store of each N are its own (_one); the stack holds the broker and the server
+    with LocalStack(
+        settings,
+        name="finsent-bench-scaleout",
+        clickhouse_server=not store_url,
+        open_store=False,
+        declare_topics=False,
+        model_dir=model_dir or settings.model_dir,
+    ) as stack:
+        run = stack.run_id
         for i, n in enumerate(worker_counts):
-            url = store_url or server.url(f"bench_scaleout_{run}_{i}")  # type: ignore[union-attr]
-            rows.append(_one(base, n, texts, partitions, url, tmp, f"{run}-{i}-n{n}", progress))
+            url = store_url or stack.server.url(f"bench_scaleout_{run}_{i}")  # type: ignore[union-attr]
+            rows.append(_one(stack, n, texts, partitions, url, f"{run}-{i}-n{n}", progress))
             r = rows[-1]
             progress(
                 f"N={n}: {r['total_items_per_s']} items/s total, per worker {r['per_worker_items_per_s']}, "
                 f"exact={r['exact']}"
             )
-    finally:
-        if server is not None:
-            server.stop()
-        broker.stop()
     return {
         "hardware": {"cpu": cpu_name(), "cores": os.cpu_count()},
-        "store": "clickhouse-server (private, loopback)" if server is not None else store_url.split("@")[-1],
+        "store": "clickhouse-server (private, loopback)" if not store_url else store_url.split("@")[-1],
         "broker": "Tansu (embedded, in-memory)",
         "model_dir": model_dir or settings.model_dir or "shipped",
         "batch_max": settings.batch_max,

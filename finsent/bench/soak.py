@@ -24,10 +24,9 @@ dead-lettered. ``--png`` plots RSS and throughput over time; ``--json`` writes e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -42,6 +41,7 @@ from finsent.core.errors import FinsentError
 from finsent.core.events import RawItem, stable_id, utcnow
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
+from finsent.core.wait import WaitTimeout, wait_until
 
 
 class SoakFailed(FinsentError):
@@ -230,15 +230,6 @@ def _scored_reader(settings: Settings, stop: threading.Event, c: Counters) -> th
     return th
 
 
-def _wait(cond: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def _drain(stored: Any, target: int, stall_s: float, cap_s: float) -> bool:
     """Wait until ``stored() >= target``: as long as the count keeps growing (a loaded machine drains a
     long backlog slowly), giving up only after ``stall_s`` without progress or ``cap_s`` in all."""
@@ -256,6 +247,140 @@ def _drain(stored: Any, target: int, stall_s: float, cap_s: float) -> bool:
     return False
 
 
+class _Faults:
+    """The faults asked for (``--disk-full-at``, ``--kill9-at``), injected on time by :meth:`step`, and what
+    was seen: ``log`` is the report's list, ``before_kill`` the counters of a worker process that was killed
+    (a restarted worker's ``/metrics`` start at 0)."""
+
+    def __init__(
+        self, disk: Path | None, disk_full_at: float | None, disk_full_s: float, kill9_at: float | None
+    ) -> None:
+        self.disk = disk
+        self.disk_full_at = disk_full_at
+        self.disk_full_s = disk_full_s
+        self.kill9_at = kill9_at
+        self.log: list[dict[str, Any]] = []
+        self.before_kill = {"dead_lettered": 0.0, "store_retries": 0.0}
+        self.filler: Path | None = None
+        self.full_since = 0.0
+        self.restarted_at: float | None = None
+
+    def step(self, worker: WorkerProcess, now: float, t_start: float, progress: Any) -> None:
+        at_min = (now - t_start) / 60
+        if self.disk_full_at is not None:
+            self._disk_full(worker.port, now, t_start, at_min, progress)
+        if self.kill9_at is not None and not faults_done(self.log, "kill9") and at_min >= self.kill9_at:
+            metrics = _get(f"http://127.0.0.1:{worker.port}/metrics")
+            self.before_kill["dead_lettered"] += _metric(metrics, "finsent_items_dead_lettered_total") or 0.0
+            self.before_kill["store_retries"] += _metric(metrics, "finsent_store_retries_total") or 0.0
+            assert worker.proc is not None
+            worker.proc.kill()
+            worker.proc.wait(30)
+            worker.start()
+            self.restarted_at = now
+            self.log.append({"kind": "kill9", "at_s": round(now - t_start, 1)})
+            progress(f"{at_min:5.1f} min: FAULT worker killed with SIGKILL and started again")
+        if self.restarted_at is not None and worker.ready():
+            kill = next(f for f in self.log if f["kind"] == "kill9")
+            kill["ready_again_after_s"] = round(now - self.restarted_at, 1)
+            self.restarted_at = None
+
+    def _disk_full(self, mport: int, now: float, t_start: float, at_min: float, progress: Any) -> None:
+        assert self.disk_full_at is not None and self.disk is not None
+        if self.filler is None and not faults_done(self.log, "disk_full") and at_min >= self.disk_full_at:
+            self.filler = _fill_disk(self.disk)
+            self.full_since = now
+            self.log.append({"kind": "disk_full", "at_s": round(now - t_start, 1), "readyz_while_full": []})
+            progress(f"{at_min:5.1f} min: FAULT the store's disk is full")
+        if self.filler is not None:
+            said = _readyz(mport)
+            seen = self.log[-1]["readyz_while_full"]
+            if said not in seen and len(seen) < 5:
+                seen.append(said)
+            if now - self.full_since >= self.disk_full_s:
+                self.filler.unlink()
+                self.filler = None
+                self.log[-1]["freed_at_s"] = round(now - t_start, 1)
+                progress(f"{at_min:5.1f} min: FAULT cleared: space freed")
+
+
+def _capacity(s: Settings, mport: int, texts: list[str], run: str, items: int, progress: Any) -> tuple[float, int]:
+    """Items/s of a backlog of ``items`` through the worker, from the first row stored to the last; and the rows
+    stored at the end. A busy machine that drains it slowly gives a low capacity, not an error."""
+    progress(f"capacity: a backlog of {items} items")
+    backlog = Counters()
+    th = _producer(s, texts, 1e9, run, threading.Event(), backlog, "cap", limit=items)
+    th.join(120)
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: _stored(mport)[0] > 0, 120, 0.5, what="the first row stored")
+    t0, n0 = time.monotonic(), _stored(mport)[0]
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: _stored(mport)[0] >= backlog.acked, 600, 0.5, what="the capacity backlog stored")
+    n1 = _stored(mport)[0]
+    return (n1 - n0) / max(time.monotonic() - t0, 1e-6), n1
+
+
+def _sample(
+    worker: WorkerProcess, c: Counters, now: float, t_start: float, base_rows: int, last: tuple[int, float]
+) -> dict[str, Any] | None:
+    """One sample of the worker at ``now`` (RSS, rows, rate since ``last`` = (rows, monotonic time), metrics);
+    None while its API does not answer (restarting, or busy)."""
+    rows, _ = _stored(worker.port)
+    if rows < 0:
+        return None
+    metrics = _get(f"http://127.0.0.1:{worker.port}/metrics")
+    with c.lock:
+        acked = c.acked
+    assert worker.proc is not None
+    return {
+        "t_s": round(now - t_start, 1),
+        "rss_mb": round(_rss_mb(worker.proc.pid), 1),
+        "stored": rows - base_rows,
+        "acked": acked,
+        "stored_per_s": round((rows - last[0]) / max(now - last[1], 1e-6), 1),
+        "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total"),
+        "store_retries": _metric(metrics, "finsent_store_retries_total"),
+        "lag": _metric(metrics, "finsent_consumer_lag_messages"),
+    }
+
+
+def _paced_run(
+    worker: WorkerProcess,
+    c: Counters,
+    minutes: float,
+    sample_s: float,
+    base_rows: int,
+    faults: _Faults,
+    progress: Any,
+) -> list[dict[str, Any]]:
+    """The soak itself: ``minutes`` of sampling every ``sample_s`` while the producer runs, faults on time."""
+    samples: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+    next_sample = t_start
+    last = (base_rows, t_start)
+    while time.monotonic() - t_start < minutes * 60:
+        if not worker.alive():
+            raise SoakFailed(
+                f"the worker exited with {worker.returncode} during the soak", hint=f"see {worker.log_path}"
+            )
+        now = time.monotonic()
+        faults.step(worker, now, t_start, progress)
+        if now >= next_sample:
+            sample = _sample(worker, c, now, t_start, base_rows, last)
+            if sample is None:  # restarting, or the API is busy: sample next time
+                time.sleep(0.5)
+                continue
+            samples.append(sample)
+            last = (sample["stored"] + base_rows, now)
+            progress(
+                f"{sample['t_s'] / 60:5.1f} min: RSS {sample['rss_mb']:.0f} MB, stored {sample['stored']}"
+                f" / acked {sample['acked']}, {sample['stored_per_s']:.0f} items/s, lag {sample['lag']:.0f}"
+            )
+            next_sample += sample_s
+        time.sleep(0.5)
+    return samples
+
+
 def run_soak(
     settings: Settings,
     minutes: float,
@@ -271,136 +396,45 @@ def run_soak(
     disk_mb: int = 2048,
 ) -> dict[str, Any]:
     from finsent.demo import load_tweets
-    from finsent.stream.broker import EmbeddedBroker
-    from finsent.stream.kafka import ensure_topics, quiet_client_logs
+    from finsent.stack import LocalStack
+    from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)
     texts = [t["text"] for t in load_tweets()]
-    tmp = Path(tempfile.mkdtemp(prefix="finsent-soak-"))
-    run = stable_id("soak", str(time.time()))[:8]
-    broker = EmbeddedBroker(log_path=tmp / "tansu.log").start()
-    store_dir = tmp / "chdb"
-    if disk_full_at is not None:
-        _mount_tmpfs(tmp / "disk", disk_mb)
-        store_dir = tmp / "disk" / "chdb"
-    update: dict[str, Any] = {
-        "brokers": broker.bootstrap,
-        "store": f"chdb://{store_dir}",
-        "consumer_group": f"finsent-soak-{run}",
-        "session_timeout_ms": 6000,
-    }
-    if model_dir:
-        update["model_dir"] = model_dir
-    s = settings.model_copy(update=update)
-    log_path = tmp / "worker.log"
-    worker = WorkerProcess(s, log_path, "soak")
-    mport = worker.port
     c = Counters()
-    samples: list[dict[str, float]] = []
     stop_produce = threading.Event()
     stop_read = threading.Event()
     load_start = load_average()
-    faults: list[dict[str, Any]] = []
-    #: counters of worker processes that were killed (a restarted worker's /metrics start at 0)
-    before_kill = {"dead_lettered": 0.0, "store_retries": 0.0}
-    filler: Path | None = None
-    full_since = 0.0
-    restarted_at: float | None = None
-    try:
-        ensure_topics(s)
-        proc = worker.start().proc
-        assert proc is not None
-        progress(f"worker pid {proc.pid}; waiting for it to serve its API")
-        if not _wait(lambda: _stored(mport)[0] >= 0, 120):
-            raise SoakFailed("the worker did not start", hint=f"see {log_path}")
-        # capacity: a backlog through the worker, timed from the first row stored to the last
-        progress(f"capacity: a backlog of {capacity_items} items")
-        backlog = Counters()
-        stop_b = threading.Event()
-        th = _producer(s, texts, 1e9, run, stop_b, backlog, "cap", limit=capacity_items)
-        th.join(120)
-        _wait(lambda: _stored(mport)[0] > 0, 120)
-        t0, n0 = time.monotonic(), _stored(mport)[0]
-        _wait(lambda: _stored(mport)[0] >= backlog.acked, 600)
-        n1 = _stored(mport)[0]
-        capacity = (n1 - n0) / max(time.monotonic() - t0, 1e-6)
+    # the worker process holds the embedded store: the stack does not open it
+    overrides = {"model_dir": model_dir} if model_dir else {}
+    with LocalStack(settings, name="finsent-soak", open_store=False, **overrides) as stack:
+        run = stack.run_id
+        assert stack.workdir is not None
+        disk = None
+        if disk_full_at is not None:
+            disk = stack.workdir / "disk"
+            _mount_tmpfs(disk, disk_mb)
+            stack.callback(lambda: _umount(disk))
+        s = stack.settings.model_copy(update={"store": f"chdb://{(disk or stack.workdir) / 'chdb'}"})
+        worker = stack.start_worker_process("soak", settings=s, log_name="worker.log")
+        stack.callback(stop_read.set)  # at exit, the producer and the reader stop before the worker
+        stack.callback(stop_produce.set)
+        mport = worker.port
+        assert worker.proc is not None
+        progress(f"worker pid {worker.proc.pid}; waiting for it to serve its API")
+        try:
+            wait_until(lambda: _stored(mport)[0] >= 0, 120, 0.5, what="the worker's API")
+        except WaitTimeout:
+            raise SoakFailed("the worker did not start", hint=f"see {worker.log_path}") from None
+        capacity, base_rows = _capacity(s, mport, texts, run, capacity_items, progress)
         rate = max(1.0, fraction * capacity)
         progress(f"capacity {capacity:.1f} items/s; offering {rate:.1f} items/s ({fraction:.0%}) for {minutes} min")
-        base_rows = n1
         reader = _scored_reader(s, stop_read, c)
         time.sleep(1.0)
         c.since = time.time() - 0.001
         producer = _producer(s, texts, rate, run, stop_produce, c, "soak")
-        t_start = time.monotonic()
-        next_sample = t_start
-        last_rows, last_t = base_rows, t_start
-        while time.monotonic() - t_start < minutes * 60:
-            if not worker.alive():
-                raise SoakFailed(f"the worker exited with {worker.returncode} during the soak", hint=f"see {log_path}")
-            now = time.monotonic()
-            at_min = (now - t_start) / 60
-            if (
-                disk_full_at is not None
-                and filler is None
-                and not faults_done(faults, "disk_full")
-                and at_min >= disk_full_at
-            ):
-                filler = _fill_disk(tmp / "disk")
-                full_since = now
-                faults.append({"kind": "disk_full", "at_s": round(now - t_start, 1), "readyz_while_full": []})
-                progress(f"{at_min:5.1f} min: FAULT the store's disk is full")
-            if filler is not None:
-                said = _readyz(mport)
-                seen = faults[-1]["readyz_while_full"]
-                if said not in seen and len(seen) < 5:
-                    seen.append(said)
-                if now - full_since >= disk_full_s:
-                    filler.unlink()
-                    filler = None
-                    faults[-1]["freed_at_s"] = round(now - t_start, 1)
-                    progress(f"{at_min:5.1f} min: FAULT cleared: space freed")
-            if kill9_at is not None and not faults_done(faults, "kill9") and at_min >= kill9_at:
-                metrics = _get(f"http://127.0.0.1:{mport}/metrics")
-                before_kill["dead_lettered"] += _metric(metrics, "finsent_items_dead_lettered_total") or 0.0
-                before_kill["store_retries"] += _metric(metrics, "finsent_store_retries_total") or 0.0
-                assert worker.proc is not None
-                worker.proc.kill()
-                worker.proc.wait(30)
-                worker.start()
-                proc = worker.proc
-                restarted_at = now
-                faults.append({"kind": "kill9", "at_s": round(now - t_start, 1)})
-                progress(f"{at_min:5.1f} min: FAULT worker killed with SIGKILL and started again")
-            if restarted_at is not None and worker.ready():
-                kill = next(f for f in faults if f["kind"] == "kill9")
-                kill["ready_again_after_s"] = round(now - restarted_at, 1)
-                restarted_at = None
-            if now >= next_sample:
-                rows, _ = _stored(mport)
-                if rows < 0:  # restarting, or the API is busy: sample next time
-                    time.sleep(0.5)
-                    continue
-                metrics = _get(f"http://127.0.0.1:{mport}/metrics")
-                with c.lock:
-                    acked = c.acked
-                sample = {
-                    "t_s": round(now - t_start, 1),
-                    "rss_mb": round(_rss_mb(proc.pid), 1),
-                    "stored": rows - base_rows,
-                    "acked": acked,
-                    "stored_per_s": round((rows - last_rows) / max(now - last_t, 1e-6), 1),
-                    "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total"),
-                    "store_retries": _metric(metrics, "finsent_store_retries_total"),
-                    "lag": _metric(metrics, "finsent_consumer_lag_messages"),
-                }
-                samples.append(sample)
-                last_rows, last_t = rows, now
-                progress(
-                    f"{sample['t_s'] / 60:5.1f} min: RSS {sample['rss_mb']:.0f} MB, stored {sample['stored']}"
-                    f" / acked {acked}, {sample['stored_per_s']:.0f} items/s, lag {sample['lag']:.0f}"
-                )
-                next_sample += sample_s
-            time.sleep(0.5)
+        faults = _Faults(disk, disk_full_at, disk_full_s, kill9_at)
+        samples = _paced_run(worker, c, minutes, sample_s, base_rows, faults, progress)
         stop_produce.set()
         producer.join(120)
         progress(f"draining: {c.acked} acknowledged")
@@ -411,17 +445,47 @@ def run_soak(
         stop_read.set()
         reader.join(10)
         worker.stop(30)
-    finally:
-        stop_produce.set()
-        stop_read.set()
-        worker.kill()
         worker_log = worker.log_text()
-        broker.stop()
-        if disk_full_at is not None:
-            import subprocess
+    return _result(
+        c,
+        samples,
+        faults,
+        worker_log,
+        metrics,
+        minutes=minutes,
+        fraction=fraction,
+        capacity=capacity,
+        rate=rate,
+        rows=rows - base_rows,
+        unique=unique - base_rows,
+        drained=drained,
+        load_start=load_start,
+    )
 
-            subprocess.run(["umount", "-l", str(tmp / "disk")], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+
+def _umount(path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _result(
+    c: Counters,
+    samples: list[dict[str, Any]],
+    faults: _Faults,
+    worker_log: str,
+    metrics: str | None,
+    *,
+    minutes: float,
+    fraction: float,
+    capacity: float,
+    rate: float,
+    rows: int,
+    unique: int,
+    drained: bool,
+    load_start: Any,
+) -> dict[str, Any]:
+    """The report of a finished soak, and whether it passed: every acknowledged item stored once, none dead."""
     lat = c.latencies
     rss = [x["rss_mb"] for x in samples]
     third = max(1, len(rss) // 3)
@@ -435,19 +499,19 @@ def run_soak(
         "fraction": fraction,
         "produced_acked": c.acked,
         "produce_failed": c.failed,
-        "stored": rows - base_rows,
-        "stored_unique": unique - base_rows,
+        "stored": rows,
+        "stored_unique": unique,
         "drained": drained,
-        "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total") + before_kill["dead_lettered"],
-        "store_retries": _metric(metrics, "finsent_store_retries_total") + before_kill["store_retries"],
-        "faults": faults,
+        "dead_lettered": _metric(metrics, "finsent_items_dead_lettered_total") + faults.before_kill["dead_lettered"],
+        "store_retries": _metric(metrics, "finsent_store_retries_total") + faults.before_kill["store_retries"],
+        "faults": faults.log,
         "worker_errors_logged": sum(" ERROR " in ln for ln in worker_log.splitlines()),
         # the log goes with the temporary directory: keep the first error lines for the report
         "worker_error_lines": [ln[:300] for ln in worker_log.splitlines() if " ERROR " in ln][:10],
         "tracebacks_logged": worker_log.count("Traceback"),
         "scored_topic_records": c.scored_seen,
         "scored_topic_duplicates": c.scored_seen - len(c.scored_ids),
-        "throughput_items_per_s": round((rows - base_rows) / (minutes * 60), 1),
+        "throughput_items_per_s": round(rows / (minutes * 60), 1),
         "latency_ms": {
             "p50": round(percentile(lat, 0.5) * 1000, 1),
             "p99": round(percentile(lat, 0.99) * 1000, 1),

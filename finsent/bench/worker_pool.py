@@ -125,18 +125,13 @@ class WorkerProcess:
         return (int(found[-1][0]), int(found[-1][1])) if found else None
 
 
-def wait_until(
-    cond: Callable[[], bool], timeout_s: float, what: str, procs: Sequence[WorkerProcess] = (), poll_s: float = 0.2
-) -> None:
-    """Poll ``cond`` until true; fail early (with the log tail) if one of ``procs`` died."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
+def exited(procs: Sequence[WorkerProcess]) -> Callable[[], None]:
+    """A ``check`` for :func:`finsent.core.wait.wait_until`: give up at once, with its log tail, when one of
+    ``procs`` has exited with an error (a worker that died will not become ready; waiting it out hides why)."""
+
+    def check() -> None:
         for p in procs:
             if p.proc is not None and p.proc.poll() is not None and p.returncode != 0:
-                raise RuntimeError(
-                    f"{p.name} exited with {p.returncode} while waiting for {what}:\n{p.log_text()[-3000:]}"
-                )
-        time.sleep(poll_s)
-    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+                raise RuntimeError(f"{p.name} exited with {p.returncode}:\n{p.log_text()[-3000:]}")
+
+    return check

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from finsent.bench.worker_pool import WorkerProcess, wait_until
+from finsent.bench.worker_pool import WorkerProcess, exited
 from finsent.core.settings import Settings
+from finsent.core.wait import wait_until
 from finsent.ingest.publisher import Publisher
 from finsent.stream.store import open_store
 from tests.stream_helpers import make_items, stream_settings
@@ -92,23 +93,35 @@ def test_three_workers_share_six_partitions_and_store_each_item_once_across_a_st
         first = workers[:3]
         for w in first:
             w.start()
-        wait_until(lambda: all(w.ready() for w in first), 60, "3 workers ready (joined the group)", first)
+        wait_until(
+            lambda: all(w.ready() for w in first), 60, what="3 workers ready (joined the group)", check=exited(first)
+        )
         traffic.start()
-        wait_until(lambda: all((w.stored() or 0) > 0 for w in first), 45, "each of the 3 workers storing", first)
+        wait_until(
+            lambda: all((w.stored() or 0) > 0 for w in first),
+            45,
+            what="each of the 3 workers storing",
+            check=exited(first),
+        )
 
         # one worker leaves, another joins, while the traffic keeps coming
         gone, new = workers[0], workers[3]
         new.start()
         took = gone.stop()
-        wait_until(new.ready, 60, "the added worker ready", [new])
+        wait_until(new.ready, 60, what="the added worker ready", check=exited([new]))
         base = new.stored() or 0
-        wait_until(lambda: (new.stored() or 0) > base, 45, "the added worker storing", workers[1:])
+        wait_until(lambda: (new.stored() or 0) > base, 45, what="the added worker storing", check=exited(workers[1:]))
         time.sleep(1.0)
         traffic.stop()
         produced = set(traffic.acked)
         assert len(produced) == len(traffic.acked) > 0
 
-        wait_until(lambda: store.count()["rows"] >= len(produced), 60, "every produced item stored", workers[1:])
+        wait_until(
+            lambda: store.count()["rows"] >= len(produced),
+            60,
+            what="every produced item stored",
+            check=exited(workers[1:]),
+        )
         time.sleep(1.0)  # late duplicates, if any, would arrive now
         counts = store.count(physical=True)
         stored_ids = {r[0] for r in store.query(f"SELECT DISTINCT id FROM {store.database}.items")}  # type: ignore[attr-defined]
