@@ -20,11 +20,16 @@ a complete file) and version directories (always complete). A writer killed at a
 most a directory in ``.staging/`` (named pid-host-random), which the next writer removes: at once when
 the pid is dead on the same host, after 6 hours when it came from another host sharing the volume.
 
-Version names are ``v0001-<8 hex of the model graph digest>``: sortable by number, numbered under the
-lock so two concurrent registrations never get the same name. The version name is written into the
-copy's ``labels.json`` (``model_version``), so ``Classifier.load(mv.path).version == mv.version`` and
-every row the worker stores names the registry version that scored it; the model's own export name is
-kept there as ``export_version``.
+Version names: one name for the same weights everywhere (issue 25). A version is named by the model's own
+name, ``labels.json``'s ``model_version``, when that name ends with the 8 hex of its graph's digest (every
+exported model's does: ``finsent-minilm-20261123-ent-9c905ac3``, ``finsent-retrain-20261207-1a2b3c4d``). That is
+the name a worker reports when it runs the directory before it is registered, so the rows, metrics and API
+answers from before and after registration agree, and ``compare``/``rescore`` see one model. A second
+registration of the same weights, or a model whose name does not end with its digest, is named
+``v0003-<digest>`` as before. Every version is numbered under the lock (``registry.json``'s ``number``: the
+order, and a handle: ``get("v0003")`` finds the third version whatever its name). The version name is
+written into the copy's ``labels.json`` (``model_version``), so ``Classifier.load(mv.path).version ==
+mv.version``; the model's own export name is kept there as ``export_version``.
 
 This module is below the store in the layers: it never writes the ``model_versions`` table. The
 command layer mirrors the registry into the store after each change.
@@ -66,6 +71,10 @@ ALIASES: tuple[str, ...] = ("production", "candidate")
 STALE_STAGING_S = 6 * 3600
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 _VERSION_RE = re.compile(r"^v(\d{4,})-([0-9a-f]{8})$")
+#: a numbered handle: ``v3``, ``v0003`` or ``v0003-1a2b3c4d`` (the number decides; a digest must match too)
+_HANDLE_RE = re.compile(r"^v(\d{1,9})(?:-([0-9a-f]{8}))?$")
+#: what a version directory may be called: a model's own name (no path separators, no leading dot)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,17 @@ class ModelVersion:
 
     @property
     def number(self) -> int:
+        """The registration order (``registry.json``'s ``number``; older versions: from their ``v0003-`` name)."""
+        number = self.meta.get("number")
+        if isinstance(number, int) and not isinstance(number, bool):
+            return number
         m = _VERSION_RE.match(self.version)
         return int(m.group(1)) if m else 0
+
+    @property
+    def digest(self) -> str:
+        """The weights' digest (16 hex of model.onnx's sha256, as registered)."""
+        return str(self.meta.get("model_digest") or "")
 
     @property
     def parent(self) -> str | None:
@@ -220,20 +238,29 @@ class Registry:
             return []
         out = []
         for child in self.versions_dir.iterdir():
-            if child.is_dir() and _VERSION_RE.match(child.name):
+            if child.is_dir() and _NAME_RE.match(child.name):
                 mv = self._load(child)
                 if mv is not None:
                     out.append(mv)
         return sorted(out, key=lambda mv: (mv.number, mv.version))
 
     def get(self, version: str) -> ModelVersion:
-        """The version named ``version``; :class:`InputError` when there is none."""
-        if not _VERSION_RE.match(version or ""):
+        """The version named ``version``, or numbered so (``v3``, ``v0003``, ``v0003-1a2b3c4d``); :class:`InputError`
+        when there is none."""
+        if not _NAME_RE.match(version or ""):
             raise InputError(
-                f"{version!r} is not a registry version name (they look like v0003-1a2b3c4d)",
+                f"{version!r} is not a registry version name (a model's name such as "
+                "finsent-retrain-20261207-1a2b3c4d, or its number such as v0003)",
                 hint=f"`finsent models list` shows the versions in {self.root}",
             )
         mv = self._load(self.versions_dir / version)
+        handle = _HANDLE_RE.match(version)
+        if mv is None and handle:
+            number, digest = int(handle.group(1)), handle.group(2)
+            mv = next(
+                (v for v in self.versions() if v.number == number and (digest is None or v.digest.startswith(digest))),
+                None,
+            )
         if mv is None:
             raise InputError(
                 f"no version {version} in the registry {self.root}",
@@ -327,7 +354,22 @@ class Registry:
                 m = _VERSION_RE.match(child.name)
                 if m:
                     numbers.append(int(m.group(1)))
+                elif child.is_dir() and (mv := self._load(child)) is not None:
+                    numbers.append(mv.number)
         return max(numbers) + 1
+
+    def _name_for(self, own_name: object, digest: str, number: int) -> str:
+        """The model's own name when it names these weights (ends with their digest) and is free, else
+        ``v0003-<digest>``: the name a worker already reports for an unregistered directory stays its name."""
+        if (
+            isinstance(own_name, str)
+            and _NAME_RE.match(own_name)
+            and not _HANDLE_RE.match(own_name)  # a name like v0003 would shadow the number handle
+            and own_name.endswith(f"-{digest}")
+            and not (self.versions_dir / own_name).exists()
+        ):
+            return own_name
+        return f"v{number:04d}-{digest}"
 
     def register(
         self,
@@ -380,12 +422,14 @@ class Registry:
                     return None
                 if parent is not None:
                     self.get(parent)
-                version = f"v{self._next_number():04d}-{digest}"
+                number = self._next_number()
+                version = self._name_for(labels.get("export_version") or labels.get("model_version"), digest, number)
                 labels.setdefault("export_version", labels.get("model_version"))
                 labels["model_version"] = version
                 labels_path.write_text(json.dumps(labels, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
                 meta = {
                     "version": version,
+                    "number": number,
                     "parent": parent,
                     "created_at": now_iso(),
                     "data_fingerprint": data_fingerprint,

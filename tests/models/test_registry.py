@@ -57,7 +57,11 @@ def test_read_side_contract_and_loaded_version_is_the_registry_version(tiny: Pat
     assert reg.resolve("production") is None and reg.versions() == [] and not reg.root.exists()
     v1 = reg.register(tiny, aliases=("production",))
     v2 = reg.register(tiny, parent=v1.version, data_fingerprint="abc")
-    assert v1.version.startswith("v0001-") and v2.version.startswith("v0002-")
+    # the first registration keeps the model's own name (what a worker running the directory reports); the same
+    # weights registered again are numbered
+    exported = json.loads((tiny / LABELS_FILE).read_text())["model_version"]
+    assert v1.version == exported and v2.version.startswith("v0002-") and (v1.number, v2.number) == (1, 2)
+    assert reg.get("v0001").version == reg.get("v1").version == v1.version and reg.get("v0002").version == v2.version
     assert [mv.version for mv in reg.versions()] == [v1.version, v2.version]
     prod = reg.resolve("production")
     assert prod is not None and prod.version == v1.version and prod.path == reg.versions_dir / v1.version
@@ -67,7 +71,6 @@ def test_read_side_contract_and_loaded_version_is_the_registry_version(tiny: Pat
         assert key in v2.meta
     clf = Classifier.load(prod.path, variant="fp32", cache_dir=tmp_path / "cache")
     assert clf.version == prod.version
-    exported = json.loads((tiny / LABELS_FILE).read_text())["model_version"]
     assert json.loads((prod.path / LABELS_FILE).read_text())["export_version"] == exported
     with pytest.raises(InputError, match="no version v0009-00000000"):
         reg.get("v0009-00000000")
@@ -159,7 +162,7 @@ def test_models_commands_and_the_model_versions_mirror(
 
 @pytest.mark.parametrize("engine", ["clickhouse", "chdb"])
 def test_model_versions_mirror_on_both_engines(engine: str, tiny: Path, tmp_path: Path, request) -> None:
-    from finsent.stream.registry_cli import mirror_rows
+    from finsent.cli.registry import mirror_rows
     from finsent.stream.store import open_store
 
     reg = Registry(tmp_path / "reg")
@@ -300,7 +303,7 @@ def test_two_processes_registering_at_once_get_distinct_complete_versions(tiny: 
     assert [p.returncode for p in procs] == [0, 0]
     made = [line.split()[1] for out in outs for line in out.splitlines() if line.startswith("done")]
     assert len(made) == 8 and len(set(made)) == 8
-    assert sorted(int(v[1:5]) for v in made) == list(range(1, 9))
+    assert sorted(reg.get(v).number for v in made) == list(range(1, 9))
     _complete(reg)
     history = reg.aliases()["history"]
     assert len(history) == 8 and {h["by"] for h in history} == {"p0", "p1"}

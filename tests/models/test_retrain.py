@@ -50,7 +50,11 @@ def test_retrain_promotes_a_better_candidate_rejects_a_worse_one_and_rolls_back(
     r1 = json.loads(out1.read_text())
     assert set(r1) >= {"version", "parent", "promoted", "gate", "metrics", "minutes"}
     assert r1["promoted"] is True and r1["gate"]["decision"] == "promote"
-    assert r1["parent"].startswith("v0001-") and r1["version"].startswith("v0002-")
+    # one name per weights (issue 25): the first version keeps the served model's own name, the retrained one its
+    # export name; both numbered in order
+    numbered = Registry(tmp_path / "reg")
+    assert (numbered.get(r1["parent"]).number, numbered.get(r1["version"]).number) == (1, 2)
+    assert r1["version"].startswith("finsent-retrain-") and numbered.get("v0002").version == r1["version"]
     assert set(r1["metrics"]) == {"sent", "topic", "labels_sentiment"}
     assert r1["metrics"]["sent"]["candidate"] > r1["metrics"]["sent"]["production"]
     reg = Registry(tmp_path / "reg")
@@ -148,7 +152,8 @@ def test_retrain_from_base_starts_from_the_encoder_not_production(
     r = json.loads(out.read_text())
     mv = Registry(tmp_path / "reg").get(r["version"])
     assert mv.metrics()["train"]["start"] == "base encoder" and r["steps"] == 5
-    assert r["parent"].startswith("v0001-")  # judged against production all the same
+    # judged against production all the same
+    assert mv.number == 2 and Registry(tmp_path / "reg").get("v0001").version == r["parent"]
     assert json.loads((mv.path / "labels.json").read_text())["base_model"] == str(base)
 
 
@@ -192,7 +197,7 @@ def test_two_retrains_at_once_on_an_empty_registry(tmp_path: Path) -> None:
     results = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2)]
     reg = Registry(tmp_path / "reg")
     versions = [mv.version for mv in reg.versions()]
-    assert len(versions) == 3 and versions[0].startswith("v0001-")
+    assert len(versions) == 3 and [mv.number for mv in reg.versions()] == [1, 2, 3]
     assert sorted(r["version"] for r in results) == versions[1:]
     assert {r["parent"] for r in results} == {versions[0]}
     assert results[0]["frozen_fingerprint"] == results[1]["frozen_fingerprint"]
