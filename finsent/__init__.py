@@ -4,7 +4,7 @@ The public API is small and stable; everything else is reachable by its module p
 change. The stages are subpackages, each importing only the layers below it (the contract is
 in ``pyproject.toml``, checked by ``lint-imports``)::
 
-    finsent.cli, finsent.commands, finsent.demo, finsent.bench   composition root
+    finsent.cli, finsent.demo, finsent.bench                     composition root
     finsent.alerts | finsent.ingest                              stages
     finsent.stream                                               Kafka, the worker, the store
     finsent.models                                               the classifier

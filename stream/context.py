@@ -7,7 +7,7 @@ checker could follow them and every extension knew the scorer's internals. Here 
 of one frozen dataclass, built once by :func:`finsent.stream.worker.create_worker`.
 
 An extension is a callable ``(app, context) -> object`` passed by the composition root
-(``finsent.commands``, the demo, the benchmarks)::
+(``finsent.cli.worker``, the demo, the benchmarks)::
 
     def attach(app: faust.App, ctx: WorkerContext) -> MyState:
         state = MyState(ctx.settings, ctx.store.get)

@@ -211,7 +211,7 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         return scorer_ref[0].readiness() if scorer_ref else (False, "starting")
 
     from finsent.stream.store import owner
-    from finsent.stream.store.cli import api_handlers
+    from finsent.stream.store.reports import api_handlers
 
     owner.mark_worker(settings.store)  # an embedded store another worker holds: one line, before binding a port
     # the read-only query API, and the store calls other commands make while this worker holds an embedded store

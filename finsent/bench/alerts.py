@@ -302,7 +302,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:
-    from finsent.alerts.cli import prom_params
+    from finsent.alerts.deploy_files import prom_params
 
     report, spiky, alarms = run_bench(
         topics=args.topics,

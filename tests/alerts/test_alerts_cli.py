@@ -21,7 +21,7 @@ def test_rules_and_dashboards_check_pass_on_the_shipped_files(capsys):
 def test_default_outputs_are_the_checkouts_deploy_dir_else_the_current_directory(tmp_path):
     from pathlib import Path
 
-    from finsent.alerts.cli import RULES_PATH, deploy_dir
+    from finsent.alerts.deploy_files import RULES_PATH, deploy_dir
 
     assert deploy_dir() == RULES_PATH.parent.parent  # this source checkout
     assert deploy_dir(tmp_path) == Path("deploy")  # an installed wheel: site-packages has no pyproject/deploy

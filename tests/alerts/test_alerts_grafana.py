@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from prometheus_client import start_http_server
 
-from finsent.alerts.cli import RULES_PATH
 from finsent.alerts.dashboards import DEPLOY, files
+from finsent.alerts.deploy_files import RULES_PATH
 from finsent.core.events import Alert, EntityMention, RawItem, ScoredItem, utcnow
 from finsent.stream.store import open_store, schema
 from tests.fixtures.prom import free_port

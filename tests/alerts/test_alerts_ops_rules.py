@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from finsent.alerts.cli import RULES_PATH, ops_params, prom_params
+from finsent.alerts.deploy_files import RULES_PATH, ops_params, prom_params
 from finsent.alerts.prom_rule import OpsRuleParams, ops_alerts, render_rules
 from finsent.core.settings import Settings
 

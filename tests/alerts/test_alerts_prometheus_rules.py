@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from finsent.alerts.cli import RULES_PATH, ops_params, prom_params, rules_text
+from finsent.alerts.deploy_files import RULES_PATH, ops_params, prom_params, rules_text
 from finsent.alerts.prom_rule import render_rules
 from finsent.core.settings import Settings
 

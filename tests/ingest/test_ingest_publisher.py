@@ -273,8 +273,8 @@ def test_replay_cli_without_a_broker_gives_up_with_one_line_and_exit_6(tmp_path)
 
 def test_every_publishing_ingest_command_has_publish_timeout_defaulting_to_the_setting(monkeypatch) -> None:
     from finsent.cli import build_parser
+    from finsent.cli.ingest import build_pipeline, publish_timeout
     from finsent.core.settings import load_settings
-    from finsent.ingest.cli import build_pipeline, publish_timeout
 
     monkeypatch.setenv("FINSENT_PUBLISH_TIMEOUT_S", "7.5")
     settings = load_settings()

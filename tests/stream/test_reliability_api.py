@@ -201,7 +201,7 @@ def test_without_a_token_the_data_api_serves_only_on_loopback(serve) -> None:
 @pytest.mark.integration
 def test_bad_query_parameters_are_400_not_503(serve, chdb_db_url: str, caplog: pytest.LogCaptureFixture) -> None:
     from finsent.stream.store import open_store
-    from finsent.stream.store.cli import api_handlers
+    from finsent.stream.store.reports import api_handlers
 
     store = open_store(chdb_db_url)
     store.ensure_schema()

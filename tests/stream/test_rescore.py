@@ -24,7 +24,7 @@ from finsent.core.events import RawItem, utcnow
 from finsent.core.settings import load_settings
 from finsent.stream.rescore import rescore
 from finsent.stream.store import open_store
-from finsent.stream.store.cli import api_handlers, compare_report, top_report
+from finsent.stream.store.reports import api_handlers, compare_report, top_report
 from finsent.stream.worker import score_items
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from finsent.cli import main
 from finsent.core.events import Alert, EntityMention, RawItem, ScoredItem, utcnow
 from finsent.stream.metrics import serve_metrics
 from finsent.stream.store import open_store
-from finsent.stream.store.cli import api_handlers
+from finsent.stream.store.reports import api_handlers
 from tests.fixtures.clickhouse import free_port
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from finsent.cli import main
+from finsent.cli.query import format_duration
+from finsent.core.argtypes import parse_duration
 from finsent.core.errors import StoreUnavailable
 from finsent.core.events import Alert, utcnow
 from finsent.stream.store import open_store
-from finsent.stream.store.cli import format_duration, parse_duration
 from tests.fixtures.clickhouse import free_port
 from tests.stream.store.test_store_engines import make_item
 

@@ -1,9 +1,11 @@
 """The ``finsent`` console entry point, and the one error boundary.
 
-This is the composition root: it imports each stage's ``register(subparsers)`` explicitly (no
-discovery by name), adds the commands that wire stages together (``worker`` with the alert
-agent, ``demo``, ``bench``), loads the one settings object, and runs a handler
-``handler(args, settings) -> int``.
+This package is the composition root and holds the whole command line: one module per command
+group (``finsent/cli/<group>.py``: ``worker`` (broker and worker), ``demo``, ``query``, ``registry``
+(models, retrain), ``ingest``, ``model`` (train, distill, eval, score), ``alerts``, ``rescore``,
+``labels``, ``drift``, ``bench``), each with a ``register(subparsers)`` imported here explicitly (no
+discovery by name). It loads the one settings object and runs a handler
+``handler(args, settings) -> int``. No stage imports this package.
 
 Every :class:`~finsent.core.errors.FinsentError` that reaches :func:`main` becomes one line on
 stderr, ``finsent: error: <what> (hint: <what to do>)``, and its family's exit code (listed in
@@ -72,15 +74,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from finsent import bench, commands
-    from finsent.alerts import cli as alerts_cli
-    from finsent.alerts import drift_cli
-    from finsent.ingest import cli as ingest_cli
-    from finsent.models import cli as models_cli
-    from finsent.stream import registry_cli
-    from finsent.stream import rescore as rescore_cli
-    from finsent.stream.store import cli as store_cli
-    from finsent.stream.store import labels_cli
+    from finsent.cli import alerts, bench, demo, drift, ingest, labels, model, query, registry, rescore, worker
 
     parser = argparse.ArgumentParser(
         prog="finsent",
@@ -102,22 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cfg.set_defaults(func=_show_config)
-    commands.register(sub)
-    store_cli.register(sub)
-    registry_cli.register(sub)
-    ingest_cli.register(sub)
-    models_cli.register(sub)
-    alerts_cli.register(sub)
-    rescore_cli.register(sub)
-    labels_cli.register(sub)
-    drift_cli.register(sub)
-    bench_parser = sub.add_parser(
-        "bench",
-        help="benchmarks that print numbers (model, pipeline, store, ingest, alerts)",
-        description="Benchmarks that print numbers; bench/RESULTS.md records them with the hardware and the load. "
-        "Each has its own --help.",
-    )
-    bench.register(bench_parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True))
+    worker.register(sub)
+    demo.register(sub)
+    query.register(sub)
+    registry.register(sub)
+    ingest.register(sub)
+    model.register(sub)
+    alerts.register(sub)
+    rescore.register(sub)
+    labels.register(sub)
+    drift.register(sub)
+    bench.register(sub)
     for child in _subparsers(parser):
         _add_globals(child, top=False)
     for each in (parser, *_subparsers(parser)):
@@ -179,7 +168,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(error_line(stopped), file=sys.stderr, flush=True)
         return stopped.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

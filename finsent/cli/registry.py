@@ -1,12 +1,12 @@
 """``finsent models ...`` and ``finsent retrain``: the registry's commands, and its mirror in the store.
 
-Why these handlers live in the stream layer: the registry (:mod:`finsent.models.registry`) is below
-the store and cannot write to it, but after every registry change the ``model_versions`` table must
-mirror it, and ``retrain`` reads the human labels from the ``labels`` table. This module sits above
-both and does the joining. The mirror is rewritten whole after each change (idempotent), so a store
-that was unreachable once is brought up to date by the next ``finsent models`` command; an
-unreachable store never blocks a registry change (the registry is the source of truth) but is
-reported on stderr.
+Why these handlers live in the composition root, above the stages: the registry
+(:mod:`finsent.models.registry`) is below the store and cannot write to it, but after every registry
+change the ``model_versions`` table must mirror it, and ``retrain`` reads the human labels from the
+``labels`` table. This module sits above both and does the joining. The mirror is rewritten whole
+after each change (idempotent), so a store that was unreachable once is brought up to date by the
+next ``finsent models`` command; an unreachable store never blocks a registry change (the registry is
+the source of truth) but is reported on stderr.
 """
 
 from __future__ import annotations

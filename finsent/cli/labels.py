@@ -59,11 +59,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from finsent.cli.query import format_duration
+from finsent.core.argtypes import parse_duration
 from finsent.core.errors import InputError, StoreInUse
 from finsent.core.events import stable_id
 from finsent.core.settings import Settings
 from finsent.core.store import LABEL_TASKS, Label
-from finsent.stream.store.cli import format_duration, parse_duration
 
 log = logging.getLogger(__name__)
 

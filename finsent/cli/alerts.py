@@ -15,56 +15,13 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
+from finsent.alerts.deploy_files import deploy_dir, rules_text
 from finsent.core.argtypes import port, positive_float
 from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
-#: the checked-in rules file of a source checkout (what the tests compare against)
-RULES_PATH = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "finsent-rules.yml"
-
-
-def deploy_dir(package_root: Path | None = None) -> Path:
-    """Where ``finsent alerts rules|dashboards`` write by default.
-
-    In a source checkout (``pyproject.toml`` and ``deploy/`` next to the packages, editable installs
-    included) that is the repository's ``deploy/``, so regenerating updates the checked-in files. An
-    installed wheel has neither next to it (its parent is ``site-packages``): then ``./deploy`` under
-    the current directory, never a path inside the Python installation.
-    """
-    root = package_root if package_root is not None else Path(__file__).resolve().parent.parent
-    if (root / "pyproject.toml").is_file() and (root / "deploy").is_dir():
-        return root / "deploy"
-    return Path("deploy")
-
-
-def prom_params(settings: Settings):  # -> PromRuleParams (lazy import keeps --help fast)
-    from finsent.alerts.prom_rule import PromRuleParams
-
-    return replace(
-        PromRuleParams(),
-        min_ratio=settings.alert_min_ratio,
-        min_delta=settings.alert_min_delta,
-        min_volume=settings.alert_min_volume,
-        dashboard_url=settings.alert_dashboard_url,
-    )
-
-
-def ops_params(settings: Settings):  # -> OpsRuleParams: constant thresholds, the settings' Grafana
-    from finsent.alerts.prom_rule import PIPELINE_DASHBOARD_PATH, OpsRuleParams
-
-    url = settings.alert_dashboard_url
-    base = url.split("/d/", 1)[0] if "/d/" in url else url.rstrip("/")
-    return replace(OpsRuleParams(), dashboard_url=base + PIPELINE_DASHBOARD_PATH)
-
-
-def rules_text(settings: Settings) -> str:
-    """What ``finsent alerts rules`` writes: the spike rules and the operational ones."""
-    from finsent.alerts.prom_rule import render_rules
-
-    return render_rules(prom_params(settings), ops_params(settings))
 
 
 def _rules(args: argparse.Namespace, settings: Settings) -> int:
@@ -305,8 +262,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--once", action="store_true", help="poll once (backfilling the baseline) and exit")
     w.add_argument("--metrics-port", type=port, default=0, help="serve the spike gauges on this port (0 = off)")
     w.set_defaults(func=_watch)
+    from finsent.cli.query import time_or_duration
     from finsent.core.jsonout import add_json_option
-    from finsent.stream.store.cli import time_or_duration
 
     b = sub.add_parser(
         "backtest",

@@ -10,10 +10,10 @@ import argparse
 import sys
 from typing import Any
 
+from finsent.core.argtypes import parse_duration
 from finsent.core.errors import InputError
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
-from finsent.stream.store.cli import parse_duration
 
 _WORKER_HINT = (
     "a running worker exports the same figures as the finsent_drift_* gauges on its /metrics "
@@ -53,7 +53,7 @@ def render_text(doc: dict[str, Any]) -> str:
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.alerts.drift import drift_report
-    from finsent.stream.store.labels_cli import opened_store
+    from finsent.cli.labels import opened_store
 
     if args.model_version is not None and not args.model_version.strip():
         raise InputError("finsent drift: --model-version is empty", hint="`finsent models list` shows the versions")
