@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from finsent.alerts.base import Detector, TopicState
+from finsent.alerts.base import Detector, TopicState, with_evidence
 from finsent.alerts.detector import make_detector
 from finsent.alerts.runner import EPOCH, floor_time
 from finsent.alerts.sinks import build_sinks
@@ -130,6 +130,18 @@ class InStreamAlerts:
 
     def _store(self) -> Any:
         return self.store_getter() if self.store_getter is not None else None
+
+    def with_evidence(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """Blocking: the alerts with their headlines and model version (:func:`finsent.alerts.base.with_evidence`);
+        the kept list :attr:`alerts` gets them too."""
+        try:
+            store = self._store()
+        except Exception:  # noqa: BLE001 -- not open yet / down: with_evidence's courtesy, skipped
+            store = None
+        out = with_evidence(store, alerts)
+        by_id = {a.id: a for a in out}
+        self.alerts = [by_id.get(a.id, a) for a in self.alerts]
+        return out
 
     def deliver(self, alerts: Sequence[Alert], states: dict[str, TopicState]) -> None:
         """Blocking: write alerts to the store, then run the sinks (gauges, Alertmanager)."""
@@ -307,6 +319,8 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> InStreamAlerts:
         closed, new = state.tick(utcnow())
         if not closed:
             return
+        if new:  # headlines and model version from the store (its items are stored before they are counted)
+            new = await loop.run_in_executor(state.pool, state.with_evidence, new)
         await send_confirmed(alerts_topic, [(a.topic.encode("utf-8"), a.to_json()) for a in new], "alerts")
         await loop.run_in_executor(state.pool, state.deliver, new, dict(state.detector.states()))
 

@@ -14,13 +14,16 @@ same code runs on live streams and on counts read back from ClickHouse (``alerts
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from finsent.core.events import Alert, format_time, stable_id, utcnow
+
+log = logging.getLogger(__name__)
 
 Counts = Mapping[str, tuple[int, int]]
 
@@ -188,6 +191,41 @@ def make_alert(
         severity=state.severity or "warning",
         id=stable_id("alert", detector, state.topic, format_time(start) or "", state.severity or "warning"),
     )
+
+
+def with_evidence(store: Any, alerts: Sequence[Alert], headlines: int = 5) -> list[Alert]:
+    """``alerts`` with what a reader needs to act on a topic alert (issue 25), read from the store once each:
+    ``evidence["headlines"]``, the most negative items of the topic in the alert's window, and ``model_version``,
+    the version that scored most of the window's items (``evidence["model_versions"]`` has them all).
+
+    Why here and not in the detectors: they see counts only, and must stay cheap and replayable. Entity alerts
+    (evidence from their own detector) and alerts that already carry both pass through unchanged. The evidence
+    is a courtesy: a store that cannot answer (down, not yet open, ``None``) leaves the alert as raised, with a
+    warning, and the alert still goes out.
+    """
+    if store is None:
+        return list(alerts)
+    out: list[Alert] = []
+    for a in alerts:
+        if a.kind != "topic" or (a.evidence and a.model_version):
+            out.append(a)
+            continue
+        try:
+            ev = store.topic_alert_evidence(a.topic, a.window_start, a.window_end, headlines)
+        except Exception as exc:  # noqa: BLE001 -- any store failure: the alert goes out without evidence
+            log.warning(
+                "no headlines for the %s alert on %s (%s); it goes out without them",
+                a.severity,
+                a.topic,
+                " ".join(str(exc).split())[:200],
+            )
+            out.append(a)
+            continue
+        versions = ev.get("model_versions") or {}
+        out.append(
+            replace(a, evidence={**(a.evidence or {}), **ev}, model_version=a.model_version or next(iter(versions), ""))
+        )
+    return out
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
-from finsent.alerts.base import Detector, TopicState
+from finsent.alerts.base import Detector, TopicState, with_evidence
 from finsent.core.errors import StoreError
 from finsent.core.events import Alert, utcnow
 from finsent.core.store import Store
@@ -95,6 +95,7 @@ class AlertRunner:
             end += w
         self.last_end = closed_end
         if alerts:
+            alerts = with_evidence(self.store, alerts)  # headlines and model version (issue 25)
             log.info("raised %d alert(s): %s", len(alerts), ", ".join(f"{a.topic}/{a.severity}" for a in alerts))
         if alerts or self.unstored:
             batch = self.unstored + alerts

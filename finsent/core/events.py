@@ -282,8 +282,11 @@ class Alert:
     kind: str = "topic"
     entity_id: str | None = None
     entity_name: str | None = None
-    #: what an entity alert shows a reader (counts, index, top headlines with links); ``None`` on topic alerts
+    #: what an alert shows a reader: the top headlines with links (both kinds; issue 25 for topic alerts), and for an
+    #: entity alert its counts and index; ``None`` when nothing was found (an alert raised without a store)
     evidence: dict[str, Any] | None = field(default=None, hash=False)  # a dict: not hashed
+    #: the model version that scored the window's items (the most items when a hot reload split it); '' unknown
+    model_version: str = ""
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -487,6 +490,7 @@ def decode_alert(data: bytes | str) -> Alert:
             entity_id=_opt_str(obj, "entity_id"),
             entity_name=_opt_str(obj, "entity_name"),
             evidence=_opt_dict(obj, "evidence"),
+            model_version=str(obj.get("model_version") or ""),  # absent in payloads from before issue 25
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidEvent("bad_alert", str(exc)) from None

@@ -72,6 +72,7 @@ METHODS: frozenset[str] = frozenset(
         "score_versions",
         "sync_model_versions",
         "model_versions",
+        "topic_alert_evidence",  # issue 25: a stored topic alert's headlines and model version
     }
 )
 _READ_SQL = re.compile(

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from finsent.core.errors import StoreDiskFull
-from finsent.core.events import Alert, ScoredItem, utcnow
+from finsent.core.events import Alert, ScoredItem, format_time, utcnow
 from finsent.core.store import LABEL_TASKS, Label, TopicCounts
 from finsent.stream.store.schema import alerts as alert_sql
 from finsent.stream.store.schema import ddl
@@ -327,6 +327,30 @@ class SqlStore:
                 d["evidence"] = {"unreadable": str(d["evidence"])[:200]}
             out.append(d)
         return out
+
+    def topic_alert_evidence(self, topic: str, start: datetime, end: datetime, limit: int = 5) -> dict[str, Any]:
+        """What a topic alert over ``[start, end)`` of ingested_at shows a reader (issue 25): ``headlines``, the
+        ``limit`` most negative items of ``topic`` in the window (id, title -- the text's start when untitled --,
+        url, source, at, p_negative), and ``model_versions``, {version: items of the topic in the window}, most
+        first (two when a hot reload split the window)."""
+        params = {"topic": topic, "start": _epoch(start), "end": _epoch(end), "limit": max(0, int(limit))}
+        with self._lock:
+            heads = self._select(self._q(alert_sql.TOPIC_ALERT_HEADLINES), params)
+            versions = self._select(self._q(alert_sql.TOPIC_ALERT_VERSIONS), params)
+        headlines = []
+        for row in heads:
+            d = dict(zip(alert_sql.TOPIC_ALERT_HEADLINE_COLUMNS, row, strict=True))
+            headlines.append(
+                {
+                    "id": str(d["id"]),
+                    "title": str(d["title"] or ""),
+                    "url": str(d["url"] or "") or None,
+                    "source": str(d["source"] or ""),
+                    "at": format_time(_as_utc(d["event_time"])),
+                    "p_negative": round(float(d["p_negative"]), 4),
+                }
+            )
+        return {"headlines": headlines, "model_versions": {str(v): int(n) for v, n in versions}}
 
     # --- entities: mentions, series, top lists, listings (issue 26; queries in stream/store/schema/mentions.py) ---
     def _window(self, since: timedelta | datetime | None, until: datetime | None) -> dict[str, int]:

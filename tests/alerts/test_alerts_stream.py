@@ -96,16 +96,18 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
     stop = threading.Event()
     share = {topic_a: 0.1, topic_b: 0.5}
 
-    def produce() -> None:  # 100 items/s per topic, stamped now, as the scorer would publish them
+    def produce() -> None:  # 100 items/s per topic, stamped now, stored then published as the scorer does
         i = 0
         while not stop.is_set():
             now = utcnow()
+            batch = []
             for topic, p in list(share.items()):
                 for k in range(10):
-                    producer.send(
-                        s.topic_scored, key=f"{i}".encode(), value=scored(i, topic, k < round(10 * p), now).to_json()
-                    )
+                    batch.append(scored(i, topic, k < round(10 * p), now))
                     i += 1
+            store.insert_scored(batch)  # the alert's headlines and model version are read from the store
+            for it in batch:
+                producer.send(s.topic_scored, key=it.item.id.encode(), value=it.to_json())
             producer.flush()
             time.sleep(0.1)
 
@@ -137,12 +139,17 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
             wait_for(lambda: any(r["topic"] == topic_a for r in store.alerts()), 20, "the alert in the store")
         rows = [r for r in store.alerts() if r["topic"] == topic_a]
         assert rows[0]["detector"] == "ewma_z" and rows[0]["id"] == alert.id
+        # issue 25: the stored alert names the negative items of its window and the model that scored them
+        assert rows[0]["model_version"] == alert.model_version == "test-model"
+        heads = rows[0]["evidence"]["headlines"]
+        assert heads and all(h["id"].startswith(topic_a + "-") and h["p_negative"] == 0.9 for h in heads)
     finally:
         stop.set()
         producer.close()
         store.close()  # chdb holds one data path per process: a failure here must not fail the later tests
     published = [decode_alert(r.value) for r in read_topic(s, s.topic_alerts, 1)]
     assert alert.id in {a.id for a in published}
+    assert all(a.model_version == "test-model" and a.evidence["headlines"] for a in published)  # on the topic too
     assert all(a.topic == topic_a for a in published)
 
 
