@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from datetime import datetime, timedelta
 from typing import Any
@@ -414,35 +415,73 @@ def _items(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: what a terminal line of untrusted text may not carry: control, line/paragraph separators, bidi overrides
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]+")
+#: headlines shown under each alert (``--json`` has them all, with links)
+ALERT_HEADLINES = 3
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` as one terminal line of at most ``width`` cells: unprintable characters become spaces, runs of
+    space one, and a line too long is cut with ``…`` (wide characters count two cells)."""
+    from rich.cells import cell_len
+
+    line = " ".join(_UNPRINTABLE.sub(" ", text).split())
+    if cell_len(line) <= width:
+        return line
+    out, used = [], 0
+    for ch in line:
+        w = cell_len(ch)
+        if used + w > width - 1:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out).rstrip() + "…"
+
+
+def alert_lines(a: dict[str, Any], width: int) -> list[str]:
+    """One stored alert for a terminal of ``width`` columns (issue 25: the table wrapped badly at 80): when and
+    what, the numbers with the detector and model version, then its top headlines; every line fits ``width``."""
+    if a.get("kind", "topic") == "topic":
+        what = str(a.get("topic") or "")
+    else:
+        what = f"{a.get('entity_name') or '?'} ({a.get('entity_id') or '-'})"
+    head = f"{_ts(a.get('at') or a['fired_at'])}  {fit(str(a['severity']), 8):<8}  "
+    lines = [head + fit(what, width - len(head))]
+    numbers = (
+        f"{a['negative']}/{a['total']} negative ({a['negative_share']:.0%}, baseline {a['baseline_share']:.0%}), "
+        f"score {a['score']:.2f}, {a['detector']}"
+    )
+    lines.append("  " + fit(numbers, width - 2))
+    if a.get("model_version"):
+        lines.append("  " + fit(f"model {a['model_version']}", width - 2))
+    evidence = a.get("evidence") if isinstance(a.get("evidence"), dict) else {}
+    heads = [h for h in (evidence.get("headlines") or []) if isinstance(h, dict)][:ALERT_HEADLINES]
+    for h in heads:
+        source = f" ({h['source']})" if h.get("source") else ""
+        lines.append("  - " + fit(f"{h.get('title') or ''}{source}", width - 4))
+    return lines
+
+
 def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     rows, where = report(settings, "alerts", since=args.since, kind=args.kind)
     if args.json:
         emit_json(args.json, _jsonable(rows))
         if to_stdout(args.json):
             return 0
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
 
     if not rows:
         window = f"in the last {format_duration(args.since)}" if args.since else "stored"
-        Console().print(f"no alerts {window} ({where})")
+        print(f"no alerts {window} ({where})")
         return 0
-    t = Table(title=f"Alerts, last {format_duration(args.since)}" if args.since else "Alerts", title_justify="left")
-    for col in ("at (UTC)", "topic / entity", "severity", "neg/total", "share", "base", "score", "detector"):
-        t.add_column(col, overflow="fold")
+    width = max(40, shutil.get_terminal_size((80, 24)).columns)
+    title = f"Alerts, last {format_duration(args.since)}" if args.since else "Alerts"
+    print(fit(f"{title}: {len(rows)}, newest first (UTC; --json for every headline and its link)", width))
     for a in rows:
-        what = a["topic"] if a.get("kind", "topic") == "topic" else f"{a['entity_name']} ({a['entity_id'] or '-'})"
-        t.add_row(
-            _ts(a.get("at") or a["fired_at"]),
-            what,
-            a["severity"],
-            f"{a['negative']}/{a['total']}",
-            f"{a['negative_share']:.0%}",
-            f"{a['baseline_share']:.0%}",
-            f"{a['score']:.2f}",
-            a["detector"],
-        )
-    Console().print(t)
+        print()
+        for line in alert_lines(a, width):
+            print(line)
     return 0
 
 
