@@ -1,7 +1,7 @@
 """``finsent drift``: the drift report of the production model, for people and for scripts (``--json OUT``).
 
-The figures and the advice are explained in :mod:`finsent.alerts.drift`; a running worker exports the
-same figures as ``finsent_drift_*`` gauges (:mod:`finsent.alerts.drift_agent`).
+The figures and the advice are explained in :mod:`finsent.stream.drift`; a running worker exports the
+same figures as ``finsent_drift_*`` gauges (:mod:`finsent.stream.drift_agent`).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def render_text(doc: dict[str, Any]) -> str:
 
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
-    from finsent.alerts.drift import drift_report
     from finsent.cli.labels import opened_store
+    from finsent.stream.drift import drift_report
 
     if args.model_version is not None and not args.model_version.strip():
         raise InputError("finsent drift: --model-version is empty", hint="`finsent models list` shows the versions")

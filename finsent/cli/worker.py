@@ -87,8 +87,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         raise ConfigError(f"finsent worker: {problem}", hint="or unset it: the data API then answers on loopback only")
     from finsent.alerts.agent import attach
-    from finsent.alerts.drift_agent import attach as attach_drift
     from finsent.alerts.entity_agent import attach as attach_entities
+    from finsent.stream.drift_agent import attach as attach_drift
     from finsent.stream.service import run_worker
 
     # the entity agent adds nothing when FINSENT_ENTITY_ALERTS is off

@@ -332,7 +332,7 @@ class EntitySettings(_Section):
 
 
 class DriftSettings(_Section):
-    """Drift: finsent drift, the worker's finsent_drift_* gauges (finsent.alerts.drift)."""
+    """Drift: finsent drift, the worker's finsent_drift_* gauges (finsent.stream.drift)."""
 
     title: ClassVar[str] = "Drift (finsent drift, the worker's finsent_drift_* gauges)"
 

@@ -1,8 +1,13 @@
 """Has the production model gone stale? Compare its recent predictions with the period before.
 
-``finsent drift`` and the worker's ``finsent_drift_*`` gauges (:mod:`finsent.alerts.drift_agent`)
+``finsent drift`` and the worker's ``finsent_drift_*`` gauges (:mod:`finsent.stream.drift_agent`)
 both call :func:`drift_report`; everything below it is pure arithmetic on counts, unit-tested on
-fake distributions (``tests/alerts/test_drift.py``).
+fake distributions (``tests/stream/test_drift.py``).
+
+Why in ``stream``: drift watches what the worker stores (the store's prediction counts, queried through
+:mod:`finsent.stream.store.schema.drift`) and runs as a worker extension; it needs the store and the worker
+context, both in this layer, and nothing above it. Alerting on it is Prometheus' job
+(``deploy/prometheus/finsent-drift-rules.yml`` over the gauges).
 
 Periods, on the items' ``ingested_at`` (the store's time axis): the *window* is the last
 ``--window`` (default 24h), the *reference* the ``--reference`` (default 7d) just before it.

@@ -1,6 +1,6 @@
 """The drift figures as Prometheus gauges, recomputed by every worker on a timer: ``attach(app, context)``.
 
-Gauges (default registry, on the worker's ``/metrics``), the figures of :func:`finsent.alerts.drift.drift_report`:
+Gauges (default registry, on the worker's ``/metrics``), the figures of :func:`finsent.stream.drift.drift_report`:
 
     finsent_drift_psi{task}                 PSI of the task's label distribution, window vs reference
     finsent_drift_confidence_shift          mean top sentiment probability, window minus reference
@@ -31,9 +31,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from finsent.alerts.drift import TASKS, DriftReport, drift_report
 from finsent.core.settings import Settings
 from finsent.stream.context import WorkerContext
+from finsent.stream.drift import TASKS, DriftReport, drift_report
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,11 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from finsent.alerts.drift import (
+from finsent.cli import main
+from finsent.core.errors import StoreInUse
+from finsent.core.events import RawItem, ScoredItem, utcnow
+from finsent.core.settings import load_settings
+from finsent.stream.drift import (
     EPSILON,
     DriftThresholds,
     PeriodStats,
@@ -25,11 +29,7 @@ from finsent.alerts.drift import (
     psi,
     psi_band,
 )
-from finsent.alerts.drift_agent import DriftMonitor
-from finsent.cli import main
-from finsent.core.errors import StoreInUse
-from finsent.core.events import RawItem, ScoredItem, utcnow
-from finsent.core.settings import load_settings
+from finsent.stream.drift_agent import DriftMonitor
 from finsent.stream.store import open_store
 from tests.models.test_labels import chdb_held_by_another_process, finsent_subprocess
 
@@ -256,7 +256,7 @@ def test_monitor_sets_the_gauges_and_logs_a_failing_store_once(chdb_db_url: str,
     try:
         seed_store(store)
         broken = DriftMonitor(settings, lambda: (_ for _ in ()).throw(ConnectionError("store is down")))
-        with caplog.at_level(logging.INFO, logger="finsent.alerts.drift_agent"):
+        with caplog.at_level(logging.INFO, logger="finsent.stream.drift_agent"):
             assert [broken.refresh() for _ in range(3)] == [None, None, None]
             assert broken.failures == 3
             assert [r.message for r in caplog.records].count(
@@ -293,7 +293,7 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_a_running_worker_recomputes_the_drift_gauges_on_its_timer(
     kafka_bootstrap, chdb_db_url, unique_name, tiny_classifier, monkeypatch
 ) -> None:
-    from finsent.alerts.drift_agent import attach
+    from finsent.stream.drift_agent import attach
     from finsent.stream.service import WorkerThread
     from tests.stream_helpers import make_items, produce_items, stream_settings, wait_for
 
