@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import feedparser
 
 from finsent.ingest.fetch import Fetcher, FetchError
+from finsent.ingest.metrics import unparsed_date_hook
 from finsent.ingest.pipeline import Pipeline
 from finsent.ingest.poller import PollOutcome
 
@@ -132,6 +133,7 @@ class FeedSource:
                 len(parsed.entries),
             )
         entries = []
+        unparsed = unparsed_date_hook(pipeline.metrics, self.name)
         for e in parsed.entries:
             body = ""
             if e.get("content"):
@@ -146,7 +148,13 @@ class FeedSource:
                 title=title,
                 url=e.get("link"),
                 author=e.get("author"),
-                published=e.get("published_parsed") or e.get("updated_parsed") or e.get("published"),
+                # the feed's own text first, read by the one rule (normalize.read_published); feedparser's
+                # struct_time only when there is none: feedparser rolls 2024-02-30 over to March 1
+                published=e.get("published")
+                or e.get("updated")
+                or e.get("published_parsed")
+                or e.get("updated_parsed"),
+                on_unparsed_date=unparsed,
                 guid=e.get("id") or e.get("guid"),
             )
             if entry is not None:

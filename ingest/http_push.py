@@ -12,6 +12,10 @@ Contract (what a client can rely on):
   "duplicates": [ids], "rejected": [{"index", "reason", "detail"}]}``. Items that are bad are
   rejected individually (the good ones in the same request are still accepted); when no item
   is usable the answer is ``400`` (``422`` for a well-formed body with only invalid items).
+  ``published_at`` follows the ingesters' one rule (:func:`finsent.ingest.normalize.read_published`):
+  an unreadable one keeps the item with no publication time (event time = when it arrived), counted in
+  ``finsent_ingest_unparsed_dates_total{source="http"}`` and listed in ``"warnings": [{"index",
+  "reason": "unparsed_date", "detail"}]``; one more than 5 min in the future is rejected ``bad_time``.
 * concurrent requests are merged into one publish (:class:`Coalescer`), each answered for its own items;
 * ``503`` (with ``Retry-After``) when Kafka does not ack in time: nothing is lost -- retry the
   same request; items that were acked before the failure are then reported as duplicates.
@@ -61,6 +65,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from finsent.ingest.metrics import unparsed_date_hook
 from finsent.ingest.normalize import Skip, UndecodableBytes, decode_bytes, dedup_keys, known_text_encoding, make_item
 from finsent.ingest.pipeline import Entry, Pipeline
 from finsent.ingest.publisher import PublishError
@@ -168,7 +173,9 @@ def parse_body(data: bytes, content_type: str | None) -> list[Any]:
     return values
 
 
-def _item_from_json(obj: Any, max_text_chars: int) -> tuple[Entry | None, dict[str, str] | None]:
+def _item_from_json(
+    obj: Any, max_text_chars: int, on_unparsed_date: Callable[[str], None] | None = None
+) -> tuple[Entry | None, dict[str, str] | None]:
     if not isinstance(obj, dict):
         return None, {"reason": "not_object", "detail": "each item must be a JSON object"}
     text = obj.get("text")
@@ -183,10 +190,6 @@ def _item_from_json(obj: Any, max_text_chars: int) -> tuple[Entry | None, dict[s
     published = obj.get("published_at")
     if published is not None and (isinstance(published, bool) or not isinstance(published, (str, int, float))):
         return None, {"reason": "bad_type", "detail": "published_at must be ISO 8601 or epoch seconds"}
-    from finsent.ingest.normalize import to_utc
-
-    if published not in (None, "") and to_utc(published) is None:
-        return None, {"reason": "bad_time", "detail": f"published_at={str(published)[:40]!r} is not a time"}
     try:
         item = make_item(
             source=obj.get("source") or "http",
@@ -200,6 +203,7 @@ def _item_from_json(obj: Any, max_text_chars: int) -> tuple[Entry | None, dict[s
             item_id_override=obj.get("id"),
             tickers=tickers,
             max_text_chars=max_text_chars,
+            on_unparsed_date=on_unparsed_date,
         )
     except Skip as exc:
         return None, {"reason": exc.reason, "detail": exc.detail}
@@ -331,6 +335,7 @@ def create_app(
     coalescer = Coalescer(pipeline, executor, publish_timeout_s)
     expected = f"Bearer {token}".encode() if token else None
     metrics = pipeline.metrics
+    count_unparsed = unparsed_date_hook(metrics, METRIC_SOURCE)
 
     def problem(status: int, message: str, **extra: Any) -> web.Response:
         headers = {"WWW-Authenticate": 'Bearer realm="finsent"'} if status == 401 else None
@@ -395,8 +400,14 @@ def create_app(
         entries: list[Entry] = []
         positions: list[int] = []  # each entry's index in the request
         rejected: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []  # kept, with something the client should fix (an unreadable date)
         for i, obj in enumerate(values):
-            entry, err = _item_from_json(obj, pipeline.max_text_chars)
+
+            def unparsed(why: str, i: int = i) -> None:
+                count_unparsed(why)
+                warnings.append({"index": i, "reason": "unparsed_date", "detail": why})
+
+            entry, err = _item_from_json(obj, pipeline.max_text_chars, unparsed)
             if err is not None:
                 rejected.append({"index": i, **err})
                 pipeline.count_skipped(METRIC_SOURCE, err["reason"])
@@ -429,6 +440,7 @@ def create_app(
                 "accepted": [e.item.id for e in entries if id(e.item) in outcome.published],
                 "duplicates": [e.item.id for e in entries if id(e.item) in outcome.duplicates],
                 "rejected": rejected,
+                **({"warnings": warnings} if warnings else {}),
             },
             status=202,
         )

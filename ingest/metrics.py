@@ -8,6 +8,9 @@ by the configured feeds/accounts, never by item content.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
@@ -39,6 +42,12 @@ class IngestMetrics:
         self.errors = Counter(
             "finsent_ingest_errors", "failed fetches/publishes by kind", ["source", "kind"], registry=reg
         )
+        self.unparsed_dates = Counter(
+            "finsent_ingest_unparsed_dates",
+            "items kept with an unreadable publication time (event time = ingested_at); fix the source's dates",
+            ["source"],
+            registry=reg,
+        )
         self.fetch_seconds = Histogram(
             "finsent_ingest_fetch_seconds",
             "latency of one fetch of a source",
@@ -57,3 +66,40 @@ def default_metrics() -> IngestMetrics:
     if _default is None:
         _default = IngestMetrics()
     return _default
+
+
+#: at most one WARNING per source per this many seconds about unreadable dates (a feed with a broken date
+#: field would otherwise log every item of every poll)
+UNPARSED_LOG_EVERY_S = 60.0
+_unparsed_lock = threading.Lock()
+_unparsed_log: dict[str, tuple[float, int]] = {}  # source -> (last WARNING, items not logged since)
+
+
+def unparsed_date_hook(
+    metrics: IngestMetrics, source: str, clock: Callable[[], float] = time.monotonic
+) -> Callable[[str], None]:
+    """What an ingester passes as ``make_item(on_unparsed_date=...)``: counts the item in
+    ``finsent_ingest_unparsed_dates_total{source}`` and logs a WARNING with the reason, at most one per
+    :data:`UNPARSED_LOG_EVERY_S` per source (the next one says how many were not logged)."""
+
+    def note(why: str) -> None:
+        metrics.unparsed_dates.labels(source).inc()
+        now = clock()
+        with _unparsed_lock:
+            seen = _unparsed_log.get(source)
+            quiet = seen[1] if seen is not None else 0
+            if seen is not None and now - seen[0] < UNPARSED_LOG_EVERY_S:
+                last = seen[0]
+                _unparsed_log[source] = (last, quiet + 1)
+                return
+            _unparsed_log[source] = (now, 0)
+        log.warning(
+            "%s: an item's publication time is unreadable (%s); kept with event time = ingest time%s. Fix the "
+            "source's date field; finsent_ingest_unparsed_dates_total{source=%r} counts them",
+            source,
+            why,
+            f" ({quiet} more since the last warning)" if quiet else "",
+            source,
+        )
+
+    return note

@@ -9,15 +9,25 @@ Rules (each one is a decision the rest of finsent relies on):
 
 * text and title are cleaned separately (tags stripped, entities decoded, whitespace collapsed)
   and never concatenated here; the worker decides what to score;
-* times become aware UTC; a missing or unreadable time is ``None``, never a silent "now"; an
-  impossible one (2024-02-30, month 13, 25:00) is never rolled over into a real one: ``None``
-  too, or with ``strict_time`` (replay) a :class:`Skip` ``bad_time``;
+* times become aware UTC. **One rule for a publication time, in every ingester** (feeds, social,
+  push, replay: all through :func:`make_item`): one that is missing is ``None``; one that is there but
+  unreadable -- not a format finsent reads, an impossible date (2024-02-30, month 13, 25:00: never
+  rolled over into a real one), a time the store cannot hold (before 1970, after 2106-02-07) -- is
+  ``None`` as well, the item is **kept** (its event time is then when it was ingested) and the
+  caller's ``on_unparsed_date`` hears why (the ingesters count it in
+  ``finsent_ingest_unparsed_dates_total{source}`` and log a rate-limited WARNING:
+  :func:`finsent.ingest.metrics.unparsed_date_hook`). Never a silent "now" nor a guess. A time more
+  than :data:`~finsent.core.events.MAX_FUTURE_SKEW` ahead of this host's clock is refused,
+  ``Skip("bad_time")`` with the reason: the worker would dead-letter it anyway (an event time in the
+  future would hold the entity detector's watermark ahead and make every later item late). Why keep
+  rather than refuse: the text is what finsent scores; an item lost for a date typo in one field is
+  worse than one counted at its arrival time, and the counter says which source to fix;
 * ids are stable: canonical URL when there is one (so two feeds carrying one story agree),
   else the source's own GUID, else a digest of source + title + text. An id the source gives
   (a push client's, replay's id column) is used exactly as given: one with leading or trailing
   whitespace is ``Skip("bad_id")``, because stripping it would make two producer ids one item;
-* a time the store cannot hold (before 1970, after 2106-02-07) is not a time: ``None``, or with
-  ``strict_time`` ``Skip("bad_time")``; the store would clamp it silently;
+* a time the store cannot hold (before 1970, after 2106-02-07) is not a time (the rule above): the
+  store would clamp it silently;
 * bytes are decoded by :func:`decode_bytes`, which never re-reads good UTF-8 in another charset;
 * an item with no text after cleaning raises :class:`Skip` (the caller counts it);
 * text longer than ``max_text_chars`` is cut at a word boundary and flagged ``truncated``.
@@ -32,13 +42,14 @@ import html
 import re
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from finsent.core.events import (
+    MAX_FUTURE_SKEW,
     MAX_TEXT_CHARS,
     SOURCE_TYPES,
     InvalidEvent,
@@ -368,6 +379,34 @@ def to_utc(value: Any, *, strict: bool = False) -> datetime | None:
     return ts
 
 
+def read_published(value: Any, now: datetime | None = None) -> tuple[datetime | None, str | None]:
+    """A publication time as every ingester reads it: ``(time, None)``; ``(None, None)`` when there is none;
+    ``(None, why)`` when one is there but unreadable (the item is kept: see the module doc).
+
+    Raises :class:`Skip` ``bad_time`` for a time more than ``MAX_FUTURE_SKEW`` ahead of ``now`` (default: this
+    host's clock), with what to fix.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, None
+    try:
+        ts = to_utc(value, strict=True)
+    except ImpossibleTime as exc:
+        return None, str(exc)
+    if ts is None:
+        return None, (
+            f"{str(value)[:40]!r} is not a time finsent reads (ISO 8601, RFC 822, epoch seconds or milliseconds)"
+        )
+    limit = (now or utcnow()) + MAX_FUTURE_SKEW
+    if ts > limit:
+        raise Skip(
+            "bad_time",
+            f"published_at {str(value)[:40]!r} is {ts.isoformat()}, more than "
+            f"{int(MAX_FUTURE_SKEW.total_seconds() // 60)} min ahead of this host's clock; fix the source's clock "
+            "or its time zone",
+        )
+    return ts, None
+
+
 def _to_utc(value: Any, *, strict: bool = False) -> datetime | None:
     """Aware UTC datetime from a datetime, struct_time (feedparser: UTC), epoch (s or ms) or string.
 
@@ -560,13 +599,14 @@ def make_item(
     tickers: Iterable[str] = (),
     max_text_chars: int = MAX_TEXT_CHARS,
     ingested_at: datetime | None = None,
-    strict_time: bool = False,
+    on_unparsed_date: Callable[[str], None] | None = None,
 ) -> RawItem:
     """Build a normalised :class:`RawItem`; raises :class:`Skip` when there is nothing to publish.
 
     ``item_id_override`` is for sources whose ids are already stable by construction (replay:
-    file name + row; HTTP push: the client's own id). ``strict_time``: a ``published`` that
-    names no real instant (2024-02-30) is ``Skip("bad_time")`` instead of ``published_at=None``.
+    file name + row; HTTP push: the client's own id). ``published``: :func:`read_published` -- an
+    unreadable one gives ``published_at=None`` and ``on_unparsed_date(why)``; one in the future,
+    ``Skip("bad_time")``.
     """
     if source_type not in SOURCE_TYPES:
         raise Skip("bad_source_type", f"{source_type!r} not in {SOURCE_TYPES}")
@@ -595,10 +635,9 @@ def make_item(
             raise Skip("bad_id", "id is not valid Unicode (a lone UTF-16 surrogate)")
     else:
         the_id = item_id(source, url=canon, guid=guid_s, title=head or "", text=body)
-    try:
-        published_at = to_utc(published, strict=strict_time)
-    except ImpossibleTime as exc:
-        raise Skip("bad_time", str(exc)) from None
+    published_at, unreadable = read_published(published)
+    if unreadable is not None and on_unparsed_date is not None:
+        on_unparsed_date(unreadable)
     return RawItem(
         id=the_id,
         source=source,

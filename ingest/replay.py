@@ -20,7 +20,10 @@ file's physical line number where the row starts and a reason code (``not_json``
 ``not_object``, ``empty_text``, ``bad_time``, ``bad_type``, ``bad_id``, ``unterminated_quote``,
 ``csv_error``...); :func:`replay` logs a WARNING ``file:line: skipped: reason (detail)`` for each
 (the first :data:`MAX_BAD_ROWS`) and lists them in :attr:`ReplayStats.bad_rows`. A time that
-names no real instant (2024-02-30) is ``bad_time``, not rolled over. A CSV quote that is never
+names no real instant (2024-02-30), or none at all, keeps the row with no publication time (the ingesters' one
+rule, :func:`finsent.ingest.normalize.read_published`: never rolled over; event time = ingest time), counted in
+``finsent_ingest_unparsed_dates_total{source="replay:<file>"}`` with a rate-limited WARNING naming file and line;
+one more than 5 min in the future is ``bad_time``. A CSV quote that is never
 closed would make the csv module read the rest of the file as one field: that row is reported
 as ``unterminated_quote`` at the line where the quote opened, and reading resumes on the line
 after it (so one stray quote costs one row, not the rest of the file). So is a quote left open that a
@@ -44,6 +47,7 @@ from typing import Any, NamedTuple
 
 from finsent.core.errors import InputError
 from finsent.core.events import MAX_TEXT_CHARS, RawItem, stable_id
+from finsent.ingest.metrics import unparsed_date_hook
 from finsent.ingest.normalize import Skip, make_item
 
 log = logging.getLogger(__name__)
@@ -392,11 +396,13 @@ def iter_file_records(
     max_text_chars: int = MAX_TEXT_CHARS,
     on_skip: Callable[[int, str], None] | None = None,
     on_bad_row: Callable[[BadRow], None] | None = None,
+    on_unparsed_date: Callable[[str], None] | None = None,
 ) -> Iterator[ReplayRecord]:
     """Normalised records of one file, in file order.
 
     Unusable rows go to ``on_bad_row(BadRow)`` (line, reason code, detail) and to
-    ``on_skip(row number, reason code)``.
+    ``on_skip(row number, reason code)``; a row kept with an unreadable date, to
+    ``on_unparsed_date("file:line: why")``.
     """
     p = Path(path)
     if not p.is_file():
@@ -435,7 +441,11 @@ def iter_file_records(
                     tickers=tickers if isinstance(tickers, (list, tuple)) else (),
                     item_id_override=str(rid),
                     max_text_chars=max_text_chars,
-                    strict_time=True,
+                    on_unparsed_date=(
+                        None
+                        if on_unparsed_date is None
+                        else lambda why, line=line: on_unparsed_date(f"{p.name}:{line}: {why}")
+                    ),
                 )
             except Skip as exc:
                 bad(n, line, exc.reason, exc.detail)
@@ -570,6 +580,7 @@ def replay(
                 encoding=encoding,
                 max_text_chars=pipeline.max_text_chars,
                 on_bad_row=on_bad_row,
+                on_unparsed_date=unparsed_date_hook(pipeline.metrics, f"replay:{name}"),
             ):
                 if (limit is not None and queued >= limit) or (stop is not None and stop.is_set()):
                     break

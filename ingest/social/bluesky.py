@@ -18,8 +18,9 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from finsent.core.events import format_time
+from finsent.core.events import MAX_FUTURE_SKEW, format_time
 from finsent.ingest.fetch import Fetcher, FetchError
+from finsent.ingest.metrics import unparsed_date_hook
 from finsent.ingest.normalize import to_utc
 from finsent.ingest.pipeline import Pipeline
 from finsent.ingest.poller import PollOutcome
@@ -44,6 +45,21 @@ def _sort_at(post: dict[str, Any]):
     future must not push our cursor into the future and hide everything until then)."""
     times = [t for t in (to_utc(post["record"].get("createdAt")), to_utc(post.get("indexedAt"))) if t is not None]
     return min(times) if times else None
+
+
+def _published(post: dict[str, Any]) -> Any:
+    """The post's publication time for :func:`~finsent.ingest.normalize.make_item`: ``createdAt`` (the client's
+    clock), unless it is ahead of the server's ``indexedAt`` by more than the allowed skew -- then ``indexedAt``
+    (a post is never published after it was indexed; refusing it as ``bad_time`` would lose a post for a client's
+    wrong clock). An unreadable ``createdAt`` is passed as it is (kept and counted, the ingesters' one rule)."""
+    created = post["record"].get("createdAt")
+    if created is None or (isinstance(created, str) and not created.strip()):
+        created = post.get("indexedAt")  # none: the server's time for the post
+    indexed = to_utc(post.get("indexedAt"))
+    at = to_utc(created)
+    if at is not None and indexed is not None and at > indexed + MAX_FUTURE_SKEW:
+        return post.get("indexedAt")
+    return created
 
 
 def post_url(uri: str, handle: str | None) -> str | None:
@@ -118,6 +134,7 @@ class BlueskySearchSource:
         else:
             complete = True  # more than max_pages behind: skip the rest rather than never catching up
         entries = []
+        unparsed = unparsed_date_hook(pipeline.metrics, self.name)
         for p in posts:
             record = p["record"]
             author = p.get("author") or {}
@@ -128,8 +145,9 @@ class BlueskySearchSource:
                 text=record.get("text"),
                 url=post_url(str(p.get("uri", "")), author.get("handle")),
                 author=author.get("handle") or author.get("did"),
-                published=record.get("createdAt") or p.get("indexedAt"),
+                published=_published(p),
                 guid=p.get("uri"),
+                on_unparsed_date=unparsed,
             )
             if entry is not None:
                 entries.append(entry)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from finsent.ingest.fetch import Fetcher, FetchError
+from finsent.ingest.metrics import unparsed_date_hook
 from finsent.ingest.pipeline import Pipeline
 from finsent.ingest.poller import PollOutcome
 from finsent.ingest.social.ratelimit import mastodon_wait
@@ -102,6 +103,7 @@ class MastodonTagSource:
             prev = parse_link_header(headers.get("link")).get("prev")
             url = self._follow(prev) if prev else None
         entries = []
+        unparsed = unparsed_date_hook(pipeline.metrics, self.name)
         for s in statuses:
             if s.get("reblog"):
                 continue  # boosts repeat someone else's status; the original carries the text
@@ -119,6 +121,7 @@ class MastodonTagSource:
                 author=account.get("acct") or account.get("username"),
                 published=s.get("created_at"),
                 guid=s.get("uri") or s.get("id"),
+                on_unparsed_date=unparsed,
             )
             if entry is not None:
                 entries.append(entry)

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from finsent.ingest.fetch import Fetcher, FetchError
+from finsent.ingest.metrics import unparsed_date_hook
 from finsent.ingest.pipeline import Pipeline
 from finsent.ingest.poller import PollOutcome
 from finsent.ingest.social.ratelimit import reddit_wait
@@ -25,6 +26,17 @@ log = logging.getLogger(__name__)
 
 PUBLIC_BASE = "https://www.reddit.com"
 OAUTH_BASE = "https://oauth.reddit.com"
+
+
+def _created(post: dict[str, Any]) -> float:
+    """A post's ``created_utc`` as epoch seconds for the cursor; 0 when it is not a number (the item itself is
+    kept with an unreadable date, :func:`finsent.ingest.normalize.read_published`; a bad field must not stop the
+    poll)."""
+    try:
+        value = float(post.get("created_utc") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+    return value if value == value and abs(value) != float("inf") else 0.0
 
 
 class RedditSubredditSource:
@@ -86,9 +98,7 @@ class RedditSubredditSource:
             page, after, headers = self._page(after)
             wait = reddit_wait(headers)
             for p in page:
-                if p.get("name") == seen_name or (
-                    seen_created is not None and float(p.get("created_utc") or 0) < seen_created
-                ):
+                if p.get("name") == seen_name or (seen_created is not None and _created(p) < seen_created):
                     complete = True
                     break
                 posts.append(p)
@@ -105,6 +115,7 @@ class RedditSubredditSource:
                 self.max_pages,
             )
         entries = []
+        unparsed = unparsed_date_hook(pipeline.metrics, self.name)
         for p in posts:
             if p.get("over_18") and not self.include_nsfw:
                 pipeline.count_skipped(self.name, "nsfw")
@@ -121,14 +132,13 @@ class RedditSubredditSource:
                 author=p.get("author"),
                 published=p.get("created_utc"),
                 guid=p.get("name"),
+                on_unparsed_date=unparsed,
             )
             if entry is not None:
                 entries.append(entry)
         pipeline.count_fetched(self.name, len(posts))
         result = pipeline.submit(self.name, entries)
         if posts and complete:
-            newest = max(posts, key=lambda p: float(p.get("created_utc") or 0))
-            pipeline.dedup.set_cursor(
-                cursor_key, json.dumps([newest.get("name"), float(newest.get("created_utc") or 0)])
-            )
+            newest = max(posts, key=_created)
+            pipeline.dedup.set_cursor(cursor_key, json.dumps([newest.get("name"), _created(newest)]))
         return PollOutcome(fetched=len(posts), published=len(result.published), wait_s=wait)

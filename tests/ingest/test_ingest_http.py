@@ -104,7 +104,7 @@ def test_formats_object_array_ndjson_and_per_item_errors(dry_server) -> None:
         {"title": "no text"},
         {"text": 5},
         {"text": "<b> </b>"},
-        {"text": "bad time", "published_at": "yesterday-ish"},
+        {"text": "bad time", "published_at": "2100-01-01T00:00:00Z"},
         "not an object",
         {"text": "fine too", "source_type": "social", "tickers": ["$NVDA"]},
     ]
@@ -112,6 +112,9 @@ def test_formats_object_array_ndjson_and_per_item_errors(dry_server) -> None:
     assert status == 202 and len(res["accepted"]) == 2
     reasons = {r["index"]: r["reason"] for r in res["rejected"]}
     assert reasons == {1: "missing_field", 2: "bad_type", 3: "empty_text", 4: "bad_time", 5: "not_object"}
+    status, res, _ = dry_server.request("/v1/items", json.dumps([{"text": "when?", "published_at": "soon"}]).encode())
+    assert status == 202 and len(res["accepted"]) == 1 and res["rejected"] == []  # kept, the client told why
+    assert [(w["index"], w["reason"]) for w in res["warnings"]] == [(0, "unparsed_date")]
     nd = b'{"text": "line one"}\n\n{"text": "line two"}\n'
     status, res, _ = dry_server.request("/v1/items", nd, ctype="application/x-ndjson")
     assert status == 202 and len(res["accepted"]) == 2

@@ -121,8 +121,12 @@ def test_impossible_dates_are_never_rolled_over() -> None:
     assert to_utc("not a date", strict=True) is None  # unreadable stays null, strict or not
 
 
-def test_make_item_strict_time_skips_impossible_dates_as_bad_time() -> None:
+def test_make_item_keeps_an_impossible_date_as_none_says_why_and_refuses_the_future() -> None:
+    why: list[str] = []
+    item = make_item(source="s", source_type="news", text="t", published="2024-02-30", on_unparsed_date=why.append)
+    assert item.published_at is None and len(why) == 1 and "day is out of range" in why[0]
+    assert make_item(source="s", source_type="news", text="t", published=" ", on_unparsed_date=why.append)
+    assert len(why) == 1  # no time at all is not an unreadable one
     with pytest.raises(Skip) as exc:
-        make_item(source="s", source_type="news", text="t", published="2024-02-30", strict_time=True)
-    assert exc.value.reason == "bad_time" and "day is out of range" in exc.value.detail
-    assert make_item(source="s", source_type="news", text="t", published="2024-02-30").published_at is None
+        make_item(source="s", source_type="news", text="t", published="2100-01-01T00:00:00Z")
+    assert exc.value.reason == "bad_time" and "ahead of this host's clock" in exc.value.detail

@@ -93,7 +93,7 @@ def test_jsonl_bad_lines_have_line_numbers_and_reasons(tmp_path, caplog) -> None
         "[1, 2]\n"
         + json.dumps({"text": ""})
         + "\n"
-        + json.dumps({"text": "bad date", "published_at": "2024-02-30T10:00:00Z"})
+        + json.dumps({"text": "bad date", "published_at": "2100-02-28T10:00:00Z"})
         + "\n"
         + json.dumps({"text": "good date", "published_at": "2024-02-29T10:00:00Z"})
         + "\n"
@@ -112,7 +112,7 @@ def test_jsonl_bad_lines_have_line_numbers_and_reasons(tmp_path, caplog) -> None
     assert stats.skipped == 5 and stats.produced == 2
     assert [i["text"] for i in items] == ["fine", "good date"]
     assert items[1]["published_at"] == "2024-02-29T10:00:00.000Z"
-    assert "2024-02-30" in stats.bad_rows[3]["detail"]
+    assert "2100-02-28" in stats.bad_rows[3]["detail"] and "ahead of this host's clock" in stats.bad_rows[3]["detail"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings[0].startswith("tweets.jsonl:3: skipped: not_json (")
     assert any(w.startswith("tweets.jsonl:6: skipped: bad_time (") for w in warnings)
@@ -120,12 +120,19 @@ def test_jsonl_bad_lines_have_line_numbers_and_reasons(tmp_path, caplog) -> None
     assert items[1]["id"] == stable_id("replay", "tweets.jsonl", "6", "good date")
 
 
-def test_csv_impossible_date_is_bad_time_not_rolled_over(tmp_path) -> None:
+def test_csv_impossible_date_is_kept_without_a_time_counted_and_warned_not_rolled_over(tmp_path, caplog) -> None:
     path = tmp_path / "dates.csv"
     path.write_text("text,published_at\nrolled,2024-02-30\nreal,2024-03-01T00:00:00Z\nnone,\n")
-    stats, items = _dry_run([path])
-    assert [(b["line"], b["reason"]) for b in stats.bad_rows] == [(2, "bad_time")]
-    assert [(i["text"], i["published_at"]) for i in items] == [("real", "2024-03-01T00:00:00.000Z"), ("none", None)]
+    with caplog.at_level(logging.WARNING, logger="finsent.ingest.metrics"):
+        stats, items = _dry_run([path])
+    assert stats.bad_rows == []
+    assert [(i["text"], i["published_at"]) for i in items] == [
+        ("rolled", None),
+        ("real", "2024-03-01T00:00:00.000Z"),
+        ("none", None),
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "dates.csv:2: " in warnings[0] and "day is out of range" in warnings[0]
 
 
 def test_bad_rows_are_capped_in_the_summary_and_the_log(tmp_path, caplog) -> None:
@@ -140,7 +147,7 @@ def test_bad_rows_are_capped_in_the_summary_and_the_log(tmp_path, caplog) -> Non
 
 def test_json_array_rows_have_lines_and_a_broken_array_names_its_line(tmp_path) -> None:
     path = tmp_path / "items.json"
-    path.write_text('[\n  {"text": "a"},\n  5,\n  {"text": "b", "published_at": "2024-13-01"}\n]\n')
+    path.write_text('[\n  {"text": "a"},\n  5,\n  {"text": "b", "published_at": "2099-12-01"}\n]\n')
     assert _bad(path) == [(3, "not_object"), (4, "bad_time")]
     broken = tmp_path / "broken.json"
     broken.write_text('[\n  {"text": "a"},\n  {"text": "b"}\n  {"text": "c"}\n]\n')
