@@ -155,8 +155,11 @@ class SqlStore:
             for stmt in ddl.missing_column_statements(self.database, existing, self.cluster):
                 log.info("store: %s", stmt)
                 self._command(stmt)
+            engines = dict(self._select(ddl.TABLE_ENGINES, {"db": self.database}))
+            # every engine (18.16 too, which has no TTL): a table of an old layout is named, with the rebuild
+            for warning in ddl.layout_warnings(self.database, engines, self.cluster):
+                log.warning("store: %s", warning)
             if caps.ttl:
-                engines = dict(self._select(ddl.TABLE_ENGINES, {"db": self.database}))
                 for stmt in ddl.ttl_statements(self.database, caps, self.retention_days, engines, self.cluster):
                     log.info("store: %s", stmt)
                     self._command(stmt)

@@ -434,10 +434,9 @@ def ttl_statements(
     """ALTERs that bring existing tables' TTL in line with ``retention_days`` (nothing if already so).
 
     ``engine_full`` maps table name to ``system.tables.engine_full``. Only run where ``caps.ttl``.
-    In cluster mode the TTL lives on the local tables and is altered ``ON CLUSTER``.
+    In cluster mode the TTL lives on the local tables and is altered ``ON CLUSTER``. (The store logs
+    :func:`layout_warnings` from the same ``engine_full`` on every engine, with or without TTL.)
     """
-    for warning in layout_warnings(db, engine_full, cluster):
-        log.warning("store: %s", warning)
     if not caps.ttl:
         return []
     out = []
