@@ -504,48 +504,6 @@ class Linker:
         return out
 
 
-def prepared_index_map(text: str, steps: Sequence[str]) -> tuple[str, list[int]]:
-    """What :func:`finsent.models.textprep.prepare` makes of ``text``, and for each of its characters the index
-    of the character of ``text`` it came from.
-
-    The model sees the prepared text (links dropped, whitespace squeezed), so the token offsets of a model span
-    index the prepared text, while :class:`~finsent.core.events.EntityMention` offsets index the scored text.
-    Map a span ``[s, e)`` of the prepared text with ``(m[s], m[e - 1] + 1)``.
-    """
-    from finsent.models.textprep import _URL, STRIP_URLS
-
-    if STRIP_URLS not in steps:
-        return text, list(range(len(text)))
-    chars: list[tuple[str, int]] = []
-    pos = 0
-    for m in _URL.finditer(text):
-        chars.extend((c, i) for i, c in enumerate(text[pos : m.start()], start=pos))
-        chars.append((" ", m.start()))
-        pos = m.end()
-    chars.extend((c, i) for i, c in enumerate(text[pos:], start=pos))
-    squeezed: list[tuple[str, int]] = []
-    run: list[tuple[str, int]] = []
-    for ch in chars:  # runs of two or more whitespace characters become one space (textprep's \s{2,})
-        if ch[0].isspace():
-            run.append(ch)
-            continue
-        if run:
-            squeezed.append(run[0] if len(run) == 1 else (" ", run[0][1]))
-            run = []
-        squeezed.append(ch)
-    if run:
-        squeezed.append(run[0] if len(run) == 1 else (" ", run[0][1]))
-    lo, hi = 0, len(squeezed)
-    while lo < hi and squeezed[lo][0].isspace():
-        lo += 1
-    while hi > lo and squeezed[hi - 1][0].isspace():
-        hi -= 1
-    if lo == hi:  # nothing but links: textprep keeps the text as it is
-        return text, list(range(len(text)))
-    kept = squeezed[lo:hi]
-    return "".join(c for c, _ in kept), [i for _, i in kept]
-
-
 def lead_length(text: str) -> int:
     """Where an untitled item's lead (its first sentence, at most :data:`LEAD_MAX_CHARS`) ends."""
     m = _SENTENCE_END.search(text, 1, LEAD_MAX_CHARS)
@@ -667,6 +625,5 @@ __all__ = [
     "lead_length",
     "norm_symbol",
     "normalise_name",
-    "prepared_index_map",
     "relevance",
 ]

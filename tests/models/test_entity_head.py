@@ -96,6 +96,29 @@ def test_gold_tags_decode_back_to_the_same_spans(text: str) -> None:
     assert all(abs(sum(p.values()) - 1) < 1e-5 for *_, p in spans)
 
 
+def _logits_for(tags: list[str]) -> np.ndarray:
+    logits = np.full((len(tags), len(TAGS)), -9.0, dtype=np.float32)
+    for i, t in enumerate(tags):
+        logits[i, TAGS.index(t)] = 9.0
+    return logits
+
+
+def test_spans_never_start_or_end_inside_a_word() -> None:
+    """A word is tagged by its first piece: a span covers whole words ("Tripadvisor", not "Tripad"), a word whose
+    first piece is O gives no span ("Reu|ters"), and punctuation keeps its own tag ("abc's" gives "abc")."""
+    tok = tiny_tokenizer()
+    text = "xyzw jumps, abc's qrst"
+    enc = tok.encode(text)
+    pieces = [text[a:b] for a, b in enc.offsets]
+    assert pieces == ["", *"xyzw", "jumps", ",", *"abc", "'", "s", *"qrst", ""]  # the tiny vocabulary's pieces
+    tags = ["O"] * len(pieces)
+    tags[1] = "B-POS"  # "x|y|z|w": the later pieces said O
+    tags[7:10] = ["B-NEG", "I-NEG", "I-NEG"]  # "abc", then "'" and "s" are O
+    tags[14] = "B-NEU"  # "q|r|s|t": only a later piece said B
+    spans = decode_spans(_logits_for(tags), enc.offsets, enc.special_tokens_mask, text)
+    assert [(text[s:e], lab) for s, e, lab, _ in spans] == [("xyzw", "positive"), ("abc", "negative")]
+
+
 def test_span_f1_matches_on_normalised_surface_and_sentiment() -> None:
     gold = [EntityParagraph("Acme Inc. rose, Widget fell", ((0, 9, "positive"), (16, 22, "negative")))]
     pred = [[(0, 4, "positive", {}), (16, 22, "neutral", {})]]  # "Acme" == "Acme Inc." once normalised

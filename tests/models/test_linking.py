@@ -372,24 +372,26 @@ _prep_parts = st.sampled_from(["https://t.co/abc", "www.x.com/y", " ", "  ", "\n
 
 @settings(max_examples=300, deadline=None)
 @given(parts=st.lists(st.one_of(_prep_parts, _noise), max_size=10))
-def test_prepared_index_map_matches_textprep(parts: list[str]) -> None:
-    from finsent.models.linking import prepared_index_map
+def test_prepare_with_map_matches_textprep(parts: list[str]) -> None:
+    """The one preparation map (entity_head.prepare_with_map; linking's copy is gone) on random texts."""
+    from finsent.models.entity_head import prepare_with_map
     from finsent.models.textprep import DEFAULT_STEPS, prepare
 
     text = "".join(parts)
-    prepared, index = prepared_index_map(text, DEFAULT_STEPS)
+    prepared, where = prepare_with_map(text, DEFAULT_STEPS)
     assert prepared == prepare(text, DEFAULT_STEPS)
-    assert len(index) == len(prepared) and index == sorted(set(index))
+    index = where[:-1]
+    assert len(where) == len(prepared) + 1 and where[-1] == len(text) and index == sorted(set(index))
     for i, c in zip(index, prepared, strict=True):
         assert text[i] == c or (c == " " and (text[i].isspace() or text[i] in "hHwW"))
-    assert prepared_index_map(text, ()) == (text, list(range(len(text))))
+    assert prepare_with_map(text, ()) == (text, list(range(len(text) + 1)))
 
 
-def test_prepared_index_map_maps_a_model_span_back() -> None:
-    from finsent.models.linking import prepared_index_map
+def test_prepare_with_map_maps_a_model_span_back() -> None:
+    from finsent.models.entity_head import prepare_with_map
 
     text = "See https://t.co/x   Apple  rises"
-    prepared, m = prepared_index_map(text, ("strip_urls",))
+    prepared, m = prepare_with_map(text, ("strip_urls",))
     assert prepared == "See Apple rises"
     s, e = prepared.index("Apple"), prepared.index("Apple") + 5
     assert text[m[s] : m[e - 1] + 1] == "Apple"
