@@ -23,8 +23,6 @@ import collections
 import json
 import logging
 import random
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from finsent.bench.common import percentile
 from finsent.core.errors import FinsentError, InputError, Interrupted, KafkaError
 from finsent.core.events import RawItem, format_time, stable_id, utcnow
 from finsent.core.settings import Settings
+from finsent.core.wait import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +134,8 @@ class DemoState:
     #: the newest back-filled history timestamp: live items are the ones ingested after it
     history_last: datetime | None = None
     malformed_sent: int = 0
+    #: when the live replay began (the spike window counts from here)
+    live_started: datetime | None = None
     producer_error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -339,32 +340,44 @@ def _topic_shares(store: Any, since_s: int) -> list[tuple[str, int, float]]:
     return sorted(out, key=lambda x: -x[1])
 
 
-def run_demo(
+@dataclass(frozen=True)
+class DemoPlan:
+    """What one demo run does, decided before anything starts: the rates, the spike and when it comes."""
+
+    seconds: float
+    rate: float
+    speed: float
+    spike_topic: str
+    spike_texts: list[str]
+    spike_window: tuple[float, float]
+    spike_rate: float
+    run_id: str
+    history: bool
+
+
+#: the demo's settings on top of the stack's: two partitions, and the entity detector on the demo's clock
+#: (5 s buckets, 30 s windows, 5 s lateness, one alert per run)
+DEMO_OVERRIDES: dict[str, Any] = {
+    "partitions": 2,
+    "entity_alerts": True,
+    "entity_bucket_s": WINDOW_S,
+    "entity_window_buckets": 6,
+    "entity_lateness_s": WINDOW_S,
+    "entity_cooldown_s": 3600,
+    "entity_watchlist": None,
+}
+
+
+def _plan(
+    console: Any,
     settings: Settings,
-    seconds: float = 75.0,
-    rate: float = 40.0,
-    summary_json: str | None = None,
-    model_dir: str | None = None,
-    store_url: str | None = None,
-    history: bool = True,
-    plot: str | None = None,
-) -> dict[str, Any]:
-    from rich.console import Console
-    from rich.live import Live
-
-    from finsent.alerts.ewma_z import EwmaZ
-    from finsent.alerts.runner import AlertRunner
-    from finsent.stream.broker import EmbeddedBroker
-    from finsent.stream.kafka import ensure_topics, quiet_client_logs
-    from finsent.stream.service import WorkerThread
-    from finsent.stream.store import open_store
-
-    console = Console(stderr=False)
-    quiet_client_logs(settings)
-    if settings.log_level.upper() != "DEBUG":  # log lines would tear the live display
-        logging.getLogger().setLevel(logging.WARNING)
-    tmp = Path(tempfile.mkdtemp(prefix="finsent-demo-"))
-    tweets = load_tweets()
+    tweets: list[dict[str, Any]],
+    seconds: float,
+    rate: float,
+    model_dir: str | None,
+    history: bool,
+) -> tuple[Any, DemoPlan]:
+    """Step 1: load the model, choose the spike by scoring the pool, cap the rate at what this machine scores."""
     with console.status("loading the model..."):
         from finsent.models.runtime import Classifier
 
@@ -389,262 +402,375 @@ def run_demo(
             f"using {MAX_LOAD * speed:.1f} items/s[/yellow]"
         )
         rate = max(1.0, MAX_LOAD * speed)
-    spike_window = (seconds * 0.45, seconds * 0.75)
-    spike_rate = max(4.0, rate * 0.5)
-    run_id = stable_id("run", format_time(utcnow()) or "")[:8]
+    plan = DemoPlan(
+        seconds=seconds,
+        rate=rate,
+        speed=speed,
+        spike_topic=spike_topic,
+        spike_texts=spike_texts,
+        spike_window=(seconds * 0.45, seconds * 0.75),
+        spike_rate=max(4.0, rate * 0.5),
+        run_id=stable_id("run", format_time(utcnow()) or "")[:8],
+        history=history,
+    )
+    return classifier, plan
+
+
+def _detector_runner(store: Any) -> Any:
+    """The topic detector polling the store's counts, tuned to the demo's short windows."""
+    from finsent.alerts.ewma_z import EwmaZ
+    from finsent.alerts.runner import AlertRunner
+
+    # drift_var=0: the production default allows for a topic's level moving over the hour behind a
+    # 1-hour baseline; the demo's baseline spans four minutes of replayed tweets, which do not drift
+    detector = EwmaZ(
+        window_s=WINDOW_S,
+        short_windows=2,
+        fast_windows=1,
+        halflife_windows=48,
+        min_volume=15,
+        min_baseline=10,
+        drift_var=0.0,
+    )
+    return AlertRunner(store, detector, WINDOW_S, lookback=timedelta(seconds=HISTORY_S + 30), grace_s=6.0)
+
+
+def _score_history(console: Any, worker: Any, state: DemoState) -> None:
+    """Step 3: wait until the back-filled history is stored (the detector's baseline), showing progress."""
+
+    def stored_all() -> bool:
+        done_hist = worker.scorer.stats.snapshot()["stored"]
+        status.update(
+            f"scoring {HISTORY_S // 60} minutes of back-filled history: "
+            f"{done_hist}/{state.produced_history or '?'} stored"
+        )
+        return bool(state.produced_history) and done_hist >= state.produced_history
+
+    def producer_ok() -> None:
+        if state.producer_error:
+            raise KafkaError(f"demo producer failed: {state.producer_error}")
+
+    with console.status("") as status:
+        try:
+            wait_until(stored_all, 300, what="the history", check=producer_ok)
+        except WaitTimeout:
+            raise FinsentError(
+                "the history was not scored in 5 minutes",
+                hint="is the machine very busy? try again when it is quieter",
+            ) from None
+
+
+def _start_live(worker: Any, state: DemoState, producer: DemoProducer) -> None:
+    """Latency is reported for live items only: reset it, then let the producer's live replay begin."""
+    with worker.scorer.stats.lock:
+        # The floor is just past the newest history item, not "now": the wall clock may step back a
+        # little (NTP) between here and the producer thread, which once dropped a live item's sample.
+        last = state.history_last
+        worker.scorer.stats.latency_floor = last + timedelta(milliseconds=1) if last is not None else None
+        worker.scorer.stats.latencies.clear()
+    state.live_started = utcnow()
+    producer.live_go.set()
+
+
+def _poll_alerts(runner: Any, alerts: list[Any], alert_times: list[dict[str, Any]], t_s: float) -> None:
+    for a in runner.poll():
+        alerts.append(a)
+        alert_times.append(
+            {
+                "topic": a.topic,
+                "fired_at": format_time(a.fired_at),
+                "t_s": round(t_s, 1),
+                "severity": a.severity,
+                "negative_share": a.negative_share,
+                "baseline_share": a.baseline_share,
+            }
+        )
+
+
+def _live(
+    console: Any, plan: DemoPlan, state: DemoState, worker: Any, runner: Any, entities: Any, store: Any
+) -> tuple[list[Any], list[dict[str, Any]], float]:
+    """Step 4: the live display until the replay is produced and drained; the topic alerts fired (and their
+    summary rows) and the seconds it took."""
+    from rich.live import Live
+
+    t0 = time.monotonic()
+    alerts: list[Any] = []
+    alert_times: list[dict[str, Any]] = []
+    shares: list[tuple[str, int, float]] = []
+    rate_hist: collections.deque[tuple[float, int]] = collections.deque(maxlen=50)
+    last_poll = 0.0
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        while True:
+            el = time.monotonic() - t0
+            stored = worker.scorer.stats.snapshot()["stored"]
+            rate_hist.append((el, stored))
+            rate_now = (
+                (rate_hist[-1][1] - rate_hist[0][1]) / (rate_hist[-1][0] - rate_hist[0][0])
+                if len(rate_hist) > 1 and rate_hist[-1][0] > rate_hist[0][0]
+                else 0.0
+            )
+            if el - last_poll >= 2.0:
+                last_poll = el
+                _poll_alerts(runner, alerts, alert_times, el)
+                shares = _topic_shares(store, 3 * WINDOW_S)
+            live.update(
+                _render(
+                    state,
+                    worker.scorer,
+                    shares,
+                    alerts,
+                    el,
+                    plan.seconds,
+                    plan.spike_topic,
+                    plan.spike_window,
+                    rate_now,
+                    list(entities.alerts),
+                )
+            )
+            if state.producer_error:
+                raise KafkaError(f"demo producer failed: {state.producer_error}")
+            if not worker.alive():
+                raise FinsentError(f"scoring worker died: {worker.error}", hint="run with --log-level DEBUG to see why")
+            if state.done.is_set():
+                st = worker.scorer.stats.snapshot()
+                drained = st["stored"] >= state.produced and sum(st["dead_lettered"].values()) >= state.malformed_sent
+                if drained or el > plan.seconds + 30:
+                    break
+            time.sleep(0.25)
+        # a last detector pass over the final closed windows
+        time.sleep(6.1)
+        _poll_alerts(runner, alerts, alert_times, time.monotonic() - t0)
+    return alerts, alert_times, time.monotonic() - t0
+
+
+def _summarize(
+    plan: DemoPlan,
+    state: DemoState,
+    worker: Any,
+    store: Any,
+    entities: Any,
+    alert_times: list[dict[str, Any]],
+    elapsed: float,
+    classifier: Any,
+) -> dict[str, Any]:
+    """Step 5: what happened, from the worker's counters and the store (the summary JSON)."""
+    entity_alerts = [
+        {
+            "entity_id": a.entity_id,
+            "entity_name": a.entity_name,
+            "at": format_time(a.fired_at),
+            "t_s": round(elapsed - (utcnow() - a.fired_at).total_seconds(), 1),
+            "severity": a.severity,
+            "novel_negative": a.negative,
+            "index": a.score,
+            "sources": (a.evidence or {}).get("sources", []),
+        }
+        for a in entities.alerts
+    ]
+    st = worker.scorer.stats.snapshot()
+    with worker.scorer.stats.lock:
+        lat = list(worker.scorer.stats.latencies)
+    counts = store.count()
+    live_stored = st["stored"] - state.produced_history
+    window = plan.spike_window
+    return {
+        "produced": state.produced,
+        "produced_live": state.produced - state.produced_history,
+        "produced_history": state.produced_history,
+        "produced_spike": state.produced_spike,
+        "malformed_sent": state.malformed_sent,
+        "stored": counts["rows"],
+        "stored_unique_ids": counts["unique_ids"],
+        "duplicates_in_store": counts["rows"] - counts["unique_ids"],
+        "lost": max(0, state.produced - counts["unique_ids"]),
+        "dead_lettered": sum(st["dead_lettered"].values()),
+        "dead_lettered_by_reason": st["dead_lettered"],
+        "spike_topic": plan.spike_topic,
+        "rate_msgs_per_s": round(plan.rate, 1),
+        "model_items_per_s": round(plan.speed, 1),
+        "spike_window_s": [round(window[0], 1), round(window[1], 1)],
+        "alerts": alert_times,
+        "spike_entity": SPIKE_ENTITY_ID,
+        "entity_alerts": entity_alerts,
+        "entity_mentions": entities.mentions,
+        "entity_mentions_late": entities.late,
+        # the demo's alert: negative news about the company, caught by the entity detector
+        "spike_detected": any(a["entity_id"] == SPIKE_ENTITY_ID for a in entity_alerts),
+        "topic_spike_detected": any(a["topic"] == plan.spike_topic for a in alert_times),
+        "throughput_msgs_per_s": round(live_stored / elapsed, 1) if elapsed > 0 else 0.0,
+        "offered_rate_msgs_per_s": plan.rate + plan.spike_rate * (window[1] - window[0]) / plan.seconds,
+        "latency_ms": {
+            "p50": round((_percentile(lat, 0.50) or 0) * 1000, 1),
+            "p99": round((_percentile(lat, 0.99) or 0) * 1000, 1),
+            "samples": len(lat),
+        },
+        "seconds": round(elapsed, 1),
+        "worker": {
+            "batches": st["batches"],
+            "inference_s": round(st["inference_s"], 2),
+            "store_s": round(st["store_s"], 2),
+        },
+        "model_version": classifier.version,
+        "model_provider": classifier.provider,
+    }
+
+
+def _plot(
+    summary: dict[str, Any], store: Any, out: str, alerts: list[Any], entity_alerts: list[Any], live: datetime
+) -> None:
+    """Step 6 (``--plot``): the timeline PNG from the stored counts, zoomed on the live replay (``live``: when it
+    began) with a minute of history before it, the injected window shaded and the alerts marked."""
+    w0, w1 = summary["spike_window_s"]
+    try:
+        from finsent.plots import plot_demo_timeline
+
+        summary["plot"] = str(
+            plot_demo_timeline(
+                store,
+                out,
+                since=timedelta(seconds=summary["seconds"] + HISTORY_S + 120),
+                bucket_s=WINDOW_S,
+                alerts=alerts,
+                entity_alerts=entity_alerts,
+                spike=(live + timedelta(seconds=w0), live + timedelta(seconds=w1)),
+                entity=(SPIKE_ENTITY_ID, SPIKE_ENTITY),
+                start=live - timedelta(seconds=60),
+            )
+        )
+    except (ImportError, ValueError) as exc:
+        summary["plot_error"] = str(exc)
+
+
+def run_demo(
+    settings: Settings,
+    seconds: float = 75.0,
+    rate: float = 40.0,
+    summary_json: str | None = None,
+    model_dir: str | None = None,
+    store_url: str | None = None,
+    history: bool = True,
+    plot: str | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """The demo (see the module docstring); returns the summary. ``keep``: leave the stack running after the
+    summary, its store queryable from other terminals, until Ctrl-C; the store then stays on disk."""
+    from rich.console import Console
+
+    from finsent.stack import LocalStack
+    from finsent.stream.kafka import quiet_client_logs
+
+    console = Console(stderr=False)
+    quiet_client_logs(settings)
+    if settings.log_level.upper() != "DEBUG":  # log lines would tear the live display
+        logging.getLogger().setLevel(logging.WARNING)
+    tweets = load_tweets()
+    classifier, plan = _plan(console, settings, tweets, seconds, rate, model_dir, history)
     state = DemoState()
-    broker = EmbeddedBroker(log_path=tmp / "tansu.log")
+    stack = LocalStack(
+        settings, name="finsent-demo", store=store_url, run_id=plan.run_id, keep_workdir=keep, **DEMO_OVERRIDES
+    )
     summary: dict[str, Any] = {}
-    store = None
     worker = None
-    producer = None
     started = time.monotonic()
-    interrupted = False
     try:
         with console.status("starting the broker..."):
-            broker.start()
-        s = settings.model_copy(
-            update={
-                "brokers": broker.bootstrap,
-                "store": store_url or f"chdb://{tmp / 'chdb'}",
-                "session_timeout_ms": 6000,
-                "partitions": 2,
-                "consumer_group": f"finsent-demo-{run_id}",
-                "metrics_port": 0,
-                # the entity detector on the demo's clock: 5 s buckets, 30 s windows, 5 s lateness, one alert per run
-                "entity_alerts": True,
-                "entity_bucket_s": WINDOW_S,
-                "entity_window_buckets": 6,
-                "entity_lateness_s": WINDOW_S,
-                "entity_cooldown_s": 3600,
-                "entity_watchlist": None,
-            }
-        )
-        ensure_topics(s)
-        store = open_store(s.store)
-        store.ensure_schema()
-        from finsent.alerts.entity_agent import attach as attach_entities
+            stack.start()
+        with stack:
+            from finsent.alerts.entity_agent import attach as attach_entities
 
-        worker = WorkerThread(s, classifier=classifier, store=store, extensions=[attach_entities])
-        worker.start()
-        entities = worker.context.extensions.get("entity_alerts")
-        # drift_var=0: the production default allows for a topic's level moving over the hour behind a
-        # 1-hour baseline; the demo's baseline spans four minutes of replayed tweets, which do not drift
-        detector = EwmaZ(
-            window_s=WINDOW_S,
-            short_windows=2,
-            fast_windows=1,
-            halflife_windows=48,
-            min_volume=15,
-            min_baseline=10,
-            drift_var=0.0,
-        )
-        runner = AlertRunner(store, detector, WINDOW_S, lookback=timedelta(seconds=HISTORY_S + 30), grace_s=6.0)
-        producer = DemoProducer(
-            s, tweets, spike_texts, seconds, rate, spike_window, spike_rate, state, run_id, history=history
-        )
-        producer.start()
-        if history:
-            with console.status("") as status:
-                deadline = time.monotonic() + 300
-                while True:
-                    done_hist = worker.scorer.stats.snapshot()["stored"]
-                    status.update(
-                        f"scoring {HISTORY_S // 60} minutes of back-filled history: "
-                        f"{done_hist}/{state.produced_history or '?'} stored"
-                    )
-                    if state.producer_error:
-                        raise KafkaError(f"demo producer failed: {state.producer_error}")
-                    if state.produced_history and done_hist >= state.produced_history:
-                        break
-                    if time.monotonic() > deadline:
-                        raise FinsentError(
-                            "the history was not scored in 5 minutes",
-                            hint="is the machine very busy? try again when it is quieter",
-                        )
-                    time.sleep(0.2)
-        with worker.scorer.stats.lock:  # latency is reported for live items only
-            # The floor is just past the newest history item, not "now": the wall clock may step back a
-            # little (NTP) between here and the producer thread, which once dropped a live item's sample.
-            last = state.history_last
-            worker.scorer.stats.latency_floor = last + timedelta(milliseconds=1) if last is not None else None
-            worker.scorer.stats.latencies.clear()
-        producer.live_go.set()
-        t0 = time.monotonic()
-        alerts: list[Any] = []
-        alert_times: list[dict[str, Any]] = []
-        shares: list[tuple[str, int, float]] = []
-        rate_hist: collections.deque[tuple[float, int]] = collections.deque(maxlen=50)
-        last_poll = 0.0
-        with Live(console=console, refresh_per_second=2, transient=False) as live:
-            while True:
-                el = time.monotonic() - t0
-                stored = worker.scorer.stats.snapshot()["stored"]
-                rate_hist.append((el, stored))
-                rate_now = (
-                    (rate_hist[-1][1] - rate_hist[0][1]) / (rate_hist[-1][0] - rate_hist[0][0])
-                    if len(rate_hist) > 1 and rate_hist[-1][0] > rate_hist[0][0]
-                    else 0.0
-                )
-                if el - last_poll >= 2.0:
-                    last_poll = el
-                    for a in runner.poll():
-                        alerts.append(a)
-                        alert_times.append(
-                            {
-                                "topic": a.topic,
-                                "fired_at": format_time(a.fired_at),
-                                "t_s": round(el, 1),
-                                "severity": a.severity,
-                                "negative_share": a.negative_share,
-                                "baseline_share": a.baseline_share,
-                            }
-                        )
-                    shares = _topic_shares(store, 3 * WINDOW_S)
-                live.update(
-                    _render(
-                        state,
-                        worker.scorer,
-                        shares,
-                        alerts,
-                        el,
-                        seconds,
-                        spike_topic,
-                        spike_window,
-                        rate_now,
-                        list(entities.alerts),
-                    )
-                )
-                if state.producer_error:
-                    raise KafkaError(f"demo producer failed: {state.producer_error}")
-                if not worker.alive():
-                    raise FinsentError(
-                        f"scoring worker died: {worker.error}", hint="run with --log-level DEBUG to see why"
-                    )
-                if state.done.is_set():
-                    st = worker.scorer.stats.snapshot()
-                    drained = (
-                        st["stored"] >= state.produced and sum(st["dead_lettered"].values()) >= state.malformed_sent
-                    )
-                    if drained or el > seconds + 30:
-                        break
-                time.sleep(0.25)
-            # a last detector pass over the final closed windows
-            time.sleep(6.1)
-            for a in runner.poll():
-                alerts.append(a)
-                alert_times.append(
-                    {
-                        "topic": a.topic,
-                        "fired_at": format_time(a.fired_at),
-                        "t_s": round(time.monotonic() - t0, 1),
-                        "severity": a.severity,
-                        "negative_share": a.negative_share,
-                        "baseline_share": a.baseline_share,
-                    }
-                )
-        elapsed = time.monotonic() - t0
-        entity_alerts = [
-            {
-                "entity_id": a.entity_id,
-                "entity_name": a.entity_name,
-                "at": format_time(a.fired_at),
-                "t_s": round(elapsed - (utcnow() - a.fired_at).total_seconds(), 1),
-                "severity": a.severity,
-                "novel_negative": a.negative,
-                "index": a.score,
-                "sources": (a.evidence or {}).get("sources", []),
-            }
-            for a in entities.alerts
-        ]
-        st = worker.scorer.stats.snapshot()
-        with worker.scorer.stats.lock:
-            lat = list(worker.scorer.stats.latencies)
-        counts = store.count()
-        live_stored = st["stored"] - state.produced_history
-        summary = {
-            "produced": state.produced,
-            "produced_live": state.produced - state.produced_history,
-            "produced_history": state.produced_history,
-            "produced_spike": state.produced_spike,
-            "malformed_sent": state.malformed_sent,
-            "stored": counts["rows"],
-            "stored_unique_ids": counts["unique_ids"],
-            "duplicates_in_store": counts["rows"] - counts["unique_ids"],
-            "lost": max(0, state.produced - counts["unique_ids"]),
-            "dead_lettered": sum(st["dead_lettered"].values()),
-            "dead_lettered_by_reason": st["dead_lettered"],
-            "spike_topic": spike_topic,
-            "rate_msgs_per_s": round(rate, 1),
-            "model_items_per_s": round(speed, 1),
-            "spike_window_s": [round(spike_window[0], 1), round(spike_window[1], 1)],
-            "alerts": alert_times,
-            "spike_entity": SPIKE_ENTITY_ID,
-            "entity_alerts": entity_alerts,
-            "entity_mentions": entities.mentions,
-            "entity_mentions_late": entities.late,
-            # the demo's alert: negative news about the company, caught by the entity detector
-            "spike_detected": any(a["entity_id"] == SPIKE_ENTITY_ID for a in entity_alerts),
-            "topic_spike_detected": any(a["topic"] == spike_topic for a in alert_times),
-            "throughput_msgs_per_s": round(live_stored / elapsed, 1) if elapsed > 0 else 0.0,
-            "offered_rate_msgs_per_s": rate + spike_rate * (spike_window[1] - spike_window[0]) / seconds,
-            "latency_ms": {
-                "p50": round((_percentile(lat, 0.50) or 0) * 1000, 1),
-                "p99": round((_percentile(lat, 0.99) or 0) * 1000, 1),
-                "samples": len(lat),
-            },
-            "seconds": round(elapsed, 1),
-            "worker": {
-                "batches": st["batches"],
-                "inference_s": round(st["inference_s"], 2),
-                "store_s": round(st["store_s"], 2),
-            },
-            "model_version": classifier.version,
-            "model_provider": classifier.provider,
-        }
-        if plot:
-            try:
-                from finsent.plots import plot_store_timeline
-
-                summary["plot"] = str(
-                    plot_store_timeline(
-                        store,
-                        plot,
-                        since=timedelta(seconds=elapsed + HISTORY_S + 120),
-                        bucket_s=WINDOW_S,
-                        alerts=alerts,
-                        highlight=spike_topic,
-                    )
-                )
-            except (ImportError, ValueError) as exc:
-                summary["plot_error"] = str(exc)
+            worker = stack.start_worker(classifier=classifier, extensions=[attach_entities])
+            entities = worker.context.extensions.get("entity_alerts")
+            runner = _detector_runner(stack.store)
+            producer = DemoProducer(
+                stack.settings,
+                tweets,
+                plan.spike_texts,
+                plan.seconds,
+                plan.rate,
+                plan.spike_window,
+                plan.spike_rate,
+                state,
+                plan.run_id,
+                history=plan.history,
+            )
+            stack.callback(lambda: (producer.stop_flag.set(), producer.join(15)))  # stopped first
+            producer.start()
+            if plan.history:
+                _score_history(console, worker, state)
+            _start_live(worker, state, producer)
+            alerts, alert_times, elapsed = _live(console, plan, state, worker, runner, entities, stack.store)
+            summary = _summarize(plan, state, worker, stack.store, entities, alert_times, elapsed, classifier)
+            if plot and state.live_started is not None:
+                _plot(summary, stack.store, plot, alerts, list(entities.alerts), state.live_started)
+            _print_summary(console, summary)
+            if summary_json:
+                Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            if keep:
+                _keep_running(console, stack)
     except KeyboardInterrupt:
-        interrupted = True  # Ctrl-C: stop everything below first, then say what was done (exit 130)
-        console.print("[yellow]Ctrl-C: stopping the demo...[/]")
-    finally:
-        if producer is not None:
-            producer.stop_flag.set()
-            producer.join(15)
-        if worker is not None:
-            worker.stop()
-        if store is not None:
-            store.close()
-        broker.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-    if interrupted:
+        if summary and keep:  # Ctrl-C ends a kept stack: the run itself was complete
+            console.print(
+                f"stopped the demo's broker and worker; its store stays: "
+                f"finsent query entity {SPIKE_ENTITY} --since 1h --store {stack.store_url}",
+                soft_wrap=True,
+                highlight=False,
+            )
+            return summary
         stored = worker.scorer.stats.snapshot()["stored"] if worker is not None else 0
-        kept = (
-            f"the scored items are kept in {store_url}" if store_url else "its broker and temporary store were removed"
-        )
+        kept_url = store_url or (f"chdb://{stack.workdir / 'chdb'}" if keep and stack.workdir is not None else None)
+        kept = f"the scored items are kept in {kept_url}" if kept_url else "its broker and temporary store were removed"
         raise Interrupted(
             f"demo stopped by Ctrl-C after {time.monotonic() - started:.0f} s, before its summary: "
             f"{state.produced:,} item(s) produced, {stored:,} stored; {kept}",
             hint="run `finsent demo` again: it starts from scratch (--seconds 40 is the shortest run)",
-        )
-    _print_summary(console, summary)
-    if summary_json:
-        Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        ) from None
+    _print_what_next(console, store_url, None)
     return summary
+
+
+def _keep_running(console: Any, stack: Any) -> None:
+    """``--keep``: serve the stack's store to other commands and wait for Ctrl-C (the caller stops the stack)."""
+    api = stack.serve_api()
+    console.print(
+        f"\n[b]the demo's stack is still running[/b] (--keep): broker [b]{stack.bootstrap}[/b], "
+        f"worker API [b]{api}[/b], store [b]{stack.store_url}[/b]"
+    )
+    _print_what_next(console, stack.store_url, stack.bootstrap)
+    console.print("press [b]Ctrl-C[/b] to stop the broker and the worker (the store stays on disk)")
+    while True:
+        time.sleep(3600)
+
+
+def _print_what_next(console: Any, store: str | None, brokers: str | None) -> None:
+    """Four commands a newcomer runs next: the demo's own data when its store outlives the run (``--keep``,
+    ``--store``), then their own data, on the demo's broker while it runs (``brokers``) or on their own."""
+    lines: list[tuple[str, str]] = []
+    if store:
+        lines += [
+            (
+                f"finsent query entity {SPIKE_ENTITY} --since 1h --store {store}",
+                "the spike: counts per bucket, stories",
+            ),
+            (f"finsent query alerts --store {store}", "the alerts the demo stored"),
+        ]
+    else:
+        lines.append(("finsent demo --keep", "keep this run's broker, worker and store up, to query them"))
+    if brokers:
+        lines.append(
+            (f"finsent ingest replay YOUR.jsonl --brokers {brokers}", "your items, scored by the demo's worker")
+        )
+    else:
+        lines.append(("finsent broker & finsent worker", "your own broker and scoring worker (or two terminals)"))
+        lines.append(("finsent ingest replay YOUR.jsonl", "publish your items (JSONL, or CSV with a 'text' column)"))
+    if len(lines) < 4:
+        lines.append(
+            (f"finsent query top --since 1h{f' --store {store}' if store else ''}", "most negative stories stored")
+        )
+    width = max(len(cmd) for cmd, _ in lines)
+    console.print("\n[b]what next[/b]" + (" (in another terminal)" if brokers else ""))
+    for cmd, why in lines[:4]:
+        console.print(f"  {cmd:<{width}}  [dim]{why}[/dim]", soft_wrap=True, highlight=False)
 
 
 def _print_summary(console: Any, summary: dict[str, Any]) -> None:

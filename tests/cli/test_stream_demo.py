@@ -72,3 +72,71 @@ def test_demo_detects_the_injected_spike_with_the_shipped_model(tmp_path: Path) 
     assert first["t_s"] >= summary["spike_window_s"][0]  # fired by the spike, not before it
     assert summary["duplicates_in_store"] == 0 and summary["lost"] == 0
     assert summary["stored"] == summary["produced"]
+
+
+def test_demo_keep_leaves_the_stack_queryable_until_ctrl_c(tmp_path: Path) -> None:
+    """``--keep``: after the summary the demo's store answers other commands (through the demo's process, which
+    holds the embedded store), its broker takes more items, and Ctrl-C stops it with exit 0 and the store kept."""
+    import os
+    import re
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from finsent.models.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model")
+    script = (
+        "from finsent.core.settings import load_settings\n"
+        "from finsent.demo import run_demo\n"
+        f"s = run_demo(load_settings(metrics_port=0), seconds=20, rate=15, model_dir={str(model)!r}, keep=True)\n"
+        "print('RETURNED', s['produced'], flush=True)\n"
+    )
+    env = {**os.environ, "COLUMNS": "400"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    out: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out.append(line)
+            if "press Ctrl-C" in line:
+                break
+        text = "".join(out)
+        assert "press Ctrl-C" in text, text[-3000:]
+        produced = int(re.search(r"done in [\d.]+s: produced (\d+)", text).group(1))  # type: ignore[union-attr]
+        store = re.search(r"--store (chdb://\S+)", text).group(1)  # type: ignore[union-attr]
+        assert re.search(r"--brokers 127\.0\.0\.1:\d+", text), text[-2000:]
+
+        def count() -> dict:
+            q = subprocess.run(
+                [sys.executable, "-m", "finsent", "query", "count", "--store", store, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+            )
+            assert q.returncode == 0, (q.stderr[-2000:], "".join(out)[-2000:])
+            return json.loads(q.stdout)
+
+        seen = count()
+        assert seen["rows"] == produced, (seen, text[-2000:])  # read through the running demo, which holds the store
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, rest[-3000:]
+        assert "its store stays" in rest and f"RETURNED {produced}" in rest
+        assert count()["rows"] == produced  # the store outlived the demo: opened directly now
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        m = re.search(r"--store chdb://(\S+)/chdb", "".join(out))
+        if m:
+            shutil.rmtree(m.group(1), ignore_errors=True)

@@ -69,3 +69,64 @@ def test_timeline_png_from_stored_counts(chdb_db_url, tmp_path) -> None:
 def test_nothing_to_plot_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_timeline([], tmp_path / "x.png")
+
+
+def _alert(topic: str, at, kind: str = "topic") -> Alert:
+    return Alert(
+        topic="" if kind == "entity" else topic,
+        fired_at=at,
+        window_start=at - timedelta(seconds=30),
+        window_end=at,
+        negative=9,
+        total=10,
+        negative_share=0.9,
+        baseline_share=0.1,
+        score=7.0,
+        detector="ewma_z",
+        kind=kind,
+        entity_id="JPM" if kind == "entity" else None,
+        entity_name="JPMorgan Chase" if kind == "entity" else None,
+    )
+
+
+def test_demo_timeline_zooms_on_the_live_part_and_marks_spike_and_alerts(chdb_db_url, tmp_path) -> None:
+    from finsent.plots import plot_demo_timeline
+
+    store = open_store(chdb_db_url)
+    store.ensure_schema()
+    store.insert_scored([_scored(i, "Stock Movement", negative=i % 3 == 0, minutes_ago=i // 10) for i in range(90)])
+    now = utcnow()
+    alerts = [_alert("Stock Movement", now - timedelta(seconds=20)), _alert("Macro", now - timedelta(seconds=15))]
+    out = plot_demo_timeline(
+        store,
+        tmp_path / "demo.png",
+        since=timedelta(hours=1),
+        bucket_s=5,
+        alerts=alerts,
+        entity_alerts=[_alert("", now - timedelta(seconds=25), kind="entity")],
+        spike=(now - timedelta(seconds=60), now - timedelta(seconds=10)),
+        entity=("JPM", "JPMorgan"),
+        start=now - timedelta(minutes=3),
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="nothing to plot"):  # everything stored is before the start
+        plot_demo_timeline(store, tmp_path / "x.png", since=timedelta(hours=1), bucket_s=5, start=now + timedelta(1))
+    store.close()
+
+
+def test_alert_labels_close_in_time_are_stacked_not_printed_over_each_other() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from finsent.plots import _label_alerts
+
+    t0 = utcnow()
+    fig, ax = plt.subplots()
+    ax.plot([t0, t0 + timedelta(minutes=10)], [0, 1])
+    _label_alerts(ax, [(t0, "a"), (t0 + timedelta(seconds=5), "b"), (t0 + timedelta(minutes=9), "c")])
+    y = {t.get_text(): t.xy[1] for t in ax.texts}
+    plt.close(fig)
+    assert y["a"] != y["b"]  # 5 s apart: the second goes below the first
+    assert y["c"] == y["a"]  # far apart: same height
