@@ -10,11 +10,13 @@ benchmark and the tests both start one).
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 
-def register(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add every ``finsent bench ...`` subcommand (each module imports its heavy parts lazily)."""
+def register(bench_sub: Any) -> None:
+    """Add every ``finsent bench ...`` subcommand (each module imports its heavy parts lazily); ``bench_sub`` is
+    the ``finsent bench`` group of :mod:`finsent.cli.bench` (its ``add_parser``; the handler of ``finsent bench X``
+    is ``run_X`` in this package's module ``X``, the CLI's one naming rule)."""
     from finsent.bench import alerts, demo, entities, ingest, model, pipeline, results, soak, store
 
     for module in (model, pipeline, store, ingest, alerts, demo, soak, entities, results):

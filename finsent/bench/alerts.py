@@ -301,7 +301,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def bench_command(args: argparse.Namespace, settings: Settings) -> int:
+def run_alerts(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.alerts.deploy_files import prom_params
 
     report, spiky, alarms = run_bench(
@@ -329,7 +329,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def register(bench_subparsers: argparse._SubParsersAction) -> None:
+def register(bench_subparsers: Any) -> None:
     b = bench_subparsers.add_parser(
         "alerts",
         help="detection delay and false alarms of the spike detectors on synthetic traffic",
@@ -354,4 +354,4 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also confirm the Python model of the rule on a real Prometheus (backfilled sample)",
     )
-    b.set_defaults(func=bench_command)
+    b.set_defaults(func=run_alerts)

@@ -90,7 +90,7 @@ def run_bench(runs: int, seconds: float, busy_core: bool, progress: Any = print)
     }
 
 
-def bench_command(args: argparse.Namespace, settings: Settings) -> int:
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.runs < 1:
         raise ConfigError("finsent bench demo: --runs must be >= 1")
     report = run_bench(args.runs, args.seconds, args.busy_core, progress=lambda line: print(line, file=sys.stderr))
@@ -112,4 +112,4 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=75.0, help="--seconds of each demo run (default 75)")
     p.add_argument("--busy-core", action="store_true", help="keep one core busy with a CPU burner meanwhile")
     add_json_option(p, "every run's row and the totals")
-    p.set_defaults(func=bench_command)
+    p.set_defaults(func=run_demo)

@@ -246,7 +246,7 @@ def print_report(r: dict[str, Any]) -> None:
     out.write(f"total {r['total_s']} s\n")
 
 
-def bench_command(args: argparse.Namespace, settings: object = None) -> int:
+def run_entities(args: argparse.Namespace, settings: object = None) -> int:
     report = run_bench(args)
     if not to_stdout(args.json):
         print_report(report)
@@ -254,7 +254,7 @@ def bench_command(args: argparse.Namespace, settings: object = None) -> int:
     return 0
 
 
-def register(bench_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(bench_subparsers: Any) -> None:
     from finsent.alerts.entity_detector import Thresholds
 
     th = Thresholds()
@@ -286,4 +286,4 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:  # type: ign
     b.add_argument("--min-sources", type=int, default=th.min_sources)
     b.add_argument("--min-ratio", type=float, default=th.min_ratio)
     b.add_argument("--min-negative-share", type=float, default=th.min_negative_share)
-    b.set_defaults(func=bench_command)
+    b.set_defaults(func=run_entities)

@@ -90,7 +90,7 @@ def _bench_http(settings: Settings, requests: int, concurrency: int) -> dict[str
     return {"http_requests_per_s": round(ok / elapsed), "http_concurrency": concurrency, "http_202": ok}
 
 
-def bench_command(args: argparse.Namespace, settings: Settings) -> int:
+def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from prometheus_client import CollectorRegistry
 
     from finsent.ingest.dedup import DedupStore
@@ -177,4 +177,4 @@ def register(bench_sub: Any) -> None:
     )
     b.add_argument("--http-concurrency", type=int, default=16, metavar="N", help="client threads (default 16)")
     b.add_argument("--use-brokers", action="store_true", help="publish to the configured brokers, not an embedded one")
-    b.set_defaults(func=bench_command)
+    b.set_defaults(func=run_ingest)

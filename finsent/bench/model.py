@@ -288,7 +288,7 @@ def run_bench(
     }
 
 
-def bench_command(args: argparse.Namespace, settings: Any) -> int:
+def run_model(args: argparse.Namespace, settings: Any) -> int:
     try:
         sizes = tuple(int(x) for x in args.batch_sizes.split(",") if x.strip())
         if not sizes or min(sizes) < 1:
@@ -333,4 +333,4 @@ def register(bench_sub: Any) -> None:
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager rows")
     b.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: all cores)")
     add_json_option(b, "the results", dest="json_out")
-    b.set_defaults(func=bench_command)
+    b.set_defaults(func=run_model)

@@ -310,7 +310,7 @@ def scaleout_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def bench_command(args: argparse.Namespace, settings: Settings) -> int:
+def run_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     if args.items < settings.batch_max:
         print(f"finsent bench pipeline: --items must be at least the batch size ({settings.batch_max})")
         return 2
@@ -387,4 +387,4 @@ def register(bench_sub: Any) -> None:
         help="run N finsent worker processes in one consumer group (clickhouse-server store) and report "
         "total and per-worker throughput; 1,2 runs N=1 then N=2",
     )
-    p.set_defaults(func=bench_command)
+    p.set_defaults(func=run_pipeline)

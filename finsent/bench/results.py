@@ -199,7 +199,7 @@ def replace_block(text: str, block: str, name: str = "the file") -> str:
     return text.replace(old, block)
 
 
-def results_command(args: argparse.Namespace, settings: Settings) -> int:
+def run_results(args: argparse.Namespace, settings: Settings) -> int:
     """Print the table; ``--write`` puts it into files, ``--check`` exits 1 when a file's table differs."""
     path = Path(args.file) if args.file else default_path()
     figures = load_figures(path)
@@ -260,4 +260,4 @@ def register(bench_sub: Any) -> None:
         metavar="FILE",
         help="exit 1 when a FILE's block differs from the table, or a figure stands outside it",
     )
-    p.set_defaults(func=results_command)
+    p.set_defaults(func=run_results)

@@ -381,7 +381,7 @@ def _paced_run(
     return samples
 
 
-def run_soak(
+def soak(
     settings: Settings,
     minutes: float,
     fraction: float,
@@ -613,8 +613,8 @@ def results_section(r: dict[str, Any], command: str) -> str:
     )
 
 
-def soak_command(args: argparse.Namespace, settings: Settings) -> int:
-    r = run_soak(
+def run_soak(args: argparse.Namespace, settings: Settings) -> int:
+    r = soak(
         settings,
         args.minutes,
         args.fraction,
@@ -674,4 +674,4 @@ def register(bench_sub: Any) -> None:
     p.add_argument("--png", metavar="OUT", help="plot RSS and throughput over time to this PNG")
     add_json_option(p, "the results, with every sample")
     p.add_argument("--write-results", metavar="FILE", help="replace the '## Soak' section of FILE")
-    p.set_defaults(func=soak_command)
+    p.set_defaults(func=run_soak)

@@ -328,7 +328,7 @@ def _bench_all(
     return result
 
 
-def _run(args: argparse.Namespace, settings: Any) -> int:
+def run_store(args: argparse.Namespace, settings: Any) -> int:
     from rich.console import Console
 
     from finsent.bench.clickhouse_server import ClickHouseServer, ServerNotInstalled
@@ -363,7 +363,7 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def register(bench_subparsers: argparse._SubParsersAction) -> None:
+def register(bench_subparsers: Any) -> None:
     p = bench_subparsers.add_parser(
         "store",
         help="store insert rate and the cost of FINAL vs uniqExact reads (clickhouse-server 18.16 and chdb)",
@@ -398,4 +398,4 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="replace the '## Store' section of FILE (e.g. bench/RESULTS.md)",
     )
-    p.set_defaults(func=_run)
+    p.set_defaults(func=run_store)

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from finsent import __version__
+from finsent.cli.tree import Command, Subcommands
 from finsent.core.argtypes import NEGATIVE_VALUE
 from finsent.core.errors import EXIT_CODES, FinsentError, InputError, Interrupted, error_line
 from finsent.core.settings import Settings, load_settings
@@ -63,20 +64,41 @@ def _add_globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
         group.add_argument(flag, metavar=metavar, help=help_text, **kwargs)
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    out: list[argparse.ArgumentParser] = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in dict.fromkeys(action.choices.values()):
-                out.append(child)
-                out.extend(_subparsers(child))
-    return out
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, reading ``--since -1h`` as ``--since=-1h``.
+
+    So a negative DURATION reaches its type, which says durations are positive, instead of argparse's
+    "expected one argument": a ``--long`` option followed by a word that looks like a negative number or
+    duration (:data:`~finsent.core.argtypes.NEGATIVE_VALUE`) is joined to it, as the user could have typed.
+    No finsent option takes a value that could be mistaken for one, and no finsent flag looks like ``-1h``.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(sys.argv[1:] if args is None else args)
+        joined: list[str] = []
+        for word in words:
+            if joined and _takes(joined[-1]) and NEGATIVE_VALUE.match(word):
+                joined[-1] = f"{joined[-1]}={word}"
+            else:
+                joined.append(word)
+        return super().parse_known_args(joined, namespace)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _takes(word: str) -> bool:
+    return word.startswith("--") and "=" not in word and len(word) > 2
+
+
+def build() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    """The ``finsent`` parser and the table of every command in it, by full name (``finsent query count``).
+
+    The table is the public way to walk the commands (tests do): each entry has the command's parser and,
+    for a leaf, its handler.
+    """
     from finsent.cli import alerts, bench, demo, drift, ingest, labels, model, query, registry, rescore, worker
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="finsent",
         description="Streaming financial sentiment monitor (Kafka -> Faust -> ONNX classifier -> ClickHouse).",
         epilog=EPILOG,
@@ -84,40 +106,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"finsent {__version__}")
     _add_globals(parser, top=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    cfg = sub.add_parser(
+    table = {"finsent": Command((), parser)}
+    sub = Subcommands(parser, (), table, dest="command", metavar="COMMAND")
+    sub.leaf(
         "config",
+        run_config,
         help="print the effective settings (secrets masked) as JSON",
         description="Print the settings finsent would run with, after file, environment and flags, secrets masked.",
         epilog="examples:\n"
         "  finsent config                                      what a command started here runs with\n"
         "  finsent --config /etc/finsent/finsent.yaml config   check a settings file before deploying it\n"
         "  FINSENT_BATCH_WITHIN_S=0.05 finsent config          see an environment variable take effect",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cfg.set_defaults(func=_show_config)
-    worker.register(sub)
-    demo.register(sub)
-    query.register(sub)
-    registry.register(sub)
-    ingest.register(sub)
-    model.register(sub)
-    alerts.register(sub)
-    rescore.register(sub)
-    labels.register(sub)
-    drift.register(sub)
-    bench.register(sub)
-    for child in _subparsers(parser):
-        _add_globals(child, top=False)
-    for each in (parser, *_subparsers(parser)):
-        each.set_defaults(finsent_prog=each.prog)  # the leaf's wins: "finsent alerts watch", for messages
-        # `--since -1h` reaches the DURATION type, which says durations are positive, instead of argparse's
-        # "expected one argument" (no finsent flag looks like -1h, so nothing is shadowed)
-        each._negative_number_matcher = NEGATIVE_VALUE
-    return parser
+    for module in (worker, demo, query, registry, ingest, model, alerts, rescore, labels, drift, bench):
+        module.register(sub)
+    for command in table.values():
+        if command.path:
+            _add_globals(command.parser, top=False)
+        command.parser.set_defaults(finsent_prog=command.parser.prog)  # the leaf's wins, for messages
+    return parser, table
 
 
-def _show_config(args: argparse.Namespace, settings: Settings) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``finsent`` parser (:func:`build` also gives the table of its commands)."""
+    return build()[0]
+
+
+def command_table() -> dict[str, Command]:
+    """Every ``finsent`` command by its full name, groups and leaves, in the order ``--help`` lists them."""
+    return build()[1]
+
+
+def run_config(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.redacted(), indent=2, default=str))
     return 0
 

@@ -1,12 +1,12 @@
-"""``finsent alerts ...`` subcommands and ``finsent bench alerts``.
+"""``finsent alerts ...``: the rules file, the dashboards, the detector over the store, the backtest.
 
 * ``finsent alerts rules``  -- write (or ``--check``) the Prometheus rules file from the settings.
 * ``finsent alerts watch``  -- run the detector over counts stored in ClickHouse (no Kafka, no
   Prometheus needed), storing alerts and optionally exporting gauges / posting to Alertmanager.
 * ``finsent alerts backtest`` -- the entity detector over stored mentions by event time
   (:mod:`finsent.alerts.backtest`): the alerts it would have raised, timeline PNGs.
-* ``finsent bench alerts``  -- detection delay and false alarms of every detector (see
-  :mod:`finsent.bench.alerts`), as JSON, a markdown table and a PNG timeline.
+
+``finsent bench alerts`` (detection delay and false alarms of every detector) is :mod:`finsent.bench.alerts`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ import time
 from pathlib import Path
 
 from finsent.alerts.deploy_files import deploy_dir, rules_text
+from finsent.cli.query import time_or_duration
+from finsent.cli.tree import Subcommands
 from finsent.core.argtypes import port, positive_float
+from finsent.core.jsonout import add_json_option
 from finsent.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def _rules(args: argparse.Namespace, settings: Settings) -> int:
+def run_rules(args: argparse.Namespace, settings: Settings) -> int:
     text = rules_text(settings)
     out = Path(args.out)
     if args.check:
@@ -43,7 +46,7 @@ def _rules(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _dashboards(args: argparse.Namespace, settings: Settings) -> int:
+def run_dashboards(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.alerts.dashboards import files
 
     root = Path(args.out)
@@ -63,7 +66,7 @@ def _dashboards(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _watch(args: argparse.Namespace, settings: Settings) -> int:
+def run_watch(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.alerts.detector import make_detector
     from finsent.alerts.runner import AlertRunner
     from finsent.alerts.sinks import build_sinks
@@ -120,7 +123,7 @@ def make_backtest_detector(settings: Settings, watchlist: str | None = None, wat
     )
 
 
-def _backtest(args: argparse.Namespace, settings: Settings) -> int:
+def run_backtest(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.alerts.backtest import backtest, default_window
     from finsent.core.errors import InputError
     from finsent.core.events import format_time, utcnow
@@ -218,15 +221,25 @@ examples:
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser("alerts", help="negative-sentiment spike alerting (rules, detector over the store)")
-    sub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
-    r = sub.add_parser(
+def register(sub: Subcommands) -> None:
+    alerts = sub.group(
+        "alerts",
+        dest="alerts_command",
+        metavar="ACTION",
+        help="negative-sentiment spike alerting (rules, detector over the store)",
+    )
+    _add_rules(alerts)
+    _add_dashboards(alerts)
+    _add_watch(alerts)
+    _add_backtest(alerts)
+
+
+def _add_rules(alerts: Subcommands) -> None:
+    r = alerts.leaf(
         "rules",
+        run_rules,
         help="write the Prometheus rules file (spike and operational alerts)",
         description=RULES_DESCRIPTION,
-        formatter_class=raw,
     )
     rules_default = deploy_dir() / "prometheus" / "finsent-rules.yml"
     r.add_argument(
@@ -236,12 +249,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(./deploy/... when finsent is installed from a wheel)",
     )
     r.add_argument("--check", action="store_true", help="exit 1 if the file differs from what would be written")
-    r.set_defaults(func=_rules)
-    d = sub.add_parser(
+
+
+def _add_dashboards(alerts: Subcommands) -> None:
+    d = alerts.leaf(
         "dashboards",
+        run_dashboards,
         help="write the Grafana dashboards and provisioning files",
         description=DASHBOARDS_DESCRIPTION,
-        formatter_class=raw,
     )
     d.add_argument(
         "--out",
@@ -249,27 +264,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="default: deploy/grafana of the source checkout (./deploy/grafana when installed from a wheel)",
     )
     d.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
-    d.set_defaults(func=_dashboards)
-    w = sub.add_parser(
+
+
+def _add_watch(alerts: Subcommands) -> None:
+    w = alerts.leaf(
         "watch",
+        run_watch,
         help="run the spike detector over counts stored in ClickHouse, store the alerts",
         description=WATCH_DESCRIPTION,
-        formatter_class=raw,
     )
     w.add_argument(
         "--interval", type=positive_float, default=5.0, help="seconds between polls of the store (default 5)"
     )
     w.add_argument("--once", action="store_true", help="poll once (backfilling the baseline) and exit")
     w.add_argument("--metrics-port", type=port, default=0, help="serve the spike gauges on this port (0 = off)")
-    w.set_defaults(func=_watch)
-    from finsent.cli.query import time_or_duration
-    from finsent.core.jsonout import add_json_option
 
-    b = sub.add_parser(
+
+def _add_backtest(alerts: Subcommands) -> None:
+    b = alerts.leaf(
         "backtest",
+        run_backtest,
         help="run the entity detector over stored history (event time) and print the alerts it would raise",
         description=BACKTEST_DESCRIPTION,
-        formatter_class=raw,
     )
     b.add_argument(
         "--since",
@@ -300,4 +316,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--plot", default=None, metavar="DIR", help="write one timeline PNG per alerted entity to DIR")
     add_json_option(b, "{since, until, mentions, items, entities, alerts: [...], plots: [...]}")
-    b.set_defaults(func=_backtest)

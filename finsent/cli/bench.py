@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
+from finsent.cli.tree import Subcommands
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subcommands) -> None:
     from finsent import bench
 
-    bench_parser = sub.add_parser(
+    benchmarks = sub.group(
         "bench",
+        dest="bench_command",
+        metavar="BENCH",
         help="benchmarks that print numbers (model, pipeline, store, ingest, alerts)",
         description="Benchmarks that print numbers; bench/RESULTS.md records them with the hardware and the load. "
         "Each has its own --help.",
     )
-    bench.register(bench_parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True))
+    bench.register(benchmarks)  # each benchmark module adds its leaf with `add_parser`

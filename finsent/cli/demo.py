@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import math
 
+from finsent.cli.tree import Subcommands
 from finsent.core.errors import ConfigError
 from finsent.core.settings import Settings
 
 
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from finsent.demo import MIN_DEMO_SECONDS, WINDOW_S, run_demo
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from finsent.demo import MIN_DEMO_SECONDS, WINDOW_S
+    from finsent.demo import run_demo as run_the_demo
 
     if not math.isfinite(args.seconds) or not math.isfinite(args.rate):
         raise ConfigError(
@@ -33,7 +35,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
             import matplotlib  # noqa: F401 - checked before a two-minute run, not after it
         except ImportError:
             raise ConfigError("finsent demo --plot needs matplotlib", hint="pip install matplotlib") from None
-    summary = run_demo(
+    summary = run_the_demo(
         settings,
         seconds=args.seconds,
         rate=args.rate,
@@ -47,9 +49,10 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    d = sub.add_parser(
+def register(sub: Subcommands) -> None:
+    d = sub.leaf(
         "demo",
+        run_demo,
         help="run everything locally for about two minutes: broker, worker, replay with a negative spike, alert",
         description=(
             "Start an embedded broker and the scoring worker with the shipped model and a fresh embedded "
@@ -86,4 +89,3 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_false",
         help="skip the back-filled history (the detector then has little baseline)",
     )
-    d.set_defaults(func=_demo)

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from finsent.cli.tree import Subcommands
 from finsent.core.argtypes import parse_duration
 from finsent.core.errors import InputError
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
@@ -51,7 +52,7 @@ def render_text(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
+def run_drift(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.cli.labels import opened_store
     from finsent.stream.drift import drift_report
 
@@ -70,25 +71,28 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser(
+DRIFT_DESCRIPTION = (
+    "Compare the production model's predictions over the recent --window with the --reference period "
+    "just before it (by ingestion time): the population stability index (PSI) of the sentiment and topic "
+    "label distributions, PSI = sum (w - r) ln(w / r) over the labels' shares with empty shares set to "
+    "1e-4 (below 0.1 no real shift, 0.1-0.25 moderate, from 0.25 large); the shift in mean confidence "
+    "(top sentiment probability); the share of low-confidence items. Says whether a retrain is advised "
+    "and why; thresholds are the FINSENT_DRIFT_* settings. The model is the registry's production "
+    "version, else the one that scored most of the window. Exit status 0 either way: read "
+    "retrain_advised in the JSON. A running worker exports the same figures as finsent_drift_* gauges.\n\n"
+    "examples:\n"
+    "  finsent drift\n"
+    "  finsent drift --window 6h --reference 3d\n"
+    "  finsent drift --json drift.json && jq .retrain_advised drift.json"
+)
+
+
+def register(sub: Subcommands) -> None:
+    p = sub.leaf(
         "drift",
+        run_drift,
         help="has the model gone stale? PSI of its label distributions, confidence shift, retrain advice",
-        description=(
-            "Compare the production model's predictions over the recent --window with the --reference period "
-            "just before it (by ingestion time): the population stability index (PSI) of the sentiment and topic "
-            "label distributions, PSI = sum (w - r) ln(w / r) over the labels' shares with empty shares set to "
-            "1e-4 (below 0.1 no real shift, 0.1-0.25 moderate, from 0.25 large); the shift in mean confidence "
-            "(top sentiment probability); the share of low-confidence items. Says whether a retrain is advised "
-            "and why; thresholds are the FINSENT_DRIFT_* settings. The model is the registry's production "
-            "version, else the one that scored most of the window. Exit status 0 either way: read "
-            "retrain_advised in the JSON. A running worker exports the same figures as finsent_drift_* gauges.\n\n"
-            "examples:\n"
-            "  finsent drift\n"
-            "  finsent drift --window 6h --reference 3d\n"
-            "  finsent drift --json drift.json && jq .retrain_advised drift.json"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DRIFT_DESCRIPTION,
     )
     p.add_argument(
         "--window",
@@ -106,4 +110,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--model-version", metavar="V", help="judge this model version instead of the production one")
     add_json_option(p, "the report")
-    p.set_defaults(func=cmd_drift)

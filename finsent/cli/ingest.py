@@ -18,6 +18,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from finsent.cli.tree import Subcommands
 from finsent.core.argtypes import port, positive_float, positive_int
 from finsent.core.errors import ConfigError, InputError, Interrupted
 from finsent.core.settings import Settings
@@ -53,8 +54,12 @@ def _add_publish_timeout(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _add_common(p: argparse.ArgumentParser, *, polling: bool) -> None:
+def _add_dry_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
+
+
+def _add_common(p: argparse.ArgumentParser, *, polling: bool) -> None:
+    _add_dry_run(p)
     _add_publish_timeout(p, "that poll fails and is retried later; with --once, exit status 6")
     if polling:
         p.add_argument("--once", action="store_true", help="poll every source once, publish, and exit")
@@ -115,7 +120,7 @@ def _gave_up(exc: PublishError, acked_total: int) -> PublishError:
 # -- replay ------------------------------------------------------------------------------------
 
 
-def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.replay import ReplayStats, replay
     from finsent.ingest.service import Stopper, readiness
     from finsent.stream.metrics import serve_metrics
@@ -187,7 +192,7 @@ def _replay_interrupted(produced: int, unacked: int, dry_run: bool) -> Interrupt
 # -- pollers ---------------------------------------------------------------------------------
 
 
-def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings, pipeline, publisher) -> int:
+def _poll_sources(sources: list[Any], args: argparse.Namespace, settings: Settings, pipeline, publisher) -> int:
     """Run polling sources once (``--once``) or until SIGINT/SIGTERM; 0 if at least one succeeded.
 
     SIGTERM: no poll starts, the publish in flight is drained (:mod:`finsent.ingest.service`), exit 0.
@@ -235,7 +240,7 @@ def run_sources(sources: list[Any], args: argparse.Namespace, settings: Settings
             publisher.close()
 
 
-def cmd_rss(args: argparse.Namespace, settings: Settings) -> int:
+def run_rss(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.feeds import FeedSource, load_feed_list
     from finsent.ingest.fetch import Fetcher
 
@@ -252,14 +257,14 @@ def cmd_rss(args: argparse.Namespace, settings: Settings) -> int:
     )
     fetcher = Fetcher.from_settings(settings)
     sources = [FeedSource(url, fetcher, interval_s=iv or interval) for url, iv in feeds]
-    return run_sources(sources, args, settings, pipeline, publisher)
+    return _poll_sources(sources, args, settings, pipeline, publisher)
 
 
 def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def cmd_mastodon(args: argparse.Namespace, settings: Settings) -> int:
+def run_mastodon(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.fetch import Fetcher
     from finsent.ingest.social.mastodon import MastodonTagSource
 
@@ -275,10 +280,10 @@ def cmd_mastodon(args: argparse.Namespace, settings: Settings) -> int:
         )
         for tag in dict.fromkeys(args.tags)
     ]
-    return run_sources(sources, args, settings, pipeline, publisher)
+    return _poll_sources(sources, args, settings, pipeline, publisher)
 
 
-def cmd_reddit(args: argparse.Namespace, settings: Settings) -> int:
+def run_reddit(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.fetch import Fetcher
     from finsent.ingest.social.reddit import RedditSubredditSource
 
@@ -293,10 +298,10 @@ def cmd_reddit(args: argparse.Namespace, settings: Settings) -> int:
         )
         for sub in dict.fromkeys(args.subreddits)
     ]
-    return run_sources(sources, args, settings, pipeline, publisher)
+    return _poll_sources(sources, args, settings, pipeline, publisher)
 
 
-def cmd_bluesky(args: argparse.Namespace, settings: Settings) -> int:
+def run_bluesky(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.fetch import Fetcher
     from finsent.ingest.social.bluesky import BlueskySearchSource
 
@@ -316,10 +321,10 @@ def cmd_bluesky(args: argparse.Namespace, settings: Settings) -> int:
         )
         for q in dict.fromkeys(args.queries)
     ]
-    return run_sources(sources, args, settings, pipeline, publisher)
+    return _poll_sources(sources, args, settings, pipeline, publisher)
 
 
-def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
+def run_http(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from finsent.ingest.http_push import check_bind, create_app, serve_app
@@ -389,28 +394,20 @@ def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
 # -- registration ------------------------------------------------------------------------------
 
 
-def register(subparsers: Any) -> None:
-    ingest = subparsers.add_parser(
-        "ingest",
-        help="publish news/social items to Kafka (replay, rss, mastodon, reddit, bluesky, http)",
-        description="Ingesters: every item is normalised (clean text, UTC times, canonical URL, tickers), "
-        "deduplicated and published to the raw topic with acks=all.",
-        epilog=EPILOG_COMMON,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = ingest.add_subparsers(dest="ingest_command", metavar="SOURCE", required=True)
-
-    p = sub.add_parser(
-        "replay",
-        help="replay CSV/JSONL files (demo, backfill, benchmarks)",
-        description="Replay CSV (header with a 'text' column; title, url, published_at, source, source_type, "
-        "author, tickers, id used when present) or JSONL files onto the raw topic. Ids are stable: "
-        "stable_id('replay', file name, row, text) unless an 'id' column exists. Each bad row is logged as "
-        "FILE:LINE: skipped: REASON (not_json, empty_text, bad_time, unterminated_quote...). Ends by printing one "
-        'JSON line {"produced": N, "skipped": M, "bad_rows": [{"file", "line", "reason", "detail"}, ...]} on '
-        "stdout (the first 100 bad rows; produced counts only what Kafka acknowledged). Exit status 6 when Kafka "
-        "does not acknowledge within --publish-timeout.",
-        epilog="""\
+INGEST_DESCRIPTION = (
+    "Ingesters: every item is normalised (clean text, UTC times, canonical URL, tickers), "
+    "deduplicated and published to the raw topic with acks=all."
+)
+REPLAY_DESCRIPTION = (
+    "Replay CSV (header with a 'text' column; title, url, published_at, source, source_type, "
+    "author, tickers, id used when present) or JSONL files onto the raw topic. Ids are stable: "
+    "stable_id('replay', file name, row, text) unless an 'id' column exists. Each bad row is logged as "
+    "FILE:LINE: skipped: REASON (not_json, empty_text, bad_time, unterminated_quote...). Ends by printing one "
+    'JSON line {"produced": N, "skipped": M, "bad_rows": [{"file", "line", "reason", "detail"}, ...]} on '
+    "stdout (the first 100 bad rows; produced counts only what Kafka acknowledged). Exit status 6 when Kafka "
+    "does not acknowledge within --publish-timeout."
+)
+REPLAY_EPILOG = """\
 health: with --metrics-port, /healthz (alive) and /readyz (200 when the producer's last contact
 with Kafka succeeded: connected with metadata, or last publish acknowledged; 503 otherwise).
 SIGTERM/SIGINT: no new rows are read, what was read gets 5 s to be acknowledged, the summary
@@ -421,7 +418,121 @@ same way and exits 130 with one line on stderr: how many were published and how 
 examples:
   finsent ingest replay finsent/demo_data/tweets.jsonl --rate 50     the demo's tweets, from a checkout
   finsent ingest replay news.jsonl --brokers kafka:9092 --publish-timeout 60 --metrics-port 9470
-""",
+"""
+RSS_DESCRIPTION = (
+    "Poll feeds with conditional GET (ETag/Last-Modified), per-feed interval and exponential "
+    "back-off, a whole-request timeout and a size limit; 429/503 Retry-After is honoured. One bad feed "
+    "never stops the others (its error names the URL on stderr and is counted in metrics)."
+)
+RSS_EPILOG = (
+    EPILOG_COMMON
+    + EPILOG_SERVICE
+    + "".join(
+        (
+            "examples:\n",
+            "  finsent ingest rss https://feeds.example.com/markets.xml --interval 300 --metrics-port 9471\n",
+            "  finsent ingest rss --feeds ingest/data/feeds.example.txt --once --dry-run\n",
+        )
+    )
+)
+MASTODON_DESCRIPTION = (
+    "Poll GET /api/v1/timelines/tag/:hashtag on one instance (public, no auth; "
+    "FINSENT_MASTODON_TOKEN is sent as a bearer token when set). Pages forward with min_id and the Link "
+    "header; X-RateLimit-Remaining/Reset and Retry-After are honoured."
+)
+MASTODON_EPILOG = (
+    EPILOG_COMMON
+    + EPILOG_SERVICE
+    + "".join(
+        (
+            "examples:\n",
+            "  finsent ingest mastodon stocks investing --instance mastodon.social --language en --metrics-port 9472\n",
+        )
+    )
+)
+REDDIT_DESCRIPTION = (
+    "Poll /r/<sub>/new.json (public JSON, or oauth.reddit.com with FINSENT_REDDIT_TOKEN). "
+    "Pages with 'after' until the newest post seen before; X-Ratelimit-Remaining/Reset and Retry-After "
+    "are honoured."
+)
+REDDIT_EPILOG = (
+    EPILOG_COMMON
+    + EPILOG_SERVICE
+    + "".join(
+        (
+            "examples:\n",
+            "  finsent ingest reddit stocks investing --interval 120 --metrics-port 9473\n",
+        )
+    )
+)
+BLUESKY_DESCRIPTION = (
+    "Poll GET /xrpc/app.bsky.feed.searchPosts?q=...&sort=latest with a 'since' cursor and page "
+    "cursors. The public AppView may require auth for search: set FINSENT_BLUESKY_TOKEN (access JWT) and "
+    "--base-url to your PDS. RateLimit-Remaining/Reset and Retry-After are honoured."
+)
+BLUESKY_EPILOG = (
+    EPILOG_COMMON
+    + EPILOG_SERVICE
+    + "".join(
+        (
+            "examples:\n",
+            "  FINSENT_BLUESKY_TOKEN=... finsent ingest bluesky '$AAPL' '#stocks' --metrics-port 9474\n",
+        )
+    )
+)
+HTTP_DESCRIPTION = (
+    "Serve POST /v1/items, GET /healthz, /readyz and /metrics. Items are normalised like every "
+    "other source; the answer is 202 with the ids only after Kafka acknowledged them, 503 when Kafka cannot "
+    "take them in --publish-timeout seconds (nothing is lost: retry), 401 without the bearer token "
+    "(FINSENT_HTTP_TOKEN), 413 for bodies over --max-body-bytes, 400/422 with a reason per bad item, 408 "
+    "for a body slower than --body-timeout."
+)
+HTTP_EPILOG = """\
+bad clients: a connection that has not sent complete request headers --header-timeout seconds
+after it connected (or after its previous response; also the idle keep-alive limit) is closed;
+a body that has not arrived --body-timeout seconds after its headers gets 408 and the connection
+is closed; beyond --max-connections open connections a new one gets 503 + Retry-After at once.
+health: /healthz answers 200 while the process runs; /readyz answers 200 {"ready": true} when
+ready: the Kafka producer's last contact succeeded (connected with metadata, or last publish
+acknowledged) and the endpoint is accepting requests; else 503 {"ready": false}. Neither needs
+the token, so neither says more (the --metrics-port /readyz, on loopback, gives the reason).
+FINSENT_HTTP_TOKEN must be a real secret: a template placeholder (CHANGE-ME...) or a token under
+16 characters is refused at start.
+/metrics needs the bearer token when FINSENT_HTTP_TOKEN is set; --metrics-port serves /metrics,
+/healthz and /readyz without it on FINSENT_METRICS_HOST (127.0.0.1 by default) for Prometheus.
+SIGTERM/SIGINT: the port closes, idle connections are closed, requests in flight are answered
+(202, or 503 when their publish is not acknowledged within 5 s: nothing lost, the client
+retries), within 10 s in every state; exit 0 on SIGTERM, 130 on Ctrl-C (with one line).
+
+examples:
+  finsent ingest http --port 8088
+  FINSENT_HTTP_TOKEN=$(cat /run/secrets/push) finsent ingest http --host 0.0.0.0 --metrics-port 9475
+  curl -X POST -H 'Content-Type: application/json' -d '{"text": "ACME beats estimates"}' localhost:8088/v1/items
+"""
+
+
+def register(sub: Subcommands) -> None:
+    ingest = sub.group(
+        "ingest",
+        dest="ingest_command",
+        metavar="SOURCE",
+        help="publish news/social items to Kafka (replay, rss, mastodon, reddit, bluesky, http)",
+        description=INGEST_DESCRIPTION,
+        epilog=EPILOG_COMMON,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_replay(ingest)
+    _add_pollers(ingest)
+    _add_http(ingest)
+
+
+def _add_replay(ingest: Subcommands) -> None:
+    p = ingest.leaf(
+        "replay",
+        run_replay,
+        help="replay CSV/JSONL files (demo, backfill, benchmarks)",
+        description=REPLAY_DESCRIPTION,
+        epilog=REPLAY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="CSV or JSONL (.jsonl/.ndjson) files")
@@ -446,25 +557,17 @@ examples:
         metavar="PORT",
         help="serve /metrics, /healthz and /readyz on this port (FINSENT_METRICS_HOST)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
+    _add_dry_run(p)
     _add_publish_timeout(p, "giving up with exit status 6")
-    p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser(
+
+def _add_pollers(ingest: Subcommands) -> None:
+    p = ingest.leaf(
         "rss",
+        run_rss,
         help="poll RSS 2.0 / RSS 1.0 (RDF) / Atom feeds",
-        description="Poll feeds with conditional GET (ETag/Last-Modified), per-feed interval and exponential "
-        "back-off, a whole-request timeout and a size limit; 429/503 Retry-After is honoured. One bad feed "
-        "never stops the others (its error names the URL on stderr and is counted in metrics).",
-        epilog=EPILOG_COMMON
-        + EPILOG_SERVICE
-        + "".join(
-            (
-                "examples:\n",
-                "  finsent ingest rss https://feeds.example.com/markets.xml --interval 300 --metrics-port 9471\n",
-                "  finsent ingest rss --feeds ingest/data/feeds.example.txt --once --dry-run\n",
-            )
-        ),
+        description=RSS_DESCRIPTION,
+        epilog=RSS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("urls", nargs="*", metavar="URL", help="feed URLs")
@@ -475,45 +578,26 @@ examples:
         help="OPML file or plain list ('URL [interval_s]' per line, # comments); repeatable",
     )
     _add_common(p, polling=True)
-    p.set_defaults(func=cmd_rss)
 
-    p = sub.add_parser(
+    p = ingest.leaf(
         "mastodon",
+        run_mastodon,
         help="poll Mastodon hashtag timelines",
-        description="Poll GET /api/v1/timelines/tag/:hashtag on one instance (public, no auth; "
-        "FINSENT_MASTODON_TOKEN is sent as a bearer token when set). Pages forward with min_id and the Link "
-        "header; X-RateLimit-Remaining/Reset and Retry-After are honoured.",
-        epilog=EPILOG_COMMON
-        + EPILOG_SERVICE
-        + "".join(
-            (
-                "examples:\n",
-                "  finsent ingest mastodon stocks investing --instance mastodon.social --language en "
-                "--metrics-port 9472\n",
-            )
-        ),
+        description=MASTODON_DESCRIPTION,
+        epilog=MASTODON_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("tags", nargs="+", metavar="TAG", help="hashtags without '#', e.g. stocks investing")
     p.add_argument("--instance", default="mastodon.social", help="instance host or URL (default mastodon.social)")
     p.add_argument("--language", metavar="LANGS", help="keep only these languages, comma-separated (e.g. en)")
     _add_common(p, polling=True)
-    p.set_defaults(func=cmd_mastodon)
 
-    p = sub.add_parser(
+    p = ingest.leaf(
         "reddit",
+        run_reddit,
         help="poll subreddit listings (/r/<sub>/new.json)",
-        description="Poll /r/<sub>/new.json (public JSON, or oauth.reddit.com with FINSENT_REDDIT_TOKEN). "
-        "Pages with 'after' until the newest post seen before; X-Ratelimit-Remaining/Reset and Retry-After "
-        "are honoured.",
-        epilog=EPILOG_COMMON
-        + EPILOG_SERVICE
-        + "".join(
-            (
-                "examples:\n",
-                "  finsent ingest reddit stocks investing --interval 120 --metrics-port 9473\n",
-            )
-        ),
+        description=REDDIT_DESCRIPTION,
+        epilog=REDDIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("subreddits", nargs="+", metavar="SUBREDDIT", help="e.g. stocks investing wallstreetbets")
@@ -521,60 +605,28 @@ examples:
         "--base-url", metavar="URL", help="API base URL (default www.reddit.com, or oauth.reddit.com with a token)"
     )
     _add_common(p, polling=True)
-    p.set_defaults(func=cmd_reddit)
 
-    p = sub.add_parser(
+    p = ingest.leaf(
         "bluesky",
+        run_bluesky,
         help="poll Bluesky post search (app.bsky.feed.searchPosts)",
-        description="Poll GET /xrpc/app.bsky.feed.searchPosts?q=...&sort=latest with a 'since' cursor and page "
-        "cursors. The public AppView may require auth for search: set FINSENT_BLUESKY_TOKEN (access JWT) and "
-        "--base-url to your PDS. RateLimit-Remaining/Reset and Retry-After are honoured.",
-        epilog=EPILOG_COMMON
-        + EPILOG_SERVICE
-        + "".join(
-            (
-                "examples:\n",
-                "  FINSENT_BLUESKY_TOKEN=... finsent ingest bluesky '$AAPL' '#stocks' --metrics-port 9474\n",
-            )
-        ),
+        description=BLUESKY_DESCRIPTION,
+        epilog=BLUESKY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("queries", nargs="+", metavar="QUERY", help="search queries, e.g. '$AAPL' '#stocks'")
     p.add_argument("--base-url", metavar="URL", help="XRPC host (default https://public.api.bsky.app)")
     p.add_argument("--language", metavar="LANG", help="only posts in this language (e.g. en)")
     _add_common(p, polling=True)
-    p.set_defaults(func=cmd_bluesky)
 
-    p = sub.add_parser(
+
+def _add_http(ingest: Subcommands) -> None:
+    p = ingest.leaf(
         "http",
+        run_http,
         help="HTTP endpoint: POST /v1/items (JSON object, array or NDJSON)",
-        description="Serve POST /v1/items, GET /healthz, /readyz and /metrics. Items are normalised like every "
-        "other source; the answer is 202 with the ids only after Kafka acknowledged them, 503 when Kafka cannot "
-        "take them in --publish-timeout seconds (nothing is lost: retry), 401 without the bearer token "
-        "(FINSENT_HTTP_TOKEN), 413 for bodies over --max-body-bytes, 400/422 with a reason per bad item, 408 "
-        "for a body slower than --body-timeout.",
-        epilog="""\
-bad clients: a connection that has not sent complete request headers --header-timeout seconds
-after it connected (or after its previous response; also the idle keep-alive limit) is closed;
-a body that has not arrived --body-timeout seconds after its headers gets 408 and the connection
-is closed; beyond --max-connections open connections a new one gets 503 + Retry-After at once.
-health: /healthz answers 200 while the process runs; /readyz answers 200 {"ready": true} when
-ready: the Kafka producer's last contact succeeded (connected with metadata, or last publish
-acknowledged) and the endpoint is accepting requests; else 503 {"ready": false}. Neither needs
-the token, so neither says more (the --metrics-port /readyz, on loopback, gives the reason).
-FINSENT_HTTP_TOKEN must be a real secret: a template placeholder (CHANGE-ME...) or a token under
-16 characters is refused at start.
-/metrics needs the bearer token when FINSENT_HTTP_TOKEN is set; --metrics-port serves /metrics,
-/healthz and /readyz without it on FINSENT_METRICS_HOST (127.0.0.1 by default) for Prometheus.
-SIGTERM/SIGINT: the port closes, idle connections are closed, requests in flight are answered
-(202, or 503 when their publish is not acknowledged within 5 s: nothing lost, the client
-retries), within 10 s in every state; exit 0 on SIGTERM, 130 on Ctrl-C (with one line).
-
-examples:
-  finsent ingest http --port 8088
-  FINSENT_HTTP_TOKEN=$(cat /run/secrets/push) finsent ingest http --host 0.0.0.0 --metrics-port 9475
-  curl -X POST -H 'Content-Type: application/json' -d '{"text": "ACME beats estimates"}' localhost:8088/v1/items
-""",
+        description=HTTP_DESCRIPTION,
+        epilog=HTTP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
@@ -608,5 +660,4 @@ examples:
         help="also serve /metrics, /healthz, /readyz without the token on this port (loopback)",
     )
     _add_publish_timeout(p, "answering 503")
-    p.add_argument("--dry-run", action="store_true", help="print normalised items as JSON lines; publish nothing")
-    p.set_defaults(func=cmd_http)
+    _add_dry_run(p)

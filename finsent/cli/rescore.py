@@ -10,13 +10,14 @@ import argparse
 import signal
 from typing import Any
 
+from finsent.cli.tree import Subcommands
 from finsent.core.argtypes import parse_duration
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.core.settings import Settings
 from finsent.stream.rescore import DEFAULT_BATCH, rescore
 
 
-def _handler(args: argparse.Namespace, settings: Settings) -> int:
+def run_rescore(args: argparse.Namespace, settings: Settings) -> int:
     stopping: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -47,23 +48,26 @@ def _handler(args: argparse.Namespace, settings: Settings) -> int:
     return 130 if stopping else 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+RESCORE_DESCRIPTION = (
+    "Re-score the items ingested in the last DURATION with the registry's production version, with "
+    "--version V, or with FINSENT_MODEL_DIR when there is no registry. Default queries then see the new "
+    "score; `finsent query compare --versions A B` shows both. Works in batches with a progress line on "
+    "stderr and a checkpoint after each batch: run the same command again after an interruption and it "
+    "resumes where it stopped (--restart starts over). Needs the store to itself when it is chdb (stop "
+    "the worker); a clickhouse:// server is shared with the running worker.\n\n"
+    "examples:\n"
+    "  finsent rescore --since 7d\n"
+    "  finsent rescore --since 24h --topic Earnings --version v0003-1a2b3c4d\n"
+    "  finsent rescore --since 30d --max-batches 100     a bounded slice now, the rest later"
+)
+
+
+def register(sub: Subcommands) -> None:
+    p = sub.leaf(
         "rescore",
+        run_rescore,
         help="score stored items again with the production model or --version V (resumable)",
-        description=(
-            "Re-score the items ingested in the last DURATION with the registry's production version, with "
-            "--version V, or with FINSENT_MODEL_DIR when there is no registry. Default queries then see the new "
-            "score; `finsent query compare --versions A B` shows both. Works in batches with a progress line on "
-            "stderr and a checkpoint after each batch: run the same command again after an interruption and it "
-            "resumes where it stopped (--restart starts over). Needs the store to itself when it is chdb (stop "
-            "the worker); a clickhouse:// server is shared with the running worker.\n\n"
-            "examples:\n"
-            "  finsent rescore --since 7d\n"
-            "  finsent rescore --since 24h --topic Earnings --version v0003-1a2b3c4d\n"
-            "  finsent rescore --since 30d --max-batches 100     a bounded slice now, the rest later"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=RESCORE_DESCRIPTION,
     )
     p.add_argument(
         "--since",
@@ -78,4 +82,3 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--max-batches", type=int, default=None, help="stop after N batches (resume later)")
     p.add_argument("--restart", action="store_true", help="ignore an unfinished checkpoint and start over")
     add_json_option(p, "the summary")
-    p.set_defaults(func=_handler)

@@ -7,7 +7,6 @@ exit code, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
@@ -17,22 +16,14 @@ from pathlib import Path
 import pytest
 
 from finsent import __version__
-from finsent.cli import build_parser, main
+from finsent.cli import command_table, main
 from finsent.core.errors import EXIT_CODES, BrokerError, ConfigError, FinsentError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    out = [prefix]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, child in action.choices.items():
-                out += _commands(child, (*prefix, name))
-    return out
-
-
-COMMANDS = _commands(build_parser())
+#: every command's words after ``finsent`` (``()`` is ``finsent`` itself), from the table the CLI exposes
+COMMANDS = [c.path for c in command_table().values()]
 
 
 def test_every_command_is_reached() -> None:

@@ -22,14 +22,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from finsent.cli import build_parser, main
+from finsent.cli import command_table, main
 from finsent.core.errors import EXIT_CODES
 from finsent.stream.broker import free_port
 
@@ -56,19 +55,8 @@ LONG = {
 STOP = "--finsent-fuzz-stops-here"  # an unknown flag: argparse exits 2 after converting every value
 
 
-def _leaves(
-    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subs:
-        yield prefix, parser
-        return
-    for action in subs:
-        for name, child in action.choices.items():
-            yield from _leaves(child, (*prefix, name))
-
-
-LEAVES = sorted(_leaves(build_parser()), key=lambda leaf: leaf[0])
+#: every leaf command (its words after ``finsent``) and its parser, from the table the CLI exposes
+LEAVES = sorted(((c.path, c.parser) for c in command_table().values() if c.run is not None), key=lambda leaf: leaf[0])
 GLOBAL_DESTS = {"config", "brokers", "store", "log_level", "help", "version"}
 
 
@@ -185,7 +173,7 @@ def argvs(draw: st.DrawFn, pools: dict[str, list[str]]) -> list[str]:
     path, parser = draw(st.sampled_from(LEAVES))
     argv = ["x1y2z3" if word == "ITEM_ID" else word for word in path]
     for action in parser._actions:
-        if action.dest in GLOBAL_DESTS or isinstance(action, argparse._SubParsersAction):
+        if action.dest in GLOBAL_DESTS:
             continue
         positional = not action.option_strings
         if not positional and not draw(st.booleans()):

@@ -42,19 +42,14 @@ def test_emit_json_prints_or_writes(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_every_json_flag_takes_an_optional_out() -> None:
     """No command keeps a store_true --json or a mandatory --json OUT (read from the real parsers)."""
-    from finsent.cli import build_parser
+    from finsent.cli import command_table
 
-    bad: list[str] = []
-
-    def walk(parser: argparse.ArgumentParser, path: str) -> None:
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    walk(sub, f"{path} {name}")
-            elif "--json" in action.option_strings and (action.nargs != "?" or action.const != "-"):
-                bad.append(path)
-
-    walk(build_parser(), "finsent")
+    bad = [
+        c.name
+        for c in command_table().values()
+        for action in c.parser._actions
+        if "--json" in action.option_strings and (action.nargs != "?" or action.const != "-")
+    ]
     assert not bad, f"--json must be `--json [OUT]` everywhere: {bad}"
 
 

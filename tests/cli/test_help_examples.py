@@ -1,27 +1,25 @@
 """Every leaf command's ``--help`` ends with examples that work.
 
-Walks the real argparse tree of ``finsent`` (no list to keep up to date): each leaf command's help
-must contain an "examples:" block; every example line must parse with the real parser and select
-that same command; a repository path an example names must exist, and a module ``pydoc`` is pointed
-at must import. Also: no help shows a path resolved on this machine (a site-packages or checkout
+Walks the real command tree of ``finsent`` (the table :func:`finsent.cli.build` returns, no list to keep up
+to date): each leaf command's help must contain an "examples:" block; every example line must parse with the
+real parser and select that same command; a repository path an example names must exist, and a module
+``pydoc`` is pointed at must import. Also: no help shows a path resolved on this machine (a site-packages or checkout
 path) as a default.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import importlib.util
 import io
 import re
 import shlex
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from finsent.cli import build_parser
+from finsent.cli import build
 
 ROOT = Path(__file__).resolve().parents[2]
 #: top-level folders of the checkout: an example argument starting with one of these is a file that must exist
@@ -29,18 +27,9 @@ SHELL_OPERATORS = frozenset({"|", "||", "&&", ";", ">", ">>", "<"})
 REPO_DIRS = ("finsent/", "models/", "bench/", "deploy/", "ingest/", "stream/", "alerts/", "docs/", "tests/")
 
 
-def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> Iterator[tuple[str, argparse.ArgumentParser]]:
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subs:
-        yield " ".join(path), parser
-        return
-    for action in subs:
-        for name, child in {id(c): (n, c) for n, c in reversed(action.choices.items())}.values():
-            yield from _leaves(child, (*path, name))  # each parser once, under its first name (not an alias)
-
-
-PARSER = build_parser()
-LEAVES = dict(_leaves(PARSER, ("finsent",)))
+PARSER, TABLE = build()
+#: every leaf command by its full name, from the table the CLI exposes (each parser once, aliases not repeated)
+LEAVES = {c.name: c.parser for c in TABLE.values() if c.run is not None}
 
 
 def example_commands(help_text: str) -> list[list[str]]:

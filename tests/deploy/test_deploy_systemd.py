@@ -237,24 +237,8 @@ def test_health_check_hits_the_port_it_serves(unit: str) -> None:
     assert post[1].endswith("finsent-healthcheck") and post[-1] == f"http://127.0.0.1:{port}/healthz"
 
 
-def _retrain_parser() -> argparse.ArgumentParser:
-    """The real CLI's parser once `finsent retrain` is registered; until then its agreed interface."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "retrain" in sub.choices:
-        return parser
-    spec = argparse.ArgumentParser(prog="finsent", exit_on_error=False)
-    cmd = spec.add_subparsers(dest="command").add_parser("retrain", exit_on_error=False)
-    cmd.add_argument("--max-minutes", type=float)
-    cmd.add_argument("--max-steps", type=int)
-    cmd.add_argument("--from-base", action="store_true")
-    cmd.add_argument("--data", nargs="+")
-    cmd.add_argument("--json")
-    return spec
-
-
 def _parses(argv: list[str]) -> argparse.Namespace:
-    parser = _retrain_parser() if argv[0] == "retrain" else build_parser()
+    parser = build_parser()
     try:
         return parser.parse_args(argv)
     except SystemExit as exc:  # argparse's way of saying no
