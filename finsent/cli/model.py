@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from finsent.cli.tree import Subcommands
+from finsent.cli.tree import Subcommands, UsageError
 from finsent.core.argtypes import positive_float
 from finsent.core.jsonout import add_json_option, emit_json, to_stdout
 from finsent.models import SHIPPED_MODEL_NAME
@@ -50,8 +50,8 @@ def _add_model_choice(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", choices=("auto", "fp32", "int8", "fp16"), help="default: FINSENT_MODEL_VARIANT")
 
 
-def _data_paths(args: argparse.Namespace, command: str) -> dict[str, str] | None:
-    """The training CSVs the data flags name, or None after printing which are missing."""
+def _data_paths(args: argparse.Namespace, command: str) -> dict[str, str]:
+    """The training CSVs the data flags name; :class:`UsageError` naming the missing ones."""
     from finsent.models.data import default_paths
 
     data = default_paths(getattr(args, "data_dir", None))  # None: $FINSENT_DATA_DIR or the checkout's
@@ -62,11 +62,10 @@ def _data_paths(args: argparse.Namespace, command: str) -> dict[str, str] | None
         data.pop("fpb")
     missing = [str(p) for p in data.values() if not Path(p).is_file()]
     if missing:
-        print(
-            f"finsent {command}: missing data file(s): {', '.join(missing)}; give --data-dir or the CSV flags",
-            file=sys.stderr,
+        raise UsageError(
+            f"finsent {command}: missing data file(s): {', '.join(missing)}",
+            hint="give --data-dir or the CSV flags (--fpb, --tfns, --topic)",
         )
-        return None
     return {k: str(v) for k, v in data.items()}
 
 
@@ -80,9 +79,10 @@ def _layers(v: str) -> list[int]:
     return out
 
 
-def _needs_train_extra(command: str, exc: ImportError) -> int:
-    print(f"finsent {command} needs the training extra ({exc.name} missing): pip install -e .[train]", file=sys.stderr)
-    return 2
+def _needs_train_extra(command: str, exc: ImportError) -> UsageError:
+    return UsageError(
+        f"finsent {command} needs the training extra ({exc.name} missing)", hint="pip install -e .[train]"
+    )
 
 
 def _train_then_export(
@@ -95,16 +95,11 @@ def _train_then_export(
     run_dir: Path = args.out
     model_out = args.model_out or run_dir / "model"
     if not args.export_only:
-        data = _data_paths(args, command)
-        if data is None:
-            return 2
-        run(data)
+        run(_data_paths(args, command))
     elif not (run_dir / "best").is_dir():
-        print(
-            f"finsent {command} --export-only: {run_dir / 'best'} does not exist; run finsent {command} first",
-            file=sys.stderr,
+        raise UsageError(
+            f"finsent {command} --export-only: {run_dir / 'best'} does not exist", hint=f"run finsent {command} first"
         )
-        return 2
     meta = finalize(run_dir, model_out, **finalize_kw)
     print(f"model directory: {model_out} ({meta['model_version']})")
     return 0
@@ -348,7 +343,7 @@ def run_train(args: argparse.Namespace, settings: Any) -> int:
     try:
         from finsent.models.train import TrainConfig, train
     except ImportError as exc:
-        return _needs_train_extra("train", exc)
+        raise _needs_train_extra("train", exc) from None
 
     def run(data: dict[str, str]) -> None:
         cfg = TrainConfig(
@@ -381,7 +376,7 @@ def run_distill(args: argparse.Namespace, settings: Any) -> int:
         from finsent.models.distill import WORD_EMBEDDINGS, distill
         from finsent.models.train import TrainConfig
     except ImportError as exc:
-        return _needs_train_extra("distill", exc)
+        raise _needs_train_extra("distill", exc) from None
 
     def run(data: dict[str, str]) -> None:
         teacher = resolve_model_dir(args.teacher or settings.model_dir)

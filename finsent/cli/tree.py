@@ -24,11 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from finsent.core.errors import FinsentError
 from finsent.core.settings import Settings
 
 #: what every leaf runs: the parsed flags and the one settings object in, the exit code out
 Handler = Callable[[argparse.Namespace, Settings], int]
 RAW = argparse.RawDescriptionHelpFormatter
+
+
+class UsageError(FinsentError):
+    """A command given what it cannot run with, found after parsing (training data files missing,
+    ``--export-only`` before any run): argparse's usage exit code, 2, and one line like every error."""
+
+    exit_code = 2
+    hint = "see the command's --help"
 
 
 @dataclass(frozen=True)

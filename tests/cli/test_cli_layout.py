@@ -127,3 +127,13 @@ def test_label_help_lists_its_forms() -> None:
     assert "ITEM_ID | import | queue ..." in text
     for word in ("ITEM_ID", "import", "queue"):
         assert re.search(rf"^  {word}\s+\S", text, re.M), text
+
+
+def test_a_handler_error_is_one_line_from_the_boundary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Handlers raise; only :func:`finsent.cli.main` prints (train without data was a print and `return 2`)."""
+    from finsent.cli import main
+
+    assert main(["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("finsent: error: finsent train: missing data file"), err
+    assert "(hint: give --data-dir or the CSV flags" in err[0]
