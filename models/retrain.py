@@ -16,6 +16,13 @@ One call, :func:`retrain`, does the whole scheduled job:
 5. Register the result as ``candidate`` with its metrics, card and the gate decision
    (:mod:`finsent.models.gate`); a passing candidate also becomes ``production``.
 
+The entity head (issue 24): when production has one, the candidate has one too. With entity data (FinEntity
+format: ``RetrainOptions.entities``, by default ``finentity/train.json`` in the data directory) it is trained
+with the encoder and the item heads in the same loop (``fit``'s ``entities``), its hold-out frozen in the
+registry the first time (:mod:`finsent.models.frozen_entities`) and never trained on; without data the head is
+carried unchanged. The gate then judges the entity head's span+sentiment F1 on that frozen hold-out with the
+item sets. A two-head production (every version from before the entity head) retrains as before.
+
 Human labels come in as :class:`~finsent.models.frozen.HumanLabel` values: this module is below the
 store, so the command layer reads the ``labels`` table and passes them in.
 """
@@ -46,7 +53,16 @@ from finsent.models.frozen import (
     split_labels,
     write_frozen,
 )
-from finsent.models.gate import decide, summary_lines
+from finsent.models.frozen_entities import (
+    FROZEN_ENTITIES_DIR,
+    default_entity_data,
+    entity_f1,
+    held_out,
+    read_frozen_entities,
+    split_entity_data,
+    write_frozen_entities,
+)
+from finsent.models.gate import EntityScores, decide, summary_lines
 from finsent.models.modeldir import TOKENIZER_FILE, ModelInfo, read_model_info
 from finsent.models.registry import ModelVersion, Registry, now_iso
 
@@ -87,6 +103,10 @@ class RetrainOptions:
     by: str = "finsent retrain"
     initial_model: str | None = None  # the first version of an empty registry; None: the shipped model
     work_dir: str | None = None  # keep the run (checkpoint, history) here; None: a temp dir, removed
+    # FinEntity-format JSON for a three-head production's entity head; None: finentity/train.json in the data
+    # directory when it is there; "": none (the entity head is carried unchanged)
+    entities: str | None = None
+    entity_batch_size: int = 16  # paragraphs per step, next to each batch of item texts
 
 
 def default_data() -> dict[str, str]:
@@ -180,18 +200,28 @@ def _cap(ds: LabelledSet, n: int) -> LabelledSet:
 
 
 def _start_model(production: ModelVersion | None, opts: RetrainOptions, attn: str) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, extra labels.json keys) to fine-tune: production's weights or the base encoder."""
+    """(model, tokenizer, extra labels.json keys) to fine-tune: production's weights or the base encoder.
+
+    A production with an entity head gives a model with one either way: its own (trained) head, or from the
+    base encoder a fresh head of the same shape, so a retrain never drops the capability."""
     from tokenizers import Tokenizer
 
     from finsent.models.labels import SENTIMENT_LABELS, TOPIC_LABELS
-    from finsent.models.modeling import MultiTaskClassifier, load_pretrained_encoder
+    from finsent.models.modeling import MultiTaskClassifier, load_pretrained_encoder, token_kwargs
     from finsent.models.onnx_weights import load_from_onnx
     from finsent.models.train import load_tokenizer
 
     if opts.from_base or production is None:
-        model = MultiTaskClassifier(
-            load_pretrained_encoder(opts.base_model, attn), len(SENTIMENT_LABELS), len(TOPIC_LABELS)
-        )
+        encoder = load_pretrained_encoder(opts.base_model, attn)
+        head = token_kwargs(read_model_info(production.path).extra) if production is not None else {}
+        n_states = int(encoder.config.num_hidden_layers) + 1  # hidden_states: embeddings + one per layer
+        if any(not -n_states <= i < n_states for i in head.get("token_layers", ())):
+            raise ModelError(
+                f"production {production.version if production else ''} has an entity head reading encoder layers "
+                f"{list(head['token_layers'])}, which the base encoder ({n_states - 1} layers) lacks",
+                hint="retrain from production (without --from-base) or give a base encoder of the same depth",
+            )
+        model = MultiTaskClassifier(encoder, len(SENTIMENT_LABELS), len(TOPIC_LABELS), **head)
         base_name = opts.base_model or "sentence-transformers/all-MiniLM-L6-v2"
         return model, load_tokenizer(opts.base_model), {"base_model": base_name, "preprocess": ["strip_urls"]}
     info = read_model_info(production.path)
@@ -230,6 +260,41 @@ def evaluate_dir(model_dir: Path, variant: str, sets: dict[str, LabelledSet], ca
     return out
 
 
+@dataclass(frozen=True)
+class EntityTraining:
+    """The entity head's data for one retrain: the frozen hold-out (judged by the gate) and what is trained."""
+
+    frozen: list[Any]  # EntityParagraph
+    train: list[Any]
+    source: str  # the FinEntity file, or "" when none was given (the head is carried, not trained)
+
+
+def entity_training(registry: Registry, opts: RetrainOptions) -> EntityTraining:
+    """Freeze the entity hold-out in the registry the first time (under its lock), and split the rest off."""
+    from finsent.models.entity_head import read_finentity_spans
+
+    frozen_dir = registry.root / FROZEN_ENTITIES_DIR
+    path = default_entity_data() if opts.entities is None else (Path(opts.entities) if opts.entities else None)
+    if path is not None and not path.is_file():
+        raise InputError(
+            f"entity data {path} does not exist",
+            hint="give FinEntity-format JSON (a list of {content, annotations}) or leave entities unset",
+        )
+    found = read_frozen_entities(frozen_dir)
+    if found is None and path is not None:
+        with registry.lock():
+            found = read_frozen_entities(frozen_dir)
+            if found is None:
+                manifest = write_frozen_entities(frozen_dir, held_out(path), str(path), now_iso())
+                log.info("frozen entity set created: %s paragraphs", manifest["paragraphs"])
+                found = read_frozen_entities(frozen_dir)
+    frozen = found[0] if found else []
+    if path is None:
+        return EntityTraining(frozen, [], "")
+    paragraphs, _stats = read_finentity_spans(path)
+    return EntityTraining(frozen, split_entity_data(paragraphs, frozen), str(path))
+
+
 def retrain(
     registry: Registry,
     opts: RetrainOptions,
@@ -241,7 +306,7 @@ def retrain(
 
     from finsent.models.export import export_model_dir
     from finsent.models.modeling import load_checkpoint
-    from finsent.models.train import TrainConfig, fit, hardware
+    from finsent.models.train import EntityData, TrainConfig, encode_entity_examples, fit, hardware
 
     started = time.monotonic()
     for name in _CHATTY_LOGGERS:  # onnxruntime's graph optimiser logs every fusion at INFO
@@ -272,6 +337,14 @@ def retrain(
     try:
         # eager attention exports cleanly (finalize does the same); sdpa trains faster
         model, tok, extra = _start_model(production, opts, "eager" if opts.max_steps == 0 else "sdpa")
+        ent = entity_training(registry, opts) if model.token_head is not None else EntityTraining([], [], "")
+        if model.token_head is not None:
+            progress(
+                f"entity head: {len(ent.train)} paragraphs from {ent.source} trained with the item heads, "
+                f"{len(ent.frozen)} frozen"
+                if ent.train
+                else f"entity head carried unchanged (no entity data); {len(ent.frozen)} frozen paragraphs"
+            )
         warm = not (opts.from_base or production is None)
         cfg = TrainConfig(
             out_dir=str(work / "run"),
@@ -294,7 +367,12 @@ def retrain(
             export_model = model
         else:
             model.to(device)
-            summary = fit(model, tok, td.train, td.val, cfg, work / "run")
+            entities = None
+            if ent.train:
+                max_len = min(128, int(model.encoder.config.max_position_embeddings) - 2)
+                examples = encode_entity_examples(ent.train, tok, max_len, tuple(cfg.preprocess))
+                entities = EntityData(examples, batch_size=opts.entity_batch_size)
+            summary = fit(model, tok, td.train, td.val, cfg, work / "run", entities=entities)
             export_model, _meta = load_checkpoint(work / "run" / "best", attn_implementation="eager")
         export_model = export_model.to("cpu").eval()
         enc = export_model.encoder.config
@@ -311,6 +389,14 @@ def retrain(
         cand_fp32 = evaluate_dir(out_dir, "fp32", td.frozen, opts.cache_dir)
         cand_int8 = evaluate_dir(out_dir, "int8", td.frozen, opts.cache_dir)
         prod_fp32 = evaluate_dir(production.path, "fp32", td.frozen, opts.cache_dir) if production else None
+        entity_scores = None
+        if ent.frozen:
+            entity_scores = EntityScores(
+                len(ent.frozen),
+                entity_f1(production.path, "fp32", ent.frozen, opts.cache_dir) if production else None,
+                entity_f1(out_dir, "fp32", ent.frozen, opts.cache_dir),
+                entity_f1(out_dir, "int8", ent.frozen, opts.cache_dir),
+            )
         gate = decide(
             prod_fp32,
             cand_fp32,
@@ -318,11 +404,13 @@ def retrain(
             tolerance=opts.tolerance,
             min_gain=opts.min_gain,
             int8_max_drop=opts.int8_max_drop,
+            entities=entity_scores,
         )
         gate["frozen_fingerprint"] = td.frozen_fingerprint
         minutes = (time.monotonic() - started) / 60
         metrics = {
             "frozen": {"candidate_fp32": cand_fp32, "candidate_int8": cand_int8, "production_fp32": prod_fp32},
+            "entities": _entity_metrics(ent, entity_scores),
             "frozen_fingerprint": td.frozen_fingerprint,
             "train": {
                 **summary,
@@ -383,6 +471,22 @@ def retrain(
         "steps": summary.get("steps", 0),
         "frozen_fingerprint": td.frozen_fingerprint,
         "data_fingerprint": td.data_fingerprint,
+        "entities": metrics["entities"],
+    }
+
+
+def _entity_metrics(ent: EntityTraining, scores: EntityScores | None) -> dict[str, Any] | None:
+    """The entity head's part of a version's metrics (None: neither model has one, or nothing is frozen)."""
+    if scores is None:
+        return None
+    return {
+        "metric": "span+sentiment micro-F1 on the frozen FinEntity paragraphs",
+        "frozen_paragraphs": scores.n,
+        "trained_paragraphs": len(ent.train),
+        "source": ent.source,
+        "candidate_fp32": scores.candidate_fp32,
+        "candidate_int8": scores.candidate_int8,
+        "production_fp32": scores.production,
     }
 
 
@@ -417,6 +521,7 @@ def retrain_card(
         + ".",
         f"- Human labels: {metrics['human_labels']['total']} in total, {metrics['human_labels']['frozen']} of them "
         "in the frozen set (a fixed hash-selected 20%), the rest trained on.",
+        *_entity_card_lines(metrics.get("entities")),
         "",
         "## Promotion gate (frozen evaluation set " + gate.get("frozen_fingerprint", "") + ")",
         "",
@@ -441,6 +546,20 @@ def retrain_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _entity_card_lines(e: dict[str, Any] | None) -> list[str]:
+    if not e:
+        return []
+    trained = (
+        f"trained with the item heads on {e['trained_paragraphs']} FinEntity-format paragraphs ({e['source']})"
+        if e["trained_paragraphs"]
+        else "carried unchanged (no entity data)"
+    )
+    return [
+        f"- Entity head: {trained}; judged on {e['frozen_paragraphs']} frozen paragraphs never trained on "
+        "(FinEntity, Tang et al. 2023, ODC-BY 1.0)."
+    ]
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

@@ -68,6 +68,10 @@ class TrainConfig:
     student_layers: list[int] = field(default_factory=list)
     distill_alpha: float = 0.0
     temperature: float = 2.0
+    # a three-head model trained with entity data (fit's ``entities``): the entity head's learning rate
+    # (0: head_lr); and whether the word-embedding table stays fixed (joint fine-tunes keep it: less drift)
+    token_head_lr: float = 0.0
+    freeze_embeddings: bool = False
 
 
 def _device():
@@ -256,6 +260,70 @@ def train(cfg: TrainConfig) -> Path:
     return out
 
 
+TOKEN_HEAD_PREFIXES = ("token_proj.", "token_conv.", "token_out.")
+
+
+def token_head_parameters(model: Any) -> list[Any]:
+    """The entity head's parameters (projection, convolution, tag layer)."""
+    return [p for n, p in model.named_parameters() if n.startswith(TOKEN_HEAD_PREFIXES)]
+
+
+def checkpoint_token_meta(model: Any) -> dict[str, Any]:
+    """What a checkpoint's meta needs to rebuild ``model``'s entity head (:func:`modeling.token_kwargs`);
+    nothing for a two-head model."""
+    if getattr(model, "token_head", None) is None:
+        return {}
+    from finsent.models.entity_head import TAGS
+
+    return {"token_tags": list(TAGS), **model.token_config()}
+
+
+@dataclass
+class EntityData:
+    """Token-tagged paragraphs that :func:`fit` trains the entity head on, next to the item heads."""
+
+    examples: list[tuple[list[int], list[int]]]  # token ids, and a tag per token (IGNORE on special tokens)
+    batch_size: int = 16
+    weight: float = 1.0  # of the token loss, next to the item loss
+
+    def batches(self, rng: random.Random) -> list[list[int]]:
+        """One pass over the paragraphs in a fresh order, cut into batches (popped from the end)."""
+        idx = list(range(len(self.examples)))
+        rng.shuffle(idx)
+        return [idx[j : j + self.batch_size] for j in range(0, len(idx), self.batch_size)]
+
+    def collate(self, batch: list[int]) -> tuple[Any, Any, Any]:
+        """(ids, mask, tags) padded to the batch's longest paragraph; pads are IGNOREd."""
+        import torch
+
+        width = max(len(self.examples[i][0]) for i in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        tags = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        for r, i in enumerate(batch):
+            x, y = self.examples[i]
+            ids[r, : len(x)] = torch.tensor(x)
+            mask[r, : len(x)] = 1
+            tags[r, : len(y)] = torch.tensor(y)
+        return ids, mask, tags
+
+
+def encode_entity_examples(
+    paragraphs: list[Any], tok: Any, max_length: int, steps: tuple[str, ...]
+) -> list[tuple[list[int], list[int]]]:
+    """FinEntity paragraphs -> (token ids, BIO×polarity tags) on the text the model sees (prepared,
+    truncated at ``max_length`` tokens as the runtime does)."""
+    from finsent.models.entity_head import token_tags
+
+    tok.enable_truncation(max_length)
+    out = []
+    for p in _prepared(paragraphs, steps):
+        enc = tok.encode(p.text)
+        out.append((list(enc.ids), token_tags(enc.offsets, p.spans, enc.special_tokens_mask)))
+    tok.no_truncation()
+    return out
+
+
 def _kd_loss(student: Any, teacher: Any, temperature: float) -> Any:
     """KL(teacher || student) of the temperature-softened distributions, scaled by T^2 (gradient size kept)."""
     import torch.nn.functional as F
@@ -279,6 +347,7 @@ def fit(
     cfg: TrainConfig,
     out: Path,
     soft: tuple[np.ndarray, np.ndarray] | None = None,
+    entities: EntityData | None = None,
 ) -> dict[str, Any]:
     """The training loop (shared by ``finsent train``, ``retrain`` and ``distill``): best checkpoint in ``out/best``.
 
@@ -286,6 +355,10 @@ def fit(
     :func:`encode_examples` builds them. With it the loss is ``(1 - a) * gold + a * T^2 * (KL_sentiment + KL_topic)``
     (Hinton et al. 2015; a = ``cfg.distill_alpha``, T = ``cfg.temperature``): every text teaches both
     heads, including the task it has no gold label for.
+    ``entities``: token-tagged paragraphs for the model's entity head (a three-head model). Each step then
+    also takes ``entities.batch_size`` paragraphs (cycled, reshuffled each pass) and adds
+    ``entities.weight`` times the token head's cross-entropy, so the encoder, the item heads and the entity
+    head learn together (multi-task). Without it a three-head model's entity head is carried unchanged.
     Returns the summary also written to ``out/train_summary.json``.
     """
     import torch
@@ -301,16 +374,27 @@ def fit(
         raise ValueError(f"soft labels for {len(soft[0])} examples, but there are {len(examples)}")
     soft_t = None if soft is None else tuple(torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in soft)
     log.info("training examples: %s (text preparation: %s)", {k: len(v) for k, v in train_sets.items()}, steps)
+    if entities is not None and model.token_head is None:
+        raise ValueError("entity training data for a model without an entity head")
     head_params = list(model.sentiment_head.parameters()) + list(model.topic_head.parameters())
-    enc_decay = [p for n, p in model.encoder.named_parameters() if p.ndim >= 2]
-    enc_no_decay = [p for n, p in model.encoder.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": enc_decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
-            {"params": enc_no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr},
-            {"params": head_params, "lr": cfg.head_lr, "weight_decay": 0.0, "base_lr": cfg.head_lr},
-        ]
-    )
+    if cfg.freeze_embeddings:  # the 30k-row word table: most of the encoder's parameters, little to gain on a CPU
+        model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    enc_decay = [p for n, p in model.encoder.named_parameters() if p.ndim >= 2 and p.requires_grad]
+    enc_no_decay = [p for n, p in model.encoder.named_parameters() if p.ndim < 2 and p.requires_grad]
+    groups = [
+        {"params": enc_decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+        {"params": enc_no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr},
+        {"params": head_params, "lr": cfg.head_lr, "weight_decay": 0.0, "base_lr": cfg.head_lr},
+    ]
+    if entities is not None:
+        token_lr = cfg.token_head_lr or cfg.head_lr
+        groups.append(
+            {"params": token_head_parameters(model), "lr": token_lr, "weight_decay": 0.01, "base_lr": token_lr}
+        )
+    opt = torch.optim.AdamW(groups)
+    token_loss = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    entity_rng = random.Random(cfg.seed + 1)
+    entity_queue: list[list[int]] = []
     sent_loss = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     topic_loss = torch.nn.CrossEntropyLoss(
         weight=_topic_weights(train_sets, cfg.topic_weight_power).to(device), ignore_index=IGNORE
@@ -349,6 +433,12 @@ def fit(
                     t_logits, soft_t[1][idx].to(device), cfg.temperature
                 )
                 loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+            if entities is not None:
+                if not entity_queue:
+                    entity_queue = entities.batches(entity_rng)
+                e_ids, e_mask, e_tags = (t.to(device) for t in entities.collate(entity_queue.pop()))
+                tags = model(e_ids, e_mask)[2]
+                loss = loss + entities.weight * token_loss(tags.reshape(-1, tags.shape[-1]), e_tags.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -387,6 +477,7 @@ def fit(
                         "epoch": row["epoch"],
                         "val": row,
                         "train_sizes": {k: len(v) for k, v in train_sets.items()},
+                        **checkpoint_token_meta(model),
                         "config": asdict(cfg),
                         "hardware": hardware(),
                     }
