@@ -1,11 +1,12 @@
 """The ``finsent`` console entry point, and the one error boundary.
 
 This package is the composition root and holds the whole command line: one module per command
-group (``finsent/cli/<group>.py``: ``worker`` (broker and worker), ``demo``, ``query``, ``registry``
-(models, retrain), ``ingest``, ``model`` (train, distill, eval, score), ``alerts``, ``rescore``,
-``labels``, ``drift``, ``bench``), each with a ``register(subparsers)`` imported here explicitly (no
-discovery by name). It loads the one settings object and runs a handler
-``handler(args, settings) -> int``. No stage imports this package.
+group (``finsent/cli/<group>.py``: ``status``, ``worker`` (broker and worker), ``demo``, ``query``,
+``registry`` (models, retrain), ``ingest``, ``model`` (train, distill, eval, score), ``alerts``,
+``rescore``, ``labels``, ``drift``, ``bench``), each with one ``register(sub)`` imported here explicitly
+(no discovery by name). The rule they follow, and the table of every command, are in
+:mod:`finsent.cli.tree`: the handler of ``finsent <group> <leaf>`` is ``run_<leaf>(args, settings) -> int``.
+:func:`main` loads the one settings object and runs it. No stage imports this package.
 
 Every :class:`~finsent.core.errors.FinsentError` that reaches :func:`main` becomes one line on
 stderr, ``finsent: error: <what> (hint: <what to do>)``, and its family's exit code (listed in
@@ -96,7 +97,20 @@ def build() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     The table is the public way to walk the commands (tests do): each entry has the command's parser and,
     for a leaf, its handler.
     """
-    from finsent.cli import alerts, bench, demo, drift, ingest, labels, model, query, registry, rescore, worker
+    from finsent.cli import (
+        alerts,
+        bench,
+        demo,
+        drift,
+        ingest,
+        labels,
+        model,
+        query,
+        registry,
+        rescore,
+        status,
+        worker,
+    )
 
     parser = Parser(
         prog="finsent",
@@ -118,7 +132,7 @@ def build() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "  finsent --config /etc/finsent/finsent.yaml config   check a settings file before deploying it\n"
         "  FINSENT_BATCH_WITHIN_S=0.05 finsent config          see an environment variable take effect",
     )
-    for module in (worker, demo, query, registry, ingest, model, alerts, rescore, labels, drift, bench):
+    for module in (status, worker, demo, query, registry, ingest, model, alerts, rescore, labels, drift, bench):
         module.register(sub)
     for command in table.values():
         if command.path:
