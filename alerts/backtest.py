@@ -1,6 +1,6 @@
 """``finsent alerts backtest``: the entity detector over stored history, on event time, as the live worker runs it.
 
-What it does: reads the stored mentions (one per (item, entity), ``finsent.stream.store.mentions``) and their
+What it does: reads the stored mentions (one per (item, entity), ``finsent.stream.store.schema``) and their
 items with event time in [since, until), computes story clusters and novelty (:mod:`finsent.alerts.novelty`),
 feeds the entity detector (:mod:`finsent.alerts.entity_detector`) and closes every bucket at the end; prints
 the alerts it would have raised and, with ``--plot DIR``, one timeline PNG per alerted entity.

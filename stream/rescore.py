@@ -4,11 +4,11 @@ What it does: walks the items ingested in the window (newest score per id, ``ite
 (ingested_at, id) order, one page of ``--batch-size`` at a time; scores the page with the target
 model (:func:`finsent.stream.worker.score_items`, as the worker does), inserts the new rows into
 ``items`` (with the items' mentions, one row per (item, entity): entities the new score no longer finds
-get a tombstone, :mod:`finsent.stream.store.mentions`) and both the old and the new score into the
+get a tombstone, ``mentions`` in :mod:`finsent.stream.store.schema.ddl`) and both the old and the new score into the
 ``scores`` history. A new row has a later
 ``scored_at`` and so replaces the old one in every default query (``items`` is a ReplacingMergeTree
 on that version); ``finsent query compare`` finds both versions in ``scores`` (why the history is
-written here and not by the worker: :mod:`finsent.stream.store.schema`).
+written here and not by the worker: ``scores`` in :mod:`finsent.stream.store.schema.ddl`).
 
 Target model: ``--version V`` from the registry, else the registry's production version, else
 ``FINSENT_MODEL_DIR`` (the shipped model when unset); without a registry ``--version`` must name the
@@ -27,6 +27,10 @@ Why it does not get in the worker's way: on a ``clickhouse://`` server it is one
 rows for items the worker no longer touches (items ingested after the job started are outside its
 window). The embedded engine (chdb) allows one process per data directory, so while a worker holds it
 ``rescore`` stops at once with one line (exit 8) saying to stop the worker or use a server.
+
+Where it lives: in ``stream``, beside the worker whose scoring it repeats and the store it rewrites. The rest of a
+model's lifecycle is below it in ``models`` (the registry, retraining, the gate), its command is
+:mod:`finsent.cli.rescore`, and the drift report that tells when to retrain is :mod:`finsent.stream.drift`.
 """
 
 from __future__ import annotations
@@ -176,7 +180,8 @@ def rescore(
     stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Run (or resume) one re-score job; returns its summary. ``classifier`` overrides the target model."""
-    from finsent.stream.store import schema, store_from_settings
+    from finsent.stream.store import store_from_settings
+    from finsent.stream.store.schema import rows as encoding
     from finsent.stream.worker import score_items
 
     try:
@@ -234,18 +239,18 @@ def rescore(
                 got = store.rescore_page(slice_lo, slice_hi, after, topic, batch_size - len(rows))
                 rows += got
                 if got:
-                    last = dict(zip(schema.ITEM_NAMES, got[-1], strict=True))
+                    last = dict(zip(encoding.ITEM_NAMES, got[-1], strict=True))
                     after = (int(_utc(last["ingested_at"]).timestamp()), str(last["id"]))
                 if len(rows) < batch_size:
                     slice_lo = slice_hi  # this slice has nothing after the cursor
             if not rows:
                 break
-            dicts = [dict(zip(schema.ITEM_NAMES, r, strict=True)) for r in rows]
+            dicts = [dict(zip(encoding.ITEM_NAMES, r, strict=True)) for r in rows]
             scored, dead = score_items(clf, [_raw_item(d) for d in dicts])
             # the history first: if the process dies between the two inserts, the page is done again on
             # resume and its old scores are still the ones in items (written after, they would be the new)
             store.insert_score_history(
-                [schema.score_history_row(r) for r in rows] + [schema.score_row(x) for x in scored]
+                [encoding.score_history_row(r) for r in rows] + [encoding.score_row(x) for x in scored]
             )
             # the items and their mentions: an entity the new score no longer finds gets a tombstone (#26)
             store.insert_scored(scored, replace_mentions=True)

@@ -90,7 +90,7 @@ def resolve_entity(store: Any, text: str) -> dict[str, Any]:
     unlinked name's key (``Zorblax Capital Ltd.`` -> ``name:zorblax capital``); a linked id with no mentions
     falls back to the name's key when that one has some."""
     from finsent.models.linking import default_linker
-    from finsent.stream.store.mentions import NAME_PREFIX, entity_key
+    from finsent.stream.store.schema.rows import NAME_PREFIX, entity_key
 
     query = text.strip()
     if not query:
