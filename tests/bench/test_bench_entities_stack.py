@@ -1,0 +1,46 @@
+"""``finsent bench entities --through-stack``: the collapse table and the comparison with the offline run.
+
+The stack run itself (a minute of the shipped model on a Tansu broker and clickhouse-server) is a benchmark, not a
+test; here: that an alert counts for a collapse when its entity or its first headlines name it, that headlines are
+counted per collapse, and that the comparison sorts alerts into both / offline only / stack only by hour and name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from finsent.bench.entities import NewsRow
+from finsent.bench.entities_stack import COLLAPSES, collapses, compare
+
+UTC = timezone.utc  # noqa: UP017
+
+
+def _row(title: str) -> NewsRow:
+    return NewsRow("r", datetime(2023, 1, 19, tzinfo=UTC), "CoinDesk", title, "")
+
+
+def _alert(at: str, name: str, headlines: list[str], eid: str | None = None) -> dict:
+    return {"at": at, "entity_name": name, "entity_id": eid, "headlines": headlines}
+
+
+def test_an_alert_counts_for_a_collapse_by_its_entity_or_its_headlines_and_modes_are_compared() -> None:
+    rows = [_row("Crypto lender Genesis files for bankruptcy"), _row("SBF denied bail"), _row("Bitcoin rallies")]
+    offline = [
+        _alert("2023-01-20T09:00:00.000Z", "Genesis Global", ["Genesis files"]),
+        _alert("2022-12-13T16:00:00.000Z", "Sam Bankman-Fried", ["SBF arrested in the Bahamas"]),
+    ]
+    stack = [
+        _alert("2023-01-20T09:00:00.000Z", "Genesis Global", ["Genesis files"], "PRIV:GENESIS"),
+        _alert("2023-01-03T17:00:00.000Z", "Ether", ["Ether slides as lender halts withdrawals"]),
+    ]
+    table = {c["collapse"]: c for c in collapses(rows, offline, stack)}
+    assert list(table) == list(COLLAPSES)
+    assert table["Genesis (Jan 2023)"]["headlines"] == 1 and table["FTX (Nov 2022)"]["headlines"] == 1
+    assert table["Genesis (Jan 2023)"]["offline"] == ["2023-01-20T09:00 Genesis Global"]
+    assert table["Genesis (Jan 2023)"]["stack"] == ["2023-01-20T09:00 Genesis Global"]
+    assert table["FTX (Nov 2022)"]["offline"] == ["2022-12-13T16:00 Sam Bankman-Fried"]  # by its headline
+    assert table["FTX (Nov 2022)"]["stack"] == [] and table["Celsius (Jul 2022)"]["headlines"] == 0
+    report = compare({"alerts": offline, "stack": {"alerts": stack}}, rows)
+    assert report["both"] == ["2023-01-20T09 Genesis Global"]
+    assert report["offline_only"] == ["2022-12-13T16 Sam Bankman-Fried"]
+    assert report["stack_only"] == ["2023-01-03T17 Ether"]
