@@ -126,9 +126,6 @@ def model_spans(clf: Any, paragraphs: Sequence[EntityParagraph]) -> list[list[An
     """The entity head's spans on each paragraph, on the original text (the runtime's mapping back)."""
     from finsent.models.entity_head import map_spans, prepare_with_map
 
-    out = []
-    for p in paragraphs:
-        text, where = prepare_with_map(p.text, clf.preprocess)
-        raw = clf._score([text])[0].entities
-        out.append(map_spans(list(raw), where))
-    return out
+    prepared = [prepare_with_map(p.text, clf.preprocess) for p in paragraphs]
+    scored = clf._score([text for text, _ in prepared])  # one call: the runtime's own batches
+    return [map_spans(list(pred.entities), where) for pred, (_, where) in zip(scored, prepared, strict=True)]

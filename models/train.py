@@ -664,6 +664,155 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
     return metrics
 
 
+@dataclass
+class JointConfig:
+    """``train_joint``: a three-head model directory in (e.g. the shipped one), a jointly fine-tuned one out."""
+
+    model_dir: str  # the three-head model to start from: encoder, item heads and entity head
+    out_dir: str  # the run directory (checkpoint, history); the model directory is written to out_dir/model
+    finentity: str  # FinEntity-format JSON; its fixed 20% hold-out (finentity_split, seed 13) is never trained on
+    entity_epochs: float = 10.0  # passes over the training paragraphs: this sets the number of steps
+    entity_batch_size: int = 16  # paragraphs per step
+    batch_size: int = 32  # item texts per step (rehearsal of the three labelled sets)
+    lr: float = 5e-5  # encoder
+    head_lr: float = 5e-5  # item heads (trained already: they move slowly)
+    token_head_lr: float = 5e-4
+    distill_alpha: float = 0.5  # weight of the start model's own item logits (KD) against the gold labels
+    temperature: float = 2.0
+    seed: int = 13
+    threads: int = 2
+    budget_minutes: float = 60.0
+    data: dict[str, str] | None = None  # the labelled CSVs (name -> path); None: the three public sets
+
+
+def _subsample(sets: dict[str, LabelledSet], n: int, seed: int) -> dict[str, LabelledSet]:
+    """A fixed random ``n`` texts over all sets, each set in proportion to its size."""
+    total = sum(len(v) for v in sets.values())
+    if n >= total:
+        return sets
+    rng = random.Random(seed)
+    out = {}
+    for k, v in sets.items():
+        keep = sorted(rng.sample(range(len(v)), max(1, round(len(v) * n / total))))
+        out[k] = LabelledSet(v.name, v.task, [v.texts[i] for i in keep], [v.labels[i] for i in keep])
+    return out
+
+
+def train_joint(cfg: JointConfig) -> dict[str, Any]:
+    """Fine-tune the encoder with all three heads at once (multi-task), from a three-head model's weights.
+
+    Why: the entity head of :func:`train_entity_head` reads a frozen encoder; here the encoder learns the
+    entity task too. Each step takes ``entity_batch_size`` FinEntity paragraphs (token loss) and
+    ``batch_size`` texts of the labelled sets (rehearsal: gold loss plus distillation from the start model's
+    own item logits, weight ``distill_alpha``), so the item heads keep what they knew while the encoder moves.
+    The word-embedding table stays fixed. The loop is :func:`fit` (one evaluation, at the end: the model kept
+    is the last one, since the hold-out only watches). Returns the scores also in ``out_dir/joint_metrics.json``:
+    item test accuracy and the entity hold-out's span and span+sentiment F1, through the exported graph, fp32
+    and int8.
+    """
+    import copy
+
+    import torch
+    from tokenizers import Tokenizer
+
+    from finsent.models import entity_head as eh
+    from finsent.models.export import export_model_dir, write_json
+    from finsent.models.modeldir import TOKENIZER_FILE, ModelInfo, read_model_info
+    from finsent.models.modeling import load_checkpoint
+    from finsent.models.onnx_weights import load_from_onnx
+
+    src = Path(cfg.model_dir)
+    info = read_model_info(src)
+    steps = check_steps(info.extra.get("preprocess", ()))
+    paragraphs, stats = eh.read_finentity_spans(cfg.finentity)
+    train_p, test_p = eh.finentity_split(paragraphs)
+    n_steps = max(1, math.ceil(len(train_p) / cfg.entity_batch_size * cfg.entity_epochs))
+    tcfg = TrainConfig(
+        out_dir=cfg.out_dir,
+        **({"data": dict(cfg.data)} if cfg.data else {}),
+        seed=cfg.seed,
+        epochs=1.0,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        head_lr=cfg.head_lr,
+        warmup=0.06,
+        max_length=info.max_length,
+        budget_minutes=cfg.budget_minutes,
+        eval_every=1.0,
+        threads=cfg.threads,
+        preprocess=list(steps),
+        teacher=str(src),
+        distill_alpha=cfg.distill_alpha,
+        temperature=cfg.temperature,
+        token_head_lr=cfg.token_head_lr,
+        freeze_embeddings=True,
+        max_steps=n_steps,
+    )
+    out, splits = start_run(tcfg)
+    train_sets = _subsample(splits.train, n_steps * cfg.batch_size, cfg.seed)  # one pass: each text seen once
+    teacher = load_from_onnx(src, "sdpa")
+    if teacher.token_head is None:
+        raise ValueError(f"{src} has no entity head: add one first (python -m finsent.models.train MODEL OUT DATA)")
+    model = copy.deepcopy(teacher)
+    tok = Tokenizer.from_file(str(src / TOKENIZER_FILE))
+    tok.no_padding()
+    tok.no_truncation()
+    t0 = time.monotonic()
+    soft = logits_torch(teacher, [x[0] for x in encode_examples(train_sets, tok, info.max_length, steps)], 128)
+    del teacher
+    log.info("teacher logits for %d texts in %.0fs; %d steps", len(soft[0]), time.monotonic() - t0, n_steps)
+    entities = EntityData(encode_entity_examples(train_p, tok, info.max_length, steps), cfg.entity_batch_size)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
+    summary = fit(model, tok, train_sets, splits.val, tcfg, out, soft=soft, entities=entities)
+    best, _meta = load_checkpoint(out / "best", attn_implementation="eager")
+    tok.enable_truncation(info.max_length)
+    version = info.model_version.split("-ent-")[0] + "-joint-auto"
+    extra = {k: v for k, v in info.extra.items() if k not in ("onnx_opset", "weights", "max_abs_diff_vs_torch")}
+    extra["entity_head"] = {
+        "data": "FinEntity, Tang et al. 2023 (ODC-BY 1.0)",
+        "parent": info.model_version,
+        "training": "joint fine-tune of the encoder with all three heads (models.train.train_joint)",
+    }
+    report = export_model_dir(
+        best, tok, out / "model", ModelInfo(version, info.sentiment, info.topic, info.max_length, extra)
+    )
+    del best
+    torch.set_num_threads(cfg.threads)
+    metrics = {
+        "model_version": report.model_version,
+        "parent": info.model_version,
+        "config": asdict(cfg),
+        "finentity": {"stats": stats, "train": len(train_p), "held_out": len(test_p)},
+        "item_train_texts": {k: len(v) for k, v in train_sets.items()},
+        "train": summary,
+        "hardware": hardware(),
+        "onnx_vs_torch": report.max_abs_diff_stored,
+        "test": score_model_dir(out / "model", splits.test, test_p, str(out / "cache")),
+    }
+    write_json(out / "joint_metrics.json", metrics)
+    return metrics
+
+
+def score_model_dir(
+    model_dir: Path, test: dict[str, LabelledSet], held_out: list[Any], cache_dir: str | None
+) -> dict[str, dict[str, Any]]:
+    """Per variant (fp32, int8): accuracy on each item test set and the entity head's held-out span and
+    span+sentiment F1 (its own spans through the runtime, before linking), from the exported graph."""
+    from finsent.models.entity_head import span_f1
+    from finsent.models.evaluate import evaluate_set
+    from finsent.models.frozen_entities import model_spans
+    from finsent.models.runtime import Classifier
+
+    out: dict[str, dict[str, Any]] = {}
+    for variant in ("fp32", "int8"):
+        clf = Classifier.load(model_dir, variant=variant, cache_dir=cache_dir, entities=False)
+        row: dict[str, Any] = {k: round(evaluate_set(clf, ds)["accuracy"], 4) for k, ds in test.items()}
+        f1 = span_f1(held_out, model_spans(clf, held_out))
+        row["entity_span_f1"], row["entity_span_sentiment_f1"] = f1["span"]["f1"], f1["span_sentiment"]["f1"]
+        out[variant] = row
+    return out
+
+
 def _prepared(paras: list[Any], steps: tuple[str, ...]) -> list[Any]:
     """Paragraphs with their text prepared as the model sees it and their spans moved onto it."""
     from finsent.models.entity_head import EntityParagraph, prepare_with_map
@@ -718,5 +867,33 @@ def entity_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def joint_main(argv: list[str] | None = None) -> int:
+    """``python -m finsent.models.train joint MODEL_DIR RUN_DIR FINENTITY_JSON [options]``: :func:`train_joint`."""
+    import argparse
+
+    d = JointConfig("", "", "")
+    p = argparse.ArgumentParser(
+        prog="python -m finsent.models.train joint",
+        description="Fine-tune a three-head model's encoder with all three heads (multi-task); the model directory "
+        "is written to RUN_DIR/model, its scores to RUN_DIR/joint_metrics.json.",
+    )
+    p.add_argument("model_dir", help="a three-head model directory, e.g. models/shipped/finsent-minilm")
+    p.add_argument("out_dir", help="the run directory")
+    p.add_argument("finentity", help="FinEntity-format JSON, e.g. ../shared/data/finentity/train.json")
+    for name in ("entity_epochs", "lr", "head_lr", "token_head_lr", "distill_alpha", "budget_minutes"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    for name in ("entity_batch_size", "batch_size", "seed", "threads"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    a = vars(p.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    m = train_joint(JointConfig(**a))
+    print(json.dumps({k: m[k] for k in ("model_version", "test")}, indent=2))
+    return 0
+
+
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["joint"]:
+        raise SystemExit(joint_main(sys.argv[2:]))
     raise SystemExit(entity_main())

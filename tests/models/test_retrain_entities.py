@@ -175,3 +175,35 @@ def test_gates_recorded_before_the_entity_set_still_print() -> None:
         "thresholds": {"tolerance": 0.005, "min_gain": 0.0, "int8_max_drop": 0.005},
     }
     assert "| fpb | sentiment | 10 | macro_f1 | - | 0.5000 | - | - |" in "\n".join(summary_lines(old))
+
+
+def test_train_joint_fine_tunes_all_three_heads_and_scores_the_export(tmp_path: Path) -> None:
+    """The joint fine-tune (models.train.train_joint) on the tiny model: a three-head directory out, its entity
+    head better than the start's, every score measured on the exported graph, fp32 and int8."""
+    from finsent.models.train import JointConfig, train_joint
+
+    fe = tmp_path / "fe.json"
+    fe.write_text(json.dumps(finentity_rows(40)))
+    start = three_head_tiny(tmp_path, fe)
+    sets = synthetic_sets(tmp_path / "data")
+    m = train_joint(
+        JointConfig(
+            str(start),
+            str(tmp_path / "run"),
+            str(fe),
+            entity_epochs=10,
+            entity_batch_size=8,
+            batch_size=8,
+            lr=1e-3,
+            head_lr=1e-3,
+            token_head_lr=1e-2,
+            threads=1,
+            data={p.stem: str(p) for p in sets},
+        )
+    )
+    assert m["finentity"]["train"] == 32 and m["finentity"]["held_out"] == 8 and m["train"]["steps"] == 40
+    labels = json.loads((tmp_path / "run" / "model" / "labels.json").read_text())
+    assert labels["token_tags"] and labels["model_version"].startswith("tiny-random-joint-")
+    fp32, int8 = m["test"]["fp32"], m["test"]["int8"]
+    assert set(fp32) == {"sent", "topic", "entity_span_f1", "entity_span_sentiment_f1"}
+    assert fp32["entity_span_sentiment_f1"] >= 0.9 and abs(fp32["entity_span_f1"] - int8["entity_span_f1"]) <= 0.05
