@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from finsent.core.wait import WaitTimeout, wait_until
 from finsent.stream.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -62,14 +63,16 @@ class Finsent:
         return self.err_path.read_text(errors="replace")
 
     def wait_for(self, cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if cond():
-                return
+        """finsent.core.wait.wait_until, failing at once (with its stderr) when the command has exited."""
+
+        def running() -> None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"finsent exited ({self.proc.returncode}) before {what}:\n{self.stderr[-3000:]}")
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}:\n{self.stderr[-3000:]}")
+
+        try:
+            wait_until(cond, timeout_s, 0.1, what=what, check=running)
+        except WaitTimeout as exc:
+            raise AssertionError(f"{exc}:\n{self.stderr[-3000:]}") from None
 
     def ctrl_c(self, timeout_s: float = 30.0) -> str:
         """SIGINT, wait, check the rule; returns the one ``finsent: interrupted:`` line."""

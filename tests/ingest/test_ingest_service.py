@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from finsent.core.wait import WaitTimeout
+from finsent.core.wait import wait_until as core_wait_until
 from finsent.ingest.service import STOP_BOUND_S
 from finsent.stream.broker import EmbeddedBroker, free_port
 from tests.ingest.test_ingest_support import LocalHTTP, consume_all
@@ -126,17 +128,19 @@ def post(
 
 
 def wait_until(cond, timeout_s: float, what: str, proc: Ingester | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
+    """finsent.core.wait.wait_until, failing at once (with the ingester's stderr) when ``proc`` has exited."""
+
+    def alive() -> None:
         if proc is not None and proc.proc.poll() is not None:
             raise AssertionError(
                 f"the ingester exited ({proc.proc.returncode}) waiting for {what}:\n{proc.stderr[-3000:]}"
             )
-        time.sleep(0.1)
-    detail = f"\n{proc.stderr[-3000:]}" if proc is not None else ""
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{detail}")
+
+    try:
+        core_wait_until(cond, timeout_s, 0.1, what=what, check=alive)
+    except WaitTimeout as exc:
+        detail = f"\n{proc.stderr[-3000:]}" if proc is not None else ""
+        raise AssertionError(f"{exc}{detail}") from None
 
 
 def status_of(url: str) -> int:
