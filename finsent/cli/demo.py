@@ -44,6 +44,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         store_url=args.store,  # the global --store: keep the results there instead of a temporary chdb
         history=args.history,
         plot=args.plot,
+        keep=args.keep,
     )
     ok = summary.get("spike_detected") and summary.get("duplicates_in_store") == 0 and summary.get("lost") == 0
     return 0 if ok else 1
@@ -65,7 +66,8 @@ def register(sub: Subcommands) -> None:
             "examples:\n"
             "  finsent demo\n"
             "  finsent demo --seconds 120 --plot timeline.png --summary-json run.json\n"
-            "  finsent demo --store chdb:///tmp/demo-store    keep the scored items afterwards"
+            "  finsent demo --store chdb:///tmp/demo-store    keep the scored items afterwards\n"
+            "  finsent demo --keep                            then query it from another terminal; Ctrl-C stops it"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -81,6 +83,12 @@ def register(sub: Subcommands) -> None:
         "--plot",
         metavar="PNG",
         help="write a timeline of per-topic negative share, volume and alerts here (needs matplotlib)",
+    )
+    d.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the summary, leave the broker, the worker and the store running (the commands to query them "
+        "are printed) until Ctrl-C; the store then stays on disk",
     )
     d.add_argument("--model-dir", help="model directory (default: the shipped model)")
     d.add_argument(
