@@ -23,8 +23,15 @@ item id): story clusters and novelty (:mod:`finsent.alerts.novelty`) are compute
 order the partitions were read in -- which is what the backtest does over stored items -- and only then fed to the
 detector. The watermark is the event time *every* scored partition has reached: after each batch a mention agent
 sends, to every partition of the entity counts topic (:func:`watermark_keys`), the newest event time it has read on
-each scored partition, and the owner takes the oldest of them. So a backlog read one partition ahead of another (a
-replay, a worker joining late) makes nothing late, and 1 or 3 workers release the same mentions in the same order.
+each scored partition, and the owner takes the oldest of them. So a scored backlog read one partition ahead of
+another (a worker joining late) makes nothing late, and 1 or 3 workers release the same mentions in the same order.
+**Limit:** the watermark sees the scored partitions only, and a scored partition mixes every raw partition (the
+scorer keys by item id): a raw backlog drained unevenly (a backfill replayed at full speed: Faust read one raw
+partition of the crypto news weeks of event time ahead of the other) advances it past items still unscored, which
+then arrive late (``finsent bench entities --through-stack``: 1,160 of 5,340 mentions with 1 h). A backfill needs
+``entity_lateness_s`` at least its event-time spread, or a paced replay (``--speedup``); live news arrives in
+event-time order and is not affected.
+
 A partition that has not moved for :data:`IDLE_S` stops holding the watermark back; when none moves (a finished
 replay, a quiet night) the newest event time moves on with the wall clock, so the last buckets close ``lateness +
 bucket`` after their end. A mention whose bucket was already released is *late*: counted in
