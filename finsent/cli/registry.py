@@ -224,7 +224,7 @@ def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 def human_labels(settings: Settings) -> list[Any]:
     """Every current human label from the store's ``labels`` table, as retraining takes them."""
-    from finsent.models.frozen import HumanLabel
+    from finsent.models.labels import training_labels
     from finsent.stream.store import store_from_settings
 
     store = store_from_settings(settings)
@@ -233,7 +233,7 @@ def human_labels(settings: Settings) -> list[Any]:
         labels = store.labels()
     finally:
         store.close()
-    return [HumanLabel(key=lbl.id, text=lbl.text, task=lbl.task, label=lbl.label) for lbl in labels if lbl.text]
+    return training_labels(labels)
 
 
 def run_retrain(args: argparse.Namespace, settings: Settings) -> int:

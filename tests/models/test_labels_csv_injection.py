@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finsent.cli.labels import QUEUE_CSV_COLUMNS, csv_cell, csv_uncell
 from finsent.core.events import ScoredItem, stable_id
+from finsent.models.labels import QUEUE_CSV_COLUMNS, csv_cell, csv_uncell
 from finsent.stream.store import open_store
 from tests.models.test_labels import cli, read_csv, scored, write_csv
 
@@ -144,10 +144,10 @@ def test_many_bad_rows_are_summarised_not_logged_one_by_one(store, store_url, ca
         tmp_path / "bad.csv",
         [["id", "sentiment"], ["item-1", "negative"], *[[f"nope-{i}", "negative"] for i in range(bad)]],
     )
-    caplog.set_level(logging.WARNING, logger="finsent.cli.labels")
+    caplog.set_level(logging.WARNING, logger="finsent.models.labels")
     rc, out, err = cli(capsys, store_url, "label", "import", path)
     report = json.loads(out)
     assert rc != 0 and report["imported"] == 1 and report["error_count"] == bad and len(report["errors"]) == 100
-    lines = [r.getMessage() for r in caplog.records if r.name == "finsent.cli.labels"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "finsent.models.labels"]
     assert len(lines) == 11, lines[:3]  # the first 10 rows, then one line with the count of the rest
     assert f"{bad - 10} more row(s) not imported" in lines[-1]
