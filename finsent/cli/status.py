@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -78,6 +79,19 @@ def _ago(seconds: float) -> str:
 
 
 # --- broker -------------------------------------------------------------------------------------------------
+def _reachable(brokers: list[str]) -> None:
+    """Return once one of ``brokers`` (``host:port``) accepts a TCP connection; OSError naming the last refusal."""
+    last: OSError = OSError("no broker listed")
+    for broker in brokers:
+        host, _, port = broker.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=TIMEOUT_S).close()
+            return
+        except (OSError, ValueError) as exc:
+            last = OSError(f"{broker}: {exc}")
+    raise last
+
+
 def check_broker(settings: Settings) -> tuple[Part, Any]:
     """Kafka's metadata at FINSENT_BROKERS; the admin client comes back for the lag part (None when down)."""
     from kafka.admin import KafkaAdminClient
@@ -85,6 +99,7 @@ def check_broker(settings: Settings) -> tuple[Part, Any]:
     from finsent.stream.kafka import admin_config, finsent_topics
 
     try:
+        _reachable(settings.broker_list)  # a refused port answers at once; the client would retry for seconds
         admin = KafkaAdminClient(**admin_config(settings, int(TIMEOUT_S * 1000)))
         topics = set(admin.list_topics())
     except Exception as exc:  # noqa: BLE001 -- any client failure means: not reachable from here
