@@ -161,10 +161,12 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print(f"registry {registry.root} has no versions (`finsent models register MODEL_DIR` or `finsent retrain`)")
         return 0
-    print(f"{'version':16} {'aliases':22} {'parent':16} {'gate':8} {'created (UTC)':25} source")
+    # versions carry the model's own name (issue 25), often longer than 16: the columns follow the names
+    w = max(16, *(len(r["version"]) for r in rows), *(len(r["parent"] or "") for r in rows))
+    print(f"{'version':{w}} {'aliases':22} {'parent':{w}} {'gate':8} {'created (UTC)':25} source")
     for r in rows:
         print(
-            f"{r['version']:16} {','.join(r['aliases']) or '-':22} {r['parent'] or '-':16} {r['gate'] or '-':8} "
+            f"{r['version']:{w}} {','.join(r['aliases']) or '-':22} {r['parent'] or '-':{w}} {r['gate'] or '-':8} "
             f"{r['created_at'] or '-':25} {r['source'] or ''}"
         )
     return 0

@@ -59,6 +59,9 @@ def test_registered_model_keeps_the_name_the_worker_already_stored(
         assert listed.returncode == 0, listed.stderr[-3000:]
         doc = json.loads(listed.stdout)
         assert [v["version"] for v in doc["versions"]] == [name] and doc["production"] == name
+        table = w.finsent("models", "list", FINSENT_REGISTRY=str(registry)).stdout.splitlines()
+        row = next(line for line in table if line.startswith(name + " "))  # the whole name, its columns aligned
+        assert row.index("production") == table[0].index("aliases"), table
 
         # the worker follows production (polls every 0.3 s): the same weights, the same name, nothing to swap
         before = len(stored())
