@@ -50,8 +50,10 @@ another that links two of the first name's stories.
 record): the stored mentions of its entities over :meth:`~finsent.alerts.entity_detector.EntityDetector.history_s`
 (four baseline half-lives: four weeks of 1 h buckets) of event time up to the newest stored one, replayed in
 (event time, item id, entity key) order through novelty and the detector as the backtest does
-(:func:`finsent.alerts.backtest.stored_mentions`: both engines). Buckets the watermark (the newest stored event
-time) had closed are closed again; younger mentions wait in the reorder buffer as if just read. Without this a
+(:func:`finsent.alerts.backtest.stored_mentions`: both engines), read a day at a time in one pass that builds
+every partition's unit (memory: a day of items, the units, and one id pair per restored mention). Buckets the
+watermark (the newest stored event time) had closed are closed again; younger mentions wait in the reorder buffer
+as if just read. Without this a
 restarted worker judged every name by the prior alone: a name always in bad news alerted again, and an episode in
 progress alerted twice. Alerts raised by the replay are not sent again, except those of an episode still in
 progress whose id is not in the store (the worker stopped between closing the bucket and delivering it). A
@@ -102,7 +104,8 @@ IDLE_S = 30.0
 #: a scored partition never heard from holds it this long (a loaded worker may take a while to read its first
 #: batch; a partition with no traffic at all must not hold it forever)
 UNHEARD_S = 300.0
-#: a restore's read of the store serves the other partitions restored within this many seconds
+#: a restore's pass over the store serves the other partitions restored within this many seconds (the units it
+#: built for partitions this worker was not given are then dropped)
 RESTORE_REUSE_S = 120.0
 
 
@@ -398,7 +401,7 @@ class EntityAlerts:
         self.mentions = 0
         self.restored_units = 0
         self.redelivered = 0  # mentions a restore had counted, read again from the broker (ignored, not late)
-        self._restore_cache: tuple[float, datetime | None, dict[int, list[Pending]]] | None = None
+        self._restore_cache: tuple[float, datetime | None, dict[int, tuple[EntityUnit, list[Alert]]]] | None = None
 
     def unit(self, via: int) -> EntityUnit:
         u = self.units.get(via)
@@ -413,13 +416,12 @@ class EntityAlerts:
 
         return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % max(1, self.partitions or self.settings.partitions)
 
-    def _history(self, lookback_s: int) -> tuple[datetime | None, dict[int, list[Pending]]]:
-        """The stored mentions of the last ``lookback_s`` of event time up to the newest stored one, by owning
-        partition; read once and kept :data:`RESTORE_REUSE_S` (the partitions a worker gets at start restore
-        from one read)."""
-        cached = self._restore_cache
-        if cached is not None and self.clock() - cached[0] < RESTORE_REUSE_S:
-            return cached[1], cached[2]
+    def _rebuild(self) -> tuple[datetime | None, dict[int, tuple[EntityUnit, list[Alert]]]]:
+        """Every partition's unit rebuilt from the store in one pass (see the module doc, *Restart*): the stored
+        mentions of :meth:`~finsent.alerts.entity_detector.EntityDetector.history_s` of event time up to the
+        newest stored one, read a day at a time (memory: one day of items, not four weeks) and replayed in
+        (event time, item id, entity key) order into the unit of the partition that owns each entity. Returns
+        the newest stored event time and, per partition, its unit and the alerts its replay raised."""
         from finsent.alerts.backtest import stored_mentions
 
         store = self._store()
@@ -428,26 +430,54 @@ class EntityAlerts:
         rows = store.query(f"SELECT max(event_time) FROM {store.database}.mentions")
         newest = rows[0][0] if rows and rows[0] else None
         if not isinstance(newest, datetime) or newest.timestamp() <= 0:
-            self._restore_cache = (self.clock(), None, {})
             return None, {}
         newest = min(newest, utcnow() + timedelta(minutes=5))
-        by_part: dict[int, list[Pending]] = {}
-        for p in stored_mentions(store, newest - timedelta(seconds=lookback_s), newest + timedelta(seconds=1)):
-            by_part.setdefault(self.partition_of(p.mention.key), []).append(Pending(p.mention, p.text))
-        self._restore_cache = (self.clock(), newest, by_part)
-        return newest, by_part
+        probe = make_entity_detector(self.settings, watchlist=self.watchlist)
+        bucket_s = probe.bucket_s
+        cut = EPOCH + timedelta(seconds=int(((newest - self.lateness) - EPOCH).total_seconds() // bucket_s) * bucket_s)
+        units: dict[int, tuple[EntityUnit, list[Alert]]] = {}
+        start = newest - timedelta(seconds=probe.history_s())
+        day = timedelta(days=1)
+        lo = start
+        while lo <= newest:
+            hi = min(lo + day, newest + timedelta(seconds=1))
+            for p in stored_mentions(store, lo, hi):  # sorted by (event time, item id, entity key)
+                m = p.mention
+                via = self.partition_of(m.key)
+                entry = units.get(via)
+                if entry is None:
+                    unit = EntityUnit(self, via, make_entity_detector(self.settings, watchlist=self.watchlist))
+                    entry = units[via] = (unit, [])
+                unit, raised = entry
+                if m.at >= cut:
+                    unit.pending.append(Pending(m, p.text))  # an open bucket: the live watermark releases it
+                    continue
+                story = unit.novelty.observe(m.item_id, m.at, m.source, m.title, p.text, [m.key])
+                raised += unit.detector.add(replace(m, novelty=story.novelty[m.key]))
+                # every one: the entity stage may lag the store by any amount (its scored offsets are its own),
+                # so all it re-reads after the restart may be a redelivery (memory: one pair per stored mention)
+                unit.restored.add((m.item_id, m.key))
+            lo = hi
+        for unit, raised in units.values():
+            raised += unit.detector.advance(newest)
+            unit.released_upto = cut
+        return newest, units
 
     def restore(self, via: int) -> list[Alert]:
-        """Build partition ``via``'s unit from the stored mentions (see the module doc, *Restart*); returns the
-        alerts of episodes in progress that the store does not hold (to be sent). Blocking: run off the loop."""
+        """Make partition ``via``'s unit from the store (see the module doc, *Restart*); returns the alerts of
+        episodes in progress that the store does not hold (to be sent). Blocking: run off the loop. One pass over
+        the store serves every partition restored within :data:`RESTORE_REUSE_S`."""
         if via in self.units:
             return []
-        u = self.unit(via)
         if self.store_getter is None:
+            self.unit(via)
             return []
         t0 = time.monotonic()
+        cached = self._restore_cache
         try:
-            newest, by_part = self._history(u.detector.history_s())
+            if cached is None or self.clock() - cached[0] >= RESTORE_REUSE_S:
+                newest, rebuilt = self._rebuild()
+                cached = self._restore_cache = (self.clock(), newest, rebuilt)
         except Exception as exc:  # noqa: BLE001 - a store that cannot be read must not stop the worker
             log.warning(
                 "entity partition %d starts cold: its baselines could not be read from the store (%s); names are "
@@ -455,46 +485,36 @@ class EntityAlerts:
                 via,
                 exc,
             )
+            self.unit(via)
             return []
-        mine = by_part.pop(via, [])
-        if newest is None or not mine:
+        _, newest, rebuilt = cached
+        entry = rebuilt.pop(via, None)
+        if entry is None or newest is None:
+            self.unit(via)
             return []
-        bucket_s = u.detector.bucket_s
-        wm = int(((newest - self.lateness) - EPOCH).total_seconds() // bucket_s) * bucket_s
-        cut = EPOCH + timedelta(seconds=wm)
-        raised: list[Alert] = []
-        for p in sorted(mine, key=lambda p: (p.mention.at, p.mention.item_id, p.mention.key)):
-            m = p.mention
-            if m.at >= cut:
-                u.pending.append(p)  # an open bucket: released by the live watermark, with what arrives next
-                continue
-            story = u.novelty.observe(m.item_id, m.at, m.source, m.title, p.text, [m.key])
-            raised += u.detector.add(replace(m, novelty=story.novelty[m.key]))
-            u.restored.add((m.item_id, m.key))
-        raised += u.detector.advance(newest)
-        u.released_upto = cut
+        u, raised = entry
+        self.units[via] = u
         active = u.detector.states()
         resend = [a for a in raised if str((a.evidence or {}).get("entity_key")) in active]
         if resend:
             store = self._store()
-            ids = [a.id for a in resend]
             stored = {
                 r[0]
                 for r in store.query(
                     f"SELECT DISTINCT id FROM {store.database}.alerts WHERE has({{ids:Array(String)}}, id)",
-                    {"ids": ids},
+                    {"ids": [a.id for a in resend]},
                 )
             }
             resend = [a for a in resend if a.id not in stored]
         self.restored_units += 1
         log.info(
-            "entity partition %d restored from the store in %.1f s: %d mentions up to %s, %d entities, %d in an "
-            "episode, %d alert(s) not delivered before the restart sent now",
+            "entity partition %d restored from the store in %.1f s: mentions up to %s, %d entities, %d waiting in "
+            "open buckets, %d in an episode, %d alert(s) not delivered before the restart sent now",
             via,
             time.monotonic() - t0,
-            len(mine),
             format_time(newest),
             len(u.detector),
+            len(u.pending),
             len(active),
             len(resend),
         )
