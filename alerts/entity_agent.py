@@ -534,6 +534,8 @@ class EntityAlerts:
 
     def tick(self) -> list[Alert]:
         """Release what each watermark passed (the timer calls this: quiet streams close their buckets too)."""
+        if self._restore_cache is not None and self.clock() - self._restore_cache[0] >= RESTORE_REUSE_S:
+            self._restore_cache = None  # the units rebuilt for partitions this worker was not given
         return self._raised([a for u in list(self.units.values()) for a in u.tick()])
 
     def states(self) -> dict[str, EntityState]:
