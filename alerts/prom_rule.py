@@ -42,6 +42,7 @@ and ``category=ops`` labels (Alertmanager routes on ``category``) and ``summary`
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,149 +207,208 @@ def _folded(key: str, text: str) -> str:
     return f"{key}: >-\n" + _indent("\n".join(lines), 2)
 
 
-def ops_alerts(o: OpsRuleParams | None = None) -> list[OpsAlert]:
-    """The operational alerts, in the order they are rendered."""
-    o = o or OpsRuleParams()
-    job = f'job="{o.job}"'
-    windows = (o.lag_window, o.dead_letter_window, o.store_window, o.reload_window)
-    assert all(_seconds(w) for w in windows), "windows must be positive"
-    dl = f"finsent_items_dead_lettered_total{{{job}}}"
-    consumed = f"finsent_items_consumed_total{{{job}}}"
-    lag = f"finsent_consumer_lag_messages{{{job}}}"
-    slope = (
+def _job(o: OpsRuleParams) -> str:
+    """The selector every ops rule shares: the worker job only (other jobs export no finsent metrics)."""
+    return f'job="{o.job}"'
+
+
+def _lag_slope_template(o: OpsRuleParams) -> str:
+    """Alert-template text for the lag's slope (messages/min): the value alone cannot say whether it still rises."""
+    return (
         "{{ with printf `sum(deriv(finsent_consumer_lag_messages{job=%q,kafka_topic=%q}[" + o.lag_window + "])) * 60`"
         ' $labels.job $labels.kafka_topic | query }}{{ . | first | value | printf "%+.0f" }}{{ end }}'
     )
-    reasons = (
+
+
+def _dead_letter_reasons_template(o: OpsRuleParams) -> str:
+    """Alert-template text for the top three dead-letter reasons: the reason says who to look at next."""
+    return (
         "{{ range $i, $s := printf "
         "`sort_desc(topk(3, sum by (reason) (increase(finsent_items_dead_lettered_total{job=%q}["
         + o.dead_letter_window
         + "])) > 0))` $labels.job | query }}"
         '{{ if $i }}, {{ end }}{{ $s.Labels.reason }} ({{ $s.Value | printf "%.0f" }}){{ end }}'
     )
-    volume = (
+
+
+def _consumed_volume_template(o: OpsRuleParams) -> str:
+    """Alert-template text for the messages consumed over the window: a share means little without its base."""
+    return (
         "{{ with printf `sum(increase(finsent_items_consumed_total{job=%q}[" + o.dead_letter_window + "]))`"
         ' $labels.job | query }}{{ . | first | value | printf "%.0f" }}{{ end }}'
     )
-    return [
-        OpsAlert(
-            "FinsentWorkerDown",
-            f"up{{{job}}} == 0\n",
-            o.down_for,
-            "critical",
-            "finsent worker {{ $labels.instance }} is down (its /metrics scrape fails)",
-            f"Prometheus has failed to scrape {{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) for {o.down_for}."
-            " Its partitions go to the other workers of the consumer group once the group rebalances; if it was the"
-            " only worker nothing is scored and no spike can be detected. Check whether the process is running and"
-            " whether its metrics port answers.",
-            "1. systemctl status / kubectl get pods for the worker on {{ $labels.instance }}."
-            " 2. curl http://{{ $labels.instance }}/healthz (alive) and /readyz (model, consumer group, store)."
-            " 3. Read the worker's last log lines: a ConfigError (metrics port taken, bad settings) exits at start."
-            " 4. If the host is up but the port is not reachable from Prometheus, check the firewall and"
-            " FINSENT_METRICS_HOST.",
-        ),
-        OpsAlert(
-            "FinsentWorkerNotScraped",
-            f"absent(up{{{job}}})\n",
-            o.absent_for,
-            "critical",
-            f"No finsent worker is scraped (job {o.job} has no targets)",
-            f"Prometheus has had no target in job {o.job} for {o.absent_for}: the scrape job is missing from"
-            " prometheus.yml, or service discovery finds no worker. Nothing about the workers is known, so no other"
-            " worker alert can fire. Check the Prometheus configuration and its targets page.",
-            f"1. Open Prometheus /targets: is the {o.job} job listed, with which targets?"
-            " 2. promtool check config prometheus.yml; the job name must be exactly"
-            f" {o.job} (the rules select on it)."
-            " 3. With service discovery: check the labels/annotations the workers must carry."
-            " 4. If the workers were scaled to zero on purpose, silence this alert in Alertmanager.",
-        ),
-        OpsAlert(
-            "FinsentConsumerLagGrowing",
-            f"sum by (job, kafka_topic) ({lag}) > {o.lag_threshold}\n"
-            f"and on (job, kafka_topic) sum by (job, kafka_topic) (deriv({lag}[{o.lag_window}])) > 0\n",
-            o.lag_for,
-            "warning",
-            "finsent workers fall behind on Kafka topic {{ $labels.kafka_topic }}",
-            'The workers are {{ $value | printf "%.0f" }} messages behind on {{ $labels.kafka_topic }}'
-            f" (threshold {o.lag_threshold}) and the lag is still rising ({slope} messages/min over the last"
-            f" {o.lag_window}): items arrive faster than they are scored and stored, so spike alerts come late."
-            " Check whether the store is slow or failing, whether inference got slower, or whether the input rate"
-            " jumped.",
-            "1. Pipeline dashboard: consumed vs stored rate, inference and store p95 per batch, batch size."
-            " 2. A FinsentStoreFailing alert too: fix the store first (the lag is its symptom)."
-            " 3. Inference p95 up: check the model variant (int8/fp16) and the CPU/GPU load of the workers."
-            " 4. Input rate up (finsent_ingest_items_published_total): add workers, up to the topic's partition"
-            " count (FINSENT_PARTITIONS), or raise FINSENT_BATCH_MAX.",
-        ),
-        OpsAlert(
-            "FinsentDeadLetterRateHigh",
-            f"sum by (job) (rate({dl}[{o.dead_letter_window}]))\n"
-            f"  / sum by (job) (rate({consumed}[{o.dead_letter_window}])) > {o.dead_letter_share:g}\n"
-            f"and on (job) sum by (job) (increase({consumed}[{o.dead_letter_window}])) >= {o.dead_letter_min_volume}\n",
-            o.dead_letter_for,
-            "warning",
-            "{{ $value | humanizePercentage }} of consumed messages are dead-lettered",
-            "{{ $value | humanizePercentage }} of the " + volume + " messages consumed by job {{ $labels.job }}"
-            f" over the last {o.dead_letter_window} went to the dead-letter topic"
-            f" (threshold {o.dead_letter_share:.0%}); top reasons: {reasons}."
-            " Those items are never scored: the sentiment shares, and the spike alerts, miss them."
-            " Check which producer sends them (decoding reasons) or the model (model_error).",
-            "1. Read a few dead letters: kafka console consumer on the dead-letter topic (FINSENT_TOPIC_DLQ);"
-            " each carries its reason and the original key."
-            " 2. not_json, invalid_utf8, missing_field, bad_*: a producer writes the wrong format to the raw topic"
-            " (compare its source with finsent_ingest_items_published_total by source)."
-            " 3. oversize: raise FINSENT_MAX_MESSAGE_BYTES or fix the producer."
-            " 4. model_error: the worker logs carry the traceback; check the model files and the accelerator.",
-        ),
-        OpsAlert(
-            "FinsentStoreFailing",
-            f"sum by (job, instance) (increase(finsent_store_retries_total{{{job}}}[{o.store_window}])) > 0\n",
-            o.store_for,
-            "critical",
-            "finsent worker {{ $labels.instance }} cannot store its batches",
-            f"Worker {{{{ $labels.instance }}}} has been retrying failed store inserts for {o.store_for}"
-            ' ({{ $value | printf "%.0f" }} retries in the last ' + o.store_window + "): scored items are not"
-            " written, the batch stays unacknowledged and the consumer lag grows. Check that ClickHouse is up and"
-            " reachable, its disk, and the worker's store credentials.",
-            "1. curl http://{{ $labels.instance }}/readyz: it names the last store error."
-            " 2. The worker log: 'store unavailable' (connection) or 'store insert failed' (a traceback)."
-            " 3. ClickHouse: SELECT 1 against the server in FINSENT_STORE, free disk, system.errors, too many parts."
-            " 4. Nothing is lost while it retries: once the store answers the batch is written and the lag drains.",
-        ),
-        OpsAlert(
-            "FinsentModelNotServing",
-            f"(up{{{job}}} == 1)\nunless on (job, instance) (finsent_model_info{{{job}}} == 1)\n",
-            o.model_for,
-            "critical",
-            "finsent worker {{ $labels.instance }} is up without a model",
-            f"Worker {{{{ $labels.instance }}}} answers its scrapes but has not reported finsent_model_info = 1 for"
-            f" {o.model_for}: it is not scoring (a model that failed to load, or a process in this job that is not"
-            " a worker). Check the worker's log and its model directory.",
-            "1. curl http://{{ $labels.instance }}/readyz: 'no model loaded' confirms it."
-            " 2. The worker log around start-up: the model load error (missing files, FINSENT_MODEL_DIR, variant)."
-            " 3. Is the target really a worker? Only `finsent worker` processes belong in job " + o.job + "."
-            " 4. Restart the worker once the model directory is fixed.",
-        ),
-        OpsAlert(
-            "FinsentModelReloadFailed",
-            f"sum by (job, instance) (increase(finsent_model_reload_failures_total{{{job}}}[{o.reload_window}])) > 0\n",
-            o.reload_for,
-            "warning",
-            "finsent worker {{ $labels.instance }} cannot load the promoted model",
-            "The model registry's production alias moved to a version that worker {{ $labels.instance }} failed to"
-            " load, so it still scores with "
-            "{{ with printf `finsent_model_info{job=%q,instance=%q} == 1` $labels.job $labels.instance | query }}"
-            "{{ (. | first).Labels.version }}{{ else }}its previous model{{ end }}"
-            f" (a failure in the last {o.reload_window}). Workers that did load it score with the new one, so the"
-            " fleet may be split between two versions. It does not retry that version. Check the promoted"
-            " model's files and the worker's log.",
-            "1. The worker log: 'model reload: production moved to ... but it cannot be loaded' names the"
-            " version and the error. 2. finsent models list: which version is production, and its path."
-            " 3. Fix the model files (model.onnx, tokenizer.json, labels.json) or move production back with"
-            " finsent models rollback. 4. A worker tries a version again only after the alias has left it and"
-            " come back, or after a restart.",
-        ),
-    ]
+
+
+def _worker_down(o: OpsRuleParams) -> OpsAlert:
+    """A target whose scrape fails: the one sign that a worker process is gone."""
+    return OpsAlert(
+        "FinsentWorkerDown",
+        f"up{{{_job(o)}}} == 0\n",
+        o.down_for,
+        "critical",
+        "finsent worker {{ $labels.instance }} is down (its /metrics scrape fails)",
+        f"Prometheus has failed to scrape {{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) for {o.down_for}."
+        " Its partitions go to the other workers of the consumer group once the group rebalances; if it was the"
+        " only worker nothing is scored and no spike can be detected. Check whether the process is running and"
+        " whether its metrics port answers.",
+        "1. systemctl status / kubectl get pods for the worker on {{ $labels.instance }}."
+        " 2. curl http://{{ $labels.instance }}/healthz (alive) and /readyz (model, consumer group, store)."
+        " 3. Read the worker's last log lines: a ConfigError (metrics port taken, bad settings) exits at start."
+        " 4. If the host is up but the port is not reachable from Prometheus, check the firewall and"
+        " FINSENT_METRICS_HOST.",
+    )
+
+
+def _worker_not_scraped(o: OpsRuleParams) -> OpsAlert:
+    """No target at all: ``up == 0`` cannot fire without a series, so the job's absence needs its own rule."""
+    return OpsAlert(
+        "FinsentWorkerNotScraped",
+        f"absent(up{{{_job(o)}}})\n",
+        o.absent_for,
+        "critical",
+        f"No finsent worker is scraped (job {o.job} has no targets)",
+        f"Prometheus has had no target in job {o.job} for {o.absent_for}: the scrape job is missing from"
+        " prometheus.yml, or service discovery finds no worker. Nothing about the workers is known, so no other"
+        " worker alert can fire. Check the Prometheus configuration and its targets page.",
+        f"1. Open Prometheus /targets: is the {o.job} job listed, with which targets?"
+        " 2. promtool check config prometheus.yml; the job name must be exactly"
+        f" {o.job} (the rules select on it)."
+        " 3. With service discovery: check the labels/annotations the workers must carry."
+        " 4. If the workers were scaled to zero on purpose, silence this alert in Alertmanager.",
+    )
+
+
+def _consumer_lag_growing(o: OpsRuleParams) -> OpsAlert:
+    """A lag above the threshold AND still rising: a backlog being worked off, or a small one, stays quiet."""
+    lag = f"finsent_consumer_lag_messages{{{_job(o)}}}"
+    return OpsAlert(
+        "FinsentConsumerLagGrowing",
+        f"sum by (job, kafka_topic) ({lag}) > {o.lag_threshold}\n"
+        f"and on (job, kafka_topic) sum by (job, kafka_topic) (deriv({lag}[{o.lag_window}])) > 0\n",
+        o.lag_for,
+        "warning",
+        "finsent workers fall behind on Kafka topic {{ $labels.kafka_topic }}",
+        'The workers are {{ $value | printf "%.0f" }} messages behind on {{ $labels.kafka_topic }}'
+        f" (threshold {o.lag_threshold}) and the lag is still rising ({_lag_slope_template(o)} messages/min over"
+        f" the last {o.lag_window}): items arrive faster than they are scored and stored, so spike alerts come"
+        " late. Check whether the store is slow or failing, whether inference got slower, or whether the input"
+        " rate jumped.",
+        "1. Pipeline dashboard: consumed vs stored rate, inference and store p95 per batch, batch size."
+        " 2. A FinsentStoreFailing alert too: fix the store first (the lag is its symptom)."
+        " 3. Inference p95 up: check the model variant (int8/fp16) and the CPU/GPU load of the workers."
+        " 4. Input rate up (finsent_ingest_items_published_total): add workers, up to the topic's partition"
+        " count (FINSENT_PARTITIONS), or raise FINSENT_BATCH_MAX.",
+    )
+
+
+def _dead_letter_rate_high(o: OpsRuleParams) -> OpsAlert:
+    """Dead letters as a share of consumed messages, on a minimum volume: 5 of 20 is no rate."""
+    job, w = _job(o), o.dead_letter_window
+    dl = f"finsent_items_dead_lettered_total{{{job}}}"
+    consumed = f"finsent_items_consumed_total{{{job}}}"
+    return OpsAlert(
+        "FinsentDeadLetterRateHigh",
+        f"sum by (job) (rate({dl}[{w}]))\n"
+        f"  / sum by (job) (rate({consumed}[{w}])) > {o.dead_letter_share:g}\n"
+        f"and on (job) sum by (job) (increase({consumed}[{w}])) >= {o.dead_letter_min_volume}\n",
+        o.dead_letter_for,
+        "warning",
+        "{{ $value | humanizePercentage }} of consumed messages are dead-lettered",
+        "{{ $value | humanizePercentage }} of the "
+        + _consumed_volume_template(o)
+        + " messages consumed by job {{ $labels.job }}"
+        f" over the last {w} went to the dead-letter topic"
+        f" (threshold {o.dead_letter_share:.0%}); top reasons: {_dead_letter_reasons_template(o)}."
+        " Those items are never scored: the sentiment shares, and the spike alerts, miss them."
+        " Check which producer sends them (decoding reasons) or the model (model_error).",
+        "1. Read a few dead letters: kafka console consumer on the dead-letter topic (FINSENT_TOPIC_DLQ);"
+        " each carries its reason and the original key."
+        " 2. not_json, invalid_utf8, missing_field, bad_*: a producer writes the wrong format to the raw topic"
+        " (compare its source with finsent_ingest_items_published_total by source)."
+        " 3. oversize: raise FINSENT_MAX_MESSAGE_BYTES or fix the producer."
+        " 4. model_error: the worker logs carry the traceback; check the model files and the accelerator.",
+    )
+
+
+def _store_failing(o: OpsRuleParams) -> OpsAlert:
+    """Store retries in every window for a while: one failed insert never fires, a store that stays down does."""
+    return OpsAlert(
+        "FinsentStoreFailing",
+        f"sum by (job, instance) (increase(finsent_store_retries_total{{{_job(o)}}}[{o.store_window}])) > 0\n",
+        o.store_for,
+        "critical",
+        "finsent worker {{ $labels.instance }} cannot store its batches",
+        f"Worker {{{{ $labels.instance }}}} has been retrying failed store inserts for {o.store_for}"
+        ' ({{ $value | printf "%.0f" }} retries in the last ' + o.store_window + "): scored items are not"
+        " written, the batch stays unacknowledged and the consumer lag grows. Check that ClickHouse is up and"
+        " reachable, its disk, and the worker's store credentials.",
+        "1. curl http://{{ $labels.instance }}/readyz: it names the last store error."
+        " 2. The worker log: 'store unavailable' (connection) or 'store insert failed' (a traceback)."
+        " 3. ClickHouse: SELECT 1 against the server in FINSENT_STORE, free disk, system.errors, too many parts."
+        " 4. Nothing is lost while it retries: once the store answers the batch is written and the lag drains.",
+    )
+
+
+def _model_not_serving(o: OpsRuleParams) -> OpsAlert:
+    """A scraped worker without a loaded model: metrics come up before the model, so only a long wait counts."""
+    job = _job(o)
+    return OpsAlert(
+        "FinsentModelNotServing",
+        f"(up{{{job}}} == 1)\nunless on (job, instance) (finsent_model_info{{{job}}} == 1)\n",
+        o.model_for,
+        "critical",
+        "finsent worker {{ $labels.instance }} is up without a model",
+        f"Worker {{{{ $labels.instance }}}} answers its scrapes but has not reported finsent_model_info = 1 for"
+        f" {o.model_for}: it is not scoring (a model that failed to load, or a process in this job that is not"
+        " a worker). Check the worker's log and its model directory.",
+        "1. curl http://{{ $labels.instance }}/readyz: 'no model loaded' confirms it."
+        " 2. The worker log around start-up: the model load error (missing files, FINSENT_MODEL_DIR, variant)."
+        " 3. Is the target really a worker? Only `finsent worker` processes belong in job " + o.job + "."
+        " 4. Restart the worker once the model directory is fixed.",
+    )
+
+
+def _model_reload_failed(o: OpsRuleParams) -> OpsAlert:
+    """A promoted version a worker could not load: it is tried once, so the alert holds for a window and resolves."""
+    return OpsAlert(
+        "FinsentModelReloadFailed",
+        f"sum by (job, instance) (increase(finsent_model_reload_failures_total{{{_job(o)}}}[{o.reload_window}])) > 0\n",
+        o.reload_for,
+        "warning",
+        "finsent worker {{ $labels.instance }} cannot load the promoted model",
+        "The model registry's production alias moved to a version that worker {{ $labels.instance }} failed to"
+        " load, so it still scores with "
+        "{{ with printf `finsent_model_info{job=%q,instance=%q} == 1` $labels.job $labels.instance | query }}"
+        "{{ (. | first).Labels.version }}{{ else }}its previous model{{ end }}"
+        f" (a failure in the last {o.reload_window}). Workers that did load it score with the new one, so the"
+        " fleet may be split between two versions. It does not retry that version. Check the promoted"
+        " model's files and the worker's log.",
+        "1. The worker log: 'model reload: production moved to ... but it cannot be loaded' names the"
+        " version and the error. 2. finsent models list: which version is production, and its path."
+        " 3. Fix the model files (model.onnx, tokenizer.json, labels.json) or move production back with"
+        " finsent models rollback. 4. A worker tries a version again only after the alias has left it and"
+        " come back, or after a restart.",
+    )
+
+
+#: one builder per operational alert, in the order they are rendered (the rules file and the tests follow it)
+_OPS_ALERT_BUILDERS: tuple[Callable[[OpsRuleParams], OpsAlert], ...] = (
+    _worker_down,
+    _worker_not_scraped,
+    _consumer_lag_growing,
+    _dead_letter_rate_high,
+    _store_failing,
+    _model_not_serving,
+    _model_reload_failed,
+)
+
+
+def ops_alerts(o: OpsRuleParams | None = None) -> list[OpsAlert]:
+    """The operational alerts, in the order they are rendered (one builder each, above)."""
+    o = o or OpsRuleParams()
+    windows = (o.lag_window, o.dead_letter_window, o.store_window, o.reload_window)
+    assert all(_seconds(w) for w in windows), "windows must be positive"
+    return [build(o) for build in _OPS_ALERT_BUILDERS]
 
 
 def _render_ops(o: OpsRuleParams) -> str:
