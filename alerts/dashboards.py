@@ -420,15 +420,7 @@ def _variables(versions: bool = False) -> dict[str, Any]:
 def _annotations() -> dict[str, Any]:
     return {
         "list": [
-            {
-                "builtIn": 1,
-                "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                "enable": True,
-                "hide": True,
-                "iconColor": "rgba(0, 211, 255, 1)",
-                "name": "Annotations & Alerts",
-                "type": "dashboard",
-            },
+            _grafana_annotation(),
             {
                 "name": "finsent alerts (ClickHouse)",
                 "datasource": CH,
@@ -477,335 +469,420 @@ def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], desc: str, ve
     }
 
 
-def dashboards() -> dict[str, dict[str, Any]]:
-    sentiment = _dashboard(
+def _headline_links() -> dict[str, Any]:
+    """A table's ``headline`` cell links to the row's ``url`` (the SQL keeps only http(s) urls: stored text is
+    untrusted input), in a new tab so the dashboard stays open."""
+    return {
+        "defaults": {},
+        "overrides": [
+            {
+                "matcher": {"id": "byName", "options": "headline"},
+                "properties": [
+                    {
+                        "id": "links",
+                        "value": [{"title": "open", "url": "${__data.fields.url}", "targetBlank": True}],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _entity_name_links() -> dict[str, Any]:
+    """A table's ``entity_name`` cell opens the entities dashboard on that entity: from an alert to its story."""
+    return {
+        "defaults": {},
+        "overrides": [
+            {
+                "matcher": {"id": "byName", "options": "entity_name"},
+                "properties": [
+                    {
+                        "id": "links",
+                        "value": [
+                            {
+                                "title": "entity dashboard",
+                                "url": "/d/finsent-entities/finsent-entities?var-entity=${__data.fields.entity_id}",
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _grafana_annotation() -> dict[str, Any]:
+    """Grafana's own annotation source (manual notes, Grafana alerts), kept hidden as Grafana itself writes it:
+    a dashboard that lists its annotations but leaves this one out loses the notes people add by hand."""
+    return {
+        "builtIn": 1,
+        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+        "enable": True,
+        "hide": True,
+        "iconColor": "rgba(0, 211, 255, 1)",
+        "name": "Annotations & Alerts",
+        "type": "dashboard",
+    }
+
+
+# ---- finsent / sentiment: ClickHouse over the topics, rows top to bottom ----------------------------------------
+
+
+def _sentiment_share_panels() -> list[dict[str, Any]]:
+    """First rows: how negative each topic is over time, as a line, as stacked counts and as an hourly heatmap."""
+    return [
+        _panel(
+            1,
+            "Negative share by topic",
+            "timeseries",
+            [_sql(SQL_NEGATIVE_SHARE)],
+            0,
+            0,
+            24,
+            9,
+            "percentunit",
+            "Distinct negative items / distinct items per topic and interval (ClickHouse topic_minute).",
+        ),
+        _panel(
+            2,
+            "Items by sentiment",
+            "timeseries",
+            [_sql(SQL_SENTIMENT_COUNTS)],
+            0,
+            9,
+            12,
+            8,
+            "short",
+            "Scored items per interval, stacked by sentiment, for the selected topics.",
+            options={"legend": {"displayMode": "list", "placement": "bottom"}},
+        ),
+        _panel(
+            3,
+            "Negative share heatmap (hourly)",
+            "heatmap",
+            [_sql(SQL_HEATMAP, "table")],
+            12,
+            9,
+            12,
+            8,
+            "percentunit",
+            "Negative share per topic and hour: chronic topics stay warm, spikes light up.",
+            options={"calculate": False, "yAxis": {"unit": "short"}, "color": {"scheme": "Reds", "mode": "scheme"}},
+        ),
+    ]
+
+
+def _sentiment_detail_panels() -> list[dict[str, Any]]:
+    """Lower rows: the items and alerts behind the shares, and the same items under two model versions."""
+    return [
+        _panel(
+            4,
+            "Top negative items",
+            "table",
+            [_sql(SQL_TOP_NEGATIVE, "table")],
+            0,
+            17,
+            24,
+            10,
+            None,
+            "The 50 most negative items of the time range; headlines link to the article.",
+            fieldConfig=_headline_links(),
+        ),
+        _panel(
+            5,
+            "Alerts",
+            "table",
+            [_sql(SQL_ALERTS_TABLE, "table")],
+            0,
+            27,
+            24,
+            8,
+            None,
+            "Spike alerts stored by the in-stream detector / AlertRunner (ClickHouse alerts table).",
+        ),
+        _panel(
+            6,
+            "Negative share of the same items: model A vs model B",
+            "barchart",
+            [_sql(SQL_COMPARE, "table")],
+            0,
+            35,
+            24,
+            9,
+            "percentunit",
+            "Items scored by both versions (finsent rescore, the scores history), per topic as model A assigned "
+            "them: the negative share under A and under B. Pick the versions in the model A / model B variables; "
+            "the same numbers as `finsent query compare --versions A B`.",
+            options={"xField": "topic", "orientation": "horizontal", "legend": {"displayMode": "list"}},
+        ),
+    ]
+
+
+def sentiment_dashboard() -> dict[str, Any]:
+    """finsent / sentiment: the store's view of the news, with the model-version variables for the compare panel."""
+    return _dashboard(
         "finsent-sentiment",
         "finsent / sentiment",
-        [
-            _panel(
-                1,
-                "Negative share by topic",
-                "timeseries",
-                [_sql(SQL_NEGATIVE_SHARE)],
-                0,
-                0,
-                24,
-                9,
-                "percentunit",
-                "Distinct negative items / distinct items per topic and interval (ClickHouse topic_minute).",
-            ),
-            _panel(
-                2,
-                "Items by sentiment",
-                "timeseries",
-                [_sql(SQL_SENTIMENT_COUNTS)],
-                0,
-                9,
-                12,
-                8,
-                "short",
-                "Scored items per interval, stacked by sentiment, for the selected topics.",
-                options={"legend": {"displayMode": "list", "placement": "bottom"}},
-            ),
-            _panel(
-                3,
-                "Negative share heatmap (hourly)",
-                "heatmap",
-                [_sql(SQL_HEATMAP, "table")],
-                12,
-                9,
-                12,
-                8,
-                "percentunit",
-                "Negative share per topic and hour: chronic topics stay warm, spikes light up.",
-                options={"calculate": False, "yAxis": {"unit": "short"}, "color": {"scheme": "Reds", "mode": "scheme"}},
-            ),
-            _panel(
-                4,
-                "Top negative items",
-                "table",
-                [_sql(SQL_TOP_NEGATIVE, "table")],
-                0,
-                17,
-                24,
-                10,
-                None,
-                "The 50 most negative items of the time range; headlines link to the article.",
-                fieldConfig={
-                    "defaults": {},
-                    "overrides": [
-                        {
-                            "matcher": {"id": "byName", "options": "headline"},
-                            "properties": [
-                                {
-                                    "id": "links",
-                                    "value": [{"title": "open", "url": "${__data.fields.url}", "targetBlank": True}],
-                                }
-                            ],
-                        }
-                    ],
-                },
-            ),
-            _panel(
-                5,
-                "Alerts",
-                "table",
-                [_sql(SQL_ALERTS_TABLE, "table")],
-                0,
-                27,
-                24,
-                8,
-                None,
-                "Spike alerts stored by the in-stream detector / AlertRunner (ClickHouse alerts table).",
-            ),
-            _panel(
-                6,
-                "Negative share of the same items: model A vs model B",
-                "barchart",
-                [_sql(SQL_COMPARE, "table")],
-                0,
-                35,
-                24,
-                9,
-                "percentunit",
-                "Items scored by both versions (finsent rescore, the scores history), per topic as model A assigned "
-                "them: the negative share under A and under B. Pick the versions in the model A / model B variables; "
-                "the same numbers as `finsent query compare --versions A B`.",
-                options={"xField": "topic", "orientation": "horizontal", "legend": {"displayMode": "list"}},
-            ),
-        ],
+        [*_sentiment_share_panels(), *_sentiment_detail_panels()],
         "Sentiment per topic over time from ClickHouse; spike alerts as annotations.",
         versions=True,
     )
-    alerts = _dashboard(
+
+
+# ---- finsent / alerts: where an alert's dashboard link lands ------------------------------------------------------
+
+
+def _alert_rule_panels() -> list[dict[str, Any]]:
+    """Top rows: what the Prometheus rule and the in-stream detector saw (their inputs, scores and state)."""
+    return [
+        _panel(
+            1,
+            "Negative share: 5m vs 1h baseline (Prometheus)",
+            "timeseries",
+            [_prom(PROMQL["share_short"], "{{topic}} 5m"), _prom(PROMQL["share_long"], "{{topic}} baseline", "B")],
+            0,
+            0,
+            12,
+            9,
+            "percentunit",
+            "The recording rules the FinsentNegativeSentimentSpike alert is built on.",
+        ),
+        _panel(
+            2,
+            "Spike z-score (Prometheus rule) and in-stream score",
+            "timeseries",
+            [_prom(PROMQL["zscore"], "{{topic}} rule z"), _prom(PROMQL["stream_score"], "{{topic}} stream", "B")],
+            12,
+            0,
+            12,
+            9,
+            "short",
+            "Warning fires at z >= 6 (rule) / 5 (in-stream ewma_z).",
+        ),
+        _panel(
+            3,
+            "In-stream alarm state",
+            "state-timeline",
+            [_prom(PROMQL["stream_active"])],
+            0,
+            9,
+            12,
+            6,
+            None,
+            "finsent_negative_spike_active: 0 calm, 1 warning, 2 critical.",
+        ),
+        _panel(
+            4,
+            "Items scored per second by topic",
+            "timeseries",
+            [_prom(PROMQL["scored_rate"])],
+            12,
+            9,
+            12,
+            6,
+            "ops",
+            "Volume: the rule ignores topics below its volume floor.",
+        ),
+    ]
+
+
+def _alert_store_panels() -> list[dict[str, Any]]:
+    """Middle rows: the headlines behind a spike and the stored alerts, topic and entity (ClickHouse)."""
+    return [
+        _panel(
+            5,
+            "Top negative items",
+            "table",
+            [_sql(SQL_TOP_NEGATIVE, "table")],
+            0,
+            15,
+            24,
+            10,
+            None,
+            "The headlines behind the spike (linked from the alert's dashboard annotation).",
+        ),
+        _panel(
+            6,
+            "Alerts",
+            "table",
+            [_sql(SQL_ALERTS_TABLE, "table")],
+            0,
+            25,
+            24,
+            8,
+            None,
+            "Stored spike alerts for the selected topics.",
+        ),
+        _panel(
+            7,
+            "Entity alerts",
+            "table",
+            [_sql(SQL_ALL_ENTITY_ALERTS, "table")],
+            0,
+            33,
+            24,
+            8,
+            None,
+            "Stored entity alerts (a negative-news surge about one name); open one in the finsent / entities "
+            "dashboard.",
+            fieldConfig=_entity_name_links(),
+        ),
+    ]
+
+
+def _alert_entity_panels() -> list[dict[str, Any]]:
+    """Bottom row: the entity detector from Prometheus, as aggregates (names only while they alert)."""
+    return [
+        _panel(
+            8,
+            "Entities alerting now",
+            "table",
+            [_prom(PROMQL["entity_alerting"], "{{entity}}")],
+            0,
+            41,
+            12,
+            7,
+            None,
+            "finsent_entity_alert_active: the names in an alert episode (1 warning, 2 critical).",
+        ),
+        _panel(
+            9,
+            "Entity mentions and alerts",
+            "timeseries",
+            [
+                _prom(PROMQL["entity_mentions_rate"], "{{sentiment}} mentions/s"),
+                _prom(PROMQL["entity_alerts_rate"], "{{severity}} alerts (1h)", "B"),
+                _prom(PROMQL["entities_tracked"], "entities tracked", "C"),
+            ],
+            12,
+            41,
+            12,
+            7,
+            "short",
+            "Aggregates only: thousands of names never become label values.",
+        ),
+    ]
+
+
+def alerts_dashboard() -> dict[str, Any]:
+    """finsent / alerts: the page an alert links to, so one click shows why it fired and what it was about."""
+    return _dashboard(
         "finsent-alerts",
         "finsent / alerts",
-        [
-            _panel(
-                1,
-                "Negative share: 5m vs 1h baseline (Prometheus)",
-                "timeseries",
-                [_prom(PROMQL["share_short"], "{{topic}} 5m"), _prom(PROMQL["share_long"], "{{topic}} baseline", "B")],
-                0,
-                0,
-                12,
-                9,
-                "percentunit",
-                "The recording rules the FinsentNegativeSentimentSpike alert is built on.",
-            ),
-            _panel(
-                2,
-                "Spike z-score (Prometheus rule) and in-stream score",
-                "timeseries",
-                [_prom(PROMQL["zscore"], "{{topic}} rule z"), _prom(PROMQL["stream_score"], "{{topic}} stream", "B")],
-                12,
-                0,
-                12,
-                9,
-                "short",
-                "Warning fires at z >= 6 (rule) / 5 (in-stream ewma_z).",
-            ),
-            _panel(
-                3,
-                "In-stream alarm state",
-                "state-timeline",
-                [_prom(PROMQL["stream_active"])],
-                0,
-                9,
-                12,
-                6,
-                None,
-                "finsent_negative_spike_active: 0 calm, 1 warning, 2 critical.",
-            ),
-            _panel(
-                4,
-                "Items scored per second by topic",
-                "timeseries",
-                [_prom(PROMQL["scored_rate"])],
-                12,
-                9,
-                12,
-                6,
-                "ops",
-                "Volume: the rule ignores topics below its volume floor.",
-            ),
-            _panel(
-                5,
-                "Top negative items",
-                "table",
-                [_sql(SQL_TOP_NEGATIVE, "table")],
-                0,
-                15,
-                24,
-                10,
-                None,
-                "The headlines behind the spike (linked from the alert's dashboard annotation).",
-            ),
-            _panel(
-                6,
-                "Alerts",
-                "table",
-                [_sql(SQL_ALERTS_TABLE, "table")],
-                0,
-                25,
-                24,
-                8,
-                None,
-                "Stored spike alerts for the selected topics.",
-            ),
-            _panel(
-                7,
-                "Entity alerts",
-                "table",
-                [_sql(SQL_ALL_ENTITY_ALERTS, "table")],
-                0,
-                33,
-                24,
-                8,
-                None,
-                "Stored entity alerts (a negative-news surge about one name); open one in the finsent / entities "
-                "dashboard.",
-                fieldConfig={
-                    "defaults": {},
-                    "overrides": [
-                        {
-                            "matcher": {"id": "byName", "options": "entity_name"},
-                            "properties": [
-                                {
-                                    "id": "links",
-                                    "value": [
-                                        {
-                                            "title": "entity dashboard",
-                                            "url": "/d/finsent-entities/finsent-entities"
-                                            "?var-entity=${__data.fields.entity_id}",
-                                        }
-                                    ],
-                                }
-                            ],
-                        }
-                    ],
-                },
-            ),
-            _panel(
-                8,
-                "Entities alerting now",
-                "table",
-                [_prom(PROMQL["entity_alerting"], "{{entity}}")],
-                0,
-                41,
-                12,
-                7,
-                None,
-                "finsent_entity_alert_active: the names in an alert episode (1 warning, 2 critical).",
-            ),
-            _panel(
-                9,
-                "Entity mentions and alerts",
-                "timeseries",
-                [
-                    _prom(PROMQL["entity_mentions_rate"], "{{sentiment}} mentions/s"),
-                    _prom(PROMQL["entity_alerts_rate"], "{{severity}} alerts (1h)", "B"),
-                    _prom(PROMQL["entities_tracked"], "entities tracked", "C"),
-                ],
-                12,
-                41,
-                12,
-                7,
-                "short",
-                "Aggregates only: thousands of names never become label values.",
-            ),
-        ],
+        [*_alert_rule_panels(), *_alert_store_panels(), *_alert_entity_panels()],
         "Where an alert's dashboard link lands: the rule's inputs, the in-stream detector, the headlines.",
     )
-    pipeline = _dashboard(
+
+
+# ---- finsent / pipeline: is the worker keeping up --------------------------------------------------------------
+
+
+def _pipeline_flow_panels() -> list[dict[str, Any]]:
+    """Top rows: items in and out, how far behind, how long an item takes and where the time goes."""
+    return [
+        _panel(
+            1,
+            "Throughput",
+            "timeseries",
+            [
+                _prom(PROMQL["consumed_rate"], "consumed"),
+                _prom(PROMQL["stored_rate"], "stored", "B"),
+                _sql(SQL_STORED_RATE, "timeseries", "C"),
+            ],
+            0,
+            0,
+            12,
+            8,
+            "ops",
+            "Messages consumed and rows stored per second (Prometheus), and stored items/s (ClickHouse).",
+        ),
+        _panel(
+            2,
+            "Consumer lag",
+            "timeseries",
+            [_prom(PROMQL["lag"], "{{kafka_topic}}")],
+            12,
+            0,
+            12,
+            8,
+            "short",
+            "Messages behind the end of each consumed topic.",
+        ),
+        _panel(
+            3,
+            "End-to-end latency (ingested -> stored)",
+            "timeseries",
+            [_prom(PROMQL["latency_p50"], "p50"), _prom(PROMQL["latency_p99"], "p99", "B")],
+            0,
+            8,
+            12,
+            8,
+            "s",
+        ),
+        _panel(
+            4,
+            "Inference and store time per batch (p95)",
+            "timeseries",
+            [_prom(PROMQL["inference_p95"], "inference"), _prom(PROMQL["store_p95"], "store", "B")],
+            12,
+            8,
+            12,
+            8,
+            "s",
+        ),
+    ]
+
+
+def _pipeline_trouble_panels() -> list[dict[str, Any]]:
+    """Bottom row: batch size and the two signs of trouble (dead letters, store retries)."""
+    return [
+        _panel(5, "Mean batch size", "timeseries", [_prom(PROMQL["batch_mean"], "batch")], 0, 16, 8, 7, "short"),
+        _panel(
+            6,
+            "Dead letters by reason",
+            "timeseries",
+            [_prom(PROMQL["dead_letter_rate"], "{{reason}}")],
+            8,
+            16,
+            8,
+            7,
+            "ops",
+        ),
+        _panel(7, "Store retries", "timeseries", [_prom(PROMQL["store_retries"], "retries")], 16, 16, 8, 7, "ops"),
+    ]
+
+
+def pipeline_dashboard() -> dict[str, Any]:
+    """finsent / pipeline: the worker's health, where the operational alerts link to."""
+    return _dashboard(
         "finsent-pipeline",
         "finsent / pipeline",
-        [
-            _panel(
-                1,
-                "Throughput",
-                "timeseries",
-                [
-                    _prom(PROMQL["consumed_rate"], "consumed"),
-                    _prom(PROMQL["stored_rate"], "stored", "B"),
-                    _sql(SQL_STORED_RATE, "timeseries", "C"),
-                ],
-                0,
-                0,
-                12,
-                8,
-                "ops",
-                "Messages consumed and rows stored per second (Prometheus), and stored items/s (ClickHouse).",
-            ),
-            _panel(
-                2,
-                "Consumer lag",
-                "timeseries",
-                [_prom(PROMQL["lag"], "{{kafka_topic}}")],
-                12,
-                0,
-                12,
-                8,
-                "short",
-                "Messages behind the end of each consumed topic.",
-            ),
-            _panel(
-                3,
-                "End-to-end latency (ingested -> stored)",
-                "timeseries",
-                [_prom(PROMQL["latency_p50"], "p50"), _prom(PROMQL["latency_p99"], "p99", "B")],
-                0,
-                8,
-                12,
-                8,
-                "s",
-            ),
-            _panel(
-                4,
-                "Inference and store time per batch (p95)",
-                "timeseries",
-                [_prom(PROMQL["inference_p95"], "inference"), _prom(PROMQL["store_p95"], "store", "B")],
-                12,
-                8,
-                12,
-                8,
-                "s",
-            ),
-            _panel(5, "Mean batch size", "timeseries", [_prom(PROMQL["batch_mean"], "batch")], 0, 16, 8, 7, "short"),
-            _panel(
-                6,
-                "Dead letters by reason",
-                "timeseries",
-                [_prom(PROMQL["dead_letter_rate"], "{{reason}}")],
-                8,
-                16,
-                8,
-                7,
-                "ops",
-            ),
-            _panel(7, "Store retries", "timeseries", [_prom(PROMQL["store_retries"], "retries")], 16, 16, 8, 7, "ops"),
-        ],
+        [*_pipeline_flow_panels(), *_pipeline_trouble_panels()],
         "Is the worker keeping up: throughput, lag, latency, batch sizes, dead letters, store retries.",
     )
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    """Every dashboard by its file name under ``deploy/grafana/dashboards``."""
     return {
-        "finsent-sentiment.json": sentiment,
-        "finsent-alerts.json": alerts,
-        "finsent-pipeline.json": pipeline,
+        "finsent-sentiment.json": sentiment_dashboard(),
+        "finsent-alerts.json": alerts_dashboard(),
+        "finsent-pipeline.json": pipeline_dashboard(),
         "finsent-entities.json": entity_dashboard(),
     }
 
 
-def entity_dashboard() -> dict[str, Any]:
-    """One entity: mentions by sentiment, net sentiment, buzz and novel stories, top stories, its alerts."""
+# ---- finsent / entities: one entity over event time --------------------------------------------------------------
 
-    sql = _sql
 
-    panels = [
+def _entity_series_panels() -> list[dict[str, Any]]:
+    """Top rows: the entity's mentions over event time, by sentiment, net, and as buzz vs novel stories."""
+    return [
         _panel(
             1,
             "Mentions by sentiment",
             "timeseries",
-            [sql(SQL_ENTITY_SERIES)],
+            [_sql(SQL_ENTITY_SERIES)],
             0,
             0,
             12,
@@ -818,7 +895,7 @@ def entity_dashboard() -> dict[str, Any]:
             2,
             "Net sentiment (relevance-weighted)",
             "timeseries",
-            [sql(SQL_ENTITY_NET)],
+            [_sql(SQL_ENTITY_NET)],
             12,
             0,
             12,
@@ -830,7 +907,7 @@ def entity_dashboard() -> dict[str, Any]:
             3,
             "Buzz, novel stories, sources",
             "timeseries",
-            [sql(SQL_ENTITY_BUZZ)],
+            [_sql(SQL_ENTITY_BUZZ)],
             0,
             8,
             12,
@@ -839,11 +916,17 @@ def entity_dashboard() -> dict[str, Any]:
             "Buzz counts every mention; novel counts first tellings (novelty 100) where novelty was stored; the "
             "entity detector tests novel negatives against the name's own baseline.",
         ),
+    ]
+
+
+def _entity_table_panels() -> list[dict[str, Any]]:
+    """Middle rows: the entity's stored alerts and its newest stories, each headline linked to its article."""
+    return [
         _panel(
             4,
             "Alerts about this entity",
             "table",
-            [sql(SQL_ENTITY_ALERTS, "table")],
+            [_sql(SQL_ENTITY_ALERTS, "table")],
             12,
             8,
             12,
@@ -856,28 +939,21 @@ def entity_dashboard() -> dict[str, Any]:
             5,
             "Top stories",
             "table",
-            [sql(SQL_ENTITY_STORIES, "table")],
+            [_sql(SQL_ENTITY_STORIES, "table")],
             0,
             16,
             24,
             10,
             None,
             "The newest stories mentioning the entity; headlines link to the article.",
-            fieldConfig={
-                "defaults": {},
-                "overrides": [
-                    {
-                        "matcher": {"id": "byName", "options": "headline"},
-                        "properties": [
-                            {
-                                "id": "links",
-                                "value": [{"title": "open", "url": "${__data.fields.url}", "targetBlank": True}],
-                            }
-                        ],
-                    }
-                ],
-            },
+            fieldConfig=_headline_links(),
         ),
+    ]
+
+
+def _entity_fleet_panels() -> list[dict[str, Any]]:
+    """Bottom row: every entity together from Prometheus (no per-name series there, so not this entity's)."""
+    return [
         _panel(
             6,
             "Entities alerting now (all workers)",
@@ -903,14 +979,11 @@ def entity_dashboard() -> dict[str, Any]:
             "Every entity together (no per-name series in Prometheus).",
         ),
     ]
-    dash = _dashboard(
-        "finsent-entities",
-        "finsent / entities",
-        panels,
-        "One entity over event time: mentions, net sentiment, buzz, top stories and its alerts.",
-    )
-    dash["time"] = {"from": "now-7d", "to": "now"}
-    dash["templating"] = {
+
+
+def _entity_templating() -> dict[str, Any]:
+    """The datasources, the database, and one ``entity`` (no topic filter: an entity crosses topics)."""
+    return {
         "list": [
             *_datasource_variables(),
             next(v for v in _variables()["list"] if v["name"] == "database"),
@@ -928,26 +1001,38 @@ def entity_dashboard() -> dict[str, Any]:
             },
         ]
     }
-    dash["annotations"] = {
+
+
+def _entity_annotations() -> dict[str, Any]:
+    """The entity's stored alerts as annotations (the topic spike annotations would not concern this entity)."""
+    return {
         "list": [
-            {
-                "builtIn": 1,
-                "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                "enable": True,
-                "hide": True,
-                "iconColor": "rgba(0, 211, 255, 1)",
-                "name": "Annotations & Alerts",
-                "type": "dashboard",
-            },
+            _grafana_annotation(),
             {
                 "name": "entity alerts (ClickHouse)",
                 "datasource": CH,
                 "enable": True,
                 "iconColor": "red",
-                "target": sql(SQL_ENTITY_ALERT_ANNOTATIONS, "table", "Anno"),
+                "target": _sql(SQL_ENTITY_ALERT_ANNOTATIONS, "table", "Anno"),
             },
         ]
     }
+
+
+def entity_dashboard() -> dict[str, Any]:
+    """One entity: mentions by sentiment, net sentiment, buzz and novel stories, top stories, its alerts.
+
+    A week by default (entity surges are judged over days of event time), with its own variables and annotations.
+    """
+    dash = _dashboard(
+        "finsent-entities",
+        "finsent / entities",
+        [*_entity_series_panels(), *_entity_table_panels(), *_entity_fleet_panels()],
+        "One entity over event time: mentions, net sentiment, buzz, top stories and its alerts.",
+    )
+    dash["time"] = {"from": "now-7d", "to": "now"}
+    dash["templating"] = _entity_templating()
+    dash["annotations"] = _entity_annotations()
     return dash
 
 
