@@ -247,6 +247,20 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def run_entities(args: argparse.Namespace, settings: object = None) -> int:
+    if getattr(args, "plumbing", False):
+        from finsent.bench.entities_stack import run_entity_plumbing
+
+        plumbing = run_entity_plumbing(args.plumbing_items, args.plumbing_rounds, progress=print)
+        if not to_stdout(args.json):
+            on, off = plumbing["on"], plumbing["off"]
+            print(
+                f"entity stage: {on['cpu_ms_per_item']} vs {off['cpu_ms_per_item']} ms CPU per item with entities on "
+                f"vs off ({plumbing['cpu_cost']:+.0%}); items/s stored {on['items_per_s_stored']} vs "
+                f"{off['items_per_s_stored']}, every mention counted {on['items_per_s_all_counted']}; load "
+                f"{plumbing['load_before'][0]} -> {plumbing['load_after'][0]}"
+            )
+        emit_json(args.json, plumbing)
+        return 0
     report = run_bench(args)
     if getattr(args, "through_stack", False):
         from finsent.bench.entities_stack import compare, print_stack, run_through_stack
@@ -275,7 +289,8 @@ def register(bench_subparsers: Any) -> None:
         "  finsent bench entities                                   the shared crypto news\n"
         "  finsent bench entities --json entities.json --plot plots/\n"
         "  finsent bench entities --data news.csv --watchlist watch.csv --watch-mode wider\n"
-        "  finsent bench entities --through-stack                   also through broker, worker, clickhouse-server",
+        "  finsent bench entities --through-stack                   also through broker, worker, clickhouse-server\n"
+        "  finsent bench entities --plumbing                        the entity stage's CPU, entities on vs off",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_json_option(b, "the full report")
@@ -308,6 +323,14 @@ def register(bench_subparsers: Any) -> None:
         help="with --through-stack: the worker's FINSENT_ENTITY_LATENESS_S (default: the file's time span, since a "
         "full-speed replay is a backlog read unevenly across partitions)",
     )
+    b.add_argument(
+        "--plumbing",
+        action="store_true",
+        help="instead: the entity stage's plumbing cost -- one worker with a classifier that costs nothing but "
+        "names two entities per item, with the entity agent on vs off, interleaved rounds (Tansu, chdb)",
+    )
+    b.add_argument("--plumbing-items", type=int, default=2000, help="with --plumbing: items per round (2000)")
+    b.add_argument("--plumbing-rounds", type=int, default=4, help="with --plumbing: rounds per mode (default 4)")
     b.add_argument("--partitions", type=int, default=2, help="with --through-stack: topic partitions (default 2)")
     b.add_argument("--timeout-s", type=float, default=900, help="with --through-stack: give up after (default 900)")
     b.set_defaults(func=run_entities)

@@ -202,4 +202,133 @@ def print_stack(r: dict[str, Any], out: Any) -> None:
     )
 
 
-__all__ = ["COLLAPSES", "collapses", "compare", "print_stack", "run_through_stack"]
+# --- the entity stage's plumbing cost (issue 26: within 15% with entities on) -----------------------------------
+#: names the plumbing classifier gives (two per item, as the stored crypto news has about two mentions per item)
+PLUMBING_NAMES = [(f"E{i:03d}", f"Company {i}") for i in range(300)]
+
+
+class EntityConstantClassifier:
+    """:class:`finsent.bench.plumbing.ConstantClassifier`'s fixed prediction plus two entities per item (two
+    different names of 300, chosen by a hash of the text): costs nothing, gives the entity stage its usual work."""
+
+    version = "plumbing-constant-entities"
+    variant = "constant"
+    provider = "none"
+
+    def predict(self, texts: Any, titles: Any = None) -> list[Any]:
+        import zlib
+        from dataclasses import replace
+
+        from finsent.bench.plumbing import CONSTANT_PREDICTION
+        from finsent.core.events import EntityMention
+
+        probs = {"negative": 0.1, "neutral": 0.8, "positive": 0.1}
+        out = []
+        for t in texts:
+            h = zlib.crc32(t.encode("utf-8", "surrogatepass"))
+            a = h % 300
+            b = (a + 1 + (h >> 12) % 299) % 300
+            ents = tuple(
+                EntityMention(PLUMBING_NAMES[j][1], 0, 5, "neutral", probs, *PLUMBING_NAMES[j], 80) for j in (a, b)
+            )
+            out.append(replace(CONSTANT_PREDICTION, entities=ents))
+        return out
+
+
+def _plumbing_round(stack: Any, settings: Any, texts: list[str], run: str, prefix: str, on: bool) -> dict[str, Any]:
+    """One backlog through a fresh worker with (``on``) or without the entity agent: CPU per item over the window
+    from its first batch to every item stored and, with the agent, every mention counted at its owner."""
+    from finsent.alerts.entity_agent import attach as attach_entities
+    from finsent.bench.pipeline import _items, _produce
+    from finsent.bench.plumbing import CpuSample
+    from finsent.core.wait import wait_until
+
+    _produce(settings, _items(texts, run, prefix))
+    worker = stack.start_worker(
+        settings=settings, classifier=EntityConstantClassifier(), extensions=[attach_entities] if on else []
+    )
+    try:
+        stats = worker.scorer.stats
+        state = worker.context.extensions.get("entity_alerts") if on else None
+        wait_until(lambda: stats.first_batch_t is not None, 120, 0.005, what="the worker's first batch")
+        cpu0, t0 = CpuSample.take(stack.broker_pid, stack.server_pid), time.monotonic()
+        wait_until(lambda: stats.stored >= len(texts), 300, 0.005, what=f"{len(texts)} items stored")
+        stored_s = time.monotonic() - t0
+        if state is not None:
+            wait_until(lambda: state.mentions >= 2 * len(texts), 300, 0.01, what="every mention at its owner")
+        done_s = time.monotonic() - t0
+        cpu = CpuSample.take(stack.broker_pid, stack.server_pid).minus(cpu0)
+    finally:
+        worker.stop()
+    n = len(texts)
+    total = cpu.python_threads + cpu.native_threads + cpu.broker + cpu.server
+    return {
+        "entities": on,
+        "items": n,
+        "stored_s": round(stored_s, 3),
+        "done_s": round(done_s, 3),
+        "cpu_ms_per_item": round(total * 1000 / n, 4),
+        "worker_python_ms_per_item": round(cpu.python_threads * 1000 / n, 4),
+    }
+
+
+def run_entity_plumbing(items: int, rounds: int, progress: Any = print) -> dict[str, Any]:
+    """The same worker with the entity agent on and off, interleaved rounds (on/off, then off/on...), on one
+    broker and one chdb store; each mode has its own topics and consumer group, so an "on" round never reads an
+    "off" round's scored backlog. Classifier: :class:`EntityConstantClassifier` (the plumbing's, with entities)."""
+    from finsent.core.settings import load_settings
+    from finsent.demo import load_tweets
+    from finsent.stack import LocalStack
+    from finsent.stream.kafka import ensure_topics
+
+    tweets = [t["text"] for t in load_tweets()]
+    load_before = os.getloadavg()
+    results: list[dict[str, Any]] = []
+    with LocalStack(load_settings(), name="finsent-bench-entity-plumbing", partitions=2) as stack:
+        modes = {}
+        for on in (True, False):
+            tag = "on" if on else "off"
+            base = stack.settings
+            modes[on] = base.model_copy(
+                update={
+                    "topic_raw": f"{base.topic_raw}-{tag}",
+                    "topic_scored": f"{base.topic_scored}-{tag}",
+                    "topic_dlq": f"{base.topic_dlq}-{tag}",
+                    "topic_alerts": f"{base.topic_alerts}-{tag}",
+                    "consumer_group": f"{base.consumer_group}-{tag}",
+                    "entity_alerts": on,
+                }
+            )
+            ensure_topics(modes[on])
+        for on in (True, False):  # warm-up: group join, store, imports
+            _plumbing_round(stack, modes[on], tweets[:256], stack.run_id, f"warm-{on}", on)
+        for r in range(rounds):
+            for on in (True, False) if r % 2 == 0 else (False, True):
+                texts = [f"{tweets[(r * items + i) % len(tweets)]} #{r}-{i}" for i in range(items)]
+                res = _plumbing_round(stack, modes[on], texts, stack.run_id, f"r{r}-{on}", on)
+                results.append(res)
+                progress(f"round {r + 1}/{rounds} entities {'on ' if on else 'off'}: {res['cpu_ms_per_item']} ms/item")
+    out: dict[str, Any] = {"load_before": [round(x, 2) for x in load_before]}
+    for on in (True, False):
+        xs = [x for x in results if x["entities"] is on]
+        n = sum(x["items"] for x in xs)
+        out["on" if on else "off"] = {
+            "cpu_ms_per_item": round(sum(x["cpu_ms_per_item"] * x["items"] for x in xs) / n, 4),
+            "items_per_s_stored": round(n / sum(x["stored_s"] for x in xs), 1),
+            "items_per_s_all_counted": round(n / sum(x["done_s"] for x in xs), 1),
+        }
+    out["cpu_cost"] = round(out["on"]["cpu_ms_per_item"] / out["off"]["cpu_ms_per_item"] - 1, 3)
+    out["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    out["rounds"] = results
+    return out
+
+
+__all__ = [
+    "COLLAPSES",
+    "EntityConstantClassifier",
+    "collapses",
+    "compare",
+    "print_stack",
+    "run_entity_plumbing",
+    "run_through_stack",
+]

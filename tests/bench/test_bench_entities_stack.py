@@ -44,3 +44,14 @@ def test_an_alert_counts_for_a_collapse_by_its_entity_or_its_headlines_and_modes
     assert report["both"] == ["2023-01-20T09 Genesis Global"]
     assert report["offline_only"] == ["2022-12-13T16 Sam Bankman-Fried"]
     assert report["stack_only"] == ["2023-01-03T17 Ether"]
+
+
+def test_the_plumbing_classifier_names_two_different_entities_per_item_the_same_way_every_time() -> None:
+    from finsent.bench.entities_stack import EntityConstantClassifier
+
+    clf = EntityConstantClassifier()
+    texts = [f"tweet number {i}" for i in range(500)]
+    preds = clf.predict(texts)
+    assert all(len({e.entity_id for e in p.entities}) == 2 for p in preds)  # two mentions an item, as the news
+    assert len({e.entity_id for p in preds for e in p.entities}) > 250  # spread over the 300 names
+    assert [p.entities for p in clf.predict(texts)] == [p.entities for p in preds]
