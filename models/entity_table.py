@@ -555,20 +555,8 @@ def find_sec_parquet() -> Path:
     return path
 
 
-def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[str, Any]:
-    """Write the table; returns the header (with counts)."""
-    try:
-        from pytickersymbols.indices_data import INDICES
-    except ImportError:
-        raise SystemExit("pytickersymbols is not installed: pip install -e .[entities-build]") from None
-    from importlib.metadata import version
-
-    from finsent.models import resolve_model_dir
-    from finsent.models.modeldir import TOKENIZER_FILE
-
-    common_all, common_top = _common_words(tokenizer_json or resolve_model_dir(None) / TOKENIZER_FILE)
-    table = _Table(common_all, common_top)
-
+def _add_curated(table: _Table) -> None:
+    """The hand-curated names first: they win every alias and symbol a listed company would also claim."""
     for eid, name, aliases, bare, backed in CRYPTO:
         table.add(
             {"id": eid, "name": name, "kind": "crypto", "bare": list(bare)},
@@ -583,78 +571,112 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
         table.add({"id": eid, "name": name, "kind": kind}, (name, *aliases), symbols, curated=True)
         table.entities[eid].pop("weak", None)  # hand-picked: each alias was chosen to stand alone
 
-    sec = _sec_rows(find_sec_parquet())
-    by_ticker = {norm_symbol(r["ticker"]): r for r in sec if r.get("ticker")}
-    sec_by_cik: dict[str, list[dict[str, Any]]] = {}
-    for r in sec:
-        sec_by_cik.setdefault(r["cik"], []).append(r)
 
-    # pytickersymbols: one entity per company (the same company sits in several indices)
+class _Sec:
+    """The SEC table looked up two ways: by normalised ticker (an index member's CIK and registrant name) and by
+    CIK (every ticker of one registrant, largest first); ``used_ciks``: the registrants that already have an
+    entity, so a company is one entity however many share classes and sources list it."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.by_ticker = {norm_symbol(r["ticker"]): r for r in rows if r.get("ticker")}
+        self.by_cik: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            self.by_cik.setdefault(r["cik"], []).append(r)
+        self.used_ciks: set[str] = set()
+
+
+def _index_companies(indices: dict[str, Any]) -> list[dict[str, Any]]:
+    """pytickersymbols' companies, once each: the same company sits in several indices (keyed by ISIN, else name)."""
     seen: dict[str, dict[str, Any]] = {}
-    for index in INDICES.values():
+    for index in indices.values():
         for c in index["companies"]:
             key = (c.get("isins") or [None])[0] or c["name"]
             seen.setdefault(key, c)
-    used_ciks: set[str] = set()
-    for c in seen.values():
-        tickers: dict[str, str] = {}
-        symbols: list[str] = []
-        us: list[str] = []
-        for s in c.get("symbols") or ():
-            y, g = s.get("yahoo"), s.get("google")
-            if y:  # Yahoo symbols carry their market ("APC.F", "7203.T"): no clash with a bare US ticker
-                symbols.append(y)
-            if g and ":" in g:  # a local ticker is findable only with its exchange ("FRA:APC"), via tickers
-                exch, tick = g.split(":", 1)
-                tickers.setdefault(exch.upper(), norm_symbol(tick))
-                if exch.upper() in US_EXCHANGES:
-                    us.append(norm_symbol(tick))
-                    symbols.append(tick)
-        main = norm_symbol(c.get("symbol") or "")
-        if main and "." not in main.replace(".B", "").replace(".A", "") and main not in us:
-            us.insert(0, main)
-        eid = next((t for t in us if t in by_ticker), None) or (us[0] if us else main)
-        if not eid:
-            continue
-        row = by_ticker.get(eid)
-        cik = row["cik"] if row else None
-        if cik in used_ciks:  # another share class of a company already added (GOOG after GOOGL)
-            continue
-        if cik:
-            used_ciks.add(cik)
-            for r in sec_by_cik.get(cik, ()):
-                symbols.append(r["ticker"])
-                if r.get("exchange"):
-                    tickers.setdefault(r["exchange"].upper(), norm_symbol(r["ticker"]))
-        meta = c.get("metadata") or {}
-        name = c["name"]
-        aliases = [strip_legal(name), name, *EXTRA_ALIASES.get(eid, ())]
-        loose = {strip_legal(name)} if strip_legal(name) != strip_legal(name, legal_only=True) else set()
-        if row:  # the registrant's name: its short form is taken only where it is not a common word
-            sec_short = strip_legal(display_name(row["name"]))
-            if alias_key_of(sec_short) not in {alias_key_of(a) for a in aliases}:
-                aliases.append(sec_short)
-                loose.add(sec_short)
-        table.add(
-            {
-                "id": eid,
-                "name": strip_legal(name) or name,
-                "kind": "company",
-                "tickers": tickers,
-                "isin": list(dict.fromkeys(c.get("isins") or [])),
-                "cik": cik,
-                "people": _people(meta.get("key_people")),
-            },
-            aliases,
-            [eid, *symbols],
-            curated=True,
-            loose=frozenset(loose),
-            strong=frozenset(EXTRA_ALIASES.get(eid, ())),
-        )
+    return list(seen.values())
 
-    # SEC: the rest of the US universe, one entity per CIK, id = its first (largest) ticker
-    for cik, rows in sec_by_cik.items():
-        if cik in used_ciks:
+
+def _listings(c: dict[str, Any]) -> tuple[dict[str, str], list[str], list[str]]:
+    """A company's listings: exchange -> ticker, the symbols it is found by, and its US tickers (the id candidates,
+    its main symbol first when that is a plain US ticker)."""
+    tickers: dict[str, str] = {}
+    symbols: list[str] = []
+    us: list[str] = []
+    for s in c.get("symbols") or ():
+        y, g = s.get("yahoo"), s.get("google")
+        if y:  # Yahoo symbols carry their market ("APC.F", "7203.T"): no clash with a bare US ticker
+            symbols.append(y)
+        if g and ":" in g:  # a local ticker is findable only with its exchange ("FRA:APC"), via tickers
+            exch, tick = g.split(":", 1)
+            tickers.setdefault(exch.upper(), norm_symbol(tick))
+            if exch.upper() in US_EXCHANGES:
+                us.append(norm_symbol(tick))
+                symbols.append(tick)
+    main = norm_symbol(c.get("symbol") or "")
+    if main and "." not in main.replace(".B", "").replace(".A", "") and main not in us:
+        us.insert(0, main)
+    return tickers, symbols, us
+
+
+def _company_id(c: dict[str, Any], us: list[str], sec: _Sec) -> str:
+    """The id: a US ticker the SEC knows, else the first US ticker, else the home market's symbol ("" for none)."""
+    return next((t for t in us if t in sec.by_ticker), None) or (us[0] if us else norm_symbol(c.get("symbol") or ""))
+
+
+def _company_aliases(eid: str, name: str, row: dict[str, Any] | None) -> tuple[list[str], set[str]]:
+    """The names a company is found by, and the ``loose`` ones (filler words dropped: weak when common). The SEC
+    registrant's short name is added when it differs: it is how US news often writes the company."""
+    aliases = [strip_legal(name), name, *EXTRA_ALIASES.get(eid, ())]
+    loose = {strip_legal(name)} if strip_legal(name) != strip_legal(name, legal_only=True) else set()
+    if row:  # the registrant's name: its short form is taken only where it is not a common word
+        sec_short = strip_legal(display_name(row["name"]))
+        if alias_key_of(sec_short) not in {alias_key_of(a) for a in aliases}:
+            aliases.append(sec_short)
+            loose.add(sec_short)
+    return aliases, loose
+
+
+def _add_index_company(table: _Table, c: dict[str, Any], sec: _Sec) -> None:
+    """One index member as a curated company, with every ticker of its SEC registrant (when it has one)."""
+    tickers, symbols, us = _listings(c)
+    eid = _company_id(c, us, sec)
+    if not eid:
+        return
+    row = sec.by_ticker.get(eid)
+    cik = row["cik"] if row else None
+    if cik in sec.used_ciks:  # another share class of a company already added (GOOG after GOOGL)
+        return
+    if cik:
+        sec.used_ciks.add(cik)
+        for r in sec.by_cik.get(cik, ()):
+            symbols.append(r["ticker"])
+            if r.get("exchange"):
+                tickers.setdefault(r["exchange"].upper(), norm_symbol(r["ticker"]))
+    meta = c.get("metadata") or {}
+    name = c["name"]
+    aliases, loose = _company_aliases(eid, name, row)
+    table.add(
+        {
+            "id": eid,
+            "name": strip_legal(name) or name,
+            "kind": "company",
+            "tickers": tickers,
+            "isin": list(dict.fromkeys(c.get("isins") or [])),
+            "cik": cik,
+            "people": _people(meta.get("key_people")),
+        },
+        aliases,
+        [eid, *symbols],
+        curated=True,
+        loose=frozenset(loose),
+        strong=frozenset(EXTRA_ALIASES.get(eid, ())),
+    )
+
+
+def _add_sec_rest(table: _Table, sec: _Sec) -> None:
+    """The rest of the US universe from the SEC, one entity per CIK, id = its first (largest) ticker; not
+    curated, so its common-word names are weak (the linker wants more evidence for them)."""
+    for cik, rows in sec.by_cik.items():
+        if cik in sec.used_ciks:
             continue
         first = norm_symbol(rows[0]["ticker"])
         name = display_name(rows[0]["name"])
@@ -670,7 +692,12 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
             strong=frozenset(EXTRA_ALIASES.get(first, ())),
         )
 
-    header = {
+
+def _header(table: _Table) -> dict[str, Any]:
+    """The first line: format, counts and each source with its version and licence (what the table owes whom)."""
+    from importlib.metadata import version
+
+    return {
         "format": FORMAT,
         "entities": len(table.entities),
         "aliases": len(table.alias_owner),
@@ -683,11 +710,35 @@ def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[st
             "(MIT)",
         },
     }
+
+
+def _write_table(out: Path, header: dict[str, Any], table: _Table) -> None:
+    """Gzip JSON lines with mtime 0: the same sources give the same bytes (a test rebuilds and compares)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.GzipFile(out, "wb", mtime=0) as gz:  # mtime 0: the same sources give the same bytes
+    with gzip.GzipFile(out, "wb", mtime=0) as gz:
         gz.write((json.dumps(header, ensure_ascii=False) + "\n").encode("utf-8"))
         for ent in table.entities.values():
             gz.write((json.dumps(ent, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
+
+
+def build(out: Path = TABLE_FILE, tokenizer_json: Path | None = None) -> dict[str, Any]:
+    """Write the table; returns the header (with counts). The sources in priority order: curated, the index
+    members (pytickersymbols), then the SEC's other registrants (an alias or symbol goes to the first claimant)."""
+    try:
+        from pytickersymbols.indices_data import INDICES
+    except ImportError:
+        raise SystemExit("pytickersymbols is not installed: pip install -e .[entities-build]") from None
+    from finsent.models import resolve_model_dir
+    from finsent.models.modeldir import TOKENIZER_FILE
+
+    table = _Table(*_common_words(tokenizer_json or resolve_model_dir(None) / TOKENIZER_FILE))
+    _add_curated(table)
+    sec = _Sec(_sec_rows(find_sec_parquet()))
+    for c in _index_companies(INDICES):
+        _add_index_company(table, c, sec)
+    _add_sec_rest(table, sec)
+    header = _header(table)
+    _write_table(out, header, table)
     return header
 
 
