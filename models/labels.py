@@ -88,7 +88,8 @@ TOPIC_LABELS: tuple[str, ...] = (
     "Treasuries | Corporate Debt",
 )
 
-TASKS: tuple[str, ...] = ("sentiment", "topic")
+#: the two heads, which are also the tasks a human label is for (one tuple: the store, the heads and drift agree)
+TASKS: tuple[str, ...] = LABEL_TASKS
 
 # --- human labels: what a person may write --------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from typing import Any
 
 from finsent.core.events import format_time, utcnow
 from finsent.core.settings import Settings
+from finsent.models.labels import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ EPSILON = 1e-4
 #: the customary PSI bands: below MODERATE no real shift, from LARGE a large one
 PSI_MODERATE = 0.1
 PSI_LARGE = 0.25
-TASKS = ("sentiment", "topic")
 
 
 def shares(counts: Mapping[str, int]) -> dict[str, float]:
