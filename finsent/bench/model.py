@@ -72,6 +72,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                 and r["sorted"]
                 and not r.get("spinning")
                 and not r.get("calls")
+                and not r.get("compare")
             ):
                 return float(r["sentences_per_s"])
         return None
@@ -82,6 +83,10 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     if calls:  # the worker's way: model_calls batches at once, the cores shared out among them
         out["int8_b32_calls"] = float(calls[0]["sentences_per_s"])
         out["calls"] = calls[0]["calls"]
+    compare = [r for r in results if r.get("compare") and r["batch_size"] == 32]
+    if compare and int8 is not None:  # --compare-model-dir: this model's int8 against the other's, same run
+        out["compare_int8_b32"] = float(compare[0]["sentences_per_s"])
+        out["int8_b32_vs_compare"] = round(int8 / compare[0]["sentences_per_s"], 3)
     if int8 is not None:
         out["int8_vs_eager_b32"] = round(int8 / eager, 2) if eager else None
         out["int8_ceiling_fraction"] = [round(int8 / c, 2) for c in reversed(INT8_CEILING)]
@@ -165,9 +170,12 @@ def run_bench(
     threads: int = 0,
     repeats: int = 3,
     n_texts: int = 256,
+    compare_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Every (runtime, batch size) row is timed ``repeats`` times, rounds interleaved across rows so
     that a burst of load from other processes hits all rows alike; the median is reported (and the best).
+    ``compare_dir``: a second model directory whose int8 rows (each batch size) join the same interleaved rounds,
+    e.g. the two-head model against the three-head one (summary ``int8_b32_vs_compare``).
     """
     import onnxruntime as ort
 
@@ -234,6 +242,11 @@ def run_bench(
                     32,
                 )
             )
+    if compare_dir is not None:
+        for b in batch_sizes:
+            other = Classifier.load(compare_dir, variant="int8", threads=threads, batch_size=b, text_cache_size=0)
+            row = {"runtime": "ort-int8", "provider": other.provider, "batch_size": b, "sorted": b > 1}
+            rows.append(({**row, "compare": other.version}, other.predict, b))
     skipped: list[str] = []
     if include_torch:
         try:
@@ -268,6 +281,8 @@ def run_bench(
         }
         results.append(out)
         spin = " spinning" if out.get("spinning") else ""
+        if out.get("compare"):
+            spin = f" ({out['compare']})"
         if out.get("calls"):
             spin = f" {out['calls']} calls x {out['threads_per_call']} thread(s)"
         print(
@@ -304,6 +319,7 @@ def run_model(args: argparse.Namespace, settings: Any) -> int:
         not args.no_torch,
         args.threads,
         repeats=max(1, args.repeats),
+        compare_dir=args.compare_model_dir,
     )
     keys = ("device", "load_average_1m", "skipped", "seed_text_cache_hit_rate", "summary")
     if not to_stdout(args.json_out):
@@ -331,6 +347,11 @@ def register(bench_sub: Any) -> None:
     b.add_argument("--seconds", type=positive_float, default=2.0, help="minimum timed seconds per measurement")
     b.add_argument("--repeats", type=int, default=3, help="measurements per row (interleaved); the median is reported")
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager rows")
+    b.add_argument(
+        "--compare-model-dir",
+        type=Path,
+        help="a second model directory timed int8 in the same rounds (e.g. the two-head model vs the three-head)",
+    )
     b.add_argument("--threads", type=int, default=0, help="threads for every runtime (0: all cores)")
     add_json_option(b, "the results", dest="json_out")
     b.set_defaults(func=run_model)

@@ -165,6 +165,18 @@ def test_bench_summary_compares_int8_batch_32_with_eager_and_the_ceiling() -> No
     assert got["int8_ceiling_fraction"] == [0.4, 0.57]  # 340 of 850 and of 600 sentences/s
 
 
+def test_bench_summary_compares_with_a_second_model_in_the_same_run() -> None:
+    """--compare-model-dir (issue 24: three-head vs two-head int8): the other model's row is not this model's."""
+    from finsent.bench.model import summarise
+
+    def row(sps: float, **extra: object) -> dict[str, object]:
+        return {"runtime": "ort-int8", "batch_size": 32, "sorted": True, "sentences_per_s": sps, **extra}
+
+    got = summarise([row(400.0, compare="two-head"), row(360.0), row(99.0, compare="two-head") | {"batch_size": 1}])
+    assert (got["int8_b32"], got["compare_int8_b32"], got["int8_b32_vs_compare"]) == (360.0, 400.0, 0.9)
+    assert "compare_int8_b32" not in summarise([row(360.0)])
+
+
 def test_bench_counts_repeated_seed_texts_with_the_runtime_key(tiny: tuple[Path, Classifier]) -> None:
     from finsent.bench.model import seed_cache_hit_rate, seed_texts
 
