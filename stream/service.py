@@ -193,25 +193,20 @@ class WorkerThread:
         self.stop()
 
 
-def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
-    """``finsent worker``: run until SIGINT/SIGTERM, then stop cleanly. Returns the exit code.
+def _serve_api(settings: Settings, scorer_ref: list[Any]) -> tuple[Any, str | None]:
+    """Claim the store and serve /metrics, the probes and the query API before the model loads.
 
-    ``extensions`` add agents to the app (the composition root passes the in-stream alert detector).
+    The owner check comes first so that an embedded store another worker holds is one clear line before any port
+    is bound; the server answers ``starting`` until ``scorer_ref`` holds the scorer, and other commands reach the
+    store through it (the read-only API, and the calls they make while this worker holds an embedded store).
+    Returns the server and the API token.
     """
-    from finsent.stream import faust_adapter
-    from finsent.stream.kafka import KafkaHealth, ensure_topics, quiet_client_logs
     from finsent.stream.metrics import serve_metrics
-    from finsent.stream.worker import create_worker
-
-    health = KafkaHealth(settings.brokers)
-    limiter = quiet_client_logs(settings)  # rate limits the clients' lines; Kafka's health is probed below
-    scorer_ref: list[Any] = []
+    from finsent.stream.store import owner
+    from finsent.stream.store.reports import api_handlers
 
     def ready() -> tuple[bool, str]:
         return scorer_ref[0].readiness() if scorer_ref else (False, "starting")
-
-    from finsent.stream.store import owner
-    from finsent.stream.store.reports import api_handlers
 
     owner.mark_worker(settings.store)  # an embedded store another worker holds: one line, before binding a port
     # the read-only query API, and the store calls other commands make while this worker holds an embedded store
@@ -225,29 +220,47 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         api_token=token,
         post_routes=owner.call_routes(lambda: scorer_ref[0].store if scorer_ref else None),
     )
-    ensure_topics(settings)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    stop = asyncio.Event()
-    signals: list[int] = []  # the first one decides the exit: SIGTERM 0 (a service stopped), Ctrl-C 130
+    return server, token
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[int]:
+    """SIGINT and SIGTERM set ``stop``; the returned list records them, the first deciding the exit code
+    (SIGTERM 0: a service stopped; Ctrl-C 130)."""
+    signals: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda s=sig: (signals.append(s), stop.set()))
-    worker = create_worker(settings, loop=loop, extensions=extensions)
-    scorer = worker.scorer
-    # a store that is down at start is one clear line (StoreUnavailable, exit 8), not a crashing agent;
-    # once running, the worker keeps its batches and retries a store that goes away
+    return signals
+
+
+def _record_owner(worker: ScoringWorker, loop: asyncio.AbstractEventLoop, server: Any, token: str | None) -> Any:
+    """Write the owner file other commands find this worker by (owner.py), opening the store.
+
+    A store that is down at start is one clear line (StoreUnavailable, exit 8), not a crashing agent: the worker
+    and the loop are closed and the error goes up. Once running, the worker keeps its batches and retries a store
+    that goes away.
+    """
+    from finsent.stream.store import owner
+
     try:
-        owned = owner.record(worker.context.store.get(), server, token)  # found by other commands (owner.py)
+        return owner.record(worker.context.store.get(), server, token)
     except BaseException:
         worker.close()
         loop.close()
         raise
 
+
+def _quiet_kafka_at_stop(limiter: Any, health: Any) -> Callable[[], None]:
+    """The stop's log policy: stopping without Kafka, the clients' complaints say nothing new, so mute them."""
+
     def quiet_kafka_at_stop() -> None:
         if limiter is not None and health.lost_since is not None:
-            limiter.stopping = True  # stopping without Kafka: the clients' complaints say nothing new
+            limiter.stopping = True
 
-    scorer_ref.append(scorer)
+    return quiet_kafka_at_stop
+
+
+def _log_started(settings: Settings, scorer: Scorer) -> None:
+    """One line that says what this worker does: group, topic, model version and provider, store, batching."""
     clf = scorer.holder.current
     log.info(
         "worker %s: %s -> model %s (%s) -> %s; batch %d / %.2fs",
@@ -259,14 +272,13 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         settings.batch_max,
         settings.batch_within_s,
     )
-    # a broker that lost its topics (memory-only, restarted) gets every one of ours back, internal ones too
-    health_timer = loop.create_task(
-        _watch_health(health, lambda: faust_adapter.kafka_answers(worker.app), scorer._redeclare_topics)
-    )
-    default_hook = threading.excepthook
+
+
+def _quiet_thread_deaths(stop: asyncio.Event, default_hook: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """A ``threading.excepthook`` for the stop: Faust's consumer thread, cut off while Kafka is gone, dies of a
+    CancelledError; once ``stop`` is set that is one warning line, not a traceback. Before, the default hook."""
 
     def quiet_stop(args: Any) -> None:
-        # Faust's consumer thread, cut off while Kafka is gone, dies of a CancelledError: one line, no traceback
         if stop.is_set():
             log.warning(
                 "%s ended during shutdown: %s", getattr(args.thread, "name", "a thread"), args.exc_type.__name__
@@ -274,41 +286,52 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
         else:
             default_hook(args)
 
-    threading.excepthook = quiet_stop
-    clean = True
-    try:
-        clean = loop.run_until_complete(_serve(worker, stop, on_stopping=quiet_kafka_at_stop))
-    except RuntimeError as exc:
-        log.error("%s", exc)
-        return 1
-    finally:
-        health_timer.cancel()
-        _cancel_leftovers(loop)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-        if owned is not None:
-            owned.remove()
-        if server is not None:
-            server.shutdown()
+    return quiet_stop
+
+
+def _close_run(loop: asyncio.AbstractEventLoop, health_timer: asyncio.Task[Any], owned: Any, server: Any) -> None:
+    """After the app stopped (or failed): end the loop's tasks and the loop, remove the owner file, stop serving.
+
+    The owner file goes only after the store is closed, so no other command opens the store while we still hold it.
+    """
+    health_timer.cancel()
+    _cancel_leftovers(loop)
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+    if owned is not None:
+        owned.remove()
+    if server is not None:
+        server.shutdown()
+
+
+def _log_stopped(scorer: Scorer, signals: list[int]) -> Interrupted | None:
+    """Log the run's counts; for a Ctrl-C stop, the :class:`Interrupted` to end with (exit 130, says how to go on)."""
     st = scorer.stats.snapshot()
     log.info(
         "worker stopped: consumed %d, stored %d, dead-lettered %s", st["consumed"], st["stored"], st["dead_lettered"]
     )
-    interrupted = None
-    if signals and signals[0] == signal.SIGINT:
-        interrupted = Interrupted(
-            f"worker stopped by Ctrl-C: stored {st['stored']:,} item(s), dead-lettered "
-            f"{sum(st['dead_lettered'].values()):,}; offsets are committed up to what was stored",
-            hint="run the same command again: it goes on from the committed offsets (ids dedup in the store)",
-        )
-    # Faust's consumer thread may end only now, after the loop closed (its goodbye to the closed loop raises):
-    # the quiet hook stays until the threads have had their second to end
+    if not (signals and signals[0] == signal.SIGINT):
+        return None
+    return Interrupted(
+        f"worker stopped by Ctrl-C: stored {st['stored']:,} item(s), dead-lettered "
+        f"{sum(st['dead_lettered'].values()):,}; offsets are committed up to what was stored",
+        hint="run the same command again: it goes on from the committed offsets (ids dedup in the store)",
+    )
+
+
+def _exit_policy(clean: bool, interrupted: Interrupted | None, default_hook: Callable[[Any], Any]) -> int:
+    """The exit policy: 0 for a service stop, :class:`Interrupted` (130) for Ctrl-C, and ``os._exit`` only when
+    threads linger.
+
+    Faust's consumer thread may end only now, after the loop closed (its goodbye to the closed loop raises): the
+    quiet hook stays until the threads have had their second to end. A thread that outlives that second (or a stop
+    that was cut off) may still wait on a dead broker, and it is not a daemon: the store is closed and the log
+    flushed, so the process ends now, with the same code and line, rather than hang past the grace period.
+    """
     lingering = not clean or _lingering_threads(timeout_s=1.0)
     if not lingering:  # (a process about to os._exit keeps the quiet hook to the end)
         threading.excepthook = default_hook
     if lingering:
-        # Faust's consumer thread may still wait on a dead broker, and it is not a daemon: the store is
-        # closed and the log flushed, so end the process now rather than hang past the grace period.
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stdout.flush()
@@ -319,6 +342,48 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     if interrupted is not None:
         raise interrupted
     return 0
+
+
+def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
+    """``finsent worker``: run until SIGINT/SIGTERM, then stop cleanly. Returns the exit code.
+
+    ``extensions`` add agents to the app (the composition root passes the in-stream alert detector). The steps:
+    serve the API, declare the topics, create the worker on our own loop, record the owner, serve until a signal,
+    close everything, then the exit policy (:func:`_exit_policy`).
+    """
+    from finsent.stream import faust_adapter
+    from finsent.stream.kafka import KafkaHealth, ensure_topics, quiet_client_logs
+    from finsent.stream.worker import create_worker
+
+    health = KafkaHealth(settings.brokers)
+    limiter = quiet_client_logs(settings)  # rate limits the clients' lines; Kafka's health is probed below
+    scorer_ref: list[Any] = []
+    server, token = _serve_api(settings, scorer_ref)
+    ensure_topics(settings)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    stop = asyncio.Event()
+    signals = _stop_on_signals(loop, stop)
+    worker = create_worker(settings, loop=loop, extensions=extensions)
+    scorer = worker.scorer
+    owned = _record_owner(worker, loop, server, token)  # found by other commands (owner.py)
+    scorer_ref.append(scorer)
+    _log_started(settings, scorer)
+    # a broker that lost its topics (memory-only, restarted) gets every one of ours back, internal ones too
+    health_timer = loop.create_task(
+        _watch_health(health, lambda: faust_adapter.kafka_answers(worker.app), scorer._redeclare_topics)
+    )
+    default_hook = threading.excepthook
+    threading.excepthook = _quiet_thread_deaths(stop, default_hook)
+    clean = True
+    try:
+        clean = loop.run_until_complete(_serve(worker, stop, on_stopping=_quiet_kafka_at_stop(limiter, health)))
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        _close_run(loop, health_timer, owned, server)
+    return _exit_policy(clean, _log_stopped(scorer, signals), default_hook)
 
 
 def _lingering_threads(timeout_s: float) -> list[threading.Thread]:
