@@ -172,8 +172,15 @@ def test_bench_summary_compares_with_a_second_model_in_the_same_run() -> None:
     def row(sps: float, **extra: object) -> dict[str, object]:
         return {"runtime": "ort-int8", "batch_size": 32, "sorted": True, "sentences_per_s": sps, **extra}
 
-    got = summarise([row(400.0, compare="two-head"), row(360.0), row(99.0, compare="two-head") | {"batch_size": 1}])
+    got = summarise(
+        [
+            row(400.0, compare="two-head", cpu_ms_per_sentence=2.7),
+            row(360.0, cpu_ms_per_sentence=3.0),
+            row(99.0, compare="two-head") | {"batch_size": 1},
+        ]
+    )
     assert (got["int8_b32"], got["compare_int8_b32"], got["int8_b32_vs_compare"]) == (360.0, 400.0, 0.9)
+    assert got["int8_b32_cpu_vs_compare"] == 0.9  # sentences per CPU-second: 2.7 ms against 3.0 ms
     assert "compare_int8_b32" not in summarise([row(360.0)])
 
 
