@@ -319,6 +319,19 @@ def _log_stopped(scorer: Scorer, signals: list[int]) -> Interrupted | None:
     )
 
 
+class _PendingTaskNoise(logging.Filter):
+    """Drops asyncio's "Task was destroyed but it is pending!" once the worker has stopped.
+
+    Faust's consumer thread runs aiokafka on a loop of its own; when the broker is gone at stop, that loop ends with
+    client tasks still pending, and they are collected while the process ends (after "worker stopped"): a
+    traceback-like line about a library's own retry task that says nothing an operator can act on. Installed by the
+    command's exit policy only, for the last second of the process; everything else on the asyncio logger passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Task was destroyed but it is pending")
+
+
 def _exit_policy(clean: bool, interrupted: Interrupted | None, default_hook: Callable[[Any], Any]) -> int:
     """The exit policy: 0 for a service stop, :class:`Interrupted` (130) for Ctrl-C, and ``os._exit`` only when
     threads linger.
@@ -328,6 +341,7 @@ def _exit_policy(clean: bool, interrupted: Interrupted | None, default_hook: Cal
     that was cut off) may still wait on a dead broker, and it is not a daemon: the store is closed and the log
     flushed, so the process ends now, with the same code and line, rather than hang past the grace period.
     """
+    logging.getLogger("asyncio").addFilter(_PendingTaskNoise())
     lingering = not clean or _lingering_threads(timeout_s=1.0)
     if not lingering:  # (a process about to os._exit keeps the quiet hook to the end)
         threading.excepthook = default_hook
