@@ -25,6 +25,13 @@ memory, plus a hard cap of ``max_items``).
 first story of the chain scores 100, each repeat ``decay`` times the one before (75, 56, 42, 32, ... with
 0.75), and a story more than ``window_s`` (24 h) after the chain's first story starts a new chain at 100.
 
+**Cost** (issue 26). An item is normalised, shingled and MinHashed once per process, not once per mention: the
+entity stage observes an item once per entity, in the clusterer of the partition that owns the entity, and all
+clusterers of a process share one signature cache (keyed by item id, checked against the item's words). Each
+band has its own bucket dict of ``{seq: entry}`` (dropping an entry is O(1), not a scan of its bucket); stems and
+each source's byline patterns are cached. Clusters and novelty are exactly those of the simpler code before it
+(``tests/alerts/novelty_reference.py``, compared by a property test).
+
 **Determinism.** Hashes are keyed blake2b and a fixed-seed permutation, never Python's salted ``hash``, so
 the same items in the same order give the same clusters and novelty in every process. Feed items in
 event-time order (the detector's lateness buffer gives that order); an item out of order is still
@@ -48,7 +55,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -76,14 +84,24 @@ def _stem(word: str) -> str:
     return word
 
 
+@functools.lru_cache(maxsize=4096)
+def _source_patterns(source: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The compiled "Source: ..." and "... - Source" patterns of one (normalised) source name: compiled once per
+    source, not looked up in re's cache and re-escaped for every title and text."""
+    src = re.escape(source)
+    return (
+        re.compile(rf"^(?:[(\[]{src}[)\]]\s*[:|\-–—]?|{src}\s*[:|\-–—])\s*"),
+        re.compile(rf"\s*[-|–—:(\[]\s*{src}[)\]]?\s*$"),
+    )
+
+
 def _strip_byline(line: str, source: str) -> str:
     """``line`` without its byline: the item's own source as ``"Source: ..."``/``"... - Source"``, else one trailing
     ``" - Outlet"`` of at most four words."""
     line = " ".join(line.casefold().split())
     if source:
-        src = re.escape(source)
-        line = re.sub(rf"^(?:[(\[]{src}[)\]]\s*[:|\-–—]?|{src}\s*[:|\-–—])\s*", "", line)
-        line = re.sub(rf"\s*[-|–—:(\[]\s*{src}[)\]]?\s*$", "", line)
+        head, tail = _source_patterns(source)
+        line = tail.sub("", head.sub("", line))
     m = _TRAILING_BYLINE.search(line)
     if m and len(m.group(0).split()) <= 5:  # the dash plus at most four words
         line = line[: m.start()]
@@ -99,15 +117,32 @@ def normalise(title: str | None, text: str, source: str = "", max_words: int = 3
     keeps its subject). Only the first ``max_words`` words count (the lead decides what a story is, and it
     bounds the cost).
     """
-    src = " ".join(source.casefold().split())
+    src = " ".join(source.casefold().split()) if source else ""
     parts = []
     for part in (title or "", text or ""):
+        if not part:  # an empty part has no byline: skip the regexes (most items have no title or no text)
+            parts.append("")
+            continue
         lines = part.split("\n", 1)
         lines[0] = _strip_byline(lines[0], src)
         parts.append(" ".join(lines))
     joined = _NON_WORD.sub(" ", _POSSESSIVE.sub("", " ".join(parts).casefold()))
     words = [w for w in joined.split() if w not in STOP_WORDS]
-    return [_stem(w) for w in words[:max_words]]
+    stems = _STEMS
+    if len(stems) > _STEMS_MAX:  # bounded: a flood of unique tokens cannot grow it without end
+        stems.clear()
+    out = []
+    for w in words[:max_words]:
+        s = stems.get(w)
+        if s is None:
+            s = stems[w] = _stem(w)
+        out.append(s)
+    return out
+
+
+#: word -> its stem (news repeats its words; the stemmer's suffix loop was a tenth of the clustering's cost)
+_STEMS: dict[str, str] = {}
+_STEMS_MAX = 1 << 17
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -118,8 +153,9 @@ def _h64(token: str) -> int:
 
 def shingles(words: list[str]) -> frozenset[int]:
     """64-bit hashes of the content words and of each adjacent pair (see the module docstring)."""
-    out = {_h64(w) for w in words}
-    out.update(_h64(a + " " + b) for a, b in zip(words, words[1:], strict=False))
+    h = _h64
+    out = set(map(h, words))
+    out.update(map(h, map(" ".join, zip(words, words[1:], strict=False))))  # "a b" for each adjacent pair
     return frozenset(out)
 
 
@@ -138,6 +174,61 @@ class _Entry:
     cluster_id: str
     sh: frozenset[int]
     bands: tuple[bytes, ...]
+
+
+_SHIFT = np.uint64(32)
+
+
+class _Signer:
+    """An item's shingles and LSH band keys, computed once per process and shared by every clusterer with the
+    same ``(num_perm, bands, seed)``.
+
+    Why: the entity stage keeps one :class:`StoryClusterer` per partition and observes an item once per mention,
+    so an item naming two entities owned by two partitions was normalised, shingled and MinHashed twice. The
+    cache is keyed by item id and checked against the item's (source, title, text), so a reused id with other
+    words is computed afresh: the answer is always what :func:`shingles` and the MinHash give for those words.
+    """
+
+    def __init__(self, num_perm: int, bands: int, seed: int, cache_items: int = 8192) -> None:
+        rng = np.random.default_rng(seed)
+        # multiply-shift hashing: (a*h + b) mod 2^64, top 32 bits; a odd
+        self._a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self._b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+        self.bands = bands
+        self._width = 4 * (num_perm // bands)  # bytes of one band: rows uint32 values
+        self._cache: OrderedDict[str, tuple[str, str | None, str, frozenset[int], tuple[bytes, ...]]] = OrderedDict()
+        self._cache_items = cache_items
+        self._lock = threading.Lock()
+
+    def band_keys(self, sh: frozenset[int]) -> tuple[bytes, ...]:
+        """The ``bands`` keys of a non-empty shingle set: band i's ``rows`` MinHash values (uint32) as bytes."""
+        hv = np.fromiter(sh, dtype=np.uint64, count=len(sh))
+        m = np.multiply.outer(hv, self._a)  # wraps mod 2^64, as the hash means; in place from here (no copies)
+        m += self._b
+        m >>= _SHIFT
+        raw, w = m.min(axis=0).astype(np.uint32).tobytes(), self._width
+        return tuple([raw[i : i + w] for i in range(0, len(raw), w)])
+
+    def sign(self, item_id: str, title: str | None, text: str, source: str) -> tuple[frozenset[int], tuple[bytes, ...]]:
+        """(shingles, band keys) of an item; band keys are ``()`` when it has no content words."""
+        cache = self._cache
+        hit = cache.get(item_id)
+        if hit is not None and hit[0] == source and hit[1] == title and hit[2] == text:
+            return hit[3], hit[4]
+        sh = shingles(normalise(title, text, source))
+        bands = self.band_keys(sh) if sh else ()
+        with self._lock:  # several workers (threads) of one process share the cache: keep its order consistent
+            cache[item_id] = (source, title, text, sh, bands)
+            cache.move_to_end(item_id)
+            if len(cache) > self._cache_items:
+                cache.popitem(last=False)
+        return sh, bands
+
+
+@functools.lru_cache(maxsize=16)
+def _signer(num_perm: int, bands: int, seed: int) -> _Signer:
+    """The process's one signer per parameter set (the cache is shared by every partition's clusterer)."""
+    return _Signer(num_perm, bands, seed)
 
 
 class StoryClusterer:
@@ -163,11 +254,9 @@ class StoryClusterer:
         self.bands = bands
         self.rows = num_perm // bands
         self.max_items = max_items
-        rng = np.random.default_rng(seed)
-        # multiply-shift hashing: (a*h + b) mod 2^64, top 32 bits; a odd
-        self._a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-        self._b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-        self._buckets: dict[bytes, list[_Entry]] = {}
+        self._signer = _signer(num_perm, bands, seed)
+        #: one dict per band: band key -> {seq: entry} (a dict, so that dropping an entry is O(1))
+        self._buckets: list[dict[bytes, dict[int, _Entry]]] = [{} for _ in range(bands)]
         self._by_id: dict[str, _Entry] = {}
         self._order: deque[_Entry] = deque()
         self._seq = 0
@@ -177,11 +266,7 @@ class StoryClusterer:
         return len(self._by_id)
 
     def _band_keys(self, sh: frozenset[int]) -> tuple[bytes, ...]:
-        hv = np.fromiter(sh, dtype=np.uint64, count=len(sh))
-        with np.errstate(over="ignore"):
-            sig = ((np.outer(hv, self._a) + self._b) >> np.uint64(32)).min(axis=0).astype(np.uint32)
-        r = self.rows
-        return tuple(bytes([i]) + sig[i * r : (i + 1) * r].tobytes() for i in range(self.bands))
+        return self._signer.band_keys(sh)
 
     def assign(self, item_id: str, at: datetime, title: str | None, text: str, source: str = "") -> str:
         """The cluster id of this item: the id of the first item of its cluster (its own id if it is new)."""
@@ -191,32 +276,40 @@ class StoryClusterer:
         if self._latest is None or at > self._latest:
             self._latest = at
         self._evict()
-        sh = shingles(normalise(title, text, source))
+        sh, bands = self._signer.sign(item_id, title, text, source)
         if not sh:  # nothing but stop words and punctuation: a story of its own, never a candidate
             return item_id
-        bands = self._band_keys(sh)
         best: _Entry | None = None
         best_sim = 0.0
         seen: set[int] = set()
-        for key in bands:
-            for cand in self._buckets.get(key, ()):
-                if cand.seq in seen:
+        window, threshold, n = self.window, self.threshold, len(sh)
+        buckets = self._buckets
+        for i, key in enumerate(bands):
+            bucket = buckets[i].get(key)
+            if not bucket:
+                continue
+            for seq, cand in bucket.items():
+                if seq in seen:
                     continue
-                seen.add(cand.seq)
-                if abs(cand.at - at) > self.window:
+                seen.add(seq)
+                if abs(cand.at - at) > window:
                     continue
-                sim = jaccard(sh, cand.sh)
-                if sim >= self.threshold and (
-                    sim > best_sim or (sim == best_sim and best is not None and cand.seq < best.seq)
-                ):
+                inter = len(sh & cand.sh)  # the exact Jaccard (see jaccard(); both sets are non-empty)
+                sim = inter / (n + len(cand.sh) - inter)
+                if sim >= threshold and (sim > best_sim or (sim == best_sim and best is not None and seq < best.seq)):
                     best, best_sim = cand, sim
         cluster = best.cluster_id if best is not None else item_id
         self._seq += 1
-        entry = _Entry(item_id, at, self._seq, cluster, sh, bands)
+        seq = self._seq
+        entry = _Entry(item_id, at, seq, cluster, sh, bands)
         self._by_id[item_id] = entry
         self._order.append(entry)
-        for key in bands:
-            self._buckets.setdefault(key, []).append(entry)
+        for i, key in enumerate(bands):
+            bucket = buckets[i].get(key)
+            if bucket is None:
+                buckets[i][key] = {seq: entry}
+            else:
+                bucket[seq] = entry
         if len(self._order) > self.max_items:
             self._drop(self._order.popleft())
         return cluster
@@ -228,14 +321,15 @@ class StoryClusterer:
             self._drop(self._order.popleft())
 
     def _drop(self, entry: _Entry) -> None:
-        self._by_id.pop(entry.item_id, None)
-        for key in entry.bands:
-            lst = self._buckets.get(key)
-            if lst is None:
+        if self._by_id.get(entry.item_id) is entry:
+            del self._by_id[entry.item_id]
+        for i, key in enumerate(entry.bands):
+            bucket = self._buckets[i].get(key)
+            if bucket is None:
                 continue
-            lst[:] = [e for e in lst if e is not entry]
-            if not lst:
-                del self._buckets[key]
+            bucket.pop(entry.seq, None)
+            if not bucket:
+                del self._buckets[i][key]
 
 
 @dataclass(slots=True)
