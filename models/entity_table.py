@@ -37,54 +37,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from finsent.models import linking
+
 ENTITIES_DIR = Path(__file__).resolve().parent / "entities"
 TABLE_FILE = ENTITIES_DIR / "entities.jsonl.gz"
 FORMAT = 1
 #: whole words among this many of BERT's vocabulary words make a curated single-word alias weak
 CURATED_COMMON_RANK = 2000
 
-#: Legal-form and filler words dropped from the end of a name to make its alias ("Apple Inc." -> "Apple").
-#: Kept here (not in the linker) only for building; the linker has its own copy for unlinked names.
-LEGAL_SUFFIXES: frozenset[str] = frozenset(
-    [
-        "inc",
-        "incorporated",
-        "corp",
-        "corporation",
-        "co",
-        "company",
-        "cos",
-        "ltd",
-        "limited",
-        "plc",
-        "llc",
-        "lp",
-        "llp",
-        "ag",
-        "se",
-        "sa",
-        "nv",
-        "bv",
-        "spa",
-        "ab",
-        "asa",
-        "oyj",
-        "kgaa",
-        "gmbh",
-        "holdings",
-        "holding",
-        "group",
-        "com",
-        "the",
-        "adr",
-        "ads",
-        "reit",
-        "trust",
-        "na",
-        "sab",
-        "cv",
-        "de",
-    ]
+#: Legal-form and filler words dropped from the end of a name to make its alias ("Apple Inc." -> "Apple"): the
+#: linker's set (which it strips from unlinked names) plus words that only listing titles carry.
+LEGAL_SUFFIXES: frozenset[str] = linking.LEGAL_SUFFIXES | frozenset(
+    ["the", "adr", "ads", "reit", "trust", "na", "sab", "cv", "de"]
 )
 
 #: the legal forms alone (no filler such as "group", "holdings", "trust")
