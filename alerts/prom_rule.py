@@ -5,7 +5,7 @@ holds (a test checks the file is up to date, ``finsent alerts rules`` rewrites i
 ``ops`` only the spike groups are rendered, as the benchmark and the end-to-end test load them);
 ``evaluate`` computes what those rules decide over per-minute counts, so the detection benchmark
 scores the Prometheus rule on exactly the series the in-stream detectors see (and a sample is
-confirmed on a real Prometheus by ``tests/test_alerts_bench_prometheus.py``).
+confirmed on a real Prometheus by ``tests/alerts/test_alerts_prometheus_rules.py``).
 
 The rule mirrors the in-stream z-test without state: the short window's negative count is tested
 against the long window's share (sums divided, never ratios averaged), with the same rise (odds
