@@ -179,50 +179,16 @@ def rescore(
     classifier: Any = None,
     stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
-    """Run (or resume) one re-score job; returns its summary. ``classifier`` overrides the target model."""
-    from finsent.stream.store import store_from_settings
-    from finsent.stream.store.schema import rows as encoding
-    from finsent.stream.worker import score_items
+    """Run (or resume) one re-score job; returns its summary. ``classifier`` overrides the target model.
 
-    try:
-        store = store_from_settings(settings)
-    except StoreInUse as exc:
-        raise StoreInUse(
-            f"rescore cannot open the store: {exc}",
-            hint="the embedded store (chdb) allows one process per data path: stop the worker while re-scoring, "
-            "or run the store as a clickhouse:// server, which both can use at once",
-        ) from None
+    The steps: open the store, start or resume the job's checkpoint, then page through the window in
+    (ingested_at, id) order, scoring and writing one page at a time and saving the checkpoint after each.
+    """
+    store = _open_store(settings)
     try:
         store.ensure_schema()
         clf = classifier if classifier is not None else target_model(settings, version)
-        target = str(clf.version)
-        key = job_key(store.url_redacted, store.database, since, topic, target)
-        path = checkpoint_path(settings, key)
-        ck = None if restart else Checkpoint.load(path)
-        resumed = ck is not None and not ck.finished
-        if not resumed:
-            hi = int(utcnow().timestamp()) + 1
-            lo = max(0, hi - 1 - int(since.total_seconds()))
-            ck = Checkpoint(
-                key,
-                store.url_redacted,
-                f"{int(since.total_seconds())}s",
-                topic,
-                target,
-                lo,
-                hi,
-                total=store.rescore_total(lo, hi, topic),
-                started_at=utcnow().isoformat(),
-            )
-            ck.save(path)
-        assert ck is not None
-        if resumed and progress is not None:
-            print(
-                f"rescore: resuming the job started {ck.started_at} ({ck.done}/{ck.total} done, after "
-                f"{datetime.fromtimestamp(ck.after_at, UTC):%Y-%m-%d %H:%M:%S} {ck.after_id}); --restart starts over",
-                file=progress,
-                flush=True,
-            )
+        ck, path, resumed = _start_or_resume(settings, store, since, topic, str(clf.version), restart, progress)
         bar = Progress(progress)
         bar.start_done = ck.done
         t0 = time.monotonic()
@@ -231,33 +197,10 @@ def rescore(
         while slice_lo < ck.hi and not stop():
             if max_batches is not None and run_batches >= max_batches:
                 break
-            # fill one page, slice by slice: only the window's last page is short
-            rows: list[tuple[Any, ...]] = []
-            after = (ck.after_at, ck.after_id)
-            while len(rows) < batch_size and slice_lo < ck.hi:
-                slice_hi = min(slice_lo + SLICE_S, ck.hi)
-                got = store.rescore_page(slice_lo, slice_hi, after, topic, batch_size - len(rows))
-                rows += got
-                if got:
-                    last = dict(zip(encoding.ITEM_NAMES, got[-1], strict=True))
-                    after = (int(_utc(last["ingested_at"]).timestamp()), str(last["id"]))
-                if len(rows) < batch_size:
-                    slice_lo = slice_hi  # this slice has nothing after the cursor
+            rows, slice_lo = _next_page(store, ck, slice_lo, topic, batch_size)
             if not rows:
                 break
-            dicts = [dict(zip(encoding.ITEM_NAMES, r, strict=True)) for r in rows]
-            scored, dead = score_items(clf, [_raw_item(d) for d in dicts])
-            # the history first: if the process dies between the two inserts, the page is done again on
-            # resume and its old scores are still the ones in items (written after, they would be the new)
-            store.insert_score_history(
-                [encoding.score_history_row(r) for r in rows] + [encoding.score_row(x) for x in scored]
-            )
-            # the items and their mentions: an entity the new score no longer finds gets a tombstone (#26)
-            store.insert_scored(scored, replace_mentions=True)
-            ck.after_at, ck.after_id = int(_utc(dicts[-1]["ingested_at"]).timestamp()), str(dicts[-1]["id"])
-            ck.done += len(scored)
-            ck.failed += len(dead)
-            ck.batches += 1
+            _rescore_page(store, clf, rows, ck)
             run_batches += 1
             ck.save(path)
             bar.show(ck)
@@ -273,6 +216,104 @@ def rescore(
         }
     finally:
         store.close()
+
+
+def _open_store(settings: Settings) -> Any:
+    """The store, or :class:`StoreInUse` with what to do when another process holds an embedded one."""
+    from finsent.stream.store import store_from_settings
+
+    try:
+        return store_from_settings(settings)
+    except StoreInUse as exc:
+        raise StoreInUse(
+            f"rescore cannot open the store: {exc}",
+            hint="the embedded store (chdb) allows one process per data path: stop the worker while re-scoring, "
+            "or run the store as a clickhouse:// server, which both can use at once",
+        ) from None
+
+
+def _start_or_resume(
+    settings: Settings,
+    store: Any,
+    since: timedelta,
+    topic: str | None,
+    target: str,
+    restart: bool,
+    progress: TextIO | None,
+) -> tuple[Checkpoint, Path, bool]:
+    """The job's checkpoint: the unfinished one of the same job (store, window, topic, target), or a new one.
+
+    A new job fixes its window ``[now - since, now]`` once, so a resumed job never widens to items stored since.
+    """
+    key = job_key(store.url_redacted, store.database, since, topic, target)
+    path = checkpoint_path(settings, key)
+    ck = None if restart else Checkpoint.load(path)
+    resumed = ck is not None and not ck.finished
+    if ck is None or not resumed:
+        hi = int(utcnow().timestamp()) + 1
+        lo = max(0, hi - 1 - int(since.total_seconds()))
+        ck = Checkpoint(
+            key,
+            store.url_redacted,
+            f"{int(since.total_seconds())}s",
+            topic,
+            target,
+            lo,
+            hi,
+            total=store.rescore_total(lo, hi, topic),
+            started_at=utcnow().isoformat(),
+        )
+        ck.save(path)
+    elif progress is not None:
+        print(
+            f"rescore: resuming the job started {ck.started_at} ({ck.done}/{ck.total} done, after "
+            f"{datetime.fromtimestamp(ck.after_at, UTC):%Y-%m-%d %H:%M:%S} {ck.after_id}); --restart starts over",
+            file=progress,
+            flush=True,
+        )
+    return ck, path, resumed
+
+
+def _next_page(
+    store: Any, ck: Checkpoint, slice_lo: int, topic: str | None, batch_size: int
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Up to ``batch_size`` stored rows after the checkpoint's cursor, and the slice to read from next.
+
+    The window is read in :data:`SLICE_S` slices, filling one page slice by slice: only the window's last page is
+    short.
+    """
+    from finsent.stream.store.schema import rows as encoding
+
+    rows: list[tuple[Any, ...]] = []
+    after = (ck.after_at, ck.after_id)
+    while len(rows) < batch_size and slice_lo < ck.hi:
+        slice_hi = min(slice_lo + SLICE_S, ck.hi)
+        got = store.rescore_page(slice_lo, slice_hi, after, topic, batch_size - len(rows))
+        rows += got
+        if got:
+            last = dict(zip(encoding.ITEM_NAMES, got[-1], strict=True))
+            after = (int(_utc(last["ingested_at"]).timestamp()), str(last["id"]))
+        if len(rows) < batch_size:
+            slice_lo = slice_hi  # this slice has nothing after the cursor
+    return rows, slice_lo
+
+
+def _rescore_page(store: Any, clf: Any, rows: list[tuple[Any, ...]], ck: Checkpoint) -> None:
+    """Score one page with the worker's own scoring code and write it; the checkpoint's cursor moves past it."""
+    from finsent.stream.store.schema import rows as encoding
+    from finsent.stream.worker import score_items
+
+    dicts = [dict(zip(encoding.ITEM_NAMES, r, strict=True)) for r in rows]
+    scored, dead = score_items(clf, [_raw_item(d) for d in dicts])
+    # the history first: if the process dies between the two inserts, the page is done again on
+    # resume and its old scores are still the ones in items (written after, they would be the new)
+    store.insert_score_history([encoding.score_history_row(r) for r in rows] + [encoding.score_row(x) for x in scored])
+    # the items and their mentions: an entity the new score no longer finds gets a tombstone (#26)
+    store.insert_scored(scored, replace_mentions=True)
+    ck.after_at, ck.after_id = int(_utc(dicts[-1]["ingested_at"]).timestamp()), str(dicts[-1]["id"])
+    ck.done += len(scored)
+    ck.failed += len(dead)
+    ck.batches += 1
 
 
 __all__ = ["Checkpoint", "job_key", "rescore", "target_model"]
