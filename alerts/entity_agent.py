@@ -21,18 +21,29 @@ watermark, novelty, detector), whichever worker owns it. A unit keeps mentions i
 watermark, less ``entity_lateness_s``, passes the end of their bucket, then releases them sorted by (event time,
 item id): story clusters and novelty (:mod:`finsent.alerts.novelty`) are computed in event-time order whatever
 order the partitions were read in -- which is what the backtest does over stored items -- and only then fed to the
-detector. The watermark is the event time *every* scored partition has reached: after each batch a mention agent
-sends, to every partition of the entity counts topic (:func:`watermark_keys`), the newest event time it has read on
-each scored partition, and the owner takes the oldest of them. So a scored backlog read one partition ahead of
-another (a worker joining late) makes nothing late, and 1 or 3 workers release the same mentions in the same order.
-**Limit:** the watermark sees the scored partitions only, and a scored partition mixes every raw partition (the
-scorer keys by item id): a raw backlog drained unevenly (a backfill replayed at full speed: Faust read one raw
-partition of the crypto news weeks of event time ahead of the other) advances it past items still unscored, which
-then arrive late (``finsent bench entities --through-stack``: 1,160 of 5,340 mentions with 1 h). A backfill needs
-``entity_lateness_s`` at least its event-time spread, or a paced replay (``--speedup``); live news arrives in
-event-time order and is not affected.
+detector.
 
-A partition that has not moved for :data:`IDLE_S` stops holding the watermark back; when none moves (a finished
+**The watermark, per origin.** A scored partition mixes every raw partition (the scorer keys by item id), so the
+event time it has reached says nothing about items of another raw partition still unscored: a raw backlog drained
+unevenly (a backfill replayed at full speed, one raw partition read weeks of event time ahead of the other) would
+make them late. So, as Flink keeps a watermark per input channel, each scored record carries its
+``raw_partition`` (:class:`~finsent.core.events.ScoredItem`), and the watermark is the event time every *origin* --
+(scored partition, raw partition) pair -- has reached: after each batch a mention agent sends, to every partition
+of the entity counts topic (:func:`watermark_keys`), the newest event time it has read per origin (``"3/1"``:
+scored 3, raw 1; ``"3"`` for a record from a scorer without the field), and the owner takes the oldest of them.
+Every scored partition, and (once records name them) every raw partition -- the raw topic is assumed to have
+``settings.partitions`` partitions, as ``ensure_topics`` makes it -- holds the watermark until heard from (at most
+:data:`UNHEARD_S`): a backlog's fetches may drain one raw partition before reading the other's first record. So
+a raw or scored backlog read one partition ahead of another (a backfill, a worker joining late) makes nothing
+late, and 1 or 3 workers release the same mentions in the same order (a crafted two-raw-partition backlog: 122
+mentions late with a watermark per scored partition, 0 per origin, with the default 1 h). **Limit:** an origin
+that stops for :data:`IDLE_S` in the middle of a backlog (a fetch stalled that long) stops holding it, as below;
+and a lateness covers only disorder *within* a raw partition (a producer writing history out of event-time order
+needs ``entity_lateness_s`` of its spread). ``finsent bench entities --through-stack --stack-default-lateness``
+(the crypto news at full speed, 1 h) measured 933 to 1,160 of 5,340 mentions late before; the cause there was
+the restore (*Restart*, below: a first start took this run's own stored items for the previous life), now 0.
+
+An origin that has not moved for :data:`IDLE_S` stops holding the watermark back; when none moves (a finished
 replay, a quiet night) the newest event time moves on with the wall clock, so the last buckets close ``lateness +
 bucket`` after their end. A mention whose bucket was already released is *late*: counted in
 ``finsent_entity_mentions_late_total`` and ignored (a released bucket never changes, so an alert stays raised).
@@ -48,13 +59,15 @@ another that links two of the first name's stories.
 
 **Restart.** A unit starts from the store, not cold (:meth:`EntityAlerts.restore`, before its partition's first
 record): the stored mentions of its entities over :meth:`~finsent.alerts.entity_detector.EntityDetector.history_s`
-(four baseline half-lives: four weeks of 1 h buckets) of event time up to the newest stored one, replayed in
+(four baseline half-lives: four weeks of 1 h buckets) of event time up to the watermark below, replayed in
 (event time, item id, entity key) order through novelty and the detector as the backtest does
 (:func:`finsent.alerts.backtest.stored_mentions`: both engines), read a day at a time in one pass that builds
 every partition's unit (memory: a day of items, the units, and one id pair per restored mention). Buckets the
-watermark (the newest stored event time) had closed are closed again; younger mentions wait in the reorder buffer
-as if just read. Without this a
-restarted worker judged every name by the prior alone: a name always in bad news alerted again, and an episode in
+watermark had closed are closed again, that watermark taken as the newest event time of the items scored *before
+this worker started* (the previous life): not the store's newest, which on a first start is this run's scorer
+filling the store ahead of the entity stage (a backfill: weeks of event time), which closed the stream's own
+mentions as restored and made them late; younger mentions wait in the reorder buffer as if just read. Without
+this a restarted worker judged every name by the prior alone: a name always in bad news alerted again, and an episode in
 progress alerted twice. Alerts raised by the replay are not sent again, except those of an episode still in
 progress whose id is not in the store (the worker stopped between closing the bucket and delivering it). A
 mention the replay counted and the broker redelivers is counted once (the bucket's item set, or the restored ids
@@ -99,7 +112,8 @@ MAX_ALERTING_LABELS = 50
 #: mentions per record on the entity counts topic (each at most ~3.5 kB: far below Kafka's 1 MB)
 MENTIONS_PER_RECORD = 50
 TEXT_CHARS = 1000
-#: an input (scored partition) whose newest event time has not moved for this long no longer holds the watermark
+#: an input (a (scored, raw) partition pair) whose newest event time has not moved for this long no longer holds
+#: the watermark
 IDLE_S = 30.0
 #: a scored partition never heard from holds it this long (a loaded worker may take a while to read its first
 #: batch; a partition with no traffic at all must not hold it forever)
@@ -108,21 +122,32 @@ UNHEARD_S = 300.0
 #: built for partitions this worker was not given are then dropped)
 RESTORE_REUSE_S = 120.0
 
+#: where a scored record's event time comes from, for the watermark: its (scored partition, raw partition) pair, or
+#: its scored partition alone when the record does not say its raw partition (a scorer from before the field)
+Origin = int | tuple[int, int]
+
+
+def origin_name(origin: Origin) -> str:
+    """An origin as a watermark record names it: ``"3"`` (scored partition 3), ``"3/1"`` (scored 3, raw 1)."""
+    return f"{origin[0]}/{origin[1]}" if isinstance(origin, tuple) else str(origin)
+
 
 # --- the mention side (every worker, on its share of finsent.scored) ---------------------------------------------
 def entity_records(
     values: Iterable[bytes | None],
     partitions: Iterable[int] | None = None,
-) -> tuple[list[tuple[bytes, bytes]], int, int, dict[int, datetime]]:
+) -> tuple[list[tuple[bytes, bytes]], int, int, dict[Origin, datetime]]:
     """A batch of ``finsent.scored`` values as (key, value) records keyed by entity.
 
-    Returns (records, mentions, bad values, the newest event time per scored partition) -- ``partitions`` gives
-    each value's partition (the watermark records of :func:`watermark_records`). Undecodable values are skipped
+    Returns (records, mentions, bad values, the newest event time per origin) -- ``partitions`` gives each
+    value's scored partition; the origin is (scored partition, the record's ``raw_partition``), or the scored
+    partition alone for a record without one (the watermark records of :func:`watermark_records`). Undecodable
+    values are skipped
     and counted (the scorer wrote them: a bug or a foreign producer); mentions without a name are skipped (no
     key to own them).
     """
     groups: dict[str, dict[str, Any]] = {}
-    newest: dict[int, datetime] = {}
+    newest: dict[Origin, datetime] = {}
     bad = n = 0
     parts = iter(partitions) if partitions is not None else None
     for v in values:
@@ -134,8 +159,10 @@ def entity_records(
             continue
         it = s.item
         event_time = it.published_at or it.ingested_at
-        if part is not None and (part not in newest or event_time > newest[part]):
-            newest[part] = event_time
+        if part is not None:
+            origin: Origin = part if s.raw_partition is None else (part, s.raw_partition)
+            if origin not in newest or event_time > newest[origin]:
+                newest[origin] = event_time
         at = format_time(event_time)
         seen: set[str] = set()
         for e in s.entities:
@@ -183,11 +210,13 @@ def watermark_keys(partitions: int) -> list[bytes]:
     return keys
 
 
-def watermark_records(keys: Sequence[bytes], newest: dict[int, datetime]) -> list[tuple[bytes, bytes]]:
-    """The sender's newest event time per scored partition, sent to every partition of the entity counts topic."""
+def watermark_records(keys: Sequence[bytes], newest: dict[Origin, datetime]) -> list[tuple[bytes, bytes]]:
+    """The sender's newest event time per origin (see :data:`Origin`), sent to every partition of the entity
+    counts topic."""
     if not newest:
         return []
-    body = json.dumps({"wm": {str(p): format_time(t) for p, t in sorted(newest.items())}}).encode()
+    named = sorted((origin_name(o), format_time(t)) for o, t in newest.items())
+    body = json.dumps({"wm": dict(named)}).encode()
     return [(k, body) for k in keys]
 
 
@@ -200,8 +229,8 @@ class Pending:
 
 
 def decode_record(value: bytes | str) -> list[Pending] | dict[str, datetime]:
-    """The mentions of one entity counts record, or a watermark record's {scored partition: newest event time};
-    ValueError (KeyError/TypeError too) on a malformed one."""
+    """The mentions of one entity counts record, or a watermark record's {origin name: newest event time}
+    (:func:`origin_name`); ValueError (KeyError/TypeError too) on a malformed one."""
     obj = json.loads(value)
     if "wm" in obj:
         try:
@@ -270,9 +299,12 @@ class EntityUnit:
         self.released_upto: datetime | None = None  # mentions before this were released: later ones are late
         #: (item id, entity key) of the mentions a restore counted in closed buckets: redelivered, not late
         self.restored: set[tuple[str, str]] = set()
-        #: the newest event time per input (a scored partition, from watermark records; "" = the mentions
-        #: themselves) and the clock reading when it last moved forward (None: never heard from)
+        #: the newest event time per input (an origin -- "scored/raw" partition pair, or "scored" from a record
+        #: without its raw partition -- from watermark records; "" = the mentions themselves) and the clock
+        #: reading when it last moved forward (None: never heard from)
         self.inputs: dict[str, tuple[datetime | None, float]] = {}
+        #: whether the raw partitions ("/1": raw partition 1, not heard from yet) were added as inputs to wait for
+        self._raw_awaited = False
 
     def offer(self, pending: Iterable[Pending]) -> list[Alert]:
         o = self.owner
@@ -309,8 +341,18 @@ class EntityUnit:
         if self.owner.partitions and not any(k for k in self.inputs):
             now = self.owner.clock()  # every scored partition holds the watermark until heard from
             self.inputs.update({str(i): (None, now) for i in range(self.owner.partitions)})
-        for part, at in newest.items():
-            self._advance_input(part, at)
+        for origin, at in newest.items():
+            scored, _, raw = origin.partition("/")
+            if raw and not self._raw_awaited and self.owner.partitions:
+                # records name their raw partition: every raw partition holds the watermark until heard from too
+                # (a backlog's fetches may drain one raw partition before reading the other's first record)
+                self._raw_awaited = True
+                now = self.owner.clock()
+                self.inputs.update({f"/{i}": (None, now) for i in range(self.owner.partitions)})
+            for waiting in (scored, f"/{raw}") if raw else ():
+                if waiting in self.inputs and self.inputs[waiting][0] is None:
+                    del self.inputs[waiting]  # heard from: its (scored, raw) pairs hold the watermark from now on
+            self._advance_input(origin, at)
         return self.tick()
 
     def _advance_input(self, name: str, at: datetime) -> None:
@@ -321,8 +363,8 @@ class EntityUnit:
     def watermark(self) -> datetime | None:
         """The event time every input has reached: the oldest of the inputs that moved in the last ``idle_s``
         (None while one was never heard from, for at most ``unheard_s``); when none moved (a finished replay, a
-        quiet night), the newest event time moving on with the wall clock. Inputs are the scored partitions when
-        watermark records arrive, else the mentions themselves."""
+        quiet night), the newest event time moving on with the wall clock. Inputs are the origins (scored/raw
+        partition pairs) when watermark records arrive, else the mentions themselves."""
         o = self.owner
         parts = {k: v for k, v in self.inputs.items() if k}
         if not parts and not o.partitions:
@@ -401,6 +443,8 @@ class EntityAlerts:
         self.mentions = 0
         self.restored_units = 0
         self.redelivered = 0  # mentions a restore had counted, read again from the broker (ignored, not late)
+        #: a restore closes the buckets of what was scored before this instant (see :meth:`_rebuild`)
+        self.started = utcnow()
         self._restore_cache: tuple[float, datetime | None, dict[int, tuple[EntityUnit, list[Alert]]]] | None = None
 
     def unit(self, via: int) -> EntityUnit:
@@ -427,7 +471,15 @@ class EntityAlerts:
         store = self._store()
         if store is None:
             return None, {}
-        rows = store.query(f"SELECT max(event_time) FROM {store.database}.mentions")
+        # the newest event time of what was scored before this worker started: the previous life's watermark. Not
+        # the store's newest: on a fresh start the scorer of this very run fills it before the entity stage reads
+        # its first record, and a raw partition drained ahead (a backfill) put it weeks past mentions still in the
+        # stream -- closed as restored, they came late (933 of 5,340 in the bench)
+        rows = store.query(
+            f"SELECT max(event_time) FROM {store.database}.items "
+            "WHERE scored_at <= toDateTime({started:UInt32}, 'UTC')",  # seconds: the start's own second counts
+            {"started": int(self.started.timestamp())},
+        )
         newest = rows[0][0] if rows and rows[0] else None
         if not isinstance(newest, datetime) or newest.timestamp() <= 0:
             return None, {}
@@ -529,7 +581,7 @@ class EntityAlerts:
         return self._raised(self.unit(via).offer(pending))
 
     def offer_watermark(self, newest: dict[str, datetime], via: int = 0) -> list[Alert]:
-        """A sender's newest event time per scored partition, read from partition ``via``; returns new alerts."""
+        """A sender's newest event time per origin, read from partition ``via``; returns new alerts."""
         return self._raised(self.unit(via).offer_watermark(newest))
 
     def tick(self) -> list[Alert]:
@@ -761,7 +813,7 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
 
     @app.agent(scored, name="finsent.entities.mentions")
     async def mentions(stream: Any) -> None:
-        seen: dict[int, datetime] = {}  # newest event time per scored partition this worker has read
+        seen: dict[Origin, datetime] = {}  # newest event time per origin this worker has read
         async for events in stream.take_events(max(settings.batch_max * 4, 256), within=1.0):
             records, _, bad, newest = entity_records((e.value for e in events), (e.message.partition for e in events))
             state.bad_values += bad
@@ -817,6 +869,7 @@ __all__ = [
     "entity_metrics",
     "entity_records",
     "make_entity_detector",
+    "origin_name",
     "watermark_keys",
     "watermark_records",
 ]

@@ -324,6 +324,12 @@ def register(bench_subparsers: Any) -> None:
         "full-speed replay is a backlog read unevenly across partitions)",
     )
     b.add_argument(
+        "--stack-default-lateness",
+        action="store_true",
+        help="with --through-stack: keep the worker's own FINSENT_ENTITY_LATENESS_S (1 h unless set), to count "
+        "the mentions a full-speed backfill makes late with it",
+    )
+    b.add_argument(
         "--plumbing",
         action="store_true",
         help="instead: the entity stage's plumbing cost -- one worker with a classifier that costs nothing but "

@@ -236,6 +236,10 @@ class ScoredItem:
     scored_at: datetime = field(default_factory=utcnow)
     #: who the item is about and how it treats each of them (one per distinct entity; see EntityMention)
     entities: tuple[EntityMention, ...] = ()
+    #: the ``finsent.raw`` partition the item was read from (None: not read from Kafka, or a record written
+    #: before this field). The scored topic is keyed by item id, so it mixes every raw partition; the entity
+    #: agent's watermark tracks event time per (scored, raw) partition pair with it (issue 26)
+    raw_partition: int | None = None
 
     @property
     def id(self) -> str:
@@ -256,6 +260,8 @@ class ScoredItem:
             scored_at=format_time(self.scored_at),
             entities=[e.to_dict() for e in self.entities],
         )
+        if self.raw_partition is not None:  # absent when unknown: records and stored rows stay as before
+            d["raw_partition"] = self.raw_partition
         return d
 
     def to_json(self) -> bytes:
@@ -437,7 +443,17 @@ def decode_scored(data: bytes | str, max_bytes: int = MAX_MESSAGE_BYTES) -> Scor
         model_version=_req_str(obj, "model_version"),
         scored_at=parse_time(_req_str(obj, "scored_at"), "scored_at"),
         entities=_entities(obj.get("entities")),
+        raw_partition=_raw_partition(obj.get("raw_partition")),
     )
+
+
+def _raw_partition(value: Any) -> int | None:
+    """The ``raw_partition`` of a scored message; absent (a message from before it) is None."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidEvent("bad_type", "raw_partition must be a non-negative integer")
+    return value
 
 
 def _entities(value: Any) -> tuple[EntityMention, ...]:

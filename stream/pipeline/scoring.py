@@ -81,13 +81,14 @@ class DeadLetter:
 
 
 def decode_batch(
-    messages: Sequence[RawMessage], max_bytes: int, max_text_chars: int
+    messages: Sequence[RawMessage], max_bytes: int, max_text_chars: int, partitions: list[int] | None = None
 ) -> tuple[list[RawItem], list[DeadLetter]]:
     """Split a batch into valid items and dead letters (one per defective message, with its reason).
 
     The rule, not a list: whatever one message contains, it becomes an item or a dead letter.
     A defect the decoder knows has its own reason; anything else that goes wrong while decoding
     one message is ``decode_error`` with the exception's type, and the rest of the batch goes on.
+    ``partitions``, when given, receives each item's raw partition (the scored record carries it: issue 26).
     """
     items: list[RawItem] = []
     dead: list[DeadLetter] = []
@@ -95,6 +96,8 @@ def decode_batch(
         try:
             default_ts = datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None
             items.append(decode_raw(m.value if m.value is not None else b"", max_bytes, max_text_chars, default_ts))
+            if partitions is not None:
+                partitions.append(m.partition)
         except InvalidEvent as exc:
             reason, detail = exc.reason, exc.detail
         except Exception as exc:  # noqa: BLE001 - one message must never stop the worker
@@ -105,7 +108,9 @@ def decode_batch(
     return items, dead
 
 
-def _to_scored(item: RawItem, pred: Any, version: str, scored_at: datetime | None = None) -> ScoredItem:
+def _to_scored(
+    item: RawItem, pred: Any, version: str, scored_at: datetime | None = None, raw_partition: int | None = None
+) -> ScoredItem:
     if pred.truncated and not item.truncated:
         item = replace(item, truncated=True)
     return ScoredItem(
@@ -117,16 +122,21 @@ def _to_scored(item: RawItem, pred: Any, version: str, scored_at: datetime | Non
         model_version=version,
         scored_at=scored_at or utcnow(),
         entities=tuple(getattr(pred, "entities", ()) or ()),
+        raw_partition=raw_partition,
     )
 
 
-def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredItem], list[DeadLetter]]:
+def score_items(
+    classifier: Any, items: Sequence[RawItem], partitions: Sequence[int] | None = None
+) -> tuple[list[ScoredItem], list[DeadLetter]]:
     """Score a batch with one classifier; if the batch fails, find and dead-letter the failing item(s).
+    ``partitions``: each item's raw partition, carried onto its scored item.
 
     Blocking: runs in the model executor.
     """
     if not items:
         return [], []
+    parts: Sequence[int | None] = partitions if partitions is not None else [None] * len(items)
     version = str(classifier.version)
     try:
         # the headline is what a reader sees first: scored together with the text (models.runtime.scored_text)
@@ -134,15 +144,15 @@ def score_items(classifier: Any, items: Sequence[RawItem]) -> tuple[list[ScoredI
         texts = [it.text for it in items]
         preds = classifier.predict(texts, titles=titles) if any(titles) else classifier.predict(texts)
         scored_at = utcnow()  # one clock read per batch: the batch was scored at one moment
-        return [_to_scored(it, p, version, scored_at) for it, p in zip(items, preds, strict=True)], []
+        return [_to_scored(it, p, version, scored_at, rp) for it, p, rp in zip(items, preds, parts, strict=True)], []
     except Exception:
         log.exception("classifier failed on a batch of %d; scoring items one by one", len(items))
     scored: list[ScoredItem] = []
     dead: list[DeadLetter] = []
-    for it in items:
+    for it, rp in zip(items, parts, strict=True):
         try:
             (pred,) = classifier.predict([it.text], titles=[it.title]) if it.title else classifier.predict([it.text])
-            scored.append(_to_scored(it, pred, version))
+            scored.append(_to_scored(it, pred, version, raw_partition=rp))
         except Exception as exc:
             body = dead_letter(it.to_json(), "model_error", f"{type(exc).__name__}: {exc}", "", -1, -1)
             dead.append(DeadLetter("model_error", body, it.id.encode()))
@@ -157,9 +167,10 @@ def decode_and_score(
     Returns the scored items, the dead letters, the ``finsent.scored`` records (key, value, key hash)
     and the seconds the model took.
     """
-    items, dead = decode_batch(messages, max_bytes, max_text_chars)
+    parts: list[int] = []
+    items, dead = decode_batch(messages, max_bytes, max_text_chars, parts)
     t0 = time.perf_counter()
-    scored, model_dead = score_items(classifier, items)
+    scored, model_dead = score_items(classifier, items, parts)
     infer_s = time.perf_counter() - t0
     dead.extend(model_dead)
     keys = [s.id.encode() for s in scored]

@@ -360,3 +360,91 @@ def test_attach_adds_nothing_when_entity_alerts_are_off() -> None:
     ctx = WorkerContext.__new__(WorkerContext)
     object.__setattr__(ctx, "settings", load_settings(entity_alerts=False))
     assert attach(object(), ctx) is None
+
+
+# --- per-origin watermark: a raw backlog drained unevenly -----------------------------------------------------------
+def test_scored_records_carry_their_raw_partition_and_old_records_decode_without_it() -> None:
+    from dataclasses import replace
+
+    from finsent.core.events import InvalidEvent, decode_scored
+    from finsent.models.runtime import Prediction
+    from finsent.stream.pipeline.scoring import RawMessage, decode_and_score
+
+    class _Neutral:
+        version = "test-model"
+
+        def predict(self, texts: list[str], titles: Any = None) -> list[Any]:
+            probs = {"negative": 0.1, "neutral": 0.8, "positive": 0.1}
+            return [Prediction("neutral", probs, "Macro", 0.9, False) for _ in texts]
+
+    msgs = [
+        RawMessage(RawItem(f"r{i}", "s", "news", "t", utcnow()).to_json(), "finsent.raw", p, i)
+        for i, p in enumerate([2, 0, 1])
+    ]
+    msgs.insert(1, RawMessage(b"not json", "finsent.raw", 5, 9))  # a dead letter shifts nothing
+    scored, dead, payloads, _ = decode_and_score(_Neutral(), msgs, 1_000_000, 20_000)
+    assert len(dead) == 1 and [s.raw_partition for s in scored] == [2, 0, 1]
+    assert [decode_scored(v).raw_partition for _, v, _ in payloads] == [2, 0, 1]
+    old = replace(scored[0], raw_partition=None)
+    assert b"raw_partition" not in old.to_json() and decode_scored(old.to_json()).raw_partition is None
+    with pytest.raises(InvalidEvent, match="raw_partition"):
+        decode_scored(old.to_json()[:-1] + b',"raw_partition":"zero"}')
+
+
+def _uneven_backlog(items: list[ScoredItem], state: EntityAlerts, clock: list[float]) -> list[Any]:
+    """Items on two raw partitions (alternating), the scorer draining raw 0 first and then eight times as fast as
+    raw 1 (a backfill replayed at full speed: Faust fetched one raw partition before the other), each scored
+    record on scored partition crc32(id) % 2, as the mention agent of one worker would read and send them:
+    mentions, then its newest event time per origin."""
+    import zlib
+    from dataclasses import replace
+
+    from finsent.alerts.entity_agent import watermark_records
+
+    raw = {r: [replace(s, raw_partition=r) for s in items[r::2]] for r in (0, 1)}
+    seen: dict[Any, datetime] = {}
+    out: list[Any] = []
+    step = 0
+    while raw[0] or raw[1]:
+        slow = 1 if step >= 10 else 0  # raw 1's first record is read once raw 0 is hours ahead
+        batch = raw[0][:8] + raw[1][:slow]
+        raw[0], raw[1] = raw[0][8:], raw[1][slow:]
+        for part in (0, 1):
+            chunk = [s for s in batch if zlib.crc32(s.id.encode()) % 2 == part]
+            vals = _values(chunk)
+            records, _, _, newest = entity_records(vals, [part] * len(vals))
+            out += [a for _, v in records for a in state.offer(decode_record(v))]
+            for origin, at in newest.items():
+                seen[origin] = max(at, seen.get(origin, at))
+            for _, v in watermark_records([b"k"], seen):
+                out += state.offer_watermark(decode_record(v))
+        step += 1
+        clock[0] = step * 0.05  # every origin that has items left moves well within IDLE_S
+    return out
+
+
+def test_an_uneven_raw_backlog_makes_nothing_late_with_the_default_lateness() -> None:
+    """Issue 26's *Limit*: raw partition 0 drained hours of event time ahead of raw partition 1. Both scored
+    partitions mix both raw ones, so a watermark per scored partition ran with raw 0 and made raw 1's mentions
+    late; per (scored, raw) origin it waits for raw 1, and the alerts are those of the replay read in order."""
+    from finsent.alerts.entity_agent import IDLE_S, origin_name
+
+    settings = load_settings()
+    assert settings.entity_lateness_s == 3600  # the default, no allowance for the backlog's spread
+    items = replay_items(_start())
+    clock = [0.0]
+    in_order = EntityAlerts(settings, sinks=[], clock=lambda: clock[0])
+    expect = in_order.offer(_pending(_values(items)))
+    clock[0] = IDLE_S + 1
+    expect += in_order.tick()
+    assert [a.entity_id for a in expect] == ["JPM"]
+
+    clock = [0.0]
+    state = EntityAlerts(settings, sinks=[], clock=lambda: clock[0], partitions=2)
+    got = _uneven_backlog(items, state, clock)
+    assert state.late == 0  # per scored partition alone: 100+ of raw 1's mentions came after their bucket closed
+    assert sorted(k for k in state.unit(0).inputs if k) == ["0/0", "0/1", "1/0", "1/1"]
+    clock[0] += IDLE_S + 1  # the backlog is drained: every origin idles, the last buckets close on the wall clock
+    got += state.tick()
+    assert [a.to_dict() for a in got] == [a.to_dict() for a in expect]
+    assert origin_name((3, 1)) == "3/1" and origin_name(3) == "3"
