@@ -200,49 +200,42 @@ def decode_spans(
     return spans
 
 
-def prepare_with_map(text: str, steps: Sequence[str]) -> tuple[str, list[int]]:
-    """What :func:`finsent.models.textprep.prepare` makes of ``text``, and for each character of the result the
-    index of the character of ``text`` it came from, plus ``len(text)`` at the end (one past the last).
+def prepare_with_map(original: str, steps: Sequence[str]) -> tuple[str, list[int]]:
+    """What :func:`finsent.models.textprep.prepare` makes of ``original``, and for each character of the result
+    the index of the character of ``original`` it came from, plus ``len(original)`` at the end (one past the last).
 
     The model sees the prepared text (links dropped, whitespace squeezed), so the token offsets of a model span
     index the prepared text, while :class:`~finsent.core.events.EntityMention` offsets index the scored text:
     :func:`map_spans` maps a span ``[s, e)`` back with ``(where[s], where[e - 1] + 1)``. The one copy of this
     mapping (the runtime, training and ``finsent eval`` use it; ``linking`` had a second one).
     """
+    text = original
     if STRIP_URLS not in steps:
         return text, list(range(len(text) + 1))
-    from finsent.models.textprep import _URL, strip_urls
+    from finsent.models.textprep import _SPACES, _URL
 
-    if text == strip_urls(text):  # nothing to strip or squeeze: the identity (cheap, and common)
-        return text, list(range(len(text) + 1))
-    chars: list[tuple[str, int]] = []  # (character, where it came from): links become one space
-    pos = 0
-    for m in _URL.finditer(text):
-        chars.extend((c, i) for i, c in enumerate(text[pos : m.start()], start=pos))
-        chars.append((" ", m.start()))
-        pos = m.end()
-    chars.extend((c, i) for i, c in enumerate(text[pos:], start=pos))
-    squeezed: list[tuple[str, int]] = []
-    run: list[tuple[str, int]] = []
-    for ch in chars:  # runs of two or more whitespace characters become one space (textprep's \s{2,})
-        if ch[0].isspace():
-            run.append(ch)
+    # textprep's own substitutions, replayed on (text, map): each replaced run keeps the index of its first
+    # character; list slices keep it fast (the runtime maps every text the model found an entity in)
+    where = list(range(len(text)))
+    for pattern in (_URL, _SPACES):
+        pieces: list[str] = []
+        index: list[int] = []
+        pos = 0
+        for m in pattern.finditer(text):
+            pieces += (text[pos : m.start()], " ")
+            index += where[pos : m.start()]
+            index.append(where[m.start()])
+            pos = m.end()
+        if not pieces:  # no match: nothing to replace
             continue
-        if run:
-            squeezed.append(run[0] if len(run) == 1 else (" ", run[0][1]))
-            run = []
-        squeezed.append(ch)
-    if run:
-        squeezed.append(run[0] if len(run) == 1 else (" ", run[0][1]))
-    lo, hi = 0, len(squeezed)
-    while lo < hi and squeezed[lo][0].isspace():
-        lo += 1
-    while hi > lo and squeezed[hi - 1][0].isspace():
-        hi -= 1
-    if lo == hi:  # nothing but links: textprep keeps the text as it is
-        return text, list(range(len(text) + 1))
-    kept = squeezed[lo:hi]
-    return "".join(c for c, _ in kept), [i for _, i in kept] + [len(text)]
+        pieces.append(text[pos:])
+        index += where[pos:]
+        text, where = "".join(pieces), index
+    lo = len(text) - len(text.lstrip())
+    hi = len(text.rstrip())
+    if lo >= hi:  # nothing but links: textprep keeps the text as it is
+        return original, list(range(len(original) + 1))
+    return text[lo:hi], where[lo:hi] + [len(original)]
 
 
 def map_spans(spans: Sequence[Span], where: Sequence[int]) -> list[Span]:
