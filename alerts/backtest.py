@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from finsent.alerts.entity_detector import BucketStats, EntityDetector, Mention, entity_key
+from finsent.alerts.entity_detector import BucketStats, EntityDetector, Mention, entity_key, story_title
 from finsent.alerts.novelty import Novelty
 from finsent.core.events import Alert, ScoredItem, format_time
 
@@ -126,7 +126,7 @@ def run(pending: Sequence[Pending], detector: EntityDetector, novelty: Novelty |
     for p in sorted(pending, key=lambda p: (p.mention.at, p.mention.item_id, p.mention.key)):
         m = p.mention
         story = novelty.observe(m.item_id, m.at, m.source, m.title, p.text, [m.key])
-        alerts += detector.add(replace(m, novelty=story.novelty[m.key]))
+        alerts += detector.add(replace(m, novelty=story.novelty[m.key], title=story_title(m.title, p.text)))
     return alerts + detector.flush()
 
 

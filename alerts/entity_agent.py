@@ -95,7 +95,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from finsent.alerts.agent import send_confirmed
-from finsent.alerts.entity_detector import EntityDetector, EntityState, Mention, Thresholds, entity_key
+from finsent.alerts.entity_detector import (
+    EntityDetector,
+    EntityState,
+    Mention,
+    Thresholds,
+    entity_key,
+    story_title,
+)
 from finsent.alerts.novelty import Novelty
 from finsent.alerts.runner import EPOCH
 from finsent.alerts.sinks import AlertmanagerSink, _headline, _link
@@ -183,6 +190,7 @@ def entity_records(
                     (it.title or "")[:300],
                     it.url,
                     it.text[:TEXT_CHARS],
+                    s.model_version,
                 ]
             )
             n += 1
@@ -241,7 +249,10 @@ def decode_record(value: bytes | str) -> list[Pending] | dict[str, datetime]:
     if not key:
         raise ValueError("empty entity key")
     out = []
-    for item_id, at, sentiment, relevance, source, title, url, text in obj["m"]:
+    for row in obj["m"]:
+        # a 9th column, the model version, since the alerts name it (records from before decode with "")
+        item_id, at, sentiment, relevance, source, title, url, text = row[:8] if len(row) == 9 else row
+        version = str(row[8] or "") if len(row) == 9 else ""
         try:
             ts = parse_time(at, "at")
         except InvalidEvent as exc:
@@ -260,6 +271,7 @@ def decode_record(value: bytes | str) -> list[Pending] | dict[str, datetime]:
             str(source),
             str(title or ""),
             None if url is None else str(url),
+            version,
         )
         out.append(Pending(m, str(text or "")))
     return out
@@ -400,7 +412,7 @@ class EntityUnit:
         for p in ready:
             m = p.mention
             story = self.novelty.observe(m.item_id, m.at, m.source, m.title, p.text, [m.key])
-            new += self.detector.add(replace(m, novelty=story.novelty[m.key]))
+            new += self.detector.add(replace(m, novelty=story.novelty[m.key], title=story_title(m.title, p.text)))
         new += self.detector.advance(upto)
         self.released_upto = cut
         return new
@@ -505,7 +517,9 @@ class EntityAlerts:
                     unit.pending.append(Pending(m, p.text))  # an open bucket: the live watermark releases it
                     continue
                 story = unit.novelty.observe(m.item_id, m.at, m.source, m.title, p.text, [m.key])
-                raised += unit.detector.add(replace(m, novelty=story.novelty[m.key]))
+                raised += unit.detector.add(
+                    replace(m, novelty=story.novelty[m.key], title=story_title(m.title, p.text))
+                )
                 # every one: the entity stage may lag the store by any amount (its scored offsets are its own),
                 # so all it re-reads after the restart may be a redelivery (memory: one pair per stored mention)
                 unit.restored.add((m.item_id, m.key))

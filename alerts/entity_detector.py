@@ -81,6 +81,15 @@ def entity_key(entity_id: str | None, name: str) -> str:
     return entity_id if entity_id else "~" + name
 
 
+def story_title(title: str, text: str, chars: int = 300) -> str:
+    """What an alert quotes for a story: its title, or the start of its text when it has none (news without a
+    headline field, tweets: an alert with blank headlines told a reader nothing)."""
+    if title.strip():
+        return title
+    words = " ".join(text.split())
+    return words if len(words) <= chars else words[: chars - 1].rsplit(" ", 1)[0] + "…"
+
+
 @dataclass(frozen=True, slots=True)
 class Mention:
     """One (item, entity) the detector counts: the entity, how the item treats it, and where the item came from."""
@@ -96,6 +105,8 @@ class Mention:
     source: str = ""
     title: str = ""
     url: str | None = None
+    #: the model version that scored the item ("" when unknown: a record or stored row without it)
+    model_version: str = ""
 
     @classmethod
     def of(
@@ -464,9 +475,12 @@ class EntityDetector:
         sources: list[str],
     ) -> Alert:
         window = list(e.window)
-        heads = sorted(
-            (m for w in window for m in w.headlines), key=lambda m: (-m.relevance, -m.novelty, m.at, m.item_id)
-        )[: self.top_headlines]
+        kept = [m for w in window for m in w.headlines]  # the window's novel negative stories (top per bucket)
+        heads = sorted(kept, key=lambda m: (-m.relevance, -m.novelty, m.at, m.item_id))[: self.top_headlines]
+        versions: dict[str, int] = {}
+        for m in kept:
+            if m.model_version:
+                versions[m.model_version] = versions.get(m.model_version, 0) + 1
         rel_sum = sum(w._rel_sum for w in window)
         evidence: dict[str, Any] = {
             "entity_key": e.state.key,
@@ -510,6 +524,8 @@ class EntityDetector:
             entity_id=e.state.entity_id,
             entity_name=e.state.name,
             evidence=evidence,
+            # the version that scored most of the stories the alert quotes (a hot reload may split a window)
+            model_version=min(versions, key=lambda v: (-versions[v], v)) if versions else "",
         )
 
     # -- what the gauges and the API read ---------------------------------------------------------

@@ -448,3 +448,33 @@ def test_an_uneven_raw_backlog_makes_nothing_late_with_the_default_lateness() ->
     got += state.tick()
     assert [a.to_dict() for a in got] == [a.to_dict() for a in expect]
     assert origin_name((3, 1)) == "3/1" and origin_name(3) == "3"
+
+
+# --- what a stored entity alert shows: headlines and the model version ----------------------------------------------
+def test_an_entity_alert_quotes_untitled_stories_by_their_text_and_names_the_majority_model_version() -> None:
+    """News without a headline field (the crypto news CSV, tweets) gave entity alerts blank headlines, and their
+    model version was empty; both now come from the mentions the detector holds."""
+    from dataclasses import replace
+
+    from finsent.alerts.entity_detector import story_title
+
+    items = []
+    for s in replay_items(_start()):
+        if s.id.startswith("jpm"):  # the burst: untitled, two thirds scored by the newer model (a hot reload)
+            k = int(s.id[3:])
+            s = replace(s, item=replace(s.item, title=None), model_version="m-new" if k % 3 else "m-old")
+        items.append(s)
+    state = EntityAlerts(_settings(), sinks=[])
+    alerts = state.offer(_pending(_values(items))) + state.tick()
+    assert [a.entity_id for a in alerts] == ["JPM"]
+    a = alerts[0]
+    assert a.model_version == "m-new"
+    titles = [h["title"] for h in (a.evidence or {})["headlines"]]
+    assert titles and all(t.startswith("JPMorgan") for t in titles)
+    # a record from before the version column decodes, with no version
+    records, _, _, _ = entity_records(_values(items[-1:]))
+    body = json.loads(records[0][1])
+    body["m"] = [row[:8] for row in body["m"]]
+    assert [p.mention.model_version for p in decode_record(json.dumps(body))] == [""]
+    assert story_title("", "  a\nlong   text " * 40, 30) == "a long text a long text a…"
+    assert story_title("Headline", "text") == "Headline"
