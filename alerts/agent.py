@@ -15,7 +15,7 @@ worker of the group. That worker alone holds the topic's windows, baseline and a
 several workers agree because only one of them decides. ``group_by`` would do the same
 re-keying per item through an auto-named repartition topic.
 
-Windows are tumbling, ``settings.alert_window_s`` long, on the items' ``ingested_at`` (the same
+Windows are tumbling, ``settings.alerts.alert_window_s`` long, on the items' ``ingested_at`` (the same
 clock as ``store.topic_counts`` and the dashboards). A window is closed by the owner's wall clock
 ``grace_s`` after its end; counts arriving later are dropped and counted (``late``).
 
@@ -279,18 +279,22 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> InStreamAlerts:
     process). Registered as extension ``"alerts"`` (``ctx.extensions.get("alerts")``).
     """
     settings = ctx.settings
-    window_s = settings.alert_window_s
+    window_s = settings.alerts.alert_window_s
     state = InStreamAlerts(settings, store_getter=kwargs.pop("store_getter", None) or ctx.store.get, **kwargs)
-    scored = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
+    scored = app.topic(settings.kafka.topic_scored, key_type=bytes, value_type=bytes)
     counts = app.topic(
-        settings.topic_alert_counts, key_type=bytes, value_type=bytes, internal=True, partitions=settings.partitions
+        settings.kafka.topic_alert_counts,
+        key_type=bytes,
+        value_type=bytes,
+        internal=True,
+        partitions=settings.kafka.partitions,
     )
-    alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
+    alerts_topic = app.topic(settings.kafka.topic_alerts, key_type=bytes, value_type=bytes)
     ctx.extensions.register("alerts", state, close=state.close)
 
     @app.agent(scored, name="finsent.alerts.count")
     async def count(stream: Any) -> None:
-        async for values in stream.take(max(settings.batch_max * 4, 256), within=min(1.0, window_s / 4)):
+        async for values in stream.take(max(settings.worker.batch_max * 4, 256), within=min(1.0, window_s / 4)):
             partial, bad = window_counts(values, window_s)
             state.bad_values += bad
             records = [

@@ -35,17 +35,17 @@ def prom_params(settings: Settings):  # -> PromRuleParams (lazy import keeps --h
 
     return replace(
         PromRuleParams(),
-        min_ratio=settings.alert_min_ratio,
-        min_delta=settings.alert_min_delta,
-        min_volume=settings.alert_min_volume,
-        dashboard_url=settings.alert_dashboard_url,
+        min_ratio=settings.alerts.alert_min_ratio,
+        min_delta=settings.alerts.alert_min_delta,
+        min_volume=settings.alerts.alert_min_volume,
+        dashboard_url=settings.alerts.alert_dashboard_url,
     )
 
 
 def ops_params(settings: Settings):  # -> OpsRuleParams: constant thresholds, the settings' Grafana
     from finsent.alerts.prom_rule import PIPELINE_DASHBOARD_PATH, OpsRuleParams
 
-    url = settings.alert_dashboard_url
+    url = settings.alerts.alert_dashboard_url
     base = url.split("/d/", 1)[0] if "/d/" in url else url.rstrip("/")
     return replace(OpsRuleParams(), dashboard_url=base + PIPELINE_DASHBOARD_PATH)
 

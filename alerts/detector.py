@@ -33,27 +33,27 @@ DETECTORS = tuple(REGISTRY)
 
 
 def make_detector(settings: Settings) -> Detector:
-    """The detector chosen by ``settings.alert_detector``, configured from the Alerts settings."""
-    window_s = settings.alert_window_s
-    halflife = max(1.0, settings.alert_baseline_halflife_s / window_s)
+    """The detector chosen by ``settings.alerts.alert_detector``, configured from the Alerts settings."""
+    window_s = settings.alerts.alert_window_s
+    halflife = max(1.0, settings.alerts.alert_baseline_halflife_s / window_s)
     common: dict[str, float] = dict(
         window_s=window_s,
         halflife_windows=halflife,
-        min_ratio=settings.alert_min_ratio,
-        min_delta=settings.alert_min_delta,
-        min_volume=settings.alert_min_volume,
+        min_ratio=settings.alerts.alert_min_ratio,
+        min_delta=settings.alerts.alert_min_delta,
+        min_volume=settings.alerts.alert_min_volume,
     )
-    threshold = settings.alert_threshold  # None: the detector's benchmarked default
-    if settings.alert_detector == "ewma_z":
-        short = max(1, round(settings.alert_short_s / window_s))
+    threshold = settings.alerts.alert_threshold  # None: the detector's benchmarked default
+    if settings.alerts.alert_detector == "ewma_z":
+        short = max(1, round(settings.alerts.alert_short_s / window_s))
         if threshold is not None:
             common["z_threshold"] = threshold
-        return EwmaZ(short_windows=short, drift_var=settings.alert_drift_var, **common)  # type: ignore[arg-type]
-    if settings.alert_detector == "cusum":
+        return EwmaZ(short_windows=short, drift_var=settings.alerts.alert_drift_var, **common)  # type: ignore[arg-type]
+    if settings.alerts.alert_detector == "cusum":
         if threshold is not None:
             common["threshold"] = threshold
         return BinomialCusum(**common)  # type: ignore[arg-type]
-    raise ValueError(f"alert_detector must be one of {', '.join(DETECTORS)}, got {settings.alert_detector!r}")
+    raise ValueError(f"alert_detector must be one of {', '.join(DETECTORS)}, got {settings.alerts.alert_detector!r}")
 
 
 __all__ = [

@@ -32,7 +32,7 @@ make them late. So, as Flink keeps a watermark per input channel, each scored re
 of the entity counts topic (:func:`watermark_keys`), the newest event time it has read per origin (``"3/1"``:
 scored 3, raw 1; ``"3"`` for a record from a scorer without the field), and the owner takes the oldest of them.
 Every scored partition, and (once records name them) every raw partition -- the raw topic is assumed to have
-``settings.partitions`` partitions, as ``ensure_topics`` makes it -- holds the watermark until heard from (at most
+``settings.kafka.partitions`` partitions, as ``ensure_topics`` makes it -- holds the watermark until heard from (at most
 :data:`UNHEARD_S`): a backlog's fetches may drain one raw partition before reading the other's first record. So
 a raw or scored backlog read one partition ahead of another (a backfill, a worker joining late) makes nothing
 late, and 1 or 3 workers release the same mentions in the same order (a crafted two-raw-partition backlog: 122
@@ -281,15 +281,15 @@ def decode_record(value: bytes | str) -> list[Pending] | dict[str, datetime]:
 def make_entity_detector(
     settings: Settings, on_bucket: Callable[[Any], None] | None = None, watchlist: Watchlist | None = None
 ) -> EntityDetector:
-    """The detector the settings describe (``watchlist``: the loaded ``settings.entity_watchlist``, if any)."""
+    """The detector the settings describe (``watchlist``: the loaded ``settings.entities.entity_watchlist``, if any)."""
     return EntityDetector(
-        bucket_s=settings.entity_bucket_s,
-        window_buckets=settings.entity_window_buckets,
-        lateness_s=settings.entity_lateness_s,
-        cooldown_s=settings.entity_cooldown_s,
+        bucket_s=settings.entities.entity_bucket_s,
+        window_buckets=settings.entities.entity_window_buckets,
+        lateness_s=settings.entities.entity_lateness_s,
+        cooldown_s=settings.entities.entity_cooldown_s,
         thresholds=Thresholds(),
         watchlist=watchlist,
-        watch_mode=settings.entity_watch_mode if watchlist is not None else "all",
+        watch_mode=settings.entities.entity_watch_mode if watchlist is not None else "all",
         on_bucket=on_bucket,
     )
 
@@ -337,7 +337,7 @@ class EntityUnit:
                         m.item_id,
                         format_time(m.at),
                         format_time(self.released_upto),
-                        o.settings.entity_lateness_s,
+                        o.settings.entities.entity_lateness_s,
                         o.late,
                     )
                 continue
@@ -433,17 +433,17 @@ class EntityAlerts:
     ) -> None:
         self.settings = settings
         self.watchlist = None
-        if settings.entity_watchlist:
+        if settings.entities.entity_watchlist:
             from finsent.alerts.watchlist import Watchlist
 
-            self.watchlist = Watchlist(settings.entity_watchlist)  # a broken file: ConfigError naming the line
+            self.watchlist = Watchlist(settings.entities.entity_watchlist)  # a broken file: ConfigError naming the line
         self.units: dict[int, EntityUnit] = {}
         self.store_getter = store_getter
         self.sinks = list(sinks) if sinks is not None else None
         self.clock = clock
         self.metrics = entity_metrics()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-entity-alerts")
-        self.lateness = timedelta(seconds=settings.entity_lateness_s)
+        self.lateness = timedelta(seconds=settings.entities.entity_lateness_s)
         self.idle_s = idle_s
         self.unheard_s = unheard_s
         #: the scored topic's partitions (each one's watermark is awaited); None: the mentions drive it alone
@@ -470,7 +470,7 @@ class EntityAlerts:
         :func:`watermark_keys`)."""
         from kafka.partitioner.default import murmur2
 
-        return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % max(1, self.partitions or self.settings.partitions)
+        return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % max(1, self.partitions or self.settings.kafka.partitions)
 
     def _rebuild(self) -> tuple[datetime | None, dict[int, tuple[EntityUnit, list[Alert]]]]:
         """Every partition's unit rebuilt from the store in one pass (see the module doc, *Restart*): the stored
@@ -787,11 +787,15 @@ class EntityAlertmanagerSink(AlertmanagerSink):
 
 
 def build_entity_sinks(settings: Settings) -> list[Callable[[Sequence[Alert], dict[str, EntityState]], None]]:
-    """Gauges always; Alertmanager when ``settings.alertmanager_url`` is set."""
+    """Gauges always; Alertmanager when ``settings.alerts.alertmanager_url`` is set."""
     sinks: list[Callable[[Sequence[Alert], dict[str, EntityState]], None]] = [EntityGaugeSink()]
-    if settings.alertmanager_url:
+    if settings.alerts.alertmanager_url:
         sinks.append(
-            EntityAlertmanagerSink(settings.alertmanager_url, settings.entity_bucket_s, settings.entity_dashboard_url)
+            EntityAlertmanagerSink(
+                settings.alerts.alertmanager_url,
+                settings.entities.entity_bucket_s,
+                settings.entities.entity_dashboard_url,
+            )
         )
     return sinks
 
@@ -806,15 +810,15 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
     Registered as extension ``"entity_alerts"``; nothing is added when ``FINSENT_ENTITY_ALERTS`` is off.
     """
     settings = ctx.settings
-    if not settings.entity_alerts:
+    if not settings.entities.entity_alerts:
         return None
-    kwargs.setdefault("partitions", settings.partitions)
+    kwargs.setdefault("partitions", settings.kafka.partitions)
     state = EntityAlerts(settings, store_getter=kwargs.pop("store_getter", None) or ctx.store.get, **kwargs)
-    scored = app.topic(settings.topic_scored, key_type=bytes, value_type=bytes)
+    scored = app.topic(settings.kafka.topic_scored, key_type=bytes, value_type=bytes)
     # declared by ensure_topics with the other finsent topics (stream.kafka.finsent_topics: at start and after a
     # broker restart), not by Faust: one more internal topic created at start-up delayed the app's start
-    counts = app.topic(settings.topic_entity_counts, key_type=bytes, value_type=bytes)
-    alerts_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes)
+    counts = app.topic(settings.kafka.topic_entity_counts, key_type=bytes, value_type=bytes)
+    alerts_topic = app.topic(settings.kafka.topic_alerts, key_type=bytes, value_type=bytes)
     ctx.extensions.register("entity_alerts", state, close=state.close)
     loop_lock = asyncio.Lock()  # the detect agent and the timer take turns on the detector and the outputs
 
@@ -823,12 +827,12 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(state.pool, state.deliver, new, state.states())
 
-    wm_keys = watermark_keys(settings.partitions)
+    wm_keys = watermark_keys(settings.kafka.partitions)
 
     @app.agent(scored, name="finsent.entities.mentions")
     async def mentions(stream: Any) -> None:
         seen: dict[Origin, datetime] = {}  # newest event time per origin this worker has read
-        async for events in stream.take_events(max(settings.batch_max * 4, 256), within=1.0):
+        async for events in stream.take_events(max(settings.worker.batch_max * 4, 256), within=1.0):
             records, _, bad, newest = entity_records((e.value for e in events), (e.message.partition for e in events))
             state.bad_values += bad
             for part, at in newest.items():

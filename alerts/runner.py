@@ -11,7 +11,7 @@ Example::
     from finsent.alerts.detector import make_detector
     from finsent.alerts.runner import AlertRunner
 
-    runner = AlertRunner(open_store(settings.store), make_detector(settings), settings.alert_window_s)
+    runner = AlertRunner(open_store(settings.storage.store), make_detector(settings), settings.alerts.alert_window_s)
     while True:
         for alert in runner.poll():
             print(alert.topic, alert.negative_share, alert.baseline_share)

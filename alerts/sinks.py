@@ -182,9 +182,9 @@ class AlertmanagerSink:
 
 
 def build_sinks(settings: Any, store: Any = None) -> list[Callable[[Sequence[Alert], dict[str, TopicState]], None]]:
-    """Gauges always; Alertmanager when ``settings.alertmanager_url`` is set (headlines from ``store``)."""
+    """Gauges always; Alertmanager when ``settings.alerts.alertmanager_url`` is set (headlines from ``store``)."""
     sinks: list[Callable[[Sequence[Alert], dict[str, TopicState]], None]] = [GaugeSink()]
-    if settings.alertmanager_url:
+    if settings.alerts.alertmanager_url:
         headlines = None
         if store is not None:
 
@@ -193,7 +193,10 @@ def build_sinks(settings: Any, store: Any = None) -> list[Callable[[Sequence[Ale
 
         sinks.append(
             AlertmanagerSink(
-                settings.alertmanager_url, settings.alert_window_s, settings.alert_dashboard_url, headlines
+                settings.alerts.alertmanager_url,
+                settings.alerts.alert_window_s,
+                settings.alerts.alert_dashboard_url,
+                headlines,
             )
         )
     return sinks

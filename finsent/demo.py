@@ -249,7 +249,7 @@ class DemoProducer(threading.Thread):
                     self.state.produced_spike += n_spike
                 if el >= malformed_at and not self.state.malformed_sent:
                     for value in MALFORMED:
-                        raw.send(self.settings.topic_raw, key=b"demo-bad", value=value)
+                        raw.send(self.settings.kafka.topic_raw, key=b"demo-bad", value=value)
                     raw.flush(timeout=30)
                     with self.state.lock:
                         self.state.malformed_sent = len(MALFORMED)
@@ -382,12 +382,12 @@ def _plan(
         from finsent.models.runtime import Classifier
 
         classifier = Classifier.load(
-            model_dir or settings.model_dir,
-            variant=settings.model_variant,
-            threads=settings.call_threads,
-            cache_dir=settings.cache_dir,
+            model_dir or settings.model.model_dir,
+            variant=settings.model.model_variant,
+            threads=settings.model.call_threads,
+            cache_dir=settings.model.cache_dir,
         )
-        spike_topic, spike_texts, speed = choose_spike(classifier, tweets, calls=settings.model_calls)
+        spike_topic, spike_texts, speed = choose_spike(classifier, tweets, calls=settings.model.model_calls)
     # the spike's stories: the topic's negative tweets first, then other negative ones, each told about the company
     more = [t["text"] for t in tweets if t.get("sentiment") == "negative" and t["text"] not in spike_texts]
     spike_texts = (spike_texts + random.Random(5).sample(more, min(len(more), SPIKE_STORIES)))[:SPIKE_STORIES]

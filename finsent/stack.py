@@ -157,7 +157,7 @@ class LocalStack:
 
             ensure_topics(self._settings)
         if self._open_store:
-            self._store = self.open_store(self._settings.store)
+            self._store = self.open_store(self._settings.storage.store)
 
     def _remove_workdir(self) -> None:
         if self.workdir is not None and not self.keep_workdir:
@@ -191,12 +191,12 @@ class LocalStack:
 
     @property
     def store_url(self) -> str:
-        return self.settings.store
+        return self.settings.storage.store
 
     @property
     def topics(self) -> Topics:
         s = self.settings
-        return Topics(s.topic_raw, s.topic_scored, s.topic_dlq, s.topic_alerts)
+        return Topics(s.kafka.topic_raw, s.kafka.topic_scored, s.kafka.topic_dlq, s.kafka.topic_alerts)
 
     @property
     def broker_pid(self) -> int | None:
@@ -280,10 +280,10 @@ class LocalStack:
         return {
             "broker": self.bootstrap,
             "broker_pid": self.broker_pid,
-            "store": self.settings.redacted()["store"],
+            "store": self.settings.redacted()["storage"]["store"],
             "api": self.api_url,
             "topics": dataclasses.asdict(self.topics),
-            "consumer_group": self.settings.consumer_group,
+            "consumer_group": self.settings.kafka.consumer_group,
             "workdir": str(self.workdir),
         }
 

@@ -62,9 +62,9 @@ class DedupStore:
     @classmethod
     def from_settings(cls, settings, name: str = "dedup.sqlite3") -> DedupStore:
         return cls(
-            Path(settings.ingest_state_dir) / name,
-            max_keys=settings.ingest_dedup_max_keys,
-            ttl_s=settings.ingest_dedup_ttl_days * 86400.0,
+            Path(settings.ingest.ingest_state_dir) / name,
+            max_keys=settings.ingest.ingest_dedup_max_keys,
+            ttl_s=settings.ingest.ingest_dedup_ttl_days * 86400.0,
         )
 
     # -- queries -------------------------------------------------------------------------------

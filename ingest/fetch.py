@@ -213,9 +213,9 @@ class Fetcher:
     @classmethod
     def from_settings(cls, settings) -> Fetcher:
         return cls(
-            user_agent=settings.ingest_user_agent,
-            timeout_s=settings.ingest_fetch_timeout_s,
-            max_bytes=settings.ingest_max_fetch_bytes,
+            user_agent=settings.ingest.ingest_user_agent,
+            timeout_s=settings.ingest.ingest_fetch_timeout_s,
+            max_bytes=settings.ingest.ingest_max_fetch_bytes,
         )
 
     def get(

@@ -19,7 +19,7 @@ Contract (what a client can rely on):
 * concurrent requests are merged into one publish (:class:`Coalescer`), each answered for its own items;
 * ``503`` (with ``Retry-After``) when Kafka does not ack in time: nothing is lost -- retry the
   same request; items that were acked before the failure are then reported as duplicates.
-* ``401`` without the bearer token (``settings.http_token``, compared in constant time),
+* ``401`` without the bearer token (``settings.ingest.http_token``, compared in constant time),
   ``413`` for a body over the size limit or too many items, ``415`` for a non-JSON content type.
   These refusals are answered from the headers alone and close the connection: an unread body is
   never drained, so an unauthenticated request costs the server its headers and nothing more.

@@ -1,4 +1,4 @@
-"""Publish RawItems to ``settings.topic_raw``, keyed by id, and know exactly which were acked.
+"""Publish RawItems to ``settings.kafka.topic_raw``, keyed by id, and know exactly which were acked.
 
 Durability contract (what the ingesters and the HTTP endpoint promise on top of it):
 
@@ -6,7 +6,7 @@ Durability contract (what the ingesters and the HTTP endpoint promise on top of 
   each record's acknowledgement (its future) -- an item counts as published only when acked;
 * records that fail (broker down, leader moving, timeouts) are re-sent with exponential backoff
   until they are acked or the wait runs out: the call's ``give_up_after_s``, else the publisher's
-  ``publish_timeout_s`` (default ``settings.publish_timeout_s``, ``FINSENT_PUBLISH_TIMEOUT_S``;
+  ``publish_timeout_s`` (default ``settings.ingest.publish_timeout_s``, ``FINSENT_PUBLISH_TIMEOUT_S``;
   ``None`` waits forever). Every wait inside a round (bootstrap, topic check, flush, acks) is cut
   to what is left, so the bound holds. Then :class:`PublishError` says which items were acked
   and which were not; the CLI turns it into one line and exit status 6, the HTTP endpoint into
@@ -80,7 +80,7 @@ class Publisher:
     """Thread-safe wrapper over one KafkaProducer. Use as a context manager or call :meth:`close`.
 
     ``publish_timeout_s`` bounds every publish that does not pass its own ``give_up_after_s``
-    (default: ``settings.publish_timeout_s``; ``None``: wait for the broker forever).
+    (default: ``settings.ingest.publish_timeout_s``; ``None``: wait for the broker forever).
     """
 
     def __init__(
@@ -94,11 +94,11 @@ class Publisher:
         publish_timeout_s: float | None = _FROM_SETTINGS,
     ) -> None:
         self.settings = settings
-        self.topic = settings.topic_raw
+        self.topic = settings.kafka.topic_raw
         self.client_id = client_id
         self.delivery_timeout_s = delivery_timeout_s
         self.publish_timeout_s: float | None = (
-            settings.publish_timeout_s if publish_timeout_s is _FROM_SETTINGS else publish_timeout_s
+            settings.ingest.publish_timeout_s if publish_timeout_s is _FROM_SETTINGS else publish_timeout_s
         )
         self.ensure_topic = ensure_topic
         self.backoff_s = backoff_s
@@ -166,8 +166,8 @@ class Publisher:
                     raise
                 self._topic_ready = True
             self._producer = producer
-            self._contact = (True, f"connected to Kafka at {self.settings.brokers}")
-            log.info("connected to Kafka %s, publishing to %s", self.settings.brokers, self.topic)
+            self._contact = (True, f"connected to Kafka at {self.settings.kafka.brokers}")
+            log.info("connected to Kafka %s, publishing to %s", self.settings.kafka.brokers, self.topic)
         return self._producer
 
     def _drop_producer(self, timeout_s: float = 1.0) -> None:
@@ -216,9 +216,9 @@ class Publisher:
             except PublishConfigError:
                 raise
             except Exception as exc:
-                self._contact = (False, f"Kafka at {self.settings.brokers} not reachable: {exc}")
+                self._contact = (False, f"Kafka at {self.settings.kafka.brokers} not reachable: {exc}")
                 (log.debug if quiet else log.warning)(
-                    "Kafka at %s not reachable yet (%s); will retry on publish", self.settings.brokers, exc
+                    "Kafka at %s not reachable yet (%s); will retry on publish", self.settings.kafka.brokers, exc
                 )
                 self._drop_producer()
                 return False
@@ -305,7 +305,7 @@ class Publisher:
             raise
         except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError, KafkaUnavailable...
             self._drop_producer()
-            self._contact = (False, f"Kafka at {self.settings.brokers} not reachable: {exc}")
+            self._contact = (False, f"Kafka at {self.settings.kafka.brokers} not reachable: {exc}")
             return [], list(items), f"cannot connect: {exc}"
         futures: list[tuple[RawItem, Any]] = []
         failed: list[RawItem] = []
@@ -340,9 +340,9 @@ class Publisher:
                 if fut.is_done:
                     error = f"ack: {fut.exception}"
         if acked and not failed:
-            self._contact = (True, f"connected to Kafka at {self.settings.brokers}; last publish acknowledged")
+            self._contact = (True, f"connected to Kafka at {self.settings.kafka.brokers}; last publish acknowledged")
         elif failed:
-            self._contact = (False, f"Kafka at {self.settings.brokers} did not acknowledge: {error}")
+            self._contact = (False, f"Kafka at {self.settings.kafka.brokers} did not acknowledge: {error}")
         return acked, failed, error
 
     def publish(self, items: Sequence[RawItem], *, give_up_after_s: float | None = None) -> int:
@@ -367,7 +367,7 @@ class Publisher:
         or re-publishes them).
         """
         result = PublishResult()
-        limit = self.settings.max_message_bytes
+        limit = self.settings.kafka.max_message_bytes
         payloads: dict[str, bytes] = {}
         pending: list[RawItem] = []
         for item in dict((it.id, it) for it in items).values():  # one record per id per call
@@ -407,14 +407,14 @@ class Publisher:
                     raise PublishError(self._stopping(pending, error), result.acked, pending)
                 if now + delay > deadline:
                     raise PublishError(
-                        f"Kafka at {self.settings.brokers} did not acknowledge {len(pending)} item(s) within "
+                        f"Kafka at {self.settings.kafka.brokers} did not acknowledge {len(pending)} item(s) within "
                         f"{bound:g} s ({error})",
                         result.acked,
                         pending,
                     )
                 log.warning(
                     "Kafka at %s did not ack %d item(s) (%s); retrying in %.1fs",
-                    self.settings.brokers,
+                    self.settings.kafka.brokers,
                     len(pending),
                     error,
                     delay,

@@ -623,7 +623,7 @@ def _report(bad: BadRow, stats: ReplayStats, pipeline: Any) -> None:
 
 
 def replay_to_kafka(settings, paths: Sequence[str | Path], **kwargs: Any) -> ReplayStats:
-    """Replay files onto ``settings.topic_raw`` and return when every item is acked (the demo's call).
+    """Replay files onto ``settings.kafka.topic_raw`` and return when every item is acked (the demo's call).
 
     No dedup state is used (replays must repeat); keyword arguments are those of :func:`replay`
     (``rate``, ``speedup``, ``limit``, ``stop``, ``source``, ``source_type``, ``encoding``, ``progress``).
@@ -635,7 +635,7 @@ def replay_to_kafka(settings, paths: Sequence[str | Path], **kwargs: Any) -> Rep
     kwargs.setdefault("progress", False)
     with Publisher(settings) as publisher:
         pipeline = Pipeline(
-            publisher=publisher, dedup=DedupStore(None), max_text_chars=settings.max_text_chars, use_dedup=False
+            publisher=publisher, dedup=DedupStore(None), max_text_chars=settings.model.max_text_chars, use_dedup=False
         )
         return replay(paths, pipeline, **kwargs)
 

@@ -99,15 +99,18 @@ def valid_labels(settings: Settings) -> dict[str, tuple[str, ...]]:
     from finsent.models import resolve_model_dir
     from finsent.models.modeldir import read_model_info
 
-    model_dir = resolve_model_dir(settings.model_dir)
-    if settings.registry:
+    model_dir = resolve_model_dir(settings.model.model_dir)
+    if settings.model_registry.registry:
         from finsent.models.registry import Registry
 
         try:
-            prod = Registry(settings.registry).resolve("production")
+            prod = Registry(settings.model_registry.registry).resolve("production")
         except Exception as exc:  # noqa: BLE001 - an unreadable registry must not stop a correction
             log.warning(
-                "cannot read the registry %s (%s); labels are checked against %s", settings.registry, exc, model_dir
+                "cannot read the registry %s (%s); labels are checked against %s",
+                settings.model_registry.registry,
+                exc,
+                model_dir,
             )
             prod = None
         if prod is not None:

@@ -133,11 +133,11 @@ class DriftThresholds:
     @classmethod
     def from_settings(cls, s: Settings) -> DriftThresholds:
         return cls(
-            psi=s.drift_psi_threshold,
-            confidence_drop=s.drift_confidence_drop,
-            low_confidence=s.drift_low_confidence,
-            low_confidence_rise=s.drift_low_confidence_rise,
-            min_items=s.drift_min_items,
+            psi=s.drift.drift_psi_threshold,
+            confidence_drop=s.drift.drift_confidence_drop,
+            low_confidence=s.drift.drift_low_confidence,
+            low_confidence_rise=s.drift.drift_low_confidence_rise,
+            min_items=s.drift.drift_min_items,
         )
 
 
@@ -254,11 +254,11 @@ def compare(
 
 def production_version(settings: Settings) -> str | None:
     """The registry's production version, or None (no registry configured, or no production alias)."""
-    if not settings.registry:
+    if not settings.model_registry.registry:
         return None
     from finsent.models.registry import Registry
 
-    mv = Registry(settings.registry).resolve("production")
+    mv = Registry(settings.model_registry.registry).resolve("production")
     return mv.version if mv is not None else None
 
 
@@ -272,8 +272,8 @@ def drift_report(
 ) -> DriftReport:
     """Read both periods of the judged model's predictions from ``store`` and :func:`compare` them."""
     now = now or utcnow()
-    window = window or timedelta(seconds=settings.drift_window_s)
-    reference = reference or timedelta(seconds=settings.drift_reference_s)
+    window = window or timedelta(seconds=settings.drift.drift_window_s)
+    reference = reference or timedelta(seconds=settings.drift.drift_reference_s)
     split, start, until = now - window, now - window - reference, now + timedelta(seconds=1)
     versions = store.model_version_counts(split, until)
     source = "given"

@@ -97,7 +97,7 @@ class DriftMonitor:
                     "drift: could not recompute the drift figures (%s); the gauges keep their last "
                     "values, retrying every %gs (logged once)",
                     " ".join(str(exc).split())[:300],
-                    self.settings.drift_interval_s,
+                    self.settings.drift.drift_interval_s,
                 )
             return None
         if self._failing:
@@ -117,7 +117,7 @@ class DriftMonitor:
 def _store_getter(ctx: WorkerContext) -> Callable[[], Any]:
     """chdb: the scoring worker's own store (one process per path); a server: a connection of our own."""
     settings = ctx.settings
-    if settings.store.startswith("chdb://"):
+    if settings.storage.store.startswith("chdb://"):
         return ctx.store.get
     own: list[Any] = []
 
@@ -139,18 +139,18 @@ def attach(app: Any, ctx: WorkerContext, store_getter: Callable[[], Any] | None 
     Registered as extension ``"drift"`` (``ctx.extensions.get("drift")``).
     """
     settings = ctx.settings
-    if settings.drift_interval_s <= 0:
+    if settings.drift.drift_interval_s <= 0:
         return None
     monitor = DriftMonitor(settings, store_getter or _store_getter(ctx))
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finsent-drift")
     ctx.extensions.register("drift", monitor, close=lambda: pool.shutdown(wait=False, cancel_futures=True))
     due = [0.0]  # monotonic time of the next recomputation; the first is due at the first tick
 
-    @app.timer(interval=min(TICK_S, settings.drift_interval_s))
+    @app.timer(interval=min(TICK_S, settings.drift.drift_interval_s))
     async def recompute_drift() -> None:
         if time.monotonic() < due[0]:
             return
-        due[0] = time.monotonic() + settings.drift_interval_s
+        due[0] = time.monotonic() + settings.drift.drift_interval_s
         await asyncio.get_running_loop().run_in_executor(pool, monitor.refresh)
 
     return monitor

@@ -200,10 +200,10 @@ def make_app(
     settings: Settings, app_id: str, datadir: Path, loop: asyncio.AbstractEventLoop | None, commit_interval_s: float
 ) -> faust.App:
     """The Faust app, configured for the scoring worker (why each setting: the comments)."""
-    session_s = settings.session_timeout_ms / 1000
+    session_s = settings.kafka.session_timeout_ms / 1000
     return ScoringApp(
         app_id,
-        broker=[f"kafka://{b}" for b in settings.broker_list],
+        broker=[f"kafka://{b}" for b in settings.kafka.broker_list],
         broker_credentials=faust_credentials(settings),
         loop=loop,
         value_serializer="raw",
@@ -214,23 +214,23 @@ def make_app(
         web_enabled=False,
         web_host="127.0.0.1",
         monitor=LeanMonitor(),
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=session_s,
         broker_heartbeat_interval=max(session_s / 5, 0.5),
         broker_commit_interval=commit_interval_s,
-        broker_max_poll_records=max(settings.batch_max * 4, 500),
+        broker_max_poll_records=max(settings.worker.batch_max * 4, 500),
         # Faust's wait_empty would wait forever for offsets the AckGuard keeps unacked (a batch whose
         # store failed): at stop, commit what is acked and leave the rest for redelivery.
         stream_wait_empty=False,
-        stream_buffer_maxsize=max(settings.batch_max * 8, 1024),
+        stream_buffer_maxsize=max(settings.worker.batch_max * 8, 1024),
         producer_acks=-1,
         producer_linger=0.005,
         # a stored group is sent in one burst: a few large record batches per partition instead of one per 16 KB
         producer_max_batch_size=512 * 1024,
-        producer_max_request_size=max(settings.max_message_bytes + 64 * 1024, 1_048_576),
-        consumer_max_fetch_size=max(settings.max_message_bytes + 64 * 1024, 4 * 1_048_576),
+        producer_max_request_size=max(settings.kafka.max_message_bytes + 64 * 1024, 1_048_576),
+        consumer_max_fetch_size=max(settings.kafka.max_message_bytes + 64 * 1024, 4 * 1_048_576),
     )
 
 
@@ -295,7 +295,7 @@ async def restart_partition(consumer: Any, key: tuple[str, int]) -> None:
 
 def run_scorer(app: faust.App, scorer: Scorer, settings: Settings) -> None:
     """Add the scoring agent, the position timer and the rebalance signals to ``app``."""
-    raw_topic = app.topic(settings.topic_raw, key_type=bytes, value_type=bytes, allow_empty=True)
+    raw_topic = app.topic(settings.kafka.topic_raw, key_type=bytes, value_type=bytes, allow_empty=True)
 
     @app.on_partitions_assigned.connect
     async def _joined(sender: Any, assigned: Any, **kwargs: Any) -> None:
@@ -317,7 +317,7 @@ def run_scorer(app: faust.App, scorer: Scorer, settings: Settings) -> None:
     async def score(stream: faust.StreamT) -> None:
         scorer.consumer = app.consumer
         try:
-            async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            async for events in stream.take_events(settings.worker.batch_max, within=settings.worker.batch_within_s):
                 await scorer.handle(events)
         finally:
             await scorer.drain()

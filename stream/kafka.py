@@ -24,19 +24,19 @@ def finsent_topics(settings: Settings) -> list[str]:
     """The topics finsent owns, in pipeline order: every one is (re)declared at start (a memory-only broker that
     restarted has none of them, and a consumer committing to a missing topic floods its log)."""
     return [
-        settings.topic_raw,
-        settings.topic_scored,
-        settings.topic_dlq,
-        settings.topic_alerts,
-        settings.topic_alert_counts,
-        settings.topic_entity_counts,
+        settings.kafka.topic_raw,
+        settings.kafka.topic_scored,
+        settings.kafka.topic_dlq,
+        settings.kafka.topic_alerts,
+        settings.kafka.topic_alert_counts,
+        settings.kafka.topic_entity_counts,
     ]
 
 
 def admin_config(settings: Settings, timeout_ms: int = 15_000) -> dict[str, Any]:
     """kafka-python admin client options (SASL/TLS included) for one attempt of at most ``timeout_ms``."""
     return {
-        "bootstrap_servers": settings.broker_list,
+        "bootstrap_servers": settings.kafka.broker_list,
         "client_id": "finsent-admin",
         "request_timeout_ms": min(10_000, timeout_ms),
         "bootstrap_timeout_ms": timeout_ms,  # the whole wait is timeout_s, not 30 s per attempt
@@ -59,12 +59,12 @@ def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:
             last = exc
             time.sleep(0.5)
     raise KafkaUnavailable(
-        f"cannot reach Kafka at {settings.brokers} ({last}); start one with `finsent broker` or set --brokers"
+        f"cannot reach Kafka at {settings.kafka.brokers} ({last}); start one with `finsent broker` or set --brokers"
     )
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, timeout_s: float = 15.0) -> list[str]:
-    """Create the finsent topics that do not exist yet (``settings.partitions`` each); returns those created.
+    """Create the finsent topics that do not exist yet (``settings.kafka.partitions`` each); returns those created.
 
     Existing topics are left as they are (a different partition count is logged, not changed:
     repartitioning a live topic reorders keys and is an operator decision).
@@ -78,22 +78,25 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, timeo
         missing = [t for t in wanted if t not in existing]
         if missing:
             spec = {
-                t: {"num_partitions": settings.partitions, "replication_factor": settings.replication_factor}
+                t: {
+                    "num_partitions": settings.kafka.partitions,
+                    "replication_factor": settings.kafka.replication_factor,
+                }
                 for t in missing
             }
             with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race: fine
                 admin.create_topics(spec, timeout_ms=int(timeout_s * 1000))
             admin.wait_for_topics(missing, timeout_ms=int(timeout_s * 1000))
-            log.info("created topics %s with %d partitions", ", ".join(missing), settings.partitions)
+            log.info("created topics %s with %d partitions", ", ".join(missing), settings.kafka.partitions)
         present = [t for t in wanted if t in existing]
         for desc in admin.describe_topics(present) if present else []:
             n = len(desc.get("partitions") or [])
-            if n and n != settings.partitions:
+            if n and n != settings.kafka.partitions:
                 log.warning(
                     "topic %s has %d partitions, settings say %d (left unchanged)",
                     desc.get("name"),
                     n,
-                    settings.partitions,
+                    settings.kafka.partitions,
                 )
         return missing
     finally:
@@ -103,7 +106,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, timeo
 def producer_config(settings: Settings, client_id: str = "finsent-producer") -> dict[str, Any]:
     """kafka-python producer options: durable (acks=all, retries) yet batched (linger, compression)."""
     return {
-        "bootstrap_servers": settings.broker_list,
+        "bootstrap_servers": settings.kafka.broker_list,
         "client_id": client_id,
         "acks": "all",
         "retries": 10,
@@ -112,7 +115,7 @@ def producer_config(settings: Settings, client_id: str = "finsent-producer") -> 
         "linger_ms": 5,
         "batch_size": 64 * 1024,
         "compression_type": "gzip",
-        "max_request_size": max(settings.max_message_bytes + 64 * 1024, 1_048_576),
+        "max_request_size": max(settings.kafka.max_message_bytes + 64 * 1024, 1_048_576),
         "request_timeout_ms": 30_000,
         **kafka_security(settings),
     }
@@ -127,7 +130,7 @@ def make_producer(settings: Settings, client_id: str = "finsent-producer", **ove
         return KafkaProducer(**{**producer_config(settings, client_id), **overrides})
     except KafkaError as exc:
         raise KafkaUnavailable(
-            f"cannot reach Kafka at {settings.brokers}; start one with `finsent broker` or set --brokers"
+            f"cannot reach Kafka at {settings.kafka.brokers}; start one with `finsent broker` or set --brokers"
         ) from exc
 
 
@@ -136,12 +139,12 @@ def make_consumer(settings: Settings, *topics: str, group_id: str | None = None,
     from kafka import KafkaConsumer
 
     cfg: dict[str, Any] = {
-        "bootstrap_servers": settings.broker_list,
+        "bootstrap_servers": settings.kafka.broker_list,
         "group_id": group_id,
         "auto_offset_reset": "earliest",
         "enable_auto_commit": False,
-        "session_timeout_ms": settings.session_timeout_ms,
-        "heartbeat_interval_ms": max(settings.session_timeout_ms // 4, 500),
+        "session_timeout_ms": settings.kafka.session_timeout_ms,
+        "heartbeat_interval_ms": max(settings.kafka.session_timeout_ms // 4, 500),
         **kafka_security(settings),
     }
     cfg.update(overrides)
@@ -155,13 +158,15 @@ def kafka_security(settings: Settings) -> dict[str, Any]:
     directly), the alert sinks (through :func:`make_producer`) and the Faust worker (through
     :func:`faust_credentials`, which is built from this dict, so the two cannot disagree).
     """
-    kw: dict[str, Any] = {"security_protocol": settings.security_protocol}
-    if settings.sasl_mechanism:
-        kw["sasl_mechanism"] = settings.sasl_mechanism
-        kw["sasl_plain_username"] = settings.sasl_username
-        kw["sasl_plain_password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else None
-    if settings.ssl_cafile:
-        kw["ssl_cafile"] = settings.ssl_cafile
+    kw: dict[str, Any] = {"security_protocol": settings.kafka.security_protocol}
+    if settings.kafka.sasl_mechanism:
+        kw["sasl_mechanism"] = settings.kafka.sasl_mechanism
+        kw["sasl_plain_username"] = settings.kafka.sasl_username
+        kw["sasl_plain_password"] = (
+            settings.kafka.sasl_password.get_secret_value() if settings.kafka.sasl_password else None
+        )
+    if settings.kafka.ssl_cafile:
+        kw["ssl_cafile"] = settings.kafka.ssl_cafile
     return kw
 
 

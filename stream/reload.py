@@ -53,11 +53,11 @@ WARM_UP_TEXT = "shares rise after record quarterly earnings"
 
 def registry_of(settings: Settings) -> Any:
     """The settings' :class:`~finsent.models.registry.Registry`, or None when ``FINSENT_REGISTRY`` is empty."""
-    if not settings.registry:
+    if not settings.model_registry.registry:
         return None
     from finsent.models.registry import Registry
 
-    return Registry(Path(settings.registry))
+    return Registry(Path(settings.model_registry.registry))
 
 
 def production_version(settings: Settings) -> Any:
@@ -86,13 +86,15 @@ def startup_model_dir(settings: Settings, metrics: Any = None) -> str | None:
     """
     from finsent.models.runtime import check_serving_contract, warm_up_max_length
 
-    if settings.model_dir:  # the fallback must be servable too: a model that blinds the alerts is exit 5, not served
+    if (
+        settings.model.model_dir
+    ):  # the fallback must be servable too: a model that blinds the alerts is exit 5, not served
         from finsent.models import resolve_model_dir
 
-        check_serving_contract(resolve_model_dir(settings.model_dir))
+        check_serving_contract(resolve_model_dir(settings.model.model_dir))
     registry = registry_of(settings)
     if registry is None:
-        return settings.model_dir
+        return settings.model.model_dir
     try:
         mv = registry.resolve("production")
     except ModelError as exc:
@@ -101,25 +103,25 @@ def startup_model_dir(settings: Settings, metrics: Any = None) -> str | None:
             "model registry %s unreadable at start (%s); starting on the model directory %s instead",
             registry.root,
             exc.one_line(),
-            settings.model_dir or "(the shipped model)",
+            settings.model.model_dir or "(the shipped model)",
         )
         mv = None
     note_registry_state(registry, metrics)
     if mv is None:
-        return settings.model_dir
+        return settings.model.model_dir
     try:
         if check_serving_contract(mv.path) is None:
-            warm_up_max_length(mv.path, settings.cache_dir)
+            warm_up_max_length(mv.path, settings.model.cache_dir)
     except ModelError as exc:
         log.error(
             "registry %s: production %s may not serve (%s); starting on the model directory %s instead",
-            settings.registry,
+            settings.model_registry.registry,
             mv.version,
             exc.one_line(),
-            settings.model_dir or "(the shipped model)",
+            settings.model.model_dir or "(the shipped model)",
         )
-        return settings.model_dir
-    log.info("registry %s: production is %s", settings.registry, mv.version)
+        return settings.model.model_dir
+    log.info("registry %s: production is %s", settings.model_registry.registry, mv.version)
     return str(mv.path)
 
 
@@ -136,11 +138,11 @@ def load_model(path: str | Path | None, settings: Settings, expect_version: str 
             check_serving_contract(path)
         clf = Classifier.load(
             path,
-            variant=settings.model_variant,
-            threads=settings.call_threads,
-            cache_dir=settings.cache_dir,
-            text_cache_size=settings.model_cache_size,
-            spinning=settings.model_spinning,
+            variant=settings.model.model_variant,
+            threads=settings.model.call_threads,
+            cache_dir=settings.model.cache_dir,
+            text_cache_size=settings.model.model_cache_size,
+            spinning=settings.model.model_spinning,
         )
         if expect_version is not None and clf.version != expect_version:
             raise ModelError(f"{path} reports model_version {clf.version!r}, not {expect_version!r}")
@@ -256,7 +258,7 @@ def attach(app: Any, ctx: WorkerContext) -> ModelFollower | None:
     follower = ModelFollower(settings, ctx.classifier, ctx.metrics, registry)
     ctx.extensions.register("reload", follower, close=follower.close)
 
-    @app.timer(interval=settings.reload_interval_s, name="finsent.reload")
+    @app.timer(interval=settings.model_registry.reload_interval_s, name="finsent.reload")
     async def follow_production() -> None:
         await follower.poll()
 

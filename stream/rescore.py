@@ -97,7 +97,7 @@ def job_key(store_url: str, database: str, since: timedelta, topic: str | None, 
 
 
 def checkpoint_path(settings: Settings, key: str) -> Path:
-    return Path(settings.cache_dir).expanduser() / "rescore" / f"{key}.json"
+    return Path(settings.model.cache_dir).expanduser() / "rescore" / f"{key}.json"
 
 
 def target_model(settings: Settings, version: str | None) -> Any:
@@ -112,11 +112,11 @@ def target_model(settings: Settings, version: str | None) -> Any:
         mv = registry.resolve("production")
         if mv is not None:
             return load_model(mv.path, settings, expect_version=mv.version)
-    clf = load_model(settings.model_dir, settings)
+    clf = load_model(settings.model.model_dir, settings)
     if version is not None and clf.version != version:
         raise ConfigError(
-            f"--version {version}: there is no registry at {settings.registry or '(none)'} and the model in "
-            f"FINSENT_MODEL_DIR is {clf.version}",
+            f"--version {version}: there is no registry at {settings.model_registry.registry or '(none)'} "
+            f"and the model in FINSENT_MODEL_DIR is {clf.version}",
             hint="set FINSENT_REGISTRY to the registry that holds the version, or FINSENT_MODEL_DIR to its directory",
         )
     return clf

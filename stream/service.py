@@ -208,13 +208,13 @@ def _serve_api(settings: Settings, scorer_ref: list[Any]) -> tuple[Any, str | No
     def ready() -> tuple[bool, str]:
         return scorer_ref[0].readiness() if scorer_ref else (False, "starting")
 
-    owner.mark_worker(settings.store)  # an embedded store another worker holds: one line, before binding a port
+    owner.mark_worker(settings.storage.store)  # an embedded store another worker holds: one line, before binding a port
     # the read-only query API, and the store calls other commands make while this worker holds an embedded store
     routes = api_handlers(lambda: scorer_ref[0].store if scorer_ref else None)
-    token = settings.api_token.get_secret_value() if settings.api_token else None
+    token = settings.worker.api_token.get_secret_value() if settings.worker.api_token else None
     server = serve_metrics(
-        settings.metrics_host,
-        settings.metrics_port,
+        settings.worker.metrics_host,
+        settings.worker.metrics_port,
         ready=ready,
         routes=routes,
         api_token=token,
@@ -264,13 +264,13 @@ def _log_started(settings: Settings, scorer: Scorer) -> None:
     clf = scorer.holder.current
     log.info(
         "worker %s: %s -> model %s (%s) -> %s; batch %d / %.2fs",
-        settings.consumer_group,
-        settings.topic_raw,
+        settings.kafka.consumer_group,
+        settings.kafka.topic_raw,
         getattr(clf, "version", "?"),
         getattr(clf, "provider", "?"),
-        settings.redacted()["store"],
-        settings.batch_max,
-        settings.batch_within_s,
+        settings.redacted()["storage"]["store"],
+        settings.worker.batch_max,
+        settings.worker.batch_within_s,
     )
 
 
@@ -369,7 +369,7 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     from finsent.stream.kafka import KafkaHealth, ensure_topics, quiet_client_logs
     from finsent.stream.worker import create_worker
 
-    health = KafkaHealth(settings.brokers)
+    health = KafkaHealth(settings.kafka.brokers)
     limiter = quiet_client_logs(settings)  # rate limits the clients' lines; Kafka's health is probed below
     scorer_ref: list[Any] = []
     server, token = _serve_api(settings, scorer_ref)

@@ -163,14 +163,14 @@ class Scorer:
         #: what the extensions get (the alert agent, the drift timer): no attributes on the Faust app
         self.context = WorkerContext(settings, self.shared_store, self.metrics, self.health, holder, self.extensions)
         self.scheduler: BatchScheduler[RawMessage, Scored] = BatchScheduler(
-            settings.batch_max, settings.model_calls, self._score, self._scored
+            settings.worker.batch_max, settings.model.model_calls, self._score, self._scored
         )
         self.store_stage = StoreStage(self.shared_store, self.health, self.metrics.store_retries, self.draining, stages)
         #: set by :meth:`bind` (the Faust edge); a test may hand :meth:`_publish` its own
         self.publisher: PublishStage | None = None
         self.positions = Positions()
         #: the lag gauge from fresh end offsets (the highwater goes stale under backpressure)
-        self.lag = LagMeter(self.metrics.consumer_lag, [settings.topic_raw])
+        self.lag = LagMeter(self.metrics.consumer_lag, [settings.kafka.topic_raw])
         #: the Faust consumer (set when the agent starts): highwaters, seeks
         self.consumer: Any = None
         self.datadir: Path | None = None
@@ -180,8 +180,8 @@ class Scorer:
         """Publish through ``edge`` (the Faust app's producer)."""
         self.publisher = PublishStage(
             edge.send,
-            self.settings.topic_scored,
-            self.settings.topic_dlq,
+            self.settings.kafka.topic_scored,
+            self.settings.kafka.topic_dlq,
             self._redeclare_topics,
             self.stopping,
             self.draining,
@@ -194,7 +194,7 @@ class Scorer:
             self.stats.first_batch_t = time.monotonic()
         guard = AckGuard(events)  # before any work: nothing of this batch commits until released
         messages = raw_messages(events)
-        self.metrics.consumed.labels(self.settings.topic_raw).inc(len(messages))
+        self.metrics.consumed.labels(self.settings.kafka.topic_raw).inc(len(messages))
         self.metrics.batch_size.observe(len(messages))
         self.positions.note_taken(((m.topic, m.partition), m.offset) for m in messages)
         self.refresh_lag()
@@ -203,7 +203,7 @@ class Scorer:
     def _score(self, messages: list[RawMessage]) -> Scored:
         """Model thread: decode, score with the classifier in use (one version per call), encode the records."""
         return decode_and_score(
-            self.holder.current, messages, self.settings.max_message_bytes, self.settings.max_text_chars
+            self.holder.current, messages, self.settings.kafka.max_message_bytes, self.settings.model.max_text_chars
         )
 
     async def _scored(self, guard: AckGuard, messages: list[RawMessage], result: Scored) -> None:
@@ -423,11 +423,11 @@ def load_classifier(settings: Settings) -> Any:
 
     return Classifier.load(
         startup_model_dir(settings),
-        variant=settings.model_variant,
-        threads=settings.call_threads,
-        cache_dir=settings.cache_dir,
-        text_cache_size=settings.model_cache_size,
-        spinning=settings.model_spinning,
+        variant=settings.model.model_variant,
+        threads=settings.model.call_threads,
+        cache_dir=settings.model.cache_dir,
+        text_cache_size=settings.model.model_cache_size,
+        spinning=settings.model.model_spinning,
     )
 
 
@@ -499,8 +499,10 @@ def create_worker(
         registry=registry,
         stages=stages,
     )
-    scorer.datadir = faust_datadir(Path(settings.cache_dir))
-    app = faust_adapter.make_app(settings, app_id or settings.consumer_group, scorer.datadir, loop, commit_interval_s)
+    scorer.datadir = faust_datadir(Path(settings.model.cache_dir))
+    app = faust_adapter.make_app(
+        settings, app_id or settings.kafka.consumer_group, scorer.datadir, loop, commit_interval_s
+    )
     scorer.bind(faust_adapter.FaustEdge(app))
     scorer.metrics.model_info.labels(
         str(getattr(classifier, "version", "?")), str(getattr(classifier, "provider", "?"))

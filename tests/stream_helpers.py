@@ -62,7 +62,7 @@ def produce(settings: Settings, values: Iterable[bytes | None], keys: Iterable[b
         vals = list(values)
         ks = list(keys) if keys is not None else [None] * len(vals)
         for k, v in zip(ks, vals, strict=True):
-            producer.send(settings.topic_raw, key=k, value=v)
+            producer.send(settings.kafka.topic_raw, key=k, value=v)
             n += 1
         producer.flush(timeout=30)
     finally:
@@ -133,7 +133,7 @@ class Feeder(threading.Thread):
                         text=f"{TEXTS[i % len(TEXTS)]} #{i}",
                         ingested_at=utcnow(),
                     )
-                    producer.send(self.settings.topic_raw, key=item.id.encode(), value=item.to_json())
+                    producer.send(self.settings.kafka.topic_raw, key=item.id.encode(), value=item.to_json())
                     ids.append(item.id)
                     i += 1
                 producer.flush(timeout=30)

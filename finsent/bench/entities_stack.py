@@ -97,7 +97,7 @@ def run_through_stack(args: Any) -> dict[str, Any]:
     span_s = int((last - min(r.at for r in rows)).total_seconds())
     settings = load_settings()
     if getattr(args, "stack_default_lateness", False):
-        lateness_s = settings.entity_lateness_s
+        lateness_s = settings.entities.entity_lateness_s
     else:
         lateness_s = args.stack_lateness_s if args.stack_lateness_s is not None else span_s + args.bucket_s
     load_before = os.getloadavg()
@@ -128,7 +128,7 @@ def run_through_stack(args: Any) -> dict[str, Any]:
                 ingested_at=utcnow(),
                 published_at=closing,
             )
-            producer.send(stack.settings.topic_raw, key=end.id.encode(), value=end.to_json())
+            producer.send(stack.settings.kafka.topic_raw, key=end.id.encode(), value=end.to_json())
             producer.flush()
         finally:
             producer.close()
@@ -296,11 +296,11 @@ def run_entity_plumbing(items: int, rounds: int, progress: Any = print) -> dict[
             base = stack.settings
             modes[on] = base.model_copy(
                 update={
-                    "topic_raw": f"{base.topic_raw}-{tag}",
-                    "topic_scored": f"{base.topic_scored}-{tag}",
-                    "topic_dlq": f"{base.topic_dlq}-{tag}",
-                    "topic_alerts": f"{base.topic_alerts}-{tag}",
-                    "consumer_group": f"{base.consumer_group}-{tag}",
+                    "topic_raw": f"{base.kafka.topic_raw}-{tag}",
+                    "topic_scored": f"{base.kafka.topic_scored}-{tag}",
+                    "topic_dlq": f"{base.kafka.topic_dlq}-{tag}",
+                    "topic_alerts": f"{base.kafka.topic_alerts}-{tag}",
+                    "consumer_group": f"{base.kafka.consumer_group}-{tag}",
                     "entity_alerts": on,
                 }
             )

@@ -130,7 +130,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             broker = EmbeddedBroker(start_timeout_s=30).start()
             settings = settings.model_copy(update={"brokers": broker.bootstrap})
         try:
-            settings = settings.model_copy(update={"topic_raw": f"{settings.topic_raw}.bench.{int(time.time())}"})
+            settings = settings.model_copy(update={"topic_raw": f"{settings.kafka.topic_raw}.bench.{int(time.time())}"})
             with Publisher(settings) as pub:
                 pub.publish([entries[0].item])  # connect + create the topic outside the timing
                 items = [e.item for e in entries]
@@ -143,7 +143,7 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             results["publish_batch"] = args.batch
             if args.http_requests:
                 results.update(_bench_http(settings, args.http_requests, args.http_concurrency))
-            results["broker"] = "embedded tansu" if broker else settings.brokers
+            results["broker"] = "embedded tansu" if broker else settings.kafka.brokers
         finally:
             if broker is not None:
                 broker.stop()

@@ -327,7 +327,7 @@ def run_model(args: argparse.Namespace, settings: Any) -> int:
         print("finsent bench model: --batch-sizes must be positive integers, e.g. 1,32,128", file=sys.stderr)
         return 2
     out = run_bench(
-        args.model_dir or settings.model_dir,
+        args.model_dir or settings.model.model_dir,
         sizes,
         args.seconds,
         args.checkpoint,

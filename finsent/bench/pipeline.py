@@ -64,7 +64,7 @@ def _produce(settings: Settings, items: list[RawItem]) -> None:
     producer = make_producer(settings, client_id="finsent-bench")
     try:
         for it in items:
-            producer.send(settings.topic_raw, key=it.id.encode(), value=it.to_json())
+            producer.send(settings.kafka.topic_raw, key=it.id.encode(), value=it.to_json())
         producer.flush(timeout=120)
     finally:
         producer.close()
@@ -94,7 +94,7 @@ def _paced_producer(
                         text=texts[i % len(texts)],
                         ingested_at=utcnow(),
                     )
-                    producer.send(settings.topic_raw, key=it.id.encode(), value=it.to_json())
+                    producer.send(settings.kafka.topic_raw, key=it.id.encode(), value=it.to_json())
                     i += 1
                 producer.flush()
                 time.sleep(0.005)
@@ -113,7 +113,7 @@ def _rounds(
 ) -> dict[str, Any]:
     """The interleaved rounds: a model-only pass over a chunk, then the same number of new items through the
     pipeline; per-round rates and the overall rates (total items over total time) of both sides."""
-    batch = s.batch_max
+    batch = s.worker.batch_max
     model_only: list[float] = []
     pipeline: list[float] = []
     model_t = pipe_t = 0.0
@@ -121,7 +121,7 @@ def _rounds(
     for r in range(rounds):
         part = texts[r * chunk : (r + 1) * chunk] or texts[:chunk]
         done += len(part)
-        dt = model_only_seconds(clf, part, batch, s.model_calls)
+        dt = model_only_seconds(clf, part, batch, s.model.model_calls)
         model_t += dt
         model_only.append(len(part) / dt)
         target = stats.snapshot()["stored"] + len(part)
@@ -178,12 +178,12 @@ def run_bench(
     texts = [tweets[i % len(tweets)] for i in range(items)]
     progress("loading the model")
     clf = Classifier.load(
-        model_dir or settings.model_dir,
-        variant=settings.model_variant,
-        threads=settings.call_threads,
-        cache_dir=settings.cache_dir,
+        model_dir or settings.model.model_dir,
+        variant=settings.model.model_variant,
+        threads=settings.model.call_threads,
+        cache_dir=settings.model.cache_dir,
     )
-    batch = settings.batch_max
+    batch = settings.worker.batch_max
     # Rounds: model-only on a chunk, then the pipeline on a chunk of the same size, repeated. On a machine
     # whose load drifts (shared CPUs) interleaving keeps the drift out of the ratio.
     chunk = max(batch, (items // rounds) // batch * batch)
@@ -195,7 +195,9 @@ def run_bench(
         progress("warm-up: one batch through the pipeline (group join, model, store)")
         _produce(s, _items(texts[:batch], run, "warmup"))
         wait_until(lambda: stats.snapshot()["stored"] >= batch, 120 + batch, 0.05, what="the warm-up batch")
-        model_only_seconds(clf, texts[: batch * settings.model_calls], batch, settings.model_calls)  # warm-up here too
+        model_only_seconds(
+            clf, texts[: batch * settings.model.model_calls], batch, settings.model.model_calls
+        )  # warm-up here too
         rates = _rounds(s, clf, stats, texts, chunk, rounds, run, progress)
         model_rate, pipe_rate = rates["model_rate"], rates["pipe_rate"]
         st = stats.snapshot()
@@ -215,14 +217,14 @@ def run_bench(
             "version": clf.version,
             "variant": clf.variant,
             "provider": clf.provider,
-            "threads_per_call": settings.call_threads,
-            "calls": settings.model_calls,
+            "threads_per_call": settings.model.call_threads,
+            "calls": settings.model.model_calls,
         },
         "store": "chdb (embedded)" if store_url is None else store_url.split("://", 1)[0],
         "broker": "Tansu (embedded, in-memory)",
         "items": items,
         "batch_max": batch,
-        "batch_within_s": settings.batch_within_s,
+        "batch_within_s": settings.worker.batch_within_s,
         "model_only_msgs_per_s": round(model_rate, 1),
         "rounds": rounds,
         "items_per_round": chunk,
@@ -311,8 +313,8 @@ def scaleout_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_pipeline(args: argparse.Namespace, settings: Settings) -> int:
-    if args.items < settings.batch_max:
-        print(f"finsent bench pipeline: --items must be at least the batch size ({settings.batch_max})")
+    if args.items < settings.worker.batch_max:
+        print(f"finsent bench pipeline: --items must be at least the batch size ({settings.worker.batch_max})")
         return 2
     if not 0 < args.load <= 1:
         print("finsent bench pipeline: --load must be in (0, 1]")

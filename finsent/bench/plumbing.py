@@ -185,7 +185,7 @@ def run_plumbing(
 
     quiet_client_logs(settings)
     tweets = [t["text"] for t in load_tweets()]
-    per_round = max(settings.batch_max, items // rounds)
+    per_round = max(settings.worker.batch_max, items // rounds)
     clf = ConstantClassifier()
     load_before = os.getloadavg()
     results: list[dict[str, Any]] = []
@@ -194,7 +194,7 @@ def run_plumbing(
     ) as stack:
         run = stack.run_id
         progress("warm-up: a small backlog through the pipeline (group join, store)")
-        _round(stack, clf, [tweets[i % len(tweets)] for i in range(4 * settings.batch_max)], run, "warmup")
+        _round(stack, clf, [tweets[i % len(tweets)] for i in range(4 * settings.worker.batch_max)], run, "warmup")
         for r in range(rounds):
             texts = [tweets[(r * per_round + i) % len(tweets)] for i in range(per_round)]
             res = _round(stack, clf, texts, run, f"round{r}")
@@ -226,8 +226,8 @@ def run_plumbing(
         if not (store_url or clickhouse_server)
         else ("clickhouse-server (private, loopback)" if clickhouse_server else store_url.split("://", 1)[0]),
         "broker": "Tansu (embedded, in-memory)",
-        "batch_max": settings.batch_max,
-        "batch_within_s": settings.batch_within_s,
+        "batch_max": settings.worker.batch_max,
+        "batch_within_s": settings.worker.batch_within_s,
         "rounds": rounds,
         "items_per_round": per_round,
         "per_round_msgs_per_s": [x["msgs_per_s"] for x in results],

@@ -41,7 +41,7 @@ def _one(
 
     suffix = run
     settings = stack.settings
-    threads = settings.model_threads or max(1, (os.cpu_count() or 1) // (n * settings.model_calls))
+    threads = settings.model.model_threads or max(1, (os.cpu_count() or 1) // (n * settings.model.model_calls))
     s = settings.model_copy(
         update={
             "store": store_url,
@@ -57,7 +57,7 @@ def _one(
         }
     )
     ensure_topics(s)
-    store = open_store(s.store, cluster=s.clickhouse_cluster)  # this N's own database, closed below
+    store = open_store(s.storage.store, cluster=s.storage.clickhouse_cluster)  # this N's own database, closed below
     store.ensure_schema()
     load_start = load_average()
     workers = []
@@ -137,7 +137,7 @@ def run_scaleout(
     quiet_client_logs(settings)
     tweets = [t["text"] for t in load_tweets()]
     texts = [tweets[i % len(tweets)] for i in range(items)]
-    partitions = max(settings.partitions, max(worker_counts))
+    partitions = max(settings.kafka.partitions, max(worker_counts))
     rows = []
     # the topics, group and store of each N are its own (_one); the stack holds the broker and the server
     with LocalStack(
@@ -146,7 +146,7 @@ def run_scaleout(
         clickhouse_server=not store_url,
         open_store=False,
         declare_topics=False,
-        model_dir=model_dir or settings.model_dir,
+        model_dir=model_dir or settings.model.model_dir,
     ) as stack:
         run = stack.run_id
         for i, n in enumerate(worker_counts):
@@ -161,8 +161,8 @@ def run_scaleout(
         "hardware": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "store": "clickhouse-server (private, loopback)" if not store_url else store_url.split("@")[-1],
         "broker": "Tansu (embedded, in-memory)",
-        "model_dir": model_dir or settings.model_dir or "shipped",
-        "batch_max": settings.batch_max,
+        "model_dir": model_dir or settings.model.model_dir or "shipped",
+        "batch_max": settings.worker.batch_max,
         "runs": rows,
     }
 

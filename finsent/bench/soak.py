@@ -182,7 +182,7 @@ def _producer(
                         text=texts[i % len(texts)],
                         ingested_at=utcnow(),
                     )
-                    producer.send(settings.topic_raw, key=it.id.encode(), value=it.to_json()).add_callback(
+                    producer.send(settings.kafka.topic_raw, key=it.id.encode(), value=it.to_json()).add_callback(
                         ok
                     ).add_errback(bad)
                     i += 1
@@ -203,7 +203,7 @@ def _scored_reader(settings: Settings, stop: threading.Event, c: Counters) -> th
     from finsent.stream.kafka import make_consumer
 
     def loop() -> None:
-        consumer = make_consumer(settings, settings.topic_scored, group_id=None, auto_offset_reset="latest")
+        consumer = make_consumer(settings, settings.kafka.topic_scored, group_id=None, auto_offset_reset="latest")
         try:
             while not stop.is_set():
                 for records in consumer.poll(timeout_ms=500).values():

@@ -73,17 +73,19 @@ def run_watch(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.core.errors import StoreError
     from finsent.stream.store import open_store
 
-    store = open_store(settings.store)
+    store = open_store(settings.storage.store)
     try:
         store.ensure_schema()
     except StoreError:
         store.close()
         raise
-    runner = AlertRunner(store, make_detector(settings), settings.alert_window_s, sinks=build_sinks(settings, store))
+    runner = AlertRunner(
+        store, make_detector(settings), settings.alerts.alert_window_s, sinks=build_sinks(settings, store)
+    )
     if args.metrics_port:
         from finsent.stream.metrics import serve_metrics
 
-        serve_metrics(settings.metrics_host, args.metrics_port)
+        serve_metrics(settings.worker.metrics_host, args.metrics_port)
     try:
         while True:
             try:
@@ -114,10 +116,10 @@ def make_backtest_detector(settings: Settings, watchlist: str | None = None, wat
 
         wl = Watchlist(watchlist)
     return EntityDetector(
-        bucket_s=int(getattr(settings, "entity_bucket_s", 3600)),
-        window_buckets=int(getattr(settings, "entity_window_buckets", 6)),
-        lateness_s=int(getattr(settings, "entity_lateness_s", 3600)),
-        cooldown_s=int(getattr(settings, "entity_cooldown_s", 86_400)),
+        bucket_s=int(getattr(settings.entities, "entity_bucket_s", 3600)),
+        window_buckets=int(getattr(settings.entities, "entity_window_buckets", 6)),
+        lateness_s=int(getattr(settings.entities, "entity_lateness_s", 3600)),
+        cooldown_s=int(getattr(settings.entities, "entity_cooldown_s", 86_400)),
         watchlist=wl,
         watch_mode=watch_mode if wl is not None else "all",
     )

@@ -73,8 +73,8 @@ def _add_common(p: argparse.ArgumentParser, *, polling: bool) -> None:
 
 
 def publish_timeout(args: argparse.Namespace, settings: Settings) -> float:
-    """``--publish-timeout`` when given, else ``settings.publish_timeout_s``."""
-    return getattr(args, "publish_timeout", None) or settings.publish_timeout_s
+    """``--publish-timeout`` when given, else ``settings.ingest.publish_timeout_s``."""
+    return getattr(args, "publish_timeout", None) or settings.ingest.publish_timeout_s
 
 
 def build_pipeline(
@@ -82,7 +82,7 @@ def build_pipeline(
 ):
     """(pipeline, publisher or None): the dedup state is persisted only when really publishing.
 
-    Every publish waits at most ``publish_timeout_s`` (default ``settings.publish_timeout_s``)
+    Every publish waits at most ``publish_timeout_s`` (default ``settings.ingest.publish_timeout_s``)
     for the acks, then raises :class:`PublishError`.
     """
     from finsent.ingest.dedup import DedupStore
@@ -91,16 +91,16 @@ def build_pipeline(
 
     if dry_run:
         return Pipeline(
-            publisher=None, dedup=DedupStore(None), max_text_chars=settings.max_text_chars, use_dedup=use_dedup
+            publisher=None, dedup=DedupStore(None), max_text_chars=settings.model.max_text_chars, use_dedup=use_dedup
         ), None
     from finsent.stream.kafka import quiet_client_logs
 
     quiet_client_logs(settings)  # kafka-python: WARNING and above, each kind of complaint once per 30 s
-    timeout = publish_timeout_s or settings.publish_timeout_s
+    timeout = publish_timeout_s or settings.ingest.publish_timeout_s
     publisher = Publisher(settings, delivery_timeout_s=min(30.0, timeout), publish_timeout_s=timeout)
     dedup = DedupStore.from_settings(settings) if use_dedup else DedupStore(None)
     return Pipeline(
-        publisher=publisher, dedup=dedup, max_text_chars=settings.max_text_chars, use_dedup=use_dedup
+        publisher=publisher, dedup=dedup, max_text_chars=settings.model.max_text_chars, use_dedup=use_dedup
     ), publisher
 
 
@@ -143,7 +143,7 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     )
     stopper = Stopper(publisher)
     stopper.install()  # SIGTERM: no new items, the publish in flight is drained, summary, exit
-    serve_metrics(settings.metrics_host, args.metrics_port, ready=readiness(publisher, stopper))
+    serve_metrics(settings.worker.metrics_host, args.metrics_port, ready=readiness(publisher, stopper))
     stats = ReplayStats()
     try:
         replay(
@@ -216,7 +216,7 @@ def _poll_sources(sources: list[Any], args: argparse.Namespace, settings: Settin
         stopper = Stopper(publisher)
         poller.stop = stopper.event
         stopper.install()
-        serve_metrics(settings.metrics_host, args.metrics_port, ready=readiness(publisher, stopper))
+        serve_metrics(settings.worker.metrics_host, args.metrics_port, ready=readiness(publisher, stopper))
         keep_connecting(publisher, stopper.event)
         log.info("polling %d source(s); Ctrl-C to stop", len(sources))
         poller.run_forever(stop_grace_s=DRAIN_GRACE_S + 1.0)
@@ -244,7 +244,7 @@ def run_rss(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.feeds import FeedSource, load_feed_list
     from finsent.ingest.fetch import Fetcher
 
-    interval = args.interval or settings.ingest_interval_s
+    interval = args.interval or settings.ingest.ingest_interval_s
     feeds: list[tuple[str, float | None]] = [(u, None) for u in args.urls]
     for path in args.feeds or []:
         try:
@@ -272,11 +272,16 @@ def run_mastodon(args: argparse.Namespace, settings: Settings) -> int:
         settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
     )
     fetcher = Fetcher.from_settings(settings)
-    interval = args.interval or min(settings.ingest_interval_s, 60.0)
+    interval = args.interval or min(settings.ingest.ingest_interval_s, 60.0)
     langs = tuple(x for x in (args.language or "").split(",") if x)
     sources = [
         MastodonTagSource(
-            args.instance, tag, fetcher, token=_secret(settings.mastodon_token), interval_s=interval, languages=langs
+            args.instance,
+            tag,
+            fetcher,
+            token=_secret(settings.ingest.mastodon_token),
+            interval_s=interval,
+            languages=langs,
         )
         for tag in dict.fromkeys(args.tags)
     ]
@@ -291,10 +296,10 @@ def run_reddit(args: argparse.Namespace, settings: Settings) -> int:
         settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
     )
     fetcher = Fetcher.from_settings(settings)
-    interval = args.interval or min(settings.ingest_interval_s, 120.0)
+    interval = args.interval or min(settings.ingest.ingest_interval_s, 120.0)
     sources = [
         RedditSubredditSource(
-            sub, fetcher, token=_secret(settings.reddit_token), base_url=args.base_url, interval_s=interval
+            sub, fetcher, token=_secret(settings.ingest.reddit_token), base_url=args.base_url, interval_s=interval
         )
         for sub in dict.fromkeys(args.subreddits)
     ]
@@ -309,12 +314,12 @@ def run_bluesky(args: argparse.Namespace, settings: Settings) -> int:
         settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
     )
     fetcher = Fetcher.from_settings(settings)
-    interval = args.interval or min(settings.ingest_interval_s, 120.0)
+    interval = args.interval or min(settings.ingest.ingest_interval_s, 120.0)
     sources = [
         BlueskySearchSource(
             q,
             fetcher,
-            token=_secret(settings.bluesky_token),
+            token=_secret(settings.ingest.bluesky_token),
             base_url=args.base_url,
             interval_s=interval,
             language=args.language,
@@ -331,7 +336,7 @@ def run_http(args: argparse.Namespace, settings: Settings) -> int:
     from finsent.ingest.service import DRAIN_GRACE_S, Stopper, keep_connecting, readiness
     from finsent.stream.metrics import serve_metrics
 
-    token = _secret(settings.http_token)
+    token = _secret(settings.ingest.http_token)
     problem = check_bind(args.host, token)
     if problem:  # the message says what to set
         raise ConfigError(f"finsent ingest http: {problem}", hint="")
@@ -345,10 +350,10 @@ def run_http(args: argparse.Namespace, settings: Settings) -> int:
         max_body_bytes=args.max_body_bytes,
         max_items=args.max_items,
         publish_timeout_s=timeout,
-        body_timeout_s=args.body_timeout or settings.http_body_timeout_s,
+        body_timeout_s=args.body_timeout or settings.ingest.http_body_timeout_s,
         ready=ready,
     )
-    serve_metrics(settings.metrics_host, args.metrics_port, ready=ready)
+    serve_metrics(settings.worker.metrics_host, args.metrics_port, ready=ready)
     keep_connecting(publisher, stopper.event)
 
     def started(port: int) -> None:
@@ -370,8 +375,8 @@ def run_http(args: argparse.Namespace, settings: Settings) -> int:
             args.port,
             stop=stop,
             metrics=pipeline.metrics,
-            max_connections=args.max_connections or settings.http_max_connections,
-            header_timeout_s=args.header_timeout or settings.http_header_timeout_s,
+            max_connections=args.max_connections or settings.ingest.http_max_connections,
+            header_timeout_s=args.header_timeout or settings.ingest.http_header_timeout_s,
             shutdown_timeout_s=DRAIN_GRACE_S + 1.0,
             started=started,
         )

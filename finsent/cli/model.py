@@ -379,7 +379,7 @@ def run_distill(args: argparse.Namespace, settings: Any) -> int:
         raise _needs_train_extra("distill", exc) from None
 
     def run(data: dict[str, str]) -> None:
-        teacher = resolve_model_dir(args.teacher or settings.model_dir)
+        teacher = resolve_model_dir(args.teacher or settings.model.model_dir)
         cfg = TrainConfig(
             out_dir=str(args.out),
             data=data,
@@ -425,11 +425,11 @@ def _load_classifier(args: argparse.Namespace, settings: Any, **kw: Any) -> Any:
     from finsent.models.runtime import Classifier
 
     return Classifier.load(
-        args.model_dir or settings.model_dir,
-        variant=args.variant or settings.model_variant,
-        threads=settings.model_threads,
-        cache_dir=settings.cache_dir,
-        spinning=settings.model_spinning,
+        args.model_dir or settings.model.model_dir,
+        variant=args.variant or settings.model.model_variant,
+        threads=settings.model.model_threads,
+        cache_dir=settings.model.cache_dir,
+        spinning=settings.model.model_spinning,
         **kw,
     )
 

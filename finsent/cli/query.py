@@ -1,7 +1,7 @@
 """``finsent query ...``: read what the pipeline stored (counts, newest negative items, alerts).
 
 Tables for people (rich), ``--json`` for scripts and the demo. Every command works against the
-store in ``settings.store`` (``--store URL`` / ``FINSENT_STORE``) and creates the schema if the
+store in ``settings.storage.store`` (``--store URL`` / ``FINSENT_STORE``) and creates the schema if the
 store is empty, so a fresh store answers with zeros instead of "table does not exist". While a
 worker holds the embedded store, the same reports come from its read-only data API
 (:mod:`finsent.stream.store.reports` computes them in both places).
@@ -71,10 +71,10 @@ def _from_worker(settings: Settings, path: str, params: dict[str, Any], cause: E
     import urllib.parse
     import urllib.request
 
-    host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "") else settings.metrics_host
+    host = "127.0.0.1" if settings.worker.metrics_host in ("0.0.0.0", "") else settings.worker.metrics_host
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-    url = f"http://{host}:{settings.metrics_port}{path}?{query}"
-    token = settings.api_token.get_secret_value() if settings.api_token else None
+    url = f"http://{host}:{settings.worker.metrics_port}{path}?{query}"
+    token = settings.worker.api_token.get_secret_value() if settings.worker.api_token else None
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
@@ -544,9 +544,11 @@ def run_schema(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     print(
         f"-- finsent schema for ClickHouse {caps.version_text} ({store.url_redacted}); "
-        f"TTL {'supported' if caps.ttl else 'not supported'}, retention_days={settings.retention_days}"
+        f"TTL {'supported' if caps.ttl else 'not supported'}, retention_days={settings.storage.retention_days}"
     )
-    for stmt in schema.create_statements(db, caps, settings.retention_days, settings.clickhouse_cluster):
+    for stmt in schema.create_statements(
+        db, caps, settings.storage.retention_days, settings.storage.clickhouse_cluster
+    ):
         print(stmt + ";\n")
     return 0
 

@@ -33,9 +33,9 @@ _RAW = argparse.RawDescriptionHelpFormatter
 def registry_from_settings(settings: Settings) -> Any:
     from finsent.models.registry import Registry
 
-    if not settings.registry:
+    if not settings.model_registry.registry:
         raise ConfigError("no model registry is configured", hint="set FINSENT_REGISTRY to a directory")
-    return Registry(Path(settings.registry))
+    return Registry(Path(settings.model_registry.registry))
 
 
 def _who() -> str:
@@ -79,10 +79,10 @@ def sync_mirror(registry: Any, settings: Settings) -> bool:
     """
     from finsent.stream.store import store_from_settings
 
-    if settings.mlflow_tracking_uri:
+    if settings.model_registry.mlflow_tracking_uri:
         from finsent.models.mlflow_log import sync_aliases
 
-        sync_aliases(settings.mlflow_tracking_uri, registry, settings.mlflow_model_name)
+        sync_aliases(settings.model_registry.mlflow_tracking_uri, registry, settings.model_registry.mlflow_model_name)
 
     try:
         store = store_from_settings(settings)
@@ -129,7 +129,7 @@ def run_register(args: argparse.Namespace, settings: Settings) -> int:
 
     registry = registry_from_settings(settings)
     check_model_dir(args.model_dir)
-    first = ensure_first_version(registry, settings.model_dir, _who())
+    first = ensure_first_version(registry, settings.model.model_dir, _who())
     if first is not None:
         print(f"registered {first.version} ({first.meta['source']}) as production (first version)")
         if file_digest(first.path / MODEL_FILE, 16) == file_digest(args.model_dir / MODEL_FILE, 16):
@@ -255,12 +255,12 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
         head_lr=args.head_lr,
         seed=args.seed,
         threads=args.threads,
-        tolerance=settings.gate_tolerance,
-        min_gain=settings.gate_min_gain,
-        int8_max_drop=settings.gate_int8_max_drop,
-        cache_dir=settings.cache_dir,
+        tolerance=settings.model_registry.gate_tolerance,
+        min_gain=settings.model_registry.gate_min_gain,
+        int8_max_drop=settings.model_registry.gate_int8_max_drop,
+        cache_dir=settings.model.cache_dir,
         by=f"finsent retrain ({_who()})",
-        initial_model=settings.model_dir,
+        initial_model=settings.model.model_dir,
         work_dir=str(args.work_dir) if args.work_dir else None,
         entities=_entities_option(args.entities),
     )
@@ -271,10 +271,12 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
             f"finsent retrain needs the training extra ({exc.name} is missing)", hint="pip install -e .[train]"
         ) from None
     result = retrain(registry, opts, labels, progress=lambda line: print(line, flush=True))
-    if settings.mlflow_tracking_uri:
+    if settings.model_registry.mlflow_tracking_uri:
         from finsent.models.mlflow_log import log_retrain
 
-        result["mlflow"] = log_retrain(settings.mlflow_tracking_uri, registry, result, settings.mlflow_model_name)
+        result["mlflow"] = log_retrain(
+            settings.model_registry.mlflow_tracking_uri, registry, result, settings.model_registry.mlflow_model_name
+        )
         print(
             f"MLflow: run {result['mlflow']['run_id']}, registered model "
             f"{result['mlflow']['model_name']} version {result['mlflow']['model_version']}"

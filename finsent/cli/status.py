@@ -99,7 +99,7 @@ def check_broker(settings: Settings) -> tuple[Part, Any]:
     from finsent.stream.kafka import admin_config, finsent_topics
 
     try:
-        _reachable(settings.broker_list)  # a refused port answers at once; the client would retry for seconds
+        _reachable(settings.kafka.broker_list)  # a refused port answers at once; the client would retry for seconds
         admin = KafkaAdminClient(**admin_config(settings, int(TIMEOUT_S * 1000)))
         topics = set(admin.list_topics())
     except Exception as exc:  # noqa: BLE001 -- any client failure means: not reachable from here
@@ -107,28 +107,28 @@ def check_broker(settings: Settings) -> tuple[Part, Any]:
             Part(
                 "broker",
                 False,
-                f"no Kafka answers at {settings.brokers} ({_one_line(exc)})",
+                f"no Kafka answers at {settings.kafka.brokers} ({_one_line(exc)})",
                 "start one (`finsent broker` on a laptop) or point FINSENT_BROKERS at yours",
-                {"brokers": settings.brokers},
+                {"brokers": settings.kafka.brokers},
             ),
             None,
         )
     ours = [t for t in finsent_topics(settings) if t in topics]
-    raw = settings.topic_raw in topics
-    detail = f"{settings.brokers} answers; {len(ours)} finsent topics" + (
-        "" if raw else f", no {settings.topic_raw} yet"
+    raw = settings.kafka.topic_raw in topics
+    detail = f"{settings.kafka.brokers} answers; {len(ours)} finsent topics" + (
+        "" if raw else f", no {settings.kafka.topic_raw} yet"
     )
-    return Part("broker", True, detail, None, {"brokers": settings.brokers, "topics": ours}), admin
+    return Part("broker", True, detail, None, {"brokers": settings.kafka.brokers, "topics": ours}), admin
 
 
 # --- worker -------------------------------------------------------------------------------------------------
 def _chdb_path(settings: Settings) -> Path | None:
-    if not settings.store.startswith("chdb://"):
+    if not settings.storage.store.startswith("chdb://"):
         return None
     from finsent.stream.store import parse_chdb_url
 
     try:
-        return Path(parse_chdb_url(settings.store)["path"]).expanduser()
+        return Path(parse_chdb_url(settings.storage.store)["path"]).expanduser()
     except (FinsentError, ValueError, OSError):
         return None
 
@@ -167,14 +167,14 @@ def check_worker(settings: Settings) -> tuple[Part, str | None]:
             ), None
         base, pid = api_base(rec.get("host"), int(rec["port"])), rec["pid"]
     else:
-        if not settings.metrics_port:
+        if not settings.worker.metrics_port:
             return Part(
                 "worker",
                 False,
                 "FINSENT_METRICS_PORT is 0 here: no port to ask a worker on",
                 "set FINSENT_METRICS_PORT to the worker's port (default 9464)",
             ), None
-        base, pid = api_base(settings.metrics_host, settings.metrics_port), None
+        base, pid = api_base(settings.worker.metrics_host, settings.worker.metrics_port), None
     who = f"worker pid {pid} at {base}" if pid else f"a worker at {base}"
     try:
         code, why = _get(base, "/readyz")
@@ -220,7 +220,7 @@ def check_store(settings: Settings) -> tuple[Part, Any]:
     from finsent.core.redact import redact_url
     from finsent.stream.store import store_from_settings
 
-    shown = redact_url(settings.store)
+    shown = redact_url(settings.storage.store)
     path = _chdb_path(settings)
     if path is not None and not path.exists():
         return Part(
@@ -240,7 +240,7 @@ def check_store(settings: Settings) -> tuple[Part, Any]:
             store.close()  # type: ignore[possibly-undefined]
         hint = getattr(exc, "hint", None) or "check FINSENT_STORE; `finsent query count` says more"
         return Part("store", False, _one_line(exc), hint, {"url": shown}), None
-    engine = "chdb" if settings.store.startswith("chdb://") else "clickhouse"
+    engine = "chdb" if settings.storage.store.startswith("chdb://") else "clickhouse"
     through = f", through worker pid {store.pid}" if getattr(store, "pid", None) else ""  # RemoteStore
     rows = int(counts.get("rows", 0))
     data: dict[str, Any] = {"url": shown, "engine": engine, "rows": rows, "through_worker": bool(through)}
@@ -291,14 +291,16 @@ def check_model(settings: Settings, metrics: str | None) -> Part:
             )
         return Part("model", True, detail + (" = production" if production else ""), None, data)
     if problem:
-        return Part("model", False, f"registry {settings.registry}: {problem}", "`finsent models list`", {})
+        return Part(
+            "model", False, f"registry {settings.model_registry.registry}: {problem}", "`finsent models list`", {}
+        )
     if production:
         return Part("model", True, f"{production} (the registry's production; no worker serving)", None, {})
     from finsent.models import resolve_model_dir
     from finsent.models.modeldir import read_model_info
 
     try:
-        version = read_model_info(resolve_model_dir(settings.model_dir)).model_version
+        version = read_model_info(resolve_model_dir(settings.model.model_dir)).model_version
     except Exception as exc:  # noqa: BLE001
         return Part(
             "model",
@@ -306,7 +308,7 @@ def check_model(settings: Settings, metrics: str | None) -> Part:
             f"the model directory cannot be read: {_one_line(exc)}",
             "set FINSENT_MODEL_DIR to a model directory (model.onnx, tokenizer.json, labels.json)",
         )
-    where = settings.model_dir or "the shipped model"
+    where = settings.model.model_dir or "the shipped model"
     return Part("model", True, f"{version} ({where}; no worker serving)", None, {"model_dir_version": version})
 
 
@@ -317,12 +319,12 @@ def _broker_lag(settings: Settings, admin: Any) -> tuple[int | None, str]:
     from kafka import TopicPartition
     from kafka.admin import OffsetSpec
 
-    parts = admin.describe_topics([settings.topic_raw])[0]["partitions"]
-    tps = [TopicPartition(settings.topic_raw, int(p.get("partition_index", p.get("partition")))) for p in parts]
-    committed = admin.list_group_offsets({settings.consumer_group: tps}).get(settings.consumer_group) or {}
+    parts = admin.describe_topics([settings.kafka.topic_raw])[0]["partitions"]
+    tps = [TopicPartition(settings.kafka.topic_raw, int(p.get("partition_index", p.get("partition")))) for p in parts]
+    committed = admin.list_group_offsets({settings.kafka.consumer_group: tps}).get(settings.kafka.consumer_group) or {}
     done = {tp: m.offset for tp, m in committed.items() if m is not None and m.offset is not None and m.offset >= 0}
     if not done:
-        return None, f"group {settings.consumer_group} has committed nothing on {settings.topic_raw} yet"
+        return None, f"group {settings.kafka.consumer_group} has committed nothing on {settings.kafka.topic_raw} yet"
     ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
     lag = sum(max(0, int(ends[tp].offset) - done.get(tp, 0)) for tp in tps if tp in ends)
     return lag, "broker offsets"
@@ -341,8 +343,8 @@ def check_lag(settings: Settings, metrics: str | None, admin: Any) -> Part:
             return Part("lag", False, f"unknown ({_one_line(exc)})", "`finsent worker` measures it while it runs")
         if lag is None:
             return Part("lag", True, how, None, {"lag": None})
-    data = {"lag": lag, "group": settings.consumer_group, "topic": settings.topic_raw, "measured_by": how}
-    detail = f"{lag:,} messages behind on {settings.topic_raw} (group {settings.consumer_group}; {how})"
+    data = {"lag": lag, "group": settings.kafka.consumer_group, "topic": settings.kafka.topic_raw, "measured_by": how}
+    detail = f"{lag:,} messages behind on {settings.kafka.topic_raw} (group {settings.kafka.consumer_group}; {how})"
     if lag > LAG_LIMIT:
         return Part(
             "lag",

@@ -4,7 +4,7 @@ Paging: every poll reads the newest page and follows ``data.after`` (older posts
 reaches the newest post seen last time (by fullname or ``created_utc``) or ``max_pages``; the
 first poll reads one page only. We page backwards from "now" rather than asking
 ``before=<last seen>`` because a deleted post makes ``before`` return nothing forever.
-Without a token the public ``www.reddit.com`` JSON is used; with ``settings.reddit_token``
+Without a token the public ``www.reddit.com`` JSON is used; with ``settings.ingest.reddit_token``
 (an OAuth bearer token) ``oauth.reddit.com``. ``X-Ratelimit-Remaining`` / ``X-Ratelimit-Reset``
 (seconds) and 429 ``Retry-After`` set the next poll time; ``raw_json=1`` avoids HTML-escaped text.
 """

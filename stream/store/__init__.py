@@ -148,10 +148,13 @@ def open_store(url: str, *, retention_days: int = 0, cluster: str | None = None,
 
 
 def store_from_settings(settings: Settings) -> Store:
-    """``open_store(settings.store)`` with the settings' retention and cluster applied."""
-    token = settings.api_token.get_secret_value() if settings.api_token else None
+    """``open_store(settings.storage.store)`` with the settings' retention and cluster applied."""
+    token = settings.worker.api_token.get_secret_value() if settings.worker.api_token else None
     return open_store(
-        settings.store, retention_days=settings.retention_days, cluster=settings.clickhouse_cluster, api_token=token
+        settings.storage.store,
+        retention_days=settings.storage.retention_days,
+        cluster=settings.storage.clickhouse_cluster,
+        api_token=token,
     )
 
 

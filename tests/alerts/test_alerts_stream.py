@@ -107,7 +107,7 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
                     i += 1
             store.insert_scored(batch)  # the alert's headlines and model version are read from the store
             for it in batch:
-                producer.send(s.topic_scored, key=it.item.id.encode(), value=it.to_json())
+                producer.send(s.kafka.topic_scored, key=it.item.id.encode(), value=it.to_json())
             producer.flush()
             time.sleep(0.1)
 
@@ -147,7 +147,7 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
         stop.set()
         producer.close()
         store.close()  # chdb holds one data path per process: a failure here must not fail the later tests
-    published = [decode_alert(r.value) for r in read_topic(s, s.topic_alerts, 1)]
+    published = [decode_alert(r.value) for r in read_topic(s, s.kafka.topic_alerts, 1)]
     assert alert.id in {a.id for a in published}
     assert all(a.model_version == "test-model" and a.evidence["headlines"] for a in published)  # on the topic too
     assert all(a.topic == topic_a for a in published)
@@ -218,7 +218,9 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
             for topic, p in list(share.items()):
                 for k in range(10):
                     producer.send(
-                        s.topic_scored, key=f"{i}".encode(), value=scored(i, topic, k < round(10 * p), now).to_json()
+                        s.kafka.topic_scored,
+                        key=f"{i}".encode(),
+                        value=scored(i, topic, k < round(10 * p), now).to_json(),
                     )
                     i += 1
             producer.flush()

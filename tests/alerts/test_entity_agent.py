@@ -298,7 +298,7 @@ def publish_replay(settings: Any, items: list[ScoredItem], chunk: int = 6, pause
     try:
         for i in range(0, len(items), chunk):
             for s in items[i : i + chunk]:
-                producer.send(settings.topic_scored, key=s.id.encode(), value=s.to_json())
+                producer.send(settings.kafka.topic_scored, key=s.id.encode(), value=s.to_json())
             producer.flush()
             time.sleep(pause_s)
     finally:
@@ -349,7 +349,7 @@ def test_worker_raises_one_entity_alert_naming_the_company_and_sends_it_to_every
         assert row["evidence"]["headlines"][0]["url"].startswith("https://news.example/jpm")
     finally:
         store.close()
-    published = [decode_alert(r.value) for r in read_topic(s, s.topic_alerts, 1)]
+    published = [decode_alert(r.value) for r in read_topic(s, s.kafka.topic_alerts, 1)]
     assert [a.id for a in published if a.kind == "entity"] == [alert.id]
     assert json.loads(alert.to_json())["evidence"]["sources"]
 
@@ -430,7 +430,7 @@ def test_an_uneven_raw_backlog_makes_nothing_late_with_the_default_lateness() ->
     from finsent.alerts.entity_agent import IDLE_S, origin_name
 
     settings = load_settings()
-    assert settings.entity_lateness_s == 3600  # the default, no allowance for the backlog's spread
+    assert settings.entities.entity_lateness_s == 3600  # the default, no allowance for the backlog's spread
     items = replay_items(_start())
     clock = [0.0]
     in_order = EntityAlerts(settings, sinks=[], clock=lambda: clock[0])

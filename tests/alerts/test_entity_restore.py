@@ -179,7 +179,7 @@ def test_a_restarted_worker_detects_the_spike_at_once_and_raises_no_alert_from_a
             print(f"JPMorgan detected {detected_s:.1f} s after the restarted worker got the rest")
     finally:
         store.close()
-    published = [decode_alert(r.value) for r in read_topic(s, s.topic_alerts, 2)]
+    published = [decode_alert(r.value) for r in read_topic(s, s.kafka.topic_alerts, 2)]
     assert sorted(a.entity_id for a in published if a.kind == "entity") == ["JPM", "XOM"]
 
 

@@ -24,9 +24,9 @@ pytestmark = pytest.mark.integration
 def test_stack_scores_into_its_store_and_stops_everything_at_exit(chdb_db_url: str) -> None:
     with LocalStack(load_settings(metrics_port=0), name="t-stack", store=chdb_db_url, partitions=2) as stack:
         s = stack.settings
-        assert s.brokers == stack.bootstrap and s.store == chdb_db_url and s.partitions == 2
-        assert s.consumer_group == f"t-stack-{stack.run_id}"
-        assert (stack.topics.raw, stack.topics.scored) == (s.topic_raw, s.topic_scored)
+        assert s.kafka.brokers == stack.bootstrap and s.storage.store == chdb_db_url and s.kafka.partitions == 2
+        assert s.kafka.consumer_group == f"t-stack-{stack.run_id}"
+        assert (stack.topics.raw, stack.topics.scored) == (s.kafka.topic_raw, s.kafka.topic_scored)
         worker = stack.start_worker(classifier=ConstantClassifier())
         produce_items(s, make_items(20, prefix="stack"))
         wait_until(lambda: worker.scorer.stats.stored >= 20, 60, what="20 rows stored")

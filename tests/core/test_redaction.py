@@ -103,7 +103,7 @@ def test_settings_redacted_hides_every_url_setting(pw: str, monkeypatch: pytest.
     assert red["storage"]["store"] == "clickhouse://probe:***@db:9000/finsent"
     assert red["alerts"]["alertmanager_url"] == "https://am:***@alertmanager:9093"
     assert red["model_registry"]["mlflow_tracking_uri"] == "https://ml:***@mlflow:5000/?token=***"
-    assert s.store.endswith("@db:9000/finsent") and MARK in s.store  # the setting itself is untouched
+    assert s.storage.store.endswith("@db:9000/finsent") and MARK in s.storage.store  # the setting itself is untouched
 
 
 @pytest.mark.parametrize("pw", ["Sekr1t@x", "a:b/c%40d", "p/w?x#y@z", "%%%", "@@@:::///"])

@@ -275,7 +275,7 @@ def test_workers_data_api_token_comes_from_the_settings_secret(model: dict) -> N
     assert "FINSENT_API_TOKEN" not in worker["environment"], "a token literal in compose.yaml"
     values = yaml.safe_load((SECRETS / "finsent.yaml.example").read_text())
     assert values["api_token"] == "CHANGE-ME"
-    assert Settings(**values).api_token is not None
+    assert Settings(**values).worker.api_token is not None
 
 
 def _metrics_port(svc: dict) -> int:

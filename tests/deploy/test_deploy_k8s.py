@@ -154,7 +154,7 @@ def test_keda_alternative_matches_the_base() -> None:
     (trigger,) = keda["spec"]["triggers"]
     meta = trigger["metadata"]
     assert trigger["type"] == "kafka" and meta["consumerGroup"] == config["FINSENT_CONSUMER_GROUP"]
-    assert meta["topic"] == Settings().topic_raw and meta["bootstrapServers"] == config["FINSENT_BROKERS"]
+    assert meta["topic"] == Settings().kafka.topic_raw and meta["bootstrapServers"] == config["FINSENT_BROKERS"]
     assert meta["allowIdleConsumers"] == "false" and int(meta["lagThreshold"]) > 0
 
 

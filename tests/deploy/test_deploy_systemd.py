@@ -328,7 +328,7 @@ def test_secrets_example_carries_the_workers_data_api_token() -> None:
     assert "FINSENT_API_TOKEN" not in env, "the token belongs in secrets.yaml (mode 0600), not the env file"
     values = yaml.safe_load((UNITS / "secrets.yaml.example").read_text())
     assert values["api_token"] == "CHANGE-ME"
-    assert Settings(**values).api_token is not None
+    assert Settings(**values).worker.api_token is not None
 
 
 #: ``KEY=value``, and ``#KEY=value``: an example assignment the operator uncomments as it stands

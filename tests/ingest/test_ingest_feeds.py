@@ -180,7 +180,7 @@ def test_rss_publishes_to_kafka_exactly_once_across_restarts(server, kafka_boots
         pipe.dedup.close()
         produced.append(pipe.produced)
     assert produced == [4, 0]  # A: rally, oil, tsla; B: banks (its rally is A's story: a duplicate)
-    got = consume_all(kafka_bootstrap, settings.topic_raw, expect=4)
+    got = consume_all(kafka_bootstrap, settings.kafka.topic_raw, expect=4)
     assert len(got) == 4 and len({r["id"] for r in got}) == 4
     rally = next(r for r in got if r["url"] == "https://news.example.com/markets/tech-rally")
     assert rally["title"] == "Apple & Nvidia lead a tech rally" and rally["source"] == "rss:127.0.0.1"

@@ -168,7 +168,7 @@ def test_202_only_after_ack_then_503_when_broker_gone_and_nothing_lost(kafka_boo
         items = [{"text": f"pushed {i}", "id": f"push-{unique_name}-{i}"} for i in range(5)]
         status, res, _ = srv.request("/v1/items", json.dumps(items).encode())
         assert status == 202 and sorted(res["accepted"]) == sorted(i["id"] for i in items)
-        got = consume_all(kafka_bootstrap, settings.topic_raw, expect=5)
+        got = consume_all(kafka_bootstrap, settings.kafka.topic_raw, expect=5)
         assert sorted(r["id"] for r in got) == sorted(res["accepted"])
     finally:
         srv.close()
@@ -186,7 +186,7 @@ def test_202_only_after_ack_then_503_when_broker_gone_and_nothing_lost(kafka_boo
         try:
             status, res, _ = srv.request("/v1/items", body)  # the client retries the same request
             assert status == 202 and res["accepted"] == [f"keep-{unique_name}"]
-            got = consume_all(broker.bootstrap, down.topic_raw, expect=1)
+            got = consume_all(broker.bootstrap, down.kafka.topic_raw, expect=1)
             assert [r["id"] for r in got] == [f"keep-{unique_name}"]
             srv.close()
             pub.close()
@@ -221,7 +221,7 @@ def test_concurrent_requests_are_coalesced_and_each_answered_for_its_items(kafka
         shared = f"c-{unique_name}-s"
         assert sum(shared in res["accepted"] for _, res in results) == 1
         assert sum(shared in res["duplicates"] for _, res in results) == 39
-        got = consume_all(kafka_bootstrap, settings.topic_raw, expect=41)
+        got = consume_all(kafka_bootstrap, settings.kafka.topic_raw, expect=41)
         assert sorted(r["id"] for r in got) == sorted([f"c-{unique_name}-{n}" for n in range(40)] + [shared])
     finally:
         srv.close()

@@ -115,7 +115,7 @@ def test_concurrent_good_requests_are_not_failed_by_anothers_bad_item(kafka_boot
     assert all(s == 202 for s, _, _ in good_results), statuses
     assert [s for s, _, _ in results[100:103]] == [202, 202, 422]
     accepted = {i for _, res, _ in results if isinstance(res.get("accepted"), list) for i in res["accepted"]}
-    got = consume_all(kafka_bootstrap, cfg.topic_raw, expect=len(accepted))
+    got = consume_all(kafka_bootstrap, cfg.kafka.topic_raw, expect=len(accepted))
     assert sorted(r["id"] for r in got) == sorted(accepted) and len(accepted) == 202
     assert all("\ud800" not in r["text"] for r in got)
 

@@ -50,7 +50,7 @@ def test_publish_waits_for_acks_and_consumes_back_exactly_once(kafka_bootstrap, 
     res2 = pipe.submit("test", entries)  # the second time everything is a duplicate
     assert res2.published == [] and len(res2.duplicates) == 50
     pipe.publisher.close()
-    got = consume_all(kafka_bootstrap, settings.topic_raw, expect=50)
+    got = consume_all(kafka_bootstrap, settings.kafka.topic_raw, expect=50)
     assert sorted(r["id"] for r in got) == sorted(i.id for i in items)
     assert all(r["v"] == 1 and r["source_type"] == "news" for r in got)
 
@@ -75,7 +75,7 @@ def test_broker_down_then_up_nothing_lost_nothing_duplicated(unique_name, tmp_pa
         assert time.monotonic() - started >= 2.0  # it really waited for the broker
         assert sorted(acked) == sorted(i.id for i in items) == sorted(i.id for i in res.acked)
         publisher.close()
-        got = consume_all(broker.bootstrap, settings.topic_raw, expect=20)
+        got = consume_all(broker.bootstrap, settings.kafka.topic_raw, expect=20)
         assert sorted(r["id"] for r in got) == sorted(i.id for i in items)
     finally:
         t.join()
@@ -104,7 +104,7 @@ def test_replay_file_ids_stable_and_published(kafka_bootstrap, unique_name, caps
     settings = Settings(brokers=kafka_bootstrap, topic_raw=f"raw.{unique_name}", partitions=1)
     stats = replay_to_kafka(settings, [path], rate=200)
     assert stats.produced == len(first) and stats.skipped == 2
-    got = consume_all(kafka_bootstrap, settings.topic_raw, expect=len(first))
+    got = consume_all(kafka_bootstrap, settings.kafka.topic_raw, expect=len(first))
     assert sorted(r["id"] for r in got) == sorted(first)
 
 
@@ -210,7 +210,7 @@ def test_broker_restart_mid_stream_nothing_lost(unique_name) -> None:
         restart.join()
         assert sorted(i.id for i in res.acked) == sorted(i.id for i in after)
         publisher.close()
-        got = consume_all(broker.bootstrap, settings.topic_raw, expect=5)
+        got = consume_all(broker.bootstrap, settings.kafka.topic_raw, expect=5)
         assert sorted(r["id"] for r in got) == sorted(i.id for i in after)
     finally:
         broker.stop(timeout_s=1)
@@ -224,7 +224,7 @@ def test_publish_returns_acked_count_and_never_sends_oversize(kafka_bootstrap, u
         assert pub.publish(small) == 3
         res = pub.publish_detailed([big, *small])
         assert [i.id for i in res.oversize] == [big.id] and len(res.acked) == 3
-    got = consume_all(kafka_bootstrap, settings.topic_raw, expect=6)
+    got = consume_all(kafka_bootstrap, settings.kafka.topic_raw, expect=6)
     assert big.id not in {r["id"] for r in got} and len(got) == 6  # small ones twice: no dedup in Publisher
 
 
@@ -278,7 +278,7 @@ def test_every_publishing_ingest_command_has_publish_timeout_defaulting_to_the_s
 
     monkeypatch.setenv("FINSENT_PUBLISH_TIMEOUT_S", "7.5")
     settings = load_settings()
-    assert settings.publish_timeout_s == 7.5
+    assert settings.ingest.publish_timeout_s == 7.5
     parser = build_parser()
     commands = {
         "replay": ["f.csv"],
@@ -320,7 +320,7 @@ def test_replay_broker_dies_midway_counts_only_acked_and_marks_only_acked(unique
         def submit(self, *args, **kwargs):
             res = super().submit(*args, **kwargs)
             if self.produced == 5 and broker.proc is not None:  # file a is acked: read it back, then kill
-                on_broker.extend(r["id"] for r in consume_all(broker.bootstrap, settings.topic_raw, expect=5))
+                on_broker.extend(r["id"] for r in consume_all(broker.bootstrap, settings.kafka.topic_raw, expect=5))
                 broker.stop(timeout_s=1)
             return res
 

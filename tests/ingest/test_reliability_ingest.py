@@ -289,7 +289,7 @@ def test_push_with_one_bad_byte_never_reaches_kafka_garbled(kafka_bootstrap, uni
         assert status == 400 and f"offset {offset}" in res["error"]
         status, res, _ = srv.request("/v1/items", json.dumps([{"text": GOOD, "id": f"ok-{unique_name}"}]).encode())
         assert status == 202
-        got = consume_all(kafka_bootstrap, settings.topic_raw, expect=1)
+        got = consume_all(kafka_bootstrap, settings.kafka.topic_raw, expect=1)
     finally:
         srv.close()
         pipe.publisher.close()

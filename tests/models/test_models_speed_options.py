@@ -141,7 +141,7 @@ def test_settings_reach_the_worker_classifier(tiny: tuple[Path, Classifier], mon
     monkeypatch.setenv("FINSENT_MODEL_DIR", str(tiny_dir))
     monkeypatch.setenv("FINSENT_REGISTRY", "")  # no registry: FINSENT_MODEL_DIR is what the worker loads
     settings = load_settings(model_variant="fp32")
-    assert (settings.model_cache_size, settings.model_spinning) == (123, False)
+    assert (settings.model.model_cache_size, settings.model.model_spinning) == (123, False)
     clf = load_classifier(settings)
     assert clf.text_cache.capacity == 123
 

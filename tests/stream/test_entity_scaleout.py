@@ -74,13 +74,13 @@ def run_replay(n_workers: int, settings: Any, store: Any, classifier: Any, items
     try:
         for _ in range(n_workers):
             workers.append(WorkerThread(settings, classifier=classifier, store=store, extensions=[attach]).start())
-        topics = (settings.topic_scored, settings.topic_entity_counts)
+        topics = (settings.kafka.topic_scored, settings.kafka.topic_entity_counts)
 
         def settled() -> bool:
             owned = [[_assigned(w, t) for w in workers] for t in topics]
-            return all(sorted(p for ps in o for p in ps) == list(range(settings.partitions)) for o in owned) and all(
-                o_ for o in owned for o_ in o
-            )
+            return all(
+                sorted(p for ps in o for p in ps) == list(range(settings.kafka.partitions)) for o in owned
+            ) and all(o_ for o in owned for o_ in o)
 
         wait_for(settled, 120, f"{n_workers} worker(s) owning every partition")
         time.sleep(2)

@@ -51,14 +51,14 @@ def _worker_env(s: Any, store_url: str, model_dir: Path, metrics_port: int, **ex
     """The environment of a `finsent worker` subprocess on the topics and group of ``s``."""
     return {
         **os.environ,
-        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_BROKERS": s.kafka.brokers,
         "FINSENT_STORE": store_url,
-        "FINSENT_TOPIC_RAW": s.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
-        "FINSENT_CONSUMER_GROUP": s.consumer_group,
-        "FINSENT_PARTITIONS": str(s.partitions),
+        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
+        "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
+        "FINSENT_PARTITIONS": str(s.kafka.partitions),
         "FINSENT_SESSION_TIMEOUT_MS": "6000",
         "FINSENT_MODEL_DIR": str(model_dir),
         "FINSENT_METRICS_PORT": str(metrics_port),
@@ -149,8 +149,8 @@ def test_worker_started_with_the_store_down_is_one_line(
     s = stream_settings(kafka_bootstrap, "chdb:///unused", unique_name)
     env = {
         **os.environ,
-        "FINSENT_BROKERS": s.brokers,
-        "FINSENT_TOPIC_RAW": s.topic_raw,
+        "FINSENT_BROKERS": s.kafka.brokers,
+        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
         "FINSENT_STORE": f"clickhouse://default@127.0.0.1:{free_port()}/x?connect_timeout=1",
         "FINSENT_MODEL_DIR": str(tiny_model_dir),
         "FINSENT_METRICS_PORT": "0",
@@ -209,6 +209,6 @@ def test_broker_restart_under_a_running_worker_loses_nothing(
     text = log.read_text()
     assert count["rows"] == 100, (count, text[-3000:])
     assert count.get("unique", 100) == 100, count
-    assert s.topic_alert_counts in topics, topics
+    assert s.kafka.topic_alert_counts in topics, topics
     assert proc.returncode == 0 and took <= 10.0, (proc.returncode, took, text[-3000:])
     assert "Traceback" not in text, text[-3000:]

@@ -46,14 +46,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _env(s: Any, model_dir: Path, metrics_port: int = 0) -> dict[str, str]:
     return {
         **os.environ,
-        "FINSENT_BROKERS": s.brokers,
-        "FINSENT_STORE": s.store,
-        "FINSENT_TOPIC_RAW": s.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
-        "FINSENT_CONSUMER_GROUP": s.consumer_group,
-        "FINSENT_PARTITIONS": str(s.partitions),
+        "FINSENT_BROKERS": s.kafka.brokers,
+        "FINSENT_STORE": s.storage.store,
+        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
+        "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
+        "FINSENT_PARTITIONS": str(s.kafka.partitions),
         "FINSENT_SESSION_TIMEOUT_MS": "6000",
         "FINSENT_MODEL_DIR": str(model_dir),
         "FINSENT_METRICS_PORT": str(metrics_port),
@@ -228,7 +228,7 @@ def test_a_slow_store_holds_back_the_consumer_with_bounded_memory(
         # insert), one per model call (scored, waiting for room) and the one being taken
         from finsent.stream.worker import MAX_WAITING_BATCHES
 
-        held_max = (2 * MAX_WAITING_BATCHES + 1 + s.model_calls) * s.batch_max
+        held_max = (2 * MAX_WAITING_BATCHES + 1 + s.model.model_calls) * s.worker.batch_max
         assert max(held for held, _ in samples) <= held_max, samples
         # taken from Kafka but not stored: bounded by Faust's buffers, not by the backlog
         bound = app_cfg.stream_buffer_maxsize + app_cfg.broker_max_poll_records + held_max

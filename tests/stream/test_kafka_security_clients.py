@@ -79,13 +79,13 @@ def _settings(case: str, ca_file: Path, tmp_path: Path) -> Settings:
 
 
 def _expect_kafka_python(s: Settings) -> dict[str, Any]:
-    want: dict[str, Any] = {"security_protocol": s.security_protocol}
-    if s.sasl_mechanism:
+    want: dict[str, Any] = {"security_protocol": s.kafka.security_protocol}
+    if s.kafka.sasl_mechanism:
         want.update(
-            sasl_mechanism=s.sasl_mechanism, sasl_plain_username="finsent-user", sasl_plain_password="s3cret-pw"
+            sasl_mechanism=s.kafka.sasl_mechanism, sasl_plain_username="finsent-user", sasl_plain_password="s3cret-pw"
         )
-    if s.ssl_cafile:
-        want["ssl_cafile"] = s.ssl_cafile
+    if s.kafka.ssl_cafile:
+        want["ssl_cafile"] = s.kafka.ssl_cafile
     return want
 
 
@@ -96,14 +96,14 @@ def _assert_config(config: dict[str, Any], want: dict[str, Any], who: str) -> No
 
 def _assert_aiokafka(client: Any, s: Settings, who: str) -> None:
     """aiokafka's AIOKafkaClient: protocol, SASL mechanism and credentials, and a TLS context with our CA."""
-    assert client._security_protocol == s.security_protocol, who
-    if s.sasl_mechanism:
+    assert client._security_protocol == s.kafka.security_protocol, who
+    if s.kafka.sasl_mechanism:
         assert (client._sasl_mechanism, client._sasl_plain_username, client._sasl_plain_password) == (
-            s.sasl_mechanism,
+            s.kafka.sasl_mechanism,
             "finsent-user",
             "s3cret-pw",
         ), who
-    if s.security_protocol.endswith("SSL"):
+    if s.kafka.security_protocol.endswith("SSL"):
         ctx = client._ssl_context
         assert ctx is not None, f"{who}: no TLS context"
         subjects = [dict(x[0] for x in c["subject"]).get("commonName") for c in ctx.get_ca_certs()]

@@ -269,14 +269,14 @@ def test_the_edge_sends_whole_record_batches_that_the_broker_confirms(
         app = make_app(s, f"{unique_name}-edge", tmp_path, None, 1.0)
         await app.producer.start()
         try:
-            futs = await FaustEdge(app).send(s.topic_scored, [(k, b"v" + k, key_hash(k)) for k in keys])
-            assert 1 <= len(futs) <= s.partitions  # one record batch per partition, not one send per record
+            futs = await FaustEdge(app).send(s.kafka.topic_scored, [(k, b"v" + k, key_hash(k)) for k in keys])
+            assert 1 <= len(futs) <= s.kafka.partitions  # one record batch per partition, not one send per record
             await asyncio.gather(*futs)
         finally:
             await app.producer.stop()
 
     asyncio.run(run())
-    got = read_topic(s, s.topic_scored, expect=len(keys))
+    got = read_topic(s, s.kafka.topic_scored, expect=len(keys))
     assert sorted(r.key for r in got) == sorted(keys) and all(r.value == b"v" + r.key for r in got)
 
 

@@ -162,7 +162,7 @@ def test_poison_interleaved_with_good_items_through_a_real_worker(
     produce_items(s, good[20:])
     # how many of the poison messages are in fact valid items (the generator makes some): the decoder decides
     raw = [RawMessage(v, "t", 0, i, None) for i, v in enumerate(poison)]
-    valid, invalid = decode_batch(raw, s.max_message_bytes, s.max_text_chars)
+    valid, invalid = decode_batch(raw, s.kafka.max_message_bytes, s.model.max_text_chars)
     store = open_store(chdb_db_url)
     try:
         with WorkerThread(s, classifier=classifier, store=store) as w:
@@ -179,8 +179,8 @@ def test_poison_interleaved_with_good_items_through_a_real_worker(
         assert counts["rows"] == counts["unique_ids"] == len({it.id for it in good} | {it.id for it in valid})
     finally:
         store.close()
-    dlq = read_topic(s, s.topic_dlq, len(invalid))
+    dlq = read_topic(s, s.kafka.topic_dlq, len(invalid))
     assert len(dlq) == len(invalid) and all(r.key.startswith(b"poison-") for r in dlq)
     assert all(json.loads(r.value)["reason"] in DEAD_LETTER_REASONS for r in dlq)
-    scored = read_topic(s, s.topic_scored, 40 + len(valid))
+    scored = read_topic(s, s.kafka.topic_scored, 40 + len(valid))
     assert len(scored) == len({r.key for r in scored}) == counts["rows"]  # published once each

@@ -85,7 +85,7 @@ def test_three_workers_share_six_partitions_and_store_each_item_once_across_a_st
         model_threads=1,
         batch_max=32,
     )
-    store = open_store(s.store)
+    store = open_store(s.storage.store)
     store.ensure_schema()  # once, as a deployment's first start does; each worker's own run is then a no-op
     workers = [WorkerProcess(s, tmp_path / f"w{i}.log", name=f"worker {i}") for i in range(4)]
     traffic = Traffic(s)

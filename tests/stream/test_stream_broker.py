@@ -30,29 +30,36 @@ def test_ensure_topics_creates_once_with_partitions(kafka_bootstrap: str, unique
     )
     created = ensure_topics(s)
     assert sorted(created) == sorted(
-        [s.topic_raw, s.topic_scored, s.topic_dlq, s.topic_alerts, s.topic_alert_counts, s.topic_entity_counts]
+        [
+            s.kafka.topic_raw,
+            s.kafka.topic_scored,
+            s.kafka.topic_dlq,
+            s.kafka.topic_alerts,
+            s.kafka.topic_alert_counts,
+            s.kafka.topic_entity_counts,
+        ]
     )
     assert ensure_topics(s) == []  # idempotent
     from finsent.stream.kafka import admin_client
 
     admin = admin_client(s)
     try:
-        desc = {d["name"]: d for d in admin.describe_topics([s.topic_raw])}
-        assert len(desc[s.topic_raw]["partitions"]) == 3
+        desc = {d["name"]: d for d in admin.describe_topics([s.kafka.topic_raw])}
+        assert len(desc[s.kafka.topic_raw]["partitions"]) == 3
     finally:
         admin.close()
 
 
 def test_producer_consumer_round_trip(kafka_bootstrap: str, unique_name: str) -> None:
     s = load_settings(brokers=kafka_bootstrap, topic_raw=f"rt-{unique_name}", session_timeout_ms=6000, partitions=2)
-    ensure_topics(s, [s.topic_raw])
+    ensure_topics(s, [s.kafka.topic_raw])
     producer = make_producer(s)
     sent = {f"v{i}".encode() for i in range(25)}
     for v in sent:
-        producer.send(s.topic_raw, key=v, value=v)
+        producer.send(s.kafka.topic_raw, key=v, value=v)
     producer.flush()
     producer.close()
-    consumer = make_consumer(s, s.topic_raw, group_id=f"g-{unique_name}", consumer_timeout_ms=15_000)
+    consumer = make_consumer(s, s.kafka.topic_raw, group_id=f"g-{unique_name}", consumer_timeout_ms=15_000)
     got = set()
     try:
         for msg in consumer:

@@ -37,7 +37,9 @@ def _single_record_tail(s, n: int) -> None:  # noqa: ANN001 - Settings
     producer = make_producer(s, client_id="lag-tail")
     try:
         for i, item in enumerate(make_items(n, "tail")):
-            producer.send(s.topic_raw, key=item.id.encode(), value=item.to_json(), partition=i % s.partitions)
+            producer.send(
+                s.kafka.topic_raw, key=item.id.encode(), value=item.to_json(), partition=i % s.kafka.partitions
+            )
             producer.flush(timeout=30)
     finally:
         producer.close()
@@ -79,7 +81,7 @@ def test_lag_gauge_counts_a_backlog_the_worker_does_not_fetch(
             produce_items(s, make_items(40, "first"))
             wait_for(lambda: stats.snapshot()["stored"] >= 40, 90, "the first 40 stored")
             consumer = scorer.consumer
-            tps = {tp for tp in consumer.assignment() if tp.topic == s.topic_raw}
+            tps = {tp for tp in consumer.assignment() if tp.topic == s.kafka.topic_raw}
             assert len(tps) == 2
             loop = w._loop
             assert loop is not None
@@ -92,7 +94,7 @@ def test_lag_gauge_counts_a_backlog_the_worker_does_not_fetch(
             _single_record_tail(s, TAIL)
             refreshes = scorer.lag.refreshes
             wait_for(lambda: scorer.lag.refreshes >= refreshes + 2, 4 * LAG_INTERVAL_S, "two lag refreshes")
-            lag = _lag(metrics, s.topic_raw)
+            lag = _lag(metrics, s.kafka.topic_raw)
             stale = sum(
                 max((consumer.highwater(tp) or 0) - scorer.stored_offsets.get((tp.topic, tp.partition), -1) - 1, 0)
                 for tp in tps
@@ -104,7 +106,7 @@ def test_lag_gauge_counts_a_backlog_the_worker_does_not_fetch(
             refreshes = scorer.lag.refreshes
             wait_for(lambda: scorer.lag.refreshes >= refreshes + 1, 4 * LAG_INTERVAL_S, "a lag refresh")
             scorer.refresh_lag()
-            assert _lag(metrics, s.topic_raw) == 0
+            assert _lag(metrics, s.kafka.topic_raw) == 0
     finally:
         store.close()
     print(f"lag gauge {lag:.0f} for a backlog of {N}; the stale-highwater formula said {stale}")

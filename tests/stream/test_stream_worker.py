@@ -77,16 +77,16 @@ def test_items_stored_once_published_and_malformed_dead_lettered(
         store.close()
     assert _scored_total() - scored_before == 50
 
-    scored = read_topic(s, s.topic_scored, 50)
+    scored = read_topic(s, s.kafka.topic_scored, 50)
     decoded = [decode_scored(r.value) for r in scored]
     assert sorted(d.id for d in decoded) == sorted(it.id for it in before + after)
     assert all(d.model_version == tiny_classifier.version for d in decoded)
     assert all(r.key == d.id.encode() for r, d in zip(scored, decoded, strict=True))
 
-    dlq = read_topic(s, s.topic_dlq, len(MALFORMED))
+    dlq = read_topic(s, s.kafka.topic_dlq, len(MALFORMED))
     assert reasons(dlq) == sorted(r for _, r in MALFORMED)
     not_json = next(json.loads(r.value) for r in dlq if json.loads(r.value)["reason"] == "not_json")
-    assert not_json["payload"] == "this is not json" and not_json["topic"] == s.topic_raw
+    assert not_json["payload"] == "this is not json" and not_json["topic"] == s.kafka.topic_raw
     assert not_json["offset"] >= 0
 
 
@@ -171,7 +171,7 @@ def test_second_consumer_group_replays_without_duplicates(
     store = open_store(chdb_db_url)
     try:
         for group in ("a", "b"):
-            gs = s.model_copy(update={"consumer_group": f"{s.consumer_group}-{group}"})
+            gs = s.model_copy(update={"consumer_group": f"{s.kafka.consumer_group}-{group}"})
             with WorkerThread(gs, classifier=tiny_classifier, store=store) as w:
                 wait_for(lambda w=w: w.scorer.stats.snapshot()["stored"] >= 30, 60, f"group {group} stored 30")
         counts = store.count(physical=True)
@@ -199,18 +199,18 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
     env = {
         **os.environ,
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "FINSENT_BROKERS": s.brokers,
-        "FINSENT_STORE": s.store,
-        "FINSENT_TOPIC_RAW": s.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_BROKERS": s.kafka.brokers,
+        "FINSENT_STORE": s.storage.store,
+        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
         "FINSENT_SESSION_TIMEOUT_MS": "6000",
         "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
         "FINSENT_METRICS_PORT": str(port),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "finsent.cli", "worker", "--group", s.consumer_group, "--batch-within", "0.1"],
+        [sys.executable, "-m", "finsent.cli", "worker", "--group", s.kafka.consumer_group, "--batch-within", "0.1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -261,12 +261,12 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     env = {
         **os.environ,
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "FINSENT_BROKERS": s.brokers,
-        "FINSENT_STORE": s.store,
-        "FINSENT_TOPIC_RAW": s.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_BROKERS": s.kafka.brokers,
+        "FINSENT_STORE": s.storage.store,
+        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
         "FINSENT_SESSION_TIMEOUT_MS": "6000",
         "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
         "FINSENT_METRICS_PORT": "0",
@@ -277,7 +277,7 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
         "finsent.cli",
         "worker",
         "--group",
-        s.consumer_group,
+        s.kafka.consumer_group,
         "--batch-max",
         "8",
         "--batch-within",
@@ -329,18 +329,18 @@ def test_query_while_the_worker_holds_the_embedded_store(
     produce_items(s, make_items(9, "held"))
     env = {
         **os.environ,
-        "FINSENT_BROKERS": s.brokers,
+        "FINSENT_BROKERS": s.kafka.brokers,
         "FINSENT_STORE": store_url,
-        "FINSENT_TOPIC_RAW": s.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.topic_alerts,
+        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
         "FINSENT_SESSION_TIMEOUT_MS": "6000",
         "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
         "FINSENT_METRICS_PORT": str(port),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "finsent", "worker", "--group", s.consumer_group, "--batch-within", "0.1"],
+        [sys.executable, "-m", "finsent", "worker", "--group", s.kafka.consumer_group, "--batch-within", "0.1"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -72,13 +72,13 @@ def start_worker(kafka_bootstrap: str, base: Path, suffix: str, **env: str) -> W
     common = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
     common.update(
         {
-            "FINSENT_BROKERS": s.brokers,
+            "FINSENT_BROKERS": s.kafka.brokers,
             "FINSENT_STORE": url,
-            "FINSENT_TOPIC_RAW": s.topic_raw,
-            "FINSENT_TOPIC_SCORED": s.topic_scored,
-            "FINSENT_TOPIC_DLQ": s.topic_dlq,
-            "FINSENT_TOPIC_ALERTS": s.topic_alerts,
-            "FINSENT_CONSUMER_GROUP": s.consumer_group,
+            "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
+            "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
+            "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
+            "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
+            "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
             "FINSENT_PARTITIONS": "2",
             "FINSENT_SESSION_TIMEOUT_MS": "6000",
             "FINSENT_MODEL_DIR": str(model_dir),

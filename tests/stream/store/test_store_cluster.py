@@ -146,9 +146,9 @@ def test_cluster_names_are_identifiers(bad: str) -> None:
 
 def test_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINSENT_CLICKHOUSE_CLUSTER", "prod_ch")
-    assert load_settings().clickhouse_cluster == "prod_ch"
+    assert load_settings().storage.clickhouse_cluster == "prod_ch"
     monkeypatch.delenv("FINSENT_CLICKHOUSE_CLUSTER")
-    assert load_settings().clickhouse_cluster is None
+    assert load_settings().storage.clickhouse_cluster is None
 
 
 def test_the_server_store_carries_the_cluster_and_chdb_refuses_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
