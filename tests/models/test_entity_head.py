@@ -104,19 +104,61 @@ def _logits_for(tags: list[str]) -> np.ndarray:
 
 
 def test_spans_never_start_or_end_inside_a_word() -> None:
-    """A word is tagged by its first piece: a span covers whole words ("Tripadvisor", not "Tripad"), a word whose
-    first piece is O gives no span ("Reu|ters"), and punctuation keeps its own tag ("abc's" gives "abc")."""
+    """A word is tagged by the mean of its pieces: a span covers whole words ("xyzw", not "xy"), a word most of
+    whose pieces say O gives no span ("q|r|s|t" with one B piece), and punctuation keeps its own tag ("abc's"
+    gives "abc")."""
     tok = tiny_tokenizer()
     text = "xyzw jumps, abc's qrst"
     enc = tok.encode(text)
     pieces = [text[a:b] for a, b in enc.offsets]
     assert pieces == ["", *"xyzw", "jumps", ",", *"abc", "'", "s", *"qrst", ""]  # the tiny vocabulary's pieces
     tags = ["O"] * len(pieces)
-    tags[1] = "B-POS"  # "x|y|z|w": the later pieces said O
+    tags[1:4] = ["B-POS", "I-POS", "B-POS"]  # "x|y|z|w": three of four pieces inside an entity, the last O
     tags[7:10] = ["B-NEG", "I-NEG", "I-NEG"]  # "abc", then "'" and "s" are O
-    tags[14] = "B-NEU"  # "q|r|s|t": only a later piece said B
+    tags[15] = "B-NEU"  # "q|r|s|t": only a later piece said B
     spans = decode_spans(_logits_for(tags), enc.offsets, enc.special_tokens_mask, text)
     assert [(text[s:e], lab) for s, e, lab, _ in spans] == [("xyzw", "positive"), ("abc", "negative")]
+
+
+def _logits_from_probs(rows: list[dict[str, float]]) -> np.ndarray:
+    """Logits whose softmax is each row's tag probabilities (unnamed tags share what is left)."""
+    out = np.empty((len(rows), len(TAGS)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        rest = max(1.0 - sum(row.values()), 1e-6) / (len(TAGS) - len(row))
+        out[i] = np.log([row.get(t, rest) for t in TAGS])
+    return out
+
+
+def test_an_entity_split_between_polarities_is_still_found() -> None:
+    """O 0.40 against B-NEG 0.35 and B-POS 0.25: the word is most likely an entity (0.60), which the greedy
+    per-tag argmax (O) missed; its sentiment is the polarity with the most mass."""
+    tok = tiny_tokenizer()
+    text = "acme rises"
+    enc = tok.encode(text)
+    words = [i for i, (a, b) in enumerate(enc.offsets) if b > a]
+    rows = [{"O": 0.97} for _ in enc.offsets]
+    for i in words[:4]:  # "a|c|m|e"
+        rows[i] = {"O": 0.40, "B-NEG": 0.35, "B-POS": 0.24}
+    spans = decode_spans(_logits_from_probs(rows), enc.offsets, enc.special_tokens_mask, text)
+    assert [(text[s:e], lab) for s, e, lab, _ in spans] == [("acme", "negative")]
+    assert spans[0][3]["negative"] == pytest.approx((0.35 + 0.0025) / 0.60, abs=1e-4)  # I-NEG shares the 0.01 left
+
+
+def test_an_inside_tag_needs_a_begin_tag_before_it() -> None:
+    """BIO is decoded as a whole sequence (Viterbi, no I after O): an I-POS word after O becomes a B when B is
+    likely enough ("jumps" 0.5 I / 0.3 B), is O when B is not ("qrst" 0.6 I / 0.02 B); and a strong I after
+    a word that leans O pulls that word into the span ("xyzw" O 0.5 / B 0.45, then "jumps" I 0.9)."""
+    tok = tiny_tokenizer()
+    text = "xyzw jumps, abc's qrst"
+    enc = tok.encode(text)
+    rows = [{"O": 0.97} for _ in enc.offsets]
+    for i in range(1, 5):  # "x|y|z|w"
+        rows[i] = {"O": 0.5, "B-NEG": 0.45, "I-NEG": 0.01}
+    rows[5] = {"I-NEG": 0.9, "O": 0.05}  # "jumps"
+    rows[7:10] = [{"O": 0.2, "I-POS": 0.5, "B-POS": 0.3}] * 3  # "abc"
+    rows[12:16] = [{"O": 0.38, "I-POS": 0.6, "B-POS": 0.005}] * 4  # "qrst"
+    spans = decode_spans(_logits_from_probs(rows), enc.offsets, enc.special_tokens_mask, text)
+    assert [(text[s:e], lab) for s, e, lab, _ in spans] == [("xyzw jumps", "negative"), ("abc", "positive")]
 
 
 def test_span_f1_matches_on_normalised_surface_and_sentiment() -> None:
