@@ -115,7 +115,7 @@ class InStreamAlerts:
         grace_s: float = 2.0,
     ) -> None:
         self.settings = settings
-        self.detector = detector or make_detector(settings)
+        self.detector = detector or make_detector(settings.alerts)
         self.closer = WindowCloser(self.detector.window_s, grace_s)
         self.store_getter = store_getter
         self.sinks = list(sinks) if sinks is not None else None
@@ -158,7 +158,7 @@ class InStreamAlerts:
                     len(batch),
                 )
         if self.sinks is None:
-            self.sinks = build_sinks(self.settings, store)
+            self.sinks = build_sinks(self.settings.alerts, store)
         for sink in self.sinks:
             try:
                 sink(alerts, states)

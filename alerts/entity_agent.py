@@ -108,7 +108,7 @@ from finsent.alerts.runner import EPOCH
 from finsent.alerts.sinks import AlertmanagerSink, _headline, _link
 from finsent.alerts.watchlist import Watchlist
 from finsent.core.events import SENTIMENTS, Alert, InvalidEvent, decode_scored, format_time, parse_time, utcnow
-from finsent.core.settings import Settings
+from finsent.core.settings import EntitySettings, Settings
 from finsent.stream.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -279,17 +279,17 @@ def decode_record(value: bytes | str) -> list[Pending] | dict[str, datetime]:
 
 # --- the owner side ---------------------------------------------------------------------------------------------
 def make_entity_detector(
-    settings: Settings, on_bucket: Callable[[Any], None] | None = None, watchlist: Watchlist | None = None
+    entities: EntitySettings, on_bucket: Callable[[Any], None] | None = None, watchlist: Watchlist | None = None
 ) -> EntityDetector:
-    """The detector the settings describe (``watchlist``: the loaded ``settings.entities.entity_watchlist``, if any)."""
+    """The detector the settings describe (``watchlist``: the loaded ``entities.entity_watchlist``, if any)."""
     return EntityDetector(
-        bucket_s=settings.entities.entity_bucket_s,
-        window_buckets=settings.entities.entity_window_buckets,
-        lateness_s=settings.entities.entity_lateness_s,
-        cooldown_s=settings.entities.entity_cooldown_s,
+        bucket_s=entities.entity_bucket_s,
+        window_buckets=entities.entity_window_buckets,
+        lateness_s=entities.entity_lateness_s,
+        cooldown_s=entities.entity_cooldown_s,
         thresholds=Thresholds(),
         watchlist=watchlist,
-        watch_mode=settings.entities.entity_watch_mode if watchlist is not None else "all",
+        watch_mode=entities.entity_watch_mode if watchlist is not None else "all",
         on_bucket=on_bucket,
     )
 
@@ -462,7 +462,9 @@ class EntityAlerts:
     def unit(self, via: int) -> EntityUnit:
         u = self.units.get(via)
         if u is None:
-            u = self.units[via] = EntityUnit(self, via, make_entity_detector(self.settings, watchlist=self.watchlist))
+            u = self.units[via] = EntityUnit(
+                self, via, make_entity_detector(self.settings.entities, watchlist=self.watchlist)
+            )
         return u
 
     def partition_of(self, key: str) -> int:
@@ -496,7 +498,7 @@ class EntityAlerts:
         if not isinstance(newest, datetime) or newest.timestamp() <= 0:
             return None, {}
         newest = min(newest, utcnow() + timedelta(minutes=5))
-        probe = make_entity_detector(self.settings, watchlist=self.watchlist)
+        probe = make_entity_detector(self.settings.entities, watchlist=self.watchlist)
         bucket_s = probe.bucket_s
         cut = EPOCH + timedelta(seconds=int(((newest - self.lateness) - EPOCH).total_seconds() // bucket_s) * bucket_s)
         units: dict[int, tuple[EntityUnit, list[Alert]]] = {}
@@ -510,7 +512,7 @@ class EntityAlerts:
                 via = self.partition_of(m.key)
                 entry = units.get(via)
                 if entry is None:
-                    unit = EntityUnit(self, via, make_entity_detector(self.settings, watchlist=self.watchlist))
+                    unit = EntityUnit(self, via, make_entity_detector(self.settings.entities, watchlist=self.watchlist))
                     entry = units[via] = (unit, [])
                 unit, raised = entry
                 if m.at >= cut:

@@ -22,6 +22,7 @@ from typing import Any
 from finsent.alerts.base import TopicState
 from finsent.core.events import Alert, format_time, utcnow
 from finsent.core.redact import redact_url
+from finsent.core.settings import AlertSettings
 
 log = logging.getLogger(__name__)
 ALERTNAME = "FinsentNegativeSentimentSpike"
@@ -181,10 +182,12 @@ class AlertmanagerSink:
             )
 
 
-def build_sinks(settings: Any, store: Any = None) -> list[Callable[[Sequence[Alert], dict[str, TopicState]], None]]:
-    """Gauges always; Alertmanager when ``settings.alerts.alertmanager_url`` is set (headlines from ``store``)."""
+def build_sinks(
+    alerts: AlertSettings, store: Any = None
+) -> list[Callable[[Sequence[Alert], dict[str, TopicState]], None]]:
+    """Gauges always; Alertmanager when ``alerts.alertmanager_url`` is set (headlines from ``store``)."""
     sinks: list[Callable[[Sequence[Alert], dict[str, TopicState]], None]] = [GaugeSink()]
-    if settings.alerts.alertmanager_url:
+    if alerts.alertmanager_url:
         headlines = None
         if store is not None:
 
@@ -193,9 +196,9 @@ def build_sinks(settings: Any, store: Any = None) -> list[Callable[[Sequence[Ale
 
         sinks.append(
             AlertmanagerSink(
-                settings.alerts.alertmanager_url,
-                settings.alerts.alert_window_s,
-                settings.alerts.alert_dashboard_url,
+                alerts.alertmanager_url,
+                alerts.alert_window_s,
+                alerts.alert_dashboard_url,
                 headlines,
             )
         )

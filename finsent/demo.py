@@ -194,7 +194,7 @@ class DemoProducer(threading.Thread):
 
         try:
             publisher = _publisher(self.settings)
-            raw = make_producer(self.settings, client_id="finsent-demo-malformed")
+            raw = make_producer(self.settings.kafka, client_id="finsent-demo-malformed")
         except Exception as exc:  # reported by the display loop
             self.state.producer_error = str(exc)
             self.state.done.set()

@@ -155,7 +155,7 @@ class LocalStack:
         if self._declare_topics:
             from finsent.stream.kafka import ensure_topics
 
-            ensure_topics(self._settings)
+            ensure_topics(self._settings.kafka)
         if self._open_store:
             self._store = self.open_store(self._settings.storage.store)
 

@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from finsent.core.settings import IngestSettings
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, seen_at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_at_idx ON seen (seen_at);
@@ -60,11 +62,11 @@ class DedupStore:
         self.prune()
 
     @classmethod
-    def from_settings(cls, settings, name: str = "dedup.sqlite3") -> DedupStore:
+    def from_settings(cls, ingest: IngestSettings, name: str = "dedup.sqlite3") -> DedupStore:
         return cls(
-            Path(settings.ingest.ingest_state_dir) / name,
-            max_keys=settings.ingest.ingest_dedup_max_keys,
-            ttl_s=settings.ingest.ingest_dedup_ttl_days * 86400.0,
+            Path(ingest.ingest_state_dir) / name,
+            max_keys=ingest.ingest_dedup_max_keys,
+            ttl_s=ingest.ingest_dedup_ttl_days * 86400.0,
         )
 
     # -- queries -------------------------------------------------------------------------------

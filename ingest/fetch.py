@@ -32,6 +32,7 @@ from email.message import Message
 from typing import Any, NoReturn
 
 from finsent.core.errors import FinsentError
+from finsent.core.settings import IngestSettings
 
 MAX_RETRY_AFTER_S = 6 * 3600.0
 
@@ -211,11 +212,11 @@ class Fetcher:
         self.max_redirects = max_redirects
 
     @classmethod
-    def from_settings(cls, settings) -> Fetcher:
+    def from_settings(cls, ingest: IngestSettings) -> Fetcher:
         return cls(
-            user_agent=settings.ingest.ingest_user_agent,
-            timeout_s=settings.ingest.ingest_fetch_timeout_s,
-            max_bytes=settings.ingest.ingest_max_fetch_bytes,
+            user_agent=ingest.ingest_user_agent,
+            timeout_s=ingest.ingest_fetch_timeout_s,
+            max_bytes=ingest.ingest_max_fetch_bytes,
         )
 
     def get(

@@ -122,7 +122,7 @@ class Publisher:
         bootstrap_ms = min(request_ms, int(BOOTSTRAP_CAP_S * 1000))
         if budget_s is not None:
             bootstrap_ms = max(200, min(bootstrap_ms, int(budget_s * 1000)))
-        cfg = producer_config(self.settings, self.client_id)
+        cfg = producer_config(self.settings.kafka, self.client_id)
         cfg.update(
             linger_ms=linger_ms,
             request_timeout_ms=request_ms,
@@ -156,7 +156,7 @@ class Publisher:
                 if budget_s is not None:
                     topic_s = max(0.5, min(topic_s, budget_s))
                 try:
-                    ensure_topics(self.settings, [self.topic], timeout_s=topic_s)
+                    ensure_topics(self.settings.kafka, [self.topic], timeout_s=topic_s)
                 except AuthorizationError as exc:
                     # a locked-down cluster: ingesters may produce but not administer; the topic is
                     # the operator's job there, so publish anyway (a missing topic fails loudly on send)

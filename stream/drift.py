@@ -51,7 +51,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from finsent.core.events import format_time, utcnow
-from finsent.core.settings import Settings
+from finsent.core.settings import DriftSettings, Settings
 from finsent.models.labels import TASKS
 
 log = logging.getLogger(__name__)
@@ -131,13 +131,13 @@ class DriftThresholds:
     min_items: int = 200
 
     @classmethod
-    def from_settings(cls, s: Settings) -> DriftThresholds:
+    def from_settings(cls, drift: DriftSettings) -> DriftThresholds:
         return cls(
-            psi=s.drift.drift_psi_threshold,
-            confidence_drop=s.drift.drift_confidence_drop,
-            low_confidence=s.drift.drift_low_confidence,
-            low_confidence_rise=s.drift.drift_low_confidence_rise,
-            min_items=s.drift.drift_min_items,
+            psi=drift.drift_psi_threshold,
+            confidence_drop=drift.drift_confidence_drop,
+            low_confidence=drift.drift_low_confidence,
+            low_confidence_rise=drift.drift_low_confidence_rise,
+            min_items=drift.drift_min_items,
         )
 
 
@@ -281,7 +281,7 @@ def drift_report(
         model_version, source = production_version(settings), "registry production alias"
     if model_version is None:
         model_version, source = (versions[0][0] if versions else None), "most common in the window"
-    thresholds = DriftThresholds.from_settings(settings)
+    thresholds = DriftThresholds.from_settings(settings.drift)
     ref, win = PeriodStats(start, split), PeriodStats(split, now)
     if model_version is not None:
         for row in store.prediction_stats(start, split, until, model_version, thresholds.low_confidence):

@@ -204,7 +204,7 @@ def make_app(
     return ScoringApp(
         app_id,
         broker=[f"kafka://{b}" for b in settings.kafka.broker_list],
-        broker_credentials=faust_credentials(settings),
+        broker_credentials=faust_credentials(settings.kafka),
         loop=loop,
         value_serializer="raw",
         key_serializer="raw",

@@ -15,36 +15,36 @@ from collections.abc import Iterable
 from typing import Any
 
 from finsent.core.errors import KafkaUnavailable
-from finsent.core.settings import Settings
+from finsent.core.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 
 
-def finsent_topics(settings: Settings) -> list[str]:
+def finsent_topics(kafka: KafkaSettings) -> list[str]:
     """The topics finsent owns, in pipeline order: every one is (re)declared at start (a memory-only broker that
     restarted has none of them, and a consumer committing to a missing topic floods its log)."""
     return [
-        settings.kafka.topic_raw,
-        settings.kafka.topic_scored,
-        settings.kafka.topic_dlq,
-        settings.kafka.topic_alerts,
-        settings.kafka.topic_alert_counts,
-        settings.kafka.topic_entity_counts,
+        kafka.topic_raw,
+        kafka.topic_scored,
+        kafka.topic_dlq,
+        kafka.topic_alerts,
+        kafka.topic_alert_counts,
+        kafka.topic_entity_counts,
     ]
 
 
-def admin_config(settings: Settings, timeout_ms: int = 15_000) -> dict[str, Any]:
+def admin_config(kafka: KafkaSettings, timeout_ms: int = 15_000) -> dict[str, Any]:
     """kafka-python admin client options (SASL/TLS included) for one attempt of at most ``timeout_ms``."""
     return {
-        "bootstrap_servers": settings.kafka.broker_list,
+        "bootstrap_servers": kafka.broker_list,
         "client_id": "finsent-admin",
         "request_timeout_ms": min(10_000, timeout_ms),
         "bootstrap_timeout_ms": timeout_ms,  # the whole wait is timeout_s, not 30 s per attempt
-        **kafka_security(settings),
+        **kafka_security(kafka),
     }
 
 
-def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:
+def admin_client(kafka: KafkaSettings, timeout_s: float = 15.0) -> Any:
     """A kafka-python admin client, retried until ``timeout_s`` (brokers may still be starting)."""
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
@@ -54,59 +54,59 @@ def admin_client(settings: Settings, timeout_s: float = 15.0) -> Any:
     while time.monotonic() < deadline:
         try:
             left_ms = max(1000, int((deadline - time.monotonic()) * 1000))
-            return KafkaAdminClient(**admin_config(settings, left_ms))
+            return KafkaAdminClient(**admin_config(kafka, left_ms))
         except KafkaError as exc:
             last = exc
             time.sleep(0.5)
     raise KafkaUnavailable(
-        f"cannot reach Kafka at {settings.kafka.brokers} ({last}); start one with `finsent broker` or set --brokers"
+        f"cannot reach Kafka at {kafka.brokers} ({last}); start one with `finsent broker` or set --brokers"
     )
 
 
-def ensure_topics(settings: Settings, topics: Iterable[str] | None = None, timeout_s: float = 15.0) -> list[str]:
-    """Create the finsent topics that do not exist yet (``settings.kafka.partitions`` each); returns those created.
+def ensure_topics(kafka: KafkaSettings, topics: Iterable[str] | None = None, timeout_s: float = 15.0) -> list[str]:
+    """Create the finsent topics that do not exist yet (``kafka.partitions`` each); returns those created.
 
     Existing topics are left as they are (a different partition count is logged, not changed:
     repartitioning a live topic reorders keys and is an operator decision).
     """
     from kafka.errors import TopicAlreadyExistsError
 
-    wanted = list(topics) if topics is not None else finsent_topics(settings)
-    admin = admin_client(settings, timeout_s)
+    wanted = list(topics) if topics is not None else finsent_topics(kafka)
+    admin = admin_client(kafka, timeout_s)
     try:
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t not in existing]
         if missing:
             spec = {
                 t: {
-                    "num_partitions": settings.kafka.partitions,
-                    "replication_factor": settings.kafka.replication_factor,
+                    "num_partitions": kafka.partitions,
+                    "replication_factor": kafka.replication_factor,
                 }
                 for t in missing
             }
             with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race: fine
                 admin.create_topics(spec, timeout_ms=int(timeout_s * 1000))
             admin.wait_for_topics(missing, timeout_ms=int(timeout_s * 1000))
-            log.info("created topics %s with %d partitions", ", ".join(missing), settings.kafka.partitions)
+            log.info("created topics %s with %d partitions", ", ".join(missing), kafka.partitions)
         present = [t for t in wanted if t in existing]
         for desc in admin.describe_topics(present) if present else []:
             n = len(desc.get("partitions") or [])
-            if n and n != settings.kafka.partitions:
+            if n and n != kafka.partitions:
                 log.warning(
                     "topic %s has %d partitions, settings say %d (left unchanged)",
                     desc.get("name"),
                     n,
-                    settings.kafka.partitions,
+                    kafka.partitions,
                 )
         return missing
     finally:
         admin.close()
 
 
-def producer_config(settings: Settings, client_id: str = "finsent-producer") -> dict[str, Any]:
+def producer_config(kafka: KafkaSettings, client_id: str = "finsent-producer") -> dict[str, Any]:
     """kafka-python producer options: durable (acks=all, retries) yet batched (linger, compression)."""
     return {
-        "bootstrap_servers": settings.kafka.broker_list,
+        "bootstrap_servers": kafka.broker_list,
         "client_id": client_id,
         "acks": "all",
         "retries": 10,
@@ -115,66 +115,64 @@ def producer_config(settings: Settings, client_id: str = "finsent-producer") -> 
         "linger_ms": 5,
         "batch_size": 64 * 1024,
         "compression_type": "gzip",
-        "max_request_size": max(settings.kafka.max_message_bytes + 64 * 1024, 1_048_576),
+        "max_request_size": max(kafka.max_message_bytes + 64 * 1024, 1_048_576),
         "request_timeout_ms": 30_000,
-        **kafka_security(settings),
+        **kafka_security(kafka),
     }
 
 
-def make_producer(settings: Settings, client_id: str = "finsent-producer", **overrides: Any) -> Any:
+def make_producer(kafka: KafkaSettings, client_id: str = "finsent-producer", **overrides: Any) -> Any:
     """A kafka-python ``KafkaProducer`` (values and keys are bytes; callers encode)."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     try:
-        return KafkaProducer(**{**producer_config(settings, client_id), **overrides})
+        return KafkaProducer(**{**producer_config(kafka, client_id), **overrides})
     except KafkaError as exc:
         raise KafkaUnavailable(
-            f"cannot reach Kafka at {settings.kafka.brokers}; start one with `finsent broker` or set --brokers"
+            f"cannot reach Kafka at {kafka.brokers}; start one with `finsent broker` or set --brokers"
         ) from exc
 
 
-def make_consumer(settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any) -> Any:
+def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None = None, **overrides: Any) -> Any:
     """A kafka-python ``KafkaConsumer`` reading from the start (Tansu end offsets are unreliable)."""
     from kafka import KafkaConsumer
 
     cfg: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka.broker_list,
+        "bootstrap_servers": kafka.broker_list,
         "group_id": group_id,
         "auto_offset_reset": "earliest",
         "enable_auto_commit": False,
-        "session_timeout_ms": settings.kafka.session_timeout_ms,
-        "heartbeat_interval_ms": max(settings.kafka.session_timeout_ms // 4, 500),
-        **kafka_security(settings),
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": max(kafka.session_timeout_ms // 4, 500),
+        **kafka_security(kafka),
     }
     cfg.update(overrides)
     return KafkaConsumer(*topics, **cfg)
 
 
-def kafka_security(settings: Settings) -> dict[str, Any]:
+def kafka_security(kafka: KafkaSettings) -> dict[str, Any]:
     """kafka-python keyword arguments for SASL/TLS: the one translation of the security settings.
 
     Every client finsent makes gets them: the ingest producer and the admin client (kafka-python,
     directly), the alert sinks (through :func:`make_producer`) and the Faust worker (through
     :func:`faust_credentials`, which is built from this dict, so the two cannot disagree).
     """
-    kw: dict[str, Any] = {"security_protocol": settings.kafka.security_protocol}
-    if settings.kafka.sasl_mechanism:
-        kw["sasl_mechanism"] = settings.kafka.sasl_mechanism
-        kw["sasl_plain_username"] = settings.kafka.sasl_username
-        kw["sasl_plain_password"] = (
-            settings.kafka.sasl_password.get_secret_value() if settings.kafka.sasl_password else None
-        )
-    if settings.kafka.ssl_cafile:
-        kw["ssl_cafile"] = settings.kafka.ssl_cafile
+    kw: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.sasl_mechanism:
+        kw["sasl_mechanism"] = kafka.sasl_mechanism
+        kw["sasl_plain_username"] = kafka.sasl_username
+        kw["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    if kafka.ssl_cafile:
+        kw["ssl_cafile"] = kafka.ssl_cafile
     return kw
 
 
-def faust_credentials(settings: Settings) -> Any:
+def faust_credentials(kafka: KafkaSettings) -> Any:
     """:func:`kafka_security` as Faust credentials (None for PLAINTEXT): an SSL context instead of a CA path."""
     import faust
 
-    sec = kafka_security(settings)
+    sec = kafka_security(kafka)
     ssl_context = None
     if sec["security_protocol"].endswith("SSL"):
         import ssl

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finsent.core.errors import ModelError
-from finsent.core.settings import Settings
+from finsent.core.settings import ModelSettings, RegistrySettings, Settings
 
 if TYPE_CHECKING:
     from finsent.stream.context import WorkerContext
@@ -51,18 +51,18 @@ log = logging.getLogger(__name__)
 WARM_UP_TEXT = "shares rise after record quarterly earnings"
 
 
-def registry_of(settings: Settings) -> Any:
+def registry_of(registry: RegistrySettings) -> Any:
     """The settings' :class:`~finsent.models.registry.Registry`, or None when ``FINSENT_REGISTRY`` is empty."""
-    if not settings.model_registry.registry:
+    if not registry.registry:
         return None
     from finsent.models.registry import Registry
 
-    return Registry(Path(settings.model_registry.registry))
+    return Registry(Path(registry.registry))
 
 
 def production_version(settings: Settings) -> Any:
     """The registry's production :class:`~finsent.models.registry.ModelVersion`, or None (no registry / unset)."""
-    registry = registry_of(settings)
+    registry = registry_of(settings.model_registry)
     return registry.resolve("production") if registry is not None else None
 
 
@@ -92,7 +92,7 @@ def startup_model_dir(settings: Settings, metrics: Any = None) -> str | None:
         from finsent.models import resolve_model_dir
 
         check_serving_contract(resolve_model_dir(settings.model.model_dir))
-    registry = registry_of(settings)
+    registry = registry_of(settings.model_registry)
     if registry is None:
         return settings.model.model_dir
     try:
@@ -125,7 +125,7 @@ def startup_model_dir(settings: Settings, metrics: Any = None) -> str | None:
     return str(mv.path)
 
 
-def load_model(path: str | Path | None, settings: Settings, expect_version: str | None = None) -> Any:
+def load_model(path: str | Path | None, model: ModelSettings, expect_version: str | None = None) -> Any:
     """Load and warm a classifier; :class:`ModelError` for anything that makes it unusable.
 
     ``expect_version``: the registry's name for it, which the loaded model must report (a directory
@@ -138,11 +138,11 @@ def load_model(path: str | Path | None, settings: Settings, expect_version: str 
             check_serving_contract(path)
         clf = Classifier.load(
             path,
-            variant=settings.model.model_variant,
-            threads=settings.model.call_threads,
-            cache_dir=settings.model.cache_dir,
-            text_cache_size=settings.model.model_cache_size,
-            spinning=settings.model.model_spinning,
+            variant=model.model_variant,
+            threads=model.call_threads,
+            cache_dir=model.cache_dir,
+            text_cache_size=model.model_cache_size,
+            spinning=model.model_spinning,
         )
         if expect_version is not None and clf.version != expect_version:
             raise ModelError(f"{path} reports model_version {clf.version!r}, not {expect_version!r}")
@@ -202,7 +202,7 @@ class ModelFollower:
         if mv.version in self.failed:
             return None
         try:
-            clf = load_model(mv.path, self.settings, expect_version=mv.version)
+            clf = load_model(mv.path, self.settings.model, expect_version=mv.version)
         except ModelError as exc:
             self.failed.add(mv.version)
             self.events.append((mv.version, "failed"))
@@ -252,7 +252,7 @@ def attach(app: Any, ctx: WorkerContext) -> ModelFollower | None:
     An extension like any other: registered as ``"reload"``, closed with the worker.
     """
     settings = ctx.settings
-    registry = registry_of(settings)
+    registry = registry_of(settings.model_registry)
     if registry is None:
         return None
     follower = ModelFollower(settings, ctx.classifier, ctx.metrics, registry)

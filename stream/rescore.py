@@ -104,15 +104,15 @@ def target_model(settings: Settings, version: str | None) -> Any:
     """The classifier to re-score with (see the module docstring for the order)."""
     from finsent.stream.reload import load_model, registry_of
 
-    registry = registry_of(settings)
+    registry = registry_of(settings.model_registry)
     if version is not None and registry is not None and registry.exists():
         mv = registry.get(version)  # InputError naming the registry when there is no such version
-        return load_model(mv.path, settings, expect_version=mv.version)
+        return load_model(mv.path, settings.model, expect_version=mv.version)
     if version is None and registry is not None:
         mv = registry.resolve("production")
         if mv is not None:
-            return load_model(mv.path, settings, expect_version=mv.version)
-    clf = load_model(settings.model.model_dir, settings)
+            return load_model(mv.path, settings.model, expect_version=mv.version)
+    clf = load_model(settings.model.model_dir, settings.model)
     if version is not None and clf.version != version:
         raise ConfigError(
             f"--version {version}: there is no registry at {settings.model_registry.registry or '(none)'} "

@@ -373,7 +373,7 @@ def run_worker(settings: Settings, extensions: Sequence[Extension] = ()) -> int:
     limiter = quiet_client_logs(settings)  # rate limits the clients' lines; Kafka's health is probed below
     scorer_ref: list[Any] = []
     server, token = _serve_api(settings, scorer_ref)
-    ensure_topics(settings)
+    ensure_topics(settings.kafka)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()

@@ -41,7 +41,7 @@ def stream_settings(bootstrap: str, store: str, suffix: str, **kw: Any) -> Setti
     }
     values.update(kw)
     s = load_settings(**values)
-    ensure_topics(s)
+    ensure_topics(s.kafka)
     return s
 
 
@@ -56,7 +56,7 @@ def make_items(n: int, prefix: str = "it") -> list[RawItem]:
 
 
 def produce(settings: Settings, values: Iterable[bytes | None], keys: Iterable[bytes | None] | None = None) -> int:
-    producer = make_producer(settings, client_id="test-producer")
+    producer = make_producer(settings.kafka, client_id="test-producer")
     n = 0
     try:
         vals = list(values)
@@ -77,7 +77,7 @@ def produce_items(settings: Settings, items: Iterable[RawItem]) -> int:
 
 def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 30.0) -> list[Any]:
     """Read ``topic`` from the start without a group until ``expect`` records (or a quiet timeout)."""
-    consumer = make_consumer(settings, topic, group_id=None, consumer_timeout_ms=int(timeout_s * 1000))
+    consumer = make_consumer(settings.kafka, topic, group_id=None, consumer_timeout_ms=int(timeout_s * 1000))
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -120,7 +120,7 @@ class Feeder(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        producer = make_producer(self.settings, client_id=f"{self.prefix}-feeder")
+        producer = make_producer(self.settings.kafka, client_id=f"{self.prefix}-feeder")
         try:
             i = 0
             while not self.stopping.is_set():

@@ -118,7 +118,7 @@ def run_through_stack(args: Any) -> dict[str, Any]:
         t1 = time.perf_counter()
         stats = replay_to_kafka(stack.settings, [args.data])
         closing = last + timedelta(seconds=lateness_s + 2 * args.bucket_s)
-        producer = make_producer(stack.settings, client_id="finsent-bench-entities")
+        producer = make_producer(stack.settings.kafka, client_id="finsent-bench-entities")
         try:
             end = RawItem(
                 id="finsent-bench-entities-end",

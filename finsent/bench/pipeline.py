@@ -61,7 +61,7 @@ def _items(texts: list[str], run: str, prefix: str) -> list[RawItem]:
 def _produce(settings: Settings, items: list[RawItem]) -> None:
     from finsent.stream.kafka import make_producer
 
-    producer = make_producer(settings, client_id="finsent-bench")
+    producer = make_producer(settings.kafka, client_id="finsent-bench")
     try:
         for it in items:
             producer.send(settings.kafka.topic_raw, key=it.id.encode(), value=it.to_json())
@@ -77,7 +77,7 @@ def _paced_producer(
     from finsent.stream.kafka import make_producer
 
     def loop() -> None:
-        producer = make_producer(settings, client_id="finsent-bench-paced", linger_ms=0)
+        producer = make_producer(settings.kafka, client_id="finsent-bench-paced", linger_ms=0)
         t0 = time.monotonic()
         i = 0
         try:

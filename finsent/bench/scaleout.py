@@ -56,7 +56,7 @@ def _one(
             "log_level": "WARNING",
         }
     )
-    ensure_topics(s)
+    ensure_topics(s.kafka)
     store = open_store(s.storage.store, cluster=s.storage.clickhouse_cluster)  # this N's own database, closed below
     store.ensure_schema()
     load_start = load_average()

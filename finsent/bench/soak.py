@@ -164,7 +164,7 @@ def _producer(
             c.failed += 1
 
     def loop() -> None:
-        producer = make_producer(settings, client_id="finsent-soak", linger_ms=5)
+        producer = make_producer(settings.kafka, client_id="finsent-soak", linger_ms=5)
         t0 = time.monotonic()
         i = 0
         try:
@@ -203,7 +203,7 @@ def _scored_reader(settings: Settings, stop: threading.Event, c: Counters) -> th
     from finsent.stream.kafka import make_consumer
 
     def loop() -> None:
-        consumer = make_consumer(settings, settings.kafka.topic_scored, group_id=None, auto_offset_reset="latest")
+        consumer = make_consumer(settings.kafka, settings.kafka.topic_scored, group_id=None, auto_offset_reset="latest")
         try:
             while not stop.is_set():
                 for records in consumer.poll(timeout_ms=500).values():

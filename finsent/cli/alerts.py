@@ -80,7 +80,7 @@ def run_watch(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
         raise
     runner = AlertRunner(
-        store, make_detector(settings), settings.alerts.alert_window_s, sinks=build_sinks(settings, store)
+        store, make_detector(settings.alerts), settings.alerts.alert_window_s, sinks=build_sinks(settings.alerts, store)
     )
     if args.metrics_port:
         from finsent.stream.metrics import serve_metrics

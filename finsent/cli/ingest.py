@@ -98,7 +98,7 @@ def build_pipeline(
     quiet_client_logs(settings)  # kafka-python: WARNING and above, each kind of complaint once per 30 s
     timeout = publish_timeout_s or settings.ingest.publish_timeout_s
     publisher = Publisher(settings, delivery_timeout_s=min(30.0, timeout), publish_timeout_s=timeout)
-    dedup = DedupStore.from_settings(settings) if use_dedup else DedupStore(None)
+    dedup = DedupStore.from_settings(settings.ingest) if use_dedup else DedupStore(None)
     return Pipeline(
         publisher=publisher, dedup=dedup, max_text_chars=settings.model.max_text_chars, use_dedup=use_dedup
     ), publisher
@@ -255,7 +255,7 @@ def run_rss(args: argparse.Namespace, settings: Settings) -> int:
     pipeline, publisher = build_pipeline(
         settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
     )
-    fetcher = Fetcher.from_settings(settings)
+    fetcher = Fetcher.from_settings(settings.ingest)
     sources = [FeedSource(url, fetcher, interval_s=iv or interval) for url, iv in feeds]
     return _poll_sources(sources, args, settings, pipeline, publisher)
 
@@ -271,7 +271,7 @@ def run_mastodon(args: argparse.Namespace, settings: Settings) -> int:
     pipeline, publisher = build_pipeline(
         settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
     )
-    fetcher = Fetcher.from_settings(settings)
+    fetcher = Fetcher.from_settings(settings.ingest)
     interval = args.interval or min(settings.ingest.ingest_interval_s, 60.0)
     langs = tuple(x for x in (args.language or "").split(",") if x)
     sources = [
@@ -295,7 +295,7 @@ def run_reddit(args: argparse.Namespace, settings: Settings) -> int:
     pipeline, publisher = build_pipeline(
         settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
     )
-    fetcher = Fetcher.from_settings(settings)
+    fetcher = Fetcher.from_settings(settings.ingest)
     interval = args.interval or min(settings.ingest.ingest_interval_s, 120.0)
     sources = [
         RedditSubredditSource(
@@ -313,7 +313,7 @@ def run_bluesky(args: argparse.Namespace, settings: Settings) -> int:
     pipeline, publisher = build_pipeline(
         settings, dry_run=args.dry_run, publish_timeout_s=publish_timeout(args, settings)
     )
-    fetcher = Fetcher.from_settings(settings)
+    fetcher = Fetcher.from_settings(settings.ingest)
     interval = args.interval or min(settings.ingest.ingest_interval_s, 120.0)
     sources = [
         BlueskySearchSource(

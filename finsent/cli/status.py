@@ -100,7 +100,7 @@ def check_broker(settings: Settings) -> tuple[Part, Any]:
 
     try:
         _reachable(settings.kafka.broker_list)  # a refused port answers at once; the client would retry for seconds
-        admin = KafkaAdminClient(**admin_config(settings, int(TIMEOUT_S * 1000)))
+        admin = KafkaAdminClient(**admin_config(settings.kafka, int(TIMEOUT_S * 1000)))
         topics = set(admin.list_topics())
     except Exception as exc:  # noqa: BLE001 -- any client failure means: not reachable from here
         return (
@@ -113,7 +113,7 @@ def check_broker(settings: Settings) -> tuple[Part, Any]:
             ),
             None,
         )
-    ours = [t for t in finsent_topics(settings) if t in topics]
+    ours = [t for t in finsent_topics(settings.kafka) if t in topics]
     raw = settings.kafka.topic_raw in topics
     detail = f"{settings.kafka.brokers} answers; {len(ours)} finsent topics" + (
         "" if raw else f", no {settings.kafka.topic_raw} yet"

@@ -68,7 +68,7 @@ def test_stored_spike_alert_names_its_headlines_and_model_version(engine: str, r
             for i, it in enumerate(items)
         ]
         store.insert_scored(items)
-        runner = AlertRunner(store, make_detector(load_settings()), 60, lookback=timedelta(hours=3))
+        runner = AlertRunner(store, make_detector(load_settings().alerts), 60, lookback=timedelta(hours=3))
         raised = runner.poll(now + timedelta(seconds=60))
         assert raised and {a.topic for a in raised} == {"banking"}
         stored = {r["id"]: r for r in store.alerts(since=timedelta(hours=4))}

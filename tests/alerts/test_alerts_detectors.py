@@ -102,12 +102,12 @@ def test_signed_root_z_has_honest_tails_at_small_counts():
 
 
 def test_make_detector_reads_the_settings():
-    det = make_detector(load_settings(alert_detector="cusum", alert_threshold=7.5, alert_min_volume=11))
+    det = make_detector(load_settings(alert_detector="cusum", alert_threshold=7.5, alert_min_volume=11).alerts)
     assert isinstance(det, BinomialCusum) and det.threshold == 7.5 and det.min_volume == 11
-    det = make_detector(load_settings(alert_short_s=180, alert_window_s=60, alert_drift_var=0.05))
+    det = make_detector(load_settings(alert_short_s=180, alert_window_s=60, alert_drift_var=0.05).alerts)
     assert isinstance(det, EwmaZ) and det.short_windows == 3 and det.drift_var == 0.05
     with pytest.raises(ConfigError, match="FINSENT_ALERT_DETECTOR.*ewma_z"):
-        make_detector(load_settings(alert_detector="magic"))
+        make_detector(load_settings(alert_detector="magic").alerts)
 
 
 def test_prometheus_rule_model_fires_after_for_and_not_on_flat_traffic():

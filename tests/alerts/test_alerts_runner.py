@@ -61,7 +61,7 @@ def test_runner_raises_the_spike_once_from_stored_counts(engine, request):
         items = _history(now, minutes=150, spike_last=6)
         store.insert_scored(items)
         store.insert_scored(items[:500])  # a redelivery: counts are distinct items, nothing changes
-        runner = AlertRunner(store, make_detector(load_settings()), 60, lookback=timedelta(hours=3))
+        runner = AlertRunner(store, make_detector(load_settings().alerts), 60, lookback=timedelta(hours=3))
         alerts = runner.poll(now + timedelta(seconds=60))
         assert [a.topic for a in alerts] and {a.topic for a in alerts} == {"banking"}
         first = alerts[0]
@@ -72,7 +72,7 @@ def test_runner_raises_the_spike_once_from_stored_counts(engine, request):
         assert {a.id for a in alerts} <= {r["id"] for r in stored}
         assert runner.poll(now + timedelta(seconds=61)) == []  # nothing new: no window closed since
         # a fresh runner replaying the same history raises the same alerts (stable ids): the store keeps one row
-        again = AlertRunner(store, make_detector(load_settings()), 60, lookback=timedelta(hours=3))
+        again = AlertRunner(store, make_detector(load_settings().alerts), 60, lookback=timedelta(hours=3))
         assert [a.id for a in again.poll(now + timedelta(seconds=60))] == [a.id for a in alerts]
         assert len(store.alerts(since=timedelta(hours=4))) == len(stored)
     finally:
@@ -81,7 +81,7 @@ def test_runner_raises_the_spike_once_from_stored_counts(engine, request):
 
 def test_runner_rejects_a_window_mismatch():
     with pytest.raises(ValueError, match="window_s"):
-        AlertRunner(store=None, detector=make_detector(load_settings()), window_s=30)  # type: ignore[arg-type]
+        AlertRunner(store=None, detector=make_detector(load_settings().alerts), window_s=30)  # type: ignore[arg-type]
 
 
 def test_watch_once_prints_and_stores_the_spike(clickhouse_db_url, capsys):
@@ -128,7 +128,7 @@ def test_alerts_refused_by_the_store_are_retried_not_lost():
     now = floor_time(utcnow(), 60)
     rows = [TopicCounts(now - timedelta(minutes=m), "banking", 20, 12 if m <= 5 else 2, 0, 0) for m in range(1, 150)]
     store = _FlakyStore(rows)
-    runner = AlertRunner(store, make_detector(load_settings()), 60, lookback=timedelta(hours=3))  # type: ignore[arg-type]
+    runner = AlertRunner(store, make_detector(load_settings().alerts), 60, lookback=timedelta(hours=3))  # type: ignore[arg-type]
     alerts = runner.poll(now + timedelta(seconds=10))
     assert alerts and store.inserted == [] and runner.unstored == alerts
     runner.poll(now + timedelta(seconds=70))  # the next poll retries the refused alerts first

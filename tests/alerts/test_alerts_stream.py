@@ -92,7 +92,7 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
     )
     store = open_store(chdb_db_url)
     store.ensure_schema()
-    producer = make_producer(s, client_id="test-scored")
+    producer = make_producer(s.kafka, client_id="test-scored")
     stop = threading.Event()
     share = {topic_a: 0.1, topic_b: 0.5}
 
@@ -207,7 +207,7 @@ def test_two_workers_split_topics_and_alert_each_spike_exactly_once(
     )
     store = open_store(chdb_db_url)
     store.ensure_schema()
-    producer = make_producer(s, client_id="test-scored")
+    producer = make_producer(s.kafka, client_id="test-scored")
     stop = threading.Event()
     share = dict.fromkeys(topics, 0.1)
 

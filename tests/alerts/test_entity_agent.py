@@ -294,7 +294,7 @@ def publish_replay(settings: Any, items: list[ScoredItem], chunk: int = 6, pause
     """Publish in event-time order, paced, keyed by item id as the scorer publishes (spread over partitions)."""
     from finsent.stream.kafka import make_producer
 
-    producer = make_producer(settings, client_id="test-entity-replay")
+    producer = make_producer(settings.kafka, client_id="test-entity-replay")
     try:
         for i in range(0, len(items), chunk):
             for s in items[i : i + chunk]:

@@ -78,7 +78,7 @@ def test_secrets_redacted(monkeypatch) -> None:
     assert "hunter2" not in repr(s) and "hunter2" not in str(red)
     assert "topsecret" not in str(red) and red["storage"]["store"] == "clickhouse://u:***@h:9000/db"
     assert red["kafka"]["sasl_password"] == "***" and red["kafka"]["sasl_username"] == "u"
-    assert kafka_security(s)["sasl_plain_password"] == "hunter2"
+    assert kafka_security(s.kafka)["sasl_plain_password"] == "hunter2"
 
 
 def test_cli_config_command_and_errors(capsys, monkeypatch) -> None:

@@ -149,7 +149,7 @@ def test_hot_reload_keeps_the_old_model_when_the_new_version_may_not_serve(
     good = reg.register(tiny, aliases=("production",))
     assert good is not None
     s = _settings(tmp_path, reg.root, tiny)
-    serving = load_model(good.path, s, expect_version=good.version)
+    serving = load_model(good.path, s.model, expect_version=good.version)
     mutate = {
         "labels": lambda src, dest: _mutated(src, dest, sentiment=["bearish", "neutral", "bullish"]),
         "max_length": lambda src, dest: _mutated(src, dest, max_length=4096),
@@ -157,7 +157,7 @@ def test_hot_reload_keeps_the_old_model_when_the_new_version_may_not_serve(
     }[case]
     bad = _bad_version(reg, tiny, tmp_path, case, mutate)
     with pytest.raises(ModelError):
-        load_model(reg.get(bad).path, s, expect_version=bad)
+        load_model(reg.get(bad).path, s.model, expect_version=bad)
     metrics = worker_metrics(CollectorRegistry())
     holder = ClassifierHolder(serving)
     follower = ModelFollower(s, holder, metrics, reg)
@@ -188,7 +188,7 @@ def test_warm_up_reaches_the_maximum_length(tiny: Path, tmp_path: Path) -> None:
     from finsent.models.runtime import max_length_text
 
     s = _settings(tmp_path, None, tiny)
-    clf = load_model(tiny, s)
+    clf = load_model(tiny, s.model)
     pred = clf.predict([max_length_text(clf.info.max_length)])[0]
     assert pred.truncated  # the text reached the token limit, so the warm-up ran the graph at its longest input
 
@@ -239,7 +239,7 @@ def test_startup_survives_a_corrupt_aliases_file(tiny: Path, tmp_path: Path, cap
     assert metrics.registry_corrupt._value.get() == 1
     assert any(r.levelno == logging.ERROR and "unreadable at start" in r.getMessage() for r in caplog.records)
     # the follower keeps polling: a repaired file clears the gauge
-    follower = ModelFollower(s, ClassifierHolder(load_model(mv.path, s)), metrics, reg)
+    follower = ModelFollower(s, ClassifierHolder(load_model(mv.path, s.model)), metrics, reg)
     try:
         assert follower.check() is None and follower.unreadable is not None
         reg.aliases_path.write_text(json.dumps({"production": mv.version}))

@@ -115,7 +115,7 @@ def test_falling_confidence_and_more_low_confidence_items_advise_a_retrain() -> 
     ]
     # a rise in confidence is no reason; thresholds come from the settings
     assert not compare(period(STEADY, 0.8), period(STEADY, 0.9), DriftThresholds()).retrain_advised
-    t = DriftThresholds.from_settings(load_settings(drift_confidence_drop=0.2, drift_low_confidence_rise=0.5))
+    t = DriftThresholds.from_settings(load_settings(drift_confidence_drop=0.2, drift_low_confidence_rise=0.5).drift)
     assert not compare(period(STEADY, 0.9, low=4), period(STEADY, 0.8, low=80), t).retrain_advised
 
 

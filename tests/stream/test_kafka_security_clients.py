@@ -130,13 +130,13 @@ def test_kafka_python_clients_receive_the_security_settings(case: str, ca_file: 
     finally:
         producer.close(timeout=0)
 
-    helper = make_producer(s, api_version=(2, 8))  # demo, bench, the malformed-message injector
+    helper = make_producer(s.kafka, api_version=(2, 8))  # demo, bench, the malformed-message injector
     try:
         _assert_config(helper.config, want, "make_producer")
     finally:
         helper.close(timeout=0)
 
-    consumer = make_consumer(s, api_version=(2, 8))
+    consumer = make_consumer(s.kafka, api_version=(2, 8))
     try:
         _assert_config(consumer.config, want, "make_consumer")
     finally:
@@ -144,7 +144,7 @@ def test_kafka_python_clients_receive_the_security_settings(case: str, ca_file: 
 
     admin = KafkaAdminClient.__new__(KafkaAdminClient)  # built for real; only its bootstrap fails (closed port)
     with pytest.raises(KafkaError):
-        admin.__init__(**admin_config(s, timeout_ms=300))
+        admin.__init__(**admin_config(s.kafka, timeout_ms=300))
     _assert_config(admin.config, want, "the admin client")
 
 
@@ -155,7 +155,7 @@ def test_faust_worker_and_alert_output_receive_the_security_settings(case: str, 
     s = _settings(case, ca_file, tmp_path)
     app = create_app(s, classifier=object(), store=object())
     creds = app.conf.broker_credentials
-    assert creds is not None and type(creds) is type(faust_credentials(s))
+    assert creds is not None and type(creds) is type(faust_credentials(s.kafka))
 
     async def build() -> None:
         # the producer the worker sends scored items, dead letters and the in-stream alerts with
@@ -175,5 +175,5 @@ def test_faust_worker_and_alert_output_receive_the_security_settings(case: str, 
 
 def test_plaintext_gives_no_credentials(tmp_path: Path) -> None:
     s = Settings(brokers="127.0.0.1:9092", store=f"chdb://{tmp_path / 'store'}")
-    assert faust_credentials(s) is None
-    assert admin_config(s)["security_protocol"] == "PLAINTEXT" and "sasl_mechanism" not in admin_config(s)
+    assert faust_credentials(s.kafka) is None
+    assert admin_config(s.kafka)["security_protocol"] == "PLAINTEXT" and "sasl_mechanism" not in admin_config(s.kafka)

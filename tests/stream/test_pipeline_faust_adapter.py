@@ -262,7 +262,7 @@ def test_the_edge_sends_whole_record_batches_that_the_broker_confirms(
     from tests.stream_helpers import read_topic, stream_settings
 
     s = stream_settings(kafka_bootstrap, f"chdb://{tmp_path / 'store'}", unique_name)
-    ensure_topics(s)
+    ensure_topics(s.kafka)
     keys = [f"k{i}".encode() for i in range(30)]
 
     async def run() -> None:

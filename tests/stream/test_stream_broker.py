@@ -28,7 +28,7 @@ def test_ensure_topics_creates_once_with_partitions(kafka_bootstrap: str, unique
         topic_dlq=f"dlq-{unique_name}",
         topic_alerts=f"alerts-{unique_name}",
     )
-    created = ensure_topics(s)
+    created = ensure_topics(s.kafka)
     assert sorted(created) == sorted(
         [
             s.kafka.topic_raw,
@@ -39,10 +39,10 @@ def test_ensure_topics_creates_once_with_partitions(kafka_bootstrap: str, unique
             s.kafka.topic_entity_counts,
         ]
     )
-    assert ensure_topics(s) == []  # idempotent
+    assert ensure_topics(s.kafka) == []  # idempotent
     from finsent.stream.kafka import admin_client
 
-    admin = admin_client(s)
+    admin = admin_client(s.kafka)
     try:
         desc = {d["name"]: d for d in admin.describe_topics([s.kafka.topic_raw])}
         assert len(desc[s.kafka.topic_raw]["partitions"]) == 3
@@ -52,14 +52,14 @@ def test_ensure_topics_creates_once_with_partitions(kafka_bootstrap: str, unique
 
 def test_producer_consumer_round_trip(kafka_bootstrap: str, unique_name: str) -> None:
     s = load_settings(brokers=kafka_bootstrap, topic_raw=f"rt-{unique_name}", session_timeout_ms=6000, partitions=2)
-    ensure_topics(s, [s.kafka.topic_raw])
-    producer = make_producer(s)
+    ensure_topics(s.kafka, [s.kafka.topic_raw])
+    producer = make_producer(s.kafka)
     sent = {f"v{i}".encode() for i in range(25)}
     for v in sent:
         producer.send(s.kafka.topic_raw, key=v, value=v)
     producer.flush()
     producer.close()
-    consumer = make_consumer(s, s.kafka.topic_raw, group_id=f"g-{unique_name}", consumer_timeout_ms=15_000)
+    consumer = make_consumer(s.kafka, s.kafka.topic_raw, group_id=f"g-{unique_name}", consumer_timeout_ms=15_000)
     got = set()
     try:
         for msg in consumer:
@@ -90,7 +90,7 @@ def test_finsent_broker_command_stops_cleanly_on_sigterm() -> None:
         line = proc.stdout.readline() if proc.stdout else ""
         assert f"127.0.0.1:{port}" in line
         s = load_settings(brokers=f"127.0.0.1:{port}")
-        assert ensure_topics(s) == []  # the command already created the finsent topics
+        assert ensure_topics(s.kafka) == []  # the command already created the finsent topics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

@@ -34,7 +34,7 @@ def _single_record_tail(s, n: int) -> None:  # noqa: ANN001 - Settings
     end-offset lag on Tansu; with one-record batches last its answer is exact. Real Kafka is exact anyway."""
     from finsent.stream.kafka import make_producer
 
-    producer = make_producer(s, client_id="lag-tail")
+    producer = make_producer(s.kafka, client_id="lag-tail")
     try:
         for i, item in enumerate(make_items(n, "tail")):
             producer.send(

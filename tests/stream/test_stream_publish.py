@@ -42,7 +42,7 @@ def test_send_batches_through_a_real_broker_matches_keyed_sends(unique_name: str
     try:
         s = Settings(brokers=broker.bootstrap, partitions=4)
         batched, plain = f"batched.{unique_name}", f"plain.{unique_name}"
-        ensure_topics(s, [batched, plain])
+        ensure_topics(s.kafka, [batched, plain])
         rnd = random.Random(3)
         records = [(f"id-{i}".encode(), f"v{i}".encode() + b"x" * rnd.randrange(0, 300)) for i in range(400)]
         records.insert(123, (b"big", b"B" * 40_000))  # larger than a 16 KB batch: sent alone
