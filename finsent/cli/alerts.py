@@ -116,10 +116,10 @@ def make_backtest_detector(settings: Settings, watchlist: str | None = None, wat
 
         wl = Watchlist(watchlist)
     return EntityDetector(
-        bucket_s=int(getattr(settings.entities, "entity_bucket_s", 3600)),
-        window_buckets=int(getattr(settings.entities, "entity_window_buckets", 6)),
-        lateness_s=int(getattr(settings.entities, "entity_lateness_s", 3600)),
-        cooldown_s=int(getattr(settings.entities, "entity_cooldown_s", 86_400)),
+        bucket_s=settings.entities.entity_bucket_s,
+        window_buckets=settings.entities.entity_window_buckets,
+        lateness_s=settings.entities.entity_lateness_s,
+        cooldown_s=settings.entities.entity_cooldown_s,
         watchlist=wl,
         watch_mode=watch_mode if wl is not None else "all",
     )

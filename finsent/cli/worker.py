@@ -83,7 +83,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     }
     if overrides:
         settings = with_overrides(settings, **overrides)
-    api_token = getattr(settings.worker, "api_token", None)
+    api_token = settings.worker.api_token
     problem = token_problem(api_token.get_secret_value() if api_token is not None else None, "FINSENT_API_TOKEN")
     if problem:
         raise ConfigError(f"finsent worker: {problem}", hint="or unset it: the data API then answers on loopback only")
