@@ -48,7 +48,7 @@ def run_broker(args: argparse.Namespace, settings: Settings) -> int:
         if args.create_topics:
             from finsent.stream.kafka import ensure_topics
 
-            ensure_topics(settings.model_copy(update={"brokers": broker.bootstrap}))
+            ensure_topics(settings.kafka.model_copy(update={"brokers": broker.bootstrap}))
         print(
             f"Tansu broker listening on {broker.bootstrap} (in-memory storage; data is lost on exit).\n"
             f"Use it with: --brokers {broker.bootstrap}   or   FINSENT_BROKERS={broker.bootstrap}\n"

@@ -22,9 +22,13 @@ section tables (``[kafka]`` / ``kafka:`` with the same names inside). The sectio
 that none equals a field name (``storage`` holds ``store``, ``model_registry`` holds ``registry``).
 
 TRANSITIONAL: ``settings.<field>`` (flat attribute access, e.g. ``settings.brokers``) still works through
-:meth:`Settings.__getattr__`, which forwards to the owning section, so that callers move to
-``settings.<section>.<field>`` file by file (issue 23). New code uses the section form; the forwarding goes
-once no caller uses it.
+:meth:`Settings.__getattr__`, which forwards to the owning section, and ``redacted()["store"]`` finds its
+section's value. Every caller in the tree reads ``settings.<section>.<field>`` now (issue 23's codemod);
+the forwarding stays only because it also lets a function narrowed to one section (``make_producer(kafka:
+KafkaSettings)``) take the whole Settings from a caller not yet changed: finsent/bench/entities_stack.py
+passes it to ``make_entity_detector`` and ``ensure_topics``. Remove ``__getattr__``, ``_FORWARDED`` and
+``_Redacted`` once that file passes ``.entities`` / ``.kafka`` (tests/core/test_settings.py then asserts
+that flat access is an AttributeError instead).
 """
 
 from __future__ import annotations
