@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,7 @@ def run_through_stack(args: Any) -> dict[str, Any]:
         alerts = [_alert_row(a) for a in stack.store.alerts(kind="entity")]
         alerts.sort(key=lambda a: (a["at"], str(a["entity_name"])))
         detected_s = time.perf_counter() - t1
+        backtest = _backtest_agreement(stack, alerts, min(r.at for r in rows), closing)
         [(mentions,)] = stack.store.query(f"SELECT count() FROM {stack.store.database}.mentions")  # type: ignore[attr-defined]
         version = stack.store.capabilities.version_text  # type: ignore[attr-defined]
     return {
@@ -163,7 +164,29 @@ def run_through_stack(args: Any) -> dict[str, Any]:
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "alerts": alerts,
+        "backtest": backtest,
         "closing_item_at": format_time(closing),
+    }
+
+
+def _backtest_agreement(stack: Any, live: list[dict[str, Any]], first: datetime, closing: datetime) -> dict[str, Any]:
+    """``finsent alerts backtest`` over what the stack stored, against the alerts the worker raised live.
+
+    The same detector settings over the same stored mentions, by event time: the issue asks live and backtest to
+    agree on real data, not only on the test's crafted replay. Compared on (entity, window end).
+    """
+    from finsent.alerts.backtest import backtest
+    from finsent.alerts.entity_agent import make_entity_detector
+
+    report = backtest(stack.store, make_entity_detector(stack.settings.entities), first - timedelta(days=1), closing)
+    replayed = {(a["at"][:16], str(a["entity_name"])) for a in report["alerts"]}
+    raised = {(a["at"][:16], str(a["entity_name"])) for a in live}
+    return {
+        "alerts": len(replayed),
+        "mentions": report["mentions"],
+        "agree": sorted(f"{at} {name}" for at, name in raised & replayed),
+        "live_only": sorted(f"{at} {name}" for at, name in raised - replayed),
+        "backtest_only": sorted(f"{at} {name}" for at, name in replayed - raised),
     }
 
 
@@ -187,6 +210,16 @@ def print_stack(r: dict[str, Any], out: Any) -> None:
         f"({s['items_per_s']} items/s), every bucket closed after {s['replay_to_alerts_s']} s; load "
         f"{s['load_before'][0]} -> {s['load_after'][0]}\n"
     )
+    bt = s.get("backtest")
+    if bt is not None:
+        out.write(
+            f"backtest over the stack's store ({bt['mentions']} mentions): {len(bt['agree'])} alerts agree with the "
+            f"live ones, {len(bt['live_only'])} live only, {len(bt['backtest_only'])} backtest only\n"
+        )
+        for line in bt["live_only"]:
+            out.write(f"  live only: {line}\n")
+        for line in bt["backtest_only"]:
+            out.write(f"  backtest only: {line}\n")
     out.write(f"{len(s['alerts'])} entity alerts through the stack:\n")
     for a in s["alerts"]:
         out.write(
