@@ -21,14 +21,8 @@ name (variable, file key, flag) belongs to exactly one section. A settings file 
 section tables (``[kafka]`` / ``kafka:`` with the same names inside). The section attributes are named so
 that none equals a field name (``storage`` holds ``store``, ``model_registry`` holds ``registry``).
 
-TRANSITIONAL: ``settings.<field>`` (flat attribute access, e.g. ``settings.brokers``) still works through
-:meth:`Settings.__getattr__`, which forwards to the owning section, and ``redacted()["store"]`` finds its
-section's value. Every caller in the tree reads ``settings.<section>.<field>`` now (issue 23's codemod);
-the forwarding stays only because it also lets a function narrowed to one section (``make_producer(kafka:
-KafkaSettings)``) take the whole Settings from a caller not yet changed: finsent/bench/entities_stack.py
-passes it to ``make_entity_detector`` and ``ensure_topics``. Remove ``__getattr__``, ``_FORWARDED`` and
-``_Redacted`` once that file passes ``.entities`` / ``.kafka`` (tests/core/test_settings.py then asserts
-that flat access is an AttributeError instead).
+Code reads ``settings.<section>.<field>`` (``settings.kafka.brokers``), or takes the one section it needs; a
+flat name on the whole settings (``settings.brokers``) is an AttributeError.
 """
 
 from __future__ import annotations
@@ -374,17 +368,6 @@ SECTIONS: dict[str, type[_Section]] = {
 #: flat setting name (``FINSENT_<NAME>``, file key, flag) -> the section attribute that holds it
 SECTION_OF: dict[str, str] = {name: section for section, model in SECTIONS.items() for name in model.model_fields}
 
-#: everything the transitional flat access forwards: the fields and the sections' derived properties
-_FORWARDED: dict[str, str] = {
-    **SECTION_OF,
-    **{
-        name: section
-        for section, model in SECTIONS.items()
-        for name, member in vars(model).items()
-        if isinstance(member, property)
-    },
-}
-
 
 class _FlatEnv(PydanticBaseSettingsSource):
     """``FINSENT_<FIELD>`` variables (names case-insensitive, as before), each put into its field's section."""
@@ -504,32 +487,13 @@ class Settings(BaseSettings):
             top[section] = base.model_copy(update=values)
         return super().model_copy(update=top, deep=deep)
 
-    def __getattr__(self, name: str) -> Any:
-        """TRANSITIONAL: ``settings.brokers`` forwards to ``settings.kafka.brokers`` (see the module docstring)."""
-        section = _FORWARDED.get(name)
-        if section is not None:
-            return getattr(getattr(self, section), name)
-        return super().__getattr__(name)  # type: ignore[misc]
-
     def redacted(self) -> dict[str, Any]:
         """Settings safe to log, grouped by section (``{"kafka": {"brokers": ...}, ...}``, what ``finsent
         config`` prints): secrets masked, and every URL-valued setting (any string with ``://``: the store,
-        Alertmanager, MLflow...) through the one :func:`~finsent.core.redact.redact_url`. TRANSITIONAL: a
-        flat key (``redacted()["store"]``) still finds its section's value."""
-        out = _Redacted({section: getattr(self, section).redacted() for section in SECTIONS})
+        Alertmanager, MLflow...) through the one :func:`~finsent.core.redact.redact_url`."""
+        out: dict[str, Any] = {section: getattr(self, section).redacted() for section in SECTIONS}
         out["log_level"] = self.log_level
         return out
-
-
-class _Redacted(dict[str, Any]):
-    """TRANSITIONAL: :meth:`Settings.redacted`'s grouped dict, where a flat key still finds its section's value
-    (callers written for the flat settings); it serialises grouped, as a plain dict."""
-
-    def __missing__(self, key: str) -> Any:
-        section = SECTION_OF.get(key)
-        if section is None or section not in self:
-            raise KeyError(key)
-        return self[section][key]
 
 
 def usable_cores() -> int:

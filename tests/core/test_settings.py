@@ -368,18 +368,15 @@ def test_a_stage_takes_its_section_alone() -> None:
     assert Settings(kafka=k).kafka == k
 
 
-def test_transitional_flat_access_forwards_to_the_section() -> None:
-    """Until every caller says ``settings.<section>.<field>``, the flat name reads the same value."""
-    s = Settings(brokers="a:1", store="chdb:///tmp/s", model_calls=4, model_threads=0)
-    for name, section in SECTION_OF.items():
-        assert getattr(s, name) == getattr(getattr(s, section), name), name
-    assert s.topic_entity_counts == s.kafka.topic_entity_counts and s.call_threads == s.model.call_threads
-    assert s.broker_list == ["a:1"] and s.store == "chdb:///tmp/s"
-    assert s.redacted()["store"] == s.redacted()["storage"]["store"]
-    with pytest.raises(AttributeError):
-        _ = s.brokerz
+def test_flat_attribute_access_is_gone() -> None:
+    """Every caller says ``settings.<section>.<field>``: a flat name on the whole settings is an error."""
+    s = Settings(brokers="a:1")
+    for name in [*SECTION_OF, "broker_list", "call_threads", "topic_alert_counts", "topic_entity_counts"]:
+        with pytest.raises(AttributeError):
+            getattr(s, name)
     with pytest.raises(KeyError):
-        _ = s.redacted()["brokerz"]
+        _ = s.redacted()["store"]
+    assert s.redacted()["storage"]["store"] == s.storage.store
 
 
 def test_each_section_redacts_its_own_secrets_and_urls() -> None:
