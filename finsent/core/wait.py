@@ -32,17 +32,24 @@ def wait_until(
 ) -> None:
     """Poll ``predicate`` every ``interval`` seconds until it is truthy; raise :class:`WaitTimeout` after ``timeout``.
 
-    ``check`` runs before each poll and raises to give up early, e.g. when the process being waited on has
+    ``check`` runs after each failed poll and raises to give up early, e.g. when the process being waited on has
     exited: a dead worker then fails in a second with its log, not after the whole timeout. ``what`` names
     the condition in the error ("timed out after 60s waiting for <what>"). The predicate is always tried
     at least once, even with ``timeout <= 0``.
     """
     deadline = time.monotonic() + timeout
     while True:
-        if check is not None:
-            check()
         if predicate():
             return
+        if check is not None:
+            try:
+                check()
+            except BaseException:
+                # what was waited on may have ended by doing it (a process that finished its work and exited
+                # between the two calls): the condition decides, the check only cuts a hopeless wait short
+                if predicate():
+                    return
+                raise
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)

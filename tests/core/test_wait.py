@@ -45,3 +45,27 @@ def test_check_gives_up_early_with_its_own_error() -> None:
     with pytest.raises(RuntimeError, match="exited with 3"):
         wait_until(lambda: False, 30, 0.05, what="a ready worker", check=dead)
     assert time.monotonic() - t0 < 1
+
+
+def test_a_condition_that_holds_when_the_check_gives_up_wins() -> None:
+    """A process waited on for its exit, with a check that fails once it has exited: the wait succeeds.
+
+    (The CI replay's replay-under-broker-restart test failed on this order: the check ran first and saw the exit.)
+    """
+    state = {"exited": False}
+
+    def check() -> None:
+        if state["exited"]:
+            raise RuntimeError("the process exited")
+
+    def predicate() -> bool:
+        done = state["exited"]
+        state["exited"] = True  # it exits between this poll and the check
+        return done
+
+    wait_until(predicate, 5, 0.01, what="the exit", check=check)
+
+
+def test_a_check_that_fails_while_the_condition_does_not_hold_still_raises() -> None:
+    with pytest.raises(RuntimeError, match="dead"):
+        wait_until(lambda: False, 5, 0.01, check=lambda: (_ for _ in ()).throw(RuntimeError("dead")))

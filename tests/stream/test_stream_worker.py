@@ -256,7 +256,8 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     import sys
 
     s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name, batch_max=8, batch_within_s=0.05)
-    n = 400
+    # enough items that the kill lands mid-stream: on a quiet machine the tiny model stored 400 within one poll
+    n = 2000
     produce_items(s, make_items(n, "kill"))
     env = {
         **os.environ,
@@ -288,7 +289,9 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     try:
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: store.count()["rows"] >= 40 or first.poll() is not None, 90, "the first rows")
+            from finsent.core.wait import wait_until
+
+            wait_until(lambda: store.count()["rows"] >= 40 or first.poll() is not None, 90, 0.02, what="the first rows")
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
         finally:
