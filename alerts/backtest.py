@@ -20,16 +20,22 @@ from a backtest only when two sub-second-apart mentions are near-duplicates of o
 for novelty). Mentions later than the detector's allowed lateness were ignored live (``late``) but are counted by
 a backtest (it sees them in order): the backtest says what the detector *would* have raised with complete data.
 
+**A store without (all) its mentions.** Items stored before the entity layer, or by a worker that wrote no
+mentions, have none: a backtest over them would say "0 alerts" as if the news were quiet. :func:`coverage_warnings`
+names a window with items but no mentions, or its days with :data:`GAP_DAY_ITEMS` or more items and not one
+mention, with the ``finsent rescore`` command that writes them (``warnings`` in the report; the CLI prints them on
+stderr).
+
 Memory: all mentions of the window are held at once (the crypto news replay, ~40,000 items, is ~100 MB).
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +96,11 @@ def scored_mentions(items: Iterable[ScoredItem]) -> list[Pending]:
 
 def stored_mentions(store: Any, since: datetime, until: datetime) -> list[Pending]:
     """The stored mentions with event time in [since, until), joined with their items."""
-    items, ments = store.mention_history(since, until)
+    return _pending(*store.mention_history(since, until))
+
+
+def _pending(items: Sequence[dict[str, Any]], ments: Sequence[dict[str, Any]]) -> list[Pending]:
+    """Stored mentions (``mention_history``'s second list) joined with their items (its first)."""
     by_id = {d["id"]: d for d in items}
     out = []
     for m in ments:
@@ -117,6 +127,71 @@ def stored_mentions(store: Any, since: datetime, until: datetime) -> list[Pendin
             )
         )
     return out
+
+
+#: a UTC day with at least this many stored items and not one mention is a gap in the mentions (a day stored before
+#: the entity layer, or by a worker that wrote none), not a quiet day: most financial headlines name someone (an
+#: unlinked name is a mention too), so five in a row naming nobody is rare
+GAP_DAY_ITEMS = 5
+#: gap spans a warning names (then "and N more")
+GAP_SPANS_SHOWN = 4
+
+
+def mention_gaps(
+    items: Sequence[dict[str, Any]], ments: Sequence[dict[str, Any]], min_items: int = GAP_DAY_ITEMS
+) -> list[tuple[date, date, int]]:
+    """Runs of UTC days of event time with ``min_items`` or more stored items and no mention: (first day, last day,
+    items). Days without items do not break a run; a day with mentions does."""
+    per_day = Counter(d["event_time"].date() for d in items)
+    mentioned = Counter(m["event_time"].date() for m in ments)
+    runs: list[tuple[date, date, int]] = []
+    open_run = False
+    for day in sorted(set(per_day) | set(mentioned)):
+        if mentioned[day]:
+            open_run = False
+        elif per_day[day] >= min_items:
+            if open_run:
+                first, _, n = runs[-1]
+                runs[-1] = (first, day, n + per_day[day])
+            else:
+                runs.append((day, day, per_day[day]))
+            open_run = True
+    return runs
+
+
+def coverage_warnings(
+    store: Any,
+    items: Sequence[dict[str, Any]],
+    ments: Sequence[dict[str, Any]],
+    since: datetime,
+    until: datetime,
+) -> list[str]:
+    """What a backtest cannot see (issue 26): a window with stored items but no mentions at all, or days of it
+    with many items and none (:func:`mention_gaps`), with the ``finsent rescore`` command that writes them.
+    Without this a store filled before the entity layer answered "0 alerts", which reads as quiet news."""
+    from finsent.stream.store.reports import rescore_hint
+
+    if not items:
+        return []
+    if not ments:
+        return [
+            f"{len(items)} stored item(s) in the window but no entity mentions (items stored before the entity "
+            "layer, or by a worker that wrote none), so the backtest had nothing to count; "
+            + rescore_hint(store, since, until)
+        ]
+    gaps = mention_gaps(items, ments)
+    if not gaps:
+        return []
+    spans = [f"{a}" if a == b else f"{a}..{b}" for a, b, _ in gaps[:GAP_SPANS_SHOWN]]
+    if len(gaps) > GAP_SPANS_SHOWN:
+        spans.append(f"and {len(gaps) - GAP_SPANS_SHOWN} more")
+    start = datetime.combine(gaps[0][0], datetime.min.time(), UTC)
+    end = datetime.combine(gaps[-1][1], datetime.min.time(), UTC) + timedelta(days=1)
+    return [
+        f"{sum(n for _, _, n in gaps)} stored item(s) on days without a single entity mention "
+        f"({', '.join(spans)}; items stored before the entity layer, or by a worker that wrote none): the backtest "
+        f"cannot raise alerts there; {rescore_hint(store, max(start, since), min(end, until))}"
+    ]
 
 
 def run(pending: Sequence[Pending], detector: EntityDetector, novelty: Novelty | None = None) -> list[Alert]:
@@ -158,7 +233,8 @@ def backtest(
     series: dict[str, list[BucketStats]] = defaultdict(list)
     previous = detector.on_bucket
     detector.on_bucket = lambda b: (series[b.key].append(b), previous(b) if previous else None)
-    pending = stored_mentions(store, since, until)
+    items, ments = store.mention_history(since, until)
+    pending = _pending(items, ments)
     alerts = run(pending, detector)
     report: dict[str, Any] = {
         "since": format_time(since),
@@ -170,6 +246,9 @@ def backtest(
     }
     if plot_dir is not None:
         report["plots"] = plot_timelines(plot_dir, alerts, series)
+    warnings = coverage_warnings(store, items, ments, since, until)
+    if warnings:  # only then: the CLI prints them on stderr and leaves them out of --json
+        report["warnings"] = warnings
     return report
 
 
@@ -241,7 +320,9 @@ __all__ = [
     "TEXT_CHARS",
     "alert_json",
     "backtest",
+    "coverage_warnings",
     "default_window",
+    "mention_gaps",
     "plot_timelines",
     "run",
     "scored_mentions",

@@ -145,6 +145,8 @@ def run_backtest(args: argparse.Namespace, settings: Settings) -> int:
         report = backtest(store, detector, since, until, Path(args.plot) if args.plot else None)
     finally:
         store.close()
+    for line in report.pop("warnings", []):  # on stderr: --json stays the report alone
+        print(f"warning: {line}", file=sys.stderr)
     if args.json:
         emit_json(args.json, report)
         if to_stdout(args.json):

@@ -150,6 +150,13 @@ def _ts(value: Any) -> str:
     return text.replace("T", " ")[:19]
 
 
+def _warn(data: dict[str, Any]) -> None:
+    """Print a report's ``warnings`` on stderr and drop them from its data: ``--json`` stays the report alone,
+    and an empty entity answer over a store without mentions is not mistaken for quiet news (issue 26)."""
+    for line in data.pop("warnings", None) or []:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def run_count(args: argparse.Namespace, settings: Settings) -> int:
     counts, where = report(settings, "count", since=args.since, physical=args.physical)
     if args.json:
@@ -239,6 +246,7 @@ def _window_text(since: Any, until: Any) -> str:
 
 def _top_entities(args: argparse.Namespace, settings: Settings) -> int:
     data, where = report(settings, "entities", since=args.since, until=None, limit=args.limit, sentiment=args.sentiment)
+    _warn(data)
     if args.json:
         emit_json(args.json, _jsonable(data))
         if to_stdout(args.json):
@@ -287,6 +295,7 @@ def run_entity(args: argparse.Namespace, settings: Settings) -> int:
         bucket_s=int(args.bucket.total_seconds()),
         limit=args.limit,
     )
+    _warn(data)
     if args.json:
         emit_json(args.json, _jsonable(data))
         if to_stdout(args.json):

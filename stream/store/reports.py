@@ -12,7 +12,10 @@ The worker's data API serves the same reports (:data:`API_ROUTES`; every paramet
 ``/v1/entity/{id}`` (``since``, ``until``, ``bucket_s``, ``limit``), ``/v1/items`` (``since``, ``until``,
 ``entity``, ``topic``, ``sentiment``, ``limit``). Durations are written the CLI's way (``30d``; bare seconds are
 still read); ``since``/``until`` of the entity routes also take ISO 8601 times. An unknown parameter, a bad
-duration or a limit below 1 is a 400 that names the route's parameters.
+duration or a limit below 1 is a 400 that names the route's parameters. ``entity`` and ``entities`` (and so
+``/v1/entity/{id}`` and ``/v1/entities``) add ``warnings``, a list of lines, only when their answer is empty because
+the window has stored items but no mentions (:func:`mention_gap`); ``finsent query`` prints them on stderr and
+leaves them out of ``--json``.
 """
 
 from __future__ import annotations
@@ -113,6 +116,40 @@ def _window_args(since: timedelta | datetime | None, until: datetime | None) -> 
     return {"since": since if since is not None else DEFAULT_ENTITY_WINDOW, "until": until}
 
 
+#: items of a window :func:`rescore_hint` reads to find how far back ``finsent rescore --since`` must reach
+HINT_ITEMS = 10_000
+
+
+def rescore_hint(store: Any, since: timedelta | datetime, until: datetime | None) -> str:
+    """The command that writes the mentions of the window's items: ``finsent rescore --since Nd``.
+
+    Why a computed N: rescore's window is *ingestion* time while entity answers are on event time (a replay of
+    2022 ingested yesterday), so the hint reads the window's items (at most :data:`HINT_ITEMS`, newest event
+    time first) and counts whole days back to the oldest one's ``ingested_at``."""
+    import math
+
+    items = store.list_items(since, until, limit=HINT_ITEMS)
+    oldest = min((it["ingested_at"] for it in items if it.get("ingested_at")), default=None)
+    days = max(1, math.ceil((utcnow() - oldest).total_seconds() / 86400)) if oldest else 30
+    return (
+        f"`finsent rescore --since {days}d` scores again the items ingested in the last {days} days (this window's "
+        "included) and writes their mentions"
+    )
+
+
+def mention_gap(store: Any, since: timedelta | datetime, until: datetime | None) -> str | None:
+    """Why an entity answer over the window is empty when the store is not: the window holds stored items but not
+    one mention (items stored before the entity layer, or by a worker that wrote none). ``None`` when the window
+    has mentions, or nothing at all. Issue 26: such a store answered with silence, indistinguishable from quiet
+    news; the message says what happened and the command that fixes it."""
+    if store.top_entities(since, until, limit=1) or not store.list_items(since, until, limit=1):
+        return None
+    return (
+        "this window has stored items but no entity mentions (items stored before the entity layer, or by a "
+        f"worker that wrote none), so its entity answers are empty; {rescore_hint(store, since, until)}"
+    )
+
+
 def entity_report(
     store: Any,
     entity: str,
@@ -133,7 +170,9 @@ def entity_report(
         who["entity_id"] = stories[0]["entity_id"]
     if stories:
         who["name"] = stories[0]["name"]
-    return {**who, "bucket_s": bucket_s, "totals": totals, "series": series, "stories": stories}
+    out = {**who, "bucket_s": bucket_s, "totals": totals, "series": series, "stories": stories}
+    gap = None if series else mention_gap(store, win["since"], win["until"])
+    return {**out, "warnings": [gap]} if gap else out
 
 
 def top_entities_report(
@@ -145,11 +184,10 @@ def top_entities_report(
 ) -> dict[str, Any]:
     """The most mentioned entities in the window with their counts and net sentiment."""
     win = _window_args(since, until)
-    return {
-        "by": "entity",
-        "sentiment": sentiment,
-        "entities": store.top_entities(win["since"], win["until"], limit=limit, sentiment=sentiment),
-    }
+    entities = store.top_entities(win["since"], win["until"], limit=limit, sentiment=sentiment)
+    out = {"by": "entity", "sentiment": sentiment, "entities": entities}
+    gap = None if entities else mention_gap(store, win["since"], win["until"])
+    return {**out, "warnings": [gap]} if gap else out
 
 
 def items_report(

@@ -8,17 +8,20 @@ in memory, and the surge must be caught on its day.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from finsent.alerts.backtest import alert_json, run, scored_mentions
+from finsent.alerts.backtest import GAP_DAY_ITEMS, alert_json, mention_gaps, run, scored_mentions
 from finsent.alerts.entity_detector import EntityDetector
 from finsent.cli import main
-from finsent.core.events import EntityMention, RawItem, ScoredItem
+from finsent.core.events import EntityMention, RawItem, ScoredItem, utcnow
 from finsent.stream.store import open_store
 
 pytestmark = pytest.mark.integration
@@ -171,8 +174,9 @@ def test_backtest_of_the_stored_history_equals_the_direct_run(
     )
     assert json.loads(capsys.readouterr().out)["alerts"] == []
     rc = main(["--store", url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01"])
-    text = capsys.readouterr().out
-    assert rc == 0 and "genesis" in text and "https://news.example/" in text
+    captured = capsys.readouterr()
+    assert rc == 0 and "genesis" in captured.out and "https://news.example/" in captured.out
+    assert "warning" not in captured.err  # every item's mentions are stored: nothing to warn about
 
 
 @pytest.mark.parametrize("argv", [("--since", "-3d"), ("--since", "2023-02-30"), ("--watch-mode", "all")])
@@ -218,3 +222,86 @@ def test_live_entity_stage_and_backtest_raise_the_same_alerts(
     assert main(["--store", url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01", "--json"]) == 0
     backtested = json.loads(capsys.readouterr().out)["alerts"]
     assert backtested == json.loads(json.dumps([alert_json(a) for a in got]))
+
+
+# -- a store with items but no (or not all) mentions (issue 26): the backtest says so on stderr ----------------------
+
+
+def _store(url: str, items: list[ScoredItem]) -> None:
+    store = open_store(url)
+    try:
+        store.ensure_schema()
+        store.insert_scored(items)
+    finally:
+        store.close()
+
+
+def _rescore_days(err: str, items: list[ScoredItem]) -> int:
+    """The N of the ``finsent rescore --since Nd`` the warning gives; it must reach back to the oldest item's
+    ingestion (rescore's window is ingestion time), by at most a day more."""
+    found = re.search(r"`finsent rescore --since (\d+)d`", err)
+    assert found, err
+    days = int(found.group(1))
+    oldest = min(s.item.ingested_at for s in items)
+    assert days - 1 <= math.ceil((utcnow() - oldest).total_seconds() / 86400) <= days
+    return days
+
+
+def test_backtest_over_items_without_mentions_warns_on_stderr(
+    chdb_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Items stored before the entity layer (no mentions): the backtest's JSON stays the report and says 0
+    mentions, and stderr says why and which rescore writes them, in both output modes."""
+    items = [dataclasses.replace(s, entities=()) for s in history()]
+    _store(chdb_db_url, items)
+    argv = ["--store", chdb_db_url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01"]
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout is the JSON alone
+    assert (report["mentions"], report["alerts"]) == (0, []) and "warnings" not in report
+    assert captured.err.startswith("warning: ") and f"{len(items)} stored item(s)" in captured.err
+    assert "no entity mentions" in captured.err
+    _rescore_days(captured.err, items)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "0 mentions" in captured.out and "no entity mentions" in captured.err
+
+
+def test_backtest_names_the_days_whose_mentions_are_missing(
+    chdb_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first five days were stored without mentions (a worker with entities off), the rest with: the warning
+    names those days and their items, and the rescore it proposes reaches back to them."""
+    cut = T0 + timedelta(days=5)
+    items = history()
+    stripped = [s for s in items if (s.item.published_at or s.item.ingested_at) < cut]
+    gap = {s.id for s in stripped}
+    _store(chdb_db_url, [dataclasses.replace(s, entities=()) if s.id in gap else s for s in items])
+    argv = ["--store", chdb_db_url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["alerts"] and report["mentions"] == len(scored_mentions([s for s in items if s.id not in gap]))
+    # event time is stored in whole seconds, ingestion time may be a later day: count items by their event day
+    assert f"{len(gap)} stored item(s) on days without a single entity mention (2023-01-10..2023-01-14;" in (
+        captured.err
+    )
+    _rescore_days(captured.err, stripped)
+
+
+def test_mention_gaps_are_busy_days_without_a_mention() -> None:
+    """A day needs GAP_DAY_ITEMS items and no mention to be a gap; days without items do not split a run, a day
+    with a mention does."""
+    day = [datetime(2023, 1, d, 12, tzinfo=UTC) for d in range(1, 9)]
+    items = [
+        {"event_time": day[d]}
+        for d, n in ((0, 9), (1, 9), (3, 9), (4, 9), (5, GAP_DAY_ITEMS - 1), (7, 9))
+        for _ in range(n)
+    ]
+    ments = [{"event_time": day[4]}]
+    assert mention_gaps(items, ments) == [
+        (day[0].date(), day[3].date(), 27),  # day 2 has no items: the run goes on
+        # day 4 has a mention, day 5 too few items to say
+        (day[7].date(), day[7].date(), 9),
+    ]
+    assert mention_gaps(items, [{"event_time": d} for d in day]) == []
