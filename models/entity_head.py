@@ -310,19 +310,37 @@ def span_f1(gold: Sequence[EntityParagraph], predicted: Sequence[Sequence[Span]]
             c[1] += len(b - a)
             c[2] += len(a - b)
 
-    def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
-        pr = tp / (tp + fp) if tp + fp else 0.0
-        rc = tp / (tp + fn) if tp + fn else 0.0
-        return {
-            "precision": round(pr, 4),
-            "recall": round(rc, 4),
-            "f1": round(2 * pr * rc / (pr + rc), 4) if pr + rc else 0.0,
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-        }
+    return {"span": _prf(*span), "span_sentiment": _prf(*full)}
 
-    return {"span": prf(*span), "span_sentiment": prf(*full)}
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    pr = tp / (tp + fp) if tp + fp else 0.0
+    rc = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * pr * rc / (pr + rc) if pr + rc else 0.0
+    return {"precision": round(pr, 4), "recall": round(rc, 4), "f1": round(f1, 4), "tp": tp, "fp": fp, "fn": fn}
+
+
+def span_f1_per_class(
+    gold: Sequence[EntityParagraph], predicted: Sequence[Sequence[Span]]
+) -> dict[str, dict[str, float]]:
+    """Span + sentiment P/R/F1 per sentiment (the model card's per-class figures), matched as :func:`span_f1`
+    matches: a gold ``(surface, s)`` is a true positive of class ``s`` when the model predicted the same
+    normalised surface with sentiment ``s``; a predicted ``(surface, s)`` that is not gold is a false positive
+    of ``s`` (whether the surface is an entity with another sentiment or no entity at all). Summed over the
+    classes, tp/fp/fn are :func:`span_f1`'s ``span_sentiment`` counts; each class adds ``support`` (gold count)."""
+    from finsent.models.linking import normalise_name
+
+    counts = {s: [0, 0, 0] for s in SENTIMENTS}
+    for para, pred in zip(gold, predicted, strict=True):
+        g = {(normalise_name(para.text[s:e]), lab) for s, e, lab in para.spans}
+        p = {(normalise_name(para.text[s:e]), lab) for s, e, lab, _ in pred}
+        for _, lab in g & p:
+            counts[lab][0] += 1
+        for _, lab in p - g:
+            counts[lab][1] += 1
+        for _, lab in g - p:
+            counts[lab][2] += 1
+    return {s: {**_prf(*c), "support": c[0] + c[2]} for s, c in counts.items()}
 
 
 __all__ = [
@@ -342,5 +360,6 @@ __all__ = [
     "read_finentity_spans",
     "realign",
     "span_f1",
+    "span_f1_per_class",
     "token_tags",
 ]

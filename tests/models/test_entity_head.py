@@ -26,6 +26,7 @@ from finsent.models.entity_head import (
     read_finentity_spans,
     realign,
     span_f1,
+    span_f1_per_class,
     token_tags,
 )
 from finsent.models.runtime import Classifier
@@ -167,6 +168,21 @@ def test_span_f1_matches_on_normalised_surface_and_sentiment() -> None:
     r = span_f1(gold, pred)
     assert r["span"]["f1"] == 1.0
     assert r["span_sentiment"]["tp"] == 1 and r["span_sentiment"]["fp"] == 1 and r["span_sentiment"]["fn"] == 1
+
+
+def test_per_class_figures_split_the_span_sentiment_counts_by_sentiment() -> None:
+    gold = [
+        EntityParagraph("Acme Inc. rose, Widget fell", ((0, 9, "positive"), (16, 22, "negative"))),
+        EntityParagraph("Gizmo held", ((0, 5, "neutral"),)),
+    ]
+    pred = [[(0, 4, "positive", {}), (16, 22, "neutral", {})], [(6, 10, "negative", {})]]
+    per = span_f1_per_class(gold, pred)
+    assert per["positive"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "tp": 1, "fp": 0, "fn": 0, "support": 1}
+    assert (per["negative"]["tp"], per["negative"]["fp"], per["negative"]["fn"]) == (0, 1, 1)  # "held" is no entity
+    assert (per["neutral"]["tp"], per["neutral"]["fp"], per["neutral"]["fn"]) == (0, 1, 1)  # Widget's wrong polarity
+    micro = span_f1(gold, pred)["span_sentiment"]
+    for k in ("tp", "fp", "fn"):
+        assert sum(c[k] for c in per.values()) == micro[k]
 
 
 @pytest.mark.parametrize("text", [*TEXTS, "https://t.co/x", "plain text", "a  b", "x https://t.co/y"])
