@@ -87,6 +87,7 @@ def scored_mentions(items: Iterable[ScoredItem]) -> list[Pending]:
                         it.source,
                         (it.title or "")[:300],
                         it.url,
+                        s.model_version,
                     ),
                     (it.text or "")[:TEXT_CHARS],
                 )
@@ -122,6 +123,9 @@ def _pending(items: Sequence[dict[str, Any]], ments: Sequence[dict[str, Any]]) -
                     it["source"],
                     (it["title"] or "")[:300],
                     it["url"],
+                    # the version that scored the mention: a backtest alert carries the version of most of the
+                    # stories it quotes, as a live one does ("" when a mention carries none)
+                    str(m.get("model_version") or ""),
                 ),
                 (it["text"] or "")[:TEXT_CHARS],
             )
@@ -222,6 +226,7 @@ def alert_json(a: Alert) -> dict[str, Any]:
         "window_end": format_time(a.window_end),
         "id": a.id,
         "detector": a.detector,
+        "model_version": a.model_version,
         "evidence": a.evidence,
     }
 

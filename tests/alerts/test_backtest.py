@@ -152,6 +152,7 @@ def test_backtest_of_the_stored_history_equals_the_direct_run(
     report = json.loads(out)
     assert rc == 0
     assert report["alerts"] == json.loads(json.dumps(direct))
+    assert {a["model_version"] for a in report["alerts"]} == {"m1"}  # the version the stored mentions carry
     assert report["mentions"] == len(scored_mentions(items))
     assert [Path(p).name for p in report["plots"]] == ["genesis.png"] and Path(report["plots"][0]).stat().st_size
     # a watchlist without Genesis: no alert; the people's output names the entity and its first headline
@@ -305,3 +306,24 @@ def test_mention_gaps_are_busy_days_without_a_mention() -> None:
         (day[7].date(), day[7].date(), 9),
     ]
     assert mention_gaps(items, [{"event_time": d} for d in day]) == []
+
+
+def test_backtest_alerts_carry_the_model_version_of_their_mentions(
+    chdb_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The surge was scored by a newer version than the rest (a hot reload): the backtest's alert carries the
+    version that scored the stories it quotes, read from the stored mentions, as a live alert does."""
+    items = [
+        dataclasses.replace(s, model_version="v0002-surge") if s.item.title.startswith(("Genesis", "SEC")) else s
+        for s in history()
+    ]
+    items = [  # the quiet "Genesis lending desk update" items before the surge stay on m1
+        dataclasses.replace(s, model_version="m1") if "lending desk update" in (s.item.title or "") else s
+        for s in items
+    ]
+    _store(chdb_db_url, items)
+    argv = ["--store", chdb_db_url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01", "--json"]
+    assert main(argv) == 0
+    alerts = json.loads(capsys.readouterr().out)["alerts"]
+    assert [(a["entity_name"], a["model_version"]) for a in alerts] == [("genesis", "v0002-surge")]
+    assert alerts == json.loads(json.dumps([alert_json(a) for a in run(scored_mentions(items), _detector())]))

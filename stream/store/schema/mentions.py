@@ -112,6 +112,7 @@ HISTORY_FIELDS = (
     "p_positive",
     "relevance",
     "event_time",
+    "model_version",  # the version that found the span: what a backtest alert carries, as a live one does
 )
 
 #: every current mention in [since, until) of event time, for the backtest (grouped by item there)
