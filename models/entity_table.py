@@ -45,44 +45,17 @@ FORMAT = 1
 #: whole words among this many of BERT's vocabulary words make a curated single-word alias weak
 CURATED_COMMON_RANK = 2000
 
+#: legal forms only listing titles carry ("Grupo Televisa S.A.B. de C.V.", "Citibank N.A.")
+LISTING_FORMS: frozenset[str] = frozenset(["sab", "cv", "de", "na"])
+
 #: Legal-form and filler words dropped from the end of a name to make its alias ("Apple Inc." -> "Apple"): the
 #: linker's set (which it strips from unlinked names) plus words that only listing titles carry.
-LEGAL_SUFFIXES: frozenset[str] = linking.LEGAL_SUFFIXES | frozenset(
-    ["the", "adr", "ads", "reit", "trust", "na", "sab", "cv", "de"]
+LEGAL_SUFFIXES: frozenset[str] = (
+    linking.LEGAL_SUFFIXES | LISTING_FORMS | frozenset(["the", "adr", "ads", "reit", "trust"])
 )
 
-#: the legal forms alone (no filler such as "group", "holdings", "trust")
-LEGAL_ONLY: frozenset[str] = frozenset(
-    [
-        "inc",
-        "incorporated",
-        "corp",
-        "corporation",
-        "co",
-        "cos",
-        "ltd",
-        "limited",
-        "plc",
-        "llc",
-        "lp",
-        "llp",
-        "ag",
-        "se",
-        "sa",
-        "nv",
-        "bv",
-        "spa",
-        "ab",
-        "asa",
-        "oyj",
-        "kgaa",
-        "gmbh",
-        "sab",
-        "cv",
-        "de",
-        "na",
-    ]
-)
+#: the legal forms alone (no filler such as "group", "holdings", "trust"): the linker's, and the listing titles'
+LEGAL_ONLY: frozenset[str] = linking.LEGAL_FORMS | LISTING_FORMS
 #: single words of financial news that index members' short names collide with: always weak
 FINANCE_WORDS: frozenset[str] = frozenset(
     [

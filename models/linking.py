@@ -74,14 +74,15 @@ LEAD_MAX_CHARS = 300
 MAX_ALIAS_TOKENS = 8
 NEUTRAL_PROBS: dict[str, float] = {"negative": 0.0, "neutral": 1.0, "positive": 0.0}
 
-LEGAL_SUFFIXES: frozenset[str] = frozenset(
+#: the legal forms a registered name ends with ("Apple Inc.", "Siemens AG"): one list for the linker and the
+#: entity-table build (:data:`finsent.models.entity_table.LEGAL_ONLY` adds the forms only listing titles carry)
+LEGAL_FORMS: frozenset[str] = frozenset(
     [
         "inc",
         "incorporated",
         "corp",
         "corporation",
         "co",
-        "company",
         "cos",
         "ltd",
         "limited",
@@ -100,12 +101,10 @@ LEGAL_SUFFIXES: frozenset[str] = frozenset(
         "oyj",
         "kgaa",
         "gmbh",
-        "holdings",
-        "holding",
-        "group",
-        "com",
     ]
 )
+#: what :func:`normalise_name` strips from the end of an unlinked name: the legal forms and filler words
+LEGAL_SUFFIXES: frozenset[str] = LEGAL_FORMS | frozenset(["company", "holdings", "holding", "group", "com"])
 #: suffix words a name match is extended over ("Apple" + " Inc." -> the surface "Apple Inc.")
 _EXTEND_SUFFIXES = frozenset(["inc", "corp", "co", "ltd", "plc", "llc", "ag", "se", "sa", "nv", "lp"])
 
