@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,26 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from finsent.models.testing import make_tiny_model
 
     return Classifier.load(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def _worker_env(s: Any, model_dir: Path, metrics_port: int) -> dict[str, str]:
+    """The environment a ``finsent worker`` subprocess (and a ``finsent query`` beside it) runs with: the test's
+    broker, store and topics from the settings ``s``, the tiny model, a short session timeout (a killed worker's
+    partitions move on quickly) and the metrics/API port (0 = off). The checkout comes first on the path, so the
+    subprocess imports the code under test."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "FINSENT_BROKERS": s.kafka.brokers,
+        "FINSENT_STORE": s.storage.store,
+        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
+        "FINSENT_SESSION_TIMEOUT_MS": "6000",
+        "FINSENT_MODEL_DIR": str(model_dir),
+        "FINSENT_METRICS_PORT": str(metrics_port),
+    }
 
 
 def _scored_total() -> float:
@@ -184,7 +205,6 @@ def test_second_consumer_group_replays_without_duplicates(
 def test_worker_command_serves_metrics_and_stops_on_sigterm(
     kafka_bootstrap: str, clickhouse_db_url: str, unique_name: str, tiny_classifier: Any
 ) -> None:
-    import os
     import signal
     import subprocess
     import sys
@@ -196,19 +216,7 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
     s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name)
     port = free_port()
     produce_items(s, make_items(12, "cli"))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "FINSENT_BROKERS": s.kafka.brokers,
-        "FINSENT_STORE": s.storage.store,
-        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-        "FINSENT_SESSION_TIMEOUT_MS": "6000",
-        "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
-        "FINSENT_METRICS_PORT": str(port),
-    }
+    env = _worker_env(s, tiny_classifier.model_dir, port)
     proc = subprocess.Popen(
         [sys.executable, "-m", "finsent.cli", "worker", "--group", s.kafka.consumer_group, "--batch-within", "0.1"],
         env=env,
@@ -250,7 +258,6 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     Whatever was stored but not yet committed when the process died is redelivered to the new
     worker and stored again; queries must still see every item exactly once.
     """
-    import os
     import signal
     import subprocess
     import sys
@@ -259,19 +266,7 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     # enough items that the kill lands mid-stream: on a quiet machine the tiny model stored 400 within one poll
     n = 2000
     produce_items(s, make_items(n, "kill"))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "FINSENT_BROKERS": s.kafka.brokers,
-        "FINSENT_STORE": s.storage.store,
-        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-        "FINSENT_SESSION_TIMEOUT_MS": "6000",
-        "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
-        "FINSENT_METRICS_PORT": "0",
-    }
+    env = _worker_env(s, tiny_classifier.model_dir, 0)
     cmd = [
         sys.executable,
         "-m",
@@ -318,7 +313,6 @@ def test_query_while_the_worker_holds_the_embedded_store(
     kafka_bootstrap: str, tmp_path: Path, unique_name: str, tiny_classifier: Any
 ) -> None:
     """chdb allows one process per data path: `finsent query` then reads through the running worker's API."""
-    import os
     import signal
     import subprocess
     import sys
@@ -330,18 +324,8 @@ def test_query_while_the_worker_holds_the_embedded_store(
     s = stream_settings(kafka_bootstrap, store_url, unique_name)
     port = free_port()
     produce_items(s, make_items(9, "held"))
-    env = {
-        **os.environ,
-        "FINSENT_BROKERS": s.kafka.brokers,
-        "FINSENT_STORE": store_url,
-        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-        "FINSENT_SESSION_TIMEOUT_MS": "6000",
-        "FINSENT_MODEL_DIR": str(tiny_classifier.model_dir),
-        "FINSENT_METRICS_PORT": str(port),
-    }
+    env = _worker_env(s, tiny_classifier.model_dir, port)
+    assert env["FINSENT_STORE"] == store_url
     proc = subprocess.Popen(
         [sys.executable, "-m", "finsent", "worker", "--group", s.kafka.consumer_group, "--batch-within", "0.1"],
         env=env,
