@@ -21,8 +21,9 @@ from prometheus_client import start_http_server
 
 from finsent.alerts.dashboards import DEPLOY, files
 from finsent.alerts.deploy_files import RULES_PATH
-from finsent.core.events import Alert, EntityMention, RawItem, ScoredItem, utcnow
+from finsent.core.events import EntityMention, RawItem, ScoredItem, utcnow
 from finsent.stream.store import open_store, schema
+from tests.alerts.alert_fixtures import entity_alert, topic_alert
 from tests.fixtures.prom import free_port
 
 DASHBOARDS = sorted((DEPLOY / "dashboards").glob("*.json"))
@@ -250,36 +251,8 @@ def _seed(store) -> dict[str, Any]:
     rescored = [replace(it, model_version="m2", scored_at=now) for it in items[:100]]
     store.insert_score_history([schema.score_row(x) for x in items[:100] + rescored])
     store.insert_scored(rescored)
-    alert = Alert(
-        topic="banking",
-        fired_at=now - timedelta(minutes=3),
-        window_start=now - timedelta(minutes=8),
-        window_end=now - timedelta(minutes=3),
-        negative=30,
-        total=50,
-        negative_share=0.6,
-        baseline_share=0.1,
-        score=9.1,
-        detector="ewma_z",
-        severity="warning",
-    )
-    entity_alert = Alert(
-        topic="",
-        fired_at=now - timedelta(minutes=2),
-        window_start=now - timedelta(minutes=20),
-        window_end=now - timedelta(minutes=2),
-        negative=12,
-        total=20,
-        negative_share=0.6,
-        baseline_share=0.0,
-        score=7.9,
-        detector="entity_surge",
-        kind="entity",
-        entity_id="JPM",
-        entity_name="JPMorgan Chase",
-        evidence={"sources": ["a", "b"], "headlines": []},
-    )
-    store.insert_alerts([alert, entity_alert])
+    alert = topic_alert(now)
+    store.insert_alerts([alert, entity_alert(now)])
     return {"now": now, "items": items, "alert": alert}
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,23 +22,23 @@ from rich.cells import cell_len
 from finsent.cli.query import alert_lines, fit
 from finsent.core.events import Alert, utcnow
 from finsent.stream.store import open_store
+from tests.alerts.alert_fixtures import entity_alert, topic_alert
 
 LONG_NAME = "The Extraordinarily Long-Named International Holding Company of Very Many Subsidiaries plc"
 NASTY = "Bank\u202e shares \x1b[31mslump\nafter the 財務 report — 株価が急落しました、投資家は慎重な姿勢を強めています"
 
 
-def _alerts(now) -> list[Alert]:  # type: ignore[no-untyped-def]
-    topic = Alert(
+def _alerts(now: datetime) -> list[Alert]:
+    """A critical topic spike with untrusted headlines and its model version; an entity surge with a name too long
+    for any line and no model version."""
+    topic = topic_alert(
+        now,
         topic="Financials",
-        fired_at=now - timedelta(minutes=3),
         window_start=now - timedelta(minutes=4),
-        window_end=now - timedelta(minutes=3),
         negative=131,
         total=200,
         negative_share=0.655,
-        baseline_share=0.1,
         score=12.345,
-        detector="ewma_z",
         severity="critical",
         model_version="finsent-minilm-20261123-ent-9c905ac3",
         evidence={
@@ -51,18 +51,8 @@ def _alerts(now) -> list[Alert]:  # type: ignore[no-untyped-def]
             "model_versions": {"finsent-minilm-20261123-ent-9c905ac3": 200},
         },
     )
-    entity = Alert(
-        topic="",
-        fired_at=now - timedelta(minutes=2),
-        window_start=now - timedelta(minutes=20),
-        window_end=now - timedelta(minutes=2),
-        negative=12,
-        total=20,
-        negative_share=0.6,
-        baseline_share=0.0,
-        score=7.9,
-        detector="entity_surge",
-        kind="entity",
+    entity = entity_alert(
+        now,
         entity_id="XLNG",
         entity_name=LONG_NAME,
         evidence={"headlines": [{"title": "Holding company misses payment", "url": "https://x.example/2"}]},
