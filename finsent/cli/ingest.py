@@ -18,7 +18,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from finsent.cli.tree import Subcommands
+from finsent.cli.tree import Leaf, Subcommands
 from finsent.core.argtypes import port, positive_float, positive_int
 from finsent.core.errors import ConfigError, InputError, Interrupted
 from finsent.core.settings import Settings
@@ -526,20 +526,52 @@ def register(sub: Subcommands) -> None:
         epilog=EPILOG_COMMON,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_replay(ingest)
-    _add_pollers(ingest)
-    _add_http(ingest)
-
-
-def _add_replay(ingest: Subcommands) -> None:
-    p = ingest.leaf(
-        "replay",
-        run_replay,
-        help="replay CSV/JSONL files (demo, backfill, benchmarks)",
-        description=REPLAY_DESCRIPTION,
-        epilog=REPLAY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ingest.leaves(
+        Leaf(
+            "replay",
+            run_replay,
+            "replay CSV/JSONL files (demo, backfill, benchmarks)",
+            REPLAY_DESCRIPTION,
+            _add_replay,
+            REPLAY_EPILOG,
+        ),
+        Leaf("rss", run_rss, "poll RSS 2.0 / RSS 1.0 (RDF) / Atom feeds", RSS_DESCRIPTION, _add_rss, RSS_EPILOG),
+        Leaf(
+            "mastodon",
+            run_mastodon,
+            "poll Mastodon hashtag timelines",
+            MASTODON_DESCRIPTION,
+            _add_mastodon,
+            MASTODON_EPILOG,
+        ),
+        Leaf(
+            "reddit",
+            run_reddit,
+            "poll subreddit listings (/r/<sub>/new.json)",
+            REDDIT_DESCRIPTION,
+            _add_reddit,
+            REDDIT_EPILOG,
+        ),
+        Leaf(
+            "bluesky",
+            run_bluesky,
+            "poll Bluesky post search (app.bsky.feed.searchPosts)",
+            BLUESKY_DESCRIPTION,
+            _add_bluesky,
+            BLUESKY_EPILOG,
+        ),
+        Leaf(
+            "http",
+            run_http,
+            "HTTP endpoint: POST /v1/items (JSON object, array or NDJSON)",
+            HTTP_DESCRIPTION,
+            _add_http,
+            HTTP_EPILOG,
+        ),
     )
+
+
+def _add_replay(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="CSV or JSONL (.jsonl/.ndjson) files")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument(
@@ -566,15 +598,7 @@ def _add_replay(ingest: Subcommands) -> None:
     _add_publish_timeout(p, "giving up with exit status 6")
 
 
-def _add_pollers(ingest: Subcommands) -> None:
-    p = ingest.leaf(
-        "rss",
-        run_rss,
-        help="poll RSS 2.0 / RSS 1.0 (RDF) / Atom feeds",
-        description=RSS_DESCRIPTION,
-        epilog=RSS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _add_rss(p: argparse.ArgumentParser) -> None:
     p.add_argument("urls", nargs="*", metavar="URL", help="feed URLs")
     p.add_argument(
         "--feeds",
@@ -584,56 +608,30 @@ def _add_pollers(ingest: Subcommands) -> None:
     )
     _add_common(p, polling=True)
 
-    p = ingest.leaf(
-        "mastodon",
-        run_mastodon,
-        help="poll Mastodon hashtag timelines",
-        description=MASTODON_DESCRIPTION,
-        epilog=MASTODON_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _add_mastodon(p: argparse.ArgumentParser) -> None:
     p.add_argument("tags", nargs="+", metavar="TAG", help="hashtags without '#', e.g. stocks investing")
     p.add_argument("--instance", default="mastodon.social", help="instance host or URL (default mastodon.social)")
     p.add_argument("--language", metavar="LANGS", help="keep only these languages, comma-separated (e.g. en)")
     _add_common(p, polling=True)
 
-    p = ingest.leaf(
-        "reddit",
-        run_reddit,
-        help="poll subreddit listings (/r/<sub>/new.json)",
-        description=REDDIT_DESCRIPTION,
-        epilog=REDDIT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _add_reddit(p: argparse.ArgumentParser) -> None:
     p.add_argument("subreddits", nargs="+", metavar="SUBREDDIT", help="e.g. stocks investing wallstreetbets")
     p.add_argument(
         "--base-url", metavar="URL", help="API base URL (default www.reddit.com, or oauth.reddit.com with a token)"
     )
     _add_common(p, polling=True)
 
-    p = ingest.leaf(
-        "bluesky",
-        run_bluesky,
-        help="poll Bluesky post search (app.bsky.feed.searchPosts)",
-        description=BLUESKY_DESCRIPTION,
-        epilog=BLUESKY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _add_bluesky(p: argparse.ArgumentParser) -> None:
     p.add_argument("queries", nargs="+", metavar="QUERY", help="search queries, e.g. '$AAPL' '#stocks'")
     p.add_argument("--base-url", metavar="URL", help="XRPC host (default https://public.api.bsky.app)")
     p.add_argument("--language", metavar="LANG", help="only posts in this language (e.g. en)")
     _add_common(p, polling=True)
 
 
-def _add_http(ingest: Subcommands) -> None:
-    p = ingest.leaf(
-        "http",
-        run_http,
-        help="HTTP endpoint: POST /v1/items (JSON object, array or NDJSON)",
-        description=HTTP_DESCRIPTION,
-        epilog=HTTP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _add_http(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need a token)")
     p.add_argument("--port", type=port, default=8088, help="port (default 8088)")
     p.add_argument(

@@ -20,7 +20,7 @@ import sys
 from datetime import datetime, timedelta
 from typing import Any
 
-from finsent.cli.tree import Subcommands
+from finsent.cli.tree import Leaf, Subcommands
 from finsent.core.argtypes import DURATION_HELP, parse_duration, positive_int
 from finsent.core.errors import InputError, StoreInUse
 from finsent.core.events import SENTIMENTS, format_time, utcnow
@@ -638,13 +638,41 @@ def register(sub: Subcommands) -> None:
         help="read the store: counts, entities, items, newest negative items, alerts",
         description=QUERY_DESCRIPTION,
     )
-    _add_count(query)
-    _add_top(query)
-    _add_entity(query)
-    _add_items(query)
-    _add_alerts(query)
-    _add_compare(query)
-    _add_schema(query)
+    query.leaves(
+        Leaf("count", run_count, "stored items: rows and unique ids", COUNT_DESCRIPTION, _add_count),
+        Leaf("top", run_top, "per-topic counts and the newest negative items", TOP_DESCRIPTION, _add_top),
+        Leaf(
+            "entity",
+            run_entity,
+            "one entity: series per bucket of event time, totals, top stories",
+            ENTITY_DESCRIPTION,
+            _add_entity,
+        ),
+        Leaf(
+            "items",
+            run_items,
+            "list or export stored items (filter by entity, topic, sentiment, time)",
+            ITEMS_DESCRIPTION,
+            _add_items,
+        ),
+        Leaf(
+            "alerts",
+            run_alerts,
+            "alerts stored by the detectors (topic and entity alerts)",
+            ALERTS_DESCRIPTION,
+            _add_alerts,
+        ),
+        Leaf(
+            "compare",
+            run_compare,
+            "per-topic negative share of the same items under two model versions",
+            COMPARE_DESCRIPTION,
+            _add_compare,
+        ),
+        Leaf(
+            "schema", run_schema, "create the schema if missing and print its DDL for this server", SCHEMA_DESCRIPTION
+        ),
+    )
 
 
 def _add_window(p: argparse.ArgumentParser) -> None:
@@ -665,13 +693,7 @@ def _add_window(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_count(query: Subcommands) -> None:
-    c = query.leaf(
-        "count",
-        run_count,
-        help="stored items: rows and unique ids",
-        description=COUNT_DESCRIPTION,
-    )
+def _add_count(c: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--since",
         type=parse_duration,
@@ -683,13 +705,7 @@ def _add_count(query: Subcommands) -> None:
     add_json_option(c, '{"rows": N, "unique_ids": N}')
 
 
-def _add_top(query: Subcommands) -> None:
-    t = query.leaf(
-        "top",
-        run_top,
-        help="per-topic counts and the newest negative items",
-        description=TOP_DESCRIPTION,
-    )
+def _add_top(t: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--since",
         type=parse_duration,
@@ -720,13 +736,7 @@ def _add_top(query: Subcommands) -> None:
     add_json_option(t, "{since_s, topic, topics: [...], negative: [...]} (--by entity: {by, entities: [...]})")
 
 
-def _add_entity(query: Subcommands) -> None:
-    e = query.leaf(
-        "entity",
-        run_entity,
-        help="one entity: series per bucket of event time, totals, top stories",
-        description=ENTITY_DESCRIPTION,
-    )
+def _add_entity(e: argparse.ArgumentParser) -> None:
     e.add_argument("entity", metavar="NAME|TICKER|ID", help="the entity (resolved with the linker)")
     _add_window(e)
     e.add_argument(
@@ -740,13 +750,7 @@ def _add_entity(query: Subcommands) -> None:
     add_json_option(e, "{query, entity_key, entity_id, name, bucket_s, totals, series: [...], stories: [...]}")
 
 
-def _add_items(query: Subcommands) -> None:
-    i = query.leaf(
-        "items",
-        run_items,
-        help="list or export stored items (filter by entity, topic, sentiment, time)",
-        description=ITEMS_DESCRIPTION,
-    )
+def _add_items(i: argparse.ArgumentParser) -> None:
     i.add_argument("--entity", default=None, metavar="NAME|TICKER|ID", help="only items mentioning this entity")
     i.add_argument("--topic", default=None, help="only this topic (exact)")
     i.add_argument("--sentiment", choices=SENTIMENTS, default=None, help="only items of this sentiment")
@@ -757,13 +761,7 @@ def _add_items(query: Subcommands) -> None:
     out.add_argument("--csv", action="store_true", help="the items as CSV on stdout (for a spreadsheet)")
 
 
-def _add_alerts(query: Subcommands) -> None:
-    a = query.leaf(
-        "alerts",
-        run_alerts,
-        help="alerts stored by the detectors (topic and entity alerts)",
-        description=ALERTS_DESCRIPTION,
-    )
+def _add_alerts(a: argparse.ArgumentParser) -> None:
     a.add_argument(
         "--since",
         type=parse_duration,
@@ -775,13 +773,7 @@ def _add_alerts(query: Subcommands) -> None:
     add_json_option(a, "the alerts (a list)")
 
 
-def _add_compare(query: Subcommands) -> None:
-    cmp = query.leaf(
-        "compare",
-        run_compare,
-        help="per-topic negative share of the same items under two model versions",
-        description=COMPARE_DESCRIPTION,
-    )
+def _add_compare(cmp: argparse.ArgumentParser) -> None:
     cmp.add_argument("--versions", nargs=2, required=True, metavar=("A", "B"), help="the two model versions")
     cmp.add_argument(
         "--since",
@@ -791,12 +783,3 @@ def _add_compare(query: Subcommands) -> None:
         help="only items ingested in the last DURATION (default: all)",
     )
     add_json_option(cmp, "{a, b, since_s, items, topics: [...], versions: {version: items}}")
-
-
-def _add_schema(query: Subcommands) -> None:
-    query.leaf(
-        "schema",
-        run_schema,
-        help="create the schema if missing and print its DDL for this server",
-        description=SCHEMA_DESCRIPTION,
-    )

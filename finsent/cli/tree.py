@@ -58,6 +58,20 @@ class Command:
         return self.parser.get_default("func")
 
 
+@dataclass(frozen=True)
+class Leaf:
+    """One leaf as a row of its group's table (:meth:`Subcommands.leaves`): the name, handler and help texts that
+    :meth:`Subcommands.leaf` takes, and ``arguments``, the function that adds the leaf's own flags. A group whose
+    leaves differ only in these rows declares them as one table instead of one copy of ``leaf(...)`` each."""
+
+    name: str
+    run: Handler
+    help: str
+    description: str
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    epilog: str | None = None
+
+
 class Subcommands:
     """The subcommands of one parser: where ``register`` adds leaves and groups, recorded in ``table``."""
 
@@ -77,6 +91,13 @@ class Subcommands:
         parser = self.add_parser(name, **{"formatter_class": RAW, **kw})
         parser.set_defaults(func=run)
         return parser
+
+    def leaves(self, *rows: Leaf) -> None:
+        """Add each row's leaf, in order (the order ``--help`` lists them in), then its arguments."""
+        for row in rows:
+            parser = self.leaf(row.name, row.run, help=row.help, description=row.description, epilog=row.epilog)
+            if row.arguments is not None:
+                row.arguments(parser)
 
     def group(self, name: str, *, dest: str, metavar: str, **kw: Any) -> Subcommands:
         """Add the group ``name``; its subcommands go into ``args.<dest>`` and show as ``metavar``."""
