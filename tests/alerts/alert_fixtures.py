@@ -1,16 +1,19 @@
-"""Alerts the tests store and read back: one topic spike and one entity surge, relative to ``now``.
+"""What the alert and query tests store: one topic spike and one entity surge relative to ``now``, and scored items.
 
 Several tests seed a store with "a topic alert and an entity alert a few minutes old" (the Grafana dashboards'
 queries, ``finsent query alerts`` at 80 columns): they build them here, overriding only what their assertions
-are about, so the shape of a stored alert is written once.
+are about, so the shape of a stored alert is written once. :func:`store_scored` writes scored items (and their
+mentions) into a store the command under test then opens itself (chdb: one process per path at a time).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from finsent.core.events import Alert
+from finsent.core.events import Alert, ScoredItem
+from finsent.stream.store import open_store
 
 
 def topic_alert(now: datetime, **overrides: Any) -> Alert:
@@ -52,3 +55,13 @@ def entity_alert(now: datetime, **overrides: Any) -> Alert:
         "evidence": {"sources": ["a", "b"], "headlines": []},
     }
     return Alert(**(fields | overrides))
+
+
+def store_scored(url: str, items: Sequence[ScoredItem]) -> None:
+    """Store ``items`` with their mentions at ``url`` (schema created if missing), then close the store."""
+    store = open_store(url)
+    try:
+        store.ensure_schema()
+        store.insert_scored(items)
+    finally:
+        store.close()

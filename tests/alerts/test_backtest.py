@@ -23,6 +23,7 @@ from finsent.alerts.entity_detector import EntityDetector
 from finsent.cli import main
 from finsent.core.events import EntityMention, RawItem, ScoredItem, utcnow
 from finsent.stream.store import open_store
+from tests.alerts.alert_fixtures import store_scored
 
 pytestmark = pytest.mark.integration
 
@@ -214,27 +215,13 @@ def test_live_entity_stage_and_backtest_raise_the_same_alerts(
     live.close()
     assert got and live.late == 0
     url = request.getfixturevalue(f"{engine}_db_url")
-    store = open_store(url)
-    try:
-        store.ensure_schema()
-        store.insert_scored(items)
-    finally:
-        store.close()
+    store_scored(url, items)
     assert main(["--store", url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01", "--json"]) == 0
     backtested = json.loads(capsys.readouterr().out)["alerts"]
     assert backtested == json.loads(json.dumps([alert_json(a) for a in got]))
 
 
 # -- a store with items but no (or not all) mentions (issue 26): the backtest says so on stderr ----------------------
-
-
-def _store(url: str, items: list[ScoredItem]) -> None:
-    store = open_store(url)
-    try:
-        store.ensure_schema()
-        store.insert_scored(items)
-    finally:
-        store.close()
 
 
 def _rescore_days(err: str, items: list[ScoredItem]) -> int:
@@ -254,7 +241,7 @@ def test_backtest_over_items_without_mentions_warns_on_stderr(
     """Items stored before the entity layer (no mentions): the backtest's JSON stays the report and says 0
     mentions, and stderr says why and which rescore writes them, in both output modes."""
     items = [dataclasses.replace(s, entities=()) for s in history()]
-    _store(chdb_db_url, items)
+    store_scored(chdb_db_url, items)
     argv = ["--store", chdb_db_url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01"]
     assert main([*argv, "--json"]) == 0
     captured = capsys.readouterr()
@@ -277,7 +264,7 @@ def test_backtest_names_the_days_whose_mentions_are_missing(
     items = history()
     stripped = [s for s in items if (s.item.published_at or s.item.ingested_at) < cut]
     gap = {s.id for s in stripped}
-    _store(chdb_db_url, [dataclasses.replace(s, entities=()) if s.id in gap else s for s in items])
+    store_scored(chdb_db_url, [dataclasses.replace(s, entities=()) if s.id in gap else s for s in items])
     argv = ["--store", chdb_db_url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01", "--json"]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -321,7 +308,7 @@ def test_backtest_alerts_carry_the_model_version_of_their_mentions(
         dataclasses.replace(s, model_version="m1") if "lending desk update" in (s.item.title or "") else s
         for s in items
     ]
-    _store(chdb_db_url, items)
+    store_scored(chdb_db_url, items)
     argv = ["--store", chdb_db_url, "alerts", "backtest", "--since", "2023-01-01", "--until", "2023-02-01", "--json"]
     assert main(argv) == 0
     alerts = json.loads(capsys.readouterr().out)["alerts"]

@@ -24,6 +24,7 @@ from finsent.core.events import EntityMention, RawItem, ScoredItem, utcnow
 from finsent.stream.metrics import serve_metrics
 from finsent.stream.store import open_store
 from finsent.stream.store.reports import api_handlers
+from tests.alerts.alert_fixtures import store_scored
 from tests.fixtures.clickhouse import free_port
 
 pytestmark = pytest.mark.integration
@@ -52,26 +53,17 @@ def _items(n: int = 6) -> list[ScoredItem]:
     return out
 
 
-def _store(url: str, items: list[ScoredItem]) -> None:
-    store = open_store(url)
-    try:
-        store.ensure_schema()
-        store.insert_scored(items)
-    finally:
-        store.close()
-
-
 @pytest.fixture
 def bare(chdb_db_url: str) -> str:
     """A store whose items were written without their mentions."""
-    _store(chdb_db_url, [dataclasses.replace(s, entities=()) for s in _items()])
+    store_scored(chdb_db_url, [dataclasses.replace(s, entities=()) for s in _items()])
     return chdb_db_url
 
 
 @pytest.fixture
 def full(chdb_db_url: str) -> str:
     """The same items with their mentions."""
-    _store(chdb_db_url, _items())
+    store_scored(chdb_db_url, _items())
     return chdb_db_url
 
 
@@ -120,7 +112,7 @@ def test_entity_queries_over_a_store_with_mentions_do_not_warn(
 
 
 def test_an_empty_window_does_not_warn(chdb_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    _store(chdb_db_url, [dataclasses.replace(s, entities=()) for s in _items()])
+    store_scored(chdb_db_url, [dataclasses.replace(s, entities=()) for s in _items()])
     out, err = _run(capsys, chdb_db_url, "entity", "AAPL", "--since", "30d", "--until", "2d", "--json")
     assert json.loads(out)["series"] == [] and err == ""
 
