@@ -252,12 +252,12 @@ def run_entities(args: argparse.Namespace, settings: object = None) -> int:
 
         plumbing = run_entity_plumbing(args.plumbing_items, args.plumbing_rounds, progress=print)
         if not to_stdout(args.json):
-            on, off = plumbing["on"], plumbing["off"]
+            on, men, off = plumbing["on"], plumbing["mentions"], plumbing["off"]
             print(
-                f"entity stage: {on['cpu_ms_per_item']} vs {off['cpu_ms_per_item']} ms CPU per item with entities on "
-                f"vs off ({plumbing['cpu_cost']:+.0%}); items/s stored {on['items_per_s_stored']} vs "
-                f"{off['items_per_s_stored']}, every mention counted {on['items_per_s_all_counted']}; load "
-                f"{plumbing['load_before'][0]} -> {plumbing['load_after'][0]}"
+                f"items/s through one worker: {on['items_per_s']} entities on, {men['items_per_s']} mentions stored "
+                f"only, {off['items_per_s']} off (today's pipeline plumbing): on/off {on['items_per_s_ratio']:.2f}; "
+                f"CPU per item {on['cpu_ms_per_item']} / {men['cpu_ms_per_item']} / {off['cpu_ms_per_item']} ms "
+                f"(on/off {on['cpu_ratio']:.2f}); load {plumbing['load_before'][0]} -> {plumbing['load_after'][0]}"
             )
         emit_json(args.json, plumbing)
         return 0
@@ -332,8 +332,9 @@ def register(bench_subparsers: Any) -> None:
     b.add_argument(
         "--plumbing",
         action="store_true",
-        help="instead: the entity stage's plumbing cost -- one worker with a classifier that costs nothing but "
-        "names two entities per item, with the entity agent on vs off, interleaved rounds (Tansu, chdb)",
+        help="instead: the entity stage's plumbing cost -- one worker with a classifier that costs nothing, as "
+        "bench pipeline --plumbing (off), naming two entities per item with the mentions stored, and with the "
+        "entity agent on too; rounds interleaved on one Tansu broker, a fresh chdb database per round",
     )
     b.add_argument("--plumbing-items", type=int, default=2000, help="with --plumbing: items per round (2000)")
     b.add_argument("--plumbing-rounds", type=int, default=4, help="with --plumbing: rounds per mode (default 4)")

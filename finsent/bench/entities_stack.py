@@ -273,23 +273,27 @@ class EntityConstantClassifier:
         return out
 
 
-def _plumbing_round(stack: Any, settings: Any, texts: list[str], run: str, prefix: str, on: bool) -> dict[str, Any]:
-    """One backlog through a fresh worker with (``on``) or without the entity agent: CPU per item over the window
-    from its first batch to every item stored and, with the agent, every mention counted at its owner."""
+#: the modes of ``bench entities --plumbing``: today's pipeline plumbing (no entities, no entity agent), the same
+#: worker storing two mentions per item, and the whole entity stage on
+PLUMBING_MODES = ("off", "mentions", "on")
+
+
+def _plumbing_round(
+    stack: Any, settings: Any, store: Any, texts: list[str], run: str, prefix: str, mode: str
+) -> dict[str, Any]:
+    """One backlog through a fresh worker in ``mode`` (:data:`PLUMBING_MODES`) on its own fresh database: items/s
+    and CPU per item over the window from its first batch to every item stored and, with the agent, every mention
+    counted at its owner (the item's whole way through the worker)."""
     from finsent.alerts.entity_agent import attach as attach_entities
     from finsent.bench.pipeline import _items, _produce
-    from finsent.bench.plumbing import CpuSample
+    from finsent.bench.plumbing import ConstantClassifier, CpuSample
     from finsent.core.wait import wait_until
 
-    if on:
-        # a fresh worker restores its entity detector from the stored mentions (four baseline half-lives) before its
-        # first record: without this, every "on" round would also re-read all earlier rounds' mentions inside its
-        # measured window (42% of the samples in a profile), a start-up cost that grows with the bench, not a
-        # per-item one
-        stack.store._command(f"TRUNCATE TABLE IF EXISTS {stack.store.database}.mentions")  # type: ignore[attr-defined]
+    on = mode == "on"
     _produce(settings, _items(texts, run, prefix))
+    clf = ConstantClassifier() if mode == "off" else EntityConstantClassifier()
     worker = stack.start_worker(
-        settings=settings, classifier=EntityConstantClassifier(), extensions=[attach_entities] if on else []
+        settings=settings, store=store, classifier=clf, extensions=[attach_entities] if on else []
     )
     try:
         stats = worker.scorer.stats
@@ -299,27 +303,36 @@ def _plumbing_round(stack: Any, settings: Any, texts: list[str], run: str, prefi
         wait_until(lambda: stats.stored >= len(texts), 300, 0.005, what=f"{len(texts)} items stored")
         stored_s = time.monotonic() - t0
         if state is not None:
-            wait_until(lambda: state.mentions >= 2 * len(texts), 300, 0.01, what="every mention at its owner")
+            wait_until(lambda: state.mentions >= 2 * len(texts), 300, 0.005, what="every mention at its owner")
         done_s = time.monotonic() - t0
         cpu = CpuSample.take(stack.broker_pid, stack.server_pid).minus(cpu0)
+        restore_s = getattr(state, "restore_s", 0.0) if state is not None else 0.0
     finally:
         worker.stop()
     n = len(texts)
     total = cpu.python_threads + cpu.native_threads + cpu.broker + cpu.server
     return {
-        "entities": on,
+        "mode": mode,
         "items": n,
         "stored_s": round(stored_s, 3),
         "done_s": round(done_s, 3),
+        "restore_s": round(restore_s, 3),
         "cpu_ms_per_item": round(total * 1000 / n, 4),
         "worker_python_ms_per_item": round(cpu.python_threads * 1000 / n, 4),
     }
 
 
 def run_entity_plumbing(items: int, rounds: int, progress: Any = print) -> dict[str, Any]:
-    """The same worker with the entity agent on and off, interleaved rounds (on/off, then off/on...), on one
-    broker and one chdb store; each mode has its own topics and consumer group, so an "on" round never reads an
-    "off" round's scored backlog. Classifier: :class:`EntityConstantClassifier` (the plumbing's, with entities)."""
+    """Today's ``bench pipeline --plumbing`` worker (constant classifier, no entities: ``off``), the same worker
+    storing two mentions per item (``mentions``) and with the whole entity stage (``on``: mentions stored, re-keyed
+    by entity, counted at their owner), interleaved in rotating order on one broker. Each mode has its own topics
+    and consumer group, so no round reads another mode's backlog, and every round stores into a fresh database of
+    the one chdb session: a worker's restore (before its first entity record) then finds no earlier round's
+    mentions, as a worker's first start on an empty store, and no round inserts into a bigger table than another.
+
+    The issue's figure is ``items_per_s_ratio``: items through the worker per second, from its first batch to the
+    last item stored and (``on``) its last mention counted, on vs off; and the CPU per item beside it."""
+    from finsent.bench.common import cpu_name
     from finsent.core.settings import load_settings
     from finsent.demo import load_tweets
     from finsent.stack import LocalStack
@@ -330,39 +343,57 @@ def run_entity_plumbing(items: int, rounds: int, progress: Any = print) -> dict[
     results: list[dict[str, Any]] = []
     with LocalStack(load_settings(), name="finsent-bench-entity-plumbing", partitions=2) as stack:
         modes = {}
-        for on in (True, False):
-            tag = "on" if on else "off"
-            base = stack.settings
-            modes[on] = base.model_copy(
+        base = stack.settings
+        path = stack.store_url.split("?", 1)[0]
+        for mode in PLUMBING_MODES:
+            modes[mode] = base.model_copy(
                 update={
-                    "topic_raw": f"{base.kafka.topic_raw}-{tag}",
-                    "topic_scored": f"{base.kafka.topic_scored}-{tag}",
-                    "topic_dlq": f"{base.kafka.topic_dlq}-{tag}",
-                    "topic_alerts": f"{base.kafka.topic_alerts}-{tag}",
-                    "consumer_group": f"{base.kafka.consumer_group}-{tag}",
-                    "entity_alerts": on,
+                    "topic_raw": f"{base.kafka.topic_raw}-{mode}",
+                    "topic_scored": f"{base.kafka.topic_scored}-{mode}",
+                    "topic_dlq": f"{base.kafka.topic_dlq}-{mode}",
+                    "topic_alerts": f"{base.kafka.topic_alerts}-{mode}",
+                    "consumer_group": f"{base.kafka.consumer_group}-{mode}",
+                    "entity_alerts": mode == "on",
                 }
             )
-            ensure_topics(modes[on].kafka)
-        for on in (True, False):  # warm-up: group join, store, imports
-            _plumbing_round(stack, modes[on], tweets[:256], stack.run_id, f"warm-{on}", on)
+            ensure_topics(modes[mode].kafka)
+
+        def fresh_store(tag: str) -> Any:  # outside the window: schema made before the worker starts
+            return stack.open_store(f"{path}?database=plumbing_{tag}")
+
+        for mode in PLUMBING_MODES:  # warm-up: group join, imports
+            warm = fresh_store(f"warm_{mode}")
+            _plumbing_round(stack, modes[mode], warm, tweets[:256], stack.run_id, f"w-{mode}", mode)
         for r in range(rounds):
-            for on in (True, False) if r % 2 == 0 else (False, True):
-                texts = [f"{tweets[(r * items + i) % len(tweets)]} #{r}-{i}" for i in range(items)]
-                res = _plumbing_round(stack, modes[on], texts, stack.run_id, f"r{r}-{on}", on)
+            texts = [f"{tweets[(r * items + i) % len(tweets)]} #{r}-{i}" for i in range(items)]
+            k = r % len(PLUMBING_MODES)
+            for mode in PLUMBING_MODES[k:] + PLUMBING_MODES[:k]:
+                store = fresh_store(f"r{r}_{mode}")
+                res = _plumbing_round(stack, modes[mode], store, texts, stack.run_id, f"r{r}-{mode}", mode)
                 results.append(res)
-                progress(f"round {r + 1}/{rounds} entities {'on ' if on else 'off'}: {res['cpu_ms_per_item']} ms/item")
+                progress(
+                    f"round {r + 1}/{rounds} {mode:8s}: {res['items'] / res['done_s']:.0f} items/s, "
+                    f"{res['cpu_ms_per_item']} ms CPU/item"
+                )
     out: dict[str, Any] = {"load_before": [round(x, 2) for x in load_before]}
-    for on in (True, False):
-        xs = [x for x in results if x["entities"] is on]
+    for mode in PLUMBING_MODES:
+        xs = [x for x in results if x["mode"] == mode]
         n = sum(x["items"] for x in xs)
-        out["on" if on else "off"] = {
+        out[mode] = {
             "cpu_ms_per_item": round(sum(x["cpu_ms_per_item"] * x["items"] for x in xs) / n, 4),
+            "items_per_s": round(n / sum(x["done_s"] for x in xs), 1),
             "items_per_s_stored": round(n / sum(x["stored_s"] for x in xs), 1),
-            "items_per_s_all_counted": round(n / sum(x["done_s"] for x in xs), 1),
+            "restore_s": round(sum(x["restore_s"] for x in xs), 3),
         }
-    out["cpu_cost"] = round(out["on"]["cpu_ms_per_item"] / out["off"]["cpu_ms_per_item"] - 1, 3)
+    off = out["off"]
+    for mode in ("mentions", "on"):
+        out[mode]["items_per_s_ratio"] = round(out[mode]["items_per_s"] / off["items_per_s"], 3)
+        out[mode]["cpu_ratio"] = round(out[mode]["cpu_ms_per_item"] / off["cpu_ms_per_item"], 3)
+    out["items_per_s_ratio"] = out["on"]["items_per_s_ratio"]
+    out["cpu_cost"] = round(out["on"]["cpu_ratio"] - 1, 3)
     out["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    out["items_per_round"] = items
+    out["cpu"] = cpu_name()
     out["rounds"] = results
     return out
 
@@ -370,6 +401,7 @@ def run_entity_plumbing(items: int, rounds: int, progress: Any = print) -> dict[
 __all__ = [
     "COLLAPSES",
     "EntityConstantClassifier",
+    "PLUMBING_MODES",
     "collapses",
     "compare",
     "print_stack",

@@ -133,17 +133,24 @@ def _pending(values: list[bytes]) -> list[Pending]:
 
 
 # --- pure parts --------------------------------------------------------------------------------------------------
-def test_entity_records_key_by_entity_one_mention_per_item_and_skip_garbage() -> None:
+def test_entity_records_one_record_per_owning_partition_one_mention_per_item_and_skip_garbage() -> None:
+    from finsent.alerts.entity_agent import watermark_keys
+
     t = _start()
     a = _scored("a", t, "JPM", "negative", "JPMorgan falls", "Reuters")
     twice = ScoredItem(
         a.item, a.sentiment, a.sentiment_probs, a.topic, a.topic_prob, a.model_version, a.scored_at, a.entities * 2
     )
     b = _scored("b", t + timedelta(minutes=1), "AAPL", "positive", "Apple rises", "CNBC")
-    records, n, bad, newest = entity_records([twice.to_json(), b"not json", None, b.to_json()], [0, 1, 1, 1])
+    records, n, bad, newest = entity_records([twice.to_json(), b"not json", None, b.to_json()], [0, 1, 1, 1], 2)
     assert bad == 2 and n == 2 and newest == {0: t, 1: t + timedelta(minutes=1)}
-    assert sorted(k for k, _ in records) == [b"AAPL", b"JPM"]
-    jpm = decode_record(dict(records)[b"JPM"])
+    state = EntityAlerts(_settings(), sinks=[], partitions=2)
+    owners = {state.partition_of("JPM"), state.partition_of("AAPL")}
+    # keyed by the owning partition's key: the default partitioner puts each record where its entities live
+    assert sorted(k for k, _ in records) == sorted(watermark_keys(2)[p] for p in owners)
+    by_key = {k: decode_record(v) for k, v in records}
+    jpm = by_key[watermark_keys(2)[state.partition_of("JPM")]]
+    jpm = [p for p in jpm if p.mention.key == "JPM"]
     assert [(p.mention.item_id, p.mention.key, p.mention.sentiment, p.mention.source, p.mention.url) for p in jpm] == [
         ("a", "JPM", "negative", "Reuters", "https://news.example/a")
     ]
@@ -471,10 +478,11 @@ def test_an_entity_alert_quotes_untitled_stories_by_their_text_and_names_the_maj
     assert a.model_version == "m-new"
     titles = [h["title"] for h in (a.evidence or {})["headlines"]]
     assert titles and all(t.startswith("JPMorgan") for t in titles)
-    # a record from before the version column decodes, with no version
-    records, _, _, _ = entity_records(_values(items[-1:]))
-    body = json.loads(records[0][1])
-    body["m"] = [row[:8] for row in body["m"]]
+    # a version 1 record from before the version column decodes, with no version
+    row = ["i", "2024-01-01T00:00:00Z", "negative", 80, "Reuters", "t", None, "text"]
+    body = {"key": "JPM", "id": "JPM", "name": "JPMorgan", "m": [row]}
     assert [p.mention.model_version for p in decode_record(json.dumps(body))] == [""]
+    body["m"] = [[*row, "m-1"]]
+    assert [p.mention.model_version for p in decode_record(json.dumps(body))] == ["m-1"]
     assert story_title("", "  a\nlong   text " * 40, 30) == "a long text a long text a…"
     assert story_title("Headline", "text") == "Headline"

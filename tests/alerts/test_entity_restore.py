@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from finsent.alerts.entity_agent import EntityAlerts, attach, decode_record, entity_records
+from finsent.alerts.entity_agent import EntityAlerts, attach, decode_record, entity_records, watermark_keys
 from finsent.core.events import ScoredItem, decode_alert, utcnow
 from tests.alerts.test_entity_agent import SOURCES, _scored, _settings, replay_items, tiny_classifier  # noqa: F401
 
@@ -68,9 +68,11 @@ def _split(items: list[ScoredItem], start: datetime) -> tuple[list[ScoredItem], 
 def _feed(state: EntityAlerts, items: list[ScoredItem], restore: bool) -> list[Any]:
     """Offer the items' mentions to their owning units as the detect agent does (restoring each unit first)."""
     raised: list[Any] = []
-    records, _, _, _ = entity_records(s.to_json() for s in items)
+    partitions = state.partitions or state.settings.kafka.partitions
+    records, _, _, _ = entity_records((s.to_json() for s in items), None, partitions)
+    keys = watermark_keys(partitions)
     for key, value in records:
-        via = state.partition_of(key.decode())
+        via = keys.index(key)  # one record per owning partition, keyed so that it lands there
         if restore and via not in state.units:
             raised += state.restore(via)
         raised += state.offer(decode_record(value), via)
