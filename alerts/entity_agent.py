@@ -131,6 +131,10 @@ MAX_ALERTING_LABELS = 50
 #: far below Kafka's 1 MB)
 ITEMS_PER_RECORD = 100
 TEXT_CHARS = 1000
+#: the mention agent's longest wait to fill a batch of ``finsent.scored``: a batch costs one record per partition
+#: (not one per entity), so short waits are cheap, and a long one delayed a burst's last mentions (1 s before: a
+#: third of ``bench entities --plumbing``'s window)
+MENTIONS_WITHIN_S = 0.05
 #: an input (a (scored, raw) partition pair) whose newest event time has not moved for this long no longer holds
 #: the watermark
 IDLE_S = 30.0
@@ -723,11 +727,21 @@ class EntityAlerts:
         bucket_s = probe.bucket_s
         cut = EPOCH + timedelta(seconds=int(((newest - self.lateness) - EPOCH).total_seconds() // bucket_s) * bucket_s)
         units: dict[int, tuple[EntityUnit, list[Alert]]] = {}
-        start = newest - timedelta(seconds=probe.history_s())
+        # whole seconds: the day windows below then match the store's day numbers exactly
+        start = (newest - timedelta(seconds=probe.history_s())).replace(microsecond=0)
         day = timedelta(days=1)
-        lo = start
-        while lo <= newest:
-            hi = min(lo + day, newest + timedelta(seconds=1))
+        end = newest + timedelta(seconds=1)
+        # the days of the history that hold a mention: a day without one costs no read of its items (a young or
+        # sparse store: 28 empty days were 56 queries, most of a first start's restore)
+        rows = store.query(
+            f"SELECT DISTINCT intDiv(toUInt32(event_time) - {{lo:UInt32}}, 86400) FROM {store.database}.mentions "
+            "WHERE event_time >= toDateTime({lo:UInt32}, 'UTC') AND event_time < toDateTime({hi:UInt32}, 'UTC')",
+            {"lo": int(start.timestamp()), "hi": int(end.timestamp()) + 1},
+        )
+        days = sorted({int(r[0]) for r in rows})
+        for d in days:
+            lo = start + d * day
+            hi = min(lo + day, end)
             for p in stored_mentions(store, lo, hi):  # sorted by (event time, item id, entity key)
                 m = p.mention
                 via = self.partition_of(m.key)
@@ -746,7 +760,6 @@ class EntityAlerts:
                 # every one: the entity stage may lag the store by any amount (its scored offsets are its own),
                 # so all it re-reads after the restart may be a redelivery (memory: one pair per stored mention)
                 unit.restored.add((m.item_id, m.key))
-            lo = hi
         for unit, raised in units.values():
             raised += unit.detector.advance(newest)
             unit.released_upto = cut
@@ -1066,9 +1079,7 @@ def attach(app: Any, ctx: WorkerContext, **kwargs: Any) -> EntityAlerts | None:
     @app.agent(scored, name="finsent.entities.mentions")
     async def mentions(stream: Any) -> None:
         seen: dict[Origin, datetime] = {}  # newest event time per origin this worker has read
-        # the scorer's own wait for a batch: a longer one only delays the last mentions of a burst
-        within = settings.worker.batch_within_s
-        async for events in stream.take_events(max(settings.worker.batch_max * 4, 256), within=within):
+        async for events in stream.take_events(max(settings.worker.batch_max * 4, 256), within=MENTIONS_WITHIN_S):
             records, _, bad, _ = entity_records(
                 (e.value for e in events), (e.message.partition for e in events), count_partitions, seen
             )

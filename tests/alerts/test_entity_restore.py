@@ -114,6 +114,10 @@ def test_a_restored_detector_knows_the_baseline_and_the_episode_a_cold_one_does_
         assert alerts[0].window_end > start + timedelta(hours=BURST_HOUR)
         assert warm.restored_units == 2 and warm.late == 0
         assert "XOM" in {st.entity_id for st in warm.states().values()}  # the episode goes on, not raised again
+        # the alerts a restore re-raises carry the version that scored their mentions, as live ones do
+        _, rebuilt = EntityAlerts(settings, store_getter=lambda: store, sinks=[], partitions=2)._rebuild()
+        again = [a for _, raised in rebuilt.values() for a in raised]
+        assert [(a.entity_id, a.model_version) for a in again] == [("XOM", "test-model")]
     finally:
         store.close()
 
