@@ -2,19 +2,24 @@
 
 Topology (two agents and a timer on every worker, next to the topic alert agent of :mod:`finsent.alerts.agent`)::
 
-    finsent.scored --(mention agent: per batch, mentions grouped by entity)--> finsent.alerts.entity_counts
-                                                                                (key = entity key)
+    finsent.scored --(mention agent: per batch, mentions grouped by owning partition)--> finsent.alerts.entity_counts
+                                                                            (one record per partition and batch)
     finsent.alerts.entity_counts --(detect agent)--> reorder buffer (event time) --> novelty --> EntityDetector
     EntityDetector --> finsent.alerts (key = entity key), store ``insert_alerts``, gauges, Alertmanager (optional)
 
 **Why re-key by entity.** ``finsent.scored`` is keyed by item id, so one name's items are spread over every
-partition and every worker. The mention agent sends each batch's mentions grouped per entity, keyed by the
-entity key (``AAPL``, ``~genesis``: :func:`~finsent.alerts.entity_detector.entity_key`); the default
-partitioner sends one key to one partition, owned by one worker of the group. That worker alone holds the
+partition and every worker. Each entity key (``AAPL``, ``~genesis``:
+:func:`~finsent.alerts.entity_detector.entity_key`) belongs to the one partition of the entity counts topic that
+the default partitioner (murmur2) gives it, owned by one worker of the group. That worker alone holds the
 entity's buckets, baseline, novelty chains and episode: several workers agree because one of them decides,
-exactly as the topic counts are re-keyed by topic. A record carries the mentions themselves (item id, event
-time, sentiment, relevance, source, title, link and the first 1,000 characters of text), not bare counts: the
-detector counts an item once per bucket (redeliveries), its alerts quote headlines, and novelty needs the text.
+exactly as the topic counts are re-keyed by topic. The mention agent sends each batch's mentions as **one record
+per owning partition** (:func:`entity_records`, format version 2), keyed so that it lands there -- not one record
+per entity, whose per-record cost (a send, a confirmation, a Faust event and ack at the owner) was most of the
+entity stage's in ``bench entities --plumbing``. A record carries the mentions themselves (item id, event
+time, sentiment, relevance, source, title, link, model version and the first 1,000 characters of text, each item
+once per record as a positional row), not bare counts: the detector counts an item once per bucket
+(redeliveries), its alerts quote headlines, and novelty needs the text. Version 1 records (one entity's mentions,
+or a watermark alone) still decode; a record that cannot be read goes to ``finsent.dlq`` with its reason.
 
 **Event time, in order.** Each partition of the entity counts topic has its own unit (:class:`EntityUnit`: buffer,
 watermark, novelty, detector), whichever worker owns it. A unit keeps mentions in a reorder buffer until the
@@ -28,8 +33,9 @@ event time it has reached says nothing about items of another raw partition stil
 unevenly (a backfill replayed at full speed, one raw partition read weeks of event time ahead of the other) would
 make them late. So, as Flink keeps a watermark per input channel, each scored record carries its
 ``raw_partition`` (:class:`~finsent.core.events.ScoredItem`), and the watermark is the event time every *origin* --
-(scored partition, raw partition) pair -- has reached: after each batch a mention agent sends, to every partition
-of the entity counts topic (:func:`watermark_keys`), the newest event time it has read per origin (``"3/1"``:
+(scored partition, raw partition) pair -- has reached: with each batch a mention agent sends, to every partition
+of the entity counts topic (:func:`watermark_keys`; inside the batch's record, after its mentions, so it never
+overtakes them), the newest event time it has read per origin (``"3/1"``:
 scored 3, raw 1; ``"3"`` for a record from a scorer without the field), and the owner takes the oldest of them.
 Every scored partition, and (once records name them) every raw partition -- the raw topic is assumed to have
 ``settings.kafka.partitions`` partitions, as ``ensure_topics`` makes it -- holds the watermark until heard from (at most
@@ -61,7 +67,8 @@ another that links two of the first name's stories.
 record): the stored mentions of its entities over :meth:`~finsent.alerts.entity_detector.EntityDetector.history_s`
 (four baseline half-lives: four weeks of 1 h buckets) of event time up to the watermark below, replayed in
 (event time, item id, entity key) order through novelty and the detector as the backtest does
-(:func:`finsent.alerts.backtest.stored_mentions`: both engines), read a day at a time in one pass that builds
+(:func:`finsent.alerts.backtest.stored_mentions`: both engines), read a day at a time (the days that hold a mention)
+in one pass that builds
 every partition's unit (memory: a day of items, the units, and one id pair per restored mention). Buckets the
 watermark had closed are closed again, that watermark taken as the newest event time of the items scored *before
 this worker started* (the previous life): not the store's newest, which on a first start is this run's scorer
