@@ -402,11 +402,17 @@ class Classifier:
         model_spans: list[list[Span] | None] = [None] * len(out)
         if TOKEN_OUTPUT in self._outputs:  # _score parked the entity head's spans (prepared-text offsets) here
             for i, t in enumerate(texts):
-                spans, out[i] = list(out[i].entities), dataclasses.replace(out[i], entities=())
-                if spans:
-                    text, where = prepare_with_map(t[: self.max_chars], self.preprocess)
-                    if text == prepared[i]:
-                        model_spans[i] = map_spans(spans, where)  # type: ignore[arg-type]
+                spans = list(out[i].entities)
+                if not spans:  # no entity found by the head: the Prediction object stays as it is
+                    continue
+                out[i] = dataclasses.replace(out[i], entities=())
+                original = t[: self.max_chars]
+                if original == prepared[i]:  # preparation changed nothing: the offsets are the text's own
+                    model_spans[i] = spans  # type: ignore[assignment]
+                    continue
+                text, where = prepare_with_map(original, self.preprocess)
+                if text == prepared[i]:
+                    model_spans[i] = map_spans(spans, where)  # type: ignore[arg-type]
         if self.linker is not None:
             link = self.linker.extract_entities  # type: ignore[attr-defined]
             for i, t in enumerate(texts):

@@ -211,7 +211,10 @@ def derive_fp16(src: Path, dst: Path, num_heads: int = 0, hidden_size: int = 0) 
 #: bump when derive_int8's recipe changes: it is part of the cached file's name, so no stale variant runs.
 #: Recipe 4 (per-row activation scales) replaced recipe 3 (one dynamic scale per batch tensor), whose
 #: scores depended on the rest of the batch; a cache still holding ``model.int8r3.*`` files is never read.
-INT8_RECIPE = 4
+#: Recipe 5 splits a MatMul over a Concat into one MatMul per concatenated input (:func:`split_concat_matmuls`):
+#: the entity head's six layers are quantised per row each (five of them already were) instead of as one
+#: 2,304-wide tensor; item outputs are unchanged, token logits move by the finer quantisation.
+INT8_RECIPE = 5
 #: encoder layers whose feed-forward down-projection stays fp32 (recipe 3 kept layer 0; recipe 4 needs none)
 FP32_FFN_LAYERS: tuple[int, ...] = ()
 #: suffix of the MatMulInteger node that replaces a weight MatMul (the original node's name + this)
@@ -337,10 +340,111 @@ def quantize_rows(model: onnx.ModelProto, exclude: Collection[str] = ()) -> onnx
     return model
 
 
+#: suffix of the per-input MatMuls that replace a MatMul over a Concat (the original node's name + this + index)
+SPLIT_SUFFIX = "/part"
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """Each tensor's (rank, static last dimension) where shape inference knows them."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out: dict[str, tuple[int, int]] = {}
+    for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if dims and dims[-1].HasField("dim_value"):
+            out[v.name] = (len(dims), int(dims[-1].dim_value))
+    for init in model.graph.initializer:
+        if init.dims:
+            out[init.name] = (len(init.dims), int(init.dims[-1]))
+    return out
+
+
+def split_concat_matmuls(model: onnx.ModelProto) -> int:
+    """Rewrite ``Concat([h_1..h_n], axis=-1) @ W`` (W an initializer, the Concat read by nothing else) as
+    ``h_1 @ W_1 + ... + h_n @ W_n`` with W's row blocks, in place; returns how many MatMuls were split.
+
+    Why: the entity head reads the concatenation of six encoder layers (2,304 wide). Quantised per row as one
+    tensor, the Concat (a 2,304-wide copy) and its quantisation (Abs, ReduceMax, QuantizeLinear over it) cost
+    about as much as the rest of the head (bench/RESULTS.md). Split, each layer output is quantised per row on
+    its own, and :func:`quantize_rows` quantises a tensor once for all its readers: layers 1-5 already are, for
+    the next layer's query/key/value projections, so only the last layer's output is quantised anew and the
+    Concat is gone. The same maths in fp32; in int8 each layer gets its own per-row scale instead of one shared
+    over the six (finer, and still a function of the token's own activations only, so deterministic).
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    for o in graph.output:
+        readers[o.name] = readers.get(o.name, 0) + 1
+    shapes: dict[str, tuple[int, int]] | None = None
+    nodes: list[onnx.NodeProto] = []
+    dropped: set[str] = set()  # Concat outputs whose Concat goes
+    replaced: set[str] = set()  # weights now stored as row blocks
+    new_inits: list[onnx.TensorProto] = []
+    split = 0
+    for n in graph.node:
+        weight = inits.get(n.input[1]) if n.op_type == "MatMul" and len(n.input) == 2 else None
+        cat = producer.get(n.input[0]) if weight is not None else None
+        if (
+            cat is None
+            or cat.op_type != "Concat"
+            or len(cat.input) < 2
+            or readers.get(cat.output[0], 0) != 1
+            or len(weight.dims) != 2
+            or weight.data_type != TensorProto.FLOAT
+        ):
+            nodes.append(n)
+            continue
+        if shapes is None:
+            shapes = _shapes(model)
+        known = [shapes.get(x) for x in cat.input]
+        axis = next((a.i for a in cat.attribute if a.name == "axis"), None)
+        widths = [s[1] for s in known if s is not None]
+        if (
+            len(widths) != len(known)
+            or sum(widths) != weight.dims[0]
+            or any(axis not in (-1, s[0] - 1) for s in known if s is not None)
+        ):  # not a concatenation along the MatMul's reduced axis that shape inference can size: leave it
+            nodes.append(n)
+            continue
+        w = numpy_helper.to_array(weight)
+        base = n.name or n.output[0]
+        parts: list[str] = []
+        row = 0
+        for k, (x, width) in enumerate(zip(cat.input, widths, strict=True)):
+            name = f"{base}{SPLIT_SUFFIX}{k}"
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(w[row : row + width]), name + "/weight"))
+            row += width
+            nodes.append(helper.make_node("MatMul", [x, name + "/weight"], [name], name=name))
+            parts.append(name)
+        total = parts[0]
+        for k, part in enumerate(parts[1:], start=1):
+            out = n.output[0] if k == len(parts) - 1 else f"{base}{SPLIT_SUFFIX}sum{k}"
+            nodes.append(helper.make_node("Add", [total, part], [out], name=f"{base}{SPLIT_SUFFIX}sum{k}"))
+            total = out
+        dropped.add(cat.output[0])
+        replaced.add(weight.name)
+        split += 1
+    if not split:
+        return 0
+    nodes = [n for n in nodes if not (n.op_type == "Concat" and n.output[0] in dropped)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in used] + new_inits
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return split
+
+
 def derive_int8(src: Path, dst: Path) -> None:
-    """The int8 CPU variant (recipe 4): every weight MatMul of the plain (unfused) fp32 graph in int8 with
-    per-channel weight scales and per-row activation scales (:func:`quantize_rows`); onnxruntime's own
-    session-level fusions run at load.
+    """The int8 CPU variant (recipe 5): every weight MatMul of the plain (unfused) fp32 graph in int8 with
+    per-channel weight scales and per-row activation scales (:func:`quantize_rows`), a MatMul over a Concat
+    first split into one per concatenated input (:func:`split_concat_matmuls`, the entity head's layers);
+    onnxruntime's own session-level fusions run at load.
 
     Deterministic by construction: a text gets the same labels and probabilities (to ~1e-7) alone, in any
     batch and at any padded length. Measured on the shipped model (bench/RESULTS.md, "Deterministic int8"):
@@ -350,6 +454,7 @@ def derive_int8(src: Path, dst: Path) -> None:
     that made recipe 3 keep layer 0's feed-forward down-projection in fp32).
     """
     model = expand_weights(src)
+    split_concat_matmuls(model)
     _atomic_save(quantize_rows(model, ffn_output_matmuls(model, FP32_FFN_LAYERS)), dst)
 
 

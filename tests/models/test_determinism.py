@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from finsent.models.data import read_labelled_csv
@@ -133,3 +134,94 @@ def test_shipped_model_entities_do_not_depend_on_the_batch() -> None:
         ], text
         for x, y in zip(a.entities, b.entities, strict=True):
             assert max(abs(x.sentiment_probs[k] - y.sentiment_probs[k]) for k in x.sentiment_probs) < TOL, text
+
+
+def _concat_graph(shared_reader: bool = False) -> onnx.ModelProto:
+    """a [2, 3, 4] and b [2, 3, 3] concatenated (axis -1) into a MatMul with a [7, 5] weight; ``a`` also feeds a
+    MatMul of its own (as a layer output feeds the next layer's projections); ``shared_reader``: the Concat's
+    output is a graph output too."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((7, 5)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "wa"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["a", "wa"], ["ya"], name="a_proj"),
+        helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=-1),
+        helper.make_node("MatMul", ["cat", "w"], ["y"], name="head"),
+    ]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("ya", "y")]
+    if shared_reader:
+        outputs.append(helper.make_tensor_value_info("cat", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", "seq", 4]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", "seq", 3]),
+        ],
+        outputs,
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(["ya", "y"], feed)
+
+
+def test_int8_recipe_splits_a_matmul_over_a_concat_and_quantises_each_input_once() -> None:
+    """Recipe 5: Concat -> MatMul becomes one MatMul per input (the same fp32 maths), and in int8 an input that
+    another MatMul already reads is quantised once for both (the entity head's layers 1-5)."""
+    from finsent.models.variants import quantize_rows, split_concat_matmuls
+
+    rng = np.random.default_rng(1)
+    feed = {
+        "a": rng.standard_normal((2, 3, 4)).astype(np.float32),
+        "b": rng.standard_normal((2, 3, 3)).astype(np.float32),
+    }
+    plain = _concat_graph()
+    ref = _run(plain, feed)
+    split = onnx.ModelProto()
+    split.CopyFrom(plain)
+    assert split_concat_matmuls(split) == 1
+    assert "Concat" not in {n.op_type for n in split.graph.node}
+    assert not any(i.name == "w" for i in split.graph.initializer)  # stored as its two row blocks only
+    got = _run(split, feed)
+    assert np.allclose(got[1], ref[1], atol=1e-5) and np.array_equal(got[0], ref[0])
+
+    quantize_rows(split)
+    ops = [n.op_type for n in split.graph.node]
+    assert ops.count("MatMulInteger") == 3 and ops.count("QuantizeLinear") == 2, ops  # a once (two readers), b once
+    q = _run(split, feed)
+    assert np.abs(q[1] - ref[1]).max() < 0.05 * np.abs(ref[1]).max()
+    # per row: a row's int8 result does not depend on the other rows (here: on the rest of the batch)
+    alone = _run(split, {k: v[:1] for k, v in feed.items()})
+    assert np.array_equal(alone[1], q[1][:1])
+
+
+def test_int8_recipe_leaves_a_concat_that_something_else_reads() -> None:
+    from finsent.models.variants import split_concat_matmuls
+
+    model = _concat_graph(shared_reader=True)
+    assert split_concat_matmuls(model) == 0
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Concat", "MatMul"]
+
+
+def test_shipped_int8_graph_has_no_concat_before_the_token_head() -> None:
+    """The shipped three-head model's int8 variant: the token projection reads the six layers one by one."""
+    from finsent.models.variants import INT8_RECIPE, variant_path
+
+    clf = Classifier.load(entities=False)
+    path = variant_path(None, clf.model_dir / "model.onnx", "int8")
+    assert f"int8r{INT8_RECIPE}" in path.name
+    graph = onnx.load(str(path), load_external_data=False).graph
+    parts = [n for n in graph.node if n.op_type == "MatMulInteger" and "/token_proj/" in n.name]
+    assert len(parts) == 6, [n.name for n in parts]
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert all(producers.get(n.input[0]) != "Concat" for n in graph.node if n.op_type == "MatMulInteger")

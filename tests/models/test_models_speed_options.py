@@ -215,3 +215,33 @@ def test_predict_at_once_keeps_the_input_order_across_concurrent_calls() -> None
     assert out == [t for b in batches for t in b]
     assert len(clf.threads) == 2
     assert predict_at_once(clf, batches, calls=1) == out  # type: ignore[arg-type]
+
+
+def test_bench_paired_ratio_times_both_models_back_to_back() -> None:
+    """--pairs: each pair runs both models once, alternating which goes first; the ratio is this model's rate
+    over the other's (a model twice as slow: 0.5x), by wall time and by process CPU."""
+    import time
+
+    from finsent.bench.model import paired_ratio
+
+    calls: list[str] = []
+
+    def spin(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    def slow(texts: object) -> None:
+        calls.append("slow")
+        spin(0.02)
+
+    def fast(texts: object) -> None:
+        calls.append("fast")
+        spin(0.01)
+
+    got = paired_ratio(slow, fast, ["t"] * 40, pairs=4)
+    assert calls[2:] == ["slow", "fast", "fast", "slow", "slow", "fast", "fast", "slow"]  # after one warm-up each
+    assert got["pairs"] == 4 and got["n_texts"] == 40
+    assert got["wall"]["median"] == pytest.approx(0.5, abs=0.15)
+    assert got["cpu"]["median"] == pytest.approx(0.5, abs=0.15)
+    assert got["wall"]["q1"] <= got["wall"]["median"] <= got["wall"]["q3"]
