@@ -497,6 +497,122 @@ class _Pacer:
         return due
 
 
+class _ReplayRun:
+    """The state one :func:`replay` call shares between its steps: the open batch, the counts, the progress.
+
+    A class rather than closures so each step (pace, batch, flush, show) is a method a reader can take in
+    alone; the order of the calls, and so what is published when, is :func:`replay`'s and :meth:`file`'s.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        stats: ReplayStats,
+        pacer: _Pacer,
+        *,
+        limit: int | None,
+        batch_size: int,
+        progress: bool,
+        stop: threading.Event | None,
+    ) -> None:
+        from tqdm import tqdm
+
+        from finsent.ingest.pipeline import Entry
+
+        self.entry = Entry  # imported here, not at module level, like tqdm: replay's import stays light
+        self.pipeline = pipeline
+        self.stats = stats
+        self.pacer = pacer
+        self.limit = limit
+        self.batch_size = batch_size
+        self.progress = progress
+        self.stop = stop
+        self.produced_before = pipeline.produced
+        self.queued = 0  # items handed to the pipeline (for --limit)
+        self.bar = tqdm(total=limit, unit="item", file=sys.stderr, disable=not progress or None, desc="replay")
+        self.batch: list[Any] = []  # Entry
+        self.batch_source = ""
+        # without a terminal tqdm draws nothing: then one line every PROGRESS_EVERY_S (rows read, published, bad)
+        self.lines = progress and self.bar.disable
+        self.last_line = time.monotonic()
+
+    def done(self) -> bool:
+        """``--limit`` reached or ``stop`` set: nothing more is read (what was handed over is still published)."""
+        return (self.limit is not None and self.queued >= self.limit) or (self.stop is not None and self.stop.is_set())
+
+    def show(self, final: bool = False) -> None:
+        """Progress: the bar's postfix on a terminal, else a line on stderr at most every PROGRESS_EVERY_S."""
+        now = time.monotonic()
+        if not self.progress or (not final and now - self.last_line < PROGRESS_EVERY_S):
+            return
+        self.last_line = now
+        stats = self.stats
+        read, published = self.queued + stats.skipped, self.pipeline.produced - self.produced_before
+        if self.lines:
+            print(
+                f"replay: {read} rows read, {published} published, {stats.skipped} bad" + (" (done)" if final else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            self.bar.set_postfix(read=read, bad=stats.skipped, refresh=False)
+
+    def on_bad_row(self, bad: BadRow) -> None:
+        """A row the reader refused: counted, listed, logged (:func:`_report`), and shown in the progress."""
+        _report(bad, self.stats, self.pipeline)
+        self.show()
+
+    def flush(self) -> None:
+        """Publish the open batch (the pipeline returns once the broker acked it) and advance the bar."""
+        if self.batch:
+            before = self.pipeline.produced
+            self.pipeline.submit(self.batch_source, self.batch)
+            self.bar.update(self.pipeline.produced - before)
+            self.batch = []
+
+    def wait_until_due(self, item: RawItem) -> bool:
+        """Sleep until ``item`` is due, publishing the open batch first (a paced item must not wait for the
+        next one). True when ``stop`` was set during the wait."""
+        wait = self.pacer.due(item) - time.monotonic()
+        if wait > 0:
+            self.flush()
+            if self.stop is not None:
+                if self.stop.wait(wait):
+                    return True
+            else:
+                time.sleep(wait)
+        return False
+
+    def add(self, item: RawItem, batch_source: str) -> None:
+        """Queue one item; a batch holds one source only (its metrics label) and is published when full."""
+        if self.batch and self.batch_source != batch_source:
+            self.flush()
+        self.batch_source = batch_source
+        self.pipeline.count_fetched(batch_source, 1)
+        self.batch.append(self.entry(item, (f"id:{item.id}",)))
+        self.queued += 1
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+        self.show()
+
+    def file(self, path: str | Path, name: str, *, source: str | None, source_type: str, encoding: str) -> None:
+        """Replay one file, paced, until it ends, ``--limit`` is reached or ``stop`` is set; then publish
+        what is still batched."""
+        for rec in iter_file_records(
+            path,
+            source=source,
+            source_type=source_type,
+            encoding=encoding,
+            max_text_chars=self.pipeline.max_text_chars,
+            on_bad_row=self.on_bad_row,
+            on_unparsed_date=unparsed_date_hook(self.pipeline.metrics, f"replay:{name}"),
+        ):
+            if self.done() or self.wait_until_due(rec.item):
+                break
+            self.add(rec.item, f"replay:{name}")
+        self.flush()
+
+
 def replay(
     paths: Sequence[str | Path],
     pipeline,
@@ -524,88 +640,19 @@ def replay(
     ``progress``: a bar on a terminal; elsewhere (a pod's log, a pipe) a line on stderr every
     :data:`PROGRESS_EVERY_S` seconds and one at the end: ``replay: R rows read, P published, B bad``.
     """
-    from tqdm import tqdm
-
-    from finsent.ingest.pipeline import Entry
-
     stats = stats if stats is not None else ReplayStats()
     pacer = _Pacer(rate, speedup)
-    produced_before = pipeline.produced
-    queued = 0  # items handed to the pipeline (for --limit)
-    bar = tqdm(total=limit, unit="item", file=sys.stderr, disable=not progress or None, desc="replay")
-    batch: list[Entry] = []
-    batch_source = ""
-    # without a terminal tqdm draws nothing: then one line every PROGRESS_EVERY_S (rows read, published, bad)
-    lines = progress and bar.disable
-    last_line = time.monotonic()
-
-    def show(final: bool = False) -> None:
-        nonlocal last_line
-        now = time.monotonic()
-        if not progress or (not final and now - last_line < PROGRESS_EVERY_S):
-            return
-        last_line = now
-        read, published = queued + stats.skipped, pipeline.produced - produced_before
-        if lines:
-            print(
-                f"replay: {read} rows read, {published} published, {stats.skipped} bad" + (" (done)" if final else ""),
-                file=sys.stderr,
-                flush=True,
-            )
-        else:
-            bar.set_postfix(read=read, bad=stats.skipped, refresh=False)
-
-    def on_bad_row(bad: BadRow) -> None:
-        _report(bad, stats, pipeline)
-        show()
-
-    def flush() -> None:
-        nonlocal batch
-        if batch:
-            before = pipeline.produced
-            pipeline.submit(batch_source, batch)
-            bar.update(pipeline.produced - before)
-            batch = []
-
+    run = _ReplayRun(pipeline, stats, pacer, limit=limit, batch_size=batch_size, progress=progress, stop=stop)
     try:
         for path in paths:
             name = Path(path).name
-            if (limit is not None and queued >= limit) or (stop is not None and stop.is_set()):
+            if run.done():
                 break
-
-            for rec in iter_file_records(
-                path,
-                source=source,
-                source_type=source_type,
-                encoding=encoding,
-                max_text_chars=pipeline.max_text_chars,
-                on_bad_row=on_bad_row,
-                on_unparsed_date=unparsed_date_hook(pipeline.metrics, f"replay:{name}"),
-            ):
-                if (limit is not None and queued >= limit) or (stop is not None and stop.is_set()):
-                    break
-                wait = pacer.due(rec.item) - time.monotonic()
-                if wait > 0:
-                    flush()
-                    if stop is not None:
-                        if stop.wait(wait):
-                            break
-                    else:
-                        time.sleep(wait)
-                if batch and batch_source != f"replay:{name}":
-                    flush()
-                batch_source = f"replay:{name}"
-                pipeline.count_fetched(batch_source, 1)
-                batch.append(Entry(rec.item, (f"id:{rec.item.id}",)))
-                queued += 1
-                if len(batch) >= batch_size:
-                    flush()
-                show()
-            flush()
-        show(final=True)
+            run.file(path, name, source=source, source_type=source_type, encoding=encoding)
+        run.show(final=True)
     finally:
-        bar.close()
-        stats.produced = pipeline.produced - produced_before
+        run.bar.close()
+        stats.produced = pipeline.produced - run.produced_before
     return stats
 
 
