@@ -318,6 +318,228 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _problem(status: int, message: str, **extra: Any) -> web.Response:
+    """A JSON error answer ``{"error": message, ...}``; a 401 names the bearer scheme, as HTTP asks."""
+    headers = {"WWW-Authenticate": 'Bearer realm="finsent"'} if status == 401 else None
+    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+def _refuse(status: int, message: str, **extra: Any) -> web.Response:
+    """An answer given before the body is read: the connection closes after it, so the unread body
+    is never drained (a refused request costs its headers, not its body)."""
+    resp = _problem(status, message, **extra)
+    resp.force_close()
+    return resp
+
+
+@dataclass
+class _Checked:
+    """One request's items after validation: the usable entries (with their index in the request), the
+    per-item refusals and the warnings (kept items with something the client should fix)."""
+
+    entries: list[Entry] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # each entry's index in the request
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # kept, with an unreadable date
+
+
+class _Door:
+    """The push endpoint's handlers and what they share (executors, coalescer, token, limits).
+
+    One object rather than closures inside :func:`create_app`, so that each step of a push (headers,
+    body, items, publish, answer) is a method that can be read alone; the routes are its bound methods.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        token: str | None,
+        max_body_bytes: int,
+        max_items: int,
+        publish_timeout_s: float,
+        body_timeout_s: float,
+        ready: Callable[[], tuple[bool, str]] | None,
+    ) -> None:
+        from finsent.ingest.service import readiness
+
+        self.pipeline = pipeline
+        self.max_body_bytes = max_body_bytes
+        self.max_items = max_items
+        self.body_timeout_s = body_timeout_s
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="publish")
+        #: one thread: authenticated gzip bodies are inflated one at a time, off the event loop
+        self.inflate_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inflate")
+        self.coalescer = Coalescer(pipeline, self.executor, publish_timeout_s)
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.metrics = pipeline.metrics
+        self.count_unparsed = unparsed_date_hook(self.metrics, METRIC_SOURCE)
+        self.is_ready = ready or readiness(pipeline.publisher)
+
+    def authorized(self, request: web.Request) -> bool:
+        """The bearer token matches (constant time), or none is configured."""
+        if self.expected is None:
+            return True
+        got = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        return hmac.compare_digest(got, self.expected)
+
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """The answer to a request refused on its headers alone (token, size, content type, charset,
+        encoding), before a byte of its body is read; None when the body may be read."""
+        if not self.authorized(request):
+            return _refuse(401, "missing or wrong bearer token (Authorization: Bearer <FINSENT_HTTP_TOKEN>)")
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return _refuse(413, f"body is {request.content_length} bytes; the limit is {self.max_body_bytes}")
+        mime = (request.content_type or "").lower() if "Content-Type" in request.headers else ""
+        if mime not in _JSON_TYPES:
+            return _refuse(415, f"Content-Type {mime!r} not accepted: use application/json or application/x-ndjson")
+        charset = request.charset
+        if charset and known_text_encoding(charset) is None:
+            return _refuse(415, f"charset {charset!r} is not a text encoding finsent can read: use utf-8")
+        encoding = _encoding(request)
+        if encoding not in ACCEPTED_ENCODINGS:
+            return _refuse(415, f"Content-Encoding {encoding!r} not accepted: send the body as is or gzip it")
+        return None
+
+    async def read_body(self, request: web.Request) -> bytes | web.Response:
+        """The body, inflated when gzip; or the answer when it came too slowly, is too large or is corrupt.
+
+        Read under ``body_timeout_s`` (aiohttp has no body timeout of its own); inflated after the token was
+        checked, in a worker thread and bounded by the body limit, so the loop never inflates."""
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await request.read()  # raw bytes: the server does not inflate (auto_decompress=False)
+        except web.HTTPRequestEntityTooLarge:
+            return _refuse(413, f"body exceeds the limit of {self.max_body_bytes} bytes")
+        except TimeoutError:
+            self.metrics.errors.labels(METRIC_SOURCE, "body_timeout").inc()
+            resp = _problem(408, f"request body not received within {self.body_timeout_s:g} s")
+            resp.force_close()
+            return resp
+        if _encoding(request) != "identity":
+            try:  # after authentication, in a worker thread, bounded: the loop never inflates
+                body = await asyncio.get_running_loop().run_in_executor(
+                    self.inflate_executor, inflate_gzip, body, self.max_body_bytes
+                )
+            except BodyTooLarge as exc:
+                self.metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
+                return _problem(413, str(exc))
+            except BadBody as exc:
+                self.metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
+                return _problem(400, str(exc))
+        return body
+
+    def check_items(self, values: list[Any]) -> _Checked:
+        """Validate and normalise each value on its own: a bad item is refused alone, never the request."""
+        checked = _Checked()
+        for i, obj in enumerate(values):
+
+            def unparsed(why: str, i: int = i) -> None:
+                self.count_unparsed(why)
+                checked.warnings.append({"index": i, "reason": "unparsed_date", "detail": why})
+
+            entry, err = _item_from_json(obj, self.pipeline.max_text_chars, unparsed)
+            if err is not None:
+                checked.rejected.append({"index": i, **err})
+                self.pipeline.count_skipped(METRIC_SOURCE, err["reason"])
+            else:
+                checked.entries.append(entry)  # type: ignore[arg-type]
+                checked.positions.append(i)
+        return checked
+
+    async def post_items(self, request: web.Request) -> web.Response:
+        """``POST /v1/items``: headers, body, items, one coalesced publish, then each item's verdict."""
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
+        body = await self.read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            values = parse_body(body, request.headers.get("Content-Type"))
+        except BadBody as exc:
+            self.metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
+            return _problem(400, str(exc))
+        if len(values) > self.max_items:
+            return _problem(413, f"{len(values)} items in one request; the limit is {self.max_items}")
+        self.metrics.fetched.labels(METRIC_SOURCE).inc(len(values))
+        checked = self.check_items(values)
+        if not checked.entries:
+            status = 422 if values else 400
+            return _problem(status, "no valid items", accepted=[], duplicates=[], rejected=checked.rejected)
+        try:
+            outcome = await self.coalescer.submit(checked.entries)
+        except PublishError as exc:
+            return _unavailable(checked.entries, exc)
+        return _accepted(checked, outcome)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        pub = self.pipeline.publisher
+        kafka = "dry-run" if pub is None else ("connected" if pub.connected else "not connected")
+        return web.json_response({"status": "ok", "kafka": kafka})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        # open to anyone who can reach the port: ready or not, nothing more (the reason names the broker's
+        # address); the loopback --metrics-port /readyz gives the reason to the operator
+        ok, _why = self.is_ready()
+        return web.json_response({"ready": ok, "status": "ready" if ok else "not ready"}, status=200 if ok else 503)
+
+    async def on_startup(self, app: web.Application) -> None:
+        if self.pipeline.publisher is not None:  # connect in the background: the first request need not pay
+            loop = asyncio.get_running_loop()
+            app[_CONNECT] = loop.run_in_executor(self.executor, self.pipeline.publisher.connect)
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):  # a token-protected endpoint does not show its traffic to strangers
+            return _problem(401, "/metrics needs the bearer token here; or scrape --metrics-port (loopback)")
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        self.executor.shutdown(wait=True)
+        self.inflate_executor.shutdown(wait=True)
+
+
+def _encoding(request: web.Request) -> str:
+    """The request's Content-Encoding, normalised (none or blank: identity)."""
+    return request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+
+
+def _unavailable(entries: list[Entry], exc: PublishError) -> web.Response:
+    """503 + Retry-After when Kafka did not ack in time: nothing is lost, and the items acked before the
+    failure are named (a retry reports them as duplicates)."""
+    log.error("publish failed, answering 503: %s", exc)
+    acked = {id(i) for i in exc.acked}
+    return web.json_response(
+        {
+            "error": f"Kafka is unavailable ({exc}); nothing was lost, retry the same request",
+            "published": [e.item.id for e in entries if id(e.item) in acked],
+        },
+        status=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+def _accepted(checked: _Checked, outcome: _Outcome) -> web.Response:
+    """202 with each item's verdict: accepted, duplicate, or refused (at validation, or by the publish:
+    oversize or unpublishable), plus the warnings."""
+    rejected = checked.rejected
+    for idx, e in zip(checked.positions, checked.entries, strict=True):
+        if id(e.item) in outcome.oversize:
+            rejected.append({"index": idx, "reason": "oversize", "detail": "encoded item > max_message_bytes"})
+        elif id(e.item) in outcome.failed:
+            rejected.append({"index": idx, "reason": "unpublishable", "detail": "see the endpoint's log"})
+    return web.json_response(
+        {
+            "accepted": [e.item.id for e in checked.entries if id(e.item) in outcome.published],
+            "duplicates": [e.item.id for e in checked.entries if id(e.item) in outcome.duplicates],
+            "rejected": rejected,
+            **({"warnings": checked.warnings} if checked.warnings else {}),
+        },
+        status=202,
+    )
+
+
 def create_app(
     pipeline: Pipeline,
     *,
@@ -329,159 +551,22 @@ def create_app(
     ready: Callable[[], tuple[bool, str]] | None = None,
 ) -> web.Application:
     """The push endpoint's routes. ``ready`` answers ``/readyz`` (default: the publisher's readiness)."""
-    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="publish")
-    #: one thread: authenticated gzip bodies are inflated one at a time, off the event loop
-    inflate_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inflate")
-    coalescer = Coalescer(pipeline, executor, publish_timeout_s)
-    expected = f"Bearer {token}".encode() if token else None
-    metrics = pipeline.metrics
-    count_unparsed = unparsed_date_hook(metrics, METRIC_SOURCE)
-
-    def problem(status: int, message: str, **extra: Any) -> web.Response:
-        headers = {"WWW-Authenticate": 'Bearer realm="finsent"'} if status == 401 else None
-        return web.json_response({"error": message, **extra}, status=status, headers=headers)
-
-    def authorized(request: web.Request) -> bool:
-        if expected is None:
-            return True
-        got = request.headers.get("Authorization", "").encode("utf-8", "replace")
-        return hmac.compare_digest(got, expected)
-
-    def refuse(status: int, message: str, **extra: Any) -> web.Response:
-        """An answer given before the body is read: the connection closes after it, so the unread body
-        is never drained (a refused request costs its headers, not its body)."""
-        resp = problem(status, message, **extra)
-        resp.force_close()
-        return resp
-
-    async def post_items(request: web.Request) -> web.Response:
-        if not authorized(request):
-            return refuse(401, "missing or wrong bearer token (Authorization: Bearer <FINSENT_HTTP_TOKEN>)")
-        if request.content_length is not None and request.content_length > max_body_bytes:
-            return refuse(413, f"body is {request.content_length} bytes; the limit is {max_body_bytes}")
-        mime = (request.content_type or "").lower() if "Content-Type" in request.headers else ""
-        if mime not in _JSON_TYPES:
-            return refuse(415, f"Content-Type {mime!r} not accepted: use application/json or application/x-ndjson")
-        charset = request.charset
-        if charset and known_text_encoding(charset) is None:
-            return refuse(415, f"charset {charset!r} is not a text encoding finsent can read: use utf-8")
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
-        if encoding not in ACCEPTED_ENCODINGS:
-            return refuse(415, f"Content-Encoding {encoding!r} not accepted: send the body as is or gzip it")
-        try:
-            async with asyncio.timeout(body_timeout_s):
-                body = await request.read()  # raw bytes: the server does not inflate (auto_decompress=False)
-        except web.HTTPRequestEntityTooLarge:
-            return refuse(413, f"body exceeds the limit of {max_body_bytes} bytes")
-        except TimeoutError:
-            metrics.errors.labels(METRIC_SOURCE, "body_timeout").inc()
-            resp = problem(408, f"request body not received within {body_timeout_s:g} s")
-            resp.force_close()
-            return resp
-        if encoding != "identity":
-            try:  # after authentication, in a worker thread, bounded: the loop never inflates
-                body = await asyncio.get_running_loop().run_in_executor(
-                    inflate_executor, inflate_gzip, body, max_body_bytes
-                )
-            except BodyTooLarge as exc:
-                metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
-                return problem(413, str(exc))
-            except BadBody as exc:
-                metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
-                return problem(400, str(exc))
-        try:
-            values = parse_body(body, request.headers.get("Content-Type"))
-        except BadBody as exc:
-            metrics.errors.labels(METRIC_SOURCE, "bad_body").inc()
-            return problem(400, str(exc))
-        if len(values) > max_items:
-            return problem(413, f"{len(values)} items in one request; the limit is {max_items}")
-        metrics.fetched.labels(METRIC_SOURCE).inc(len(values))
-        entries: list[Entry] = []
-        positions: list[int] = []  # each entry's index in the request
-        rejected: list[dict[str, Any]] = []
-        warnings: list[dict[str, Any]] = []  # kept, with something the client should fix (an unreadable date)
-        for i, obj in enumerate(values):
-
-            def unparsed(why: str, i: int = i) -> None:
-                count_unparsed(why)
-                warnings.append({"index": i, "reason": "unparsed_date", "detail": why})
-
-            entry, err = _item_from_json(obj, pipeline.max_text_chars, unparsed)
-            if err is not None:
-                rejected.append({"index": i, **err})
-                pipeline.count_skipped(METRIC_SOURCE, err["reason"])
-            else:
-                entries.append(entry)  # type: ignore[arg-type]
-                positions.append(i)
-        if not entries:
-            status = 422 if values else 400
-            return problem(status, "no valid items", accepted=[], duplicates=[], rejected=rejected)
-        try:
-            outcome = await coalescer.submit(entries)
-        except PublishError as exc:
-            log.error("publish failed, answering 503: %s", exc)
-            acked = {id(i) for i in exc.acked}
-            return web.json_response(
-                {
-                    "error": f"Kafka is unavailable ({exc}); nothing was lost, retry the same request",
-                    "published": [e.item.id for e in entries if id(e.item) in acked],
-                },
-                status=503,
-                headers={"Retry-After": "5"},
-            )
-        for idx, e in zip(positions, entries, strict=True):
-            if id(e.item) in outcome.oversize:
-                rejected.append({"index": idx, "reason": "oversize", "detail": "encoded item > max_message_bytes"})
-            elif id(e.item) in outcome.failed:
-                rejected.append({"index": idx, "reason": "unpublishable", "detail": "see the endpoint's log"})
-        return web.json_response(
-            {
-                "accepted": [e.item.id for e in entries if id(e.item) in outcome.published],
-                "duplicates": [e.item.id for e in entries if id(e.item) in outcome.duplicates],
-                "rejected": rejected,
-                **({"warnings": warnings} if warnings else {}),
-            },
-            status=202,
-        )
-
-    async def healthz(request: web.Request) -> web.Response:
-        pub = pipeline.publisher
-        kafka = "dry-run" if pub is None else ("connected" if pub.connected else "not connected")
-        return web.json_response({"status": "ok", "kafka": kafka})
-
-    from finsent.ingest.service import readiness
-
-    is_ready = ready or readiness(pipeline.publisher)
-
-    async def readyz(request: web.Request) -> web.Response:
-        # open to anyone who can reach the port: ready or not, nothing more (the reason names the broker's
-        # address); the loopback --metrics-port /readyz gives the reason to the operator
-        ok, _why = is_ready()
-        return web.json_response({"ready": ok, "status": "ready" if ok else "not ready"}, status=200 if ok else 503)
-
-    async def on_startup(app: web.Application) -> None:
-        if pipeline.publisher is not None:  # connect in the background: the first request need not pay
-            loop = asyncio.get_running_loop()
-            app[_CONNECT] = loop.run_in_executor(executor, pipeline.publisher.connect)
-
-    async def metrics_endpoint(request: web.Request) -> web.Response:
-        if not authorized(request):  # a token-protected endpoint does not show its traffic to strangers
-            return problem(401, "/metrics needs the bearer token here; or scrape --metrics-port (loopback)")
-        body = generate_latest(metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def on_cleanup(app: web.Application) -> None:
-        executor.shutdown(wait=True)
-        inflate_executor.shutdown(wait=True)
-
+    door = _Door(
+        pipeline,
+        token=token,
+        max_body_bytes=max_body_bytes,
+        max_items=max_items,
+        publish_timeout_s=publish_timeout_s,
+        body_timeout_s=body_timeout_s,
+        ready=ready,
+    )
     app = web.Application(client_max_size=max_body_bytes)
-    app.router.add_post("/v1/items", post_items)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
+    app.router.add_post("/v1/items", door.post_items)
+    app.router.add_get("/healthz", door.healthz)
+    app.router.add_get("/readyz", door.readyz)
+    app.router.add_get("/metrics", door.metrics_endpoint)
+    app.on_startup.append(door.on_startup)
+    app.on_cleanup.append(door.on_cleanup)
     return app
 
 
