@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from finsent.core.events import RawItem, utcnow
@@ -43,6 +45,35 @@ def stream_settings(bootstrap: str, store: str, suffix: str, **kw: Any) -> Setti
     s = load_settings(**values)
     ensure_topics(s.kafka)
     return s
+
+
+def worker_env(s: Settings, model_dir: Path | str, *, clean: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of a ``finsent worker`` subprocess (or a ``finsent`` command beside it) on the broker,
+    store, topics and consumer group of ``s``, scoring with ``model_dir``.
+
+    One copy for every test that starts a worker process, so a new setting the worker must share with the test
+    (a topic, the group) is added once. The session timeout is short, so a killed worker's partitions move on
+    quickly. The checkout comes first on ``PYTHONPATH``, so the subprocess imports the code under test.
+    ``clean`` drops this process's own ``FINSENT_*`` variables first (a developer's settings never leak in);
+    ``extra`` (``FINSENT_METRICS_PORT="9464"``, ...) is applied last.
+    """
+    base = {k: v for k, v in os.environ.items() if not (clean and k.startswith("FINSENT_"))}
+    root = str(Path(__file__).resolve().parents[1])
+    return {
+        **base,
+        "PYTHONPATH": os.pathsep.join(p for p in (root, base.get("PYTHONPATH", "")) if p),
+        "FINSENT_BROKERS": s.kafka.brokers,
+        "FINSENT_STORE": s.storage.store,
+        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
+        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
+        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
+        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
+        "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
+        "FINSENT_PARTITIONS": str(s.kafka.partitions),
+        "FINSENT_SESSION_TIMEOUT_MS": "6000",
+        "FINSENT_MODEL_DIR": str(model_dir),
+        **extra,
+    }
 
 
 def make_items(n: int, prefix: str = "it") -> list[RawItem]:

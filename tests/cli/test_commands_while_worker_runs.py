@@ -29,7 +29,7 @@ from finsent.core.events import Alert, EntityMention, RawItem, ScoredItem, utcno
 from finsent.stream.broker import free_port
 from finsent.stream.store import open_store, owner
 from finsent.stream.store.remote import RemoteStore
-from tests.stream_helpers import Feeder, stream_settings, wait_for
+from tests.stream_helpers import Feeder, stream_settings, wait_for, worker_env
 
 pytestmark = [pytest.mark.integration]
 
@@ -71,22 +71,13 @@ def running(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     path = base / "data"
     url = f"chdb://{path}"
     s = stream_settings(kafka_bootstrap, url, f"ww{os.getpid()}", partitions=2)
-    common = {
-        **os.environ,
-        "FINSENT_BROKERS": s.kafka.brokers,
-        "FINSENT_STORE": url,
-        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-        "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
-        "FINSENT_PARTITIONS": "2",
-        "FINSENT_SESSION_TIMEOUT_MS": "6000",
-        "FINSENT_MODEL_DIR": str(model_dir),
-        "FINSENT_BATCH_MAX": "16",
-        "FINSENT_BATCH_WITHIN_S": "0.05",
-        "FINSENT_CACHE_DIR": str(base / "cache"),
-    }
+    common = worker_env(
+        s,
+        model_dir,
+        FINSENT_BATCH_MAX="16",
+        FINSENT_BATCH_WITHIN_S="0.05",
+        FINSENT_CACHE_DIR=str(base / "cache"),
+    )
     common.pop("FINSENT_API_TOKEN", None)
     worker_port = free_port()
     log = base / "worker.log"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from finsent.models.registry import Registry
 from finsent.stream.metrics import worker_metrics
 from finsent.stream.reload import ModelFollower, load_model, startup_model_dir
 from finsent.stream.worker import ClassifierHolder
-from tests.stream_helpers import stream_settings, wait_for
+from tests.stream_helpers import stream_settings, wait_for, worker_env
 
 
 @pytest.fixture(scope="module")
@@ -265,21 +264,14 @@ def test_worker_process_starts_on_a_corrupt_registry(
     store_url = f"chdb://{tmp_path / 'store'}"
     s = stream_settings(kafka_bootstrap, store_url, unique_name)
     port = free_port()
-    env = {
-        **os.environ,
-        "FINSENT_BROKERS": s.kafka.brokers,
-        "FINSENT_STORE": store_url,
-        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-        "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
-        "FINSENT_PARTITIONS": "1",
-        "FINSENT_MODEL_DIR": str(tiny),
-        "FINSENT_METRICS_PORT": str(port),
-        "FINSENT_REGISTRY": str(reg.root),
-        "FINSENT_CACHE_DIR": str(tmp_path / "cache"),
-    }
+    env = worker_env(
+        s,
+        tiny,
+        FINSENT_PARTITIONS="1",
+        FINSENT_METRICS_PORT=str(port),
+        FINSENT_REGISTRY=str(reg.root),
+        FINSENT_CACHE_DIR=str(tmp_path / "cache"),
+    )
     log = tmp_path / "worker.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "finsent", "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT

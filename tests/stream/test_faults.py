@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from finsent.stream.broker import EmbeddedBroker, free_port
-from tests.stream_helpers import make_items, produce_items, stream_settings, wait_for
+from tests.stream_helpers import make_items, produce_items, stream_settings, wait_for, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -47,25 +47,6 @@ def _sigterm(proc: subprocess.Popen[Any]) -> float:
     return time.monotonic() - t0
 
 
-def _worker_env(s: Any, store_url: str, model_dir: Path, metrics_port: int, **extra: str) -> dict[str, str]:
-    """The environment of a `finsent worker` subprocess on the topics and group of ``s``."""
-    return {
-        **os.environ,
-        "FINSENT_BROKERS": s.kafka.brokers,
-        "FINSENT_STORE": store_url,
-        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-        "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
-        "FINSENT_PARTITIONS": str(s.kafka.partitions),
-        "FINSENT_SESSION_TIMEOUT_MS": "6000",
-        "FINSENT_MODEL_DIR": str(model_dir),
-        "FINSENT_METRICS_PORT": str(metrics_port),
-        **extra,
-    }
-
-
 def _api(port: int, path: str) -> Any:
     """GET the worker's read-only JSON API (None while it does not answer)."""
     import json
@@ -90,7 +71,7 @@ def test_broker_killed_under_a_running_worker_then_sigterm(
     store_url = f"chdb://{tmp_path / 'store'}"
     s = stream_settings(broker.bootstrap, store_url, unique_name)
     port = free_port()
-    env = _worker_env(s, store_url, tiny_model_dir, port)
+    env = worker_env(s, tiny_model_dir, FINSENT_METRICS_PORT=str(port))
     log = tmp_path / "worker.log"
     produce_items(s, make_items(10, "before"))
     proc = _worker(env, log)
@@ -177,7 +158,7 @@ def test_broker_restart_under_a_running_worker_loses_nothing(
     store_url = f"chdb://{tmp_path / 'store'}"
     s = stream_settings(broker.bootstrap, store_url, unique_name, partitions=2)
     mport = free_port()
-    env = _worker_env(s, store_url, tiny_model_dir, mport)
+    env = worker_env(s, tiny_model_dir, FINSENT_METRICS_PORT=str(mport))
     log = tmp_path / "worker.log"
     produce_items(s, make_items(60, "before"))
     proc = _worker(env, log)

@@ -17,7 +17,6 @@ tests/ingest/test_faults_ingest.py.)
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import pytest
 from finsent.bench.clickhouse_server import ClickHouseServer
 from finsent.stream.broker import free_port
 from finsent.stream.store import open_store
-from tests.stream_helpers import make_items, produce_items, stream_settings, wait_for
+from tests.stream_helpers import make_items, produce_items, stream_settings, wait_for, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -43,23 +42,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def _env(s: Any, model_dir: Path, metrics_port: int = 0) -> dict[str, str]:
-    return {
-        **os.environ,
-        "FINSENT_BROKERS": s.kafka.brokers,
-        "FINSENT_STORE": s.storage.store,
-        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-        "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
-        "FINSENT_PARTITIONS": str(s.kafka.partitions),
-        "FINSENT_SESSION_TIMEOUT_MS": "6000",
-        "FINSENT_MODEL_DIR": str(model_dir),
-        "FINSENT_METRICS_PORT": str(metrics_port),
-        "FINSENT_BATCH_MAX": "16",
-        "FINSENT_BATCH_WITHIN_S": "0.05",
-    }
+#: small batches that commit often, so a kill lands between many commits
+QUICK_BATCHES = {"FINSENT_BATCH_MAX": "16", "FINSENT_BATCH_WITHIN_S": "0.05"}
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[Any]:
@@ -110,7 +94,7 @@ def test_one_of_two_workers_killed_while_items_flow(
 ) -> None:
     s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name, partitions=4)
     n = 900
-    env = _env(s, tiny_model_dir)
+    env = worker_env(s, tiny_model_dir, FINSENT_METRICS_PORT="0", **QUICK_BATCHES)
     store = open_store(clickhouse_db_url)
     store.ensure_schema()
     a = _start(env, tmp_path / "a.log")
@@ -143,7 +127,7 @@ def test_clickhouse_stopped_for_30_s_then_back_on_the_same_data(
     schema.close()
     mport = free_port()
     log = tmp_path / "worker.log"
-    proc = _start(_env(s, tiny_model_dir, mport), log)
+    proc = _start(worker_env(s, tiny_model_dir, FINSENT_METRICS_PORT=str(mport), **QUICK_BATCHES), log)
     try:
         produce_items(s, make_items(200, "pre"))
         store = open_store(url)

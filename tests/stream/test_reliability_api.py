@@ -12,7 +12,6 @@ returns within 10 s.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import socket
@@ -31,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from finsent.stream.broker import free_port
 from finsent.stream.metrics import GuardedHTTPServer, is_loopback, serve_metrics
-from tests.stream_helpers import stream_settings, wait_for
+from tests.stream_helpers import stream_settings, wait_for, worker_env
 
 HALF_SENT = b"GET /metrics HTTP/1.1\r\nHost: x\r\nUser-Agent: slow"  # no end of headers, ever
 
@@ -229,23 +228,16 @@ def test_worker_process_token_and_sigterm_with_300_half_open_connections(
     s = stream_settings(kafka_bootstrap, store_url, unique_name)
     port = free_port()
     token = secrets.token_hex(20)
-    env = {
-        **os.environ,
-        "FINSENT_BROKERS": s.kafka.brokers,
-        "FINSENT_STORE": store_url,
-        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-        "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
-        "FINSENT_PARTITIONS": "1",
-        "FINSENT_MODEL_DIR": str(tiny),
-        "FINSENT_METRICS_PORT": str(port),
-        "FINSENT_METRICS_HOST": "0.0.0.0",
-        "FINSENT_API_TOKEN": token,
-        "FINSENT_REGISTRY": "",
-        "FINSENT_CACHE_DIR": str(tmp_path / "cache"),
-    }
+    env = worker_env(
+        s,
+        tiny,
+        FINSENT_PARTITIONS="1",
+        FINSENT_METRICS_PORT=str(port),
+        FINSENT_METRICS_HOST="0.0.0.0",
+        FINSENT_API_TOKEN=token,
+        FINSENT_REGISTRY="",
+        FINSENT_CACHE_DIR=str(tmp_path / "cache"),
+    )
     log = tmp_path / "worker.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "finsent", "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT

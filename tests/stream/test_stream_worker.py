@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,16 @@ from finsent.core.errors import StoreUnavailable
 from finsent.core.events import decode_scored
 from finsent.stream.service import WorkerThread
 from finsent.stream.store import open_store
-from tests.stream_helpers import make_items, produce, produce_items, read_topic, reasons, stream_settings, wait_for
+from tests.stream_helpers import (
+    make_items,
+    produce,
+    produce_items,
+    read_topic,
+    reasons,
+    stream_settings,
+    wait_for,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,26 +34,6 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from finsent.models.testing import make_tiny_model
 
     return Classifier.load(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
-
-
-def _worker_env(s: Any, model_dir: Path, metrics_port: int) -> dict[str, str]:
-    """The environment a ``finsent worker`` subprocess (and a ``finsent query`` beside it) runs with: the test's
-    broker, store and topics from the settings ``s``, the tiny model, a short session timeout (a killed worker's
-    partitions move on quickly) and the metrics/API port (0 = off). The checkout comes first on the path, so the
-    subprocess imports the code under test."""
-    return {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "FINSENT_BROKERS": s.kafka.brokers,
-        "FINSENT_STORE": s.storage.store,
-        "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-        "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-        "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-        "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-        "FINSENT_SESSION_TIMEOUT_MS": "6000",
-        "FINSENT_MODEL_DIR": str(model_dir),
-        "FINSENT_METRICS_PORT": str(metrics_port),
-    }
 
 
 def _scored_total() -> float:
@@ -216,7 +204,7 @@ def test_worker_command_serves_metrics_and_stops_on_sigterm(
     s = stream_settings(kafka_bootstrap, clickhouse_db_url, unique_name)
     port = free_port()
     produce_items(s, make_items(12, "cli"))
-    env = _worker_env(s, tiny_classifier.model_dir, port)
+    env = worker_env(s, tiny_classifier.model_dir, FINSENT_METRICS_PORT=str(port))
     proc = subprocess.Popen(
         [sys.executable, "-m", "finsent.cli", "worker", "--group", s.kafka.consumer_group, "--batch-within", "0.1"],
         env=env,
@@ -266,7 +254,7 @@ def test_worker_killed_mid_stream_then_restarted_stores_everything_once(
     # enough items that the kill lands mid-stream: on a quiet machine the tiny model stored 400 within one poll
     n = 2000
     produce_items(s, make_items(n, "kill"))
-    env = _worker_env(s, tiny_classifier.model_dir, 0)
+    env = worker_env(s, tiny_classifier.model_dir, FINSENT_METRICS_PORT="0")
     cmd = [
         sys.executable,
         "-m",
@@ -324,7 +312,7 @@ def test_query_while_the_worker_holds_the_embedded_store(
     s = stream_settings(kafka_bootstrap, store_url, unique_name)
     port = free_port()
     produce_items(s, make_items(9, "held"))
-    env = _worker_env(s, tiny_classifier.model_dir, port)
+    env = worker_env(s, tiny_classifier.model_dir, FINSENT_METRICS_PORT=str(port))
     assert env["FINSENT_STORE"] == store_url
     proc = subprocess.Popen(
         [sys.executable, "-m", "finsent", "worker", "--group", s.kafka.consumer_group, "--batch-within", "0.1"],

@@ -5,7 +5,6 @@ and /v1 API on a port, the embedded store's owner file): started on the tiny mod
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 from finsent.core.settings import Settings
 from finsent.stream.broker import free_port
 from finsent.stream.store import owner
-from tests.stream_helpers import stream_settings, wait_for
+from tests.stream_helpers import stream_settings, wait_for, worker_env
 
 
 @dataclass
@@ -69,25 +68,17 @@ def start_worker(kafka_bootstrap: str, base: Path, suffix: str, **env: str) -> W
     path = base / "data"
     url = f"chdb://{path}"
     s = stream_settings(kafka_bootstrap, url, suffix, partitions=2)
-    common = {k: v for k, v in os.environ.items() if not k.startswith("FINSENT_")}
-    common.update(
-        {
-            "FINSENT_BROKERS": s.kafka.brokers,
-            "FINSENT_STORE": url,
-            "FINSENT_TOPIC_RAW": s.kafka.topic_raw,
-            "FINSENT_TOPIC_SCORED": s.kafka.topic_scored,
-            "FINSENT_TOPIC_DLQ": s.kafka.topic_dlq,
-            "FINSENT_TOPIC_ALERTS": s.kafka.topic_alerts,
-            "FINSENT_CONSUMER_GROUP": s.kafka.consumer_group,
-            "FINSENT_PARTITIONS": "2",
-            "FINSENT_SESSION_TIMEOUT_MS": "6000",
-            "FINSENT_MODEL_DIR": str(model_dir),
+    common = worker_env(
+        s,
+        model_dir,
+        clean=True,
+        **{
             "FINSENT_REGISTRY": "",
             "FINSENT_BATCH_MAX": "16",
             "FINSENT_BATCH_WITHIN_S": "0.05",
             "FINSENT_CACHE_DIR": str(base / "cache"),
             **env,
-        }
+        },
     )
     port = free_port()
     log = base / "worker.log"
