@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finsent.core.errors import InputError, ModelError
 from finsent.models.data import LabelledSet, Splits, default_paths, make_splits
@@ -65,6 +65,10 @@ from finsent.models.frozen_entities import (
 from finsent.models.gate import EntityScores, decide, summary_lines
 from finsent.models.modeldir import TOKENIZER_FILE, ModelInfo, read_model_info
 from finsent.models.registry import ModelVersion, Registry, now_iso
+
+if TYPE_CHECKING:
+    from finsent.models.export import ExportReport
+    from finsent.models.train import TrainConfig
 
 log = logging.getLogger(__name__)
 SEED_DIR = Path(__file__).resolve().parent / "seed"
@@ -304,22 +308,12 @@ def retrain(
     """Run one retrain; returns the ``--json`` result {"version", "parent", "promoted", "gate", "metrics", ...}."""
     import torch
 
-    from finsent.models.export import export_model_dir
-    from finsent.models.modeling import load_checkpoint
-    from finsent.models.train import EntityData, TrainConfig, encode_entity_examples, fit, hardware
+    from finsent.models.train import hardware
 
     started = time.monotonic()
     for name in _CHATTY_LOGGERS:  # onnxruntime's graph optimiser logs every fusion at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
-    first = ensure_first_version(registry, opts.initial_model, opts.by)
-    if first is not None:
-        progress(f"registry {registry.root}: registered {first.version} ({first.meta['source']}) as production")
-    production = registry.resolve("production")
-    if production is None and not opts.from_base:
-        raise ModelError(
-            f"registry {registry.root} has no production version to fine-tune",
-            hint="`finsent models promote VERSION` sets one, or retrain with --from-base",
-        )
+    production = _production(registry, opts, progress)
     data = opts.data or default_data()
     td = training_data(registry, data, labels)
     progress(
@@ -337,99 +331,15 @@ def retrain(
     try:
         # eager attention exports cleanly (finalize does the same); sdpa trains faster
         model, tok, extra = _start_model(production, opts, "eager" if opts.max_steps == 0 else "sdpa")
-        ent = entity_training(registry, opts) if model.token_head is not None else EntityTraining([], [], "")
-        if model.token_head is not None:
-            progress(
-                f"entity head: {len(ent.train)} paragraphs from {ent.source} trained with the item heads, "
-                f"{len(ent.frozen)} frozen"
-                if ent.train
-                else f"entity head carried unchanged (no entity data); {len(ent.frozen)} frozen paragraphs"
-            )
+        ent = _entity_data(registry, opts, model, progress)
         warm = not (opts.from_base or production is None)
-        cfg = TrainConfig(
-            out_dir=str(work / "run"),
-            data=data,
-            base_model=opts.base_model if not warm else None,
-            seed=opts.seed,
-            epochs=opts.epochs,
-            batch_size=opts.batch_size,
-            lr=opts.lr or (5e-5 if warm else 1e-4),
-            head_lr=opts.head_lr or (5e-4 if warm else 1e-3),
-            max_length=min(96, int(model.encoder.config.max_position_embeddings) - 2),
-            budget_minutes=opts.max_minutes,
-            threads=opts.threads,
-            preprocess=list(extra.get("preprocess", [])),
-            max_steps=opts.max_steps or 0,
-        )
-        summary: dict[str, Any] = {"steps": 0, "train_seconds": 0.0}
-        if opts.max_steps == 0:
-            progress("--max-steps 0: no training, the start model is exported as it is")
-            export_model = model
-        else:
-            model.to(device)
-            entities = None
-            if ent.train:
-                max_len = min(128, int(model.encoder.config.max_position_embeddings) - 2)
-                examples = encode_entity_examples(ent.train, tok, max_len, tuple(cfg.preprocess))
-                entities = EntityData(examples, batch_size=opts.entity_batch_size)
-            summary = fit(model, tok, td.train, td.val, cfg, work / "run", entities=entities)
-            export_model, _meta = load_checkpoint(work / "run" / "best", attn_implementation="eager")
-        export_model = export_model.to("cpu").eval()
-        enc = export_model.encoder.config
-        info = ModelInfo(
-            f"finsent-retrain-{datetime.now(UTC).strftime('%Y%m%d')}-auto",
-            tuple(read_model_info(production.path).sentiment) if production else _labels()[0],
-            tuple(read_model_info(production.path).topic) if production else _labels()[1],
-            min(128, int(enc.max_position_embeddings) - 2),
-            {**extra, "num_heads": int(enc.num_attention_heads), "hidden_size": int(enc.hidden_size)},
-        )
-        out_dir = work / "model"
-        report = export_model_dir(export_model, tok, out_dir, info)
-        progress(f"exported {report.model_version}; scoring the frozen set")
-        cand_fp32 = evaluate_dir(out_dir, "fp32", td.frozen, opts.cache_dir)
-        cand_int8 = evaluate_dir(out_dir, "int8", td.frozen, opts.cache_dir)
-        prod_fp32 = evaluate_dir(production.path, "fp32", td.frozen, opts.cache_dir) if production else None
-        entity_scores = None
-        if ent.frozen:
-            entity_scores = EntityScores(
-                len(ent.frozen),
-                entity_f1(production.path, "fp32", ent.frozen, opts.cache_dir) if production else None,
-                entity_f1(out_dir, "fp32", ent.frozen, opts.cache_dir),
-                entity_f1(out_dir, "int8", ent.frozen, opts.cache_dir),
-            )
-        gate = decide(
-            prod_fp32,
-            cand_fp32,
-            cand_int8,
-            tolerance=opts.tolerance,
-            min_gain=opts.min_gain,
-            int8_max_drop=opts.int8_max_drop,
-            entities=entity_scores,
-        )
-        gate["frozen_fingerprint"] = td.frozen_fingerprint
+        cfg = _train_config(opts, data, work, model, extra, warm)
+        export_model, summary = _train(model, tok, td, cfg, ent, opts, device, work, progress)
+        out_dir, report = _export(export_model, tok, production, extra, work, progress)
+        scores = _score(out_dir, production, td, ent, opts)
+        gate = _gate(scores, td, opts)
         minutes = (time.monotonic() - started) / 60
-        metrics = {
-            "frozen": {"candidate_fp32": cand_fp32, "candidate_int8": cand_int8, "production_fp32": prod_fp32},
-            "entities": _entity_metrics(ent, entity_scores),
-            "frozen_fingerprint": td.frozen_fingerprint,
-            "train": {
-                **summary,
-                "sizes": {k: len(v) for k, v in td.train.items()},
-                "val_sizes": {k: len(v) for k, v in td.val.items()},
-                "device": str(device),
-                "hardware": hardware(),
-                "start": start_from,
-                "config": asdict(cfg),
-            },
-            "human_labels": {
-                "total": len(labels),
-                "frozen": sum(len(v) for k, v in td.frozen.items() if k.startswith("labels_")),
-            },
-            "max_abs_diff_vs_torch": {
-                "fp32_graph": report.max_abs_diff_fp32,
-                "fp16_storage_graph": report.max_abs_diff_stored,
-            },
-        }
+        metrics = _metrics(scores, ent, td, summary, cfg, device, start_from, labels, report)
         promote = gate["decision"] == "promote"
         parent = production.version if production else None
         card = retrain_card(report.model_version, parent, start_from, gate, metrics, minutes)
@@ -453,6 +363,221 @@ def retrain(
     progress(
         f"registered {mv.version} as candidate" + (" and production" if promote else f" (production stays {parent})")
     )
+    return _result(mv, parent, promote, gate, scores, metrics, summary, td, started)
+
+
+def _production(registry: Registry, opts: RetrainOptions, progress: Callable[[str], None]) -> ModelVersion | None:
+    """The version to fine-tune (None: none, and ``--from-base``); an empty registry first gets the current
+    model as its first version and production, so the first scheduled retrain has something to beat."""
+    first = ensure_first_version(registry, opts.initial_model, opts.by)
+    if first is not None:
+        progress(f"registry {registry.root}: registered {first.version} ({first.meta['source']}) as production")
+    production = registry.resolve("production")
+    if production is None and not opts.from_base:
+        raise ModelError(
+            f"registry {registry.root} has no production version to fine-tune",
+            hint="`finsent models promote VERSION` sets one, or retrain with --from-base",
+        )
+    return production
+
+
+def _entity_data(
+    registry: Registry, opts: RetrainOptions, model: Any, progress: Callable[[str], None]
+) -> EntityTraining:
+    """The entity head's data when the start model has one (none otherwise: a two-head model retrains as
+    before), and a line saying whether the head is trained or carried."""
+    ent = entity_training(registry, opts) if model.token_head is not None else EntityTraining([], [], "")
+    if model.token_head is not None:
+        progress(
+            f"entity head: {len(ent.train)} paragraphs from {ent.source} trained with the item heads, "
+            f"{len(ent.frozen)} frozen"
+            if ent.train
+            else f"entity head carried unchanged (no entity data); {len(ent.frozen)} frozen paragraphs"
+        )
+    return ent
+
+
+def _train_config(
+    opts: RetrainOptions, data: dict[str, str], work: Path, model: Any, extra: dict[str, Any], warm: bool
+) -> TrainConfig:
+    """``fit``'s TrainConfig: a warm start (from production) takes smaller learning rates than the base encoder."""
+    from finsent.models.train import TrainConfig
+
+    return TrainConfig(
+        out_dir=str(work / "run"),
+        data=data,
+        base_model=opts.base_model if not warm else None,
+        seed=opts.seed,
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        lr=opts.lr or (5e-5 if warm else 1e-4),
+        head_lr=opts.head_lr or (5e-4 if warm else 1e-3),
+        max_length=min(96, int(model.encoder.config.max_position_embeddings) - 2),
+        budget_minutes=opts.max_minutes,
+        threads=opts.threads,
+        preprocess=list(extra.get("preprocess", [])),
+        max_steps=opts.max_steps or 0,
+    )
+
+
+def _train(
+    model: Any,
+    tok: Any,
+    td: TrainingData,
+    cfg: TrainConfig,
+    ent: EntityTraining,
+    opts: RetrainOptions,
+    device: Any,
+    work: Path,
+    progress: Callable[[str], None],
+) -> tuple[Any, dict[str, Any]]:
+    """(the model to export, fit's summary): the best checkpoint of the run, or with ``--max-steps 0`` the
+    start model untouched (a way to register the current weights through the same gate)."""
+    from finsent.models.modeling import load_checkpoint
+    from finsent.models.train import EntityData, encode_entity_examples, fit
+
+    if opts.max_steps == 0:
+        progress("--max-steps 0: no training, the start model is exported as it is")
+        return model, {"steps": 0, "train_seconds": 0.0}
+    model.to(device)
+    entities = None
+    if ent.train:
+        max_len = min(128, int(model.encoder.config.max_position_embeddings) - 2)
+        examples = encode_entity_examples(ent.train, tok, max_len, tuple(cfg.preprocess))
+        entities = EntityData(examples, batch_size=opts.entity_batch_size)
+    summary = fit(model, tok, td.train, td.val, cfg, work / "run", entities=entities)
+    export_model, _meta = load_checkpoint(work / "run" / "best", attn_implementation="eager")
+    return export_model, summary
+
+
+def _export(
+    export_model: Any,
+    tok: Any,
+    production: ModelVersion | None,
+    extra: dict[str, Any],
+    work: Path,
+    progress: Callable[[str], None],
+) -> tuple[Path, ExportReport]:
+    """(model directory, export report): exported by ``finsent train``'s own code path, with production's
+    label lists, so the candidate is served exactly as production is."""
+    from finsent.models.export import export_model_dir
+
+    export_model = export_model.to("cpu").eval()
+    enc = export_model.encoder.config
+    info = ModelInfo(
+        f"finsent-retrain-{datetime.now(UTC).strftime('%Y%m%d')}-auto",
+        tuple(read_model_info(production.path).sentiment) if production else _labels()[0],
+        tuple(read_model_info(production.path).topic) if production else _labels()[1],
+        min(128, int(enc.max_position_embeddings) - 2),
+        {**extra, "num_heads": int(enc.num_attention_heads), "hidden_size": int(enc.hidden_size)},
+    )
+    out_dir = work / "model"
+    report = export_model_dir(export_model, tok, out_dir, info)
+    progress(f"exported {report.model_version}; scoring the frozen set")
+    return out_dir, report
+
+
+def _gate(scores: _Scores, td: TrainingData, opts: RetrainOptions) -> dict[str, Any]:
+    """The promotion decision (:func:`finsent.models.gate.decide`), stamped with the frozen set it was made on."""
+    gate = decide(
+        scores.production_fp32,
+        scores.candidate_fp32,
+        scores.candidate_int8,
+        tolerance=opts.tolerance,
+        min_gain=opts.min_gain,
+        int8_max_drop=opts.int8_max_drop,
+        entities=scores.entities,
+    )
+    gate["frozen_fingerprint"] = td.frozen_fingerprint
+    return gate
+
+
+@dataclass(frozen=True)
+class _Scores:
+    """What the gate judges: each model's scores on the frozen sets (and the entity head's on its hold-out)."""
+
+    candidate_fp32: dict[str, Any]
+    candidate_int8: dict[str, Any]
+    production_fp32: dict[str, Any] | None  # None: no production (a first --from-base retrain)
+    entities: EntityScores | None  # None: no entity head, or nothing frozen for it
+
+
+def _score(
+    out_dir: Path, production: ModelVersion | None, td: TrainingData, ent: EntityTraining, opts: RetrainOptions
+) -> _Scores:
+    """Score the candidate (fp32 and int8) and production (fp32) on the frozen set, through the runtime
+    classifier that serves them, so the gate judges what would be served."""
+    cand_fp32 = evaluate_dir(out_dir, "fp32", td.frozen, opts.cache_dir)
+    cand_int8 = evaluate_dir(out_dir, "int8", td.frozen, opts.cache_dir)
+    prod_fp32 = evaluate_dir(production.path, "fp32", td.frozen, opts.cache_dir) if production else None
+    entity_scores = None
+    if ent.frozen:
+        entity_scores = EntityScores(
+            len(ent.frozen),
+            entity_f1(production.path, "fp32", ent.frozen, opts.cache_dir) if production else None,
+            entity_f1(out_dir, "fp32", ent.frozen, opts.cache_dir),
+            entity_f1(out_dir, "int8", ent.frozen, opts.cache_dir),
+        )
+    return _Scores(cand_fp32, cand_int8, prod_fp32, entity_scores)
+
+
+def _metrics(
+    scores: _Scores,
+    ent: EntityTraining,
+    td: TrainingData,
+    summary: dict[str, Any],
+    cfg: TrainConfig,
+    device: Any,
+    start_from: str,
+    labels: Sequence[HumanLabel],
+    report: ExportReport,
+) -> dict[str, Any]:
+    """The version's metrics.json: frozen-set scores, the run (sizes, device, config), human labels, and
+    how far the exported graphs are from the PyTorch model."""
+    from finsent.models.train import hardware
+
+    return {
+        "frozen": {
+            "candidate_fp32": scores.candidate_fp32,
+            "candidate_int8": scores.candidate_int8,
+            "production_fp32": scores.production_fp32,
+        },
+        "entities": _entity_metrics(ent, scores.entities),
+        "frozen_fingerprint": td.frozen_fingerprint,
+        "train": {
+            **summary,
+            "sizes": {k: len(v) for k, v in td.train.items()},
+            "val_sizes": {k: len(v) for k, v in td.val.items()},
+            "device": str(device),
+            "hardware": hardware(),
+            "start": start_from,
+            "config": asdict(cfg),
+        },
+        "human_labels": {
+            "total": len(labels),
+            "frozen": sum(len(v) for k, v in td.frozen.items() if k.startswith("labels_")),
+        },
+        "max_abs_diff_vs_torch": {
+            "fp32_graph": report.max_abs_diff_fp32,
+            "fp16_storage_graph": report.max_abs_diff_stored,
+        },
+    }
+
+
+def _result(
+    mv: ModelVersion,
+    parent: str | None,
+    promote: bool,
+    gate: dict[str, Any],
+    scores: _Scores,
+    metrics: dict[str, Any],
+    summary: dict[str, Any],
+    td: TrainingData,
+    started: float,
+) -> dict[str, Any]:
+    """The ``--json`` result: the decision and each set's macro-F1 side by side (the full numbers are in
+    the registry's metrics.json)."""
+    cand_fp32, cand_int8, prod_fp32 = scores.candidate_fp32, scores.candidate_int8, scores.production_fp32
     return {
         "version": mv.version,
         "parent": parent,
