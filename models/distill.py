@@ -51,7 +51,7 @@ def student_from_teacher(teacher: Any, layers: tuple[int, ...]) -> Any:
     )
     state = {}
     for name, tensor in teacher.state_dict().items():
-        if name.startswith(("token_proj.", "token_conv.", "token_out.")):
+        if name.startswith(("token_mix_weight", "token_proj.", "token_ctx.", "token_conv.", "token_out.")):
             continue  # a teacher's entity head reads layers a student lacks: the student has the two item heads
         if name.startswith(_LAYER_PREFIX):
             src, rest = name[len(_LAYER_PREFIX) :].split(".", 1)

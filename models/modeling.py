@@ -46,6 +46,10 @@ class MultiTaskClassifier(nn.Module):
     still does. ``token_hidden`` > 0 puts a width-``token_kernel`` convolution over neighbouring tokens (with
     GELU) before the tag layer, so a tag sees its neighbours (where a name starts and ends). Pad positions
     are zeroed before the convolution, so a text's tags do not depend on its padding.
+    ``token_mix`` reads a learned weighted sum of those layers instead of their concatenation (384 wide, ELMo's
+    scalar mix; exported as Mul + ReduceSum, nothing for int8 to quantise); ``token_context`` adds the text's
+    mean-pooled last layer, projected once per text, to every token's features (an entity's polarity often
+    comes from the whole paragraph). Both are off by default, so older three-head models rebuild unchanged.
     """
 
     def __init__(
@@ -59,6 +63,8 @@ class MultiTaskClassifier(nn.Module):
         token_hidden: int = 0,
         token_kernel: int = 3,
         token_proj: int = 0,
+        token_mix: bool = False,
+        token_context: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -70,11 +76,18 @@ class MultiTaskClassifier(nn.Module):
         self.token_proj: nn.Linear | None = None
         self.token_conv: nn.Conv1d | None = None
         self.token_out: nn.Linear | None = None
+        self.token_mix_weight: nn.Parameter | None = None
+        self.token_ctx: nn.Linear | None = None
         if n_token_tags:
             width = hidden * len(self.token_layers)
+            if token_mix:  # one learned weight per layer, summed (ELMo's scalar mix): width stays ``hidden``
+                self.token_mix_weight = nn.Parameter(torch.full((len(self.token_layers),), 1 / len(self.token_layers)))
+                width = hidden
             if token_proj:  # a per-token projection first: the int8 variant quantises it, the convolution stays small
                 self.token_proj = nn.Linear(width, token_proj)
                 width = token_proj
+            if token_context:  # the text's pooled vector, projected once per text, added to every token
+                self.token_ctx = nn.Linear(hidden, width)
             if token_hidden:
                 self.token_conv = nn.Conv1d(width, token_hidden, token_kernel, padding=token_kernel // 2)
                 width = token_hidden
@@ -92,6 +105,8 @@ class MultiTaskClassifier(nn.Module):
             "token_hidden": self.token_conv.out_channels if self.token_conv is not None else 0,
             "token_kernel": self.token_conv.kernel_size[0] if self.token_conv is not None else 0,
             "token_proj": self.token_proj.out_features if self.token_proj is not None else 0,
+            "token_mix": self.token_mix_weight is not None,
+            "token_context": self.token_ctx is not None,
         }
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -99,21 +114,31 @@ class MultiTaskClassifier(nn.Module):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_states)
         hidden = out.last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-6)
-        pooled = self.dropout(pooled)
+        mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-6)
+        pooled = self.dropout(mean)
         if self.token_out is None:
             return self.sentiment_head(pooled), self.topic_head(pooled)
-        return self.sentiment_head(pooled), self.topic_head(pooled), self.token_logits(out, mask)
+        return self.sentiment_head(pooled), self.topic_head(pooled), self.token_logits(out, mask, mean)
 
-    def token_logits(self, encoded: Any, mask: torch.Tensor) -> torch.Tensor:
-        """The token head over an encoder output (``output_hidden_states`` when it reads other layers)."""
+    def token_logits(self, encoded: Any, mask: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """The token head over an encoder output (``output_hidden_states`` when it reads other layers);
+        ``pooled``: the text's masked mean of the last layer (computed here when the head needs it and it is
+        not given)."""
         assert self.token_out is not None
         if self.token_layers == (-1,):
             feats = encoded.last_hidden_state
+        elif self.token_mix_weight is not None:  # Mul + ReduceSum in the graph: no MatMul for int8 to quantise
+            stacked = torch.stack([encoded.hidden_states[i] for i in self.token_layers], dim=-1)
+            feats = (stacked * self.token_mix_weight).sum(dim=-1)
         else:
             feats = torch.cat([encoded.hidden_states[i] for i in self.token_layers], dim=-1)
         if self.token_proj is not None:
             feats = self.token_proj(feats)
+        if self.token_ctx is not None:  # why: an entity's polarity often comes from the whole paragraph
+            if pooled is None:
+                last = encoded.last_hidden_state
+                pooled = (last * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-6)
+            feats = feats + self.token_ctx(pooled).unsqueeze(1)
         feats = self.dropout(feats * mask)  # pads zeroed after the projection too (its bias would leak into the conv)
         if self.token_conv is not None:
             feats = nn.functional.gelu(self.token_conv(feats.transpose(1, 2)).transpose(1, 2))
@@ -131,6 +156,8 @@ def token_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
         "token_hidden": int(meta.get("token_hidden", 0)),
         "token_kernel": int(meta.get("token_kernel", 3)),
         "token_proj": int(meta.get("token_proj", 0)),
+        "token_mix": bool(meta.get("token_mix", False)),
+        "token_context": bool(meta.get("token_context", False)),
     }
 
 

@@ -64,7 +64,7 @@ def onnx_state_dict(model_file: Path) -> dict[str, np.ndarray]:
         if node.op_type == "MatMul" and any(source.get(i, "").startswith("onnx::") for i in node.input)
     ]  # fmt: skip
     # an entity head's tag layer (models.entity_head) is a MatMul outside the encoder, named after its module
-    for node in [m for m in matmuls if m.name.startswith(("/token_out/", "/token_proj/"))]:
+    for node in [m for m in matmuls if m.name.startswith(("/token_out/", "/token_proj/", "/token_ctx/"))]:
         matmuls.remove(node)
         weight = next(source[i] for i in node.input if source.get(i, "").startswith("onnx::"))
         out[node.name.split("/")[1] + ".weight"] = arrays[weight].T.copy()

@@ -265,3 +265,133 @@ def model_card(meta: dict[str, Any]) -> str:
             *_CARD_LIMITS,
         ]
     )
+
+
+# --- the entity head's section (issue 24) ------------------------------------------------------------------
+
+ENTITY_SECTION = "## Entity head"
+
+_ENTITY_SOURCES = [
+    "| source | what the linker gets from it | licence |",
+    "| --- | --- | --- |",
+    "| FinEntity (Tang et al. 2023), `../shared/data/finentity/` | 734 financial news paragraphs with entity spans and "
+    'their sentiment: the token head\'s training data | ODC-BY 1.0 (attribute "FinEntity, Tang et al. 2023") |',
+    "| hand-curated in `models/entity_table.py` | crypto assets, central banks, private firms, indices, "
+    "commodities, organisations, short press names | Apache-2.0, as finsent |",
+    "| `pytickersymbols` 1.17.10 | about 1,840 companies of 20 US, European and Japanese indices: names, symbols, "
+    "ISINs, key people | MIT (Copyright (c) 2023 portfolio+); company facts from Wikipedia (CC BY-SA 4.0 text, "
+    "attribution to its contributors) |",
+    "| SEC `company_tickers`, via `edgartools` 5.62.1 (build time only) | about 10,000 US tickers with CIK and "
+    "registrant name | US government work, public domain (U.S. Securities and Exchange Commission, EDGAR); "
+    "edgartools MIT |",
+]
+
+
+def _entity_prf_table(by_variant: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [
+        "| variant | match | class | precision | recall | F1 | gold | tp | fp | fn |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for variant, f in by_variant.items():
+        for key, label in (("span", "span"), ("span_sentiment", "span + sentiment")):
+            m = f[key]
+            gold = m["tp"] + m["fn"]
+            rows.append(
+                f"| {variant} | {label} | all (micro) | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
+                f"| {gold} | {m['tp']} | {m['fp']} | {m['fn']} |"
+            )
+        for cls, m in f["per_class"].items():
+            rows.append(
+                f"| {variant} | span + sentiment | {cls} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
+                f"| {m['support']} | {m['tp']} | {m['fp']} | {m['fn']} |"
+            )
+    return rows
+
+
+def entity_card_section(metrics: dict[str, Any], table_header: dict[str, Any] | None = None) -> str:
+    """The model card's entity-head section, written from ``entity_metrics.json`` (no hand-typed figures):
+    the head, its data and licences, the linking sources with their sizes, the training recipe and how it
+    was chosen, and the held-out figures per variant and per sentiment."""
+    cfg = metrics["config"]
+    fe = metrics["finentity"]
+    layers = cfg["token_layers"]
+    names = ", ".join("the last" if i == -1 else ("embeddings" if i == 0 else str(i)) for i in layers)
+    if cfg.get("token_mix"):
+        reads = f"a learned weighted sum of the frozen encoder's hidden states {names} (384 wide)"
+    else:
+        reads = f"the concatenation of the frozen encoder's hidden states {names} ({384 * len(layers):,} wide)"
+    head = [reads]
+    if cfg.get("token_proj"):
+        head.append(f"linear {cfg['token_proj']}")
+    if cfg.get("token_context"):
+        head.append("plus the text's mean-pooled last layer (linear, once per text)")
+    head.append("pad positions zeroed")
+    if cfg.get("token_hidden"):
+        head.append(f"width-{cfg['token_kernel']} convolution {cfg['token_hidden']} (GELU)")
+    head.append("7 tags")
+    held = metrics["held_out_by_variant"]
+    items = metrics.get("items_by_variant", {})
+    lines = [
+        f"{ENTITY_SECTION} (version {metrics['model_version']})",
+        "",
+        f"The encoder and item heads are `{metrics['parent']}`'s, frozen and byte-identical, so item sentiment and "
+        "topic come out exactly as the parent's; a **token head** tags each word piece with BIO tags carrying "
+        "polarity (O, B/I-NEG, B/I-NEU, B/I-POS), output `token_logits`, in the same graph and the same forward pass.",
+        "",
+        "- Head: " + " -> ".join(head) + ".",
+        f"- Data: FinEntity, {fe['train'] + fe['held_out']} paragraphs, {fe['stats']['spans']:,} spans "
+        f"({fe['stats']['shifted']} spans whose `start` was shifted from `value` realigned to the nearest occurrence "
+        f"of `value`, {fe['stats']['overlapping']} overlapping duplicate dropped). Fixed split by seed 13: "
+        f"{fe['train']} paragraphs trained, **{fe['held_out']} held out and never trained on**.",
+        f"- Training: {cfg['epochs']} epochs, AdamW lr {cfg['lr']} decayed linearly to 0, batch {cfg['batch_size']} "
+        f"paragraphs, dropout {cfg.get('dropout', 0.1)}"
+        + (f", weights averaged over the last {cfg['swa_epochs']} epochs" if cfg.get("swa_epochs") else "")
+        + f"; {metrics['train_seconds']:.0f} s on {metrics['hardware']}.",
+    ]
+    if metrics.get("selection"):
+        lines.append(f"- Recipe choice: {metrics['selection']}")
+    lines += [
+        "- Decoding (runtime, numpy): each word's P(O), P(any B), P(any I) averaged over its pieces, Viterbi picks "
+        "the best valid B/I/O sequence, a span's sentiment is its mean polarity mass.",
+        "",
+        f"### Held-out FinEntity ({fe['held_out']} paragraphs), the model's own spans",
+        "",
+        "Matched per paragraph on the normalised surface text (`entity_head.span_f1`); per class, a predicted "
+        "(surface, sentiment) that is not gold is a false positive of its sentiment.",
+        "",
+        *_entity_prf_table(held),
+        "",
+    ]
+    if items:
+        cols = sorted({k for row in items.values() for k in row})
+        lines += [
+            "Item accuracy of this graph on the test splits (the parent's, unchanged): "
+            + "; ".join(f"{v} " + ", ".join(f"{k} {row[k]:.3f}" for k in cols) for v, row in items.items())
+            + ".",
+            "",
+        ]
+    if metrics.get("linker"):
+        lines += [f"Through the runtime and the linker (`finsent eval`, held-out paragraphs): {metrics['linker']}", ""]
+    lines += ["### Linking sources", ""]
+    if table_header:
+        lines += [
+            f"The shipped entity table (`models/entities/entities.jsonl.gz`): {table_header['entities']:,} entities, "
+            f"{table_header['aliases']:,} aliases, {table_header['symbols']:,} symbols "
+            "(per-source counts in `models/entities/README.md`).",
+            "",
+        ]
+    lines += [*_ENTITY_SOURCES, ""]
+    return "\n".join(lines)
+
+
+def with_entity_section(card: str, section: str, version: str) -> str:
+    """``card`` with its title naming ``version`` and its entity-head section (to the next ``## `` heading or the
+    end) replaced by ``section``; appended when it has none."""
+    lines = card.splitlines()
+    if lines and lines[0].startswith("# "):
+        lines[0] = f"# {version}"
+    start = next((i for i, line in enumerate(lines) if line.startswith(ENTITY_SECTION)), None)
+    if start is None:
+        return "\n".join(lines).rstrip() + "\n\n" + section.rstrip() + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join([*lines[:start], *section.rstrip().splitlines(), *lines[end:]]).rstrip() + "\n"

@@ -260,7 +260,7 @@ def train(cfg: TrainConfig) -> Path:
     return out
 
 
-TOKEN_HEAD_PREFIXES = ("token_proj.", "token_conv.", "token_out.")
+TOKEN_HEAD_PREFIXES = ("token_mix_weight", "token_proj.", "token_ctx.", "token_conv.", "token_out.")
 
 
 def token_head_parameters(model: Any) -> list[Any]:
@@ -513,9 +513,13 @@ class EntityConfig:
     token_hidden: int = 256  # convolution channels (0: one linear layer)
     token_kernel: int = 3
     token_proj: int = 0  # >0: a per-token projection to this width before the convolution
+    token_mix: bool = False  # a learned weighted sum of token_layers (384 wide) instead of their concatenation
+    token_context: bool = False  # add the text's pooled vector (projected) to every token's features
     epochs: int = 30
     batch_size: int = 8  # paragraphs per optimiser step
     lr: float = 2e-3
+    dropout: float = 0.1  # on the head's features while training (the item heads are frozen: it only acts here)
+    swa_epochs: int = 0  # >0: the head kept is the mean of its weights after each of the last N epochs
     seed: int = 13
     threads: int = 1
     max_paragraphs: int = 0  # >0: only this many training paragraphs (smoke runs)
@@ -556,6 +560,8 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
         token_hidden=cfg.token_hidden,
         token_kernel=cfg.token_kernel,
         token_proj=cfg.token_proj,
+        token_mix=cfg.token_mix,
+        token_context=cfg.token_context,
     )
     model.sentiment_head.load_state_dict(base.sentiment_head.state_dict())
     model.topic_head.load_state_dict(base.topic_head.state_dict())
@@ -600,13 +606,26 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     train_x, test_x = encode(train_p), encode(test_p)
     log.info("encoded FinEntity in %.0fs", time.monotonic() - t0)
-    head_params = [p for n, p in model.named_parameters() if n.startswith(("token_proj.", "token_conv.", "token_out."))]
+    head_params = token_head_parameters(model)
     opt = torch.optim.AdamW(head_params, lr=cfg.lr, weight_decay=0.01)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=eh.IGNORE)
+    model.dropout.p = cfg.dropout  # the item heads are frozen, so the shared dropout only acts on the token head
     history = []
     final: dict[str, Any] = {}
-    # the model kept is the last epoch's: the held-out 20% only watches (choosing the epoch on it would make
-    # its figure optimistic; 147 paragraphs leave no room for a third split)
+    averaged: dict[str, Any] = {}
+    swa_from = cfg.epochs - cfg.swa_epochs if cfg.swa_epochs else cfg.epochs
+
+    def held_out() -> dict[str, Any]:
+        model.eval()
+        with torch.inference_mode():
+            pred = [
+                eh.decode_spans(model.token_logits(x["enc"], x["mask"])[0].numpy(), x["offsets"], x["special"], p.text)
+                for x, p in zip(test_x, test_p, strict=True)
+            ]
+        return eh.span_f1(test_p, pred)
+
+    # the model kept is the last epoch's (or the mean of the last swa_epochs'): the held-out 20% only watches
+    # (choosing the epoch or the recipe on it would make its figure optimistic; recipes were chosen by
+    # cross-validation inside the training paragraphs, models/README.md "Entity head")
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:  # linear decay to zero: the last epoch, the one kept, is a settled one
             group["lr"] = cfg.lr * (1 - epoch / cfg.epochs)
@@ -617,29 +636,39 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
         total = 0.0
         for j in range(0, len(order), cfg.batch_size):
             part = order[j : j + cfg.batch_size]
-            loss = sum(
-                loss_fn(model.token_logits(train_x[i]["enc"], train_x[i]["mask"])[0], train_x[i]["y"]) for i in part
-            ) / len(part)
+            enc, mask, y = _pad_states([train_x[i] for i in part])
+            logits = model.token_logits(enc, mask)
+            per_token = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=eh.IGNORE, reduction="none"
+            ).view(y.shape)
+            valid = (y != eh.IGNORE).to(per_token.dtype)
+            # each paragraph's mean over its tokens, then the mean over paragraphs (a long paragraph counts once)
+            loss = ((per_token * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(part)
-        model.eval()
-        with torch.inference_mode():
-            pred = [
-                eh.decode_spans(model.token_logits(x["enc"], x["mask"])[0].numpy(), x["offsets"], x["special"], p.text)
-                for x, p in zip(test_x, test_p, strict=True)
-            ]
-        f1 = eh.span_f1(test_p, pred)
+        if epoch >= swa_from:
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    averaged[n] = averaged.get(n, 0) + p.detach().clone() / cfg.swa_epochs
+        final = held_out()
         row = {
             "epoch": epoch + 1,
             "loss": round(total / len(order), 4),
-            **{k: v["f1"] for k, v in f1.items()},
+            **{k: v["f1"] for k, v in final.items()},
             "elapsed_s": round(time.monotonic() - t0, 1),
         }
         history.append(row)
         log.info("entity head epoch %d: %s", epoch + 1, row)
-        final = f1
+    if averaged:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in averaged:
+                    p.copy_(averaged[n])
+        final = held_out()
+        history.append({"epoch": f"mean of the last {cfg.swa_epochs}", **{k: v["f1"] for k, v in final.items()}})
+    model.dropout.p = 0.1
     model.eval()
     out_dir = Path(cfg.out_dir)
     version = info.model_version.rsplit("-", 1)[0] + "-ent-auto"
@@ -794,11 +823,12 @@ def train_joint(cfg: JointConfig) -> dict[str, Any]:
 
 
 def score_model_dir(
-    model_dir: Path, test: dict[str, LabelledSet], held_out: list[Any], cache_dir: str | None
+    model_dir: Path, test: dict[str, LabelledSet], held_out: list[Any], cache_dir: str | None, detail: bool = False
 ) -> dict[str, dict[str, Any]]:
     """Per variant (fp32, int8): accuracy on each item test set and the entity head's held-out span and
-    span+sentiment F1 (its own spans through the runtime, before linking), from the exported graph."""
-    from finsent.models.entity_head import span_f1
+    span+sentiment F1 (its own spans through the runtime, before linking), from the exported graph;
+    ``detail`` adds ``entity``: span and span+sentiment P/R/F1 with counts, and ``per_class`` per sentiment."""
+    from finsent.models.entity_head import span_f1, span_f1_per_class
     from finsent.models.evaluate import evaluate_set
     from finsent.models.frozen_entities import model_spans
     from finsent.models.runtime import Classifier
@@ -807,10 +837,92 @@ def score_model_dir(
     for variant in ("fp32", "int8"):
         clf = Classifier.load(model_dir, variant=variant, cache_dir=cache_dir, entities=False)
         row: dict[str, Any] = {k: round(evaluate_set(clf, ds)["accuracy"], 4) for k, ds in test.items()}
-        f1 = span_f1(held_out, model_spans(clf, held_out))
-        row["entity_span_f1"], row["entity_span_sentiment_f1"] = f1["span"]["f1"], f1["span_sentiment"]["f1"]
+        if held_out and clf.token_tags:
+            spans = model_spans(clf, held_out)
+            f1 = span_f1(held_out, spans)
+            row["entity_span_f1"], row["entity_span_sentiment_f1"] = f1["span"]["f1"], f1["span_sentiment"]["f1"]
+            if detail:
+                row["entity"] = {**f1, "per_class": span_f1_per_class(held_out, spans)}
         out[variant] = row
     return out
+
+
+def finish_entity_model(
+    model_dir: Path, parent_dir: Path | None, finentity: str, selection: str = "", cache_dir: str | None = None
+) -> dict[str, Any]:
+    """Score a model written by :func:`train_entity_head` through the runtime (fp32 and int8: item test
+    accuracy, held-out span and span+sentiment figures with per-sentiment P/R/F1), score ``parent_dir``'s item
+    heads the same way (they must agree: the encoder and item heads are frozen; ``None``: no parent to
+    compare, e.g. re-scoring a shipped model), and rewrite the model's
+    ``entity_metrics.json`` and the entity section of its card (:func:`finsent.models.report.entity_card_section`).
+
+    ``selection``: one sentence on how the recipe was chosen (it goes into the card)."""
+    import gzip
+
+    from finsent.models import entity_head as eh
+    from finsent.models.data import default_paths, make_splits
+    from finsent.models.export import write_json
+    from finsent.models.modeldir import read_model_info
+    from finsent.models.report import entity_card_section, with_entity_section
+
+    model_dir = Path(model_dir)
+    info = read_model_info(model_dir)
+    steps = check_steps(info.extra.get("preprocess", ()))
+    paragraphs, _ = eh.read_finentity_spans(finentity)
+    _, test_p = eh.finentity_split(paragraphs)
+    held = _prepared(test_p, steps)
+    splits = make_splits(default_paths())
+    scores = score_model_dir(model_dir, splits.test, held, cache_dir, detail=True)
+    items = {v: {k: r[k] for k in splits.test} for v, r in scores.items()}
+    parent = score_model_dir(Path(parent_dir), splits.test, [], cache_dir) if parent_dir else None
+    if parent is not None and items != {v: {k: r[k] for k in splits.test} for v, r in parent.items()}:
+        raise ValueError(f"item accuracy of {model_dir} differs from its parent's: {items} vs {parent}")
+    metrics = json.loads((model_dir / "entity_metrics.json").read_text(encoding="utf-8"))
+    metrics["held_out_by_variant"] = {v: r["entity"] for v, r in scores.items()}
+    metrics["items_by_variant"] = items
+    if selection:
+        metrics["selection"] = selection
+    write_json(model_dir / "entity_metrics.json", metrics)
+    header = None
+    table = Path(__file__).parent / "entities" / "entities.jsonl.gz"
+    if table.is_file():
+        with gzip.open(table, "rt", encoding="utf-8") as fh:
+            header = json.loads(fh.readline())
+    card = model_dir / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else f"# {info.model_version}\n"
+    card.write_text(
+        with_entity_section(text, entity_card_section(metrics, header), info.model_version), encoding="utf-8"
+    )
+    return metrics
+
+
+def _pad_states(rows: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
+    """Cached per-paragraph encoder states (``train_entity_head``'s rows) padded into one batch: an encoder-like
+    output (``last_hidden_state``, ``hidden_states`` with ``None`` for layers the head does not read), the
+    ``[batch, tokens, 1]`` mask and the ``[batch, tokens]`` tags (pads IGNOREd). The head zeroes pad positions
+    before its convolution, so a paragraph's logits are the same padded or alone."""
+    import torch
+
+    width = max(int(r["y"].shape[0]) for r in rows)
+
+    def pad(tensors: list[Any]) -> Any:
+        out = torch.zeros(len(tensors), width, tensors[0].shape[-1])
+        for b, t in enumerate(tensors):
+            out[b, : t.shape[1]] = t[0]
+        return out
+
+    first = rows[0]["enc"]
+    states = tuple(
+        None if h is None else pad([r["enc"].hidden_states[i] for r in rows]) for i, h in enumerate(first.hidden_states)
+    )
+    enc = SimpleNamespace(last_hidden_state=pad([r["enc"].last_hidden_state for r in rows]), hidden_states=states)
+    mask = torch.zeros(len(rows), width, 1)
+    y = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for b, r in enumerate(rows):
+        n = int(r["y"].shape[0])
+        mask[b, :n] = 1
+        y[b, :n] = r["y"]
+    return enc, mask, y
 
 
 def _prepared(paras: list[Any], steps: tuple[str, ...]) -> list[Any]:
@@ -848,6 +960,11 @@ def entity_main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--token-mix", action="store_true", help="a learned weighted sum of the layers, not their concat")
+    p.add_argument("--token-context", action="store_true", help="add the text's pooled vector to every token")
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--swa-epochs", type=int, default=d.swa_epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     m = train_entity_head(
@@ -861,6 +978,11 @@ def entity_main(argv: list[str] | None = None) -> int:
             epochs=a.epochs,
             lr=a.lr,
             threads=a.threads,
+            token_mix=a.token_mix,
+            token_context=a.token_context,
+            dropout=a.dropout,
+            swa_epochs=a.swa_epochs,
+            batch_size=a.batch_size,
         )
     )
     print(json.dumps({k: m[k] for k in ("model_version", "held_out", "train_seconds")}, indent=2))

@@ -347,3 +347,41 @@ def test_train_entity_head_keeps_the_item_heads_exactly(tmp_path: Path) -> None:
 
     rebuilt = load_from_onnx(out)  # a registry version with an entity head can be rebuilt for retraining
     assert rebuilt.token_head is not None and rebuilt.token_config()["token_proj"] == 16
+
+
+def test_mix_and_context_heads_export_and_rebuild_from_the_graph(tmp_path: Path) -> None:
+    """A scalar-mix head with the text's pooled context round-trips: the graph's token logits equal PyTorch's, and
+    the weights read back from the graph (retraining rebuilds from it) are the trained ones."""
+    import torch
+
+    from finsent.models.onnx_weights import load_from_onnx
+    from finsent.models.train import EntityConfig, train_entity_head
+
+    rows = [
+        {
+            "content": f"widget corp rose {i} and acme fell",
+            "annotations": [{"start": 0, "value": "widget corp", "label": "positive"}],
+        }
+        for i in range(10)
+    ]
+    data = tmp_path / "fe.json"
+    data.write_text(json.dumps(rows))
+    out = tmp_path / "mix"
+    cfg = EntityConfig(
+        str(make_tiny_model(tmp_path / "parent")), str(out), str(data), token_layers=(0, 1, -1), token_proj=8,
+        token_hidden=8, token_mix=True, token_context=True, epochs=3, lr=1e-2, swa_epochs=2,
+    )  # fmt: skip
+    m = train_entity_head(cfg)
+    assert m["history"][-1]["epoch"] == "mean of the last 2"
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["token_mix"] is True and labels["token_context"] is True
+    rebuilt = load_from_onnx(out)
+    assert rebuilt.token_mix_weight is not None and rebuilt.token_ctx is not None
+    assert not torch.allclose(rebuilt.token_mix_weight, torch.full((3,), 1 / 3))  # trained, and read back
+    ids = torch.tensor([[2, 7, 9, 11, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        want = rebuilt(ids, mask)[2].numpy()
+    sess = __import__("onnxruntime").InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run([TOKEN_OUTPUT], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    assert np.abs(got - want)[0, :5].max() < 1e-2  # fp16-stored weights
