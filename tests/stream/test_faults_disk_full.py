@@ -27,8 +27,8 @@ import pytest
 
 from finsent.core.events import RawItem, utcnow
 from finsent.stream.broker import free_port
-from tests.stream.test_faults_worker import _env, _metric, _start
-from tests.stream_helpers import produce_items, stream_settings, wait_for
+from tests.stream.test_faults_worker import QUICK_BATCHES, _metric, _start
+from tests.stream_helpers import produce_items, stream_settings, wait_for, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -155,7 +155,7 @@ def test_a_worker_on_a_full_disk_keeps_its_batches_and_catches_up(
     url = f"chdb://{small_disk / 'store'}"
     s = stream_settings(kafka_bootstrap, url, unique_name, partitions=2)
     port = free_port()
-    env = _env(s, model, metrics_port=port)
+    env = worker_env(s, model, FINSENT_METRICS_PORT=str(port), **QUICK_BATCHES)
     worker = _start(env, tmp_path / "w.log")
     n = 900
     try:
