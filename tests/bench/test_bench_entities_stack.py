@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pytest
+
 from finsent.bench.entities import NewsRow
 from finsent.bench.entities_stack import COLLAPSES, collapses, compare
 
@@ -55,3 +57,21 @@ def test_the_plumbing_classifier_names_two_different_entities_per_item_the_same_
     assert all(len({e.entity_id for e in p.entities}) == 2 for p in preds)  # two mentions an item, as the news
     assert len({e.entity_id for p in preds for e in p.entities}) > 250  # spread over the 300 names
     assert [p.entities for p in clf.predict(texts)] == [p.entities for p in preds]
+
+
+@pytest.mark.integration
+def test_the_plumbing_bench_runs_every_mode_on_fresh_databases_and_reports_on_off_ratios() -> None:
+    """A small run of ``bench entities --plumbing`` (Tansu and chdb): every mode once per round, the issue's ratio
+    (items/s on / off) and the CPU ratio computed from the rounds; "on" waits for every mention at its owner."""
+    from finsent.bench.entities_stack import PLUMBING_MODES, run_entity_plumbing
+
+    out = run_entity_plumbing(300, 1, progress=lambda _: None)
+    assert [r["mode"] for r in out["rounds"]] == list(PLUMBING_MODES)  # round 0: off, mentions, on
+    by_mode = {r["mode"]: r for r in out["rounds"]}
+    on, off = by_mode["on"], by_mode["off"]
+    assert all(r["items"] == 300 and r["cpu_ms_per_item"] > 0 for r in out["rounds"])
+    assert on["done_s"] >= on["stored_s"] and off["done_s"] == off["stored_s"]
+    assert on["restore_s"] < 1.0  # a fresh database: nothing of an earlier round to restore
+    assert out["items_per_s_ratio"] == round(out["on"]["items_per_s"] / out["off"]["items_per_s"], 3)
+    assert out["on"]["items_per_s"] == round(300 / on["done_s"], 1)
+    assert out["cpu_cost"] == round(out["on"]["cpu_ratio"] - 1, 3)
