@@ -128,6 +128,45 @@ class Mention:
         )
 
 
+_M = tuple(Mention.__dict__[name].__set__ for name in Mention.__slots__)  # the slots' own setters, in field order
+_new = object.__new__
+
+
+def make_mention(
+    item_id: str,
+    at: datetime,
+    key: str,
+    entity_id: str | None,
+    name: str,
+    sentiment: str,
+    relevance: int,
+    novelty: int,
+    source: str,
+    title: str,
+    url: str | None,
+    model_version: str,
+) -> Mention:
+    """``Mention(...)`` with every field given, at about half the cost: the frozen dataclass's ``__init__`` sets
+    each slot through ``object.__setattr__`` (2.6 us for twelve fields on this CPU), this calls the slots' setters
+    directly (1.4 us). The entity stage builds one per mention it decodes and one per mention it releases, the
+    largest part of decoding an entity counts record. Same object, same equality (tested field by field)."""
+    m = _new(Mention)
+    a, b, c, d, e, f, g, h, i, j, k, n = _M
+    a(m, item_id)
+    b(m, at)
+    c(m, key)
+    d(m, entity_id)
+    e(m, name)
+    f(m, sentiment)
+    g(m, relevance)
+    h(m, novelty)
+    i(m, source)
+    j(m, title)
+    k(m, url)
+    n(m, model_version)
+    return m
+
+
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     """When a window of one entity fires (the module docstring says why each one is there)."""
@@ -557,6 +596,7 @@ __all__ = [
     "EntityDetector",
     "EntityState",
     "Mention",
+    "make_mention",
     "Thresholds",
     "entity_key",
     "nb_surprise",

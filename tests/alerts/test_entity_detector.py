@@ -332,3 +332,21 @@ def test_the_bench_reads_news_in_published_order_and_skips_rows_it_cannot_time(t
     ents = fallback_entities(rows[0].title)
     assert {(e.entity_id, e.name) for e in ents} == {("COIN", "COIN"), (None, "genesis global capital")}
     assert all(rows[0].title[e.start : e.end] == e.text for e in ents)
+
+
+def test_make_mention_builds_the_same_mention_as_the_constructor_for_every_field() -> None:
+    """The entity stage's fast constructor sets the slots itself: a field added to Mention must break this test,
+    not be silently left unset."""
+    import dataclasses
+
+    from finsent.alerts.entity_detector import make_mention
+
+    at = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    values = ("it1", at, "JPM", "JPM", "JPMorgan", "negative", 80, 75, "Reuters", "JPMorgan falls", None, "m-2")
+    assert len(dataclasses.fields(Mention)) == len(values) == len(Mention.__slots__)
+    fast = make_mention(*values)
+    assert fast == Mention(*values) and type(fast) is Mention
+    assert [getattr(fast, f.name) for f in dataclasses.fields(Mention)] == list(values)
+    assert hash(fast) == hash(Mention(*values))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.novelty = 1  # type: ignore[misc]
