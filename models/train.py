@@ -671,16 +671,24 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
     model.dropout.p = 0.1
     model.eval()
     out_dir = Path(cfg.out_dir)
-    version = info.model_version.rsplit("-", 1)[0] + "-ent-auto"
+    # a head retrained on a three-head model keeps the encoder's lineage: "<base>-ent-<hash>", parent the two-head
+    earlier = info.extra.get("entity_head") or {}
+    name = info.model_version
+    stem = name.split("-ent-")[0] if "-ent-" in name else name.rsplit("-", 1)[0]
+    version = stem + "-ent-auto"
     extra = {k: v for k, v in info.extra.items() if k not in ("onnx_opset", "weights", "max_abs_diff_vs_torch")}
-    extra["entity_head"] = {"data": "FinEntity, Tang et al. 2023 (ODC-BY 1.0)", "parent": info.model_version}
+    extra["entity_head"] = {
+        "data": "FinEntity, Tang et al. 2023 (ODC-BY 1.0)",
+        "parent": earlier.get("parent") or info.model_version,
+        **({"replaces": info.model_version} if earlier else {}),
+    }
     card = (src / "README.md").read_text(encoding="utf-8") if (src / "README.md").is_file() else None
     report = export_model_dir(
         model, tok, out_dir, ModelInfo(version, info.sentiment, info.topic, info.max_length, extra), card=card
     )
     metrics = {
         "model_version": report.model_version,
-        "parent": info.model_version,
+        "parent": extra["entity_head"]["parent"],
         "config": asdict(cfg),
         "finentity": {"stats": stats, "train": len(train_p), "held_out": len(test_p)},
         "held_out": final,

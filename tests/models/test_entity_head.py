@@ -385,3 +385,8 @@ def test_mix_and_context_heads_export_and_rebuild_from_the_graph(tmp_path: Path)
     sess = __import__("onnxruntime").InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run([TOKEN_OUTPUT], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     assert np.abs(got - want)[0, :5].max() < 1e-2  # fp16-stored weights
+    # a head retrained on this three-head model: one "-ent-" in its name, and the encoder's parent kept
+    again_dir = tmp_path / "again"
+    again = train_entity_head(EntityConfig(str(out), str(again_dir), str(data), token_layers=(1, -1), epochs=1))
+    assert again["model_version"].count("-ent-") == 1 and again["parent"] == labels["entity_head"]["parent"]
+    assert json.loads((again_dir / "labels.json").read_text())["entity_head"]["replaces"] == labels["model_version"]
