@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finsent.core.errors import ModelError
 from finsent.models.textprep import STRIP_URLS
 
 #: token tags, in the token head's output order
@@ -46,6 +47,8 @@ FINENTITY_LABELS: dict[str, str] = {"negative": "NEG", "neutral": "NEU", "positi
 TOKEN_OUTPUT = "token_logits"
 SPLIT_SEED = 13
 IGNORE = -100
+#: labels.json key of a CRF-trained head's learned tag transitions (:func:`transitions_from_meta`)
+TRANSITIONS_KEY = "token_transitions"
 
 #: (start, end, sentiment, probabilities): what :func:`finsent.models.linking.extract_entities` takes
 Span = tuple[int, int, str, dict[str, float]]
@@ -178,8 +181,62 @@ def _bio_path(emit: Sequence[Sequence[float]]) -> list[int]:
     return path
 
 
+def transitions_from_meta(extra: dict) -> np.ndarray | None:
+    """A CRF-trained head's tag transitions from labels.json (``extra[TRANSITIONS_KEY]``) as one float32 array
+    ``[len(TAGS) + 2, len(TAGS)]``: rows ``0..6`` score ``from -> to``, row 7 the first tag, row 8 the last.
+    ``None`` for a head without them (every head before the CRF option), which decodes as it always has."""
+    raw = extra.get(TRANSITIONS_KEY)
+    if not raw:
+        return None
+    n = len(TAGS)
+    arr = np.asarray([*raw["trans"], raw["start"], raw["end"]], dtype=np.float32)
+    if arr.shape != (n + 2, n) or not np.isfinite(arr).all():
+        raise ModelError(
+            f"labels.json {TRANSITIONS_KEY}: expected a {n}x{n} 'trans' and {n}-long 'start'/'end' of finite "
+            "numbers; re-export the model directory (finsent.models.train)"
+        )
+    return arr
+
+
+def transitions_to_meta(transitions: np.ndarray) -> dict[str, list]:
+    """The labels.json form of :func:`transitions_from_meta`'s array (plain lists, rounded to float32)."""
+    arr = np.asarray(transitions, dtype=np.float32)
+    n = len(TAGS)
+    return {
+        "trans": [[float(x) for x in row] for row in arr[:n]],
+        "start": [float(x) for x in arr[n]],
+        "end": [float(x) for x in arr[n + 1]],
+    }
+
+
+def _crf_path(emit: np.ndarray, transitions: np.ndarray) -> np.ndarray:
+    """The best tag sequence (Viterbi) for per-word tag scores ``emit`` ``[words, len(TAGS)]`` under learned
+    ``transitions`` (:func:`transitions_from_meta`). Ties go to the lower tag index (numpy's argmax takes the
+    first maximum), so the path is a pure function of the scores (determinism)."""
+    n_tags = len(TAGS)
+    trans, start, end = transitions[:n_tags], transitions[n_tags], transitions[n_tags + 1]
+    cols = np.arange(n_tags)
+    score = start + emit[0]
+    back = np.zeros((len(emit), n_tags), dtype=np.int64)
+    for t in range(1, len(emit)):
+        cand = score[:, None] + trans
+        back[t] = cand.argmax(axis=0)
+        score = cand[back[t], cols] + emit[t]
+    state = int((score + end).argmax())
+    path = np.empty(len(emit), dtype=np.int64)
+    path[-1] = state
+    for t in range(len(emit) - 1, 0, -1):
+        state = int(back[t, state])
+        path[t - 1] = state
+    return path
+
+
 def decode_spans(
-    logits: np.ndarray, offsets: Sequence[tuple[int, int]], special: Sequence[int], text: str
+    logits: np.ndarray,
+    offsets: Sequence[tuple[int, int]],
+    special: Sequence[int],
+    text: str,
+    transitions: np.ndarray | None = None,
 ) -> list[Span]:
     """Character spans ``(start, end, sentiment, probs)`` from one text's token logits ``[tokens, len(TAGS)]``.
 
@@ -194,11 +251,17 @@ def decode_spans(
     B-POS 0.3 is an entity), and an ``I`` tag needs a ``B`` before it. Chosen on a validation split of the
     training paragraphs (a head trained on the other 470) and checked once on FinEntity's held-out
     paragraphs: models/README.md, "Entity head".
+
+    ``transitions`` (a head trained with the CRF loss, :func:`transitions_from_meta`): each word's score for a
+    tag is the mean of its pieces' logits (what the CRF was trained on) and the word tags are the Viterbi
+    path under the learned transitions; spans and their sentiment are then read from the path as above.
     """
     logits = np.asarray(logits, dtype=np.float32)
     n = len(logits)
     if not n:
         return []
+    if transitions is not None:
+        return _decode_crf(logits, offsets, special, text, np.asarray(transitions, dtype=np.float32))
     # the hot path, most texts: P(O) > 1/2 for every token ([CLS]/[SEP] at the ends aside), checked without a
     # softmax (each other logit more than log 6 below O's), means every word "O" is the one best path
     body = logits[1 if special[0] else 0 : n - 1 if special[n - 1] else n]
@@ -220,6 +283,49 @@ def decode_spans(
         path = np.asarray(_bio_path(np.log(np.maximum(word, 1e-12)).tolist()))
     else:  # the unconstrained best is BIO-valid, so it is the constrained best too
         path = greedy
+    return _read_spans(path, probs, keep, starts, sizes, offsets, text)
+
+
+def _decode_crf(
+    logits: np.ndarray, offsets: Sequence[tuple[int, int]], special: Sequence[int], text: str, transitions: np.ndarray
+) -> list[Span]:
+    """:func:`decode_spans` for a head with learned transitions."""
+    keep = np.flatnonzero(~np.asarray(special, dtype=bool))
+    if not len(keep):
+        return []
+    kept = logits[keep]
+    # the hot path: every piece's O logit more than 2*D above each other tag's, where D is the most any
+    # transition, start or end score gains over staying O, makes the all-O path strictly the best one (each
+    # non-O word gains less on its emission than it can lose on its two transitions), so no span: exact
+    n_tags = len(TAGS)
+    gain = max(
+        0.0,
+        float(transitions[:n_tags].max() - transitions[0, 0]),
+        float(transitions[n_tags].max() - transitions[n_tags, 0]),
+        float(transitions[n_tags + 1].max() - transitions[n_tags + 1, 0]),
+    )
+    if (kept[:, 1:] < kept[:, :1] - 2 * gain).all():
+        return []
+    starts = _word_starts(offsets, special, text)
+    sizes = np.diff(np.append(starts, len(keep)))
+    emit = np.add.reduceat(kept, starts, axis=0) / sizes[:, None]
+    tags = _crf_path(emit, transitions)
+    path = np.where(tags == 0, 0, np.where(tags % 2 == 1, 1, 2))  # O / any B- / any I-
+    return _read_spans(path, _softmax(kept), keep, starts, sizes, offsets, text)
+
+
+def _read_spans(
+    path: np.ndarray,
+    probs: np.ndarray,
+    keep: np.ndarray,
+    starts: Sequence[int],
+    sizes: np.ndarray,
+    offsets: Sequence[tuple[int, int]],
+    text: str,
+) -> list[Span]:
+    """Spans from a word-level ``O``/``B``/``I`` (0/1/2) path over the non-special tokens ``keep`` with tag
+    probabilities ``probs``: a ``B`` word and the ``I`` words after it (a glued ``B`` word extends the span),
+    its sentiment the mean over its tokens of each polarity's B+I probability."""
     pol_tok = probs @ _TO_POLARITY
     first, last = int(keep[0]), int(keep[-1])
     offs = offsets[first : last + 1] if last - first + 1 == len(keep) else [offsets[int(j)] for j in keep]
@@ -354,6 +460,8 @@ __all__ = [
     "TOKEN_OUTPUT",
     "EntityParagraph",
     "decode_spans",
+    "transitions_from_meta",
+    "transitions_to_meta",
     "finentity_split",
     "map_spans",
     "prepare_with_map",

@@ -59,7 +59,14 @@ import numpy as np
 from finsent.core.errors import ModelError
 from finsent.core.events import EntityMention
 from finsent.models.batching import CPU_CALL_OVERHEAD_TOKENS, length_batches
-from finsent.models.entity_head import TOKEN_OUTPUT, Span, decode_spans, map_spans, prepare_with_map
+from finsent.models.entity_head import (
+    TOKEN_OUTPUT,
+    Span,
+    decode_spans,
+    map_spans,
+    prepare_with_map,
+    transitions_from_meta,
+)
 from finsent.models.modeldir import (
     INPUT_NAMES,
     MODEL_FILE,
@@ -220,6 +227,7 @@ class Classifier:
         self._outputs = list(OUTPUT_NAMES)
         if self.token_tags and TOKEN_OUTPUT in outputs:
             self._outputs.append(TOKEN_OUTPUT)
+        self._transitions = transitions_from_meta(info.extra)  # a CRF-trained head's; None: plain BIO decoding
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -455,7 +463,11 @@ class Classifier:
                 if tokens:
                     enc = encodings[j]
                     spans[j] = decode_spans(
-                        tokens[0][row, : len(enc.ids)], enc.offsets, enc.special_tokens_mask, prepared[j]
+                        tokens[0][row, : len(enc.ids)],
+                        enc.offsets,
+                        enc.special_tokens_mask,
+                        prepared[j],
+                        self._transitions,
                     )
             if s_logits.shape[1] != len(self.sentiment_labels) or t_logits.shape[1] != len(self.topic_labels):
                 raise ValueError(

@@ -520,6 +520,10 @@ class EntityConfig:
     lr: float = 2e-3
     dropout: float = 0.1  # on the head's features while training (the item heads are frozen: it only acts here)
     swa_epochs: int = 0  # >0: the head kept is the mean of its weights after each of the last N epochs
+    # a CRF loss over words (mean piece logits) with learned tag transitions, stored in labels.json and used by
+    # decode_spans; crf_token_loss weighs the per-token cross-entropy kept beside it (0: the CRF alone)
+    token_crf: bool = False
+    crf_token_loss: float = 1.0
     seed: int = 13
     threads: int = 1
     max_paragraphs: int = 0  # >0: only this many training paragraphs (smoke runs)
@@ -599,6 +603,7 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
                         "offsets": enc.offsets,
                         "special": enc.special_tokens_mask,
                         "mask": torch.ones(1, len(enc.ids), 1),
+                        **(_crf_words(enc.offsets, enc.special_tokens_mask, para.text, tags) if cfg.token_crf else {}),
                     }
                 )
         return out
@@ -607,7 +612,14 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
     train_x, test_x = encode(train_p), encode(test_p)
     log.info("encoded FinEntity in %.0fs", time.monotonic() - t0)
     head_params = token_head_parameters(model)
-    opt = torch.optim.AdamW(head_params, lr=cfg.lr, weight_decay=0.01)
+    # a CRF head's transitions [from 0..6 | start | end, to]: outside the graph (decode_spans uses them)
+    crf = torch.nn.Parameter(torch.zeros(len(eh.TAGS) + 2, len(eh.TAGS))) if cfg.token_crf else None
+    groups = [{"params": head_params}] + ([{"params": [crf], "weight_decay": 0.0}] if crf is not None else [])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
+
+    def transitions() -> Any:
+        return None if crf is None else crf.detach().numpy().astype("float32")
+
     model.dropout.p = cfg.dropout  # the item heads are frozen, so the shared dropout only acts on the token head
     history = []
     final: dict[str, Any] = {}
@@ -616,9 +628,12 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
 
     def held_out() -> dict[str, Any]:
         model.eval()
+        trans = transitions()
         with torch.inference_mode():
             pred = [
-                eh.decode_spans(model.token_logits(x["enc"], x["mask"])[0].numpy(), x["offsets"], x["special"], p.text)
+                eh.decode_spans(
+                    model.token_logits(x["enc"], x["mask"])[0].numpy(), x["offsets"], x["special"], p.text, trans
+                )
                 for x, p in zip(test_x, test_p, strict=True)
             ]
         return eh.span_f1(test_p, pred)
@@ -644,12 +659,14 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
             valid = (y != eh.IGNORE).to(per_token.dtype)
             # each paragraph's mean over its tokens, then the mean over paragraphs (a long paragraph counts once)
             loss = ((per_token * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
+            if crf is not None:
+                loss = cfg.crf_token_loss * loss + _crf_nll(logits, [train_x[i] for i in part], crf).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(part)
         if epoch >= swa_from:
-            for n, p in model.named_parameters():
+            for n, p in [*model.named_parameters(), *([("crf", crf)] if crf is not None else [])]:
                 if p.requires_grad:
                     averaged[n] = averaged.get(n, 0) + p.detach().clone() / cfg.swa_epochs
         final = held_out()
@@ -663,7 +680,7 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
         log.info("entity head epoch %d: %s", epoch + 1, row)
     if averaged:
         with torch.no_grad():
-            for n, p in model.named_parameters():
+            for n, p in [*model.named_parameters(), *([("crf", crf)] if crf is not None else [])]:
                 if n in averaged:
                     p.copy_(averaged[n])
         final = held_out()
@@ -676,7 +693,10 @@ def train_entity_head(cfg: EntityConfig) -> dict[str, Any]:
     name = info.model_version
     stem = name.split("-ent-")[0] if "-ent-" in name else name.rsplit("-", 1)[0]
     version = stem + "-ent-auto"
-    extra = {k: v for k, v in info.extra.items() if k not in ("onnx_opset", "weights", "max_abs_diff_vs_torch")}
+    drop = ("onnx_opset", "weights", "max_abs_diff_vs_torch", eh.TRANSITIONS_KEY)  # a new head: its own transitions
+    extra = {k: v for k, v in info.extra.items() if k not in drop}
+    if crf is not None:
+        extra[eh.TRANSITIONS_KEY] = eh.transitions_to_meta(transitions())
     extra["entity_head"] = {
         "data": "FinEntity, Tang et al. 2023 (ODC-BY 1.0)",
         "parent": earlier.get("parent") or info.model_version,
@@ -904,6 +924,57 @@ def finish_entity_model(
     return metrics
 
 
+def _crf_words(offsets: list[tuple[int, int]], special: list[int], text: str, tags: list[int]) -> dict[str, Any]:
+    """A paragraph's words for the CRF loss: each non-special token's position (``tpos``) and word (``twid``),
+    and each word's gold tag (its first piece's), with words as :func:`~finsent.models.entity_head.decode_spans`
+    reads them, so training and decoding score the same units."""
+    import torch
+
+    from finsent.models.entity_head import _word_starts
+
+    keep = [i for i, sp in enumerate(special) if not sp]
+    starts = _word_starts(offsets, special, text)
+    word = [0] * len(keep)
+    for w, (a, b) in enumerate(zip(starts, [*starts[1:], len(keep)], strict=True)):
+        word[a:b] = [w] * (b - a)
+    return {
+        "tpos": torch.tensor(keep, dtype=torch.long),
+        "twid": torch.tensor(word, dtype=torch.long),
+        "wtag": torch.tensor([tags[keep[s]] for s in starts], dtype=torch.long),
+    }
+
+
+def _crf_nll(logits: Any, rows: list[dict[str, Any]], crf: Any) -> Any:
+    """Each paragraph's CRF negative log-likelihood per word: word scores are the mean of their pieces' logits
+    (``logits`` ``[batch, tokens, tags]``), ``crf`` the transitions ``[from | start | end, to]``; the forward
+    algorithm runs over the padded word sequences with a mask."""
+    import torch
+
+    n_tags = logits.shape[-1]
+    trans, start, end = crf[:n_tags], crf[n_tags], crf[n_tags + 1]
+    width = max(int(r["wtag"].shape[0]) for r in rows)
+    emit = torch.zeros(len(rows), width, n_tags)
+    tags = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        n = int(r["wtag"].shape[0])
+        sums = torch.zeros(n, n_tags).index_add(0, r["twid"], logits[b, r["tpos"]])
+        emit[b, :n] = sums / torch.bincount(r["twid"], minlength=n).clamp(min=1)[:, None]
+        tags[b, :n] = r["wtag"]
+        mask[b, :n] = True
+    batch = torch.arange(len(rows))
+    n_words = mask.sum(1)
+    real = mask.to(emit.dtype)
+    gold = start[tags[:, 0]] + (emit.gather(2, tags[:, :, None])[:, :, 0] * real).sum(1)
+    gold = gold + (trans[tags[:, :-1], tags[:, 1:]] * real[:, 1:]).sum(1) + end[tags[batch, n_words - 1]]
+    alpha = start[None] + emit[:, 0]
+    for t in range(1, width):
+        step = torch.logsumexp(alpha[:, :, None] + trans[None] + emit[:, t, None, :], dim=1)
+        alpha = torch.where(mask[:, t, None], step, alpha)
+    log_z = torch.logsumexp(alpha + end[None], dim=1)
+    return (log_z - gold) / n_words
+
+
 def _pad_states(rows: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
     """Cached per-paragraph encoder states (``train_entity_head``'s rows) padded into one batch: an encoder-like
     output (``last_hidden_state``, ``hidden_states`` with ``None`` for layers the head does not read), the
@@ -973,6 +1044,8 @@ def entity_main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--swa-epochs", type=int, default=d.swa_epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--token-crf", action="store_true", help="CRF loss with learned tag transitions (labels.json)")
+    p.add_argument("--crf-token-loss", type=float, default=d.crf_token_loss, help="per-token loss weight beside it")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     m = train_entity_head(
@@ -991,6 +1064,8 @@ def entity_main(argv: list[str] | None = None) -> int:
             dropout=a.dropout,
             swa_epochs=a.swa_epochs,
             batch_size=a.batch_size,
+            token_crf=a.token_crf,
+            crf_token_loss=a.crf_token_loss,
         )
     )
     print(json.dumps({k: m[k] for k in ("model_version", "held_out", "train_seconds")}, indent=2))

@@ -390,3 +390,121 @@ def test_mix_and_context_heads_export_and_rebuild_from_the_graph(tmp_path: Path)
     again = train_entity_head(EntityConfig(str(out), str(again_dir), str(data), token_layers=(1, -1), epochs=1))
     assert again["model_version"].count("-ent-") == 1 and again["parent"] == labels["entity_head"]["parent"]
     assert json.loads((again_dir / "labels.json").read_text())["entity_head"]["replaces"] == labels["model_version"]
+
+
+# --- the CRF option: learned tag transitions ------------------------------------------------------------
+
+
+def _transitions(rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(0, 1.5, (len(TAGS) + 2, len(TAGS))).astype(np.float32)
+
+
+def test_crf_path_is_the_best_scoring_tag_sequence() -> None:
+    """The numpy Viterbi against every one of the 7^4 paths, scored as the CRF trains them."""
+    import itertools
+
+    from finsent.models.entity_head import _crf_path
+
+    rng = np.random.default_rng(3)
+    n = len(TAGS)
+    for _ in range(20):
+        emit, tr = rng.normal(0, 2, (4, n)).astype(np.float32), _transitions(rng)
+
+        def score(p: tuple[int, ...], emit: np.ndarray = emit, tr: np.ndarray = tr) -> float:
+            s = tr[n, p[0]] + tr[n + 1, p[-1]] + sum(emit[t, p[t]] for t in range(len(p)))
+            return float(s + sum(tr[p[t - 1], p[t]] for t in range(1, len(p))))
+
+        best = max(itertools.product(range(n), repeat=4), key=score)
+        assert tuple(_crf_path(emit, tr).tolist()) == best
+
+
+def test_learned_transitions_decide_the_spans() -> None:
+    """The same logits read two ways: without transitions (every head before the CRF option) as always; with an
+    O -> I-POS transition of -inf-like cost, the I-POS word after O is no span start (a B there is too unlikely)."""
+    tok = tiny_tokenizer()
+    text = "xyzw jumps, abc's qrst"
+    enc = tok.encode(text)
+    rows = [{"O": 0.97} for _ in enc.offsets]
+    rows[12:16] = [{"O": 0.38, "I-POS": 0.6, "B-POS": 0.005}] * 4  # "qrst"
+    logits = _logits_from_probs(rows)
+    free = np.zeros((len(TAGS) + 2, len(TAGS)), dtype=np.float32)
+    got = decode_spans(logits, enc.offsets, enc.special_tokens_mask, text, free)
+    assert [(text[s:e], lab) for s, e, lab, _ in got] == [("qrst", "positive")]  # I without B: lenient start
+    strict = free.copy()
+    strict[0, TAGS.index("I-POS")] = -50.0
+    assert decode_spans(logits, enc.offsets, enc.special_tokens_mask, text, strict) == []
+    assert decode_spans(logits, enc.offsets, enc.special_tokens_mask, text) == []  # today's BIO rule, unchanged
+
+
+def test_crf_no_span_shortcut_is_exact() -> None:
+    """Texts the shortcut answers with "no span" (each O logit more than twice the largest transition gain above
+    the others) are exactly those the full Viterbi reads as all O, also just past the bound."""
+    from finsent.models.entity_head import _crf_path
+
+    rng = np.random.default_rng(5)
+    tok = tiny_tokenizer()
+    text = "widget corp shares rise while acme falls"
+    enc = tok.encode(text)
+    keep = [i for i, sp in enumerate(enc.special_tokens_mask) if not sp]
+    for _ in range(50):
+        tr = _transitions(rng)
+        n = len(TAGS)
+        gain = max(0.0, tr[:n].max() - tr[0, 0], tr[n].max() - tr[n, 0], tr[n + 1].max() - tr[n + 1, 0])
+        logits = rng.normal(0, 1, (len(enc.ids), n)).astype(np.float32)
+        logits[:, 0] = logits[:, 1:].max(axis=1) + 2 * gain + 1e-3
+        assert decode_spans(logits, enc.offsets, enc.special_tokens_mask, text, tr) == []
+        assert not _crf_path(logits[keep], tr).any()  # one piece per word here: the full path agrees
+
+
+def test_transitions_round_trip_through_labels_json() -> None:
+    from finsent.models.entity_head import TRANSITIONS_KEY, transitions_from_meta, transitions_to_meta
+
+    tr = _transitions(np.random.default_rng(1))
+    meta = json.loads(json.dumps({TRANSITIONS_KEY: transitions_to_meta(tr)}))
+    assert np.array_equal(transitions_from_meta(meta), tr)
+    assert transitions_from_meta({}) is None
+    from finsent.core.errors import ModelError
+
+    with pytest.raises(ModelError, match="re-export"):
+        transitions_from_meta({TRANSITIONS_KEY: {"trans": [[0.0]], "start": [0.0], "end": [0.0]}})
+
+
+def test_crf_head_trains_exports_and_the_runtime_decodes_with_its_transitions(tmp_path: Path) -> None:
+    """token_crf: the learned transitions land in labels.json, the runtime reads them and its spans are
+    decode_spans' with them; a head retrained without the CRF drops them (they belonged to the old head)."""
+    from finsent.models.entity_head import TRANSITIONS_KEY, transitions_from_meta
+    from finsent.models.train import EntityConfig, train_entity_head
+
+    rows = [
+        {
+            "content": f"widget corp rose {i} and acme fell",
+            "annotations": [{"start": 0, "value": "widget corp", "label": "positive"}],
+        }
+        for i in range(10)
+    ]
+    data = tmp_path / "fe.json"
+    data.write_text(json.dumps(rows))
+    out = tmp_path / "crf"
+    cfg = EntityConfig(
+        str(make_tiny_model(tmp_path / "parent")), str(out), str(data), token_layers=(1, -1), token_proj=8,
+        token_hidden=8, epochs=15, lr=3e-2, swa_epochs=2, token_crf=True,
+    )  # fmt: skip
+    train_entity_head(cfg)
+    labels = json.loads((out / "labels.json").read_text())
+    tr = transitions_from_meta(labels)
+    assert tr is not None and np.abs(tr).max() > 0  # learned, not the zeros it started from
+    clf = Classifier.load(out, variant="fp32", cache_dir=tmp_path / "c", entities=False)
+    assert np.array_equal(clf._transitions, tr)
+    texts = [f"widget corp rose {i} and acme fell" for i in range(3)] + ["oil and acme"]
+    encs = [clf._tokenizer.encode(t) for t in texts]
+    found = 0
+    for text, enc, pred in zip(texts, encs, clf._score(texts), strict=True):  # the runtime's own spans
+        ids = np.array([enc.ids])
+        logits = clf._session.run([TOKEN_OUTPUT], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
+        want = decode_spans(logits, enc.offsets, enc.special_tokens_mask, text, tr)
+        assert [s[:3] for s in pred.entities] == [s[:3] for s in want]
+        found += len(want)
+    assert found  # the trained head finds spans, so the comparison is not vacuous
+    again = tmp_path / "again"
+    train_entity_head(EntityConfig(str(out), str(again), str(data), token_layers=(1, -1), epochs=1))
+    assert TRANSITIONS_KEY not in json.loads((again / "labels.json").read_text())
