@@ -349,14 +349,8 @@ def test_train_entity_head_keeps_the_item_heads_exactly(tmp_path: Path) -> None:
     assert rebuilt.token_head is not None and rebuilt.token_config()["token_proj"] == 16
 
 
-def test_mix_and_context_heads_export_and_rebuild_from_the_graph(tmp_path: Path) -> None:
-    """A scalar-mix head with the text's pooled context round-trips: the graph's token logits equal PyTorch's, and
-    the weights read back from the graph (retraining rebuilds from it) are the trained ones."""
-    import torch
-
-    from finsent.models.onnx_weights import load_from_onnx
-    from finsent.models.train import EntityConfig, train_entity_head
-
+def _widget_finentity(tmp_path: Path) -> Path:
+    """Ten FinEntity-format paragraphs, each with one positive "widget corp" span."""
     rows = [
         {
             "content": f"widget corp rose {i} and acme fell",
@@ -366,6 +360,18 @@ def test_mix_and_context_heads_export_and_rebuild_from_the_graph(tmp_path: Path)
     ]
     data = tmp_path / "fe.json"
     data.write_text(json.dumps(rows))
+    return data
+
+
+def test_mix_and_context_heads_export_and_rebuild_from_the_graph(tmp_path: Path) -> None:
+    """A scalar-mix head with the text's pooled context round-trips: the graph's token logits equal PyTorch's, and
+    the weights read back from the graph (retraining rebuilds from it) are the trained ones."""
+    import torch
+
+    from finsent.models.onnx_weights import load_from_onnx
+    from finsent.models.train import EntityConfig, train_entity_head
+
+    data = _widget_finentity(tmp_path)
     out = tmp_path / "mix"
     cfg = EntityConfig(
         str(make_tiny_model(tmp_path / "parent")), str(out), str(data), token_layers=(0, 1, -1), token_proj=8,
@@ -475,15 +481,7 @@ def test_crf_head_trains_exports_and_the_runtime_decodes_with_its_transitions(tm
     from finsent.models.entity_head import TRANSITIONS_KEY, transitions_from_meta
     from finsent.models.train import EntityConfig, train_entity_head
 
-    rows = [
-        {
-            "content": f"widget corp rose {i} and acme fell",
-            "annotations": [{"start": 0, "value": "widget corp", "label": "positive"}],
-        }
-        for i in range(10)
-    ]
-    data = tmp_path / "fe.json"
-    data.write_text(json.dumps(rows))
+    data = _widget_finentity(tmp_path)
     out = tmp_path / "crf"
     cfg = EntityConfig(
         str(make_tiny_model(tmp_path / "parent")), str(out), str(data), token_layers=(1, -1), token_proj=8,
