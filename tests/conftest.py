@@ -25,6 +25,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FINSENT_CACHE_DIR", str(Path(tempfile.gettempdir()) / "finsent-test-cache"))
 
+# A run started in the background by a shell without job control (`cmd &` in a script) inherits SIGINT ignored, and
+# an ignored signal stays ignored across exec: every finsent process the tests start would then shrug off the
+# Ctrl-C the SIGINT tests send (they hung or exited 0). A handler is reset to the default on exec, so catching it
+# here gives each child the default, and this run stops on Ctrl-C as a foreground one does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 #: the folder names that setuptools maps onto finsent.<name>; never importable on their own
 BARE_NAMES = ("stream", "models", "ingest", "alerts")
 
