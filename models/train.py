@@ -827,7 +827,9 @@ def train_joint(cfg: JointConfig) -> dict[str, Any]:
     best, _meta = load_checkpoint(out / "best", attn_implementation="eager")
     tok.enable_truncation(info.max_length)
     version = info.model_version.split("-ent-")[0] + "-joint-auto"
-    extra = {k: v for k, v in info.extra.items() if k not in ("onnx_opset", "weights", "max_abs_diff_vs_torch")}
+    # the joint loss has no CRF term: a CRF head's learned transitions would no longer fit its new logits
+    drop = ("onnx_opset", "weights", "max_abs_diff_vs_torch", eh.TRANSITIONS_KEY)
+    extra = {k: v for k, v in info.extra.items() if k not in drop}
     extra["entity_head"] = {
         "data": "FinEntity, Tang et al. 2023 (ODC-BY 1.0)",
         "parent": info.model_version,

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from finsent.models import entity_head as eh
 from finsent.models.data import norm_key
 from finsent.models.entity_head import TOKEN_OUTPUT, read_finentity_spans
 from finsent.models.frozen_entities import FROZEN_ENTITIES_DIR, read_frozen_entities
@@ -185,6 +187,9 @@ def test_train_joint_fine_tunes_all_three_heads_and_scores_the_export(tmp_path: 
     fe = tmp_path / "fe.json"
     fe.write_text(json.dumps(finentity_rows(40)))
     start = three_head_tiny(tmp_path, fe)
+    start_labels = json.loads((start / "labels.json").read_text())  # as if a CRF head: transitions beside it
+    start_labels[eh.TRANSITIONS_KEY] = eh.transitions_to_meta(np.ones((len(eh.TAGS) + 2, len(eh.TAGS))))
+    (start / "labels.json").write_text(json.dumps(start_labels))
     sets = synthetic_sets(tmp_path / "data")
     m = train_joint(
         JointConfig(
@@ -204,6 +209,7 @@ def test_train_joint_fine_tunes_all_three_heads_and_scores_the_export(tmp_path: 
     assert m["finentity"]["train"] == 32 and m["finentity"]["held_out"] == 8 and m["train"]["steps"] == 40
     labels = json.loads((tmp_path / "run" / "model" / "labels.json").read_text())
     assert labels["token_tags"] and labels["model_version"].startswith("tiny-random-joint-")
+    assert eh.TRANSITIONS_KEY not in labels  # the joint loss has no CRF term: the old transitions no longer fit
     fp32, int8 = m["test"]["fp32"], m["test"]["int8"]
     assert set(fp32) == {"sent", "topic", "entity_span_f1", "entity_span_sentiment_f1"}
     assert fp32["entity_span_sentiment_f1"] >= 0.9 and abs(fp32["entity_span_f1"] - int8["entity_span_f1"]) <= 0.05
