@@ -99,13 +99,22 @@ def _distilled(meta: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     )
 
 
+#: the card's first line, without and with the entity token head (``labels.json`` ``token_tags``)
+_HEADS_LINE = (
+    "finsent's classifier: one encoder, two heads -- **sentiment** (negative / neutral / positive) and "
+    "**topic** (the 20 classes of Twitter Financial News Topic) -- exported to ONNX.",
+    "finsent's classifier: one encoder, three heads -- **sentiment** (negative / neutral / positive), "
+    "**topic** (the 20 classes of Twitter Financial News Topic) and a **token head** that marks entity spans with "
+    "their sentiment (*Entity head* below) -- exported to ONNX.",
+)
+
+
 def _card_model(meta: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     """Title and ``## Model``: what the graph is and how text reaches it, so a reader can reproduce its inputs."""
     return [
         f"# {meta['model_version']}",
         "",
-        "finsent's classifier: one encoder, two heads -- **sentiment** (negative / neutral / positive) and "
-        "**topic** (the 20 classes of Twitter Financial News Topic) -- exported to ONNX.",
+        _HEADS_LINE[bool(meta.get("token_tags"))],
         "",
         "## Model",
         "",

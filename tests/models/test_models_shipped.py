@@ -43,3 +43,16 @@ def test_shipped_model_gets_obvious_sentences_right(shipped: Classifier) -> None
 def test_shipped_model_identifies_itself(shipped: Classifier) -> None:
     assert shipped.version.startswith("finsent-minilm-")
     assert shipped.variant == ("fp16" if shipped.provider == "CUDAExecutionProvider" else "int8")
+
+
+def test_the_shipped_card_names_as_many_heads_as_its_graph_has() -> None:
+    """The card's first line comes from the model's own ``labels.json``: a token head makes it three heads."""
+    import json
+
+    from finsent.models.report import _HEADS_LINE
+
+    d = shipped_model_dir()
+    has_token_head = bool(json.loads((d / "labels.json").read_text())["token_tags"])
+    card = (d / "README.md").read_text(encoding="utf-8")
+    assert _HEADS_LINE[has_token_head] in card
+    assert _HEADS_LINE[not has_token_head] not in card
