@@ -4,8 +4,9 @@ The pipeline (:mod:`finsent.stream.pipeline`) knows messages, guards and callabl
 Faust app into those. It builds the app (:func:`make_app`), runs the scoring agent (``take_events``
 batches handed to :meth:`~finsent.stream.worker.Scorer.handle`), the position timer and the rebalance
 signals (:func:`run_scorer`), gives the publish stage a ``send`` over the app's producer
-(:class:`FaustEdge`), and restarts a partition whose log the broker lost (:func:`restart_partition`).
-Replacing Faust means replacing this module.
+(:class:`FaustEdge`), and restarts a partition at an offset (:func:`restart_partition`: a log the broker
+lost, messages the consumer passed over). The raw topic's commits are the scorer's commit frontier, not
+Faust's acks (:class:`_Consumer`). Replacing Faust means replacing this module.
 
 Three measured costs of faust-streaming 0.15 on the hot path are changed here, for this app only
 (its own Transport, Consumer and consumer-thread subclasses, chosen by :class:`ScoringApp`; no
@@ -35,6 +36,7 @@ from faust.types import TP
 
 from finsent.core.settings import Settings
 from finsent.stream.kafka import faust_credentials
+from finsent.stream.pipeline.offsets import Frontier
 from finsent.stream.publish import Record, send_batches
 
 if TYPE_CHECKING:
@@ -165,13 +167,57 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer with the delivery fast path and a partition restart."""
+    """Faust's aiokafka consumer with the delivery fast path, a partition restart, and guarded commits.
+
+    Guarded commits: for the topics in :attr:`guarded` (the raw topic), the offset committed is the
+    scorer's :class:`~finsent.stream.pipeline.offsets.Frontier` (stored, contiguously, from where the
+    assignment began), never Faust's acks; the class docstring of ``Frontier`` says why. The frontier
+    learns where each partition begins when Faust seeks the assignment to its committed offsets.
+    """
+
+    #: set by :func:`run_scorer`: the scorer's frontier, and the topics it decides the commits of
+    frontier: Frontier | None = None
+    guarded: frozenset[str] = frozenset()
 
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
         return await fast_wait_first(self, faust_aiokafka.Consumer.wait_first, *coros, timeout=timeout)
+
+    async def perform_seek(self) -> None:
+        """Faust's seek to the committed offsets, then the frontier's start of each newly assigned partition."""
+        await super().perform_seek()
+        await self.begin_frontier()
+
+    async def begin_frontier(self) -> None:
+        """Begin every assigned guarded partition the frontier does not know: at its committed offset, or
+        at the log start when it has none or its commit lies below it (where ``auto_offset_reset=earliest``
+        reads from)."""
+        frontier = self.frontier
+        if frontier is None:
+            return
+        assigned = [tp for tp in self.assignment() if tp.topic in self.guarded]
+        fresh = [tp for tp in assigned if not frontier.knows((tp.topic, tp.partition))]
+        if not fresh:
+            return
+        # Faust's committed table, just refreshed from the broker by perform_seek (None: no commit, or 0); a
+        # commit below the log start (retention deleted what it pointed at) reads from the log start
+        earliest = await self.earliest_offsets(*fresh)
+        for tp in fresh:
+            start = max(self._committed_offset.get(tp) or 0, int(earliest.get(tp) or 0))
+            frontier.begin((tp.topic, tp.partition), start)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        frontier = self.frontier
+        if frontier is None or tp.topic not in self.guarded:
+            return super()._new_offset(tp)
+        # Faust's acks of a guarded partition decide nothing: cleared each commit so they stay bounded
+        # (the key stays, so the next commit asks the frontier again)
+        self._acked[tp].clear()
+        self._acked_index[tp].clear()
+        self._gap.pop(tp, None)
+        return frontier.commit_offset((tp.topic, tp.partition))
 
 
 class _Producer(faust_aiokafka.Producer):
@@ -274,8 +320,8 @@ def highwater(consumer: Any, key: tuple[str, int]) -> int | None:
     return None if hw is None else int(hw)
 
 
-async def restart_partition(consumer: Any, key: tuple[str, int]) -> None:
-    """Seek ``key`` to offset 0 and clear Faust's bookkeeping of it (read/committed offsets, acks, gaps).
+async def restart_partition(consumer: Any, key: tuple[str, int], offset: int = 0) -> None:
+    """Seek ``key`` to ``offset`` and clear Faust's bookkeeping of it (read/committed offsets, acks, gaps).
 
     Faust ignores acks below the committed offset it remembers and drops records below its read
     offset, and it has no call that forgets them: the fields are faust-streaming 0.15's
@@ -290,12 +336,19 @@ async def restart_partition(consumer: Any, key: tuple[str, int]) -> None:
         table = getattr(consumer, name, None)
         if table is not None:
             table.pop(tp, None)
-    await consumer.seek(tp, 0)
+    frontier = getattr(consumer, "frontier", None)
+    if frontier is not None and tp.topic in consumer.guarded:
+        frontier.restart(key, offset)
+    await consumer.seek(tp, offset)
 
 
 def run_scorer(app: faust.App, scorer: Scorer, settings: Settings) -> None:
     """Add the scoring agent, the position timer and the rebalance signals to ``app``."""
     raw_topic = app.topic(settings.kafka.topic_raw, key_type=bytes, value_type=bytes, allow_empty=True)
+    consumer = app.consumer
+    if isinstance(consumer, _Consumer):
+        consumer.frontier = scorer.frontier
+        consumer.guarded = frozenset({settings.kafka.topic_raw})
 
     @app.on_partitions_assigned.connect
     async def _joined(sender: Any, assigned: Any, **kwargs: Any) -> None:

@@ -119,8 +119,8 @@ def _create(reg: CollectorRegistry) -> WorkerMetrics:
         ),
         partition_resets=Counter(
             "finsent_partition_resets",
-            "Partitions read again from the earliest offset because their log ended below the worker's position "
-            "(the broker lost it)",
+            "Partitions read again: from the earliest offset when their log ended below the worker's position "
+            "(the broker lost it), or from the commit frontier when the consumer passed over messages",
             registry=reg,
         ),
         model_info=Gauge(

@@ -52,7 +52,7 @@ from finsent.stream.context import Extension, Extensions, SharedStore, WorkerCon
 from finsent.stream.lag import LagMeter
 from finsent.stream.metrics import worker_metrics
 from finsent.stream.pipeline.health import Health
-from finsent.stream.pipeline.offsets import AckGuard, Positions
+from finsent.stream.pipeline.offsets import AckGuard, Frontier, Positions
 from finsent.stream.pipeline.publish_stage import PublishStage
 from finsent.stream.pipeline.retry import RETRY_FIRST_S, RETRY_MAX_S, WorkerStopping
 from finsent.stream.pipeline.scheduler import SPLIT_MIN_ITEMS, BatchScheduler
@@ -169,6 +169,8 @@ class Scorer:
         #: set by :meth:`bind` (the Faust edge); a test may hand :meth:`_publish` its own
         self.publisher: PublishStage | None = None
         self.positions = Positions()
+        #: what each raw partition commits: stored, contiguously, from where its assignment began
+        self.frontier = Frontier()
         #: the lag gauge from fresh end offsets (the highwater goes stale under backpressure)
         self.lag = LagMeter(self.metrics.consumer_lag, [settings.kafka.topic_raw])
         #: the Faust consumer (set when the agent starts): highwaters, seeks
@@ -232,6 +234,9 @@ class Scorer:
         for b in group:
             if b.guard.release():  # False for all but the last piece of a batch split across model calls
                 self.positions.note_stored(b.guard)
+                self.frontier.stored(
+                    ((ev.message.topic, ev.message.partition), ev.message.offset) for ev in b.guard.events
+                )
 
     async def _publish(self, payloads: list[Record], dead: list[DeadLetter]) -> None:
         assert self.publisher is not None, "bind() the scorer to its Kafka edge first"
@@ -341,6 +346,7 @@ class Scorer:
         """A rebalance revoked ``keys``: their offsets are another worker's business now."""
         for key in keys:
             self.positions.forget(key)
+            self.frontier.forget(key)
             self.lag.forget(key)
 
     async def check_positions(self) -> list[tuple[str, int]]:
@@ -372,7 +378,40 @@ class Scorer:
         if reset:
             self.metrics.partition_resets.inc(len(reset))
             await self._redeclare_topics()
-        return reset
+        return reset + await self._fill_holes(consumer)
+
+    async def _fill_holes(self, consumer: Any) -> list[tuple[str, int]]:
+        """Read a raw partition again from its commit frontier when messages above it were stored but the
+        ones at it never came (the consumer passed over them: :class:`Frontier` says when and why)."""
+        begin = getattr(consumer, "begin_frontier", None)
+        if begin is not None and self.frontier.unbegun():
+            await begin()  # a partition assigned without Faust's seek: its start, now
+        positions = self.positions
+
+        def log_end(key: tuple[str, int]) -> int:  # the highwater, or the fresh end if larger (a stale highwater)
+            return max(faust_adapter.highwater(consumer, key) or 0, self.lag.end_of(*key))
+
+        def idle(key: tuple[str, int]) -> bool:  # messages of one partition are stored in the order taken
+            return positions.taken.get(key) == positions.stored.get(key)
+
+        holes = self.frontier.holes(log_end, idle)
+        earliest = getattr(consumer, "earliest_offsets", None)
+        if holes and earliest is not None:  # a frontier below the log start (retention) reads from the start
+            starts = await earliest(*[faust_adapter.TP(*key) for key, _ in holes])
+            holes = [(key, max(offset, int(starts.get(faust_adapter.TP(*key)) or 0))) for key, offset in holes]
+        for key, offset in holes:
+            log.warning(
+                "%s[%d]: messages from offset %d never reached the worker (the consumer passed over them "
+                "after a rebalance); reading the partition again from there (the store keeps each item once)",
+                key[0],
+                key[1],
+                offset,
+            )
+            await faust_adapter.restart_partition(consumer, key, offset)
+            self.positions.forget(key)
+        if holes:
+            self.metrics.partition_resets.inc(len(holes))
+        return [key for key, _ in holes]
 
     async def _redeclare_topics(self) -> None:
         """(Re)create every topic the worker uses, at most once per 10 s, off the event loop.

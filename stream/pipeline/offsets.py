@@ -9,6 +9,9 @@ what its sinks flushed and nothing else):
   ack happens in :meth:`AckGuard.release`, after the batch was stored and published.
 * :class:`Positions` keeps, per partition, the last offset taken and the last one stored: the lag
   gauge and the detection of a log that ends below the worker's position (a broker that lost it).
+* :class:`Frontier` is what a raw partition commits: the offset below which every message was stored,
+  counted from where the assignment began. Not the consumer's acks: those can pass over messages the
+  worker never received (see the class).
 
 A message here is anything with ``message.incref()`` / ``ack()`` (Faust's ``Event``): what the
 guard needs, and what the tests hand it without a broker.
@@ -17,6 +20,7 @@ guard needs, and what the tests hand it without a broker.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -138,4 +142,116 @@ class Positions:
                 self.behind[key] = seen  # first sighting: look again at the next check
                 continue
             found.append((key, int(hw), seen + 1))
+        return found
+
+
+class Frontier:
+    """Per partition: the next offset not yet stored, counting from where this worker's assignment began.
+
+    The commit of a raw partition is this offset and nothing else. The consumer's own bookkeeping
+    (faust-streaming 0.15) commits the acked offsets it holds, and two of its paths pass over messages
+    the agent never received: records that reach a stream while a rebalance has its flow suspended are
+    acked unseen, and a partition with no committed offset commits from its first acked offset,
+    wherever that is. Seen in the two-worker kill test: the survivor took a dead worker's partition
+    from offset 179 and committed 230; offsets 0-178 were never stored (one run in two).
+
+    * :meth:`begin` sets where a partition starts (its committed offset, or the log start) once per
+      assignment; :meth:`forget` ends it (revoked).
+    * :meth:`stored` moves the frontier over each stored message; offsets above a missing one wait.
+    * :meth:`holes`: a partition's messages are stored in the order they were taken, so a stored
+      offset above the frontier means the messages at the frontier never came; so does a log that
+      goes past the frontier while the worker holds none of the partition's messages. Seen at two
+      checks in a row with the frontier unmoved, the partition is reported, to be read again from the
+      frontier (again after ``retry_s`` if it still has not moved: a seek can race a fetch already
+      under way). The store keeps each item once, so reading again is safe.
+    """
+
+    def __init__(self, retry_s: float = 15.0) -> None:
+        self.retry_s = retry_s
+        #: the next offset not known stored, per begun partition
+        self.done: dict[Key, int] = {}
+        #: stored offsets above ``done`` (or stored before the partition began)
+        self.ahead: dict[Key, set[int]] = {}
+        #: the frontier seen with something stored above it at the last check
+        self._suspect: dict[Key, int] = {}
+        #: a hole reported: (frontier, when) -- not again until the frontier moves or retry_s passed
+        self._reported: dict[Key, tuple[int, float]] = {}
+
+    def knows(self, key: Key) -> bool:
+        return key in self.done
+
+    def begin(self, key: Key, offset: int) -> None:
+        """``key`` was assigned and starts at ``offset``; nothing if it is already begun."""
+        if key in self.done:
+            return
+        self.done[key] = max(int(offset), 0)
+        self._advance(key, ())
+
+    def restart(self, key: Key, offset: int) -> None:
+        """``key`` is read again from ``offset`` (a seek back): start over there."""
+        self.forget(key)
+        self.begin(key, offset)
+
+    def forget(self, key: Key) -> None:
+        for table in (self.done, self.ahead, self._suspect, self._reported):
+            table.pop(key, None)
+
+    def stored(self, keyed_offsets: Iterable[tuple[Key, int]]) -> None:
+        """These messages are stored (and published): move each partition's frontier over them."""
+        by_key: dict[Key, list[int]] = {}
+        for key, offset in keyed_offsets:
+            by_key.setdefault(key, []).append(offset)
+        for key, offsets in by_key.items():
+            self._advance(key, offsets)
+
+    def _advance(self, key: Key, offsets: Sequence[int]) -> None:
+        done = self.done.get(key)
+        ahead = self.ahead.get(key)
+        if done is not None and not ahead and offsets and offsets[0] == done and offsets[-1] - done == len(offsets) - 1:
+            self.done[key] = offsets[-1] + 1  # the usual case: one contiguous run from the frontier
+            return
+        if ahead is None:
+            ahead = self.ahead[key] = set()
+        ahead.update(offsets)
+        if done is None:
+            return
+        ahead.difference_update([o for o in ahead if o < done])
+        while done in ahead:
+            ahead.discard(done)
+            done += 1
+        self.done[key] = done
+
+    def commit_offset(self, key: Key) -> int | None:
+        """The offset ``key`` may commit (None: not begun, commit nothing)."""
+        return self.done.get(key)
+
+    def unbegun(self) -> list[Key]:
+        """Partitions with stored messages but no start yet (their commit waits)."""
+        return [key for key, ahead in self.ahead.items() if ahead and key not in self.done]
+
+    def holes(
+        self, log_end: Callable[[Key], int | None], idle: Callable[[Key], bool], now: float | None = None
+    ) -> list[tuple[Key, int]]:
+        """Partitions to read again, with the offset to read from (see the class).
+
+        A partition is stuck when something above its frontier was stored (the messages at the frontier
+        were passed over), or when its log goes past the frontier and ``idle(key)`` says the worker holds
+        none of its messages (they were passed over and nothing came after). ``log_end(key)``: the
+        partition's log end offset (None: unknown).
+        """
+        now = time.monotonic() if now is None else now
+        found: list[tuple[Key, int]] = []
+        for key, done in self.done.items():
+            end = log_end(key)
+            if not (self.ahead.get(key) or (end is not None and end > done and idle(key))):
+                self._suspect.pop(key, None)
+                continue
+            if self._suspect.get(key) != done:
+                self._suspect[key] = done  # first sighting: a store may still be finishing, a fetch arriving
+                continue
+            reported = self._reported.get(key)
+            if reported is not None and reported[0] == done and now - reported[1] < self.retry_s:
+                continue
+            self._reported[key] = (done, now)
+            found.append((key, done))
         return found

@@ -105,7 +105,13 @@ def test_one_of_two_workers_killed_while_items_flow(
         a.send_signal(signal.SIGKILL)  # mid-stream, mid-batch: no goodbye
         a.wait(10)
         feeder.join(60)
-        wait_for(lambda: store.count()["rows"] >= n, 120, "the survivor to store everything")
+        try:
+            wait_for(lambda: store.count()["rows"] >= n, 120, "the survivor to store everything")
+        except AssertionError as exc:
+            seen = store.count(physical=True)
+            raise AssertionError(
+                f"{exc}: {seen}; the survivor's log:\n{(tmp_path / 'b.log').read_text()[-4000:]}"
+            ) from None
         time.sleep(2)
         counts = store.count(physical=True)
     finally:
