@@ -137,6 +137,9 @@ def test_worker_detects_a_spike_in_stream_and_publishes_stores_and_exports_it(
             assert _gauge("finsent_negative_spike_active", topic_b) == 0.0
             assert not any(a.topic == topic_b for a in w.context.extensions.get("alerts").alerts)
             wait_for(lambda: any(r["topic"] == topic_a for r in store.alerts()), 20, "the alert in the store")
+            # the kept alert gains its evidence (headlines, model version) in the agent's thread just before it is
+            # stored: read it again now, not as first seen (CI once compared the evidence-less first sighting)
+            alert = next(a for a in w.context.extensions.get("alerts").alerts if a.topic == topic_a)
         rows = [r for r in store.alerts() if r["topic"] == topic_a]
         assert rows[0]["detector"] == "ewma_z" and rows[0]["id"] == alert.id
         # issue 25: the stored alert names the negative items of its window and the model that scored them
