@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ from finsent.stream.publish import Record, send_batches
 
 if TYPE_CHECKING:
     from finsent.stream.worker import Scorer
+
+log = logging.getLogger(__name__)
 
 #: How often the lag gauge is refreshed and partitions are checked for a log that ends below the
 #: worker's position (a reset takes two checks in a row, so about twice this after the broker is back).
@@ -186,9 +189,22 @@ class _Consumer(faust_aiokafka.Consumer):
         return await fast_wait_first(self, faust_aiokafka.Consumer.wait_first, *coros, timeout=timeout)
 
     async def perform_seek(self) -> None:
-        """Faust's seek to the committed offsets, then the frontier's start of each newly assigned partition."""
+        """Faust's seek to the committed offsets, then the frontier's start of each newly assigned partition.
+
+        A broker that does not answer the log-start request leaves those partitions unbegun (they commit nothing
+        yet); the worker's position check begins them later, so the rebalance itself never fails on it."""
         await super().perform_seek()
-        await self.begin_frontier()
+        try:
+            await self.begin_frontier()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure: begun at the next position check instead
+            log.warning(
+                "no log start for the newly assigned partitions (%s: %s); their commits wait for the next position "
+                "check",
+                type(exc).__name__,
+                " ".join(str(exc).split())[:200],
+            )
 
     async def begin_frontier(self) -> None:
         """Begin every assigned guarded partition the frontier does not know: at its committed offset, or

@@ -385,7 +385,12 @@ class Scorer:
         ones at it never came (the consumer passed over them: :class:`Frontier` says when and why)."""
         begin = getattr(consumer, "begin_frontier", None)
         if begin is not None and self.frontier.unbegun():
-            await begin()  # a partition assigned without Faust's seek: its start, now
+            try:
+                await begin()  # a partition assigned without Faust's seek (or whose log start was not answered)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the broker did not answer: the next check asks again
+                log.warning("no log start for a newly assigned partition yet (%s); asking again at the next check", exc)
         positions = self.positions
 
         def log_end(key: tuple[str, int]) -> int:  # the highwater, or the fresh end if larger (a stale highwater)
@@ -397,8 +402,14 @@ class Scorer:
         holes = self.frontier.holes(log_end, idle)
         earliest = getattr(consumer, "earliest_offsets", None)
         if holes and earliest is not None:  # a frontier below the log start (retention) reads from the start
-            starts = await earliest(*[faust_adapter.TP(*key) for key, _ in holes])
+            try:
+                starts = await earliest(*[faust_adapter.TP(*key) for key, _ in holes])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - unknown: seek to the frontier; the consumer's reset policy applies
+                starts = {}
             holes = [(key, max(offset, int(starts.get(faust_adapter.TP(*key)) or 0))) for key, offset in holes]
+        done: list[tuple[str, int]] = []
         for key, offset in holes:
             log.warning(
                 "%s[%d]: messages from offset %d never reached the worker (the consumer passed over them "
@@ -407,11 +418,18 @@ class Scorer:
                 key[1],
                 offset,
             )
-            await faust_adapter.restart_partition(consumer, key, offset)
+            try:
+                await faust_adapter.restart_partition(consumer, key, offset)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - revoked meanwhile, or the client refused: the next check
+                log.warning("%s[%d]: the seek back failed (%s); the next position check tries again", *key, exc)
+                continue
             self.positions.forget(key)
-        if holes:
-            self.metrics.partition_resets.inc(len(holes))
-        return [key for key, _ in holes]
+            done.append(key)
+        if done:
+            self.metrics.partition_resets.inc(len(done))
+        return done
 
     async def _redeclare_topics(self) -> None:
         """(Re)create every topic the worker uses, at most once per 10 s, off the event loop.

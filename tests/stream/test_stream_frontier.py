@@ -150,11 +150,17 @@ class _FakeConsumer(FakeConsumer):
         self.begun += 1
 
 
-def test_the_worker_reads_a_passed_over_partition_again_from_its_frontier() -> None:
+def _wired(consumer: _FakeConsumer) -> Scorer:
+    """A scorer whose consumer is ``consumer``, sharing its frontier, as run_scorer wires the real one."""
     scorer = Scorer(load_settings(), ClassifierHolder(object()), lambda: None, registry=CollectorRegistry())
-    consumer = _FakeConsumer()
     consumer.frontier = scorer.frontier
     scorer.consumer = consumer
+    return scorer
+
+
+def test_the_worker_reads_a_passed_over_partition_again_from_its_frontier() -> None:
+    consumer = _FakeConsumer()
+    scorer = _wired(consumer)
     try:
         scorer.frontier.begin(("raw", 1), 0)
         scorer.frontier.stored((("raw", 1), o) for o in range(179, 230))
@@ -174,11 +180,9 @@ def test_the_worker_reads_a_passed_over_partition_again_from_its_frontier() -> N
 
 def test_a_frontier_below_the_log_start_reads_from_the_log_start() -> None:
     """Retention deleted the messages at the frontier: seeking there again would loop forever."""
-    scorer = Scorer(load_settings(), ClassifierHolder(object()), lambda: None, registry=CollectorRegistry())
     consumer = _FakeConsumer()
-    consumer.frontier = scorer.frontier
     consumer.log_start = 50
-    scorer.consumer = consumer
+    scorer = _wired(consumer)
     try:
         scorer.frontier.begin(("raw", 1), 0)
         scorer.frontier.stored((("raw", 1), o) for o in range(60, 70))
@@ -186,5 +190,37 @@ def test_a_frontier_below_the_log_start_reads_from_the_log_start() -> None:
         assert asyncio.run(scorer.check_positions()) == [("raw", 1)]
         assert consumer.seeks == [(TP("raw", 1), 50)]
         assert scorer.frontier.commit_offset(("raw", 1)) == 50
+    finally:
+        scorer.close()
+
+
+def test_a_broker_that_does_not_answer_never_stops_the_check() -> None:
+    """The log-start and seek calls go to the broker: a failure is logged and tried again, never raised."""
+
+    class _Unanswered(_FakeConsumer):
+        async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+            raise ConnectionError("broker gone")
+
+        async def begin_frontier(self) -> None:
+            raise ConnectionError("broker gone")
+
+    consumer = _Unanswered()
+    scorer = _wired(consumer)
+    try:
+        scorer.frontier.begin(("raw", 1), 0)
+        scorer.frontier.stored((("raw", 1), o) for o in range(60, 70))
+        scorer.frontier.stored((("raw", 2), o) for o in range(5))  # unbegun: begin_frontier is asked, and fails
+        asyncio.run(scorer.check_positions())
+        assert asyncio.run(scorer.check_positions()) == [("raw", 1)]
+        assert consumer.seeks == [(TP("raw", 1), 0)]  # the log start unknown: the frontier itself
+
+        async def refuse(tp: Any, offset: int) -> None:
+            raise RuntimeError("not assigned")
+
+        consumer.seek = refuse  # type: ignore[method-assign]
+        scorer.frontier.stored((("raw", 1), o) for o in range(60, 70))
+        asyncio.run(scorer.check_positions())
+        assert asyncio.run(scorer.check_positions()) == []  # the seek failed: logged, tried again later
+        assert scorer.metrics.partition_resets._value.get() == 1
     finally:
         scorer.close()
