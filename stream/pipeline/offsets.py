@@ -188,9 +188,13 @@ class Frontier:
         self._advance(key, ())
 
     def restart(self, key: Key, offset: int) -> None:
-        """``key`` is read again from ``offset`` (a seek back): start over there."""
+        """``key`` is read again from ``offset`` (a seek back): start over there. A hole reported just before
+        stays reported, so a seek that brings nothing is retried after ``retry_s``, not at the next two checks."""
+        reported = self._reported.get(key)
         self.forget(key)
         self.begin(key, offset)
+        if reported is not None:
+            self._reported[key] = (self.done[key], reported[1])
 
     def forget(self, key: Key) -> None:
         for table in (self.done, self.ahead, self._suspect, self._reported):

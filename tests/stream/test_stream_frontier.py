@@ -75,6 +75,17 @@ def test_a_stored_offset_above_the_frontier_is_a_hole_after_two_checks_then_retr
     assert f.holes(no_end, busy, now=6.0) == []  # reported: not again at once (the seek is under way)
     assert f.holes(no_end, busy, now=19.0) == [(RAW0, 0)]  # still unmoved after retry_s: read again
     f.restart(RAW0, 0)
+    _stored(f, RAW0, [230])  # the seek brought nothing but a buffered later record: retried after retry_s only
+
+    def end(key: Any) -> int:
+        return 233
+
+    def idle(key: Any) -> bool:
+        return True
+
+    assert f.holes(end, idle, now=22.0) == [] and f.holes(end, idle, now=25.0) == []
+    assert f.holes(end, idle, now=34.0) == [(RAW0, 0)]
+    f.restart(RAW0, 0)
     _stored(f, RAW0, range(0, 230))
     assert f.commit_offset(RAW0) == 230
     assert f.holes(no_end, busy, now=40.0) == [] and f.holes(no_end, busy, now=43.0) == []
